@@ -185,7 +185,8 @@ constexpr uint32_t xattrIbodySize(uint16_t icount) {
     return icount == 0 ? 0 : sizeof(XattrIbodyHeader) + 4u * (icount - 1u);
 }
 
-struct Dirent {
+// Packed as in the kernel: dirents are 12 bytes apart, so nid is not 8-byte aligned in arrays.
+struct __attribute__((packed)) Dirent {
     uint64_t nid;
     uint16_t nameoff;
     uint8_t file_type;

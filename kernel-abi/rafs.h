@@ -207,7 +207,7 @@ struct BlobMetaHeader {
     uint64_t s_ci_zran_offset;
     uint64_t s_ci_zran_size;
     uint32_t s_ci_zran_count;
-    uint8_t s_reserved[4028];
+    uint8_t s_reserved[4032];
     uint32_t s_magic2;
 };
 static_assert(sizeof(BlobMetaHeader) == 4096);

@@ -1,0 +1,172 @@
+#include "builder/commands/Build.h"
+
+#include "builder/format/Codec.h"
+#include "builder/format/Error.h"
+#include "builder/source/DirectorySource.h"
+#include "builder/source/TarSource.h"
+#include "builder/writer/BootstrapWriter.h"
+#include "builder/writer/ChunkPipeline.h"
+
+#include <fmt/format.h>
+
+#include <fstream>
+#include <ostream>
+#include <unistd.h>
+
+namespace fs = std::filesystem;
+
+namespace rafs::build {
+
+void validate(const BuildOptions& o) {
+    if (o.output.empty()) fail("--output is required");
+    if (o.sources.empty()) fail("no SOURCE given");
+    if (o.chunk_size < kMinChunkSize || o.chunk_size > kMaxChunkSize ||
+        (o.chunk_size & (o.chunk_size - 1)) != 0) {
+        fail("--chunk-size {}: must be a power of two from 4 KiB to 16 MiB", o.chunk_size);
+    }
+    if (o.compressor == Compressor::Gzip) fail("--compressor gzip: not supported for building (none, zstd, lz4_block)");
+    size_t stdin_sources = 0;
+    for (const std::string& s : o.sources) {
+        if (s == "-") {
+            ++stdin_sources;
+            continue;
+        }
+        std::error_code ec;
+        if (!fs::exists(fs::symlink_status(s, ec))) fail("source '{}' does not exist", s);
+    }
+    if (stdin_sources > 1) fail("'-' (stdin) can be given as a source only once");
+}
+
+namespace {
+
+std::vector<std::string> readPrefetchList(const std::string& path) {
+    std::ifstream in(path);
+    if (!in) failErrno("cannot open prefetch list " + path);
+    std::vector<std::string> paths;
+    std::string line;
+    while (std::getline(in, line)) {
+        while (!line.empty() && (line.back() == '\r' || line.back() == ' ')) line.pop_back();
+        if (line.empty() || line.front() == '#') continue;
+        if (line.front() != '/') fail("prefetch list {}: '{}' is not an absolute path", path, line);
+        paths.push_back(line);
+    }
+    if (in.bad()) failErrno("reading prefetch list " + path);
+    return paths;
+}
+
+// The staging directory and anything the build created, removed unless the build commits.
+class Staging {
+public:
+    explicit Staging(const fs::path& output) : output_(output) {
+        std::error_code ec;
+        created_output_ = fs::create_directories(output_, ec);
+        if (ec) fail("cannot create output directory {}: {}", output_.string(), ec.message());
+        std::string templ = (output_ / ".mkrafs-XXXXXX").string();
+        if (::mkdtemp(templ.data()) == nullptr) failErrno("cannot create a staging directory in " + output_.string());
+        dir_ = templ;
+        fs::create_directory(dir_ / "blobs", ec);
+        if (ec) fail("cannot create {}: {}", (dir_ / "blobs").string(), ec.message());
+    }
+    ~Staging() {
+        std::error_code ignored;  // best-effort cleanup of a failed build
+        if (!dir_.empty()) fs::remove_all(dir_, ignored);
+        if (!committed_ && created_output_) fs::remove_all(output_, ignored);
+    }
+    Staging(const Staging&) = delete;
+    Staging& operator=(const Staging&) = delete;
+
+    const fs::path& dir() const { return dir_; }
+
+    // Moves blobs, then the bootstrap that references them, into place.
+    void commit(const std::vector<BlobInfo>& blobs) {
+        std::error_code ec;
+        fs::create_directories(output_ / "blobs", ec);
+        if (ec) fail("cannot create {}: {}", (output_ / "blobs").string(), ec.message());
+        for (const BlobInfo& b : blobs) move(b.path, output_ / "blobs" / b.id);
+        move(dir_ / "image.boot", output_ / "image.boot");
+        committed_ = true;
+    }
+
+private:
+    static void move(const fs::path& from, const fs::path& to) {
+        std::error_code ec;
+        fs::rename(from, to, ec);
+        if (ec) fail("cannot move {} to {}: {}", from.string(), to.string(), ec.message());
+    }
+
+    fs::path output_;
+    fs::path dir_;
+    bool created_output_ = false;
+    bool committed_ = false;
+};
+
+bool isDirectory(const std::string& source) {
+    std::error_code ec;
+    return source != "-" && fs::is_directory(source, ec);
+}
+
+// Layers whose chunks all deduplicated against lower ones produce no blob; renumber the rest.
+void dropEmptyBlobs(FileTree& tree, std::vector<std::optional<BlobInfo>>& layers,
+                    std::vector<BlobInfo>& blobs) {
+    std::vector<uint32_t> new_index(layers.size(), 0);
+    for (size_t i = 0; i < layers.size(); ++i) {
+        if (!layers[i]) continue;
+        new_index[i] = static_cast<uint32_t>(blobs.size());
+        blobs.push_back(*layers[i]);
+        blobs.back().index = new_index[i];
+    }
+    tree.walk([&](Node& n, const std::string&) {
+        for (ChunkRef& c : n.inode->chunks) c.blob_index = new_index[c.blob_index];
+    });
+}
+
+}  // namespace
+
+void build(const BuildOptions& options, std::ostream& log) {
+    validate(options);
+    BootstrapOptions boot{options.chunk_size, options.compressor, options.digester, {}};
+    if (options.prefetch_list) boot.prefetch_paths = readPrefetchList(*options.prefetch_list);
+
+    Staging staging(options.output);
+    FileTree tree;
+    ChunkDictionary dictionary;
+    std::vector<std::optional<BlobInfo>> layers;
+    for (size_t i = 0; i < options.sources.size(); ++i) {
+        const std::string& source = options.sources[i];
+        const auto layer = static_cast<uint32_t>(i);
+        BlobWriter blob(staging.dir() / "blobs", layer, options.chunk_size, options.compressor,
+                        options.digester);
+        {
+            ChunkPipeline pipeline(blob, dictionary, options);
+            if (isDirectory(source)) addDirectory(source, tree, pipeline, layer);
+            else addTar(source, tree, pipeline, layer);
+            pipeline.finish();
+        }
+        if (blob.chunkCount() == 0) {
+            layers.emplace_back();
+            log << fmt::format("layer {}: {}: no new chunks, no blob\n", i, source);
+            continue;
+        }
+        layers.push_back(blob.finish());
+        const BlobTableEntry& e = layers.back()->entry;
+        log << fmt::format("layer {}: {}: blob {} ({} chunks, {} bytes, {} uncompressed)\n", i,
+                           source, layers.back()->id, e.chunk_count, e.compressed_size,
+                           e.uncompressed_size);
+    }
+    std::vector<BlobInfo> blobs;
+    dropEmptyBlobs(tree, layers, blobs);
+    if (options.mtime) {
+        tree.walk([&](Node& n, const std::string&) {
+            n.inode->mtime_sec = *options.mtime;
+            n.inode->mtime_nsec = 0;
+        });
+    }
+    writeBootstrap(tree, blobs, boot, staging.dir() / "image.boot");
+    staging.commit(blobs);
+    log << fmt::format("bootstrap: {} ({} bytes, {} blobs, {} unique chunks)\n",
+                       (fs::path(options.output) / "image.boot").string(),
+                       fs::file_size(fs::path(options.output) / "image.boot"), blobs.size(),
+                       dictionary.size());
+}
+
+}  // namespace rafs::build

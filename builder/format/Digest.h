@@ -1,0 +1,43 @@
+// Chunk digests: blake3 (Nydus's default) and sha256, over the uncompressed chunk.
+#pragma once
+
+#include "kernel-abi/rafs.h"
+
+#include <array>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+
+namespace rafs {
+
+using Digest = std::array<uint8_t, kDigestSize>;
+
+std::string toHex(std::span<const uint8_t> bytes);
+// Parses exactly 64 lowercase or uppercase hex characters; throws Error otherwise.
+Digest digestFromHex(std::string_view hex);
+
+std::string_view digesterName(Digester d);
+// "blake3" or "sha256"; throws Error naming the bad value.
+Digester parseDigester(std::string_view name);
+
+// Incremental hashing with either algorithm.
+class Hasher {
+public:
+    explicit Hasher(Digester algo);
+    ~Hasher();
+    Hasher(Hasher&&) noexcept;
+    Hasher& operator=(Hasher&&) noexcept;
+
+    void update(std::span<const uint8_t> data);
+    Digest finish();
+
+private:
+    struct State;
+    std::unique_ptr<State> state_;
+};
+
+Digest digestOf(Digester algo, std::span<const uint8_t> data);
+
+}  // namespace rafs

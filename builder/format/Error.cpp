@@ -1,0 +1,14 @@
+#include "builder/format/Error.h"
+
+#include <cerrno>
+#include <cstring>
+
+namespace rafs {
+
+void failErrno(std::string_view what) { failErrno(what, errno); }
+
+void failErrno(std::string_view what, int err) {
+    throw Error(fmt::format("{}: {}", what, std::strerror(err)));
+}
+
+}  // namespace rafs

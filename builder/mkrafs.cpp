@@ -1,0 +1,108 @@
+// mkrafs: builds, checks and unpacks RAFS v6 images. A thin command line over libbuilder.
+#include "builder/commands/Build.h"
+#include "builder/commands/Inspect.h"
+#include "builder/commands/Unpack.h"
+#include "builder/format/Codec.h"
+#include "builder/format/Error.h"
+
+#include <CLI/CLI.hpp>
+#include <fmt/format.h>
+
+#include <cctype>
+#include <charconv>
+#include <iostream>
+
+namespace {
+
+// Accepts a byte count with an optional K/M suffix (KiB/MiB also), or 0x hex.
+uint32_t parseSize(const std::string& text) {
+    std::string_view s(text);
+    uint64_t multiplier = 1;
+    auto ends = [&](std::string_view suffix) {
+        if (s.size() > suffix.size() && s.substr(s.size() - suffix.size()) == suffix) {
+            s.remove_suffix(suffix.size());
+            return true;
+        }
+        return false;
+    };
+    if (ends("KiB") || ends("K") || ends("k")) multiplier = 1024;
+    else if (ends("MiB") || ends("M") || ends("m")) multiplier = 1024 * 1024;
+    int base = 10;
+    if (s.size() > 2 && s[0] == '0' && (s[1] == 'x' || s[1] == 'X')) {
+        s.remove_prefix(2);
+        base = 16;
+    }
+    uint64_t value = 0;
+    auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), value, base);
+    if (ec != std::errc() || end != s.data() + s.size() || value > (1ull << 32) / multiplier) {
+        rafs::fail("--chunk-size '{}': not a size (examples: 4096, 64K, 1M, 0x100000)", text);
+    }
+    uint64_t bytes = value * multiplier;
+    if (bytes > UINT32_MAX) rafs::fail("--chunk-size '{}': too large", text);
+    return static_cast<uint32_t>(bytes);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    CLI::App app{"mkrafs: build, check and unpack RAFS v6 (Nydus-compatible EROFS) images"};
+    app.require_subcommand(1);
+
+    rafs::build::BuildOptions build;
+    std::string chunk_size = "1M", compressor = "zstd", digester = "blake3", prefetch_list;
+    int64_t mtime = 0;
+    unsigned threads = 0;
+    auto* b = app.add_subcommand("build", "build DIR/image.boot and DIR/blobs/<blob-id> from sources");
+    b->add_option("--output,-o", build.output, "output directory")->required();
+    b->add_option("--chunk-size", chunk_size, "chunk size, a power of two from 4K to 16M (default 1M)");
+    b->add_option("--compressor", compressor, "none, zstd (default) or lz4_block");
+    b->add_option("--compression-level", build.compression_level, "codec level (0 = default)");
+    b->add_option("--digester", digester, "blake3 (default) or sha256");
+    b->add_option("--prefetch-list", prefetch_list, "file of absolute paths to prefetch first");
+    auto* mtime_opt = b->add_option("--mtime", mtime, "set every entry's mtime to SECONDS (reproducible builds)");
+    b->add_option("--threads", threads, "compression threads (default: one per CPU)");
+    b->add_option("SOURCE", build.sources, "directory, or tar layer (plain, gzip, zstd; - for stdin), lowest first")
+        ->required();
+
+    rafs::build::InspectOptions inspect;
+    auto* i = app.add_subcommand("inspect", "print and check a bootstrap and its blobs");
+    i->add_option("BOOTSTRAP", inspect.bootstrap, "image.boot (or a blob with an inline bootstrap)")->required();
+    i->add_option("--blob-dir", inspect.blob_dir, "directory of blobs named by blob id");
+    i->add_flag("--verbose,-v", inspect.verbose, "list every file");
+
+    rafs::build::UnpackOptions unpack;
+    auto* u = app.add_subcommand("unpack", "write blobs' uncompressed address spaces or a tar of the tree");
+    u->add_option("BOOTSTRAP", unpack.bootstrap, "image.boot")->required();
+    u->add_option("--blob-dir", unpack.blob_dir, "directory of blobs named by blob id")->required();
+    u->add_option("--raw-dir", unpack.raw_dir, "write <raw-dir>/<blob-id> for a daemon-less kernel mount");
+    u->add_option("--tar", unpack.tar, "write the tree as a tar file (- for stdout)");
+
+    try {
+        app.parse(argc, argv);
+        if (b->parsed()) {
+            build.chunk_size = parseSize(chunk_size);
+            build.compressor = rafs::parseCompressor(compressor);
+            build.digester = rafs::parseDigester(digester);
+            if (!prefetch_list.empty()) build.prefetch_list = prefetch_list;
+            if (mtime_opt->count() > 0) build.mtime = mtime;
+            build.threads = threads;
+            rafs::build::build(build, std::cerr);
+        } else if (i->parsed()) {
+            rafs::build::inspect(inspect, std::cout);
+        } else if (u->parsed()) {
+            if (unpack.raw_dir.empty() && unpack.tar.empty()) rafs::fail("unpack needs --raw-dir or --tar");
+            rafs::build::unpack(unpack);
+        }
+    } catch (const CLI::CallForHelp& e) {
+        return app.exit(e);
+    } catch (const CLI::CallForAllHelp& e) {
+        return app.exit(e);
+    } catch (const CLI::ParseError& e) {
+        std::cerr << "mkrafs: " << e.what() << "\n";
+        return 2;
+    } catch (const std::exception& e) {
+        std::cerr << "mkrafs: " << e.what() << "\n";
+        return 1;
+    }
+    return 0;
+}

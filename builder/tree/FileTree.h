@@ -1,0 +1,57 @@
+// A directory tree of named entries. Layers are applied to it in order (OCI whiteouts included)
+// before the bootstrap writer lays it out.
+#pragma once
+
+#include "builder/tree/Inode.h"
+
+#include <map>
+#include <memory>
+#include <string>
+#include <string_view>
+
+namespace rafs::build {
+
+struct Node {
+    std::string name;  // "" for the root
+    Node* parent = nullptr;
+    std::shared_ptr<Inode> inode;
+    std::map<std::string, std::unique_ptr<Node>> children;  // bytewise order (std::string <)
+    unsigned layer = 0;  // index of the layer that last created this entry
+};
+
+class FileTree {
+public:
+    FileTree();
+
+    Node& root() { return root_; }
+    const Node& root() const { return root_; }
+
+    // Path components are separated by '/'; leading "/" and "./" and empty components are
+    // ignored; "." and ".." components are rejected with Error. Returns nullptr if absent.
+    Node* find(std::string_view path);
+
+    // Puts `inode` at `path`, replacing whatever entry was there (a replaced directory loses
+    // its subtree unless the new entry is a directory too, in which case children are kept and
+    // only the inode is replaced). Parent directories must exist. Returns the entry.
+    Node& put(std::string_view path, std::shared_ptr<Inode> inode, unsigned layer);
+
+    // Removes the entry at `path` with its subtree; false if there was none.
+    bool remove(std::string_view path);
+
+    // Calls fn(node, path) for every entry, parents before children, children in name order.
+    template <typename Fn>
+    void walk(Fn&& fn) { walkFrom(root_, "/", fn); }
+
+private:
+    template <typename Fn>
+    static void walkFrom(Node& n, const std::string& path, Fn& fn) {
+        fn(n, path);
+        for (auto& [name, child] : n.children) {
+            walkFrom(*child, path == "/" ? "/" + name : path + "/" + name, fn);
+        }
+    }
+
+    Node root_;
+};
+
+}  // namespace rafs::build

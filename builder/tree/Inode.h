@@ -1,0 +1,62 @@
+// The builder's in-memory file tree: what a source produces and the writers consume.
+#pragma once
+
+#include "builder/format/Digest.h"
+
+#include <sys/stat.h>
+#include <sys/types.h>
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+namespace rafs::build {
+
+// Where one chunk of a file lives: a (blob, ci index) pair and the chunk's place in the blob's
+// uncompressed address space. Equal chunks share one ChunkRef's location.
+struct ChunkRef {
+    uint32_t blob_index = 0;
+    uint32_t ci_index = 0;
+    uint64_t uncompressed_offset = 0;  // 4 KiB aligned
+    uint32_t uncompressed_size = 0;
+    uint64_t compressed_offset = 0;
+    uint32_t compressed_size = 0;
+    bool compressed = false;
+    Digest digest{};
+};
+
+using Xattr = std::pair<std::string, std::string>;  // full name ("user.foo"), value
+
+// One file system object; hardlinks are several tree entries sharing one Inode.
+struct Inode {
+    mode_t mode = 0;  // full st_mode: type and permission bits
+    uint32_t uid = 0;
+    uint32_t gid = 0;
+    int64_t mtime_sec = 0;
+    uint32_t mtime_nsec = 0;
+    uint64_t size = 0;              // regular: content length; symlink: target length
+    uint32_t rdev_major = 0;        // character and block devices
+    uint32_t rdev_minor = 0;
+    std::string symlink_target;     // symlinks
+    std::vector<Xattr> xattrs;      // kept sorted by name, names unique
+    std::vector<ChunkRef> chunks;   // regular files: ceil(size / chunk_size) entries
+
+    // Filled by the bootstrap writer.
+    uint32_t nlink = 0;
+    uint64_t nid = 0;
+    uint32_t ino = 0;
+
+    bool isDir() const { return S_ISDIR(mode); }
+    bool isReg() const { return S_ISREG(mode); }
+    bool isLink() const { return S_ISLNK(mode); }
+    void setXattr(std::string name, std::string value);
+};
+
+// Why RAFS v6 cannot store this xattr ("" if it can): a namespace other than user., trusted.,
+// security. and the two POSIX ACL names, an empty or over-255-byte suffix, or a value over 65535
+// bytes. Sources call it to reject such xattrs with the file's name.
+std::string_view xattrProblem(std::string_view name, size_t value_size);
+
+}  // namespace rafs::build

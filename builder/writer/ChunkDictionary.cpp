@@ -1,0 +1,21 @@
+#include "builder/writer/ChunkDictionary.h"
+
+#include <cstring>
+
+namespace rafs::build {
+
+size_t ChunkDictionary::KeyHash::operator()(const Digest& d) const noexcept {
+    size_t h;
+    std::memcpy(&h, d.data(), sizeof(h));  // digests are uniformly distributed already
+    return h;
+}
+
+std::optional<ChunkRef> ChunkDictionary::find(const Digest& digest, uint32_t uncompressed_size) const {
+    auto it = chunks_.find(digest);
+    if (it == chunks_.end() || it->second.uncompressed_size != uncompressed_size) return std::nullopt;
+    return it->second;
+}
+
+void ChunkDictionary::insert(const ChunkRef& ref) { chunks_.emplace(ref.digest, ref); }
+
+}  // namespace rafs::build

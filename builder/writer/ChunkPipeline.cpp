@@ -1,0 +1,153 @@
+#include "builder/writer/ChunkPipeline.h"
+
+#include "builder/format/Codec.h"
+#include "builder/format/Error.h"
+
+#include <algorithm>
+#include <cstring>
+
+namespace rafs::build {
+
+namespace {
+
+bool isAllZero(std::span<const uint8_t> data) {
+    static const uint8_t zeros[4096] = {};
+    while (!data.empty()) {
+        size_t n = std::min(data.size(), sizeof(zeros));
+        if (std::memcmp(data.data(), zeros, n) != 0) return false;
+        data = data.subspan(n);
+    }
+    return true;
+}
+
+}  // namespace
+
+ChunkPipeline::ChunkPipeline(BlobWriter& blob, ChunkDictionary& dictionary,
+                             const BuildOptions& options)
+    : blob_(blob), dictionary_(dictionary), options_(options) {
+    unsigned threads = options.threads != 0 ? options.threads : std::max(1u, std::thread::hardware_concurrency());
+    window_ = 2 * threads + 2;
+    for (unsigned i = 0; i < threads; ++i) workers_.emplace_back([this] { workerLoop(); });
+}
+
+ChunkPipeline::~ChunkPipeline() {
+    {
+        std::lock_guard lock(mutex_);
+        stopping_ = true;
+    }
+    work_ready_.notify_all();
+    for (auto& t : workers_) t.join();
+}
+
+void ChunkPipeline::encode(Job& job) const {
+    job.digest = digestOf(options_.digester, job.data);
+    job.compressed = compress(options_.compressor, job.data, job.packed, options_.compression_level);
+}
+
+void ChunkPipeline::workerLoop() {
+    std::unique_lock lock(mutex_);
+    for (;;) {
+        work_ready_.wait(lock, [this] { return stopping_ || !queue_.empty(); });
+        if (queue_.empty()) return;
+        Job* job = queue_.front();
+        queue_.pop_front();
+        lock.unlock();
+        try {
+            encode(*job);
+        } catch (...) {
+            job->error = std::current_exception();
+        }
+        lock.lock();
+        job->done = true;
+        job_done_.notify_all();
+    }
+}
+
+const ChunkPipeline::Encoded& ChunkPipeline::zeroChunk(uint32_t size) {
+    auto it = zero_chunks_.find(size);
+    if (it != zero_chunks_.end()) return it->second;
+    Job job;
+    job.data.assign(size, 0);
+    encode(job);
+    Encoded e{job.digest, std::move(job.packed), job.compressed};
+    return zero_chunks_.emplace(size, std::move(e)).first->second;
+}
+
+void ChunkPipeline::addFile(Inode& inode, FileData& data) {
+    const uint64_t size = inode.size;
+    const size_t count = static_cast<size_t>((size + options_.chunk_size - 1) / options_.chunk_size);
+    inode.chunks.assign(count, ChunkRef{});
+    for (size_t i = 0; i < count; ++i) {
+        auto job = std::make_unique<Job>();
+        job->inode = &inode;
+        job->chunk = i;
+        {
+            std::lock_guard lock(mutex_);
+            if (!spare_buffers_.empty()) {
+                job->data = std::move(spare_buffers_.back());
+                spare_buffers_.pop_back();
+            }
+        }
+        uint64_t offset = static_cast<uint64_t>(i) * options_.chunk_size;
+        job->data.resize(static_cast<size_t>(std::min<uint64_t>(options_.chunk_size, size - offset)));
+        data.read(job->data);
+        if (isAllZero(job->data)) {
+            const Encoded& z = zeroChunk(static_cast<uint32_t>(job->data.size()));
+            job->digest = z.digest;
+            job->packed = z.packed;
+            job->compressed = z.compressed;
+            job->done = true;
+        }
+        submit(std::move(job));
+    }
+}
+
+void ChunkPipeline::submit(std::unique_ptr<Job> job) {
+    std::unique_lock lock(mutex_);
+    while (in_order_.size() >= window_) {
+        lock.unlock();
+        commitFront();
+        lock.lock();
+    }
+    if (!job->done) {
+        queue_.push_back(job.get());
+        work_ready_.notify_one();
+    }
+    in_order_.push_back(std::move(job));
+}
+
+void ChunkPipeline::commitFront() {
+    std::unique_ptr<Job> job;
+    {
+        std::unique_lock lock(mutex_);
+        job_done_.wait(lock, [this] { return in_order_.front()->done; });
+        job = std::move(in_order_.front());
+        in_order_.pop_front();
+    }
+    if (job->error) std::rethrow_exception(job->error);
+
+    const auto usize = static_cast<uint32_t>(job->data.size());
+    std::optional<ChunkRef> ref = dictionary_.find(job->digest, usize);
+    if (!ref) {
+        std::span<const uint8_t> stored = job->compressed ? std::span<const uint8_t>(job->packed)
+                                                          : std::span<const uint8_t>(job->data);
+        ref = blob_.append(stored, job->compressed, usize, job->digest);
+        dictionary_.insert(*ref);
+    }
+    job->inode->chunks[job->chunk] = *ref;
+
+    std::lock_guard lock(mutex_);
+    spare_buffers_.push_back(std::move(job->data));
+}
+
+void ChunkPipeline::finish() {
+    for (;;) {
+        {
+            std::lock_guard lock(mutex_);
+            if (in_order_.empty()) return;
+        }
+        commitFront();
+    }
+}
+
+}  // namespace rafs::build
