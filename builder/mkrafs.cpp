@@ -3,6 +3,7 @@
 #include "builder/commands/Inspect.h"
 #include "builder/commands/Unpack.h"
 #include "builder/format/Codec.h"
+#include "builder/format/Digest.h"
 #include "builder/format/Error.h"
 
 #include <CLI/CLI.hpp>

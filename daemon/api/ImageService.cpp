@@ -1,0 +1,250 @@
+#include "daemon/api/ImageService.h"
+
+#include "builder/format/Error.h"
+#include "daemon/backends/LocalfsBackend.h"
+#include "daemon/core/BlobMetaLoader.h"
+#include "daemon/core/Log.h"
+#include "daemon/core/SparseCacheFile.h"
+
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <fstream>
+
+namespace rafsd {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+// On-demand cachefiles is usable when the device exists and its module supports the mode; the
+// probe cannot bind without a daemon's cache dir, so existence of the device is the test here
+// and `bind ondemand` gives the precise error later.
+bool fscacheAvailable() { return ::access("/dev/cachefiles", F_OK) == 0; }
+
+}  // namespace
+
+ImageService::ImageService(Config config) : config_(std::move(config)) {
+    FetchOptions fetch;
+    fetch.amplify = config_.fetch.amplify;
+    fetch.threads = config_.fetch.max_inflight;
+    fetch.retries = config_.fetch.retries;
+    fetcher_ = std::make_unique<ChunkFetcher>(fetch);
+    if (config_.prefetch.enable) {
+        prefetcher_ = std::make_unique<Prefetcher>(*fetcher_, config_.prefetch.bandwidth, config_.fetch.amplify,
+                                                   std::max<size_t>(1, config_.fetch.max_inflight / 2));
+    }
+}
+
+ImageService::~ImageService() { shutdown(); }
+
+EngineKind ImageService::resolveEngine(EngineKind requested) {
+    if (requested == EngineKind::Fscache) {
+        rafs::fail("the fscache engine is not available in this build yet; use --engine fanotify (Linux 6.14+)");
+    }
+    if (requested == EngineKind::Auto && fscacheAvailable()) {
+        log::info("/dev/cachefiles exists but the fscache engine is not available in this build; using fanotify");
+    }
+    FanotifyEngine::checkKernel();
+    return EngineKind::Fanotify;
+}
+
+FanotifyEngine& ImageService::fanotify() {
+    if (!fanotify_) {
+        auto engine = std::make_unique<FanotifyEngine>(*fetcher_);
+        engine->start();
+        fanotify_ = std::move(engine);
+    }
+    return *fanotify_;
+}
+
+std::shared_ptr<Backend> ImageService::backendFor(const MountRequest& request) const {
+    if (request.blob_dir) return std::make_shared<LocalfsBackend>(*request.blob_dir);
+    switch (config_.backend.type) {
+    case Config::BackendType::Localfs: return std::make_shared<LocalfsBackend>(config_.backend.localfs.dir);
+    default:
+        rafs::fail("backend.type '{}' is not implemented yet (use localfs or --blob-dir)",
+                   backendTypeName(config_.backend.type));
+    }
+}
+
+std::shared_ptr<CachedBlob> ImageService::openBlob(const rafs::Bootstrap& bootstrap,
+                                                   const rafs::BootstrapBlob& blob,
+                                                   const std::shared_ptr<Backend>& backend) {
+    if (auto existing = blobs_[blob.id].lock()) return existing;
+    const fs::path& dir = config_.daemon.cache_dir;
+    BlobDescriptor descriptor = loadBlobDescriptor(bootstrap, blob, *backend, dir);
+    auto file = SparseCacheFile::open(dir / (blob.id + ".blob.data"), blob.uncompressed_size);
+    auto bitmap = ReadinessBitmap::open(dir / (blob.id + ".chunkmap"), blob.id, blob.chunk_count,
+                                        blob.uncompressed_size);
+    if (bitmap.discarded()) log::warn("blob {}: cache state discarded: {}", blob.id, bitmap.discardReason());
+    std::vector<ChunkExtent> extents;
+    extents.reserve(descriptor.chunks.size());
+    for (const auto& c : descriptor.chunks) extents.push_back({c.uncompressed_offset, c.uncompressed_size});
+    auto cache = std::make_unique<BlobCache>(std::move(file), std::move(bitmap), std::move(extents));
+    if (cache->droppedAtOpen() != 0) {
+        log::warn("blob {}: {} chunks marked present had no data in the cache file; they will be fetched again",
+                  blob.id, cache->droppedAtOpen());
+    }
+    auto cached = std::make_shared<CachedBlob>(std::move(descriptor), std::move(cache), backend);
+    blobs_[blob.id] = cached;
+    return cached;
+}
+
+std::vector<PrefetchChunk> ImageService::prefetchTableChunks(
+    const rafs::Bootstrap& bootstrap, const std::vector<std::shared_ptr<CachedBlob>>& blobs) const {
+    std::vector<PrefetchChunk> chunks;
+    auto add = [&](const rafs::Inode& inode) {
+        for (const rafs::InodeChunk& c : inode.chunks) {
+            if (c.blob_index < blobs.size()) chunks.push_back({blobs[c.blob_index], c.ci_index});
+        }
+    };
+    for (uint32_t nid : bootstrap.prefetchNids()) {
+        rafs::Inode inode = bootstrap.inode(nid);
+        if (inode.isDir()) {
+            bootstrap.inodes().walk(nid, [&](const std::string&, const rafs::Inode& child) {
+                if (child.isReg()) add(child);
+            });
+        } else if (inode.isReg()) {
+            add(inode);
+        }
+    }
+    return chunks;
+}
+
+nlohmann::json ImageService::mount(const MountRequest& request) {
+    std::lock_guard lock(mutex_);
+    if (shut_down_) rafs::fail("rafsd is shutting down");
+    const fs::path mountpoint = fs::weakly_canonical(request.mountpoint);
+    for (const Image& image : images_) {
+        if (image.mountpoint == mountpoint) rafs::fail("{} is already mounted by rafsd", mountpoint.string());
+    }
+    struct stat st {};
+    if (::stat(mountpoint.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) {
+        rafs::fail("mountpoint {} is not a directory", mountpoint.string());
+    }
+    const EngineKind engine = resolveEngine(request.engine.value_or(config_.daemon.engine));
+    const fs::path bootstrap_path = fs::absolute(request.bootstrap);
+    rafs::Bootstrap bootstrap(bootstrap_path.string());
+    std::error_code ec;
+    fs::create_directories(config_.daemon.cache_dir, ec);
+    if (ec) rafs::fail("cannot create cache dir {}: {}", config_.daemon.cache_dir.string(), ec.message());
+
+    auto backend = backendFor(request);
+    Image image;
+    image.bootstrap = bootstrap_path;
+    image.mountpoint = mountpoint;
+    image.engine = engine;
+    for (const rafs::BootstrapBlob& blob : bootstrap.blobs()) image.blobs.push_back(openBlob(bootstrap, blob, backend));
+    image.index = fetcher_->addImage(image.blobs);
+
+    FanotifyMount spec;
+    spec.image = image.index;
+    spec.bootstrap = bootstrap_path;
+    spec.mountpoint = mountpoint;
+    for (uint32_t i = 0; i < image.blobs.size(); ++i) {
+        auto& file = dynamic_cast<SparseCacheFile&>(image.blobs[i]->cache().file());
+        spec.blobs.push_back({i, file.path(), file.fd(), file.size(), image.blobs[i]->cache().complete()});
+    }
+    FanotifyEngine& engine_ref = fanotify();
+    try {
+        engine_ref.mount(spec);
+    } catch (...) {
+        fetcher_->removeImage(image.index);
+        throw;
+    }
+    for (uint32_t i = 0; i < image.blobs.size(); ++i) {
+        image.blobs[i]->onComplete([&engine_ref, index = image.index, i] { engine_ref.unmarkComplete(index, i); });
+    }
+    if (prefetcher_) prefetcher_->add(prefetchTableChunks(bootstrap, image.blobs), image.blobs);
+    log::info("mounted {} on {} ({} blobs, engine {})", bootstrap_path.string(), mountpoint.string(),
+              image.blobs.size(), engineName(engine));
+    images_.push_back(std::move(image));
+    return {{"mountpoint", mountpoint.string()}, {"engine", std::string(engineName(engine))}};
+}
+
+nlohmann::json ImageService::umount(const UmountRequest& request) {
+    std::lock_guard lock(mutex_);
+    const fs::path mountpoint = fs::weakly_canonical(request.mountpoint);
+    auto it = std::find_if(images_.begin(), images_.end(), [&](const Image& i) { return i.mountpoint == mountpoint; });
+    if (it == images_.end()) rafs::fail("{} is not mounted by rafsd", mountpoint.string());
+    fanotify().umount(mountpoint);
+    if (prefetcher_) prefetcher_->forget(it->blobs);
+    fetcher_->removeImage(it->index);
+    for (auto& blob : it->blobs) blob->cache().flush();
+    log::info("unmounted {}", mountpoint.string());
+    images_.erase(it);
+    return nlohmann::json::object();
+}
+
+nlohmann::json ImageService::list() {
+    std::lock_guard lock(mutex_);
+    nlohmann::json images = nlohmann::json::array();
+    for (const Image& i : images_) {
+        images.push_back({{"mountpoint", i.mountpoint.string()},
+                          {"bootstrap", i.bootstrap.string()},
+                          {"engine", std::string(engineName(i.engine))},
+                          {"blobs", i.blobs.size()}});
+    }
+    return {{"images", images}};
+}
+
+nlohmann::json ImageService::blobStatus(const CachedBlob& blob) const {
+    auto& b = const_cast<CachedBlob&>(blob);
+    const BlobCounters& c = b.counters();
+    const uint32_t chunks = b.cache().chunkCount();
+    const uint32_t present = b.cache().bitmap().count();
+    nlohmann::json j = {{"id", blob.descriptor().id},
+                        {"size", blob.descriptor().uncompressed_size},
+                        {"chunks", chunks},
+                        {"chunks_present", present},
+                        {"misses", c.misses.load()},
+                        {"hits", c.hits.load()},
+                        {"bytes_fetched", c.bytes_fetched.load()},
+                        {"bytes_from_cache", c.bytes_from_cache.load()},
+                        {"prefetched_chunks", c.prefetched_chunks.load()},
+                        {"errors", c.errors.load()}};
+    if (config_.prefetch.enable) j["prefetch_done"] = chunks == 0 ? 100 : uint64_t{present} * 100 / chunks;
+    return j;
+}
+
+nlohmann::json ImageService::status(const StatusRequest& request) {
+    std::lock_guard lock(mutex_);
+    nlohmann::json images = nlohmann::json::array();
+    for (const Image& i : images_) {
+        if (request.mountpoint && fs::weakly_canonical(*request.mountpoint) != i.mountpoint) continue;
+        nlohmann::json blobs = nlohmann::json::array();
+        for (const auto& b : i.blobs) blobs.push_back(blobStatus(*b));
+        images.push_back({{"mountpoint", i.mountpoint.string()},
+                          {"bootstrap", i.bootstrap.string()},
+                          {"engine", std::string(engineName(i.engine))},
+                          {"blobs", blobs}});
+    }
+    if (request.mountpoint && images.empty()) rafs::fail("{} is not mounted by rafsd", request.mountpoint->string());
+    return {{"images", images}};
+}
+
+void ImageService::shutdown() {
+    std::lock_guard lock(mutex_);
+    if (shut_down_) return;
+    shut_down_ = true;
+    prefetcher_.reset();
+    if (fanotify_) fanotify_->stop();
+    for (Image& image : images_) {
+        for (auto& blob : image.blobs) {
+            const BlobCounters& c = blob->counters();
+            log::info("blob {}: fetched {} bytes, {} of {} chunks present, {} misses, {} errors",
+                      blob->descriptor().id, c.bytes_fetched.load(), blob->cache().bitmap().count(),
+                      blob->cache().chunkCount(), c.misses.load(), c.errors.load());
+            try {
+                blob->cache().flush();
+            } catch (const std::exception& e) {
+                log::error("blob {}: flushing cache state: {}", blob->descriptor().id, e.what());
+            }
+        }
+    }
+    images_.clear();
+}
+
+}  // namespace rafsd

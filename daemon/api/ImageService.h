@@ -1,0 +1,64 @@
+// What rafsd does for its users: mounts images (load the bootstrap, open or create each blob's
+// cache, register with the fetcher, hand the mount to an engine, start prefetch), unmounts them,
+// and reports. Both `rafsd mount` and the control socket of `rafsd serve` drive it.
+#pragma once
+
+#include "builder/format/Bootstrap.h"
+#include "daemon/api/Config.h"
+#include "daemon/api/ControlServer.h"
+#include "daemon/core/ChunkFetcher.h"
+#include "daemon/core/Prefetcher.h"
+#include "daemon/engines/fanotify/FanotifyEngine.h"
+
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+namespace rafsd {
+
+class ImageService : public ControlHandler {
+public:
+    explicit ImageService(Config config);
+    ~ImageService() override;  // shutdown()
+
+    nlohmann::json mount(const MountRequest& request) override;
+    nlohmann::json umount(const UmountRequest& request) override;
+    nlohmann::json list() override;
+    nlohmann::json status(const StatusRequest& request) override;
+
+    // Stops prefetch, lets pending reads finish or fail, unmounts everything. Idempotent.
+    void shutdown();
+
+    // The engine `auto` resolves to on this kernel, or an Error saying what the kernel lacks.
+    static EngineKind resolveEngine(EngineKind requested);
+
+private:
+    struct Image {
+        uint32_t index = 0;
+        std::filesystem::path bootstrap;
+        std::filesystem::path mountpoint;
+        EngineKind engine = EngineKind::Fanotify;
+        std::vector<std::shared_ptr<CachedBlob>> blobs;
+    };
+
+    std::shared_ptr<Backend> backendFor(const MountRequest& request) const;
+    std::shared_ptr<CachedBlob> openBlob(const rafs::Bootstrap& bootstrap, const rafs::BootstrapBlob& blob,
+                                         const std::shared_ptr<Backend>& backend);
+    std::vector<PrefetchChunk> prefetchTableChunks(const rafs::Bootstrap& bootstrap,
+                                                   const std::vector<std::shared_ptr<CachedBlob>>& blobs) const;
+    FanotifyEngine& fanotify();
+    nlohmann::json blobStatus(const CachedBlob& blob) const;
+
+    Config config_;
+    std::mutex mutex_;  // one mount or umount at a time; guards the tables below
+    std::unique_ptr<ChunkFetcher> fetcher_;
+    std::unique_ptr<FanotifyEngine> fanotify_;
+    std::unique_ptr<Prefetcher> prefetcher_;
+    std::map<std::string, std::weak_ptr<CachedBlob>> blobs_;  // by blob id: shared across images
+    std::vector<Image> images_;
+    bool shut_down_ = false;
+};
+
+}  // namespace rafsd

@@ -1,0 +1,23 @@
+// Everything the core needs to serve one data blob: its identity and codec from the bootstrap's
+// blob table, and per chunk its place in the blob (ci array) and its digest.
+#pragma once
+
+#include "builder/format/ChunkInfoCodec.h"
+#include "builder/format/Digest.h"
+
+#include <string>
+#include <vector>
+
+namespace rafsd {
+
+struct BlobDescriptor {
+    std::string id;
+    rafs::Compressor compressor = rafs::Compressor::None;
+    rafs::Digester digester = rafs::Digester::Blake3;
+    uint32_t chunk_size = 0;
+    uint64_t uncompressed_size = 0;
+    std::vector<rafs::BlobChunk> chunks;  // by ci index, ordered by uncompressed offset
+    std::vector<rafs::Digest> digests;    // by ci index
+};
+
+}  // namespace rafsd

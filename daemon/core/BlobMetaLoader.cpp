@@ -1,0 +1,186 @@
+#include "daemon/core/BlobMetaLoader.h"
+
+#include "builder/format/BlobSections.h"
+#include "builder/format/Codec.h"
+#include "builder/format/Error.h"
+#include "daemon/core/Log.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <fstream>
+#include <iterator>
+
+namespace rafsd {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+// The local copy: a header, the uncompressed ci array, one digest per chunk, then the sha256 of
+// all that. Anything that does not match exactly is ignored and fetched again.
+constexpr char kMagic[8] = {'R', 'A', 'F', 'S', 'D', 'M', 'E', '1'};
+struct MetaCacheHeader {
+    char magic[8];
+    char blob_id[64];
+    uint32_t chunk_count;
+    uint32_t v2;
+    uint64_t ci_size;
+};
+static_assert(sizeof(MetaCacheHeader) == 88);
+
+bool isV2(const rafs::BootstrapBlob& blob) { return (blob.features & rafs::kBlobChunkInfoV2) != 0; }
+
+std::optional<std::vector<uint8_t>> readLocal(const fs::path& path) {
+    std::ifstream in(path, std::ios::binary);
+    if (!in) return std::nullopt;
+    std::vector<uint8_t> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    return bytes;
+}
+
+std::optional<std::pair<std::vector<uint8_t>, std::vector<rafs::Digest>>> loadLocal(
+    const fs::path& path, const rafs::BootstrapBlob& blob) {
+    auto bytes = readLocal(path);
+    if (!bytes) return std::nullopt;
+    const uint64_t ci_size = blob.ci_uncompressed_size;
+    const uint64_t body = sizeof(MetaCacheHeader) + ci_size + uint64_t{blob.chunk_count} * rafs::kDigestSize;
+    if (bytes->size() != body + rafs::kDigestSize) return std::nullopt;
+    MetaCacheHeader h;
+    std::memcpy(&h, bytes->data(), sizeof(h));
+    if (std::memcmp(h.magic, kMagic, sizeof(kMagic)) != 0 || std::memcmp(h.blob_id, blob.id.data(), 64) != 0 ||
+        h.chunk_count != blob.chunk_count || h.v2 != (isV2(blob) ? 1u : 0u) || h.ci_size != ci_size) {
+        return std::nullopt;
+    }
+    rafs::Digest sum = rafs::digestOf(rafs::Digester::Sha256, std::span(*bytes).first(body));
+    if (std::memcmp(sum.data(), bytes->data() + body, sum.size()) != 0) return std::nullopt;
+    std::vector<uint8_t> ci(bytes->begin() + sizeof(h), bytes->begin() + static_cast<ptrdiff_t>(sizeof(h) + ci_size));
+    std::vector<rafs::Digest> digests(blob.chunk_count);
+    for (uint32_t i = 0; i < blob.chunk_count; ++i) {
+        std::memcpy(digests[i].data(), bytes->data() + sizeof(h) + ci_size + uint64_t{i} * rafs::kDigestSize,
+                    rafs::kDigestSize);
+    }
+    return std::make_pair(std::move(ci), std::move(digests));
+}
+
+// Written under a temporary name and renamed, so a crash never leaves a torn copy.
+void saveLocal(const fs::path& path, const rafs::BootstrapBlob& blob, std::span<const uint8_t> ci,
+               const std::vector<rafs::Digest>& digests) {
+    MetaCacheHeader h{};
+    std::memcpy(h.magic, kMagic, sizeof(kMagic));
+    std::memcpy(h.blob_id, blob.id.data(), 64);
+    h.chunk_count = blob.chunk_count;
+    h.v2 = isV2(blob) ? 1 : 0;
+    h.ci_size = ci.size();
+    std::vector<uint8_t> bytes(sizeof(h));
+    std::memcpy(bytes.data(), &h, sizeof(h));
+    bytes.insert(bytes.end(), ci.begin(), ci.end());
+    for (const auto& d : digests) bytes.insert(bytes.end(), d.begin(), d.end());
+    rafs::Digest sum = rafs::digestOf(rafs::Digester::Sha256, bytes);
+    bytes.insert(bytes.end(), sum.begin(), sum.end());
+
+    const fs::path temp = path.string() + ".tmp";
+    int fd = ::open(temp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0) rafs::failErrno("cannot create " + temp.string());
+    size_t done = 0;
+    while (done < bytes.size()) {
+        ssize_t n = ::write(fd, bytes.data() + done, bytes.size() - done);
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            int err = errno;
+            ::close(fd);
+            ::unlink(temp.c_str());
+            rafs::failErrno("writing " + temp.string(), err);
+        }
+        done += static_cast<size_t>(n);
+    }
+    if (::fsync(fd) != 0 || ::close(fd) != 0) rafs::failErrno("syncing " + temp.string());
+    if (::rename(temp.c_str(), path.c_str()) != 0) rafs::failErrno("renaming " + temp.string());
+}
+
+std::vector<uint8_t> fetchCi(const rafs::BootstrapBlob& blob, Backend& backend) {
+    std::vector<uint8_t> meta(blob.ci_compressed_size + sizeof(rafs::BlobMetaHeader));
+    backend.read(blob.id, blob.ci_offset, meta);
+    rafs::BlobMetaHeader header;
+    std::memcpy(&header, meta.data() + blob.ci_compressed_size, sizeof(header));
+    rafs::checkBlobMetaHeader(header, blob.entry);
+    std::vector<uint8_t> ci(blob.ci_uncompressed_size);
+    rafs::decompress(blob.ci_compressor, std::span(meta).first(blob.ci_compressed_size), ci);
+    return ci;
+}
+
+// The blob.digest section, found through the tail sections (ToC) of the blob in the backend.
+std::vector<rafs::Digest> fetchInlinedDigests(const rafs::BootstrapBlob& blob, Backend& backend) {
+    const uint64_t size = backend.size(blob.id);
+    auto sections = rafs::peelSections(
+        [&](uint64_t offset, std::span<uint8_t> out) { backend.read(blob.id, offset, out); }, size);
+    for (const rafs::Section& s : sections) {
+        if (s.name != rafs::kTocNameBlobDigest) continue;
+        if (s.size != uint64_t{blob.chunk_count} * rafs::kDigestSize) {
+            rafs::fail("blob {}: blob.digest holds {} bytes for {} chunks", blob.id, s.size, blob.chunk_count);
+        }
+        std::vector<uint8_t> raw(s.size);
+        backend.read(blob.id, s.offset, raw);
+        std::vector<rafs::Digest> digests(blob.chunk_count);
+        for (uint32_t i = 0; i < blob.chunk_count; ++i) {
+            std::memcpy(digests[i].data(), raw.data() + uint64_t{i} * rafs::kDigestSize, rafs::kDigestSize);
+        }
+        return digests;
+    }
+    rafs::fail("blob {}: no chunk digests (the bootstrap's chunk table lacks some chunks and the blob has no blob.digest section)",
+               blob.id);
+}
+
+std::vector<rafs::Digest> digestsFrom(const rafs::Bootstrap& bootstrap, const rafs::BootstrapBlob& blob,
+                                      Backend& backend) {
+    std::vector<rafs::Digest> digests(blob.chunk_count);
+    std::vector<bool> known(blob.chunk_count, false);
+    uint32_t count = 0;
+    for (const rafs::ChunkInfo& ci : bootstrap.chunkInfos()) {
+        if (ci.blob_index != blob.index || ci.index >= blob.chunk_count || known[ci.index]) continue;
+        std::memcpy(digests[ci.index].data(), ci.block_id, rafs::kDigestSize);
+        known[ci.index] = true;
+        ++count;
+    }
+    if (count == blob.chunk_count) return digests;
+    return fetchInlinedDigests(blob, backend);
+}
+
+}  // namespace
+
+BlobDescriptor loadBlobDescriptor(const rafs::Bootstrap& bootstrap, const rafs::BootstrapBlob& blob,
+                                  Backend& backend, const fs::path& cache_dir) {
+    BlobDescriptor d;
+    d.id = blob.id;
+    d.compressor = blob.compressor;
+    d.digester = blob.digester;
+    d.chunk_size = blob.chunk_size;
+    d.uncompressed_size = blob.uncompressed_size;
+
+    const fs::path local = cache_dir / (blob.id + ".blob.meta");
+    std::vector<uint8_t> ci;
+    bool fetched = false;
+    if (auto cached = loadLocal(local, blob)) {
+        ci = std::move(cached->first);
+        d.digests = std::move(cached->second);
+    } else {
+        try {
+            ci = fetchCi(blob, backend);
+            d.digests = digestsFrom(bootstrap, blob, backend);
+        } catch (const rafs::Error& e) {
+            rafs::fail("blob {}: cannot load its chunk table: {}", blob.id, e.what());
+        }
+        fetched = true;
+    }
+    d.chunks = rafs::decodeChunkInfoArray(ci, blob.chunk_count, isV2(blob));
+    for (size_t i = 0; i < d.chunks.size(); ++i) {
+        const rafs::BlobChunk& c = d.chunks[i];
+        if (c.uncompressed_offset + c.uncompressed_size > blob.uncompressed_size) {
+            rafs::fail("blob {}: chunk {} ends past the blob's uncompressed size", blob.id, i);
+        }
+    }
+    if (fetched) saveLocal(local, blob, ci, d.digests);
+    return d;
+}
+
+}  // namespace rafsd

@@ -1,0 +1,62 @@
+// One blob as the fetcher serves it: descriptor, cache, the chunks being fetched with the
+// requests waiting for them, and counters for status. Shared by every image that uses the blob.
+#pragma once
+
+#include "daemon/backends/Backend.h"
+#include "daemon/core/BlobCache.h"
+#include "daemon/core/BlobDescriptor.h"
+#include "daemon/core/DataPlane.h"
+
+#include <atomic>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <unordered_map>
+#include <vector>
+
+namespace rafsd {
+
+struct BlobCounters {
+    std::atomic<uint64_t> misses{0};            // requests that had to wait for a fetch
+    std::atomic<uint64_t> hits{0};              // requests already present
+    std::atomic<uint64_t> bytes_fetched{0};     // from the backend
+    std::atomic<uint64_t> bytes_from_cache{0};  // requested bytes already present
+    std::atomic<uint64_t> prefetched_chunks{0};
+    std::atomic<uint64_t> errors{0};            // chunks that failed (fetch or verification)
+};
+
+// A request waiting for `remaining` chunks; done runs once, with EIO if any chunk failed.
+struct PendingRequest {
+    Completion done;
+    uint32_t remaining = 0;
+    int error = 0;
+};
+
+class CachedBlob {
+public:
+    CachedBlob(BlobDescriptor descriptor, std::unique_ptr<BlobCache> cache,
+               std::shared_ptr<Backend> backend)
+        : descriptor_(std::move(descriptor)), cache_(std::move(cache)), backend_(std::move(backend)) {}
+
+    const BlobDescriptor& descriptor() const { return descriptor_; }
+    Backend& backend() { return *backend_; }
+    BlobCache& cache() { return *cache_; }
+    BlobCounters& counters() { return counters_; }
+
+    // Called once, when the last chunk becomes present (the fanotify engine unmarks the file).
+    void onComplete(std::function<void()> fn) { on_complete_ = std::move(fn); }
+
+private:
+    friend class ChunkFetcher;
+
+    BlobDescriptor descriptor_;
+    std::unique_ptr<BlobCache> cache_;
+    std::shared_ptr<Backend> backend_;  // the backend of the first image that used the blob
+    BlobCounters counters_;
+    std::mutex mutex_;
+    std::unordered_map<uint32_t, std::vector<std::shared_ptr<PendingRequest>>> in_flight_;
+    std::function<void()> on_complete_;
+    bool completed_ = false;
+};
+
+}  // namespace rafsd

@@ -1,0 +1,52 @@
+// The core behind DataPlane: plans a miss, fetches each chunk once however many readers wait for
+// it (single flight), verifies it, writes it to the cache, then completes the waiting requests.
+#pragma once
+
+#include "daemon/core/CachedBlob.h"
+#include "daemon/core/DataPlane.h"
+#include "daemon/core/FetchPlanner.h"
+#include "daemon/core/FetchQueue.h"
+
+#include <memory>
+#include <mutex>
+#include <vector>
+
+namespace rafsd {
+
+struct FetchOptions {
+    uint64_t amplify = 1u << 20;  // read amplification window
+    unsigned threads = 8;         // backend requests in flight at most
+    unsigned retries = 1;         // extra fetches of a chunk that fails verification
+};
+
+class ChunkFetcher : public DataPlane {
+public:
+    explicit ChunkFetcher(const FetchOptions& options);
+    ~ChunkFetcher() override;
+
+    // Registers an image's blobs (in blob-table order); returns the image number engines use.
+    uint32_t addImage(std::vector<std::shared_ptr<CachedBlob>> blobs);
+    void removeImage(uint32_t image);
+
+    void makePresent(uint32_t image, uint32_t blob, uint64_t offset, uint64_t length,
+                     Completion done) override;
+
+    // Starts fetching the missing chunks among [first, first + count) of `blob` in the
+    // background, behind every miss. Returns how many chunks were queued.
+    uint32_t prefetch(const std::shared_ptr<CachedBlob>& blob, uint32_t first, uint32_t count);
+    size_t prefetchBacklog() const { return queue_->prefetchBacklog(); }
+
+private:
+    std::shared_ptr<CachedBlob> blobOf(uint32_t image, uint32_t blob);
+    void fetchRun(const std::shared_ptr<CachedBlob>& blob, FetchRun run, bool prefetch);
+    void fetchOne(CachedBlob& blob, uint32_t ci, std::span<const uint8_t> stored);
+    void finishChunk(CachedBlob& blob, uint32_t ci, int error);
+
+    FetchOptions options_;
+    FetchPlanner planner_;
+    std::mutex images_mutex_;
+    std::vector<std::vector<std::shared_ptr<CachedBlob>>> images_;
+    std::unique_ptr<FetchQueue> queue_;  // last: its threads stop before the rest goes away
+};
+
+}  // namespace rafsd

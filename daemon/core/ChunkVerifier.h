@@ -1,0 +1,21 @@
+// Decompresses a chunk as fetched from the backend and checks it against the digest recorded at
+// build time. Only chunks that pass reach a cache file.
+#pragma once
+
+#include "builder/format/ChunkInfoCodec.h"
+#include "builder/format/Digest.h"
+
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+namespace rafsd {
+
+// Returns an empty optional and fills `out` (chunk.uncompressed_size bytes) when the chunk is
+// good, else a one-line description of what is wrong (corrupt compression, digest mismatch).
+std::optional<std::string> verifyChunk(rafs::Compressor compressor, rafs::Digester digester,
+                                       const rafs::BlobChunk& chunk, const rafs::Digest& expected,
+                                       std::span<const uint8_t> stored, std::vector<uint8_t>& out);
+
+}  // namespace rafsd

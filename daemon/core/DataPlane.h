@@ -1,0 +1,26 @@
+// The one operation both kernel engines need from the core: make a byte range of a blob present
+// in that blob's cache file, then report. Everything else (planning, fetching, verifying,
+// caching, prefetching) stays behind this interface.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+
+namespace rafsd {
+
+// 0 when the range is present in the cache file, else a positive errno (EIO when the data could
+// not be fetched or failed verification).
+using Completion = std::function<void(int error)>;
+
+class DataPlane {
+public:
+    virtual ~DataPlane() = default;
+
+    // Makes [offset, offset + length) of blob `blob` of image `image` present in its cache file,
+    // then calls done exactly once: possibly inline (range already present), possibly from
+    // another thread. Ranges past the blob's end are clamped. Thread-safe.
+    virtual void makePresent(uint32_t image, uint32_t blob, uint64_t offset, uint64_t length,
+                             Completion done) = 0;
+};
+
+}  // namespace rafsd

@@ -1,0 +1,47 @@
+// Turns a kernel miss into backend requests: the chunks that overlap the 4 KiB-aligned range,
+// plus following chunks up to the read-amplification window, merged into runs whose compressed
+// bytes are adjacent so each run is one backend range. Pure logic: the caller decides, under its
+// own lock, which chunks are present or already being fetched.
+#pragma once
+
+#include "builder/format/ChunkInfoCodec.h"
+
+#include <cstdint>
+#include <functional>
+#include <span>
+#include <vector>
+
+namespace rafsd {
+
+enum class ChunkState { Missing, InFlight, Present };
+
+struct FetchRun {
+    uint32_t first = 0;   // ci index of the run's first chunk
+    uint32_t count = 0;   // chunks in the run
+    uint64_t offset = 0;  // backend range
+    uint64_t length = 0;
+};
+
+struct FetchPlan {
+    std::vector<uint32_t> required;  // overlap the request and are not present: wait for these
+    std::vector<FetchRun> runs;      // chunks to fetch now (required Missing ones + amplification)
+};
+
+class FetchPlanner {
+public:
+    // amplify: bytes of uncompressed data a miss fetches at least (when missing chunks follow);
+    // max_run: the largest backend range one run may cover.
+    FetchPlanner(uint64_t amplify, uint64_t max_run);
+
+    FetchPlan plan(std::span<const rafs::BlobChunk> chunks, uint64_t offset, uint64_t length,
+                   const std::function<ChunkState(uint32_t)>& state) const;
+
+    // Index of the first chunk whose 4 KiB-rounded extent ends after `offset` (chunks.size() if none).
+    static uint32_t firstCovering(std::span<const rafs::BlobChunk> chunks, uint64_t offset);
+
+private:
+    uint64_t amplify_;
+    uint64_t max_run_;
+};
+
+}  // namespace rafsd

@@ -1,0 +1,38 @@
+// The fetch threads: a bounded number of backend requests in flight, on-demand work always ahead
+// of prefetch work.
+#pragma once
+
+#include <condition_variable>
+#include <deque>
+#include <functional>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+namespace rafsd {
+
+class FetchQueue {
+public:
+    enum class Priority { OnDemand, Prefetch };
+
+    explicit FetchQueue(unsigned threads);
+    ~FetchQueue();  // finishes queued on-demand work, drops queued prefetch work, joins
+    FetchQueue(const FetchQueue&) = delete;
+    FetchQueue& operator=(const FetchQueue&) = delete;
+
+    void push(Priority priority, std::function<void()> task);
+    // Prefetch tasks waiting; the prefetcher keeps this small so misses never queue behind it.
+    size_t prefetchBacklog() const;
+
+private:
+    void run();
+
+    mutable std::mutex mutex_;
+    std::condition_variable ready_;
+    std::deque<std::function<void()>> on_demand_;
+    std::deque<std::function<void()>> prefetch_;
+    bool stopping_ = false;
+    std::vector<std::thread> threads_;
+};
+
+}  // namespace rafsd

@@ -1,0 +1,34 @@
+#include "daemon/core/Log.h"
+
+#include "builder/format/Error.h"
+
+#include <atomic>
+#include <cstdio>
+#include <mutex>
+
+namespace rafsd::log {
+
+namespace {
+std::atomic<Level> g_level{Level::Info};
+std::mutex g_mutex;
+constexpr const char* kNames[] = {"error", "warn", "info", "debug"};
+}  // namespace
+
+void setLevel(Level level) { g_level = level; }
+
+Level parseLevel(std::string_view name) {
+    for (int i = 0; i < 4; ++i) {
+        if (name == kNames[i]) return static_cast<Level>(i);
+    }
+    rafs::fail("log level '{}' is not one of error, warn, info, debug", name);
+}
+
+bool enabled(Level level) { return level <= g_level.load(std::memory_order_relaxed); }
+
+void write(Level level, std::string_view message) {
+    std::lock_guard lock(g_mutex);
+    std::fprintf(stderr, "rafsd %s: %.*s\n", kNames[static_cast<int>(level)],
+                 static_cast<int>(message.size()), message.data());
+}
+
+}  // namespace rafsd::log

@@ -1,0 +1,110 @@
+#include "daemon/core/Prefetcher.h"
+
+#include "daemon/core/Log.h"
+
+#include <algorithm>
+
+namespace rafsd {
+
+namespace {
+constexpr auto kBacklogPoll = std::chrono::milliseconds(5);
+}
+
+Prefetcher::Prefetcher(ChunkFetcher& fetcher, uint64_t bandwidth, uint64_t batch, size_t backlog)
+    : fetcher_(fetcher), bandwidth_(bandwidth), batch_(std::max<uint64_t>(batch, 1)),
+      backlog_(std::max<size_t>(backlog, 1)), budget_start_(std::chrono::steady_clock::now()),
+      thread_([this] { run(); }) {}
+
+Prefetcher::~Prefetcher() {
+    {
+        std::lock_guard lock(mutex_);
+        stopping_ = true;
+    }
+    wake_.notify_all();
+    thread_.join();
+}
+
+void Prefetcher::add(std::vector<PrefetchChunk> first, std::vector<std::shared_ptr<CachedBlob>> blobs) {
+    {
+        std::lock_guard lock(mutex_);
+        for (auto& c : first) queue_.push_back(std::move(c));
+        for (auto& b : blobs) blobs_.emplace_back(std::move(b), 0);
+    }
+    wake_.notify_all();
+}
+
+void Prefetcher::forget(const std::vector<std::shared_ptr<CachedBlob>>& blobs) {
+    std::lock_guard lock(mutex_);
+    auto gone = [&](const std::shared_ptr<CachedBlob>& b) {
+        return std::find(blobs.begin(), blobs.end(), b) != blobs.end();
+    };
+    std::erase_if(queue_, [&](const PrefetchChunk& c) { return gone(c.blob); });
+    std::erase_if(blobs_, [&](const auto& entry) { return gone(entry.first); });
+}
+
+// A token bucket over one-second windows: simple, and smooth enough for a background task.
+void Prefetcher::pace(uint64_t bytes) {
+    if (bandwidth_ == 0) return;
+    budget_used_ += bytes;
+    for (;;) {
+        auto elapsed = std::chrono::steady_clock::now() - budget_start_;
+        if (elapsed >= std::chrono::seconds(1)) {
+            budget_start_ = std::chrono::steady_clock::now();
+            budget_used_ = budget_used_ > bandwidth_ ? budget_used_ - bandwidth_ : 0;
+            continue;
+        }
+        if (budget_used_ <= bandwidth_) return;
+        std::unique_lock lock(mutex_);
+        if (wake_.wait_for(lock, std::chrono::seconds(1) - elapsed, [this] { return stopping_; })) return;
+    }
+}
+
+void Prefetcher::run() {
+    std::unique_lock lock(mutex_);
+    for (;;) {
+        wake_.wait(lock, [this] { return stopping_ || !queue_.empty() || !blobs_.empty(); });
+        if (stopping_) return;
+        if (fetcher_.prefetchBacklog() >= backlog_) {
+            wake_.wait_for(lock, kBacklogPoll, [this] { return stopping_; });
+            continue;
+        }
+        // The next run of consecutive chunks of one blob, up to the batch size.
+        std::shared_ptr<CachedBlob> blob;
+        uint32_t first = 0;
+        uint32_t count = 0;
+        uint64_t bytes = 0;
+        uint64_t compressed = 0;
+        if (!queue_.empty()) {
+            blob = queue_.front().blob;
+            first = queue_.front().ci;
+            while (!queue_.empty() && queue_.front().blob == blob && queue_.front().ci == first + count &&
+                   bytes < batch_) {
+                const auto& c = blob->descriptor().chunks[first + count];
+                bytes += c.uncompressed_size;
+                compressed += c.compressed_size;
+                ++count;
+                queue_.pop_front();
+            }
+        } else {
+            auto& [b, next] = blobs_.front();
+            blob = b;
+            first = next;
+            const auto& chunks = blob->descriptor().chunks;
+            while (first + count < chunks.size() && bytes < batch_) {
+                bytes += chunks[first + count].uncompressed_size;
+                compressed += chunks[first + count].compressed_size;
+                ++count;
+            }
+            next = first + count;
+            if (next >= chunks.size()) blobs_.pop_front();
+        }
+        lock.unlock();
+        if (count != 0 && !blob->cache().complete()) {
+            uint32_t queued = fetcher_.prefetch(blob, first, count);
+            if (queued != 0) pace(compressed);
+        }
+        lock.lock();
+    }
+}
+
+}  // namespace rafsd

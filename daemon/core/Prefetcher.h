@@ -1,0 +1,54 @@
+// Background prefetch: the chunks of the image's prefetch-table files first, then every chunk of
+// each blob in order, queued behind on-demand misses a few runs at a time, under a bandwidth cap.
+#pragma once
+
+#include "daemon/core/ChunkFetcher.h"
+
+#include <chrono>
+#include <condition_variable>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+namespace rafsd {
+
+struct PrefetchChunk {
+    std::shared_ptr<CachedBlob> blob;
+    uint32_t ci = 0;
+};
+
+class Prefetcher {
+public:
+    // bandwidth: compressed bytes per second queued at most (0 = unlimited); batch: bytes of
+    // uncompressed data per queued run; backlog: runs waiting in the fetch queue at most.
+    Prefetcher(ChunkFetcher& fetcher, uint64_t bandwidth, uint64_t batch, size_t backlog);
+    ~Prefetcher();
+    Prefetcher(const Prefetcher&) = delete;
+    Prefetcher& operator=(const Prefetcher&) = delete;
+
+    // Queues `first` (in order), then each blob of `blobs` whole.
+    void add(std::vector<PrefetchChunk> first, std::vector<std::shared_ptr<CachedBlob>> blobs);
+    // Drops queued work for these blobs (their image is going away).
+    void forget(const std::vector<std::shared_ptr<CachedBlob>>& blobs);
+
+private:
+    void run();
+    void pace(uint64_t bytes);
+
+    ChunkFetcher& fetcher_;
+    uint64_t bandwidth_;
+    uint64_t batch_;
+    size_t backlog_;
+    std::mutex mutex_;
+    std::condition_variable wake_;
+    std::deque<PrefetchChunk> queue_;  // whole blobs are expanded lazily: see run()
+    std::deque<std::pair<std::shared_ptr<CachedBlob>, uint32_t>> blobs_;  // blob, next ci
+    bool stopping_ = false;
+    std::chrono::steady_clock::time_point budget_start_;
+    uint64_t budget_used_ = 0;
+    std::thread thread_;
+};
+
+}  // namespace rafsd
