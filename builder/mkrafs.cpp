@@ -62,6 +62,9 @@ int main(int argc, char** argv) {
     b->add_option("--prefetch-list", prefetch_list, "file of absolute paths to prefetch first");
     auto* mtime_opt = b->add_option("--mtime", mtime, "set every entry's mtime to SECONDS (reproducible builds)");
     b->add_option("--threads", threads, "compression threads (default: one per CPU)");
+    bool no_chunk_table = false;
+    b->add_flag("--no-chunk-table", no_chunk_table,
+                "omit Nydus's chunk info table (smaller bootstrap; nydusd FUSE mode and nydus-image merge need it)");
     b->add_option("SOURCE", build.sources, "directory, or tar layer (plain, gzip, zstd; - for stdin), lowest first")
         ->required();
 
@@ -87,6 +90,7 @@ int main(int argc, char** argv) {
             if (!prefetch_list.empty()) build.prefetch_list = prefetch_list;
             if (mtime_opt->count() > 0) build.mtime = mtime;
             build.threads = threads;
+            build.chunk_table = !no_chunk_table;
             rafs::build::build(build, std::cerr);
         } else if (i->parsed()) {
             rafs::build::inspect(inspect, std::cout);

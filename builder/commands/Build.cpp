@@ -124,7 +124,7 @@ void dropEmptyBlobs(FileTree& tree, std::vector<std::optional<BlobInfo>>& layers
 
 void build(const BuildOptions& options, std::ostream& log) {
     validate(options);
-    BootstrapOptions boot{options.chunk_size, options.compressor, options.digester, {}};
+    BootstrapOptions boot{options.chunk_size, options.compressor, options.digester, {}, options.chunk_table};
     if (options.prefetch_list) boot.prefetch_paths = readPrefetchList(*options.prefetch_list);
 
     Staging staging(options.output);

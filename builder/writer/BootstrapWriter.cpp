@@ -42,10 +42,13 @@ struct Record {
     std::optional<DirectoryBlocks> dirents;
     uint64_t data_size = 0;     // directory or symlink bytes
     bool inline_tail = false;   // FLAT_INLINE: the last partial block follows the inode
+    bool compact = false;       // 32-byte inode: its mtime is the superblock's build time
     uint64_t pos = 0;           // byte offset of the inode in the bootstrap
     uint32_t start_block = 0;   // first separate data block (dirs and symlinks)
 
-    uint64_t baseSize() const { return sizeof(erofs::InodeExtended) + xattrs.size(); }
+    uint64_t baseSize() const {
+        return (compact ? sizeof(erofs::InodeCompact) : sizeof(erofs::InodeExtended)) + xattrs.size();
+    }
     uint64_t fullBlocks() const { return inline_tail ? data_size / kBlock : (data_size + kBlock - 1) / kBlock; }
     uint64_t tailSize() const { return inline_tail ? data_size % kBlock : 0; }
 };
@@ -60,6 +63,7 @@ public:
 private:
     void order(Node& dir);
     void add(Node& node);
+    void chooseInodeFormats();
     void countLinks();
     void place();
     std::vector<uint8_t> data(const Record& r) const;
@@ -80,6 +84,8 @@ private:
     uint64_t chunk_table_offset_ = 0;
     uint64_t chunk_table_entries_ = 0;
     uint64_t total_size_ = 0;
+    int64_t build_time_ = 0;
+    uint32_t build_time_nsec_ = 0;
     std::vector<ChunkInfo> chunk_infos_;
 };
 
@@ -118,6 +124,30 @@ void Layout::countLinks() {
     });
 }
 
+// Compact inodes have no mtime of their own: every kernel takes the superblock's build time for
+// them. Making the most common mtime the build time lets those inodes be compact (32 bytes
+// instead of 64) without losing anything; inodes that need the wider fields stay extended.
+void Layout::chooseInodeFormats() {
+    std::map<std::pair<int64_t, uint32_t>, size_t> mtimes;
+    for (const Record& r : records_) ++mtimes[{r.inode->mtime_sec, r.inode->mtime_nsec}];
+    size_t best = 0;
+    for (const auto& [mtime, count] : mtimes) {
+        if (count > best) {
+            best = count;
+            build_time_ = mtime.first;
+            build_time_nsec_ = mtime.second;
+        }
+    }
+    if (build_time_ < 0) return;  // the superblock's build time is unsigned
+    constexpr uint64_t k16 = UINT16_MAX;
+    for (Record& r : records_) {
+        const Inode& in = *r.inode;
+        const uint64_t size = in.isReg() ? in.size : r.data_size;
+        r.compact = in.mtime_sec == build_time_ && in.mtime_nsec == build_time_nsec_ && in.uid <= k16 &&
+                    in.gid <= k16 && in.nlink <= k16 && size <= UINT32_MAX;
+    }
+}
+
 void Layout::place() {
     const uint64_t n = blobs_.size();
     const uint64_t devices_end = kDeviceTableOffset + n * erofs::kDeviceSlotSize;
@@ -135,7 +165,6 @@ void Layout::place() {
         if (in.isReg()) {
             size = alignUp(size, sizeof(erofs::ChunkIndex)) + in.chunks.size() * sizeof(erofs::ChunkIndex);
         } else if (in.isDir() || in.isLink()) {
-            r.data_size = in.isDir() ? r.dirents->size() : in.symlink_target.size();
             const uint64_t tail = r.data_size % kBlock;
             r.inline_tail = tail != 0 && r.baseSize() + tail <= kBlock;
             size += r.tailSize();
@@ -158,7 +187,7 @@ void Layout::place() {
         r.start_block = static_cast<uint32_t>(block);
         block += r.fullBlocks();
     }
-    chunk_infos_ = chunkInfoTable();
+    if (options_.chunk_table) chunk_infos_ = chunkInfoTable();
     chunk_table_offset_ = block * kBlock;
     chunk_table_entries_ = chunk_infos_.size();
     total_size_ = alignUp(chunk_table_offset_ + chunk_table_entries_ * sizeof(ChunkInfo), kBlock);
@@ -172,7 +201,6 @@ std::vector<uint8_t> Layout::data(const Record& r) const {
 
 void Layout::encodeInode(std::vector<uint8_t>& image, const Record& r) const {
     const Inode& in = *r.inode;
-    erofs::InodeExtended di{};
     erofs::DataLayout layout = erofs::kFlatPlain;
     uint32_t iu = 0;
     if (in.isReg()) {
@@ -185,21 +213,36 @@ void Layout::encodeInode(std::vector<uint8_t>& image, const Record& r) const {
     } else if (S_ISCHR(in.mode) || S_ISBLK(in.mode)) {
         iu = erofs::encodeDev(in.rdev_major, in.rdev_minor);
     }
-    di.i_format = erofs::inodeFormat(erofs::kInodeVersionExtended, layout);
-    di.i_xattr_icount = r.xattr_icount;
-    di.i_mode = static_cast<uint16_t>(in.mode);
-    di.i_size = in.isReg() ? in.size : r.data_size;
-    di.i_u = iu;
-    di.i_ino = in.ino;
-    di.i_uid = in.uid;
-    di.i_gid = in.gid;
-    di.i_mtime = static_cast<uint64_t>(in.mtime_sec);
-    di.i_mtime_nsec = in.mtime_nsec;
-    di.i_nlink = in.nlink;
-
     uint8_t* p = image.data() + r.pos;
-    std::memcpy(p, &di, sizeof(di));
-    std::memcpy(p + sizeof(di), r.xattrs.data(), r.xattrs.size());
+    if (r.compact) {
+        erofs::InodeCompact dc{};
+        dc.i_format = erofs::inodeFormat(erofs::kInodeVersionCompact, layout);
+        dc.i_xattr_icount = r.xattr_icount;
+        dc.i_mode = static_cast<uint16_t>(in.mode);
+        dc.i_nlink = static_cast<uint16_t>(in.nlink);
+        dc.i_size = static_cast<uint32_t>(in.isReg() ? in.size : r.data_size);
+        dc.i_u = iu;
+        dc.i_ino = in.ino;
+        dc.i_uid = static_cast<uint16_t>(in.uid);
+        dc.i_gid = static_cast<uint16_t>(in.gid);
+        std::memcpy(p, &dc, sizeof(dc));
+    } else {
+        erofs::InodeExtended di{};
+        di.i_format = erofs::inodeFormat(erofs::kInodeVersionExtended, layout);
+        di.i_xattr_icount = r.xattr_icount;
+        di.i_mode = static_cast<uint16_t>(in.mode);
+        di.i_size = in.isReg() ? in.size : r.data_size;
+        di.i_u = iu;
+        di.i_ino = in.ino;
+        di.i_uid = in.uid;
+        di.i_gid = in.gid;
+        di.i_mtime = static_cast<uint64_t>(in.mtime_sec);
+        di.i_mtime_nsec = in.mtime_nsec;
+        di.i_nlink = in.nlink;
+        std::memcpy(p, &di, sizeof(di));
+    }
+    const uint64_t inode_size = r.compact ? sizeof(erofs::InodeCompact) : sizeof(erofs::InodeExtended);
+    std::memcpy(p + inode_size, r.xattrs.data(), r.xattrs.size());
     if (in.isReg()) {
         uint8_t* idx = image.data() + alignUp(r.pos + r.baseSize(), sizeof(erofs::ChunkIndex));
         for (const ChunkRef& c : in.chunks) {
@@ -279,6 +322,8 @@ void Layout::encodeTables(std::vector<uint8_t>& image) {
     sb.blkszbits = erofs::kBlockSizeBits;
     sb.root_nid = kRootNid;
     sb.inos = records_.size();
+    sb.build_time = static_cast<uint64_t>(build_time_);
+    sb.build_time_nsec = build_time_nsec_;
     sb.blocks = static_cast<uint32_t>(device_blocks);
     sb.meta_blkaddr = meta_blkaddr_;
     sb.feature_incompat = kFeatureIncompatRafsV6;
@@ -328,7 +373,10 @@ void Layout::write(const std::filesystem::path& path) {
             }
             r.dirents.emplace(std::move(entries));
         }
+        if (r.dirents) r.data_size = r.dirents->size();
+        else if (r.inode->isLink()) r.data_size = r.inode->symlink_target.size();
     }
+    chooseInodeFormats();
     place();
     // Directory entries can name nids only now that every inode is placed.
     for (Record& r : records_) {

@@ -17,6 +17,10 @@ struct BootstrapOptions {
     Compressor compressor = Compressor::Zstd;
     Digester digester = Digester::Blake3;
     std::vector<std::string> prefetch_paths;  // must exist in the tree
+    // Nydus's chunk info table (80 bytes per unique chunk): nydusd's FUSE mode and nydus-image
+    // merge/check need it; the kernel and rafsd do not (rafsd verifies chunk digests through
+    // the blob's ToC, whose digest the blob table records).
+    bool chunk_table = true;
 };
 
 // Writes the bootstrap of `tree` (whose chunk refs index `blobs`) to the new file `path`.

@@ -20,6 +20,7 @@ struct BuildOptions {
     std::optional<std::string> prefetch_list;  // file with one absolute path per line
     std::optional<int64_t> mtime;       // overrides every entry's mtime (seconds, nsec = 0)
     unsigned threads = 0;               // 0 = one per CPU
+    bool chunk_table = true;            // see BootstrapOptions::chunk_table
 };
 
 // Throws Error naming the first invalid option value.

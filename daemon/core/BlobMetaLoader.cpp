@@ -109,26 +109,50 @@ std::vector<uint8_t> fetchCi(const rafs::BootstrapBlob& blob, Backend& backend) 
     return ci;
 }
 
-// The blob.digest section, found through the tail sections (ToC) of the blob in the backend.
+// The blob.digest section, found through the blob's tail sections. It is trusted only through
+// the chain bootstrap -> blob_toc_digest -> ToC entry digest -> section, so a backend cannot
+// substitute digests that match substituted data.
 std::vector<rafs::Digest> fetchInlinedDigests(const rafs::BootstrapBlob& blob, Backend& backend) {
     const uint64_t size = backend.size(blob.id);
     auto sections = rafs::peelSections(
         [&](uint64_t offset, std::span<uint8_t> out) { backend.read(blob.id, offset, out); }, size);
+    const rafs::Section* toc = nullptr;
+    const rafs::Section* digests_section = nullptr;
     for (const rafs::Section& s : sections) {
-        if (s.name != rafs::kTocNameBlobDigest) continue;
-        if (s.size != uint64_t{blob.chunk_count} * rafs::kDigestSize) {
-            rafs::fail("blob {}: blob.digest holds {} bytes for {} chunks", blob.id, s.size, blob.chunk_count);
-        }
-        std::vector<uint8_t> raw(s.size);
-        backend.read(blob.id, s.offset, raw);
-        std::vector<rafs::Digest> digests(blob.chunk_count);
-        for (uint32_t i = 0; i < blob.chunk_count; ++i) {
-            std::memcpy(digests[i].data(), raw.data() + uint64_t{i} * rafs::kDigestSize, rafs::kDigestSize);
-        }
-        return digests;
+        if (s.name == rafs::kTocNameToc) toc = &s;
+        if (s.name == rafs::kTocNameBlobDigest) digests_section = &s;
     }
-    rafs::fail("blob {}: no chunk digests (the bootstrap's chunk table lacks some chunks and the blob has no blob.digest section)",
-               blob.id);
+    if (digests_section == nullptr) {
+        rafs::fail("no chunk digests (the bootstrap has no chunk table entries for it and the blob no blob.digest section)");
+    }
+    if (toc == nullptr || blob.toc_digest == rafs::Digest{}) {
+        rafs::fail("its blob.digest section cannot be verified: the bootstrap records no ToC digest for it");
+    }
+    std::vector<uint8_t> toc_bytes(toc->size + sizeof(rafs::TarHeader));
+    backend.read(blob.id, toc->offset, toc_bytes);
+    if (rafs::digestOf(rafs::Digester::Sha256, toc_bytes) != blob.toc_digest) {
+        rafs::fail("its ToC does not match the digest recorded in the bootstrap");
+    }
+    const rafs::TocEntry* entry = nullptr;
+    auto entries = rafs::parseToc(std::span(toc_bytes).first(toc->size));
+    for (const auto& e : entries) {
+        if (rafs::tocEntryName(e) == rafs::kTocNameBlobDigest) entry = &e;
+    }
+    if (entry == nullptr) rafs::fail("its ToC lists no blob.digest section");
+    if (digests_section->size != uint64_t{blob.chunk_count} * rafs::kDigestSize) {
+        rafs::fail("blob.digest holds {} bytes for {} chunks", digests_section->size, blob.chunk_count);
+    }
+    std::vector<uint8_t> raw(digests_section->size);
+    backend.read(blob.id, digests_section->offset, raw);
+    if (std::memcmp(rafs::digestOf(rafs::Digester::Sha256, raw).data(), entry->uncompressed_digest,
+                    rafs::kDigestSize) != 0) {
+        rafs::fail("its blob.digest section does not match its ToC");
+    }
+    std::vector<rafs::Digest> digests(blob.chunk_count);
+    for (uint32_t i = 0; i < blob.chunk_count; ++i) {
+        std::memcpy(digests[i].data(), raw.data() + uint64_t{i} * rafs::kDigestSize, rafs::kDigestSize);
+    }
+    return digests;
 }
 
 std::vector<rafs::Digest> digestsFrom(const rafs::Bootstrap& bootstrap, const rafs::BootstrapBlob& blob,
