@@ -31,6 +31,7 @@ public:
     Hasher& operator=(Hasher&&) noexcept;
 
     void update(std::span<const uint8_t> data);
+    // Returns the digest and resets the hasher, so one Hasher can digest one input after another.
     Digest finish();
 
 private:
