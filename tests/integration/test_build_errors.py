@@ -1,0 +1,345 @@
+#!/usr/bin/python3
+"""mkrafs build must fail cleanly on bad input.
+
+For every case: exit status != 0 and < 128 (no crash, no signal), no timeout, exactly one
+line on stderr, naming the problem (one of a few keywords, case-insensitive), and no
+partial output: the output dir is absent or holds nothing but an empty blobs/ dir, and
+nothing else appeared next to it (each case runs in its own empty parent directory, which
+is also the working directory).
+
+Cases: truncated tar (file and stdin), corrupt gzip (garbage that still inflates, caught
+only by the CRC32/ISIZE trailer; and a broken deflate stream), not a tar at all, `../` member,
+absolute member, hardlink to a missing target, a 256-byte name component, an unreadable
+source file (permission denied: mkrafs runs without CAP_DAC_OVERRIDE/CAP_DAC_READ_SEARCH),
+a source file whose read fails with an I/O-level error (a file on an EROFS image with
+corrupted lz4 data: open and stat work, read gives EUCLEAN), a full output file system
+(1 MiB tmpfs), and invalid options (--chunk-size 3000 / 2048 / 0 / 32M / 33554432 / abc,
+--compressor foo, --digester md5, missing --output, non-existent source, no source,
+unknown option, unknown subcommand).
+
+Exit: 0 pass, 77 skip (not root / no EROFS), 1 fail.
+"""
+
+import gzip
+import io
+import os
+import random
+import shutil
+import sys
+import tarfile
+
+sys.dont_write_bytecode = True  # keep __pycache__ out of the source tree
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from rafstest import harness, mount  # noqa: E402
+from rafstest.harness import log, run, text  # noqa: E402
+from rafstest.mkrafs import no_partial_output  # noqa: E402
+
+MiB = 1 << 20
+
+
+def tar_bytes(members):
+    """members: [(TarInfo-kwargs, data-or-None)] -> raw tar bytes (pax)."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode='w', format=tarfile.PAX_FORMAT) as tf:
+        for kw, data in members:
+            ti = tarfile.TarInfo(kw.pop('name'))
+            for k, v in kw.items():
+                setattr(ti, k, v)
+            if data is not None:
+                ti.size = len(data)
+            tf.addfile(ti, io.BytesIO(data) if data is not None else None)
+    return buf.getvalue()
+
+
+def reg(name, data, **kw):
+    return (dict(name=name, type=tarfile.REGTYPE, mode=0o644, **kw), data)
+
+
+def dirent(name):
+    return (dict(name=name, type=tarfile.DIRTYPE, mode=0o755), None)
+
+
+def write(path, data):
+    with open(path, 'wb') as f:
+        f.write(data)
+    return path
+
+
+class Case:
+    def __init__(self, name, keywords, sources=None, opts=(), stdin=None, output=True,
+                 wrapper=(), subcommand='build', note=''):
+        self.name = name
+        self.keywords = keywords
+        self.sources = sources
+        self.opts = list(opts)
+        self.stdin = stdin
+        self.output = output
+        self.wrapper = list(wrapper)
+        self.subcommand = subcommand
+        self.note = note
+
+
+def make_inputs(tmp):
+    rng = random.Random(7)
+    inp = os.path.join(tmp, 'inputs')
+    os.mkdir(inp)
+    good_dir = os.path.join(inp, 'good-dir')
+    os.mkdir(good_dir)
+    write(os.path.join(good_dir, 'hello'), b'hello\n')
+    paths = {'good_dir': good_dir}
+
+    big = rng.randbytes(300 * 1024)
+    good_tar = tar_bytes([dirent('d'), reg('d/big', big), reg('d/after', b'after')])
+    cut = len(good_tar) * 6 // 10
+    paths['truncated'] = write(os.path.join(inp, 'truncated.tar'), good_tar[:cut])
+
+    words = [bytes(rng.choice(b'abcdefghijklmnop') for _ in range(rng.randint(2, 8)))
+             for _ in range(300)]
+    txt = b' '.join(rng.choice(words) for _ in range(200000))
+    gz = bytearray(gzip.compress(tar_bytes([reg('text', txt)]), mtime=0))
+    for i in range(len(gz) // 2, len(gz) // 2 + 64):
+        gz[i] ^= 0xA5
+    # garbage in the middle of the deflate data: it still inflates, to wrong bytes of the
+    # wrong length; only the gzip trailer (CRC32, ISIZE) tells
+    paths['corrupt_gz'] = write(os.path.join(inp, 'corrupt.tar.gz'), bytes(gz))
+    gz2 = bytearray(gzip.compress(tar_bytes([reg('text', txt)]), mtime=0))
+    for i in range(10, 10 + 16):   # right after the 10-byte gzip header: block headers
+        gz2[i] ^= 0xFF
+    paths['corrupt_gz2'] = write(os.path.join(inp, 'corrupt-deflate.tar.gz'), bytes(gz2))
+    paths['not_tar'] = write(os.path.join(inp, 'random.tar'), rng.randbytes(64 * 1024))
+    paths['dotdot'] = write(os.path.join(inp, 'dotdot.tar'),
+                            tar_bytes([reg('ok', b'ok'), reg('../evil', b'evil')]))
+    paths['dotdot_mid'] = write(os.path.join(inp, 'dotdot-mid.tar'),
+                                tar_bytes([dirent('a'), reg('a/../../evil2', b'evil')]))
+    paths['absolute'] = write(os.path.join(inp, 'absolute.tar'),
+                              tar_bytes([reg('ok', b'ok'), reg('/etc/evil', b'evil')]))
+    paths['hardlink'] = write(os.path.join(inp, 'hardlink.tar'), tar_bytes([
+        reg('ok', b'ok'),
+        (dict(name='link', type=tarfile.LNKTYPE, linkname='no/such/target', mode=0o644), None)]))
+    paths['name256'] = write(os.path.join(inp, 'name256.tar'),
+                             tar_bytes([dirent('d'), reg('d/' + 'n' * 256, b'x')]))
+
+    # unreadable by permission: mode 0000, owned by another user; mkrafs runs without
+    # CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH (still uid 0, so output writes work)
+    perm = os.path.join(inp, 'perm-dir')
+    os.mkdir(perm)
+    write(os.path.join(perm, 'readable'), b'fine\n')
+    sec = write(os.path.join(perm, 'secret-file'), b'secret\n')
+    os.chown(sec, 1000, 1000)
+    os.chmod(sec, 0o000)
+    paths['perm_dir'] = perm
+
+    big_src = os.path.join(inp, 'big-dir')
+    os.mkdir(big_src)
+    write(os.path.join(big_src, 'random-4m'), rng.randbytes(4 * MiB))
+    paths['big_dir'] = big_src
+    return paths
+
+
+def make_eio_source(ck, tmp):
+    """An EROFS image (mkfs.erofs -zlz4) whose compressed data is overwritten: stat and open
+    of 'bad-file' work, read() fails (EUCLEAN, 'Structure needs cleaning'). Returns the
+    mounted directory or None (with a note) if that cannot be set up here."""
+    if shutil.which('mkfs.erofs') is None:
+        ck.warn('mkfs.erofs missing: the read-error case is not run')
+        return None
+    d = os.path.join(tmp, 'eio')
+    src = os.path.join(d, 'src')
+    os.makedirs(src)
+    rng = random.Random(99)
+    words = [bytes(rng.choice(b'abcdefghij') for _ in range(rng.randint(2, 9))) for _ in range(500)]
+    write(os.path.join(src, 'bad-file'), b' '.join(rng.choice(words) for _ in range(60000)))
+    write(os.path.join(src, 'good-file'), b'good\n')
+    img = os.path.join(d, 'img')
+    r = run(['mkfs.erofs', '--quiet', '-zlz4', img, src])
+    if r.returncode != 0:
+        ck.warn('mkfs.erofs -zlz4 failed; read-error case not run: %s' % text(r.stderr))
+        return None
+    # overwrite every block after the first (metadata + inline data live in block 0 for
+    # such a small image; the compressed pclusters follow)
+    size = os.path.getsize(img)
+    with open(img, 'r+b') as f:
+        f.seek(4096)
+        f.write(b'\xff' * (size - 4096))
+    mnt = os.path.join(d, 'mnt')
+    os.mkdir(mnt)
+    try:
+        mount.erofs_mount(img, mnt)
+    except mount.MountError as e:
+        ck.warn('cannot mount the corrupted image; read-error case not run: %s' % e)
+        return None
+    try:
+        with open(os.path.join(mnt, 'bad-file'), 'rb') as f:
+            f.read()
+        ck.warn('reading the corrupted file did not fail; read-error case not run')
+        mount.umount(mnt)
+        return None
+    except OSError as e:
+        log('  read-error source ready: reading bad-file fails with: %s' % e.strerror)
+    return mnt
+
+
+def check_case(ck, mkrafs, c, tmp, idx):
+    parent = os.path.join(tmp, 'case-%02d' % idx)
+    os.mkdir(parent)
+    out = os.path.join(parent, 'out')
+    cmd = c.wrapper + [mkrafs, c.subcommand] + c.opts
+    if c.output:
+        cmd += ['--output', out]
+    cmd += c.sources
+    log('\n--- case %d: %s%s' % (idx, c.name, (' (%s)' % c.note) if c.note else ''))
+    if c.stdin:
+        with open(c.stdin, 'rb') as stdin:
+            r = run(cmd, timeout=300, stdin=stdin, cwd=parent)
+    else:
+        # an empty, closed stdin: a builder that wrongly waits on stdin does not hang
+        r = run(cmd, timeout=300, input=b'', cwd=parent)
+    failures = []
+    err = text(r.stderr)
+    lines = err.rstrip('\n').split('\n') if err.strip() else []
+    if r.returncode is None:
+        failures.append('timed out')
+    elif r.returncode == 0:
+        failures.append('exit status 0 (must fail)')
+    elif r.returncode < 0 or r.returncode >= 128:
+        failures.append('crashed or killed (exit status %d)' % r.returncode)
+    if len(lines) != 1:
+        failures.append('stderr has %d lines (must be exactly 1)' % len(lines))
+    elif not any(k.lower() in lines[0].lower() for k in c.keywords):
+        failures.append('stderr does not name the problem (none of %s): %r' % (c.keywords, lines[0]))
+    left = no_partial_output(out)
+    if left:
+        failures.append('partial output left in %s: %s' % (out, left[:10]))
+    others = sorted(set(os.listdir(parent)) - {'out'})
+    if others:
+        failures.append('files left next to the output dir: %s' % others[:10])
+    if lines:
+        log('  stderr: ' + ' | '.join(lines[:5]))
+    log('  exit status: %s' % r.returncode)
+    if failures:
+        ck.fail('%s: %s' % (c.name, '; '.join(failures)))
+    else:
+        ck.ok(c.name)
+    shutil.rmtree(parent, ignore_errors=True)
+
+
+def main():
+    args = harness.parse_args(__doc__.split('\n')[1])
+    harness.require_root_and_erofs()
+    harness.require_tools('setpriv')
+    mkrafs = harness.check_mkrafs(args.mkrafs)
+    ck = harness.Checker('test_build_errors')
+    with harness.temp_dir('rafs-build-errors-', keep=args.keep) as tmp:
+        p = make_inputs(tmp)
+        good = [p['good_dir']]
+        no_dac = ['setpriv', '--bounding-set=-dac_override,-dac_read_search', '--']
+        cases = [
+            Case('truncated tar', ['truncat', 'unexpected end', 'eof', 'premature', 'short',
+                                   'incomplete', 'end of'], [p['truncated']]),
+            Case('truncated tar on stdin', ['truncat', 'unexpected end', 'eof', 'premature',
+                                            'short', 'incomplete', 'end of'], ['-'],
+                 stdin=p['truncated']),
+            Case('corrupt gzip tar (only the CRC/length trailer shows it)',
+                 ['gzip', 'crc', 'corrupt', 'invalid', 'inflate', 'decompress', 'zlib', 'deflate',
+                  'checksum', 'truncat', 'length'], [p['corrupt_gz']]),
+            Case('corrupt gzip tar (broken deflate stream)',
+                 ['gzip', 'crc', 'corrupt', 'invalid', 'inflate', 'decompress', 'zlib', 'deflate',
+                  'checksum', 'truncat', 'damaged', 'format', 'unrecognized'], [p['corrupt_gz2']]),
+            Case('not a tar at all', ['tar', 'format', 'header', 'archive', 'unrecognized',
+                                      'invalid'], [p['not_tar']]),
+            Case('../ member', ['..', 'evil', 'unsafe', 'outside', 'escape'], [p['dotdot']]),
+            Case('a/../../ member', ['..', 'evil2', 'unsafe', 'outside', 'escape'], [p['dotdot_mid']]),
+            Case('absolute member path', ['/etc/evil', 'absolute'], [p['absolute']]),
+            Case('hardlink to a missing target', ['no/such/target', 'link'], [p['hardlink']]),
+            Case('name component of 256 bytes', ['256', 'too long', 'name'], [p['name256']]),
+            Case('unreadable source file (permission denied)', ['secret-file', 'permission denied'],
+                 [p['perm_dir']], wrapper=no_dac,
+                 note='mkrafs without CAP_DAC_OVERRIDE/CAP_DAC_READ_SEARCH; file mode 0000'),
+            Case('--chunk-size 3000', ['chunk', '3000'], good, opts=['--chunk-size', '3000']),
+            Case('--chunk-size 2048', ['chunk', '2048'], good, opts=['--chunk-size', '2048']),
+            Case('--chunk-size 0', ['chunk'], good, opts=['--chunk-size', '0']),
+            Case('--chunk-size 32M', ['chunk', '32m'], good, opts=['--chunk-size', '32M']),
+            Case('--chunk-size 33554432', ['chunk', '33554432'], good,
+                 opts=['--chunk-size', '33554432']),
+            Case('--chunk-size abc', ['chunk', 'abc'], good, opts=['--chunk-size', 'abc']),
+            Case('--compressor foo', ['foo', 'compressor'], good, opts=['--compressor', 'foo']),
+            Case('--digester md5', ['md5', 'digester'], good, opts=['--digester', 'md5']),
+            Case('missing --output', ['output'], good, output=False),
+            Case('non-existent source', ['/nonexistent/source/path', 'no such file'],
+                 ['/nonexistent/source/path']),
+            Case('no source', ['source', 'usage', 'missing'], []),
+            Case('unknown option', ['--bogus-option', 'bogus', 'unknown', 'unrecognized'], good,
+                 opts=['--bogus-option']),
+            Case('unknown subcommand', ['frobnicate', 'unknown', 'subcommand', 'command'], good,
+                 subcommand='frobnicate', output=False),
+        ]
+        for i, c in enumerate(cases, 1):
+            check_case(ck, mkrafs, c, tmp, i)
+        n = len(cases)
+
+        # read error from the source file system
+        eio = make_eio_source(ck, tmp)
+        if eio:
+            n += 1
+            check_case(ck, mkrafs, Case('source file read fails (EUCLEAN from EROFS)',
+                                        ['bad-file', 'structure needs cleaning', 'read', 'i/o'],
+                                        [eio], note='corrupted lz4 data on an EROFS image'),
+                       tmp, n)
+            mount.umount(eio)
+
+        # full output file system: 1 MiB tmpfs as the output dir's parent
+        fs = os.path.join(tmp, 'fullfs')
+        os.mkdir(fs)
+        r = run(['mount', '-t', 'tmpfs', '-o', 'size=1m,mode=0755', 'tmpfs', fs])
+        if r.returncode != 0:
+            ck.fail('cannot mount a tmpfs for the full-fs case: %s' % text(r.stderr))
+        else:
+            try:
+                n += 1
+                check_case_fullfs(ck, mkrafs, p['big_dir'], fs, n)
+            finally:
+                mount.umount(fs)
+    return ck.finish()
+
+
+def check_case_fullfs(ck, mkrafs, src, fs, idx):
+    out = os.path.join(fs, 'out')
+    name = 'full output file system (1 MiB tmpfs, 4 MiB of random data, --compressor none)'
+    log('\n--- case %d: %s' % (idx, name))
+    r = run([mkrafs, 'build', '--compressor', 'none', '--output', out, src], timeout=300)
+    failures = []
+    err = text(r.stderr)
+    lines = err.rstrip('\n').split('\n') if err.strip() else []
+    if r.returncode is None:
+        failures.append('timed out')
+    elif r.returncode == 0:
+        failures.append('exit status 0 (must fail)')
+    elif r.returncode < 0 or r.returncode >= 128:
+        failures.append('crashed or killed (exit status %d)' % r.returncode)
+    kws = ['no space', 'space', 'enospc', 'full', 'write']
+    if len(lines) != 1:
+        failures.append('stderr has %d lines (must be exactly 1)' % len(lines))
+    elif not any(k in lines[0].lower() for k in kws):
+        failures.append('stderr does not name the problem (none of %s): %r' % (kws, lines[0]))
+    left = no_partial_output(out)
+    if left:
+        failures.append('partial output left: %s' % left[:10])
+    others = sorted(set(os.listdir(fs)) - {'out'})
+    if others:
+        failures.append('files left on the file system: %s' % others[:10])
+    st = os.statvfs(fs)
+    used = (st.f_blocks - st.f_bfree) * st.f_frsize
+    if used > 64 * 1024:
+        failures.append('%d bytes still used on the tmpfs after the failed build' % used)
+    if lines:
+        log('  stderr: ' + ' | '.join(lines[:5]))
+    log('  exit status: %s' % r.returncode)
+    if failures:
+        ck.fail('%s: %s' % (name, '; '.join(failures)))
+    else:
+        ck.ok(name)
+
+
+if __name__ == '__main__':
+    sys.exit(main())
