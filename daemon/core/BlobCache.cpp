@@ -1,0 +1,103 @@
+#include "daemon/core/BlobCache.h"
+
+#include <algorithm>
+#include <cstring>
+#include <limits>
+#include <new>
+
+namespace rafsd {
+
+namespace {
+
+constexpr uint64_t kBlock = CacheFile::kBlockSize;
+
+uint64_t extentEnd(const ChunkExtent& c) { return (c.offset + c.size + kBlock - 1) / kBlock * kBlock; }
+
+// Buffers handed to CacheFile::write must be block-aligned (direct I/O in fscache mode).
+struct AlignedDelete {
+    void operator()(uint8_t* p) const { ::operator delete[](p, std::align_val_t{kBlock}); }
+};
+using AlignedBuffer = std::unique_ptr<uint8_t[], AlignedDelete>;
+
+}  // namespace
+
+BlobCache::BlobCache(std::unique_ptr<CacheFile> file, ReadinessBitmap bitmap,
+                     std::vector<ChunkExtent> chunks)
+    : file_(std::move(file)), bitmap_(std::move(bitmap)), chunks_(std::move(chunks)) {
+    if (chunks_.size() != bitmap_.chunkCount())
+        rafs::fail("{}: {} chunks, but its bitmap {} has {}", file_->name(), chunks_.size(),
+                   bitmap_.path().string(), bitmap_.chunkCount());
+    const uint64_t file_end = (file_->size() + kBlock - 1) / kBlock * kBlock;
+    uint64_t previous_end = 0;
+    for (size_t i = 0; i < chunks_.size(); ++i) {
+        const ChunkExtent& c = chunks_[i];
+        if (c.size == 0) rafs::fail("{}: chunk {} is empty", file_->name(), i);
+        if (c.offset % kBlock != 0)
+            rafs::fail("{}: chunk {} starts at {}, not on a 4 KiB boundary", file_->name(), i, c.offset);
+        if (c.offset < previous_end)
+            rafs::fail("{}: chunk {} at {} overlaps the previous chunk or is out of order",
+                       file_->name(), i, c.offset);
+        if (c.offset > file_end || extentEnd(c) > file_end)
+            rafs::fail("{}: chunk {} at {} (+{}) ends past the cache file's end {}", file_->name(), i,
+                       c.offset, c.size, file_end);
+        previous_end = extentEnd(c);
+    }
+    dropped_at_open_ = validate();
+}
+
+ChunkRange BlobCache::chunksCovering(uint64_t offset, uint64_t length) const {
+    // Both partitions are monotonic because extents are sorted and do not overlap.
+    const auto first = std::partition_point(chunks_.begin(), chunks_.end(),
+                                            [&](const ChunkExtent& c) { return extentEnd(c) <= offset; });
+    const auto begin = static_cast<uint32_t>(first - chunks_.begin());
+    if (length == 0) return {begin, begin};
+    const uint64_t end = length > std::numeric_limits<uint64_t>::max() - offset
+                             ? std::numeric_limits<uint64_t>::max()
+                             : offset + length;
+    const auto last = std::partition_point(first, chunks_.end(),
+                                           [&](const ChunkExtent& c) { return c.offset < end; });
+    return {begin, static_cast<uint32_t>(last - chunks_.begin())};
+}
+
+void BlobCache::checkIndex(uint32_t chunk) const {
+    if (chunk >= chunks_.size())
+        rafs::fail("{}: chunk {} out of range ({} chunks)", file_->name(), chunk, chunks_.size());
+}
+
+const ChunkExtent& BlobCache::chunk(uint32_t index) const {
+    checkIndex(index);
+    return chunks_[index];
+}
+
+void BlobCache::write(uint32_t chunk, std::span<const uint8_t> data) {
+    checkIndex(chunk);
+    const ChunkExtent& c = chunks_[chunk];
+    if (data.size() != c.size)
+        rafs::fail("{}: chunk {} has {} bytes, expected {}", file_->name(), chunk, data.size(), c.size);
+
+    const size_t padded = extentEnd(c) - c.offset;
+    if (reinterpret_cast<uintptr_t>(data.data()) % kBlock == 0 && data.size() == padded) {
+        file_->write(c.offset, data);
+    } else {
+        AlignedBuffer buffer(new (std::align_val_t{kBlock}) uint8_t[padded]);
+        std::memcpy(buffer.get(), data.data(), data.size());
+        std::memset(buffer.get() + data.size(), 0, padded - data.size());
+        file_->write(c.offset, {buffer.get(), padded});
+    }
+    // Only now: the bit must never claim data that is not in the file yet (see the header).
+    bitmap_.set(chunk);
+}
+
+uint32_t BlobCache::validate() {
+    return bitmap_.clearIf([this](uint32_t chunk) {
+        const ChunkExtent& c = chunks_[chunk];
+        return !file_->hasData(c.offset, extentEnd(c) - c.offset);
+    });
+}
+
+void BlobCache::flush() {
+    file_->sync();
+    bitmap_.flush();
+}
+
+}  // namespace rafsd

@@ -1,0 +1,256 @@
+#include "daemon/core/ReadinessBitmap.h"
+
+#include "builder/format/Error.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <zlib.h>
+
+#include <algorithm>
+#include <atomic>
+#include <bit>
+#include <cerrno>
+#include <cstddef>
+#include <cstring>
+#include <mutex>
+#include <span>
+#include <vector>
+
+namespace rafsd {
+
+namespace {
+
+constexpr char kMagic[8] = {'R', 'A', 'F', 'S', 'C', 'M', 'A', 'P'};
+constexpr size_t kBlobIdLength = 64;
+
+struct ChunkMapHeader {
+    char magic[8];
+    uint32_t version;  // stays at offset 8 in every version, so it can be checked first
+    uint32_t chunk_count;
+    uint64_t blob_size;
+    char blob_id[kBlobIdLength];
+    uint32_t reserved;
+    uint32_t checksum;  // CRC32 of the bytes before it
+};
+static_assert(sizeof(ChunkMapHeader) == 96);
+static_assert(offsetof(ChunkMapHeader, version) == 8);
+static_assert(offsetof(ChunkMapHeader, blob_size) == 16);
+static_assert(offsetof(ChunkMapHeader, blob_id) == 24);
+static_assert(offsetof(ChunkMapHeader, checksum) == 92);
+
+constexpr uint64_t kHeaderSize = sizeof(ChunkMapHeader);
+
+uint32_t headerChecksum(const ChunkMapHeader& header) {
+    return static_cast<uint32_t>(crc32(0, reinterpret_cast<const Bytef*>(&header),
+                                       offsetof(ChunkMapHeader, checksum)));
+}
+
+size_t bitmapBytes(uint32_t chunk_count) { return (size_t{chunk_count} + 7) / 8; }
+
+void checkBlobId(std::string_view blob_id) {
+    const bool hex = std::all_of(blob_id.begin(), blob_id.end(), [](char c) {
+        return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f');
+    });
+    if (blob_id.size() != kBlobIdLength || !hex)
+        rafs::fail("chunk map: blob id '{}' is not 64 lowercase hex characters", blob_id);
+}
+
+void writeAll(int fd, std::span<const uint8_t> data, uint64_t offset,
+              const std::filesystem::path& path) {
+    while (!data.empty()) {
+        const ssize_t n = ::pwrite(fd, data.data(), data.size(), static_cast<off_t>(offset));
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) rafs::failErrno(fmt::format("{}: write at offset {}", path.string(), offset));
+        if (n == 0) rafs::fail("{}: write at offset {} wrote nothing", path.string(), offset);
+        data = data.subspan(static_cast<size_t>(n));
+        offset += static_cast<uint64_t>(n);
+    }
+}
+
+void readAll(int fd, std::span<uint8_t> out, uint64_t offset, const std::filesystem::path& path) {
+    while (!out.empty()) {
+        const ssize_t n = ::pread(fd, out.data(), out.size(), static_cast<off_t>(offset));
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) rafs::failErrno(fmt::format("{}: read at offset {}", path.string(), offset));
+        if (n == 0) rafs::fail("{}: file shrank while being read", path.string());
+        out = out.subspan(static_cast<size_t>(n));
+        offset += static_cast<uint64_t>(n);
+    }
+}
+
+ChunkMapHeader makeHeader(std::string_view blob_id, uint32_t chunk_count, uint64_t blob_size) {
+    ChunkMapHeader header{};
+    std::memcpy(header.magic, kMagic, sizeof kMagic);
+    header.version = ReadinessBitmap::kFormatVersion;
+    header.chunk_count = chunk_count;
+    header.blob_size = blob_size;
+    std::memcpy(header.blob_id, blob_id.data(), kBlobIdLength);
+    header.checksum = headerChecksum(header);
+    return header;
+}
+
+}  // namespace
+
+struct ReadinessBitmap::State {
+    State(int file, size_t bytes) : fd(file), bits(bytes) {}
+    ~State() { ::close(fd); }  // nothing to lose on a close error: flush() reports durability
+    State(const State&) = delete;
+    State& operator=(const State&) = delete;
+
+    // Fills bits and count from the file behind fd if it is the bitmap `expected` describes;
+    // otherwise changes nothing and returns why the file cannot be used.
+    std::string load(const std::filesystem::path& path, const ChunkMapHeader& expected);
+
+    // Writes a fresh, empty bitmap next to `path` and renames it over `path`.
+    static std::unique_ptr<State> create(const std::filesystem::path& path,
+                                         const ChunkMapHeader& header, size_t bitmap_bytes);
+
+    int fd;
+    std::vector<std::atomic<uint8_t>> bits;
+    std::atomic<uint32_t> count{0};
+    // Serialises the pwrite()s of bitmap bytes, so the last write of a byte carries every bit set
+    // before it (see set()).
+    std::mutex write_mutex;
+};
+
+std::string ReadinessBitmap::State::load(const std::filesystem::path& path,
+                                         const ChunkMapHeader& expected) {
+    struct stat info {};
+    if (::fstat(fd, &info) != 0) rafs::failErrno(fmt::format("{}: fstat", path.string()));
+    const auto length = static_cast<uint64_t>(info.st_size);
+    if (length < kHeaderSize) return fmt::format("file of {} bytes has no complete header", length);
+
+    ChunkMapHeader header{};
+    readAll(fd, {reinterpret_cast<uint8_t*>(&header), sizeof header}, 0, path);
+    if (std::memcmp(header.magic, kMagic, sizeof kMagic) != 0) return "not a chunk map (bad magic)";
+    if (header.version != expected.version)
+        return fmt::format("format version {}, expected {}", header.version, expected.version);
+    if (header.checksum != headerChecksum(header)) return "header checksum mismatch";
+    if (std::memcmp(header.blob_id, expected.blob_id, kBlobIdLength) != 0)
+        return fmt::format("it belongs to blob {}",
+                           std::string_view(header.blob_id, kBlobIdLength));
+    if (header.chunk_count != expected.chunk_count)
+        return fmt::format("chunk count {}, expected {}", header.chunk_count, expected.chunk_count);
+    if (header.blob_size != expected.blob_size)
+        return fmt::format("blob size {}, expected {}", header.blob_size, expected.blob_size);
+    const uint64_t expected_length = kHeaderSize + bits.size();
+    if (length != expected_length)
+        return fmt::format("length {}, expected {}", length, expected_length);
+
+    std::vector<uint8_t> bytes(bits.size());
+    readAll(fd, bytes, kHeaderSize, path);
+    const uint32_t tail_bits = expected.chunk_count % 8;
+    if (tail_bits != 0 && (bytes.back() >> tail_bits) != 0) return "bits set past the last chunk";
+    uint32_t set_bits = 0;
+    for (size_t i = 0; i < bytes.size(); ++i) {
+        bits[i].store(bytes[i], std::memory_order_relaxed);
+        set_bits += static_cast<uint32_t>(std::popcount(bytes[i]));
+    }
+    count.store(set_bits, std::memory_order_relaxed);
+    return {};
+}
+
+// No fsync: a crash can only leave a missing, short or zero-filled file, which load() rejects,
+// and a rejected file is simply created again.
+std::unique_ptr<ReadinessBitmap::State> ReadinessBitmap::State::create(
+    const std::filesystem::path& path, const ChunkMapHeader& header, size_t bitmap_bytes) {
+    std::filesystem::path temporary = path;
+    temporary += ".tmp";
+    const int fd = ::open(temporary.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (fd < 0) rafs::failErrno(fmt::format("{}: create", temporary.string()));
+    auto state = std::make_unique<State>(fd, bitmap_bytes);
+
+    std::vector<uint8_t> content(kHeaderSize + bitmap_bytes, 0);
+    std::memcpy(content.data(), &header, sizeof header);
+    writeAll(fd, content, 0, temporary);
+    if (::rename(temporary.c_str(), path.c_str()) != 0)
+        rafs::failErrno(fmt::format("rename {} to {}", temporary.string(), path.string()));
+    return state;
+}
+
+ReadinessBitmap ReadinessBitmap::open(const std::filesystem::path& path, std::string_view blob_id,
+                                      uint32_t chunk_count, uint64_t blob_size) {
+    checkBlobId(blob_id);
+    const ChunkMapHeader expected = makeHeader(blob_id, chunk_count, blob_size);
+    const size_t bitmap_bytes = bitmapBytes(chunk_count);
+
+    std::string discard_reason;
+    const int fd = ::open(path.c_str(), O_RDWR | O_CLOEXEC);
+    if (fd >= 0) {
+        auto state = std::make_unique<State>(fd, bitmap_bytes);
+        discard_reason = state->load(path, expected);
+        if (discard_reason.empty())
+            return ReadinessBitmap(path, chunk_count, std::move(state), {});
+    } else if (errno != ENOENT) {
+        rafs::failErrno(fmt::format("{}: open", path.string()));
+    }
+    return ReadinessBitmap(path, chunk_count, State::create(path, expected, bitmap_bytes),
+                           std::move(discard_reason));
+}
+
+ReadinessBitmap::ReadinessBitmap(std::filesystem::path path, uint32_t chunk_count,
+                                 std::unique_ptr<State> state, std::string discard_reason)
+    : path_(std::move(path)),
+      chunk_count_(chunk_count),
+      state_(std::move(state)),
+      discard_reason_(std::move(discard_reason)) {}
+
+ReadinessBitmap::~ReadinessBitmap() = default;
+ReadinessBitmap::ReadinessBitmap(ReadinessBitmap&&) noexcept = default;
+ReadinessBitmap& ReadinessBitmap::operator=(ReadinessBitmap&&) noexcept = default;
+
+void ReadinessBitmap::checkIndex(uint32_t chunk) const {
+    if (chunk >= chunk_count_)
+        rafs::fail("{}: chunk {} out of range ({} chunks)", path_.string(), chunk, chunk_count_);
+}
+
+bool ReadinessBitmap::test(uint32_t chunk) const {
+    checkIndex(chunk);
+    const auto mask = static_cast<uint8_t>(1u << (chunk % 8));
+    return (state_->bits[chunk / 8].load(std::memory_order_acquire) & mask) != 0;
+}
+
+void ReadinessBitmap::set(uint32_t chunk) {
+    checkIndex(chunk);
+    std::atomic<uint8_t>& byte = state_->bits[chunk / 8];
+    const auto mask = static_cast<uint8_t>(1u << (chunk % 8));
+    if ((byte.fetch_or(mask, std::memory_order_acq_rel) & mask) != 0) return;
+    state_->count.fetch_add(1, std::memory_order_relaxed);
+
+    // Another thread may set a neighbouring bit of the same byte concurrently. Each reads the
+    // byte only after taking the lock, which is after its own fetch_or, so whichever writes last
+    // writes both bits.
+    std::lock_guard lock(state_->write_mutex);
+    const uint8_t value = byte.load(std::memory_order_relaxed);
+    writeAll(state_->fd, {&value, 1}, kHeaderSize + chunk / 8, path_);
+}
+
+uint32_t ReadinessBitmap::count() const { return state_->count.load(std::memory_order_relaxed); }
+
+uint32_t ReadinessBitmap::clearIf(const std::function<bool(uint32_t chunk)>& drop) {
+    std::lock_guard lock(state_->write_mutex);
+    uint32_t cleared = 0;
+    for (uint32_t chunk = 0; chunk < chunk_count_; ++chunk) {
+        std::atomic<uint8_t>& byte = state_->bits[chunk / 8];
+        const auto mask = static_cast<uint8_t>(1u << (chunk % 8));
+        if ((byte.load(std::memory_order_acquire) & mask) == 0 || !drop(chunk)) continue;
+        if ((byte.fetch_and(static_cast<uint8_t>(~mask), std::memory_order_acq_rel) & mask) != 0) {
+            state_->count.fetch_sub(1, std::memory_order_relaxed);
+            ++cleared;
+        }
+    }
+    if (cleared != 0) {
+        std::vector<uint8_t> bytes(state_->bits.size());
+        std::transform(state_->bits.begin(), state_->bits.end(), bytes.begin(),
+                       [](const std::atomic<uint8_t>& b) { return b.load(std::memory_order_relaxed); });
+        writeAll(state_->fd, bytes, kHeaderSize, path_);
+    }
+    return cleared;
+}
+
+void ReadinessBitmap::flush() {
+    if (::fdatasync(state_->fd) != 0) rafs::failErrno(fmt::format("{}: fdatasync", path_.string()));
+}
+
+}  // namespace rafsd

@@ -1,0 +1,245 @@
+#include "daemon/core/ReadinessBitmap.h"
+
+#include "builder/format/Error.h"
+
+#include <catch2/catch.hpp>
+#include <stdlib.h>
+#include <zlib.h>
+
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
+#include <string>
+#include <thread>
+#include <vector>
+
+using rafsd::ReadinessBitmap;
+using Catch::Matchers::Contains;
+
+namespace {
+
+const std::string kBlob(64, 'a');
+const std::string kOtherBlob(64, 'b');
+constexpr uint64_t kHeaderSize = 96;
+
+class TempDir {
+public:
+    TempDir() {
+        std::string pattern = (std::filesystem::temp_directory_path() / "rafsd-bitmap-XXXXXX").string();
+        if (::mkdtemp(pattern.data()) == nullptr) throw std::runtime_error("mkdtemp failed");
+        path_ = pattern;
+    }
+    TempDir(const TempDir&) = delete;
+    TempDir& operator=(const TempDir&) = delete;
+    ~TempDir() {
+        std::error_code ignored;
+        std::filesystem::remove_all(path_, ignored);
+    }
+    std::filesystem::path operator/(const std::string& name) const { return path_ / name; }
+
+private:
+    std::filesystem::path path_;
+};
+
+std::vector<uint8_t> readFile(const std::filesystem::path& path) {
+    std::ifstream in(path, std::ios::binary);
+    return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+}
+
+void writeFile(const std::filesystem::path& path, const std::vector<uint8_t>& bytes) {
+    std::ofstream out(path, std::ios::binary | std::ios::trunc);
+    out.write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
+}
+
+// Recomputes the header checksum after a test changed header fields, so that only the change
+// under test can make the file unusable.
+void resealHeader(std::vector<uint8_t>& bytes) {
+    const auto crc = static_cast<uint32_t>(crc32(0, bytes.data(), 92));
+    std::memcpy(bytes.data() + 92, &crc, sizeof crc);
+}
+
+// Creates a bitmap with a few bits set, lets `damage` edit its bytes, and reopens it.
+ReadinessBitmap reopenDamaged(const std::filesystem::path& path,
+                              const std::function<void(std::vector<uint8_t>&)>& damage) {
+    {
+        ReadinessBitmap bitmap = ReadinessBitmap::open(path, kBlob, 20, 1 << 20);
+        bitmap.set(1);
+        bitmap.set(19);
+    }
+    std::vector<uint8_t> bytes = readFile(path);
+    damage(bytes);
+    writeFile(path, bytes);
+    return ReadinessBitmap::open(path, kBlob, 20, 1 << 20);
+}
+
+}  // namespace
+
+TEST_CASE("a new bitmap is empty and persists its bits across reopen", "[cache]") {
+    TempDir dir;
+    const auto path = dir / (kBlob + ".chunkmap");
+    {
+        ReadinessBitmap bitmap = ReadinessBitmap::open(path, kBlob, 20, 5 << 20);
+        CHECK_FALSE(bitmap.discarded());
+        CHECK(bitmap.count() == 0);
+        CHECK_FALSE(bitmap.complete());
+        bitmap.set(0);
+        bitmap.set(9);
+        bitmap.set(9);  // setting twice counts once
+        bitmap.set(19);
+        CHECK(bitmap.count() == 3);
+        bitmap.flush();
+    }
+    CHECK(std::filesystem::file_size(path) == kHeaderSize + 3);
+    ReadinessBitmap bitmap = ReadinessBitmap::open(path, kBlob, 20, 5 << 20);
+    CHECK_FALSE(bitmap.discarded());
+    CHECK(bitmap.count() == 3);
+    for (uint32_t chunk = 0; chunk < 20; ++chunk)
+        CHECK(bitmap.test(chunk) == (chunk == 0 || chunk == 9 || chunk == 19));
+    for (uint32_t chunk = 0; chunk < 20; ++chunk) bitmap.set(chunk);
+    CHECK(bitmap.complete());
+}
+
+TEST_CASE("a bitmap without chunks is complete", "[cache]") {
+    TempDir dir;
+    ReadinessBitmap bitmap = ReadinessBitmap::open(dir / "empty", kBlob, 0, 0);
+    CHECK(bitmap.complete());
+    CHECK_THROWS_AS(bitmap.test(0), rafs::Error);
+}
+
+TEST_CASE("a bitmap that does not match is discarded, never read", "[cache]") {
+    TempDir dir;
+    const auto path = dir / "map";
+
+    SECTION("another blob") {
+        { ReadinessBitmap::open(path, kOtherBlob, 20, 1 << 20).set(3); }
+        ReadinessBitmap bitmap = ReadinessBitmap::open(path, kBlob, 20, 1 << 20);
+        CHECK(bitmap.discarded());
+        CHECK_THAT(bitmap.discardReason(), Contains(kOtherBlob));
+        CHECK(bitmap.count() == 0);
+    }
+    SECTION("another chunk count") {
+        { ReadinessBitmap::open(path, kBlob, 21, 1 << 20).set(3); }
+        ReadinessBitmap bitmap = ReadinessBitmap::open(path, kBlob, 20, 1 << 20);
+        CHECK(bitmap.discarded());
+        CHECK_THAT(bitmap.discardReason(), Contains("chunk count 21"));
+        CHECK(bitmap.count() == 0);
+    }
+    SECTION("another blob size") {
+        { ReadinessBitmap::open(path, kBlob, 20, 2 << 20).set(3); }
+        ReadinessBitmap bitmap = ReadinessBitmap::open(path, kBlob, 20, 1 << 20);
+        CHECK(bitmap.discarded());
+        CHECK_THAT(bitmap.discardReason(), Contains("blob size"));
+        CHECK(bitmap.count() == 0);
+    }
+    SECTION("another format version") {
+        ReadinessBitmap bitmap = reopenDamaged(path, [](std::vector<uint8_t>& bytes) {
+            const uint32_t version = ReadinessBitmap::kFormatVersion + 1;
+            std::memcpy(bytes.data() + 8, &version, sizeof version);
+            resealHeader(bytes);
+        });
+        CHECK(bitmap.discarded());
+        CHECK_THAT(bitmap.discardReason(), Contains("format version 2"));
+        CHECK(bitmap.count() == 0);
+    }
+    SECTION("a corrupted header") {
+        ReadinessBitmap bitmap =
+            reopenDamaged(path, [](std::vector<uint8_t>& bytes) { bytes[40] ^= 0x01; });
+        CHECK(bitmap.discarded());
+        CHECK_THAT(bitmap.discardReason(), Contains("checksum"));
+        CHECK(bitmap.count() == 0);
+    }
+    SECTION("a bad magic") {
+        ReadinessBitmap bitmap =
+            reopenDamaged(path, [](std::vector<uint8_t>& bytes) { bytes[0] = 'X'; });
+        CHECK(bitmap.discarded());
+        CHECK_THAT(bitmap.discardReason(), Contains("magic"));
+    }
+    SECTION("a file that is too long") {
+        ReadinessBitmap bitmap =
+            reopenDamaged(path, [](std::vector<uint8_t>& bytes) { bytes.push_back(0xff); });
+        CHECK(bitmap.discarded());
+        CHECK_THAT(bitmap.discardReason(), Contains("length"));
+        CHECK(bitmap.count() == 0);
+    }
+    SECTION("a file cut short") {
+        ReadinessBitmap bitmap =
+            reopenDamaged(path, [](std::vector<uint8_t>& bytes) { bytes.pop_back(); });
+        CHECK(bitmap.discarded());
+        CHECK(bitmap.count() == 0);
+    }
+    SECTION("a file without a whole header") {
+        ReadinessBitmap bitmap =
+            reopenDamaged(path, [](std::vector<uint8_t>& bytes) { bytes.resize(50); });
+        CHECK(bitmap.discarded());
+        CHECK_THAT(bitmap.discardReason(), Contains("header"));
+    }
+    SECTION("bits past the last chunk") {
+        ReadinessBitmap bitmap =
+            reopenDamaged(path, [](std::vector<uint8_t>& bytes) { bytes.back() |= 0x80; });
+        CHECK(bitmap.discarded());
+        CHECK_THAT(bitmap.discardReason(), Contains("past the last chunk"));
+        CHECK(bitmap.count() == 0);
+    }
+
+    // The replacement is a valid, empty bitmap of the requested blob.
+    ReadinessBitmap again = ReadinessBitmap::open(path, kBlob, 20, 1 << 20);
+    CHECK_FALSE(again.discarded());
+    CHECK(again.count() == 0);
+    CHECK(std::filesystem::file_size(path) == kHeaderSize + 3);
+}
+
+TEST_CASE("a bitmap refuses bad blob ids and chunk indexes", "[cache]") {
+    TempDir dir;
+    CHECK_THROWS_WITH(ReadinessBitmap::open(dir / "m", "abc", 1, 1), Contains("blob id"));
+    CHECK_THROWS_AS(ReadinessBitmap::open(dir / "m", std::string(64, 'A'), 1, 1), rafs::Error);
+    ReadinessBitmap bitmap = ReadinessBitmap::open(dir / "m", kBlob, 10, 1);
+    CHECK_THROWS_WITH(bitmap.set(10), Contains("out of range"));
+    CHECK_THROWS_AS(bitmap.test(10), rafs::Error);
+}
+
+TEST_CASE("set() from several threads keeps every bit, in memory and on disk", "[cache]") {
+    TempDir dir;
+    const auto path = dir / "map";
+    constexpr uint32_t kChunks = 20'000;
+    constexpr uint32_t kThreads = 8;
+    {
+        ReadinessBitmap bitmap = ReadinessBitmap::open(path, kBlob, kChunks, 1);
+        std::vector<std::thread> threads;
+        // Thread t sets chunks t, t + 8, ...: all threads write to every byte at once.
+        for (uint32_t t = 0; t < kThreads; ++t)
+            threads.emplace_back([&bitmap, t] {
+                for (uint32_t chunk = t; chunk < kChunks; chunk += kThreads) bitmap.set(chunk);
+            });
+        for (auto& thread : threads) thread.join();
+        CHECK(bitmap.count() == kChunks);
+        CHECK(bitmap.complete());
+    }
+    ReadinessBitmap bitmap = ReadinessBitmap::open(path, kBlob, kChunks, 1);
+    CHECK_FALSE(bitmap.discarded());
+    CHECK(bitmap.count() == kChunks);
+    CHECK(bitmap.complete());
+}
+
+TEST_CASE("clearIf() drops bits and persists the result", "[cache]") {
+    TempDir dir;
+    const auto path = dir / "map";
+    {
+        ReadinessBitmap bitmap = ReadinessBitmap::open(path, kBlob, 100, 1);
+        for (uint32_t chunk = 0; chunk < 100; chunk += 3) bitmap.set(chunk);
+        std::vector<uint32_t> asked;
+        const uint32_t cleared = bitmap.clearIf([&](uint32_t chunk) {
+            asked.push_back(chunk);
+            return chunk % 2 == 0;
+        });
+        CHECK(asked.size() == 34);  // only set bits are offered
+        CHECK(cleared == 17);
+        CHECK(bitmap.count() == 17);
+        CHECK_FALSE(bitmap.test(0));
+        CHECK(bitmap.test(3));
+    }
+    ReadinessBitmap bitmap = ReadinessBitmap::open(path, kBlob, 100, 1);
+    CHECK(bitmap.count() == 17);
+    for (uint32_t chunk = 0; chunk < 100; ++chunk)
+        CHECK(bitmap.test(chunk) == (chunk % 3 == 0 && chunk % 2 == 1));
+}
