@@ -8,6 +8,8 @@
 #include <memory>
 #include <string>
 #include <string_view>
+#include <utility>
+#include <vector>
 
 namespace rafs::build {
 
@@ -38,6 +40,10 @@ public:
     // Removes the entry at `path` with its subtree; false if there was none.
     bool remove(std::string_view path);
 
+    // Keeps `inode` alive as long as the tree even after its entries are replaced or removed,
+    // as a ChunkSink may fill inode.chunks after the source has moved on.
+    void retain(std::shared_ptr<Inode> inode) { retained_.push_back(std::move(inode)); }
+
     // Calls fn(node, path) for every entry, parents before children, children in name order.
     template <typename Fn>
     void walk(Fn&& fn) { walkFrom(root_, "/", fn); }
@@ -52,6 +58,7 @@ private:
     }
 
     Node root_;
+    std::vector<std::shared_ptr<Inode>> retained_;
 };
 
 }  // namespace rafs::build

@@ -1,0 +1,20 @@
+// A tar layer (an OCI image layer or any tar) as a source layer.
+#pragma once
+
+#include "builder/tree/FileTree.h"
+#include "builder/writer/ChunkSink.h"
+
+#include <string>
+
+namespace rafs::build {
+
+// Applies the tar at `input` ("-" for stdin; plain, gzip or zstd; ustar, GNU or pax; an empty
+// input is an empty layer) to `tree` as layer `layer`, sending regular files' contents to `sink`
+// in archive order. OCI whiteouts remove lower layers' entries and are not added themselves:
+// ".wh.NAME" removes NAME, ".wh..wh..opq" empties its directory of lower layers' entries.
+// Missing parent directories are created (0755, root, mtime 0). Hardlink targets are looked up
+// in the merged tree. POSIX ACLs become system.posix_acl_* xattrs. Throws Error naming the input
+// and member for unsafe or unsupported members and for corrupt or truncated archives.
+void addTar(const std::string& input, FileTree& tree, ChunkSink& sink, unsigned layer);
+
+}  // namespace rafs::build

@@ -1,0 +1,108 @@
+#include "builder/tree/FileTree.h"
+
+#include "builder/format/Error.h"
+
+#include <sys/stat.h>
+
+#include <vector>
+
+namespace rafs::build {
+
+namespace {
+
+// The path's components below the root, per FileTree.h's rules.
+std::vector<std::string_view> components(std::string_view path) {
+    std::string_view rest = path;
+    // A leading "/", "./", or a lone "." all mean the root.
+    for (;;) {
+        if (rest.starts_with('/')) {
+            rest.remove_prefix(1);
+        } else if (rest.starts_with("./")) {
+            rest.remove_prefix(2);
+        } else if (rest == ".") {
+            rest = {};
+        } else {
+            break;
+        }
+    }
+    std::vector<std::string_view> parts;
+    while (!rest.empty()) {
+        const size_t slash = rest.find('/');
+        const std::string_view part = rest.substr(0, slash);
+        rest = slash == std::string_view::npos ? std::string_view{} : rest.substr(slash + 1);
+        if (part.empty()) continue;
+        if (part == "." || part == "..") fail("path {}: '{}' component not allowed", path, part);
+        parts.push_back(part);
+    }
+    return parts;
+}
+
+Node* child(Node& dir, std::string_view name) {
+    auto it = dir.children.find(std::string(name));
+    return it == dir.children.end() ? nullptr : it->second.get();
+}
+
+}  // namespace
+
+FileTree::FileTree() {
+    root_.inode = std::make_shared<Inode>();
+    root_.inode->mode = S_IFDIR | 0755;
+}
+
+Node* FileTree::find(std::string_view path) {
+    Node* node = &root_;
+    for (std::string_view part : components(path)) {
+        node = child(*node, part);
+        if (node == nullptr) return nullptr;
+    }
+    return node;
+}
+
+Node& FileTree::put(std::string_view path, std::shared_ptr<Inode> inode, unsigned layer) {
+    const auto parts = components(path);
+    if (parts.empty()) {
+        if (!inode->isDir()) fail("path {}: the root can only be replaced by a directory", path);
+        root_.inode = std::move(inode);
+        root_.layer = layer;
+        return root_;
+    }
+    Node* parent = &root_;
+    std::string parent_path;
+    for (size_t i = 0; i + 1 < parts.size(); ++i) {
+        parent_path.append("/").append(parts[i]);
+        parent = child(*parent, parts[i]);
+        if (parent == nullptr) fail("path {}: parent {} does not exist", path, parent_path);
+        if (!parent->inode->isDir()) {
+            fail("path {}: parent {} is not a directory", path, parent_path);
+        }
+    }
+    std::string name(parts.back());
+    auto it = parent->children.find(name);
+    if (it != parent->children.end()) {
+        Node& old = *it->second;
+        if (old.inode->isDir() && inode->isDir()) {
+            old.inode = std::move(inode);
+            old.layer = layer;
+            return old;
+        }
+        parent->children.erase(it);
+    }
+    auto node = std::make_unique<Node>();
+    node->name = name;
+    node->parent = parent;
+    node->inode = std::move(inode);
+    node->layer = layer;
+    return *parent->children.emplace(std::move(name), std::move(node)).first->second;
+}
+
+bool FileTree::remove(std::string_view path) {
+    const auto parts = components(path);
+    if (parts.empty()) fail("path {}: the root cannot be removed", path);
+    Node* node = find(path);
+    if (node == nullptr) return false;
+    auto& siblings = node->parent->children;
+    siblings.erase(siblings.find(node->name));
+    return true;
+}
+
+}  // namespace rafs::build

@@ -1,0 +1,170 @@
+#include "builder/format/Error.h"
+#include "builder/tree/FileTree.h"
+
+#include <catch2/catch.hpp>
+#include <sys/stat.h>
+
+#include <string>
+#include <vector>
+
+using namespace rafs::build;
+
+namespace {
+
+std::shared_ptr<Inode> makeInode(mode_t mode, uint32_t uid = 0) {
+    auto inode = std::make_shared<Inode>();
+    inode->mode = mode;
+    inode->uid = uid;
+    return inode;
+}
+
+std::vector<std::string> paths(FileTree& tree) {
+    std::vector<std::string> out;
+    tree.walk([&](Node&, const std::string& path) { out.push_back(path); });
+    return out;
+}
+
+}  // namespace
+
+TEST_CASE("a new tree has a 0755 root directory", "[tree]") {
+    FileTree tree;
+    REQUIRE(tree.root().inode);
+    CHECK(tree.root().inode->mode == (S_IFDIR | 0755));
+    CHECK(tree.root().name.empty());
+    CHECK(tree.root().parent == nullptr);
+    CHECK(tree.find("/") == &tree.root());
+    CHECK(tree.find("") == &tree.root());
+    CHECK(tree.find(".") == &tree.root());
+    CHECK(tree.find("./") == &tree.root());
+    CHECK(paths(tree) == std::vector<std::string>{"/"});
+}
+
+TEST_CASE("put and find normalize paths", "[tree]") {
+    FileTree tree;
+    Node& a = tree.put("a", makeInode(S_IFDIR | 0700), 0);
+    Node& b = tree.put("/a//b", makeInode(S_IFREG | 0644), 1);
+    CHECK(a.name == "a");
+    CHECK(a.parent == &tree.root());
+    CHECK(b.name == "b");
+    CHECK(b.parent == &a);
+    CHECK(b.layer == 1);
+    CHECK(tree.find("a/b") == &b);
+    CHECK(tree.find("./a/b") == &b);
+    CHECK(tree.find("/a/b/") == &b);
+    CHECK(tree.find("a/c") == nullptr);
+    CHECK(tree.find("a/b/c") == nullptr);  // below a file
+    CHECK_THROWS_WITH(tree.find("a/../b"), "path a/../b: '..' component not allowed");
+    CHECK_THROWS_WITH(tree.find("a/./b"), "path a/./b: '.' component not allowed");
+    CHECK_THROWS_AS(tree.put("..", makeInode(S_IFDIR), 0), rafs::Error);
+}
+
+TEST_CASE("put needs an existing parent directory", "[tree]") {
+    FileTree tree;
+    CHECK_THROWS_WITH(tree.put("x/y", makeInode(S_IFREG), 0), "path x/y: parent /x does not exist");
+    tree.put("f", makeInode(S_IFREG), 0);
+    CHECK_THROWS_WITH(tree.put("f/y", makeInode(S_IFREG), 0), "path f/y: parent /f is not a directory");
+    CHECK_THROWS_WITH(tree.put("/", makeInode(S_IFREG), 0),
+                      "path /: the root can only be replaced by a directory");
+}
+
+TEST_CASE("replacing entries", "[tree]") {
+    FileTree tree;
+    tree.put("d", makeInode(S_IFDIR | 0755), 0);
+    tree.put("d/f", makeInode(S_IFREG | 0644), 0);
+    tree.put("d/sub", makeInode(S_IFDIR | 0755), 0);
+    tree.put("d/sub/g", makeInode(S_IFREG | 0644), 0);
+
+    SECTION("a directory over a directory keeps the children") {
+        auto inode = makeInode(S_IFDIR | 0700, 42);
+        Node& d = tree.put("d", inode, 1);
+        CHECK(d.inode == inode);
+        CHECK(d.layer == 1);
+        CHECK(d.children.size() == 2);
+        CHECK(tree.find("d/sub/g") != nullptr);
+        CHECK(tree.find("d/f")->layer == 0);
+    }
+    SECTION("a file over a directory drops the subtree") {
+        Node& d = tree.put("d", makeInode(S_IFREG | 0644), 1);
+        CHECK(d.children.empty());
+        CHECK(tree.find("d/f") == nullptr);
+        CHECK(paths(tree) == std::vector<std::string>{"/", "/d"});
+    }
+    SECTION("a directory over a file starts empty") {
+        Node& f = tree.put("d/f", makeInode(S_IFDIR | 0755), 1);
+        CHECK(f.inode->isDir());
+        CHECK(f.children.empty());
+    }
+    SECTION("the root keeps its children") {
+        auto inode = makeInode(S_IFDIR | 0711, 7);
+        Node& root = tree.put("/", inode, 3);
+        CHECK(&root == &tree.root());
+        CHECK(root.inode == inode);
+        CHECK(root.layer == 3);
+        CHECK(tree.find("d/sub/g") != nullptr);
+    }
+}
+
+TEST_CASE("remove drops the subtree", "[tree]") {
+    FileTree tree;
+    tree.put("d", makeInode(S_IFDIR | 0755), 0);
+    tree.put("d/f", makeInode(S_IFREG | 0644), 0);
+    tree.put("e", makeInode(S_IFREG | 0644), 0);
+    CHECK(tree.remove("d"));
+    CHECK_FALSE(tree.remove("d"));
+    CHECK_FALSE(tree.remove("d/f"));
+    CHECK_FALSE(tree.remove("nothing/here"));
+    CHECK(paths(tree) == std::vector<std::string>{"/", "/e"});
+    CHECK_THROWS_WITH(tree.remove("/"), "path /: the root cannot be removed");
+}
+
+TEST_CASE("walk visits parents first and names in bytewise order", "[tree]") {
+    FileTree tree;
+    for (const char* name : {"b", "a.b", "\xc3\xa9", "B", "a-b", "a"}) {
+        tree.put(name, makeInode(S_IFDIR | 0755), 0);
+    }
+    tree.put("a/z", makeInode(S_IFREG | 0644), 0);
+    tree.put("a/y", makeInode(S_IFREG | 0644), 0);
+    CHECK(paths(tree) == std::vector<std::string>{"/", "/B", "/a", "/a/y", "/a/z", "/a-b", "/a.b",
+                                                  "/b", "/\xc3\xa9"});
+}
+
+TEST_CASE("hardlinks are entries sharing one inode", "[tree]") {
+    FileTree tree;
+    auto inode = makeInode(S_IFREG | 0644);
+    tree.put("x", inode, 0);
+    tree.put("y", inode, 1);
+    CHECK(tree.find("x")->inode.get() == tree.find("y")->inode.get());
+    tree.remove("x");
+    CHECK(tree.find("y")->inode == inode);
+}
+
+TEST_CASE("setXattr keeps names sorted and unique", "[tree]") {
+    Inode inode;
+    inode.setXattr("user.b", "1");
+    inode.setXattr("security.capability", "cap");
+    inode.setXattr("user.a", "2");
+    inode.setXattr("user.b", "3");
+    inode.setXattr("trusted.x", "");
+    CHECK(inode.xattrs == std::vector<Xattr>{{"security.capability", "cap"},
+                                             {"trusted.x", ""},
+                                             {"user.a", "2"},
+                                             {"user.b", "3"}});
+}
+
+TEST_CASE("xattrProblem accepts what RAFS v6 stores", "[tree]") {
+    CHECK(xattrProblem("user.foo", 0).empty());
+    CHECK(xattrProblem("trusted.overlay.opaque", 1).empty());
+    CHECK(xattrProblem("security.capability", 20).empty());
+    CHECK(xattrProblem("system.posix_acl_access", 28).empty());
+    CHECK(xattrProblem("system.posix_acl_default", 28).empty());
+    CHECK(xattrProblem("user." + std::string(255, 'n'), 65535).empty());
+
+    CHECK(xattrProblem("system.nfs4_acl", 1) == "namespace not supported by RAFS v6");
+    CHECK(xattrProblem("system.posix_acl_access2", 1) == "namespace not supported by RAFS v6");
+    CHECK(xattrProblem("lustre.x", 1) == "namespace not supported by RAFS v6");
+    CHECK(xattrProblem("user", 1) == "namespace not supported by RAFS v6");
+    CHECK(xattrProblem("user.", 1) == "empty name after the namespace");
+    CHECK(xattrProblem("user." + std::string(256, 'n'), 1) ==
+          "name longer than 255 bytes after the namespace");
+    CHECK(xattrProblem("user.big", 65536) == "value longer than 65535 bytes");
+}
