@@ -1,6 +1,7 @@
 #include "builder/source/TarSource.h"
 
 #include "builder/format/Error.h"
+#include "builder/source/LayerStream.h"
 
 #include <archive.h>
 #include <archive_entry.h>
@@ -77,24 +78,27 @@ public:
         archive_.reset(archive_read_new());
         if (!archive_) fail("{}: cannot create a libarchive reader", name_);
         archive* a = archive_.get();
-        // An empty input is an empty layer; "empty" only matches zero bytes.
-        if (archive_read_support_filter_gzip(a) < ARCHIVE_WARN ||
-            archive_read_support_filter_zstd(a) < ARCHIVE_WARN ||
-            archive_read_support_format_tar(a) != ARCHIVE_OK ||
+        // An empty input is an empty layer; "empty" only matches zero bytes. Decompression is
+        // LayerStream's, so that checksums are verified.
+        if (archive_read_support_format_tar(a) != ARCHIVE_OK ||
             archive_read_support_format_empty(a) != ARCHIVE_OK) {
             fail("{}: cannot set up libarchive: {}", name_, archiveError());
         }
-        const int opened =
-            input_ == "-" ? archive_read_open_fd(a, STDIN_FILENO, kReadBlockSize)
-                          : archive_read_open_filename(a, input_.c_str(), kReadBlockSize);
-        if (opened != ARCHIVE_OK) fail("{}: {}", name_, archiveError());
+        stream_ = std::make_unique<LayerStream>(input_, name_);
+        if (archive_read_open(a, this, nullptr, &TarReader::readBlock, nullptr) != ARCHIVE_OK) {
+            fail("{}: {}", name_, archiveError());
+        }
         for (;;) {
             archive_entry* entry = nullptr;
             const int r = archive_read_next_header(a, &entry);
-            if (r == ARCHIVE_EOF) break;
+            if (r == ARCHIVE_EOF) {
+                stream_->finish();
+                break;
+            }
             // Warnings are about converting names to the locale's charset; the names' bytes
             // are used as stored.
             if (r < ARCHIVE_WARN) {
+                if (stream_error_) std::rethrow_exception(stream_error_);
                 if (seen_member_) fail("{}: after member {}: {}", name_, member_, archiveError());
                 fail("{}: {}", name_, archiveError());
             }
@@ -104,6 +108,19 @@ public:
     }
 
 private:
+    static la_ssize_t readBlock(archive* a, void* self, const void** buffer) {
+        auto* reader = static_cast<TarReader*>(self);
+        try {
+            reader->block_.resize(kReadBlockSize);
+            *buffer = reader->block_.data();
+            return static_cast<la_ssize_t>(reader->stream_->read(reader->block_));
+        } catch (const Error&) {
+            reader->stream_error_ = std::current_exception();
+            archive_set_error(a, EIO, "input error");
+            return -1;
+        }
+    }
+
     // A member's content, as libarchive's data blocks with the holes of sparse members between
     // and after them filled with zeros.
     class MemberData final : public FileData {
@@ -144,7 +161,10 @@ private:
                 block_size_ = 0;
                 return;
             }
-            if (r != ARCHIVE_OK) reader_.failMember("{}", reader_.archiveError());
+            if (r != ARCHIVE_OK) {
+                if (reader_.stream_error_) std::rethrow_exception(reader_.stream_error_);
+                reader_.failMember("{}", reader_.archiveError());
+            }
             const auto start = static_cast<uint64_t>(offset);
             if (offset < 0 || start < pos_ || start > size_ || size > size_ - start) {
                 reader_.failMember("data block at {} of {} bytes outside the member", offset, size);
@@ -306,6 +326,8 @@ private:
             if (target == nullptr) failMember("symlink without a target");
             inode->symlink_target = target;
             inode->size = inode->symlink_target.size();
+            // Linux ignores and reports 0777 for symlinks, whatever the header says.
+            inode->mode = S_IFLNK | 0777;
         } else if (type == AE_IFCHR || type == AE_IFBLK) {
             inode->rdev_major = toU32(archive_entry_rdevmajor(entry), "device major");
             inode->rdev_minor = toU32(archive_entry_rdevminor(entry), "device minor");
@@ -398,6 +420,9 @@ private:
     ChunkSink& sink_;
     const unsigned layer_;
     std::unique_ptr<archive, ArchiveFree> archive_;
+    std::unique_ptr<LayerStream> stream_;
+    std::vector<uint8_t> block_;
+    std::exception_ptr stream_error_;
     std::string member_;  // the current member's path as stored, for messages
     bool seen_member_ = false;
 };
