@@ -86,6 +86,7 @@ public:
         }
         stream_ = std::make_unique<LayerStream>(input_, name_);
         if (archive_read_open(a, this, nullptr, &TarReader::readBlock, nullptr) != ARCHIVE_OK) {
+            if (stream_error_) std::rethrow_exception(stream_error_);
             fail("{}: {}", name_, archiveError());
         }
         for (;;) {

@@ -648,7 +648,7 @@ TEST_CASE("tar: truncated, corrupt and missing archives", "[tar]") {
         }
         writeFile(tmp / "cut.tgz", readFile(tmp / "full.tgz").substr(0, 600 * 1024));
         CHECK_THROWS_WITH(addTar(tmp / "cut.tgz", tree, sink, 0),
-                          StartsWith(tmp / "cut.tgz" + ": member big: ") && Contains("truncated gzip input"));
+                          StartsWith(tmp / "cut.tgz" + ": ") && Contains("truncated"));
     }
     SECTION("corrupt gzip") {
         {
@@ -662,7 +662,7 @@ TEST_CASE("tar: truncated, corrupt and missing archives", "[tar]") {
         for (size_t i = 10; i < 40; ++i) bytes[i] = '\xff';
         writeFile(tmp / "bad.tgz", bytes);
         CHECK_THROWS_WITH(addTar(tmp / "bad.tgz", tree, sink, 0),
-                          tmp / "bad.tgz" + ": gzip decompression failed");
+                          StartsWith(tmp / "bad.tgz" + ": corrupt gzip data"));
     }
     SECTION("not an archive") {
         writeFile(tmp / "junk", randomBytes(10000));
@@ -671,7 +671,7 @@ TEST_CASE("tar: truncated, corrupt and missing archives", "[tar]") {
     }
     SECTION("missing file") {
         CHECK_THROWS_WITH(addTar(tmp / "none.tar", tree, sink, 0),
-                          StartsWith(tmp / "none.tar" + ": Failed to open"));
+                          Contains(tmp / "none.tar") && Contains("No such file or directory"));
     }
 }
 
