@@ -1,0 +1,277 @@
+#include "builder/commands/Inspect.h"
+
+#include "builder/format/BlobFile.h"
+#include "builder/format/ByteView.h"
+#include "builder/format/Codec.h"
+#include "builder/format/Error.h"
+
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <cstring>
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <optional>
+#include <tuple>
+#include <unordered_set>
+
+namespace rafs::build {
+
+namespace {
+
+constexpr uint64_t kHashBlock = 1 << 20;  // streaming granularity for hashing large sections
+
+std::string flagNames(uint64_t flags) {
+    static constexpr std::pair<uint64_t, const char*> kNames[] = {
+        {kFlagCompressionNone, "none"},     {kFlagCompressionLz4, "lz4_block"},
+        {kFlagCompressionGzip, "gzip"},     {kFlagCompressionZstd, "zstd"},
+        {kFlagHashBlake3, "blake3"},        {kFlagHashSha256, "sha256"},
+        {kFlagExplicitUidGid, "explicit-uid-gid"}, {kFlagHasXattr, "has-xattr"},
+        {kFlagInlinedChunkDigest, "inlined-chunk-digest"}, {kFlagEncryptionNone, "encryption-none"},
+    };
+    std::string out;
+    for (const auto& [bit, name] : kNames) {
+        if (flags & bit) out += out.empty() ? name : fmt::format(", {}", name);
+    }
+    return out;
+}
+
+char typeLetter(uint16_t mode) {
+    switch (mode & S_IFMT) {
+    case S_IFDIR: return 'd';
+    case S_IFLNK: return 'l';
+    case S_IFCHR: return 'c';
+    case S_IFBLK: return 'b';
+    case S_IFIFO: return 'p';
+    case S_IFSOCK: return 's';
+    default: return '-';
+    }
+}
+
+// Chunk info table entries by the key nydusd looks them up with.
+using ChunkKey = std::tuple<uint32_t, uint32_t, uint64_t>;  // blob index, ci index, uncompressed offset
+
+Digest sha256OfRange(const BlobFile& blob, uint64_t offset, uint64_t size) {
+    Hasher h(Digester::Sha256);
+    for (uint64_t done = 0; done < size;) {
+        const uint64_t n = std::min(kHashBlock, size - done);
+        h.update(blob.read(offset + done, n));
+        done += n;
+    }
+    return h.finish();
+}
+
+Digest asDigest(const uint8_t (&bytes)[kDigestSize]) {
+    Digest d;
+    std::copy(std::begin(bytes), std::end(bytes), d.begin());
+    return d;
+}
+
+void checkToc(const BlobFile& blob, std::ostream& out) {
+    for (const TocEntry& e : blob.toc()) {
+        const std::string name = tocEntryName(e);
+        Digest actual;
+        if (name == kTocNameImageBlob) {
+            // The ToC digest of the chunk data covers its tar header too (the running blob hash),
+            // and 2.2-era Nydus stored a wrong offset: locate the data by its section instead.
+            const Section* s = blob.section(kTocNameImageBlob);
+            if (s == nullptr) fail("blob {}: ToC lists image.blob but the blob has no such section", blob.id());
+            if (e.compressed_size != s->size) {
+                fail("blob {}: ToC image.blob size {} differs from the section's {}", blob.id(), e.compressed_size, s->size);
+            }
+            actual = sha256OfRange(blob, s->offset, s->size + sizeof(TarHeader));
+        } else {
+            actual = digestOf(Digester::Sha256, blob.extract(e));
+        }
+        if (actual != asDigest(e.uncompressed_digest)) {
+            fail("blob {}: ToC entry '{}' at offset {}: sha256 {} differs from the ToC's {}", blob.id(), name,
+                 e.compressed_offset, toHex(actual), toHex(e.uncompressed_digest));
+        }
+    }
+    if (!blob.toc().empty()) {
+        const Section& toc = blob.sections().back();
+        const Digest expected = asDigest(blob.entry().blob_toc_digest);
+        if (expected != Digest{}) {
+            const Digest actual = sha256OfRange(blob, toc.offset, toc.size + sizeof(TarHeader));
+            if (actual != expected) {
+                fail("blob {}: ToC sha256 {} differs from the blob table's {}", blob.id(), toHex(actual), toHex(expected));
+            }
+        }
+        out << fmt::format("  toc: {} entries, digests ok\n", blob.toc().size());
+    }
+}
+
+// Returns the number of chunks whose digest was checked.
+uint64_t checkChunks(const Bootstrap& bootstrap, const BlobFile& blob, std::ostream& out) {
+    const Digester digester = digesterFromRaw(blob.entry().digest_algo);
+    const std::vector<std::optional<Digest>> expected = expectedChunkDigests(bootstrap, blob);
+    std::vector<uint8_t> data;
+    uint64_t verified = 0;
+    for (size_t i = 0; i < blob.chunks().size(); ++i) {
+        const BlobChunk& c = blob.chunks()[i];
+        try {
+            blob.readChunk(c, data);
+        } catch (const Error& err) {
+            fail("{} (chunk {})", err.what(), i);
+        }
+        if (!expected[i]) continue;
+        const Digest actual = digestOf(digester, data);
+        if (actual != *expected[i]) {
+            fail("blob {}: chunk {} at compressed offset {:#x}+{} (uncompressed {:#x}+{}): {} {} differs from {}",
+                 blob.id(), i, c.compressed_offset, c.compressed_size, c.uncompressed_offset,
+                 c.uncompressed_size, digesterName(digester), toHex(actual), toHex(*expected[i]));
+        }
+        ++verified;
+    }
+    out << fmt::format("  chunks: {} decompressed, {} verified against their {} digest\n", blob.chunks().size(),
+                       verified, digesterName(digester));
+    return verified;
+}
+
+void checkBlobSize(const BlobFile& blob) {
+    const BlobTableEntry& e = blob.entry();
+    // Current builders (blob-toc feature) store the file size; older ones the chunk data size.
+    if ((e.features & kBlobHasToc) ? e.compressed_size != blob.fileSize() : e.compressed_size > e.ci_offset) {
+        fail("blob {}: file is {} bytes but the blob table's compressed size is {}", blob.id(), blob.fileSize(),
+             e.compressed_size);
+    }
+}
+
+void printHeader(const Image& image, std::ostream& out) {
+    const Bootstrap& b = image.bootstrap;
+    const erofs::SuperBlock& sb = b.superBlock();
+    const SuperBlockExt& ext = b.extSuperBlock();
+    out << fmt::format("bootstrap: {} ({} bytes{})\n", image.path, b.bytes().size(),
+                       image.inline_meta ? ", inline in the blob" : "");
+    out << fmt::format("superblock: root nid {}, inodes {}, blocks {}, meta_blkaddr {}, extra devices {}, "
+                       "build time {}.{:09}\n",
+                       sb.root_nid, sb.inos, sb.blocks, sb.meta_blkaddr, sb.extra_devices, sb.build_time,
+                       sb.build_time_nsec);
+    out << fmt::format("ext superblock: flags {:#x} ({}), chunk size {:#x}, blob table {}+{}, chunk table {}+{}, "
+                       "prefetch table {}+{}\n",
+                       ext.s_flags, flagNames(ext.s_flags), ext.s_chunk_size, ext.s_blob_table_offset,
+                       ext.s_blob_table_size, ext.s_chunk_table_offset, ext.s_chunk_table_size,
+                       ext.s_prefetch_table_offset, ext.s_prefetch_table_size);
+    for (const BootstrapBlob& blob : b.blobs()) {
+        out << fmt::format("blob {}: {}: {} chunks, {}/{}, features {:#x}, compressed {}, uncompressed {}, "
+                           "ci {}+{} ({}, {} raw), toc {}, device blocks {} mapped at {}\n",
+                           blob.index, blob.id, blob.chunk_count, compressorName(blob.compressor),
+                           digesterName(blob.digester), blob.features, blob.compressed_size,
+                           blob.uncompressed_size, blob.ci_offset, blob.ci_compressed_size,
+                           compressorName(blob.ci_compressor), blob.ci_uncompressed_size, blob.toc_size,
+                           blob.uncompressed_size / erofs::kBlockSize, blob.mapped_blkaddr);
+    }
+    if (!b.prefetchNids().empty()) {
+        out << fmt::format("prefetch: nids {}\n", fmt::join(b.prefetchNids(), " "));
+    }
+}
+
+void printInode(const Bootstrap& b, const std::string& path, const Inode& ino, std::ostream& out) {
+    std::string extra;
+    if (ino.isLink()) {
+        const std::vector<uint8_t> target = b.readData(ino.nid);
+        extra = fmt::format(" -> {}", std::string_view(reinterpret_cast<const char*>(target.data()), target.size()));
+    } else if (ino.isDevice()) {
+        extra = fmt::format(" (device {}:{})", erofs::devMajor(ino.rdev), erofs::devMinor(ino.rdev));
+    }
+    out << fmt::format("{}{:04o} {}:{} {:>10} {}.{:09} nid {} nlink {} {}{}\n", typeLetter(ino.mode),
+                       ino.mode & 07777, ino.uid, ino.gid, ino.size, ino.mtime, ino.mtime_nsec, ino.nid,
+                       ino.nlink, path, extra);
+    for (const auto& [name, value] : ino.xattrs) {
+        out << fmt::format("    xattr {} ({} bytes)\n", name, value.size());
+    }
+    for (const InodeChunk& c : ino.chunks) {
+        out << fmt::format("    chunk at {}: blob {} ci {} uncompressed {:#x}+{}\n", c.file_offset, c.blob_index,
+                           c.ci_index, c.uncompressed_offset, c.length);
+    }
+}
+
+}  // namespace
+
+void inspect(const InspectOptions& options, std::ostream& out) {
+    const Image image = openImage(options.bootstrap);
+    const Bootstrap& b = image.bootstrap;
+    printHeader(image, out);
+
+    // Blobs first, so that chunk indexes can be checked against their ci entries during the walk.
+    std::vector<std::unique_ptr<BlobFile>> blobs(b.blobs().size());
+    for (uint32_t i = 0; i < blobs.size(); ++i) {
+        const std::string path = image.blobPath(i, options.blob_dir);
+        std::error_code ec;
+        if (!std::filesystem::exists(path, ec)) {
+            out << fmt::format("blob {}: {} not found, skipped\n", i, path);
+            continue;
+        }
+        blobs[i] = std::make_unique<BlobFile>(path, b.blobs()[i].entry);
+    }
+
+    std::map<ChunkKey, const ChunkInfo*> chunk_table;
+    for (const ChunkInfo& c : b.chunkInfos()) {
+        const ChunkKey key{c.blob_index, c.index, c.uncompressed_offset};
+        auto [it, inserted] = chunk_table.emplace(key, &c);
+        if (!inserted && std::memcmp(it->second->block_id, c.block_id, kDigestSize) != 0) {
+            fail("{}: chunk table has two digests for blob {} ci {}", b.name(), c.blob_index, c.index);
+        }
+        if (const BlobFile* blob = blobs[c.blob_index].get()) {
+            const BlobChunk& ci = blob->chunks()[c.index];
+            const bool compressed = (c.flags & kChunkCompressed) != 0;
+            if (ci.compressed_offset != c.compressed_offset || ci.compressed_size != c.compressed_size ||
+                ci.uncompressed_offset != c.uncompressed_offset || ci.uncompressed_size != c.uncompressed_size ||
+                ci.compressed != compressed) {
+                fail("{}: chunk table entry for blob {} ci {} ({:#x}+{} -> {:#x}+{}) disagrees with the ci entry "
+                     "({:#x}+{} -> {:#x}+{})",
+                     b.name(), blob->id(), c.index, c.compressed_offset, c.compressed_size, c.uncompressed_offset,
+                     c.uncompressed_size, ci.compressed_offset, ci.compressed_size, ci.uncompressed_offset,
+                     ci.uncompressed_size);
+            }
+        }
+    }
+
+    if (options.verbose) out << "files:\n";
+    std::unordered_set<uint64_t> nids;
+    b.walk([&](const std::string& path, const Inode& ino) {
+        nids.insert(ino.nid);
+        if (options.verbose) printInode(b, path, ino, out);
+        if ((ino.isLink() || ino.isReg()) && ino.layout != erofs::kChunkBased) b.readData(ino.nid);
+        for (size_t k = 0; k < ino.chunks.size(); ++k) {
+            const InodeChunk& c = ino.chunks[k];
+            const auto where = [&] { return fmt::format("{}: {} (nid {}) chunk {}", b.name(), path, ino.nid, k); };
+            if (!chunk_table.empty()) {
+                auto it = chunk_table.find(ChunkKey{c.blob_index, c.ci_index, c.uncompressed_offset});
+                if (it == chunk_table.end()) {
+                    fail("{}: blob {} ci {} at {:#x} is missing from the chunk table", where(), c.blob_index,
+                         c.ci_index, c.uncompressed_offset);
+                }
+                if (it->second->uncompressed_size != c.length) {
+                    fail("{}: {} bytes, but the chunk table entry holds {}", where(), c.length,
+                         it->second->uncompressed_size);
+                }
+            }
+            if (const BlobFile* blob = blobs[c.blob_index].get()) {
+                const BlobChunk& ci = blob->chunks()[c.ci_index];
+                if (ci.uncompressed_offset != c.uncompressed_offset || ci.uncompressed_size != c.length) {
+                    fail("{}: {:#x}+{} disagrees with blob {} ci {} ({:#x}+{})", where(), c.uncompressed_offset,
+                         c.length, blob->id(), c.ci_index, ci.uncompressed_offset, ci.uncompressed_size);
+                }
+            }
+        }
+    });
+    for (uint32_t nid : b.prefetchNids()) {
+        if (!nids.contains(nid)) fail("{}: prefetch table nid {} is not reachable from the root", b.name(), nid);
+    }
+
+    uint64_t verified = 0;
+    for (const auto& blob : blobs) {
+        if (!blob) continue;
+        out << fmt::format("checking blob {}: {} ({} bytes)\n", blob->entry().blob_index, blob->path(), blob->fileSize());
+        checkBlobSize(*blob);
+        verified += checkChunks(b, *blob, out);
+        checkToc(*blob, out);
+    }
+    out << fmt::format("ok: {} inodes, {} chunks verified\n", nids.size(), verified);
+}
+
+}  // namespace rafs::build

@@ -1,0 +1,251 @@
+#include "builder/commands/Unpack.h"
+
+#include "builder/format/BlobFile.h"
+#include "builder/format/Error.h"
+
+#include <archive.h>
+#include <archive_entry.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <filesystem>
+#include <memory>
+#include <unordered_map>
+
+namespace rafs::build {
+
+namespace {
+
+// A file created under a temporary name next to its final path; renamed there by commit(),
+// removed by the destructor otherwise.
+class TempOutput {
+public:
+    explicit TempOutput(std::filesystem::path final_path) : final_(std::move(final_path)) {
+        std::string name = (final_.parent_path() / ("." + final_.filename().string() + ".XXXXXX")).string();
+        fd_ = ::mkostemp(name.data(), O_CLOEXEC);
+        if (fd_ < 0) failErrno(fmt::format("cannot create a temporary file for {}", final_.string()));
+        temp_ = name;
+    }
+    ~TempOutput() {
+        if (fd_ >= 0) ::close(fd_);  // failing path: the file is removed below anyway
+        if (!committed_) ::unlink(temp_.c_str());
+    }
+    TempOutput(const TempOutput&) = delete;
+    TempOutput& operator=(const TempOutput&) = delete;
+
+    int fd() const { return fd_; }
+    const std::string& tempPath() const { return temp_; }
+
+    void commit() {
+        // mkostemp creates 0600; outputs are ordinary readable files.
+        if (::fchmod(fd_, 0644) != 0) failErrno(temp_);
+        if (::fsync(fd_) != 0) failErrno(temp_);
+        const int fd = std::exchange(fd_, -1);
+        if (::close(fd) != 0) failErrno(temp_);
+        if (::rename(temp_.c_str(), final_.c_str()) != 0) {
+            failErrno(fmt::format("cannot rename {} to {}", temp_, final_.string()));
+        }
+        committed_ = true;
+    }
+
+private:
+    std::filesystem::path final_;
+    std::string temp_;
+    int fd_ = -1;
+    bool committed_ = false;
+};
+
+void pwriteAll(int fd, std::span<const uint8_t> data, uint64_t offset, const std::string& path) {
+    size_t done = 0;
+    while (done < data.size()) {
+        ssize_t n = ::pwrite(fd, data.data() + done, data.size() - done, static_cast<off_t>(offset + done));
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            failErrno(fmt::format("{}: write at offset {}", path, offset + done));
+        }
+        done += static_cast<size_t>(n);
+    }
+}
+
+// A blob opened for reading with the digests its chunks must match.
+struct OpenBlob {
+    std::unique_ptr<BlobFile> file;
+    Digester digester = Digester::Blake3;
+    std::vector<std::optional<Digest>> expected;
+
+    OpenBlob(const Image& image, uint32_t index, const std::string& blob_dir)
+        : file(std::make_unique<BlobFile>(image.blobPath(index, blob_dir), image.bootstrap.blobs()[index].entry)),
+          digester(image.bootstrap.blobs()[index].digester),
+          expected(expectedChunkDigests(image.bootstrap, *file)) {}
+
+    // Reads ci entry `ci` into `out` and checks its digest where one is known.
+    void read(uint32_t ci, std::vector<uint8_t>& out) const {
+        const BlobChunk& c = file->chunks()[ci];
+        try {
+            file->readChunk(c, out);
+        } catch (const Error& err) {
+            fail("{} (chunk {})", err.what(), ci);
+        }
+        if (expected[ci] && digestOf(digester, out) != *expected[ci]) {
+            fail("blob {}: chunk {} at compressed offset {:#x}+{}: digest mismatch", file->id(), ci,
+                 c.compressed_offset, c.compressed_size);
+        }
+    }
+};
+
+void writeRawBlob(const Image& image, uint32_t index, const std::string& blob_dir, const std::filesystem::path& raw_dir) {
+    const OpenBlob blob(image, index, blob_dir);
+    TempOutput out(raw_dir / blob.file->id());
+    // Sparse: only chunk ranges are written; the gaps up to the next 4 KiB boundary stay zero.
+    if (::ftruncate(out.fd(), static_cast<off_t>(blob.file->entry().uncompressed_size)) != 0) {
+        failErrno(out.tempPath());
+    }
+    std::vector<uint8_t> data;
+    for (uint32_t i = 0; i < blob.file->chunks().size(); ++i) {
+        blob.read(i, data);
+        pwriteAll(out.fd(), data, blob.file->chunks()[i].uncompressed_offset, out.tempPath());
+    }
+    out.commit();
+}
+
+struct ArchiveDeleter {
+    void operator()(archive* a) const { archive_write_free(a); }
+};
+struct EntryDeleter {
+    void operator()(archive_entry* e) const { archive_entry_free(e); }
+};
+
+class TarExport {
+public:
+    TarExport(const Image& image, std::string blob_dir) : image_(image), blob_dir_(std::move(blob_dir)) {}
+
+    void write(int fd, const std::string& name) {
+        name_ = name;
+        archive_.reset(archive_write_new());
+        if (!archive_) fail("{}: cannot create a tar writer", name_);
+        check(archive_write_set_format_pax(archive_.get()), "pax format");
+        // Names, link targets and xattr names are bytes in EROFS: store them as they are rather
+        // than converting from the locale's charset, which fails on anything but ASCII in "C".
+        check(archive_write_set_options(archive_.get(), "hdrcharset=BINARY"), "options");
+        check(archive_write_open_fd(archive_.get(), fd), "open");
+        try {
+            image_.bootstrap.walk([&](const std::string& path, const Inode& ino) {
+                if (path != "/") writeEntry(path.substr(1), ino);
+            });
+            check(archive_write_close(archive_.get()), "close");
+        } catch (...) {
+            archive_.reset();  // while `fd` is still open: freeing flushes into it
+            throw;
+        }
+        archive_.reset();
+    }
+
+private:
+    void check(int rc, std::string_view what) const {
+        if (rc != ARCHIVE_OK) fail("{}: tar {}: {}", name_, what, archive_error_string(archive_.get()));
+    }
+
+    void writeData(std::span<const uint8_t> data, const std::string& path) const {
+        size_t done = 0;
+        while (done < data.size()) {
+            la_ssize_t n = archive_write_data(archive_.get(), data.data() + done, data.size() - done);
+            if (n <= 0) fail("{}: writing {}: {}", name_, path, archive_error_string(archive_.get()));
+            done += static_cast<size_t>(n);
+        }
+    }
+
+    const OpenBlob& blob(uint32_t index) {
+        auto it = blobs_.find(index);
+        if (it == blobs_.end()) it = blobs_.emplace(index, OpenBlob(image_, index, blob_dir_)).first;
+        return it->second;
+    }
+
+    void writeEntry(const std::string& path, const Inode& ino) {
+        if (S_ISSOCK(ino.mode)) return;  // tar has no socket type
+        std::unique_ptr<archive_entry, EntryDeleter> e(archive_entry_new());
+        if (!e) fail("{}: out of memory", name_);
+        archive_entry_set_pathname(e.get(), path.c_str());
+        archive_entry_set_mode(e.get(), ino.mode);
+        archive_entry_set_uid(e.get(), ino.uid);
+        archive_entry_set_gid(e.get(), ino.gid);
+        archive_entry_set_mtime(e.get(), static_cast<time_t>(ino.mtime), ino.mtime_nsec);
+        for (const auto& [name, value] : ino.xattrs) {
+            archive_entry_xattr_add_entry(e.get(), name.c_str(), value.data(), value.size());
+        }
+        if (!ino.isDir()) {
+            // Hardlinks are one nid under several names: the first is stored, the others link to it.
+            auto [it, first] = first_path_.emplace(ino.nid, path);
+            if (!first) {
+                archive_entry_set_hardlink(e.get(), it->second.c_str());
+                archive_entry_set_size(e.get(), 0);
+                check(archive_write_header(archive_.get(), e.get()), "header of " + path);
+                return;
+            }
+        }
+        if (ino.isLink()) {
+            const std::vector<uint8_t> target = image_.bootstrap.readData(ino.nid);
+            archive_entry_set_symlink(e.get(), std::string(target.begin(), target.end()).c_str());
+        } else if (ino.isDevice()) {
+            archive_entry_set_rdevmajor(e.get(), erofs::devMajor(ino.rdev));
+            archive_entry_set_rdevminor(e.get(), erofs::devMinor(ino.rdev));
+        } else if (ino.isReg()) {
+            archive_entry_set_size(e.get(), static_cast<la_int64_t>(ino.size));
+        }
+        check(archive_write_header(archive_.get(), e.get()), "header of " + path);
+        if (!ino.isReg()) return;
+        if (ino.layout != erofs::kChunkBased) {
+            writeData(image_.bootstrap.readData(ino.nid), path);
+            return;
+        }
+        for (const InodeChunk& c : ino.chunks) {
+            const OpenBlob& b = blob(c.blob_index);
+            const BlobChunk& ci = b.file->chunks()[c.ci_index];
+            if (ci.uncompressed_offset != c.uncompressed_offset || ci.uncompressed_size != c.length) {
+                fail("{}: {} chunk at {}: {:#x}+{} disagrees with blob {} ci {} ({:#x}+{})", image_.bootstrap.name(),
+                     path, c.file_offset, c.uncompressed_offset, c.length, b.file->id(), c.ci_index,
+                     ci.uncompressed_offset, ci.uncompressed_size);
+            }
+            b.read(c.ci_index, chunk_);
+            writeData(chunk_, path);
+        }
+    }
+
+    const Image& image_;
+    std::string blob_dir_;
+    std::string name_;
+    std::unique_ptr<archive, ArchiveDeleter> archive_;
+    std::unordered_map<uint32_t, OpenBlob> blobs_;
+    std::unordered_map<uint64_t, std::string> first_path_;
+    std::vector<uint8_t> chunk_;
+};
+
+}  // namespace
+
+void unpack(const UnpackOptions& options) {
+    if (options.raw_dir.empty() && options.tar.empty()) fail("unpack needs a raw directory or a tar output");
+    const Image image = openImage(options.bootstrap);
+    if (!options.raw_dir.empty()) {
+        std::error_code ec;
+        std::filesystem::create_directories(options.raw_dir, ec);
+        if (ec) fail("cannot create {}: {}", options.raw_dir, ec.message());
+        for (uint32_t i = 0; i < image.bootstrap.blobs().size(); ++i) {
+            writeRawBlob(image, i, options.blob_dir, options.raw_dir);
+        }
+    }
+    if (!options.tar.empty()) {
+        TarExport tar(image, options.blob_dir);
+        if (options.tar == "-") {
+            tar.write(STDOUT_FILENO, "stdout");
+        } else {
+            std::filesystem::path path(options.tar);
+            if (path.parent_path().empty()) path = "." / path;
+            TempOutput out(path);
+            tar.write(out.fd(), options.tar);
+            out.commit();
+        }
+    }
+}
+
+}  // namespace rafs::build
