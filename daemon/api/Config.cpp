@@ -1,0 +1,313 @@
+#include "daemon/api/Config.h"
+
+#include "builder/format/Error.h"
+
+#include <fcntl.h>
+#include <toml++/toml.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <charconv>
+#include <limits>
+#include <vector>
+
+namespace rafsd {
+namespace {
+
+template <typename E>
+struct Named {
+    std::string_view name;
+    E value;
+};
+
+constexpr Named<EngineKind> kEngines[] = {
+    {"auto", EngineKind::Auto}, {"fanotify", EngineKind::Fanotify}, {"fscache", EngineKind::Fscache}};
+constexpr Named<Config::LogLevel> kLogLevels[] = {{"error", Config::LogLevel::Error},
+                                                  {"warn", Config::LogLevel::Warn},
+                                                  {"info", Config::LogLevel::Info},
+                                                  {"debug", Config::LogLevel::Debug}};
+constexpr Named<Config::BackendType> kBackendTypes[] = {{"localfs", Config::BackendType::Localfs},
+                                                        {"http", Config::BackendType::Http},
+                                                        {"registry", Config::BackendType::Registry}};
+
+// Every enumerator is in its table, so the search always finds it.
+template <typename E, size_t N>
+std::string_view nameOf(const Named<E> (&table)[N], E value) {
+    return std::ranges::find(table, value, &Named<E>::value)->name;
+}
+
+template <typename E, size_t N>
+std::string joinNames(const Named<E> (&table)[N]) {
+    std::string out;
+    for (const auto& entry : table) out += out.empty() ? std::string(entry.name) : fmt::format(", {}", entry.name);
+    return out;
+}
+
+// A string as messages show it: in quotes, with control characters escaped so the message stays
+// on one line.
+std::string quote(std::string_view text) {
+    std::string out = "'";
+    for (char c : text) {
+        auto byte = static_cast<unsigned char>(c);
+        if (c == '\n') out += "\\n";
+        else if (c == '\t') out += "\\t";
+        else if (byte < 0x20 || byte == 0x7f) out += fmt::format("\\x{:02x}", byte);
+        else out += c;
+    }
+    return out + "'";
+}
+
+std::string describe(const toml::node& node) {
+    if (auto s = node.value_exact<std::string_view>()) return quote(*s);
+    if (auto i = node.value_exact<int64_t>()) return std::to_string(*i);
+    if (auto d = node.value_exact<double>()) {
+        // "2.0", not "2": the value must not look like the integer it is not.
+        std::string text = fmt::format("{}", *d);
+        return text.find_first_not_of("-0123456789") == std::string::npos ? text + ".0" : text;
+    }
+    if (auto b = node.value_exact<bool>()) return *b ? "true" : "false";
+    if (node.is_table()) return "a table";
+    if (node.is_array()) return "an array";
+    return "a date or time";
+}
+
+// One present key: its node, its dotted name and the file it came from, for messages.
+struct Value {
+    const toml::node* node;
+    std::string key;
+    const std::string* source;
+
+    // Throws "<file>:<line>: <key>: <value> is not <accepted>".
+    [[noreturn]] void reject(std::string_view accepted) const {
+        rafs::fail("{}:{}: {}: {} is not {}", *source, node->source().begin.line, key, describe(*node), accepted);
+    }
+    std::string_view string(std::string_view accepted) const {
+        auto s = node->value_exact<std::string_view>();
+        if (!s) reject(accepted);
+        return *s;
+    }
+};
+
+// A table of the file (possibly absent) whose keys are read one by one; finish() then refuses any
+// key nobody asked for, so the list of known keys is exactly the list of reads.
+class Section {
+public:
+    Section(const std::string& source, const toml::table* table, std::string prefix)
+        : source_(&source), table_(table), prefix_(std::move(prefix)) {}
+
+    std::optional<Value> get(std::string_view key) {
+        known_.push_back(key);
+        if (table_ == nullptr) return std::nullopt;
+        const toml::node* node = table_->get(key);
+        if (node == nullptr) return std::nullopt;
+        return Value{node, dotted(key), source_};
+    }
+
+    Section section(std::string_view key) {
+        const toml::table* sub = nullptr;
+        if (auto value = get(key)) {
+            sub = value->node->as_table();
+            if (sub == nullptr) value->reject("a table");
+        }
+        return Section(*source_, sub, dotted(key));
+    }
+
+    // Names the unknown key that comes first in the file (the table itself is ordered by name).
+    void finish() const {
+        if (table_ == nullptr) return;
+        const toml::key* first = nullptr;
+        const toml::node* firstNode = nullptr;
+        for (auto&& [key, node] : *table_) {
+            if (std::ranges::find(known_, key.str()) != known_.end()) continue;
+            if (first == nullptr || key.source().begin < first->source().begin) {
+                first = &key;
+                firstNode = &node;
+            }
+        }
+        if (first != nullptr) {
+            rafs::fail("{}:{}: unknown {} '{}'", *source_, first->source().begin.line,
+                       firstNode->is_table() ? "table" : "key", dotted(first->str()));
+        }
+    }
+
+private:
+    std::string dotted(std::string_view key) const {
+        return prefix_.empty() ? std::string(key) : fmt::format("{}.{}", prefix_, key);
+    }
+
+    const std::string* source_;
+    const toml::table* table_;
+    std::string prefix_;
+    std::vector<std::string_view> known_;
+};
+
+template <typename E, size_t N>
+E choice(const Value& value, const Named<E> (&table)[N]) {
+    std::string accepted = fmt::format("one of {}", joinNames(table));
+    std::string_view text = value.string(accepted);
+    for (const auto& entry : table) {
+        if (entry.name == text) return entry.value;
+    }
+    value.reject(accepted);
+}
+
+std::filesystem::path absolutePath(const Value& value) {
+    std::string_view text = value.string("an absolute path");
+    if (!text.starts_with('/') || text.find('\0') != std::string_view::npos) value.reject("an absolute path");
+    return std::filesystem::path(text);
+}
+
+uint32_t integer(const Value& value, uint32_t min, uint32_t max) {
+    auto i = value.node->value_exact<int64_t>();
+    if (!i || *i < min || *i > max) value.reject(fmt::format("an integer from {} to {}", min, max));
+    return static_cast<uint32_t>(*i);
+}
+
+bool boolean(const Value& value) {
+    auto b = value.node->value_exact<bool>();
+    if (!b) value.reject("true or false");
+    return *b;
+}
+
+// A byte count: an integer, or a string of digits with an optional KiB, MiB or GiB suffix.
+uint64_t size(const Value& value, uint64_t max) {
+    std::string accepted = "a size (bytes, or a string such as '64KiB', '1MiB', '2GiB')";
+    if (max != std::numeric_limits<uint64_t>::max()) {
+        accepted = fmt::format("a size up to {}MiB (bytes, or a string such as '64KiB', '1MiB')", max >> 20);
+    }
+    uint64_t bytes = 0;
+    if (auto i = value.node->value_exact<int64_t>()) {
+        if (*i < 0) value.reject(accepted);
+        bytes = static_cast<uint64_t>(*i);
+    } else {
+        std::string_view text = value.string(accepted);
+        unsigned shift = 0;
+        for (auto [suffix, bits] : {std::pair{"KiB", 10u}, {"MiB", 20u}, {"GiB", 30u}}) {
+            if (text.ends_with(suffix)) {
+                text.remove_suffix(3);
+                shift = bits;
+                break;
+            }
+        }
+        uint64_t number = 0;
+        auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), number);
+        if (text.empty() || ec != std::errc() || end != text.data() + text.size() || number > (max >> shift)) {
+            value.reject(accepted);
+        }
+        bytes = number << shift;
+    }
+    if (bytes > max) value.reject(accepted);
+    return bytes;
+}
+
+std::string httpUrl(const Value& value) {
+    constexpr std::string_view accepted = "an http:// or https:// URL";
+    std::string_view text = value.string(accepted);
+    std::string_view rest = text;
+    if (rest.starts_with("http://")) rest.remove_prefix(7);
+    else if (rest.starts_with("https://")) rest.remove_prefix(8);
+    else value.reject(accepted);
+    // The host must be there and the whole URL printable: it is pasted into request lines.
+    bool printable = std::ranges::all_of(text, [](char c) { return c > ' ' && c != '\x7f'; });
+    if (rest.empty() || rest.starts_with('/') || !printable) value.reject(accepted);
+    // Blob URLs are <url>/<blob-id>; a trailing '/' would double it.
+    while (text.ends_with('/')) text.remove_suffix(1);
+    return std::string(text);
+}
+
+Config fromTable(const toml::table& root, const std::string& source) {
+    Config config;
+    Section top(source, &root, "");
+
+    Section daemon = top.section("daemon");
+    if (auto v = daemon.get("engine")) config.daemon.engine = choice(*v, kEngines);
+    if (auto v = daemon.get("state_dir")) config.daemon.state_dir = absolutePath(*v);
+    if (auto v = daemon.get("cache_dir")) config.daemon.cache_dir = absolutePath(*v);
+    if (auto v = daemon.get("socket")) config.daemon.socket = absolutePath(*v);
+    if (auto v = daemon.get("log_level")) config.daemon.log_level = choice(*v, kLogLevels);
+    daemon.finish();
+
+    Section fetch = top.section("fetch");
+    if (auto v = fetch.get("amplify")) config.fetch.amplify = size(*v, kMaxAmplify);
+    if (auto v = fetch.get("max_inflight")) config.fetch.max_inflight = integer(*v, 1, kMaxInflight);
+    if (auto v = fetch.get("retries")) config.fetch.retries = integer(*v, 0, kMaxRetries);
+    if (auto v = fetch.get("workers")) config.fetch.workers = integer(*v, 0, kMaxWorkers);
+    fetch.finish();
+
+    Section prefetch = top.section("prefetch");
+    if (auto v = prefetch.get("enable")) config.prefetch.enable = boolean(*v);
+    if (auto v = prefetch.get("bandwidth")) config.prefetch.bandwidth = size(*v, std::numeric_limits<uint64_t>::max());
+    prefetch.finish();
+
+    Section backend = top.section("backend");
+    if (auto v = backend.get("type")) config.backend.type = choice(*v, kBackendTypes);
+    Section localfs = backend.section("localfs");
+    if (auto v = localfs.get("dir")) config.backend.localfs.dir = absolutePath(*v);
+    localfs.finish();
+    Section http = backend.section("http");
+    if (auto v = http.get("url")) config.backend.http.url = httpUrl(*v);
+    if (auto v = http.get("timeout")) config.backend.http.timeout = integer(*v, 1, kMaxHttpTimeout);
+    http.finish();
+    backend.finish();
+
+    top.finish();
+    return config;
+}
+
+// Config files are small; the cap keeps a wrong path (a device, a huge log) from eating memory.
+constexpr size_t kMaxConfigBytes = 1 << 20;
+
+std::string readFile(const std::filesystem::path& path) {
+    std::string what = fmt::format("cannot read {}", path.string());
+    int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) rafs::failErrno(what);
+    std::string text;
+    char buffer[16384];
+    for (;;) {
+        ssize_t n = ::read(fd, buffer, sizeof buffer);
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) {
+            int err = errno;
+            ::close(fd);
+            rafs::failErrno(what, err);
+        }
+        if (n == 0) break;
+        text.append(buffer, static_cast<size_t>(n));
+        if (text.size() > kMaxConfigBytes) {
+            ::close(fd);
+            rafs::fail("{}: larger than {} bytes, not a config file", path.string(), kMaxConfigBytes);
+        }
+    }
+    // Nothing was written, so a failing close loses nothing.
+    ::close(fd);
+    return text;
+}
+
+}  // namespace
+
+std::string_view engineName(EngineKind engine) { return nameOf(kEngines, engine); }
+
+std::optional<EngineKind> parseEngineKind(std::string_view name) {
+    auto it = std::ranges::find(kEngines, name, &Named<EngineKind>::name);
+    if (it == std::end(kEngines)) return std::nullopt;
+    return it->value;
+}
+
+std::string_view backendTypeName(Config::BackendType type) { return nameOf(kBackendTypes, type); }
+
+Config defaults() { return Config{}; }
+
+Config parse(std::string_view text, const std::string& source) {
+    toml::table root;
+    try {
+        root = toml::parse(text, source);
+    } catch (const toml::parse_error& e) {
+        rafs::fail("{}:{}:{}: {}", source, e.source().begin.line, e.source().begin.column, e.description());
+    }
+    return fromTable(root, source);
+}
+
+Config load(const std::filesystem::path& path) { return parse(readFile(path), path.string()); }
+
+}  // namespace rafsd

@@ -1,0 +1,88 @@
+// rafsd's configuration file (/etc/rafsd/config.toml): every key has a default, and a file that
+// names an unknown key or a value out of range is refused with the file and line, so a typo never
+// silently falls back to a default. config.example.toml documents every key.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <optional>
+#include <string>
+#include <string_view>
+
+namespace rafsd {
+
+// Which kernel interface serves a mount; auto picks fanotify where the kernel has pre-content
+// events, else fscache.
+enum class EngineKind { Auto, Fanotify, Fscache };
+
+std::string_view engineName(EngineKind engine);
+std::optional<EngineKind> parseEngineKind(std::string_view name);
+// For messages: "auto, fanotify, fscache".
+inline constexpr std::string_view kEngineNames = "auto, fanotify, fscache";
+
+struct Config {
+    enum class LogLevel { Error, Warn, Info, Debug };
+    enum class BackendType { Localfs, Http, Registry };
+
+    struct Daemon {
+        EngineKind engine = EngineKind::Auto;
+        std::filesystem::path state_dir = "/var/lib/rafsd";
+        std::filesystem::path cache_dir = "/var/cache/rafsd";
+        std::filesystem::path socket = "/run/rafsd/api.sock";
+        LogLevel log_level = LogLevel::Info;
+        bool operator==(const Daemon&) const = default;
+    };
+    struct Fetch {
+        uint64_t amplify = 1 << 20;  // bytes
+        uint32_t max_inflight = 8;
+        uint32_t retries = 1;
+        uint32_t workers = 2;  // 0 = one per CPU
+        bool operator==(const Fetch&) const = default;
+    };
+    struct Prefetch {
+        bool enable = true;
+        uint64_t bandwidth = 0;  // bytes per second, 0 = unlimited
+        bool operator==(const Prefetch&) const = default;
+    };
+    struct Localfs {
+        std::filesystem::path dir = "/var/lib/rafsd/blobs";
+        bool operator==(const Localfs&) const = default;
+    };
+    struct Http {
+        std::string url = "http://127.0.0.1:8080/blobs";  // no trailing '/'; blobs at <url>/<blob-id>
+        uint32_t timeout = 30;                            // seconds
+        bool operator==(const Http&) const = default;
+    };
+    struct Backend {
+        BackendType type = BackendType::Localfs;
+        Localfs localfs;
+        Http http;
+        bool operator==(const Backend&) const = default;
+    };
+
+    Daemon daemon;
+    Fetch fetch;
+    Prefetch prefetch;
+    Backend backend;
+    bool operator==(const Config&) const = default;
+};
+
+// Largest accepted values, so a typo cannot ask for absurd memory or thread counts.
+inline constexpr uint64_t kMaxAmplify = 64u << 20;
+inline constexpr uint32_t kMaxInflight = 256;
+inline constexpr uint32_t kMaxRetries = 8;
+inline constexpr uint32_t kMaxWorkers = 256;
+inline constexpr uint32_t kMaxHttpTimeout = 3600;
+
+Config defaults();
+
+// Reads and validates a config file; throws rafs::Error "<path>:<line>: <what is wrong>".
+Config load(const std::filesystem::path& path);
+
+// As load(), for text already in memory; `source` names it in messages.
+Config parse(std::string_view text, const std::string& source);
+
+// For "backend.type 'http' is not implemented yet".
+std::string_view backendTypeName(Config::BackendType type);
+
+}  // namespace rafsd

@@ -1,0 +1,116 @@
+// The control protocol between rafsctl and rafsd: newline-delimited JSON over a unix stream
+// socket (default /run/rafsd/api.sock). Each request is one line holding one JSON object; rafsd
+// answers each with one line, in order, and keeps the connection open for more.
+//
+// Requests (paths are absolute; fields not listed are refused):
+//   {"op":"mount","bootstrap":"/abs/image.boot","mountpoint":"/abs/mnt",
+//    "blob_dir":"/abs/blobs", "engine":"auto|fanotify|fscache", "domain_id":"d", "fsid":"f"}
+//        blob_dir, engine, domain_id and fsid are optional.
+//   {"op":"umount","mountpoint":"/abs/mnt"}
+//   {"op":"list"}
+//   {"op":"status"}  or  {"op":"status","mountpoint":"/abs/mnt"}
+//
+// Responses: {"ok":true, ...fields} or {"ok":false,"error":"one line"}. The fields are:
+//   mount:  {"mountpoint":"/abs/mnt","engine":"fanotify"}            engine = the one chosen
+//   umount: {}
+//   list:   {"images":[{"mountpoint":"/abs/mnt","bootstrap":"/abs/image.boot",
+//                       "engine":"fanotify","blobs":3}]}                blobs = how many
+//   status: {"images":[{"mountpoint","bootstrap","engine","blobs":[
+//              {"id":"<sha256 hex>",         the blob id
+//               "size":N,                    bytes of its uncompressed address space
+//               "chunks":N,                  chunks in the blob
+//               "chunks_present":N,          of those, present in the cache file
+//               "misses":N,                  kernel reads that had to wait for a fetch
+//               "bytes_fetched":N,           bytes read from the backend
+//               "bytes_from_cache":N,        bytes of kernel reads that were already present
+//               "prefetch_done":P,           prefetch progress in percent (0-100), absent
+//                                            when prefetch is off
+//               "errors":N}]}]}              failed fetches and failed verifications
+//   Numeric fields beyond these may appear; rafsctl shows every numeric field it gets.
+//
+// A request line longer than kMaxRequestBytes gets an error response, then the connection closes.
+#pragma once
+
+#include "daemon/api/Config.h"
+
+#include <sys/un.h>
+
+#include <filesystem>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <variant>
+
+namespace rafsd {
+
+inline constexpr size_t kMaxRequestBytes = 1 << 20;
+// Status of many images is larger than any request, but still bounded so a broken peer cannot
+// make rafsctl eat memory.
+inline constexpr size_t kMaxResponseBytes = 64 << 20;
+
+struct MountRequest {
+    std::filesystem::path bootstrap;
+    std::filesystem::path mountpoint;
+    std::optional<std::filesystem::path> blob_dir;
+    std::optional<EngineKind> engine;
+    std::optional<std::string> domain_id;
+    std::optional<std::string> fsid;
+    bool operator==(const MountRequest&) const = default;
+};
+
+struct UmountRequest {
+    std::filesystem::path mountpoint;
+    bool operator==(const UmountRequest&) const = default;
+};
+
+struct ListRequest {
+    bool operator==(const ListRequest&) const = default;
+};
+
+struct StatusRequest {
+    std::optional<std::filesystem::path> mountpoint;  // absent: every image
+    bool operator==(const StatusRequest&) const = default;
+};
+
+using Request = std::variant<MountRequest, UmountRequest, ListRequest, StatusRequest>;
+
+// Parses and validates one request line (without its newline); throws rafs::Error saying what is
+// wrong, e.g. "mount request has no 'mountpoint'" or "bootstrap: \"a.boot\" is not an absolute path".
+Request parseRequest(std::string_view line);
+
+// The request as one line of JSON, without the newline.
+std::string formatRequest(const Request& request);
+
+// {"ok":true} plus the fields of `fields` (a JSON object, or null for none), as one line without
+// the newline. Throws rafs::Error if `fields` is neither.
+std::string okResponse(const nlohmann::json& fields);
+// {"ok":false,"error":message}, with line breaks in message turned into spaces.
+std::string errorResponse(std::string_view message);
+
+// Parses a response line: returns the response object when it says ok, throws rafs::Error with
+// rafsd's message when it does not, or a message of its own when the line is not a response.
+nlohmann::json parseResponse(std::string_view line);
+
+// An owned file descriptor, closed when it goes out of scope.
+class UniqueFd {
+public:
+    UniqueFd() = default;
+    explicit UniqueFd(int fd) : fd_(fd) {}
+    UniqueFd(UniqueFd&& other) noexcept : fd_(other.release()) {}
+    UniqueFd& operator=(UniqueFd&& other) noexcept;
+    UniqueFd(const UniqueFd&) = delete;
+    UniqueFd& operator=(const UniqueFd&) = delete;
+    ~UniqueFd();
+
+    int get() const { return fd_; }
+    int release();
+
+private:
+    int fd_ = -1;
+};
+
+// The address of a unix socket path; throws rafs::Error if the path does not fit in sun_path.
+sockaddr_un unixAddress(const std::filesystem::path& path);
+
+}  // namespace rafsd

@@ -1,0 +1,320 @@
+#include "daemon/api/ControlServer.h"
+
+#include "builder/format/Error.h"
+
+#include <fcntl.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <systemd/sd-daemon.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <list>
+#include <thread>
+
+namespace rafsd {
+namespace {
+
+using nlohmann::json;
+
+struct Connection {
+    UniqueFd fd;
+    std::thread thread;
+    std::atomic<bool> done{false};
+};
+
+struct Dispatch {
+    ControlHandler& handler;
+    json operator()(const MountRequest& request) const { return handler.mount(request); }
+    json operator()(const UmountRequest& request) const { return handler.umount(request); }
+    json operator()(const ListRequest&) const { return handler.list(); }
+    json operator()(const StatusRequest& request) const { return handler.status(request); }
+};
+
+int bindTo(const UniqueFd& fd, const sockaddr_un& address) {
+    return ::bind(fd.get(), reinterpret_cast<const sockaddr*>(&address), sizeof address);
+}
+
+void createDirectories(const std::filesystem::path& dir) {
+    if (dir.empty() || dir == dir.root_path()) return;
+    struct stat st {};
+    // Whether an existing path is a directory, bind() will tell.
+    if (::stat(dir.c_str(), &st) == 0) return;
+    if (errno != ENOENT) rafs::failErrno(fmt::format("cannot create {}", dir.string()));
+    createDirectories(dir.parent_path());
+    if (::mkdir(dir.c_str(), 0755) != 0) {
+        if (errno == EEXIST) return;
+        rafs::failErrno(fmt::format("cannot create {}", dir.string()));
+    }
+    // mkdir() applied the daemon's umask, which may be stricter.
+    if (::chmod(dir.c_str(), 0755) != 0) rafs::failErrno(fmt::format("cannot chmod {}", dir.string()));
+}
+
+// Called when bind() found `socket` in use: removes it if it is a socket nobody listens on (left
+// by a rafsd that died), else explains why not.
+void removeStale(const std::filesystem::path& socket, const sockaddr_un& address) {
+    struct stat st {};
+    if (::lstat(socket.c_str(), &st) != 0) {
+        if (errno == ENOENT) return;  // removed meanwhile
+        rafs::failErrno(fmt::format("cannot bind {}", socket.string()));
+    }
+    if (!S_ISSOCK(st.st_mode)) rafs::fail("cannot bind {}: it exists and is not a socket", socket.string());
+    UniqueFd probe(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
+    if (probe.get() < 0) rafs::failErrno("cannot create a unix socket");
+    if (::connect(probe.get(), reinterpret_cast<const sockaddr*>(&address), sizeof address) == 0 || errno == EAGAIN) {
+        // EAGAIN: a listener whose backlog is full, busy but alive.
+        rafs::fail("another rafsd is already listening on {}", socket.string());
+    }
+    if (errno != ECONNREFUSED) rafs::failErrno(fmt::format("cannot bind {}", socket.string()));
+    if (::unlink(socket.c_str()) != 0 && errno != ENOENT) {
+        rafs::failErrno(fmt::format("cannot remove the stale socket {}", socket.string()));
+    }
+}
+
+}  // namespace
+
+struct ControlServer::State {
+    // `bound` is the socket file bind() created, empty for an adopted socket.
+    State(UniqueFd listen_fd, ControlHandler& h, std::filesystem::path bound, const struct stat& st)
+        : handler(h), listen(std::move(listen_fd)), boundPath(std::move(bound)), boundDev(st.st_dev), boundIno(st.st_ino) {
+        int fds[2];
+        if (::pipe2(fds, O_CLOEXEC) != 0) rafs::failErrno("cannot create a pipe");
+        wake = UniqueFd(fds[0]);
+        wakeWriter = UniqueFd(fds[1]);
+        acceptThread = std::thread([this] { acceptLoop(); });
+    }
+
+    // Waits until `fd` is ready for `events`; false once stop() was called.
+    bool waitFor(int fd, short events) const {
+        pollfd fds[2] = {{fd, events, 0}, {wake.get(), POLLIN, 0}};
+        while (::poll(fds, 2, -1) < 0) {
+            if (errno != EINTR) rafs::failErrno("poll");
+        }
+        return fds[1].revents == 0;
+    }
+
+    // Sleeps for `ms` or until stop(); false once stop() was called.
+    bool pause(int ms) const {
+        pollfd fd = {wake.get(), POLLIN, 0};
+        return ::poll(&fd, 1, ms) <= 0;
+    }
+
+    void acceptLoop() {
+        for (;;) {
+            try {
+                if (!acceptOne()) return;
+            } catch (const std::exception&) {
+                // poll() out of memory: the server must outlive it.
+                if (!pause(100)) return;
+            }
+        }
+    }
+
+    // Waits for one connection and starts its thread; false once stop() was called.
+    bool acceptOne() {
+        if (!waitFor(listen.get(), POLLIN)) return false;
+        UniqueFd fd(::accept4(listen.get(), nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK));
+        if (fd.get() < 0) {
+            // Out of fds or memory leaves the socket readable: wait rather than spin. A client
+            // that gave up (ECONNABORTED) or a spurious wakeup needs nothing.
+            return errno == EAGAIN || errno == EINTR || errno == ECONNABORTED || pause(100);
+        }
+        reap();
+        if (connections.size() >= kMaxConnections) {
+            refuse(fd, fmt::format("too many connections to rafsd (at most {})", kMaxConnections));
+            return true;
+        }
+        Connection& connection = connections.emplace_back();
+        connection.fd = std::move(fd);
+        try {
+            connection.thread = std::thread([this, &connection] { serve(connection); });
+        } catch (const std::system_error& e) {
+            refuse(connection.fd, fmt::format("rafsd cannot start a thread: {}", e.what()));
+            connections.pop_back();
+        }
+        return true;
+    }
+
+    // Best effort: the client is turned away whether or not it gets to read why.
+    static void refuse(const UniqueFd& fd, std::string_view message) {
+        std::string line = errorResponse(message) + "\n";
+        (void)::send(fd.get(), line.data(), line.size(), MSG_NOSIGNAL);
+    }
+
+    void reap() {
+        std::erase_if(connections, [](Connection& c) {
+            if (!c.done) return false;
+            c.thread.join();
+            return true;
+        });
+    }
+
+    void serve(Connection& connection) {
+        try {
+            serveLines(connection.fd.get());
+        } catch (const std::exception&) {
+            // poll failed or the response could not be built: drop this client, keep serving.
+        }
+        connection.fd = UniqueFd();
+        connection.done = true;
+    }
+
+    void serveLines(int fd) {
+        std::string buffer;
+        size_t scanned = 0;  // bytes of buffer known to hold no newline
+        char chunk[65536];
+        while (waitFor(fd, POLLIN)) {
+            // Never read past the longest line allowed plus its newline: the buffer stays bounded.
+            size_t room = std::min(sizeof chunk, kMaxRequestBytes + 1 - buffer.size());
+            ssize_t n = ::recv(fd, chunk, room, 0);
+            if (n < 0 && (errno == EAGAIN || errno == EINTR)) continue;
+            if (n < 0) return;  // reset by the client: nobody to answer
+            if (n == 0) {
+                // A last request without its newline is still answered.
+                if (!buffer.empty()) send(fd, respond(buffer));
+                return;
+            }
+            buffer.append(chunk, static_cast<size_t>(n));
+            size_t start = 0;
+            for (size_t end; (end = buffer.find('\n', scanned)) != std::string::npos; start = scanned = end + 1) {
+                if (!send(fd, respond(std::string_view(buffer).substr(start, end - start)))) return;
+            }
+            buffer.erase(0, start);
+            scanned = buffer.size();
+            if (buffer.size() > kMaxRequestBytes) {
+                send(fd, errorResponse(fmt::format("request line longer than {} bytes", kMaxRequestBytes)));
+                return;
+            }
+        }
+    }
+
+    std::string respond(std::string_view line) {
+        try {
+            return okResponse(std::visit(Dispatch{handler}, parseRequest(line)));
+        } catch (const std::exception& e) {
+            return errorResponse(e.what());
+        } catch (...) {
+            return errorResponse("internal error: unknown exception");
+        }
+    }
+
+    // Sends one response line; false when the client is gone or stop() was called.
+    bool send(int fd, std::string response) const {
+        response += '\n';
+        std::string_view rest = response;
+        while (!rest.empty()) {
+            ssize_t n = ::send(fd, rest.data(), rest.size(), MSG_NOSIGNAL);
+            if (n < 0 && errno == EAGAIN) {
+                if (!waitFor(fd, POLLOUT)) return false;
+                continue;
+            }
+            if (n < 0 && errno == EINTR) continue;
+            if (n < 0) return false;
+            rest.remove_prefix(static_cast<size_t>(n));
+        }
+        return true;
+    }
+
+    ControlHandler& handler;
+    UniqueFd listen;
+    // stop() closes wakeWriter; every poll of the server also watches `wake`, which then hangs up.
+    UniqueFd wake;
+    UniqueFd wakeWriter;
+    std::filesystem::path boundPath;
+    dev_t boundDev;
+    ino_t boundIno;
+    bool stopped = false;
+    // Only the accept thread touches this, and stop() once that thread has ended.
+    std::list<Connection> connections;
+    std::thread acceptThread;
+};
+
+ControlServer::ControlServer(std::unique_ptr<State> state) : state_(std::move(state)) {}
+
+ControlServer::ControlServer(ControlServer&& other) noexcept = default;
+
+ControlServer& ControlServer::operator=(ControlServer&& other) noexcept {
+    if (this != &other) {
+        stop();
+        state_ = std::move(other.state_);
+    }
+    return *this;
+}
+
+ControlServer::~ControlServer() { stop(); }
+
+ControlServer ControlServer::bind(const std::filesystem::path& socket, ControlHandler& handler) {
+    sockaddr_un address = unixAddress(socket);
+    createDirectories(socket.parent_path());
+    UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
+    if (fd.get() < 0) rafs::failErrno("cannot create a unix socket");
+    if (bindTo(fd, address) != 0) {
+        if (errno != EADDRINUSE) rafs::failErrno(fmt::format("cannot bind {}", socket.string()));
+        removeStale(socket, address);
+        if (bindTo(fd, address) != 0) rafs::failErrno(fmt::format("cannot bind {}", socket.string()));
+    }
+    // Before listen(): until then connecting fails anyway, so the umask's mode is never usable.
+    if (::chmod(socket.c_str(), 0600) != 0) rafs::failErrno(fmt::format("cannot chmod {}", socket.string()));
+    struct stat st {};
+    if (::stat(socket.c_str(), &st) != 0) rafs::failErrno(fmt::format("cannot stat {}", socket.string()));
+    if (::listen(fd.get(), SOMAXCONN) != 0) rafs::failErrno(fmt::format("cannot listen on {}", socket.string()));
+    return ControlServer(std::make_unique<State>(std::move(fd), handler, socket, st));
+}
+
+ControlServer ControlServer::adopt(int listen_fd, ControlHandler& handler) {
+    UniqueFd fd(listen_fd);
+    int domain = 0, type = 0, listening = 0;
+    socklen_t size = sizeof(int);
+    for (auto [option, value] : {std::pair{SO_DOMAIN, &domain}, {SO_TYPE, &type}, {SO_ACCEPTCONN, &listening}}) {
+        if (::getsockopt(listen_fd, SOL_SOCKET, option, value, &size) != 0) {
+            rafs::failErrno(fmt::format("fd {} is not a listening unix stream socket", listen_fd));
+        }
+    }
+    if (domain != AF_UNIX || type != SOCK_STREAM || listening == 0) {
+        rafs::fail("fd {} is not a listening unix stream socket", listen_fd);
+    }
+    // Inherited fds (systemd's) come without these; the accept loop needs a non-blocking socket.
+    int fdFlags = ::fcntl(listen_fd, F_GETFD);
+    if (fdFlags < 0 || ::fcntl(listen_fd, F_SETFD, fdFlags | FD_CLOEXEC) != 0) rafs::failErrno("fcntl(F_SETFD)");
+    int flags = ::fcntl(listen_fd, F_GETFL);
+    if (flags < 0 || ::fcntl(listen_fd, F_SETFL, flags | O_NONBLOCK) != 0) rafs::failErrno("fcntl(F_SETFL)");
+    struct stat unbound {};
+    return ControlServer(std::make_unique<State>(std::move(fd), handler, std::filesystem::path(), unbound));
+}
+
+ControlServer ControlServer::fromSystemdOrPath(const std::filesystem::path& socket, ControlHandler& handler) {
+    // The environment stays set: the daemon also reads fds it stored in systemd's fd store.
+    int count = sd_listen_fds(0);
+    if (count < 0) rafs::failErrno("sd_listen_fds", -count);
+    for (int fd = SD_LISTEN_FDS_START; fd < SD_LISTEN_FDS_START + count; ++fd) {
+        int isUnix = sd_is_socket_unix(fd, SOCK_STREAM, 1, nullptr, 0);
+        if (isUnix < 0) rafs::failErrno(fmt::format("fd {} from systemd", fd), -isUnix);
+        if (isUnix > 0) return adopt(fd, handler);
+    }
+    return bind(socket, handler);
+}
+
+void ControlServer::stop() {
+    if (!state_ || state_->stopped) return;
+    State& state = *state_;
+    state.stopped = true;
+    state.wakeWriter = UniqueFd();
+    state.acceptThread.join();
+    state.listen = UniqueFd();
+    if (!state.boundPath.empty()) {
+        struct stat st {};
+        // Only our own socket: another rafsd may have replaced it. A socket file left behind is
+        // harmless, the next bind() removes it as stale.
+        if (::lstat(state.boundPath.c_str(), &st) == 0 && st.st_dev == state.boundDev && st.st_ino == state.boundIno) {
+            ::unlink(state.boundPath.c_str());
+        }
+    }
+    for (Connection& connection : state.connections) connection.thread.join();
+    state.connections.clear();
+}
+
+bool ControlServer::adopted() const { return state_->boundPath.empty(); }
+
+}  // namespace rafsd

@@ -1,0 +1,304 @@
+// rafsctl: controls a running rafsd over its control socket (see daemon/api/ControlProtocol.h).
+#include "builder/format/Error.h"
+#include "daemon/api/ControlClient.h"
+
+#include <CLI/CLI.hpp>
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cctype>
+#include <functional>
+#include <iostream>
+#include <optional>
+#include <set>
+#include <vector>
+
+namespace {
+
+using nlohmann::json;
+
+// Absolute, with the symlinks of its existing part resolved as mount(8) resolves its target, so
+// one directory always goes to rafsd under one name.
+std::filesystem::path absolutePath(const std::string& path) {
+    std::error_code error;
+    std::filesystem::path full = std::filesystem::absolute(path, error);
+    if (!error) full = std::filesystem::weakly_canonical(full, error);
+    if (error) rafs::fail("{}: {}", path, error.message());
+    std::string text = full.string();
+    while (text.size() > 1 && text.ends_with('/')) text.pop_back();
+    return text;
+}
+
+// The response is rafsd's: every field is read defensively, a missing or odd one shows as "-".
+const json& arrayField(const json& object, const char* key) {
+    static const json empty = json::array();
+    auto it = object.is_object() ? object.find(key) : object.end();
+    return it != object.end() && it->is_array() ? *it : empty;
+}
+
+const json* numberField(const json& object, const std::string& key) {
+    auto it = object.find(key);
+    return it != object.end() && it->is_number() ? &*it : nullptr;
+}
+
+std::string number(const json& value) {
+    return value.is_number_float() ? fmt::format("{:.3g}", value.get<double>()) : value.dump();
+}
+
+std::string text(const json& object, const char* key) {
+    auto it = object.find(key);
+    if (it == object.end()) return "-";
+    if (it->is_string()) return it->get<std::string>();
+    if (it->is_number()) return number(*it);
+    return "-";
+}
+
+std::string byteCount(const json& value) {
+    if (!value.is_number_unsigned()) return number(value);
+    auto bytes = value.get<uint64_t>();
+    if (bytes < 1024) return fmt::format("{}B", bytes);
+    double scaled = static_cast<double>(bytes);
+    const char* unit = "B";
+    for (const char* next : {"KiB", "MiB", "GiB", "TiB", "PiB"}) {
+        if (scaled < 1024.0) break;
+        scaled /= 1024.0;
+        unit = next;
+    }
+    return fmt::format("{:.1f}{}", scaled, unit);
+}
+
+// Left-aligned text columns and right-aligned number columns, two spaces apart.
+class Table {
+public:
+    struct Column {
+        std::string header;
+        bool right;
+    };
+
+    explicit Table(std::vector<Column> columns) : columns_(std::move(columns)) {}
+
+    void add(std::vector<std::string> row) { rows_.push_back(std::move(row)); }
+
+    void print(std::ostream& out, std::string_view indent) const {
+        std::vector<size_t> widths;
+        for (const Column& column : columns_) widths.push_back(column.header.size());
+        for (const auto& row : rows_) {
+            for (size_t i = 0; i < row.size(); ++i) widths[i] = std::max(widths[i], row[i].size());
+        }
+        auto line = [&](auto&& cell) {
+            std::string text(indent);
+            for (size_t i = 0; i < columns_.size(); ++i) {
+                if (i > 0) text += "  ";
+                std::string value = cell(i);
+                std::string padding(widths[i] - value.size(), ' ');
+                text += columns_[i].right ? padding + value : value + padding;
+            }
+            while (text.ends_with(' ')) text.pop_back();
+            out << text << '\n';
+        };
+        line([&](size_t i) { return columns_[i].header; });
+        for (const auto& row : rows_) line([&](size_t i) { return row[i]; });
+    }
+
+private:
+    std::vector<Column> columns_;
+    std::vector<std::vector<std::string>> rows_;
+};
+
+void printList(const json& response) {
+    Table table({{"MOUNTPOINT", false}, {"IMAGE", false}, {"ENGINE", false}, {"BLOBS", true}});
+    for (const json& image : arrayField(response, "images")) {
+        if (!image.is_object()) continue;
+        auto blobs = image.find("blobs");
+        std::string count = blobs != image.end() && blobs->is_array() ? std::to_string(blobs->size()) : text(image, "blobs");
+        table.add({text(image, "mountpoint"), text(image, "bootstrap"), text(image, "engine"), count});
+    }
+    table.print(std::cout, "");
+}
+
+// One status column: its header and how a blob's fields make its cell (nullopt: the blob lacks
+// the fields, shown as "-"; a column no blob has is left out).
+struct StatusColumn {
+    Table::Column column;
+    std::function<std::optional<std::string>(const json& blob)> cell;
+};
+
+std::vector<StatusColumn> knownColumns() {
+    auto field = [](std::string key, std::string (*format)(const json&)) {
+        return [key = std::move(key), format](const json& blob) -> std::optional<std::string> {
+            const json* value = numberField(blob, key);
+            if (value == nullptr) return std::nullopt;
+            return format(*value);
+        };
+    };
+    auto percent = [](const json& value) { return fmt::format("{:.0f}%", value.get<double>()); };
+    auto chunks = [](const json& blob) -> std::optional<std::string> {
+        const json* total = numberField(blob, "chunks");
+        const json* present = numberField(blob, "chunks_present");
+        if (total != nullptr && present != nullptr) return number(*present) + "/" + number(*total);
+        if (total != nullptr || present != nullptr) return number(total != nullptr ? *total : *present);
+        return std::nullopt;
+    };
+    auto id = [](const json& blob) -> std::optional<std::string> {
+        auto it = blob.find("id");
+        if (it == blob.end() || !it->is_string()) return std::nullopt;
+        // Twelve hex digits tell blobs apart; --json has the whole id.
+        return it->get<std::string>().substr(0, 12);
+    };
+    return {
+        {{"BLOB", false}, id},
+        {{"SIZE", true}, field("size", byteCount)},
+        {{"CHUNKS", true}, chunks},
+        {{"MISSES", true}, field("misses", number)},
+        {{"FETCHED", true}, field("bytes_fetched", byteCount)},
+        {{"FROM CACHE", true}, field("bytes_from_cache", byteCount)},
+        {{"PREFETCH", true}, field("prefetch_done", +percent)},
+        {{"ERRORS", true}, field("errors", number)},
+    };
+}
+
+const std::set<std::string> kKnownBlobFields = {"id", "size", "chunks", "chunks_present", "misses",
+                                                 "bytes_fetched", "bytes_from_cache", "prefetch_done", "errors"};
+const std::set<std::string> kKnownImageFields = {"mountpoint", "bootstrap", "engine", "blobs"};
+
+std::string header(std::string key) {
+    std::ranges::replace(key, '_', ' ');
+    std::ranges::transform(key, key.begin(), [](char c) { return static_cast<char>(std::toupper(c)); });
+    return key;
+}
+
+void printImageStatus(const json& image) {
+    std::string about = fmt::format("image {}, engine {}", text(image, "bootstrap"), text(image, "engine"));
+    for (const auto& [key, value] : image.items()) {
+        if (!kKnownImageFields.contains(key) && value.is_number()) about += fmt::format(", {} {}", key, number(value));
+    }
+    std::cout << text(image, "mountpoint") << "  (" << about << ")\n";
+
+    const json& blobs = arrayField(image, "blobs");
+    std::vector<StatusColumn> columns = knownColumns();
+    std::set<std::string> extra;
+    for (const json& blob : blobs) {
+        if (!blob.is_object()) continue;
+        for (const auto& [key, value] : blob.items()) {
+            if (!kKnownBlobFields.contains(key) && value.is_number()) extra.insert(key);
+        }
+    }
+    for (const std::string& key : extra) {
+        columns.push_back({{header(key), true}, [key](const json& blob) -> std::optional<std::string> {
+                               const json* value = numberField(blob, key);
+                               return value == nullptr ? std::nullopt : std::optional(number(*value));
+                           }});
+    }
+
+    std::vector<std::vector<std::optional<std::string>>> cells;
+    std::vector<bool> used(columns.size(), false);
+    for (const json& blob : blobs) {
+        if (!blob.is_object()) continue;
+        auto& row = cells.emplace_back();
+        for (size_t i = 0; i < columns.size(); ++i) {
+            row.push_back(columns[i].cell(blob));
+            used[i] = used[i] || row.back().has_value();
+        }
+    }
+    std::vector<Table::Column> shown;
+    for (size_t i = 0; i < columns.size(); ++i) {
+        if (used[i]) shown.push_back(columns[i].column);
+    }
+    if (shown.empty()) {
+        std::cout << "  no blobs\n";
+        return;
+    }
+    Table table(std::move(shown));
+    for (const auto& row : cells) {
+        std::vector<std::string> texts;
+        for (size_t i = 0; i < columns.size(); ++i) {
+            if (used[i]) texts.push_back(row[i].value_or("-"));
+        }
+        table.add(std::move(texts));
+    }
+    table.print(std::cout, "  ");
+}
+
+void printStatus(const json& response) {
+    const json& images = arrayField(response, "images");
+    if (images.empty()) std::cout << "no images mounted\n";
+    bool first = true;
+    for (const json& image : images) {
+        if (!image.is_object()) continue;
+        if (!first) std::cout << '\n';
+        first = false;
+        printImageStatus(image);
+    }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    CLI::App app{"rafsctl: control a running rafsd (mount, umount, list, status)"};
+    app.require_subcommand(1);
+    std::string socket = "/run/rafsd/api.sock";
+    double timeout = 60;
+    app.add_option("--socket", socket, "rafsd's control socket (default /run/rafsd/api.sock)");
+    app.add_option("--timeout", timeout, "seconds to wait for rafsd's answer (default 60)")
+        ->check(CLI::Range(0.001, 86400.0));
+
+    std::string bootstrap, mountpoint, blob_dir, engine, domain_id, fsid;
+    auto* mount = app.add_subcommand("mount", "mount an image: its bootstrap on a directory");
+    mount->add_option("--blob-dir", blob_dir, "directory of the image's blobs, named by blob id");
+    mount->add_option("--engine", engine, "auto (default), fanotify or fscache");
+    mount->add_option("--domain-id", domain_id, "fscache: share cache files of equal blobs within this domain");
+    mount->add_option("--fsid", fsid, "fscache: the image's id (default: chosen by rafsd)");
+    mount->add_option("BOOTSTRAP", bootstrap, "the image's bootstrap (image.boot)")->required();
+    mount->add_option("MOUNTPOINT", mountpoint, "directory to mount it on")->required();
+
+    auto* umount = app.add_subcommand("umount", "unmount an image mounted by rafsd");
+    umount->add_option("MOUNTPOINT", mountpoint, "where it is mounted")->required();
+
+    auto* list = app.add_subcommand("list", "list mounted images");
+
+    bool as_json = false;
+    auto* status = app.add_subcommand("status", "show per-blob fetch and cache counters");
+    status->add_option("MOUNTPOINT", mountpoint, "only this image");
+    status->add_flag("--json", as_json, "print rafsd's answer as JSON");
+
+    try {
+        app.parse(argc, argv);
+        rafsd::ControlClient client(socket, std::chrono::milliseconds(static_cast<int64_t>(timeout * 1000.0)));
+        if (mount->parsed()) {
+            rafsd::MountRequest request{absolutePath(bootstrap), absolutePath(mountpoint), {}, {}, {}, {}};
+            if (!blob_dir.empty()) request.blob_dir = absolutePath(blob_dir);
+            if (!engine.empty()) {
+                request.engine = rafsd::parseEngineKind(engine);
+                if (!request.engine) rafs::fail("--engine '{}' is not one of {}", engine, rafsd::kEngineNames);
+            }
+            if (!domain_id.empty()) request.domain_id = domain_id;
+            if (!fsid.empty()) request.fsid = fsid;
+            json response = client.call(request);
+            auto chosen = response.find("engine");
+            std::cout << "mounted " << request.bootstrap.string() << " on " << request.mountpoint.string()
+                      << (chosen != response.end() && chosen->is_string() ? " (" + chosen->get<std::string>() + ")" : "")
+                      << "\n";
+        } else if (umount->parsed()) {
+            client.call(rafsd::UmountRequest{absolutePath(mountpoint)});
+        } else if (list->parsed()) {
+            printList(client.call(rafsd::ListRequest{}));
+        } else if (status->parsed()) {
+            rafsd::StatusRequest request;
+            if (!mountpoint.empty()) request.mountpoint = absolutePath(mountpoint);
+            json response = client.call(request);
+            if (as_json) std::cout << response.dump(2, ' ', false, json::error_handler_t::replace) << "\n";
+            else printStatus(response);
+        }
+    } catch (const CLI::CallForHelp& e) {
+        return app.exit(e);
+    } catch (const CLI::CallForAllHelp& e) {
+        return app.exit(e);
+    } catch (const CLI::ParseError& e) {
+        std::cerr << "rafsctl: " << e.what() << " (see rafsctl --help)\n";
+        return 1;
+    } catch (const std::exception& e) {
+        std::cerr << "rafsctl: " << e.what() << "\n";
+        return 1;
+    }
+    return 0;
+}

@@ -1,0 +1,211 @@
+#include "builder/format/Error.h"
+#include "daemon/api/Config.h"
+
+#include <catch2/catch.hpp>
+#include <toml++/toml.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <string>
+
+using rafsd::Config;
+using rafsd::parse;
+
+namespace {
+
+// The compiler ran in the build root, so a relative __FILE__ is relative to it; the test binary
+// is <build root>/tests/unit/unit-tests. Works from any working directory.
+std::filesystem::path sourceRoot() {
+    std::filesystem::path self = std::filesystem::read_symlink("/proc/self/exe");
+    std::filesystem::path file = self.parent_path().parent_path().parent_path() / __FILE__;
+    return std::filesystem::weakly_canonical(file).parent_path().parent_path().parent_path();
+}
+
+Config parsed(const std::string& text) { return parse(text, "config.toml"); }
+
+}  // namespace
+
+TEST_CASE("config defaults", "[config]") {
+    Config config = rafsd::defaults();
+    CHECK(config.daemon.engine == rafsd::EngineKind::Auto);
+    CHECK(config.daemon.state_dir == "/var/lib/rafsd");
+    CHECK(config.daemon.cache_dir == "/var/cache/rafsd");
+    CHECK(config.daemon.socket == "/run/rafsd/api.sock");
+    CHECK(config.daemon.log_level == Config::LogLevel::Info);
+    CHECK(config.fetch.amplify == 1 << 20);
+    CHECK(config.fetch.max_inflight == 8);
+    CHECK(config.fetch.retries == 1);
+    CHECK(config.fetch.workers == 2);
+    CHECK(config.prefetch.enable);
+    CHECK(config.prefetch.bandwidth == 0);
+    CHECK(config.backend.type == Config::BackendType::Localfs);
+    CHECK(config.backend.localfs.dir == "/var/lib/rafsd/blobs");
+    CHECK(config.backend.http.url == "http://127.0.0.1:8080/blobs");
+    CHECK(config.backend.http.timeout == 30);
+
+    CHECK(parsed("") == config);
+    CHECK(parsed("[daemon]\n[fetch]\n[prefetch]\n[backend]\n[backend.localfs]\n[backend.http]\n") == config);
+}
+
+TEST_CASE("config example file documents every key with its default", "[config]") {
+    std::filesystem::path example = sourceRoot() / "daemon/api/config.example.toml";
+    CHECK(rafsd::load(example) == rafsd::defaults());
+
+    // Every key is in the example, not only accepted by it.
+    toml::table table = toml::parse_file(example.string());
+    for (const char* key : {"daemon.engine", "daemon.state_dir", "daemon.cache_dir", "daemon.socket",
+                            "daemon.log_level", "fetch.amplify", "fetch.max_inflight", "fetch.retries",
+                            "fetch.workers", "prefetch.enable", "prefetch.bandwidth", "backend.type",
+                            "backend.localfs.dir", "backend.http.url", "backend.http.timeout"}) {
+        INFO(key);
+        CHECK(table.at_path(key).node() != nullptr);
+    }
+}
+
+TEST_CASE("config values", "[config]") {
+    Config config = parsed(R"(
+[daemon]
+engine = "fanotify"
+state_dir = "/srv/state"
+cache_dir = "/srv/cache"
+socket = "/tmp/rafsd.sock"
+log_level = "debug"
+[fetch]
+amplify = 4096
+max_inflight = 256
+retries = 0
+workers = 0
+[prefetch]
+enable = false
+bandwidth = "20MiB"
+[backend]
+type = "http"
+localfs.dir = "/blobs"
+[backend.http]
+url = "https://example.com/v1/blobs//"
+timeout = 3600
+)");
+    CHECK(config.daemon.engine == rafsd::EngineKind::Fanotify);
+    CHECK(config.daemon.state_dir == "/srv/state");
+    CHECK(config.daemon.cache_dir == "/srv/cache");
+    CHECK(config.daemon.socket == "/tmp/rafsd.sock");
+    CHECK(config.daemon.log_level == Config::LogLevel::Debug);
+    CHECK(config.fetch.amplify == 4096);
+    CHECK(config.fetch.max_inflight == 256);
+    CHECK(config.fetch.retries == 0);
+    CHECK(config.fetch.workers == 0);
+    CHECK(!config.prefetch.enable);
+    CHECK(config.prefetch.bandwidth == 20u << 20);
+    CHECK(config.backend.type == Config::BackendType::Http);
+    CHECK(config.backend.localfs.dir == "/blobs");
+    CHECK(config.backend.http.url == "https://example.com/v1/blobs");
+    CHECK(config.backend.http.timeout == 3600);
+
+    // Dotted keys at the top level are the same keys.
+    CHECK(parsed("fetch.retries = 3\ndaemon.engine = \"fscache\"\n").fetch.retries == 3);
+    CHECK(parsed("backend.type = \"registry\"").backend.type == Config::BackendType::Registry);
+    CHECK(rafsd::backendTypeName(Config::BackendType::Registry) == "registry");
+}
+
+TEST_CASE("config sizes", "[config]") {
+    auto amplify = [](const std::string& value) { return parsed("fetch.amplify = " + value).fetch.amplify; };
+    auto bandwidth = [](const std::string& value) { return parsed("prefetch.bandwidth = " + value).prefetch.bandwidth; };
+    CHECK(amplify("0") == 0);
+    CHECK(amplify("\"0\"") == 0);
+    CHECK(amplify("\"4096\"") == 4096);
+    CHECK(amplify("\"64KiB\"") == 64u << 10);
+    CHECK(amplify("\"64MiB\"") == 64u << 20);
+    CHECK(amplify("67108864") == 64u << 20);
+    CHECK(bandwidth("\"3GiB\"") == 3ull << 30);
+    CHECK(bandwidth("\"17179869183GiB\"") == 17179869183ull << 30);
+
+    const std::string amplifyAccepts = "is not a size up to 64MiB (bytes, or a string such as '64KiB', '1MiB')";
+    CHECK_THROWS_WITH(amplify("\"65MiB\""), "config.toml:1: fetch.amplify: '65MiB' " + amplifyAccepts);
+    CHECK_THROWS_WITH(amplify("67108865"), "config.toml:1: fetch.amplify: 67108865 " + amplifyAccepts);
+    const std::string sizeAccepts = "is not a size (bytes, or a string such as '64KiB', '1MiB', '2GiB')";
+    for (std::string bad : {"\"1MB\"", "\"1.5MiB\"", "\"MiB\"", "\"\"", "\" 1MiB\"", "\"1KiBMiB\"", "\"-1\"",
+                            "-1", "1.5", "true", "[1]", "\"17179869184GiB\""}) {
+        INFO(bad);
+        CHECK_THROWS_WITH(bandwidth(bad), Catch::Matchers::StartsWith("config.toml:1: prefetch.bandwidth: ") &&
+                                              Catch::Matchers::EndsWith(sizeAccepts));
+    }
+    CHECK_THROWS_WITH(bandwidth("1.5"), "config.toml:1: prefetch.bandwidth: 1.5 " + sizeAccepts);
+    CHECK_THROWS_WITH(bandwidth("[1]"), "config.toml:1: prefetch.bandwidth: an array " + sizeAccepts);
+}
+
+TEST_CASE("config unknown keys and tables", "[config]") {
+    CHECK_THROWS_WITH(parsed("[fetch]\nretries = 2\n\namplfy = \"1MiB\"\n"),
+                      "config.toml:4: unknown key 'fetch.amplfy'");
+    CHECK_THROWS_WITH(parsed("[daemon]\n[fetc]\nretries = 2\n"), "config.toml:2: unknown table 'fetc'");
+    CHECK_THROWS_WITH(parsed("verbose = true\n"), "config.toml:1: unknown key 'verbose'");
+    CHECK_THROWS_WITH(parsed("[backend]\ntype = \"localfs\"\n[backend.s3]\nbucket = \"b\"\n"),
+                      "config.toml:3: unknown table 'backend.s3'");
+    CHECK_THROWS_WITH(parsed("[backend.http]\nurl = \"http://x\"\nproxy = \"http://p\"\n"),
+                      "config.toml:3: unknown key 'backend.http.proxy'");
+    // The first in the file, not the first by name.
+    CHECK_THROWS_WITH(parsed("[daemon]\nzeta = 1\nalpha = 2\n"), "config.toml:2: unknown key 'daemon.zeta'");
+}
+
+TEST_CASE("config wrong types and values", "[config]") {
+    CHECK_THROWS_WITH(parsed("[daemon]\nengine = \"fuse\"\n"),
+                      "config.toml:2: daemon.engine: 'fuse' is not one of auto, fanotify, fscache");
+    CHECK_THROWS_WITH(parsed("daemon.engine = 5"), "config.toml:1: daemon.engine: 5 is not one of auto, fanotify, fscache");
+    CHECK_THROWS_WITH(parsed("daemon.log_level = \"trace\""),
+                      "config.toml:1: daemon.log_level: 'trace' is not one of error, warn, info, debug");
+    CHECK_THROWS_WITH(parsed("backend.type = \"s3\""),
+                      "config.toml:1: backend.type: 's3' is not one of localfs, http, registry");
+    CHECK_THROWS_WITH(parsed("daemon = 5"), "config.toml:1: daemon: 5 is not a table");
+    CHECK_THROWS_WITH(parsed("[backend]\nlocalfs = \"/x\""), "config.toml:2: backend.localfs: '/x' is not a table");
+    CHECK_THROWS_WITH(parsed("\n[daemon]\nstate_dir = \"var/lib/rafsd\"\n"),
+                      "config.toml:3: daemon.state_dir: 'var/lib/rafsd' is not an absolute path");
+    CHECK_THROWS_WITH(parsed("daemon.socket = \"\""), "config.toml:1: daemon.socket: '' is not an absolute path");
+    CHECK_THROWS_WITH(parsed("daemon.cache_dir = \"/a\\u0000b\""),
+                      "config.toml:1: daemon.cache_dir: '/a\\x00b' is not an absolute path");
+    CHECK_THROWS_WITH(parsed("backend.localfs.dir = 1979-05-27"),
+                      "config.toml:1: backend.localfs.dir: a date or time is not an absolute path");
+    CHECK_THROWS_WITH(parsed("fetch.max_inflight = 0"),
+                      "config.toml:1: fetch.max_inflight: 0 is not an integer from 1 to 256");
+    CHECK_THROWS_WITH(parsed("fetch.max_inflight = \"8\""),
+                      "config.toml:1: fetch.max_inflight: '8' is not an integer from 1 to 256");
+    CHECK_THROWS_WITH(parsed("fetch.retries = 9"), "config.toml:1: fetch.retries: 9 is not an integer from 0 to 8");
+    CHECK_THROWS_WITH(parsed("fetch.workers = -1"), "config.toml:1: fetch.workers: -1 is not an integer from 0 to 256");
+    CHECK_THROWS_WITH(parsed("fetch.workers = 2.0"), "config.toml:1: fetch.workers: 2.0 is not an integer from 0 to 256");
+    CHECK_THROWS_WITH(parsed("backend.http.timeout = 0"),
+                      "config.toml:1: backend.http.timeout: 0 is not an integer from 1 to 3600");
+    CHECK_THROWS_WITH(parsed("prefetch.enable = \"yes\""), "config.toml:1: prefetch.enable: 'yes' is not true or false");
+    CHECK_THROWS_WITH(parsed("prefetch.enable = 1"), "config.toml:1: prefetch.enable: 1 is not true or false");
+    for (const char* url : {"ftp://host/x", "http://", "http:///x", "localhost:8080", "http://a b"}) {
+        INFO(url);
+        CHECK_THROWS_WITH(parsed(fmt::format("backend.http.url = \"{}\"", url)),
+                          fmt::format("config.toml:1: backend.http.url: '{}' is not an http:// or https:// URL", url));
+    }
+    // Control characters are escaped: the message stays one line.
+    CHECK_THROWS_WITH(parsed("daemon.engine = \"a\\nb\\u0001\""),
+                      "config.toml:1: daemon.engine: 'a\\nb\\x01' is not one of auto, fanotify, fscache");
+}
+
+TEST_CASE("config syntax errors name file, line and column", "[config]") {
+    CHECK_THROWS_WITH(parsed("[daemon]\nengine = auto\n"), Catch::Matchers::StartsWith("config.toml:2:10: "));
+    CHECK_THROWS_WITH(parsed("[fetch]\nretries = 1\nretries = 2\n"), Catch::Matchers::StartsWith("config.toml:3:"));
+    CHECK_THROWS_WITH(parsed("[daemon\n"), Catch::Matchers::StartsWith("config.toml:1:"));
+    try {
+        parsed("a = \"unterminated\n");
+        FAIL("no error");
+    } catch (const rafs::Error& e) {
+        CHECK(std::string(e.what()).find('\n') == std::string::npos);
+    }
+}
+
+TEST_CASE("config load names the file", "[config]") {
+    char dir[] = "/tmp/rafsd-config-XXXXXX";
+    REQUIRE(::mkdtemp(dir) != nullptr);
+    std::filesystem::path path = std::filesystem::path(dir) / "config.toml";
+    CHECK_THROWS_WITH(rafsd::load(path), fmt::format("cannot read {}: No such file or directory", path.string()));
+    std::ofstream(path) << "[prefetch]\nenable = false\nbandwith = \"1MiB\"\n";
+    CHECK_THROWS_WITH(rafsd::load(path), fmt::format("{}:3: unknown key 'prefetch.bandwith'", path.string()));
+    std::ofstream(path) << "[prefetch]\nenable = false\n";
+    CHECK(!rafsd::load(path).prefetch.enable);
+    CHECK_THROWS_WITH(rafsd::load(dir), fmt::format("cannot read {}: Is a directory", dir));
+    std::filesystem::remove_all(dir);
+}
