@@ -1,0 +1,618 @@
+#include "daemon/engines/fanotify/FanotifyEngine.h"
+
+#include "builder/format/Error.h"
+#include "daemon/core/Log.h"
+#include "kernel-abi/fanotify.h"
+
+#include <fcntl.h>
+#include <liburing.h>
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <sys/fanotify.h>
+#include <sys/mount.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <condition_variable>
+#include <cstring>
+#include <fstream>
+#include <future>
+#include <optional>
+#include <string>
+#include <unordered_map>
+
+namespace rafsd {
+
+namespace {
+
+using rafs::fail;
+using rafs::failErrno;
+
+constexpr unsigned kRingEntries = 4;
+constexpr uint64_t kGroupTag = 1;
+constexpr uint64_t kWakeTag = 2;
+constexpr size_t kBatchBytes = 64 * 1024;
+constexpr uint64_t kBlock = 4096;
+// What to fetch when the kernel reports no length: erofs-utils fetches 4 MiB too.
+constexpr uint64_t kUnknownCountWindow = 4 << 20;
+
+class FdGuard {
+public:
+    explicit FdGuard(int fd) : fd_(fd) {}
+    FdGuard(const FdGuard&) = delete;
+    FdGuard& operator=(const FdGuard&) = delete;
+    ~FdGuard() {
+        if (fd_ >= 0 && ::close(fd_) != 0) log::warn("close: {}", std::strerror(errno));
+    }
+    int get() const { return fd_; }
+    int release() { return std::exchange(fd_, -1); }
+
+private:
+    int fd_;
+};
+
+void closeOrLog(int fd, std::string_view what) {
+    if (::close(fd) != 0) log::warn("cannot close {}: {}", what, std::strerror(errno));
+}
+
+int initGroup(unsigned flags) {
+    // Event fds are only fstat'ed and closed: the core writes through its own pre-mark fd.
+    const int fd = ::fanotify_init(flags, O_RDONLY | O_LARGEFILE);
+    if (fd >= 0) return fd;
+    if (errno == EINVAL) {
+        fail("kernel lacks fanotify pre-content events (Linux 6.14+ with "
+             "CONFIG_FANOTIFY_ACCESS_PERMISSIONS)");
+    }
+    if (errno == EPERM) fail("fanotify pre-content events need CAP_SYS_ADMIN");
+    if (errno == ENOSYS) fail("kernel lacks fanotify (CONFIG_FANOTIFY)");
+    failErrno("fanotify_init");
+}
+
+void raiseFdLimit() {
+    rlimit limit{};
+    if (::getrlimit(RLIMIT_NOFILE, &limit) != 0) failErrno("getrlimit(RLIMIT_NOFILE)");
+    if (limit.rlim_cur == limit.rlim_max) return;
+    limit.rlim_cur = limit.rlim_max;
+    if (::setrlimit(RLIMIT_NOFILE, &limit) != 0) failErrno("setrlimit(RLIMIT_NOFILE)");
+}
+
+void armPoll(io_uring& ring, int fd, uint64_t tag) {
+    io_uring_sqe* sqe = io_uring_get_sqe(&ring);
+    if (sqe == nullptr) fail("io_uring submission queue full");
+    io_uring_prep_poll_multishot(sqe, fd, POLLIN);
+    io_uring_sqe_set_data64(sqe, tag);
+}
+
+void submit(io_uring& ring) {
+    if (const int rc = io_uring_submit(&ring); rc < 0) failErrno("io_uring_submit", -rc);
+}
+
+// Throws for a failed fs-context call, with the messages the kernel attached to the context.
+[[noreturn]] void failMount(int fsfd, const std::string& what) {
+    const int err = errno;
+    std::string messages;
+    char line[512];
+    for (;;) {
+        // ENODATA once the log is empty.
+        const ssize_t n = ::read(fsfd, line, sizeof line);
+        if (n <= 0) break;
+        messages += messages.empty() ? " (kernel: " : "; ";
+        messages.append(line, static_cast<size_t>(n));
+    }
+    if (!messages.empty()) messages += ')';
+    fail("{}: {}{}", what, std::strerror(err), messages);
+}
+
+// The new mount API rather than mount(2): its option string is cut at one page, which limits the
+// number of device= paths.
+void mountErofs(const FanotifyMount& m) {
+    const std::string what = fmt::format("cannot mount {} on {}", m.bootstrap.native(), m.mountpoint.native());
+    FdGuard fs(::fsopen("erofs", FSOPEN_CLOEXEC));
+    if (fs.get() < 0) {
+        if (errno == ENODEV) fail("{}: kernel has no EROFS (CONFIG_EROFS_FS)", what);
+        failErrno(what);
+    }
+    if (::fsconfig(fs.get(), FSCONFIG_SET_STRING, "source", m.bootstrap.c_str(), 0) != 0) {
+        failMount(fs.get(), what);
+    }
+    for (const BlobFile& blob : m.blobs) {
+        if (::fsconfig(fs.get(), FSCONFIG_SET_STRING, "device", blob.path.c_str(), 0) != 0) {
+            failMount(fs.get(), fmt::format("{}: device {}", what, blob.path.native()));
+        }
+    }
+    if (::fsconfig(fs.get(), FSCONFIG_CMD_CREATE, nullptr, nullptr, 0) != 0) {
+        if (errno == ENOTBLK) {
+            fail("{}: kernel lacks EROFS file-backed mounts (CONFIG_EROFS_FS_BACKED_BY_FILE)", what);
+        }
+        failMount(fs.get(), what);
+    }
+    FdGuard mnt(::fsmount(fs.get(), FSMOUNT_CLOEXEC, MOUNT_ATTR_RDONLY));
+    if (mnt.get() < 0) failMount(fs.get(), what);
+    if (::move_mount(mnt.get(), "", AT_FDCWD, m.mountpoint.c_str(), MOVE_MOUNT_F_EMPTY_PATH) != 0) {
+        failErrno(what);
+    }
+}
+
+struct Range {
+    uint64_t offset = 0;
+    uint64_t count = 0;
+};
+
+// The range record of a pre-content event; none (a zero count) is handled like an unknown count.
+Range findRange(std::span<const std::byte> info) {
+    size_t pos = 0;
+    while (info.size() - pos >= sizeof(fanotify::EventInfoHeader)) {
+        fanotify::EventInfoHeader header{};
+        std::memcpy(&header, info.data() + pos, sizeof header);
+        if (header.len < sizeof header || header.len > info.size() - pos) break;
+        if (header.info_type == fanotify::kInfoTypeRange && header.len >= sizeof(fanotify::EventInfoRange)) {
+            fanotify::EventInfoRange record{};
+            std::memcpy(&record, info.data() + pos, sizeof record);
+            return {record.offset, record.count};
+        }
+        pos += header.len;
+    }
+    return {};
+}
+
+}  // namespace
+
+// Answers events from any thread. Completions hold it by shared_ptr, so one arriving after the
+// engine is gone finds its event already answered and does nothing.
+struct FanotifyEngine::Responder {
+    std::mutex mutex;
+    std::condition_variable idle;  // pending became empty
+    int group = -1;
+    bool stopping = false;
+    uint64_t nextSeq = 0;
+    // Event fd -> sequence number of the event it belongs to. An fd stays open until its event
+    // is answered, so its number cannot be reused by another pending event; the sequence number
+    // tells a late completion from one for a newer event that got the same fd number.
+    std::unordered_map<int, uint64_t> pending;
+    std::atomic<uint64_t> events{0};
+    std::atomic<uint64_t> allowed{0};
+    std::atomic<uint64_t> denied{0};
+    std::atomic<uint64_t> overflows{0};
+
+    Responder() = default;
+    Responder(const Responder&) = delete;
+    Responder& operator=(const Responder&) = delete;
+    ~Responder() {
+        if (group >= 0) closeOrLog(group, "fanotify group");
+    }
+
+    // Registers an event handed to the core; nullopt once stopping (the caller denies it).
+    std::optional<uint64_t> admit(int fd) {
+        std::lock_guard lock(mutex);
+        if (stopping) return std::nullopt;
+        const uint64_t seq = nextSeq++;
+        pending.emplace(fd, seq);
+        return seq;
+    }
+
+    void complete(int fd, uint64_t seq, int error) {
+        std::lock_guard lock(mutex);
+        const auto it = pending.find(fd);
+        if (it == pending.end() || it->second != seq) return;
+        pending.erase(it);
+        respondLocked(fd, error == 0);
+        if (pending.empty()) idle.notify_all();
+    }
+
+    // For events never admitted.
+    void respond(int fd, bool allow) {
+        std::lock_guard lock(mutex);
+        respondLocked(fd, allow);
+    }
+
+    void beginStop() {
+        std::lock_guard lock(mutex);
+        stopping = true;
+    }
+
+    void waitIdle(std::chrono::milliseconds grace) {
+        std::unique_lock lock(mutex);
+        idle.wait_for(lock, grace, [this] { return pending.empty(); });
+    }
+
+    void denyAll() {
+        std::lock_guard lock(mutex);
+        if (!pending.empty()) log::warn("denying {} pending fanotify events with EIO", pending.size());
+        for (const auto& [fd, seq] : pending) respondLocked(fd, false);
+        pending.clear();
+    }
+
+    void closeGroup() {
+        std::lock_guard lock(mutex);
+        closeOrLog(group, "fanotify group");
+        group = -1;
+    }
+
+private:
+    // One 8-byte write is atomic, and the lock orders it against closeGroup(). Counted first, so
+    // a reader woken by the answer sees it counted.
+    void respondLocked(int fd, bool allow) {
+        (allow ? allowed : denied).fetch_add(1, std::memory_order_relaxed);
+        const fanotify::Response response{fd, allow ? fanotify::kAllow : fanotify::denyWithErrno(EIO)};
+        const ssize_t n = ::write(group, &response, sizeof response);
+        if (n < 0) {
+            log::error("cannot answer fanotify event: {}", std::strerror(errno));
+        } else if (static_cast<size_t>(n) != sizeof response) {
+            log::error("cannot answer fanotify event: short write of {} bytes", n);
+        }
+        closeOrLog(fd, "fanotify event fd");
+    }
+};
+
+FanotifyEngine::FanotifyEngine(DataPlane& core) : core_(core) {}
+
+FanotifyEngine::~FanotifyEngine() { stop(); }
+
+void FanotifyEngine::checkKernel() {
+    closeOrLog(initGroup(fanotify::kClassPreContent | fanotify::kCloexec), "fanotify group");
+    std::ifstream in("/proc/filesystems");
+    if (!in) fail("cannot read /proc/filesystems");
+    std::string line;
+    while (std::getline(in, line)) {
+        if (line.ends_with("\terofs")) return;
+    }
+    fail("kernel has no EROFS: /proc/filesystems lacks erofs (CONFIG_EROFS_FS, or load the erofs module)");
+}
+
+void FanotifyEngine::start() {
+    if (responder_) fail("fanotify engine already started");
+    raiseFdLimit();
+    auto responder = std::make_shared<Responder>();
+    // An unlimited queue: a permission event that does not fit is dropped and its read goes on
+    // unfilled. Unlimited marks: one mark per incomplete blob of every mounted image.
+    responder->group = initGroup(fanotify::kClassPreContent | fanotify::kCloexec | fanotify::kNonblock |
+                                 fanotify::kUnlimitedQueue | fanotify::kUnlimitedMarks);
+    FdGuard wake(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+    if (wake.get() < 0) failErrno("eventfd");
+    responder_ = std::move(responder);
+    wake_ = wake.release();
+    buffer_.resize(kBatchBytes);
+    std::promise<void> started;
+    std::future<void> ready = started.get_future();
+    try {
+        thread_ = std::thread(&FanotifyEngine::loop, this, std::move(started));
+    } catch (...) {
+        teardown();
+        throw;
+    }
+    try {
+        ready.get();
+    } catch (...) {
+        thread_.join();
+        teardown();
+        throw;
+    }
+}
+
+void FanotifyEngine::teardown() {
+    closeOrLog(wake_, "eventfd");
+    wake_ = -1;
+    responder_->closeGroup();
+}
+
+// Why poll-then-read rather than a read SQE: fanotify files have no read_iter and no
+// FMODE_NOWAIT, so io_uring cannot try the read inline; depending on the kernel a read SQE on this
+// O_NONBLOCK fd either completes at once with -EAGAIN (a busy loop) or is punted to an io-wq
+// worker that polls and retries, with a kernel-owned buffer that stop() would have to cancel.
+// A multishot poll plus plain read(2) until EAGAIN keeps the buffer ours, drains whole batches,
+// and needs no resubmission per event.
+void FanotifyEngine::loop(std::promise<void> started) {
+    // The ring is created, fed and waited on by this thread alone: io_uring runs a request's
+    // completion work in the task that submitted it, and a thread that submitted a poll and then
+    // read the mount would sit in the kernel's pre-content wait, never running it (deadlock).
+    io_uring ring{};
+    try {
+        const int rc = io_uring_queue_init(kRingEntries, &ring, IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN);
+        if (rc < 0) failErrno("io_uring_queue_init", -rc);
+    } catch (...) {
+        started.set_exception(std::current_exception());
+        return;
+    }
+    try {
+        armPoll(ring, responder_->group, kGroupTag);
+        armPoll(ring, wake_, kWakeTag);
+        submit(ring);
+    } catch (...) {
+        io_uring_queue_exit(&ring);
+        started.set_exception(std::current_exception());
+        return;
+    }
+    started.set_value();
+    try {
+        while (!quit_.load()) {
+            io_uring_cqe* cqe = nullptr;
+            const int rc = io_uring_wait_cqe(&ring, &cqe);
+            if (rc == -EINTR) continue;
+            if (rc < 0) failErrno("io_uring_wait_cqe", -rc);
+            const uint64_t tag = io_uring_cqe_get_data64(cqe);
+            const int res = cqe->res;
+            const bool more = (cqe->flags & IORING_CQE_F_MORE) != 0;
+            io_uring_cqe_seen(&ring, cqe);
+            if (res < 0) failErrno(tag == kGroupTag ? "poll on the fanotify group" : "poll on the eventfd", -res);
+            if (tag == kGroupTag) drainEvents();
+            if (!more) {
+                armPoll(ring, tag == kGroupTag ? responder_->group : wake_, tag);
+                submit(ring);
+            }
+        }
+        // Events queued since the last wakeup; the engine is stopping, so they are denied.
+        drainEvents();
+    } catch (const std::exception& e) {
+        log::error("fanotify event loop failed, events are no longer answered: {}", e.what());
+    }
+    io_uring_queue_exit(&ring);
+}
+
+void FanotifyEngine::drainEvents() {
+    for (;;) {
+        const ssize_t n = ::read(responder_->group, buffer_.data(), buffer_.size());
+        if (n == 0) return;
+        if (n < 0) {
+            if (errno == EAGAIN) return;
+            if (errno == EINTR) continue;
+            if (errno == EMFILE || errno == ENFILE) {
+                // The kernel could not open the event's fd and denied that event itself.
+                log::error("fanotify event denied: out of file descriptors");
+                continue;
+            }
+            failErrno("cannot read fanotify events");
+        }
+        const std::span<const std::byte> batch(buffer_.data(), static_cast<size_t>(n));
+        size_t pos = 0;
+        while (batch.size() - pos >= sizeof(fanotify::EventMetadata)) {
+            fanotify::EventMetadata meta{};
+            std::memcpy(&meta, batch.data() + pos, sizeof meta);
+            if (meta.vers != fanotify::kMetadataVersion) {
+                fail("fanotify event version {}, expected {}", meta.vers, fanotify::kMetadataVersion);
+            }
+            if (meta.event_len < sizeof meta || meta.event_len > batch.size() - pos ||
+                meta.metadata_len < sizeof meta || meta.metadata_len > meta.event_len) {
+                fail("malformed fanotify event: length {}, metadata length {}", meta.event_len, meta.metadata_len);
+            }
+            handleEvent(meta, batch.subspan(pos + meta.metadata_len, meta.event_len - meta.metadata_len));
+            pos += meta.event_len;
+        }
+    }
+}
+
+void FanotifyEngine::handleEvent(const fanotify::EventMetadata& meta, std::span<const std::byte> info) {
+    Responder& responder = *responder_;
+    const int fd = meta.fd;
+    const uint64_t mask = meta.mask;
+    if ((mask & fanotify::kQueueOverflow) != 0) {
+        responder.overflows.fetch_add(1, std::memory_order_relaxed);
+        log::error("fanotify queue overflow: events were lost, their reads may have gone on unfilled");
+    }
+    if (fd == fanotify::kNoFd) return;
+    if ((mask & fanotify::kPreAccess) == 0) {
+        responder.respond(fd, true);
+        return;
+    }
+    responder.events.fetch_add(1, std::memory_order_relaxed);
+    const Range range = findRange(info);
+
+    struct stat st {};
+    if (::fstat(fd, &st) != 0) {
+        log::error("cannot stat a fanotify event's file, denying: {}", std::strerror(errno));
+        responder.respond(fd, false);
+        return;
+    }
+    uint32_t image = 0;
+    uint32_t blob = 0;
+    uint64_t size = 0;
+    {
+        std::lock_guard lock(mutex_);
+        const auto it = files_.find({st.st_dev, st.st_ino});
+        if (it == files_.end()) {
+            // Typically unmarked a moment ago because it became complete, or unmounted.
+            log::info("fanotify event for a file not served (dev {} inode {}), allowing", st.st_dev, st.st_ino);
+            responder.respond(fd, true);
+            return;
+        }
+        // Any user will do: they share the cache file.
+        std::tie(image, blob) = it->second.users.front();
+        size = it->second.size;
+    }
+    if (range.offset >= size) {
+        // Nothing of the blob is there: the image and the cache file disagree on its size.
+        log::warn("fanotify: read at {} past the end ({}) of blob {} of image {}, denying", range.offset, size, blob,
+                  image);
+        responder.respond(fd, false);
+        return;
+    }
+    const uint64_t begin = range.offset & ~(kBlock - 1);
+    const uint64_t want = range.count == 0 ? kUnknownCountWindow : range.count;
+    const uint64_t end = want >= size - range.offset ? size
+                                                     : std::min(size, (range.offset + want + kBlock - 1) & ~(kBlock - 1));
+    log::debug("fanotify: pid {} reads [{}, +{}) of image {} blob {}, fetching [{}, {})", meta.pid, range.offset,
+               range.count, image, blob, begin, end);
+    const std::optional<uint64_t> seq = responder.admit(fd);
+    if (!seq) {
+        responder.respond(fd, false);
+        return;
+    }
+    try {
+        core_.makePresent(image, blob, begin, end - begin,
+                          [shared = responder_, fd, s = *seq](int error) { shared->complete(fd, s, error); });
+    } catch (const std::exception& e) {
+        log::error("cannot make [{}, {}) of blob {} of image {} present: {}", begin, end, blob, image, e.what());
+        responder.complete(fd, *seq, EIO);
+    }
+}
+
+void FanotifyEngine::mount(const FanotifyMount& m) {
+    if (!thread_.joinable()) fail("cannot mount {}: fanotify engine not running", m.mountpoint.native());
+    MountEntry entry{m.image, m.mountpoint.lexically_normal(), {}};
+    {
+        std::lock_guard lock(mutex_);
+        for (const MountEntry& other : mounts_) {
+            if (other.mountpoint == entry.mountpoint) fail("{} is already mounted", entry.mountpoint.native());
+        }
+        // Marks before the mount opens the files: the open decides whether a file is watched.
+        try {
+            for (const BlobFile& blob : m.blobs) {
+                if (!blob.complete) acquire(blob, m.image, entry.files);
+            }
+        } catch (...) {
+            release(m.image, entry.files);
+            throw;
+        }
+        mounts_.push_back(entry);
+    }
+    // Unlocked: mounting may read blob ranges, whose events the loop needs the table for.
+    try {
+        mountErofs(m);
+    } catch (...) {
+        std::lock_guard lock(mutex_);
+        release(m.image, entry.files);
+        std::erase_if(mounts_, [&](const MountEntry& e) { return e.mountpoint == entry.mountpoint; });
+        throw;
+    }
+}
+
+void FanotifyEngine::acquire(const BlobFile& blob, uint32_t image, std::vector<std::pair<uint32_t, FileKey>>& files) {
+    struct stat st {};
+    if (::fstat(blob.fd, &st) != 0) failErrno(fmt::format("cannot stat cache file {}", blob.path.native()));
+    if (!S_ISREG(st.st_mode)) fail("cache file {} is not a regular file", blob.path.native());
+    const FileKey key{st.st_dev, st.st_ino};
+    const auto mark = [&](int fd) {
+        if (::fanotify_mark(responder_->group, fanotify::kMarkAdd, fanotify::kPreAccess, fd, nullptr) == 0) return;
+        // EOPNOTSUPP on 6.18 (tmpfs); the 6.14 patches returned EINVAL.
+        if (errno == EOPNOTSUPP || errno == EINVAL) {
+            fail("cannot watch cache file {}: its file system has no fanotify pre-content events "
+                 "(ext4, xfs or btrfs needed)",
+                 blob.path.native());
+        }
+        failErrno(fmt::format("cannot mark cache file {}", blob.path.native()));
+    };
+    const auto it = files_.find(key);
+    if (it == files_.end()) {
+        FdGuard fd(::fcntl(blob.fd, F_DUPFD_CLOEXEC, 0));
+        if (fd.get() < 0) failErrno(fmt::format("cannot duplicate the fd of cache file {}", blob.path.native()));
+        mark(fd.get());
+        files_.emplace(key, MarkedFile{blob.path, fd.release(), blob.size, true, {{image, blob.blob}}});
+    } else {
+        if (!it->second.marked) {
+            mark(it->second.fd);
+            it->second.marked = true;
+        }
+        it->second.users.emplace_back(image, blob.blob);
+    }
+    files.emplace_back(blob.blob, key);
+}
+
+// Drops one mount's use of its files; a file nobody uses any more loses its mark. Logs rather than
+// throws: it runs on rollback and after an unmount.
+void FanotifyEngine::release(uint32_t image, const std::vector<std::pair<uint32_t, FileKey>>& files) {
+    for (const auto& [blob, key] : files) {
+        const auto it = files_.find(key);
+        MarkedFile& file = it->second;
+        file.users.erase(std::find(file.users.begin(), file.users.end(), std::pair{image, blob}));
+        if (!file.users.empty()) continue;
+        if (file.marked &&
+            ::fanotify_mark(responder_->group, fanotify::kMarkRemove, fanotify::kPreAccess, file.fd, nullptr) != 0) {
+            log::warn("cannot unmark cache file {}: {}", file.path.native(), std::strerror(errno));
+        }
+        closeOrLog(file.fd, file.path.native());
+        files_.erase(it);
+    }
+}
+
+void FanotifyEngine::unmarkComplete(uint32_t image, uint32_t blob) {
+    std::lock_guard lock(mutex_);
+    for (const MountEntry& entry : mounts_) {
+        if (entry.image != image) continue;
+        for (const auto& [b, key] : entry.files) {
+            if (b != blob) continue;
+            MarkedFile& file = files_.at(key);
+            if (!file.marked) return;
+            if (::fanotify_mark(responder_->group, fanotify::kMarkRemove, fanotify::kPreAccess, file.fd, nullptr) != 0) {
+                failErrno(fmt::format("cannot unmark cache file {}", file.path.native()));
+            }
+            file.marked = false;
+            return;
+        }
+    }
+}
+
+void FanotifyEngine::umount(const std::filesystem::path& mountpoint) {
+    const std::filesystem::path normal = mountpoint.lexically_normal();
+    const auto find = [&] {
+        return std::find_if(mounts_.begin(), mounts_.end(), [&](const MountEntry& e) { return e.mountpoint == normal; });
+    };
+    {
+        std::lock_guard lock(mutex_);
+        if (find() == mounts_.end()) fail("{} is not mounted by rafsd", normal.native());
+    }
+    if (::umount2(normal.c_str(), UMOUNT_NOFOLLOW) != 0) failErrno(fmt::format("cannot unmount {}", normal.native()));
+    std::lock_guard lock(mutex_);
+    const auto it = find();
+    release(it->image, it->files);
+    mounts_.erase(it);
+}
+
+void FanotifyEngine::stop(std::chrono::milliseconds grace) {
+    if (!thread_.joinable()) return;
+    // The loop keeps reading, denying every new event, until the mounts are gone: an event left
+    // unread would be allowed, unfilled, when the group closes.
+    responder_->beginStop();
+    responder_->waitIdle(grace);
+    responder_->denyAll();
+    std::vector<MountEntry> mounts;
+    {
+        std::lock_guard lock(mutex_);
+        mounts.swap(mounts_);
+    }
+    for (const MountEntry& entry : mounts) {
+        unmountForStop(entry.mountpoint, grace);
+        std::lock_guard lock(mutex_);
+        release(entry.image, entry.files);
+    }
+    quit_.store(true);
+    const uint64_t one = 1;
+    if (::write(wake_, &one, sizeof one) != static_cast<ssize_t>(sizeof one)) {
+        log::error("cannot wake the fanotify event loop: {}", std::strerror(errno));
+    }
+    thread_.join();
+    teardown();
+}
+
+// Readers that were just denied may still hold files open for a moment: retry until `grace`,
+// then detach, since leaving the mount attached would serve zeros to new opens too.
+void FanotifyEngine::unmountForStop(const std::filesystem::path& mountpoint, std::chrono::milliseconds grace) {
+    const auto deadline = std::chrono::steady_clock::now() + grace;
+    while (::umount2(mountpoint.c_str(), UMOUNT_NOFOLLOW) != 0) {
+        if (errno != EBUSY) {
+            log::error("cannot unmount {}: {}", mountpoint.native(), std::strerror(errno));
+            return;
+        }
+        if (std::chrono::steady_clock::now() < deadline) {
+            std::this_thread::sleep_for(std::chrono::milliseconds(10));
+            continue;
+        }
+        if (::umount2(mountpoint.c_str(), UMOUNT_NOFOLLOW | MNT_DETACH) != 0) {
+            log::error("cannot detach {}: {}", mountpoint.native(), std::strerror(errno));
+            return;
+        }
+        log::error("{} still in use after {} ms, detached: files still open there read unfetched data "
+                   "as zeros once the fanotify group is closed",
+                   mountpoint.native(), grace.count());
+        return;
+    }
+}
+
+FanotifyCounters FanotifyEngine::counters() const {
+    if (!responder_) return {};
+    return {responder_->events.load(), responder_->allowed.load(), responder_->denied.load(),
+            responder_->overflows.load()};
+}
+
+}  // namespace rafsd

@@ -1,0 +1,129 @@
+// The fanotify engine (Linux 6.14+): EROFS file-backed mounts whose data blobs are sparse cache
+// files marked with FAN_PRE_ACCESS. A kernel read of a missing range becomes an event; the core
+// makes the range present and we answer FAN_ALLOW, or FAN_DENY_ERRNO(EIO) when it cannot.
+//
+// The group fails open (kernel-abi.md B.1): if it is closed while a mount is up, holes read as
+// zeros. Hence stop() denies what is pending and unmounts before it closes the group.
+//
+// Thread-safety: mount, umount, unmarkComplete and counters may be called from any thread, also
+// from inside makePresent or its completion (no engine lock is held then); start and stop must
+// not run concurrently with anything else of the engine.
+#pragma once
+
+#include "daemon/core/DataPlane.h"
+#include "kernel-abi/fanotify.h"
+
+#include <atomic>
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <filesystem>
+#include <future>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <span>
+#include <thread>
+#include <utility>
+#include <vector>
+
+namespace rafsd {
+
+// A blob's cache file, created, sized and opened O_RDWR by the core before mount() marks it: an
+// fd opened before the mark raises no events, so the core can fill the file through it.
+struct BlobFile {
+    uint32_t blob;
+    std::filesystem::path path;
+    int fd;
+    uint64_t size;
+    bool complete;
+};
+
+struct FanotifyMount {
+    uint32_t image;
+    std::filesystem::path bootstrap;  // complete local file, never marked
+    std::filesystem::path mountpoint;
+    std::vector<BlobFile> blobs;  // in blob table order: blobs[i] is EROFS device i + 1
+};
+
+struct FanotifyCounters {
+    uint64_t events = 0;     // FAN_PRE_ACCESS events read
+    uint64_t allowed = 0;    // answered FAN_ALLOW
+    uint64_t denied = 0;     // answered FAN_DENY_ERRNO(EIO)
+    uint64_t overflows = 0;  // FAN_Q_OVERFLOW: events were lost
+};
+
+class FanotifyEngine {
+public:
+    // How long stop() lets in-flight ranges finish, and then waits for a busy mount to go idle.
+    static constexpr std::chrono::milliseconds kDefaultGrace{5000};
+
+    explicit FanotifyEngine(DataPlane& core);
+    ~FanotifyEngine();  // stop()
+    FanotifyEngine(const FanotifyEngine&) = delete;
+    FanotifyEngine& operator=(const FanotifyEngine&) = delete;
+
+    // Throws Error naming what the kernel lacks for this engine.
+    static void checkKernel();
+
+    // Creates the group, raises RLIMIT_NOFILE (each pending event pins an fd) and starts the
+    // event loop thread.
+    void start();
+
+    // Marks every incomplete blob file, then mounts the bootstrap read-only with the blob files
+    // as devices. On failure removes the marks it added and throws.
+    void mount(const FanotifyMount& mount);
+
+    // The blob's cache file is complete: drop its mark so its reads cost no event. Shared cache
+    // files are complete for every image, so this unmarks the file for all of them.
+    void unmarkComplete(uint32_t image, uint32_t blob);
+
+    // Unmounts (throws if busy) and removes the marks of that mount's blobs.
+    void umount(const std::filesystem::path& mountpoint);
+
+    // Denies new events, lets pending ranges finish for up to `grace`, denies the rest with EIO,
+    // unmounts every mount (waiting up to `grace` for it to go idle, then detaching it), and
+    // only then closes the group. Never throws; problems are logged.
+    void stop(std::chrono::milliseconds grace = kDefaultGrace);
+
+    FanotifyCounters counters() const;
+
+private:
+    struct Responder;  // pending events and the group fd; outlives the engine if completions do
+    using FileKey = std::pair<uint64_t, uint64_t>;  // st_dev, st_ino of a cache file
+
+    struct MarkedFile {
+        std::filesystem::path path;
+        int fd;  // our dup of the core's fd: identity, and the target of mark changes
+        uint64_t size;
+        bool marked;
+        std::vector<std::pair<uint32_t, uint32_t>> users;  // (image, blob) per mount using it
+    };
+
+    struct MountEntry {
+        uint32_t image;
+        std::filesystem::path mountpoint;
+        std::vector<std::pair<uint32_t, FileKey>> files;  // blob, file (incomplete ones only)
+    };
+
+    void loop(std::promise<void> started);
+    void drainEvents();
+    void handleEvent(const fanotify::EventMetadata& meta, std::span<const std::byte> info);
+    void acquire(const BlobFile& blob, uint32_t image, std::vector<std::pair<uint32_t, FileKey>>& files);
+    void release(uint32_t image, const std::vector<std::pair<uint32_t, FileKey>>& files);
+    void unmountForStop(const std::filesystem::path& mountpoint, std::chrono::milliseconds grace);
+    void teardown();
+
+    DataPlane& core_;
+    std::shared_ptr<Responder> responder_;
+    int wake_ = -1;  // eventfd that tells the loop to exit
+    std::atomic<bool> quit_{false};
+    std::thread thread_;
+    std::vector<std::byte> buffer_;  // event batches, loop thread only
+
+    mutable std::mutex mutex_;  // files_ and mounts_
+    std::map<FileKey, MarkedFile> files_;
+    std::vector<MountEntry> mounts_;
+};
+
+}  // namespace rafsd
