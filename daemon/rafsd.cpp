@@ -59,12 +59,14 @@ int main(int argc, char** argv) {
     app.require_subcommand(1);
 
     std::string config_path = kDefaultConfig;
-    std::string engine, blob_dir, cache_dir, bootstrap, mountpoint;
+    std::string engine, blob_dir, cache_dir, bootstrap, mountpoint, fsid, domain_id;
     auto* m = app.add_subcommand("mount", "mount one image and serve it in the foreground until SIGINT/SIGTERM");
     auto* m_config = m->add_option("--config", config_path, "config file (default /etc/rafsd/config.toml if present)");
     m->add_option("--engine", engine, "auto (default), fanotify or fscache");
     m->add_option("--blob-dir", blob_dir, "directory of blobs named by blob id (localfs backend)");
     m->add_option("--cache-dir", cache_dir, "where cache files and their state live");
+    m->add_option("--fsid", fsid, "fscache: the image's id (default: derived from the bootstrap)");
+    m->add_option("--domain-id", domain_id, "fscache: share cache files of equal blobs within this domain");
     m->add_option("BOOTSTRAP", bootstrap, "image.boot")->required();
     m->add_option("MOUNTPOINT", mountpoint, "where to mount it")->required();
 
@@ -98,6 +100,8 @@ int main(int argc, char** argv) {
             request.bootstrap = fs::absolute(bootstrap);
             request.mountpoint = fs::absolute(mountpoint);
             if (!blob_dir.empty()) request.blob_dir = fs::absolute(blob_dir);
+            if (!fsid.empty()) request.fsid = fsid;
+            if (!domain_id.empty()) request.domain_id = domain_id;
             service.mount(request);
             sd_notify(0, "READY=1");
             int sig = waitForStopSignal(stop_signals);

@@ -2,6 +2,7 @@
 
 #include "builder/format/Error.h"
 #include "daemon/backends/LocalfsBackend.h"
+#include "builder/format/Digest.h"
 #include "daemon/core/BlobMetaLoader.h"
 #include "daemon/core/Log.h"
 #include "daemon/core/SparseCacheFile.h"
@@ -20,8 +21,21 @@ namespace {
 
 // On-demand cachefiles is usable when the device exists and its module supports the mode; the
 // probe cannot bind without a daemon's cache dir, so existence of the device is the test here
-// and `bind ondemand` gives the precise error later.
-bool fscacheAvailable() { return ::access("/dev/cachefiles", F_OK) == 0; }
+// and `bind ondemand` (FscacheEngine::start) gives the precise error later.
+bool fscacheAvailable() { return ::access(FscacheDevice::kPath, F_OK) == 0; }
+
+// The default fsid: stable for a bootstrap, so a remount finds its cache files again.
+std::string defaultFsid(const rafs::Bootstrap& bootstrap) {
+    return "rafs-" + rafs::toHex(rafs::digestOf(rafs::Digester::Sha256, bootstrap.bytes())).substr(0, 32);
+}
+
+// fsid and domain_id become mount options and cachefiles key names.
+void checkFscacheName(std::string_view what, const std::string& name) {
+    const bool ok = !name.empty() && name.size() <= 128 && std::all_of(name.begin(), name.end(), [](char c) {
+        return c > ' ' && c < 127 && c != ',' && c != '=' && c != '/';
+    });
+    if (!ok) rafs::fail("{} '{}' must be 1-128 printable characters without ',', '=', '/' or spaces", what, name);
+}
 
 }  // namespace
 
@@ -41,11 +55,13 @@ ImageService::~ImageService() { shutdown(); }
 
 EngineKind ImageService::resolveEngine(EngineKind requested) {
     if (requested == EngineKind::Fscache) {
-        rafs::fail("the fscache engine is not available in this build yet; use --engine fanotify (Linux 6.14+)");
+        if (!fscacheAvailable()) {
+            rafs::fail("{}: CONFIG_CACHEFILES missing or module not loaded (modprobe cachefiles)",
+                       FscacheDevice::kPath);
+        }
+        return EngineKind::Fscache;
     }
-    if (requested == EngineKind::Auto && fscacheAvailable()) {
-        log::info("/dev/cachefiles exists but the fscache engine is not available in this build; using fanotify");
-    }
+    if (requested == EngineKind::Auto && fscacheAvailable()) return EngineKind::Fscache;
     FanotifyEngine::checkKernel();
     return EngineKind::Fanotify;
 }
@@ -57,6 +73,16 @@ FanotifyEngine& ImageService::fanotify() {
         fanotify_ = std::move(engine);
     }
     return *fanotify_;
+}
+
+FscacheEngine& ImageService::fscache() {
+    if (!fscache_) {
+        auto engine = std::make_unique<FscacheEngine>(*fetcher_);
+        // A subdirectory: cachefiles owns its tree, and rafsd keeps its own state next to it.
+        engine->start(config_.daemon.cache_dir / "fscache", "rafsd");
+        fscache_ = std::move(engine);
+    }
+    return *fscache_;
 }
 
 std::shared_ptr<Backend> ImageService::backendFor(const MountRequest& request) const {
@@ -71,12 +97,24 @@ std::shared_ptr<Backend> ImageService::backendFor(const MountRequest& request) c
 
 std::shared_ptr<CachedBlob> ImageService::openBlob(const rafs::Bootstrap& bootstrap,
                                                    const rafs::BootstrapBlob& blob,
-                                                   const std::shared_ptr<Backend>& backend) {
-    if (auto existing = blobs_[blob.id].lock()) return existing;
+                                                   const std::shared_ptr<Backend>& backend,
+                                                   const std::string& fscache_volume) {
+    const std::string key = fscache_volume.empty() ? blob.id : "fscache:" + fscache_volume + "/" + blob.id;
+    if (auto existing = blobs_[key].lock()) return existing;
     const fs::path& dir = config_.daemon.cache_dir;
     BlobDescriptor descriptor = loadBlobDescriptor(bootstrap, blob, *backend, dir);
-    auto file = SparseCacheFile::open(dir / (blob.id + ".blob.data"), blob.uncompressed_size);
-    auto bitmap = ReadinessBitmap::open(dir / (blob.id + ".chunkmap"), blob.id, blob.chunk_count,
+    std::unique_ptr<CacheFile> file;
+    fs::path state_dir = dir;
+    if (fscache_volume.empty()) {
+        file = SparseCacheFile::open(dir / (blob.id + ".blob.data"), blob.uncompressed_size);
+    } else {
+        state_dir = dir / "fscache-state" / fscache_volume;
+        std::error_code ec;
+        fs::create_directories(state_dir, ec);
+        if (ec) rafs::fail("cannot create {}: {}", state_dir.string(), ec.message());
+        file = std::make_unique<FscacheCacheFile>(blob.id, blob.uncompressed_size);
+    }
+    auto bitmap = ReadinessBitmap::open(state_dir / (blob.id + ".chunkmap"), blob.id, blob.chunk_count,
                                         blob.uncompressed_size);
     if (bitmap.discarded()) log::warn("blob {}: cache state discarded: {}", blob.id, bitmap.discardReason());
     std::vector<ChunkExtent> extents;
@@ -88,7 +126,7 @@ std::shared_ptr<CachedBlob> ImageService::openBlob(const rafs::Bootstrap& bootst
                   blob.id, cache->droppedAtOpen());
     }
     auto cached = std::make_shared<CachedBlob>(std::move(descriptor), std::move(cache), backend);
-    blobs_[blob.id] = cached;
+    blobs_[key] = cached;
     return cached;
 }
 
@@ -124,7 +162,18 @@ nlohmann::json ImageService::mount(const MountRequest& request) {
     if (::stat(mountpoint.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) {
         rafs::fail("mountpoint {} is not a directory", mountpoint.string());
     }
-    const EngineKind engine = resolveEngine(request.engine.value_or(config_.daemon.engine));
+    const EngineKind requested = request.engine.value_or(config_.daemon.engine);
+    EngineKind engine = resolveEngine(requested);
+    if (engine == EngineKind::Fscache) {
+        try {
+            fscache();
+        } catch (const std::exception& e) {
+            if (requested != EngineKind::Auto) throw;
+            log::info("fscache engine unusable ({}); trying fanotify", e.what());
+            FanotifyEngine::checkKernel();
+            engine = EngineKind::Fanotify;
+        }
+    }
     const fs::path bootstrap_path = fs::absolute(request.bootstrap);
     rafs::Bootstrap bootstrap(bootstrap_path.string());
     std::error_code ec;
@@ -136,26 +185,39 @@ nlohmann::json ImageService::mount(const MountRequest& request) {
     image.bootstrap = bootstrap_path;
     image.mountpoint = mountpoint;
     image.engine = engine;
-    for (const rafs::BootstrapBlob& blob : bootstrap.blobs()) image.blobs.push_back(openBlob(bootstrap, blob, backend));
+    std::string fscache_volume;
+    if (engine == EngineKind::Fscache) {
+        image.fsid = request.fsid.value_or(defaultFsid(bootstrap));
+        image.domain_id = request.domain_id.value_or("");
+        checkFscacheName("fsid", image.fsid);
+        if (!image.domain_id.empty()) checkFscacheName("domain_id", image.domain_id);
+        fscache_volume = image.domain_id.empty() ? image.fsid : image.domain_id;
+    }
+    for (const rafs::BootstrapBlob& blob : bootstrap.blobs()) {
+        image.blobs.push_back(openBlob(bootstrap, blob, backend, fscache_volume));
+    }
     image.index = fetcher_->addImage(image.blobs);
-
-    FanotifyMount spec;
-    spec.image = image.index;
-    spec.bootstrap = bootstrap_path;
-    spec.mountpoint = mountpoint;
-    for (uint32_t i = 0; i < image.blobs.size(); ++i) {
-        auto& file = dynamic_cast<SparseCacheFile&>(image.blobs[i]->cache().file());
-        spec.blobs.push_back({i, file.path(), file.fd(), file.size(), image.blobs[i]->cache().complete()});
-    }
-    FanotifyEngine& engine_ref = fanotify();
-    try {
-        engine_ref.mount(spec);
-    } catch (...) {
-        fetcher_->removeImage(image.index);
-        throw;
-    }
-    for (uint32_t i = 0; i < image.blobs.size(); ++i) {
-        image.blobs[i]->onComplete([&engine_ref, index = image.index, i] { engine_ref.unmarkComplete(index, i); });
+    if (engine == EngineKind::Fscache) {
+        mountFscache(image, bootstrap);
+    } else {
+        FanotifyMount spec;
+        spec.image = image.index;
+        spec.bootstrap = bootstrap_path;
+        spec.mountpoint = mountpoint;
+        for (uint32_t i = 0; i < image.blobs.size(); ++i) {
+            auto& file = dynamic_cast<SparseCacheFile&>(image.blobs[i]->cache().file());
+            spec.blobs.push_back({i, file.path(), file.fd(), file.size(), image.blobs[i]->cache().complete()});
+        }
+        FanotifyEngine& engine_ref = fanotify();
+        try {
+            engine_ref.mount(spec);
+        } catch (...) {
+            fetcher_->removeImage(image.index);
+            throw;
+        }
+        for (uint32_t i = 0; i < image.blobs.size(); ++i) {
+            image.blobs[i]->onComplete([&engine_ref, index = image.index, i] { engine_ref.unmarkComplete(index, i); });
+        }
     }
     if (prefetcher_) prefetcher_->add(prefetchTableChunks(bootstrap, image.blobs), image.blobs);
     log::info("mounted {} on {} ({} blobs, engine {})", bootstrap_path.string(), mountpoint.string(),
@@ -164,12 +226,34 @@ nlohmann::json ImageService::mount(const MountRequest& request) {
     return {{"mountpoint", mountpoint.string()}, {"engine", std::string(engineName(engine))}};
 }
 
+void ImageService::mountFscache(Image& image, const rafs::Bootstrap& bootstrap) {
+    FscacheMount spec;
+    spec.image = image.index;
+    spec.fsid = image.fsid;
+    spec.domain_id = image.domain_id;
+    spec.bootstrap = bootstrap.bytes();
+    spec.mountpoint = image.mountpoint;
+    for (uint32_t i = 0; i < image.blobs.size(); ++i) {
+        spec.blobs.push_back({i, image.blobs[i]->descriptor().id, image.blobs[i]});
+    }
+    try {
+        fscache().mount(spec);
+    } catch (...) {
+        fetcher_->removeImage(image.index);
+        throw;
+    }
+}
+
 nlohmann::json ImageService::umount(const UmountRequest& request) {
     std::lock_guard lock(mutex_);
     const fs::path mountpoint = fs::weakly_canonical(request.mountpoint);
     auto it = std::find_if(images_.begin(), images_.end(), [&](const Image& i) { return i.mountpoint == mountpoint; });
     if (it == images_.end()) rafs::fail("{} is not mounted by rafsd", mountpoint.string());
-    fanotify().umount(mountpoint);
+    if (it->engine == EngineKind::Fscache) {
+        fscache().umount(mountpoint);
+    } else {
+        fanotify().umount(mountpoint);
+    }
     if (prefetcher_) prefetcher_->forget(it->blobs);
     fetcher_->removeImage(it->index);
     for (auto& blob : it->blobs) blob->cache().flush();
@@ -231,6 +315,12 @@ void ImageService::shutdown() {
     shut_down_ = true;
     prefetcher_.reset();
     if (fanotify_) fanotify_->stop();
+    if (fscache_) {
+        fscache_->stop();
+        const FscacheCounters c = fscache_->counters();
+        log::info("fscache: {} OPEN ({} refused), {} READ ({} for blobs, {} failed), {} CLOSE", c.opens + c.refused,
+                  c.refused, c.reads, c.blob_reads, c.read_errors, c.closes);
+    }
     for (Image& image : images_) {
         for (auto& blob : image.blobs) {
             const BlobCounters& c = blob->counters();

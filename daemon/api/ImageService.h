@@ -9,6 +9,7 @@
 #include "daemon/core/ChunkFetcher.h"
 #include "daemon/core/Prefetcher.h"
 #include "daemon/engines/fanotify/FanotifyEngine.h"
+#include "daemon/engines/fscache/FscacheEngine.h"
 
 #include <map>
 #include <memory>
@@ -41,20 +42,29 @@ private:
         std::filesystem::path mountpoint;
         EngineKind engine = EngineKind::Fanotify;
         std::vector<std::shared_ptr<CachedBlob>> blobs;
+        std::string fsid;       // fscache only
+        std::string domain_id;  // fscache only; may be empty
     };
 
     std::shared_ptr<Backend> backendFor(const MountRequest& request) const;
+    // `fscache_volume` empty: a sparse cache file (fanotify). Otherwise the blob's cache file is the
+    // kernel's cachefiles object in that volume ("<domain_id or fsid>"), which is per volume: a
+    // blob is shared only within one.
     std::shared_ptr<CachedBlob> openBlob(const rafs::Bootstrap& bootstrap, const rafs::BootstrapBlob& blob,
-                                         const std::shared_ptr<Backend>& backend);
+                                         const std::shared_ptr<Backend>& backend,
+                                         const std::string& fscache_volume = {});
     std::vector<PrefetchChunk> prefetchTableChunks(const rafs::Bootstrap& bootstrap,
                                                    const std::vector<std::shared_ptr<CachedBlob>>& blobs) const;
     FanotifyEngine& fanotify();
+    FscacheEngine& fscache();
+    void mountFscache(Image& image, const rafs::Bootstrap& bootstrap);
     nlohmann::json blobStatus(const CachedBlob& blob) const;
 
     Config config_;
     std::mutex mutex_;  // one mount or umount at a time; guards the tables below
     std::unique_ptr<ChunkFetcher> fetcher_;
     std::unique_ptr<FanotifyEngine> fanotify_;
+    std::unique_ptr<FscacheEngine> fscache_;
     std::unique_ptr<Prefetcher> prefetcher_;
     std::map<std::string, std::weak_ptr<CachedBlob>> blobs_;  // by blob id: shared across images
     std::vector<Image> images_;

@@ -1,0 +1,41 @@
+// /dev/cachefiles in on-demand mode (kernel-abi.md A.1, A.3): opening and binding the cache, and
+// the text commands written to the device at run time.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <string>
+#include <string_view>
+
+namespace rafsd {
+
+class FscacheDevice {
+public:
+    static constexpr const char* kPath = "/dev/cachefiles";
+
+    // Opens the device and binds `cache_dir` (created if needed) in on-demand mode under `tag`.
+    // Throws Error saying what is missing: the device, the on-demand mode, a suitable cache file
+    // system, or the device being held by another daemon.
+    static FscacheDevice open(const std::filesystem::path& cache_dir, std::string_view tag);
+
+    ~FscacheDevice();
+    FscacheDevice(FscacheDevice&& other) noexcept;
+    FscacheDevice& operator=(FscacheDevice&&) = delete;
+
+    int fd() const { return fd_; }
+
+    // Answers OPEN request `msg_id`: the object's size, or a negative errno to fail it.
+    void copen(uint32_t msg_id, int64_t size_or_error);
+
+    // Throws Error("<command>: <errno text>") when the kernel refuses it.
+    void command(std::string_view text);
+
+private:
+    explicit FscacheDevice(int fd) : fd_(fd) {}
+    int fd_ = -1;
+};
+
+// Throws Error unless `dir` is on a file system cachefiles can keep its cache on.
+void checkCacheFilesystem(const std::filesystem::path& dir);
+
+}  // namespace rafsd

@@ -1,0 +1,165 @@
+// The fscache engine (Linux 5.19 - 7.1): EROFS mounted with fsid= over cachefiles in on-demand
+// mode. The kernel keeps one cache file per cookie (the bootstrap, each blob) and asks us, through
+// /dev/cachefiles, to open objects (OPEN → copen), fill holes (READ → write through the object's
+// anonymous fd, then READ_COMPLETE) and drop them (CLOSE). Blob data reaches the kernel's cache
+// file through FscacheCacheFile, the CacheFile the core writes to.
+//
+// Thread-safety: mount, umount and counters may be called from any thread (mount blocks until the
+// kernel read the bootstrap, which the loop thread serves); start and stop must not run
+// concurrently with anything else of the engine.
+#pragma once
+
+#include "daemon/core/CacheFile.h"
+#include "daemon/core/CachedBlob.h"
+#include "daemon/core/DataPlane.h"
+#include "daemon/engines/fscache/FscacheDevice.h"
+#include "daemon/engines/fscache/MessageParser.h"
+
+#include <atomic>
+#include <cstdint>
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <shared_mutex>
+#include <span>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+namespace rafsd {
+
+// An anonymous fd from an OPEN; closed when the last holder (object table, cache file, pending
+// READ completion) lets go, so a completion never ioctls a reused fd number.
+class AnonFd {
+public:
+    explicit AnonFd(int fd) : fd_(fd) {}
+    ~AnonFd();
+    AnonFd(const AnonFd&) = delete;
+    AnonFd& operator=(const AnonFd&) = delete;
+    int get() const { return fd_; }
+
+private:
+    int fd_;
+};
+
+// A blob's cache file as the kernel's cachefiles object: written through the object's anonymous fd
+// (direct I/O in the kernel), attached on OPEN and detached on CLOSE. Writes while detached throw.
+class FscacheCacheFile final : public CacheFile {
+public:
+    FscacheCacheFile(std::string name, uint64_t size) : name_(std::move(name)), size_(size) {}
+
+    std::string name() const override { return name_; }
+    uint64_t size() const override { return size_; }
+    // SEEK_DATA/SEEK_HOLE through the anonymous fd (it forwards llseek to the cache file); true
+    // while detached, since nothing can be known then.
+    bool hasData(uint64_t offset, uint64_t length) const override;
+    // The kernel owns the file; its data is as durable as cachefiles makes it.
+    void sync() override {}
+
+    void attach(std::shared_ptr<AnonFd> fd);
+    void detach(const AnonFd& fd);  // only if `fd` is the attached one (an older OPEN's CLOSE)
+
+private:
+    void writeBlocks(uint64_t offset, std::span<const uint8_t> data) override;
+
+    std::string name_;
+    uint64_t size_;
+    mutable std::shared_mutex mutex_;  // fd_: writers share, attach/detach exclude
+    std::shared_ptr<AnonFd> fd_;
+};
+
+struct FscacheBlob {
+    uint32_t blob;                      // index in the image's blob table
+    std::string cookie;                 // the device table tag: the blob id
+    std::shared_ptr<CachedBlob> cached;  // its cache() file is an FscacheCacheFile
+};
+
+struct FscacheMount {
+    uint32_t image;
+    std::string fsid;       // cookie of the bootstrap
+    std::string domain_id;  // empty: none (volume "erofs,<fsid>")
+    std::span<const uint8_t> bootstrap;
+    std::filesystem::path mountpoint;
+    std::vector<FscacheBlob> blobs;
+};
+
+struct FscacheCounters {
+    uint64_t opens = 0;      // OPEN requests answered with a size
+    uint64_t refused = 0;    // OPEN requests for unknown cookies (copen -ENOENT)
+    uint64_t reads = 0;      // READ requests
+    uint64_t blob_reads = 0;  // of which for blob objects
+    uint64_t read_errors = 0;  // READs completed without the data (the reader gets EIO)
+    uint64_t closes = 0;     // CLOSE requests
+};
+
+class FscacheEngine {
+public:
+    explicit FscacheEngine(DataPlane& core);
+    ~FscacheEngine();  // stop()
+    FscacheEngine(const FscacheEngine&) = delete;
+    FscacheEngine& operator=(const FscacheEngine&) = delete;
+
+    // Binds cachefiles on `cache_dir` (see FscacheDevice::open) and starts the loop thread.
+    void start(const std::filesystem::path& cache_dir, std::string_view tag);
+
+    // Registers the image's cookies, then mounts it; throws (naming refused cookies) on failure.
+    void mount(const FscacheMount& mount);
+
+    // Unmounts (throws if busy) and unregisters the image's cookies.
+    void umount(const std::filesystem::path& mountpoint);
+
+    // Unmounts everything (lazily if busy), stops the loop and closes the device. Never throws.
+    void stop();
+
+    FscacheCounters counters() const;
+
+private:
+    using CookieKey = std::pair<std::string, std::string>;  // volume key, cookie key
+
+    struct Cookie {
+        std::shared_ptr<uint8_t> bootstrap;  // 4 KiB-aligned copy, zero-padded to 4 KiB
+        uint64_t bootstrap_size = 0;         // the file's size (copen), not padded
+        std::shared_ptr<CachedBlob> blob;
+        std::vector<std::pair<uint32_t, uint32_t>> users;  // (image, blob)
+    };
+
+    struct Object {
+        CookieKey key;
+        std::shared_ptr<AnonFd> fd;
+        bool bootstrap_written = false;
+    };
+
+    struct MountEntry {
+        uint32_t image;
+        std::filesystem::path mountpoint;
+        std::vector<CookieKey> cookies;
+    };
+
+    void loop();
+    void drain();
+    void handle(std::span<const std::byte> bytes);
+    void handleOpen(const CachefilesMessage& msg);
+    void handleRead(const CachefilesMessage& msg);
+    void handleClose(const CachefilesMessage& msg);
+    void unregister(const MountEntry& entry);
+
+    DataPlane& core_;
+    std::optional<FscacheDevice> device_;
+    int wake_ = -1;  // eventfd that tells the loop to exit
+    std::atomic<bool> quit_{false};
+    std::thread thread_;
+
+    mutable std::mutex mutex_;  // everything below
+    std::map<CookieKey, Cookie> cookies_;
+    std::map<uint32_t, Object> objects_;  // by object_id
+    std::vector<MountEntry> mounts_;
+    std::vector<std::string> refused_;  // cookies refused since the last mount started
+    // Shared with READ completions, which may outlive the engine after a lazy unmount.
+    std::shared_ptr<std::atomic<uint64_t>> read_errors_ = std::make_shared<std::atomic<uint64_t>>(0);
+    FscacheCounters counters_;  // but read_errors
+};
+
+}  // namespace rafsd
