@@ -224,15 +224,19 @@ def member_xattrs(m):
     import base64
     import urllib.parse
     out = {}
-    for k, v in m.pax_headers.items():
-        if k.startswith('SCHILY.xattr.'):
-            out[k[len('SCHILY.xattr.'):]] = v.encode('utf-8', 'surrogateescape')
+    # libarchive (3.6) percent-encodes the name in both records; its LIBARCHIVE.xattr record is
+    # the one that says so, so it wins over a SCHILY.xattr record with the same encoded name.
+    libarchive_names = set()
     for k, v in m.pax_headers.items():
         if k.startswith('LIBARCHIVE.xattr.'):
-            name = urllib.parse.unquote(k[len('LIBARCHIVE.xattr.'):])
-            if name not in out:
-                pad = '=' * (-len(v) % 4)
-                out[name] = base64.b64decode(v + pad)
+            encoded = k[len('LIBARCHIVE.xattr.'):]
+            libarchive_names.add(encoded)
+            pad = '=' * (-len(v) % 4)
+            out[urllib.parse.unquote_to_bytes(encoded).decode('utf-8', 'surrogateescape')] = \
+                base64.b64decode(v + pad)
+    for k, v in m.pax_headers.items():
+        if k.startswith('SCHILY.xattr.') and k[len('SCHILY.xattr.'):] not in libarchive_names:
+            out[k[len('SCHILY.xattr.'):]] = v.encode('utf-8', 'surrogateescape')
     for k, name in (('SCHILY.acl.access', 'system.posix_acl_access'),
                     ('SCHILY.acl.default', 'system.posix_acl_default')):
         if k in m.pax_headers and name not in out and m.pax_headers[k].strip():
