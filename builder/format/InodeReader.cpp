@@ -2,6 +2,7 @@
 
 #include "builder/format/ByteView.h"
 #include "builder/format/Error.h"
+#include "builder/format/FileType.h"
 
 #include <sys/stat.h>
 
@@ -17,19 +18,6 @@ namespace {
 constexpr uint64_t kBlock = erofs::kBlockSize;
 constexpr uint16_t kFormatKnownBits = 0x000F;  // version bit + 3 layout bits; 6.15+ bits excluded
 constexpr uint16_t kChunkFormatKnownBits = erofs::kChunkFormatBlkbits | erofs::kChunkFormatIndexes;
-
-uint8_t fileTypeOf(uint16_t mode) {
-    switch (mode & S_IFMT) {
-    case S_IFREG: return erofs::kFtRegular;
-    case S_IFDIR: return erofs::kFtDirectory;
-    case S_IFCHR: return erofs::kFtCharDevice;
-    case S_IFBLK: return erofs::kFtBlockDevice;
-    case S_IFIFO: return erofs::kFtFifo;
-    case S_IFSOCK: return erofs::kFtSocket;
-    case S_IFLNK: return erofs::kFtSymlink;
-    default: return erofs::kFtUnknown;
-    }
-}
 
 // Full-name prefixes of the EROFS short xattr name indexes; nullptr for unknown indexes.
 const char* xattrPrefix(uint8_t index) {
@@ -109,7 +97,7 @@ Inode InodeReader::inode(uint64_t nid) const {
     if (ino.mtime_nsec >= 1'000'000'000) {
         fail("{}: nid {}: mtime nanoseconds {} out of range", name_, nid, ino.mtime_nsec);
     }
-    if (fileTypeOf(ino.mode) == erofs::kFtUnknown) {
+    if (direntFileType(ino.mode) == erofs::kFtUnknown) {
         fail("{}: nid {}: invalid file mode {:#o}", name_, nid, ino.mode);
     }
     if (ino.layout != erofs::kFlatPlain && ino.layout != erofs::kFlatInline &&
@@ -321,7 +309,7 @@ void InodeReader::walk(uint64_t root_nid, const std::function<void(const std::st
         Pending p = std::move(stack.back());
         stack.pop_back();
         const Inode ino = inode(p.nid);
-        if (p.file_type != fileTypeOf(ino.mode)) {
+        if (p.file_type != direntFileType(ino.mode)) {
             if (p.is_root) fail("{}: root nid {} is not a directory", name_, p.nid);
             fail("{}: {}: dirent file type {} disagrees with nid {} mode {:#o}", name_, p.path,
                  p.file_type, p.nid, ino.mode);

@@ -1,6 +1,7 @@
 #include "builder/writer/BootstrapWriter.h"
 
 #include "builder/format/Error.h"
+#include "builder/format/FileType.h"
 #include "builder/writer/DirectoryBlocks.h"
 #include "builder/writer/OutputFile.h"
 #include "builder/writer/XattrEncoding.h"
@@ -21,16 +22,9 @@ constexpr uint64_t kBlock = erofs::kBlockSize;
 uint64_t alignUp(uint64_t v, uint64_t a) { return (v + a - 1) / a * a; }
 
 uint8_t fileType(mode_t mode) {
-    switch (mode & S_IFMT) {
-    case S_IFREG: return erofs::kFtRegular;
-    case S_IFDIR: return erofs::kFtDirectory;
-    case S_IFCHR: return erofs::kFtCharDevice;
-    case S_IFBLK: return erofs::kFtBlockDevice;
-    case S_IFIFO: return erofs::kFtFifo;
-    case S_IFSOCK: return erofs::kFtSocket;
-    case S_IFLNK: return erofs::kFtSymlink;
-    default: fail("unsupported file type {:o}", mode & S_IFMT);
-    }
+    const uint8_t type = direntFileType(mode);
+    if (type == erofs::kFtUnknown) fail("unsupported file type {:o}", mode & S_IFMT);
+    return type;
 }
 
 // One inode in nid order, with everything needed to place and encode it.
