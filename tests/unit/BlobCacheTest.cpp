@@ -2,6 +2,7 @@
 #include "daemon/core/SparseCacheFile.h"
 
 #include "builder/format/Error.h"
+#include "tests/unit/TempDir.h"
 
 #include <catch2/catch.hpp>
 #include <fcntl.h>
@@ -50,26 +51,16 @@ bool onHsmFileSystem(const std::filesystem::path& dir) {
 
 // A temporary directory on a file system sparse cache files may live on: the system's temp
 // directory unless that is tmpfs, else /var/tmp.
-class CacheDir {
+// A cache directory on a file system that supports fanotify pre-content marks.
+class CacheDir : public rafs::test::TempDir {
 public:
-    CacheDir() {
-        std::filesystem::path base = std::filesystem::temp_directory_path();
-        if (!onHsmFileSystem(base)) base = "/var/tmp";
-        std::string pattern = (base / "rafsd-cache-XXXXXX").string();
-        if (::mkdtemp(pattern.data()) == nullptr) throw std::runtime_error("mkdtemp failed");
-        path_ = pattern;
-    }
-    CacheDir(const CacheDir&) = delete;
-    CacheDir& operator=(const CacheDir&) = delete;
-    ~CacheDir() {
-        std::error_code ignored;
-        std::filesystem::remove_all(path_, ignored);
-    }
-    const std::filesystem::path& path() const { return path_; }
-    std::filesystem::path operator/(const std::string& name) const { return path_ / name; }
+    CacheDir() : TempDir(cacheParent()) {}
 
 private:
-    std::filesystem::path path_;
+    static std::filesystem::path cacheParent() {
+        const std::filesystem::path tmp = std::filesystem::temp_directory_path();
+        return onHsmFileSystem(tmp) ? tmp : std::filesystem::path("/var/tmp");
+    }
 };
 
 struct AlignedDelete {
@@ -127,7 +118,7 @@ TEST_CASE("SparseCacheFile refuses tmpfs", "[cache]") {
         return;
     }
     CacheDir dir;
-    const auto mount_point = dir / "tmpfs";
+    const std::filesystem::path mount_point = dir / "tmpfs";
     std::filesystem::create_directory(mount_point);
     if (::mount("tmpfs", mount_point.c_str(), "tmpfs", 0, "size=1m") != 0) {
         WARN("skipped: cannot mount a tmpfs here: " << std::strerror(errno));

@@ -1,6 +1,7 @@
 #include "daemon/core/ReadinessBitmap.h"
 
 #include "builder/format/Error.h"
+#include "tests/unit/TempDir.h"
 
 #include <catch2/catch.hpp>
 #include <stdlib.h>
@@ -23,24 +24,7 @@ const std::string kBlob(64, 'a');
 const std::string kOtherBlob(64, 'b');
 constexpr uint64_t kHeaderSize = 96;
 
-class TempDir {
-public:
-    TempDir() {
-        std::string pattern = (std::filesystem::temp_directory_path() / "rafsd-bitmap-XXXXXX").string();
-        if (::mkdtemp(pattern.data()) == nullptr) throw std::runtime_error("mkdtemp failed");
-        path_ = pattern;
-    }
-    TempDir(const TempDir&) = delete;
-    TempDir& operator=(const TempDir&) = delete;
-    ~TempDir() {
-        std::error_code ignored;
-        std::filesystem::remove_all(path_, ignored);
-    }
-    std::filesystem::path operator/(const std::string& name) const { return path_ / name; }
-
-private:
-    std::filesystem::path path_;
-};
+using rafs::test::TempDir;
 
 std::vector<uint8_t> readFile(const std::filesystem::path& path) {
     std::ifstream in(path, std::ios::binary);

@@ -3,6 +3,7 @@
 #pragma once
 
 #include "builder/writer/ChunkSink.h"
+#include "tests/unit/TempDir.h"
 
 #include <stdlib.h>
 
@@ -18,25 +19,7 @@
 
 namespace rafs::build::test {
 
-class TempDir {
-public:
-    TempDir() {
-        std::string pattern = (std::filesystem::temp_directory_path() / "rafs-test-XXXXXX").string();
-        if (::mkdtemp(pattern.data()) == nullptr) throw std::runtime_error("mkdtemp failed");
-        path_ = pattern;
-    }
-    TempDir(const TempDir&) = delete;
-    TempDir& operator=(const TempDir&) = delete;
-    ~TempDir() {
-        std::error_code ignored;
-        std::filesystem::remove_all(path_, ignored);
-    }
-    const std::filesystem::path& path() const { return path_; }
-    std::string operator/(const std::string& name) const { return (path_ / name).string(); }
-
-private:
-    std::filesystem::path path_;
-};
+using rafs::test::TempDir;
 
 struct RecordedFile {
     const Inode* inode = nullptr;
