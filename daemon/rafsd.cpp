@@ -5,13 +5,17 @@
 #include "daemon/api/ControlServer.h"
 #include "daemon/api/ImageService.h"
 #include "daemon/core/Log.h"
+#include "daemon/engines/fscache/FscacheSupervisor.h"
 
 #include <CLI/CLI.hpp>
 #include <systemd/sd-daemon.h>
 
+#include <chrono>
 #include <csignal>
 #include <filesystem>
+#include <functional>
 #include <iostream>
+#include <optional>
 
 namespace fs = std::filesystem;
 using namespace rafsd;
@@ -52,6 +56,29 @@ int waitForStopSignal(const sigset_t& set) {
     return sig;
 }
 
+// `rafsd mount` with the fscache engine: the worker body that superviseFscache() forks.
+int fscacheWorker(const Config& config, const MountRequest& request, std::chrono::milliseconds fetch_delay,
+                  const sigset_t& stop_signals, FscacheDevice device, bool restored,
+                  const std::function<void()>& ready) {
+    ImageService service(config);
+    service.setFetchDelay(fetch_delay);
+    service.useFscacheDevice(std::move(device), restored);
+    // After a failover the kernel keeps the image mounted: take it over instead of mounting again.
+    // Its cookies must be known before `restore` makes the kernel resend the OPENs.
+    if (restored && ImageService::hasErofsMount(request.mountpoint)) {
+        service.reattach(request);
+        service.startFscache();
+    } else {
+        service.startFscache();
+        service.mount(request);
+    }
+    ready();
+    const int sig = waitForStopSignal(stop_signals);
+    log::info("{}: unmounting", sig == SIGINT ? "SIGINT" : "SIGTERM");
+    service.shutdown();
+    return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -67,6 +94,9 @@ int main(int argc, char** argv) {
     m->add_option("--cache-dir", cache_dir, "where cache files and their state live");
     m->add_option("--fsid", fsid, "fscache: the image's id (default: derived from the bootstrap)");
     m->add_option("--domain-id", domain_id, "fscache: share cache files of equal blobs within this domain");
+    unsigned fetch_delay_ms = 0;
+    m->add_option("--test-fetch-delay", fetch_delay_ms,
+                  "for tests: delay every backend read by this many milliseconds");
     m->add_option("BOOTSTRAP", bootstrap, "image.boot")->required();
     m->add_option("MOUNTPOINT", mountpoint, "where to mount it")->required();
 
@@ -94,7 +124,6 @@ int main(int argc, char** argv) {
         }
         log::setLevel(levelOf(config.daemon.log_level));
 
-        ImageService service(config);
         if (m->parsed()) {
             MountRequest request;
             request.bootstrap = fs::absolute(bootstrap);
@@ -102,6 +131,25 @@ int main(int argc, char** argv) {
             if (!blob_dir.empty()) request.blob_dir = fs::absolute(blob_dir);
             if (!fsid.empty()) request.fsid = fsid;
             if (!domain_id.empty()) request.domain_id = domain_id;
+            const std::chrono::milliseconds fetch_delay(fetch_delay_ms);
+            if (ImageService::resolveEngine(config.daemon.engine) == EngineKind::Fscache) {
+                // Still single-threaded: the supervisor forks the worker, which starts the threads.
+                std::optional<SupervisedDevice> device;
+                try {
+                    device.emplace(acquireFscacheDevice(config.daemon.cache_dir / "fscache", "rafsd"));
+                } catch (const std::exception& e) {
+                    if (config.daemon.engine != EngineKind::Auto) throw;
+                    log::info("fscache engine unusable ({}); trying fanotify", e.what());
+                    config.daemon.engine = EngineKind::Fanotify;
+                }
+                if (device) {
+                    return superviseFscache(std::move(*device), [&](FscacheDevice d, bool restored, const auto& ready) {
+                        return fscacheWorker(config, request, fetch_delay, stop_signals, std::move(d), restored, ready);
+                    });
+                }
+            }
+            ImageService service(config);
+            service.setFetchDelay(fetch_delay);
             service.mount(request);
             sd_notify(0, "READY=1");
             int sig = waitForStopSignal(stop_signals);
@@ -110,6 +158,7 @@ int main(int argc, char** argv) {
             service.shutdown();
             return 0;
         }
+        ImageService service(config);
         ControlServer server = ControlServer::fromSystemdOrPath(config.daemon.socket, service);
         log::info("serving on {}", config.daemon.socket.string());
         sd_notify(0, "READY=1");

@@ -2,16 +2,20 @@
 
 #include "builder/format/Error.h"
 #include "daemon/backends/LocalfsBackend.h"
+#include "builder/format/BlobFile.h"
 #include "builder/format/Digest.h"
 #include "daemon/core/BlobMetaLoader.h"
 #include "daemon/core/Log.h"
 #include "daemon/core/SparseCacheFile.h"
 
+#include <linux/magic.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <fstream>
+#include <thread>
 
 namespace rafsd {
 
@@ -37,7 +41,31 @@ void checkFscacheName(std::string_view what, const std::string& name) {
     if (!ok) rafs::fail("{} '{}' must be 1-128 printable characters without ',', '=', '/' or spaces", what, name);
 }
 
+// `rafsd mount --test-fetch-delay`: holds every backend read for a while, so a test can kill the
+// daemon while the kernel waits for a miss.
+class DelayedBackend final : public Backend {
+public:
+    DelayedBackend(std::shared_ptr<Backend> inner, std::chrono::milliseconds delay)
+        : inner_(std::move(inner)), delay_(delay) {}
+    void read(const std::string& blob_id, uint64_t offset, std::span<uint8_t> out) override {
+        std::this_thread::sleep_for(delay_);
+        inner_->read(blob_id, offset, out);
+    }
+    uint64_t size(const std::string& blob_id) override { return inner_->size(blob_id); }
+    std::string describe() const override { return inner_->describe() + " (delayed)"; }
+
+private:
+    std::shared_ptr<Backend> inner_;
+    std::chrono::milliseconds delay_;
+};
+
 }  // namespace
+
+bool ImageService::hasErofsMount(const fs::path& dir) {
+    struct statfs st {};
+    if (::statfs(dir.c_str(), &st) != 0) rafs::failErrno("statfs " + dir.string());
+    return static_cast<unsigned long>(st.f_type) == EROFS_SUPER_MAGIC_V1;
+}
 
 ImageService::ImageService(Config config) : config_(std::move(config)) {
     FetchOptions fetch;
@@ -85,14 +113,32 @@ FscacheEngine& ImageService::fscache() {
     return *fscache_;
 }
 
+void ImageService::useFscacheDevice(FscacheDevice device, bool restore) {
+    std::lock_guard lock(mutex_);
+    if (fscache_) rafs::fail("the fscache engine already has a device");
+    auto engine = std::make_unique<FscacheEngine>(*fetcher_);
+    engine->adopt(std::move(device));
+    fscache_ = std::move(engine);
+    fscache_restore_ = restore;
+}
+
+void ImageService::startFscache() {
+    std::lock_guard lock(mutex_);
+    fscache().start(fscache_restore_);
+}
+
 std::shared_ptr<Backend> ImageService::backendFor(const MountRequest& request) const {
-    if (request.blob_dir) return std::make_shared<LocalfsBackend>(*request.blob_dir);
-    switch (config_.backend.type) {
-    case Config::BackendType::Localfs: return std::make_shared<LocalfsBackend>(config_.backend.localfs.dir);
-    default:
+    std::shared_ptr<Backend> backend;
+    if (request.blob_dir) {
+        backend = std::make_shared<LocalfsBackend>(*request.blob_dir);
+    } else if (config_.backend.type == Config::BackendType::Localfs) {
+        backend = std::make_shared<LocalfsBackend>(config_.backend.localfs.dir);
+    } else {
         rafs::fail("backend.type '{}' is not implemented yet (use localfs or --blob-dir)",
                    backendTypeName(config_.backend.type));
     }
+    if (fetch_delay_.count() > 0) backend = std::make_shared<DelayedBackend>(std::move(backend), fetch_delay_);
+    return backend;
 }
 
 std::shared_ptr<CachedBlob> ImageService::openBlob(const rafs::Bootstrap& bootstrap,
@@ -151,7 +197,15 @@ std::vector<PrefetchChunk> ImageService::prefetchTableChunks(
     return chunks;
 }
 
-nlohmann::json ImageService::mount(const MountRequest& request) {
+nlohmann::json ImageService::mount(const MountRequest& request) { return mountOrReattach(request, false); }
+
+nlohmann::json ImageService::reattach(const MountRequest& request) {
+    if (!fscache_) rafs::fail("reattach {}: no adopted {}", request.mountpoint.string(), FscacheDevice::kPath);
+    if (!hasErofsMount(request.mountpoint)) rafs::fail("reattach: {} is not an EROFS mount", request.mountpoint.string());
+    return mountOrReattach(request, true);
+}
+
+nlohmann::json ImageService::mountOrReattach(const MountRequest& request, bool reattach) {
     std::lock_guard lock(mutex_);
     if (shut_down_) rafs::fail("rafsd is shutting down");
     const fs::path mountpoint = fs::weakly_canonical(request.mountpoint);
@@ -162,7 +216,7 @@ nlohmann::json ImageService::mount(const MountRequest& request) {
     if (::stat(mountpoint.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) {
         rafs::fail("mountpoint {} is not a directory", mountpoint.string());
     }
-    const EngineKind requested = request.engine.value_or(config_.daemon.engine);
+    const EngineKind requested = reattach ? EngineKind::Fscache : request.engine.value_or(config_.daemon.engine);
     EngineKind engine = resolveEngine(requested);
     if (engine == EngineKind::Fscache) {
         try {
@@ -175,7 +229,14 @@ nlohmann::json ImageService::mount(const MountRequest& request) {
         }
     }
     const fs::path bootstrap_path = fs::absolute(request.bootstrap);
-    rafs::Bootstrap bootstrap(bootstrap_path.string());
+    // A Nydus blob with an inline bootstrap works with fscache only: the kernel reads the bootstrap
+    // through our cookie, while a fanotify (file-backed) mount needs a bootstrap file.
+    rafs::Image opened = rafs::openImage(bootstrap_path.string());
+    if (opened.inline_meta && engine != EngineKind::Fscache) {
+        rafs::fail("{} is a blob with an inline bootstrap: it can only be mounted with the fscache engine",
+                   bootstrap_path.string());
+    }
+    const rafs::Bootstrap& bootstrap = opened.bootstrap;
     std::error_code ec;
     fs::create_directories(config_.daemon.cache_dir, ec);
     if (ec) rafs::fail("cannot create cache dir {}: {}", config_.daemon.cache_dir.string(), ec.message());
@@ -198,7 +259,7 @@ nlohmann::json ImageService::mount(const MountRequest& request) {
     }
     image.index = fetcher_->addImage(image.blobs);
     if (engine == EngineKind::Fscache) {
-        mountFscache(image, bootstrap);
+        mountFscache(image, bootstrap, reattach);
     } else {
         FanotifyMount spec;
         spec.image = image.index;
@@ -220,13 +281,13 @@ nlohmann::json ImageService::mount(const MountRequest& request) {
         }
     }
     if (prefetcher_) prefetcher_->add(prefetchTableChunks(bootstrap, image.blobs), image.blobs);
-    log::info("mounted {} on {} ({} blobs, engine {})", bootstrap_path.string(), mountpoint.string(),
-              image.blobs.size(), engineName(engine));
+    log::info("{} {} on {} ({} blobs, engine {})", reattach ? "reattached" : "mounted", bootstrap_path.string(),
+              mountpoint.string(), image.blobs.size(), engineName(engine));
     images_.push_back(std::move(image));
     return {{"mountpoint", mountpoint.string()}, {"engine", std::string(engineName(engine))}};
 }
 
-void ImageService::mountFscache(Image& image, const rafs::Bootstrap& bootstrap) {
+void ImageService::mountFscache(Image& image, const rafs::Bootstrap& bootstrap, bool reattach) {
     FscacheMount spec;
     spec.image = image.index;
     spec.fsid = image.fsid;
@@ -237,7 +298,13 @@ void ImageService::mountFscache(Image& image, const rafs::Bootstrap& bootstrap) 
         spec.blobs.push_back({i, image.blobs[i]->descriptor().id, image.blobs[i]});
     }
     try {
-        fscache().mount(spec);
+        FscacheEngine& engine = fscache();
+        if (reattach) {
+            engine.reattach(spec);
+        } else {
+            engine.start(fscache_restore_);
+            engine.mount(spec);
+        }
     } catch (...) {
         fetcher_->removeImage(image.index);
         throw;
@@ -318,8 +385,8 @@ void ImageService::shutdown() {
     if (fscache_) {
         fscache_->stop();
         const FscacheCounters c = fscache_->counters();
-        log::info("fscache: {} OPEN ({} refused), {} READ ({} for blobs, {} failed), {} CLOSE", c.opens + c.refused,
-                  c.refused, c.reads, c.blob_reads, c.read_errors, c.closes);
+        log::info("fscache: {} OPEN ({} refused), {} READ ({} for blobs, {} failed, {} stale chunks), {} CLOSE",
+                  c.opens + c.refused, c.refused, c.reads, c.blob_reads, c.read_errors, c.stale_chunks, c.closes);
     }
     for (Image& image : images_) {
         for (auto& blob : image.blobs) {

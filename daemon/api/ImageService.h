@@ -11,6 +11,7 @@
 #include "daemon/engines/fanotify/FanotifyEngine.h"
 #include "daemon/engines/fscache/FscacheEngine.h"
 
+#include <chrono>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -35,6 +36,20 @@ public:
     // The engine `auto` resolves to on this kernel, or an Error saying what the kernel lacks.
     static EngineKind resolveEngine(EngineKind requested);
 
+    // Failover: serve fscache mounts on `device`, bound by another process (the supervisor, or
+    // systemd's fd store). `restore`: a previous daemon died on it; call reattach() for the mounts
+    // it left, then startFscache(), which asks the kernel to resend what that daemon left pending.
+    void useFscacheDevice(FscacheDevice device, bool restore);
+    // Takes over an image the kernel still has mounted with the fscache engine: its caches and
+    // cookies, no mount(2). Needs useFscacheDevice() first.
+    nlohmann::json reattach(const MountRequest& request);
+    void startFscache();
+    // True if `dir` is the root of an EROFS mount (e.g. one a dead daemon left behind).
+    static bool hasErofsMount(const std::filesystem::path& dir);
+
+    // Test aid: every backend read waits `delay` first, so a test can keep a miss pending.
+    void setFetchDelay(std::chrono::milliseconds delay) { fetch_delay_ = delay; }
+
 private:
     struct Image {
         uint32_t index = 0;
@@ -57,7 +72,8 @@ private:
                                                    const std::vector<std::shared_ptr<CachedBlob>>& blobs) const;
     FanotifyEngine& fanotify();
     FscacheEngine& fscache();
-    void mountFscache(Image& image, const rafs::Bootstrap& bootstrap);
+    nlohmann::json mountOrReattach(const MountRequest& request, bool reattach);
+    void mountFscache(Image& image, const rafs::Bootstrap& bootstrap, bool reattach);
     nlohmann::json blobStatus(const CachedBlob& blob) const;
 
     Config config_;
@@ -69,6 +85,8 @@ private:
     std::map<std::string, std::weak_ptr<CachedBlob>> blobs_;  // by blob id: shared across images
     std::vector<Image> images_;
     bool shut_down_ = false;
+    bool fscache_restore_ = false;  // the adopted device had a daemon die on it
+    std::chrono::milliseconds fetch_delay_{0};
 };
 
 }  // namespace rafsd

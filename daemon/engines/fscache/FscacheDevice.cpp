@@ -45,7 +45,11 @@ FscacheDevice FscacheDevice::open(const fs::path& cache_dir, std::string_view ta
         if (err == ENOENT || err == ENXIO || err == ENODEV) {
             fail("{}: CONFIG_CACHEFILES missing or module not loaded (modprobe cachefiles)", kPath);
         }
-        if (err == EBUSY) fail("{}: another cachefiles daemon, e.g. cachefilesd, holds it", kPath);
+        if (err == EBUSY) {
+            fail("{}: busy: another cachefiles daemon holds it, or a dead daemon's cache is not released yet "
+                 "(unmount its EROFS mounts)",
+                 kPath);
+        }
         rafs::failErrno(std::string("open ") + kPath, err);
     }
     FscacheDevice device(fd);
@@ -71,6 +75,15 @@ void FscacheDevice::command(std::string_view text) {
     const ssize_t n = ::write(fd_, text.data(), text.size());
     if (n < 0) rafs::failErrno(std::string(kPath) + ": " + std::string(text));
     if (static_cast<size_t>(n) != text.size()) fail("{}: {}: short write", kPath, text);
+}
+
+void FscacheDevice::restore() {
+    constexpr std::string_view text = "restore";
+    if (::write(fd_, text.data(), text.size()) != static_cast<ssize_t>(text.size())) {
+        const int err = errno;
+        if (err == EOPNOTSUPP) fail("{}: 'restore' refused: failover needs Linux 6.8 or later", kPath);
+        rafs::failErrno(std::string(kPath) + ": restore", err);
+    }
 }
 
 void FscacheDevice::copen(uint32_t msg_id, int64_t size_or_error) {

@@ -18,6 +18,9 @@ public:
     // system, or the device being held by another daemon.
     static FscacheDevice open(const std::filesystem::path& cache_dir, std::string_view tag);
 
+    // Takes ownership of `fd`, a device already bound by another process (failover).
+    static FscacheDevice adopt(int fd) { return FscacheDevice(fd); }
+
     ~FscacheDevice();
     FscacheDevice(FscacheDevice&& other) noexcept;
     FscacheDevice& operator=(FscacheDevice&&) = delete;
@@ -26,6 +29,10 @@ public:
 
     // Answers OPEN request `msg_id`: the object's size, or a negative errno to fail it.
     void copen(uint32_t msg_id, int64_t size_or_error);
+
+    // Failover (6.8+): makes the kernel resend every pending request. Throws Error, saying so when
+    // the kernel is too old.
+    void restore();
 
     // Throws Error("<command>: <errno text>") when the kernel refuses it.
     void command(std::string_view text);

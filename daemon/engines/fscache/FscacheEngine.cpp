@@ -92,9 +92,24 @@ FscacheEngine::FscacheEngine(DataPlane& core) : core_(core) {}
 FscacheEngine::~FscacheEngine() { stop(); }
 
 void FscacheEngine::start(const std::filesystem::path& cache_dir, std::string_view tag) {
+    adopt(FscacheDevice::open(cache_dir, tag));
+    start(false);
+}
+
+void FscacheEngine::adopt(FscacheDevice device) {
+    if (device_) fail("fscache engine: already serving {}", FscacheDevice::kPath);
+    device_.emplace(std::move(device));
+}
+
+void FscacheEngine::start(bool restore) {
+    if (started()) return;
+    if (!device_) fail("fscache engine: no {} to serve", FscacheDevice::kPath);
     wake_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     if (wake_ < 0) failErrno("eventfd");
-    device_.emplace(FscacheDevice::open(cache_dir, tag));
+    if (restore) {
+        device_->restore();
+        log::info("cachefiles: restore sent; serving the requests a previous daemon left pending");
+    }
     thread_ = std::thread([this] { loop(); });
 }
 
@@ -190,14 +205,9 @@ void FscacheEngine::handleOpen(const CachefilesMessage& msg) {
     objects_[msg.object_id] = Object{key, fd, false};
     if (cookie.blob) {
         auto& file = dynamic_cast<FscacheCacheFile&>(cookie.blob->cache().file());
+        // Stale readiness bits cannot be checked here: the kernel opens the cache file only after
+        // copen returns (seeks fail ENOBUFS until then). handleRead() catches them instead.
         file.attach(fd);
-        // Readiness bits whose data the kernel's cache file lacks (it was recreated, or lost
-        // writes in a crash) must go, or their READs would complete over holes.
-        if (uint32_t dropped = cookie.blob->cache().validate(); dropped != 0) {
-            log::warn("blob {}: {} chunks marked present are not in the kernel's cache file; they will be fetched "
-                      "again",
-                      msg.cookie_key, dropped);
-        }
     }
     log::debug("cachefiles OPEN {}: object {} = '{}' in '{}', size {}", msg.msg_id, msg.object_id, msg.cookie_key,
                msg.volume_key, size);
@@ -251,7 +261,25 @@ void FscacheEngine::handleRead(const CachefilesMessage& msg) {
     }
     ++counters_.blob_reads;
     const auto [image, blob] = cookie.users.front();
+    std::shared_ptr<CachedBlob> cached = cookie.blob;
     lock.unlock();
+    // The kernel asks only for holes of its cache file. A chunk there that our bitmap calls present
+    // lost its data (the kernel recreated the file, or a crash dropped a tmpfile never linked in):
+    // recheck the bitmap against the file, else the READ would complete over the hole and the
+    // reader would get EIO for data we can fetch.
+    BlobCache& cache = cached->cache();
+    const ChunkRange range = cache.chunksCovering(msg.offset, msg.length);
+    for (uint32_t ci = range.begin; ci < range.end; ++ci) {
+        if (!cache.isPresent(ci)) continue;
+        const uint32_t dropped = cache.validate();
+        if (dropped != 0) {
+            log::warn("blob {}: {} chunks marked present are not in the kernel's cache file; fetching them again",
+                      cached->descriptor().id, dropped);
+            std::lock_guard relock(mutex_);
+            counters_.stale_chunks += dropped;
+        }
+        break;
+    }
     core_.makePresent(image, blob, msg.offset, msg.length, [errors = read_errors_, fd, id = msg.msg_id](int error) {
         if (error != 0) {
             log::warn("cachefiles READ {}: {}; the reader gets EIO", id, std::strerror(error));
@@ -275,7 +303,7 @@ void FscacheEngine::handleClose(const CachefilesMessage& msg) {
     objects_.erase(obj);
 }
 
-void FscacheEngine::mount(const FscacheMount& m) {
+void FscacheEngine::registerMount(const FscacheMount& m) {
     MountEntry entry{m.image, m.mountpoint, {}};
     const std::string volume = volumeKey(m);
     {
@@ -307,6 +335,16 @@ void FscacheEngine::mount(const FscacheMount& m) {
         refused_.clear();
         mounts_.push_back(entry);
     }
+}
+
+void FscacheEngine::reattach(const FscacheMount& m) {
+    registerMount(m);
+    log::info("{}: reattached (fsid {}); its objects are reopened on demand", m.mountpoint.string(), m.fsid);
+}
+
+void FscacheEngine::mount(const FscacheMount& m) {
+    if (!started()) fail("fscache engine: mount before start");
+    registerMount(m);
     std::string options = "fsid=" + m.fsid;
     if (!m.domain_id.empty()) options += ",domain_id=" + m.domain_id;
     if (::mount("none", m.mountpoint.c_str(), "erofs", MS_RDONLY | MS_NODEV | MS_NOSUID, options.c_str()) != 0) {

@@ -92,6 +92,7 @@ struct FscacheCounters {
     uint64_t reads = 0;      // READ requests
     uint64_t blob_reads = 0;  // of which for blob objects
     uint64_t read_errors = 0;  // READs completed without the data (the reader gets EIO)
+    uint64_t stale_chunks = 0;  // chunks marked present that the kernel found holes at
     uint64_t closes = 0;     // CLOSE requests
 };
 
@@ -105,8 +106,21 @@ public:
     // Binds cachefiles on `cache_dir` (see FscacheDevice::open) and starts the loop thread.
     void start(const std::filesystem::path& cache_dir, std::string_view tag);
 
+    // Serves `device`, bound by another process (failover: the supervisor, systemd's fd store).
+    // Call reattach() for the mounts the kernel already has, then start(true).
+    void adopt(FscacheDevice device);
+    // Starts the loop thread on the adopted device. `restore`: first ask the kernel to resend
+    // every request a dead predecessor left pending (kernel-abi.md A.4), whose objects it reopens
+    // with fresh OPENs. No-op once started.
+    void start(bool restore);
+    bool started() const { return thread_.joinable(); }
+
     // Registers the image's cookies, then mounts it; throws (naming refused cookies) on failure.
     void mount(const FscacheMount& mount);
+
+    // Registers the cookies of an image the kernel still has mounted from a previous daemon, so
+    // that the OPENs of its reopened objects are answered.
+    void reattach(const FscacheMount& mount);
 
     // Unmounts (throws if busy) and unregisters the image's cookies.
     void umount(const std::filesystem::path& mountpoint);
@@ -145,6 +159,7 @@ private:
     void handleRead(const CachefilesMessage& msg);
     void handleClose(const CachefilesMessage& msg);
     void unregister(const MountEntry& entry);
+    void registerMount(const FscacheMount& mount);
 
     DataPlane& core_;
     std::optional<FscacheDevice> device_;
