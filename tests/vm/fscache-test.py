@@ -1,0 +1,598 @@
+#!/usr/bin/python3
+"""The fscache engine against a real on-demand cachefiles kernel, in the scripts/vm-test VM.
+
+Run:  tests/vm/fscache-test.py --rafsd R --rafsctl C --mkrafs M --work DIR [--timeout S] [CASE...]
+On the host it generates source trees, builds images with mkrafs into DIR (which the guest must
+see: not under /tmp, /run or /mnt), writes manifests of what each image must contain, then runs
+itself inside the VM (scripts/vm-test) for the cases. Prints "PASS <case>" or "FAIL <case>: why"
+per case and a summary line; exits 1 if any case failed (77: skipped, no qemu).
+Debian's python3, standard library only. RAFSD_TEST_KERNEL picks the guest kernel (vm-test).
+"""
+
+import argparse
+import concurrent.futures
+import errno
+import hashlib
+import io
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import tarfile
+import threading
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(HERE))
+NYDUS = os.path.join(os.path.dirname(REPO), 'shared', 'fixtures', 'nydus')
+NYDUS_BOOT = 'rafs-v6-2.2.boot'
+NYDUS_INLINE = '2fa78cad554b75ac91a4a125ed148d0ddeb25efa4aaa8bd80e5dc292690a4dca'
+KiB, MiB = 1 << 10, 1 << 20
+# A marker in the file whose blob bytes the corruption case damages.
+VICTIM_MARK = b'RAFSD-FSCACHE-TEST-VICTIM-BLOCK:'
+
+
+# --- host: trees, images, manifests ----------------------------------------------------------
+
+def write(path, data):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, 'wb') as f:
+        f.write(data)
+
+
+def make_tree(root, seed):
+    """Regular files of awkward sizes, dirs, symlinks, hard links, a fifo: what the cases read."""
+    rnd = random.Random(seed)
+    sizes = [0, 1, 4095, 4096, 4097, 65537, MiB - 1, MiB, MiB + 1, 3 * MiB + 123, 2 * MiB + 4096]
+    for size in sizes:
+        write(f'{root}/files/random-{size}', rnd.randbytes(size))
+    write(f'{root}/files/zeros-2M', bytes(2 * MiB))
+    text = b''.join(b'line %d of a compressible file\n' % i for i in range(150000))
+    write(f'{root}/files/text', text)
+    for i in range(300):
+        write(f'{root}/many/f{i:03d}', rnd.randbytes(rnd.randrange(0, 9000)))
+    write(f'{root}/deep/' + '/'.join(f'd{i}' for i in range(12)) + '/leaf', rnd.randbytes(5000))
+    os.symlink('../files/random-4096', f'{root}/many/link-rel')
+    os.symlink('/does/not/exist', f'{root}/many/link-dangling')
+    os.link(f'{root}/files/random-65537', f'{root}/many/hardlink')
+    os.mkfifo(f'{root}/many/fifo')
+    os.makedirs(f'{root}/empty-dir')
+
+
+def manifest_of_dir(root):
+    entries = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            path = os.path.join(dirpath, name)
+            rel = os.path.relpath(path, root)
+            st = os.lstat(path)
+            e = {'mode': stat.S_IFMT(st.st_mode)}
+            if stat.S_ISREG(st.st_mode):
+                with open(path, 'rb') as f:
+                    e['sha256'] = hashlib.sha256(f.read()).hexdigest()
+                e['size'] = st.st_size
+            elif stat.S_ISLNK(st.st_mode):
+                e['target'] = os.readlink(path)
+            entries[rel] = e
+    return entries
+
+
+def manifest_of_tar(data):
+    entries = {}
+    links = []
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        for m in tar.getmembers():
+            rel = os.path.normpath(m.name.lstrip('/'))
+            if rel in ('.', ''):
+                continue
+            if m.isreg():
+                body = tar.extractfile(m).read()
+                entries[rel] = {'mode': stat.S_IFREG, 'size': len(body), 'sha256': hashlib.sha256(body).hexdigest()}
+            elif m.islnk():
+                links.append((rel, os.path.normpath(m.linkname.lstrip('/'))))
+            elif m.issym():
+                entries[rel] = {'mode': stat.S_IFLNK, 'target': m.linkname}
+            elif m.isdir():
+                entries[rel] = {'mode': stat.S_IFDIR}
+            elif m.ischr() or m.isblk() or m.isfifo():
+                entries[rel] = {'mode': {tarfile.CHRTYPE: stat.S_IFCHR, tarfile.BLKTYPE: stat.S_IFBLK,
+                                         tarfile.FIFOTYPE: stat.S_IFIFO}[m.type]}
+    for rel, target in links:
+        entries[rel] = dict(entries[target])
+    return entries
+
+
+def run(cmd, **kw):
+    r = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **kw)
+    if r.returncode != 0:
+        sys.exit(f'fscache-test: {" ".join(cmd)} failed ({r.returncode}):\n{r.stdout.decode(errors="replace")}')
+    return r.stdout
+
+
+def blob_ids(mkrafs, boot):
+    out = run([mkrafs, 'inspect', boot]).decode()
+    return re.findall(r'^blob \d+: ([0-9a-f]{64}):', out, re.M)
+
+
+def prepare(args):
+    work = args.work
+    if os.path.exists(work):
+        shutil.rmtree(work)
+    os.makedirs(work)
+    mk = args.mkrafs
+    meta = {}
+    make_tree(f'{work}/src1', 1)
+    os.makedirs(f'{work}/src2/layer2')
+    rnd = random.Random(2)
+    for i in range(5):
+        write(f'{work}/src2/layer2/g{i}', rnd.randbytes(700 * KiB + i))
+    run([mk, 'build', '--output', f'{work}/img1', f'{work}/src1'])
+    # Same lower layer: its blob is the same blob, shared with img1 in a domain.
+    run([mk, 'build', '--output', f'{work}/img12', f'{work}/src1', f'{work}/src2'])
+    meta['img1'] = {'manifest': manifest_of_dir(f'{work}/src1'), 'blobs': blob_ids(mk, f'{work}/img1/image.boot')}
+    m12 = manifest_of_dir(f'{work}/src1')
+    m12.update(manifest_of_dir(f'{work}/src2'))
+    meta['img12'] = {'manifest': m12, 'blobs': blob_ids(mk, f'{work}/img12/image.boot')}
+
+    # Corruption: uncompressed chunks, so the victim's bytes can be found and damaged in the blob.
+    rnd = random.Random(3)
+    victim = VICTIM_MARK + rnd.randbytes(300 * KiB)
+    write(f'{work}/src3/victim', victim)
+    write(f'{work}/src3/ok-before', rnd.randbytes(1500 * KiB))
+    write(f'{work}/src3/ok-after', rnd.randbytes(200 * KiB))
+    write(f'{work}/src3/small', b'small file\n')
+    run([mk, 'build', '--compressor', 'none', '--output', f'{work}/img3', f'{work}/src3'])
+    (blob3,) = blob_ids(mk, f'{work}/img3/image.boot')
+    os.makedirs(f'{work}/img3/bad-blobs')
+    data = bytearray(open(f'{work}/img3/blobs/{blob3}', 'rb').read())
+    at = data.find(victim[:4096])
+    if at < 0:
+        sys.exit('fscache-test: the victim file is not stored verbatim in its blob')
+    bad_block = bytearray(victim[:4096])
+    bad_block[100] ^= 0xff
+    data[at:at + 4096] = bad_block
+    write(f'{work}/img3/bad-blobs/{blob3}', bytes(data))
+    meta['img3'] = {'manifest': manifest_of_dir(f'{work}/src3'), 'blobs': [blob3],
+                    'bad_block_sha256': hashlib.sha256(bytes(bad_block)).hexdigest()}
+
+    # Nydus images: the reference is the tree mkrafs unpacks (every chunk verified against the
+    # digests nydus-image wrote).
+    boot = f'{NYDUS}/{NYDUS_BOOT}'
+    meta['nydus'] = {'manifest': manifest_of_tar(run([mk, 'unpack', boot, '--blob-dir', NYDUS, '--tar', '-'])),
+                     'blobs': blob_ids(mk, boot)}
+    inline_dir = f'{work}/nydus-inline'
+    os.makedirs(inline_dir)
+    inline = f'{NYDUS}/{NYDUS_INLINE}'
+    for blob in blob_ids(mk, inline):
+        os.symlink(inline, f'{inline_dir}/{blob}')
+    meta['nydus-inline'] = {'manifest': manifest_of_tar(run([mk, 'unpack', inline, '--blob-dir', inline_dir,
+                                                             '--tar', '-'])),
+                            'blobs': blob_ids(mk, inline)}
+    with open(f'{work}/meta.json', 'w') as f:
+        json.dump(meta, f)
+
+
+# --- guest: the cases ------------------------------------------------------------------------
+
+class Failure(Exception):
+    pass
+
+
+def check(cond, msg):
+    if not cond:
+        raise Failure(msg)
+
+
+def sha256_file(path):
+    h = hashlib.sha256()
+    with open(path, 'rb') as f:
+        while True:
+            b = f.read(MiB)
+            if not b:
+                return h.hexdigest()
+            h.update(b)
+
+
+def compare_tree(mnt, manifest, threads=4, skip=()):
+    """Problems found comparing the mount with the manifest; regular files read by `threads`."""
+    problems = []
+    seen = set()
+    for dirpath, dirnames, filenames in os.walk(mnt):
+        for name in dirnames + filenames:
+            seen.add(os.path.relpath(os.path.join(dirpath, name), mnt))
+    for rel in sorted(set(manifest) ^ seen):
+        problems.append(f'{rel}: {"missing" if rel in manifest else "unexpected"}')
+    files = []
+    for rel, e in sorted(manifest.items()):
+        if rel not in seen or rel in skip:
+            continue
+        path = os.path.join(mnt, rel)
+        st = os.lstat(path)
+        if stat.S_IFMT(st.st_mode) != e['mode']:
+            problems.append(f'{rel}: type {stat.S_IFMT(st.st_mode):o}, expected {e["mode"]:o}')
+        elif 'target' in e and os.readlink(path) != e['target']:
+            problems.append(f'{rel}: symlink to {os.readlink(path)!r}, expected {e["target"]!r}')
+        elif 'sha256' in e:
+            if st.st_size != e['size']:
+                problems.append(f'{rel}: size {st.st_size}, expected {e["size"]}')
+            else:
+                files.append(rel)
+
+    def content(rel):
+        try:
+            got = sha256_file(os.path.join(mnt, rel))
+        except OSError as err:
+            return f'{rel}: {err.strerror}'
+        return None if got == manifest[rel]['sha256'] else f'{rel}: content differs'
+
+    with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+        problems += [p for p in pool.map(content, files) if p]
+    return problems
+
+
+def is_mount(path):
+    with open('/proc/self/mountinfo') as f:
+        return any(line.split()[4] == path for line in f)
+
+
+class Rafsd:
+    """rafsd (mount or serve) in its own session; its stderr goes to a log file."""
+    count = 0
+
+    def __init__(self, g, args, wait_mount=None):
+        Rafsd.count += 1
+        self.log_path = f'/tmp/rafsd-{Rafsd.count}.log'
+        self.log = open(self.log_path, 'wb')
+        self.proc = subprocess.Popen([g.rafsd] + args, stdin=subprocess.DEVNULL, stdout=self.log,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        if wait_mount:
+            self.wait_for(lambda: is_mount(wait_mount), f'{wait_mount} to be mounted')
+
+    def text(self):
+        with open(self.log_path, 'rb') as f:
+            return f.read().decode(errors='replace')
+
+    def wait_for(self, cond, what, timeout=120):
+        deadline = time.monotonic() + timeout
+        while not cond():
+            if self.proc.poll() is not None:
+                raise Failure(f'rafsd exited ({self.proc.returncode}) while waiting for {what}:\n{self.text()}')
+            if time.monotonic() > deadline:
+                raise Failure(f'timeout waiting for {what}:\n{self.text()}')
+            time.sleep(0.1)
+
+    def stop(self, sig=signal.SIGTERM, timeout=120):
+        """Returns rafsd's exit status after `sig`."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise Failure(f'rafsd did not exit within {timeout} s of signal {sig}:\n{self.text()}')
+
+    def kill(self):
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+    def counters(self):
+        m = re.findall(r'fscache: (\d+) OPEN \((\d+) refused\), (\d+) READ \((\d+) for blobs, (\d+) failed, '
+                       r'(\d+) stale chunks\), (\d+) CLOSE', self.text())
+        check(m, f'no fscache counters in the log:\n{self.text()}')
+        keys = ('opens', 'refused', 'reads', 'blob_reads', 'read_errors', 'stale', 'closes')
+        return dict(zip(keys, map(int, m[-1])))
+
+
+class Guest:
+    def __init__(self, args):
+        self.rafsd, self.rafsctl = args.rafsd, args.rafsctl
+        self.work = args.work
+        self.cache_root = os.environ.get('RAFSD_VM_CACHE_DIR', '/mnt/cache')
+        with open(f'{self.work}/meta.json') as f:
+            self.meta = json.load(f)
+        self.daemons = []
+
+    def config(self, name, cache):
+        path = f'/tmp/{name}.toml'
+        with open(path, 'w') as f:
+            f.write(f'[daemon]\nengine = "fscache"\ncache_dir = "{cache}"\nsocket = "/tmp/{name}.sock"\n'
+                    '[prefetch]\nenable = false\n')
+        return path
+
+    def mnt(self, name):
+        path = f'/tmp/mnt-{name}'
+        os.makedirs(path, exist_ok=True)
+        return path
+
+    def image(self, name):
+        return f'{self.work}/{name}/image.boot', f'{self.work}/{name}/blobs'
+
+    def mount(self, name, cache, mnt, boot=None, blobs=None, extra=()):
+        """`rafsd mount --engine fscache` of image `name`; returns the running Rafsd."""
+        b, d = self.image(name)
+        cfg = self.config(os.path.basename(mnt), cache)
+        d = Rafsd(self, ['mount', '--config', cfg, '--engine', 'fscache', '--blob-dir', blobs or d,
+                         *extra, boot or b, mnt], wait_mount=mnt)
+        self.daemons.append(d)
+        return d
+
+    def cleanup(self):
+        for d in self.daemons:
+            if d.proc.poll() is None:
+                d.stop()
+        self.daemons = []
+        for line in open('/proc/self/mountinfo').read().splitlines():
+            mp = line.split()[4]
+            if mp.startswith('/tmp/mnt-'):
+                subprocess.run(['umount', '-l', mp])
+
+    def expect_clean_stop(self, d, mnt):
+        rc = d.stop()
+        check(rc == 0, f'rafsd exit status {rc} after SIGTERM:\n{d.text()}')
+        check(not is_mount(mnt), f'{mnt} still mounted after rafsd exited')
+
+    # -- cases --
+
+    def case_tree(self):
+        """Every file of a generated image reads back equal, 4 concurrent readers; SIGTERM unmounts."""
+        mnt, cache = self.mnt('tree'), f'{self.cache_root}/tree'
+        d = self.mount('img1', cache, mnt)
+        problems = compare_tree(mnt, self.meta['img1']['manifest'])
+        check(not problems, 'mismatches: ' + '; '.join(problems[:10]))
+        self.expect_clean_stop(d, mnt)
+        c = d.counters()
+        check(c['blob_reads'] > 0 and c['read_errors'] == 0 and c['refused'] == 0, f'counters {c}')
+        return f'{len(self.meta["img1"]["manifest"])} entries; {c}'
+
+    def case_remount_cached(self):
+        """Remount with the cache of case tree: all data comes from the kernel's cache, zero READs."""
+        mnt, cache = self.mnt('tree'), f'{self.cache_root}/tree'
+        check(os.path.isdir(cache), 'needs case tree first')
+        d = self.mount('img1', cache, mnt)
+        problems = compare_tree(mnt, self.meta['img1']['manifest'])
+        check(not problems, 'mismatches: ' + '; '.join(problems[:10]))
+        self.expect_clean_stop(d, mnt)
+        c = d.counters()
+        check(c['reads'] == 0, f'{c["reads"]} READ requests for cached data: {c}')
+        check(c['opens'] == 2, f'expected 2 OPENs (bootstrap, blob): {c}')
+        return str(c)
+
+    def case_nydus(self):
+        """The Nydus fixtures (separate bootstrap; bootstrap inline in the blob) read back equal."""
+        out = []
+        for name, boot, blobs in (('nydus', f'{NYDUS}/{NYDUS_BOOT}', NYDUS),
+                                  ('nydus-inline', f'{NYDUS}/{NYDUS_INLINE}', f'{self.work}/nydus-inline')):
+            mnt, cache = self.mnt(name), f'{self.cache_root}/{name}'
+            d = self.mount(name, cache, mnt, boot=boot, blobs=blobs)
+            problems = compare_tree(mnt, self.meta[name]['manifest'])
+            check(not problems, f'{name}: ' + '; '.join(problems[:10]))
+            self.expect_clean_stop(d, mnt)
+            c = d.counters()
+            check(c['read_errors'] == 0, f'{name}: counters {c}')
+            out.append(f'{name}: {len(self.meta[name]["manifest"])} entries')
+        return ', '.join(out)
+
+    def case_unknown_cookie(self):
+        """A mount naming a cookie rafsd does not know: copen -ENOENT, that mount fails, rafsd serves on."""
+        mnt, cache = self.mnt('cookie'), f'{self.cache_root}/cookie'
+        d = self.mount('img1', cache, mnt)
+        bogus = self.mnt('bogus')
+        r = subprocess.run(['mount', '-t', 'erofs', '-o', 'fsid=no-such-image', 'none', bogus],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=120)
+        check(r.returncode != 0 and not is_mount(bogus), f'mount of an unknown fsid succeeded: {r.stdout!r}')
+        check("unknown cookie 'no-such-image'" in d.text(), f'no warning about the cookie:\n{d.text()}')
+        check(sha256_file(f'{mnt}/files/random-4097') == self.meta['img1']['manifest']['files/random-4097']['sha256'],
+              'the served image broke')
+        self.expect_clean_stop(d, mnt)
+        c = d.counters()
+        check(c['refused'] == 1, f'counters {c}')
+        return f'mount(8) said: {r.stdout.decode(errors="replace").strip()}'
+
+    def case_missing_blob(self):
+        """A blob missing from the backend: rafsd mount fails at once with one clear line."""
+        mnt, cache = self.mnt('missing'), f'{self.cache_root}/missing'
+        os.makedirs('/tmp/empty-blobs', exist_ok=True)
+        b, _ = self.image('img1')
+        r = subprocess.run([self.rafsd, 'mount', '--config', self.config('missing', cache), '--engine', 'fscache',
+                            '--blob-dir', '/tmp/empty-blobs', b, mnt],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=120)
+        text = r.stdout.decode(errors='replace')
+        errors = [line for line in text.splitlines() if line.startswith('rafsd:')]
+        blob = self.meta['img1']['blobs'][0]
+        check(r.returncode != 0 and not is_mount(mnt), f'exit status {r.returncode}:\n{text}')
+        check(len(errors) == 1 and blob in errors[0], f'expected one error line naming blob {blob}:\n{text}')
+        return errors[0]
+
+    def case_corrupt_blob(self):
+        """A damaged chunk: EIO for its file, the others read fine, the bad bytes never reach the cache."""
+        mnt, cache = self.mnt('corrupt'), f'{self.cache_root}/corrupt'
+        meta = self.meta['img3']
+        b, _ = self.image('img3')
+        d = self.mount('img3', cache, mnt, blobs=f'{self.work}/img3/bad-blobs')
+        try:
+            with open(f'{mnt}/victim', 'rb') as f:
+                f.read()
+            raise Failure('reading the damaged file succeeded')
+        except OSError as err:
+            check(err.errno == errno.EIO, f'damaged file: {err}, expected EIO')
+        problems = compare_tree(mnt, meta['manifest'], skip={'victim'})
+        check(not problems, 'mismatches: ' + '; '.join(problems[:10]))
+        self.expect_clean_stop(d, mnt)
+        c = d.counters()
+        check(c['read_errors'] > 0, f'counters {c}')
+        blob = meta['blobs'][0]
+        files = [os.path.join(dp, n) for dp, _, ns in os.walk(f'{cache}/fscache/cache') for n in ns if n == 'D' + blob]
+        check(len(files) == 1, f'expected one cache file D{blob}, found {files}')
+        with open(files[0], 'rb') as f:
+            data = f.read()
+        blocks = {hashlib.sha256(data[i:i + 4096]).hexdigest() for i in range(0, len(data), 4096)}
+        check(meta['bad_block_sha256'] not in blocks, 'the damaged block is in the kernel cache file')
+        return f'EIO for victim; counters {c}'
+
+    def case_shared_domain(self):
+        """Two images sharing a blob in one --domain-id: the blob is opened and cached once."""
+        cache = f'{self.cache_root}/domain'
+        cfg = self.config('domain', cache)
+        d = Rafsd(self, ['serve', '--config', cfg])
+        self.daemons.append(d)
+        d.wait_for(lambda: os.path.exists('/tmp/domain.sock'), 'the control socket')
+        ctl = [self.rafsctl, '--socket', '/tmp/domain.sock']
+        mnts = {}
+        for name in ('img1', 'img12'):
+            b, blobs = self.image(name)
+            mnts[name] = self.mnt('domain-' + name)
+            r = subprocess.run(ctl + ['mount', '--engine', 'fscache', '--domain-id', 'shared', '--blob-dir', blobs, b,
+                                      mnts[name]], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=300)
+            check(r.returncode == 0, f'rafsctl mount {name}: {r.stdout!r}\n{d.text()}')
+        for name, mnt in mnts.items():
+            problems = compare_tree(mnt, self.meta[name]['manifest'])
+            check(not problems, f'{name}: ' + '; '.join(problems[:10]))
+        for mnt in mnts.values():
+            r = subprocess.run(ctl + ['umount', mnt], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=120)
+            check(r.returncode == 0, f'rafsctl umount {mnt}: {r.stdout!r}')
+        check(d.stop() == 0, f'rafsd serve did not stop cleanly:\n{d.text()}')
+        c = d.counters()
+        shared = self.meta['img1']['blobs'][0]
+        check(shared in self.meta['img12']['blobs'], 'img12 does not share the blob of img1')
+        # 2 bootstraps + the shared blob once + img12's own blob.
+        check(c['opens'] == 4, f'expected 4 OPENs, got {c}')
+        names = [n for _, _, ns in os.walk(f'{cache}/fscache/cache') for n in ns]
+        check(names.count('D' + shared) == 1, f'cache files: {sorted(names)}')
+        vols = os.listdir(f'{cache}/fscache/cache')
+        check(vols == ['Ierofs,shared'], f'volumes: {vols}')
+        return f'{c}; cache files {len(names)}'
+
+    def worker_of(self, d):
+        """The pid of the supervisor's worker."""
+        for pid in filter(str.isdigit, os.listdir('/proc')):
+            try:
+                with open(f'/proc/{pid}/stat') as f:
+                    fields = f.read().rsplit(')', 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == d.proc.pid:
+                return int(pid)
+        raise Failure(f'rafsd {d.proc.pid} has no worker process')
+
+    def start_reader(self, path):
+        result = {}
+
+        def read():
+            try:
+                result['sha256'] = sha256_file(path)
+            except OSError as err:
+                result['error'] = err
+        t = threading.Thread(target=read, daemon=True)
+        t.start()
+        return t, result
+
+    def case_failover(self):
+        """kill -9 the worker while a reader waits on a slow miss: a new worker serves it, data correct."""
+        mnt, cache = self.mnt('failover'), f'{self.cache_root}/failover'
+        d = self.mount('img1', cache, mnt, extra=('--test-fetch-delay', '4000'))
+        worker = self.worker_of(d)
+        rel = 'files/random-3145851'
+        t, result = self.start_reader(f'{mnt}/{rel}')
+        time.sleep(1.5)
+        check(t.is_alive(), f'the reader did not wait for the slow miss: {result}')
+        os.kill(worker, signal.SIGKILL)
+        t.join(180)
+        check(not t.is_alive(), f'the reader still waits 180 s after the worker died:\n{d.text()}')
+        check(result.get('sha256') == self.meta['img1']['manifest'][rel]['sha256'], f'reader got {result}\n{d.text()}')
+        check(d.proc.poll() is None, f'the supervisor exited:\n{d.text()}')
+        check('failover' in d.text(), f'no failover in the log:\n{d.text()}')
+        new_worker = self.worker_of(d)
+        check(new_worker != worker, 'no new worker')
+        manifest = self.meta['img1']['manifest']
+        for other in ('files/random-65537', 'many/f001', 'deep/' + '/'.join(f'd{i}' for i in range(12)) + '/leaf'):
+            check(sha256_file(f'{mnt}/{other}') == manifest[other]['sha256'], f'{other} differs after the failover')
+        self.expect_clean_stop(d, mnt)
+        return f'worker {worker} killed, {new_worker} completed the read'
+
+    def case_kill_no_failover(self):
+        """The whole daemon killed (no supervisor left): waiting readers get EIO, nothing hangs."""
+        mnt, cache = self.mnt('killed'), f'{self.cache_root}/killed'
+        d = self.mount('img1', cache, mnt, extra=('--test-fetch-delay', '4000'))
+        t, result = self.start_reader(f'{mnt}/files/random-3145851')
+        time.sleep(1.5)
+        check(t.is_alive(), f'the reader did not wait for the slow miss: {result}')
+        d.kill()
+        t.join(60)
+        check(not t.is_alive(), 'the reader hangs 60 s after the daemon died')
+        # The kernel fails reads of a dead cache with EIO or, when netfs finds no cache to read
+        # from, ENOBUFS (seen on 6.12 for a reader that waited on the dead daemon).
+        err = result.get('error')
+        check(err is not None and err.errno in (errno.EIO, errno.ENOBUFS), f'reader got {result}, expected EIO')
+        try:
+            with open(f'{mnt}/files/random-4097', 'rb') as f:
+                f.read()
+            raise Failure('a new read after the daemon died succeeded')
+        except OSError as e:
+            check(e.errno in (errno.EIO, errno.ENOBUFS), f'new read: {e}')
+            new_errno = e.errno
+        r = subprocess.run(['umount', mnt], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=60)
+        check(r.returncode == 0, f'umount of the orphaned mount: {r.stdout!r}')
+        return f'waiting reader: {errno.errorcode[err.errno]}, new reader: {errno.errorcode[new_errno]}'
+
+
+CASES = ['tree', 'remount_cached', 'nydus', 'unknown_cookie', 'missing_blob', 'corrupt_blob', 'shared_domain',
+         'failover', 'kill_no_failover']
+
+
+def guest_main(args):
+    g = Guest(args)
+    names = args.cases or CASES
+    failed = []
+    for name in names:
+        start = time.monotonic()
+        try:
+            detail = getattr(g, 'case_' + name)()
+            print(f'PASS {name} ({time.monotonic() - start:.1f} s): {detail}', flush=True)
+        except Exception as e:  # a case's failure must not stop the others
+            failed.append(name)
+            print(f'FAIL {name} ({time.monotonic() - start:.1f} s): {type(e).__name__}: {e}', flush=True)
+        finally:
+            try:
+                g.cleanup()
+            except Exception as e:
+                print(f'fscache-test: cleanup after {name}: {e}', flush=True)
+    print(f'fscache-test: {len(names) - len(failed)} passed, {len(failed)} failed'
+          + (f' ({", ".join(failed)})' if failed else ''), flush=True)
+    return 1 if failed else 0
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p.add_argument('--rafsd', required=True)
+    p.add_argument('--rafsctl', required=True)
+    p.add_argument('--mkrafs', required=True)
+    p.add_argument('--work', required=True, help='scratch dir the guest can see (not under /tmp)')
+    p.add_argument('--timeout', type=int, default=900, help='VM wall time limit, seconds')
+    p.add_argument('--in-vm', action='store_true', help=argparse.SUPPRESS)
+    p.add_argument('cases', nargs='*', metavar='CASE', help='run only these: ' + ', '.join(CASES))
+    args = p.parse_args()
+    unknown = set(args.cases) - set(CASES)
+    if unknown:
+        p.error(f'unknown cases: {", ".join(sorted(unknown))} (known: {", ".join(CASES)})')
+    for name in ('rafsd', 'rafsctl', 'mkrafs', 'work'):
+        setattr(args, name, os.path.abspath(getattr(args, name)))
+    if args.in_vm:
+        sys.exit(guest_main(args))
+    if shutil.which('qemu-system-x86_64') is None:
+        print('fscache-test: SKIP: qemu-system-x86_64 not installed')
+        sys.exit(77)
+    prepare(args)
+    cmd = [f'{REPO}/scripts/vm-test', '--timeout', str(args.timeout), '--', '/usr/bin/python3',
+           os.path.abspath(__file__), '--in-vm', '--rafsd', args.rafsd, '--rafsctl', args.rafsctl,
+           '--mkrafs', args.mkrafs, '--work', args.work] + args.cases
+    sys.exit(subprocess.run(cmd, cwd=REPO).returncode)
+
+
+if __name__ == '__main__':
+    main()
