@@ -587,6 +587,8 @@ def main():
     if shutil.which('qemu-system-x86_64') is None:
         print('fscache-test: SKIP: qemu-system-x86_64 not installed')
         sys.exit(77)
+    if re.match(r'/(tmp|run|mnt|dev|proc|sys)(/|$)', args.work):
+        sys.exit(f'fscache-test: --work {args.work} is hidden in the guest (it mounts its own /tmp, /run, /mnt)')
     prepare(args)
     cmd = [f'{REPO}/scripts/vm-test', '--timeout', str(args.timeout), '--', '/usr/bin/python3',
            os.path.abspath(__file__), '--in-vm', '--rafsd', args.rafsd, '--rafsctl', args.rafsctl,
