@@ -385,8 +385,10 @@ void ImageService::shutdown() {
     if (fscache_) {
         fscache_->stop();
         const FscacheCounters c = fscache_->counters();
-        log::info("fscache: {} OPEN ({} refused), {} READ ({} for blobs, {} failed, {} stale chunks), {} CLOSE",
-                  c.opens + c.refused, c.refused, c.reads, c.blob_reads, c.read_errors, c.stale_chunks, c.closes);
+        log::info("fscache: {} OPEN ({} refused), {} READ ({} for blobs, {} failed, {} stale chunks), {} CLOSE; "
+                  "blob READ to READ_COMPLETE p50 {} us, p99 {} us",
+                  c.opens + c.refused, c.refused, c.reads, c.blob_reads, c.read_errors, c.stale_chunks, c.closes,
+                  c.read_latency_p50_us, c.read_latency_p99_us);
     }
     for (Image& image : images_) {
         for (auto& blob : image.blobs) {

@@ -13,6 +13,8 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <chrono>
+#include <limits>
 #include <cstdlib>
 #include <cstring>
 
@@ -218,14 +220,14 @@ void FscacheEngine::handleRead(const CachefilesMessage& msg) {
     ++counters_.reads;
     auto obj = objects_.find(msg.object_id);
     if (obj == objects_.end()) {
-        ++*read_errors_;
+        ++read_stats_->errors;
         fail("cachefiles READ {}: unknown object {}", msg.msg_id, msg.object_id);
     }
     Object& object = obj->second;
     std::shared_ptr<AnonFd> fd = object.fd;
     auto it = cookies_.find(object.key);
     if (it == cookies_.end() || it->second.users.empty()) {
-        ++*read_errors_;
+        ++read_stats_->errors;
         lock.unlock();
         log::warn("cachefiles READ {}: object {} ('{}') is no longer registered", msg.msg_id, msg.object_id,
                   object.key.second);
@@ -254,7 +256,7 @@ void FscacheEngine::handleRead(const CachefilesMessage& msg) {
             }
         } catch (const std::exception& e) {
             log::error("cachefiles READ {}: {}", msg.msg_id, e.what());
-            ++*read_errors_;
+            ++read_stats_->errors;
         }
         readComplete(*fd, msg.msg_id);
         return;
@@ -280,13 +282,22 @@ void FscacheEngine::handleRead(const CachefilesMessage& msg) {
         }
         break;
     }
-    core_.makePresent(image, blob, msg.offset, msg.length, [errors = read_errors_, fd, id = msg.msg_id](int error) {
-        if (error != 0) {
-            log::warn("cachefiles READ {}: {}; the reader gets EIO", id, std::strerror(error));
-            ++*errors;
-        }
-        readComplete(*fd, id);
-    });
+    const auto received = std::chrono::steady_clock::now();
+    core_.makePresent(image, blob, msg.offset, msg.length,
+                      [stats = read_stats_, fd, id = msg.msg_id, received](int error) {
+                          if (error != 0) {
+                              log::warn("cachefiles READ {}: {}; the reader gets EIO", id, std::strerror(error));
+                              ++stats->errors;
+                          }
+                          readComplete(*fd, id);
+                          const auto us = std::chrono::duration_cast<std::chrono::microseconds>(
+                              std::chrono::steady_clock::now() - received);
+                          std::lock_guard stats_lock(stats->mutex);
+                          if (stats->latencies_us.size() < kMaxLatencySamples) {
+                              stats->latencies_us.push_back(static_cast<uint32_t>(
+                                  std::min<int64_t>(us.count(), std::numeric_limits<uint32_t>::max())));
+                          }
+                      });
 }
 
 void FscacheEngine::handleClose(const CachefilesMessage& msg) {
@@ -427,7 +438,21 @@ void FscacheEngine::stop() {
 FscacheCounters FscacheEngine::counters() const {
     std::lock_guard lock(mutex_);
     FscacheCounters c = counters_;
-    c.read_errors = read_errors_->load();
+    c.read_errors = read_stats_->errors.load();
+    std::vector<uint32_t> samples;
+    {
+        std::lock_guard stats_lock(read_stats_->mutex);
+        samples = read_stats_->latencies_us;
+    }
+    if (!samples.empty()) {
+        auto percentile = [&samples](size_t p) {
+            const size_t at = (samples.size() - 1) * p / 100;
+            std::nth_element(samples.begin(), samples.begin() + static_cast<ptrdiff_t>(at), samples.end());
+            return uint64_t{samples[at]};
+        };
+        c.read_latency_p50_us = percentile(50);
+        c.read_latency_p99_us = percentile(99);
+    }
     return c;
 }
 

@@ -94,6 +94,9 @@ struct FscacheCounters {
     uint64_t read_errors = 0;  // READs completed without the data (the reader gets EIO)
     uint64_t stale_chunks = 0;  // chunks marked present that the kernel found holes at
     uint64_t closes = 0;     // CLOSE requests
+    // Blob READ → READ_COMPLETE: the time a reader waits for a miss, as rafsd sees it.
+    uint64_t read_latency_p50_us = 0;
+    uint64_t read_latency_p99_us = 0;
 };
 
 class FscacheEngine {
@@ -173,7 +176,13 @@ private:
     std::vector<MountEntry> mounts_;
     std::vector<std::string> refused_;  // cookies refused since the last mount started
     // Shared with READ completions, which may outlive the engine after a lazy unmount.
-    std::shared_ptr<std::atomic<uint64_t>> read_errors_ = std::make_shared<std::atomic<uint64_t>>(0);
+    struct ReadStats {
+        std::atomic<uint64_t> errors{0};
+        std::mutex mutex;
+        std::vector<uint32_t> latencies_us;  // blob READ → READ_COMPLETE, at most kMaxLatencySamples
+    };
+    static constexpr size_t kMaxLatencySamples = 1 << 20;
+    std::shared_ptr<ReadStats> read_stats_ = std::make_shared<ReadStats>();
     FscacheCounters counters_;  // but read_errors
 };
 
