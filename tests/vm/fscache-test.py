@@ -20,7 +20,9 @@ import random
 import re
 import shutil
 import signal
+import socket
 import stat
+import struct
 import subprocess
 import sys
 import tarfile
@@ -244,12 +246,12 @@ class Rafsd:
     """rafsd (mount or serve) in its own session; its stderr goes to a log file."""
     count = 0
 
-    def __init__(self, g, args, wait_mount=None):
+    def __init__(self, g, args, wait_mount=None, argv0=None, pass_fds=()):
         Rafsd.count += 1
         self.log_path = f'/tmp/rafsd-{Rafsd.count}.log'
         self.log = open(self.log_path, 'wb')
-        self.proc = subprocess.Popen([g.rafsd] + args, stdin=subprocess.DEVNULL, stdout=self.log,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
+        self.proc = subprocess.Popen((argv0 or [g.rafsd]) + args, stdin=subprocess.DEVNULL, stdout=self.log,
+                                     stderr=subprocess.STDOUT, start_new_session=True, pass_fds=pass_fds)
         if wait_mount:
             self.wait_for(lambda: is_mount(wait_mount), f'{wait_mount} to be mounted')
 
@@ -409,6 +411,27 @@ class Guest:
         check(len(errors) == 1 and blob in errors[0], f'expected one error line naming blob {blob}:\n{text}')
         return errors[0]
 
+    def one_error(self, argv, *expect):
+        r = subprocess.run([self.rafsd] + argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=120)
+        text = r.stdout.decode(errors='replace')
+        errors = [line for line in text.splitlines() if line.startswith('rafsd:')]
+        check(r.returncode != 0 and len(errors) == 1 and all(e in errors[0] for e in expect),
+              f'expected one error line with {expect}, exit status {r.returncode}:\n{text}')
+        return errors[0]
+
+    def case_device_errors(self):
+        """Clear one-line errors: cache dir on tmpfs; /dev/cachefiles held by another daemon."""
+        b, blobs = self.image('img1')
+        mnt = self.mnt('errors')
+        tmpfs = self.one_error(['mount', '--engine', 'fscache', '--cache-dir', '/tmp/on-tmpfs', '--blob-dir', blobs,
+                                b, mnt], 'cachefiles cannot use')
+        d = self.mount('img1', f'{self.cache_root}/errors', mnt)
+        other = self.mnt('errors2')
+        busy = self.one_error(['mount', '--engine', 'fscache', '--cache-dir', f'{self.cache_root}/errors2',
+                               '--blob-dir', blobs, b, other], 'busy')
+        self.expect_clean_stop(d, mnt)
+        return f'{tmpfs} | {busy}'
+
     def case_corrupt_blob(self):
         """A damaged chunk: EIO for its file, the others read fine, the bad bytes never reach the cache."""
         mnt, cache = self.mnt('corrupt'), f'{self.cache_root}/corrupt'
@@ -515,6 +538,61 @@ class Guest:
         self.expect_clean_stop(d, mnt)
         return f'worker {worker} killed, {new_worker} completed the read'
 
+    def case_fd_store(self):
+        """systemd's fd store: rafsd stores the device fd; the whole rafsd is killed while a reader
+        waits on a miss; a new rafsd gets the fd through LISTEN_FDS, reattaches, serves the reader."""
+        mnt, cache = self.mnt('fdstore'), f'{self.cache_root}/fdstore'
+        notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        notify.bind('/tmp/notify.sock')
+        notify.settimeout(120)
+        notify.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)  # as systemd: sd_notify sends creds
+        stored = None
+        try:
+            b, blobs = self.image('img1')
+            cfg = self.config('fdstore', cache)
+            argv = ['mount', '--config', cfg, '--engine', 'fscache', '--blob-dir', blobs,
+                    '--test-fetch-delay', '4000', b, mnt]
+            os.environ['NOTIFY_SOCKET'] = '/tmp/notify.sock'
+            try:
+                d = Rafsd(self, argv, wait_mount=mnt)
+            finally:
+                del os.environ['NOTIFY_SOCKET']
+            self.daemons.append(d)
+            messages = []
+            while 'READY=1' not in messages:
+                data, ancillary, _, _ = notify.recvmsg(4096, 1024)
+                messages += data.decode().split('\n')
+                for level, kind, payload in ancillary:
+                    if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                        check(stored is None and 'FDSTORE=1' in messages and 'FDNAME=cachefiles' in messages,
+                              f'unexpected fds with {messages}')
+                        (stored,) = struct.unpack('i', payload[:4])
+            check(stored is not None, f'no fd stored; messages {messages}')
+            rel = 'files/random-3145851'
+            t, result = self.start_reader(f'{mnt}/{rel}')
+            time.sleep(1.5)
+            check(t.is_alive(), f'the reader did not wait for the slow miss: {result}')
+            d.kill()
+            time.sleep(0.5)
+            check(t.is_alive(), f'the reader did not survive the daemon (the stored fd must keep the cache): {result}')
+            # As systemd restarts the service: the stored fd at 3, LISTEN_PID = the new process.
+            script = f'exec 3>&{stored} {stored}>&-; LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES=cachefiles exec "$@"'
+            new = Rafsd(self, [], argv0=['/bin/bash', '-c', script, 'rafsd', self.rafsd] + argv, pass_fds=(stored,))
+            self.daemons.append(new)
+            t.join(180)
+            check(not t.is_alive(), f'the reader still waits 180 s after the restart:\n{new.text()}')
+            check(result.get('sha256') == self.meta['img1']['manifest'][rel]['sha256'], f'reader got {result}')
+            check("taken from systemd's fd store" in new.text() and 'reattached' in new.text(), new.text())
+            os.close(stored)
+            stored = None
+            self.expect_clean_stop(new, mnt)
+            return 'the restarted rafsd took the stored fd and completed the read'
+        finally:
+            if stored is not None:
+                os.close(stored)
+            notify.close()
+            os.unlink('/tmp/notify.sock')
+
     def case_kill_no_failover(self):
         """The whole daemon killed (no supervisor left): waiting readers get EIO, nothing hangs."""
         mnt, cache = self.mnt('killed'), f'{self.cache_root}/killed'
@@ -541,8 +619,8 @@ class Guest:
         return f'waiting reader: {errno.errorcode[err.errno]}, new reader: {errno.errorcode[new_errno]}'
 
 
-CASES = ['tree', 'remount_cached', 'nydus', 'unknown_cookie', 'missing_blob', 'corrupt_blob', 'shared_domain',
-         'failover', 'kill_no_failover']
+CASES = ['tree', 'remount_cached', 'nydus', 'unknown_cookie', 'missing_blob', 'device_errors', 'corrupt_blob',
+         'shared_domain', 'failover', 'fd_store', 'kill_no_failover']
 
 
 def guest_main(args):
