@@ -365,6 +365,20 @@ class Guest:
         check(c['opens'] == 2, f'expected 2 OPENs (bootstrap, blob): {c}')
         return str(c)
 
+    def case_stale_state(self):
+        """The kernel's cache files gone, rafsd's chunk maps kept (a crash before cachefiles linked its
+        tmpfiles in): READs for chunks the maps call present are noticed and fetched again."""
+        mnt, cache = self.mnt('tree'), f'{self.cache_root}/tree'
+        check(os.path.isdir(f'{cache}/fscache/cache'), 'needs case tree first')
+        shutil.rmtree(f'{cache}/fscache/cache')
+        d = self.mount('img1', cache, mnt)
+        problems = compare_tree(mnt, self.meta['img1']['manifest'])
+        check(not problems, 'mismatches: ' + '; '.join(problems[:10]))
+        self.expect_clean_stop(d, mnt)
+        c = d.counters()
+        check(c['stale'] > 0 and c['read_errors'] == 0, f'counters {c}')
+        return str(c)
+
     def case_nydus(self):
         """The Nydus fixtures (separate bootstrap; bootstrap inline in the blob) read back equal."""
         out = []
@@ -619,7 +633,7 @@ class Guest:
         return f'waiting reader: {errno.errorcode[err.errno]}, new reader: {errno.errorcode[new_errno]}'
 
 
-CASES = ['tree', 'remount_cached', 'nydus', 'unknown_cookie', 'missing_blob', 'device_errors', 'corrupt_blob',
+CASES = ['tree', 'remount_cached', 'stale_state', 'nydus', 'unknown_cookie', 'missing_blob', 'device_errors', 'corrupt_blob',
          'shared_domain', 'failover', 'fd_store', 'kill_no_failover']
 
 
