@@ -633,8 +633,8 @@ class Guest:
         return f'waiting reader: {errno.errorcode[err.errno]}, new reader: {errno.errorcode[new_errno]}'
 
 
-CASES = ['tree', 'remount_cached', 'stale_state', 'nydus', 'unknown_cookie', 'missing_blob', 'device_errors', 'corrupt_blob',
-         'shared_domain', 'failover', 'fd_store', 'kill_no_failover']
+CASES = ['tree', 'remount_cached', 'stale_state', 'nydus', 'unknown_cookie', 'missing_blob', 'device_errors',
+         'corrupt_blob', 'shared_domain', 'failover', 'fd_store', 'kill_no_failover']
 
 
 def guest_main(args):

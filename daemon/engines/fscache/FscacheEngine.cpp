@@ -324,6 +324,13 @@ void FscacheEngine::registerMount(const FscacheMount& m) {
         }
         const CookieKey boot{volume, m.fsid};
         if (cookies_.count(boot) != 0) fail("fsid '{}' is already in use in volume '{}'", m.fsid, volume);
+        // Every check before the first insertion: a refused mount must leave no cookie behind.
+        for (const FscacheBlob& b : m.blobs) {
+            auto it = cookies_.find(CookieKey{volume, b.cookie});
+            if (it != cookies_.end() && it->second.blob && it->second.blob != b.cached) {
+                fail("blob '{}' in volume '{}' is another blob's", b.cookie, volume);
+            }
+        }
         void* raw = nullptr;
         const uint64_t padded = roundUp(m.bootstrap.size());
         if (int r = ::posix_memalign(&raw, kBlock, padded); r != 0) failErrno("posix_memalign", r);
@@ -338,7 +345,6 @@ void FscacheEngine::registerMount(const FscacheMount& m) {
         for (const FscacheBlob& b : m.blobs) {
             const CookieKey key{volume, b.cookie};
             Cookie& blob = cookies_[key];
-            if (blob.blob && blob.blob != b.cached) fail("blob '{}' in volume '{}' is another blob's", b.cookie, volume);
             blob.blob = b.cached;
             blob.users.emplace_back(m.image, b.blob);
             entry.cookies.push_back(key);
