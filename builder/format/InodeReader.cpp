@@ -65,34 +65,31 @@ Inode InodeReader::inode(uint64_t nid) const {
     ino.layout = static_cast<erofs::DataLayout>(format >> erofs::kInodeLayoutShift);
     uint16_t icount = 0;
     uint32_t i_u = 0;
+    // The fields both on-disk inode forms have, under the same names.
+    auto common = [&](const auto& raw) {
+        icount = raw.i_xattr_icount;
+        ino.mode = raw.i_mode;
+        ino.size = raw.i_size;
+        i_u = raw.i_u;
+        ino.ino = raw.i_ino;
+        ino.uid = raw.i_uid;
+        ino.gid = raw.i_gid;
+        ino.nlink = raw.i_nlink;
+    };
     uint64_t inode_size = 0;
     if (ino.extended) {
         inode_size = sizeof(erofs::InodeExtended);
         if (!inBounds(off, inode_size, size)) fail("{}: nid {}: extended inode truncated", name_, nid);
         const auto raw = loadAt<erofs::InodeExtended>(image_, off);
-        icount = raw.i_xattr_icount;
-        ino.mode = raw.i_mode;
-        ino.size = raw.i_size;
-        i_u = raw.i_u;
-        ino.ino = raw.i_ino;
-        ino.uid = raw.i_uid;
-        ino.gid = raw.i_gid;
+        common(raw);
         ino.mtime = raw.i_mtime;
         ino.mtime_nsec = raw.i_mtime_nsec;
-        ino.nlink = raw.i_nlink;
     } else {
         inode_size = sizeof(erofs::InodeCompact);
-        const auto raw = loadAt<erofs::InodeCompact>(image_, off);
-        icount = raw.i_xattr_icount;
-        ino.mode = raw.i_mode;
-        ino.size = raw.i_size;
-        i_u = raw.i_u;
-        ino.ino = raw.i_ino;
-        ino.uid = raw.i_uid;
-        ino.gid = raw.i_gid;
+        common(loadAt<erofs::InodeCompact>(image_, off));
+        // Compact inodes carry no mtime: the superblock's build time stands for it.
         ino.mtime = geo_.build_time;
         ino.mtime_nsec = geo_.build_time_nsec;
-        ino.nlink = raw.i_nlink;
     }
     if (ino.mtime_nsec >= 1'000'000'000) {
         fail("{}: nid {}: mtime nanoseconds {} out of range", name_, nid, ino.mtime_nsec);
