@@ -50,13 +50,13 @@ void writeAll(int fd, const uint8_t* data, uint64_t length, uint64_t offset, std
     }
 }
 
-void readComplete(const AnonFd& fd, uint32_t msg_id) {
-    if (::ioctl(fd.get(), cachefiles::kIocReadComplete, static_cast<unsigned long>(msg_id)) != 0) {
+}  // namespace
+
+void cachefilesReadComplete(int anon_fd, uint32_t msg_id) {
+    if (::ioctl(anon_fd, cachefiles::kIocReadComplete, static_cast<unsigned long>(msg_id)) != 0) {
         log::warn("cachefiles READ {}: READ_COMPLETE: {}", msg_id, std::strerror(errno));
     }
 }
-
-}  // namespace
 
 AnonFd::~AnonFd() {
     if (::close(fd_) != 0) log::warn("close of cachefiles anonymous fd {}: {}", fd_, std::strerror(errno));
@@ -89,7 +89,7 @@ void FscacheCacheFile::writeBlocks(uint64_t offset, std::span<const uint8_t> dat
     writeAll(fd_->get(), data.data(), data.size(), offset, name_);
 }
 
-FscacheEngine::FscacheEngine(DataPlane& core) : core_(core) {}
+FscacheEngine::FscacheEngine(DataPlane& core, ReadCompleter complete) : core_(core), complete_(std::move(complete)) {}
 
 FscacheEngine::~FscacheEngine() { stop(); }
 
@@ -231,7 +231,7 @@ void FscacheEngine::handleRead(const CachefilesMessage& msg) {
         lock.unlock();
         log::warn("cachefiles READ {}: object {} ('{}') is no longer registered", msg.msg_id, msg.object_id,
                   object.key.second);
-        readComplete(*fd, msg.msg_id);
+        complete_(fd->get(), msg.msg_id);
         return;
     }
     Cookie& cookie = it->second;
@@ -258,7 +258,7 @@ void FscacheEngine::handleRead(const CachefilesMessage& msg) {
             log::error("cachefiles READ {}: {}", msg.msg_id, e.what());
             ++read_stats_->errors;
         }
-        readComplete(*fd, msg.msg_id);
+        complete_(fd->get(), msg.msg_id);
         return;
     }
     ++counters_.blob_reads;
@@ -284,12 +284,12 @@ void FscacheEngine::handleRead(const CachefilesMessage& msg) {
     }
     const auto received = std::chrono::steady_clock::now();
     core_.makePresent(image, blob, msg.offset, msg.length,
-                      [stats = read_stats_, fd, id = msg.msg_id, received](int error) {
+                      [stats = read_stats_, complete = complete_, fd, id = msg.msg_id, received](int error) {
                           if (error != 0) {
                               log::warn("cachefiles READ {}: {}; the reader gets EIO", id, std::strerror(error));
                               ++stats->errors;
                           }
-                          readComplete(*fd, id);
+                          complete(fd->get(), id);
                           const auto us = std::chrono::duration_cast<std::chrono::microseconds>(
                               std::chrono::steady_clock::now() - received);
                           std::lock_guard stats_lock(stats->mutex);

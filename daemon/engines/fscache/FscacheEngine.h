@@ -18,6 +18,7 @@
 #include <atomic>
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -86,6 +87,14 @@ struct FscacheMount {
     std::vector<FscacheBlob> blobs;
 };
 
+// Tells the kernel that READ `msg_id` is served: CACHEFILES_IOC_READ_COMPLETE on the object's
+// anonymous fd. A failure is logged: the reader gets EIO then, and nothing else can be done.
+void cachefilesReadComplete(int anon_fd, uint32_t msg_id);
+
+// How the engine completes READs: cachefilesReadComplete, or a stand-in where the anonymous fds are
+// not cachefiles' (the ioctl exists only on those), as in the engine's unit tests.
+using ReadCompleter = std::function<void(int anon_fd, uint32_t msg_id)>;
+
 struct FscacheCounters {
     uint64_t opens = 0;      // OPEN requests answered with a size
     uint64_t refused = 0;    // OPEN requests for unknown cookies (copen -ENOENT)
@@ -101,7 +110,7 @@ struct FscacheCounters {
 
 class FscacheEngine {
 public:
-    explicit FscacheEngine(DataPlane& core);
+    explicit FscacheEngine(DataPlane& core, ReadCompleter complete = cachefilesReadComplete);
     ~FscacheEngine();  // stop()
     FscacheEngine(const FscacheEngine&) = delete;
     FscacheEngine& operator=(const FscacheEngine&) = delete;
@@ -165,6 +174,7 @@ private:
     void registerMount(const FscacheMount& mount);
 
     DataPlane& core_;
+    const ReadCompleter complete_;  // copied into READ completions, which may outlive the engine
     std::optional<FscacheDevice> device_;
     int wake_ = -1;  // eventfd that tells the loop to exit
     std::atomic<bool> quit_{false};
