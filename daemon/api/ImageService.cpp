@@ -59,6 +59,24 @@ private:
     std::chrono::milliseconds delay_;
 };
 
+// The inline bootstrap of a Nydus blob as a file for a file-backed mount: <cache dir>/<sha256>.boot,
+// written under a temporary name and renamed, so a mount never sees a torn one.
+fs::path extractBootstrap(const rafs::Bootstrap& bootstrap, const fs::path& cache_dir) {
+    const fs::path path =
+        cache_dir / (rafs::toHex(rafs::digestOf(rafs::Digester::Sha256, bootstrap.bytes())) + ".boot");
+    if (fs::exists(path)) return path;
+    const fs::path temp = path.string() + ".tmp";
+    {
+        std::ofstream out(temp, std::ios::binary | std::ios::trunc);
+        out.write(reinterpret_cast<const char*>(bootstrap.bytes().data()),
+                  static_cast<std::streamsize>(bootstrap.bytes().size()));
+        out.close();
+        if (!out) rafs::fail("cannot write the inline bootstrap to {}", temp.string());
+    }
+    if (::rename(temp.c_str(), path.c_str()) != 0) rafs::failErrno("cannot rename " + temp.string());
+    return path;
+}
+
 }  // namespace
 
 bool ImageService::hasErofsMount(const fs::path& dir) {
@@ -229,19 +247,19 @@ nlohmann::json ImageService::mountOrReattach(const MountRequest& request, bool r
         }
     }
     const fs::path bootstrap_path = fs::absolute(request.bootstrap);
-    // A Nydus blob with an inline bootstrap works with fscache only: the kernel reads the bootstrap
-    // through our cookie, while a fanotify (file-backed) mount needs a bootstrap file.
+    // Either a bootstrap file or a Nydus blob with an inline bootstrap, whose own blob (the last
+    // blob table entry) is that file whatever its name. A fanotify (file-backed) mount needs the
+    // bootstrap as a file of its own: it is extracted into the cache dir.
     rafs::Image opened = rafs::openImage(bootstrap_path.string());
-    if (opened.inline_meta && engine != EngineKind::Fscache) {
-        rafs::fail("{} is a blob with an inline bootstrap: it can only be mounted with the fscache engine",
-                   bootstrap_path.string());
-    }
     const rafs::Bootstrap& bootstrap = opened.bootstrap;
     std::error_code ec;
     fs::create_directories(config_.daemon.cache_dir, ec);
     if (ec) rafs::fail("cannot create cache dir {}: {}", config_.daemon.cache_dir.string(), ec.message());
 
     auto backend = backendFor(request);
+    if (opened.inline_meta) {
+        backend = std::make_shared<BlobFileBackend>(std::move(backend), bootstrap.blobs().back().id, bootstrap_path);
+    }
     Image image;
     image.bootstrap = bootstrap_path;
     image.mountpoint = mountpoint;
@@ -263,7 +281,7 @@ nlohmann::json ImageService::mountOrReattach(const MountRequest& request, bool r
     } else {
         FanotifyMount spec;
         spec.image = image.index;
-        spec.bootstrap = bootstrap_path;
+        spec.bootstrap = opened.inline_meta ? extractBootstrap(bootstrap, config_.daemon.cache_dir) : bootstrap_path;
         spec.mountpoint = mountpoint;
         for (uint32_t i = 0; i < image.blobs.size(); ++i) {
             auto& file = dynamic_cast<SparseCacheFile&>(image.blobs[i]->cache().file());

@@ -4,6 +4,7 @@
 #include "daemon/backends/Backend.h"
 
 #include <filesystem>
+#include <memory>
 
 namespace rafsd {
 
@@ -17,6 +18,22 @@ public:
 private:
     std::filesystem::path pathOf(const std::string& blob_id) const;
     std::filesystem::path dir_;
+};
+
+// One blob read from a given file, every other blob from `inner`: a Nydus blob with an inline
+// bootstrap is named on the command line by its file, whose name (the sha256 of the whole file)
+// differs from the blob id in its own bootstrap's blob table.
+class BlobFileBackend : public Backend {
+public:
+    BlobFileBackend(std::shared_ptr<Backend> inner, std::string blob_id, std::filesystem::path file);
+    void read(const std::string& blob_id, uint64_t offset, std::span<uint8_t> out) override;
+    uint64_t size(const std::string& blob_id) override;
+    std::string describe() const override;
+
+private:
+    std::shared_ptr<Backend> inner_;
+    std::string blob_id_;
+    std::filesystem::path file_;
 };
 
 }  // namespace rafsd

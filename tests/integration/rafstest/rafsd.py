@@ -115,3 +115,201 @@ def fetched_bytes(log_text):
         if ': fetched ' in line:
             total += int(line.split(': fetched ')[1].split()[0])
     return total
+
+
+# ------------------------------------------------------------------ small trees and image facts
+
+def make_small_tree(root, files, seed=1):
+    """Creates `files` ([(relpath, size)]) under root with seeded random (incompressible) bytes;
+    returns {relpath: bytes}."""
+    import random
+    rnd = random.Random(seed)
+    out = {}
+    for rel, size in files:
+        p = os.path.join(root, rel)
+        os.makedirs(os.path.dirname(p), exist_ok=True)
+        data = rnd.randbytes(size)
+        with open(p, 'wb') as f:
+            f.write(data)
+        out[rel] = data
+    return out
+
+
+EXT_SB_OFFSET = 1152
+CHUNK_INFO_SIZE = 80
+
+
+def bootstrap_flags(boot):
+    """The RAFS extended superblock's s_flags of bootstrap bytes."""
+    import struct
+    return struct.unpack_from('<Q', boot, EXT_SB_OFFSET)[0]
+
+
+def chunk_table(boot):
+    """The chunk info table of bootstrap bytes (rafs-v6.md 2.8), read independently of mkrafs:
+    {(blob_index, ci): {'digest', 'compressed_offset', 'compressed_size', 'uncompressed_offset',
+    'uncompressed_size'}}."""
+    import struct
+    off, size = struct.unpack_from('<QQ', boot, EXT_SB_OFFSET + 24)
+    table = {}
+    for pos in range(off, off + size, CHUNK_INFO_SIZE):
+        digest = boot[pos:pos + 32]
+        blob, _flags, csize, usize, coff, uoff, _foff, ci = struct.unpack_from('<IIIIQQQI', boot, pos + 32)
+        table[(blob, ci)] = {'digest': digest.hex(), 'compressed_offset': coff, 'compressed_size': csize,
+                             'uncompressed_offset': uoff, 'uncompressed_size': usize}
+    return table
+
+
+def inline_bootstrap(blob_path):
+    """The bootstrap inside a Nydus blob with an inline bootstrap: peels the 'reverse tar' sections
+    from the end (rafs-v6.md 3.4) and decompresses 'image.boot' with the zstd tool."""
+    with open(blob_path, 'rb') as f:
+        data = f.read()
+    end = len(data)
+    while end >= 512:
+        hdr = data[end - 512:end]
+        name = hdr[:100].split(b'\0', 1)[0].decode()
+        size = int(hdr[124:136].split(b'\0', 1)[0].strip() or b'0', 8)
+        content = data[end - 512 - size:end - 512]
+        if name == 'image.boot':
+            if content[:4] == b'\x28\xb5\x2f\xfd':
+                r = subprocess.run(['zstd', '-dc'], input=content, capture_output=True, check=True)
+                return r.stdout
+            return content
+        end -= 512 + size
+    raise ValueError('%s: no image.boot section' % blob_path)
+
+
+def inspect_chunks(mkrafs, bootstrap, blob_dir):
+    """`mkrafs inspect -v`: {'/path': (size, [(file_offset, blob_index, ci, uncompressed_offset, size)])}
+    for the regular files."""
+    import re
+    r = subprocess.run([mkrafs, 'inspect', '-v', bootstrap, '--blob-dir', blob_dir], capture_output=True)
+    if r.returncode != 0:
+        raise RuntimeError('mkrafs inspect failed: ' + r.stdout.decode() + r.stderr.decode())
+    files = {}
+    current = None
+    for line in r.stdout.decode('utf-8', 'replace').splitlines():
+        m = re.match(r'^-\S+ \S+ +(\d+) \S+ nid \d+ nlink \d+ (/.*)$', line)
+        if m:
+            current = m.group(2)
+            files[current] = (int(m.group(1)), [])
+            continue
+        m = re.match(r'^ +chunk at (\d+): blob (\d+) ci (\d+) uncompressed 0x([0-9a-f]+)\+(\d+)', line)
+        if m and current is not None:
+            files[current][1].append((int(m.group(1)), int(m.group(2)), int(m.group(3)),
+                                      int(m.group(4), 16), int(m.group(5))))
+        elif not line.startswith(' '):
+            current = None
+    return files
+
+
+def blake3_hex(data):
+    r = subprocess.run(['b3sum', '--no-names'], input=data, capture_output=True, check=True)
+    return r.stdout.decode().split()[0]
+
+
+def data_in_range(path, begin, end):
+    """True if the file has any data (not a hole) in [begin, end)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        try:
+            pos = os.lseek(fd, begin, os.SEEK_DATA)
+        except OSError:
+            return False  # ENXIO: no data at or after begin
+        return pos < end
+    finally:
+        os.close(fd)
+
+
+def drop_file_cache(path):
+    """Drops the page cache of one file (e.g. on the EROFS mount) so its next read goes to the kernel
+    again."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+# ------------------------------------------------------------------ rafsd serve and rafsctl
+
+def rafsctl(rafsctl_bin, socket_path, *args, timeout=60):
+    cmd = [rafsctl_bin, '--socket', socket_path] + [str(a) for a in args]
+    log('$ ' + ' '.join(cmd))
+    try:
+        return subprocess.run(cmd, capture_output=True, timeout=timeout)
+    except subprocess.TimeoutExpired as e:
+        return subprocess.CompletedProcess(cmd, None, e.stdout or b'', e.stderr or b'')
+
+
+def rafsctl_status(rafsctl_bin, socket_path, mountpoint=None):
+    """rafsctl status --json, parsed; None if it failed."""
+    import json
+    args = ['status', '--json'] + ([mountpoint] if mountpoint else [])
+    r = rafsctl(rafsctl_bin, socket_path, *args)
+    if r.returncode != 0:
+        log('rafsctl status failed: ' + (r.stderr or b'').decode())
+        return None
+    return json.loads(r.stdout)
+
+
+class RafsdServe:
+    """`rafsd serve --config F` in the background; started when the control socket answers."""
+
+    def __init__(self, rafsd, config, socket_path, log_path, extra=()):
+        self.cmd = [rafsd, 'serve', '--config', config] + list(extra)
+        self.socket = socket_path
+        self.log_path = log_path
+        self.proc = None
+
+    def start(self, timeout=30):
+        log('$ ' + ' '.join(self.cmd) + ' &')
+        self.log_file = open(self.log_path, 'wb')
+        self.proc = subprocess.Popen(self.cmd, stdout=self.log_file, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                return False
+            if os.path.exists(self.socket):
+                import socket as sk
+                s = sk.socket(sk.AF_UNIX, sk.SOCK_STREAM)
+                try:
+                    s.connect(self.socket)
+                    return True
+                except OSError:
+                    pass
+                finally:
+                    s.close()
+            time.sleep(0.05)
+        return False
+
+    def stop(self, sig=signal.SIGTERM, timeout=60):
+        """Signals rafsd and waits; its exit code, or None if it had to be killed."""
+        if self.proc is None:
+            return None
+        code = None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                code = self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        else:
+            code = self.proc.returncode
+        self.proc = None
+        self.log_file.close()
+        return code
+
+    def log_text(self):
+        with open(self.log_path, 'rb') as f:
+            return f.read().decode('utf-8', 'backslashreplace')
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.proc is not None:
+            self.stop()
+        return False
