@@ -8,6 +8,7 @@
 #include "daemon/engines/fscache/FscacheSupervisor.h"
 
 #include <CLI/CLI.hpp>
+#include <sys/socket.h>
 #include <systemd/sd-daemon.h>
 
 #include <chrono>
@@ -79,6 +80,44 @@ int fscacheWorker(const Config& config, const MountRequest& request, std::chrono
     return 0;
 }
 
+// The listening control socket systemd passed (socket activation), or -1. Looked up before the
+// supervisor forks: LISTEN_PID names the supervisor, so the worker would not see it.
+int activatedControlSocket() {
+    const int count = sd_listen_fds(0);
+    if (count < 0) rafs::failErrno("sd_listen_fds", -count);
+    for (int fd = SD_LISTEN_FDS_START; fd < SD_LISTEN_FDS_START + count; ++fd) {
+        const int is_unix = sd_is_socket_unix(fd, SOCK_STREAM, 1, nullptr, 0);
+        if (is_unix < 0) rafs::failErrno(fmt::format("fd {} from systemd", fd), -is_unix);
+        if (is_unix > 0) return fd;
+    }
+    return -1;
+}
+
+// `rafsd serve` with the fscache engine: the worker body that superviseFscache() forks. The table
+// of fscache mounts in the state dir tells a worker that takes over a device (after a worker died,
+// or rafsd was restarted with the fd from systemd's store) which mounts to reattach.
+int serveWorker(const Config& config, std::chrono::milliseconds fetch_delay, const sigset_t& stop_signals,
+                int control_socket, FscacheDevice device, bool restored, const std::function<void()>& ready) {
+    ImageService service(config);
+    service.setFetchDelay(fetch_delay);
+    service.keepFscacheTable(config.daemon.state_dir / "fscache-mounts.json");
+    service.useFscacheDevice(std::move(device), restored);
+    // Before start: the cookies must be known before `restore` makes the kernel resend the OPENs.
+    service.recoverFscacheMounts();
+    service.startFscache();
+    // Each worker has its own copy of an activated socket (fork): adopting it leaves the
+    // supervisor's for the next worker.
+    ControlServer server = control_socket >= 0 ? ControlServer::adopt(control_socket, service)
+                                               : ControlServer::bind(config.daemon.socket, service);
+    log::info("serving on {}", config.daemon.socket.string());
+    ready();
+    const int sig = waitForStopSignal(stop_signals);
+    log::info("{}: stopping", sig == SIGINT ? "SIGINT" : "SIGTERM");
+    server.stop();
+    service.shutdown();
+    return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -102,6 +141,8 @@ int main(int argc, char** argv) {
 
     auto* s = app.add_subcommand("serve", "run as a service with a control socket (see rafsctl)");
     auto* s_config = s->add_option("--config", config_path, "config file (default /etc/rafsd/config.toml if present)");
+    s->add_option("--test-fetch-delay", fetch_delay_ms,
+                  "for tests: delay every backend read by this many milliseconds");
 
     try {
         app.parse(argc, argv);
@@ -158,7 +199,36 @@ int main(int argc, char** argv) {
             service.shutdown();
             return 0;
         }
+        const std::chrono::milliseconds fetch_delay(fetch_delay_ms);
+        // With fscache as the configured engine, the device is bound at start and supervised, as
+        // for `rafsd mount`: fscache mounts then survive the death of a worker or, through
+        // systemd's fd store, of the whole service. Otherwise fscache mounts requested explicitly
+        // bind the device on first use, without failover.
+        bool supervise = false;
+        try {
+            supervise = ImageService::resolveEngine(config.daemon.engine) == EngineKind::Fscache;
+        } catch (const std::exception&) {
+            if (config.daemon.engine == EngineKind::Fscache) throw;
+        }
+        if (supervise) {
+            // Still single-threaded: the supervisor forks the worker, which starts the threads.
+            const int control_socket = activatedControlSocket();
+            std::optional<SupervisedDevice> device;
+            try {
+                device.emplace(acquireFscacheDevice(config.daemon.cache_dir / "fscache", "rafsd"));
+            } catch (const std::exception& e) {
+                if (config.daemon.engine != EngineKind::Auto) throw;
+                log::info("fscache engine unusable ({}); serving without it", e.what());
+            }
+            if (device) {
+                return superviseFscache(std::move(*device), [&](FscacheDevice d, bool restored, const auto& ready) {
+                    return serveWorker(config, fetch_delay, stop_signals, control_socket, std::move(d), restored,
+                                       ready);
+                });
+            }
+        }
         ImageService service(config);
+        service.setFetchDelay(fetch_delay);
         ControlServer server = ControlServer::fromSystemdOrPath(config.daemon.socket, service);
         log::info("serving on {}", config.daemon.socket.string());
         sd_notify(0, "READY=1");

@@ -264,6 +264,7 @@ nlohmann::json ImageService::mountOrReattach(const MountRequest& request, bool r
     image.bootstrap = bootstrap_path;
     image.mountpoint = mountpoint;
     image.engine = engine;
+    if (request.blob_dir) image.blob_dir = fs::absolute(*request.blob_dir);
     std::string fscache_volume;
     if (engine == EngineKind::Fscache) {
         image.fsid = request.fsid.value_or(defaultFsid(bootstrap));
@@ -321,12 +322,76 @@ void ImageService::mountFscache(Image& image, const rafs::Bootstrap& bootstrap, 
             engine.reattach(spec);
         } else {
             engine.start(fscache_restore_);
-            engine.mount(spec);
+            // Listed before mount(2): a daemon dying during the mount leaves an entry the next one
+            // finds unmounted and forgets, never a mount it does not know about.
+            saveFscacheTable(&image);
+            try {
+                engine.mount(spec);
+            } catch (...) {
+                saveFscacheTableOrLog();
+                throw;
+            }
         }
     } catch (...) {
         fetcher_->removeImage(image.index);
         throw;
     }
+}
+
+void ImageService::saveFscacheTable(const Image* adding) {
+    if (fscache_table_.empty()) return;
+    std::vector<FscacheMountRecord> records;
+    auto add = [&records](const Image& i) {
+        if (i.engine == EngineKind::Fscache) records.push_back({i.bootstrap, i.mountpoint, i.fsid, i.domain_id, i.blob_dir});
+    };
+    for (const Image& i : images_) add(i);
+    if (adding != nullptr) add(*adding);
+    saveFscacheMounts(fscache_table_, records);
+}
+
+void ImageService::saveFscacheTableOrLog() {
+    try {
+        saveFscacheTable(nullptr);
+    } catch (const std::exception& e) {
+        log::error("{}; a restarted rafsd will not know the current fscache mounts", e.what());
+    }
+}
+
+void ImageService::recoverFscacheMounts() {
+    if (fscache_table_.empty()) return;
+    std::vector<FscacheMountRecord> records;
+    try {
+        records = loadFscacheMounts(fscache_table_);
+    } catch (const std::exception& e) {
+        // Refusing to start would not save those mounts either; new ones can still be served.
+        log::error("{}; the mounts it lists cannot be taken over", e.what());
+    }
+    for (const FscacheMountRecord& r : records) {
+        try {
+            if (!hasErofsMount(r.mountpoint)) {
+                log::info("{}: listed in {} but no longer mounted; forgotten", r.mountpoint.string(),
+                          fscache_table_.string());
+                continue;
+            }
+            if (!fscache_restore_) {
+                log::warn("{}: left mounted by a rafsd whose {} is gone, so its reads fail; unmount it",
+                          r.mountpoint.string(), FscacheDevice::kPath);
+                continue;
+            }
+            MountRequest request;
+            request.bootstrap = r.bootstrap;
+            request.mountpoint = r.mountpoint;
+            request.blob_dir = r.blob_dir;
+            request.engine = EngineKind::Fscache;
+            request.fsid = r.fsid;
+            if (!r.domain_id.empty()) request.domain_id = r.domain_id;
+            reattach(request);
+        } catch (const std::exception& e) {
+            log::error("{}: cannot take it over: {}", r.mountpoint.string(), e.what());
+        }
+    }
+    std::lock_guard lock(mutex_);
+    saveFscacheTable(nullptr);
 }
 
 nlohmann::json ImageService::umount(const UmountRequest& request) {
@@ -343,7 +408,9 @@ nlohmann::json ImageService::umount(const UmountRequest& request) {
     fetcher_->removeImage(it->index);
     for (auto& blob : it->blobs) blob->cache().flush();
     log::info("unmounted {}", mountpoint.string());
+    const bool fscache = it->engine == EngineKind::Fscache;
     images_.erase(it);
+    if (fscache) saveFscacheTableOrLog();
     return nlohmann::json::object();
 }
 
@@ -422,6 +489,7 @@ void ImageService::shutdown() {
         }
     }
     images_.clear();
+    saveFscacheTableOrLog();  // stop() unmounted every fscache image
 }
 
 }  // namespace rafsd

@@ -6,6 +6,7 @@
 #include "builder/format/Bootstrap.h"
 #include "daemon/api/Config.h"
 #include "daemon/api/ControlServer.h"
+#include "daemon/api/FscacheMountTable.h"
 #include "daemon/core/ChunkFetcher.h"
 #include "daemon/core/Prefetcher.h"
 #include "daemon/engines/fanotify/FanotifyEngine.h"
@@ -15,6 +16,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -44,6 +46,13 @@ public:
     // cookies, no mount(2). Needs useFscacheDevice() first.
     nlohmann::json reattach(const MountRequest& request);
     void startFscache();
+    // rafsd serve's failover: keeps the table of fscache mounts at `table` (FscacheMountTable.h),
+    // rewritten before each fscache mount(2) and after each unmount. Call before any mount.
+    void keepFscacheTable(std::filesystem::path table) { fscache_table_ = std::move(table); }
+    // After useFscacheDevice(), before startFscache(): the mounts of the table. On a device a
+    // previous daemon died on, every one still mounted is reattached; on a new device they are dead
+    // (their cache died with the daemon that made them), so they are reported and forgotten.
+    void recoverFscacheMounts();
     // True if `dir` is the root of an EROFS mount (e.g. one a dead daemon left behind).
     static bool hasErofsMount(const std::filesystem::path& dir);
 
@@ -59,6 +68,7 @@ private:
         std::vector<std::shared_ptr<CachedBlob>> blobs;
         std::string fsid;       // fscache only
         std::string domain_id;  // fscache only; may be empty
+        std::optional<std::filesystem::path> blob_dir;  // as requested; for the fscache table
     };
 
     std::shared_ptr<Backend> backendFor(const MountRequest& request) const;
@@ -75,6 +85,10 @@ private:
     nlohmann::json mountOrReattach(const MountRequest& request, bool reattach);
     void mountFscache(Image& image, const rafs::Bootstrap& bootstrap, bool reattach);
     nlohmann::json blobStatus(const CachedBlob& blob) const;
+    // Rewrites the fscache table (if kept) from images_, plus `adding` (about to be mounted).
+    void saveFscacheTable(const Image* adding);
+    // After a mount or unmount already happened: a failure only costs the failover, so it is logged.
+    void saveFscacheTableOrLog();
 
     Config config_;
     std::mutex mutex_;  // one mount or umount at a time; guards the tables below
@@ -86,6 +100,7 @@ private:
     std::vector<Image> images_;
     bool shut_down_ = false;
     bool fscache_restore_ = false;  // the adopted device had a daemon die on it
+    std::filesystem::path fscache_table_;  // empty: not kept
     std::chrono::milliseconds fetch_delay_{0};
 };
 

@@ -304,7 +304,7 @@ class Guest:
         path = f'/tmp/{name}.toml'
         with open(path, 'w') as f:
             f.write(f'[daemon]\nengine = "fscache"\ncache_dir = "{cache}"\nsocket = "/tmp/{name}.sock"\n'
-                    '[prefetch]\nenable = false\n')
+                    f'state_dir = "/tmp/{name}-state"\n[prefetch]\nenable = false\n')
         return path
 
     def mnt(self, name):
@@ -552,36 +552,55 @@ class Guest:
         self.expect_clean_stop(d, mnt)
         return f'worker {worker} killed, {new_worker} completed the read'
 
-    def case_fd_store(self):
-        """systemd's fd store: rafsd stores the device fd; the whole rafsd is killed while a reader
-        waits on a miss; a new rafsd gets the fd through LISTEN_FDS, reattaches, serves the reader."""
-        mnt, cache = self.mnt('fdstore'), f'{self.cache_root}/fdstore'
+    def notified(self, argv, notify):
+        """rafsd started as systemd starts a Type=notify service (NOTIFY_SOCKET = `notify`); returns it and
+        the fd it put in the fd store (FDSTORE=1, FDNAME=cachefiles) once it said READY=1."""
+        os.environ['NOTIFY_SOCKET'] = notify.getsockname()
+        try:
+            d = Rafsd(self, argv)
+        finally:
+            del os.environ['NOTIFY_SOCKET']
+        self.daemons.append(d)
+        messages, stored = [], None
+        while 'READY=1' not in messages:
+            data, ancillary, _, _ = notify.recvmsg(4096, 1024)
+            messages += data.decode().split('\n')
+            for level, kind, payload in ancillary:
+                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                    check(stored is None and 'FDSTORE=1' in messages and 'FDNAME=cachefiles' in messages,
+                          f'unexpected fds with {messages}')
+                    (stored,) = struct.unpack('i', payload[:4])
+        check(stored is not None, f'no fd stored; messages {messages}')
+        return d, stored
+
+    def restarted(self, argv, stored):
+        """rafsd restarted as systemd restarts the service: the stored fd at 3, LISTEN_PID = the new process."""
+        script = f'exec 3>&{stored} {stored}>&-; LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES=cachefiles exec "$@"'
+        d = Rafsd(self, [], argv0=['/bin/bash', '-c', script, 'rafsd', self.rafsd] + argv, pass_fds=(stored,))
+        self.daemons.append(d)
+        return d
+
+    @staticmethod
+    def notify_socket():
         notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         notify.bind('/tmp/notify.sock')
         notify.settimeout(120)
         notify.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)  # as systemd: sd_notify sends creds
+        return notify
+
+    def case_fd_store(self):
+        """systemd's fd store: rafsd stores the device fd; the whole rafsd is killed while a reader
+        waits on a miss; a new rafsd gets the fd through LISTEN_FDS, reattaches, serves the reader."""
+        mnt, cache = self.mnt('fdstore'), f'{self.cache_root}/fdstore'
+        notify = self.notify_socket()
         stored = None
         try:
             b, blobs = self.image('img1')
             cfg = self.config('fdstore', cache)
             argv = ['mount', '--config', cfg, '--engine', 'fscache', '--blob-dir', blobs,
                     '--test-fetch-delay', '4000', b, mnt]
-            os.environ['NOTIFY_SOCKET'] = '/tmp/notify.sock'
-            try:
-                d = Rafsd(self, argv, wait_mount=mnt)
-            finally:
-                del os.environ['NOTIFY_SOCKET']
-            self.daemons.append(d)
-            messages = []
-            while 'READY=1' not in messages:
-                data, ancillary, _, _ = notify.recvmsg(4096, 1024)
-                messages += data.decode().split('\n')
-                for level, kind, payload in ancillary:
-                    if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                        check(stored is None and 'FDSTORE=1' in messages and 'FDNAME=cachefiles' in messages,
-                              f'unexpected fds with {messages}')
-                        (stored,) = struct.unpack('i', payload[:4])
-            check(stored is not None, f'no fd stored; messages {messages}')
+            d, stored = self.notified(argv, notify)
+            check(is_mount(mnt), f'{mnt} not mounted at READY=1')
             rel = 'files/random-3145851'
             t, result = self.start_reader(f'{mnt}/{rel}')
             time.sleep(1.5)
@@ -589,10 +608,7 @@ class Guest:
             d.kill()
             time.sleep(0.5)
             check(t.is_alive(), f'the reader did not survive the daemon (the stored fd must keep the cache): {result}')
-            # As systemd restarts the service: the stored fd at 3, LISTEN_PID = the new process.
-            script = f'exec 3>&{stored} {stored}>&-; LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES=cachefiles exec "$@"'
-            new = Rafsd(self, [], argv0=['/bin/bash', '-c', script, 'rafsd', self.rafsd] + argv, pass_fds=(stored,))
-            self.daemons.append(new)
+            new = self.restarted(argv, stored)
             t.join(180)
             check(not t.is_alive(), f'the reader still waits 180 s after the restart:\n{new.text()}')
             check(result.get('sha256') == self.meta['img1']['manifest'][rel]['sha256'], f'reader got {result}')
@@ -601,6 +617,72 @@ class Guest:
             stored = None
             self.expect_clean_stop(new, mnt)
             return 'the restarted rafsd took the stored fd and completed the read'
+        finally:
+            if stored is not None:
+                os.close(stored)
+            notify.close()
+            os.unlink('/tmp/notify.sock')
+
+    def case_serve_failover(self):
+        """rafsd serve as a systemd service: rafsctl mounts an image, a reader waits on a slow miss, the
+        whole rafsd is killed; the restarted one gets the device from the fd store, reattaches the mount
+        listed in its state dir and serves the reader. Then its worker is killed: its supervisor's next
+        worker does the same."""
+        name = 'serve-failover'
+        mnt, cache = self.mnt(name), f'{self.cache_root}/{name}'
+        cfg, sock, table = self.config(name, cache), f'/tmp/{name}.sock', f'/tmp/{name}-state/fscache-mounts.json'
+        argv = ['serve', '--config', cfg, '--test-fetch-delay', '4000']
+        manifest = self.meta['img1']['manifest']
+
+        def ctl(*args):
+            return subprocess.run([self.rafsctl, '--socket', sock, *args], stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, timeout=300)
+
+        def listed(d):
+            """`rafsctl list` once the restarted rafsd listens (the old socket file lingers until then)."""
+            d.wait_for(lambda: ctl('list').returncode == 0, 'the control socket')
+            out = ctl('list').stdout.decode(errors='replace')
+            check(mnt in out and 'fscache' in out, f'rafsctl list:\n{out}')
+
+        def slow_read(rel, kill):
+            t, result = self.start_reader(f'{mnt}/{rel}')
+            time.sleep(1.5)
+            check(t.is_alive(), f'{rel}: the reader did not wait for the slow miss: {result}')
+            kill()
+            t.join(180)
+            check(not t.is_alive(), f'{rel}: the reader still waits 180 s after the kill')
+            check(result.get('sha256') == manifest[rel]['sha256'], f'{rel}: reader got {result}')
+
+        notify = self.notify_socket()
+        stored = None
+        try:
+            d, stored = self.notified(argv, notify)
+            b, blobs = self.image('img1')
+            r = ctl('mount', '--engine', 'fscache', '--blob-dir', blobs, b, mnt)
+            check(r.returncode == 0, f'rafsctl mount: {r.stdout!r}\n{d.text()}')
+            with open(table) as f:
+                check([m['mountpoint'] for m in json.load(f)['mounts']] == [mnt], f'{table} lacks {mnt}')
+
+            instances = []
+
+            def kill_all():
+                d.kill()
+                time.sleep(0.5)
+                instances.append(self.restarted(argv, stored))
+            slow_read('files/random-3145851', kill_all)
+            new = instances[0]
+            check("taken from systemd's fd store" in new.text() and 'reattached' in new.text(), new.text())
+            listed(new)
+            worker = self.worker_of(new)
+            slow_read('files/random-2101248', lambda: os.kill(worker, signal.SIGKILL))
+            check('failover' in new.text() and self.worker_of(new) != worker, f'no new worker:\n{new.text()}')
+            listed(new)
+            os.close(stored)
+            stored = None
+            self.expect_clean_stop(new, mnt)
+            with open(table) as f:
+                check(json.load(f)['mounts'] == [], f'{table} still lists mounts after a clean stop')
+            return 'the restarted rafsd serve, then its next worker, reattached the mount and served the readers'
         finally:
             if stored is not None:
                 os.close(stored)
@@ -634,7 +716,7 @@ class Guest:
 
 
 CASES = ['tree', 'remount_cached', 'stale_state', 'nydus', 'unknown_cookie', 'missing_blob', 'device_errors',
-         'corrupt_blob', 'shared_domain', 'failover', 'fd_store', 'kill_no_failover']
+         'corrupt_blob', 'shared_domain', 'failover', 'fd_store', 'serve_failover', 'kill_no_failover']
 
 
 def guest_main(args):

@@ -6,6 +6,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/signalfd.h>
 #include <sys/wait.h>
 #include <systemd/sd-daemon.h>
@@ -29,10 +30,11 @@ constexpr const char* kStoreName = "cachefiles";
 constexpr size_t kMaxRestarts = 10;
 constexpr auto kRestartWindow = std::chrono::seconds(60);
 
-// The device fd systemd kept for a previous instance of this service, or -1.
+// The device fd systemd kept for a previous instance of this service, or -1. The environment stays
+// set: `rafsd serve` also looks for an activated control socket among the passed fds.
 int fdFromStore() {
     char** names = nullptr;
-    const int n = sd_listen_fds_with_names(1, &names);
+    const int n = sd_listen_fds_with_names(0, &names);
     if (n < 0) {
         log::warn("LISTEN_FDS from systemd unusable: {}", std::strerror(-n));
         return -1;
@@ -58,6 +60,7 @@ void closeOrWarn(int fd, std::string_view what) {
 pid_t forkWorker(int device_fd, int signal_fd, bool restored, const FscacheWorker& worker, int& ready_fd) {
     int pipe_fds[2];
     if (::pipe2(pipe_fds, O_CLOEXEC) != 0) failErrno("pipe2");
+    const pid_t supervisor = ::getpid();
     const pid_t pid = ::fork();
     if (pid < 0) failErrno("fork");
     if (pid > 0) {
@@ -67,6 +70,10 @@ pid_t forkWorker(int device_fd, int signal_fd, bool restored, const FscacheWorke
     }
     int status = 1;
     try {
+        // A worker must not outlive its supervisor: under systemd (KillMode=process) the restarted
+        // service takes the device over from the fd store, and two daemons must never serve it.
+        if (::prctl(PR_SET_PDEATHSIG, SIGKILL) != 0) failErrno("prctl PR_SET_PDEATHSIG");
+        if (::getppid() != supervisor) std::exit(1);  // it died before prctl
         closeOrWarn(pipe_fds[0], "worker ready pipe");
         closeOrWarn(signal_fd, "signalfd");
         sigset_t chld;

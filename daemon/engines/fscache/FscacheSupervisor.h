@@ -7,7 +7,9 @@
 //
 // Under systemd (NOTIFY_SOCKET set), the supervisor also hands the bound fd to the service's fd
 // store (FDSTORE=1, FDNAME=cachefiles; needs FileDescriptorStoreMax= in the unit), so that a
-// restart of the whole service finds it in LISTEN_FDS and fails over the same way.
+// restart of the whole service finds it in LISTEN_FDS and fails over the same way. A worker dies
+// with its supervisor (PR_SET_PDEATHSIG), so it never serves the device next to a restarted rafsd.
+// `rafsd mount` and `rafsd serve` (with fscache as its configured engine) both run this way.
 #pragma once
 
 #include "daemon/engines/fscache/FscacheDevice.h"

@@ -1,0 +1,111 @@
+#include "daemon/api/FscacheMountTable.h"
+
+#include "builder/format/Error.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <nlohmann/json.hpp>
+
+namespace rafsd {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+constexpr int kVersion = 1;
+
+class FileDescriptor {
+public:
+    explicit FileDescriptor(int fd) : fd_(fd) {}
+    FileDescriptor(const FileDescriptor&) = delete;
+    FileDescriptor& operator=(const FileDescriptor&) = delete;
+    ~FileDescriptor() {
+        if (fd_ >= 0) ::close(fd_);  // only on error paths: close() below reports its result
+    }
+    int get() const { return fd_; }
+    void close(const std::string& what) {
+        const int fd = fd_;
+        fd_ = -1;
+        if (::close(fd) != 0) rafs::failErrno("close " + what);
+    }
+
+private:
+    int fd_;
+};
+
+}  // namespace
+
+void saveFscacheMounts(const fs::path& path, const std::vector<FscacheMountRecord>& mounts) {
+    nlohmann::json list = nlohmann::json::array();
+    for (const FscacheMountRecord& m : mounts) {
+        nlohmann::json j = {{"bootstrap", m.bootstrap.string()},
+                            {"mountpoint", m.mountpoint.string()},
+                            {"fsid", m.fsid},
+                            {"domain_id", m.domain_id}};
+        if (m.blob_dir) j["blob_dir"] = m.blob_dir->string();
+        list.push_back(std::move(j));
+    }
+    const std::string text = nlohmann::json{{"version", kVersion}, {"mounts", list}}.dump(2) + "\n";
+
+    const fs::path dir = path.parent_path();
+    std::error_code ec;
+    fs::create_directories(dir, ec);
+    if (ec) rafs::fail("cannot create {}: {}", dir.string(), ec.message());
+    const fs::path temp = fs::path(path).concat(".tmp");
+    FileDescriptor file(::open(temp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
+    if (file.get() < 0) rafs::failErrno("create " + temp.string());
+    for (size_t done = 0; done < text.size();) {
+        const ssize_t n = ::write(file.get(), text.data() + done, text.size() - done);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) rafs::failErrno("write " + temp.string(), n < 0 ? errno : EIO);
+        done += static_cast<size_t>(n);
+    }
+    if (::fsync(file.get()) != 0) rafs::failErrno("fsync " + temp.string());
+    file.close(temp.string());
+    if (::rename(temp.c_str(), path.c_str()) != 0) rafs::failErrno("rename " + temp.string() + " to " + path.string());
+    FileDescriptor parent(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+    if (parent.get() < 0) rafs::failErrno("open " + dir.string());
+    if (::fsync(parent.get()) != 0) rafs::failErrno("fsync " + dir.string());
+    parent.close(dir.string());
+}
+
+std::vector<FscacheMountRecord> loadFscacheMounts(const fs::path& path) {
+    FileDescriptor file(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+    if (file.get() < 0) {
+        if (errno == ENOENT) return {};
+        rafs::failErrno("open " + path.string());
+    }
+    std::string text;
+    char buffer[8192];
+    for (;;) {
+        const ssize_t n = ::read(file.get(), buffer, sizeof buffer);
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) rafs::failErrno("read " + path.string());
+        if (n == 0) break;
+        text.append(buffer, static_cast<size_t>(n));
+    }
+    file.close(path.string());
+    std::vector<FscacheMountRecord> mounts;
+    try {
+        const nlohmann::json j = nlohmann::json::parse(text);
+        if (j.at("version").get<int>() != kVersion) {
+            rafs::fail("{}: table version {}, this rafsd reads {}", path.string(), j.at("version").dump(), kVersion);
+        }
+        for (const nlohmann::json& m : j.at("mounts")) {
+            FscacheMountRecord r;
+            r.bootstrap = m.at("bootstrap").get<std::string>();
+            r.mountpoint = m.at("mountpoint").get<std::string>();
+            r.fsid = m.at("fsid").get<std::string>();
+            r.domain_id = m.at("domain_id").get<std::string>();
+            if (m.contains("blob_dir")) r.blob_dir = m.at("blob_dir").get<std::string>();
+            mounts.push_back(std::move(r));
+        }
+    } catch (const nlohmann::json::exception& e) {
+        rafs::fail("{}: not a table of fscache mounts: {}", path.string(), e.what());
+    }
+    return mounts;
+}
+
+}  // namespace rafsd
