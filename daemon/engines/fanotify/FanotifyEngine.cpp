@@ -9,6 +9,7 @@
 #include <poll.h>
 #include <sys/eventfd.h>
 #include <sys/fanotify.h>
+#include <sys/inotify.h>
 #include <sys/mount.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
@@ -21,6 +22,7 @@
 #include <fstream>
 #include <future>
 #include <optional>
+#include <set>
 #include <string>
 #include <unordered_map>
 
@@ -572,7 +574,7 @@ void FanotifyEngine::stop(std::chrono::milliseconds grace) {
         mounts.swap(mounts_);
     }
     for (const MountEntry& entry : mounts) {
-        unmountForStop(entry.mountpoint, grace);
+        unmountForStop(entry, grace);
         std::lock_guard lock(mutex_);
         release(entry.image, entry.files);
     }
@@ -585,27 +587,68 @@ void FanotifyEngine::stop(std::chrono::milliseconds grace) {
     teardown();
 }
 
-// Readers that were just denied may still hold files open for a moment: retry until `grace`,
-// then detach, since leaving the mount attached would serve zeros to new opens too.
-void FanotifyEngine::unmountForStop(const std::filesystem::path& mountpoint, std::chrono::milliseconds grace) {
+// A busy mount (readers still hold files open, now getting EIO) is detached at once, so nothing new
+// is opened there, and then kept served, denying every event, until its superblock is gone: the
+// group must not close while a file of the mount is open, or its holes would read as zeros. The
+// superblock is gone when the kernel has closed the mount's blob files (inotify IN_CLOSE_NOWRITE
+// on each incomplete one; complete ones have no holes). Gives up after `grace`.
+void FanotifyEngine::unmountForStop(const MountEntry& entry, std::chrono::milliseconds grace) {
+    const std::filesystem::path& mountpoint = entry.mountpoint;
+    if (::umount2(mountpoint.c_str(), UMOUNT_NOFOLLOW) == 0) return;
+    if (errno != EBUSY) {
+        log::error("cannot unmount {}: {}", mountpoint.native(), std::strerror(errno));
+        return;
+    }
+    FdGuard watch(::inotify_init1(IN_CLOEXEC | IN_NONBLOCK));
+    if (watch.get() < 0) log::warn("inotify_init1: {}", std::strerror(errno));
+    std::set<int> open_files;  // watch descriptors of blob files the kernel still has open
+    if (watch.get() >= 0) {
+        std::lock_guard lock(mutex_);
+        for (const auto& [blob, key] : entry.files) {
+            const auto it = files_.find(key);
+            if (it == files_.end()) continue;
+            // Through our fd: the path may have been replaced meanwhile.
+            const std::string path = fmt::format("/proc/self/fd/{}", it->second.fd);
+            const int wd = ::inotify_add_watch(watch.get(), path.c_str(), IN_CLOSE_NOWRITE);
+            if (wd < 0) {
+                log::warn("cannot watch cache file {}: {}", it->second.path.native(), std::strerror(errno));
+            } else {
+                open_files.insert(wd);
+            }
+        }
+    }
+    if (::umount2(mountpoint.c_str(), UMOUNT_NOFOLLOW | MNT_DETACH) != 0) {
+        log::error("cannot detach {}: {}", mountpoint.native(), std::strerror(errno));
+        return;
+    }
+    log::info("{} busy: detached; denying reads of files still open there until they are closed",
+              mountpoint.native());
     const auto deadline = std::chrono::steady_clock::now() + grace;
-    while (::umount2(mountpoint.c_str(), UMOUNT_NOFOLLOW) != 0) {
-        if (errno != EBUSY) {
-            log::error("cannot unmount {}: {}", mountpoint.native(), std::strerror(errno));
-            return;
+    alignas(inotify_event) char buffer[4096];
+    while (!open_files.empty() && watch.get() >= 0) {
+        const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+        if (left.count() <= 0) break;
+        pollfd p{watch.get(), POLLIN, 0};
+        const int ready = ::poll(&p, 1, static_cast<int>(left.count()));
+        if (ready < 0 && errno != EINTR) {
+            log::warn("poll on inotify: {}", std::strerror(errno));
+            break;
         }
-        if (std::chrono::steady_clock::now() < deadline) {
-            std::this_thread::sleep_for(std::chrono::milliseconds(10));
-            continue;
+        for (;;) {
+            const ssize_t n = ::read(watch.get(), buffer, sizeof buffer);
+            if (n <= 0) break;
+            for (ssize_t pos = 0; pos + static_cast<ssize_t>(sizeof(inotify_event)) <= n;) {
+                inotify_event event{};
+                std::memcpy(&event, buffer + pos, sizeof event);
+                if ((event.mask & (IN_CLOSE_NOWRITE | IN_IGNORED)) != 0) open_files.erase(event.wd);
+                pos += static_cast<ssize_t>(sizeof(inotify_event) + event.len);
+            }
         }
-        if (::umount2(mountpoint.c_str(), UMOUNT_NOFOLLOW | MNT_DETACH) != 0) {
-            log::error("cannot detach {}: {}", mountpoint.native(), std::strerror(errno));
-            return;
-        }
-        log::error("{} still in use after {} ms, detached: files still open there read unfetched data "
+    }
+    if (!open_files.empty()) {
+        log::error("{} still in use {} ms after it was detached: files still open there read unfetched data "
                    "as zeros once the fanotify group is closed",
                    mountpoint.native(), grace.count());
-        return;
     }
 }
 

@@ -82,8 +82,8 @@ public:
     void umount(const std::filesystem::path& mountpoint);
 
     // Denies new events, lets pending ranges finish for up to `grace`, denies the rest with EIO,
-    // unmounts every mount (waiting up to `grace` for it to go idle, then detaching it), and
-    // only then closes the group. Never throws; problems are logged.
+    // unmounts every mount (a busy one is detached, and its reads denied until its files are
+    // closed, for up to `grace`), and only then closes the group. Never throws; problems are logged.
     void stop(std::chrono::milliseconds grace = kDefaultGrace);
 
     FanotifyCounters counters() const;
@@ -111,7 +111,7 @@ private:
     void handleEvent(const fanotify::EventMetadata& meta, std::span<const std::byte> info);
     void acquire(const BlobFile& blob, uint32_t image, std::vector<std::pair<uint32_t, FileKey>>& files);
     void release(uint32_t image, const std::vector<std::pair<uint32_t, FileKey>>& files);
-    void unmountForStop(const std::filesystem::path& mountpoint, std::chrono::milliseconds grace);
+    void unmountForStop(const MountEntry& entry, std::chrono::milliseconds grace);
     void teardown();
 
     DataPlane& core_;

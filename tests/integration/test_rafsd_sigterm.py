@@ -1,0 +1,181 @@
+#!/usr/bin/env python3
+"""SIGTERM to rafsd mount while 8 readers are busy on cold data (fanotify engine, prefetch off,
+every backend read delayed so that reads are waiting for fetches when the signal comes):
+
+1. rafsd exits 0, promptly (bounded by a timeout, no hang);
+2. the mount is gone;
+3. no reader ever got wrong bytes: every read either returned the source's bytes or failed with
+   an error (in particular never zeros from a cache-file hole, which is what a fanotify group
+   closed under a live mount gives);
+4. the readers saw both: data before the signal, errors (or the mount gone) after it.
+
+Each reader keeps going after an error, file after file, until opening fails because the mount
+is gone: the harshest reader for a daemon that must not leave holes readable. One more reader
+opens a file before the signal and reads it only a second after: rafsd must keep the (by then
+detached) mount served, answering EIO, until that file is closed, and only then exit.
+"""
+
+import errno
+import os
+import signal
+import sys
+import threading
+import time
+
+from rafstest import harness
+from rafstest.harness import Checker, log
+from rafstest.mkrafs import Mkrafs
+from rafstest.rafsd import RafsdMount, binaries, make_small_tree, write_config
+
+MiB = 1 << 20
+FILES = [('f%02d' % i, 4 * MiB + 1000 * i) for i in range(16)] + [('zz-hold', 4 * MiB)]
+HOLD = 'zz-hold'  # read by the holder only
+HOLD_SECONDS = 1.0
+READERS = 8
+PIECE = 256 * 1024
+FETCH_DELAY_MS = 150
+STOP_TIMEOUT = 30  # rafsd must have exited by then
+READERS_TIMEOUT = 60
+
+
+class Holder(threading.Thread):
+    """Opens HOLD now; HOLD_SECONDS after `signalled` is set, reads a cold range of it, then closes."""
+
+    def __init__(self, mnt, data, signalled):
+        super().__init__(daemon=True)
+        self.fd = os.open(os.path.join(mnt, HOLD), os.O_RDONLY)
+        self.data, self.signalled = data, signalled
+        self.result = None
+
+    def run(self):
+        self.signalled.wait()
+        time.sleep(HOLD_SECONDS)
+        off = 2 * MiB + 8192
+        try:
+            got = os.pread(self.fd, 4096, off)
+            if got == self.data[off:off + len(got)] and got:
+                self.result = 'data'
+            else:
+                self.result = 'zeros' if got == bytes(len(got)) else 'wrong bytes'
+        except OSError as e:
+            self.result = 'error %s' % errno.errorcode.get(e.errno, e.errno)
+        finally:
+            os.close(self.fd)
+
+
+class Reader(threading.Thread):
+    def __init__(self, n, mnt, content, stop):
+        super().__init__(daemon=True)
+        self.n, self.mnt, self.content, self.stop_flag = n, mnt, content, stop
+        self.good = 0
+        self.errors = {}
+        self.wrong = []  # (file, offset, length, how)
+        self.done_reason = None
+
+    def run(self):
+        names = sorted(n for n in self.content if n != HOLD)
+        i = self.n * 2
+        t_end = time.monotonic() + READERS_TIMEOUT
+        while time.monotonic() < t_end:
+            name = names[i % len(names)]
+            i += 1
+            try:
+                fd = os.open(os.path.join(self.mnt, name), os.O_RDONLY)
+            except OSError as e:
+                if self.stop_flag.is_set():
+                    self.done_reason = 'open: %s' % e.strerror
+                    return
+                self.errors[e.errno] = self.errors.get(e.errno, 0) + 1
+                time.sleep(0.01)
+                continue
+            try:
+                data = self.content[name]
+                # Readers start at different offsets so their ranges differ, and all are cold.
+                off = (self.n * 3 * PIECE) % len(data)
+                while off < len(data):
+                    try:
+                        got = os.pread(fd, PIECE, off)
+                    except OSError as e:
+                        self.errors[e.errno] = self.errors.get(e.errno, 0) + 1
+                        break
+                    if not got:
+                        self.wrong.append((name, off, 0, 'end of file before the end'))
+                        break
+                    # A short read is fine, if what it returned is right.
+                    want = data[off:off + len(got)]
+                    if got == want:
+                        self.good += 1
+                    elif got == bytes(len(got)):
+                        self.wrong.append((name, off, len(got), 'zeros'))
+                    else:
+                        self.wrong.append((name, off, len(got), 'differs'))
+                    off += len(got)
+            finally:
+                os.close(fd)
+        self.done_reason = 'timeout'
+
+
+def main():
+    args = harness.parse_args(__doc__)
+    harness.require_root_and_erofs()
+    mk = Mkrafs(harness.check_mkrafs(args.mkrafs))
+    rafsd, _ = binaries()
+    ck = Checker('rafsd_sigterm')
+    with harness.temp_dir('rafsd-sigterm-', keep=args.keep) as tmp:
+        src, out, mnt = (os.path.join(tmp, n) for n in ('src', 'out', 'mnt'))
+        os.makedirs(mnt)
+        content = make_small_tree(src, FILES, seed=3)
+        if not ck.cmd_ok(mk.build(out, [src]), 'mkrafs build'):
+            return ck.finish()
+        config = write_config(os.path.join(tmp, 'config.toml'), prefetch={'enable': False},
+                              fetch={'amplify': 0})
+        m = RafsdMount(rafsd, os.path.join(out, 'image.boot'), mnt, blob_dir=os.path.join(out, 'blobs'),
+                       cache_dir=os.path.join(tmp, 'cache'), config=config)
+        m.cmd[2:2] = ['--test-fetch-delay', str(FETCH_DELAY_MS)]
+        with m:
+            if not ck.check(m.start(), 'rafsd mounted the image', m.log_text()[-2000:]):
+                return ck.finish()
+            stop = threading.Event()
+            readers = [Reader(n, mnt, content, stop) for n in range(READERS)]
+            holder = Holder(mnt, content[HOLD], stop)
+            holder.start()
+            for r in readers:
+                r.start()
+            time.sleep(1.5)
+            good_before = sum(r.good for r in readers)
+            log('%d good pieces read before SIGTERM' % good_before)
+            stop.set()
+            t0 = time.monotonic()
+            code = m.stop(sig=signal.SIGTERM, timeout=STOP_TIMEOUT)
+            dt = time.monotonic() - t0
+            ck.check(code == 0, 'rafsd exits 0 on SIGTERM within %d s (%.1fs)' % (STOP_TIMEOUT, dt),
+                     'exit %s' % code)
+            ck.check(not os.path.ismount(mnt), 'the mount is gone')
+            ck.check(dt >= HOLD_SECONDS * 0.9, 'rafsd waited for the file held open (%.1fs)' % dt)
+            holder.join(10)
+            ck.check(holder.result and holder.result.startswith('error'),
+                     'the held file\'s late read got an error, not zeros (%s)' % holder.result)
+            for r in readers:
+                r.join(READERS_TIMEOUT + 10)
+            ck.check(not any(r.is_alive() for r in readers), 'every reader finished')
+            wrong = [(r.n,) + w for r in readers for w in r.wrong]
+            ck.diffs('reads that returned wrong bytes', ['reader %d: %s @%d+%d: %s' % w for w in wrong])
+            good = sum(r.good for r in readers)
+            errors = {}
+            for r in readers:
+                for e, n in r.errors.items():
+                    errors[errno.errorcode.get(e, str(e))] = errors.get(errno.errorcode.get(e, str(e)), 0) + n
+            log('pieces read correctly: %d; errors: %s; readers ended on: %s' %
+                (good, errors, sorted(set(r.done_reason for r in readers))))
+            ck.check(good_before > 0, 'readers got data before the signal')
+            ck.check(all(r.done_reason and r.done_reason.startswith('open') for r in readers),
+                     'every reader ended when the mount was gone')
+            text = m.log_text()
+            ck.check('still in use' not in text, 'rafsd did not give up on the busy mount')
+            if code != 0 or wrong:
+                log(text[-3000:])
+    return ck.finish()
+
+
+if __name__ == '__main__':
+    sys.exit(main())
