@@ -231,9 +231,8 @@ nlohmann::json ImageService::mountOrReattach(const MountRequest& request, bool r
         if (image.mountpoint == mountpoint) rafs::fail("{} is already mounted by rafsd", mountpoint.string());
     }
     struct stat st {};
-    if (::stat(mountpoint.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) {
-        rafs::fail("mountpoint {} is not a directory", mountpoint.string());
-    }
+    if (::stat(mountpoint.c_str(), &st) != 0) rafs::failErrno("mountpoint " + mountpoint.string());
+    if (!S_ISDIR(st.st_mode)) rafs::fail("mountpoint {} is not a directory", mountpoint.string());
     const EngineKind requested = reattach ? EngineKind::Fscache : request.engine.value_or(config_.daemon.engine);
     EngineKind engine = resolveEngine(requested);
     if (engine == EngineKind::Fscache) {

@@ -8,7 +8,8 @@ nothing mounted:
 - a "bootstrap" that is not RAFS v6: a plain mkfs.erofs image, random bytes, an empty file, a
   directory;
 - a cache dir on tmpfs (no fanotify pre-content events there);
-- a mountpoint that does not exist, and one that is a regular file.
+- a mountpoint that does not exist, and one that is a regular file;
+- the same kinds of mistakes through `rafsctl mount` to `rafsd serve`, which goes on serving.
 
 The error line must be rafsd's own ("rafsd: ..."), name what is wrong (the file and line for
 config errors, the blob id, the path), and be the only line on stderr at error level.
@@ -23,7 +24,7 @@ import sys
 from rafstest import harness, mount
 from rafstest.harness import Checker, log, run, text
 from rafstest.mkrafs import Mkrafs
-from rafstest.rafsd import binaries, make_small_tree, write_config
+from rafstest.rafsd import RafsdServe, binaries, make_small_tree, rafsctl, write_config
 
 TIMEOUT = 60
 
@@ -62,7 +63,7 @@ def main():
     harness.require_root_and_erofs()
     harness.require_tools('mkfs.erofs')
     mk = Mkrafs(harness.check_mkrafs(args.mkrafs))
-    rafsd, _ = binaries()
+    rafsd, ctl = binaries()
     ck = Checker('rafsd_errors')
     with harness.temp_dir('rafsd-errors-', keep=args.keep) as tmp:
         src, out, mnt = (os.path.join(tmp, n) for n in ('src', 'out', 'mnt'))
@@ -140,10 +141,42 @@ def main():
             finally:
                 mount.umount(tmpfs)
         gone = os.path.join(tmp, 'no-such-dir')
-        expect_error(ck, 'a mountpoint that does not exist', mount_cmd(mountpoint=gone), None, [gone])
+        expect_error(ck, 'a mountpoint that does not exist', mount_cmd(mountpoint=gone), None,
+                     [gone, 'No such file or directory'])
         afile = os.path.join(tmp, 'a-file')
         open(afile, 'w').close()
         expect_error(ck, 'a mountpoint that is a file', mount_cmd(mountpoint=afile), None, [afile])
+
+        ck.section('rafsd serve: bad mounts through rafsctl fail with one line, serve goes on')
+        sock = os.path.join(tmp, 'api.sock')
+        with RafsdServe(rafsd, good, sock, os.path.join(tmp, 'serve.log')) as srv:
+            if ck.check(srv.start(), 'rafsd serve answers', srv.log_text()[-2000:]):
+                cases = [
+                    ('missing blob', ['--blob-dir', empty_blobs, boot, mnt], [blob_id]),
+                    ('random bytes as bootstrap', ['--blob-dir', blobs, rnd, mnt], [rnd, 'RAFS v6']),
+                    ('mountpoint that does not exist', ['--blob-dir', blobs, boot, gone], [gone]),
+                    ('unknown engine', ['--engine', 'fuse', '--blob-dir', blobs, boot, mnt], ['fuse']),
+                ]
+                for what, margs, names in cases:
+                    r = rafsctl(ctl, sock, 'mount', *margs)
+                    err = text(r.stderr).strip()
+                    ok = r.returncode not in (0, None) and len(err.splitlines()) == 1 and \
+                        err.startswith('rafsctl: ') and all(n in err for n in names)
+                    ck.check(ok, 'rafsctl mount, %s: %s' % (what, err), 'exit %s' % r.returncode)
+                    ck.check(not os.path.ismount(mnt), 'rafsctl mount, %s: nothing mounted' % what)
+                r = rafsctl(ctl, sock, 'list')
+                ck.check(r.returncode == 0 and srv.proc.poll() is None, 'rafsd serve still answers',
+                         text(r.stderr))
+                r = rafsctl(ctl, sock, 'mount', '--blob-dir', blobs, boot, mnt)
+                if ck.check(r.returncode == 0 and os.path.ismount(mnt), 'then the good image mounts',
+                            text(r.stderr)):
+                    with open(os.path.join(mnt, 'a', 'one'), 'rb') as f, \
+                            open(os.path.join(src, 'a', 'one'), 'rb') as g:
+                        ck.check(f.read() == g.read(), 'a/one reads back equal')
+                    r = rafsctl(ctl, sock, 'umount', mnt)
+                    ck.check(r.returncode == 0 and not os.path.ismount(mnt), 'rafsctl umount', text(r.stderr))
+                code = srv.stop()
+                ck.check(code == 0, 'rafsd serve exits 0 on SIGTERM', 'exit %s' % code)
 
         ck.section('after all that, the image still mounts')
         r = subprocess.Popen(mount_cmd(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
