@@ -26,7 +26,8 @@ from rafstest.rafsd import (RafsdMount, binaries, chunk_table, data_in_range, dr
 MiB = 1 << 20
 FILES = [('a/small', 300000), ('b/big', 3 * MiB + 5000), ('c/mid', 700000), ('d/tiny', 100)]
 BAD_FILE = '/b/big'
-BAD_CHUNK = 1  # the file's second chunk: [1 MiB, 2 MiB)
+BAD_CHUNK = 1  # the file's second chunk: [1 MiB, 2 MiB), stored uncompressed (random bytes)
+TEXT_FILE = '/e/text'  # one compressed chunk, corrupted too: decompression or digest fails
 
 
 def read_whole(path):
@@ -56,6 +57,12 @@ def main():
         cache = os.path.join(tmp, 'cache')
         os.makedirs(mnt)
         content = make_small_tree(src, FILES)
+        words = [b'alpha', b'beta', b'gamma', b'delta', b'epsilon', b'zeta']
+        text_data = b' '.join(words[(i * 7 + i // 3) % len(words)] for i in range(90000))
+        os.makedirs(os.path.join(src, 'e'))
+        with open(os.path.join(src, 'e', 'text'), 'wb') as f:
+            f.write(text_data)
+        content['e/text'] = text_data
         if not ck.cmd_ok(mk.build(out, [src]), 'mkrafs build'):
             return ck.finish()
         boot = os.path.join(out, 'image.boot')
@@ -80,6 +87,16 @@ def main():
             original = f.read(flip_len)
             f.seek(flip_at)
             f.write(bytes(b ^ 0xA5 for b in original))
+        (t_at, t_blob, t_ci, t_uoff, t_usize), = files[TEXT_FILE][1]
+        t_entry = table[(t_blob, t_ci)]
+        t_coff, t_csize = t_entry['compressed_offset'], t_entry['compressed_size']
+        ck.check(t_csize < t_usize // 2, '%s is one compressed chunk (%d -> %d bytes)' % (TEXT_FILE, t_usize, t_csize))
+        t_flip_at = t_coff + t_csize // 2
+        with open(blob_path, 'r+b') as f:
+            f.seek(t_flip_at)
+            t_original = f.read(flip_len)
+            f.seek(t_flip_at)
+            f.write(bytes(b ^ 0x5A for b in t_original))
         config = write_config(os.path.join(tmp, 'config.toml'), prefetch={'enable': False},
                               fetch={'amplify': 0, 'retries': 1})
         cache_file = os.path.join(cache, blob_id + '.blob.data')
@@ -104,6 +121,9 @@ def main():
             want = content[BAD_FILE.lstrip('/')][good_at + 4096:good_at + 4096 + 65536]
             ck.check(err is None and data == want, 'a good chunk of %s reads correctly' % BAD_FILE,
                      str(err) if err else 'content differs')
+            data, err = read_whole(os.path.join(mnt, TEXT_FILE.lstrip('/')))
+            ck.check(err is not None and err.errno == errno.EIO, 'read of %s (compressed chunk) fails with EIO' %
+                     TEXT_FILE, 'got %s' % (err if err else '%d bytes' % (len(data))))
             for rel, _ in FILES:
                 if '/' + rel == BAD_FILE:
                     continue
@@ -118,7 +138,13 @@ def main():
                      text[-2000:])
             if named:
                 log('    ' + named[0])
-            fetches = [line for line in text.splitlines() if 'fetching it again' in line and blob_id in line]
+            t_named = [line for line in text.splitlines()
+                       if blob_id in line and 'compressed %d+%d' % (t_coff, t_csize) in line and 'error' in line]
+            ck.check(t_named, 'and one naming the compressed chunk', text[-2000:])
+            if t_named:
+                log('    ' + t_named[0])
+            fetches = [line for line in text.splitlines() if 'fetching it again' in line and blob_id in line and
+                       ' chunk %d (' % ci in line]
             # retries = 1: one extra fetch per failed read; the kernel retries a failed read once
             # after its readahead failed, so at most 2 per read of the 4 reads above.
             ck.check(0 < len(fetches) <= 8, 'the bad chunk was fetched again, a bounded number of times (%d)' %
@@ -128,6 +154,8 @@ def main():
             ck.check(os.path.exists(cache_file), 'cache file %s exists' % os.path.basename(cache_file))
             ck.check(not data_in_range(cache_file, uoff, uoff + usize),
                      'the bad chunk [%d, +%d) is a hole in the cache file' % (uoff, usize))
+            ck.check(not data_in_range(cache_file, t_uoff, t_uoff + t_usize),
+                     'the bad compressed chunk [%d, +%d) is a hole in the cache file' % (t_uoff, t_usize))
             other = bad_file_chunks[0]
             ck.check(data_in_range(cache_file, other[3], other[3] + other[4]),
                      'a good chunk read before is in the cache file')
@@ -136,7 +164,13 @@ def main():
             with open(blob_path, 'r+b') as f:
                 f.seek(flip_at)
                 f.write(original)
+                f.seek(t_flip_at)
+                f.write(t_original)
             drop_file_cache(bad)
+            drop_file_cache(os.path.join(mnt, TEXT_FILE.lstrip('/')))
+            data, err = read_whole(os.path.join(mnt, TEXT_FILE.lstrip('/')))
+            ck.check(err is None and data == text_data, '%s reads correctly after the repair' % TEXT_FILE,
+                     str(err) if err else 'content differs')
             data, err = read_whole(bad)
             ck.check(err is None and data == content[BAD_FILE.lstrip('/')],
                      '%s reads correctly after the repair' % BAD_FILE, str(err) if err else 'content differs')
