@@ -716,3 +716,37 @@ TEST_CASE("fanotify: a busy mount refuses umount() and is detached by stop()", "
     CHECK_FALSE(isMounted(mnt.path()));
     CHECK(countFanotifyMarks() == 0);
 }
+
+TEST_CASE("fanotify: stop() keeps a detached busy mount answering EIO until its files close", "[fanotify]") {
+    if (!isRoot()) {
+        WARN("not root: fanotify tests skipped");
+        return;
+    }
+    const Image img;
+    const MountGuard mnt(img.dir() / "mnt");
+    const CacheFile cache(img.dir() / "cache", img.blobSize());
+    CopyingCore core(img, cache.fd(), false);
+    rafsd::FanotifyEngine engine(core);
+    engine.start();
+    engine.mount(mountOf(1, img, mnt.path(), {cache.blobFile()}));
+    // Opened, nothing read: every range of it is still a hole in the cache file.
+    int held = ::open((mnt.path() / "big2").c_str(), O_RDONLY | O_CLOEXEC);
+    REQUIRE(held >= 0);
+
+    const auto before = std::chrono::steady_clock::now();
+    std::thread stopper([&] { engine.stop(10s); });
+    for (int i = 0; i < 500 && isMounted(mnt.path()); ++i) std::this_thread::sleep_for(10ms);
+    CHECK_FALSE(isMounted(mnt.path()));  // detached at once: nothing new is opened there
+    std::this_thread::sleep_for(300ms);
+    // The group is still open: the read is denied, not answered with the hole's zeros.
+    std::string buffer(4096, 'x');
+    errno = 0;
+    const ssize_t n = ::pread(held, buffer.data(), buffer.size(), 1 << 20);
+    CHECK(n == -1);
+    CHECK(errno == EIO);
+    ::close(held);
+    stopper.join();
+    const auto took = std::chrono::steady_clock::now() - before;
+    CHECK(took < 5s);  // stop() ended with the close, not at the 10 s grace
+    CHECK(countFanotifyMarks() == 0);
+}
