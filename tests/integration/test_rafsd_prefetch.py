@@ -87,7 +87,9 @@ def main():
             b = blob_status(ctl, sock, mnt)
             dt = time.monotonic() - t0
             log('after %.2fs: %s' % (dt, b))
-            ck.check(b['bytes_fetched'] <= 6 * MiB,
+            # The bucket lets a few 1 MiB runs through ahead of time; a loaded machine may take
+            # the status late, hence the bound in dt.
+            ck.check(b['bytes_fetched'] <= (dt + 3) * MiB and b['bytes_fetched'] < total // 2,
                      'after %.1fs at 1 MiB/s: %d bytes fetched, well under the image\'s %d' %
                      (dt, b['bytes_fetched'], total))
             cache_file = os.path.join(tmp, 'capped-cache', blob_id + '.blob.data')
