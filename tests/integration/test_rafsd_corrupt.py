@@ -20,8 +20,8 @@ from rafstest import harness
 from rafstest.boot import blob_ids
 from rafstest.harness import Checker, log
 from rafstest.mkrafs import Mkrafs
-from rafstest.rafsd import (RafsdMount, binaries, chunk_table, data_in_range, drop_file_cache, inspect_chunks,
-                            make_small_tree, write_config)
+from rafstest.rafsd import (RafsdMount, binaries, chunk_table, data_in_range, drop_file_cache,
+                            inspect_chunks, make_small_tree, require_fanotify_engine, write_config)
 
 MiB = 1 << 20
 FILES = [('a/small', 300000), ('b/big', 3 * MiB + 5000), ('c/mid', 700000), ('d/tiny', 100)]
@@ -49,6 +49,7 @@ def pread_at(path, length, offset):
 def main():
     args = harness.parse_args(__doc__)
     harness.require_root_and_erofs()
+    require_fanotify_engine()
     mk = Mkrafs(harness.check_mkrafs(args.mkrafs))
     rafsd, _ = binaries()
     ck = Checker('rafsd_corrupt')

@@ -24,7 +24,8 @@ import sys
 from rafstest import harness, mount
 from rafstest.harness import Checker, log, run, text
 from rafstest.mkrafs import Mkrafs
-from rafstest.rafsd import RafsdServe, binaries, make_small_tree, rafsctl, write_config
+from rafstest.rafsd import (RafsdServe, binaries, make_small_tree, rafsctl, require_fanotify_engine,
+                            require_tools, write_config)
 
 TIMEOUT = 60
 
@@ -61,7 +62,8 @@ def expect_error(ck, what, cmd, mnt, must_contain=()):
 def main():
     args = harness.parse_args(__doc__)
     harness.require_root_and_erofs()
-    harness.require_tools('mkfs.erofs')
+    require_fanotify_engine()
+    require_tools('mkfs.erofs')
     mk = Mkrafs(harness.check_mkrafs(args.mkrafs))
     rafsd, ctl = binaries()
     ck = Checker('rafsd_errors')

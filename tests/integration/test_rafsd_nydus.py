@@ -17,8 +17,9 @@ import sys
 
 from rafstest import harness
 from rafstest.harness import Checker, log
-from rafstest.rafsd import (RafsdMount, binaries, blake3_hex, chunk_table, fetched_bytes, inline_bootstrap,
-                            inspect_chunks, bootstrap_flags, write_config)
+from rafstest.rafsd import (RafsdMount, binaries, blake3_hex, bootstrap_flags, chunk_table, fetched_bytes,
+                            inline_bootstrap, inspect_chunks, require_fanotify_engine, require_tools,
+                            write_config)
 
 FIXTURES = os.environ.get('RAFSTEST_FIXTURES') or os.path.join(
     os.path.dirname(os.path.abspath(__file__)), '..', '..', '..', 'shared', 'fixtures', 'nydus')
@@ -100,7 +101,8 @@ def serve_case(ck, rafsd, mkrafs, tmp, label, image, blob_dir, boot_bytes):
 def main():
     args = harness.parse_args(__doc__)
     harness.require_root_and_erofs()
-    harness.require_tools('b3sum', 'zstd')
+    require_fanotify_engine()
+    require_tools('b3sum', 'zstd')
     mkrafs = harness.check_mkrafs(args.mkrafs)
     rafsd, _ = binaries()
     fixtures = os.path.realpath(FIXTURES)

@@ -21,7 +21,7 @@ from rafstest.boot import blob_ids
 from rafstest.harness import Checker, log
 from rafstest.mkrafs import Mkrafs
 from rafstest.rafsd import (RafsdServe, binaries, data_in_range, inspect_chunks, make_small_tree, rafsctl,
-                            rafsctl_status, write_config)
+                            rafsctl_status, require_fanotify_engine, write_config)
 
 MiB = 1 << 20
 # Blob order: a directory's files, then its subdirectories: z/hot is last.
@@ -52,6 +52,7 @@ def serve(ck, rafsd, ctl, tmp, name, boot, blobs, mnt, bandwidth):
 def main():
     args = harness.parse_args(__doc__)
     harness.require_root_and_erofs()
+    require_fanotify_engine()
     mk = Mkrafs(harness.check_mkrafs(args.mkrafs))
     rafsd, ctl = binaries()
     ck = Checker('rafsd_prefetch')

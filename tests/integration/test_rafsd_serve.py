@@ -23,7 +23,7 @@ from rafstest import harness
 from rafstest.harness import Checker, log, text
 from rafstest.mkrafs import Mkrafs
 from rafstest.rafsd import (RafsdServe, binaries, drop_file_cache, make_small_tree, rafsctl, rafsctl_status,
-                            write_config)
+                            require_fanotify_engine, write_config)
 
 MiB = 1 << 20
 # z/four comes last in the blob: prefetch (B's first, then A's, at 256 KiB/s) has not reached it
@@ -53,6 +53,7 @@ def blob_sums(image):
 def main():
     args = harness.parse_args(__doc__)
     harness.require_root_and_erofs()
+    require_fanotify_engine()
     mk = Mkrafs(harness.check_mkrafs(args.mkrafs))
     rafsd, ctl = binaries()
     ck = Checker('rafsd_serve')

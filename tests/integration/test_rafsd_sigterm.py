@@ -25,7 +25,7 @@ import time
 from rafstest import harness
 from rafstest.harness import Checker, log
 from rafstest.mkrafs import Mkrafs
-from rafstest.rafsd import RafsdMount, binaries, make_small_tree, write_config
+from rafstest.rafsd import RafsdMount, binaries, make_small_tree, require_fanotify_engine, write_config
 
 MiB = 1 << 20
 FILES = [('f%02d' % i, 4 * MiB + 1000 * i) for i in range(16)] + [('zz-hold', 4 * MiB)]
@@ -118,6 +118,7 @@ class Reader(threading.Thread):
 def main():
     args = harness.parse_args(__doc__)
     harness.require_root_and_erofs()
+    require_fanotify_engine()
     mk = Mkrafs(harness.check_mkrafs(args.mkrafs))
     rafsd, _ = binaries()
     ck = Checker('rafsd_sigterm')

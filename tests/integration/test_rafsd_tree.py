@@ -18,7 +18,7 @@ import threading
 from rafstest import compare, harness, tree
 from rafstest.harness import Checker, log
 from rafstest.mkrafs import Mkrafs
-from rafstest.rafsd import RafsdMount, binaries, fetched_bytes, write_config
+from rafstest.rafsd import RafsdMount, binaries, fetched_bytes, require_fanotify_engine, write_config
 
 
 def regular_files(root):
@@ -68,6 +68,7 @@ def concurrent_reads(ck, src, mnt, files, threads=8, reads=150, seed=7):
 def main():
     args = harness.parse_args(__doc__)
     harness.require_root_and_erofs()
+    require_fanotify_engine()
     mk = Mkrafs(harness.check_mkrafs(args.mkrafs))
     rafsd, _ = binaries()
     ck = Checker('rafsd_tree')

@@ -17,6 +17,28 @@ from . import mount
 from .harness import log
 
 
+def require_fanotify_engine():
+    """Exits 77 (skip) on a kernel older than 6.14, which has no fanotify pre-content events: the
+    only thing these tests cannot run without. Missing tools are failures, not skips."""
+    import platform
+    import re
+    from .harness import skip
+    m = re.match(r'(\d+)\.(\d+)', platform.release())
+    if m and (int(m.group(1)), int(m.group(2))) < (6, 14):
+        skip('kernel %s has no fanotify pre-content events (6.14+): the fanotify engine cannot run'
+             % platform.release())
+
+
+def require_tools(*tools):
+    """Fails (exit 1) naming the tools missing: scripts/setup installs them."""
+    import shutil
+    import sys
+    missing = [t for t in tools if shutil.which(t) is None]
+    if missing:
+        log('FAIL: missing tools (scripts/setup installs them): ' + ', '.join(missing))
+        sys.exit(1)
+
+
 def binaries():
     """(rafsd, rafsctl) from $RAFSD / $RAFSCTL."""
     rafsd, rafsctl = os.environ.get('RAFSD'), os.environ.get('RAFSCTL')
