@@ -236,7 +236,7 @@ void Layout::encodeInode(std::vector<uint8_t>& image, const Record& r) const {
         std::memcpy(p, &di, sizeof(di));
     }
     const uint64_t inode_size = r.compact ? sizeof(erofs::InodeCompact) : sizeof(erofs::InodeExtended);
-    std::memcpy(p + inode_size, r.xattrs.data(), r.xattrs.size());
+    if (!r.xattrs.empty()) std::memcpy(p + inode_size, r.xattrs.data(), r.xattrs.size());  // data() may be null
     if (in.isReg()) {
         uint8_t* idx = image.data() + alignUp(r.pos + r.baseSize(), sizeof(erofs::ChunkIndex));
         for (const ChunkRef& c : in.chunks) {
