@@ -18,10 +18,9 @@ import sys
 
 from rafstest import harness
 from rafstest.boot import blob_ids
-from rafstest.harness import Checker, log
-from rafstest.mkrafs import Mkrafs
-from rafstest.rafsd import (RafsdMount, binaries, chunk_table, data_in_range, drop_file_cache,
-                            inspect_chunks, make_small_tree, require_fanotify_engine, write_config)
+from rafstest.harness import log
+from rafstest.rafsd import (RafsdMount, chunk_table, data_in_range, drop_file_cache, inspect_chunks,
+                            make_small_tree, start_test, write_config)
 
 MiB = 1 << 20
 FILES = [('a/small', 300000), ('b/big', 3 * MiB + 5000), ('c/mid', 700000), ('d/tiny', 100)]
@@ -47,12 +46,7 @@ def pread_at(path, length, offset):
 
 
 def main():
-    args = harness.parse_args(__doc__)
-    harness.require_root_and_erofs()
-    require_fanotify_engine()
-    mk = Mkrafs(harness.check_mkrafs(args.mkrafs))
-    rafsd, _ = binaries()
-    ck = Checker('rafsd_corrupt')
+    args, mk, rafsd, _, ck = start_test('rafsd_corrupt', __doc__)
     with harness.temp_dir('rafsd-corrupt-', keep=args.keep) as tmp:
         src, out, mnt = (os.path.join(tmp, n) for n in ('src', 'out', 'mnt'))
         cache = os.path.join(tmp, 'cache')

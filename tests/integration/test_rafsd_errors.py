@@ -22,10 +22,8 @@ import subprocess
 import sys
 
 from rafstest import harness, mount
-from rafstest.harness import Checker, log, run, text
-from rafstest.mkrafs import Mkrafs
-from rafstest.rafsd import (RafsdServe, binaries, make_small_tree, rafsctl, require_fanotify_engine,
-                            require_tools, write_config)
+from rafstest.harness import log, run, text
+from rafstest.rafsd import RafsdServe, make_small_tree, rafsctl, start_test, write_config
 
 TIMEOUT = 60
 
@@ -60,13 +58,7 @@ def expect_error(ck, what, cmd, mnt, must_contain=()):
 
 
 def main():
-    args = harness.parse_args(__doc__)
-    harness.require_root_and_erofs()
-    require_fanotify_engine()
-    require_tools('mkfs.erofs')
-    mk = Mkrafs(harness.check_mkrafs(args.mkrafs))
-    rafsd, ctl = binaries()
-    ck = Checker('rafsd_errors')
+    args, mk, rafsd, ctl, ck = start_test('rafsd_errors', __doc__, tools=('mkfs.erofs',))
     with harness.temp_dir('rafsd-errors-', keep=args.keep) as tmp:
         src, out, mnt = (os.path.join(tmp, n) for n in ('src', 'out', 'mnt'))
         cache = os.path.join(tmp, 'cache')

@@ -16,10 +16,9 @@ import os
 import sys
 
 from rafstest import harness
-from rafstest.harness import Checker, log
-from rafstest.rafsd import (RafsdMount, binaries, blake3_hex, bootstrap_flags, chunk_table, fetched_bytes,
-                            inline_bootstrap, inspect_chunks, require_fanotify_engine, require_tools,
-                            write_config)
+from rafstest.harness import log
+from rafstest.rafsd import (RafsdMount, blake3_hex, bootstrap_flags, chunk_table, fetched_bytes,
+                            inline_bootstrap, inspect_chunks, start_test, write_config)
 
 FIXTURES = os.environ.get('RAFSTEST_FIXTURES') or os.path.join(
     os.path.dirname(os.path.abspath(__file__)), '..', '..', '..', 'shared', 'fixtures', 'nydus')
@@ -99,17 +98,12 @@ def serve_case(ck, rafsd, mkrafs, tmp, label, image, blob_dir, boot_bytes):
 
 
 def main():
-    args = harness.parse_args(__doc__)
-    harness.require_root_and_erofs()
-    require_fanotify_engine()
-    require_tools('b3sum', 'zstd')
-    mkrafs = harness.check_mkrafs(args.mkrafs)
-    rafsd, _ = binaries()
+    args, mk, rafsd, _, ck = start_test('rafsd_nydus', __doc__, tools=('b3sum', 'zstd'))
+    mkrafs = mk.path
     fixtures = os.path.realpath(FIXTURES)
     if not os.path.isfile(os.path.join(fixtures, BOOT_22)):
         log('FAIL: Nydus fixtures not found in %s (set RAFSTEST_FIXTURES)' % fixtures)
         return harness.FAIL
-    ck = Checker('rafsd_nydus')
     with harness.temp_dir('rafsd-nydus-', keep=args.keep) as tmp:
         ck.section('rafs-v6-2.2.boot with blob %s' % BLOB_22[:12])
         boot = os.path.join(fixtures, BOOT_22)

@@ -18,10 +18,9 @@ import time
 
 from rafstest import compare, harness
 from rafstest.boot import blob_ids
-from rafstest.harness import Checker, log
-from rafstest.mkrafs import Mkrafs
-from rafstest.rafsd import (RafsdServe, binaries, data_in_range, inspect_chunks, make_small_tree, rafsctl,
-                            rafsctl_status, require_fanotify_engine, write_config)
+from rafstest.harness import log
+from rafstest.rafsd import (RafsdServe, data_in_range, inspect_chunks, make_small_tree, rafsctl,
+                            rafsctl_status, start_test, write_config)
 
 MiB = 1 << 20
 # Blob order: a directory's files, then its subdirectories: z/hot is last.
@@ -50,12 +49,7 @@ def serve(ck, rafsd, ctl, tmp, name, boot, blobs, mnt, bandwidth):
 
 
 def main():
-    args = harness.parse_args(__doc__)
-    harness.require_root_and_erofs()
-    require_fanotify_engine()
-    mk = Mkrafs(harness.check_mkrafs(args.mkrafs))
-    rafsd, ctl = binaries()
-    ck = Checker('rafsd_prefetch')
+    args, mk, rafsd, ctl, ck = start_test('rafsd_prefetch', __doc__)
     with harness.temp_dir('rafsd-prefetch-', keep=args.keep) as tmp:
         src, out, mnt = (os.path.join(tmp, n) for n in ('src', 'out', 'mnt'))
         os.makedirs(mnt)

@@ -20,10 +20,9 @@ import sys
 import time
 
 from rafstest import harness
-from rafstest.harness import Checker, log, text
-from rafstest.mkrafs import Mkrafs
-from rafstest.rafsd import (RafsdServe, binaries, drop_file_cache, make_small_tree, rafsctl, rafsctl_status,
-                            require_fanotify_engine, write_config)
+from rafstest.harness import log, text
+from rafstest.rafsd import (RafsdServe, drop_file_cache, make_small_tree, rafsctl, rafsctl_status,
+                            start_test, write_config)
 
 MiB = 1 << 20
 # z/four comes last in the blob: prefetch (B's first, then A's, at 256 KiB/s) has not reached it
@@ -51,12 +50,7 @@ def blob_sums(image):
 
 
 def main():
-    args = harness.parse_args(__doc__)
-    harness.require_root_and_erofs()
-    require_fanotify_engine()
-    mk = Mkrafs(harness.check_mkrafs(args.mkrafs))
-    rafsd, ctl = binaries()
-    ck = Checker('rafsd_serve')
+    args, mk, rafsd, ctl, ck = start_test('rafsd_serve', __doc__)
     with harness.temp_dir('rafsd-serve-', keep=args.keep) as tmp:
         src_a, src_b = os.path.join(tmp, 'src-a'), os.path.join(tmp, 'src-b')
         out_a, out_b = os.path.join(tmp, 'out-a'), os.path.join(tmp, 'out-b')

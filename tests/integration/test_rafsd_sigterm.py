@@ -23,9 +23,8 @@ import threading
 import time
 
 from rafstest import harness
-from rafstest.harness import Checker, log
-from rafstest.mkrafs import Mkrafs
-from rafstest.rafsd import RafsdMount, binaries, make_small_tree, require_fanotify_engine, write_config
+from rafstest.harness import log
+from rafstest.rafsd import RafsdMount, make_small_tree, start_test, write_config
 
 MiB = 1 << 20
 FILES = [('f%02d' % i, 4 * MiB + 1000 * i) for i in range(16)] + [('zz-hold', 4 * MiB)]
@@ -116,12 +115,7 @@ class Reader(threading.Thread):
 
 
 def main():
-    args = harness.parse_args(__doc__)
-    harness.require_root_and_erofs()
-    require_fanotify_engine()
-    mk = Mkrafs(harness.check_mkrafs(args.mkrafs))
-    rafsd, _ = binaries()
-    ck = Checker('rafsd_sigterm')
+    args, mk, rafsd, _, ck = start_test('rafsd_sigterm', __doc__)
     with harness.temp_dir('rafsd-sigterm-', keep=args.keep) as tmp:
         src, out, mnt = (os.path.join(tmp, n) for n in ('src', 'out', 'mnt'))
         os.makedirs(mnt)

@@ -16,9 +16,8 @@ import sys
 import threading
 
 from rafstest import compare, harness, tree
-from rafstest.harness import Checker, log
-from rafstest.mkrafs import Mkrafs
-from rafstest.rafsd import RafsdMount, binaries, fetched_bytes, require_fanotify_engine, write_config
+from rafstest.harness import log
+from rafstest.rafsd import RafsdMount, fetched_bytes, start_test, write_config
 
 
 def regular_files(root):
@@ -66,12 +65,7 @@ def concurrent_reads(ck, src, mnt, files, threads=8, reads=150, seed=7):
 
 
 def main():
-    args = harness.parse_args(__doc__)
-    harness.require_root_and_erofs()
-    require_fanotify_engine()
-    mk = Mkrafs(harness.check_mkrafs(args.mkrafs))
-    rafsd, _ = binaries()
-    ck = Checker('rafsd_tree')
+    args, mk, rafsd, _, ck = start_test('rafsd_tree', __doc__)
     with harness.temp_dir('rafsd-tree-', keep=args.keep) as tmp:
         src, out, mnt = (os.path.join(tmp, n) for n in ('src', 'out', 'mnt'))
         cache = os.path.join(tmp, 'cache')

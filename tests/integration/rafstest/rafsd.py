@@ -39,6 +39,20 @@ def require_tools(*tools):
         sys.exit(1)
 
 
+def start_test(name, doc, tools=()):
+    """The common start of a rafsd test: parses its arguments, checks root, EROFS, the fanotify
+    engine and `tools`. Returns (args, Mkrafs, rafsd binary, rafsctl binary, Checker)."""
+    from . import harness
+    from .mkrafs import Mkrafs
+    args = harness.parse_args(doc)
+    harness.require_root_and_erofs()
+    require_fanotify_engine()
+    require_tools(*tools)
+    mk = Mkrafs(harness.check_mkrafs(args.mkrafs))
+    rafsd_bin, rafsctl_bin = binaries()
+    return args, mk, rafsd_bin, rafsctl_bin, harness.Checker(name)
+
+
 def binaries():
     """(rafsd, rafsctl) from $RAFSD / $RAFSCTL."""
     rafsd, rafsctl = os.environ.get('RAFSD'), os.environ.get('RAFSCTL')
@@ -64,43 +78,41 @@ def write_config(path, **sections):
     return path
 
 
-class RafsdMount:
-    def __init__(self, rafsd, bootstrap, mountpoint, blob_dir=None, cache_dir=None, config=None,
-                 engine=None, log_path=None):
-        self.cmd = [rafsd, 'mount']
-        if config:
-            self.cmd += ['--config', config]
-        if engine:
-            self.cmd += ['--engine', engine]
-        if blob_dir:
-            self.cmd += ['--blob-dir', blob_dir]
-        if cache_dir:
-            self.cmd += ['--cache-dir', cache_dir]
-        self.cmd += [bootstrap, mountpoint]
-        self.mountpoint = mountpoint
-        self.log_path = log_path or (mountpoint.rstrip('/') + '.rafsd.log')
+class RafsdProcess:
+    """A rafsd process in the background with its output in `log_path`; stopped with
+    `stop_signal` on exit."""
+
+    stop_signal = signal.SIGTERM
+
+    def __init__(self, cmd, log_path):
+        self.cmd = cmd
+        self.log_path = log_path
         self.proc = None
         self.exit_code = None
 
+    def ready(self):
+        raise NotImplementedError
+
     def start(self, timeout=30):
+        """Starts rafsd; True once ready(), False if it exits or the timeout passes first."""
         log('$ ' + ' '.join(self.cmd) + ' &')
         self.log_file = open(self.log_path, 'wb')
         self.proc = subprocess.Popen(self.cmd, stdout=self.log_file, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if os.path.ismount(self.mountpoint):
+            if self.ready():
                 return True
             if self.proc.poll() is not None:
                 return False
             time.sleep(0.05)
         return False
 
-    def stop(self, sig=signal.SIGINT, timeout=60):
-        """Signal rafsd, wait for it; returns its exit code (None if it had to be killed)."""
+    def stop(self, sig=None, timeout=60):
+        """Signals rafsd and waits; its exit code, or None if it had to be killed."""
         if self.proc is None:
             return self.exit_code
         if self.proc.poll() is None:
-            self.proc.send_signal(sig)
+            self.proc.send_signal(sig or self.stop_signal)
             try:
                 self.proc.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
@@ -125,6 +137,34 @@ class RafsdMount:
     def __exit__(self, *exc):
         if self.proc is not None:
             self.stop()
+        return False
+
+
+class RafsdMount(RafsdProcess):
+    """`rafsd mount` in the background; started when the mount appears."""
+
+    stop_signal = signal.SIGINT
+
+    def __init__(self, rafsd, bootstrap, mountpoint, blob_dir=None, cache_dir=None, config=None,
+                 engine=None, log_path=None):
+        cmd = [rafsd, 'mount']
+        if config:
+            cmd += ['--config', config]
+        if engine:
+            cmd += ['--engine', engine]
+        if blob_dir:
+            cmd += ['--blob-dir', blob_dir]
+        if cache_dir:
+            cmd += ['--cache-dir', cache_dir]
+        cmd += [bootstrap, mountpoint]
+        super().__init__(cmd, log_path or (mountpoint.rstrip('/') + '.rafsd.log'))
+        self.mountpoint = mountpoint
+
+    def ready(self):
+        return os.path.ismount(self.mountpoint)
+
+    def __exit__(self, *exc):
+        super().__exit__(*exc)
         if os.path.ismount(self.mountpoint):
             mount.umount(self.mountpoint)
         return False
@@ -276,62 +316,22 @@ def rafsctl_status(rafsctl_bin, socket_path, mountpoint=None):
     return json.loads(r.stdout)
 
 
-class RafsdServe:
+class RafsdServe(RafsdProcess):
     """`rafsd serve --config F` in the background; started when the control socket answers."""
 
     def __init__(self, rafsd, config, socket_path, log_path, extra=()):
-        self.cmd = [rafsd, 'serve', '--config', config] + list(extra)
+        super().__init__([rafsd, 'serve', '--config', config] + list(extra), log_path)
         self.socket = socket_path
-        self.log_path = log_path
-        self.proc = None
 
-    def start(self, timeout=30):
-        log('$ ' + ' '.join(self.cmd) + ' &')
-        self.log_file = open(self.log_path, 'wb')
-        self.proc = subprocess.Popen(self.cmd, stdout=self.log_file, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                return False
-            if os.path.exists(self.socket):
-                import socket as sk
-                s = sk.socket(sk.AF_UNIX, sk.SOCK_STREAM)
-                try:
-                    s.connect(self.socket)
-                    return True
-                except OSError:
-                    pass
-                finally:
-                    s.close()
-            time.sleep(0.05)
-        return False
-
-    def stop(self, sig=signal.SIGTERM, timeout=60):
-        """Signals rafsd and waits; its exit code, or None if it had to be killed."""
-        if self.proc is None:
-            return None
-        code = None
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                code = self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        else:
-            code = self.proc.returncode
-        self.proc = None
-        self.log_file.close()
-        return code
-
-    def log_text(self):
-        with open(self.log_path, 'rb') as f:
-            return f.read().decode('utf-8', 'backslashreplace')
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        if self.proc is not None:
-            self.stop()
-        return False
+    def ready(self):
+        if not os.path.exists(self.socket):
+            return False
+        import socket as sk
+        s = sk.socket(sk.AF_UNIX, sk.SOCK_STREAM)
+        try:
+            s.connect(self.socket)
+            return True
+        except OSError:
+            return False
+        finally:
+            s.close()
