@@ -388,6 +388,19 @@ void printCounters(const char* test, const rafsd::FanotifyCounters& c) {
                  static_cast<unsigned long long>(c.denied), static_cast<unsigned long long>(c.overflows));
 }
 
+// An image, its cache file and a started engine with nothing mounted yet: the common start of
+// the tests that serve one mount. The engine starts only as root; the tests skip otherwise.
+struct ServedImage {
+    ServedImage() {
+        if (isRoot()) engine.start();
+    }
+    const Image img;
+    const MountGuard mnt{img.dir() / "mnt"};
+    const CacheFile cache{img.dir() / "cache", img.blobSize()};
+    CopyingCore core{img, cache.fd(), false};
+    rafsd::FanotifyEngine engine{core};
+};
+
 }  // namespace
 
 TEST_CASE("fanotify: checkKernel accepts this kernel", "[fanotify]") {
@@ -421,17 +434,11 @@ TEST_CASE("fanotify: checkKernel names a missing CAP_SYS_ADMIN", "[fanotify]") {
     CHECK_THAT(message, Contains("CAP_SYS_ADMIN"));
 }
 
-TEST_CASE("fanotify: concurrent readers see the image's exact bytes", "[fanotify]") {
+TEST_CASE_METHOD(ServedImage, "fanotify: concurrent readers see the image's exact bytes", "[fanotify]") {
     if (!isRoot()) {
         WARN("not root: fanotify tests skipped");
         return;
     }
-    const Image img;
-    const MountGuard mnt(img.dir() / "mnt");
-    const CacheFile cache(img.dir() / "cache", img.blobSize());
-    CopyingCore core(img, cache.fd(), false);
-    rafsd::FanotifyEngine engine(core);
-    engine.start();
     engine.mount(mountOf(1, img, mnt.path(), {cache.blobFile()}));
     REQUIRE(isMounted(mnt.path()));
     CHECK(countFanotifyMarks() == 1);
@@ -624,17 +631,11 @@ TEST_CASE("fanotify: mount failures are clear and leave no marks", "[fanotify]")
     engine.stop();
 }
 
-TEST_CASE("fanotify: unmarkComplete makes reads of a complete blob event-free", "[fanotify]") {
+TEST_CASE_METHOD(ServedImage, "fanotify: unmarkComplete makes reads of a complete blob event-free", "[fanotify]") {
     if (!isRoot()) {
         WARN("not root: fanotify tests skipped");
         return;
     }
-    const Image img;
-    const MountGuard mnt(img.dir() / "mnt");
-    const CacheFile cache(img.dir() / "cache", img.blobSize());
-    CopyingCore core(img, cache.fd(), false);
-    rafsd::FanotifyEngine engine(core);
-    engine.start();
     engine.mount(mountOf(7, img, mnt.path(), {cache.blobFile()}));
 
     checkAllFiles(img, mnt.path());
@@ -692,17 +693,11 @@ TEST_CASE("fanotify: a cache file shared by two mounts stays marked until both a
     engine.stop();
 }
 
-TEST_CASE("fanotify: a busy mount refuses umount() and is detached by stop()", "[fanotify]") {
+TEST_CASE_METHOD(ServedImage, "fanotify: a busy mount refuses umount() and is detached by stop()", "[fanotify]") {
     if (!isRoot()) {
         WARN("not root: fanotify tests skipped");
         return;
     }
-    const Image img;
-    const MountGuard mnt(img.dir() / "mnt");
-    const CacheFile cache(img.dir() / "cache", img.blobSize());
-    CopyingCore core(img, cache.fd(), false);
-    rafsd::FanotifyEngine engine(core);
-    engine.start();
     engine.mount(mountOf(1, img, mnt.path(), {cache.blobFile()}));
     const Fd held(::open((mnt.path() / "big2").c_str(), O_RDONLY | O_CLOEXEC));
 
@@ -717,17 +712,11 @@ TEST_CASE("fanotify: a busy mount refuses umount() and is detached by stop()", "
     CHECK(countFanotifyMarks() == 0);
 }
 
-TEST_CASE("fanotify: stop() keeps a detached busy mount answering EIO until its files close", "[fanotify]") {
+TEST_CASE_METHOD(ServedImage, "fanotify: stop() keeps a detached busy mount answering EIO until its files close", "[fanotify]") {
     if (!isRoot()) {
         WARN("not root: fanotify tests skipped");
         return;
     }
-    const Image img;
-    const MountGuard mnt(img.dir() / "mnt");
-    const CacheFile cache(img.dir() / "cache", img.blobSize());
-    CopyingCore core(img, cache.fd(), false);
-    rafsd::FanotifyEngine engine(core);
-    engine.start();
     engine.mount(mountOf(1, img, mnt.path(), {cache.blobFile()}));
     // Opened, nothing read: every range of it is still a hole in the cache file.
     int held = ::open((mnt.path() / "big2").c_str(), O_RDONLY | O_CLOEXEC);
