@@ -206,25 +206,6 @@ json parseResponse(std::string_view line) {
     return response;
 }
 
-UniqueFd& UniqueFd::operator=(UniqueFd&& other) noexcept {
-    if (this != &other) {
-        UniqueFd old(fd_);
-        fd_ = other.release();
-    }
-    return *this;
-}
-
-// close() errors are not reported: these are sockets and read-only files, nothing written is lost.
-UniqueFd::~UniqueFd() {
-    if (fd_ >= 0) ::close(fd_);
-}
-
-int UniqueFd::release() {
-    int fd = fd_;
-    fd_ = -1;
-    return fd;
-}
-
 sockaddr_un unixAddress(const std::filesystem::path& path) {
     sockaddr_un address{};
     address.sun_family = AF_UNIX;

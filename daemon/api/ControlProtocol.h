@@ -32,6 +32,7 @@
 #pragma once
 
 #include "daemon/api/Config.h"
+#include "daemon/core/UniqueFd.h"
 
 #include <sys/un.h>
 
@@ -91,24 +92,6 @@ std::string errorResponse(std::string_view message);
 // Parses a response line: returns the response object when it says ok, throws rafs::Error with
 // rafsd's message when it does not, or a message of its own when the line is not a response.
 nlohmann::json parseResponse(std::string_view line);
-
-// An owned file descriptor, closed when it goes out of scope.
-class UniqueFd {
-public:
-    UniqueFd() = default;
-    explicit UniqueFd(int fd) : fd_(fd) {}
-    UniqueFd(UniqueFd&& other) noexcept : fd_(other.release()) {}
-    UniqueFd& operator=(UniqueFd&& other) noexcept;
-    UniqueFd(const UniqueFd&) = delete;
-    UniqueFd& operator=(const UniqueFd&) = delete;
-    ~UniqueFd();
-
-    int get() const { return fd_; }
-    int release();
-
-private:
-    int fd_ = -1;
-};
 
 // The address of a unix socket path; throws rafs::Error if the path does not fit in sun_path.
 sockaddr_un unixAddress(const std::filesystem::path& path);

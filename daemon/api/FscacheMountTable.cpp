@@ -1,6 +1,7 @@
 #include "daemon/api/FscacheMountTable.h"
 
 #include "builder/format/Error.h"
+#include "daemon/core/UniqueFd.h"
 
 #include <fcntl.h>
 #include <unistd.h>
@@ -15,25 +16,6 @@ namespace fs = std::filesystem;
 namespace {
 
 constexpr int kVersion = 1;
-
-class FileDescriptor {
-public:
-    explicit FileDescriptor(int fd) : fd_(fd) {}
-    FileDescriptor(const FileDescriptor&) = delete;
-    FileDescriptor& operator=(const FileDescriptor&) = delete;
-    ~FileDescriptor() {
-        if (fd_ >= 0) ::close(fd_);  // only on error paths: close() below reports its result
-    }
-    int get() const { return fd_; }
-    void close(const std::string& what) {
-        const int fd = fd_;
-        fd_ = -1;
-        if (::close(fd) != 0) rafs::failErrno("close " + what);
-    }
-
-private:
-    int fd_;
-};
 
 }  // namespace
 
@@ -54,7 +36,7 @@ void saveFscacheMounts(const fs::path& path, const std::vector<FscacheMountRecor
     fs::create_directories(dir, ec);
     if (ec) rafs::fail("cannot create {}: {}", dir.string(), ec.message());
     const fs::path temp = fs::path(path).concat(".tmp");
-    FileDescriptor file(::open(temp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
+    UniqueFd file(::open(temp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
     if (file.get() < 0) rafs::failErrno("create " + temp.string());
     for (size_t done = 0; done < text.size();) {
         const ssize_t n = ::write(file.get(), text.data() + done, text.size() - done);
@@ -65,14 +47,14 @@ void saveFscacheMounts(const fs::path& path, const std::vector<FscacheMountRecor
     if (::fsync(file.get()) != 0) rafs::failErrno("fsync " + temp.string());
     file.close(temp.string());
     if (::rename(temp.c_str(), path.c_str()) != 0) rafs::failErrno("rename " + temp.string() + " to " + path.string());
-    FileDescriptor parent(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+    UniqueFd parent(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
     if (parent.get() < 0) rafs::failErrno("open " + dir.string());
     if (::fsync(parent.get()) != 0) rafs::failErrno("fsync " + dir.string());
     parent.close(dir.string());
 }
 
 std::vector<FscacheMountRecord> loadFscacheMounts(const fs::path& path) {
-    FileDescriptor file(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+    UniqueFd file(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
     if (file.get() < 0) {
         if (errno == ENOENT) return {};
         rafs::failErrno("open " + path.string());

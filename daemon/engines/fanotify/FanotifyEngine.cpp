@@ -2,6 +2,7 @@
 
 #include "builder/format/Error.h"
 #include "daemon/core/Log.h"
+#include "daemon/core/UniqueFd.h"
 #include "kernel-abi/fanotify.h"
 
 #include <fcntl.h>
@@ -40,21 +41,6 @@ constexpr size_t kBatchBytes = 64 * 1024;
 constexpr uint64_t kBlock = 4096;
 // What to fetch when the kernel reports no length: erofs-utils fetches 4 MiB too.
 constexpr uint64_t kUnknownCountWindow = 4 << 20;
-
-class FdGuard {
-public:
-    explicit FdGuard(int fd) : fd_(fd) {}
-    FdGuard(const FdGuard&) = delete;
-    FdGuard& operator=(const FdGuard&) = delete;
-    ~FdGuard() {
-        if (fd_ >= 0 && ::close(fd_) != 0) log::warn("close: {}", std::strerror(errno));
-    }
-    int get() const { return fd_; }
-    int release() { return std::exchange(fd_, -1); }
-
-private:
-    int fd_;
-};
 
 void closeOrLog(int fd, std::string_view what) {
     if (::close(fd) != 0) log::warn("cannot close {}: {}", what, std::strerror(errno));
@@ -112,7 +98,7 @@ void submit(io_uring& ring) {
 // number of device= paths.
 void mountErofs(const FanotifyMount& m) {
     const std::string what = fmt::format("cannot mount {} on {}", m.bootstrap.native(), m.mountpoint.native());
-    FdGuard fs(::fsopen("erofs", FSOPEN_CLOEXEC));
+    UniqueFd fs(::fsopen("erofs", FSOPEN_CLOEXEC));
     if (fs.get() < 0) {
         if (errno == ENODEV) fail("{}: kernel has no EROFS (CONFIG_EROFS_FS)", what);
         failErrno(what);
@@ -131,7 +117,7 @@ void mountErofs(const FanotifyMount& m) {
         }
         failMount(fs.get(), what);
     }
-    FdGuard mnt(::fsmount(fs.get(), FSMOUNT_CLOEXEC, MOUNT_ATTR_RDONLY));
+    UniqueFd mnt(::fsmount(fs.get(), FSMOUNT_CLOEXEC, MOUNT_ATTR_RDONLY));
     if (mnt.get() < 0) failMount(fs.get(), what);
     if (::move_mount(mnt.get(), "", AT_FDCWD, m.mountpoint.c_str(), MOVE_MOUNT_F_EMPTY_PATH) != 0) {
         failErrno(what);
@@ -272,7 +258,7 @@ void FanotifyEngine::start() {
     // unfilled. Unlimited marks: one mark per incomplete blob of every mounted image.
     responder->group = initGroup(fanotify::kClassPreContent | fanotify::kCloexec | fanotify::kNonblock |
                                  fanotify::kUnlimitedQueue | fanotify::kUnlimitedMarks);
-    FdGuard wake(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+    UniqueFd wake(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
     if (wake.get() < 0) failErrno("eventfd");
     responder_ = std::move(responder);
     wake_ = wake.release();
@@ -497,7 +483,7 @@ void FanotifyEngine::acquire(const BlobFile& blob, uint32_t image, std::vector<s
     };
     const auto it = files_.find(key);
     if (it == files_.end()) {
-        FdGuard fd(::fcntl(blob.fd, F_DUPFD_CLOEXEC, 0));
+        UniqueFd fd(::fcntl(blob.fd, F_DUPFD_CLOEXEC, 0));
         if (fd.get() < 0) failErrno(fmt::format("cannot duplicate the fd of cache file {}", blob.path.native()));
         mark(fd.get());
         files_.emplace(key, MarkedFile{blob.path, fd.release(), blob.size, true, {{image, blob.blob}}});
@@ -599,7 +585,7 @@ void FanotifyEngine::unmountForStop(const MountEntry& entry, std::chrono::millis
         log::error("cannot unmount {}: {}", mountpoint.native(), std::strerror(errno));
         return;
     }
-    FdGuard watch(::inotify_init1(IN_CLOEXEC | IN_NONBLOCK));
+    UniqueFd watch(::inotify_init1(IN_CLOEXEC | IN_NONBLOCK));
     if (watch.get() < 0) log::warn("inotify_init1: {}", std::strerror(errno));
     std::set<int> open_files;  // watch descriptors of blob files the kernel still has open
     if (watch.get() >= 0) {

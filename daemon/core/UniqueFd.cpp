@@ -1,0 +1,33 @@
+#include "daemon/core/UniqueFd.h"
+
+#include "builder/format/Error.h"
+#include "daemon/core/Log.h"
+
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <string>
+#include <utility>
+
+namespace rafsd {
+
+UniqueFd& UniqueFd::operator=(UniqueFd&& other) noexcept {
+    if (this != &other) {
+        UniqueFd old(std::exchange(fd_, other.release()));
+    }
+    return *this;
+}
+
+UniqueFd::~UniqueFd() {
+    if (fd_ >= 0 && ::close(fd_) != 0) log::warn("close fd {}: {}", fd_, std::strerror(errno));
+}
+
+int UniqueFd::release() { return std::exchange(fd_, -1); }
+
+void UniqueFd::close(std::string_view what) {
+    const int fd = release();
+    if (fd >= 0 && ::close(fd) != 0) rafs::failErrno("close " + std::string(what));
+}
+
+}  // namespace rafsd

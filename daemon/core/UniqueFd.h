@@ -1,0 +1,28 @@
+// An owned file descriptor, closed when it goes out of scope. A failed close() there is logged;
+// where a failed close means lost data (a file just written), call close(what), which throws.
+#pragma once
+
+#include <string_view>
+
+namespace rafsd {
+
+class UniqueFd {
+public:
+    UniqueFd() = default;
+    explicit UniqueFd(int fd) : fd_(fd) {}
+    UniqueFd(UniqueFd&& other) noexcept : fd_(other.release()) {}
+    UniqueFd& operator=(UniqueFd&& other) noexcept;
+    UniqueFd(const UniqueFd&) = delete;
+    UniqueFd& operator=(const UniqueFd&) = delete;
+    ~UniqueFd();
+
+    int get() const { return fd_; }
+    int release();
+    // Closes now; throws rafs::Error naming `what` if close() fails.
+    void close(std::string_view what);
+
+private:
+    int fd_ = -1;
+};
+
+}  // namespace rafsd
