@@ -248,6 +248,9 @@ int main(int argc, char** argv) {
     mount->add_option("--engine", engine, "auto (default), fanotify or fscache");
     mount->add_option("--domain-id", domain_id, "fscache: share cache files of equal blobs within this domain");
     mount->add_option("--fsid", fsid, "fscache: the image's id (default: chosen by rafsd)");
+    bool register_only = false;
+    mount->add_flag("--register-only", register_only,
+                    "fscache: serve the image but leave the mount to you; prints the mount command");
     mount->add_option("BOOTSTRAP", bootstrap, "the image's bootstrap (image.boot)")->required();
     mount->add_option("MOUNTPOINT", mountpoint, "directory to mount it on")->required();
 
@@ -273,7 +276,14 @@ int main(int argc, char** argv) {
             }
             if (!domain_id.empty()) request.domain_id = domain_id;
             if (!fsid.empty()) request.fsid = fsid;
+            request.register_only = register_only;
             json response = client.call(request);
+            auto command = response.find("mount_command");
+            if (command != response.end() && command->is_string()) {
+                std::cout << "registered " << request.bootstrap.string() << "; mount it with:\n  "
+                          << command->get<std::string>() << "\n";
+                return 0;
+            }
             auto chosen = response.find("engine");
             std::cout << "mounted " << request.bootstrap.string() << " on " << request.mountpoint.string()
                       << (chosen != response.end() && chosen->is_string() ? " (" + chosen->get<std::string>() + ")" : "")

@@ -117,6 +117,10 @@ MountRequest mountRequest(Fields& fields) {
     if (const json* v = fields.optional("engine")) request.engine = engine(*v);
     if (const json* v = fields.optional("domain_id")) request.domain_id = identifier(*v, "domain_id");
     if (const json* v = fields.optional("fsid")) request.fsid = identifier(*v, "fsid");
+    if (const json* v = fields.optional("register_only")) {
+        if (!v->is_boolean()) rafs::fail("register_only: {} is not true or false", shown(*v));
+        request.register_only = v->get<bool>();
+    }
     return request;
 }
 
@@ -126,6 +130,7 @@ json toJson(const MountRequest& request) {
     if (request.engine) out["engine"] = engineName(*request.engine);
     if (request.domain_id) out["domain_id"] = *request.domain_id;
     if (request.fsid) out["fsid"] = *request.fsid;
+    if (request.register_only) out["register_only"] = true;
     return out;
 }
 

@@ -4,14 +4,16 @@
 //
 // Requests (paths are absolute; fields not listed are refused):
 //   {"op":"mount","bootstrap":"/abs/image.boot","mountpoint":"/abs/mnt",
-//    "blob_dir":"/abs/blobs", "engine":"auto|fanotify|fscache", "domain_id":"d", "fsid":"f"}
-//        blob_dir, engine, domain_id and fsid are optional.
+//    "blob_dir":"/abs/blobs", "engine":"auto|fanotify|fscache", "domain_id":"d", "fsid":"f",
+//    "register_only":true}
+//        blob_dir, engine, domain_id, fsid and register_only (fscache: no mount(2)) are optional.
 //   {"op":"umount","mountpoint":"/abs/mnt"}
 //   {"op":"list"}
 //   {"op":"status"}  or  {"op":"status","mountpoint":"/abs/mnt"}
 //
 // Responses: {"ok":true, ...fields} or {"ok":false,"error":"one line"}. The fields are:
 //   mount:  {"mountpoint":"/abs/mnt","engine":"fanotify"}            engine = the one chosen
+//           register_only adds "mount_command":"mount -t erofs -o fsid=f none /abs/mnt"
 //   umount: {}
 //   list:   {"images":[{"mountpoint":"/abs/mnt","bootstrap":"/abs/image.boot",
 //                       "engine":"fanotify","blobs":3}]}                blobs = how many
@@ -57,6 +59,9 @@ struct MountRequest {
     std::optional<EngineKind> engine;
     std::optional<std::string> domain_id;
     std::optional<std::string> fsid;
+    // fscache only: register the image and answer the kernel for it, but leave mount(2) to the
+    // user (`mount -t erofs -o fsid=...`); the response carries the command.
+    bool register_only = false;
     bool operator==(const MountRequest&) const = default;
 };
 

@@ -235,11 +235,14 @@ nlohmann::json ImageService::mountOrReattach(const MountRequest& request, bool r
     if (!S_ISDIR(st.st_mode)) rafs::fail("mountpoint {} is not a directory", mountpoint.string());
     const EngineKind requested = reattach ? EngineKind::Fscache : request.engine.value_or(config_.daemon.engine);
     EngineKind engine = resolveEngine(requested);
+    if (request.register_only && requested == EngineKind::Fanotify) {
+        rafs::fail("register only: needs the fscache engine; a fanotify mount is made by rafsd itself");
+    }
     if (engine == EngineKind::Fscache) {
         try {
             fscache();
         } catch (const std::exception& e) {
-            if (requested != EngineKind::Auto) throw;
+            if (requested != EngineKind::Auto || request.register_only) throw;
             log::info("fscache engine unusable ({}); trying fanotify", e.what());
             FanotifyEngine::checkKernel();
             engine = EngineKind::Fanotify;
@@ -276,8 +279,13 @@ nlohmann::json ImageService::mountOrReattach(const MountRequest& request, bool r
         image.blobs.push_back(openBlob(bootstrap, blob, backend, fscache_volume));
     }
     image.index = fetcher_->addImage(image.blobs);
+    const FscacheAttach how = reattach ? FscacheAttach::Reattach
+                              : request.register_only ? FscacheAttach::Register
+                                                      : FscacheAttach::Mount;
+    std::string mount_options;
     if (engine == EngineKind::Fscache) {
-        mountFscache(image, bootstrap, reattach);
+        mountFscache(image, bootstrap, how);
+        mount_options = FscacheEngine::mountOptions(image.fsid, image.domain_id);
     } else {
         FanotifyMount spec;
         spec.image = image.index;
@@ -299,13 +307,18 @@ nlohmann::json ImageService::mountOrReattach(const MountRequest& request, bool r
         }
     }
     if (prefetcher_) prefetcher_->add(prefetchTableChunks(bootstrap, image.blobs), image.blobs);
-    log::info("{} {} on {} ({} blobs, engine {})", reattach ? "reattached" : "mounted", bootstrap_path.string(),
-              mountpoint.string(), image.blobs.size(), engineName(engine));
+    const char* done = how == FscacheAttach::Reattach ? "reattached" : how == FscacheAttach::Register ? "registered" : "mounted";
+    log::info("{} {} on {} ({} blobs, engine {})", done, bootstrap_path.string(), mountpoint.string(),
+              image.blobs.size(), engineName(engine));
     images_.push_back(std::move(image));
-    return {{"mountpoint", mountpoint.string()}, {"engine", std::string(engineName(engine))}};
+    nlohmann::json response = {{"mountpoint", mountpoint.string()}, {"engine", std::string(engineName(engine))}};
+    if (how == FscacheAttach::Register) {
+        response["mount_command"] = "mount -t erofs -o " + mount_options + " none " + mountpoint.string();
+    }
+    return response;
 }
 
-void ImageService::mountFscache(Image& image, const rafs::Bootstrap& bootstrap, bool reattach) {
+void ImageService::mountFscache(Image& image, const rafs::Bootstrap& bootstrap, FscacheAttach how) {
     FscacheMount spec;
     spec.image = image.index;
     spec.fsid = image.fsid;
@@ -317,15 +330,17 @@ void ImageService::mountFscache(Image& image, const rafs::Bootstrap& bootstrap, 
     }
     try {
         FscacheEngine& engine = fscache();
-        if (reattach) {
+        if (how == FscacheAttach::Reattach) {
             engine.reattach(spec);
         } else {
             engine.start(fscache_restore_);
             // Listed before mount(2): a daemon dying during the mount leaves an entry the next one
-            // finds unmounted and forgets, never a mount it does not know about.
+            // finds unmounted and forgets, never a mount it does not know about. A registered
+            // image is listed too, so that a restarted daemon takes over the user's mount of it.
             saveFscacheTable(&image);
             try {
-                engine.mount(spec);
+                if (how == FscacheAttach::Register) engine.reattach(spec);
+                else engine.mount(spec);
             } catch (...) {
                 saveFscacheTableOrLog();
                 throw;

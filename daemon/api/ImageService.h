@@ -83,7 +83,10 @@ private:
     FanotifyEngine& fanotify();
     FscacheEngine& fscache();
     nlohmann::json mountOrReattach(const MountRequest& request, bool reattach);
-    void mountFscache(Image& image, const rafs::Bootstrap& bootstrap, bool reattach);
+    // How an fscache image reaches the kernel: rafsd mounts it, a previous daemon's mount is taken
+    // over, or the image is only registered and the user mounts it by hand.
+    enum class FscacheAttach { Mount, Reattach, Register };
+    void mountFscache(Image& image, const rafs::Bootstrap& bootstrap, FscacheAttach how);
     nlohmann::json blobStatus(const CachedBlob& blob) const;
     // Rewrites the fscache table (if kept) from images_, plus `adding` (about to be mounted).
     void saveFscacheTable(const Image* adding);

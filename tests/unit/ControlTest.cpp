@@ -213,8 +213,12 @@ TEST_CASE("control requests parse into typed structs", "[api]") {
     CHECK(std::holds_alternative<rafsd::ListRequest>(parseRequest(R"( {"op":"list"} )")));
     CHECK(std::get<rafsd::StatusRequest>(parseRequest(R"({"op":"status"})")).mountpoint == std::nullopt);
     CHECK(std::get<rafsd::StatusRequest>(parseRequest(R"({"op":"status","mountpoint":"/m"})")).mountpoint == "/m");
+    MountRequest registered = minimal;
+    registered.register_only = true;
+    CHECK(std::get<MountRequest>(parseRequest(
+              R"({"op":"mount","bootstrap":"/a.boot","mountpoint":"/mnt","register_only":true})")) == registered);
 
-    for (const Request& r : {Request(expected), Request(minimal), Request(rafsd::UmountRequest{"/m"}),
+    for (const Request& r : {Request(expected), Request(minimal), Request(registered), Request(rafsd::UmountRequest{"/m"}),
                              Request(rafsd::ListRequest{}), Request(rafsd::StatusRequest{}),
                              Request(rafsd::StatusRequest{"/m"})}) {
         std::string line = rafsd::formatRequest(r);
@@ -247,6 +251,8 @@ TEST_CASE("control request errors", "[api]") {
                       "domain_id: \"\" is not a name of 1 to 128 letters, digits, '.', '_', ':' or '-'");
     CHECK_THROWS_WITH(parseRequest(R"({"op":"mount","bootstrap":"/a\u0000b","mountpoint":"/m"})"),
                       "bootstrap: \"/a\\u0000b\" is not an absolute path");
+    CHECK_THROWS_WITH(parseRequest(R"({"op":"mount","bootstrap":"/a","mountpoint":"/m","register_only":"yes"})"),
+                      "register_only: \"yes\" is not true or false");
     CHECK_THROWS_WITH(parseRequest(R"({"op":"status","mountpoint":"m"})"), "mountpoint: \"m\" is not an absolute path");
     CHECK_THROWS_WITH(parseRequest(R"({"op":"list","verbose":true})"), "unknown field 'verbose' in list request");
     CHECK_THROWS_WITH(parseRequest(R"({"op":"mount","bootstrap":"/a","mountpoint":"/m","blobdir":"/b"})"),

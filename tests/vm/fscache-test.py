@@ -505,6 +505,45 @@ class Guest:
         check(vols == ['Ierofs,shared'], f'volumes: {vols}')
         return f'{c}; cache files {len(names)}'
 
+    def case_register_by_hand(self):
+        """rafsctl mount --register-only: rafsd serves the image, the user mounts it by hand with the
+        command rafsctl prints; rafsctl umount after a manual umount only unregisters."""
+        cache = f'{self.cache_root}/byhand'
+        cfg = self.config('byhand', cache)
+        d = Rafsd(self, ['serve', '--config', cfg])
+        self.daemons.append(d)
+        d.wait_for(lambda: os.path.exists('/tmp/byhand.sock'), 'the control socket')
+        ctl = [self.rafsctl, '--socket', '/tmp/byhand.sock']
+        b, blobs = self.image('img1')
+        mnt = self.mnt('byhand')
+
+        def run(argv):
+            return subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=300)
+
+        r = run(ctl + ['mount', '--engine', 'fanotify', '--register-only', '--blob-dir', blobs, b, mnt])
+        check(r.returncode != 0 and b'needs the fscache engine' in r.stdout and r.stdout.count(b'\n') == 1,
+              f'--register-only with fanotify: {r.stdout!r}')
+        r = run(ctl + ['mount', '--engine', 'fscache', '--register-only', '--fsid', 'handmade', '--blob-dir', blobs, b,
+                       mnt])
+        check(r.returncode == 0, f'rafsctl mount --register-only: {r.stdout!r}\n{d.text()}')
+        check(not is_mount(mnt), f'{mnt} is mounted although only registered')
+        command = r.stdout.decode().splitlines()[-1].strip()
+        check(command == f'mount -t erofs -o fsid=handmade none {mnt}', f'printed command: {r.stdout!r}')
+        r = run(command.split())
+        check(r.returncode == 0, f'{command}: {r.stdout!r}\n{d.text()}')
+        problems = compare_tree(mnt, self.meta['img1']['manifest'])
+        check(not problems, 'mismatches: ' + '; '.join(problems[:10]))
+        r = run(['umount', mnt])
+        check(r.returncode == 0, f'umount by hand: {r.stdout!r}')
+        r = run(ctl + ['umount', mnt])
+        check(r.returncode == 0, f'rafsctl umount after the manual umount: {r.stdout!r}')
+        r = run(ctl + ['list'])
+        check(mnt.encode() not in r.stdout, f'still listed: {r.stdout!r}')
+        check(d.stop() == 0, f'rafsd serve did not stop cleanly:\n{d.text()}')
+        c = d.counters()
+        check(c['blob_reads'] > 0 and c['read_errors'] == 0 and c['refused'] == 0, f'counters {c}')
+        return f'{command}; {c}'
+
     def worker_of(self, d):
         """The pid of the supervisor's worker."""
         for pid in filter(str.isdigit, os.listdir('/proc')):
@@ -716,7 +755,7 @@ class Guest:
 
 
 CASES = ['tree', 'remount_cached', 'stale_state', 'nydus', 'unknown_cookie', 'missing_blob', 'device_errors',
-         'corrupt_blob', 'shared_domain', 'failover', 'fd_store', 'serve_failover', 'kill_no_failover']
+         'corrupt_blob', 'shared_domain', 'register_by_hand', 'failover', 'fd_store', 'serve_failover', 'kill_no_failover']
 
 
 def guest_main(args):

@@ -359,11 +359,14 @@ void FscacheEngine::reattach(const FscacheMount& m) {
     log::info("{}: reattached (fsid {}); its objects are reopened on demand", m.mountpoint.string(), m.fsid);
 }
 
+std::string FscacheEngine::mountOptions(const std::string& fsid, const std::string& domain_id) {
+    return domain_id.empty() ? "fsid=" + fsid : "fsid=" + fsid + ",domain_id=" + domain_id;
+}
+
 void FscacheEngine::mount(const FscacheMount& m) {
     if (!started()) fail("fscache engine: mount before start");
     registerMount(m);
-    std::string options = "fsid=" + m.fsid;
-    if (!m.domain_id.empty()) options += ",domain_id=" + m.domain_id;
+    const std::string options = mountOptions(m.fsid, m.domain_id);
     if (::mount("none", m.mountpoint.c_str(), "erofs", MS_RDONLY | MS_NODEV | MS_NOSUID, options.c_str()) != 0) {
         const int err = errno;
         std::string refused;
@@ -395,7 +398,8 @@ void FscacheEngine::unregister(const MountEntry& entry) {
 }
 
 void FscacheEngine::umount(const std::filesystem::path& mountpoint) {
-    if (::umount2(mountpoint.c_str(), 0) != 0) failErrno("umount " + mountpoint.string());
+    // EINVAL: not a mount point, i.e. an image registered for a mount by hand that is not there.
+    if (::umount2(mountpoint.c_str(), 0) != 0 && errno != EINVAL) failErrno("umount " + mountpoint.string());
     std::lock_guard lock(mutex_);
     auto it = std::find_if(mounts_.begin(), mounts_.end(), [&](const MountEntry& e) { return e.mountpoint == mountpoint; });
     if (it == mounts_.end()) return;

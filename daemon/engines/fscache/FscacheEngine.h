@@ -130,11 +130,16 @@ public:
     // Registers the image's cookies, then mounts it; throws (naming refused cookies) on failure.
     void mount(const FscacheMount& mount);
 
-    // Registers the cookies of an image the kernel still has mounted from a previous daemon, so
-    // that the OPENs of its reopened objects are answered.
+    // Registers the image's cookies without mounting it, so that the kernel's OPENs for it are
+    // answered: an image a previous daemon mounted (failover), or one the user mounts by hand with
+    // `mount -t erofs -o <mountOptions(...)> none <mountpoint>`.
     void reattach(const FscacheMount& mount);
 
-    // Unmounts (throws if busy) and unregisters the image's cookies.
+    // "fsid=<fsid>[,domain_id=<domain_id>]": the EROFS mount options of an image.
+    static std::string mountOptions(const std::string& fsid, const std::string& domain_id);
+
+    // Unmounts (throws if busy) and unregisters the image's cookies. An image that is registered
+    // but not mounted (never mounted by hand, or unmounted already) is only unregistered.
     void umount(const std::filesystem::path& mountpoint);
 
     // Unmounts everything (lazily if busy), stops the loop and closes the device. Never throws.
