@@ -20,7 +20,7 @@ UniqueFd& UniqueFd::operator=(UniqueFd&& other) noexcept {
 }
 
 UniqueFd::~UniqueFd() {
-    if (fd_ >= 0 && ::close(fd_) != 0) log::warn("close fd {}: {}", fd_, std::strerror(errno));
+    if (fd_ >= 0) closeOrWarn(fd_, "fd " + std::to_string(fd_));
 }
 
 int UniqueFd::release() { return std::exchange(fd_, -1); }
@@ -28,6 +28,10 @@ int UniqueFd::release() { return std::exchange(fd_, -1); }
 void UniqueFd::close(std::string_view what) {
     const int fd = release();
     if (fd >= 0 && ::close(fd) != 0) rafs::failErrno("close " + std::string(what));
+}
+
+void closeOrWarn(int fd, std::string_view what) {
+    if (::close(fd) != 0) log::warn("close {}: {}", what, std::strerror(errno));
 }
 
 }  // namespace rafsd

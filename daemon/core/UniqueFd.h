@@ -25,4 +25,8 @@ private:
     int fd_ = -1;
 };
 
+// Closes an fd owned elsewhere (an event's fd, a device fd handed over); a failure is logged
+// naming `what`, since nothing written through these fds depends on close().
+void closeOrWarn(int fd, std::string_view what);
+
 }  // namespace rafsd

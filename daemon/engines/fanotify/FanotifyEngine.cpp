@@ -42,10 +42,6 @@ constexpr uint64_t kBlock = 4096;
 // What to fetch when the kernel reports no length: erofs-utils fetches 4 MiB too.
 constexpr uint64_t kUnknownCountWindow = 4 << 20;
 
-void closeOrLog(int fd, std::string_view what) {
-    if (::close(fd) != 0) log::warn("cannot close {}: {}", what, std::strerror(errno));
-}
-
 int initGroup(unsigned flags) {
     // Event fds are only fstat'ed and closed: the core writes through its own pre-mark fd.
     const int fd = ::fanotify_init(flags, O_RDONLY | O_LARGEFILE);
@@ -169,7 +165,7 @@ struct FanotifyEngine::Responder {
     Responder(const Responder&) = delete;
     Responder& operator=(const Responder&) = delete;
     ~Responder() {
-        if (group >= 0) closeOrLog(group, "fanotify group");
+        if (group >= 0) closeOrWarn(group, "fanotify group");
     }
 
     // Registers an event handed to the core; nullopt once stopping (the caller denies it).
@@ -215,7 +211,7 @@ struct FanotifyEngine::Responder {
 
     void closeGroup() {
         std::lock_guard lock(mutex);
-        closeOrLog(group, "fanotify group");
+        closeOrWarn(group, "fanotify group");
         group = -1;
     }
 
@@ -231,7 +227,7 @@ private:
         } else if (static_cast<size_t>(n) != sizeof response) {
             log::error("cannot answer fanotify event: short write of {} bytes", n);
         }
-        closeOrLog(fd, "fanotify event fd");
+        closeOrWarn(fd, "fanotify event fd");
     }
 };
 
@@ -240,7 +236,7 @@ FanotifyEngine::FanotifyEngine(DataPlane& core) : core_(core) {}
 FanotifyEngine::~FanotifyEngine() { stop(); }
 
 void FanotifyEngine::checkKernel() {
-    closeOrLog(initGroup(fanotify::kClassPreContent | fanotify::kCloexec), "fanotify group");
+    closeOrWarn(initGroup(fanotify::kClassPreContent | fanotify::kCloexec), "fanotify group");
     std::ifstream in("/proc/filesystems");
     if (!in) fail("cannot read /proc/filesystems");
     std::string line;
@@ -281,7 +277,7 @@ void FanotifyEngine::start() {
 }
 
 void FanotifyEngine::teardown() {
-    closeOrLog(wake_, "eventfd");
+    closeOrWarn(wake_, "eventfd");
     wake_ = -1;
     responder_->closeGroup();
 }
@@ -509,7 +505,7 @@ void FanotifyEngine::release(uint32_t image, const std::vector<std::pair<uint32_
             ::fanotify_mark(responder_->group, fanotify::kMarkRemove, fanotify::kPreAccess, file.fd, nullptr) != 0) {
             log::warn("cannot unmark cache file {}: {}", file.path.native(), std::strerror(errno));
         }
-        closeOrLog(file.fd, file.path.native());
+        closeOrWarn(file.fd, file.path.native());
         files_.erase(it);
     }
 }

@@ -2,6 +2,7 @@
 
 #include "builder/format/Error.h"
 #include "daemon/core/Log.h"
+#include "daemon/core/UniqueFd.h"
 
 #include <fcntl.h>
 #include <linux/magic.h>
@@ -66,7 +67,7 @@ FscacheDevice FscacheDevice::open(const fs::path& cache_dir, std::string_view ta
 }
 
 FscacheDevice::~FscacheDevice() {
-    if (fd_ >= 0 && ::close(fd_) != 0) log::warn("close {}: {}", kPath, std::strerror(errno));
+    if (fd_ >= 0) closeOrWarn(fd_, kPath);
 }
 
 FscacheDevice::FscacheDevice(FscacheDevice&& other) noexcept : fd_(std::exchange(other.fd_, -1)) {}

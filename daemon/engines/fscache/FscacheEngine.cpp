@@ -2,6 +2,7 @@
 
 #include "builder/format/Error.h"
 #include "daemon/core/Log.h"
+#include "daemon/core/UniqueFd.h"
 
 #include <fcntl.h>
 #include <liburing.h>
@@ -59,7 +60,7 @@ void cachefilesReadComplete(int anon_fd, uint32_t msg_id) {
 }
 
 AnonFd::~AnonFd() {
-    if (::close(fd_) != 0) log::warn("close of cachefiles anonymous fd {}: {}", fd_, std::strerror(errno));
+    closeOrWarn(fd_, "cachefiles anonymous fd");
 }
 
 bool FscacheCacheFile::hasData(uint64_t offset, uint64_t length) const {
@@ -176,7 +177,7 @@ void FscacheEngine::handle(std::span<const std::byte> bytes) {
         msg = parseMessage(bytes);
     } catch (...) {
         // A rejected OPEN still installed an fd in our table.
-        if (int fd = openFdOf(bytes); fd >= 0 && ::close(fd) != 0) log::warn("close: {}", std::strerror(errno));
+        if (int fd = openFdOf(bytes); fd >= 0) closeOrWarn(fd, "the anonymous fd of a rejected OPEN");
         throw;
     }
     switch (msg.opcode) {
@@ -410,7 +411,7 @@ void FscacheEngine::umount(const std::filesystem::path& mountpoint) {
 void FscacheEngine::stop() {
     if (!thread_.joinable()) {
         device_.reset();
-        if (wake_ >= 0 && ::close(wake_) != 0) log::warn("close eventfd: {}", std::strerror(errno));
+        if (wake_ >= 0) closeOrWarn(wake_, "eventfd");
         wake_ = -1;
         return;
     }
@@ -440,7 +441,7 @@ void FscacheEngine::stop() {
         cookies_.clear();
         mounts_.clear();
     }
-    if (::close(wake_) != 0) log::warn("close eventfd: {}", std::strerror(errno));
+    closeOrWarn(wake_, "eventfd");
     wake_ = -1;
     device_.reset();
 }

@@ -2,6 +2,7 @@
 
 #include "builder/format/Error.h"
 #include "daemon/core/Log.h"
+#include "daemon/core/UniqueFd.h"
 
 #include <fcntl.h>
 #include <poll.h>
@@ -49,10 +50,6 @@ int fdFromStore() {
     }
     if (found >= 0 && ::fcntl(found, F_SETFD, FD_CLOEXEC) != 0) failErrno("fcntl on the stored cachefiles fd");
     return found;
-}
-
-void closeOrWarn(int fd, std::string_view what) {
-    if (::close(fd) != 0) log::warn("close {}: {}", what, std::strerror(errno));
 }
 
 // Forks a worker on its own duplicate of `device_fd`; returns its pid and, in `ready_fd`, the read
