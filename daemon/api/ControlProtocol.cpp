@@ -1,6 +1,7 @@
 #include "daemon/api/ControlProtocol.h"
 
 #include "builder/format/Error.h"
+#include "daemon/engines/fscache/FscacheEngine.h"
 
 #include <sys/socket.h>
 #include <unistd.h>
@@ -15,7 +16,6 @@ namespace {
 using nlohmann::json;
 
 constexpr size_t kMaxShown = 80;
-constexpr size_t kMaxIdentifier = 128;
 
 // Cuts text to at most `max` bytes without splitting a UTF-8 sequence, marking the cut.
 std::string truncated(std::string text, size_t max) {
@@ -87,18 +87,10 @@ std::filesystem::path absolutePath(const json& value, std::string_view name) {
     return text;
 }
 
-// domain_id and fsid end up in mount options ("fsid=<id>,domain_id=<d>") and cache file names,
-// so they keep to characters that mean nothing there.
+// domain_id and fsid: names the fscache engine can use.
 std::string identifier(const json& value, std::string_view name) {
     const std::string& text = stringValue(value, name);
-    bool valid = !text.empty() && text.size() <= kMaxIdentifier && std::ranges::all_of(text, [](char c) {
-        return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' || c == '_' ||
-               c == ':' || c == '-';
-    });
-    if (!valid) {
-        rafs::fail("{}: {} is not a name of 1 to {} letters, digits, '.', '_', ':' or '-'", name, shown(value),
-                   kMaxIdentifier);
-    }
+    if (!FscacheEngine::validName(text)) rafs::fail("{}: {} is not a name of {}", name, shown(value), FscacheEngine::kNameRule);
     return text;
 }
 

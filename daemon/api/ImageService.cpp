@@ -33,12 +33,8 @@ std::string defaultFsid(const rafs::Bootstrap& bootstrap) {
     return "rafs-" + rafs::toHex(rafs::digestOf(rafs::Digester::Sha256, bootstrap.bytes())).substr(0, 32);
 }
 
-// fsid and domain_id become mount options and cachefiles key names.
 void checkFscacheName(std::string_view what, const std::string& name) {
-    const bool ok = !name.empty() && name.size() <= 128 && std::all_of(name.begin(), name.end(), [](char c) {
-        return c > ' ' && c < 127 && c != ',' && c != '=' && c != '/';
-    });
-    if (!ok) rafs::fail("{} '{}' must be 1-128 printable characters without ',', '=', '/' or spaces", what, name);
+    if (!FscacheEngine::validName(name)) rafs::fail("{} '{}' is not a name of {}", what, name, FscacheEngine::kNameRule);
 }
 
 // `rafsd mount --test-fetch-delay`: holds every backend read for a while, so a test can kill the
