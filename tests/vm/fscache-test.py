@@ -324,6 +324,14 @@ class Guest:
         self.daemons.append(d)
         return d
 
+    def serve(self, name, cache):
+        """`rafsd serve` with config `name`; returns it once its socket exists, and the rafsctl argv
+        that talks to it."""
+        d = Rafsd(self, ['serve', '--config', self.config(name, cache)])
+        self.daemons.append(d)
+        d.wait_for(lambda: os.path.exists(f'/tmp/{name}.sock'), 'the control socket')
+        return d, [self.rafsctl, '--socket', f'/tmp/{name}.sock']
+
     def cleanup(self):
         for d in self.daemons:
             if d.proc.poll() is None:
@@ -475,11 +483,7 @@ class Guest:
     def case_shared_domain(self):
         """Two images sharing a blob in one --domain-id: the blob is opened and cached once."""
         cache = f'{self.cache_root}/domain'
-        cfg = self.config('domain', cache)
-        d = Rafsd(self, ['serve', '--config', cfg])
-        self.daemons.append(d)
-        d.wait_for(lambda: os.path.exists('/tmp/domain.sock'), 'the control socket')
-        ctl = [self.rafsctl, '--socket', '/tmp/domain.sock']
+        d, ctl = self.serve('domain', cache)
         mnts = {}
         for name in ('img1', 'img12'):
             b, blobs = self.image(name)
@@ -509,11 +513,7 @@ class Guest:
         """rafsctl mount --register-only: rafsd serves the image, the user mounts it by hand with the
         command rafsctl prints; rafsctl umount after a manual umount only unregisters."""
         cache = f'{self.cache_root}/byhand'
-        cfg = self.config('byhand', cache)
-        d = Rafsd(self, ['serve', '--config', cfg])
-        self.daemons.append(d)
-        d.wait_for(lambda: os.path.exists('/tmp/byhand.sock'), 'the control socket')
-        ctl = [self.rafsctl, '--socket', '/tmp/byhand.sock']
+        d, ctl = self.serve('byhand', cache)
         b, blobs = self.image('img1')
         mnt = self.mnt('byhand')
 
