@@ -28,7 +28,7 @@ struct BlobCounters {
 // A request waiting for `remaining` chunks; done runs once, with EIO if any chunk failed.
 struct PendingRequest {
     Completion done;
-    uint32_t remaining = 0;
+    uint32_t remaining = 0;  // guarded by the blob's mutex_: workers count it down
     int error = 0;
 };
 

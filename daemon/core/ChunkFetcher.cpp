@@ -73,13 +73,17 @@ void ChunkFetcher::makePresent(uint32_t image, uint32_t blob_index, uint64_t off
             for (uint32_t ci = run.first; ci < run.first + run.count; ++ci) blob->in_flight_.try_emplace(ci);
         }
     }
-    if (request->remaining == 0) {
+    // Hit or miss is plan.required, not request->remaining: once the lock is released a worker
+    // finishing a chunk this request waits for may already have completed it, and then a hit
+    // would complete it twice.
+    if (plan.required.empty()) {
         blob->counters().hits++;
         blob->counters().bytes_from_cache += length;
         request->done(0);
-        return;
+    } else {
+        blob->counters().misses++;
     }
-    blob->counters().misses++;
+    // Always: the runs' chunks are in in_flight_ now, so no other request will fetch them.
     for (const FetchRun& run : plan.runs) {
         queue_->push(FetchQueue::Priority::OnDemand, [this, blob, run] { fetchRun(blob, run, false); });
     }

@@ -1,0 +1,233 @@
+#include "daemon/core/ChunkFetcher.h"
+
+#include "builder/format/Error.h"
+#include "tests/unit/TempDir.h"
+
+#include <catch2/catch.hpp>
+#include <pthread.h>
+#include <sched.h>
+#include <time.h>
+
+#include <atomic>
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+#include <filesystem>
+#include <future>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+using namespace rafsd;
+
+namespace {
+
+constexpr uint64_t kChunk = 4096;
+const std::string kBlobId(64, 'f');
+
+// Holds no data: the fetcher's writes are not what these tests look at.
+class NullCacheFile : public CacheFile {
+public:
+    explicit NullCacheFile(uint64_t size) : size_(size) {}
+    std::string name() const override { return "null cache file"; }
+    uint64_t size() const override { return size_; }
+    bool hasData(uint64_t, uint64_t) const override { return true; }
+    void sync() override {}
+
+private:
+    void writeBlocks(uint64_t, std::span<const uint8_t>) override {}
+    uint64_t size_;
+};
+
+// A blob of zeros. Its first read parks the worker that makes it in the middle of the test
+// thread's next makePresent, and wakes it again right after that call unlocks the blob (see
+// below).
+class ParkingBackend : public Backend {
+public:
+    explicit ParkingBackend(int cpu) : cpu_(cpu) {}
+
+    void read(const std::string&, uint64_t, std::span<uint8_t> out) override {
+        std::memset(out.data(), 0, out.size());
+        if (parked_.exchange(true)) return;  // only the first read parks
+        // On the test thread's CPU and real-time, this worker runs the moment it is runnable,
+        // preempting the test thread: when its sleep ends (inside the test thread's critical
+        // section) and when that thread's unlock wakes it.
+        cpu_set_t set;
+        CPU_ZERO(&set);
+        CPU_SET(static_cast<size_t>(cpu_), &set);
+        if (::sched_setaffinity(0, sizeof set, &set) != 0) error_ = errno;
+        const sched_param fifo{1};
+        if (const int rc = ::pthread_setschedparam(::pthread_self(), SCHED_FIFO, &fifo); rc != 0) error_ = rc;
+        timespec deadline{};
+        if (::clock_gettime(CLOCK_MONOTONIC, &deadline) != 0) error_ = errno;
+        deadline.tv_nsec += kPark.count();
+        if (deadline.tv_nsec >= 1'000'000'000) {
+            deadline.tv_sec += 1;
+            deadline.tv_nsec -= 1'000'000'000;
+        }
+        sleeping_.store(true);
+        int rc = 0;
+        while ((rc = ::clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &deadline, nullptr)) == EINTR) {}
+        if (rc != 0) error_ = rc;
+    }
+    uint64_t size(const std::string&) override { return 0; }
+    std::string describe() const override { return "parking test backend"; }
+
+    // The parked worker is asleep: the test thread may start the call it is to interrupt.
+    bool sleeping() const { return sleeping_.load(); }
+    int error() const { return error_.load(); }
+
+    // Much shorter than the critical section it has to end in.
+    static constexpr std::chrono::nanoseconds kPark{200'000};
+
+private:
+    int cpu_;
+    std::atomic<bool> parked_{false};
+    std::atomic<bool> sleeping_{false};
+    std::atomic<int> error_{0};
+};
+
+// Pins the calling thread to one CPU until destroyed.
+class PinnedThread {
+public:
+    PinnedThread() {
+        if (::sched_getaffinity(0, sizeof saved_, &saved_) != 0) rafs::failErrno("sched_getaffinity");
+        cpu_ = ::sched_getcpu();
+        if (cpu_ < 0) rafs::failErrno("sched_getcpu");
+        cpu_set_t one;
+        CPU_ZERO(&one);
+        CPU_SET(static_cast<size_t>(cpu_), &one);
+        if (::sched_setaffinity(0, sizeof one, &one) != 0) rafs::failErrno("sched_setaffinity");
+    }
+    ~PinnedThread() {
+        if (::sched_setaffinity(0, sizeof saved_, &saved_) != 0) WARN("cannot restore the test thread's CPUs");
+    }
+    PinnedThread(const PinnedThread&) = delete;
+    PinnedThread& operator=(const PinnedThread&) = delete;
+    int cpu() const { return cpu_; }
+
+private:
+    cpu_set_t saved_{};
+    int cpu_ = -1;
+};
+
+// Whether this process may make threads real-time (root, CAP_SYS_NICE or RLIMIT_RTPRIO).
+bool canUseRealTime() {
+    const sched_param fifo{1};
+    if (::pthread_setschedparam(::pthread_self(), SCHED_FIFO, &fifo) != 0) return false;
+    const sched_param other{0};
+    if (const int rc = ::pthread_setschedparam(::pthread_self(), SCHED_OTHER, &other); rc != 0)
+        rafs::failErrno("pthread_setschedparam(SCHED_OTHER)", rc);
+    return true;
+}
+
+}  // namespace
+
+// A request that waits only for chunks other requests are fetching can be completed by the worker
+// that finishes them as soon as makePresent unlocks the blob, before makePresent has decided what
+// to do next. It must still be completed exactly once, and the blob must go on being served.
+//
+// The interleaving is forced, not hoped for: the worker fetching the awaited chunk is made
+// real-time on the test thread's CPU and parked until a moment inside the second request's
+// critical section (made long by a range of many present chunks). It preempts the test thread
+// there, blocks on the blob's mutex, and preempts it again when the unlock wakes it.
+TEST_CASE("a request completed by a worker as makePresent unlocks is completed once and its runs are fetched",
+          "[chunkfetcher]") {
+    if (!canUseRealTime()) {
+        WARN("skipped: forcing the interleaving needs SCHED_FIFO (root or CAP_SYS_NICE)");
+        return;
+    }
+    // 4 KiB chunks, all present but two. The window is long so that planning a window's worth
+    // of present chunks keeps the blob locked far longer than ParkingBackend::kPark.
+    constexpr uint64_t kWindow = 512ull << 20;
+    constexpr uint32_t kPerWindow = kWindow / kChunk;
+    // The first request reads [0, kAwaited] and fetches kAwaited. The second one reads kWindow
+    // bytes from kAwaited, waiting for kAwaited alone. kAwaited is the first chunk it plans: the
+    // worker marks the chunk present before it takes the lock to complete it, so a chunk planned
+    // later would already count as present. kAhead, missing, lies past both ranges.
+    constexpr uint32_t kAwaited = 16;
+    constexpr uint32_t kAhead = 2 * kPerWindow + 1;
+    constexpr uint32_t kChunks = 2 * kPerWindow + 2 * kAwaited;
+
+    const std::vector<uint8_t> zeros(kChunk, 0);
+    BlobDescriptor d;
+    d.id = kBlobId;
+    d.compressor = rafs::Compressor::None;
+    d.digester = rafs::Digester::Blake3;
+    d.chunk_size = kChunk;
+    d.uncompressed_size = uint64_t{kChunks} * kChunk;
+    std::vector<ChunkExtent> extents;
+    for (uint32_t i = 0; i < kChunks; ++i) {
+        const uint64_t at = uint64_t{i} * kChunk;
+        d.chunks.push_back({at, static_cast<uint32_t>(kChunk), at, static_cast<uint32_t>(kChunk), false, false, 0});
+        extents.push_back({at, static_cast<uint32_t>(kChunk)});
+    }
+    d.digests.assign(kChunks, rafs::digestOf(rafs::Digester::Blake3, zeros));
+
+    // Every chunk present but two, made once (a write per bit); each attempt starts from a copy.
+    rafs::test::TempDir dir;
+    const std::filesystem::path model = dir.path() / "model.chunkmap";
+    {
+        BlobCache cache(std::make_unique<NullCacheFile>(d.uncompressed_size),
+                        ReadinessBitmap::open(model, kBlobId, kChunks, d.uncompressed_size), extents);
+        for (uint32_t i = 0; i < kChunks; ++i) {
+            if (i != kAwaited && i != kAhead) cache.markPresent(i);
+        }
+        cache.flush();
+    }
+
+    PinnedThread pinned;
+    bool interleaved = false;
+    // Another process can delay the test thread past the worker's wake-up: then the awaited chunk
+    // is simply present when the second request looks, and the attempt proves nothing.
+    for (int attempt = 0; attempt < 5 && !interleaved; ++attempt) {
+        const std::filesystem::path bitmap = dir.path() / ("attempt" + std::to_string(attempt));
+        std::filesystem::copy_file(model, bitmap);
+        auto backend = std::make_shared<ParkingBackend>(pinned.cpu());
+        auto blob = std::make_shared<CachedBlob>(
+            d,
+            std::make_unique<BlobCache>(std::make_unique<NullCacheFile>(d.uncompressed_size),
+                                        ReadinessBitmap::open(bitmap, kBlobId, kChunks, d.uncompressed_size),
+                                        extents),
+            backend);
+        // Before the fetcher, so they outlive its worker.
+        const std::thread::id self = std::this_thread::get_id();
+        std::atomic<bool> inside{false};
+        std::atomic<int> calls{0};
+        std::atomic<int> failure{0};
+        std::atomic<bool> from_worker{false};
+        ChunkFetcher fetcher(FetchOptions{.amplify = kWindow, .threads = 1, .retries = 0});
+        const uint32_t image = fetcher.addImage({blob});
+
+        auto first = std::make_shared<std::promise<int>>();
+        fetcher.makePresent(image, 0, 0, uint64_t{kAwaited + 1} * kChunk,
+                            [first](int error) { first->set_value(error); });
+        while (!backend->sleeping()) std::this_thread::yield();
+
+        inside.store(true);
+        // Records only: Catch2 assertions are not thread-safe, and this may run on the worker.
+        fetcher.makePresent(image, 0, uint64_t{kAwaited} * kChunk, kWindow, [&](int result) {
+            if (result != 0) failure.store(result);
+            if (inside.load() && std::this_thread::get_id() != self) from_worker.store(true);
+            calls.fetch_add(1);
+        });
+        inside.store(false);
+        std::future<int> first_done = first->get_future();
+        REQUIRE(first_done.wait_for(std::chrono::seconds(10)) == std::future_status::ready);
+        CHECK(first_done.get() == 0);
+        REQUIRE(backend->error() == 0);
+        interleaved = from_worker.load();
+        // Every call has happened: the worker's before makePresent returned, any other inside it.
+        CHECK(calls.load() == 1);
+        CHECK(failure.load() == 0);
+
+        auto ahead = std::make_shared<std::promise<int>>();
+        fetcher.makePresent(image, 0, uint64_t{kAhead} * kChunk, kChunk,
+                            [ahead](int error) { ahead->set_value(error); });
+        std::future<int> ahead_done = ahead->get_future();
+        REQUIRE(ahead_done.wait_for(std::chrono::seconds(10)) == std::future_status::ready);
+        CHECK(ahead_done.get() == 0);
+    }
+    CHECK(interleaved);
+}
