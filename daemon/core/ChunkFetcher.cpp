@@ -4,6 +4,7 @@
 #include "daemon/core/ChunkVerifier.h"
 #include "daemon/core/Log.h"
 
+#include <algorithm>
 #include <cerrno>
 
 namespace rafsd {
@@ -68,6 +69,17 @@ void ChunkFetcher::makePresent(uint32_t image, uint32_t blob_index, uint64_t off
         for (uint32_t ci : plan.required) {
             blob->in_flight_[ci].push_back(request);
             ++request->remaining;
+        }
+        // A reader that waits is likely to read on: keep the next window coming behind this one.
+        if (!plan.required.empty()) {
+            std::vector<FetchRun> ahead = planner_.ahead(d.chunks, offset, [&](uint32_t ci) {
+                if (blob->cache().isPresent(ci)) return ChunkState::Present;
+                const bool planned = std::any_of(plan.runs.begin(), plan.runs.end(), [&](const FetchRun& r) {
+                    return ci >= r.first && ci < r.first + r.count;
+                });
+                return planned || blob->in_flight_.count(ci) != 0 ? ChunkState::InFlight : ChunkState::Missing;
+            });
+            plan.runs.insert(plan.runs.end(), ahead.begin(), ahead.end());
         }
         for (const FetchRun& run : plan.runs) {
             for (uint32_t ci = run.first; ci < run.first + run.count; ++ci) blob->in_flight_.try_emplace(ci);

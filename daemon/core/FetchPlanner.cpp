@@ -44,20 +44,35 @@ FetchPlan FetchPlanner::plan(std::span<const rafs::BlobChunk> chunks, uint64_t o
         }
     }
 
-    for (uint32_t ci : to_fetch) {
-        const rafs::BlobChunk& c = chunks[ci];
-        if (!plan.runs.empty()) {
-            FetchRun& r = plan.runs.back();
-            const bool adjacent = r.first + r.count == ci && r.offset + r.length == c.compressed_offset;
-            if (adjacent && r.length + c.compressed_size <= max_run_) {
-                ++r.count;
-                r.length += c.compressed_size;
-                continue;
-            }
-        }
-        plan.runs.push_back({ci, 1, c.compressed_offset, c.compressed_size});
-    }
+    for (uint32_t ci : to_fetch) appendToRuns(plan.runs, chunks, ci);
     return plan;
+}
+
+std::vector<FetchRun> FetchPlanner::ahead(std::span<const rafs::BlobChunk> chunks, uint64_t offset,
+                                          const std::function<ChunkState(uint32_t)>& state) const {
+    std::vector<FetchRun> runs;
+    if (amplify_ == 0) return runs;  // amplification off: fetch only what is read
+    const uint64_t start = offset + amplify_;
+    for (uint32_t i = firstCovering(chunks, start); i < chunks.size() && chunks[i].uncompressed_offset < start + amplify_;
+         ++i) {
+        if (state(i) == ChunkState::Missing) appendToRuns(runs, chunks, i);
+    }
+    return runs;
+}
+
+void FetchPlanner::appendToRuns(std::vector<FetchRun>& runs, std::span<const rafs::BlobChunk> chunks,
+                                uint32_t ci) const {
+    const rafs::BlobChunk& c = chunks[ci];
+    if (!runs.empty()) {
+        FetchRun& r = runs.back();
+        const bool adjacent = r.first + r.count == ci && r.offset + r.length == c.compressed_offset;
+        if (adjacent && r.length + c.compressed_size <= max_run_) {
+            ++r.count;
+            r.length += c.compressed_size;
+            return;
+        }
+    }
+    runs.push_back({ci, 1, c.compressed_offset, c.compressed_size});
 }
 
 }  // namespace rafsd

@@ -36,10 +36,18 @@ public:
     FetchPlan plan(std::span<const rafs::BlobChunk> chunks, uint64_t offset, uint64_t length,
                    const std::function<ChunkState(uint32_t)>& state) const;
 
+    // Sequential read-ahead for a reader that had to wait at `offset`: the missing chunks that
+    // start in [offset + amplify, offset + 2 * amplify), as runs. Present and in-flight chunks
+    // are skipped, so a reader that keeps waiting keeps one window being fetched ahead of it.
+    std::vector<FetchRun> ahead(std::span<const rafs::BlobChunk> chunks, uint64_t offset,
+                                const std::function<ChunkState(uint32_t)>& state) const;
+
     // Index of the first chunk whose 4 KiB-rounded extent ends after `offset` (chunks.size() if none).
     static uint32_t firstCovering(std::span<const rafs::BlobChunk> chunks, uint64_t offset);
 
 private:
+    void appendToRuns(std::vector<FetchRun>& runs, std::span<const rafs::BlobChunk> chunks, uint32_t ci) const;
+
     uint64_t amplify_;
     uint64_t max_run_;
 };

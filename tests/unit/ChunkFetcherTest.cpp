@@ -126,7 +126,8 @@ bool canUseRealTime() {
 
 // A request that waits only for chunks other requests are fetching can be completed by the worker
 // that finishes them as soon as makePresent unlocks the blob, before makePresent has decided what
-// to do next. It must still be completed exactly once, and the blob must go on being served.
+// to do next. It must still be completed exactly once, and the read-ahead runs it planned must
+// still be fetched (lost, their chunks stayed in flight for good and their readers hung).
 //
 // The interleaving is forced, not hoped for: the worker fetching the awaited chunk is made
 // real-time on the test thread's CPU and parked until a moment inside the second request's
@@ -142,10 +143,11 @@ TEST_CASE("a request completed by a worker as makePresent unlocks is completed o
     // of present chunks keeps the blob locked far longer than ParkingBackend::kPark.
     constexpr uint64_t kWindow = 512ull << 20;
     constexpr uint32_t kPerWindow = kWindow / kChunk;
-    // The first request reads [0, kAwaited] and fetches kAwaited. The second one reads kWindow
-    // bytes from kAwaited, waiting for kAwaited alone. kAwaited is the first chunk it plans: the
-    // worker marks the chunk present before it takes the lock to complete it, so a chunk planned
-    // later would already count as present. kAhead, missing, lies past both ranges.
+    // The first request reads [0, kAwaited] and fetches kAwaited; its read-ahead window
+    // [kWindow, 2 * kWindow) ends before kAhead. The second one reads kWindow bytes from kAwaited,
+    // waiting for kAwaited alone, and has kAhead in its read-ahead window. kAwaited is the first
+    // chunk it plans: the worker marks the chunk present before it takes the lock to complete it,
+    // so a chunk planned later would already count as present.
     constexpr uint32_t kAwaited = 16;
     constexpr uint32_t kAhead = 2 * kPerWindow + 1;
     constexpr uint32_t kChunks = 2 * kPerWindow + 2 * kAwaited;
