@@ -1,9 +1,10 @@
 #include "daemon/core/BlobCache.h"
 
+#include "daemon/core/ScratchBuffer.h"
+
 #include <algorithm>
 #include <cstring>
 #include <limits>
-#include <new>
 
 namespace rafsd {
 
@@ -12,12 +13,6 @@ namespace {
 constexpr uint64_t kBlock = CacheFile::kBlockSize;
 
 uint64_t extentEnd(const ChunkExtent& c) { return (c.offset + c.size + kBlock - 1) / kBlock * kBlock; }
-
-// Buffers handed to CacheFile::write must be block-aligned (direct I/O in fscache mode).
-struct AlignedDelete {
-    void operator()(uint8_t* p) const { ::operator delete[](p, std::align_val_t{kBlock}); }
-};
-using AlignedBuffer = std::unique_ptr<uint8_t[], AlignedDelete>;
 
 }  // namespace
 
@@ -79,13 +74,34 @@ void BlobCache::write(uint32_t chunk, std::span<const uint8_t> data) {
     if (reinterpret_cast<uintptr_t>(data.data()) % kBlock == 0 && data.size() == padded) {
         file_->write(c.offset, data);
     } else {
-        AlignedBuffer buffer(new (std::align_val_t{kBlock}) uint8_t[padded]);
-        std::memcpy(buffer.get(), data.data(), data.size());
-        std::memset(buffer.get() + data.size(), 0, padded - data.size());
-        file_->write(c.offset, {buffer.get(), padded});
+        ScratchBuffer buffer;  // block-aligned, as CacheFile::write needs
+        const std::span<uint8_t> block = buffer.get(padded);
+        const auto tail = std::copy(data.begin(), data.end(), block.begin());
+        std::fill(tail, block.end(), uint8_t{0});
+        file_->write(c.offset, block);
     }
     // Only now: the bit must never claim data that is not in the file yet (see the header).
     bitmap_.set(chunk);
+}
+
+void BlobCache::writeExtents(uint32_t first, uint32_t count, std::span<const uint8_t> extents) {
+    if (count == 0) return;
+    checkIndex(first);
+    if (uint64_t{first} + count > chunks_.size())
+        rafs::fail("{}: chunks {} to {} out of range ({} chunks)", file_->name(), first, uint64_t{first} + count - 1,
+                   chunks_.size());
+    for (uint32_t i = first + 1; i < first + count; ++i) {
+        if (chunks_[i].offset != extentEnd(chunks_[i - 1]))
+            rafs::fail("{}: chunks {} and {} are not back to back", file_->name(), i - 1, i);
+    }
+    const uint64_t offset = chunks_[first].offset;
+    const uint64_t length = extentEnd(chunks_[first + count - 1]) - offset;
+    if (extents.size() != length)
+        rafs::fail("{}: chunks {} to {} span {} bytes, got {}", file_->name(), first, first + count - 1, length,
+                   extents.size());
+    file_->write(offset, extents);
+    // Only now, as in write().
+    bitmap_.setRange(first, count);
 }
 
 uint32_t BlobCache::validate() {

@@ -58,6 +58,12 @@ public:
     // its offset, then marks it present. Thread-safe for distinct chunks.
     void write(uint32_t chunk, std::span<const uint8_t> data);
 
+    // Writes chunks [first, first + count), which must lie back to back (each one's 4 KiB-rounded
+    // extent ends where the next begins), from `extents`: their data laid out as in the cache
+    // file, zero padding included, in a 4 KiB-aligned buffer. One write, then all are marked
+    // present. Thread-safe for distinct chunks.
+    void writeExtents(uint32_t first, uint32_t count, std::span<const uint8_t> extents);
+
     // Clears the bits of chunks whose range the cache file reports as (partly) a hole: data lost
     // to a crash before it reached the disk, or a cache file that was recreated. Returns how many
     // bits were cleared. Not meant to run concurrently with write().

@@ -211,19 +211,34 @@ bool ReadinessBitmap::test(uint32_t chunk) const {
     return (state_->bits[chunk / 8].load(std::memory_order_acquire) & mask) != 0;
 }
 
-void ReadinessBitmap::set(uint32_t chunk) {
-    checkIndex(chunk);
-    std::atomic<uint8_t>& byte = state_->bits[chunk / 8];
-    const auto mask = static_cast<uint8_t>(1u << (chunk % 8));
-    if ((byte.fetch_or(mask, std::memory_order_acq_rel) & mask) != 0) return;
-    state_->count.fetch_add(1, std::memory_order_relaxed);
+void ReadinessBitmap::setRange(uint32_t first, uint32_t count) {
+    if (count == 0) return;
+    if (uint64_t{first} + count > chunk_count_)
+        rafs::fail("{}: chunks {} to {} out of range ({} chunks)", path_.string(), first, uint64_t{first} + count - 1,
+                   chunk_count_);
+    uint32_t added = 0;
+    for (uint32_t chunk = first; chunk < first + count; ++chunk) {
+        const auto mask = static_cast<uint8_t>(1u << (chunk % 8));
+        if ((state_->bits[chunk / 8].fetch_or(mask, std::memory_order_acq_rel) & mask) == 0) ++added;
+    }
+    if (added == 0) return;
+    state_->count.fetch_add(added, std::memory_order_relaxed);
 
     // Another thread may set a neighbouring bit of the same byte concurrently. Each reads the
-    // byte only after taking the lock, which is after its own fetch_or, so whichever writes last
+    // bytes only after taking the lock, which is after its own fetch_or, so whichever writes last
     // writes both bits.
     std::lock_guard lock(state_->write_mutex);
-    const uint8_t value = byte.load(std::memory_order_relaxed);
-    writeAll(state_->fd, {&value, 1}, kHeaderSize + chunk / 8, path_);
+    const uint32_t begin = first / 8;
+    const uint32_t end = (first + count - 1) / 8 + 1;
+    uint8_t small[64];
+    std::vector<uint8_t> large;
+    std::span<uint8_t> bytes(small, end - begin);
+    if (end - begin > sizeof small) {
+        large.resize(end - begin);
+        bytes = large;
+    }
+    for (uint32_t i = begin; i < end; ++i) bytes[i - begin] = state_->bits[i].load(std::memory_order_relaxed);
+    writeAll(state_->fd, bytes, kHeaderSize + begin, path_);
 }
 
 uint32_t ReadinessBitmap::count() const { return state_->count.load(std::memory_order_relaxed); }

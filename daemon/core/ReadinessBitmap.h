@@ -7,7 +7,8 @@
 //   size, blob id (64 hex chars), CRC32 of the header bytes before it;
 //   then ceil(chunk count / 8) bytes: bit (i % 8) of byte (i / 8) is chunk i, padding bits zero.
 //
-// Persistence: set() updates the in-memory bit atomically, then pwrite()s the byte that holds it.
+// Persistence: set() updates the in-memory bit atomically, then pwrite()s the byte that holds it
+// (setRange(): the bytes that hold the range, in one pwrite).
 // Chosen over a MAP_SHARED mapping because a write error is then an Error at set() rather than a
 // SIGBUS on a page fault (btrfs must allocate on every overwrite; any fs can be full), and the
 // cost — one small syscall per chunk — is noise next to writing the chunk itself. The page cache
@@ -48,7 +49,9 @@ public:
 
     // test, set, count and complete are thread-safe. A chunk index out of range throws Error.
     bool test(uint32_t chunk) const;
-    void set(uint32_t chunk);
+    void set(uint32_t chunk) { setRange(chunk, 1); }
+    // Sets chunks [first, first + count).
+    void setRange(uint32_t first, uint32_t count);
     uint32_t count() const;
     bool complete() const { return count() == chunk_count_; }
 

@@ -281,6 +281,30 @@ TEST_CASE("BlobCache writes an aligned, block-sized chunk as it is", "[cache]") 
     CHECK(readAt(dir / kBlob, 0, 8192) == std::vector<uint8_t>(8192, 9));
 }
 
+TEST_CASE("BlobCache writes back-to-back extents at once and remembers them", "[cache]") {
+    CacheDir dir;
+    {
+        auto cache = openCache(dir).cache;
+        // Chunks 0 to 2 lie back to back in [0, 20480); chunk 3 starts after a gap.
+        auto extents = alignedFilled(20480, 7);
+        CHECK_THROWS_WITH(cache->writeExtents(1, 3, {extents.get(), 20480}), Contains("not back to back"));
+        CHECK_THROWS_WITH(cache->writeExtents(0, 3, {extents.get(), 16384}), Contains("span 20480 bytes, got 16384"));
+        CHECK_THROWS_WITH(cache->writeExtents(3, 2, {extents.get(), 4096}), Contains("out of range"));
+        CHECK(cache->bitmap().count() == 0);
+        cache->writeExtents(0, 3, {extents.get(), 20480});
+        CHECK(cache->isPresent(0));
+        CHECK(cache->isPresent(1));
+        CHECK(cache->isPresent(2));
+        CHECK_FALSE(cache->isPresent(3));
+        cache->flush();
+    }
+    CHECK(readAt(dir / kBlob, 0, 20480) == std::vector<uint8_t>(20480, 7));
+    auto [cache, discarded] = openCache(dir);
+    CHECK_FALSE(discarded);
+    CHECK(cache->bitmap().count() == 3);
+    CHECK_FALSE(cache->isPresent(3));
+}
+
 TEST_CASE("BlobCache refuses wrong chunk data and geometry", "[cache]") {
     CacheDir dir;
     {

@@ -205,6 +205,30 @@ TEST_CASE("set() from several threads keeps every bit, in memory and on disk", "
     CHECK(bitmap.complete());
 }
 
+TEST_CASE("setRange() sets and persists a range that spans many bytes, with ranges set alongside", "[cache]") {
+    TempDir dir;
+    const auto path = dir / "map";
+    constexpr uint32_t kChunks = 2'000;
+    {
+        ReadinessBitmap bitmap = ReadinessBitmap::open(path, kBlob, kChunks, 1);
+        bitmap.set(3);
+        bitmap.setRange(5, 1'000);  // unaligned at both ends, more bytes than fit on the stack
+        bitmap.setRange(1'005, 2);  // shares a byte with the previous range
+        bitmap.setRange(0, 0);
+        CHECK(bitmap.count() == 1'003);
+        CHECK_THROWS_WITH(bitmap.setRange(1'999, 2), Contains("out of range"));
+        CHECK_THROWS_WITH(bitmap.setRange(UINT32_MAX, 2), Contains("out of range"));
+        CHECK(bitmap.count() == 1'003);
+    }
+    ReadinessBitmap bitmap = ReadinessBitmap::open(path, kBlob, kChunks, 1);
+    CHECK_FALSE(bitmap.discarded());
+    CHECK(bitmap.count() == 1'003);
+    for (uint32_t chunk = 0; chunk < kChunks; ++chunk) {
+        INFO("chunk " << chunk);
+        CHECK(bitmap.test(chunk) == (chunk == 3 || (chunk >= 5 && chunk < 1'007)));
+    }
+}
+
 TEST_CASE("clearIf() drops bits and persists the result", "[cache]") {
     TempDir dir;
     const auto path = dir / "map";
