@@ -226,6 +226,7 @@ Config fromTable(const toml::table& root, const std::string& source) {
     if (auto v = daemon.get("cache_dir")) config.daemon.cache_dir = absolutePath(*v);
     if (auto v = daemon.get("socket")) config.daemon.socket = absolutePath(*v);
     if (auto v = daemon.get("log_level")) config.daemon.log_level = choice(*v, kLogLevels);
+    if (auto v = daemon.get("busy_poll_us")) config.daemon.busy_poll_us = integer(*v, 0, kMaxBusyPollUs);
     daemon.finish();
 
     Section fetch = top.section("fetch");

@@ -30,13 +30,14 @@ struct Config {
         std::filesystem::path cache_dir = "/var/cache/rafsd";
         std::filesystem::path socket = "/run/rafsd/api.sock";
         LogLevel log_level = LogLevel::Info;
+        uint32_t busy_poll_us = 50;  // fanotify: how long to poll for the next event before sleeping
         bool operator==(const Daemon&) const = default;
     };
     struct Fetch {
         uint64_t amplify = 1 << 20;  // bytes
         uint32_t max_inflight = 8;
         uint32_t retries = 1;
-        uint32_t workers = 2;  // 0 = one per CPU
+        uint32_t workers = 0;  // chunks decompressed and verified at once; 0 = one per CPU
         bool operator==(const Fetch&) const = default;
     };
     struct Prefetch {
@@ -72,6 +73,7 @@ inline constexpr uint64_t kMaxAmplify = 64u << 20;
 inline constexpr uint32_t kMaxInflight = 256;
 inline constexpr uint32_t kMaxRetries = 8;
 inline constexpr uint32_t kMaxWorkers = 256;
+inline constexpr uint32_t kMaxBusyPollUs = 10'000;
 inline constexpr uint32_t kMaxHttpTimeout = 3600;
 
 Config defaults();

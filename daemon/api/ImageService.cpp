@@ -86,6 +86,7 @@ ImageService::ImageService(Config config) : config_(std::move(config)) {
     fetch.amplify = config_.fetch.amplify;
     fetch.threads = config_.fetch.max_inflight;
     fetch.retries = config_.fetch.retries;
+    fetch.decoders = config_.fetch.workers;
     fetcher_ = std::make_unique<ChunkFetcher>(fetch);
     if (config_.prefetch.enable) {
         prefetcher_ = std::make_unique<Prefetcher>(*fetcher_, config_.prefetch.bandwidth, config_.fetch.amplify,
@@ -110,7 +111,7 @@ EngineKind ImageService::resolveEngine(EngineKind requested) {
 
 FanotifyEngine& ImageService::fanotify() {
     if (!fanotify_) {
-        auto engine = std::make_unique<FanotifyEngine>(*fetcher_);
+        auto engine = std::make_unique<FanotifyEngine>(*fetcher_, std::chrono::microseconds(config_.daemon.busy_poll_us));
         engine->start();
         fanotify_ = std::move(engine);
     }

@@ -3,19 +3,44 @@
 #include "builder/format/Error.h"
 #include "daemon/core/ChunkVerifier.h"
 #include "daemon/core/Log.h"
+#include "daemon/core/ScratchBuffer.h"
 
 #include <algorithm>
 #include <cerrno>
+#include <cstring>
+#include <thread>
 
 namespace rafsd {
 
 namespace {
+
 constexpr uint64_t kMaxRun = 4u << 20;  // one backend range at most
+// Decoded chunks go to the cache file in batches of back-to-back extents of at most this many
+// bytes, one write each (a larger chunk is a batch of its own).
+constexpr size_t kMaxBatch = 1u << 20;
+// What a fetch thread's buffers keep between runs: enough for an on-demand run.
+constexpr size_t kKeepBuffer = 2u << 20;
+
+struct FetchBuffers {
+    ScratchBuffer fetched;  // a run's bytes from the backend
+    ScratchBuffer decoded;  // a batch of decoded, zero-padded extents
+};
+
+FetchBuffers& threadBuffers() {
+    thread_local FetchBuffers buffers;
+    return buffers;
 }
+
+unsigned decoderCount(unsigned configured) {
+    if (configured != 0) return configured;
+    return std::max(1u, std::thread::hardware_concurrency());
+}
+
+}  // namespace
 
 ChunkFetcher::ChunkFetcher(const FetchOptions& options)
     : options_(options), planner_(options.amplify, std::max(kMaxRun, options.amplify)),
-      queue_(std::make_unique<FetchQueue>(options.threads)) {}
+      decoders_(decoderCount(options.decoders)), queue_(std::make_unique<FetchQueue>(options.threads)) {}
 
 ChunkFetcher::~ChunkFetcher() { queue_.reset(); }
 
@@ -70,17 +95,15 @@ void ChunkFetcher::makePresent(uint32_t image, uint32_t blob_index, uint64_t off
             blob->in_flight_[ci].push_back(request);
             ++request->remaining;
         }
-        // A reader that waits is likely to read on: keep the next window coming behind this one.
-        if (!plan.required.empty()) {
-            std::vector<FetchRun> ahead = planner_.ahead(d.chunks, offset, [&](uint32_t ci) {
-                if (blob->cache().isPresent(ci)) return ChunkState::Present;
-                const bool planned = std::any_of(plan.runs.begin(), plan.runs.end(), [&](const FetchRun& r) {
-                    return ci >= r.first && ci < r.first + r.count;
-                });
-                return planned || blob->in_flight_.count(ci) != 0 ? ChunkState::InFlight : ChunkState::Missing;
+        // Read-ahead, for hits too: a sequential reader finds the next window on its way.
+        std::vector<FetchRun> ahead = planner_.ahead(d.chunks, offset, [&](uint32_t ci) {
+            if (blob->cache().isPresent(ci)) return ChunkState::Present;
+            const bool planned = std::any_of(plan.runs.begin(), plan.runs.end(), [&](const FetchRun& r) {
+                return ci >= r.first && ci < r.first + r.count;
             });
-            plan.runs.insert(plan.runs.end(), ahead.begin(), ahead.end());
-        }
+            return planned || blob->in_flight_.count(ci) != 0 ? ChunkState::InFlight : ChunkState::Missing;
+        });
+        plan.runs.insert(plan.runs.end(), ahead.begin(), ahead.end());
         for (const FetchRun& run : plan.runs) {
             for (uint32_t ci = run.first; ci < run.first + run.count; ++ci) blob->in_flight_.try_emplace(ci);
         }
@@ -131,31 +154,70 @@ uint32_t ChunkFetcher::prefetch(const std::shared_ptr<CachedBlob>& blob, uint32_
 
 void ChunkFetcher::fetchRun(const std::shared_ptr<CachedBlob>& blob, FetchRun run, bool prefetch) {
     const BlobDescriptor& d = blob->descriptor();
-    std::vector<uint8_t> buffer(run.length);
+    FetchBuffers& buffers = threadBuffers();
+    const std::span<uint8_t> fetched = buffers.fetched.get(run.length);
     try {
-        blob->backend().read(d.id, run.offset, buffer);
+        blob->backend().read(d.id, run.offset, fetched);
         blob->counters().bytes_fetched += run.length;
     } catch (const std::exception& e) {
         log::error("blob {}: fetching {} bytes at {} (chunks {}..{}): {}", d.id, run.length,
                    run.offset, run.first, run.first + run.count - 1, e.what());
-        for (uint32_t ci = run.first; ci < run.first + run.count; ++ci) finishChunk(*blob, ci, EIO);
+        finishChunks(*blob, run.first, run.count, EIO);
         return;
     }
-    for (uint32_t ci = run.first; ci < run.first + run.count; ++ci) {
-        const rafs::BlobChunk& c = d.chunks[ci];
-        fetchOne(*blob, ci, std::span<const uint8_t>(buffer).subspan(c.compressed_offset - run.offset, c.compressed_size));
-        if (prefetch) blob->counters().prefetched_chunks++;
+    const uint32_t end = run.first + run.count;
+    for (uint32_t first = run.first; first < end;) {
+        // A batch: chunks whose extents lie back to back, decoded into one buffer as they lie in
+        // the cache file, written at once.
+        const uint64_t base = d.chunks[first].uncompressed_offset;
+        uint32_t last = first + 1;
+        while (last < end && d.chunks[last].uncompressed_offset == FetchPlanner::extentEnd(d.chunks[last - 1]) &&
+               FetchPlanner::extentEnd(d.chunks[last]) - base <= kMaxBatch) {
+            ++last;
+        }
+        const std::span<uint8_t> batch = buffers.decoded.get(FetchPlanner::extentEnd(d.chunks[last - 1]) - base);
+        uint32_t unwritten = first;  // decoded chunks from here on are not written yet
+        for (uint32_t ci = first; ci < last; ++ci) {
+            const rafs::BlobChunk& c = d.chunks[ci];
+            const std::span<uint8_t> extent =
+                batch.subspan(c.uncompressed_offset - base, FetchPlanner::extentEnd(c) - c.uncompressed_offset);
+            const bool good = decode(*blob, ci, fetched.subspan(c.compressed_offset - run.offset, c.compressed_size), extent);
+            if (prefetch) blob->counters().prefetched_chunks++;
+            if (!good) {
+                writeChunks(*blob, unwritten, ci - unwritten, batch.subspan(d.chunks[unwritten].uncompressed_offset - base));
+                finishChunks(*blob, ci, 1, EIO);
+                unwritten = ci + 1;
+            } else if (ci + 1 == last || hasWaiters(*blob, ci)) {
+                // A reader waiting for this chunk gets it now, not after the rest of the batch.
+                writeChunks(*blob, unwritten, ci + 1 - unwritten,
+                            batch.subspan(d.chunks[unwritten].uncompressed_offset - base));
+                unwritten = ci + 1;
+            }
+        }
+        first = last;
     }
+    buffers.fetched.trim(kKeepBuffer);
+    buffers.decoded.trim(kKeepBuffer);
 }
 
-// Verifies one chunk (fetching it alone again while retries remain), writes it, completes it.
-void ChunkFetcher::fetchOne(CachedBlob& blob, uint32_t ci, std::span<const uint8_t> stored) {
+// Decodes and verifies one chunk into its zero-padded extent, fetching it alone again while
+// retries remain. False (logged) if it stays bad.
+bool ChunkFetcher::decode(CachedBlob& blob, uint32_t ci, std::span<const uint8_t> stored, std::span<uint8_t> extent) {
     const BlobDescriptor& d = blob.descriptor();
     const rafs::BlobChunk& c = d.chunks[ci];
-    std::vector<uint8_t> data;
+    const std::span<uint8_t> data = extent.first(c.uncompressed_size);
+    const auto verify = [&](std::span<const uint8_t> bytes) {
+        struct Slot {
+            std::counting_semaphore<>& decoders;
+            explicit Slot(std::counting_semaphore<>& s) : decoders(s) { decoders.acquire(); }
+            ~Slot() { decoders.release(); }
+            Slot(const Slot&) = delete;
+            Slot& operator=(const Slot&) = delete;
+        } slot(decoders_);
+        return verifyChunk(d.compressor, d.digester, c, d.digests[ci], bytes, data);
+    };
+    std::optional<std::string> problem = verify(stored);
     std::vector<uint8_t> again;
-    std::optional<std::string> problem =
-        verifyChunk(d.compressor, d.digester, c, d.digests[ci], stored, data);
     for (unsigned attempt = 0; problem && attempt < options_.retries; ++attempt) {
         log::warn("blob {} chunk {} (uncompressed offset {}): {}; fetching it again", d.id, ci,
                   c.uncompressed_offset, *problem);
@@ -163,7 +225,7 @@ void ChunkFetcher::fetchOne(CachedBlob& blob, uint32_t ci, std::span<const uint8
             again.resize(c.compressed_size);
             blob.backend().read(d.id, c.compressed_offset, again);
             blob.counters().bytes_fetched += again.size();
-            problem = verifyChunk(d.compressor, d.digester, c, d.digests[ci], again, data);
+            problem = verify(again);
         } catch (const std::exception& e) {
             problem = e.what();
         }
@@ -171,33 +233,49 @@ void ChunkFetcher::fetchOne(CachedBlob& blob, uint32_t ci, std::span<const uint8
     if (problem) {
         log::error("blob {} chunk {} (uncompressed offset {}, compressed {}+{}): {}; readers get EIO",
                    d.id, ci, c.uncompressed_offset, c.compressed_offset, c.compressed_size, *problem);
-        finishChunk(blob, ci, EIO);
-        return;
+        return false;
     }
-    try {
-        blob.cache().write(ci, data);
-    } catch (const std::exception& e) {
-        log::error("blob {} chunk {}: cache write failed: {}", d.id, ci, e.what());
-        finishChunk(blob, ci, EIO);
-        return;
-    }
-    finishChunk(blob, ci, 0);
+    std::memset(extent.data() + data.size(), 0, extent.size() - data.size());
+    return true;
 }
 
-void ChunkFetcher::finishChunk(CachedBlob& blob, uint32_t ci, int error) {
+// Writes decoded chunks [first, first + count) and completes them (with EIO if the write fails).
+void ChunkFetcher::writeChunks(CachedBlob& blob, uint32_t first, uint32_t count, std::span<const uint8_t> extents) {
+    if (count == 0) return;
+    const BlobDescriptor& d = blob.descriptor();
+    const std::span<const uint8_t> bytes =
+        extents.first(FetchPlanner::extentEnd(d.chunks[first + count - 1]) - d.chunks[first].uncompressed_offset);
+    try {
+        blob.cache().writeExtents(first, count, bytes);
+    } catch (const std::exception& e) {
+        log::error("blob {} chunks {}..{}: cache write failed: {}", d.id, first, first + count - 1, e.what());
+        finishChunks(blob, first, count, EIO);
+        return;
+    }
+    finishChunks(blob, first, count, 0);
+}
+
+bool ChunkFetcher::hasWaiters(CachedBlob& blob, uint32_t ci) {
+    std::lock_guard lock(blob.mutex_);
+    const auto it = blob.in_flight_.find(ci);
+    return it != blob.in_flight_.end() && !it->second.empty();
+}
+
+void ChunkFetcher::finishChunks(CachedBlob& blob, uint32_t first, uint32_t count, int error) {
     std::vector<std::shared_ptr<PendingRequest>> ready;
     bool now_complete = false;
     {
         std::lock_guard lock(blob.mutex_);
-        auto it = blob.in_flight_.find(ci);
-        if (it != blob.in_flight_.end()) {
+        for (uint32_t ci = first; ci < first + count; ++ci) {
+            auto it = blob.in_flight_.find(ci);
+            if (it == blob.in_flight_.end()) continue;
             for (auto& request : it->second) {
                 if (error != 0) request->error = error;
                 if (--request->remaining == 0) ready.push_back(request);
             }
             blob.in_flight_.erase(it);
         }
-        if (error != 0) blob.counters().errors++;
+        if (error != 0) blob.counters().errors += count;
         if (error == 0 && !blob.completed_ && blob.cache().complete()) {
             blob.completed_ = true;
             now_complete = true;

@@ -9,6 +9,7 @@
 
 #include <memory>
 #include <mutex>
+#include <semaphore>
 #include <vector>
 
 namespace rafsd {
@@ -17,6 +18,7 @@ struct FetchOptions {
     uint64_t amplify = 1u << 20;  // read amplification window
     unsigned threads = 8;         // backend requests in flight at most
     unsigned retries = 1;         // extra fetches of a chunk that fails verification
+    unsigned decoders = 0;        // chunks decompressed and verified at once; 0 = one per CPU
 };
 
 class ChunkFetcher : public DataPlane {
@@ -39,11 +41,14 @@ public:
 private:
     std::shared_ptr<CachedBlob> blobOf(uint32_t image, uint32_t blob);
     void fetchRun(const std::shared_ptr<CachedBlob>& blob, FetchRun run, bool prefetch);
-    void fetchOne(CachedBlob& blob, uint32_t ci, std::span<const uint8_t> stored);
-    void finishChunk(CachedBlob& blob, uint32_t ci, int error);
+    bool decode(CachedBlob& blob, uint32_t ci, std::span<const uint8_t> stored, std::span<uint8_t> extent);
+    void writeChunks(CachedBlob& blob, uint32_t first, uint32_t count, std::span<const uint8_t> extents);
+    bool hasWaiters(CachedBlob& blob, uint32_t ci);
+    void finishChunks(CachedBlob& blob, uint32_t first, uint32_t count, int error);
 
     FetchOptions options_;
     FetchPlanner planner_;
+    std::counting_semaphore<> decoders_;
     std::mutex images_mutex_;
     std::vector<std::vector<std::shared_ptr<CachedBlob>>> images_;
     std::unique_ptr<FetchQueue> queue_;  // last: its threads stop before the rest goes away

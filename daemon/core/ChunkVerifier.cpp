@@ -9,8 +9,10 @@ namespace rafsd {
 
 std::optional<std::string> verifyChunk(rafs::Compressor compressor, rafs::Digester digester,
                                        const rafs::BlobChunk& chunk, const rafs::Digest& expected,
-                                       std::span<const uint8_t> stored, std::vector<uint8_t>& out) {
-    out.resize(chunk.uncompressed_size);
+                                       std::span<const uint8_t> stored, std::span<uint8_t> out) {
+    if (out.size() != chunk.uncompressed_size) {
+        return fmt::format("decode buffer of {} bytes for a chunk of {}", out.size(), chunk.uncompressed_size);
+    }
     if (stored.size() != chunk.compressed_size) {
         return fmt::format("got {} bytes, expected {}", stored.size(), chunk.compressed_size);
     }

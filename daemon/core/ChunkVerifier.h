@@ -8,14 +8,14 @@
 #include <optional>
 #include <span>
 #include <string>
-#include <vector>
 
 namespace rafsd {
 
-// Returns an empty optional and fills `out` (chunk.uncompressed_size bytes) when the chunk is
-// good, else a one-line description of what is wrong (corrupt compression, digest mismatch).
+// Decodes `stored` into `out`, which must be chunk.uncompressed_size bytes. Returns an empty
+// optional when the chunk is good, else a one-line description of what is wrong (corrupt
+// compression, digest mismatch); `out` then holds no meaningful data.
 std::optional<std::string> verifyChunk(rafs::Compressor compressor, rafs::Digester digester,
                                        const rafs::BlobChunk& chunk, const rafs::Digest& expected,
-                                       std::span<const uint8_t> stored, std::vector<uint8_t>& out);
+                                       std::span<const uint8_t> stored, std::span<uint8_t> out);
 
 }  // namespace rafsd

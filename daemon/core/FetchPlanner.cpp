@@ -7,8 +7,9 @@ namespace rafsd {
 namespace {
 constexpr uint64_t kPage = 4096;
 uint64_t alignUp(uint64_t v) { return (v + kPage - 1) / kPage * kPage; }
-uint64_t extentEnd(const rafs::BlobChunk& c) { return alignUp(c.uncompressed_offset + c.uncompressed_size); }
 }  // namespace
+
+uint64_t FetchPlanner::extentEnd(const rafs::BlobChunk& c) { return alignUp(c.uncompressed_offset + c.uncompressed_size); }
 
 FetchPlanner::FetchPlanner(uint64_t amplify, uint64_t max_run)
     : amplify_(amplify), max_run_(std::max<uint64_t>(max_run, 1)) {}
@@ -51,10 +52,16 @@ FetchPlan FetchPlanner::plan(std::span<const rafs::BlobChunk> chunks, uint64_t o
 std::vector<FetchRun> FetchPlanner::ahead(std::span<const rafs::BlobChunk> chunks, uint64_t offset,
                                           const std::function<ChunkState(uint32_t)>& state) const {
     std::vector<FetchRun> runs;
-    if (amplify_ == 0) return runs;  // amplification off: fetch only what is read
-    const uint64_t start = offset + amplify_;
-    for (uint32_t i = firstCovering(chunks, start); i < chunks.size() && chunks[i].uncompressed_offset < start + amplify_;
-         ++i) {
+    if (amplify_ == 0 || offset < kPage) return runs;  // amplification off, or nothing read before
+    const uint32_t before = firstCovering(chunks, offset - 1);
+    if (before == chunks.size() || chunks[before].uncompressed_offset > offset - 1 ||
+        state(before) == ChunkState::Missing) {
+        return runs;  // not reading on from earlier data
+    }
+    const uint32_t trigger = firstCovering(chunks, offset + amplify_);
+    if (trigger == chunks.size() || state(trigger) != ChunkState::Missing) return runs;
+    for (uint32_t i = firstCovering(chunks, offset);
+         i < chunks.size() && chunks[i].uncompressed_offset < offset + 2 * amplify_; ++i) {
         if (state(i) == ChunkState::Missing) appendToRuns(runs, chunks, i);
     }
     return runs;

@@ -36,11 +36,18 @@ public:
     FetchPlan plan(std::span<const rafs::BlobChunk> chunks, uint64_t offset, uint64_t length,
                    const std::function<ChunkState(uint32_t)>& state) const;
 
-    // Sequential read-ahead for a reader that had to wait at `offset`: the missing chunks that
-    // start in [offset + amplify, offset + 2 * amplify), as runs. Present and in-flight chunks
-    // are skipped, so a reader that keeps waiting keeps one window being fetched ahead of it.
+    // Sequential read-ahead, asked on every request, hit or miss, at `offset` (4 KiB-aligned).
+    // A reader reads on when the block before `offset` is present or on its way. Once such a
+    // reader is within one window of the first missing chunk, i.e. the chunk at
+    // offset + amplify is missing, returns the missing chunks of [offset, offset + 2 * amplify)
+    // as runs; else nothing. A sequential reader thus finds the next window fetched, or being
+    // fetched, before it gets there, and fetches go out a window at a time. A random reader's
+    // misses only get the amplification of plan().
     std::vector<FetchRun> ahead(std::span<const rafs::BlobChunk> chunks, uint64_t offset,
                                 const std::function<ChunkState(uint32_t)>& state) const;
+
+    // Offset just past a chunk's extent: its end rounded up to 4 KiB.
+    static uint64_t extentEnd(const rafs::BlobChunk& c);
 
     // Index of the first chunk whose 4 KiB-rounded extent ends after `offset` (chunks.size() if none).
     static uint32_t firstCovering(std::span<const rafs::BlobChunk> chunks, uint64_t offset);

@@ -8,6 +8,7 @@
 #include <sched.h>
 #include <time.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <chrono>
@@ -15,6 +16,7 @@
 #include <filesystem>
 #include <future>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
@@ -143,13 +145,14 @@ TEST_CASE("a request completed by a worker as makePresent unlocks is completed o
     // of present chunks keeps the blob locked far longer than ParkingBackend::kPark.
     constexpr uint64_t kWindow = 512ull << 20;
     constexpr uint32_t kPerWindow = kWindow / kChunk;
-    // The first request reads [0, kAwaited] and fetches kAwaited; its read-ahead window
-    // [kWindow, 2 * kWindow) ends before kAhead. The second one reads kWindow bytes from kAwaited,
-    // waiting for kAwaited alone, and has kAhead in its read-ahead window. kAwaited is the first
-    // chunk it plans: the worker marks the chunk present before it takes the lock to complete it,
-    // so a chunk planned later would already count as present.
+    // The first request reads [0, kAwaited] and fetches kAwaited; starting at 0, it reads on from
+    // nothing, so it reads nothing ahead. The second one reads kWindow bytes from kAwaited, waiting
+    // for kAwaited alone; it reads on from present chunks and kAhead, one window ahead of it, is
+    // missing, so it queues kAhead as read-ahead. kAwaited is the first chunk it plans: the worker
+    // marks the chunk present before it takes the lock to complete it, so a chunk planned later
+    // would already count as present.
     constexpr uint32_t kAwaited = 16;
-    constexpr uint32_t kAhead = 2 * kPerWindow + 1;
+    constexpr uint32_t kAhead = kAwaited + kPerWindow;
     constexpr uint32_t kChunks = 2 * kPerWindow + 2 * kAwaited;
 
     const std::vector<uint8_t> zeros(kChunk, 0);
@@ -232,4 +235,114 @@ TEST_CASE("a request completed by a worker as makePresent unlocks is completed o
         CHECK(ahead_done.get() == 0);
     }
     CHECK(interleaved);
+}
+
+namespace {
+
+// Keeps what is written, and the writes themselves.
+class RecordingCacheFile : public CacheFile {
+public:
+    explicit RecordingCacheFile(uint64_t size) : data_(size, 0) {}
+    std::string name() const override { return "recording cache file"; }
+    uint64_t size() const override { return data_.size(); }
+    bool hasData(uint64_t, uint64_t) const override { return true; }
+    void sync() override {}
+
+    std::vector<std::pair<uint64_t, uint64_t>> writes() const {
+        std::lock_guard lock(mutex_);
+        return writes_;
+    }
+    std::vector<uint8_t> data() const {
+        std::lock_guard lock(mutex_);
+        return data_;
+    }
+
+private:
+    void writeBlocks(uint64_t offset, std::span<const uint8_t> bytes) override {
+        std::lock_guard lock(mutex_);
+        writes_.emplace_back(offset, bytes.size());
+        std::memcpy(data_.data() + offset, bytes.data(), bytes.size());
+    }
+    mutable std::mutex mutex_;
+    std::vector<uint8_t> data_;
+    std::vector<std::pair<uint64_t, uint64_t>> writes_;
+};
+
+class MemoryBackend : public Backend {
+public:
+    explicit MemoryBackend(std::vector<uint8_t> blob) : blob_(std::move(blob)) {}
+    void read(const std::string&, uint64_t offset, std::span<uint8_t> out) override {
+        std::memcpy(out.data(), blob_.data() + offset, out.size());
+    }
+    uint64_t size(const std::string&) override { return blob_.size(); }
+    std::string describe() const override { return "memory test backend"; }
+
+private:
+    std::vector<uint8_t> blob_;
+};
+
+int waitFor(ChunkFetcher& fetcher, uint32_t image, uint64_t offset, uint64_t length) {
+    auto done = std::make_shared<std::promise<int>>();
+    fetcher.makePresent(image, 0, offset, length, [done](int error) { done->set_value(error); });
+    std::future<int> result = done->get_future();
+    REQUIRE(result.wait_for(std::chrono::seconds(10)) == std::future_status::ready);
+    return result.get();
+}
+
+}  // namespace
+
+// Decoded chunks that lie back to back go to the cache file in one write, except that a chunk a
+// reader waits for is written at once, and a chunk that stays bad fails alone.
+TEST_CASE("a run is written in batches around waited-for and bad chunks", "[chunkfetcher]") {
+    constexpr uint32_t kChunks = 12;
+    constexpr uint32_t kBad = 5;
+    BlobDescriptor d;
+    d.id = kBlobId;
+    d.compressor = rafs::Compressor::None;
+    d.digester = rafs::Digester::Blake3;
+    d.chunk_size = kChunk;
+    d.uncompressed_size = kChunks * kChunk;
+    std::vector<uint8_t> stored;
+    std::vector<ChunkExtent> extents;
+    for (uint32_t i = 0; i < kChunks; ++i) {
+        const uint64_t at = uint64_t{i} * kChunk;
+        const std::vector<uint8_t> content(kChunk, static_cast<uint8_t>(i + 1));
+        d.chunks.push_back({at, static_cast<uint32_t>(kChunk), at, static_cast<uint32_t>(kChunk), false, false, 0});
+        d.digests.push_back(rafs::digestOf(rafs::Digester::Blake3, content));
+        extents.push_back({at, static_cast<uint32_t>(kChunk)});
+        stored.insert(stored.end(), content.begin(), content.end());
+    }
+    stored[kBad * kChunk + 100] ^= 0xff;  // bad on every fetch
+
+    rafs::test::TempDir dir;
+    auto file = std::make_unique<RecordingCacheFile>(d.uncompressed_size);
+    RecordingCacheFile& recorded = *file;
+    auto blob = std::make_shared<CachedBlob>(
+        d,
+        std::make_unique<BlobCache>(std::move(file),
+                                    ReadinessBitmap::open(dir.path() / "map", kBlobId, kChunks, d.uncompressed_size),
+                                    extents),
+        std::make_shared<MemoryBackend>(stored));
+    ChunkFetcher fetcher(FetchOptions{.amplify = kChunks * kChunk, .threads = 1, .retries = 1});
+    const uint32_t image = fetcher.addImage({blob});
+
+    // One run of every chunk; the reader waits for chunk 0 only.
+    CHECK(waitFor(fetcher, image, 0, kChunk) == 0);
+    // Behind chunk 0 in the same run: done once the run is.
+    CHECK(waitFor(fetcher, image, (kChunks - 1) * kChunk, kChunk) == 0);
+
+    const std::vector<std::pair<uint64_t, uint64_t>> expected{
+        {0, kChunk}, {kChunk, (kBad - 1) * kChunk}, {(kBad + 1) * kChunk, (kChunks - kBad - 1) * kChunk}};
+    CHECK(recorded.writes() == expected);
+    const std::vector<uint8_t> data = recorded.data();
+    for (uint32_t i = 0; i < kChunks; ++i) {
+        INFO("chunk " << i);
+        CHECK(blob->cache().isPresent(i) == (i != kBad));
+        const uint8_t want = i == kBad ? 0 : static_cast<uint8_t>(i + 1);
+        CHECK(std::all_of(data.begin() + i * kChunk, data.begin() + (i + 1) * kChunk,
+                          [&](uint8_t b) { return b == want; }));
+    }
+    CHECK(blob->counters().errors == 1);
+    // The bad chunk is fetched again for the next reader, and fails again.
+    CHECK(waitFor(fetcher, image, kBad * kChunk, kChunk) == EIO);
 }

@@ -36,7 +36,7 @@ TEST_CASE("config defaults", "[config]") {
     CHECK(config.fetch.amplify == 1 << 20);
     CHECK(config.fetch.max_inflight == 8);
     CHECK(config.fetch.retries == 1);
-    CHECK(config.fetch.workers == 2);
+    CHECK(config.fetch.workers == 0);
     CHECK(config.prefetch.enable);
     CHECK(config.prefetch.bandwidth == 0);
     CHECK(config.backend.type == Config::BackendType::Localfs);
@@ -55,7 +55,7 @@ TEST_CASE("config example file documents every key with its default", "[config]"
     // Every key is in the example, not only accepted by it.
     toml::table table = toml::parse_file(example.string());
     for (const char* key : {"daemon.engine", "daemon.state_dir", "daemon.cache_dir", "daemon.socket",
-                            "daemon.log_level", "fetch.amplify", "fetch.max_inflight", "fetch.retries",
+                            "daemon.log_level", "daemon.busy_poll_us", "fetch.amplify", "fetch.max_inflight", "fetch.retries",
                             "fetch.workers", "prefetch.enable", "prefetch.bandwidth", "backend.type",
                             "backend.localfs.dir", "backend.http.url", "backend.http.timeout"}) {
         INFO(key);
@@ -71,6 +71,7 @@ state_dir = "/srv/state"
 cache_dir = "/srv/cache"
 socket = "/tmp/rafsd.sock"
 log_level = "debug"
+busy_poll_us = 0
 [fetch]
 amplify = 4096
 max_inflight = 256
@@ -91,6 +92,7 @@ timeout = 3600
     CHECK(config.daemon.cache_dir == "/srv/cache");
     CHECK(config.daemon.socket == "/tmp/rafsd.sock");
     CHECK(config.daemon.log_level == Config::LogLevel::Debug);
+    CHECK(config.daemon.busy_poll_us == 0);
     CHECK(config.fetch.amplify == 4096);
     CHECK(config.fetch.max_inflight == 256);
     CHECK(config.fetch.retries == 0);
@@ -168,6 +170,8 @@ TEST_CASE("config wrong types and values", "[config]") {
                       "config.toml:1: fetch.max_inflight: 0 is not an integer from 1 to 256");
     CHECK_THROWS_WITH(parsed("fetch.max_inflight = \"8\""),
                       "config.toml:1: fetch.max_inflight: '8' is not an integer from 1 to 256");
+    CHECK_THROWS_WITH(parsed("daemon.busy_poll_us = 10001"),
+                      "config.toml:1: daemon.busy_poll_us: 10001 is not an integer from 0 to 10000");
     CHECK_THROWS_WITH(parsed("fetch.retries = 9"), "config.toml:1: fetch.retries: 9 is not an integer from 0 to 8");
     CHECK_THROWS_WITH(parsed("fetch.workers = -1"), "config.toml:1: fetch.workers: -1 is not an integer from 0 to 256");
     CHECK_THROWS_WITH(parsed("fetch.workers = 2.0"), "config.toml:1: fetch.workers: 2.0 is not an integer from 0 to 256");

@@ -231,7 +231,8 @@ private:
     }
 };
 
-FanotifyEngine::FanotifyEngine(DataPlane& core) : core_(core) {}
+FanotifyEngine::FanotifyEngine(DataPlane& core, std::chrono::microseconds busy_poll)
+    : core_(core), busy_poll_(busy_poll) {}
 
 FanotifyEngine::~FanotifyEngine() { stop(); }
 
@@ -321,7 +322,7 @@ void FanotifyEngine::loop(std::promise<void> started) {
             const bool more = (cqe->flags & IORING_CQE_F_MORE) != 0;
             io_uring_cqe_seen(&ring, cqe);
             if (res < 0) failErrno(tag == kGroupTag ? "poll on the fanotify group" : "poll on the eventfd", -res);
-            if (tag == kGroupTag) drainEvents();
+            if (tag == kGroupTag) pollEvents();
             if (!more) {
                 armPoll(ring, tag == kGroupTag ? responder_->group : wake_, tag);
                 submit(ring);
@@ -335,12 +336,29 @@ void FanotifyEngine::loop(std::promise<void> started) {
     io_uring_queue_exit(&ring);
 }
 
-void FanotifyEngine::drainEvents() {
+// Handles the queued events, then keeps reading until none came for busy_poll_: the poll CQEs the
+// events raise meanwhile find an empty queue later, which costs one read each.
+void FanotifyEngine::pollEvents() {
+    drainEvents();
+    if (busy_poll_.count() == 0) return;
+    auto until = std::chrono::steady_clock::now() + busy_poll_;
+    while (!quit_.load(std::memory_order_relaxed)) {
+        const auto now = std::chrono::steady_clock::now();
+        if (drainEvents()) {
+            until = now + busy_poll_;
+        } else if (now >= until) {
+            return;
+        }
+    }
+}
+
+bool FanotifyEngine::drainEvents() {
+    bool any = false;
     for (;;) {
         const ssize_t n = ::read(responder_->group, buffer_.data(), buffer_.size());
-        if (n == 0) return;
+        if (n == 0) return any;
         if (n < 0) {
-            if (errno == EAGAIN) return;
+            if (errno == EAGAIN) return any;
             if (errno == EINTR) continue;
             if (errno == EMFILE || errno == ENFILE) {
                 // The kernel could not open the event's fd and denied that event itself.
@@ -349,6 +367,7 @@ void FanotifyEngine::drainEvents() {
             }
             failErrno("cannot read fanotify events");
         }
+        any = true;
         const std::span<const std::byte> batch(buffer_.data(), static_cast<size_t>(n));
         size_t pos = 0;
         while (batch.size() - pos >= sizeof(fanotify::EventMetadata)) {

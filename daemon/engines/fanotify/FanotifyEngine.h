@@ -58,7 +58,9 @@ public:
     // How long stop() lets in-flight ranges finish, and then waits for a busy mount to go idle.
     static constexpr std::chrono::milliseconds kDefaultGrace{5000};
 
-    explicit FanotifyEngine(DataPlane& core);
+    // busy_poll: after handling events, how long the loop keeps reading the queue before it
+    // sleeps; a walking reader's next event usually arrives within that, and then costs no wakeup.
+    explicit FanotifyEngine(DataPlane& core, std::chrono::microseconds busy_poll = {});
     ~FanotifyEngine();  // stop()
     FanotifyEngine(const FanotifyEngine&) = delete;
     FanotifyEngine& operator=(const FanotifyEngine&) = delete;
@@ -107,7 +109,9 @@ private:
     };
 
     void loop(std::promise<void> started);
-    void drainEvents();
+    // Reads and handles the queued events; false if there were none.
+    bool drainEvents();
+    void pollEvents();
     void handleEvent(const fanotify::EventMetadata& meta, std::span<const std::byte> info);
     void acquire(const BlobFile& blob, uint32_t image, std::vector<std::pair<uint32_t, FileKey>>& files);
     void release(uint32_t image, const std::vector<std::pair<uint32_t, FileKey>>& files);
@@ -115,6 +119,7 @@ private:
     void teardown();
 
     DataPlane& core_;
+    std::chrono::microseconds busy_poll_;
     std::shared_ptr<Responder> responder_;
     int wake_ = -1;  // eventfd that tells the loop to exit
     std::atomic<bool> quit_{false};
