@@ -3,6 +3,7 @@
 #include "builder/format/Error.h"
 
 #include <fcntl.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <zlib.h>
@@ -102,9 +103,9 @@ struct ReadinessBitmap::State {
     // otherwise changes nothing and returns why the file cannot be used.
     std::string load(const std::filesystem::path& path, const ChunkMapHeader& expected);
 
-    // Writes a fresh, empty bitmap next to `path` and renames it over `path`.
-    static std::unique_ptr<State> create(const std::filesystem::path& path,
-                                         const ChunkMapHeader& header, size_t bitmap_bytes);
+    // Replaces the file's content with an empty bitmap, in place: the file is locked (see
+    // open()), and a crash halfway leaves a short file, which load() rejects.
+    void reset(const std::filesystem::path& path, const ChunkMapHeader& header);
 
     int fd;
     std::vector<std::atomic<uint8_t>> bits;
@@ -151,42 +152,40 @@ std::string ReadinessBitmap::State::load(const std::filesystem::path& path,
     return {};
 }
 
-// No fsync: a crash can only leave a missing, short or zero-filled file, which load() rejects,
-// and a rejected file is simply created again.
-std::unique_ptr<ReadinessBitmap::State> ReadinessBitmap::State::create(
-    const std::filesystem::path& path, const ChunkMapHeader& header, size_t bitmap_bytes) {
-    std::filesystem::path temporary = path;
-    temporary += ".tmp";
-    const int fd = ::open(temporary.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-    if (fd < 0) rafs::failErrno(fmt::format("{}: create", temporary.string()));
-    auto state = std::make_unique<State>(fd, bitmap_bytes);
-
-    std::vector<uint8_t> content(kHeaderSize + bitmap_bytes, 0);
+// No fsync: a crash can only leave a short or zero-filled file, which load() rejects, and a
+// rejected file is simply reset again.
+void ReadinessBitmap::State::reset(const std::filesystem::path& path, const ChunkMapHeader& header) {
+    if (::ftruncate(fd, 0) != 0) rafs::failErrno(fmt::format("{}: truncate", path.string()));
+    std::vector<uint8_t> content(kHeaderSize + bits.size(), 0);
     std::memcpy(content.data(), &header, sizeof header);
-    writeAll(fd, content, 0, temporary);
-    if (::rename(temporary.c_str(), path.c_str()) != 0)
-        rafs::failErrno(fmt::format("rename {} to {}", temporary.string(), path.string()));
-    return state;
+    writeAll(fd, content, 0, path);
+    for (auto& byte : bits) byte.store(0, std::memory_order_relaxed);
+    count.store(0, std::memory_order_relaxed);
 }
 
 ReadinessBitmap ReadinessBitmap::open(const std::filesystem::path& path, std::string_view blob_id,
                                       uint32_t chunk_count, uint64_t blob_size) {
     checkBlobId(blob_id);
     const ChunkMapHeader expected = makeHeader(blob_id, chunk_count, blob_size);
-    const size_t bitmap_bytes = bitmapBytes(chunk_count);
-
-    std::string discard_reason;
-    const int fd = ::open(path.c_str(), O_RDWR | O_CLOEXEC);
-    if (fd >= 0) {
-        auto state = std::make_unique<State>(fd, bitmap_bytes);
-        discard_reason = state->load(path, expected);
-        if (discard_reason.empty())
-            return ReadinessBitmap(path, chunk_count, std::move(state), {});
-    } else if (errno != ENOENT) {
-        rafs::failErrno(fmt::format("{}: open", path.string()));
+    const int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (fd < 0) rafs::failErrno(fmt::format("{}: open", path.string()));
+    auto state = std::make_unique<State>(fd, bitmapBytes(chunk_count));
+    // Two processes filling one blob's cache would each trust bits the other never wrote. The
+    // lock is on the open file, so it goes with the process however it ends.
+    if (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
+        if (errno == EWOULDBLOCK)
+            rafs::fail("{}: in use by another process: two rafsd daemons must not share a cache dir", path.string());
+        rafs::failErrno(fmt::format("{}: flock", path.string()));
     }
-    return ReadinessBitmap(path, chunk_count, State::create(path, expected, bitmap_bytes),
-                           std::move(discard_reason));
+    struct stat info {};
+    if (::fstat(fd, &info) != 0) rafs::failErrno(fmt::format("{}: fstat", path.string()));
+    std::string discard_reason;
+    if (info.st_size != 0) {  // else we just created it
+        discard_reason = state->load(path, expected);
+        if (discard_reason.empty()) return ReadinessBitmap(path, chunk_count, std::move(state), {});
+    }
+    state->reset(path, expected);
+    return ReadinessBitmap(path, chunk_count, std::move(state), std::move(discard_reason));
 }
 
 ReadinessBitmap::ReadinessBitmap(std::filesystem::path path, uint32_t chunk_count,

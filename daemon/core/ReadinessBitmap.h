@@ -31,8 +31,9 @@ public:
     // Opens the bitmap of blob `blob_id` (64 hex chars) with `chunk_count` chunks and
     // `blob_size` uncompressed bytes. A file of another format version, of another blob or
     // geometry, of the wrong length or with a bad checksum is replaced by an empty one, and
-    // discarded() tells why (for the caller to log); it is never read. Throws Error on a bad
-    // blob id or a failed system call.
+    // discarded() tells why (for the caller to log); it is never read. The file stays locked
+    // (flock) while the bitmap is open: opening it again, from this process or another, throws
+    // Error, as do a bad blob id and a failed system call.
     static ReadinessBitmap open(const std::filesystem::path& path, std::string_view blob_id,
                                 uint32_t chunk_count, uint64_t blob_size);
 

@@ -9,6 +9,7 @@ nothing mounted:
   directory;
 - a cache dir on tmpfs (no fanotify pre-content events there);
 - a mountpoint that does not exist, and one that is a regular file;
+- a second daemon on the cache dir of a running one (it would trust bits the other never wrote);
 - the same kinds of mistakes through `rafsctl mount` to `rafsd serve`, which goes on serving.
 
 The error line must be rafsd's own ("rafsd: ..."), name what is wrong (the file and line for
@@ -180,8 +181,12 @@ def main():
             while time.monotonic() < deadline and not os.path.ismount(mnt) and r.poll() is None:
                 time.sleep(0.05)
             if ck.check(os.path.ismount(mnt), 'rafsd mounted the good image'):
+                second = os.path.join(tmp, 'mnt2')
+                os.makedirs(second)
+                expect_error(ck, 'a second rafsd on the same cache dir', mount_cmd(mountpoint=second), second,
+                             ['in use by another process', 'cache dir'])
                 with open(os.path.join(mnt, 'b', 'two'), 'rb') as f, open(os.path.join(src, 'b', 'two'), 'rb') as g:
-                    ck.check(f.read() == g.read(), 'b/two reads back equal')
+                    ck.check(f.read() == g.read(), 'b/two reads back equal, the first rafsd unharmed')
         finally:
             if r.poll() is None:
                 r.send_signal(signal.SIGTERM)

@@ -338,13 +338,15 @@ TEST_CASE("BlobCache validation clears bits over holes", "[cache]") {
         REQUIRE(fd >= 0);
         REQUIRE(::fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 16384, 4096) == 0);
         ::close(fd);
-        auto [cache, discarded] = openCache(dir);
-        CHECK(cache->droppedAtOpen() == 1);
-        CHECK(cache->isPresent(0));
-        CHECK(cache->isPresent(1));
-        CHECK_FALSE(cache->isPresent(2));
-        CHECK(cache->isPresent(3));
-        CHECK(cache->bitmap().count() == 3);
+        {
+            auto [cache, discarded] = openCache(dir);
+            CHECK(cache->droppedAtOpen() == 1);
+            CHECK(cache->isPresent(0));
+            CHECK(cache->isPresent(1));
+            CHECK_FALSE(cache->isPresent(2));
+            CHECK(cache->isPresent(3));
+            CHECK(cache->bitmap().count() == 3);
+        }
         // The cleared bit is persisted too.
         auto reopened = openCache(dir).cache;
         CHECK(reopened->droppedAtOpen() == 0);

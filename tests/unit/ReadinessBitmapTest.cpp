@@ -173,6 +173,21 @@ TEST_CASE("a bitmap that does not match is discarded, never read", "[cache]") {
     CHECK(std::filesystem::file_size(path) == kHeaderSize + 3);
 }
 
+TEST_CASE("a bitmap is locked while open, also against this process", "[cache]") {
+    TempDir dir;
+    const auto path = dir / "map";
+    {
+        ReadinessBitmap first = ReadinessBitmap::open(path, kBlob, 10, 1);
+        first.set(2);
+        CHECK_THROWS_WITH(ReadinessBitmap::open(path, kBlob, 10, 1), Contains("in use by another process"));
+        // The refused open changed nothing.
+        CHECK(first.test(2));
+    }
+    ReadinessBitmap again = ReadinessBitmap::open(path, kBlob, 10, 1);
+    CHECK_FALSE(again.discarded());
+    CHECK(again.test(2));
+}
+
 TEST_CASE("a bitmap refuses bad blob ids and chunk indexes", "[cache]") {
     TempDir dir;
     CHECK_THROWS_WITH(ReadinessBitmap::open(dir / "m", "abc", 1, 1), Contains("blob id"));
