@@ -95,15 +95,19 @@ void ChunkFetcher::makePresent(uint32_t image, uint32_t blob_index, uint64_t off
             blob->in_flight_[ci].push_back(request);
             ++request->remaining;
         }
-        // Read-ahead, for hits too: a sequential reader finds the next window on its way.
-        std::vector<FetchRun> ahead = planner_.ahead(d.chunks, offset, [&](uint32_t ci) {
-            if (blob->cache().isPresent(ci)) return ChunkState::Present;
-            const bool planned = std::any_of(plan.runs.begin(), plan.runs.end(), [&](const FetchRun& r) {
-                return ci >= r.first && ci < r.first + r.count;
+        // Read-ahead for a sequential reader that has to wait. Not on hits: that saves a few
+        // misses of a full read but fetched half as much again at a container's start (the
+        // demo: 12 MB instead of 8 MB of 60 MB), and fetching little is the point.
+        if (!plan.required.empty()) {
+            std::vector<FetchRun> ahead = planner_.ahead(d.chunks, offset, [&](uint32_t ci) {
+                if (blob->cache().isPresent(ci)) return ChunkState::Present;
+                const bool planned = std::any_of(plan.runs.begin(), plan.runs.end(), [&](const FetchRun& r) {
+                    return ci >= r.first && ci < r.first + r.count;
+                });
+                return planned || blob->in_flight_.count(ci) != 0 ? ChunkState::InFlight : ChunkState::Missing;
             });
-            return planned || blob->in_flight_.count(ci) != 0 ? ChunkState::InFlight : ChunkState::Missing;
-        });
-        plan.runs.insert(plan.runs.end(), ahead.begin(), ahead.end());
+            plan.runs.insert(plan.runs.end(), ahead.begin(), ahead.end());
+        }
         for (const FetchRun& run : plan.runs) {
             for (uint32_t ci = run.first; ci < run.first + run.count; ++ci) blob->in_flight_.try_emplace(ci);
         }

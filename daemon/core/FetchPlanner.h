@@ -36,13 +36,13 @@ public:
     FetchPlan plan(std::span<const rafs::BlobChunk> chunks, uint64_t offset, uint64_t length,
                    const std::function<ChunkState(uint32_t)>& state) const;
 
-    // Sequential read-ahead, asked on every request, hit or miss, at `offset` (4 KiB-aligned).
-    // A reader reads on when the block before `offset` is present or on its way. Once such a
-    // reader is within one window of the first missing chunk, i.e. the chunk at
-    // offset + amplify is missing, returns the missing chunks of [offset, offset + 2 * amplify)
-    // as runs; else nothing. A sequential reader thus finds the next window fetched, or being
-    // fetched, before it gets there, and fetches go out a window at a time. A random reader's
-    // misses only get the amplification of plan().
+    // Sequential read-ahead for a request at `offset` (4 KiB-aligned). A reader reads on when
+    // the block before `offset` is present or on its way. Once such a reader is within one
+    // window of the first missing chunk, i.e. the chunk at offset + amplify is missing, returns
+    // the missing chunks of [offset, offset + 2 * amplify) as runs; else nothing. A sequential
+    // reader thus finds the next window fetched, or being fetched, before it gets there, and
+    // fetches go out a window at a time. A random reader's misses only get the amplification
+    // of plan().
     std::vector<FetchRun> ahead(std::span<const rafs::BlobChunk> chunks, uint64_t offset,
                                 const std::function<ChunkState(uint32_t)>& state) const;
 
