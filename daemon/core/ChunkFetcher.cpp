@@ -191,8 +191,9 @@ void ChunkFetcher::fetchRun(const std::shared_ptr<CachedBlob>& blob, FetchRun ru
                 writeChunks(*blob, unwritten, ci - unwritten, batch.subspan(d.chunks[unwritten].uncompressed_offset - base));
                 finishChunks(*blob, ci, 1, EIO);
                 unwritten = ci + 1;
-            } else if (ci + 1 == last || hasWaiters(*blob, ci)) {
-                // A reader waiting for this chunk gets it now, not after the rest of the batch.
+            } else if (ci + 1 == last || hasWaiters(*blob, unwritten, ci + 1)) {
+                // A reader waiting for a decoded chunk gets it now, not after the rest of the
+                // batch: also one that came for a chunk decoded earlier in the batch.
                 writeChunks(*blob, unwritten, ci + 1 - unwritten,
                             batch.subspan(d.chunks[unwritten].uncompressed_offset - base));
                 unwritten = ci + 1;
@@ -259,10 +260,13 @@ void ChunkFetcher::writeChunks(CachedBlob& blob, uint32_t first, uint32_t count,
     finishChunks(blob, first, count, 0);
 }
 
-bool ChunkFetcher::hasWaiters(CachedBlob& blob, uint32_t ci) {
+bool ChunkFetcher::hasWaiters(CachedBlob& blob, uint32_t first, uint32_t end) {
     std::lock_guard lock(blob.mutex_);
-    const auto it = blob.in_flight_.find(ci);
-    return it != blob.in_flight_.end() && !it->second.empty();
+    for (uint32_t ci = first; ci < end; ++ci) {
+        const auto it = blob.in_flight_.find(ci);
+        if (it != blob.in_flight_.end() && !it->second.empty()) return true;
+    }
+    return false;
 }
 
 void ChunkFetcher::finishChunks(CachedBlob& blob, uint32_t first, uint32_t count, int error) {

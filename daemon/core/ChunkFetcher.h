@@ -43,7 +43,8 @@ private:
     void fetchRun(const std::shared_ptr<CachedBlob>& blob, FetchRun run, bool prefetch);
     bool decode(CachedBlob& blob, uint32_t ci, std::span<const uint8_t> stored, std::span<uint8_t> extent);
     void writeChunks(CachedBlob& blob, uint32_t first, uint32_t count, std::span<const uint8_t> extents);
-    bool hasWaiters(CachedBlob& blob, uint32_t ci);
+    // Whether a request waits for one of chunks [first, end).
+    bool hasWaiters(CachedBlob& blob, uint32_t first, uint32_t end);
     void finishChunks(CachedBlob& blob, uint32_t first, uint32_t count, int error);
 
     FetchOptions options_;
