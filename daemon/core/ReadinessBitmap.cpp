@@ -12,10 +12,12 @@
 #include <atomic>
 #include <bit>
 #include <cerrno>
+#include <chrono>
 #include <cstddef>
 #include <cstring>
 #include <mutex>
 #include <span>
+#include <thread>
 #include <vector>
 
 namespace rafsd {
@@ -171,11 +173,16 @@ ReadinessBitmap ReadinessBitmap::open(const std::filesystem::path& path, std::st
     if (fd < 0) rafs::failErrno(fmt::format("{}: open", path.string()));
     auto state = std::make_unique<State>(fd, bitmapBytes(chunk_count));
     // Two processes filling one blob's cache would each trust bits the other never wrote. The
-    // lock is on the open file, so it goes with the process however it ends.
-    if (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
-        if (errno == EWOULDBLOCK)
+    // lock is on the open file, so it goes with the process however it ends. A holder that is
+    // letting go (the last user of a blob closing it on another thread as the blob is opened
+    // again, a daemon in its last moments) gets a moment to finish.
+    const auto deadline = std::chrono::steady_clock::now() + kLockWait;
+    while (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
+        if (errno == EINTR) continue;
+        if (errno != EWOULDBLOCK) rafs::failErrno(fmt::format("{}: flock", path.string()));
+        if (std::chrono::steady_clock::now() >= deadline)
             rafs::fail("{}: in use by another process: two rafsd daemons must not share a cache dir", path.string());
-        rafs::failErrno(fmt::format("{}: flock", path.string()));
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
     }
     struct stat info {};
     if (::fstat(fd, &info) != 0) rafs::failErrno(fmt::format("{}: fstat", path.string()));

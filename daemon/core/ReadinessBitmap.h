@@ -15,6 +15,7 @@
 // keeps the byte across a rafsd crash; flush() makes it durable across a power loss.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <filesystem>
 #include <functional>
@@ -27,13 +28,16 @@ namespace rafsd {
 class ReadinessBitmap {
 public:
     static constexpr uint32_t kFormatVersion = 1;
+    // How long open() waits for another holder of the file's lock to let go.
+    static constexpr std::chrono::milliseconds kLockWait{1000};
 
     // Opens the bitmap of blob `blob_id` (64 hex chars) with `chunk_count` chunks and
     // `blob_size` uncompressed bytes. A file of another format version, of another blob or
     // geometry, of the wrong length or with a bad checksum is replaced by an empty one, and
     // discarded() tells why (for the caller to log); it is never read. The file stays locked
     // (flock) while the bitmap is open: opening it again, from this process or another, throws
-    // Error, as do a bad blob id and a failed system call.
+    // Error after waiting kLockWait for the holder to let go; so do a bad blob id and a failed
+    // system call.
     static ReadinessBitmap open(const std::filesystem::path& path, std::string_view blob_id,
                                 uint32_t chunk_count, uint64_t blob_size);
 

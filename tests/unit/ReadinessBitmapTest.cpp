@@ -11,6 +11,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iterator>
+#include <memory>
 #include <string>
 #include <thread>
 #include <vector>
@@ -186,6 +187,20 @@ TEST_CASE("a bitmap is locked while open, also against this process", "[cache]")
     ReadinessBitmap again = ReadinessBitmap::open(path, kBlob, 10, 1);
     CHECK_FALSE(again.discarded());
     CHECK(again.test(2));
+}
+
+TEST_CASE("opening a bitmap waits for a holder that lets go", "[cache]") {
+    TempDir dir;
+    const auto path = dir / "map";
+    auto held = std::make_unique<ReadinessBitmap>(ReadinessBitmap::open(path, kBlob, 10, 1));
+    held->set(4);
+    std::thread release([&held] {
+        std::this_thread::sleep_for(ReadinessBitmap::kLockWait / 10);
+        held.reset();
+    });
+    ReadinessBitmap next = ReadinessBitmap::open(path, kBlob, 10, 1);
+    release.join();
+    CHECK(next.test(4));
 }
 
 TEST_CASE("a bitmap refuses bad blob ids and chunk indexes", "[cache]") {
