@@ -5,7 +5,8 @@
 #include "daemon/api/ControlServer.h"
 #include "daemon/api/ImageService.h"
 #include "daemon/core/Log.h"
-#include "daemon/engines/fscache/FscacheSupervisor.h"
+#include "daemon/process/ProcessIdentity.h"
+#include "daemon/process/Supervisor.h"
 
 #include <CLI/CLI.hpp>
 #include <sys/socket.h>
@@ -57,20 +58,102 @@ int waitForStopSignal(const sigset_t& set) {
     return sig;
 }
 
-// `rafsd mount` with the fscache engine: the worker body that superviseFscache() forks.
-int fscacheWorker(const Config& config, const MountRequest& request, std::chrono::milliseconds fetch_delay,
-                  const sigset_t& stop_signals, FscacheDevice device, bool restored,
-                  const std::function<void()>& ready) {
-    ImageService service(config);
-    service.setFetchDelay(fetch_delay);
-    service.useFscacheDevice(std::move(device), restored);
-    // After a failover the kernel keeps the image mounted: take it over instead of mounting again.
-    // Its cookies must be known before `restore` makes the kernel resend the OPENs.
-    if (restored && ImageService::hasErofsMount(request.mountpoint)) {
-        service.reattach(request);
+constexpr const char* kKeptDevice = "cachefiles";
+
+// The kernel objects a supervisor keeps for its workers (Supervisor.h).
+struct KernelObjects {
+    EngineKind engine;
+    KeptFds kept;
+    bool restored = false;  // taken from systemd's fd store: a previous rafsd died on them
+};
+
+// The bound /dev/cachefiles: systemd's stored one, else a new one (throws Error saying what is
+// missing), kept so that workers and a restarted service can fail over.
+KernelObjects acquireFscache(const Config& config) {
+    KernelObjects objects{EngineKind::Fscache, KeptFds::fromSystemd()};
+    if (objects.kept.find(kKeptDevice) >= 0) {
+        log::info("{}: taken from systemd's fd store; failing over", FscacheDevice::kPath);
+        objects.restored = true;
+        return objects;
+    }
+    FscacheDevice device = FscacheDevice::open(config.daemon.cache_dir / "fscache", "rafsd");
+    objects.kept.keep(kKeptDevice, device.fd());
+    return objects;
+}
+
+// The fanotify group and its journal of pending events: systemd's stored ones (ending the worker of
+// the previous rafsd, if it still reads the group: two readers would answer each other's events),
+// else new ones.
+KernelObjects acquireFanotify() {
+    KernelObjects objects{EngineKind::Fanotify, KeptFds::fromSystemd()};
+    const int group = objects.kept.find(ImageService::kKeptGroup);
+    const int journal = objects.kept.find(ImageService::kKeptJournal);
+    if (group >= 0 && journal >= 0) {
+        log::info("fanotify group taken from systemd's fd store; failing over");
+        const auto owner = PendingJournal::adopt(UniqueFd::duplicate(journal, "the kept fanotify journal")).owner();
+        if (owner) endProcess(*owner, std::chrono::seconds(10));
+        objects.restored = true;
+        return objects;
+    }
+    const UniqueFd new_group = FanotifyEngine::createGroup();
+    const PendingJournal new_journal = PendingJournal::create();
+    objects.kept.keep(ImageService::kKeptGroup, new_group.get());
+    objects.kept.keep(ImageService::kKeptJournal, new_journal.fd());
+    return objects;
+}
+
+// Acquires the kernel objects of `engine`; with `auto`, falls back from an unusable fscache to
+// fanotify as ImageService does.
+KernelObjects acquire(EngineKind configured, EngineKind engine, const Config& config) {
+    if (engine == EngineKind::Fscache) {
+        try {
+            return acquireFscache(config);
+        } catch (const std::exception& e) {
+            if (configured != EngineKind::Auto) throw;
+            log::info("fscache engine unusable ({}); trying fanotify", e.what());
+            FanotifyEngine::checkKernel();
+        }
+    }
+    return acquireFanotify();
+}
+
+SupervisorOptions supervisorOptions(EngineKind engine) {
+    return {std::string(engineName(engine)), engine == EngineKind::Fscache};
+}
+
+// In a worker: serve with the kernel objects the supervisor keeps.
+void useKernelObjects(ImageService& service, EngineKind engine, KeptFds& kept, bool restored) {
+    if (engine == EngineKind::Fscache) {
+        service.useFscacheDevice(FscacheDevice::adopt(UniqueFd::duplicate(kept.find(kKeptDevice), FscacheDevice::kPath).release()),
+                                 restored);
+    } else {
+        service.useFanotifyGroup(kept, restored);
+    }
+}
+
+void startEngine(ImageService& service, EngineKind engine) {
+    if (engine == EngineKind::Fscache) {
         service.startFscache();
     } else {
-        service.startFscache();
+        service.startFanotify();
+    }
+}
+
+// `rafsd mount`: the worker body that supervise() forks.
+int mountWorker(const Config& config, EngineKind engine, MountRequest request, std::chrono::milliseconds fetch_delay,
+                const sigset_t& stop_signals, KeptFds& kept, bool restored, const std::function<void()>& ready) {
+    ImageService service(config);
+    service.setFetchDelay(fetch_delay);
+    useKernelObjects(service, engine, kept, restored);
+    request.engine = engine;
+    // After a failover the kernel keeps the image mounted: take it over instead of mounting again.
+    // fscache: its cookies must be known before `restore` makes the kernel resend the OPENs;
+    // fanotify: its files before the events the dead worker left are answered.
+    if (restored && ImageService::hasErofsMount(request.mountpoint)) {
+        service.reattach(request);
+        startEngine(service, engine);
+    } else {
+        startEngine(service, engine);
         service.mount(request);
     }
     ready();
@@ -93,18 +176,18 @@ int activatedControlSocket() {
     return -1;
 }
 
-// `rafsd serve` with the fscache engine: the worker body that superviseFscache() forks. The table
-// of fscache mounts in the state dir tells a worker that takes over a device (after a worker died,
-// or rafsd was restarted with the fd from systemd's store) which mounts to reattach.
-int serveWorker(const Config& config, std::chrono::milliseconds fetch_delay, const sigset_t& stop_signals,
-                int control_socket, FscacheDevice device, bool restored, const std::function<void()>& ready) {
+// `rafsd serve`: the worker body that supervise() forks. The table of mounts in the state dir tells
+// a worker that takes the kernel objects over (after a worker died, or rafsd was restarted with
+// them from systemd's store) which mounts to reattach.
+int serveWorker(const Config& config, EngineKind engine, std::chrono::milliseconds fetch_delay,
+                const sigset_t& stop_signals, int control_socket, KeptFds& kept, bool restored,
+                const std::function<void()>& ready) {
     ImageService service(config);
     service.setFetchDelay(fetch_delay);
-    service.keepFscacheTable(config.daemon.state_dir / "fscache-mounts.json");
-    service.useFscacheDevice(std::move(device), restored);
-    // Before start: the cookies must be known before `restore` makes the kernel resend the OPENs.
-    service.recoverFscacheMounts();
-    service.startFscache();
+    service.keepMountTable(config.daemon.state_dir / "mounts.json");
+    useKernelObjects(service, engine, kept, restored);
+    service.recoverMounts();
+    startEngine(service, engine);
     // Each worker has its own copy of an activated socket (fork): adopting it leaves the
     // supervisor's for the next worker.
     ControlServer server = control_socket >= 0 ? ControlServer::adopt(control_socket, service)
@@ -173,59 +256,38 @@ int main(int argc, char** argv) {
             if (!fsid.empty()) request.fsid = fsid;
             if (!domain_id.empty()) request.domain_id = domain_id;
             const std::chrono::milliseconds fetch_delay(fetch_delay_ms);
-            if (ImageService::resolveEngine(config.daemon.engine) == EngineKind::Fscache) {
-                // Still single-threaded: the supervisor forks the worker, which starts the threads.
-                std::optional<SupervisedDevice> device;
-                try {
-                    device.emplace(acquireFscacheDevice(config.daemon.cache_dir / "fscache", "rafsd"));
-                } catch (const std::exception& e) {
-                    if (config.daemon.engine != EngineKind::Auto) throw;
-                    log::info("fscache engine unusable ({}); trying fanotify", e.what());
-                    config.daemon.engine = EngineKind::Fanotify;
-                }
-                if (device) {
-                    return superviseFscache(std::move(*device), [&](FscacheDevice d, bool restored, const auto& ready) {
-                        return fscacheWorker(config, request, fetch_delay, stop_signals, std::move(d), restored, ready);
-                    });
-                }
-            }
-            ImageService service(config);
-            service.setFetchDelay(fetch_delay);
-            service.mount(request);
-            sd_notify(0, "READY=1");
-            int sig = waitForStopSignal(stop_signals);
-            log::info("{}: unmounting", sig == SIGINT ? "SIGINT" : "SIGTERM");
-            sd_notify(0, "STOPPING=1");
-            service.shutdown();
-            return 0;
+            // Still single-threaded: the supervisor forks the worker, which starts the threads.
+            const EngineKind configured = config.daemon.engine;
+            KernelObjects objects = acquire(configured, ImageService::resolveEngine(configured), config);
+            const EngineKind engine_kind = objects.engine;
+            return supervise(std::move(objects.kept), objects.restored, supervisorOptions(engine_kind),
+                             [&](KeptFds& kept, bool restored, const auto& ready) {
+                                 return mountWorker(config, engine_kind, request, fetch_delay, stop_signals, kept,
+                                                    restored, ready);
+                             });
         }
         const std::chrono::milliseconds fetch_delay(fetch_delay_ms);
-        // With fscache as the configured engine, the device is bound at start and supervised, as
-        // for `rafsd mount`: fscache mounts then survive the death of a worker or, through
-        // systemd's fd store, of the whole service. Otherwise fscache mounts requested explicitly
-        // bind the device on first use, without failover.
-        bool supervise = false;
+        // The configured engine's kernel objects are acquired at start and supervised: its mounts
+        // then survive the death of a worker or, through systemd's fd store, of the whole service.
+        // Mounts requested explicitly with the other engine get its objects on first use, without
+        // failover; so does everything when no engine works on this kernel (each mount says why).
+        std::optional<EngineKind> engine_kind;
         try {
-            supervise = ImageService::resolveEngine(config.daemon.engine) == EngineKind::Fscache;
-        } catch (const std::exception&) {
-            if (config.daemon.engine == EngineKind::Fscache) throw;
+            engine_kind = ImageService::resolveEngine(config.daemon.engine);
+        } catch (const std::exception& e) {
+            if (config.daemon.engine != EngineKind::Auto) throw;
+            log::warn("no engine usable on this kernel ({}); serving without one", e.what());
         }
-        if (supervise) {
+        if (engine_kind) {
             // Still single-threaded: the supervisor forks the worker, which starts the threads.
             const int control_socket = activatedControlSocket();
-            std::optional<SupervisedDevice> device;
-            try {
-                device.emplace(acquireFscacheDevice(config.daemon.cache_dir / "fscache", "rafsd"));
-            } catch (const std::exception& e) {
-                if (config.daemon.engine != EngineKind::Auto) throw;
-                log::info("fscache engine unusable ({}); serving without it", e.what());
-            }
-            if (device) {
-                return superviseFscache(std::move(*device), [&](FscacheDevice d, bool restored, const auto& ready) {
-                    return serveWorker(config, fetch_delay, stop_signals, control_socket, std::move(d), restored,
-                                       ready);
-                });
-            }
+            KernelObjects objects = acquire(config.daemon.engine, *engine_kind, config);
+            const EngineKind kind = objects.engine;
+            return supervise(std::move(objects.kept), objects.restored, supervisorOptions(kind),
+                             [&](KeptFds& kept, bool restored, const auto& ready) {
+                                 return serveWorker(config, kind, fetch_delay, stop_signals, control_socket, kept,
+                                                    restored, ready);
+                             });
         }
         ImageService service(config);
         service.setFetchDelay(fetch_delay);

@@ -111,11 +111,29 @@ EngineKind ImageService::resolveEngine(EngineKind requested) {
 
 FanotifyEngine& ImageService::fanotify() {
     if (!fanotify_) {
-        auto engine = std::make_unique<FanotifyEngine>(*fetcher_, std::chrono::microseconds(config_.daemon.busy_poll_us));
-        engine->start();
-        fanotify_ = std::move(engine);
+        fanotify_ = std::make_unique<FanotifyEngine>(*fetcher_, std::chrono::microseconds(config_.daemon.busy_poll_us));
     }
+    if (!fanotify_->running()) fanotify_->start();
     return *fanotify_;
+}
+
+void ImageService::useFanotifyGroup(KeptFds& kept, bool restore) {
+    std::lock_guard lock(mutex_);
+    if (fanotify_) rafs::fail("the fanotify engine already has a group");
+    const int group = kept.find(kKeptGroup);
+    const int journal = kept.find(kKeptJournal);
+    if (group < 0 || journal < 0) rafs::fail("no kept fanotify group and journal to serve");
+    auto engine = std::make_unique<FanotifyEngine>(*fetcher_, std::chrono::microseconds(config_.daemon.busy_poll_us));
+    engine->adopt(UniqueFd::duplicate(group, "the kept fanotify group"),
+                  PendingJournal::adopt(UniqueFd::duplicate(journal, "the kept fanotify journal")));
+    fanotify_ = std::move(engine);
+    kept_ = &kept;
+    fanotify_restore_ = restore;
+}
+
+void ImageService::startFanotify() {
+    std::lock_guard lock(mutex_);
+    fanotify();
 }
 
 FscacheEngine& ImageService::fscache() {
@@ -167,7 +185,18 @@ std::shared_ptr<CachedBlob> ImageService::openBlob(const rafs::Bootstrap& bootst
     std::unique_ptr<CacheFile> file;
     fs::path state_dir = dir;
     if (fscache_volume.empty()) {
-        file = SparseCacheFile::open(dir / (blob.id + ".blob.data"), blob.uncompressed_size);
+        const fs::path path = dir / (blob.id + ".blob.data");
+        const std::string kept_name = keptCacheFileName(blob.id);
+        const int kept_fd = kept_ != nullptr ? kept_->find(kept_name) : -1;
+        if (kept_fd >= 0) {
+            // The fd a dead worker wrote through: a file opened now, after its mark, would raise
+            // events for our own writes.
+            file = SparseCacheFile::adopt(path, UniqueFd::duplicate(kept_fd, path.string()), blob.uncompressed_size);
+        } else {
+            auto sparse = SparseCacheFile::open(path, blob.uncompressed_size);
+            if (kept_ != nullptr) kept_->keep(kept_name, sparse->fd());
+            file = std::move(sparse);
+        }
     } else {
         state_dir = dir / "fscache-state" / fscache_volume;
         std::error_code ec;
@@ -215,7 +244,11 @@ std::vector<PrefetchChunk> ImageService::prefetchTableChunks(
 nlohmann::json ImageService::mount(const MountRequest& request) { return mountOrReattach(request, false); }
 
 nlohmann::json ImageService::reattach(const MountRequest& request) {
-    if (!fscache_) rafs::fail("reattach {}: no adopted {}", request.mountpoint.string(), FscacheDevice::kPath);
+    if (request.engine == EngineKind::Fanotify) {
+        if (!fanotify_) rafs::fail("reattach {}: no adopted fanotify group", request.mountpoint.string());
+    } else if (!fscache_) {
+        rafs::fail("reattach {}: no adopted {}", request.mountpoint.string(), FscacheDevice::kPath);
+    }
     if (!hasErofsMount(request.mountpoint)) rafs::fail("reattach: {} is not an EROFS mount", request.mountpoint.string());
     return mountOrReattach(request, true);
 }
@@ -230,8 +263,9 @@ nlohmann::json ImageService::mountOrReattach(const MountRequest& request, bool r
     struct stat st {};
     if (::stat(mountpoint.c_str(), &st) != 0) rafs::failErrno("mountpoint " + mountpoint.string());
     if (!S_ISDIR(st.st_mode)) rafs::fail("mountpoint {} is not a directory", mountpoint.string());
-    const EngineKind requested = reattach ? EngineKind::Fscache : request.engine.value_or(config_.daemon.engine);
-    EngineKind engine = resolveEngine(requested);
+    const EngineKind requested = reattach ? request.engine.value_or(EngineKind::Fscache)
+                                          : request.engine.value_or(config_.daemon.engine);
+    EngineKind engine = reattach ? requested : resolveEngine(requested);
     if (request.register_only && requested == EngineKind::Fanotify) {
         rafs::fail("register only: needs the fscache engine; a fanotify mount is made by rafsd itself");
     }
@@ -272,8 +306,14 @@ nlohmann::json ImageService::mountOrReattach(const MountRequest& request, bool r
         if (!image.domain_id.empty()) checkFscacheName("domain_id", image.domain_id);
         fscache_volume = image.domain_id.empty() ? image.fsid : image.domain_id;
     }
-    for (const rafs::BootstrapBlob& blob : bootstrap.blobs()) {
-        image.blobs.push_back(openBlob(bootstrap, blob, backend, fscache_volume));
+    try {
+        for (const rafs::BootstrapBlob& blob : bootstrap.blobs()) {
+            image.blobs.push_back(openBlob(bootstrap, blob, backend, fscache_volume));
+        }
+    } catch (...) {
+        image.blobs.clear();
+        dropUnusedKeptFds();
+        throw;
     }
     image.index = fetcher_->addImage(image.blobs);
     const FscacheAttach how = reattach ? FscacheAttach::Reattach
@@ -292,15 +332,29 @@ nlohmann::json ImageService::mountOrReattach(const MountRequest& request, bool r
             auto& file = dynamic_cast<SparseCacheFile&>(image.blobs[i]->cache().file());
             spec.blobs.push_back({i, file.path(), file.fd(), file.size(), image.blobs[i]->cache().complete()});
         }
-        FanotifyEngine& engine_ref = fanotify();
+        FanotifyEngine* engine_ptr = fanotify_.get();
         try {
-            engine_ref.mount(spec);
+            if (reattach) {
+                fanotify_->reattach(spec);
+            } else {
+                engine_ptr = &fanotify();
+                // Listed before mount(2), as for fscache (mountFscache).
+                saveMountTable(&image);
+                try {
+                    engine_ptr->mount(spec);
+                } catch (...) {
+                    saveMountTableOrLog();
+                    throw;
+                }
+            }
         } catch (...) {
             fetcher_->removeImage(image.index);
+            image.blobs.clear();
+            dropUnusedKeptFds();
             throw;
         }
         for (uint32_t i = 0; i < image.blobs.size(); ++i) {
-            image.blobs[i]->onComplete([&engine_ref, index = image.index, i] { engine_ref.unmarkComplete(index, i); });
+            image.blobs[i]->onComplete([engine_ptr, index = image.index, i] { engine_ptr->unmarkComplete(index, i); });
         }
     }
     if (prefetcher_) prefetcher_->add(prefetchTableChunks(bootstrap, image.blobs), image.blobs);
@@ -334,12 +388,12 @@ void ImageService::mountFscache(Image& image, const rafs::Bootstrap& bootstrap, 
             // Listed before mount(2): a daemon dying during the mount leaves an entry the next one
             // finds unmounted and forgets, never a mount it does not know about. A registered
             // image is listed too, so that a restarted daemon takes over the user's mount of it.
-            saveFscacheTable(&image);
+            saveMountTable(&image);
             try {
                 if (how == FscacheAttach::Register) engine.reattach(spec);
                 else engine.mount(spec);
             } catch (...) {
-                saveFscacheTableOrLog();
+                saveMountTableOrLog();
                 throw;
             }
         }
@@ -349,52 +403,64 @@ void ImageService::mountFscache(Image& image, const rafs::Bootstrap& bootstrap, 
     }
 }
 
-void ImageService::saveFscacheTable(const Image* adding) {
-    if (fscache_table_.empty()) return;
-    std::vector<FscacheMountRecord> records;
+void ImageService::saveMountTable(const Image* adding) {
+    if (mount_table_.empty()) return;
+    std::vector<MountRecord> records;
     auto add = [&records](const Image& i) {
-        if (i.engine == EngineKind::Fscache) records.push_back({i.bootstrap, i.mountpoint, i.fsid, i.domain_id, i.blob_dir});
+        records.push_back({std::string(engineName(i.engine)), i.bootstrap, i.mountpoint, i.fsid, i.domain_id, i.blob_dir});
     };
     for (const Image& i : images_) add(i);
     if (adding != nullptr) add(*adding);
-    saveFscacheMounts(fscache_table_, records);
+    saveMounts(mount_table_, records);
 }
 
-void ImageService::saveFscacheTableOrLog() {
+void ImageService::saveMountTableOrLog() {
     try {
-        saveFscacheTable(nullptr);
+        saveMountTable(nullptr);
     } catch (const std::exception& e) {
-        log::error("{}; a restarted rafsd will not know the current fscache mounts", e.what());
+        log::error("{}; a restarted rafsd will not know the current mounts", e.what());
     }
 }
 
-void ImageService::recoverFscacheMounts() {
-    if (fscache_table_.empty()) return;
-    std::vector<FscacheMountRecord> records;
+void ImageService::dropUnusedKeptFds() {
+    if (kept_ == nullptr) return;
+    const std::string prefix = keptCacheFileName("");
+    for (const std::string& name : kept_->names()) {
+        if (!name.starts_with(prefix)) continue;
+        const auto it = blobs_.find(name.substr(prefix.size()));
+        if (it == blobs_.end() || it->second.expired()) kept_->drop(name);
+    }
+}
+
+void ImageService::recoverMounts() {
+    if (mount_table_.empty()) return;
+    std::vector<MountRecord> records;
     try {
-        records = loadFscacheMounts(fscache_table_);
+        records = loadMounts(mount_table_);
     } catch (const std::exception& e) {
         // Refusing to start would not save those mounts either; new ones can still be served.
         log::error("{}; the mounts it lists cannot be taken over", e.what());
     }
-    for (const FscacheMountRecord& r : records) {
+    for (const MountRecord& r : records) {
         try {
             if (!hasErofsMount(r.mountpoint)) {
                 log::info("{}: listed in {} but no longer mounted; forgotten", r.mountpoint.string(),
-                          fscache_table_.string());
+                          mount_table_.string());
                 continue;
             }
-            if (!fscache_restore_) {
-                log::warn("{}: left mounted by a rafsd whose {} is gone, so its reads fail; unmount it",
-                          r.mountpoint.string(), FscacheDevice::kPath);
+            const bool fanotify = r.engine == engineName(EngineKind::Fanotify);
+            const bool restored = fanotify ? fanotify_ && fanotify_restore_ : fscache_ && fscache_restore_;
+            if (!restored) {
+                log::warn("{}: left mounted by a rafsd whose {} is gone, so its reads fail or see holes; unmount it",
+                          r.mountpoint.string(), fanotify ? "fanotify group" : FscacheDevice::kPath);
                 continue;
             }
             MountRequest request;
             request.bootstrap = r.bootstrap;
             request.mountpoint = r.mountpoint;
             request.blob_dir = r.blob_dir;
-            request.engine = EngineKind::Fscache;
-            request.fsid = r.fsid;
+            request.engine = fanotify ? EngineKind::Fanotify : EngineKind::Fscache;
+            if (!fanotify) request.fsid = r.fsid;
             if (!r.domain_id.empty()) request.domain_id = r.domain_id;
             reattach(request);
         } catch (const std::exception& e) {
@@ -402,7 +468,8 @@ void ImageService::recoverFscacheMounts() {
         }
     }
     std::lock_guard lock(mutex_);
-    saveFscacheTable(nullptr);
+    saveMountTable(nullptr);
+    dropUnusedKeptFds();
 }
 
 nlohmann::json ImageService::umount(const UmountRequest& request) {
@@ -419,9 +486,9 @@ nlohmann::json ImageService::umount(const UmountRequest& request) {
     fetcher_->removeImage(it->index);
     for (auto& blob : it->blobs) blob->cache().flush();
     log::info("unmounted {}", mountpoint.string());
-    const bool fscache = it->engine == EngineKind::Fscache;
     images_.erase(it);
-    if (fscache) saveFscacheTableOrLog();
+    saveMountTableOrLog();
+    dropUnusedKeptFds();
     return nlohmann::json::object();
 }
 
@@ -500,7 +567,8 @@ void ImageService::shutdown() {
         }
     }
     images_.clear();
-    saveFscacheTableOrLog();  // stop() unmounted every fscache image
+    saveMountTableOrLog();  // the engines' stop() unmounted every image
+    dropUnusedKeptFds();
 }
 
 }  // namespace rafsd

@@ -6,11 +6,12 @@
 #include "builder/format/Bootstrap.h"
 #include "daemon/api/Config.h"
 #include "daemon/api/ControlServer.h"
-#include "daemon/api/FscacheMountTable.h"
+#include "daemon/api/MountTable.h"
 #include "daemon/core/ChunkFetcher.h"
 #include "daemon/core/Prefetcher.h"
 #include "daemon/engines/fanotify/FanotifyEngine.h"
 #include "daemon/engines/fscache/FscacheEngine.h"
+#include "daemon/process/KeptFds.h"
 
 #include <chrono>
 #include <map>
@@ -42,17 +43,32 @@ public:
     // systemd's fd store). `restore`: a previous daemon died on it; call reattach() for the mounts
     // it left, then startFscache(), which asks the kernel to resend what that daemon left pending.
     void useFscacheDevice(FscacheDevice device, bool restore);
-    // Takes over an image the kernel still has mounted with the fscache engine: its caches and
-    // cookies, no mount(2). Needs useFscacheDevice() first.
+    // Takes over an image the kernel still has mounted: its caches and, with fscache, its cookies,
+    // with fanotify, its marks; no mount(2). Needs useFscacheDevice() or useFanotifyGroup() first,
+    // and the engine of the request set.
     nlohmann::json reattach(const MountRequest& request);
     void startFscache();
-    // rafsd serve's failover: keeps the table of fscache mounts at `table` (FscacheMountTable.h),
-    // rewritten before each fscache mount(2) and after each unmount. Call before any mount.
-    void keepFscacheTable(std::filesystem::path table) { fscache_table_ = std::move(table); }
-    // After useFscacheDevice(), before startFscache(): the mounts of the table. On a device a
-    // previous daemon died on, every one still mounted is reattached; on a new device they are dead
-    // (their cache died with the daemon that made them), so they are reported and forgotten.
-    void recoverFscacheMounts();
+    // Names of the fds a supervisor keeps for fanotify workers (KeptFds.h): the group, its journal of
+    // pending events, and each blob's cache file, opened before it was marked.
+    static constexpr const char* kKeptGroup = "fanotify";
+    static constexpr const char* kKeptJournal = "fanotify-journal";
+    static std::string keptCacheFileName(const std::string& blob_id) { return "blob-" + blob_id; }
+
+    // Failover: serve fanotify mounts on the group and journal in `kept`, which a supervisor keeps;
+    // cache files are kept there too as they are opened, and taken from there when a mount is taken
+    // over. `restore`: a previous worker died on them; call reattach() (or recoverMounts()) for the
+    // mounts it left, then startFanotify(), which answers the events it left unanswered.
+    void useFanotifyGroup(KeptFds& kept, bool restore);
+    void startFanotify();
+
+    // Failover: keeps the table of the mounts at `table` (MountTable.h), rewritten before each
+    // mount(2) and after each unmount. Call before any mount.
+    void keepMountTable(std::filesystem::path table) { mount_table_ = std::move(table); }
+    // After useFscacheDevice() / useFanotifyGroup(), before startFscache() / startFanotify(): the
+    // mounts of the table. On kernel objects a previous daemon died on, every one still mounted is
+    // reattached; otherwise they are dead (their cache or group died with the daemon that made
+    // them), so they are reported and forgotten.
+    void recoverMounts();
     // True if `dir` is the root of an EROFS mount (e.g. one a dead daemon left behind).
     static bool hasErofsMount(const std::filesystem::path& dir);
 
@@ -88,10 +104,12 @@ private:
     enum class FscacheAttach { Mount, Reattach, Register };
     void mountFscache(Image& image, const rafs::Bootstrap& bootstrap, FscacheAttach how);
     nlohmann::json blobStatus(const CachedBlob& blob) const;
-    // Rewrites the fscache table (if kept) from images_, plus `adding` (about to be mounted).
-    void saveFscacheTable(const Image* adding);
+    // Rewrites the mount table (if kept) from images_, plus `adding` (about to be mounted).
+    void saveMountTable(const Image* adding);
     // After a mount or unmount already happened: a failure only costs the failover, so it is logged.
-    void saveFscacheTableOrLog();
+    void saveMountTableOrLog();
+    // Drops the kept cache-file fds of blobs no image uses any more.
+    void dropUnusedKeptFds();
 
     Config config_;
     std::mutex mutex_;  // one mount or umount at a time; guards the tables below
@@ -103,7 +121,9 @@ private:
     std::vector<Image> images_;
     bool shut_down_ = false;
     bool fscache_restore_ = false;  // the adopted device had a daemon die on it
-    std::filesystem::path fscache_table_;  // empty: not kept
+    KeptFds* kept_ = nullptr;        // fanotify failover: the fds the supervisor keeps
+    bool fanotify_restore_ = false;  // the adopted group had a worker die on it
+    std::filesystem::path mount_table_;  // empty: not kept
     std::chrono::milliseconds fetch_delay_{0};
 };
 

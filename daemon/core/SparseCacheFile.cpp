@@ -71,6 +71,17 @@ std::unique_ptr<SparseCacheFile> SparseCacheFile::open(const std::filesystem::pa
     return file;
 }
 
+std::unique_ptr<SparseCacheFile> SparseCacheFile::adopt(const std::filesystem::path& path, UniqueFd fd,
+                                                        uint64_t size) {
+    std::unique_ptr<SparseCacheFile> file(new SparseCacheFile(path, fd.release(), size));
+    struct stat info {};
+    if (::fstat(file->fd_, &info) != 0) rafs::failErrno(fmt::format("{}: fstat of the kept fd", path.string()));
+    if (!S_ISREG(info.st_mode) || static_cast<uint64_t>(info.st_size) != roundUpToBlock(size)) {
+        rafs::fail("{}: the kept cache file is not a regular file of {} bytes", path.string(), roundUpToBlock(size));
+    }
+    return file;
+}
+
 SparseCacheFile::SparseCacheFile(std::filesystem::path path, int fd, uint64_t size)
     : path_(std::move(path)), fd_(fd), size_(size) {}
 

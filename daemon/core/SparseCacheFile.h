@@ -9,6 +9,7 @@
 #pragma once
 
 #include "daemon/core/CacheFile.h"
+#include "daemon/core/UniqueFd.h"
 
 #include <filesystem>
 #include <memory>
@@ -21,6 +22,10 @@ public:
     // a file of another length is emptied and resized. Throws Error if the directory is not on
     // ext4, xfs or btrfs, or on any system call failure.
     static std::unique_ptr<SparseCacheFile> open(const std::filesystem::path& path, uint64_t size);
+
+    // The cache file a previous worker opened (before its mark) and a supervisor kept, at `path`.
+    // Throws Error if it is not a regular file of the blob's length.
+    static std::unique_ptr<SparseCacheFile> adopt(const std::filesystem::path& path, UniqueFd fd, uint64_t size);
 
     ~SparseCacheFile() override;
     SparseCacheFile(const SparseCacheFile&) = delete;

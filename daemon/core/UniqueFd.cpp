@@ -3,6 +3,7 @@
 #include "builder/format/Error.h"
 #include "daemon/core/Log.h"
 
+#include <fcntl.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -21,6 +22,12 @@ UniqueFd& UniqueFd::operator=(UniqueFd&& other) noexcept {
 
 UniqueFd::~UniqueFd() {
     if (fd_ >= 0) closeOrWarn(fd_, "fd " + std::to_string(fd_));
+}
+
+UniqueFd UniqueFd::duplicate(int fd, std::string_view what) {
+    UniqueFd copy(::fcntl(fd, F_DUPFD_CLOEXEC, 0));
+    if (copy.get() < 0) rafs::failErrno("cannot duplicate the fd of " + std::string(what));
+    return copy;
 }
 
 int UniqueFd::release() { return std::exchange(fd_, -1); }

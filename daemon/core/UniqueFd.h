@@ -16,6 +16,9 @@ public:
     UniqueFd& operator=(const UniqueFd&) = delete;
     ~UniqueFd();
 
+    // A close-on-exec duplicate of `fd`; throws rafs::Error naming `what` if it cannot be made.
+    static UniqueFd duplicate(int fd, std::string_view what);
+
     int get() const { return fd_; }
     int release();
     // Closes now; throws rafs::Error naming `what` if close() fails.

@@ -669,7 +669,7 @@ class Guest:
         worker does the same."""
         name = 'serve-failover'
         mnt, cache = self.mnt(name), f'{self.cache_root}/{name}'
-        cfg, sock, table = self.config(name, cache), f'/tmp/{name}.sock', f'/tmp/{name}-state/fscache-mounts.json'
+        cfg, sock, table = self.config(name, cache), f'/tmp/{name}.sock', f'/tmp/{name}-state/mounts.json'
         argv = ['serve', '--config', cfg, '--test-fetch-delay', '4000']
         manifest = self.meta['img1']['manifest']
 

@@ -1,5 +1,7 @@
 #include "daemon/engines/fanotify/FanotifyEngine.h"
 
+#include "daemon/engines/fanotify/EventBatch.h"
+
 #include "builder/format/Error.h"
 #include "daemon/core/Log.h"
 #include "daemon/core/UniqueFd.h"
@@ -37,7 +39,6 @@ using rafs::failErrno;
 constexpr unsigned kRingEntries = 4;
 constexpr uint64_t kGroupTag = 1;
 constexpr uint64_t kWakeTag = 2;
-constexpr size_t kBatchBytes = 64 * 1024;
 constexpr uint64_t kBlock = 4096;
 // What to fetch when the kernel reports no length: erofs-utils fetches 4 MiB too.
 constexpr uint64_t kUnknownCountWindow = 4 << 20;
@@ -120,42 +121,37 @@ void mountErofs(const FanotifyMount& m) {
     }
 }
 
-struct Range {
-    uint64_t offset = 0;
-    uint64_t count = 0;
-};
-
-// The range record of a pre-content event; none (a zero count) is handled like an unknown count.
-Range findRange(std::span<const std::byte> info) {
-    size_t pos = 0;
-    while (info.size() - pos >= sizeof(fanotify::EventInfoHeader)) {
-        fanotify::EventInfoHeader header{};
-        std::memcpy(&header, info.data() + pos, sizeof header);
-        if (header.len < sizeof header || header.len > info.size() - pos) break;
-        if (header.info_type == fanotify::kInfoTypeRange && header.len >= sizeof(fanotify::EventInfoRange)) {
-            fanotify::EventInfoRange record{};
-            std::memcpy(&record, info.data() + pos, sizeof record);
-            return {record.offset, record.count};
-        }
-        pos += header.len;
-    }
-    return {};
+// The block-aligned range to make present for a read of [offset, offset + count) of a file of
+// `size` bytes (offset < size); the kernel's count is the read's, not rounded.
+std::pair<uint64_t, uint64_t> fetchRange(uint64_t offset, uint64_t count, uint64_t size) {
+    const uint64_t begin = offset & ~(kBlock - 1);
+    const uint64_t want = count == 0 ? kUnknownCountWindow : count;
+    const uint64_t end = want >= size - offset ? size : std::min(size, (offset + want + kBlock - 1) & ~(kBlock - 1));
+    return {begin, end};
 }
 
 }  // namespace
 
-// Answers events from any thread. Completions hold it by shared_ptr, so one arriving after the
-// engine is gone finds its event already answered and does nothing.
+// Answers events from any thread, and keeps the journal of what is pending (PendingJournal.h).
+// Completions hold it by shared_ptr, so one arriving after the engine is gone finds its event
+// already answered and does nothing.
 struct FanotifyEngine::Responder {
     std::mutex mutex;
     std::condition_variable idle;  // pending became empty
     int group = -1;
+    int wake = -1;  // the loop's eventfd: written when slots free up after the loop ran short
+    std::optional<PendingJournal> journal;
     bool stopping = false;
+    bool starved = false;  // the loop stopped reading for want of journal slots
     uint64_t nextSeq = 0;
-    // Event fd -> sequence number of the event it belongs to. An fd stays open until its event
-    // is answered, so its number cannot be reused by another pending event; the sequence number
-    // tells a late completion from one for a newer event that got the same fd number.
-    std::unordered_map<int, uint64_t> pending;
+    struct Pending {
+        uint64_t seq;
+        uint32_t slot;
+    };
+    // Event fd -> the event it belongs to. An fd stays open until its event is answered, so its
+    // number cannot be reused by another pending event; the sequence number tells a late
+    // completion from one for a newer event that got the same fd number.
+    std::unordered_map<int, Pending> pending;
     std::atomic<uint64_t> events{0};
     std::atomic<uint64_t> allowed{0};
     std::atomic<uint64_t> denied{0};
@@ -168,28 +164,46 @@ struct FanotifyEngine::Responder {
         if (group >= 0) closeOrWarn(group, "fanotify group");
     }
 
+    bool hasRoomForBatch() {
+        std::lock_guard lock(mutex);
+        starved = journal->freeSlots() < PendingJournal::kMaxEventsPerBatch;
+        return !starved;
+    }
+
+    uint32_t record(const PendingJournal::Entry& entry) {
+        std::lock_guard lock(mutex);
+        return journal->record(entry);
+    }
+
     // Registers an event handed to the core; nullopt once stopping (the caller denies it).
-    std::optional<uint64_t> admit(int fd) {
+    std::optional<uint64_t> admit(int fd, uint32_t slot) {
         std::lock_guard lock(mutex);
         if (stopping) return std::nullopt;
         const uint64_t seq = nextSeq++;
-        pending.emplace(fd, seq);
+        pending.emplace(fd, Pending{seq, slot});
         return seq;
     }
 
     void complete(int fd, uint64_t seq, int error) {
         std::lock_guard lock(mutex);
         const auto it = pending.find(fd);
-        if (it == pending.end() || it->second != seq) return;
+        if (it == pending.end() || it->second.seq != seq) return;
+        const uint32_t slot = it->second.slot;
         pending.erase(it);
-        respondLocked(fd, error == 0);
+        respondLocked(fd, slot, error == 0);
         if (pending.empty()) idle.notify_all();
     }
 
     // For events never admitted.
-    void respond(int fd, bool allow) {
+    void respond(int fd, uint32_t slot, bool allow) {
         std::lock_guard lock(mutex);
-        respondLocked(fd, allow);
+        respondLocked(fd, slot, allow);
+    }
+
+    // For an event a dead worker read: its fd number was that worker's, so there is nothing to close.
+    void answerOrphan(int fd, bool allow) {
+        std::lock_guard lock(mutex);
+        answer(fd, allow);
     }
 
     void beginStop() {
@@ -205,7 +219,7 @@ struct FanotifyEngine::Responder {
     void denyAll() {
         std::lock_guard lock(mutex);
         if (!pending.empty()) log::warn("denying {} pending fanotify events with EIO", pending.size());
-        for (const auto& [fd, seq] : pending) respondLocked(fd, false);
+        for (const auto& [fd, p] : pending) respondLocked(fd, p.slot, false);
         pending.clear();
     }
 
@@ -218,7 +232,7 @@ struct FanotifyEngine::Responder {
 private:
     // One 8-byte write is atomic, and the lock orders it against closeGroup(). Counted first, so
     // a reader woken by the answer sees it counted.
-    void respondLocked(int fd, bool allow) {
+    void answer(int fd, bool allow) {
         (allow ? allowed : denied).fetch_add(1, std::memory_order_relaxed);
         const fanotify::Response response{fd, allow ? fanotify::kAllow : fanotify::denyWithErrno(EIO)};
         const ssize_t n = ::write(group, &response, sizeof response);
@@ -227,7 +241,20 @@ private:
         } else if (static_cast<size_t>(n) != sizeof response) {
             log::error("cannot answer fanotify event: short write of {} bytes", n);
         }
+    }
+
+    // The slot is cleared before the fd is closed: once closed, its number may go to a new event.
+    void respondLocked(int fd, uint32_t slot, bool allow) {
+        answer(fd, allow);
+        journal->clear(slot);
         closeOrWarn(fd, "fanotify event fd");
+        if (starved && journal->freeSlots() >= PendingJournal::kMaxEventsPerBatch) {
+            starved = false;
+            const uint64_t one = 1;
+            if (::write(wake, &one, sizeof one) != static_cast<ssize_t>(sizeof one)) {
+                log::error("cannot wake the fanotify event loop: {}", std::strerror(errno));
+            }
+        }
     }
 };
 
@@ -247,19 +274,36 @@ void FanotifyEngine::checkKernel() {
     fail("kernel has no EROFS: /proc/filesystems lacks erofs (CONFIG_EROFS_FS, or load the erofs module)");
 }
 
-void FanotifyEngine::start() {
-    if (responder_) fail("fanotify engine already started");
-    raiseFdLimit();
-    auto responder = std::make_shared<Responder>();
+UniqueFd FanotifyEngine::createGroup() {
     // An unlimited queue: a permission event that does not fit is dropped and its read goes on
     // unfilled. Unlimited marks: one mark per incomplete blob of every mounted image.
-    responder->group = initGroup(fanotify::kClassPreContent | fanotify::kCloexec | fanotify::kNonblock |
-                                 fanotify::kUnlimitedQueue | fanotify::kUnlimitedMarks);
+    return UniqueFd(initGroup(fanotify::kClassPreContent | fanotify::kCloexec | fanotify::kNonblock |
+                              fanotify::kUnlimitedQueue | fanotify::kUnlimitedMarks));
+}
+
+void FanotifyEngine::adopt(UniqueFd group, PendingJournal journal) {
+    if (responder_) fail("fanotify engine already has a group");
+    auto responder = std::make_shared<Responder>();
+    responder->group = group.release();
+    responder->journal.emplace(std::move(journal));
+    responder_ = std::move(responder);
+}
+
+void FanotifyEngine::start() {
+    if (thread_.joinable()) fail("fanotify engine already started");
+    raiseFdLimit();
+    if (!responder_) adopt(createGroup(), PendingJournal::create());
     UniqueFd wake(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
     if (wake.get() < 0) failErrno("eventfd");
-    responder_ = std::move(responder);
     wake_ = wake.release();
-    buffer_.resize(kBatchBytes);
+    responder_->wake = wake_;
+    try {
+        answerOrphans();
+        responder_->journal->setOwner(ProcessIdentity::self());
+    } catch (...) {
+        teardown();
+        throw;
+    }
     std::promise<void> started;
     std::future<void> ready = started.get_future();
     try {
@@ -275,6 +319,88 @@ void FanotifyEngine::start() {
         teardown();
         throw;
     }
+}
+
+// Completes the events a dead worker read and left unanswered, before any new event is read: an
+// answer is matched by fd number only, and new events reuse the dead worker's numbers. An orphan
+// is allowed only once its range is present; one whose file is not known (it was read but not yet
+// recorded) is allowed once the range is present in every file served, and denied with EIO if that
+// fails or no file is served.
+void FanotifyEngine::answerOrphans() {
+    Responder& responder = *responder_;
+    const std::vector<PendingJournal::Entry> orphans = responder.journal->orphans();
+    if (!orphans.empty()) {
+        log::warn("fanotify: answering {} events a previous worker read but did not answer", orphans.size());
+        struct Target {
+            uint32_t image, blob;
+            uint64_t begin, end;
+        };
+        struct Waiting {
+            std::mutex mutex;
+            std::condition_variable done;
+            size_t left = 0;
+        };
+        auto waiting = std::make_shared<Waiting>();
+        for (const PendingJournal::Entry& orphan : orphans) {
+            std::vector<Target> targets;
+            {
+                std::lock_guard lock(mutex_);
+                for (const auto& [key, file] : files_) {
+                    const bool known = orphan.dev != 0 || orphan.ino != 0;
+                    if (known && key != FileKey{orphan.dev, orphan.ino}) continue;
+                    if (orphan.offset >= file.size) continue;
+                    const auto [begin, end] = fetchRange(orphan.offset, orphan.count, file.size);
+                    targets.push_back({file.users.front().first, file.users.front().second, begin, end});
+                }
+            }
+            log::info("fanotify: orphaned event fd {} for [{}, +{}), {} files to fill", orphan.fd, orphan.offset,
+                      orphan.count, targets.size());
+            if (targets.empty()) {
+                log::error("fanotify: orphaned event fd {}: its file is not served, denying", orphan.fd);
+                responder.answerOrphan(orphan.fd, false);
+                continue;
+            }
+            struct Answer {
+                int fd;
+                size_t left;
+                bool ok = true;
+                std::mutex mutex;
+            };
+            auto answer = std::make_shared<Answer>(orphan.fd, targets.size());
+            {
+                std::lock_guard lock(waiting->mutex);
+                ++waiting->left;
+            }
+            for (const Target& t : targets) {
+                auto finish = [answer, waiting, shared = responder_](int error) {
+                    bool last = false;
+                    bool ok = false;
+                    {
+                        std::lock_guard lock(answer->mutex);
+                        if (error != 0) answer->ok = false;
+                        last = --answer->left == 0;
+                        ok = answer->ok;
+                    }
+                    if (!last) return;
+                    shared->answerOrphan(answer->fd, ok);
+                    std::lock_guard lock(waiting->mutex);
+                    if (--waiting->left == 0) waiting->done.notify_all();
+                };
+                try {
+                    core_.makePresent(t.image, t.blob, t.begin, t.end - t.begin, finish);
+                } catch (const std::exception& e) {
+                    log::error("cannot make [{}, {}) of blob {} of image {} present: {}", t.begin, t.end, t.blob,
+                               t.image, e.what());
+                    finish(EIO);
+                }
+            }
+        }
+        std::unique_lock lock(waiting->mutex);
+        waiting->done.wait(lock, [&] { return waiting->left == 0; });
+        log::info("fanotify: every orphaned event answered");
+    }
+    std::lock_guard lock(responder.mutex);
+    responder.journal->reset();
 }
 
 void FanotifyEngine::teardown() {
@@ -322,7 +448,12 @@ void FanotifyEngine::loop(std::promise<void> started) {
             const bool more = (cqe->flags & IORING_CQE_F_MORE) != 0;
             io_uring_cqe_seen(&ring, cqe);
             if (res < 0) failErrno(tag == kGroupTag ? "poll on the fanotify group" : "poll on the eventfd", -res);
-            if (tag == kGroupTag) pollEvents();
+            if (tag == kWakeTag && !quit_.load()) {
+                // Journal slots freed up after the loop ran short of them.
+                uint64_t count = 0;
+                if (::read(wake_, &count, sizeof count) < 0 && errno != EAGAIN) failErrno("read of the eventfd");
+            }
+            if (!quit_.load()) pollEvents();
             if (!more) {
                 armPoll(ring, tag == kGroupTag ? responder_->group : wake_, tag);
                 submit(ring);
@@ -353,11 +484,17 @@ void FanotifyEngine::pollEvents() {
 }
 
 bool FanotifyEngine::drainEvents() {
+    Responder& responder = *responder_;
+    PendingJournal& journal = *responder.journal;
     bool any = false;
     for (;;) {
-        const ssize_t n = ::read(responder_->group, buffer_.data(), buffer_.size());
-        if (n == 0) return any;
-        if (n < 0) {
+        // A full batch must fit in the journal; the loop is woken when enough slots are free.
+        if (!responder.hasRoomForBatch()) return any;
+        const std::span<std::byte> area = journal.beginBatch();
+        const ssize_t n = ::read(responder.group, area.data(), area.size());
+        if (n <= 0) {
+            journal.endBatch(0);
+            if (n == 0) return any;
             if (errno == EAGAIN) return any;
             if (errno == EINTR) continue;
             if (errno == EMFILE || errno == ENFILE) {
@@ -368,44 +505,42 @@ bool FanotifyEngine::drainEvents() {
             failErrno("cannot read fanotify events");
         }
         any = true;
-        const std::span<const std::byte> batch(buffer_.data(), static_cast<size_t>(n));
-        size_t pos = 0;
-        while (batch.size() - pos >= sizeof(fanotify::EventMetadata)) {
-            fanotify::EventMetadata meta{};
-            std::memcpy(&meta, batch.data() + pos, sizeof meta);
-            if (meta.vers != fanotify::kMetadataVersion) {
-                fail("fanotify event version {}, expected {}", meta.vers, fanotify::kMetadataVersion);
+        // Every event is recorded with its file before any is handled (PendingJournal.h).
+        batch_.clear();
+        forEachEvent(area.first(static_cast<size_t>(n)), [&](const FanotifyEvent& event) {
+            ReadEvent read{event, 0, 0, 0};
+            if (event.fd != fanotify::kNoFd) {
+                struct stat st {};
+                if (::fstat(event.fd, &st) == 0) {
+                    read.dev = st.st_dev;
+                    read.ino = st.st_ino;
+                }
+                read.slot = responder.record({event.fd, read.dev, read.ino, event.offset, event.count});
             }
-            if (meta.event_len < sizeof meta || meta.event_len > batch.size() - pos ||
-                meta.metadata_len < sizeof meta || meta.metadata_len > meta.event_len) {
-                fail("malformed fanotify event: length {}, metadata length {}", meta.event_len, meta.metadata_len);
-            }
-            handleEvent(meta, batch.subspan(pos + meta.metadata_len, meta.event_len - meta.metadata_len));
-            pos += meta.event_len;
-        }
+            batch_.push_back(read);
+        });
+        journal.endBatch(static_cast<size_t>(n));
+        for (const ReadEvent& event : batch_) handleEvent(event);
     }
 }
 
-void FanotifyEngine::handleEvent(const fanotify::EventMetadata& meta, std::span<const std::byte> info) {
+void FanotifyEngine::handleEvent(const ReadEvent& read) {
     Responder& responder = *responder_;
-    const int fd = meta.fd;
-    const uint64_t mask = meta.mask;
-    if ((mask & fanotify::kQueueOverflow) != 0) {
+    const FanotifyEvent& event = read.event;
+    const int fd = event.fd;
+    if ((event.mask & fanotify::kQueueOverflow) != 0) {
         responder.overflows.fetch_add(1, std::memory_order_relaxed);
         log::error("fanotify queue overflow: events were lost, their reads may have gone on unfilled");
     }
     if (fd == fanotify::kNoFd) return;
-    if ((mask & fanotify::kPreAccess) == 0) {
-        responder.respond(fd, true);
+    if ((event.mask & fanotify::kPreAccess) == 0) {
+        responder.respond(fd, read.slot, true);
         return;
     }
     responder.events.fetch_add(1, std::memory_order_relaxed);
-    const Range range = findRange(info);
-
-    struct stat st {};
-    if (::fstat(fd, &st) != 0) {
-        log::error("cannot stat a fanotify event's file, denying: {}", std::strerror(errno));
-        responder.respond(fd, false);
+    if (read.dev == 0 && read.ino == 0) {
+        log::error("cannot stat a fanotify event's file, denying");
+        responder.respond(fd, read.slot, false);
         return;
     }
     uint32_t image = 0;
@@ -413,33 +548,31 @@ void FanotifyEngine::handleEvent(const fanotify::EventMetadata& meta, std::span<
     uint64_t size = 0;
     {
         std::lock_guard lock(mutex_);
-        const auto it = files_.find({st.st_dev, st.st_ino});
+        const auto it = files_.find({read.dev, read.ino});
         if (it == files_.end()) {
-            // Typically unmarked a moment ago because it became complete, or unmounted.
-            log::info("fanotify event for a file not served (dev {} inode {}), allowing", st.st_dev, st.st_ino);
-            responder.respond(fd, true);
+            // Files stay in the table until unmounted, complete ones too, so a file not there is one
+            // this worker does not serve (a mount it could not take over): never allow over holes.
+            log::error("fanotify event for a file not served (dev {} inode {}), denying", read.dev, read.ino);
+            responder.respond(fd, read.slot, false);
             return;
         }
         // Any user will do: they share the cache file.
         std::tie(image, blob) = it->second.users.front();
         size = it->second.size;
     }
-    if (range.offset >= size) {
+    if (event.offset >= size) {
         // Nothing of the blob is there: the image and the cache file disagree on its size.
-        log::warn("fanotify: read at {} past the end ({}) of blob {} of image {}, denying", range.offset, size, blob,
+        log::warn("fanotify: read at {} past the end ({}) of blob {} of image {}, denying", event.offset, size, blob,
                   image);
-        responder.respond(fd, false);
+        responder.respond(fd, read.slot, false);
         return;
     }
-    const uint64_t begin = range.offset & ~(kBlock - 1);
-    const uint64_t want = range.count == 0 ? kUnknownCountWindow : range.count;
-    const uint64_t end = want >= size - range.offset ? size
-                                                     : std::min(size, (range.offset + want + kBlock - 1) & ~(kBlock - 1));
-    log::debug("fanotify: pid {} reads [{}, +{}) of image {} blob {}, fetching [{}, {})", meta.pid, range.offset,
-               range.count, image, blob, begin, end);
-    const std::optional<uint64_t> seq = responder.admit(fd);
+    const auto [begin, end] = fetchRange(event.offset, event.count, size);
+    log::debug("fanotify: pid {} reads [{}, +{}) of image {} blob {}, fetching [{}, {})", event.pid, event.offset,
+               event.count, image, blob, begin, end);
+    const std::optional<uint64_t> seq = responder.admit(fd, read.slot);
     if (!seq) {
-        responder.respond(fd, false);
+        responder.respond(fd, read.slot, false);
         return;
     }
     try {
@@ -453,23 +586,7 @@ void FanotifyEngine::handleEvent(const fanotify::EventMetadata& meta, std::span<
 
 void FanotifyEngine::mount(const FanotifyMount& m) {
     if (!thread_.joinable()) fail("cannot mount {}: fanotify engine not running", m.mountpoint.native());
-    MountEntry entry{m.image, m.mountpoint.lexically_normal(), {}};
-    {
-        std::lock_guard lock(mutex_);
-        for (const MountEntry& other : mounts_) {
-            if (other.mountpoint == entry.mountpoint) fail("{} is already mounted", entry.mountpoint.native());
-        }
-        // Marks before the mount opens the files: the open decides whether a file is watched.
-        try {
-            for (const BlobFile& blob : m.blobs) {
-                if (!blob.complete) acquire(blob, m.image, entry.files);
-            }
-        } catch (...) {
-            release(m.image, entry.files);
-            throw;
-        }
-        mounts_.push_back(entry);
-    }
+    const MountEntry entry = addMount(m, false);
     // Unlocked: mounting may read blob ranges, whose events the loop needs the table for.
     try {
         mountErofs(m);
@@ -479,6 +596,39 @@ void FanotifyEngine::mount(const FanotifyMount& m) {
         std::erase_if(mounts_, [&](const MountEntry& e) { return e.mountpoint == entry.mountpoint; });
         throw;
     }
+}
+
+void FanotifyEngine::reattach(const FanotifyMount& m) {
+    if (thread_.joinable()) fail("cannot take {} over: the event loop already runs", m.mountpoint.native());
+    if (!responder_) fail("cannot take {} over: no fanotify group adopted", m.mountpoint.native());
+    addMount(m, true);
+}
+
+FanotifyEngine::MountEntry FanotifyEngine::addMount(const FanotifyMount& m, bool reattach) {
+    MountEntry entry{m.image, m.mountpoint.lexically_normal(), {}};
+    std::lock_guard lock(mutex_);
+    for (const MountEntry& other : mounts_) {
+        if (other.mountpoint == entry.mountpoint) fail("{} is already mounted", entry.mountpoint.native());
+    }
+    // Marks before the mount opens the files: the open decides whether a file is watched. A mount
+    // taken over keeps the marks its group has; adding one again changes nothing, and a complete
+    // file's mark, which a dead worker may not have removed yet, is removed.
+    try {
+        for (const BlobFile& blob : m.blobs) {
+            if (!blob.complete) {
+                acquire(blob, m.image, entry.files);
+            } else if (reattach &&
+                       ::fanotify_mark(responder_->group, fanotify::kMarkRemove, fanotify::kPreAccess, blob.fd, nullptr) != 0 &&
+                       errno != ENOENT) {
+                failErrno(fmt::format("cannot unmark complete cache file {}", blob.path.native()));
+            }
+        }
+    } catch (...) {
+        release(m.image, entry.files);
+        throw;
+    }
+    mounts_.push_back(entry);
+    return entry;
 }
 
 void FanotifyEngine::acquire(const BlobFile& blob, uint32_t image, std::vector<std::pair<uint32_t, FileKey>>& files) {
@@ -498,8 +648,7 @@ void FanotifyEngine::acquire(const BlobFile& blob, uint32_t image, std::vector<s
     };
     const auto it = files_.find(key);
     if (it == files_.end()) {
-        UniqueFd fd(::fcntl(blob.fd, F_DUPFD_CLOEXEC, 0));
-        if (fd.get() < 0) failErrno(fmt::format("cannot duplicate the fd of cache file {}", blob.path.native()));
+        UniqueFd fd = UniqueFd::duplicate(blob.fd, blob.path.native());
         mark(fd.get());
         files_.emplace(key, MarkedFile{blob.path, fd.release(), blob.size, true, {{image, blob.blob}}});
     } else {

@@ -2,8 +2,11 @@
 // files marked with FAN_PRE_ACCESS. A kernel read of a missing range becomes an event; the core
 // makes the range present and we answer FAN_ALLOW, or FAN_DENY_ERRNO(EIO) when it cannot.
 //
-// The group fails open (kernel-abi.md B.1): if it is closed while a mount is up, holes read as
-// zeros. Hence stop() denies what is pending and unmounts before it closes the group.
+// The group fails open (fs/notify/fanotify/fanotify_user.c, fanotify_release()): if its last fd
+// is closed while a mount is up, holes read as zeros. Hence stop() denies what is pending and
+// unmounts before it closes the group, and under rafsd's supervisor (daemon/process/Supervisor.h)
+// the group, the journal of pending events and the cache files' fds are kept by the supervisor
+// too: a new worker adopts them, takes the mounts over and answers what its predecessor left.
 //
 // Thread-safety: mount, umount, unmarkComplete and counters may be called from any thread, also
 // from inside makePresent or its completion (no engine lock is held then); start and stop must
@@ -11,7 +14,9 @@
 #pragma once
 
 #include "daemon/core/DataPlane.h"
-#include "kernel-abi/fanotify.h"
+#include "daemon/core/UniqueFd.h"
+#include "daemon/engines/fanotify/EventBatch.h"
+#include "daemon/engines/fanotify/PendingJournal.h"
 
 #include <atomic>
 #include <chrono>
@@ -68,13 +73,26 @@ public:
     // Throws Error naming what the kernel lacks for this engine.
     static void checkKernel();
 
-    // Creates the group, raises RLIMIT_NOFILE (each pending event pins an fd) and starts the
-    // event loop thread.
+    // A new pre-content group (Linux 6.14+); throws Error naming what the kernel lacks.
+    static UniqueFd createGroup();
+
+    // Serve `group` (kept by a supervisor) with `journal`, the events a previous worker on it read
+    // and did not answer. Then reattach() the mounts that worker served, then start().
+    void adopt(UniqueFd group, PendingJournal journal);
+
+    // Creates the group (unless adopted), raises RLIMIT_NOFILE (each pending event pins an fd),
+    // answers the adopted journal's orphaned events (waiting for their ranges to be present), and
+    // only then starts the event loop thread.
     void start();
 
     // Marks every incomplete blob file, then mounts the bootstrap read-only with the blob files
     // as devices. On failure removes the marks it added and throws.
     void mount(const FanotifyMount& mount);
+
+    // Takes over a mount a dead worker made on the adopted group: its files and marks, no mount(2).
+    // Before start(). `m.blobs[i].fd` must be the fd the dead worker wrote through (kept), since a
+    // file opened after its mark raises events for our own writes.
+    void reattach(const FanotifyMount& m);
 
     // The blob's cache file is complete: drop its mark so its reads cost no event. Shared cache
     // files are complete for every image, so this unmarks the file for all of them.
@@ -89,6 +107,7 @@ public:
     void stop(std::chrono::milliseconds grace = kDefaultGrace);
 
     FanotifyCounters counters() const;
+    bool running() const { return thread_.joinable(); }
 
 private:
     struct Responder;  // pending events and the group fd; outlives the engine if completions do
@@ -108,11 +127,22 @@ private:
         std::vector<std::pair<uint32_t, FileKey>> files;  // blob, file (incomplete ones only)
     };
 
+    // An event read, with the identity (st_dev, st_ino; 0, 0 if unknown) of its file and its slot in
+    // the journal.
+    struct ReadEvent {
+        FanotifyEvent event;
+        uint64_t dev;
+        uint64_t ino;
+        uint32_t slot;
+    };
+
+    MountEntry addMount(const FanotifyMount& m, bool reattach);
+    void answerOrphans();
     void loop(std::promise<void> started);
     // Reads and handles the queued events; false if there were none.
     bool drainEvents();
     void pollEvents();
-    void handleEvent(const fanotify::EventMetadata& meta, std::span<const std::byte> info);
+    void handleEvent(const ReadEvent& event);
     void acquire(const BlobFile& blob, uint32_t image, std::vector<std::pair<uint32_t, FileKey>>& files);
     void release(uint32_t image, const std::vector<std::pair<uint32_t, FileKey>>& files);
     void unmountForStop(const MountEntry& entry, std::chrono::milliseconds grace);
@@ -124,7 +154,7 @@ private:
     int wake_ = -1;  // eventfd that tells the loop to exit
     std::atomic<bool> quit_{false};
     std::thread thread_;
-    std::vector<std::byte> buffer_;  // event batches, loop thread only
+    std::vector<ReadEvent> batch_;  // loop thread only
 
     mutable std::mutex mutex_;  // files_ and mounts_
     std::map<FileKey, MarkedFile> files_;

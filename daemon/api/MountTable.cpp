@@ -1,4 +1,4 @@
-#include "daemon/api/FscacheMountTable.h"
+#include "daemon/api/MountTable.h"
 
 #include "builder/format/Error.h"
 #include "daemon/core/UniqueFd.h"
@@ -19,10 +19,11 @@ constexpr int kVersion = 1;
 
 }  // namespace
 
-void saveFscacheMounts(const fs::path& path, const std::vector<FscacheMountRecord>& mounts) {
+void saveMounts(const fs::path& path, const std::vector<MountRecord>& mounts) {
     nlohmann::json list = nlohmann::json::array();
-    for (const FscacheMountRecord& m : mounts) {
-        nlohmann::json j = {{"bootstrap", m.bootstrap.string()},
+    for (const MountRecord& m : mounts) {
+        nlohmann::json j = {{"engine", m.engine},
+                            {"bootstrap", m.bootstrap.string()},
                             {"mountpoint", m.mountpoint.string()},
                             {"fsid", m.fsid},
                             {"domain_id", m.domain_id}};
@@ -53,7 +54,7 @@ void saveFscacheMounts(const fs::path& path, const std::vector<FscacheMountRecor
     parent.close(dir.string());
 }
 
-std::vector<FscacheMountRecord> loadFscacheMounts(const fs::path& path) {
+std::vector<MountRecord> loadMounts(const fs::path& path) {
     UniqueFd file(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
     if (file.get() < 0) {
         if (errno == ENOENT) return {};
@@ -69,14 +70,17 @@ std::vector<FscacheMountRecord> loadFscacheMounts(const fs::path& path) {
         text.append(buffer, static_cast<size_t>(n));
     }
     file.close(path.string());
-    std::vector<FscacheMountRecord> mounts;
+    std::vector<MountRecord> mounts;
     try {
         const nlohmann::json j = nlohmann::json::parse(text);
         if (j.at("version").get<int>() != kVersion) {
             rafs::fail("{}: table version {}, this rafsd reads {}", path.string(), j.at("version").dump(), kVersion);
         }
         for (const nlohmann::json& m : j.at("mounts")) {
-            FscacheMountRecord r;
+            MountRecord r;
+            // Tables written before fanotify mounts were kept list fscache mounts only.
+            r.engine = m.value("engine", std::string("fscache"));
+            if (r.engine != "fscache" && r.engine != "fanotify") rafs::fail("{}: unknown engine '{}'", path.string(), r.engine);
             r.bootstrap = m.at("bootstrap").get<std::string>();
             r.mountpoint = m.at("mountpoint").get<std::string>();
             r.fsid = m.at("fsid").get<std::string>();
@@ -85,7 +89,7 @@ std::vector<FscacheMountRecord> loadFscacheMounts(const fs::path& path) {
             mounts.push_back(std::move(r));
         }
     } catch (const nlohmann::json::exception& e) {
-        rafs::fail("{}: not a table of fscache mounts: {}", path.string(), e.what());
+        rafs::fail("{}: not a table of mounts: {}", path.string(), e.what());
     }
     return mounts;
 }

@@ -1,0 +1,32 @@
+// The mounts a supervised rafsd has made, kept in its state dir. After the process dies, the kernel
+// keeps those mounts served as long as /dev/cachefiles or the fanotify group stays open (the
+// supervisor, systemd's fd store): the next worker reads this table to take them over (reattach)
+// instead of mounting again.
+#pragma once
+
+#include <filesystem>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace rafsd {
+
+struct MountRecord {
+    std::string engine;  // "fscache" or "fanotify"
+    std::filesystem::path bootstrap;
+    std::filesystem::path mountpoint;
+    std::string fsid;       // fscache only
+    std::string domain_id;  // fscache only; empty: none
+    std::optional<std::filesystem::path> blob_dir;
+    bool operator==(const MountRecord&) const = default;
+};
+
+// Replaces the table at `path` atomically: a temporary file next to it, fsynced, renamed over it,
+// then the directory fsynced, so a crash leaves the old table or the new one, never a mix. Creates
+// the directory if missing. Throws rafs::Error naming the file and the failed step.
+void saveMounts(const std::filesystem::path& path, const std::vector<MountRecord>& mounts);
+
+// The table at `path`; empty if there is none. Throws rafs::Error "<path>: <what is wrong>".
+std::vector<MountRecord> loadMounts(const std::filesystem::path& path);
+
+}  // namespace rafsd

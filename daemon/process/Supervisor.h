@@ -1,0 +1,40 @@
+// Failover: the kernel objects rafsd serves (the /dev/cachefiles fd, the fanotify group) must
+// outlive the process serving them. If the last copy of the cachefiles fd closes, every mounted
+// fscache image returns EIO for good; if the last copy of a fanotify group closes, the kernel allows
+// every pending and future access of its marked files, and their holes read as zeros
+// (fs/notify/fanotify/fanotify_user.c, fanotify_release()). So a small single-threaded supervisor
+// holds them (KeptFds.h), forks the worker (the process with threads, fetches and mounts) and, when
+// the worker dies, forks another one with the same fds, which takes the mounts over.
+//
+// Under systemd (NOTIFY_SOCKET set) the kept fds are also in the service's fd store, so that a
+// restart of the whole service finds them in LISTEN_FDS and fails over the same way.
+#pragma once
+
+#include "daemon/process/KeptFds.h"
+
+#include <functional>
+#include <string>
+
+namespace rafsd {
+
+// The worker's body, run in the forked child. `kept`: the supervisor's fds (copies made by fork)
+// linked to the supervisor, so the worker can keep more. `restored`: a predecessor (a worker, or a
+// whole rafsd) died on these fds, so the kernel may still have its mounts. It calls ready() once it
+// serves, then waits for SIGINT/SIGTERM (blocked in every thread; the supervisor forwards them),
+// shuts down and returns the exit status.
+using Worker = std::function<int(KeptFds& kept, bool restored, const std::function<void()>& ready)>;
+
+struct SupervisorOptions {
+    std::string engine;  // for log lines: "fscache", "fanotify"
+    // Kill the worker when the supervisor dies (fscache: a restarted service takes the device over
+    // from the fd store, and two daemons must never serve it). Off for fanotify, whose worker goes
+    // on serving readers alone; a new rafsd ends it before it takes the group over.
+    bool worker_dies_with_supervisor = true;
+};
+
+// Runs and restarts workers on `kept` until one exits (its status is returned) or one dies before it
+// became ready (1). Call from a single-threaded process with SIGINT and SIGTERM blocked. Sends
+// READY=1 and STOPPING=1 to systemd itself.
+int supervise(KeptFds kept, bool restored, const SupervisorOptions& options, const Worker& worker);
+
+}  // namespace rafsd
