@@ -228,7 +228,7 @@ public:
     CacheFile& operator=(const CacheFile&) = delete;
     ~CacheFile() { ::unlink(path_.c_str()); }
 
-    rafsd::BlobFile blobFile(bool complete = false) const { return {0, path_, fd_.get(), size_, complete}; }
+    rafsd::FanotifyBlobFile blobFile(bool complete = false) const { return {0, path_, fd_.get(), size_, complete}; }
     int fd() const { return fd_.get(); }
 
 private:
@@ -369,7 +369,7 @@ private:
 };
 
 rafsd::FanotifyMount mountOf(uint32_t image, const Image& img, const fs::path& mountpoint,
-                             std::vector<rafsd::BlobFile> blobs) {
+                             std::vector<rafsd::FanotifyBlobFile> blobs) {
     return {image, img.bootstrap(), mountpoint, std::move(blobs)};
 }
 

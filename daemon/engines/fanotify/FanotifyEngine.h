@@ -8,6 +8,10 @@
 // the group, the journal of pending events and the cache files' fds are kept by the supervisor
 // too: a new worker adopts them, takes the mounts over and answers what its predecessor left.
 //
+// The parts: FanotifyGroup (the group and its marks), MarkedFiles (which mount uses which marked
+// file), EventResponder (answers, and the journal), ErofsFileMount (mounting and unmounting), and
+// here the event loop and the orphans of a dead worker.
+//
 // Thread-safety: mount, umount, unmarkComplete and counters may be called from any thread, also
 // from inside makePresent or its completion (no engine lock is held then); start and stop must
 // not run concurrently with anything else of the engine.
@@ -16,40 +20,22 @@
 #include "daemon/core/DataPlane.h"
 #include "daemon/core/UniqueFd.h"
 #include "daemon/engines/fanotify/EventBatch.h"
+#include "daemon/engines/fanotify/FanotifyMount.h"
 #include "daemon/engines/fanotify/PendingJournal.h"
 
 #include <atomic>
 #include <chrono>
-#include <cstddef>
 #include <cstdint>
 #include <filesystem>
 #include <future>
-#include <map>
 #include <memory>
-#include <mutex>
-#include <span>
 #include <thread>
-#include <utility>
 #include <vector>
 
 namespace rafsd {
 
-// A blob's cache file, created, sized and opened O_RDWR by the core before mount() marks it: an
-// fd opened before the mark raises no events, so the core can fill the file through it.
-struct BlobFile {
-    uint32_t blob;
-    std::filesystem::path path;
-    int fd;
-    uint64_t size;
-    bool complete;
-};
-
-struct FanotifyMount {
-    uint32_t image;
-    std::filesystem::path bootstrap;  // complete local file, never marked
-    std::filesystem::path mountpoint;
-    std::vector<BlobFile> blobs;  // in blob table order: blobs[i] is EROFS device i + 1
-};
+class EventResponder;
+class MarkedFiles;
 
 struct FanotifyCounters {
     uint64_t events = 0;     // FAN_PRE_ACCESS events read
@@ -72,7 +58,6 @@ public:
 
     // Throws Error naming what the kernel lacks for this engine.
     static void checkKernel();
-
     // A new pre-content group (Linux 6.14+); throws Error naming what the kernel lacks.
     static UniqueFd createGroup();
 
@@ -84,6 +69,7 @@ public:
     // answers the adopted journal's orphaned events (waiting for their ranges to be present), and
     // only then starts the event loop thread.
     void start();
+    bool running() const { return thread_.joinable(); }
 
     // Marks every incomplete blob file, then mounts the bootstrap read-only with the blob files
     // as devices. On failure removes the marks it added and throws.
@@ -107,26 +93,8 @@ public:
     void stop(std::chrono::milliseconds grace = kDefaultGrace);
 
     FanotifyCounters counters() const;
-    bool running() const { return thread_.joinable(); }
 
 private:
-    struct Responder;  // pending events and the group fd; outlives the engine if completions do
-    using FileKey = std::pair<uint64_t, uint64_t>;  // st_dev, st_ino of a cache file
-
-    struct MarkedFile {
-        std::filesystem::path path;
-        int fd;  // our dup of the core's fd: identity, and the target of mark changes
-        uint64_t size;
-        bool marked;
-        std::vector<std::pair<uint32_t, uint32_t>> users;  // (image, blob) per mount using it
-    };
-
-    struct MountEntry {
-        uint32_t image;
-        std::filesystem::path mountpoint;
-        std::vector<std::pair<uint32_t, FileKey>> files;  // blob, file (incomplete ones only)
-    };
-
     // An event read, with the identity (st_dev, st_ino; 0, 0 if unknown) of its file and its slot in
     // the journal.
     struct ReadEvent {
@@ -136,29 +104,22 @@ private:
         uint32_t slot;
     };
 
-    MountEntry addMount(const FanotifyMount& m, bool reattach);
     void answerOrphans();
     void loop(std::promise<void> started);
     // Reads and handles the queued events; false if there were none.
     bool drainEvents();
     void pollEvents();
     void handleEvent(const ReadEvent& event);
-    void acquire(const BlobFile& blob, uint32_t image, std::vector<std::pair<uint32_t, FileKey>>& files);
-    void release(uint32_t image, const std::vector<std::pair<uint32_t, FileKey>>& files);
-    void unmountForStop(const MountEntry& entry, std::chrono::milliseconds grace);
     void teardown();
 
     DataPlane& core_;
     std::chrono::microseconds busy_poll_;
-    std::shared_ptr<Responder> responder_;
-    int wake_ = -1;  // eventfd that tells the loop to exit
+    std::shared_ptr<EventResponder> responder_;  // shared with completions, which may outlive us
+    std::unique_ptr<MarkedFiles> files_;
+    int wake_ = -1;  // eventfd that tells the loop to exit, or to read again after a stall
     std::atomic<bool> quit_{false};
     std::thread thread_;
     std::vector<ReadEvent> batch_;  // loop thread only
-
-    mutable std::mutex mutex_;  // files_ and mounts_
-    std::map<FileKey, MarkedFile> files_;
-    std::vector<MountEntry> mounts_;
 };
 
 }  // namespace rafsd

@@ -1,0 +1,132 @@
+#include "daemon/engines/fanotify/ErofsFileMount.h"
+
+#include "builder/format/Error.h"
+#include "daemon/core/Log.h"
+#include "daemon/core/UniqueFd.h"
+
+#include <fcntl.h>
+#include <poll.h>
+#include <sys/inotify.h>
+#include <sys/mount.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <set>
+#include <string>
+
+namespace rafsd {
+
+namespace {
+
+using rafs::fail;
+using rafs::failErrno;
+
+// Throws for a failed fs-context call, with the messages the kernel attached to the context.
+[[noreturn]] void failMount(int fsfd, const std::string& what) {
+    const int err = errno;
+    std::string messages;
+    char line[512];
+    for (;;) {
+        // ENODATA once the log is empty.
+        const ssize_t n = ::read(fsfd, line, sizeof line);
+        if (n <= 0) break;
+        messages += messages.empty() ? " (kernel: " : "; ";
+        messages.append(line, static_cast<size_t>(n));
+    }
+    if (!messages.empty()) messages += ')';
+    fail("{}: {}{}", what, std::strerror(err), messages);
+}
+
+}  // namespace
+
+void mountErofsFiles(const std::filesystem::path& bootstrap, const std::vector<std::filesystem::path>& devices,
+                     const std::filesystem::path& mountpoint) {
+    const std::string what = fmt::format("cannot mount {} on {}", bootstrap.native(), mountpoint.native());
+    UniqueFd fs(::fsopen("erofs", FSOPEN_CLOEXEC));
+    if (fs.get() < 0) {
+        if (errno == ENODEV) fail("{}: kernel has no EROFS (CONFIG_EROFS_FS)", what);
+        failErrno(what);
+    }
+    if (::fsconfig(fs.get(), FSCONFIG_SET_STRING, "source", bootstrap.c_str(), 0) != 0) {
+        failMount(fs.get(), what);
+    }
+    for (const std::filesystem::path& device : devices) {
+        if (::fsconfig(fs.get(), FSCONFIG_SET_STRING, "device", device.c_str(), 0) != 0) {
+            failMount(fs.get(), fmt::format("{}: device {}", what, device.native()));
+        }
+    }
+    if (::fsconfig(fs.get(), FSCONFIG_CMD_CREATE, nullptr, nullptr, 0) != 0) {
+        if (errno == ENOTBLK) {
+            fail("{}: kernel lacks EROFS file-backed mounts (CONFIG_EROFS_FS_BACKED_BY_FILE)", what);
+        }
+        failMount(fs.get(), what);
+    }
+    UniqueFd mnt(::fsmount(fs.get(), FSMOUNT_CLOEXEC, MOUNT_ATTR_RDONLY));
+    if (mnt.get() < 0) failMount(fs.get(), what);
+    if (::move_mount(mnt.get(), "", AT_FDCWD, mountpoint.c_str(), MOVE_MOUNT_F_EMPTY_PATH) != 0) {
+        failErrno(what);
+    }
+}
+
+bool unmountWhenClosed(const std::filesystem::path& mountpoint,
+                       const std::vector<std::pair<std::filesystem::path, int>>& files,
+                       std::chrono::milliseconds grace) {
+    if (::umount2(mountpoint.c_str(), UMOUNT_NOFOLLOW) == 0) return true;
+    if (errno != EBUSY) {
+        log::error("cannot unmount {}: {}", mountpoint.native(), std::strerror(errno));
+        return false;
+    }
+    UniqueFd watch(::inotify_init1(IN_CLOEXEC | IN_NONBLOCK));
+    if (watch.get() < 0) log::warn("inotify_init1: {}", std::strerror(errno));
+    std::set<int> open_files;  // watch descriptors of blob files the kernel still has open
+    if (watch.get() >= 0) {
+        for (const auto& [path, fd] : files) {
+            // Through our fd: the path may have been replaced meanwhile.
+            const std::string proc_path = fmt::format("/proc/self/fd/{}", fd);
+            const int wd = ::inotify_add_watch(watch.get(), proc_path.c_str(), IN_CLOSE_NOWRITE);
+            if (wd < 0) {
+                log::warn("cannot watch cache file {}: {}", path.native(), std::strerror(errno));
+            } else {
+                open_files.insert(wd);
+            }
+        }
+    }
+    if (::umount2(mountpoint.c_str(), UMOUNT_NOFOLLOW | MNT_DETACH) != 0) {
+        log::error("cannot detach {}: {}", mountpoint.native(), std::strerror(errno));
+        return false;
+    }
+    log::info("{} busy: detached; denying reads of files still open there until they are closed",
+              mountpoint.native());
+    const auto deadline = std::chrono::steady_clock::now() + grace;
+    alignas(inotify_event) char buffer[4096];
+    while (!open_files.empty() && watch.get() >= 0) {
+        const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+        if (left.count() <= 0) break;
+        pollfd p{watch.get(), POLLIN, 0};
+        const int ready = ::poll(&p, 1, static_cast<int>(left.count()));
+        if (ready < 0 && errno != EINTR) {
+            log::warn("poll on inotify: {}", std::strerror(errno));
+            break;
+        }
+        for (;;) {
+            const ssize_t n = ::read(watch.get(), buffer, sizeof buffer);
+            if (n <= 0) break;
+            for (ssize_t pos = 0; pos + static_cast<ssize_t>(sizeof(inotify_event)) <= n;) {
+                inotify_event event{};
+                std::memcpy(&event, buffer + pos, sizeof event);
+                if ((event.mask & (IN_CLOSE_NOWRITE | IN_IGNORED)) != 0) open_files.erase(event.wd);
+                pos += static_cast<ssize_t>(sizeof(inotify_event) + event.len);
+            }
+        }
+    }
+    if (!open_files.empty()) {
+        log::error("{} still in use {} ms after it was detached: files still open there read unfetched data "
+                   "as zeros once the fanotify group is closed",
+                   mountpoint.native(), grace.count());
+        return false;
+    }
+    return true;
+}
+
+}  // namespace rafsd

@@ -1,0 +1,27 @@
+// What the fanotify engine mounts: a local bootstrap, and one sparse cache file per data blob.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <vector>
+
+namespace rafsd {
+
+// A blob's cache file, created, sized and opened O_RDWR by the core before the engine marks it:
+// an fd opened before the mark raises no events, so the core can fill the file through it.
+struct FanotifyBlobFile {
+    uint32_t blob;
+    std::filesystem::path path;
+    int fd;
+    uint64_t size;
+    bool complete;
+};
+
+struct FanotifyMount {
+    uint32_t image;
+    std::filesystem::path bootstrap;  // complete local file, never marked
+    std::filesystem::path mountpoint;
+    std::vector<FanotifyBlobFile> blobs;  // in blob table order: blobs[i] is EROFS device i + 1
+};
+
+}  // namespace rafsd

@@ -1,0 +1,152 @@
+#include "daemon/engines/fanotify/MarkedFiles.h"
+
+#include "builder/format/Error.h"
+#include "daemon/core/Log.h"
+#include "daemon/core/UniqueFd.h"
+#include "daemon/engines/fanotify/FanotifyGroup.h"
+
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+
+namespace rafsd {
+
+using rafs::fail;
+using rafs::failErrno;
+
+MarkedFiles::~MarkedFiles() {
+    for (const auto& [key, file] : files_) closeOrWarn(file.fd, file.path.native());
+}
+
+void MarkedFiles::add(const FanotifyMount& m, bool reattach) {
+    Mount entry{m.image, m.mountpoint.lexically_normal(), {}};
+    std::lock_guard lock(mutex_);
+    for (const Mount& other : mounts_) {
+        if (other.mountpoint == entry.mountpoint) fail("{} is already mounted", entry.mountpoint.native());
+    }
+    try {
+        for (const FanotifyBlobFile& blob : m.blobs) {
+            if (!blob.complete) {
+                acquire(blob, m.image, entry.files);
+            } else if (reattach) {
+                if (const int err = unmarkPreAccess(group_, blob.fd); err != 0 && err != ENOENT) {
+                    failErrno(fmt::format("cannot unmark complete cache file {}", blob.path.native()), err);
+                }
+            }
+        }
+    } catch (...) {
+        release(m.image, entry.files);
+        throw;
+    }
+    mounts_.push_back(std::move(entry));
+}
+
+void MarkedFiles::acquire(const FanotifyBlobFile& blob, uint32_t image, std::vector<std::pair<uint32_t, FileKey>>& files) {
+    struct stat st {};
+    if (::fstat(blob.fd, &st) != 0) failErrno(fmt::format("cannot stat cache file {}", blob.path.native()));
+    if (!S_ISREG(st.st_mode)) fail("cache file {} is not a regular file", blob.path.native());
+    const FileKey key{st.st_dev, st.st_ino};
+    const auto it = files_.find(key);
+    if (it == files_.end()) {
+        UniqueFd fd = UniqueFd::duplicate(blob.fd, blob.path.native());
+        markPreAccess(group_, fd.get(), blob.path);
+        files_.emplace(key, File{blob.path, fd.release(), blob.size, true, {{image, blob.blob}}});
+    } else {
+        if (!it->second.marked) {
+            markPreAccess(group_, it->second.fd, it->second.path);
+            it->second.marked = true;
+        }
+        it->second.users.emplace_back(image, blob.blob);
+    }
+    files.emplace_back(blob.blob, key);
+}
+
+// Logs rather than throws: it runs on rollback and after an unmount.
+void MarkedFiles::release(uint32_t image, const std::vector<std::pair<uint32_t, FileKey>>& files) {
+    for (const auto& [blob, key] : files) {
+        const auto it = files_.find(key);
+        File& file = it->second;
+        file.users.erase(std::find(file.users.begin(), file.users.end(), std::pair{image, blob}));
+        if (!file.users.empty()) continue;
+        if (file.marked) {
+            if (const int err = unmarkPreAccess(group_, file.fd); err != 0) {
+                log::warn("cannot unmark cache file {}: {}", file.path.native(), std::strerror(err));
+            }
+        }
+        closeOrWarn(file.fd, file.path.native());
+        files_.erase(it);
+    }
+}
+
+void MarkedFiles::remove(const std::filesystem::path& mountpoint) {
+    const std::filesystem::path normal = mountpoint.lexically_normal();
+    std::lock_guard lock(mutex_);
+    const auto it = std::find_if(mounts_.begin(), mounts_.end(), [&](const Mount& e) { return e.mountpoint == normal; });
+    if (it == mounts_.end()) fail("{} is not mounted by rafsd", normal.native());
+    release(it->image, it->files);
+    mounts_.erase(it);
+}
+
+bool MarkedFiles::has(const std::filesystem::path& mountpoint) const {
+    const std::filesystem::path normal = mountpoint.lexically_normal();
+    std::lock_guard lock(mutex_);
+    return std::any_of(mounts_.begin(), mounts_.end(), [&](const Mount& e) { return e.mountpoint == normal; });
+}
+
+std::vector<std::filesystem::path> MarkedFiles::mountpoints() const {
+    std::lock_guard lock(mutex_);
+    std::vector<std::filesystem::path> out;
+    for (const Mount& m : mounts_) out.push_back(m.mountpoint);
+    return out;
+}
+
+std::optional<MarkedFiles::Served> MarkedFiles::find(FileKey key) const {
+    std::lock_guard lock(mutex_);
+    const auto it = files_.find(key);
+    if (it == files_.end()) return std::nullopt;
+    return Served{it->second.users.front().first, it->second.users.front().second, it->second.size};
+}
+
+std::vector<std::pair<MarkedFiles::FileKey, MarkedFiles::Served>> MarkedFiles::all() const {
+    std::lock_guard lock(mutex_);
+    std::vector<std::pair<FileKey, Served>> out;
+    for (const auto& [key, file] : files_) {
+        out.emplace_back(key, Served{file.users.front().first, file.users.front().second, file.size});
+    }
+    return out;
+}
+
+std::vector<std::pair<std::filesystem::path, int>> MarkedFiles::filesOf(const std::filesystem::path& mountpoint) const {
+    const std::filesystem::path normal = mountpoint.lexically_normal();
+    std::lock_guard lock(mutex_);
+    std::vector<std::pair<std::filesystem::path, int>> out;
+    for (const Mount& m : mounts_) {
+        if (m.mountpoint != normal) continue;
+        for (const auto& [blob, key] : m.files) {
+            const File& file = files_.at(key);
+            out.emplace_back(file.path, file.fd);
+        }
+    }
+    return out;
+}
+
+void MarkedFiles::unmarkComplete(uint32_t image, uint32_t blob) {
+    std::lock_guard lock(mutex_);
+    for (const Mount& entry : mounts_) {
+        if (entry.image != image) continue;
+        for (const auto& [b, key] : entry.files) {
+            if (b != blob) continue;
+            File& file = files_.at(key);
+            if (!file.marked) return;
+            if (const int err = unmarkPreAccess(group_, file.fd); err != 0) {
+                failErrno(fmt::format("cannot unmark cache file {}", file.path.native()), err);
+            }
+            file.marked = false;
+            return;
+        }
+    }
+}
+
+}  // namespace rafsd

@@ -1,0 +1,81 @@
+// The fanotify engine's table of mounts and of the cache files its group watches: which mount uses
+// which file, which files are marked for FAN_PRE_ACCESS, and our own fd on each (the identity of
+// the file, and the target of mark changes). Files stay in the table until no mount uses them,
+// complete ones too, so an event for a file not in it is one nobody serves.
+//
+// Thread-safe.
+#pragma once
+
+#include "daemon/engines/fanotify/FanotifyMount.h"
+
+#include <cstdint>
+#include <filesystem>
+#include <map>
+#include <mutex>
+#include <optional>
+#include <utility>
+#include <vector>
+
+namespace rafsd {
+
+class MarkedFiles {
+public:
+    using FileKey = std::pair<uint64_t, uint64_t>;  // st_dev, st_ino of a cache file
+
+    // Who serves a file: any of its users will do, since they share the cache file.
+    struct Served {
+        uint32_t image;
+        uint32_t blob;
+        uint64_t size;
+    };
+
+    explicit MarkedFiles(int group) : group_(group) {}
+    ~MarkedFiles();
+    MarkedFiles(const MarkedFiles&) = delete;
+    MarkedFiles& operator=(const MarkedFiles&) = delete;
+
+    // Registers a mount and marks its incomplete files; call before the mount opens them, since the
+    // open decides whether a file is watched. `reattach`: a mount a dead worker made on this group,
+    // whose marks stay (adding one again changes nothing) but whose complete files may still be
+    // marked. Throws rafs::Error (nothing registered) if the mountpoint is taken or a mark fails.
+    void add(const FanotifyMount& mount, bool reattach);
+    // Forgets a mount; a file no mount uses any more loses its mark and our fd. Throws rafs::Error
+    // if `mountpoint` is not in the table.
+    void remove(const std::filesystem::path& mountpoint);
+    bool has(const std::filesystem::path& mountpoint) const;
+    std::vector<std::filesystem::path> mountpoints() const;
+
+    std::optional<Served> find(FileKey key) const;
+    // Every file served, for an event whose file is not known.
+    std::vector<std::pair<FileKey, Served>> all() const;
+    // The incomplete files of a mount, with our fd on each, to watch them being closed.
+    std::vector<std::pair<std::filesystem::path, int>> filesOf(const std::filesystem::path& mountpoint) const;
+
+    // The blob's cache file is complete: drop its mark, for every image using it.
+    void unmarkComplete(uint32_t image, uint32_t blob);
+
+private:
+    struct File {
+        std::filesystem::path path;
+        int fd;
+        uint64_t size;
+        bool marked;
+        std::vector<std::pair<uint32_t, uint32_t>> users;  // (image, blob) per mount using it
+    };
+
+    struct Mount {
+        uint32_t image;
+        std::filesystem::path mountpoint;
+        std::vector<std::pair<uint32_t, FileKey>> files;  // blob, file (incomplete ones only)
+    };
+
+    void acquire(const FanotifyBlobFile& blob, uint32_t image, std::vector<std::pair<uint32_t, FileKey>>& files);
+    void release(uint32_t image, const std::vector<std::pair<uint32_t, FileKey>>& files);
+
+    const int group_;
+    mutable std::mutex mutex_;
+    std::map<FileKey, File> files_;
+    std::vector<Mount> mounts_;
+};
+
+}  // namespace rafsd
