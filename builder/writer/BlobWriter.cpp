@@ -1,4 +1,5 @@
 #include "builder/writer/BlobWriter.h"
+#include "builder/format/ByteView.h"
 
 #include "builder/format/BlobSections.h"
 #include "builder/format/Codec.h"
@@ -12,7 +13,7 @@ namespace rafs::build {
 
 namespace {
 
-uint64_t alignUp(uint64_t v, uint64_t a) { return (v + a - 1) / a * a; }
+using rafs::alignUp;
 
 uint32_t tocFlags(Compressor c) {
     switch (c) {

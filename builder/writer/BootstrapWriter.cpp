@@ -1,4 +1,5 @@
 #include "builder/writer/BootstrapWriter.h"
+#include "builder/format/ByteView.h"
 
 #include "builder/format/Error.h"
 #include "builder/format/FileType.h"
@@ -19,7 +20,7 @@ namespace {
 
 constexpr uint64_t kBlock = erofs::kBlockSize;
 
-uint64_t alignUp(uint64_t v, uint64_t a) { return (v + a - 1) / a * a; }
+using rafs::alignUp;
 
 uint8_t fileType(mode_t mode) {
     const uint8_t type = direntFileType(mode);

@@ -7,6 +7,7 @@
 #include "daemon/core/BlobMetaLoader.h"
 #include "daemon/core/Log.h"
 #include "daemon/core/SparseCacheFile.h"
+#include "daemon/engines/fscache/FscacheCacheFile.h"
 
 #include <linux/magic.h>
 #include <sys/stat.h>
@@ -27,6 +28,11 @@ namespace {
 // probe cannot bind without a daemon's cache dir, so existence of the device is the test here
 // and `bind ondemand` (FscacheEngine::start) gives the precise error later.
 bool fscacheAvailable() { return ::access(FscacheDevice::kPath, F_OK) == 0; }
+
+// blobs_'s key of an fscache blob: its cache file is the kernel's object in one volume.
+std::string fscacheBlobKey(const std::string& volume, const std::string& blob_id) {
+    return "fscache:" + volume + "/" + blob_id;
+}
 
 // The default fsid: stable for a bootstrap, so a remount finds its cache files again.
 std::string defaultFsid(const rafs::Bootstrap& bootstrap) {
@@ -178,7 +184,7 @@ std::shared_ptr<CachedBlob> ImageService::openBlob(const rafs::Bootstrap& bootst
                                                    const rafs::BootstrapBlob& blob,
                                                    const std::shared_ptr<Backend>& backend,
                                                    const std::string& fscache_volume) {
-    const std::string key = fscache_volume.empty() ? blob.id : "fscache:" + fscache_volume + "/" + blob.id;
+    const std::string key = fscache_volume.empty() ? blob.id : fscacheBlobKey(fscache_volume, blob.id);
     if (auto existing = blobs_[key].lock()) return existing;
     const fs::path& dir = config_.daemon.cache_dir;
     BlobDescriptor descriptor = loadBlobDescriptor(bootstrap, blob, *backend, dir);
@@ -202,7 +208,9 @@ std::shared_ptr<CachedBlob> ImageService::openBlob(const rafs::Bootstrap& bootst
         std::error_code ec;
         fs::create_directories(state_dir, ec);
         if (ec) rafs::fail("cannot create {}: {}", state_dir.string(), ec.message());
-        file = std::make_unique<FscacheCacheFile>(blob.id, blob.uncompressed_size);
+        auto object_fd = std::make_shared<ObjectFd>();
+        fscache_fds_[key] = object_fd;
+        file = std::make_unique<FscacheCacheFile>(blob.id, blob.uncompressed_size, std::move(object_fd));
     }
     auto bitmap = ReadinessBitmap::open(state_dir / (blob.id + ".chunkmap"), blob.id, blob.chunk_count,
                                         blob.uncompressed_size);
@@ -376,8 +384,10 @@ void ImageService::mountFscache(Image& image, const rafs::Bootstrap& bootstrap, 
     spec.domain_id = image.domain_id;
     spec.bootstrap = bootstrap.bytes();
     spec.mountpoint = image.mountpoint;
+    const std::string volume = image.domain_id.empty() ? image.fsid : image.domain_id;
     for (uint32_t i = 0; i < image.blobs.size(); ++i) {
-        spec.blobs.push_back({i, image.blobs[i]->descriptor().id, image.blobs[i]});
+        const BlobDescriptor& d = image.blobs[i]->descriptor();
+        spec.blobs.push_back({i, d.id, d.uncompressed_size, fscache_fds_.at(fscacheBlobKey(volume, d.id)).lock()});
     }
     try {
         FscacheEngine& engine = fscache();

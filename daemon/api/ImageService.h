@@ -118,6 +118,7 @@ private:
     std::unique_ptr<FscacheEngine> fscache_;
     std::unique_ptr<Prefetcher> prefetcher_;
     std::map<std::string, std::weak_ptr<CachedBlob>> blobs_;  // by blob id: shared across images
+    std::map<std::string, std::weak_ptr<ObjectFd>> fscache_fds_;  // same keys: each fscache blob's object fd
     std::vector<Image> images_;
     bool shut_down_ = false;
     bool fscache_restore_ = false;  // the adopted device had a daemon die on it

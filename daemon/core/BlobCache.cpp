@@ -1,4 +1,5 @@
 #include "daemon/core/BlobCache.h"
+#include "builder/format/ByteView.h"
 
 #include "daemon/core/ScratchBuffer.h"
 
@@ -12,7 +13,7 @@ namespace {
 
 constexpr uint64_t kBlock = CacheFile::kBlockSize;
 
-uint64_t extentEnd(const ChunkExtent& c) { return (c.offset + c.size + kBlock - 1) / kBlock * kBlock; }
+uint64_t extentEnd(const ChunkExtent& c) { return rafs::alignUp(c.offset + c.size, kBlock); }
 
 }  // namespace
 
@@ -22,7 +23,7 @@ BlobCache::BlobCache(std::unique_ptr<CacheFile> file, ReadinessBitmap bitmap,
     if (chunks_.size() != bitmap_.chunkCount())
         rafs::fail("{}: {} chunks, but its bitmap {} has {}", file_->name(), chunks_.size(),
                    bitmap_.path().string(), bitmap_.chunkCount());
-    const uint64_t file_end = (file_->size() + kBlock - 1) / kBlock * kBlock;
+    const uint64_t file_end = rafs::alignUp(file_->size(), kBlock);
     uint64_t previous_end = 0;
     for (size_t i = 0; i < chunks_.size(); ++i) {
         const ChunkExtent& c = chunks_[i];
@@ -104,8 +105,9 @@ void BlobCache::writeExtents(uint32_t first, uint32_t count, std::span<const uin
     bitmap_.setRange(first, count);
 }
 
-uint32_t BlobCache::validate() {
-    return bitmap_.clearIf([this](uint32_t chunk) {
+uint32_t BlobCache::validate(ChunkRange range) {
+    return bitmap_.clearIf([this, range](uint32_t chunk) {
+        if (chunk < range.begin || chunk >= range.end) return false;
         const ChunkExtent& c = chunks_[chunk];
         return !file_->hasData(c.offset, extentEnd(c) - c.offset);
     });

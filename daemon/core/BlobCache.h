@@ -66,8 +66,11 @@ public:
 
     // Clears the bits of chunks whose range the cache file reports as (partly) a hole: data lost
     // to a crash before it reached the disk, or a cache file that was recreated. Returns how many
-    // bits were cleared. Not meant to run concurrently with write().
-    uint32_t validate();
+    // bits were cleared. Safe while other chunks are written: only chunks whose bit is set are
+    // checked, and a bit is set only after its chunk's data was written.
+    uint32_t validate() { return validate({0, chunkCount()}); }
+    // The same for the chunks of `range` only.
+    uint32_t validate(ChunkRange range);
     uint32_t droppedAtOpen() const { return dropped_at_open_; }
 
     // Makes everything written so far durable: the data first, then the bits that claim it.

@@ -67,6 +67,17 @@ std::shared_ptr<CachedBlob> ChunkFetcher::blobOf(uint32_t image, uint32_t blob) 
     return images_[image][blob];
 }
 
+uint32_t ChunkFetcher::forgetLost(uint32_t image, uint32_t blob_index, uint64_t offset, uint64_t length) {
+    std::shared_ptr<CachedBlob> blob = blobOf(image, blob_index);
+    if (!blob) return 0;
+    BlobCache& cache = blob->cache();
+    const ChunkRange range = cache.chunksCovering(offset, length);
+    bool any_present = false;
+    for (uint32_t ci = range.begin; ci < range.end && !any_present; ++ci) any_present = cache.isPresent(ci);
+    if (!any_present) return 0;
+    return cache.validate(range);
+}
+
 void ChunkFetcher::makePresent(uint32_t image, uint32_t blob_index, uint64_t offset,
                                uint64_t length, Completion done) {
     std::shared_ptr<CachedBlob> blob = blobOf(image, blob_index);

@@ -32,6 +32,7 @@ public:
 
     void makePresent(uint32_t image, uint32_t blob, uint64_t offset, uint64_t length,
                      Completion done) override;
+    uint32_t forgetLost(uint32_t image, uint32_t blob, uint64_t offset, uint64_t length) override;
 
     // Starts fetching the missing chunks among [first, first + count) of `blob` in the
     // background, behind every miss. Returns how many chunks were queued.

@@ -1,6 +1,6 @@
-// The one operation both kernel engines need from the core: make a byte range of a blob present
-// in that blob's cache file, then report. Everything else (planning, fetching, verifying,
-// caching, prefetching) stays behind this interface.
+// What the kernel engines need from the core: make a byte range of a blob present in that blob's
+// cache file, then report; and, for a cache file the kernel owns, forget data it lost. Everything
+// else (planning, fetching, verifying, caching, prefetching) stays behind this interface.
 #pragma once
 
 #include <cstdint>
@@ -21,6 +21,12 @@ public:
     // another thread. Ranges past the blob's end are clamped. Thread-safe.
     virtual void makePresent(uint32_t image, uint32_t blob, uint64_t offset, uint64_t length,
                              Completion done) = 0;
+
+    // The chunks of [offset, offset + length) marked present whose data the cache file no longer
+    // holds (the kernel recreated its cache file, or a crash lost data never written back) are
+    // marked missing, so makePresent fetches them again. Returns how many. Thread-safe, also
+    // while fetches write the same blob.
+    virtual uint32_t forgetLost(uint32_t image, uint32_t blob, uint64_t offset, uint64_t length) = 0;
 };
 
 }  // namespace rafsd

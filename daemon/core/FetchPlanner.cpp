@@ -1,4 +1,5 @@
 #include "daemon/core/FetchPlanner.h"
+#include "builder/format/ByteView.h"
 
 #include <algorithm>
 
@@ -6,7 +7,7 @@ namespace rafsd {
 
 namespace {
 constexpr uint64_t kPage = 4096;
-uint64_t alignUp(uint64_t v) { return (v + kPage - 1) / kPage * kPage; }
+uint64_t alignUp(uint64_t v) { return rafs::alignUp(v, kPage); }
 }  // namespace
 
 uint64_t FetchPlanner::extentEnd(const rafs::BlobChunk& c) { return alignUp(c.uncompressed_offset + c.uncompressed_size); }

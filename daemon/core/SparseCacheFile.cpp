@@ -1,4 +1,5 @@
 #include "daemon/core/SparseCacheFile.h"
+#include "builder/format/ByteView.h"
 
 #include "daemon/core/IoRing.h"
 
@@ -16,9 +17,7 @@ namespace rafsd {
 
 namespace {
 
-uint64_t roundUpToBlock(uint64_t value) {
-    return (value + CacheFile::kBlockSize - 1) / CacheFile::kBlockSize * CacheFile::kBlockSize;
-}
+uint64_t roundUpToBlock(uint64_t value) { return rafs::alignUp(value, CacheFile::kBlockSize); }
 
 // Names for the file systems a cache dir most likely sits on by mistake.
 std::string fileSystemName(uint32_t magic) {

@@ -269,6 +269,7 @@ public:
         failEnd_ = end;
     }
 
+    uint32_t forgetLost(uint32_t, uint32_t, uint64_t, uint64_t) override { return 0; }
     void makePresent(uint32_t, uint32_t, uint64_t offset, uint64_t length, rafsd::Completion done) override {
         std::unique_lock lock(mutex_);
         calls_.emplace_back(offset, length);
@@ -333,6 +334,7 @@ public:
         for (std::thread& t : threads_) t.join();
     }
 
+    uint32_t forgetLost(uint32_t, uint32_t, uint64_t, uint64_t) override { return 0; }
     void makePresent(uint32_t, uint32_t, uint64_t offset, uint64_t length, rafsd::Completion done) override {
         std::lock_guard lock(mutex_);
         ++calls_;

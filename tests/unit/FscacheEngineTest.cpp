@@ -5,6 +5,7 @@
 // an unaligned offset fails as it would in the kernel's cache file) or pipes, whose read end tells
 // when the engine closed them. Blob data comes from the real ChunkFetcher over an image the builder
 // makes; READ completions go to a recorder instead of the ioctl, which only cachefiles' fds have.
+#include "daemon/engines/fscache/FscacheCacheFile.h"
 #include "daemon/engines/fscache/FscacheEngine.h"
 
 #include "builder/commands/Build.h"
@@ -238,7 +239,8 @@ public:
                                             blob.uncompressed_size);
         std::vector<ChunkExtent> extents;
         for (const auto& c : descriptor.chunks) extents.push_back({c.uncompressed_offset, c.uncompressed_size});
-        auto cache = std::make_unique<BlobCache>(std::make_unique<FscacheCacheFile>(blob.id, blob.uncompressed_size),
+        auto object_fd = std::make_shared<ObjectFd>();
+        auto cache = std::make_unique<BlobCache>(std::make_unique<FscacheCacheFile>(blob.id, blob.uncompressed_size, object_fd),
                                                  std::move(bitmap), std::move(extents));
         blob_ = std::make_shared<CachedBlob>(std::move(descriptor), std::move(cache), backend_);
 
@@ -247,7 +249,7 @@ public:
         mount.fsid = kFsid;
         mount.bootstrap = bootstrap_->bytes();
         mount.mountpoint = dir_.path() / "not-mounted";  // reattach() registers without mount(2)
-        mount.blobs.push_back({0, blob.id, blob_});
+        mount.blobs.push_back({0, blob.id, blob.uncompressed_size, object_fd});
         int fds[2];
         if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, fds) != 0) sysFail("socketpair");
         kernel_ = Fd(fds[0]);

@@ -1,4 +1,5 @@
 #include "daemon/engines/fanotify/FanotifyEngine.h"
+#include "builder/format/ByteView.h"
 
 #include "builder/format/Error.h"
 #include "daemon/core/Log.h"
@@ -53,7 +54,7 @@ void submit(io_uring& ring) {
 std::pair<uint64_t, uint64_t> fetchRange(uint64_t offset, uint64_t count, uint64_t size) {
     const uint64_t begin = offset & ~(kBlock - 1);
     const uint64_t want = count == 0 ? kUnknownCountWindow : count;
-    const uint64_t end = want >= size - offset ? size : std::min(size, (offset + want + kBlock - 1) & ~(kBlock - 1));
+    const uint64_t end = want >= size - offset ? size : std::min(size, rafs::alignUp(offset + want, kBlock));
     return {begin, end};
 }
 

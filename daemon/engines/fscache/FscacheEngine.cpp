@@ -28,28 +28,8 @@ using rafs::failErrno;
 
 constexpr uint64_t kDeviceTag = 1;
 constexpr uint64_t kWakeTag = 2;
-constexpr uint64_t kBlock = CacheFile::kBlockSize;
-
-uint64_t roundUp(uint64_t n) { return (n + kBlock - 1) / kBlock * kBlock; }
 
 std::string volumeKey(const FscacheMount& m) { return "erofs," + (m.domain_id.empty() ? m.fsid : m.domain_id); }
-
-// pwrite through an anonymous fd: before 6.13 it returned the page-rounded length, so more than
-// asked for is success too.
-void writeAll(int fd, const uint8_t* data, uint64_t length, uint64_t offset, std::string_view what) {
-    while (length > 0) {
-        const ssize_t n = ::pwrite(fd, data, length, static_cast<off_t>(offset));
-        if (n < 0) {
-            if (errno == EINTR) continue;
-            failErrno(fmt::format("{}: write of {} bytes at {}", what, length, offset));
-        }
-        if (n == 0) fail("{}: write of {} bytes at {} wrote nothing", what, length, offset);
-        const auto done = std::min(static_cast<uint64_t>(n), length);
-        data += done;
-        offset += done;
-        length -= done;
-    }
-}
 
 }  // namespace
 
@@ -57,37 +37,6 @@ void cachefilesReadComplete(int anon_fd, uint32_t msg_id) {
     if (::ioctl(anon_fd, cachefiles::kIocReadComplete, static_cast<unsigned long>(msg_id)) != 0) {
         log::warn("cachefiles READ {}: READ_COMPLETE: {}", msg_id, std::strerror(errno));
     }
-}
-
-AnonFd::~AnonFd() {
-    closeOrWarn(fd_, "cachefiles anonymous fd");
-}
-
-bool FscacheCacheFile::hasData(uint64_t offset, uint64_t length) const {
-    std::shared_lock lock(mutex_);
-    if (!fd_ || length == 0) return true;
-    const off_t data = ::lseek(fd_->get(), static_cast<off_t>(offset), SEEK_DATA);
-    if (data < 0) return errno != ENXIO;  // ENXIO: no data from offset on; else cannot tell
-    if (static_cast<uint64_t>(data) > offset) return false;
-    const off_t hole = ::lseek(fd_->get(), static_cast<off_t>(offset), SEEK_HOLE);
-    if (hole < 0) return true;
-    return static_cast<uint64_t>(hole) >= offset + length;
-}
-
-void FscacheCacheFile::attach(std::shared_ptr<AnonFd> fd) {
-    std::unique_lock lock(mutex_);
-    fd_ = std::move(fd);
-}
-
-void FscacheCacheFile::detach(const AnonFd& fd) {
-    std::unique_lock lock(mutex_);
-    if (fd_.get() == &fd) fd_.reset();
-}
-
-void FscacheCacheFile::writeBlocks(uint64_t offset, std::span<const uint8_t> data) {
-    std::shared_lock lock(mutex_);
-    if (!fd_) fail("{}: the kernel has not opened this blob (no cachefiles object)", name_);
-    writeAll(fd_->get(), data.data(), data.size(), offset, name_);
 }
 
 FscacheEngine::FscacheEngine(DataPlane& core, ReadCompleter complete) : core_(core), complete_(std::move(complete)) {}
@@ -190,27 +139,26 @@ void FscacheEngine::handle(std::span<const std::byte> bytes) {
 void FscacheEngine::handleOpen(const CachefilesMessage& msg) {
     auto fd = std::make_shared<AnonFd>(msg.fd);
     std::unique_lock lock(mutex_);
-    const CookieKey key{msg.volume_key, msg.cookie_key};
-    auto it = cookies_.find(key);
-    if (it == cookies_.end()) {
+    const CookieTable::Key key{msg.volume_key, msg.cookie_key};
+    const CookieTable::Cookie* found = cookies_.find(key);
+    if (found == nullptr) {
         ++counters_.refused;
-        refused_.push_back(msg.cookie_key);
+        cookies_.refuse(msg.cookie_key);
         lock.unlock();
         log::warn("cachefiles OPEN {}: unknown cookie '{}' in volume '{}'", msg.msg_id, msg.cookie_key,
                   msg.volume_key);
         device_->copen(msg.msg_id, -ENOENT);
         return;  // fd closes here
     }
-    const Cookie& cookie = it->second;
-    const uint64_t size = cookie.blob ? cookie.blob->descriptor().uncompressed_size : cookie.bootstrap_size;
+    const CookieTable::Cookie& cookie = *found;
+    const uint64_t size = cookie.size();
     device_->copen(msg.msg_id, static_cast<int64_t>(size));
     ++counters_.opens;
     objects_[msg.object_id] = Object{key, fd, false};
     if (cookie.blob) {
-        auto& file = dynamic_cast<FscacheCacheFile&>(cookie.blob->cache().file());
         // Stale readiness bits cannot be checked here: the kernel opens the cache file only after
         // copen returns (seeks fail ENOBUFS until then). handleRead() catches them instead.
-        file.attach(fd);
+        cookie.blob->attach(fd);
     }
     log::debug("cachefiles OPEN {}: object {} = '{}' in '{}', size {}", msg.msg_id, msg.object_id, msg.cookie_key,
                msg.volume_key, size);
@@ -226,8 +174,8 @@ void FscacheEngine::handleRead(const CachefilesMessage& msg) {
     }
     Object& object = obj->second;
     std::shared_ptr<AnonFd> fd = object.fd;
-    auto it = cookies_.find(object.key);
-    if (it == cookies_.end() || it->second.users.empty()) {
+    const CookieTable::Cookie* found = cookies_.find(object.key);
+    if (found == nullptr) {
         ++read_stats_->errors;
         lock.unlock();
         log::warn("cachefiles READ {}: object {} ('{}') is no longer registered", msg.msg_id, msg.object_id,
@@ -235,22 +183,13 @@ void FscacheEngine::handleRead(const CachefilesMessage& msg) {
         complete_(fd->get(), msg.msg_id);
         return;
     }
-    Cookie& cookie = it->second;
+    const CookieTable::Cookie& cookie = *found;
     if (!cookie.blob) {
-        // The bootstrap: written whole at its first READ (the object surely has its backing file
-        // then, which right after copen it may not yet — ENOBUFS), later READs only their range.
-        const uint64_t padded = roundUp(cookie.bootstrap_size);
-        uint64_t begin = 0;
-        uint64_t end = padded;
-        if (object.bootstrap_written) {
-            begin = std::min(msg.offset / kBlock * kBlock, padded);
-            end = std::min(roundUp(msg.offset + msg.length), padded);
-        }
-        auto data = cookie.bootstrap;
+        std::shared_ptr<const FscacheBootstrap> bootstrap = cookie.bootstrap;
         const bool first = !object.bootstrap_written;
         lock.unlock();
         try {
-            writeAll(fd->get(), data.get() + begin, end - begin, begin, "bootstrap " + object.key.second);
+            bootstrap->write(fd->get(), msg.offset, msg.length, first, "bootstrap " + object.key.second);
             if (first) {
                 std::lock_guard relock(mutex_);
                 if (auto again = objects_.find(msg.object_id); again != objects_.end()) again->second.bootstrap_written = true;
@@ -264,24 +203,17 @@ void FscacheEngine::handleRead(const CachefilesMessage& msg) {
     }
     ++counters_.blob_reads;
     const auto [image, blob] = cookie.users.front();
-    std::shared_ptr<CachedBlob> cached = cookie.blob;
+    const std::string blob_id = object.key.second;
     lock.unlock();
     // The kernel asks only for holes of its cache file. A chunk there that our bitmap calls present
     // lost its data (the kernel recreated the file, or a crash dropped a tmpfile never linked in):
-    // recheck the bitmap against the file, else the READ would complete over the hole and the
-    // reader would get EIO for data we can fetch.
-    BlobCache& cache = cached->cache();
-    const ChunkRange range = cache.chunksCovering(msg.offset, msg.length);
-    for (uint32_t ci = range.begin; ci < range.end; ++ci) {
-        if (!cache.isPresent(ci)) continue;
-        const uint32_t dropped = cache.validate();
-        if (dropped != 0) {
-            log::warn("blob {}: {} chunks marked present are not in the kernel's cache file; fetching them again",
-                      cached->descriptor().id, dropped);
-            std::lock_guard relock(mutex_);
-            counters_.stale_chunks += dropped;
-        }
-        break;
+    // forget it, else the READ would complete over the hole and the reader would get EIO for data
+    // we can fetch.
+    if (const uint32_t dropped = core_.forgetLost(image, blob, msg.offset, msg.length); dropped != 0) {
+        log::warn("blob {}: {} chunks marked present are not in the kernel's cache file; fetching them again",
+                  blob_id, dropped);
+        std::lock_guard relock(mutex_);
+        counters_.stale_chunks += dropped;
     }
     const auto received = std::chrono::steady_clock::now();
     core_.makePresent(image, blob, msg.offset, msg.length,
@@ -291,13 +223,8 @@ void FscacheEngine::handleRead(const CachefilesMessage& msg) {
                               ++stats->errors;
                           }
                           complete(fd->get(), id);
-                          const auto us = std::chrono::duration_cast<std::chrono::microseconds>(
-                              std::chrono::steady_clock::now() - received);
-                          std::lock_guard stats_lock(stats->mutex);
-                          if (stats->latencies_us.size() < kMaxLatencySamples) {
-                              stats->latencies_us.push_back(static_cast<uint32_t>(
-                                  std::min<int64_t>(us.count(), std::numeric_limits<uint32_t>::max())));
-                          }
+                          stats->latency.add(std::chrono::duration_cast<std::chrono::microseconds>(
+                              std::chrono::steady_clock::now() - received));
                       });
 }
 
@@ -309,50 +236,17 @@ void FscacheEngine::handleClose(const CachefilesMessage& msg) {
         log::warn("cachefiles CLOSE {}: unknown object {}", msg.msg_id, msg.object_id);
         return;
     }
-    if (auto it = cookies_.find(obj->second.key); it != cookies_.end() && it->second.blob) {
-        dynamic_cast<FscacheCacheFile&>(it->second.blob->cache().file()).detach(*obj->second.fd);
+    if (const CookieTable::Cookie* cookie = cookies_.find(obj->second.key); cookie != nullptr && cookie->blob) {
+        cookie->blob->detach(*obj->second.fd);
     }
     objects_.erase(obj);
 }
 
 void FscacheEngine::registerMount(const FscacheMount& m) {
-    MountEntry entry{m.image, m.mountpoint, {}};
-    const std::string volume = volumeKey(m);
-    {
-        std::lock_guard lock(mutex_);
-        for (const MountEntry& e : mounts_) {
-            if (e.mountpoint == m.mountpoint) fail("{} is already mounted by the fscache engine", m.mountpoint.string());
-        }
-        const CookieKey boot{volume, m.fsid};
-        if (cookies_.count(boot) != 0) fail("fsid '{}' is already in use in volume '{}'", m.fsid, volume);
-        // Every check before the first insertion: a refused mount must leave no cookie behind.
-        for (const FscacheBlob& b : m.blobs) {
-            auto it = cookies_.find(CookieKey{volume, b.cookie});
-            if (it != cookies_.end() && it->second.blob && it->second.blob != b.cached) {
-                fail("blob '{}' in volume '{}' is another blob's", b.cookie, volume);
-            }
-        }
-        void* raw = nullptr;
-        const uint64_t padded = roundUp(m.bootstrap.size());
-        if (int r = ::posix_memalign(&raw, kBlock, padded); r != 0) failErrno("posix_memalign", r);
-        std::shared_ptr<uint8_t> copy(static_cast<uint8_t*>(raw), std::free);
-        std::memcpy(copy.get(), m.bootstrap.data(), m.bootstrap.size());
-        std::memset(copy.get() + m.bootstrap.size(), 0, padded - m.bootstrap.size());
-        Cookie& c = cookies_[boot];
-        c.bootstrap = std::move(copy);
-        c.bootstrap_size = m.bootstrap.size();
-        c.users.emplace_back(m.image, 0);
-        entry.cookies.push_back(boot);
-        for (const FscacheBlob& b : m.blobs) {
-            const CookieKey key{volume, b.cookie};
-            Cookie& blob = cookies_[key];
-            blob.blob = b.cached;
-            blob.users.emplace_back(m.image, b.blob);
-            entry.cookies.push_back(key);
-        }
-        refused_.clear();
-        mounts_.push_back(entry);
-    }
+    std::vector<CookieTable::BlobCookie> blobs;
+    for (const FscacheBlob& b : m.blobs) blobs.push_back({b.blob, b.cookie, b.size, b.fd});
+    std::lock_guard lock(mutex_);
+    cookies_.add(m.image, m.mountpoint, volumeKey(m), m.fsid, m.bootstrap, blobs);
 }
 
 void FscacheEngine::reattach(const FscacheMount& m) {
@@ -380,11 +274,8 @@ void FscacheEngine::mount(const FscacheMount& m) {
         std::string refused;
         {
             std::lock_guard lock(mutex_);
-            for (const auto& r : refused_) refused += (refused.empty() ? "" : ", ") + r;
-            auto it = std::find_if(mounts_.begin(), mounts_.end(),
-                                   [&](const MountEntry& e) { return e.mountpoint == m.mountpoint; });
-            unregister(*it);
-            mounts_.erase(it);
+            for (const auto& r : cookies_.refused()) refused += (refused.empty() ? "" : ", ") + r;
+            cookies_.remove(m.mountpoint);
         }
         if (!refused.empty()) {
             fail("mount -t erofs -o {} on {}: {} (the kernel asked for unknown cookies: {})", options,
@@ -394,25 +285,11 @@ void FscacheEngine::mount(const FscacheMount& m) {
     }
 }
 
-void FscacheEngine::unregister(const MountEntry& entry) {
-    for (const CookieKey& key : entry.cookies) {
-        auto it = cookies_.find(key);
-        if (it == cookies_.end()) continue;
-        auto& users = it->second.users;
-        users.erase(std::remove_if(users.begin(), users.end(), [&](const auto& u) { return u.first == entry.image; }),
-                    users.end());
-        if (users.empty()) cookies_.erase(it);
-    }
-}
-
 void FscacheEngine::umount(const std::filesystem::path& mountpoint) {
     // EINVAL: not a mount point, i.e. an image registered for a mount by hand that is not there.
     if (::umount2(mountpoint.c_str(), 0) != 0 && errno != EINVAL) failErrno("umount " + mountpoint.string());
     std::lock_guard lock(mutex_);
-    auto it = std::find_if(mounts_.begin(), mounts_.end(), [&](const MountEntry& e) { return e.mountpoint == mountpoint; });
-    if (it == mounts_.end()) return;
-    unregister(*it);
-    mounts_.erase(it);
+    cookies_.remove(mountpoint);
 }
 
 void FscacheEngine::stop() {
@@ -425,7 +302,7 @@ void FscacheEngine::stop() {
     std::vector<std::filesystem::path> mountpoints;
     {
         std::lock_guard lock(mutex_);
-        for (const MountEntry& e : mounts_) mountpoints.push_back(e.mountpoint);
+        mountpoints = cookies_.mountpoints();
     }
     // Unmount while the loop still serves: closing the device first would leave the mounts dead.
     for (const auto& mp : mountpoints) {
@@ -446,7 +323,6 @@ void FscacheEngine::stop() {
         std::lock_guard lock(mutex_);
         objects_.clear();
         cookies_.clear();
-        mounts_.clear();
     }
     closeOrWarn(wake_, "eventfd");
     wake_ = -1;
@@ -457,20 +333,8 @@ FscacheCounters FscacheEngine::counters() const {
     std::lock_guard lock(mutex_);
     FscacheCounters c = counters_;
     c.read_errors = read_stats_->errors.load();
-    std::vector<uint32_t> samples;
-    {
-        std::lock_guard stats_lock(read_stats_->mutex);
-        samples = read_stats_->latencies_us;
-    }
-    if (!samples.empty()) {
-        auto percentile = [&samples](size_t p) {
-            const size_t at = (samples.size() - 1) * p / 100;
-            std::nth_element(samples.begin(), samples.begin() + static_cast<ptrdiff_t>(at), samples.end());
-            return uint64_t{samples[at]};
-        };
-        c.read_latency_p50_us = percentile(50);
-        c.read_latency_p99_us = percentile(99);
-    }
+    c.read_latency_p50_us = read_stats_->latency.percentileUs(50);
+    c.read_latency_p99_us = read_stats_->latency.percentileUs(99);
     return c;
 }
 

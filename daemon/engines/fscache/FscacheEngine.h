@@ -2,18 +2,20 @@
 // mode. The kernel keeps one cache file per cookie (the bootstrap, each blob) and asks us, through
 // /dev/cachefiles, to open objects (OPEN → copen), fill holes (READ → write through the object's
 // anonymous fd, then READ_COMPLETE) and drop them (CLOSE). Blob data reaches the kernel's cache
-// file through FscacheCacheFile, the CacheFile the core writes to.
+// file through FscacheCacheFile, the CacheFile the core writes to, whose anonymous fd (ObjectFd)
+// the engine attaches and detaches; the engine itself talks to the core through DataPlane only.
 //
 // Thread-safety: mount, umount and counters may be called from any thread (mount blocks until the
 // kernel read the bootstrap, which the loop thread serves); start and stop must not run
 // concurrently with anything else of the engine.
 #pragma once
 
-#include "daemon/core/CacheFile.h"
-#include "daemon/core/CachedBlob.h"
 #include "daemon/core/DataPlane.h"
+#include "daemon/core/LatencySamples.h"
+#include "daemon/engines/fscache/CookieTable.h"
 #include "daemon/engines/fscache/FscacheDevice.h"
 #include "daemon/engines/fscache/MessageParser.h"
+#include "daemon/engines/fscache/ObjectFd.h"
 
 #include <atomic>
 #include <cstdint>
@@ -23,7 +25,6 @@
 #include <memory>
 #include <mutex>
 #include <optional>
-#include <shared_mutex>
 #include <span>
 #include <string>
 #include <string_view>
@@ -33,50 +34,11 @@
 
 namespace rafsd {
 
-// An anonymous fd from an OPEN; closed when the last holder (object table, cache file, pending
-// READ completion) lets go, so a completion never ioctls a reused fd number.
-class AnonFd {
-public:
-    explicit AnonFd(int fd) : fd_(fd) {}
-    ~AnonFd();
-    AnonFd(const AnonFd&) = delete;
-    AnonFd& operator=(const AnonFd&) = delete;
-    int get() const { return fd_; }
-
-private:
-    int fd_;
-};
-
-// A blob's cache file as the kernel's cachefiles object: written through the object's anonymous fd
-// (direct I/O in the kernel), attached on OPEN and detached on CLOSE. Writes while detached throw.
-class FscacheCacheFile final : public CacheFile {
-public:
-    FscacheCacheFile(std::string name, uint64_t size) : name_(std::move(name)), size_(size) {}
-
-    std::string name() const override { return name_; }
-    uint64_t size() const override { return size_; }
-    // SEEK_DATA/SEEK_HOLE through the anonymous fd (it forwards llseek to the cache file); true
-    // while detached, since nothing can be known then.
-    bool hasData(uint64_t offset, uint64_t length) const override;
-    // The kernel owns the file; its data is as durable as cachefiles makes it.
-    void sync() override {}
-
-    void attach(std::shared_ptr<AnonFd> fd);
-    void detach(const AnonFd& fd);  // only if `fd` is the attached one (an older OPEN's CLOSE)
-
-private:
-    void writeBlocks(uint64_t offset, std::span<const uint8_t> data) override;
-
-    std::string name_;
-    uint64_t size_;
-    mutable std::shared_mutex mutex_;  // fd_: writers share, attach/detach exclude
-    std::shared_ptr<AnonFd> fd_;
-};
-
 struct FscacheBlob {
-    uint32_t blob;                      // index in the image's blob table
-    std::string cookie;                 // the device table tag: the blob id
-    std::shared_ptr<CachedBlob> cached;  // its cache() file is an FscacheCacheFile
+    uint32_t blob;                  // index in the image's blob table
+    std::string cookie;             // the device table tag: the blob id
+    uint64_t size;                  // its uncompressed size: the object's size
+    std::shared_ptr<ObjectFd> fd;   // what its cache file (FscacheCacheFile) writes through
 };
 
 struct FscacheMount {
@@ -123,7 +85,7 @@ public:
     // Call reattach() for the mounts the kernel already has, then start(true).
     void adopt(FscacheDevice device);
     // Starts the loop thread on the adopted device. `restore`: first ask the kernel to resend
-    // every request a dead predecessor left pending (kernel-abi.md A.4), whose objects it reopens
+    // every request a dead predecessor left pending (fs/cachefiles/ondemand.c, Linux 6.8+), whose objects it reopens
     // with fresh OPENs. No-op once started.
     void start(bool restore);
     bool started() const { return thread_.joinable(); }
@@ -154,25 +116,10 @@ public:
     FscacheCounters counters() const;
 
 private:
-    using CookieKey = std::pair<std::string, std::string>;  // volume key, cookie key
-
-    struct Cookie {
-        std::shared_ptr<uint8_t> bootstrap;  // 4 KiB-aligned copy, zero-padded to 4 KiB
-        uint64_t bootstrap_size = 0;         // the file's size (copen), not padded
-        std::shared_ptr<CachedBlob> blob;
-        std::vector<std::pair<uint32_t, uint32_t>> users;  // (image, blob)
-    };
-
     struct Object {
-        CookieKey key;
+        CookieTable::Key key;
         std::shared_ptr<AnonFd> fd;
         bool bootstrap_written = false;
-    };
-
-    struct MountEntry {
-        uint32_t image;
-        std::filesystem::path mountpoint;
-        std::vector<CookieKey> cookies;
     };
 
     void loop();
@@ -181,7 +128,6 @@ private:
     void handleOpen(const CachefilesMessage& msg);
     void handleRead(const CachefilesMessage& msg);
     void handleClose(const CachefilesMessage& msg);
-    void unregister(const MountEntry& entry);
     void registerMount(const FscacheMount& mount);
 
     DataPlane& core_;
@@ -192,17 +138,13 @@ private:
     std::thread thread_;
 
     mutable std::mutex mutex_;  // everything below
-    std::map<CookieKey, Cookie> cookies_;
+    CookieTable cookies_;
     std::map<uint32_t, Object> objects_;  // by object_id
-    std::vector<MountEntry> mounts_;
-    std::vector<std::string> refused_;  // cookies refused since the last mount started
     // Shared with READ completions, which may outlive the engine after a lazy unmount.
     struct ReadStats {
         std::atomic<uint64_t> errors{0};
-        std::mutex mutex;
-        std::vector<uint32_t> latencies_us;  // blob READ → READ_COMPLETE, at most kMaxLatencySamples
+        LatencySamples latency;  // blob READ → READ_COMPLETE
     };
-    static constexpr size_t kMaxLatencySamples = 1 << 20;
     std::shared_ptr<ReadStats> read_stats_ = std::make_shared<ReadStats>();
     FscacheCounters counters_;  // but read_errors
 };

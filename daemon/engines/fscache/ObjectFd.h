@@ -1,0 +1,45 @@
+// The anonymous fds cachefiles hands out with each OPEN (include/uapi/linux/cachefiles.h): the
+// one way to write into the kernel's cache file of an object, and to complete its READs.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <shared_mutex>
+#include <string_view>
+
+namespace rafsd {
+
+// An anonymous fd from an OPEN; closed when the last holder (object table, cache file, pending
+// READ completion) lets go, so a completion never ioctls a reused fd number.
+class AnonFd {
+public:
+    explicit AnonFd(int fd) : fd_(fd) {}
+    ~AnonFd();
+    AnonFd(const AnonFd&) = delete;
+    AnonFd& operator=(const AnonFd&) = delete;
+    int get() const { return fd_; }
+
+private:
+    int fd_;
+};
+
+// The anonymous fd of one blob's object as it comes and goes: attached on OPEN, detached on CLOSE.
+// The engine attaches and detaches; the blob's cache file (FscacheCacheFile) writes through it.
+// Thread-safe.
+class ObjectFd {
+public:
+    void attach(std::shared_ptr<AnonFd> fd);
+    void detach(const AnonFd& fd);  // only if `fd` is the attached one (an older OPEN's CLOSE)
+    // The attached fd, or null; holding it keeps the fd open.
+    std::shared_ptr<AnonFd> current() const;
+
+private:
+    mutable std::shared_mutex mutex_;
+    std::shared_ptr<AnonFd> fd_;
+};
+
+// pwrite through an anonymous fd, all of `length`. Before 6.13 it returned the page-rounded
+// length, so more than asked for is success too. Throws rafs::Error naming `what`.
+void writeToObject(int anon_fd, const uint8_t* data, uint64_t length, uint64_t offset, std::string_view what);
+
+}  // namespace rafsd
