@@ -7,7 +7,7 @@
 For each, cold (prefetch off) and then once more from the complete cache: every regular file's
 content, cut at the chunk boundaries `mkrafs inspect -v` lists, must have the blake3 (or sha256)
 digest that the bootstrap's chunk info table records for that chunk. The table is parsed here
-(rafs-v6.md 2.3, 2.8); for the inline blob the bootstrap is taken out of the blob's tail sections
+(nydus rafs/src/metadata/layout/v6.rs); for the inline blob the bootstrap is taken out of the blob's tail sections
 (3.4) and decompressed with the zstd tool, independently of rafsd and mkrafs.
 """
 

@@ -13,7 +13,7 @@ using Catch::Matchers::Contains;
 
 namespace {
 
-// Offsets in rafs-v6-2.2.boot (rafs-v6.md §2.11).
+// Offsets in rafs-v6-2.2.boot, a Nydus fixture (layout: nydus rafs/src/metadata/layout/v6.rs).
 constexpr uint64_t kRootOff = 12288;                // nid 128, extended FLAT_INLINE directory
 constexpr uint64_t kRootDirents = kRootOff + 64;    // ".", "..", "lib.rs", "sync_io.rs"
 constexpr uint64_t kLibRsChunk = 12448 + 64;        // nid 133's only chunk index
@@ -35,7 +35,7 @@ void checkMalformed(std::vector<uint8_t> image, const std::string& message) {
 
 }  // namespace
 
-TEST_CASE("rafs-v6-2.2.boot parses with the values of rafs-v6.md 2.11", "[format]") {
+TEST_CASE("rafs-v6-2.2.boot parses with the values nydus-image wrote into it", "[format]") {
     RAFS_REQUIRE_FIXTURES();
     const Bootstrap b(kBoot22);
     const erofs::SuperBlock& sb = b.superBlock();

@@ -35,7 +35,7 @@ BlobTableEntry entryFor(const BlobMetaHeader& h) {
 
 }  // namespace
 
-TEST_CASE("ci V1 bit packing matches rafs-v6.md 3.2", "[format]") {
+TEST_CASE("ci V1 bit packing matches nydus storage/src/meta/chunk_info_v1.rs", "[format]") {
     // usize-1 = 0xA12344: bits 0..19 go to 44..63, bits 20..23 to 8..11.
     // csize-1 = 0xF00000: bits 0..19 (zero) go to 44..63, bits 20..23 to 40..43.
     BlobChunk c = chunk(0xff'ffff'ffffULL, 0xF00001, 0xabc'def0'1000ULL, 0xA12345, true);
@@ -80,7 +80,7 @@ TEST_CASE("ci V1 rejects what it cannot store", "[format]") {
     CHECK_THROWS_WITH(encodeChunkInfoV1(crc), Contains("crc32"));
 }
 
-TEST_CASE("ci V2 bit packing matches rafs-v6.md 3.2", "[format]") {
+TEST_CASE("ci V2 bit packing matches nydus storage/src/meta/chunk_info_v2.rs", "[format]") {
     BlobChunk c = chunk(0x12'3456'789aULL, 0xFFFFFF, 0xfff'ffff'f000ULL, 0x1000000, true);
     c.has_crc32 = true;
     c.crc32 = 0xdeadbeef;

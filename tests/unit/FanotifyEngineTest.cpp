@@ -6,6 +6,8 @@
 
 #include "builder/format/Error.h"
 
+#include "tests/unit/TempDir.h"
+
 #include <catch2/catch.hpp>
 #include <fcntl.h>
 #include <linux/capability.h>
@@ -41,38 +43,13 @@ constexpr uint64_t kBlock = 4096;
 
 bool isRoot() { return ::geteuid() == 0; }
 
-class Fd {
-public:
-    explicit Fd(int fd) : fd_(fd) {
-        if (fd_ < 0) throw std::runtime_error(std::string("open: ") + std::strerror(errno));
-    }
-    Fd(const Fd&) = delete;
-    Fd& operator=(const Fd&) = delete;
-    ~Fd() { ::close(fd_); }
-    int get() const { return fd_; }
+// An fd the test opened; open failures throw.
+rafsd::UniqueFd opened(int fd) {
+    if (fd < 0) throw std::runtime_error(std::string("open: ") + std::strerror(errno));
+    return rafsd::UniqueFd(fd);
+}
 
-private:
-    int fd_;
-};
-
-class TempDir {
-public:
-    explicit TempDir(std::string base) {
-        base += "/rafsd-fanotify.XXXXXX";
-        if (::mkdtemp(base.data()) == nullptr) throw std::runtime_error("mkdtemp failed");
-        path_ = base;
-    }
-    TempDir(const TempDir&) = delete;
-    TempDir& operator=(const TempDir&) = delete;
-    ~TempDir() {
-        std::error_code ignored;
-        fs::remove_all(path_, ignored);
-    }
-    const fs::path& path() const { return path_; }
-
-private:
-    fs::path path_;
-};
+using rafs::test::TempDir;
 
 bool isMounted(const fs::path& mountpoint) {
     std::ifstream in("/proc/self/mountinfo");
@@ -167,7 +144,7 @@ ReadResult readAll(const fs::path& path, size_t chunk = 128 * 1024) {
 
 // Drops the mount's cached pages of a file, so the next read goes to the cache file again.
 void evict(const fs::path& path) {
-    const Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+    const rafsd::UniqueFd fd = opened(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
     REQUIRE(::posix_fadvise(fd.get(), 0, 0, POSIX_FADV_DONTNEED) == 0);
 }
 
@@ -233,7 +210,7 @@ public:
 
 private:
     fs::path path_;
-    Fd fd_;
+    rafsd::UniqueFd fd_;
     uint64_t size_;
 };
 
@@ -701,7 +678,7 @@ TEST_CASE_METHOD(ServedImage, "fanotify: a busy mount refuses umount() and is de
         return;
     }
     engine.mount(mountOf(1, img, mnt.path(), {cache.blobFile()}));
-    const Fd held(::open((mnt.path() / "big2").c_str(), O_RDONLY | O_CLOEXEC));
+    const rafsd::UniqueFd held = opened(::open((mnt.path() / "big2").c_str(), O_RDONLY | O_CLOEXEC));
 
     CHECK_THROWS_WITH(engine.umount(mnt.path()), Contains("cannot unmount") && Contains("busy"));
     CHECK(isMounted(mnt.path()));

@@ -5,6 +5,7 @@
 // an unaligned offset fails as it would in the kernel's cache file) or pipes, whose read end tells
 // when the engine closed them. Blob data comes from the real ChunkFetcher over an image the builder
 // makes; READ completions go to a recorder instead of the ioctl, which only cachefiles' fds have.
+#include "daemon/core/UniqueFd.h"
 #include "daemon/engines/fscache/FscacheCacheFile.h"
 #include "daemon/engines/fscache/FscacheEngine.h"
 
@@ -51,42 +52,20 @@ const std::string kVolume = "erofs," + kFsid;
 
 [[noreturn]] void sysFail(const std::string& what) { throw std::system_error(errno, std::generic_category(), what); }
 
-class Fd {
-public:
-    explicit Fd(int fd = -1) : fd_(fd) {}
-    Fd(Fd&& other) noexcept : fd_(std::exchange(other.fd_, -1)) {}
-    Fd& operator=(Fd&& other) noexcept {
-        std::swap(fd_, other.fd_);
-        return *this;
-    }
-    ~Fd() {
-        if (fd_ >= 0) ::close(fd_);
-    }
-    int get() const { return fd_; }
-    int release() { return std::exchange(fd_, -1); }
-
-private:
-    int fd_;
-};
-
 // A new descriptor for what `fd` refers to: what the test puts in an OPEN, for the engine to own.
-int dupOf(int fd) {
-    const int copy = ::fcntl(fd, F_DUPFD_CLOEXEC, 0);
-    if (copy < 0) sysFail("dup");
-    return copy;
-}
+int dupOf(int fd) { return rafsd::UniqueFd::duplicate(fd, "a stand-in file").release(); }
 
 bool isOpen(int fd) { return ::fcntl(fd, F_GETFD) >= 0; }
 
 // A pipe: its write end stands in for an anonymous fd; closed() tells when every copy of that end
 // is closed (the reader then sees end of file), free of fd-number reuse by other threads.
 struct Pipe {
-    Fd read_end, write_end;
+    rafsd::UniqueFd read_end, write_end;
     Pipe() {
         int fds[2];
         if (::pipe2(fds, O_CLOEXEC | O_NONBLOCK) != 0) sysFail("pipe2");
-        read_end = Fd(fds[0]);
-        write_end = Fd(fds[1]);
+        read_end = rafsd::UniqueFd(fds[0]);
+        write_end = rafsd::UniqueFd(fds[1]);
     }
     // Hands the write end over (for the engine to own) and keeps no copy of it.
     int give() { return write_end.release(); }
@@ -252,7 +231,7 @@ public:
         mount.blobs.push_back({0, blob.id, blob.uncompressed_size, object_fd});
         int fds[2];
         if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, fds) != 0) sysFail("socketpair");
-        kernel_ = Fd(fds[0]);
+        kernel_ = rafsd::UniqueFd(fds[0]);
         // The device's read() returns at once when nothing is pending; EAGAIN is its equivalent here.
         if (::fcntl(fds[1], F_SETFL, O_NONBLOCK) != 0) sysFail("fcntl O_NONBLOCK");
         engine_.adopt(FscacheDevice::adopt(fds[1]));
@@ -294,7 +273,7 @@ public:
     // The engine handles messages in order: once an OPEN sent after others is answered, those were
     // handled. The OPEN names an unknown cookie (its fd is /dev/null).
     void barrier() {
-        const Fd null(::open("/dev/null", O_RDONLY | O_CLOEXEC));
+        const rafsd::UniqueFd null(::open("/dev/null", O_RDONLY | O_CLOEXEC));
         if (null.get() < 0) sysFail("open /dev/null");
         const uint32_t id = 9000 + barriers_++;
         send(openMessage(id, id, kVolume, "barrier", dupOf(null.get())));
@@ -303,12 +282,12 @@ public:
 
     // A file sized like the kernel's new cache file for `size` bytes (sparse, rounded up to 4 KiB),
     // opened for direct I/O where the file system allows it, as the kernel writes its cache file.
-    Fd standIn(const std::string& name, uint64_t size) const {
+    rafsd::UniqueFd standIn(const std::string& name, uint64_t size) const {
         const std::string file = path(name);
         int fd = ::open(file.c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_DIRECT, 0600);
         if (fd < 0 && errno == EINVAL) fd = ::open(file.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
         if (fd < 0) sysFail("open " + file);
-        Fd owned(fd);
+        rafsd::UniqueFd owned(fd);
         if (::ftruncate(fd, static_cast<off_t>((size + kBlock - 1) / kBlock * kBlock)) != 0) sysFail("ftruncate");
         return owned;
     }
@@ -328,7 +307,7 @@ private:
     Completions completions_;
     ChunkFetcher fetcher_{FetchOptions{0, 2, 0}};  // no read amplification: a READ fetches its own chunks
     FscacheEngine engine_{fetcher_, completions_.completer()};
-    Fd kernel_;
+    rafsd::UniqueFd kernel_;
     uint32_t barriers_ = 0;
 };
 
@@ -378,7 +357,7 @@ TEST_CASE("fscache engine: a bootstrap READ writes the whole bootstrap, zero-pad
     EngineFixture f;
     f.engine().start(false);
     const auto size = f.bootstrap().bytes().size();
-    const Fd file = f.standIn("boot", size);
+    const rafsd::UniqueFd file = f.standIn("boot", size);
     const int anon = dupOf(file.get());
     f.send(openMessage(1, 5, kVolume, kFsid, anon));
     REQUIRE(f.reply() == fmt::format("copen 1,{}", size));
@@ -402,7 +381,7 @@ TEST_CASE("fscache engine: a blob READ is fetched, verified and written at its c
     EngineFixture f;
     f.engine().start(false);
     const uint64_t size = f.blobSize();
-    const Fd file = f.standIn("blob", size);
+    const rafsd::UniqueFd file = f.standIn("blob", size);
     const int anon = dupOf(file.get());
     f.send(openMessage(1, 3, kVolume, f.blobId(), anon));
     REQUIRE(f.reply() == fmt::format("copen 1,{}", size));
@@ -453,7 +432,7 @@ TEST_CASE("fscache engine: CLOSE releases the anonymous fd, after a pending READ
 
     // A blob object with a READ pending in the fetcher when its CLOSE comes: the completion still
     // gets the object's fd, open; the fd is closed after it.
-    const Fd file = f.standIn("blob", f.blobSize());
+    const rafsd::UniqueFd file = f.standIn("blob", f.blobSize());
     const int anon = dupOf(file.get());
     f.send(openMessage(3, 22, kVolume, f.blobId(), anon));
     REQUIRE(f.reply() == fmt::format("copen 3,{}", f.blobSize()));

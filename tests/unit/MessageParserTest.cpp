@@ -11,7 +11,7 @@ using rafsd::parseMessage;
 
 namespace {
 
-// Builds a message the way the kernel lays it out (kernel-abi.md A.2).
+// Builds a message the way the kernel lays it out (include/uapi/linux/cachefiles.h).
 class MessageBytes {
 public:
     MessageBytes(uint32_t msg_id, uint32_t opcode, uint32_t object_id) {

@@ -2,7 +2,7 @@
 # smoke.sh: proves that the scripts/vm-test guest is fit for the fscache engine's tests.
 #   scripts/vm-test -- tests/vm/smoke.sh
 # Checks the guest's mounts (/proc, /sys, devtmpfs /dev, tmpfs /run and /tmp, ext4 /mnt/cache),
-# then talks to /dev/cachefiles the way the daemon will (kernel-abi.md A.1): open O_RDWR, write
+# then talks to /dev/cachefiles the way the daemon will (fs/cachefiles/daemon.c, ondemand.c): open O_RDWR, write
 # `dir /mnt/cache/fscache`, `tag smoke`, `bind ondemand` (each must succeed), then `restore`,
 # which must be accepted (6.8+) or fail with EOPNOTSUPP; prints which. Mounting is not tested here.
 # Exit status 0 when everything holds; 1 with a message naming the failed check otherwise.
@@ -78,7 +78,7 @@ for cmd in (f"dir {cache_dir}", "tag smoke", "bind ondemand"):
         fail(f"{cmd!r} failed: {os.strerror(err)} ({errno.errorcode.get(err, err)})")
     print(f"smoke: ok: {cmd!r} accepted")
 
-# Before any request is pending, read() returns 0 (kernel-abi.md A.1/A.2).
+# Before any request is pending, read() returns 0 (fs/cachefiles/ondemand.c, cachefiles_ondemand_daemon_read()).
 buf = os.read(fd, 1024)
 if buf:
     fail(f"unexpected message from an idle cache: {len(buf)} bytes")

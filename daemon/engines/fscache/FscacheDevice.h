@@ -1,4 +1,4 @@
-// /dev/cachefiles in on-demand mode (kernel-abi.md A.1, A.3): opening and binding the cache, and
+// /dev/cachefiles in on-demand mode (fs/cachefiles/daemon.c, fs/cachefiles/ondemand.c): opening and binding the cache, and
 // the text commands written to the device at run time.
 #pragma once
 

@@ -1,4 +1,4 @@
-// Decodes one request read from /dev/cachefiles in on-demand mode (kernel-abi.md A.2). The kernel
+// Decodes one request read from /dev/cachefiles in on-demand mode (include/uapi/linux/cachefiles.h, fs/cachefiles/ondemand.c). The kernel
 // is trusted, but a parser that never reads past what it was given turns an ABI mismatch (another
 // kernel's layout, a truncated read) into a one-line Error instead of a crash.
 #pragma once

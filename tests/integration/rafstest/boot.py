@@ -1,5 +1,5 @@
 """Minimal, independent reading of an EROFS / RAFS v6 bootstrap's superblock and device
-table (see docs rafs-v6.md §1.1, §1.6). Used by the tests to learn the blob ids in
+table (nydus rafs/src/metadata/layout/v6.rs). Used by the tests to learn the blob ids in
 device-table order without relying on the format of `mkrafs inspect` output."""
 
 import struct

@@ -208,7 +208,7 @@ def bootstrap_flags(boot):
 
 
 def chunk_table(boot):
-    """The chunk info table of bootstrap bytes (rafs-v6.md 2.8), read independently of mkrafs:
+    """The chunk info table of bootstrap bytes (nydus rafs/src/metadata/layout/v6.rs), read independently of mkrafs:
     {(blob_index, ci): {'digest', 'compressed_offset', 'compressed_size', 'uncompressed_offset',
     'uncompressed_size'}}."""
     import struct
@@ -224,7 +224,7 @@ def chunk_table(boot):
 
 def inline_bootstrap(blob_path):
     """The bootstrap inside a Nydus blob with an inline bootstrap: peels the 'reverse tar' sections
-    from the end (rafs-v6.md 3.4) and decompresses 'image.boot' with the zstd tool."""
+    from the end (nydus storage/src/meta/toc.rs) and decompresses 'image.boot' with the zstd tool."""
     with open(blob_path, 'rb') as f:
         data = f.read()
     end = len(data)
