@@ -4,6 +4,7 @@
 #include "daemon/api/Config.h"
 #include "daemon/api/ControlServer.h"
 #include "daemon/api/ImageService.h"
+#include "daemon/api/MetricsServer.h"
 #include "daemon/core/Log.h"
 #include "daemon/process/ProcessIdentity.h"
 #include "daemon/process/Supervisor.h"
@@ -139,6 +140,12 @@ void startEngine(ImageService& service, EngineKind engine) {
     }
 }
 
+// GET /metrics on the configured address, or nothing.
+std::unique_ptr<MetricsServer> serveMetrics(const Config& config, ImageService& service) {
+    if (config.metrics.address.empty()) return nullptr;
+    return std::make_unique<MetricsServer>(config.metrics.address, [&service] { return service.metrics(); });
+}
+
 // `rafsd mount`: the worker body that supervise() forks.
 int mountWorker(const Config& config, EngineKind engine, MountRequest request, std::chrono::milliseconds fetch_delay,
                 const sigset_t& stop_signals, KeptFds& kept, bool restored, const std::function<void()>& ready) {
@@ -156,6 +163,7 @@ int mountWorker(const Config& config, EngineKind engine, MountRequest request, s
         startEngine(service, engine);
         service.mount(request);
     }
+    const auto metrics = serveMetrics(config, service);
     ready();
     const int sig = waitForStopSignal(stop_signals);
     log::info("{}: unmounting", sig == SIGINT ? "SIGINT" : "SIGTERM");
@@ -193,6 +201,7 @@ int serveWorker(const Config& config, EngineKind engine, std::chrono::millisecon
     ControlServer server = control_socket >= 0 ? ControlServer::adopt(control_socket, service)
                                                : ControlServer::bind(config.daemon.socket, service);
     log::info("serving on {}", config.daemon.socket.string());
+    const auto metrics = serveMetrics(config, service);
     ready();
     const int sig = waitForStopSignal(stop_signals);
     log::info("{}: stopping", sig == SIGINT ? "SIGINT" : "SIGTERM");
@@ -293,6 +302,7 @@ int main(int argc, char** argv) {
         service.setFetchDelay(fetch_delay);
         ControlServer server = ControlServer::fromSystemdOrPath(config.daemon.socket, service);
         log::info("serving on {}", config.daemon.socket.string());
+        const auto metrics = serveMetrics(config, service);
         sd_notify(0, "READY=1");
         int sig = waitForStopSignal(stop_signals);
         log::info("{}: stopping", sig == SIGINT ? "SIGINT" : "SIGTERM");

@@ -216,6 +216,33 @@ std::string httpUrl(const Value& value) {
     return std::string(text);
 }
 
+// "", "unix:/abs/path" or "HOST:PORT"; a TCP host other than loopback only with allow_remote, so a
+// typo cannot publish the host's metrics to the network.
+std::string metricsAddress(const Value& value, bool allow_remote) {
+    constexpr std::string_view accepted = "\"\", \"unix:/absolute/path\" or \"HOST:PORT\"";
+    const std::string_view text = value.string(accepted);
+    if (text.empty()) return {};
+    if (text.starts_with("unix:")) {
+        if (text.size() < 6 || text[5] != '/' || text.find('\0') != std::string_view::npos) value.reject(accepted);
+        return std::string(text);
+    }
+    const size_t colon = text.rfind(':');
+    if (colon == std::string_view::npos || colon == 0) value.reject(accepted);
+    std::string_view host = text.substr(0, colon);
+    const std::string_view port = text.substr(colon + 1);
+    unsigned number = 0;
+    auto [end, ec] = std::from_chars(port.data(), port.data() + port.size(), number);
+    if (port.empty() || ec != std::errc() || end != port.data() + port.size() || number == 0 || number > 65535) {
+        value.reject(accepted);
+    }
+    if (host.starts_with('[') && host.ends_with(']')) host = host.substr(1, host.size() - 2);
+    const bool loopback = host == "localhost" || host == "::1" || host.starts_with("127.");
+    if (!loopback && !allow_remote) {
+        value.reject("a loopback address (127.x.x.x, [::1], localhost), or set allow_remote = true");
+    }
+    return std::string(text);
+}
+
 Config fromTable(const toml::table& root, const std::string& source) {
     Config config;
     Section top(source, &root, "");
@@ -251,6 +278,11 @@ Config fromTable(const toml::table& root, const std::string& source) {
     if (auto v = http.get("timeout")) config.backend.http.timeout = integer(*v, 1, kMaxHttpTimeout);
     http.finish();
     backend.finish();
+
+    Section metrics = top.section("metrics");
+    if (auto v = metrics.get("allow_remote")) config.metrics.allow_remote = boolean(*v);
+    if (auto v = metrics.get("address")) config.metrics.address = metricsAddress(*v, config.metrics.allow_remote);
+    metrics.finish();
 
     top.finish();
     return config;

@@ -61,10 +61,19 @@ struct Config {
         bool operator==(const Backend&) const = default;
     };
 
+    struct Metrics {
+        // Where GET /metrics answers: "" (off), "unix:/abs/path" or "HOST:PORT" (TCP; HOST an IP
+        // literal, [IPv6] or localhost). TCP must be loopback unless allow_remote.
+        std::string address;
+        bool allow_remote = false;
+        bool operator==(const Metrics&) const = default;
+    };
+
     Daemon daemon;
     Fetch fetch;
     Prefetch prefetch;
     Backend backend;
+    Metrics metrics;
     bool operator==(const Config&) const = default;
 };
 

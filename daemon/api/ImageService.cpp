@@ -1,6 +1,7 @@
 #include "daemon/api/ImageService.h"
 
 #include "builder/format/Error.h"
+#include "daemon/api/MetricsText.h"
 #include "daemon/backends/LocalfsBackend.h"
 #include "builder/format/BlobFile.h"
 #include "builder/format/Digest.h"
@@ -547,6 +548,84 @@ nlohmann::json ImageService::status(const StatusRequest& request) {
     }
     if (request.mountpoint && images.empty()) rafs::fail("{} is not mounted by rafsd", request.mountpoint->string());
     return {{"images", images}};
+}
+
+std::string ImageService::metrics() {
+    std::lock_guard lock(mutex_);
+    MetricsText m;
+    using Labels = MetricsText::Labels;
+    m.family("rafsd_mounts", "gauge", "Images rafsd serves, by engine.");
+    for (const EngineKind engine : {EngineKind::Fanotify, EngineKind::Fscache}) {
+        const auto n = std::count_if(images_.begin(), images_.end(), [&](const Image& i) { return i.engine == engine; });
+        m.sample("rafsd_mounts", {{"engine", std::string(engineName(engine))}}, static_cast<uint64_t>(n));
+    }
+    m.family("rafsd_image_blob", "gauge", "1 for each blob of each image: which mountpoint reads which blob.");
+    std::vector<std::pair<CachedBlob*, Labels>> blobs;  // each blob once, also when images share it
+    for (const Image& image : images_) {
+        for (const auto& blob : image.blobs) {
+            const std::string& id = blob->descriptor().id;
+            m.sample("rafsd_image_blob", {{"mountpoint", image.mountpoint.string()}, {"blob", id}}, 1);
+            if (std::none_of(blobs.begin(), blobs.end(), [&](const auto& b) { return b.first == blob.get(); })) {
+                blobs.push_back({blob.get(), {{"blob", id}}});
+            }
+        }
+    }
+    const auto each = [&](std::string_view name, std::string_view type, std::string_view help, auto value) {
+        m.family(name, type, help);
+        for (auto& [blob, labels] : blobs) m.sample(name, labels, value(*blob));
+    };
+    each("rafsd_blob_misses_total", "counter", "Reads that had to wait for a fetch.",
+         [](CachedBlob& b) { return b.counters().misses.load(); });
+    each("rafsd_blob_hits_total", "counter", "Reads answered from the cache at once.",
+         [](CachedBlob& b) { return b.counters().hits.load(); });
+    each("rafsd_blob_fetched_bytes_total", "counter", "Bytes read from the backend.",
+         [](CachedBlob& b) { return b.counters().bytes_fetched.load(); });
+    each("rafsd_blob_cache_read_bytes_total", "counter", "Bytes of reads answered from the cache at once.",
+         [](CachedBlob& b) { return b.counters().bytes_from_cache.load(); });
+    each("rafsd_blob_prefetched_chunks_total", "counter", "Chunks fetched by prefetch.",
+         [](CachedBlob& b) { return b.counters().prefetched_chunks.load(); });
+    each("rafsd_blob_errors_total", "counter", "Chunks that could not be fetched intact (readers got EIO).",
+         [](CachedBlob& b) { return b.counters().errors.load(); });
+    each("rafsd_blob_chunks", "gauge", "Chunks of the blob.", [](CachedBlob& b) { return uint64_t{b.cache().chunkCount()}; });
+    each("rafsd_blob_chunks_present", "gauge", "Chunks of the blob in the cache, verified.",
+         [](CachedBlob& b) { return uint64_t{b.cache().bitmap().count()}; });
+    each("rafsd_blob_cached_bytes", "gauge", "Uncompressed bytes of the blob in the cache.", [](CachedBlob& b) {
+        uint64_t bytes = 0;
+        for (uint32_t ci = 0; ci < b.cache().chunkCount(); ++ci) {
+            if (b.cache().isPresent(ci)) bytes += b.cache().chunk(ci).size;
+        }
+        return bytes;
+    });
+    m.family("rafsd_miss_latency_seconds", "histogram", "From a read that had to wait until it was answered.");
+    for (auto& [blob, labels] : blobs) m.histogram("rafsd_miss_latency_seconds", labels, blob->counters().miss_latency.snapshot());
+    m.family("rafsd_backend_request_latency_seconds", "histogram", "One backend read of a run of chunks.");
+    for (auto& [blob, labels] : blobs) {
+        m.histogram("rafsd_backend_request_latency_seconds", labels, blob->counters().backend_latency.snapshot());
+    }
+    m.family("rafsd_prefetch_backlog_chunks", "gauge", "Chunks queued for prefetch.");
+    m.sample("rafsd_prefetch_backlog_chunks", {}, fetcher_->prefetchBacklog());
+    if (fanotify_) {
+        const FanotifyCounters c = fanotify_->counters();
+        m.family("rafsd_fanotify_events_total", "counter", "FAN_PRE_ACCESS events read.");
+        m.sample("rafsd_fanotify_events_total", {}, c.events);
+        m.family("rafsd_fanotify_answers_total", "counter", "Events answered, by answer.");
+        m.sample("rafsd_fanotify_answers_total", {{"answer", "allow"}}, c.allowed);
+        m.sample("rafsd_fanotify_answers_total", {{"answer", "deny"}}, c.denied);
+        m.family("rafsd_fanotify_overflows_total", "counter", "Queue overflows: events the kernel lost.");
+        m.sample("rafsd_fanotify_overflows_total", {}, c.overflows);
+    }
+    if (fscache_) {
+        const FscacheCounters c = fscache_->counters();
+        m.family("rafsd_fscache_requests_total", "counter", "cachefiles requests, by kind.");
+        m.sample("rafsd_fscache_requests_total", {{"request", "open"}}, c.opens + c.refused);
+        m.sample("rafsd_fscache_requests_total", {{"request", "read"}}, c.reads);
+        m.sample("rafsd_fscache_requests_total", {{"request", "close"}}, c.closes);
+        m.family("rafsd_fscache_read_errors_total", "counter", "READs completed without their data (EIO).");
+        m.sample("rafsd_fscache_read_errors_total", {}, c.read_errors);
+        m.family("rafsd_fscache_stale_chunks_total", "counter", "Chunks the kernel's cache file had lost.");
+        m.sample("rafsd_fscache_stale_chunks_total", {}, c.stale_chunks);
+    }
+    return m.text();
 }
 
 void ImageService::shutdown() {

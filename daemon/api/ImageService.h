@@ -32,6 +32,8 @@ public:
     nlohmann::json umount(const UmountRequest& request) override;
     nlohmann::json list() override;
     nlohmann::json status(const StatusRequest& request) override;
+    // The counters of status, and latency histograms, in the Prometheus text format.
+    std::string metrics();
 
     // Stops prefetch, lets pending reads finish or fail, unmounts everything. Idempotent.
     void shutdown();

@@ -6,6 +6,7 @@
 #include "daemon/core/BlobCache.h"
 #include "daemon/core/BlobDescriptor.h"
 #include "daemon/core/DataPlane.h"
+#include "daemon/core/LatencyHistogram.h"
 
 #include <atomic>
 #include <functional>
@@ -23,6 +24,8 @@ struct BlobCounters {
     std::atomic<uint64_t> bytes_from_cache{0};  // requested bytes already present
     std::atomic<uint64_t> prefetched_chunks{0};
     std::atomic<uint64_t> errors{0};            // chunks that failed (fetch or verification)
+    LatencyHistogram miss_latency;     // a request that had to wait: until it was answered
+    LatencyHistogram backend_latency;  // one backend read (a run of chunks)
 };
 
 // A request waiting for `remaining` chunks; done runs once, with EIO if any chunk failed.

@@ -6,6 +6,7 @@
 #include "daemon/core/ScratchBuffer.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cerrno>
 #include <cstring>
 #include <thread>
@@ -29,6 +30,14 @@ struct FetchBuffers {
 FetchBuffers& threadBuffers() {
     thread_local FetchBuffers buffers;
     return buffers;
+}
+
+// A backend read, timed for the backend latency histogram.
+void timedRead(CachedBlob& blob, uint64_t offset, std::span<uint8_t> out) {
+    const auto since = std::chrono::steady_clock::now();
+    blob.backend().read(blob.descriptor().id, offset, out);
+    blob.counters().backend_latency.add(
+        std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - since));
 }
 
 unsigned decoderCount(unsigned configured) {
@@ -94,7 +103,13 @@ void ChunkFetcher::makePresent(uint32_t image, uint32_t blob_index, uint64_t off
     length = std::min(length, d.uncompressed_size - offset);
 
     auto request = std::make_shared<PendingRequest>();
-    request->done = std::move(done);
+    // A miss is answered through this wrapper, which times it; a hit directly.
+    auto answer = std::make_shared<Completion>(std::move(done));
+    request->done = [blob, answer, since = std::chrono::steady_clock::now()](int error) {
+        blob->counters().miss_latency.add(
+            std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - since));
+        (*answer)(error);
+    };
     FetchPlan plan;
     {
         std::lock_guard lock(blob->mutex_);
@@ -129,7 +144,7 @@ void ChunkFetcher::makePresent(uint32_t image, uint32_t blob_index, uint64_t off
     if (plan.required.empty()) {
         blob->counters().hits++;
         blob->counters().bytes_from_cache += length;
-        request->done(0);
+        (*answer)(0);
     } else {
         blob->counters().misses++;
     }
@@ -172,7 +187,7 @@ void ChunkFetcher::fetchRun(const std::shared_ptr<CachedBlob>& blob, FetchRun ru
     FetchBuffers& buffers = threadBuffers();
     const std::span<uint8_t> fetched = buffers.fetched.get(run.length);
     try {
-        blob->backend().read(d.id, run.offset, fetched);
+        timedRead(*blob, run.offset, fetched);
         blob->counters().bytes_fetched += run.length;
     } catch (const std::exception& e) {
         log::error("blob {}: fetching {} bytes at {} (chunks {}..{}): {}", d.id, run.length,
@@ -239,7 +254,7 @@ bool ChunkFetcher::decode(CachedBlob& blob, uint32_t ci, std::span<const uint8_t
                   c.uncompressed_offset, *problem);
         try {
             again.resize(c.compressed_size);
-            blob.backend().read(d.id, c.compressed_offset, again);
+            timedRead(blob, c.compressed_offset, again);
             blob.counters().bytes_fetched += again.size();
             problem = verify(again);
         } catch (const std::exception& e) {

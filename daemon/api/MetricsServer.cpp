@@ -1,0 +1,121 @@
+#include "daemon/api/MetricsServer.h"
+
+#include "builder/format/Error.h"
+#include "daemon/core/Log.h"
+
+#include <microhttpd.h>
+#include <netdb.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+
+namespace rafsd {
+
+namespace {
+
+constexpr int kBacklog = 16;
+
+UniqueFd listenUnix(const std::string& path) {
+    sockaddr_un addr{};
+    if (path.size() >= sizeof addr.sun_path) rafs::fail("metrics socket path {} is too long", path);
+    UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    if (fd.get() < 0) rafs::failErrno("socket for the metrics endpoint");
+    std::error_code ec;
+    std::filesystem::create_directories(std::filesystem::path(path).parent_path(), ec);
+    // A socket file left by an earlier rafsd; anything else there is not ours to remove.
+    if (std::filesystem::is_socket(path, ec)) std::filesystem::remove(path, ec);
+    addr.sun_family = AF_UNIX;
+    std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
+    if (::bind(fd.get(), reinterpret_cast<const sockaddr*>(&addr), sizeof addr) != 0) {
+        rafs::failErrno("cannot bind the metrics endpoint unix:" + path);
+    }
+    if (::listen(fd.get(), kBacklog) != 0) rafs::failErrno("listen on unix:" + path);
+    return fd;
+}
+
+UniqueFd listenTcp(const std::string& address) {
+    const size_t colon = address.rfind(':');
+    std::string host = address.substr(0, colon);
+    const std::string port = address.substr(colon + 1);
+    if (host.starts_with('[') && host.ends_with(']')) host = host.substr(1, host.size() - 2);
+    addrinfo hints{};
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+    addrinfo* found = nullptr;
+    if (const int rc = ::getaddrinfo(host.c_str(), port.c_str(), &hints, &found); rc != 0) {
+        rafs::fail("metrics endpoint {}: {}", address, ::gai_strerror(rc));
+    }
+    std::unique_ptr<addrinfo, decltype(&::freeaddrinfo)> list(found, ::freeaddrinfo);
+    int err = 0;
+    for (const addrinfo* a = found; a != nullptr; a = a->ai_next) {
+        UniqueFd fd(::socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC, a->ai_protocol));
+        if (fd.get() < 0) {
+            err = errno;
+            continue;
+        }
+        const int one = 1;
+        ::setsockopt(fd.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+        if (::bind(fd.get(), a->ai_addr, a->ai_addrlen) == 0 && ::listen(fd.get(), kBacklog) == 0) return fd;
+        err = errno;
+    }
+    rafs::failErrno("cannot bind the metrics endpoint " + address, err);
+}
+
+MHD_Result answer(void* cls, MHD_Connection* connection, const char* url, const char* method, const char*,
+                  const char*, size_t*, void**) {
+    const auto* server = static_cast<const MetricsServer*>(cls);
+    unsigned status = MHD_HTTP_OK;
+    std::string body;
+    if (std::strcmp(method, "GET") != 0 && std::strcmp(method, "HEAD") != 0) {
+        status = MHD_HTTP_METHOD_NOT_ALLOWED;
+        body = "only GET\n";
+    } else if (std::strcmp(url, "/metrics") != 0) {
+        status = MHD_HTTP_NOT_FOUND;
+        body = "rafsd serves /metrics only\n";
+    } else {
+        try {
+            body = server->render();
+        } catch (const std::exception& e) {
+            status = MHD_HTTP_INTERNAL_SERVER_ERROR;
+            body = std::string(e.what()) + "\n";
+        }
+    }
+    MHD_Response* response = MHD_create_response_from_buffer(body.size(), body.data(), MHD_RESPMEM_MUST_COPY);
+    if (response == nullptr) return MHD_NO;
+    MHD_add_response_header(response, "Content-Type", "text/plain; version=0.0.4; charset=utf-8");
+    const MHD_Result queued = MHD_queue_response(connection, status, response);
+    MHD_destroy_response(response);
+    return queued;
+}
+
+}  // namespace
+
+MetricsServer::MetricsServer(const std::string& address, std::function<std::string()> render)
+    : render_(std::move(render)) {
+    UniqueFd listener;
+    if (address.starts_with("unix:")) {
+        unix_path_ = address.substr(5);
+        listener = listenUnix(unix_path_);
+    } else {
+        listener = listenTcp(address);
+    }
+    // One thread polls; scrapes are rare and small.
+    daemon_ = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG, 0, nullptr, nullptr, &answer,
+                               this, MHD_OPTION_LISTEN_SOCKET, listener.get(), MHD_OPTION_CONNECTION_TIMEOUT,
+                               10u, MHD_OPTION_END);
+    if (daemon_ == nullptr) rafs::fail("cannot start the metrics endpoint on {}", address);
+    listener.release();  // the daemon closes it
+    log::info("metrics on {}", address);
+}
+
+MetricsServer::~MetricsServer() {
+    MHD_stop_daemon(daemon_);
+    if (!unix_path_.empty()) ::unlink(unix_path_.c_str());
+}
+
+}  // namespace rafsd
