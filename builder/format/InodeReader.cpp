@@ -157,6 +157,7 @@ Inode InodeReader::inode(uint64_t nid) const {
             fail("{}: nid {}: chunk format {:#x} is not RAFS (8-byte indexes, no 48-bit addresses)",
                  name_, nid, chunk_format);
         }
+        ino.chunk_format = chunk_format;
         const uint64_t chunk_size = geo_.chunk_size;
         const uint64_t count = ino.size == 0 ? 0 : (ino.size - 1) / chunk_size + 1;
         const uint64_t array_off = alignUp(ino.inline_offset, sizeof(ChunkAddr));

@@ -42,6 +42,7 @@ struct Inode {
     uint32_t rdev = 0;  // new_encode_dev form (erofs::devMajor/devMinor); devices only
     std::vector<std::pair<std::string, std::string>> xattrs;  // full names, on-disk order
     std::vector<InodeChunk> chunks;  // CHUNK_BASED regular files: ceil(size / chunk size) entries
+    uint16_t chunk_format = 0;       // CHUNK_BASED: i_u's format (the kernel's chunk size bits)
     uint32_t raw_blkaddr = 0;        // flat layouts: first block of the data in the bootstrap
     uint64_t inline_offset = 0;      // byte offset right after inode and xattrs (inline tail)
 
