@@ -95,10 +95,13 @@ public:
 
     // Calls fn(path, inode) for every entry reachable from `root_nid` (root path "/"), parents
     // before children, children in name order; "." and ".." are checked (they must name the
-    // directory and its parent) but not reported. Hardlinked files are reported once per path.
-    // Throws Error on a directory reached twice (a cycle or a hardlinked directory) and on a
-    // dirent whose file type disagrees with the inode's mode.
-    void walk(uint64_t root_nid, const std::function<void(const std::string&, const Inode&)>& fn) const;
+    // directory and its parent) but not reported; the '..' of `root_nid` must name `root_parent`
+    // (the image's root names itself), or any directory if that is not given (a subtree).
+    // Hardlinked files are reported once per path. Throws Error on a directory reached twice (a
+    // cycle or a hardlinked directory) and on a dirent whose file type disagrees with the inode's
+    // mode.
+    void walk(uint64_t root_nid, const std::function<void(const std::string&, const Inode&)>& fn,
+              std::optional<uint64_t> root_parent = std::nullopt) const;
 
 private:
     std::span<const uint8_t> image_;
