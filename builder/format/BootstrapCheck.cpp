@@ -196,7 +196,7 @@ void Checker::xattrs(const Inode& ino, const std::string& path) const {
     std::vector<std::string_view> names;
     names.reserve(ino.xattrs.size());
     for (const auto& [name, value] : ino.xattrs) {
-        if (name.find('\0') != std::string::npos) failAt(ino, path, "xattr name '{}' holds a NUL byte", name);
+        if (name.find('\0') != std::string::npos) failAt(ino, path, "xattr name {:?} holds a NUL byte", name);
         // The ACL indexes name the whole attribute: a suffix would make a name no ACL handler has.
         if (name.starts_with("system.") && name != kAclAccess && name != kAclDefault) {
             failAt(ino, path, "xattr name '{}' is not an ACL", name);
