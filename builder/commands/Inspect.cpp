@@ -224,19 +224,9 @@ void inspect(const InspectOptions& options, std::ostream& out) {
             }
         }
     }
-    b.walk([&](const std::string& path, const Inode& ino) {
-        for (size_t k = 0; k < ino.chunks.size(); ++k) {
-            const InodeChunk& c = ino.chunks[k];
-            const auto where = [&] { return fmt::format("{}: {} (nid {}) chunk {}", b.name(), path, ino.nid, k); };
-            if (const BlobFile* blob = blobs[c.blob_index].get()) {
-                const BlobChunk& ci = blob->chunks()[c.ci_index];
-                if (ci.uncompressed_offset != c.uncompressed_offset || ci.uncompressed_size != c.length) {
-                    fail("{}: {:#x}+{} disagrees with blob {} ci {} ({:#x}+{})", where(), c.uncompressed_offset,
-                         c.length, blob->id(), c.ci_index, ci.uncompressed_offset, ci.uncompressed_size);
-                }
-            }
-        }
-    });
+    std::vector<std::span<const BlobChunk>> ci_by_blob;
+    for (const auto& blob : blobs) ci_by_blob.push_back(blob ? std::span(blob->chunks()) : std::span<const BlobChunk>());
+    checkChunkIndexes(b, ci_by_blob);
 
     uint64_t verified = 0;
     for (const auto& blob : blobs) {

@@ -233,4 +233,25 @@ BootstrapSummary checkBootstrap(const Bootstrap& bootstrap,
     return checker.summary();
 }
 
+void checkChunkIndexes(const Bootstrap& bootstrap, const std::vector<std::span<const BlobChunk>>& ci_by_blob) {
+    if (std::all_of(ci_by_blob.begin(), ci_by_blob.end(), [](const auto& ci) { return ci.empty(); })) return;
+    std::unordered_set<uint64_t> seen;
+    bootstrap.walk([&](const std::string& path, const Inode& ino) {
+        if (ino.chunks.empty() || !seen.insert(ino.nid).second) return;
+        for (size_t k = 0; k < ino.chunks.size(); ++k) {
+            const InodeChunk& c = ino.chunks[k];
+            if (c.blob_index >= ci_by_blob.size() || ci_by_blob[c.blob_index].empty()) continue;
+            const std::span<const BlobChunk> ci = ci_by_blob[c.blob_index];
+            if (c.ci_index >= ci.size() || ci[c.ci_index].uncompressed_offset != c.uncompressed_offset ||
+                ci[c.ci_index].uncompressed_size != c.length) {
+                fail("{}: nid {} ({}): chunk {}: blob {} ci {} at {:#x}+{} disagrees with the blob's ci entry{}",
+                     bootstrap.name(), ino.nid, path, k, c.blob_index, c.ci_index, c.uncompressed_offset, c.length,
+                     c.ci_index >= ci.size() ? std::string(" (none)")
+                                             : fmt::format(" ({:#x}+{})", ci[c.ci_index].uncompressed_offset,
+                                                           ci[c.ci_index].uncompressed_size));
+            }
+        }
+    });
+}
+
 }  // namespace rafs

@@ -19,10 +19,13 @@
 #pragma once
 
 #include "builder/format/Bootstrap.h"
+#include "builder/format/ChunkInfoCodec.h"
 
 #include <cstdint>
 #include <functional>
+#include <span>
 #include <string>
+#include <vector>
 
 namespace rafs {
 
@@ -37,5 +40,13 @@ struct BootstrapSummary {
 // can print or cross-check while the check walks.
 BootstrapSummary checkBootstrap(const Bootstrap& bootstrap,
                                 const std::function<void(const std::string&, const Inode&)>& visit = {});
+
+// The second stage, once the blobs' ci arrays are at hand (rafsd loads them to serve, inspect
+// reads them from the blob files): every chunk index must name a ci entry at the same
+// uncompressed offset and length, so that what the kernel reads at the index is the chunk rafsd
+// verifies with that ci entry's digest. The chunk info table covers this for the bootstrap alone;
+// images built without one rely on this stage. `ci_by_blob[i]` is blob i's ci array, empty for a
+// blob that is not at hand. Throws Error "<bootstrap>: nid N (<path>): chunk K: ...".
+void checkChunkIndexes(const Bootstrap& bootstrap, const std::vector<std::span<const BlobChunk>>& ci_by_blob);
 
 }  // namespace rafs
