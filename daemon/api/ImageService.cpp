@@ -278,6 +278,9 @@ nlohmann::json ImageService::mountOrReattach(const MountRequest& request, bool r
     for (const rafs::BootstrapBlob& blob : bootstrap.blobs()) {
         image.blobs.push_back(openBlob(bootstrap, blob, backend, fscache_volume));
     }
+    std::vector<std::span<const rafs::BlobChunk>> ci_by_blob;
+    for (const auto& blob : image.blobs) ci_by_blob.push_back(blob->descriptor().chunks);
+    rafs::checkChunkIndexes(bootstrap, ci_by_blob);
     image.index = fetcher_->addImage(image.blobs);
     const FscacheAttach how = reattach ? FscacheAttach::Reattach
                               : request.register_only ? FscacheAttach::Register

@@ -29,7 +29,7 @@ struct BuiltImage {
     TempDir dir;
     std::vector<uint8_t> bytes;
 
-    BuiltImage() {
+    explicit BuiltImage(bool chunk_table = true) {
         std::filesystem::create_directories(dir / "src/dir");
         std::mt19937_64 rnd(3);
         std::vector<uint8_t> big(kBigSize);
@@ -45,12 +45,19 @@ struct BuiltImage {
         options.chunk_size = kChunk;
         options.threads = 1;
         options.prefetch_list = dir / "prefetch";
+        options.chunk_table = chunk_table;
         std::ostringstream log;
         build::build(options, log);
         bytes = readFile(dir / "img/image.boot");
     }
 
     Bootstrap load() const { return Bootstrap(bytes, "t.boot"); }
+    // The ci arrays of the image's blobs, as rafsd and inspect read them.
+    std::vector<BlobChunk> blobChunks() const {
+        const Bootstrap b = load();
+        REQUIRE(b.blobs().size() == 1);
+        return BlobFile(dir / ("img/blobs/" + b.blobs()[0].id), b.blobs()[0].entry).chunks();
+    }
     uint64_t nid(const std::string& path) const { return load().lookup(path).value(); }
     uint64_t inodeOffset(const std::string& path) const {
         return uint64_t{load().superBlock().meta_blkaddr} * 4096 + nid(path) * 32;
@@ -223,4 +230,20 @@ TEST_CASE("inodes, directories and the prefetch table", "[check]") {
     CHECK(errorOf(img.bytes).empty());
     CHECK_THAT(errorOf(with<uint32_t>(img.bytes, prefetch, static_cast<uint32_t>(b.rootNid() + 1))),
                Contains("prefetch table entry 0: nid " + std::to_string(b.rootNid() + 1)));
+}
+
+TEST_CASE("chunk indexes against the blobs' ci entries, for images without a chunk info table", "[check]") {
+    BuiltImage img(false);
+    const std::vector<BlobChunk> ci = img.blobChunks();
+    const Bootstrap good = img.load();
+    REQUIRE(good.chunkInfos().empty());
+    CHECK_NOTHROW(checkChunkIndexes(good, {ci}));
+    // /big's second index moved onto its first chunk: the bootstrap alone cannot tell.
+    std::vector<uint8_t> moved = with<uint32_t>(img.bytes, img.chunkArray("/big") + sizeof(ChunkAddr) + offsetof(ChunkAddr, c_blk_addr), 0);
+    const Bootstrap bad(moved, "t.boot");
+    CHECK_NOTHROW(checkBootstrap(bad));
+    CHECK_THROWS_WITH(checkChunkIndexes(bad, {ci}), Contains("nid " + std::to_string(img.nid("/big")) + " (/big): chunk 1") &&
+                                                        Contains("disagrees with the blob's ci entry"));
+    // A blob that is not at hand is not checked.
+    CHECK_NOTHROW(checkChunkIndexes(bad, {std::span<const BlobChunk>()}));
 }
