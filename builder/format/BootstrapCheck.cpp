@@ -6,8 +6,8 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <cstddef>
 #include <cstring>
-#include <limits>
 #include <string_view>
 #include <unordered_map>
 #include <unordered_set>
@@ -124,9 +124,6 @@ void Checker::inode(const std::string& path, const Inode& ino) {
     const uint64_t offset = uint64_t{b_.superBlock().meta_blkaddr} * kBlock + (ino.nid << erofs::kInodeSlotBits);
     placement(ino, path, offset, ino.inline_offset - offset, "inode");
     if (ino.nlink == 0) failAt(ino, path, "i_nlink is 0");
-    if (ino.size > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())) {
-        failAt(ino, path, "i_size {} is negative as the kernel's loff_t", ino.size);
-    }
     xattrs(ino, path);
     if (ino.isReg()) {
         regularFile(ino, path);
@@ -149,17 +146,19 @@ void Checker::regularFile(const Inode& ino, const std::string& path) {
     const uint64_t chunk_size = b_.chunkSize();
     const uint64_t kernel_chunk = kBlock << (ino.chunk_format & erofs::kChunkFormatBlkbits);
     if (kernel_chunk != chunk_size) {
-        // Nydus's page-cache-sharing layout: a file whose chunks follow each other in one blob
-        // gets one kernel chunk covering it all, mapped through its first index.
-        bool whole_file = kernel_chunk > chunk_size && kernel_chunk >= ino.size;
-        for (size_t k = 1; whole_file && k < ino.chunks.size(); ++k) {
-            whole_file = ino.chunks[k].blob_index == ino.chunks[0].blob_index &&
-                         ino.chunks[k].uncompressed_offset == ino.chunks[0].uncompressed_offset + k * chunk_size;
+        // The kernel maps offset o through index o / kernel_chunk (fs/erofs/data.c), rafsd and
+        // nydusd through o / chunk_size. Both agree only if one kernel chunk covers the file and
+        // its chunks follow each other in one blob: Nydus's page-cache-sharing layout, or any
+        // file within one chunk.
+        bool same_mapping = kernel_chunk >= ino.size;
+        for (size_t k = 1; same_mapping && k < ino.chunks.size(); ++k) {
+            same_mapping = ino.chunks[k].blob_index == ino.chunks[0].blob_index &&
+                           ino.chunks[k].uncompressed_offset == ino.chunks[0].uncompressed_offset + k * chunk_size;
         }
-        if (!whole_file) {
+        if (!same_mapping) {
             failAt(ino, path,
-                   "i_u chunk format {:#x}: the kernel reads the file in {}-byte chunks, but the superblock's "
-                   "chunk size is {} (and the chunks are not one contiguous run)",
+                   "i_u chunk format {:#x}: the kernel maps the file in {}-byte chunks, rafsd in the superblock's "
+                   "{}-byte chunks, and they are not one contiguous run within one kernel chunk",
                    ino.chunk_format, kernel_chunk, chunk_size);
         }
     }

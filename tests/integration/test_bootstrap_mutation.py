@@ -2,10 +2,12 @@
 """Mutation test of the bootstrap check (builder/format/BootstrapCheck.h), which `mkrafs inspect`
 and `rafsd mount` both run.
 
-An image is built by mkrafs (sha256 digests, 64 KiB chunks, a prefetch list) from a seeded tree
-of small and multi-chunk files, an empty file, a hardlink, symlinks, a fifo, xattrs and nested
-directories. Then, for MUTATIONS seeded mutations (default 300, seed SEED), one field or byte of
-its bootstrap is changed: superblock, extended superblock, device slot, blob table, chunk info
+Two images are built by mkrafs (sha256 digests, 64 KiB chunks, a prefetch list) from a seeded
+tree of small and multi-chunk files, an empty file, a hardlink, symlinks, a fifo, xattrs and
+nested directories: one with a chunk info table, one without (--no-chunk-table; the same blob,
+whose blob.digest section holds the digests, and whose chunk indexes only the blob's ci array can
+vouch for). Then, for MUTATIONS seeded mutations (default 300, seed SEED; two thirds on the first
+image), one field or byte of a bootstrap is changed: superblock, extended superblock, device slot, blob table, chunk info
 table, prefetch table, inode fields, chunk indexes, dirents, names, symlink targets, xattrs, or a
 byte in use. The first mutations are fixed: the chunk size bits in a file's i_u set to 4 KiB
 (issue 11) and the block addresses of two chunk indexes swapped, both refused; and two whole chunk
@@ -15,8 +17,9 @@ indexes swapped, a consistent image that must be served. Each mutated bootstrap 
   `rafsd: ...` line, nothing mounted, no crash; or
 - mounted by rafsd (fanotify engine), and then serve only bytes its own chunk digests vouch for:
   every regular file either fails to read with EIO or reads, chunk by chunk, bytes whose sha256
-  is the digest its chunk info table records for the chunk the file's index names (the file's
-  chunks as the check saw them: `mkrafs inspect -v` without blobs). Reads run in a child process
+  is the digest recorded for the chunk the file's index names: in the mutated chunk info table,
+  or, without one, in the blob (the file's chunks as the check saw them: `mkrafs inspect -v`
+  without blobs). Reads run in a child process
   with a time limit (no hang), and rafsd must stop cleanly.
 
 Every loop is bounded in count and time (TIME_LIMIT seconds, default 240: mutations not run by
@@ -282,76 +285,100 @@ def served_problems(files, table, result):
     return problems
 
 
+def prepare(ck, mk, tmp, empty, src, name, prefetch, extra=()):
+    """Builds one image and checks that inspect accepts it. Returns (bootstrap bytes, blob dir, {nid: (path, type letter)}) or None."""
+    out = os.path.join(tmp, name)
+    if not ck.cmd_ok(mk.build(out, [src], chunk_size=CHUNK, digester='sha256', prefetch_list=prefetch,
+                              extra=extra), 'mkrafs build ' + ' '.join(extra)):
+        return None
+    boot_path, blobs = os.path.join(out, 'image.boot'), os.path.join(out, 'blobs')
+    with open(boot_path, 'rb') as f:
+        original = f.read()
+    r = run([mk.path, 'inspect', '-v', boot_path, '--blob-dir', empty], timeout=60, quiet=True)
+    if not ck.check(r.returncode == 0, 'mkrafs inspect -v without blobs accepts it', text(r.stderr)):
+        return None
+    nids = {}
+    for line in text(r.stdout).splitlines():
+        parts = line.split()
+        if len(parts) >= 9 and parts[4] == 'nid':
+            nids.setdefault(int(parts[5]), (parts[8], line[0]))
+    r = run([mk.path, 'inspect', boot_path, '--blob-dir', blobs], timeout=60)
+    ck.check(r.returncode == 0, 'mkrafs inspect with blobs accepts it', text(r.stderr))
+    return original, blobs, nids
+
+
+def fixed_mutations(original, nids):
+    """The mutations every run makes: [(label, bytes, expected verdict)]."""
+    meta = struct.unpack_from('<I', original, SB + 40)[0]
+    one_nid = next(n for n, (p, _) in nids.items() if p == '/a/one')
+    off, extended, icount, _, _, _ = inode_facts(original, meta, one_nid)
+    fixed = []
+    b = bytearray(original)
+    struct.pack_into('<H', b, off + 16, 0x20)  # 4 KiB kernel chunks over 64 KiB RAFS chunks
+    fixed.append(('/a/one i_u chunk bits: 4 KiB (issue 11)', bytes(b), 'refused'))
+    array = (off + (64 if extended else 32) + (12 + 4 * (icount - 1) if icount else 0) + 7) // 8 * 8
+    b = bytearray(original)
+    b[array + 4:array + 8], b[array + 12:array + 16] = original[array + 12:array + 16], original[array + 4:array + 8]
+    fixed.append(('/a/one blkaddr of chunk indexes 0 and 1 swapped, ci indexes kept', bytes(b), 'refused'))
+    # Whole indexes swapped: a consistent image whose /a/one holds its two first chunks the other
+    # way round, each vouched for by its digest.
+    b = bytearray(original)
+    b[array:array + 8], b[array + 8:array + 16] = original[array + 8:array + 16], original[array:array + 8]
+    fixed.append(('/a/one chunk indexes 0 and 1 swapped', bytes(b), 'served'))
+    return fixed
+
+
 def main():
     args, mk, rafsd, _, ck = start_test('bootstrap_mutation', __doc__)
     rnd = random.Random(SEED)
     with harness.temp_dir('bootstrap-mutation-', keep=args.keep) as tmp:
-        src, out, mnt, empty = (os.path.join(tmp, n) for n in ('src', 'out', 'mnt', 'no-blobs'))
+        src, mnt, empty = (os.path.join(tmp, n) for n in ('src', 'mnt', 'no-blobs'))
         for d in (mnt, empty):
             os.makedirs(d)
         make_tree(src, rnd)
         prefetch = os.path.join(tmp, 'prefetch.list')
         with open(prefetch, 'w') as f:
             f.write('/a\n/small\n')
-        if not ck.cmd_ok(mk.build(out, [src], chunk_size=CHUNK, digester='sha256', prefetch_list=prefetch),
-                         'mkrafs build'):
-            return ck.finish()
-        boot_path = os.path.join(out, 'image.boot')
-        blobs = os.path.join(out, 'blobs')
-        with open(boot_path, 'rb') as f:
-            original = f.read()
         config = write_config(os.path.join(tmp, 'config.toml'), prefetch={'enable': True})
 
-        ck.section('the original image is accepted and served correctly')
-        files = listing(mk, boot_path, empty)
-        if not ck.check(files is not None, 'mkrafs inspect -v without blobs accepts the original'):
+        ck.section('two images: with a chunk info table, and without (--no-chunk-table)')
+        with_table = prepare(ck, mk, tmp, empty, src, 'table', prefetch)
+        without = prepare(ck, mk, tmp, empty, src, 'no-table', prefetch, ['--no-chunk-table'])
+        if with_table is None or without is None:
             return ck.finish()
-        r = run([mk.path, 'inspect', boot_path, '--blob-dir', blobs], timeout=60)
-        ck.check(r.returncode == 0, 'mkrafs inspect with blobs accepts the original', text(r.stderr))
-        verdict = try_mutation(ck, mk, rafsd, config, tmp, mnt, empty, blobs, original, 'original')
-        ck.check(verdict == 'served', 'rafsd mounts and serves the original (%s)' % verdict)
-
-        r = run([mk.path, 'inspect', '-v', boot_path, '--blob-dir', empty], timeout=60, quiet=True)
-        nids = {}
-        for line in text(r.stdout).splitlines():
-            parts = line.split()
-            if len(parts) >= 8 and parts[4] == 'nid':
-                nids.setdefault(int(parts[5]), (parts[8], line[0]))
-        spans = field_spans(original, nids)
-        nonzero = [i for i in range(SB, len(original)) if original[i]]
-        log('%d inodes, %d fields to mutate' % (len(nids), len(spans)))
-
-        ck.section('%d mutations, seed %d' % (MUTATIONS, SEED))
-        meta = struct.unpack_from('<I', original, SB + 40)[0]
-        one_nid = next(n for n, (p, _) in nids.items() if p == '/a/one')
-        off, extended, icount, layout, size, i_u = inode_facts(original, meta, one_nid)
-        fixed = []
-        b = bytearray(original)
-        struct.pack_into('<H', b, off + 16, 0x20)  # 4 KiB kernel chunks over 64 KiB RAFS chunks
-        fixed.append(('/a/one i_u chunk bits: 4 KiB (issue 11)', bytes(b), 'refused'))
-        array = (off + (64 if extended else 32) + (12 + 4 * (icount - 1) if icount else 0) + 7) // 8 * 8
-        b = bytearray(original)
-        b[array + 4:array + 8], b[array + 12:array + 16] = original[array + 12:array + 16], original[array + 4:array + 8]
-        fixed.append(('/a/one blkaddr of chunk indexes 0 and 1 swapped, ci indexes kept', bytes(b), 'refused'))
-        # Whole indexes swapped: a consistent image whose /a/one holds its two first chunks the other
-        # way round, each vouched for by its digest.
-        b = bytearray(original)
-        b[array:array + 8], b[array + 8:array + 16] = original[array + 8:array + 16], original[array:array + 8]
-        fixed.append(('/a/one chunk indexes 0 and 1 swapped', bytes(b), 'served'))
+        # The same source gives the same blob: the table's digests are those of the table-less
+        # image's blob.digest section, by (blob, ci).
+        digests = chunk_table(with_table[0])
+        ck.check(not chunk_table(without[0]) and os.listdir(with_table[1]) == os.listdir(without[1]),
+                 'the two images share their blob; only the first has a chunk info table')
+        for label, (original, blobs, _) in (('with a table', with_table), ('without a table', without)):
+            verdict = try_mutation(ck, mk, rafsd, config, tmp, mnt, empty, blobs, original, 'original ' + label,
+                                   digests)
+            ck.check(verdict == 'served', 'rafsd mounts and serves the original %s (%s)' % (label, verdict))
 
         counts = {'refused': 0, 'served': 0, 'failed': 0}
         deadline = time.monotonic() + TIME_LIMIT
         ran = 0
-        for i in range(MUTATIONS):
-            if time.monotonic() > deadline:
-                ck.warn('time limit of %.0f s reached after %d of %d mutations' % (TIME_LIMIT, ran, MUTATIONS))
-                break
-            label, mutated, expected = fixed[i] if i < len(fixed) else mutate(original, spans, nonzero, rnd) + (None,)
-            verdict = try_mutation(ck, mk, rafsd, config, tmp, mnt, empty, blobs, mutated, '#%d %s' % (i, label))
-            counts[verdict] += 1
-            ran += 1
-            if expected:
-                ck.check(verdict == expected, 'fixed mutation %s: %s (%s)' % (label, expected, verdict))
+        # Two thirds of the mutations on the image with a table, one third on the other.
+        plan = [(with_table, MUTATIONS - MUTATIONS // 3, True), (without, MUTATIONS // 3, False)]
+        for (original, blobs, nids), count, has_table in plan:
+            spans = field_spans(original, nids)
+            nonzero = [i for i in range(SB, len(original)) if original[i]]
+            ck.section('%d mutations of the image %s a chunk info table, seed %d: %d inodes, %d fields'
+                       % (count, 'with' if has_table else 'without', SEED, len(nids), len(spans)))
+            fixed = fixed_mutations(original, nids)
+            for i in range(count):
+                if time.monotonic() > deadline:
+                    ck.warn('time limit of %.0f s reached after %d of %d mutations' % (TIME_LIMIT, ran, MUTATIONS))
+                    break
+                label, mutated, expected = fixed[i] if i < len(fixed) else mutate(original, spans, nonzero, rnd) + (None,)
+                # A mutated table vouches for its own digests; a table-less image for its blob's.
+                verdict = try_mutation(ck, mk, rafsd, config, tmp, mnt, empty, blobs, mutated, '#%d %s' % (i, label),
+                                       chunk_table(mutated) if has_table else digests)
+                counts[verdict] += 1
+                ran += 1
+                if expected:
+                    ck.check(verdict == expected, 'fixed mutation %s: %s (%s)' % (label, expected, verdict))
         log('\nmutations run %d: refused %d, mounted and served correctly %d, failed %d'
             % (ran, counts['refused'], counts['served'], counts['failed']))
         ck.check(ran >= min(100, MUTATIONS), '%d mutations ran in the time limit' % ran)
@@ -360,9 +387,9 @@ def main():
     return ck.finish()
 
 
-def try_mutation(ck, mk, rafsd, config, tmp, mnt, empty, blobs, image, label):
+def try_mutation(ck, mk, rafsd, config, tmp, mnt, empty, blobs, image, label, digests):
     """Runs one bootstrap through inspect and rafsd; returns 'refused', 'served' or 'failed'
-    (after reporting the failure)."""
+    (after reporting the failure). `digests`: {(blob, ci): {'digest': sha256 hex, ...}}."""
     boot = os.path.join(tmp, 'mutated.boot')
     with open(boot, 'wb') as f:
         f.write(image)
@@ -400,7 +427,7 @@ def try_mutation(ck, mk, rafsd, config, tmp, mnt, empty, blobs, image, label):
                 if result is None:
                     problems.append('reader failed: %s' % text(r.stderr)[-300:])
                 else:
-                    problems += served_problems(files, chunk_table(image), result)
+                    problems += served_problems(files, digests, result)
             except subprocess.TimeoutExpired:
                 problems.append('reads hung for %d s' % READ_TIMEOUT)
         code = m.stop()

@@ -110,6 +110,9 @@ TEST_CASE("chunk size bits in i_u must agree with the superblock", "[check]") {
                Contains(where) && Contains("i_u chunk format 0x20") && Contains("4096-byte chunks"));
     // 32 KiB: smaller than the superblock's chunk, also wrong.
     CHECK_THAT(errorOf(with<uint16_t>(img.bytes, i_u, erofs::kChunkFormatIndexes | 3)), Contains("i_u chunk format 0x23"));
+    // A file within one kernel chunk is mapped alike whatever the bits: /dir/small, 100 bytes.
+    const uint64_t small_i_u = img.inodeOffset("/dir/small") + offsetof(erofs::InodeCompact, i_u);
+    CHECK(errorOf(with<uint16_t>(img.bytes, small_i_u, erofs::kChunkFormatIndexes | 0)).empty());
     // 256 KiB: one kernel chunk covers the file, and its chunks are one contiguous run in the
     // blob: Nydus's page-cache-sharing layout, which the kernel reads through the first index.
     CHECK(errorOf(with<uint16_t>(img.bytes, i_u, erofs::kChunkFormatIndexes | 6)).empty());
