@@ -151,7 +151,7 @@ void Bootstrap::loadBlobTable() {
         const std::string where = fmt::format("{}: blob {}", name_, i);
         if (!isHexId(e.blob_id)) fail("{}: blob id is not 64 hex characters", where);
         if (std::memcmp(slot.tag, e.blob_id, sizeof(slot.tag)) != 0) {
-            fail("{} ({}): device tag '{}' differs from the blob id", where, b.id,
+            fail("{} ({}): device tag {:?} differs from the blob id", where, b.id,
                  std::string_view(reinterpret_cast<const char*>(slot.tag), strnlen(reinterpret_cast<const char*>(slot.tag), sizeof(slot.tag))));
         }
         if (!ids.insert(b.id).second) fail("{}: duplicate blob id {}", where, b.id);

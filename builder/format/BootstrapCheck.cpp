@@ -29,6 +29,9 @@ constexpr uint64_t kMaxSymlinkSize = kBlock - 1;
 constexpr std::string_view kAclAccess = "system.posix_acl_access";
 constexpr std::string_view kAclDefault = "system.posix_acl_default";
 
+// Names and paths come from the image: messages print them with {:?}, escaped, so that an
+// error stays one line whatever bytes a name holds.
+
 // A byte range of the bootstrap that holds something other than inodes.
 struct Region {
     uint64_t offset = 0;
@@ -51,7 +54,7 @@ private:
     template <typename... Args>
     [[noreturn]] void failAt(const Inode& ino, const std::string& path, fmt::format_string<Args...> format,
                              Args&&... args) const {
-        fail("{}: nid {} ({}): {}", name_, ino.nid, path, fmt::format(format, std::forward<Args>(args)...));
+        fail("{}: nid {} ({:?}): {}", name_, ino.nid, path, fmt::format(format, std::forward<Args>(args)...));
     }
     void placement(const Inode& ino, const std::string& path, uint64_t offset, uint64_t size,
                    const char* what) const;
@@ -198,13 +201,13 @@ void Checker::xattrs(const Inode& ino, const std::string& path) const {
         if (name.find('\0') != std::string::npos) failAt(ino, path, "xattr name {:?} holds a NUL byte", name);
         // The ACL indexes name the whole attribute: a suffix would make a name no ACL handler has.
         if (name.starts_with("system.") && name != kAclAccess && name != kAclDefault) {
-            failAt(ino, path, "xattr name '{}' is not an ACL", name);
+            failAt(ino, path, "xattr name {:?} is not an ACL", name);
         }
         names.push_back(name);
     }
     std::sort(names.begin(), names.end());
     if (auto dup = std::adjacent_find(names.begin(), names.end()); dup != names.end()) {
-        failAt(ino, path, "xattr '{}' appears twice", *dup);
+        failAt(ino, path, "xattr {:?} appears twice", *dup);
     }
 }
 
@@ -243,7 +246,7 @@ void checkChunkIndexes(const Bootstrap& bootstrap, const std::vector<std::span<c
             const std::span<const BlobChunk> ci = ci_by_blob[c.blob_index];
             if (c.ci_index >= ci.size() || ci[c.ci_index].uncompressed_offset != c.uncompressed_offset ||
                 ci[c.ci_index].uncompressed_size != c.length) {
-                fail("{}: nid {} ({}): chunk {}: blob {} ci {} at {:#x}+{} disagrees with the blob's ci entry{}",
+                fail("{}: nid {} ({:?}): chunk {}: blob {} ci {} at {:#x}+{} disagrees with the blob's ci entry{}",
                      bootstrap.name(), ino.nid, path, k, c.blob_index, c.ci_index, c.uncompressed_offset, c.length,
                      c.ci_index >= ci.size() ? std::string(" (none)")
                                              : fmt::format(" ({:#x}+{})", ci[c.ci_index].uncompressed_offset,

@@ -265,10 +265,10 @@ std::vector<DirEntry> InodeReader::readDir(const Inode& dir) const {
                 fail("{}: dirent {} has an invalid name", where(), k);
             }
             if (d.file_type > erofs::kFtSymlink) {
-                fail("{}: dirent '{}' has invalid file type {}", where(), name, d.file_type);
+                fail("{}: dirent {:?} has invalid file type {}", where(), name, d.file_type);
             }
             if (!entries.empty() && !(entries.back().name < name)) {
-                fail("{}: dirent '{}' is out of order after '{}'", where(), name, entries.back().name);
+                fail("{}: dirent {:?} is out of order after {:?}", where(), name, entries.back().name);
             }
             entries.push_back(DirEntry{std::string(name), d.nid, d.file_type});
         }
@@ -312,11 +312,11 @@ void InodeReader::walk(uint64_t root_nid, const std::function<void(const std::st
         const Inode ino = inode(p.nid);
         if (p.file_type != direntFileType(ino.mode)) {
             if (p.is_root) fail("{}: root nid {} is not a directory", name_, p.nid);
-            fail("{}: {}: dirent file type {} disagrees with nid {} mode {:#o}", name_, p.path,
+            fail("{}: {:?}: dirent file type {} disagrees with nid {} mode {:#o}", name_, p.path,
                  p.file_type, p.nid, ino.mode);
         }
         if (ino.isDir() && !dirs_seen.insert(p.nid).second) {
-            fail("{}: {}: directory nid {} is reached twice (cycle or hardlinked directory)", name_,
+            fail("{}: {:?}: directory nid {} is reached twice (cycle or hardlinked directory)", name_,
                  p.path, p.nid);
         }
         fn(p.path, ino);
@@ -329,7 +329,7 @@ void InodeReader::walk(uint64_t root_nid, const std::function<void(const std::st
             if (e.name == "." || e.name == "..") {
                 const uint64_t expected = e.name == "." ? p.nid : p.parent;
                 if ((e.nid != expected && expected != kAnyParent) || e.file_type != erofs::kFtDirectory) {
-                    fail("{}: {}: '{}' names nid {}, expected directory nid {}", name_, p.path, e.name,
+                    fail("{}: {:?}: '{}' names nid {}, expected directory nid {}", name_, p.path, e.name,
                          e.nid, expected);
                 }
                 (e.name == "." ? dot : dotdot) = true;
@@ -338,7 +338,7 @@ void InodeReader::walk(uint64_t root_nid, const std::function<void(const std::st
             std::string path = p.path == "/" ? "/" + e.name : p.path + "/" + e.name;
             children.push_back(Pending{e.nid, p.nid, std::move(path), e.file_type, false});
         }
-        if (!dot || !dotdot) fail("{}: {}: directory nid {} lacks '.' or '..'", name_, p.path, p.nid);
+        if (!dot || !dotdot) fail("{}: {:?}: directory nid {} lacks '.' or '..'", name_, p.path, p.nid);
         std::move(children.rbegin(), children.rend(), std::back_inserter(stack));
     }
 }

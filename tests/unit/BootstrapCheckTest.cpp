@@ -104,7 +104,7 @@ TEST_CASE("chunk size bits in i_u must agree with the superblock", "[check]") {
     BuiltImage img;
     const uint64_t i_u = img.inodeOffset("/big") + offsetof(erofs::InodeCompact, i_u);
     REQUIRE((get<uint16_t>(img.bytes, i_u) & erofs::kChunkFormatBlkbits) == 4);  // 64 KiB
-    const std::string where = "nid " + std::to_string(img.nid("/big")) + " (/big)";
+    const std::string where = "nid " + std::to_string(img.nid("/big")) + " (\"/big\")";
     // 4 KiB kernel chunks: the kernel would read chunk indexes 1..48 for what rafsd serves as 1..3.
     CHECK_THAT(errorOf(with<uint16_t>(img.bytes, i_u, erofs::kChunkFormatIndexes | 0)),
                Contains(where) && Contains("i_u chunk format 0x20") && Contains("4096-byte chunks"));
@@ -128,7 +128,7 @@ TEST_CASE("chunk indexes must agree with the chunk info table", "[check]") {
     BuiltImage img;
     const uint64_t array = img.chunkArray("/big");
     const uint64_t second = array + sizeof(ChunkAddr);
-    const std::string where = "nid " + std::to_string(img.nid("/big")) + " (/big): chunk 1";
+    const std::string where = "nid " + std::to_string(img.nid("/big")) + " (\"/big\"): chunk 1";
     // Another aligned place inside the blob: the kernel would read the first chunk's bytes.
     CHECK_THAT(errorOf(with<uint32_t>(img.bytes, second + offsetof(ChunkAddr, c_blk_addr), 0)),
                Contains(where) && Contains("disagrees with the chunk info table"));
@@ -168,7 +168,7 @@ TEST_CASE("superblock and device slot fields the kernel reads", "[check]") {
 
 TEST_CASE("inode fields by file type", "[check]") {
     BuiltImage img;
-    auto where = [&](const std::string& path) { return "nid " + std::to_string(img.nid(path)) + " (" + path + ")"; };
+    auto where = [&](const std::string& path) { return "nid " + std::to_string(img.nid(path)) + " (\"" + path + "\")"; };
     // i_nlink and i_size sit at other offsets, with other widths, in the two inode versions.
     auto setNlink = [&](const std::string& path, uint32_t nlink) {
         const uint64_t off = img.inodeOffset(path);
@@ -194,7 +194,7 @@ TEST_CASE("inode fields by file type", "[check]") {
                Contains(where("/dir/small")) && Contains("data layout 0 of a regular file"));
     // The same from the synthetic image, whose /acl keeps its data inline.
     const SyntheticImage synthetic;
-    CHECK_THAT(errorOf(synthetic.bytes), Contains("nid 136 (/acl): data layout 2 of a regular file"));
+    CHECK_THAT(errorOf(synthetic.bytes), Contains("nid 136 (\"/acl\"): data layout 2 of a regular file"));
 }
 
 TEST_CASE("xattr names", "[check]") {
@@ -203,7 +203,7 @@ TEST_CASE("xattr names", "[check]") {
     const uint64_t first = SyntheticImage::offsetOf(SyntheticImage::kAclNid) + 64 + sizeof(erofs::XattrIbodyHeader);
     CHECK_THAT(errorOf(with<uint8_t>(img.bytes, first + offsetof(erofs::XattrEntry, e_name_index),
                                      erofs::kXattrPosixAclAccess)),
-               Contains("nid 136 (/acl): xattr name 'system.posix_acl_accesscomment' is not an ACL"));
+               Contains("nid 136 (\"/acl\"): xattr name \"system.posix_acl_accesscomment\" is not an ACL"));
     // A NUL inside the name.
     CHECK_THAT(errorOf(with<uint8_t>(img.bytes, first + sizeof(erofs::XattrEntry) + 3, 0)), Contains("holds a NUL"));
 }
@@ -224,6 +224,10 @@ TEST_CASE("inodes, directories and the prefetch table", "[check]") {
     CHECK_THAT(errorOf(with<uint8_t>(img.bytes, dirents + big_name + 1, 0)), Contains("invalid name"));
     // Names out of order.
     CHECK_THAT(errorOf(with<uint8_t>(img.bytes, dirents + big_name, 'z')), Contains("out of order"));
+    // A name with a newline, out of order too: the error names it escaped, on one line.
+    const std::string newline = errorOf(with<uint8_t>(img.bytes, dirents + big_name, '\n'));
+    CHECK_THAT(newline, Contains("dirent \"\\nig\" is out of order"));
+    CHECK(newline.find('\n') == std::string::npos);
     // "." naming another directory.
     CHECK_THAT(errorOf(with<uint64_t>(img.bytes, dirents, img.nid("/dir"))), Contains("'.' names nid"));
 
@@ -245,7 +249,7 @@ TEST_CASE("chunk indexes against the blobs' ci entries, for images without a chu
     std::vector<uint8_t> moved = with<uint32_t>(img.bytes, img.chunkArray("/big") + sizeof(ChunkAddr) + offsetof(ChunkAddr, c_blk_addr), 0);
     const Bootstrap bad(moved, "t.boot");
     CHECK_NOTHROW(checkBootstrap(bad));
-    CHECK_THROWS_WITH(checkChunkIndexes(bad, {ci}), Contains("nid " + std::to_string(img.nid("/big")) + " (/big): chunk 1") &&
+    CHECK_THROWS_WITH(checkChunkIndexes(bad, {ci}), Contains("nid " + std::to_string(img.nid("/big")) + " (\"/big\"): chunk 1") &&
                                                         Contains("disagrees with the blob's ci entry"));
     // A blob that is not at hand is not checked.
     CHECK_NOTHROW(checkChunkIndexes(bad, {std::span<const BlobChunk>()}));

@@ -138,7 +138,7 @@ TEST_CASE("inspect skips blobs that are not there", "[inspect]") {
     // it passes.
     SyntheticImage synthetic;
     writeFile(empty / "synthetic.boot", synthetic.bytes);
-    CHECK_THROWS_WITH(inspectText(empty / "synthetic.boot", ""), Contains("nid 136 (/acl): data layout 2 of a regular file"));
+    CHECK_THROWS_WITH(inspectText(empty / "synthetic.boot", ""), Contains("nid 136 (\"/acl\"): data layout 2 of a regular file"));
     const uint64_t acl_off = SyntheticImage::offsetOf(SyntheticImage::kAclNid);
     auto acl = get<erofs::InodeExtended>(synthetic.bytes, acl_off);
     acl.i_format = erofs::inodeFormat(erofs::kInodeVersionExtended, erofs::kChunkBased);
@@ -224,7 +224,7 @@ TEST_CASE("inspect checks chunk indexes against ci entries", "[inspect]") {
     // /sync_io.rs claims block 4 (0x4000) of the blob while its ci entry starts at 0x5000.
     put<uint32_t>(boot, 12544 + 64 + 4, 4);
     writeFile(copy.boot, boot);
-    CHECK_THROWS_WITH(inspectText(copy.boot, ""), Contains("nid 136 (/sync_io.rs): chunk 0") && Contains("disagrees with the chunk info table"));
+    CHECK_THROWS_WITH(inspectText(copy.boot, ""), Contains("nid 136 (\"/sync_io.rs\"): chunk 0") && Contains("disagrees with the chunk info table"));
     // The chunk table entry of ci 1 moved along: now the ci entry disagrees.
     put<uint64_t>(boot, 16384 + 56, 0x4000);
     writeFile(copy.boot, boot);
