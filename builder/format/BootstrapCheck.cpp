@@ -43,7 +43,7 @@ class Checker {
 public:
     explicit Checker(const Bootstrap& b) : b_(b), name_(b.name()) {}
 
-    void superBlock();
+    void imageFields();
     void indexChunkTable();
     void inode(const std::string& path, const Inode& ino);
     void prefetchTable() const;
@@ -70,7 +70,7 @@ private:
     uint64_t chunks_ = 0;
 };
 
-void Checker::superBlock() {
+void Checker::imageFields() {
     const erofs::SuperBlock& sb = b_.superBlock();
     if ((sb.feature_compat & ~kKnownCompat) != 0) {
         fail("{}: superblock feature_compat {:#x} has bits RAFS does not use ({:#x})", name_, sb.feature_compat,
@@ -88,6 +88,12 @@ void Checker::superBlock() {
     // directories and symlinks would be read from blob data.
     const uint64_t boot_blocks = b_.bytes().size() / kBlock;
     for (const BootstrapBlob& blob : b_.blobs()) {
+        // The blob's uncompressed address space: the kernel reads it in whole blocks, and rafsd
+        // sizes the cache file and its readiness bitmap by it.
+        if (blob.uncompressed_size % kBlock != 0) {
+            fail("{}: blob {} ({}): uncompressed size {} is not a multiple of 4096", name_, blob.index, blob.id,
+                 blob.uncompressed_size);
+        }
         if (blob.mapped_blkaddr != 0 && blob.mapped_blkaddr < boot_blocks) {
             fail("{}: device slot {} ({}): mapped_blkaddr {} lies inside the bootstrap's {} blocks", name_,
                  blob.index, blob.id, blob.mapped_blkaddr, boot_blocks);
@@ -225,7 +231,7 @@ void Checker::prefetchTable() const {
 BootstrapSummary checkBootstrap(const Bootstrap& bootstrap,
                                 const std::function<void(const std::string&, const Inode&)>& visit) {
     Checker checker(bootstrap);
-    checker.superBlock();
+    checker.imageFields();
     checker.indexChunkTable();
     bootstrap.walk([&](const std::string& path, const Inode& ino) {
         if (checker.firstVisit(ino.nid)) checker.inode(path, ino);

@@ -157,6 +157,11 @@ TEST_CASE("superblock and device slot fields the kernel reads", "[check]") {
     CHECK_THAT(errorOf(with<uint8_t>(img.bytes, sb + offsetof(erofs::SuperBlock, xattr_prefix_count), 2)),
                Contains("xattr_prefix_count 2"));
     CHECK_THAT(errorOf(with<uint64_t>(img.bytes, sb + offsetof(erofs::SuperBlock, packed_nid), 130)), Contains("packed_nid 130"));
+    // An uncompressed size that is not whole blocks (the device slot's blocks still agree).
+    const Bootstrap b = img.load();
+    const uint64_t usize = b.extSuperBlock().s_blob_table_offset + offsetof(BlobTableEntry, uncompressed_size);
+    CHECK_THAT(errorOf(with<uint64_t>(img.bytes, usize, b.blobs()[0].uncompressed_size + 100)),
+               Contains("blob 0") && Contains("is not a multiple of 4096"));
     // mapped_blkaddr inside the bootstrap: the kernel would read directories from the blob.
     CHECK_THAT(errorOf(with<uint32_t>(img.bytes, kDeviceTableOffset + offsetof(erofs::DeviceSlot, mapped_blkaddr), 1)),
                Contains("device slot 0") && Contains("mapped_blkaddr 1"));
