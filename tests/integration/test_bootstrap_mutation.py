@@ -19,8 +19,9 @@ indexes swapped, a consistent image that must be served. Each mutated bootstrap 
   every regular file either fails to read with EIO or reads, chunk by chunk, bytes whose sha256
   is the digest recorded for the chunk the file's index names: in the mutated chunk info table,
   or, without one, in the blob (the file's chunks as the check saw them: `mkrafs inspect -v`
-  without blobs). Reads run in a child process
-  with a time limit (no hang), and rafsd must stop cleanly.
+  without blobs). Directories are listed, symlinks read, files stat'ed; any error but EIO
+  means the kernel found something the check let through. Reads run in a child process with a
+  time limit (no hang), and rafsd must stop cleanly.
 
 Every loop is bounded in count and time (TIME_LIMIT seconds, default 240: mutations not run by
 then are reported, and the test still passes if at least 100 ran).
@@ -69,12 +70,16 @@ READER = r'''
 import hashlib, json, os, sys
 root, chunk = sys.argv[1], int(sys.argv[2])
 out = {}
-for dp, dns, fns in os.walk(root):
-    for n in fns:
+def failed(e):
+    out['/' + os.path.relpath(e.filename, root)] = ['readdir-error', e.errno, 0]
+for dp, dns, fns in os.walk(root, onerror=failed):
+    for n in fns + [d for d in dns if os.path.islink(os.path.join(dp, d))]:
         p = os.path.join(dp, n)
         rel = '/' + os.path.relpath(p, root)
         try:
             st = os.lstat(p)
+            if (st.st_mode & 0o170000) == 0o120000:
+                os.readlink(p)
         except OSError as e:
             out[rel] = ['stat-error', e.errno, 0]
             continue
