@@ -377,9 +377,10 @@ def main():
                     ck.warn('time limit of %.0f s reached after %d of %d mutations' % (TIME_LIMIT, ran, MUTATIONS))
                     break
                 label, mutated, expected = fixed[i] if i < len(fixed) else mutate(original, spans, nonzero, rnd) + (None,)
-                # A mutated table vouches for its own digests; a table-less image for its blob's.
+                # A mutated table vouches with its own digests; an image without one (built so, or
+                # whose table size was mutated to 0) with its blob's blob.digest section.
                 verdict = try_mutation(ck, mk, rafsd, config, tmp, mnt, empty, blobs, mutated, '#%d %s' % (i, label),
-                                       chunk_table(mutated) if has_table else digests)
+                                       (chunk_table(mutated) if has_table else None) or digests)
                 counts[verdict] += 1
                 ran += 1
                 if expected:
