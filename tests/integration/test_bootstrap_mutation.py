@@ -377,10 +377,8 @@ def main():
                     ck.warn('time limit of %.0f s reached after %d of %d mutations' % (TIME_LIMIT, ran, MUTATIONS))
                     break
                 label, mutated, expected = fixed[i] if i < len(fixed) else mutate(original, spans, nonzero, rnd) + (None,)
-                # A mutated table vouches with its own digests; an image without one (built so, or
-                # whose table size was mutated to 0) with its blob's blob.digest section.
                 verdict = try_mutation(ck, mk, rafsd, config, tmp, mnt, empty, blobs, mutated, '#%d %s' % (i, label),
-                                       (chunk_table(mutated) if has_table else None) or digests)
+                                       digests)
                 counts[verdict] += 1
                 ran += 1
                 if expected:
@@ -393,9 +391,10 @@ def main():
     return ck.finish()
 
 
-def try_mutation(ck, mk, rafsd, config, tmp, mnt, empty, blobs, image, label, digests):
+def try_mutation(ck, mk, rafsd, config, tmp, mnt, empty, blobs, image, label, blob_digests):
     """Runs one bootstrap through inspect and rafsd; returns 'refused', 'served' or 'failed'
-    (after reporting the failure). `digests`: {(blob, ci): {'digest': sha256 hex, ...}}."""
+    (after reporting the failure). `blob_digests`: the blob's own chunk digests, {(blob, ci):
+    {'digest': sha256 hex, ...}}, which vouch for an image without a chunk info table."""
     boot = os.path.join(tmp, 'mutated.boot')
     with open(boot, 'wb') as f:
         f.write(image)
@@ -433,7 +432,9 @@ def try_mutation(ck, mk, rafsd, config, tmp, mnt, empty, blobs, image, label, di
                 if result is None:
                     problems.append('reader failed: %s' % text(r.stderr)[-300:])
                 else:
-                    problems += served_problems(files, digests, result)
+                    # A mounted image's table is valid: it vouches with its own digests. Without
+                    # one (built so, or its size mutated to 0) rafsd verifies with the blob's.
+                    problems += served_problems(files, chunk_table(image) or blob_digests, result)
             except subprocess.TimeoutExpired:
                 problems.append('reads hung for %d s' % READ_TIMEOUT)
         code = m.stop()
