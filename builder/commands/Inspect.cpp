@@ -1,6 +1,7 @@
 #include "builder/commands/Inspect.h"
 
 #include "builder/format/BlobFile.h"
+#include "builder/format/BootstrapCheck.h"
 #include "builder/format/ByteView.h"
 #include "builder/format/Codec.h"
 #include "builder/format/Error.h"
@@ -10,13 +11,9 @@
 #include <sys/stat.h>
 
 #include <algorithm>
-#include <cstring>
 #include <filesystem>
-#include <map>
 #include <memory>
 #include <optional>
-#include <tuple>
-#include <unordered_set>
 
 namespace rafs::build {
 
@@ -50,9 +47,6 @@ char typeLetter(uint16_t mode) {
     default: return '-';
     }
 }
-
-// Chunk info table entries by the key nydusd looks them up with.
-using ChunkKey = std::tuple<uint32_t, uint32_t, uint64_t>;  // blob index, ci index, uncompressed offset
 
 Digest sha256OfRange(const BlobFile& blob, uint64_t offset, uint64_t size) {
     Hasher h(Digester::Sha256);
@@ -196,7 +190,12 @@ void inspect(const InspectOptions& options, std::ostream& out) {
     const Bootstrap& b = image.bootstrap;
     printHeader(image, out);
 
-    // Blobs first, so that chunk indexes can be checked against their ci entries during the walk.
+    // The bootstrap on its own first, with the same check and errors as rafsd before a mount.
+    if (options.verbose) out << "files:\n";
+    const BootstrapSummary summary = checkBootstrap(b, [&](const std::string& path, const Inode& ino) {
+        if (options.verbose) printInode(b, path, ino, out);
+    });
+
     std::vector<std::unique_ptr<BlobFile>> blobs(b.blobs().size());
     for (uint32_t i = 0; i < blobs.size(); ++i) {
         const std::string path = image.blobPath(i, options.blob_dir);
@@ -208,13 +207,9 @@ void inspect(const InspectOptions& options, std::ostream& out) {
         blobs[i] = std::make_unique<BlobFile>(path, b.blobs()[i].entry);
     }
 
-    std::map<ChunkKey, const ChunkInfo*> chunk_table;
+    // The chunk info table and the chunk indexes (checked against each other above) against the
+    // blobs' ci entries.
     for (const ChunkInfo& c : b.chunkInfos()) {
-        const ChunkKey key{c.blob_index, c.index, c.uncompressed_offset};
-        auto [it, inserted] = chunk_table.emplace(key, &c);
-        if (!inserted && std::memcmp(it->second->block_id, c.block_id, kDigestSize) != 0) {
-            fail("{}: chunk table has two digests for blob {} ci {}", b.name(), c.blob_index, c.index);
-        }
         if (const BlobFile* blob = blobs[c.blob_index].get()) {
             const BlobChunk& ci = blob->chunks()[c.index];
             const bool compressed = (c.flags & kChunkCompressed) != 0;
@@ -229,39 +224,9 @@ void inspect(const InspectOptions& options, std::ostream& out) {
             }
         }
     }
-
-    if (options.verbose) out << "files:\n";
-    std::unordered_set<uint64_t> nids;
-    b.walk([&](const std::string& path, const Inode& ino) {
-        nids.insert(ino.nid);
-        if (options.verbose) printInode(b, path, ino, out);
-        if ((ino.isLink() || ino.isReg()) && ino.layout != erofs::kChunkBased) b.readData(ino.nid);
-        for (size_t k = 0; k < ino.chunks.size(); ++k) {
-            const InodeChunk& c = ino.chunks[k];
-            const auto where = [&] { return fmt::format("{}: {} (nid {}) chunk {}", b.name(), path, ino.nid, k); };
-            if (!chunk_table.empty()) {
-                auto it = chunk_table.find(ChunkKey{c.blob_index, c.ci_index, c.uncompressed_offset});
-                if (it == chunk_table.end()) {
-                    fail("{}: blob {} ci {} at {:#x} is missing from the chunk table", where(), c.blob_index,
-                         c.ci_index, c.uncompressed_offset);
-                }
-                if (it->second->uncompressed_size != c.length) {
-                    fail("{}: {} bytes, but the chunk table entry holds {}", where(), c.length,
-                         it->second->uncompressed_size);
-                }
-            }
-            if (const BlobFile* blob = blobs[c.blob_index].get()) {
-                const BlobChunk& ci = blob->chunks()[c.ci_index];
-                if (ci.uncompressed_offset != c.uncompressed_offset || ci.uncompressed_size != c.length) {
-                    fail("{}: {:#x}+{} disagrees with blob {} ci {} ({:#x}+{})", where(), c.uncompressed_offset,
-                         c.length, blob->id(), c.ci_index, ci.uncompressed_offset, ci.uncompressed_size);
-                }
-            }
-        }
-    });
-    for (uint32_t nid : b.prefetchNids()) {
-        if (!nids.contains(nid)) fail("{}: prefetch table nid {} is not reachable from the root", b.name(), nid);
-    }
+    std::vector<std::span<const BlobChunk>> ci_by_blob;
+    for (const auto& blob : blobs) ci_by_blob.push_back(blob ? std::span(blob->chunks()) : std::span<const BlobChunk>());
+    checkChunkIndexes(b, ci_by_blob);
 
     uint64_t verified = 0;
     for (const auto& blob : blobs) {
@@ -271,7 +236,7 @@ void inspect(const InspectOptions& options, std::ostream& out) {
         verified += checkChunks(b, *blob, out);
         checkToc(*blob, out);
     }
-    out << fmt::format("ok: {} inodes, {} chunks verified\n", nids.size(), verified);
+    out << fmt::format("ok: {} inodes, {} chunks verified\n", summary.inodes, verified);
 }
 
 }  // namespace rafs::build

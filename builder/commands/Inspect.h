@@ -19,9 +19,8 @@ struct InspectOptions {
 };
 
 // Checks, stopping with rafs::Error at the first inconsistency:
-// - the bootstrap as nydusd validates it, every inode reachable from the root parseable, every
-//   directory well formed, every chunk index pointing into an existing blob and ci entry, the
-//   chunk info table agreeing with the chunk indexes, prefetch nids reachable;
+// - the bootstrap on its own, with checkBootstrap (builder/format/BootstrapCheck.h), the check
+//   rafsd runs before every mount;
 // - for each present blob: its size against the blob table, the ci header and array, the chunk
 //   indexes and chunk info table against the ci entries, every chunk decompressing and matching
 //   its digest (blob.digest section and/or chunk info table), every ToC entry's sha256 and the

@@ -60,6 +60,14 @@ void Bootstrap::load() {
     }
     const auto magic = loadAt<uint32_t>(image_, erofs::kSuperOffset);
     if (magic != erofs::kSuperMagic) fail("{}: not a RAFS v6 bootstrap (bad magic {:#x})", name_, magic);
+    // mkfs.erofs images carry the same magic; they differ in the RAFS v6 compat bit, which marks
+    // the extended superblock at 1152 that the rest of the format hangs off.
+    if (size >= erofs::kSuperOffset + sizeof(erofs::SuperBlock) &&
+        (loadAt<erofs::SuperBlock>(image_, erofs::kSuperOffset).feature_compat & kFeatureCompatRafsV6) == 0) {
+        fail("{}: a plain EROFS image (made by mkfs.erofs?), not a RAFS v6 bootstrap (no RAFS extended "
+             "superblock): mount it with mount -t erofs, or build a RAFS image with mkrafs build",
+             name_);
+    }
     if (size < kBlock || size % kBlock != 0) {
         fail("{}: bootstrap size {} is not a multiple of 4096 (truncated?)", name_, size);
     }
@@ -76,9 +84,6 @@ void Bootstrap::load() {
     if (sb_.xattr_blkaddr != 0) fail("{}: shared xattr block {} must be 0", name_, sb_.xattr_blkaddr);
     if (sb_.feature_incompat != kFeatureIncompatRafsV6) {
         fail("{}: incompatible features {:#x}, expected {:#x}", name_, sb_.feature_incompat, kFeatureIncompatRafsV6);
-    }
-    if ((sb_.feature_compat & kFeatureCompatRafsV6) == 0) {
-        fail("{}: compatible features {:#x} lack the RAFS v6 bit", name_, sb_.feature_compat);
     }
     if (sb_.devt_slotoff != kDeviceTableSlotOffset) {
         fail("{}: device table slot offset {}, expected {}", name_, sb_.devt_slotoff, kDeviceTableSlotOffset);
@@ -146,7 +151,7 @@ void Bootstrap::loadBlobTable() {
         const std::string where = fmt::format("{}: blob {}", name_, i);
         if (!isHexId(e.blob_id)) fail("{}: blob id is not 64 hex characters", where);
         if (std::memcmp(slot.tag, e.blob_id, sizeof(slot.tag)) != 0) {
-            fail("{} ({}): device tag '{}' differs from the blob id", where, b.id,
+            fail("{} ({}): device tag {:?} differs from the blob id", where, b.id,
                  std::string_view(reinterpret_cast<const char*>(slot.tag), strnlen(reinterpret_cast<const char*>(slot.tag), sizeof(slot.tag))));
         }
         if (!ids.insert(b.id).second) fail("{}: duplicate blob id {}", where, b.id);

@@ -82,7 +82,7 @@ public:
     std::vector<uint8_t> readData(uint64_t nid) const { return inodes_.readData(inodes_.inode(nid)); }
     std::optional<uint64_t> lookup(std::string_view path) const { return inodes_.lookup(rootNid(), path); }
     void walk(const std::function<void(const std::string&, const Inode&)>& fn) const {
-        inodes_.walk(rootNid(), fn);
+        inodes_.walk(rootNid(), fn, rootNid());
     }
 
 private:

@@ -18,6 +18,8 @@ namespace {
 constexpr uint64_t kBlock = erofs::kBlockSize;
 constexpr uint16_t kFormatKnownBits = 0x000F;  // version bit + 3 layout bits; 6.15+ bits excluded
 constexpr uint16_t kChunkFormatKnownBits = erofs::kChunkFormatBlkbits | erofs::kChunkFormatIndexes;
+// The parent of a walk's first directory when the caller does not know it (a subtree).
+constexpr uint64_t kAnyParent = std::numeric_limits<uint64_t>::max();
 
 // Full-name prefixes of the EROFS short xattr name indexes; nullptr for unknown indexes.
 const char* xattrPrefix(uint8_t index) {
@@ -157,6 +159,7 @@ Inode InodeReader::inode(uint64_t nid) const {
             fail("{}: nid {}: chunk format {:#x} is not RAFS (8-byte indexes, no 48-bit addresses)",
                  name_, nid, chunk_format);
         }
+        ino.chunk_format = chunk_format;
         const uint64_t chunk_size = geo_.chunk_size;
         const uint64_t count = ino.size == 0 ? 0 : (ino.size - 1) / chunk_size + 1;
         const uint64_t array_off = alignUp(ino.inline_offset, sizeof(ChunkAddr));
@@ -262,10 +265,10 @@ std::vector<DirEntry> InodeReader::readDir(const Inode& dir) const {
                 fail("{}: dirent {} has an invalid name", where(), k);
             }
             if (d.file_type > erofs::kFtSymlink) {
-                fail("{}: dirent '{}' has invalid file type {}", where(), name, d.file_type);
+                fail("{}: dirent {:?} has invalid file type {}", where(), name, d.file_type);
             }
             if (!entries.empty() && !(entries.back().name < name)) {
-                fail("{}: dirent '{}' is out of order after '{}'", where(), name, entries.back().name);
+                fail("{}: dirent {:?} is out of order after {:?}", where(), name, entries.back().name);
             }
             entries.push_back(DirEntry{std::string(name), d.nid, d.file_type});
         }
@@ -291,7 +294,8 @@ std::optional<uint64_t> InodeReader::lookup(uint64_t root_nid, std::string_view 
     return nid;
 }
 
-void InodeReader::walk(uint64_t root_nid, const std::function<void(const std::string&, const Inode&)>& fn) const {
+void InodeReader::walk(uint64_t root_nid, const std::function<void(const std::string&, const Inode&)>& fn,
+                       std::optional<uint64_t> root_parent) const {
     struct Pending {
         uint64_t nid;
         uint64_t parent;
@@ -301,18 +305,18 @@ void InodeReader::walk(uint64_t root_nid, const std::function<void(const std::st
     };
     std::unordered_set<uint64_t> dirs_seen;
     // An explicit stack: nesting depth comes from the image and must not exhaust ours.
-    std::vector<Pending> stack{{root_nid, root_nid, "/", erofs::kFtDirectory, true}};
+    std::vector<Pending> stack{{root_nid, root_parent.value_or(kAnyParent), "/", erofs::kFtDirectory, true}};
     while (!stack.empty()) {
         Pending p = std::move(stack.back());
         stack.pop_back();
         const Inode ino = inode(p.nid);
         if (p.file_type != direntFileType(ino.mode)) {
             if (p.is_root) fail("{}: root nid {} is not a directory", name_, p.nid);
-            fail("{}: {}: dirent file type {} disagrees with nid {} mode {:#o}", name_, p.path,
+            fail("{}: {:?}: dirent file type {} disagrees with nid {} mode {:#o}", name_, p.path,
                  p.file_type, p.nid, ino.mode);
         }
         if (ino.isDir() && !dirs_seen.insert(p.nid).second) {
-            fail("{}: {}: directory nid {} is reached twice (cycle or hardlinked directory)", name_,
+            fail("{}: {:?}: directory nid {} is reached twice (cycle or hardlinked directory)", name_,
                  p.path, p.nid);
         }
         fn(p.path, ino);
@@ -324,8 +328,8 @@ void InodeReader::walk(uint64_t root_nid, const std::function<void(const std::st
         for (DirEntry& e : entries) {
             if (e.name == "." || e.name == "..") {
                 const uint64_t expected = e.name == "." ? p.nid : p.parent;
-                if (e.nid != expected || e.file_type != erofs::kFtDirectory) {
-                    fail("{}: {}: '{}' names nid {}, expected directory nid {}", name_, p.path, e.name,
+                if ((e.nid != expected && expected != kAnyParent) || e.file_type != erofs::kFtDirectory) {
+                    fail("{}: {:?}: '{}' names nid {}, expected directory nid {}", name_, p.path, e.name,
                          e.nid, expected);
                 }
                 (e.name == "." ? dot : dotdot) = true;
@@ -334,7 +338,7 @@ void InodeReader::walk(uint64_t root_nid, const std::function<void(const std::st
             std::string path = p.path == "/" ? "/" + e.name : p.path + "/" + e.name;
             children.push_back(Pending{e.nid, p.nid, std::move(path), e.file_type, false});
         }
-        if (!dot || !dotdot) fail("{}: {}: directory nid {} lacks '.' or '..'", name_, p.path, p.nid);
+        if (!dot || !dotdot) fail("{}: {:?}: directory nid {} lacks '.' or '..'", name_, p.path, p.nid);
         std::move(children.rbegin(), children.rend(), std::back_inserter(stack));
     }
 }

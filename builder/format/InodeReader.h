@@ -42,6 +42,7 @@ struct Inode {
     uint32_t rdev = 0;  // new_encode_dev form (erofs::devMajor/devMinor); devices only
     std::vector<std::pair<std::string, std::string>> xattrs;  // full names, on-disk order
     std::vector<InodeChunk> chunks;  // CHUNK_BASED regular files: ceil(size / chunk size) entries
+    uint16_t chunk_format = 0;       // CHUNK_BASED: i_u's format (the kernel's chunk size bits)
     uint32_t raw_blkaddr = 0;        // flat layouts: first block of the data in the bootstrap
     uint64_t inline_offset = 0;      // byte offset right after inode and xattrs (inline tail)
 
@@ -94,10 +95,13 @@ public:
 
     // Calls fn(path, inode) for every entry reachable from `root_nid` (root path "/"), parents
     // before children, children in name order; "." and ".." are checked (they must name the
-    // directory and its parent) but not reported. Hardlinked files are reported once per path.
-    // Throws Error on a directory reached twice (a cycle or a hardlinked directory) and on a
-    // dirent whose file type disagrees with the inode's mode.
-    void walk(uint64_t root_nid, const std::function<void(const std::string&, const Inode&)>& fn) const;
+    // directory and its parent) but not reported; the '..' of `root_nid` must name `root_parent`
+    // (the image's root names itself), or any directory if that is not given (a subtree).
+    // Hardlinked files are reported once per path. Throws Error on a directory reached twice (a
+    // cycle or a hardlinked directory) and on a dirent whose file type disagrees with the inode's
+    // mode.
+    void walk(uint64_t root_nid, const std::function<void(const std::string&, const Inode&)>& fn,
+              std::optional<uint64_t> root_parent = std::nullopt) const;
 
 private:
     std::span<const uint8_t> image_;

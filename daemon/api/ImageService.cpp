@@ -4,6 +4,7 @@
 #include "daemon/api/MetricsText.h"
 #include "daemon/backends/LocalfsBackend.h"
 #include "builder/format/BlobFile.h"
+#include "builder/format/BootstrapCheck.h"
 #include "builder/format/Digest.h"
 #include "daemon/core/BlobMetaLoader.h"
 #include "daemon/core/Log.h"
@@ -294,6 +295,8 @@ nlohmann::json ImageService::mountOrReattach(const MountRequest& request, bool r
     // bootstrap as a file of its own: it is extracted into the cache dir.
     rafs::Image opened = rafs::openImage(bootstrap_path.string());
     const rafs::Bootstrap& bootstrap = opened.bootstrap;
+    // Before anything is created or mounted: the kernel and the engines trust this metadata.
+    rafs::checkBootstrap(bootstrap);
     std::error_code ec;
     fs::create_directories(config_.daemon.cache_dir, ec);
     if (ec) rafs::fail("cannot create cache dir {}: {}", config_.daemon.cache_dir.string(), ec.message());
@@ -324,6 +327,9 @@ nlohmann::json ImageService::mountOrReattach(const MountRequest& request, bool r
         dropUnusedKeptFds();
         throw;
     }
+    std::vector<std::span<const rafs::BlobChunk>> ci_by_blob;
+    for (const auto& blob : image.blobs) ci_by_blob.push_back(blob->descriptor().chunks);
+    rafs::checkChunkIndexes(bootstrap, ci_by_blob);
     image.index = fetcher_->addImage(image.blobs);
     const FscacheAttach how = reattach ? FscacheAttach::Reattach
                               : request.register_only ? FscacheAttach::Register

@@ -113,7 +113,8 @@ def main():
         plain = os.path.join(tmp, 'plain.erofs')
         r = run(['mkfs.erofs', plain, src])
         if ck.cmd_ok(r, 'mkfs.erofs image'):
-            expect_error(ck, 'a plain EROFS image as bootstrap', mount_cmd(bootstrap=plain), mnt, [plain, 'RAFS v6'])
+            expect_error(ck, 'a plain EROFS image as bootstrap', mount_cmd(bootstrap=plain), mnt,
+                         [plain, 'a plain EROFS image', 'mount -t erofs', 'mkrafs build'])
         rnd = os.path.join(tmp, 'random.boot')
         with open(rnd, 'wb') as f:
             f.write(os.urandom(64 * 1024))

@@ -360,7 +360,7 @@ TEST_CASE("directories spanning several blocks", "[format]") {
     // The first name of the second block sorts before the last one of the first block.
     std::vector<uint8_t> bad = image.bytes;
     bad[6 * 4096 + 46 * 12] = 'a';
-    checkMalformed(bad, "'a254' is out of order after 'f253'");
+    checkMalformed(bad, "\"a254\" is out of order after \"f253\"");
     // A FLAT_INLINE directory of more than one block keeps its full blocks at i_u.
     bad = image.bytes;
     put<uint16_t>(bad, SyntheticImage::offsetOf(SyntheticImage::kSubNid),
