@@ -152,6 +152,7 @@ int mountWorker(const Config& config, EngineKind engine, MountRequest request, s
     ImageService service(config);
     service.setFetchDelay(fetch_delay);
     useKernelObjects(service, engine, kept, restored);
+    const auto metrics = serveMetrics(config, service);  // bound first: a taken port mounts nothing
     request.engine = engine;
     // After a failover the kernel keeps the image mounted: take it over instead of mounting again.
     // fscache: its cookies must be known before `restore` makes the kernel resend the OPENs;
@@ -163,7 +164,6 @@ int mountWorker(const Config& config, EngineKind engine, MountRequest request, s
         startEngine(service, engine);
         service.mount(request);
     }
-    const auto metrics = serveMetrics(config, service);
     ready();
     const int sig = waitForStopSignal(stop_signals);
     log::info("{}: unmounting", sig == SIGINT ? "SIGINT" : "SIGTERM");
@@ -194,6 +194,7 @@ int serveWorker(const Config& config, EngineKind engine, std::chrono::millisecon
     service.setFetchDelay(fetch_delay);
     service.keepMountTable(config.daemon.state_dir / "mounts.json");
     useKernelObjects(service, engine, kept, restored);
+    const auto metrics = serveMetrics(config, service);
     service.recoverMounts();
     startEngine(service, engine);
     // Each worker has its own copy of an activated socket (fork): adopting it leaves the
@@ -201,7 +202,6 @@ int serveWorker(const Config& config, EngineKind engine, std::chrono::millisecon
     ControlServer server = control_socket >= 0 ? ControlServer::adopt(control_socket, service)
                                                : ControlServer::bind(config.daemon.socket, service);
     log::info("serving on {}", config.daemon.socket.string());
-    const auto metrics = serveMetrics(config, service);
     ready();
     const int sig = waitForStopSignal(stop_signals);
     log::info("{}: stopping", sig == SIGINT ? "SIGINT" : "SIGTERM");
