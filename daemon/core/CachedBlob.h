@@ -6,6 +6,7 @@
 #include "daemon/core/BlobCache.h"
 #include "daemon/core/BlobDescriptor.h"
 #include "daemon/core/DataPlane.h"
+#include "daemon/core/RepeatedFailureLog.h"
 
 #include <atomic>
 #include <functional>
@@ -57,6 +58,7 @@ private:
     std::unordered_map<uint32_t, std::vector<std::shared_ptr<PendingRequest>>> in_flight_;
     std::function<void()> on_complete_;
     bool completed_ = false;
+    RepeatedFailureLog backend_failures_;
 };
 
 }  // namespace rafsd

@@ -19,9 +19,14 @@ The error line must be rafsd's own ("rafsd: ..."), name what is wrong (the file 
 config errors, the blob id, the path), and be the only line on stderr at error level. A failed
 mount leaves the cache dir as it found it: a cache dir it had to create is gone again, an
 existing one holds no new file.
+
+And a backend that fails every read (its blob removed while mounted) gives readers EIO and the
+log one line for the blob, not one per read, with the failed chunks counted in the blob's summary.
 """
 
+import errno
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -72,6 +77,45 @@ def expect_untouched(ck, what, cache_dir, before=None):
     else:
         left = sorted(set(os.listdir(cache_dir)) - set(before))
         ck.check(not left, '%s: nothing new in the cache dir' % what, 'left %s in %s' % (left, cache_dir))
+
+
+def backend_gone(ck, mk, rafsd, tmp):
+    """The blob vanishes from the blob dir while mounted: every read of a missing chunk fails, and
+    the log says so once for the blob (within RepeatedFailureLog's 10 s), not once per read."""
+    src, out, mnt = (os.path.join(tmp, n) for n in ('gone-src', 'gone-out', 'gone-mnt'))
+    os.makedirs(mnt)
+    files = make_small_tree(src, [('f%02d' % i, 200000) for i in range(40)], seed=5)
+    if not ck.cmd_ok(mk.build(out, [src], chunk_size=65536), 'mkrafs build, 40 files of 64 KiB chunks'):
+        return
+    blobs = os.path.join(tmp, 'gone-blobs')
+    shutil.copytree(os.path.join(out, 'blobs'), blobs)
+    config = write_config(os.path.join(tmp, 'gone.toml'), prefetch={'enable': False}, fetch={'amplify': '64KiB'})
+    with RafsdMount(rafsd, os.path.join(out, 'image.boot'), mnt, blob_dir=blobs,
+                    cache_dir=os.path.join(tmp, 'gone-cache'), config=config) as m:
+        if not ck.check(m.start(), 'rafsd mounted the image', m.log_text()[-2000:]):
+            return
+        with open(os.path.join(mnt, 'f00'), 'rb') as f:
+            ck.check(f.read() == files['f00'], 'f00 reads back equal while the blob is there')
+        shutil.rmtree(blobs)
+        failed = 0
+        for rel in sorted(files)[1:]:
+            try:
+                with open(os.path.join(mnt, rel), 'rb') as f:
+                    f.read()
+            except OSError as e:
+                failed += e.errno == errno.EIO
+        ck.check(failed == len(files) - 1, 'with the blob gone, %d of %d reads fail with EIO'
+                 % (failed, len(files) - 1))
+        code = m.stop()
+        ck.check(code == 0, 'rafsd exits 0', 'exit %s' % code)
+        text_ = m.log_text()
+        lines = [line for line in text_.splitlines() if 'rafsd error:' in line]
+        log('  error lines: %d; %s' % (len(lines), lines[:1]))
+        ck.check(len(lines) == 1 and 'cannot open blob' in lines[0],
+                 'one error line for the blob, not one per read (%d)' % len(lines), '\n'.join(lines[:5]))
+        summary = [int(n) for n in re.findall(r', (\d+) errors$', text_, re.M)]
+        ck.check(summary and summary[0] >= len(files) - 1,
+                 'the blob summary counts the failed chunks (%s)' % summary, text_[-1000:])
 
 
 def main():
@@ -184,6 +228,9 @@ def main():
                 g.write(f.read(4096))
             expect_error(ck, 'warm cache, blob cut short in the blob dir',
                          mount_cmd(blob_dir=short_blobs, cache_dir=warm), mnt, [blob_id, '4096 bytes'])
+
+        ck.section('a backend that fails every read: one log line for the blob')
+        backend_gone(ck, mk, rafsd, tmp)
 
         ck.section('rafsd serve: bad mounts through rafsctl fail with one line, serve goes on')
         sock = os.path.join(tmp, 'api.sock')
