@@ -3,7 +3,7 @@
 
 Run:  tests/vm/fscache-test.py --rafsd R --rafsctl C --mkrafs M --work DIR [--timeout S] [CASE...]
 On the host it generates source trees, builds images with mkrafs into DIR (which the guest must
-see: not under /tmp, /run or /mnt), writes manifests of what each image must contain, then runs
+see: not under /run, /dev, /proc or /sys; the guest sees the host's /tmp and /mnt), writes manifests of what each image must contain, then runs
 itself inside the VM (scripts/vm-test) for the cases. Prints "PASS <case>" or "FAIL <case>: why"
 per case and a summary line; exits 1 if any case failed (77: skipped, no qemu).
 Debian's python3, standard library only. RAFSD_TEST_KERNEL picks the guest kernel (vm-test).
@@ -785,7 +785,7 @@ def main():
     p.add_argument('--rafsd', required=True)
     p.add_argument('--rafsctl', required=True)
     p.add_argument('--mkrafs', required=True)
-    p.add_argument('--work', required=True, help='scratch dir the guest can see (not under /tmp)')
+    p.add_argument('--work', required=True, help='scratch dir the guest can see (not under /run)')
     p.add_argument('--timeout', type=int, default=900, help='VM wall time limit, seconds')
     p.add_argument('--in-vm', action='store_true', help=argparse.SUPPRESS)
     p.add_argument('cases', nargs='*', metavar='CASE', help='run only these: ' + ', '.join(CASES))
@@ -800,8 +800,8 @@ def main():
     if shutil.which('qemu-system-x86_64') is None:
         print('fscache-test: SKIP: qemu-system-x86_64 not installed')
         sys.exit(77)
-    if re.match(r'/(tmp|run|mnt|dev|proc|sys)(/|$)', args.work):
-        sys.exit(f'fscache-test: --work {args.work} is hidden in the guest (it mounts its own /tmp, /run, /mnt)')
+    if re.match(r'/(run|var/run|dev|proc|sys)(/|$)', args.work):
+        sys.exit(f'fscache-test: --work {args.work} is hidden in the guest (it mounts its own /run, /dev, /proc, /sys)')
     prepare(args)
     cmd = [f'{REPO}/scripts/vm-test', '--timeout', str(args.timeout), '--', '/usr/bin/python3',
            os.path.abspath(__file__), '--in-vm', '--rafsd', args.rafsd, '--rafsctl', args.rafsctl,
