@@ -54,7 +54,7 @@ int main(int argc, char** argv) {
     int64_t mtime = 0;
     unsigned threads = 0;
     auto* b = app.add_subcommand("build", "build DIR/image.boot and DIR/blobs/<blob-id> from sources");
-    b->add_option("--output,-o", build.output, "output directory")->required();
+    b->add_option("--output,-o", build.output, "output directory: new or empty")->required();
     b->add_option("--chunk-size", chunk_size, "chunk size, a power of two from 4K to 16M (default 1M)");
     b->add_option("--compressor", compressor, "none, zstd (default) or lz4_block");
     b->add_option("--compression-level", build.compression_level, "codec level (0 = default)");

@@ -9,6 +9,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <fstream>
 #include <ostream>
 #include <unistd.h>
@@ -54,11 +55,27 @@ std::vector<std::string> readPrefetchList(const std::string& path) {
     return paths;
 }
 
-// The staging directory and anything the build created, removed unless the build commits.
+// The staging directory and anything the build created, removed unless the build commits. The
+// output dir must be new or empty: an image built over an old one would leave the old blobs in
+// blobs/ beside the new, and replacing a whole dir the user named could delete anything.
 class Staging {
 public:
     explicit Staging(const fs::path& output) : output_(output) {
         std::error_code ec;
+        if (fs::is_directory(output_, ec)) {
+            std::vector<std::string> names;
+            for (fs::directory_iterator it(output_, ec), end; !ec && it != end; it.increment(ec)) {
+                names.push_back(it->path().filename().string());
+            }
+            if (ec) fail("cannot list output directory {}: {}", output_.string(), ec.message());
+            if (!names.empty()) {
+                std::sort(names.begin(), names.end());
+                const size_t shown = std::min<size_t>(names.size(), 3);
+                fail("output directory {} is not empty (it holds {}{}); remove it or choose another", output_.string(),
+                     fmt::join(names.begin(), names.begin() + static_cast<ptrdiff_t>(shown), ", "),
+                     names.size() > shown ? fmt::format(" and {} more", names.size() - shown) : "");
+            }
+        }
         created_output_ = fs::create_directories(output_, ec);
         if (ec) fail("cannot create output directory {}: {}", output_.string(), ec.message());
         std::string templ = (output_ / ".mkrafs-XXXXXX").string();

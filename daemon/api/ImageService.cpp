@@ -7,6 +7,7 @@
 #include "builder/format/BootstrapCheck.h"
 #include "builder/format/Digest.h"
 #include "daemon/core/BlobMetaLoader.h"
+#include "daemon/core/CacheDirRollback.h"
 #include "daemon/core/Log.h"
 #include "daemon/core/SparseCacheFile.h"
 #include "daemon/engines/fscache/FscacheCacheFile.h"
@@ -18,6 +19,7 @@
 
 #include <algorithm>
 #include <fstream>
+#include <sstream>
 #include <thread>
 
 namespace rafsd {
@@ -79,6 +81,56 @@ fs::path extractBootstrap(const rafs::Bootstrap& bootstrap, const fs::path& cach
     }
     if (::rename(temp.c_str(), path.c_str()) != 0) rafs::failErrno("cannot rename " + temp.string());
     return path;
+}
+
+// Fails naming the blob and the backend unless the backend has the blob and it holds every chunk.
+void checkBackendHas(Backend& backend, const BlobDescriptor& blob) {
+    uint64_t needed = 0;
+    for (const rafs::BlobChunk& c : blob.chunks) needed = std::max(needed, c.compressed_offset + c.compressed_size);
+    uint64_t size = 0;
+    try {
+        size = backend.size(blob.id);
+    } catch (const std::exception& e) {
+        rafs::fail("blob {}: not available from {}: {}", blob.id, backend.describe(), e.what());
+    }
+    if (size < needed) {
+        rafs::fail("blob {}: {} has {} bytes of it, but its chunks end at {}", blob.id, backend.describe(), size, needed);
+    }
+}
+
+// The source of the EROFS file system mounted on `dir` (its topmost mount), if there is one: a
+// second mount there would hide the first and the files its readers have open.
+std::optional<std::string> erofsMountOn(const fs::path& dir) {
+    std::ifstream in("/proc/self/mountinfo");
+    if (!in) rafs::failErrno("cannot read /proc/self/mountinfo");
+    // Fields (proc(5)): id parent major:minor root mountpoint options [optional...] - type source ...
+    // Paths escape space, tab, newline and backslash as \ooo.
+    const auto unescape = [](const std::string& field) {
+        std::string out;
+        for (size_t i = 0; i < field.size(); ++i) {
+            if (field[i] == '\\' && i + 3 < field.size()) {
+                out += static_cast<char>(std::stoi(field.substr(i + 1, 3), nullptr, 8));
+                i += 3;
+            } else {
+                out += field[i];
+            }
+        }
+        return out;
+    };
+    std::optional<std::string> source;
+    std::string line;
+    while (std::getline(in, line)) {
+        std::istringstream fields(line);
+        std::string id, parent, device, root, mountpoint, field, type, what;
+        fields >> id >> parent >> device >> root >> mountpoint;
+        while (fields >> field && field != "-") {
+        }
+        fields >> type >> what;
+        if (unescape(mountpoint) != dir.string()) continue;
+        if (type == "erofs") source = unescape(what);
+        else source.reset();
+    }
+    return source;
 }
 
 }  // namespace
@@ -225,6 +277,9 @@ std::shared_ptr<CachedBlob> ImageService::openBlob(const rafs::Bootstrap& bootst
         log::warn("blob {}: {} chunks marked present had no data in the cache file; they will be fetched again",
                   blob.id, cache->droppedAtOpen());
     }
+    // Every mount, also when the cache dir has the chunk table: a backend without the blob would
+    // otherwise show only as an error on every read. A complete cache needs no backend at all.
+    if (!cache->complete()) checkBackendHas(*backend, descriptor);
     auto cached = std::make_shared<CachedBlob>(std::move(descriptor), std::move(cache), backend);
     blobs_[key] = cached;
     return cached;
@@ -273,6 +328,11 @@ nlohmann::json ImageService::mountOrReattach(const MountRequest& request, bool r
     struct stat st {};
     if (::stat(mountpoint.c_str(), &st) != 0) rafs::failErrno("mountpoint " + mountpoint.string());
     if (!S_ISDIR(st.st_mode)) rafs::fail("mountpoint {} is not a directory", mountpoint.string());
+    if (!reattach) {
+        if (auto source = erofsMountOn(mountpoint)) {
+            rafs::fail("mountpoint {} already has an EROFS mount of {}; unmount it first", mountpoint.string(), *source);
+        }
+    }
     const EngineKind requested = reattach ? request.engine.value_or(EngineKind::Fscache)
                                           : request.engine.value_or(config_.daemon.engine);
     EngineKind engine = reattach ? requested : resolveEngine(requested);
@@ -297,9 +357,7 @@ nlohmann::json ImageService::mountOrReattach(const MountRequest& request, bool r
     const rafs::Bootstrap& bootstrap = opened.bootstrap;
     // Before anything is created or mounted: the kernel and the engines trust this metadata.
     rafs::checkBootstrap(bootstrap);
-    std::error_code ec;
-    fs::create_directories(config_.daemon.cache_dir, ec);
-    if (ec) rafs::fail("cannot create cache dir {}: {}", config_.daemon.cache_dir.string(), ec.message());
+    CacheDirRollback cache_dir(config_.daemon.cache_dir);
 
     auto backend = backendFor(request);
     if (opened.inline_meta) {
@@ -374,6 +432,7 @@ nlohmann::json ImageService::mountOrReattach(const MountRequest& request, bool r
     }
     if (prefetcher_) prefetcher_->add(prefetchTableChunks(bootstrap, image.blobs), image.blobs);
     const char* done = how == FscacheAttach::Reattach ? "reattached" : how == FscacheAttach::Register ? "registered" : "mounted";
+    cache_dir.commit();
     log::info("{} {} on {} ({} blobs, engine {})", done, bootstrap_path.string(), mountpoint.string(),
               image.blobs.size(), engineName(engine));
     images_.push_back(std::move(image));

@@ -7,6 +7,7 @@
 #include "daemon/core/BlobDescriptor.h"
 #include "daemon/core/DataPlane.h"
 #include "daemon/core/LatencyHistogram.h"
+#include "daemon/core/RepeatedFailureLog.h"
 
 #include <atomic>
 #include <functional>
@@ -60,6 +61,7 @@ private:
     std::unordered_map<uint32_t, std::vector<std::shared_ptr<PendingRequest>>> in_flight_;
     std::function<void()> on_complete_;
     bool completed_ = false;
+    RepeatedFailureLog backend_failures_;
 };
 
 }  // namespace rafsd

@@ -190,8 +190,13 @@ void ChunkFetcher::fetchRun(const std::shared_ptr<CachedBlob>& blob, FetchRun ru
         timedRead(*blob, run.offset, fetched);
         blob->counters().bytes_fetched += run.length;
     } catch (const std::exception& e) {
-        log::error("blob {}: fetching {} bytes at {} (chunks {}..{}): {}", d.id, run.length,
-                   run.offset, run.first, run.first + run.count - 1, e.what());
+        if (const auto held_back = blob->backend_failures_.admit()) {
+            log::error("blob {}: fetching {} bytes at {} (chunks {}..{}): {}{}", d.id, run.length, run.offset,
+                       run.first, run.first + run.count - 1, e.what(),
+                       *held_back == 0 ? std::string()
+                                       : fmt::format(" (and {} more backend failures of this blob since the last of "
+                                                     "these lines)", *held_back));
+        }
         finishChunks(*blob, run.first, run.count, EIO);
         return;
     }

@@ -13,7 +13,8 @@ absolute member, hardlink to a missing target, a 256-byte name component, an unr
 source file (permission denied: mkrafs runs without CAP_DAC_OVERRIDE/CAP_DAC_READ_SEARCH),
 a source file whose read fails with an I/O-level error (a file on an EROFS image with
 corrupted lz4 data: open and stat work, read gives EUCLEAN), a full output file system
-(1 MiB tmpfs), and invalid options (--chunk-size 3000 / 2048 / 0 / 32M / 33554432 / abc,
+(1 MiB tmpfs), an output dir that holds an earlier image (refused, left as it was; an empty
+existing dir is fine), and invalid options (--chunk-size 3000 / 2048 / 0 / 32M / 33554432 / abc,
 --compressor foo, --digester md5, missing --output, non-existent source, no source,
 unknown option, unknown subcommand).
 
@@ -288,6 +289,9 @@ def main():
                        tmp, n)
             mount.umount(eio)
 
+        n += 1
+        check_case_existing_output(ck, mkrafs, good, tmp, n)
+
         # full output file system: 1 MiB tmpfs as the output dir's parent
         fs = os.path.join(tmp, 'fullfs')
         os.mkdir(fs)
@@ -301,6 +305,53 @@ def main():
             finally:
                 mount.umount(fs)
     return ck.finish()
+
+
+def snapshot(root):
+    """{relative path: bytes or None for a dir} of everything under root."""
+    out = {}
+    for rel in harness.dir_listing(root):
+        p = os.path.join(root, rel)
+        if os.path.isdir(p):
+            out[rel] = None
+        else:
+            with open(p, 'rb') as f:
+                out[rel] = f.read()
+    return out
+
+
+def check_case_existing_output(ck, mkrafs, sources, tmp, idx):
+    """An output dir holding an earlier image is refused and left as it was (mkrafs does not
+    mix old blobs with a new image); an existing empty dir is used."""
+    name = 'output dir that holds an earlier image'
+    log('\n--- case %d: %s' % (idx, name))
+    out = os.path.join(tmp, 'existing-out')
+    r = run([mkrafs, 'build', '--output', out] + sources, timeout=300)
+    if not ck.cmd_ok(r, 'the earlier image'):
+        return
+    blob = os.path.join(out, 'blobs', 'f' * 64)
+    write(blob, b'a blob of an older build')
+    before = snapshot(out)
+    r = run([mkrafs, 'build', '--chunk-size', '64K', '--output', out] + sources, timeout=300)
+    err = text(r.stderr).strip()
+    failures = []
+    if r.returncode in (0, None) or r.returncode < 0 or r.returncode >= 128:
+        failures.append('exit status %s (must fail cleanly)' % r.returncode)
+    if len(err.splitlines()) != 1 or 'not empty' not in err or out not in err:
+        failures.append('stderr must be one line naming %s as not empty: %r' % (out, err))
+    if snapshot(out) != before:
+        failures.append('the output dir changed: %s' % sorted(set(snapshot(out)) ^ set(before))[:10])
+    log('  stderr: ' + err)
+    if failures:
+        ck.fail('%s: %s' % (name, '; '.join(failures)))
+    else:
+        ck.ok(name + ': refused, left as it was')
+    empty = os.path.join(tmp, 'empty-out')
+    os.mkdir(empty)
+    r = run([mkrafs, 'build', '--output', empty] + sources, timeout=300)
+    if ck.cmd_ok(r, 'an existing empty output dir is used'):
+        ck.check(sorted(os.listdir(empty)) == ['blobs', 'image.boot'], 'it holds the image',
+                 str(os.listdir(empty)))
 
 
 def check_case_fullfs(ck, mkrafs, src, fs, idx):

@@ -9,14 +9,24 @@ nothing mounted:
   directory;
 - a cache dir on tmpfs (no fanotify pre-content events there);
 - a mountpoint that does not exist, and one that is a regular file;
+- a blob dir without the blob when the cache dir already holds the blob's chunk table (the blob is
+  checked at every mount), and one holding a blob cut short;
 - a second daemon on the cache dir of a running one (it would trust bits the other never wrote);
+- a second image on a mountpoint rafsd already serves (it would hide the first);
 - the same kinds of mistakes through `rafsctl mount` to `rafsd serve`, which goes on serving.
 
 The error line must be rafsd's own ("rafsd: ..."), name what is wrong (the file and line for
-config errors, the blob id, the path), and be the only line on stderr at error level.
+config errors, the blob id, the path), and be the only line on stderr at error level. A failed
+mount leaves the cache dir as it found it: a cache dir it had to create is gone again, an
+existing one holds no new file.
+
+And a backend that fails every read (its blob removed while mounted) gives readers EIO and the
+log one line for the blob, not one per read, with the failed chunks counted in the blob's summary.
 """
 
+import errno
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -24,7 +34,7 @@ import sys
 
 from rafstest import harness, mount
 from rafstest.harness import log, run, text
-from rafstest.rafsd import RafsdServe, make_small_tree, rafsctl, start_test, write_config
+from rafstest.rafsd import RafsdMount, RafsdServe, make_small_tree, rafsctl, start_test, write_config
 
 TIMEOUT = 60
 
@@ -56,6 +66,56 @@ def expect_error(ck, what, cmd, mnt, must_contain=()):
         ck.check(not mounted, '%s: nothing mounted' % what)
         if mounted:
             mount.umount(mnt)
+
+
+def expect_untouched(ck, what, cache_dir, before=None):
+    """A failed mount left `cache_dir` as it was: absent if `before` is None, else with exactly
+    the entries `before`."""
+    if before is None:
+        ck.check(not os.path.exists(cache_dir), '%s: the cache dir it created is gone' % what,
+                 '%s left with %s' % (cache_dir, os.listdir(cache_dir) if os.path.isdir(cache_dir) else '?'))
+    else:
+        left = sorted(set(os.listdir(cache_dir)) - set(before))
+        ck.check(not left, '%s: nothing new in the cache dir' % what, 'left %s in %s' % (left, cache_dir))
+
+
+def backend_gone(ck, mk, rafsd, tmp):
+    """The blob vanishes from the blob dir while mounted: every read of a missing chunk fails, and
+    the log says so once for the blob (within RepeatedFailureLog's 10 s), not once per read."""
+    src, out, mnt = (os.path.join(tmp, n) for n in ('gone-src', 'gone-out', 'gone-mnt'))
+    os.makedirs(mnt)
+    files = make_small_tree(src, [('f%02d' % i, 200000) for i in range(40)], seed=5)
+    if not ck.cmd_ok(mk.build(out, [src], chunk_size=65536), 'mkrafs build, 40 files of 64 KiB chunks'):
+        return
+    blobs = os.path.join(tmp, 'gone-blobs')
+    shutil.copytree(os.path.join(out, 'blobs'), blobs)
+    config = write_config(os.path.join(tmp, 'gone.toml'), prefetch={'enable': False}, fetch={'amplify': '64KiB'})
+    with RafsdMount(rafsd, os.path.join(out, 'image.boot'), mnt, blob_dir=blobs,
+                    cache_dir=os.path.join(tmp, 'gone-cache'), config=config) as m:
+        if not ck.check(m.start(), 'rafsd mounted the image', m.log_text()[-2000:]):
+            return
+        with open(os.path.join(mnt, 'f00'), 'rb') as f:
+            ck.check(f.read() == files['f00'], 'f00 reads back equal while the blob is there')
+        shutil.rmtree(blobs)
+        failed = 0
+        for rel in sorted(files)[1:]:
+            try:
+                with open(os.path.join(mnt, rel), 'rb') as f:
+                    f.read()
+            except OSError as e:
+                failed += e.errno == errno.EIO
+        ck.check(failed == len(files) - 1, 'with the blob gone, %d of %d reads fail with EIO'
+                 % (failed, len(files) - 1))
+        code = m.stop()
+        ck.check(code == 0, 'rafsd exits 0', 'exit %s' % code)
+        text_ = m.log_text()
+        lines = [line for line in text_.splitlines() if 'rafsd error:' in line]
+        log('  error lines: %d; %s' % (len(lines), lines[:1]))
+        ck.check(len(lines) == 1 and 'cannot open blob' in lines[0],
+                 'one error line for the blob, not one per read (%d)' % len(lines), '\n'.join(lines[:5]))
+        summary = [int(n) for n in re.findall(r', (\d+) errors$', text_, re.M)]
+        ck.check(summary and summary[0] >= len(files) - 1,
+                 'the blob summary counts the failed chunks (%s)' % summary, text_[-1000:])
 
 
 def main():
@@ -109,6 +169,10 @@ def main():
         os.makedirs(empty_blobs)
         blob_id = os.listdir(blobs)[0]
         expect_error(ck, 'blob missing from the blob dir', mount_cmd(blob_dir=empty_blobs), mnt, [blob_id])
+        new_cache = os.path.join(tmp, 'new-cache')
+        expect_error(ck, 'blob missing, new cache dir',
+                     mount_cmd(blob_dir=empty_blobs, cache_dir=os.path.join(new_cache, 'sub')), mnt, [blob_id])
+        expect_untouched(ck, 'blob missing, new cache dir', new_cache)
 
         plain = os.path.join(tmp, 'plain.erofs')
         r = run(['mkfs.erofs', plain, src])
@@ -134,6 +198,9 @@ def main():
             try:
                 expect_error(ck, 'cache dir on tmpfs', mount_cmd(cache_dir=os.path.join(tmpfs, 'cache')), mnt,
                              ['pre-content'])
+                expect_untouched(ck, 'cache dir on tmpfs', os.path.join(tmpfs, 'cache'))
+                expect_error(ck, 'cache dir on tmpfs, existing', mount_cmd(cache_dir=tmpfs), mnt, ['pre-content'])
+                expect_untouched(ck, 'cache dir on tmpfs, existing', tmpfs, before=[])
             finally:
                 mount.umount(tmpfs)
         gone = os.path.join(tmp, 'no-such-dir')
@@ -142,6 +209,29 @@ def main():
         afile = os.path.join(tmp, 'a-file')
         open(afile, 'w').close()
         expect_error(ck, 'a mountpoint that is a file', mount_cmd(mountpoint=afile), None, [afile])
+
+        ck.section('the cache dir holds the chunk table, the blob dir not the blob')
+        warm = os.path.join(tmp, 'warm-cache')
+        with RafsdMount(rafsd, boot, mnt, blob_dir=blobs, cache_dir=warm, config=good) as m:
+            if ck.check(m.start(), 'rafsd mounted the image (prefetch off)', m.log_text()[-2000:]):
+                with open(os.path.join(mnt, 'three'), 'rb') as f:
+                    f.read()
+                ck.check(m.stop() == 0, 'rafsd exits 0')
+        meta = os.path.join(warm, blob_id + '.blob.meta')
+        if ck.check(os.path.exists(meta), 'the cache dir keeps the chunk table (%s)' % os.path.basename(meta)):
+            before = os.listdir(warm)
+            expect_error(ck, 'warm cache, blob missing from the blob dir',
+                         mount_cmd(blob_dir=empty_blobs, cache_dir=warm), mnt, [blob_id, 'not available'])
+            expect_untouched(ck, 'warm cache, blob missing', warm, before)
+            short_blobs = os.path.join(tmp, 'short-blobs')
+            os.makedirs(short_blobs)
+            with open(os.path.join(blobs, blob_id), 'rb') as f, open(os.path.join(short_blobs, blob_id), 'wb') as g:
+                g.write(f.read(4096))
+            expect_error(ck, 'warm cache, blob cut short in the blob dir',
+                         mount_cmd(blob_dir=short_blobs, cache_dir=warm), mnt, [blob_id, '4096 bytes'])
+
+        ck.section('a backend that fails every read: one log line for the blob')
+        backend_gone(ck, mk, rafsd, tmp)
 
         ck.section('rafsd serve: bad mounts through rafsctl fail with one line, serve goes on')
         sock = os.path.join(tmp, 'api.sock')
@@ -186,6 +276,13 @@ def main():
                 os.makedirs(second)
                 expect_error(ck, 'a second rafsd on the same cache dir', mount_cmd(mountpoint=second), second,
                              ['in use by another process', 'cache dir'])
+                other_cache = os.path.join(tmp, 'other-cache')
+                expect_error(ck, 'a second image on the same mountpoint', mount_cmd(cache_dir=other_cache), None,
+                             [mnt, 'already has an EROFS mount', boot])
+                expect_untouched(ck, 'a second image on the same mountpoint', other_cache)
+                with open('/proc/self/mountinfo') as f:
+                    stacked = sum(1 for line in f if line.split()[4] == mnt)
+                ck.check(stacked == 1, 'one mount on %s (%d)' % (mnt, stacked))
                 with open(os.path.join(mnt, 'b', 'two'), 'rb') as f, open(os.path.join(src, 'b', 'two'), 'rb') as g:
                     ck.check(f.read() == g.read(), 'b/two reads back equal, the first rafsd unharmed')
         finally:

@@ -1,10 +1,13 @@
 #!/usr/bin/python3
 """The fscache engine against a real on-demand cachefiles kernel, in the scripts/vm-test VM.
 
-Run:  tests/vm/fscache-test.py --rafsd R --rafsctl C --mkrafs M --work DIR [--timeout S] [CASE...]
+Run:  tests/vm/fscache-test.py --rafsd R --rafsctl C --mkrafs M --work DIR [--fixtures DIR] [--timeout S]
+                               [CASE...]
 On the host it generates source trees, builds images with mkrafs into DIR (which the guest must
-see: not under /tmp, /run or /mnt), writes manifests of what each image must contain, then runs
-itself inside the VM (scripts/vm-test) for the cases. Prints "PASS <case>" or "FAIL <case>: why"
+see: not under /run, /dev, /proc or /sys; the guest sees the host's /tmp and /mnt), writes
+manifests of what each image must contain, then runs itself inside the VM (scripts/vm-test) for
+the cases. The Nydus fixtures are in --fixtures, else $RAFSTEST_FIXTURES, else ../shared/fixtures/nydus
+next to the repository. Prints "PASS <case>" or "FAIL <case>: why"
 per case and a summary line; exits 1 if any case failed (77: skipped, no qemu).
 Debian's python3, standard library only. RAFSD_TEST_KERNEL picks the guest kernel (vm-test).
 """
@@ -31,7 +34,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
-NYDUS = os.path.join(os.path.dirname(REPO), 'shared', 'fixtures', 'nydus')
+NYDUS = os.environ.get('RAFSTEST_FIXTURES') or os.path.join(os.path.dirname(REPO), 'shared', 'fixtures', 'nydus')
 NYDUS_BOOT = 'rafs-v6-2.2.boot'
 NYDUS_INLINE = '2fa78cad554b75ac91a4a125ed148d0ddeb25efa4aaa8bd80e5dc292690a4dca'
 KiB, MiB = 1 << 10, 1 << 20
@@ -164,12 +167,13 @@ def prepare(args):
 
     # Nydus images: the reference is the tree mkrafs unpacks (every chunk verified against the
     # digests nydus-image wrote).
-    boot = f'{NYDUS}/{NYDUS_BOOT}'
-    meta['nydus'] = {'manifest': manifest_of_tar(run([mk, 'unpack', boot, '--blob-dir', NYDUS, '--tar', '-'])),
+    nydus = args.fixtures
+    boot = f'{nydus}/{NYDUS_BOOT}'
+    meta['nydus'] = {'manifest': manifest_of_tar(run([mk, 'unpack', boot, '--blob-dir', nydus, '--tar', '-'])),
                      'blobs': blob_ids(mk, boot)}
     inline_dir = f'{work}/nydus-inline'
     os.makedirs(inline_dir)
-    inline = f'{NYDUS}/{NYDUS_INLINE}'
+    inline = f'{nydus}/{NYDUS_INLINE}'
     for blob in blob_ids(mk, inline):
         os.symlink(inline, f'{inline_dir}/{blob}')
     meta['nydus-inline'] = {'manifest': manifest_of_tar(run([mk, 'unpack', inline, '--blob-dir', inline_dir,
@@ -295,6 +299,7 @@ class Guest:
     def __init__(self, args):
         self.rafsd, self.rafsctl = args.rafsd, args.rafsctl
         self.work = args.work
+        self.fixtures = args.fixtures
         self.cache_root = os.environ.get('RAFSD_VM_CACHE_DIR', '/mnt/cache')
         with open(f'{self.work}/meta.json') as f:
             self.meta = json.load(f)
@@ -390,8 +395,8 @@ class Guest:
     def case_nydus(self):
         """The Nydus fixtures (separate bootstrap; bootstrap inline in the blob) read back equal."""
         out = []
-        for name, boot, blobs in (('nydus', f'{NYDUS}/{NYDUS_BOOT}', NYDUS),
-                                  ('nydus-inline', f'{NYDUS}/{NYDUS_INLINE}', f'{self.work}/nydus-inline')):
+        for name, boot, blobs in (('nydus', f'{self.fixtures}/{NYDUS_BOOT}', self.fixtures),
+                                  ('nydus-inline', f'{self.fixtures}/{NYDUS_INLINE}', f'{self.work}/nydus-inline')):
             mnt, cache = self.mnt(name), f'{self.cache_root}/{name}'
             d = self.mount(name, cache, mnt, boot=boot, blobs=blobs)
             problems = compare_tree(mnt, self.meta[name]['manifest'])
@@ -785,27 +790,32 @@ def main():
     p.add_argument('--rafsd', required=True)
     p.add_argument('--rafsctl', required=True)
     p.add_argument('--mkrafs', required=True)
-    p.add_argument('--work', required=True, help='scratch dir the guest can see (not under /tmp)')
+    p.add_argument('--work', required=True, help='scratch dir the guest can see (not under /run)')
     p.add_argument('--timeout', type=int, default=900, help='VM wall time limit, seconds')
+    p.add_argument('--fixtures', default=NYDUS, help=f'the Nydus fixtures (default {NYDUS})')
     p.add_argument('--in-vm', action='store_true', help=argparse.SUPPRESS)
     p.add_argument('cases', nargs='*', metavar='CASE', help='run only these: ' + ', '.join(CASES))
     args = p.parse_args()
     unknown = set(args.cases) - set(CASES)
     if unknown:
         p.error(f'unknown cases: {", ".join(sorted(unknown))} (known: {", ".join(CASES)})')
-    for name in ('rafsd', 'rafsctl', 'mkrafs', 'work'):
+    for name in ('rafsd', 'rafsctl', 'mkrafs', 'work', 'fixtures'):
         setattr(args, name, os.path.abspath(getattr(args, name)))
     if args.in_vm:
         sys.exit(guest_main(args))
     if shutil.which('qemu-system-x86_64') is None:
         print('fscache-test: SKIP: qemu-system-x86_64 not installed')
         sys.exit(77)
-    if re.match(r'/(tmp|run|mnt|dev|proc|sys)(/|$)', args.work):
-        sys.exit(f'fscache-test: --work {args.work} is hidden in the guest (it mounts its own /tmp, /run, /mnt)')
+    for name in ('work', 'fixtures'):
+        if re.match(r'/(run|var/run|dev|proc|sys)(/|$)', getattr(args, name)):
+            sys.exit(f'fscache-test: --{name} {getattr(args, name)} is hidden in the guest '
+                     '(it mounts its own /run, /dev, /proc, /sys)')
+    if not os.path.isfile(f'{args.fixtures}/{NYDUS_BOOT}'):
+        sys.exit(f'fscache-test: no Nydus fixtures in {args.fixtures} (set RAFSTEST_FIXTURES or --fixtures)')
     prepare(args)
     cmd = [f'{REPO}/scripts/vm-test', '--timeout', str(args.timeout), '--', '/usr/bin/python3',
            os.path.abspath(__file__), '--in-vm', '--rafsd', args.rafsd, '--rafsctl', args.rafsctl,
-           '--mkrafs', args.mkrafs, '--work', args.work] + args.cases
+           '--mkrafs', args.mkrafs, '--work', args.work, '--fixtures', args.fixtures] + args.cases
     sys.exit(subprocess.run(cmd, cwd=REPO).returncode)
 
 

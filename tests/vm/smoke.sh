@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # smoke.sh: proves that the scripts/vm-test guest is fit for the fscache engine's tests.
 #   scripts/vm-test -- tests/vm/smoke.sh
-# Checks the guest's mounts (/proc, /sys, devtmpfs /dev, tmpfs /run and /tmp, ext4 /mnt/cache),
-# then talks to /dev/cachefiles the way the daemon will (fs/cachefiles/daemon.c, ondemand.c): open O_RDWR, write
-# `dir /mnt/cache/fscache`, `tag smoke`, `bind ondemand` (each must succeed), then `restore`,
+# Checks the guest's mounts (/proc, /sys, devtmpfs /dev, tmpfs /run, overlays /tmp and /mnt,
+# ext4 /mnt/cache), then talks to /dev/cachefiles the way the daemon will (fs/cachefiles/daemon.c,
+# ondemand.c): open O_RDWR, write `dir /mnt/cache/fscache`, `tag smoke`, `bind ondemand` (each must
+# succeed), then `restore`,
 # which must be accepted (6.8+) or fail with EOPNOTSUPP; prints which. Mounting is not tested here.
 # Exit status 0 when everything holds; 1 with a message naming the failed check otherwise.
 set -euo pipefail
@@ -32,7 +33,8 @@ expect_fs /proc proc
 expect_fs /sys sysfs
 expect_fs /dev devtmpfs
 expect_fs /run tmpfs
-expect_fs /tmp tmpfs
+expect_fs /tmp overlay
+expect_fs /mnt overlay
 cache=${RAFSD_VM_CACHE_DIR:-/mnt/cache}
 expect_fs "$cache" ext4
 [ "$(fstype /)" = 9p ] || fail "/ is not the host's root over 9p"
