@@ -164,15 +164,7 @@ uint32_t ChunkFetcher::prefetch(const std::shared_ptr<CachedBlob>& blob, uint32_
         for (uint32_t ci = first; ci < end; ++ci) {
             if (blob->cache().isPresent(ci) || blob->in_flight_.count(ci) != 0) continue;
             blob->in_flight_.try_emplace(ci);
-            const rafs::BlobChunk& c = d.chunks[ci];
-            if (!runs.empty() && runs.back().first + runs.back().count == ci &&
-                runs.back().offset + runs.back().length == c.compressed_offset &&
-                runs.back().length + c.compressed_size <= kMaxRun) {
-                ++runs.back().count;
-                runs.back().length += c.compressed_size;
-            } else {
-                runs.push_back({ci, 1, c.compressed_offset, c.compressed_size});
-            }
+            planner_.appendToRuns(runs, d.chunks, ci);
             ++queued;
         }
     }

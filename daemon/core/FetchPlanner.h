@@ -52,8 +52,11 @@ public:
     // Index of the first chunk whose 4 KiB-rounded extent ends after `offset` (chunks.size() if none).
     static uint32_t firstCovering(std::span<const rafs::BlobChunk> chunks, uint64_t offset);
 
-private:
+    // Adds chunk `ci` to `runs`: to the last run if its compressed bytes follow that run's and
+    // the run stays within max_run, else as a new run.
     void appendToRuns(std::vector<FetchRun>& runs, std::span<const rafs::BlobChunk> chunks, uint32_t ci) const;
+
+private:
 
     uint64_t amplify_;
     uint64_t max_run_;
