@@ -1,4 +1,5 @@
 #include "builder/commands/Unpack.h"
+#include "builder/format/FileIo.h"
 
 #include "builder/format/BlobFile.h"
 #include "builder/format/Error.h"
@@ -56,18 +57,6 @@ private:
     int fd_ = -1;
     bool committed_ = false;
 };
-
-void pwriteAll(int fd, std::span<const uint8_t> data, uint64_t offset, const std::string& path) {
-    size_t done = 0;
-    while (done < data.size()) {
-        ssize_t n = ::pwrite(fd, data.data() + done, data.size() - done, static_cast<off_t>(offset + done));
-        if (n < 0) {
-            if (errno == EINTR) continue;
-            failErrno(fmt::format("{}: write at offset {}", path, offset + done));
-        }
-        done += static_cast<size_t>(n);
-    }
-}
 
 // A blob opened for reading with the digests its chunks must match.
 struct OpenBlob {

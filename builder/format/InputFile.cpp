@@ -1,4 +1,5 @@
 #include "builder/format/InputFile.h"
+#include "builder/format/FileIo.h"
 
 #include "builder/format/ByteView.h"
 #include "builder/format/Error.h"
@@ -50,17 +51,7 @@ void InputFile::readAt(uint64_t offset, std::span<uint8_t> out) const {
         fail("{}: read of {} bytes at offset {} past the end of the file ({} bytes)", path_,
              out.size(), offset, size_);
     }
-    size_t done = 0;
-    while (done < out.size()) {
-        ssize_t n = ::pread(fd_, out.data() + done, out.size() - done,
-                            static_cast<off_t>(offset + done));
-        if (n < 0) {
-            if (errno == EINTR) continue;
-            failErrno(fmt::format("{}: read at offset {}", path_, offset + done));
-        }
-        if (n == 0) fail("{}: file shrank while reading at offset {}", path_, offset + done);
-        done += static_cast<size_t>(n);
-    }
+    preadExactly(fd_, out, offset, path_);
 }
 
 std::vector<uint8_t> InputFile::read(uint64_t offset, uint64_t size) const {

@@ -1,4 +1,5 @@
 #include "builder/source/DirectorySource.h"
+#include "builder/format/FileIo.h"
 
 #include "builder/format/Error.h"
 
@@ -102,15 +103,7 @@ private:
     }
 
     void readFully(std::span<uint8_t> out) {
-        uint64_t at = pos_;
-        while (!out.empty()) {
-            const ssize_t n = ::pread(fd_.get(), out.data(), out.size(), static_cast<off_t>(at));
-            if (n < 0 && errno == EINTR) continue;
-            if (n < 0) failErrno(fmt::format("cannot read {}", path_));
-            if (n == 0) fail("{}: file shrank while reading", path_);
-            out = out.subspan(static_cast<size_t>(n));
-            at += static_cast<uint64_t>(n);
-        }
+        preadExactly(fd_.get(), out, pos_, path_);
     }
 
     void checkSize() {

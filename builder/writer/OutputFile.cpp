@@ -1,4 +1,5 @@
 #include "builder/writer/OutputFile.h"
+#include "builder/format/FileIo.h"
 
 #include "builder/format/Error.h"
 
@@ -46,17 +47,7 @@ void OutputFile::writeZeros(uint64_t count) {
 }
 
 void OutputFile::flush() {
-    const uint8_t* p = buffer_.data();
-    size_t left = buffer_.size();
-    while (left > 0) {
-        ssize_t n = ::write(fd_, p, left);
-        if (n < 0) {
-            if (errno == EINTR) continue;
-            failErrno("writing " + path_.string());
-        }
-        p += n;
-        left -= static_cast<size_t>(n);
-    }
+    writeAll(fd_, buffer_, path_.string());
     buffer_.clear();
 }
 

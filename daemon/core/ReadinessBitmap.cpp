@@ -1,4 +1,5 @@
 #include "daemon/core/ReadinessBitmap.h"
+#include "builder/format/FileIo.h"
 
 #include "builder/format/Error.h"
 
@@ -59,27 +60,12 @@ void checkBlobId(std::string_view blob_id) {
         rafs::fail("chunk map: blob id '{}' is not 64 lowercase hex characters", blob_id);
 }
 
-void writeAll(int fd, std::span<const uint8_t> data, uint64_t offset,
-              const std::filesystem::path& path) {
-    while (!data.empty()) {
-        const ssize_t n = ::pwrite(fd, data.data(), data.size(), static_cast<off_t>(offset));
-        if (n < 0 && errno == EINTR) continue;
-        if (n < 0) rafs::failErrno(fmt::format("{}: write at offset {}", path.string(), offset));
-        if (n == 0) rafs::fail("{}: write at offset {} wrote nothing", path.string(), offset);
-        data = data.subspan(static_cast<size_t>(n));
-        offset += static_cast<uint64_t>(n);
-    }
+void writeAll(int fd, std::span<const uint8_t> data, uint64_t offset, const std::filesystem::path& path) {
+    rafs::pwriteAll(fd, data, offset, path.string());
 }
 
 void readAll(int fd, std::span<uint8_t> out, uint64_t offset, const std::filesystem::path& path) {
-    while (!out.empty()) {
-        const ssize_t n = ::pread(fd, out.data(), out.size(), static_cast<off_t>(offset));
-        if (n < 0 && errno == EINTR) continue;
-        if (n < 0) rafs::failErrno(fmt::format("{}: read at offset {}", path.string(), offset));
-        if (n == 0) rafs::fail("{}: file shrank while being read", path.string());
-        out = out.subspan(static_cast<size_t>(n));
-        offset += static_cast<uint64_t>(n);
-    }
+    rafs::preadExactly(fd, out, offset, path.string());
 }
 
 ChunkMapHeader makeHeader(std::string_view blob_id, uint32_t chunk_count, uint64_t blob_size) {

@@ -1,12 +1,8 @@
 #include "daemon/engines/fscache/ObjectFd.h"
 
-#include "builder/format/Error.h"
+#include "builder/format/FileIo.h"
 #include "daemon/core/UniqueFd.h"
 
-#include <unistd.h>
-
-#include <algorithm>
-#include <cerrno>
 #include <mutex>
 
 namespace rafsd {
@@ -29,18 +25,8 @@ std::shared_ptr<AnonFd> ObjectFd::current() const {
 }
 
 void writeToObject(int anon_fd, const uint8_t* data, uint64_t length, uint64_t offset, std::string_view what) {
-    while (length > 0) {
-        const ssize_t n = ::pwrite(anon_fd, data, length, static_cast<off_t>(offset));
-        if (n < 0) {
-            if (errno == EINTR) continue;
-            rafs::failErrno(fmt::format("{}: write of {} bytes at {}", what, length, offset));
-        }
-        if (n == 0) rafs::fail("{}: write of {} bytes at {} wrote nothing", what, length, offset);
-        const auto done = std::min(static_cast<uint64_t>(n), length);
-        data += done;
-        offset += done;
-        length -= done;
-    }
+    // A return past what was asked (page-rounded, before 6.13) ends the loop like an exact one.
+    rafs::pwriteAll(anon_fd, std::span(data, length), offset, what);
 }
 
 }  // namespace rafsd
