@@ -1,5 +1,6 @@
 #include "daemon/api/ImageService.h"
 
+#include "daemon/api/NetworkBackends.h"
 #include "builder/format/Error.h"
 #include "daemon/backends/LocalfsBackend.h"
 #include "builder/format/BlobFile.h"
@@ -73,6 +74,21 @@ fs::path extractBootstrap(const rafs::Bootstrap& bootstrap, const fs::path& cach
     return path;
 }
 
+// Each blob on the network once, at mount: a wrong password, an unknown CA, a missing blob or an
+// unreachable host fails the mount with an error naming it, instead of the first reads with EIO.
+// The last blob of an image with an inline bootstrap is the local file itself.
+void probeBlobs(Backend& backend, const rafs::Image& image) {
+    const auto& blobs = image.bootstrap.blobs();
+    for (size_t i = 0; i < blobs.size(); ++i) {
+        if (image.inline_meta && i + 1 == blobs.size()) continue;
+        try {
+            backend.size(blobs[i].id);
+        } catch (const std::exception& e) {
+            rafs::fail("blob {}: {}", blobs[i].id, e.what());
+        }
+    }
+}
+
 }  // namespace
 
 bool ImageService::hasErofsMount(const fs::path& dir) {
@@ -142,15 +158,15 @@ void ImageService::startFscache() {
     fscache().start(fscache_restore_);
 }
 
-std::shared_ptr<Backend> ImageService::backendFor(const MountRequest& request) const {
+std::shared_ptr<Backend> ImageService::backendFor(const MountRequest& request) {
     std::shared_ptr<Backend> backend;
     if (request.blob_dir) {
         backend = std::make_shared<LocalfsBackend>(*request.blob_dir);
     } else if (config_.backend.type == Config::BackendType::Localfs) {
         backend = std::make_shared<LocalfsBackend>(config_.backend.localfs.dir);
     } else {
-        rafs::fail("backend.type '{}' is not implemented yet (use localfs or --blob-dir)",
-                   backendTypeName(config_.backend.type));
+        if (!network_) network_ = makeNetworkBackend(config_.backend);
+        backend = network_;
     }
     if (fetch_delay_.count() > 0) backend = std::make_shared<DelayedBackend>(std::move(backend), fetch_delay_);
     return backend;
@@ -256,6 +272,7 @@ nlohmann::json ImageService::mountOrReattach(const MountRequest& request, bool r
     if (ec) rafs::fail("cannot create cache dir {}: {}", config_.daemon.cache_dir.string(), ec.message());
 
     auto backend = backendFor(request);
+    if (!request.blob_dir && network_) probeBlobs(*backend, opened);
     if (opened.inline_meta) {
         backend = std::make_shared<BlobFileBackend>(std::move(backend), bootstrap.blobs().back().id, bootstrap_path);
     }
@@ -469,7 +486,9 @@ nlohmann::json ImageService::status(const StatusRequest& request) {
                           {"blobs", blobs}});
     }
     if (request.mountpoint && images.empty()) rafs::fail("{} is not mounted by rafsd", request.mountpoint->string());
-    return {{"images", images}};
+    nlohmann::json response = {{"images", images}};
+    if (network_) response["backends"] = nlohmann::json::array({networkStatus(*network_)});
+    return response;
 }
 
 void ImageService::shutdown() {

@@ -7,6 +7,7 @@
 #include "daemon/api/Config.h"
 #include "daemon/api/ControlServer.h"
 #include "daemon/api/FscacheMountTable.h"
+#include "daemon/backends/NetworkBackend.h"
 #include "daemon/core/ChunkFetcher.h"
 #include "daemon/core/Prefetcher.h"
 #include "daemon/engines/fanotify/FanotifyEngine.h"
@@ -71,7 +72,9 @@ private:
         std::optional<std::filesystem::path> blob_dir;  // as requested; for the fscache table
     };
 
-    std::shared_ptr<Backend> backendFor(const MountRequest& request) const;
+    // Creates the network backend on first use: its connections, tokens and counters are shared
+    // by every image that uses it.
+    std::shared_ptr<Backend> backendFor(const MountRequest& request);
     // `fscache_volume` empty: a sparse cache file (fanotify). Otherwise the blob's cache file is the
     // kernel's cachefiles object in that volume ("<domain_id or fsid>"), which is per volume: a
     // blob is shared only within one.
@@ -105,6 +108,7 @@ private:
     bool fscache_restore_ = false;  // the adopted device had a daemon die on it
     std::filesystem::path fscache_table_;  // empty: not kept
     std::chrono::milliseconds fetch_delay_{0};
+    std::shared_ptr<NetworkBackend> network_;  // backend.type http or registry, once used
 };
 
 }  // namespace rafsd

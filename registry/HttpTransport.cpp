@@ -1,0 +1,240 @@
+#include "registry/HttpTransport.h"
+
+#include "builder/format/Error.h"
+#include "registry/Url.h"
+
+#include <openssl/ssl.h>
+#include <openssl/x509.h>
+
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <cctype>
+#include <mutex>
+
+namespace registry {
+
+namespace {
+
+// Kept per thread while the handles of the pool come and go.
+constexpr size_t kMaxIdleHandles = 64;
+
+std::string lower(std::string_view text) {
+    std::string out(text);
+    std::ranges::transform(out, out.begin(), [](char c) { return static_cast<char>(std::tolower(static_cast<unsigned char>(c))); });
+    return out;
+}
+
+std::string_view trim(std::string_view text) {
+    while (!text.empty() && (text.front() == ' ' || text.front() == '\t')) text.remove_prefix(1);
+    while (!text.empty() && (text.back() == ' ' || text.back() == '\t' || text.back() == '\r' || text.back() == '\n')) {
+        text.remove_suffix(1);
+    }
+    return text;
+}
+
+struct Exchange {
+    const HttpRequest* request;
+    HttpResponse* response;
+    CURL* handle;
+    std::shared_ptr<const HostTls> tls;
+};
+
+size_t onHeader(char* data, size_t size, size_t count, void* user) {
+    auto* x = static_cast<Exchange*>(user);
+    const size_t bytes = size * count;
+    std::string_view line(data, bytes);
+    // A new status line (after a redirect, a proxy's CONNECT reply or 100 Continue) starts over.
+    if (line.starts_with("HTTP/")) {
+        x->response->headers.clear();
+        return bytes;
+    }
+    const size_t colon = line.find(':');
+    if (colon != std::string_view::npos) {
+        x->response->headers.emplace_back(lower(trim(line.substr(0, colon))), std::string(trim(line.substr(colon + 1))));
+    }
+    return bytes;
+}
+
+size_t onBody(char* data, size_t size, size_t count, void* user) {
+    auto* x = static_cast<Exchange*>(user);
+    const size_t bytes = size * count;
+    HttpResponse& r = *x->response;
+    if (r.status == 0) curl_easy_getinfo(x->handle, CURLINFO_RESPONSE_CODE, &r.status);
+    r.body_bytes += bytes;
+    if (x->request->sink != nullptr) {
+        if (!x->request->sink->write(r, {reinterpret_cast<const uint8_t*>(data), bytes})) {
+            r.stopped_by_sink = true;
+            return 0;
+        }
+        return bytes;
+    }
+    if (r.text.size() < HttpResponse::kMaxText) r.text.append(data, std::min(bytes, HttpResponse::kMaxText - r.text.size()));
+    return bytes;
+}
+
+// The host's CA certificates join the system's in the connection's trust store.
+CURLcode onSslContext(CURL*, void* ssl_ctx, void* user) {
+    const auto* tls = static_cast<const HostTls*>(user);
+    X509_STORE* store = SSL_CTX_get_cert_store(static_cast<SSL_CTX*>(ssl_ctx));
+    for (X509* cert : tls->extra_cas) X509_STORE_add_cert(store, cert);
+    return CURLE_OK;
+}
+
+void lockShare(CURL*, curl_lock_data data, curl_lock_access, void* user) {
+    static_cast<std::mutex*>(user)[data].lock();
+}
+void unlockShare(CURL*, curl_lock_data data, void* user) { static_cast<std::mutex*>(user)[data].unlock(); }
+
+struct HeaderList {
+    curl_slist* list = nullptr;
+    ~HeaderList() { curl_slist_free_all(list); }
+    void add(const std::string& line) {
+        curl_slist* next = curl_slist_append(list, line.c_str());
+        if (next == nullptr) rafs::fail("out of memory building a request");
+        list = next;
+    }
+};
+
+}  // namespace
+
+std::optional<std::string_view> HttpResponse::header(std::string_view name) const {
+    for (const auto& [key, value] : headers) {
+        if (key == name) return value;
+    }
+    return std::nullopt;
+}
+
+std::vector<std::string_view> HttpResponse::headerValues(std::string_view name) const {
+    std::vector<std::string_view> values;
+    for (const auto& [key, value] : headers) {
+        if (key == name) values.push_back(value);
+    }
+    return values;
+}
+
+std::string HttpResponse::summary() const {
+    if (curl_code != 0 && !stopped_by_sink) return curl_error;
+    std::string out = fmt::format("HTTP {}", status);
+    // Registry errors: {"errors":[{"code":"BLOB_UNKNOWN","message":"..."}]}; other bodies are not
+    // shown, since they may be anything.
+    const auto json = nlohmann::json::parse(text, nullptr, false);
+    if (json.is_object() && json.contains("errors") && json["errors"].is_array() && !json["errors"].empty()) {
+        const auto& e = json["errors"][0];
+        if (e.is_object() && e.contains("code") && e["code"].is_string()) {
+            out += " (" + e["code"].get<std::string>();
+            if (e.contains("message") && e["message"].is_string()) out += ": " + e["message"].get<std::string>();
+            out += ")";
+        }
+    }
+    return out;
+}
+
+HttpTransport::HttpTransport(TransportOptions options, std::shared_ptr<const TlsConfig> tls)
+    : options_(options), tls_(std::move(tls)) {
+    static std::once_flag once;
+    std::call_once(once, [] { curl_global_init(CURL_GLOBAL_DEFAULT); });
+    share_ = curl_share_init();
+    if (share_ == nullptr) rafs::fail("libcurl: cannot create a share handle");
+    curl_share_setopt(share_, CURLSHOPT_LOCKFUNC, lockShare);
+    curl_share_setopt(share_, CURLSHOPT_UNLOCKFUNC, unlockShare);
+    curl_share_setopt(share_, CURLSHOPT_USERDATA, share_locks_);
+    // Not the connection cache: libcurl does not share it safely between threads, so each pooled
+    // handle keeps its own connections alive instead.
+    curl_share_setopt(share_, CURLSHOPT_SHARE, CURL_LOCK_DATA_DNS);
+    curl_share_setopt(share_, CURLSHOPT_SHARE, CURL_LOCK_DATA_SSL_SESSION);
+}
+
+HttpTransport::~HttpTransport() {
+    for (CURL* handle : idle_) curl_easy_cleanup(handle);
+    curl_share_cleanup(share_);
+}
+
+CURL* HttpTransport::acquire() {
+    {
+        std::lock_guard lock(pool_mutex_);
+        if (!idle_.empty()) {
+            CURL* handle = idle_.back();
+            idle_.pop_back();
+            return handle;
+        }
+    }
+    CURL* handle = curl_easy_init();
+    if (handle == nullptr) rafs::fail("libcurl: cannot create a handle");
+    return handle;
+}
+
+void HttpTransport::release(CURL* handle) {
+    std::lock_guard lock(pool_mutex_);
+    if (idle_.size() < kMaxIdleHandles) {
+        idle_.push_back(handle);
+    } else {
+        curl_easy_cleanup(handle);
+    }
+}
+
+HttpResponse HttpTransport::perform(const HttpRequest& request) {
+    HttpResponse response;
+    Exchange x{&request, &response, nullptr, nullptr};
+    try {
+        x.tls = tls_->forHost(Url::parse(request.url).authority);
+    } catch (const rafs::Error& e) {
+        response.curl_code = CURLE_SSL_CERTPROBLEM;
+        response.curl_error = e.what();
+        return response;
+    }
+    CURL* h = acquire();
+    x.handle = h;
+    // Keeps the handle's live connections, DNS cache and TLS sessions; forgets the options.
+    curl_easy_reset(h);
+    HeaderList headers;
+    for (const std::string& line : request.headers) headers.add(line);
+    // No "Expect: 100-continue" and no libcurl "Accept: */*" guesswork.
+    headers.add("Expect:");
+    char error[CURL_ERROR_SIZE] = {};
+    const std::string range = request.range ? fmt::format("{}-{}", request.range->first, request.range->second) : "";
+    curl_easy_setopt(h, CURLOPT_URL, request.url.c_str());
+    curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, "http,https");
+    curl_easy_setopt(h, CURLOPT_SHARE, share_);
+    curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(h, CURLOPT_ERRORBUFFER, error);
+    curl_easy_setopt(h, CURLOPT_HTTPHEADER, headers.list);
+    curl_easy_setopt(h, CURLOPT_USERAGENT, "rafsd/0.1");
+    curl_easy_setopt(h, CURLOPT_HTTP_VERSION, static_cast<long>(CURL_HTTP_VERSION_2TLS));
+    curl_easy_setopt(h, CURLOPT_FOLLOWLOCATION, 0L);  // redirects are the caller's (Authorization)
+    curl_easy_setopt(h, CURLOPT_TCP_KEEPALIVE, 1L);
+    curl_easy_setopt(h, CURLOPT_BUFFERSIZE, 512L * 1024);
+    curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, static_cast<long>(options_.connect_timeout.count() * 1000));
+    curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, static_cast<long>(options_.timeout.count() * 1000));
+    curl_easy_setopt(h, CURLOPT_LOW_SPEED_LIMIT, static_cast<long>(options_.low_speed_limit));
+    curl_easy_setopt(h, CURLOPT_LOW_SPEED_TIME, static_cast<long>(options_.low_speed_time.count()));
+    // An empty proxy is "none", also when http_proxy is set: the configuration decides.
+    curl_easy_setopt(h, CURLOPT_PROXY, request.proxy.c_str());
+    curl_easy_setopt(h, CURLOPT_HEADERFUNCTION, onHeader);
+    curl_easy_setopt(h, CURLOPT_HEADERDATA, &x);
+    curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, onBody);
+    curl_easy_setopt(h, CURLOPT_WRITEDATA, &x);
+    curl_easy_setopt(h, CURLOPT_SSL_CTX_FUNCTION, onSslContext);
+    curl_easy_setopt(h, CURLOPT_SSL_CTX_DATA, x.tls.get());
+    if (!x.tls->client_cert.empty()) {
+        curl_easy_setopt(h, CURLOPT_SSLCERT, x.tls->client_cert.c_str());
+        curl_easy_setopt(h, CURLOPT_SSLKEY, x.tls->client_key.c_str());
+    }
+    if (request.method == "HEAD") curl_easy_setopt(h, CURLOPT_NOBODY, 1L);
+    if (request.range) curl_easy_setopt(h, CURLOPT_RANGE, range.c_str());
+
+    const CURLcode code = curl_easy_perform(h);
+    response.curl_code = static_cast<int>(code);
+    if (code != CURLE_OK) response.curl_error = error[0] != '\0' ? std::string(error) : curl_easy_strerror(code);
+    curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &response.status);
+    curl_off_t total_us = 0;
+    curl_easy_getinfo(h, CURLINFO_TOTAL_TIME_T, &total_us);
+    response.elapsed = std::chrono::microseconds(total_us);
+    // libcurl keeps pointers to these until the next reset: none may outlive this call.
+    curl_easy_setopt(h, CURLOPT_ERRORBUFFER, nullptr);
+    curl_easy_setopt(h, CURLOPT_HTTPHEADER, nullptr);
+    release(h);
+    return response;
+}
+
+}  // namespace registry

@@ -1,0 +1,203 @@
+"""Network peers for the http and registry backend tests, each started by the test on 127.0.0.1
+and stopped by it (only the processes it started):
+
+  free_port()                      a port nothing listens on now
+  Server(cmd, port, log)           a process in the background, ready once its port accepts
+  nginx(root, port, tmp)           nginx-light serving `root` at /blobs/ (a range server)
+  TestCa(dir)                      a CA made with openssl, and server certificates for 127.0.0.1
+  registry(...)                    Debian's docker-registry (distribution 2.8), TLS, htpasswd or token auth
+  push_blob(url, repo, path, ...)  a blob uploaded with the plain distribution API (POST + PUT)
+"""
+
+import base64
+import hashlib
+import json
+import os
+import socket
+import ssl
+import subprocess
+import time
+import urllib.error
+import urllib.request
+
+from .harness import log
+
+
+def free_port():
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def port_open(port):
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.settimeout(0.5)
+        return s.connect_ex(('127.0.0.1', port)) == 0
+
+
+class Server:
+    """A server process of the test's own, ready when 127.0.0.1:port accepts connections."""
+
+    def __init__(self, name, cmd, port, log_path, env=None):
+        self.name, self.cmd, self.port, self.log_path, self.env = name, cmd, port, log_path, env
+        self.proc = None
+
+    def start(self, timeout=20):
+        log('$ ' + ' '.join(self.cmd) + ' &')
+        self.log_file = open(self.log_path, 'wb')
+        self.proc = subprocess.Popen(self.cmd, stdout=self.log_file, stderr=subprocess.STDOUT, env=self.env)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                break
+            if port_open(self.port):
+                return self
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError('%s did not start on port %d:\n%s' % (self.name, self.port, self.log_text()[-2000:]))
+
+    def stop(self):
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+        self.log_file.close()
+
+    def log_text(self):
+        try:
+            with open(self.log_path, 'rb') as f:
+                return f.read().decode('utf-8', 'replace')
+        except OSError:
+            return ''
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+        return False
+
+
+def nginx(root, port, tmp):
+    """nginx-light in the foreground, one process, serving `root` at http://127.0.0.1:port/blobs/."""
+    prefix = os.path.join(tmp, 'nginx-%d' % port)
+    os.makedirs(os.path.join(prefix, 'body'), exist_ok=True)
+    conf = os.path.join(prefix, 'nginx.conf')
+    with open(conf, 'w') as f:
+        f.write('''daemon off;
+master_process off;
+worker_processes 1;
+pid %(p)s/nginx.pid;
+error_log %(p)s/error.log;
+events { worker_connections 256; }
+http {
+    access_log %(p)s/access.log;
+    client_body_temp_path %(p)s/body;
+    server {
+        listen 127.0.0.1:%(port)d;
+        location /blobs/ { alias %(root)s/; }
+    }
+}
+''' % {'p': prefix, 'port': port, 'root': os.path.abspath(root)})
+    return Server('nginx', ['nginx', '-p', prefix, '-c', conf], port, os.path.join(prefix, 'out.log')).start()
+
+
+class TestCa:
+    """A certificate authority of the test's own (openssl), and certificates it signs."""
+
+    def __init__(self, directory, name='rafsd test CA'):
+        self.dir = directory
+        os.makedirs(directory, exist_ok=True)
+        self.cert = os.path.join(directory, 'ca.pem')
+        self.key = os.path.join(directory, 'ca.key')
+        subprocess.run(['openssl', 'req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes',
+                        '-keyout', self.key, '-out', self.cert, '-days', '2', '-subj', '/CN=' + name],
+                       check=True, capture_output=True)
+
+    def issue(self, name, server=True):
+        """(cert, key) for 127.0.0.1 (server) or a client named `name`."""
+        key = os.path.join(self.dir, name + '.key')
+        csr = os.path.join(self.dir, name + '.csr')
+        cert = os.path.join(self.dir, name + '.pem')
+        ext = os.path.join(self.dir, name + '.ext')
+        with open(ext, 'w') as f:
+            if server:
+                f.write('subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n')
+            else:
+                f.write('extendedKeyUsage=clientAuth\n')
+        subprocess.run(['openssl', 'req', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes',
+                        '-keyout', key, '-out', csr, '-subj', '/CN=' + name], check=True, capture_output=True)
+        subprocess.run(['openssl', 'x509', '-req', '-in', csr, '-CA', self.cert, '-CAkey', self.key,
+                        '-CAcreateserial', '-out', cert, '-days', '2', '-extfile', ext], check=True, capture_output=True)
+        return cert, key
+
+    def context(self):
+        """An ssl context that trusts this CA, for the test's own requests."""
+        return ssl.create_default_context(cafile=self.cert)
+
+
+def htpasswd(path, users):
+    """A bcrypt htpasswd file (the registry ignores other hashes)."""
+    with open(path, 'w') as f:
+        pass
+    for user, password in users.items():
+        subprocess.run(['htpasswd', '-bB', path, user, password], check=True, capture_output=True)
+
+
+def registry(tmp, name, port, cert=None, key=None, auth=None, client_ca=None):
+    """Debian's docker-registry on 127.0.0.1:port with filesystem storage under tmp.
+    auth: None, {'htpasswd': {'realm': ..., 'path': ...}} or {'token': {...}} (registry.md §2)."""
+    root = os.path.join(tmp, name)
+    os.makedirs(root, exist_ok=True)
+    config = {'version': 0.1, 'log': {'level': 'warn', 'accesslog': {'disabled': True}},
+              'storage': {'filesystem': {'rootdirectory': os.path.join(root, 'data')}, 'delete': {'enabled': True}},
+              'http': {'addr': '127.0.0.1:%d' % port, 'secret': 'rafsd-test',
+                       'debug': {'addr': ''}, 'headers': {'X-Content-Type-Options': ['nosniff']}}}
+    if cert:
+        config['http']['tls'] = {'certificate': cert, 'key': key}
+        if client_ca:
+            config['http']['tls']['clientcas'] = [client_ca]
+    if auth:
+        config['auth'] = auth
+    path = os.path.join(root, 'config.yml')
+    with open(path, 'w') as f:
+        json.dump(config, f)  # JSON is YAML
+    return Server('docker-registry', ['docker-registry', 'serve', path], port, os.path.join(root, 'log')).start()
+
+
+def _request(method, url, context, headers=None, data=None, timeout=60):
+    req = urllib.request.Request(url, data=data, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, context=context, timeout=timeout) as r:
+            return r.status, dict(r.headers), r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, dict(e.headers), e.read()
+
+
+def basic_auth(user, password):
+    return {'Authorization': 'Basic ' + base64.b64encode(('%s:%s' % (user, password)).encode()).decode()}
+
+
+def push_blob(base_url, repo, path, context=None, headers=None):
+    """Uploads the file at `path` as a blob of `repo` (POST, then a monolithic PUT); returns its digest."""
+    with open(path, 'rb') as f:
+        data = f.read()
+    digest = 'sha256:' + hashlib.sha256(data).hexdigest()
+    status, hdrs, body = _request('POST', '%s/v2/%s/blobs/uploads/' % (base_url, repo), context, headers)
+    if status != 202:
+        raise RuntimeError('POST upload: %d %s' % (status, body[:300]))
+    location = hdrs.get('Location') or hdrs.get('location')
+    if location.startswith('/'):
+        location = base_url + location
+    sep = '&' if '?' in location else '?'
+    put_headers = dict(headers or {}, **{'Content-Type': 'application/octet-stream'})
+    status, _, body = _request('PUT', location + sep + 'digest=' + digest, context, put_headers, data)
+    if status != 201:
+        raise RuntimeError('PUT upload: %d %s' % (status, body[:300]))
+    return digest
