@@ -201,3 +201,113 @@ def push_blob(base_url, repo, path, context=None, headers=None):
     if status != 201:
         raise RuntimeError('PUT upload: %d %s' % (status, body[:300]))
     return digest
+
+
+class TokenIssuer:
+    """A token service for docker-registry's `auth.token` mode (registry.md §2), in a thread of the
+    test: ES256 JWTs signed by a P-256 key whose self-signed certificate is the registry's
+    rootcertbundle (python3-jwt, python3-cryptography). Grants pull on what `scope` asks for to
+    anyone whose Basic credentials are in `users`; a token lives `lifetime` seconds at the
+    registry (which allows 60 s of leeway, so exp is set 60 s early); `expires_in` tells the client
+    `told` seconds (None: the field is left out). Counts what it issued and refused."""
+
+    SERVICE = 'rafsd-test-registry'
+    ISSUER = 'rafsd-test-issuer'
+
+    def __init__(self, directory, port, users, lifetime=300, told=300):
+        import datetime
+        import threading
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import NameOID
+        os.makedirs(directory, exist_ok=True)
+        self.key = ec.generate_private_key(ec.SECP256R1())
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, 'rafsd test token signer')])
+        now = datetime.datetime.now(datetime.timezone.utc)
+        cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(self.key.public_key())
+                .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
+                .not_valid_after(now + datetime.timedelta(days=2))
+                .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+                .sign(self.key, hashes.SHA256()))
+        self.bundle = os.path.join(directory, 'signer.pem')
+        with open(self.bundle, 'wb') as f:
+            f.write(cert.public_bytes(serialization.Encoding.PEM))
+        self.x5c = base64.b64encode(cert.public_bytes(serialization.Encoding.DER)).decode()
+        self.port = port
+        self.users = dict(users)
+        self.lifetime, self.told = lifetime, told
+        self.issued, self.refused, self.seen_users = 0, 0, []
+        self.lock = threading.Lock()
+        self.server = None
+
+    def realm(self):
+        return 'http://127.0.0.1:%d/token' % self.port
+
+    def registry_auth(self):
+        return {'token': {'realm': self.realm(), 'service': self.SERVICE, 'issuer': self.ISSUER,
+                          'rootcertbundle': self.bundle}}
+
+    def _token(self, user, scopes):
+        import jwt
+        access = []
+        for scope in scopes:
+            parts = scope.split(':')
+            if len(parts) >= 3:
+                access.append({'type': parts[0], 'name': ':'.join(parts[1:-1]), 'actions': parts[-1].split(',')})
+        now = int(time.time())
+        claims = {'iss': self.ISSUER, 'sub': user or 'anonymous', 'aud': self.SERVICE, 'iat': now, 'nbf': now - 5,
+                  'exp': now - 60 + self.lifetime, 'jti': '%d-%d' % (now, self.issued), 'access': access}
+        return jwt.encode(claims, self.key, algorithm='ES256', headers={'x5c': [self.x5c]})
+
+    def start(self):
+        import http.server
+        import threading
+        import urllib.parse
+        issuer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def do_GET(self):
+                url = urllib.parse.urlparse(self.path)
+                query = urllib.parse.parse_qs(url.query)
+                user = None
+                header = self.headers.get('Authorization', '')
+                if header.startswith('Basic '):
+                    user, _, password = base64.b64decode(header[6:]).decode().partition(':')
+                with issuer.lock:
+                    issuer.seen_users.append(user)
+                    ok = url.path == '/token' and user is not None and issuer.users.get(user) == password
+                    if ok:
+                        issuer.issued += 1
+                        body = {'token': issuer._token(user, query.get('scope', []))}
+                        if issuer.told is not None:
+                            body['expires_in'] = issuer.told
+                    else:
+                        issuer.refused += 1
+                data = json.dumps(body if ok else {'errors': [{'code': 'UNAUTHORIZED'}]}).encode()
+                self.send_response(200 if ok else 401)
+                self.send_header('Content-Type', 'application/json')
+                self.send_header('Content-Length', str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.server = http.server.ThreadingHTTPServer(('127.0.0.1', self.port), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+        return self
+
+    def stop(self):
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+            self.server = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+        return False
