@@ -311,3 +311,122 @@ class TokenIssuer:
     def __exit__(self, *exc):
         self.stop()
         return False
+
+
+class FaultProxy:
+    """A reverse proxy of the test's own in front of an http:// server on 127.0.0.1, one request
+    per connection, that spoils the replies to blob GETs while `active`: `choose()` (a callable
+    given the request number) names the fault for each:
+
+      'ok'        the reply as it is
+      '503'       503 Service Unavailable
+      '429'       429 with Retry-After: 1
+      'reset'     the connection reset (RST) before any reply
+      'truncate'  headers with the full Content-Length, half the body, then closed
+      'stall'     headers and a few bytes, then silence for `stall_seconds`, then closed
+      'flip'      the whole reply with one bit of the body flipped
+    Counts the faults it made (`made`)."""
+
+    def __init__(self, port, upstream_port, choose, stall_seconds=8):
+        import collections
+        import threading
+        self.port, self.upstream_port, self.choose = port, upstream_port, choose
+        self.stall_seconds = stall_seconds
+        self.active = False
+        self.made = collections.Counter()
+        self.requests = 0
+        self.lock = threading.Lock()
+        self.server = None
+        self.stopping = threading.Event()
+
+    def _serve(self, conn):
+        import http.client
+        conn.settimeout(30)
+        data = b''
+        while b'\r\n\r\n' not in data:
+            piece = conn.recv(65536)
+            if not piece:
+                return
+            data += piece
+        head = data.split(b'\r\n\r\n', 1)[0].decode('latin-1').split('\r\n')
+        method, path, _ = head[0].split(' ', 2)
+        headers = {}
+        for line in head[1:]:
+            name, _, value = line.partition(':')
+            if name.lower() not in ('connection', 'host', 'keep-alive', 'proxy-connection'):
+                headers[name.strip()] = value.strip()
+        fault = 'ok'
+        with self.lock:
+            if self.active and method == 'GET' and '/blobs/' in path:
+                fault = self.choose(self.requests)
+                self.requests += 1
+            self.made[fault] += 1
+        if fault == 'reset':
+            import struct
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack('ii', 1, 0))
+            return
+        if fault in ('503', '429'):
+            extra = 'Retry-After: 1\r\n' if fault == '429' else ''
+            conn.sendall(('HTTP/1.1 %s Fault\r\n%sContent-Length: 0\r\nConnection: close\r\n\r\n' % (fault, extra)).encode())
+            return
+        upstream = http.client.HTTPConnection('127.0.0.1', self.upstream_port, timeout=30)
+        try:
+            upstream.request(method, path, headers=headers)
+            r = upstream.getresponse()
+            body = r.read() if method != 'HEAD' else b''
+            out_headers = [(k, v) for k, v in r.getheaders()
+                           if k.lower() not in ('connection', 'transfer-encoding', 'content-length', 'keep-alive')]
+            length = int(r.getheader('Content-Length') or len(body)) if method == 'HEAD' else len(body)
+            status, reason = r.status, r.reason
+        finally:
+            upstream.close()
+        if fault == 'flip' and body:
+            b = bytearray(body)
+            b[len(b) // 2] ^= 0x10
+            body = bytes(b)
+        reply = 'HTTP/1.1 %d %s\r\n' % (status, reason)
+        reply += ''.join('%s: %s\r\n' % kv for kv in out_headers)
+        reply += 'Content-Length: %d\r\nConnection: close\r\n\r\n' % length
+        conn.sendall(reply.encode('latin-1'))
+        if fault == 'truncate':
+            conn.sendall(body[:len(body) // 2])
+        elif fault == 'stall':
+            conn.sendall(body[:100])
+            self.stopping.wait(self.stall_seconds)
+        else:
+            conn.sendall(body)
+
+    def start(self):
+        import socketserver
+        import threading
+        proxy = self
+
+        class Handler(socketserver.BaseRequestHandler):
+            def handle(self):
+                try:
+                    proxy._serve(self.request)
+                except OSError:
+                    pass
+
+        class Server(socketserver.ThreadingTCPServer):
+            allow_reuse_address = True
+            daemon_threads = True
+
+        self.server = Server(('127.0.0.1', self.port), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+        return self
+
+    def stop(self):
+        if self.server is not None:
+            self.stopping.set()
+            self.server.shutdown()
+            self.server.server_close()
+            self.server = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+        return False
