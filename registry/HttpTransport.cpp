@@ -3,6 +3,7 @@
 #include "builder/format/Error.h"
 #include "registry/Url.h"
 
+#include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
 
@@ -78,6 +79,9 @@ CURLcode onSslContext(CURL*, void* ssl_ctx, void* user) {
     const auto* tls = static_cast<const HostTls*>(user);
     X509_STORE* store = SSL_CTX_get_cert_store(static_cast<SSL_CTX*>(ssl_ctx));
     for (X509* cert : tls->extra_cas) X509_STORE_add_cert(store, cert);
+    // A certificate the store already has is refused with an error on the thread's queue, where
+    // it would turn up in a later, unrelated message.
+    ERR_clear_error();
     return CURLE_OK;
 }
 

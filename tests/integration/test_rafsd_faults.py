@@ -12,7 +12,6 @@ stalled response, 429 with Retry-After, flipped bits in a body.
 """
 
 import errno
-import json
 import os
 import random
 import sys
@@ -22,7 +21,7 @@ import time
 from rafstest import harness
 from rafstest.boot import blob_ids
 from rafstest.harness import log
-from rafstest.rafsd import RafsdServe, make_small_tree, rafsctl, rafsctl_status, start_test, write_config
+from rafstest.rafsd import RafsdServe, make_small_tree, network_config, rafsctl, rafsctl_status, start_test
 from rafstest.servers import FaultProxy, free_port, push_blob, registry
 
 KiB, MiB = 1 << 10, 1 << 20
@@ -75,19 +74,14 @@ def main():
                 return 'ok'
             return FAULTS[n % len(FAULTS)]
 
-        with registry(tmp, 'registry', reg_port) as _reg, FaultProxy(proxy_port, reg_port, choose).start() as proxy:
+        with registry(tmp, 'registry', reg_port), FaultProxy(proxy_port, reg_port, choose).start() as proxy:
             push_blob('http://127.0.0.1:%d' % reg_port, REPO, os.path.join(out, 'blobs', blob))
+            cfg = network_config(tmp, 'serve', {'type': 'registry'}, fetch={'amplify': 0, 'max_inflight': 8, 'retries': 1},
+                                 **{'backend.registry': {'host': host, 'repo': REPO,
+                                                         'docker_config': os.path.join(tmp, 'none.json')},
+                                    'backend.transport': TRANSPORT,
+                                    'backend.hosts."%s"' % host: {'plain_http': True}})
             sock = os.path.join(tmp, 'serve.sock')
-            cfg = write_config(os.path.join(tmp, 'serve.toml'),
-                               daemon={'engine': 'fanotify', 'socket': sock, 'cache_dir': os.path.join(tmp, 'cache'),
-                                       'state_dir': os.path.join(tmp, 'state')},
-                               fetch={'amplify': 0, 'max_inflight': 8, 'retries': 1},
-                               prefetch={'enable': False},
-                               backend={'type': 'registry'},
-                               **{'backend.registry': {'host': host, 'repo': REPO,
-                                                       'docker_config': os.path.join(tmp, 'none.json')},
-                                  'backend.transport': TRANSPORT,
-                                  'backend.hosts."%s"' % host: {'plain_http': True}})
             with RafsdServe(rafsd, cfg, sock, os.path.join(tmp, 'serve.log')) as srv:
                 if not ck.check(srv.start(), 'rafsd serve answers', srv.log_text()[-2000:]):
                     return ck.finish()

@@ -15,8 +15,8 @@ import sys
 from rafstest import compare, harness
 from rafstest.boot import blob_ids
 from rafstest.harness import log
-from rafstest.rafsd import (RafsdServe, expect_error, make_small_tree, rafsctl, rafsctl_status, start_test,
-                            write_config)
+from rafstest.rafsd import (RafsdServe, expect_error, make_small_tree, network_config, rafsctl, rafsctl_status,
+                            start_test)
 from rafstest.servers import free_port, nginx
 
 MiB = 1 << 20
@@ -37,17 +37,12 @@ def main():
         empty_dir = os.path.join(tmp, 'empty')
         os.makedirs(empty_dir)
 
-        def config(name, url, **transport):
-            sections = {'daemon': {'engine': 'fanotify', 'socket': os.path.join(tmp, name + '.sock'),
-                                   'cache_dir': os.path.join(tmp, name + '-cache'),
-                                   'state_dir': os.path.join(tmp, name + '-state')},
-                        'prefetch': {'enable': False},
-                        'backend': {'type': 'http'},
-                        'backend.http': {'url': url},
-                        'backend.transport': dict({'retries': 1, 'backoff_base_ms': 10, 'timeout': 20}, **transport)}
-            return write_config(os.path.join(tmp, name + '.toml'), **sections)
+        def config(name, url):
+            return network_config(tmp, name, {'type': 'http'}, **{
+                'backend.http': {'url': url},
+                'backend.transport': {'retries': 1, 'backoff_base_ms': 10, 'timeout': 20}})
 
-        with nginx(os.path.join(out, 'blobs'), port, tmp) as server:
+        with nginx(os.path.join(out, 'blobs'), port, tmp):
             ck.section('an image over http reads back equal to its source')
             cfg = config('serve', 'http://127.0.0.1:%d/blobs' % port)
             sock = os.path.join(tmp, 'serve.sock')

@@ -22,8 +22,8 @@ import sys
 from rafstest import compare, harness
 from rafstest.boot import blob_ids
 from rafstest.harness import log
-from rafstest.rafsd import (RafsdMount, RafsdServe, expect_error, make_small_tree, rafsctl, rafsctl_status,
-                            start_test, write_config)
+from rafstest.rafsd import (RafsdMount, RafsdServe, expect_error, make_small_tree, network_config, rafsctl,
+                            start_test)
 from rafstest.servers import TestCa, basic_auth, free_port, htpasswd, push_blob, registry
 
 MiB = 1 << 20
@@ -39,18 +39,13 @@ def docker_config(path, host, user, password):
     return auth
 
 
-def registry_config(tmp, name, host, docker_cfg, ca_file=None, certs_dir=None, **transport):
-    sections = {'daemon': {'engine': 'fanotify', 'socket': os.path.join(tmp, name + '.sock'),
-                           'cache_dir': os.path.join(tmp, name + '-cache'),
-                           'state_dir': os.path.join(tmp, name + '-state')},
-                'prefetch': {'enable': False},
-                'backend': {'type': 'registry'},
-                'backend.registry': {'host': host, 'repo': transport.pop('repo', REPO), 'docker_config': docker_cfg},
-                'backend.transport': dict({'retries': 1, 'backoff_base_ms': 10, 'timeout': 30,
-                                           'certs_dir': certs_dir or os.path.join(tmp, 'no-certs.d')}, **transport)}
+def registry_config(tmp, name, host, docker_cfg, ca_file=None, certs_dir=None, repo=REPO):
+    sections = {'backend.registry': {'host': host, 'repo': repo, 'docker_config': docker_cfg},
+                'backend.transport': {'retries': 1, 'backoff_base_ms': 10, 'timeout': 30,
+                                      'certs_dir': certs_dir or os.path.join(tmp, 'no-certs.d')}}
     if ca_file:
         sections['backend.hosts."%s"' % host] = {'ca_file': ca_file}
-    return write_config(os.path.join(tmp, name + '.toml'), **sections)
+    return network_config(tmp, name, {'type': 'registry'}, **sections)
 
 
 def main():
@@ -70,7 +65,7 @@ def main():
         port = free_port()
         host = '127.0.0.1:%d' % port
         auth = {'htpasswd': {'realm': 'rafsd-test', 'path': pw_file}}
-        with registry(tmp, 'registry', port, cert, key, auth=auth) as reg:
+        with registry(tmp, 'registry', port, cert, key, auth=auth):
             digest = push_blob('https://' + host, REPO, os.path.join(out, 'blobs', blob), ca.context(),
                                basic_auth(USER, PASSWORD))
             ck.check(digest == 'sha256:' + blob, 'blob pushed as sha256:<blob id>')

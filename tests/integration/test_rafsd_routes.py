@@ -9,7 +9,11 @@
 3. mutual TLS: a registry that wants a client certificate serves rafsd with the one configured
    in backend.hosts; without it the mount fails with one error line naming the host;
 4. bad servers: a server that speaks no HTTP, and a plain-HTTP server addressed with https://,
-   each fail the mount with one error line naming the URL.
+   each fail the mount with one error line naming the URL;
+5. redirects: a registry (nginx-light standing in) that wants Basic auth and answers 307 to a
+   signed URL on another host (blob storage, which refuses any request with an Authorization
+   header or without the signature): the image reads back equal, the storage URL is reused
+   rather than asked for again, and the signature appears in no log line.
 """
 
 import os
@@ -20,9 +24,9 @@ import threading
 from rafstest import compare, harness
 from rafstest.boot import blob_ids
 from rafstest.harness import log
-from rafstest.rafsd import (RafsdMount, RafsdServe, expect_error, make_small_tree, rafsctl, rafsctl_status,
-                            start_test, write_config)
-from rafstest.servers import FaultProxy, TestCa, free_port, push_blob, registry
+from rafstest.rafsd import (RafsdMount, RafsdServe, expect_error, make_small_tree, network_config, rafsctl,
+                            rafsctl_status, start_test)
+from rafstest.servers import FaultProxy, TestCa, free_port, nginx, push_blob, registry
 
 MiB = 1 << 20
 FILES = [('a/one', 3 * MiB), ('a/two', 1 * MiB + 3), ('b/three', 2 * MiB)]
@@ -78,29 +82,13 @@ def main():
         blob_file = os.path.join(out, 'blobs', blob)
         none_json = os.path.join(tmp, 'none.json')
 
-        def config(name, host, hosts=None, **transport):
-            sections = {'daemon': {'engine': 'fanotify', 'socket': os.path.join(tmp, name + '.sock'),
-                                   'cache_dir': os.path.join(tmp, name + '-cache'),
-                                   'state_dir': os.path.join(tmp, name + '-state')},
-                        'prefetch': {'enable': False},
-                        'backend': {'type': 'registry'},
-                        'backend.registry': {'host': host, 'repo': REPO, 'docker_config': none_json},
+        def config(name, host, hosts=None, docker_config=none_json, **transport):
+            sections = {'backend.registry': {'host': host, 'repo': REPO, 'docker_config': docker_config},
                         'backend.transport': dict({'retries': 1, 'backoff_base_ms': 10, 'timeout': 20,
                                                    'certs_dir': os.path.join(tmp, 'no-certs.d')}, **transport)}
-            lines = []
             for h, settings in (hosts or {}).items():
-                lines.append('[backend.hosts."%s"]' % h)
-                for k, v in settings.items():
-                    if isinstance(v, bool):
-                        lines.append('%s = %s' % (k, 'true' if v else 'false'))
-                    elif isinstance(v, list):
-                        lines.append('%s = [%s]' % (k, ', '.join('"%s"' % x for x in v)))
-                    else:
-                        lines.append('%s = "%s"' % (k, v))
-            path = write_config(os.path.join(tmp, name + '.toml'), **sections)
-            with open(path, 'a') as f:
-                f.write('\n'.join(lines) + '\n')
-            return path
+                sections['backend.hosts."%s"' % h] = settings
+            return network_config(tmp, name, {'type': 'registry'}, **sections)
 
         def mounted_reads_right(what, cfg, name):
             with RafsdMount(rafsd, boot, mnt, config=cfg, log_path=os.path.join(tmp, name + '.log')) as m:
@@ -150,7 +138,6 @@ def main():
         mtls_port = free_port()
         mtls = '127.0.0.1:%d' % mtls_port
         with registry(tmp, 'mtls', mtls_port, cert, key, client_ca=ca.cert):
-            import ssl
             context = ca.context()
             context.load_cert_chain(client_cert, client_key)
             push_blob('https://' + mtls, REPO, blob_file, context)
@@ -173,6 +160,54 @@ def main():
             cfg = config('tlsplain', host)
             expect_error(ck, 'https:// to a plain HTTP server', [rafsd, 'mount', '--config', cfg, boot, mnt], mnt,
                          [blob, 'https://%s/v2/' % host])
+
+        ck.section('redirects to blob storage on another host')
+        reg_port, store_port = free_port(), free_port()
+        host = '127.0.0.1:%d' % reg_port
+        pw_file = os.path.join(tmp, 'nginx.htpasswd')
+        import subprocess
+        subprocess.run(['htpasswd', '-cbm', pw_file, 'rafs', 'redirect-pw'], check=True, capture_output=True)
+        import json as _json
+        import base64
+        auth_json = os.path.join(tmp, 'redirect-config.json')
+        with open(auth_json, 'w') as f:
+            _json.dump({'auths': {host: {'auth': base64.b64encode(b'rafs:redirect-pw').decode()}}}, f)
+        servers = '''
+    server {
+        listen 127.0.0.1:%(reg)d;
+        location ~ "^/v2/%(repo)s/blobs/sha256:(?<blobid>[0-9a-f]{64})$" {
+            auth_basic "rafsd-test";
+            auth_basic_user_file %(pw)s;
+            root %(tmp)s/nothing-here;
+            error_page 404 =307 http://127.0.0.1:%(store)d/storage/$blobid?sig=SIGNATURE-x9;
+        }
+    }
+    server {
+        listen 127.0.0.1:%(store)d;
+        location /storage/ {
+            if ($http_authorization) { return 400; }
+            if ($arg_sig != "SIGNATURE-x9") { return 403; }
+            alias %(blobs)s/;
+        }
+    }''' % {'reg': reg_port, 'store': store_port, 'repo': REPO, 'pw': pw_file, 'tmp': tmp,
+               'blobs': os.path.join(out, 'blobs')}
+        with nginx(None, reg_port, tmp, servers=servers):
+            cfg = config('redirect', host, {host: {'plain_http': True}}, docker_config=auth_json)
+            with RafsdMount(rafsd, boot, mnt, config=cfg, log_path=os.path.join(tmp, 'redirect.log')) as m:
+                if ck.check(m.start(), 'rafsd mount (redirecting registry)', m.log_text()[-2000:]):
+                    ck.diffs('through the redirect', compare.compare_trees(src, mnt))
+                ck.check(m.stop() == 0, 'rafsd mount exits 0')
+                ck.check('SIGNATURE-x9' not in m.log_text() and 'redirect-pw' not in m.log_text(),
+                         'no signature or password in the log')
+            with open(os.path.join(tmp, 'nginx-%d' % reg_port, 'access.log')) as f:
+                access = f.read().splitlines()
+            asked = [line for line in access if '/v2/' in line and '" 307 ' in line]
+            stored = [line for line in access if '/storage/' in line and '" 206 ' in line]
+            log('  %d redirects, %d storage range replies' % (len(asked), len(stored)))
+            ck.check(stored and len(asked) < len(stored), 'the storage URL is reused (%d redirects for %d ranges)'
+                     % (len(asked), len(stored)))
+            ck.check(not [line for line in access if '/storage/' in line and ('" 400 ' in line or '" 403 ' in line)],
+                     'storage never saw an Authorization header or a missing signature')
     return ck.finish()
 
 

@@ -24,7 +24,7 @@ import urllib.request
 from rafstest import harness
 from rafstest.boot import blob_ids
 from rafstest.harness import log
-from rafstest.rafsd import RafsdServe, make_small_tree, rafsctl, rafsctl_status, start_test, write_config
+from rafstest.rafsd import RafsdServe, make_small_tree, network_config, rafsctl, rafsctl_status, start_test
 from rafstest.servers import TestCa, TokenIssuer, free_port, push_blob, registry
 
 KiB, MiB = 1 << 10, 1 << 20
@@ -110,16 +110,11 @@ def main():
             issuer.lifetime, issuer.told = 3, 3
             cfg_json = os.path.join(tmp, 'docker-config.json')
             write_docker_config(cfg_json, USER, PASSWORD)
+            cfg = network_config(tmp, 'serve', {'type': 'registry'}, fetch={'amplify': 0, 'max_inflight': 8}, **{
+                'backend.registry': {'host': host, 'repo': REPO, 'docker_config': cfg_json},
+                'backend.transport': {'certs_dir': os.path.join(tmp, 'no-certs.d')},
+                'backend.hosts."%s"' % host: {'ca_file': ca.cert}})
             sock = os.path.join(tmp, 'serve.sock')
-            cfg = write_config(os.path.join(tmp, 'serve.toml'),
-                               daemon={'engine': 'fanotify', 'socket': sock, 'cache_dir': os.path.join(tmp, 'cache'),
-                                       'state_dir': os.path.join(tmp, 'state')},
-                               fetch={'amplify': 0, 'max_inflight': 8},
-                               prefetch={'enable': False},
-                               backend={'type': 'registry'},
-                               **{'backend.registry': {'host': host, 'repo': REPO, 'docker_config': cfg_json},
-                                  'backend.transport': {'certs_dir': os.path.join(tmp, 'no-certs.d')},
-                                  'backend.hosts."%s"' % host: {'ca_file': ca.cert}})
             with RafsdServe(rafsd, cfg, sock, os.path.join(tmp, 'serve.log')) as srv:
                 if not ck.check(srv.start(), 'rafsd serve answers', srv.log_text()[-2000:]):
                     return ck.finish()

@@ -71,11 +71,26 @@ def write_config(path, **sections):
                 lines.append('%s = %s' % (k, 'true' if v else 'false'))
             elif isinstance(v, int):
                 lines.append('%s = %d' % (k, v))
+            elif isinstance(v, list):
+                lines.append('%s = [%s]' % (k, ', '.join('"%s"' % x for x in v)))
             else:
                 lines.append('%s = "%s"' % (k, v))
     with open(path, 'w') as f:
         f.write('\n'.join(lines) + '\n')
     return path
+
+
+def network_config(tmp, name, backend, **sections):
+    """The config of a network backend test's daemon `name`: fanotify engine, socket
+    <tmp>/<name>.sock, its own cache and state dirs under tmp, no prefetch; `backend` is the
+    [backend] table, `sections` more tables by name (e.g. 'backend.hosts."127.0.0.1:5000"')."""
+    base = {'daemon': {'engine': 'fanotify', 'socket': os.path.join(tmp, name + '.sock'),
+                       'cache_dir': os.path.join(tmp, name + '-cache'), 'state_dir': os.path.join(tmp, name + '-state')},
+            'prefetch': {'enable': False},
+            'backend': backend}
+    for section, values in sections.items():
+        base[section] = dict(base.get(section, {}), **values)
+    return write_config(os.path.join(tmp, name + '.toml'), **base)
 
 
 class RafsdProcess:

@@ -16,6 +16,7 @@ import os
 import socket
 import ssl
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -29,17 +30,51 @@ def free_port():
         return s.getsockname()[1]
 
 
-def port_open(port):
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.settimeout(0.5)
-        return s.connect_ex(('127.0.0.1', port)) == 0
+def in_netns(netns, fn):
+    """fn() in a thread that joined the network namespace /run/netns/<netns> (None: this one), so
+    its sockets are that namespace's; returns what fn returns."""
+    if netns is None:
+        return fn()
+    import ctypes
+    result = {}
+
+    def run():
+        try:
+            fd = os.open('/run/netns/' + netns, os.O_RDONLY)
+            try:
+                if ctypes.CDLL(None, use_errno=True).setns(fd, 0x40000000) != 0:  # CLONE_NEWNET
+                    raise OSError(ctypes.get_errno(), 'setns ' + netns)
+            finally:
+                os.close(fd)
+            result['value'] = fn()
+        except BaseException as e:  # noqa: B902 - handed to the caller
+            result['error'] = e
+
+    t = threading.Thread(target=run)
+    t.start()
+    t.join()
+    if 'error' in result:
+        raise result['error']
+    return result['value']
+
+
+def port_open(port, netns=None):
+    def probe():
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.settimeout(0.5)
+            return s.connect_ex(('127.0.0.1', port)) == 0
+    return in_netns(netns, probe)
 
 
 class Server:
-    """A server process of the test's own, ready when 127.0.0.1:port accepts connections."""
+    """A server process of the test's own, ready when 127.0.0.1:port accepts connections; in the
+    network namespace `netns` if given (nsenter --net: the mount namespace stays this one)."""
 
-    def __init__(self, name, cmd, port, log_path, env=None):
+    def __init__(self, name, cmd, port, log_path, env=None, netns=None):
+        if netns:
+            cmd = ['nsenter', '--net=/run/netns/' + netns] + cmd
         self.name, self.cmd, self.port, self.log_path, self.env = name, cmd, port, log_path, env
+        self.netns = netns
         self.proc = None
 
     def start(self, timeout=20):
@@ -50,7 +85,7 @@ class Server:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 break
-            if port_open(self.port):
+            if port_open(self.port, self.netns):
                 return self
             time.sleep(0.05)
         self.stop()
@@ -84,8 +119,9 @@ class Server:
         return False
 
 
-def nginx(root, port, tmp):
-    """nginx-light in the foreground, one process, serving `root` at http://127.0.0.1:port/blobs/."""
+def nginx(root, port, tmp, servers=None):
+    """nginx-light in the foreground, one process, serving `root` at http://127.0.0.1:port/blobs/,
+    or the given `servers` (server blocks) instead."""
     prefix = os.path.join(tmp, 'nginx-%d' % port)
     os.makedirs(os.path.join(prefix, 'body'), exist_ok=True)
     conf = os.path.join(prefix, 'nginx.conf')
@@ -99,12 +135,12 @@ events { worker_connections 256; }
 http {
     access_log %(p)s/access.log;
     client_body_temp_path %(p)s/body;
-    server {
-        listen 127.0.0.1:%(port)d;
-        location /blobs/ { alias %(root)s/; }
-    }
+    %(servers)s
 }
-''' % {'p': prefix, 'port': port, 'root': os.path.abspath(root)})
+''' % {'p': prefix, 'servers': servers or '''server {
+        listen 127.0.0.1:%d;
+        location /blobs/ { alias %s/; }
+    }''' % (port, os.path.abspath(root))})
     return Server('nginx', ['nginx', '-p', prefix, '-c', conf], port, os.path.join(prefix, 'out.log')).start()
 
 
@@ -144,13 +180,12 @@ class TestCa:
 
 def htpasswd(path, users):
     """A bcrypt htpasswd file (the registry ignores other hashes)."""
-    with open(path, 'w') as f:
-        pass
+    open(path, 'w').close()
     for user, password in users.items():
         subprocess.run(['htpasswd', '-bB', path, user, password], check=True, capture_output=True)
 
 
-def registry(tmp, name, port, cert=None, key=None, auth=None, client_ca=None):
+def registry(tmp, name, port, cert=None, key=None, auth=None, client_ca=None, netns=None):
     """Debian's docker-registry on 127.0.0.1:port with filesystem storage under tmp.
     auth: None, {'htpasswd': {'realm': ..., 'path': ...}} or {'token': {...}} (registry.md §2)."""
     root = os.path.join(tmp, name)
@@ -168,7 +203,8 @@ def registry(tmp, name, port, cert=None, key=None, auth=None, client_ca=None):
     path = os.path.join(root, 'config.yml')
     with open(path, 'w') as f:
         json.dump(config, f)  # JSON is YAML
-    return Server('docker-registry', ['docker-registry', 'serve', path], port, os.path.join(root, 'log')).start()
+    return Server('docker-registry', ['docker-registry', 'serve', path], port, os.path.join(root, 'log'),
+                  netns=netns).start()
 
 
 def _request(method, url, context, headers=None, data=None, timeout=60):
@@ -203,7 +239,32 @@ def push_blob(base_url, repo, path, context=None, headers=None):
     return digest
 
 
-class TokenIssuer:
+class ThreadedServer:
+    """A server in threads of the test process (socketserver), stopped on exit."""
+
+    server = None
+
+    def serve(self, server):
+        self.server = server
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+        return self
+
+    def stop(self):
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+            self.server = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+        return False
+
+
+class TokenIssuer(ThreadedServer):
     """A token service for docker-registry's `auth.token` mode (registry.md §2), in a thread of the
     test: ES256 JWTs signed by a P-256 key whose self-signed certificate is the registry's
     rootcertbundle (python3-jwt, python3-cryptography). Grants pull on what `scope` asks for to
@@ -216,7 +277,6 @@ class TokenIssuer:
 
     def __init__(self, directory, port, users, lifetime=300, told=300):
         import datetime
-        import threading
         from cryptography import x509
         from cryptography.hazmat.primitives import hashes, serialization
         from cryptography.hazmat.primitives.asymmetric import ec
@@ -239,7 +299,6 @@ class TokenIssuer:
         self.lifetime, self.told = lifetime, told
         self.issued, self.refused, self.seen_users = 0, 0, []
         self.lock = threading.Lock()
-        self.server = None
 
     def realm(self):
         return 'http://127.0.0.1:%d/token' % self.port
@@ -262,7 +321,6 @@ class TokenIssuer:
 
     def start(self):
         import http.server
-        import threading
         import urllib.parse
         issuer = self
 
@@ -294,26 +352,10 @@ class TokenIssuer:
                 self.end_headers()
                 self.wfile.write(data)
 
-        self.server = http.server.ThreadingHTTPServer(('127.0.0.1', self.port), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-        return self
-
-    def stop(self):
-        if self.server is not None:
-            self.server.shutdown()
-            self.server.server_close()
-            self.server = None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.stop()
-        return False
+        return self.serve(http.server.ThreadingHTTPServer(('127.0.0.1', self.port), Handler))
 
 
-class FaultProxy:
+class FaultProxy(ThreadedServer):
     """A reverse proxy of the test's own in front of an http:// server on 127.0.0.1, one request
     per connection, that spoils the replies to blob GETs while `active`: `choose()` (a callable
     given the request number) names the fault for each:
@@ -329,14 +371,12 @@ class FaultProxy:
 
     def __init__(self, port, upstream_port, choose, stall_seconds=8):
         import collections
-        import threading
         self.port, self.upstream_port, self.choose = port, upstream_port, choose
         self.stall_seconds = stall_seconds
         self.active = False
         self.made = collections.Counter()
         self.requests = 0
         self.lock = threading.Lock()
-        self.server = None
         self.stopping = threading.Event()
 
     def _serve(self, conn):
@@ -398,7 +438,6 @@ class FaultProxy:
 
     def start(self):
         import socketserver
-        import threading
         proxy = self
 
         class Handler(socketserver.BaseRequestHandler):
@@ -412,21 +451,8 @@ class FaultProxy:
             allow_reuse_address = True
             daemon_threads = True
 
-        self.server = Server(('127.0.0.1', self.port), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-        return self
+        return self.serve(Server(('127.0.0.1', self.port), Handler))
 
     def stop(self):
-        if self.server is not None:
-            self.stopping.set()
-            self.server.shutdown()
-            self.server.server_close()
-            self.server = None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.stop()
-        return False
+        self.stopping.set()  # a stalled reply ends now
+        super().stop()
