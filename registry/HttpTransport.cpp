@@ -17,9 +17,6 @@ namespace registry {
 
 namespace {
 
-// Kept per thread while the handles of the pool come and go.
-constexpr size_t kMaxIdleHandles = 64;
-
 std::string lower(std::string_view text) {
     std::string out(text);
     std::ranges::transform(out, out.begin(), [](char c) { return static_cast<char>(std::tolower(static_cast<unsigned char>(c))); });
@@ -34,15 +31,23 @@ std::string_view trim(std::string_view text) {
     return text;
 }
 
-struct Exchange {
+}  // namespace
+
+struct HttpTransport::Transfer {
     const HttpRequest* request;
     HttpResponse* response;
     CURL* handle;
     std::shared_ptr<const HostTls> tls;
+    CURLcode result = CURLE_OK;
+    bool done = false;
 };
 
+namespace {
+
+using Transfer = HttpTransport::Transfer;
+
 size_t onHeader(char* data, size_t size, size_t count, void* user) {
-    auto* x = static_cast<Exchange*>(user);
+    auto* x = static_cast<Transfer*>(user);
     const size_t bytes = size * count;
     std::string_view line(data, bytes);
     // A new status line (after a redirect, a proxy's CONNECT reply or 100 Continue) starts over.
@@ -58,7 +63,7 @@ size_t onHeader(char* data, size_t size, size_t count, void* user) {
 }
 
 size_t onBody(char* data, size_t size, size_t count, void* user) {
-    auto* x = static_cast<Exchange*>(user);
+    auto* x = static_cast<Transfer*>(user);
     const size_t bytes = size * count;
     HttpResponse& r = *x->response;
     if (r.status == 0) curl_easy_getinfo(x->handle, CURLINFO_RESPONSE_CODE, &r.status);
@@ -84,11 +89,6 @@ CURLcode onSslContext(CURL*, void* ssl_ctx, void* user) {
     ERR_clear_error();
     return CURLE_OK;
 }
-
-void lockShare(CURL*, curl_lock_data data, curl_lock_access, void* user) {
-    static_cast<std::mutex*>(user)[data].lock();
-}
-void unlockShare(CURL*, curl_lock_data data, void* user) { static_cast<std::mutex*>(user)[data].unlock(); }
 
 struct HeaderList {
     curl_slist* list = nullptr;
@@ -138,48 +138,64 @@ HttpTransport::HttpTransport(TransportOptions options, std::shared_ptr<const Tls
     : options_(options), tls_(std::move(tls)) {
     static std::once_flag once;
     std::call_once(once, [] { curl_global_init(CURL_GLOBAL_DEFAULT); });
-    share_ = curl_share_init();
-    if (share_ == nullptr) rafs::fail("libcurl: cannot create a share handle");
-    curl_share_setopt(share_, CURLSHOPT_LOCKFUNC, lockShare);
-    curl_share_setopt(share_, CURLSHOPT_UNLOCKFUNC, unlockShare);
-    curl_share_setopt(share_, CURLSHOPT_USERDATA, share_locks_);
-    // Not the connection cache: libcurl does not share it safely between threads, so each pooled
-    // handle keeps its own connections alive instead.
-    curl_share_setopt(share_, CURLSHOPT_SHARE, CURL_LOCK_DATA_DNS);
-    curl_share_setopt(share_, CURLSHOPT_SHARE, CURL_LOCK_DATA_SSL_SESSION);
+    multi_ = curl_multi_init();
+    if (multi_ == nullptr) rafs::fail("libcurl: cannot create a multi handle");
+    curl_multi_setopt(multi_, CURLMOPT_PIPELINING, CURLPIPE_MULTIPLEX);
+    thread_ = std::thread([this] { run(); });
 }
 
 HttpTransport::~HttpTransport() {
-    for (CURL* handle : idle_) curl_easy_cleanup(handle);
-    curl_share_cleanup(share_);
-}
-
-CURL* HttpTransport::acquire() {
     {
-        std::lock_guard lock(pool_mutex_);
-        if (!idle_.empty()) {
-            CURL* handle = idle_.back();
-            idle_.pop_back();
-            return handle;
-        }
+        std::lock_guard lock(mutex_);
+        stopping_ = true;
     }
-    CURL* handle = curl_easy_init();
-    if (handle == nullptr) rafs::fail("libcurl: cannot create a handle");
-    return handle;
+    curl_multi_wakeup(multi_);
+    thread_.join();
+    curl_multi_cleanup(multi_);
 }
 
-void HttpTransport::release(CURL* handle) {
-    std::lock_guard lock(pool_mutex_);
-    if (idle_.size() < kMaxIdleHandles) {
-        idle_.push_back(handle);
-    } else {
-        curl_easy_cleanup(handle);
+void HttpTransport::run() {
+    std::vector<Transfer*> active;
+    for (;;) {
+        {
+            std::lock_guard lock(mutex_);
+            // Callers wait in perform() until their transfer is done, so none is pending here.
+            if (stopping_ && submitted_.empty() && active.empty()) return;
+            for (Transfer* t : submitted_) {
+                const CURLMcode added = curl_multi_add_handle(multi_, t->handle);
+                if (added != CURLM_OK) {
+                    t->result = CURLE_OUT_OF_MEMORY;
+                    t->done = true;
+                    continue;
+                }
+                active.push_back(t);
+            }
+            submitted_.clear();
+            finished_.notify_all();
+        }
+        int running = 0;
+        curl_multi_perform(multi_, &running);
+        int left = 0;
+        while (CURLMsg* msg = curl_multi_info_read(multi_, &left)) {
+            if (msg->msg != CURLMSG_DONE) continue;
+            auto it = std::ranges::find(active, msg->easy_handle, &Transfer::handle);
+            if (it == active.end()) continue;
+            Transfer* t = *it;
+            const CURLcode result = msg->data.result;
+            curl_multi_remove_handle(multi_, t->handle);
+            active.erase(it);
+            std::lock_guard lock(mutex_);
+            t->result = result;
+            t->done = true;
+            finished_.notify_all();
+        }
+        curl_multi_poll(multi_, nullptr, 0, 1000, nullptr);
     }
 }
 
 HttpResponse HttpTransport::perform(const HttpRequest& request) {
     HttpResponse response;
-    Exchange x{&request, &response, nullptr, nullptr};
+    Transfer x{&request, &response, nullptr, nullptr};
     try {
         x.tls = tls_->forHost(Url::parse(request.url).authority);
     } catch (const rafs::Error& e) {
@@ -187,10 +203,13 @@ HttpResponse HttpTransport::perform(const HttpRequest& request) {
         response.curl_error = e.what();
         return response;
     }
-    CURL* h = acquire();
+    struct EasyHandle {
+        CURL* h = curl_easy_init();
+        ~EasyHandle() { curl_easy_cleanup(h); }
+    } easy;
+    if (easy.h == nullptr) rafs::fail("libcurl: cannot create a handle");
+    CURL* h = easy.h;
     x.handle = h;
-    // Keeps the handle's live connections, DNS cache and TLS sessions; forgets the options.
-    curl_easy_reset(h);
     HeaderList headers;
     for (const std::string& line : request.headers) headers.add(line);
     // No "Expect: 100-continue" and no libcurl "Accept: */*" guesswork.
@@ -199,8 +218,9 @@ HttpResponse HttpTransport::perform(const HttpRequest& request) {
     const std::string range = request.range ? fmt::format("{}-{}", request.range->first, request.range->second) : "";
     curl_easy_setopt(h, CURLOPT_URL, request.url.c_str());
     curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, "http,https");
-    curl_easy_setopt(h, CURLOPT_SHARE, share_);
     curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
+    // Wait for a connection that can take another stream rather than open one more.
+    curl_easy_setopt(h, CURLOPT_PIPEWAIT, 1L);
     curl_easy_setopt(h, CURLOPT_ERRORBUFFER, error);
     curl_easy_setopt(h, CURLOPT_HTTPHEADER, headers.list);
     curl_easy_setopt(h, CURLOPT_USERAGENT, "rafsd/0.1");
@@ -227,17 +247,20 @@ HttpResponse HttpTransport::perform(const HttpRequest& request) {
     if (request.method == "HEAD") curl_easy_setopt(h, CURLOPT_NOBODY, 1L);
     if (request.range) curl_easy_setopt(h, CURLOPT_RANGE, range.c_str());
 
-    const CURLcode code = curl_easy_perform(h);
+    {
+        std::unique_lock lock(mutex_);
+        if (stopping_) rafs::fail("the HTTP transport is shutting down");
+        submitted_.push_back(&x);
+        curl_multi_wakeup(multi_);
+        finished_.wait(lock, [&] { return x.done; });
+    }
+    const CURLcode code = x.result;
     response.curl_code = static_cast<int>(code);
     if (code != CURLE_OK) response.curl_error = error[0] != '\0' ? std::string(error) : curl_easy_strerror(code);
     curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &response.status);
     curl_off_t total_us = 0;
     curl_easy_getinfo(h, CURLINFO_TOTAL_TIME_T, &total_us);
     response.elapsed = std::chrono::microseconds(total_us);
-    // libcurl keeps pointers to these until the next reset: none may outlive this call.
-    curl_easy_setopt(h, CURLOPT_ERRORBUFFER, nullptr);
-    curl_easy_setopt(h, CURLOPT_HTTPHEADER, nullptr);
-    release(h);
     return response;
 }
 

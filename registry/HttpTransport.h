@@ -1,7 +1,8 @@
-// One HTTP request at a time per calling thread, over libcurl: connections kept alive in a pool of
-// reused easy handles (DNS and TLS sessions shared among them), HTTP/2 where the server offers it,
-// connect / total / low-speed timeouts, per-host TLS (TlsConfig), an optional proxy per request.
-// One attempt: retries are RetryingTransport's.
+// HTTP requests over libcurl for any number of calling threads, each blocking in perform(): one
+// multi handle driven by one thread of the transport holds every connection, so connections are
+// kept alive and reused by all callers, and requests to a server that offers HTTP/2 share one
+// connection (multiplexed streams). Connect / total / low-speed timeouts, per-host TLS
+// (TlsConfig), an optional proxy per request. One attempt: retries are RetryingTransport's.
 #pragma once
 
 #include "registry/TlsConfig.h"
@@ -9,9 +10,12 @@
 #include <curl/curl.h>
 
 #include <chrono>
+#include <condition_variable>
 #include <cstdint>
+#include <deque>
 #include <memory>
 #include <mutex>
+#include <thread>
 #include <optional>
 #include <span>
 #include <string>
@@ -77,16 +81,19 @@ public:
 
     const TransportOptions& options() const { return options_; }
 
+    struct Transfer;  // one request on its way through the multi handle
+
 private:
-    CURL* acquire();
-    void release(CURL* handle);
+    void run();  // the thread that drives the multi handle
 
     TransportOptions options_;
     std::shared_ptr<const TlsConfig> tls_;
-    CURLSH* share_ = nullptr;
-    std::mutex share_locks_[CURL_LOCK_DATA_LAST];
-    std::mutex pool_mutex_;
-    std::vector<CURL*> idle_;  // with their live connections
+    CURLM* multi_ = nullptr;
+    std::mutex mutex_;
+    std::condition_variable finished_;
+    std::deque<Transfer*> submitted_;  // not yet added to the multi handle
+    bool stopping_ = false;
+    std::thread thread_;  // last: started when the rest is ready
 };
 
 }  // namespace registry
