@@ -19,9 +19,8 @@ import threading
 import time
 
 from rafstest import harness
-from rafstest.boot import blob_ids
 from rafstest.harness import log
-from rafstest.rafsd import RafsdServe, make_small_tree, network_config, rafsctl, rafsctl_status, start_test
+from rafstest.rafsd import RafsdServe, network_config, rafsctl, rafsctl_status, small_image, start_test
 from rafstest.servers import FaultProxy, free_port, push_blob, registry
 
 KiB, MiB = 1 << 10, 1 << 20
@@ -55,13 +54,11 @@ def read_pieces(path, expected, results):
 def main():
     args, mk, rafsd, ctl, ck = start_test('rafsd_faults', __doc__, tools=('docker-registry',))
     with harness.temp_dir('rafsd-faults-', keep=args.keep) as tmp:
-        src, out, mnt = (os.path.join(tmp, n) for n in ('src', 'out', 'mnt'))
-        os.makedirs(mnt)
-        sources = make_small_tree(src, FILES, seed=33)
-        if not ck.cmd_ok(mk.build(out, [src], chunk_size='64K'), 'mkrafs build (64 KiB chunks)'):
+        image = small_image(ck, mk, tmp, FILES, 33, chunk_size='64K')
+        if image is None:
             return ck.finish()
-        boot = os.path.join(out, 'image.boot')
-        blob = blob_ids(boot)[0]
+        sources, boot, blob, mnt = image
+        out = os.path.join(tmp, 'out')
         reg_port, proxy_port = free_port(), free_port()
         host = '127.0.0.1:%d' % proxy_port
         rnd = random.Random(7)

@@ -13,10 +13,9 @@ import os
 import sys
 
 from rafstest import compare, harness
-from rafstest.boot import blob_ids
 from rafstest.harness import log
-from rafstest.rafsd import (RafsdServe, expect_error, make_small_tree, network_config, rafsctl, rafsctl_status,
-                            start_test)
+from rafstest.rafsd import (RafsdServe, expect_error, network_config, rafsctl, rafsctl_status,
+                            small_image, start_test)
 from rafstest.servers import free_port, nginx
 
 MiB = 1 << 20
@@ -26,13 +25,11 @@ FILES = [('a/one', 3 * MiB + 17), ('a/two', 700000), ('b/three', 5 * MiB), ('c/s
 def main():
     args, mk, rafsd, ctl, ck = start_test('rafsd_http', __doc__, tools=('nginx',))
     with harness.temp_dir('rafsd-http-', keep=args.keep) as tmp:
-        src, out, mnt = (os.path.join(tmp, n) for n in ('src', 'out', 'mnt'))
-        os.makedirs(mnt)
-        make_small_tree(src, FILES, seed=8)
-        if not ck.cmd_ok(mk.build(out, [src]), 'mkrafs build'):
+        image = small_image(ck, mk, tmp, FILES, 8)
+        if image is None:
             return ck.finish()
-        boot = os.path.join(out, 'image.boot')
-        blob = blob_ids(boot)[0]
+        _, boot, blob, mnt = image
+        src, out = os.path.join(tmp, 'src'), os.path.join(tmp, 'out')
         port = free_port()
         empty_dir = os.path.join(tmp, 'empty')
         os.makedirs(empty_dir)

@@ -20,10 +20,9 @@ import shutil
 import sys
 
 from rafstest import compare, harness
-from rafstest.boot import blob_ids
 from rafstest.harness import log
-from rafstest.rafsd import (RafsdMount, RafsdServe, expect_error, make_small_tree, network_config, rafsctl,
-                            start_test)
+from rafstest.rafsd import (RafsdMount, RafsdServe, expect_error, network_config, rafsctl,
+                            small_image, start_test)
 from rafstest.servers import TestCa, basic_auth, free_port, htpasswd, push_blob, registry
 
 MiB = 1 << 20
@@ -51,13 +50,11 @@ def registry_config(tmp, name, host, docker_cfg, ca_file=None, certs_dir=None, r
 def main():
     args, mk, rafsd, ctl, ck = start_test('rafsd_registry', __doc__, tools=('docker-registry', 'openssl', 'htpasswd'))
     with harness.temp_dir('rafsd-registry-', keep=args.keep) as tmp:
-        src, out, mnt = (os.path.join(tmp, n) for n in ('src', 'out', 'mnt'))
-        os.makedirs(mnt)
-        make_small_tree(src, FILES, seed=11)
-        if not ck.cmd_ok(mk.build(out, [src]), 'mkrafs build'):
+        image = small_image(ck, mk, tmp, FILES, 11)
+        if image is None:
             return ck.finish()
-        boot = os.path.join(out, 'image.boot')
-        blob = blob_ids(boot)[0]
+        _, boot, blob, mnt = image
+        src, out = os.path.join(tmp, 'src'), os.path.join(tmp, 'out')
         ca = TestCa(os.path.join(tmp, 'ca'))
         cert, key = ca.issue('registry')
         pw_file = os.path.join(tmp, 'htpasswd')

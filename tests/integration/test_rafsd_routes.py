@@ -22,10 +22,9 @@ import sys
 import threading
 
 from rafstest import compare, harness
-from rafstest.boot import blob_ids
 from rafstest.harness import log
-from rafstest.rafsd import (RafsdMount, RafsdServe, expect_error, make_small_tree, network_config, rafsctl,
-                            rafsctl_status, start_test)
+from rafstest.rafsd import (RafsdMount, RafsdServe, expect_error, network_config, rafsctl,
+                            rafsctl_status, small_image, start_test)
 from rafstest.servers import FaultProxy, TestCa, free_port, nginx, push_blob, registry
 
 MiB = 1 << 20
@@ -72,13 +71,11 @@ class GarbageServer:
 def main():
     args, mk, rafsd, ctl, ck = start_test('rafsd_routes', __doc__, tools=('docker-registry', 'openssl'))
     with harness.temp_dir('rafsd-routes-', keep=args.keep) as tmp:
-        src, out, mnt = (os.path.join(tmp, n) for n in ('src', 'out', 'mnt'))
-        os.makedirs(mnt)
-        make_small_tree(src, FILES, seed=44)
-        if not ck.cmd_ok(mk.build(out, [src]), 'mkrafs build'):
+        image = small_image(ck, mk, tmp, FILES, 44)
+        if image is None:
             return ck.finish()
-        boot = os.path.join(out, 'image.boot')
-        blob = blob_ids(boot)[0]
+        _, boot, blob, mnt = image
+        src, out = os.path.join(tmp, 'src'), os.path.join(tmp, 'out')
         blob_file = os.path.join(out, 'blobs', blob)
         none_json = os.path.join(tmp, 'none.json')
 

@@ -22,9 +22,8 @@ import time
 import urllib.request
 
 from rafstest import harness
-from rafstest.boot import blob_ids
 from rafstest.harness import log
-from rafstest.rafsd import RafsdServe, make_small_tree, network_config, rafsctl, rafsctl_status, start_test
+from rafstest.rafsd import RafsdServe, network_config, rafsctl, rafsctl_status, small_image, start_test
 from rafstest.servers import TestCa, TokenIssuer, free_port, push_blob, registry
 
 KiB, MiB = 1 << 10, 1 << 20
@@ -84,14 +83,12 @@ def slow_read(paths, sources):
 def main():
     args, mk, rafsd, ctl, ck = start_test('rafsd_token', __doc__, tools=('docker-registry', 'openssl'))
     with harness.temp_dir('rafsd-token-', keep=args.keep) as tmp:
-        src, out, mnt = (os.path.join(tmp, n) for n in ('src', 'out', 'mnt'))
-        os.makedirs(mnt)
         files = [('%s/f%d' % (phase, i), FILE_SIZE) for phase in PHASES for i in range(FILES_PER_PHASE)]
-        sources = make_small_tree(src, files, seed=21)
-        if not ck.cmd_ok(mk.build(out, [src], chunk_size='64K'), 'mkrafs build (64 KiB chunks)'):
+        image = small_image(ck, mk, tmp, files, 21, chunk_size='64K')
+        if image is None:
             return ck.finish()
-        boot = os.path.join(out, 'image.boot')
-        blob = blob_ids(boot)[0]
+        sources, boot, blob, mnt = image
+        out = os.path.join(tmp, 'out')
         ca = TestCa(os.path.join(tmp, 'ca'))
         cert, key = ca.issue('registry')
         port, token_port = free_port(), free_port()

@@ -245,6 +245,20 @@ def make_small_tree(root, files, seed=1):
     return out
 
 
+def small_image(ck, mk, tmp, files, seed, **build):
+    """A test's image: `files` made under tmp/src (make_small_tree), built with mkrafs into tmp/out,
+    and an empty tmp/mnt. Returns (sources, bootstrap, blob id, mountpoint), or None if the build
+    failed (reported)."""
+    from .boot import blob_ids
+    src, out, mnt = (os.path.join(tmp, n) for n in ('src', 'out', 'mnt'))
+    os.makedirs(mnt)
+    sources = make_small_tree(src, files, seed=seed)
+    if not ck.cmd_ok(mk.build(out, [src], **build), 'mkrafs build'):
+        return None
+    boot = os.path.join(out, 'image.boot')
+    return sources, boot, blob_ids(boot)[0], mnt
+
+
 EXT_SB_OFFSET = 1152
 CHUNK_INFO_SIZE = 80
 
