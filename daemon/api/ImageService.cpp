@@ -1,7 +1,7 @@
 #include "daemon/api/ImageService.h"
 
-#include "daemon/api/NetworkBackends.h"
 #include "builder/format/Error.h"
+#include "daemon/api/NetworkBackends.h"
 #include "daemon/backends/LocalfsBackend.h"
 #include "builder/format/BlobFile.h"
 #include "builder/format/Digest.h"
@@ -272,7 +272,9 @@ nlohmann::json ImageService::mountOrReattach(const MountRequest& request, bool r
     if (ec) rafs::fail("cannot create cache dir {}: {}", config_.daemon.cache_dir.string(), ec.message());
 
     auto backend = backendFor(request);
-    if (!request.blob_dir && network_) probeBlobs(*backend, opened);
+    // Not when taking over a mount the kernel still has: its cached data serves even while the
+    // registry is unreachable, and refusing would leave the mount without a daemon.
+    if (!reattach && !request.blob_dir && network_) probeBlobs(*backend, opened);
     if (opened.inline_meta) {
         backend = std::make_shared<BlobFileBackend>(std::move(backend), bootstrap.blobs().back().id, bootstrap_path);
     }
