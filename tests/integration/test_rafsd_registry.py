@@ -8,7 +8,10 @@ pushed with the plain distribution upload API; fanotify engine:
 2. the same through `rafsd serve`, with the CA found by the /etc/docker/certs.d convention
    (transport.certs_dir = a directory of the test's): `rafsctl status` shows the backend's
    requests and bytes, and neither the password nor the config's auth string;
-3. the mount-time probe: a wrong password, an unknown CA, a blob missing from the repository and
+3. the credentials from a credential helper instead (config.json's credsStore names
+   docker-credential-rafstest, a script of the test's on PATH that answers `get` for the host):
+   the image reads back equal;
+4. the mount-time probe: a wrong password, an unknown CA, a blob missing from the repository and
    a registry that is not there each fail the mount with one error line naming it, and nothing
    is mounted.
 """
@@ -77,6 +80,27 @@ def main():
                 ck.check(m.stop() == 0, 'rafsd mount exits 0')
                 text = m.log_text()
                 ck.check(PASSWORD not in text and auth_string not in text, 'the password is in no log line')
+
+            ck.section('credentials from a credential helper (credsStore)')
+            bin_dir = os.path.join(tmp, 'bin')
+            os.makedirs(bin_dir)
+            helper = os.path.join(bin_dir, 'docker-credential-rafstest')
+            with open(helper, 'w') as f:
+                f.write('#!/bin/sh\n[ "$1" = get ] || exit 2\nread host\n'
+                        'if [ "$host" = "%s" ]; then echo \'{"ServerURL":"%s","Username":"%s","Secret":"%s"}\'\n'
+                        'else echo "credentials not found in native keychain"; exit 1; fi\n'
+                        % (host, host, USER, PASSWORD))
+            os.chmod(helper, 0o755)
+            helper_json = os.path.join(tmp, 'helper-config.json')
+            with open(helper_json, 'w') as f:
+                json.dump({'credsStore': 'rafstest'}, f)
+            os.environ['PATH'] = bin_dir + ':' + os.environ.get('PATH', '')
+            cfg = registry_config(tmp, 'helper', host, helper_json, ca_file=ca.cert)
+            with RafsdMount(rafsd, boot, mnt, config=cfg, log_path=os.path.join(tmp, 'helper.log')) as m:
+                if ck.check(m.start(), 'rafsd mount (credentials from docker-credential-rafstest)', m.log_text()[-2000:]):
+                    ck.diffs('tree with the helper\'s credentials', compare.compare_trees(src, mnt))
+                ck.check(m.stop() == 0, 'rafsd mount exits 0')
+                ck.check(PASSWORD not in m.log_text(), 'the password is in no log line')
 
             ck.section('rafsd serve: the CA from <certs_dir>/<host>/ca.crt, status')
             certs_dir = os.path.join(tmp, 'certs.d')
