@@ -10,12 +10,15 @@ stream of range requests from several threads at once. The client under test is 
    shows as a 401, answered by one token fetch however many reads got it;
 3. the credentials in config.json change while mounted (the token service then knows only the new
    ones): the next token requests use them, no read fails.
+While the four threads read, rafsd holds one connection to the registry (HTTP/2: their requests
+are streams on it), sampled with `ss`.
 `rafsctl status` counts the token refreshes: as many as the token service issued.
 """
 
 import base64
 import json
 import os
+import subprocess
 import sys
 import threading
 import time
@@ -119,6 +122,14 @@ def main():
                 if not ck.check(r.returncode == 0, 'rafsctl mount', (r.stderr or b'').decode()):
                     return ck.finish()
 
+                connections = []
+
+                def sample_connections(stop):
+                    while not stop.wait(0.5):
+                        r = subprocess.run(['ss', '-Htn', 'state', 'established', '( dport = :%d )' % port],
+                                           capture_output=True, text=True)
+                        connections.append(len([line for line in r.stdout.splitlines() if line.strip()]))
+
                 def phase(name, lifetime, told, during=None):
                     issuer.lifetime, issuer.told = lifetime, told
                     before = issuer.issued
@@ -138,7 +149,14 @@ def main():
                     return elapsed, fetched
 
                 ck.section('tokens renewed before they expire (expires_in 3)')
+                stop = threading.Event()
+                sampler = threading.Thread(target=sample_connections, args=(stop,))
+                sampler.start()
                 elapsed, fetched = phase('early', 3, 3)
+                stop.set()
+                sampler.join()
+                ck.check(connections and max(connections) == 1,
+                         'one connection to the registry for all readers (samples %r)' % connections[:20])
                 # Renewed at 4/5 of 3 s: about one fetch per 2.4 s.
                 bound = int(elapsed / 2.4) + 2
                 ck.check(2 <= fetched <= bound, 'tokens renewed: %d fetches in %.1f s (2 to %d)' % (fetched, elapsed, bound))
