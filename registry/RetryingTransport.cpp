@@ -12,13 +12,13 @@ RetryingTransport::RetryingTransport(std::shared_ptr<HttpTransport> transport, R
 
 HttpResponse RetryingTransport::perform(HttpRequest request, const std::function<void()>& before_attempt,
                                         const Judge& transient) {
-    HttpResponse response;
+    uint32_t retries = 0;  // spent, of the policy's
     bool fell_back = false;
-    for (uint32_t attempt = 0;; ++attempt) {
+    for (;;) {
         const size_t route = routes_ ? routes_->order().front() : 0;
         request.proxy = routes_ ? routes_->at(route) : "";
         if (before_attempt) before_attempt();
-        response = transport_->perform(request);
+        HttpResponse response = transport_->perform(request);
         stats_->requests++;
         stats_->bytes += response.body_bytes;
         stats_->recordLatency(response.elapsed);
@@ -27,16 +27,16 @@ HttpResponse RetryingTransport::perform(HttpRequest request, const std::function
             if (failed) routes_->failed(route);
             else routes_->succeeded(route);
             if (failed && !fell_back) {
-                // Through the proxy and failed: the direct route at once, once per request.
+                // Through the proxy and failed: the direct route at once, once per request,
+                // without spending one of the policy's retries.
                 fell_back = true;
-                --attempt;
                 stats_->retries++;
                 continue;
             }
         }
-        if (!failed || attempt >= policy_.options().retries) return response;
+        if (!failed || retries >= policy_.options().retries) return response;
         stats_->retries++;
-        std::this_thread::sleep_for(policy_.delay(attempt, response));
+        std::this_thread::sleep_for(policy_.delay(retries++, response));
     }
 }
 
