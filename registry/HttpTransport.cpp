@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <cctype>
 #include <mutex>
+#include <semaphore>
 
 namespace registry {
 
@@ -39,7 +40,8 @@ struct HttpTransport::Transfer {
     CURL* handle;
     std::shared_ptr<const HostTls> tls;
     CURLcode result = CURLE_OK;
-    bool done = false;
+    // Released by the transport's thread when the transfer is over: only its caller wakes.
+    std::binary_semaphore finished{0};
 };
 
 namespace {
@@ -162,16 +164,14 @@ void HttpTransport::run() {
             // Callers wait in perform() until their transfer is done, so none is pending here.
             if (stopping_ && submitted_.empty() && active.empty()) return;
             for (Transfer* t : submitted_) {
-                const CURLMcode added = curl_multi_add_handle(multi_, t->handle);
-                if (added != CURLM_OK) {
+                if (curl_multi_add_handle(multi_, t->handle) != CURLM_OK) {
                     t->result = CURLE_OUT_OF_MEMORY;
-                    t->done = true;
+                    t->finished.release();
                     continue;
                 }
                 active.push_back(t);
             }
             submitted_.clear();
-            finished_.notify_all();
         }
         int running = 0;
         curl_multi_perform(multi_, &running);
@@ -181,13 +181,10 @@ void HttpTransport::run() {
             auto it = std::ranges::find(active, msg->easy_handle, &Transfer::handle);
             if (it == active.end()) continue;
             Transfer* t = *it;
-            const CURLcode result = msg->data.result;
+            t->result = msg->data.result;
             curl_multi_remove_handle(multi_, t->handle);
             active.erase(it);
-            std::lock_guard lock(mutex_);
-            t->result = result;
-            t->done = true;
-            finished_.notify_all();
+            t->finished.release();
         }
         curl_multi_poll(multi_, nullptr, 0, 1000, nullptr);
     }
@@ -248,12 +245,12 @@ HttpResponse HttpTransport::perform(const HttpRequest& request) {
     if (request.range) curl_easy_setopt(h, CURLOPT_RANGE, range.c_str());
 
     {
-        std::unique_lock lock(mutex_);
+        std::lock_guard lock(mutex_);
         if (stopping_) rafs::fail("the HTTP transport is shutting down");
         submitted_.push_back(&x);
-        curl_multi_wakeup(multi_);
-        finished_.wait(lock, [&] { return x.done; });
     }
+    curl_multi_wakeup(multi_);
+    x.finished.acquire();
     const CURLcode code = x.result;
     response.curl_code = static_cast<int>(code);
     if (code != CURLE_OK) response.curl_error = error[0] != '\0' ? std::string(error) : curl_easy_strerror(code);

@@ -10,7 +10,6 @@
 #include <curl/curl.h>
 
 #include <chrono>
-#include <condition_variable>
 #include <cstdint>
 #include <deque>
 #include <memory>
@@ -90,7 +89,6 @@ private:
     std::shared_ptr<const TlsConfig> tls_;
     CURLM* multi_ = nullptr;
     std::mutex mutex_;
-    std::condition_variable finished_;
     std::deque<Transfer*> submitted_;  // not yet added to the multi handle
     bool stopping_ = false;
     std::thread thread_;  // last: started when the rest is ready
