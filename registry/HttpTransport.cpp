@@ -102,6 +102,15 @@ struct HeaderList {
     }
 };
 
+// curl_easy_setopt fails only for an option this libcurl lacks or out of memory: both mean the
+// request cannot be made as asked.
+template <typename T>
+void setOption(CURL* handle, CURLoption option, T value) {
+    if (curl_easy_setopt(handle, option, value) != CURLE_OK) {
+        rafs::fail("libcurl refused option {}", static_cast<int>(option));
+    }
+}
+
 }  // namespace
 
 std::optional<std::string_view> HttpResponse::header(std::string_view name) const {
@@ -142,7 +151,10 @@ HttpTransport::HttpTransport(TransportOptions options, std::shared_ptr<const Tls
     std::call_once(once, [] { curl_global_init(CURL_GLOBAL_DEFAULT); });
     multi_ = curl_multi_init();
     if (multi_ == nullptr) rafs::fail("libcurl: cannot create a multi handle");
-    curl_multi_setopt(multi_, CURLMOPT_PIPELINING, CURLPIPE_MULTIPLEX);
+    if (curl_multi_setopt(multi_, CURLMOPT_PIPELINING, CURLPIPE_MULTIPLEX) != CURLM_OK) {
+        curl_multi_cleanup(multi_);
+        rafs::fail("libcurl: no HTTP/2 multiplexing");
+    }
     thread_ = std::thread([this] { run(); });
 }
 
@@ -174,7 +186,7 @@ void HttpTransport::run() {
             submitted_.clear();
         }
         int running = 0;
-        curl_multi_perform(multi_, &running);
+        CURLMcode state = curl_multi_perform(multi_, &running);
         int left = 0;
         while (CURLMsg* msg = curl_multi_info_read(multi_, &left)) {
             if (msg->msg != CURLMSG_DONE) continue;
@@ -186,7 +198,18 @@ void HttpTransport::run() {
             active.erase(it);
             t->finished.release();
         }
-        curl_multi_poll(multi_, nullptr, 0, 1000, nullptr);
+        if (state == CURLM_OK) state = curl_multi_poll(multi_, nullptr, 0, 1000, nullptr);
+        if (state != CURLM_OK) {
+            // The multi handle itself failed (out of memory, a broken wake-up pipe): end every
+            // transfer as a receive error, which callers retry, rather than spin on it.
+            for (Transfer* t : active) {
+                curl_multi_remove_handle(multi_, t->handle);
+                t->result = CURLE_RECV_ERROR;
+                t->finished.release();
+            }
+            active.clear();
+            std::this_thread::sleep_for(std::chrono::milliseconds(10));
+        }
     }
 }
 
@@ -213,36 +236,36 @@ HttpResponse HttpTransport::perform(const HttpRequest& request) {
     headers.add("Expect:");
     char error[CURL_ERROR_SIZE] = {};
     const std::string range = request.range ? fmt::format("{}-{}", request.range->first, request.range->second) : "";
-    curl_easy_setopt(h, CURLOPT_URL, request.url.c_str());
-    curl_easy_setopt(h, CURLOPT_PROTOCOLS_STR, "http,https");
-    curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
+    setOption(h, CURLOPT_URL, request.url.c_str());
+    setOption(h, CURLOPT_PROTOCOLS_STR, "http,https");
+    setOption(h, CURLOPT_NOSIGNAL, 1L);
     // Wait for a connection that can take another stream rather than open one more.
-    curl_easy_setopt(h, CURLOPT_PIPEWAIT, 1L);
-    curl_easy_setopt(h, CURLOPT_ERRORBUFFER, error);
-    curl_easy_setopt(h, CURLOPT_HTTPHEADER, headers.list);
-    curl_easy_setopt(h, CURLOPT_USERAGENT, "rafsd/0.1");
-    curl_easy_setopt(h, CURLOPT_HTTP_VERSION, static_cast<long>(CURL_HTTP_VERSION_2TLS));
-    curl_easy_setopt(h, CURLOPT_FOLLOWLOCATION, 0L);  // redirects are the caller's (Authorization)
-    curl_easy_setopt(h, CURLOPT_TCP_KEEPALIVE, 1L);
-    curl_easy_setopt(h, CURLOPT_BUFFERSIZE, 512L * 1024);
-    curl_easy_setopt(h, CURLOPT_CONNECTTIMEOUT_MS, static_cast<long>(options_.connect_timeout.count() * 1000));
-    curl_easy_setopt(h, CURLOPT_TIMEOUT_MS, static_cast<long>(options_.timeout.count() * 1000));
-    curl_easy_setopt(h, CURLOPT_LOW_SPEED_LIMIT, static_cast<long>(options_.low_speed_limit));
-    curl_easy_setopt(h, CURLOPT_LOW_SPEED_TIME, static_cast<long>(options_.low_speed_time.count()));
+    setOption(h, CURLOPT_PIPEWAIT, 1L);
+    setOption(h, CURLOPT_ERRORBUFFER, error);
+    setOption(h, CURLOPT_HTTPHEADER, headers.list);
+    setOption(h, CURLOPT_USERAGENT, "rafsd/0.1");
+    setOption(h, CURLOPT_HTTP_VERSION, static_cast<long>(CURL_HTTP_VERSION_2TLS));
+    setOption(h, CURLOPT_FOLLOWLOCATION, 0L);  // redirects are the caller's (Authorization)
+    setOption(h, CURLOPT_TCP_KEEPALIVE, 1L);
+    setOption(h, CURLOPT_BUFFERSIZE, 512L * 1024);
+    setOption(h, CURLOPT_CONNECTTIMEOUT_MS, static_cast<long>(options_.connect_timeout.count() * 1000));
+    setOption(h, CURLOPT_TIMEOUT_MS, static_cast<long>(options_.timeout.count() * 1000));
+    setOption(h, CURLOPT_LOW_SPEED_LIMIT, static_cast<long>(options_.low_speed_limit));
+    setOption(h, CURLOPT_LOW_SPEED_TIME, static_cast<long>(options_.low_speed_time.count()));
     // An empty proxy is "none", also when http_proxy is set: the configuration decides.
-    curl_easy_setopt(h, CURLOPT_PROXY, request.proxy.c_str());
-    curl_easy_setopt(h, CURLOPT_HEADERFUNCTION, onHeader);
-    curl_easy_setopt(h, CURLOPT_HEADERDATA, &x);
-    curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, onBody);
-    curl_easy_setopt(h, CURLOPT_WRITEDATA, &x);
-    curl_easy_setopt(h, CURLOPT_SSL_CTX_FUNCTION, onSslContext);
-    curl_easy_setopt(h, CURLOPT_SSL_CTX_DATA, x.tls.get());
+    setOption(h, CURLOPT_PROXY, request.proxy.c_str());
+    setOption(h, CURLOPT_HEADERFUNCTION, onHeader);
+    setOption(h, CURLOPT_HEADERDATA, &x);
+    setOption(h, CURLOPT_WRITEFUNCTION, onBody);
+    setOption(h, CURLOPT_WRITEDATA, &x);
+    setOption(h, CURLOPT_SSL_CTX_FUNCTION, onSslContext);
+    setOption(h, CURLOPT_SSL_CTX_DATA, x.tls.get());
     if (!x.tls->client_cert.empty()) {
-        curl_easy_setopt(h, CURLOPT_SSLCERT, x.tls->client_cert.c_str());
-        curl_easy_setopt(h, CURLOPT_SSLKEY, x.tls->client_key.c_str());
+        setOption(h, CURLOPT_SSLCERT, x.tls->client_cert.c_str());
+        setOption(h, CURLOPT_SSLKEY, x.tls->client_key.c_str());
     }
-    if (request.method == "HEAD") curl_easy_setopt(h, CURLOPT_NOBODY, 1L);
-    if (request.range) curl_easy_setopt(h, CURLOPT_RANGE, range.c_str());
+    if (request.method == "HEAD") setOption(h, CURLOPT_NOBODY, 1L);
+    if (request.range) setOption(h, CURLOPT_RANGE, range.c_str());
 
     {
         std::lock_guard lock(mutex_);
