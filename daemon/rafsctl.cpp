@@ -219,6 +219,24 @@ void printImageStatus(const json& image) {
     table.print(std::cout, "  ");
 }
 
+// The network backends' counters: one row each.
+void printBackendStatus(const json& backends) {
+    auto cell = [](const json& backend, const char* key, std::string (*format)(const json&)) {
+        const json* value = numberField(backend, key);
+        return value == nullptr ? std::string("-") : format(*value);
+    };
+    auto millis = [](const json& us) { return us.is_number() ? fmt::format("{:.1f}ms", us.get<double>() / 1000) : "-"; };
+    Table table({{"BACKEND", false}, {"REQUESTS", true}, {"BYTES", true}, {"RETRIES", true}, {"FAILURES", true},
+                 {"TOKEN REFRESHES", true}, {"P50", true}, {"P99", true}});
+    for (const json& b : backends) {
+        if (!b.is_object()) continue;
+        table.add({text(b, "backend"), cell(b, "requests", number), cell(b, "bytes", byteCount),
+                   cell(b, "retries", number), cell(b, "failures", number), cell(b, "token_refreshes", number),
+                   cell(b, "latency_p50_us", +millis), cell(b, "latency_p99_us", +millis)});
+    }
+    table.print(std::cout, "");
+}
+
 void printStatus(const json& response) {
     const json& images = arrayField(response, "images");
     if (images.empty()) std::cout << "no images mounted\n";
@@ -228,6 +246,11 @@ void printStatus(const json& response) {
         if (!first) std::cout << '\n';
         first = false;
         printImageStatus(image);
+    }
+    const json& backends = arrayField(response, "backends");
+    if (!backends.empty()) {
+        std::cout << '\n';
+        printBackendStatus(backends);
     }
 }
 

@@ -216,6 +216,55 @@ std::string httpUrl(const Value& value) {
     return std::string(text);
 }
 
+// host[:port] as in image references: a name or address, an optional port, nothing else.
+bool validHost(std::string_view text) {
+    return !text.empty() && std::ranges::all_of(text, [](char c) {
+        return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' || c == '-' ||
+               c == ':' || c == '[' || c == ']' || c == '_';
+    });
+}
+
+// Empty: not set.
+std::string hostName(const Value& value) {
+    constexpr std::string_view accepted = "a host or host:port";
+    std::string_view text = value.string(accepted);
+    if (!text.empty() && !validHost(text)) value.reject(accepted);
+    return std::string(text);
+}
+
+// A repository name: lower-case path components (distribution's grammar, loosely). Empty: not set.
+std::string repositoryName(const Value& value) {
+    constexpr std::string_view accepted = "a repository name such as 'library/debian'";
+    std::string_view text = value.string(accepted);
+    bool ok = text.empty() || (!text.starts_with('/') && !text.ends_with('/') && text.find("//") == std::string_view::npos &&
+                               std::ranges::all_of(text, [](char c) {
+                                   return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '.' || c == '-' ||
+                                          c == '_' || c == '/';
+                               }));
+    if (!ok) value.reject(accepted);
+    return std::string(text);
+}
+
+std::vector<std::string> urlList(const Value& value) {
+    constexpr std::string_view accepted = "an array of http:// or https:// URLs";
+    const toml::array* array = value.node->as_array();
+    if (array == nullptr || array->size() > kMaxMirrors) value.reject(accepted);
+    std::vector<std::string> urls;
+    for (const toml::node& item : *array) urls.push_back(httpUrl(Value{&item, value.key, value.source}));
+    return urls;
+}
+
+Config::Host hostSettings(Section& section) {
+    Config::Host host;
+    if (auto v = section.get("ca_file")) host.ca_file = absolutePath(*v);
+    if (auto v = section.get("client_cert")) host.client_cert = absolutePath(*v);
+    if (auto v = section.get("client_key")) host.client_key = absolutePath(*v);
+    if (auto v = section.get("plain_http")) host.plain_http = boolean(*v);
+    if (auto v = section.get("mirrors")) host.mirrors = urlList(*v);
+    section.finish();
+    return host;
+}
+
 // "", "unix:/abs/path" or "HOST:PORT"; a TCP host other than loopback only with allow_remote, so a
 // typo cannot publish the host's metrics to the network.
 std::string metricsAddress(const Value& value, bool allow_remote) {
@@ -269,15 +318,65 @@ Config fromTable(const toml::table& root, const std::string& source) {
     prefetch.finish();
 
     Section backend = top.section("backend");
-    if (auto v = backend.get("type")) config.backend.type = choice(*v, kBackendTypes);
+    uint32_t type_line = 0;
+    if (auto v = backend.get("type")) {
+        config.backend.type = choice(*v, kBackendTypes);
+        type_line = v->node->source().begin.line;
+    }
     Section localfs = backend.section("localfs");
     if (auto v = localfs.get("dir")) config.backend.localfs.dir = absolutePath(*v);
     localfs.finish();
     Section http = backend.section("http");
     if (auto v = http.get("url")) config.backend.http.url = httpUrl(*v);
-    if (auto v = http.get("timeout")) config.backend.http.timeout = integer(*v, 1, kMaxHttpTimeout);
     http.finish();
+    Section registry = backend.section("registry");
+    if (auto v = registry.get("host")) config.backend.registry.host = hostName(*v);
+    if (auto v = registry.get("repo")) config.backend.registry.repo = repositoryName(*v);
+    if (auto v = registry.get("docker_config")) config.backend.registry.docker_config = absolutePath(*v);
+    registry.finish();
+    Section transport = backend.section("transport");
+    Config::Transport& t = config.backend.transport;
+    if (auto v = transport.get("connect_timeout")) t.connect_timeout = integer(*v, 1, kMaxHttpTimeout);
+    if (auto v = transport.get("timeout")) t.timeout = integer(*v, 1, kMaxHttpTimeout);
+    if (auto v = transport.get("low_speed_limit")) t.low_speed_limit = size(*v, 1u << 30);
+    if (auto v = transport.get("low_speed_time")) t.low_speed_time = integer(*v, 0, kMaxHttpTimeout);
+    if (auto v = transport.get("retries")) t.retries = integer(*v, 0, kMaxNetworkRetries);
+    if (auto v = transport.get("backoff_base_ms")) t.backoff_base_ms = integer(*v, 1, kMaxBackoffMs);
+    if (auto v = transport.get("backoff_max_ms")) t.backoff_max_ms = integer(*v, 1, kMaxBackoffMs);
+    if (auto v = transport.get("retry_after_max")) t.retry_after_max = integer(*v, 0, kMaxHttpTimeout);
+    if (auto v = transport.get("proxy")) {
+        // "" turns a proxy off explicitly.
+        t.proxy = v->string("an http:// URL or \"\"").empty() ? "" : httpUrl(*v);
+    }
+    if (auto v = transport.get("proxy_skip")) t.proxy_skip = integer(*v, 1, kMaxHttpTimeout);
+    if (auto v = transport.get("mirror_skip")) t.mirror_skip = integer(*v, 1, kMaxHttpTimeout);
+    if (auto v = transport.get("certs_dir")) t.certs_dir = absolutePath(*v);
+    transport.finish();
+    if (auto hosts = backend.get("hosts")) {
+        const toml::table* table = hosts->node->as_table();
+        if (table == nullptr) hosts->reject("a table of hosts");
+        for (auto&& [key, node] : *table) {
+            const std::string name(key.str());
+            if (!validHost(name)) {
+                rafs::fail("{}:{}: {}: {} is not a host or host:port", source, key.source().begin.line, hosts->key,
+                           quote(name));
+            }
+            Value host{&node, fmt::format("{}.\"{}\"", hosts->key, name), hosts->source};
+            if (!node.is_table()) host.reject("a table");
+            Section section(source, node.as_table(), host.key);
+            Config::Host settings = hostSettings(section);
+            if (settings.client_cert.empty() != settings.client_key.empty()) {
+                rafs::fail("{}:{}: {}: client_cert and client_key go together", source, node.source().begin.line, host.key);
+            }
+            config.backend.hosts[name] = std::move(settings);
+        }
+    }
     backend.finish();
+    if (config.backend.type == Config::BackendType::Registry &&
+        (config.backend.registry.host.empty() || config.backend.registry.repo.empty())) {
+        rafs::fail("{}:{}: backend.type 'registry' needs backend.registry.host and backend.registry.repo", source,
+                   type_line);
+    }
 
     Section metrics = top.section("metrics");
     if (auto v = metrics.get("allow_remote")) config.metrics.allow_remote = boolean(*v);

@@ -5,9 +5,11 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <map>
 #include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 namespace rafsd {
 
@@ -51,13 +53,46 @@ struct Config {
     };
     struct Http {
         std::string url = "http://127.0.0.1:8080/blobs";  // no trailing '/'; blobs at <url>/<blob-id>
-        uint32_t timeout = 30;                            // seconds
         bool operator==(const Http&) const = default;
+    };
+    struct Registry {
+        std::string host;                     // host[:port]; required for type "registry"
+        std::string repo;                     // e.g. "library/debian"; required for type "registry"
+        std::filesystem::path docker_config;  // empty: $DOCKER_CONFIG/config.json, else /root/.docker/config.json
+        bool operator==(const Registry&) const = default;
+    };
+    // The network side of the http and registry backends.
+    struct Transport {
+        uint32_t connect_timeout = 10;   // seconds
+        uint32_t timeout = 30;           // seconds, one request
+        uint64_t low_speed_limit = 1024; // bytes per second ...
+        uint32_t low_speed_time = 10;    // ... for this many seconds aborts a request
+        uint32_t retries = 4;
+        uint32_t backoff_base_ms = 100;
+        uint32_t backoff_max_ms = 5000;
+        uint32_t retry_after_max = 30;   // seconds
+        std::string proxy;               // http:// URL; empty: none
+        uint32_t proxy_skip = 30;        // seconds direct after the proxy failed
+        uint32_t mirror_skip = 30;       // seconds a failing mirror is skipped
+        std::filesystem::path certs_dir = "/etc/docker/certs.d";
+        bool operator==(const Transport&) const = default;
+    };
+    // [backend.hosts."host:port"]: settings of one server, by its host[:port].
+    struct Host {
+        std::filesystem::path ca_file;
+        std::filesystem::path client_cert;
+        std::filesystem::path client_key;
+        bool plain_http = false;           // registry: http:// instead of https://
+        std::vector<std::string> mirrors;  // registry: base URLs tried before the host, in order
+        bool operator==(const Host&) const = default;
     };
     struct Backend {
         BackendType type = BackendType::Localfs;
         Localfs localfs;
         Http http;
+        Registry registry;
+        Transport transport;
+        std::map<std::string, Host> hosts;
         bool operator==(const Backend&) const = default;
     };
 
@@ -84,6 +119,9 @@ inline constexpr uint32_t kMaxRetries = 8;
 inline constexpr uint32_t kMaxWorkers = 256;
 inline constexpr uint32_t kMaxBusyPollUs = 10'000;
 inline constexpr uint32_t kMaxHttpTimeout = 3600;
+inline constexpr uint32_t kMaxNetworkRetries = 20;
+inline constexpr uint32_t kMaxBackoffMs = 600'000;
+inline constexpr size_t kMaxMirrors = 16;
 
 Config defaults();
 

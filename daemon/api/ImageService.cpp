@@ -2,6 +2,7 @@
 
 #include "builder/format/Error.h"
 #include "daemon/api/MetricsText.h"
+#include "daemon/api/NetworkBackends.h"
 #include "daemon/backends/LocalfsBackend.h"
 #include "builder/format/BlobFile.h"
 #include "builder/format/BootstrapCheck.h"
@@ -133,6 +134,21 @@ std::optional<std::string> erofsMountOn(const fs::path& dir) {
     return source;
 }
 
+// Each blob on the network once, at mount: a wrong password, an unknown CA, a missing blob or an
+// unreachable host fails the mount with an error naming it, instead of the first reads with EIO.
+// The last blob of an image with an inline bootstrap is the local file itself.
+void probeBlobs(Backend& backend, const rafs::Image& image) {
+    const auto& blobs = image.bootstrap.blobs();
+    for (size_t i = 0; i < blobs.size(); ++i) {
+        if (image.inline_meta && i + 1 == blobs.size()) continue;
+        try {
+            backend.size(blobs[i].id);
+        } catch (const std::exception& e) {
+            rafs::fail("blob {}: {}", blobs[i].id, e.what());
+        }
+    }
+}
+
 }  // namespace
 
 bool ImageService::hasErofsMount(const fs::path& dir) {
@@ -220,15 +236,15 @@ void ImageService::startFscache() {
     fscache().start(fscache_restore_);
 }
 
-std::shared_ptr<Backend> ImageService::backendFor(const MountRequest& request) const {
+std::shared_ptr<Backend> ImageService::backendFor(const MountRequest& request) {
     std::shared_ptr<Backend> backend;
     if (request.blob_dir) {
         backend = std::make_shared<LocalfsBackend>(*request.blob_dir);
     } else if (config_.backend.type == Config::BackendType::Localfs) {
         backend = std::make_shared<LocalfsBackend>(config_.backend.localfs.dir);
     } else {
-        rafs::fail("backend.type '{}' is not implemented yet (use localfs or --blob-dir)",
-                   backendTypeName(config_.backend.type));
+        if (!network_) network_ = makeNetworkBackend(config_.backend);
+        backend = network_;
     }
     if (fetch_delay_.count() > 0) backend = std::make_shared<DelayedBackend>(std::move(backend), fetch_delay_);
     return backend;
@@ -237,7 +253,7 @@ std::shared_ptr<Backend> ImageService::backendFor(const MountRequest& request) c
 std::shared_ptr<CachedBlob> ImageService::openBlob(const rafs::Bootstrap& bootstrap,
                                                    const rafs::BootstrapBlob& blob,
                                                    const std::shared_ptr<Backend>& backend,
-                                                   const std::string& fscache_volume) {
+                                                   const std::string& fscache_volume, bool taking_over) {
     const std::string key = fscache_volume.empty() ? blob.id : fscacheBlobKey(fscache_volume, blob.id);
     if (auto existing = blobs_[key].lock()) return existing;
     const fs::path& dir = config_.daemon.cache_dir;
@@ -278,8 +294,9 @@ std::shared_ptr<CachedBlob> ImageService::openBlob(const rafs::Bootstrap& bootst
                   blob.id, cache->droppedAtOpen());
     }
     // Every mount, also when the cache dir has the chunk table: a backend without the blob would
-    // otherwise show only as an error on every read. A complete cache needs no backend at all.
-    if (!cache->complete()) checkBackendHas(*backend, descriptor);
+    // otherwise show only as an error on every read. A complete cache needs no backend at all, and
+    // a mount taken over serves what is cached even while the backend is unreachable.
+    if (!cache->complete() && !taking_over) checkBackendHas(*backend, descriptor);
     auto cached = std::make_shared<CachedBlob>(std::move(descriptor), std::move(cache), backend);
     blobs_[key] = cached;
     return cached;
@@ -360,6 +377,9 @@ nlohmann::json ImageService::mountOrReattach(const MountRequest& request, bool r
     CacheDirRollback cache_dir(config_.daemon.cache_dir);
 
     auto backend = backendFor(request);
+    // Not when taking over a mount the kernel still has: its cached data serves even while the
+    // registry is unreachable, and refusing would leave the mount without a daemon.
+    if (!reattach && !request.blob_dir && network_) probeBlobs(*backend, opened);
     if (opened.inline_meta) {
         backend = std::make_shared<BlobFileBackend>(std::move(backend), bootstrap.blobs().back().id, bootstrap_path);
     }
@@ -378,7 +398,7 @@ nlohmann::json ImageService::mountOrReattach(const MountRequest& request, bool r
     }
     try {
         for (const rafs::BootstrapBlob& blob : bootstrap.blobs()) {
-            image.blobs.push_back(openBlob(bootstrap, blob, backend, fscache_volume));
+            image.blobs.push_back(openBlob(bootstrap, blob, backend, fscache_volume, reattach));
         }
     } catch (...) {
         image.blobs.clear();
@@ -612,7 +632,9 @@ nlohmann::json ImageService::status(const StatusRequest& request) {
                           {"blobs", blobs}});
     }
     if (request.mountpoint && images.empty()) rafs::fail("{} is not mounted by rafsd", request.mountpoint->string());
-    return {{"images", images}};
+    nlohmann::json response = {{"images", images}};
+    if (network_) response["backends"] = nlohmann::json::array({networkStatus(*network_)});
+    return response;
 }
 
 std::string ImageService::metrics() {

@@ -7,6 +7,7 @@
 #include "daemon/api/Config.h"
 #include "daemon/api/ControlServer.h"
 #include "daemon/api/MountTable.h"
+#include "daemon/backends/NetworkBackend.h"
 #include "daemon/core/ChunkFetcher.h"
 #include "daemon/core/Prefetcher.h"
 #include "daemon/engines/fanotify/FanotifyEngine.h"
@@ -89,13 +90,15 @@ private:
         std::optional<std::filesystem::path> blob_dir;  // as requested; for the fscache table
     };
 
-    std::shared_ptr<Backend> backendFor(const MountRequest& request) const;
+    // Creates the network backend on first use: its connections, tokens and counters are shared
+    // by every image that uses it.
+    std::shared_ptr<Backend> backendFor(const MountRequest& request);
     // `fscache_volume` empty: a sparse cache file (fanotify). Otherwise the blob's cache file is the
     // kernel's cachefiles object in that volume ("<domain_id or fsid>"), which is per volume: a
-    // blob is shared only within one.
+    // blob is shared only within one. `taking_over`: a mount the kernel still has (no backend check).
     std::shared_ptr<CachedBlob> openBlob(const rafs::Bootstrap& bootstrap, const rafs::BootstrapBlob& blob,
-                                         const std::shared_ptr<Backend>& backend,
-                                         const std::string& fscache_volume = {});
+                                         const std::shared_ptr<Backend>& backend, const std::string& fscache_volume,
+                                         bool taking_over);
     std::vector<PrefetchChunk> prefetchTableChunks(const rafs::Bootstrap& bootstrap,
                                                    const std::vector<std::shared_ptr<CachedBlob>>& blobs) const;
     FanotifyEngine& fanotify();
@@ -128,6 +131,7 @@ private:
     bool fanotify_restore_ = false;  // the adopted group had a worker die on it
     std::filesystem::path mount_table_;  // empty: not kept
     std::chrono::milliseconds fetch_delay_{0};
+    std::shared_ptr<NetworkBackend> network_;  // backend.type http or registry, once used
 };
 
 }  // namespace rafsd

@@ -1,6 +1,7 @@
 #include "daemon/backends/LocalfsBackend.h"
 
 #include "builder/format/Error.h"
+#include "daemon/backends/BlobId.h"
 
 #include <fcntl.h>
 #include <sys/stat.h>
@@ -11,13 +12,6 @@
 namespace rafsd {
 
 namespace {
-
-// Blob ids name files; anything but 64 hex characters could escape the directory.
-void checkBlobId(const std::string& id) {
-    bool ok = id.size() == 64;
-    for (char c : id) ok = ok && ((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'));
-    if (!ok) rafs::fail("invalid blob id '{}'", id);
-}
 
 class Fd {
 public:

@@ -34,39 +34,7 @@ import sys
 
 from rafstest import harness, mount
 from rafstest.harness import log, run, text
-from rafstest.rafsd import RafsdMount, RafsdServe, make_small_tree, rafsctl, start_test, write_config
-
-TIMEOUT = 60
-
-
-def expect_error(ck, what, cmd, mnt, must_contain=()):
-    """Runs a rafsd command that must fail; checks exit code, the one error line, no mount."""
-    r = run(cmd, timeout=TIMEOUT)
-    err = text(r.stderr).strip()
-    lines = [line for line in err.splitlines() if line.strip()]
-    # rafsd's own log lines ("rafsd info: ...") may come before; the error itself is one line.
-    problems = [line for line in lines if not line.startswith(('rafsd info:', 'rafsd debug:'))]
-    detail = 'exit %s, stderr: %r' % (r.returncode, err[-1500:])
-    if r.returncode is None:
-        ck.fail('%s: rafsd did not exit within %d s' % (what, TIMEOUT))
-        return
-    if r.returncode < 0 or r.returncode >= 128:
-        ck.fail('%s: rafsd crashed (%s)' % (what, detail))
-        return
-    ok = ck.check(r.returncode != 0, '%s: non-zero exit (%d)' % (what, r.returncode), detail)
-    if ok:
-        one = len(problems) == 1 and problems[0].startswith('rafsd: ')
-        ck.check(one, '%s: one error line: %s' % (what, problems[0] if problems else '(none)'), detail)
-        if one:
-            missing = [s for s in must_contain if s not in problems[0]]
-            ck.check(not missing, '%s: the error names %s' % (what, ', '.join(repr(s) for s in must_contain)),
-                     'missing %r in %r' % (missing, problems[0]))
-    if mnt is not None and os.path.isdir(mnt):
-        mounted = os.path.ismount(mnt)
-        ck.check(not mounted, '%s: nothing mounted' % what)
-        if mounted:
-            mount.umount(mnt)
-
+from rafstest.rafsd import RafsdMount, RafsdServe, expect_error, make_small_tree, rafsctl, start_test, write_config
 
 def expect_untouched(ck, what, cache_dir, before=None):
     """A failed mount left `cache_dir` as it was: absent if `before` is None, else with exactly

@@ -42,7 +42,7 @@ TEST_CASE("config defaults", "[config]") {
     CHECK(config.backend.type == Config::BackendType::Localfs);
     CHECK(config.backend.localfs.dir == "/var/lib/rafsd/blobs");
     CHECK(config.backend.http.url == "http://127.0.0.1:8080/blobs");
-    CHECK(config.backend.http.timeout == 30);
+    CHECK(config.backend.transport.timeout == 30);
 
     CHECK(parsed("") == config);
     CHECK(parsed("[daemon]\n[fetch]\n[prefetch]\n[backend]\n[backend.localfs]\n[backend.http]\n") == config);
@@ -57,7 +57,13 @@ TEST_CASE("config example file documents every key with its default", "[config]"
     for (const char* key : {"daemon.engine", "daemon.state_dir", "daemon.cache_dir", "daemon.socket",
                             "daemon.log_level", "daemon.busy_poll_us", "fetch.amplify", "fetch.max_inflight", "fetch.retries",
                             "fetch.workers", "prefetch.enable", "prefetch.bandwidth", "backend.type",
-                            "backend.localfs.dir", "backend.http.url", "backend.http.timeout"}) {
+                            "backend.localfs.dir", "backend.http.url", "backend.registry.host", "backend.registry.repo",
+                            "backend.transport.connect_timeout", "backend.transport.timeout",
+                            "backend.transport.low_speed_limit", "backend.transport.low_speed_time",
+                            "backend.transport.retries", "backend.transport.backoff_base_ms",
+                            "backend.transport.backoff_max_ms", "backend.transport.retry_after_max",
+                            "backend.transport.proxy", "backend.transport.proxy_skip",
+                            "backend.transport.mirror_skip", "backend.transport.certs_dir"}) {
         INFO(key);
         CHECK(table.at_path(key).node() != nullptr);
     }
@@ -85,6 +91,7 @@ type = "http"
 localfs.dir = "/blobs"
 [backend.http]
 url = "https://example.com/v1/blobs//"
+[backend.transport]
 timeout = 3600
 )");
     CHECK(config.daemon.engine == rafsd::EngineKind::Fanotify);
@@ -102,11 +109,12 @@ timeout = 3600
     CHECK(config.backend.type == Config::BackendType::Http);
     CHECK(config.backend.localfs.dir == "/blobs");
     CHECK(config.backend.http.url == "https://example.com/v1/blobs");
-    CHECK(config.backend.http.timeout == 3600);
+    CHECK(config.backend.transport.timeout == 3600);
 
     // Dotted keys at the top level are the same keys.
     CHECK(parsed("fetch.retries = 3\ndaemon.engine = \"fscache\"\n").fetch.retries == 3);
-    CHECK(parsed("backend.type = \"registry\"").backend.type == Config::BackendType::Registry);
+    CHECK(parsed("backend.type = \"registry\"\nbackend.registry.host = \"r:5000\"\nbackend.registry.repo = \"a/b\"")
+              .backend.type == Config::BackendType::Registry);
     CHECK(rafsd::backendTypeName(Config::BackendType::Registry) == "registry");
 }
 
@@ -175,8 +183,8 @@ TEST_CASE("config wrong types and values", "[config]") {
     CHECK_THROWS_WITH(parsed("fetch.retries = 9"), "config.toml:1: fetch.retries: 9 is not an integer from 0 to 8");
     CHECK_THROWS_WITH(parsed("fetch.workers = -1"), "config.toml:1: fetch.workers: -1 is not an integer from 0 to 256");
     CHECK_THROWS_WITH(parsed("fetch.workers = 2.0"), "config.toml:1: fetch.workers: 2.0 is not an integer from 0 to 256");
-    CHECK_THROWS_WITH(parsed("backend.http.timeout = 0"),
-                      "config.toml:1: backend.http.timeout: 0 is not an integer from 1 to 3600");
+    CHECK_THROWS_WITH(parsed("backend.transport.timeout = 0"),
+                      "config.toml:1: backend.transport.timeout: 0 is not an integer from 1 to 3600");
     CHECK_THROWS_WITH(parsed("prefetch.enable = \"yes\""), "config.toml:1: prefetch.enable: 'yes' is not true or false");
     CHECK_THROWS_WITH(parsed("prefetch.enable = 1"), "config.toml:1: prefetch.enable: 1 is not true or false");
     for (const char* url : {"ftp://host/x", "http://", "http:///x", "localhost:8080", "http://a b"}) {

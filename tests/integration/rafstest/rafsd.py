@@ -71,11 +71,26 @@ def write_config(path, **sections):
                 lines.append('%s = %s' % (k, 'true' if v else 'false'))
             elif isinstance(v, int):
                 lines.append('%s = %d' % (k, v))
+            elif isinstance(v, list):
+                lines.append('%s = [%s]' % (k, ', '.join('"%s"' % x for x in v)))
             else:
                 lines.append('%s = "%s"' % (k, v))
     with open(path, 'w') as f:
         f.write('\n'.join(lines) + '\n')
     return path
+
+
+def network_config(tmp, name, backend, **sections):
+    """The config of a network backend test's daemon `name`: fanotify engine, socket
+    <tmp>/<name>.sock, its own cache and state dirs under tmp, no prefetch; `backend` is the
+    [backend] table, `sections` more tables by name (e.g. 'backend.hosts."127.0.0.1:5000"')."""
+    base = {'daemon': {'engine': 'fanotify', 'socket': os.path.join(tmp, name + '.sock'),
+                       'cache_dir': os.path.join(tmp, name + '-cache'), 'state_dir': os.path.join(tmp, name + '-state')},
+            'prefetch': {'enable': False},
+            'backend': backend}
+    for section, values in sections.items():
+        base[section] = dict(base.get(section, {}), **values)
+    return write_config(os.path.join(tmp, name + '.toml'), **base)
 
 
 class RafsdProcess:
@@ -170,6 +185,39 @@ class RafsdMount(RafsdProcess):
         return False
 
 
+EXPECT_ERROR_TIMEOUT = 60
+
+
+def expect_error(ck, what, cmd, mnt, must_contain=()):
+    """Runs a rafsd command that must fail; checks exit code, the one error line, no mount."""
+    from .harness import run, text
+    r = run(cmd, timeout=EXPECT_ERROR_TIMEOUT)
+    err = text(r.stderr).strip()
+    lines = [line for line in err.splitlines() if line.strip()]
+    # rafsd's own log lines ("rafsd info: ...") may come before; the error itself is one line.
+    problems = [line for line in lines if not line.startswith(('rafsd info:', 'rafsd debug:'))]
+    detail = 'exit %s, stderr: %r' % (r.returncode, err[-1500:])
+    if r.returncode is None:
+        ck.fail('%s: rafsd did not exit within %d s' % (what, EXPECT_ERROR_TIMEOUT))
+        return
+    if r.returncode < 0 or r.returncode >= 128:
+        ck.fail('%s: rafsd crashed (%s)' % (what, detail))
+        return
+    ok = ck.check(r.returncode != 0, '%s: non-zero exit (%d)' % (what, r.returncode), detail)
+    if ok:
+        one = len(problems) == 1 and problems[0].startswith('rafsd: ')
+        ck.check(one, '%s: one error line: %s' % (what, problems[0] if problems else '(none)'), detail)
+        if one:
+            missing = [s for s in must_contain if s not in problems[0]]
+            ck.check(not missing, '%s: the error names %s' % (what, ', '.join(repr(s) for s in must_contain)),
+                     'missing %r in %r' % (missing, problems[0]))
+    if mnt is not None and os.path.isdir(mnt):
+        mounted = os.path.ismount(mnt)
+        ck.check(not mounted, '%s: nothing mounted' % what)
+        if mounted:
+            mount.umount(mnt)
+
+
 def fetched_bytes(log_text):
     """Sum of 'fetched N bytes' over the blobs rafsd reported when it stopped."""
     total = 0
@@ -195,6 +243,20 @@ def make_small_tree(root, files, seed=1):
             f.write(data)
         out[rel] = data
     return out
+
+
+def small_image(ck, mk, tmp, files, seed, **build):
+    """A test's image: `files` made under tmp/src (make_small_tree), built with mkrafs into tmp/out,
+    and an empty tmp/mnt. Returns (sources, bootstrap, blob id, mountpoint), or None if the build
+    failed (reported)."""
+    from .boot import blob_ids
+    src, out, mnt = (os.path.join(tmp, n) for n in ('src', 'out', 'mnt'))
+    os.makedirs(mnt)
+    sources = make_small_tree(src, files, seed=seed)
+    if not ck.cmd_ok(mk.build(out, [src], **build), 'mkrafs build'):
+        return None
+    boot = os.path.join(out, 'image.boot')
+    return sources, boot, blob_ids(boot)[0], mnt
 
 
 EXT_SB_OFFSET = 1152

@@ -1,0 +1,74 @@
+#include "daemon/api/NetworkBackends.h"
+
+#include "builder/format/Error.h"
+#include "daemon/backends/HttpBackend.h"
+#include "daemon/backends/RegistryBackend.h"
+#include "registry/TlsConfig.h"
+
+namespace rafsd {
+
+namespace {
+
+std::shared_ptr<registry::RetryingTransport> transportFor(const Config::Backend& config) {
+    std::map<std::string, registry::HostTlsFiles> tls_files;
+    for (const auto& [host, settings] : config.hosts) {
+        tls_files[host] = {settings.ca_file, settings.client_cert, settings.client_key};
+    }
+    auto tls = std::make_shared<registry::TlsConfig>(tls_files, config.transport.certs_dir);
+    const Config::Transport& t = config.transport;
+    registry::TransportOptions options;
+    options.connect_timeout = std::chrono::seconds(t.connect_timeout);
+    options.timeout = std::chrono::seconds(t.timeout);
+    options.low_speed_limit = static_cast<uint32_t>(t.low_speed_limit);
+    options.low_speed_time = std::chrono::seconds(t.low_speed_time);
+    registry::RetryOptions retry;
+    retry.retries = t.retries;
+    retry.backoff_base = std::chrono::milliseconds(t.backoff_base_ms);
+    retry.backoff_max = std::chrono::milliseconds(t.backoff_max_ms);
+    retry.retry_after_max = std::chrono::seconds(t.retry_after_max);
+    return std::make_shared<registry::RetryingTransport>(std::make_shared<registry::HttpTransport>(options, tls),
+                                                         registry::RetryPolicy(retry), t.proxy,
+                                                         std::chrono::seconds(t.proxy_skip),
+                                                         std::make_shared<registry::TransferStats>());
+}
+
+}  // namespace
+
+std::shared_ptr<NetworkBackend> makeNetworkBackend(const Config::Backend& config) {
+    auto transport = transportFor(config);
+    switch (config.type) {
+    case Config::BackendType::Http:
+        return std::make_shared<HttpBackend>(std::make_unique<registry::HttpBlobClient>(config.http.url, transport));
+    case Config::BackendType::Registry: {
+        registry::RegistryOptions options;
+        options.host = config.registry.host;
+        options.repository = config.registry.repo;
+        if (auto it = config.hosts.find(options.host); it != config.hosts.end()) {
+            options.plain_http = it->second.plain_http;
+            options.mirrors = it->second.mirrors;
+        }
+        options.mirror_skip = std::chrono::seconds(config.transport.mirror_skip);
+        auto credentials = std::make_shared<registry::CredentialStore>(config.registry.docker_config);
+        return std::make_shared<RegistryBackend>(
+            std::make_unique<registry::RegistryClient>(options, transport, std::move(credentials)));
+    }
+    case Config::BackendType::Localfs:
+        break;
+    }
+    rafs::fail("backend.type '{}' is not a network backend", backendTypeName(config.type));
+}
+
+nlohmann::json networkStatus(NetworkBackend& backend) {
+    registry::TransferStats& s = backend.stats();
+    const auto latency = s.latency();
+    return {{"backend", backend.describe()},
+            {"requests", s.requests.load()},
+            {"bytes", s.bytes.load()},
+            {"retries", s.retries.load()},
+            {"failures", s.failures.load()},
+            {"token_refreshes", s.token_refreshes.load()},
+            {"latency_p50_us", latency.p50_us},
+            {"latency_p99_us", latency.p99_us}};
+}
+
+}  // namespace rafsd

@@ -1,0 +1,21 @@
+// The http and registry backends as the configuration describes them: one registry client stack
+// (TLS, transport, retries, proxy, credentials) per backend, shared by every mount that uses it.
+#pragma once
+
+#include "daemon/api/Config.h"
+#include "daemon/backends/NetworkBackend.h"
+
+#include <nlohmann/json.hpp>
+
+#include <memory>
+
+namespace rafsd {
+
+// For backend.type http or registry; throws rafs::Error naming a file (CA, key) it cannot use.
+std::shared_ptr<NetworkBackend> makeNetworkBackend(const Config::Backend& config);
+
+// For `rafsctl status`: {"backend", "requests", "bytes", "retries", "failures", "token_refreshes",
+// "latency_p50_us", "latency_p99_us"}. Never a secret: the description holds no credentials.
+nlohmann::json networkStatus(NetworkBackend& backend);
+
+}  // namespace rafsd

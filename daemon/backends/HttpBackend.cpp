@@ -1,0 +1,17 @@
+#include "daemon/backends/HttpBackend.h"
+
+#include "daemon/backends/BlobId.h"
+
+namespace rafsd {
+
+void HttpBackend::read(const std::string& blob_id, uint64_t offset, std::span<uint8_t> out) {
+    checkBlobId(blob_id);
+    client_->readBlob(blob_id, offset, out);
+}
+
+uint64_t HttpBackend::size(const std::string& blob_id) {
+    checkBlobId(blob_id);
+    return client_->blobSize(blob_id);
+}
+
+}  // namespace rafsd

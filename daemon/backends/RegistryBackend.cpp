@@ -1,0 +1,18 @@
+#include "daemon/backends/RegistryBackend.h"
+
+#include "daemon/backends/BlobId.h"
+
+namespace rafsd {
+
+// Blob ids are the sha256 of the blob file, so they are its digest in the registry.
+void RegistryBackend::read(const std::string& blob_id, uint64_t offset, std::span<uint8_t> out) {
+    checkBlobId(blob_id);
+    client_->readBlob("sha256:" + blob_id, offset, out);
+}
+
+uint64_t RegistryBackend::size(const std::string& blob_id) {
+    checkBlobId(blob_id);
+    return client_->blobSize("sha256:" + blob_id);
+}
+
+}  // namespace rafsd

@@ -1,0 +1,287 @@
+#include "registry/HttpTransport.h"
+
+#include "builder/format/Error.h"
+#include "registry/Url.h"
+
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509.h>
+
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <cctype>
+#include <mutex>
+#include <semaphore>
+
+namespace registry {
+
+namespace {
+
+std::string lower(std::string_view text) {
+    std::string out(text);
+    std::ranges::transform(out, out.begin(), [](char c) { return static_cast<char>(std::tolower(static_cast<unsigned char>(c))); });
+    return out;
+}
+
+std::string_view trim(std::string_view text) {
+    while (!text.empty() && (text.front() == ' ' || text.front() == '\t')) text.remove_prefix(1);
+    while (!text.empty() && (text.back() == ' ' || text.back() == '\t' || text.back() == '\r' || text.back() == '\n')) {
+        text.remove_suffix(1);
+    }
+    return text;
+}
+
+}  // namespace
+
+struct HttpTransport::Transfer {
+    const HttpRequest* request;
+    HttpResponse* response;
+    CURL* handle;
+    std::shared_ptr<const HostTls> tls;
+    CURLcode result = CURLE_OK;
+    // Released by the transport's thread when the transfer is over: only its caller wakes.
+    std::binary_semaphore finished{0};
+};
+
+namespace {
+
+using Transfer = HttpTransport::Transfer;
+
+size_t onHeader(char* data, size_t size, size_t count, void* user) {
+    auto* x = static_cast<Transfer*>(user);
+    const size_t bytes = size * count;
+    std::string_view line(data, bytes);
+    // A new status line (after a redirect, a proxy's CONNECT reply or 100 Continue) starts over.
+    if (line.starts_with("HTTP/")) {
+        x->response->headers.clear();
+        return bytes;
+    }
+    const size_t colon = line.find(':');
+    if (colon != std::string_view::npos) {
+        x->response->headers.emplace_back(lower(trim(line.substr(0, colon))), std::string(trim(line.substr(colon + 1))));
+    }
+    return bytes;
+}
+
+size_t onBody(char* data, size_t size, size_t count, void* user) {
+    auto* x = static_cast<Transfer*>(user);
+    const size_t bytes = size * count;
+    HttpResponse& r = *x->response;
+    if (r.status == 0) curl_easy_getinfo(x->handle, CURLINFO_RESPONSE_CODE, &r.status);
+    r.body_bytes += bytes;
+    if (x->request->sink != nullptr) {
+        if (!x->request->sink->write(r, {reinterpret_cast<const uint8_t*>(data), bytes})) {
+            r.stopped_by_sink = true;
+            return 0;
+        }
+        return bytes;
+    }
+    if (r.text.size() < HttpResponse::kMaxText) r.text.append(data, std::min(bytes, HttpResponse::kMaxText - r.text.size()));
+    return bytes;
+}
+
+// The host's CA certificates join the system's in the connection's trust store.
+CURLcode onSslContext(CURL*, void* ssl_ctx, void* user) {
+    const auto* tls = static_cast<const HostTls*>(user);
+    X509_STORE* store = SSL_CTX_get_cert_store(static_cast<SSL_CTX*>(ssl_ctx));
+    for (X509* cert : tls->extra_cas) X509_STORE_add_cert(store, cert);
+    // A certificate the store already has is refused with an error on the thread's queue, where
+    // it would turn up in a later, unrelated message.
+    ERR_clear_error();
+    return CURLE_OK;
+}
+
+struct HeaderList {
+    curl_slist* list = nullptr;
+    ~HeaderList() { curl_slist_free_all(list); }
+    void add(const std::string& line) {
+        curl_slist* next = curl_slist_append(list, line.c_str());
+        if (next == nullptr) rafs::fail("out of memory building a request");
+        list = next;
+    }
+};
+
+// curl_easy_setopt fails only for an option this libcurl lacks or out of memory: both mean the
+// request cannot be made as asked.
+template <typename T>
+void setOption(CURL* handle, CURLoption option, T value) {
+    if (curl_easy_setopt(handle, option, value) != CURLE_OK) {
+        rafs::fail("libcurl refused option {}", static_cast<int>(option));
+    }
+}
+
+}  // namespace
+
+std::optional<std::string_view> HttpResponse::header(std::string_view name) const {
+    for (const auto& [key, value] : headers) {
+        if (key == name) return value;
+    }
+    return std::nullopt;
+}
+
+std::vector<std::string_view> HttpResponse::headerValues(std::string_view name) const {
+    std::vector<std::string_view> values;
+    for (const auto& [key, value] : headers) {
+        if (key == name) values.push_back(value);
+    }
+    return values;
+}
+
+std::string HttpResponse::summary() const {
+    if (curl_code != 0 && !stopped_by_sink) return curl_error;
+    std::string out = fmt::format("HTTP {}", status);
+    // Registry errors: {"errors":[{"code":"BLOB_UNKNOWN","message":"..."}]}; other bodies are not
+    // shown, since they may be anything.
+    const auto json = nlohmann::json::parse(text, nullptr, false);
+    if (json.is_object() && json.contains("errors") && json["errors"].is_array() && !json["errors"].empty()) {
+        const auto& e = json["errors"][0];
+        if (e.is_object() && e.contains("code") && e["code"].is_string()) {
+            out += " (" + e["code"].get<std::string>();
+            if (e.contains("message") && e["message"].is_string()) out += ": " + e["message"].get<std::string>();
+            out += ")";
+        }
+    }
+    return out;
+}
+
+HttpTransport::HttpTransport(TransportOptions options, std::shared_ptr<const TlsConfig> tls)
+    : options_(options), tls_(std::move(tls)) {
+    static std::once_flag once;
+    std::call_once(once, [] { curl_global_init(CURL_GLOBAL_DEFAULT); });
+    multi_ = curl_multi_init();
+    if (multi_ == nullptr) rafs::fail("libcurl: cannot create a multi handle");
+    if (curl_multi_setopt(multi_, CURLMOPT_PIPELINING, CURLPIPE_MULTIPLEX) != CURLM_OK) {
+        curl_multi_cleanup(multi_);
+        rafs::fail("libcurl: no HTTP/2 multiplexing");
+    }
+    thread_ = std::thread([this] { run(); });
+}
+
+HttpTransport::~HttpTransport() {
+    {
+        std::lock_guard lock(mutex_);
+        stopping_ = true;
+    }
+    curl_multi_wakeup(multi_);
+    thread_.join();
+    curl_multi_cleanup(multi_);
+}
+
+void HttpTransport::run() {
+    std::vector<Transfer*> active;
+    for (;;) {
+        {
+            std::lock_guard lock(mutex_);
+            // Callers wait in perform() until their transfer is done, so none is pending here.
+            if (stopping_ && submitted_.empty() && active.empty()) return;
+            for (Transfer* t : submitted_) {
+                if (curl_multi_add_handle(multi_, t->handle) != CURLM_OK) {
+                    t->result = CURLE_OUT_OF_MEMORY;
+                    t->finished.release();
+                    continue;
+                }
+                active.push_back(t);
+            }
+            submitted_.clear();
+        }
+        int running = 0;
+        CURLMcode state = curl_multi_perform(multi_, &running);
+        int left = 0;
+        while (CURLMsg* msg = curl_multi_info_read(multi_, &left)) {
+            if (msg->msg != CURLMSG_DONE) continue;
+            auto it = std::ranges::find(active, msg->easy_handle, &Transfer::handle);
+            if (it == active.end()) continue;
+            Transfer* t = *it;
+            t->result = msg->data.result;
+            curl_multi_remove_handle(multi_, t->handle);
+            active.erase(it);
+            t->finished.release();
+        }
+        if (state == CURLM_OK) state = curl_multi_poll(multi_, nullptr, 0, 1000, nullptr);
+        if (state != CURLM_OK) {
+            // The multi handle itself failed (out of memory, a broken wake-up pipe): end every
+            // transfer as a receive error, which callers retry, rather than spin on it.
+            for (Transfer* t : active) {
+                curl_multi_remove_handle(multi_, t->handle);
+                t->result = CURLE_RECV_ERROR;
+                t->finished.release();
+            }
+            active.clear();
+            std::this_thread::sleep_for(std::chrono::milliseconds(10));
+        }
+    }
+}
+
+HttpResponse HttpTransport::perform(const HttpRequest& request) {
+    HttpResponse response;
+    Transfer x{&request, &response, nullptr, nullptr};
+    try {
+        x.tls = tls_->forHost(Url::parse(request.url).authority);
+    } catch (const rafs::Error& e) {
+        response.curl_code = CURLE_SSL_CERTPROBLEM;
+        response.curl_error = e.what();
+        return response;
+    }
+    struct EasyHandle {
+        CURL* h = curl_easy_init();
+        ~EasyHandle() { curl_easy_cleanup(h); }
+    } easy;
+    if (easy.h == nullptr) rafs::fail("libcurl: cannot create a handle");
+    CURL* h = easy.h;
+    x.handle = h;
+    HeaderList headers;
+    for (const std::string& line : request.headers) headers.add(line);
+    // No "Expect: 100-continue" and no libcurl "Accept: */*" guesswork.
+    headers.add("Expect:");
+    char error[CURL_ERROR_SIZE] = {};
+    const std::string range = request.range ? fmt::format("{}-{}", request.range->first, request.range->second) : "";
+    setOption(h, CURLOPT_URL, request.url.c_str());
+    setOption(h, CURLOPT_PROTOCOLS_STR, "http,https");
+    setOption(h, CURLOPT_NOSIGNAL, 1L);
+    // Wait for a connection that can take another stream rather than open one more.
+    setOption(h, CURLOPT_PIPEWAIT, 1L);
+    setOption(h, CURLOPT_ERRORBUFFER, error);
+    setOption(h, CURLOPT_HTTPHEADER, headers.list);
+    setOption(h, CURLOPT_USERAGENT, "rafsd/0.1");
+    setOption(h, CURLOPT_HTTP_VERSION, static_cast<long>(CURL_HTTP_VERSION_2TLS));
+    setOption(h, CURLOPT_FOLLOWLOCATION, 0L);  // redirects are the caller's (Authorization)
+    setOption(h, CURLOPT_TCP_KEEPALIVE, 1L);
+    setOption(h, CURLOPT_BUFFERSIZE, 512L * 1024);
+    setOption(h, CURLOPT_CONNECTTIMEOUT_MS, static_cast<long>(options_.connect_timeout.count() * 1000));
+    setOption(h, CURLOPT_TIMEOUT_MS, static_cast<long>(options_.timeout.count() * 1000));
+    setOption(h, CURLOPT_LOW_SPEED_LIMIT, static_cast<long>(options_.low_speed_limit));
+    setOption(h, CURLOPT_LOW_SPEED_TIME, static_cast<long>(options_.low_speed_time.count()));
+    // An empty proxy is "none", also when http_proxy is set: the configuration decides.
+    setOption(h, CURLOPT_PROXY, request.proxy.c_str());
+    setOption(h, CURLOPT_HEADERFUNCTION, onHeader);
+    setOption(h, CURLOPT_HEADERDATA, &x);
+    setOption(h, CURLOPT_WRITEFUNCTION, onBody);
+    setOption(h, CURLOPT_WRITEDATA, &x);
+    setOption(h, CURLOPT_SSL_CTX_FUNCTION, onSslContext);
+    setOption(h, CURLOPT_SSL_CTX_DATA, x.tls.get());
+    if (!x.tls->client_cert.empty()) {
+        setOption(h, CURLOPT_SSLCERT, x.tls->client_cert.c_str());
+        setOption(h, CURLOPT_SSLKEY, x.tls->client_key.c_str());
+    }
+    if (request.method == "HEAD") setOption(h, CURLOPT_NOBODY, 1L);
+    if (request.range) setOption(h, CURLOPT_RANGE, range.c_str());
+
+    {
+        std::lock_guard lock(mutex_);
+        if (stopping_) rafs::fail("the HTTP transport is shutting down");
+        submitted_.push_back(&x);
+    }
+    curl_multi_wakeup(multi_);
+    x.finished.acquire();
+    const CURLcode code = x.result;
+    response.curl_code = static_cast<int>(code);
+    if (code != CURLE_OK) response.curl_error = error[0] != '\0' ? std::string(error) : curl_easy_strerror(code);
+    curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &response.status);
+    curl_off_t total_us = 0;
+    curl_easy_getinfo(h, CURLINFO_TOTAL_TIME_T, &total_us);
+    response.elapsed = std::chrono::microseconds(total_us);
+    return response;
+}
+
+}  // namespace registry

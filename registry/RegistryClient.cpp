@@ -1,0 +1,286 @@
+#include "registry/RegistryClient.h"
+
+#include "builder/format/Error.h"
+#include "registry/AuthChallenge.h"
+#include "registry/Base64.h"
+#include "registry/HttpBlobClient.h"
+#include "registry/RangeSink.h"
+#include "registry/Url.h"
+
+#include <nlohmann/json.hpp>
+
+namespace registry {
+
+namespace {
+
+// Pre-signed storage URLs last about 20 minutes (S3's default); reusing one for less stays clear
+// of the end.
+constexpr std::chrono::minutes kRedirectReuse{5};
+
+bool isRedirect(long status) { return status == 301 || status == 302 || status == 303 || status == 307 || status == 308; }
+
+std::string basicHeader(const Credentials& c) { return "Authorization: Basic " + base64Encode(c.username + ":" + c.secret); }
+
+// A Location relative to the server ("/path") made absolute.
+std::string absoluteLocation(const std::string& base, std::string_view location) {
+    if (location.starts_with("/")) return base + std::string(location);
+    return std::string(location);
+}
+
+}  // namespace
+
+RegistryClient::RegistryClient(RegistryOptions options, std::shared_ptr<RetryingTransport> transport,
+                               std::shared_ptr<CredentialStore> credentials)
+    : options_(std::move(options)),
+      transport_(std::move(transport)),
+      credentials_(std::move(credentials)),
+      endpoints_(
+          [&] {
+              std::vector<std::string> bases = options_.mirrors;
+              for (std::string& m : bases) {
+                  while (m.ends_with('/')) m.pop_back();
+              }
+              bases.push_back((options_.plain_http ? "http://" : "https://") + options_.host);
+              return bases;
+          }(),
+          options_.mirror_skip),
+      scope_("repository:" + options_.repository + ":pull") {
+    for (size_t i = 0; i < endpoints_.size(); ++i) Url::parse(endpoints_.at(i));
+}
+
+std::string RegistryClient::describe() const {
+    return "registry:" + endpoints_.at(endpoints_.size() - 1) + "/" + options_.repository;
+}
+
+RegistryClient::Endpoint RegistryClient::endpoint(size_t index) const {
+    return {endpoints_.at(index), Url::parse(endpoints_.at(index)).authority};
+}
+
+std::string RegistryClient::bearer(const HostAuth& auth, const std::string& host, const std::string& refused) {
+    const std::string key = auth.realm + " " + auth.service + " " + scope_;
+    return tokens_.get(key, [&] { return fetchToken(auth, host); }, refused);
+}
+
+BearerToken RegistryClient::fetchToken(const HostAuth& auth, const std::string& host) {
+    const Url realm = Url::parse(auth.realm);
+    HttpRequest request;
+    request.url = realm.str() + (realm.path.find('?') == std::string::npos ? "?" : "&");
+    if (!auth.service.empty()) request.url += "service=" + queryEscape(auth.service) + "&";
+    request.url += "scope=" + queryEscape(scope_);
+    const std::optional<Credentials> creds = credentials_->lookup(host);
+    if (creds) request.headers.push_back(basicHeader(*creds));
+    HttpResponse r = transport_->perform(request);
+    stats().token_refreshes++;
+    if (r.curl_code == 0 && (r.status == 401 || r.status == 403)) {
+        if (creds) {
+            credentials_->forget(host);
+            rafs::fail("token service {} refused the credentials for {} from {}", withoutQuery(auth.realm), host,
+                       credentials_->path().string());
+        }
+        rafs::fail("token service {} wants credentials for {}, and {} has none", withoutQuery(auth.realm), host,
+                   credentials_->path().string());
+    }
+    if (r.curl_code != 0 || r.status != 200) rafs::fail("token service {}: {}", withoutQuery(auth.realm), r.summary());
+    const auto json = nlohmann::json::parse(r.text, nullptr, false);
+    BearerToken token;
+    for (const char* field : {"token", "access_token"}) {
+        if (json.is_object() && json.contains(field) && json[field].is_string() && !json[field].get<std::string>().empty()) {
+            token.value = json[field].get<std::string>();
+        }
+    }
+    if (token.value.empty()) rafs::fail("token service {}: no token in its answer", withoutQuery(auth.realm));
+    // Without expires_in a token lives 60 s (distribution's token spec).
+    if (json.contains("expires_in") && json["expires_in"].is_number_integer() && json["expires_in"].get<int64_t>() > 0) {
+        token.lifetime = std::chrono::seconds(json["expires_in"].get<int64_t>());
+    }
+    return token;
+}
+
+RegistryClient::Authorization RegistryClient::authorizationFor(const Endpoint& ep) {
+    HostAuth auth;
+    {
+        std::lock_guard lock(mutex_);
+        auth = auth_[ep.authority];
+    }
+    Authorization a;
+    if (auth.scheme == HostAuth::Scheme::Basic) {
+        a.basic = credentials_->lookup(ep.authority);
+        if (a.basic) a.header = basicHeader(*a.basic);
+    } else if (auth.scheme == HostAuth::Scheme::Bearer) {
+        a.token = bearer(auth, ep.authority, {});
+        a.header = "Authorization: Bearer " + a.token;
+    }
+    return a;
+}
+
+RegistryClient::Authorization RegistryClient::answerChallenge(const Endpoint& ep, const HttpResponse& response,
+                                                              const Authorization& used) {
+    std::optional<AuthChallenge> basic, bearer_challenge;
+    for (std::string_view header : response.headerValues("www-authenticate")) {
+        for (AuthChallenge& c : parseChallenges(header)) {
+            if (c.scheme == "bearer" && !bearer_challenge) bearer_challenge = std::move(c);
+            else if (c.scheme == "basic" && !basic) basic = std::move(c);
+        }
+    }
+    const std::string& config = credentials_->path().string();
+    Authorization a;
+    if (bearer_challenge) {
+        HostAuth auth{HostAuth::Scheme::Bearer, bearer_challenge->param("realm"), bearer_challenge->param("service")};
+        if (auth.realm.empty()) rafs::fail("{}: a Bearer challenge without a realm", ep.authority);
+        {
+            std::lock_guard lock(mutex_);
+            auth_[ep.authority] = auth;
+        }
+        a.token = bearer(auth, ep.authority, used.token);
+        a.header = "Authorization: Bearer " + a.token;
+        return a;
+    }
+    if (!basic) rafs::fail("{}: 401 without a Basic or Bearer challenge", ep.authority);
+    {
+        std::lock_guard lock(mutex_);
+        auth_[ep.authority] = {HostAuth::Scheme::Basic, {}, {}};
+    }
+    a.basic = credentials_->lookup(ep.authority);
+    if (a.basic && used.basic && *a.basic == *used.basic) {
+        // Maybe a helper has newer ones; the file itself is re-read whenever it changes.
+        credentials_->forget(ep.authority);
+        a.basic = credentials_->lookup(ep.authority);
+        if (a.basic && *a.basic == *used.basic) rafs::fail("{} refused the credentials for it in {}", ep.authority, config);
+    }
+    if (!a.basic) rafs::fail("{} wants credentials (Basic), and {} has none for it", ep.authority, config);
+    a.header = basicHeader(*a.basic);
+    return a;
+}
+
+HttpResponse RegistryClient::authorized(const Endpoint& ep, HttpRequest request, const Exchange& exchange) {
+    auto run = [&](const Authorization& a) {
+        HttpRequest r = request;
+        if (!a.header.empty()) r.headers.push_back(a.header);
+        return exchange(r);
+    };
+    Authorization a = authorizationFor(ep);
+    HttpResponse response = run(a);
+    if (response.curl_code != 0 || response.status != 401) return response;
+    a = answerChallenge(ep, response, a);
+    response = run(a);
+    if (response.curl_code == 0 && response.status == 401) {
+        if (!a.token.empty()) rafs::fail("{} refused a fresh token from its token service", ep.authority);
+        rafs::fail("{} refused the credentials for it in {}", ep.authority, credentials_->path().string());
+    }
+    return response;
+}
+
+void RegistryClient::readFrom(const Endpoint& ep, const std::string& digest, uint64_t offset, std::span<uint8_t> out,
+                              uint64_t* total) {
+    const std::string last_byte = std::to_string(offset + out.size() - 1);
+    RangeSink sink(offset, out);
+    std::string why;
+    auto fetch = [&](const std::string& url, const std::vector<std::string>& headers, HttpResponse& last) {
+        HttpRequest request;
+        request.url = url;
+        request.headers = headers;
+        why.clear();
+        const bool ok = getRange(*transport_, request, offset, sink, out.size(), last, why);
+        if (ok && total != nullptr) {
+            auto range = last.header("content-range");
+            auto parsed = range ? parseContentRange(*range) : std::nullopt;
+            *total = parsed ? parsed->total : 0;
+        }
+        return ok;
+    };
+    const std::string redirect_key = ep.base + " " + digest;
+    {
+        std::unique_lock lock(mutex_);
+        auto it = redirects_.find(redirect_key);
+        if (it != redirects_.end() && it->second.expires > std::chrono::steady_clock::now()) {
+            const std::string url = it->second.url;
+            lock.unlock();
+            HttpResponse last;
+            // Storage URLs are signed: no Authorization goes there.
+            if (fetch(url, {}, last)) return;
+            // Expired or refused: ask the registry again, once.
+            lock.lock();
+            redirects_.erase(redirect_key);
+        }
+    }
+    const std::string url = ep.base + "/v2/" + options_.repository + "/blobs/" + digest;
+    HttpResponse last;
+    bool ok = false;
+    HttpRequest request;
+    request.url = url;
+    last = authorized(ep, request, [&](const HttpRequest& r) {
+        HttpResponse response;
+        ok = fetch(r.url, r.headers, response);
+        return response;
+    });
+    if (ok) return;
+    if (last.curl_code == 0 && isRedirect(last.status) && last.header("location")) {
+        const std::string target = absoluteLocation(ep.base, *last.header("location"));
+        const Url parsed = Url::parse(target);
+        std::vector<std::string> headers;
+        // The registry's Authorization stays with the registry.
+        if (parsed.authority == ep.authority && parsed.scheme == Url::parse(ep.base).scheme) {
+            if (std::string header = authorizationFor(ep).header; !header.empty()) headers.push_back(header);
+        }
+        HttpResponse redirected;
+        if (fetch(target, headers, redirected)) {
+            std::lock_guard lock(mutex_);
+            redirects_[redirect_key] = {target, std::chrono::steady_clock::now() + kRedirectReuse};
+            return;
+        }
+        rafs::fail("GET {} bytes {}-{} (redirected from {}): {}", withoutQuery(target), offset, last_byte, url, why);
+    }
+    rafs::fail("GET {} bytes {}-{}: {}", url, offset, last_byte, why);
+}
+
+uint64_t RegistryClient::sizeFrom(const Endpoint& ep, const std::string& digest) {
+    HttpRequest request;
+    request.method = "HEAD";
+    request.url = ep.base + "/v2/" + options_.repository + "/blobs/" + digest;
+    HttpResponse head = authorized(ep, request, [&](const HttpRequest& r) { return transport_->perform(r); });
+    if (auto size = sizeFromHead(head)) return *size;
+    const bool ask_by_get = head.curl_code == 0 && (isRedirect(head.status) || head.status == 200 || head.status == 405);
+    if (!ask_by_get) rafs::fail("HEAD {}: {}", request.url, head.summary());
+    // Signed storage URLs are often for GET only: one byte by GET tells the size in Content-Range.
+    uint8_t byte = 0;
+    uint64_t total = 0;
+    readFrom(ep, digest, 0, {&byte, 1}, &total);
+    if (total == 0) rafs::fail("{}: no size in the reply (no Content-Length, no Content-Range)", request.url);
+    return total;
+}
+
+void RegistryClient::onSomeEndpoint(const std::function<void(const Endpoint&)>& work) {
+    std::string failures;
+    for (size_t index : endpoints_.order()) {
+        const Endpoint ep = endpoint(index);
+        try {
+            work(ep);
+            endpoints_.succeeded(index);
+            return;
+        } catch (const rafs::Error& e) {
+            if (endpoints_.size() > 1) endpoints_.failed(index);
+            failures += failures.empty() ? e.what() : std::string("; then ") + e.what();
+        }
+    }
+    stats().failures++;
+    throw rafs::Error(failures);
+}
+
+uint64_t RegistryClient::blobSize(const std::string& digest) {
+    {
+        std::lock_guard lock(mutex_);
+        if (auto it = sizes_.find(digest); it != sizes_.end()) return it->second;
+    }
+    uint64_t size = 0;
+    onSomeEndpoint([&](const Endpoint& ep) { size = sizeFrom(ep, digest); });
+    std::lock_guard lock(mutex_);
+    sizes_[digest] = size;
+    return size;
+}
+
+void RegistryClient::readBlob(const std::string& digest, uint64_t offset, std::span<uint8_t> out) {
+    if (out.empty()) return;
+    onSomeEndpoint([&](const Endpoint& ep) { readFrom(ep, digest, offset, out); });
+}
+
+}  // namespace registry

@@ -1,0 +1,99 @@
+// Blobs of one repository of an OCI registry (distribution API): the size from
+// `HEAD /v2/<repo>/blobs/<digest>`, bytes from range GETs of it. Tries the host's mirrors first,
+// in order, skipping a failing one for a while (EndpointList). Authenticates as each server
+// asks on a 401: Basic with the credentials of the CredentialStore, or Bearer tokens from the
+// token service named in the challenge (TokenCache: one fetch at a time per scope, renewed
+// before expiry and when refused). Follows a redirect to blob storage itself, without the
+// Authorization header when the host changes, and reuses the target until it fails or expires.
+#pragma once
+
+#include "registry/CredentialStore.h"
+#include "registry/EndpointList.h"
+#include "registry/RetryingTransport.h"
+#include "registry/TokenCache.h"
+
+#include <chrono>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <span>
+#include <string>
+#include <vector>
+
+namespace registry {
+
+struct RegistryOptions {
+    std::string host;        // host[:port]
+    std::string repository;  // "library/debian"
+    bool plain_http = false;
+    std::vector<std::string> mirrors;  // base URLs, tried before the host in this order
+    std::chrono::milliseconds mirror_skip{30'000};
+};
+
+class RegistryClient {
+public:
+    RegistryClient(RegistryOptions options, std::shared_ptr<RetryingTransport> transport,
+                   std::shared_ptr<CredentialStore> credentials);
+
+    // `digest`: "sha256:<hex>". Both throw rafs::Error naming the URL, the range and what went
+    // wrong (on every endpoint tried).
+    uint64_t blobSize(const std::string& digest);
+    void readBlob(const std::string& digest, uint64_t offset, std::span<uint8_t> out);
+
+    // "registry:https://host:port/repo": no credentials in it.
+    std::string describe() const;
+    TransferStats& stats() { return transport_->stats(); }
+
+private:
+    struct Endpoint {
+        std::string base;       // "https://host:port"
+        std::string authority;  // "host:port": the key of its credentials and auth state
+    };
+    // What a host asked for on its last 401.
+    struct HostAuth {
+        enum class Scheme { None, Basic, Bearer } scheme = Scheme::None;
+        std::string realm;
+        std::string service;
+    };
+    // What a request carried, so a 401 can tell a refused token or password from a missing one.
+    struct Authorization {
+        std::string header;
+        std::string token;
+        std::optional<Credentials> basic;
+    };
+    using Exchange = std::function<HttpResponse(const HttpRequest&)>;
+
+    Endpoint endpoint(size_t index) const;
+    // Runs `exchange` with the host's authorization; on a 401 answers the challenge and runs it
+    // once more. A second 401 is an error naming the host.
+    HttpResponse authorized(const Endpoint& ep, HttpRequest request, const Exchange& exchange);
+    Authorization authorizationFor(const Endpoint& ep);
+    Authorization answerChallenge(const Endpoint& ep, const HttpResponse& response, const Authorization& used);
+    std::string bearer(const HostAuth& auth, const std::string& host, const std::string& refused);
+    BearerToken fetchToken(const HostAuth& auth, const std::string& host);
+    // The range from one endpoint, through its redirect when it has one; `total` gets the blob
+    // size when the reply tells it.
+    void readFrom(const Endpoint& ep, const std::string& digest, uint64_t offset, std::span<uint8_t> out,
+                  uint64_t* total = nullptr);
+    uint64_t sizeFrom(const Endpoint& ep, const std::string& digest);
+    // Tries the endpoints in order with `work`; throws naming every failure if none succeeds.
+    void onSomeEndpoint(const std::function<void(const Endpoint&)>& work);
+
+    RegistryOptions options_;
+    std::shared_ptr<RetryingTransport> transport_;
+    std::shared_ptr<CredentialStore> credentials_;
+    EndpointList endpoints_;  // mirrors, then the host
+    TokenCache tokens_;
+    std::string scope_;       // "repository:<repo>:pull"
+
+    std::mutex mutex_;
+    std::map<std::string, HostAuth> auth_;  // by authority
+    struct Redirect {
+        std::string url;
+        std::chrono::steady_clock::time_point expires;
+    };
+    std::map<std::string, Redirect> redirects_;  // by endpoint base + digest
+    std::map<std::string, uint64_t> sizes_;      // by digest
+};
+
+}  // namespace registry

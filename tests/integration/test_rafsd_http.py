@@ -1,0 +1,110 @@
+#!/usr/bin/env python3
+"""rafsd's http backend (backend.type = "http") against nginx-light on 127.0.0.1 as the range
+server, fanotify engine:
+
+1. an image served by `rafsd serve` + `rafsctl mount` reads back equal to its source; `rafsctl
+   status` shows the backend's requests, bytes and latency (and no retries or failures);
+2. the mount-time probe: a blob missing on the server, and a server that is not there, each fail
+   the mount with one error line naming the blob and the URL, and nothing is mounted;
+3. bad configuration of the network keys: one error line naming the file, line and key.
+"""
+
+import os
+import sys
+
+from rafstest import compare, harness
+from rafstest.harness import log
+from rafstest.rafsd import (RafsdServe, expect_error, network_config, rafsctl, rafsctl_status,
+                            small_image, start_test)
+from rafstest.servers import free_port, nginx
+
+MiB = 1 << 20
+FILES = [('a/one', 3 * MiB + 17), ('a/two', 700000), ('b/three', 5 * MiB), ('c/small', 999), ('c/empty', 0)]
+
+
+def main():
+    args, mk, rafsd, ctl, ck = start_test('rafsd_http', __doc__, tools=('nginx',))
+    with harness.temp_dir('rafsd-http-', keep=args.keep) as tmp:
+        image = small_image(ck, mk, tmp, FILES, 8)
+        if image is None:
+            return ck.finish()
+        _, boot, blob, mnt = image
+        src, out = os.path.join(tmp, 'src'), os.path.join(tmp, 'out')
+        port = free_port()
+        empty_dir = os.path.join(tmp, 'empty')
+        os.makedirs(empty_dir)
+
+        def config(name, url):
+            return network_config(tmp, name, {'type': 'http'}, **{
+                'backend.http': {'url': url},
+                'backend.transport': {'retries': 1, 'backoff_base_ms': 10, 'timeout': 20}})
+
+        with nginx(os.path.join(out, 'blobs'), port, tmp):
+            ck.section('an image over http reads back equal to its source')
+            cfg = config('serve', 'http://127.0.0.1:%d/blobs' % port)
+            sock = os.path.join(tmp, 'serve.sock')
+            with RafsdServe(rafsd, cfg, sock, os.path.join(tmp, 'serve.log')) as srv:
+                if not ck.check(srv.start(), 'rafsd serve answers', srv.log_text()[-2000:]):
+                    return ck.finish()
+                r = rafsctl(ctl, sock, 'mount', boot, mnt)
+                if ck.check(r.returncode == 0, 'rafsctl mount (backend http)', (r.stderr or b'').decode()):
+                    ck.diffs('tree over http', compare.compare_trees(src, mnt))
+                    status = rafsctl_status(ctl, sock) or {}
+                    backends = status.get('backends', [])
+                    if ck.check(len(backends) == 1, 'status lists one backend', repr(status)[:1000]):
+                        b = backends[0]
+                        log('  backend status: %r' % b)
+                        total = sum(size for _, size in FILES)
+                        ck.check(b['backend'] == 'http:http://127.0.0.1:%d/blobs' % port, 'status names the backend')
+                        ck.check(b['requests'] >= 2, 'requests counted (%d)' % b['requests'])
+                        ck.check(b['bytes'] >= total, 'bytes counted (%d >= %d)' % (b['bytes'], total))
+                        ck.check(b['retries'] == 0 and b['failures'] == 0, 'no retries, no failures')
+                        ck.check(0 < b['latency_p50_us'] <= b['latency_p99_us'], 'latency p50 <= p99, both set')
+                    r = rafsctl(ctl, sock, 'status')
+                    text = (r.stdout or b'').decode()
+                    ck.check(r.returncode == 0 and 'BACKEND' in text and 'TOKEN REFRESHES' in text,
+                             'rafsctl status prints the backend table', text[-1500:])
+                    r = rafsctl(ctl, sock, 'umount', mnt)
+                    ck.check(r.returncode == 0, 'rafsctl umount', (r.stderr or b'').decode())
+                ck.check(srv.stop() == 0, 'rafsd serve exits 0')
+
+            ck.section('the mount-time probe')
+
+            def mount_cmd(cfg):
+                return [rafsd, 'mount', '--config', cfg, boot, mnt]
+
+            missing_url = 'http://127.0.0.1:%d/nothing-here' % port
+            expect_error(ck, 'a blob missing on the server', mount_cmd(config('missing', missing_url)), mnt,
+                         [blob, missing_url, '404'])
+            down = free_port()
+            down_url = 'http://127.0.0.1:%d/blobs' % down
+            expect_error(ck, 'a server that is not there', mount_cmd(config('down', down_url)), mnt,
+                         [blob, '127.0.0.1:%d' % down])
+
+        ck.section('bad network configuration')
+        bad = os.path.join(tmp, 'bad.toml')
+        cases = [
+            ('an ftp URL', '[backend.http]\nurl = "ftp://127.0.0.1/x"\n', ['bad.toml:2', 'backend.http.url']),
+            ('a proxy that is no URL', '[backend.transport]\nproxy = "127.0.0.1:3128"\n',
+             ['bad.toml:2', 'backend.transport.proxy']),
+            ('retries out of range', '[backend.transport]\nretries = 99\n', ['bad.toml:2', 'backend.transport.retries']),
+            ('an unknown transport key', '[backend.transport]\nretry = 3\n', ['bad.toml:2', 'backend.transport.retry']),
+            ('a relative CA file', '[backend.hosts."127.0.0.1:5000"]\nca_file = "ca.pem"\n',
+             ['bad.toml:2', 'ca_file']),
+            ('a client cert without its key', '[backend.hosts."127.0.0.1:5000"]\nclient_cert = "/c.pem"\n',
+             ['bad.toml:', 'client_key']),
+            ('registry without a repo', '[backend]\ntype = "registry"\n[backend.registry]\nhost = "127.0.0.1:5000"\n',
+             ['bad.toml:2', 'backend.registry.repo']),
+            ('a CA file that does not exist',
+             '[backend]\ntype = "http"\n[backend.http]\nurl = "https://127.0.0.1:5000/b"\n'
+             '[backend.hosts."127.0.0.1:5000"]\nca_file = "/nonexistent/ca.pem"\n', ['/nonexistent/ca.pem']),
+        ]
+        for what, body, names in cases:
+            with open(bad, 'w') as f:
+                f.write(body)
+            expect_error(ck, 'config with ' + what, [rafsd, 'mount', '--config', bad, boot, mnt], mnt, names)
+    return ck.finish()
+
+
+if __name__ == '__main__':
+    sys.exit(main())

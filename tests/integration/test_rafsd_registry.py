@@ -1,0 +1,157 @@
+#!/usr/bin/env python3
+"""rafsd's registry backend (backend.type = "registry") against Debian's docker-registry on
+127.0.0.1, with TLS from a CA the test makes with openssl and htpasswd (Basic) auth; the blobs are
+pushed with the plain distribution upload API; fanotify engine:
+
+1. an image served by `rafsd mount` reads back equal to its source; the credentials come from a
+   docker config.json, the CA from backend.hosts.<host>.ca_file; the password is in no log line;
+2. the same through `rafsd serve`, with the CA found by the /etc/docker/certs.d convention
+   (transport.certs_dir = a directory of the test's): `rafsctl status` shows the backend's
+   requests and bytes, and neither the password nor the config's auth string;
+3. the credentials from a credential helper instead (config.json's credsStore names
+   docker-credential-rafstest, a script of the test's on PATH that answers `get` for the host):
+   the image reads back equal;
+4. the mount-time probe: a wrong password, an unknown CA, a blob missing from the repository and
+   a registry that is not there each fail the mount with one error line naming it, and nothing
+   is mounted.
+"""
+
+import base64
+import json
+import os
+import shutil
+import sys
+
+from rafstest import compare, harness
+from rafstest.harness import log
+from rafstest.rafsd import (RafsdMount, RafsdServe, expect_error, network_config, rafsctl,
+                            small_image, start_test)
+from rafstest.servers import TestCa, basic_auth, free_port, htpasswd, push_blob, registry
+
+MiB = 1 << 20
+FILES = [('usr/bin/tool', 2 * MiB + 5), ('usr/lib/big', 6 * MiB), ('etc/conf', 1234), ('var/empty', 0)]
+USER, PASSWORD = 'rafs', 'pw-Zq8-secret'
+REPO = 'test/img'
+
+
+def docker_config(path, host, user, password):
+    auth = base64.b64encode(('%s:%s' % (user, password)).encode()).decode()
+    with open(path, 'w') as f:
+        json.dump({'auths': {host: {'auth': auth}}}, f)
+    return auth
+
+
+def registry_config(tmp, name, host, docker_cfg, ca_file=None, certs_dir=None, repo=REPO):
+    sections = {'backend.registry': {'host': host, 'repo': repo, 'docker_config': docker_cfg},
+                'backend.transport': {'retries': 1, 'backoff_base_ms': 10, 'timeout': 30,
+                                      'certs_dir': certs_dir or os.path.join(tmp, 'no-certs.d')}}
+    if ca_file:
+        sections['backend.hosts."%s"' % host] = {'ca_file': ca_file}
+    return network_config(tmp, name, {'type': 'registry'}, **sections)
+
+
+def main():
+    args, mk, rafsd, ctl, ck = start_test('rafsd_registry', __doc__, tools=('docker-registry', 'openssl', 'htpasswd'))
+    with harness.temp_dir('rafsd-registry-', keep=args.keep) as tmp:
+        image = small_image(ck, mk, tmp, FILES, 11)
+        if image is None:
+            return ck.finish()
+        _, boot, blob, mnt = image
+        src, out = os.path.join(tmp, 'src'), os.path.join(tmp, 'out')
+        ca = TestCa(os.path.join(tmp, 'ca'))
+        cert, key = ca.issue('registry')
+        pw_file = os.path.join(tmp, 'htpasswd')
+        htpasswd(pw_file, {USER: PASSWORD})
+        port = free_port()
+        host = '127.0.0.1:%d' % port
+        auth = {'htpasswd': {'realm': 'rafsd-test', 'path': pw_file}}
+        with registry(tmp, 'registry', port, cert, key, auth=auth):
+            digest = push_blob('https://' + host, REPO, os.path.join(out, 'blobs', blob), ca.context(),
+                               basic_auth(USER, PASSWORD))
+            ck.check(digest == 'sha256:' + blob, 'blob pushed as sha256:<blob id>')
+            cfg_json = os.path.join(tmp, 'docker-config.json')
+            auth_string = docker_config(cfg_json, host, USER, PASSWORD)
+
+            ck.section('rafsd mount: TLS with the test CA, Basic auth from config.json')
+            cfg = registry_config(tmp, 'mount', host, cfg_json, ca_file=ca.cert)
+            with RafsdMount(rafsd, boot, mnt, config=cfg, log_path=os.path.join(tmp, 'mount.log')) as m:
+                if ck.check(m.start(), 'rafsd mount', m.log_text()[-2000:]):
+                    ck.diffs('tree through the registry', compare.compare_trees(src, mnt))
+                ck.check(m.stop() == 0, 'rafsd mount exits 0')
+                text = m.log_text()
+                ck.check(PASSWORD not in text and auth_string not in text, 'the password is in no log line')
+
+            ck.section('credentials from a credential helper (credsStore)')
+            bin_dir = os.path.join(tmp, 'bin')
+            os.makedirs(bin_dir)
+            helper = os.path.join(bin_dir, 'docker-credential-rafstest')
+            with open(helper, 'w') as f:
+                f.write('#!/bin/sh\n[ "$1" = get ] || exit 2\nread host\n'
+                        'if [ "$host" = "%s" ]; then echo \'{"ServerURL":"%s","Username":"%s","Secret":"%s"}\'\n'
+                        'else echo "credentials not found in native keychain"; exit 1; fi\n'
+                        % (host, host, USER, PASSWORD))
+            os.chmod(helper, 0o755)
+            helper_json = os.path.join(tmp, 'helper-config.json')
+            with open(helper_json, 'w') as f:
+                json.dump({'credsStore': 'rafstest'}, f)
+            os.environ['PATH'] = bin_dir + ':' + os.environ.get('PATH', '')
+            cfg = registry_config(tmp, 'helper', host, helper_json, ca_file=ca.cert)
+            with RafsdMount(rafsd, boot, mnt, config=cfg, log_path=os.path.join(tmp, 'helper.log')) as m:
+                if ck.check(m.start(), 'rafsd mount (credentials from docker-credential-rafstest)', m.log_text()[-2000:]):
+                    ck.diffs('tree with the helper\'s credentials', compare.compare_trees(src, mnt))
+                ck.check(m.stop() == 0, 'rafsd mount exits 0')
+                ck.check(PASSWORD not in m.log_text(), 'the password is in no log line')
+
+            ck.section('rafsd serve: the CA from <certs_dir>/<host>/ca.crt, status')
+            certs_dir = os.path.join(tmp, 'certs.d')
+            os.makedirs(os.path.join(certs_dir, host))
+            shutil.copy(ca.cert, os.path.join(certs_dir, host, 'ca.crt'))
+            cfg = registry_config(tmp, 'serve', host, cfg_json, certs_dir=certs_dir)
+            sock = os.path.join(tmp, 'serve.sock')
+            with RafsdServe(rafsd, cfg, sock, os.path.join(tmp, 'serve.log')) as srv:
+                if ck.check(srv.start(), 'rafsd serve answers', srv.log_text()[-2000:]):
+                    r = rafsctl(ctl, sock, 'mount', boot, mnt)
+                    if ck.check(r.returncode == 0, 'rafsctl mount (backend registry)', (r.stderr or b'').decode()):
+                        ck.diffs('tree through the registry (serve)', compare.compare_trees(src, mnt))
+                        r = rafsctl(ctl, sock, 'status', '--json')
+                        raw = (r.stdout or b'').decode()
+                        status = json.loads(raw) if r.returncode == 0 else {}
+                        b = (status.get('backends') or [{}])[0]
+                        log('  backend status: %r' % b)
+                        ck.check(b.get('backend') == 'registry:https://%s/%s' % (host, REPO), 'status names the registry')
+                        ck.check(b.get('requests', 0) >= 2 and b.get('bytes', 0) >= sum(s for _, s in FILES),
+                                 'requests and bytes counted')
+                        ck.check(PASSWORD not in raw and auth_string not in raw, 'no secret in the status')
+                        r = rafsctl(ctl, sock, 'umount', mnt)
+                        ck.check(r.returncode == 0, 'rafsctl umount', (r.stderr or b'').decode())
+                ck.check(srv.stop() == 0, 'rafsd serve exits 0')
+                text = srv.log_text()
+                ck.check(PASSWORD not in text and auth_string not in text, 'the password is in no log line (serve)')
+
+            ck.section('the mount-time probe: one error naming the problem, nothing mounted')
+
+            def mount_cmd(cfg):
+                return [rafsd, 'mount', '--config', cfg, boot, mnt]
+
+            wrong_json = os.path.join(tmp, 'wrong-config.json')
+            docker_config(wrong_json, host, USER, 'not-the-password')
+            expect_error(ck, 'a wrong password', mount_cmd(registry_config(tmp, 'wrong', host, wrong_json, ca_file=ca.cert)),
+                         mnt, [blob, host, 'refused', wrong_json])
+            none_json = os.path.join(tmp, 'empty-config.json')
+            with open(none_json, 'w') as f:
+                f.write('{}')
+            expect_error(ck, 'no credentials', mount_cmd(registry_config(tmp, 'nocreds', host, none_json, ca_file=ca.cert)),
+                         mnt, [blob, host, 'credentials', none_json])
+            expect_error(ck, 'an unknown CA', mount_cmd(registry_config(tmp, 'noca', host, cfg_json)), mnt,
+                         [blob, host, 'certificate'])
+            expect_error(ck, 'a blob missing from the repository',
+                         mount_cmd(registry_config(tmp, 'norepo', host, cfg_json, ca_file=ca.cert, repo='test/other')),
+                         mnt, [blob, 'test/other', '404'])
+            down = '127.0.0.1:%d' % free_port()
+            expect_error(ck, 'a registry that is not there',
+                         mount_cmd(registry_config(tmp, 'down', down, cfg_json, ca_file=ca.cert)), mnt, [blob, down])
+    return ck.finish()
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,212 @@
+#!/usr/bin/env python3
+"""How rafsd's registry backend reaches the registry, against Debian's docker-registry on
+127.0.0.1 (fanotify engine):
+
+1. mirrors: the first mirror is down, the second has the blob (the registry itself does not):
+   the image reads back equal to its source;
+2. proxy: through a working HTTP proxy (the test's own), requests go through it; with the
+   proxy stopped while mounted, the rest of the image still reads right, direct;
+3. mutual TLS: a registry that wants a client certificate serves rafsd with the one configured
+   in backend.hosts; without it the mount fails with one error line naming the host;
+4. bad servers: a server that speaks no HTTP, and a plain-HTTP server addressed with https://,
+   each fail the mount with one error line naming the URL;
+5. redirects: a registry (nginx-light standing in) that wants Basic auth and answers 307 to a
+   signed URL on another host (blob storage, which refuses any request with an Authorization
+   header or without the signature): the image reads back equal, the storage URL is reused
+   rather than asked for again, and the signature appears in no log line.
+"""
+
+import os
+import socket
+import sys
+import threading
+
+from rafstest import compare, harness
+from rafstest.harness import log
+from rafstest.rafsd import (RafsdMount, RafsdServe, expect_error, network_config, rafsctl,
+                            rafsctl_status, small_image, start_test)
+from rafstest.servers import FaultProxy, TestCa, free_port, nginx, push_blob, registry
+
+MiB = 1 << 20
+FILES = [('a/one', 3 * MiB), ('a/two', 1 * MiB + 3), ('b/three', 2 * MiB)]
+REPO = 'test/img'
+
+
+class GarbageServer:
+    """Answers every connection with a line that is not HTTP, then closes it."""
+
+    def __init__(self, port):
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(('127.0.0.1', port))
+        self.sock.listen(16)
+        self.sock.settimeout(0.2)
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        while not self.stopping.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                continue
+            try:
+                conn.recv(4096)
+                conn.sendall(b'SSH-2.0-not-a-registry\r\n')
+            except OSError:
+                pass
+            conn.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stopping.set()
+        self.thread.join(timeout=5)
+        self.sock.close()
+        return False
+
+
+def main():
+    args, mk, rafsd, ctl, ck = start_test('rafsd_routes', __doc__, tools=('docker-registry', 'openssl'))
+    with harness.temp_dir('rafsd-routes-', keep=args.keep) as tmp:
+        image = small_image(ck, mk, tmp, FILES, 44)
+        if image is None:
+            return ck.finish()
+        _, boot, blob, mnt = image
+        src, out = os.path.join(tmp, 'src'), os.path.join(tmp, 'out')
+        blob_file = os.path.join(out, 'blobs', blob)
+        none_json = os.path.join(tmp, 'none.json')
+
+        def config(name, host, hosts=None, docker_config=none_json, **transport):
+            sections = {'backend.registry': {'host': host, 'repo': REPO, 'docker_config': docker_config},
+                        'backend.transport': dict({'retries': 1, 'backoff_base_ms': 10, 'timeout': 20,
+                                                   'certs_dir': os.path.join(tmp, 'no-certs.d')}, **transport)}
+            for h, settings in (hosts or {}).items():
+                sections['backend.hosts."%s"' % h] = settings
+            return network_config(tmp, name, {'type': 'registry'}, **sections)
+
+        def mounted_reads_right(what, cfg, name):
+            with RafsdMount(rafsd, boot, mnt, config=cfg, log_path=os.path.join(tmp, name + '.log')) as m:
+                if ck.check(m.start(), '%s: rafsd mount' % what, m.log_text()[-2000:]):
+                    ck.diffs(what, compare.compare_trees(src, mnt))
+                ck.check(m.stop() == 0, '%s: rafsd mount exits 0' % what)
+
+        origin_port, mirror_port, down_port = free_port(), free_port(), free_port()
+        origin = '127.0.0.1:%d' % origin_port
+        with registry(tmp, 'origin', origin_port), registry(tmp, 'mirror', mirror_port):
+            ck.section('mirrors: the first down, the second serves')
+            push_blob('http://127.0.0.1:%d' % mirror_port, REPO, blob_file)
+            mirrors = ['http://127.0.0.1:%d' % down_port, 'http://127.0.0.1:%d' % mirror_port]
+            cfg = config('mirrors', origin, {origin: {'plain_http': True, 'mirrors': mirrors}})
+            mounted_reads_right('through the second mirror', cfg, 'mirrors')
+
+            ck.section('proxy: through it, then direct when it is gone')
+            push_blob('http://' + origin, REPO, blob_file)
+            proxy_port = free_port()
+            proxy = FaultProxy(proxy_port, origin_port, lambda n: 'ok').start()
+            sock = os.path.join(tmp, 'proxy.sock')
+            cfg = config('proxy', origin, {origin: {'plain_http': True}}, proxy='http://127.0.0.1:%d' % proxy_port)
+            with RafsdServe(rafsd, cfg, sock, os.path.join(tmp, 'proxy.log')) as srv:
+                try:
+                    if ck.check(srv.start(), 'rafsd serve answers', srv.log_text()[-2000:]):
+                        r = rafsctl(ctl, sock, 'mount', boot, mnt)
+                        if ck.check(r.returncode == 0, 'rafsctl mount (with a proxy)', (r.stderr or b'').decode()):
+                            with open(os.path.join(mnt, 'a/two'), 'rb') as f:
+                                ck.check(f.read() == open(os.path.join(src, 'a/two'), 'rb').read(), 'a/two reads right')
+                            through = sum(proxy.made.values())
+                            ck.check(through >= 2, 'requests went through the proxy (%d)' % through)
+                            proxy.stop()
+                            ck.diffs('the rest, direct', compare.compare_trees(src, mnt))
+                            b = ((rafsctl_status(ctl, sock) or {}).get('backends') or [{}])[0]
+                            log('  backend status: %r' % b)
+                            ck.check(b.get('failures') == 0, 'no read failed')
+                            r = rafsctl(ctl, sock, 'umount', mnt)
+                            ck.check(r.returncode == 0, 'rafsctl umount', (r.stderr or b'').decode())
+                    ck.check(srv.stop() == 0, 'rafsd serve exits 0')
+                finally:
+                    proxy.stop()
+
+        ck.section('mutual TLS')
+        ca = TestCa(os.path.join(tmp, 'ca'))
+        cert, key = ca.issue('registry')
+        client_cert, client_key = ca.issue('rafsd-client', server=False)
+        mtls_port = free_port()
+        mtls = '127.0.0.1:%d' % mtls_port
+        with registry(tmp, 'mtls', mtls_port, cert, key, client_ca=ca.cert):
+            context = ca.context()
+            context.load_cert_chain(client_cert, client_key)
+            push_blob('https://' + mtls, REPO, blob_file, context)
+            cfg = config('mtls', mtls, {mtls: {'ca_file': ca.cert, 'client_cert': client_cert, 'client_key': client_key}})
+            mounted_reads_right('with the client certificate', cfg, 'mtls')
+            cfg = config('nocert', mtls, {mtls: {'ca_file': ca.cert}})
+            expect_error(ck, 'without the client certificate', [rafsd, 'mount', '--config', cfg, boot, mnt], mnt,
+                         [blob, mtls])
+
+        ck.section('bad servers')
+        garbage_port = free_port()
+        with GarbageServer(garbage_port):
+            host = '127.0.0.1:%d' % garbage_port
+            cfg = config('garbage', host, {host: {'plain_http': True}})
+            expect_error(ck, 'a server that speaks no HTTP', [rafsd, 'mount', '--config', cfg, boot, mnt], mnt,
+                         [blob, 'http://%s/v2/' % host])
+        plain_port = free_port()
+        with registry(tmp, 'plain', plain_port):
+            host = '127.0.0.1:%d' % plain_port
+            cfg = config('tlsplain', host)
+            expect_error(ck, 'https:// to a plain HTTP server', [rafsd, 'mount', '--config', cfg, boot, mnt], mnt,
+                         [blob, 'https://%s/v2/' % host])
+
+        ck.section('redirects to blob storage on another host')
+        reg_port, store_port = free_port(), free_port()
+        host = '127.0.0.1:%d' % reg_port
+        pw_file = os.path.join(tmp, 'nginx.htpasswd')
+        import subprocess
+        subprocess.run(['htpasswd', '-cbm', pw_file, 'rafs', 'redirect-pw'], check=True, capture_output=True)
+        import json as _json
+        import base64
+        auth_json = os.path.join(tmp, 'redirect-config.json')
+        with open(auth_json, 'w') as f:
+            _json.dump({'auths': {host: {'auth': base64.b64encode(b'rafs:redirect-pw').decode()}}}, f)
+        servers = '''
+    server {
+        listen 127.0.0.1:%(reg)d;
+        location ~ "^/v2/%(repo)s/blobs/sha256:(?<blobid>[0-9a-f]{64})$" {
+            auth_basic "rafsd-test";
+            auth_basic_user_file %(pw)s;
+            root %(tmp)s/nothing-here;
+            error_page 404 =307 http://127.0.0.1:%(store)d/storage/$blobid?sig=SIGNATURE-x9;
+        }
+    }
+    server {
+        listen 127.0.0.1:%(store)d;
+        location /storage/ {
+            if ($http_authorization) { return 400; }
+            if ($arg_sig != "SIGNATURE-x9") { return 403; }
+            alias %(blobs)s/;
+        }
+    }''' % {'reg': reg_port, 'store': store_port, 'repo': REPO, 'pw': pw_file, 'tmp': tmp,
+               'blobs': os.path.join(out, 'blobs')}
+        with nginx(None, reg_port, tmp, servers=servers):
+            cfg = config('redirect', host, {host: {'plain_http': True}}, docker_config=auth_json)
+            with RafsdMount(rafsd, boot, mnt, config=cfg, log_path=os.path.join(tmp, 'redirect.log')) as m:
+                if ck.check(m.start(), 'rafsd mount (redirecting registry)', m.log_text()[-2000:]):
+                    ck.diffs('through the redirect', compare.compare_trees(src, mnt))
+                ck.check(m.stop() == 0, 'rafsd mount exits 0')
+                ck.check('SIGNATURE-x9' not in m.log_text() and 'redirect-pw' not in m.log_text(),
+                         'no signature or password in the log')
+            with open(os.path.join(tmp, 'nginx-%d' % reg_port, 'access.log')) as f:
+                access = f.read().splitlines()
+            asked = [line for line in access if '/v2/' in line and '" 307 ' in line]
+            stored = [line for line in access if '/storage/' in line and '" 206 ' in line]
+            log('  %d redirects, %d storage range replies' % (len(asked), len(stored)))
+            ck.check(stored and len(asked) < len(stored), 'the storage URL is reused (%d redirects for %d ranges)'
+                     % (len(asked), len(stored)))
+            ck.check(not [line for line in access if '/storage/' in line and ('" 400 ' in line or '" 403 ' in line)],
+                     'storage never saw an Authorization header or a missing signature')
+    return ck.finish()
+
+
+if __name__ == '__main__':
+    sys.exit(main())
