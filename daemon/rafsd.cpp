@@ -5,6 +5,7 @@
 #include "daemon/api/ControlServer.h"
 #include "daemon/api/ImageService.h"
 #include "daemon/api/MetricsServer.h"
+#include "daemon/api/MountInfo.h"
 #include "daemon/core/Log.h"
 #include "daemon/process/ProcessIdentity.h"
 #include "daemon/process/Supervisor.h"
@@ -157,7 +158,7 @@ int mountWorker(const Config& config, EngineKind engine, MountRequest request, s
     // After a failover the kernel keeps the image mounted: take it over instead of mounting again.
     // fscache: its cookies must be known before `restore` makes the kernel resend the OPENs;
     // fanotify: its files before the events the dead worker left are answered.
-    if (restored && ImageService::hasErofsMount(request.mountpoint)) {
+    if (restored && hasErofsMount(request.mountpoint)) {
         service.reattach(request);
         startEngine(service, engine);
     } else {

@@ -1,27 +1,26 @@
 #include "daemon/api/ImageService.h"
 
-#include "builder/format/Error.h"
-#include "daemon/api/MetricsText.h"
-#include "daemon/api/NetworkBackends.h"
-#include "daemon/backends/LocalfsBackend.h"
 #include "builder/format/BlobFile.h"
 #include "builder/format/BootstrapCheck.h"
 #include "builder/format/Digest.h"
+#include "builder/format/Error.h"
+#include "daemon/api/BackendProbe.h"
+#include "daemon/api/LocalBootstrap.h"
+#include "daemon/api/MetricsText.h"
+#include "daemon/api/MountInfo.h"
+#include "daemon/api/NetworkBackends.h"
+#include "daemon/backends/DelayedBackend.h"
+#include "daemon/backends/LocalfsBackend.h"
 #include "daemon/core/BlobMetaLoader.h"
 #include "daemon/core/CacheDirRollback.h"
 #include "daemon/core/Log.h"
 #include "daemon/core/SparseCacheFile.h"
 #include "daemon/engines/fscache/FscacheCacheFile.h"
 
-#include <linux/magic.h>
 #include <sys/stat.h>
-#include <sys/statfs.h>
 #include <unistd.h>
 
 #include <algorithm>
-#include <fstream>
-#include <sstream>
-#include <thread>
 
 namespace rafsd {
 
@@ -48,114 +47,7 @@ void checkFscacheName(std::string_view what, const std::string& name) {
     if (!FscacheEngine::validName(name)) rafs::fail("{} '{}' is not a name of {}", what, name, FscacheEngine::kNameRule);
 }
 
-// `rafsd mount --test-fetch-delay`: holds every backend read for a while, so a test can kill the
-// daemon while the kernel waits for a miss.
-class DelayedBackend final : public Backend {
-public:
-    DelayedBackend(std::shared_ptr<Backend> inner, std::chrono::milliseconds delay)
-        : inner_(std::move(inner)), delay_(delay) {}
-    void read(const std::string& blob_id, uint64_t offset, std::span<uint8_t> out) override {
-        std::this_thread::sleep_for(delay_);
-        inner_->read(blob_id, offset, out);
-    }
-    uint64_t size(const std::string& blob_id) override { return inner_->size(blob_id); }
-    std::string describe() const override { return inner_->describe() + " (delayed)"; }
-
-private:
-    std::shared_ptr<Backend> inner_;
-    std::chrono::milliseconds delay_;
-};
-
-// The inline bootstrap of a Nydus blob as a file for a file-backed mount: <cache dir>/<sha256>.boot,
-// written under a temporary name and renamed, so a mount never sees a torn one.
-fs::path extractBootstrap(const rafs::Bootstrap& bootstrap, const fs::path& cache_dir) {
-    const fs::path path =
-        cache_dir / (rafs::toHex(rafs::digestOf(rafs::Digester::Sha256, bootstrap.bytes())) + ".boot");
-    if (fs::exists(path)) return path;
-    const fs::path temp = path.string() + ".tmp";
-    {
-        std::ofstream out(temp, std::ios::binary | std::ios::trunc);
-        out.write(reinterpret_cast<const char*>(bootstrap.bytes().data()),
-                  static_cast<std::streamsize>(bootstrap.bytes().size()));
-        out.close();
-        if (!out) rafs::fail("cannot write the inline bootstrap to {}", temp.string());
-    }
-    if (::rename(temp.c_str(), path.c_str()) != 0) rafs::failErrno("cannot rename " + temp.string());
-    return path;
-}
-
-// Fails naming the blob and the backend unless the backend has the blob and it holds every chunk.
-void checkBackendHas(Backend& backend, const BlobDescriptor& blob) {
-    uint64_t needed = 0;
-    for (const rafs::BlobChunk& c : blob.chunks) needed = std::max(needed, c.compressed_offset + c.compressed_size);
-    uint64_t size = 0;
-    try {
-        size = backend.size(blob.id);
-    } catch (const std::exception& e) {
-        rafs::fail("blob {}: not available from {}: {}", blob.id, backend.describe(), e.what());
-    }
-    if (size < needed) {
-        rafs::fail("blob {}: {} has {} bytes of it, but its chunks end at {}", blob.id, backend.describe(), size, needed);
-    }
-}
-
-// The source of the EROFS file system mounted on `dir` (its topmost mount), if there is one: a
-// second mount there would hide the first and the files its readers have open.
-std::optional<std::string> erofsMountOn(const fs::path& dir) {
-    std::ifstream in("/proc/self/mountinfo");
-    if (!in) rafs::failErrno("cannot read /proc/self/mountinfo");
-    // Fields (proc(5)): id parent major:minor root mountpoint options [optional...] - type source ...
-    // Paths escape space, tab, newline and backslash as \ooo.
-    const auto unescape = [](const std::string& field) {
-        std::string out;
-        for (size_t i = 0; i < field.size(); ++i) {
-            if (field[i] == '\\' && i + 3 < field.size()) {
-                out += static_cast<char>(std::stoi(field.substr(i + 1, 3), nullptr, 8));
-                i += 3;
-            } else {
-                out += field[i];
-            }
-        }
-        return out;
-    };
-    std::optional<std::string> source;
-    std::string line;
-    while (std::getline(in, line)) {
-        std::istringstream fields(line);
-        std::string id, parent, device, root, mountpoint, field, type, what;
-        fields >> id >> parent >> device >> root >> mountpoint;
-        while (fields >> field && field != "-") {
-        }
-        fields >> type >> what;
-        if (unescape(mountpoint) != dir.string()) continue;
-        if (type == "erofs") source = unescape(what);
-        else source.reset();
-    }
-    return source;
-}
-
-// Each blob on the network once, at mount: a wrong password, an unknown CA, a missing blob or an
-// unreachable host fails the mount with an error naming it, instead of the first reads with EIO.
-// The last blob of an image with an inline bootstrap is the local file itself.
-void probeBlobs(Backend& backend, const rafs::Image& image) {
-    const auto& blobs = image.bootstrap.blobs();
-    for (size_t i = 0; i < blobs.size(); ++i) {
-        if (image.inline_meta && i + 1 == blobs.size()) continue;
-        try {
-            backend.size(blobs[i].id);
-        } catch (const std::exception& e) {
-            rafs::fail("blob {}: {}", blobs[i].id, e.what());
-        }
-    }
-}
-
 }  // namespace
-
-bool ImageService::hasErofsMount(const fs::path& dir) {
-    struct statfs st {};
-    if (::statfs(dir.c_str(), &st) != 0) rafs::failErrno("statfs " + dir.string());
-    return static_cast<unsigned long>(st.f_type) == EROFS_SUPER_MAGIC_V1;
-}
 
 ImageService::ImageService(Config config) : config_(std::move(config)) {
     FetchOptions fetch;

@@ -72,8 +72,6 @@ public:
     // reattached; otherwise they are dead (their cache or group died with the daemon that made
     // them), so they are reported and forgotten.
     void recoverMounts();
-    // True if `dir` is the root of an EROFS mount (e.g. one a dead daemon left behind).
-    static bool hasErofsMount(const std::filesystem::path& dir);
 
     // Test aid: every backend read waits `delay` first, so a test can keep a miss pending.
     void setFetchDelay(std::chrono::milliseconds delay) { fetch_delay_ = delay; }

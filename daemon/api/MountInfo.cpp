@@ -1,0 +1,55 @@
+#include "daemon/api/MountInfo.h"
+
+#include "builder/format/Error.h"
+
+#include <linux/magic.h>
+#include <sys/statfs.h>
+
+#include <fstream>
+#include <sstream>
+
+namespace rafsd {
+
+namespace fs = std::filesystem;
+
+std::optional<std::string> erofsMountOn(const fs::path& dir) {
+    std::ifstream in("/proc/self/mountinfo");
+    if (!in) rafs::failErrno("cannot read /proc/self/mountinfo");
+    // Fields (proc(5)): id parent major:minor root mountpoint options [optional...] - type source ...
+    // Paths escape space, tab, newline and backslash as \ooo.
+    const auto unescape = [](const std::string& field) {
+        std::string out;
+        for (size_t i = 0; i < field.size(); ++i) {
+            if (field[i] == '\\' && i + 3 < field.size()) {
+                out += static_cast<char>(std::stoi(field.substr(i + 1, 3), nullptr, 8));
+                i += 3;
+            } else {
+                out += field[i];
+            }
+        }
+        return out;
+    };
+    std::optional<std::string> source;
+    std::string line;
+    while (std::getline(in, line)) {
+        std::istringstream fields(line);
+        std::string id, parent, device, root, mountpoint, field, type, what;
+        fields >> id >> parent >> device >> root >> mountpoint;
+        while (fields >> field && field != "-") {
+        }
+        fields >> type >> what;
+        if (unescape(mountpoint) != dir.string()) continue;
+        if (type == "erofs") source = unescape(what);
+        else source.reset();
+    }
+    return source;
+}
+
+
+bool hasErofsMount(const fs::path& dir) {
+    struct statfs st {};
+    if (::statfs(dir.c_str(), &st) != 0) rafs::failErrno("statfs " + dir.string());
+    return static_cast<unsigned long>(st.f_type) == EROFS_SUPER_MAGIC_V1;
+}
+
+}  // namespace rafsd

@@ -1,0 +1,17 @@
+// What the kernel has mounted where (proc(5): /proc/self/mountinfo, statfs(2)).
+#pragma once
+
+#include <filesystem>
+#include <optional>
+#include <string>
+
+namespace rafsd {
+
+// The source of the EROFS file system mounted on `dir` (its topmost mount), if there is one: a
+// second mount there would hide the first and the files its readers have open.
+std::optional<std::string> erofsMountOn(const std::filesystem::path& dir);
+
+// True if `dir` is on an EROFS file system (e.g. one a dead daemon left mounted there).
+bool hasErofsMount(const std::filesystem::path& dir);
+
+}  // namespace rafsd
