@@ -21,8 +21,6 @@ struct Named {
     E value;
 };
 
-constexpr Named<EngineKind> kEngines[] = {
-    {"auto", EngineKind::Auto}, {"fanotify", EngineKind::Fanotify}, {"fscache", EngineKind::Fscache}};
 constexpr Named<Config::LogLevel> kLogLevels[] = {{"error", Config::LogLevel::Error},
                                                   {"warn", Config::LogLevel::Warn},
                                                   {"info", Config::LogLevel::Info},
@@ -297,7 +295,12 @@ Config fromTable(const toml::table& root, const std::string& source) {
     Section top(source, &root, "");
 
     Section daemon = top.section("daemon");
-    if (auto v = daemon.get("engine")) config.daemon.engine = choice(*v, kEngines);
+    if (auto v = daemon.get("engine")) {
+        const std::string accepted = fmt::format("one of {}", kEngineNames);
+        const auto engine = parseEngineKind(v->string(accepted));
+        if (!engine) v->reject(accepted);
+        config.daemon.engine = *engine;
+    }
     if (auto v = daemon.get("state_dir")) config.daemon.state_dir = absolutePath(*v);
     if (auto v = daemon.get("cache_dir")) config.daemon.cache_dir = absolutePath(*v);
     if (auto v = daemon.get("socket")) config.daemon.socket = absolutePath(*v);
@@ -417,14 +420,6 @@ std::string readFile(const std::filesystem::path& path) {
 }
 
 }  // namespace
-
-std::string_view engineName(EngineKind engine) { return nameOf(kEngines, engine); }
-
-std::optional<EngineKind> parseEngineKind(std::string_view name) {
-    auto it = std::ranges::find(kEngines, name, &Named<EngineKind>::name);
-    if (it == std::end(kEngines)) return std::nullopt;
-    return it->value;
-}
 
 std::string_view backendTypeName(Config::BackendType type) { return nameOf(kBackendTypes, type); }
 

@@ -3,6 +3,8 @@
 // silently falls back to a default. config.example.toml documents every key.
 #pragma once
 
+#include "daemon/api/EngineKind.h"
+
 #include <cstdint>
 #include <filesystem>
 #include <map>
@@ -12,15 +14,6 @@
 #include <vector>
 
 namespace rafsd {
-
-// Which kernel interface serves a mount; auto picks fanotify where the kernel has pre-content
-// events, else fscache.
-enum class EngineKind { Auto, Fanotify, Fscache };
-
-std::string_view engineName(EngineKind engine);
-std::optional<EngineKind> parseEngineKind(std::string_view name);
-// For messages: "auto, fanotify, fscache".
-inline constexpr std::string_view kEngineNames = "auto, fanotify, fscache";
 
 struct Config {
     enum class LogLevel { Error, Warn, Info, Debug };

@@ -1,7 +1,7 @@
 #include "daemon/api/ControlProtocol.h"
 
 #include "builder/format/Error.h"
-#include "daemon/engines/fscache/FscacheEngine.h"
+#include "daemon/engines/fscache/FscacheName.h"
 
 #include <sys/socket.h>
 #include <unistd.h>
@@ -90,7 +90,7 @@ std::filesystem::path absolutePath(const json& value, std::string_view name) {
 // domain_id and fsid: names the fscache engine can use.
 std::string identifier(const json& value, std::string_view name) {
     const std::string& text = stringValue(value, name);
-    if (!FscacheEngine::validName(text)) rafs::fail("{}: {} is not a name of {}", name, shown(value), FscacheEngine::kNameRule);
+    if (!validFscacheName(text)) rafs::fail("{}: {} is not a name of {}", name, shown(value), kFscacheNameRule);
     return text;
 }
 

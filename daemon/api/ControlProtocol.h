@@ -33,7 +33,7 @@
 // A request line longer than kMaxRequestBytes gets an error response, then the connection closes.
 #pragma once
 
-#include "daemon/api/Config.h"
+#include "daemon/api/EngineKind.h"
 #include "daemon/core/UniqueFd.h"
 
 #include <sys/un.h>

@@ -16,6 +16,7 @@
 #include "daemon/core/Log.h"
 #include "daemon/core/SparseCacheFile.h"
 #include "daemon/engines/fscache/FscacheCacheFile.h"
+#include "daemon/engines/fscache/FscacheName.h"
 
 #include <sys/stat.h>
 #include <unistd.h>
@@ -44,7 +45,7 @@ std::string defaultFsid(const rafs::Bootstrap& bootstrap) {
 }
 
 void checkFscacheName(std::string_view what, const std::string& name) {
-    if (!FscacheEngine::validName(name)) rafs::fail("{} '{}' is not a name of {}", what, name, FscacheEngine::kNameRule);
+    if (!validFscacheName(name)) rafs::fail("{} '{}' is not a name of {}", what, name, kFscacheNameRule);
 }
 
 }  // namespace

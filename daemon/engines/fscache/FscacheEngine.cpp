@@ -254,13 +254,6 @@ void FscacheEngine::reattach(const FscacheMount& m) {
     log::info("{}: reattached (fsid {}); its objects are reopened on demand", m.mountpoint.string(), m.fsid);
 }
 
-bool FscacheEngine::validName(std::string_view name) {
-    return !name.empty() && name.size() <= 128 && std::ranges::all_of(name, [](char c) {
-        return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' || c == '_' ||
-               c == ':' || c == '-';
-    });
-}
-
 std::string FscacheEngine::mountOptions(const std::string& fsid, const std::string& domain_id) {
     return domain_id.empty() ? "fsid=" + fsid : "fsid=" + fsid + ",domain_id=" + domain_id;
 }

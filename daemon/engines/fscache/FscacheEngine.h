@@ -98,11 +98,6 @@ public:
     // `mount -t erofs -o <mountOptions(...)> none <mountpoint>`.
     void reattach(const FscacheMount& mount);
 
-    // fsid and domain_id become EROFS mount options and cachefiles key (file) names, so they keep
-    // to characters that mean nothing there: kNameRule.
-    static bool validName(std::string_view name);
-    static constexpr const char* kNameRule = "1 to 128 letters, digits, '.', '_', ':' or '-'";
-
     // "fsid=<fsid>[,domain_id=<domain_id>]": the EROFS mount options of an image.
     static std::string mountOptions(const std::string& fsid, const std::string& domain_id);
 
