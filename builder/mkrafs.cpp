@@ -2,9 +2,9 @@
 #include "builder/commands/Build.h"
 #include "builder/commands/Inspect.h"
 #include "builder/commands/Unpack.h"
-#include "builder/format/Codec.h"
-#include "builder/format/Digest.h"
-#include "builder/format/Error.h"
+#include "format/Codec.h"
+#include "format/Digest.h"
+#include "format/Error.h"
 
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>

@@ -1,5 +1,5 @@
 // rafsctl: controls a running rafsd over its control socket (see daemon/api/ControlProtocol.h).
-#include "builder/format/Error.h"
+#include "format/Error.h"
 #include "daemon/api/ControlClient.h"
 
 #include <CLI/CLI.hpp>

@@ -1,6 +1,6 @@
 // rafsd: serves RAFS v6 images to the kernel on demand. `mount` serves one image in the
 // foreground; `serve` is the long-running service driven through the control socket (rafsctl).
-#include "builder/format/Error.h"
+#include "format/Error.h"
 #include "daemon/api/Config.h"
 #include "daemon/api/ControlServer.h"
 #include "daemon/api/ImageService.h"

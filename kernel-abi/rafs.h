@@ -176,7 +176,7 @@ static_assert(offsetof(ChunkInfo, file_offset) == 64);
 static_assert(offsetof(ChunkInfo, index) == 72);
 static_assert(offsetof(ChunkInfo, crc32) == 76);
 
-// Blob compression-info ("ci") array entries. Bit packing lives in builder/format/ChunkInfoCodec.
+// Blob compression-info ("ci") array entries. Bit packing lives in format/ChunkInfoCodec.
 struct BlobChunkInfoV1 {
     uint64_t uncomp_info;
     uint64_t comp_info;

@@ -1,6 +1,6 @@
 #include "registry/CredentialStore.h"
 
-#include "builder/format/Error.h"
+#include "format/Error.h"
 #include "registry/Base64.h"
 
 #include <fcntl.h>

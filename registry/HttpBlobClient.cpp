@@ -1,6 +1,6 @@
 #include "registry/HttpBlobClient.h"
 
-#include "builder/format/Error.h"
+#include "format/Error.h"
 #include "registry/RangeSink.h"
 #include "registry/Url.h"
 

@@ -1,6 +1,6 @@
 #include "registry/HttpTransport.h"
 
-#include "builder/format/Error.h"
+#include "format/Error.h"
 #include "registry/Url.h"
 
 #include <openssl/err.h>

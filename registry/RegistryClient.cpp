@@ -1,6 +1,6 @@
 #include "registry/RegistryClient.h"
 
-#include "builder/format/Error.h"
+#include "format/Error.h"
 #include "registry/AuthChallenge.h"
 #include "registry/Base64.h"
 #include "registry/HttpBlobClient.h"

@@ -1,6 +1,6 @@
 #include "registry/TlsConfig.h"
 
-#include "builder/format/Error.h"
+#include "format/Error.h"
 
 #include <openssl/pem.h>
 #include <openssl/x509.h>

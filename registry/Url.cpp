@@ -1,6 +1,6 @@
 #include "registry/Url.h"
 
-#include "builder/format/Error.h"
+#include "format/Error.h"
 
 #include <curl/curl.h>
 

@@ -1,7 +1,7 @@
 #include "builder/commands/Build.h"
 
-#include "builder/format/Codec.h"
-#include "builder/format/Error.h"
+#include "format/Codec.h"
+#include "format/Error.h"
 #include "builder/source/DirectorySource.h"
 #include "builder/source/TarSource.h"
 #include "builder/writer/BootstrapWriter.h"

@@ -1,10 +1,10 @@
 #include "builder/commands/Inspect.h"
 
-#include "builder/format/BlobFile.h"
-#include "builder/format/BootstrapCheck.h"
-#include "builder/format/ByteView.h"
-#include "builder/format/Codec.h"
-#include "builder/format/Error.h"
+#include "format/BlobFile.h"
+#include "format/BootstrapCheck.h"
+#include "format/ByteView.h"
+#include "format/Codec.h"
+#include "format/Error.h"
 
 #include <fmt/format.h>
 #include <fmt/ranges.h>

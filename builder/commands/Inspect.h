@@ -19,7 +19,7 @@ struct InspectOptions {
 };
 
 // Checks, stopping with rafs::Error at the first inconsistency:
-// - the bootstrap on its own, with checkBootstrap (builder/format/BootstrapCheck.h), the check
+// - the bootstrap on its own, with checkBootstrap (format/BootstrapCheck.h), the check
 //   rafsd runs before every mount;
 // - for each present blob: its size against the blob table, the ci header and array, the chunk
 //   indexes and chunk info table against the ci entries, every chunk decompressing and matching

@@ -1,8 +1,8 @@
 #include "builder/commands/Unpack.h"
-#include "builder/format/FileIo.h"
+#include "format/FileIo.h"
 
-#include "builder/format/BlobFile.h"
-#include "builder/format/Error.h"
+#include "format/BlobFile.h"
+#include "format/Error.h"
 
 #include <archive.h>
 #include <archive_entry.h>

@@ -1,7 +1,7 @@
 #include "builder/source/DirectorySource.h"
-#include "builder/format/FileIo.h"
+#include "format/FileIo.h"
 
-#include "builder/format/Error.h"
+#include "format/Error.h"
 
 #include <dirent.h>
 #include <fcntl.h>

@@ -1,6 +1,6 @@
 #include "builder/source/LayerStream.h"
 
-#include "builder/format/Error.h"
+#include "format/Error.h"
 
 #include <fcntl.h>
 #include <unistd.h>

@@ -1,6 +1,6 @@
 #include "builder/source/TarSource.h"
 
-#include "builder/format/Error.h"
+#include "format/Error.h"
 #include "builder/source/LayerStream.h"
 
 #include <archive.h>

@@ -1,6 +1,6 @@
 #include "builder/tree/FileTree.h"
 
-#include "builder/format/Error.h"
+#include "format/Error.h"
 
 #include <sys/stat.h>
 

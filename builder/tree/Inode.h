@@ -1,7 +1,7 @@
 // The builder's in-memory file tree: what a source produces and the writers consume.
 #pragma once
 
-#include "builder/format/Digest.h"
+#include "format/Digest.h"
 
 #include <sys/stat.h>
 #include <sys/types.h>

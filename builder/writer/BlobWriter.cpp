@@ -1,9 +1,9 @@
 #include "builder/writer/BlobWriter.h"
-#include "builder/format/ByteView.h"
+#include "format/ByteView.h"
 
-#include "builder/format/BlobSections.h"
-#include "builder/format/Codec.h"
-#include "builder/format/Error.h"
+#include "format/BlobSections.h"
+#include "format/Codec.h"
+#include "format/Error.h"
 
 #include <fmt/format.h>
 

@@ -3,8 +3,8 @@
 // is the sha256 of the whole file, so it is named only once complete.
 #pragma once
 
-#include "builder/format/ChunkInfoCodec.h"
-#include "builder/format/Digest.h"
+#include "format/ChunkInfoCodec.h"
+#include "format/Digest.h"
 #include "builder/tree/Inode.h"
 #include "builder/writer/OutputFile.h"
 

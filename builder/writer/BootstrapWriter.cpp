@@ -1,8 +1,8 @@
 #include "builder/writer/BootstrapWriter.h"
-#include "builder/format/ByteView.h"
+#include "format/ByteView.h"
 
-#include "builder/format/Error.h"
-#include "builder/format/FileType.h"
+#include "format/Error.h"
+#include "format/FileType.h"
 #include "builder/writer/DirectoryBlocks.h"
 #include "builder/writer/OutputFile.h"
 #include "builder/writer/XattrEncoding.h"

@@ -1,7 +1,7 @@
 #include "builder/writer/ChunkPipeline.h"
 
-#include "builder/format/Codec.h"
-#include "builder/format/Error.h"
+#include "format/Codec.h"
+#include "format/Error.h"
 
 #include <algorithm>
 #include <cstring>

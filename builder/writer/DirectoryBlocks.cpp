@@ -1,6 +1,6 @@
 #include "builder/writer/DirectoryBlocks.h"
 
-#include "builder/format/Error.h"
+#include "format/Error.h"
 #include "kernel-abi/erofs.h"
 
 #include <algorithm>

@@ -1,6 +1,6 @@
 #include "builder/writer/XattrEncoding.h"
 
-#include "builder/format/Error.h"
+#include "format/Error.h"
 #include "kernel-abi/erofs.h"
 
 #include <cstring>

@@ -1,6 +1,6 @@
 #include "daemon/api/BackendProbe.h"
 
-#include "builder/format/Error.h"
+#include "format/Error.h"
 
 #include <algorithm>
 

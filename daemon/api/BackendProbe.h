@@ -3,7 +3,7 @@
 // naming it, instead of every read with EIO.
 #pragma once
 
-#include "builder/format/BlobFile.h"
+#include "format/BlobFile.h"
 #include "daemon/backends/Backend.h"
 #include "daemon/core/BlobDescriptor.h"
 

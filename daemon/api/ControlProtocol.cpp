@@ -1,6 +1,6 @@
 #include "daemon/api/ControlProtocol.h"
 
-#include "builder/format/Error.h"
+#include "format/Error.h"
 #include "daemon/engines/fscache/FscacheName.h"
 
 #include <sys/socket.h>

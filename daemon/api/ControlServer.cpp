@@ -1,6 +1,6 @@
 #include "daemon/api/ControlServer.h"
 
-#include "builder/format/Error.h"
+#include "format/Error.h"
 
 #include <fcntl.h>
 #include <poll.h>

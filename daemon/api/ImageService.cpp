@@ -1,9 +1,9 @@
 #include "daemon/api/ImageService.h"
 
-#include "builder/format/BlobFile.h"
-#include "builder/format/BootstrapCheck.h"
-#include "builder/format/Digest.h"
-#include "builder/format/Error.h"
+#include "format/BlobFile.h"
+#include "format/BootstrapCheck.h"
+#include "format/Digest.h"
+#include "format/Error.h"
 #include "daemon/api/BackendProbe.h"
 #include "daemon/api/LocalBootstrap.h"
 #include "daemon/api/MetricsText.h"

@@ -3,7 +3,7 @@
 // and reports. Both `rafsd mount` and the control socket of `rafsd serve` drive it.
 #pragma once
 
-#include "builder/format/Bootstrap.h"
+#include "format/Bootstrap.h"
 #include "daemon/api/Config.h"
 #include "daemon/api/ControlServer.h"
 #include "daemon/api/MountTable.h"

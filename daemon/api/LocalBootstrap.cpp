@@ -1,7 +1,7 @@
 #include "daemon/api/LocalBootstrap.h"
 
-#include "builder/format/Digest.h"
-#include "builder/format/Error.h"
+#include "format/Digest.h"
+#include "format/Error.h"
 
 #include <cstdio>
 #include <fstream>

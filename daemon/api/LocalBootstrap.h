@@ -2,7 +2,7 @@
 // of a Nydus blob is extracted into the cache dir.
 #pragma once
 
-#include "builder/format/Bootstrap.h"
+#include "format/Bootstrap.h"
 
 #include <filesystem>
 

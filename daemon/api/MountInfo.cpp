@@ -1,6 +1,6 @@
 #include "daemon/api/MountInfo.h"
 
-#include "builder/format/Error.h"
+#include "format/Error.h"
 
 #include <linux/magic.h>
 #include <sys/statfs.h>

@@ -1,6 +1,6 @@
 #include "daemon/api/NetworkBackends.h"
 
-#include "builder/format/Error.h"
+#include "format/Error.h"
 #include "daemon/backends/HttpBackend.h"
 #include "daemon/backends/RegistryBackend.h"
 #include "registry/TlsConfig.h"

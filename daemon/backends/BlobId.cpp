@@ -1,6 +1,6 @@
 #include "daemon/backends/BlobId.h"
 
-#include "builder/format/Error.h"
+#include "format/Error.h"
 
 namespace rafsd {
 

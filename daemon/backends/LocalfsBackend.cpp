@@ -1,6 +1,6 @@
 #include "daemon/backends/LocalfsBackend.h"
 
-#include "builder/format/Error.h"
+#include "format/Error.h"
 #include "daemon/backends/BlobId.h"
 
 #include <fcntl.h>

@@ -1,5 +1,5 @@
 #include "daemon/core/BlobCache.h"
-#include "builder/format/ByteView.h"
+#include "format/ByteView.h"
 
 #include "daemon/core/ScratchBuffer.h"
 

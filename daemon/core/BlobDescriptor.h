@@ -2,8 +2,8 @@
 // blob table, and per chunk its place in the blob (ci array) and its digest.
 #pragma once
 
-#include "builder/format/ChunkInfoCodec.h"
-#include "builder/format/Digest.h"
+#include "format/ChunkInfoCodec.h"
+#include "format/Digest.h"
 
 #include <string>
 #include <vector>

@@ -1,8 +1,8 @@
 #include "daemon/core/BlobMetaLoader.h"
 
-#include "builder/format/BlobSections.h"
-#include "builder/format/Codec.h"
-#include "builder/format/Error.h"
+#include "format/BlobSections.h"
+#include "format/Codec.h"
+#include "format/Error.h"
 #include "daemon/core/Log.h"
 
 #include <fcntl.h>

@@ -4,7 +4,7 @@
 // for chunks it does not list, from the blob's own blob.digest section.
 #pragma once
 
-#include "builder/format/Bootstrap.h"
+#include "format/Bootstrap.h"
 #include "daemon/backends/Backend.h"
 #include "daemon/core/BlobDescriptor.h"
 

@@ -1,6 +1,6 @@
 #include "daemon/core/CacheDirRollback.h"
 
-#include "builder/format/Error.h"
+#include "format/Error.h"
 
 #include <system_error>
 #include <vector>

@@ -5,7 +5,7 @@
 // one engine cannot break the other.
 #pragma once
 
-#include "builder/format/Error.h"
+#include "format/Error.h"
 
 #include <cstdint>
 #include <span>

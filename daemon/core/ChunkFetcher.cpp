@@ -1,6 +1,6 @@
 #include "daemon/core/ChunkFetcher.h"
 
-#include "builder/format/Error.h"
+#include "format/Error.h"
 #include "daemon/core/ChunkVerifier.h"
 #include "daemon/core/Log.h"
 #include "daemon/core/ScratchBuffer.h"

@@ -1,7 +1,7 @@
 #include "daemon/core/ChunkVerifier.h"
 
-#include "builder/format/Codec.h"
-#include "builder/format/Error.h"
+#include "format/Codec.h"
+#include "format/Error.h"
 
 #include <cstring>
 

@@ -2,8 +2,8 @@
 // build time. Only chunks that pass reach a cache file.
 #pragma once
 
-#include "builder/format/ChunkInfoCodec.h"
-#include "builder/format/Digest.h"
+#include "format/ChunkInfoCodec.h"
+#include "format/Digest.h"
 
 #include <optional>
 #include <span>

@@ -1,5 +1,5 @@
 #include "daemon/core/FetchPlanner.h"
-#include "builder/format/ByteView.h"
+#include "format/ByteView.h"
 
 #include <algorithm>
 

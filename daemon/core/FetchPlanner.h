@@ -4,7 +4,7 @@
 // own lock, which chunks are present or already being fetched.
 #pragma once
 
-#include "builder/format/ChunkInfoCodec.h"
+#include "format/ChunkInfoCodec.h"
 
 #include <cstdint>
 #include <functional>

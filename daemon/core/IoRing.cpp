@@ -1,6 +1,6 @@
 #include "daemon/core/IoRing.h"
 
-#include "builder/format/Error.h"
+#include "format/Error.h"
 
 #include <algorithm>
 #include <cerrno>

@@ -1,6 +1,6 @@
 #include "daemon/core/Log.h"
 
-#include "builder/format/Error.h"
+#include "format/Error.h"
 
 #include <atomic>
 #include <cstdio>

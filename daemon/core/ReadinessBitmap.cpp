@@ -1,7 +1,7 @@
 #include "daemon/core/ReadinessBitmap.h"
-#include "builder/format/FileIo.h"
+#include "format/FileIo.h"
 
-#include "builder/format/Error.h"
+#include "format/Error.h"
 
 #include <fcntl.h>
 #include <sys/file.h>

@@ -1,5 +1,5 @@
 #include "daemon/core/SparseCacheFile.h"
-#include "builder/format/ByteView.h"
+#include "format/ByteView.h"
 
 #include "daemon/core/IoRing.h"
 

@@ -1,6 +1,6 @@
 #include "daemon/process/KeptFds.h"
 
-#include "builder/format/Error.h"
+#include "format/Error.h"
 #include "daemon/core/Log.h"
 
 #include <fcntl.h>

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Mutation test of the bootstrap check (builder/format/BootstrapCheck.h), which `mkrafs inspect`
+"""Mutation test of the bootstrap check (format/BootstrapCheck.h), which `mkrafs inspect`
 and `rafsd mount` both run.
 
 Two images are built by mkrafs (sha256 digests, 64 KiB chunks, a prefetch list) from a seeded

@@ -1,7 +1,7 @@
 #include "daemon/core/BlobCache.h"
 #include "daemon/core/SparseCacheFile.h"
 
-#include "builder/format/Error.h"
+#include "format/Error.h"
 #include "tests/unit/TempDir.h"
 
 #include <catch2/catch.hpp>

@@ -1,8 +1,8 @@
 #include "ImageTestUtil.h"
 
-#include "builder/format/BlobSections.h"
-#include "builder/format/Digest.h"
-#include "builder/format/InputFile.h"
+#include "format/BlobSections.h"
+#include "format/Digest.h"
+#include "format/InputFile.h"
 
 #include <catch2/catch.hpp>
 

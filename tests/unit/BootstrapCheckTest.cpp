@@ -2,9 +2,9 @@
 #include "TempDir.h"
 
 #include "builder/commands/Build.h"
-#include "builder/format/BlobFile.h"
-#include "builder/format/BootstrapCheck.h"
-#include "builder/format/ByteView.h"
+#include "format/BlobFile.h"
+#include "format/BootstrapCheck.h"
+#include "format/ByteView.h"
 
 #include <catch2/catch.hpp>
 #include <sys/stat.h>

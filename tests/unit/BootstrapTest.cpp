@@ -1,7 +1,7 @@
 #include "ImageTestUtil.h"
 
-#include "builder/format/BlobFile.h"
-#include "builder/format/Bootstrap.h"
+#include "format/BlobFile.h"
+#include "format/Bootstrap.h"
 
 #include <catch2/catch.hpp>
 

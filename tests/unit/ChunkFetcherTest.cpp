@@ -1,6 +1,6 @@
 #include "daemon/core/ChunkFetcher.h"
 
-#include "builder/format/Error.h"
+#include "format/Error.h"
 #include "tests/unit/TempDir.h"
 
 #include <catch2/catch.hpp>

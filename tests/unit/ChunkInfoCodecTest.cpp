@@ -1,5 +1,5 @@
-#include "builder/format/ChunkInfoCodec.h"
-#include "builder/format/Error.h"
+#include "format/ChunkInfoCodec.h"
+#include "format/Error.h"
 
 #include <catch2/catch.hpp>
 

@@ -1,4 +1,4 @@
-#include "builder/format/Error.h"
+#include "format/Error.h"
 #include "daemon/api/Config.h"
 
 #include <catch2/catch.hpp>

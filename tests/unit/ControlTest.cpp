@@ -1,4 +1,4 @@
-#include "builder/format/Error.h"
+#include "format/Error.h"
 #include "daemon/api/ControlClient.h"
 #include "daemon/api/ControlProtocol.h"
 #include "daemon/api/ControlServer.h"

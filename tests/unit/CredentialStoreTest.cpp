@@ -1,7 +1,7 @@
 #include "registry/CredentialStore.h"
 
 #include "TempDir.h"
-#include "builder/format/Error.h"
+#include "format/Error.h"
 
 #include <catch2/catch.hpp>
 #include <sys/stat.h>

@@ -1,6 +1,6 @@
-#include "builder/format/Blake3.h"
-#include "builder/format/Digest.h"
-#include "builder/format/Error.h"
+#include "format/Blake3.h"
+#include "format/Digest.h"
+#include "format/Error.h"
 
 #include <catch2/catch.hpp>
 #include <time.h>

@@ -4,7 +4,7 @@
 // Needs root (fanotify pre-content groups and mounts); skipped otherwise.
 #include "daemon/engines/fanotify/FanotifyEngine.h"
 
-#include "builder/format/Error.h"
+#include "format/Error.h"
 
 #include "tests/unit/TempDir.h"
 

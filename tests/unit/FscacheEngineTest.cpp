@@ -10,7 +10,7 @@
 #include "daemon/engines/fscache/FscacheEngine.h"
 
 #include "builder/commands/Build.h"
-#include "builder/format/Bootstrap.h"
+#include "format/Bootstrap.h"
 #include "daemon/backends/LocalfsBackend.h"
 #include "daemon/core/BlobMetaLoader.h"
 #include "daemon/core/ChunkFetcher.h"

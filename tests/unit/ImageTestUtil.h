@@ -3,7 +3,7 @@
 // entry type, xattrs and a hardlink, which no fixture has.
 #pragma once
 
-#include "builder/format/Error.h"
+#include "format/Error.h"
 #include "kernel-abi/rafs.h"
 
 #include <catch2/catch.hpp>

@@ -3,8 +3,8 @@
 
 #include "builder/commands/Inspect.h"
 #include "builder/commands/Unpack.h"
-#include "builder/format/Codec.h"
-#include "builder/format/Digest.h"
+#include "format/Codec.h"
+#include "format/Digest.h"
 
 #include <archive.h>
 #include <archive_entry.h>

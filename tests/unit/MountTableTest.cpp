@@ -1,6 +1,6 @@
 #include "daemon/api/MountTable.h"
 
-#include "builder/format/Error.h"
+#include "format/Error.h"
 #include "tests/unit/ImageTestUtil.h"
 #include "tests/unit/TempDir.h"
 

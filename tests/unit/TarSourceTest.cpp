@@ -1,4 +1,4 @@
-#include "builder/format/Error.h"
+#include "format/Error.h"
 #include "builder/source/TarSource.h"
 #include "tests/unit/SourceTestUtil.h"
 

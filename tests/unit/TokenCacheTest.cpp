@@ -1,6 +1,6 @@
 #include "registry/TokenCache.h"
 
-#include "builder/format/Error.h"
+#include "format/Error.h"
 
 #include <catch2/catch.hpp>
 

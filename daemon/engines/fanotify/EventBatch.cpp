@@ -1,6 +1,6 @@
 #include "daemon/engines/fanotify/EventBatch.h"
 
-#include "builder/format/Error.h"
+#include "format/Error.h"
 #include "kernel-abi/fanotify.h"
 
 #include <cstring>

@@ -1,7 +1,7 @@
 #include "daemon/engines/fanotify/FanotifyEngine.h"
-#include "builder/format/ByteView.h"
+#include "format/ByteView.h"
 
-#include "builder/format/Error.h"
+#include "format/Error.h"
 #include "daemon/core/Log.h"
 #include "daemon/engines/fanotify/ErofsFileMount.h"
 #include "daemon/engines/fanotify/EventResponder.h"

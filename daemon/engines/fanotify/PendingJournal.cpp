@@ -1,6 +1,6 @@
 #include "daemon/engines/fanotify/PendingJournal.h"
 
-#include "builder/format/Error.h"
+#include "format/Error.h"
 #include "daemon/engines/fanotify/EventBatch.h"
 
 #include <sys/mman.h>

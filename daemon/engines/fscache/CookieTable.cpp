@@ -1,6 +1,6 @@
 #include "daemon/engines/fscache/CookieTable.h"
 
-#include "builder/format/Error.h"
+#include "format/Error.h"
 
 #include <algorithm>
 

@@ -1,7 +1,7 @@
 #include "daemon/engines/fscache/FscacheBootstrap.h"
 
-#include "builder/format/ByteView.h"
-#include "builder/format/Error.h"
+#include "format/ByteView.h"
+#include "format/Error.h"
 #include "daemon/engines/fscache/ObjectFd.h"
 
 #include <algorithm>

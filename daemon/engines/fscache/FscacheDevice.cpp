@@ -1,6 +1,6 @@
 #include "daemon/engines/fscache/FscacheDevice.h"
 
-#include "builder/format/Error.h"
+#include "format/Error.h"
 #include "daemon/core/Log.h"
 #include "daemon/core/UniqueFd.h"
 

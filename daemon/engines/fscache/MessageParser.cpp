@@ -1,6 +1,6 @@
 #include "daemon/engines/fscache/MessageParser.h"
 
-#include "builder/format/Error.h"
+#include "format/Error.h"
 
 #include <climits>
 #include <cstring>

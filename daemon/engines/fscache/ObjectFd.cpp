@@ -1,6 +1,6 @@
 #include "daemon/engines/fscache/ObjectFd.h"
 
-#include "builder/format/FileIo.h"
+#include "format/FileIo.h"
 #include "daemon/core/UniqueFd.h"
 
 #include <mutex>

@@ -1,7 +1,7 @@
-#include "builder/format/Digest.h"
+#include "format/Digest.h"
 
-#include "builder/format/Blake3.h"
-#include "builder/format/Error.h"
+#include "format/Blake3.h"
+#include "format/Error.h"
 
 #include <openssl/evp.h>
 

@@ -1,6 +1,6 @@
-#include "builder/format/Codec.h"
+#include "format/Codec.h"
 
-#include "builder/format/Error.h"
+#include "format/Error.h"
 
 #include <lz4.h>
 #include <zlib.h>

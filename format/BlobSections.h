@@ -4,7 +4,7 @@
 // with a sha256 of each one's uncompressed content.
 #pragma once
 
-#include "builder/format/Digest.h"
+#include "format/Digest.h"
 #include "kernel-abi/rafs.h"
 
 #include <cstdint>

@@ -1,6 +1,6 @@
-#include "builder/format/FileIo.h"
+#include "format/FileIo.h"
 
-#include "builder/format/Error.h"
+#include "format/Error.h"
 
 #include <unistd.h>
 

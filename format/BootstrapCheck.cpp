@@ -1,7 +1,7 @@
-#include "builder/format/BootstrapCheck.h"
+#include "format/BootstrapCheck.h"
 
-#include "builder/format/ByteView.h"
-#include "builder/format/Error.h"
+#include "format/ByteView.h"
+#include "format/Error.h"
 
 #include <fmt/format.h>
 

@@ -1,7 +1,7 @@
-#include "builder/format/BlobSections.h"
+#include "format/BlobSections.h"
 
-#include "builder/format/ByteView.h"
-#include "builder/format/Error.h"
+#include "format/ByteView.h"
+#include "format/Error.h"
 
 #include <algorithm>
 #include <cstring>

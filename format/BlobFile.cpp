@@ -1,8 +1,8 @@
-#include "builder/format/BlobFile.h"
+#include "format/BlobFile.h"
 
-#include "builder/format/ByteView.h"
-#include "builder/format/Codec.h"
-#include "builder/format/Error.h"
+#include "format/ByteView.h"
+#include "format/Codec.h"
+#include "format/Error.h"
 
 #include <cstring>
 #include <filesystem>

@@ -2,11 +2,11 @@
 // array with its 4 KiB header, the tail sections and ToC when present, and chunk data.
 #pragma once
 
-#include "builder/format/BlobSections.h"
-#include "builder/format/Bootstrap.h"
-#include "builder/format/ChunkInfoCodec.h"
-#include "builder/format/Digest.h"
-#include "builder/format/InputFile.h"
+#include "format/BlobSections.h"
+#include "format/Bootstrap.h"
+#include "format/ChunkInfoCodec.h"
+#include "format/Digest.h"
+#include "format/InputFile.h"
 #include "kernel-abi/rafs.h"
 
 #include <cstdint>

@@ -1,8 +1,8 @@
-#include "builder/format/Bootstrap.h"
+#include "format/Bootstrap.h"
 
-#include "builder/format/ByteView.h"
-#include "builder/format/Error.h"
-#include "builder/format/InputFile.h"
+#include "format/ByteView.h"
+#include "format/Error.h"
+#include "format/InputFile.h"
 
 #include <bit>
 #include <cstring>

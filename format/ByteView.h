@@ -3,7 +3,7 @@
 // check is the last line of defence.
 #pragma once
 
-#include "builder/format/Error.h"
+#include "format/Error.h"
 
 #include <cstdint>
 #include <cstring>

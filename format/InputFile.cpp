@@ -1,8 +1,8 @@
-#include "builder/format/InputFile.h"
-#include "builder/format/FileIo.h"
+#include "format/InputFile.h"
+#include "format/FileIo.h"
 
-#include "builder/format/ByteView.h"
-#include "builder/format/Error.h"
+#include "format/ByteView.h"
+#include "format/Error.h"
 
 #include <fcntl.h>
 #include <sys/stat.h>

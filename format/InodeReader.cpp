@@ -1,8 +1,8 @@
-#include "builder/format/InodeReader.h"
+#include "format/InodeReader.h"
 
-#include "builder/format/ByteView.h"
-#include "builder/format/Error.h"
-#include "builder/format/FileType.h"
+#include "format/ByteView.h"
+#include "format/Error.h"
+#include "format/FileType.h"
 
 #include <sys/stat.h>
 

@@ -5,8 +5,8 @@
 // bootstraps give an Error naming the file, never a crash.
 #pragma once
 
-#include "builder/format/Digest.h"
-#include "builder/format/InodeReader.h"
+#include "format/Digest.h"
+#include "format/InodeReader.h"
 #include "kernel-abi/rafs.h"
 
 #include <cstdint>

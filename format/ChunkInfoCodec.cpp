@@ -1,7 +1,7 @@
-#include "builder/format/ChunkInfoCodec.h"
+#include "format/ChunkInfoCodec.h"
 
-#include "builder/format/ByteView.h"
-#include "builder/format/Error.h"
+#include "format/ByteView.h"
+#include "format/Error.h"
 
 #include <cstring>
 #include <string>

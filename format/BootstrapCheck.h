@@ -18,8 +18,8 @@
 // - the prefetch table: every nid an inode reachable from the root.
 #pragma once
 
-#include "builder/format/Bootstrap.h"
-#include "builder/format/ChunkInfoCodec.h"
+#include "format/Bootstrap.h"
+#include "format/ChunkInfoCodec.h"
 
 #include <cstdint>
 #include <functional>

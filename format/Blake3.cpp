@@ -1,6 +1,6 @@
-#include "builder/format/Blake3.h"
+#include "format/Blake3.h"
 
-#include "builder/format/Error.h"
+#include "format/Error.h"
 
 #include <algorithm>
 #include <bit>
