@@ -1,49 +1,23 @@
 #include "daemon/backends/LocalfsBackend.h"
 
-#include "format/Error.h"
 #include "daemon/backends/BlobId.h"
+#include "daemon/core/UniqueFd.h"
+#include "format/Error.h"
+#include "format/FileIo.h"
 
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <cerrno>
-
 namespace rafsd {
 
 namespace {
 
-class Fd {
-public:
-    explicit Fd(int fd) : fd_(fd) {}
-    ~Fd() {
-        if (fd_ >= 0) ::close(fd_);
-    }
-    Fd(const Fd&) = delete;
-    Fd& operator=(const Fd&) = delete;
-    int get() const { return fd_; }
-
-private:
-    int fd_;
-};
-
 void readRange(const std::filesystem::path& path, const std::string& blob_id, uint64_t offset, std::span<uint8_t> out) {
-    Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+    const UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
     if (fd.get() < 0) rafs::failErrno("localfs: cannot open blob " + path.string());
-    size_t done = 0;
-    while (done < out.size()) {
-        ssize_t n = ::pread(fd.get(), out.data() + done, out.size() - done,
-                            static_cast<off_t>(offset + done));
-        if (n < 0) {
-            if (errno == EINTR) continue;
-            rafs::failErrno("localfs: reading blob " + blob_id);
-        }
-        if (n == 0) {
-            rafs::fail("localfs: blob {} ends before {} (needed {} bytes at {})", blob_id,
-                       offset + out.size(), out.size(), offset);
-        }
-        done += static_cast<size_t>(n);
-    }
+    // A blob shorter than its chunks need (checked at mount) shrank since.
+    rafs::preadExactly(fd.get(), out, offset, "localfs: blob " + blob_id);
 }
 
 uint64_t fileSize(const std::filesystem::path& path) {
