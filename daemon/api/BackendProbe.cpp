@@ -6,12 +6,13 @@
 
 namespace rafsd {
 
-void checkBackendHas(Backend& backend, const BlobDescriptor& blob) {
+void checkBackendHas(Backend& backend, const BlobDescriptor& blob, const ProbedSizes& probed) {
     uint64_t needed = 0;
     for (const rafs::BlobChunk& c : blob.chunks) needed = std::max(needed, c.compressed_offset + c.compressed_size);
     uint64_t size = 0;
     try {
-        size = backend.size(blob.id);
+        const auto known = probed.find(blob.id);
+        size = known != probed.end() ? known->second : backend.size(blob.id);
     } catch (const std::exception& e) {
         rafs::fail("blob {}: not available from {}: {}", blob.id, backend.describe(), e.what());
     }
@@ -20,16 +21,18 @@ void checkBackendHas(Backend& backend, const BlobDescriptor& blob) {
     }
 }
 
-void probeBlobs(Backend& backend, const rafs::Image& image) {
+ProbedSizes probeBlobs(Backend& backend, const rafs::Image& image) {
+    ProbedSizes sizes;
     const auto& blobs = image.bootstrap.blobs();
     for (size_t i = 0; i < blobs.size(); ++i) {
         if (image.inline_meta && i + 1 == blobs.size()) continue;
         try {
-            backend.size(blobs[i].id);
+            sizes[blobs[i].id] = backend.size(blobs[i].id);
         } catch (const std::exception& e) {
             rafs::fail("blob {}: {}", blobs[i].id, e.what());
         }
     }
+    return sizes;
 }
 
 }  // namespace rafsd

@@ -7,13 +7,21 @@
 #include "daemon/backends/Backend.h"
 #include "daemon/core/BlobDescriptor.h"
 
+#include <cstdint>
+#include <map>
+#include <string>
+
 namespace rafsd {
 
+// The blob sizes a probe learned, by blob id.
+using ProbedSizes = std::map<std::string, uint64_t>;
+
 // Fails naming the blob and the backend unless the backend has the blob and it holds every chunk.
-void checkBackendHas(Backend& backend, const BlobDescriptor& blob);
+// A size in `probed` is used rather than asking the backend again.
+void checkBackendHas(Backend& backend, const BlobDescriptor& blob, const ProbedSizes& probed = {});
 
 // Each blob of `image` once (a network backend's HEAD), before any of its metadata is loaded; the
-// last blob of an image with an inline bootstrap is the local file itself.
-void probeBlobs(Backend& backend, const rafs::Image& image);
+// last blob of an image with an inline bootstrap is the local file itself. Returns the sizes.
+ProbedSizes probeBlobs(Backend& backend, const rafs::Image& image);
 
 }  // namespace rafsd

@@ -146,7 +146,8 @@ std::shared_ptr<Backend> ImageService::backendFor(const MountRequest& request) {
 std::shared_ptr<CachedBlob> ImageService::openBlob(const rafs::Bootstrap& bootstrap,
                                                    const rafs::BootstrapBlob& blob,
                                                    const std::shared_ptr<Backend>& backend,
-                                                   const std::string& fscache_volume, bool taking_over) {
+                                                   const std::string& fscache_volume, bool taking_over,
+                                                   const ProbedSizes& probed) {
     const std::string key = fscache_volume.empty() ? blob.id : fscacheBlobKey(fscache_volume, blob.id);
     if (auto existing = blobs_[key].lock()) return existing;
     const fs::path& dir = config_.daemon.cache_dir;
@@ -189,7 +190,7 @@ std::shared_ptr<CachedBlob> ImageService::openBlob(const rafs::Bootstrap& bootst
     // Every mount, also when the cache dir has the chunk table: a backend without the blob would
     // otherwise show only as an error on every read. A complete cache needs no backend at all, and
     // a mount taken over serves what is cached even while the backend is unreachable.
-    if (!cache->complete() && !taking_over) checkBackendHas(*backend, descriptor);
+    if (!cache->complete() && !taking_over) checkBackendHas(*backend, descriptor, probed);
     auto cached = std::make_shared<CachedBlob>(std::move(descriptor), std::move(cache), backend);
     blobs_[key] = cached;
     return cached;
@@ -272,7 +273,8 @@ nlohmann::json ImageService::mountOrReattach(const MountRequest& request, bool r
     auto backend = backendFor(request);
     // Not when taking over a mount the kernel still has: its cached data serves even while the
     // registry is unreachable, and refusing would leave the mount without a daemon.
-    if (!reattach && !request.blob_dir && network_) probeBlobs(*backend, opened);
+    ProbedSizes probed;
+    if (!reattach && !request.blob_dir && network_) probed = probeBlobs(*backend, opened);
     if (opened.inline_meta) {
         backend = std::make_shared<BlobFileBackend>(std::move(backend), bootstrap.blobs().back().id, bootstrap_path);
     }
@@ -291,7 +293,7 @@ nlohmann::json ImageService::mountOrReattach(const MountRequest& request, bool r
     }
     try {
         for (const rafs::BootstrapBlob& blob : bootstrap.blobs()) {
-            image.blobs.push_back(openBlob(bootstrap, blob, backend, fscache_volume, reattach));
+            image.blobs.push_back(openBlob(bootstrap, blob, backend, fscache_volume, reattach, probed));
         }
     } catch (...) {
         image.blobs.clear();

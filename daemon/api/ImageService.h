@@ -6,6 +6,7 @@
 #include "format/Bootstrap.h"
 #include "daemon/api/Config.h"
 #include "daemon/api/ControlServer.h"
+#include "daemon/api/BackendProbe.h"
 #include "daemon/api/MountTable.h"
 #include "daemon/backends/NetworkBackend.h"
 #include "daemon/core/ChunkFetcher.h"
@@ -94,9 +95,10 @@ private:
     // `fscache_volume` empty: a sparse cache file (fanotify). Otherwise the blob's cache file is the
     // kernel's cachefiles object in that volume ("<domain_id or fsid>"), which is per volume: a
     // blob is shared only within one. `taking_over`: a mount the kernel still has (no backend check).
+    // `probed`: sizes the mount's probe already asked the backend for.
     std::shared_ptr<CachedBlob> openBlob(const rafs::Bootstrap& bootstrap, const rafs::BootstrapBlob& blob,
                                          const std::shared_ptr<Backend>& backend, const std::string& fscache_volume,
-                                         bool taking_over);
+                                         bool taking_over, const ProbedSizes& probed);
     std::vector<PrefetchChunk> prefetchTableChunks(const rafs::Bootstrap& bootstrap,
                                                    const std::vector<std::shared_ptr<CachedBlob>>& blobs) const;
     FanotifyEngine& fanotify();
