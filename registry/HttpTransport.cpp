@@ -81,6 +81,17 @@ size_t onBody(char* data, size_t size, size_t count, void* user) {
     return bytes;
 }
 
+size_t onUpload(char* data, size_t size, size_t count, void* user) {
+    auto* x = static_cast<Transfer*>(user);
+    if (x->request->body == nullptr) return 0;
+    try {
+        return x->request->body->read({reinterpret_cast<uint8_t*>(data), size * count});
+    } catch (const rafs::Error& e) {
+        x->response->curl_error = e.what();
+        return CURL_READFUNC_ABORT;
+    }
+}
+
 // The host's CA certificates join the system's in the connection's trust store.
 CURLcode onSslContext(CURL*, void* ssl_ctx, void* user) {
     const auto* tls = static_cast<const HostTls*>(user);
@@ -265,6 +276,16 @@ HttpResponse HttpTransport::perform(const HttpRequest& request) {
         setOption(h, CURLOPT_SSLKEY, x.tls->client_key.c_str());
     }
     if (request.method == "HEAD") setOption(h, CURLOPT_NOBODY, 1L);
+    if (request.method == "DELETE") setOption(h, CURLOPT_CUSTOMREQUEST, "DELETE");
+    if (request.method == "PUT" || request.method == "POST" || request.method == "PATCH") {
+        // UPLOAD sends the body with its length (no chunked encoding, which registries refuse for
+        // blob uploads); CUSTOMREQUEST names the method when it is not PUT.
+        setOption(h, CURLOPT_UPLOAD, 1L);
+        setOption(h, CURLOPT_CUSTOMREQUEST, request.method.c_str());
+        setOption(h, CURLOPT_INFILESIZE_LARGE, static_cast<curl_off_t>(request.body ? request.body->size() : 0));
+        setOption(h, CURLOPT_READFUNCTION, onUpload);
+        setOption(h, CURLOPT_READDATA, &x);
+    }
     if (request.range) setOption(h, CURLOPT_RANGE, range.c_str());
 
     {
@@ -276,7 +297,9 @@ HttpResponse HttpTransport::perform(const HttpRequest& request) {
     x.finished.acquire();
     const CURLcode code = x.result;
     response.curl_code = static_cast<int>(code);
-    if (code != CURLE_OK) response.curl_error = error[0] != '\0' ? std::string(error) : curl_easy_strerror(code);
+    if (code != CURLE_OK && response.curl_error.empty()) {
+        response.curl_error = error[0] != '\0' ? std::string(error) : curl_easy_strerror(code);
+    }
     curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &response.status);
     curl_off_t total_us = 0;
     curl_easy_getinfo(h, CURLINFO_TOTAL_TIME_T, &total_us);

@@ -5,6 +5,7 @@
 // (TlsConfig), an optional proxy per request. One attempt: retries are RetryingTransport's.
 #pragma once
 
+#include "registry/RequestBody.h"
 #include "registry/TlsConfig.h"
 
 #include <curl/curl.h>
@@ -42,12 +43,13 @@ public:
 };
 
 struct HttpRequest {
-    std::string method = "GET";  // GET or HEAD
+    std::string method = "GET";  // GET, HEAD, or with a body PUT, POST, PATCH; DELETE
     std::string url;
     std::vector<std::string> headers;  // "Name: value"
     std::optional<std::pair<uint64_t, uint64_t>> range;  // first, last (inclusive)
     std::string proxy;            // empty: direct
     BodySink* sink = nullptr;     // nullptr: the body goes to HttpResponse::text (capped)
+    RequestBody* body = nullptr;  // what PUT, POST and PATCH send; nullptr: nothing
 };
 
 struct HttpResponse {

@@ -4,10 +4,13 @@
 #include "registry/AuthChallenge.h"
 #include "registry/Base64.h"
 #include "registry/HttpBlobClient.h"
+#include "registry/OciImage.h"
 #include "registry/RangeSink.h"
 #include "registry/Url.h"
 
 #include <nlohmann/json.hpp>
+
+#include <fmt/format.h>
 
 namespace registry {
 
@@ -44,7 +47,7 @@ RegistryClient::RegistryClient(RegistryOptions options, std::shared_ptr<Retrying
               return bases;
           }(),
           options_.mirror_skip),
-      scope_("repository:" + options_.repository + ":pull") {
+      scope_("repository:" + options_.repository + (options_.push ? ":pull,push" : ":pull")) {
     for (size_t i = 0; i < endpoints_.size(); ++i) Url::parse(endpoints_.at(i));
 }
 
@@ -281,6 +284,87 @@ uint64_t RegistryClient::blobSize(const std::string& digest) {
 void RegistryClient::readBlob(const std::string& digest, uint64_t offset, std::span<uint8_t> out) {
     if (out.empty()) return;
     onSomeEndpoint([&](const Endpoint& ep) { readFrom(ep, digest, offset, out); });
+}
+
+HttpResponse RegistryClient::perform(const Endpoint& ep, HttpRequest request) {
+    return authorized(ep, std::move(request), [&](const HttpRequest& r) { return transport_->perform(r); });
+}
+
+FetchedManifest RegistryClient::fetchManifest(const std::string& reference) {
+    FetchedManifest out;
+    onSomeEndpoint([&](const Endpoint& ep) {
+        HttpRequest request;
+        request.url = ep.base + "/v2/" + options_.repository + "/manifests/" + reference;
+        request.headers.push_back("Accept: " + std::string(media::kAcceptManifests));
+        const HttpResponse r = perform(ep, request);
+        if (r.curl_code == 0 && r.status == 404) {
+            rafs::fail("{}/{}:{}: no such manifest (unknown tag or digest)", ep.authority, options_.repository, reference);
+        }
+        if (r.curl_code != 0 || r.status != 200) rafs::fail("GET {}: {}", request.url, r.summary());
+        // The image spec caps manifests at 4 MiB; the transport keeps 1 MiB of a body, more
+        // than any real manifest or index needs.
+        if (r.body_bytes > r.text.size()) rafs::fail("GET {}: a manifest of {} bytes is too large", request.url, r.body_bytes);
+        out.bytes = r.text;
+        out.digest = sha256Digest(out.bytes);
+        out.media_type = std::string(r.header("content-type").value_or(""));
+        if (const size_t semicolon = out.media_type.find(';'); semicolon != std::string::npos) out.media_type.resize(semicolon);
+        if (reference.starts_with("sha256:") && out.digest != reference) {
+            rafs::fail("GET {}: the manifest's digest is {}, not the one asked for", request.url, out.digest);
+        }
+        if (auto header = r.header("docker-content-digest"); header && *header != out.digest) {
+            rafs::fail("GET {}: the manifest's digest is {}, but the registry says {}", request.url, out.digest, *header);
+        }
+    });
+    return out;
+}
+
+bool RegistryClient::hasBlob(const std::string& digest) {
+    const Endpoint ep = origin();
+    HttpRequest request;
+    request.method = "HEAD";
+    request.url = ep.base + "/v2/" + options_.repository + "/blobs/" + digest;
+    const HttpResponse r = perform(ep, request);
+    if (r.curl_code == 0 && r.status == 200) return true;
+    if (r.curl_code == 0 && r.status == 404) return false;
+    rafs::fail("HEAD {}: {}", request.url, r.summary());
+}
+
+bool RegistryClient::pushBlob(const std::string& digest, RequestBody& body, const std::string& mount_from) {
+    const Endpoint ep = origin();
+    HttpRequest start;
+    start.method = "POST";
+    start.url = ep.base + "/v2/" + options_.repository + "/blobs/uploads/";
+    if (!mount_from.empty()) start.url += "?mount=" + queryEscape(digest) + "&from=" + queryEscape(mount_from);
+    const HttpResponse started = perform(ep, start);
+    if (started.curl_code == 0 && started.status == 201 && !mount_from.empty()) return true;
+    if (started.curl_code != 0 || started.status != 202 || !started.header("location")) {
+        rafs::fail("POST {}: {}", withoutQuery(start.url), started.summary());
+    }
+    HttpRequest put;
+    put.method = "PUT";
+    put.url = absoluteLocation(ep.base, *started.header("location"));
+    put.url += (put.url.find('?') == std::string::npos ? "?" : "&") + std::string("digest=") + queryEscape(digest);
+    put.headers.push_back("Content-Type: application/octet-stream");
+    put.body = &body;
+    const HttpResponse done = perform(ep, put);
+    if (done.curl_code != 0 || done.status != 201) {
+        rafs::fail("PUT {} ({} bytes of {}): {}", withoutQuery(put.url), body.size(), digest, done.summary());
+    }
+    return false;
+}
+
+std::string RegistryClient::putManifest(const std::string& reference, std::string_view media_type,
+                                        const std::string& bytes) {
+    const Endpoint ep = origin();
+    HttpRequest request;
+    request.method = "PUT";
+    request.url = ep.base + "/v2/" + options_.repository + "/manifests/" + reference;
+    request.headers.push_back("Content-Type: " + std::string(media_type));
+    BytesBody body(bytes);
+    request.body = &body;
+    const HttpResponse r = perform(ep, request);
+    if (r.curl_code != 0 || r.status != 201) rafs::fail("PUT {}: {}", request.url, r.summary());
+    return sha256Digest(bytes);
 }
 
 }  // namespace registry

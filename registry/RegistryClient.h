@@ -28,6 +28,14 @@ struct RegistryOptions {
     bool plain_http = false;
     std::vector<std::string> mirrors;  // base URLs, tried before the host in this order
     std::chrono::milliseconds mirror_skip{30'000};
+    bool push = false;  // asks tokens for push too (mkrafs convert's target)
+};
+
+// A manifest or index as the registry served it: its bytes are what its digest is of.
+struct FetchedManifest {
+    std::string media_type;  // Content-Type of the reply
+    std::string digest;      // sha256 of `bytes`, checked against a digest reference
+    std::string bytes;
 };
 
 class RegistryClient {
@@ -39,6 +47,23 @@ public:
     // wrong (on every endpoint tried).
     uint64_t blobSize(const std::string& digest);
     void readBlob(const std::string& digest, uint64_t offset, std::span<uint8_t> out);
+
+    // GET /v2/<repo>/manifests/<reference> (a tag or a digest) from the first endpoint that has it.
+    // Throws rafs::Error: "manifest unknown" for an unknown tag, a digest mismatch, a reply
+    // larger than the spec's 4 MiB.
+    FetchedManifest fetchManifest(const std::string& reference);
+
+    // The rest write, and go to the host itself, never to a mirror.
+    // Whether the repository has the blob (HEAD: 200 yes, 404 no, anything else an error).
+    bool hasBlob(const std::string& digest);
+    // Uploads `body` as blob `digest` (POST then a monolithic PUT). With `mount_from` (another
+    // repository of the same registry) asks the registry to mount the blob from there first;
+    // returns true if it did (nothing uploaded).
+    bool pushBlob(const std::string& digest, RequestBody& body, const std::string& mount_from = {});
+    // PUT /v2/<repo>/manifests/<reference>; returns the digest of `bytes`.
+    std::string putManifest(const std::string& reference, std::string_view media_type, const std::string& bytes);
+
+    const RegistryOptions& options() const { return options_; }
 
     // "registry:https://host:port/repo": no credentials in it.
     std::string describe() const;
@@ -78,6 +103,9 @@ private:
     uint64_t sizeFrom(const Endpoint& ep, const std::string& digest);
     // Tries the endpoints in order with `work`; throws naming every failure if none succeeds.
     void onSomeEndpoint(const std::function<void(const Endpoint&)>& work);
+    // The host itself, for writes.
+    Endpoint origin() const { return endpoint(endpoints_.size() - 1); }
+    HttpResponse perform(const Endpoint& ep, HttpRequest request);
 
     RegistryOptions options_;
     std::shared_ptr<RetryingTransport> transport_;

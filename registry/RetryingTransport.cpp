@@ -18,6 +18,7 @@ HttpResponse RetryingTransport::perform(HttpRequest request, const std::function
         const size_t route = routes_ ? routes_->order().front() : 0;
         request.proxy = routes_ ? routes_->at(route) : "";
         if (before_attempt) before_attempt();
+        if (request.body != nullptr) request.body->rewind();
         HttpResponse response = transport_->perform(request);
         stats_->requests++;
         stats_->bytes += response.body_bytes;

@@ -1,0 +1,110 @@
+#include "registry/ImageResolver.h"
+
+#include "format/Error.h"
+
+#include <algorithm>
+
+namespace registry {
+
+bool isRafsEntry(const Descriptor& entry) {
+    if (entry.artifact_type == media::kNydusManifestArtifact) return true;
+    return entry.platform && std::ranges::find(entry.platform->os_features, "nydus.remoteimage.v1") !=
+                                 entry.platform->os_features.end();
+}
+
+namespace {
+
+std::string documentType(const FetchedManifest& fetched) {
+    if (!fetched.media_type.empty() && fetched.media_type != "application/json" &&
+        fetched.media_type != "application/octet-stream") {
+        return fetched.media_type;
+    }
+    // Some servers (and OCI layouts' blobs) do not say; the document does.
+    const auto j = nlohmann::json::parse(fetched.bytes, nullptr, false);
+    if (j.is_object() && j.contains("mediaType") && j["mediaType"].is_string()) return j["mediaType"].get<std::string>();
+    if (j.is_object() && j.contains("manifests")) return std::string(media::kOciIndex);
+    return std::string(media::kOciManifest);
+}
+
+ResolvedManifest asManifest(FetchedManifest fetched, const std::string& type, const std::string& name) {
+    ResolvedManifest out;
+    out.manifest = Manifest::parse(fetched.bytes, type, name);
+    out.fetched = std::move(fetched);
+    out.fetched.media_type = type;
+    return out;
+}
+
+std::vector<const Descriptor*> entriesOfKind(const Index& index, ImageKind kind) {
+    std::vector<const Descriptor*> out;
+    for (const Descriptor& d : index.manifests) {
+        if (!media::isManifest(d.media_type)) continue;
+        if ((kind == ImageKind::Rafs) == isRafsEntry(d)) out.push_back(&d);
+    }
+    return out;
+}
+
+}  // namespace
+
+ResolvedManifest fetchEntry(ImageStore& store, const Descriptor& entry, const std::string& name) {
+    FetchedManifest fetched = store.manifest(entry.digest);
+    if (!media::isManifest(entry.media_type)) {
+        rafs::fail("{}: index entry {} is a {}, not an image manifest", name, entry.digest, entry.media_type);
+    }
+    ResolvedManifest out = asManifest(std::move(fetched), entry.media_type, name + "@" + entry.digest);
+    out.platform = entry.platform;
+    return out;
+}
+
+ResolvedManifest resolveManifest(ImageStore& store, const std::string& reference, const Platform& platform,
+                                 ImageKind kind, const std::string& name) {
+    FetchedManifest fetched = store.manifest(reference);
+    const std::string type = documentType(fetched);
+    if (media::isManifest(type)) return asManifest(std::move(fetched), type, name);
+    if (!media::isIndex(type)) rafs::fail("{}: media type '{}' is neither an image index nor a manifest", name, type);
+    const Index index = Index::parse(fetched.bytes, type, name);
+    std::vector<std::string> seen;
+    const Descriptor* chosen = nullptr;
+    const Descriptor* unmarked = nullptr;  // a RAFS image in an index without Nydus's marks
+    for (const Descriptor& d : index.manifests) {
+        if (!media::isManifest(d.media_type)) continue;
+        const std::string p = d.platform ? d.platform->str() : "no platform";
+        if (std::ranges::find(seen, p) == seen.end()) seen.push_back(p);
+        if (!d.platform || !d.platform->matches(platform)) continue;
+        if ((kind == ImageKind::Rafs) == isRafsEntry(d)) {
+            if (chosen == nullptr) chosen = &d;
+        } else if (unmarked == nullptr) {
+            unmarked = &d;
+        }
+    }
+    if (chosen != nullptr) return fetchEntry(store, *chosen, name);
+    if (unmarked != nullptr) {
+        ResolvedManifest m = fetchEntry(store, *unmarked, name);
+        if (m.manifest.isRafs() == (kind == ImageKind::Rafs)) return m;
+        if (kind == ImageKind::Rafs) {
+            rafs::fail("{}: the image for {} is not a RAFS image (its last layer is no Nydus bootstrap); "
+                       "`mkrafs convert` makes one", name, platform.str());
+        }
+        rafs::fail("{}: the index holds only a RAFS image for {}", name, platform.str());
+    }
+    std::string list;
+    for (const std::string& p : seen) list += (list.empty() ? "" : ", ") + p;
+    rafs::fail("{}: no manifest for {} in the index (it has: {})", name, platform.str(), list.empty() ? "none" : list);
+}
+
+std::vector<ResolvedManifest> resolveAllPlatforms(ImageStore& store, const std::string& reference, ImageKind kind,
+                                                  const std::string& name) {
+    FetchedManifest fetched = store.manifest(reference);
+    const std::string type = documentType(fetched);
+    std::vector<ResolvedManifest> out;
+    if (media::isManifest(type)) {
+        out.push_back(asManifest(std::move(fetched), type, name));
+        return out;
+    }
+    if (!media::isIndex(type)) rafs::fail("{}: media type '{}' is neither an image index nor a manifest", name, type);
+    const Index index = Index::parse(fetched.bytes, type, name);
+    for (const Descriptor* d : entriesOfKind(index, kind)) out.push_back(fetchEntry(store, *d, name));
+    if (out.empty()) rafs::fail("{}: the index holds no image manifest", name);
+    return out;
+}
+
+}  // namespace registry

@@ -1,0 +1,169 @@
+#include "registry/ImageStore.h"
+
+#include "format/Digest.h"
+#include "format/Error.h"
+#include "registry/OciImage.h"
+
+#include <nlohmann/json.hpp>
+
+#include <fstream>
+#include <unistd.h>
+
+namespace fs = std::filesystem;
+
+namespace registry {
+
+void RegistryStore::putManifest(const std::string& tag, std::string_view media_type, const std::string& bytes) {
+    client_->putManifest(tag.empty() ? sha256Digest(bytes) : tag, media_type, bytes);
+}
+
+namespace {
+
+std::string readSmallFile(const fs::path& path) {
+    std::ifstream in(path, std::ios::binary);
+    if (!in) rafs::failErrno("cannot open " + path.string());
+    std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    if (in.bad()) rafs::failErrno("reading " + path.string());
+    return bytes;
+}
+
+// Writes `bytes` to a temporary file beside `path`, then renames it over `path`.
+void replaceFile(const fs::path& path, std::string_view bytes) {
+    const fs::path tmp = path.string() + ".tmp-" + std::to_string(::getpid());
+    {
+        std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+        out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+        out.flush();
+        if (!out) {
+            std::error_code ignored;
+            fs::remove(tmp, ignored);
+            rafs::failErrno("writing " + tmp.string());
+        }
+    }
+    std::error_code ec;
+    fs::rename(tmp, path, ec);
+    if (ec) {
+        std::error_code ignored;
+        fs::remove(tmp, ignored);
+        rafs::fail("cannot rename {} to {}: {}", tmp.string(), path.string(), ec.message());
+    }
+}
+
+}  // namespace
+
+OciLayoutStore::OciLayoutStore(fs::path dir, bool create) : dir_(std::move(dir)) {
+    std::error_code ec;
+    if (!fs::exists(dir_ / "oci-layout", ec)) {
+        if (!create) rafs::fail("oci:{}: not an OCI image layout (no oci-layout file)", dir_.string());
+        fs::create_directories(dir_ / "blobs" / "sha256", ec);
+        if (ec) rafs::fail("oci:{}: cannot create: {}", dir_.string(), ec.message());
+        replaceFile(dir_ / "oci-layout", R"({"imageLayoutVersion":"1.0.0"})");
+        if (!fs::exists(dir_ / "index.json", ec)) replaceFile(dir_ / "index.json", Index{std::string(media::kOciIndex), {}, {}}.serialize());
+    }
+}
+
+fs::path OciLayoutStore::blobPath(const std::string& digest) const {
+    checkDigest(digest, describe());
+    return dir_ / "blobs" / "sha256" / digest.substr(7);
+}
+
+FetchedManifest OciLayoutStore::manifest(const std::string& reference) {
+    const std::string where = describe() + "/index.json";
+    const Index index = Index::parse(readSmallFile(dir_ / "index.json"), "", where);
+    const Descriptor* found = nullptr;
+    for (const Descriptor& d : index.manifests) {
+        if (reference.starts_with("sha256:") ? d.digest == reference : d.hasAnnotation(annotation::kRefName, reference)) {
+            found = &d;
+        }
+    }
+    if (found == nullptr) rafs::fail("{}:{}: no such manifest in index.json", describe(), reference);
+    FetchedManifest out;
+    out.bytes = readSmallFile(blobPath(found->digest));
+    out.digest = sha256Digest(out.bytes);
+    if (out.digest != found->digest) {
+        rafs::fail("{}: blob {} does not match its digest (it is {})", describe(), found->digest, out.digest);
+    }
+    out.media_type = found->media_type;
+    return out;
+}
+
+uint64_t OciLayoutStore::blobSize(const std::string& digest) {
+    std::error_code ec;
+    const uint64_t size = fs::file_size(blobPath(digest), ec);
+    if (ec) rafs::fail("{}: blob {}: {}", describe(), digest, ec.message());
+    return size;
+}
+
+void OciLayoutStore::readBlob(const std::string& digest, uint64_t offset, std::span<uint8_t> out) {
+    std::ifstream in(blobPath(digest), std::ios::binary);
+    if (!in) rafs::failErrno(fmt::format("{}: cannot open blob {}", describe(), digest));
+    in.seekg(static_cast<std::streamoff>(offset));
+    in.read(reinterpret_cast<char*>(out.data()), static_cast<std::streamsize>(out.size()));
+    if (static_cast<size_t>(in.gcount()) != out.size()) {
+        rafs::fail("{}: blob {} ends before byte {}", describe(), digest, offset + out.size());
+    }
+}
+
+bool OciLayoutStore::hasBlob(const std::string& digest) {
+    std::error_code ec;
+    return fs::exists(blobPath(digest), ec);
+}
+
+void OciLayoutStore::writeBlob(const std::string& digest, RequestBody& body) {
+    const fs::path path = blobPath(digest);
+    const fs::path tmp = path.string() + ".tmp-" + std::to_string(::getpid());
+    rafs::Hasher hasher(rafs::Digester::Sha256);
+    {
+        std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+        std::vector<uint8_t> buffer(1 << 20);
+        body.rewind();
+        while (size_t n = body.read(buffer)) {
+            hasher.update({buffer.data(), n});
+            out.write(reinterpret_cast<const char*>(buffer.data()), static_cast<std::streamsize>(n));
+        }
+        out.flush();
+        if (!out) {
+            std::error_code ignored;
+            fs::remove(tmp, ignored);
+            rafs::failErrno("writing " + tmp.string());
+        }
+    }
+    if ("sha256:" + rafs::toHex(hasher.finish()) != digest) {
+        std::error_code ignored;
+        fs::remove(tmp, ignored);
+        rafs::fail("{}: the data written as {} has another digest", describe(), digest);
+    }
+    std::error_code ec;
+    fs::rename(tmp, path, ec);
+    if (ec) rafs::fail("cannot rename {} to {}: {}", tmp.string(), path.string(), ec.message());
+}
+
+bool OciLayoutStore::pushBlob(const std::string& digest, RequestBody& body, const std::string&) {
+    if (!hasBlob(digest)) writeBlob(digest, body);
+    return false;
+}
+
+void OciLayoutStore::putManifest(const std::string& tag, std::string_view media_type, const std::string& bytes) {
+    const std::string digest = sha256Digest(bytes);
+    BytesBody body(bytes);
+    pushBlob(digest, body, {});
+    if (tag.empty()) return;
+    Index index = Index::parse(readSmallFile(dir_ / "index.json"), "", describe() + "/index.json");
+    std::erase_if(index.manifests, [&](const Descriptor& d) { return d.hasAnnotation(annotation::kRefName, tag); });
+    Descriptor d;
+    d.media_type = std::string(media_type);
+    d.digest = digest;
+    d.size = bytes.size();
+    d.annotations[annotation::kRefName] = tag;
+    index.manifests.push_back(d);
+    replaceFile(dir_ / "index.json", index.serialize());
+}
+
+std::unique_ptr<ImageStore> openStore(
+    const ImageReference& ref, bool create,
+    const std::function<std::shared_ptr<RegistryClient>(const ImageReference&)>& client_for) {
+    if (ref.kind == ImageReference::Kind::Layout) return std::make_unique<OciLayoutStore>(ref.layout_dir, create);
+    return std::make_unique<RegistryStore>(client_for(ref));
+}
+
+}  // namespace registry

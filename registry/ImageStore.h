@@ -1,0 +1,84 @@
+// Where images are read from and written to, whether a registry's repository or an OCI image
+// layout directory: manifests by tag or digest, blobs by digest. mkrafs convert reads one and
+// writes the other through this; rafsd resolves images through it.
+#pragma once
+
+#include "registry/ImageReference.h"
+#include "registry/RegistryClient.h"
+#include "registry/RequestBody.h"
+
+#include <cstdint>
+#include <filesystem>
+#include <memory>
+#include <span>
+#include <string>
+
+namespace registry {
+
+class ImageStore {
+public:
+    virtual ~ImageStore() = default;
+
+    // A tag or "sha256:..."; throws rafs::Error naming the image when it has no such manifest.
+    virtual FetchedManifest manifest(const std::string& reference) = 0;
+    virtual uint64_t blobSize(const std::string& digest) = 0;
+    // Exactly out.size() bytes at `offset`.
+    virtual void readBlob(const std::string& digest, uint64_t offset, std::span<uint8_t> out) = 0;
+    virtual bool hasBlob(const std::string& digest) = 0;
+    // Stores `body` as `digest`; true if it was mounted from `mount_from` instead (registries).
+    virtual bool pushBlob(const std::string& digest, RequestBody& body, const std::string& mount_from) = 0;
+    // Stores a manifest or index under its digest and, when `tag` is not empty, names it `tag`.
+    virtual void putManifest(const std::string& tag, std::string_view media_type, const std::string& bytes) = 0;
+    // For messages: "host:port/repo" or "oci:DIR".
+    virtual std::string describe() const = 0;
+};
+
+class RegistryStore : public ImageStore {
+public:
+    explicit RegistryStore(std::shared_ptr<RegistryClient> client) : client_(std::move(client)) {}
+    FetchedManifest manifest(const std::string& reference) override { return client_->fetchManifest(reference); }
+    uint64_t blobSize(const std::string& digest) override { return client_->blobSize(digest); }
+    void readBlob(const std::string& digest, uint64_t offset, std::span<uint8_t> out) override {
+        client_->readBlob(digest, offset, out);
+    }
+    bool hasBlob(const std::string& digest) override { return client_->hasBlob(digest); }
+    bool pushBlob(const std::string& digest, RequestBody& body, const std::string& mount_from) override {
+        return client_->pushBlob(digest, body, mount_from);
+    }
+    void putManifest(const std::string& tag, std::string_view media_type, const std::string& bytes) override;
+    std::string describe() const override { return client_->options().host + "/" + client_->options().repository; }
+    RegistryClient& client() { return *client_; }
+
+private:
+    std::shared_ptr<RegistryClient> client_;
+};
+
+// An OCI image layout (image-spec image-layout.md): DIR/oci-layout, DIR/index.json naming
+// manifests by the org.opencontainers.image.ref.name annotation, DIR/blobs/sha256/<hex>. Blobs
+// are written to a temporary file and renamed; index.json is replaced whole, so readers never see
+// half a file. One writer at a time.
+class OciLayoutStore : public ImageStore {
+public:
+    // `create`: make DIR a layout if it does not exist (a target); else it must be one.
+    OciLayoutStore(std::filesystem::path dir, bool create);
+    FetchedManifest manifest(const std::string& reference) override;
+    uint64_t blobSize(const std::string& digest) override;
+    void readBlob(const std::string& digest, uint64_t offset, std::span<uint8_t> out) override;
+    bool hasBlob(const std::string& digest) override;
+    bool pushBlob(const std::string& digest, RequestBody& body, const std::string& mount_from) override;
+    void putManifest(const std::string& tag, std::string_view media_type, const std::string& bytes) override;
+    std::string describe() const override { return "oci:" + dir_.string(); }
+
+private:
+    std::filesystem::path blobPath(const std::string& digest) const;
+    void writeBlob(const std::string& digest, RequestBody& body);
+
+    std::filesystem::path dir_;
+};
+
+// The store an ImageReference names. Registries get `client_for(host, repository)`.
+std::unique_ptr<ImageStore> openStore(
+    const ImageReference& ref, bool create,
+    const std::function<std::shared_ptr<RegistryClient>(const ImageReference&)>& client_for);
+
+}  // namespace registry
