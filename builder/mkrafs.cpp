@@ -1,5 +1,6 @@
 // mkrafs: builds, checks and unpacks RAFS v6 images. A thin command line over libbuilder.
 #include "builder/commands/Build.h"
+#include "builder/commands/Convert.h"
 #include "builder/commands/Inspect.h"
 #include "builder/commands/Unpack.h"
 #include "format/Codec.h"
@@ -43,6 +44,38 @@ uint32_t parseSize(const std::string& text) {
     return static_cast<uint32_t>(bytes);
 }
 
+// The options `build` and `convert` share: how chunks are cut, compressed and digested.
+struct BuildFlags {
+    std::string chunk_size = "1M", compressor = "zstd", digester = "blake3", prefetch_list;
+    int64_t mtime = 0;
+    CLI::Option* mtime_opt = nullptr;
+    unsigned threads = 0;
+    bool no_chunk_table = false;
+    int compression_level = 0;
+
+    void add(CLI::App* c) {
+        c->add_option("--chunk-size", chunk_size, "chunk size, a power of two from 4K to 16M (default 1M)");
+        c->add_option("--compressor", compressor, "none, zstd (default) or lz4_block");
+        c->add_option("--compression-level", compression_level, "codec level (0 = default)");
+        c->add_option("--digester", digester, "blake3 (default) or sha256");
+        c->add_option("--prefetch-list", prefetch_list, "file of absolute paths to prefetch first");
+        mtime_opt = c->add_option("--mtime", mtime, "set every entry's mtime to SECONDS (reproducible builds)");
+        c->add_option("--threads", threads, "compression threads (default: one per CPU)");
+        c->add_flag("--no-chunk-table", no_chunk_table,
+                    "omit Nydus's chunk info table (smaller bootstrap; nydusd FUSE mode and nydus-image merge need it)");
+    }
+    void apply(rafs::build::BuildOptions& build) const {
+        build.chunk_size = parseSize(chunk_size);
+        build.compressor = rafs::parseCompressor(compressor);
+        build.digester = rafs::parseDigester(digester);
+        build.compression_level = compression_level;
+        if (!prefetch_list.empty()) build.prefetch_list = prefetch_list;
+        if (mtime_opt->count() > 0) build.mtime = mtime;
+        build.threads = threads;
+        build.chunk_table = !no_chunk_table;
+    }
+};
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -50,23 +83,30 @@ int main(int argc, char** argv) {
     app.require_subcommand(1);
 
     rafs::build::BuildOptions build;
-    std::string chunk_size = "1M", compressor = "zstd", digester = "blake3", prefetch_list;
-    int64_t mtime = 0;
-    unsigned threads = 0;
+    BuildFlags build_flags;
     auto* b = app.add_subcommand("build", "build DIR/image.boot and DIR/blobs/<blob-id> from sources");
     b->add_option("--output,-o", build.output, "output directory: new or empty")->required();
-    b->add_option("--chunk-size", chunk_size, "chunk size, a power of two from 4K to 16M (default 1M)");
-    b->add_option("--compressor", compressor, "none, zstd (default) or lz4_block");
-    b->add_option("--compression-level", build.compression_level, "codec level (0 = default)");
-    b->add_option("--digester", digester, "blake3 (default) or sha256");
-    b->add_option("--prefetch-list", prefetch_list, "file of absolute paths to prefetch first");
-    auto* mtime_opt = b->add_option("--mtime", mtime, "set every entry's mtime to SECONDS (reproducible builds)");
-    b->add_option("--threads", threads, "compression threads (default: one per CPU)");
-    bool no_chunk_table = false;
-    b->add_flag("--no-chunk-table", no_chunk_table,
-                "omit Nydus's chunk info table (smaller bootstrap; nydusd FUSE mode and nydus-image merge need it)");
+    build_flags.add(b);
     b->add_option("SOURCE", build.sources, "directory, or tar layer (plain, gzip, zstd; - for stdin), lowest first")
         ->required();
+
+    rafs::build::ConvertOptions convert;
+    BuildFlags convert_flags;
+    std::string platform;
+    auto* c = app.add_subcommand("convert", "convert an OCI image into a RAFS v6 image (Nydus-compatible) and push it");
+    c->add_option("SOURCE", convert.source, "HOST[:PORT]/REPO[:TAG|@DIGEST] or oci:DIR[:TAG]")->required();
+    c->add_option("TARGET", convert.target, "HOST[:PORT]/REPO[:TAG] or oci:DIR[:TAG]")->required();
+    c->add_option("--authfile", convert.authfile, "docker config.json with credentials (default $DOCKER_CONFIG/config.json)");
+    c->add_option("--cert-dir", convert.cert_dir, "per-host CA and client certificates, docker's certs.d layout (default /etc/docker/certs.d)");
+    c->add_flag("--plain-http", convert.plain_http, "speak http:// to registries (never the default)");
+    auto* platform_opt = c->add_option("--platform", platform, "OS/ARCH[/VARIANT] to convert from an index (default: this host's)");
+    c->add_flag("--all-platforms", convert.all_platforms, "convert every platform of an index");
+    c->add_flag("--merge-index", convert.merge_index, "push an index holding the original and the RAFS manifests");
+    c->add_option("--mount-from", convert.mount_from,
+                  "a repository of the target's registry that may hold blobs already (cross-repository mount); repeatable");
+    c->add_option("--parallel-layers", convert.parallel_layers, "layers downloading at once (default 4)");
+    c->add_option("--work-dir", convert.work_dir, "where output blobs are staged (default $TMPDIR, else /var/tmp)");
+    convert_flags.add(c);
 
     rafs::build::InspectOptions inspect;
     auto* i = app.add_subcommand("inspect", "print and check a bootstrap and its blobs");
@@ -84,14 +124,12 @@ int main(int argc, char** argv) {
     try {
         app.parse(argc, argv);
         if (b->parsed()) {
-            build.chunk_size = parseSize(chunk_size);
-            build.compressor = rafs::parseCompressor(compressor);
-            build.digester = rafs::parseDigester(digester);
-            if (!prefetch_list.empty()) build.prefetch_list = prefetch_list;
-            if (mtime_opt->count() > 0) build.mtime = mtime;
-            build.threads = threads;
-            build.chunk_table = !no_chunk_table;
+            build_flags.apply(build);
             rafs::build::build(build, std::cerr);
+        } else if (c->parsed()) {
+            convert_flags.apply(convert.build);
+            if (platform_opt->count() > 0) convert.platform = platform;
+            rafs::build::convert(convert, std::cerr);
         } else if (i->parsed()) {
             rafs::build::inspect(inspect, std::cout);
         } else if (u->parsed()) {

@@ -138,15 +138,14 @@ void OciLayoutStore::writeBlob(const std::string& digest, RequestBody& body) {
     if (ec) rafs::fail("cannot rename {} to {}: {}", tmp.string(), path.string(), ec.message());
 }
 
-bool OciLayoutStore::pushBlob(const std::string& digest, RequestBody& body, const std::string&) {
+void OciLayoutStore::pushBlob(const std::string& digest, RequestBody& body) {
     if (!hasBlob(digest)) writeBlob(digest, body);
-    return false;
 }
 
 void OciLayoutStore::putManifest(const std::string& tag, std::string_view media_type, const std::string& bytes) {
     const std::string digest = sha256Digest(bytes);
     BytesBody body(bytes);
-    pushBlob(digest, body, {});
+    pushBlob(digest, body);
     if (tag.empty()) return;
     Index index = Index::parse(readSmallFile(dir_ / "index.json"), "", describe() + "/index.json");
     std::erase_if(index.manifests, [&](const Descriptor& d) { return d.hasAnnotation(annotation::kRefName, tag); });

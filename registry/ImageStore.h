@@ -25,8 +25,10 @@ public:
     // Exactly out.size() bytes at `offset`.
     virtual void readBlob(const std::string& digest, uint64_t offset, std::span<uint8_t> out) = 0;
     virtual bool hasBlob(const std::string& digest) = 0;
-    // Stores `body` as `digest`; true if it was mounted from `mount_from` instead (registries).
-    virtual bool pushBlob(const std::string& digest, RequestBody& body, const std::string& mount_from) = 0;
+    virtual void pushBlob(const std::string& digest, RequestBody& body) = 0;
+    // Takes the blob from repository `from` of the same registry without sending it; false if
+    // that is not possible (and always for a layout).
+    virtual bool mountBlob(const std::string& digest, const std::string& from) = 0;
     // Stores a manifest or index under its digest and, when `tag` is not empty, names it `tag`.
     virtual void putManifest(const std::string& tag, std::string_view media_type, const std::string& bytes) = 0;
     // For messages: "host:port/repo" or "oci:DIR".
@@ -42,8 +44,9 @@ public:
         client_->readBlob(digest, offset, out);
     }
     bool hasBlob(const std::string& digest) override { return client_->hasBlob(digest); }
-    bool pushBlob(const std::string& digest, RequestBody& body, const std::string& mount_from) override {
-        return client_->pushBlob(digest, body, mount_from);
+    void pushBlob(const std::string& digest, RequestBody& body) override { client_->pushBlob(digest, body); }
+    bool mountBlob(const std::string& digest, const std::string& from) override {
+        return client_->mountBlob(digest, from);
     }
     void putManifest(const std::string& tag, std::string_view media_type, const std::string& bytes) override;
     std::string describe() const override { return client_->options().host + "/" + client_->options().repository; }
@@ -65,7 +68,8 @@ public:
     uint64_t blobSize(const std::string& digest) override;
     void readBlob(const std::string& digest, uint64_t offset, std::span<uint8_t> out) override;
     bool hasBlob(const std::string& digest) override;
-    bool pushBlob(const std::string& digest, RequestBody& body, const std::string& mount_from) override;
+    void pushBlob(const std::string& digest, RequestBody& body) override;
+    bool mountBlob(const std::string&, const std::string&) override { return false; }
     void putManifest(const std::string& tag, std::string_view media_type, const std::string& bytes) override;
     std::string describe() const override { return "oci:" + dir_.string(); }
 

@@ -329,16 +329,34 @@ bool RegistryClient::hasBlob(const std::string& digest) {
     rafs::fail("HEAD {}: {}", request.url, r.summary());
 }
 
-bool RegistryClient::pushBlob(const std::string& digest, RequestBody& body, const std::string& mount_from) {
+bool RegistryClient::mountBlob(const std::string& digest, const std::string& from) {
+    const Endpoint ep = origin();
+    HttpRequest start;
+    start.method = "POST";
+    start.url = ep.base + "/v2/" + options_.repository + "/blobs/uploads/?mount=" + queryEscape(digest) +
+                "&from=" + queryEscape(from);
+    const HttpResponse r = perform(ep, start);
+    if (r.curl_code == 0 && r.status == 201) return true;
+    if (r.curl_code != 0 || r.status != 202) rafs::fail("POST {}: {}", withoutQuery(start.url), r.summary());
+    if (auto location = r.header("location")) {
+        HttpRequest cancel;
+        cancel.method = "DELETE";
+        cancel.url = absoluteLocation(ep.base, *location);
+        // An abandoned session expires on its own (distribution purges them), so a failed
+        // cancel costs nothing.
+        perform(ep, cancel);
+    }
+    return false;
+}
+
+void RegistryClient::pushBlob(const std::string& digest, RequestBody& body) {
     const Endpoint ep = origin();
     HttpRequest start;
     start.method = "POST";
     start.url = ep.base + "/v2/" + options_.repository + "/blobs/uploads/";
-    if (!mount_from.empty()) start.url += "?mount=" + queryEscape(digest) + "&from=" + queryEscape(mount_from);
     const HttpResponse started = perform(ep, start);
-    if (started.curl_code == 0 && started.status == 201 && !mount_from.empty()) return true;
     if (started.curl_code != 0 || started.status != 202 || !started.header("location")) {
-        rafs::fail("POST {}: {}", withoutQuery(start.url), started.summary());
+        rafs::fail("POST {}: {}", start.url, started.summary());
     }
     HttpRequest put;
     put.method = "PUT";
@@ -350,7 +368,6 @@ bool RegistryClient::pushBlob(const std::string& digest, RequestBody& body, cons
     if (done.curl_code != 0 || done.status != 201) {
         rafs::fail("PUT {} ({} bytes of {}): {}", withoutQuery(put.url), body.size(), digest, done.summary());
     }
-    return false;
 }
 
 std::string RegistryClient::putManifest(const std::string& reference, std::string_view media_type,

@@ -56,10 +56,12 @@ public:
     // The rest write, and go to the host itself, never to a mirror.
     // Whether the repository has the blob (HEAD: 200 yes, 404 no, anything else an error).
     bool hasBlob(const std::string& digest);
-    // Uploads `body` as blob `digest` (POST then a monolithic PUT). With `mount_from` (another
-    // repository of the same registry) asks the registry to mount the blob from there first;
-    // returns true if it did (nothing uploaded).
-    bool pushBlob(const std::string& digest, RequestBody& body, const std::string& mount_from = {});
+    // Uploads `body` as blob `digest` (POST then a monolithic PUT).
+    void pushBlob(const std::string& digest, RequestBody& body);
+    // Asks the registry to mount blob `digest` from repository `from` of the same registry
+    // (a cross-repository mount); true if it did. A registry that cannot (202: an upload session
+    // instead) has that session cancelled.
+    bool mountBlob(const std::string& digest, const std::string& from);
     // PUT /v2/<repo>/manifests/<reference>; returns the digest of `bytes`.
     std::string putManifest(const std::string& reference, std::string_view media_type, const std::string& bytes);
 

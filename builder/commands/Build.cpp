@@ -81,8 +81,6 @@ public:
         std::string templ = (output_ / ".mkrafs-XXXXXX").string();
         if (::mkdtemp(templ.data()) == nullptr) failErrno("cannot create a staging directory in " + output_.string());
         dir_ = templ;
-        fs::create_directory(dir_ / "blobs", ec);
-        if (ec) fail("cannot create {}: {}", (dir_ / "blobs").string(), ec.message());
     }
     ~Staging() {
         std::error_code ignored;  // best-effort cleanup of a failed build
@@ -139,51 +137,66 @@ void dropEmptyBlobs(FileTree& tree, std::vector<std::optional<BlobInfo>>& layers
 
 }  // namespace
 
-void build(const BuildOptions& options, std::ostream& log) {
-    validate(options);
+BuiltImage buildLayers(const BuildOptions& options, const std::vector<LayerInput>& inputs, const fs::path& dir,
+                       const std::function<void(const std::string&)>& report) {
     BootstrapOptions boot{options.chunk_size, options.compressor, options.digester, {}, options.chunk_table};
     if (options.prefetch_list) boot.prefetch_paths = readPrefetchList(*options.prefetch_list);
+    std::error_code ec;
+    fs::create_directories(dir / "blobs", ec);
+    if (ec) fail("cannot create {}: {}", (dir / "blobs").string(), ec.message());
 
-    Staging staging(options.output);
     FileTree tree;
     ChunkDictionary dictionary;
     std::vector<std::optional<BlobInfo>> layers;
-    for (size_t i = 0; i < options.sources.size(); ++i) {
-        const std::string& source = options.sources[i];
+    for (size_t i = 0; i < inputs.size(); ++i) {
         const auto layer = static_cast<uint32_t>(i);
-        BlobWriter blob(staging.dir() / "blobs", layer, options.chunk_size, options.compressor,
-                        options.digester);
+        BlobWriter blob(dir / "blobs", layer, options.chunk_size, options.compressor, options.digester);
         {
             ChunkPipeline pipeline(blob, dictionary, options);
-            if (isDirectory(source)) addDirectory(source, tree, pipeline, layer);
-            else addTar(source, tree, pipeline, layer);
+            inputs[i].apply(tree, pipeline, layer);
             pipeline.finish();
         }
         if (blob.chunkCount() == 0) {
             layers.emplace_back();
-            log << fmt::format("layer {}: {}: no new chunks, no blob\n", i, source);
+            report(fmt::format("layer {}: {}: no new chunks, no blob", i, inputs[i].name));
             continue;
         }
         layers.push_back(blob.finish());
         const BlobTableEntry& e = layers.back()->entry;
-        log << fmt::format("layer {}: {}: blob {} ({} chunks, {} bytes, {} uncompressed)\n", i,
-                           source, layers.back()->id, e.chunk_count, e.compressed_size,
-                           e.uncompressed_size);
+        report(fmt::format("layer {}: {}: blob {} ({} chunks, {} bytes, {} uncompressed)", i, inputs[i].name,
+                           layers.back()->id, e.chunk_count, e.compressed_size, e.uncompressed_size));
     }
-    std::vector<BlobInfo> blobs;
-    dropEmptyBlobs(tree, layers, blobs);
+    BuiltImage image;
+    dropEmptyBlobs(tree, layers, image.blobs);
+    int next = 0;
+    for (const auto& l : layers) image.blob_of_layer.push_back(l ? next++ : -1);
     if (options.mtime) {
         tree.walk([&](Node& n, const std::string&) {
             n.inode->mtime_sec = *options.mtime;
             n.inode->mtime_nsec = 0;
         });
     }
-    writeBootstrap(tree, blobs, boot, staging.dir() / "image.boot");
-    staging.commit(blobs);
+    image.bootstrap = dir / "image.boot";
+    writeBootstrap(tree, image.blobs, boot, image.bootstrap);
+    image.unique_chunks = dictionary.size();
+    return image;
+}
+
+void build(const BuildOptions& options, std::ostream& log) {
+    validate(options);
+    Staging staging(options.output);
+    std::vector<LayerInput> inputs;
+    for (const std::string& source : options.sources) {
+        inputs.push_back({source, [source](FileTree& tree, ChunkSink& sink, unsigned layer) {
+                              if (isDirectory(source)) addDirectory(source, tree, sink, layer);
+                              else addTar(source, tree, sink, layer);
+                          }});
+    }
+    const BuiltImage image = buildLayers(options, inputs, staging.dir(), [&](const std::string& line) { log << line << "\n"; });
+    staging.commit(image.blobs);
     log << fmt::format("bootstrap: {} ({} bytes, {} blobs, {} unique chunks)\n",
                        (fs::path(options.output) / "image.boot").string(),
-                       fs::file_size(fs::path(options.output) / "image.boot"), blobs.size(),
-                       dictionary.size());
+                       fs::file_size(fs::path(options.output) / "image.boot"), image.blobs.size(), image.unique_chunks);
 }
 
 }  // namespace rafs::build

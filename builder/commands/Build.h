@@ -1,9 +1,16 @@
 // mkrafs build: sources -> file tree -> chunk pipeline -> blobs + bootstrap.
 #pragma once
 
+#include "builder/tree/FileTree.h"
+#include "builder/writer/BlobWriter.h"
 #include "builder/writer/BuildOptions.h"
+#include "builder/writer/ChunkSink.h"
 
+#include <filesystem>
+#include <functional>
 #include <iosfwd>
+#include <string>
+#include <vector>
 
 namespace rafs::build {
 
@@ -11,5 +18,24 @@ namespace rafs::build {
 // whole build succeeds: everything is staged in a temporary directory inside OUTPUT first.
 // Prints a one-line summary per blob and for the bootstrap to `log`.
 void build(const BuildOptions& options, std::ostream& log);
+
+// One source layer: `apply` adds it to the tree as layer `layer`, sending file contents to the sink.
+struct LayerInput {
+    std::string name;  // for the log
+    std::function<void(FileTree& tree, ChunkSink& sink, unsigned layer)> apply;
+};
+
+struct BuiltImage {
+    std::vector<BlobInfo> blobs;       // in DIR/blobs/<id>; layers with no new chunk have none
+    std::vector<int> blob_of_layer;    // per input layer: its index in `blobs`, or -1
+    std::filesystem::path bootstrap;   // DIR/image.boot
+    size_t unique_chunks = 0;
+};
+
+// The build itself, into `dir` (which must exist): the layers lowest first, chunks deduplicated
+// across all of them, then the bootstrap. Options' `sources` and `output` are not used.
+// `report` gets one line per layer.
+BuiltImage buildLayers(const BuildOptions& options, const std::vector<LayerInput>& layers,
+                       const std::filesystem::path& dir, const std::function<void(const std::string&)>& report);
 
 }  // namespace rafs::build

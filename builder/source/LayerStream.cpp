@@ -2,11 +2,7 @@
 
 #include "format/Error.h"
 
-#include <fcntl.h>
-#include <unistd.h>
-
 #include <algorithm>
-#include <cerrno>
 #include <cstring>
 
 namespace rafs::build {
@@ -17,14 +13,7 @@ constexpr uint8_t kGzipMagic[] = {0x1f, 0x8b};
 constexpr uint8_t kZstdMagic[] = {0x28, 0xb5, 0x2f, 0xfd};
 }  // namespace
 
-LayerStream::LayerStream(const std::string& input, std::string name) : name_(std::move(name)) {
-    if (input == "-") {
-        fd_ = STDIN_FILENO;
-    } else {
-        fd_ = ::open(input.c_str(), O_RDONLY | O_CLOEXEC);
-        if (fd_ < 0) failErrno("cannot open " + input);
-        own_fd_ = true;
-    }
+LayerStream::LayerStream(std::unique_ptr<ByteSource> source) : source_(std::move(source)), name_(source_->name()) {
     // Enough bytes to recognise a magic number, unless the input is shorter.
     while (in_.size() < sizeof(kZstdMagic) && fill()) {
     }
@@ -44,7 +33,6 @@ LayerStream::LayerStream(const std::string& input, std::string name) : name_(std
 LayerStream::~LayerStream() {
     if (kind_ == Kind::Gzip) inflateEnd(&zs_);
     if (zstd_ != nullptr) ZSTD_freeDCtx(zstd_);
-    if (own_fd_) ::close(fd_);
 }
 
 bool LayerStream::fill() {
@@ -55,12 +43,8 @@ bool LayerStream::fill() {
     }
     const size_t old = in_.size();
     in_.resize(old + kInputBlock);
-    ssize_t n;
-    do {
-        n = ::read(fd_, in_.data() + old, kInputBlock);
-    } while (n < 0 && errno == EINTR);
-    if (n < 0) failErrno("reading " + name_);
-    in_.resize(old + static_cast<size_t>(n));
+    const size_t n = source_->read({in_.data() + old, kInputBlock});
+    in_.resize(old + n);
     if (n == 0) in_eof_ = true;
     return n > 0;
 }

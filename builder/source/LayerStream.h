@@ -4,10 +4,13 @@
 // their magic numbers; finish() reads to the end of the input so every checksum is verified.
 #pragma once
 
+#include "builder/source/ByteSource.h"
+
 #include <zlib.h>
 #include <zstd.h>
 
 #include <cstdint>
+#include <memory>
 #include <span>
 #include <string>
 #include <vector>
@@ -16,8 +19,7 @@ namespace rafs::build {
 
 class LayerStream {
 public:
-    // `input` is a path, or "-" for stdin; `name` names it in errors.
-    LayerStream(const std::string& input, std::string name);
+    explicit LayerStream(std::unique_ptr<ByteSource> source);
     ~LayerStream();
     LayerStream(const LayerStream&) = delete;
     LayerStream& operator=(const LayerStream&) = delete;
@@ -32,9 +34,8 @@ private:
     enum class Kind { Plain, Gzip, Zstd };
     bool fill();  // more raw input; false at end of input
 
-    std::string name_;
-    int fd_ = -1;
-    bool own_fd_ = false;
+    std::unique_ptr<ByteSource> source_;
+    const std::string& name_;
     Kind kind_ = Kind::Plain;
     std::vector<uint8_t> in_;
     size_t in_pos_ = 0;

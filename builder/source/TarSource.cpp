@@ -70,9 +70,8 @@ struct ArchiveFree {
 
 class TarReader {
 public:
-    TarReader(const std::string& input, FileTree& tree, ChunkSink& sink, unsigned layer)
-        : input_(input), name_(input == "-" ? "stdin" : input), tree_(tree), sink_(sink),
-          layer_(layer) {}
+    TarReader(std::unique_ptr<ByteSource> input, FileTree& tree, ChunkSink& sink, unsigned layer)
+        : name_(input->name()), tree_(tree), sink_(sink), layer_(layer), input_(std::move(input)) {}
 
     void run() {
         archive_.reset(archive_read_new());
@@ -84,7 +83,7 @@ public:
             archive_read_support_format_empty(a) != ARCHIVE_OK) {
             fail("{}: cannot set up libarchive: {}", name_, archiveError());
         }
-        stream_ = std::make_unique<LayerStream>(input_, name_);
+        stream_ = std::make_unique<LayerStream>(std::move(input_));
         if (archive_read_open(a, this, nullptr, &TarReader::readBlock, nullptr) != ARCHIVE_OK) {
             if (stream_error_) std::rethrow_exception(stream_error_);
             fail("{}: {}", name_, archiveError());
@@ -415,11 +414,11 @@ private:
         return acl;
     }
 
-    const std::string& input_;
     const std::string name_;  // for messages
     FileTree& tree_;
     ChunkSink& sink_;
     const unsigned layer_;
+    std::unique_ptr<ByteSource> input_;  // until the stream takes it
     std::unique_ptr<archive, ArchiveFree> archive_;
     std::unique_ptr<LayerStream> stream_;
     std::vector<uint8_t> block_;
@@ -430,8 +429,12 @@ private:
 
 }  // namespace
 
+void addTar(std::unique_ptr<ByteSource> input, FileTree& tree, ChunkSink& sink, unsigned layer) {
+    TarReader(std::move(input), tree, sink, layer).run();
+}
+
 void addTar(const std::string& input, FileTree& tree, ChunkSink& sink, unsigned layer) {
-    TarReader(input, tree, sink, layer).run();
+    addTar(std::make_unique<FileSource>(input), tree, sink, layer);
 }
 
 }  // namespace rafs::build

@@ -1,9 +1,11 @@
 // A tar layer (an OCI image layer or any tar) as a source layer.
 #pragma once
 
+#include "builder/source/ByteSource.h"
 #include "builder/tree/FileTree.h"
 #include "builder/writer/ChunkSink.h"
 
+#include <memory>
 #include <string>
 
 namespace rafs::build {
@@ -16,5 +18,7 @@ namespace rafs::build {
 // in the merged tree. POSIX ACLs become system.posix_acl_* xattrs. Throws Error naming the input
 // and member for unsafe or unsupported members and for corrupt or truncated archives.
 void addTar(const std::string& input, FileTree& tree, ChunkSink& sink, unsigned layer);
+// The same from any byte source (a layer blob of an image being converted).
+void addTar(std::unique_ptr<ByteSource> input, FileTree& tree, ChunkSink& sink, unsigned layer);
 
 }  // namespace rafs::build

@@ -1,0 +1,371 @@
+#include "builder/commands/Convert.h"
+
+#include "builder/commands/Build.h"
+#include "builder/commands/TransferProgress.h"
+#include "builder/source/RemoteLayerSource.h"
+#include "builder/source/TarSource.h"
+#include "builder/writer/BootstrapLayer.h"
+#include "format/Error.h"
+#include "registry/ImageResolver.h"
+#include "registry/TlsConfig.h"
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include <cstdlib>
+#include <iostream>
+#include <ostream>
+#include <unistd.h>
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace rafs::build {
+
+namespace {
+
+using registry::Descriptor;
+using registry::ImageReference;
+using registry::ImageStore;
+using registry::Manifest;
+using registry::ResolvedManifest;
+
+// One client stack for both ends: TLS from the certs.d layout, credentials from the authfile.
+class Clients {
+public:
+    explicit Clients(const ConvertOptions& o) : options_(o) {
+        auto tls = std::make_shared<registry::TlsConfig>(std::map<std::string, registry::HostTlsFiles>{}, o.cert_dir);
+        registry::TransportOptions transport;
+        // Uploads of large blobs take minutes on slow links; stalls are caught by the low-speed
+        // limit instead.
+        transport.timeout = std::chrono::seconds(3600);
+        transport_ = std::make_shared<registry::RetryingTransport>(
+            std::make_shared<registry::HttpTransport>(transport, tls), registry::RetryPolicy(registry::RetryOptions{}),
+            std::string(), std::chrono::seconds(30), std::make_shared<registry::TransferStats>());
+        credentials_ = std::make_shared<registry::CredentialStore>(o.authfile);
+    }
+
+    std::unique_ptr<ImageStore> open(const ImageReference& ref, bool target) {
+        return registry::openStore(ref, target, [&](const ImageReference& r) {
+            registry::RegistryOptions options;
+            options.host = r.host;
+            options.repository = r.repository;
+            options.plain_http = options_.plain_http;
+            options.push = target;
+            return std::make_shared<registry::RegistryClient>(options, transport_, credentials_);
+        });
+    }
+
+private:
+    const ConvertOptions& options_;
+    std::shared_ptr<registry::RetryingTransport> transport_;
+    std::shared_ptr<registry::CredentialStore> credentials_;
+};
+
+// A blob of one store as the body of an upload to another, read by ranges.
+class StoreBlobBody : public registry::RequestBody {
+public:
+    StoreBlobBody(ImageStore& store, const Descriptor& blob) : store_(store), blob_(blob) {}
+    uint64_t size() const override { return blob_.size; }
+    size_t read(std::span<uint8_t> out) override {
+        const size_t n = static_cast<size_t>(std::min<uint64_t>(out.size(), blob_.size - pos_));
+        if (n > 0) store_.readBlob(blob_.digest, pos_, out.first(n));
+        pos_ += n;
+        return n;
+    }
+    void rewind() override { pos_ = 0; }
+
+private:
+    ImageStore& store_;
+    const Descriptor& blob_;
+    uint64_t pos_ = 0;
+};
+
+class WorkDir {
+public:
+    explicit WorkDir(const std::string& parent) {
+        std::string base = parent;
+        if (base.empty()) {
+            const char* tmp = std::getenv("TMPDIR");
+            base = tmp != nullptr && *tmp != '\0' ? tmp : "/var/tmp";
+        }
+        std::string templ = (fs::path(base) / "mkrafs-convert-XXXXXX").string();
+        if (::mkdtemp(templ.data()) == nullptr) failErrno("cannot create a work directory in " + base);
+        path_ = templ;
+    }
+    ~WorkDir() {
+        std::error_code ignored;  // best effort: nothing in it is needed after the run
+        fs::remove_all(path_, ignored);
+    }
+    WorkDir(const WorkDir&) = delete;
+    WorkDir& operator=(const WorkDir&) = delete;
+    const fs::path& path() const { return path_; }
+
+private:
+    fs::path path_;
+};
+
+std::string readWholeBlob(ImageStore& store, const Descriptor& d, const std::string& what) {
+    constexpr uint64_t kMaxConfig = 8 << 20;
+    if (d.size > kMaxConfig) fail("{}: {} of {} bytes is too large", what, d.digest, d.size);
+    std::string bytes(d.size, '\0');
+    store.readBlob(d.digest, 0, {reinterpret_cast<uint8_t*>(bytes.data()), bytes.size()});
+    if (registry::sha256Digest(bytes) != d.digest) fail("{}: {} does not match its digest", what, d.digest);
+    return bytes;
+}
+
+struct PushCounts {
+    size_t uploaded = 0;
+    uint64_t uploaded_bytes = 0;
+    size_t present = 0;
+    size_t mounted = 0;
+};
+
+// HEAD first: a blob the target has is not sent again; then a cross-repository mount from each of
+// `mount_from` (repositories of the same registry that may hold it); then the upload.
+void pushBlob(ImageStore& target, const std::string& digest, registry::RequestBody& body,
+              const std::vector<std::string>& mount_from, PushCounts& counts) {
+    if (target.hasBlob(digest)) {
+        ++counts.present;
+        return;
+    }
+    for (const std::string& from : mount_from) {
+        if (target.mountBlob(digest, from)) {
+            ++counts.mounted;
+            return;
+        }
+    }
+    target.pushBlob(digest, body);
+    ++counts.uploaded;
+    counts.uploaded_bytes += body.size();
+}
+
+registry::Platform platformOf(const ResolvedManifest& m, const json& config) {
+    if (m.platform) return *m.platform;
+    registry::Platform p;
+    p.os = config.value("os", "linux");
+    p.architecture = config.value("architecture", "");
+    p.variant = config.value("variant", "");
+    return p;
+}
+
+struct Converted {
+    Descriptor manifest;  // of the RAFS manifest, with its platform
+    Descriptor original;  // of the source manifest, with its platform
+};
+
+class Converter {
+public:
+    Converter(const ConvertOptions& o, std::ostream& log, ImageStore& source, ImageStore& target,
+              const ImageReference& source_ref, const ImageReference& target_ref)
+        : o_(o), log_(log), source_(source), target_(target), source_ref_(source_ref), target_ref_(target_ref) {}
+
+    Converted convert(const ResolvedManifest& image) {
+        const std::string name = source_ref_.str() + "@" + image.fetched.digest;
+        const Manifest& m = image.manifest;
+        if (m.isRafs()) fail("{}: already a RAFS image (its last layer is a Nydus bootstrap)", source_ref_.str());
+        if (m.layers.empty()) fail("{}: the image has no layers", name);
+        uint64_t total = 0;
+        for (size_t i = 0; i < m.layers.size(); ++i) {
+            const Descriptor& l = m.layers[i];
+            if (!registry::media::isTarLayer(l.media_type)) {
+                fail("{}: layer {} ({}) has media type {}, which mkrafs convert does not handle (tar, tar+gzip, "
+                     "tar+zstd)", name, i, l.digest, l.media_type);
+            }
+            total += l.size;
+        }
+        const std::string config_bytes = readWholeBlob(source_, m.config, name + ": config");
+        json config = json::parse(config_bytes, nullptr, false);
+        if (!config.is_object()) fail("{}: config {} is not a JSON object", name, m.config.digest);
+        const registry::Platform platform = platformOf(image, config);
+
+        WorkDir work(o_.work_dir);
+        const bool terminal = ::isatty(STDERR_FILENO) == 1 && &log_ == &std::cerr;
+        TransferProgress progress(log_, terminal, m.layers.size(), total);
+        progress.line(fmt::format("converting {} ({}, {} layers, {:.1f} MiB)", source_ref_.str(), platform.str(),
+                                  m.layers.size(), static_cast<double>(total) / (1 << 20)));
+        DownloadSlots slots(std::max(1u, o_.parallel_layers));
+        std::vector<std::unique_ptr<RemoteLayerSource>> sources;
+        for (size_t i = 0; i < m.layers.size(); ++i) {
+            auto remaining = std::make_shared<uint64_t>(m.layers[i].size);
+            sources.push_back(std::make_unique<RemoteLayerSource>(
+                source_, m.layers[i], i, slots, fmt::format("{}: layer {} ({})", source_ref_.str(), i, m.layers[i].digest),
+                [&progress, remaining](uint64_t n) {
+                    progress.add(n);
+                    *remaining -= n;
+                    if (*remaining == 0) progress.layerDone();
+                }));
+        }
+        std::vector<LayerInput> inputs;
+        for (size_t i = 0; i < m.layers.size(); ++i) {
+            inputs.push_back({m.layers[i].digest.substr(0, 19), [&, i](FileTree& tree, ChunkSink& sink, unsigned layer) {
+                                  addTar(std::move(sources[i]), tree, sink, layer);
+                              }});
+        }
+        const BuiltImage built = buildLayers(o_.build, inputs, work.path(), [&](const std::string& line) { progress.line(line); });
+        progress.finish();
+        const double convert_seconds = progress.seconds();
+        const BootstrapLayer boot = makeBootstrapLayer(built.bootstrap);
+
+        // Blobs first, then the bootstrap layer, the config, and the manifest last.
+        Manifest out;
+        out.media_type = registry::media::kOciManifest;
+        json diff_ids = json::array();
+        uint64_t blob_bytes = 0;
+        for (const BlobInfo& b : built.blobs) {
+            Descriptor d;
+            d.media_type = registry::media::kNydusBlob;
+            d.digest = "sha256:" + b.id;
+            d.size = fs::file_size(b.path);
+            d.annotations[registry::annotation::kNydusBlob] = "true";
+            registry::FileBody body(b.path);
+            pushBlob(target_, d.digest, body, mountCandidates(), counts_);
+            blob_bytes += d.size;
+            diff_ids.push_back(d.digest);
+            out.layers.push_back(d);
+        }
+        Descriptor bootstrap;
+        bootstrap.media_type = registry::media::kOciLayerGzip;
+        bootstrap.digest = boot.digest;
+        bootstrap.size = boot.gzip.size();
+        bootstrap.annotations = {{registry::annotation::kNydusBootstrap, "true"},
+                                 {registry::annotation::kNydusFsVersion, "6"},
+                                 {registry::annotation::kUncompressed, boot.tar_digest}};
+        registry::BytesBody boot_body(boot.gzip);
+        pushBlob(target_, bootstrap.digest, boot_body, mountCandidates(), counts_);
+        diff_ids.push_back(boot.tar_digest);
+        out.layers.push_back(bootstrap);
+
+        config["rootfs"] = {{"type", "layers"}, {"diff_ids", diff_ids}};
+        if (!config.contains("history") || !config["history"].is_array()) config["history"] = json::array();
+        config["history"].push_back({{"created_by", "mkrafs convert"}, {"comment", "Nydus Bootstrap Layer"}});
+        const std::string config_out = config.dump();
+        out.config.media_type = registry::media::kOciConfig;
+        out.config.digest = registry::sha256Digest(config_out);
+        out.config.size = config_out.size();
+        registry::BytesBody config_body(config_out);
+        pushBlob(target_, out.config.digest, config_body, mountCandidates(), counts_);
+
+        const std::string manifest_bytes = out.serialize();
+        Converted result;
+        result.manifest.media_type = out.media_type;
+        result.manifest.digest = registry::sha256Digest(manifest_bytes);
+        result.manifest.size = manifest_bytes.size();
+        result.manifest.platform = platform;
+        manifests_.emplace_back(result.manifest.digest, manifest_bytes);
+        result.original.media_type = image.fetched.media_type;
+        result.original.digest = image.fetched.digest;
+        result.original.size = image.fetched.bytes.size();
+        result.original.platform = platform;
+        log_ << fmt::format("{}: {} layers -> {} blobs ({:.1f} MiB, {} unique chunks) + bootstrap ({} KiB) in {:.1f} s\n",
+                            platform.str(), m.layers.size(), built.blobs.size(),
+                            static_cast<double>(blob_bytes) / (1 << 20), built.unique_chunks,
+                            fs::file_size(built.bootstrap) / 1024, convert_seconds);
+        return result;
+    }
+
+    // The original image into the target repository (for --merge-index): mounted or copied.
+    void copyOriginal(const ResolvedManifest& image) {
+        std::vector<Descriptor> blobs = image.manifest.layers;
+        blobs.push_back(image.manifest.config);
+        for (const Descriptor& d : blobs) {
+            StoreBlobBody body(source_, d);
+            pushBlob(target_, d.digest, body, mountCandidates(), counts_);
+        }
+        target_.putManifest({}, image.fetched.media_type, image.fetched.bytes);
+    }
+
+    // RAFS manifests by digest (before any index naming them).
+    void pushManifests() {
+        for (const auto& [digest, bytes] : manifests_) target_.putManifest({}, registry::media::kOciManifest, bytes);
+    }
+
+    const std::vector<std::pair<std::string, std::string>>& manifests() const { return manifests_; }
+    const PushCounts& counts() const { return counts_; }
+
+private:
+    // --mount-from, then the source's repository when it is another one of the target's registry.
+    std::vector<std::string> mountCandidates() const {
+        if (target_ref_.kind != ImageReference::Kind::Registry) return {};
+        std::vector<std::string> out = o_.mount_from;
+        if (source_ref_.kind == ImageReference::Kind::Registry && source_ref_.host == target_ref_.host &&
+            source_ref_.repository != target_ref_.repository) {
+            out.push_back(source_ref_.repository);
+        }
+        return out;
+    }
+
+    const ConvertOptions& o_;
+    std::ostream& log_;
+    ImageStore& source_;
+    ImageStore& target_;
+    const ImageReference& source_ref_;
+    const ImageReference& target_ref_;
+    PushCounts counts_;
+    std::vector<std::pair<std::string, std::string>> manifests_;  // digest, bytes
+};
+
+}  // namespace
+
+void convert(const ConvertOptions& o, std::ostream& log) {
+    validate([&] {
+        BuildOptions b = o.build;
+        b.output = "-";
+        b.sources = {"-"};
+        return b;
+    }());
+    const ImageReference source_ref = ImageReference::parse(o.source);
+    const ImageReference target_ref = ImageReference::parse(o.target);
+    if (!target_ref.digest.empty()) fail("target {}: name a tag, not a digest (the digest is the result)", o.target);
+    if (o.all_platforms && o.platform) fail("--platform and --all-platforms exclude each other");
+    Clients clients(o);
+    auto source = clients.open(source_ref, false);
+    auto target = clients.open(target_ref, true);
+
+    std::vector<ResolvedManifest> images;
+    if (o.all_platforms) {
+        images = registry::resolveAllPlatforms(*source, source_ref.reference(), registry::ImageKind::Original, o.source);
+    } else {
+        const registry::Platform platform = o.platform ? registry::Platform::parse(*o.platform) : registry::Platform::host();
+        images.push_back(registry::resolveManifest(*source, source_ref.reference(), platform,
+                                                   registry::ImageKind::Original, o.source));
+    }
+    Converter converter(o, log, *source, *target, source_ref, target_ref);
+    std::vector<Converted> converted;
+    for (const ResolvedManifest& image : images) converted.push_back(converter.convert(image));
+
+    std::string final_digest;
+    if (images.size() == 1 && !o.merge_index) {
+        const auto& [digest, bytes] = converter.manifests().front();
+        target->putManifest(target_ref.tag, registry::media::kOciManifest, bytes);
+        final_digest = digest;
+    } else {
+        converter.pushManifests();
+        registry::Index index;
+        index.media_type = registry::media::kOciIndex;
+        for (size_t i = 0; i < images.size(); ++i) {
+            if (o.merge_index) {
+                converter.copyOriginal(images[i]);
+                index.manifests.push_back(converted[i].original);
+            }
+            Descriptor rafs = converted[i].manifest;
+            // Both of Nydus's marks (rafs-v6.md §5): older readers look at os.features.
+            rafs.artifact_type = registry::media::kNydusManifestArtifact;
+            rafs.platform->os_features.push_back("nydus.remoteimage.v1");
+            index.manifests.push_back(rafs);
+        }
+        const std::string bytes = index.serialize();
+        target->putManifest(target_ref.tag, registry::media::kOciIndex, bytes);
+        final_digest = registry::sha256Digest(bytes);
+    }
+    const PushCounts& c = converter.counts();
+    log << fmt::format("pushed {}: {} blobs uploaded ({:.1f} MiB), {} already there, {} mounted from other "
+                       "repositories\n", target_ref.str(), c.uploaded, static_cast<double>(c.uploaded_bytes) / (1 << 20),
+                       c.present, c.mounted);
+    log << fmt::format("{}@{}\n", target_ref.kind == ImageReference::Kind::Registry
+                                      ? target_ref.host + "/" + target_ref.repository
+                                      : "oci:" + target_ref.layout_dir,
+                       final_digest);
+}
+
+}  // namespace rafs::build

@@ -1,0 +1,326 @@
+#!/usr/bin/env python3
+"""mkrafs convert against Debian's docker-registry on 127.0.0.1 (TLS with a CA the test makes,
+htpasswd auth), with an OCI image built by umoci (three gzip layers: a base, a layer that deletes
+a file and empties a directory of the base with whiteouts and adds files, a layer repeating the
+base's big file) and pushed by skopeo:
+
+1. convert registry -> registry: the RAFS manifest has one Nydus blob layer per source layer that
+   added chunks, the bootstrap layer last with Nydus's annotations, config diff_ids to match and
+   the Nydus history entry; the bootstrap layer is a gzip'd tar of image/image.boot; the tree
+   (mkrafs unpack --tar of the bootstrap over the blobs pulled by skopeo) equals umoci's unpack of
+   the source, whiteouts applied; the repeated file is stored once;
+2. the same source and options again: the same manifest digest, no blob uploaded;
+3. into another repository of the same registry with --mount-from: every blob mounted across
+   repositories, none sent;
+4. --merge-index: an index holding the original manifest and the RAFS one, marked as Nydus marks it,
+   the original's blobs mounted from the source repository;
+5. oci: layout to oci: layout, and the layout result equals the registry result (same digest);
+6. bad input, each one error line, non-zero exit, and the target tag never appears: an unknown
+   tag, an image that is already RAFS, a layer media type it does not handle (encrypted), a layer
+   whose bytes do not match its digest (a damaged OCI layout), wrong credentials, a registry
+   whose CA is unknown.
+"""
+
+import base64
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+
+from rafstest import compare, harness
+from rafstest.harness import log, run, text
+from rafstest.mkrafs import Mkrafs
+from rafstest.servers import TestCa, free_port, htpasswd, registry
+
+USER, PASSWORD = 'conv', 'pw-Xk2-secret'
+MiB = 1 << 20
+
+
+def sh(cmd, **kw):
+    return subprocess.run(cmd, check=True, capture_output=True, **kw)
+
+
+def make_oci_image(tmp, layout, tag):
+    """Three layers with umoci; returns the directory of the expected final tree."""
+    sh(['umoci', 'init', '--layout', layout])
+    sh(['umoci', 'new', '--image', '%s:%s' % (layout, tag)])
+    bundle = os.path.join(tmp, 'bundle')
+
+    def layer(edit):
+        shutil.rmtree(bundle, ignore_errors=True)
+        sh(['umoci', 'unpack', '--image', '%s:%s' % (layout, tag), bundle])
+        edit(os.path.join(bundle, 'rootfs'))
+        sh(['umoci', 'repack', '--image', '%s:%s' % (layout, tag), bundle])
+
+    def base(root):
+        for d in ('usr/bin', 'etc/conf.d', 'var/lib/app'):
+            os.makedirs(os.path.join(root, d), exist_ok=True)
+        with open(os.path.join(root, 'usr/bin/big'), 'wb') as f:
+            f.write(os.urandom(3 * MiB + 123))
+        for i in range(20):
+            with open(os.path.join(root, 'etc/conf.d/%02d.conf' % i), 'w') as f:
+                f.write('setting %d\n' % i * (i + 1))
+        with open(os.path.join(root, 'var/lib/app/gone'), 'w') as f:
+            f.write('deleted by the next layer\n')
+        os.symlink('big', os.path.join(root, 'usr/bin/link'))
+
+    def upper(root):
+        os.unlink(os.path.join(root, 'var/lib/app/gone'))
+        shutil.rmtree(os.path.join(root, 'etc/conf.d'))
+        os.makedirs(os.path.join(root, 'etc/conf.d'))
+        with open(os.path.join(root, 'etc/conf.d/new.conf'), 'w') as f:
+            f.write('only this one\n')
+        os.makedirs(os.path.join(root, 'app'))
+        with open(os.path.join(root, 'app/data'), 'wb') as f:
+            f.write(os.urandom(MiB + 7))
+
+    def repeat(root):
+        shutil.copy(os.path.join(root, 'usr/bin/big'), os.path.join(root, 'app/big-copy'))
+
+    layer(base)
+    layer(upper)
+    layer(repeat)
+    expected = os.path.join(tmp, 'expected')
+    sh(['umoci', 'unpack', '--image', '%s:%s' % (layout, tag), expected])
+    return os.path.join(expected, 'rootfs')
+
+
+class Registry:
+    def __init__(self, host, ca, auth_file, certs_dir, work_dir):
+        self.host, self.ca, self.auth_file, self.certs_dir = host, ca, auth_file, certs_dir
+        self.work_dir = work_dir
+
+    def skopeo(self, *args):
+        return run(['skopeo', *args], timeout=300)
+
+    def raw(self, ref, ck=None):
+        r = self.skopeo('inspect', '--raw', '--cert-dir', self.certs_dir + '/' + self.host,
+                        '--authfile', self.auth_file, 'docker://%s/%s' % (self.host, ref))
+        if r.returncode != 0:
+            return None
+        return r.stdout
+
+    def exists(self, ref):
+        return self.raw(ref) is not None
+
+
+def convert(mk, reg, src, dst, *extra):
+    return run([mk.path, 'convert', '--authfile', reg.auth_file, '--cert-dir', reg.certs_dir, '--work-dir',
+                reg.work_dir, *extra, src, dst], timeout=600)
+
+
+def expect_fail(ck, what, r, must_contain):
+    err = [line for line in text(r.stderr).splitlines() if line.strip()]
+    last = err[-1] if err else ''
+    if r.returncode is None:
+        ck.fail('%s: mkrafs convert did not exit' % what)
+        return
+    ck.check(r.returncode not in (0, None) and r.returncode < 128, '%s: non-zero exit (%s)' % (what, r.returncode))
+    ck.check(last.startswith('mkrafs: ') and must_contain in last, '%s: %s' % (what, last),
+             'wanted %r in the last line; stderr: %r' % (must_contain, text(r.stderr)[-1500:]))
+
+
+def blob_path(layout, digest):
+    return os.path.join(layout, 'blobs', 'sha256', digest.split(':', 1)[1])
+
+
+def check_rafs_image(ck, mk, tmp, layout, manifest_digest, expected, label):
+    """A RAFS image in an OCI layout: its structure, and its tree against `expected`."""
+    with open(blob_path(layout, manifest_digest), 'rb') as f:
+        manifest = json.load(f)
+    layers = manifest['layers']
+    blobs, boot = layers[:-1], layers[-1]
+    ck.check(all(l['mediaType'] == 'application/vnd.oci.image.layer.nydus.blob.v1' and
+                 l.get('annotations', {}).get('containerd.io/snapshot/nydus-blob') == 'true' for l in blobs),
+             '%s: %d Nydus blob layers' % (label, len(blobs)))
+    a = boot.get('annotations', {})
+    ck.check(boot['mediaType'] == 'application/vnd.oci.image.layer.v1.tar+gzip' and
+             a.get('containerd.io/snapshot/nydus-bootstrap') == 'true' and
+             a.get('containerd.io/snapshot/nydus-fs-version') == '6', '%s: bootstrap layer last, annotated' % label)
+    with open(blob_path(layout, manifest['config']['digest']), 'rb') as f:
+        config = json.load(f)
+    tar_path = blob_path(layout, boot['digest'])
+    import gzip
+    with gzip.open(tar_path, 'rb') as f:
+        tar_bytes = f.read()
+    diff_ids = [l['digest'] for l in blobs] + ['sha256:' + hashlib.sha256(tar_bytes).hexdigest()]
+    ck.check(config['rootfs']['diff_ids'] == diff_ids, '%s: config diff_ids = blob digests + bootstrap tar' % label,
+             '%r' % config['rootfs'])
+    ck.check(config['history'][-1].get('comment') == 'Nydus Bootstrap Layer', '%s: history entry' % label)
+    ck.check(a.get('containerd.io/uncompressed') == diff_ids[-1], '%s: uncompressed annotation' % label)
+    with tarfile.open(tar_path) as t:
+        names = t.getnames()
+        ck.check(names == ['image', 'image/image.boot'], '%s: bootstrap tar holds image/image.boot' % label,
+                 repr(names))
+        member = t.getmember('image/image.boot')
+        ck.check(member.mode == 0o444, '%s: image.boot mode 0444' % label)
+        work = os.path.join(tmp, 'check-' + label.replace(' ', '-'))
+        os.makedirs(work)
+        t.extract(member, work)
+    blob_dir = os.path.join(work, 'blobs')
+    os.makedirs(blob_dir)
+    for l in blobs:
+        os.symlink(blob_path(layout, l['digest']), os.path.join(blob_dir, l['digest'].split(':')[1]))
+    bootfile = os.path.join(work, 'image', 'image.boot')
+    r = run([mk.path, 'inspect', '--blob-dir', blob_dir, bootfile])
+    ck.cmd_ok(r, '%s: mkrafs inspect checks every chunk' % label)
+    tree_tar = os.path.join(work, 'tree.tar')
+    if ck.cmd_ok(run([mk.path, 'unpack', '--blob-dir', blob_dir, '--tar', tree_tar, bootfile]), '%s: unpack' % label):
+        tree = os.path.join(work, 'tree')
+        os.makedirs(tree)
+        sh(['tar', '-xpf', tree_tar, '-C', tree, '--numeric-owner', '--xattrs', '--xattrs-include=*'])
+        ck.diffs('%s: tree equals umoci unpack of the source' % label,
+                 compare.compare_trees(expected, tree, ignore=('root_mtime',)))
+    return manifest
+
+
+def main():
+    args = harness.parse_args(__doc__)
+    harness.require_tools('docker-registry', 'openssl', 'htpasswd', 'skopeo', 'umoci')
+    mk = Mkrafs(harness.check_mkrafs(args.mkrafs))
+    ck = harness.Checker('mkrafs_convert')
+    with harness.temp_dir('mkrafs-convert-', keep=args.keep) as tmp:
+        src_layout = os.path.join(tmp, 'src-layout')
+        expected = make_oci_image(tmp, src_layout, 'v1')
+        ca = TestCa(os.path.join(tmp, 'ca'))
+        cert, key = ca.issue('registry')
+        pw_file = os.path.join(tmp, 'htpasswd')
+        htpasswd(pw_file, {USER: PASSWORD})
+        port = free_port()
+        host = '127.0.0.1:%d' % port
+        certs_dir = os.path.join(tmp, 'certs.d')
+        os.makedirs(os.path.join(certs_dir, host))
+        shutil.copy(ca.cert, os.path.join(certs_dir, host, 'ca.crt'))
+        auth_file = os.path.join(tmp, 'auth.json')
+        with open(auth_file, 'w') as f:
+            json.dump({'auths': {host: {'auth': base64.b64encode(('%s:%s' % (USER, PASSWORD)).encode()).decode()}}}, f)
+        work_dir = os.path.join(tmp, 'work')
+        os.makedirs(work_dir)
+        reg = Registry(host, ca, auth_file, certs_dir, work_dir)
+        with registry(tmp, 'registry', port, cert, key,
+                      auth={'htpasswd': {'realm': 'rafs-test', 'path': pw_file}}):
+            r = reg.skopeo('copy', '--dest-cert-dir', os.path.join(certs_dir, host), '--authfile', auth_file,
+                           'oci:%s:v1' % src_layout, 'docker://%s/src/app:v1' % host)
+            if not ck.cmd_ok(r, 'skopeo pushes the OCI image'):
+                return ck.finish()
+
+            ck.section('1. convert registry -> registry')
+            r = convert(mk, reg, '%s/src/app:v1' % host, '%s/rafs/app:v1' % host)
+            ck.cmd_ok(r, 'mkrafs convert')
+            log(text(r.stderr))
+            out_layout = os.path.join(tmp, 'pulled')
+            r = reg.skopeo('copy', '--src-cert-dir', os.path.join(certs_dir, host), '--authfile', auth_file,
+                           'docker://%s/rafs/app:v1' % host, 'oci:%s:v1' % out_layout)
+            if not ck.cmd_ok(r, 'skopeo pulls the RAFS image'):
+                return ck.finish()
+            raw = reg.raw('rafs/app:v1')
+            digest1 = 'sha256:' + hashlib.sha256(raw).hexdigest()
+            manifest = check_rafs_image(ck, mk, tmp, out_layout, digest1, expected, 'registry')
+            ck.check(len(manifest['layers']) == 3,
+                     'the layer that only repeats the base adds no blob (%d layers)' % len(manifest['layers']))
+
+            ck.section('2. the same conversion again')
+            r = convert(mk, reg, '%s/src/app:v1' % host, '%s/rafs/app:v1' % host)
+            ck.cmd_ok(r, 'mkrafs convert again')
+            ck.check(reg.raw('rafs/app:v1') == raw, 'the same manifest digest')
+            ck.check('0 blobs uploaded' in text(r.stderr), 'no blob uploaded', text(r.stderr)[-400:])
+
+            ck.section('3. into another repository of the same registry')
+            r = convert(mk, reg, '%s/src/app:v1' % host, '%s/other/app:v1' % host, '--mount-from', 'rafs/app')
+            ck.cmd_ok(r, 'mkrafs convert into other/app --mount-from rafs/app')
+            ck.check(reg.raw('other/app:v1') == raw, 'the same manifest')
+            ck.check('0 blobs uploaded' in text(r.stderr) and '4 mounted' in text(r.stderr),
+                     'every blob mounted from rafs/app, none sent', text(r.stderr)[-300:])
+
+            ck.section('4. --merge-index')
+            r = convert(mk, reg, '%s/src/app:v1' % host, '%s/merged/app:v1' % host, '--merge-index',
+                        '--mount-from', 'rafs/app')
+            ck.cmd_ok(r, 'mkrafs convert --merge-index')
+            ck.check('0 blobs uploaded' in text(r.stderr) and '8 mounted' in text(r.stderr),
+                     "the original's config and 3 layers and the RAFS image's 4 blobs mounted from src/app and "
+                     "rafs/app, none sent", text(r.stderr)[-300:])
+            index = json.loads(reg.raw('merged/app:v1') or b'{}')
+            entries = index.get('manifests', [])
+            ck.check(index.get('mediaType') == 'application/vnd.oci.image.index.v1+json' and len(entries) == 2,
+                     'an index of two manifests', json.dumps(index)[:500])
+            if len(entries) == 2:
+                original, rafs = entries
+                src_raw = reg.raw('src/app:v1')
+                ck.check(original['digest'] == 'sha256:' + hashlib.sha256(src_raw).hexdigest(),
+                         'the first is the original manifest')
+                ck.check(rafs['digest'] == digest1 and
+                         rafs.get('artifactType') == 'application/vnd.nydus.image.manifest.v1+json' and
+                         'nydus.remoteimage.v1' in rafs.get('platform', {}).get('os.features', []),
+                         'the second is the RAFS manifest, marked as Nydus marks it')
+                ck.check(reg.exists('merged/app@' + original['digest']), 'the original manifest is in the repository')
+
+            ck.section('5. oci: layout -> oci: layout')
+            dst_layout = os.path.join(tmp, 'dst-layout')
+            r = run([mk.path, 'convert', '--work-dir', work_dir, 'oci:%s:v1' % src_layout, 'oci:%s:rafs' % dst_layout],
+                    timeout=600)
+            ck.cmd_ok(r, 'mkrafs convert oci: -> oci:')
+            with open(os.path.join(dst_layout, 'index.json')) as f:
+                dst_index = json.load(f)
+            layout_digest = dst_index['manifests'][0]['digest']
+            ck.check(layout_digest == digest1, 'the same manifest digest as through the registry')
+            check_rafs_image(ck, mk, tmp, dst_layout, layout_digest, expected, 'layout')
+
+            ck.section('6. bad input')
+            expect_fail(ck, 'unknown tag', convert(mk, reg, '%s/src/app:nope' % host, '%s/bad/app:t' % host),
+                        'no such manifest')
+            expect_fail(ck, 'already RAFS', convert(mk, reg, '%s/rafs/app:v1' % host, '%s/bad/app:t' % host),
+                        'already a RAFS image')
+            # An image whose layer is encrypted (ocicrypt's media type), pushed by hand.
+            enc_layout = os.path.join(tmp, 'enc-layout')
+            shutil.copytree(src_layout, enc_layout)
+            with open(os.path.join(enc_layout, 'index.json')) as f:
+                idx = json.load(f)
+            with open(blob_path(enc_layout, idx['manifests'][0]['digest']), 'rb') as f:
+                m = json.load(f)
+            m['layers'][1]['mediaType'] = 'application/vnd.oci.image.layer.v1.tar+gzip+encrypted'
+            data = json.dumps(m).encode()
+            md = 'sha256:' + hashlib.sha256(data).hexdigest()
+            with open(blob_path(enc_layout, md), 'wb') as f:
+                f.write(data)
+            idx['manifests'][0].update(digest=md, size=len(data))
+            with open(os.path.join(enc_layout, 'index.json'), 'w') as f:
+                json.dump(idx, f)
+            expect_fail(ck, 'encrypted layer', convert(mk, reg, 'oci:%s:v1' % enc_layout, '%s/bad/app:t' % host),
+                        'tar+gzip+encrypted')
+            # A damaged layout: the last layer's bytes changed, its digest kept.
+            bad_layout = os.path.join(tmp, 'bad-layout')
+            shutil.copytree(src_layout, bad_layout)
+            with open(os.path.join(bad_layout, 'index.json')) as f:
+                idx = json.load(f)
+            with open(blob_path(bad_layout, idx['manifests'][0]['digest']), 'rb') as f:
+                m = json.load(f)
+            victim = blob_path(bad_layout, m['layers'][-1]['digest'])
+            with open(victim, 'r+b') as f:
+                f.seek(os.path.getsize(victim) // 2)
+                b = f.read(1)
+                f.seek(-1, 1)
+                f.write(bytes([b[0] ^ 0xff]))
+            expect_fail(ck, 'damaged layer', convert(mk, reg, 'oci:%s:v1' % bad_layout, '%s/bad/app:t' % host),
+                        m['layers'][-1]['digest'])
+            wrong_auth = os.path.join(tmp, 'wrong-auth.json')
+            with open(wrong_auth, 'w') as f:
+                json.dump({'auths': {host: {'auth': base64.b64encode(b'conv:wrong').decode()}}}, f)
+            expect_fail(ck, 'wrong password', run([mk.path, 'convert', '--authfile', wrong_auth, '--cert-dir',
+                                                   certs_dir, '--work-dir', work_dir, '%s/src/app:v1' % host,
+                                                   '%s/bad/app:t' % host]),
+                        'refused the credentials')
+            expect_fail(ck, 'unknown CA', run([mk.path, 'convert', '--authfile', auth_file, '--cert-dir',
+                                               os.path.join(tmp, 'no-certs'), '--work-dir', work_dir,
+                                               '%s/src/app:v1' % host,
+                                               '%s/bad/app:t' % host]), host)
+            ck.check(not reg.exists('bad/app:t'), 'no failed conversion made the target tag appear')
+            leftovers = os.listdir(work_dir)
+            ck.check(not leftovers, 'no work directory left behind', repr(leftovers))
+    return ck.finish()
+
+
+if __name__ == '__main__':
+    sys.exit(main())
