@@ -280,7 +280,11 @@ nlohmann::json ImageService::mountOrReattach(const MountRequest& request, bool r
     RegistryImage stored;
     if (request.image) {
         if (request.blob_dir) rafs::fail("image {}: its blobs are in its registry; a blob dir cannot be given", *request.image);
-        reference = registry::ImageReference::parse(*request.image);
+        try {
+            reference = registry::ImageReference::parse(*request.image);
+        } catch (const rafs::Error& e) {
+            rafs::fail("{}: no such file, and not an image reference ({})", *request.image, e.what());
+        }
         if (reference->kind != registry::ImageReference::Kind::Registry) {
             rafs::fail("image {}: rafsd mounts images from registries only", *request.image);
         }
