@@ -111,7 +111,8 @@ void printList(const json& response) {
         if (!image.is_object()) continue;
         auto blobs = image.find("blobs");
         std::string count = blobs != image.end() && blobs->is_array() ? std::to_string(blobs->size()) : text(image, "blobs");
-        table.add({text(image, "mountpoint"), text(image, "bootstrap"), text(image, "engine"), count});
+        table.add({text(image, "mountpoint"), text(image, image.contains("image") ? "image" : "bootstrap"),
+                   text(image, "engine"), count});
     }
     table.print(std::cout, "");
 }
@@ -168,7 +169,8 @@ std::string header(std::string key) {
 }
 
 void printImageStatus(const json& image) {
-    std::string about = fmt::format("image {}, engine {}", text(image, "bootstrap"), text(image, "engine"));
+    std::string about = fmt::format("image {}, engine {}", text(image, image.contains("image") ? "image" : "bootstrap"),
+                                    text(image, "engine"));
     for (const auto& [key, value] : image.items()) {
         if (!kKnownImageFields.contains(key) && value.is_number()) about += fmt::format(", {} {}", key, number(value));
     }
@@ -266,7 +268,7 @@ int main(int argc, char** argv) {
         ->check(CLI::Range(0.001, 86400.0));
 
     std::string bootstrap, mountpoint, blob_dir, engine, domain_id, fsid;
-    auto* mount = app.add_subcommand("mount", "mount an image: its bootstrap on a directory");
+    auto* mount = app.add_subcommand("mount", "mount an image (a bootstrap, or a reference to a RAFS image in a registry) on a directory");
     mount->add_option("--blob-dir", blob_dir, "directory of the image's blobs, named by blob id");
     mount->add_option("--engine", engine, "auto (default), fanotify or fscache");
     mount->add_option("--domain-id", domain_id, "fscache: share cache files of equal blobs within this domain");
@@ -274,7 +276,10 @@ int main(int argc, char** argv) {
     bool register_only = false;
     mount->add_flag("--register-only", register_only,
                     "fscache: serve the image but leave the mount to you; prints the mount command");
-    mount->add_option("BOOTSTRAP", bootstrap, "the image's bootstrap (image.boot)")->required();
+    mount->add_option("IMAGE", bootstrap,
+                      "the image's bootstrap (image.boot); a path that does not exist is an image reference, "
+                      "HOST[:PORT]/REPO[:TAG|@sha256:DIGEST], which rafsd resolves")
+        ->required();
     mount->add_option("MOUNTPOINT", mountpoint, "directory to mount it on")->required();
 
     auto* umount = app.add_subcommand("umount", "unmount an image mounted by rafsd");
@@ -291,7 +296,10 @@ int main(int argc, char** argv) {
         app.parse(argc, argv);
         rafsd::ControlClient client(socket, std::chrono::milliseconds(static_cast<int64_t>(timeout * 1000.0)));
         if (mount->parsed()) {
-            rafsd::MountRequest request{absolutePath(bootstrap), absolutePath(mountpoint), {}, {}, {}, {}};
+            rafsd::MountRequest request;
+            if (std::filesystem::exists(bootstrap)) request.bootstrap = absolutePath(bootstrap);
+            else request.image = bootstrap;
+            request.mountpoint = absolutePath(mountpoint);
             if (!blob_dir.empty()) request.blob_dir = absolutePath(blob_dir);
             if (!engine.empty()) {
                 request.engine = rafsd::parseEngineKind(engine);
@@ -301,14 +309,15 @@ int main(int argc, char** argv) {
             if (!fsid.empty()) request.fsid = fsid;
             request.register_only = register_only;
             json response = client.call(request);
+            const std::string what = request.image.value_or(request.bootstrap.string());
             auto command = response.find("mount_command");
             if (command != response.end() && command->is_string()) {
-                std::cout << "registered " << request.bootstrap.string() << "; mount it with:\n  "
+                std::cout << "registered " << what << "; mount it with:\n  "
                           << command->get<std::string>() << "\n";
                 return 0;
             }
             auto chosen = response.find("engine");
-            std::cout << "mounted " << request.bootstrap.string() << " on " << request.mountpoint.string()
+            std::cout << "mounted " << what << " on " << request.mountpoint.string()
                       << (chosen != response.end() && chosen->is_string() ? " (" + chosen->get<std::string>() + ")" : "")
                       << "\n";
         } else if (umount->parsed()) {

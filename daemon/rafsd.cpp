@@ -229,7 +229,10 @@ int main(int argc, char** argv) {
     unsigned fetch_delay_ms = 0;
     m->add_option("--test-fetch-delay", fetch_delay_ms,
                   "for tests: delay every backend read by this many milliseconds");
-    m->add_option("BOOTSTRAP", bootstrap, "image.boot")->required();
+    m->add_option("IMAGE", bootstrap,
+                  "a bootstrap (image.boot) or Nydus blob; a path that does not exist is an image reference, "
+                  "HOST[:PORT]/REPO[:TAG|@sha256:DIGEST], of a RAFS image in a registry")
+        ->required();
     m->add_option("MOUNTPOINT", mountpoint, "where to mount it")->required();
 
     auto* s = app.add_subcommand("serve", "run as a service with a control socket (see rafsctl)");
@@ -260,7 +263,8 @@ int main(int argc, char** argv) {
 
         if (m->parsed()) {
             MountRequest request;
-            request.bootstrap = fs::absolute(bootstrap);
+            if (fs::exists(bootstrap)) request.bootstrap = fs::absolute(bootstrap);
+            else request.image = bootstrap;
             request.mountpoint = fs::absolute(mountpoint);
             if (!blob_dir.empty()) request.blob_dir = fs::absolute(blob_dir);
             if (!fsid.empty()) request.fsid = fsid;

@@ -55,11 +55,27 @@ ResolvedManifest fetchEntry(ImageStore& store, const Descriptor& entry, const st
     return out;
 }
 
+namespace {
+
+// A manifest of the other kind than asked for is refused here, whether named directly or through
+// an index entry, so that no caller has to repeat the check.
+ResolvedManifest ofKind(ResolvedManifest m, ImageKind kind, const Platform& platform, const std::string& name) {
+    if (m.manifest.isRafs() == (kind == ImageKind::Rafs)) return m;
+    const std::string what = m.platform ? "the image for " + platform.str() : std::string("the image");
+    if (kind == ImageKind::Rafs) {
+        rafs::fail("{}: {} is an ordinary OCI image, not a RAFS image (its last layer is no Nydus bootstrap); "
+                   "`mkrafs convert` makes one", name, what);
+    }
+    rafs::fail("{}: {} is a RAFS image already", name, what);
+}
+
+}  // namespace
+
 ResolvedManifest resolveManifest(ImageStore& store, const std::string& reference, const Platform& platform,
                                  ImageKind kind, const std::string& name) {
     FetchedManifest fetched = store.manifest(reference);
     const std::string type = documentType(fetched);
-    if (media::isManifest(type)) return asManifest(std::move(fetched), type, name);
+    if (media::isManifest(type)) return ofKind(asManifest(std::move(fetched), type, name), kind, platform, name);
     if (!media::isIndex(type)) rafs::fail("{}: media type '{}' is neither an image index nor a manifest", name, type);
     const Index index = Index::parse(fetched.bytes, type, name);
     std::vector<std::string> seen;
@@ -76,16 +92,8 @@ ResolvedManifest resolveManifest(ImageStore& store, const std::string& reference
             unmarked = &d;
         }
     }
-    if (chosen != nullptr) return fetchEntry(store, *chosen, name);
-    if (unmarked != nullptr) {
-        ResolvedManifest m = fetchEntry(store, *unmarked, name);
-        if (m.manifest.isRafs() == (kind == ImageKind::Rafs)) return m;
-        if (kind == ImageKind::Rafs) {
-            rafs::fail("{}: the image for {} is not a RAFS image (its last layer is no Nydus bootstrap); "
-                       "`mkrafs convert` makes one", name, platform.str());
-        }
-        rafs::fail("{}: the index holds only a RAFS image for {}", name, platform.str());
-    }
+    if (chosen != nullptr) return ofKind(fetchEntry(store, *chosen, name), kind, platform, name);
+    if (unmarked != nullptr) return ofKind(fetchEntry(store, *unmarked, name), kind, platform, name);
     std::string list;
     for (const std::string& p : seen) list += (list.empty() ? "" : ", ") + p;
     rafs::fail("{}: no manifest for {} in the index (it has: {})", name, platform.str(), list.empty() ? "none" : list);

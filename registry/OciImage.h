@@ -45,6 +45,7 @@ namespace annotation {
 inline constexpr const char* kNydusBlob = "containerd.io/snapshot/nydus-blob";
 inline constexpr const char* kNydusBootstrap = "containerd.io/snapshot/nydus-bootstrap";
 inline constexpr const char* kNydusFsVersion = "containerd.io/snapshot/nydus-fs-version";
+inline constexpr const char* kNydusEncryptedBlob = "containerd.io/snapshot/nydus-encrypted-blob";
 inline constexpr const char* kUncompressed = "containerd.io/uncompressed";
 inline constexpr const char* kRefName = "org.opencontainers.image.ref.name";
 }  // namespace annotation

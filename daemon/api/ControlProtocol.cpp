@@ -16,6 +16,9 @@ namespace {
 using nlohmann::json;
 
 constexpr size_t kMaxShown = 80;
+// distribution's limit on a whole reference (reference/reference.go: NameTotalLengthMax is 255
+// for the name), with room for a tag and a digest.
+constexpr size_t kMaxImageReference = 512;
 
 // Cuts text to at most `max` bytes without splitting a UTF-8 sequence, marking the cut.
 std::string truncated(std::string text, size_t max) {
@@ -103,7 +106,18 @@ EngineKind engine(const json& value) {
 
 MountRequest mountRequest(Fields& fields) {
     MountRequest request;
-    request.bootstrap = absolutePath(fields.required("bootstrap"), "bootstrap");
+    const json* bootstrap = fields.optional("bootstrap");
+    const json* image = fields.optional("image");
+    if (bootstrap != nullptr && image != nullptr) rafs::fail("mount request has both 'bootstrap' and 'image'");
+    if (image != nullptr) {
+        const std::string& text = stringValue(*image, "image");
+        if (text.empty() || text.size() > kMaxImageReference || text.find('\0') != std::string::npos) {
+            rafs::fail("image: {} is not an image reference", shown(*image));
+        }
+        request.image = text;
+    } else {
+        request.bootstrap = absolutePath(fields.required("bootstrap"), "bootstrap");
+    }
     request.mountpoint = absolutePath(fields.required("mountpoint"), "mountpoint");
     if (const json* v = fields.optional("blob_dir")) request.blob_dir = absolutePath(*v, "blob_dir");
     if (const json* v = fields.optional("engine")) request.engine = engine(*v);
@@ -117,7 +131,9 @@ MountRequest mountRequest(Fields& fields) {
 }
 
 json toJson(const MountRequest& request) {
-    json out = {{"op", "mount"}, {"bootstrap", request.bootstrap.string()}, {"mountpoint", request.mountpoint.string()}};
+    json out = {{"op", "mount"}, {"mountpoint", request.mountpoint.string()}};
+    if (request.image) out["image"] = *request.image;
+    else out["bootstrap"] = request.bootstrap.string();
     if (request.blob_dir) out["blob_dir"] = request.blob_dir->string();
     if (request.engine) out["engine"] = engineName(*request.engine);
     if (request.domain_id) out["domain_id"] = *request.domain_id;

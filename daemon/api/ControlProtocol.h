@@ -7,6 +7,8 @@
 //    "blob_dir":"/abs/blobs", "engine":"auto|fanotify|fscache", "domain_id":"d", "fsid":"f",
 //    "register_only":true}
 //        blob_dir, engine, domain_id, fsid and register_only (fscache: no mount(2)) are optional.
+//   {"op":"mount","image":"host:port/repo:tag","mountpoint":"/abs/mnt", ...}
+//        a RAFS image in a registry instead of a bootstrap file (no blob_dir then).
 //   {"op":"umount","mountpoint":"/abs/mnt"}
 //   {"op":"list"}
 //   {"op":"status"}  or  {"op":"status","mountpoint":"/abs/mnt"}
@@ -17,6 +19,8 @@
 //   umount: {}
 //   list:   {"images":[{"mountpoint":"/abs/mnt","bootstrap":"/abs/image.boot",
 //                       "engine":"fanotify","blobs":3}]}                blobs = how many
+//           an image mounted by reference adds "image":"host:port/repo:tag" and
+//           "manifest":"sha256:..."; its bootstrap is the copy in rafsd's state dir
 //   status: {"images":[{"mountpoint","bootstrap","engine","blobs":[
 //              {"id":"<sha256 hex>",         the blob id
 //               "size":N,                    bytes of its uncompressed address space
@@ -53,7 +57,7 @@ inline constexpr size_t kMaxRequestBytes = 1 << 20;
 inline constexpr size_t kMaxResponseBytes = 64 << 20;
 
 struct MountRequest {
-    std::filesystem::path bootstrap;
+    std::filesystem::path bootstrap;  // empty when `image` is given
     std::filesystem::path mountpoint;
     std::optional<std::filesystem::path> blob_dir;
     std::optional<EngineKind> engine;
@@ -62,6 +66,8 @@ struct MountRequest {
     // fscache only: register the image and answer the kernel for it, but leave mount(2) to the
     // user (`mount -t erofs -o fsid=...`); the response carries the command.
     bool register_only = false;
+    // An image reference (HOST[:PORT]/REPO[:TAG|@DIGEST]), checked by rafsd.
+    std::optional<std::string> image;
     bool operator==(const MountRequest&) const = default;
 };
 

@@ -44,13 +44,21 @@ std::string defaultFsid(const rafs::Bootstrap& bootstrap) {
     return "rafs-" + rafs::toHex(rafs::digestOf(rafs::Digester::Sha256, bootstrap.bytes())).substr(0, 32);
 }
 
+// list and status: what an image mounted by reference was mounted from.
+void addImageFields(nlohmann::json& entry, const std::string& image, const std::string& manifest_digest) {
+    if (image.empty()) return;
+    entry["image"] = image;
+    entry["manifest"] = manifest_digest;
+}
+
 void checkFscacheName(std::string_view what, const std::string& name) {
     if (!validFscacheName(name)) rafs::fail("{} '{}' is not a name of {}", what, name, kFscacheNameRule);
 }
 
 }  // namespace
 
-ImageService::ImageService(Config config) : config_(std::move(config)) {
+ImageService::ImageService(Config config)
+    : config_(std::move(config)), registry_images_(config_.daemon.state_dir / "images") {
     FetchOptions fetch;
     fetch.amplify = config_.fetch.amplify;
     fetch.threads = config_.fetch.max_inflight;
@@ -129,10 +137,18 @@ void ImageService::startFscache() {
     fscache().start(fscache_restore_);
 }
 
-std::shared_ptr<Backend> ImageService::backendFor(const MountRequest& request) {
+std::shared_ptr<RegistryBackend> ImageService::registryBackend(const registry::ImageReference& image) {
+    auto& backend = registries_[image.host + "/" + image.repository];
+    if (!backend) backend = makeRegistryBackend(config_.backend, image.host, image.repository);
+    return backend;
+}
+
+std::shared_ptr<Backend> ImageService::backendFor(const MountRequest& request, const registry::ImageReference* image) {
     std::shared_ptr<Backend> backend;
     if (request.blob_dir) {
         backend = std::make_shared<LocalfsBackend>(*request.blob_dir);
+    } else if (image != nullptr) {
+        backend = registryBackend(*image);
     } else if (config_.backend.type == Config::BackendType::Localfs) {
         backend = std::make_shared<LocalfsBackend>(config_.backend.localfs.dir);
     } else {
@@ -260,7 +276,22 @@ nlohmann::json ImageService::mountOrReattach(const MountRequest& request, bool r
             engine = EngineKind::Fanotify;
         }
     }
-    const fs::path bootstrap_path = fs::absolute(request.bootstrap);
+    std::optional<registry::ImageReference> reference;
+    RegistryImage stored;
+    if (request.image) {
+        if (request.blob_dir) rafs::fail("image {}: its blobs are in its registry; a blob dir cannot be given", *request.image);
+        try {
+            reference = registry::ImageReference::parse(*request.image);
+        } catch (const rafs::Error& e) {
+            rafs::fail("{}: no such file, and not an image reference ({})", *request.image, e.what());
+        }
+        if (reference->kind != registry::ImageReference::Kind::Registry) {
+            rafs::fail("image {}: rafsd mounts images from registries only", *request.image);
+        }
+        registry::RegistryStore store(registryBackend(*reference)->client());
+        stored = registry_images_.obtain(store, *reference);
+    }
+    const fs::path bootstrap_path = reference ? stored.bootstrap : fs::absolute(request.bootstrap);
     // Either a bootstrap file or a Nydus blob with an inline bootstrap, whose own blob (the last
     // blob table entry) is that file whatever its name. A fanotify (file-backed) mount needs the
     // bootstrap as a file of its own: it is extracted into the cache dir.
@@ -270,11 +301,12 @@ nlohmann::json ImageService::mountOrReattach(const MountRequest& request, bool r
     rafs::checkBootstrap(bootstrap);
     CacheDirRollback cache_dir(config_.daemon.cache_dir);
 
-    auto backend = backendFor(request);
+    auto backend = backendFor(request, reference ? &*reference : nullptr);
     // Not when taking over a mount the kernel still has: its cached data serves even while the
     // registry is unreachable, and refusing would leave the mount without a daemon.
     ProbedSizes probed;
-    if (!reattach && !request.blob_dir && network_) probed = probeBlobs(*backend, opened);
+    const bool network = !request.blob_dir && (reference || config_.backend.type != Config::BackendType::Localfs);
+    if (!reattach && network) probed = probeBlobs(*backend, opened);
     if (opened.inline_meta) {
         backend = std::make_shared<BlobFileBackend>(std::move(backend), bootstrap.blobs().back().id, bootstrap_path);
     }
@@ -283,6 +315,10 @@ nlohmann::json ImageService::mountOrReattach(const MountRequest& request, bool r
     image.mountpoint = mountpoint;
     image.engine = engine;
     if (request.blob_dir) image.blob_dir = fs::absolute(*request.blob_dir);
+    if (reference) {
+        image.image = *request.image;
+        image.manifest_digest = stored.manifest_digest;
+    }
     std::string fscache_volume;
     if (engine == EngineKind::Fscache) {
         image.fsid = request.fsid.value_or(defaultFsid(bootstrap));
@@ -348,7 +384,7 @@ nlohmann::json ImageService::mountOrReattach(const MountRequest& request, bool r
     if (prefetcher_) prefetcher_->add(prefetchTableChunks(bootstrap, image.blobs), image.blobs);
     const char* done = how == FscacheAttach::Reattach ? "reattached" : how == FscacheAttach::Register ? "registered" : "mounted";
     cache_dir.commit();
-    log::info("{} {} on {} ({} blobs, engine {})", done, bootstrap_path.string(), mountpoint.string(),
+    log::info("{} {} on {} ({} blobs, engine {})", done, reference ? *request.image : bootstrap_path.string(), mountpoint.string(),
               image.blobs.size(), engineName(engine));
     images_.push_back(std::move(image));
     nlohmann::json response = {{"mountpoint", mountpoint.string()}, {"engine", std::string(engineName(engine))}};
@@ -398,7 +434,8 @@ void ImageService::saveMountTable(const Image* adding) {
     if (mount_table_.empty()) return;
     std::vector<MountRecord> records;
     auto add = [&records](const Image& i) {
-        records.push_back({std::string(engineName(i.engine)), i.bootstrap, i.mountpoint, i.fsid, i.domain_id, i.blob_dir});
+        records.push_back({std::string(engineName(i.engine)), i.bootstrap, i.mountpoint, i.fsid, i.domain_id, i.blob_dir,
+                           i.image, i.manifest_digest});
     };
     for (const Image& i : images_) add(i);
     if (adding != nullptr) add(*adding);
@@ -450,6 +487,13 @@ void ImageService::recoverMounts() {
             request.bootstrap = r.bootstrap;
             request.mountpoint = r.mountpoint;
             request.blob_dir = r.blob_dir;
+            if (!r.image.empty()) {
+                // The manifest it was mounted with, wherever the tag points now: its bootstrap is
+                // the one the kernel has mounted, and the state dir keeps it.
+                registry::ImageReference pinned = registry::ImageReference::parse(r.image);
+                pinned.digest = r.manifest_digest;
+                request.image = pinned.str();
+            }
             request.engine = fanotify ? EngineKind::Fanotify : EngineKind::Fscache;
             if (!fanotify) request.fsid = r.fsid;
             if (!r.domain_id.empty()) request.domain_id = r.domain_id;
@@ -487,10 +531,12 @@ nlohmann::json ImageService::list() {
     std::lock_guard lock(mutex_);
     nlohmann::json images = nlohmann::json::array();
     for (const Image& i : images_) {
-        images.push_back({{"mountpoint", i.mountpoint.string()},
-                          {"bootstrap", i.bootstrap.string()},
-                          {"engine", std::string(engineName(i.engine))},
-                          {"blobs", i.blobs.size()}});
+        nlohmann::json entry = {{"mountpoint", i.mountpoint.string()},
+                                {"bootstrap", i.bootstrap.string()},
+                                {"engine", std::string(engineName(i.engine))},
+                                {"blobs", i.blobs.size()}};
+        addImageFields(entry, i.image, i.manifest_digest);
+        images.push_back(std::move(entry));
     }
     return {{"images", images}};
 }
@@ -521,14 +567,19 @@ nlohmann::json ImageService::status(const StatusRequest& request) {
         if (request.mountpoint && fs::weakly_canonical(*request.mountpoint) != i.mountpoint) continue;
         nlohmann::json blobs = nlohmann::json::array();
         for (const auto& b : i.blobs) blobs.push_back(blobStatus(*b));
-        images.push_back({{"mountpoint", i.mountpoint.string()},
-                          {"bootstrap", i.bootstrap.string()},
-                          {"engine", std::string(engineName(i.engine))},
-                          {"blobs", blobs}});
+        nlohmann::json entry = {{"mountpoint", i.mountpoint.string()},
+                                {"bootstrap", i.bootstrap.string()},
+                                {"engine", std::string(engineName(i.engine))},
+                                {"blobs", blobs}};
+        addImageFields(entry, i.image, i.manifest_digest);
+        images.push_back(std::move(entry));
     }
     if (request.mountpoint && images.empty()) rafs::fail("{} is not mounted by rafsd", request.mountpoint->string());
     nlohmann::json response = {{"images", images}};
-    if (network_) response["backends"] = nlohmann::json::array({networkStatus(*network_)});
+    nlohmann::json backends = nlohmann::json::array();
+    if (network_) backends.push_back(networkStatus(*network_));
+    for (const auto& [name, backend] : registries_) backends.push_back(networkStatus(*backend));
+    if (!backends.empty()) response["backends"] = backends;
     return response;
 }
 

@@ -8,7 +8,9 @@
 #include "daemon/api/ControlServer.h"
 #include "daemon/api/BackendProbe.h"
 #include "daemon/api/MountTable.h"
+#include "daemon/api/RegistryImages.h"
 #include "daemon/backends/NetworkBackend.h"
+#include "daemon/backends/RegistryBackend.h"
 #include "daemon/core/ChunkFetcher.h"
 #include "daemon/core/Prefetcher.h"
 #include "daemon/engines/fanotify/FanotifyEngine.h"
@@ -87,11 +89,16 @@ private:
         std::string fsid;       // fscache only
         std::string domain_id;  // fscache only; may be empty
         std::optional<std::filesystem::path> blob_dir;  // as requested; for the fscache table
+        std::string image;            // mounted by reference: the reference as requested
+        std::string manifest_digest;  // and the manifest it resolved to
     };
 
     // Creates the network backend on first use: its connections, tokens and counters are shared
     // by every image that uses it.
-    std::shared_ptr<Backend> backendFor(const MountRequest& request);
+    // `image`: the image's registry and repository, whatever backend.type says.
+    std::shared_ptr<Backend> backendFor(const MountRequest& request, const registry::ImageReference* image);
+    // One registry backend per registry and repository that images are mounted from.
+    std::shared_ptr<RegistryBackend> registryBackend(const registry::ImageReference& image);
     // `fscache_volume` empty: a sparse cache file (fanotify). Otherwise the blob's cache file is the
     // kernel's cachefiles object in that volume ("<domain_id or fsid>"), which is per volume: a
     // blob is shared only within one. `taking_over`: a mount the kernel still has (no backend check).
@@ -132,6 +139,8 @@ private:
     std::filesystem::path mount_table_;  // empty: not kept
     std::chrono::milliseconds fetch_delay_{0};
     std::shared_ptr<NetworkBackend> network_;  // backend.type http or registry, once used
+    std::map<std::string, std::shared_ptr<RegistryBackend>> registries_;  // by "host/repository"
+    RegistryImages registry_images_;
 };
 
 }  // namespace rafsd

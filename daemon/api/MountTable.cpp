@@ -1,6 +1,7 @@
 #include "daemon/api/MountTable.h"
 
 #include "format/Error.h"
+#include "daemon/core/DurableFile.h"
 #include "daemon/core/UniqueFd.h"
 
 #include <fcntl.h>
@@ -28,6 +29,10 @@ void saveMounts(const fs::path& path, const std::vector<MountRecord>& mounts) {
                             {"fsid", m.fsid},
                             {"domain_id", m.domain_id}};
         if (m.blob_dir) j["blob_dir"] = m.blob_dir->string();
+        if (!m.image.empty()) {
+            j["image"] = m.image;
+            j["manifest_digest"] = m.manifest_digest;
+        }
         list.push_back(std::move(j));
     }
     const std::string text = nlohmann::json{{"version", kVersion}, {"mounts", list}}.dump(2) + "\n";
@@ -37,21 +42,9 @@ void saveMounts(const fs::path& path, const std::vector<MountRecord>& mounts) {
     fs::create_directories(dir, ec);
     if (ec) rafs::fail("cannot create {}: {}", dir.string(), ec.message());
     const fs::path temp = fs::path(path).concat(".tmp");
-    UniqueFd file(::open(temp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
-    if (file.get() < 0) rafs::failErrno("create " + temp.string());
-    for (size_t done = 0; done < text.size();) {
-        const ssize_t n = ::write(file.get(), text.data() + done, text.size() - done);
-        if (n < 0 && errno == EINTR) continue;
-        if (n <= 0) rafs::failErrno("write " + temp.string(), n < 0 ? errno : EIO);
-        done += static_cast<size_t>(n);
-    }
-    if (::fsync(file.get()) != 0) rafs::failErrno("fsync " + temp.string());
-    file.close(temp.string());
+    writeFileSynced(temp, text);
     if (::rename(temp.c_str(), path.c_str()) != 0) rafs::failErrno("rename " + temp.string() + " to " + path.string());
-    UniqueFd parent(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
-    if (parent.get() < 0) rafs::failErrno("open " + dir.string());
-    if (::fsync(parent.get()) != 0) rafs::failErrno("fsync " + dir.string());
-    parent.close(dir.string());
+    syncDirectory(dir);
 }
 
 std::vector<MountRecord> loadMounts(const fs::path& path) {
@@ -86,6 +79,10 @@ std::vector<MountRecord> loadMounts(const fs::path& path) {
             r.fsid = m.at("fsid").get<std::string>();
             r.domain_id = m.at("domain_id").get<std::string>();
             if (m.contains("blob_dir")) r.blob_dir = m.at("blob_dir").get<std::string>();
+            if (m.contains("image")) {
+                r.image = m.at("image").get<std::string>();
+                r.manifest_digest = m.at("manifest_digest").get<std::string>();
+            }
             mounts.push_back(std::move(r));
         }
     } catch (const nlohmann::json::exception& e) {

@@ -2,7 +2,6 @@
 
 #include "format/Error.h"
 #include "daemon/backends/HttpBackend.h"
-#include "daemon/backends/RegistryBackend.h"
 #include "registry/TlsConfig.h"
 
 namespace rafsd {
@@ -34,24 +33,27 @@ std::shared_ptr<registry::RetryingTransport> transportFor(const Config::Backend&
 
 }  // namespace
 
+std::shared_ptr<RegistryBackend> makeRegistryBackend(const Config::Backend& config, const std::string& host,
+                                                     const std::string& repository) {
+    registry::RegistryOptions options;
+    options.host = host;
+    options.repository = repository;
+    if (auto it = config.hosts.find(options.host); it != config.hosts.end()) {
+        options.plain_http = it->second.plain_http;
+        options.mirrors = it->second.mirrors;
+    }
+    options.mirror_skip = std::chrono::seconds(config.transport.mirror_skip);
+    auto credentials = std::make_shared<registry::CredentialStore>(config.registry.docker_config);
+    return std::make_shared<RegistryBackend>(
+        std::make_shared<registry::RegistryClient>(options, transportFor(config), std::move(credentials)));
+}
+
 std::shared_ptr<NetworkBackend> makeNetworkBackend(const Config::Backend& config) {
-    auto transport = transportFor(config);
     switch (config.type) {
     case Config::BackendType::Http:
-        return std::make_shared<HttpBackend>(std::make_unique<registry::HttpBlobClient>(config.http.url, transport));
-    case Config::BackendType::Registry: {
-        registry::RegistryOptions options;
-        options.host = config.registry.host;
-        options.repository = config.registry.repo;
-        if (auto it = config.hosts.find(options.host); it != config.hosts.end()) {
-            options.plain_http = it->second.plain_http;
-            options.mirrors = it->second.mirrors;
-        }
-        options.mirror_skip = std::chrono::seconds(config.transport.mirror_skip);
-        auto credentials = std::make_shared<registry::CredentialStore>(config.registry.docker_config);
-        return std::make_shared<RegistryBackend>(
-            std::make_unique<registry::RegistryClient>(options, transport, std::move(credentials)));
-    }
+        return std::make_shared<HttpBackend>(std::make_unique<registry::HttpBlobClient>(config.http.url, transportFor(config)));
+    case Config::BackendType::Registry:
+        return makeRegistryBackend(config, config.registry.host, config.registry.repo);
     case Config::BackendType::Localfs:
         break;
     }

@@ -4,6 +4,7 @@
 
 #include "daemon/api/Config.h"
 #include "daemon/backends/NetworkBackend.h"
+#include "daemon/backends/RegistryBackend.h"
 
 #include <nlohmann/json.hpp>
 
@@ -13,6 +14,11 @@ namespace rafsd {
 
 // For backend.type http or registry; throws rafs::Error naming a file (CA, key) it cannot use.
 std::shared_ptr<NetworkBackend> makeNetworkBackend(const Config::Backend& config);
+
+// The registry backend of repository `repository` at `host` (a mount by image reference), with the
+// transport, [backend.hosts] settings and credentials of `config`, whatever its backend.type.
+std::shared_ptr<RegistryBackend> makeRegistryBackend(const Config::Backend& config, const std::string& host,
+                                                     const std::string& repository);
 
 // For `rafsctl status`: {"backend", "requests", "bytes", "retries", "failures", "token_refreshes",
 // "latency_p50_us", "latency_p99_us"}. Never a secret: the description holds no credentials.

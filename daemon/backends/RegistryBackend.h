@@ -10,14 +10,17 @@ namespace rafsd {
 
 class RegistryBackend final : public NetworkBackend {
 public:
-    explicit RegistryBackend(std::unique_ptr<registry::RegistryClient> client) : client_(std::move(client)) {}
+    // The client may be shared: a mount by image reference resolves the image through it too, so
+    // both share one connection pool, token and counters.
+    explicit RegistryBackend(std::shared_ptr<registry::RegistryClient> client) : client_(std::move(client)) {}
     void read(const std::string& blob_id, uint64_t offset, std::span<uint8_t> out) override;
     uint64_t size(const std::string& blob_id) override;
     std::string describe() const override { return client_->describe(); }
     registry::TransferStats& stats() override { return client_->stats(); }
+    const std::shared_ptr<registry::RegistryClient>& client() const { return client_; }
 
 private:
-    std::unique_ptr<registry::RegistryClient> client_;
+    std::shared_ptr<registry::RegistryClient> client_;
 };
 
 }  // namespace rafsd

@@ -7,6 +7,8 @@ and stopped by it (only the processes it started):
   TestCa(dir)                      a CA made with openssl, and server certificates for 127.0.0.1
   registry(...)                    Debian's docker-registry (distribution 2.8), TLS, htpasswd or token auth
   push_blob(url, repo, path, ...)  a blob uploaded with the plain distribution API (POST + PUT)
+  push_data(url, repo, bytes, ...) the same from bytes
+  push_manifest(url, repo, ref, media_type, bytes, ...)  a manifest or index PUT under a tag
 """
 
 import base64
@@ -223,7 +225,11 @@ def basic_auth(user, password):
 def push_blob(base_url, repo, path, context=None, headers=None):
     """Uploads the file at `path` as a blob of `repo` (POST, then a monolithic PUT); returns its digest."""
     with open(path, 'rb') as f:
-        data = f.read()
+        return push_data(base_url, repo, f.read(), context, headers)
+
+
+def push_data(base_url, repo, data, context=None, headers=None):
+    """Uploads the bytes `data` as a blob of `repo`; returns its digest."""
     digest = 'sha256:' + hashlib.sha256(data).hexdigest()
     status, hdrs, body = _request('POST', '%s/v2/%s/blobs/uploads/' % (base_url, repo), context, headers)
     if status != 202:
@@ -237,6 +243,15 @@ def push_blob(base_url, repo, path, context=None, headers=None):
     if status != 201:
         raise RuntimeError('PUT upload: %d %s' % (status, body[:300]))
     return digest
+
+
+def push_manifest(base_url, repo, reference, media_type, body, context=None, headers=None):
+    """PUTs a manifest or index (bytes) as `reference` (a tag) of `repo`; returns its digest."""
+    put_headers = dict(headers or {}, **{'Content-Type': media_type})
+    status, _, reply = _request('PUT', '%s/v2/%s/manifests/%s' % (base_url, repo, reference), context, put_headers, body)
+    if status != 201:
+        raise RuntimeError('PUT manifest %s: %d %s' % (reference, status, reply[:300]))
+    return 'sha256:' + hashlib.sha256(body).hexdigest()
 
 
 class ThreadedServer:

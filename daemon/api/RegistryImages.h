@@ -1,0 +1,50 @@
+// RAFS images mounted by reference (`rafsd mount HOST[:PORT]/REPO[:TAG|@DIGEST] MNT`): resolved in
+// their registry for this host's platform, their bootstrap fetched from the bootstrap layer and
+// kept in the state dir by manifest digest:
+//   <dir>/sha256-<hex>/image.json   the manifest as served, its media type, the reference it was
+//                                   first mounted by, the sha256 of image.boot
+//   <dir>/sha256-<hex>/image.boot   the bootstrap, a file of its own (a fanotify mount needs one)
+// A copy is made in a temporary directory next to them and renamed into place whole, so a crash
+// leaves no part of one; a copy is reused when its files still match what image.json says.
+#pragma once
+
+#include "registry/ImageReference.h"
+#include "registry/ImageStore.h"
+
+#include <cstdint>
+#include <filesystem>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace rafsd {
+
+struct RegistryImage {
+    std::string manifest_digest;           // "sha256:<hex>"
+    std::filesystem::path bootstrap;       // the kept copy
+};
+
+class RegistryImages {
+public:
+    explicit RegistryImages(std::filesystem::path dir) : dir_(std::move(dir)) {}
+
+    // The image `ref` names in `store`. A reference by digest with a valid copy kept is served
+    // from it without asking the registry (a restarted rafsd finds its images while the registry
+    // is away). Otherwise the manifest is resolved, and its bootstrap layer fetched, checked
+    // (digest, size, tar, image/image.boot, the bootstrap check, its blobs among the layers) and
+    // kept, unless a valid copy is kept already. Throws rafs::Error naming the image; nothing is
+    // left in the state dir then.
+    RegistryImage obtain(registry::ImageStore& store, const registry::ImageReference& ref);
+
+    std::filesystem::path imageDir(const std::string& manifest_digest) const;
+
+private:
+    // The copy kept for `digest`, if there is one and it is intact; a damaged one is removed.
+    std::optional<RegistryImage> kept(const std::string& digest);
+    RegistryImage keep(const registry::FetchedManifest& manifest, const std::string& reference,
+                       std::span<const uint8_t> bootstrap);
+
+    std::filesystem::path dir_;
+};
+
+}  // namespace rafsd
