@@ -46,7 +46,7 @@ uint32_t parseSize(const std::string& text) {
 
 // The options `build` and `convert` share: how chunks are cut, compressed and digested.
 struct BuildFlags {
-    std::string chunk_size = "1M", compressor = "zstd", digester = "blake3", prefetch_list;
+    std::string chunk_size = "1M", compressor = "zstd", digester = "blake3", prefetch_list, chunk_dict;
     int64_t mtime = 0;
     CLI::Option* mtime_opt = nullptr;
     unsigned threads = 0;
@@ -61,6 +61,9 @@ struct BuildFlags {
         c->add_option("--prefetch-list", prefetch_list, "file of absolute paths to prefetch first");
         mtime_opt = c->add_option("--mtime", mtime, "set every entry's mtime to SECONDS (reproducible builds)");
         c->add_option("--threads", threads, "compression threads (default: one per CPU)");
+        c->add_option("--chunk-dict", chunk_dict,
+                      "reference chunks another RAFS image stores instead of storing them again (build: its bootstrap; "
+                      "convert: its bootstrap or image reference)");
         c->add_flag("--no-chunk-table", no_chunk_table,
                     "omit Nydus's chunk info table (smaller bootstrap; nydusd FUSE mode and nydus-image merge need it)");
     }
@@ -70,6 +73,7 @@ struct BuildFlags {
         build.digester = rafs::parseDigester(digester);
         build.compression_level = compression_level;
         if (!prefetch_list.empty()) build.prefetch_list = prefetch_list;
+        if (!chunk_dict.empty()) build.chunk_dict = chunk_dict;
         if (mtime_opt->count() > 0) build.mtime = mtime;
         build.threads = threads;
         build.chunk_table = !no_chunk_table;

@@ -8,6 +8,7 @@
 #include "registry/OciImage.h"
 
 #include <cstdint>
+#include <filesystem>
 #include <span>
 #include <string>
 #include <string_view>
@@ -33,5 +34,17 @@ std::vector<uint8_t> bootstrapFromLayer(std::span<const uint8_t> layer, std::str
 // Fetches the layer `layer` from `store`, checks its size and sha256 against the descriptor and
 // returns the bootstrap in it. Throws rafs::Error naming `name` and what is wrong.
 std::vector<uint8_t> fetchBootstrapLayer(ImageStore& store, const Descriptor& layer, std::string_view name);
+
+// The layer mkrafs convert writes: a gzip'd tar of the directory `image/` and `image/image.boot`
+// (mode 0444). Every header field and the gzip header are fixed (mtime 0, owner 0), so the same
+// bootstrap always gives the same layer digest.
+struct BootstrapLayerBlob {
+    std::string gzip;        // the layer blob
+    std::string digest;      // "sha256:" of `gzip`
+    std::string tar_digest;  // "sha256:" of the tar: the config's diff_id
+};
+
+// Throws rafs::Error naming `bootstrap` if it cannot be read.
+BootstrapLayerBlob makeBootstrapLayer(const std::filesystem::path& bootstrap);
 
 }  // namespace registry

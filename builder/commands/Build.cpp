@@ -5,11 +5,13 @@
 #include "builder/source/DirectorySource.h"
 #include "builder/source/TarSource.h"
 #include "builder/writer/BootstrapWriter.h"
+#include "builder/writer/ChunkDict.h"
 #include "builder/writer/ChunkPipeline.h"
 
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <set>
 #include <fstream>
 #include <ostream>
 #include <unistd.h>
@@ -97,7 +99,9 @@ public:
         std::error_code ec;
         fs::create_directories(output_ / "blobs", ec);
         if (ec) fail("cannot create {}: {}", (output_ / "blobs").string(), ec.message());
-        for (const BlobInfo& b : blobs) move(b.path, output_ / "blobs" / b.id);
+        for (const BlobInfo& b : blobs) {
+            if (!b.path.empty()) move(b.path, output_ / "blobs" / b.id);
+        }
         move(dir_ / "image.boot", output_ / "image.boot");
         committed_ = true;
     }
@@ -120,7 +124,8 @@ bool isDirectory(const std::string& source) {
     return source != "-" && fs::is_directory(source, ec);
 }
 
-// Layers whose chunks all deduplicated against lower ones produce no blob; renumber the rest.
+// Layers whose chunks all deduplicated against lower ones produce no blob, chunk dict blobs no
+// chunk refers to are left out; renumber the rest.
 void dropEmptyBlobs(FileTree& tree, std::vector<std::optional<BlobInfo>>& layers,
                     std::vector<BlobInfo>& blobs) {
     std::vector<uint32_t> new_index(layers.size(), 0);
@@ -147,6 +152,15 @@ BuiltImage buildLayers(const BuildOptions& options, const std::vector<LayerInput
 
     FileTree tree;
     ChunkDictionary dictionary;
+    std::optional<ChunkDict> dict;
+    if (options.chunk_dict) {
+        dict = ChunkDict::load(*options.chunk_dict, options);
+        // Dict blobs are numbered after the layers' until dropEmptyBlobs renumbers.
+        for (ChunkRef ref : dict->chunks) {
+            ref.blob_index += static_cast<uint32_t>(inputs.size());
+            dictionary.insert(ref);
+        }
+    }
     std::vector<std::optional<BlobInfo>> layers;
     for (size_t i = 0; i < inputs.size(); ++i) {
         const auto layer = static_cast<uint32_t>(i);
@@ -167,9 +181,24 @@ BuiltImage buildLayers(const BuildOptions& options, const std::vector<LayerInput
                            layers.back()->id, e.chunk_count, e.compressed_size, e.uncompressed_size));
     }
     BuiltImage image;
+    if (dict) {
+        std::vector<bool> used(dict->blobs.size(), false);
+        std::set<Digest> used_chunks;
+        tree.walk([&](Node& n, const std::string&) {
+            for (const ChunkRef& c : n.inode->chunks) {
+                if (c.blob_index < inputs.size()) continue;
+                used[c.blob_index - inputs.size()] = true;
+                used_chunks.insert(c.digest);
+            }
+        });
+        for (size_t k = 0; k < dict->blobs.size(); ++k) {
+            layers.push_back(used[k] ? std::optional<BlobInfo>(dict->blobs[k]) : std::nullopt);
+        }
+        image.dict_chunks_used = used_chunks.size();
+        report(fmt::format("chunk dict {}: {} chunks referenced in {} of its {} blobs", dict->name,
+                           used_chunks.size(), std::count(used.begin(), used.end(), true), dict->blobs.size()));
+    }
     dropEmptyBlobs(tree, layers, image.blobs);
-    int next = 0;
-    for (const auto& l : layers) image.blob_of_layer.push_back(l ? next++ : -1);
     if (options.mtime) {
         tree.walk([&](Node& n, const std::string&) {
             n.inode->mtime_sec = *options.mtime;
@@ -178,7 +207,7 @@ BuiltImage buildLayers(const BuildOptions& options, const std::vector<LayerInput
     }
     image.bootstrap = dir / "image.boot";
     writeBootstrap(tree, image.blobs, boot, image.bootstrap);
-    image.unique_chunks = dictionary.size();
+    image.unique_chunks = dictionary.size() - (dict ? dict->chunks.size() : 0);
     return image;
 }
 

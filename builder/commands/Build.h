@@ -26,10 +26,12 @@ struct LayerInput {
 };
 
 struct BuiltImage {
-    std::vector<BlobInfo> blobs;       // in DIR/blobs/<id>; layers with no new chunk have none
-    std::vector<int> blob_of_layer;    // per input layer: its index in `blobs`, or -1
+    // The layers' blobs in DIR/blobs/<id> (layers with no new chunk have none), then the chunk
+    // dict's blobs that are referenced (path empty: they are the dict image's).
+    std::vector<BlobInfo> blobs;
     std::filesystem::path bootstrap;   // DIR/image.boot
     size_t unique_chunks = 0;
+    size_t dict_chunks_used = 0;       // distinct chunk dict chunks the image references
 };
 
 // The build itself, into `dir` (which must exist): the layers lowest first, chunks deduplicated

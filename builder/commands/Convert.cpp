@@ -4,8 +4,8 @@
 #include "builder/commands/TransferProgress.h"
 #include "builder/source/RemoteLayerSource.h"
 #include "builder/source/TarSource.h"
-#include "builder/writer/BootstrapLayer.h"
 #include "format/Error.h"
+#include "registry/BootstrapLayer.h"
 #include "registry/ImageResolver.h"
 #include "registry/TlsConfig.h"
 
@@ -13,6 +13,7 @@
 #include <nlohmann/json.hpp>
 
 #include <cstdlib>
+#include <fstream>
 #include <iostream>
 #include <ostream>
 #include <unistd.h>
@@ -157,10 +158,13 @@ struct Converted {
 class Converter {
 public:
     Converter(const ConvertOptions& o, std::ostream& log, ImageStore& source, ImageStore& target,
-              const ImageReference& source_ref, const ImageReference& target_ref)
-        : o_(o), log_(log), source_(source), target_(target), source_ref_(source_ref), target_ref_(target_ref) {}
+              const ImageReference& source_ref, const ImageReference& target_ref, BuildOptions build,
+              std::vector<std::string> mount_from)
+        : o_(o), log_(log), source_(source), target_(target), source_ref_(source_ref), target_ref_(target_ref),
+          build_(std::move(build)), mount_from_(std::move(mount_from)) {}
 
-    Converted convert(const ResolvedManifest& image) {
+    // Builds into `work` (which must exist), then pushes everything but the manifest.
+    Converted convert(const ResolvedManifest& image, const fs::path& work) {
         const std::string name = source_ref_.str() + "@" + image.fetched.digest;
         const Manifest& m = image.manifest;
         if (m.isRafs()) fail("{}: already a RAFS image (its last layer is a Nydus bootstrap)", source_ref_.str());
@@ -179,7 +183,6 @@ public:
         if (!config.is_object()) fail("{}: config {} is not a JSON object", name, m.config.digest);
         const registry::Platform platform = platformOf(image, config);
 
-        WorkDir work(o_.work_dir);
         const bool terminal = ::isatty(STDERR_FILENO) == 1 && &log_ == &std::cerr;
         TransferProgress progress(log_, terminal, m.layers.size(), total);
         progress.line(fmt::format("converting {} ({}, {} layers, {:.1f} MiB)", source_ref_.str(), platform.str(),
@@ -202,10 +205,10 @@ public:
                                   addTar(std::move(sources[i]), tree, sink, layer);
                               }});
         }
-        const BuiltImage built = buildLayers(o_.build, inputs, work.path(), [&](const std::string& line) { progress.line(line); });
+        const BuiltImage built = buildLayers(build_, inputs, work, [&](const std::string& line) { progress.line(line); });
         progress.finish();
         const double convert_seconds = progress.seconds();
-        const BootstrapLayer boot = makeBootstrapLayer(built.bootstrap);
+        const registry::BootstrapLayerBlob boot = registry::makeBootstrapLayer(built.bootstrap);
 
         // Blobs first, then the bootstrap layer, the config, and the manifest last.
         Manifest out;
@@ -216,11 +219,17 @@ public:
             Descriptor d;
             d.media_type = registry::media::kNydusBlob;
             d.digest = "sha256:" + b.id;
-            d.size = fs::file_size(b.path);
             d.annotations[registry::annotation::kNydusBlob] = "true";
-            registry::FileBody body(b.path);
-            pushBlob(target_, d.digest, body, mountCandidates(), counts_);
-            blob_bytes += d.size;
+            if (b.path.empty()) {
+                // A chunk dict blob: the target must have it or be able to mount it.
+                d.size = b.entry.compressed_size;
+                requireBlob(d.digest);
+            } else {
+                d.size = fs::file_size(b.path);
+                registry::FileBody body(b.path);
+                pushBlob(target_, d.digest, body, mountCandidates(), counts_);
+                blob_bytes += d.size;
+            }
             diff_ids.push_back(d.digest);
             out.layers.push_back(d);
         }
@@ -284,10 +293,26 @@ public:
     const PushCounts& counts() const { return counts_; }
 
 private:
-    // --mount-from, then the source's repository when it is another one of the target's registry.
+    void requireBlob(const std::string& digest) {
+        if (target_.hasBlob(digest)) {
+            ++counts_.present;
+            return;
+        }
+        for (const std::string& from : mountCandidates()) {
+            if (target_.mountBlob(digest, from)) {
+                ++counts_.mounted;
+                return;
+            }
+        }
+        fail("chunk dict blob {} is not in {} and cannot be mounted from another repository there (--mount-from)",
+             digest, target_.describe());
+    }
+
+    // --mount-from (and the chunk dict's repository), then the source's repository when it is
+    // another one of the target's registry.
     std::vector<std::string> mountCandidates() const {
         if (target_ref_.kind != ImageReference::Kind::Registry) return {};
-        std::vector<std::string> out = o_.mount_from;
+        std::vector<std::string> out = mount_from_;
         if (source_ref_.kind == ImageReference::Kind::Registry && source_ref_.host == target_ref_.host &&
             source_ref_.repository != target_ref_.repository) {
             out.push_back(source_ref_.repository);
@@ -301,9 +326,36 @@ private:
     ImageStore& target_;
     const ImageReference& source_ref_;
     const ImageReference& target_ref_;
+    BuildOptions build_;
+    std::vector<std::string> mount_from_;
     PushCounts counts_;
     std::vector<std::pair<std::string, std::string>> manifests_;  // digest, bytes
 };
+
+// --chunk-dict: a bootstrap path as it is; an image reference is resolved to its RAFS manifest,
+// whose bootstrap is fetched into `work`, and its repository joins `mount_from` when it is on
+// the target's registry, so its blobs can be mounted rather than required.
+std::string chunkDictBootstrap(const std::string& dict, Clients& clients, const ImageReference& target,
+                               const fs::path& work, std::vector<std::string>& mount_from) {
+    std::error_code ec;
+    if (fs::exists(dict, ec)) return dict;
+    if (!ImageReference::looksLikeReference(dict)) fail("--chunk-dict {}: neither a file nor an image reference", dict);
+    const ImageReference ref = ImageReference::parse(dict);
+    auto store = clients.open(ref, false);
+    const ResolvedManifest m = registry::resolveManifest(*store, ref.reference(), registry::Platform::host(),
+                                                         registry::ImageKind::Rafs, dict);
+    const std::vector<uint8_t> boot = registry::fetchBootstrapLayer(*store, m.manifest.layers.back(), dict);
+    const fs::path path = work / "chunk-dict.boot";
+    std::ofstream out(path, std::ios::binary);
+    out.write(reinterpret_cast<const char*>(boot.data()), static_cast<std::streamsize>(boot.size()));
+    out.close();
+    if (!out) failErrno("writing " + path.string());
+    if (ref.kind == ImageReference::Kind::Registry && target.kind == ImageReference::Kind::Registry &&
+        ref.host == target.host && ref.repository != target.repository) {
+        mount_from.push_back(ref.repository);
+    }
+    return path.string();
+}
 
 }  // namespace
 
@@ -330,9 +382,16 @@ void convert(const ConvertOptions& o, std::ostream& log) {
         images.push_back(registry::resolveManifest(*source, source_ref.reference(), platform,
                                                    registry::ImageKind::Original, o.source));
     }
-    Converter converter(o, log, *source, *target, source_ref, target_ref);
+    WorkDir work(o.work_dir);
+    BuildOptions build = o.build;
+    std::vector<std::string> mount_from = o.mount_from;
+    if (build.chunk_dict) build.chunk_dict = chunkDictBootstrap(*build.chunk_dict, clients, target_ref, work.path(), mount_from);
+    Converter converter(o, log, *source, *target, source_ref, target_ref, build, mount_from);
     std::vector<Converted> converted;
-    for (const ResolvedManifest& image : images) converted.push_back(converter.convert(image));
+    for (size_t i = 0; i < images.size(); ++i) {
+        const fs::path dir = work.path() / std::to_string(i);
+        converted.push_back(converter.convert(images[i], dir));
+    }
 
     std::string final_digest;
     if (images.size() == 1 && !o.merge_index) {

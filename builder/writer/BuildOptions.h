@@ -21,6 +21,7 @@ struct BuildOptions {
     std::optional<int64_t> mtime;       // overrides every entry's mtime (seconds, nsec = 0)
     unsigned threads = 0;               // 0 = one per CPU
     bool chunk_table = true;            // see BootstrapOptions::chunk_table
+    std::optional<std::string> chunk_dict;  // a bootstrap whose chunks are referenced, not stored
 };
 
 // Throws Error naming the first invalid option value.

@@ -15,7 +15,13 @@ base's big file) and pushed by skopeo:
 4. --merge-index: an index holding the original manifest and the RAFS one, marked as Nydus marks it,
    the original's blobs mounted from the source repository;
 5. oci: layout to oci: layout, and the layout result equals the registry result (same digest);
-6. bad input, each one error line, non-zero exit, and the target tag never appears: an unknown
+6. --chunk-dict: a second image whose one layer repeats the first image's big file, converted with
+   the first RAFS image as chunk dict: its blob holds only the new chunks, the dict's blob joins its
+   manifest (mounted, not sent), and the tree reads back equal through rafsd; without the dict the
+   blob is larger by the big file;
+7. `rafsd mount IMAGE`: the converted image mounted by reference (fanotify engine) reads back equal
+   to the source;
+8. bad input, each one error line, non-zero exit, and the target tag never appears: an unknown
    tag, an image that is already RAFS, a layer media type it does not handle (encrypted), a layer
    whose bytes do not match its digest (a damaged OCI layout), wrong credentials, a registry
    whose CA is unknown.
@@ -32,7 +38,7 @@ import tarfile
 
 from rafstest import compare, harness
 from rafstest.harness import log, run, text
-from rafstest.mkrafs import Mkrafs
+from rafstest.rafsd import start_test
 from rafstest.servers import TestCa, free_port, htpasswd, registry
 
 USER, PASSWORD = 'conv', 'pw-Xk2-secret'
@@ -41,6 +47,42 @@ MiB = 1 << 20
 
 def sh(cmd, **kw):
     return subprocess.run(cmd, check=True, capture_output=True, **kw)
+
+
+def make_second_image(tmp, layout, tag, big):
+    """One layer: a copy of the first image's big file (the base it shares) and a new file."""
+    sh(['umoci', 'new', '--image', '%s:%s' % (layout, tag)])
+    bundle = os.path.join(tmp, 'bundle2')
+    sh(['umoci', 'unpack', '--image', '%s:%s' % (layout, tag), bundle])
+    root = os.path.join(bundle, 'rootfs')
+    os.makedirs(os.path.join(root, 'usr/bin'))
+    shutil.copy(big, os.path.join(root, 'usr/bin/big'))
+    with open(os.path.join(root, 'usr/bin/second'), 'wb') as f:
+        f.write(os.urandom(200 * 1024))
+    sh(['umoci', 'repack', '--image', '%s:%s' % (layout, tag), bundle])
+    expected = os.path.join(tmp, 'expected2')
+    sh(['umoci', 'unpack', '--image', '%s:%s' % (layout, tag), expected])
+    return os.path.join(expected, 'rootfs')
+
+
+def blob_sizes(raw):
+    """Sizes of a RAFS manifest's data blob layers."""
+    return [l['size'] for l in json.loads(raw)['layers'][:-1]]
+
+
+def mount_image(ck, rafsd, tmp, reg, image, expected, label):
+    """rafsd mount IMAGE MNT with the test's CA and credentials; compares the tree."""
+    from rafstest.rafsd import RafsdMount, network_config
+    name = label.replace(' ', '-')
+    cfg = network_config(tmp, name, {'type': 'localfs'},
+                         **{'backend.registry': {'docker_config': reg.auth_file},
+                            'backend.transport': {'certs_dir': reg.certs_dir, 'retries': 1}})
+    mnt = os.path.join(tmp, 'mnt-' + name)
+    os.makedirs(mnt)
+    with RafsdMount(rafsd, image, mnt, config=cfg, log_path=os.path.join(tmp, name + '.log')) as m:
+        if ck.check(m.start(), '%s: rafsd mount %s' % (label, image), m.log_text()[-2000:]):
+            ck.diffs('%s: tree through rafsd' % label, compare.compare_trees(expected, mnt, ignore=('root_mtime',)))
+        ck.check(m.stop() == 0, '%s: rafsd exits 0' % label)
 
 
 def make_oci_image(tmp, layout, tag):
@@ -178,10 +220,8 @@ def check_rafs_image(ck, mk, tmp, layout, manifest_digest, expected, label):
 
 
 def main():
-    args = harness.parse_args(__doc__)
-    harness.require_tools('docker-registry', 'openssl', 'htpasswd', 'skopeo', 'umoci')
-    mk = Mkrafs(harness.check_mkrafs(args.mkrafs))
-    ck = harness.Checker('mkrafs_convert')
+    args, mk, rafsd, _, ck = start_test('mkrafs_convert', __doc__,
+                                        tools=('docker-registry', 'openssl', 'htpasswd', 'skopeo', 'umoci'))
     with harness.temp_dir('mkrafs-convert-', keep=args.keep) as tmp:
         src_layout = os.path.join(tmp, 'src-layout')
         expected = make_oci_image(tmp, src_layout, 'v1')
@@ -268,11 +308,37 @@ def main():
             ck.check(layout_digest == digest1, 'the same manifest digest as through the registry')
             check_rafs_image(ck, mk, tmp, dst_layout, layout_digest, expected, 'layout')
 
-            ck.section('6. bad input')
+            ck.section('6. --chunk-dict')
+            expected2 = make_second_image(tmp, src_layout, 'v2', os.path.join(expected, 'usr/bin/big'))
+            r = reg.skopeo('copy', '--dest-cert-dir', os.path.join(certs_dir, host), '--authfile', auth_file,
+                           'oci:%s:v2' % src_layout, 'docker://%s/src/app:v2' % host)
+            ck.cmd_ok(r, 'skopeo pushes the second image')
+            r = convert(mk, reg, '%s/src/app:v2' % host, '%s/plain/app2:v2' % host)
+            ck.cmd_ok(r, 'mkrafs convert of the second image without a chunk dict')
+            plain = blob_sizes(reg.raw('plain/app2:v2') or b'{"layers":[]}')
+            r = convert(mk, reg, '%s/src/app:v2' % host, '%s/dict/app2:v2' % host,
+                        '--chunk-dict', '%s/rafs/app:v1' % host)
+            ck.cmd_ok(r, 'mkrafs convert --chunk-dict %s/rafs/app:v1' % host)
+            log(text(r.stderr))
+            with_dict = blob_sizes(reg.raw('dict/app2:v2') or b'{"layers":[]}')
+            ck.check(len(plain) == 1 and len(with_dict) == 2, 'with the dict: its own blob and the dict blob',
+                     '%r %r' % (plain, with_dict))
+            if len(plain) == 1 and len(with_dict) == 2:
+                saved = plain[0] - with_dict[0]
+                log('  chunk dict: own blob %d bytes instead of %d (%d saved)' % (with_dict[0], plain[0], saved))
+                ck.check(saved >= 3 * MiB, 'the big file is not stored again (%d bytes saved)' % saved)
+            ck.check('mounted' in text(r.stderr) and ' 0 mounted' not in text(r.stderr),
+                     'the dict blob mounted from rafs/app, not sent')
+            mount_image(ck, rafsd, tmp, reg, '%s/dict/app2:v2' % host, expected2, 'chunk dict image')
+
+            ck.section('7. rafsd mount IMAGE')
+            mount_image(ck, rafsd, tmp, reg, '%s/rafs/app:v1' % host, expected, 'converted image')
+
+            ck.section('8. bad input')
             expect_fail(ck, 'unknown tag', convert(mk, reg, '%s/src/app:nope' % host, '%s/bad/app:t' % host),
                         'no such manifest')
             expect_fail(ck, 'already RAFS', convert(mk, reg, '%s/rafs/app:v1' % host, '%s/bad/app:t' % host),
-                        'already a RAFS image')
+                        'RAFS image already')
             # An image whose layer is encrypted (ocicrypt's media type), pushed by hand.
             enc_layout = os.path.join(tmp, 'enc-layout')
             shutil.copytree(src_layout, enc_layout)
