@@ -14,7 +14,10 @@ base's big file) and pushed by skopeo:
    repositories, none sent;
 4. --merge-index: an index holding the original manifest and the RAFS one, marked as Nydus marks it,
    the original's blobs mounted from the source repository;
-5. oci: layout to oci: layout, and the layout result equals the registry result (same digest);
+5. oci: layout to oci: layout, and the layout result equals the registry result (same digest); a
+   Docker schema 2 copy of the source (skopeo --format v2s2) converts to the same RAFS image; an
+   index of two platforms: --platform picks one, --all-platforms converts both into an index of
+   RAFS manifests, a platform the index lacks is an error listing the ones it has;
 6. --chunk-dict: a second image whose one layer repeats the first image's big file, converted with
    the first RAFS image as chunk dict: its blob holds only the new chunks, the dict's blob joins its
    manifest (mounted, not sent), and the tree reads back equal through rafsd; without the dict the
@@ -307,6 +310,51 @@ def main():
             layout_digest = dst_index['manifests'][0]['digest']
             ck.check(layout_digest == digest1, 'the same manifest digest as through the registry')
             check_rafs_image(ck, mk, tmp, dst_layout, layout_digest, expected, 'layout')
+
+            r = reg.skopeo('copy', '--format', 'v2s2', '--dest-cert-dir', os.path.join(certs_dir, host),
+                           '--authfile', auth_file, 'oci:%s:v1' % src_layout, 'docker://%s/src/docker:v1' % host)
+            ck.cmd_ok(r, 'skopeo pushes a Docker schema 2 copy')
+            ck.check(b'application/vnd.docker.distribution.manifest.v2+json' in (reg.raw('src/docker:v1') or b''),
+                     'the copy is a Docker manifest')
+            r = convert(mk, reg, '%s/src/docker:v1' % host, '%s/rafs/docker:v1' % host)
+            ck.cmd_ok(r, 'mkrafs convert of the Docker manifest')
+            docker_raw = reg.raw('rafs/docker:v1') or b'{"layers":[]}'
+            ck.check(json.loads(docker_raw)['layers'][:-1] == manifest['layers'][:-1],
+                     'the same data blobs as from the OCI manifest')
+
+            # An index of two platforms (the same image twice, as amd64 and arm64).
+            multi = os.path.join(tmp, 'multi-layout')
+            shutil.copytree(src_layout, multi)
+            with open(os.path.join(multi, 'index.json')) as f:
+                idx = json.load(f)
+            v1 = [d for d in idx['manifests'] if d['annotations']['org.opencontainers.image.ref.name'] == 'v1'][0]
+            plat_index = {'schemaVersion': 2, 'mediaType': 'application/vnd.oci.image.index.v1+json',
+                          'manifests': [dict(v1, annotations={}, platform={'os': 'linux', 'architecture': arch})
+                                        for arch in ('amd64', 'arm64')]}
+            for m in plat_index['manifests']:
+                del m['annotations']
+            data = json.dumps(plat_index).encode()
+            pd = 'sha256:' + hashlib.sha256(data).hexdigest()
+            with open(blob_path(multi, pd), 'wb') as f:
+                f.write(data)
+            idx['manifests'].append({'mediaType': 'application/vnd.oci.image.index.v1+json', 'digest': pd,
+                                     'size': len(data), 'annotations': {'org.opencontainers.image.ref.name': 'multi'}})
+            with open(os.path.join(multi, 'index.json'), 'w') as f:
+                json.dump(idx, f)
+            r = convert(mk, reg, 'oci:%s:multi' % multi, '%s/multi/app:arm' % host, '--platform', 'linux/arm64')
+            ck.cmd_ok(r, 'mkrafs convert --platform linux/arm64')
+            ck.check('linux/arm64' in text(r.stderr), 'the arm64 entry converted')
+            r = convert(mk, reg, 'oci:%s:multi' % multi, '%s/multi/app:all' % host, '--all-platforms')
+            ck.cmd_ok(r, 'mkrafs convert --all-platforms')
+            all_index = json.loads(reg.raw('multi/app:all') or b'{}')
+            plats = [(m.get('platform', {}).get('architecture'), m.get('artifactType')) for m in
+                     all_index.get('manifests', [])]
+            ck.check(plats == [('amd64', 'application/vnd.nydus.image.manifest.v1+json'),
+                               ('arm64', 'application/vnd.nydus.image.manifest.v1+json')],
+                     'an index of the two RAFS manifests', repr(plats))
+            expect_fail(ck, 'platform not in the index',
+                        convert(mk, reg, 'oci:%s:multi' % multi, '%s/bad/app:t' % host, '--platform', 'linux/s390x'),
+                        'linux/amd64, linux/arm64')
 
             ck.section('6. --chunk-dict')
             expected2 = make_second_image(tmp, src_layout, 'v2', os.path.join(expected, 'usr/bin/big'))
