@@ -204,10 +204,10 @@ TEST_CASE("control requests parse into typed structs", "[api]") {
         R"({"op":"mount","bootstrap":"/images/a.boot","mountpoint":"/mnt/a","blob_dir":"/blobs",)"
         R"("engine":"fscache","domain_id":"shared-1","fsid":"sha256:ab.c_d"})");
     REQUIRE(std::holds_alternative<MountRequest>(request));
-    MountRequest expected{"/images/a.boot", "/mnt/a", "/blobs", rafsd::EngineKind::Fscache, "shared-1", "sha256:ab.c_d"};
+    MountRequest expected{"/images/a.boot", "/mnt/a", "/blobs", rafsd::EngineKind::Fscache, "shared-1", "sha256:ab.c_d", false, {}};
     CHECK(std::get<MountRequest>(request) == expected);
 
-    MountRequest minimal{"/a.boot", "/mnt", {}, {}, {}, {}};
+    MountRequest minimal{"/a.boot", "/mnt", {}, {}, {}, {}, false, {}};
     CHECK(std::get<MountRequest>(parseRequest(R"({"mountpoint":"/mnt","op":"mount","bootstrap":"/a.boot"})")) == minimal);
     CHECK(std::get<rafsd::UmountRequest>(parseRequest(R"({"op":"umount","mountpoint":"/mnt"})")).mountpoint == "/mnt");
     CHECK(std::holds_alternative<rafsd::ListRequest>(parseRequest(R"( {"op":"list"} )")));
@@ -309,7 +309,7 @@ TEST_CASE("control server answers requests", "[api]") {
     CHECK(client.ask(R"({"op":"mount","bootstrap":"/a.boot","mountpoint":"/mnt/a","engine":"fanotify"})") ==
           json{{"ok", true}, {"mountpoint", "/mnt/a"}, {"engine", "fanotify"}});
     REQUIRE(handler.mounts().size() == 1);
-    CHECK(handler.mounts()[0] == MountRequest{"/a.boot", "/mnt/a", {}, rafsd::EngineKind::Fanotify, {}, {}});
+    CHECK(handler.mounts()[0] == MountRequest{"/a.boot", "/mnt/a", {}, rafsd::EngineKind::Fanotify, {}, {}, false, {}});
     CHECK(client.ask(R"({"op":"umount","mountpoint":"/mnt/a"})") == json{{"ok", true}});
     CHECK(handler.umounts() == std::vector<std::filesystem::path>{"/mnt/a"});
 
@@ -536,7 +536,7 @@ TEST_CASE("control client", "[api]") {
     ControlServer server = ControlServer::bind(socket, handler);
     rafsd::ControlClient client(socket, std::chrono::seconds(5));
     CHECK(client.call(rafsd::StatusRequest{}) == json{{"ok", true}, {"images", images}});
-    CHECK_THROWS_WITH(client.call(MountRequest{"/a.boot", "/fail", {}, {}, {}, {}}), "mount failed: boom second line");
+    CHECK_THROWS_WITH(client.call(MountRequest{"/a.boot", "/fail", {}, {}, {}, {}, false, {}}), "mount failed: boom second line");
 
     CHECK_THROWS_WITH(rafsd::ControlClient(dir.path / "none.sock", std::chrono::seconds(1)).call(rafsd::ListRequest{}),
                       fmt::format("cannot connect to {}: No such file or directory (is rafsd serve running?)",
@@ -568,7 +568,7 @@ TEST_CASE("rafsctl against a fake rafsd", "[api]") {
     CHECK(run.output == fmt::format("mounted {0}/work/image.boot on {0}/work/mnt (fanotify)\n", dir.path.string()));
     REQUIRE(handler.mounts().size() == 1);
     CHECK(handler.mounts()[0] == MountRequest{cwd / "image.boot", cwd / "mnt", cwd / "blobs", rafsd::EngineKind::Fscache,
-                                            "d", "img1"});
+                                            "d", "img1", false, {}});
 
     run = rafsctl(s + "mount image.boot /fail", cwd);
     CHECK(run.status == 1);
