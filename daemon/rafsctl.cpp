@@ -1,6 +1,7 @@
 // rafsctl: controls a running rafsd over its control socket (see daemon/api/ControlProtocol.h).
 #include "format/Error.h"
 #include "daemon/api/ControlClient.h"
+#include "registry/ImageReference.h"
 
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
@@ -297,8 +298,14 @@ int main(int argc, char** argv) {
         rafsd::ControlClient client(socket, std::chrono::milliseconds(static_cast<int64_t>(timeout * 1000.0)));
         if (mount->parsed()) {
             rafsd::MountRequest request;
-            if (std::filesystem::exists(bootstrap)) request.bootstrap = absolutePath(bootstrap);
-            else request.image = bootstrap;
+            // A missing file that reads as a reference is an image; any other missing path stays a
+            // path, so rafsd's error names the file.
+            if (!std::filesystem::exists(bootstrap) && registry::ImageReference::looksLikeReference(bootstrap) &&
+                !bootstrap.starts_with("oci:")) {
+                request.image = bootstrap;
+            } else {
+                request.bootstrap = absolutePath(bootstrap);
+            }
             request.mountpoint = absolutePath(mountpoint);
             if (!blob_dir.empty()) request.blob_dir = absolutePath(blob_dir);
             if (!engine.empty()) {
