@@ -1,0 +1,276 @@
+"""OCI images in a registry of the caller's own, the way a container host meets them, for
+scripts/demo and scripts/bench-coldstart. Everything addresses 127.0.0.1, in a network namespace
+of the caller's (servers.Netns) if one is given, and stops only what it started:
+
+  ImageRegistry(work, netns)      docker-registry with TLS (a CA made here) and htpasswd auth, plus
+                                  the docker config.json and certs.d dir that name it (auth_file,
+                                  certs_dir), as skopeo, mkrafs and rafsd read them
+  .convert(mkrafs, src, target)   `mkrafs convert` from one reference to another, timed
+  .copy(src, target)              `skopeo copy` between registries, timed
+  .push(layout_ref, repo, tag)    an OCI layout (oci:DIR:TAG) into it with skopeo copy
+  .manifest(repo, tag)            the manifest it serves (skopeo inspect --raw)
+  .pull_unpack(...)               the baseline: skopeo copy to an OCI layout, then umoci unpack, timed
+  ImageMount(...)                 `rafsd mount IMAGE MOUNTPOINT` in the foreground, timed to mounted;
+                                  stop() says how many bytes it fetched
+  drop_caches()                   the page cache, dentries and inodes dropped: a cold start
+  time_to_first_line(cmd, ...)    seconds from starting cmd to its first output line (or its exit)
+  chroot_cmd(root, argv)          argv in a chroot of root with a minimal environment
+"""
+
+import base64
+import json
+import os
+import re
+import select
+import shutil
+import subprocess
+import time
+
+from .servers import TestCa, free_port, htpasswd, registry
+
+
+def drop_caches():
+    os.sync()
+    with open('/proc/sys/vm/drop_caches', 'w') as f:
+        f.write('3\n')
+
+
+def chroot_cmd(root, argv):
+    return ['chroot', root, '/usr/bin/env', '-i', 'PATH=/usr/local/bin:/usr/bin:/bin', 'HOME=/root',
+            'LANG=C.UTF-8'] + list(argv)
+
+
+def time_to_first_line(cmd, ready=None, timeout=300):
+    """Starts cmd and returns (seconds to the first stdout line containing `ready`, or to its
+    exit when ready is None, that line). The command's exit status must be 0 when it ends first;
+    a command still running after the line is waited for (bounded) so nothing is left behind."""
+    start = time.monotonic()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        seen = None
+        buf = b''
+        deadline = start + timeout
+        while ready is not None and seen is None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise RuntimeError('%s: no line with %r within %d s' % (' '.join(cmd), ready, timeout))
+            if not select.select([proc.stdout], [], [], left)[0]:
+                continue
+            data = os.read(proc.stdout.fileno(), 65536)
+            if not data:
+                break
+            buf += data
+            for line in buf.split(b'\n')[:-1]:
+                if ready in line.decode('utf-8', 'replace'):
+                    seen = line.decode('utf-8', 'replace')
+                    break
+        if seen is not None:
+            elapsed = time.monotonic() - start
+            _, err = proc.communicate(timeout=max(1, deadline - time.monotonic()))
+        else:
+            out, err = proc.communicate(timeout=max(1, deadline - time.monotonic()))
+            elapsed = time.monotonic() - start
+            if ready is not None:
+                raise RuntimeError('%s ended without a line with %r: %s' % (' '.join(cmd), ready,
+                                                                           (buf + out + err).decode()[-500:]))
+        if proc.returncode != 0:
+            raise RuntimeError('%s: exit status %d: %s' % (' '.join(cmd), proc.returncode, err.decode()[-500:]))
+        return elapsed, seen
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+class ImageRegistry:
+    """docker-registry on 127.0.0.1 (in `netns`, a servers.Netns, if given) with TLS and htpasswd
+    auth. Registries made in the same `work` dir share a CA (`ca`, made by the first), the docker
+    config.json with their credentials (auth_file) and the docker certs.d dir with their CA
+    (certs_dir: <certs_dir>/<host>/ca.crt); each has its own `name`, port and storage."""
+
+    USER, PASSWORD = 'rafsd', 'demo-password'
+
+    def __init__(self, work, netns=None, name='registry', ca=None):
+        self.work, self.netns, self.name = work, netns, name
+        os.makedirs(work, exist_ok=True)
+        self.ca = ca or TestCa(os.path.join(work, 'ca'))
+        cert, key = self.ca.issue(name)
+        self.port = free_port()
+        self.host = '127.0.0.1:%d' % self.port
+        self.certs_dir = os.path.join(work, 'certs.d')
+        os.makedirs(os.path.join(self.certs_dir, self.host), exist_ok=True)
+        shutil.copyfile(self.ca.cert, os.path.join(self.certs_dir, self.host, 'ca.crt'))
+        self.auth_file = os.path.join(work, 'docker', 'config.json')
+        os.makedirs(os.path.dirname(self.auth_file), exist_ok=True)
+        config = {'auths': {}}
+        if os.path.exists(self.auth_file):
+            with open(self.auth_file) as f:
+                config = json.load(f)
+        config['auths'][self.host] = {
+            'auth': base64.b64encode(('%s:%s' % (self.USER, self.PASSWORD)).encode()).decode()}
+        with open(self.auth_file, 'w') as f:
+            json.dump(config, f)
+        self.htpasswd = os.path.join(work, 'htpasswd')
+        if not os.path.exists(self.htpasswd):
+            htpasswd(self.htpasswd, {self.USER: self.PASSWORD})
+        shutil.rmtree(os.path.join(work, name), ignore_errors=True)
+        self.server = registry(work, name, self.port, cert, key,
+                               auth={'htpasswd': {'realm': 'rafsd-demo', 'path': self.htpasswd}},
+                               netns=netns.name if netns else None)
+
+    def stop(self, remove=False):
+        """Stops the registry; remove: its storage too."""
+        self.server.stop()
+        if remove:
+            shutil.rmtree(os.path.join(self.work, self.name), ignore_errors=True)
+
+    def pid(self):
+        return self.server.proc.pid if self.server.proc else None
+
+    def ref(self, repo, tag):
+        return '%s/%s:%s' % (self.host, repo, tag)
+
+    def cmd(self, argv):
+        return self.netns.cmd(argv) if self.netns else list(argv)
+
+    def _skopeo(self, *args):
+        r = subprocess.run(self.cmd(['skopeo'] + list(args)), capture_output=True, text=True)
+        if r.returncode != 0:
+            raise RuntimeError('skopeo %s: %s' % (args[0], r.stderr.strip()[-1000:]))
+        return r.stdout
+
+    def _cert_dir(self, ref):
+        """The certs.d entry of the registry an image reference names."""
+        return os.path.join(self.certs_dir, ref.split('/', 1)[0])
+
+    def push(self, layout_ref, repo, tag):
+        """Copies an OCI layout's image (oci:DIR:TAG) to repo:tag, layers as they are."""
+        self._skopeo('copy', '--quiet', '--dest-authfile', self.auth_file, '--dest-cert-dir', self._cert_dir(self.host),
+                     layout_ref, 'docker://' + self.ref(repo, tag))
+
+    def copy(self, source, target):
+        """skopeo copy of image reference `source` to `target` (either may be another registry
+        made in the same work dir); returns the seconds it took."""
+        t = time.monotonic()
+        self._skopeo('copy', '--quiet', '--src-authfile', self.auth_file, '--src-cert-dir', self._cert_dir(source),
+                     '--dest-authfile', self.auth_file, '--dest-cert-dir', self._cert_dir(target),
+                     'docker://' + source, 'docker://' + target)
+        return time.monotonic() - t
+
+    def convert(self, mkrafs, source, target, options=()):
+        """`mkrafs convert` of image reference `source` to `target` with this work dir's
+        credentials and CAs; returns the seconds it took."""
+        probe = subprocess.run([mkrafs, 'convert', '--help'], capture_output=True, text=True)
+        if probe.returncode != 0:
+            raise RuntimeError('%s has no `convert` command yet (issue 9): %s'
+                               % (mkrafs, (probe.stderr or probe.stdout).strip().splitlines()[0]))
+        t = time.monotonic()
+        r = subprocess.run(self.cmd([mkrafs, 'convert', '--authfile', self.auth_file, '--cert-dir', self.certs_dir]
+                                    + list(options) + [source, target]), capture_output=True, text=True)
+        if r.returncode != 0:
+            raise RuntimeError('mkrafs convert %s %s: exit status %d: %s'
+                               % (source, target, r.returncode, r.stderr.strip()[-1000:]))
+        return time.monotonic() - t
+
+    def manifest(self, repo, tag):
+        return json.loads(self._skopeo('inspect', '--raw', '--authfile', self.auth_file,
+                                       '--cert-dir', self._cert_dir(self.host), 'docker://' + self.ref(repo, tag)))
+
+    def pull_unpack(self, repo, tag, layout, bundle):
+        """The baseline a container host runs today: skopeo copy of repo:tag into a fresh OCI
+        layout, then umoci unpack into a fresh bundle. Returns (copy seconds, unpack seconds);
+        the root file system is <bundle>/rootfs."""
+        for d in (layout, bundle):
+            shutil.rmtree(d, ignore_errors=True)
+        t = time.monotonic()
+        self._skopeo('copy', '--quiet', '--src-authfile', self.auth_file, '--src-cert-dir', self._cert_dir(self.host),
+                     'docker://' + self.ref(repo, tag), 'oci:%s:%s' % (layout, tag))
+        copied = time.monotonic() - t
+        r = subprocess.run(['umoci', 'unpack', '--image', '%s:%s' % (layout, tag), bundle], capture_output=True,
+                           text=True)
+        if r.returncode != 0:
+            raise RuntimeError('umoci unpack: ' + r.stderr.strip()[-1000:])
+        return copied, time.monotonic() - t - copied
+
+
+def layers_size(manifest):
+    return sum(layer['size'] for layer in manifest['layers'])
+
+
+def bootstrap_layer(manifest):
+    """The RAFS bootstrap layer of a Nydus-style manifest (its last layer, so annotated), or None."""
+    for layer in manifest['layers']:
+        if (layer.get('annotations') or {}).get('containerd.io/snapshot/nydus-bootstrap') == 'true':
+            return layer
+    return None
+
+
+def mounted(path):
+    """Whether `path` is a mount point now (this mount namespace's mountinfo)."""
+    path = os.path.realpath(path)
+    with open('/proc/self/mountinfo') as f:
+        return any(line.split()[4] == path for line in f)
+
+
+class ImageMount:
+    """`rafsd mount --config CFG --cache-dir DIR IMAGE MOUNTPOINT`, in the registry's network
+    namespace, with a config naming the registry's docker config and certs dir, cache and state
+    dirs emptied first (a cold start). start() returns the seconds until the image is mounted;
+    stop() ends rafsd with SIGINT (it unmounts) and returns the bytes its blobs fetched."""
+
+    def __init__(self, rafsd, reg, image, mountpoint, work, prefetch=False):
+        self.rafsd, self.reg, self.image, self.mountpoint, self.work = rafsd, reg, image, mountpoint, work
+        self.cache_dir = os.path.join(work, 'rafsd-cache')
+        state_dir = os.path.join(work, 'rafsd-state')
+        for d in (self.cache_dir, state_dir):
+            shutil.rmtree(d, ignore_errors=True)
+            os.makedirs(d)
+        os.makedirs(mountpoint, exist_ok=True)
+        self.config = os.path.join(work, 'rafsd.toml')
+        with open(self.config, 'w') as f:
+            f.write('[daemon]\nstate_dir = %s\n\n[prefetch]\nenable = %s\n\n'
+                    '[backend.registry]\ndocker_config = %s\n\n[backend.transport]\ncerts_dir = %s\n'
+                    % (json.dumps(state_dir), 'true' if prefetch else 'false', json.dumps(reg.auth_file),
+                       json.dumps(reg.certs_dir)))
+        self.log_path = os.path.join(work, 'rafsd.log')
+        self.proc = None
+
+    def start(self, timeout=120):
+        if mounted(self.mountpoint):
+            raise RuntimeError('%s is already mounted' % self.mountpoint)
+        self.log = open(self.log_path, 'w')
+        t = time.monotonic()
+        self.proc = subprocess.Popen(self.reg.cmd([self.rafsd, 'mount', '--config', self.config, '--cache-dir',
+                                                   self.cache_dir, self.image, self.mountpoint]),
+                                     stdout=self.log, stderr=subprocess.STDOUT)
+        while not mounted(self.mountpoint):
+            if self.proc.poll() is not None:
+                self.log.close()
+                raise RuntimeError('rafsd mount %s exited with status %d before mounting it:\n%s'
+                                   % (self.image, self.proc.returncode, self.log_text()[-2000:]))
+            if time.monotonic() - t > timeout:
+                self.stop()
+                raise RuntimeError('rafsd mount %s: not mounted after %d s' % (self.image, timeout))
+            time.sleep(0.005)
+        return time.monotonic() - t
+
+    def log_text(self):
+        with open(self.log_path) as f:
+            return f.read()
+
+    def stop(self):
+        """SIGINT to rafsd (it unmounts), bounded wait; returns the bytes its blobs fetched."""
+        if self.proc is None:
+            return 0
+        if self.proc.poll() is None:
+            self.proc.send_signal(2)
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+        self.log.close()
+        if mounted(self.mountpoint):  # rafsd was killed before it could unmount
+            subprocess.run(['umount', '--lazy', self.mountpoint])
+        return sum(int(n) for n in re.findall(r': fetched (\d+) bytes', self.log_text()))
