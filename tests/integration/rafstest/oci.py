@@ -41,16 +41,17 @@ def chroot_cmd(root, argv):
 
 
 def time_to_first_line(cmd, ready=None, timeout=300):
-    """Starts cmd and returns (seconds to the first stdout line containing `ready`, or to its
-    exit when ready is None, that line). The command's exit status must be 0 when it ends first;
-    a command still running after the line is waited for (bounded) so nothing is left behind."""
+    """Starts cmd and returns (seconds, its stdout): the seconds until the first stdout line that
+    contains `ready` ('' for any line), or until its exit when ready is None. A command that ends
+    first must exit with status 0; one still running after the line is waited for (bounded), so
+    its whole output is returned and nothing is left behind."""
     start = time.monotonic()
+    deadline = start + timeout
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        seen = None
-        buf = b''
-        deadline = start + timeout
-        while ready is not None and seen is None:
+        out = b''
+        elapsed = None
+        while ready is not None and elapsed is None:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise RuntimeError('%s: no line with %r within %d s' % (' '.join(cmd), ready, timeout))
@@ -59,23 +60,19 @@ def time_to_first_line(cmd, ready=None, timeout=300):
             data = os.read(proc.stdout.fileno(), 65536)
             if not data:
                 break
-            buf += data
-            for line in buf.split(b'\n')[:-1]:
-                if ready in line.decode('utf-8', 'replace'):
-                    seen = line.decode('utf-8', 'replace')
-                    break
-        if seen is not None:
-            elapsed = time.monotonic() - start
-            _, err = proc.communicate(timeout=max(1, deadline - time.monotonic()))
-        else:
-            out, err = proc.communicate(timeout=max(1, deadline - time.monotonic()))
-            elapsed = time.monotonic() - start
+            out += data
+            if any(ready in line.decode('utf-8', 'replace') for line in out.split(b'\n')[:-1]):
+                elapsed = time.monotonic() - start
+        rest, err = proc.communicate(timeout=max(1, deadline - time.monotonic()))
+        out += rest
+        if elapsed is None:
             if ready is not None:
-                raise RuntimeError('%s ended without a line with %r: %s' % (' '.join(cmd), ready,
-                                                                           (buf + out + err).decode()[-500:]))
+                raise RuntimeError('%s ended without a line with %r: %s'
+                                   % (' '.join(cmd), ready, (out + err).decode('utf-8', 'replace')[-500:]))
+            elapsed = time.monotonic() - start
         if proc.returncode != 0:
             raise RuntimeError('%s: exit status %d: %s' % (' '.join(cmd), proc.returncode, err.decode()[-500:]))
-        return elapsed, seen
+        return elapsed, out.decode('utf-8', 'replace')
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -160,10 +157,9 @@ class ImageRegistry:
     def convert(self, mkrafs, source, target, options=()):
         """`mkrafs convert` of image reference `source` to `target` with this work dir's
         credentials and CAs; returns the seconds it took."""
-        probe = subprocess.run([mkrafs, 'convert', '--help'], capture_output=True, text=True)
-        if probe.returncode != 0:
-            raise RuntimeError('%s has no `convert` command yet (issue 9): %s'
-                               % (mkrafs, (probe.stderr or probe.stdout).strip().splitlines()[0]))
+        usage = subprocess.run([mkrafs, '--help'], capture_output=True, text=True).stdout
+        if not re.search(r'^\s+convert\s', usage, re.M):
+            raise RuntimeError('%s has no `convert` subcommand yet (issue 9), so nothing can be converted' % mkrafs)
         t = time.monotonic()
         r = subprocess.run(self.cmd([mkrafs, 'convert', '--authfile', self.auth_file, '--cert-dir', self.certs_dir]
                                     + list(options) + [source, target]), capture_output=True, text=True)
