@@ -5,13 +5,13 @@ of the caller's (servers.Netns) if one is given, and stops only what it started:
   ImageRegistry(work, netns)      docker-registry with TLS (a CA made here) and htpasswd auth, plus
                                   the docker config.json and certs.d dir that name it (auth_file,
                                   certs_dir), as skopeo, mkrafs and rafsd read them
-  .convert(mkrafs, src, target)   `mkrafs convert` from one reference to another, timed
-  .copy(src, target)              `skopeo copy` between registries, timed
   .push(layout_ref, repo, tag)    an OCI layout (oci:DIR:TAG) into it with skopeo copy
+  .copy(src, target)              `skopeo copy` between registries, timed
+  .convert(mkrafs, src, target)   `mkrafs convert` from one reference to another, timed
   .manifest(repo, tag)            the manifest it serves (skopeo inspect --raw)
   .pull_unpack(...)               the baseline: skopeo copy to an OCI layout, then umoci unpack, timed
-  ImageMount(...)                 `rafsd mount IMAGE MOUNTPOINT` in the foreground, timed to mounted;
-                                  stop() says how many bytes it fetched
+  ImageMount(...)                 `rafsd mount IMAGE MOUNTPOINT` in the background, timed to mounted;
+                                  unmount() says how many bytes it fetched
   drop_caches()                   the page cache, dentries and inodes dropped: a cold start
   time_to_first_line(cmd, ...)    seconds from starting cmd to its first output line (or its exit)
   chroot_cmd(root, argv)          argv in a chroot of root with a minimal environment
@@ -26,6 +26,8 @@ import shutil
 import subprocess
 import time
 
+from .mount import umount
+from .rafsd import RafsdMount, fetched_bytes, write_config
 from .servers import TestCa, free_port, htpasswd, registry
 
 
@@ -201,72 +203,44 @@ def bootstrap_layer(manifest):
     return None
 
 
-def mounted(path):
-    """Whether `path` is a mount point now (this mount namespace's mountinfo)."""
-    path = os.path.realpath(path)
-    with open('/proc/self/mountinfo') as f:
-        return any(line.split()[4] == path for line in f)
-
-
-class ImageMount:
-    """`rafsd mount --config CFG --cache-dir DIR IMAGE MOUNTPOINT`, in the registry's network
-    namespace, with a config naming the registry's docker config and certs dir, cache and state
-    dirs emptied first (a cold start). start() returns the seconds until the image is mounted;
-    stop() ends rafsd with SIGINT (it unmounts) and returns the bytes its blobs fetched."""
+class ImageMount(RafsdMount):
+    """`rafsd mount --config CFG --cache-dir DIR IMAGE MOUNTPOINT` in the registry's network
+    namespace, with a config naming the registry's docker config and certs dir, and cache and
+    state dirs emptied first (a cold start). mount() returns the seconds until the image is
+    mounted; unmount() ends rafsd with SIGINT (it unmounts) and returns the bytes its blobs
+    fetched."""
 
     def __init__(self, rafsd, reg, image, mountpoint, work, prefetch=False):
-        self.rafsd, self.reg, self.image, self.mountpoint, self.work = rafsd, reg, image, mountpoint, work
-        self.cache_dir = os.path.join(work, 'rafsd-cache')
+        cache_dir = os.path.join(work, 'rafsd-cache')
         state_dir = os.path.join(work, 'rafsd-state')
-        for d in (self.cache_dir, state_dir):
+        for d in (cache_dir, state_dir):
             shutil.rmtree(d, ignore_errors=True)
             os.makedirs(d)
         os.makedirs(mountpoint, exist_ok=True)
-        self.config = os.path.join(work, 'rafsd.toml')
-        with open(self.config, 'w') as f:
-            f.write('[daemon]\nstate_dir = %s\n\n[prefetch]\nenable = %s\n\n'
-                    '[backend.registry]\ndocker_config = %s\n\n[backend.transport]\ncerts_dir = %s\n'
-                    % (json.dumps(state_dir), 'true' if prefetch else 'false', json.dumps(reg.auth_file),
-                       json.dumps(reg.certs_dir)))
-        self.log_path = os.path.join(work, 'rafsd.log')
-        self.proc = None
+        config = write_config(os.path.join(work, 'rafsd.toml'), daemon={'state_dir': state_dir},
+                              prefetch={'enable': prefetch}, **{'backend.registry': {'docker_config': reg.auth_file},
+                                                                 'backend.transport': {'certs_dir': reg.certs_dir}})
+        super().__init__(rafsd, image, mountpoint, cache_dir=cache_dir, config=config,
+                         log_path=os.path.join(work, 'rafsd.log'))
+        self.cmd = reg.cmd(self.cmd)
+        self.image = image
 
-    def start(self, timeout=120):
-        if mounted(self.mountpoint):
-            raise RuntimeError('%s is already mounted' % self.mountpoint)
-        self.log = open(self.log_path, 'w')
+    def mount(self, timeout=120):
+        if os.path.ismount(self.mountpoint):
+            raise RuntimeError('%s is mounted already' % self.mountpoint)
         t = time.monotonic()
-        self.proc = subprocess.Popen(self.reg.cmd([self.rafsd, 'mount', '--config', self.config, '--cache-dir',
-                                                   self.cache_dir, self.image, self.mountpoint]),
-                                     stdout=self.log, stderr=subprocess.STDOUT)
-        while not mounted(self.mountpoint):
-            if self.proc.poll() is not None:
-                self.log.close()
-                raise RuntimeError('rafsd mount %s exited with status %d before mounting it:\n%s'
-                                   % (self.image, self.proc.returncode, self.log_text()[-2000:]))
-            if time.monotonic() - t > timeout:
-                self.stop()
-                raise RuntimeError('rafsd mount %s: not mounted after %d s' % (self.image, timeout))
-            time.sleep(0.005)
+        if not self.start(timeout, poll=0.005):
+            code = self.proc.poll()
+            self.stop()
+            why = 'exit status %d before it mounted' % code if code is not None else 'not mounted in %d s' % timeout
+            raise RuntimeError('rafsd mount %s: %s:\n%s' % (self.image, why, self.log_text()[-2000:]))
         return time.monotonic() - t
 
-    def log_text(self):
-        with open(self.log_path) as f:
-            return f.read()
-
-    def stop(self):
-        """SIGINT to rafsd (it unmounts), bounded wait; returns the bytes its blobs fetched."""
-        if self.proc is None:
-            return 0
-        if self.proc.poll() is None:
-            self.proc.send_signal(2)
-            try:
-                self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc = None
-        self.log.close()
-        if mounted(self.mountpoint):  # rafsd was killed before it could unmount
-            subprocess.run(['umount', '--lazy', self.mountpoint])
-        return sum(int(n) for n in re.findall(r': fetched (\d+) bytes', self.log_text()))
+    def unmount(self):
+        code = self.stop()
+        if os.path.ismount(self.mountpoint):  # rafsd was killed before it could unmount
+            umount(self.mountpoint)
+        if code != 0:
+            raise RuntimeError('rafsd mount %s: exit status %s on SIGINT:\n%s' % (self.image, code,
+                                                                                   self.log_text()[-2000:]))
+        return fetched_bytes(self.log_text())
