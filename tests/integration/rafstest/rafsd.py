@@ -108,8 +108,9 @@ class RafsdProcess:
     def ready(self):
         raise NotImplementedError
 
-    def start(self, timeout=30):
-        """Starts rafsd; True once ready(), False if it exits or the timeout passes first."""
+    def start(self, timeout=30, poll=0.05):
+        """Starts rafsd; True once ready() (checked every `poll` seconds), False if it exits or the
+        timeout passes first."""
         log('$ ' + ' '.join(self.cmd) + ' &')
         self.log_file = open(self.log_path, 'wb')
         self.proc = subprocess.Popen(self.cmd, stdout=self.log_file, stderr=subprocess.STDOUT)
@@ -119,7 +120,7 @@ class RafsdProcess:
                 return True
             if self.proc.poll() is not None:
                 return False
-            time.sleep(0.05)
+            time.sleep(poll)
         return False
 
     def stop(self, sig=None, timeout=60):

@@ -2,6 +2,7 @@
 and stopped by it (only the processes it started):
 
   free_port()                      a port nothing listens on now
+  Netns(name)                      a network namespace of our own, its loopback shaped by tbf on demand
   Server(cmd, port, log)           a process in the background, ready once its port accepts
   nginx(root, port, tmp)           nginx-light serving `root` at /blobs/ (a range server)
   TestCa(dir)                      a CA made with openssl, and server certificates for 127.0.0.1
@@ -58,6 +59,35 @@ def in_netns(netns, fn):
     if 'error' in result:
         raise result['error']
     return result['value']
+
+
+class Netns:
+    """A network namespace of the caller's own, /run/netns/<name>, with its loopback up; shape()
+    limits that loopback with tbf. lo's MTU is lowered to 1500 first: with its default of 65536
+    and a burst below it, tbf drops every large packet. Servers and clients in it address
+    127.0.0.1 and nothing else. remove() deletes it."""
+
+    def __init__(self, name):
+        self.name = name
+        # A namespace of this name is a leftover of an interrupted run of the same caller.
+        subprocess.run(['ip', 'netns', 'del', name], stderr=subprocess.DEVNULL)
+        subprocess.run(['ip', 'netns', 'add', name], check=True)
+        self._exec('ip', 'link', 'set', 'lo', 'mtu', '1500', 'up')
+
+    def _exec(self, *args):
+        subprocess.run(['ip', 'netns', 'exec', self.name] + list(args), check=True)
+
+    def cmd(self, argv):
+        """argv run in this namespace's network (nsenter --net: the mount namespace stays ours)."""
+        return ['nsenter', '--net=/run/netns/' + self.name] + list(argv)
+
+    def shape(self, mbit):
+        """The loopback limited to `mbit` Mbit/s (tbf)."""
+        self._exec('tc', 'qdisc', 'replace', 'dev', 'lo', 'root', 'tbf', 'rate', '%dmbit' % mbit, 'burst', '32kb',
+                   'latency', '50ms')
+
+    def remove(self):
+        subprocess.run(['ip', 'netns', 'del', self.name], stderr=subprocess.DEVNULL)
 
 
 def port_open(port, netns=None):
