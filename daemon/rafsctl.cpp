@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cctype>
+#include <fstream>
 #include <functional>
 #include <iostream>
 #include <optional>
@@ -293,6 +294,12 @@ int main(int argc, char** argv) {
     status->add_option("MOUNTPOINT", mountpoint, "only this image");
     status->add_flag("--json", as_json, "print rafsd's answer as JSON");
 
+    std::string trace_out;
+    auto* trace = app.add_subcommand(
+        "trace", "print the files of a mounted image in the order first read since its mount (a prefetch list)");
+    trace->add_option("MOUNTPOINT", mountpoint, "where the image is mounted")->required();
+    trace->add_option("--output,-o", trace_out, "write the list to FILE instead of stdout");
+
     try {
         app.parse(argc, argv);
         rafsd::ControlClient client(socket, std::chrono::milliseconds(static_cast<int64_t>(timeout * 1000.0)));
@@ -337,6 +344,19 @@ int main(int argc, char** argv) {
             json response = client.call(request);
             if (as_json) std::cout << response.dump(2, ' ', false, json::error_handler_t::replace) << "\n";
             else printStatus(response);
+        } else if (trace->parsed()) {
+            const json response = client.call(rafsd::TraceRequest{absolutePath(mountpoint)});
+            const std::string text = response.contains("text") && response["text"].is_string()
+                                         ? response["text"].get<std::string>() : std::string();
+            if (trace_out.empty()) {
+                std::cout << text;
+            } else {
+                std::ofstream out(trace_out, std::ios::trunc);
+                out << text;
+                out.close();
+                if (!out) rafs::failErrno("writing " + trace_out);
+                std::cerr << "rafsctl: " << response.value("files", 0) << " files written to " << trace_out << "\n";
+            }
         }
     } catch (const CLI::CallForHelp& e) {
         return app.exit(e);

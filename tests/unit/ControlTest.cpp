@@ -70,6 +70,9 @@ public:
         std::lock_guard lock(mutex_);
         return status_;
     }
+    json trace(const rafsd::TraceRequest& request) override {
+        return {{"text", "# trace of " + request.mountpoint.string() + "\n/usr/bin/bash\n"}, {"files", 1}, {"chunks", 2}};
+    }
 
     void waitUntilBlocked() {
         std::unique_lock lock(mutex_);
@@ -220,7 +223,7 @@ TEST_CASE("control requests parse into typed structs", "[api]") {
 
     for (const Request& r : {Request(expected), Request(minimal), Request(registered), Request(rafsd::UmountRequest{"/m"}),
                              Request(rafsd::ListRequest{}), Request(rafsd::StatusRequest{}),
-                             Request(rafsd::StatusRequest{"/m"})}) {
+                             Request(rafsd::StatusRequest{"/m"}), Request(rafsd::TraceRequest{"/m"})}) {
         std::string line = rafsd::formatRequest(r);
         INFO(line);
         CHECK(line.find('\n') == std::string::npos);
