@@ -115,13 +115,6 @@ void ChunkFetcher::makePresent(uint32_t image, uint32_t blob_index, uint64_t off
         return;
     }
     length = std::min(length, d.uncompressed_size - offset);
-    if (const std::shared_ptr<AccessTrace> trace = traceOf(image)) {
-        const uint64_t end = rafs::alignUp(offset + length, 4096);
-        uint32_t last = FetchPlanner::firstCovering(d.chunks, offset / 4096 * 4096);
-        const uint32_t first = last;
-        while (last < d.chunks.size() && d.chunks[last].uncompressed_offset < end) ++last;
-        trace->record(blob_index, first, last);
-    }
 
     auto request = std::make_shared<PendingRequest>();
     // A miss is answered through this wrapper, which times it; a hit directly.
@@ -172,6 +165,14 @@ void ChunkFetcher::makePresent(uint32_t image, uint32_t blob_index, uint64_t off
     // Always: the runs' chunks are in in_flight_ now, so no other request will fetch them.
     for (const FetchRun& run : plan.runs) {
         queue_->push(FetchQueue::Priority::OnDemand, [this, blob, run] { fetchRun(blob, run, false); });
+    }
+    // Last, off the path of the answer and the fetches.
+    if (const std::shared_ptr<AccessTrace> trace = traceOf(image)) {
+        const uint64_t end = rafs::alignUp(offset + length, 4096);
+        uint32_t last = FetchPlanner::firstCovering(d.chunks, offset / 4096 * 4096);
+        const uint32_t first = last;
+        while (last < d.chunks.size() && d.chunks[last].uncompressed_offset < end) ++last;
+        trace->record(blob_index, first, last);
     }
 }
 

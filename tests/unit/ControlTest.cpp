@@ -237,8 +237,8 @@ TEST_CASE("control request errors", "[api]") {
     CHECK_THROWS_WITH(parseRequest(""), StartsWith("request is not valid JSON: "));
     CHECK_THROWS_WITH(parseRequest("[\"list\"]"), "request is not a JSON object");
     CHECK_THROWS_WITH(parseRequest("{}"), "request has no 'op'");
-    CHECK_THROWS_WITH(parseRequest(R"({"op":5})"), "op: 5 is not one of mount, umount, list, status");
-    CHECK_THROWS_WITH(parseRequest(R"({"op":"remount"})"), "op: \"remount\" is not one of mount, umount, list, status");
+    CHECK_THROWS_WITH(parseRequest(R"({"op":5})"), "op: 5 is not one of mount, umount, list, status, trace");
+    CHECK_THROWS_WITH(parseRequest(R"({"op":"remount"})"), "op: \"remount\" is not one of mount, umount, list, status, trace");
     CHECK_THROWS_WITH(parseRequest(R"({"op":"mount","bootstrap":"/a.boot"})"), "mount request has no 'mountpoint'");
     CHECK_THROWS_WITH(parseRequest(R"({"op":"umount"})"), "umount request has no 'mountpoint'");
     CHECK_THROWS_WITH(parseRequest(R"({"op":"mount","bootstrap":"a.boot","mountpoint":"/m"})"),
