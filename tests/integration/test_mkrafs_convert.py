@@ -172,6 +172,28 @@ def blob_path(layout, digest):
     return os.path.join(layout, 'blobs', 'sha256', digest.split(':', 1)[1])
 
 
+def copy_layout(src, dst):
+    """A copy of the OCI layout `src` at `dst`; returns its first manifest, parsed."""
+    shutil.copytree(src, dst)
+    with open(os.path.join(dst, 'index.json')) as f:
+        idx = json.load(f)
+    with open(blob_path(dst, idx['manifests'][0]['digest']), 'rb') as f:
+        return json.load(f)
+
+
+def replace_manifest(layout, manifest):
+    """Stores `manifest` in `layout` and points the index's first entry at it."""
+    data = json.dumps(manifest).encode()
+    digest = 'sha256:' + hashlib.sha256(data).hexdigest()
+    with open(blob_path(layout, digest), 'wb') as f:
+        f.write(data)
+    with open(os.path.join(layout, 'index.json')) as f:
+        idx = json.load(f)
+    idx['manifests'][0].update(digest=digest, size=len(data))
+    with open(os.path.join(layout, 'index.json'), 'w') as f:
+        json.dump(idx, f)
+
+
 def check_rafs_image(ck, mk, tmp, layout, manifest_digest, expected, label):
     """A RAFS image in an OCI layout: its structure, and its tree against `expected`."""
     with open(blob_path(layout, manifest_digest), 'rb') as f:
@@ -389,28 +411,14 @@ def main():
                         'RAFS image already')
             # An image whose layer is encrypted (ocicrypt's media type), pushed by hand.
             enc_layout = os.path.join(tmp, 'enc-layout')
-            shutil.copytree(src_layout, enc_layout)
-            with open(os.path.join(enc_layout, 'index.json')) as f:
-                idx = json.load(f)
-            with open(blob_path(enc_layout, idx['manifests'][0]['digest']), 'rb') as f:
-                m = json.load(f)
+            m = copy_layout(src_layout, enc_layout)
             m['layers'][1]['mediaType'] = 'application/vnd.oci.image.layer.v1.tar+gzip+encrypted'
-            data = json.dumps(m).encode()
-            md = 'sha256:' + hashlib.sha256(data).hexdigest()
-            with open(blob_path(enc_layout, md), 'wb') as f:
-                f.write(data)
-            idx['manifests'][0].update(digest=md, size=len(data))
-            with open(os.path.join(enc_layout, 'index.json'), 'w') as f:
-                json.dump(idx, f)
+            replace_manifest(enc_layout, m)
             expect_fail(ck, 'encrypted layer', convert(mk, reg, 'oci:%s:v1' % enc_layout, '%s/bad/app:t' % host),
                         'tar+gzip+encrypted')
             # A damaged layout: the last layer's bytes changed, its digest kept.
             bad_layout = os.path.join(tmp, 'bad-layout')
-            shutil.copytree(src_layout, bad_layout)
-            with open(os.path.join(bad_layout, 'index.json')) as f:
-                idx = json.load(f)
-            with open(blob_path(bad_layout, idx['manifests'][0]['digest']), 'rb') as f:
-                m = json.load(f)
+            m = copy_layout(src_layout, bad_layout)
             victim = blob_path(bad_layout, m['layers'][-1]['digest'])
             with open(victim, 'r+b') as f:
                 f.seek(os.path.getsize(victim) // 2)
