@@ -14,7 +14,8 @@ backend.type is localfs: a mount by image uses the registry whatever it says.
    bootstrap fetched, the kept files untouched; a bootstrap layer that is a plain tar mounts too;
 3. `rafsd serve` + `rafsctl mount IMAGE`: list shows the reference; after kill -9 of the worker the
    next one takes the mount over from the mount table (reference and manifest digest) and the
-   files not yet read come from the registry;
+   files not yet read come from the registry; `rafsd mount` of a tag that is then moved to another
+   image, kill -9 of its worker: the next worker serves the image the kernel has mounted;
 4. bad input, each one error line naming it, nothing mounted, nothing left in the state dir: an
    unknown tag, an ordinary OCI image, no manifest for this platform, a bootstrap layer whose
    bytes do not match its digest, a tar without image/image.boot, garbage gzip, an encrypted
@@ -30,8 +31,9 @@ import time
 
 from rafstest import compare, harness
 from rafstest.harness import log
-from rafstest.rafsd import (RafsdMount, RafsdServe, children, expect_error, network_config, rafsctl, small_image,
-                            start_test, worker_of)
+from rafstest.boot import blob_ids
+from rafstest.rafsd import (RafsdMount, RafsdServe, children, expect_error, make_small_tree, network_config, rafsctl,
+                            small_image, start_test, worker_of)
 from rafstest.rafsimage import OCI_TAR_GZIP, Pusher, bootstrap_layer, host_arch
 from rafstest.servers import basic_auth, docker_config, htpasswd_registry
 
@@ -161,6 +163,31 @@ def main():
                              'rafsctl mount of an unknown tag: one error line', err)
                     ck.check(not os.path.ismount(mnt), 'rafsctl: nothing mounted')
                 ck.check(srv.stop() == 0, 'rafsd serve exits 0')
+
+            ck.section('rafsd mount by a tag that moves, kill -9 of the worker: the next one serves what is mounted')
+            cfg = image_config(tmp, 'moving', host, cfg_json, ca.cert)  # a cold cache: reads go to the worker
+            src2, out2 = os.path.join(tmp, 'src2'), os.path.join(tmp, 'out2')
+            make_small_tree(src2, FILES, seed=23)
+            if ck.cmd_ok(mk.build(out2, [src2]), 'mkrafs build of a second image'):
+                boot2 = os.path.join(out2, 'image.boot')
+                blobs2 = [os.path.join(out2, 'blobs', b) for b in blob_ids(boot2)]
+                push.rafs_image('moving', boot, [blob_path])
+                ref = '%s/%s:moving' % (host, REPO)
+                with RafsdMount(rafsd, ref, mnt, config=cfg, log_path=os.path.join(tmp, 'moving.log')) as m:
+                    if ck.check(m.start(), 'rafsd mount ' + ref, m.log_text()[-2000:]):
+                        with open(os.path.join(mnt, 'etc/conf'), 'rb') as f, open(os.path.join(src, 'etc/conf'), 'rb') as g:
+                            ck.check(f.read() == g.read(), 'etc/conf reads back before the tag moves')
+                        push.rafs_image('moving', boot2, blobs2)
+                        worker = worker_of(m.proc.pid)
+                        os.kill(worker, signal.SIGKILL)
+                        ck.check(wait_for(lambda: 'reattached' in m.log_text()) is not None,
+                                 'the next worker reattached the mount', m.log_text()[-2000:])
+                        ck.diffs('tree after the tag moved and the worker died: still the mounted image',
+                                 compare.compare_trees(src, mnt))
+                    ck.check(m.stop() == 0, 'rafsd mount exits 0')
+                left = os.listdir(os.path.join(tmp, 'moving-state'))
+                ck.check(not [n for n in left if n.startswith('mount-')], 'no table of the rafsd mount left after it stopped',
+                         repr(left))
 
             ck.section('bad input: one error line, nothing mounted, nothing left in the state dir')
             bad_cfg = image_config(tmp, 'bad', host, cfg_json, ca.cert)
