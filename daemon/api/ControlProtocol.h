@@ -71,7 +71,7 @@ struct MountRequest {
     // user (`mount -t erofs -o fsid=...`); the response carries the command.
     bool register_only = false;
     // An image reference (HOST[:PORT]/REPO[:TAG|@DIGEST]), checked by rafsd.
-    std::optional<std::string> image;
+    std::optional<std::string> image = std::nullopt;
     bool operator==(const MountRequest&) const = default;
 };
 

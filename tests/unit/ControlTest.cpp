@@ -565,6 +565,7 @@ TEST_CASE("rafsctl against a fake rafsd", "[api]") {
     ControlServer server = ControlServer::bind(socket, handler);
     std::string s = "--socket '" + socket.string() + "' ";
     std::filesystem::path cwd = dir.path / "work";
+    std::ofstream(cwd / "image.boot").put('x');  // a path that exists is a bootstrap
 
     Run run = rafsctl(s + "mount --engine fscache --fsid img1 --domain-id d --blob-dir blobs image.boot mnt/", cwd);
     CHECK(run.status == 0);
@@ -572,6 +573,14 @@ TEST_CASE("rafsctl against a fake rafsd", "[api]") {
     REQUIRE(handler.mounts().size() == 1);
     CHECK(handler.mounts()[0] == MountRequest{cwd / "image.boot", cwd / "mnt", cwd / "blobs", rafsd::EngineKind::Fscache,
                                             "d", "img1", false, {}});
+
+    // Anything else is an image reference, for rafsd to check.
+    run = rafsctl(s + "mount 127.0.0.1:5000/app:v1 mnt", cwd);
+    CHECK(run.status == 0);
+    CHECK(run.output == fmt::format("mounted 127.0.0.1:5000/app:v1 on {}/work/mnt (fanotify)\n", dir.path.string()));
+    REQUIRE(handler.mounts().size() == 2);
+    CHECK(handler.mounts()[1].image == "127.0.0.1:5000/app:v1");
+    CHECK(handler.mounts()[1].bootstrap.empty());
 
     run = rafsctl(s + "mount image.boot /fail", cwd);
     CHECK(run.status == 1);
@@ -590,13 +599,15 @@ TEST_CASE("rafsctl against a fake rafsd", "[api]") {
 
     handler.setList(json::parse(R"({"images":[
         {"mountpoint":"/mnt/a","bootstrap":"/images/alpine.boot","engine":"fanotify","blobs":2},
-        {"mountpoint":"/mnt/longer-name","bootstrap":"/i/b.boot","engine":"fscache","blobs":[{},{},{}]}]})"));
+        {"mountpoint":"/mnt/longer-name","bootstrap":"/i/b.boot","engine":"fscache","blobs":[{},{},{}]},
+        {"mountpoint":"/mnt/c","bootstrap":"/s/c.boot","image":"h:1/app:v1","engine":"fanotify","blobs":1}]})"));
     run = rafsctl(s + "list", cwd);
     CHECK(run.status == 0);
     CHECK(run.output ==
           "MOUNTPOINT        IMAGE                ENGINE    BLOBS\n"
           "/mnt/a            /images/alpine.boot  fanotify      2\n"
-          "/mnt/longer-name  /i/b.boot            fscache       3\n");
+          "/mnt/longer-name  /i/b.boot            fscache       3\n"
+          "/mnt/c            h:1/app:v1           fanotify      1\n");
 
     json status = json::parse(R"({"images":[
         {"mountpoint":"/mnt/a","bootstrap":"/images/alpine.boot","engine":"fanotify","uptime":12,"blobs":[
@@ -629,4 +640,17 @@ TEST_CASE("rafsctl against a fake rafsd", "[api]") {
     CHECK(run.status == 1);
     CHECK(run.output ==
           fmt::format("rafsctl: cannot connect to {}: No such file or directory (is rafsd serve running?)\n", socket.string()));
+}
+
+TEST_CASE("control: a mount by image reference", "[api]") {
+    const auto r = std::get<MountRequest>(parseRequest(R"({"op":"mount","image":"h:5/app:v1","mountpoint":"/m"})"));
+    CHECK(r.image == "h:5/app:v1");
+    CHECK(r.bootstrap.empty());
+    CHECK(parseRequest(rafsd::formatRequest(r)) == Request(r));
+    CHECK_THROWS_WITH(parseRequest(R"({"op":"mount","image":"h/a","bootstrap":"/a","mountpoint":"/m"})"),
+                      "mount request has both 'bootstrap' and 'image'");
+    CHECK_THROWS_WITH(parseRequest(R"({"op":"mount","mountpoint":"/m"})"), "mount request has no 'bootstrap'");
+    CHECK_THROWS_WITH(parseRequest(R"({"op":"mount","image":5,"mountpoint":"/m"})"), "image: 5 is not a string");
+    CHECK_THROWS_WITH(parseRequest(R"({"op":"mount","image":"","mountpoint":"/m"})"),
+                      "image: \"\" is not an image reference");
 }

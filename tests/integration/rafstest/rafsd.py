@@ -379,6 +379,26 @@ def rafsctl_status(rafsctl_bin, socket_path, mountpoint=None):
     return json.loads(r.stdout)
 
 
+def children(pid):
+    """The pids of the children of `pid`."""
+    try:
+        with open('/proc/%d/task/%d/children' % (pid, pid)) as f:
+            return [int(p) for p in f.read().split()]
+    except OSError:
+        return []
+
+
+def worker_of(pid, timeout=30):
+    """The first child of rafsd `pid` (its supervisor): the worker."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        kids = children(pid)
+        if kids:
+            return kids[0]
+        time.sleep(0.05)
+    raise RuntimeError('rafsd %d has no worker' % pid)
+
+
 class RafsdServe(RafsdProcess):
     """`rafsd serve --config F` in the background; started when the control socket answers."""
 

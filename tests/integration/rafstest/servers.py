@@ -7,6 +7,8 @@ and stopped by it (only the processes it started):
   nginx(root, port, tmp)           nginx-light serving `root` at /blobs/ (a range server)
   TestCa(dir)                      a CA made with openssl, and server certificates for 127.0.0.1
   registry(...)                    Debian's docker-registry (distribution 2.8), TLS, htpasswd or token auth
+  htpasswd_registry(tmp, users)    the same on a free port with a new CA and htpasswd auth
+  docker_config(path, host, ...)   a docker config.json holding a host's credentials
   push_blob(url, repo, path, ...)  a blob uploaded with the plain distribution API (POST + PUT)
   push_data(url, repo, bytes, ...) the same from bytes
   push_manifest(url, repo, ref, media_type, bytes, ...)  a manifest or index PUT under a tag
@@ -237,6 +239,26 @@ def registry(tmp, name, port, cert=None, key=None, auth=None, client_ca=None, ne
         json.dump(config, f)  # JSON is YAML
     return Server('docker-registry', ['docker-registry', 'serve', path], port, os.path.join(root, 'log'),
                   netns=netns).start()
+
+
+def htpasswd_registry(tmp, users, name='registry'):
+    """docker-registry on a free port of 127.0.0.1 with TLS from a new test CA (tmp/<name>-ca) and
+    htpasswd (Basic) auth for `users` ({user: password}); returns (server, 'host:port', ca)."""
+    ca = TestCa(os.path.join(tmp, name + '-ca'))
+    cert, key = ca.issue('registry')
+    pw_file = os.path.join(tmp, name + '-htpasswd')
+    htpasswd(pw_file, users)
+    port = free_port()
+    server = registry(tmp, name, port, cert, key, auth={'htpasswd': {'realm': 'rafsd-test', 'path': pw_file}})
+    return server, '127.0.0.1:%d' % port, ca
+
+
+def docker_config(path, host, user, password):
+    """A docker config.json at `path` with the credentials of `host`; returns its auth string."""
+    auth = base64.b64encode(('%s:%s' % (user, password)).encode()).decode()
+    with open(path, 'w') as f:
+        json.dump({'auths': {host: {'auth': auth}}}, f)
+    return auth
 
 
 def _request(method, url, context, headers=None, data=None, timeout=60):
