@@ -47,8 +47,12 @@ public:
         std::memcpy(out.data(), b.data() + offset, out.size());
     }
     bool hasBlob(const std::string& digest) override { return blobs_.contains(digest); }
-    bool pushBlob(const std::string&, registry::RequestBody&, const std::string&) override { return false; }
-    void putManifest(const std::string&, std::string_view, const std::string&) override {}
+    // Read-only: the tests that use it resolve and fetch images, they never push.
+    void pushBlob(const std::string& digest, registry::RequestBody&) override { rafs::fail("mem: read-only ({})", digest); }
+    bool mountBlob(const std::string&, const std::string&) override { return false; }
+    void putManifest(const std::string& tag, std::string_view, const std::string&) override {
+        rafs::fail("mem: read-only ({})", tag);
+    }
     std::string describe() const override { return "mem"; }
 
     int manifest_gets = 0;
