@@ -30,7 +30,6 @@ base's big file) and pushed by skopeo:
    whose CA is unknown.
 """
 
-import base64
 import hashlib
 import json
 import os
@@ -42,7 +41,7 @@ import tarfile
 from rafstest import compare, harness
 from rafstest.harness import log, run, text
 from rafstest.rafsd import start_test
-from rafstest.servers import TestCa, free_port, htpasswd, registry
+from rafstest.servers import docker_config, htpasswd_registry
 
 USER, PASSWORD = 'conv', 'pw-Xk2-secret'
 MiB = 1 << 20
@@ -250,23 +249,16 @@ def main():
     with harness.temp_dir('mkrafs-convert-', keep=args.keep) as tmp:
         src_layout = os.path.join(tmp, 'src-layout')
         expected = make_oci_image(tmp, src_layout, 'v1')
-        ca = TestCa(os.path.join(tmp, 'ca'))
-        cert, key = ca.issue('registry')
-        pw_file = os.path.join(tmp, 'htpasswd')
-        htpasswd(pw_file, {USER: PASSWORD})
-        port = free_port()
-        host = '127.0.0.1:%d' % port
+        server, host, ca = htpasswd_registry(tmp, {USER: PASSWORD})
         certs_dir = os.path.join(tmp, 'certs.d')
         os.makedirs(os.path.join(certs_dir, host))
         shutil.copy(ca.cert, os.path.join(certs_dir, host, 'ca.crt'))
         auth_file = os.path.join(tmp, 'auth.json')
-        with open(auth_file, 'w') as f:
-            json.dump({'auths': {host: {'auth': base64.b64encode(('%s:%s' % (USER, PASSWORD)).encode()).decode()}}}, f)
+        docker_config(auth_file, host, USER, PASSWORD)
         work_dir = os.path.join(tmp, 'work')
         os.makedirs(work_dir)
         reg = Registry(host, ca, auth_file, certs_dir, work_dir)
-        with registry(tmp, 'registry', port, cert, key,
-                      auth={'htpasswd': {'realm': 'rafs-test', 'path': pw_file}}):
+        with server:
             r = reg.skopeo('copy', '--dest-cert-dir', os.path.join(certs_dir, host), '--authfile', auth_file,
                            'oci:%s:v1' % src_layout, 'docker://%s/src/app:v1' % host)
             if not ck.cmd_ok(r, 'skopeo pushes the OCI image'):
@@ -428,8 +420,7 @@ def main():
             expect_fail(ck, 'damaged layer', convert(mk, reg, 'oci:%s:v1' % bad_layout, '%s/bad/app:t' % host),
                         m['layers'][-1]['digest'])
             wrong_auth = os.path.join(tmp, 'wrong-auth.json')
-            with open(wrong_auth, 'w') as f:
-                json.dump({'auths': {host: {'auth': base64.b64encode(b'conv:wrong').decode()}}}, f)
+            docker_config(wrong_auth, host, USER, 'wrong')
             expect_fail(ck, 'wrong password', run([mk.path, 'convert', '--authfile', wrong_auth, '--cert-dir',
                                                    certs_dir, '--work-dir', work_dir, '%s/src/app:v1' % host,
                                                    '%s/bad/app:t' % host]),
