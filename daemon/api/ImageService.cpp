@@ -667,7 +667,7 @@ std::string ImageService::metrics() {
         m.histogram("rafsd_backend_request_latency_seconds", labels, blob->counters().backend_latency.snapshot());
     }
     m.family("rafsd_prefetch_backlog_chunks", "gauge", "Chunks queued for prefetch.");
-    m.sample("rafsd_prefetch_backlog_chunks", {}, fetcher_->prefetchBacklog());
+    m.sample("rafsd_prefetch_backlog_chunks", {}, fetcher_ ? fetcher_->prefetchBacklog() : 0);
     if (fanotify_) {
         const FanotifyCounters c = fanotify_->counters();
         m.family("rafsd_fanotify_events_total", "counter", "FAN_PRE_ACCESS events read.");
@@ -706,8 +706,11 @@ void ImageService::shutdown() {
                   c.opens + c.refused, c.refused, c.reads, c.blob_reads, c.read_errors, c.stale_chunks, c.closes,
                   c.read_latency_p50_us, c.read_latency_p99_us);
     }
+    for (const Image& image : images_) saveTraceOrLog(image);
+    // The fetch threads end here, while the engines they complete requests into (and whose
+    // on-complete callbacks unmark files) still exist: members are destroyed engines first.
+    fetcher_.reset();
     for (Image& image : images_) {
-        saveTraceOrLog(image);
         for (auto& blob : image.blobs) {
             const BlobCounters& c = blob->counters();
             log::info("blob {}: fetched {} bytes, {} of {} chunks present, {} misses, {} errors",
