@@ -437,4 +437,9 @@ Config parse(std::string_view text, const std::string& source) {
 
 Config load(const std::filesystem::path& path) { return parse(readFile(path), path.string()); }
 
+Config loadIfPresent(const std::filesystem::path& path, bool explicit_path) {
+    if (explicit_path || std::filesystem::exists(path)) return load(path);
+    return defaults();
+}
+
 }  // namespace rafsd

@@ -121,6 +121,11 @@ Config defaults();
 // Reads and validates a config file; throws rafs::Error "<path>:<line>: <what is wrong>".
 Config load(const std::filesystem::path& path);
 
+inline constexpr const char* kDefaultConfigPath = "/etc/rafsd/config.toml";
+// load(path) when the user named the file (`explicit_path`) or it exists, else defaults(): rafsd
+// and rafs-snapshotter run without a config file.
+Config loadIfPresent(const std::filesystem::path& path, bool explicit_path);
+
 // As load(), for text already in memory; `source` names it in messages.
 Config parse(std::string_view text, const std::string& source);
 

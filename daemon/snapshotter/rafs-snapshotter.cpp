@@ -7,6 +7,7 @@
 //   unregister  removes what register made
 #include "daemon/api/Config.h"
 #include "daemon/core/Log.h"
+#include "daemon/process/StopSignals.h"
 #include "daemon/snapshotter/ContainerdRegistration.h"
 #include "daemon/snapshotter/RafsdMounts.h"
 #include "daemon/snapshotter/RemoteLayers.h"
@@ -18,7 +19,6 @@
 #include <grpcpp/grpcpp.h>
 #include <systemd/sd-daemon.h>
 
-#include <csignal>
 #include <filesystem>
 #include <iostream>
 #include <thread>
@@ -28,19 +28,8 @@ using namespace rafsd;
 
 namespace {
 
-constexpr const char* kDefaultConfig = "/etc/rafsd/config.toml";
-
-Config rafsdConfig(const std::string& path, bool explicit_path) {
-    if (explicit_path || fs::exists(path)) return load(path);
-    return defaults();
-}
-
 int serve(const fs::path& root, const fs::path& address, const Config& config) {
-    sigset_t stop;
-    sigemptyset(&stop);
-    sigaddset(&stop, SIGINT);
-    sigaddset(&stop, SIGTERM);
-    if (pthread_sigmask(SIG_BLOCK, &stop, nullptr) != 0) rafs::fail("cannot block signals");
+    const sigset_t stop = blockStopSignals();
 
     std::error_code ec;
     fs::create_directories(root, ec);
@@ -67,9 +56,7 @@ int serve(const fs::path& root, const fs::path& address, const Config& config) {
     sd_notify(0, "READY=1");
 
     std::thread waiter([&] { server->Wait(); });
-    int sig = 0;
-    while (sigwait(&stop, &sig) != 0) {
-    }
+    const int sig = waitForStopSignal(stop);
     sd_notify(0, "STOPPING=1");
     log::info("signal {}: stopping (rafsd keeps serving the mounts)", sig);
     server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
@@ -83,7 +70,7 @@ int serve(const fs::path& root, const fs::path& address, const Config& config) {
 int main(int argc, char** argv) {
     CLI::App app{"rafs-snapshotter: containerd snapshotter serving RAFS images lazily through rafsd"};
     app.require_subcommand(1);
-    std::string config_path = kDefaultConfig;
+    std::string config_path = kDefaultConfigPath;
     app.add_option("--config", config_path, "rafsd's config file: its socket and registry settings (default "
                                             "/etc/rafsd/config.toml if present)");
     bool verbose = false;
@@ -111,7 +98,7 @@ int main(int argc, char** argv) {
     CLI11_PARSE(app, argc, argv);
 
     try {
-        const Config config = rafsdConfig(config_path, app.get_option("--config")->count() > 0);
+        const Config config = loadIfPresent(config_path, app.get_option("--config")->count() > 0);
         log::setLevel(verbose ? log::Level::Debug : log::Level::Info);
         if (s->parsed()) return serve(fs::absolute(root), fs::absolute(address), config);
         target.socket = containerd_socket;
