@@ -1,6 +1,7 @@
 #include "daemon/snapshotter/RemoteLayers.h"
 
 #include "daemon/api/NetworkBackends.h"
+#include "daemon/core/Log.h"
 #include "format/Error.h"
 #include "registry/ImageReference.h"
 
@@ -51,7 +52,16 @@ RemoteLayer RemoteLayers::classify(const std::map<std::string, std::string>& lab
     } else if (valueOf(labels, registry::annotation::kNydusBlob) == "true") {
         role = RemoteLayer::Role::Blob;
     } else if (!image_ref.empty() && !manifest_digest.empty() && !layer_digest.empty()) {
-        const registry::Manifest m = manifest(image_ref, manifest_digest);
+        registry::Manifest m;
+        try {
+            m = manifest(image_ref, manifest_digest);
+        } catch (const rafs::Error& e) {
+            // Only a fallback (a RAFS image's layers carry the Nydus marks): an image this
+            // registry configuration cannot reach is pulled as an ordinary one, not refused.
+            log::warn("{}: cannot look layer {} up ({}); taking it as an ordinary layer", image_ref, layer_digest,
+                      e.what());
+            return {};
+        }
         if (!m.isRafs()) return {};
         for (const registry::Descriptor& layer : m.layers) {
             if (layer.digest != layer_digest) continue;

@@ -8,7 +8,9 @@
 // and with the layer's own annotations under containerd.io/snapshot/ (a Nydus manifest marks its
 // layers with nydus-blob and nydus-bootstrap, see registry/RafsLayers.h). When those marks are
 // missing, the manifest is fetched from the registry (rafsd's registry configuration: the same
-// credentials and CAs) and the layer looked up in it; manifests are cached by digest.
+// credentials and CAs) and the layer looked up in it; manifests are cached by digest. A manifest
+// that cannot be fetched makes the layer an ordinary one (logged): pulls of images from
+// registries rafsd is not configured for keep working.
 #pragma once
 
 #include "daemon/api/Config.h"
@@ -39,7 +41,7 @@ public:
     explicit RemoteLayers(Config::Backend backend) : backend_(std::move(backend)) {}
 
     // Role::None for a Prepare without snapshot.ref, or for a layer of an ordinary image. Throws
-    // rafs::Error when the registry cannot tell, or a bootstrap layer lacks what its mount needs.
+    // rafs::Error when a bootstrap layer lacks what its mount needs.
     RemoteLayer classify(const std::map<std::string, std::string>& labels);
 
     // The registry client of `host`/`repository` with rafsd's registry configuration.

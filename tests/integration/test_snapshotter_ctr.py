@@ -15,9 +15,15 @@ snapshotter as proxy plugin `rafs` (CRI disabled).
    of rafsd's) as committed snapshots.
 2. The ordinary OCI image through the same snapshotter: `ctr images pull --snapshotter rafs`
    extracts its layer, `ctr run` runs it.
-3. A container of the RAFS image runs while the snapshotter is killed (-9) and started again: the
-   container still reads the big file (never read before) correctly, and a new container starts.
-4. Removal: containers, the registration and both images gone, containerd's GC done: no snapshot
+3. A container of the RAFS image runs while the snapshotter is killed (-9) and started again, and
+   rafsd's worker is killed (-9, its supervisor starts another): the container still reads the
+   big file (never read before) correctly, and a new container starts. Then, with no container
+   left on it, the image's EROFS mount is taken away behind the snapshotter's back (as a reboot
+   would) and the snapshotter killed and started again: it mounts the image again through rafsd
+   and a new container runs.
+4. Bad input, one error line each and a non-zero exit: register of an ordinary image, of an
+   unknown tag, with no containerd at the socket; serve with a missing config file.
+5. Removal: containers, the registration and both images gone, containerd's GC done: no snapshot
    in the snapshotter's table, no mount under its root, nothing left in its directories, rafsd
    serves no image.
 """
@@ -29,6 +35,7 @@ import io
 import json
 import os
 import random
+import signal
 import socket
 import sys
 import tarfile
@@ -36,7 +43,7 @@ import time
 
 from rafstest import harness
 from rafstest.harness import log, run, text
-from rafstest.rafsd import RafsdProcess, RafsdServe, network_config, rafsctl_status, start_test
+from rafstest.rafsd import RafsdProcess, RafsdServe, network_config, rafsctl, rafsctl_status, start_test
 from rafstest.rafsimage import OCI_MANIFEST, OCI_TAR_GZIP, Pusher, host_arch
 from rafstest.servers import TestCa, basic_auth, free_port, htpasswd, registry
 
@@ -69,6 +76,17 @@ class Snapshotter(RafsdProcess):
 
     def ready(self):
         return socket_answers(self.address)
+
+    def kill_and_start(self, log_path):
+        """kill -9, then started again logging to `log_path`; proc is None if it did not start."""
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+            self.proc = None
+            self.log_file.close()
+        self.log_path = log_path
+        if not self.start():
+            self.stop()
 
 
 class Containerd(RafsdProcess):
@@ -152,6 +170,21 @@ def wait_for(predicate, timeout=30, interval=0.1):
             return value
         time.sleep(interval)
     return None
+
+
+def children(pid):
+    try:
+        with open('/proc/%d/task/%d/children' % (pid, pid)) as f:
+            return [int(p) for p in f.read().split()]
+    except OSError:
+        return []
+
+
+def one_error(ck, r, what, must_contain):
+    lines = [line for line in text(r.stderr).splitlines() if line.strip()]
+    ck.check(r.returncode not in (0, None) and len(lines) == 1 and lines[0].startswith('rafs-snapshotter: ') and
+             must_contain in lines[0], '%s: %s' % (what, lines[0] if lines else '(nothing said)'),
+             'exit %s, stderr %r' % (r.returncode, text(r.stderr)[-800:]))
 
 
 def ok_or_none(r):
@@ -277,16 +310,16 @@ def main():
             ck.section('3. kill -9 of the snapshotter while a container runs; started again')
             r = ctd.ctr('run', '-d', '--snapshotter', 'rafs', rafs_ref, 'rafs-long', '/bin/busybox', 'sleep', '600')
             ck.cmd_ok(r, 'ctr run -d: a long-running container')
-            if sn.proc is not None:
-                sn.proc.kill()
-                sn.proc.wait()
-                sn.proc = None
-                sn.log_file.close()
-            sn.log_path = os.path.join(tmp, 'snapshotter-2.log')
-            ck.check(sn.start(), 'rafs-snapshotter starts again', sn.log_text()[-2000:])
+            sn.kill_and_start(os.path.join(tmp, 'snapshotter-2.log'))
+            ck.check(sn.proc is not None, 'rafs-snapshotter starts again', sn.log_text()[-2000:])
+            worker = children(srv.proc.pid)
+            if ck.check(len(worker) == 1, 'rafsd serve has a worker'):
+                os.kill(worker[0], signal.SIGKILL)
+                ck.check(wait_for(lambda: [p for p in children(srv.proc.pid) if p != worker[0]]) is not None,
+                         'rafsd: kill -9 of the worker, the supervisor starts another')
             r = ctd.ctr('tasks', 'exec', '--exec-id', 'read-big', 'rafs-long', '/bin/busybox', 'sha256sum', '/data/big')
             ck.check(r.returncode == 0 and text(r.stdout).split()[:1] == [sha256_hex(files['data/big'])],
-                     'the running container reads data/big (first read after the restart) correctly',
+                     'the running container reads data/big (first read, after both restarts) correctly',
                      text(r.stdout) + text(r.stderr))
             # containerd's gRPC connection to the snapshotter backs off after the kill (its first
             # retry comes after about a second): the new container is tried for up to 30 s.
@@ -297,12 +330,38 @@ def main():
                      'a new container starts after the restart (%.1f s after it)' % (time.monotonic() - began),
                      sn.log_text()[-1500:])
 
-            ck.section('4. containers, registration and images removed: nothing left')
             ctd.ctr('tasks', 'kill', '--signal', 'SIGKILL', 'rafs-long')
             wait_for(lambda: 'STOPPED' in text(ctd.ctr('tasks', 'ls', quiet=True).stdout) or
                      'rafs-long' not in text(ctd.ctr('tasks', 'ls', quiet=True).stdout), timeout=30)
             ck.cmd_ok(ctd.ctr('tasks', 'rm', '--force', 'rafs-long'), 'ctr tasks rm')
             ck.cmd_ok(ctd.ctr('containers', 'rm', 'rafs-long'), 'ctr containers rm')
+            image_mounts = mounts_under(os.path.join(sn_root, 'mnt'))
+            if ck.check(len(image_mounts) == 1, 'the image is still mounted once', repr(image_mounts)):
+                r = rafsctl(ctl, rafsd_sock, 'umount', image_mounts[0])
+                ck.check(r.returncode == 0 and mounts_under(os.path.join(sn_root, 'mnt')) == [],
+                         'the mount taken away behind the snapshotter\'s back', text(r.stderr))
+                sn.kill_and_start(os.path.join(tmp, 'snapshotter-3.log'))
+                ck.check(mounts_under(os.path.join(sn_root, 'mnt')) == image_mounts,
+                         'the restarted snapshotter mounted the image again', sn.log_text()[-1500:])
+                r = wait_for(lambda: ok_or_none(ctd.ctr('run', '--rm', '--snapshotter', 'rafs', rafs_ref, 'rafs-4',
+                                                        '/bin/busybox', 'cat', '/etc/hello')), timeout=30, interval=1)
+                ck.check(r is not None and r.stdout == HELLO, 'a new container runs on the mount made again')
+
+            ck.section('4. bad input: one error line each')
+            r = run([snapshotter_bin, '--config', cfg, 'register', '--containerd', ctd.address, '--namespace', NAMESPACE,
+                     plain_ref], timeout=120)
+            one_error(ck, r, 'register of an ordinary OCI image', 'not a RAFS image')
+            r = run([snapshotter_bin, '--config', cfg, 'register', '--containerd', os.path.join(tmp, 'nothing.sock'),
+                     '--namespace', NAMESPACE, rafs_ref], timeout=120)
+            one_error(ck, r, 'register with no containerd at the socket', 'nothing.sock')
+            r = run([snapshotter_bin, '--config', cfg, 'register', '--containerd', ctd.address, rafs_ref + '-nope'],
+                    timeout=120)
+            one_error(ck, r, 'register of an unknown tag', 'index-nope')
+            r = run([snapshotter_bin, '--config', os.path.join(tmp, 'no.toml'), 'serve', '--root', sn_root + '-x',
+                     '--address', sn_sock + '-x'], timeout=60)
+            one_error(ck, r, 'serve with a config file that does not exist', 'no.toml')
+
+            ck.section('5. containers, registration and images removed: nothing left')
             r = run([snapshotter_bin, '--config', cfg, 'unregister', '--containerd', ctd.address, '--namespace',
                      NAMESPACE, rafs_ref], timeout=300)
             ck.cmd_ok(r, 'rafs-snapshotter unregister')
