@@ -25,7 +25,7 @@ import time
 
 from rafstest import harness
 from rafstest.fdstore import FdStore
-from rafstest.harness import log
+from rafstest.harness import children, log
 from rafstest.rafsd import RafsdMount, RafsdProcess, make_small_tree, start_test, write_config
 
 MiB = 1 << 20
@@ -33,14 +33,6 @@ FILES = [('r%d' % i, 2 * MiB + 4096 * i) for i in range(8)] + [('held', 2 * MiB)
 PIECE = 256 * 1024
 FETCH_DELAY_MS = 1500
 READ_TIMEOUT = 120
-
-
-def children(pid):
-    try:
-        with open('/proc/%d/task/%d/children' % (pid, pid)) as f:
-            return [int(p) for p in f.read().split()]
-    except OSError:
-        return []
 
 
 def worker_of(pid, timeout=30):

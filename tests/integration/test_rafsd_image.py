@@ -30,7 +30,7 @@ import sys
 import time
 
 from rafstest import compare, harness
-from rafstest.harness import log
+from rafstest.harness import children, log, wait_for
 from rafstest.rafsd import (RafsdMount, RafsdServe, expect_error, network_config, rafsctl, small_image,
                             start_test)
 from rafstest.rafsimage import (OCI_TAR_GZIP, Pusher, bootstrap_layer, host_arch)
@@ -59,24 +59,6 @@ def image_config(tmp, name, host, docker_cfg, ca_file):
 def state_entries(tmp, name):
     d = os.path.join(tmp, name + '-state', 'images')
     return sorted(os.listdir(d)) if os.path.isdir(d) else []
-
-
-def children(pid):
-    try:
-        with open('/proc/%d/task/%d/children' % (pid, pid)) as f:
-            return [int(p) for p in f.read().split()]
-    except OSError:
-        return []
-
-
-def wait_for(predicate, timeout=30):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    return None
 
 
 def main():

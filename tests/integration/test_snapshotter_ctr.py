@@ -42,7 +42,7 @@ import tarfile
 import time
 
 from rafstest import harness
-from rafstest.harness import log, run, text
+from rafstest.harness import children, log, run, text, wait_for
 from rafstest.rafsd import RafsdProcess, RafsdServe, network_config, rafsctl, rafsctl_status, start_test
 from rafstest.rafsimage import OCI_MANIFEST, OCI_TAR_GZIP, Pusher, host_arch
 from rafstest.servers import TestCa, basic_auth, free_port, htpasswd, registry
@@ -160,24 +160,6 @@ def snapshot_table(root):
             return json.load(f).get('snapshots', {})
     except (OSError, ValueError):
         return None
-
-
-def wait_for(predicate, timeout=30, interval=0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    return None
-
-
-def children(pid):
-    try:
-        with open('/proc/%d/task/%d/children' % (pid, pid)) as f:
-            return [int(p) for p in f.read().split()]
-    except OSError:
-        return []
 
 
 def one_error(ck, r, what, must_contain):
