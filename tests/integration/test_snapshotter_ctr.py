@@ -14,7 +14,8 @@ snapshotter as proxy plugin `rafs` (CRI disabled).
    printed); the snapshotter's table holds the blob layers and the bootstrap layer (an EROFS mount
    of rafsd's) as committed snapshots.
 2. The ordinary OCI image through the same snapshotter: `ctr images pull --snapshotter rafs`
-   extracts its layer, `ctr run` runs it.
+   extracts its layer, `ctr run` runs it; `ctr snapshots usage` reports the layer's blocks and
+   inodes.
 3. A container of the RAFS image runs while the snapshotter is killed (-9) and started again, and
    rafsd's worker is killed (-9, its supervisor starts another): the container still reads the
    big file (never read before) correctly, and a new container starts. Then, with no container
@@ -288,6 +289,16 @@ def main():
             table = snapshot_table(sn_root) or {}
             ck.check(any(s['backing'] == 'directory' and s['kind'] == 'committed' for s in table.values()),
                      'its layer is an extracted directory snapshot')
+            r = ctd.ctr('snapshots', '--snapshotter', 'rafs', 'usage', '-b')
+            usage = {}
+            for line in text(r.stdout).splitlines()[1:]:
+                key, size, inodes = line.split()[:3]
+                usage[key] = (int(size), int(inodes))
+            layer_bytes = sum(len(d) for d in files.values()) + os.path.getsize('/bin/busybox')
+            # 8 directories (the root among them) and 4 files; sizes in whole blocks.
+            ck.check(any(layer_bytes <= size < layer_bytes + 1 * MiB and inodes == 12 for size, inodes in usage.values()),
+                     'ctr snapshots usage: the extracted layer\'s blocks (%d bytes of files) and 12 inodes' % layer_bytes,
+                     repr(usage))
 
             ck.section('3. kill -9 of the snapshotter while a container runs; started again')
             r = ctd.ctr('run', '-d', '--snapshotter', 'rafs', rafs_ref, 'rafs-long', '/bin/busybox', 'sleep', '600')
