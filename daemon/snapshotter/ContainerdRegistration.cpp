@@ -10,6 +10,7 @@
 #include <grpcpp/grpcpp.h>
 
 #include <chrono>
+#include <fmt/chrono.h>
 #include <nlohmann/json.hpp>
 #include <random>
 
@@ -90,17 +91,6 @@ public:
         return stub_->Remove(context.get(), request, &response);
     }
 
-    grpc::Status label(const std::string& key, const std::string& name, const std::string& value) {
-        api::UpdateSnapshotRequest request;
-        request.set_snapshotter(target_.snapshotter);
-        request.mutable_info()->set_name(key);
-        (*request.mutable_info()->mutable_labels())[name] = value;
-        request.mutable_update_mask()->add_paths("labels." + name);
-        api::UpdateSnapshotResponse response;
-        auto context = this->context();
-        return stub_->Update(context.get(), request, &response);
-    }
-
     [[noreturn]] void fail(const std::string& what, const grpc::Status& status) const {
         rafs::fail("{}: containerd at {} (namespace {}, snapshotter {}): {}", what, target_.socket.string(),
                    target_.namespace_name, target_.snapshotter, status.error_message());
@@ -129,6 +119,7 @@ std::vector<RegisteredLayer> registerImage(RemoteLayers& registries, const Conta
                                            const std::string& image) {
     const Image img = resolve(registries, image);
     Containerd containerd(target);
+    const std::string gc_root = fmt::format("{:%FT%TZ}", std::chrono::floor<std::chrono::seconds>(std::chrono::system_clock::now()));
     std::string parent;
     for (size_t i = 0; i < img.layers.size(); ++i) {
         const registry::Descriptor& layer = img.resolved.manifest.layers[i];
@@ -139,6 +130,10 @@ std::vector<RegisteredLayer> registerImage(RemoteLayers& registries, const Conta
         for (const auto& [k, v] : layer.annotations) {
             if (k.starts_with(kInheritedPrefix)) labels.emplace(k, v);
         }
+        // containerd keeps this label on its own record only (it is not passed to the snapshotter).
+        // Nothing else references the chain until a container does, and a garbage collection
+        // in between (one runs after every lease a client drops) would remove it.
+        labels.emplace(kGcRoot, gc_root);
         const std::string key = fmt::format("rafs-register-{}-{}", i, randomSuffix());
         const grpc::Status status = containerd.prepare(key, parent, labels);
         const std::string what = fmt::format("{}: layer {} ({})", image, i, layer.digest);
@@ -151,9 +146,6 @@ std::vector<RegisteredLayer> registerImage(RemoteLayers& registries, const Conta
         if (status.error_code() != grpc::StatusCode::ALREADY_EXISTS) containerd.fail(what, status);
         parent = img.layers[i].chain_id;
     }
-    const auto now = std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch());
-    const grpc::Status status = containerd.label(parent, kGcRoot, std::to_string(now.count()));
-    if (!status.ok()) containerd.fail(image + ": labelling " + parent, status);
     return img.layers;
 }
 

@@ -6,8 +6,8 @@
 // snapshotter commits each remotely and answers ALREADY_EXISTS, so containerd records the chain
 // without a byte of the layers. With the image's manifest and config in containerd's content
 // store (`ctr content fetch --metadata-only`), `ctr run --snapshotter rafs IMAGE` then finds it
-// unpacked. The top snapshot is labelled containerd.io/gc.root (nothing else references it
-// before a container does); `unregister` removes the chain.
+// unpacked. containerd's records of the chain are labelled containerd.io/gc.root, so its garbage
+// collector keeps them while no container references them; `unregister` removes the chain.
 #pragma once
 
 #include "daemon/snapshotter/RemoteLayers.h"

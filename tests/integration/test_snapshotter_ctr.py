@@ -16,8 +16,9 @@ snapshotter as proxy plugin `rafs` (CRI disabled).
 2. The ordinary OCI image through the same snapshotter: `ctr images pull --snapshotter rafs`
    extracts its layer, `ctr run` runs it; `ctr snapshots usage` reports the layer's blocks and
    inodes.
-3. A container of the RAFS image runs while the snapshotter is killed (-9) and started again, and
-   rafsd's worker is killed (-9, its supervisor starts another): the container still reads the
+3. A container of the RAFS image runs while the snapshotter is killed (-9) and started again,
+   rafsd's worker is killed (-9, its supervisor starts another) and containerd is killed (-9) and
+   started again: the container still reads the
    big file (never read before) correctly, and a new container starts. Then, with no container
    left on it, the image's EROFS mount is taken away behind the snapshotter's back (as a reboot
    would) and the snapshotter killed and started again: it mounts the image again through rafsd
@@ -310,9 +311,11 @@ def main():
                 os.kill(worker[0], signal.SIGKILL)
                 ck.check(wait_for(lambda: [p for p in children(srv.proc.pid) if p != worker[0]]) is not None,
                          'rafsd: kill -9 of the worker, the supervisor starts another')
+            ctd.stop(sig=signal.SIGKILL)
+            ck.check(ctd.start(), 'containerd killed (-9) and started again', ctd.log_text()[-2000:])
             r = ctd.ctr('tasks', 'exec', '--exec-id', 'read-big', 'rafs-long', '/bin/busybox', 'sha256sum', '/data/big')
             ck.check(r.returncode == 0 and text(r.stdout).split()[:1] == [sha256_hex(files['data/big'])],
-                     'the running container reads data/big (first read, after both restarts) correctly',
+                     'the running container reads data/big (first read, after the three restarts) correctly',
                      text(r.stdout) + text(r.stderr))
             # containerd's gRPC connection to the snapshotter backs off after the kill (its first
             # retry comes after about a second): the new container is tried for up to 30 s.
