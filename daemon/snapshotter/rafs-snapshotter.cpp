@@ -99,6 +99,7 @@ int main(int argc, char** argv) {
 
     try {
         const Config config = loadIfPresent(config_path, app.get_option("--config")->count() > 0);
+        log::setProgram("rafs-snapshotter");
         log::setLevel(verbose ? log::Level::Debug : log::Level::Info);
         if (s->parsed()) return serve(fs::absolute(root), fs::absolute(address), config);
         target.socket = containerd_socket;

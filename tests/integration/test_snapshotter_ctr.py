@@ -171,6 +171,11 @@ def one_error(ck, r, what, must_contain):
              'exit %s, stderr %r' % (r.returncode, text(r.stderr)[-800:]))
 
 
+def bootstrap_snapshot(table):
+    """The name of the bootstrap layer's snapshot in the snapshotter's table."""
+    return next((name for name, s in table.items() if s['backing'] == 'rafs-image'), None)
+
+
 def ok_or_none(r):
     return r if r.returncode == 0 else None
 
@@ -276,6 +281,9 @@ def main():
                      'the snapshotter\'s table: one bootstrap snapshot, one per data blob', repr(kinds))
             image_mounts = mounts_under(os.path.join(sn_root, 'mnt'))
             ck.check(len(image_mounts) == 1, 'one rafsd mount under the snapshotter\'s mnt/', repr(image_mounts))
+            ck.check('rafs-snapshotter info: committed %s' % bootstrap_snapshot(table) in sn.log_text() and
+                     '(bootstrap layer) as a remote snapshot of %s/rafs/app@%s' % (host, rafs_digest) in sn.log_text(),
+                     'the snapshotter logged the remote commit of the bootstrap layer', sn.log_text()[-1500:])
 
             ck.section('2. the ordinary OCI image through the same snapshotter')
             ck.cmd_ok(ctd.ctr('images', 'pull', '--snapshotter', 'rafs', *ctr_auth, plain_ref),
