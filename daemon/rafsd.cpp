@@ -27,17 +27,6 @@ using namespace rafsd;
 
 namespace {
 
-log::Level levelOf(Config::LogLevel level) {
-    switch (level) {
-    case Config::LogLevel::Error: return log::Level::Error;
-    case Config::LogLevel::Warn: return log::Level::Warn;
-    case Config::LogLevel::Info: return log::Level::Info;
-    case Config::LogLevel::Debug: return log::Level::Debug;
-    }
-    return log::Level::Info;
-}
-
-
 constexpr const char* kKeptDevice = "cachefiles";
 
 // The kernel objects a supervisor keeps for its workers (Supervisor.h).
@@ -237,7 +226,7 @@ int main(int argc, char** argv) {
             if (!kind) rafs::fail("--engine '{}' is not one of {}", engine, kEngineNames);
             config.daemon.engine = *kind;
         }
-        log::setLevel(levelOf(config.daemon.log_level));
+        log::setLevel(logLevel(config.daemon.log_level));
 
         if (m->parsed()) {
             MountRequest request;

@@ -442,4 +442,14 @@ Config loadIfPresent(const std::filesystem::path& path, bool explicit_path) {
     return defaults();
 }
 
+log::Level logLevel(Config::LogLevel level) {
+    switch (level) {
+    case Config::LogLevel::Error: return log::Level::Error;
+    case Config::LogLevel::Warn: return log::Level::Warn;
+    case Config::LogLevel::Info: return log::Level::Info;
+    case Config::LogLevel::Debug: return log::Level::Debug;
+    }
+    return log::Level::Info;
+}
+
 }  // namespace rafsd

@@ -74,7 +74,7 @@ int main(int argc, char** argv) {
     app.add_option("--config", config_path, "rafsd's config file: its socket and registry settings (default "
                                             "/etc/rafsd/config.toml if present)");
     bool verbose = false;
-    app.add_flag("--verbose", verbose, "log every request");
+    app.add_flag("--verbose", verbose, "log every request (default: rafsd's daemon.log_level)");
 
     std::string root = "/var/lib/rafs-snapshotter";
     std::string address = "/run/rafs-snapshotter/rafs.sock";
@@ -100,7 +100,7 @@ int main(int argc, char** argv) {
     try {
         const Config config = loadIfPresent(config_path, app.get_option("--config")->count() > 0);
         log::setProgram("rafs-snapshotter");
-        log::setLevel(verbose ? log::Level::Debug : log::Level::Info);
+        log::setLevel(verbose ? log::Level::Debug : logLevel(config.daemon.log_level));
         if (s->parsed()) return serve(fs::absolute(root), fs::absolute(address), config);
         target.socket = containerd_socket;
         RemoteLayers registries(config.backend);
