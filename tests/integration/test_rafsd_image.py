@@ -34,7 +34,7 @@ from rafstest.harness import children, log, wait_for
 from rafstest.rafsd import (RafsdMount, RafsdServe, expect_error, network_config, rafsctl, small_image,
                             start_test)
 from rafstest.rafsimage import (OCI_TAR_GZIP, Pusher, bootstrap_layer, host_arch)
-from rafstest.servers import AuthRegistry, basic_auth
+from rafstest.servers import TestCa, basic_auth, free_port, htpasswd, registry
 
 MiB = 1 << 20
 FILES = [('usr/bin/tool', 2 * MiB + 5), ('usr/lib/big', 5 * MiB), ('etc/conf', 1234), ('var/empty', 0),
@@ -70,9 +70,14 @@ def main():
         _, boot, blob, mnt = image
         src, out = os.path.join(tmp, 'src'), os.path.join(tmp, 'out')
         blob_path = os.path.join(out, 'blobs', blob)
-        reg = AuthRegistry(tmp, USER, PASSWORD)
-        ca, host = reg.ca, reg.host
-        with reg.start():
+        ca = TestCa(os.path.join(tmp, 'ca'))
+        cert, key = ca.issue('registry')
+        pw_file = os.path.join(tmp, 'htpasswd')
+        htpasswd(pw_file, {USER: PASSWORD})
+        port = free_port()
+        host = '127.0.0.1:%d' % port
+        auth = {'htpasswd': {'realm': 'rafsd-test', 'path': pw_file}}
+        with registry(tmp, 'registry', port, cert, key, auth=auth):
             push = Pusher('https://' + host, REPO, ca.context(), basic_auth(USER, PASSWORD))
             rafs_digest, rafs_size = push.rafs_image('direct', boot, [blob_path])
             plain_digest, plain_size = push.oci_image('plain', {'etc/os-release': b'ID=test\n'})

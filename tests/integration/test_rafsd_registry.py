@@ -26,7 +26,7 @@ from rafstest import compare, harness
 from rafstest.harness import log
 from rafstest.rafsd import (RafsdMount, RafsdServe, expect_error, network_config, rafsctl,
                             small_image, start_test)
-from rafstest.servers import AuthRegistry, basic_auth, free_port, push_blob
+from rafstest.servers import TestCa, basic_auth, free_port, htpasswd, push_blob, registry
 
 MiB = 1 << 20
 FILES = [('usr/bin/tool', 2 * MiB + 5), ('usr/lib/big', 6 * MiB), ('etc/conf', 1234), ('var/empty', 0)]
@@ -58,9 +58,14 @@ def main():
             return ck.finish()
         _, boot, blob, mnt = image
         src, out = os.path.join(tmp, 'src'), os.path.join(tmp, 'out')
-        reg = AuthRegistry(tmp, USER, PASSWORD)
-        ca, host = reg.ca, reg.host
-        with reg.start():
+        ca = TestCa(os.path.join(tmp, 'ca'))
+        cert, key = ca.issue('registry')
+        pw_file = os.path.join(tmp, 'htpasswd')
+        htpasswd(pw_file, {USER: PASSWORD})
+        port = free_port()
+        host = '127.0.0.1:%d' % port
+        auth = {'htpasswd': {'realm': 'rafsd-test', 'path': pw_file}}
+        with registry(tmp, 'registry', port, cert, key, auth=auth):
             digest = push_blob('https://' + host, REPO, os.path.join(out, 'blobs', blob), ca.context(),
                                basic_auth(USER, PASSWORD))
             ck.check(digest == 'sha256:' + blob, 'blob pushed as sha256:<blob id>')

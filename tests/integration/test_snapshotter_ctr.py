@@ -47,7 +47,7 @@ from rafstest import harness
 from rafstest.harness import children, log, run, text, wait_for
 from rafstest.rafsd import RafsdProcess, RafsdServe, network_config, rafsctl, rafsctl_status, start_test
 from rafstest.rafsimage import OCI_MANIFEST, OCI_TAR_GZIP, Pusher, host_arch
-from rafstest.servers import AuthRegistry, basic_auth
+from rafstest.servers import TestCa, basic_auth, free_port, htpasswd, registry
 
 MiB = 1 << 20
 USER, PASSWORD = 'rafs', 'pw-snapshotter-secret'
@@ -192,8 +192,12 @@ def main():
     if not snapshotter_bin:
         raise SystemExit('FAIL: set RAFS_SNAPSHOTTER to the built rafs-snapshotter')
     with harness.temp_dir('snapshotter-ctr-', keep=args.keep) as tmp:
-        reg = AuthRegistry(tmp, USER, PASSWORD)
-        ca, host = reg.ca, reg.host
+        ca = TestCa(os.path.join(tmp, 'ca'))
+        cert, key = ca.issue('registry')
+        pw_file = os.path.join(tmp, 'htpasswd')
+        htpasswd(pw_file, {USER: PASSWORD})
+        port = free_port()
+        host = '127.0.0.1:%d' % port
         auth_json = json.dumps({'auths': {host: {'auth': base64.b64encode(
             ('%s:%s' % (USER, PASSWORD)).encode()).decode()}}})
         auth_file = os.path.join(tmp, 'auth.json')
@@ -222,7 +226,7 @@ def main():
         rafs_ref = '%s/rafs/app:index' % host
         plain_ref = '%s/src/app:v1' % host
 
-        with reg.start(), \
+        with registry(tmp, 'registry', port, cert, key, auth={'htpasswd': {'realm': 'rafs-test', 'path': pw_file}}), \
                 RafsdServe(rafsd, cfg, rafsd_sock, os.path.join(tmp, 'rafsd.log')) as srv, \
                 Snapshotter(snapshotter_bin, cfg, sn_root, sn_sock, os.path.join(tmp, 'snapshotter.log')) as sn, \
                 Containerd(tmp, sn_sock) as ctd:

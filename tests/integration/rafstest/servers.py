@@ -209,25 +209,6 @@ def registry(tmp, name, port, cert=None, key=None, auth=None, client_ca=None, ne
                   netns=netns).start()
 
 
-class AuthRegistry:
-    """The registry most tests push to: Debian's docker-registry on 127.0.0.1 with TLS (a CA of the
-    test's own, `ca`) and htpasswd auth of one user, at `host` (127.0.0.1:PORT); start() starts it
-    (a Server, for `with`)."""
-
-    def __init__(self, tmp, user, password, name='registry'):
-        self.tmp, self.name = tmp, name
-        self.ca = TestCa(os.path.join(tmp, 'ca'))
-        self.cert, self.key = self.ca.issue('registry')
-        self.pw_file = os.path.join(tmp, 'htpasswd')
-        htpasswd(self.pw_file, {user: password})
-        self.port = free_port()
-        self.host = '127.0.0.1:%d' % self.port
-
-    def start(self):
-        return registry(self.tmp, self.name, self.port, self.cert, self.key,
-                        auth={'htpasswd': {'realm': 'rafsd-test', 'path': self.pw_file}})
-
-
 def _request(method, url, context, headers=None, data=None, timeout=60):
     req = urllib.request.Request(url, data=data, method=method, headers=headers or {})
     try:
