@@ -119,6 +119,27 @@ def temp_dir(prefix, keep=False):
             cleanup_dir(d)
 
 
+def children(pid):
+    """PIDs of the children of process `pid` (a supervisor's worker)."""
+    try:
+        with open('/proc/%d/task/%d/children' % (pid, pid)) as f:
+            return [int(p) for p in f.read().split()]
+    except OSError:
+        return []
+
+
+def wait_for(predicate, timeout=30, interval=0.05):
+    """predicate()'s first true value, polled every `interval` seconds; None once `timeout`
+    seconds have passed without one."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    return None
+
+
 def fmt_cmd(cmd):
     return ' '.join(shlex.quote(os.fsdecode(c)) for c in cmd)
 
@@ -220,23 +241,3 @@ def dir_listing(path):
         for n in dns + fns:
             out.append(os.path.relpath(os.path.join(dp, n), path))
     return sorted(out)
-
-
-def children(pid):
-    """The PIDs of the children of process `pid` (empty if it is gone)."""
-    try:
-        with open('/proc/%d/task/%d/children' % (pid, pid)) as f:
-            return [int(p) for p in f.read().split()]
-    except OSError:
-        return []
-
-
-def wait_for(predicate, timeout=30, interval=0.05):
-    """predicate()'s first true value, polled every `interval` s for at most `timeout` s; else None."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    return None
