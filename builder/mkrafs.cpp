@@ -111,6 +111,11 @@ int main(int argc, char** argv) {
     c->add_option("--parallel-layers", convert.parallel_layers, "layers downloading at once (default 4)");
     c->add_option("--work-dir", convert.work_dir, "where output blobs are staged (default $TMPDIR, else /var/tmp)");
     convert_flags.add(c);
+    std::string prefetch_trace;
+    auto* trace_opt = c->add_option("--prefetch-trace", prefetch_trace,
+                                    "a start trace (rafsctl trace) written into the prefetch table: the files read "
+                                    "at a start, in that order")
+                          ->excludes("--prefetch-list");
 
     rafs::build::InspectOptions inspect;
     auto* i = app.add_subcommand("inspect", "print and check a bootstrap and its blobs");
@@ -132,6 +137,7 @@ int main(int argc, char** argv) {
             rafs::build::build(build, std::cerr);
         } else if (c->parsed()) {
             convert_flags.apply(convert.build);
+            if (trace_opt->count() > 0) convert.build.prefetch_list = prefetch_trace;
             if (platform_opt->count() > 0) convert.platform = platform;
             rafs::build::convert(convert, std::cerr);
         } else if (i->parsed()) {

@@ -1,12 +1,14 @@
 // rafsctl: controls a running rafsd over its control socket (see daemon/api/ControlProtocol.h).
 #include "format/Error.h"
 #include "daemon/api/ControlClient.h"
+#include "registry/ImageReference.h"
 
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
 
 #include <algorithm>
 #include <cctype>
+#include <fstream>
 #include <functional>
 #include <iostream>
 #include <optional>
@@ -292,13 +294,25 @@ int main(int argc, char** argv) {
     status->add_option("MOUNTPOINT", mountpoint, "only this image");
     status->add_flag("--json", as_json, "print rafsd's answer as JSON");
 
+    std::string trace_out;
+    auto* trace = app.add_subcommand(
+        "trace", "print the files of a mounted image in the order first read since its mount (a prefetch list)");
+    trace->add_option("MOUNTPOINT", mountpoint, "where the image is mounted")->required();
+    trace->add_option("--output,-o", trace_out, "write the list to FILE instead of stdout");
+
     try {
         app.parse(argc, argv);
         rafsd::ControlClient client(socket, std::chrono::milliseconds(static_cast<int64_t>(timeout * 1000.0)));
         if (mount->parsed()) {
             rafsd::MountRequest request;
-            if (std::filesystem::exists(bootstrap)) request.bootstrap = absolutePath(bootstrap);
-            else request.image = bootstrap;
+            // A missing file that reads as a reference is an image; any other missing path stays a
+            // path, so rafsd's error names the file.
+            if (!std::filesystem::exists(bootstrap) && registry::ImageReference::looksLikeReference(bootstrap) &&
+                !bootstrap.starts_with("oci:")) {
+                request.image = bootstrap;
+            } else {
+                request.bootstrap = absolutePath(bootstrap);
+            }
             request.mountpoint = absolutePath(mountpoint);
             if (!blob_dir.empty()) request.blob_dir = absolutePath(blob_dir);
             if (!engine.empty()) {
@@ -330,6 +344,19 @@ int main(int argc, char** argv) {
             json response = client.call(request);
             if (as_json) std::cout << response.dump(2, ' ', false, json::error_handler_t::replace) << "\n";
             else printStatus(response);
+        } else if (trace->parsed()) {
+            const json response = client.call(rafsd::TraceRequest{absolutePath(mountpoint)});
+            const std::string text = response.contains("text") && response["text"].is_string()
+                                         ? response["text"].get<std::string>() : std::string();
+            if (trace_out.empty()) {
+                std::cout << text;
+            } else {
+                std::ofstream out(trace_out, std::ios::trunc);
+                out << text;
+                out.close();
+                if (!out) rafs::failErrno("writing " + trace_out);
+                std::cerr << "rafsctl: " << response.value("files", 0) << " files written to " << trace_out << "\n";
+            }
         }
     } catch (const CLI::CallForHelp& e) {
         return app.exit(e);

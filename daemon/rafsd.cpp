@@ -14,6 +14,7 @@
 #include <CLI/CLI.hpp>
 #include <sys/socket.h>
 #include <systemd/sd-daemon.h>
+#include <unistd.h>
 
 #include <chrono>
 #include <csignal>
@@ -122,11 +123,25 @@ int mountWorker(const Config& config, EngineKind engine, MountRequest request, s
     useKernelObjects(service, engine, kept, restored);
     const auto metrics = serveMetrics(config, service);  // bound first: a taken port mounts nothing
     request.engine = engine;
+    // An image mounted by reference: what the kernel has mounted is the manifest the first worker
+    // resolved, which a later worker must serve even if the tag has moved since. The mount is
+    // recorded as rafsd serve records its mounts, in a table of this supervisor's (the workers'
+    // parent) own.
+    fs::path table;
+    if (request.image) {
+        table = config.daemon.state_dir / fmt::format("mount-{}.json", ::getppid());
+        service.keepMountTable(table);
+    }
     // After a failover the kernel keeps the image mounted: take it over instead of mounting again.
     // fscache: its cookies must be known before `restore` makes the kernel resend the OPENs;
     // fanotify: its files before the events the dead worker left are answered.
     if (restored && hasErofsMount(request.mountpoint)) {
-        service.reattach(request);
+        if (!table.empty() && fs::exists(table)) {
+            service.recoverMounts();
+            if (service.list()["images"].empty()) rafs::fail("{}: cannot take it over", request.mountpoint.string());
+        } else {
+            service.reattach(request);
+        }
         startEngine(service, engine);
     } else {
         startEngine(service, engine);
@@ -136,6 +151,10 @@ int mountWorker(const Config& config, EngineKind engine, MountRequest request, s
     const int sig = waitForStopSignal(stop_signals);
     log::info("{}: unmounting", sig == SIGINT ? "SIGINT" : "SIGTERM");
     service.shutdown();
+    if (!table.empty()) {
+        std::error_code ignored;  // a table left behind lists no mount: the shutdown emptied it
+        fs::remove(table, ignored);
+    }
     return 0;
 }
 

@@ -30,10 +30,28 @@ Compressor parseCompressor(std::string_view name) {
 
 namespace {
 
+// One context per thread, reused: ZSTD_compress and ZSTD_decompress make and free one per call,
+// which for 1 MiB chunks costs as much as a good part of the work (allocating and clearing the
+// match tables). The output is the same.
+struct ZstdContexts {
+    ZSTD_CCtx* c = ZSTD_createCCtx();
+    ZSTD_DCtx* d = ZSTD_createDCtx();
+    ~ZstdContexts() {
+        ZSTD_freeCCtx(c);
+        ZSTD_freeDCtx(d);
+    }
+};
+
+ZstdContexts& zstdContexts() {
+    thread_local ZstdContexts contexts;
+    if (contexts.c == nullptr || contexts.d == nullptr) fail("zstd: out of memory for a context");
+    return contexts;
+}
+
 bool compressZstd(std::span<const uint8_t> in, std::vector<uint8_t>& out, int level) {
     out.resize(ZSTD_compressBound(in.size()));
-    size_t n = ZSTD_compress(out.data(), out.size(), in.data(), in.size(),
-                             level == 0 ? ZSTD_CLEVEL_DEFAULT : level);
+    size_t n = ZSTD_compressCCtx(zstdContexts().c, out.data(), out.size(), in.data(), in.size(),
+                                 level == 0 ? ZSTD_CLEVEL_DEFAULT : level);
     if (ZSTD_isError(n)) fail("zstd compression failed: {}", ZSTD_getErrorName(n));
     out.resize(n);
     return n < in.size();
@@ -106,7 +124,7 @@ void decompress(Compressor c, std::span<const uint8_t> in, std::span<uint8_t> ou
         std::memcpy(out.data(), in.data(), in.size());
         return;
     case Compressor::Zstd: {
-        size_t n = ZSTD_decompress(out.data(), out.size(), in.data(), in.size());
+        size_t n = ZSTD_decompressDCtx(zstdContexts().d, out.data(), out.size(), in.data(), in.size());
         if (ZSTD_isError(n)) fail("corrupt zstd chunk: {}", ZSTD_getErrorName(n));
         if (n != out.size()) fail("corrupt zstd chunk: {} bytes, expected {}", n, out.size());
         return;

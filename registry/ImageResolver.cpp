@@ -46,10 +46,10 @@ std::vector<const Descriptor*> entriesOfKind(const Index& index, ImageKind kind)
 }  // namespace
 
 ResolvedManifest fetchEntry(ImageStore& store, const Descriptor& entry, const std::string& name) {
-    FetchedManifest fetched = store.manifest(entry.digest);
     if (!media::isManifest(entry.media_type)) {
         rafs::fail("{}: index entry {} is a {}, not an image manifest", name, entry.digest, entry.media_type);
     }
+    FetchedManifest fetched = store.manifest(entry.digest);
     ResolvedManifest out = asManifest(std::move(fetched), entry.media_type, name + "@" + entry.digest);
     out.platform = entry.platform;
     return out;

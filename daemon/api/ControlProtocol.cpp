@@ -146,6 +146,8 @@ json toJson(const UmountRequest& request) { return {{"op", "umount"}, {"mountpoi
 
 json toJson(const ListRequest&) { return {{"op", "list"}}; }
 
+json toJson(const TraceRequest& request) { return {{"op", "trace"}, {"mountpoint", request.mountpoint.string()}}; }
+
 json toJson(const StatusRequest& request) {
     json out = {{"op", "status"}};
     if (request.mountpoint) out["mountpoint"] = request.mountpoint->string();
@@ -168,7 +170,7 @@ Request parseRequest(std::string_view line) {
 
     auto op = object.find("op");
     if (op == object.end()) rafs::fail("request has no 'op'");
-    if (!op->is_string()) rafs::fail("op: {} is not one of mount, umount, list, status", shown(*op));
+    if (!op->is_string()) rafs::fail("op: {} is not one of mount, umount, list, status, trace", shown(*op));
     const std::string& name = op->get_ref<const std::string&>();
 
     Fields opFields(object, name);
@@ -183,8 +185,10 @@ Request parseRequest(std::string_view line) {
         StatusRequest status;
         if (const json* v = opFields.optional("mountpoint")) status.mountpoint = absolutePath(*v, "mountpoint");
         request = status;
+    } else if (name == "trace") {
+        request = TraceRequest{absolutePath(opFields.required("mountpoint"), "mountpoint")};
     } else {
-        rafs::fail("op: {} is not one of mount, umount, list, status", shown(*op));
+        rafs::fail("op: {} is not one of mount, umount, list, status, trace", shown(*op));
     }
     opFields.finish();
     return request;

@@ -12,6 +12,7 @@
 //   {"op":"umount","mountpoint":"/abs/mnt"}
 //   {"op":"list"}
 //   {"op":"status"}  or  {"op":"status","mountpoint":"/abs/mnt"}
+//   {"op":"trace","mountpoint":"/abs/mnt"}
 //
 // Responses: {"ok":true, ...fields} or {"ok":false,"error":"one line"}. The fields are:
 //   mount:  {"mountpoint":"/abs/mnt","engine":"fanotify"}            engine = the one chosen
@@ -33,6 +34,9 @@
 //                                            when prefetch is off
 //               "errors":N}]}]}              failed fetches and failed verifications
 //   Numeric fields beyond these may appear; rafsctl shows every numeric field it gets.
+//   trace:  {"text":"# ...\n/usr/bin/bash\n...","files":N,"chunks":N,"saved":"/state/traces/x.list"}
+//           the files of the image in the order their chunks were first read since its mount,
+//           as a prefetch list (StartTrace.h); also written to "saved"
 //
 // A request line longer than kMaxRequestBytes gets an error response, then the connection closes.
 #pragma once
@@ -67,7 +71,7 @@ struct MountRequest {
     // user (`mount -t erofs -o fsid=...`); the response carries the command.
     bool register_only = false;
     // An image reference (HOST[:PORT]/REPO[:TAG|@DIGEST]), checked by rafsd.
-    std::optional<std::string> image;
+    std::optional<std::string> image = std::nullopt;
     bool operator==(const MountRequest&) const = default;
 };
 
@@ -85,7 +89,12 @@ struct StatusRequest {
     bool operator==(const StatusRequest&) const = default;
 };
 
-using Request = std::variant<MountRequest, UmountRequest, ListRequest, StatusRequest>;
+struct TraceRequest {
+    std::filesystem::path mountpoint;
+    bool operator==(const TraceRequest&) const = default;
+};
+
+using Request = std::variant<MountRequest, UmountRequest, ListRequest, StatusRequest, TraceRequest>;
 
 // Parses and validates one request line (without its newline); throws rafs::Error saying what is
 // wrong, e.g. "mount request has no 'mountpoint'" or "bootstrap: \"a.boot\" is not an absolute path".

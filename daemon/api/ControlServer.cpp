@@ -31,6 +31,7 @@ struct Dispatch {
     json operator()(const UmountRequest& request) const { return handler.umount(request); }
     json operator()(const ListRequest&) const { return handler.list(); }
     json operator()(const StatusRequest& request) const { return handler.status(request); }
+    json operator()(const TraceRequest& request) const { return handler.trace(request); }
 };
 
 int bindTo(const UniqueFd& fd, const sockaddr_un& address) {

@@ -21,6 +21,7 @@ public:
     virtual nlohmann::json umount(const UmountRequest& request) = 0;
     virtual nlohmann::json list() = 0;
     virtual nlohmann::json status(const StatusRequest& request) = 0;
+    virtual nlohmann::json trace(const TraceRequest& request) = 0;
 };
 
 class ControlServer {

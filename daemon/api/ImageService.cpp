@@ -7,6 +7,8 @@
 #include "daemon/api/BackendProbe.h"
 #include "daemon/api/LocalBootstrap.h"
 #include "daemon/api/MetricsText.h"
+#include "daemon/api/StartTrace.h"
+#include "daemon/core/DurableFile.h"
 #include "daemon/api/MountInfo.h"
 #include "daemon/api/NetworkBackends.h"
 #include "daemon/backends/DelayedBackend.h"
@@ -518,6 +520,7 @@ nlohmann::json ImageService::umount(const UmountRequest& request) {
         fanotify().umount(mountpoint);
     }
     if (prefetcher_) prefetcher_->forget(it->blobs);
+    saveTraceOrLog(*it);
     fetcher_->removeImage(it->index);
     for (auto& blob : it->blobs) blob->cache().flush();
     log::info("unmounted {}", mountpoint.string());
@@ -525,6 +528,34 @@ nlohmann::json ImageService::umount(const UmountRequest& request) {
     saveMountTableOrLog();
     dropUnusedKeptFds();
     return nlohmann::json::object();
+}
+
+nlohmann::json ImageService::saveTrace(const Image& image) {
+    const rafs::Bootstrap bootstrap(image.bootstrap.string());
+    const StartTrace trace = StartTrace::of(bootstrap, fetcher_->trace(image.index));
+    const std::string text = trace.text(image.image.empty() ? image.bootstrap.string() : image.image);
+    const fs::path path = tracePath(config_.daemon.state_dir, bootstrap, image.manifest_digest);
+    std::error_code ec;
+    fs::create_directories(path.parent_path(), ec);
+    if (ec) rafs::fail("cannot create {}: {}", path.parent_path().string(), ec.message());
+    writeFileSynced(path, text);
+    return {{"text", text}, {"files", trace.paths.size()}, {"chunks", trace.chunks}, {"saved", path.string()}};
+}
+
+void ImageService::saveTraceOrLog(const Image& image) {
+    try {
+        saveTrace(image);
+    } catch (const std::exception& e) {
+        log::warn("{}: start trace not saved: {}", image.mountpoint.string(), e.what());
+    }
+}
+
+nlohmann::json ImageService::trace(const TraceRequest& request) {
+    std::lock_guard lock(mutex_);
+    const fs::path mountpoint = fs::weakly_canonical(request.mountpoint);
+    auto it = std::find_if(images_.begin(), images_.end(), [&](const Image& i) { return i.mountpoint == mountpoint; });
+    if (it == images_.end()) rafs::fail("{} is not mounted by rafsd", mountpoint.string());
+    return saveTrace(*it);
 }
 
 nlohmann::json ImageService::list() {
@@ -676,6 +707,7 @@ void ImageService::shutdown() {
                   c.read_latency_p50_us, c.read_latency_p99_us);
     }
     for (Image& image : images_) {
+        saveTraceOrLog(image);
         for (auto& blob : image.blobs) {
             const BlobCounters& c = blob->counters();
             log::info("blob {}: fetched {} bytes, {} of {} chunks present, {} misses, {} errors",

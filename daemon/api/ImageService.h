@@ -36,6 +36,7 @@ public:
     nlohmann::json umount(const UmountRequest& request) override;
     nlohmann::json list() override;
     nlohmann::json status(const StatusRequest& request) override;
+    nlohmann::json trace(const TraceRequest& request) override;
     // The counters of status, and latency histograms, in the Prometheus text format.
     std::string metrics();
 
@@ -108,6 +109,9 @@ private:
                                          bool taking_over, const ProbedSizes& probed);
     std::vector<PrefetchChunk> prefetchTableChunks(const rafs::Bootstrap& bootstrap,
                                                    const std::vector<std::shared_ptr<CachedBlob>>& blobs) const;
+    // The image's start trace, also written to the state dir (StartTrace.h).
+    nlohmann::json saveTrace(const Image& image);
+    void saveTraceOrLog(const Image& image);
     FanotifyEngine& fanotify();
     FscacheEngine& fscache();
     nlohmann::json mountOrReattach(const MountRequest& request, bool reattach);

@@ -21,8 +21,8 @@ struct MountRecord {
     // Mounted by image reference: the reference as given and the manifest it resolved to, whose
     // bootstrap the state dir keeps (RegistryImages.h), so a restarted rafsd serves the same blobs
     // even if the tag has moved since. Empty for a bootstrap mounted by path.
-    std::string image;
-    std::string manifest_digest;
+    std::string image = {};
+    std::string manifest_digest = {};
     bool operator==(const MountRecord&) const = default;
 };
 

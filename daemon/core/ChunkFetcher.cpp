@@ -1,5 +1,6 @@
 #include "daemon/core/ChunkFetcher.h"
 
+#include "format/ByteView.h"
 #include "format/Error.h"
 #include "daemon/core/ChunkVerifier.h"
 #include "daemon/core/Log.h"
@@ -54,26 +55,39 @@ ChunkFetcher::ChunkFetcher(const FetchOptions& options)
 ChunkFetcher::~ChunkFetcher() { queue_.reset(); }
 
 uint32_t ChunkFetcher::addImage(std::vector<std::shared_ptr<CachedBlob>> blobs) {
+    std::vector<uint32_t> chunk_counts;
+    for (const auto& b : blobs) chunk_counts.push_back(static_cast<uint32_t>(b->descriptor().chunks.size()));
+    RegisteredImage entry{std::move(blobs), std::make_shared<AccessTrace>(chunk_counts), true};
     std::lock_guard lock(images_mutex_);
     for (size_t i = 0; i < images_.size(); ++i) {
-        if (images_[i].empty()) {
-            images_[i] = std::move(blobs);
+        if (!images_[i].used) {
+            images_[i] = std::move(entry);
             return static_cast<uint32_t>(i);
         }
     }
-    images_.push_back(std::move(blobs));
+    images_.push_back(std::move(entry));
     return static_cast<uint32_t>(images_.size() - 1);
 }
 
 void ChunkFetcher::removeImage(uint32_t image) {
     std::lock_guard lock(images_mutex_);
-    if (image < images_.size()) images_[image].clear();
+    if (image < images_.size()) images_[image] = {};
 }
 
 std::shared_ptr<CachedBlob> ChunkFetcher::blobOf(uint32_t image, uint32_t blob) {
     std::lock_guard lock(images_mutex_);
-    if (image >= images_.size() || blob >= images_[image].size()) return nullptr;
-    return images_[image][blob];
+    if (image >= images_.size() || blob >= images_[image].blobs.size()) return nullptr;
+    return images_[image].blobs[blob];
+}
+
+std::shared_ptr<AccessTrace> ChunkFetcher::traceOf(uint32_t image) {
+    std::lock_guard lock(images_mutex_);
+    return image < images_.size() ? images_[image].trace : nullptr;
+}
+
+std::vector<std::pair<uint32_t, uint32_t>> ChunkFetcher::trace(uint32_t image) {
+    const std::shared_ptr<AccessTrace> t = traceOf(image);
+    return t ? t->order() : std::vector<std::pair<uint32_t, uint32_t>>{};
 }
 
 uint32_t ChunkFetcher::forgetLost(uint32_t image, uint32_t blob_index, uint64_t offset, uint64_t length) {
@@ -151,6 +165,14 @@ void ChunkFetcher::makePresent(uint32_t image, uint32_t blob_index, uint64_t off
     // Always: the runs' chunks are in in_flight_ now, so no other request will fetch them.
     for (const FetchRun& run : plan.runs) {
         queue_->push(FetchQueue::Priority::OnDemand, [this, blob, run] { fetchRun(blob, run, false); });
+    }
+    // Last, off the path of the answer and the fetches.
+    if (const std::shared_ptr<AccessTrace> trace = traceOf(image)) {
+        const uint64_t end = rafs::alignUp(offset + length, 4096);
+        uint32_t last = FetchPlanner::firstCovering(d.chunks, offset / 4096 * 4096);
+        const uint32_t first = last;
+        while (last < d.chunks.size() && d.chunks[last].uncompressed_offset < end) ++last;
+        trace->record(blob_index, first, last);
     }
 }
 

@@ -2,6 +2,7 @@
 // it (single flight), verifies it, writes it to the cache, then completes the waiting requests.
 #pragma once
 
+#include "daemon/core/AccessTrace.h"
 #include "daemon/core/CachedBlob.h"
 #include "daemon/core/DataPlane.h"
 #include "daemon/core/FetchPlanner.h"
@@ -39,8 +40,18 @@ public:
     uint32_t prefetch(const std::shared_ptr<CachedBlob>& blob, uint32_t first, uint32_t count);
     size_t prefetchBacklog() const { return queue_->prefetchBacklog(); }
 
+    // The image's chunks, (blob, ci), in the order they were first asked for since addImage.
+    std::vector<std::pair<uint32_t, uint32_t>> trace(uint32_t image);
+
 private:
+    struct RegisteredImage {
+        std::vector<std::shared_ptr<CachedBlob>> blobs;
+        std::shared_ptr<AccessTrace> trace;
+        bool used = false;
+    };
+
     std::shared_ptr<CachedBlob> blobOf(uint32_t image, uint32_t blob);
+    std::shared_ptr<AccessTrace> traceOf(uint32_t image);
     void fetchRun(const std::shared_ptr<CachedBlob>& blob, FetchRun run, bool prefetch);
     bool decode(CachedBlob& blob, uint32_t ci, std::span<const uint8_t> stored, std::span<uint8_t> extent);
     void writeChunks(CachedBlob& blob, uint32_t first, uint32_t count, std::span<const uint8_t> extents);
@@ -52,7 +63,7 @@ private:
     FetchPlanner planner_;
     std::counting_semaphore<> decoders_;
     std::mutex images_mutex_;
-    std::vector<std::vector<std::shared_ptr<CachedBlob>>> images_;
+    std::vector<RegisteredImage> images_;
     std::unique_ptr<FetchQueue> queue_;  // last: its threads stop before the rest goes away
 };
 

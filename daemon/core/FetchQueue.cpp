@@ -2,7 +2,7 @@
 
 namespace rafsd {
 
-FetchQueue::FetchQueue(unsigned threads) {
+FetchQueue::FetchQueue(unsigned threads) : prefetch_limit_(std::max(1u, threads / 4)) {
     for (unsigned i = 0; i < std::max(1u, threads); ++i) threads_.emplace_back([this] { run(); });
 }
 
@@ -31,21 +31,33 @@ size_t FetchQueue::prefetchBacklog() const {
 
 void FetchQueue::run() {
     std::unique_lock lock(mutex_);
+    auto may_prefetch = [this] {
+        return !prefetch_.empty() && !stopping_ && running_prefetch_ < (running_on_demand_ > 0 ? 1u : prefetch_limit_);
+    };
     for (;;) {
-        ready_.wait(lock, [this] { return stopping_ || !on_demand_.empty() || !prefetch_.empty(); });
+        ready_.wait(lock, [&] { return stopping_ || !on_demand_.empty() || may_prefetch(); });
         std::function<void()> task;
+        unsigned* running = nullptr;
         if (!on_demand_.empty()) {
             task = std::move(on_demand_.front());
             on_demand_.pop_front();
-        } else if (!prefetch_.empty() && !stopping_) {
+            running = &running_on_demand_;
+        } else if (may_prefetch()) {
             task = std::move(prefetch_.front());
             prefetch_.pop_front();
+            running = &running_prefetch_;
+        } else if (stopping_) {
+            return;  // queued on-demand work is done; queued prefetch work was dropped
         } else {
-            return;
+            continue;
         }
+        ++*running;
         lock.unlock();
         task();
         lock.lock();
+        --*running;
+        // A prefetch slot may have opened, for this thread or another.
+        ready_.notify_all();
     }
 }
 

@@ -30,7 +30,6 @@ base's big file) and pushed by skopeo:
    whose CA is unknown.
 """
 
-import base64
 import hashlib
 import json
 import os
@@ -42,7 +41,7 @@ import tarfile
 from rafstest import compare, harness
 from rafstest.harness import log, run, text
 from rafstest.rafsd import start_test
-from rafstest.servers import TestCa, free_port, htpasswd, registry
+from rafstest.servers import docker_config, htpasswd_registry
 
 USER, PASSWORD = 'conv', 'pw-Xk2-secret'
 MiB = 1 << 20
@@ -172,6 +171,28 @@ def blob_path(layout, digest):
     return os.path.join(layout, 'blobs', 'sha256', digest.split(':', 1)[1])
 
 
+def copy_layout(src, dst):
+    """A copy of the OCI layout `src` at `dst`; returns its first manifest, parsed."""
+    shutil.copytree(src, dst)
+    with open(os.path.join(dst, 'index.json')) as f:
+        idx = json.load(f)
+    with open(blob_path(dst, idx['manifests'][0]['digest']), 'rb') as f:
+        return json.load(f)
+
+
+def replace_manifest(layout, manifest):
+    """Stores `manifest` in `layout` and points the index's first entry at it."""
+    data = json.dumps(manifest).encode()
+    digest = 'sha256:' + hashlib.sha256(data).hexdigest()
+    with open(blob_path(layout, digest), 'wb') as f:
+        f.write(data)
+    with open(os.path.join(layout, 'index.json')) as f:
+        idx = json.load(f)
+    idx['manifests'][0].update(digest=digest, size=len(data))
+    with open(os.path.join(layout, 'index.json'), 'w') as f:
+        json.dump(idx, f)
+
+
 def check_rafs_image(ck, mk, tmp, layout, manifest_digest, expected, label):
     """A RAFS image in an OCI layout: its structure, and its tree against `expected`."""
     with open(blob_path(layout, manifest_digest), 'rb') as f:
@@ -228,23 +249,16 @@ def main():
     with harness.temp_dir('mkrafs-convert-', keep=args.keep) as tmp:
         src_layout = os.path.join(tmp, 'src-layout')
         expected = make_oci_image(tmp, src_layout, 'v1')
-        ca = TestCa(os.path.join(tmp, 'ca'))
-        cert, key = ca.issue('registry')
-        pw_file = os.path.join(tmp, 'htpasswd')
-        htpasswd(pw_file, {USER: PASSWORD})
-        port = free_port()
-        host = '127.0.0.1:%d' % port
+        server, host, ca = htpasswd_registry(tmp, {USER: PASSWORD})
         certs_dir = os.path.join(tmp, 'certs.d')
         os.makedirs(os.path.join(certs_dir, host))
         shutil.copy(ca.cert, os.path.join(certs_dir, host, 'ca.crt'))
         auth_file = os.path.join(tmp, 'auth.json')
-        with open(auth_file, 'w') as f:
-            json.dump({'auths': {host: {'auth': base64.b64encode(('%s:%s' % (USER, PASSWORD)).encode()).decode()}}}, f)
+        docker_config(auth_file, host, USER, PASSWORD)
         work_dir = os.path.join(tmp, 'work')
         os.makedirs(work_dir)
         reg = Registry(host, ca, auth_file, certs_dir, work_dir)
-        with registry(tmp, 'registry', port, cert, key,
-                      auth={'htpasswd': {'realm': 'rafs-test', 'path': pw_file}}):
+        with server:
             r = reg.skopeo('copy', '--dest-cert-dir', os.path.join(certs_dir, host), '--authfile', auth_file,
                            'oci:%s:v1' % src_layout, 'docker://%s/src/app:v1' % host)
             if not ck.cmd_ok(r, 'skopeo pushes the OCI image'):
@@ -389,28 +403,14 @@ def main():
                         'RAFS image already')
             # An image whose layer is encrypted (ocicrypt's media type), pushed by hand.
             enc_layout = os.path.join(tmp, 'enc-layout')
-            shutil.copytree(src_layout, enc_layout)
-            with open(os.path.join(enc_layout, 'index.json')) as f:
-                idx = json.load(f)
-            with open(blob_path(enc_layout, idx['manifests'][0]['digest']), 'rb') as f:
-                m = json.load(f)
+            m = copy_layout(src_layout, enc_layout)
             m['layers'][1]['mediaType'] = 'application/vnd.oci.image.layer.v1.tar+gzip+encrypted'
-            data = json.dumps(m).encode()
-            md = 'sha256:' + hashlib.sha256(data).hexdigest()
-            with open(blob_path(enc_layout, md), 'wb') as f:
-                f.write(data)
-            idx['manifests'][0].update(digest=md, size=len(data))
-            with open(os.path.join(enc_layout, 'index.json'), 'w') as f:
-                json.dump(idx, f)
+            replace_manifest(enc_layout, m)
             expect_fail(ck, 'encrypted layer', convert(mk, reg, 'oci:%s:v1' % enc_layout, '%s/bad/app:t' % host),
                         'tar+gzip+encrypted')
             # A damaged layout: the last layer's bytes changed, its digest kept.
             bad_layout = os.path.join(tmp, 'bad-layout')
-            shutil.copytree(src_layout, bad_layout)
-            with open(os.path.join(bad_layout, 'index.json')) as f:
-                idx = json.load(f)
-            with open(blob_path(bad_layout, idx['manifests'][0]['digest']), 'rb') as f:
-                m = json.load(f)
+            m = copy_layout(src_layout, bad_layout)
             victim = blob_path(bad_layout, m['layers'][-1]['digest'])
             with open(victim, 'r+b') as f:
                 f.seek(os.path.getsize(victim) // 2)
@@ -420,8 +420,7 @@ def main():
             expect_fail(ck, 'damaged layer', convert(mk, reg, 'oci:%s:v1' % bad_layout, '%s/bad/app:t' % host),
                         m['layers'][-1]['digest'])
             wrong_auth = os.path.join(tmp, 'wrong-auth.json')
-            with open(wrong_auth, 'w') as f:
-                json.dump({'auths': {host: {'auth': base64.b64encode(b'conv:wrong').decode()}}}, f)
+            docker_config(wrong_auth, host, USER, 'wrong')
             expect_fail(ck, 'wrong password', run([mk.path, 'convert', '--authfile', wrong_auth, '--cert-dir',
                                                    certs_dir, '--work-dir', work_dir, '%s/src/app:v1' % host,
                                                    '%s/bad/app:t' % host]),

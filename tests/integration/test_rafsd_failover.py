@@ -25,24 +25,14 @@ import time
 
 from rafstest import harness
 from rafstest.fdstore import FdStore
-from rafstest.harness import children, log
-from rafstest.rafsd import RafsdMount, RafsdProcess, make_small_tree, start_test, write_config
+from rafstest.harness import log
+from rafstest.rafsd import RafsdMount, RafsdProcess, make_small_tree, start_test, worker_of, write_config
 
 MiB = 1 << 20
 FILES = [('r%d' % i, 2 * MiB + 4096 * i) for i in range(8)] + [('held', 2 * MiB), ('big', 8 * MiB)]
 PIECE = 256 * 1024
 FETCH_DELAY_MS = 1500
 READ_TIMEOUT = 120
-
-
-def worker_of(pid, timeout=30):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        kids = children(pid)
-        if kids:
-            return kids[0]
-        time.sleep(0.05)
-    raise RuntimeError('rafsd %d has no worker' % pid)
 
 
 class Reader(threading.Thread):

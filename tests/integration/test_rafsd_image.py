@@ -14,14 +14,14 @@ backend.type is localfs: a mount by image uses the registry whatever it says.
    bootstrap fetched, the kept files untouched; a bootstrap layer that is a plain tar mounts too;
 3. `rafsd serve` + `rafsctl mount IMAGE`: list shows the reference; after kill -9 of the worker the
    next one takes the mount over from the mount table (reference and manifest digest) and the
-   files not yet read come from the registry;
+   files not yet read come from the registry; `rafsd mount` of a tag that is then moved to another
+   image, kill -9 of its worker: the next worker serves the image the kernel has mounted;
 4. bad input, each one error line naming it, nothing mounted, nothing left in the state dir: an
    unknown tag, an ordinary OCI image, no manifest for this platform, a bootstrap layer whose
    bytes do not match its digest, a tar without image/image.boot, garbage gzip, an encrypted
    bootstrap layer, a tar+gzip data layer, a reference that is not one.
 """
 
-import base64
 import json
 import os
 import random
@@ -30,11 +30,12 @@ import sys
 import time
 
 from rafstest import compare, harness
-from rafstest.harness import children, log, wait_for
-from rafstest.rafsd import (RafsdMount, RafsdServe, expect_error, network_config, rafsctl, small_image,
-                            start_test)
-from rafstest.rafsimage import (OCI_TAR_GZIP, Pusher, bootstrap_layer, host_arch)
-from rafstest.servers import TestCa, basic_auth, free_port, htpasswd, registry
+from rafstest.harness import log
+from rafstest.boot import blob_ids
+from rafstest.rafsd import (RafsdMount, RafsdServe, children, expect_error, make_small_tree, network_config, rafsctl,
+                            small_image, start_test, worker_of)
+from rafstest.rafsimage import OCI_TAR_GZIP, Pusher, bootstrap_layer, host_arch
+from rafstest.servers import basic_auth, docker_config, htpasswd_registry
 
 MiB = 1 << 20
 FILES = [('usr/bin/tool', 2 * MiB + 5), ('usr/lib/big', 5 * MiB), ('etc/conf', 1234), ('var/empty', 0),
@@ -46,8 +47,6 @@ OTHER_ARCH = 's390x' if host_arch() != 's390x' else 'riscv64'
 
 def image_config(tmp, name, host, docker_cfg, ca_file):
     """A daemon config whose backend.type is localfs; the registry's CA and credentials are set."""
-    with open(docker_cfg, 'w') as f:
-        json.dump({'auths': {host: {'auth': base64.b64encode(('%s:%s' % (USER, PASSWORD)).encode()).decode()}}}, f)
     return network_config(tmp, name, {'type': 'localfs'},
                           **{'backend.localfs': {'dir': os.path.join(tmp, 'no-blobs')},
                              'backend.registry': {'docker_config': docker_cfg},
@@ -56,9 +55,30 @@ def image_config(tmp, name, host, docker_cfg, ca_file):
                              'backend.hosts."%s"' % host: {'ca_file': ca_file}})
 
 
+def mount_image(ck, rafsd, ref, mnt, cfg, src, log_path):
+    """`rafsd mount REF MNT`: mounted, timed, the tree compared with `src`, stopped; its log."""
+    with RafsdMount(rafsd, ref, mnt, config=cfg, log_path=log_path) as m:
+        began = time.monotonic()
+        if ck.check(m.start(), 'rafsd mount ' + ref, m.log_text()[-2000:]):
+            log('  time to mount %s: %.0f ms' % (ref, (time.monotonic() - began) * 1000))
+            ck.diffs('tree of %s' % ref, compare.compare_trees(src, mnt))
+        ck.check(m.stop() == 0, 'rafsd mount exits 0')
+        return m.log_text()
+
+
 def state_entries(tmp, name):
     d = os.path.join(tmp, name + '-state', 'images')
     return sorted(os.listdir(d)) if os.path.isdir(d) else []
+
+
+def wait_for(predicate, timeout=30):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    return None
 
 
 def main():
@@ -70,14 +90,8 @@ def main():
         _, boot, blob, mnt = image
         src, out = os.path.join(tmp, 'src'), os.path.join(tmp, 'out')
         blob_path = os.path.join(out, 'blobs', blob)
-        ca = TestCa(os.path.join(tmp, 'ca'))
-        cert, key = ca.issue('registry')
-        pw_file = os.path.join(tmp, 'htpasswd')
-        htpasswd(pw_file, {USER: PASSWORD})
-        port = free_port()
-        host = '127.0.0.1:%d' % port
-        auth = {'htpasswd': {'realm': 'rafsd-test', 'path': pw_file}}
-        with registry(tmp, 'registry', port, cert, key, auth=auth):
+        server, host, ca = htpasswd_registry(tmp, {USER: PASSWORD})
+        with server:
             push = Pusher('https://' + host, REPO, ca.context(), basic_auth(USER, PASSWORD))
             rafs_digest, rafs_size = push.rafs_image('direct', boot, [blob_path])
             plain_digest, plain_size = push.oci_image('plain', {'etc/os-release': b'ID=test\n'})
@@ -85,44 +99,28 @@ def main():
                               (rafs_digest, rafs_size, OTHER_ARCH, True)])
             log('RAFS manifest %s, index tagged v1' % rafs_digest)
             cfg_json = os.path.join(tmp, 'docker-config.json')
+            docker_config(cfg_json, host, USER, PASSWORD)
             kept_dir = os.path.join(tmp, 'mount-state', 'images', 'sha256-' + rafs_digest.split(':')[1])
 
             ck.section('rafsd mount HOST/REPO:v1 (an index): resolved, bootstrap kept, every file equal')
             cfg = image_config(tmp, 'mount', host, cfg_json, ca.cert)
-            ref = '%s/%s:v1' % (host, REPO)
-            with RafsdMount(rafsd, ref, mnt, config=cfg, log_path=os.path.join(tmp, 'mount1.log')) as m:
-                began = time.monotonic()
-                if ck.check(m.start(), 'rafsd mount ' + ref, m.log_text()[-2000:]):
-                    log('  time to mount by image (bootstrap fetched): %.0f ms' % ((time.monotonic() - began) * 1000))
-                    ck.diffs('tree mounted by image reference', compare.compare_trees(src, mnt))
-                    with open(os.path.join(kept_dir, 'image.boot'), 'rb') as f, open(boot, 'rb') as g:
-                        ck.check(f.read() == g.read(), 'state_dir/images/sha256-<manifest>/image.boot is the bootstrap')
-                    ck.check(state_entries(tmp, 'mount') == [os.path.basename(kept_dir)], 'one image kept, no temporary',
-                             repr(state_entries(tmp, 'mount')))
-                ck.check(m.stop() == 0, 'rafsd mount exits 0')
-                ck.check('bootstrap of' in m.log_text(), 'the first mount fetched the bootstrap layer')
-                ck.check(PASSWORD not in m.log_text(), 'the password is in no log line')
+            text = mount_image(ck, rafsd, '%s/%s:v1' % (host, REPO), mnt, cfg, src, os.path.join(tmp, 'mount1.log'))
+            with open(os.path.join(kept_dir, 'image.boot'), 'rb') as f, open(boot, 'rb') as g:
+                ck.check(f.read() == g.read(), 'state_dir/images/sha256-<manifest>/image.boot is the bootstrap')
+            ck.check(state_entries(tmp, 'mount') == [os.path.basename(kept_dir)], 'one image kept, no temporary',
+                     repr(state_entries(tmp, 'mount')))
+            ck.check('bootstrap of' in text, 'the first mount fetched the bootstrap layer')
+            ck.check(PASSWORD not in text, 'the password is in no log line')
 
-            ck.section('a second mount of the same manifest reuses the kept bootstrap')
+            ck.section('a second mount of the same manifest (tag direct) reuses the kept bootstrap')
             before = os.stat(os.path.join(kept_dir, 'image.json')).st_mtime_ns
-            ref = '%s/%s:direct' % (host, REPO)
-            with RafsdMount(rafsd, ref, mnt, config=cfg, log_path=os.path.join(tmp, 'mount2.log')) as m:
-                began = time.monotonic()
-                if ck.check(m.start(), 'rafsd mount ' + ref, m.log_text()[-2000:]):
-                    log('  time to mount by image (bootstrap kept): %.0f ms' % ((time.monotonic() - began) * 1000))
-                    ck.diffs('tree mounted again', compare.compare_trees(src, mnt))
-                ck.check(m.stop() == 0, 'rafsd mount exits 0')
-                ck.check('bootstrap of' not in m.log_text(), 'no bootstrap fetched the second time', m.log_text()[-1500:])
+            text = mount_image(ck, rafsd, '%s/%s:direct' % (host, REPO), mnt, cfg, src, os.path.join(tmp, 'mount2.log'))
+            ck.check('bootstrap of' not in text, 'no bootstrap fetched the second time', text[-1500:])
             ck.check(os.stat(os.path.join(kept_dir, 'image.json')).st_mtime_ns == before, 'the kept copy untouched')
 
-            plain_tar_digest, _ = push.rafs_image('plain-tar', boot, [blob_path], layer=bootstrap_layer(boot, compress=False),
-                                                  bootstrap_media_type='application/vnd.oci.image.layer.v1.tar')
-            ref = '%s/%s:plain-tar' % (host, REPO)
-            with RafsdMount(rafsd, ref, mnt, config=cfg, log_path=os.path.join(tmp, 'mount3.log')) as m:
-                if ck.check(m.start(), 'rafsd mount of a bootstrap layer that is a plain tar', m.log_text()[-2000:]):
-                    with open(os.path.join(mnt, 'etc/conf'), 'rb') as f, open(os.path.join(src, 'etc/conf'), 'rb') as g:
-                        ck.check(f.read() == g.read(), 'plain tar bootstrap layer: etc/conf reads back')
-                ck.check(m.stop() == 0, 'rafsd mount exits 0')
+            push.rafs_image('plain-tar', boot, [blob_path], layer=bootstrap_layer(boot, compress=False),
+                            bootstrap_media_type='application/vnd.oci.image.layer.v1.tar')
+            mount_image(ck, rafsd, '%s/%s:plain-tar' % (host, REPO), mnt, cfg, src, os.path.join(tmp, 'mount3.log'))
 
             ck.section('rafsd serve + rafsctl mount IMAGE; kill -9 of the worker, the next one takes it over')
             cfg = image_config(tmp, 'serve', host, cfg_json, ca.cert)
@@ -142,10 +140,10 @@ def main():
                         rec = (table.get('mounts') or [{}])[0]
                         ck.check(rec.get('image') == ref and rec.get('manifest_digest') == rafs_digest,
                                  'the mount table records the reference and the manifest digest', repr(rec))
-                        worker = wait_for(lambda: children(srv.proc.pid))
+                        worker = worker_of(srv.proc.pid)
                         if ck.check(worker is not None, 'rafsd serve has a worker'):
-                            os.kill(worker[0], signal.SIGKILL)
-                            second = wait_for(lambda: [p for p in children(srv.proc.pid) if p != worker[0]])
+                            os.kill(worker, signal.SIGKILL)
+                            second = wait_for(lambda: [p for p in children(srv.proc.pid) if p != worker])
                             ck.check(second is not None, 'the supervisor started another worker')
                             ck.check(wait_for(lambda: 'reattached' in srv.log_text()) is not None,
                                      'the new worker reattached the image', srv.log_text()[-2000:])
@@ -165,6 +163,31 @@ def main():
                              'rafsctl mount of an unknown tag: one error line', err)
                     ck.check(not os.path.ismount(mnt), 'rafsctl: nothing mounted')
                 ck.check(srv.stop() == 0, 'rafsd serve exits 0')
+
+            ck.section('rafsd mount by a tag that moves, kill -9 of the worker: the next one serves what is mounted')
+            cfg = image_config(tmp, 'moving', host, cfg_json, ca.cert)  # a cold cache: reads go to the worker
+            src2, out2 = os.path.join(tmp, 'src2'), os.path.join(tmp, 'out2')
+            make_small_tree(src2, FILES, seed=23)
+            if ck.cmd_ok(mk.build(out2, [src2]), 'mkrafs build of a second image'):
+                boot2 = os.path.join(out2, 'image.boot')
+                blobs2 = [os.path.join(out2, 'blobs', b) for b in blob_ids(boot2)]
+                push.rafs_image('moving', boot, [blob_path])
+                ref = '%s/%s:moving' % (host, REPO)
+                with RafsdMount(rafsd, ref, mnt, config=cfg, log_path=os.path.join(tmp, 'moving.log')) as m:
+                    if ck.check(m.start(), 'rafsd mount ' + ref, m.log_text()[-2000:]):
+                        with open(os.path.join(mnt, 'etc/conf'), 'rb') as f, open(os.path.join(src, 'etc/conf'), 'rb') as g:
+                            ck.check(f.read() == g.read(), 'etc/conf reads back before the tag moves')
+                        push.rafs_image('moving', boot2, blobs2)
+                        worker = worker_of(m.proc.pid)
+                        os.kill(worker, signal.SIGKILL)
+                        ck.check(wait_for(lambda: 'reattached' in m.log_text()) is not None,
+                                 'the next worker reattached the mount', m.log_text()[-2000:])
+                        ck.diffs('tree after the tag moved and the worker died: still the mounted image',
+                                 compare.compare_trees(src, mnt))
+                    ck.check(m.stop() == 0, 'rafsd mount exits 0')
+                left = os.listdir(os.path.join(tmp, 'moving-state'))
+                ck.check(not [n for n in left if n.startswith('mount-')], 'no table of the rafsd mount left after it stopped',
+                         repr(left))
 
             ck.section('bad input: one error line, nothing mounted, nothing left in the state dir')
             bad_cfg = image_config(tmp, 'bad', host, cfg_json, ca.cert)

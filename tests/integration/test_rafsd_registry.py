@@ -16,7 +16,6 @@ pushed with the plain distribution upload API; fanotify engine:
    is mounted.
 """
 
-import base64
 import json
 import os
 import shutil
@@ -26,19 +25,12 @@ from rafstest import compare, harness
 from rafstest.harness import log
 from rafstest.rafsd import (RafsdMount, RafsdServe, expect_error, network_config, rafsctl,
                             small_image, start_test)
-from rafstest.servers import TestCa, basic_auth, free_port, htpasswd, push_blob, registry
+from rafstest.servers import basic_auth, docker_config, free_port, htpasswd_registry, push_blob
 
 MiB = 1 << 20
 FILES = [('usr/bin/tool', 2 * MiB + 5), ('usr/lib/big', 6 * MiB), ('etc/conf', 1234), ('var/empty', 0)]
 USER, PASSWORD = 'rafs', 'pw-Zq8-secret'
 REPO = 'test/img'
-
-
-def docker_config(path, host, user, password):
-    auth = base64.b64encode(('%s:%s' % (user, password)).encode()).decode()
-    with open(path, 'w') as f:
-        json.dump({'auths': {host: {'auth': auth}}}, f)
-    return auth
 
 
 def registry_config(tmp, name, host, docker_cfg, ca_file=None, certs_dir=None, repo=REPO):
@@ -58,14 +50,8 @@ def main():
             return ck.finish()
         _, boot, blob, mnt = image
         src, out = os.path.join(tmp, 'src'), os.path.join(tmp, 'out')
-        ca = TestCa(os.path.join(tmp, 'ca'))
-        cert, key = ca.issue('registry')
-        pw_file = os.path.join(tmp, 'htpasswd')
-        htpasswd(pw_file, {USER: PASSWORD})
-        port = free_port()
-        host = '127.0.0.1:%d' % port
-        auth = {'htpasswd': {'realm': 'rafsd-test', 'path': pw_file}}
-        with registry(tmp, 'registry', port, cert, key, auth=auth):
+        server, host, ca = htpasswd_registry(tmp, {USER: PASSWORD})
+        with server:
             digest = push_blob('https://' + host, REPO, os.path.join(out, 'blobs', blob), ca.context(),
                                basic_auth(USER, PASSWORD))
             ck.check(digest == 'sha256:' + blob, 'blob pushed as sha256:<blob id>')

@@ -30,7 +30,6 @@ snapshotter as proxy plugin `rafs` (CRI disabled).
    serves no image.
 """
 
-import base64
 import gzip
 import hashlib
 import io
@@ -44,10 +43,10 @@ import tarfile
 import time
 
 from rafstest import harness
-from rafstest.harness import children, log, run, text, wait_for
-from rafstest.rafsd import RafsdProcess, RafsdServe, network_config, rafsctl, rafsctl_status, start_test
+from rafstest.harness import log, run, text, wait_for
+from rafstest.rafsd import RafsdProcess, RafsdServe, children, network_config, rafsctl, rafsctl_status, start_test
 from rafstest.rafsimage import OCI_MANIFEST, OCI_TAR_GZIP, Pusher, host_arch
-from rafstest.servers import TestCa, basic_auth, free_port, htpasswd, registry
+from rafstest.servers import basic_auth, docker_config, htpasswd_registry
 
 MiB = 1 << 20
 USER, PASSWORD = 'rafs', 'pw-snapshotter-secret'
@@ -192,17 +191,9 @@ def main():
     if not snapshotter_bin:
         raise SystemExit('FAIL: set RAFS_SNAPSHOTTER to the built rafs-snapshotter')
     with harness.temp_dir('snapshotter-ctr-', keep=args.keep) as tmp:
-        ca = TestCa(os.path.join(tmp, 'ca'))
-        cert, key = ca.issue('registry')
-        pw_file = os.path.join(tmp, 'htpasswd')
-        htpasswd(pw_file, {USER: PASSWORD})
-        port = free_port()
-        host = '127.0.0.1:%d' % port
-        auth_json = json.dumps({'auths': {host: {'auth': base64.b64encode(
-            ('%s:%s' % (USER, PASSWORD)).encode()).decode()}}})
+        reg, host, ca = htpasswd_registry(tmp, {USER: PASSWORD})
         auth_file = os.path.join(tmp, 'auth.json')
-        with open(auth_file, 'w') as f:
-            f.write(auth_json)
+        docker_config(auth_file, host, USER, PASSWORD)
         certs_dir = os.path.join(tmp, 'certs.d')
         os.makedirs(os.path.join(certs_dir, host))
         with open(ca.cert, 'rb') as f, open(os.path.join(certs_dir, host, 'ca.crt'), 'wb') as g:
@@ -226,7 +217,7 @@ def main():
         rafs_ref = '%s/rafs/app:index' % host
         plain_ref = '%s/src/app:v1' % host
 
-        with registry(tmp, 'registry', port, cert, key, auth={'htpasswd': {'realm': 'rafs-test', 'path': pw_file}}), \
+        with reg, \
                 RafsdServe(rafsd, cfg, rafsd_sock, os.path.join(tmp, 'rafsd.log')) as srv, \
                 Snapshotter(snapshotter_bin, cfg, sn_root, sn_sock, os.path.join(tmp, 'snapshotter.log')) as sn, \
                 Containerd(tmp, sn_sock) as ctd:

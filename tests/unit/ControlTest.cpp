@@ -70,6 +70,9 @@ public:
         std::lock_guard lock(mutex_);
         return status_;
     }
+    json trace(const rafsd::TraceRequest& request) override {
+        return {{"text", "# trace of " + request.mountpoint.string() + "\n/usr/bin/bash\n"}, {"files", 1}, {"chunks", 2}};
+    }
 
     void waitUntilBlocked() {
         std::unique_lock lock(mutex_);
@@ -204,10 +207,10 @@ TEST_CASE("control requests parse into typed structs", "[api]") {
         R"({"op":"mount","bootstrap":"/images/a.boot","mountpoint":"/mnt/a","blob_dir":"/blobs",)"
         R"("engine":"fscache","domain_id":"shared-1","fsid":"sha256:ab.c_d"})");
     REQUIRE(std::holds_alternative<MountRequest>(request));
-    MountRequest expected{"/images/a.boot", "/mnt/a", "/blobs", rafsd::EngineKind::Fscache, "shared-1", "sha256:ab.c_d"};
+    MountRequest expected{"/images/a.boot", "/mnt/a", "/blobs", rafsd::EngineKind::Fscache, "shared-1", "sha256:ab.c_d", false, {}};
     CHECK(std::get<MountRequest>(request) == expected);
 
-    MountRequest minimal{"/a.boot", "/mnt", {}, {}, {}, {}};
+    MountRequest minimal{"/a.boot", "/mnt", {}, {}, {}, {}, false, {}};
     CHECK(std::get<MountRequest>(parseRequest(R"({"mountpoint":"/mnt","op":"mount","bootstrap":"/a.boot"})")) == minimal);
     CHECK(std::get<rafsd::UmountRequest>(parseRequest(R"({"op":"umount","mountpoint":"/mnt"})")).mountpoint == "/mnt");
     CHECK(std::holds_alternative<rafsd::ListRequest>(parseRequest(R"( {"op":"list"} )")));
@@ -220,7 +223,7 @@ TEST_CASE("control requests parse into typed structs", "[api]") {
 
     for (const Request& r : {Request(expected), Request(minimal), Request(registered), Request(rafsd::UmountRequest{"/m"}),
                              Request(rafsd::ListRequest{}), Request(rafsd::StatusRequest{}),
-                             Request(rafsd::StatusRequest{"/m"})}) {
+                             Request(rafsd::StatusRequest{"/m"}), Request(rafsd::TraceRequest{"/m"})}) {
         std::string line = rafsd::formatRequest(r);
         INFO(line);
         CHECK(line.find('\n') == std::string::npos);
@@ -234,8 +237,8 @@ TEST_CASE("control request errors", "[api]") {
     CHECK_THROWS_WITH(parseRequest(""), StartsWith("request is not valid JSON: "));
     CHECK_THROWS_WITH(parseRequest("[\"list\"]"), "request is not a JSON object");
     CHECK_THROWS_WITH(parseRequest("{}"), "request has no 'op'");
-    CHECK_THROWS_WITH(parseRequest(R"({"op":5})"), "op: 5 is not one of mount, umount, list, status");
-    CHECK_THROWS_WITH(parseRequest(R"({"op":"remount"})"), "op: \"remount\" is not one of mount, umount, list, status");
+    CHECK_THROWS_WITH(parseRequest(R"({"op":5})"), "op: 5 is not one of mount, umount, list, status, trace");
+    CHECK_THROWS_WITH(parseRequest(R"({"op":"remount"})"), "op: \"remount\" is not one of mount, umount, list, status, trace");
     CHECK_THROWS_WITH(parseRequest(R"({"op":"mount","bootstrap":"/a.boot"})"), "mount request has no 'mountpoint'");
     CHECK_THROWS_WITH(parseRequest(R"({"op":"umount"})"), "umount request has no 'mountpoint'");
     CHECK_THROWS_WITH(parseRequest(R"({"op":"mount","bootstrap":"a.boot","mountpoint":"/m"})"),
@@ -309,7 +312,7 @@ TEST_CASE("control server answers requests", "[api]") {
     CHECK(client.ask(R"({"op":"mount","bootstrap":"/a.boot","mountpoint":"/mnt/a","engine":"fanotify"})") ==
           json{{"ok", true}, {"mountpoint", "/mnt/a"}, {"engine", "fanotify"}});
     REQUIRE(handler.mounts().size() == 1);
-    CHECK(handler.mounts()[0] == MountRequest{"/a.boot", "/mnt/a", {}, rafsd::EngineKind::Fanotify, {}, {}});
+    CHECK(handler.mounts()[0] == MountRequest{"/a.boot", "/mnt/a", {}, rafsd::EngineKind::Fanotify, {}, {}, false, {}});
     CHECK(client.ask(R"({"op":"umount","mountpoint":"/mnt/a"})") == json{{"ok", true}});
     CHECK(handler.umounts() == std::vector<std::filesystem::path>{"/mnt/a"});
 
@@ -536,7 +539,7 @@ TEST_CASE("control client", "[api]") {
     ControlServer server = ControlServer::bind(socket, handler);
     rafsd::ControlClient client(socket, std::chrono::seconds(5));
     CHECK(client.call(rafsd::StatusRequest{}) == json{{"ok", true}, {"images", images}});
-    CHECK_THROWS_WITH(client.call(MountRequest{"/a.boot", "/fail", {}, {}, {}, {}}), "mount failed: boom second line");
+    CHECK_THROWS_WITH(client.call(MountRequest{"/a.boot", "/fail", {}, {}, {}, {}, false, {}}), "mount failed: boom second line");
 
     CHECK_THROWS_WITH(rafsd::ControlClient(dir.path / "none.sock", std::chrono::seconds(1)).call(rafsd::ListRequest{}),
                       fmt::format("cannot connect to {}: No such file or directory (is rafsd serve running?)",
@@ -562,13 +565,22 @@ TEST_CASE("rafsctl against a fake rafsd", "[api]") {
     ControlServer server = ControlServer::bind(socket, handler);
     std::string s = "--socket '" + socket.string() + "' ";
     std::filesystem::path cwd = dir.path / "work";
+    std::ofstream(cwd / "image.boot").put('x');  // a path that exists is a bootstrap
 
     Run run = rafsctl(s + "mount --engine fscache --fsid img1 --domain-id d --blob-dir blobs image.boot mnt/", cwd);
     CHECK(run.status == 0);
     CHECK(run.output == fmt::format("mounted {0}/work/image.boot on {0}/work/mnt (fanotify)\n", dir.path.string()));
     REQUIRE(handler.mounts().size() == 1);
     CHECK(handler.mounts()[0] == MountRequest{cwd / "image.boot", cwd / "mnt", cwd / "blobs", rafsd::EngineKind::Fscache,
-                                            "d", "img1"});
+                                            "d", "img1", false, {}});
+
+    // Anything else is an image reference, for rafsd to check.
+    run = rafsctl(s + "mount 127.0.0.1:5000/app:v1 mnt", cwd);
+    CHECK(run.status == 0);
+    CHECK(run.output == fmt::format("mounted 127.0.0.1:5000/app:v1 on {}/work/mnt (fanotify)\n", dir.path.string()));
+    REQUIRE(handler.mounts().size() == 2);
+    CHECK(handler.mounts()[1].image == "127.0.0.1:5000/app:v1");
+    CHECK(handler.mounts()[1].bootstrap.empty());
 
     run = rafsctl(s + "mount image.boot /fail", cwd);
     CHECK(run.status == 1);
@@ -587,13 +599,15 @@ TEST_CASE("rafsctl against a fake rafsd", "[api]") {
 
     handler.setList(json::parse(R"({"images":[
         {"mountpoint":"/mnt/a","bootstrap":"/images/alpine.boot","engine":"fanotify","blobs":2},
-        {"mountpoint":"/mnt/longer-name","bootstrap":"/i/b.boot","engine":"fscache","blobs":[{},{},{}]}]})"));
+        {"mountpoint":"/mnt/longer-name","bootstrap":"/i/b.boot","engine":"fscache","blobs":[{},{},{}]},
+        {"mountpoint":"/mnt/c","bootstrap":"/s/c.boot","image":"h:1/app:v1","engine":"fanotify","blobs":1}]})"));
     run = rafsctl(s + "list", cwd);
     CHECK(run.status == 0);
     CHECK(run.output ==
           "MOUNTPOINT        IMAGE                ENGINE    BLOBS\n"
           "/mnt/a            /images/alpine.boot  fanotify      2\n"
-          "/mnt/longer-name  /i/b.boot            fscache       3\n");
+          "/mnt/longer-name  /i/b.boot            fscache       3\n"
+          "/mnt/c            h:1/app:v1           fanotify      1\n");
 
     json status = json::parse(R"({"images":[
         {"mountpoint":"/mnt/a","bootstrap":"/images/alpine.boot","engine":"fanotify","uptime":12,"blobs":[
@@ -626,4 +640,17 @@ TEST_CASE("rafsctl against a fake rafsd", "[api]") {
     CHECK(run.status == 1);
     CHECK(run.output ==
           fmt::format("rafsctl: cannot connect to {}: No such file or directory (is rafsd serve running?)\n", socket.string()));
+}
+
+TEST_CASE("control: a mount by image reference", "[api]") {
+    const auto r = std::get<MountRequest>(parseRequest(R"({"op":"mount","image":"h:5/app:v1","mountpoint":"/m"})"));
+    CHECK(r.image == "h:5/app:v1");
+    CHECK(r.bootstrap.empty());
+    CHECK(parseRequest(rafsd::formatRequest(r)) == Request(r));
+    CHECK_THROWS_WITH(parseRequest(R"({"op":"mount","image":"h/a","bootstrap":"/a","mountpoint":"/m"})"),
+                      "mount request has both 'bootstrap' and 'image'");
+    CHECK_THROWS_WITH(parseRequest(R"({"op":"mount","mountpoint":"/m"})"), "mount request has no 'bootstrap'");
+    CHECK_THROWS_WITH(parseRequest(R"({"op":"mount","image":5,"mountpoint":"/m"})"), "image: 5 is not a string");
+    CHECK_THROWS_WITH(parseRequest(R"({"op":"mount","image":"","mountpoint":"/m"})"),
+                      "image: \"\" is not an image reference");
 }

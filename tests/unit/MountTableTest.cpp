@@ -18,9 +18,9 @@ TEST_CASE("mount table: saved and loaded back, atomically replaced", "[mounts]")
     const std::filesystem::path table = dir.path() / "state/mounts.json";
     CHECK(rafsd::loadMounts(table).empty());  // none yet
     const std::vector<MountRecord> mounts = {
-        {"fscache", "/images/a/image.boot", "/mnt/a", "rafs-a", "", std::nullopt},
-        {"fscache", "/images/b.blob", "/mnt/b", "fsid-b", "shared", "/images/blobs"},
-        {"fanotify", "/images/c/image.boot", "/mnt/c", "", "", "/images/c/blobs"},
+        {"fscache", "/images/a/image.boot", "/mnt/a", "rafs-a", "", std::nullopt, "", ""},
+        {"fscache", "/images/b.blob", "/mnt/b", "fsid-b", "shared", "/images/blobs", "", ""},
+        {"fanotify", "/images/c/image.boot", "/mnt/c", "", "", "/images/c/blobs", "", ""},
         {"fanotify", "/state/images/sha256-ab/image.boot", "/mnt/d", "", "", std::nullopt, "127.0.0.1:5000/app:v1",
          "sha256:ab"},
     };
@@ -40,7 +40,7 @@ TEST_CASE("mount table: a table of fscache mounts only, from before fanotify mou
     const std::string table = dir / "table.json";
     const std::string old = R"({"version": 1, "mounts": [{"bootstrap": "/a", "mountpoint": "/m", "fsid": "f", "domain_id": ""}]})";
     rafs::test::writeFile(table, std::vector<uint8_t>(old.begin(), old.end()));
-    CHECK(rafsd::loadMounts(table) == std::vector<MountRecord>{{"fscache", "/a", "/m", "f", "", std::nullopt}});
+    CHECK(rafsd::loadMounts(table) == std::vector<MountRecord>{{"fscache", "/a", "/m", "f", "", std::nullopt, "", ""}});
 }
 
 TEST_CASE("mount table: a damaged or foreign file is refused with its name", "[mounts]") {

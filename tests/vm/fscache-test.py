@@ -13,7 +13,6 @@ Debian's python3, standard library only. RAFSD_TEST_KERNEL picks the guest kerne
 """
 
 import argparse
-import base64
 import concurrent.futures
 import errno
 import hashlib
@@ -734,34 +733,42 @@ class Guest:
             notify.close()
             os.unlink('/tmp/notify.sock')
 
+    def registry_config(self, name, user, password, backend_repo=None):
+        """docker-registry on the guest's loopback with TLS from a test CA and htpasswd auth for
+        `user` (running), and the config `name` of an fscache daemon with that CA and the
+        credentials in a docker config.json; with `backend_repo`, backend.type is registry and
+        names that repository. Returns (the registry, 'host:port', the CA, the config path)."""
+        sys.path.insert(0, f'{REPO}/tests/integration')
+        from rafstest.servers import docker_config, htpasswd_registry
+        tmp = f'/tmp/{name}-case'
+        os.makedirs(tmp, exist_ok=True)
+        server, host, ca = htpasswd_registry(tmp, {user: password})
+        docker_cfg = f'{tmp}/config.json'
+        docker_config(docker_cfg, host, user, password)
+        cfg = self.config(name, f'{self.cache_root}/{name}')
+        with open(cfg, 'a') as f:
+            if backend_repo:
+                f.write(f'[backend]\ntype = "registry"\n')
+            f.write(f'[backend.registry]\ndocker_config = "{docker_cfg}"\n')
+            if backend_repo:
+                f.write(f'host = "{host}"\nrepo = "{backend_repo}"\n')
+            f.write(f'[backend.hosts."{host}"]\nca_file = "{ca.cert}"\n')
+        return server, host, ca, cfg
+
     def case_registry(self):
         """The registry backend with the fscache engine: Debian's docker-registry on the guest's
         loopback with TLS from a test CA and htpasswd (Basic) auth, the image's blob pushed with the
         upload API; every file reads back equal through `rafsd mount --engine fscache` with the
         credentials from a docker config.json; the password is in no log line."""
-        sys.path.insert(0, f'{REPO}/tests/integration')
-        from rafstest.servers import TestCa, basic_auth, free_port, htpasswd, push_blob, registry
         user, password, repo = 'rafs', 'vm-secret-4711', 'rafs/vm'
-        tmp = '/tmp/registry-case'
-        os.makedirs(tmp, exist_ok=True)
-        ca = TestCa(f'{tmp}/ca')
-        cert, key = ca.issue('registry')
-        htpasswd(f'{tmp}/htpasswd', {user: password})
-        port = free_port()
-        host = f'127.0.0.1:{port}'
         boot, blobs = self.image('img1')
-        with registry(tmp, 'registry', port, cert, key, auth={'htpasswd': {'realm': 'vm', 'path': f'{tmp}/htpasswd'}}):
+        server, host, ca, cfg = self.registry_config('registry', user, password, backend_repo=repo)
+        from rafstest.servers import basic_auth, push_blob
+        with server:
             for blob in os.listdir(blobs):
                 digest = push_blob(f'https://{host}', repo, f'{blobs}/{blob}', ca.context(), basic_auth(user, password))
                 check(digest == 'sha256:' + blob, f'pushed {blob} as {digest}')
-            docker_cfg = f'{tmp}/config.json'
-            with open(docker_cfg, 'w') as f:
-                json.dump({'auths': {host: {'auth': base64.b64encode(f'{user}:{password}'.encode()).decode()}}}, f)
-            mnt, cache = self.mnt('registry'), f'{self.cache_root}/registry'
-            cfg = self.config('registry', cache)
-            with open(cfg, 'a') as f:
-                f.write(f'[backend]\ntype = "registry"\n[backend.registry]\nhost = "{host}"\nrepo = "{repo}"\n'
-                        f'docker_config = "{docker_cfg}"\n[backend.hosts."{host}"]\nca_file = "{ca.cert}"\n')
+            mnt = self.mnt('registry')
             d = Rafsd(self, ['mount', '--config', cfg, '--engine', 'fscache', boot, mnt], wait_mount=mnt)
             self.daemons.append(d)
             manifest = self.meta['img1']['manifest']
@@ -770,6 +777,34 @@ class Guest:
             self.expect_clean_stop(d, mnt)
             check(password not in d.text(), 'the password is in rafsd\'s log')
         return f'{len(manifest)} entries read back equal from the TLS registry (fscache engine)'
+
+    def case_registry_image(self):
+        """Mount by image reference with the fscache engine: img1 pushed as a Nydus-style RAFS image
+        (rafstest/rafsimage.py) to docker-registry on the guest's loopback (TLS, htpasswd), tagged
+        as an index; `rafsd mount --engine fscache HOST/REPO:v1` resolves it, keeps the bootstrap in
+        the state dir and every file reads back equal; backend.type stays localfs."""
+        user, password, repo = 'rafs', 'vm-secret-4712', 'rafs/image'
+        boot, blobs = self.image('img1')
+        server, host, ca, cfg = self.registry_config('registry-image', user, password)
+        from rafstest.rafsimage import Pusher, host_arch
+        from rafstest.servers import basic_auth
+        with server:
+            push = Pusher(f'https://{host}', repo, ca.context(), basic_auth(user, password))
+            digest, size = push.rafs_image(None, boot, [f'{blobs}/{b}' for b in sorted(os.listdir(blobs))])
+            push.index('v1', [(digest, size, host_arch(), True)])
+            mnt = self.mnt('registry-image')
+            began = time.monotonic()
+            d = Rafsd(self, ['mount', '--config', cfg, '--engine', 'fscache', f'{host}/{repo}:v1', mnt], wait_mount=mnt)
+            took = time.monotonic() - began
+            self.daemons.append(d)
+            kept = f'/tmp/registry-image-state/images/sha256-{digest[7:]}/image.boot'
+            with open(kept, 'rb') as f, open(boot, 'rb') as g:
+                check(f.read() == g.read(), f'{kept} is not the bootstrap')
+            manifest = self.meta['img1']['manifest']
+            problems = compare_tree(mnt, manifest)
+            check(not problems, 'tree mounted by image reference differs:\n' + '\n'.join(problems[:20]))
+            self.expect_clean_stop(d, mnt)
+        return f'{len(manifest)} entries read back equal, mounted by reference in {took:.1f} s (fscache engine)'
 
     def case_kill_no_failover(self):
         """The whole daemon killed (no supervisor left): waiting readers get EIO, nothing hangs."""
@@ -798,7 +833,8 @@ class Guest:
 
 
 CASES = ['tree', 'remount_cached', 'stale_state', 'nydus', 'unknown_cookie', 'missing_blob', 'device_errors',
-         'corrupt_blob', 'shared_domain', 'register_by_hand', 'failover', 'fd_store', 'serve_failover', 'kill_no_failover', 'registry']
+         'corrupt_blob', 'shared_domain', 'register_by_hand', 'failover', 'fd_store', 'serve_failover', 'kill_no_failover', 'registry',
+         'registry_image']
 
 
 def guest_main(args):

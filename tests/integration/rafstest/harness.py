@@ -119,15 +119,6 @@ def temp_dir(prefix, keep=False):
             cleanup_dir(d)
 
 
-def children(pid):
-    """PIDs of the children of process `pid` (a supervisor's worker)."""
-    try:
-        with open('/proc/%d/task/%d/children' % (pid, pid)) as f:
-            return [int(p) for p in f.read().split()]
-    except OSError:
-        return []
-
-
 def wait_for(predicate, timeout=30, interval=0.05):
     """predicate()'s first true value, polled every `interval` seconds; None once `timeout`
     seconds have passed without one."""

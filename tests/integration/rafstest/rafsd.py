@@ -108,8 +108,9 @@ class RafsdProcess:
     def ready(self):
         raise NotImplementedError
 
-    def start(self, timeout=30):
-        """Starts rafsd; True once ready(), False if it exits or the timeout passes first."""
+    def start(self, timeout=30, poll=0.05):
+        """Starts rafsd; True once ready() (checked every `poll` seconds), False if it exits or the
+        timeout passes first."""
         log('$ ' + ' '.join(self.cmd) + ' &')
         self.log_file = open(self.log_path, 'wb')
         self.proc = subprocess.Popen(self.cmd, stdout=self.log_file, stderr=subprocess.STDOUT)
@@ -119,7 +120,7 @@ class RafsdProcess:
                 return True
             if self.proc.poll() is not None:
                 return False
-            time.sleep(0.05)
+            time.sleep(poll)
         return False
 
     def stop(self, sig=None, timeout=60):
@@ -376,6 +377,26 @@ def rafsctl_status(rafsctl_bin, socket_path, mountpoint=None):
         log('rafsctl status failed: ' + (r.stderr or b'').decode())
         return None
     return json.loads(r.stdout)
+
+
+def children(pid):
+    """The pids of the children of `pid`."""
+    try:
+        with open('/proc/%d/task/%d/children' % (pid, pid)) as f:
+            return [int(p) for p in f.read().split()]
+    except OSError:
+        return []
+
+
+def worker_of(pid, timeout=30):
+    """The first child of rafsd `pid` (its supervisor): the worker."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        kids = children(pid)
+        if kids:
+            return kids[0]
+        time.sleep(0.05)
+    raise RuntimeError('rafsd %d has no worker' % pid)
 
 
 class RafsdServe(RafsdProcess):

@@ -2,10 +2,13 @@
 and stopped by it (only the processes it started):
 
   free_port()                      a port nothing listens on now
+  Netns(name)                      a network namespace of our own, its loopback shaped by tbf on demand
   Server(cmd, port, log)           a process in the background, ready once its port accepts
   nginx(root, port, tmp)           nginx-light serving `root` at /blobs/ (a range server)
   TestCa(dir)                      a CA made with openssl, and server certificates for 127.0.0.1
   registry(...)                    Debian's docker-registry (distribution 2.8), TLS, htpasswd or token auth
+  htpasswd_registry(tmp, users)    the same on a free port with a new CA and htpasswd auth
+  docker_config(path, host, ...)   a docker config.json holding a host's credentials
   push_blob(url, repo, path, ...)  a blob uploaded with the plain distribution API (POST + PUT)
   push_data(url, repo, bytes, ...) the same from bytes
   push_manifest(url, repo, ref, media_type, bytes, ...)  a manifest or index PUT under a tag
@@ -58,6 +61,35 @@ def in_netns(netns, fn):
     if 'error' in result:
         raise result['error']
     return result['value']
+
+
+class Netns:
+    """A network namespace of the caller's own, /run/netns/<name>, with its loopback up; shape()
+    limits that loopback with tbf. lo's MTU is lowered to 1500 first: with its default of 65536
+    and a burst below it, tbf drops every large packet. Servers and clients in it address
+    127.0.0.1 and nothing else. remove() deletes it."""
+
+    def __init__(self, name):
+        self.name = name
+        # A namespace of this name is a leftover of an interrupted run of the same caller.
+        subprocess.run(['ip', 'netns', 'del', name], stderr=subprocess.DEVNULL)
+        subprocess.run(['ip', 'netns', 'add', name], check=True)
+        self._exec('ip', 'link', 'set', 'lo', 'mtu', '1500', 'up')
+
+    def _exec(self, *args):
+        subprocess.run(['ip', 'netns', 'exec', self.name] + list(args), check=True)
+
+    def cmd(self, argv):
+        """argv run in this namespace's network (nsenter --net: the mount namespace stays ours)."""
+        return ['nsenter', '--net=/run/netns/' + self.name] + list(argv)
+
+    def shape(self, mbit):
+        """The loopback limited to `mbit` Mbit/s (tbf)."""
+        self._exec('tc', 'qdisc', 'replace', 'dev', 'lo', 'root', 'tbf', 'rate', '%dmbit' % mbit, 'burst', '32kb',
+                   'latency', '50ms')
+
+    def remove(self):
+        subprocess.run(['ip', 'netns', 'del', self.name], stderr=subprocess.DEVNULL)
 
 
 def port_open(port, netns=None):
@@ -207,6 +239,26 @@ def registry(tmp, name, port, cert=None, key=None, auth=None, client_ca=None, ne
         json.dump(config, f)  # JSON is YAML
     return Server('docker-registry', ['docker-registry', 'serve', path], port, os.path.join(root, 'log'),
                   netns=netns).start()
+
+
+def htpasswd_registry(tmp, users, name='registry'):
+    """docker-registry on a free port of 127.0.0.1 with TLS from a new test CA (tmp/<name>-ca) and
+    htpasswd (Basic) auth for `users` ({user: password}); returns (server, 'host:port', ca)."""
+    ca = TestCa(os.path.join(tmp, name + '-ca'))
+    cert, key = ca.issue('registry')
+    pw_file = os.path.join(tmp, name + '-htpasswd')
+    htpasswd(pw_file, users)
+    port = free_port()
+    server = registry(tmp, name, port, cert, key, auth={'htpasswd': {'realm': 'rafsd-test', 'path': pw_file}})
+    return server, '127.0.0.1:%d' % port, ca
+
+
+def docker_config(path, host, user, password):
+    """A docker config.json at `path` with the credentials of `host`; returns its auth string."""
+    auth = base64.b64encode(('%s:%s' % (user, password)).encode()).decode()
+    with open(path, 'w') as f:
+        json.dump({'auths': {host: {'auth': auth}}}, f)
+    return auth
 
 
 def _request(method, url, context, headers=None, data=None, timeout=60):

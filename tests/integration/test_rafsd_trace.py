@@ -1,0 +1,144 @@
+#!/usr/bin/env python3
+"""Prefetch learned from a real start (fanotify engine, rafsd serve, prefetch off while tracing):
+
+1. after a mount, a workload reads four files of the image in a known order (one of them twice, one
+   only partly, and one shares its content with a file it never reads): `rafsctl trace MNT` prints
+   those files in that order as a prefetch list, and the same list is kept in the state dir
+   (traces/sha256-<bootstrap digest>.list); an unmount keeps the trace of the whole mount;
+2. `mkrafs build --prefetch-list TRACE` writes it into a new image's prefetch table (mkrafs inspect
+   lists it), and mounted with prefetch on and bandwidth capped low, those files are in the cache
+   before the rest of the blob: the first prefetched chunks are the traced files';
+3. `rafsctl trace` of a directory rafsd has not mounted is an error naming it.
+"""
+
+import os
+import re
+import sys
+import time
+
+from rafstest import harness
+from rafstest.harness import log, run, text
+from rafstest.rafsd import RafsdServe, make_small_tree, rafsctl, rafsctl_status, start_test, write_config
+
+MiB = 1 << 20
+FILES = [('bin/first', 300 * 1024), ('lib/second', 2 * MiB + 17), ('etc/third', 5000),
+         ('usr/share/fourth', 3 * MiB), ('usr/share/unread', 4 * MiB), ('var/also-unread', 100 * 1024)]
+ORDER = ['usr/share/fourth', 'bin/first', 'etc/third', 'lib/second']  # the workload's first reads
+
+
+def ctl_ok(ck, r, what):
+    return ck.check(r.returncode == 0, what, 'exit %s: %s' % (r.returncode, text(r.stderr).strip()))
+
+
+def serve_config(tmp, name, prefetch):
+    return write_config(os.path.join(tmp, name + '.toml'),
+                        daemon={'engine': 'fanotify', 'socket': os.path.join(tmp, name + '.sock'),
+                                'cache_dir': os.path.join(tmp, name + '-cache'),
+                                'state_dir': os.path.join(tmp, name + '-state')},
+                        prefetch=prefetch)
+
+
+def main():
+    args, mk, rafsd, ctl, ck = start_test('rafsd_trace', __doc__)
+    with harness.temp_dir('rafsd-trace-', keep=args.keep) as tmp:
+        src, out = os.path.join(tmp, 'src'), os.path.join(tmp, 'out')
+        data = make_small_tree(src, FILES, seed=5)
+        # A file with the same bytes as one the workload reads: its chunks are deduplicated, and
+        # the trace names the file that was read, never this one.
+        with open(os.path.join(src, 'usr/share/copy-of-third'), 'wb') as f:
+            f.write(data['etc/third'])
+        if not ck.cmd_ok(mk.build(out, [src]), 'mkrafs build'):
+            return ck.finish()
+        boot = os.path.join(out, 'image.boot')
+        mnt = os.path.join(tmp, 'mnt')
+        os.makedirs(mnt)
+
+        ck.section('1. rafsctl trace after a start')
+        cfg = serve_config(tmp, 'trace', {'enable': False})
+        sock = os.path.join(tmp, 'trace.sock')
+        with RafsdServe(rafsd, cfg, sock, os.path.join(tmp, 'trace.log')) as d:
+            if not ck.check(d.start(), 'rafsd serve', d.log_text()[-1500:]):
+                return ck.finish()
+            r = rafsctl(ctl, sock, 'mount', '--blob-dir', os.path.join(out, 'blobs'), boot, mnt)
+            if not ctl_ok(ck, r, 'rafsctl mount'):
+                return ck.finish()
+            for rel in ORDER:
+                with open(os.path.join(mnt, rel), 'rb') as f:
+                    got = f.read(100 * 1024) if rel == 'lib/second' else f.read()
+                want = data[rel][:100 * 1024] if rel == 'lib/second' else data[rel]
+                ck.check(got == want, 'read %s' % rel)
+            with open(os.path.join(mnt, 'bin/first'), 'rb') as f:
+                f.read()
+            r = rafsctl(ctl, sock, 'trace', mnt)
+            ctl_ok(ck, r, 'rafsctl trace')
+            lines = text(r.stdout).splitlines()
+            paths = [line for line in lines if line and not line.startswith('#')]
+            ck.check(paths == ['/' + p for p in ORDER], 'the files in the order first read', repr(paths))
+            ck.check(lines and lines[0].startswith('# rafsd start trace of ') and '4 files' in lines[0],
+                     'a comment line says what it is: ' + (lines[0] if lines else ''))
+            traces = os.path.join(tmp, 'trace-state', 'traces')
+            saved = os.listdir(traces) if os.path.isdir(traces) else []
+            ck.check(len(saved) == 1 and re.fullmatch(r'sha256-[0-9a-f]{64}\.list', saved[0] or ''),
+                     'kept in state_dir/traces/', repr(saved))
+            trace_file = os.path.join(tmp, 'trace.list')
+            r = rafsctl(ctl, sock, 'trace', '-o', trace_file, mnt)
+            ctl_ok(ck, r, 'rafsctl trace -o FILE')
+            r = rafsctl(ctl, sock, 'trace', os.path.join(tmp, 'src'))
+            ck.check(r.returncode not in (0, None) and 'not mounted by rafsd' in text(r.stderr),
+                     '3. trace of an unmounted directory: ' + text(r.stderr).strip())
+            with open(os.path.join(mnt, 'var/also-unread'), 'rb') as f:
+                f.read()
+            ctl_ok(ck, rafsctl(ctl, sock, 'umount', mnt), 'rafsctl umount')
+            if saved:
+                with open(os.path.join(traces, saved[0])) as f:
+                    kept = [line for line in f.read().splitlines() if line and not line.startswith('#')]
+                ck.check(kept == ['/' + p for p in ORDER] + ['/var/also-unread'],
+                         'the unmount kept the whole mount\'s trace', repr(kept))
+
+        ck.section('2. the trace as a prefetch list')
+        out2 = os.path.join(tmp, 'out2')
+        if not ck.cmd_ok(mk.build(out2, [src], prefetch_list=trace_file), 'mkrafs build --prefetch-list TRACE'):
+            return ck.finish()
+        r = run([mk.path, 'inspect', os.path.join(out2, 'image.boot')])
+        nids = re.findall(r'prefetch: nids ([0-9 ]+)', text(r.stdout))
+        ck.check(len(nids) == 1 and len(nids[0].split()) == 4, 'mkrafs inspect shows a prefetch table of the 4 files',
+                 repr(nids))
+        # Prefetch on, 2 MiB/s: the traced files' 5.4 MiB come first, the other 4.1 MiB after them.
+        # Once the chunks of the first two traced files could be in, they must be: reading them
+        # then misses nothing, while the blob is still far from complete.
+        cfg2 = serve_config(tmp, 'prefetch', {'enable': True, 'bandwidth': '2MiB'})
+        sock2 = os.path.join(tmp, 'prefetch.sock')
+        mnt2 = os.path.join(tmp, 'mnt2')
+        os.makedirs(mnt2)
+        with RafsdServe(rafsd, cfg2, sock2, os.path.join(tmp, 'prefetch.log')) as d:
+            if not ck.check(d.start(), 'rafsd serve (prefetch on, 2 MiB/s)', d.log_text()[-1500:]):
+                return ck.finish()
+            r = rafsctl(ctl, sock2, 'mount', '--blob-dir', os.path.join(out2, 'blobs'), out2 + '/image.boot', mnt2)
+            if not ctl_ok(ck, r, 'rafsctl mount'):
+                return ck.finish()
+            blob = {}
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                status = rafsctl_status(ctl, sock2, mnt2)
+                blob = status['images'][0]['blobs'][0] if status else {}
+                if blob.get('chunks_present', 0) >= 4:  # usr/share/fourth: 3 chunks, bin/first: 1
+                    break
+                time.sleep(0.05)
+            present = blob.get('chunks_present', 0)
+            ck.check(4 <= present < blob.get('chunks', 0), 'prefetch under way: %d of %d chunks present'
+                     % (present, blob.get('chunks', 0)))
+            ck.check(blob.get('misses', 0) == 0, 'no read made them present (no misses)')
+            # Reads now of the traced files must all be hits or nearly: they were fetched first.
+            before = blob.get('misses', 0)
+            for rel in ORDER[:2]:
+                with open(os.path.join(mnt2, rel), 'rb') as f:
+                    ck.check(f.read() == data[rel], 'read %s' % rel)
+            after = rafsctl_status(ctl, sock2, mnt2)['images'][0]['blobs'][0]
+            ck.check(after.get('misses', 0) == before, 'the first traced files were in the cache already (%d '
+                     'misses)' % (after.get('misses', 0) - before))
+            ctl_ok(ck, rafsctl(ctl, sock2, 'umount', mnt2), 'rafsctl umount')
+    return ck.finish()
+
+
+if __name__ == '__main__':
+    sys.exit(main())

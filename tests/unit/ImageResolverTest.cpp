@@ -1,0 +1,99 @@
+#include "registry/ImageResolver.h"
+
+#include "format/Error.h"
+#include "tests/unit/MemoryImageStore.h"
+
+#include <catch2/catch.hpp>
+#include <nlohmann/json.hpp>
+
+using namespace registry;
+using Catch::Matchers::Contains;
+using nlohmann::json;
+
+namespace {
+
+const Platform kAmd64 = Platform::parse("linux/amd64");
+
+// A manifest of one layer: a Nydus bootstrap layer (RAFS) or a tar+gzip one (ordinary OCI).
+Descriptor putImage(rafs::test::MemoryImageStore& store, const std::string& tag, bool rafs, char seed) {
+    const Descriptor config = store.putBlob(media::kOciConfig, std::vector<uint8_t>(8, static_cast<uint8_t>(seed)));
+    Descriptor layer = store.putBlob(media::kOciLayerGzip, std::vector<uint8_t>(16, static_cast<uint8_t>(seed)));
+    if (rafs) layer.annotations[annotation::kNydusBootstrap] = "true";
+    Manifest m;
+    m.media_type = media::kOciManifest;
+    m.config = config;
+    m.layers = {layer};
+    return store.putDocument(tag, media::kOciManifest, m.serialize());
+}
+
+// An index entry for `d` on `platform`, marked as nydusify marks RAFS images when `mark`.
+Descriptor entry(Descriptor d, const std::string& platform, bool mark) {
+    d.platform = Platform::parse(platform);
+    if (mark) d.artifact_type = media::kNydusManifestArtifact;
+    return d;
+}
+
+void putIndex(rafs::test::MemoryImageStore& store, const std::string& tag, std::vector<Descriptor> entries) {
+    Index index;
+    index.media_type = media::kOciIndex;
+    index.manifests = std::move(entries);
+    store.putDocument(tag, media::kOciIndex, index.serialize());
+}
+
+}  // namespace
+
+TEST_CASE("resolver: a manifest named directly, of the kind asked for or refused", "[registry]") {
+    rafs::test::MemoryImageStore store;
+    const Descriptor rafs = putImage(store, "rafs", true, 1);
+    putImage(store, "plain", false, 2);
+    const ResolvedManifest r = resolveManifest(store, "rafs", kAmd64, ImageKind::Rafs, "h/app:rafs");
+    CHECK(r.fetched.digest == rafs.digest);
+    CHECK(r.manifest.isRafs());
+    CHECK_FALSE(r.platform);
+    CHECK_THROWS_WITH(resolveManifest(store, "plain", kAmd64, ImageKind::Rafs, "h/app:plain"),
+                      Contains("h/app:plain: the image is an ordinary OCI image") && Contains("`mkrafs convert` makes one"));
+    CHECK_THROWS_WITH(resolveManifest(store, "rafs", kAmd64, ImageKind::Original, "h/app:rafs"),
+                      Contains("is a RAFS image already"));
+    CHECK_THROWS_WITH(resolveManifest(store, "nope", kAmd64, ImageKind::Rafs, "h/app:nope"), Contains("no such manifest"));
+}
+
+TEST_CASE("resolver: an index narrowed to the platform and the kind", "[registry]") {
+    rafs::test::MemoryImageStore store;
+    const Descriptor plain_amd = putImage(store, "", false, 1);
+    const Descriptor rafs_amd = putImage(store, "", true, 2);
+    const Descriptor rafs_arm = putImage(store, "", true, 3);
+    putIndex(store, "merged", {entry(plain_amd, "linux/amd64", false), entry(rafs_arm, "linux/arm64", true),
+                               entry(rafs_amd, "linux/amd64", true)});
+    ResolvedManifest r = resolveManifest(store, "merged", kAmd64, ImageKind::Rafs, "m");
+    CHECK(r.fetched.digest == rafs_amd.digest);
+    CHECK(r.platform->str() == "linux/amd64");
+    CHECK(resolveManifest(store, "merged", Platform::parse("linux/arm64"), ImageKind::Rafs, "m").fetched.digest ==
+          rafs_arm.digest);
+    CHECK(resolveManifest(store, "merged", kAmd64, ImageKind::Original, "m").fetched.digest == plain_amd.digest);
+
+    // Older or other builders leave the RAFS entry unmarked: its last layer tells.
+    putIndex(store, "unmarked", {entry(rafs_amd, "linux/amd64", false)});
+    CHECK(resolveManifest(store, "unmarked", kAmd64, ImageKind::Rafs, "u").fetched.digest == rafs_amd.digest);
+    putIndex(store, "plain-only", {entry(plain_amd, "linux/amd64", false)});
+    CHECK_THROWS_WITH(resolveManifest(store, "plain-only", kAmd64, ImageKind::Rafs, "p"),
+                      Contains("p: the image for linux/amd64 is an ordinary OCI image"));
+    // Marked, but its last layer is no bootstrap: refused rather than mounted.
+    putIndex(store, "mismarked", {entry(plain_amd, "linux/amd64", true)});
+    CHECK_THROWS_WITH(resolveManifest(store, "mismarked", kAmd64, ImageKind::Rafs, "x"), Contains("ordinary OCI image"));
+
+    putIndex(store, "arm-only", {entry(rafs_arm, "linux/arm64", true), entry(rafs_arm, "linux/arm64", false)});
+    CHECK_THROWS_WITH(resolveManifest(store, "arm-only", kAmd64, ImageKind::Rafs, "a"),
+                      "a: no manifest for linux/amd64 in the index (it has: linux/arm64)");
+    putIndex(store, "empty", {});
+    CHECK_THROWS_WITH(resolveManifest(store, "empty", kAmd64, ImageKind::Rafs, "e"),
+                      "e: no manifest for linux/amd64 in the index (it has: none)");
+}
+
+TEST_CASE("resolver: an index entry must be a manifest, and be the document it names", "[registry]") {
+    rafs::test::MemoryImageStore store;
+    const Descriptor inner = store.putDocument("", media::kOciIndex, R"({"schemaVersion":2,"manifests":[]})");
+    CHECK_THROWS_WITH(fetchEntry(store, inner, "n"), Contains("is a application/vnd.oci.image.index.v1+json, not an image manifest"));
+    store.putDocument("odd", "text/plain", "hello");
+    CHECK_THROWS_WITH(resolveManifest(store, "odd", kAmd64, ImageKind::Rafs, "o"),
+                      "o: media type 'text/plain' is neither an image index nor a manifest");
+}

@@ -1,0 +1,109 @@
+#include "daemon/api/RegistryImages.h"
+
+#include "builder/writer/BuildOptions.h"
+#include "builder/commands/Build.h"
+#include "format/Bootstrap.h"
+#include "format/Error.h"
+#include "registry/RafsLayers.h"
+#include "tests/unit/ImageTestUtil.h"
+#include "tests/unit/MemoryImageStore.h"
+#include "tests/unit/TempDir.h"
+
+#include <catch2/catch.hpp>
+
+#include <sstream>
+
+using namespace registry;
+using Catch::Matchers::Contains;
+using rafs::test::TempDir;
+
+namespace {
+
+// An image built by mkrafs's builder, pushed to a store as Nydus lays it out, tagged "v1".
+struct PushedImage {
+    TempDir dir;
+    rafs::test::MemoryImageStore store;
+    std::vector<uint8_t> boot;
+    std::string blob_id;
+    std::string digest;  // the manifest's
+
+    explicit PushedImage(bool blob_in_layers = true, std::vector<uint8_t> boot_override = {}) {
+        std::filesystem::create_directories(dir / "src");
+        rafs::test::writeFile(dir / "src/file", std::vector<uint8_t>(10000, 'f'));
+        rafs::build::BuildOptions options;
+        options.output = dir / "img";
+        options.sources = {dir / "src"};
+        options.threads = 1;
+        std::ostringstream log;
+        rafs::build::build(options, log);
+        boot = rafs::test::readFile(dir / "img/image.boot");
+        blob_id = rafs::Bootstrap(boot, "b").blobs().at(0).id;
+        Manifest m;
+        m.media_type = media::kOciManifest;
+        m.config = store.putBlob(media::kOciConfig, {'{', '}'});
+        if (blob_in_layers) m.layers.push_back({std::string(media::kNydusBlob), "sha256:" + blob_id, 1, {}, {}, {}});
+        Descriptor layer = store.putBlob(
+            media::kOciLayerGzip,
+            rafs::test::tarOf({{"image/image.boot", boot_override.empty() ? boot : boot_override}}, true));
+        layer.annotations[annotation::kNydusBootstrap] = "true";
+        m.layers.push_back(layer);
+        digest = store.putDocument("v1", media::kOciManifest, m.serialize()).digest;
+    }
+};
+
+std::vector<std::string> entries(const std::filesystem::path& dir) {
+    std::vector<std::string> names;
+    std::error_code ec;
+    for (const auto& e : std::filesystem::directory_iterator(dir, ec)) names.push_back(e.path().filename().string());
+    std::sort(names.begin(), names.end());
+    return names;
+}
+
+}  // namespace
+
+TEST_CASE("registry images: the bootstrap kept by manifest digest, reused, refetched when damaged", "[registry]") {
+    PushedImage image;
+    TempDir state;
+    rafsd::RegistryImages images(state.path() / "images");
+    const std::string kept_name = "sha256-" + image.digest.substr(7);
+    // A copy a dead rafsd was making: removed when the next one is kept.
+    std::filesystem::create_directories(state.path() / "images/.tmp-999999999-abc");
+
+    const rafsd::RegistryImage first = images.obtain(image.store, ImageReference::parse("h/app:v1"));
+    CHECK(first.manifest_digest == image.digest);
+    CHECK(first.bootstrap == state.path() / "images" / kept_name / "image.boot");
+    CHECK(rafs::test::readFile(first.bootstrap) == image.boot);
+    CHECK(entries(state.path() / "images") == std::vector<std::string>{kept_name});
+    CHECK(entries(state.path() / "images" / kept_name) == std::vector<std::string>{"image.boot", "image.json"});
+    CHECK(image.store.blob_reads == 1);
+
+    // By tag again: the manifest is asked for (the tag may have moved), the bootstrap is not.
+    CHECK(images.obtain(image.store, ImageReference::parse("h/app:v1")).bootstrap == first.bootstrap);
+    CHECK(image.store.blob_reads == 1);
+    CHECK(image.store.manifest_gets == 2);
+    // By digest: nothing asked at all (a restarted rafsd while the registry is away).
+    CHECK(images.obtain(image.store, ImageReference::parse("h/app@" + image.digest)).bootstrap == first.bootstrap);
+    CHECK(image.store.manifest_gets == 2);
+
+    // A damaged copy is fetched again.
+    std::vector<uint8_t> damaged = image.boot;
+    damaged[damaged.size() - 1] ^= 1;
+    rafs::test::writeFile(first.bootstrap.string(), damaged);
+    CHECK(rafs::test::readFile(images.obtain(image.store, ImageReference::parse("h/app@" + image.digest)).bootstrap) ==
+          image.boot);
+    CHECK(image.store.blob_reads == 2);
+}
+
+TEST_CASE("registry images: a bad image leaves nothing in the state dir", "[registry]") {
+    TempDir state;
+    rafsd::RegistryImages images(state.path() / "images");
+    PushedImage missing_blob(false);
+    CHECK_THROWS_WITH(images.obtain(missing_blob.store, ImageReference::parse("h/app:v1")),
+                      Contains("h/app:v1: the bootstrap reads blob " + missing_blob.blob_id) &&
+                          Contains("not a layer of the image's manifest"));
+    PushedImage garbage(true, std::vector<uint8_t>(8192, 0));
+    CHECK_THROWS_WITH(images.obtain(garbage.store, ImageReference::parse("h/app:v1")),
+                      Contains("h/app:v1 (image/image.boot)") && Contains("not a RAFS v6 bootstrap"));
+    CHECK_THROWS_WITH(images.obtain(garbage.store, ImageReference::parse("h/app:v2")), Contains("no such manifest"));
+    CHECK(entries(state.path() / "images").empty());
+}
