@@ -126,7 +126,15 @@ void SnapshotService::create(const std::string& key, const std::string& parent, 
     makeDirectory(store_.fsDir(s));
     if (kind == SnapshotKind::Active) makeDirectory(store_.workDir(s.id));
     store_.put(key, s);
-    mountsOf(key, mounts);
+    try {
+        mountsOf(key, mounts);
+    } catch (...) {
+        // containerd records no snapshot whose Prepare failed: neither may we (a parent's image
+        // that cannot be mounted now, with rafsd down).
+        store_.erase(key);
+        releaseFiles(s);
+        throw;
+    }
 }
 
 void SnapshotService::createRemote(const std::string& parent, const Labels& labels, const RemoteLayer& layer) {

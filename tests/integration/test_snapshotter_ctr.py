@@ -22,7 +22,9 @@ snapshotter as proxy plugin `rafs` (CRI disabled).
    big file (never read before) correctly, and a new container starts. Then, with no container
    left on it, the image's EROFS mount is taken away behind the snapshotter's back (as a reboot
    would) and the snapshotter killed and started again: it mounts the image again through rafsd,
-   removes directories no snapshot owns, and a new container runs.
+   removes directories no snapshot owns, and a new container runs. With rafsd stopped (it unmounts
+   its images), `ctr run` fails naming rafsd's socket and leaves no snapshot; once rafsd is back,
+   the next container's Prepare mounts the image again.
 4. Bad input, one error line each and a non-zero exit: register of an ordinary image, of an
    unknown tag, with no containerd at the socket; serve with a missing config file.
 5. Removal: containers, the registration and both images gone, containerd's GC done: no snapshot
@@ -347,6 +349,20 @@ def main():
                 r = wait_for(lambda: ok_or_none(ctd.ctr('run', '--rm', '--snapshotter', 'rafs', rafs_ref, 'rafs-4',
                                                         '/bin/busybox', 'cat', '/etc/hello')), timeout=30, interval=1)
                 ck.check(r is not None and r.stdout == HELLO, 'a new container runs on the mount made again')
+
+            # rafsd stopped (it unmounts what it serves): a container cannot start and leaves no
+            # snapshot behind; rafsd started again, the next Prepare mounts the image again.
+            ck.check(srv.stop() == 0, 'rafsd serve stopped (SIGTERM)')
+            r = ctd.ctr('run', '--rm', '--snapshotter', 'rafs', rafs_ref, 'rafs-5', '/bin/busybox', 'true')
+            ck.check(r.returncode not in (0, None) and rafsd_sock in text(r.stderr),
+                     'without rafsd, ctr run fails naming rafsd\'s socket', text(r.stderr)[-600:])
+            table = snapshot_table(sn_root) or {}
+            ck.check(table and not any(k.endswith('/rafs-5') for k in table), 'the failed Prepare left no snapshot',
+                     repr(sorted(table)))
+            ck.check(srv.start(), 'rafsd serve started again', srv.log_text()[-1500:])
+            r = ctd.ctr('run', '--rm', '--snapshotter', 'rafs', rafs_ref, 'rafs-6', '/bin/busybox', 'cat', '/etc/hello')
+            ck.check(r.returncode == 0 and r.stdout == HELLO, 'with rafsd back, a container starts (image mounted again)',
+                     text(r.stdout) + text(r.stderr)[-600:])
 
             ck.section('4. bad input: one error line each')
             r = run([snapshotter_bin, '--config', cfg, 'register', '--containerd', ctd.address, '--namespace', NAMESPACE,
