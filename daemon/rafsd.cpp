@@ -8,6 +8,7 @@
 #include "daemon/api/MountInfo.h"
 #include "daemon/core/Log.h"
 #include "daemon/process/ProcessIdentity.h"
+#include "daemon/process/StopSignals.h"
 #include "daemon/process/Supervisor.h"
 
 #include <CLI/CLI.hpp>
@@ -26,40 +27,6 @@ namespace fs = std::filesystem;
 using namespace rafsd;
 
 namespace {
-
-constexpr const char* kDefaultConfig = "/etc/rafsd/config.toml";
-
-Config loadConfig(const std::string& path, bool explicit_path) {
-    if (explicit_path || fs::exists(path)) return load(path);
-    return defaults();
-}
-
-log::Level levelOf(Config::LogLevel level) {
-    switch (level) {
-    case Config::LogLevel::Error: return log::Level::Error;
-    case Config::LogLevel::Warn: return log::Level::Warn;
-    case Config::LogLevel::Info: return log::Level::Info;
-    case Config::LogLevel::Debug: return log::Level::Debug;
-    }
-    return log::Level::Info;
-}
-
-// Blocks SIGINT and SIGTERM in every thread (call before starting any), then waits for one.
-sigset_t blockStopSignals() {
-    sigset_t set;
-    sigemptyset(&set);
-    sigaddset(&set, SIGINT);
-    sigaddset(&set, SIGTERM);
-    if (pthread_sigmask(SIG_BLOCK, &set, nullptr) != 0) rafs::fail("cannot block signals");
-    return set;
-}
-
-int waitForStopSignal(const sigset_t& set) {
-    int sig = 0;
-    while (sigwait(&set, &sig) != 0) {
-    }
-    return sig;
-}
 
 constexpr const char* kKeptDevice = "cachefiles";
 
@@ -236,7 +203,7 @@ int main(int argc, char** argv) {
     CLI::App app{"rafsd: serves RAFS v6 / EROFS images to the kernel on demand"};
     app.require_subcommand(1);
 
-    std::string config_path = kDefaultConfig;
+    std::string config_path = kDefaultConfigPath;
     std::string engine, blob_dir, cache_dir, bootstrap, mountpoint, fsid, domain_id;
     auto* m = app.add_subcommand("mount", "mount one image and serve it in the foreground until SIGINT/SIGTERM");
     auto* m_config = m->add_option("--config", config_path, "config file (default /etc/rafsd/config.toml if present)");
@@ -271,14 +238,14 @@ int main(int argc, char** argv) {
     try {
         const sigset_t stop_signals = blockStopSignals();
         const bool explicit_config = m_config->count() + s_config->count() > 0;
-        Config config = loadConfig(config_path, explicit_config);
+        Config config = loadIfPresent(config_path, explicit_config);
         if (!cache_dir.empty()) config.daemon.cache_dir = fs::absolute(cache_dir);
         if (!engine.empty()) {
             auto kind = parseEngineKind(engine);
             if (!kind) rafs::fail("--engine '{}' is not one of {}", engine, kEngineNames);
             config.daemon.engine = *kind;
         }
-        log::setLevel(levelOf(config.daemon.log_level));
+        log::setLevel(logLevel(config.daemon.log_level));
 
         if (m->parsed()) {
             MountRequest request;

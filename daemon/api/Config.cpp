@@ -437,4 +437,19 @@ Config parse(std::string_view text, const std::string& source) {
 
 Config load(const std::filesystem::path& path) { return parse(readFile(path), path.string()); }
 
+Config loadIfPresent(const std::filesystem::path& path, bool explicit_path) {
+    if (explicit_path || std::filesystem::exists(path)) return load(path);
+    return defaults();
+}
+
+log::Level logLevel(Config::LogLevel level) {
+    switch (level) {
+    case Config::LogLevel::Error: return log::Level::Error;
+    case Config::LogLevel::Warn: return log::Level::Warn;
+    case Config::LogLevel::Info: return log::Level::Info;
+    case Config::LogLevel::Debug: return log::Level::Debug;
+    }
+    return log::Level::Info;
+}
+
 }  // namespace rafsd

@@ -4,6 +4,7 @@
 #pragma once
 
 #include "daemon/api/EngineKind.h"
+#include "daemon/core/Log.h"
 
 #include <cstdint>
 #include <filesystem>
@@ -121,8 +122,16 @@ Config defaults();
 // Reads and validates a config file; throws rafs::Error "<path>:<line>: <what is wrong>".
 Config load(const std::filesystem::path& path);
 
+inline constexpr const char* kDefaultConfigPath = "/etc/rafsd/config.toml";
+// load(path) when the user named the file (`explicit_path`) or it exists, else defaults(): rafsd
+// and rafs-snapshotter run without a config file.
+Config loadIfPresent(const std::filesystem::path& path, bool explicit_path);
+
 // As load(), for text already in memory; `source` names it in messages.
 Config parse(std::string_view text, const std::string& source);
+
+// daemon.log_level as the log's level.
+log::Level logLevel(Config::LogLevel level);
 
 // For "backend.type 'http' is not implemented yet".
 std::string_view backendTypeName(Config::BackendType type);

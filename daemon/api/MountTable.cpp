@@ -36,15 +36,7 @@ void saveMounts(const fs::path& path, const std::vector<MountRecord>& mounts) {
         list.push_back(std::move(j));
     }
     const std::string text = nlohmann::json{{"version", kVersion}, {"mounts", list}}.dump(2) + "\n";
-
-    const fs::path dir = path.parent_path();
-    std::error_code ec;
-    fs::create_directories(dir, ec);
-    if (ec) rafs::fail("cannot create {}: {}", dir.string(), ec.message());
-    const fs::path temp = fs::path(path).concat(".tmp");
-    writeFileSynced(temp, text);
-    if (::rename(temp.c_str(), path.c_str()) != 0) rafs::failErrno("rename " + temp.string() + " to " + path.string());
-    syncDirectory(dir);
+    replaceFileSynced(path, text);
 }
 
 std::vector<MountRecord> loadMounts(const fs::path& path) {

@@ -17,6 +17,17 @@ void writeFileSynced(const std::filesystem::path& path, std::span<const uint8_t>
     file.close(path.string());
 }
 
+void replaceFileSynced(const std::filesystem::path& path, std::string_view text) {
+    const std::filesystem::path dir = path.parent_path();
+    std::error_code ec;
+    std::filesystem::create_directories(dir, ec);
+    if (ec) rafs::fail("cannot create {}: {}", dir.string(), ec.message());
+    const std::filesystem::path temp = std::filesystem::path(path).concat(".tmp");
+    writeFileSynced(temp, text);
+    if (::rename(temp.c_str(), path.c_str()) != 0) rafs::failErrno("rename " + temp.string() + " to " + path.string());
+    syncDirectory(dir);
+}
+
 void syncDirectory(const std::filesystem::path& dir) {
     UniqueFd parent(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
     if (parent.get() < 0) rafs::failErrno("open " + dir.string());

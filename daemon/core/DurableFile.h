@@ -15,6 +15,10 @@ inline void writeFileSynced(const std::filesystem::path& path, std::string_view 
     writeFileSynced(path, {reinterpret_cast<const uint8_t*>(text.data()), text.size()});
 }
 
+// Replaces `path` whole with `text`: written to <path>.tmp, fsynced, renamed over `path`, and the
+// rename made durable. Creates the parent directory if needed.
+void replaceFileSynced(const std::filesystem::path& path, std::string_view text);
+
 // fsyncs the directory `dir`, making the renames and creations in it durable.
 void syncDirectory(const std::filesystem::path& dir);
 

@@ -10,6 +10,8 @@ namespace rafsd::log {
 enum class Level { Error = 0, Warn = 1, Info = 2, Debug = 3 };
 
 void setLevel(Level level);
+// The name each line starts with ("rafsd" unless set); a string that outlives the logging.
+void setProgram(const char* name);
 // "error", "warn", "info" or "debug"; throws rafs::Error otherwise.
 Level parseLevel(std::string_view name);
 bool enabled(Level level);

@@ -3,9 +3,10 @@
 
 Runs `meson install --destdir TMP --no-rebuild` on this build dir and checks, under TMP and the
 configured prefix (/usr/local by default):
-- bin/mkrafs, bin/rafsd, bin/rafsctl: executables that run (`--help` exits 0);
-- lib/systemd/system/rafsd.service: its ExecStart is the installed rafsd (`serve`, no --config
-  that would have to exist), its Documentation the installed README, no @word@ left unreplaced;
+- bin/mkrafs, bin/rafsd, bin/rafsctl, bin/rafs-snapshotter: executables that run (`--help` exits 0);
+- lib/systemd/system/rafsd.service and rafs-snapshotter.service: each ExecStart is the installed
+  program (`serve`, no --config that would have to exist), KillMode=process, Documentation the
+  installed README, no @word@ left unreplaced;
 - share/doc/rafsd/README.md and config.example.toml: the source tree's files;
 and that nothing else is installed.
 
@@ -44,28 +45,32 @@ def main():
         def installed(rel):
             return os.path.join(root, rel)
 
-        expected = ['bin/mkrafs', 'bin/rafsd', 'bin/rafsctl', 'lib/systemd/system/rafsd.service',
+        expected = ['bin/mkrafs', 'bin/rafsd', 'bin/rafsctl', 'bin/rafs-snapshotter', 'lib/systemd/system/rafsd.service',
+                    'lib/systemd/system/rafs-snapshotter.service',
                     'share/doc/rafsd/README.md', 'share/doc/rafsd/config.example.toml']
         files = sorted(os.path.relpath(os.path.join(d, f), root) for d, _, fs in os.walk(dest) for f in fs)
         ck.check(files == sorted(expected), 'installed exactly %s under %s' % (', '.join(expected), prefix),
                  'installed: %s' % files)
 
-        for prog in ('mkrafs', 'rafsd', 'rafsctl'):
+        for prog in ('mkrafs', 'rafsd', 'rafsctl', 'rafs-snapshotter'):
             path = installed('bin/' + prog)
             r = run([path, '--help'], timeout=30)
             ck.check(r.returncode == 0 and prog in text(r.stdout), '%s/bin/%s --help runs' % (prefix, prog),
                      'exit %s: %s' % (r.returncode, text(r.stdout + r.stderr)[-500:]))
 
-        unit_path = installed('lib/systemd/system/rafsd.service')
-        if os.path.exists(unit_path):
+        for prog in ('rafsd', 'rafs-snapshotter'):
+            unit_path = installed('lib/systemd/system/%s.service' % prog)
+            if not os.path.exists(unit_path):
+                continue
             with open(unit_path) as f:
                 unit = f.read()
-            ck.check(re.search(r'^ExecStart=%s/rafsd serve$' % re.escape(prefix + '/bin'), unit, re.M),
-                     'the unit starts %s/bin/rafsd serve' % prefix,
+            ck.check(re.search(r'^ExecStart=%s/%s serve( |$)' % (re.escape(prefix + '/bin'), prog), unit, re.M),
+                     '%s.service starts %s/bin/%s serve' % (prog, prefix, prog),
                      'ExecStart lines: %s' % re.findall(r'^ExecStart=.*$', unit, re.M))
+            ck.check(re.search(r'^KillMode=process$', unit, re.M), '%s.service: KillMode=process' % prog)
             ck.check('Documentation=file://%s/share/doc/rafsd/README.md' % prefix in unit,
-                     'the unit documents the installed README')
-            ck.check(not re.search(r'@\w+@', unit), 'no @word@ left in the unit', str(re.findall(r'@\w+@', unit)))
+                     '%s.service documents the installed README' % prog)
+            ck.check(not re.search(r'@\w+@', unit), '%s.service: no @word@ left' % prog, str(re.findall(r'@\w+@', unit)))
 
         for rel, source in (('share/doc/rafsd/README.md', 'README.md'),
                             ('share/doc/rafsd/config.example.toml', 'daemon/api/config.example.toml')):

@@ -1,0 +1,55 @@
+#include "daemon/snapshotter/RafsdMounts.h"
+
+#include "daemon/api/ControlClient.h"
+#include "daemon/api/MountInfo.h"
+#include "daemon/core/Log.h"
+#include "format/Error.h"
+
+#include <sys/mount.h>
+
+namespace rafsd {
+
+namespace {
+
+// Fetching a bootstrap from the registry may take a while; this bounds a hung rafsd.
+constexpr std::chrono::seconds kMountTimeout{300};
+constexpr std::chrono::seconds kUmountTimeout{60};
+
+}  // namespace
+
+void RafsdMounts::ensure(const std::string& image, const std::filesystem::path& dir) const {
+    if (erofsMountOn(dir)) return;
+    std::error_code ec;
+    std::filesystem::create_directories(dir, ec);
+    if (ec) rafs::fail("cannot create {}: {}", dir.string(), ec.message());
+    const ControlClient client(socket_, kMountTimeout);
+    MountRequest request;
+    request.image = image;
+    request.mountpoint = dir;
+    try {
+        client.call(request);
+    } catch (const rafs::Error& first) {
+        // rafsd may still list `dir` from before a reboot: release that record and try once more.
+        try {
+            ControlClient(socket_, kUmountTimeout).call(UmountRequest{dir});
+        } catch (const rafs::Error&) {
+            throw first;
+        }
+        client.call(request);
+    }
+    log::info("mounted {} on {}", image, dir.string());
+}
+
+void RafsdMounts::release(const std::filesystem::path& dir) const {
+    try {
+        ControlClient(socket_, kUmountTimeout).call(UmountRequest{dir});
+        log::info("released {}", dir.string());
+        return;
+    } catch (const rafs::Error& e) {
+        if (!erofsMountOn(dir)) return;
+        log::warn("rafsd did not unmount {} ({}); detaching it", dir.string(), e.what());
+    }
+    if (::umount2(dir.c_str(), MNT_DETACH) != 0) rafs::failErrno("umount " + dir.string());
+}
+
+}  // namespace rafsd

@@ -1,0 +1,28 @@
+// The EROFS mounts of RAFS images that back bootstrap-layer snapshots, made and released by rafsd
+// through its control socket (daemon/api/ControlProtocol.h). rafsd keeps serving them when this
+// snapshotter exits or dies; the snapshotter only asks for them and gives them back.
+#pragma once
+
+#include <chrono>
+#include <filesystem>
+#include <string>
+
+namespace rafsd {
+
+class RafsdMounts {
+public:
+    explicit RafsdMounts(std::filesystem::path socket) : socket_(std::move(socket)) {}
+
+    // Mounts `image` (HOST/REPO@sha256:...) on `dir` unless an EROFS file system is mounted there
+    // already (rafsd restarted, or this snapshotter did, and the mount lived on). A stale mount
+    // rafsd still records for `dir` (after a reboot) is released first. Throws rafs::Error.
+    void ensure(const std::string& image, const std::filesystem::path& dir) const;
+    // Asks rafsd to unmount `dir`; when rafsd does not know it, a leftover EROFS mount there is
+    // detached. Throws rafs::Error when neither works.
+    void release(const std::filesystem::path& dir) const;
+
+private:
+    std::filesystem::path socket_;
+};
+
+}  // namespace rafsd

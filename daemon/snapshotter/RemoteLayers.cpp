@@ -1,0 +1,84 @@
+#include "daemon/snapshotter/RemoteLayers.h"
+
+#include "daemon/api/NetworkBackends.h"
+#include "daemon/core/Log.h"
+#include "format/Error.h"
+#include "registry/ImageReference.h"
+
+namespace rafsd {
+
+namespace {
+
+std::string valueOf(const std::map<std::string, std::string>& labels, const char* key) {
+    auto it = labels.find(key);
+    return it == labels.end() ? std::string() : it->second;
+}
+
+}  // namespace
+
+std::shared_ptr<registry::RegistryClient> RemoteLayers::client(const std::string& host, const std::string& repository) {
+    std::lock_guard lock(mutex_);
+    auto& c = clients_[host + "/" + repository];
+    if (!c) c = makeRegistryBackend(backend_, host, repository)->client();
+    return c;
+}
+
+registry::Manifest RemoteLayers::manifest(const std::string& image_ref, const std::string& digest) {
+    {
+        std::lock_guard lock(mutex_);
+        if (auto it = manifests_.find(digest); it != manifests_.end()) return it->second;
+    }
+    const auto ref = registry::ImageReference::parse(image_ref);
+    if (ref.kind != registry::ImageReference::Kind::Registry) rafs::fail("{} is not an image in a registry", image_ref);
+    const registry::FetchedManifest fetched = client(ref.host, ref.repository)->fetchManifest(digest);
+    if (!registry::media::isManifest(fetched.media_type)) {
+        rafs::fail("{}@{} is a {}, not an image manifest", image_ref, digest, fetched.media_type);
+    }
+    registry::Manifest m = registry::Manifest::parse(fetched.bytes, fetched.media_type, image_ref + "@" + digest);
+    std::lock_guard lock(mutex_);
+    manifests_.emplace(digest, m);
+    return m;
+}
+
+RemoteLayer RemoteLayers::classify(const std::map<std::string, std::string>& labels) {
+    if (valueOf(labels, label::kSnapshotRef).empty()) return {};
+    const std::string image_ref = valueOf(labels, label::kImageRef);
+    const std::string manifest_digest = valueOf(labels, label::kManifestDigest);
+    const std::string layer_digest = valueOf(labels, label::kLayerDigest);
+
+    RemoteLayer::Role role = RemoteLayer::Role::None;
+    if (valueOf(labels, registry::annotation::kNydusBootstrap) == "true") {
+        role = RemoteLayer::Role::Bootstrap;
+    } else if (valueOf(labels, registry::annotation::kNydusBlob) == "true") {
+        role = RemoteLayer::Role::Blob;
+    } else if (!image_ref.empty() && !manifest_digest.empty() && !layer_digest.empty()) {
+        registry::Manifest m;
+        try {
+            m = manifest(image_ref, manifest_digest);
+        } catch (const rafs::Error& e) {
+            // Only a fallback (a RAFS image's layers carry the Nydus marks): an image this
+            // registry configuration cannot reach is pulled as an ordinary one, not refused.
+            log::warn("{}: cannot look layer {} up ({}); taking it as an ordinary layer", image_ref, layer_digest,
+                      e.what());
+            return {};
+        }
+        if (!m.isRafs()) return {};
+        for (const registry::Descriptor& layer : m.layers) {
+            if (layer.digest != layer_digest) continue;
+            if (layer.hasAnnotation(registry::annotation::kNydusBootstrap)) role = RemoteLayer::Role::Bootstrap;
+            else if (layer.media_type == registry::media::kNydusBlob) role = RemoteLayer::Role::Blob;
+            break;
+        }
+    }
+    if (role != RemoteLayer::Role::Bootstrap) return {role, ""};
+    if (image_ref.empty() || manifest_digest.empty()) {
+        rafs::fail("the bootstrap layer {} is labelled without {} and {}: rafsd cannot tell which image to mount",
+                   layer_digest, label::kImageRef, label::kManifestDigest);
+    }
+    registry::checkDigest(manifest_digest, label::kManifestDigest);
+    const auto ref = registry::ImageReference::parse(image_ref);
+    if (ref.kind != registry::ImageReference::Kind::Registry) rafs::fail("{} is not an image in a registry", image_ref);
+    return {role, ref.host + "/" + ref.repository + "@" + manifest_digest};
+}
+
+}  // namespace rafsd

@@ -1,0 +1,375 @@
+#include "daemon/snapshotter/SnapshotService.h"
+
+#include "daemon/api/MountInfo.h"
+#include "daemon/core/Log.h"
+#include "daemon/snapshotter/OverlayMounts.h"
+#include "daemon/snapshotter/SnapshotFilter.h"
+#include "format/Error.h"
+
+#include <sys/stat.h>
+
+#include <functional>
+#include <set>
+
+namespace rafsd {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+// An answer other than OK, with the gRPC code containerd maps to its errdefs (NOT_FOUND,
+// ALREADY_EXISTS, FAILED_PRECONDITION, ...).
+struct StatusError {
+    grpc::StatusCode code;
+    std::string message;
+};
+
+template <typename... Args>
+[[noreturn]] void failWith(grpc::StatusCode code, fmt::format_string<Args...> format, Args&&... args) {
+    throw StatusError{code, fmt::format(format, std::forward<Args>(args)...)};
+}
+
+grpc::Status answer(const char* what, const std::string& key, const std::function<void()>& body) {
+    try {
+        body();
+        log::debug("{} {}: ok", what, key);
+        return grpc::Status::OK;
+    } catch (const StatusError& e) {
+        if (e.code == grpc::StatusCode::ALREADY_EXISTS || e.code == grpc::StatusCode::NOT_FOUND) {
+            log::debug("{} {}: {}", what, key, e.message);
+        } else {
+            log::warn("{} {}: {}", what, key, e.message);
+        }
+        return {e.code, e.message};
+    } catch (const std::exception& e) {
+        log::error("{} {}: {}", what, key, e.what());
+        return {grpc::StatusCode::UNKNOWN, e.what()};
+    }
+}
+
+std::map<std::string, std::string> labelsOf(const google::protobuf::Map<std::string, std::string>& labels) {
+    return {labels.begin(), labels.end()};
+}
+
+void setTime(google::protobuf::Timestamp* t, int64_t ns) {
+    t->set_seconds(ns / 1'000'000'000);
+    t->set_nanos(static_cast<int32_t>(ns % 1'000'000'000));
+}
+
+void fillInfo(snapshots_api::Info* info, const std::string& key, const Snapshot& s) {
+    info->set_name(key);
+    info->set_parent(s.parent);
+    switch (s.kind) {
+    case SnapshotKind::View: info->set_kind(snapshots_api::VIEW); break;
+    case SnapshotKind::Active: info->set_kind(snapshots_api::ACTIVE); break;
+    case SnapshotKind::Committed: info->set_kind(snapshots_api::COMMITTED); break;
+    }
+    setTime(info->mutable_created_at(), s.created_ns);
+    setTime(info->mutable_updated_at(), s.updated_ns);
+    info->mutable_labels()->insert(s.labels.begin(), s.labels.end());
+}
+
+Snapshot existing(const SnapshotStore& store, const std::string& key) {
+    if (key.empty()) failWith(grpc::StatusCode::INVALID_ARGUMENT, "no snapshot key given");
+    auto s = store.find(key);
+    if (!s) failWith(grpc::StatusCode::NOT_FOUND, "snapshot {} does not exist", key);
+    return *s;
+}
+
+void makeDirectory(const fs::path& dir) {
+    std::error_code ec;
+    fs::create_directories(dir, ec);
+    if (ec) rafs::fail("cannot create {}: {}", dir.string(), ec.message());
+}
+
+// Blocks and inodes of the tree at `dir`, each inode counted once (containerd fs.DiskUsage).
+std::pair<int64_t, int64_t> diskUsage(const fs::path& dir) {
+    std::set<std::pair<dev_t, ino_t>> seen;
+    int64_t bytes = 0;
+    const auto add = [&](const fs::path& p) {
+        struct stat st {};
+        if (::lstat(p.c_str(), &st) != 0) rafs::failErrno("lstat " + p.string());
+        if (seen.emplace(st.st_dev, st.st_ino).second) bytes += static_cast<int64_t>(st.st_blocks) * 512;
+    };
+    std::error_code ec;
+    if (!fs::exists(dir, ec)) return {0, 0};
+    add(dir);
+    for (fs::recursive_directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) add(it->path());
+    if (ec) rafs::fail("cannot walk {}: {}", dir.string(), ec.message());
+    return {bytes, static_cast<int64_t>(seen.size())};
+}
+
+}  // namespace
+
+void SnapshotService::create(const std::string& key, const std::string& parent, const Labels& labels,
+                             SnapshotKind kind, MountList* mounts) {
+    std::lock_guard lock(mutex_);
+    if (key.empty()) failWith(grpc::StatusCode::INVALID_ARGUMENT, "no snapshot key given");
+    if (store_.find(key)) failWith(grpc::StatusCode::ALREADY_EXISTS, "snapshot {} already exists", key);
+    if (!parent.empty()) {
+        auto p = store_.find(parent);
+        if (!p) failWith(grpc::StatusCode::NOT_FOUND, "parent snapshot {} does not exist", parent);
+        if (p->kind != SnapshotKind::Committed) {
+            failWith(grpc::StatusCode::INVALID_ARGUMENT, "parent snapshot {} is not committed", parent);
+        }
+    }
+    if (kind == SnapshotKind::Active) {
+        const RemoteLayer layer = remote_.classify(labels);
+        if (layer.role != RemoteLayer::Role::None) createRemote(parent, labels, layer);
+    }
+    Snapshot s;
+    s.id = store_.allocateId();
+    s.kind = kind;
+    s.parent = parent;
+    s.labels = labels;
+    s.created_ns = s.updated_ns = nowNs();
+    makeDirectory(store_.fsDir(s));
+    if (kind == SnapshotKind::Active) makeDirectory(store_.workDir(s.id));
+    store_.put(key, s);
+    try {
+        mountsOf(key, mounts);
+    } catch (...) {
+        // containerd records no snapshot whose Prepare failed: neither may we (a parent's image
+        // that cannot be mounted now, with rafsd down).
+        store_.erase(key);
+        releaseFiles(s);
+        throw;
+    }
+}
+
+void SnapshotService::createRemote(const std::string& parent, const Labels& labels, const RemoteLayer& layer) {
+    const std::string target = labels.at(label::kSnapshotRef);
+    if (store_.find(target)) failWith(grpc::StatusCode::ALREADY_EXISTS, "snapshot {} already exists", target);
+    Snapshot s;
+    s.id = store_.allocateId();
+    s.kind = SnapshotKind::Committed;
+    s.parent = parent;
+    s.labels = labels;
+    s.created_ns = s.updated_ns = nowNs();
+    if (layer.role == RemoteLayer::Role::Bootstrap) {
+        s.backing = Backing::RafsImage;
+        s.image = layer.image;
+        const fs::path dir = store_.mountDir(s.id);
+        try {
+            mounts_.ensure(s.image, dir);
+        } catch (...) {
+            std::error_code ec;
+            fs::remove(dir, ec);
+            throw;
+        }
+    } else {
+        s.backing = Backing::RafsBlob;
+    }
+    store_.put(target, s);
+    log::info("committed {} ({}) as a remote snapshot{}", target,
+              layer.role == RemoteLayer::Role::Bootstrap ? "bootstrap layer" : "data-blob layer",
+              s.image.empty() ? "" : " of " + s.image);
+    failWith(grpc::StatusCode::ALREADY_EXISTS, "snapshot {} already exists (a remote snapshot)", target);
+}
+
+void SnapshotService::mountsOf(const std::string& key, MountList* mounts) {
+    const auto chain = store_.chain(key);
+    const Snapshot& s = chain.front().second;
+    if (s.kind == SnapshotKind::Committed) {
+        failWith(grpc::StatusCode::FAILED_PRECONDITION, "snapshot {} is committed: it has no mounts", key);
+    }
+    std::vector<fs::path> lowers;
+    for (size_t i = 1; i < chain.size(); ++i) {
+        const Snapshot& p = chain[i].second;
+        if (p.backing == Backing::RafsBlob) continue;
+        // After a reboot, or when rafsd lost it, the image is mounted again before anyone uses it.
+        if (p.backing == Backing::RafsImage) mounts_.ensure(p.image, store_.mountDir(p.id));
+        lowers.push_back(store_.fsDir(p));
+    }
+    for (const MountSpec& m : snapshotMounts(s.kind, store_.fsDir(s), store_.workDir(s.id), lowers)) {
+        auto* out = mounts->Add();
+        out->set_type(m.type);
+        out->set_source(m.source);
+        for (const std::string& o : m.options) out->add_options(o);
+    }
+}
+
+void SnapshotService::releaseFiles(const Snapshot& s) {
+    std::error_code ec;
+    if (s.backing == Backing::RafsImage) {
+        const fs::path dir = store_.mountDir(s.id);
+        mounts_.release(dir);
+        fs::remove(dir, ec);
+    } else {
+        fs::remove_all(store_.directory(s.id), ec);
+    }
+    if (ec) rafs::fail("cannot remove the files of snapshot {}: {}", s.id, ec.message());
+}
+
+void SnapshotService::removeOrphans() {
+    std::set<std::string> owned;
+    for (const auto& [key, s] : store_.all()) owned.insert(std::to_string(s.id));
+    std::error_code ec;
+    for (const char* area : {"snapshots", "mnt"}) {
+        const fs::path dir = store_.root() / area;
+        if (!fs::exists(dir, ec)) continue;
+        for (const auto& entry : fs::directory_iterator(dir)) {
+            if (owned.contains(entry.path().filename().string())) continue;
+            try {
+                if (std::string(area) == "mnt") {
+                    if (erofsMountOn(entry.path())) mounts_.release(entry.path());
+                    fs::remove(entry.path());
+                } else {
+                    fs::remove_all(entry.path());
+                }
+                log::info("removed leftover {}", entry.path().string());
+            } catch (const std::exception& e) {
+                log::warn("cannot remove leftover {}: {}", entry.path().string(), e.what());
+            }
+        }
+    }
+}
+
+void SnapshotService::restore() {
+    std::lock_guard lock(mutex_);
+    for (const auto& [key, s] : store_.all()) {
+        if (s.backing != Backing::RafsImage) continue;
+        try {
+            mounts_.ensure(s.image, store_.mountDir(s.id));
+        } catch (const std::exception& e) {
+            log::warn("snapshot {}: cannot mount {} now ({}); Mounts tries again", key, s.image, e.what());
+        }
+    }
+    removeOrphans();
+}
+
+grpc::Status SnapshotService::Prepare(grpc::ServerContext*, const snapshots_api::PrepareSnapshotRequest* request,
+                                      snapshots_api::PrepareSnapshotResponse* response) {
+    return answer("prepare", request->key(), [&] {
+        create(request->key(), request->parent(), labelsOf(request->labels()), SnapshotKind::Active,
+               response->mutable_mounts());
+    });
+}
+
+grpc::Status SnapshotService::View(grpc::ServerContext*, const snapshots_api::ViewSnapshotRequest* request,
+                                   snapshots_api::ViewSnapshotResponse* response) {
+    return answer("view", request->key(), [&] {
+        create(request->key(), request->parent(), labelsOf(request->labels()), SnapshotKind::View,
+               response->mutable_mounts());
+    });
+}
+
+grpc::Status SnapshotService::Mounts(grpc::ServerContext*, const snapshots_api::MountsRequest* request,
+                                     snapshots_api::MountsResponse* response) {
+    return answer("mounts", request->key(), [&] {
+        std::lock_guard lock(mutex_);
+        existing(store_, request->key());
+        mountsOf(request->key(), response->mutable_mounts());
+    });
+}
+
+grpc::Status SnapshotService::Commit(grpc::ServerContext*, const snapshots_api::CommitSnapshotRequest* request,
+                                     google::protobuf::Empty*) {
+    return answer("commit", request->key(), [&] {
+        std::lock_guard lock(mutex_);
+        Snapshot s = existing(store_, request->key());
+        if (s.kind != SnapshotKind::Active) {
+            failWith(grpc::StatusCode::FAILED_PRECONDITION, "snapshot {} is {}, not active", request->key(),
+                     kindName(s.kind));
+        }
+        if (request->name().empty()) failWith(grpc::StatusCode::INVALID_ARGUMENT, "no name to commit {} as", request->key());
+        if (store_.find(request->name())) {
+            failWith(grpc::StatusCode::ALREADY_EXISTS, "snapshot {} already exists", request->name());
+        }
+        s.kind = SnapshotKind::Committed;
+        for (const auto& [k, v] : request->labels()) s.labels[k] = v;
+        s.updated_ns = nowNs();
+        store_.rename(request->key(), request->name(), s);
+        std::error_code ec;
+        fs::remove_all(store_.workDir(s.id), ec);
+    });
+}
+
+grpc::Status SnapshotService::Remove(grpc::ServerContext*, const snapshots_api::RemoveSnapshotRequest* request,
+                                     google::protobuf::Empty*) {
+    return answer("remove", request->key(), [&] {
+        std::lock_guard lock(mutex_);
+        const Snapshot s = existing(store_, request->key());
+        if (store_.hasChildren(request->key())) {
+            failWith(grpc::StatusCode::FAILED_PRECONDITION, "snapshot {} has children", request->key());
+        }
+        // The record goes first: a crash before the files are gone leaves files nobody owns, which
+        // Cleanup removes, never a record without its files.
+        store_.erase(request->key());
+        try {
+            releaseFiles(s);
+        } catch (const std::exception& e) {
+            log::warn("remove {}: {} (Cleanup tries again)", request->key(), e.what());
+        }
+    });
+}
+
+grpc::Status SnapshotService::Stat(grpc::ServerContext*, const snapshots_api::StatSnapshotRequest* request,
+                                   snapshots_api::StatSnapshotResponse* response) {
+    return answer("stat", request->key(), [&] { fillInfo(response->mutable_info(), request->key(), existing(store_, request->key())); });
+}
+
+grpc::Status SnapshotService::Update(grpc::ServerContext*, const snapshots_api::UpdateSnapshotRequest* request,
+                                     snapshots_api::UpdateSnapshotResponse* response) {
+    const std::string& key = request->info().name();
+    return answer("update", key, [&] {
+        std::lock_guard lock(mutex_);
+        Snapshot s = existing(store_, key);
+        const Labels wanted = labelsOf(request->info().labels());
+        if (request->update_mask().paths().empty()) s.labels = wanted;
+        for (const std::string& path : request->update_mask().paths()) {
+            if (path == "labels") {
+                s.labels = wanted;
+            } else if (path.starts_with("labels.")) {
+                const std::string name = path.substr(7);
+                if (auto it = wanted.find(name); it != wanted.end()) s.labels[name] = it->second;
+                else s.labels.erase(name);
+            } else {
+                failWith(grpc::StatusCode::INVALID_ARGUMENT, "cannot update field {} of snapshot {}", path, key);
+            }
+        }
+        s.updated_ns = nowNs();
+        store_.put(key, s);
+        fillInfo(response->mutable_info(), key, s);
+    });
+}
+
+grpc::Status SnapshotService::List(grpc::ServerContext*, const snapshots_api::ListSnapshotsRequest* request,
+                                   grpc::ServerWriter<snapshots_api::ListSnapshotsResponse>* writer) {
+    return answer("list", "", [&] {
+        SnapshotFilter filter({request->filters().begin(), request->filters().end()});
+        constexpr int kBatch = 100;  // infos per message, well below gRPC's 4 MiB message limit
+        snapshots_api::ListSnapshotsResponse batch;
+        for (const auto& [key, s] : store_.all()) {
+            if (!filter.matches(key, s)) continue;
+            fillInfo(batch.add_info(), key, s);
+            if (batch.info_size() == kBatch) {
+                writer->Write(batch);
+                batch.Clear();
+            }
+        }
+        if (batch.info_size() > 0) writer->Write(batch);
+    });
+}
+
+grpc::Status SnapshotService::Usage(grpc::ServerContext*, const snapshots_api::UsageRequest* request,
+                                    snapshots_api::UsageResponse* response) {
+    return answer("usage", request->key(), [&] {
+        const Snapshot s = existing(store_, request->key());
+        // A RAFS image's bytes live in rafsd's cache (rafsctl status), not in the snapshot.
+        if (s.backing != Backing::Directory) return;
+        const auto [bytes, inodes] = diskUsage(store_.fsDir(s));
+        response->set_size(bytes);
+        response->set_inodes(inodes);
+    });
+}
+
+grpc::Status SnapshotService::Cleanup(grpc::ServerContext*, const snapshots_api::CleanupRequest*,
+                                      google::protobuf::Empty*) {
+    return answer("cleanup", "", [&] {
+        std::lock_guard lock(mutex_);
+        removeOrphans();
+    });
+}
+
+}  // namespace rafsd
