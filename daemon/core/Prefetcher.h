@@ -35,6 +35,10 @@ public:
 
 private:
     void run();
+    // The next window of the prefetch table, in table order; the caller holds mutex_.
+    std::vector<PrefetchChunk> takeTableWindow();
+    // Queues a window's chunks by spans of each blob (see kTableGap in Prefetcher.cpp).
+    void prefetchWindow(std::vector<PrefetchChunk> window);
     void pace(uint64_t bytes);
 
     ChunkFetcher& fetcher_;
