@@ -5,6 +5,8 @@
                                    and htpasswd auth, the docker config.json and certs.d dir that
                                    name it (skopeo, mkrafs convert, rafsd read them)
     .push(layout, tag, repo)       an OCI layout's tag into it (skopeo copy)
+    .convert(mkrafs, src, dst)     mkrafs convert between two of its references
+    .blob_gets(digest)             the user agents that GET a blob so far (its access log)
     .manifest(ref)                 the manifest it serves, parsed
     .access()                      a containerd.RegistryAccess for it
   make_images(tmp, layout)         with umoci, from busybox-static: tag `pause` (busybox, sleeps:
@@ -100,7 +102,7 @@ class ImageRegistry:
             json.dump({'auths': {self.host: {'auth': base64.b64encode(
                 ('%s:%s' % (USER, PASSWORD)).encode()).decode()}}}, f)
         self.server = registry(tmp, name, self.port, cert, key,
-                               auth={'htpasswd': {'realm': 'rafs-test', 'path': pw_file}}, netns=netns)
+                               auth={'htpasswd': {'realm': 'rafs-test', 'path': pw_file}}, netns=netns, access_log=True)
         self.netns = netns
         self.data_dir = os.path.join(tmp, name, 'data')
 
@@ -119,12 +121,32 @@ class ImageRegistry:
             raise RuntimeError('skopeo copy to %s: %s' % (ref, r.stderr.decode()[-1000:]))
         return ref
 
+    def convert(self, mkrafs, src, dst):
+        """mkrafs convert SRC DST within this registry (references HOST/REPO:TAG)."""
+        work = os.path.join(self.tmp, 'convert-work')
+        os.makedirs(work, exist_ok=True)
+        cmd = [mkrafs, 'convert', '--authfile', self.auth_file, '--cert-dir', self.certs_dir, '--work-dir', work, src, dst]
+        if self.netns:
+            cmd = ['nsenter', '--net=/run/netns/' + self.netns] + cmd
+        r = subprocess.run(cmd, capture_output=True, timeout=600)
+        if r.returncode != 0:
+            raise RuntimeError('mkrafs convert %s %s: %s' % (src, dst, r.stderr.decode()[-1000:]))
+        return dst
+
     def manifest(self, ref):
         r = self._skopeo('inspect', '--raw', '--cert-dir', os.path.join(self.certs_dir, self.host),
                          '--authfile', self.auth_file, 'docker://' + ref)
         if r.returncode != 0:
             raise RuntimeError('skopeo inspect %s: %s' % (ref, r.stderr.decode()[-1000:]))
         return json.loads(r.stdout)
+
+    def blob_gets(self, digest):
+        """User agents of the GET requests for blob `digest` so far, from its access log."""
+        agents = []
+        for line in self.server.log_text().splitlines():
+            if '"GET /v2/' in line and '/blobs/%s ' % digest in line:
+                agents.append(line.rsplit('"', 2)[-2] if line.endswith('"') else line)
+        return agents
 
     def access(self):
         return RegistryAccess(self.host, self.ca.cert, USER, PASSWORD)
