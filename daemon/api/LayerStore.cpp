@@ -49,7 +49,9 @@ std::vector<StoreLayer> StoreLayer::fromResolve(const json& response, const std:
         layer.digest = string("digest");
         if (!isSha256Digest(layer.digest)) rafs::fail("{}: rafsd named a layer digest that is not sha256:<64 hex>", image);
         auto size = entry.find("size");
-        if (size == entry.end() || !size->is_number_unsigned()) rafs::fail("{}: layer {} has no size", image, layer.digest);
+        if (size == entry.end() || !size->is_number_integer() || size->get<int64_t>() < 0) {
+            rafs::fail("{}: layer {} has no size", image, layer.digest);
+        }
         layer.size = size->get<uint64_t>();
         const std::string role = string("role");
         if (role != "blob" && role != "bootstrap") rafs::fail("{}: layer {} has no role", image, layer.digest);
