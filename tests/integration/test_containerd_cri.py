@@ -9,18 +9,24 @@ from busybox-static (rafstest/appimage.py), and the pod sandbox image from the s
    then CreateContainer / StartContainer: a container prints a file of the image, a script of the
    image runs, a container reads the image's large file whole (sha256 equal); StopPodSandbox /
    RemovePodSandbox leave no container mount; RemoveImage removes the image.
-2. RAFS image through CRI with rafs-snapshotter: the place for the proxy snapshotter's test
-   (rafs_snapshotter_section); it runs when --rafs-snapshotter (or $RAFS_SNAPSHOTTER) names the
-   program, and says so when it is not given.
+2. RAFS image (`mkrafs convert`ed) through CRI with rafs-snapshotter and `rafsd serve`:
+   PullImage; a container prints a file of the image and a program of the image runs; no layer
+   of the image in containerd's content store; rafsd fetched under half of the data blobs;
+   rafs-snapshotter and rafsd's worker killed (-9) and restarted while a container runs: it reads
+   the image's large file correctly (ExecSync), a new container starts; after RemoveContainer,
+   RemovePodSandbox and RemoveImage no mount is left and rafsd serves no image. Runs when
+   --rafs-snapshotter (or $RAFS_SNAPSHOTTER) names the program, and says so when it is not given.
 """
 
 import os
+import signal
+import time
 
 from rafstest import harness
 from rafstest.appimage import GREETING, ImageRegistry, make_images
-from rafstest.containerd import Containerd
+from rafstest.containerd import Containerd, RafsSnapshotter
 from rafstest.harness import log
-from rafstest.rafsd import start_test
+from rafstest.rafsd import RafsdServe, network_config, rafsctl_status, start_test
 
 TOOLS = ('containerd', 'containerd-shim-runc-v2', 'runc', 'ctr', 'protoc', 'grpc_python_plugin',
          'docker-registry', 'skopeo', 'umoci', 'htpasswd', 'openssl')
@@ -76,18 +82,118 @@ def oci_overlayfs_section(ck, tmp, reg, pause, app, big_sha):
                  '%s: RemoveImage: the image is gone from ListImages' % label)
 
 
-def rafs_snapshotter_section(ck, tmp, reg, pause, app, big_sha, snapshotter):
+def children(pid):
+    try:
+        with open('/proc/%d/task/%d/children' % (pid, pid)) as f:
+            return [int(p) for p in f.read().split()]
+    except OSError:
+        return []
+
+
+def wait_for(predicate, timeout=30, interval=0.2):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(interval)
+
+
+def fetched(status):
+    return sum(b.get('bytes_fetched', 0) for img in (status or {}).get('images', []) for b in img.get('blobs', []))
+
+
+def rafs_snapshotter_section(ck, tmp, reg, pause, app, big_sha, snapshotter, mk, rafsd, rafsctl_bin):
     """The same through rafs-snapshotter (containerd's [proxy_plugins.rafs], CRI snapshotter
-    "rafs") with the mkrafs-converted image. To be written once rafs-snapshotter exists:
-    PullImage of the RAFS image; run: the container prints a file and a program from the image
-    runs; the data blobs never enter containerd's content store (content_blobs()), the registry
-    served only part of them; restart the snapshotter and rafsd while a container runs: it keeps
-    reading correct data and a new container starts; RemoveImage and RemoveContainer: no mount
-    left under containerd's or the snapshotter's directories."""
+    "rafs") with the mkrafs-converted image: PullImage; the container prints a file and a program
+    of the image runs; the data blobs never enter containerd's content store; rafsd fetched only
+    part of them; rafs-snapshotter (kill -9) and rafsd's worker (kill -9, its supervisor starts
+    another) restarted while a container runs: it reads the large file correctly, a new container
+    starts; RemoveContainer, RemovePodSandbox, RemoveImage: no mount left under the snapshotter's
+    root, rafsd serves no image."""
     if not snapshotter:
         log('  rafs-snapshotter not given (--rafs-snapshotter or $RAFS_SNAPSHOTTER): section not run')
         return
-    ck.fail('rafs-snapshotter section: not written yet')
+    label = 'rafs'
+    image = reg.convert(mk.path, app, '%s/rafs/app:v1' % reg.host)
+    layers = reg.manifest(image)['layers']
+    blobs = layers[:-1]
+    blob_bytes = sum(l['size'] for l in blobs)
+    cfg = network_config(tmp, 'rafsd', {'type': 'localfs'},
+                         **{'backend.registry': {'docker_config': reg.auth_file},
+                            'backend.transport': {'certs_dir': reg.certs_dir, 'retries': 1}})
+    rafsd_sock = os.path.join(tmp, 'rafsd.sock')
+    sn_root = os.path.join(tmp, 'snapshotter')
+    sn_sock = os.path.join(tmp, 'snapshotter.sock')
+    with RafsdServe(rafsd, cfg, rafsd_sock, os.path.join(tmp, 'rafsd.log')) as srv, \
+            RafsSnapshotter(snapshotter, cfg, sn_root, sn_sock, os.path.join(tmp, 'snapshotter.log')) as sn, \
+            Containerd(os.path.join(tmp, 'containerd-rafs'), reg.access(), pause, snapshotter='rafs',
+                       rafs_socket=sn_sock) as ctd:
+        if not ck.check(srv.start(), 'rafsd serve starts', srv.log_text()[-2000:]):
+            return
+        sn.start()
+        ctd.start()
+        cri = ctd.cri()
+        began = time.monotonic()
+        cri.pull(image)
+        ck.ok('%s: PullImage %s (%.1fs)' % (label, image, time.monotonic() - began))
+        stored = ctd.content_blobs()
+        ck.check(not any(l['digest'] in stored for l in layers),
+                 '%s: no layer of the image in containerd\'s content store (%d items there)' % (label, len(stored)))
+        pod = cri.run_pod('rafs-pod')
+        long_id = None
+        try:
+            run_and_check(ck, cri, pod, label, 'greeting', image, ['/bin/cat', '/etc/rafs-test/greeting'], GREETING)
+            run_and_check(ck, cri, pod, label, 'hello', image, ['/usr/bin/rafs-hello'],
+                          'rafs-hello ran as %d bytes' % len(GREETING))
+            got = fetched(rafsctl_status(rafsctl_bin, rafsd_sock))
+            ck.check(0 < got < blob_bytes // 2, '%s: rafsd fetched %d of %d data blob bytes' % (label, got, blob_bytes))
+
+            long_id = cri.create(pod, 'long', image, ['/bin/sleep', '600'])
+            cri.start(long_id)
+            sn.restart()
+            ck.ok('%s: rafs-snapshotter killed (-9) and started again while a container runs' % label)
+            worker = children(srv.proc.pid)
+            if ck.check(len(worker) == 1, '%s: rafsd serve has a worker' % label):
+                os.kill(worker[0], signal.SIGKILL)
+                ck.check(wait_for(lambda: [p for p in children(srv.proc.pid) if p != worker[0]]),
+                         '%s: rafsd\'s worker killed (-9), its supervisor started another' % label)
+            code, out, err = cri.exec_sync(long_id, ['/bin/sha256sum', '/data/big'])
+            ck.check(code == 0 and big_sha in out.decode(),
+                     '%s: the running container reads the large file (never read before) correctly' % label,
+                     'exit %s: %r %r' % (code, out[-200:], err[-500:]))
+            # containerd's connection to the killed snapshotter backs off: retried up to 30 s.
+            began = time.monotonic()
+
+            def new_container():
+                try:
+                    code, out = cri.run(pod, 'after-restart-%d' % int(time.monotonic() * 1000), image,
+                                        ['/bin/cat', '/etc/rafs-test/greeting'])
+                    return code == 0 and out == GREETING
+                except Exception:  # noqa: B902 - retried until the deadline
+                    return False
+            ck.check(wait_for(new_container, timeout=30, interval=1),
+                     '%s: a new container starts after both restarts (%.1fs)' % (label, time.monotonic() - began))
+        finally:
+            if long_id:
+                cri.stop(long_id, timeout=0)
+                cri.remove(long_id)
+            cri.stop_pod(pod)
+            cri.remove_pod(pod)
+        cri.remove_image(image)
+        ck.check(not any(image in img.repo_tags for img in cri.list_images()), '%s: RemoveImage' % label)
+        # containerd removes the image's snapshots in its garbage collection, after RemoveImage.
+        gone = wait_for(lambda: not [m for m in ctd.mounts() + mounts_under(sn_root)], timeout=30)
+        ck.check(gone, '%s: no mount left under containerd\'s or the snapshotter\'s directories' % label,
+                 repr(ctd.mounts() + mounts_under(sn_root)))
+        listed = rafsctl_status(rafsctl_bin, rafsd_sock) or {}
+        ck.check(wait_for(lambda: not (rafsctl_status(rafsctl_bin, rafsd_sock) or {}).get('images'), timeout=30),
+                 '%s: rafsd serves no image' % label, repr(listed)[:500])
+
+
+def mounts_under(path):
+    with open('/proc/self/mountinfo') as f:
+        return [line.split()[4] for line in f if line.split()[4].startswith(path + '/')]
 
 
 def main():
@@ -105,7 +211,8 @@ def main():
             for title, section in (('1. plain OCI image through CRI with overlayfs', oci_overlayfs_section),
                                    ('2. RAFS image through CRI with rafs-snapshotter', rafs_snapshotter_section)):
                 ck.section(title)
-                extra_args = (args.rafs_snapshotter,) if section is rafs_snapshotter_section else ()
+                extra_args = ((args.rafs_snapshotter, mk, rafsd, rafsctl) if section is rafs_snapshotter_section
+                              else ())
                 try:
                     section(ck, tmp, reg, pause, app, big_sha, *extra_args)
                 except Exception as e:  # noqa: B902 - a failed step (gRPC error, timeout) fails the section

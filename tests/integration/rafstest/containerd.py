@@ -13,6 +13,7 @@ records what this machine needs):
   Cri(socket, work)                 RuntimeService and ImageService calls (rafstest/cri_v1.proto,
                                     compiled at run time with protoc and grpc_python_plugin)
   RegistryAccess(host, ca, user, password)   what containerd needs to pull from the test registry
+  RafsSnapshotter(binary, config, root, socket, log)   rafs-snapshotter serve, in the background
 """
 
 import collections
@@ -226,6 +227,67 @@ class Containerd:
         return False
 
 
+class RafsSnapshotter:
+    """`rafs-snapshotter --config CONFIG serve --root ROOT --address SOCKET` (rafsd's config: it
+    mounts through the rafsd at daemon.socket), in the background; ready when its socket accepts.
+    restart() kills it (-9) and starts it again, as a crash and a restart by systemd would."""
+
+    def __init__(self, binary, config, root, address, log_path, netns=None):
+        self.cmd = [binary, '--config', config, 'serve', '--root', root, '--address', address]
+        if netns:
+            self.cmd = ['nsenter', '--net=/run/netns/' + netns] + self.cmd
+        self.root, self.address, self.log_path = root, address, log_path
+        self.proc = None
+
+    def start(self, timeout=60):
+        import socket
+        log('$ ' + ' '.join(self.cmd) + ' &')
+        self._log_file = open(self.log_path, 'ab')
+        self.proc = subprocess.Popen(self.cmd, stdout=self._log_file, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.proc.poll() is None:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+                try:
+                    s.connect(self.address)
+                    return self
+                except OSError:
+                    pass
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError('rafs-snapshotter did not start:\n' + self.log_text()[-2000:])
+
+    def stop(self, sig=signal.SIGTERM):
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+        self._log_file.close()
+
+    def restart(self):
+        self.stop(signal.SIGKILL)
+        return self.start()
+
+    def log_text(self):
+        try:
+            with open(self.log_path, 'rb') as f:
+                return f.read().decode('utf-8', 'replace')
+        except OSError:
+            return ''
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+        return False
+
+
 def compile_proto(out_dir):
     """Python modules for rafstest/cri_v1.proto in out_dir (protoc with Debian's grpc_python_plugin:
     python3-grpc-tools in Debian 12 is too old for its protobuf)."""
@@ -344,6 +406,12 @@ class Cri:
             if self.status(cid).state == self.pb.CONTAINER_RUNNING:
                 self.stop(cid, timeout=0)
             self.remove(cid)
+
+    def exec_sync(self, container_id, cmd, timeout=120):
+        """ExecSync: (exit code, stdout bytes, stderr bytes) of cmd run in the container."""
+        r = self.runtime.ExecSync(self.pb.ExecSyncRequest(container_id=container_id, cmd=list(cmd), timeout=timeout),
+                                  timeout=timeout + 30)
+        return r.exit_code, r.stdout, r.stderr
 
     def stop(self, container_id, timeout=10):
         self.runtime.StopContainer(self.pb.StopContainerRequest(container_id=container_id, timeout=timeout),
