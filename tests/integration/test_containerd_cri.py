@@ -23,8 +23,9 @@ import signal
 import time
 
 from rafstest import harness
-from rafstest.appimage import GREETING, ImageRegistry, make_images
-from rafstest.containerd import Containerd, RafsSnapshotter
+from rafstest.appimage import GREETING, make_images
+from rafstest.containerd import Containerd, RafsSnapshotter, registry_access
+from rafstest.oci import ImageRegistry
 from rafstest.harness import log
 from rafstest.rafsd import RafsdServe, network_config, rafsctl_status, start_test
 
@@ -32,8 +33,8 @@ TOOLS = ('containerd', 'containerd-shim-runc-v2', 'runc', 'ctr', 'protoc', 'grpc
          'docker-registry', 'skopeo', 'umoci', 'htpasswd', 'openssl')
 
 
-def layer_digests(reg, ref):
-    return [l['digest'] for l in reg.manifest(ref)['layers']]
+def layer_digests(reg, repo, tag):
+    return [l['digest'] for l in reg.manifest(repo, tag)['layers']]
 
 
 def container_mounts(ctd):
@@ -50,7 +51,7 @@ def run_and_check(ck, cri, pod, label, name, image, command, want):
 
 def oci_overlayfs_section(ck, tmp, reg, pause, app, big_sha):
     label = 'overlayfs'
-    with Containerd(os.path.join(tmp, 'containerd-overlayfs'), reg.access(), pause) as ctd:
+    with Containerd(os.path.join(tmp, 'containerd-overlayfs'), registry_access(reg), pause) as ctd:
         ctd.start()
         cri = ctd.cri()
         v = cri.version()
@@ -58,7 +59,7 @@ def oci_overlayfs_section(ck, tmp, reg, pause, app, big_sha):
                  '%s: CRI Version: %s %s, API %s' % (label, v.runtime_name, v.runtime_version, v.runtime_api_version))
         image_id = cri.pull(app)
         ck.ok('%s: PullImage %s -> %s' % (label, app, image_id))
-        layers = layer_digests(reg, app)
+        layers = layer_digests(reg, 'test/app', 'app')
         stored = ctd.content_blobs()
         ck.check(all(d in stored for d in layers),
                  '%s: all %d layers were downloaded into the content store' % (label, len(layers)))
@@ -115,8 +116,9 @@ def rafs_snapshotter_section(ck, tmp, reg, pause, app, big_sha, snapshotter, mk,
         log('  rafs-snapshotter not given (--rafs-snapshotter or $RAFS_SNAPSHOTTER): section not run')
         return
     label = 'rafs'
-    image = reg.convert(mk.path, app, '%s/rafs/app:v1' % reg.host)
-    layers = reg.manifest(image)['layers']
+    image = reg.ref('rafs/app', 'v1')
+    reg.convert(mk.path, app, image)
+    layers = reg.manifest('rafs/app', 'v1')['layers']
     blobs = layers[:-1]
     blob_bytes = sum(l['size'] for l in blobs)
     cfg = network_config(tmp, 'rafsd', {'type': 'localfs'},
@@ -127,7 +129,7 @@ def rafs_snapshotter_section(ck, tmp, reg, pause, app, big_sha, snapshotter, mk,
     sn_sock = os.path.join(tmp, 'snapshotter.sock')
     with RafsdServe(rafsd, cfg, rafsd_sock, os.path.join(tmp, 'rafsd.log')) as srv, \
             RafsSnapshotter(snapshotter, cfg, sn_root, sn_sock, os.path.join(tmp, 'snapshotter.log')) as sn, \
-            Containerd(os.path.join(tmp, 'containerd-rafs'), reg.access(), pause, snapshotter='rafs',
+            Containerd(os.path.join(tmp, 'containerd-rafs'), registry_access(reg), pause, snapshotter='rafs',
                        rafs_socket=sn_sock) as ctd:
         if not ck.check(srv.start(), 'rafsd serve starts', srv.log_text()[-2000:]):
             return
@@ -205,9 +207,11 @@ def main():
     with harness.temp_dir('containerd-cri-', keep=args.keep) as tmp:
         layout = os.path.join(tmp, 'layout')
         big_sha = make_images(tmp, layout)
-        with ImageRegistry(tmp) as reg:
-            pause = reg.push(layout, 'pause', 'test/pause')
-            app = reg.push(layout, 'app', 'test/app')
+        reg = ImageRegistry(os.path.join(tmp, 'registry-work'))
+        try:
+            reg.push('oci:%s:pause' % layout, 'test/pause', 'pause')
+            reg.push('oci:%s:app' % layout, 'test/app', 'app')
+            pause, app = reg.ref('test/pause', 'pause'), reg.ref('test/app', 'app')
             for title, section in (('1. plain OCI image through CRI with overlayfs', oci_overlayfs_section),
                                    ('2. RAFS image through CRI with rafs-snapshotter', rafs_snapshotter_section)):
                 ck.section(title)
@@ -217,6 +221,8 @@ def main():
                     section(ck, tmp, reg, pause, app, big_sha, *extra_args)
                 except Exception as e:  # noqa: B902 - a failed step (gRPC error, timeout) fails the section
                     ck.fail('%s: %s: %s' % (title, type(e).__name__, str(e)[-2000:]))
+        finally:
+            reg.stop()
     return ck.finish()
 
 

@@ -23,7 +23,8 @@ import json
 import os
 
 from rafstest import harness
-from rafstest.appimage import BIG, GREETING, ImageRegistry, make_images
+from rafstest.appimage import BIG, GREETING, blob_gets, make_images
+from rafstest.oci import ImageRegistry
 from rafstest.harness import log, run, text
 from rafstest.rafsd import RafsdServe, network_config, rafsctl_status, start_test
 
@@ -95,10 +96,12 @@ def main():
         big_sha = make_images(tmp, layout)
         store = os.path.join(tmp, 'layer-store')
         os.makedirs(store)
-        with ImageRegistry(tmp) as reg:
-            oci = reg.push(layout, 'app', 'test/app')
-            image = reg.convert(mk.path, oci, '%s/rafs/app:v1' % reg.host)
-            manifest = reg.manifest(image)
+        reg = ImageRegistry(os.path.join(tmp, 'registry-work'), access_log=True)
+        try:
+            reg.push('oci:%s:app' % layout, 'test/app', 'app')
+            oci, image = reg.ref('test/app', 'app'), reg.ref('rafs/app', 'v1')
+            reg.convert(mk.path, oci, image)
+            manifest = reg.manifest('rafs/app', 'v1')
             layers = manifest['layers']
             data_blobs = [l['digest'] for l in layers[:-1]]
             log('RAFS image %s: %d data blob(s), bootstrap layer %s' % (image, len(data_blobs), layers[-1]['digest']))
@@ -117,6 +120,8 @@ def main():
                     podman.clean()
                     ctl(rafsctl_bin, sock, 'layer-store', 'remove', '--store', store, image)
                 ck.check(srv.stop() == 0, 'rafsd exits 0')
+        finally:
+            reg.stop()
     return ck.finish()
 
 
@@ -159,7 +164,7 @@ def sections(ck, reg, podman, rafsctl_bin, sock, store, image, oci, layers, data
     ck.check(len(taken) == len(layers), 'podman pull: all %d layers taken from the store (%d)' % (len(layers), len(taken)))
     ck.check(any('containers/' in line for line in reg.server.log_text().splitlines()),
              'the registry logged podman\'s requests (the manifest)')
-    ck.check(all(not any('containers/' in a for a in reg.blob_gets(l['digest'])) for l in layers),
+    ck.check(all(not any('containers/' in a for a in blob_gets(reg, l['digest'])) for l in layers),
              'podman GET no layer blob from the registry')
 
     ck.section('3. podman run from the lazy mount')
@@ -180,7 +185,7 @@ def sections(ck, reg, podman, rafsctl_bin, sock, store, image, oci, layers, data
     ck.check(fetched_before_big < BIG // 4 and fetched - fetched_before_big >= BIG,
              'the data came through rafsd: %d bytes fetched before the large file was read, %d after'
              % (fetched_before_big, fetched))
-    agents = [a for d in data_blobs for a in reg.blob_gets(d)]
+    agents = [a for d in data_blobs for a in blob_gets(reg, d)]
     ck.check(agents and not any('containers/' in a for a in agents),
              'only rafsd GET the data blobs (%d requests)' % len(agents), repr(agents[:5]))
 

@@ -12,7 +12,8 @@ records what this machine needs):
   .content_blobs()                  digests in its content store (what it downloaded)
   Cri(socket, work)                 RuntimeService and ImageService calls (rafstest/cri_v1.proto,
                                     compiled at run time with protoc and grpc_python_plugin)
-  RegistryAccess(host, ca, user, password)   what containerd needs to pull from the test registry
+  RegistryAccess(host, ca, user, password)   what containerd needs to pull from the test registry;
+  registry_access(reg)              that of an oci.ImageRegistry
   RafsSnapshotter(binary, config, root, socket, log)   rafs-snapshotter serve, in the background
 """
 
@@ -27,6 +28,11 @@ from . import mount
 from .harness import log
 
 RegistryAccess = collections.namedtuple('RegistryAccess', 'host ca_file user password')
+
+
+def registry_access(reg):
+    """The RegistryAccess of an oci.ImageRegistry."""
+    return RegistryAccess(reg.host, reg.ca.cert, reg.USER, reg.PASSWORD)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PROTO = 'cri_v1.proto'
