@@ -26,8 +26,8 @@ from rafstest import harness
 from rafstest.appimage import GREETING, make_images
 from rafstest.containerd import Containerd, RafsSnapshotter, registry_access
 from rafstest.oci import ImageRegistry
-from rafstest.harness import log
-from rafstest.rafsd import RafsdServe, network_config, rafsctl_status, start_test
+from rafstest.harness import log, wait_for
+from rafstest.rafsd import RafsdServe, children, network_config, rafsctl_status, start_test
 
 TOOLS = ('containerd', 'containerd-shim-runc-v2', 'runc', 'ctr', 'protoc', 'grpc_python_plugin',
          'docker-registry', 'skopeo', 'umoci', 'htpasswd', 'openssl')
@@ -81,23 +81,6 @@ def oci_overlayfs_section(ck, tmp, reg, pause, app, big_sha):
         cri.remove_image(app)
         ck.check(not any(app in img.repo_tags for img in cri.list_images()),
                  '%s: RemoveImage: the image is gone from ListImages' % label)
-
-
-def children(pid):
-    try:
-        with open('/proc/%d/task/%d/children' % (pid, pid)) as f:
-            return [int(p) for p in f.read().split()]
-    except OSError:
-        return []
-
-
-def wait_for(predicate, timeout=30, interval=0.2):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(interval)
 
 
 def fetched(status):
@@ -185,7 +168,7 @@ def rafs_snapshotter_section(ck, tmp, reg, pause, app, big_sha, snapshotter, mk,
         cri.remove_image(image)
         ck.check(not any(image in img.repo_tags for img in cri.list_images()), '%s: RemoveImage' % label)
         # containerd removes the image's snapshots in its garbage collection, after RemoveImage.
-        gone = wait_for(lambda: not [m for m in ctd.mounts() + mounts_under(sn_root)], timeout=30)
+        gone = wait_for(lambda: not ctd.mounts() + mounts_under(sn_root), timeout=30)
         ck.check(gone, '%s: no mount left under containerd\'s or the snapshotter\'s directories' % label,
                  repr(ctd.mounts() + mounts_under(sn_root)))
         listed = rafsctl_status(rafsctl_bin, rafsd_sock) or {}

@@ -11,7 +11,8 @@ under the test's directory, additionallayerstores = ["STORE:ref"]).
    blob from the registry;
 3. `podman run`: a container prints a file of the image from the lazy mount, runs a script of the
    image, and reads the image's large file whole (sha256 equal); the data blob bytes came through
-   rafsd (its status counts them) and only rafsd's requests fetched them;
+   rafsd (its status counts them) and only rafsd's requests fetched them; `podman push` of the
+   image to an OCI layout fails (the store's `blob` is no layer tar);
 4. after `podman rmi`, `rafsctl layer-store remove`: the mount is gone, rafsd lists no image, the
    store holds nothing of the image;
 5. bad input, one error line, non-zero exit, nothing left in the store: an ordinary OCI image, a tag
@@ -188,6 +189,12 @@ def sections(ck, reg, podman, rafsctl_bin, sock, store, image, oci, layers, data
     agents = [a for d in data_blobs for a in blob_gets(reg, d)]
     ck.check(agents and not any('containers/' in a for a in agents),
              'only rafsd GET the data blobs (%d requests)' % len(agents), repr(agents[:5]))
+
+    # The store has no layer tars: a copy out of it must fail, not write bytes that are no layer.
+    out_layout = os.path.join(podman.work, 'pushed')
+    r = podman('push', image, 'oci:%s:v1' % out_layout)
+    ck.check(r.returncode not in (0, None), 'podman push of the image out of the store fails (exit %s): %s'
+             % (r.returncode, text(r.stderr).strip().splitlines()[-1:]))
 
     ck.section('4. podman rmi, then rafsctl layer-store remove')
     ck.cmd_ok(podman('rmi', image), 'podman rmi')

@@ -26,6 +26,7 @@ import time
 
 from . import mount
 from .harness import log
+from .rafsd import RafsdProcess
 
 RegistryAccess = collections.namedtuple('RegistryAccess', 'host ca_file user password')
 
@@ -42,7 +43,7 @@ def _toml_str(s):
     return '"%s"' % s.replace('\\', '\\\\').replace('"', '\\"')
 
 
-class Containerd:
+class Containerd(RafsdProcess):
     """containerd with root, state, socket, config and logs under `work`. `registry`: a
     RegistryAccess; `sandbox_image`: the pod sandbox image (a reference in that registry);
     `snapshotter`: the CRI plugin's snapshotter ("overlayfs", or "rafs" with `rafs_socket`, the
@@ -54,11 +55,11 @@ class Containerd:
         self.state = os.path.join(self.work, 'state')
         self.socket = os.path.join(self.work, 'containerd.sock')
         self.config = os.path.join(self.work, 'config.toml')
-        self.log_path = os.path.join(self.work, 'containerd.log')
         self.runc_root = os.path.join(self.work, 'runc')
         self.pod_logs = os.path.join(self.work, 'pod-logs')
-        self.netns = netns
-        self.proc = None
+        cmd = ['containerd', '--config', self.config]
+        super().__init__(['nsenter', '--net=/run/netns/' + netns] + cmd if netns else cmd,
+                         os.path.join(self.work, 'containerd.log'))
         self._cri = None
         for d in (self.root, self.state, self.runc_root, self.pod_logs, os.path.join(self.work, 'cni')):
             os.makedirs(d, exist_ok=True)
@@ -112,31 +113,20 @@ class Containerd:
         with open(self.config, 'w') as f:
             f.write('\n'.join(lines) + '\n')
 
-    def start(self, timeout=60):
+    def ready(self):
+        try:
+            return os.path.exists(self.socket) and bool(self.cri().version(timeout=2))
+        except Exception:  # noqa: B902 - any gRPC error: not serving yet
+            return False
+
+    def start(self, timeout=60, poll=0.1):
         """Starts containerd and waits until its CRI service answers Version; raises if it does not."""
-        cmd = ['containerd', '--config', self.config]
-        if self.netns:
-            cmd = ['nsenter', '--net=/run/netns/' + self.netns] + cmd
-        log('$ ' + ' '.join(cmd) + ' &')
-        self._log_file = open(self.log_path, 'ab')
-        self.proc = subprocess.Popen(cmd, stdout=self._log_file, stderr=subprocess.STDOUT,
-                                     env=dict(os.environ, PATH='/usr/sbin:/usr/bin:/sbin:/bin'))
-        cri = self.cri()  # stubs compiled first: their errors are not "not ready yet"
-        deadline = time.monotonic() + timeout
-        last = None
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                break
-            if os.path.exists(self.socket):
-                try:
-                    cri.version(timeout=2)
-                    return self
-                except Exception as e:  # noqa: B902 - not ready yet; the last one is reported
-                    last = e
-            time.sleep(0.1)
-        tail = self.log_text()[-3000:]
-        self.stop()
-        raise RuntimeError('containerd did not start (%s):\n%s' % (last, tail))
+        self.cri()  # the stubs compiled first: their errors are not "not ready yet"
+        if not super().start(timeout, poll):
+            tail = self.log_text()[-3000:]
+            self.stop()
+            raise RuntimeError('containerd did not start:\n' + tail)
+        return self
 
     def cri(self):
         if self._cri is None:
@@ -147,18 +137,6 @@ class Containerd:
         """Digests (sha256:...) of the blobs in containerd's content store."""
         d = os.path.join(self.root, 'io.containerd.content.v1.content', 'blobs', 'sha256')
         return sorted('sha256:' + n for n in os.listdir(d)) if os.path.isdir(d) else []
-
-    def ctr(self, *args, timeout=120):
-        """`ctr` against this containerd, namespace k8s.io (the CRI plugin's)."""
-        return subprocess.run(['ctr', '--address', self.socket, '--namespace', 'k8s.io', *args],
-                              capture_output=True, timeout=timeout)
-
-    def log_text(self):
-        try:
-            with open(self.log_path, 'rb') as f:
-                return f.read().decode('utf-8', 'replace')
-        except OSError:
-            return ''
 
     def _shim_pids(self):
         """PIDs of the runc shims this containerd started (they name its socket on their command
@@ -176,23 +154,14 @@ class Containerd:
                 pids.append(int(pid))
         return pids
 
-    def stop(self):
-        """Stops containerd (SIGTERM, then SIGKILL after 20 s), then the shims it left (their
+    def stop(self, sig=None, timeout=20):
+        """Stops containerd (SIGTERM, then SIGKILL after `timeout` s), then the shims it left (their
         containers with them), and unmounts whatever is still mounted under its directories.
         Call it on every exit path; it does nothing the second time."""
         if self._cri is not None:
             self._cri.close()
             self._cri = None
-        if self.proc is not None:
-            if self.proc.poll() is None:
-                self.proc.send_signal(signal.SIGTERM)
-                try:
-                    self.proc.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    self.proc.kill()
-                    self.proc.wait()
-            self.proc = None
-            self._log_file.close()
+        code = super().stop(sig, timeout)
         # Containers still running (an interrupted test): runc kills their processes and removes
         # them; then the shims, which outlive containerd by design, go.
         for ns in (os.listdir(self.runc_root) if os.path.isdir(self.runc_root) else []):
@@ -214,6 +183,7 @@ class Containerd:
                 mount.umount(mp)
             except OSError as e:
                 log('warning: could not unmount %s: %s' % (mp, e))
+        return code
 
     def mounts(self):
         """Mount points under this containerd's directories, deepest first."""
@@ -225,73 +195,39 @@ class Containerd:
                     found.append(mp)
         return sorted(found, key=len, reverse=True)
 
-    def __enter__(self):
-        return self
-
     def __exit__(self, *exc):
         self.stop()
         return False
 
 
-class RafsSnapshotter:
+class RafsSnapshotter(RafsdProcess):
     """`rafs-snapshotter --config CONFIG serve --root ROOT --address SOCKET` (rafsd's config: it
-    mounts through the rafsd at daemon.socket), in the background; ready when its socket accepts.
+    mounts through the rafsd at daemon.socket), in the background; started when its socket accepts.
     restart() kills it (-9) and starts it again, as a crash and a restart by systemd would."""
 
     def __init__(self, binary, config, root, address, log_path, netns=None):
-        self.cmd = [binary, '--config', config, 'serve', '--root', root, '--address', address]
-        if netns:
-            self.cmd = ['nsenter', '--net=/run/netns/' + netns] + self.cmd
-        self.root, self.address, self.log_path = root, address, log_path
-        self.proc = None
+        cmd = [binary, '--config', config, 'serve', '--root', root, '--address', address]
+        super().__init__(['nsenter', '--net=/run/netns/' + netns] + cmd if netns else cmd, log_path)
+        self.root, self.address = root, address
 
-    def start(self, timeout=60):
+    def ready(self):
         import socket
-        log('$ ' + ' '.join(self.cmd) + ' &')
-        self._log_file = open(self.log_path, 'ab')
-        self.proc = subprocess.Popen(self.cmd, stdout=self._log_file, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and self.proc.poll() is None:
-            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-                try:
-                    s.connect(self.address)
-                    return self
-                except OSError:
-                    pass
-            time.sleep(0.05)
-        self.stop()
-        raise RuntimeError('rafs-snapshotter did not start:\n' + self.log_text()[-2000:])
-
-    def stop(self, sig=signal.SIGTERM):
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
             try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc = None
-        self._log_file.close()
+                s.connect(self.address)
+                return True
+            except OSError:
+                return False
+
+    def start(self, timeout=60, poll=0.05):
+        if not super().start(timeout, poll):
+            self.stop()
+            raise RuntimeError('rafs-snapshotter did not start:\n' + self.log_text()[-2000:])
+        return self
 
     def restart(self):
         self.stop(signal.SIGKILL)
         return self.start()
-
-    def log_text(self):
-        try:
-            with open(self.log_path, 'rb') as f:
-                return f.read().decode('utf-8', 'replace')
-        except OSError:
-            return ''
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.stop()
-        return False
 
 
 def compile_proto(out_dir):

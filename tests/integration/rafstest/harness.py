@@ -119,6 +119,18 @@ def temp_dir(prefix, keep=False):
             cleanup_dir(d)
 
 
+def wait_for(predicate, timeout=30, interval=0.05):
+    """predicate()'s first true value, polled every `interval` seconds; None once `timeout`
+    seconds have passed without one."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    return None
+
+
 def fmt_cmd(cmd):
     return ' '.join(shlex.quote(os.fsdecode(c)) for c in cmd)
 
