@@ -1,6 +1,7 @@
 // rafsctl: controls a running rafsd over its control socket (see daemon/api/ControlProtocol.h).
 #include "format/Error.h"
 #include "daemon/api/ControlClient.h"
+#include "daemon/api/LayerStore.h"
 #include "registry/ImageReference.h"
 
 #include <CLI/CLI.hpp>
@@ -258,10 +259,44 @@ void printStatus(const json& response) {
     }
 }
 
+// The reference of `image` pinned to `manifest`, so the mount is of the manifest that was resolved
+// even if the tag moves meanwhile; rafsd serves it from the bootstrap the resolve kept.
+std::string pinned(const std::string& image, const std::string& manifest) {
+    const registry::ImageReference ref = registry::ImageReference::parse(image);
+    return ref.host + "/" + ref.repository + "@" + manifest;
+}
+
+// layer-store add: resolve, then the entries with the bootstrap layer's diff as the mount.
+void addToLayerStore(const rafsd::ControlClient& client, const std::string& store_dir, const std::string& image,
+                     const std::string& engine) {
+    const json resolved = client.call(rafsd::ResolveRequest{image});
+    const auto manifest = resolved.find("manifest");
+    if (manifest == resolved.end() || !manifest->is_string()) rafs::fail("{}: rafsd named no manifest", image);
+    const std::vector<rafsd::StoreLayer> layers = rafsd::StoreLayer::fromResolve(resolved, image);
+    const rafsd::LayerStore store(absolutePath(store_dir));
+    std::filesystem::path mountpoint;
+    store.add(
+        image, layers,
+        [&](const std::filesystem::path& diff) {
+            rafsd::MountRequest request;
+            request.image = pinned(image, manifest->get<std::string>());
+            request.mountpoint = diff;
+            if (!engine.empty()) {
+                request.engine = rafsd::parseEngineKind(engine);
+                if (!request.engine) rafs::fail("--engine '{}' is not one of {}", engine, rafsd::kEngineNames);
+            }
+            client.call(request);
+            mountpoint = diff;
+        },
+        [&](const std::filesystem::path& diff) { client.call(rafsd::UmountRequest{diff}); });
+    std::cout << "added " << image << " (" << manifest->get<std::string>() << ", " << layers.size() << " layers) to "
+              << store.imageDir(image).string() << "; its tree is mounted on " << mountpoint.string() << "\n";
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
-    CLI::App app{"rafsctl: control a running rafsd (mount, umount, list, status)"};
+    CLI::App app{"rafsctl: control a running rafsd (mount, umount, list, status, layer-store)"};
     app.require_subcommand(1);
     std::string socket = "/run/rafsd/api.sock";
     double timeout = 60;
@@ -288,6 +323,19 @@ int main(int argc, char** argv) {
     umount->add_option("MOUNTPOINT", mountpoint, "where it is mounted")->required();
 
     auto* list = app.add_subcommand("list", "list mounted images");
+
+    std::string store_dir, image;
+    auto* layer_store = app.add_subcommand(
+        "layer-store", "an image in containers-storage's additional layer store (podman, CRI-O): lazily mounted layers");
+    layer_store->require_subcommand(1);
+    auto* store_add = layer_store->add_subcommand(
+        "add", "mount a RAFS image through rafsd and write its layers' entries (configure the store as DIR:ref)");
+    auto* store_remove = layer_store->add_subcommand("remove", "unmount an image's layers and remove their entries");
+    for (auto* sub : {store_add, store_remove}) {
+        sub->add_option("--store", store_dir, "the additional layer store's directory")->required();
+        sub->add_option("IMAGE", image, "HOST[:PORT]/REPO[:TAG|@sha256:DIGEST], as podman pull is given it")->required();
+    }
+    store_add->add_option("--engine", engine, "auto (default), fanotify or fscache");
 
     bool as_json = false;
     auto* status = app.add_subcommand("status", "show per-blob fetch and cache counters");
@@ -336,6 +384,12 @@ int main(int argc, char** argv) {
                       << "\n";
         } else if (umount->parsed()) {
             client.call(rafsd::UmountRequest{absolutePath(mountpoint)});
+        } else if (store_add->parsed()) {
+            addToLayerStore(client, store_dir, image, engine);
+        } else if (store_remove->parsed()) {
+            const rafsd::LayerStore store(absolutePath(store_dir));
+            store.remove(image, [&](const std::filesystem::path& diff) { client.call(rafsd::UmountRequest{diff}); });
+            std::cout << "removed " << image << " from " << store_dir << "\n";
         } else if (list->parsed()) {
             printList(client.call(rafsd::ListRequest{}));
         } else if (status->parsed()) {

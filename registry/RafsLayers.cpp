@@ -33,4 +33,10 @@ bool RafsLayers::hasBlob(std::string_view blob_id) const {
     return std::ranges::any_of(blobs, [&](const Descriptor& d) { return d.digest.substr(7) == blob_id; });
 }
 
+std::optional<std::string> RafsLayers::bootstrapDiffId() const {
+    auto it = bootstrap.annotations.find(annotation::kUncompressed);
+    if (it == bootstrap.annotations.end()) return std::nullopt;
+    return it->second;
+}
+
 }  // namespace registry

@@ -16,6 +16,7 @@ namespace {
 using nlohmann::json;
 
 constexpr size_t kMaxShown = 80;
+constexpr std::string_view kOps = "mount, umount, list, status, trace, resolve";
 // distribution's limit on a whole reference (reference/reference.go: NameTotalLengthMax is 255
 // for the name), with room for a tag and a digest.
 constexpr size_t kMaxImageReference = 512;
@@ -104,17 +105,22 @@ EngineKind engine(const json& value) {
     return *kind;
 }
 
+// An image reference as far as the protocol checks it; rafsd parses it.
+std::string imageReference(const json& value) {
+    const std::string& text = stringValue(value, "image");
+    if (text.empty() || text.size() > kMaxImageReference || text.find('\0') != std::string::npos) {
+        rafs::fail("image: {} is not an image reference", shown(value));
+    }
+    return text;
+}
+
 MountRequest mountRequest(Fields& fields) {
     MountRequest request;
     const json* bootstrap = fields.optional("bootstrap");
     const json* image = fields.optional("image");
     if (bootstrap != nullptr && image != nullptr) rafs::fail("mount request has both 'bootstrap' and 'image'");
     if (image != nullptr) {
-        const std::string& text = stringValue(*image, "image");
-        if (text.empty() || text.size() > kMaxImageReference || text.find('\0') != std::string::npos) {
-            rafs::fail("image: {} is not an image reference", shown(*image));
-        }
-        request.image = text;
+        request.image = imageReference(*image);
     } else {
         request.bootstrap = absolutePath(fields.required("bootstrap"), "bootstrap");
     }
@@ -154,6 +160,8 @@ json toJson(const StatusRequest& request) {
     return out;
 }
 
+json toJson(const ResolveRequest& request) { return {{"op", "resolve"}, {"image", request.image}}; }
+
 }  // namespace
 
 Request parseRequest(std::string_view line) {
@@ -170,7 +178,7 @@ Request parseRequest(std::string_view line) {
 
     auto op = object.find("op");
     if (op == object.end()) rafs::fail("request has no 'op'");
-    if (!op->is_string()) rafs::fail("op: {} is not one of mount, umount, list, status, trace", shown(*op));
+    if (!op->is_string()) rafs::fail("op: {} is not one of {}", shown(*op), kOps);
     const std::string& name = op->get_ref<const std::string&>();
 
     Fields opFields(object, name);
@@ -187,8 +195,10 @@ Request parseRequest(std::string_view line) {
         request = status;
     } else if (name == "trace") {
         request = TraceRequest{absolutePath(opFields.required("mountpoint"), "mountpoint")};
+    } else if (name == "resolve") {
+        request = ResolveRequest{imageReference(opFields.required("image"))};
     } else {
-        rafs::fail("op: {} is not one of mount, umount, list, status, trace", shown(*op));
+        rafs::fail("op: {} is not one of {}", shown(*op), kOps);
     }
     opFields.finish();
     return request;

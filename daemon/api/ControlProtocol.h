@@ -13,6 +13,9 @@
 //   {"op":"list"}
 //   {"op":"status"}  or  {"op":"status","mountpoint":"/abs/mnt"}
 //   {"op":"trace","mountpoint":"/abs/mnt"}
+//   {"op":"resolve","image":"host:port/repo:tag"}
+//        resolves a RAFS image in its registry and keeps its bootstrap, as a mount would, without
+//        mounting it: a mount of image@manifest that follows is served from the kept copy.
 //
 // Responses: {"ok":true, ...fields} or {"ok":false,"error":"one line"}. The fields are:
 //   mount:  {"mountpoint":"/abs/mnt","engine":"fanotify"}            engine = the one chosen
@@ -37,6 +40,13 @@
 //   trace:  {"text":"# ...\n/usr/bin/bash\n...","files":N,"chunks":N,"saved":"/state/traces/x.list"}
 //           the files of the image in the order their chunks were first read since its mount,
 //           as a prefetch list (StartTrace.h); also written to "saved"
+//   resolve: {"image":"host:port/repo:tag","manifest":"sha256:...","layers":[
+//              {"digest":"sha256:...","size":N,"media_type":"...",
+//               "role":"blob"|"bootstrap",    a Nydus data blob, or the bootstrap layer (last)
+//               "diff_id":"sha256:..."}]}     the digest of its uncompressed form, as the image
+//                                             config lists it; absent when the manifest does not
+//                                             say (a bootstrap layer without the
+//                                             containerd.io/uncompressed annotation)
 //
 // A request line longer than kMaxRequestBytes gets an error response, then the connection closes.
 #pragma once
@@ -94,7 +104,14 @@ struct TraceRequest {
     bool operator==(const TraceRequest&) const = default;
 };
 
-using Request = std::variant<MountRequest, UmountRequest, ListRequest, StatusRequest, TraceRequest>;
+// Resolves an image reference (HOST[:PORT]/REPO[:TAG|@DIGEST]) to its RAFS manifest's layers.
+struct ResolveRequest {
+    std::string image;
+    bool operator==(const ResolveRequest&) const = default;
+};
+
+using Request = std::variant<MountRequest, UmountRequest, ListRequest, StatusRequest, TraceRequest,
+                             ResolveRequest>;
 
 // Parses and validates one request line (without its newline); throws rafs::Error saying what is
 // wrong, e.g. "mount request has no 'mountpoint'" or "bootstrap: \"a.boot\" is not an absolute path".

@@ -139,6 +139,19 @@ void ImageService::startFscache() {
     fscache().start(fscache_restore_);
 }
 
+registry::ImageReference ImageService::registryReference(const std::string& image) {
+    registry::ImageReference reference;
+    try {
+        reference = registry::ImageReference::parse(image);
+    } catch (const rafs::Error& e) {
+        rafs::fail("{}: no such file, and not an image reference ({})", image, e.what());
+    }
+    if (reference.kind != registry::ImageReference::Kind::Registry) {
+        rafs::fail("image {}: rafsd mounts images from registries only", image);
+    }
+    return reference;
+}
+
 std::shared_ptr<RegistryBackend> ImageService::registryBackend(const registry::ImageReference& image) {
     auto& backend = registries_[image.host + "/" + image.repository];
     if (!backend) backend = makeRegistryBackend(config_.backend, image.host, image.repository);
@@ -282,14 +295,7 @@ nlohmann::json ImageService::mountOrReattach(const MountRequest& request, bool r
     RegistryImage stored;
     if (request.image) {
         if (request.blob_dir) rafs::fail("image {}: its blobs are in its registry; a blob dir cannot be given", *request.image);
-        try {
-            reference = registry::ImageReference::parse(*request.image);
-        } catch (const rafs::Error& e) {
-            rafs::fail("{}: no such file, and not an image reference ({})", *request.image, e.what());
-        }
-        if (reference->kind != registry::ImageReference::Kind::Registry) {
-            rafs::fail("image {}: rafsd mounts images from registries only", *request.image);
-        }
+        reference = registryReference(*request.image);
         registry::RegistryStore store(registryBackend(*reference)->client());
         stored = registry_images_.obtain(store, *reference);
     }
@@ -589,6 +595,23 @@ nlohmann::json ImageService::blobStatus(const CachedBlob& blob) const {
                         {"errors", c.errors.load()}};
     if (config_.prefetch.enable) j["prefetch_done"] = chunks == 0 ? 100 : uint64_t{present} * 100 / chunks;
     return j;
+}
+
+nlohmann::json ImageService::resolve(const ResolveRequest& request) {
+    std::lock_guard lock(mutex_);
+    if (shut_down_) rafs::fail("rafsd is shutting down");
+    const registry::ImageReference reference = registryReference(request.image);
+    registry::RegistryStore store(registryBackend(reference)->client());
+    const RegistryImage image = registry_images_.obtain(store, reference);
+    auto layer = [](const registry::Descriptor& d, const char* role, const std::optional<std::string>& diff_id) {
+        nlohmann::json out = {{"digest", d.digest}, {"size", d.size}, {"media_type", d.media_type}, {"role", role}};
+        if (diff_id) out["diff_id"] = *diff_id;
+        return out;
+    };
+    nlohmann::json layers = nlohmann::json::array();
+    for (const registry::Descriptor& blob : image.layers.blobs) layers.push_back(layer(blob, "blob", blob.digest));
+    layers.push_back(layer(image.layers.bootstrap, "bootstrap", image.layers.bootstrapDiffId()));
+    return {{"image", request.image}, {"manifest", image.manifest_digest}, {"layers", std::move(layers)}};
 }
 
 nlohmann::json ImageService::status(const StatusRequest& request) {

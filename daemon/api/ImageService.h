@@ -37,6 +37,7 @@ public:
     nlohmann::json list() override;
     nlohmann::json status(const StatusRequest& request) override;
     nlohmann::json trace(const TraceRequest& request) override;
+    nlohmann::json resolve(const ResolveRequest& request) override;
     // The counters of status, and latency histograms, in the Prometheus text format.
     std::string metrics();
 
@@ -98,6 +99,8 @@ private:
     // by every image that uses it.
     // `image`: the image's registry and repository, whatever backend.type says.
     std::shared_ptr<Backend> backendFor(const MountRequest& request, const registry::ImageReference* image);
+    // The reference `image` parsed; an error unless it names an image in a registry.
+    static registry::ImageReference registryReference(const std::string& image);
     // One registry backend per registry and repository that images are mounted from.
     std::shared_ptr<RegistryBackend> registryBackend(const registry::ImageReference& image);
     // `fscache_volume` empty: a sparse cache file (fanotify). Otherwise the blob's cache file is the

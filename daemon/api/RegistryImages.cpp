@@ -75,12 +75,12 @@ std::optional<RegistryImage> RegistryImages::kept(const std::string& digest) {
         if (registry::sha256Digest(manifest) != digest) rafs::fail("the manifest kept is not {}", digest);
         const registry::Manifest parsed =
             registry::Manifest::parse(manifest, meta.at("media_type").get<std::string>(), dir.string());
-        registry::RafsLayers::of(parsed, dir.string());
+        registry::RafsLayers layers = registry::RafsLayers::of(parsed, dir.string());
         const rafs::Bootstrap bootstrap((dir / kBootstrapFile).string());
         if (sha256Hex(bootstrap.bytes()) != meta.at("bootstrap_sha256").get<std::string>()) {
             rafs::fail("{} is not the bootstrap that was kept", kBootstrapFile);
         }
-        return RegistryImage{digest, dir / kBootstrapFile};
+        return RegistryImage{digest, dir / kBootstrapFile, std::move(layers)};
     } catch (const std::exception& e) {
         log::warn("{}: a damaged copy of image {} ({}); fetching it again", dir.string(), digest, e.what());
         fs::remove_all(dir, ec);
@@ -89,8 +89,8 @@ std::optional<RegistryImage> RegistryImages::kept(const std::string& digest) {
     }
 }
 
-RegistryImage RegistryImages::keep(const registry::FetchedManifest& manifest, const std::string& reference,
-                                   std::span<const uint8_t> bootstrap) {
+RegistryImage RegistryImages::keep(const registry::FetchedManifest& manifest, const registry::RafsLayers& layers,
+                                   const std::string& reference, std::span<const uint8_t> bootstrap) {
     std::error_code ec;
     fs::create_directories(dir_, ec);
     if (ec) rafs::fail("cannot create {}: {}", dir_.string(), ec.message());
@@ -121,7 +121,7 @@ RegistryImage RegistryImages::keep(const registry::FetchedManifest& manifest, co
         fs::remove_all(temp, ec);
         throw;
     }
-    return RegistryImage{manifest.digest, final_dir / kBootstrapFile};
+    return RegistryImage{manifest.digest, final_dir / kBootstrapFile, layers};
 }
 
 RegistryImage RegistryImages::obtain(registry::ImageStore& store, const registry::ImageReference& ref) {
@@ -140,7 +140,7 @@ RegistryImage RegistryImages::obtain(registry::ImageStore& store, const registry
     rafs::checkBootstrap(bootstrap);
     checkBlobsAreLayers(bootstrap, layers, name);
     log::info("{}: manifest {}, bootstrap of {} bytes fetched", name, resolved.fetched.digest, bootstrap.bytes().size());
-    return keep(resolved.fetched, name, bootstrap.bytes());
+    return keep(resolved.fetched, layers, name, bootstrap.bytes());
 }
 
 }  // namespace rafsd

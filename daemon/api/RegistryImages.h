@@ -10,6 +10,7 @@
 
 #include "registry/ImageReference.h"
 #include "registry/ImageStore.h"
+#include "registry/RafsLayers.h"
 
 #include <cstdint>
 #include <filesystem>
@@ -22,6 +23,7 @@ namespace rafsd {
 struct RegistryImage {
     std::string manifest_digest;           // "sha256:<hex>"
     std::filesystem::path bootstrap;       // the kept copy
+    registry::RafsLayers layers;           // the manifest's layers
 };
 
 class RegistryImages {
@@ -41,8 +43,8 @@ public:
 private:
     // The copy kept for `digest`, if there is one and it is intact; a damaged one is removed.
     std::optional<RegistryImage> kept(const std::string& digest);
-    RegistryImage keep(const registry::FetchedManifest& manifest, const std::string& reference,
-                       std::span<const uint8_t> bootstrap);
+    RegistryImage keep(const registry::FetchedManifest& manifest, const registry::RafsLayers& layers,
+                       const std::string& reference, std::span<const uint8_t> bootstrap);
 
     std::filesystem::path dir_;
 };

@@ -30,7 +30,7 @@ import sys
 import time
 
 from rafstest import compare, harness
-from rafstest.harness import log
+from rafstest.harness import log, wait_for
 from rafstest.boot import blob_ids
 from rafstest.rafsd import (RafsdMount, RafsdServe, children, expect_error, make_small_tree, network_config, rafsctl,
                             small_image, start_test, worker_of)
@@ -69,16 +69,6 @@ def mount_image(ck, rafsd, ref, mnt, cfg, src, log_path):
 def state_entries(tmp, name):
     d = os.path.join(tmp, name + '-state', 'images')
     return sorted(os.listdir(d)) if os.path.isdir(d) else []
-
-
-def wait_for(predicate, timeout=30):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    return None
 
 
 def main():

@@ -73,6 +73,9 @@ public:
     json trace(const rafsd::TraceRequest& request) override {
         return {{"text", "# trace of " + request.mountpoint.string() + "\n/usr/bin/bash\n"}, {"files", 1}, {"chunks", 2}};
     }
+    json resolve(const rafsd::ResolveRequest& request) override {
+        return {{"image", request.image}, {"manifest", "sha256:" + std::string(64, 'a')}, {"layers", json::array()}};
+    }
 
     void waitUntilBlocked() {
         std::unique_lock lock(mutex_);
@@ -216,6 +219,7 @@ TEST_CASE("control requests parse into typed structs", "[api]") {
     CHECK(std::holds_alternative<rafsd::ListRequest>(parseRequest(R"( {"op":"list"} )")));
     CHECK(std::get<rafsd::StatusRequest>(parseRequest(R"({"op":"status"})")).mountpoint == std::nullopt);
     CHECK(std::get<rafsd::StatusRequest>(parseRequest(R"({"op":"status","mountpoint":"/m"})")).mountpoint == "/m");
+    CHECK(std::get<rafsd::ResolveRequest>(parseRequest(R"({"op":"resolve","image":"h:1/r:t"})")).image == "h:1/r:t");
     MountRequest registered = minimal;
     registered.register_only = true;
     CHECK(std::get<MountRequest>(parseRequest(
@@ -223,7 +227,8 @@ TEST_CASE("control requests parse into typed structs", "[api]") {
 
     for (const Request& r : {Request(expected), Request(minimal), Request(registered), Request(rafsd::UmountRequest{"/m"}),
                              Request(rafsd::ListRequest{}), Request(rafsd::StatusRequest{}),
-                             Request(rafsd::StatusRequest{"/m"}), Request(rafsd::TraceRequest{"/m"})}) {
+                             Request(rafsd::StatusRequest{"/m"}), Request(rafsd::TraceRequest{"/m"}),
+                             Request(rafsd::ResolveRequest{"h:1/r@sha256:ab"})}) {
         std::string line = rafsd::formatRequest(r);
         INFO(line);
         CHECK(line.find('\n') == std::string::npos);
@@ -237,10 +242,14 @@ TEST_CASE("control request errors", "[api]") {
     CHECK_THROWS_WITH(parseRequest(""), StartsWith("request is not valid JSON: "));
     CHECK_THROWS_WITH(parseRequest("[\"list\"]"), "request is not a JSON object");
     CHECK_THROWS_WITH(parseRequest("{}"), "request has no 'op'");
-    CHECK_THROWS_WITH(parseRequest(R"({"op":5})"), "op: 5 is not one of mount, umount, list, status, trace");
-    CHECK_THROWS_WITH(parseRequest(R"({"op":"remount"})"), "op: \"remount\" is not one of mount, umount, list, status, trace");
+    CHECK_THROWS_WITH(parseRequest(R"({"op":5})"), "op: 5 is not one of mount, umount, list, status, trace, resolve");
+    CHECK_THROWS_WITH(parseRequest(R"({"op":"remount"})"), "op: \"remount\" is not one of mount, umount, list, status, trace, resolve");
     CHECK_THROWS_WITH(parseRequest(R"({"op":"mount","bootstrap":"/a.boot"})"), "mount request has no 'mountpoint'");
     CHECK_THROWS_WITH(parseRequest(R"({"op":"umount"})"), "umount request has no 'mountpoint'");
+    CHECK_THROWS_WITH(parseRequest(R"({"op":"resolve"})"), "resolve request has no 'image'");
+    CHECK_THROWS_WITH(parseRequest(R"({"op":"resolve","image":""})"), "image: \"\" is not an image reference");
+    CHECK_THROWS_WITH(parseRequest(R"({"op":"resolve","image":"h/r","mountpoint":"/m"})"),
+                      "unknown field 'mountpoint' in resolve request");
     CHECK_THROWS_WITH(parseRequest(R"({"op":"mount","bootstrap":"a.boot","mountpoint":"/m"})"),
                       "bootstrap: \"a.boot\" is not an absolute path");
     CHECK_THROWS_WITH(parseRequest(R"({"op":"mount","bootstrap":"/a","mountpoint":5})"), "mountpoint: 5 is not a string");

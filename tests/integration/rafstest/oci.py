@@ -85,11 +85,12 @@ class ImageRegistry:
     """docker-registry on 127.0.0.1 (in `netns`, a servers.Netns, if given) with TLS and htpasswd
     auth. Registries made in the same `work` dir share a CA (`ca`, made by the first), the docker
     config.json with their credentials (auth_file) and the docker certs.d dir with their CA
-    (certs_dir: <certs_dir>/<host>/ca.crt); each has its own `name`, port and storage."""
+    (certs_dir: <certs_dir>/<host>/ca.crt); each has its own `name`, port and storage.
+    access_log: the registry logs every request (rafstest.appimage.blob_gets reads it)."""
 
     USER, PASSWORD = 'rafsd', 'demo-password'
 
-    def __init__(self, work, netns=None, name='registry', ca=None):
+    def __init__(self, work, netns=None, name='registry', ca=None, access_log=False):
         self.work, self.netns, self.name = work, netns, name
         os.makedirs(work, exist_ok=True)
         self.ca = ca or TestCa(os.path.join(work, 'ca'))
@@ -115,7 +116,7 @@ class ImageRegistry:
         shutil.rmtree(os.path.join(work, name), ignore_errors=True)
         self.server = registry(work, name, self.port, cert, key,
                                auth={'htpasswd': {'realm': 'rafsd-demo', 'path': self.htpasswd}},
-                               netns=netns.name if netns else None)
+                               netns=netns.name if netns else None, access_log=access_log)
 
     def stop(self, remove=False):
         """Stops the registry; remove: its storage too."""

@@ -39,12 +39,12 @@ def require_tools(*tools):
         sys.exit(1)
 
 
-def start_test(name, doc, tools=()):
-    """The common start of a rafsd test: parses its arguments, checks root, EROFS, the fanotify
-    engine and `tools`. Returns (args, Mkrafs, rafsd binary, rafsctl binary, Checker)."""
+def start_test(name, doc, tools=(), extra=None):
+    """The common start of a rafsd test: parses its arguments (extra(argparser) adds its own),
+    checks root, EROFS, the fanotify engine and `tools`. Returns (args, Mkrafs, rafsd binary, rafsctl binary, Checker)."""
     from . import harness
     from .mkrafs import Mkrafs
-    args = harness.parse_args(doc)
+    args = harness.parse_args(doc, extra)
     harness.require_root_and_erofs()
     require_fanotify_engine()
     require_tools(*tools)

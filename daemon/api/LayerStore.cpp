@@ -1,0 +1,139 @@
+#include "daemon/api/LayerStore.h"
+
+#include "format/Error.h"
+#include "daemon/core/DurableFile.h"
+#include "registry/Base64.h"
+
+#include <sys/stat.h>
+
+#include <algorithm>
+
+namespace rafsd {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace {
+
+bool isSha256Digest(const std::string& text) {
+    return text.size() == 71 && text.starts_with("sha256:") &&
+           std::all_of(text.begin() + 7, text.end(), [](char c) { return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'); });
+}
+
+// containers/storage's archive.Compression of a layer media type (OCI and Docker names).
+int compressionOf(const std::string& media_type) {
+    if (media_type.ends_with("+gzip") || media_type.ends_with(".tar.gzip")) return 2;
+    if (media_type.ends_with("+zstd") || media_type.ends_with(".tar.zstd")) return 4;
+    return 0;
+}
+
+// Whether `path` is a mount point: on another device than its parent directory.
+bool isMountPoint(const fs::path& path) {
+    struct stat self {}, parent {};
+    if (::lstat(path.c_str(), &self) != 0 || ::lstat(path.parent_path().c_str(), &parent) != 0) return false;
+    return self.st_dev != parent.st_dev;
+}
+
+}  // namespace
+
+std::vector<StoreLayer> StoreLayer::fromResolve(const json& response, const std::string& image) {
+    auto it = response.find("layers");
+    if (it == response.end() || !it->is_array() || it->empty()) rafs::fail("{}: rafsd named no layers", image);
+    std::vector<StoreLayer> layers;
+    for (const json& entry : *it) {
+        auto string = [&](const char* key) -> std::string {
+            auto field = entry.is_object() ? entry.find(key) : entry.end();
+            return field != entry.end() && field->is_string() ? field->get<std::string>() : "";
+        };
+        StoreLayer layer;
+        layer.digest = string("digest");
+        if (!isSha256Digest(layer.digest)) rafs::fail("{}: rafsd named a layer digest that is not sha256:<64 hex>", image);
+        auto size = entry.find("size");
+        if (size == entry.end() || !size->is_number_integer() || size->get<int64_t>() < 0) {
+            rafs::fail("{}: layer {} has no size", image, layer.digest);
+        }
+        layer.size = size->get<uint64_t>();
+        const std::string role = string("role");
+        if (role != "blob" && role != "bootstrap") rafs::fail("{}: layer {} has no role", image, layer.digest);
+        layer.bootstrap = role == "bootstrap";
+        layer.diff_id = string("diff_id");
+        if (!isSha256Digest(layer.diff_id)) {
+            rafs::fail("{}: layer {} has no uncompressed digest (its manifest lacks the containerd.io/uncompressed "
+                       "annotation), which containers-storage needs", image, layer.digest);
+        }
+        // A data blob is stored as it is; the bootstrap layer's tar size is not in the manifest.
+        if (!layer.bootstrap) layer.diff_size = layer.size;
+        layer.compression = layer.bootstrap ? compressionOf(string("media_type")) : 0;
+        layers.push_back(std::move(layer));
+    }
+    const auto bootstraps = std::ranges::count_if(layers, [](const StoreLayer& l) { return l.bootstrap; });
+    if (bootstraps != 1 || !layers.back().bootstrap) rafs::fail("{}: rafsd did not name one bootstrap layer, last", image);
+    return layers;
+}
+
+LayerStore::LayerStore(fs::path dir) : dir_(std::move(dir)) {}
+
+fs::path LayerStore::imageDir(const std::string& image) const { return dir_ / registry::base64Encode(image); }
+
+std::string LayerStore::infoJson(const StoreLayer& layer) {
+    json info = {{"compressed-diff-digest", layer.digest},
+                 {"compressed-size", layer.size},
+                 {"diff-digest", layer.diff_id},
+                 {"compression", layer.compression}};
+    if (layer.diff_size) info["diff-size"] = *layer.diff_size;
+    return info.dump() + "\n";
+}
+
+void LayerStore::add(const std::string& image, const std::vector<StoreLayer>& layers,
+                     const std::function<void(const fs::path&)>& mount,
+                     const std::function<void(const fs::path&)>& umount) const {
+    const fs::path top = imageDir(image);
+    std::error_code ec;
+    if (fs::exists(top, ec)) rafs::fail("{} is in the layer store {} already ({}); remove it first", image, dir_.string(), top.string());
+    std::optional<fs::path> mounted;
+    try {
+        fs::create_directories(top);
+        for (const StoreLayer& layer : layers) {
+            const fs::path dir = top / layer.digest;
+            // Two layers of one digest are one entry (an image may repeat a layer).
+            if (!fs::create_directory(dir)) continue;
+            fs::create_directory(dir / "diff");
+            writeFileSynced(dir / "info", infoJson(layer));
+            if (layer.bootstrap) {
+                mount(dir / "diff");
+                mounted = dir / "diff";
+            }
+        }
+        for (const StoreLayer& layer : layers) fs::create_directory(top / layer.digest / "blob");
+        syncDirectory(top);
+    } catch (const std::exception& e) {
+        if (mounted) {
+            try {
+                umount(*mounted);
+            } catch (const std::exception&) {
+                // The mount stays: so do its entries, which remove() takes away with it.
+                throw rafs::Error(fmt::format("{}: {}; its mount on {} stays, remove it with layer-store remove", image,
+                                              e.what(), mounted->string()));
+            }
+        }
+        fs::remove_all(top, ec);
+        if (dynamic_cast<const rafs::Error*>(&e) != nullptr) throw;
+        rafs::fail("{}: cannot write the layer store entries in {}: {}", image, top.string(), e.what());
+    }
+}
+
+void LayerStore::remove(const std::string& image, const std::function<void(const fs::path&)>& umount) const {
+    const fs::path top = imageDir(image);
+    std::error_code ec;
+    if (!fs::is_directory(top, ec)) rafs::fail("{} is not in the layer store {}", image, dir_.string());
+    std::vector<fs::path> diffs;
+    for (const auto& entry : fs::directory_iterator(top)) diffs.push_back(entry.path() / "diff");
+    for (const fs::path& diff : diffs) {
+        if (isMountPoint(diff)) umount(diff);
+        if (isMountPoint(diff)) rafs::fail("{} is still mounted; its entries stay", diff.string());
+    }
+    fs::remove_all(top, ec);
+    if (ec) rafs::fail("cannot remove {}: {}", top.string(), ec.message());
+}
+
+}  // namespace rafsd

@@ -1,0 +1,73 @@
+// A RAFS image in containers-storage's additional layer store (podman, CRI-O and buildah look
+// layers up there before they download them; containers/storage drivers/overlay/overlay.go,
+// getAdditionalLayerPath). The store is configured as "DIR:ref", so each image has a directory of
+// its own, named by the image reference as the puller names it:
+//   DIR/<base64(reference)>/<compressed layer digest>/diff   the layer's tree: the EROFS mount of
+//                                                            the whole image for the bootstrap
+//                                                            layer, an empty directory for a
+//                                                            data blob (its files are in the mount)
+//                                                     /info   JSON: compressed-diff-digest,
+//                                                            compressed-size, diff-digest (the
+//                                                            config's diff_id), diff-size when
+//                                                            known, compression
+//                                                     /blob   the layer's bytes for a copy out of
+//                                                            the store (podman push, save): a
+//                                                            directory here, so such a read fails
+//                                                            (EISDIR) instead of sending bytes
+//                                                            that are not the layer
+// `blob` is made last: containers-storage takes a layer only when diff, info and blob exist, so it
+// never sees one half written.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace rafsd {
+
+struct StoreLayer {
+    std::string digest;  // "sha256:<64 hex>", the compressed layer's
+    uint64_t size = 0;
+    bool bootstrap = false;
+    std::string diff_id;  // "sha256:<64 hex>"
+    std::optional<uint64_t> diff_size;
+    int compression = 0;  // containers/storage's archive.Compression: 0 none, 2 gzip, 4 zstd
+
+    // The layers of rafsd's answer to a resolve request (ControlProtocol.h). Throws rafs::Error
+    // naming `image` and what is missing or malformed: a layer without a diff_id, a digest that is
+    // not sha256:<64 hex>, no bootstrap layer last.
+    static std::vector<StoreLayer> fromResolve(const nlohmann::json& response, const std::string& image);
+};
+
+class LayerStore {
+public:
+    explicit LayerStore(std::filesystem::path dir);
+
+    // DIR/<base64(image)>.
+    std::filesystem::path imageDir(const std::string& image) const;
+
+    // Writes the entries of `image`'s layers; `mount(diff)` mounts the image on the bootstrap
+    // layer's diff directory before that layer's blob appears, `umount(diff)` undoes it if a later
+    // step fails. Throws rafs::Error when the image is in the store already or a step fails; then
+    // nothing of it is left.
+    void add(const std::string& image, const std::vector<StoreLayer>& layers,
+             const std::function<void(const std::filesystem::path&)>& mount,
+             const std::function<void(const std::filesystem::path&)>& umount) const;
+
+    // Removes `image`'s entries; `umount(diff)` is called for each diff directory that is a mount
+    // point. Throws rafs::Error when the image is not in the store, or a diff stays mounted (then
+    // the entries stay).
+    void remove(const std::string& image, const std::function<void(const std::filesystem::path&)>& umount) const;
+
+    // The info file of a layer.
+    static std::string infoJson(const StoreLayer& layer);
+
+private:
+    std::filesystem::path dir_;
+};
+
+}  // namespace rafsd

@@ -1,0 +1,226 @@
+#!/usr/bin/env python3
+"""podman 4.3 from Debian over rafsd through containers-storage's additional layer store, every
+component started by the test as root: docker-registry on 127.0.0.1 (TLS, htpasswd auth, access
+log) with a busybox image (rafstest/appimage.py) and its `mkrafs convert`ed RAFS image; `rafsd
+serve` with the registry backend; podman with its own storage.conf (overlay, graphroot and runroot
+under the test's directory, additionallayerstores = ["STORE:ref"]).
+
+1. `rafsctl layer-store add --store STORE IMAGE`: an entry per layer (diff, info, blob), info as
+   containers-storage reads it, the bootstrap layer's diff is rafsd's EROFS mount;
+2. `podman pull IMAGE`: every layer found in the store (none copied), and podman never GETs a data
+   blob from the registry;
+3. `podman run`: a container prints a file of the image from the lazy mount, runs a script of the
+   image, and reads the image's large file whole (sha256 equal); the data blob bytes came through
+   rafsd (its status counts them) and only rafsd's requests fetched them; `podman push` of the
+   image to an OCI layout fails (the store's `blob` is no layer tar);
+4. after `podman rmi`, `rafsctl layer-store remove`: the mount is gone, rafsd lists no image, the
+   store holds nothing of the image;
+5. bad input, one error line, non-zero exit, nothing left in the store: an ordinary OCI image, a tag
+   the registry lacks, the same image added twice, removing an image that is not in the store.
+"""
+
+import base64
+import json
+import os
+
+from rafstest import harness
+from rafstest.appimage import BIG, GREETING, blob_gets, make_images
+from rafstest.oci import ImageRegistry
+from rafstest.harness import log, run, text
+from rafstest.rafsd import RafsdServe, network_config, rafsctl_status, start_test
+
+TOOLS = ('podman', 'runc', 'conmon', 'docker-registry', 'skopeo', 'umoci', 'htpasswd', 'openssl')
+
+
+class Podman:
+    """podman with storage, runroot, events and temp files of its own under `work`."""
+
+    def __init__(self, work, store, auth_file, certs_dir):
+        self.work = work
+        self.auth_file, self.certs_dir = auth_file, certs_dir
+        os.makedirs(work, exist_ok=True)
+        self.conf = os.path.join(work, 'storage.conf')
+        with open(self.conf, 'w') as f:
+            f.write('[storage]\ndriver = "overlay"\ngraphroot = "%s"\nrunroot = "%s"\n'
+                    '[storage.options]\nadditionallayerstores = ["%s:ref"]\n'
+                    % (os.path.join(work, 'graph'), os.path.join(work, 'run'), store))
+        self.registries = os.path.join(work, 'registries.conf')
+        with open(self.registries, 'w') as f:
+            f.write('unqualified-search-registries = []\n')
+        self.containers_conf = os.path.join(work, 'containers.conf')
+        with open(self.containers_conf, 'w') as f:
+            f.write('[engine]\nevents_logger = "file"\ncgroup_manager = "cgroupfs"\nruntime = "runc"\n'
+                    'tmp_dir = "%s"\nvolume_path = "%s"\nstatic_dir = "%s"\n'
+                    % (os.path.join(work, 'tmp'), os.path.join(work, 'volumes'), os.path.join(work, 'libpod')))
+        self.env = dict(os.environ, CONTAINERS_STORAGE_CONF=self.conf, CONTAINERS_REGISTRIES_CONF=self.registries,
+                        CONTAINERS_CONF=self.containers_conf, PATH='/usr/sbin:/usr/bin:/sbin:/bin',
+                        TMPDIR=os.path.join(work, 'tmp'))
+        os.makedirs(os.path.join(work, 'tmp'))
+
+    def __call__(self, *args, timeout=300):
+        # crun 1.8 fails on this machine's hybrid cgroups; runc works (see the env above).
+        # Not --root/--runroot: with those podman 4.3 drops storage.conf's driver options, the
+        # additional layer store among them.
+        return run(['podman', '--cgroup-manager=cgroupfs', '--events-backend=file', '--runtime', 'runc', *args],
+                   timeout=timeout, env=self.env)
+
+    def pull(self, image):
+        return self('pull', '--authfile', self.auth_file, '--cert-dir', os.path.join(self.certs_dir, image.split('/')[0]),
+                    image)
+
+    def run_in(self, image, *argv):
+        # The default ulimits fail with EPERM here; host networking needs no CNI.
+        return self('run', '--rm', '--network=host', '--ulimit', 'nofile=1024:1024', '--ulimit', 'nproc=1024:1024',
+                    image, *argv)
+
+    def clean(self):
+        """Every container and image of this podman gone; on every exit path."""
+        self('rm', '--all', '--force', timeout=120)
+        self('rmi', '--all', '--force', timeout=120)
+
+
+def ctl(rafsctl_bin, sock, *args):
+    return run([rafsctl_bin, '--socket', sock, *args], timeout=120)
+
+
+def expect_error(ck, what, r, must_contain):
+    err = [line for line in text(r.stderr).splitlines() if line.strip()]
+    ck.check(r.returncode not in (0, None) and len(err) == 1 and err[0].startswith('rafsctl: ') and
+             must_contain in err[0], '%s: %s' % (what, err[-1] if err else '(no message)'),
+             'exit %s, stderr %r' % (r.returncode, text(r.stderr)[-800:]))
+
+
+def main():
+    args, mk, rafsd, rafsctl_bin, ck = start_test('podman_layer_store', __doc__, tools=TOOLS)
+    with harness.temp_dir('podman-layer-store-', keep=args.keep) as tmp:
+        layout = os.path.join(tmp, 'layout')
+        big_sha = make_images(tmp, layout)
+        store = os.path.join(tmp, 'layer-store')
+        os.makedirs(store)
+        reg = ImageRegistry(os.path.join(tmp, 'registry-work'), access_log=True)
+        try:
+            reg.push('oci:%s:app' % layout, 'test/app', 'app')
+            oci, image = reg.ref('test/app', 'app'), reg.ref('rafs/app', 'v1')
+            reg.convert(mk.path, oci, image)
+            manifest = reg.manifest('rafs/app', 'v1')
+            layers = manifest['layers']
+            data_blobs = [l['digest'] for l in layers[:-1]]
+            log('RAFS image %s: %d data blob(s), bootstrap layer %s' % (image, len(data_blobs), layers[-1]['digest']))
+
+            cfg = network_config(tmp, 'rafsd', {'type': 'localfs'},
+                                 **{'backend.registry': {'docker_config': reg.auth_file},
+                                    'backend.transport': {'certs_dir': reg.certs_dir, 'retries': 1}})
+            sock = os.path.join(tmp, 'rafsd.sock')
+            podman = Podman(os.path.join(tmp, 'podman'), store, reg.auth_file, reg.certs_dir)
+            with RafsdServe(rafsd, cfg, sock, os.path.join(tmp, 'rafsd.log')) as srv:
+                if not ck.check(srv.start(), 'rafsd serve starts', srv.log_text()[-2000:]):
+                    return ck.finish()
+                try:
+                    sections(ck, reg, podman, rafsctl_bin, sock, store, image, oci, layers, data_blobs, big_sha)
+                finally:
+                    podman.clean()
+                    ctl(rafsctl_bin, sock, 'layer-store', 'remove', '--store', store, image)
+                ck.check(srv.stop() == 0, 'rafsd exits 0')
+        finally:
+            reg.stop()
+    return ck.finish()
+
+
+def sections(ck, reg, podman, rafsctl_bin, sock, store, image, oci, layers, data_blobs, big_sha):
+    ck.section('1. rafsctl layer-store add')
+    r = ctl(rafsctl_bin, sock, 'layer-store', 'add', '--store', store, image)
+    if not ck.cmd_ok(r, 'rafsctl layer-store add --store STORE ' + image):
+        return
+    log(text(r.stdout).strip())
+    top = os.path.join(store, base64.b64encode(image.encode()).decode())
+    ck.check(sorted(os.listdir(top)) == sorted({l['digest'] for l in layers}),
+             'one entry per layer under STORE/base64(IMAGE)', repr(os.listdir(top)))
+    for l in layers:
+        entry = os.path.join(top, l['digest'])
+        ck.check(all(os.path.exists(os.path.join(entry, n)) for n in ('diff', 'info', 'blob')),
+                 '%s: diff, info and blob' % l['digest'][:19])
+        with open(os.path.join(entry, 'info')) as f:
+            info = json.load(f)
+        bootstrap = l is layers[-1]
+        want = {'compressed-diff-digest': l['digest'], 'compressed-size': l['size'],
+                'diff-digest': l['annotations']['containerd.io/uncompressed'] if bootstrap else l['digest'],
+                'compression': 2 if bootstrap else 0}
+        if not bootstrap:
+            want['diff-size'] = l['size']
+        ck.check(info == want, '%s: info %s' % (l['digest'][:19], json.dumps(info)), json.dumps(want))
+        ck.check(os.path.ismount(os.path.join(entry, 'diff')) == bootstrap,
+                 '%s: diff is %s' % (l['digest'][:19], 'the EROFS mount' if bootstrap else 'an empty directory'))
+    boot_diff = os.path.join(top, layers[-1]['digest'], 'diff')
+    with open(os.path.join(boot_diff, 'etc/rafs-test/greeting')) as f:
+        ck.check(f.read() == GREETING, 'the mount holds the image tree')
+
+    ck.section('2. podman pull')
+    r = podman.pull(image)
+    if not ck.cmd_ok(r, 'podman pull ' + image):
+        return
+    out = text(r.stdout) + text(r.stderr)
+    log(out.strip())
+    graph = os.path.join(podman.work, 'graph', 'overlay')
+    taken = [d for d in os.listdir(graph) if os.path.exists(os.path.join(graph, d, 'additionallayer'))]
+    ck.check(len(taken) == len(layers), 'podman pull: all %d layers taken from the store (%d)' % (len(layers), len(taken)))
+    ck.check(any('containers/' in line for line in reg.server.log_text().splitlines()),
+             'the registry logged podman\'s requests (the manifest)')
+    ck.check(all(not any('containers/' in a for a in blob_gets(reg, l['digest'])) for l in layers),
+             'podman GET no layer blob from the registry')
+
+    ck.section('3. podman run from the lazy mount')
+    # One container for the file and the script: each podman run here waits 20 s for conmon
+    # ("Exceeded conmon timeout", with any image).
+    r = podman.run_in(image, '/bin/sh', '-c', 'cat /etc/rafs-test/greeting && /usr/bin/rafs-hello')
+    out = text(r.stdout)
+    ck.check(r.returncode == 0 and out.startswith(GREETING), 'podman run: cat prints the greeting (%.1fs)' % r.elapsed,
+             'exit %s: %s %s' % (r.returncode, out[-300:], text(r.stderr)[-800:]))
+    ck.check('rafs-hello ran as %d bytes' % len(GREETING) in out, 'podman run: the image\'s script runs', out[-300:])
+    status = rafsctl_status(rafsctl_bin, sock, boot_diff) or {}
+    fetched_before_big = sum(b.get('bytes_fetched', 0) for i in status.get('images', []) for b in i.get('blobs', []))
+    r = podman.run_in(image, '/bin/sha256sum', '/data/big')
+    ck.check(r.returncode == 0 and big_sha in text(r.stdout),
+             'podman run: the large file reads back whole (sha256, %.1fs)' % r.elapsed,
+             text(r.stdout)[-300:] + text(r.stderr)[-500:])
+    status = rafsctl_status(rafsctl_bin, sock, boot_diff) or {}
+    fetched = sum(b.get('bytes_fetched', 0) for i in status.get('images', []) for b in i.get('blobs', []))
+    ck.check(fetched_before_big < BIG // 4 and fetched - fetched_before_big >= BIG,
+             'the data came through rafsd: %d bytes fetched before the large file was read, %d after'
+             % (fetched_before_big, fetched))
+    agents = [a for d in data_blobs for a in blob_gets(reg, d)]
+    ck.check(agents and not any('containers/' in a for a in agents),
+             'only rafsd GET the data blobs (%d requests)' % len(agents), repr(agents[:5]))
+
+    # The store has no layer tars: a copy out of it must fail, not write bytes that are no layer.
+    out_layout = os.path.join(podman.work, 'pushed')
+    r = podman('push', image, 'oci:%s:v1' % out_layout)
+    ck.check(r.returncode not in (0, None), 'podman push of the image out of the store fails (exit %s): %s'
+             % (r.returncode, text(r.stderr).strip().splitlines()[-1:]))
+
+    ck.section('4. podman rmi, then rafsctl layer-store remove')
+    ck.cmd_ok(podman('rmi', image), 'podman rmi')
+    r = ctl(rafsctl_bin, sock, 'layer-store', 'remove', '--store', store, image)
+    ck.cmd_ok(r, 'rafsctl layer-store remove')
+    ck.check(not os.path.ismount(boot_diff) and not os.path.exists(top), 'the mount and the entries are gone')
+    r = ctl(rafsctl_bin, sock, 'list')
+    ck.check(r.returncode == 0 and image.split('/')[0] not in text(r.stdout), 'rafsd lists no image', text(r.stdout))
+
+    ck.section('5. bad input')
+    r = ctl(rafsctl_bin, sock, 'layer-store', 'add', '--store', store, oci)
+    expect_error(ck, 'an ordinary OCI image', r, 'not a RAFS image')
+    r = ctl(rafsctl_bin, sock, 'layer-store', 'add', '--store', store, '%s/rafs/app:missing' % reg.host)
+    expect_error(ck, 'a tag the registry lacks', r, 'missing')
+    ck.check(os.listdir(store) == [], 'nothing left in the store', repr(os.listdir(store)))
+    r = ctl(rafsctl_bin, sock, 'layer-store', 'add', '--store', store, image)
+    ck.cmd_ok(r, 'add again')
+    r = ctl(rafsctl_bin, sock, 'layer-store', 'add', '--store', store, image)
+    expect_error(ck, 'the same image twice', r, 'in the layer store')
+    ck.check(os.path.ismount(boot_diff), 'the first one stays mounted')
+    ck.cmd_ok(ctl(rafsctl_bin, sock, 'layer-store', 'remove', '--store', store, image), 'remove')
+    r = ctl(rafsctl_bin, sock, 'layer-store', 'remove', '--store', store, image)
+    expect_error(ck, 'removing an image not in the store', r, 'is not in the layer store')
+    ck.check(os.listdir(store) == [] and not os.path.ismount(boot_diff), 'nothing left in the store')
+
+
+if __name__ == '__main__':
+    raise SystemExit(main())

@@ -1,0 +1,97 @@
+#include "daemon/api/LayerStore.h"
+
+#include "format/Error.h"
+#include "tests/unit/TempDir.h"
+
+#include <catch2/catch.hpp>
+
+#include <fstream>
+#include <sstream>
+
+using Catch::Matchers::Contains;
+using nlohmann::json;
+using rafsd::LayerStore;
+using rafsd::StoreLayer;
+namespace fs = std::filesystem;
+
+namespace {
+
+const std::string kImage = "127.0.0.1:5000/team/app:v1";
+const std::string kBlob = "sha256:" + std::string(64, 'b');
+const std::string kBoot = "sha256:" + std::string(64, 'c');
+const std::string kTar = "sha256:" + std::string(64, 'd');
+
+json resolved() {
+    return {{"image", kImage},
+            {"manifest", "sha256:" + std::string(64, 'a')},
+            {"layers",
+             {{{"digest", kBlob}, {"size", 1000}, {"media_type", "application/vnd.oci.image.layer.nydus.blob.v1"},
+               {"role", "blob"}, {"diff_id", kBlob}},
+              {{"digest", kBoot}, {"size", 200}, {"media_type", "application/vnd.oci.image.layer.v1.tar+gzip"},
+               {"role", "bootstrap"}, {"diff_id", kTar}}}}};
+}
+
+std::string slurp(const fs::path& path) {
+    std::ifstream in(path);
+    std::stringstream text;
+    text << in.rdbuf();
+    return text.str();
+}
+
+}  // namespace
+
+TEST_CASE("layer store: layers from rafsd's resolve answer", "[layerstore]") {
+    const auto layers = StoreLayer::fromResolve(resolved(), kImage);
+    REQUIRE(layers.size() == 2);
+    CHECK(json::parse(LayerStore::infoJson(layers[0])) ==
+          json{{"compressed-diff-digest", kBlob}, {"compressed-size", 1000}, {"diff-digest", kBlob}, {"diff-size", 1000},
+               {"compression", 0}});
+    CHECK(json::parse(LayerStore::infoJson(layers[1])) ==
+          json{{"compressed-diff-digest", kBoot}, {"compressed-size", 200}, {"diff-digest", kTar}, {"compression", 2}});
+
+    json no_diff_id = resolved();
+    no_diff_id["layers"][1].erase("diff_id");
+    CHECK_THROWS_WITH(StoreLayer::fromResolve(no_diff_id, kImage), Contains("containerd.io/uncompressed"));
+    json traversal = resolved();
+    traversal["layers"][0]["digest"] = "sha256:../../etc";
+    CHECK_THROWS_WITH(StoreLayer::fromResolve(traversal, kImage), Contains("not sha256:<64 hex>"));
+    json no_bootstrap = resolved();
+    no_bootstrap["layers"][1]["role"] = "blob";
+    CHECK_THROWS_WITH(StoreLayer::fromResolve(no_bootstrap, kImage), Contains("one bootstrap layer, last"));
+    CHECK_THROWS_WITH(StoreLayer::fromResolve(json::object(), kImage), Contains("named no layers"));
+}
+
+TEST_CASE("layer store: add writes every entry, a failed mount leaves nothing, remove takes all", "[layerstore]") {
+    rafs::test::TempDir dir;
+    const LayerStore store(dir.path());
+    const auto layers = StoreLayer::fromResolve(resolved(), kImage);
+    const fs::path top = store.imageDir(kImage);
+    CHECK(top.filename() == "MTI3LjAuMC4xOjUwMDAvdGVhbS9hcHA6djE=");  // base64 of the reference
+
+    std::vector<fs::path> mounted, unmounted;
+    auto mount = [&](const fs::path& diff) {
+        // When the image is mounted, its bootstrap layer's blob is not there yet: podman must not
+        // take the layer before its tree is.
+        CHECK_FALSE(fs::exists(diff.parent_path() / "blob"));
+        mounted.push_back(diff);
+    };
+    auto umount = [&](const fs::path& diff) { unmounted.push_back(diff); };
+    store.add(kImage, layers, mount, umount);
+    CHECK(mounted == std::vector<fs::path>{top / kBoot / "diff"});
+    for (const auto& digest : {kBlob, kBoot}) {
+        CHECK(fs::is_directory(top / digest / "diff"));
+        CHECK(fs::is_directory(top / digest / "blob"));
+    }
+    CHECK(json::parse(slurp(top / kBlob / "info"))["diff-digest"] == kBlob);
+    CHECK_THROWS_WITH(store.add(kImage, layers, mount, umount), Contains("already"));
+
+    // Not mount points here (the fake mounted nothing): remove takes the entries, unmounting nothing.
+    store.remove(kImage, umount);
+    CHECK(unmounted.empty());
+    CHECK_FALSE(fs::exists(top));
+    CHECK_THROWS_WITH(store.remove(kImage, umount), Contains("is not in the layer store"));
+
+    auto failing = [](const fs::path&) { rafs::fail("mount failed: no such manifest"); };
+    CHECK_THROWS_WITH(store.add(kImage, layers, failing, umount), "mount failed: no such manifest");
+    CHECK(fs::is_empty(dir.path()));
+}
