@@ -6,6 +6,8 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <fstream>
+#include <iterator>
 
 namespace rafs {
 
@@ -42,6 +44,14 @@ void writeAll(int fd, std::span<const uint8_t> data, std::string_view what) {
         if (n == 0) fail("cannot write {}: wrote nothing", what);
         data = data.subspan(static_cast<size_t>(n));
     }
+}
+
+std::string readFile(const std::string& path) {
+    std::ifstream in(path, std::ios::binary);
+    if (!in) failErrno("cannot open " + path);
+    std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    if (in.bad()) failErrno("reading " + path);
+    return bytes;
 }
 
 }  // namespace rafs

@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <span>
+#include <string>
 #include <string_view>
 
 namespace rafs {
@@ -15,5 +16,8 @@ void preadExactly(int fd, std::span<uint8_t> out, uint64_t offset, std::string_v
 void pwriteAll(int fd, std::span<const uint8_t> data, uint64_t offset, std::string_view what);
 // Writes all of `data` at the file position.
 void writeAll(int fd, std::span<const uint8_t> data, std::string_view what);
+
+// The whole file at `path`; throws Error naming it if it cannot be opened or read.
+std::string readFile(const std::string& path);
 
 }  // namespace rafs

@@ -1,11 +1,11 @@
 #include "registry/BootstrapLayer.h"
 
 #include "format/Error.h"
+#include "format/FileIo.h"
 
 #include <archive.h>
 #include <archive_entry.h>
 
-#include <fstream>
 #include <memory>
 #include <zlib.h>
 
@@ -142,24 +142,13 @@ std::vector<uint8_t> bootstrapFromLayer(std::span<const uint8_t> layer, std::str
 
 std::vector<uint8_t> fetchBootstrapLayer(ImageStore& store, const Descriptor& layer, std::string_view name) {
     checkBootstrapLayerType(layer, name);
-    if (layer.size == 0 || layer.size > kMaxBootstrapLayerSize) {
-        rafs::fail("{}: bootstrap layer {} has size {} (expected 1 to {} bytes)", name, layer.digest, layer.size,
-                   kMaxBootstrapLayerSize);
-    }
-    std::vector<uint8_t> bytes(layer.size);
-    store.readBlob(layer.digest, 0, bytes);
-    const std::string actual = sha256Digest({reinterpret_cast<const char*>(bytes.data()), bytes.size()});
-    if (actual != layer.digest) {
-        rafs::fail("{}: bootstrap layer {}: digest mismatch: its bytes hash to {}", name, layer.digest, actual);
-    }
+    const std::vector<uint8_t> bytes =
+        readVerifiedBlob(store, layer, kMaxBootstrapLayerSize, fmt::format("{}: bootstrap layer", name));
     return bootstrapFromLayer(bytes, fmt::format("{} (layer {})", name, layer.digest));
 }
 
 BootstrapLayerBlob makeBootstrapLayer(const std::filesystem::path& bootstrap) {
-    std::ifstream in(bootstrap, std::ios::binary);
-    if (!in) rafs::failErrno("cannot open " + bootstrap.string());
-    const std::string boot((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-    if (in.bad()) rafs::failErrno("reading " + bootstrap.string());
+    const std::string boot = rafs::readFile(bootstrap);
     if (boot.size() > UINT32_MAX) rafs::fail("{}: a bootstrap over 4 GiB", bootstrap.string());
     BootstrapLayerBlob layer;
     const std::string tar = tarOf(boot);

@@ -2,6 +2,7 @@
 
 #include "format/Digest.h"
 #include "format/Error.h"
+#include "format/FileIo.h"
 #include "registry/OciImage.h"
 
 #include <nlohmann/json.hpp>
@@ -18,14 +19,6 @@ void RegistryStore::putManifest(const std::string& tag, std::string_view media_t
 }
 
 namespace {
-
-std::string readSmallFile(const fs::path& path) {
-    std::ifstream in(path, std::ios::binary);
-    if (!in) rafs::failErrno("cannot open " + path.string());
-    std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-    if (in.bad()) rafs::failErrno("reading " + path.string());
-    return bytes;
-}
 
 // Writes `bytes` to a temporary file beside `path`, then renames it over `path`.
 void replaceFile(const fs::path& path, std::string_view bytes) {
@@ -69,7 +62,7 @@ fs::path OciLayoutStore::blobPath(const std::string& digest) const {
 
 FetchedManifest OciLayoutStore::manifest(const std::string& reference) {
     const std::string where = describe() + "/index.json";
-    const Index index = Index::parse(readSmallFile(dir_ / "index.json"), "", where);
+    const Index index = Index::parse(rafs::readFile(dir_ / "index.json"), "", where);
     const Descriptor* found = nullptr;
     for (const Descriptor& d : index.manifests) {
         if (reference.starts_with("sha256:") ? d.digest == reference : d.hasAnnotation(annotation::kRefName, reference)) {
@@ -78,7 +71,7 @@ FetchedManifest OciLayoutStore::manifest(const std::string& reference) {
     }
     if (found == nullptr) rafs::fail("{}:{}: no such manifest in index.json", describe(), reference);
     FetchedManifest out;
-    out.bytes = readSmallFile(blobPath(found->digest));
+    out.bytes = rafs::readFile(blobPath(found->digest));
     out.digest = sha256Digest(out.bytes);
     if (out.digest != found->digest) {
         rafs::fail("{}: blob {} does not match its digest (it is {})", describe(), found->digest, out.digest);
@@ -147,7 +140,7 @@ void OciLayoutStore::putManifest(const std::string& tag, std::string_view media_
     BytesBody body(bytes);
     pushBlob(digest, body);
     if (tag.empty()) return;
-    Index index = Index::parse(readSmallFile(dir_ / "index.json"), "", describe() + "/index.json");
+    Index index = Index::parse(rafs::readFile(dir_ / "index.json"), "", describe() + "/index.json");
     std::erase_if(index.manifests, [&](const Descriptor& d) { return d.hasAnnotation(annotation::kRefName, tag); });
     Descriptor d;
     d.media_type = std::string(media_type);
@@ -156,6 +149,18 @@ void OciLayoutStore::putManifest(const std::string& tag, std::string_view media_
     d.annotations[annotation::kRefName] = tag;
     index.manifests.push_back(d);
     replaceFile(dir_ / "index.json", index.serialize());
+}
+
+std::vector<uint8_t> readVerifiedBlob(ImageStore& store, const Descriptor& blob, uint64_t max_size,
+                                      std::string_view what) {
+    if (blob.size == 0 || blob.size > max_size) {
+        rafs::fail("{} {} has size {} (expected 1 to {} bytes)", what, blob.digest, blob.size, max_size);
+    }
+    std::vector<uint8_t> bytes(blob.size);
+    store.readBlob(blob.digest, 0, bytes);
+    const std::string actual = sha256Digest({reinterpret_cast<const char*>(bytes.data()), bytes.size()});
+    if (actual != blob.digest) rafs::fail("{} {}: digest mismatch: its bytes hash to {}", what, blob.digest, actual);
+    return bytes;
 }
 
 std::unique_ptr<ImageStore> openStore(

@@ -4,6 +4,7 @@
 #pragma once
 
 #include "registry/ImageReference.h"
+#include "registry/OciImage.h"
 #include "registry/RegistryClient.h"
 #include "registry/RequestBody.h"
 
@@ -79,6 +80,11 @@ private:
 
     std::filesystem::path dir_;
 };
+
+// The whole blob `blob` describes, checked against its digest; at most `max_size` bytes. Throws
+// rafs::Error "<what> <digest>: ..." for a size out of range or a digest mismatch.
+std::vector<uint8_t> readVerifiedBlob(ImageStore& store, const Descriptor& blob, uint64_t max_size,
+                                      std::string_view what);
 
 // The store an ImageReference names. Registries get `client_for(host, repository)`.
 std::unique_ptr<ImageStore> openStore(

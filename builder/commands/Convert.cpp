@@ -106,15 +106,6 @@ private:
     fs::path path_;
 };
 
-std::string readWholeBlob(ImageStore& store, const Descriptor& d, const std::string& what) {
-    constexpr uint64_t kMaxConfig = 8 << 20;
-    if (d.size > kMaxConfig) fail("{}: {} of {} bytes is too large", what, d.digest, d.size);
-    std::string bytes(d.size, '\0');
-    store.readBlob(d.digest, 0, {reinterpret_cast<uint8_t*>(bytes.data()), bytes.size()});
-    if (registry::sha256Digest(bytes) != d.digest) fail("{}: {} does not match its digest", what, d.digest);
-    return bytes;
-}
-
 struct PushCounts {
     size_t uploaded = 0;
     uint64_t uploaded_bytes = 0;
@@ -178,7 +169,8 @@ public:
             }
             total += l.size;
         }
-        const std::string config_bytes = readWholeBlob(source_, m.config, name + ": config");
+        constexpr uint64_t kMaxConfig = 8 << 20;
+        const std::vector<uint8_t> config_bytes = registry::readVerifiedBlob(source_, m.config, kMaxConfig, name + ": config");
         json config = json::parse(config_bytes, nullptr, false);
         if (!config.is_object()) fail("{}: config {} is not a JSON object", name, m.config.digest);
         const registry::Platform platform = platformOf(image, config);

@@ -74,24 +74,23 @@ void ChunkFetcher::removeImage(uint32_t image) {
     if (image < images_.size()) images_[image] = {};
 }
 
-std::shared_ptr<CachedBlob> ChunkFetcher::blobOf(uint32_t image, uint32_t blob) {
+ChunkFetcher::BlobAndTrace ChunkFetcher::blobOf(uint32_t image, uint32_t blob) {
     std::lock_guard lock(images_mutex_);
-    if (image >= images_.size() || blob >= images_[image].blobs.size()) return nullptr;
-    return images_[image].blobs[blob];
-}
-
-std::shared_ptr<AccessTrace> ChunkFetcher::traceOf(uint32_t image) {
-    std::lock_guard lock(images_mutex_);
-    return image < images_.size() ? images_[image].trace : nullptr;
+    if (image >= images_.size() || blob >= images_[image].blobs.size()) return {};
+    return {images_[image].blobs[blob], images_[image].trace};
 }
 
 std::vector<std::pair<uint32_t, uint32_t>> ChunkFetcher::trace(uint32_t image) {
-    const std::shared_ptr<AccessTrace> t = traceOf(image);
+    std::shared_ptr<AccessTrace> t;
+    {
+        std::lock_guard lock(images_mutex_);
+        if (image < images_.size()) t = images_[image].trace;
+    }
     return t ? t->order() : std::vector<std::pair<uint32_t, uint32_t>>{};
 }
 
 uint32_t ChunkFetcher::forgetLost(uint32_t image, uint32_t blob_index, uint64_t offset, uint64_t length) {
-    std::shared_ptr<CachedBlob> blob = blobOf(image, blob_index);
+    std::shared_ptr<CachedBlob> blob = blobOf(image, blob_index).blob;
     if (!blob) return 0;
     BlobCache& cache = blob->cache();
     const ChunkRange range = cache.chunksCovering(offset, length);
@@ -103,7 +102,7 @@ uint32_t ChunkFetcher::forgetLost(uint32_t image, uint32_t blob_index, uint64_t 
 
 void ChunkFetcher::makePresent(uint32_t image, uint32_t blob_index, uint64_t offset,
                                uint64_t length, Completion done) {
-    std::shared_ptr<CachedBlob> blob = blobOf(image, blob_index);
+    auto [blob, trace] = blobOf(image, blob_index);
     if (!blob) {
         log::error("request for unknown blob {} of image {}", blob_index, image);
         done(EIO);
@@ -167,7 +166,7 @@ void ChunkFetcher::makePresent(uint32_t image, uint32_t blob_index, uint64_t off
         queue_->push(FetchQueue::Priority::OnDemand, [this, blob, run] { fetchRun(blob, run, false); });
     }
     // Last, off the path of the answer and the fetches.
-    if (const std::shared_ptr<AccessTrace> trace = traceOf(image)) {
+    if (trace) {
         const uint64_t end = rafs::alignUp(offset + length, 4096);
         uint32_t last = FetchPlanner::firstCovering(d.chunks, offset / 4096 * 4096);
         const uint32_t first = last;

@@ -50,8 +50,12 @@ private:
         bool used = false;
     };
 
-    std::shared_ptr<CachedBlob> blobOf(uint32_t image, uint32_t blob);
-    std::shared_ptr<AccessTrace> traceOf(uint32_t image);
+    struct BlobAndTrace {
+        std::shared_ptr<CachedBlob> blob;
+        std::shared_ptr<AccessTrace> trace;  // the image's
+    };
+    // Both under one lock: makePresent needs both on every request.
+    BlobAndTrace blobOf(uint32_t image, uint32_t blob);
     void fetchRun(const std::shared_ptr<CachedBlob>& blob, FetchRun run, bool prefetch);
     bool decode(CachedBlob& blob, uint32_t ci, std::span<const uint8_t> stored, std::span<uint8_t> extent);
     void writeChunks(CachedBlob& blob, uint32_t first, uint32_t count, std::span<const uint8_t> extents);

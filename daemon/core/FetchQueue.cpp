@@ -56,8 +56,9 @@ void FetchQueue::run() {
         task();
         lock.lock();
         --*running;
-        // A prefetch slot may have opened, for this thread or another.
-        ready_.notify_all();
+        // A prefetch slot opened (a prefetch ended, or the last miss did and the limit rose):
+        // a thread waiting only for that one may go now.
+        if (!prefetch_.empty() && (running == &running_prefetch_ || running_on_demand_ == 0)) ready_.notify_all();
     }
 }
 
