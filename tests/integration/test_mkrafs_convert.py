@@ -41,9 +41,9 @@ import tarfile
 from rafstest import compare, harness
 from rafstest.harness import log, run, text
 from rafstest.rafsd import start_test
-from rafstest.servers import docker_config, htpasswd_registry
+from rafstest.oci import ImageRegistry
+from rafstest.servers import docker_config
 
-USER, PASSWORD = 'conv', 'pw-Xk2-secret'
 MiB = 1 << 20
 
 
@@ -133,9 +133,19 @@ def make_oci_image(tmp, layout, tag):
 
 
 class Registry:
-    def __init__(self, host, ca, auth_file, certs_dir, work_dir):
-        self.host, self.ca, self.auth_file, self.certs_dir = host, ca, auth_file, certs_dir
+    """The test's registry (rafstest.oci.ImageRegistry: TLS, htpasswd, its docker config and certs.d),
+    with the raw manifests the checks compare; stopped when the `with` block ends."""
+
+    def __init__(self, tmp, work_dir):
+        self.registry = ImageRegistry(os.path.join(tmp, 'registry'))
+        self.host, self.auth_file, self.certs_dir = self.registry.host, self.registry.auth_file, self.registry.certs_dir
         self.work_dir = work_dir
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.registry.stop()
 
     def skopeo(self, *args):
         return run(['skopeo', *args], timeout=300)
@@ -249,16 +259,10 @@ def main():
     with harness.temp_dir('mkrafs-convert-', keep=args.keep) as tmp:
         src_layout = os.path.join(tmp, 'src-layout')
         expected = make_oci_image(tmp, src_layout, 'v1')
-        server, host, ca = htpasswd_registry(tmp, {USER: PASSWORD})
-        certs_dir = os.path.join(tmp, 'certs.d')
-        os.makedirs(os.path.join(certs_dir, host))
-        shutil.copy(ca.cert, os.path.join(certs_dir, host, 'ca.crt'))
-        auth_file = os.path.join(tmp, 'auth.json')
-        docker_config(auth_file, host, USER, PASSWORD)
         work_dir = os.path.join(tmp, 'work')
         os.makedirs(work_dir)
-        reg = Registry(host, ca, auth_file, certs_dir, work_dir)
-        with server:
+        with Registry(tmp, work_dir) as reg:
+            host, auth_file, certs_dir = reg.host, reg.auth_file, reg.certs_dir
             r = reg.skopeo('copy', '--dest-cert-dir', os.path.join(certs_dir, host), '--authfile', auth_file,
                            'oci:%s:v1' % src_layout, 'docker://%s/src/app:v1' % host)
             if not ck.cmd_ok(r, 'skopeo pushes the OCI image'):
@@ -420,7 +424,7 @@ def main():
             expect_fail(ck, 'damaged layer', convert(mk, reg, 'oci:%s:v1' % bad_layout, '%s/bad/app:t' % host),
                         m['layers'][-1]['digest'])
             wrong_auth = os.path.join(tmp, 'wrong-auth.json')
-            docker_config(wrong_auth, host, USER, 'wrong')
+            docker_config(wrong_auth, host, ImageRegistry.USER, 'wrong')
             expect_fail(ck, 'wrong password', run([mk.path, 'convert', '--authfile', wrong_auth, '--cert-dir',
                                                    certs_dir, '--work-dir', work_dir, '%s/src/app:v1' % host,
                                                    '%s/bad/app:t' % host]),
