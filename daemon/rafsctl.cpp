@@ -252,11 +252,31 @@ void printStatus(const json& response) {
         first = false;
         printImageStatus(image);
     }
+    if (const auto cache = response.find("cache"); cache != response.end() && cache->is_object()) {
+        const json& max = cache->value("max_size", json());
+        std::cout << "\ncache: " << byteCount(cache->value("size", json())) << " of "
+                  << (max.is_number_unsigned() && max.get<uint64_t>() == 0 ? "unbounded" : byteCount(max)) << ", "
+                  << text(*cache, "removed_caches") << " unused caches removed, "
+                  << byteCount(cache->value("freed_chunk_bytes", json())) << " of chunks freed\n";
+    }
     const json& backends = arrayField(response, "backends");
     if (!backends.empty()) {
         std::cout << '\n';
         printBackendStatus(backends);
     }
+}
+
+// gc: what was removed and freed (or would be, with --dry-run).
+void printGc(const json& response) {
+    const bool dry = response.value("dry_run", false);
+    const json& removed = arrayField(response, "removed");
+    for (const json& cache : removed) {
+        if (!cache.is_object()) continue;
+        std::cout << (dry ? "would remove " : "removed ") << text(cache, "name") << " (" << byteCount(cache.value("bytes", json())) << ")\n";
+    }
+    std::cout << (dry ? "would free " : "freed ") << byteCount(response.value("chunk_bytes", json())) << " of chunks in "
+              << text(response, "chunk_blobs") << " mounted blobs; cache " << byteCount(response.value("size_before", json()))
+              << (dry ? " would be " : " -> ") << byteCount(response.value("size_after", json())) << "\n";
 }
 
 // The reference of `image` pinned to `manifest`, so the mount is of the manifest that was resolved
@@ -296,7 +316,7 @@ void addToLayerStore(const rafsd::ControlClient& client, const std::string& stor
 }  // namespace
 
 int main(int argc, char** argv) {
-    CLI::App app{"rafsctl: control a running rafsd (mount, umount, list, status, layer-store)"};
+    CLI::App app{"rafsctl: control a running rafsd (mount, umount, list, status, trace, gc, layer-store)"};
     app.require_subcommand(1);
     std::string socket = "/run/rafsd/api.sock";
     double timeout = 60;
@@ -341,6 +361,11 @@ int main(int argc, char** argv) {
     auto* status = app.add_subcommand("status", "show per-blob fetch and cache counters");
     status->add_option("MOUNTPOINT", mountpoint, "only this image");
     status->add_flag("--json", as_json, "print rafsd's answer as JSON");
+
+    bool dry_run = false;
+    auto* gc = app.add_subcommand("gc", "remove the caches of blobs no mounted image uses, and past the cache's low "
+                                        "watermark free the least recently used chunks of mounted ones");
+    gc->add_flag("--dry-run", dry_run, "only say what would be removed");
 
     std::string trace_out;
     auto* trace = app.add_subcommand(
@@ -398,6 +423,8 @@ int main(int argc, char** argv) {
             json response = client.call(request);
             if (as_json) std::cout << response.dump(2, ' ', false, json::error_handler_t::replace) << "\n";
             else printStatus(response);
+        } else if (gc->parsed()) {
+            printGc(client.call(rafsd::GcRequest{dry_run}));
         } else if (trace->parsed()) {
             const json response = client.call(rafsd::TraceRequest{absolutePath(mountpoint)});
             const std::string text = response.contains("text") && response["text"].is_string()

@@ -8,7 +8,7 @@ namespace rafs {
 void failErrno(std::string_view what) { failErrno(what, errno); }
 
 void failErrno(std::string_view what, int err) {
-    throw Error(fmt::format("{}: {}", what, std::strerror(err)));
+    throw SystemError(fmt::format("{}: {}", what, std::strerror(err)), err);
 }
 
 }  // namespace rafs

@@ -15,12 +15,23 @@ public:
     using std::runtime_error::runtime_error;
 };
 
+// A failed system call: the message as for Error, and the errno, for callers that act on it (a
+// full disk makes rafsd free cache space and try again).
+class SystemError : public Error {
+public:
+    SystemError(const std::string& message, int code) : Error(message), code_(code) {}
+    int code() const { return code_; }
+
+private:
+    int code_;
+};
+
 template <typename... Args>
 [[noreturn]] void fail(fmt::format_string<Args...> format, Args&&... args) {
     throw Error(fmt::format(format, std::forward<Args>(args)...));
 }
 
-// Throws Error("<what>: <strerror(errno)>"), for failed system calls.
+// Throws SystemError("<what>: <strerror(errno)>", errno), for failed system calls.
 [[noreturn]] void failErrno(std::string_view what);
 [[noreturn]] void failErrno(std::string_view what, int err);
 

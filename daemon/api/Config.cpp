@@ -320,6 +320,19 @@ Config fromTable(const toml::table& root, const std::string& source) {
     if (auto v = prefetch.get("bandwidth")) config.prefetch.bandwidth = size(*v, std::numeric_limits<uint64_t>::max());
     prefetch.finish();
 
+    Section cache = top.section("cache");
+    if (auto v = cache.get("max_size")) config.cache.max_size = size(*v, std::numeric_limits<uint64_t>::max());
+    if (auto v = cache.get("high_watermark")) config.cache.high_watermark = integer(*v, 1, 100);
+    if (auto v = cache.get("low_watermark")) {
+        config.cache.low_watermark = integer(*v, 1, 100);
+        if (config.cache.low_watermark > config.cache.high_watermark) {
+            v->reject(fmt::format("at most high_watermark ({})", config.cache.high_watermark));
+        }
+    }
+    if (auto v = cache.get("keep_recent")) config.cache.keep_recent = integer(*v, 0, kMaxCacheSeconds);
+    if (auto v = cache.get("gc_interval")) config.cache.gc_interval = integer(*v, 1, kMaxCacheSeconds);
+    cache.finish();
+
     Section backend = top.section("backend");
     uint32_t type_line = 0;
     if (auto v = backend.get("type")) {

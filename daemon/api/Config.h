@@ -41,6 +41,15 @@ struct Config {
         uint64_t bandwidth = 0;  // bytes per second, 0 = unlimited
         bool operator==(const Prefetch&) const = default;
     };
+    // The cache dir's size (CacheCollector.h).
+    struct Cache {
+        uint64_t max_size = 0;        // bytes; 0 = unbounded (only `rafsctl gc` removes unused caches)
+        uint32_t high_watermark = 95; // percent of max_size at which collection starts ...
+        uint32_t low_watermark = 80;  // ... and the percent it frees down to
+        uint32_t keep_recent = 10;    // seconds: data read or written this recently is never freed
+        uint32_t gc_interval = 5;     // seconds between checks of the size
+        bool operator==(const Cache&) const = default;
+    };
     struct Localfs {
         std::filesystem::path dir = "/var/lib/rafsd/blobs";
         bool operator==(const Localfs&) const = default;
@@ -101,6 +110,7 @@ struct Config {
     Daemon daemon;
     Fetch fetch;
     Prefetch prefetch;
+    Cache cache;
     Backend backend;
     Metrics metrics;
     bool operator==(const Config&) const = default;
@@ -116,6 +126,7 @@ inline constexpr uint32_t kMaxHttpTimeout = 3600;
 inline constexpr uint32_t kMaxNetworkRetries = 20;
 inline constexpr uint32_t kMaxBackoffMs = 600'000;
 inline constexpr size_t kMaxMirrors = 16;
+inline constexpr uint32_t kMaxCacheSeconds = 86'400;
 
 Config defaults();
 

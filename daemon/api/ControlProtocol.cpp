@@ -16,7 +16,7 @@ namespace {
 using nlohmann::json;
 
 constexpr size_t kMaxShown = 80;
-constexpr std::string_view kOps = "mount, umount, list, status, trace, resolve";
+constexpr std::string_view kOps = "mount, umount, list, status, trace, gc, resolve";
 // distribution's limit on a whole reference (reference/reference.go: NameTotalLengthMax is 255
 // for the name), with room for a tag and a digest.
 constexpr size_t kMaxImageReference = 512;
@@ -160,6 +160,12 @@ json toJson(const StatusRequest& request) {
     return out;
 }
 
+json toJson(const GcRequest& request) {
+    json out = {{"op", "gc"}};
+    if (request.dry_run) out["dry_run"] = true;
+    return out;
+}
+
 json toJson(const ResolveRequest& request) { return {{"op", "resolve"}, {"image", request.image}}; }
 
 }  // namespace
@@ -195,6 +201,13 @@ Request parseRequest(std::string_view line) {
         request = status;
     } else if (name == "trace") {
         request = TraceRequest{absolutePath(opFields.required("mountpoint"), "mountpoint")};
+    } else if (name == "gc") {
+        GcRequest gc;
+        if (const json* v = opFields.optional("dry_run")) {
+            if (!v->is_boolean()) rafs::fail("dry_run: {} is not true or false", shown(*v));
+            gc.dry_run = v->get<bool>();
+        }
+        request = gc;
     } else if (name == "resolve") {
         request = ResolveRequest{imageReference(opFields.required("image"))};
     } else {

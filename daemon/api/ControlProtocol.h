@@ -13,6 +13,10 @@
 //   {"op":"list"}
 //   {"op":"status"}  or  {"op":"status","mountpoint":"/abs/mnt"}
 //   {"op":"trace","mountpoint":"/abs/mnt"}
+//   {"op":"gc"}  or  {"op":"gc","dry_run":true}
+//        collects the cache now (CacheCollector.h): removes every cache no mounted image uses and,
+//        above the low watermark of cache.max_size, frees chunks of mounted blobs; a dry run only
+//        says what it would do.
 //   {"op":"resolve","image":"host:port/repo:tag"}
 //        resolves a RAFS image in its registry and keeps its bootstrap, as a mount would, without
 //        mounting it: a mount of image@manifest that follows is served from the kept copy.
@@ -40,6 +44,9 @@
 //   trace:  {"text":"# ...\n/usr/bin/bash\n...","files":N,"chunks":N,"saved":"/state/traces/x.list"}
 //           the files of the image in the order their chunks were first read since its mount,
 //           as a prefetch list (StartTrace.h); also written to "saved"
+//   gc:     {"dry_run":false,"size_before":N,"size_after":N,   bytes of the cache dir
+//            "removed":[{"name":"blob <id>","bytes":N}],      unused caches removed
+//            "chunk_bytes":N,"chunk_blobs":N}                 chunks of mounted blobs freed
 //   resolve: {"image":"host:port/repo:tag","manifest":"sha256:...","layers":[
 //              {"digest":"sha256:...","size":N,"media_type":"...",
 //               "role":"blob"|"bootstrap",    a Nydus data blob, or the bootstrap layer (last)
@@ -104,6 +111,11 @@ struct TraceRequest {
     bool operator==(const TraceRequest&) const = default;
 };
 
+struct GcRequest {
+    bool dry_run = false;
+    bool operator==(const GcRequest&) const = default;
+};
+
 // Resolves an image reference (HOST[:PORT]/REPO[:TAG|@DIGEST]) to its RAFS manifest's layers.
 struct ResolveRequest {
     std::string image;
@@ -111,7 +123,7 @@ struct ResolveRequest {
 };
 
 using Request = std::variant<MountRequest, UmountRequest, ListRequest, StatusRequest, TraceRequest,
-                             ResolveRequest>;
+                             GcRequest, ResolveRequest>;
 
 // Parses and validates one request line (without its newline); throws rafs::Error saying what is
 // wrong, e.g. "mount request has no 'mountpoint'" or "bootstrap: \"a.boot\" is not an absolute path".

@@ -32,6 +32,7 @@ struct Dispatch {
     json operator()(const ListRequest&) const { return handler.list(); }
     json operator()(const StatusRequest& request) const { return handler.status(request); }
     json operator()(const TraceRequest& request) const { return handler.trace(request); }
+    json operator()(const GcRequest& request) const { return handler.gc(request); }
     json operator()(const ResolveRequest& request) const { return handler.resolve(request); }
 };
 

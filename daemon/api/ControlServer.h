@@ -22,6 +22,7 @@ public:
     virtual nlohmann::json list() = 0;
     virtual nlohmann::json status(const StatusRequest& request) = 0;
     virtual nlohmann::json trace(const TraceRequest& request) = 0;
+    virtual nlohmann::json gc(const GcRequest& request) = 0;
     virtual nlohmann::json resolve(const ResolveRequest& request) = 0;
 };
 

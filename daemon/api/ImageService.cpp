@@ -13,6 +13,7 @@
 #include "daemon/api/NetworkBackends.h"
 #include "daemon/backends/DelayedBackend.h"
 #include "daemon/backends/LocalfsBackend.h"
+#include "daemon/core/BlobCacheFiles.h"
 #include "daemon/core/BlobMetaLoader.h"
 #include "daemon/core/CacheDirRollback.h"
 #include "daemon/core/Log.h"
@@ -53,6 +54,13 @@ void addImageFields(nlohmann::json& entry, const std::string& image, const std::
     entry["manifest"] = manifest_digest;
 }
 
+CachePolicy cachePolicy(const Config::Cache& cache) {
+    const auto percent = [&](uint32_t p) {
+        return cache.max_size / 100 * p + cache.max_size % 100 * p / 100;
+    };
+    return {cache.max_size, percent(cache.high_watermark), percent(cache.low_watermark), cache.keep_recent};
+}
+
 void checkFscacheName(std::string_view what, const std::string& name) {
     if (!validFscacheName(name)) rafs::fail("{} '{}' is not a name of {}", what, name, kFscacheNameRule);
 }
@@ -67,6 +75,10 @@ ImageService::ImageService(Config config)
     fetch.retries = config_.fetch.retries;
     fetch.decoders = config_.fetch.workers;
     fetcher_ = std::make_unique<ChunkFetcher>(fetch);
+    collector_ = std::make_unique<CacheCollector>(config_.daemon.cache_dir, cachePolicy(config_.cache), *fetcher_);
+    collector_->addLayout(std::make_shared<BlobCacheFiles>(config_.daemon.cache_dir));
+    fetcher_->onNoSpace([collector = collector_.get()] { return collector->freeForWrite(); });
+    collector_->start(std::chrono::seconds(config_.cache.gc_interval));
     if (config_.prefetch.enable) {
         prefetcher_ = std::make_unique<Prefetcher>(*fetcher_, config_.prefetch.bandwidth, config_.fetch.amplify,
                                                    std::max<size_t>(1, config_.fetch.max_inflight / 2));
@@ -181,6 +193,8 @@ std::shared_ptr<CachedBlob> ImageService::openBlob(const rafs::Bootstrap& bootst
                                                    const ProbedSizes& probed) {
     const std::string key = fscache_volume.empty() ? blob.id : fscacheBlobKey(fscache_volume, blob.id);
     if (auto existing = blobs_[key].lock()) return existing;
+    // From here its files are in use: the collector leaves them alone.
+    CacheCollector::Opening opening(*collector_, key);
     const fs::path& dir = config_.daemon.cache_dir;
     BlobDescriptor descriptor = loadBlobDescriptor(bootstrap, blob, *backend, dir);
     std::unique_ptr<CacheFile> file;
@@ -224,6 +238,7 @@ std::shared_ptr<CachedBlob> ImageService::openBlob(const rafs::Bootstrap& bootst
     if (!cache->complete() && !taking_over) checkBackendHas(*backend, descriptor, probed);
     auto cached = std::make_shared<CachedBlob>(std::move(descriptor), std::move(cache), backend);
     blobs_[key] = cached;
+    opening.done(cached);
     return cached;
 }
 
@@ -360,6 +375,7 @@ nlohmann::json ImageService::mountOrReattach(const MountRequest& request, bool r
         spec.image = image.index;
         spec.bootstrap = opened.inline_meta ? extractBootstrap(bootstrap, config_.daemon.cache_dir) : bootstrap_path;
         spec.mountpoint = mountpoint;
+        spec.keep_marks = config_.cache.max_size != 0;
         for (uint32_t i = 0; i < image.blobs.size(); ++i) {
             auto& file = dynamic_cast<SparseCacheFile&>(image.blobs[i]->cache().file());
             spec.blobs.push_back({i, file.path(), file.fd(), file.size(), image.blobs[i]->cache().complete()});
@@ -386,6 +402,7 @@ nlohmann::json ImageService::mountOrReattach(const MountRequest& request, bool r
             throw;
         }
         for (uint32_t i = 0; i < image.blobs.size(); ++i) {
+            if (spec.keep_marks) continue;
             image.blobs[i]->onComplete([engine_ptr, index = image.index, i] { engine_ptr->unmarkComplete(index, i); });
         }
     }
@@ -614,6 +631,17 @@ nlohmann::json ImageService::resolve(const ResolveRequest& request) {
     return {{"image", request.image}, {"manifest", image.manifest_digest}, {"layers", std::move(layers)}};
 }
 
+nlohmann::json ImageService::gc(const GcRequest& request) {
+    // Held throughout: the collection frees chunks through the fetcher, which shutdown() ends.
+    std::lock_guard lock(mutex_);
+    if (shut_down_) rafs::fail("rafsd is shutting down");
+    const GcReport report = collector_->collect(GcTrigger::Manual, request.dry_run);
+    nlohmann::json removed = nlohmann::json::array();
+    for (const auto& [name, bytes] : report.removed) removed.push_back({{"name", name}, {"bytes", bytes}});
+    return {{"dry_run", report.dry_run},       {"size_before", report.size_before}, {"size_after", report.size_after},
+            {"removed", std::move(removed)},   {"chunk_bytes", report.chunk_bytes}, {"chunk_blobs", report.chunk_blobs}};
+}
+
 nlohmann::json ImageService::status(const StatusRequest& request) {
     std::lock_guard lock(mutex_);
     nlohmann::json images = nlohmann::json::array();
@@ -630,6 +658,11 @@ nlohmann::json ImageService::status(const StatusRequest& request) {
     }
     if (request.mountpoint && images.empty()) rafs::fail("{} is not mounted by rafsd", request.mountpoint->string());
     nlohmann::json response = {{"images", images}};
+    const CacheCounters& cache = collector_->counters();
+    response["cache"] = {{"size", collector_->size()},
+                         {"max_size", collector_->policy().max_size},
+                         {"removed_caches", cache.removed_caches.load()},
+                         {"freed_chunk_bytes", cache.freed_chunk_bytes.load()}};
     nlohmann::json backends = nlohmann::json::array();
     if (network_) backends.push_back(networkStatus(*network_));
     for (const auto& [name, backend] : registries_) backends.push_back(networkStatus(*backend));
@@ -689,6 +722,20 @@ std::string ImageService::metrics() {
     for (auto& [blob, labels] : blobs) {
         m.histogram("rafsd_backend_request_latency_seconds", labels, blob->counters().backend_latency.snapshot());
     }
+    const CacheCounters& cache = collector_->counters();
+    m.family("rafsd_cache_size_bytes", "gauge", "Space the cache dir takes on disk.");
+    m.sample("rafsd_cache_size_bytes", {}, collector_->size());
+    m.family("rafsd_cache_max_size_bytes", "gauge", "cache.max_size (0: unbounded).");
+    m.sample("rafsd_cache_max_size_bytes", {}, collector_->policy().max_size);
+    m.family("rafsd_cache_gc_runs_total", "counter", "Cache collections, by what started them.");
+    m.sample("rafsd_cache_gc_runs_total", {{"trigger", "auto"}}, cache.runs_auto.load());
+    m.sample("rafsd_cache_gc_runs_total", {{"trigger", "manual"}}, cache.runs_manual.load());
+    m.sample("rafsd_cache_gc_runs_total", {{"trigger", "no_space"}}, cache.runs_no_space.load());
+    m.family("rafsd_cache_evictions_total", "counter", "Unused caches (whole blobs or fscache volumes) removed.");
+    m.sample("rafsd_cache_evictions_total", {}, cache.removed_caches.load());
+    m.family("rafsd_cache_evicted_bytes_total", "counter", "Bytes freed: of unused caches removed, and of chunks of mounted blobs.");
+    m.sample("rafsd_cache_evicted_bytes_total", {{"kind", "unused"}}, cache.removed_bytes.load());
+    m.sample("rafsd_cache_evicted_bytes_total", {{"kind", "chunks"}}, cache.freed_chunk_bytes.load());
     m.family("rafsd_prefetch_backlog_chunks", "gauge", "Chunks queued for prefetch.");
     m.sample("rafsd_prefetch_backlog_chunks", {}, fetcher_ ? fetcher_->prefetchBacklog() : 0);
     if (fanotify_) {
@@ -730,6 +777,7 @@ void ImageService::shutdown() {
                   c.read_latency_p50_us, c.read_latency_p99_us);
     }
     for (const Image& image : images_) saveTraceOrLog(image);
+    collector_->stop();
     // The fetch threads end here, while the engines they complete requests into (and whose
     // on-complete callbacks unmark files) still exist: members are destroyed engines first.
     fetcher_.reset();

@@ -11,6 +11,7 @@
 #include "daemon/api/RegistryImages.h"
 #include "daemon/backends/NetworkBackend.h"
 #include "daemon/backends/RegistryBackend.h"
+#include "daemon/core/CacheCollector.h"
 #include "daemon/core/ChunkFetcher.h"
 #include "daemon/core/Prefetcher.h"
 #include "daemon/engines/fanotify/FanotifyEngine.h"
@@ -38,6 +39,7 @@ public:
     nlohmann::json status(const StatusRequest& request) override;
     nlohmann::json trace(const TraceRequest& request) override;
     nlohmann::json resolve(const ResolveRequest& request) override;
+    nlohmann::json gc(const GcRequest& request) override;
     // The counters of status, and latency histograms, in the Prometheus text format.
     std::string metrics();
 
@@ -132,6 +134,8 @@ private:
 
     Config config_;
     std::mutex mutex_;  // one mount or umount at a time; guards the tables below
+    // Before the fetcher: its threads call the collector when the disk is full.
+    std::unique_ptr<CacheCollector> collector_;
     std::unique_ptr<ChunkFetcher> fetcher_;
     std::unique_ptr<FanotifyEngine> fanotify_;
     std::unique_ptr<FscacheEngine> fscache_;

@@ -105,6 +105,18 @@ void BlobCache::writeExtents(uint32_t first, uint32_t count, std::span<const uin
     bitmap_.setRange(first, count);
 }
 
+uint64_t BlobCache::discard(uint32_t first, uint32_t count) {
+    if (count == 0) return 0;
+    checkIndex(first);
+    checkIndex(first + count - 1);
+    bitmap_.clearRange(first, count);
+    const uint64_t offset = chunks_[first].offset;
+    file_->discard(offset, extentEnd(chunks_[first + count - 1]) - offset);
+    uint64_t bytes = 0;
+    for (uint32_t i = first; i < first + count; ++i) bytes += extentEnd(chunks_[i]) - chunks_[i].offset;
+    return bytes;
+}
+
 uint32_t BlobCache::validate(ChunkRange range) {
     return bitmap_.clearIf([this, range](uint32_t chunk) {
         if (chunk < range.begin || chunk >= range.end) return false;

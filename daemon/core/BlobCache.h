@@ -64,6 +64,12 @@ public:
     // present. Thread-safe for distinct chunks.
     void writeExtents(uint32_t first, uint32_t count, std::span<const uint8_t> extents);
 
+    // Frees chunks [first, first + count) from the cache file (CacheFile::discard): their bits are
+    // cleared and persisted first, then the range becomes a hole, so neither a crash in between nor
+    // a reader can find a bit over a hole. The caller makes sure none of them is being written.
+    // Returns the bytes freed (the chunks' 4 KiB-rounded extents).
+    uint64_t discard(uint32_t first, uint32_t count);
+
     // Clears the bits of chunks whose range the cache file reports as (partly) a hole: data lost
     // to a crash before it reached the disk, or a cache file that was recreated. Returns how many
     // bits were cleared. Safe while other chunks are written: only chunks whose bit is set are

@@ -47,6 +47,16 @@ public:
     // readiness bits whose data did not survive a crash.
     virtual bool hasData(uint64_t offset, uint64_t length) const = 0;
 
+    // Whether discard() works here: on a file rafsd owns (SparseCacheFile). The kernel's cachefiles
+    // objects cannot have ranges freed by rafsd; they are removed whole once no image uses them.
+    virtual bool canDiscard() const { return false; }
+
+    // Frees [offset, offset + length), both multiples of kBlockSize, so the range reads as a hole
+    // (and takes no space) until written again. Throws Error when the file cannot.
+    virtual void discard(uint64_t offset, uint64_t length) {
+        rafs::fail("{}: cannot free {} bytes at offset {}: the kernel owns this cache file", name(), length, offset);
+    }
+
     // Makes the written data durable, so readiness bits persisted afterwards never claim data a
     // crash could lose. Implementations whose writes are already durable may do nothing.
     virtual void sync() = 0;

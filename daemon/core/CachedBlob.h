@@ -5,6 +5,7 @@
 #include "daemon/backends/Backend.h"
 #include "daemon/core/BlobCache.h"
 #include "daemon/core/BlobDescriptor.h"
+#include "daemon/core/ChunkUse.h"
 #include "daemon/core/DataPlane.h"
 #include "daemon/core/LatencyHistogram.h"
 #include "daemon/core/RepeatedFailureLog.h"
@@ -40,14 +41,18 @@ class CachedBlob {
 public:
     CachedBlob(BlobDescriptor descriptor, std::unique_ptr<BlobCache> cache,
                std::shared_ptr<Backend> backend)
-        : descriptor_(std::move(descriptor)), cache_(std::move(cache)), backend_(std::move(backend)) {}
+        : descriptor_(std::move(descriptor)), cache_(std::move(cache)), backend_(std::move(backend)),
+          use_(cache_->chunkCount()) {}
 
     const BlobDescriptor& descriptor() const { return descriptor_; }
     Backend& backend() { return *backend_; }
     BlobCache& cache() { return *cache_; }
     BlobCounters& counters() { return counters_; }
+    const ChunkUse& use() const { return use_; }
 
-    // Called once, when the last chunk becomes present (the fanotify engine unmarks the file).
+    // Called once, when the last chunk becomes present: the fanotify engine unmarks the file.
+    // Reads then no longer reach rafsd, so no chunk of the blob may be freed from then on (a read
+    // under way would find the hole): set only when the cache is unbounded.
     void onComplete(std::function<void()> fn) { on_complete_ = std::move(fn); }
 
 private:
@@ -57,6 +62,7 @@ private:
     std::unique_ptr<BlobCache> cache_;
     std::shared_ptr<Backend> backend_;  // the backend of the first image that used the blob
     BlobCounters counters_;
+    ChunkUse use_;
     std::mutex mutex_;
     std::unordered_map<uint32_t, std::vector<std::shared_ptr<PendingRequest>>> in_flight_;
     std::function<void()> on_complete_;

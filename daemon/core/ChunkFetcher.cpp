@@ -126,6 +126,10 @@ void ChunkFetcher::makePresent(uint32_t image, uint32_t blob_index, uint64_t off
     FetchPlan plan;
     {
         std::lock_guard lock(blob->mutex_);
+        // Under the lock: the cache collector, which takes it too, then sees the chunks as used
+        // and leaves them alone while the kernel reads what it is about to be allowed to.
+        const ChunkRange used = blob->cache().chunksCovering(offset, length);
+        blob->use_.touch(used.begin, used.end);
         plan = planner_.plan(d.chunks, offset, length, [&](uint32_t ci) {
             if (blob->cache().isPresent(ci)) return ChunkState::Present;
             return blob->in_flight_.count(ci) != 0 ? ChunkState::InFlight : ChunkState::Missing;
@@ -294,14 +298,46 @@ void ChunkFetcher::writeChunks(CachedBlob& blob, uint32_t first, uint32_t count,
     const BlobDescriptor& d = blob.descriptor();
     const std::span<const uint8_t> bytes =
         extents.first(FetchPlanner::extentEnd(d.chunks[first + count - 1]) - d.chunks[first].uncompressed_offset);
+    const auto write = [&] { blob.cache().writeExtents(first, count, bytes); };
     try {
-        blob.cache().writeExtents(first, count, bytes);
+        try {
+            write();
+        } catch (const rafs::SystemError& e) {
+            if ((e.code() != ENOSPC && e.code() != EDQUOT) || !no_space_ || !no_space_()) throw;
+            write();  // once: the collector freed space
+        }
     } catch (const std::exception& e) {
         log::error("blob {} chunks {}..{}: cache write failed: {}", d.id, first, first + count - 1, e.what());
         finishChunks(blob, first, count, EIO);
         return;
     }
+    blob.use_.touch(first, first + count);
     finishChunks(blob, first, count, 0);
+}
+
+uint64_t ChunkFetcher::discardIdle(CachedBlob& blob, uint32_t first, uint32_t count, uint32_t used_before) {
+    BlobCache& cache = blob.cache();
+    if (!cache.file().canDiscard()) return 0;
+    std::lock_guard lock(blob.mutex_);
+    // Unmarked on completion: its readers no longer ask first (CachedBlob::onComplete).
+    if (blob.completed_ && blob.on_complete_) return 0;
+    const uint32_t end = std::min(first + count, cache.chunkCount());
+    const auto idle = [&](uint32_t ci) {
+        return cache.isPresent(ci) && blob.in_flight_.count(ci) == 0 && blob.use_.last(ci) < used_before;
+    };
+    uint64_t freed = 0;
+    for (uint32_t ci = first; ci < end;) {
+        if (!idle(ci)) {
+            ++ci;
+            continue;
+        }
+        uint32_t run_end = ci + 1;
+        while (run_end < end && idle(run_end)) ++run_end;
+        blob.completed_ = false;
+        freed += cache.discard(ci, run_end - ci);
+        ci = run_end;
+    }
+    return freed;
 }
 
 bool ChunkFetcher::hasWaiters(CachedBlob& blob, uint32_t first, uint32_t end) {
@@ -315,7 +351,6 @@ bool ChunkFetcher::hasWaiters(CachedBlob& blob, uint32_t first, uint32_t end) {
 
 void ChunkFetcher::finishChunks(CachedBlob& blob, uint32_t first, uint32_t count, int error) {
     std::vector<std::shared_ptr<PendingRequest>> ready;
-    bool now_complete = false;
     {
         std::lock_guard lock(blob.mutex_);
         for (uint32_t ci = first; ci < first + count; ++ci) {
@@ -330,11 +365,18 @@ void ChunkFetcher::finishChunks(CachedBlob& blob, uint32_t first, uint32_t count
         if (error != 0) blob.counters().errors += count;
         if (error == 0 && !blob.completed_ && blob.cache().complete()) {
             blob.completed_ = true;
-            now_complete = true;
+            // Under the lock: discardIdle, which takes it too, sees the blob as unmarked only
+            // once it is (or is about to be), never a blob being unmarked as it punches holes.
+            if (blob.on_complete_) {
+                try {
+                    blob.on_complete_();
+                } catch (const std::exception& e) {
+                    log::warn("blob {}: {}; its reads keep raising events", blob.descriptor().id, e.what());
+                }
+            }
         }
     }
     for (auto& request : ready) request->done(request->error);
-    if (now_complete && blob.on_complete_) blob.on_complete_();
 }
 
 }  // namespace rafsd

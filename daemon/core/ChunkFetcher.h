@@ -8,6 +8,7 @@
 #include "daemon/core/FetchPlanner.h"
 #include "daemon/core/FetchQueue.h"
 
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <semaphore>
@@ -40,6 +41,17 @@ public:
     uint32_t prefetch(const std::shared_ptr<CachedBlob>& blob, uint32_t first, uint32_t count);
     size_t prefetchBacklog() const { return queue_->prefetchBacklog(); }
 
+    // Frees the chunks among [first, first + count) of `blob` that are present, not being fetched,
+    // and last used before `used_before` (ChunkUse::now() units), if its cache file can free
+    // ranges (CacheFile::canDiscard) and every read of it still asks rafsd first (not a complete
+    // blob the engine unmarked, CachedBlob::onComplete). Returns the bytes freed. Throws Error
+    // when the file fails; chunks freed until then stay freed.
+    uint64_t discardIdle(CachedBlob& blob, uint32_t first, uint32_t count, uint32_t used_before);
+
+    // Called by a fetch thread whose cache write found the disk full (ENOSPC, EDQUOT): frees space
+    // and returns true if the write should be tried once more. Set before any image is added.
+    void onNoSpace(std::function<bool()> fn) { no_space_ = std::move(fn); }
+
     // The image's chunks, (blob, ci), in the order they were first asked for since addImage.
     std::vector<std::pair<uint32_t, uint32_t>> trace(uint32_t image);
 
@@ -68,6 +80,7 @@ private:
     std::counting_semaphore<> decoders_;
     std::mutex images_mutex_;
     std::vector<RegisteredImage> images_;
+    std::function<bool()> no_space_;
     std::unique_ptr<FetchQueue> queue_;  // last: its threads stop before the rest goes away
 };
 

@@ -197,6 +197,12 @@ void ReadinessBitmap::checkIndex(uint32_t chunk) const {
         rafs::fail("{}: chunk {} out of range ({} chunks)", path_.string(), chunk, chunk_count_);
 }
 
+void ReadinessBitmap::checkRange(uint32_t first, uint32_t count) const {
+    if (uint64_t{first} + count > chunk_count_)
+        rafs::fail("{}: chunks {} to {} out of range ({} chunks)", path_.string(), first, uint64_t{first} + count - 1,
+                   chunk_count_);
+}
+
 bool ReadinessBitmap::test(uint32_t chunk) const {
     checkIndex(chunk);
     const auto mask = static_cast<uint8_t>(1u << (chunk % 8));
@@ -205,9 +211,7 @@ bool ReadinessBitmap::test(uint32_t chunk) const {
 
 void ReadinessBitmap::setRange(uint32_t first, uint32_t count) {
     if (count == 0) return;
-    if (uint64_t{first} + count > chunk_count_)
-        rafs::fail("{}: chunks {} to {} out of range ({} chunks)", path_.string(), first, uint64_t{first} + count - 1,
-                   chunk_count_);
+    checkRange(first, count);
     uint32_t added = 0;
     for (uint32_t chunk = first; chunk < first + count; ++chunk) {
         const auto mask = static_cast<uint8_t>(1u << (chunk % 8));
@@ -215,10 +219,29 @@ void ReadinessBitmap::setRange(uint32_t first, uint32_t count) {
     }
     if (added == 0) return;
     state_->count.fetch_add(added, std::memory_order_relaxed);
+    persist(first, count);
+}
 
-    // Another thread may set a neighbouring bit of the same byte concurrently. Each reads the
-    // bytes only after taking the lock, which is after its own fetch_or, so whichever writes last
-    // writes both bits.
+uint32_t ReadinessBitmap::clearRange(uint32_t first, uint32_t count) {
+    if (count == 0) return 0;
+    checkRange(first, count);
+    uint32_t cleared = 0;
+    for (uint32_t chunk = first; chunk < first + count; ++chunk) {
+        const auto mask = static_cast<uint8_t>(1u << (chunk % 8));
+        if ((state_->bits[chunk / 8].fetch_and(static_cast<uint8_t>(~mask), std::memory_order_acq_rel) & mask) != 0) {
+            ++cleared;
+        }
+    }
+    if (cleared == 0) return 0;
+    state_->count.fetch_sub(cleared, std::memory_order_relaxed);
+    persist(first, count);
+    return cleared;
+}
+
+void ReadinessBitmap::persist(uint32_t first, uint32_t count) {
+    // Another thread may change a neighbouring bit of the same byte concurrently. Each reads the
+    // bytes only after taking the lock, which is after its own atomic update, so whichever writes
+    // last writes both bits.
     std::lock_guard lock(state_->write_mutex);
     const uint32_t begin = first / 8;
     const uint32_t end = (first + count - 1) / 8 + 1;

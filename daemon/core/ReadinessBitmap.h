@@ -57,6 +57,8 @@ public:
     void set(uint32_t chunk) { setRange(chunk, 1); }
     // Sets chunks [first, first + count).
     void setRange(uint32_t first, uint32_t count);
+    // Clears chunks [first, first + count) and persists them; returns how many were set.
+    uint32_t clearRange(uint32_t first, uint32_t count);
     uint32_t count() const;
     bool complete() const { return count() == chunk_count_; }
 
@@ -73,6 +75,9 @@ private:
     ReadinessBitmap(std::filesystem::path path, uint32_t chunk_count, std::unique_ptr<State> state,
                     std::string discard_reason);
     void checkIndex(uint32_t chunk) const;
+    void checkRange(uint32_t first, uint32_t count) const;
+    // Writes the bytes holding chunks [first, first + count) to the file.
+    void persist(uint32_t first, uint32_t count);
 
     std::filesystem::path path_;
     uint32_t chunk_count_ = 0;

@@ -99,6 +99,15 @@ bool SparseCacheFile::hasData(uint64_t offset, uint64_t length) const {
     return static_cast<uint64_t>(hole) >= end;
 }
 
+void SparseCacheFile::discard(uint64_t offset, uint64_t length) {
+    if (offset % kBlockSize != 0 || length % kBlockSize != 0)
+        rafs::fail("{}: cannot free {} bytes at offset {}: not {}-byte aligned", path_.string(), length, offset, kBlockSize);
+    if (::fallocate(fd_, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, static_cast<off_t>(offset),
+                    static_cast<off_t>(length)) != 0) {
+        rafs::failErrno(fmt::format("{}: punching a hole of {} bytes at offset {}", path_.string(), length, offset));
+    }
+}
+
 void SparseCacheFile::sync() {
     if (::fdatasync(fd_) != 0) rafs::failErrno(fmt::format("{}: fdatasync", path_.string()));
 }

@@ -37,6 +37,8 @@ public:
     std::string name() const override { return path_.string(); }
     uint64_t size() const override { return size_; }
     bool hasData(uint64_t offset, uint64_t length) const override;
+    bool canDiscard() const override { return true; }
+    void discard(uint64_t offset, uint64_t length) override;  // FALLOC_FL_PUNCH_HOLE
     void sync() override;  // fdatasync
 
 private:

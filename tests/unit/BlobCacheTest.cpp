@@ -2,7 +2,7 @@
 #include "daemon/core/SparseCacheFile.h"
 
 #include "format/Error.h"
-#include "tests/unit/TempDir.h"
+#include "tests/unit/CacheDir.h"
 
 #include <catch2/catch.hpp>
 #include <fcntl.h>
@@ -30,6 +30,7 @@ using rafsd::ChunkRange;
 using rafsd::ReadinessBitmap;
 using rafsd::SparseCacheFile;
 using Catch::Matchers::Contains;
+using rafs::test::CacheDir;
 
 namespace rafsd {
 std::ostream& operator<<(std::ostream& out, const ChunkRange& range) {
@@ -41,27 +42,6 @@ namespace {
 
 constexpr uint64_t kBlock = 4096;
 const std::string kBlob(64, 'c');
-
-bool onHsmFileSystem(const std::filesystem::path& dir) {
-    struct statfs info {};
-    if (::statfs(dir.c_str(), &info) != 0) return false;
-    const auto magic = static_cast<uint32_t>(info.f_type);
-    return magic == EXT4_SUPER_MAGIC || magic == XFS_SUPER_MAGIC || magic == BTRFS_SUPER_MAGIC;
-}
-
-// A temporary directory on a file system sparse cache files may live on: the system's temp
-// directory unless that is tmpfs, else /var/tmp.
-// A cache directory on a file system that supports fanotify pre-content marks.
-class CacheDir : public rafs::test::TempDir {
-public:
-    CacheDir() : TempDir(cacheParent()) {}
-
-private:
-    static std::filesystem::path cacheParent() {
-        const std::filesystem::path tmp = std::filesystem::temp_directory_path();
-        return onHsmFileSystem(tmp) ? tmp : std::filesystem::path("/var/tmp");
-    }
-};
 
 struct AlignedDelete {
     void operator()(uint8_t* p) const { ::operator delete[](p, std::align_val_t{kBlock}); }
@@ -391,4 +371,30 @@ TEST_CASE("BlobCache takes chunk writes from several threads", "[cache]") {
         CHECK(bytes[4999] == static_cast<uint8_t>(chunk + 1));
         CHECK(bytes[5000] == 0);
     }
+}
+
+TEST_CASE("BlobCache::discard clears the bits, then punches the chunks' extents", "[cache]") {
+    CacheDir dir;
+    auto [cache, discarded] = openCache(dir);
+    for (uint32_t i = 0; i < kGeometry.size(); ++i) cache->write(i, chunkData(i, kGeometry[i].size));
+    REQUIRE(cache->complete());
+    REQUIRE(cache->file().canDiscard());
+    // Chunks 1 and 2: [8192, 8193) and [12288, 20480), 4 KiB-rounded extents back to back.
+    CHECK(cache->discard(1, 2) == 4096 + 8192);
+    CHECK(cache->isPresent(0));
+    CHECK_FALSE(cache->isPresent(1));
+    CHECK_FALSE(cache->isPresent(2));
+    CHECK(cache->isPresent(3));
+    CHECK(cache->file().hasData(0, 4096));
+    CHECK_FALSE(cache->file().hasData(8192, 4096));
+    CHECK_FALSE(cache->file().hasData(12288, 8192));
+    CHECK(cache->file().hasData(24576, 4096));
+    CHECK(readAt(dir / kBlob, 12288, 8192) == std::vector<uint8_t>(8192, 0));
+    CHECK(readAt(dir / kBlob, 24576, 100) == chunkData(3, 100));
+    // Written again, they are back.
+    cache->write(2, chunkData(2, 8192));
+    CHECK(cache->isPresent(2));
+    CHECK(readAt(dir / kBlob, 12288, 8192) == chunkData(2, 8192));
+    CHECK(cache->discard(0, 0) == 0);
+    CHECK_THROWS_WITH(cache->discard(3, 2), Contains("out of range"));
 }

@@ -73,6 +73,7 @@ public:
     json trace(const rafsd::TraceRequest& request) override {
         return {{"text", "# trace of " + request.mountpoint.string() + "\n/usr/bin/bash\n"}, {"files", 1}, {"chunks", 2}};
     }
+    json gc(const rafsd::GcRequest& request) override { return {{"dry_run", request.dry_run}}; }
     json resolve(const rafsd::ResolveRequest& request) override {
         return {{"image", request.image}, {"manifest", "sha256:" + std::string(64, 'a')}, {"layers", json::array()}};
     }
@@ -220,6 +221,8 @@ TEST_CASE("control requests parse into typed structs", "[api]") {
     CHECK(std::get<rafsd::StatusRequest>(parseRequest(R"({"op":"status"})")).mountpoint == std::nullopt);
     CHECK(std::get<rafsd::StatusRequest>(parseRequest(R"({"op":"status","mountpoint":"/m"})")).mountpoint == "/m");
     CHECK(std::get<rafsd::ResolveRequest>(parseRequest(R"({"op":"resolve","image":"h:1/r:t"})")).image == "h:1/r:t");
+    CHECK(std::get<rafsd::GcRequest>(parseRequest(R"({"op":"gc","dry_run":true})")).dry_run);
+    CHECK_FALSE(std::get<rafsd::GcRequest>(parseRequest(R"({"op":"gc"})")).dry_run);
     MountRequest registered = minimal;
     registered.register_only = true;
     CHECK(std::get<MountRequest>(parseRequest(
@@ -228,6 +231,7 @@ TEST_CASE("control requests parse into typed structs", "[api]") {
     for (const Request& r : {Request(expected), Request(minimal), Request(registered), Request(rafsd::UmountRequest{"/m"}),
                              Request(rafsd::ListRequest{}), Request(rafsd::StatusRequest{}),
                              Request(rafsd::StatusRequest{"/m"}), Request(rafsd::TraceRequest{"/m"}),
+                             Request(rafsd::GcRequest{}), Request(rafsd::GcRequest{true}),
                              Request(rafsd::ResolveRequest{"h:1/r@sha256:ab"})}) {
         std::string line = rafsd::formatRequest(r);
         INFO(line);
@@ -242,8 +246,8 @@ TEST_CASE("control request errors", "[api]") {
     CHECK_THROWS_WITH(parseRequest(""), StartsWith("request is not valid JSON: "));
     CHECK_THROWS_WITH(parseRequest("[\"list\"]"), "request is not a JSON object");
     CHECK_THROWS_WITH(parseRequest("{}"), "request has no 'op'");
-    CHECK_THROWS_WITH(parseRequest(R"({"op":5})"), "op: 5 is not one of mount, umount, list, status, trace, resolve");
-    CHECK_THROWS_WITH(parseRequest(R"({"op":"remount"})"), "op: \"remount\" is not one of mount, umount, list, status, trace, resolve");
+    CHECK_THROWS_WITH(parseRequest(R"({"op":5})"), "op: 5 is not one of mount, umount, list, status, trace, gc, resolve");
+    CHECK_THROWS_WITH(parseRequest(R"({"op":"remount"})"), "op: \"remount\" is not one of mount, umount, list, status, trace, gc, resolve");
     CHECK_THROWS_WITH(parseRequest(R"({"op":"mount","bootstrap":"/a.boot"})"), "mount request has no 'mountpoint'");
     CHECK_THROWS_WITH(parseRequest(R"({"op":"umount"})"), "umount request has no 'mountpoint'");
     CHECK_THROWS_WITH(parseRequest(R"({"op":"resolve"})"), "resolve request has no 'image'");
@@ -265,6 +269,7 @@ TEST_CASE("control request errors", "[api]") {
                       "bootstrap: \"/a\\u0000b\" is not an absolute path");
     CHECK_THROWS_WITH(parseRequest(R"({"op":"mount","bootstrap":"/a","mountpoint":"/m","register_only":"yes"})"),
                       "register_only: \"yes\" is not true or false");
+    CHECK_THROWS_WITH(parseRequest(R"({"op":"gc","dry_run":1})"), "dry_run: 1 is not true or false");
     CHECK_THROWS_WITH(parseRequest(R"({"op":"status","mountpoint":"m"})"), "mountpoint: \"m\" is not an absolute path");
     CHECK_THROWS_WITH(parseRequest(R"({"op":"list","verbose":true})"), "unknown field 'verbose' in list request");
     CHECK_THROWS_WITH(parseRequest(R"({"op":"mount","bootstrap":"/a","mountpoint":"/m","blobdir":"/b"})"),

@@ -281,3 +281,20 @@ TEST_CASE("clearIf() drops bits and persists the result", "[cache]") {
     for (uint32_t chunk = 0; chunk < 100; ++chunk)
         CHECK(bitmap.test(chunk) == (chunk % 3 == 0 && chunk % 2 == 1));
 }
+
+TEST_CASE("clearRange() clears and persists a range, counting only the bits that were set", "[cache]") {
+    TempDir dir;
+    const auto path = dir / "map";
+    {
+        ReadinessBitmap bitmap = ReadinessBitmap::open(path, kBlob, 100, 1);
+        bitmap.setRange(10, 50);
+        CHECK(bitmap.clearRange(5, 10) == 5);  // 10..14 were set, 5..9 were not
+        CHECK(bitmap.clearRange(40, 0) == 0);
+        CHECK(bitmap.clearRange(40, 30) == 20);
+        CHECK_THROWS_WITH(bitmap.clearRange(99, 2), Contains("out of range"));
+        CHECK(bitmap.count() == 25);
+    }
+    ReadinessBitmap bitmap = ReadinessBitmap::open(path, kBlob, 100, 1);
+    CHECK(bitmap.count() == 25);
+    for (uint32_t chunk = 0; chunk < 100; ++chunk) CHECK(bitmap.test(chunk) == (chunk >= 15 && chunk < 40));
+}

@@ -372,6 +372,16 @@ void FanotifyEngine::mount(const FanotifyMount& m) {
         files_->remove(m.mountpoint);
         throw;
     }
+    if (m.keep_marks) return;
+    // Complete files need no events while their chunks stay.
+    for (const FanotifyBlobFile& blob : m.blobs) {
+        if (!blob.complete) continue;
+        try {
+            files_->unmarkComplete(m.image, blob.blob);
+        } catch (const std::exception& e) {
+            log::warn("{}; its reads keep raising events", e.what());
+        }
+    }
 }
 
 void FanotifyEngine::reattach(const FanotifyMount& m) {

@@ -22,6 +22,10 @@ struct FanotifyMount {
     std::filesystem::path bootstrap;  // complete local file, never marked
     std::filesystem::path mountpoint;
     std::vector<FanotifyBlobFile> blobs;  // in blob table order: blobs[i] is EROFS device i + 1
+    // Complete files stay marked: every read asks rafsd first, so the cache collector may free
+    // their chunks (a bounded cache). Otherwise they are unmarked after the mount, and as they
+    // complete, and reads of them cost no event.
+    bool keep_marks = false;
 };
 
 }  // namespace rafsd

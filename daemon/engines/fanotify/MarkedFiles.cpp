@@ -27,13 +27,17 @@ void MarkedFiles::add(const FanotifyMount& m, bool reattach) {
         if (other.mountpoint == entry.mountpoint) fail("{} is already mounted", entry.mountpoint.native());
     }
     try {
-        for (const FanotifyBlobFile& blob : m.blobs) {
-            if (!blob.complete) {
-                acquire(blob, m.image, entry.files);
-            } else if (reattach) {
-                if (const int err = unmarkPreAccess(group_, blob.fd); err != 0 && err != ENOENT) {
-                    failErrno(fmt::format("cannot unmark complete cache file {}", blob.path.native()), err);
-                }
+        // Complete files too: a file the mount opens unmarked never raises events (the open
+        // decides), so its chunks could never be freed; the engine unmarks them after the mount
+        // unless the cache collector may free them (FanotifyMount::keep_marks).
+        for (const FanotifyBlobFile& blob : m.blobs) acquire(blob, m.image, entry.files);
+        if (reattach && !m.keep_marks) {
+            for (const auto& [blob, key] : entry.files) {
+                File& file = files_.at(key);
+                const bool complete = std::any_of(m.blobs.begin(), m.blobs.end(), [&](const FanotifyBlobFile& b) {
+                    return b.blob == blob && b.complete;
+                });
+                if (complete && file.marked) unmark(file);
             }
         }
     } catch (...) {
@@ -132,21 +136,28 @@ std::vector<std::pair<std::filesystem::path, int>> MarkedFiles::filesOf(const st
     return out;
 }
 
-void MarkedFiles::unmarkComplete(uint32_t image, uint32_t blob) {
-    std::lock_guard lock(mutex_);
+MarkedFiles::File* MarkedFiles::fileOf(uint32_t image, uint32_t blob) {
     for (const Mount& entry : mounts_) {
         if (entry.image != image) continue;
         for (const auto& [b, key] : entry.files) {
-            if (b != blob) continue;
-            File& file = files_.at(key);
-            if (!file.marked) return;
-            if (const int err = unmarkPreAccess(group_, file.fd); err != 0) {
-                failErrno(fmt::format("cannot unmark cache file {}", file.path.native()), err);
-            }
-            file.marked = false;
-            return;
+            if (b == blob) return &files_.at(key);
         }
     }
+    return nullptr;
+}
+
+void MarkedFiles::unmark(File& file) {
+    // ENOENT: the mark is gone already (a complete file a dead worker unmarked).
+    if (const int err = unmarkPreAccess(group_, file.fd); err != 0 && err != ENOENT) {
+        failErrno(fmt::format("cannot unmark cache file {}", file.path.native()), err);
+    }
+    file.marked = false;
+}
+
+void MarkedFiles::unmarkComplete(uint32_t image, uint32_t blob) {
+    std::lock_guard lock(mutex_);
+    File* file = fileOf(image, blob);
+    if (file != nullptr && file->marked) unmark(*file);
 }
 
 }  // namespace rafsd

@@ -34,10 +34,11 @@ public:
     MarkedFiles(const MarkedFiles&) = delete;
     MarkedFiles& operator=(const MarkedFiles&) = delete;
 
-    // Registers a mount and marks its incomplete files; call before the mount opens them, since the
+    // Registers a mount and marks its files (complete ones too: the engine unmarks them once the
+    // mount has opened them); call before the mount opens them, since the
     // open decides whether a file is watched. `reattach`: a mount a dead worker made on this group,
-    // whose marks stay (adding one again changes nothing) but whose complete files may still be
-    // marked. Throws rafs::Error (nothing registered) if the mountpoint is taken or a mark fails.
+    // whose marks stay (adding one again changes nothing) and whose complete files are unmarked
+    // (unless the mount keeps its marks). Throws rafs::Error (nothing registered) if the mountpoint is taken or a mark fails.
     void add(const FanotifyMount& mount, bool reattach);
     // Forgets a mount; a file no mount uses any more loses its mark and our fd. Throws rafs::Error
     // if `mountpoint` is not in the table.
@@ -48,7 +49,7 @@ public:
     std::optional<Served> find(FileKey key) const;
     // Every file served, for an event whose file is not known.
     std::vector<std::pair<FileKey, Served>> all() const;
-    // The incomplete files of a mount, with our fd on each, to watch them being closed.
+    // The files of a mount, with our fd on each, to watch them being closed.
     std::vector<std::pair<std::filesystem::path, int>> filesOf(const std::filesystem::path& mountpoint) const;
 
     // The blob's cache file is complete: drop its mark, for every image using it.
@@ -66,11 +67,13 @@ private:
     struct Mount {
         uint32_t image;
         std::filesystem::path mountpoint;
-        std::vector<std::pair<uint32_t, FileKey>> files;  // blob, file (incomplete ones only)
+        std::vector<std::pair<uint32_t, FileKey>> files;  // blob, file
     };
 
     void acquire(const FanotifyBlobFile& blob, uint32_t image, std::vector<std::pair<uint32_t, FileKey>>& files);
     void release(uint32_t image, const std::vector<std::pair<uint32_t, FileKey>>& files);
+    File* fileOf(uint32_t image, uint32_t blob);  // mutex_ held; null if not served
+    void unmark(File& file);                      // mutex_ held; throws
 
     const int group_;
     mutable std::mutex mutex_;

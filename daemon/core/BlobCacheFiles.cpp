@@ -1,0 +1,71 @@
+#include "daemon/core/BlobCacheFiles.h"
+
+#include "format/Error.h"
+#include "daemon/core/UniqueFd.h"
+
+#include <fcntl.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <array>
+#include <map>
+
+namespace rafsd {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+// The chunk map first: without it nothing claims the data, whatever a crash leaves of the rest.
+constexpr std::array<std::string_view, 3> kSuffixes = {".chunkmap", ".blob.data", ".blob.meta"};
+
+std::string idOf(const std::string& key) {
+    const size_t slash = key.rfind('/');
+    return slash == std::string::npos ? key : key.substr(slash + 1);
+}
+
+// Removes a blob's files unless another process has its chunk map open (ReadinessBitmap holds a
+// lock on it while the blob is served: another rafsd on the same cache dir).
+void removeBlob(const fs::path& dir, const std::string& id) {
+    const fs::path chunkmap = dir / (id + ".chunkmap");
+    UniqueFd fd(::open(chunkmap.c_str(), O_RDONLY | O_CLOEXEC));
+    if (fd.get() >= 0 && ::flock(fd.get(), LOCK_EX | LOCK_NB) != 0) {
+        rafs::fail("{} is locked by another process serving the blob", chunkmap.string());
+    }
+    for (std::string_view suffix : kSuffixes) {
+        const fs::path path = dir / (id + std::string(suffix));
+        if (::unlink(path.c_str()) != 0 && errno != ENOENT) rafs::failErrno(fmt::format("cannot remove {}", path.string()));
+    }
+}
+
+}  // namespace
+
+std::vector<UnusedCache> BlobCacheFiles::list(const std::set<std::string>& in_use) {
+    std::set<std::string> used;
+    for (const std::string& key : in_use) used.insert(idOf(key));
+    std::map<std::string, UnusedCache> blobs;
+    std::error_code ec;
+    for (fs::directory_iterator it(dir_, ec), end; !ec && it != end; it.increment(ec)) {
+        const std::string name = it->path().filename().string();
+        for (std::string_view suffix : kSuffixes) {
+            if (!name.ends_with(suffix) || name.size() == suffix.size()) continue;
+            const std::string id = name.substr(0, name.size() - suffix.size());
+            if (used.count(id) != 0) break;
+            struct stat st {};
+            if (::lstat(it->path().c_str(), &st) != 0 || !S_ISREG(st.st_mode)) break;
+            UnusedCache& blob = blobs[id];
+            blob.name = "blob " + id;
+            blob.bytes += uint64_t(st.st_blocks) * 512;
+            blob.last_use = std::max<int64_t>(blob.last_use, st.st_mtim.tv_sec);
+            blob.remove = [dir = dir_, id] { removeBlob(dir, id); };
+            break;
+        }
+    }
+    if (ec) rafs::fail("cannot list {}: {}", dir_.string(), ec.message());
+    std::vector<UnusedCache> out;
+    for (auto& [id, blob] : blobs) out.push_back(std::move(blob));
+    return out;
+}
+
+}  // namespace rafsd

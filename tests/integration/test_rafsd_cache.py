@@ -1,0 +1,305 @@
+#!/usr/bin/env python3
+"""A bounded cache (cache.max_size, rafsctl gc) and a full disk, fanotify engine, rafsd serve:
+
+1. capped below the image: a 32 MiB image with prefetch on, cache.max_size 8 MiB. The blob
+   becomes complete (and stays marked, since the cache is bounded), the collector brings the cache
+   dir under 8 MiB by punching holes into the mounted blob, and every file then reads back equal
+   to its source with the page cache dropped: freed chunks are fetched again;
+2. GC during concurrent reads: 4 readers loop over the tree (page cache dropped per file) while
+   `rafsctl gc` runs again and again with a 4 MiB cap: never a wrong byte or a failed read, chunks
+   freed and fetched again, also while they were read;
+3. unused caches: an image mounted, read and unmounted, then another mounted: `rafsctl gc
+   --dry-run` names the first image's blob and removes nothing; `rafsctl gc` removes its files and
+   leaves the mounted one's; a bad config value is one error;
+4. a full disk: the cache dir on a 20 MiB ext4 image, unbounded cache, a 32 MiB image. Half the
+   tree read, then the rest: the write that finds the disk full frees the chunks read earlier and
+   succeeds; every file reads correctly. With keep_recent so long that nothing may go, reads past
+   the disk's end fail with EIO (never zeros), with one log line each.
+"""
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+
+from rafstest import harness
+from rafstest.harness import log
+from rafstest.rafsd import (RafsdServe, drop_file_cache, make_small_tree, rafsctl, rafsctl_status, start_test,
+                            write_config)
+
+MiB = 1 << 20
+FILES = [('d%d/f%02d' % (i // 4, i), 2 * MiB) for i in range(16)]  # 32 MiB in 256 KiB chunks
+
+
+def serve(ck, rafsd, tmp, name, cache_dir, cache, prefetch=False):
+    sock = os.path.join(tmp, name + '.sock')
+    config = write_config(os.path.join(tmp, name + '.toml'),
+                          daemon={'engine': 'fanotify', 'socket': sock, 'cache_dir': cache_dir,
+                                  'state_dir': os.path.join(tmp, name + '-state')},
+                          prefetch={'enable': prefetch}, cache=cache)
+    srv = RafsdServe(rafsd, config, sock, os.path.join(tmp, name + '.log'))
+    if not ck.check(srv.start(), '%s: rafsd serve answers' % name, srv.log_text()[-2000:]):
+        srv.stop()
+        return None, sock
+    return srv, sock
+
+
+def dir_size(path):
+    total = 0
+    for root, _, files in os.walk(path):
+        for f in files:
+            try:
+                total += os.lstat(os.path.join(root, f)).st_blocks * 512
+            except OSError:
+                pass
+    return total
+
+
+def read_file(mnt, rel):
+    """The file's bytes through the mount, its page cache dropped first (so the read reaches the
+    cache file, and rafsd where the cache file has holes)."""
+    path = os.path.join(mnt, rel)
+    drop_file_cache(path)
+    with open(path, 'rb') as f:
+        return f.read()
+
+
+def read_tree(mnt, sources, rels=None):
+    """[(rel, problem)] for files that do not read back equal to their source."""
+    bad = []
+    for rel in rels or sorted(sources):
+        try:
+            data = read_file(mnt, rel)
+        except OSError as e:
+            bad.append((rel, 'read failed: %s' % e))
+            continue
+        if data != sources[rel]:
+            bad.append((rel, 'WRONG BYTES (%d bytes, %d differ)' %
+                        (len(data), sum(1 for a, b in zip(data, sources[rel]) if a != b))))
+    return bad
+
+
+def blob(ctl, sock):
+    s = rafsctl_status(ctl, sock)
+    return s['images'][0]['blobs'][0] if s and s.get('images') else None
+
+
+def cache_status(ctl, sock):
+    s = rafsctl_status(ctl, sock)
+    return s.get('cache') if s else None
+
+
+def capped(ck, rafsd, ctl, tmp, boot, blobs, sources):
+    ck.section('capped below the image: a complete blob gets holes')
+    cache_dir = os.path.join(tmp, 'capped-cache')
+    srv, sock = serve(ck, rafsd, tmp, 'capped', cache_dir,
+                      {'max_size': '8MiB', 'high_watermark': 90, 'low_watermark': 75, 'keep_recent': 3,
+                       'gc_interval': 1}, prefetch=True)
+    if srv is None:
+        return
+    mnt = os.path.join(tmp, 'mnt-capped')
+    os.makedirs(mnt)
+    with srv:
+        r = rafsctl(ctl, sock, 'mount', '--blob-dir', blobs, boot, mnt)
+        if not ck.check(r.returncode == 0, 'rafsctl mount', r.stderr.decode()):
+            return
+        # keep_recent 3 s: nothing goes before the prefetch has made the blob complete (and unmarked).
+        ok = harness.wait_for(lambda: (blob(ctl, sock) or {}).get('prefetch_done') == 100, timeout=60, interval=0.02)
+        b = blob(ctl, sock)
+        ck.check(ok and b['chunks_present'] == b['chunks'], 'prefetch made the blob complete (%d of %d chunks)' %
+                 (b['chunks_present'], b['chunks']))
+        ok = harness.wait_for(lambda: dir_size(cache_dir) <= 8 * MiB, timeout=30, interval=0.2)
+        b, c = blob(ctl, sock), cache_status(ctl, sock)
+        log('blob %s; cache %s; cache dir %d bytes' % (b, c, dir_size(cache_dir)))
+        ck.check(ok, 'the collector brought the cache dir under 8 MiB (%d bytes)' % dir_size(cache_dir))
+        ck.check(b['chunks_present'] < b['chunks'] and c['freed_chunk_bytes'] >= 16 * MiB,
+                 'by freeing chunks of the mounted blob (%d of %d chunks left, %d bytes freed)' %
+                 (b['chunks_present'], b['chunks'], c['freed_chunk_bytes']))
+        fetched = b['bytes_fetched']
+        bad = read_tree(mnt, sources)
+        ck.check(not bad, 'every file reads back equal to its source after the holes', str(bad[:5]))
+        b = blob(ctl, sock)
+        ck.check(b['bytes_fetched'] > fetched and b['misses'] > 0 and b['errors'] == 0,
+                 'freed chunks were fetched again (%d more bytes, %d misses), no errors' %
+                 (b['bytes_fetched'] - fetched, b['misses']))
+        r = rafsctl(ctl, sock, 'umount', mnt)
+        ck.check(r.returncode == 0, 'rafsctl umount', r.stderr.decode())
+        ck.check(srv.stop() == 0, 'rafsd exits 0')
+    freed = re.findall(r'cache gc \(auto\): .*', srv.log_text())
+    ck.check(freed, 'the log says what the collector did', str(freed[:2]))
+
+
+def concurrent(ck, rafsd, ctl, tmp, boot, blobs, sources):
+    ck.section('GC during concurrent reads')
+    srv, sock = serve(ck, rafsd, tmp, 'busy', os.path.join(tmp, 'busy-cache'),
+                      {'max_size': '4MiB', 'low_watermark': 50, 'keep_recent': 1, 'gc_interval': 1})
+    if srv is None:
+        return
+    mnt = os.path.join(tmp, 'mnt-busy')
+    os.makedirs(mnt)
+    with srv:
+        r = rafsctl(ctl, sock, 'mount', '--blob-dir', blobs, boot, mnt)
+        if not ck.check(r.returncode == 0, 'rafsctl mount', r.stderr.decode()):
+            return
+        bad, rounds = [], [0] * 4
+        stop = time.monotonic() + 10
+        rels = sorted(sources)
+
+        def reader(n):
+            # Each reader on its own quarter of the tree, a file every 0.5 s: a file's chunks are
+            # 2 s old when it is read again, past keep_recent, so the collector frees them between.
+            mine = rels[n * 4:n * 4 + 4]
+            while time.monotonic() < stop and not bad:
+                bad.extend(read_tree(mnt, sources, [mine[rounds[n] % len(mine)]]))
+                rounds[n] += 1
+                time.sleep(0.5)
+
+        threads = [threading.Thread(target=reader, args=(n,)) for n in range(4)]
+        for t in threads:
+            t.start()
+        gcs = 0
+        while time.monotonic() < stop:
+            r = rafsctl(ctl, sock, 'gc')
+            if r.returncode != 0:
+                bad.append(('rafsctl gc', r.stderr.decode()))
+            gcs += 1
+            time.sleep(0.3)
+        for t in threads:
+            t.join(timeout=120)
+        b, c = blob(ctl, sock), cache_status(ctl, sock)
+        log('%d file reads, %d gc runs; blob %s; cache %s' % (sum(rounds), gcs, b, c))
+        ck.check(not bad, '%d file reads by 4 readers while gc ran %d times: all correct' % (sum(rounds), gcs), str(bad[:5]))
+        ck.check(c['freed_chunk_bytes'] > 0 and b['bytes_fetched'] > 32 * MiB and b['errors'] == 0,
+                 'chunks were freed (%d bytes) and fetched again (%d bytes fetched in all), no errors' %
+                 (c['freed_chunk_bytes'], b['bytes_fetched']))
+        rafsctl(ctl, sock, 'umount', mnt)
+        ck.check(srv.stop() == 0, 'rafsd exits 0')
+
+
+def unused(ck, rafsd, ctl, mk, tmp, boot, blobs, sources, blob_id):
+    ck.section('unused caches go; mounted ones stay')
+    other_src = os.path.join(tmp, 'other-src')
+    other_out = os.path.join(tmp, 'other-out')
+    other_sources = make_small_tree(other_src, [('x/y', 3 * MiB)], seed=9)
+    if not ck.cmd_ok(mk.build(other_out, [other_src]), 'mkrafs build (another image)'):
+        return
+    cache_dir = os.path.join(tmp, 'unused-cache')
+    srv, sock = serve(ck, rafsd, tmp, 'unused', cache_dir, {'keep_recent': 0})
+    if srv is None:
+        return
+    mnt = os.path.join(tmp, 'mnt-unused')
+    os.makedirs(mnt)
+    data = os.path.join(cache_dir, blob_id + '.blob.data')
+    with srv:
+        r = rafsctl(ctl, sock, 'mount', '--blob-dir', blobs, boot, mnt)
+        ck.check(r.returncode == 0, 'mount the first image', r.stderr.decode())
+        ck.check(not read_tree(mnt, sources, sorted(sources)[:4]), 'read some of it')
+        rafsctl(ctl, sock, 'umount', mnt)
+        r = rafsctl(ctl, sock, 'mount', '--blob-dir', os.path.join(other_out, 'blobs'),
+                    os.path.join(other_out, 'image.boot'), mnt)
+        ck.check(r.returncode == 0, 'mount the other image', r.stderr.decode())
+        ck.check(not read_tree(mnt, other_sources), 'read it whole')
+        files_before = sorted(os.listdir(cache_dir))
+        r = rafsctl(ctl, sock, 'gc', '--dry-run')
+        out = r.stdout.decode()
+        log(out)
+        ck.check(r.returncode == 0 and 'would remove blob %s' % blob_id in out,
+                 'gc --dry-run names the unmounted image\'s blob', out + r.stderr.decode())
+        ck.check(sorted(os.listdir(cache_dir)) == files_before and os.path.exists(data), 'and removes nothing')
+        r = rafsctl(ctl, sock, 'gc')
+        out = r.stdout.decode()
+        log(out)
+        ck.check(r.returncode == 0 and 'removed blob %s' % blob_id in out, 'gc removes it', out + r.stderr.decode())
+        left = os.listdir(cache_dir)
+        ck.check(not any(f.startswith(blob_id) for f in left), 'none of its files is left', str(left))
+        b = blob(ctl, sock)
+        ck.check(b['chunks_present'] == b['chunks'], 'the mounted image keeps its whole cache (%d of %d chunks)' %
+                 (b['chunks_present'], b['chunks']))
+        ck.check(not read_tree(mnt, other_sources), 'and reads correctly')
+        rafsctl(ctl, sock, 'umount', mnt)
+        ck.check(srv.stop() == 0, 'rafsd exits 0')
+    bad_config = write_config(os.path.join(tmp, 'bad.toml'), cache={'high_watermark': 50, 'low_watermark': 60})
+    r = subprocess.run([rafsd, 'serve', '--config', bad_config], capture_output=True, timeout=60)
+    err = r.stderr.decode().strip()
+    ck.check(r.returncode != 0 and len(err.splitlines()) == 1 and 'low_watermark' in err,
+             'low_watermark above high_watermark: one error', err)
+
+
+def full_disk(ck, rafsd, ctl, tmp, boot, blobs, sources):
+    ck.section('a full disk')
+    image, disk = os.path.join(tmp, 'disk.ext4'), os.path.join(tmp, 'disk')
+    os.makedirs(disk)
+    if not ck.cmd_ok(harness.run(['mkfs.ext4', '-q', '-F', '-b', '4096', '-m', '0', image, '20M']), 'mkfs.ext4 20 MiB'):
+        return
+    if not ck.cmd_ok(harness.run(['mount', '-o', 'loop', image, disk]), 'mount it'):
+        return
+    try:
+        free = os.statvfs(disk).f_bavail * 4096
+        log('%d bytes free on the small file system' % free)
+        rels = sorted(sources)
+        for name, keep, expect_ok in (('full', 1, True), ('full-stuck', 3600, False)):
+            cache_dir = os.path.join(disk, name)
+            srv, sock = serve(ck, rafsd, tmp, name, cache_dir, {'keep_recent': keep})
+            if srv is None:
+                return
+            mnt = os.path.join(tmp, 'mnt-' + name)
+            os.makedirs(mnt)
+            with srv:
+                r = rafsctl(ctl, sock, 'mount', '--blob-dir', blobs, boot, mnt)
+                if not ck.check(r.returncode == 0, 'rafsctl mount', r.stderr.decode()):
+                    return
+                # In three parts, each less than the free space, with pauses longer than keep_recent
+                # (1 s) between them: each part's writes may free the parts before.
+                first = read_tree(mnt, sources, rels[:6])
+                time.sleep(2.5)
+                second = read_tree(mnt, sources, rels[6:11])
+                time.sleep(2.5)
+                second += read_tree(mnt, sources, rels[11:])
+                wrong = [p for p in first + second if 'WRONG' in p[1]]
+                ck.check(not wrong, '%s: never a wrong byte' % name, str(wrong[:3]))
+                if expect_ok:
+                    ck.check(not first and not second, 'keep_recent 1 s: every file of the 32 MiB tree reads '
+                             'correctly on the %d bytes free' % free, str((first + second)[:4]))
+                    c = cache_status(ctl, sock)
+                    ck.check(c['freed_chunk_bytes'] > 0, 'chunks read earlier were freed (%d bytes)' % c['freed_chunk_bytes'])
+                else:
+                    failed = [p for p in second if 'read failed' in p[1]]
+                    ck.check(failed and all('Input/output error' in p[1] for p in failed),
+                             'keep_recent 1 h: reads past the disk\'s end fail with EIO (%d files)' % len(failed),
+                             (first + second)[:4])
+                rafsctl(ctl, sock, 'umount', mnt)
+                ck.check(srv.stop() == 0, '%s: rafsd exits 0' % name)
+            shutil.rmtree(cache_dir)
+            text = srv.log_text()
+            if expect_ok:
+                ck.check('cache gc (disk full)' in text, 'the log names the collection on a full disk')
+            else:
+                lines = [l for l in text.splitlines() if 'No space left on device' in l]
+                ck.check(lines and all('cache write failed' in l for l in lines),
+                         'each failed write is one log line naming the full disk', str(lines[:3]))
+    finally:
+        harness.run(['umount', disk])
+
+
+def main():
+    args, mk, rafsd, ctl, ck = start_test('rafsd_cache', __doc__, tools=('mkfs.ext4',))
+    with harness.temp_dir('rafsd-cache-', keep=args.keep) as tmp:
+        src, out = os.path.join(tmp, 'src'), os.path.join(tmp, 'out')
+        sources = make_small_tree(src, FILES, seed=7)
+        if not ck.cmd_ok(mk.build(out, [src], chunk_size=256 * 1024), 'mkrafs build'):
+            return ck.finish()
+        boot, blobs = os.path.join(out, 'image.boot'), os.path.join(out, 'blobs')
+        from rafstest.boot import blob_ids
+        blob_id = blob_ids(boot)[0]
+        capped(ck, rafsd, ctl, tmp, boot, blobs, sources)
+        concurrent(ck, rafsd, ctl, tmp, boot, blobs, sources)
+        unused(ck, rafsd, ctl, mk, tmp, boot, blobs, sources, blob_id)
+        full_disk(ck, rafsd, ctl, tmp, boot, blobs, sources)
+    return ck.finish()
+
+
+if __name__ == '__main__':
+    sys.exit(main())
