@@ -20,6 +20,7 @@
 #include "daemon/core/SparseCacheFile.h"
 #include "daemon/engines/fscache/FscacheCacheFile.h"
 #include "daemon/engines/fscache/FscacheName.h"
+#include "daemon/engines/fscache/FscacheVolumes.h"
 
 #include <sys/stat.h>
 #include <unistd.h>
@@ -133,6 +134,7 @@ FscacheEngine& ImageService::fscache() {
         // A subdirectory: cachefiles owns its tree, and rafsd keeps its own state next to it.
         engine->start(config_.daemon.cache_dir / "fscache", "rafsd");
         fscache_ = std::move(engine);
+        collectFscacheVolumes();
     }
     return *fscache_;
 }
@@ -144,6 +146,12 @@ void ImageService::useFscacheDevice(FscacheDevice device, bool restore) {
     engine->adopt(std::move(device));
     fscache_ = std::move(engine);
     fscache_restore_ = restore;
+    collectFscacheVolumes();
+}
+
+void ImageService::collectFscacheVolumes() {
+    const fs::path& dir = config_.daemon.cache_dir;
+    collector_->addLayout(std::make_shared<FscacheVolumes>(dir / "fscache", dir / "fscache-state", *fscache_));
 }
 
 void ImageService::startFscache() {

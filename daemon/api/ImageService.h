@@ -119,6 +119,8 @@ private:
     void saveTraceOrLog(const Image& image);
     FanotifyEngine& fanotify();
     FscacheEngine& fscache();
+    // Once the fscache engine exists: the collector may remove its volumes no image uses.
+    void collectFscacheVolumes();
     nlohmann::json mountOrReattach(const MountRequest& request, bool reattach);
     // How an fscache image reaches the kernel: rafsd mounts it, a previous daemon's mount is taken
     // over, or the image is only registered and the user mounts it by hand.

@@ -303,7 +303,8 @@ void ChunkFetcher::writeChunks(CachedBlob& blob, uint32_t first, uint32_t count,
         try {
             write();
         } catch (const rafs::SystemError& e) {
-            if ((e.code() != ENOSPC && e.code() != EDQUOT) || !no_space_ || !no_space_()) throw;
+            // ENOBUFS: cachefiles' anonymous fds once the cache's file system is past bstop.
+            if ((e.code() != ENOSPC && e.code() != EDQUOT && e.code() != ENOBUFS) || !no_space_ || !no_space_()) throw;
             write();  // once: the collector freed space
         }
     } catch (const std::exception& e) {

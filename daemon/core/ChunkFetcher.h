@@ -48,7 +48,7 @@ public:
     // when the file fails; chunks freed until then stay freed.
     uint64_t discardIdle(CachedBlob& blob, uint32_t first, uint32_t count, uint32_t used_before);
 
-    // Called by a fetch thread whose cache write found the disk full (ENOSPC, EDQUOT): frees space
+    // Called by a fetch thread whose cache write found the disk full (ENOSPC, EDQUOT, ENOBUFS): frees space
     // and returns true if the write should be tried once more. Set before any image is added.
     void onNoSpace(std::function<bool()> fn) { no_space_ = std::move(fn); }
 

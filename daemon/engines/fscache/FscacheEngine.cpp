@@ -7,6 +7,7 @@
 #include <fcntl.h>
 #include <liburing.h>
 #include <poll.h>
+#include <sched.h>
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
 #include <sys/mount.h>
@@ -319,7 +320,18 @@ void FscacheEngine::stop() {
     }
     closeOrWarn(wake_, "eventfd");
     wake_ = -1;
+    std::lock_guard lock(device_mutex_);
     device_.reset();
+}
+
+void FscacheEngine::cull(const std::filesystem::path& dir, const std::string& name) {
+    // A working directory of this thread's own, so the chdir below moves no other thread.
+    thread_local const bool own_cwd = ::unshare(CLONE_FS) == 0;
+    if (!own_cwd) failErrno("unshare(CLONE_FS) for cachefiles' cull");
+    if (::chdir(dir.c_str()) != 0) failErrno(fmt::format("cannot cull in {}", dir.string()));
+    std::lock_guard lock(device_mutex_);
+    if (!device_) fail("cannot cull {}: the fscache engine has stopped", (dir / name).string());
+    device_->command("cull " + name);
 }
 
 FscacheCounters FscacheEngine::counters() const {

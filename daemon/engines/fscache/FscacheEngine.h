@@ -110,6 +110,12 @@ public:
 
     FscacheCounters counters() const;
 
+    // Removes cache file `name` of fan-out dir `dir` through cachefiles' `cull` command, which
+    // names a file in the caller's working directory (fs/cachefiles/daemon.c): the calling thread
+    // gets a working directory of its own for it. Throws rafs::SystemError, EBUSY when the kernel
+    // has the file open. Thread-safe, also against stop().
+    void cull(const std::filesystem::path& dir, const std::string& name);
+
 private:
     struct Object {
         CookieTable::Key key;
@@ -128,6 +134,7 @@ private:
     DataPlane& core_;
     const ReadCompleter complete_;  // copied into READ completions, which may outlive the engine
     std::optional<FscacheDevice> device_;
+    std::mutex device_mutex_;  // device_ against cull() from other threads
     int wake_ = -1;  // eventfd that tells the loop to exit
     std::atomic<bool> quit_{false};
     std::thread thread_;

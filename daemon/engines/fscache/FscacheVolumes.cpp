@@ -1,0 +1,88 @@
+#include "daemon/engines/fscache/FscacheVolumes.h"
+
+#include "format/Error.h"
+#include "daemon/core/Log.h"
+
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <cerrno>
+
+namespace rafsd {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+// cachefiles names a volume's dir "I" + its key, and EROFS's volume key is "erofs,<name>".
+constexpr std::string_view kVolumePrefix = "Ierofs,";
+constexpr std::string_view kKeyPrefix = "fscache:";
+
+// Space the files under `dir` take, and when the last of them was written.
+std::pair<uint64_t, int64_t> usage(const fs::path& dir) {
+    uint64_t bytes = 0;
+    int64_t last = 0;
+    std::error_code ec;
+    for (fs::recursive_directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
+        struct stat st {};
+        if (::lstat(it->path().c_str(), &st) != 0 || S_ISDIR(st.st_mode)) continue;
+        bytes += uint64_t(st.st_blocks) * 512;
+        last = std::max<int64_t>(last, st.st_mtim.tv_sec);
+    }
+    return {bytes, last};
+}
+
+}  // namespace
+
+std::vector<UnusedCache> FscacheVolumes::list(const std::set<std::string>& in_use) {
+    std::set<std::string> used;
+    for (const std::string& key : in_use) {
+        if (!key.starts_with(kKeyPrefix)) continue;
+        const size_t slash = key.find('/', kKeyPrefix.size());
+        used.insert(key.substr(kKeyPrefix.size(), slash - kKeyPrefix.size()));
+    }
+    std::vector<UnusedCache> out;
+    std::error_code ec;
+    for (fs::directory_iterator it(bound_ / "cache", ec), end; !ec && it != end; it.increment(ec)) {
+        const std::string name = it->path().filename().string();
+        if (!name.starts_with(kVolumePrefix) || !it->is_directory()) continue;
+        const std::string volume = name.substr(kVolumePrefix.size());
+        if (used.count(volume) != 0) continue;
+        auto [bytes, last] = usage(it->path());
+        const auto [state_bytes, state_last] = usage(state_ / volume);
+        if (bytes + state_bytes == 0) continue;  // culled already: the empty fan-out dirs stay
+        out.push_back({"fscache volume " + volume, bytes + state_bytes, std::max(last, state_last),
+                       [this, volume] { remove(volume); }});
+    }
+    return out;
+}
+
+void FscacheVolumes::remove(const std::string& volume) {
+    const fs::path dir = bound_ / "cache" / (std::string(kVolumePrefix) + volume);
+    uint32_t busy = 0;
+    for (const fs::directory_entry& fanout : fs::directory_iterator(dir)) {
+        if (!fanout.is_directory()) continue;
+        for (const fs::directory_entry& file : fs::directory_iterator(fanout.path())) {
+            try {
+                engine_.cull(fanout.path(), file.path().filename().string());
+            } catch (const rafs::SystemError& e) {
+                if (e.code() != EBUSY) throw;
+                ++busy;
+            }
+        }
+    }
+    // Culled files wait in the graveyard for the daemon to delete them (cachefilesd does the same).
+    std::error_code ec;
+    for (fs::directory_iterator it(bound_ / "graveyard", ec), end; !ec && it != end; it.increment(ec)) {
+        std::error_code ignored;
+        fs::remove_all(it->path(), ignored);
+        if (ignored) log::warn("cannot remove {}: {}", it->path().string(), ignored.message());
+    }
+    if (busy != 0) rafs::fail("{} cache files of fscache volume {} are open in the kernel", busy, volume);
+    // Only now: a chunk map left behind a cache file would be checked again at the next open,
+    // but one without its cache file is just lost state.
+    fs::remove_all(state_ / volume, ec);
+    if (ec) rafs::fail("cannot remove {}: {}", (state_ / volume).string(), ec.message());
+}
+
+}  // namespace rafsd
