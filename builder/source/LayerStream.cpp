@@ -11,6 +11,19 @@ namespace {
 constexpr size_t kInputBlock = 1 << 20;
 constexpr uint8_t kGzipMagic[] = {0x1f, 0x8b};
 constexpr uint8_t kZstdMagic[] = {0x28, 0xb5, 0x2f, 0xfd};
+
+const char* gzipError(int rc) {
+    switch (rc) {
+    case ISAL_INVALID_BLOCK: return "invalid deflate block";
+    case ISAL_INVALID_SYMBOL: return "invalid deflate symbol";
+    case ISAL_INVALID_LOOKBACK: return "invalid distance";
+    case ISAL_INVALID_WRAPPER: return "invalid gzip header";
+    case ISAL_UNSUPPORTED_METHOD: return "unsupported compression method";
+    case ISAL_INCORRECT_CHECKSUM: return "CRC or length mismatch";
+    default: return "inflate failed";
+    }
+}
+
 }  // namespace
 
 LayerStream::LayerStream(std::unique_ptr<ByteSource> source) : source_(std::move(source)), name_(source_->name()) {
@@ -22,7 +35,8 @@ LayerStream::LayerStream(std::unique_ptr<ByteSource> source) : source_(std::move
     };
     if (starts(kGzipMagic)) {
         kind_ = Kind::Gzip;
-        if (inflateInit2(&zs_, 15 + 16) != Z_OK) fail("{}: cannot initialise zlib", name_);
+        gzip_ = std::make_unique<inflate_state>();
+        startGzipMember();
     } else if (starts(kZstdMagic)) {
         kind_ = Kind::Zstd;
         zstd_ = ZSTD_createDCtx();
@@ -31,7 +45,6 @@ LayerStream::LayerStream(std::unique_ptr<ByteSource> source) : source_(std::move
 }
 
 LayerStream::~LayerStream() {
-    if (kind_ == Kind::Gzip) inflateEnd(&zs_);
     if (zstd_ != nullptr) ZSTD_freeDCtx(zstd_);
 }
 
@@ -77,21 +90,19 @@ size_t LayerStream::read(std::span<uint8_t> out) {
                 }
                 fail("{}: unexpected data after the compressed stream", name_);
             }
-            if (kind_ == Kind::Gzip && inflateReset(&zs_) != Z_OK) fail("{}: zlib reset failed", name_);
+            if (kind_ == Kind::Gzip) startGzipMember();
             stream_done_ = false;
         }
         if (kind_ == Kind::Gzip) {
-            zs_.next_in = const_cast<Bytef*>(src);
-            zs_.avail_in = static_cast<uInt>(std::min<size_t>(src_len, UINT32_MAX));
-            zs_.next_out = out.data();
-            zs_.avail_out = static_cast<uInt>(std::min<size_t>(out.size(), UINT32_MAX));
-            const int rc = inflate(&zs_, Z_NO_FLUSH);
-            in_pos_ += static_cast<size_t>(zs_.next_in - src);
-            const size_t produced = static_cast<size_t>(zs_.next_out - out.data());
-            if (rc == Z_STREAM_END) stream_done_ = true;
-            else if (rc != Z_OK && rc != Z_BUF_ERROR) {
-                fail("{}: corrupt gzip data: {}", name_, zs_.msg != nullptr ? zs_.msg : "inflate failed");
-            }
+            gzip_->next_in = const_cast<uint8_t*>(src);
+            gzip_->avail_in = static_cast<uint32_t>(std::min<size_t>(src_len, UINT32_MAX));
+            gzip_->next_out = out.data();
+            gzip_->avail_out = static_cast<uint32_t>(std::min<size_t>(out.size(), UINT32_MAX));
+            const int rc = isal_inflate(gzip_.get());
+            in_pos_ += static_cast<size_t>(gzip_->next_in - src);
+            const size_t produced = static_cast<size_t>(gzip_->next_out - out.data());
+            if (rc != ISAL_DECOMP_OK) fail("{}: corrupt gzip data: {}", name_, gzipError(rc));
+            if (gzip_->block_state == ISAL_BLOCK_FINISH) stream_done_ = true;
             if (produced > 0) return produced;
         } else {
             ZSTD_inBuffer zin{src, src_len, 0};
@@ -103,6 +114,11 @@ size_t LayerStream::read(std::span<uint8_t> out) {
             if (zout.pos > 0) return zout.pos;
         }
     }
+}
+
+void LayerStream::startGzipMember() {
+    isal_inflate_init(gzip_.get());
+    gzip_->crc_flag = ISAL_GZIP;  // parse the member's header, check its CRC-32 and length
 }
 
 void LayerStream::finish() {
