@@ -38,6 +38,15 @@ public:
         return d;
     }
 
+    Digest current() const {
+        std::unique_ptr<EVP_MD_CTX, EvpMdCtxFree> copy(EVP_MD_CTX_new());
+        if (!copy || EVP_MD_CTX_copy_ex(copy.get(), ctx_.get()) != 1) fail("sha256: cannot copy a digest context");
+        Digest d;
+        unsigned len = 0;
+        if (EVP_DigestFinal_ex(copy.get(), d.data(), &len) != 1 || len != d.size()) fail("sha256: finalization failed");
+        return d;
+    }
+
 private:
     void init() {
         if (EVP_DigestInit_ex(ctx_.get(), EVP_sha256(), nullptr) != 1) fail("sha256: init failed");
@@ -131,6 +140,15 @@ Digest Hasher::finish() {
             Digest d = h.finish();
             if constexpr (std::is_same_v<std::decay_t<decltype(h)>, Blake3>) h = Blake3(h.backend());
             return d;
+        },
+        state_->impl);
+}
+
+Digest Hasher::current() const {
+    return std::visit(
+        [](const auto& h) -> Digest {
+            if constexpr (std::is_same_v<std::decay_t<decltype(h)>, Blake3>) return h.finish();  // const: state kept
+            else return h.current();
         },
         state_->impl);
 }

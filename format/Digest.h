@@ -33,6 +33,9 @@ public:
     void update(std::span<const uint8_t> data);
     // Returns the digest and resets the hasher, so one Hasher can digest one input after another.
     Digest finish();
+    // The digest of the input so far, leaving the state as it is for more input: one pass gives
+    // the digests of a prefix and of the whole.
+    Digest current() const;
 
 private:
     struct State;

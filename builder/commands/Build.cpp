@@ -143,7 +143,8 @@ void dropEmptyBlobs(FileTree& tree, std::vector<std::optional<BlobInfo>>& layers
 }  // namespace
 
 BuiltImage buildLayers(const BuildOptions& options, const std::vector<LayerInput>& inputs, const fs::path& dir,
-                       const std::function<void(const std::string&)>& report) {
+                       const std::function<void(const std::string&)>& report,
+                       const std::function<void(const BlobInfo&)>& blob_done) {
     BootstrapOptions boot{options.chunk_size, options.compressor, options.digester, {}, options.chunk_table};
     if (options.prefetch_list) boot.prefetch_paths = readPrefetchList(*options.prefetch_list);
     std::error_code ec;
@@ -179,6 +180,7 @@ BuiltImage buildLayers(const BuildOptions& options, const std::vector<LayerInput
         const BlobTableEntry& e = layers.back()->entry;
         report(fmt::format("layer {}: {}: blob {} ({} chunks, {} bytes, {} uncompressed)", i, inputs[i].name,
                            layers.back()->id, e.chunk_count, e.compressed_size, e.uncompressed_size));
+        if (blob_done) blob_done(*layers.back());
     }
     BuiltImage image;
     if (dict) {

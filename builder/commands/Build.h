@@ -36,8 +36,11 @@ struct BuiltImage {
 
 // The build itself, into `dir` (which must exist): the layers lowest first, chunks deduplicated
 // across all of them, then the bootstrap. Options' `sources` and `output` are not used.
-// `report` gets one line per layer.
+// `report` gets one line per layer; `blob_done`, if given, each layer's blob as soon as it is
+// complete (in DIR/blobs, as the result will list it), so that it can be uploaded while later
+// layers build.
 BuiltImage buildLayers(const BuildOptions& options, const std::vector<LayerInput>& layers,
-                       const std::filesystem::path& dir, const std::function<void(const std::string&)>& report);
+                       const std::filesystem::path& dir, const std::function<void(const std::string&)>& report,
+                       const std::function<void(const BlobInfo&)>& blob_done = {});
 
 }  // namespace rafs::build

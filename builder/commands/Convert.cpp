@@ -12,10 +12,15 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include <condition_variable>
 #include <cstdlib>
+#include <deque>
+#include <exception>
 #include <fstream>
 #include <iostream>
+#include <mutex>
 #include <ostream>
+#include <thread>
 #include <unistd.h>
 
 namespace fs = std::filesystem;
@@ -132,6 +137,74 @@ void pushBlob(ImageStore& target, const std::string& digest, registry::RequestBo
     counts.uploaded_bytes += body.size();
 }
 
+// Uploads blobs one after another on a thread of its own, so that a layer's blob goes to the
+// target while later layers build. finish() waits for every upload and rethrows the first error
+// (the rest are skipped then); destroyed early, it drops what waits and ends after the upload
+// under way.
+class BlobUploader {
+public:
+    using Upload = std::function<void(const std::string& digest, const fs::path& path)>;
+    explicit BlobUploader(Upload upload) : upload_(std::move(upload)), thread_([this] { run(); }) {}
+    ~BlobUploader() {
+        {
+            std::lock_guard lock(mutex_);
+            waiting_.clear();
+        }
+        stop();
+    }
+    BlobUploader(const BlobUploader&) = delete;
+    BlobUploader& operator=(const BlobUploader&) = delete;
+
+    void add(std::string digest, fs::path path) {
+        std::lock_guard lock(mutex_);
+        waiting_.emplace_back(std::move(digest), std::move(path));
+        changed_.notify_all();
+    }
+
+    void finish() {
+        stop();
+        if (error_) std::rethrow_exception(error_);
+    }
+
+private:
+    void stop() {
+        {
+            std::lock_guard lock(mutex_);
+            closed_ = true;
+        }
+        changed_.notify_all();
+        if (thread_.joinable()) thread_.join();
+    }
+
+    void run() {
+        for (;;) {
+            std::pair<std::string, fs::path> next;
+            {
+                std::unique_lock lock(mutex_);
+                changed_.wait(lock, [&] { return closed_ || !waiting_.empty(); });
+                if (waiting_.empty()) return;
+                next = std::move(waiting_.front());
+                waiting_.pop_front();
+                if (error_) continue;
+            }
+            try {
+                upload_(next.first, next.second);
+            } catch (...) {
+                std::lock_guard lock(mutex_);
+                error_ = std::current_exception();
+            }
+        }
+    }
+
+    Upload upload_;
+    std::mutex mutex_;
+    std::condition_variable changed_;
+    std::deque<std::pair<std::string, fs::path>> waiting_;
+    bool closed_ = false;
+    std::exception_ptr error_;
+    std::thread thread_;  // last: starts when the rest is ready
+};
+
 registry::Platform platformOf(const ResolvedManifest& m, const json& config) {
     if (m.platform) return *m.platform;
     registry::Platform p;
@@ -197,12 +270,19 @@ public:
                                   addTar(std::move(sources[i]), tree, sink, layer);
                               }});
         }
-        const BuiltImage built = buildLayers(build_, inputs, work, [&](const std::string& line) { progress.line(line); });
+        BlobUploader uploader([&](const std::string& digest, const fs::path& path) {
+            registry::FileBody body(path);
+            pushBlob(target_, digest, body, mountCandidates(), counts_);
+        });
+        const BuiltImage built = buildLayers(
+            build_, inputs, work, [&](const std::string& line) { progress.line(line); },
+            [&](const BlobInfo& b) { uploader.add("sha256:" + b.id, b.path); });
         progress.finish();
         const double convert_seconds = progress.seconds();
+        uploader.finish();
         const registry::BootstrapLayerBlob boot = registry::makeBootstrapLayer(built.bootstrap);
 
-        // Blobs first, then the bootstrap layer, the config, and the manifest last.
+        // Blobs first (above), then the bootstrap layer, the config, and the manifest last.
         Manifest out;
         out.media_type = registry::media::kOciManifest;
         json diff_ids = json::array();
@@ -217,9 +297,7 @@ public:
                 d.size = b.entry.compressed_size;
                 requireBlob(d.digest);
             } else {
-                d.size = fs::file_size(b.path);
-                registry::FileBody body(b.path);
-                pushBlob(target_, d.digest, body, mountCandidates(), counts_);
+                d.size = fs::file_size(b.path);  // uploaded by `uploader` as the build went on
                 blob_bytes += d.size;
             }
             diff_ids.push_back(d.digest);

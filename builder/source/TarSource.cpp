@@ -21,7 +21,6 @@ namespace rafs::build {
 
 namespace {
 
-constexpr size_t kReadBlockSize = 64 * 1024;
 constexpr size_t kMaxNameLength = 255;  // EROFS dirent names
 constexpr std::string_view kWhiteoutPrefix = ".wh.";
 constexpr std::string_view kOpaqueWhiteout = ".wh..wh..opq";
@@ -108,13 +107,14 @@ public:
     }
 
 private:
+    // libarchive keeps the block until its next call here, as LayerStream::next's contract allows.
     static la_ssize_t readBlock(archive* a, void* self, const void** buffer) {
         auto* reader = static_cast<TarReader*>(self);
         try {
-            reader->block_.resize(kReadBlockSize);
-            *buffer = reader->block_.data();
-            return static_cast<la_ssize_t>(reader->stream_->read(reader->block_));
-        } catch (const Error&) {
+            const std::span<const uint8_t> block = reader->stream_->next();
+            *buffer = block.data();
+            return static_cast<la_ssize_t>(block.size());
+        } catch (...) {  // nothing may unwind through libarchive
             reader->stream_error_ = std::current_exception();
             archive_set_error(a, EIO, "input error");
             return -1;
@@ -421,7 +421,6 @@ private:
     std::unique_ptr<ByteSource> input_;  // until the stream takes it
     std::unique_ptr<archive, ArchiveFree> archive_;
     std::unique_ptr<LayerStream> stream_;
-    std::vector<uint8_t> block_;
     std::exception_ptr stream_error_;
     std::string member_;  // the current member's path as stored, for messages
     bool seen_member_ = false;

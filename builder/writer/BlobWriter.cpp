@@ -51,7 +51,6 @@ ChunkRef BlobWriter::append(std::span<const uint8_t> stored, bool compressed,
     c.compressed = compressed;
     file_->write(stored);
     file_hash_.update(stored);
-    data_hash_.update(stored);
     uncompressed_end_ = alignUp(uncompressed_end_ + uncompressed_size, erofs::kBlockSize);
 
     ChunkRef ref;
@@ -83,8 +82,8 @@ BlobInfo BlobWriter::finish() {
     TarHeader data_header = makeSectionHeader(kTocNameImageBlob, data_size);
     file_->write(bytesOf(data_header));
     file_hash_.update(bytesOf(data_header));
-    data_hash_.update(bytesOf(data_header));
-    toc.push_back(makeTocEntry(kTocNameImageBlob, kTocNone, data_hash_.finish(), 0, data_size,
+    // The ToC's digest of image.blob covers the data and its tar header: the file up to here.
+    toc.push_back(makeTocEntry(kTocNameImageBlob, kTocNone, file_hash_.current(), 0, data_size,
                                uncompressed_end_));
 
     // The ci array, compressed with the blob's compressor when that pays off. ToC flags know

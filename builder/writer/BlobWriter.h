@@ -53,8 +53,7 @@ private:
     std::unique_ptr<OutputFile> file_;
     std::filesystem::path temp_path_;
     bool finished_ = false;
-    Hasher file_hash_{Digester::Sha256};  // the blob id
-    Hasher data_hash_{Digester::Sha256};  // the ToC digest of image.blob
+    Hasher file_hash_{Digester::Sha256};  // the blob id; up to the data's tar header, the ToC digest of image.blob
     std::vector<BlobChunk> chunks_;
     std::vector<Digest> digests_;
     uint64_t uncompressed_end_ = 0;

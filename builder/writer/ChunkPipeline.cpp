@@ -26,7 +26,10 @@ ChunkPipeline::ChunkPipeline(BlobWriter& blob, ChunkDictionary& dictionary,
                              const BuildOptions& options)
     : blob_(blob), dictionary_(dictionary), options_(options) {
     unsigned threads = options.threads != 0 ? options.threads : std::max(1u, std::thread::hardware_concurrency());
-    window_ = 2 * threads + 2;
+    // Chunks in flight, in file order: two per worker at least; with small chunks more, so that
+    // one large chunk at the front does not leave the other workers idle behind it (most files
+    // of a root file system are a few KiB), up to 32 MiB of chunk data or eight per worker.
+    window_ = std::clamp<size_t>((32u << 20) / options.chunk_size, 2 * threads + 2, 8 * threads + 2);
     for (unsigned i = 0; i < threads; ++i) workers_.emplace_back([this] { workerLoop(); });
 }
 

@@ -164,6 +164,19 @@ TEST_CASE("BLAKE3 finish leaves the state open for more input", "[digest][blake3
     }
 }
 
+TEST_CASE("Hasher::current gives a prefix's digest and keeps the state", "[digest]") {
+    const auto input = pattern(300000);
+    for (const rafs::Digester algo : {rafs::Digester::Sha256, rafs::Digester::Blake3}) {
+        CAPTURE(rafs::digesterName(algo));
+        rafs::Hasher h(algo);
+        h.update(std::span(input).first(5000));
+        CHECK(h.current() == rafs::digestOf(algo, std::span(input).first(5000)));
+        CHECK(h.current() == rafs::digestOf(algo, std::span(input).first(5000)));
+        h.update(std::span(input).subspan(5000));
+        CHECK(h.finish() == rafs::digestOf(algo, input));
+    }
+}
+
 TEST_CASE("sha256 known answers", "[digest][sha256]") {
     CHECK(sha256Hex("") == "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
     CHECK(sha256Hex("abc") == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");

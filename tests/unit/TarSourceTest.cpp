@@ -1,3 +1,4 @@
+#include "format/Codec.h"
 #include "format/Error.h"
 #include "builder/source/TarSource.h"
 #include "tests/unit/SourceTestUtil.h"
@@ -538,6 +539,55 @@ TEST_CASE("tar: empty input, stdin and trailing garbage", "[tar]") {
     REQUIRE(::dup2(saved, STDIN_FILENO) == STDIN_FILENO);
     ::close(saved);
     CHECK(tree.find("b") != nullptr);
+}
+
+// One gzip member of `data` (compressible data: rafs::compress stores nothing it cannot shrink).
+std::string gzipMember(std::string_view data) {
+    std::vector<uint8_t> out;
+    REQUIRE(rafs::compress(rafs::Compressor::Gzip, {reinterpret_cast<const uint8_t*>(data.data()), data.size()}, out));
+    return {out.begin(), out.end()};
+}
+
+TEST_CASE("tar: gzip in several members, padded, and each member's trailer checked", "[tar]") {
+    TempDir tmp;
+    std::string text;
+    for (int i = 0; text.size() < 700 * 1024; ++i) text += "line " + std::to_string(i) + "\n";
+    {
+        TarWriter w(tmp / "a.tar");
+        w.file("text", text);
+        w.file("small", "small");
+        w.close();
+    }
+    const std::string tar = readFile(tmp / "a.tar");
+    const std::string whole = gzipMember(tar);
+
+    SECTION("members split inside a file, then zero padding") {
+        FileTree tree;
+        RecordingSink sink;
+        writeFile(tmp / "split.tgz", gzipMember(tar.substr(0, 300000)) + gzipMember(tar.substr(300000, 5000)) +
+                                         gzipMember(tar.substr(305000)) + std::string(4096, '\0'));
+        addTar(tmp / "split.tgz", tree, sink, 0);
+        REQUIRE(sink.files.size() == 2);
+        CHECK(sink.files[0].content == text);
+        CHECK(sink.files[1].content == "small");
+    }
+    SECTION("a wrong CRC-32 or length in the trailer, or garbage after it") {
+        // The trailer is the member's last 8 bytes: CRC-32, then the length mod 2^32.
+        for (const size_t from_end : {8u, 1u}) {
+            FileTree tree;
+            RecordingSink sink;
+            std::string bad = whole;
+            bad[bad.size() - from_end] ^= 0x01;
+            writeFile(tmp / "bad.tgz", bad);
+            CHECK_THROWS_WITH(addTar(tmp / "bad.tgz", tree, sink, 0),
+                              tmp / "bad.tgz" + ": corrupt gzip data: CRC or length mismatch");
+        }
+        FileTree tree;
+        RecordingSink sink;
+        writeFile(tmp / "garbage.tgz", whole + "garbage");
+        CHECK_THROWS_WITH(addTar(tmp / "garbage.tgz", tree, sink, 0),
+                          tmp / "garbage.tgz" + ": unexpected data after the compressed stream");
+    }
 }
 
 TEST_CASE("tar: rejected members", "[tar]") {
