@@ -514,6 +514,55 @@ class Guest:
         check(vols == ['Ierofs,shared'], f'volumes: {vols}')
         return f'{c}; cache files {len(names)}'
 
+    def case_cache_gc(self):
+        """rafsctl gc: the volume of an unmounted image is removed whole (its cache files culled
+        through cachefiles, its chunk maps deleted), a mounted image's volume is left alone, and
+        the removed image mounts again and reads correctly, fetched anew."""
+        cache = f'{self.cache_root}/gc'
+        d, ctl = self.serve('gc', cache)
+
+        def ctl_ok(*args):
+            r = subprocess.run(ctl + list(args), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=300)
+            check(r.returncode == 0, f'rafsctl {" ".join(args)}: {r.stdout!r}\n{d.text()}')
+            return r.stdout.decode()
+
+        def volume_files(fsid):
+            return [n for _, _, ns in os.walk(f'{cache}/fscache/cache/Ierofs,{fsid}') for n in ns]
+
+        b, blobs = self.image('img1')
+        mnt = self.mnt('gc')
+        ctl_ok('mount', '--engine', 'fscache', '--fsid', 'gone', '--blob-dir', blobs, b, mnt)
+        problems = compare_tree(mnt, self.meta['img1']['manifest'])
+        check(not problems, 'first mount: ' + '; '.join(problems[:10]))
+        ctl_ok('umount', mnt)
+        ctl_ok('mount', '--engine', 'fscache', '--fsid', 'kept', '--blob-dir', blobs, b, mnt)
+        problems = compare_tree(mnt, self.meta['img1']['manifest'])
+        check(not problems, 'second mount: ' + '; '.join(problems[:10]))
+        # A mounted volume's files are O_TMPFILEs until the kernel lets go of them: only the
+        # unmounted one's are linked in.
+        gone = volume_files('gone')
+        check(gone and os.path.isdir(f'{cache}/fscache-state/gone'), f'cache files: {gone}')
+        out = ctl_ok('gc', '--dry-run')
+        check('would remove fscache volume gone' in out and 'kept' not in out, f'gc --dry-run: {out}')
+        check(volume_files('gone') == gone, 'gc --dry-run removed files')
+        out = ctl_ok('gc')
+        check('removed fscache volume gone' in out and 'kept' not in out, f'gc: {out}')
+        check(not volume_files('gone'), f'left of the removed volume: {volume_files("gone")}')
+        check(not os.path.exists(f'{cache}/fscache-state/gone'), 'its chunk maps are left')
+        check(os.path.isdir(f'{cache}/fscache-state/kept'), 'the mounted volume lost its chunk maps')
+        check(not os.listdir(f'{cache}/fscache/graveyard'), 'the graveyard is not empty')
+        problems = compare_tree(mnt, self.meta['img1']['manifest'])
+        check(not problems, 'the mounted image after gc: ' + '; '.join(problems[:10]))
+        ctl_ok('umount', mnt)
+        check(volume_files('kept'), 'the kept volume has no cache files after its unmount')
+        ctl_ok('mount', '--engine', 'fscache', '--fsid', 'gone', '--blob-dir', blobs, b, mnt)
+        problems = compare_tree(mnt, self.meta['img1']['manifest'])
+        check(not problems, 'the removed image mounted again: ' + '; '.join(problems[:10]))
+        ctl_ok('umount', mnt)
+        check(d.stop() == 0, f'rafsd serve did not stop cleanly:\n{d.text()}')
+        c = d.counters()
+        return f'{len(gone)} cache files culled; {c}'
+
     def case_register_by_hand(self):
         """rafsctl mount --register-only: rafsd serves the image, the user mounts it by hand with the
         command rafsctl prints; rafsctl umount after a manual umount only unregisters."""
@@ -834,7 +883,7 @@ class Guest:
 
 CASES = ['tree', 'remount_cached', 'stale_state', 'nydus', 'unknown_cookie', 'missing_blob', 'device_errors',
          'corrupt_blob', 'shared_domain', 'register_by_hand', 'failover', 'fd_store', 'serve_failover', 'kill_no_failover', 'registry',
-         'registry_image']
+         'registry_image', 'cache_gc']
 
 
 def guest_main(args):
