@@ -106,6 +106,13 @@ def main():
                      'the miss latency histogram counted every miss')
             fetches = value(got, 'rafsd_backend_request_latency_seconds_count', **b)
             ck.check(fetches is not None and 1 <= fetches <= chunks, 'backend requests timed (%s)' % fetches)
+            cache_bytes = value(got, 'rafsd_cache_size_bytes')
+            data_bytes = os.stat(os.path.join(tmp, 'cache', blob_id + '.blob.data')).st_blocks * 512
+            ck.check(cache_bytes is not None and cache_bytes >= data_bytes,
+                     'cache size %s covers the blob\'s cache file (%d bytes on disk)' % (cache_bytes, data_bytes))
+            ck.check(value(got, 'rafsd_cache_evictions_total') == 0 and
+                     value(got, 'rafsd_cache_gc_runs_total', trigger='auto') == 0,
+                     'an unbounded cache: no collection, nothing evicted')
             events = value(got, 'rafsd_fanotify_events_total')
             ck.check(events is not None and events >= misses, 'fanotify events counted (%s)' % events)
             notfound = subprocess.run(['curl', '-s', '-o', '/dev/null', '-w', '%{http_code}',

@@ -56,7 +56,9 @@ TEST_CASE("config example file documents every key with its default", "[config]"
     toml::table table = toml::parse_file(example.string());
     for (const char* key : {"daemon.engine", "daemon.state_dir", "daemon.cache_dir", "daemon.socket",
                             "daemon.log_level", "daemon.busy_poll_us", "fetch.amplify", "fetch.max_inflight", "fetch.retries",
-                            "fetch.workers", "prefetch.enable", "prefetch.bandwidth", "backend.type",
+                            "fetch.workers", "prefetch.enable", "prefetch.bandwidth", "cache.max_size",
+                            "cache.high_watermark", "cache.low_watermark", "cache.keep_recent", "cache.gc_interval",
+                            "backend.type",
                             "backend.localfs.dir", "backend.http.url", "backend.registry.host", "backend.registry.repo",
                             "backend.transport.connect_timeout", "backend.transport.timeout",
                             "backend.transport.low_speed_limit", "backend.transport.low_speed_time",
@@ -116,6 +118,14 @@ timeout = 3600
     CHECK(parsed("backend.type = \"registry\"\nbackend.registry.host = \"r:5000\"\nbackend.registry.repo = \"a/b\"")
               .backend.type == Config::BackendType::Registry);
     CHECK(rafsd::backendTypeName(Config::BackendType::Registry) == "registry");
+
+    const Config cache = parsed("[cache]\nmax_size = \"20GiB\"\nhigh_watermark = 90\nlow_watermark = 90\n"
+                                "keep_recent = 0\ngc_interval = 60\n");
+    CHECK(cache.cache.max_size == uint64_t{20} << 30);
+    CHECK(cache.cache.high_watermark == 90);
+    CHECK(cache.cache.low_watermark == 90);
+    CHECK(cache.cache.keep_recent == 0);
+    CHECK(cache.cache.gc_interval == 60);
 }
 
 TEST_CASE("config sizes", "[config]") {
@@ -185,6 +195,12 @@ TEST_CASE("config wrong types and values", "[config]") {
     CHECK_THROWS_WITH(parsed("fetch.workers = 2.0"), "config.toml:1: fetch.workers: 2.0 is not an integer from 0 to 256");
     CHECK_THROWS_WITH(parsed("backend.transport.timeout = 0"),
                       "config.toml:1: backend.transport.timeout: 0 is not an integer from 1 to 3600");
+    CHECK_THROWS_WITH(parsed("cache.high_watermark = 0"),
+                      "config.toml:1: cache.high_watermark: 0 is not an integer from 1 to 100");
+    CHECK_THROWS_WITH(parsed("[cache]\nhigh_watermark = 50\nlow_watermark = 60"),
+                      "config.toml:3: cache.low_watermark: 60 is not at most high_watermark (50)");
+    CHECK_THROWS_WITH(parsed("cache.gc_interval = 0"),
+                      "config.toml:1: cache.gc_interval: 0 is not an integer from 1 to 86400");
     CHECK_THROWS_WITH(parsed("prefetch.enable = \"yes\""), "config.toml:1: prefetch.enable: 'yes' is not true or false");
     CHECK_THROWS_WITH(parsed("prefetch.enable = 1"), "config.toml:1: prefetch.enable: 1 is not true or false");
     for (const char* url : {"ftp://host/x", "http://", "http:///x", "localhost:8080", "http://a b"}) {
