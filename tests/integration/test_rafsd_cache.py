@@ -35,16 +35,24 @@ FILES = [('d%d/f%02d' % (i // 4, i), 2 * MiB) for i in range(16)]  # 32 MiB in 2
 
 
 def serve(ck, rafsd, tmp, name, cache_dir, cache, prefetch=False):
+    """rafsd serve `name` with its [cache] table; (server or None, socket, an empty mountpoint)."""
     sock = os.path.join(tmp, name + '.sock')
     config = write_config(os.path.join(tmp, name + '.toml'),
                           daemon={'engine': 'fanotify', 'socket': sock, 'cache_dir': cache_dir,
                                   'state_dir': os.path.join(tmp, name + '-state')},
                           prefetch={'enable': prefetch}, cache=cache)
     srv = RafsdServe(rafsd, config, sock, os.path.join(tmp, name + '.log'))
+    mnt = os.path.join(tmp, 'mnt-' + name)
+    os.makedirs(mnt)
     if not ck.check(srv.start(), '%s: rafsd serve answers' % name, srv.log_text()[-2000:]):
         srv.stop()
-        return None, sock
-    return srv, sock
+        return None, sock, mnt
+    return srv, sock, mnt
+
+
+def mount(ck, ctl, sock, blobs, boot, mnt, what='rafsctl mount'):
+    r = rafsctl(ctl, sock, 'mount', '--blob-dir', blobs, boot, mnt)
+    return ck.check(r.returncode == 0, what, r.stderr.decode())
 
 
 def dir_size(path):
@@ -95,16 +103,13 @@ def cache_status(ctl, sock):
 def capped(ck, rafsd, ctl, tmp, boot, blobs, sources):
     ck.section('capped below the image: a complete blob gets holes')
     cache_dir = os.path.join(tmp, 'capped-cache')
-    srv, sock = serve(ck, rafsd, tmp, 'capped', cache_dir,
+    srv, sock, mnt = serve(ck, rafsd, tmp, 'capped', cache_dir,
                       {'max_size': '8MiB', 'high_watermark': 90, 'low_watermark': 75, 'keep_recent': 3,
                        'gc_interval': 1}, prefetch=True)
     if srv is None:
         return
-    mnt = os.path.join(tmp, 'mnt-capped')
-    os.makedirs(mnt)
     with srv:
-        r = rafsctl(ctl, sock, 'mount', '--blob-dir', blobs, boot, mnt)
-        if not ck.check(r.returncode == 0, 'rafsctl mount', r.stderr.decode()):
+        if not mount(ck, ctl, sock, blobs, boot, mnt):
             return
         # keep_recent 3 s: nothing goes before the prefetch has made the blob complete (and unmarked).
         ok = harness.wait_for(lambda: (blob(ctl, sock) or {}).get('prefetch_done') == 100, timeout=60, interval=0.02)
@@ -134,15 +139,12 @@ def capped(ck, rafsd, ctl, tmp, boot, blobs, sources):
 
 def concurrent(ck, rafsd, ctl, tmp, boot, blobs, sources):
     ck.section('GC during concurrent reads')
-    srv, sock = serve(ck, rafsd, tmp, 'busy', os.path.join(tmp, 'busy-cache'),
+    srv, sock, mnt = serve(ck, rafsd, tmp, 'busy', os.path.join(tmp, 'busy-cache'),
                       {'max_size': '4MiB', 'low_watermark': 50, 'keep_recent': 1, 'gc_interval': 1})
     if srv is None:
         return
-    mnt = os.path.join(tmp, 'mnt-busy')
-    os.makedirs(mnt)
     with srv:
-        r = rafsctl(ctl, sock, 'mount', '--blob-dir', blobs, boot, mnt)
-        if not ck.check(r.returncode == 0, 'rafsctl mount', r.stderr.decode()):
+        if not mount(ck, ctl, sock, blobs, boot, mnt):
             return
         bad, rounds = [], [0] * 4
         stop = time.monotonic() + 10
@@ -187,20 +189,16 @@ def unused(ck, rafsd, ctl, mk, tmp, boot, blobs, sources, blob_id):
     if not ck.cmd_ok(mk.build(other_out, [other_src]), 'mkrafs build (another image)'):
         return
     cache_dir = os.path.join(tmp, 'unused-cache')
-    srv, sock = serve(ck, rafsd, tmp, 'unused', cache_dir, {'keep_recent': 0})
+    srv, sock, mnt = serve(ck, rafsd, tmp, 'unused', cache_dir, {'keep_recent': 0})
     if srv is None:
         return
-    mnt = os.path.join(tmp, 'mnt-unused')
-    os.makedirs(mnt)
     data = os.path.join(cache_dir, blob_id + '.blob.data')
     with srv:
-        r = rafsctl(ctl, sock, 'mount', '--blob-dir', blobs, boot, mnt)
-        ck.check(r.returncode == 0, 'mount the first image', r.stderr.decode())
+        mount(ck, ctl, sock, blobs, boot, mnt, 'mount the first image')
         ck.check(not read_tree(mnt, sources, sorted(sources)[:4]), 'read some of it')
         rafsctl(ctl, sock, 'umount', mnt)
-        r = rafsctl(ctl, sock, 'mount', '--blob-dir', os.path.join(other_out, 'blobs'),
-                    os.path.join(other_out, 'image.boot'), mnt)
-        ck.check(r.returncode == 0, 'mount the other image', r.stderr.decode())
+        mount(ck, ctl, sock, os.path.join(other_out, 'blobs'), os.path.join(other_out, 'image.boot'), mnt,
+              'mount the other image')
         ck.check(not read_tree(mnt, other_sources), 'read it whole')
         files_before = sorted(os.listdir(cache_dir))
         r = rafsctl(ctl, sock, 'gc', '--dry-run')
@@ -242,14 +240,11 @@ def full_disk(ck, rafsd, ctl, tmp, boot, blobs, sources):
         rels = sorted(sources)
         for name, keep, expect_ok in (('full', 1, True), ('full-stuck', 3600, False)):
             cache_dir = os.path.join(disk, name)
-            srv, sock = serve(ck, rafsd, tmp, name, cache_dir, {'keep_recent': keep})
+            srv, sock, mnt = serve(ck, rafsd, tmp, name, cache_dir, {'keep_recent': keep})
             if srv is None:
                 return
-            mnt = os.path.join(tmp, 'mnt-' + name)
-            os.makedirs(mnt)
             with srv:
-                r = rafsctl(ctl, sock, 'mount', '--blob-dir', blobs, boot, mnt)
-                if not ck.check(r.returncode == 0, 'rafsctl mount', r.stderr.decode()):
+                if not mount(ck, ctl, sock, blobs, boot, mnt):
                     return
                 # In three parts, each less than the free space, with pauses longer than keep_recent
                 # (1 s) between them: each part's writes may free the parts before.
