@@ -305,11 +305,11 @@ class Guest:
             self.meta = json.load(f)
         self.daemons = []
 
-    def config(self, name, cache):
+    def config(self, name, cache, extra=''):
         path = f'/tmp/{name}.toml'
         with open(path, 'w') as f:
             f.write(f'[daemon]\nengine = "fscache"\ncache_dir = "{cache}"\nsocket = "/tmp/{name}.sock"\n'
-                    f'state_dir = "/tmp/{name}-state"\n[prefetch]\nenable = false\n')
+                    f'state_dir = "/tmp/{name}-state"\n[prefetch]\nenable = false\n{extra}')
         return path
 
     def mnt(self, name):
@@ -329,10 +329,10 @@ class Guest:
         self.daemons.append(d)
         return d
 
-    def serve(self, name, cache):
-        """`rafsd serve` with config `name`; returns it once its socket exists, and the rafsctl argv
-        that talks to it."""
-        d = Rafsd(self, ['serve', '--config', self.config(name, cache)])
+    def serve(self, name, cache, extra=''):
+        """`rafsd serve` with config `name` (plus the TOML `extra`); returns it once its socket
+        exists, and the rafsctl argv that talks to it."""
+        d = Rafsd(self, ['serve', '--config', self.config(name, cache, extra)])
         self.daemons.append(d)
         d.wait_for(lambda: os.path.exists(f'/tmp/{name}.sock'), 'the control socket')
         return d, [self.rafsctl, '--socket', f'/tmp/{name}.sock']
@@ -515,10 +515,33 @@ class Guest:
         return f'{c}; cache files {len(names)}'
 
     def case_cache_gc(self):
-        """rafsctl gc: the volume of an unmounted image is removed whole (its cache files culled
-        through cachefiles, its chunk maps deleted), a mounted image's volume is left alone, and
-        the removed image mounts again and reads correctly, fetched anew."""
+        """A cache capped below the image: the automatic collection removes the volume of an
+        unmounted image (its cache files culled through cachefiles, its chunk maps deleted) while a
+        mounted one reads correctly and keeps its volume. Then rafsctl gc --dry-run and gc do the
+        same on request, and the removed image mounts again and reads correctly, fetched anew."""
         cache = f'{self.cache_root}/gc'
+        b, blobs = self.image('img1')
+        mnt = self.mnt('gc')
+        d, ctl = self.serve('gc-capped', cache, '[cache]\nmax_size = "1MiB"\ngc_interval = 1\nkeep_recent = 0\n')
+        for fsid in ('old', 'new'):
+            r = subprocess.run(ctl + ['mount', '--engine', 'fscache', '--fsid', fsid, '--blob-dir', blobs, b, mnt],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=300)
+            check(r.returncode == 0, f'rafsctl mount: {r.stdout!r}\n{d.text()}')
+            problems = compare_tree(mnt, self.meta['img1']['manifest'])
+            check(not problems, f'capped, {fsid}: ' + '; '.join(problems[:10]))
+            if fsid == 'old':
+                subprocess.run(ctl + ['umount', mnt], timeout=120, check=True)
+        old_dir = f'{cache}/fscache/cache/Ierofs,old'
+        d.wait_for(lambda: not [n for _, _, ns in os.walk(old_dir) for n in ns], 'the unmounted volume culled', 60)
+        check(not os.path.exists(f'{cache}/fscache-state/old') and os.path.isdir(f'{cache}/fscache-state/new'),
+              'chunk maps: the unmounted volume\'s gone, the mounted one\'s kept')
+        problems = compare_tree(mnt, self.meta['img1']['manifest'])
+        check(not problems, 'capped, mounted, after the collection: ' + '; '.join(problems[:10]))
+        subprocess.run(ctl + ['umount', mnt], timeout=120, check=True)
+        check(d.stop() == 0, f'rafsd serve did not stop cleanly:\n{d.text()}')
+        check('cache gc (auto)' in d.text(), f'no automatic collection in the log:\n{d.text()}')
+
+        cache = f'{self.cache_root}/gc-manual'
         d, ctl = self.serve('gc', cache)
 
         def ctl_ok(*args):
@@ -529,8 +552,6 @@ class Guest:
         def volume_files(fsid):
             return [n for _, _, ns in os.walk(f'{cache}/fscache/cache/Ierofs,{fsid}') for n in ns]
 
-        b, blobs = self.image('img1')
-        mnt = self.mnt('gc')
         ctl_ok('mount', '--engine', 'fscache', '--fsid', 'gone', '--blob-dir', blobs, b, mnt)
         problems = compare_tree(mnt, self.meta['img1']['manifest'])
         check(not problems, 'first mount: ' + '; '.join(problems[:10]))
