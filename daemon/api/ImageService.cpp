@@ -414,7 +414,15 @@ nlohmann::json ImageService::mountOrReattach(const MountRequest& request, bool r
             image.blobs[i]->onComplete([engine_ptr, index = image.index, i] { engine_ptr->unmarkComplete(index, i); });
         }
     }
-    if (prefetcher_) prefetcher_->add(prefetchTableChunks(bootstrap, image.blobs), image.blobs);
+    if (prefetcher_) {
+        // Whole blobs only if they fit a bounded cache: beyond it the collector would free what
+        // prefetch fetched, and the link would carry the image for nothing.
+        uint64_t size = 0;
+        for (const auto& blob : image.blobs) size += blob->descriptor().uncompressed_size;
+        const bool whole = config_.cache.max_size == 0 || size <= collector_->policy().low;
+        prefetcher_->add(prefetchTableChunks(bootstrap, image.blobs),
+                         whole ? image.blobs : std::vector<std::shared_ptr<CachedBlob>>{});
+    }
     const char* done = how == FscacheAttach::Reattach ? "reattached" : how == FscacheAttach::Register ? "registered" : "mounted";
     cache_dir.commit();
     log::info("{} {} on {} ({} blobs, engine {})", done, reference ? *request.image : bootstrap_path.string(), mountpoint.string(),

@@ -140,6 +140,11 @@ GcReport CacheCollector::collectLocked(GcTrigger trigger, bool dry_run) {
     if (left > target) freeChunks(left - target, dry_run, report);
     left -= std::min(left, report.chunk_bytes);
     report.size_after = dry_run ? left : size();
+    if (!dry_run && trigger == GcTrigger::Auto && report.size_after > policy_.high && over_bound_.admit()) {
+        log::warn("cache dir {} takes {} bytes, over cache.max_size's high watermark ({} bytes), and nothing more can "
+                  "be freed now: what is left is in use, recently used, or fscache data of mounted images",
+                  dir_.string(), report.size_after, policy_.high);
+    }
     if (!dry_run && (!report.removed.empty() || report.chunk_bytes != 0 || trigger != GcTrigger::Auto)) {
         log::info("cache gc ({}): {} -> {} bytes; removed {} unused caches ({} bytes), freed {} bytes of chunks in {} "
                   "mounted blobs",
