@@ -126,10 +126,6 @@ void ChunkFetcher::makePresent(uint32_t image, uint32_t blob_index, uint64_t off
     FetchPlan plan;
     {
         std::lock_guard lock(blob->mutex_);
-        // Under the lock: the cache collector, which takes it too, then sees the chunks as used
-        // and leaves them alone while the kernel reads what it is about to be allowed to.
-        const ChunkRange used = blob->cache().chunksCovering(offset, length);
-        blob->use_.touch(used.begin, used.end);
         plan = planner_.plan(d.chunks, offset, length, [&](uint32_t ci) {
             if (blob->cache().isPresent(ci)) return ChunkState::Present;
             return blob->in_flight_.count(ci) != 0 ? ChunkState::InFlight : ChunkState::Missing;
@@ -154,6 +150,10 @@ void ChunkFetcher::makePresent(uint32_t image, uint32_t blob_index, uint64_t off
         for (const FetchRun& run : plan.runs) {
             for (uint32_t ci = run.first; ci < run.first + run.count; ++ci) blob->in_flight_.try_emplace(ci);
         }
+        // Under the lock: the cache collector, which takes it too, then sees the chunks as used
+        // and leaves them alone while the kernel reads what it is about to be allowed to.
+        const ChunkRange used = blob->cache().chunksCovering(offset, length);
+        blob->use_.touch(used.begin, used.end);
     }
     // Hit or miss is plan.required, not request->remaining: once the lock is released a worker
     // finishing a chunk this request waits for may already have completed it, and then a hit
