@@ -29,6 +29,26 @@ constexpr size_t kMaxConfigBytes = 1 << 20;
 constexpr size_t kMaxHelperOutput = 64 * 1024;
 constexpr int kHelperTimeoutMs = 10'000;
 
+// write(2) to a helper's stdin that never raises SIGPIPE: a helper that exits without reading it
+// must not end the process (rafsd, mkrafs). SIGPIPE is blocked on this thread for the write, and
+// one the write raised is taken off the thread's pending signals before it is unblocked.
+ssize_t writeWithoutSigpipe(int fd, std::string_view data) {
+    sigset_t pipe_only, old;
+    sigemptyset(&pipe_only);
+    sigaddset(&pipe_only, SIGPIPE);
+    if (const int rc = ::pthread_sigmask(SIG_BLOCK, &pipe_only, &old); rc != 0) rafs::failErrno("pthread_sigmask", rc);
+    const ssize_t wrote = ::write(fd, data.data(), data.size());
+    const int write_errno = errno;
+    if (wrote < 0 && write_errno == EPIPE) {
+        const timespec now{0, 0};
+        while (::sigtimedwait(&pipe_only, nullptr, &now) < 0 && errno == EINTR) {
+        }
+    }
+    ::pthread_sigmask(SIG_SETMASK, &old, nullptr);
+    errno = write_errno;
+    return wrote;
+}
+
 // "https://host:5000/v1/" -> "host:5000".
 std::string hostOfKey(std::string key) {
     if (auto scheme = key.find("://"); scheme != std::string::npos) key.erase(0, scheme + 3);
@@ -90,7 +110,7 @@ std::optional<Credentials> runCredentialHelper(const std::string& helper, const 
     ::close(out_write.fd);
     out_write.fd = -1;
     // The host is a few bytes: it fits the pipe, so this does not block.
-    const ssize_t wrote = ::write(in_write.fd, host.data(), host.size());
+    const ssize_t wrote = writeWithoutSigpipe(in_write.fd, host);
     ::close(in_write.fd);
     in_write.fd = -1;
     std::string output;
@@ -117,7 +137,6 @@ std::optional<Credentials> runCredentialHelper(const std::string& helper, const 
     while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
     }
     if (timed_out) rafs::fail("{} get: no answer within {} s", program, kHelperTimeoutMs / 1000);
-    if (wrote != static_cast<ssize_t>(host.size())) rafs::fail("{} get: could not write the host to it", program);
     if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
         // The helpers' own message for "nothing stored" (docker-credential-helpers).
         if (output.find("credentials not found") != std::string::npos) return std::nullopt;
@@ -125,6 +144,8 @@ std::optional<Credentials> runCredentialHelper(const std::string& helper, const 
         std::string first_line = output.substr(0, std::min(output.find('\n'), size_t{200}));
         rafs::fail("{} get failed ({})", program, first_line.empty() ? "no message" : first_line);
     }
+    // After the exit status: a helper that failed without reading says more than the broken pipe.
+    if (wrote != static_cast<ssize_t>(host.size())) rafs::fail("{} get: could not write the host to it", program);
     const auto json = nlohmann::json::parse(output, nullptr, false);
     if (!json.is_object() || !json.contains("Username") || !json.contains("Secret") || !json["Username"].is_string() ||
         !json["Secret"].is_string()) {
