@@ -49,6 +49,7 @@ from rafstest.harness import log, run, text, wait_for
 from rafstest.rafsd import RafsdProcess, RafsdServe, children, network_config, rafsctl, rafsctl_status, start_test
 from rafstest.rafsimage import OCI_MANIFEST, OCI_TAR_GZIP, Pusher, host_arch
 from rafstest.servers import basic_auth, docker_config, htpasswd_registry
+from rafstest.containerd import RafsSnapshotter
 
 MiB = 1 << 20
 USER, PASSWORD = 'rafs', 'pw-snapshotter-secret'
@@ -67,29 +68,6 @@ def socket_answers(path):
         return False
     finally:
         s.close()
-
-
-class Snapshotter(RafsdProcess):
-    """`rafs-snapshotter serve` in the background; started when its socket answers."""
-
-    def __init__(self, binary, config, root, address, log_path):
-        super().__init__([binary, '--config', config, '--verbose', 'serve', '--root', root, '--address', address],
-                         log_path)
-        self.address = address
-
-    def ready(self):
-        return socket_answers(self.address)
-
-    def kill_and_start(self, log_path):
-        """kill -9, then started again logging to `log_path`; proc is None if it did not start."""
-        if self.proc is not None:
-            self.proc.kill()
-            self.proc.wait()
-            self.proc = None
-            self.log_file.close()
-        self.log_path = log_path
-        if not self.start():
-            self.stop()
 
 
 class Containerd(RafsdProcess):
@@ -117,6 +95,15 @@ class Containerd(RafsdProcess):
     def ctr(self, *args, timeout=300, quiet=False):
         return run(['ctr', '--address', self.address, '--namespace', NAMESPACE] + [str(a) for a in args],
                    timeout=timeout, quiet=quiet)
+
+
+def restarted(snapshotter, log_path):
+    """kill -9 of the snapshotter and a start, logging to `log_path`; whether it answers again."""
+    try:
+        snapshotter.restart(log_path)
+        return True
+    except RuntimeError:
+        return False
 
 
 def make_source_layer():
@@ -221,7 +208,8 @@ def main():
 
         with reg, \
                 RafsdServe(rafsd, cfg, rafsd_sock, os.path.join(tmp, 'rafsd.log')) as srv, \
-                Snapshotter(snapshotter_bin, cfg, sn_root, sn_sock, os.path.join(tmp, 'snapshotter.log')) as sn, \
+                RafsSnapshotter(snapshotter_bin, cfg, sn_root, sn_sock, os.path.join(tmp, 'snapshotter.log'),
+                                verbose=True) as sn, \
                 Containerd(tmp, sn_sock) as ctd:
             push = Pusher('https://' + host, 'src/app', ca.context(), basic_auth(USER, PASSWORD))
             files = push_source(push)
@@ -305,8 +293,8 @@ def main():
             ck.section('3. kill -9 of the snapshotter while a container runs; started again')
             r = ctd.ctr('run', '-d', '--snapshotter', 'rafs', rafs_ref, 'rafs-long', '/bin/busybox', 'sleep', '600')
             ck.cmd_ok(r, 'ctr run -d: a long-running container')
-            sn.kill_and_start(os.path.join(tmp, 'snapshotter-2.log'))
-            ck.check(sn.proc is not None, 'rafs-snapshotter starts again', sn.log_text()[-2000:])
+            ck.check(restarted(sn, os.path.join(tmp, 'snapshotter-2.log')), 'rafs-snapshotter starts again',
+                     sn.log_text()[-2000:])
             worker = children(srv.proc.pid)
             if ck.check(len(worker) == 1, 'rafsd serve has a worker'):
                 os.kill(worker[0], signal.SIGKILL)
@@ -341,7 +329,7 @@ def main():
                 leftovers = [os.path.join(sn_root, 'snapshots', '999', 'fs'), os.path.join(sn_root, 'mnt', '998')]
                 for d in leftovers:
                     os.makedirs(d)
-                sn.kill_and_start(os.path.join(tmp, 'snapshotter-3.log'))
+                restarted(sn, os.path.join(tmp, 'snapshotter-3.log'))
                 ck.check(mounts_under(os.path.join(sn_root, 'mnt')) == image_mounts,
                          'the restarted snapshotter mounted the image again', sn.log_text()[-1500:])
                 ck.check(not any(os.path.exists(os.path.dirname(d) if d.endswith('fs') else d) for d in leftovers),

@@ -201,12 +201,13 @@ class Containerd(RafsdProcess):
 
 
 class RafsSnapshotter(RafsdProcess):
-    """`rafs-snapshotter --config CONFIG serve --root ROOT --address SOCKET` (rafsd's config: it
+    """`rafs-snapshotter --config CONFIG [--verbose] serve --root ROOT --address SOCKET` (rafsd's config: it
     mounts through the rafsd at daemon.socket), in the background; started when its socket accepts.
     restart() kills it (-9) and starts it again, as a crash and a restart by systemd would."""
 
-    def __init__(self, binary, config, root, address, log_path, netns=None):
-        cmd = [binary, '--config', config, 'serve', '--root', root, '--address', address]
+    def __init__(self, binary, config, root, address, log_path, netns=None, verbose=False):
+        cmd = [binary, '--config', config] + (['--verbose'] if verbose else []) + ['serve', '--root', root,
+                                                                                  '--address', address]
         super().__init__(['nsenter', '--net=/run/netns/' + netns] + cmd if netns else cmd, log_path)
         self.root, self.address = root, address
 
@@ -225,8 +226,12 @@ class RafsSnapshotter(RafsdProcess):
             raise RuntimeError('rafs-snapshotter did not start:\n' + self.log_text()[-2000:])
         return self
 
-    def restart(self):
+    def restart(self, log_path=None):
+        """kill -9, then started again; logging to `log_path` from then on if given (the old log
+        stays for the test's messages)."""
         self.stop(signal.SIGKILL)
+        if log_path:
+            self.log_path = log_path
         return self.start()
 
 
