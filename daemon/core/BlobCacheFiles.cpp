@@ -62,7 +62,7 @@ std::vector<UnusedCache> BlobCacheFiles::list(const std::set<std::string>& in_us
             break;
         }
     }
-    if (ec) rafs::fail("cannot list {}: {}", dir_.string(), ec.message());
+    if (ec && ec != std::errc::no_such_file_or_directory) rafs::fail("cannot list {}: {}", dir_.string(), ec.message());
     std::vector<UnusedCache> out;
     for (auto& [id, blob] : blobs) out.push_back(std::move(blob));
     return out;
