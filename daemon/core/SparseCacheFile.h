@@ -44,7 +44,7 @@ public:
 private:
     SparseCacheFile(std::filesystem::path path, int fd, uint64_t size);
 
-    // Through this thread's io_uring.
+    // pwrite, in the calling thread.
     void writeBlocks(uint64_t offset, std::span<const uint8_t> data) override;
 
     std::filesystem::path path_;
