@@ -7,6 +7,7 @@
 #include "daemon/core/DataPlane.h"
 #include "daemon/core/FetchPlanner.h"
 #include "daemon/core/FetchQueue.h"
+#include "daemon/core/PrefetchRangeSize.h"
 
 #include <memory>
 #include <mutex>
@@ -39,6 +40,8 @@ public:
     // background, behind every miss. Returns how many chunks were queued.
     uint32_t prefetch(const std::shared_ptr<CachedBlob>& blob, uint32_t first, uint32_t count);
     size_t prefetchBacklog() const { return queue_->prefetchBacklog(); }
+    // Compressed bytes a prefetch request should ask for now (see PrefetchRangeSize).
+    uint64_t prefetchRangeBytes() const { return prefetch_range_.bytes(); }
 
     // The image's chunks, (blob, ci), in the order they were first asked for since addImage.
     std::vector<std::pair<uint32_t, uint32_t>> trace(uint32_t image);
@@ -65,6 +68,7 @@ private:
 
     FetchOptions options_;
     FetchPlanner planner_;
+    PrefetchRangeSize prefetch_range_;
     std::counting_semaphore<> decoders_;
     std::mutex images_mutex_;
     std::vector<RegisteredImage> images_;

@@ -119,19 +119,18 @@ void Prefetcher::run() {
             lock.lock();
             continue;
         }
-        // The next run of consecutive chunks of one blob, up to the batch size.
+        // The next run of consecutive chunks of one blob, one prefetch request's worth.
         std::shared_ptr<CachedBlob> blob;
         uint32_t first = 0;
         uint32_t count = 0;
-        uint64_t bytes = 0;
         uint64_t compressed = 0;
         {
             auto& [b, next] = blobs_.front();
             blob = b;
             first = next;
             const auto& chunks = blob->descriptor().chunks;
-            while (first + count < chunks.size() && bytes < batch_) {
-                bytes += chunks[first + count].uncompressed_size;
+            const uint64_t range = fetcher_.prefetchRangeBytes();
+            while (first + count < chunks.size() && compressed < range) {
                 compressed += chunks[first + count].compressed_size;
                 ++count;
             }
