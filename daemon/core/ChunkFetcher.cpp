@@ -131,12 +131,15 @@ void ChunkFetcher::makePresent(uint32_t image, uint32_t blob_index, uint64_t off
         (*answer)(error);
     };
     FetchPlan plan;
+    bool awaits_others = false;  // waits for a chunk another request or a prefetch fetches
     {
         std::lock_guard lock(blob->mutex_);
         plan = planner_.plan(d.chunks, offset, length, [&](uint32_t ci) {
             if (blob->cache().isPresent(ci)) return ChunkState::Present;
             return blob->in_flight_.count(ci) != 0 ? ChunkState::InFlight : ChunkState::Missing;
         });
+        awaits_others = std::any_of(plan.required.begin(), plan.required.end(),
+                                    [&](uint32_t ci) { return blob->in_flight_.count(ci) != 0; });
         for (uint32_t ci : plan.required) {
             blob->in_flight_[ci].push_back(request);
             ++request->remaining;
@@ -172,6 +175,7 @@ void ChunkFetcher::makePresent(uint32_t image, uint32_t blob_index, uint64_t off
     for (const FetchRun& run : plan.runs) {
         queue_->push(FetchQueue::Priority::OnDemand, [this, blob, run] { fetchRun(blob, run, false); });
     }
+    if (awaits_others) queue_->recheck();  // a queued prefetch request may be this miss's now
     // Last, off the path of the answer and the fetches.
     if (trace) {
         const uint64_t end = rafs::alignUp(offset + length, 4096);
@@ -182,7 +186,8 @@ void ChunkFetcher::makePresent(uint32_t image, uint32_t blob_index, uint64_t off
     }
 }
 
-uint32_t ChunkFetcher::prefetch(const std::shared_ptr<CachedBlob>& blob, uint32_t first, uint32_t count) {
+uint32_t ChunkFetcher::prefetch(const std::shared_ptr<CachedBlob>& blob, uint32_t first, uint32_t count,
+                                FetchQueue::Priority priority) {
     const BlobDescriptor& d = blob->descriptor();
     std::vector<FetchRun> runs;
     uint32_t queued = 0;
@@ -199,7 +204,8 @@ uint32_t ChunkFetcher::prefetch(const std::shared_ptr<CachedBlob>& blob, uint32_
         }
     }
     for (const FetchRun& run : runs) {
-        queue_->push(FetchQueue::Priority::Prefetch, [this, blob, run] { fetchRun(blob, run, true); });
+        queue_->push(priority, [this, blob, run] { fetchRun(blob, run, true); },
+                     [this, blob, run] { return hasWaiters(*blob, run.first, run.first + run.count); });
     }
     return queued;
 }

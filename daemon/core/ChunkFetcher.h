@@ -37,8 +37,10 @@ public:
     uint32_t forgetLost(uint32_t image, uint32_t blob, uint64_t offset, uint64_t length) override;
 
     // Starts fetching the missing chunks among [first, first + count) of `blob` in the
-    // background, behind every miss. Returns how many chunks were queued.
-    uint32_t prefetch(const std::shared_ptr<CachedBlob>& blob, uint32_t first, uint32_t count);
+    // background, behind every miss (`priority`: Prefetch or PrefetchTable, see FetchQueue).
+    // Returns how many chunks were queued.
+    uint32_t prefetch(const std::shared_ptr<CachedBlob>& blob, uint32_t first, uint32_t count,
+                      FetchQueue::Priority priority = FetchQueue::Priority::Prefetch);
     size_t prefetchBacklog() const { return queue_->prefetchBacklog(); }
     // Compressed bytes a prefetch request should ask for now (see PrefetchRangeSize).
     uint64_t prefetchRangeBytes() const { return prefetch_range_.bytes(); }

@@ -97,7 +97,7 @@ void Prefetcher::prefetchWindow(std::vector<PrefetchChunk> window) {
             last = ci;
         }
         if (blob->cache().complete()) continue;
-        if (fetcher_.prefetch(blob, first, last - first + 1) != 0) {
+        if (fetcher_.prefetch(blob, first, last - first + 1, FetchQueue::Priority::PrefetchTable) != 0) {
             pace(chunks[last].compressed_offset + chunks[last].compressed_size - chunks[first].compressed_offset);
         }
     }

@@ -1,0 +1,149 @@
+#include "daemon/core/FetchQueue.h"
+
+#include <catch2/catch.hpp>
+
+#include <atomic>
+#include <chrono>
+#include <future>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+using rafsd::FetchQueue;
+
+namespace {
+
+// A task that blocks its fetch thread until released, and says when it has started. Released
+// when destroyed at the latest: declared after the queue, it lets a failed test end (the queue's
+// destructor joins its threads).
+class Gate {
+public:
+    ~Gate() { release(); }
+    std::function<void()> task() {
+        return [started = started_, open = open_] {
+            started->set_value();
+            open.wait();
+        };
+    }
+    void waitStarted() { REQUIRE(started_future_.wait_for(std::chrono::seconds(10)) == std::future_status::ready); }
+    void release() {
+        if (!released_.exchange(true)) release_.set_value();
+    }
+
+private:
+    std::shared_ptr<std::promise<void>> started_ = std::make_shared<std::promise<void>>();
+    std::future<void> started_future_ = started_->get_future();
+    std::promise<void> release_;
+    std::shared_future<void> open_ = release_.get_future().share();
+    std::atomic<bool> released_{false};
+};
+
+// Names of the tasks in the order they ran.
+class Order {
+public:
+    std::function<void()> task(std::string name) {
+        return [this, name] {
+            std::lock_guard lock(mutex_);
+            names_.push_back(name);
+        };
+    }
+    std::vector<std::string> names() {
+        std::lock_guard lock(mutex_);
+        return names_;
+    }
+
+private:
+    std::mutex mutex_;
+    std::vector<std::string> names_;
+};
+
+}  // namespace
+
+TEST_CASE("queued on-demand work goes before queued prefetch work", "[fetchqueue]") {
+    Order order;
+    {
+        FetchQueue queue(1);
+        Gate busy;
+        queue.push(FetchQueue::Priority::OnDemand, busy.task());
+        busy.waitStarted();
+        queue.push(FetchQueue::Priority::Prefetch, order.task("prefetch"));
+        queue.push(FetchQueue::Priority::OnDemand, order.task("miss"));
+        busy.release();
+    }  // the destructor finishes on-demand work and drops prefetch work
+    const auto names = order.names();
+    REQUIRE(!names.empty());
+    CHECK(names.front() == "miss");
+}
+
+// With eight threads, seven idle: a prefetch task that started while the miss runs would find
+// the miss unfinished.
+TEST_CASE("no prefetch work starts while a miss is fetched", "[fetchqueue]") {
+    FetchQueue queue(8);
+    std::atomic<bool> miss_done{false};
+    std::promise<void> miss_started;
+    std::promise<void> release;
+    std::shared_future<void> open = release.get_future().share();
+    queue.push(FetchQueue::Priority::OnDemand, [&] {
+        miss_started.set_value();
+        open.wait();
+        miss_done = true;
+    });
+    miss_started.get_future().wait();
+    std::promise<bool> prefetch_saw;
+    queue.push(FetchQueue::Priority::Prefetch, [&] { prefetch_saw.set_value(miss_done.load()); });
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));  // time for a wrong start
+    release.set_value();
+    auto saw = prefetch_saw.get_future();
+    REQUIRE(saw.wait_for(std::chrono::seconds(10)) == std::future_status::ready);
+    CHECK(saw.get());  // it started after the miss ended
+}
+
+TEST_CASE("a queued prefetch task a reader waits for runs at once, ahead of the other prefetch work",
+          "[fetchqueue]") {
+    Order order;
+    std::atomic<bool> second_awaited{false};
+    std::promise<void> second_ran;
+    {
+        FetchQueue queue(4);  // prefetch holds one thread
+        Gate miss;
+        queue.push(FetchQueue::Priority::OnDemand, miss.task());
+        miss.waitStarted();
+        // While the miss runs no prefetch starts, so both stay queued.
+        queue.push(FetchQueue::Priority::Prefetch, order.task("first"), [] { return false; });
+        queue.push(
+            FetchQueue::Priority::Prefetch,
+            [&] {
+                order.task("second")();
+                second_ran.set_value();
+            },
+            [&] { return second_awaited.load(); });
+        second_awaited = true;  // a reader came to wait for the second one's chunks
+        queue.recheck();
+        // It runs as on-demand work: beside the miss, before the first.
+        REQUIRE(second_ran.get_future().wait_for(std::chrono::seconds(10)) == std::future_status::ready);
+        CHECK(order.names() == std::vector<std::string>{"second"});
+        miss.release();
+    }
+}
+
+// The prefetch table is what the container reads next: it goes on beside misses.
+TEST_CASE("prefetch-table work starts while a miss is fetched, whole-blob prefetch does not", "[fetchqueue]") {
+    Order order;
+    std::promise<void> table_ran;
+    {
+        FetchQueue queue(8);
+        Gate miss;
+        queue.push(FetchQueue::Priority::OnDemand, miss.task());
+        miss.waitStarted();
+        queue.push(FetchQueue::Priority::Prefetch, order.task("blob"));
+        queue.push(FetchQueue::Priority::PrefetchTable, [&] {
+            order.task("table")();
+            table_ran.set_value();
+        });
+        REQUIRE(table_ran.get_future().wait_for(std::chrono::seconds(10)) == std::future_status::ready);
+        CHECK(order.names() == std::vector<std::string>{"table"});
+        miss.release();
+    }
+}
