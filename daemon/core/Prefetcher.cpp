@@ -130,7 +130,10 @@ void Prefetcher::run() {
             first = next;
             const auto& chunks = blob->descriptor().chunks;
             const uint64_t range = fetcher_.prefetchRangeBytes();
-            while (first + count < chunks.size() && compressed < range) {
+            // Within the range (ChunkFetcher::prefetch would split a run past it into two
+            // requests), but at least one chunk.
+            while (first + count < chunks.size() &&
+                   (count == 0 || compressed + chunks[first + count].compressed_size <= range)) {
                 compressed += chunks[first + count].compressed_size;
                 ++count;
             }

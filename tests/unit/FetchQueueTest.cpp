@@ -77,27 +77,28 @@ TEST_CASE("queued on-demand work goes before queued prefetch work", "[fetchqueue
     CHECK(names.front() == "miss");
 }
 
-// With eight threads, seven idle: a prefetch task that started while the miss runs would find
-// the miss unfinished.
-TEST_CASE("no prefetch work starts while a miss is fetched", "[fetchqueue]") {
-    FetchQueue queue(8);
-    std::atomic<bool> miss_done{false};
-    std::promise<void> miss_started;
-    std::promise<void> release;
-    std::shared_future<void> open = release.get_future().share();
-    queue.push(FetchQueue::Priority::OnDemand, [&] {
-        miss_started.set_value();
-        open.wait();
-        miss_done = true;
-    });
-    miss_started.get_future().wait();
-    std::promise<bool> prefetch_saw;
-    queue.push(FetchQueue::Priority::Prefetch, [&] { prefetch_saw.set_value(miss_done.load()); });
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));  // time for a wrong start
-    release.set_value();
-    auto saw = prefetch_saw.get_future();
-    REQUIRE(saw.wait_for(std::chrono::seconds(10)) == std::future_status::ready);
-    CHECK(saw.get());  // it started after the miss ended
+// With eight threads, six idle: a second prefetch task that started beside the miss and the
+// first one would say so.
+TEST_CASE("whole-blob prefetch holds one thread while a miss is fetched", "[fetchqueue]") {
+    std::atomic<bool> second_started{false};
+    std::promise<void> second_ran;
+    {
+        FetchQueue queue(8);
+        Gate miss;
+        Gate first;
+        queue.push(FetchQueue::Priority::OnDemand, miss.task());
+        miss.waitStarted();
+        queue.push(FetchQueue::Priority::Prefetch, first.task());
+        queue.push(FetchQueue::Priority::Prefetch, [&] {
+            second_started = true;
+            second_ran.set_value();
+        });
+        first.waitStarted();
+        std::this_thread::sleep_for(std::chrono::milliseconds(50));  // time for a wrong start
+        CHECK(!second_started.load());
+        first.release();
+        REQUIRE(second_ran.get_future().wait_for(std::chrono::seconds(10)) == std::future_status::ready);
+    }
 }
 
 TEST_CASE("a queued prefetch task a reader waits for runs at once, ahead of the other prefetch work",
@@ -106,11 +107,14 @@ TEST_CASE("a queued prefetch task a reader waits for runs at once, ahead of the 
     std::atomic<bool> second_awaited{false};
     std::promise<void> second_ran;
     {
-        FetchQueue queue(4);  // prefetch holds one thread
+        FetchQueue queue(8);
         Gate miss;
+        Gate busy;
         queue.push(FetchQueue::Priority::OnDemand, miss.task());
         miss.waitStarted();
-        // While the miss runs no prefetch starts, so both stay queued.
+        // Beside the miss whole-blob prefetch holds one thread: this one. The next two stay queued.
+        queue.push(FetchQueue::Priority::Prefetch, busy.task());
+        busy.waitStarted();
         queue.push(FetchQueue::Priority::Prefetch, order.task("first"), [] { return false; });
         queue.push(
             FetchQueue::Priority::Prefetch,
@@ -121,29 +125,25 @@ TEST_CASE("a queued prefetch task a reader waits for runs at once, ahead of the 
             [&] { return second_awaited.load(); });
         second_awaited = true;  // a reader came to wait for the second one's chunks
         queue.recheck();
-        // It runs as on-demand work: beside the miss, before the first.
+        // It runs as on-demand work: beside the miss and the busy prefetch, before the first.
         REQUIRE(second_ran.get_future().wait_for(std::chrono::seconds(10)) == std::future_status::ready);
         CHECK(order.names() == std::vector<std::string>{"second"});
-        miss.release();
     }
 }
 
-// The prefetch table is what the container reads next: it goes on beside misses.
-TEST_CASE("prefetch-table work starts while a miss is fetched, whole-blob prefetch does not", "[fetchqueue]") {
-    Order order;
+// The prefetch table is what the container reads next: it goes on beside misses and beside
+// whole-blob prefetch.
+TEST_CASE("prefetch-table work starts while a miss and whole-blob prefetch are fetched", "[fetchqueue]") {
     std::promise<void> table_ran;
     {
         FetchQueue queue(8);
         Gate miss;
+        Gate blob;
         queue.push(FetchQueue::Priority::OnDemand, miss.task());
         miss.waitStarted();
-        queue.push(FetchQueue::Priority::Prefetch, order.task("blob"));
-        queue.push(FetchQueue::Priority::PrefetchTable, [&] {
-            order.task("table")();
-            table_ran.set_value();
-        });
-        REQUIRE(table_ran.get_future().wait_for(std::chrono::seconds(10)) == std::future_status::ready);
-        CHECK(order.names() == std::vector<std::string>{"table"});
-        miss.release();
+        queue.push(FetchQueue::Priority::Prefetch, blob.task());
+        blob.waitStarted();
+        queue.push(FetchQueue::Priority::PrefetchTable, [&] { table_ran.set_value(); });
+        CHECK(table_ran.get_future().wait_for(std::chrono::seconds(10)) == std::future_status::ready);
     }
 }
