@@ -62,8 +62,8 @@ void FetchQueue::run() {
     std::unique_lock lock(mutex_);
     auto may_table = [this] { return !table_.empty() && !stopping_ && running_table_ < table_limit_; };
     auto may_prefetch = [this] {
-        return !prefetch_.empty() && !stopping_ &&
-               running_table_ + running_prefetch_ < (running_on_demand_ > 0 ? 1u : prefetch_limit_);
+        return !prefetch_.empty() && !stopping_ && table_.empty() && running_table_ == 0 &&
+               running_prefetch_ < (running_on_demand_ > 0 ? 1u : prefetch_limit_);
     };
     for (;;) {
         std::function<void()> task;

@@ -114,6 +114,24 @@ private:
     int cpu_ = -1;
 };
 
+// A blob of `count` stored (uncompressed) chunks of zeros, kChunk bytes each, and their extents.
+BlobDescriptor zeroBlob(uint32_t count, std::vector<ChunkExtent>& extents) {
+    const std::vector<uint8_t> zeros(kChunk, 0);
+    BlobDescriptor d;
+    d.id = kBlobId;
+    d.compressor = rafs::Compressor::None;
+    d.digester = rafs::Digester::Blake3;
+    d.chunk_size = kChunk;
+    d.uncompressed_size = uint64_t{count} * kChunk;
+    for (uint32_t i = 0; i < count; ++i) {
+        const uint64_t at = uint64_t{i} * kChunk;
+        d.chunks.push_back({at, static_cast<uint32_t>(kChunk), at, static_cast<uint32_t>(kChunk), false, false, 0});
+        extents.push_back({at, static_cast<uint32_t>(kChunk)});
+    }
+    d.digests.assign(count, rafs::digestOf(rafs::Digester::Blake3, zeros));
+    return d;
+}
+
 // Whether this process may make threads real-time (root, CAP_SYS_NICE or RLIMIT_RTPRIO).
 bool canUseRealTime() {
     const sched_param fifo{1};
@@ -155,20 +173,8 @@ TEST_CASE("a request completed by a worker as makePresent unlocks is completed o
     constexpr uint32_t kAhead = kAwaited + kPerWindow;
     constexpr uint32_t kChunks = 2 * kPerWindow + 2 * kAwaited;
 
-    const std::vector<uint8_t> zeros(kChunk, 0);
-    BlobDescriptor d;
-    d.id = kBlobId;
-    d.compressor = rafs::Compressor::None;
-    d.digester = rafs::Digester::Blake3;
-    d.chunk_size = kChunk;
-    d.uncompressed_size = uint64_t{kChunks} * kChunk;
     std::vector<ChunkExtent> extents;
-    for (uint32_t i = 0; i < kChunks; ++i) {
-        const uint64_t at = uint64_t{i} * kChunk;
-        d.chunks.push_back({at, static_cast<uint32_t>(kChunk), at, static_cast<uint32_t>(kChunk), false, false, 0});
-        extents.push_back({at, static_cast<uint32_t>(kChunk)});
-    }
-    d.digests.assign(kChunks, rafs::digestOf(rafs::Digester::Blake3, zeros));
+    const BlobDescriptor d = zeroBlob(kChunks, extents);
 
     // Every chunk present but two, made once (a write per bit); each attempt starts from a copy.
     rafs::test::TempDir dir;
@@ -361,20 +367,8 @@ TEST_CASE("a run is written in batches around waited-for and bad chunks", "[chun
 // first ones go out at the mount, before any was timed, and must not hold up the first miss.
 TEST_CASE("the first prefetch requests are of the smallest range size", "[chunkfetcher]") {
     constexpr uint32_t kChunks = 128;  // 512 KiB
-    BlobDescriptor d;
-    d.id = kBlobId;
-    d.compressor = rafs::Compressor::None;
-    d.digester = rafs::Digester::Blake3;
-    d.chunk_size = kChunk;
-    d.uncompressed_size = kChunks * kChunk;
-    const std::vector<uint8_t> zeros(kChunk, 0);
     std::vector<ChunkExtent> extents;
-    for (uint32_t i = 0; i < kChunks; ++i) {
-        const uint64_t at = uint64_t{i} * kChunk;
-        d.chunks.push_back({at, static_cast<uint32_t>(kChunk), at, static_cast<uint32_t>(kChunk), false, false, 0});
-        extents.push_back({at, static_cast<uint32_t>(kChunk)});
-    }
-    d.digests.assign(kChunks, rafs::digestOf(rafs::Digester::Blake3, zeros));
+    const BlobDescriptor d = zeroBlob(kChunks, extents);
 
     rafs::test::TempDir dir;
     auto backend = std::make_shared<MemoryBackend>(std::vector<uint8_t>(d.uncompressed_size, 0));

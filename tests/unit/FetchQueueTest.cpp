@@ -59,6 +59,24 @@ private:
     std::vector<std::string> names_;
 };
 
+// Eight fetch threads, one fetching a miss and one a whole-blob prefetch, both held until the
+// queue goes (the gates, declared after it, are released first).
+struct BusyQueue {
+    FetchQueue queue{8};
+    Gate miss;
+    Gate blob;
+    BusyQueue() {
+        queue.push(FetchQueue::Priority::OnDemand, miss.task());
+        miss.waitStarted();
+        queue.push(FetchQueue::Priority::Prefetch, blob.task());
+        blob.waitStarted();
+    }
+};
+
+bool ranSoon(std::promise<void>& ran) {
+    return ran.get_future().wait_for(std::chrono::seconds(10)) == std::future_status::ready;
+}
+
 }  // namespace
 
 TEST_CASE("queued on-demand work goes before queued prefetch work", "[fetchqueue]") {
@@ -77,28 +95,20 @@ TEST_CASE("queued on-demand work goes before queued prefetch work", "[fetchqueue
     CHECK(names.front() == "miss");
 }
 
-// With eight threads, six idle: a second prefetch task that started beside the miss and the
-// first one would say so.
+// Six threads idle: a second whole-blob prefetch that started beside the miss and the first
+// would say so.
 TEST_CASE("whole-blob prefetch holds one thread while a miss is fetched", "[fetchqueue]") {
     std::atomic<bool> second_started{false};
     std::promise<void> second_ran;
-    {
-        FetchQueue queue(8);
-        Gate miss;
-        Gate first;
-        queue.push(FetchQueue::Priority::OnDemand, miss.task());
-        miss.waitStarted();
-        queue.push(FetchQueue::Priority::Prefetch, first.task());
-        queue.push(FetchQueue::Priority::Prefetch, [&] {
-            second_started = true;
-            second_ran.set_value();
-        });
-        first.waitStarted();
-        std::this_thread::sleep_for(std::chrono::milliseconds(50));  // time for a wrong start
-        CHECK(!second_started.load());
-        first.release();
-        REQUIRE(second_ran.get_future().wait_for(std::chrono::seconds(10)) == std::future_status::ready);
-    }
+    BusyQueue busy;
+    busy.queue.push(FetchQueue::Priority::Prefetch, [&] {
+        second_started = true;
+        second_ran.set_value();
+    });
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));  // time for a wrong start
+    CHECK(!second_started.load());
+    busy.blob.release();
+    CHECK(ranSoon(second_ran));
 }
 
 TEST_CASE("a queued prefetch task a reader waits for runs at once, ahead of the other prefetch work",
@@ -106,44 +116,27 @@ TEST_CASE("a queued prefetch task a reader waits for runs at once, ahead of the 
     Order order;
     std::atomic<bool> second_awaited{false};
     std::promise<void> second_ran;
-    {
-        FetchQueue queue(8);
-        Gate miss;
-        Gate busy;
-        queue.push(FetchQueue::Priority::OnDemand, miss.task());
-        miss.waitStarted();
-        // Beside the miss whole-blob prefetch holds one thread: this one. The next two stay queued.
-        queue.push(FetchQueue::Priority::Prefetch, busy.task());
-        busy.waitStarted();
-        queue.push(FetchQueue::Priority::Prefetch, order.task("first"), [] { return false; });
-        queue.push(
-            FetchQueue::Priority::Prefetch,
-            [&] {
-                order.task("second")();
-                second_ran.set_value();
-            },
-            [&] { return second_awaited.load(); });
-        second_awaited = true;  // a reader came to wait for the second one's chunks
-        queue.recheck();
-        // It runs as on-demand work: beside the miss and the busy prefetch, before the first.
-        REQUIRE(second_ran.get_future().wait_for(std::chrono::seconds(10)) == std::future_status::ready);
-        CHECK(order.names() == std::vector<std::string>{"second"});
-    }
+    BusyQueue busy;
+    busy.queue.push(FetchQueue::Priority::Prefetch, order.task("first"), [] { return false; });
+    busy.queue.push(
+        FetchQueue::Priority::Prefetch,
+        [&] {
+            order.task("second")();
+            second_ran.set_value();
+        },
+        [&] { return second_awaited.load(); });
+    second_awaited = true;  // a reader came to wait for the second one's chunks
+    busy.queue.recheck();
+    // It runs as on-demand work: beside the miss and the busy prefetch, before the first.
+    REQUIRE(ranSoon(second_ran));
+    CHECK(order.names() == std::vector<std::string>{"second"});
 }
 
 // The prefetch table is what the container reads next: it goes on beside misses and beside
 // whole-blob prefetch.
 TEST_CASE("prefetch-table work starts while a miss and whole-blob prefetch are fetched", "[fetchqueue]") {
     std::promise<void> table_ran;
-    {
-        FetchQueue queue(8);
-        Gate miss;
-        Gate blob;
-        queue.push(FetchQueue::Priority::OnDemand, miss.task());
-        miss.waitStarted();
-        queue.push(FetchQueue::Priority::Prefetch, blob.task());
-        blob.waitStarted();
-        queue.push(FetchQueue::Priority::PrefetchTable, [&] { table_ran.set_value(); });
-        CHECK(table_ran.get_future().wait_for(std::chrono::seconds(10)) == std::future_status::ready);
-    }
+    BusyQueue busy;
+    busy.queue.push(FetchQueue::Priority::PrefetchTable, [&] { table_ran.set_value(); });
+    CHECK(ranSoon(table_ran));
 }

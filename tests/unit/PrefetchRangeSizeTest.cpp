@@ -6,35 +6,45 @@ using namespace std::chrono_literals;
 using rafsd::PrefetchRangeSize;
 
 namespace {
+
 constexpr uint64_t kKiB = 1024;
+
+// From 128 KiB to 4 MiB, each request to take about 20 ms.
+PrefetchRangeSize rangeSize() { return PrefetchRangeSize(128 * kKiB, 4096 * kKiB, 20ms); }
+
+// `times` requests of the current size, each taking `took`.
+void record(PrefetchRangeSize& size, int times, std::chrono::microseconds took) {
+    for (int i = 0; i < times; ++i) size.record(size.bytes(), took);
 }
 
+}  // namespace
+
 TEST_CASE("prefetch ranges start small and grow while the backend answers fast", "[prefetch]") {
-    PrefetchRangeSize size(128 * kKiB, 4096 * kKiB, 20ms);
+    PrefetchRangeSize size = rangeSize();
     CHECK(size.bytes() == 128 * kKiB);
-    size.record(128 * kKiB, 5ms);
+    record(size, 1, 5ms);
     CHECK(size.bytes() == 256 * kKiB);
-    for (int i = 0; i < 10; ++i) size.record(size.bytes(), 5ms);
+    record(size, 10, 5ms);
     CHECK(size.bytes() == 4096 * kKiB);  // never past the largest
 }
 
 TEST_CASE("prefetch ranges shrink when the backend is slow, and hold in between", "[prefetch]") {
-    PrefetchRangeSize size(128 * kKiB, 4096 * kKiB, 20ms);
-    for (int i = 0; i < 5; ++i) size.record(size.bytes(), 5ms);
+    PrefetchRangeSize size = rangeSize();
+    record(size, 5, 5ms);
     REQUIRE(size.bytes() == 4096 * kKiB);
-    size.record(4096 * kKiB, 100ms);
+    record(size, 1, 100ms);
     CHECK(size.bytes() == 2048 * kKiB);
     // Within half to twice the target: the size stays.
-    size.record(2048 * kKiB, 15ms);
-    size.record(2048 * kKiB, 39ms);
+    record(size, 1, 15ms);
+    record(size, 1, 39ms);
     CHECK(size.bytes() == 2048 * kKiB);
-    for (int i = 0; i < 10; ++i) size.record(size.bytes(), 100ms);
+    record(size, 10, 100ms);
     CHECK(size.bytes() == 128 * kKiB);  // never below the smallest
 }
 
 TEST_CASE("a small fast prefetch range does not grow the size", "[prefetch]") {
-    PrefetchRangeSize size(128 * kKiB, 4096 * kKiB, 20ms);
-    for (int i = 0; i < 3; ++i) size.record(size.bytes(), 5ms);
+    PrefetchRangeSize size = rangeSize();
+    record(size, 3, 5ms);
     REQUIRE(size.bytes() == 1024 * kKiB);
     // The tail of a blob: 100 KiB answered at once says nothing about 1 MiB.
     size.record(100 * kKiB, 1ms);
