@@ -2,11 +2,12 @@
 // of prefetch work. A queued prefetch task that a reader has come to wait for is on-demand work
 // from then on: the reader does not wait behind the other prefetch work. Prefetch of the image's
 // prefetch table (a start trace: what the container will read next) holds up to half of the
-// threads, misses or not. The rest of prefetch (whole blobs) holds only a quarter of them (at
-// least one), and one while a miss is being fetched: a request in flight cannot be taken back, and
-// on a slow link a miss shares the bandwidth with every prefetch request out (with eight, the
-// first byte of a program on a 100 Mbit/s link came after 0.49 s instead of 0.1 s; with none, a
-// full read on that link reached 71% of it instead of 90%: docs/benchmarks.md).
+// threads, misses or not. The rest of prefetch (whole blobs) waits until the table's work is
+// done, then holds only a quarter of the threads (at least one), and one while a miss is being
+// fetched: a request in flight cannot be taken back, and on a slow link a miss shares the
+// bandwidth with every prefetch request out (with eight, the first byte of a program on a
+// 100 Mbit/s link came after 0.49 s instead of 0.1 s; with none, a full read on that link
+// reached 71% of it instead of 90%: docs/benchmarks.md).
 #pragma once
 
 #include <condition_variable>

@@ -140,3 +140,20 @@ TEST_CASE("prefetch-table work starts while a miss and whole-blob prefetch are f
     busy.queue.push(FetchQueue::Priority::PrefetchTable, [&] { table_ran.set_value(); });
     CHECK(ranSoon(table_ran));
 }
+
+TEST_CASE("whole-blob prefetch waits until the prefetch table's work is done", "[fetchqueue]") {
+    std::atomic<bool> blob_started{false};
+    std::promise<void> blob_ran;
+    FetchQueue queue(8);
+    Gate table;
+    queue.push(FetchQueue::Priority::PrefetchTable, table.task());
+    table.waitStarted();
+    queue.push(FetchQueue::Priority::Prefetch, [&] {
+        blob_started = true;
+        blob_ran.set_value();
+    });
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));  // time for a wrong start
+    CHECK(!blob_started.load());
+    table.release();
+    CHECK(ranSoon(blob_ran));
+}
