@@ -191,15 +191,13 @@ uint32_t ChunkFetcher::prefetch(const std::shared_ptr<CachedBlob>& blob, uint32_
     const BlobDescriptor& d = blob->descriptor();
     std::vector<FetchRun> runs;
     uint32_t queued = 0;
-    // A miss that waits for a chunk of a prefetch request waits for the whole request.
-    const uint64_t range = prefetch_range_.bytes();
     {
         std::lock_guard lock(blob->mutex_);
         const uint32_t end = static_cast<uint32_t>(std::min<uint64_t>(uint64_t{first} + count, d.chunks.size()));
         for (uint32_t ci = first; ci < end; ++ci) {
             if (blob->cache().isPresent(ci) || blob->in_flight_.count(ci) != 0) continue;
             blob->in_flight_.try_emplace(ci);
-            planner_.appendToRuns(runs, d.chunks, ci, range);
+            planner_.appendToRuns(runs, d.chunks, ci);
             ++queued;
         }
     }

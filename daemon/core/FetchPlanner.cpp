@@ -71,12 +71,12 @@ std::vector<FetchRun> FetchPlanner::ahead(std::span<const rafs::BlobChunk> chunk
 }
 
 void FetchPlanner::appendToRuns(std::vector<FetchRun>& runs, std::span<const rafs::BlobChunk> chunks,
-                                uint32_t ci, uint64_t limit) const {
+                                uint32_t ci) const {
     const rafs::BlobChunk& c = chunks[ci];
     if (!runs.empty()) {
         FetchRun& r = runs.back();
         const bool adjacent = r.first + r.count == ci && r.offset + r.length == c.compressed_offset;
-        if (adjacent && r.length + c.compressed_size <= std::min(max_run_, limit)) {
+        if (adjacent && r.length + c.compressed_size <= max_run_) {
             ++r.count;
             r.length += c.compressed_size;
             return;

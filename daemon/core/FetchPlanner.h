@@ -54,9 +54,8 @@ public:
     static uint32_t firstCovering(std::span<const rafs::BlobChunk> chunks, uint64_t offset);
 
     // Adds chunk `ci` to `runs`: to the last run if its compressed bytes follow that run's and
-    // the run stays within max_run (and `limit`), else as a new run.
-    void appendToRuns(std::vector<FetchRun>& runs, std::span<const rafs::BlobChunk> chunks, uint32_t ci,
-                      uint64_t limit = UINT64_MAX) const;
+    // the run stays within max_run, else as a new run.
+    void appendToRuns(std::vector<FetchRun>& runs, std::span<const rafs::BlobChunk> chunks, uint32_t ci) const;
 
 private:
 

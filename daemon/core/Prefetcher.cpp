@@ -81,6 +81,9 @@ void Prefetcher::prefetchWindow(std::vector<PrefetchChunk> window) {
     std::sort(window.begin(), window.end(), [](const PrefetchChunk& a, const PrefetchChunk& b) {
         return std::pair(a.blob.get(), a.ci) < std::pair(b.blob.get(), b.ci);
     });
+    // A span is one prefetch request's worth at most: a reader that waits for one of its chunks
+    // waits for the whole request.
+    const uint64_t range = fetcher_.prefetchRangeBytes();
     for (size_t i = 0; i < window.size();) {
         const std::shared_ptr<CachedBlob>& blob = window[i].blob;
         const auto& chunks = blob->descriptor().chunks;
@@ -93,7 +96,9 @@ void Prefetcher::prefetchWindow(std::vector<PrefetchChunk> window) {
             const uint64_t gap = chunks[ci].compressed_offset -
                                  std::min(chunks[ci].compressed_offset,
                                           chunks[last].compressed_offset + chunks[last].compressed_size);
-            if (gap > kTableGap) break;
+            const uint64_t span = chunks[ci].compressed_offset + chunks[ci].compressed_size -
+                                  chunks[first].compressed_offset;
+            if (gap > kTableGap || span > range) break;
             last = ci;
         }
         if (blob->cache().complete()) continue;
@@ -130,10 +135,7 @@ void Prefetcher::run() {
             first = next;
             const auto& chunks = blob->descriptor().chunks;
             const uint64_t range = fetcher_.prefetchRangeBytes();
-            // Within the range (ChunkFetcher::prefetch would split a run past it into two
-            // requests), but at least one chunk.
-            while (first + count < chunks.size() &&
-                   (count == 0 || compressed + chunks[first + count].compressed_size <= range)) {
+            while (first + count < chunks.size() && compressed < range) {
                 compressed += chunks[first + count].compressed_size;
                 ++count;
             }

@@ -114,24 +114,6 @@ private:
     int cpu_ = -1;
 };
 
-// A blob of `count` stored (uncompressed) chunks of zeros, kChunk bytes each, and their extents.
-BlobDescriptor zeroBlob(uint32_t count, std::vector<ChunkExtent>& extents) {
-    const std::vector<uint8_t> zeros(kChunk, 0);
-    BlobDescriptor d;
-    d.id = kBlobId;
-    d.compressor = rafs::Compressor::None;
-    d.digester = rafs::Digester::Blake3;
-    d.chunk_size = kChunk;
-    d.uncompressed_size = uint64_t{count} * kChunk;
-    for (uint32_t i = 0; i < count; ++i) {
-        const uint64_t at = uint64_t{i} * kChunk;
-        d.chunks.push_back({at, static_cast<uint32_t>(kChunk), at, static_cast<uint32_t>(kChunk), false, false, 0});
-        extents.push_back({at, static_cast<uint32_t>(kChunk)});
-    }
-    d.digests.assign(count, rafs::digestOf(rafs::Digester::Blake3, zeros));
-    return d;
-}
-
 // Whether this process may make threads real-time (root, CAP_SYS_NICE or RLIMIT_RTPRIO).
 bool canUseRealTime() {
     const sched_param fifo{1};
@@ -173,8 +155,20 @@ TEST_CASE("a request completed by a worker as makePresent unlocks is completed o
     constexpr uint32_t kAhead = kAwaited + kPerWindow;
     constexpr uint32_t kChunks = 2 * kPerWindow + 2 * kAwaited;
 
+    const std::vector<uint8_t> zeros(kChunk, 0);
+    BlobDescriptor d;
+    d.id = kBlobId;
+    d.compressor = rafs::Compressor::None;
+    d.digester = rafs::Digester::Blake3;
+    d.chunk_size = kChunk;
+    d.uncompressed_size = uint64_t{kChunks} * kChunk;
     std::vector<ChunkExtent> extents;
-    const BlobDescriptor d = zeroBlob(kChunks, extents);
+    for (uint32_t i = 0; i < kChunks; ++i) {
+        const uint64_t at = uint64_t{i} * kChunk;
+        d.chunks.push_back({at, static_cast<uint32_t>(kChunk), at, static_cast<uint32_t>(kChunk), false, false, 0});
+        extents.push_back({at, static_cast<uint32_t>(kChunk)});
+    }
+    d.digests.assign(kChunks, rafs::digestOf(rafs::Digester::Blake3, zeros));
 
     // Every chunk present but two, made once (a write per bit); each attempt starts from a copy.
     rafs::test::TempDir dir;
@@ -279,22 +273,12 @@ public:
     explicit MemoryBackend(std::vector<uint8_t> blob) : blob_(std::move(blob)) {}
     void read(const std::string&, uint64_t offset, std::span<uint8_t> out) override {
         std::memcpy(out.data(), blob_.data() + offset, out.size());
-        std::lock_guard lock(mutex_);
-        reads_.emplace_back(offset, out.size());
     }
     uint64_t size(const std::string&) override { return blob_.size(); }
     std::string describe() const override { return "memory test backend"; }
 
-    // (offset, length) of each read so far, in the order they were made.
-    std::vector<std::pair<uint64_t, uint64_t>> reads() const {
-        std::lock_guard lock(mutex_);
-        return reads_;
-    }
-
 private:
     std::vector<uint8_t> blob_;
-    mutable std::mutex mutex_;
-    std::vector<std::pair<uint64_t, uint64_t>> reads_;
 };
 
 int waitFor(ChunkFetcher& fetcher, uint32_t image, uint64_t offset, uint64_t length) {
@@ -361,29 +345,4 @@ TEST_CASE("a run is written in batches around waited-for and bad chunks", "[chun
     CHECK(blob->counters().errors == 1);
     // The bad chunk is fetched again for the next reader, and fails again.
     CHECK(waitFor(fetcher, image, kBad * kChunk, kChunk) == EIO);
-}
-
-// Prefetch requests are sized by PrefetchRangeSize, which starts at its smallest (128 KiB): the
-// first ones go out at the mount, before any was timed, and must not hold up the first miss.
-TEST_CASE("the first prefetch requests are of the smallest range size", "[chunkfetcher]") {
-    constexpr uint32_t kChunks = 128;  // 512 KiB
-    std::vector<ChunkExtent> extents;
-    const BlobDescriptor d = zeroBlob(kChunks, extents);
-
-    rafs::test::TempDir dir;
-    auto backend = std::make_shared<MemoryBackend>(std::vector<uint8_t>(d.uncompressed_size, 0));
-    auto blob = std::make_shared<CachedBlob>(
-        d,
-        std::make_unique<BlobCache>(std::make_unique<NullCacheFile>(d.uncompressed_size),
-                                    ReadinessBitmap::open(dir.path() / "map", kBlobId, kChunks, d.uncompressed_size),
-                                    extents),
-        backend);
-    ChunkFetcher fetcher(FetchOptions{.threads = 1});
-    const uint32_t image = fetcher.addImage({blob});
-    REQUIRE(fetcher.prefetchRangeBytes() == 128 * 1024);
-    CHECK(fetcher.prefetch(blob, 0, kChunks) == kChunks);
-    CHECK(waitFor(fetcher, image, 0, d.uncompressed_size) == 0);  // waits for every prefetch request
-    const std::vector<std::pair<uint64_t, uint64_t>> expected{
-        {0, 128 * 1024}, {128 * 1024, 128 * 1024}, {256 * 1024, 128 * 1024}, {384 * 1024, 128 * 1024}};
-    CHECK(backend->reads() == expected);
 }

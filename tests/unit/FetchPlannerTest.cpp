@@ -112,19 +112,6 @@ TEST_CASE("runs split at the largest backend range and where stored bytes are no
     CHECK(runs == std::vector<std::pair<uint32_t, uint32_t>>{{0, 3}, {3, 2}, {5, 3}, {8, 3}, {11, 3}, {14, 2}});
 }
 
-TEST_CASE("a run stays within the limit its caller gives, if that is below the largest backend range",
-          "[planner]") {
-    const auto c = chunks(8, 64 * kKiB);  // 32 KiB stored each
-    const FetchPlanner planner(1 << 20, 96 * kKiB);
-    std::vector<FetchRun> runs;
-    for (uint32_t ci = 0; ci < 8; ++ci) planner.appendToRuns(runs, c, ci, 64 * kKiB);
-    CHECK(runs.size() == 4);
-    for (const FetchRun& r : runs) CHECK(r.length == 64 * kKiB);
-    runs.clear();
-    for (uint32_t ci = 0; ci < 8; ++ci) planner.appendToRuns(runs, c, ci, 1 << 20);
-    CHECK(runs.size() == 3);  // 96, 96 and 64 KiB: the largest backend range holds
-}
-
 TEST_CASE("read-ahead only for a reader that reads on, once it is a window from the first missing chunk",
           "[planner]") {
     const auto c = chunks(64, 16 * kKiB);  // 1 MiB
