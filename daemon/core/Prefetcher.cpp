@@ -84,6 +84,9 @@ void Prefetcher::prefetchWindow(std::vector<PrefetchChunk> window) {
     // A span is one prefetch request's worth at most: a reader that waits for one of its chunks
     // waits for the whole request.
     const uint64_t range = fetcher_.prefetchRangeBytes();
+    // Paced a window at a time, not a span at a time: a window goes out whole, so under a
+    // bandwidth cap its last spans are not held back until the next window's first ones are out.
+    uint64_t queued = 0;
     for (size_t i = 0; i < window.size();) {
         const std::shared_ptr<CachedBlob>& blob = window[i].blob;
         const auto& chunks = blob->descriptor().chunks;
@@ -103,9 +106,10 @@ void Prefetcher::prefetchWindow(std::vector<PrefetchChunk> window) {
         }
         if (blob->cache().complete()) continue;
         if (fetcher_.prefetch(blob, first, last - first + 1, FetchQueue::Priority::PrefetchTable) != 0) {
-            pace(chunks[last].compressed_offset + chunks[last].compressed_size - chunks[first].compressed_offset);
+            queued += chunks[last].compressed_offset + chunks[last].compressed_size - chunks[first].compressed_offset;
         }
     }
+    if (queued != 0) pace(queued);
 }
 
 void Prefetcher::run() {

@@ -23,8 +23,8 @@ class Prefetcher {
 public:
     // bandwidth: compressed bytes per second queued at most (0 = unlimited); batch: bytes of
     // uncompressed data per window of the prefetch table (see Prefetcher.cpp); backlog: runs
-    // waiting in the fetch queue at most. Whole blobs go in runs of the fetcher's
-    // prefetchRangeBytes().
+    // waiting in the fetch queue at most. Requests are of about the fetcher's
+    // prefetchRangeBytes() (see PrefetchRangeSize).
     Prefetcher(ChunkFetcher& fetcher, uint64_t bandwidth, uint64_t batch, size_t backlog);
     ~Prefetcher();
     Prefetcher(const Prefetcher&) = delete;
