@@ -7,6 +7,7 @@
 #include "daemon/core/DataPlane.h"
 #include "daemon/core/FetchPlanner.h"
 #include "daemon/core/FetchQueue.h"
+#include "daemon/core/PrefetchRangeSize.h"
 
 #include <functional>
 #include <memory>
@@ -37,9 +38,13 @@ public:
     uint32_t forgetLost(uint32_t image, uint32_t blob, uint64_t offset, uint64_t length) override;
 
     // Starts fetching the missing chunks among [first, first + count) of `blob` in the
-    // background, behind every miss. Returns how many chunks were queued.
-    uint32_t prefetch(const std::shared_ptr<CachedBlob>& blob, uint32_t first, uint32_t count);
+    // background, behind every miss (`priority`: Prefetch or PrefetchTable, see FetchQueue).
+    // Returns how many chunks were queued.
+    uint32_t prefetch(const std::shared_ptr<CachedBlob>& blob, uint32_t first, uint32_t count,
+                      FetchQueue::Priority priority = FetchQueue::Priority::Prefetch);
     size_t prefetchBacklog() const { return queue_->prefetchBacklog(); }
+    // Compressed bytes a prefetch request should ask for now (see PrefetchRangeSize).
+    uint64_t prefetchRangeBytes() const { return prefetch_range_.bytes(); }
 
     // Frees the chunks among [first, first + count) of `blob` that are present, not being fetched,
     // and last used before `used_before` (ChunkUse::now() units), if its cache file can free
@@ -77,6 +82,7 @@ private:
 
     FetchOptions options_;
     FetchPlanner planner_;
+    PrefetchRangeSize prefetch_range_;
     std::counting_semaphore<> decoders_;
     std::mutex images_mutex_;
     std::vector<RegisteredImage> images_;

@@ -36,9 +36,11 @@ FetchPlan FetchPlanner::plan(std::span<const rafs::BlobChunk> chunks, uint64_t o
         if (s == ChunkState::Missing) to_fetch.push_back(i);
     }
     // Amplify only when this miss fetches something: following missing chunks, until the
-    // window is filled or a chunk is present or already on its way.
+    // window is filled or a chunk is present or already on its way. The chunks read count whole:
+    // a read of 4 KiB in a 1 MiB chunk fetches that chunk, a window already, and its reader waits
+    // for those bytes alone (on a 100 Mbit/s link half the time of chunk and window).
     if (!to_fetch.empty()) {
-        uint64_t covered = end - std::min(end, chunks[to_fetch.front()].uncompressed_offset);
+        uint64_t covered = extentEnd(chunks[i - 1]) - chunks[to_fetch.front()].uncompressed_offset;
         for (; i < chunks.size() && covered < amplify_; ++i) {
             if (state(i) != ChunkState::Missing) break;
             to_fetch.push_back(i);

@@ -29,7 +29,8 @@ struct FetchPlan {
 
 class FetchPlanner {
 public:
-    // amplify: bytes of uncompressed data a miss fetches at least (when missing chunks follow);
+    // amplify: bytes of uncompressed data a miss fetches at least, counting the chunks it reads
+    // whole (when missing chunks follow);
     // max_run: the largest backend range one run may cover.
     FetchPlanner(uint64_t amplify, uint64_t max_run);
 

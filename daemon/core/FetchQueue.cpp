@@ -1,8 +1,11 @@
 #include "daemon/core/FetchQueue.h"
 
+#include <algorithm>
+
 namespace rafsd {
 
-FetchQueue::FetchQueue(unsigned threads) : prefetch_limit_(std::max(1u, threads / 4)) {
+FetchQueue::FetchQueue(unsigned threads)
+    : table_limit_(std::max(1u, threads / 2)), prefetch_limit_(std::max(1u, threads / 4)) {
     for (unsigned i = 0; i < std::max(1u, threads); ++i) threads_.emplace_back([this] { run(); });
 }
 
@@ -10,55 +13,90 @@ FetchQueue::~FetchQueue() {
     {
         std::lock_guard lock(mutex_);
         stopping_ = true;
+        table_.clear();
         prefetch_.clear();
     }
     ready_.notify_all();
     for (auto& t : threads_) t.join();
 }
 
-void FetchQueue::push(Priority priority, std::function<void()> task) {
+void FetchQueue::push(Priority priority, std::function<void()> task, std::function<bool()> awaited) {
     {
         std::lock_guard lock(mutex_);
-        (priority == Priority::OnDemand ? on_demand_ : prefetch_).push_back(std::move(task));
+        if (priority == Priority::OnDemand) {
+            on_demand_.push_back(std::move(task));
+        } else {
+            (priority == Priority::PrefetchTable ? table_ : prefetch_).push_back({std::move(task), std::move(awaited)});
+        }
     }
     ready_.notify_one();
 }
 
+void FetchQueue::recheck() {
+    {
+        std::lock_guard lock(mutex_);
+        if (table_.empty() && prefetch_.empty()) return;
+    }
+    ready_.notify_all();
+}
+
 size_t FetchQueue::prefetchBacklog() const {
     std::lock_guard lock(mutex_);
-    return prefetch_.size();
+    return table_.size() + prefetch_.size();
+}
+
+bool FetchQueue::takeAwaited(std::function<void()>& task) {
+    for (auto* queue : {&table_, &prefetch_}) {
+        const auto it = std::find_if(queue->begin(), queue->end(),
+                                     [](const PrefetchTask& t) { return t.awaited && t.awaited(); });
+        if (it != queue->end()) {
+            task = std::move(it->run);
+            queue->erase(it);
+            return true;
+        }
+    }
+    return false;
 }
 
 void FetchQueue::run() {
     std::unique_lock lock(mutex_);
+    auto may_table = [this] { return !table_.empty() && !stopping_ && running_table_ < table_limit_; };
     auto may_prefetch = [this] {
-        return !prefetch_.empty() && !stopping_ && running_prefetch_ < (running_on_demand_ > 0 ? 1u : prefetch_limit_);
+        return !prefetch_.empty() && !stopping_ && table_.empty() && running_table_ == 0 &&
+               running_prefetch_ < (running_on_demand_ > 0 ? 1u : prefetch_limit_);
     };
     for (;;) {
-        ready_.wait(lock, [&] { return stopping_ || !on_demand_.empty() || may_prefetch(); });
         std::function<void()> task;
         unsigned* running = nullptr;
-        if (!on_demand_.empty()) {
-            task = std::move(on_demand_.front());
-            on_demand_.pop_front();
-            running = &running_on_demand_;
-        } else if (may_prefetch()) {
-            task = std::move(prefetch_.front());
-            prefetch_.pop_front();
-            running = &running_prefetch_;
-        } else if (stopping_) {
-            return;  // queued on-demand work is done; queued prefetch work was dropped
-        } else {
-            continue;
-        }
+        ready_.wait(lock, [&] {
+            if (!on_demand_.empty()) {
+                task = std::move(on_demand_.front());
+                on_demand_.pop_front();
+                running = &running_on_demand_;
+            } else if (!stopping_ && takeAwaited(task)) {
+                running = &running_on_demand_;
+            } else if (may_table()) {
+                task = std::move(table_.front().run);
+                table_.pop_front();
+                running = &running_table_;
+            } else if (may_prefetch()) {
+                task = std::move(prefetch_.front().run);
+                prefetch_.pop_front();
+                running = &running_prefetch_;
+            }
+            return running != nullptr || stopping_;
+        });
+        if (!running) return;  // stopping: queued on-demand work is done; queued prefetch work was dropped
         ++*running;
         lock.unlock();
         task();
         lock.lock();
         --*running;
-        // A prefetch slot opened (a prefetch ended, or the last miss did and the limit rose):
-        // a thread waiting only for that one may go now.
-        if (!prefetch_.empty() && (running == &running_prefetch_ || running_on_demand_ == 0)) ready_.notify_all();
+        // A prefetch slot opened (a prefetch ended, or the last miss did): a thread waiting only
+        // for that one may go now.
+        if ((!table_.empty() || !prefetch_.empty()) && (running != &running_on_demand_ || running_on_demand_ == 0)) {
+            ready_.notify_all();
+        }
     }
 }
 

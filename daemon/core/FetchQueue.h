@@ -1,8 +1,13 @@
 // The fetch threads: a bounded number of backend requests in flight, on-demand work always ahead
-// of prefetch work. Prefetch also holds only a quarter of the threads (at least one), and one
-// while a miss is being fetched: a request in flight cannot be taken back, and on a slow link a
-// miss shares the bandwidth with every prefetch request already out (with eight, the first byte
-// of a program on a 100 Mbit/s link came after 0.49 s instead of 0.1 s: docs/benchmarks.md).
+// of prefetch work. A queued prefetch task that a reader has come to wait for is on-demand work
+// from then on: the reader does not wait behind the other prefetch work. Prefetch of the image's
+// prefetch table (a start trace: what the container will read next) holds up to half of the
+// threads, misses or not. The rest of prefetch (whole blobs) waits until the table's work is
+// done, then holds only a quarter of the threads (at least one), and one while a miss is being
+// fetched: a request in flight cannot be taken back, and on a slow link a miss shares the
+// bandwidth with every prefetch request out (with eight, the first byte of a program on a
+// 100 Mbit/s link came after 0.49 s instead of 0.1 s; with none, a full read on that link
+// reached 71% of it instead of 90%: docs/benchmarks.md).
 #pragma once
 
 #include <condition_variable>
@@ -16,26 +21,40 @@ namespace rafsd {
 
 class FetchQueue {
 public:
-    enum class Priority { OnDemand, Prefetch };
+    enum class Priority { OnDemand, PrefetchTable, Prefetch };
 
     explicit FetchQueue(unsigned threads);
     ~FetchQueue();  // finishes queued on-demand work, drops queued prefetch work, joins
     FetchQueue(const FetchQueue&) = delete;
     FetchQueue& operator=(const FetchQueue&) = delete;
 
-    void push(Priority priority, std::function<void()> task);
+    // `awaited` (prefetch and prefetch-table tasks only; optional): whether a reader waits for the task's work. It
+    // is asked under the queue's lock, so it must not call back into the queue.
+    void push(Priority priority, std::function<void()> task, std::function<bool()> awaited = {});
+    // A reader has come to wait for work that may be a queued prefetch task's: look again.
+    void recheck();
     // Prefetch tasks waiting; the prefetcher keeps this small so misses never queue behind it.
     size_t prefetchBacklog() const;
 
 private:
+    struct PrefetchTask {
+        std::function<void()> run;
+        std::function<bool()> awaited;
+    };
+
     void run();
+    // Takes the first queued prefetch task a reader waits for; false if none.
+    bool takeAwaited(std::function<void()>& task);
 
     mutable std::mutex mutex_;
     std::condition_variable ready_;
     std::deque<std::function<void()>> on_demand_;
-    std::deque<std::function<void()>> prefetch_;
+    std::deque<PrefetchTask> table_;
+    std::deque<PrefetchTask> prefetch_;
+    unsigned table_limit_ = 1;
     unsigned prefetch_limit_ = 1;
     unsigned running_on_demand_ = 0;
+    unsigned running_table_ = 0;
     unsigned running_prefetch_ = 0;
     bool stopping_ = false;
     std::vector<std::thread> threads_;

@@ -81,6 +81,12 @@ void Prefetcher::prefetchWindow(std::vector<PrefetchChunk> window) {
     std::sort(window.begin(), window.end(), [](const PrefetchChunk& a, const PrefetchChunk& b) {
         return std::pair(a.blob.get(), a.ci) < std::pair(b.blob.get(), b.ci);
     });
+    // A span is one prefetch request's worth at most: a reader that waits for one of its chunks
+    // waits for the whole request.
+    const uint64_t range = fetcher_.prefetchRangeBytes();
+    // Paced a window at a time, not a span at a time: a window goes out whole, so under a
+    // bandwidth cap its last spans are not held back until the next window's first ones are out.
+    uint64_t queued = 0;
     for (size_t i = 0; i < window.size();) {
         const std::shared_ptr<CachedBlob>& blob = window[i].blob;
         const auto& chunks = blob->descriptor().chunks;
@@ -93,14 +99,17 @@ void Prefetcher::prefetchWindow(std::vector<PrefetchChunk> window) {
             const uint64_t gap = chunks[ci].compressed_offset -
                                  std::min(chunks[ci].compressed_offset,
                                           chunks[last].compressed_offset + chunks[last].compressed_size);
-            if (gap > kTableGap) break;
+            const uint64_t span = chunks[ci].compressed_offset + chunks[ci].compressed_size -
+                                  chunks[first].compressed_offset;
+            if (gap > kTableGap || span > range) break;
             last = ci;
         }
         if (blob->cache().complete()) continue;
-        if (fetcher_.prefetch(blob, first, last - first + 1) != 0) {
-            pace(chunks[last].compressed_offset + chunks[last].compressed_size - chunks[first].compressed_offset);
+        if (fetcher_.prefetch(blob, first, last - first + 1, FetchQueue::Priority::PrefetchTable) != 0) {
+            queued += chunks[last].compressed_offset + chunks[last].compressed_size - chunks[first].compressed_offset;
         }
     }
+    if (queued != 0) pace(queued);
 }
 
 void Prefetcher::run() {
@@ -119,19 +128,18 @@ void Prefetcher::run() {
             lock.lock();
             continue;
         }
-        // The next run of consecutive chunks of one blob, up to the batch size.
+        // The next run of consecutive chunks of one blob, one prefetch request's worth.
         std::shared_ptr<CachedBlob> blob;
         uint32_t first = 0;
         uint32_t count = 0;
-        uint64_t bytes = 0;
         uint64_t compressed = 0;
         {
             auto& [b, next] = blobs_.front();
             blob = b;
             first = next;
             const auto& chunks = blob->descriptor().chunks;
-            while (first + count < chunks.size() && bytes < batch_) {
-                bytes += chunks[first + count].uncompressed_size;
+            const uint64_t range = fetcher_.prefetchRangeBytes();
+            while (first + count < chunks.size() && compressed < range) {
                 compressed += chunks[first + count].compressed_size;
                 ++count;
             }

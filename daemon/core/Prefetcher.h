@@ -22,7 +22,9 @@ struct PrefetchChunk {
 class Prefetcher {
 public:
     // bandwidth: compressed bytes per second queued at most (0 = unlimited); batch: bytes of
-    // uncompressed data per queued run; backlog: runs waiting in the fetch queue at most.
+    // uncompressed data per window of the prefetch table (see Prefetcher.cpp); backlog: runs
+    // waiting in the fetch queue at most. Requests are of about the fetcher's
+    // prefetchRangeBytes() (see PrefetchRangeSize).
     Prefetcher(ChunkFetcher& fetcher, uint64_t bandwidth, uint64_t batch, size_t backlog);
     ~Prefetcher();
     Prefetcher(const Prefetcher&) = delete;

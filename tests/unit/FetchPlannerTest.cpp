@@ -53,13 +53,23 @@ TEST_CASE("a miss fetches the chunks read plus the window, merged into one range
     // An unaligned read inside chunk 2 that ends inside chunk 3.
     const auto plan = planner.plan(c, 2 * 16 * kKiB + 100, 16 * kKiB, States{});
     CHECK(plan.required == std::vector<uint32_t>{2, 3});
-    // The read covers 20 KiB of the window from chunk 2's start (to its 4 KiB-rounded end);
-    // chunks 4 to 6 fill the rest.
+    // Chunks 2 and 3, read, are 32 KiB of the window; chunks 4 and 5 fill the rest.
     REQUIRE(plan.runs.size() == 1);
     CHECK(plan.runs[0].first == 2);
-    CHECK(plan.runs[0].count == 5);
+    CHECK(plan.runs[0].count == 4);
     CHECK(plan.runs[0].offset == c[2].compressed_offset);
-    CHECK(plan.runs[0].length == 5 * 8 * kKiB);
+    CHECK(plan.runs[0].length == 4 * 8 * kKiB);
+}
+
+TEST_CASE("a small read of a chunk as large as the window fetches that chunk alone", "[planner]") {
+    const auto c = chunks(8, 1024 * kKiB);
+    const FetchPlanner planner(1024 * kKiB, 4 << 20);
+    const auto plan = planner.plan(c, 4096, 4096, States{});
+    CHECK(plan.required == std::vector<uint32_t>{0});
+    CHECK(chunksOf(plan.runs) == std::vector<uint32_t>{0});
+    // A read across two chunks fetches both, and nothing more.
+    const auto across = planner.plan(c, 3 * 1024 * kKiB - 4096, 8192, States{});
+    CHECK(chunksOf(across.runs) == std::vector<uint32_t>{2, 3});
 }
 
 TEST_CASE("in-flight chunks are awaited, not fetched; the window stops at a present or in-flight chunk",
