@@ -18,7 +18,8 @@ import time
 
 from rafstest import harness
 from rafstest.harness import log, run, text
-from rafstest.rafsd import RafsdServe, make_small_tree, rafsctl, rafsctl_status, start_test, write_config
+from rafstest.rafsd import (RafsdServe, data_in_range, inspect_chunks, make_small_tree, rafsctl, rafsctl_status,
+                            start_test, write_config)
 
 MiB = 1 << 20
 FILES = [('bin/first', 300 * 1024), ('lib/second', 2 * MiB + 17), ('etc/third', 5000),
@@ -104,8 +105,8 @@ def main():
         ck.check(len(nids) == 1 and len(nids[0].split()) == 4, 'mkrafs inspect shows a prefetch table of the 4 files',
                  repr(nids))
         # Prefetch on, 2 MiB/s: the traced files' 5.4 MiB come first, the other 4.1 MiB after them.
-        # Once the chunks of the first two traced files could be in, they must be: reading them
-        # then misses nothing, while the blob is still far from complete.
+        # Once the chunks of the first two traced files are in, reading them misses nothing, and the
+        # blob is still far from complete: they came first.
         cfg2 = serve_config(tmp, 'prefetch', {'enable': True, 'bandwidth': '2MiB'})
         sock2 = os.path.join(tmp, 'prefetch.sock')
         mnt2 = os.path.join(tmp, 'mnt2')
@@ -116,17 +117,28 @@ def main():
             r = rafsctl(ctl, sock2, 'mount', '--blob-dir', os.path.join(out2, 'blobs'), out2 + '/image.boot', mnt2)
             if not ctl_ok(ck, r, 'rafsctl mount'):
                 return ck.finish()
-            blob = {}
-            deadline = time.monotonic() + 20
-            while time.monotonic() < deadline:
-                status = rafsctl_status(ctl, sock2, mnt2)
-                blob = status['images'][0]['blobs'][0] if status else {}
-                if blob.get('chunks_present', 0) >= 4:  # usr/share/fourth: 3 chunks, bin/first: 1
-                    break
-                time.sleep(0.05)
+            # The first two traced files' chunks in the cache file (a chunk's data lands just before
+            # its bit is set, hence the moment's pause after), then the blob's state.
+            blobs2 = os.path.join(out2, 'blobs')
+            files = inspect_chunks(mk.path, os.path.join(out2, 'image.boot'), blobs2)
+            wanted = [c for rel in ORDER[:2] for c in files['/' + rel][1]]
+            cache_file = os.path.join(tmp, 'prefetch-cache', os.listdir(blobs2)[0] + '.blob.data')
+            arrived = harness.wait_for(lambda: os.path.exists(cache_file) and all(
+                data_in_range(cache_file, c[3], c[3] + c[4]) for c in wanted), timeout=30)
+            time.sleep(0.2)
+            status = rafsctl_status(ctl, sock2, mnt2)
+            blob = status['images'][0]['blobs'][0] if status else {}
             present = blob.get('chunks_present', 0)
-            ck.check(4 <= present < blob.get('chunks', 0), 'prefetch under way: %d of %d chunks present'
-                     % (present, blob.get('chunks', 0)))
+            unread = [c for rel in ('usr/share/unread', 'var/also-unread') for c in files['/' + rel][1]]
+            early = [c for c in unread if data_in_range(cache_file, c[3], c[3] + c[4])]
+            # lib/second is last in the trace (3 chunks at 2 MiB/s) but before usr/share/fourth in
+            # the blob: it is not all in yet unless the blob's order won over the trace's.
+            last = files['/' + ORDER[3]][1]
+            last_in = all(data_in_range(cache_file, c[3], c[3] + c[4]) for c in last)
+            ck.check(arrived and present >= len(wanted) and not early and not last_in,
+                     'prefetch brought the first two traced files\' %d chunks first: not yet all of the last traced '
+                     'file, no chunk of a file the trace does not name (%d of %d chunks present)'
+                     % (len(wanted), present, blob.get('chunks', 0)), repr(early))
             ck.check(blob.get('misses', 0) == 0, 'no read made them present (no misses)')
             # Reads now of the traced files must all be hits or nearly: they were fetched first.
             before = blob.get('misses', 0)
