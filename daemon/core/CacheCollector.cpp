@@ -1,8 +1,8 @@
 #include "daemon/core/CacheCollector.h"
 
+#include "format/ByteView.h"
+#include "daemon/core/DiskUsage.h"
 #include "daemon/core/Log.h"
-
-#include <sys/stat.h>
 
 #include <algorithm>
 
@@ -44,17 +44,7 @@ void CacheCollector::addLayout(std::shared_ptr<UnusedCaches> layout) {
     layouts_.push_back(std::move(layout));
 }
 
-uint64_t CacheCollector::size() const {
-    uint64_t bytes = 0;
-    std::error_code ec;
-    // Files come and go meanwhile (fetches, mounts, cachefiles): what cannot be read is skipped.
-    for (fs::recursive_directory_iterator it(dir_, fs::directory_options::skip_permission_denied, ec), end;
-         !ec && it != end; it.increment(ec)) {
-        struct stat st {};
-        if (::lstat(it->path().c_str(), &st) == 0 && !S_ISDIR(st.st_mode)) bytes += uint64_t(st.st_blocks) * 512;
-    }
-    return bytes;
-}
+uint64_t CacheCollector::size() const { return DiskUsage::of(dir_).bytes; }
 
 std::set<std::string> CacheCollector::inUse() {
     std::set<std::string> keys(opening_.begin(), opening_.end());
@@ -173,9 +163,7 @@ void CacheCollector::freeChunks(uint64_t need, bool dry_run, GcReport& report) {
         for (uint32_t ci = 0; ci < cache.chunkCount(); ++ci) {
             const uint32_t last = blob->use().last(ci);
             if (!cache.isPresent(ci) || last >= used_before) continue;
-            const ChunkExtent& c = cache.chunk(ci);
-            const auto bytes = static_cast<uint32_t>((c.size + CacheFile::kBlockSize - 1) / CacheFile::kBlockSize *
-                                                     CacheFile::kBlockSize);
+            const auto bytes = static_cast<uint32_t>(rafs::alignUp(cache.chunk(ci).size, CacheFile::kBlockSize));
             candidates.push_back({last, blob.get(), ci, bytes});
         }
         alive.push_back(std::move(blob));

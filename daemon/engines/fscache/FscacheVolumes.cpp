@@ -1,9 +1,8 @@
 #include "daemon/engines/fscache/FscacheVolumes.h"
 
 #include "format/Error.h"
+#include "daemon/core/DiskUsage.h"
 #include "daemon/core/Log.h"
-
-#include <sys/stat.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -17,20 +16,6 @@ namespace {
 // cachefiles names a volume's dir "I" + its key, and EROFS's volume key is "erofs,<name>".
 constexpr std::string_view kVolumePrefix = "Ierofs,";
 constexpr std::string_view kKeyPrefix = "fscache:";
-
-// Space the files under `dir` take, and when the last of them was written.
-std::pair<uint64_t, int64_t> usage(const fs::path& dir) {
-    uint64_t bytes = 0;
-    int64_t last = 0;
-    std::error_code ec;
-    for (fs::recursive_directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
-        struct stat st {};
-        if (::lstat(it->path().c_str(), &st) != 0 || S_ISDIR(st.st_mode)) continue;
-        bytes += uint64_t(st.st_blocks) * 512;
-        last = std::max<int64_t>(last, st.st_mtim.tv_sec);
-    }
-    return {bytes, last};
-}
 
 }  // namespace
 
@@ -48,10 +33,10 @@ std::vector<UnusedCache> FscacheVolumes::list(const std::set<std::string>& in_us
         if (!name.starts_with(kVolumePrefix) || !it->is_directory()) continue;
         const std::string volume = name.substr(kVolumePrefix.size());
         if (used.count(volume) != 0) continue;
-        auto [bytes, last] = usage(it->path());
-        const auto [state_bytes, state_last] = usage(state_ / volume);
-        if (bytes + state_bytes == 0) continue;  // culled already: the empty fan-out dirs stay
-        out.push_back({"fscache volume " + volume, bytes + state_bytes, std::max(last, state_last),
+        const DiskUsage files = DiskUsage::of(it->path());
+        const DiskUsage state = DiskUsage::of(state_ / volume);
+        if (files.bytes + state.bytes == 0) continue;  // culled already: the empty fan-out dirs stay
+        out.push_back({"fscache volume " + volume, files.bytes + state.bytes, std::max(files.last_write, state.last_write),
                        [this, volume] { remove(volume); }});
     }
     return out;

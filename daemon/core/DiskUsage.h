@@ -1,0 +1,19 @@
+// What the files under a directory take on disk (st_blocks, links not followed), and when the last
+// of them was written: the cache collector's measure of the cache dir and of what it may remove.
+// Files that come and go meanwhile (fetches, mounts, cachefiles) are skipped when they cannot be
+// read; a missing directory takes nothing.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+
+namespace rafsd {
+
+struct DiskUsage {
+    uint64_t bytes = 0;
+    int64_t last_write = 0;  // seconds since the epoch; 0 if there is no file
+
+    static DiskUsage of(const std::filesystem::path& dir);
+};
+
+}  // namespace rafsd
