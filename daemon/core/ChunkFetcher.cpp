@@ -130,6 +130,8 @@ void ChunkFetcher::makePresent(uint32_t image, uint32_t blob_index, uint64_t off
             std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - since));
         (*answer)(error);
     };
+    // The chunks the read touches (4 KiB-rounded extents): stamped as used, and the trace's record.
+    const ChunkRange used = blob->cache().chunksCovering(offset, length);
     FetchPlan plan;
     bool awaits_others = false;  // waits for a chunk another request or a prefetch fetches
     {
@@ -162,7 +164,6 @@ void ChunkFetcher::makePresent(uint32_t image, uint32_t blob_index, uint64_t off
         }
         // Under the lock: the cache collector, which takes it too, then sees the chunks as used
         // and leaves them alone while the kernel reads what it is about to be allowed to.
-        const ChunkRange used = blob->cache().chunksCovering(offset, length);
         blob->use_.touch(used.begin, used.end);
     }
     // Hit or miss is plan.required, not request->remaining: once the lock is released a worker
@@ -181,13 +182,7 @@ void ChunkFetcher::makePresent(uint32_t image, uint32_t blob_index, uint64_t off
     }
     if (awaits_others) queue_->recheck();  // a queued prefetch request may be this miss's now
     // Last, off the path of the answer and the fetches.
-    if (trace) {
-        const uint64_t end = rafs::alignUp(offset + length, 4096);
-        uint32_t last = FetchPlanner::firstCovering(d.chunks, offset / 4096 * 4096);
-        const uint32_t first = last;
-        while (last < d.chunks.size() && d.chunks[last].uncompressed_offset < end) ++last;
-        trace->record(blob_index, first, last);
-    }
+    if (trace) trace->record(blob_index, used.begin, used.end);
 }
 
 uint32_t ChunkFetcher::prefetch(const std::shared_ptr<CachedBlob>& blob, uint32_t first, uint32_t count,
