@@ -51,6 +51,7 @@ struct BuildFlags {
     CLI::Option* mtime_opt = nullptr;
     unsigned threads = 0;
     bool no_chunk_table = false;
+    bool keep_blob_order = false;
     int compression_level = 0;
 
     void add(CLI::App* c) {
@@ -59,6 +60,9 @@ struct BuildFlags {
         c->add_option("--compression-level", compression_level, "codec level (0 = default)");
         c->add_option("--digester", digester, "blake3 (default) or sha256");
         c->add_option("--prefetch-list", prefetch_list, "file of absolute paths to prefetch first");
+        c->add_flag("--keep-blob-order", keep_blob_order,
+                    "store chunks in source order, the prefetch list's files not first: the blobs (and their ids) stay "
+                    "those of a build without the list, only the bootstrap differs");
         mtime_opt = c->add_option("--mtime", mtime, "set every entry's mtime to SECONDS (reproducible builds)");
         c->add_option("--threads", threads, "compression threads (default: one per CPU)");
         c->add_option("--chunk-dict", chunk_dict,
@@ -77,6 +81,7 @@ struct BuildFlags {
         if (mtime_opt->count() > 0) build.mtime = mtime;
         build.threads = threads;
         build.chunk_table = !no_chunk_table;
+        build.prefetch_first = !keep_blob_order;
     }
 };
 

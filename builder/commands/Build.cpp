@@ -7,6 +7,7 @@
 #include "builder/writer/BootstrapWriter.h"
 #include "builder/writer/ChunkDict.h"
 #include "builder/writer/ChunkPipeline.h"
+#include "builder/writer/PrefetchLayout.h"
 
 #include <fmt/format.h>
 
@@ -171,6 +172,7 @@ BuiltImage buildLayers(const BuildOptions& options, const std::vector<LayerInput
             inputs[i].apply(tree, pipeline, layer);
             pipeline.finish();
         }
+        if (options.prefetch_first) placePrefetchFirst(boot.prefetch_paths, tree, dictionary, blob);
         if (blob.chunkCount() == 0) {
             layers.emplace_back();
             report(fmt::format("layer {}: {}: no new chunks, no blob", i, inputs[i].name));

@@ -4,6 +4,7 @@
 #include "format/BlobSections.h"
 #include "format/Codec.h"
 #include "format/Error.h"
+#include "format/InputFile.h"
 
 #include <fmt/format.h>
 
@@ -65,6 +66,71 @@ ChunkRef BlobWriter::append(std::span<const uint8_t> stored, bool compressed,
     chunks_.push_back(c);
     digests_.push_back(digest);
     return ref;
+}
+
+std::vector<ChunkRef> BlobWriter::placeFirst(std::span<const uint32_t> first) {
+    std::vector<uint32_t> order;
+    order.reserve(chunks_.size());
+    std::vector<bool> placed(chunks_.size(), false);
+    for (uint32_t ci : first) {
+        if (ci >= chunks_.size()) fail("blob {}: no chunk {} to place first", index_, ci);
+        if (placed[ci]) continue;
+        placed[ci] = true;
+        order.push_back(ci);
+    }
+    for (uint32_t ci = 0; ci < chunks_.size(); ++ci) {
+        if (!placed[ci]) order.push_back(ci);
+    }
+
+    file_->flush();
+    const InputFile old_data(temp_path_.string());
+    const std::filesystem::path new_path = dir_ / fmt::format(".blob-{}.layout.tmp", index_);
+    auto new_file = std::make_unique<OutputFile>(new_path);
+    Hasher new_hash(Digester::Sha256);
+    std::vector<BlobChunk> new_chunks;
+    std::vector<Digest> new_digests;
+    std::vector<ChunkRef> moved(chunks_.size());
+    std::vector<uint8_t> stored;
+    uint64_t uncompressed_end = 0;
+    try {
+        for (uint32_t old_ci : order) {
+            BlobChunk c = chunks_[old_ci];
+            stored.resize(c.compressed_size);
+            old_data.readAt(c.compressed_offset, stored);
+            c.compressed_offset = new_file->offset();
+            c.uncompressed_offset = uncompressed_end;
+            new_file->write(stored);
+            new_hash.update(stored);
+            uncompressed_end = alignUp(uncompressed_end + c.uncompressed_size, erofs::kBlockSize);
+
+            ChunkRef& ref = moved[old_ci];
+            ref.blob_index = index_;
+            ref.ci_index = static_cast<uint32_t>(new_chunks.size());
+            ref.uncompressed_offset = c.uncompressed_offset;
+            ref.uncompressed_size = c.uncompressed_size;
+            ref.compressed_offset = c.compressed_offset;
+            ref.compressed_size = c.compressed_size;
+            ref.compressed = c.compressed;
+            ref.digest = digests_[old_ci];
+            new_chunks.push_back(c);
+            new_digests.push_back(digests_[old_ci]);
+        }
+        std::error_code ec;
+        std::filesystem::remove(temp_path_, ec);
+        if (ec) fail("cannot remove {}: {}", temp_path_.string(), ec.message());
+    } catch (...) {
+        new_file.reset();
+        std::error_code ignored;  // best effort: the build is failing already
+        std::filesystem::remove(new_path, ignored);
+        throw;
+    }
+    file_ = std::move(new_file);
+    temp_path_ = new_path;
+    file_hash_ = std::move(new_hash);
+    chunks_ = std::move(new_chunks);
+    digests_ = std::move(new_digests);
+    uncompressed_end_ = uncompressed_end;
+    return moved;
 }
 
 void BlobWriter::writeSection(std::string_view name, std::span<const uint8_t> content) {

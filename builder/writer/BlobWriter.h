@@ -10,6 +10,7 @@
 
 #include <filesystem>
 #include <memory>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -35,6 +36,12 @@ public:
     // Appends a chunk's stored bytes (compressed or raw). Returns its location.
     ChunkRef append(std::span<const uint8_t> stored, bool compressed, uint32_t uncompressed_size,
                     const Digest& digest);
+
+    // Moves the chunks `first` (ci indexes, in that order; repeats ignored) to the front of the
+    // blob, the others following in their order, and renumbers every chunk by its new place, so
+    // that offsets and ci indexes stay ascending together as Nydus's readers expect. Returns each
+    // chunk's new location, indexed by its old ci index. The data is copied once.
+    std::vector<ChunkRef> placeFirst(std::span<const uint32_t> first);
 
     uint32_t chunkCount() const { return static_cast<uint32_t>(chunks_.size()); }
     uint32_t index() const { return index_; }

@@ -18,6 +18,7 @@ struct BuildOptions {
     Digester digester = Digester::Blake3;
     int compression_level = 0;          // 0 = the codec's default
     std::optional<std::string> prefetch_list;  // file with one absolute path per line
+    bool prefetch_first = true;         // the list's files' chunks lead their blobs (PrefetchLayout.h)
     std::optional<int64_t> mtime;       // overrides every entry's mtime (seconds, nsec = 0)
     unsigned threads = 0;               // 0 = one per CPU
     bool chunk_table = true;            // see BootstrapOptions::chunk_table

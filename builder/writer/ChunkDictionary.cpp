@@ -18,4 +18,10 @@ std::optional<ChunkRef> ChunkDictionary::find(const Digest& digest, uint32_t unc
 
 void ChunkDictionary::insert(const ChunkRef& ref) { chunks_.emplace(ref.digest, ref); }
 
+void ChunkDictionary::relocate(uint32_t blob_index, const std::vector<ChunkRef>& moved) {
+    for (auto& [digest, ref] : chunks_) {
+        if (ref.blob_index == blob_index) ref = moved.at(ref.ci_index);
+    }
+}
+
 }  // namespace rafs::build

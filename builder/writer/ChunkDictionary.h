@@ -6,6 +6,7 @@
 
 #include <optional>
 #include <unordered_map>
+#include <vector>
 
 namespace rafs::build {
 
@@ -13,6 +14,8 @@ class ChunkDictionary {
 public:
     std::optional<ChunkRef> find(const Digest& digest, uint32_t uncompressed_size) const;
     void insert(const ChunkRef& ref);
+    // Points the chunks of blob `blob_index` at their new places: moved[old ci index].
+    void relocate(uint32_t blob_index, const std::vector<ChunkRef>& moved);
     size_t size() const { return chunks_.size(); }
 
 private:

@@ -20,13 +20,13 @@ public:
     void write(std::span<const uint8_t> data);
     void writeZeros(uint64_t count);
     uint64_t offset() const { return offset_; }
+    // Hands what is buffered to the file, so that a reader of the path sees every byte written.
+    void flush();
     // Flushes, fsyncs and closes; the file is complete once this returns.
     void commit();
     const std::filesystem::path& path() const { return path_; }
 
 private:
-    void flush();
-
     std::filesystem::path path_;
     int fd_ = -1;
     uint64_t offset_ = 0;

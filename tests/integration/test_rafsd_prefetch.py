@@ -1,12 +1,15 @@
 #!/usr/bin/env python3
-"""Prefetch in rafsd serve (fanotify engine), with an image built with
-`mkrafs build --prefetch-list FILE` naming the file that comes last in the blob:
+"""Prefetch in rafsd serve (fanotify engine), with images built with
+`mkrafs build --prefetch-list FILE` naming the file that comes last in the source's order:
 
-1. bandwidth capped at 1 MiB/s: one second after the mount far less than the image has been
+0. the layout: by default the listed file's chunks lead the blob, in file order, the others
+   follow in source order, and the same build twice gives the same blob; with --keep-blob-order
+   the blob is byte for byte the one of a build without the list, the file last in it;
+1. (the --keep-blob-order image) bandwidth capped at 1 MiB/s: one second after the mount far less than the image has been
    fetched (the cap holds, roughly); the prefetch-table file becomes complete in the cache file
    while most of the blob is still missing (the table goes first, not blob order); nothing is
    read through the mount;
-2. no cap: without any read the cache becomes complete; then the complete blob is unmarked: with
+2. (the default image) no cap: without any read the cache becomes complete; then the complete blob is unmarked: with
    the backend directory removed every file still reads correctly, and the reads reach rafsd not
    at all (no misses, no hits, nothing fetched, no errors).
 """
@@ -57,8 +60,30 @@ def main():
         plist = os.path.join(tmp, 'prefetch.list')
         with open(plist, 'w') as f:
             f.write(HOT + '\n')
-        if not ck.cmd_ok(mk.build(out, [src], prefetch_list=plist), 'mkrafs build --prefetch-list'):
+        ck.section('blob layout')
+        plain, first, again = (os.path.join(tmp, n) for n in ('plain', 'first', 'again'))
+        if not (ck.cmd_ok(mk.build(plain, [src]), 'mkrafs build (no list)') and
+                ck.cmd_ok(mk.build(out, [src], prefetch_list=plist, extra=['--keep-blob-order']),
+                          'mkrafs build --prefetch-list --keep-blob-order') and
+                ck.cmd_ok(mk.build(first, [src], prefetch_list=plist), 'mkrafs build --prefetch-list') and
+                ck.cmd_ok(mk.build(again, [src], prefetch_list=plist), 'the same build again')):
             return ck.finish()
+        ids = {n: blob_ids(os.path.join(d, 'image.boot'))[0] for n, d in
+               (('plain', plain), ('kept', out), ('first', first), ('again', again))}
+        ck.check(ids['kept'] == ids['plain'], '--keep-blob-order: the blob of the build without the list', str(ids))
+        ck.check(ids['first'] != ids['plain'] and ids['first'] == ids['again'],
+                 'default: another blob, the same one from the same build twice', str(ids))
+        chunks = inspect_chunks(mk.path, os.path.join(first, 'image.boot'), os.path.join(first, 'blobs'))
+        hot = chunks[HOT][1]
+        ck.check([c[2] for c in hot] == list(range(len(hot))) and hot[0][3] == 0 and
+                 all(b[3] == a[3] + a[4] for a, b in zip(hot, hot[1:])),
+                 '%s leads the blob: ci 0 to %d, contiguous from offset 0' % (HOT, len(hot) - 1),
+                 str(hot))
+        rest = [c[2] for name, _ in FILES if '/' + name != HOT for c in chunks['/' + name][1]]
+        ck.check(rest == list(range(len(hot), len(hot) + len(rest))), 'the other files follow in source order', str(rest))
+        r = mk.inspect(first)
+        ck.check(r.returncode == 0, 'mkrafs inspect checks the relaid blob', r.stdout.decode()[-2000:] + r.stderr.decode())
+
         boot = os.path.join(out, 'image.boot')
         blobs = os.path.join(out, 'blobs')
         blob_id = blob_ids(boot)[0]
@@ -67,7 +92,7 @@ def main():
         hot_begin = min(c[3] for c in hot_chunks)
         hot_end = max(c[3] + c[4] for c in hot_chunks)
         log('%s is [%d, %d) of the blob\'s %d bytes' % (HOT, hot_begin, hot_end, total))
-        ck.check(hot_begin > total // 2, '%s lies in the second half of the blob' % HOT)
+        ck.check(hot_begin > total // 2, '--keep-blob-order: %s lies in the second half of the blob' % HOT)
 
         ck.section('bandwidth capped at 1 MiB/s')
         srv, sock = serve(ck, rafsd, ctl, tmp, 'capped', boot, blobs, mnt, '1MiB')
@@ -107,7 +132,9 @@ def main():
             code = srv.stop()
             ck.check(code == 0, 'rafsd exits 0', 'exit %s' % code)
 
-        ck.section('no cap: the cache completes without reads')
+        ck.section('no cap: the cache completes without reads (default layout)')
+        boot = os.path.join(first, 'image.boot')
+        blobs = os.path.join(first, 'blobs')
         srv, sock = serve(ck, rafsd, ctl, tmp, 'free', boot, blobs, mnt, '0')
         if srv is None:
             return ck.finish()
