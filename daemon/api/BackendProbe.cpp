@@ -1,5 +1,6 @@
 #include "daemon/api/BackendProbe.h"
 
+#include "daemon/core/Concurrently.h"
 #include "format/Error.h"
 
 #include <algorithm>
@@ -22,16 +23,18 @@ void checkBackendHas(Backend& backend, const BlobDescriptor& blob, const ProbedS
 }
 
 ProbedSizes probeBlobs(Backend& backend, const rafs::Image& image) {
-    ProbedSizes sizes;
     const auto& blobs = image.bootstrap.blobs();
-    for (size_t i = 0; i < blobs.size(); ++i) {
-        if (image.inline_meta && i + 1 == blobs.size()) continue;
+    const size_t count = image.inline_meta ? blobs.size() - 1 : blobs.size();
+    std::vector<uint64_t> found(count, 0);
+    runConcurrently(count, kMountRequestsInFlight, [&](size_t i) {
         try {
-            sizes[blobs[i].id] = backend.size(blobs[i].id);
+            found[i] = backend.size(blobs[i].id);
         } catch (const std::exception& e) {
             rafs::fail("blob {}: {}", blobs[i].id, e.what());
         }
-    }
+    });
+    ProbedSizes sizes;
+    for (size_t i = 0; i < count; ++i) sizes[blobs[i].id] = found[i];
     return sizes;
 }
 

@@ -13,6 +13,9 @@
 
 namespace rafsd {
 
+// Requests a mount makes at once, one per blob: the probes, then the chunk tables.
+constexpr unsigned kMountRequestsInFlight = 8;
+
 // The blob sizes a probe learned, by blob id.
 using ProbedSizes = std::map<std::string, uint64_t>;
 
@@ -21,7 +24,8 @@ using ProbedSizes = std::map<std::string, uint64_t>;
 void checkBackendHas(Backend& backend, const BlobDescriptor& blob, const ProbedSizes& probed = {});
 
 // Each blob of `image` once (a network backend's HEAD), before any of its metadata is loaded; the
-// last blob of an image with an inline bootstrap is the local file itself. Returns the sizes.
+// last blob of an image with an inline bootstrap is the local file itself. The blobs are asked
+// concurrently. Returns the sizes.
 ProbedSizes probeBlobs(Backend& backend, const rafs::Image& image);
 
 }  // namespace rafsd

@@ -15,6 +15,7 @@
 #include "daemon/backends/LocalfsBackend.h"
 #include "daemon/core/BlobCacheFiles.h"
 #include "daemon/core/BlobMetaLoader.h"
+#include "daemon/core/Concurrently.h"
 #include "daemon/core/CacheDirRollback.h"
 #include "daemon/core/Log.h"
 #include "daemon/core/SparseCacheFile.h"
@@ -194,17 +195,19 @@ std::shared_ptr<Backend> ImageService::backendFor(const MountRequest& request, c
     return backend;
 }
 
-std::shared_ptr<CachedBlob> ImageService::openBlob(const rafs::Bootstrap& bootstrap,
-                                                   const rafs::BootstrapBlob& blob,
+std::string ImageService::blobKey(const std::string& fscache_volume, const std::string& blob_id) {
+    return fscache_volume.empty() ? blob_id : fscacheBlobKey(fscache_volume, blob_id);
+}
+
+std::shared_ptr<CachedBlob> ImageService::openBlob(const rafs::BootstrapBlob& blob, BlobDescriptor descriptor,
                                                    const std::shared_ptr<Backend>& backend,
                                                    const std::string& fscache_volume, bool taking_over,
                                                    const ProbedSizes& probed) {
-    const std::string key = fscache_volume.empty() ? blob.id : fscacheBlobKey(fscache_volume, blob.id);
+    const std::string key = blobKey(fscache_volume, blob.id);
     if (auto existing = blobs_[key].lock()) return existing;
     // From here its files are in use: the collector leaves them alone.
     CacheCollector::Opening opening(*collector_, key);
     const fs::path& dir = config_.daemon.cache_dir;
-    BlobDescriptor descriptor = loadBlobDescriptor(bootstrap, blob, *backend, dir);
     std::unique_ptr<CacheFile> file;
     fs::path state_dir = dir;
     if (fscache_volume.empty()) {
@@ -359,8 +362,19 @@ nlohmann::json ImageService::mountOrReattach(const MountRequest& request, bool r
         fscache_volume = image.domain_id.empty() ? image.fsid : image.domain_id;
     }
     try {
-        for (const rafs::BootstrapBlob& blob : bootstrap.blobs()) {
-            image.blobs.push_back(openBlob(bootstrap, blob, backend, fscache_volume, reattach, probed));
+        const std::vector<rafs::BootstrapBlob>& blobs = bootstrap.blobs();
+        // Each blob's chunk table may come over the network: all of them at once, one round trip
+        // for the mount instead of one per blob. The collector leaves their files alone meanwhile.
+        std::vector<std::unique_ptr<CacheCollector::Opening>> openings;
+        for (const rafs::BootstrapBlob& blob : blobs) {
+            openings.push_back(std::make_unique<CacheCollector::Opening>(*collector_, blobKey(fscache_volume, blob.id)));
+        }
+        std::vector<BlobDescriptor> descriptors(blobs.size());
+        runConcurrently(blobs.size(), kMountRequestsInFlight, [&](size_t i) {
+            descriptors[i] = loadBlobDescriptor(bootstrap, blobs[i], *backend, config_.daemon.cache_dir);
+        });
+        for (size_t i = 0; i < blobs.size(); ++i) {
+            image.blobs.push_back(openBlob(blobs[i], std::move(descriptors[i]), backend, fscache_volume, reattach, probed));
         }
     } catch (...) {
         image.blobs.clear();
