@@ -3,11 +3,13 @@
 #include "format/BlobSections.h"
 #include "format/Codec.h"
 #include "format/Error.h"
+#include "daemon/core/Concurrently.h"
 #include "daemon/core/Log.h"
 
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
 #include <fstream>
 #include <iterator>
@@ -109,41 +111,47 @@ std::vector<uint8_t> fetchCi(const rafs::BootstrapBlob& blob, Backend& backend) 
     return ci;
 }
 
-// The blob.digest section, found through the blob's tail sections. It is trusted only through
-// the chain bootstrap -> blob_toc_digest -> ToC entry digest -> section, so a backend cannot
-// substitute digests that match substituted data.
+// The blob.digest section, found through the blob's ToC, whose size and digest the bootstrap
+// records. It is trusted only through the chain bootstrap -> blob_toc_digest -> ToC entry digest
+// -> section, so a backend cannot substitute digests that match substituted data. One read takes
+// the ToC and the bytes before it, where builders put the digest section (BlobWriter.cpp), so a
+// blob without chunk table entries costs one more request at mount, not one per tail section.
 std::vector<rafs::Digest> fetchInlinedDigests(const rafs::BootstrapBlob& blob, Backend& backend) {
+    if (blob.toc_size <= sizeof(rafs::TarHeader) || blob.toc_digest == rafs::Digest{}) {
+        rafs::fail("its blob.digest section cannot be verified: the bootstrap records no ToC for it");
+    }
     const uint64_t size = backend.size(blob.id);
-    auto sections = rafs::peelSections(
-        [&](uint64_t offset, std::span<uint8_t> out) { backend.read(blob.id, offset, out); }, size);
-    const rafs::Section* toc = nullptr;
-    const rafs::Section* digests_section = nullptr;
-    for (const rafs::Section& s : sections) {
-        if (s.name == rafs::kTocNameToc) toc = &s;
-        if (s.name == rafs::kTocNameBlobDigest) digests_section = &s;
-    }
-    if (digests_section == nullptr) {
-        rafs::fail("no chunk digests (the bootstrap has no chunk table entries for it and the blob no blob.digest section)");
-    }
-    if (toc == nullptr || blob.toc_digest == rafs::Digest{}) {
-        rafs::fail("its blob.digest section cannot be verified: the bootstrap records no ToC digest for it");
-    }
-    std::vector<uint8_t> toc_bytes(toc->size + sizeof(rafs::TarHeader));
-    backend.read(blob.id, toc->offset, toc_bytes);
+    const uint64_t digest_bytes = uint64_t{blob.chunk_count} * rafs::kDigestSize;
+    if (size < blob.toc_size) rafs::fail("it is {} bytes, shorter than its ToC ({} bytes)", size, blob.toc_size);
+    const uint64_t tail_size = std::min(size, blob.toc_size + digest_bytes + sizeof(rafs::TarHeader));
+    const uint64_t tail_offset = size - tail_size;
+    std::vector<uint8_t> tail(tail_size);
+    backend.read(blob.id, tail_offset, tail);
+    const std::span<const uint8_t> toc_bytes = std::span<const uint8_t>(tail).last(blob.toc_size);
     if (rafs::digestOf(rafs::Digester::Sha256, toc_bytes) != blob.toc_digest) {
         rafs::fail("its ToC does not match the digest recorded in the bootstrap");
     }
     const rafs::TocEntry* entry = nullptr;
-    auto entries = rafs::parseToc(std::span(toc_bytes).first(toc->size));
+    auto entries = rafs::parseToc(toc_bytes.first(blob.toc_size - sizeof(rafs::TarHeader)));
     for (const auto& e : entries) {
         if (rafs::tocEntryName(e) == rafs::kTocNameBlobDigest) entry = &e;
     }
-    if (entry == nullptr) rafs::fail("its ToC lists no blob.digest section");
-    if (digests_section->size != uint64_t{blob.chunk_count} * rafs::kDigestSize) {
-        rafs::fail("blob.digest holds {} bytes for {} chunks", digests_section->size, blob.chunk_count);
+    if (entry == nullptr) {
+        rafs::fail("no chunk digests (the bootstrap has no chunk table entries for it and its ToC lists no blob.digest section)");
     }
-    std::vector<uint8_t> raw(digests_section->size);
-    backend.read(blob.id, digests_section->offset, raw);
+    if (entry->compressed_size != digest_bytes) {
+        rafs::fail("blob.digest holds {} bytes for {} chunks", entry->compressed_size, blob.chunk_count);
+    }
+    if (digest_bytes > size || entry->compressed_offset > size - digest_bytes) {
+        rafs::fail("its blob.digest section lies beyond its end");
+    }
+    std::vector<uint8_t> raw(digest_bytes);
+    if (entry->compressed_offset >= tail_offset) {
+        const auto from = tail.begin() + static_cast<ptrdiff_t>(entry->compressed_offset - tail_offset);
+        std::copy(from, from + static_cast<ptrdiff_t>(digest_bytes), raw.begin());
+    } else {
+        backend.read(blob.id, entry->compressed_offset, raw);
+    }
     if (std::memcmp(rafs::digestOf(rafs::Digester::Sha256, raw).data(), entry->uncompressed_digest,
                     rafs::kDigestSize) != 0) {
         rafs::fail("its blob.digest section does not match its ToC");
@@ -189,8 +197,11 @@ BlobDescriptor loadBlobDescriptor(const rafs::Bootstrap& bootstrap, const rafs::
         d.digests = std::move(cached->second);
     } else {
         try {
-            ci = fetchCi(blob, backend);
-            d.digests = digestsFrom(bootstrap, blob, backend);
+            // Two independent reads: the ci array, and the digests where the bootstrap lacks them.
+            runConcurrently(2, 2, [&](size_t i) {
+                if (i == 0) ci = fetchCi(blob, backend);
+                else d.digests = digestsFrom(bootstrap, blob, backend);
+            });
         } catch (const rafs::Error& e) {
             rafs::fail("blob {}: cannot load its chunk table: {}", blob.id, e.what());
         }

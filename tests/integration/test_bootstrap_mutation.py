@@ -361,6 +361,33 @@ def main():
                                    digests)
             ck.check(verdict == 'served', 'rafsd mounts and serves the original %s (%s)' % (label, verdict))
 
+        ck.section('the table-less image over a blob whose blob.digest section was changed')
+        bad_blobs = os.path.join(tmp, 'bad-digests')
+        harness.cleanup_dir(bad_blobs)
+        os.makedirs(bad_blobs)
+        (blob_name,) = os.listdir(without[1])
+        with open(os.path.join(without[1], blob_name), 'rb') as f:
+            blob = bytearray(f.read())
+        # mkrafs's tail: ... blob.digest, its tar header, then the ToC (4 entries of 128 bytes and
+        # its tar header): the byte before the digest section's header is its last.
+        blob[len(blob) - (4 * 128 + 512) - 512 - 1] ^= 0x01
+        with open(os.path.join(bad_blobs, blob_name), 'wb') as f:
+            f.write(blob)
+        boot = os.path.join(tmp, 'no-table.boot')
+        with open(boot, 'wb') as f:
+            f.write(without[0])
+        cache = os.path.join(tmp, 'cache')
+        harness.cleanup_dir(cache)
+        with RafsdMount(rafsd, boot, mnt, blob_dir=bad_blobs, cache_dir=cache, config=config,
+                        log_path=os.path.join(tmp, 'rafsd-bad-digests.log')) as m:
+            started = m.start(timeout=30)
+            code = m.stop()
+            with open(m.log_path, 'rb') as f:
+                said = text(f.read())
+        ck.check(not started and code not in (0, None) and 'blob.digest section does not match its ToC' in said
+                 and blob_name in said and not os.path.ismount(mnt),
+                 'rafsd refuses the mount, naming the blob and its digest section (exit %s)' % code, said[-600:])
+
         counts = {'refused': 0, 'served': 0, 'failed': 0}
         deadline = time.monotonic() + TIME_LIMIT
         ran = 0
