@@ -14,7 +14,9 @@ base's big file) and pushed by skopeo:
    repositories, none sent;
 4. --merge-index: an index holding the original manifest and the RAFS one, marked as Nydus marks it,
    the original's blobs mounted from the source repository;
-5. oci: layout to oci: layout, and the layout result equals the registry result (same digest); a
+5. oci: layout to oci: layout, and the layout result equals the registry result (same digest);
+   with --prefetch-trace the prefetch table lists the traced files in order and their chunks lead
+   their blobs, the tree still equal (a trace naming a missing path is an error); a
    Docker schema 2 copy of the source (skopeo --format v2s2) converts to the same RAFS image; an
    index of two platforms: --platform picks one, --all-platforms converts both into an index of
    RAFS manifests, a platform the index lacks is an error listing the ones it has;
@@ -40,7 +42,7 @@ import tarfile
 
 from rafstest import compare, harness
 from rafstest.harness import log, run, text
-from rafstest.rafsd import start_test
+from rafstest.rafsd import inspect_chunks, start_test
 from rafstest.oci import ImageRegistry
 from rafstest.servers import docker_config
 
@@ -328,6 +330,48 @@ def main():
             layout_digest = dst_index['manifests'][0]['digest']
             ck.check(layout_digest == digest1, 'the same manifest digest as through the registry')
             check_rafs_image(ck, mk, tmp, dst_layout, layout_digest, expected, 'layout')
+
+            ck.section('5b. --prefetch-trace: the table, and the traced files first in their blobs')
+            traced = ['/usr/bin/big', '/app/data', '/etc/conf.d/new.conf']
+            trace = os.path.join(tmp, 'start.trace')
+            with open(trace, 'w') as f:
+                f.write('# a start trace, as rafsctl trace writes it\n' + '\n'.join(traced) + '\n')
+            traced_layout = os.path.join(tmp, 'traced-layout')
+            r = run([mk.path, 'convert', '--work-dir', work_dir, '--prefetch-trace', trace, 'oci:%s:v1' % src_layout,
+                     'oci:%s:rafs' % traced_layout], timeout=600)
+            if ck.cmd_ok(r, 'mkrafs convert --prefetch-trace'):
+                with open(os.path.join(traced_layout, 'index.json')) as f:
+                    traced_digest = json.load(f)['manifests'][0]['digest']
+                check_rafs_image(ck, mk, tmp, traced_layout, traced_digest, expected, 'traced')
+                work = os.path.join(tmp, 'check-traced')
+                bootfile, blob_dir = os.path.join(work, 'image', 'image.boot'), os.path.join(work, 'blobs')
+                r = run([mk.path, 'inspect', '-v', '--blob-dir', blob_dir, bootfile])
+                nid_of = {}
+                for line in text(r.stdout).splitlines():
+                    parts = line.split()
+                    if len(parts) >= 9 and parts[4] == 'nid':
+                        nid_of[parts[8]] = parts[5]
+                table = next((line.split()[2:] for line in text(r.stdout).splitlines() if line.startswith('prefetch: nids')),
+                             [])
+                ck.check(table == [nid_of.get(p) for p in traced], 'the prefetch table lists the traced files in order',
+                         '%r against %r' % (table, [nid_of.get(p) for p in traced]))
+                chunks = inspect_chunks(mk.path, bootfile, blob_dir)
+                by_blob = {}
+                for p in traced:
+                    for c in chunks[p][1]:
+                        by_blob.setdefault(c[1], []).append(c[2])
+                ck.check(sorted(by_blob) == [0, 1] and all(cis == list(range(len(cis))) for cis in by_blob.values()),
+                         'each blob starts with its traced files\' chunks, in trace order (ci by blob: %r)' % by_blob)
+            missing = os.path.join(tmp, 'missing.trace')
+            with open(missing, 'w') as f:
+                f.write('/usr/bin/big\n/no/such/file\n')
+            r = run([mk.path, 'convert', '--work-dir', work_dir, '--prefetch-trace', missing, 'oci:%s:v1' % src_layout,
+                     'oci:%s:rafs' % os.path.join(tmp, 'never-layout')], timeout=600)
+            expect_fail(ck, 'a trace naming a path the image lacks', r, '/no/such/file')
+            never_index = os.path.join(tmp, 'never-layout', 'index.json')
+            never = json.load(open(never_index)) if os.path.exists(never_index) else {'manifests': []}
+            ck.check(not never['manifests'], 'and the target layout has no manifest (like a registry: blobs, no tag)',
+                     repr(never))
 
             r = reg.skopeo('copy', '--format', 'v2s2', '--dest-cert-dir', os.path.join(certs_dir, host),
                            '--authfile', auth_file, 'oci:%s:v1' % src_layout, 'docker://%s/src/docker:v1' % host)
