@@ -16,7 +16,10 @@ namespace rafsd {
 
 namespace {
 
-constexpr uint64_t kMaxRun = 4u << 20;  // one backend range at most
+// One backend range at most. Each request costs a registry more than its bytes: at 4 MiB the
+// loopback registry read took 41 requests and 1.5x the localfs read, at 8 MiB 28 and 1.4x; 16 MiB
+// saved a little more but raised the daemon's peak RSS by 10 MiB (docs/benchmarks.md).
+constexpr uint64_t kMaxRun = 8u << 20;
 // Prefetch requests (see PrefetchRangeSize): from 128 KiB to kMaxRun, each taking about 40 ms. A
 // miss behind prefetch on a 100 Mbit/s link then waits tens of milliseconds, not hundreds, and
 // on the loopback a registry serves a blob in a few dozen requests instead of hundreds.
