@@ -53,18 +53,22 @@ ChunkRef BlobWriter::append(std::span<const uint8_t> stored, bool compressed,
     file_->write(stored);
     file_hash_.update(stored);
     uncompressed_end_ = alignUp(uncompressed_end_ + uncompressed_size, erofs::kBlockSize);
-
-    ChunkRef ref;
-    ref.blob_index = index_;
-    ref.ci_index = static_cast<uint32_t>(chunks_.size());
-    ref.uncompressed_offset = c.uncompressed_offset;
-    ref.uncompressed_size = uncompressed_size;
-    ref.compressed_offset = c.compressed_offset;
-    ref.compressed_size = c.compressed_size;
-    ref.compressed = compressed;
-    ref.digest = digest;
     chunks_.push_back(c);
     digests_.push_back(digest);
+    return refOf(static_cast<uint32_t>(chunks_.size() - 1));
+}
+
+ChunkRef BlobWriter::refOf(uint32_t ci) const {
+    const BlobChunk& c = chunks_[ci];
+    ChunkRef ref;
+    ref.blob_index = index_;
+    ref.ci_index = ci;
+    ref.uncompressed_offset = c.uncompressed_offset;
+    ref.uncompressed_size = c.uncompressed_size;
+    ref.compressed_offset = c.compressed_offset;
+    ref.compressed_size = c.compressed_size;
+    ref.compressed = c.compressed;
+    ref.digest = digests_[ci];
     return ref;
 }
 
@@ -89,7 +93,6 @@ std::vector<ChunkRef> BlobWriter::placeFirst(std::span<const uint32_t> first) {
     Hasher new_hash(Digester::Sha256);
     std::vector<BlobChunk> new_chunks;
     std::vector<Digest> new_digests;
-    std::vector<ChunkRef> moved(chunks_.size());
     std::vector<uint8_t> stored;
     uint64_t uncompressed_end = 0;
     try {
@@ -102,16 +105,6 @@ std::vector<ChunkRef> BlobWriter::placeFirst(std::span<const uint32_t> first) {
             new_file->write(stored);
             new_hash.update(stored);
             uncompressed_end = alignUp(uncompressed_end + c.uncompressed_size, erofs::kBlockSize);
-
-            ChunkRef& ref = moved[old_ci];
-            ref.blob_index = index_;
-            ref.ci_index = static_cast<uint32_t>(new_chunks.size());
-            ref.uncompressed_offset = c.uncompressed_offset;
-            ref.uncompressed_size = c.uncompressed_size;
-            ref.compressed_offset = c.compressed_offset;
-            ref.compressed_size = c.compressed_size;
-            ref.compressed = c.compressed;
-            ref.digest = digests_[old_ci];
             new_chunks.push_back(c);
             new_digests.push_back(digests_[old_ci]);
         }
@@ -130,6 +123,8 @@ std::vector<ChunkRef> BlobWriter::placeFirst(std::span<const uint32_t> first) {
     chunks_ = std::move(new_chunks);
     digests_ = std::move(new_digests);
     uncompressed_end_ = uncompressed_end;
+    std::vector<ChunkRef> moved(chunks_.size());
+    for (uint32_t ci = 0; ci < chunks_.size(); ++ci) moved[order[ci]] = refOf(ci);
     return moved;
 }
 

@@ -50,6 +50,8 @@ public:
     BlobInfo finish();
 
 private:
+    // Where chunk `ci` is, as the tree and the dictionary refer to it.
+    ChunkRef refOf(uint32_t ci) const;
     void writeSection(std::string_view name, std::span<const uint8_t> content);
 
     std::filesystem::path dir_;
