@@ -154,12 +154,7 @@ std::optional<std::vector<Digest>> BlobFile::inlinedDigests() const {
     if (s->size != uint64_t{entry_.chunk_count} * kDigestSize) {
         fail("blob {}: blob.digest holds {} bytes for {} chunks", id_, s->size, entry_.chunk_count);
     }
-    const std::vector<uint8_t> raw = file_.read(s->offset, s->size);
-    std::vector<Digest> digests(entry_.chunk_count);
-    for (size_t i = 0; i < digests.size(); ++i) {
-        std::memcpy(digests[i].data(), raw.data() + i * kDigestSize, kDigestSize);
-    }
-    return digests;
+    return splitDigests(file_.read(s->offset, s->size));
 }
 
 std::vector<std::optional<Digest>> expectedChunkDigests(const Bootstrap& bootstrap, const BlobFile& blob) {

@@ -153,6 +153,14 @@ Digest Hasher::current() const {
         state_->impl);
 }
 
+std::vector<Digest> splitDigests(std::span<const uint8_t> raw) {
+    std::vector<Digest> digests(raw.size() / kDigestSize);
+    for (size_t i = 0; i < digests.size(); ++i) {
+        std::memcpy(digests[i].data(), raw.data() + i * kDigestSize, kDigestSize);
+    }
+    return digests;
+}
+
 Digest digestOf(Digester algo, std::span<const uint8_t> data) {
     if (algo == Digester::Blake3) {
         Blake3 h;

@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <memory>
 #include <span>
+#include <vector>
 #include <string>
 #include <string_view>
 
@@ -43,5 +44,9 @@ private:
 };
 
 Digest digestOf(Digester algo, std::span<const uint8_t> data);
+
+// A table of digests stored back to back (a blob's blob.digest section); `raw` must hold a whole
+// number of them.
+std::vector<Digest> splitDigests(std::span<const uint8_t> raw);
 
 }  // namespace rafs

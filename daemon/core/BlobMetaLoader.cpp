@@ -57,12 +57,9 @@ std::optional<std::pair<std::vector<uint8_t>, std::vector<rafs::Digest>>> loadLo
     rafs::Digest sum = rafs::digestOf(rafs::Digester::Sha256, std::span(*bytes).first(body));
     if (std::memcmp(sum.data(), bytes->data() + body, sum.size()) != 0) return std::nullopt;
     std::vector<uint8_t> ci(bytes->begin() + sizeof(h), bytes->begin() + static_cast<ptrdiff_t>(sizeof(h) + ci_size));
-    std::vector<rafs::Digest> digests(blob.chunk_count);
-    for (uint32_t i = 0; i < blob.chunk_count; ++i) {
-        std::memcpy(digests[i].data(), bytes->data() + sizeof(h) + ci_size + uint64_t{i} * rafs::kDigestSize,
-                    rafs::kDigestSize);
-    }
-    return std::make_pair(std::move(ci), std::move(digests));
+    return std::make_pair(std::move(ci),
+                          rafs::splitDigests(std::span(*bytes).subspan(sizeof(h) + ci_size,
+                                                                      uint64_t{blob.chunk_count} * rafs::kDigestSize)));
 }
 
 // Written under a temporary name and renamed, so a crash never leaves a torn copy.
@@ -145,22 +142,20 @@ std::vector<rafs::Digest> fetchInlinedDigests(const rafs::BootstrapBlob& blob, B
     if (digest_bytes > size || entry->compressed_offset > size - digest_bytes) {
         rafs::fail("its blob.digest section lies beyond its end");
     }
-    std::vector<uint8_t> raw(digest_bytes);
+    std::vector<uint8_t> elsewhere;
+    std::span<const uint8_t> raw;
     if (entry->compressed_offset >= tail_offset) {
-        const auto from = tail.begin() + static_cast<ptrdiff_t>(entry->compressed_offset - tail_offset);
-        std::copy(from, from + static_cast<ptrdiff_t>(digest_bytes), raw.begin());
+        raw = std::span<const uint8_t>(tail).subspan(entry->compressed_offset - tail_offset, digest_bytes);
     } else {
-        backend.read(blob.id, entry->compressed_offset, raw);
+        elsewhere.resize(digest_bytes);
+        backend.read(blob.id, entry->compressed_offset, elsewhere);
+        raw = elsewhere;
     }
     if (std::memcmp(rafs::digestOf(rafs::Digester::Sha256, raw).data(), entry->uncompressed_digest,
                     rafs::kDigestSize) != 0) {
         rafs::fail("its blob.digest section does not match its ToC");
     }
-    std::vector<rafs::Digest> digests(blob.chunk_count);
-    for (uint32_t i = 0; i < blob.chunk_count; ++i) {
-        std::memcpy(digests[i].data(), raw.data() + uint64_t{i} * rafs::kDigestSize, rafs::kDigestSize);
-    }
-    return digests;
+    return rafs::splitDigests(raw);
 }
 
 std::vector<rafs::Digest> digestsFrom(const rafs::Bootstrap& bootstrap, const rafs::BootstrapBlob& blob,
