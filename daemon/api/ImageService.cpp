@@ -199,7 +199,8 @@ std::string ImageService::blobKey(const std::string& fscache_volume, const std::
     return fscache_volume.empty() ? blob_id : fscacheBlobKey(fscache_volume, blob_id);
 }
 
-std::shared_ptr<CachedBlob> ImageService::openBlob(const rafs::BootstrapBlob& blob, BlobDescriptor descriptor,
+std::shared_ptr<CachedBlob> ImageService::openBlob(const rafs::Bootstrap& bootstrap, const rafs::BootstrapBlob& blob,
+                                                   std::optional<BlobDescriptor> loaded,
                                                    const std::shared_ptr<Backend>& backend,
                                                    const std::string& fscache_volume, bool taking_over,
                                                    const ProbedSizes& probed) {
@@ -208,6 +209,7 @@ std::shared_ptr<CachedBlob> ImageService::openBlob(const rafs::BootstrapBlob& bl
     // From here its files are in use: the collector leaves them alone.
     CacheCollector::Opening opening(*collector_, key);
     const fs::path& dir = config_.daemon.cache_dir;
+    BlobDescriptor descriptor = loaded ? std::move(*loaded) : loadBlobDescriptor(bootstrap, blob, *backend, dir);
     std::unique_ptr<CacheFile> file;
     fs::path state_dir = dir;
     if (fscache_volume.empty()) {
@@ -369,12 +371,19 @@ nlohmann::json ImageService::mountOrReattach(const MountRequest& request, bool r
         for (const rafs::BootstrapBlob& blob : blobs) {
             openings.push_back(std::make_unique<CacheCollector::Opening>(*collector_, blobKey(fscache_volume, blob.id)));
         }
-        std::vector<BlobDescriptor> descriptors(blobs.size());
+        // A blob another mounted image has open is shared as it is (openBlob): nothing to load.
+        std::vector<bool> open_already(blobs.size());
+        for (size_t i = 0; i < blobs.size(); ++i) {
+            const auto it = blobs_.find(blobKey(fscache_volume, blobs[i].id));
+            open_already[i] = it != blobs_.end() && !it->second.expired();
+        }
+        std::vector<std::optional<BlobDescriptor>> descriptors(blobs.size());
         runConcurrently(blobs.size(), kMountRequestsInFlight, [&](size_t i) {
-            descriptors[i] = loadBlobDescriptor(bootstrap, blobs[i], *backend, config_.daemon.cache_dir);
+            if (!open_already[i]) descriptors[i] = loadBlobDescriptor(bootstrap, blobs[i], *backend, config_.daemon.cache_dir);
         });
         for (size_t i = 0; i < blobs.size(); ++i) {
-            image.blobs.push_back(openBlob(blobs[i], std::move(descriptors[i]), backend, fscache_volume, reattach, probed));
+            image.blobs.push_back(
+                openBlob(bootstrap, blobs[i], std::move(descriptors[i]), backend, fscache_volume, reattach, probed));
         }
     } catch (...) {
         image.blobs.clear();

@@ -108,9 +108,11 @@ private:
     // `fscache_volume` empty: a sparse cache file (fanotify). Otherwise the blob's cache file is the
     // kernel's cachefiles object in that volume ("<domain_id or fsid>"), which is per volume: a
     // blob is shared only within one. `taking_over`: a mount the kernel still has (no backend check).
-    // `descriptor`: the blob's, loaded (loadBlobDescriptor) while an Opening of blobKey() was held.
-    // `probed`: sizes the mount's probe already asked the backend for.
-    std::shared_ptr<CachedBlob> openBlob(const rafs::BootstrapBlob& blob, BlobDescriptor descriptor,
+    // `descriptor`: the blob's, loaded (loadBlobDescriptor) while an Opening of blobKey() was held;
+    // nullopt: loaded here if the blob is not open already. `probed`: sizes the mount's probe
+    // already asked the backend for.
+    std::shared_ptr<CachedBlob> openBlob(const rafs::Bootstrap& bootstrap, const rafs::BootstrapBlob& blob,
+                                         std::optional<BlobDescriptor> descriptor,
                                          const std::shared_ptr<Backend>& backend, const std::string& fscache_volume,
                                          bool taking_over, const ProbedSizes& probed);
     // The key of a blob's cache in blobs_ and to the collector: per fscache volume, or the blob id.
