@@ -89,6 +89,8 @@ private:
 
     TransportOptions options_;
     std::shared_ptr<const TlsConfig> tls_;
+    // libcurl's built-in CA directory, when it has one: searched instead of its CA bundle file.
+    bool has_ca_path_ = false;
     CURLM* multi_ = nullptr;
     std::mutex mutex_;
     std::deque<Transfer*> submitted_;  // not yet added to the multi handle
