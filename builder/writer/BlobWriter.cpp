@@ -199,6 +199,8 @@ BlobInfo BlobWriter::finish() {
     BlobInfo info;
     info.index = index_;
     info.id = toHex(file_hash_.finish());
+    info.chunks.reserve(chunks_.size());
+    for (uint32_t ci = 0; ci < chunks_.size(); ++ci) info.chunks.push_back(refOf(ci));
     BlobTableEntry& e = info.entry;
     std::memcpy(e.blob_id, info.id.data(), kBlobIdLen);
     e.blob_index = index_;

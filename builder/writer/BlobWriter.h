@@ -21,6 +21,9 @@ struct BlobInfo {
     uint32_t index = 0;
     BlobTableEntry entry{};  // complete but for blob_index, which the bootstrap writer sets
     std::filesystem::path path;
+    // Every chunk the blob stores, by ci index, also those no file of the image uses (a layer's
+    // files that upper layers replace). Empty for a chunk dict's blobs, whose chunks are elsewhere.
+    std::vector<ChunkRef> chunks;
 };
 
 class BlobWriter {

@@ -259,23 +259,32 @@ void Layout::encodeInode(std::vector<uint8_t>& image, const Record& r) const {
 
 std::vector<ChunkInfo> Layout::chunkInfoTable() const {
     std::map<Digest, ChunkInfo> unique;  // sorted by digest, as Nydus's BTreeMap
+    auto add = [&unique](const ChunkRef& c, uint32_t blob_index, uint64_t file_offset) {
+        ChunkInfo ci{};
+        std::memcpy(ci.block_id, c.digest.data(), c.digest.size());
+        ci.blob_index = blob_index;
+        ci.flags = c.compressed ? uint32_t{kChunkCompressed} : 0u;
+        ci.compressed_size = c.compressed_size;
+        ci.uncompressed_size = c.uncompressed_size;
+        ci.compressed_offset = c.compressed_offset;
+        ci.uncompressed_offset = c.uncompressed_offset;
+        ci.file_offset = file_offset;
+        ci.index = c.ci_index;
+        unique.emplace(c.digest, ci);
+    };
     for (const Record& r : records_) {
         if (!r.inode->isReg()) continue;
         uint64_t file_offset = 0;
         for (const ChunkRef& c : r.inode->chunks) {
-            ChunkInfo ci{};
-            std::memcpy(ci.block_id, c.digest.data(), c.digest.size());
-            ci.blob_index = c.blob_index;
-            ci.flags = c.compressed ? uint32_t{kChunkCompressed} : 0u;
-            ci.compressed_size = c.compressed_size;
-            ci.uncompressed_size = c.uncompressed_size;
-            ci.compressed_offset = c.compressed_offset;
-            ci.uncompressed_offset = c.uncompressed_offset;
-            ci.file_offset = file_offset;
-            ci.index = c.ci_index;
-            unique.emplace(c.digest, ci);
+            add(c, c.blob_index, file_offset);
             file_offset += options_.chunk_size;
         }
+    }
+    // Then the chunks of this build's blobs that no file uses. With them the table holds every
+    // digest of those blobs, so a mount verifies from the bootstrap alone and need not fetch the
+    // blobs' digest sections (rafsd's BlobMetaLoader), and a chunk dict offers every chunk stored.
+    for (uint32_t i = 0; i < blobs_.size(); ++i) {
+        for (const ChunkRef& c : blobs_[i].chunks) add(c, i, 0);
     }
     std::vector<ChunkInfo> out;
     out.reserve(unique.size());

@@ -42,7 +42,7 @@ import tarfile
 
 from rafstest import compare, harness
 from rafstest.harness import log, run, text
-from rafstest.rafsd import inspect_chunks, start_test
+from rafstest.rafsd import blob_section, chunk_table, inspect_chunks, start_test
 from rafstest.oci import ImageRegistry
 from rafstest.servers import docker_config
 
@@ -243,6 +243,17 @@ def check_rafs_image(ck, mk, tmp, layout, manifest_digest, expected, label):
     for l in blobs:
         os.symlink(blob_path(layout, l['digest']), os.path.join(blob_dir, l['digest'].split(':')[1]))
     bootfile = os.path.join(work, 'image', 'image.boot')
+    # Every chunk of every blob has its digest in the bootstrap, also the base layer's chunks that
+    # the upper layer deletes or replaces: a mount verifies from the bootstrap alone.
+    with open(bootfile, 'rb') as f:
+        table = chunk_table(f.read())
+    missing = []
+    for i, l in enumerate(blobs):
+        section = blob_section(blob_path(layout, l['digest']), 'blob.digest')
+        own = [section[k:k + 32].hex() for k in range(0, len(section), 32)]
+        missing += [(i, ci) for ci, d in enumerate(own) if table.get((i, ci), {}).get('digest') != d]
+    ck.check(not missing and len(table) > 0, '%s: the chunk info table holds the digest of every chunk of every blob '
+             '(%d entries)' % (label, len(table)), 'missing or different: %r' % missing[:10])
     r = run([mk.path, 'inspect', '--blob-dir', blob_dir, bootfile])
     ck.cmd_ok(r, '%s: mkrafs inspect checks every chunk' % label)
     tree_tar = os.path.join(work, 'tree.tar')

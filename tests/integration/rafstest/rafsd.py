@@ -285,9 +285,9 @@ def chunk_table(boot):
     return table
 
 
-def inline_bootstrap(blob_path):
-    """The bootstrap inside a Nydus blob with an inline bootstrap: peels the 'reverse tar' sections
-    from the end (nydus storage/src/meta/toc.rs) and decompresses 'image.boot' with the zstd tool."""
+def blob_section(blob_path, wanted):
+    """The content of section `wanted` of a Nydus blob's tail: peels the 'reverse tar' sections
+    (each its content, then a 512-byte tar header) from the end (nydus storage/src/meta/toc.rs)."""
     with open(blob_path, 'rb') as f:
         data = f.read()
     end = len(data)
@@ -295,14 +295,18 @@ def inline_bootstrap(blob_path):
         hdr = data[end - 512:end]
         name = hdr[:100].split(b'\0', 1)[0].decode()
         size = int(hdr[124:136].split(b'\0', 1)[0].strip() or b'0', 8)
-        content = data[end - 512 - size:end - 512]
-        if name == 'image.boot':
-            if content[:4] == b'\x28\xb5\x2f\xfd':
-                r = subprocess.run(['zstd', '-dc'], input=content, capture_output=True, check=True)
-                return r.stdout
-            return content
+        if name == wanted:
+            return data[end - 512 - size:end - 512]
         end -= 512 + size
-    raise ValueError('%s: no image.boot section' % blob_path)
+    raise ValueError('%s: no %s section' % (blob_path, wanted))
+
+
+def inline_bootstrap(blob_path):
+    """The bootstrap inside a Nydus blob with an inline bootstrap, decompressed with the zstd tool."""
+    content = blob_section(blob_path, 'image.boot')
+    if content[:4] == b'\x28\xb5\x2f\xfd':
+        return subprocess.run(['zstd', '-dc'], input=content, capture_output=True, check=True).stdout
+    return content
 
 
 def inspect_chunks(mkrafs, bootstrap, blob_dir):
