@@ -331,10 +331,13 @@ nlohmann::json ImageService::mountOrReattach(const MountRequest& request, bool r
     // Either a bootstrap file or a Nydus blob with an inline bootstrap, whose own blob (the last
     // blob table entry) is that file whatever its name. A fanotify (file-backed) mount needs the
     // bootstrap as a file of its own: it is extracted into the cache dir.
-    rafs::Image opened = rafs::openImage(bootstrap_path.string());
+    const bool checked = stored.fetched.has_value();
+    rafs::Image opened = checked ? rafs::Image{std::move(*stored.fetched), bootstrap_path.string(), false}
+                                 : rafs::openImage(bootstrap_path.string());
     const rafs::Bootstrap& bootstrap = opened.bootstrap;
-    // Before anything is created or mounted: the kernel and the engines trust this metadata.
-    rafs::checkBootstrap(bootstrap);
+    // Before anything is created or mounted: the kernel and the engines trust this metadata. A
+    // bootstrap fetched just now was checked before it was kept.
+    if (!checked) rafs::checkBootstrap(bootstrap);
     CacheDirRollback cache_dir(config_.daemon.cache_dir);
 
     auto backend = backendFor(request, reference ? &*reference : nullptr);

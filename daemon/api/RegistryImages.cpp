@@ -80,7 +80,7 @@ std::optional<RegistryImage> RegistryImages::kept(const std::string& digest) {
         if (sha256Hex(bootstrap.bytes()) != meta.at("bootstrap_sha256").get<std::string>()) {
             rafs::fail("{} is not the bootstrap that was kept", kBootstrapFile);
         }
-        return RegistryImage{digest, dir / kBootstrapFile, std::move(layers)};
+        return RegistryImage{digest, dir / kBootstrapFile, std::move(layers), std::nullopt};
     } catch (const std::exception& e) {
         log::warn("{}: a damaged copy of image {} ({}); fetching it again", dir.string(), digest, e.what());
         fs::remove_all(dir, ec);
@@ -121,18 +121,18 @@ RegistryImage RegistryImages::keep(const registry::FetchedManifest& manifest, co
         fs::remove_all(temp, ec);
         throw;
     }
-    return RegistryImage{manifest.digest, final_dir / kBootstrapFile, layers};
+    return RegistryImage{manifest.digest, final_dir / kBootstrapFile, layers, std::nullopt};
 }
 
 RegistryImage RegistryImages::obtain(registry::ImageStore& store, const registry::ImageReference& ref) {
     const std::string name = ref.str();
     if (!ref.digest.empty()) {
-        if (auto image = kept(ref.digest)) return *image;
+        if (auto image = kept(ref.digest)) return std::move(*image);
     }
     registry::ResolvedManifest resolved =
         registry::resolveManifest(store, ref.reference(), registry::Platform::host(), registry::ImageKind::Rafs, name);
     if (resolved.fetched.digest != ref.digest) {
-        if (auto image = kept(resolved.fetched.digest)) return *image;
+        if (auto image = kept(resolved.fetched.digest)) return std::move(*image);
     }
     const registry::RafsLayers layers = registry::RafsLayers::of(resolved.manifest, name);
     rafs::Bootstrap bootstrap(registry::fetchBootstrapLayer(store, layers.bootstrap, name),
@@ -140,7 +140,9 @@ RegistryImage RegistryImages::obtain(registry::ImageStore& store, const registry
     rafs::checkBootstrap(bootstrap);
     checkBlobsAreLayers(bootstrap, layers, name);
     log::info("{}: manifest {}, bootstrap of {} bytes fetched", name, resolved.fetched.digest, bootstrap.bytes().size());
-    return keep(resolved.fetched, layers, name, bootstrap.bytes());
+    RegistryImage image = keep(resolved.fetched, layers, name, bootstrap.bytes());
+    image.fetched = std::move(bootstrap);
+    return image;
 }
 
 }  // namespace rafsd

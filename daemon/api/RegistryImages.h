@@ -8,6 +8,7 @@
 // leaves no part of one; a copy is reused when its files still match what image.json says.
 #pragma once
 
+#include "format/Bootstrap.h"
 #include "registry/ImageReference.h"
 #include "registry/ImageStore.h"
 #include "registry/RafsLayers.h"
@@ -24,6 +25,9 @@ struct RegistryImage {
     std::string manifest_digest;           // "sha256:<hex>"
     std::filesystem::path bootstrap;       // the kept copy
     registry::RafsLayers layers;           // the manifest's layers
+    // The bootstrap as fetched and checked, when obtain fetched it: the mount uses these bytes
+    // rather than read back and check again the copy it has just written.
+    std::optional<rafs::Bootstrap> fetched;
 };
 
 class RegistryImages {
