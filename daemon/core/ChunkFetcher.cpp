@@ -124,13 +124,15 @@ void ChunkFetcher::makePresent(uint32_t image, uint32_t blob_index, uint64_t off
         return;
     }
     length = std::min(length, d.uncompressed_size - offset);
+    readers_.asked();
 
     auto request = std::make_shared<PendingRequest>();
     // A miss is answered through this wrapper, which times it; a hit directly.
     auto answer = std::make_shared<Completion>(std::move(done));
-    request->done = [blob, answer, since = std::chrono::steady_clock::now()](int error) {
+    request->done = [this, blob, answer, since = std::chrono::steady_clock::now()](int error) {
         blob->counters().miss_latency.add(
             std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - since));
+        readers_.waitEnded();
         (*answer)(error);
     };
     // The chunks the read touches (4 KiB-rounded extents): stamped as used, and the trace's record.
@@ -149,6 +151,8 @@ void ChunkFetcher::makePresent(uint32_t image, uint32_t blob_index, uint64_t off
             blob->in_flight_[ci].push_back(request);
             ++request->remaining;
         }
+        // Under the lock, so before any chunk it waits for can complete it (request->done).
+        if (!plan.required.empty()) readers_.waitBegan();
         // Read-ahead for a sequential reader that has to wait. Not on hits: that saves a few
         // misses of a full read but fetched half as much again at a container's start (the
         // demo: 12 MB instead of 8 MB of 60 MB), and fetching little is the point.

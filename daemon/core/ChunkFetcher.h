@@ -8,6 +8,7 @@
 #include "daemon/core/FetchPlanner.h"
 #include "daemon/core/FetchQueue.h"
 #include "daemon/core/PrefetchRangeSize.h"
+#include "daemon/core/ReaderActivity.h"
 
 #include <functional>
 #include <memory>
@@ -45,6 +46,8 @@ public:
     size_t prefetchBacklog() const { return queue_->prefetchBacklog(); }
     // Compressed bytes a prefetch request should ask for now (see PrefetchRangeSize).
     uint64_t prefetchRangeBytes() const { return prefetch_range_.bytes(); }
+    // The readers of every image, as makePresent sees them.
+    const ReaderActivity& readers() const { return readers_; }
 
     // Frees the chunks among [first, first + count) of `blob` that are present, not being fetched,
     // and last used before `used_before` (ChunkUse::now() units), if its cache file can free
@@ -87,6 +90,7 @@ private:
     std::mutex images_mutex_;
     std::vector<RegisteredImage> images_;
     std::function<bool()> no_space_;
+    ReaderActivity readers_;
     std::unique_ptr<FetchQueue> queue_;  // last: its threads stop before the rest goes away
 };
 

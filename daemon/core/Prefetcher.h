@@ -1,5 +1,7 @@
 // Background prefetch: the chunks of the image's prefetch-table files first, then every chunk of
 // each blob in order, queued behind on-demand misses a few runs at a time, under a bandwidth cap.
+// An image with a prefetch table (a start trace) has its whole blobs fetched once its start is
+// over: its readers quiet, or a few seconds after the table, whichever comes first.
 #pragma once
 
 #include "daemon/core/ChunkFetcher.h"
@@ -9,6 +11,7 @@
 #include <deque>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <thread>
 #include <vector>
 
@@ -21,16 +24,21 @@ struct PrefetchChunk {
 
 class Prefetcher {
 public:
+    // How long a traced image's whole blobs wait for its start to be over at most.
+    static constexpr std::chrono::milliseconds kStartWaitMax{3000};
+
     // bandwidth: compressed bytes per second queued at most (0 = unlimited); batch: bytes of
     // uncompressed data per window of the prefetch table (see Prefetcher.cpp); backlog: runs
     // waiting in the fetch queue at most. Requests are of about the fetcher's
     // prefetchRangeBytes() (see PrefetchRangeSize).
-    Prefetcher(ChunkFetcher& fetcher, uint64_t bandwidth, uint64_t batch, size_t backlog);
+    Prefetcher(ChunkFetcher& fetcher, uint64_t bandwidth, uint64_t batch, size_t backlog,
+               std::chrono::milliseconds start_wait_max = kStartWaitMax);
     ~Prefetcher();
     Prefetcher(const Prefetcher&) = delete;
     Prefetcher& operator=(const Prefetcher&) = delete;
 
-    // Queues `first` (in order), then each blob of `blobs` whole.
+    // Queues `first` (in order), then each blob of `blobs` whole; those after the start if
+    // `first` is not empty.
     void add(std::vector<PrefetchChunk> first, std::vector<std::shared_ptr<CachedBlob>> blobs);
     // Drops queued work for these blobs (their image is going away).
     void forget(const std::vector<std::shared_ptr<CachedBlob>>& blobs);
@@ -43,14 +51,25 @@ private:
     void prefetchWindow(std::vector<PrefetchChunk> window);
     void pace(uint64_t bytes);
 
+    struct WholeBlob {
+        std::shared_ptr<CachedBlob> blob;
+        uint32_t next = 0;      // the next ci to queue
+        bool after_start = false;  // wait for the start to be over (see startOver)
+        std::optional<std::chrono::steady_clock::time_point> deadline;  // of that wait
+    };
+    // Whether `entry` may be fetched now; if not, how long to wait before asking again. The caller
+    // holds mutex_.
+    std::optional<std::chrono::steady_clock::duration> startOver(WholeBlob& entry);
+
     ChunkFetcher& fetcher_;
     uint64_t bandwidth_;
     uint64_t batch_;
     size_t backlog_;
+    std::chrono::milliseconds start_wait_max_;
     std::mutex mutex_;
     std::condition_variable wake_;
     std::deque<PrefetchChunk> queue_;  // whole blobs are expanded lazily: see run()
-    std::deque<std::pair<std::shared_ptr<CachedBlob>, uint32_t>> blobs_;  // blob, next ci
+    std::deque<WholeBlob> blobs_;
     bool stopping_ = false;
     std::chrono::steady_clock::time_point budget_start_;
     uint64_t budget_used_ = 0;

@@ -1,6 +1,7 @@
 #include "daemon/core/ChunkFetcher.h"
 
 #include "format/Error.h"
+#include "tests/unit/NullCacheFile.h"
 #include "tests/unit/TempDir.h"
 
 #include <catch2/catch.hpp>
@@ -22,25 +23,12 @@
 #include <vector>
 
 using namespace rafsd;
+using rafsd::test::NullCacheFile;
 
 namespace {
 
 constexpr uint64_t kChunk = 4096;
 const std::string kBlobId(64, 'f');
-
-// Holds no data: the fetcher's writes are not what these tests look at.
-class NullCacheFile : public CacheFile {
-public:
-    explicit NullCacheFile(uint64_t size) : size_(size) {}
-    std::string name() const override { return "null cache file"; }
-    uint64_t size() const override { return size_; }
-    bool hasData(uint64_t, uint64_t) const override { return true; }
-    void sync() override {}
-
-private:
-    void writeBlocks(uint64_t, std::span<const uint8_t>) override {}
-    uint64_t size_;
-};
 
 // A blob of zeros. Its first read parks the worker that makes it in the middle of the test
 // thread's next makePresent, and wakes it again right after that call unlocks the blob (see

@@ -1,0 +1,132 @@
+#include "daemon/core/Prefetcher.h"
+
+#include "tests/unit/NullCacheFile.h"
+#include "tests/unit/TempDir.h"
+
+#include <catch2/catch.hpp>
+
+#include <atomic>
+#include <chrono>
+#include <cstring>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+using namespace rafsd;
+using rafsd::test::NullCacheFile;
+using namespace std::chrono_literals;
+
+namespace {
+
+constexpr uint64_t kChunk = 4096;
+constexpr uint32_t kChunks = 64;
+const std::string kBlobId(64, 'e');
+
+class ZeroBackend : public Backend {
+public:
+    void read(const std::string&, uint64_t, std::span<uint8_t> out) override { std::memset(out.data(), 0, out.size()); }
+    uint64_t size(const std::string&) override { return kChunks * kChunk; }
+    std::string describe() const override { return "zeros"; }
+};
+
+// One blob of kChunks uncompressed 4 KiB chunks of zeros, none present, registered with a fetcher.
+struct OneBlobImage {
+    rafs::test::TempDir dir;
+    std::shared_ptr<CachedBlob> blob;
+    // No read-ahead: the reader's own miss on chunk 0 fetches chunk 0 alone.
+    ChunkFetcher fetcher{FetchOptions{.amplify = kChunk}};
+    uint32_t image = 0;
+
+    OneBlobImage() {
+        BlobDescriptor d;
+        d.id = kBlobId;
+        d.compressor = rafs::Compressor::None;
+        d.digester = rafs::Digester::Blake3;
+        d.chunk_size = kChunk;
+        d.uncompressed_size = uint64_t{kChunks} * kChunk;
+        std::vector<ChunkExtent> extents;
+        for (uint32_t i = 0; i < kChunks; ++i) {
+            const uint64_t at = uint64_t{i} * kChunk;
+            d.chunks.push_back({at, static_cast<uint32_t>(kChunk), at, static_cast<uint32_t>(kChunk), false, false, 0});
+            extents.push_back({at, static_cast<uint32_t>(kChunk)});
+        }
+        const std::vector<uint8_t> zeros(kChunk, 0);
+        d.digests.assign(kChunks, rafs::digestOf(rafs::Digester::Blake3, zeros));
+        blob = std::make_shared<CachedBlob>(
+            d,
+            std::make_unique<BlobCache>(std::make_unique<NullCacheFile>(d.uncompressed_size),
+                                        ReadinessBitmap::open(dir.path() / "blob.chunkmap", kBlobId, kChunks,
+                                                              d.uncompressed_size),
+                                        extents),
+            std::make_shared<ZeroBackend>());
+        image = fetcher.addImage({blob});
+    }
+
+    uint32_t present() {
+        uint32_t n = 0;
+        for (uint32_t ci = 0; ci < kChunks; ++ci) n += blob->cache().isPresent(ci) ? 1u : 0u;
+        return n;
+    }
+
+    // Waits up to `limit` for the blob to be complete.
+    bool completes(std::chrono::milliseconds limit) {
+        const auto end = std::chrono::steady_clock::now() + limit;
+        while (std::chrono::steady_clock::now() < end) {
+            if (blob->cache().complete()) return true;
+            std::this_thread::sleep_for(5ms);
+        }
+        return blob->cache().complete();
+    }
+};
+
+// A reader of chunk 0 that asks for it again every few milliseconds until stopped.
+class BusyReader {
+public:
+    explicit BusyReader(OneBlobImage& img)
+        : thread_([this, &img] {
+              while (!stop_) {
+                  img.fetcher.makePresent(img.image, 0, 0, kChunk, [](int) {});
+                  std::this_thread::sleep_for(2ms);
+              }
+          }) {}
+    ~BusyReader() { stop(); }
+    void stop() {
+        stop_ = true;
+        if (thread_.joinable()) thread_.join();
+    }
+
+private:
+    std::atomic<bool> stop_{false};
+    std::thread thread_;
+};
+
+}  // namespace
+
+TEST_CASE("a traced image's whole blobs wait while its readers are busy, and come once they are quiet",
+          "[prefetcher]") {
+    OneBlobImage img;
+    BusyReader reader(img);
+    Prefetcher prefetcher(img.fetcher, 0, kChunk, 4, 60s);
+    prefetcher.add({{img.blob, 0}}, {img.blob});
+    std::this_thread::sleep_for(400ms);
+    CHECK(img.present() == 1);  // the table's one chunk, nothing of the rest
+    reader.stop();
+    CHECK(img.completes(10s));
+}
+
+TEST_CASE("a traced image's whole blobs wait for a busy start only so long", "[prefetcher]") {
+    OneBlobImage img;
+    BusyReader reader(img);
+    Prefetcher prefetcher(img.fetcher, 0, kChunk, 4, 300ms);
+    prefetcher.add({{img.blob, 0}}, {img.blob});
+    CHECK(img.completes(10s));  // while the reader is still busy
+}
+
+TEST_CASE("an image without a trace has its whole blobs fetched while its readers are busy", "[prefetcher]") {
+    OneBlobImage img;
+    BusyReader reader(img);
+    Prefetcher prefetcher(img.fetcher, 0, kChunk, 4, 60s);
+    prefetcher.add({}, {img.blob});
+    CHECK(img.completes(10s));
+}
