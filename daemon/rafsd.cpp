@@ -60,12 +60,12 @@ KernelObjects acquireFanotify() {
     const int journal = objects.kept.find(ImageService::kKeptJournal);
     if (group >= 0 && journal >= 0) {
         log::info("fanotify group taken from systemd's fd store; failing over");
-        const auto owner = PendingJournal::adopt(UniqueFd::duplicate(journal, "the kept fanotify journal")).owner();
+        const auto owner = PendingJournal::adopt(rafs::UniqueFd::duplicate(journal, "the kept fanotify journal")).owner();
         if (owner) endProcess(*owner, std::chrono::seconds(10));
         objects.restored = true;
         return objects;
     }
-    const UniqueFd new_group = FanotifyEngine::createGroup();
+    const rafs::UniqueFd new_group = FanotifyEngine::createGroup();
     const PendingJournal new_journal = PendingJournal::create();
     objects.kept.keep(ImageService::kKeptGroup, new_group.get());
     objects.kept.keep(ImageService::kKeptJournal, new_journal.fd());
@@ -94,7 +94,7 @@ SupervisorOptions supervisorOptions(EngineKind engine) {
 // In a worker: serve with the kernel objects the supervisor keeps.
 void useKernelObjects(ImageService& service, EngineKind engine, KeptFds& kept, bool restored) {
     if (engine == EngineKind::Fscache) {
-        service.useFscacheDevice(FscacheDevice::adopt(UniqueFd::duplicate(kept.find(kKeptDevice), FscacheDevice::kPath).release()),
+        service.useFscacheDevice(FscacheDevice::adopt(rafs::UniqueFd::duplicate(kept.find(kKeptDevice), FscacheDevice::kPath).release()),
                                  restored);
     } else {
         service.useFanotifyGroup(kept, restored);

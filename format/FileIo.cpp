@@ -1,13 +1,13 @@
 #include "format/FileIo.h"
 
 #include "format/Error.h"
+#include "format/UniqueFd.h"
 
+#include <fcntl.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
-#include <fstream>
-#include <iterator>
 
 namespace rafs {
 
@@ -46,12 +46,19 @@ void writeAll(int fd, std::span<const uint8_t> data, std::string_view what) {
     }
 }
 
-std::string readFile(const std::string& path) {
-    std::ifstream in(path, std::ios::binary);
-    if (!in) failErrno("cannot open " + path);
-    std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-    if (in.bad()) failErrno("reading " + path);
-    return bytes;
+std::string readFile(const std::string& path, uint64_t max_bytes) {
+    const UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+    if (fd.get() < 0) failErrno("cannot read " + path);
+    std::string bytes;
+    char buffer[16384];
+    for (;;) {
+        const ssize_t n = ::read(fd.get(), buffer, sizeof buffer);
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) failErrno("cannot read " + path);
+        if (n == 0) return bytes;
+        bytes.append(buffer, static_cast<size_t>(n));
+        if (bytes.size() > max_bytes) fail("{}: larger than {} bytes", path, max_bytes);
+    }
 }
 
 }  // namespace rafs

@@ -17,7 +17,8 @@ void pwriteAll(int fd, std::span<const uint8_t> data, uint64_t offset, std::stri
 // Writes all of `data` at the file position.
 void writeAll(int fd, std::span<const uint8_t> data, std::string_view what);
 
-// The whole file at `path`; throws Error naming it if it cannot be opened or read.
-std::string readFile(const std::string& path);
+// The whole file at `path`; throws Error naming it if it cannot be opened or read, or holds more
+// than `max_bytes` (read no further: a wrong path to a device or a huge log costs no memory).
+std::string readFile(const std::string& path, uint64_t max_bytes = UINT64_MAX);
 
 }  // namespace rafs

@@ -1,6 +1,8 @@
 // A read-only file read by offset, with every failure reported as an Error naming the file.
 #pragma once
 
+#include "format/UniqueFd.h"
+
 #include <cstdint>
 #include <span>
 #include <string>
@@ -11,11 +13,6 @@ namespace rafs {
 class InputFile {
 public:
     explicit InputFile(std::string path);
-    ~InputFile();
-    InputFile(InputFile&& other) noexcept;
-    InputFile& operator=(InputFile&& other) noexcept;
-    InputFile(const InputFile&) = delete;
-    InputFile& operator=(const InputFile&) = delete;
 
     const std::string& path() const { return path_; }
     uint64_t size() const { return size_; }
@@ -27,7 +24,7 @@ public:
 
 private:
     std::string path_;
-    int fd_ = -1;
+    UniqueFd fd_;
     uint64_t size_ = 0;
 };
 

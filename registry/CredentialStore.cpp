@@ -1,6 +1,7 @@
 #include "registry/CredentialStore.h"
 
 #include "format/Error.h"
+#include "format/UniqueFd.h"
 #include "registry/Base64.h"
 
 #include <fcntl.h>
@@ -72,13 +73,6 @@ std::optional<Credentials> fromAuthEntry(const nlohmann::json& entry, const fs::
     return std::nullopt;
 }
 
-struct FdCloser {
-    int fd;
-    ~FdCloser() {
-        if (fd >= 0) ::close(fd);
-    }
-};
-
 }  // namespace
 
 std::optional<Credentials> runCredentialHelper(const std::string& helper, const std::string& host) {
@@ -89,9 +83,9 @@ std::optional<Credentials> runCredentialHelper(const std::string& helper, const 
     if (!valid_name) rafs::fail("credential helper '{}' is not a helper name", helper);
     int in[2], out[2];
     if (::pipe2(in, O_CLOEXEC) != 0) rafs::failErrno("pipe");
-    FdCloser in_read{in[0]}, in_write{in[1]};
+    rafs::UniqueFd in_read(in[0]), in_write(in[1]);
     if (::pipe2(out, O_CLOEXEC) != 0) rafs::failErrno("pipe");
-    FdCloser out_read{out[0]}, out_write{out[1]};
+    rafs::UniqueFd out_read(out[0]), out_write(out[1]);
     posix_spawn_file_actions_t actions;
     posix_spawn_file_actions_init(&actions);
     posix_spawn_file_actions_adddup2(&actions, in[0], 0);
@@ -105,14 +99,11 @@ std::optional<Credentials> runCredentialHelper(const std::string& helper, const 
     const int spawned = posix_spawnp(&pid, program.c_str(), &actions, nullptr, argv, environ);
     posix_spawn_file_actions_destroy(&actions);
     if (spawned != 0) rafs::failErrno(program, spawned);
-    ::close(in_read.fd);
-    in_read.fd = -1;
-    ::close(out_write.fd);
-    out_write.fd = -1;
+    in_read = rafs::UniqueFd();
+    out_write = rafs::UniqueFd();
     // The host is a few bytes: it fits the pipe, so this does not block.
-    const ssize_t wrote = writeWithoutSigpipe(in_write.fd, host);
-    ::close(in_write.fd);
-    in_write.fd = -1;
+    const ssize_t wrote = writeWithoutSigpipe(in_write.get(), host);
+    in_write = rafs::UniqueFd();
     std::string output;
     bool timed_out = false;
     const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(kHelperTimeoutMs);
@@ -122,12 +113,12 @@ std::optional<Credentials> runCredentialHelper(const std::string& helper, const 
             timed_out = true;
             break;
         }
-        pollfd p{out_read.fd, POLLIN, 0};
+        pollfd p{out_read.get(), POLLIN, 0};
         const int ready = ::poll(&p, 1, static_cast<int>(left.count()));
         if (ready < 0 && errno == EINTR) continue;
         if (ready <= 0) continue;
         char buffer[4096];
-        const ssize_t n = ::read(out_read.fd, buffer, sizeof buffer);
+        const ssize_t n = ::read(out_read.get(), buffer, sizeof buffer);
         if (n < 0 && errno == EINTR) continue;
         if (n <= 0) break;
         if (output.size() < kMaxHelperOutput) output.append(buffer, static_cast<size_t>(n));

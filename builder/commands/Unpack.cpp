@@ -3,6 +3,7 @@
 
 #include "format/BlobFile.h"
 #include "format/Error.h"
+#include "format/UniqueFd.h"
 
 #include <archive.h>
 #include <archive_entry.h>
@@ -25,26 +26,24 @@ class TempOutput {
 public:
     explicit TempOutput(std::filesystem::path final_path) : final_(std::move(final_path)) {
         std::string name = (final_.parent_path() / ("." + final_.filename().string() + ".XXXXXX")).string();
-        fd_ = ::mkostemp(name.data(), O_CLOEXEC);
-        if (fd_ < 0) failErrno(fmt::format("cannot create a temporary file for {}", final_.string()));
+        fd_ = UniqueFd(::mkostemp(name.data(), O_CLOEXEC));
+        if (fd_.get() < 0) failErrno(fmt::format("cannot create a temporary file for {}", final_.string()));
         temp_ = name;
     }
     ~TempOutput() {
-        if (fd_ >= 0) ::close(fd_);  // failing path: the file is removed below anyway
         if (!committed_) ::unlink(temp_.c_str());
     }
     TempOutput(const TempOutput&) = delete;
     TempOutput& operator=(const TempOutput&) = delete;
 
-    int fd() const { return fd_; }
+    int fd() const { return fd_.get(); }
     const std::string& tempPath() const { return temp_; }
 
     void commit() {
         // mkostemp creates 0600; outputs are ordinary readable files.
-        if (::fchmod(fd_, 0644) != 0) failErrno(temp_);
-        if (::fsync(fd_) != 0) failErrno(temp_);
-        const int fd = std::exchange(fd_, -1);
-        if (::close(fd) != 0) failErrno(temp_);
+        if (::fchmod(fd_.get(), 0644) != 0) failErrno(temp_);
+        if (::fsync(fd_.get()) != 0) failErrno(temp_);
+        fd_.close(temp_);
         if (::rename(temp_.c_str(), final_.c_str()) != 0) {
             failErrno(fmt::format("cannot rename {} to {}", temp_, final_.string()));
         }
@@ -54,7 +53,7 @@ public:
 private:
     std::filesystem::path final_;
     std::string temp_;
-    int fd_ = -1;
+    UniqueFd fd_;
     bool committed_ = false;
 };
 

@@ -14,13 +14,9 @@ FileSource::FileSource(const std::string& input) : name_(input == "-" ? "stdin" 
         fd_ = STDIN_FILENO;
         return;
     }
-    fd_ = ::open(input.c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd_ < 0) failErrno("cannot open " + input);
-    own_fd_ = true;
-}
-
-FileSource::~FileSource() {
-    if (own_fd_) ::close(fd_);
+    owned_ = UniqueFd(::open(input.c_str(), O_RDONLY | O_CLOEXEC));
+    if (owned_.get() < 0) failErrno("cannot open " + input);
+    fd_ = owned_.get();
 }
 
 size_t FileSource::read(std::span<uint8_t> out) {

@@ -2,6 +2,8 @@
 // of an image being converted (RemoteLayerSource).
 #pragma once
 
+#include "format/UniqueFd.h"
+
 #include <cstdint>
 #include <span>
 #include <string>
@@ -21,17 +23,14 @@ public:
 class FileSource : public ByteSource {
 public:
     explicit FileSource(const std::string& input);
-    ~FileSource() override;
-    FileSource(const FileSource&) = delete;
-    FileSource& operator=(const FileSource&) = delete;
 
     size_t read(std::span<uint8_t> out) override;
     const std::string& name() const override { return name_; }
 
 private:
     std::string name_;
+    UniqueFd owned_;  // not stdin
     int fd_ = -1;
-    bool own_fd_ = false;
 };
 
 }  // namespace rafs::build

@@ -2,6 +2,7 @@
 #include "format/FileIo.h"
 
 #include "format/Error.h"
+#include "format/UniqueFd.h"
 
 #include <dirent.h>
 #include <fcntl.h>
@@ -20,24 +21,6 @@
 namespace rafs::build {
 
 namespace {
-
-class UniqueFd {
-public:
-    UniqueFd() = default;
-    UniqueFd(const UniqueFd&) = delete;
-    UniqueFd& operator=(const UniqueFd&) = delete;
-    ~UniqueFd() {
-        if (fd_ >= 0) ::close(fd_);
-    }
-    int get() const { return fd_; }
-    void reset(int fd) {
-        if (fd_ >= 0) ::close(fd_);
-        fd_ = fd;
-    }
-
-private:
-    int fd_ = -1;
-};
 
 // A regular file's content, read through an fd. Opened at the first read, so a file that
 // vanishes or is replaced between the walk and the read is reported as such.
@@ -65,7 +48,7 @@ public:
 
 private:
     void open() {
-        fd_.reset(::open(path_.c_str(), O_RDONLY | O_NOFOLLOW | O_NOCTTY | O_CLOEXEC));
+        fd_ = UniqueFd(::open(path_.c_str(), O_RDONLY | O_NOFOLLOW | O_NOCTTY | O_CLOEXEC));
         if (fd_.get() < 0) failErrno(fmt::format("cannot open {}", path_));
         struct stat st {};
         if (::fstat(fd_.get(), &st) != 0) failErrno(fmt::format("cannot stat {}", path_));
@@ -206,14 +189,11 @@ std::shared_ptr<Inode> makeInode(const std::string& path, const struct stat& st)
 
 std::vector<std::string> listDirectory(const std::string& path) {
     // O_NOFOLLOW: a directory swapped for a symlink since its lstat is not followed.
-    const int fd = ::open(path.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-    if (fd < 0) failErrno(fmt::format("cannot open directory {}", path));
-    DIR* dir = ::fdopendir(fd);
-    if (dir == nullptr) {
-        const int err = errno;
-        ::close(fd);
-        failErrno(fmt::format("cannot open directory {}", path), err);
-    }
+    UniqueFd fd(::open(path.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
+    if (fd.get() < 0) failErrno(fmt::format("cannot open directory {}", path));
+    DIR* dir = ::fdopendir(fd.get());
+    if (dir == nullptr) failErrno(fmt::format("cannot open directory {}", path));
+    fd.release();  // dir's now: closedir closes it
     std::vector<std::string> names;
     for (;;) {
         errno = 0;

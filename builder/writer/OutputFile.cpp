@@ -16,14 +16,10 @@ namespace {
 constexpr size_t kBufferSize = 4u << 20;
 }
 
-OutputFile::OutputFile(std::filesystem::path path) : path_(std::move(path)) {
-    fd_ = ::open(path_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
-    if (fd_ < 0) failErrno("cannot create " + path_.string());
+OutputFile::OutputFile(std::filesystem::path path)
+    : path_(std::move(path)), fd_(::open(path_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644)) {
+    if (fd_.get() < 0) failErrno("cannot create " + path_.string());
     buffer_.reserve(kBufferSize);
-}
-
-OutputFile::~OutputFile() {
-    if (fd_ >= 0) ::close(fd_);
 }
 
 void OutputFile::write(std::span<const uint8_t> data) {
@@ -47,16 +43,14 @@ void OutputFile::writeZeros(uint64_t count) {
 }
 
 void OutputFile::flush() {
-    writeAll(fd_, buffer_, path_.string());
+    writeAll(fd_.get(), buffer_, path_.string());
     buffer_.clear();
 }
 
 void OutputFile::commit() {
     flush();
-    if (::fsync(fd_) != 0) failErrno("syncing " + path_.string());
-    int fd = fd_;
-    fd_ = -1;
-    if (::close(fd) != 0) failErrno("closing " + path_.string());
+    if (::fsync(fd_.get()) != 0) failErrno("syncing " + path_.string());
+    fd_.close(path_.string());
 }
 
 }  // namespace rafs::build

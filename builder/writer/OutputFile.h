@@ -2,6 +2,8 @@
 // Error naming the file (a full file system included).
 #pragma once
 
+#include "format/UniqueFd.h"
+
 #include <cstdint>
 #include <filesystem>
 #include <span>
@@ -13,9 +15,6 @@ class OutputFile {
 public:
     // Creates `path`, which must not exist yet.
     explicit OutputFile(std::filesystem::path path);
-    ~OutputFile();
-    OutputFile(const OutputFile&) = delete;
-    OutputFile& operator=(const OutputFile&) = delete;
 
     void write(std::span<const uint8_t> data);
     void writeZeros(uint64_t count);
@@ -28,7 +27,7 @@ public:
 
 private:
     std::filesystem::path path_;
-    int fd_ = -1;
+    UniqueFd fd_;
     uint64_t offset_ = 0;
     std::vector<uint8_t> buffer_;
 };

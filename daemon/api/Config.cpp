@@ -1,6 +1,7 @@
 #include "daemon/api/Config.h"
 
 #include "format/Error.h"
+#include "format/FileIo.h"
 
 #include <fcntl.h>
 #include <toml++/toml.h>
@@ -406,32 +407,6 @@ Config fromTable(const toml::table& root, const std::string& source) {
 // Config files are small; the cap keeps a wrong path (a device, a huge log) from eating memory.
 constexpr size_t kMaxConfigBytes = 1 << 20;
 
-std::string readFile(const std::filesystem::path& path) {
-    std::string what = fmt::format("cannot read {}", path.string());
-    int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd < 0) rafs::failErrno(what);
-    std::string text;
-    char buffer[16384];
-    for (;;) {
-        ssize_t n = ::read(fd, buffer, sizeof buffer);
-        if (n < 0 && errno == EINTR) continue;
-        if (n < 0) {
-            int err = errno;
-            ::close(fd);
-            rafs::failErrno(what, err);
-        }
-        if (n == 0) break;
-        text.append(buffer, static_cast<size_t>(n));
-        if (text.size() > kMaxConfigBytes) {
-            ::close(fd);
-            rafs::fail("{}: larger than {} bytes, not a config file", path.string(), kMaxConfigBytes);
-        }
-    }
-    // Nothing was written, so a failing close loses nothing.
-    ::close(fd);
-    return text;
-}
-
 }  // namespace
 
 std::string_view backendTypeName(Config::BackendType type) { return nameOf(kBackendTypes, type); }
@@ -448,7 +423,7 @@ Config parse(std::string_view text, const std::string& source) {
     return fromTable(root, source);
 }
 
-Config load(const std::filesystem::path& path) { return parse(readFile(path), path.string()); }
+Config load(const std::filesystem::path& path) { return parse(rafs::readFile(path.string(), kMaxConfigBytes), path.string()); }
 
 Config loadIfPresent(const std::filesystem::path& path, bool explicit_path) {
     if (explicit_path || std::filesystem::exists(path)) return load(path);

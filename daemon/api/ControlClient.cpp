@@ -82,7 +82,7 @@ ControlClient::ControlClient(std::filesystem::path socket, std::chrono::millisec
 
 nlohmann::json ControlClient::call(const Request& request) const {
     sockaddr_un address = unixAddress(socket_);
-    UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    rafs::UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
     if (fd.get() < 0) rafs::failErrno("cannot create a unix socket");
     // connect() waits while rafsd's backlog is full; SO_SNDTIMEO bounds that wait.
     auto seconds = std::chrono::floor<std::chrono::seconds>(timeout_);

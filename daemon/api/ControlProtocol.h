@@ -59,7 +59,7 @@
 #pragma once
 
 #include "daemon/api/EngineKind.h"
-#include "daemon/core/UniqueFd.h"
+#include "format/UniqueFd.h"
 
 #include <sys/un.h>
 

@@ -20,7 +20,7 @@ namespace {
 using nlohmann::json;
 
 struct Connection {
-    UniqueFd fd;
+    rafs::UniqueFd fd;
     std::thread thread;
     std::atomic<bool> done{false};
 };
@@ -36,7 +36,7 @@ struct Dispatch {
     json operator()(const ResolveRequest& request) const { return handler.resolve(request); }
 };
 
-int bindTo(const UniqueFd& fd, const sockaddr_un& address) {
+int bindTo(const rafs::UniqueFd& fd, const sockaddr_un& address) {
     return ::bind(fd.get(), reinterpret_cast<const sockaddr*>(&address), sizeof address);
 }
 
@@ -64,7 +64,7 @@ void removeStale(const std::filesystem::path& socket, const sockaddr_un& address
         rafs::failErrno(fmt::format("cannot bind {}", socket.string()));
     }
     if (!S_ISSOCK(st.st_mode)) rafs::fail("cannot bind {}: it exists and is not a socket", socket.string());
-    UniqueFd probe(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
+    rafs::UniqueFd probe(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
     if (probe.get() < 0) rafs::failErrno("cannot create a unix socket");
     if (::connect(probe.get(), reinterpret_cast<const sockaddr*>(&address), sizeof address) == 0 || errno == EAGAIN) {
         // EAGAIN: a listener whose backlog is full, busy but alive.
@@ -80,12 +80,12 @@ void removeStale(const std::filesystem::path& socket, const sockaddr_un& address
 
 struct ControlServer::State {
     // `bound` is the socket file bind() created, empty for an adopted socket.
-    State(UniqueFd listen_fd, ControlHandler& h, std::filesystem::path bound, const struct stat& st)
+    State(rafs::UniqueFd listen_fd, ControlHandler& h, std::filesystem::path bound, const struct stat& st)
         : handler(h), listen(std::move(listen_fd)), boundPath(std::move(bound)), boundDev(st.st_dev), boundIno(st.st_ino) {
         int fds[2];
         if (::pipe2(fds, O_CLOEXEC) != 0) rafs::failErrno("cannot create a pipe");
-        wake = UniqueFd(fds[0]);
-        wakeWriter = UniqueFd(fds[1]);
+        wake = rafs::UniqueFd(fds[0]);
+        wakeWriter = rafs::UniqueFd(fds[1]);
         acceptThread = std::thread([this] { acceptLoop(); });
     }
 
@@ -118,7 +118,7 @@ struct ControlServer::State {
     // Waits for one connection and starts its thread; false once stop() was called.
     bool acceptOne() {
         if (!waitFor(listen.get(), POLLIN)) return false;
-        UniqueFd fd(::accept4(listen.get(), nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK));
+        rafs::UniqueFd fd(::accept4(listen.get(), nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK));
         if (fd.get() < 0) {
             // Out of fds or memory leaves the socket readable: wait rather than spin. A client
             // that gave up (ECONNABORTED) or a spurious wakeup needs nothing.
@@ -141,7 +141,7 @@ struct ControlServer::State {
     }
 
     // Best effort: the client is turned away whether or not it gets to read why.
-    static void refuse(const UniqueFd& fd, std::string_view message) {
+    static void refuse(const rafs::UniqueFd& fd, std::string_view message) {
         std::string line = errorResponse(message) + "\n";
         (void)::send(fd.get(), line.data(), line.size(), MSG_NOSIGNAL);
     }
@@ -160,7 +160,7 @@ struct ControlServer::State {
         } catch (const std::exception&) {
             // poll failed or the response could not be built: drop this client, keep serving.
         }
-        connection.fd = UniqueFd();
+        connection.fd = rafs::UniqueFd();
         connection.done = true;
     }
 
@@ -221,10 +221,10 @@ struct ControlServer::State {
     }
 
     ControlHandler& handler;
-    UniqueFd listen;
+    rafs::UniqueFd listen;
     // stop() closes wakeWriter; every poll of the server also watches `wake`, which then hangs up.
-    UniqueFd wake;
-    UniqueFd wakeWriter;
+    rafs::UniqueFd wake;
+    rafs::UniqueFd wakeWriter;
     std::filesystem::path boundPath;
     dev_t boundDev;
     ino_t boundIno;
@@ -251,7 +251,7 @@ ControlServer::~ControlServer() { stop(); }
 ControlServer ControlServer::bind(const std::filesystem::path& socket, ControlHandler& handler) {
     sockaddr_un address = unixAddress(socket);
     createDirectories(socket.parent_path());
-    UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
+    rafs::UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
     if (fd.get() < 0) rafs::failErrno("cannot create a unix socket");
     if (bindTo(fd, address) != 0) {
         if (errno != EADDRINUSE) rafs::failErrno(fmt::format("cannot bind {}", socket.string()));
@@ -267,7 +267,7 @@ ControlServer ControlServer::bind(const std::filesystem::path& socket, ControlHa
 }
 
 ControlServer ControlServer::adopt(int listen_fd, ControlHandler& handler) {
-    UniqueFd fd(listen_fd);
+    rafs::UniqueFd fd(listen_fd);
     int domain = 0, type = 0, listening = 0;
     socklen_t size = sizeof(int);
     for (auto [option, value] : {std::pair{SO_DOMAIN, &domain}, {SO_TYPE, &type}, {SO_ACCEPTCONN, &listening}}) {
@@ -303,9 +303,9 @@ void ControlServer::stop() {
     if (!state_ || state_->stopped) return;
     State& state = *state_;
     state.stopped = true;
-    state.wakeWriter = UniqueFd();
+    state.wakeWriter = rafs::UniqueFd();
     state.acceptThread.join();
-    state.listen = UniqueFd();
+    state.listen = rafs::UniqueFd();
     if (!state.boundPath.empty()) {
         struct stat st {};
         // Only our own socket: another rafsd may have replaced it. A socket file left behind is

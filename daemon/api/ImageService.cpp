@@ -117,8 +117,8 @@ void ImageService::useFanotifyGroup(KeptFds& kept, bool restore) {
     const int journal = kept.find(kKeptJournal);
     if (group < 0 || journal < 0) rafs::fail("no kept fanotify group and journal to serve");
     auto engine = std::make_unique<FanotifyEngine>(*fetcher_, std::chrono::microseconds(config_.daemon.busy_poll_us));
-    engine->adopt(UniqueFd::duplicate(group, "the kept fanotify group"),
-                  PendingJournal::adopt(UniqueFd::duplicate(journal, "the kept fanotify journal")));
+    engine->adopt(rafs::UniqueFd::duplicate(group, "the kept fanotify group"),
+                  PendingJournal::adopt(rafs::UniqueFd::duplicate(journal, "the kept fanotify journal")));
     fanotify_ = std::move(engine);
     kept_ = &kept;
     fanotify_restore_ = restore;
@@ -219,7 +219,7 @@ std::shared_ptr<CachedBlob> ImageService::openBlob(const rafs::Bootstrap& bootst
         if (kept_fd >= 0) {
             // The fd a dead worker wrote through: a file opened now, after its mark, would raise
             // events for our own writes.
-            file = SparseCacheFile::adopt(path, UniqueFd::duplicate(kept_fd, path.string()), blob.uncompressed_size);
+            file = SparseCacheFile::adopt(path, rafs::UniqueFd::duplicate(kept_fd, path.string()), blob.uncompressed_size);
         } else {
             auto sparse = SparseCacheFile::open(path, blob.uncompressed_size);
             if (kept_ != nullptr) kept_->keep(kept_name, sparse->fd());

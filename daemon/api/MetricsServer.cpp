@@ -19,10 +19,10 @@ namespace {
 
 constexpr int kBacklog = 16;
 
-UniqueFd listenUnix(const std::string& path) {
+rafs::UniqueFd listenUnix(const std::string& path) {
     sockaddr_un addr{};
     if (path.size() >= sizeof addr.sun_path) rafs::fail("metrics socket path {} is too long", path);
-    UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    rafs::UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
     if (fd.get() < 0) rafs::failErrno("socket for the metrics endpoint");
     std::error_code ec;
     std::filesystem::create_directories(std::filesystem::path(path).parent_path(), ec);
@@ -37,7 +37,7 @@ UniqueFd listenUnix(const std::string& path) {
     return fd;
 }
 
-UniqueFd listenTcp(const std::string& address) {
+rafs::UniqueFd listenTcp(const std::string& address) {
     const size_t colon = address.rfind(':');
     std::string host = address.substr(0, colon);
     const std::string port = address.substr(colon + 1);
@@ -53,7 +53,7 @@ UniqueFd listenTcp(const std::string& address) {
     std::unique_ptr<addrinfo, decltype(&::freeaddrinfo)> list(found, ::freeaddrinfo);
     int err = 0;
     for (const addrinfo* a = found; a != nullptr; a = a->ai_next) {
-        UniqueFd fd(::socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC, a->ai_protocol));
+        rafs::UniqueFd fd(::socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC, a->ai_protocol));
         if (fd.get() < 0) {
             err = errno;
             continue;
@@ -97,7 +97,7 @@ MHD_Result answer(void* cls, MHD_Connection* connection, const char* url, const 
 
 MetricsServer::MetricsServer(const std::string& address, std::function<std::string()> render)
     : render_(std::move(render)) {
-    UniqueFd listener;
+    rafs::UniqueFd listener;
     if (address.starts_with("unix:")) {
         unix_path_ = address.substr(5);
         listener = listenUnix(unix_path_);

@@ -2,7 +2,7 @@
 // with the text a callback renders at each scrape. Any other path is 404, any other method 405.
 #pragma once
 
-#include "daemon/core/UniqueFd.h"
+#include "format/UniqueFd.h"
 
 #include <functional>
 #include <memory>

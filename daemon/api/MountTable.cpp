@@ -2,7 +2,7 @@
 
 #include "format/Error.h"
 #include "daemon/core/DurableFile.h"
-#include "daemon/core/UniqueFd.h"
+#include "format/UniqueFd.h"
 
 #include <fcntl.h>
 #include <unistd.h>
@@ -40,7 +40,7 @@ void saveMounts(const fs::path& path, const std::vector<MountRecord>& mounts) {
 }
 
 std::vector<MountRecord> loadMounts(const fs::path& path) {
-    UniqueFd file(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+    rafs::UniqueFd file(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
     if (file.get() < 0) {
         if (errno == ENOENT) return {};
         rafs::failErrno("open " + path.string());

@@ -1,7 +1,7 @@
 #include "daemon/backends/LocalfsBackend.h"
 
 #include "daemon/backends/BlobId.h"
-#include "daemon/core/UniqueFd.h"
+#include "format/UniqueFd.h"
 #include "format/Error.h"
 #include "format/FileIo.h"
 
@@ -14,7 +14,7 @@ namespace rafsd {
 namespace {
 
 void readRange(const std::filesystem::path& path, const std::string& blob_id, uint64_t offset, std::span<uint8_t> out) {
-    const UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+    const rafs::UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
     if (fd.get() < 0) rafs::failErrno("localfs: cannot open blob " + path.string());
     // A blob shorter than its chunks need (checked at mount) shrank since.
     rafs::preadExactly(fd.get(), out, offset, "localfs: blob " + blob_id);

@@ -1,7 +1,7 @@
 #include "daemon/core/BlobCacheFiles.h"
 
 #include "format/Error.h"
-#include "daemon/core/UniqueFd.h"
+#include "format/UniqueFd.h"
 
 #include <fcntl.h>
 #include <sys/file.h>
@@ -29,7 +29,7 @@ std::string idOf(const std::string& key) {
 // lock on it while the blob is served: another rafsd on the same cache dir).
 void removeBlob(const fs::path& dir, const std::string& id) {
     const fs::path chunkmap = dir / (id + ".chunkmap");
-    UniqueFd fd(::open(chunkmap.c_str(), O_RDONLY | O_CLOEXEC));
+    rafs::UniqueFd fd(::open(chunkmap.c_str(), O_RDONLY | O_CLOEXEC));
     if (fd.get() >= 0 && ::flock(fd.get(), LOCK_EX | LOCK_NB) != 0) {
         rafs::fail("{} is locked by another process serving the blob", chunkmap.string());
     }

@@ -4,6 +4,7 @@
 #include "format/Codec.h"
 #include "format/Error.h"
 #include "daemon/core/Concurrently.h"
+#include "daemon/core/DurableFile.h"
 #include "daemon/core/Log.h"
 
 #include <fcntl.h>
@@ -79,21 +80,13 @@ void saveLocal(const fs::path& path, const rafs::BootstrapBlob& blob, std::span<
     bytes.insert(bytes.end(), sum.begin(), sum.end());
 
     const fs::path temp = path.string() + ".tmp";
-    int fd = ::open(temp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd < 0) rafs::failErrno("cannot create " + temp.string());
-    size_t done = 0;
-    while (done < bytes.size()) {
-        ssize_t n = ::write(fd, bytes.data() + done, bytes.size() - done);
-        if (n < 0) {
-            if (errno == EINTR) continue;
-            int err = errno;
-            ::close(fd);
-            ::unlink(temp.c_str());
-            rafs::failErrno("writing " + temp.string(), err);
-        }
-        done += static_cast<size_t>(n);
+    try {
+        writeFileSynced(temp, bytes);
+    } catch (...) {
+        std::error_code ignored;  // best effort: the write failed already
+        fs::remove(temp, ignored);
+        throw;
     }
-    if (::fsync(fd) != 0 || ::close(fd) != 0) rafs::failErrno("syncing " + temp.string());
     if (::rename(temp.c_str(), path.c_str()) != 0) rafs::failErrno("renaming " + temp.string());
 }
 

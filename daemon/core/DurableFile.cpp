@@ -2,7 +2,7 @@
 
 #include "format/Error.h"
 #include "format/FileIo.h"
-#include "daemon/core/UniqueFd.h"
+#include "format/UniqueFd.h"
 
 #include <fcntl.h>
 #include <unistd.h>
@@ -10,7 +10,7 @@
 namespace rafsd {
 
 void writeFileSynced(const std::filesystem::path& path, std::span<const uint8_t> data) {
-    UniqueFd file(::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
+    rafs::UniqueFd file(::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
     if (file.get() < 0) rafs::failErrno("create " + path.string());
     rafs::writeAll(file.get(), data, path.string());
     if (::fsync(file.get()) != 0) rafs::failErrno("fsync " + path.string());
@@ -29,7 +29,7 @@ void replaceFileSynced(const std::filesystem::path& path, std::string_view text)
 }
 
 void syncDirectory(const std::filesystem::path& dir) {
-    UniqueFd parent(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+    rafs::UniqueFd parent(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
     if (parent.get() < 0) rafs::failErrno("open " + dir.string());
     if (::fsync(parent.get()) != 0) rafs::failErrno("fsync " + dir.string());
     parent.close(dir.string());

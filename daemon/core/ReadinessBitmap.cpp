@@ -2,6 +2,7 @@
 #include "format/FileIo.h"
 
 #include "format/Error.h"
+#include "format/UniqueFd.h"
 
 #include <fcntl.h>
 #include <sys/file.h>
@@ -82,10 +83,7 @@ ChunkMapHeader makeHeader(std::string_view blob_id, uint32_t chunk_count, uint64
 }  // namespace
 
 struct ReadinessBitmap::State {
-    State(int file, size_t bytes) : fd(file), bits(bytes) {}
-    ~State() { ::close(fd); }  // nothing to lose on a close error: flush() reports durability
-    State(const State&) = delete;
-    State& operator=(const State&) = delete;
+    State(int fd, size_t bytes) : file(fd), bits(bytes) {}
 
     // Fills bits and count from the file behind fd if it is the bitmap `expected` describes;
     // otherwise changes nothing and returns why the file cannot be used.
@@ -95,7 +93,7 @@ struct ReadinessBitmap::State {
     // open()), and a crash halfway leaves a short file, which load() rejects.
     void reset(const std::filesystem::path& path, const ChunkMapHeader& header);
 
-    int fd;
+    rafs::UniqueFd file;  // nothing to lose on a close error: flush() reports durability
     std::vector<std::atomic<uint8_t>> bits;
     std::atomic<uint32_t> count{0};
     // Serialises the pwrite()s of bitmap bytes, so the last write of a byte carries every bit set
@@ -106,12 +104,12 @@ struct ReadinessBitmap::State {
 std::string ReadinessBitmap::State::load(const std::filesystem::path& path,
                                          const ChunkMapHeader& expected) {
     struct stat info {};
-    if (::fstat(fd, &info) != 0) rafs::failErrno(fmt::format("{}: fstat", path.string()));
+    if (::fstat(file.get(), &info) != 0) rafs::failErrno(fmt::format("{}: fstat", path.string()));
     const auto length = static_cast<uint64_t>(info.st_size);
     if (length < kHeaderSize) return fmt::format("file of {} bytes has no complete header", length);
 
     ChunkMapHeader header{};
-    readAll(fd, {reinterpret_cast<uint8_t*>(&header), sizeof header}, 0, path);
+    readAll(file.get(), {reinterpret_cast<uint8_t*>(&header), sizeof header}, 0, path);
     if (std::memcmp(header.magic, kMagic, sizeof kMagic) != 0) return "not a chunk map (bad magic)";
     if (header.version != expected.version)
         return fmt::format("format version {}, expected {}", header.version, expected.version);
@@ -128,7 +126,7 @@ std::string ReadinessBitmap::State::load(const std::filesystem::path& path,
         return fmt::format("length {}, expected {}", length, expected_length);
 
     std::vector<uint8_t> bytes(bits.size());
-    readAll(fd, bytes, kHeaderSize, path);
+    readAll(file.get(), bytes, kHeaderSize, path);
     const uint32_t tail_bits = expected.chunk_count % 8;
     if (tail_bits != 0 && (bytes.back() >> tail_bits) != 0) return "bits set past the last chunk";
     uint32_t set_bits = 0;
@@ -143,10 +141,10 @@ std::string ReadinessBitmap::State::load(const std::filesystem::path& path,
 // No fsync: a crash can only leave a short or zero-filled file, which load() rejects, and a
 // rejected file is simply reset again.
 void ReadinessBitmap::State::reset(const std::filesystem::path& path, const ChunkMapHeader& header) {
-    if (::ftruncate(fd, 0) != 0) rafs::failErrno(fmt::format("{}: truncate", path.string()));
+    if (::ftruncate(file.get(), 0) != 0) rafs::failErrno(fmt::format("{}: truncate", path.string()));
     std::vector<uint8_t> content(kHeaderSize + bits.size(), 0);
     std::memcpy(content.data(), &header, sizeof header);
-    writeAll(fd, content, 0, path);
+    writeAll(file.get(), content, 0, path);
     for (auto& byte : bits) byte.store(0, std::memory_order_relaxed);
     count.store(0, std::memory_order_relaxed);
 }
@@ -253,7 +251,7 @@ void ReadinessBitmap::persist(uint32_t first, uint32_t count) {
         bytes = large;
     }
     for (uint32_t i = begin; i < end; ++i) bytes[i - begin] = state_->bits[i].load(std::memory_order_relaxed);
-    writeAll(state_->fd, bytes, kHeaderSize + begin, path_);
+    writeAll(state_->file.get(), bytes, kHeaderSize + begin, path_);
 }
 
 uint32_t ReadinessBitmap::count() const { return state_->count.load(std::memory_order_relaxed); }
@@ -274,13 +272,13 @@ uint32_t ReadinessBitmap::clearIf(const std::function<bool(uint32_t chunk)>& dro
         std::vector<uint8_t> bytes(state_->bits.size());
         std::transform(state_->bits.begin(), state_->bits.end(), bytes.begin(),
                        [](const std::atomic<uint8_t>& b) { return b.load(std::memory_order_relaxed); });
-        writeAll(state_->fd, bytes, kHeaderSize, path_);
+        writeAll(state_->file.get(), bytes, kHeaderSize, path_);
     }
     return cleared;
 }
 
 void ReadinessBitmap::flush() {
-    if (::fdatasync(state_->fd) != 0) rafs::failErrno(fmt::format("{}: fdatasync", path_.string()));
+    if (::fdatasync(state_->file.get()) != 0) rafs::failErrno(fmt::format("{}: fdatasync", path_.string()));
 }
 
 }  // namespace rafsd

@@ -52,10 +52,10 @@ std::unique_ptr<SparseCacheFile> SparseCacheFile::open(const std::filesystem::pa
         rafs::fail("{}: cache file size {} is too large", path.string(), size);
     checkFileSystem(path.has_parent_path() ? path.parent_path() : std::filesystem::path("."));
 
-    const int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-    if (fd < 0) rafs::failErrno(fmt::format("{}: open", path.string()));
-    // Owns fd from here on, so every failure below closes it.
-    std::unique_ptr<SparseCacheFile> file(new SparseCacheFile(path, fd, size));
+    rafs::UniqueFd opened(::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600));
+    if (opened.get() < 0) rafs::failErrno(fmt::format("{}: open", path.string()));
+    std::unique_ptr<SparseCacheFile> file(new SparseCacheFile(path, std::move(opened), size));
+    const int fd = file->fd();
 
     struct stat info {};
     if (::fstat(fd, &info) != 0) rafs::failErrno(fmt::format("{}: fstat", path.string()));
@@ -70,22 +70,19 @@ std::unique_ptr<SparseCacheFile> SparseCacheFile::open(const std::filesystem::pa
     return file;
 }
 
-std::unique_ptr<SparseCacheFile> SparseCacheFile::adopt(const std::filesystem::path& path, UniqueFd fd,
+std::unique_ptr<SparseCacheFile> SparseCacheFile::adopt(const std::filesystem::path& path, rafs::UniqueFd fd,
                                                         uint64_t size) {
-    std::unique_ptr<SparseCacheFile> file(new SparseCacheFile(path, fd.release(), size));
+    std::unique_ptr<SparseCacheFile> file(new SparseCacheFile(path, std::move(fd), size));
     struct stat info {};
-    if (::fstat(file->fd_, &info) != 0) rafs::failErrno(fmt::format("{}: fstat of the kept fd", path.string()));
+    if (::fstat(file->fd(), &info) != 0) rafs::failErrno(fmt::format("{}: fstat of the kept fd", path.string()));
     if (!S_ISREG(info.st_mode) || static_cast<uint64_t>(info.st_size) != roundUpToBlock(size)) {
         rafs::fail("{}: the kept cache file is not a regular file of {} bytes", path.string(), roundUpToBlock(size));
     }
     return file;
 }
 
-SparseCacheFile::SparseCacheFile(std::filesystem::path path, int fd, uint64_t size)
-    : path_(std::move(path)), fd_(fd), size_(size) {}
-
-// A close error cannot lose data that matters: sync() is where durability is checked.
-SparseCacheFile::~SparseCacheFile() { ::close(fd_); }
+SparseCacheFile::SparseCacheFile(std::filesystem::path path, rafs::UniqueFd fd, uint64_t size)
+    : path_(std::move(path)), fd_(std::move(fd)), size_(size) {}
 
 bool SparseCacheFile::hasData(uint64_t offset, uint64_t length) const {
     if (length == 0) return true;
@@ -94,7 +91,7 @@ bool SparseCacheFile::hasData(uint64_t offset, uint64_t length) const {
     const uint64_t end = offset + std::min(length, file_end - offset);
     // The end of file counts as a hole, so the range is all data iff the first hole at or after
     // `offset` lies at or past its end.
-    const off_t hole = ::lseek(fd_, static_cast<off_t>(offset), SEEK_HOLE);
+    const off_t hole = ::lseek(fd_.get(), static_cast<off_t>(offset), SEEK_HOLE);
     if (hole < 0) rafs::failErrno(fmt::format("{}: lseek SEEK_HOLE at {}", path_.string(), offset));
     return static_cast<uint64_t>(hole) >= end;
 }
@@ -102,14 +99,14 @@ bool SparseCacheFile::hasData(uint64_t offset, uint64_t length) const {
 void SparseCacheFile::discard(uint64_t offset, uint64_t length) {
     if (offset % kBlockSize != 0 || length % kBlockSize != 0)
         rafs::fail("{}: cannot free {} bytes at offset {}: not {}-byte aligned", path_.string(), length, offset, kBlockSize);
-    if (::fallocate(fd_, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, static_cast<off_t>(offset),
+    if (::fallocate(fd_.get(), FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, static_cast<off_t>(offset),
                     static_cast<off_t>(length)) != 0) {
         rafs::failErrno(fmt::format("{}: punching a hole of {} bytes at offset {}", path_.string(), length, offset));
     }
 }
 
 void SparseCacheFile::sync() {
-    if (::fdatasync(fd_) != 0) rafs::failErrno(fmt::format("{}: fdatasync", path_.string()));
+    if (::fdatasync(fd_.get()) != 0) rafs::failErrno(fmt::format("{}: fdatasync", path_.string()));
 }
 
 // A plain pwrite, not io_uring: ext4 takes no non-blocking buffered writes (its files lack
@@ -118,7 +115,7 @@ void SparseCacheFile::sync() {
 // Measured in docs/benchmarks.md ("Reads through rafsd"): about 1 ms per write through the ring
 // against 0.1 ms inline.
 void SparseCacheFile::writeBlocks(uint64_t offset, std::span<const uint8_t> data) {
-    rafs::pwriteAll(fd_, data, offset, path_.native());
+    rafs::pwriteAll(fd_.get(), data, offset, path_.native());
 }
 
 }  // namespace rafsd

@@ -9,7 +9,7 @@
 #pragma once
 
 #include "daemon/core/CacheFile.h"
-#include "daemon/core/UniqueFd.h"
+#include "format/UniqueFd.h"
 
 #include <filesystem>
 #include <memory>
@@ -25,13 +25,9 @@ public:
 
     // The cache file a previous worker opened (before its mark) and a supervisor kept, at `path`.
     // Throws Error if it is not a regular file of the blob's length.
-    static std::unique_ptr<SparseCacheFile> adopt(const std::filesystem::path& path, UniqueFd fd, uint64_t size);
+    static std::unique_ptr<SparseCacheFile> adopt(const std::filesystem::path& path, rafs::UniqueFd fd, uint64_t size);
 
-    ~SparseCacheFile() override;
-    SparseCacheFile(const SparseCacheFile&) = delete;
-    SparseCacheFile& operator=(const SparseCacheFile&) = delete;
-
-    int fd() const { return fd_; }
+    int fd() const { return fd_.get(); }
     const std::filesystem::path& path() const { return path_; }
 
     std::string name() const override { return path_.string(); }
@@ -42,13 +38,13 @@ public:
     void sync() override;  // fdatasync
 
 private:
-    SparseCacheFile(std::filesystem::path path, int fd, uint64_t size);
+    SparseCacheFile(std::filesystem::path path, rafs::UniqueFd fd, uint64_t size);
 
     // pwrite, in the calling thread.
     void writeBlocks(uint64_t offset, std::span<const uint8_t> data) override;
 
     std::filesystem::path path_;
-    int fd_;
+    rafs::UniqueFd fd_;  // a failed close loses nothing: sync() is where durability is checked
     uint64_t size_;
 };
 

@@ -45,7 +45,7 @@ KeptFds KeptFds::fromSystemd() {
         // Kept fds are never sockets; a socket is an activated control socket, whatever its name.
         if (name.empty() || name == "unknown" || sd_is_socket(fd, AF_UNSPEC, 0, -1) > 0) continue;
         if (::fcntl(fd, F_SETFD, FD_CLOEXEC) != 0) failErrno(fmt::format("fcntl on stored fd {}", name));
-        kept.fds_[name] = UniqueFd(fd);
+        kept.fds_[name] = rafs::UniqueFd(fd);
     }
     if (names != nullptr) {
         for (int i = 0; i < n; ++i) std::free(names[i]);
@@ -65,11 +65,11 @@ std::vector<std::string> KeptFds::names() const {
     return out;
 }
 
-void KeptFds::keepLocal(const std::string& name, UniqueFd fd) { fds_[name] = std::move(fd); }
+void KeptFds::keepLocal(const std::string& name, rafs::UniqueFd fd) { fds_[name] = std::move(fd); }
 
 void KeptFds::keep(const std::string& name, int fd) {
     checkName(name);
-    UniqueFd copy = UniqueFd::duplicate(fd, name);
+    rafs::UniqueFd copy = rafs::UniqueFd::duplicate(fd, name);
     if (link_ >= 0) {
         const std::string message = "+" + name;
         iovec iov{const_cast<char*>(message.data()), message.size()};
@@ -109,7 +109,7 @@ void KeptFds::drop(const std::string& name) {
 KeptFds::Link KeptFds::makeLink() {
     int fds[2];
     if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, fds) != 0) failErrno("socketpair");
-    return {UniqueFd(fds[0]), UniqueFd(fds[1])};
+    return {rafs::UniqueFd(fds[0]), rafs::UniqueFd(fds[1])};
 }
 
 bool KeptFds::serveLink(int link) {
@@ -129,12 +129,12 @@ bool KeptFds::serveLink(int link) {
             failErrno("reading the worker's kept fds");
         }
         if (n == 0) return false;
-        UniqueFd received;
+        rafs::UniqueFd received;
         for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c != nullptr; c = CMSG_NXTHDR(&msg, c)) {
             if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS && c->cmsg_len >= CMSG_LEN(sizeof(int))) {
                 int fd = -1;
                 std::memcpy(&fd, CMSG_DATA(c), sizeof fd);
-                received = UniqueFd(fd);
+                received = rafs::UniqueFd(fd);
             }
         }
         const std::string name(buffer + 1, n > 1 ? static_cast<size_t>(n) - 1 : 0);

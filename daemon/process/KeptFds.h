@@ -11,7 +11,7 @@
 // before it starts the next worker.
 #pragma once
 
-#include "daemon/core/UniqueFd.h"
+#include "format/UniqueFd.h"
 
 #include <map>
 #include <string>
@@ -46,8 +46,8 @@ public:
     // serveLink() applies every message queued on it (call when it polls readable, and before
     // starting another worker); false once the worker's end is closed.
     struct Link {
-        UniqueFd supervisor;
-        UniqueFd worker;
+        rafs::UniqueFd supervisor;
+        rafs::UniqueFd worker;
     };
     static Link makeLink();
     bool serveLink(int link);
@@ -56,11 +56,11 @@ public:
     void attachLink(int link) { link_ = link; }
 
 private:
-    void keepLocal(const std::string& name, UniqueFd fd);
+    void keepLocal(const std::string& name, rafs::UniqueFd fd);
     static void offerToSystemd(const std::string& name, int fd);
     static void removeFromSystemd(const std::string& name);
 
-    std::map<std::string, UniqueFd> fds_;
+    std::map<std::string, rafs::UniqueFd> fds_;
     int link_ = -1;  // worker side: not owned
 };
 

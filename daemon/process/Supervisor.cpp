@@ -2,7 +2,8 @@
 
 #include "format/Error.h"
 #include "daemon/core/Log.h"
-#include "daemon/core/UniqueFd.h"
+#include "format/UniqueFd.h"
+#include "daemon/core/CloseOrWarn.h"
 
 #include <fcntl.h>
 #include <poll.h>
@@ -41,7 +42,7 @@ pid_t forkWorker(KeptFds& kept, KeptFds::Link& link, int signal_fd, bool restore
     if (pid < 0) failErrno("fork");
     if (pid > 0) {
         closeOrWarn(pipe_fds[1], "worker ready pipe");
-        link.worker = UniqueFd();
+        link.worker = rafs::UniqueFd();
         ready_fd = pipe_fds[0];
         return pid;
     }
@@ -53,7 +54,7 @@ pid_t forkWorker(KeptFds& kept, KeptFds::Link& link, int signal_fd, bool restore
         }
         closeOrWarn(pipe_fds[0], "worker ready pipe");
         closeOrWarn(signal_fd, "signalfd");
-        link.supervisor = UniqueFd();
+        link.supervisor = rafs::UniqueFd();
         sigset_t chld;
         sigemptyset(&chld);
         sigaddset(&chld, SIGCHLD);
@@ -118,7 +119,7 @@ int supervise(KeptFds kept, bool restored, const SupervisorOptions& options, con
                 ready_fd = -1;
             }
             if (link.supervisor.get() >= 0 && fds[2].revents != 0 && !kept.serveLink(link.supervisor.get())) {
-                link.supervisor = UniqueFd();  // the worker's end is closed: it is exiting
+                link.supervisor = rafs::UniqueFd();  // the worker's end is closed: it is exiting
             }
             if ((fds[0].revents & POLLIN) == 0) continue;
             signalfd_siginfo info{};

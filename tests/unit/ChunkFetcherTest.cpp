@@ -1,7 +1,7 @@
 #include "daemon/core/ChunkFetcher.h"
 
 #include "format/Error.h"
-#include "tests/unit/NullCacheFile.h"
+#include "tests/unit/ZeroBlob.h"
 #include "tests/unit/TempDir.h"
 
 #include <catch2/catch.hpp>
@@ -24,6 +24,7 @@
 
 using namespace rafsd;
 using rafsd::test::NullCacheFile;
+using rafsd::test::ZeroBlob;
 
 namespace {
 
@@ -143,20 +144,9 @@ TEST_CASE("a request completed by a worker as makePresent unlocks is completed o
     constexpr uint32_t kAhead = kAwaited + kPerWindow;
     constexpr uint32_t kChunks = 2 * kPerWindow + 2 * kAwaited;
 
-    const std::vector<uint8_t> zeros(kChunk, 0);
-    BlobDescriptor d;
-    d.id = kBlobId;
-    d.compressor = rafs::Compressor::None;
-    d.digester = rafs::Digester::Blake3;
-    d.chunk_size = kChunk;
-    d.uncompressed_size = uint64_t{kChunks} * kChunk;
-    std::vector<ChunkExtent> extents;
-    for (uint32_t i = 0; i < kChunks; ++i) {
-        const uint64_t at = uint64_t{i} * kChunk;
-        d.chunks.push_back({at, static_cast<uint32_t>(kChunk), at, static_cast<uint32_t>(kChunk), false, false, 0});
-        extents.push_back({at, static_cast<uint32_t>(kChunk)});
-    }
-    d.digests.assign(kChunks, rafs::digestOf(rafs::Digester::Blake3, zeros));
+    const ZeroBlob zero(kBlobId, kChunks, static_cast<uint32_t>(kChunk));
+    const BlobDescriptor& d = zero.descriptor;
+    const std::vector<ChunkExtent>& extents = zero.extents;
 
     // Every chunk present but two, made once (a write per bit); each attempt starts from a copy.
     rafs::test::TempDir dir;

@@ -235,5 +235,8 @@ TEST_CASE("config load names the file", "[config]") {
     std::ofstream(path) << "[prefetch]\nenable = false\n";
     CHECK(!rafsd::load(path).prefetch.enable);
     CHECK_THROWS_WITH(rafsd::load(dir), fmt::format("cannot read {}: Is a directory", dir));
+    // Read no further than 1 MiB: a wrong path to a device or a huge log costs no memory.
+    std::ofstream(path) << std::string((1 << 20) + 1, '#');
+    CHECK_THROWS_WITH(rafsd::load(path), fmt::format("{}: larger than 1048576 bytes", path.string()));
     std::filesystem::remove_all(dir);
 }

@@ -27,7 +27,6 @@ using rafsd::ControlServer;
 using rafsd::MountRequest;
 using rafsd::parseRequest;
 using rafsd::Request;
-using rafsd::UniqueFd;
 using Catch::Matchers::StartsWith;
 
 namespace {
@@ -166,15 +165,15 @@ public:
     void shutdownWrite() { REQUIRE(::shutdown(fd_.get(), SHUT_WR) == 0); }
 
 private:
-    UniqueFd fd_;
+    rafs::UniqueFd fd_;
     std::string buffer_;
 };
 
 json errorJson(const std::string& message) { return {{"ok", false}, {"error", message}}; }
 
 // A unix socket bound to `path` and, if `listening`, listening: a stand-in for another rafsd.
-UniqueFd boundSocket(const std::filesystem::path& path, bool listening) {
-    UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+rafs::UniqueFd boundSocket(const std::filesystem::path& path, bool listening) {
+    rafs::UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
     REQUIRE(fd.get() >= 0);
     sockaddr_un address = rafsd::unixAddress(path);
     REQUIRE(::bind(fd.get(), reinterpret_cast<const sockaddr*>(&address), sizeof address) == 0);
@@ -486,7 +485,7 @@ TEST_CASE("control server replaces a stale socket, not a live one", "[api]") {
     }
     {
         // Nor another program's.
-        UniqueFd other = boundSocket(socket, true);
+        rafs::UniqueFd other = boundSocket(socket, true);
         CHECK_THROWS_WITH(ControlServer::bind(socket, handler),
                           fmt::format("another rafsd is already listening on {}", socket.string()));
         CHECK(std::filesystem::exists(socket));
@@ -523,8 +522,8 @@ TEST_CASE("control server adopts a listening socket", "[api]") {
     std::filesystem::remove(socket);
 
     // Socket activation: LISTEN_FDS fds start at 3; borrow fd 3 for the test.
-    UniqueFd saved(::fcntl(3, F_DUPFD_CLOEXEC, 10));
-    UniqueFd listening = boundSocket(socket, true);
+    rafs::UniqueFd saved(::fcntl(3, F_DUPFD_CLOEXEC, 10));
+    rafs::UniqueFd listening = boundSocket(socket, true);
     REQUIRE(::dup2(listening.get(), 3) == 3);
     ::setenv("LISTEN_PID", std::to_string(::getpid()).c_str(), 1);
     ::setenv("LISTEN_FDS", "1", 1);
@@ -558,13 +557,13 @@ TEST_CASE("control client", "[api]") {
     CHECK_THROWS_WITH(rafsd::ControlClient(dir.path / "none.sock", std::chrono::seconds(1)).call(rafsd::ListRequest{}),
                       fmt::format("cannot connect to {}: No such file or directory (is rafsd serve running?)",
                                   (dir.path / "none.sock").string()));
-    UniqueFd stale = boundSocket(dir.path / "stale.sock", false);
+    rafs::UniqueFd stale = boundSocket(dir.path / "stale.sock", false);
     CHECK_THROWS_WITH(rafsd::ControlClient(dir.path / "stale.sock", std::chrono::seconds(1)).call(rafsd::ListRequest{}),
                       fmt::format("cannot connect to {}: Connection refused (is rafsd serve running?)",
                                   (dir.path / "stale.sock").string()));
 
     // A peer that accepts nothing and answers nothing.
-    UniqueFd mute = boundSocket(dir.path / "mute.sock", true);
+    rafs::UniqueFd mute = boundSocket(dir.path / "mute.sock", true);
     auto start = std::chrono::steady_clock::now();
     CHECK_THROWS_WITH(rafsd::ControlClient(dir.path / "mute.sock", std::chrono::milliseconds(200)).call(rafsd::ListRequest{}),
                       fmt::format("no response from rafsd on {} within 0.2s", (dir.path / "mute.sock").string()));

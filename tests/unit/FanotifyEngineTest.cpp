@@ -44,9 +44,9 @@ constexpr uint64_t kBlock = 4096;
 bool isRoot() { return ::geteuid() == 0; }
 
 // An fd the test opened; open failures throw.
-rafsd::UniqueFd opened(int fd) {
+rafs::UniqueFd opened(int fd) {
     if (fd < 0) throw std::runtime_error(std::string("open: ") + std::strerror(errno));
-    return rafsd::UniqueFd(fd);
+    return rafs::UniqueFd(fd);
 }
 
 using rafs::test::TempDir;
@@ -144,7 +144,7 @@ ReadResult readAll(const fs::path& path, size_t chunk = 128 * 1024) {
 
 // Drops the mount's cached pages of a file, so the next read goes to the cache file again.
 void evict(const fs::path& path) {
-    const rafsd::UniqueFd fd = opened(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+    const rafs::UniqueFd fd = opened(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
     REQUIRE(::posix_fadvise(fd.get(), 0, 0, POSIX_FADV_DONTNEED) == 0);
 }
 
@@ -210,7 +210,7 @@ public:
 
 private:
     fs::path path_;
-    rafsd::UniqueFd fd_;
+    rafs::UniqueFd fd_;
     uint64_t size_;
 };
 
@@ -678,7 +678,7 @@ TEST_CASE_METHOD(ServedImage, "fanotify: a busy mount refuses umount() and is de
         return;
     }
     engine.mount(mountOf(1, img, mnt.path(), {cache.blobFile()}));
-    const rafsd::UniqueFd held = opened(::open((mnt.path() / "big2").c_str(), O_RDONLY | O_CLOEXEC));
+    const rafs::UniqueFd held = opened(::open((mnt.path() / "big2").c_str(), O_RDONLY | O_CLOEXEC));
 
     CHECK_THROWS_WITH(engine.umount(mnt.path()), Contains("cannot unmount") && Contains("busy"));
     CHECK(isMounted(mnt.path()));

@@ -5,7 +5,7 @@
 // an unaligned offset fails as it would in the kernel's cache file) or pipes, whose read end tells
 // when the engine closed them. Blob data comes from the real ChunkFetcher over an image the builder
 // makes; READ completions go to a recorder instead of the ioctl, which only cachefiles' fds have.
-#include "daemon/core/UniqueFd.h"
+#include "format/UniqueFd.h"
 #include "daemon/engines/fscache/FscacheCacheFile.h"
 #include "daemon/engines/fscache/FscacheEngine.h"
 
@@ -53,19 +53,19 @@ const std::string kVolume = "erofs," + kFsid;
 [[noreturn]] void sysFail(const std::string& what) { throw std::system_error(errno, std::generic_category(), what); }
 
 // A new descriptor for what `fd` refers to: what the test puts in an OPEN, for the engine to own.
-int dupOf(int fd) { return rafsd::UniqueFd::duplicate(fd, "a stand-in file").release(); }
+int dupOf(int fd) { return rafs::UniqueFd::duplicate(fd, "a stand-in file").release(); }
 
 bool isOpen(int fd) { return ::fcntl(fd, F_GETFD) >= 0; }
 
 // A pipe: its write end stands in for an anonymous fd; closed() tells when every copy of that end
 // is closed (the reader then sees end of file), free of fd-number reuse by other threads.
 struct Pipe {
-    rafsd::UniqueFd read_end, write_end;
+    rafs::UniqueFd read_end, write_end;
     Pipe() {
         int fds[2];
         if (::pipe2(fds, O_CLOEXEC | O_NONBLOCK) != 0) sysFail("pipe2");
-        read_end = rafsd::UniqueFd(fds[0]);
-        write_end = rafsd::UniqueFd(fds[1]);
+        read_end = rafs::UniqueFd(fds[0]);
+        write_end = rafs::UniqueFd(fds[1]);
     }
     // Hands the write end over (for the engine to own) and keeps no copy of it.
     int give() { return write_end.release(); }
@@ -231,7 +231,7 @@ public:
         mount.blobs.push_back({0, blob.id, blob.uncompressed_size, object_fd});
         int fds[2];
         if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, fds) != 0) sysFail("socketpair");
-        kernel_ = rafsd::UniqueFd(fds[0]);
+        kernel_ = rafs::UniqueFd(fds[0]);
         // The device's read() returns at once when nothing is pending; EAGAIN is its equivalent here.
         if (::fcntl(fds[1], F_SETFL, O_NONBLOCK) != 0) sysFail("fcntl O_NONBLOCK");
         engine_.adopt(FscacheDevice::adopt(fds[1]));
@@ -273,7 +273,7 @@ public:
     // The engine handles messages in order: once an OPEN sent after others is answered, those were
     // handled. The OPEN names an unknown cookie (its fd is /dev/null).
     void barrier() {
-        const rafsd::UniqueFd null(::open("/dev/null", O_RDONLY | O_CLOEXEC));
+        const rafs::UniqueFd null(::open("/dev/null", O_RDONLY | O_CLOEXEC));
         if (null.get() < 0) sysFail("open /dev/null");
         const uint32_t id = 9000 + barriers_++;
         send(openMessage(id, id, kVolume, "barrier", dupOf(null.get())));
@@ -282,12 +282,12 @@ public:
 
     // A file sized like the kernel's new cache file for `size` bytes (sparse, rounded up to 4 KiB),
     // opened for direct I/O where the file system allows it, as the kernel writes its cache file.
-    rafsd::UniqueFd standIn(const std::string& name, uint64_t size) const {
+    rafs::UniqueFd standIn(const std::string& name, uint64_t size) const {
         const std::string file = path(name);
         int fd = ::open(file.c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_DIRECT, 0600);
         if (fd < 0 && errno == EINVAL) fd = ::open(file.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
         if (fd < 0) sysFail("open " + file);
-        rafsd::UniqueFd owned(fd);
+        rafs::UniqueFd owned(fd);
         if (::ftruncate(fd, static_cast<off_t>((size + kBlock - 1) / kBlock * kBlock)) != 0) sysFail("ftruncate");
         return owned;
     }
@@ -307,7 +307,7 @@ private:
     Completions completions_;
     ChunkFetcher fetcher_{FetchOptions{0, 2, 0}};  // no read amplification: a READ fetches its own chunks
     FscacheEngine engine_{fetcher_, completions_.completer()};
-    rafsd::UniqueFd kernel_;
+    rafs::UniqueFd kernel_;
     uint32_t barriers_ = 0;
 };
 
@@ -357,7 +357,7 @@ TEST_CASE("fscache engine: a bootstrap READ writes the whole bootstrap, zero-pad
     EngineFixture f;
     f.engine().start(false);
     const auto size = f.bootstrap().bytes().size();
-    const rafsd::UniqueFd file = f.standIn("boot", size);
+    const rafs::UniqueFd file = f.standIn("boot", size);
     const int anon = dupOf(file.get());
     f.send(openMessage(1, 5, kVolume, kFsid, anon));
     REQUIRE(f.reply() == fmt::format("copen 1,{}", size));
@@ -381,7 +381,7 @@ TEST_CASE("fscache engine: a blob READ is fetched, verified and written at its c
     EngineFixture f;
     f.engine().start(false);
     const uint64_t size = f.blobSize();
-    const rafsd::UniqueFd file = f.standIn("blob", size);
+    const rafs::UniqueFd file = f.standIn("blob", size);
     const int anon = dupOf(file.get());
     f.send(openMessage(1, 3, kVolume, f.blobId(), anon));
     REQUIRE(f.reply() == fmt::format("copen 1,{}", size));
@@ -432,7 +432,7 @@ TEST_CASE("fscache engine: CLOSE releases the anonymous fd, after a pending READ
 
     // A blob object with a READ pending in the fetcher when its CLOSE comes: the completion still
     // gets the object's fd, open; the fd is closed after it.
-    const rafsd::UniqueFd file = f.standIn("blob", f.blobSize());
+    const rafs::UniqueFd file = f.standIn("blob", f.blobSize());
     const int anon = dupOf(file.get());
     f.send(openMessage(3, 22, kVolume, f.blobId(), anon));
     REQUIRE(f.reply() == fmt::format("copen 3,{}", f.blobSize()));

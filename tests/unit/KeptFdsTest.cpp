@@ -8,7 +8,6 @@
 #include <unistd.h>
 
 using rafsd::KeptFds;
-using rafsd::UniqueFd;
 
 namespace {
 
@@ -28,7 +27,7 @@ TEST_CASE("kept fds: what a worker keeps and drops reaches the supervisor, also 
     KeptFds worker;
     worker.attachLink(link.worker.get());
 
-    UniqueFd file(::memfd_create("kept", MFD_CLOEXEC));
+    rafs::UniqueFd file(::memfd_create("kept", MFD_CLOEXEC));
     REQUIRE(file.get() >= 0);
     worker.keep("blob-a", file.get());
     worker.keep("blob-b", file.get());
@@ -37,7 +36,7 @@ TEST_CASE("kept fds: what a worker keeps and drops reaches the supervisor, also 
     CHECK(worker.names() == std::vector<std::string>{"blob-a"});
 
     // The worker dies: its end closes, its messages and their fds are still queued.
-    link.worker = UniqueFd();
+    link.worker = rafs::UniqueFd();
     worker = KeptFds();
     CHECK_FALSE(supervisor.serveLink(link.supervisor.get()));
     REQUIRE(supervisor.names() == std::vector<std::string>{"blob-a"});
@@ -47,7 +46,7 @@ TEST_CASE("kept fds: what a worker keeps and drops reaches the supervisor, also 
 
 TEST_CASE("kept fds: names the fd store would refuse are refused", "[process]") {
     KeptFds kept;
-    UniqueFd file(::memfd_create("kept", MFD_CLOEXEC));
+    rafs::UniqueFd file(::memfd_create("kept", MFD_CLOEXEC));
     CHECK_THROWS_WITH(kept.keep("a:b", file.get()), Catch::Matchers::Contains("without ':'"));
     CHECK_THROWS_WITH(kept.keep("", file.get()), Catch::Matchers::Contains("1 to 255"));
     CHECK_THROWS_WITH(kept.keep(std::string(256, 'x'), file.get()), Catch::Matchers::Contains("1 to 255"));

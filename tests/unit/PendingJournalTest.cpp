@@ -11,13 +11,12 @@
 #include <cstring>
 
 using rafsd::PendingJournal;
-using rafsd::UniqueFd;
 
 namespace {
 
 // A successor's view: the journal adopted through another fd of the same memfd.
 PendingJournal successor(const PendingJournal& journal) {
-    return PendingJournal::adopt(UniqueFd::duplicate(journal.fd(), "journal"));
+    return PendingJournal::adopt(rafs::UniqueFd::duplicate(journal.fd(), "journal"));
 }
 
 // One pre-access event with a range record, as read(2) of the group returns it.
@@ -96,11 +95,11 @@ TEST_CASE("pending journal: the owner is seen by a successor", "[fanotify]") {
 }
 
 TEST_CASE("pending journal: a memfd that is not a journal is refused", "[fanotify]") {
-    UniqueFd fd(::memfd_create("not-a-journal", MFD_CLOEXEC));
+    rafs::UniqueFd fd(::memfd_create("not-a-journal", MFD_CLOEXEC));
     REQUIRE(fd.get() >= 0);
     CHECK_THROWS_WITH(PendingJournal::adopt(std::move(fd)), Catch::Matchers::Contains("has 0 bytes"));
     PendingJournal journal = PendingJournal::create();
-    UniqueFd copy = UniqueFd::duplicate(journal.fd(), "journal");
+    rafs::UniqueFd copy = rafs::UniqueFd::duplicate(journal.fd(), "journal");
     const uint64_t garbage = 1;
     REQUIRE(::pwrite(copy.get(), &garbage, sizeof garbage, 0) == sizeof garbage);
     CHECK_THROWS_WITH(PendingJournal::adopt(std::move(copy)), Catch::Matchers::Contains("not a version 1 journal"));

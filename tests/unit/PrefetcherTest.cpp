@@ -1,6 +1,6 @@
 #include "daemon/core/Prefetcher.h"
 
-#include "tests/unit/NullCacheFile.h"
+#include "tests/unit/ZeroBlob.h"
 #include "tests/unit/TempDir.h"
 
 #include <catch2/catch.hpp>
@@ -15,11 +15,12 @@
 
 using namespace rafsd;
 using rafsd::test::NullCacheFile;
+using rafsd::test::ZeroBlob;
 using namespace std::chrono_literals;
 
 namespace {
 
-constexpr uint64_t kChunk = 4096;
+constexpr uint32_t kChunk = 4096;
 constexpr uint32_t kChunks = 64;
 const std::string kBlobId(64, 'e');
 
@@ -39,26 +40,14 @@ struct OneBlobImage {
     uint32_t image = 0;
 
     OneBlobImage() {
-        BlobDescriptor d;
-        d.id = kBlobId;
-        d.compressor = rafs::Compressor::None;
-        d.digester = rafs::Digester::Blake3;
-        d.chunk_size = kChunk;
-        d.uncompressed_size = uint64_t{kChunks} * kChunk;
-        std::vector<ChunkExtent> extents;
-        for (uint32_t i = 0; i < kChunks; ++i) {
-            const uint64_t at = uint64_t{i} * kChunk;
-            d.chunks.push_back({at, static_cast<uint32_t>(kChunk), at, static_cast<uint32_t>(kChunk), false, false, 0});
-            extents.push_back({at, static_cast<uint32_t>(kChunk)});
-        }
-        const std::vector<uint8_t> zeros(kChunk, 0);
-        d.digests.assign(kChunks, rafs::digestOf(rafs::Digester::Blake3, zeros));
+        const ZeroBlob zero(kBlobId, kChunks, kChunk);
+        const BlobDescriptor& d = zero.descriptor;
         blob = std::make_shared<CachedBlob>(
             d,
             std::make_unique<BlobCache>(std::make_unique<NullCacheFile>(d.uncompressed_size),
                                         ReadinessBitmap::open(dir.path() / "blob.chunkmap", kBlobId, kChunks,
                                                               d.uncompressed_size),
-                                        extents),
+                                        zero.extents),
             std::make_shared<ZeroBackend>());
         image = fetcher.addImage({blob});
     }

@@ -2,7 +2,7 @@
 
 #include "format/Error.h"
 #include "daemon/core/Log.h"
-#include "daemon/core/UniqueFd.h"
+#include "format/UniqueFd.h"
 
 #include <fcntl.h>
 #include <poll.h>
@@ -43,7 +43,7 @@ using rafs::failErrno;
 void mountErofsFiles(const std::filesystem::path& bootstrap, const std::vector<std::filesystem::path>& devices,
                      const std::filesystem::path& mountpoint) {
     const std::string what = fmt::format("cannot mount {} on {}", bootstrap.native(), mountpoint.native());
-    UniqueFd fs(::fsopen("erofs", FSOPEN_CLOEXEC));
+    rafs::UniqueFd fs(::fsopen("erofs", FSOPEN_CLOEXEC));
     if (fs.get() < 0) {
         if (errno == ENODEV) fail("{}: kernel has no EROFS (CONFIG_EROFS_FS)", what);
         failErrno(what);
@@ -62,7 +62,7 @@ void mountErofsFiles(const std::filesystem::path& bootstrap, const std::vector<s
         }
         failMount(fs.get(), what);
     }
-    UniqueFd mnt(::fsmount(fs.get(), FSMOUNT_CLOEXEC, MOUNT_ATTR_RDONLY));
+    rafs::UniqueFd mnt(::fsmount(fs.get(), FSMOUNT_CLOEXEC, MOUNT_ATTR_RDONLY));
     if (mnt.get() < 0) failMount(fs.get(), what);
     if (::move_mount(mnt.get(), "", AT_FDCWD, mountpoint.c_str(), MOVE_MOUNT_F_EMPTY_PATH) != 0) {
         failErrno(what);
@@ -77,7 +77,7 @@ bool unmountWhenClosed(const std::filesystem::path& mountpoint,
         log::error("cannot unmount {}: {}", mountpoint.native(), std::strerror(errno));
         return false;
     }
-    UniqueFd watch(::inotify_init1(IN_CLOEXEC | IN_NONBLOCK));
+    rafs::UniqueFd watch(::inotify_init1(IN_CLOEXEC | IN_NONBLOCK));
     if (watch.get() < 0) log::warn("inotify_init1: {}", std::strerror(errno));
     std::set<int> open_files;  // watch descriptors of blob files the kernel still has open
     if (watch.get() >= 0) {

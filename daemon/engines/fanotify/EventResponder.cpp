@@ -1,5 +1,6 @@
 #include "daemon/engines/fanotify/EventResponder.h"
 
+#include "daemon/core/CloseOrWarn.h"
 #include "daemon/core/Log.h"
 #include "kernel-abi/fanotify.h"
 
@@ -10,7 +11,7 @@
 
 namespace rafsd {
 
-EventResponder::EventResponder(UniqueFd group, PendingJournal journal)
+EventResponder::EventResponder(rafs::UniqueFd group, PendingJournal journal)
     : group_(group.release()), journal_(std::move(journal)) {}
 
 EventResponder::~EventResponder() {

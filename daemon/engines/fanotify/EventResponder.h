@@ -4,7 +4,7 @@
 // nothing.
 #pragma once
 
-#include "daemon/core/UniqueFd.h"
+#include "format/UniqueFd.h"
 #include "daemon/engines/fanotify/PendingJournal.h"
 
 #include <atomic>
@@ -19,7 +19,7 @@ namespace rafsd {
 
 class EventResponder {
 public:
-    EventResponder(UniqueFd group, PendingJournal journal);
+    EventResponder(rafs::UniqueFd group, PendingJournal journal);
     ~EventResponder();
     EventResponder(const EventResponder&) = delete;
     EventResponder& operator=(const EventResponder&) = delete;

@@ -2,6 +2,7 @@
 #include "format/ByteView.h"
 
 #include "format/Error.h"
+#include "daemon/core/CloseOrWarn.h"
 #include "daemon/core/Log.h"
 #include "daemon/engines/fanotify/ErofsFileMount.h"
 #include "daemon/engines/fanotify/EventResponder.h"
@@ -68,9 +69,9 @@ FanotifyEngine::~FanotifyEngine() { stop(); }
 
 void FanotifyEngine::checkKernel() { checkPreContentKernel(); }
 
-UniqueFd FanotifyEngine::createGroup() { return createPreContentGroup(); }
+rafs::UniqueFd FanotifyEngine::createGroup() { return createPreContentGroup(); }
 
-void FanotifyEngine::adopt(UniqueFd group, PendingJournal journal) {
+void FanotifyEngine::adopt(rafs::UniqueFd group, PendingJournal journal) {
     if (responder_) fail("fanotify engine already has a group");
     auto responder = std::make_shared<EventResponder>(std::move(group), std::move(journal));
     files_ = std::make_unique<MarkedFiles>(responder->group());
@@ -81,7 +82,7 @@ void FanotifyEngine::start() {
     if (thread_.joinable()) fail("fanotify engine already started");
     raiseFdLimit();
     if (!responder_) adopt(createGroup(), PendingJournal::create());
-    UniqueFd wake(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+    rafs::UniqueFd wake(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
     if (wake.get() < 0) failErrno("eventfd");
     wake_ = wake.release();
     responder_->setWake(wake_);

@@ -18,7 +18,7 @@
 #pragma once
 
 #include "daemon/core/DataPlane.h"
-#include "daemon/core/UniqueFd.h"
+#include "format/UniqueFd.h"
 #include "daemon/engines/fanotify/EventBatch.h"
 #include "daemon/engines/fanotify/FanotifyMount.h"
 #include "daemon/engines/fanotify/PendingJournal.h"
@@ -59,11 +59,11 @@ public:
     // Throws Error naming what the kernel lacks for this engine.
     static void checkKernel();
     // A new pre-content group (Linux 6.14+); throws Error naming what the kernel lacks.
-    static UniqueFd createGroup();
+    static rafs::UniqueFd createGroup();
 
     // Serve `group` (kept by a supervisor) with `journal`, the events a previous worker on it read
     // and did not answer. Then reattach() the mounts that worker served, then start().
-    void adopt(UniqueFd group, PendingJournal journal);
+    void adopt(rafs::UniqueFd group, PendingJournal journal);
 
     // Creates the group (unless adopted), raises RLIMIT_NOFILE (each pending event pins an fd),
     // answers the adopted journal's orphaned events (waiting for their ranges to be present), and

@@ -33,15 +33,15 @@ int initGroup(unsigned flags) {
 
 }  // namespace
 
-UniqueFd createPreContentGroup() {
+rafs::UniqueFd createPreContentGroup() {
     // An unlimited queue: a permission event that does not fit is dropped and its read goes on
     // unfilled. Unlimited marks: one mark per incomplete blob of every mounted image.
-    return UniqueFd(initGroup(fanotify::kClassPreContent | fanotify::kCloexec | fanotify::kNonblock |
+    return rafs::UniqueFd(initGroup(fanotify::kClassPreContent | fanotify::kCloexec | fanotify::kNonblock |
                               fanotify::kUnlimitedQueue | fanotify::kUnlimitedMarks));
 }
 
 void checkPreContentKernel() {
-    UniqueFd(initGroup(fanotify::kClassPreContent | fanotify::kCloexec));
+    rafs::UniqueFd(initGroup(fanotify::kClassPreContent | fanotify::kCloexec));
     std::ifstream in("/proc/filesystems");
     if (!in) fail("cannot read /proc/filesystems");
     std::string line;

@@ -3,7 +3,7 @@
 // for FAN_PRE_ACCESS.
 #pragma once
 
-#include "daemon/core/UniqueFd.h"
+#include "format/UniqueFd.h"
 
 #include <filesystem>
 
@@ -11,7 +11,7 @@ namespace rafsd {
 
 // A FAN_CLASS_PRE_CONTENT group with an unlimited queue and marks. Throws rafs::Error naming what
 // the kernel or the process lacks.
-UniqueFd createPreContentGroup();
+rafs::UniqueFd createPreContentGroup();
 
 // Throws rafs::Error naming what the kernel lacks for the fanotify engine: pre-content events, or
 // EROFS.

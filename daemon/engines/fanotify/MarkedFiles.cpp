@@ -2,7 +2,8 @@
 
 #include "format/Error.h"
 #include "daemon/core/Log.h"
-#include "daemon/core/UniqueFd.h"
+#include "format/UniqueFd.h"
+#include "daemon/core/CloseOrWarn.h"
 #include "daemon/engines/fanotify/FanotifyGroup.h"
 
 #include <sys/stat.h>
@@ -54,7 +55,7 @@ void MarkedFiles::acquire(const FanotifyBlobFile& blob, uint32_t image, std::vec
     const FileKey key{st.st_dev, st.st_ino};
     const auto it = files_.find(key);
     if (it == files_.end()) {
-        UniqueFd fd = UniqueFd::duplicate(blob.fd, blob.path.native());
+        rafs::UniqueFd fd = rafs::UniqueFd::duplicate(blob.fd, blob.path.native());
         markPreAccess(group_, fd.get(), blob.path);
         files_.emplace(key, File{blob.path, fd.release(), blob.size, true, {{image, blob.blob}}});
     } else {

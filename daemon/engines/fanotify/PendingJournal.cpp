@@ -65,7 +65,7 @@ void store(uint32_t& field, uint32_t value) { std::atomic_ref(field).store(value
 
 }  // namespace
 
-PendingJournal::PendingJournal(UniqueFd fd) : fd_(std::move(fd)), map_(mapJournal(fd_.get())) {}
+PendingJournal::PendingJournal(rafs::UniqueFd fd) : fd_(std::move(fd)), map_(mapJournal(fd_.get())) {}
 
 PendingJournal::PendingJournal(PendingJournal&& other) noexcept
     : fd_(std::move(other.fd_)), map_(other.map_), free_(std::move(other.free_)) {
@@ -83,7 +83,7 @@ PendingJournal::Slot* PendingJournal::slots() const {
 }
 
 PendingJournal PendingJournal::create() {
-    UniqueFd fd(::memfd_create("rafsd-fanotify-journal", MFD_CLOEXEC));
+    rafs::UniqueFd fd(::memfd_create("rafsd-fanotify-journal", MFD_CLOEXEC));
     if (fd.get() < 0) failErrno("memfd_create for the fanotify journal");
     if (::ftruncate(fd.get(), static_cast<off_t>(kMapBytes)) != 0) failErrno("sizing the fanotify journal");
     PendingJournal journal(std::move(fd));
@@ -96,7 +96,7 @@ PendingJournal PendingJournal::create() {
     return journal;
 }
 
-PendingJournal PendingJournal::adopt(UniqueFd fd) {
+PendingJournal PendingJournal::adopt(rafs::UniqueFd fd) {
     struct stat st {};
     if (::fstat(fd.get(), &st) != 0) failErrno("fstat of the kept fanotify journal");
     if (static_cast<uint64_t>(st.st_size) != kMapBytes) {

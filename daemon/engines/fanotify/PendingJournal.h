@@ -14,7 +14,7 @@
 // event's fd is closed, so a slot never names an fd number that a newer event may have been given.
 #pragma once
 
-#include "daemon/core/UniqueFd.h"
+#include "format/UniqueFd.h"
 #include "daemon/process/ProcessIdentity.h"
 
 #include <cstddef>
@@ -43,7 +43,7 @@ public:
     // A new, empty journal in a new memfd.
     static PendingJournal create();
     // The journal in `fd` (a memfd kept for a previous worker). Throws rafs::Error if it is not one.
-    static PendingJournal adopt(UniqueFd fd);
+    static PendingJournal adopt(rafs::UniqueFd fd);
 
     PendingJournal(PendingJournal&& other) noexcept;
     PendingJournal& operator=(PendingJournal&&) = delete;
@@ -78,12 +78,12 @@ public:
     struct Slot;
 
 private:
-    explicit PendingJournal(UniqueFd fd);
+    explicit PendingJournal(rafs::UniqueFd fd);
     Header& header() const;
     Slot* slots() const;
     std::byte* batch() const;
 
-    UniqueFd fd_;
+    rafs::UniqueFd fd_;
     void* map_ = nullptr;
     std::vector<uint32_t> free_;  // this process's free list of slots
 };

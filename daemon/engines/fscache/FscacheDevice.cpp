@@ -2,7 +2,8 @@
 
 #include "format/Error.h"
 #include "daemon/core/Log.h"
-#include "daemon/core/UniqueFd.h"
+#include "format/UniqueFd.h"
+#include "daemon/core/CloseOrWarn.h"
 
 #include <fcntl.h>
 #include <linux/magic.h>

@@ -1,13 +1,10 @@
 #include "daemon/engines/fscache/ObjectFd.h"
 
 #include "format/FileIo.h"
-#include "daemon/core/UniqueFd.h"
 
 #include <mutex>
 
 namespace rafsd {
-
-AnonFd::~AnonFd() { closeOrWarn(fd_, "cachefiles anonymous fd"); }
 
 void ObjectFd::attach(std::shared_ptr<AnonFd> fd) {
     std::unique_lock lock(mutex_);

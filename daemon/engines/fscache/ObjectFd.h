@@ -2,6 +2,8 @@
 // one way to write into the kernel's cache file of an object, and to complete its READs.
 #pragma once
 
+#include "format/UniqueFd.h"
+
 #include <cstdint>
 #include <memory>
 #include <shared_mutex>
@@ -11,17 +13,7 @@ namespace rafsd {
 
 // An anonymous fd from an OPEN; closed when the last holder (object table, cache file, pending
 // READ completion) lets go, so a completion never ioctls a reused fd number.
-class AnonFd {
-public:
-    explicit AnonFd(int fd) : fd_(fd) {}
-    ~AnonFd();
-    AnonFd(const AnonFd&) = delete;
-    AnonFd& operator=(const AnonFd&) = delete;
-    int get() const { return fd_; }
-
-private:
-    int fd_;
-};
+using AnonFd = rafs::UniqueFd;
 
 // The anonymous fd of one blob's object as it comes and goes: attached on OPEN, detached on CLOSE.
 // The engine attaches and detaches; the blob's cache file (FscacheCacheFile) writes through it.

@@ -1,17 +1,14 @@
-#include "daemon/core/UniqueFd.h"
+#include "format/UniqueFd.h"
 
 #include "format/Error.h"
-#include "daemon/core/Log.h"
 
 #include <fcntl.h>
 #include <unistd.h>
 
-#include <cerrno>
-#include <cstring>
 #include <string>
 #include <utility>
 
-namespace rafsd {
+namespace rafs {
 
 UniqueFd& UniqueFd::operator=(UniqueFd&& other) noexcept {
     if (this != &other) {
@@ -21,12 +18,12 @@ UniqueFd& UniqueFd::operator=(UniqueFd&& other) noexcept {
 }
 
 UniqueFd::~UniqueFd() {
-    if (fd_ >= 0) closeOrWarn(fd_, "fd " + std::to_string(fd_));
+    if (fd_ >= 0) ::close(fd_);
 }
 
 UniqueFd UniqueFd::duplicate(int fd, std::string_view what) {
     UniqueFd copy(::fcntl(fd, F_DUPFD_CLOEXEC, 0));
-    if (copy.get() < 0) rafs::failErrno("cannot duplicate the fd of " + std::string(what));
+    if (copy.get() < 0) failErrno("cannot duplicate the fd of " + std::string(what));
     return copy;
 }
 
@@ -34,11 +31,7 @@ int UniqueFd::release() { return std::exchange(fd_, -1); }
 
 void UniqueFd::close(std::string_view what) {
     const int fd = release();
-    if (fd >= 0 && ::close(fd) != 0) rafs::failErrno("close " + std::string(what));
+    if (fd >= 0 && ::close(fd) != 0) failErrno("close " + std::string(what));
 }
 
-void closeOrWarn(int fd, std::string_view what) {
-    if (::close(fd) != 0) log::warn("close {}: {}", what, std::strerror(errno));
-}
-
-}  // namespace rafsd
+}  // namespace rafs
