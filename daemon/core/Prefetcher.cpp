@@ -40,9 +40,9 @@ Prefetcher::~Prefetcher() {
 void Prefetcher::add(std::vector<PrefetchChunk> first, std::vector<std::shared_ptr<CachedBlob>> blobs) {
     {
         std::lock_guard lock(mutex_);
-        const bool traced = !first.empty();
+        auto start = first.empty() ? nullptr : std::make_shared<StartWait>();
         for (auto& c : first) queue_.push_back(std::move(c));
-        for (auto& b : blobs) blobs_.push_back({std::move(b), 0, traced, std::nullopt});
+        for (auto& b : blobs) blobs_.push_back({std::move(b), 0, start});
     }
     wake_.notify_all();
 }
@@ -74,14 +74,15 @@ void Prefetcher::pace(uint64_t bytes) {
 }
 
 std::optional<std::chrono::steady_clock::duration> Prefetcher::startOver(WholeBlob& entry) {
-    if (!entry.after_start) return std::nullopt;
+    if (!entry.start || entry.start->over) return std::nullopt;
+    StartWait& wait = *entry.start;
     const auto now = std::chrono::steady_clock::now();
-    if (!entry.deadline) entry.deadline = now + start_wait_max_;
-    if (now >= *entry.deadline || fetcher_.readers().quietFor(kStartQuiet)) {
-        entry.after_start = false;
+    if (!wait.deadline) wait.deadline = now + start_wait_max_;
+    if (now >= *wait.deadline || fetcher_.readers().quietFor(kStartQuiet)) {
+        wait.over = true;
         return std::nullopt;
     }
-    return std::min<std::chrono::steady_clock::duration>(kStartQuiet / 4, *entry.deadline - now);
+    return std::min<std::chrono::steady_clock::duration>(kStartQuiet / 4, *wait.deadline - now);
 }
 
 std::vector<PrefetchChunk> Prefetcher::takeTableWindow() {

@@ -51,11 +51,15 @@ private:
     void prefetchWindow(std::vector<PrefetchChunk> window);
     void pace(uint64_t bytes);
 
+    // A traced image's wait for its start to be over, shared by its blobs: they wait together.
+    struct StartWait {
+        bool over = false;
+        std::optional<std::chrono::steady_clock::time_point> deadline;
+    };
     struct WholeBlob {
         std::shared_ptr<CachedBlob> blob;
-        uint32_t next = 0;      // the next ci to queue
-        bool after_start = false;  // wait for the start to be over (see startOver)
-        std::optional<std::chrono::steady_clock::time_point> deadline;  // of that wait
+        uint32_t next = 0;                 // the next ci to queue
+        std::shared_ptr<StartWait> start;  // null for an image without a prefetch table
     };
     // Whether `entry` may be fetched now; if not, how long to wait before asking again. The caller
     // holds mutex_.

@@ -22,7 +22,6 @@ namespace {
 
 constexpr uint32_t kChunk = 4096;
 constexpr uint32_t kChunks = 64;
-const std::string kBlobId(64, 'e');
 
 class ZeroBackend : public Backend {
 public:
@@ -31,48 +30,52 @@ public:
     std::string describe() const override { return "zeros"; }
 };
 
-// One blob of kChunks uncompressed 4 KiB chunks of zeros, none present, registered with a fetcher.
-struct OneBlobImage {
+// Blobs of kChunks uncompressed 4 KiB chunks of zeros, none present, registered with a fetcher
+// as one image.
+struct TestImage {
     rafs::test::TempDir dir;
-    std::shared_ptr<CachedBlob> blob;
+    std::vector<std::shared_ptr<CachedBlob>> blobs;
     // No read-ahead: the reader's own miss on chunk 0 fetches chunk 0 alone.
     ChunkFetcher fetcher{FetchOptions{.amplify = kChunk}};
     uint32_t image = 0;
 
-    OneBlobImage() {
-        const ZeroBlob zero(kBlobId, kChunks, kChunk);
-        const BlobDescriptor& d = zero.descriptor;
-        blob = std::make_shared<CachedBlob>(
-            d,
-            std::make_unique<BlobCache>(std::make_unique<NullCacheFile>(d.uncompressed_size),
-                                        ReadinessBitmap::open(dir.path() / "blob.chunkmap", kBlobId, kChunks,
-                                                              d.uncompressed_size),
-                                        zero.extents),
-            std::make_shared<ZeroBackend>());
-        image = fetcher.addImage({blob});
+    explicit TestImage(uint32_t count = 1) {
+        for (uint32_t i = 0; i < count; ++i) {
+            const std::string id(64, static_cast<char>('a' + i));
+            const ZeroBlob zero(id, kChunks, kChunk);
+            const BlobDescriptor& d = zero.descriptor;
+            blobs.push_back(std::make_shared<CachedBlob>(
+                d,
+                std::make_unique<BlobCache>(
+                    std::make_unique<NullCacheFile>(d.uncompressed_size),
+                    ReadinessBitmap::open(dir.path() / (id + ".chunkmap"), id, kChunks, d.uncompressed_size),
+                    zero.extents),
+                std::make_shared<ZeroBackend>()));
+        }
+        image = fetcher.addImage(blobs);
     }
 
-    uint32_t present() {
+    uint32_t present(uint32_t blob = 0) {
         uint32_t n = 0;
-        for (uint32_t ci = 0; ci < kChunks; ++ci) n += blob->cache().isPresent(ci) ? 1u : 0u;
+        for (uint32_t ci = 0; ci < kChunks; ++ci) n += blobs[blob]->cache().isPresent(ci) ? 1u : 0u;
         return n;
     }
 
-    // Waits up to `limit` for the blob to be complete.
-    bool completes(std::chrono::milliseconds limit) {
+    // Waits up to `limit` for blob `blob` to be complete.
+    bool completes(std::chrono::milliseconds limit, uint32_t blob = 0) {
         const auto end = std::chrono::steady_clock::now() + limit;
         while (std::chrono::steady_clock::now() < end) {
-            if (blob->cache().complete()) return true;
+            if (blobs[blob]->cache().complete()) return true;
             std::this_thread::sleep_for(5ms);
         }
-        return blob->cache().complete();
+        return blobs[blob]->cache().complete();
     }
 };
 
 // A reader of chunk 0 that asks for it again every few milliseconds until stopped.
 class BusyReader {
 public:
-    explicit BusyReader(OneBlobImage& img)
+    explicit BusyReader(TestImage& img)
         : thread_([this, &img] {
               while (!stop_) {
                   img.fetcher.makePresent(img.image, 0, 0, kChunk, [](int) {});
@@ -94,10 +97,10 @@ private:
 
 TEST_CASE("a traced image's whole blobs wait while its readers are busy, and come once they are quiet",
           "[prefetcher]") {
-    OneBlobImage img;
+    TestImage img;
     BusyReader reader(img);
     Prefetcher prefetcher(img.fetcher, 0, kChunk, 4, 60s);
-    prefetcher.add({{img.blob, 0}}, {img.blob});
+    prefetcher.add({{img.blobs[0], 0}}, img.blobs);
     std::this_thread::sleep_for(400ms);
     CHECK(img.present() == 1);  // the table's one chunk, nothing of the rest
     reader.stop();
@@ -105,17 +108,27 @@ TEST_CASE("a traced image's whole blobs wait while its readers are busy, and com
 }
 
 TEST_CASE("a traced image's whole blobs wait for a busy start only so long", "[prefetcher]") {
-    OneBlobImage img;
+    TestImage img;
     BusyReader reader(img);
     Prefetcher prefetcher(img.fetcher, 0, kChunk, 4, 300ms);
-    prefetcher.add({{img.blob, 0}}, {img.blob});
+    prefetcher.add({{img.blobs[0], 0}}, img.blobs);
     CHECK(img.completes(10s));  // while the reader is still busy
 }
 
 TEST_CASE("an image without a trace has its whole blobs fetched while its readers are busy", "[prefetcher]") {
-    OneBlobImage img;
+    TestImage img;
     BusyReader reader(img);
     Prefetcher prefetcher(img.fetcher, 0, kChunk, 4, 60s);
-    prefetcher.add({}, {img.blob});
+    prefetcher.add({}, img.blobs);
     CHECK(img.completes(10s));
+}
+
+TEST_CASE("a traced image's blobs wait for its start once, together", "[prefetcher]") {
+    TestImage img(2);
+    BusyReader reader(img);
+    Prefetcher prefetcher(img.fetcher, 0, kChunk, 4, 1s);
+    prefetcher.add({{img.blobs[0], 0}}, img.blobs);
+    REQUIRE(img.completes(10s, 0));
+    // The second blob's wait ended with the first's, not a second start_wait_max later.
+    CHECK(img.completes(500ms, 1));
 }
