@@ -427,6 +427,39 @@ std::string chunkDictBootstrap(const std::string& dict, Clients& clients, const 
     return path.string();
 }
 
+// The parts of an OCI layout target that a conversion creates, removed again unless it succeeds:
+// a failed conversion leaves no half-made layout behind. An existing layout keeps its index as it
+// was; blobs pushed into it meanwhile stay unreferenced, as in a registry.
+class CreatedLayout {
+public:
+    explicit CreatedLayout(const ImageReference& target) {
+        if (target.kind != ImageReference::Kind::Layout) return;
+        const fs::path dir = target.layout_dir;
+        std::error_code ec;
+        if (!fs::exists(dir, ec)) {
+            created_.push_back(dir);
+            return;
+        }
+        for (const char* name : {"oci-layout", "index.json", "blobs"}) {
+            if (!fs::exists(dir / name, ec)) created_.push_back(dir / name);
+        }
+    }
+    ~CreatedLayout() {
+        if (kept_) return;
+        for (const fs::path& path : created_) {
+            std::error_code ignored;  // best effort: the conversion is failing already
+            fs::remove_all(path, ignored);
+        }
+    }
+    CreatedLayout(const CreatedLayout&) = delete;
+    CreatedLayout& operator=(const CreatedLayout&) = delete;
+    void keep() { kept_ = true; }
+
+private:
+    std::vector<fs::path> created_;
+    bool kept_ = false;
+};
+
 }  // namespace
 
 void convert(const ConvertOptions& o, std::ostream& log) {
@@ -442,6 +475,7 @@ void convert(const ConvertOptions& o, std::ostream& log) {
     if (o.all_platforms && o.platform) fail("--platform and --all-platforms exclude each other");
     Clients clients(o);
     auto source = clients.open(source_ref, false);
+    CreatedLayout created(target_ref);
     auto target = clients.open(target_ref, true);
 
     std::vector<ResolvedManifest> images;
@@ -487,6 +521,7 @@ void convert(const ConvertOptions& o, std::ostream& log) {
         target->putManifest(target_ref.tag, registry::media::kOciIndex, bytes);
         final_digest = registry::sha256Digest(bytes);
     }
+    created.keep();
     const PushCounts& c = converter.counts();
     log << fmt::format("pushed {}: {} blobs uploaded ({:.1f} MiB), {} already there, {} mounted from other "
                        "repositories\n", target_ref.str(), c.uploaded, static_cast<double>(c.uploaded_bytes) / (1 << 20),

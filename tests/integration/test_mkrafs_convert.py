@@ -478,6 +478,20 @@ def main():
                 f.write(bytes([b[0] ^ 0xff]))
             expect_fail(ck, 'damaged layer', convert(mk, reg, 'oci:%s:v1' % bad_layout, '%s/bad/app:t' % host),
                         m['layers'][-1]['digest'])
+            # Into a layout: one the conversion would create is not left half made, and an existing
+            # one keeps its index as it was.
+            never_made = os.path.join(tmp, 'never-made')
+            expect_fail(ck, 'damaged layer into a new layout',
+                        convert(mk, reg, 'oci:%s:v1' % bad_layout, 'oci:%s:t' % never_made), m['layers'][-1]['digest'])
+            ck.check(not os.path.exists(never_made), 'the failed conversion left no layout behind')
+            existing = os.path.join(tmp, 'existing-layout')
+            copy_layout(src_layout, existing)
+            with open(os.path.join(existing, 'index.json'), 'rb') as f:
+                index_before = f.read()
+            expect_fail(ck, 'damaged layer into an existing layout',
+                        convert(mk, reg, 'oci:%s:v1' % bad_layout, 'oci:%s:t' % existing), m['layers'][-1]['digest'])
+            with open(os.path.join(existing, 'index.json'), 'rb') as f:
+                ck.check(f.read() == index_before, 'the existing layout keeps its index.json as it was')
             wrong_auth = os.path.join(tmp, 'wrong-auth.json')
             docker_config(wrong_auth, host, ImageRegistry.USER, 'wrong')
             expect_fail(ck, 'wrong password', run([mk.path, 'convert', '--authfile', wrong_auth, '--cert-dir',
