@@ -133,7 +133,7 @@ void dropEmptyBlobs(FileTree& tree, std::vector<std::optional<BlobInfo>>& layers
     for (size_t i = 0; i < layers.size(); ++i) {
         if (!layers[i]) continue;
         new_index[i] = static_cast<uint32_t>(blobs.size());
-        blobs.push_back(*layers[i]);
+        blobs.push_back(std::move(*layers[i]));
         blobs.back().index = new_index[i];
     }
     tree.walk([&](Node& n, const std::string&) {

@@ -79,15 +79,7 @@ void saveLocal(const fs::path& path, const rafs::BootstrapBlob& blob, std::span<
     rafs::Digest sum = rafs::digestOf(rafs::Digester::Sha256, bytes);
     bytes.insert(bytes.end(), sum.begin(), sum.end());
 
-    const fs::path temp = path.string() + ".tmp";
-    try {
-        writeFileSynced(temp, bytes);
-    } catch (...) {
-        std::error_code ignored;  // best effort: the write failed already
-        fs::remove(temp, ignored);
-        throw;
-    }
-    if (::rename(temp.c_str(), path.c_str()) != 0) rafs::failErrno("renaming " + temp.string());
+    replaceFileSynced(path, bytes);
 }
 
 std::vector<uint8_t> fetchCi(const rafs::BootstrapBlob& blob, Backend& backend) {

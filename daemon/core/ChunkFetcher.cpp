@@ -124,12 +124,13 @@ void ChunkFetcher::makePresent(uint32_t image, uint32_t blob_index, uint64_t off
         return;
     }
     length = std::min(length, d.uncompressed_size - offset);
-    readers_.asked();
+    const auto asked_at = std::chrono::steady_clock::now();
+    readers_.asked(asked_at);
 
     auto request = std::make_shared<PendingRequest>();
     // A miss is answered through this wrapper, which times it; a hit directly.
     auto answer = std::make_shared<Completion>(std::move(done));
-    request->done = [this, blob, answer, since = std::chrono::steady_clock::now()](int error) {
+    request->done = [this, blob, answer, since = asked_at](int error) {
         blob->counters().miss_latency.add(
             std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - since));
         readers_.waitEnded();

@@ -17,13 +17,18 @@ void writeFileSynced(const std::filesystem::path& path, std::span<const uint8_t>
     file.close(path.string());
 }
 
-void replaceFileSynced(const std::filesystem::path& path, std::string_view text) {
+void replaceFileSynced(const std::filesystem::path& path, std::span<const uint8_t> data) {
     const std::filesystem::path dir = path.parent_path();
     std::error_code ec;
     std::filesystem::create_directories(dir, ec);
     if (ec) rafs::fail("cannot create {}: {}", dir.string(), ec.message());
     const std::filesystem::path temp = std::filesystem::path(path).concat(".tmp");
-    writeFileSynced(temp, text);
+    try {
+        writeFileSynced(temp, data);
+    } catch (...) {
+        std::filesystem::remove(temp, ec);  // best effort: the write failed already
+        throw;
+    }
     if (::rename(temp.c_str(), path.c_str()) != 0) rafs::failErrno("rename " + temp.string() + " to " + path.string());
     syncDirectory(dir);
 }

@@ -15,9 +15,12 @@ inline void writeFileSynced(const std::filesystem::path& path, std::string_view 
     writeFileSynced(path, {reinterpret_cast<const uint8_t*>(text.data()), text.size()});
 }
 
-// Replaces `path` whole with `text`: written to <path>.tmp, fsynced, renamed over `path`, and the
-// rename made durable. Creates the parent directory if needed.
-void replaceFileSynced(const std::filesystem::path& path, std::string_view text);
+// Replaces `path` whole with `data`: written to <path>.tmp (removed again if that fails), fsynced,
+// renamed over `path`, and the rename made durable. Creates the parent directory if needed.
+void replaceFileSynced(const std::filesystem::path& path, std::span<const uint8_t> data);
+inline void replaceFileSynced(const std::filesystem::path& path, std::string_view text) {
+    replaceFileSynced(path, {reinterpret_cast<const uint8_t*>(text.data()), text.size()});
+}
 
 // fsyncs the directory `dir`, making the renames and creations in it durable.
 void syncDirectory(const std::filesystem::path& dir);

@@ -13,8 +13,10 @@ class ReaderActivity {
 public:
     using Clock = std::chrono::steady_clock;
 
-    // A reader asked for a range (hit or miss).
-    void asked() { last_.store(Clock::now().time_since_epoch().count(), std::memory_order_relaxed); }
+    // A reader asked for a range (hit or miss) at `when`.
+    void asked(Clock::time_point when = Clock::now()) {
+        last_.store(when.time_since_epoch().count(), std::memory_order_relaxed);
+    }
     // A reader waits for a miss; waitEnded() when it is answered (which counts as asking).
     void waitBegan() { waiting_.fetch_add(1, std::memory_order_relaxed); }
     void waitEnded() {
