@@ -72,16 +72,20 @@ struct TestImage {
     }
 };
 
-// A reader of chunk 0 that asks for it again every few milliseconds until stopped.
+// A reader of chunk 0 that asks for it again every few milliseconds until stopped. Busy from the
+// moment it is made: its first request is made before the constructor returns (a thread that had
+// not run yet would leave the readers quiet on a loaded machine).
 class BusyReader {
 public:
-    explicit BusyReader(TestImage& img)
-        : thread_([this, &img] {
-              while (!stop_) {
-                  img.fetcher.makePresent(img.image, 0, 0, kChunk, [](int) {});
-                  std::this_thread::sleep_for(2ms);
-              }
-          }) {}
+    explicit BusyReader(TestImage& img) {
+        img.fetcher.makePresent(img.image, 0, 0, kChunk, [](int) {});
+        thread_ = std::thread([this, &img] {
+            while (!stop_) {
+                std::this_thread::sleep_for(2ms);
+                img.fetcher.makePresent(img.image, 0, 0, kChunk, [](int) {});
+            }
+        });
+    }
     ~BusyReader() { stop(); }
     void stop() {
         stop_ = true;
