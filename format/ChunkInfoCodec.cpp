@@ -130,18 +130,10 @@ std::vector<uint8_t> encodeChunkInfoArray(std::span<const BlobChunk> chunks, boo
     return out;
 }
 
-std::vector<BlobChunk> decodeChunkInfoArray(std::span<const uint8_t> raw, uint32_t count, bool v2) {
-    const uint64_t entry = v2 ? sizeof(BlobChunkInfoV2) : sizeof(BlobChunkInfoV1);
-    if (count > kMaxChunksPerBlob) fail("ci array: {} entries exceed the limit of {}", count, kMaxChunksPerBlob);
-    if (raw.size() / entry < count) {
-        fail("ci array of {} bytes is too short for {} {} entries", raw.size(), count, v2 ? "V2" : "V1");
-    }
-    std::vector<BlobChunk> chunks;
-    chunks.reserve(count);
+void checkChunkSequence(std::span<const BlobChunk> chunks) {
     uint64_t previous_end = 0;
-    for (uint32_t i = 0; i < count; ++i) {
-        BlobChunk c = v2 ? decodeChunkInfoV2(loadAt<BlobChunkInfoV2>(raw, i * entry))
-                         : decodeChunkInfoV1(loadAt<BlobChunkInfoV1>(raw, i * entry));
+    for (size_t i = 0; i < chunks.size(); ++i) {
+        const BlobChunk& c = chunks[i];
         if (c.compressed_size == 0) fail("ci entry {}: compressed size 0", i);
         if (!c.compressed && c.compressed_size != c.uncompressed_size) {
             fail("ci entry {}: raw chunk stores {} bytes for {}", i, c.compressed_size, c.uncompressed_size);
@@ -151,8 +143,22 @@ std::vector<BlobChunk> decodeChunkInfoArray(std::span<const uint8_t> raw, uint32
                  c.uncompressed_offset, previous_end);
         }
         previous_end = c.uncompressed_offset + c.uncompressed_size;
-        chunks.push_back(c);
     }
+}
+
+std::vector<BlobChunk> decodeChunkInfoArray(std::span<const uint8_t> raw, uint32_t count, bool v2) {
+    const uint64_t entry = v2 ? sizeof(BlobChunkInfoV2) : sizeof(BlobChunkInfoV1);
+    if (count > kMaxChunksPerBlob) fail("ci array: {} entries exceed the limit of {}", count, kMaxChunksPerBlob);
+    if (raw.size() / entry < count) {
+        fail("ci array of {} bytes is too short for {} {} entries", raw.size(), count, v2 ? "V2" : "V1");
+    }
+    std::vector<BlobChunk> chunks;
+    chunks.reserve(count);
+    for (uint32_t i = 0; i < count; ++i) {
+        chunks.push_back(v2 ? decodeChunkInfoV2(loadAt<BlobChunkInfoV2>(raw, i * entry))
+                            : decodeChunkInfoV1(loadAt<BlobChunkInfoV1>(raw, i * entry)));
+    }
+    checkChunkSequence(chunks);
     return chunks;
 }
 

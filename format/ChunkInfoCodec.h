@@ -37,10 +37,13 @@ BlobChunk decodeChunkInfoV2(const BlobChunkInfoV2& raw);
 
 std::vector<uint8_t> encodeChunkInfoArray(std::span<const BlobChunk> chunks, bool v2);
 
+// Throws Error naming the ci index of the first inconsistent entry: a raw chunk whose sizes
+// differ, an empty compressed size, or an uncompressed range that does not start at or after the
+// end of the previous entry's.
+void checkChunkSequence(std::span<const BlobChunk> chunks);
+
 // Decodes the first `count` entries of `raw` (bytes past them, such as zran or batch contexts,
-// are not read). Throws Error if `raw` is too short, or if an entry is inconsistent: a raw chunk
-// whose sizes differ, an empty compressed size, or an uncompressed range that does not start at
-// or after the end of the previous entry's.
+// are not read). Throws Error if `raw` is too short, or if the entries fail checkChunkSequence.
 std::vector<BlobChunk> decodeChunkInfoArray(std::span<const uint8_t> raw, uint32_t count, bool v2);
 
 BlobMetaHeader makeBlobMetaHeader(uint32_t features, Compressor ci_compressor, uint32_t entries,

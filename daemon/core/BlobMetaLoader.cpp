@@ -143,19 +143,34 @@ std::vector<rafs::Digest> fetchInlinedDigests(const rafs::BootstrapBlob& blob, B
     return rafs::splitDigests(raw);
 }
 
-std::vector<rafs::Digest> digestsFrom(const rafs::Bootstrap& bootstrap, const rafs::BootstrapBlob& blob,
-                                      Backend& backend) {
+// The blob as the bootstrap's chunk info table describes it, if the table lists every one of its
+// chunks: mkrafs lists them all for the blobs it writes (BootstrapWriter's chunkInfoTable), Nydus's
+// builder only those some file uses. Then the bootstrap, which the image's digest vouches for,
+// replaces the blob's ci array and digest section: nothing to fetch and nothing to keep at mount.
+std::optional<std::pair<std::vector<rafs::BlobChunk>, std::vector<rafs::Digest>>> fromChunkTable(
+    const rafs::Bootstrap& bootstrap, const rafs::BootstrapBlob& blob) {
+    std::vector<rafs::BlobChunk> chunks(blob.chunk_count);
     std::vector<rafs::Digest> digests(blob.chunk_count);
     std::vector<bool> known(blob.chunk_count, false);
     uint32_t count = 0;
     for (const rafs::ChunkInfo& ci : bootstrap.chunkInfos()) {
         if (ci.blob_index != blob.index || ci.index >= blob.chunk_count || known[ci.index]) continue;
+        chunks[ci.index] = {.compressed_offset = ci.compressed_offset,
+                            .compressed_size = ci.compressed_size,
+                            .uncompressed_offset = ci.uncompressed_offset,
+                            .uncompressed_size = ci.uncompressed_size,
+                            .compressed = (ci.flags & rafs::kChunkCompressed) != 0};
         std::memcpy(digests[ci.index].data(), ci.block_id, rafs::kDigestSize);
         known[ci.index] = true;
         ++count;
     }
-    if (count == blob.chunk_count) return digests;
-    return fetchInlinedDigests(blob, backend);
+    if (count != blob.chunk_count) return std::nullopt;
+    try {
+        rafs::checkChunkSequence(chunks);
+    } catch (const rafs::Error& e) {
+        rafs::fail("blob {}: its chunk info table entries: {}", blob.id, e.what());
+    }
+    return std::make_pair(std::move(chunks), std::move(digests));
 }
 
 }  // namespace
@@ -170,31 +185,32 @@ BlobDescriptor loadBlobDescriptor(const rafs::Bootstrap& bootstrap, const rafs::
     d.uncompressed_size = blob.uncompressed_size;
 
     const fs::path local = cache_dir / (blob.id + ".blob.meta");
-    std::vector<uint8_t> ci;
-    bool fetched = false;
-    if (auto cached = loadLocal(local, blob)) {
-        ci = std::move(cached->first);
+    if (auto table = fromChunkTable(bootstrap, blob)) {
+        d.chunks = std::move(table->first);
+        d.digests = std::move(table->second);
+    } else if (auto cached = loadLocal(local, blob)) {
+        d.chunks = rafs::decodeChunkInfoArray(cached->first, blob.chunk_count, isV2(blob));
         d.digests = std::move(cached->second);
     } else {
+        std::vector<uint8_t> ci;
         try {
-            // Two independent reads: the ci array, and the digests where the bootstrap lacks them.
+            // Two independent reads: the ci array, and the digests the bootstrap lacks.
             runConcurrently(2, 2, [&](size_t i) {
                 if (i == 0) ci = fetchCi(blob, backend);
-                else d.digests = digestsFrom(bootstrap, blob, backend);
+                else d.digests = fetchInlinedDigests(blob, backend);
             });
         } catch (const rafs::Error& e) {
             rafs::fail("blob {}: cannot load its chunk table: {}", blob.id, e.what());
         }
-        fetched = true;
+        d.chunks = rafs::decodeChunkInfoArray(ci, blob.chunk_count, isV2(blob));
+        saveLocal(local, blob, ci, d.digests);
     }
-    d.chunks = rafs::decodeChunkInfoArray(ci, blob.chunk_count, isV2(blob));
     for (size_t i = 0; i < d.chunks.size(); ++i) {
         const rafs::BlobChunk& c = d.chunks[i];
         if (c.uncompressed_offset + c.uncompressed_size > blob.uncompressed_size) {
             rafs::fail("blob {}: chunk {} ends past the blob's uncompressed size", blob.id, i);
         }
     }
-    if (fetched) saveLocal(local, blob, ci, d.digests);
     return d;
 }
 

@@ -1,7 +1,8 @@
-// Builds a BlobDescriptor: the ci array fetched from the backend (or from a local copy kept in
-// the cache directory, so a blob whose cache is complete needs no backend at all), and the chunk
-// digests, taken from the bootstrap's chunk info table (the bootstrap is the trust anchor) or,
-// for chunks it does not list, from the blob's own blob.digest section.
+// Builds a BlobDescriptor: the blob's chunks (offsets, sizes) and their digests. The bootstrap is
+// the trust anchor: where its chunk info table lists every chunk of the blob (images mkrafs built),
+// the descriptor comes from it alone. Otherwise the ci array is fetched from the backend (or read
+// from a local copy kept in the cache directory, so a blob whose cache is complete needs no
+// backend at all), with the digests from the blob's blob.digest section, which its ToC vouches for.
 #pragma once
 
 #include "format/Bootstrap.h"
