@@ -97,23 +97,24 @@ RegistryImage RegistryImages::keep(const registry::FetchedManifest& manifest, co
     removeAbandoned(dir_);
     const fs::path temp = dir_ / fmt::format("{}{}-{}", kTempPrefix, ::getpid(), manifest.digest.substr(7, 16));
     const fs::path final_dir = imageDir(manifest.digest);
+    // Not fsynced (a few ms on the mount path, more on a busy journal): kept() checks the manifest
+    // digest and the bootstrap's sha256 at every reuse and fetches a torn copy again, and a mount
+    // made from the file does not outlive a crash of the host.
     try {
         fs::remove_all(temp);
         fs::create_directory(temp);
-        writeFileSynced(temp / kBootstrapFile, bootstrap);
+        writeFileUnsynced(temp / kBootstrapFile, bootstrap);
         const nlohmann::json meta = {{"manifest_digest", manifest.digest},
                                      {"media_type", manifest.media_type},
                                      {"manifest", manifest.bytes},
                                      {"reference", reference},
                                      {"bootstrap_sha256", sha256Hex(bootstrap)}};
-        writeFileSynced(temp / kMetaFile, meta.dump(2) + "\n");
-        syncDirectory(temp);
+        writeFileUnsynced(temp / kMetaFile, meta.dump(2) + "\n");
         if (::rename(temp.c_str(), final_dir.c_str()) != 0) {
             // Another rafsd kept the same image meanwhile: same digest, same content.
             if (errno != EEXIST && errno != ENOTEMPTY) rafs::failErrno("rename " + temp.string() + " to " + final_dir.string());
             fs::remove_all(temp);
         }
-        syncDirectory(dir_);
     } catch (const fs::filesystem_error& e) {
         fs::remove_all(temp, ec);
         rafs::fail("{}: cannot keep its bootstrap in {}: {}", reference, dir_.string(), e.what());

@@ -9,12 +9,22 @@
 
 namespace rafsd {
 
-void writeFileSynced(const std::filesystem::path& path, std::span<const uint8_t> data) {
+namespace {
+
+void writeFile(const std::filesystem::path& path, std::span<const uint8_t> data, bool sync) {
     rafs::UniqueFd file(::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600));
     if (file.get() < 0) rafs::failErrno("create " + path.string());
     rafs::writeAll(file.get(), data, path.string());
-    if (::fsync(file.get()) != 0) rafs::failErrno("fsync " + path.string());
+    if (sync && ::fsync(file.get()) != 0) rafs::failErrno("fsync " + path.string());
     file.close(path.string());
+}
+
+}  // namespace
+
+void writeFileSynced(const std::filesystem::path& path, std::span<const uint8_t> data) { writeFile(path, data, true); }
+
+void writeFileUnsynced(const std::filesystem::path& path, std::span<const uint8_t> data) {
+    writeFile(path, data, false);
 }
 
 void replaceFileSynced(const std::filesystem::path& path, std::span<const uint8_t> data) {

@@ -15,6 +15,13 @@ inline void writeFileSynced(const std::filesystem::path& path, std::string_view 
     writeFileSynced(path, {reinterpret_cast<const uint8_t*>(text.data()), text.size()});
 }
 
+// As writeFileSynced, without the fsync: for copies checked whenever they are read, where a
+// crash that tears one costs a fetch, never a wrong byte, and a sync on the mount path costs time.
+void writeFileUnsynced(const std::filesystem::path& path, std::span<const uint8_t> data);
+inline void writeFileUnsynced(const std::filesystem::path& path, std::string_view text) {
+    writeFileUnsynced(path, {reinterpret_cast<const uint8_t*>(text.data()), text.size()});
+}
+
 // Replaces `path` whole with `data`: written to <path>.tmp (removed again if that fails), fsynced,
 // renamed over `path`, and the rename made durable. Creates the parent directory if needed.
 void replaceFileSynced(const std::filesystem::path& path, std::span<const uint8_t> data);
