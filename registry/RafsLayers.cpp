@@ -33,6 +33,12 @@ bool RafsLayers::hasBlob(std::string_view blob_id) const {
     return std::ranges::any_of(blobs, [&](const Descriptor& d) { return d.digest.substr(7) == blob_id; });
 }
 
+std::vector<std::string> RafsLayers::blobIds() const {
+    std::vector<std::string> ids;
+    for (const Descriptor& d : blobs) ids.push_back(d.digest.substr(7));
+    return ids;
+}
+
 std::optional<std::string> RafsLayers::bootstrapDiffId() const {
     auto it = bootstrap.annotations.find(annotation::kUncompressed);
     if (it == bootstrap.annotations.end()) return std::nullopt;

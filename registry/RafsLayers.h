@@ -22,6 +22,8 @@ struct RafsLayers {
     static RafsLayers of(const Manifest& manifest, std::string_view name);
     // Whether blob `blob_id` (hex, as a bootstrap's blob table names it) is one of the data blobs.
     bool hasBlob(std::string_view blob_id) const;
+    // The data blobs' ids, in manifest order.
+    std::vector<std::string> blobIds() const;
     // The digest of the bootstrap layer's uncompressed tar, as the image config's rootfs.diff_ids
     // lists it, from the layer's containerd.io/uncompressed annotation; nullopt when the manifest
     // does not carry it. (A data blob's diff_id is its own digest: it is stored uncompressed.)

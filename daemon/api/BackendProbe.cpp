@@ -22,20 +22,26 @@ void checkBackendHas(Backend& backend, const BlobDescriptor& blob, const ProbedS
     }
 }
 
-ProbedSizes probeBlobs(Backend& backend, const rafs::Image& image) {
-    const auto& blobs = image.bootstrap.blobs();
-    const size_t count = image.inline_meta ? blobs.size() - 1 : blobs.size();
-    std::vector<uint64_t> found(count, 0);
-    runConcurrently(count, kMountRequestsInFlight, [&](size_t i) {
+ProbedSizes probeBlobs(Backend& backend, const std::vector<std::string>& blob_ids) {
+    std::vector<uint64_t> found(blob_ids.size(), 0);
+    runConcurrently(blob_ids.size(), kMountRequestsInFlight, [&](size_t i) {
         try {
-            found[i] = backend.size(blobs[i].id);
+            found[i] = backend.size(blob_ids[i]);
         } catch (const std::exception& e) {
-            rafs::fail("blob {}: {}", blobs[i].id, e.what());
+            rafs::fail("blob {}: {}", blob_ids[i], e.what());
         }
     });
     ProbedSizes sizes;
-    for (size_t i = 0; i < count; ++i) sizes[blobs[i].id] = found[i];
+    for (size_t i = 0; i < blob_ids.size(); ++i) sizes[blob_ids[i]] = found[i];
     return sizes;
+}
+
+ProbedSizes probeBlobs(Backend& backend, const rafs::Image& image) {
+    const auto& blobs = image.bootstrap.blobs();
+    const size_t count = image.inline_meta ? blobs.size() - 1 : blobs.size();
+    std::vector<std::string> ids;
+    for (size_t i = 0; i < count; ++i) ids.push_back(blobs[i].id);
+    return probeBlobs(backend, ids);
 }
 
 }  // namespace rafsd

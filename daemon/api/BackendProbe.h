@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <map>
 #include <string>
+#include <vector>
 
 namespace rafsd {
 
@@ -23,9 +24,10 @@ using ProbedSizes = std::map<std::string, uint64_t>;
 // A size in `probed` is used rather than asking the backend again.
 void checkBackendHas(Backend& backend, const BlobDescriptor& blob, const ProbedSizes& probed = {});
 
-// Each blob of `image` once (a network backend's HEAD), before any of its metadata is loaded; the
-// last blob of an image with an inline bootstrap is the local file itself. The blobs are asked
-// concurrently. Returns the sizes.
+// Each blob once (a network backend's HEAD), concurrently, before any of its metadata is loaded.
+// Returns the sizes; fails naming the first blob the backend cannot give.
+ProbedSizes probeBlobs(Backend& backend, const std::vector<std::string>& blob_ids);
+// The blobs of `image`; the last blob of an image with an inline bootstrap is the local file itself.
 ProbedSizes probeBlobs(Backend& backend, const rafs::Image& image);
 
 }  // namespace rafsd

@@ -320,12 +320,22 @@ nlohmann::json ImageService::mountOrReattach(const MountRequest& request, bool r
         }
     }
     std::optional<registry::ImageReference> reference;
-    RegistryImage stored;
     if (request.image) {
         if (request.blob_dir) rafs::fail("image {}: its blobs are in its registry; a blob dir cannot be given", *request.image);
         reference = registryReference(*request.image);
+    }
+    auto backend = backendFor(request, reference ? &*reference : nullptr);
+    // Not when taking over a mount the kernel still has: its cached data serves even while the
+    // registry is unreachable, and refusing would leave the mount without a daemon.
+    const bool probe = !reattach && !request.blob_dir && (reference || config_.backend.type != Config::BackendType::Localfs);
+    std::optional<ProbedSizes> probed;
+    RegistryImage stored;
+    if (reference) {
         registry::RegistryStore store(registryBackend(*reference)->client());
-        stored = registry_images_.obtain(store, *reference);
+        // The manifest names the blobs: they are probed while the bootstrap layer comes.
+        stored = registry_images_.obtain(store, *reference, [&](const registry::RafsLayers& layers) {
+            if (probe) probed = probeBlobs(*backend, layers.blobIds());
+        });
     }
     const fs::path bootstrap_path = reference ? stored.bootstrap : fs::absolute(request.bootstrap);
     // Either a bootstrap file or a Nydus blob with an inline bootstrap, whose own blob (the last
@@ -340,12 +350,8 @@ nlohmann::json ImageService::mountOrReattach(const MountRequest& request, bool r
     if (!checked) rafs::checkBootstrap(bootstrap);
     CacheDirRollback cache_dir(config_.daemon.cache_dir);
 
-    auto backend = backendFor(request, reference ? &*reference : nullptr);
-    // Not when taking over a mount the kernel still has: its cached data serves even while the
-    // registry is unreachable, and refusing would leave the mount without a daemon.
-    ProbedSizes probed;
-    const bool network = !request.blob_dir && (reference || config_.backend.type != Config::BackendType::Localfs);
-    if (!reattach && network) probed = probeBlobs(*backend, opened);
+    if (probe && !probed) probed = probeBlobs(*backend, opened);
+    const ProbedSizes sizes = probed.value_or(ProbedSizes{});
     if (opened.inline_meta) {
         backend = std::make_shared<BlobFileBackend>(std::move(backend), bootstrap.blobs().back().id, bootstrap_path);
     }
@@ -386,7 +392,7 @@ nlohmann::json ImageService::mountOrReattach(const MountRequest& request, bool r
         });
         for (size_t i = 0; i < blobs.size(); ++i) {
             image.blobs.push_back(
-                openBlob(bootstrap, blobs[i], std::move(descriptors[i]), backend, fscache_volume, reattach, probed));
+                openBlob(bootstrap, blobs[i], std::move(descriptors[i]), backend, fscache_volume, reattach, sizes));
         }
     } catch (...) {
         image.blobs.clear();

@@ -5,6 +5,7 @@
 #include "format/Digest.h"
 #include "format/Error.h"
 #include "format/InputFile.h"
+#include "daemon/core/Concurrently.h"
 #include "daemon/core/DurableFile.h"
 #include "daemon/core/Log.h"
 #include "registry/BootstrapLayer.h"
@@ -125,7 +126,8 @@ RegistryImage RegistryImages::keep(const registry::FetchedManifest& manifest, co
     return RegistryImage{manifest.digest, final_dir / kBootstrapFile, layers, std::nullopt};
 }
 
-RegistryImage RegistryImages::obtain(registry::ImageStore& store, const registry::ImageReference& ref) {
+RegistryImage RegistryImages::obtain(registry::ImageStore& store, const registry::ImageReference& ref,
+                                     const std::function<void(const registry::RafsLayers&)>& alongside) {
     const std::string name = ref.str();
     if (!ref.digest.empty()) {
         if (auto image = kept(ref.digest)) return std::move(*image);
@@ -136,8 +138,12 @@ RegistryImage RegistryImages::obtain(registry::ImageStore& store, const registry
         if (auto image = kept(resolved.fetched.digest)) return std::move(*image);
     }
     const registry::RafsLayers layers = registry::RafsLayers::of(resolved.manifest, name);
-    rafs::Bootstrap bootstrap(registry::fetchBootstrapLayer(store, layers.bootstrap, name),
-                              fmt::format("{} ({})", name, registry::kBootstrapLayerPath));
+    std::vector<uint8_t> bytes;
+    runConcurrently(alongside ? 2 : 1, 2, [&](size_t i) {
+        if (i == 0) bytes = registry::fetchBootstrapLayer(store, layers.bootstrap, name);
+        else alongside(layers);
+    });
+    rafs::Bootstrap bootstrap(std::move(bytes), fmt::format("{} ({})", name, registry::kBootstrapLayerPath));
     rafs::checkBootstrap(bootstrap);
     checkBlobsAreLayers(bootstrap, layers, name);
     log::info("{}: manifest {}, bootstrap of {} bytes fetched", name, resolved.fetched.digest, bootstrap.bytes().size());

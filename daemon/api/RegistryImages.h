@@ -15,6 +15,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <optional>
 #include <string>
 #include <vector>
@@ -38,9 +39,12 @@ public:
     // from it without asking the registry (a restarted rafsd finds its images while the registry
     // is away). Otherwise the manifest is resolved, and its bootstrap layer fetched, checked
     // (digest, size, tar, image/image.boot, the bootstrap check, its blobs among the layers) and
-    // kept, unless a valid copy is kept already. Throws rafs::Error naming the image; nothing is
-    // left in the state dir then.
-    RegistryImage obtain(registry::ImageStore& store, const registry::ImageReference& ref);
+    // kept, unless a valid copy is kept already. `alongside`, if given, runs on another thread
+    // while the bootstrap layer is fetched (not for a kept copy), with the manifest's layers.
+    // Throws rafs::Error naming the image (or what `alongside` threw); nothing is left in the
+    // state dir then.
+    RegistryImage obtain(registry::ImageStore& store, const registry::ImageReference& ref,
+                         const std::function<void(const registry::RafsLayers&)>& alongside = {});
 
     std::filesystem::path imageDir(const std::string& manifest_digest) const;
 

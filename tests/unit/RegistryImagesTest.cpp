@@ -107,3 +107,24 @@ TEST_CASE("registry images: a bad image leaves nothing in the state dir", "[regi
     CHECK_THROWS_WITH(images.obtain(garbage.store, ImageReference::parse("h/app:v2")), Contains("no such manifest"));
     CHECK(entries(state.path() / "images").empty());
 }
+
+TEST_CASE("registry images: alongside runs with the layers while the bootstrap is fetched, not for a kept copy",
+          "[registry]") {
+    PushedImage image;
+    TempDir state;
+    rafsd::RegistryImages images(state.path() / "images");
+    std::vector<std::vector<std::string>> calls;
+    auto alongside = [&](const RafsLayers& layers) { calls.push_back(layers.blobIds()); };
+    images.obtain(image.store, ImageReference::parse("h/app:v1"), alongside);
+    CHECK(calls == std::vector<std::vector<std::string>>{{image.blob_id}});
+    images.obtain(image.store, ImageReference::parse("h/app:v1"), alongside);
+    CHECK(calls.size() == 1);
+
+    // What it throws fails the obtain, and nothing is kept.
+    TempDir other;
+    rafsd::RegistryImages failing(other.path() / "images");
+    CHECK_THROWS_WITH(failing.obtain(image.store, ImageReference::parse("h/app:v1"),
+                                     [](const RafsLayers&) { rafs::fail("blob gone"); }),
+                      Contains("blob gone"));
+    CHECK(entries(other.path() / "images").empty());
+}
