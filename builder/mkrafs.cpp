@@ -1,6 +1,7 @@
 // mkrafs: builds, checks and unpacks RAFS v6 images. A thin command line over libbuilder.
 #include "builder/commands/Build.h"
 #include "builder/commands/Convert.h"
+#include "builder/commands/InterruptCleanup.h"
 #include "builder/commands/Inspect.h"
 #include "builder/commands/Unpack.h"
 #include "format/Codec.h"
@@ -88,6 +89,12 @@ struct BuildFlags {
 }  // namespace
 
 int main(int argc, char** argv) {
+    try {
+        rafs::build::installInterruptCleanup();
+    } catch (const std::exception& e) {
+        std::cerr << "mkrafs: " << e.what() << "\n";
+        return 1;
+    }
     CLI::App app{"mkrafs: build, check and unpack RAFS v6 (Nydus-compatible EROFS) images"};
     app.require_subcommand(1);
 

@@ -1,5 +1,7 @@
 #include "builder/commands/Build.h"
 
+#include "builder/commands/InterruptCleanup.h"
+
 #include "format/Codec.h"
 #include "format/Error.h"
 #include "builder/source/DirectorySource.h"
@@ -14,6 +16,7 @@
 #include <algorithm>
 #include <set>
 #include <fstream>
+#include <optional>
 #include <ostream>
 #include <unistd.h>
 
@@ -79,11 +82,14 @@ public:
                      names.size() > shown ? fmt::format(" and {} more", names.size() - shown) : "");
             }
         }
+        const auto hold = holdInterrupts();
         created_output_ = fs::create_directories(output_, ec);
         if (ec) fail("cannot create output directory {}: {}", output_.string(), ec.message());
+        if (created_output_) output_on_interrupt_.emplace(output_);
         std::string templ = (output_ / ".mkrafs-XXXXXX").string();
         if (::mkdtemp(templ.data()) == nullptr) failErrno("cannot create a staging directory in " + output_.string());
         dir_ = templ;
+        staging_on_interrupt_.emplace(dir_);
     }
     ~Staging() {
         std::error_code ignored;  // best-effort cleanup of a failed build
@@ -97,6 +103,7 @@ public:
 
     // Moves blobs, then the bootstrap that references them, into place.
     void commit(const std::vector<BlobInfo>& blobs) {
+        const auto hold = holdInterrupts();
         std::error_code ec;
         fs::create_directories(output_ / "blobs", ec);
         if (ec) fail("cannot create {}: {}", (output_ / "blobs").string(), ec.message());
@@ -105,6 +112,7 @@ public:
         }
         move(dir_ / "image.boot", output_ / "image.boot");
         committed_ = true;
+        output_on_interrupt_.reset();
     }
 
 private:
@@ -118,6 +126,8 @@ private:
     fs::path dir_;
     bool created_output_ = false;
     bool committed_ = false;
+    std::optional<RemovedOnInterrupt> output_on_interrupt_;
+    std::optional<RemovedOnInterrupt> staging_on_interrupt_;
 };
 
 bool isDirectory(const std::string& source) {

@@ -1,4 +1,5 @@
 #include "builder/commands/Convert.h"
+#include "builder/commands/InterruptCleanup.h"
 
 #include "builder/commands/Build.h"
 #include "builder/commands/TransferProgress.h"
@@ -18,7 +19,9 @@
 #include <exception>
 #include <fstream>
 #include <iostream>
+#include <memory>
 #include <mutex>
+#include <optional>
 #include <ostream>
 #include <thread>
 #include <unistd.h>
@@ -96,8 +99,10 @@ public:
             base = tmp != nullptr && *tmp != '\0' ? tmp : "/var/tmp";
         }
         std::string templ = (fs::path(base) / "mkrafs-convert-XXXXXX").string();
+        const auto hold = holdInterrupts();
         if (::mkdtemp(templ.data()) == nullptr) failErrno("cannot create a work directory in " + base);
         path_ = templ;
+        on_interrupt_.emplace(path_);
     }
     ~WorkDir() {
         std::error_code ignored;  // best effort: nothing in it is needed after the run
@@ -109,6 +114,7 @@ public:
 
 private:
     fs::path path_;
+    std::optional<RemovedOnInterrupt> on_interrupt_;
 };
 
 struct PushCounts {
@@ -438,11 +444,12 @@ public:
         std::error_code ec;
         if (!fs::exists(dir, ec)) {
             created_.push_back(dir);
-            return;
+        } else {
+            for (const char* name : {"oci-layout", "index.json", "blobs"}) {
+                if (!fs::exists(dir / name, ec)) created_.push_back(dir / name);
+            }
         }
-        for (const char* name : {"oci-layout", "index.json", "blobs"}) {
-            if (!fs::exists(dir / name, ec)) created_.push_back(dir / name);
-        }
+        for (const fs::path& path : created_) on_interrupt_.push_back(std::make_unique<RemovedOnInterrupt>(path));
     }
     ~CreatedLayout() {
         if (kept_) return;
@@ -453,10 +460,14 @@ public:
     }
     CreatedLayout(const CreatedLayout&) = delete;
     CreatedLayout& operator=(const CreatedLayout&) = delete;
-    void keep() { kept_ = true; }
+    void keep() {
+        kept_ = true;
+        on_interrupt_.clear();
+    }
 
 private:
     std::vector<fs::path> created_;
+    std::vector<std::unique_ptr<RemovedOnInterrupt>> on_interrupt_;
     bool kept_ = false;
 };
 

@@ -1,4 +1,5 @@
 #include "builder/commands/Unpack.h"
+#include "builder/commands/InterruptCleanup.h"
 #include "format/FileIo.h"
 
 #include "format/BlobFile.h"
@@ -14,6 +15,7 @@
 #include <cerrno>
 #include <filesystem>
 #include <memory>
+#include <optional>
 #include <unordered_map>
 
 namespace rafs::build {
@@ -29,6 +31,7 @@ public:
         fd_ = UniqueFd(::mkostemp(name.data(), O_CLOEXEC));
         if (fd_.get() < 0) failErrno(fmt::format("cannot create a temporary file for {}", final_.string()));
         temp_ = name;
+        on_interrupt_.emplace(temp_);
     }
     ~TempOutput() {
         if (!committed_) ::unlink(temp_.c_str());
@@ -48,11 +51,13 @@ public:
             failErrno(fmt::format("cannot rename {} to {}", temp_, final_.string()));
         }
         committed_ = true;
+        on_interrupt_.reset();
     }
 
 private:
     std::filesystem::path final_;
     std::string temp_;
+    std::optional<RemovedOnInterrupt> on_interrupt_;
     UniqueFd fd_;
     bool committed_ = false;
 };

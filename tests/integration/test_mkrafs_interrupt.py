@@ -1,0 +1,167 @@
+#!/usr/bin/python3
+"""mkrafs stopped by a signal leaves nothing behind, also while it waits on a stalled input.
+
+1. `mkrafs build -o NEW -` reading a tar from a pipe that stalls mid-file: SIGINT ends it with
+   status 130 and one error line on stderr ("mkrafs: interrupted by SIGINT"), and NEW (with its
+   staging dir) is gone;
+2. the same into an existing empty output dir, SIGTERM: status 143, the dir is empty again;
+3. `mkrafs convert --work-dir W` from Debian's docker-registry (plain http, behind the test's own
+   proxy, which stalls every layer GET) into `oci:NEW`: SIGHUP, status 129, W empty, NEW absent;
+4. a second run of case 1 left to finish: the signal handling changes nothing for a run that ends
+   by itself (the image builds, exit 0).
+Each signal is sent once mkrafs has made its staging or work directory, and each exit is waited
+for at most 10 s.
+
+Exit: 0 pass, 77 skip (not root / no EROFS / no docker-registry), 1 fail.
+"""
+
+import gzip
+import hashlib
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+
+sys.dont_write_bytecode = True  # keep __pycache__ out of the source tree
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from rafstest import harness  # noqa: E402
+from rafstest.harness import log, text  # noqa: E402
+from rafstest.servers import FaultProxy, free_port, push_data, push_manifest, registry  # noqa: E402
+
+MiB = 1 << 20
+REPO = 'test/app'
+EXIT_BOUND = 10
+
+
+def tar_header(name, size):
+    info = tarfile.TarInfo(name)
+    info.size = size
+    return info.tobuf(format=tarfile.GNU_FORMAT)
+
+
+def wait_signalled(ck, proc, sig, what, expect_status):
+    """Sends `sig` to `proc` and checks the status and the one line mkrafs prints."""
+    proc.send_signal(sig)
+    t0 = time.monotonic()
+    try:
+        _, err = proc.communicate(timeout=EXIT_BOUND)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        _, err = proc.communicate()
+        ck.check(False, '%s: mkrafs ended within %d s of %s' % (what, EXIT_BOUND, sig.name))
+        return
+    lines = text(err).strip().splitlines()
+    log('  %s: status %s after %.2f s, stderr %r' % (what, proc.returncode, time.monotonic() - t0, lines))
+    ck.check(proc.returncode == expect_status, '%s: exit status %d (%s)' % (what, expect_status, proc.returncode))
+    # Progress lines may come before it (convert); the error line is the last and only one.
+    errors = [line for line in lines if line.startswith('mkrafs:')]
+    ck.check(errors == ['mkrafs: interrupted by %s' % sig.name] and lines[-1] == errors[0],
+             '%s: one error line naming the signal, last' % what, repr(lines))
+
+
+def stalled_build(ck, mkrafs, output, sig, what, expect_status):
+    """mkrafs build from a pipe holding a tar cut short mid-file, which is never closed."""
+    read_end, write_end = os.pipe()
+    proc = subprocess.Popen([mkrafs, 'build', '-o', output, '-'], stdin=read_end, stderr=subprocess.PIPE)
+    os.close(read_end)
+    try:
+        os.write(write_end, tar_header('big', 64 * MiB) + os.urandom(2 * MiB))
+        staged = harness.wait_for(lambda: os.path.isdir(output) and any(n.startswith('.mkrafs-') for n in os.listdir(output)),
+                                  timeout=EXIT_BOUND)
+        ck.check(staged, '%s: mkrafs staged its output (%s)' % (what, os.listdir(output) if os.path.isdir(output) else '-'))
+        wait_signalled(ck, proc, sig, what, expect_status)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(write_end)
+
+
+def oci_image():
+    """(config bytes, layer bytes): one gzip tar layer of 4 MiB of random data."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode='w', format=tarfile.GNU_FORMAT) as t:
+        data = os.urandom(4 * MiB)
+        info = tarfile.TarInfo('data')
+        info.size = len(data)
+        t.addfile(info, io.BytesIO(data))
+    tar = buf.getvalue()
+    config = json.dumps({'architecture': 'amd64', 'os': 'linux',
+                         'rootfs': {'type': 'layers', 'diff_ids': ['sha256:' + hashlib.sha256(tar).hexdigest()]}}).encode()
+    return config, gzip.compress(tar, compresslevel=1)
+
+
+def stalled_convert(ck, mkrafs, tmp):
+    reg_port, proxy_port = free_port(), free_port()
+    base = 'http://127.0.0.1:%d' % reg_port
+    config, layer = oci_image()
+    # The first blob GET (the config) passes, every later one (the layer) stalls.
+    with registry(tmp, 'registry', reg_port), FaultProxy(proxy_port, reg_port, lambda n: 'ok' if n == 0 else 'stall',
+                                                         stall_seconds=60).start() as proxy:
+        manifest = {'schemaVersion': 2, 'mediaType': 'application/vnd.oci.image.manifest.v1+json',
+                    'config': {'mediaType': 'application/vnd.oci.image.config.v1+json',
+                               'digest': push_data(base, REPO, config), 'size': len(config)},
+                    'layers': [{'mediaType': 'application/vnd.oci.image.layer.v1.tar+gzip',
+                                'digest': push_data(base, REPO, layer), 'size': len(layer)}]}
+        push_manifest(base, REPO, 'v1', 'application/vnd.oci.image.manifest.v1+json', json.dumps(manifest).encode())
+        proxy.active = True
+        work = os.path.join(tmp, 'work')
+        target = os.path.join(tmp, 'converted')
+        os.makedirs(work)
+        cmd = [mkrafs, 'convert', '--plain-http', '--authfile', os.path.join(tmp, 'none.json'), '--work-dir', work,
+               '127.0.0.1:%d/%s:v1' % (proxy_port, REPO), 'oci:' + target]
+        log('$ ' + ' '.join(cmd))
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            stalled = harness.wait_for(lambda: os.listdir(work) and proxy.made['stall'] > 0, timeout=EXIT_BOUND)
+            ck.check(stalled, 'convert: mkrafs made its work dir and waits on the stalled layer (%s, faults %r)'
+                     % (os.listdir(work), dict(proxy.made)))
+            wait_signalled(ck, proc, signal.SIGHUP, 'convert', 128 + signal.SIGHUP)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        ck.check(os.listdir(work) == [], 'convert: the work dir holds nothing', repr(os.listdir(work)))
+        ck.check(not os.path.exists(target), 'convert: no OCI layout was left at the target')
+
+
+def main():
+    args = harness.parse_args(__doc__.split('\n')[1])
+    harness.require_root_and_erofs()
+    harness.require_tools('docker-registry')
+    mkrafs = harness.check_mkrafs(args.mkrafs)
+    ck = harness.Checker('test_mkrafs_interrupt')
+    with harness.temp_dir('rafs-interrupt-', keep=args.keep) as tmp:
+        ck.section('1. build from a stalled pipe into a new dir, SIGINT')
+        new = os.path.join(tmp, 'new')
+        stalled_build(ck, mkrafs, new, signal.SIGINT, 'build, new dir', 128 + signal.SIGINT)
+        ck.check(not os.path.exists(new), 'build, new dir: the output dir is gone')
+
+        ck.section('2. build from a stalled pipe into an existing empty dir, SIGTERM')
+        existing = os.path.join(tmp, 'existing')
+        os.makedirs(existing)
+        stalled_build(ck, mkrafs, existing, signal.SIGTERM, 'build, existing dir', 128 + signal.SIGTERM)
+        ck.check(os.path.isdir(existing) and os.listdir(existing) == [], 'build, existing dir: left empty, as it was',
+                 repr(os.listdir(existing)) if os.path.isdir(existing) else 'gone')
+
+        ck.section('3. convert from a registry whose layer GET stalls, SIGHUP')
+        stalled_convert(ck, mkrafs, tmp)
+
+        ck.section('4. a build that is not interrupted')
+        tar = os.path.join(tmp, 'small.tar')
+        with open(tar, 'wb') as f:
+            f.write(tar_header('small', 3 * MiB) + os.urandom(3 * MiB) + bytes(-(3 * MiB) % 512) + bytes(1024))
+        out = os.path.join(tmp, 'whole')
+        r = harness.run([mkrafs, 'build', '-o', out, tar], timeout=120)
+        ck.check(r.returncode == 0 and os.path.isfile(os.path.join(out, 'image.boot')),
+                 'the image builds, exit 0', text(r.stderr))
+    return ck.finish()
+
+
+if __name__ == '__main__':
+    sys.exit(main())
