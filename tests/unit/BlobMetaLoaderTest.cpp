@@ -4,19 +4,18 @@
 // inconsistent table entries are refused.
 #include "daemon/core/BlobMetaLoader.h"
 
-#include "builder/commands/Build.h"
 #include "daemon/backends/LocalfsBackend.h"
 #include "format/BlobFile.h"
 #include "format/Bootstrap.h"
 #include "format/Error.h"
 #include "tests/unit/ImageTestUtil.h"
+#include "tests/unit/OneFileImage.h"
 #include "tests/unit/TempDir.h"
 
 #include <catch2/catch.hpp>
 
 #include <cstring>
 #include <random>
-#include <sstream>
 
 namespace fs = std::filesystem;
 using namespace rafsd;
@@ -38,18 +37,10 @@ public:
 struct BuiltImage {
     rafs::test::TempDir dir;
     BuiltImage() {
-        fs::create_directories(dir.path() / "src");
         std::vector<uint8_t> data(6 * kChunkSize + 1000);
         std::mt19937_64 rnd(11);
         for (size_t i = 0; i < data.size() / 2; ++i) data[i] = static_cast<uint8_t>(rnd());
-        rafs::test::writeFile(dir / "src/data", data);
-        rafs::build::BuildOptions options;
-        options.output = dir / "img";
-        options.sources = {dir / "src"};
-        options.chunk_size = kChunkSize;
-        options.threads = 1;
-        std::ostringstream log;
-        rafs::build::build(options, log);
+        rafs::test::buildOneFileImage(dir.path(), "data", data, kChunkSize);
     }
     std::vector<uint8_t> bootstrapBytes() const { return rafs::test::readFile(dir / "img/image.boot"); }
     fs::path blobs() const { return dir.path() / "img/blobs"; }

@@ -9,12 +9,12 @@
 #include "daemon/engines/fscache/FscacheCacheFile.h"
 #include "daemon/engines/fscache/FscacheEngine.h"
 
-#include "builder/commands/Build.h"
 #include "format/Bootstrap.h"
 #include "daemon/backends/LocalfsBackend.h"
 #include "daemon/core/BlobMetaLoader.h"
 #include "daemon/core/ChunkFetcher.h"
 #include "tests/unit/ImageTestUtil.h"
+#include "tests/unit/OneFileImage.h"
 #include "tests/unit/TempDir.h"
 
 #include <catch2/catch.hpp>
@@ -32,7 +32,6 @@
 #include <mutex>
 #include <optional>
 #include <random>
-#include <sstream>
 #include <string>
 #include <system_error>
 #include <utility>
@@ -196,18 +195,10 @@ private:
 class EngineFixture {
 public:
     EngineFixture() {
-        fs::create_directories(dir_.path() / "src");
         std::mt19937_64 rnd(7);
         source_.resize(10 * kChunkSize + 1234);
         for (auto& b : source_) b = static_cast<uint8_t>(rnd());
-        rafs::test::writeFile(dir_ / "src/data", source_);
-        rafs::build::BuildOptions options;
-        options.output = dir_ / "img";
-        options.sources = {dir_ / "src"};
-        options.chunk_size = kChunkSize;
-        options.threads = 1;
-        std::ostringstream log;
-        rafs::build::build(options, log);
+        rafs::test::buildOneFileImage(dir_.path(), "data", source_, kChunkSize);
         bootstrap_.emplace(dir_ / "img/image.boot");
         REQUIRE(bootstrap_->blobs().size() == 1);
         const rafs::BootstrapBlob& blob = bootstrap_->blobs()[0];

@@ -1,17 +1,15 @@
 #include "daemon/api/RegistryImages.h"
 
-#include "builder/writer/BuildOptions.h"
-#include "builder/commands/Build.h"
 #include "format/Bootstrap.h"
 #include "format/Error.h"
 #include "registry/RafsLayers.h"
 #include "tests/unit/ImageTestUtil.h"
 #include "tests/unit/MemoryImageStore.h"
+#include "tests/unit/OneFileImage.h"
 #include "tests/unit/TempDir.h"
 
 #include <catch2/catch.hpp>
 
-#include <sstream>
 
 using namespace registry;
 using Catch::Matchers::Contains;
@@ -28,14 +26,7 @@ struct PushedImage {
     std::string digest;  // the manifest's
 
     explicit PushedImage(bool blob_in_layers = true, std::vector<uint8_t> boot_override = {}) {
-        std::filesystem::create_directories(dir / "src");
-        rafs::test::writeFile(dir / "src/file", std::vector<uint8_t>(10000, 'f'));
-        rafs::build::BuildOptions options;
-        options.output = dir / "img";
-        options.sources = {dir / "src"};
-        options.threads = 1;
-        std::ostringstream log;
-        rafs::build::build(options, log);
+        rafs::test::buildOneFileImage(dir.path(), "file", std::vector<uint8_t>(10000, 'f'));
         boot = rafs::test::readFile(dir / "img/image.boot");
         blob_id = rafs::Bootstrap(boot, "b").blobs().at(0).id;
         Manifest m;
