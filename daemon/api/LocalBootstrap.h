@@ -9,7 +9,8 @@
 namespace rafsd {
 
 // <dir>/<sha256 of the bootstrap>.boot, written under a temporary name and renamed, so a mount
-// never sees a torn one; an existing one is reused. Throws rafs::Error naming the file.
+// never sees a torn one; an existing one is reused if it holds the bootstrap, else written again.
+// Throws rafs::Error naming the file.
 std::filesystem::path extractBootstrap(const rafs::Bootstrap& bootstrap, const std::filesystem::path& dir);
 
 }  // namespace rafsd
