@@ -112,6 +112,20 @@ RegistryClient::Authorization RegistryClient::authorizationFor(const Endpoint& e
     } else if (auth.scheme == HostAuth::Scheme::Bearer) {
         a.token = bearer(auth, ep.authority, {});
         a.header = "Authorization: Bearer " + a.token;
+    } else {
+        // No challenge seen from the host yet: its credentials go along at once, saving the round
+        // trip of a first 401 on every cold mount and convert (a registry that wants tokens
+        // answers with its Bearer challenge all the same). A helper that fails here fails again,
+        // with its error, if the host does ask.
+        try {
+            a.basic = credentials_->lookup(ep.authority);
+        } catch (const rafs::Error&) {
+            a.basic.reset();
+        }
+        if (a.basic) {
+            a.header = basicHeader(*a.basic);
+            a.unasked = true;
+        }
     }
     return a;
 }
@@ -164,7 +178,8 @@ HttpResponse RegistryClient::authorized(const Endpoint& ep, HttpRequest request,
     Authorization a = authorizationFor(ep);
     HttpResponse response = run(a);
     if (response.curl_code != 0 || response.status != 401) return response;
-    a = answerChallenge(ep, response, a);
+    // Credentials sent unasked were not refused as an answer to a challenge: they may be sent again.
+    a = answerChallenge(ep, response, a.unasked ? Authorization{} : a);
     response = run(a);
     if (response.curl_code == 0 && response.status == 401) {
         if (!a.token.empty()) rafs::fail("{} refused a fresh token from its token service", ep.authority);

@@ -87,6 +87,7 @@ private:
         std::string header;
         std::string token;
         std::optional<Credentials> basic;
+        bool unasked = false;  // Basic sent before the host asked for anything (authorizationFor)
     };
     using Exchange = std::function<HttpResponse(const HttpRequest&)>;
 

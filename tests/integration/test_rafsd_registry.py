@@ -5,6 +5,7 @@ pushed with the plain distribution upload API; fanotify engine:
 
 1. an image served by `rafsd mount` reads back equal to its source; the credentials come from a
    docker config.json, the CA from backend.hosts.<host>.ca_file; the password is in no log line;
+   the credentials go with the first request (the registry's access log shows no 401);
 2. the same through `rafsd serve`, with the CA found by the /etc/docker/certs.d convention
    (transport.certs_dir = a directory of the test's): `rafsctl status` shows the backend's
    requests and bytes, and neither the password nor the config's auth string;
@@ -50,7 +51,7 @@ def main():
             return ck.finish()
         _, boot, blob, mnt = image
         src, out = os.path.join(tmp, 'src'), os.path.join(tmp, 'out')
-        server, host, ca = htpasswd_registry(tmp, {USER: PASSWORD})
+        server, host, ca = htpasswd_registry(tmp, {USER: PASSWORD}, access_log=True)
         with server:
             digest = push_blob('https://' + host, REPO, os.path.join(out, 'blobs', blob), ca.context(),
                                basic_auth(USER, PASSWORD))
@@ -66,6 +67,10 @@ def main():
                 ck.check(m.stop() == 0, 'rafsd mount exits 0')
                 text = m.log_text()
                 ck.check(PASSWORD not in text and auth_string not in text, 'the password is in no log line')
+            # The credentials went with the first request: no request was answered 401 first.
+            refused = [line for line in server.log_text().splitlines() if '" 401 ' in line]
+            ck.check(not refused, 'no request of rafsd was answered 401 (credentials sent at once)',
+                     '\n'.join(refused[:5]))
 
             ck.section('credentials from a credential helper (credsStore)')
             bin_dir = os.path.join(tmp, 'bin')

@@ -242,15 +242,17 @@ def registry(tmp, name, port, cert=None, key=None, auth=None, client_ca=None, ne
                   netns=netns).start()
 
 
-def htpasswd_registry(tmp, users, name='registry'):
+def htpasswd_registry(tmp, users, name='registry', access_log=False):
     """docker-registry on a free port of 127.0.0.1 with TLS from a new test CA (tmp/<name>-ca) and
-    htpasswd (Basic) auth for `users` ({user: password}); returns (server, 'host:port', ca)."""
+    htpasswd (Basic) auth for `users` ({user: password}); returns (server, 'host:port', ca).
+    access_log: as for registry()."""
     ca = TestCa(os.path.join(tmp, name + '-ca'))
     cert, key = ca.issue('registry')
     pw_file = os.path.join(tmp, name + '-htpasswd')
     htpasswd(pw_file, users)
     port = free_port()
-    server = registry(tmp, name, port, cert, key, auth={'htpasswd': {'realm': 'rafsd-test', 'path': pw_file}})
+    server = registry(tmp, name, port, cert, key, auth={'htpasswd': {'realm': 'rafsd-test', 'path': pw_file}},
+                      access_log=access_log)
     return server, '127.0.0.1:%d' % port, ca
 
 
