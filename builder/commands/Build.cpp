@@ -1,7 +1,5 @@
 #include "builder/commands/Build.h"
-
 #include "builder/commands/InterruptCleanup.h"
-
 #include "format/Codec.h"
 #include "format/Error.h"
 #include "builder/source/DirectorySource.h"
@@ -83,23 +81,17 @@ public:
             }
         }
         const auto hold = holdInterrupts();
-        created_output_ = fs::create_directories(output_, ec);
+        const bool created = fs::create_directories(output_, ec);
         if (ec) fail("cannot create output directory {}: {}", output_.string(), ec.message());
-        if (created_output_) output_on_interrupt_.emplace(output_);
+        if (created) created_output_.emplace(output_);
         std::string templ = (output_ / ".mkrafs-XXXXXX").string();
         if (::mkdtemp(templ.data()) == nullptr) failErrno("cannot create a staging directory in " + output_.string());
-        dir_ = templ;
-        staging_on_interrupt_.emplace(dir_);
-    }
-    ~Staging() {
-        std::error_code ignored;  // best-effort cleanup of a failed build
-        if (!dir_.empty()) fs::remove_all(dir_, ignored);
-        if (!committed_ && created_output_) fs::remove_all(output_, ignored);
+        staging_.emplace(templ);
     }
     Staging(const Staging&) = delete;
     Staging& operator=(const Staging&) = delete;
 
-    const fs::path& dir() const { return dir_; }
+    const fs::path& dir() const { return staging_->path(); }
 
     // Moves blobs, then the bootstrap that references them, into place.
     void commit(const std::vector<BlobInfo>& blobs) {
@@ -110,9 +102,8 @@ public:
         for (const BlobInfo& b : blobs) {
             if (!b.path.empty()) move(b.path, output_ / "blobs" / b.id);
         }
-        move(dir_ / "image.boot", output_ / "image.boot");
-        committed_ = true;
-        output_on_interrupt_.reset();
+        move(dir() / "image.boot", output_ / "image.boot");
+        if (created_output_) created_output_->keep();
     }
 
 private:
@@ -123,11 +114,8 @@ private:
     }
 
     fs::path output_;
-    fs::path dir_;
-    bool created_output_ = false;
-    bool committed_ = false;
-    std::optional<RemovedOnInterrupt> output_on_interrupt_;
-    std::optional<RemovedOnInterrupt> staging_on_interrupt_;
+    std::optional<RemovedUnlessKept> created_output_;  // the output dir, if this build made it
+    std::optional<RemovedUnlessKept> staging_;         // inside it, removed first
 };
 
 bool isDirectory(const std::string& source) {

@@ -101,20 +101,12 @@ public:
         std::string templ = (fs::path(base) / "mkrafs-convert-XXXXXX").string();
         const auto hold = holdInterrupts();
         if (::mkdtemp(templ.data()) == nullptr) failErrno("cannot create a work directory in " + base);
-        path_ = templ;
-        on_interrupt_.emplace(path_);
+        dir_.emplace(templ);
     }
-    ~WorkDir() {
-        std::error_code ignored;  // best effort: nothing in it is needed after the run
-        fs::remove_all(path_, ignored);
-    }
-    WorkDir(const WorkDir&) = delete;
-    WorkDir& operator=(const WorkDir&) = delete;
-    const fs::path& path() const { return path_; }
+    const fs::path& path() const { return dir_->path(); }
 
 private:
-    fs::path path_;
-    std::optional<RemovedOnInterrupt> on_interrupt_;
+    std::optional<RemovedUnlessKept> dir_;  // nothing in it is needed after the run
 };
 
 struct PushCounts {
@@ -443,32 +435,19 @@ public:
         const fs::path dir = target.layout_dir;
         std::error_code ec;
         if (!fs::exists(dir, ec)) {
-            created_.push_back(dir);
-        } else {
-            for (const char* name : {"oci-layout", "index.json", "blobs"}) {
-                if (!fs::exists(dir / name, ec)) created_.push_back(dir / name);
-            }
+            created_.push_back(std::make_unique<RemovedUnlessKept>(dir));
+            return;
         }
-        for (const fs::path& path : created_) on_interrupt_.push_back(std::make_unique<RemovedOnInterrupt>(path));
-    }
-    ~CreatedLayout() {
-        if (kept_) return;
-        for (const fs::path& path : created_) {
-            std::error_code ignored;  // best effort: the conversion is failing already
-            fs::remove_all(path, ignored);
+        for (const char* name : {"oci-layout", "index.json", "blobs"}) {
+            if (!fs::exists(dir / name, ec)) created_.push_back(std::make_unique<RemovedUnlessKept>(dir / name));
         }
     }
-    CreatedLayout(const CreatedLayout&) = delete;
-    CreatedLayout& operator=(const CreatedLayout&) = delete;
     void keep() {
-        kept_ = true;
-        on_interrupt_.clear();
+        for (const auto& path : created_) path->keep();
     }
 
 private:
-    std::vector<fs::path> created_;
-    std::vector<std::unique_ptr<RemovedOnInterrupt>> on_interrupt_;
-    bool kept_ = false;
+    std::vector<std::unique_ptr<RemovedUnlessKept>> created_;
 };
 
 }  // namespace

@@ -54,13 +54,22 @@ void installInterruptCleanup() {
     }).detach();
 }
 
-RemovedOnInterrupt::RemovedOnInterrupt(std::filesystem::path path) {
+RemovedUnlessKept::RemovedUnlessKept(std::filesystem::path path) : path_(std::move(path)) {
     std::lock_guard lock(g_mutex);
     id_ = g_next_id++;
-    g_paths.emplace(id_, std::move(path));
+    g_paths.emplace(id_, path_);
 }
 
-void RemovedOnInterrupt::release() {
+RemovedUnlessKept::~RemovedUnlessKept() {
+    if (id_ == 0) return;
+    // Removed before it is unregistered: a signal meanwhile removes it too, never leaves it.
+    std::error_code ignored;  // best effort: the run is failing already
+    std::filesystem::remove_all(path_, ignored);
+    std::lock_guard lock(g_mutex);
+    g_paths.erase(id_);
+}
+
+void RemovedUnlessKept::keep() {
     if (id_ == 0) return;
     std::lock_guard lock(g_mutex);
     g_paths.erase(id_);

@@ -30,36 +30,29 @@ public:
         std::string name = (final_.parent_path() / ("." + final_.filename().string() + ".XXXXXX")).string();
         fd_ = UniqueFd(::mkostemp(name.data(), O_CLOEXEC));
         if (fd_.get() < 0) failErrno(fmt::format("cannot create a temporary file for {}", final_.string()));
-        temp_ = name;
-        on_interrupt_.emplace(temp_);
-    }
-    ~TempOutput() {
-        if (!committed_) ::unlink(temp_.c_str());
+        temp_.emplace(name);
     }
     TempOutput(const TempOutput&) = delete;
     TempOutput& operator=(const TempOutput&) = delete;
 
     int fd() const { return fd_.get(); }
-    const std::string& tempPath() const { return temp_; }
+    const std::string& tempPath() const { return temp_->path().native(); }
 
     void commit() {
         // mkostemp creates 0600; outputs are ordinary readable files.
-        if (::fchmod(fd_.get(), 0644) != 0) failErrno(temp_);
-        if (::fsync(fd_.get()) != 0) failErrno(temp_);
-        fd_.close(temp_);
-        if (::rename(temp_.c_str(), final_.c_str()) != 0) {
-            failErrno(fmt::format("cannot rename {} to {}", temp_, final_.string()));
+        if (::fchmod(fd_.get(), 0644) != 0) failErrno(tempPath());
+        if (::fsync(fd_.get()) != 0) failErrno(tempPath());
+        fd_.close(tempPath());
+        if (::rename(tempPath().c_str(), final_.c_str()) != 0) {
+            failErrno(fmt::format("cannot rename {} to {}", tempPath(), final_.string()));
         }
-        committed_ = true;
-        on_interrupt_.reset();
+        temp_->keep();
     }
 
 private:
     std::filesystem::path final_;
-    std::string temp_;
-    std::optional<RemovedOnInterrupt> on_interrupt_;
+    std::optional<RemovedUnlessKept> temp_;
     UniqueFd fd_;
-    bool committed_ = false;
 };
 
 // A blob opened for reading with the digests its chunks must match.

@@ -4,7 +4,7 @@
 1. rafs-v6-2.2.boot with its blob be7d77... in a blob dir;
 2. the blob 2fa78... whose bootstrap is inline (named by the blob file itself, blob dir = its dir);
    the copy of it extracted into the cache dir for the file-backed mount is cut short between the
-   rounds (a crash could tear it: it is written without fsync), and must be written again whole.
+   rounds (a damaged copy), and must be written again whole.
 
 For each, cold (prefetch off) and then once more from the complete cache: every regular file's
 content, cut at the chunk boundaries `mkrafs inspect -v` lists, must have the blake3 (or sha256)
@@ -76,7 +76,7 @@ def check_content(ck, label, mnt, files, table, digest):
 
 def tear_extracted_bootstrap(ck, label, cache, boot_bytes):
     """An inline bootstrap is extracted into the cache dir for the file-backed mount: cut that
-    copy short, as a crash could (it is written without fsync); the next mount must not use it."""
+    copy short, as damage could; the next mount must not use it."""
     copies = [n for n in os.listdir(cache) if n.endswith('.boot')]
     if not copies:
         return
