@@ -6,6 +6,7 @@
 #include "daemon/api/ImageService.h"
 #include "daemon/api/MetricsServer.h"
 #include "daemon/api/MountInfo.h"
+#include "daemon/api/MountTable.h"
 #include "daemon/core/Log.h"
 #include "daemon/process/ProcessIdentity.h"
 #include "daemon/process/StopSignals.h"
@@ -129,7 +130,7 @@ int mountWorker(const Config& config, EngineKind engine, MountRequest request, s
     // parent) own.
     fs::path table;
     if (request.image) {
-        table = config.daemon.state_dir / fmt::format("mount-{}.json", ::getppid());
+        table = imageMountTable(config.daemon.state_dir, ::getppid());
         service.keepMountTable(table);
     }
     // After a failover the kernel keeps the image mounted: take it over instead of mounting again.
@@ -179,7 +180,7 @@ int serveWorker(const Config& config, EngineKind engine, std::chrono::millisecon
                 const std::function<void()>& ready) {
     ImageService service(config);
     service.setFetchDelay(fetch_delay);
-    service.keepMountTable(config.daemon.state_dir / "mounts.json");
+    service.keepMountTable(servedMountTable(config.daemon.state_dir));
     useKernelObjects(service, engine, kept, restored);
     const auto metrics = serveMetrics(config, service);
     service.recoverMounts();

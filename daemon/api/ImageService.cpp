@@ -5,6 +5,7 @@
 #include "format/Digest.h"
 #include "format/Error.h"
 #include "daemon/api/BackendProbe.h"
+#include "daemon/api/KeptImageCopies.h"
 #include "daemon/api/LocalBootstrap.h"
 #include "daemon/api/MetricsText.h"
 #include "daemon/api/StartTrace.h"
@@ -77,8 +78,12 @@ ImageService::ImageService(Config config)
     fetch.retries = config_.fetch.retries;
     fetch.decoders = config_.fetch.workers;
     fetcher_ = std::make_unique<ChunkFetcher>(fetch);
-    collector_ = std::make_unique<CacheCollector>(config_.daemon.cache_dir, cachePolicy(config_.cache), *fetcher_);
+    collector_ = std::make_unique<CacheCollector>(config_.daemon.cache_dir, cachePolicy(config_.cache), *fetcher_,
+                                                  std::vector<fs::path>{registry_images_.dir()});
     collector_->addLayout(std::make_shared<BlobCacheFiles>(config_.daemon.cache_dir));
+    const std::chrono::seconds keep_recent(config_.cache.keep_recent);
+    collector_->addLayout(std::make_shared<ExtractedBootstraps>(config_.daemon.cache_dir, keep_recent));
+    collector_->addLayout(std::make_shared<KeptImageCopies>(registry_images_, config_.daemon.state_dir, keep_recent));
     fetcher_->onNoSpace([collector = collector_.get()] { return collector->freeForWrite(); });
     collector_->start(std::chrono::seconds(config_.cache.gc_interval));
     if (config_.prefetch.enable) {
@@ -771,7 +776,7 @@ std::string ImageService::metrics() {
         m.histogram("rafsd_backend_request_latency_seconds", labels, blob->counters().backend_latency.snapshot());
     }
     const CacheCounters& cache = collector_->counters();
-    m.family("rafsd_cache_size_bytes", "gauge", "Space the cache dir takes on disk.");
+    m.family("rafsd_cache_size_bytes", "gauge", "Space the cache takes on disk: the cache dir and the bootstraps kept in the state dir.");
     m.sample("rafsd_cache_size_bytes", {}, collector_->size());
     m.family("rafsd_cache_max_size_bytes", "gauge", "cache.max_size (0: unbounded).");
     m.sample("rafsd_cache_max_size_bytes", {}, collector_->policy().max_size);

@@ -12,7 +12,11 @@ namespace rafsd {
 
 namespace fs = std::filesystem;
 
-std::optional<std::string> erofsMountOn(const fs::path& dir) {
+namespace {
+
+// Calls `fn(mountpoint, type, source)` for each line of /proc/self/mountinfo, in mount order.
+template <typename Fn>
+void forEachMount(Fn fn) {
     std::ifstream in("/proc/self/mountinfo");
     if (!in) rafs::failErrno("cannot read /proc/self/mountinfo");
     // Fields (proc(5)): id parent major:minor root mountpoint options [optional...] - type source ...
@@ -29,7 +33,6 @@ std::optional<std::string> erofsMountOn(const fs::path& dir) {
         }
         return out;
     };
-    std::optional<std::string> source;
     std::string line;
     while (std::getline(in, line)) {
         std::istringstream fields(line);
@@ -38,13 +41,29 @@ std::optional<std::string> erofsMountOn(const fs::path& dir) {
         while (fields >> field && field != "-") {
         }
         fields >> type >> what;
-        if (unescape(mountpoint) != dir.string()) continue;
-        if (type == "erofs") source = unescape(what);
-        else source.reset();
+        fn(unescape(mountpoint), type, unescape(what));
     }
+}
+
+}  // namespace
+
+std::optional<std::string> erofsMountOn(const fs::path& dir) {
+    std::optional<std::string> source;
+    forEachMount([&](const std::string& mountpoint, const std::string& type, const std::string& what) {
+        if (mountpoint != dir.string()) return;
+        if (type == "erofs") source = what;
+        else source.reset();
+    });
     return source;
 }
 
+std::set<std::string> erofsMountSources() {
+    std::set<std::string> sources;
+    forEachMount([&](const std::string&, const std::string& type, const std::string& what) {
+        if (type == "erofs") sources.insert(what);
+    });
+    return sources;
+}
 
 bool hasErofsMount(const fs::path& dir) {
     struct statfs st {};

@@ -3,6 +3,7 @@
 
 #include <filesystem>
 #include <optional>
+#include <set>
 #include <string>
 
 namespace rafsd {
@@ -10,6 +11,10 @@ namespace rafsd {
 // The source of the EROFS file system mounted on `dir` (its topmost mount), if there is one: a
 // second mount there would hide the first and the files its readers have open.
 std::optional<std::string> erofsMountOn(const std::filesystem::path& dir);
+
+// The sources of every EROFS mount in this mount namespace: for a file-backed mount, the path of
+// the bootstrap file it was mounted from.
+std::set<std::string> erofsMountSources();
 
 // True if `dir` is on an EROFS file system (e.g. one a dead daemon left mounted there).
 bool hasErofsMount(const std::filesystem::path& dir);

@@ -17,6 +17,7 @@ namespace fs = std::filesystem;
 namespace {
 
 constexpr int kVersion = 1;
+constexpr std::string_view kServedTable = "mounts.json";
 
 }  // namespace
 
@@ -81,6 +82,27 @@ std::vector<MountRecord> loadMounts(const fs::path& path) {
         rafs::fail("{}: not a table of mounts: {}", path.string(), e.what());
     }
     return mounts;
+}
+
+fs::path servedMountTable(const fs::path& state_dir) { return state_dir / kServedTable; }
+
+fs::path imageMountTable(const fs::path& state_dir, int supervisor_pid) {
+    return state_dir / ("mount-" + std::to_string(supervisor_pid) + ".json");
+}
+
+std::set<std::string> manifestsInMountTables(const fs::path& state_dir) {
+    std::set<std::string> digests;
+    std::error_code ec;
+    for (fs::directory_iterator it(state_dir, ec), end; !ec && it != end; it.increment(ec)) {
+        const std::string name = it->path().filename().string();
+        const bool table = name == kServedTable || (name.starts_with("mount-") && name.ends_with(".json"));
+        if (!table) continue;
+        for (const MountRecord& r : loadMounts(it->path())) {
+            if (!r.manifest_digest.empty()) digests.insert(r.manifest_digest);
+        }
+    }
+    if (ec && ec != std::errc::no_such_file_or_directory) rafs::fail("cannot list {}: {}", state_dir.string(), ec.message());
+    return digests;
 }
 
 }  // namespace rafsd

@@ -6,6 +6,7 @@
 
 #include <filesystem>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -33,5 +34,15 @@ void saveMounts(const std::filesystem::path& path, const std::vector<MountRecord
 
 // The table at `path`; empty if there is none. Throws rafs::Error "<path>: <what is wrong>".
 std::vector<MountRecord> loadMounts(const std::filesystem::path& path);
+
+// Where the tables live in a state dir: `rafsd serve` keeps "mounts.json", each `rafsd mount` of an
+// image reference "mount-<its supervisor's pid>.json".
+std::filesystem::path servedMountTable(const std::filesystem::path& state_dir);
+std::filesystem::path imageMountTable(const std::filesystem::path& state_dir, int supervisor_pid);
+
+// The manifest digests of the images every table in `state_dir` lists: mounted by any rafsd on
+// this state dir, or by one that died and whose successor will take them over from the bootstrap
+// kept for that manifest. Throws rafs::Error naming a table that cannot be read.
+std::set<std::string> manifestsInMountTables(const std::filesystem::path& state_dir);
 
 }  // namespace rafsd

@@ -6,6 +6,7 @@
 #include "format/Error.h"
 #include "format/InputFile.h"
 #include "daemon/core/Concurrently.h"
+#include "daemon/core/DiskUsage.h"
 #include "daemon/core/DurableFile.h"
 #include "daemon/core/Log.h"
 #include "registry/BootstrapLayer.h"
@@ -14,6 +15,7 @@
 
 #include <nlohmann/json.hpp>
 #include <signal.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -27,8 +29,9 @@ namespace {
 
 constexpr const char* kMetaFile = "image.json";
 constexpr const char* kBootstrapFile = "image.boot";
-// Copies being made: ".tmp-<pid>-<digest prefix>".
+// Copies being made: ".tmp-<pid>-<digest prefix>"; being removed: ".tmp-<pid>-gc-<digest prefix>".
 constexpr std::string_view kTempPrefix = ".tmp-";
+constexpr const char* kDirPrefix = "sha256-";
 
 std::string sha256Hex(std::span<const uint8_t> bytes) {
     return rafs::toHex(rafs::digestOf(rafs::Digester::Sha256, bytes));
@@ -62,7 +65,36 @@ void removeAbandoned(const fs::path& dir) {
 }  // namespace
 
 fs::path RegistryImages::imageDir(const std::string& manifest_digest) const {
-    return dir_ / ("sha256-" + manifest_digest.substr(manifest_digest.find(':') + 1));
+    return dir_ / (kDirPrefix + manifest_digest.substr(manifest_digest.find(':') + 1));
+}
+
+std::vector<RegistryImages::KeptCopy> RegistryImages::list() const {
+    std::vector<KeptCopy> copies;
+    std::error_code ec;
+    for (fs::directory_iterator it(dir_, ec), end; !ec && it != end; it.increment(ec)) {
+        const std::string name = it->path().filename().string();
+        if (!name.starts_with(kDirPrefix)) continue;  // copies being made or removed
+        struct stat st {};
+        if (::lstat(it->path().c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) continue;
+        const DiskUsage usage = DiskUsage::of(it->path());
+        copies.push_back({"sha256:" + name.substr(std::string_view(kDirPrefix).size()), usage.bytes + uint64_t(st.st_blocks) * 512,
+                          st.st_mtim.tv_sec});
+    }
+    if (ec && ec != std::errc::no_such_file_or_directory) rafs::fail("cannot list {}: {}", dir_.string(), ec.message());
+    return copies;
+}
+
+void RegistryImages::forget(const std::string& manifest_digest) {
+    const fs::path dir = imageDir(manifest_digest);
+    const fs::path gone = dir_ / fmt::format("{}{}-gc-{}", kTempPrefix, ::getpid(), manifest_digest.substr(7, 16));
+    if (::rename(dir.c_str(), gone.c_str()) != 0) {
+        if (errno == ENOENT) return;
+        rafs::failErrno("rename " + dir.string() + " to " + gone.string());
+    }
+    std::error_code ec;
+    fs::remove_all(gone, ec);
+    // What is left goes with the next keep() (removeAbandoned) once this process has ended.
+    if (ec) rafs::fail("cannot remove {}: {}", gone.string(), ec.message());
 }
 
 std::optional<RegistryImage> RegistryImages::kept(const std::string& digest) {
@@ -81,6 +113,9 @@ std::optional<RegistryImage> RegistryImages::kept(const std::string& digest) {
         if (sha256Hex(bootstrap.bytes()) != meta.at("bootstrap_sha256").get<std::string>()) {
             rafs::fail("{} is not the bootstrap that was kept", kBootstrapFile);
         }
+        // Its last use, for the collector (KeptImageCopies): a copy in use is never the oldest.
+        fs::last_write_time(dir, fs::file_time_type::clock::now(), ec);
+        if (ec) log::warn("{}: cannot renew its time of last use: {}", dir.string(), ec.message());
         return RegistryImage{digest, dir / kBootstrapFile, std::move(layers), std::nullopt};
     } catch (const std::exception& e) {
         log::warn("{}: a damaged copy of image {} ({}); fetching it again", dir.string(), digest, e.what());

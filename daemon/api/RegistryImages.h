@@ -4,6 +4,7 @@
 //   <dir>/sha256-<hex>/image.json   the manifest as served, its media type, the reference it was
 //                                   first mounted by, the sha256 of image.boot
 //   <dir>/sha256-<hex>/image.boot   the bootstrap, a file of its own (a fanotify mount needs one)
+// The cache collector removes the copies of images no mount table lists (KeptImageCopies).
 // A copy is made in a temporary directory next to them and renamed into place whole, so a crash
 // leaves no part of one; a copy is reused when its files still match what image.json says.
 #pragma once
@@ -47,6 +48,20 @@ public:
                          const std::function<void(const registry::RafsLayers&)>& alongside = {});
 
     std::filesystem::path imageDir(const std::string& manifest_digest) const;
+    const std::filesystem::path& dir() const { return dir_; }
+
+    // The copies kept, by manifest digest: their size on disk and when they were last kept or
+    // reused (seconds since the epoch: the directory's mtime, which obtain() renews on reuse).
+    struct KeptCopy {
+        std::string manifest_digest;
+        uint64_t bytes = 0;
+        int64_t last_use = 0;
+    };
+    std::vector<KeptCopy> list() const;
+    // Removes the copy kept for `manifest_digest`: renamed out of the way first, so that an
+    // obtain() at the same time, in this process or another, finds it whole or not at all.
+    // Throws rafs::Error naming the directory.
+    void forget(const std::string& manifest_digest);
 
 private:
     // The copy kept for `digest`, if there is one and it is intact; a damaged one is removed.

@@ -34,8 +34,8 @@ void CacheCollector::Opening::done(const std::shared_ptr<CachedBlob>& blob) {
     owner_.blobs_[key_] = blob;
 }
 
-CacheCollector::CacheCollector(fs::path dir, CachePolicy policy, ChunkFetcher& fetcher)
-    : dir_(std::move(dir)), policy_(policy), fetcher_(fetcher) {}
+CacheCollector::CacheCollector(fs::path dir, CachePolicy policy, ChunkFetcher& fetcher, std::vector<fs::path> also_counted)
+    : dir_(std::move(dir)), also_counted_(std::move(also_counted)), policy_(policy), fetcher_(fetcher) {}
 
 CacheCollector::~CacheCollector() { stop(); }
 
@@ -44,7 +44,11 @@ void CacheCollector::addLayout(std::shared_ptr<UnusedCaches> layout) {
     layouts_.push_back(std::move(layout));
 }
 
-uint64_t CacheCollector::size() const { return DiskUsage::of(dir_).bytes; }
+uint64_t CacheCollector::size() const {
+    uint64_t bytes = DiskUsage::of(dir_).bytes;
+    for (const fs::path& dir : also_counted_) bytes += DiskUsage::of(dir).bytes;
+    return bytes;
+}
 
 std::set<std::string> CacheCollector::inUse() {
     std::set<std::string> keys(opening_.begin(), opening_.end());
@@ -131,9 +135,11 @@ GcReport CacheCollector::collectLocked(GcTrigger trigger, bool dry_run) {
     left -= std::min(left, report.chunk_bytes);
     report.size_after = dry_run ? left : size();
     if (!dry_run && trigger == GcTrigger::Auto && report.size_after > policy_.high && over_bound_.admit()) {
-        log::warn("cache dir {} takes {} bytes, over cache.max_size's high watermark ({} bytes), and nothing more can "
+        std::string dirs = dir_.string();
+        for (const fs::path& dir : also_counted_) dirs += " and " + dir.string();
+        log::warn("the cache ({}) takes {} bytes, over cache.max_size's high watermark ({} bytes), and nothing more can "
                   "be freed now: what is left is in use, recently used, or fscache data of mounted images",
-                  dir_.string(), report.size_after, policy_.high);
+                  dirs, report.size_after, policy_.high);
     }
     if (!dry_run && (!report.removed.empty() || report.chunk_bytes != 0 || trigger != GcTrigger::Auto)) {
         log::info("cache gc ({}): {} -> {} bytes; removed {} unused caches ({} bytes), freed {} bytes of chunks in {} "

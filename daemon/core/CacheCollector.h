@@ -1,6 +1,6 @@
 // Keeps the cache dir within cache.max_size. When the dir grows past the high watermark it
 // removes, least recently used first, the caches no mounted image uses (whole blobs, whole fscache
-// volumes: UnusedCaches), then frees the least recently used chunks of mounted blobs whose cache
+// volumes, bootstraps kept or extracted for images no longer mounted: UnusedCaches), then frees the least recently used chunks of mounted blobs whose cache
 // file rafsd owns (ChunkFetcher::discardIdle), down to the low watermark. Chunks read or written
 // within keep_recent seconds, and chunks being fetched, are never freed. The same runs when a
 // cache write finds the disk full (then the write is tried once more), and on `rafsctl gc`.
@@ -78,7 +78,10 @@ struct CacheCounters {
 
 class CacheCollector {
 public:
-    CacheCollector(std::filesystem::path dir, CachePolicy policy, ChunkFetcher& fetcher);
+    // `dir`: the cache dir. `also_counted`: directories elsewhere whose files the layouts may remove
+    // too (the state dir's kept bootstraps); their size counts toward max_size.
+    CacheCollector(std::filesystem::path dir, CachePolicy policy, ChunkFetcher& fetcher,
+                   std::vector<std::filesystem::path> also_counted = {});
     ~CacheCollector();  // stop()
     CacheCollector(const CacheCollector&) = delete;
     CacheCollector& operator=(const CacheCollector&) = delete;
@@ -104,7 +107,7 @@ public:
     // ChunkFetcher::onNoSpace: collects (unless another thread just did) and says whether to retry.
     bool freeForWrite();
 
-    // The cache dir's size on disk, every file under it.
+    // The size on disk of every file under the cache dir and the also-counted dirs.
     uint64_t size() const;
     const CachePolicy& policy() const { return policy_; }
     const CacheCounters& counters() const { return counters_; }
@@ -120,6 +123,7 @@ private:
     void freeChunks(uint64_t need, bool dry_run, GcReport& report);
 
     const std::filesystem::path dir_;
+    const std::vector<std::filesystem::path> also_counted_;
     const CachePolicy policy_;
     ChunkFetcher& fetcher_;
     CacheCounters counters_;

@@ -14,7 +14,9 @@ backend.type is localfs: a mount by image uses the registry whatever it says.
    bootstrap fetched, the kept files untouched; a bootstrap layer that is a plain tar mounts too;
 3. `rafsd serve` + `rafsctl mount IMAGE`: list shows the reference; after kill -9 of the worker the
    next one takes the mount over from the mount table (reference and manifest digest) and the
-   files not yet read come from the registry; `rafsd mount` of a tag that is then moved to another
+   files not yet read come from the registry; `rafsctl gc` leaves the mounted image's kept
+   bootstrap alone, and once it is unmounted `gc --dry-run` names it, `gc` removes it and a new
+   mount fetches it again; `rafsd mount` of a tag that is then moved to another
    image, kill -9 of its worker: the next worker serves the image the kernel has mounted;
 4. bad input, each one error line naming it, nothing mounted, nothing left in the state dir: an
    unknown tag, an ordinary OCI image, no manifest for this platform, a bootstrap layer whose
@@ -45,9 +47,9 @@ REPO = 'test/app'
 OTHER_ARCH = 's390x' if host_arch() != 's390x' else 'riscv64'
 
 
-def image_config(tmp, name, host, docker_cfg, ca_file):
+def image_config(tmp, name, host, docker_cfg, ca_file, cache=None):
     """A daemon config whose backend.type is localfs; the registry's CA and credentials are set."""
-    return network_config(tmp, name, {'type': 'localfs'},
+    return network_config(tmp, name, {'type': 'localfs'}, cache=cache or {},
                           **{'backend.localfs': {'dir': os.path.join(tmp, 'no-blobs')},
                              'backend.registry': {'docker_config': docker_cfg},
                              'backend.transport': {'retries': 1, 'backoff_base_ms': 10, 'timeout': 30,
@@ -69,6 +71,38 @@ def mount_image(ck, rafsd, ref, mnt, cfg, src, log_path):
 def state_entries(tmp, name):
     d = os.path.join(tmp, name + '-state', 'images')
     return sorted(os.listdir(d)) if os.path.isdir(d) else []
+
+
+def gc_keeps_mounted(ck, ctl, sock, kept, mnt, src):
+    """rafsctl gc while the image is mounted: its kept bootstrap stays (the mount table lists it)."""
+    r = rafsctl(ctl, sock, 'gc')
+    out = (r.stdout or b'').decode()
+    ck.check(r.returncode == 0 and 'bootstrap of image' not in out, 'rafsctl gc while mounted removes no bootstrap', out)
+    ck.check(os.path.exists(os.path.join(kept, 'image.boot')), 'the mounted image\'s kept bootstrap stays')
+    ck.diffs('tree after gc', compare.compare_trees(src, mnt))
+
+
+def gc_removes_unmounted(ck, ctl, sock, kept, digest, ref, mnt, src):
+    """Unmounted: rafsctl gc --dry-run names the kept bootstrap and leaves it, rafsctl gc removes it,
+    a new mount of the image fetches it again."""
+    r = rafsctl(ctl, sock, 'gc', '--dry-run')
+    out = (r.stdout or b'').decode()
+    log(out)
+    ck.check(r.returncode == 0 and 'would remove bootstrap of image %s' % digest in out,
+             'rafsctl gc --dry-run names the unmounted image\'s kept bootstrap', out + (r.stderr or b'').decode())
+    ck.check(os.path.exists(os.path.join(kept, 'image.boot')), 'and leaves it')
+    r = rafsctl(ctl, sock, 'gc')
+    out = (r.stdout or b'').decode()
+    ck.check(r.returncode == 0 and 'removed bootstrap of image %s' % digest in out, 'rafsctl gc removes it',
+             out + (r.stderr or b'').decode())
+    left = os.listdir(os.path.dirname(kept))
+    ck.check(left == [], 'nothing is left in state_dir/images', repr(left))
+    r = rafsctl(ctl, sock, 'mount', ref, mnt)
+    if ck.check(r.returncode == 0, 'rafsctl mount %s again' % ref, (r.stderr or b'').decode()):
+        ck.check(os.path.exists(os.path.join(kept, 'image.boot')), 'its bootstrap is fetched and kept again')
+        ck.diffs('tree of the new mount', compare.compare_trees(src, mnt))
+        r = rafsctl(ctl, sock, 'umount', mnt)
+        ck.check(r.returncode == 0, 'rafsctl umount', (r.stderr or b'').decode())
 
 
 def main():
@@ -113,7 +147,9 @@ def main():
             mount_image(ck, rafsd, '%s/%s:plain-tar' % (host, REPO), mnt, cfg, src, os.path.join(tmp, 'mount3.log'))
 
             ck.section('rafsd serve + rafsctl mount IMAGE; kill -9 of the worker, the next one takes it over')
-            cfg = image_config(tmp, 'serve', host, cfg_json, ca.cert)
+            # keep_recent 0: rafsctl gc may take a kept bootstrap as soon as no mount needs it.
+            cfg = image_config(tmp, 'serve', host, cfg_json, ca.cert, cache={'keep_recent': 0})
+            served_kept = os.path.join(tmp, 'serve-state', 'images', os.path.basename(kept_dir))
             sock = os.path.join(tmp, 'serve.sock')
             ref = '%s/%s:v1' % (host, REPO)
             with RafsdServe(rafsd, cfg, sock, os.path.join(tmp, 'serve.log')) as srv:
@@ -145,8 +181,10 @@ def main():
                             names = [b.get('backend') for b in status.get('backends') or []]
                             ck.check('registry:https://%s/%s' % (host, REPO) in names, 'status shows the registry backend',
                                      repr(names))
+                        gc_keeps_mounted(ck, ctl, sock, served_kept, mnt, src)
                         r = rafsctl(ctl, sock, 'umount', mnt)
                         ck.check(r.returncode == 0, 'rafsctl umount', (r.stderr or b'').decode())
+                        gc_removes_unmounted(ck, ctl, sock, served_kept, rafs_digest, ref, mnt, src)
                     r = rafsctl(ctl, sock, 'mount', '%s/%s:nope' % (host, REPO), mnt)
                     err = (r.stderr or b'').decode().strip()
                     ck.check(r.returncode != 0 and 'nope' in err and len(err.splitlines()) == 1,

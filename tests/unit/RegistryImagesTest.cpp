@@ -1,5 +1,7 @@
 #include "daemon/api/RegistryImages.h"
 
+#include "daemon/api/KeptImageCopies.h"
+#include "daemon/api/MountTable.h"
 #include "format/Bootstrap.h"
 #include "format/Error.h"
 #include "registry/RafsLayers.h"
@@ -10,6 +12,7 @@
 
 #include <catch2/catch.hpp>
 
+#include <fstream>
 
 using namespace registry;
 using Catch::Matchers::Contains;
@@ -118,4 +121,55 @@ TEST_CASE("registry images: alongside runs with the layers while the bootstrap i
                                      [](const RafsLayers&) { rafs::fail("blob gone"); }),
                       Contains("blob gone"));
     CHECK(entries(other.path() / "images").empty());
+}
+
+TEST_CASE("registry images: kept copies listed, renewed on reuse, forgotten; the collector's view of them", "[registry]") {
+    PushedImage image;
+    TempDir state;
+    rafsd::RegistryImages images(state.path() / "images");
+    CHECK(images.list().empty());
+    const rafsd::RegistryImage kept = images.obtain(image.store, ImageReference::parse("h/app:v1"));
+    const std::filesystem::path dir = kept.bootstrap.parent_path();
+    std::vector<rafsd::RegistryImages::KeptCopy> copies = images.list();
+    REQUIRE(copies.size() == 1);
+    CHECK(copies[0].manifest_digest == image.digest);
+    CHECK(copies[0].bytes >= image.boot.size());
+
+    // Reuse renews the time of last use.
+    const auto old = std::filesystem::file_time_type::clock::now() - std::chrono::hours(2);
+    std::filesystem::last_write_time(dir, old);
+    const int64_t before = images.list().at(0).last_use;
+    images.obtain(image.store, ImageReference::parse("h/app@" + image.digest));
+    CHECK(images.list().at(0).last_use >= before + 7000);
+
+    // The collector's layout: not while a mount table lists the manifest, nor within keep_recent.
+    rafsd::KeptImageCopies layout(images, state.path(), std::chrono::seconds(60));
+    CHECK(layout.list({}).empty());  // just reused
+    std::filesystem::last_write_time(dir, old);
+    rafsd::saveMounts(rafsd::servedMountTable(state.path()),
+                      {{"fanotify", kept.bootstrap, "/mnt/a", "", "", std::nullopt, "h/app:v1", image.digest}});
+    CHECK(layout.list({}).empty());  // mounted by rafsd serve
+    rafsd::saveMounts(rafsd::servedMountTable(state.path()), {});
+    rafsd::saveMounts(rafsd::imageMountTable(state.path(), 4242),
+                      {{"fscache", kept.bootstrap, "/mnt/b", "fsid", "", std::nullopt, "h/app:v1", image.digest}});
+    CHECK(layout.list({}).empty());  // mounted by a rafsd mount
+    std::filesystem::remove(rafsd::imageMountTable(state.path(), 4242));
+    std::vector<rafsd::UnusedCache> unused = layout.list({});
+    REQUIRE(unused.size() == 1);
+    CHECK(unused[0].name == "bootstrap of image " + image.digest);
+    CHECK(unused[0].bytes == copies[0].bytes);
+    unused[0].remove();
+    CHECK(entries(state.path() / "images").empty());
+    CHECK(images.list().empty());
+    // Gone: the next mount fetches it again.
+    CHECK(image.store.blob_reads == 1);
+    CHECK(rafs::test::readFile(images.obtain(image.store, ImageReference::parse("h/app@" + image.digest)).bootstrap) ==
+          image.boot);
+    CHECK(image.store.blob_reads == 2);
+    images.forget("sha256:" + std::string(64, '0'));  // nothing kept: nothing to do
+
+    // A table that cannot be read: the layout refuses to guess (the collector logs it).
+    std::filesystem::last_write_time(images.imageDir(image.digest), old);
+    std::ofstream(rafsd::servedMountTable(state.path())) << "{";
+    CHECK_THROWS_WITH(layout.list({}), Contains("mounts.json"));
 }
