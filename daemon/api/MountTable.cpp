@@ -2,10 +2,7 @@
 
 #include "format/Error.h"
 #include "daemon/core/DurableFile.h"
-#include "format/UniqueFd.h"
-
-#include <fcntl.h>
-#include <unistd.h>
+#include "format/FileIo.h"
 
 #include <cerrno>
 #include <nlohmann/json.hpp>
@@ -41,21 +38,13 @@ void saveMounts(const fs::path& path, const std::vector<MountRecord>& mounts) {
 }
 
 std::vector<MountRecord> loadMounts(const fs::path& path) {
-    rafs::UniqueFd file(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
-    if (file.get() < 0) {
-        if (errno == ENOENT) return {};
-        rafs::failErrno("open " + path.string());
-    }
     std::string text;
-    char buffer[8192];
-    for (;;) {
-        const ssize_t n = ::read(file.get(), buffer, sizeof buffer);
-        if (n < 0 && errno == EINTR) continue;
-        if (n < 0) rafs::failErrno("read " + path.string());
-        if (n == 0) break;
-        text.append(buffer, static_cast<size_t>(n));
+    try {
+        text = rafs::readFile(path.string());
+    } catch (const rafs::SystemError& e) {
+        if (e.code() == ENOENT) return {};
+        throw;
     }
-    file.close(path.string());
     std::vector<MountRecord> mounts;
     try {
         const nlohmann::json j = nlohmann::json::parse(text);
