@@ -255,8 +255,11 @@ HttpResponse HttpTransport::perform(const HttpRequest& request) {
     setOption(h, CURLOPT_URL, request.url.c_str());
     setOption(h, CURLOPT_PROTOCOLS_STR, "http,https");
     setOption(h, CURLOPT_NOSIGNAL, 1L);
-    // Wait for a connection that can take another stream rather than open one more.
-    setOption(h, CURLOPT_PIPEWAIT, 1L);
+    // Over TLS, wait for a connection that can take another stream (HTTP/2, by ALPN) rather than
+    // open one more. Not over plain http, which never multiplexes here (CURL_HTTP_VERSION_2TLS):
+    // there the wait serializes transfers behind a server that closes its connections, so one
+    // stalled reply would hold every other (curl issue #15838).
+    setOption(h, CURLOPT_PIPEWAIT, request.url.starts_with("https://") ? 1L : 0L);
     setOption(h, CURLOPT_ERRORBUFFER, error);
     setOption(h, CURLOPT_HTTPHEADER, headers.list);
     setOption(h, CURLOPT_USERAGENT, "rafsd/0.1");
