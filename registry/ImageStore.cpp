@@ -44,7 +44,8 @@ void replaceFile(const fs::path& path, std::string_view bytes) {
 
 }  // namespace
 
-OciLayoutStore::OciLayoutStore(fs::path dir, bool create) : dir_(std::move(dir)) {
+OciLayoutStore::OciLayoutStore(fs::path dir, bool create, LayoutFileCreated on_create)
+    : dir_(std::move(dir)), on_create_(std::move(on_create)) {
     std::error_code ec;
     if (!fs::exists(dir_ / "oci-layout", ec)) {
         if (!create) rafs::fail("oci:{}: not an OCI image layout (no oci-layout file)", dir_.string());
@@ -105,8 +106,12 @@ bool OciLayoutStore::hasBlob(const std::string& digest) {
 void OciLayoutStore::writeBlob(const std::string& digest, RequestBody& body) {
     const fs::path path = blobPath(digest);
     const fs::path tmp = path.string() + ".tmp-" + std::to_string(::getpid());
+    if (on_create_) {
+        on_create_(tmp);
+        on_create_(path);
+    }
     rafs::Hasher hasher(rafs::Digester::Sha256);
-    {
+    try {
         std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
         std::vector<uint8_t> buffer(1 << 20);
         body.rewind();
@@ -115,16 +120,15 @@ void OciLayoutStore::writeBlob(const std::string& digest, RequestBody& body) {
             out.write(reinterpret_cast<const char*>(buffer.data()), static_cast<std::streamsize>(n));
         }
         out.flush();
-        if (!out) {
-            std::error_code ignored;
-            fs::remove(tmp, ignored);
-            rafs::failErrno("writing " + tmp.string());
+        if (!out) rafs::failErrno("writing " + tmp.string());
+        if ("sha256:" + rafs::toHex(hasher.finish()) != digest) {
+            rafs::fail("{}: the data written as {} has another digest", describe(), digest);
         }
-    }
-    if ("sha256:" + rafs::toHex(hasher.finish()) != digest) {
+    } catch (...) {
+        // Also when the body fails: no temporary file is left in the layout.
         std::error_code ignored;
         fs::remove(tmp, ignored);
-        rafs::fail("{}: the data written as {} has another digest", describe(), digest);
+        throw;
     }
     std::error_code ec;
     fs::rename(tmp, path, ec);
@@ -165,8 +169,11 @@ std::vector<uint8_t> readVerifiedBlob(ImageStore& store, const Descriptor& blob,
 
 std::unique_ptr<ImageStore> openStore(
     const ImageReference& ref, bool create,
-    const std::function<std::shared_ptr<RegistryClient>(const ImageReference&)>& client_for) {
-    if (ref.kind == ImageReference::Kind::Layout) return std::make_unique<OciLayoutStore>(ref.layout_dir, create);
+    const std::function<std::shared_ptr<RegistryClient>(const ImageReference&)>& client_for,
+    LayoutFileCreated on_create) {
+    if (ref.kind == ImageReference::Kind::Layout) {
+        return std::make_unique<OciLayoutStore>(ref.layout_dir, create, std::move(on_create));
+    }
     return std::make_unique<RegistryStore>(client_for(ref));
 }
 

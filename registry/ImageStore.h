@@ -12,6 +12,7 @@
 #include <filesystem>
 #include <memory>
 #include <span>
+#include <functional>
 #include <string>
 
 namespace registry {
@@ -57,6 +58,11 @@ private:
     std::shared_ptr<RegistryClient> client_;
 };
 
+// Told of each path a blob write is about to create in a layout (its temporary file, then the
+// blob), before it exists: a writer that must leave an existing layout as it found it when it
+// fails removes them.
+using LayoutFileCreated = std::function<void(const std::filesystem::path&)>;
+
 // An OCI image layout (image-spec image-layout.md): DIR/oci-layout, DIR/index.json naming
 // manifests by the org.opencontainers.image.ref.name annotation, DIR/blobs/sha256/<hex>. Blobs
 // are written to a temporary file and renamed; index.json is replaced whole, so readers never see
@@ -64,7 +70,7 @@ private:
 class OciLayoutStore : public ImageStore {
 public:
     // `create`: make DIR a layout if it does not exist (a target); else it must be one.
-    OciLayoutStore(std::filesystem::path dir, bool create);
+    OciLayoutStore(std::filesystem::path dir, bool create, LayoutFileCreated on_create = {});
     FetchedManifest manifest(const std::string& reference) override;
     uint64_t blobSize(const std::string& digest) override;
     void readBlob(const std::string& digest, uint64_t offset, std::span<uint8_t> out) override;
@@ -79,6 +85,7 @@ private:
     void writeBlob(const std::string& digest, RequestBody& body);
 
     std::filesystem::path dir_;
+    LayoutFileCreated on_create_;
 };
 
 // The whole blob `blob` describes, checked against its digest; at most `max_size` bytes. Throws
@@ -86,9 +93,11 @@ private:
 std::vector<uint8_t> readVerifiedBlob(ImageStore& store, const Descriptor& blob, uint64_t max_size,
                                       std::string_view what);
 
-// The store an ImageReference names. Registries get `client_for(host, repository)`.
+// The store an ImageReference names. Registries get `client_for(host, repository)`; a layout
+// reports the files it creates to `on_create`.
 std::unique_ptr<ImageStore> openStore(
     const ImageReference& ref, bool create,
-    const std::function<std::shared_ptr<RegistryClient>(const ImageReference&)>& client_for);
+    const std::function<std::shared_ptr<RegistryClient>(const ImageReference&)>& client_for,
+    LayoutFileCreated on_create = {});
 
 }  // namespace registry

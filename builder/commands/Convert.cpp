@@ -54,15 +54,19 @@ public:
         credentials_ = std::make_shared<registry::CredentialStore>(o.authfile);
     }
 
-    std::unique_ptr<ImageStore> open(const ImageReference& ref, bool target) {
-        return registry::openStore(ref, target, [&](const ImageReference& r) {
-            registry::RegistryOptions options;
-            options.host = r.host;
-            options.repository = r.repository;
-            options.plain_http = options_.plain_http;
-            options.push = target;
-            return std::make_shared<registry::RegistryClient>(options, transport_, credentials_);
-        });
+    // `on_create`: for a layout target, each file its blob writes create (CreatedLayout).
+    std::unique_ptr<ImageStore> open(const ImageReference& ref, bool target, registry::LayoutFileCreated on_create = {}) {
+        return registry::openStore(
+            ref, target,
+            [&](const ImageReference& r) {
+                registry::RegistryOptions options;
+                options.host = r.host;
+                options.repository = r.repository;
+                options.plain_http = options_.plain_http;
+                options.push = target;
+                return std::make_shared<registry::RegistryClient>(options, transport_, credentials_);
+            },
+            std::move(on_create));
     }
 
 private:
@@ -425,9 +429,9 @@ std::string chunkDictBootstrap(const std::string& dict, Clients& clients, const 
     return path.string();
 }
 
-// The parts of an OCI layout target that a conversion creates, removed again unless it succeeds:
-// a failed conversion leaves no half-made layout behind. An existing layout keeps its index as it
-// was; blobs pushed into it meanwhile stay unreferenced, as in a registry.
+// The parts of an OCI layout target that a conversion creates, removed again unless it succeeds
+// (also on a signal): a new layout whole; in an existing one, its missing parts and the files its
+// blob writes create (the store reports them), so that a failed conversion leaves it as it was.
 class CreatedLayout {
 public:
     explicit CreatedLayout(const ImageReference& target) {
@@ -438,15 +442,27 @@ public:
             created_.push_back(std::make_unique<RemovedUnlessKept>(dir));
             return;
         }
+        existing_ = true;
         for (const char* name : {"oci-layout", "index.json", "blobs"}) {
             if (!fs::exists(dir / name, ec)) created_.push_back(std::make_unique<RemovedUnlessKept>(dir / name));
         }
     }
+    // For the target store: called from the threads that push blobs.
+    registry::LayoutFileCreated tracker() {
+        if (!existing_) return {};
+        return [this](const fs::path& path) {
+            std::lock_guard lock(mutex_);
+            created_.push_back(std::make_unique<RemovedUnlessKept>(path));
+        };
+    }
     void keep() {
+        std::lock_guard lock(mutex_);
         for (const auto& path : created_) path->keep();
     }
 
 private:
+    bool existing_ = false;
+    std::mutex mutex_;
     std::vector<std::unique_ptr<RemovedUnlessKept>> created_;
 };
 
@@ -466,7 +482,7 @@ void convert(const ConvertOptions& o, std::ostream& log) {
     Clients clients(o);
     auto source = clients.open(source_ref, false);
     CreatedLayout created(target_ref);
-    auto target = clients.open(target_ref, true);
+    auto target = clients.open(target_ref, true, created.tracker());
 
     std::vector<ResolvedManifest> images;
     if (o.all_platforms) {
@@ -488,9 +504,16 @@ void convert(const ConvertOptions& o, std::ostream& log) {
     }
 
     std::string final_digest;
+    // A layout's index.json names the new manifest and keep() releases its blobs as one step for a
+    // signal (a registry's final PUT may stall: a signal goes through meanwhile).
+    std::unique_lock<std::recursive_mutex> publishing;
+    const auto publish = [&](std::string_view media_type, const std::string& bytes) {
+        if (target_ref.kind == ImageReference::Kind::Layout) publishing = holdInterrupts();
+        target->putManifest(target_ref.tag, media_type, bytes);
+    };
     if (images.size() == 1 && !o.merge_index) {
         const auto& [digest, bytes] = converter.manifests().front();
-        target->putManifest(target_ref.tag, registry::media::kOciManifest, bytes);
+        publish(registry::media::kOciManifest, bytes);
         final_digest = digest;
     } else {
         converter.pushManifests();
@@ -508,10 +531,11 @@ void convert(const ConvertOptions& o, std::ostream& log) {
             index.manifests.push_back(rafs);
         }
         const std::string bytes = index.serialize();
-        target->putManifest(target_ref.tag, registry::media::kOciIndex, bytes);
+        publish(registry::media::kOciIndex, bytes);
         final_digest = registry::sha256Digest(bytes);
     }
     created.keep();
+    if (publishing) publishing.unlock();
     const PushCounts& c = converter.counts();
     log << fmt::format("pushed {}: {} blobs uploaded ({:.1f} MiB), {} already there, {} mounted from other "
                        "repositories\n", target_ref.str(), c.uploaded, static_cast<double>(c.uploaded_bytes) / (1 << 20),

@@ -28,7 +28,8 @@ base's big file) and pushed by skopeo:
    to the source;
 8. bad input, each one error line, non-zero exit, and the target tag never appears: an unknown
    tag, an image that is already RAFS, a layer media type it does not handle (encrypted), a layer
-   whose bytes do not match its digest (a damaged OCI layout), wrong credentials, a registry
+   whose bytes do not match its digest (a damaged OCI layout; into a new layout, none is left;
+   into an existing one, its index and its blobs are as they were), wrong credentials, a registry
    whose CA is unknown.
 """
 
@@ -488,10 +489,15 @@ def main():
             copy_layout(src_layout, existing)
             with open(os.path.join(existing, 'index.json'), 'rb') as f:
                 index_before = f.read()
+            blobs_before = sorted(os.listdir(os.path.join(existing, 'blobs', 'sha256')))
             expect_fail(ck, 'damaged layer into an existing layout',
                         convert(mk, reg, 'oci:%s:v1' % bad_layout, 'oci:%s:t' % existing), m['layers'][-1]['digest'])
             with open(os.path.join(existing, 'index.json'), 'rb') as f:
                 ck.check(f.read() == index_before, 'the existing layout keeps its index.json as it was')
+            blobs_after = sorted(os.listdir(os.path.join(existing, 'blobs', 'sha256')))
+            ck.check(blobs_after == blobs_before, 'and its blobs: the RAFS blobs of the layers converted before the '
+                     'damaged one are gone again (%d blobs before, %d after)' % (len(blobs_before), len(blobs_after)),
+                     repr(sorted(set(blobs_after) ^ set(blobs_before))))
             wrong_auth = os.path.join(tmp, 'wrong-auth.json')
             docker_config(wrong_auth, host, ImageRegistry.USER, 'wrong')
             expect_fail(ck, 'wrong password', run([mk.path, 'convert', '--authfile', wrong_auth, '--cert-dir',

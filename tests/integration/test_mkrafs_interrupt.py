@@ -7,7 +7,10 @@
 2. the same into an existing empty output dir, SIGTERM: status 143, the dir is empty again;
 3. `mkrafs convert --work-dir W` from Debian's docker-registry (plain http, behind the test's own
    proxy, which stalls every layer GET) into `oci:NEW`: SIGHUP, status 129, W empty, NEW absent;
-4. a second run of case 1 left to finish: the signal handling changes nothing for a run that ends
+4. `mkrafs convert` of a two-layer image into an existing `oci:` layout, the second layer's GET
+   stalled: once the first layer's RAFS blob is in the layout, SIGINT, status 130, and the layout
+   holds exactly the files it held before (no blob, no temporary file);
+5. a second run of case 1 left to finish: the signal handling changes nothing for a run that ends
    by itself (the image builds, exit 0).
 Each signal is sent once mkrafs has made its staging or work directory, and each exit is waited
 for at most 10 s.
@@ -82,33 +85,42 @@ def stalled_build(ck, mkrafs, output, sig, what, expect_status):
         os.close(write_end)
 
 
-def oci_image():
-    """(config bytes, layer bytes): one gzip tar layer of 4 MiB of random data."""
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode='w', format=tarfile.GNU_FORMAT) as t:
-        data = os.urandom(4 * MiB)
-        info = tarfile.TarInfo('data')
-        info.size = len(data)
-        t.addfile(info, io.BytesIO(data))
-    tar = buf.getvalue()
+def oci_image(layers=1):
+    """(config bytes, [layer bytes]): gzip tar layers of 4 MiB of random data each."""
+    tars = []
+    for n in range(layers):
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode='w', format=tarfile.GNU_FORMAT) as t:
+            data = os.urandom(4 * MiB)
+            info = tarfile.TarInfo('data%d' % n)
+            info.size = len(data)
+            t.addfile(info, io.BytesIO(data))
+        tars.append(buf.getvalue())
     config = json.dumps({'architecture': 'amd64', 'os': 'linux',
-                         'rootfs': {'type': 'layers', 'diff_ids': ['sha256:' + hashlib.sha256(tar).hexdigest()]}}).encode()
-    return config, gzip.compress(tar, compresslevel=1)
+                         'rootfs': {'type': 'layers', 'diff_ids': ['sha256:' + hashlib.sha256(t).hexdigest() for t in tars]}})
+    return config.encode(), [gzip.compress(t, compresslevel=1) for t in tars]
+
+
+def push_image(base, config, layers):
+    """Pushes the image as repo:v1; returns the layers' digests."""
+    digests = [push_data(base, REPO, layer) for layer in layers]
+    manifest = {'schemaVersion': 2, 'mediaType': 'application/vnd.oci.image.manifest.v1+json',
+                'config': {'mediaType': 'application/vnd.oci.image.config.v1+json',
+                           'digest': push_data(base, REPO, config), 'size': len(config)},
+                'layers': [{'mediaType': 'application/vnd.oci.image.layer.v1.tar+gzip', 'digest': d, 'size': len(layer)}
+                           for d, layer in zip(digests, layers)]}
+    push_manifest(base, REPO, 'v1', 'application/vnd.oci.image.manifest.v1+json', json.dumps(manifest).encode())
+    return digests
 
 
 def stalled_convert(ck, mkrafs, tmp):
     reg_port, proxy_port = free_port(), free_port()
     base = 'http://127.0.0.1:%d' % reg_port
-    config, layer = oci_image()
+    config, layers = oci_image()
     # The first blob GET (the config) passes, every later one (the layer) stalls.
     with registry(tmp, 'registry', reg_port), FaultProxy(proxy_port, reg_port, lambda n: 'ok' if n == 0 else 'stall',
                                                          stall_seconds=60).start() as proxy:
-        manifest = {'schemaVersion': 2, 'mediaType': 'application/vnd.oci.image.manifest.v1+json',
-                    'config': {'mediaType': 'application/vnd.oci.image.config.v1+json',
-                               'digest': push_data(base, REPO, config), 'size': len(config)},
-                    'layers': [{'mediaType': 'application/vnd.oci.image.layer.v1.tar+gzip',
-                                'digest': push_data(base, REPO, layer), 'size': len(layer)}]}
-        push_manifest(base, REPO, 'v1', 'application/vnd.oci.image.manifest.v1+json', json.dumps(manifest).encode())
+        push_image(base, config, layers)
         proxy.active = True
         work = os.path.join(tmp, 'work')
         target = os.path.join(tmp, 'converted')
@@ -128,6 +140,52 @@ def stalled_convert(ck, mkrafs, tmp):
                 proc.wait()
         ck.check(os.listdir(work) == [], 'convert: the work dir holds nothing', repr(os.listdir(work)))
         ck.check(not os.path.exists(target), 'convert: no OCI layout was left at the target')
+
+
+def layout_files(layout):
+    return sorted(os.path.relpath(os.path.join(d, f), layout) for d, _, files in os.walk(layout) for f in files)
+
+
+def stalled_convert_into_layout(ck, mkrafs, tmp):
+    """Two layers, the second one's GET stalls: the first layer's RAFS blob is written into the
+    existing layout target, then SIGINT: the layout is left as it was."""
+    reg_port, proxy_port = free_port(), free_port()
+    base = 'http://127.0.0.1:%d' % reg_port
+    config, layers = oci_image(2)
+    target = os.path.join(tmp, 'existing-layout')
+    os.makedirs(os.path.join(target, 'blobs', 'sha256'))
+    with open(os.path.join(target, 'oci-layout'), 'w') as f:
+        f.write('{"imageLayoutVersion": "1.0.0"}')
+    with open(os.path.join(target, 'index.json'), 'w') as f:
+        f.write('{"schemaVersion": 2, "manifests": []}')
+    with open(os.path.join(target, 'blobs', 'sha256', hashlib.sha256(b'other').hexdigest()), 'wb') as f:
+        f.write(b'other')
+    before = layout_files(target)
+    with registry(tmp, 'registry2', reg_port):
+        digests = push_image(base, config, layers)
+        stalled_digest = digests[1]
+        with FaultProxy(proxy_port, reg_port, lambda n, path: 'stall' if path.endswith(stalled_digest) else 'ok',
+                        stall_seconds=60, by_path=True).start() as proxy:
+            proxy.active = True
+            work = os.path.join(tmp, 'work2')
+            os.makedirs(work)
+            cmd = [mkrafs, 'convert', '--plain-http', '--authfile', os.path.join(tmp, 'none.json'), '--work-dir', work,
+                   '127.0.0.1:%d/%s:v1' % (proxy_port, REPO), 'oci:' + target]
+            log('$ ' + ' '.join(cmd))
+            proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            try:
+                written = harness.wait_for(lambda: len(os.listdir(os.path.join(target, 'blobs', 'sha256'))) > 1
+                                           and proxy.made['stall'] > 0, timeout=EXIT_BOUND)
+                ck.check(written, 'convert: the first layer\'s blob is in the layout while the second layer stalls (%s)'
+                         % layout_files(target))
+                wait_signalled(ck, proc, signal.SIGINT, 'convert into an existing layout', 128 + signal.SIGINT)
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+            ck.check(os.listdir(work) == [], 'convert: the work dir holds nothing', repr(os.listdir(work)))
+            after = layout_files(target)
+            ck.check(after == before, 'convert: the existing layout holds what it held before', repr(after))
 
 
 def main():
@@ -152,7 +210,10 @@ def main():
         ck.section('3. convert from a registry whose layer GET stalls, SIGHUP')
         stalled_convert(ck, mkrafs, tmp)
 
-        ck.section('4. a build that is not interrupted')
+        ck.section('4. convert into an existing layout, the second layer stalls after the first one\'s blob is written, SIGINT')
+        stalled_convert_into_layout(ck, mkrafs, tmp)
+
+        ck.section('5. a build that is not interrupted')
         tar = os.path.join(tmp, 'small.tar')
         with open(tar, 'wb') as f:
             f.write(tar_header('small', 3 * MiB) + os.urandom(3 * MiB) + bytes(-(3 * MiB) % 512) + bytes(1024))

@@ -437,11 +437,11 @@ class FaultProxy(ThreadedServer):
       'truncate'  headers with the full Content-Length, half the body, then closed
       'stall'     headers and a few bytes, then silence for `stall_seconds`, then closed
       'flip'      the whole reply with one bit of the body flipped
-    Counts the faults it made (`made`)."""
+    With `by_path`, choose() is given the request's path too. Counts the faults it made (`made`)."""
 
-    def __init__(self, port, upstream_port, choose, stall_seconds=8):
+    def __init__(self, port, upstream_port, choose, stall_seconds=8, by_path=False):
         import collections
-        self.port, self.upstream_port, self.choose = port, upstream_port, choose
+        self.port, self.upstream_port, self.choose, self.by_path = port, upstream_port, choose, by_path
         self.stall_seconds = stall_seconds
         self.active = False
         self.made = collections.Counter()
@@ -468,7 +468,7 @@ class FaultProxy(ThreadedServer):
         fault = 'ok'
         with self.lock:
             if self.active and method == 'GET' and '/blobs/' in path:
-                fault = self.choose(self.requests)
+                fault = self.choose(self.requests, path) if self.by_path else self.choose(self.requests)
                 self.requests += 1
             self.made[fault] += 1
         if fault == 'reset':
