@@ -113,6 +113,26 @@ def push_image(base, config, layers):
     return digests
 
 
+def interrupted_convert(ck, mkrafs, tmp, work_name, proxy_port, target, sig, what, ready, ready_what):
+    """`mkrafs convert` of repo:v1 through the proxy into oci:TARGET with a new work dir, signalled
+    once ready(work dir) holds; checks the exit and that the work dir is left empty. Returns it."""
+    work = os.path.join(tmp, work_name)
+    os.makedirs(work)
+    cmd = [mkrafs, 'convert', '--plain-http', '--authfile', os.path.join(tmp, 'none.json'), '--work-dir', work,
+           '127.0.0.1:%d/%s:v1' % (proxy_port, REPO), 'oci:' + target]
+    log('$ ' + ' '.join(cmd))
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        ck.check(harness.wait_for(lambda: ready(work), timeout=EXIT_BOUND), '%s: %s' % (what, ready_what))
+        wait_signalled(ck, proc, sig, what, 128 + sig)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    ck.check(os.listdir(work) == [], '%s: the work dir holds nothing' % what, repr(os.listdir(work)))
+    return work
+
+
 def stalled_convert(ck, mkrafs, tmp):
     reg_port, proxy_port = free_port(), free_port()
     base = 'http://127.0.0.1:%d' % reg_port
@@ -122,23 +142,10 @@ def stalled_convert(ck, mkrafs, tmp):
                                                          stall_seconds=60).start() as proxy:
         push_image(base, config, layers)
         proxy.active = True
-        work = os.path.join(tmp, 'work')
         target = os.path.join(tmp, 'converted')
-        os.makedirs(work)
-        cmd = [mkrafs, 'convert', '--plain-http', '--authfile', os.path.join(tmp, 'none.json'), '--work-dir', work,
-               '127.0.0.1:%d/%s:v1' % (proxy_port, REPO), 'oci:' + target]
-        log('$ ' + ' '.join(cmd))
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        try:
-            stalled = harness.wait_for(lambda: os.listdir(work) and proxy.made['stall'] > 0, timeout=EXIT_BOUND)
-            ck.check(stalled, 'convert: mkrafs made its work dir and waits on the stalled layer (%s, faults %r)'
-                     % (os.listdir(work), dict(proxy.made)))
-            wait_signalled(ck, proc, signal.SIGHUP, 'convert', 128 + signal.SIGHUP)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-        ck.check(os.listdir(work) == [], 'convert: the work dir holds nothing', repr(os.listdir(work)))
+        interrupted_convert(ck, mkrafs, tmp, 'work', proxy_port, target, signal.SIGHUP, 'convert',
+                                   lambda w: os.listdir(w) and proxy.made['stall'] > 0,
+                                   'mkrafs made its work dir and waits on the stalled layer')
         ck.check(not os.path.exists(target), 'convert: no OCI layout was left at the target')
 
 
@@ -167,25 +174,13 @@ def stalled_convert_into_layout(ck, mkrafs, tmp):
         with FaultProxy(proxy_port, reg_port, lambda n, path: 'stall' if path.endswith(stalled_digest) else 'ok',
                         stall_seconds=60, by_path=True).start() as proxy:
             proxy.active = True
-            work = os.path.join(tmp, 'work2')
-            os.makedirs(work)
-            cmd = [mkrafs, 'convert', '--plain-http', '--authfile', os.path.join(tmp, 'none.json'), '--work-dir', work,
-                   '127.0.0.1:%d/%s:v1' % (proxy_port, REPO), 'oci:' + target]
-            log('$ ' + ' '.join(cmd))
-            proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-            try:
-                written = harness.wait_for(lambda: len(os.listdir(os.path.join(target, 'blobs', 'sha256'))) > 1
-                                           and proxy.made['stall'] > 0, timeout=EXIT_BOUND)
-                ck.check(written, 'convert: the first layer\'s blob is in the layout while the second layer stalls (%s)'
-                         % layout_files(target))
-                wait_signalled(ck, proc, signal.SIGINT, 'convert into an existing layout', 128 + signal.SIGINT)
-            finally:
-                if proc.poll() is None:
-                    proc.kill()
-                    proc.wait()
-            ck.check(os.listdir(work) == [], 'convert: the work dir holds nothing', repr(os.listdir(work)))
+            interrupted_convert(ck, mkrafs, tmp, 'work2', proxy_port, target, signal.SIGINT,
+                                'convert into an existing layout',
+                                lambda _: len(os.listdir(os.path.join(target, 'blobs', 'sha256'))) > 1
+                                and proxy.made['stall'] > 0,
+                                'the first layer\'s blob is in the layout while the second layer stalls')
             after = layout_files(target)
-            ck.check(after == before, 'convert: the existing layout holds what it held before', repr(after))
+            ck.check(after == before, 'convert into an existing layout: it holds what it held before', repr(after))
 
 
 def main():
