@@ -115,7 +115,7 @@ def push_image(base, config, layers):
 
 def interrupted_convert(ck, mkrafs, tmp, work_name, proxy_port, target, sig, what, ready, ready_what):
     """`mkrafs convert` of repo:v1 through the proxy into oci:TARGET with a new work dir, signalled
-    once ready(work dir) holds; checks the exit and that the work dir is left empty. Returns it."""
+    once ready(work dir) holds; checks the exit and that the work dir is left empty."""
     work = os.path.join(tmp, work_name)
     os.makedirs(work)
     cmd = [mkrafs, 'convert', '--plain-http', '--authfile', os.path.join(tmp, 'none.json'), '--work-dir', work,
@@ -130,7 +130,6 @@ def interrupted_convert(ck, mkrafs, tmp, work_name, proxy_port, target, sig, wha
             proc.kill()
             proc.wait()
     ck.check(os.listdir(work) == [], '%s: the work dir holds nothing' % what, repr(os.listdir(work)))
-    return work
 
 
 def stalled_convert(ck, mkrafs, tmp):
