@@ -147,9 +147,11 @@ RegistryImage RegistryImages::keep(const registry::FetchedManifest& manifest, co
                                      {"bootstrap_sha256", sha256Hex(bootstrap)}};
         writeFileUnsynced(temp / kMetaFile, meta.dump(2) + "\n");
         if (::rename(temp.c_str(), final_dir.c_str()) != 0) {
-            // Another rafsd kept the same image meanwhile: same digest, same content.
+            // Another rafsd kept the same image meanwhile: same digest, same content. Used now,
+            // for the collector.
             if (errno != EEXIST && errno != ENOTEMPTY) rafs::failErrno("rename " + temp.string() + " to " + final_dir.string());
             fs::remove_all(temp);
+            fs::last_write_time(final_dir, fs::file_time_type::clock::now());
         }
     } catch (const fs::filesystem_error& e) {
         fs::remove_all(temp, ec);
