@@ -1,14 +1,18 @@
 #!/usr/bin/env python3
 """A fault-injecting proxy of the test's own between rafsd (registry backend, fanotify engine) and
 Debian's docker-registry on 127.0.0.1: bursts of 503, connection resets, truncated bodies, a
-stalled response, 429 with Retry-After, flipped bits in a body.
+stalled response, a reply that never starts, 429 with Retry-After, flipped bits in a body.
 
 1. with faults on about 40% of the blob GETs, four threads read cold files piece by piece: every
    piece read returns the right bytes or EIO, never wrong bytes; none takes longer than the
    configured timeouts allow; every kind of fault was made; the retries show in `rafsctl status`;
 2. with every blob GET failing, a read ends with EIO within the bound, and rafsd logs one line
    naming the blob, the byte range and the URL;
-3. with the proxy healthy again, the same file reads back right (a failure is not remembered).
+3. with the proxy healthy again, the same file reads back right (a failure is not remembered);
+4. one GET left without any reply (the proxy, like a plain HTTP/1.x server, closes each
+   connection after one reply): a piece of another file reads right within 1 s while it hangs (its
+   GET does not wait on that connection to learn whether it could share it), and the first piece
+   reads right after the retry.
 """
 
 import errno
@@ -24,7 +28,7 @@ from rafstest.rafsd import RafsdServe, network_config, rafsctl, rafsctl_status, 
 from rafstest.servers import FaultProxy, free_port, push_blob, registry
 
 KiB, MiB = 1 << 10, 1 << 20
-FILES = [('f%d' % i, 2 * MiB) for i in range(6)]
+FILES = [('f%d' % i, 2 * MiB) for i in range(7)]
 PIECE = 64 * KiB
 REPO = 'test/img'
 FAULTS = ['503', '503', '503', 'reset', 'truncate', 'stall', '429', 'flip']
@@ -67,6 +71,11 @@ def main():
         def choose(n):
             if plan['mode'] == 'all':
                 return '503'
+            if plan['mode'] == 'hang-one':
+                plan['mode'] = 'none'
+                return 'hang'
+            if plan['mode'] == 'none':
+                return 'ok'
             if rnd.random() < 0.6:
                 return 'ok'
             return FAULTS[n % len(FAULTS)]
@@ -137,6 +146,32 @@ def main():
                 results = []
                 read_pieces(os.path.join(mnt, name), sources[name], results)
                 ck.check(all(outcome == 'ok' for _, _, outcome, _ in results), 'every piece right')
+
+                ck.section('one hanging GET holds no other read')
+                # The proxy closes each connection after one reply, as a plain HTTP/1.x server may:
+                # the next GET must get a connection of its own rather than wait for that one.
+                name = FILES[5][0]
+                plan['mode'] = 'hang-one'
+                proxy.active = True
+                hung = []
+                first = threading.Thread(target=read_pieces, args=(os.path.join(mnt, name), sources[name][:PIECE], hung))
+                first.start()
+                harness.wait_for(lambda: proxy.made['hang'] > 0, timeout=10)
+                time.sleep(0.2)
+                other = FILES[6][0]
+                fd = os.open(os.path.join(mnt, other), os.O_RDONLY)
+                try:
+                    t0 = time.monotonic()
+                    data = os.pread(fd, PIECE, MiB)
+                    seconds = time.monotonic() - t0
+                finally:
+                    os.close(fd)
+                ck.check(data == sources[other][MiB:MiB + PIECE] and seconds < 1.0 and first.is_alive(),
+                         'a piece of another file reads right in %.3f s while the first GET hangs' % seconds)
+                first.join(timeout=READ_BOUND)
+                ck.check(hung and hung[0][2] == 'ok', 'the piece whose GET hung reads right after a retry (%.1f s)'
+                         % (hung[0][3] if hung else -1))
+                proxy.active = False
 
                 r = rafsctl(ctl, sock, 'umount', mnt)
                 ck.check(r.returncode == 0, 'rafsctl umount', (r.stderr or b'').decode())

@@ -436,6 +436,7 @@ class FaultProxy(ThreadedServer):
       'reset'     the connection reset (RST) before any reply
       'truncate'  headers with the full Content-Length, half the body, then closed
       'stall'     headers and a few bytes, then silence for `stall_seconds`, then closed
+      'hang'      no reply at all for `stall_seconds`, then closed
       'flip'      the whole reply with one bit of the body flipped
     With `by_path`, choose() is given the request's path too. Counts the faults it made (`made`)."""
 
@@ -471,6 +472,9 @@ class FaultProxy(ThreadedServer):
                 fault = self.choose(self.requests, path) if self.by_path else self.choose(self.requests)
                 self.requests += 1
             self.made[fault] += 1
+        if fault == 'hang':
+            self.stopping.wait(self.stall_seconds)
+            return
         if fault == 'reset':
             import struct
             conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack('ii', 1, 0))
