@@ -101,9 +101,11 @@ BearerToken RegistryClient::fetchToken(const HostAuth& auth, const std::string& 
 
 RegistryClient::Authorization RegistryClient::authorizationFor(const Endpoint& ep) {
     HostAuth auth;
+    bool unasked_failed = false;
     {
         std::lock_guard lock(mutex_);
         auth = auth_[ep.authority];
+        unasked_failed = unasked_failed_.count(ep.authority) != 0;
     }
     Authorization a;
     if (auth.scheme == HostAuth::Scheme::Basic) {
@@ -112,7 +114,7 @@ RegistryClient::Authorization RegistryClient::authorizationFor(const Endpoint& e
     } else if (auth.scheme == HostAuth::Scheme::Bearer) {
         a.token = bearer(auth, ep.authority, {});
         a.header = "Authorization: Bearer " + a.token;
-    } else {
+    } else if (!unasked_failed) {
         // No challenge seen from the host yet: its credentials go along at once, saving the round
         // trip of a first 401 on every cold mount and convert (a registry that wants tokens
         // answers with its Bearer challenge all the same). A helper that fails here fails again,
@@ -120,7 +122,8 @@ RegistryClient::Authorization RegistryClient::authorizationFor(const Endpoint& e
         try {
             a.basic = credentials_->lookup(ep.authority);
         } catch (const rafs::Error&) {
-            a.basic.reset();
+            std::lock_guard lock(mutex_);
+            unasked_failed_.insert(ep.authority);
         }
         if (a.basic) {
             a.header = basicHeader(*a.basic);

@@ -16,6 +16,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <set>
 #include <span>
 #include <string>
 #include <vector>
@@ -119,6 +120,9 @@ private:
 
     std::mutex mutex_;
     std::map<std::string, HostAuth> auth_;  // by authority
+    // Hosts whose credentials could not be looked up to send unasked (a failing helper): not tried
+    // again for every request to a registry that never asks; a challenge looks them up afresh.
+    std::set<std::string> unasked_failed_;
     struct Redirect {
         std::string url;
         std::chrono::steady_clock::time_point expires;

@@ -12,6 +12,8 @@ pushed with the plain distribution upload API; fanotify engine:
 3. the credentials from a credential helper instead (config.json's credsStore names
    docker-credential-rafstest, a script of the test's on PATH that answers `get` for the host):
    the image reads back equal;
+   with an anonymous registry (TLS, no auth) and a credsStore helper that fails, the image reads
+   back equal and the helper ran once, not once per request;
 4. the mount-time probe: a wrong password, an unknown CA, a blob missing from the repository and
    a registry that is not there each fail the mount with one error line naming it, and nothing
    is mounted.
@@ -26,7 +28,7 @@ from rafstest import compare, harness
 from rafstest.harness import log
 from rafstest.rafsd import (RafsdMount, RafsdServe, expect_error, network_config, rafsctl,
                             small_image, start_test)
-from rafstest.servers import basic_auth, docker_config, free_port, htpasswd_registry, push_blob
+from rafstest.servers import basic_auth, docker_config, free_port, htpasswd_registry, push_blob, registry
 
 MiB = 1 << 20
 FILES = [('usr/bin/tool', 2 * MiB + 5), ('usr/lib/big', 6 * MiB), ('etc/conf', 1234), ('var/empty', 0)]
@@ -92,6 +94,29 @@ def main():
                     ck.diffs('tree with the helper\'s credentials', compare.compare_trees(src, mnt))
                 ck.check(m.stop() == 0, 'rafsd mount exits 0')
                 ck.check(PASSWORD not in m.log_text(), 'the password is in no log line')
+
+            ck.section('an anonymous registry and a credential helper that fails: run once, not per request')
+            anon_port = free_port()
+            anon_host = '127.0.0.1:%d' % anon_port
+            cert, key = ca.issue('anon')
+            calls = os.path.join(tmp, 'broken-helper-calls')
+            broken = os.path.join(bin_dir, 'docker-credential-rafsbroken')
+            with open(broken, 'w') as f:
+                f.write('#!/bin/sh\necho "$1" >> %s\necho "keychain locked" >&2\nexit 3\n' % calls)
+            os.chmod(broken, 0o755)
+            broken_json = os.path.join(tmp, 'broken-config.json')
+            with open(broken_json, 'w') as f:
+                json.dump({'credsStore': 'rafsbroken'}, f)
+            with registry(tmp, 'anon', anon_port, cert, key):
+                push_blob('https://' + anon_host, REPO, os.path.join(out, 'blobs', blob), ca.context())
+                cfg = registry_config(tmp, 'anon', anon_host, broken_json, ca_file=ca.cert)
+                with RafsdMount(rafsd, boot, mnt, config=cfg, log_path=os.path.join(tmp, 'anon.log')) as m:
+                    if ck.check(m.start(), 'rafsd mount (anonymous registry, failing helper)', m.log_text()[-2000:]):
+                        ck.diffs('tree from the anonymous registry', compare.compare_trees(src, mnt))
+                    ck.check(m.stop() == 0, 'rafsd mount exits 0')
+                with open(calls) as f:
+                    runs = len(f.read().split())
+                ck.check(runs == 1, 'the failing helper ran once for the whole mount and read (%d runs)' % runs)
 
             ck.section('rafsd serve: the CA from <certs_dir>/<host>/ca.crt, status')
             certs_dir = os.path.join(tmp, 'certs.d')
