@@ -3,8 +3,8 @@
 #include "format/Digest.h"
 #include "format/FileIo.h"
 #include "daemon/api/MountInfo.h"
+#include "daemon/core/DiskUsage.h"
 #include "daemon/core/DurableFile.h"
-#include "daemon/core/Log.h"
 #include "format/Error.h"
 
 #include <sys/stat.h>
@@ -30,9 +30,7 @@ fs::path extractBootstrap(const rafs::Bootstrap& bootstrap, const fs::path& cach
     if (fs::exists(path)) {
         const std::string kept = rafs::readFile(path.string(), bootstrap.bytes().size() + 1);
         if (std::equal(kept.begin(), kept.end(), bootstrap.bytes().begin(), bootstrap.bytes().end())) {
-            std::error_code ec;
-            fs::last_write_time(path, fs::file_time_type::clock::now(), ec);
-            if (ec) log::warn("{}: cannot renew its time of last use: {}", path.string(), ec.message());
+            renewLastUse(path);
             return path;
         }
     }

@@ -15,6 +15,9 @@ namespace {
 
 constexpr int kVersion = 1;
 constexpr std::string_view kServedTable = "mounts.json";
+// "mount-<supervisor pid>.json"
+constexpr std::string_view kImageTablePrefix = "mount-";
+constexpr std::string_view kImageTableSuffix = ".json";
 
 }  // namespace
 
@@ -76,7 +79,7 @@ std::vector<MountRecord> loadMounts(const fs::path& path) {
 fs::path servedMountTable(const fs::path& state_dir) { return state_dir / kServedTable; }
 
 fs::path imageMountTable(const fs::path& state_dir, int supervisor_pid) {
-    return state_dir / ("mount-" + std::to_string(supervisor_pid) + ".json");
+    return state_dir / (std::string(kImageTablePrefix) + std::to_string(supervisor_pid) + std::string(kImageTableSuffix));
 }
 
 std::set<std::string> manifestsInMountTables(const fs::path& state_dir) {
@@ -84,7 +87,7 @@ std::set<std::string> manifestsInMountTables(const fs::path& state_dir) {
     std::error_code ec;
     for (fs::directory_iterator it(state_dir, ec), end; !ec && it != end; it.increment(ec)) {
         const std::string name = it->path().filename().string();
-        const bool table = name == kServedTable || (name.starts_with("mount-") && name.ends_with(".json"));
+        const bool table = name == kServedTable || (name.starts_with(kImageTablePrefix) && name.ends_with(kImageTableSuffix));
         if (!table) continue;
         for (const MountRecord& r : loadMounts(it->path())) {
             if (!r.manifest_digest.empty()) digests.insert(r.manifest_digest);

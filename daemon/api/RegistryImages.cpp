@@ -76,8 +76,8 @@ std::vector<RegistryImages::KeptCopy> RegistryImages::list() const {
         if (!name.starts_with(kDirPrefix)) continue;  // copies being made or removed
         struct stat st {};
         if (::lstat(it->path().c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) continue;
-        const DiskUsage usage = DiskUsage::of(it->path());
-        copies.push_back({"sha256:" + name.substr(std::string_view(kDirPrefix).size()), usage.bytes + uint64_t(st.st_blocks) * 512,
+        // Counted as the collector counts the dir it is in.
+        copies.push_back({"sha256:" + name.substr(std::string_view(kDirPrefix).size()), DiskUsage::of(it->path()).bytes,
                           st.st_mtim.tv_sec});
     }
     if (ec && ec != std::errc::no_such_file_or_directory) rafs::fail("cannot list {}: {}", dir_.string(), ec.message());
@@ -114,8 +114,7 @@ std::optional<RegistryImage> RegistryImages::kept(const std::string& digest) {
             rafs::fail("{} is not the bootstrap that was kept", kBootstrapFile);
         }
         // Its last use, for the collector (KeptImageCopies): a copy in use is never the oldest.
-        fs::last_write_time(dir, fs::file_time_type::clock::now(), ec);
-        if (ec) log::warn("{}: cannot renew its time of last use: {}", dir.string(), ec.message());
+        renewLastUse(dir);
         return RegistryImage{digest, dir / kBootstrapFile, std::move(layers), std::nullopt};
     } catch (const std::exception& e) {
         log::warn("{}: a damaged copy of image {} ({}); fetching it again", dir.string(), digest, e.what());

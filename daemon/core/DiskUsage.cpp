@@ -1,5 +1,7 @@
 #include "daemon/core/DiskUsage.h"
 
+#include "daemon/core/Log.h"
+
 #include <sys/stat.h>
 
 #include <algorithm>
@@ -19,6 +21,12 @@ DiskUsage DiskUsage::of(const fs::path& dir) {
         usage.last_write = std::max<int64_t>(usage.last_write, st.st_mtim.tv_sec);
     }
     return usage;
+}
+
+void renewLastUse(const fs::path& path) {
+    std::error_code ec;
+    fs::last_write_time(path, fs::file_time_type::clock::now(), ec);
+    if (ec) log::warn("{}: cannot renew its time of last use: {}", path.string(), ec.message());
 }
 
 }  // namespace rafsd

@@ -16,4 +16,8 @@ struct DiskUsage {
     static DiskUsage of(const std::filesystem::path& dir);
 };
 
+// Sets the mtime of `path` (a file or a directory) to now: the collectors take its mtime as its
+// last use. A failure is logged: the path then only looks older than it is.
+void renewLastUse(const std::filesystem::path& path);
+
 }  // namespace rafsd

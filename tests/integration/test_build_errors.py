@@ -226,11 +226,7 @@ def check_case(ck, mkrafs, c, tmp, idx):
 
 
 def main():
-    args = harness.parse_args(__doc__.split('\n')[1])
-    harness.require_root_and_erofs()
-    harness.require_tools('setpriv')
-    mkrafs = harness.check_mkrafs(args.mkrafs)
-    ck = harness.Checker('test_build_errors')
+    args, mkrafs, ck = harness.start_mkrafs_test('test_build_errors', __doc__, ('setpriv',))
     with harness.temp_dir('rafs-build-errors-', keep=args.keep) as tmp:
         p = make_inputs(tmp)
         good = [p['good_dir']]

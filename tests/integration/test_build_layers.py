@@ -214,11 +214,8 @@ def fixture_part(ck, mk, tmp):
 
 
 def main():
-    args = harness.parse_args(__doc__.split('\n')[1])
-    harness.require_root_and_erofs()
-    harness.require_tools('tar', 'zstd', 'setfacl')
-    mk = Mkrafs(harness.check_mkrafs(args.mkrafs))
-    ck = harness.Checker('test_build_layers')
+    args, mkrafs, ck = harness.start_mkrafs_test('test_build_layers', __doc__, ('tar', 'zstd', 'setfacl'))
+    mk = Mkrafs(mkrafs)
     with harness.temp_dir('rafs-build-layers-', keep=args.keep) as tmp:
         layers_part(ck, mk, tmp)
         fixture_part(ck, mk, tmp)

@@ -79,11 +79,8 @@ def make_shuffled_copy(ck, tmp):
 
 
 def main():
-    args = harness.parse_args(__doc__.split('\n')[1])
-    harness.require_root_and_erofs()
-    harness.require_tools('setfacl', 'tar', 'cmp')
-    mk = Mkrafs(harness.check_mkrafs(args.mkrafs))
-    ck = harness.Checker('test_build_tree')
+    args, mkrafs, ck = harness.start_mkrafs_test('test_build_tree', __doc__, ('setfacl', 'tar', 'cmp'))
+    mk = Mkrafs(mkrafs)
     with harness.temp_dir('rafs-build-tree-', keep=args.keep) as tmp:
         ck.section('make_full_tree')
         src = os.path.join(tmp, 'src')

@@ -183,11 +183,7 @@ def stalled_convert_into_layout(ck, mkrafs, tmp):
 
 
 def main():
-    args = harness.parse_args(__doc__.split('\n')[1])
-    harness.require_root_and_erofs()
-    harness.require_tools('docker-registry')
-    mkrafs = harness.check_mkrafs(args.mkrafs)
-    ck = harness.Checker('test_mkrafs_interrupt')
+    args, mkrafs, ck = harness.start_mkrafs_test('test_mkrafs_interrupt', __doc__, ('docker-registry',))
     with harness.temp_dir('rafs-interrupt-', keep=args.keep) as tmp:
         ck.section('1. build from a stalled pipe into a new dir, SIGINT')
         new = os.path.join(tmp, 'new')

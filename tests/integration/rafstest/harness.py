@@ -68,6 +68,15 @@ def parse_args(description, extra=None):
     return ap.parse_args()
 
 
+def start_mkrafs_test(name, doc, tools=()):
+    """The common start of a test of mkrafs alone: parses its arguments (described by the
+    docstring's summary line), checks root, EROFS and `tools`. Returns (args, mkrafs path, Checker)."""
+    args = parse_args(doc.split('\n')[1])
+    require_root_and_erofs()
+    require_tools(*tools)
+    return args, check_mkrafs(args.mkrafs), Checker(name)
+
+
 def check_mkrafs(path):
     """Return the absolute mkrafs path or exit FAIL with a clear message."""
     if not path:
