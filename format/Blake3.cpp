@@ -1,5 +1,6 @@
 #include "format/Blake3.h"
 
+#include "format/Blake3Kernels.h"
 #include "format/Error.h"
 
 #include <algorithm>
@@ -9,10 +10,10 @@
 #if defined(__x86_64__) || defined(__i386__)
 #define RAFS_BLAKE3_X86 1
 #include <immintrin.h>
-// Per-function targets let the SIMD kernels live in an ordinary build; they only run once
-// bestBackend() has seen the CPU support them.
+// A per-function target lets the SSE4.1 kernel live in an ordinary build; it only runs once
+// bestBackend() has seen the CPU support it. The 8-lane kernels are units of their own
+// (Blake3Kernels.h).
 #define RAFS_SSE41 __attribute__((target("sse4.1")))
-#define RAFS_AVX2 __attribute__((target("avx2")))
 #endif
 
 namespace rafs {
@@ -21,35 +22,12 @@ namespace {
 
 using Words8 = std::array<uint32_t, 8>;
 using Words16 = std::array<uint32_t, 16>;
+using namespace blake3;
 
-constexpr Words8 kIv = {0x6A09E667, 0xBB67AE85, 0x3C6EF372, 0xA54FF53A,
-                        0x510E527F, 0x9B05688C, 0x1F83D9AB, 0x5BE0CD19};
-
-constexpr uint32_t kChunkStart = 1;
-constexpr uint32_t kChunkEnd = 2;
-constexpr uint32_t kParent = 4;
-constexpr uint32_t kRoot = 8;
-
-constexpr size_t kBlockLen = Blake3::kBlockLen;
-constexpr size_t kChunkLen = Blake3::kChunkLen;
+constexpr Words8 kIvWords = std::to_array(kIv);
 constexpr size_t kBlocksPerChunk = kChunkLen / kBlockLen;
-constexpr size_t kCvLen = 32;
-constexpr size_t kRounds = 7;
 // Bounds the chunk chaining values of one subtree, kept on the stack, to 8 KiB.
 constexpr size_t kMaxSubtreeChunks = 256;
-
-// kSchedule[r][i] is the message word that round r uses in position i: each round reads the
-// previous round's order through the specification's fixed permutation.
-constexpr auto kSchedule = [] {
-    constexpr std::array<uint8_t, 16> permutation = {2, 6,  3,  10, 7, 0,  4,  13,
-                                                     1, 11, 12, 5,  9, 14, 15, 8};
-    std::array<std::array<uint8_t, 16>, kRounds> schedule{};
-    for (size_t i = 0; i < 16; ++i) schedule[0][i] = static_cast<uint8_t>(i);
-    for (size_t r = 1; r < kRounds; ++r) {
-        for (size_t i = 0; i < 16; ++i) schedule[r][i] = schedule[r - 1][permutation[i]];
-    }
-    return schedule;
-}();
 
 uint32_t loadLe32(const uint8_t* p) {
     uint32_t w;
@@ -107,7 +85,7 @@ Words8 compress(const Words8& cv, const Words16& m, uint64_t counter, uint32_t b
                  static_cast<uint32_t>(counter), static_cast<uint32_t>(counter >> 32), blockLen, flags};
     // Unrolled, the schedule's indices become constants.
 #pragma GCC unroll 7
-    for (const auto& s : kSchedule) {
+    for (const auto& s : kSchedule.order) {
         g(v, 0, 4, 8, 12, m[s[0]], m[s[1]]);
         g(v, 1, 5, 9, 13, m[s[2]], m[s[3]]);
         g(v, 2, 6, 10, 14, m[s[4]], m[s[5]]);
@@ -123,46 +101,26 @@ Words8 compress(const Words8& cv, const Words16& m, uint64_t counter, uint32_t b
 }
 
 Words8 parentCv(const Words8& left, const Words8& right) {
-    return compress(kIv, concat(left, right), 0, kBlockLen, kParent);
+    return compress(kIvWords, concat(left, right), 0, kBlockLen, kParent);
 }
 
-// Inputs of equal length (whole chunks, or parent nodes of one block) laid back to back, each
-// hashed to a chaining value.
-struct Batch {
-    const uint8_t* in;
-    size_t blocks;           // per input
-    uint64_t counter;        // of the first input
-    bool incrementCounter;   // chunks count up; parent nodes all use 0
-    uint32_t flags;          // on every block
-    uint32_t flagsStart;     // added on each input's first block
-    uint32_t flagsEnd;       // and on its last
-    uint8_t* out;            // 32 bytes per input; may be `in` itself (see Blake3::hashSubtree)
-
-    uint32_t blockFlags(size_t block) const {
-        return flags | (block == 0 ? flagsStart : 0) | (block + 1 == blocks ? flagsEnd : 0);
-    }
-    uint64_t counterOf(size_t input) const { return counter + (incrementCounter ? input : 0); }
-    void advance(size_t inputs) {
-        in += inputs * blocks * kBlockLen;
-        out += inputs * kCvLen;
-        counter = counterOf(inputs);
-    }
-};
+void advance(Batch& b, size_t inputs) {
+    b.in += inputs * b.blocks * kBlockLen;
+    b.out += inputs * kCvLen;
+    b.counter = counterOf(b, inputs);
+}
 
 void hashOnePortable(const Batch& b) {
-    Words8 cv = kIv;
+    Words8 cv = kIvWords;
     for (size_t i = 0; i < b.blocks; ++i) {
-        cv = compress(cv, loadBlock(b.in + i * kBlockLen), b.counter, kBlockLen, b.blockFlags(i));
+        cv = compress(cv, loadBlock(b.in + i * kBlockLen), b.counter, kBlockLen, blockFlags(b, i));
     }
     storeCv(b.out, cv);
 }
 
 #ifdef RAFS_BLAKE3_X86
 
-// The SIMD kernels keep one input per vector lane: v[i] holds state word i of every input, so
-// the round function is the portable one applied to whole vectors. Their fixed-count loops are
-// unrolled so that those vector arrays live in registers rather than memory: at -O2, GCC leaves
-// some of them rolled, which costs AVX2 a quarter of its speed.
+// One input per vector lane, as in Blake3Hash8.h.
 
 RAFS_SSE41 inline __m128i set4(uint32_t w) { return _mm_set1_epi32(static_cast<int>(w)); }
 
@@ -203,8 +161,8 @@ RAFS_SSE41 void hash4Sse41(const Batch& b) {
     alignas(16) uint32_t counterHi[4];
 #pragma GCC unroll 8
     for (size_t lane = 0; lane < 4; ++lane) {
-        counterLo[lane] = static_cast<uint32_t>(b.counterOf(lane));
-        counterHi[lane] = static_cast<uint32_t>(b.counterOf(lane) >> 32);
+        counterLo[lane] = static_cast<uint32_t>(counterOf(b, lane));
+        counterHi[lane] = static_cast<uint32_t>(counterOf(b, lane) >> 32);
     }
     __m128i h[8];
 #pragma GCC unroll 8
@@ -225,10 +183,10 @@ RAFS_SSE41 void hash4Sse41(const Batch& b) {
             set4(kIv[0]), set4(kIv[1]), set4(kIv[2]), set4(kIv[3]),
             _mm_load_si128(reinterpret_cast<const __m128i*>(counterLo)),
             _mm_load_si128(reinterpret_cast<const __m128i*>(counterHi)),
-            set4(kBlockLen), set4(b.blockFlags(block)),
+            set4(kBlockLen), set4(blockFlags(b, block)),
         };
 #pragma GCC unroll 7
-        for (const auto& s : kSchedule) {
+        for (const auto& s : kSchedule.order) {
             g4(v, 0, 4, 8, 12, m[s[0]], m[s[1]]);
             g4(v, 1, 5, 9, 13, m[s[2]], m[s[3]]);
             g4(v, 2, 6, 10, 14, m[s[4]], m[s[5]]);
@@ -251,118 +209,23 @@ RAFS_SSE41 void hash4Sse41(const Batch& b) {
     }
 }
 
-RAFS_AVX2 inline __m256i set8(uint32_t w) { return _mm256_set1_epi32(static_cast<int>(w)); }
-
-RAFS_AVX2 inline __m256i rotr8(__m256i x, int n) {
-    return _mm256_or_si256(_mm256_srli_epi32(x, n), _mm256_slli_epi32(x, 32 - n));
-}
-
-RAFS_AVX2 inline void g8(__m256i* v, size_t a, size_t b, size_t c, size_t d, __m256i x,
-                         __m256i y) {
-    const __m256i rot16 = _mm256_setr_epi8(2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13,
-                                           2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13);
-    const __m256i rot8 = _mm256_setr_epi8(1, 2, 3, 0, 5, 6, 7, 4, 9, 10, 11, 8, 13, 14, 15, 12,
-                                          1, 2, 3, 0, 5, 6, 7, 4, 9, 10, 11, 8, 13, 14, 15, 12);
-    v[a] = _mm256_add_epi32(_mm256_add_epi32(v[a], v[b]), x);
-    v[d] = _mm256_shuffle_epi8(_mm256_xor_si256(v[d], v[a]), rot16);
-    v[c] = _mm256_add_epi32(v[c], v[d]);
-    v[b] = rotr8(_mm256_xor_si256(v[b], v[c]), 12);
-    v[a] = _mm256_add_epi32(_mm256_add_epi32(v[a], v[b]), y);
-    v[d] = _mm256_shuffle_epi8(_mm256_xor_si256(v[d], v[a]), rot8);
-    v[c] = _mm256_add_epi32(v[c], v[d]);
-    v[b] = rotr8(_mm256_xor_si256(v[b], v[c]), 7);
-}
-
-// 8x8 transpose of 32-bit words, its own inverse. The unpacks work within 128-bit halves, so
-// words 0-3 of the rows end up in the low halves and words 4-7 in the high halves until the
-// final cross-half permutes.
-RAFS_AVX2 inline void transpose8(__m256i* r) {
-    __m256i a[8];
-#pragma GCC unroll 8
-    for (size_t i = 0; i < 4; ++i) {
-        a[2 * i] = _mm256_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
-        a[2 * i + 1] = _mm256_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
-    }
-    __m256i b[8];
-#pragma GCC unroll 8
-    for (size_t i = 0; i < 2; ++i) {
-        b[4 * i + 0] = _mm256_unpacklo_epi64(a[4 * i + 0], a[4 * i + 2]);
-        b[4 * i + 1] = _mm256_unpackhi_epi64(a[4 * i + 0], a[4 * i + 2]);
-        b[4 * i + 2] = _mm256_unpacklo_epi64(a[4 * i + 1], a[4 * i + 3]);
-        b[4 * i + 3] = _mm256_unpackhi_epi64(a[4 * i + 1], a[4 * i + 3]);
-    }
-#pragma GCC unroll 8
-    for (size_t i = 0; i < 4; ++i) {
-        r[i] = _mm256_permute2x128_si256(b[i], b[i + 4], 0x20);
-        r[i + 4] = _mm256_permute2x128_si256(b[i], b[i + 4], 0x31);
-    }
-}
-
-RAFS_AVX2 void hash8Avx2(const Batch& b) {
-    const size_t stride = b.blocks * kBlockLen;
-    alignas(32) uint32_t counterLo[8];
-    alignas(32) uint32_t counterHi[8];
-#pragma GCC unroll 8
-    for (size_t lane = 0; lane < 8; ++lane) {
-        counterLo[lane] = static_cast<uint32_t>(b.counterOf(lane));
-        counterHi[lane] = static_cast<uint32_t>(b.counterOf(lane) >> 32);
-    }
-    __m256i h[8];
-#pragma GCC unroll 8
-    for (size_t i = 0; i < 8; ++i) h[i] = set8(kIv[i]);
-    for (size_t block = 0; block < b.blocks; ++block) {
-        __m256i m[16];
-#pragma GCC unroll 8
-        for (size_t half = 0; half < 2; ++half) {
-#pragma GCC unroll 8
-            for (size_t lane = 0; lane < 8; ++lane) {
-                const uint8_t* p = b.in + lane * stride + block * kBlockLen + half * 32;
-                m[half * 8 + lane] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
-            }
-            transpose8(m + half * 8);
-        }
-        __m256i v[16] = {
-            h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7],
-            set8(kIv[0]), set8(kIv[1]), set8(kIv[2]), set8(kIv[3]),
-            _mm256_load_si256(reinterpret_cast<const __m256i*>(counterLo)),
-            _mm256_load_si256(reinterpret_cast<const __m256i*>(counterHi)),
-            set8(kBlockLen), set8(b.blockFlags(block)),
-        };
-#pragma GCC unroll 7
-        for (const auto& s : kSchedule) {
-            g8(v, 0, 4, 8, 12, m[s[0]], m[s[1]]);
-            g8(v, 1, 5, 9, 13, m[s[2]], m[s[3]]);
-            g8(v, 2, 6, 10, 14, m[s[4]], m[s[5]]);
-            g8(v, 3, 7, 11, 15, m[s[6]], m[s[7]]);
-            g8(v, 0, 5, 10, 15, m[s[8]], m[s[9]]);
-            g8(v, 1, 6, 11, 12, m[s[10]], m[s[11]]);
-            g8(v, 2, 7, 8, 13, m[s[12]], m[s[13]]);
-            g8(v, 3, 4, 9, 14, m[s[14]], m[s[15]]);
-        }
-#pragma GCC unroll 8
-        for (size_t i = 0; i < 8; ++i) h[i] = _mm256_xor_si256(v[i], v[i + 8]);
-    }
-    transpose8(h);
-#pragma GCC unroll 8
-    for (size_t lane = 0; lane < 8; ++lane) {
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(b.out + lane * kCvLen), h[lane]);
-    }
-}
-
 #endif  // RAFS_BLAKE3_X86
 
 // Every kernel reads all of its inputs before writing its outputs, which is what lets parent
 // levels be reduced in place.
 void hashMany([[maybe_unused]] Blake3::Backend backend, Batch b, size_t count) {
 #ifdef RAFS_BLAKE3_X86
+    if (backend == Blake3::Backend::Avx512) {
+        for (; count >= 8; count -= 8, advance(b, 8)) hash8Avx512(b);
+    }
     if (backend == Blake3::Backend::Avx2) {
-        for (; count >= 8; count -= 8, b.advance(8)) hash8Avx2(b);
+        for (; count >= 8; count -= 8, advance(b, 8)) hash8Avx2(b);
     }
     if (backend != Blake3::Backend::Portable) {
-        for (; count >= 4; count -= 4, b.advance(4)) hash4Sse41(b);
+        for (; count >= 4; count -= 4, advance(b, 4)) hash4Sse41(b);
     }
 #endif
-    for (; count > 0; --count, b.advance(1)) hashOnePortable(b);
+    for (; count > 0; --count, advance(b, 1)) hashOnePortable(b);
 }
 
 }  // namespace
@@ -371,10 +234,11 @@ Blake3::Backend Blake3::bestBackend() {
     static const Backend best = [] {
 #ifdef RAFS_BLAKE3_X86
         __builtin_cpu_init();
-        // The AVX2 path finishes batches of four with the SSE4.1 kernel.
-        if (__builtin_cpu_supports("sse4.1")) {
-            return __builtin_cpu_supports("avx2") ? Backend::Avx2 : Backend::Sse41;
-        }
+        // The 8-lane paths finish batches of four with the SSE4.1 kernel.
+        if (!__builtin_cpu_supports("sse4.1")) return Backend::Portable;
+        if (!__builtin_cpu_supports("avx2")) return Backend::Sse41;
+        if (!__builtin_cpu_supports("avx512f") || !__builtin_cpu_supports("avx512vl")) return Backend::Avx2;
+        return Backend::Avx512;
 #endif
         return Backend::Portable;
     }();
@@ -391,13 +255,14 @@ std::string_view Blake3::backendName(Backend backend) {
     case Backend::Portable: return "portable";
     case Backend::Sse41: return "sse4.1";
     case Backend::Avx2: return "avx2";
+    case Backend::Avx512: return "avx512";
     }
     return "unknown";
 }
 
 Blake3::Blake3() : Blake3(bestBackend()) {}
 
-Blake3::Blake3(Backend backend) : backend_(backend), chunkCv_(kIv) {
+Blake3::Blake3(Backend backend) : backend_(backend), chunkCv_(kIvWords) {
     if (!supported(backend)) fail("BLAKE3 backend {} is not supported by this CPU", backendName(backend));
 }
 
@@ -474,7 +339,7 @@ void Blake3::pushSubtree(const Words8& cv, uint64_t chunks) {
     }
     stack_[stackLen_++] = node;
     chunkCounter_ += chunks;
-    chunkCv_ = kIv;
+    chunkCv_ = kIvWords;
     blocksDone_ = 0;
     blockLen_ = 0;
 }
@@ -490,7 +355,7 @@ std::array<uint8_t, 32> Blake3::finish() const {
     uint32_t flags = kChunkEnd | (blocksDone_ == 0 ? kChunkStart : 0);
     for (size_t i = stackLen_; i-- > 0;) {
         m = concat(stack_[i], compress(cv, m, counter, blockLen, flags));
-        cv = kIv;
+        cv = kIvWords;
         counter = 0;
         blockLen = kBlockLen;
         flags = kParent;

@@ -1,7 +1,7 @@
 // BLAKE3 in its plain hash mode with 32-byte output, written from the specification. The input is
 // cut into 1 KiB chunks whose chaining values form a binary tree; whole chunks and parent nodes are
-// compressed several at a time with SSE4.1 or AVX2 when the CPU has them, since this hashes
-// multi-GiB container layers.
+// compressed several at a time with SSE4.1, AVX2 or AVX-512 when the CPU has them, since this
+// hashes multi-GiB container layers.
 #pragma once
 
 #include <array>
@@ -14,8 +14,9 @@ namespace rafs {
 
 class Blake3 {
 public:
-    // How many inputs are compressed at once: Portable does one, Sse41 four, Avx2 eight.
-    enum class Backend : uint8_t { Portable, Sse41, Avx2 };
+    // How many inputs are compressed at once: Portable does one, Sse41 four, Avx2 and Avx512
+    // (AVX-512F and VL, 256-bit vectors with its rotate instruction) eight.
+    enum class Backend : uint8_t { Portable, Sse41, Avx2, Avx512 };
 
     static constexpr size_t kBlockLen = 64;
     static constexpr size_t kChunkLen = 1024;

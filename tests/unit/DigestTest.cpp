@@ -71,7 +71,7 @@ std::vector<uint8_t> randomBytes(size_t len, uint32_t seed) {
 
 std::vector<Blake3::Backend> supportedBackends() {
     std::vector<Blake3::Backend> out;
-    for (auto b : {Blake3::Backend::Portable, Blake3::Backend::Sse41, Blake3::Backend::Avx2}) {
+    for (auto b : {Blake3::Backend::Portable, Blake3::Backend::Sse41, Blake3::Backend::Avx2, Blake3::Backend::Avx512}) {
         if (Blake3::supported(b)) out.push_back(b);
     }
     return out;
@@ -130,6 +130,7 @@ TEST_CASE("BLAKE3 backends are detected and named", "[digest][blake3]") {
     CHECK(Blake3::backendName(Blake3::Backend::Portable) == "portable");
     CHECK(Blake3::backendName(Blake3::Backend::Sse41) == "sse4.1");
     CHECK(Blake3::backendName(Blake3::Backend::Avx2) == "avx2");
+    CHECK(Blake3::backendName(Blake3::Backend::Avx512) == "avx512");
     for (auto b : backends) WARN("BLAKE3 backend available: " << Blake3::backendName(b));
 }
 
