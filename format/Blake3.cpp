@@ -7,13 +7,10 @@
 #include <bit>
 #include <cstring>
 
+// The SIMD kernels are units of their own, each compiled for its instruction set (Blake3Kernels.h);
+// they only run once bestBackend() has seen the CPU support them.
 #if defined(__x86_64__) || defined(__i386__)
 #define RAFS_BLAKE3_X86 1
-#include <immintrin.h>
-// A per-function target lets the SSE4.1 kernel live in an ordinary build; it only runs once
-// bestBackend() has seen the CPU support it. The 8-lane kernels are units of their own
-// (Blake3Kernels.h).
-#define RAFS_SSE41 __attribute__((target("sse4.1")))
 #endif
 
 namespace rafs {
@@ -117,99 +114,6 @@ void hashOnePortable(const Batch& b) {
     }
     storeCv(b.out, cv);
 }
-
-#ifdef RAFS_BLAKE3_X86
-
-// One input per vector lane, as in Blake3Hash8.h.
-
-RAFS_SSE41 inline __m128i set4(uint32_t w) { return _mm_set1_epi32(static_cast<int>(w)); }
-
-RAFS_SSE41 inline __m128i rotr4(__m128i x, int n) {
-    return _mm_or_si128(_mm_srli_epi32(x, n), _mm_slli_epi32(x, 32 - n));
-}
-
-RAFS_SSE41 inline void g4(__m128i* v, size_t a, size_t b, size_t c, size_t d, __m128i x,
-                          __m128i y) {
-    // Rotations by whole bytes are one byte shuffle instead of two shifts and an or.
-    const __m128i rot16 = _mm_setr_epi8(2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13);
-    const __m128i rot8 = _mm_setr_epi8(1, 2, 3, 0, 5, 6, 7, 4, 9, 10, 11, 8, 13, 14, 15, 12);
-    v[a] = _mm_add_epi32(_mm_add_epi32(v[a], v[b]), x);
-    v[d] = _mm_shuffle_epi8(_mm_xor_si128(v[d], v[a]), rot16);
-    v[c] = _mm_add_epi32(v[c], v[d]);
-    v[b] = rotr4(_mm_xor_si128(v[b], v[c]), 12);
-    v[a] = _mm_add_epi32(_mm_add_epi32(v[a], v[b]), y);
-    v[d] = _mm_shuffle_epi8(_mm_xor_si128(v[d], v[a]), rot8);
-    v[c] = _mm_add_epi32(v[c], v[d]);
-    v[b] = rotr4(_mm_xor_si128(v[b], v[c]), 7);
-}
-
-// Rows in, columns out: afterwards r[i] holds word i of each of the four original rows.
-RAFS_SSE41 inline void transpose4(__m128i* r) {
-    __m128i lo01 = _mm_unpacklo_epi32(r[0], r[1]);
-    __m128i lo23 = _mm_unpacklo_epi32(r[2], r[3]);
-    __m128i hi01 = _mm_unpackhi_epi32(r[0], r[1]);
-    __m128i hi23 = _mm_unpackhi_epi32(r[2], r[3]);
-    r[0] = _mm_unpacklo_epi64(lo01, lo23);
-    r[1] = _mm_unpackhi_epi64(lo01, lo23);
-    r[2] = _mm_unpacklo_epi64(hi01, hi23);
-    r[3] = _mm_unpackhi_epi64(hi01, hi23);
-}
-
-RAFS_SSE41 void hash4Sse41(const Batch& b) {
-    const size_t stride = b.blocks * kBlockLen;
-    alignas(16) uint32_t counterLo[4];
-    alignas(16) uint32_t counterHi[4];
-#pragma GCC unroll 8
-    for (size_t lane = 0; lane < 4; ++lane) {
-        counterLo[lane] = static_cast<uint32_t>(counterOf(b, lane));
-        counterHi[lane] = static_cast<uint32_t>(counterOf(b, lane) >> 32);
-    }
-    __m128i h[8];
-#pragma GCC unroll 8
-    for (size_t i = 0; i < 8; ++i) h[i] = set4(kIv[i]);
-    for (size_t block = 0; block < b.blocks; ++block) {
-        __m128i m[16];
-#pragma GCC unroll 8
-        for (size_t quarter = 0; quarter < 4; ++quarter) {
-#pragma GCC unroll 8
-            for (size_t lane = 0; lane < 4; ++lane) {
-                const uint8_t* p = b.in + lane * stride + block * kBlockLen + quarter * 16;
-                m[quarter * 4 + lane] = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
-            }
-            transpose4(m + quarter * 4);
-        }
-        __m128i v[16] = {
-            h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7],
-            set4(kIv[0]), set4(kIv[1]), set4(kIv[2]), set4(kIv[3]),
-            _mm_load_si128(reinterpret_cast<const __m128i*>(counterLo)),
-            _mm_load_si128(reinterpret_cast<const __m128i*>(counterHi)),
-            set4(kBlockLen), set4(blockFlags(b, block)),
-        };
-#pragma GCC unroll 7
-        for (const auto& s : kSchedule.order) {
-            g4(v, 0, 4, 8, 12, m[s[0]], m[s[1]]);
-            g4(v, 1, 5, 9, 13, m[s[2]], m[s[3]]);
-            g4(v, 2, 6, 10, 14, m[s[4]], m[s[5]]);
-            g4(v, 3, 7, 11, 15, m[s[6]], m[s[7]]);
-            g4(v, 0, 5, 10, 15, m[s[8]], m[s[9]]);
-            g4(v, 1, 6, 11, 12, m[s[10]], m[s[11]]);
-            g4(v, 2, 7, 8, 13, m[s[12]], m[s[13]]);
-            g4(v, 3, 4, 9, 14, m[s[14]], m[s[15]]);
-        }
-#pragma GCC unroll 8
-        for (size_t i = 0; i < 8; ++i) h[i] = _mm_xor_si128(v[i], v[i + 8]);
-    }
-    transpose4(h);
-    transpose4(h + 4);
-#pragma GCC unroll 8
-    for (size_t lane = 0; lane < 4; ++lane) {
-        uint8_t* p = b.out + lane * kCvLen;
-        _mm_storeu_si128(reinterpret_cast<__m128i*>(p), h[lane]);
-        _mm_storeu_si128(reinterpret_cast<__m128i*>(p + 16), h[4 + lane]);
-    }
-}
-
-#endif  // RAFS_BLAKE3_X86
 
 // Every kernel reads all of its inputs before writing its outputs, which is what lets parent
 // levels be reduced in place.

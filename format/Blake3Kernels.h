@@ -1,5 +1,5 @@
-// What Blake3.cpp shares with its 8-lane SIMD kernels, which live in translation units of their
-// own, each compiled for its instruction set (format/meson.build). Only plain data, constants and
+// What Blake3.cpp shares with its SIMD kernels, which live in translation units of their own,
+// each compiled for its instruction set (format/meson.build). Only plain data, constants and
 // functions of internal linkage here: an inline function that a kernel's unit emits could be the
 // copy the linker keeps for every caller, and run AVX-512 code on a CPU without it.
 #pragma once
@@ -65,8 +65,10 @@ namespace {
 
 }  // namespace
 
-// Eight inputs at once, each in a lane. hash8Avx512 is the same kernel with AVX-512VL's rotate
-// instruction: 22% faster than AVX2's shifts and byte shuffles (docs/benchmarks.md).
+// Four or eight inputs at once, each in a lane (Blake3Lanes.h). hash8Avx512 is the 8-lane kernel
+// with AVX-512VL's rotate instruction: 15-20% faster than AVX2's shifts and byte shuffles
+// (docs/benchmarks.md).
+void hash4Sse41(const Batch& b);
 void hash8Avx2(const Batch& b);
 void hash8Avx512(const Batch& b);
 
