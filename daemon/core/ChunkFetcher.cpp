@@ -28,18 +28,23 @@ constexpr auto kPrefetchRangeTime = std::chrono::milliseconds(40);
 // Decoded chunks go to the cache file in batches of back-to-back extents of at most this many
 // bytes, one write each (a larger chunk is a batch of its own).
 constexpr size_t kMaxBatch = 1u << 20;
-// What a fetch thread's buffers keep between runs: enough for an on-demand run.
+// What the fetch buffers keep once no run is in flight: enough for an on-demand run. A run larger
+// than that gets a buffer for the largest one at once, so the growing prefetch runs (see
+// PrefetchRangeSize) fault one buffer in, not one per size.
 constexpr size_t kKeepBuffer = 2u << 20;
 
-struct FetchBuffers {
+}  // namespace
+
+struct ChunkFetcher::FetchBuffers {
     ScratchBuffer fetched;  // a run's bytes from the backend
     ScratchBuffer decoded;  // a batch of decoded, zero-padded extents
+    void trim(size_t keep) {
+        fetched.trim(keep);
+        decoded.trim(keep);
+    }
 };
 
-FetchBuffers& threadBuffers() {
-    thread_local FetchBuffers buffers;
-    return buffers;
-}
+namespace {
 
 // A backend read, timed for the backend latency histogram; returns how long it took.
 std::chrono::microseconds timedRead(CachedBlob& blob, uint64_t offset, std::span<uint8_t> out) {
@@ -60,7 +65,7 @@ unsigned decoderCount(unsigned configured) {
 ChunkFetcher::ChunkFetcher(const FetchOptions& options)
     : options_(options), planner_(options.amplify, std::max(kMaxRun, options.amplify)),
       prefetch_range_(kMinPrefetchRange, kMaxRun, kPrefetchRangeTime),
-      decoders_(decoderCount(options.decoders)), queue_(std::make_unique<FetchQueue>(options.threads)) {}
+      decoders_(decoderCount(options.decoders)), queue_(std::make_unique<FetchQueue>(options.threads, [this] { buffers_.trim(kKeepBuffer); })) {}
 
 ChunkFetcher::~ChunkFetcher() { queue_.reset(); }
 
@@ -217,8 +222,10 @@ uint32_t ChunkFetcher::prefetch(const std::shared_ptr<CachedBlob>& blob, uint32_
 
 void ChunkFetcher::fetchRun(const std::shared_ptr<CachedBlob>& blob, FetchRun run, bool prefetch) {
     const BlobDescriptor& d = blob->descriptor();
-    FetchBuffers& buffers = threadBuffers();
-    const std::span<uint8_t> fetched = buffers.fetched.get(run.length);
+    const auto buffers = buffers_.take();
+    const std::span<uint8_t> fetched =
+        buffers->fetched.get(run.length <= kKeepBuffer ? run.length : std::max<size_t>(run.length, kMaxRun))
+            .first(run.length);
     try {
         const auto took = timedRead(*blob, run.offset, fetched);
         blob->counters().bytes_fetched += run.length;
@@ -244,7 +251,7 @@ void ChunkFetcher::fetchRun(const std::shared_ptr<CachedBlob>& blob, FetchRun ru
                FetchPlanner::extentEnd(d.chunks[last]) - base <= kMaxBatch) {
             ++last;
         }
-        const std::span<uint8_t> batch = buffers.decoded.get(FetchPlanner::extentEnd(d.chunks[last - 1]) - base);
+        const std::span<uint8_t> batch = buffers->decoded.get(FetchPlanner::extentEnd(d.chunks[last - 1]) - base);
         uint32_t unwritten = first;  // decoded chunks from here on are not written yet
         for (uint32_t ci = first; ci < last; ++ci) {
             const rafs::BlobChunk& c = d.chunks[ci];
@@ -266,8 +273,6 @@ void ChunkFetcher::fetchRun(const std::shared_ptr<CachedBlob>& blob, FetchRun ru
         }
         first = last;
     }
-    buffers.fetched.trim(kKeepBuffer);
-    buffers.decoded.trim(kKeepBuffer);
 }
 
 // Decodes and verifies one chunk into its zero-padded extent, fetching it alone again while

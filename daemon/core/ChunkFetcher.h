@@ -9,6 +9,7 @@
 #include "daemon/core/FetchQueue.h"
 #include "daemon/core/PrefetchRangeSize.h"
 #include "daemon/core/ReaderActivity.h"
+#include "daemon/core/ScratchPool.h"
 
 #include <functional>
 #include <memory>
@@ -91,6 +92,8 @@ private:
     std::vector<RegisteredImage> images_;
     std::function<bool()> no_space_;
     ReaderActivity readers_;
+    struct FetchBuffers;
+    ScratchPool<FetchBuffers> buffers_;
     std::unique_ptr<FetchQueue> queue_;  // last: its threads stop before the rest goes away
 };
 

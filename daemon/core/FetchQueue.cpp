@@ -4,8 +4,8 @@
 
 namespace rafsd {
 
-FetchQueue::FetchQueue(unsigned threads)
-    : table_limit_(std::max(1u, threads / 2)), prefetch_limit_(std::max(1u, threads / 4)) {
+FetchQueue::FetchQueue(unsigned threads, std::function<void()> idle)
+    : table_limit_(std::max(1u, threads / 2)), prefetch_limit_(std::max(1u, threads / 4)), idle_(std::move(idle)) {
     for (unsigned i = 0; i < std::max(1u, threads); ++i) threads_.emplace_back([this] { run(); });
 }
 
@@ -96,6 +96,12 @@ void FetchQueue::run() {
         // for that one may go now.
         if ((!table_.empty() || !prefetch_.empty()) && (running != &running_on_demand_ || running_on_demand_ == 0)) {
             ready_.notify_all();
+        }
+        if (idle_ && running_on_demand_ + running_table_ + running_prefetch_ == 0 && on_demand_.empty() &&
+            table_.empty() && prefetch_.empty()) {
+            lock.unlock();
+            idle_();
+            lock.lock();
         }
     }
 }

@@ -23,7 +23,9 @@ class FetchQueue {
 public:
     enum class Priority { OnDemand, PrefetchTable, Prefetch };
 
-    explicit FetchQueue(unsigned threads);
+    // `idle` (optional) runs when the queue has no work queued or running, on the thread whose
+    // task ended last: what is worth keeping only while work goes on (buffers) can go there.
+    explicit FetchQueue(unsigned threads, std::function<void()> idle = {});
     ~FetchQueue();  // finishes queued on-demand work, drops queued prefetch work, joins
     FetchQueue(const FetchQueue&) = delete;
     FetchQueue& operator=(const FetchQueue&) = delete;
@@ -57,6 +59,7 @@ private:
     unsigned running_table_ = 0;
     unsigned running_prefetch_ = 0;
     bool stopping_ = false;
+    std::function<void()> idle_;
     std::vector<std::thread> threads_;
 };
 

@@ -157,3 +157,20 @@ TEST_CASE("whole-blob prefetch waits until the prefetch table's work is done", "
     table.release();
     CHECK(ranSoon(blob_ran));
 }
+
+TEST_CASE("the idle hook runs once no task is queued or running, not while one runs", "[fetchqueue]") {
+    std::atomic<int> idled{0};
+    FetchQueue queue(2, [&] { ++idled; });
+    Gate first;
+    Gate second;
+    queue.push(FetchQueue::Priority::OnDemand, first.task());
+    queue.push(FetchQueue::Priority::OnDemand, second.task());
+    first.waitStarted();
+    second.waitStarted();
+    first.release();
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));  // time for a wrong call
+    CHECK(idled.load() == 0);
+    second.release();
+    for (int i = 0; i < 1000 && idled.load() == 0; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    CHECK(idled.load() == 1);
+}
