@@ -65,7 +65,8 @@ unsigned decoderCount(unsigned configured) {
 ChunkFetcher::ChunkFetcher(const FetchOptions& options)
     : options_(options), planner_(options.amplify, std::max(kMaxRun, options.amplify)),
       prefetch_range_(kMinPrefetchRange, kMaxRun, kPrefetchRangeTime),
-      decoders_(decoderCount(options.decoders)), queue_(std::make_unique<FetchQueue>(options.threads, [this] { buffers_.trim(kKeepBuffer); })) {}
+      decoders_(decoderCount(options.decoders)),
+      queue_(std::make_unique<FetchQueue>(options.threads, [this] { buffers_.trim(kKeepBuffer); })) {}
 
 ChunkFetcher::~ChunkFetcher() { queue_.reset(); }
 
