@@ -66,7 +66,7 @@ namespace {
 }  // namespace
 
 // Four or eight inputs at once, each in a lane (Blake3Lanes.h). hash8Avx512 is the 8-lane kernel
-// with AVX-512VL's rotate instruction: 15-20% faster than AVX2's shifts and byte shuffles
+// with AVX-512VL's rotate instruction, faster than AVX2's shifts and byte shuffles
 // (docs/benchmarks.md).
 void hash4Sse41(const Batch& b);
 void hash8Avx2(const Batch& b);

@@ -4,9 +4,8 @@
 // units compiled for that instruction set (Blake3Sse41.cpp, Blake3Avx2.cpp, Blake3Avx512.cpp);
 // everything here has internal linkage (see Blake3Kernels.h).
 //
-// A Lanes policy has: Vec; kLanes (4 or 8); set1, add, xorv, rotr16, rotr12, rotr8, rotr7,
-// loadu(const uint8_t*), load(const uint32_t*, aligned), storeu(uint8_t*, Vec); and transpose(Vec*),
-// which turns kLanes rows into kLanes columns.
+// A Lanes policy is VectorLanes<its vector type> (below) plus rotr16, rotr12, rotr8 and rotr7, and
+// transpose(Vec*), which turns kLanes rows into kLanes columns.
 //
 // The fixed-count loops are unrolled so that the vector arrays live in registers rather than
 // memory: at -O2, GCC leaves some of them rolled, which costs a quarter of the speed.
@@ -16,9 +15,46 @@
 
 #include <immintrin.h>
 
+#include <cstring>
+
 namespace rafs::blake3 {
 
 namespace {
+
+// The intrinsics' vector types, named through a struct: as template arguments they would lose
+// their attributes.
+struct Xmm {
+    using Vec = __m128i;
+};
+struct Ymm {
+    using Vec = __m256i;
+};
+
+// What every width does alike, written once on GCC's vector extension: 32-bit lanes of the
+// intrinsics' vector type R::Vec. rotr<n> is two shifts and an or, or one VPRORD where AVX-512VL is
+// on.
+template <class R>
+struct VectorLanes {
+    using Vec = typename R::Vec;
+    static constexpr size_t kLanes = sizeof(Vec) / sizeof(uint32_t);
+    typedef uint32_t Words __attribute__((vector_size(sizeof(Vec))));
+
+    static Vec of(Words w) { return __builtin_bit_cast(Vec, w); }
+    static Words words(Vec v) { return __builtin_bit_cast(Words, v); }
+    static Vec set1(uint32_t w) { return of(Words{} + w); }
+    static Vec add(Vec a, Vec b) { return of(words(a) + words(b)); }
+    static Vec xorv(Vec a, Vec b) { return of(words(a) ^ words(b)); }
+    template <int n>
+    static Vec rotr(Vec x) {
+        return of((words(x) >> n) | (words(x) << (32 - n)));
+    }
+    static Vec loadu(const void* p) {
+        Vec v;
+        std::memcpy(&v, p, sizeof v);
+        return v;
+    }
+    static void storeu(void* p, Vec v) { std::memcpy(p, &v, sizeof v); }
+};
 
 template <class L>
 inline void gLanes(typename L::Vec* v, size_t a, size_t b, size_t c, size_t d, typename L::Vec x,
@@ -38,8 +74,8 @@ inline void hashLanes(const Batch& b) {
     using Vec = typename L::Vec;
     constexpr size_t kLanes = L::kLanes;
     const size_t stride = b.blocks * kBlockLen;
-    alignas(32) uint32_t counterLo[kLanes];
-    alignas(32) uint32_t counterHi[kLanes];
+    uint32_t counterLo[kLanes];
+    uint32_t counterHi[kLanes];
 #pragma GCC unroll 8
     for (size_t lane = 0; lane < kLanes; ++lane) {
         counterLo[lane] = static_cast<uint32_t>(counterOf(b, lane));
@@ -62,7 +98,7 @@ inline void hashLanes(const Batch& b) {
         Vec v[16] = {
             h[0], h[1], h[2], h[3], h[4], h[5], h[6], h[7],
             L::set1(kIv[0]), L::set1(kIv[1]), L::set1(kIv[2]), L::set1(kIv[3]),
-            L::load(counterLo), L::load(counterHi),
+            L::loadu(counterLo), L::loadu(counterHi),
             L::set1(kBlockLen), L::set1(blockFlags(b, block)),
         };
 #pragma GCC unroll 7

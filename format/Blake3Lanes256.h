@@ -1,4 +1,4 @@
-// The 256-bit vector operations of the 8-lane BLAKE3 kernels (Blake3Avx2.cpp, Blake3Avx512.cpp),
+// The 256-bit transpose of the 8-lane BLAKE3 kernels (Blake3Avx2.cpp, Blake3Avx512.cpp),
 // which add their own rotations. Included only by units compiled for AVX2 or better.
 #pragma once
 
@@ -8,17 +8,8 @@ namespace rafs::blake3 {
 
 namespace {
 
-// The 256-bit operations both 8-lane units share; each adds its own rotations.
-struct Lanes256 {
-    using Vec = __m256i;
-    static constexpr size_t kLanes = 8;
-    static Vec set1(uint32_t w) { return _mm256_set1_epi32(static_cast<int>(w)); }
-    static Vec add(Vec a, Vec b) { return _mm256_add_epi32(a, b); }
-    static Vec xorv(Vec a, Vec b) { return _mm256_xor_si256(a, b); }
-    static Vec loadu(const uint8_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
-    static Vec load(const uint32_t* p) { return _mm256_load_si256(reinterpret_cast<const __m256i*>(p)); }
-    static void storeu(uint8_t* p, Vec x) { _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), x); }
-
+// The 256-bit part both 8-lane units share; each adds its own rotations.
+struct Lanes256 : VectorLanes<Ymm> {
     // 8x8 transpose of 32-bit words, its own inverse. The unpacks work within 128-bit halves, so
     // words 0-3 of the rows end up in the low halves and words 4-7 in the high halves until the
     // final cross-half permutes.
