@@ -417,16 +417,16 @@ nlohmann::json ImageService::mountOrReattach(const MountRequest& request, bool r
         mount_options = FscacheEngine::mountOptions(image.fsid, image.domain_id);
     } else {
         FanotifyMount spec;
-        spec.image = image.index;
-        spec.bootstrap = opened.inline_meta ? extractBootstrap(bootstrap, config_.daemon.cache_dir) : bootstrap_path;
-        spec.mountpoint = mountpoint;
-        spec.keep_marks = config_.cache.max_size != 0;
-        for (uint32_t i = 0; i < image.blobs.size(); ++i) {
-            auto& file = dynamic_cast<SparseCacheFile&>(image.blobs[i]->cache().file());
-            spec.blobs.push_back({i, file.path(), file.fd(), file.size(), image.blobs[i]->cache().complete()});
-        }
         FanotifyEngine* engine_ptr = fanotify_.get();
         try {
+            spec.image = image.index;
+            spec.bootstrap = opened.inline_meta ? extractBootstrap(bootstrap, config_.daemon.cache_dir) : bootstrap_path;
+            spec.mountpoint = mountpoint;
+            spec.keep_marks = config_.cache.max_size != 0;
+            for (uint32_t i = 0; i < image.blobs.size(); ++i) {
+                auto& file = dynamic_cast<SparseCacheFile&>(image.blobs[i]->cache().file());
+                spec.blobs.push_back({i, file.path(), file.fd(), file.size(), image.blobs[i]->cache().complete()});
+            }
             if (reattach) {
                 fanotify_->reattach(spec);
             } else {
@@ -441,7 +441,7 @@ nlohmann::json ImageService::mountOrReattach(const MountRequest& request, bool r
                 }
             }
         } catch (...) {
-            fetcher_->removeImage(image.index);
+            forgetFetches(image);
             image.blobs.clear();
             dropUnusedKeptFds();
             throw;
@@ -473,18 +473,18 @@ nlohmann::json ImageService::mountOrReattach(const MountRequest& request, bool r
 }
 
 void ImageService::mountFscache(Image& image, const rafs::Bootstrap& bootstrap, FscacheAttach how) {
-    FscacheMount spec;
-    spec.image = image.index;
-    spec.fsid = image.fsid;
-    spec.domain_id = image.domain_id;
-    spec.bootstrap = bootstrap.bytes();
-    spec.mountpoint = image.mountpoint;
-    const std::string volume = image.domain_id.empty() ? image.fsid : image.domain_id;
-    for (uint32_t i = 0; i < image.blobs.size(); ++i) {
-        const BlobDescriptor& d = image.blobs[i]->descriptor();
-        spec.blobs.push_back({i, d.id, d.uncompressed_size, fscache_fds_.at(fscacheBlobKey(volume, d.id)).lock()});
-    }
     try {
+        FscacheMount spec;
+        spec.image = image.index;
+        spec.fsid = image.fsid;
+        spec.domain_id = image.domain_id;
+        spec.bootstrap = bootstrap.bytes();
+        spec.mountpoint = image.mountpoint;
+        const std::string volume = image.domain_id.empty() ? image.fsid : image.domain_id;
+        for (uint32_t i = 0; i < image.blobs.size(); ++i) {
+            const BlobDescriptor& d = image.blobs[i]->descriptor();
+            spec.blobs.push_back({i, d.id, d.uncompressed_size, fscache_fds_.at(fscacheBlobKey(volume, d.id)).lock()});
+        }
         FscacheEngine& engine = fscache();
         if (how == FscacheAttach::Reattach) {
             engine.reattach(spec);
@@ -503,7 +503,7 @@ void ImageService::mountFscache(Image& image, const rafs::Bootstrap& bootstrap, 
             }
         }
     } catch (...) {
-        fetcher_->removeImage(image.index);
+        forgetFetches(image);
         throw;
     }
 }
@@ -595,9 +595,8 @@ nlohmann::json ImageService::umount(const UmountRequest& request) {
     } else {
         fanotify().umount(mountpoint);
     }
-    if (prefetcher_) prefetcher_->forget(it->blobs);
     saveTraceOrLog(*it);
-    fetcher_->removeImage(it->index);
+    forgetFetches(*it);
     for (auto& blob : it->blobs) blob->cache().flush();
     log::info("unmounted {}", mountpoint.string());
     images_.erase(it);
@@ -616,6 +615,11 @@ nlohmann::json ImageService::saveTrace(const Image& image) {
     if (ec) rafs::fail("cannot create {}: {}", path.parent_path().string(), ec.message());
     writeFileSynced(path, text);
     return {{"text", text}, {"files", trace.paths.size()}, {"chunks", trace.chunks}, {"saved", path.string()}};
+}
+
+void ImageService::forgetFetches(const Image& image) {
+    if (prefetcher_) prefetcher_->forget(image.blobs);
+    fetcher_->removeImage(image.index);
 }
 
 void ImageService::saveTraceOrLog(const Image& image) {

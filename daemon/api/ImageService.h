@@ -119,6 +119,9 @@ private:
     static std::string blobKey(const std::string& fscache_volume, const std::string& blob_id);
     std::vector<PrefetchChunk> prefetchTableChunks(const rafs::Bootstrap& bootstrap,
                                                    const std::vector<std::shared_ptr<CachedBlob>>& blobs) const;
+    // The image is going (unmounted, or its mount failed): its queued prefetch is dropped and the
+    // fetcher no longer serves it.
+    void forgetFetches(const Image& image);
     // The image's start trace, also written to the state dir (StartTrace.h).
     nlohmann::json saveTrace(const Image& image);
     void saveTraceOrLog(const Image& image);

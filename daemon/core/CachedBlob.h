@@ -50,13 +50,19 @@ public:
     BlobCounters& counters() { return counters_; }
     const ChunkUse& use() const { return use_; }
 
-    // Called once, when the last chunk becomes present: the fanotify engine unmarks the file.
+    // Called once, when the last chunk becomes present, or at once if a fetch completed the blob
+    // already (a blob that another mounted image shares can complete while this image mounts,
+    // after its engine saw it incomplete): the fanotify engine unmarks the file.
     // Reads then no longer reach rafsd, so no chunk of the blob may be freed from then on (a read
     // under way would find the hole): set only when the cache is unbounded.
-    void onComplete(std::function<void()> fn) { on_complete_ = std::move(fn); }
+    void onComplete(std::function<void()> fn);
 
 private:
     friend class ChunkFetcher;
+
+    // Runs on_complete_, if set; the caller holds mutex_. A failure is logged: the blob's reads
+    // keep raising events, answered from the cache.
+    void notifyComplete();
 
     BlobDescriptor descriptor_;
     std::unique_ptr<BlobCache> cache_;

@@ -391,13 +391,7 @@ void ChunkFetcher::finishChunks(CachedBlob& blob, uint32_t first, uint32_t count
             blob.completed_ = true;
             // Under the lock: discardIdle, which takes it too, sees the blob as unmarked only
             // once it is (or is about to be), never a blob being unmarked as it punches holes.
-            if (blob.on_complete_) {
-                try {
-                    blob.on_complete_();
-                } catch (const std::exception& e) {
-                    log::warn("blob {}: {}; its reads keep raising events", blob.descriptor().id, e.what());
-                }
-            }
+            blob.notifyComplete();
         }
     }
     for (auto& request : ready) request->done(request->error);
