@@ -448,7 +448,8 @@ nlohmann::json ImageService::mountOrReattach(const MountRequest& request, bool r
         }
         for (uint32_t i = 0; i < image.blobs.size(); ++i) {
             if (spec.keep_marks) continue;
-            image.blobs[i]->onComplete([engine_ptr, index = image.index, i] { engine_ptr->unmarkComplete(index, i); });
+            // The fd stays open as long as the blob, which owns the callback (CachedBlob).
+            image.blobs[i]->onComplete([engine_ptr, fd = spec.blobs[i].fd] { engine_ptr->unmarkComplete(fd); });
         }
     }
     if (prefetcher_) {

@@ -610,6 +610,28 @@ TEST_CASE("fanotify: mount failures are clear and leave no marks", "[fanotify]")
     engine.stop();
 }
 
+// A blob's completion callback outlives the mount that set it when another image shares the blob,
+// and an unmounted image's index is reused by the next mount: a late "this blob is complete" must
+// unmark that blob's file, never the file the index's new image has in that place, whose holes
+// would then read as zeros.
+TEST_CASE_METHOD(ServedImage, "fanotify: unmarkComplete names the complete file, not a reused image index",
+                 "[fanotify]") {
+    if (!isRoot()) {
+        WARN("not root: fanotify tests skipped");
+        return;
+    }
+    engine.mount(mountOf(7, img, mnt.path(), {cache.blobFile()}));
+    engine.umount(mnt.path());
+    const CacheFile other(img.dir() / "other-cache", img.blobSize());
+    engine.mount(mountOf(7, img, mnt.path(), {other.blobFile()}));  // index 7 again, another file
+    REQUIRE(countFanotifyMarks() == 1);
+    engine.unmarkComplete(cache.fd());  // the first mount's file, complete: no mount uses it now
+    CHECK(countFanotifyMarks() == 1);   // the other file keeps its mark
+    engine.umount(mnt.path());
+    CHECK(countFanotifyMarks() == 0);
+    engine.stop();
+}
+
 TEST_CASE_METHOD(ServedImage, "fanotify: unmarkComplete makes reads of a complete blob event-free", "[fanotify]") {
     if (!isRoot()) {
         WARN("not root: fanotify tests skipped");
@@ -627,9 +649,9 @@ TEST_CASE_METHOD(ServedImage, "fanotify: unmarkComplete makes reads of a complet
     CHECK(second > first);
 
     REQUIRE(copyRange(img.blobData(), cache.fd(), 0, img.blobSize()) == 0);
-    engine.unmarkComplete(7, 0);
+    engine.unmarkComplete(cache.fd());
     CHECK(countFanotifyMarks() == 0);
-    engine.unmarkComplete(7, 0);  // already unmarked: nothing to do
+    engine.unmarkComplete(cache.fd());  // already unmarked: nothing to do
     for (const auto& entry : img.files()) evict(mnt.path() / entry.first);
     checkAllFiles(img, mnt.path());
     std::fprintf(stderr, "[fanotify] events: first read %llu, after eviction %llu, after unmark %llu\n",

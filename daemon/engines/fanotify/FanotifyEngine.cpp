@@ -385,7 +385,7 @@ void FanotifyEngine::mount(const FanotifyMount& m) {
     for (const FanotifyBlobFile& blob : m.blobs) {
         if (!blob.complete) continue;
         try {
-            files_->unmarkComplete(m.image, blob.blob);
+            files_->unmarkComplete(blob.fd);
         } catch (const std::exception& e) {
             log::warn("{}; its reads keep raising events", e.what());
         }
@@ -398,7 +398,7 @@ void FanotifyEngine::reattach(const FanotifyMount& m) {
     files_->add(m, true);
 }
 
-void FanotifyEngine::unmarkComplete(uint32_t image, uint32_t blob) { files_->unmarkComplete(image, blob); }
+void FanotifyEngine::unmarkComplete(int cache_fd) { files_->unmarkComplete(cache_fd); }
 
 void FanotifyEngine::umount(const std::filesystem::path& mountpoint) {
     const std::filesystem::path normal = mountpoint.lexically_normal();

@@ -80,9 +80,12 @@ public:
     // file opened after its mark raises events for our own writes.
     void reattach(const FanotifyMount& m);
 
-    // The blob's cache file is complete: drop its mark so its reads cost no event. Shared cache
-    // files are complete for every image, so this unmarks the file for all of them.
-    void unmarkComplete(uint32_t image, uint32_t blob);
+    // The cache file `cache_fd` is open on is complete: drop its mark so its reads cost no event.
+    // Shared cache files are complete for every image, so this unmarks the file for all of them.
+    // Named by the file, not by an image's blob: an image's index is reused once it is unmounted,
+    // and a late call for it would unmark another image's incomplete file, whose holes then read
+    // as zeros. Nothing if no mount uses the file (any more).
+    void unmarkComplete(int cache_fd);
 
     // Unmounts (throws if busy) and removes the marks of that mount's blobs.
     void umount(const std::filesystem::path& mountpoint);

@@ -11,11 +11,24 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <string>
 
 namespace rafsd {
 
 using rafs::fail;
 using rafs::failErrno;
+
+namespace {
+
+// The identity of the regular file `fd` is open on; `name` says which, in errors.
+MarkedFiles::FileKey keyOf(int fd, const std::string& name) {
+    struct stat st {};
+    if (::fstat(fd, &st) != 0) failErrno(fmt::format("cannot stat cache file {}", name));
+    if (!S_ISREG(st.st_mode)) fail("cache file {} is not a regular file", name);
+    return {st.st_dev, st.st_ino};
+}
+
+}  // namespace
 
 MarkedFiles::~MarkedFiles() {
     for (const auto& [key, file] : files_) closeOrWarn(file.fd, file.path.native());
@@ -49,10 +62,7 @@ void MarkedFiles::add(const FanotifyMount& m, bool reattach) {
 }
 
 void MarkedFiles::acquire(const FanotifyBlobFile& blob, uint32_t image, std::vector<std::pair<uint32_t, FileKey>>& files) {
-    struct stat st {};
-    if (::fstat(blob.fd, &st) != 0) failErrno(fmt::format("cannot stat cache file {}", blob.path.native()));
-    if (!S_ISREG(st.st_mode)) fail("cache file {} is not a regular file", blob.path.native());
-    const FileKey key{st.st_dev, st.st_ino};
+    const FileKey key = keyOf(blob.fd, blob.path.native());
     const auto it = files_.find(key);
     if (it == files_.end()) {
         rafs::UniqueFd fd = rafs::UniqueFd::duplicate(blob.fd, blob.path.native());
@@ -137,16 +147,6 @@ std::vector<std::pair<std::filesystem::path, int>> MarkedFiles::filesOf(const st
     return out;
 }
 
-MarkedFiles::File* MarkedFiles::fileOf(uint32_t image, uint32_t blob) {
-    for (const Mount& entry : mounts_) {
-        if (entry.image != image) continue;
-        for (const auto& [b, key] : entry.files) {
-            if (b == blob) return &files_.at(key);
-        }
-    }
-    return nullptr;
-}
-
 void MarkedFiles::unmark(File& file) {
     // ENOENT: the mark is gone already (a complete file a dead worker unmarked).
     if (const int err = unmarkPreAccess(group_, file.fd); err != 0 && err != ENOENT) {
@@ -155,10 +155,11 @@ void MarkedFiles::unmark(File& file) {
     file.marked = false;
 }
 
-void MarkedFiles::unmarkComplete(uint32_t image, uint32_t blob) {
+void MarkedFiles::unmarkComplete(int fd) {
+    const FileKey key = keyOf(fd, fmt::format("(fd {})", fd));
     std::lock_guard lock(mutex_);
-    File* file = fileOf(image, blob);
-    if (file != nullptr && file->marked) unmark(*file);
+    const auto it = files_.find(key);
+    if (it != files_.end() && it->second.marked) unmark(it->second);
 }
 
 }  // namespace rafsd

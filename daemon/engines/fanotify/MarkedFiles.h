@@ -52,8 +52,9 @@ public:
     // The files of a mount, with our fd on each, to watch them being closed.
     std::vector<std::pair<std::filesystem::path, int>> filesOf(const std::filesystem::path& mountpoint) const;
 
-    // The blob's cache file is complete: drop its mark, for every image using it.
-    void unmarkComplete(uint32_t image, uint32_t blob);
+    // The cache file `fd` is open on is complete: drop its mark, for every image using it; nothing
+    // if no mount uses it. Throws rafs::Error if it cannot be stat'ed or unmarked.
+    void unmarkComplete(int fd);
 
 private:
     struct File {
@@ -72,7 +73,6 @@ private:
 
     void acquire(const FanotifyBlobFile& blob, uint32_t image, std::vector<std::pair<uint32_t, FileKey>>& files);
     void release(uint32_t image, const std::vector<std::pair<uint32_t, FileKey>>& files);
-    File* fileOf(uint32_t image, uint32_t blob);  // mutex_ held; null if not served
     void unmark(File& file);                      // mutex_ held; throws
 
     const int group_;
