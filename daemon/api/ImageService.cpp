@@ -619,7 +619,17 @@ nlohmann::json ImageService::saveTrace(const Image& image) {
 }
 
 void ImageService::forgetFetches(const Image& image) {
-    if (prefetcher_) prefetcher_->forget(image.blobs);
+    if (prefetcher_) {
+        // A blob another mounted image shares stays queued: it is that image's prefetch too.
+        std::vector<std::shared_ptr<CachedBlob>> unshared;
+        for (const auto& blob : image.blobs) {
+            const bool shared = std::any_of(images_.begin(), images_.end(), [&](const Image& other) {
+                return &other != &image && std::find(other.blobs.begin(), other.blobs.end(), blob) != other.blobs.end();
+            });
+            if (!shared) unshared.push_back(blob);
+        }
+        prefetcher_->forget(unshared);
+    }
     fetcher_->removeImage(image.index);
 }
 

@@ -119,8 +119,8 @@ private:
     static std::string blobKey(const std::string& fscache_volume, const std::string& blob_id);
     std::vector<PrefetchChunk> prefetchTableChunks(const rafs::Bootstrap& bootstrap,
                                                    const std::vector<std::shared_ptr<CachedBlob>>& blobs) const;
-    // The image is going (unmounted, or its mount failed): its queued prefetch is dropped and the
-    // fetcher no longer serves it.
+    // The image is going (unmounted, or its mount failed): the fetcher no longer serves it, and the
+    // queued prefetch of its blobs that no other mounted image uses is dropped.
     void forgetFetches(const Image& image);
     // The image's start trace, also written to the state dir (StartTrace.h).
     nlohmann::json saveTrace(const Image& image);
