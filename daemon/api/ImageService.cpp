@@ -423,6 +423,10 @@ nlohmann::json ImageService::mountOrReattach(const MountRequest& request, bool r
             spec.bootstrap = opened.inline_meta ? extractBootstrap(bootstrap, config_.daemon.cache_dir) : bootstrap_path;
             spec.mountpoint = mountpoint;
             spec.keep_marks = config_.cache.max_size != 0;
+            // Before the engine sees a blob complete and unmarks its file.
+            if (!spec.keep_marks) {
+                for (const auto& blob : image.blobs) blob->unmarkWhenComplete();
+            }
             for (uint32_t i = 0; i < image.blobs.size(); ++i) {
                 auto& file = dynamic_cast<SparseCacheFile&>(image.blobs[i]->cache().file());
                 spec.blobs.push_back({i, file.path(), file.fd(), file.size(), image.blobs[i]->cache().complete()});

@@ -164,7 +164,7 @@ void CacheCollector::freeChunks(uint64_t need, bool dry_run, GcReport& report) {
     std::vector<Candidate> candidates;
     for (const auto& [key, weak] : blobs_) {
         std::shared_ptr<CachedBlob> blob = weak.lock();
-        if (!blob || !blob->cache().file().canDiscard()) continue;
+        if (!blob || !blob->chunksMayBeFreed()) continue;
         const BlobCache& cache = blob->cache();
         for (uint32_t ci = 0; ci < cache.chunkCount(); ++ci) {
             const uint32_t last = blob->use().last(ci);

@@ -57,12 +57,22 @@ public:
     // under way would find the hole): set only when the cache is unbounded.
     void onComplete(std::function<void()> fn);
 
+    // The engine drops the file's mark whenever the blob is complete (fanotify with an unbounded
+    // cache), at the mount too for a blob complete already: from then on reads of a complete blob
+    // do not reach rafsd, so ChunkFetcher::discardIdle frees none of its chunks (a read would find
+    // the hole and get zeros). Set before the engine mounts, or takes over, an image using it.
+    void unmarkWhenComplete();
+    // Whether chunks may be freed from its cache file (ChunkFetcher::discardIdle): the file can free
+    // ranges, and the blob is not complete with its mark dropped.
+    bool chunksMayBeFreed();
+
 private:
     friend class ChunkFetcher;
 
     // Runs on_complete_, if set; the caller holds mutex_. A failure is logged: the blob's reads
     // keep raising events, answered from the cache.
     void notifyComplete();
+    bool chunksMayBeFreedLocked() const;  // mutex_ held
 
     BlobDescriptor descriptor_;
     std::unique_ptr<BlobCache> cache_;
@@ -73,6 +83,7 @@ private:
     std::unordered_map<uint32_t, std::vector<std::shared_ptr<PendingRequest>>> in_flight_;
     std::function<void()> on_complete_;
     bool completed_ = false;
+    bool unmark_when_complete_ = false;
     RepeatedFailureLog backend_failures_;
 };
 

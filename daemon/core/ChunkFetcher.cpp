@@ -341,10 +341,8 @@ void ChunkFetcher::writeChunks(CachedBlob& blob, uint32_t first, uint32_t count,
 
 uint64_t ChunkFetcher::discardIdle(CachedBlob& blob, uint32_t first, uint32_t count, uint32_t used_before) {
     BlobCache& cache = blob.cache();
-    if (!cache.file().canDiscard()) return 0;
     std::lock_guard lock(blob.mutex_);
-    // Unmarked on completion: its readers no longer ask first (CachedBlob::onComplete).
-    if (blob.completed_ && blob.on_complete_) return 0;
+    if (!blob.chunksMayBeFreedLocked()) return 0;
     const uint32_t end = std::min(first + count, cache.chunkCount());
     const auto idle = [&](uint32_t ci) {
         return cache.isPresent(ci) && blob.in_flight_.count(ci) == 0 && blob.use_.last(ci) < used_before;

@@ -53,7 +53,7 @@ public:
     // Frees the chunks among [first, first + count) of `blob` that are present, not being fetched,
     // and last used before `used_before` (ChunkUse::now() units), if its cache file can free
     // ranges (CacheFile::canDiscard) and every read of it still asks rafsd first (not a complete
-    // blob the engine unmarked, CachedBlob::onComplete). Returns the bytes freed. Throws Error
+    // blob the engine unmarked, CachedBlob::unmarkWhenComplete). Returns the bytes freed. Throws Error
     // when the file fails; chunks freed until then stay freed.
     uint64_t discardIdle(CachedBlob& blob, uint32_t first, uint32_t count, uint32_t used_before);
 

@@ -16,7 +16,11 @@
 4. a full disk: the cache dir on a 20 MiB ext4 image, unbounded cache, a 32 MiB image. Half the
    tree read, then the rest: the write that finds the disk full frees the chunks read earlier and
    succeeds; every file reads correctly. With keep_recent so long that nothing may go, reads past
-   the disk's end fail with EIO (never zeros), with one log line each.
+   the disk's end fail with EIO (never zeros), with one log line each;
+5. a full disk and a complete image: on the same small disk, a 4 MiB image read whole, unmounted
+   and mounted again complete (so the engine unmarks its file at the mount and its reads no longer
+   reach rafsd), then the 32 MiB image read: the full disk's collection frees the big image's
+   chunks, never the complete image's, which reads back exactly afterwards.
 """
 
 import os
@@ -35,6 +39,7 @@ from rafstest.rafsd import (RafsdServe, drop_file_cache, make_small_tree, rafsct
 
 MiB = 1 << 20
 FILES = [('d%d/f%02d' % (i // 4, i), 2 * MiB) for i in range(16)]  # 32 MiB in 256 KiB chunks
+FILES_SMALL = [('s/f%d' % i, 2 * MiB) for i in range(2)]  # 4 MiB
 
 
 def serve(ck, rafsd, tmp, name, cache_dir, cache, prefetch=False):
@@ -293,6 +298,56 @@ def full_disk(ck, rafsd, ctl, tmp, boot, blobs, sources):
         harness.run(['umount', disk])
 
 
+def full_disk_complete(ck, rafsd, ctl, tmp, big, small):
+    """`big` and `small`: (bootstrap, blob dir, sources) of the 32 MiB and the 4 MiB image."""
+    ck.section('a full disk and a complete image')
+    image, disk = os.path.join(tmp, 'disk2.ext4'), os.path.join(tmp, 'disk2')
+    os.makedirs(disk)
+    if not ck.cmd_ok(harness.run(['mkfs.ext4', '-q', '-F', '-b', '4096', '-m', '0', image, '20M']), 'mkfs.ext4 20 MiB'):
+        return
+    if not ck.cmd_ok(harness.run(['mount', '-o', 'loop', image, disk]), 'mount it'):
+        return
+    try:
+        srv, sock, mnt = serve(ck, rafsd, tmp, 'full-complete', os.path.join(disk, 'cache'), {'keep_recent': 1})
+        if srv is None:
+            return
+        with srv:
+            mnt_small = mnt + '-small'
+            os.makedirs(mnt_small)
+            boot, blobs, sources = small
+            if not mount(ck, ctl, sock, blobs, boot, mnt_small, 'mount the 4 MiB image'):
+                return
+            ck.check(not read_tree(mnt_small, sources), 'it reads back exactly (and is complete)')
+            rafsctl(ctl, sock, 'umount', mnt_small)
+            if not mount(ck, ctl, sock, blobs, boot, mnt_small, 'mount it again, complete'):
+                return
+            big_boot, big_blobs, big_sources = big
+            if not mount(ck, ctl, sock, big_blobs, big_boot, mnt, 'mount the 32 MiB image'):
+                return
+            rels = sorted(big_sources)
+            # In parts of 8 MiB, less than the space left, with pauses longer than keep_recent, as in
+            # full_disk, so that the full disk's collection has chunks it may free: the big image's,
+            # read earlier.
+            bad = []
+            for part in range(0, len(rels), 4):
+                if part:
+                    time.sleep(2.5)
+                bad += read_tree(mnt, big_sources, rels[part:part + 4])
+            ck.check(not bad, 'every file of the 32 MiB image reads correctly on the full disk', str(bad[:3]))
+            c = cache_status(ctl, sock)
+            ck.check(c['freed_chunk_bytes'] > 0, 'the full disk freed chunks (%d bytes)' % c['freed_chunk_bytes'])
+            bad = read_tree(mnt_small, sources)
+            ck.check(not bad, 'the complete image, unmarked, still reads back exactly', str(bad[:3]))
+            small_blob = [i for i in rafsctl_status(ctl, sock)['images'] if i['mountpoint'] == mnt_small][0]['blobs'][0]
+            ck.check(small_blob['chunks_present'] == small_blob['chunks'],
+                     'none of its chunks was freed (%d of %d present)' % (small_blob['chunks_present'], small_blob['chunks']))
+            for m in (mnt, mnt_small):
+                rafsctl(ctl, sock, 'umount', m)
+            ck.check(srv.stop() == 0, 'rafsd exits 0')
+    finally:
+        harness.run(['umount', disk])
+
+
 def main():
     args, mk, rafsd, ctl, ck = start_test('rafsd_cache', __doc__, tools=('mkfs.ext4',))
     with harness.temp_dir('rafsd-cache-', keep=args.keep) as tmp:
@@ -307,6 +362,11 @@ def main():
         concurrent(ck, rafsd, ctl, tmp, boot, blobs, sources)
         unused(ck, rafsd, ctl, mk, tmp, boot, blobs, sources, blob_id)
         full_disk(ck, rafsd, ctl, tmp, boot, blobs, sources)
+        src_small, out_small = os.path.join(tmp, 'src-small'), os.path.join(tmp, 'out-small')
+        small_sources = make_small_tree(src_small, FILES_SMALL, seed=8)
+        if ck.cmd_ok(mk.build(out_small, [src_small], chunk_size=256 * 1024), 'mkrafs build (4 MiB)'):
+            full_disk_complete(ck, rafsd, ctl, tmp, (boot, blobs, sources),
+                               (os.path.join(out_small, 'image.boot'), os.path.join(out_small, 'blobs'), small_sources))
     return ck.finish()
 
 
