@@ -93,7 +93,13 @@ void ChunkFetcher::removeImage(uint32_t image) {
 ChunkFetcher::BlobAndTrace ChunkFetcher::blobOf(uint32_t image, uint32_t blob) {
     std::lock_guard lock(images_mutex_);
     if (image >= images_.size() || blob >= images_[image].blobs.size()) return {};
-    return {images_[image].blobs[blob], images_[image].trace};
+    BlobAndTrace found{images_[image].blobs[blob], {}};
+    for (const RegisteredImage& entry : images_) {
+        if (!entry.used) continue;
+        const auto it = std::find(entry.blobs.begin(), entry.blobs.end(), found.blob);
+        if (it != entry.blobs.end()) found.traces.emplace_back(entry.trace, static_cast<uint32_t>(it - entry.blobs.begin()));
+    }
+    return found;
 }
 
 std::vector<std::pair<uint32_t, uint32_t>> ChunkFetcher::trace(uint32_t image) {
@@ -118,7 +124,7 @@ uint32_t ChunkFetcher::forgetLost(uint32_t image, uint32_t blob_index, uint64_t 
 
 void ChunkFetcher::makePresent(uint32_t image, uint32_t blob_index, uint64_t offset,
                                uint64_t length, Completion done) {
-    auto [blob, trace] = blobOf(image, blob_index);
+    auto [blob, traces] = blobOf(image, blob_index);
     if (!blob) {
         log::error("request for unknown blob {} of image {}", blob_index, image);
         done(EIO);
@@ -196,7 +202,7 @@ void ChunkFetcher::makePresent(uint32_t image, uint32_t blob_index, uint64_t off
     }
     if (awaits_others) queue_->recheck();  // a queued prefetch request may be this miss's now
     // Last, off the path of the answer and the fetches.
-    if (trace) trace->record(blob_index, used.begin, used.end);
+    for (const auto& [trace, index] : traces) trace->record(index, used.begin, used.end);
 }
 
 uint32_t ChunkFetcher::prefetch(const std::shared_ptr<CachedBlob>& blob, uint32_t first, uint32_t count,

@@ -73,7 +73,9 @@ private:
 
     struct BlobAndTrace {
         std::shared_ptr<CachedBlob> blob;
-        std::shared_ptr<AccessTrace> trace;  // the image's
+        // The trace of every image that uses the blob, with the blob's index in it: the engines'
+        // requests name a cache file, which images sharing a blob share, not the mount that read it.
+        std::vector<std::pair<std::shared_ptr<AccessTrace>, uint32_t>> traces;
     };
     // Both under one lock: makePresent needs both on every request.
     BlobAndTrace blobOf(uint32_t image, uint32_t blob);

@@ -3,8 +3,9 @@
 prefetched, and a third image mounted after it (fanotify engine, rafsd serve, prefetch on at
 256 KiB/s, unbounded cache):
 
-1. image S mounted twice (S1, S2: the same bootstrap, so one blob X, one cache file), then S2
-   unmounted: S1's prefetch of X goes on (the unmount drops only what S2 alone used);
+1. image S mounted twice (S1, S2: the same bootstrap, so one blob X, one cache file): a file read
+   through S2 is in S2's start trace; then S2 unmounted: S1's prefetch of X goes on (the unmount
+   drops only what S2 alone used);
 2. image C mounted: it takes the fetcher's slot S2 had; its blob Y is prefetched behind X, so
    most of it is still missing;
 3. every file of S1 read: X completes, and its completion unmarks X's cache file, not the file
@@ -84,6 +85,14 @@ def main():
                 return ck.finish()
             ids = [[b['id'] for b in image_of(rafsctl_status(ctl, sock), mnt[n])['blobs']] for n in ('s1', 's2')]
             ck.check(ids[0] == ids[1], 'S1 and S2 share their blob', repr(ids))
+            # The engine's events name the shared cache file, not the mount: a read through S2 is in
+            # S2's start trace (and in S1's).
+            with open(os.path.join(mnt['s2'], 's/three'), 'rb') as f:
+                ck.check(f.read() == content_s['s/three'], 'S2/s/three reads back exactly')
+            r = rafsctl(ctl, sock, 'trace', mnt['s2'])
+            traced = [line for line in text(r.stdout).splitlines() if line and not line.startswith('#')]
+            ck.check(r.returncode == 0 and traced == ['/s/three'], "S2's start trace has the file read through it",
+                     repr(traced) + text(r.stderr))
             r = rafsctl(ctl, sock, 'umount', mnt['s2'])
             ck.check(r.returncode == 0 and not os.path.ismount(mnt['s2']), 'umount S2', text(r.stderr))
             before = present(ctl, sock, mnt['s1'])

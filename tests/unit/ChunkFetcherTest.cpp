@@ -363,3 +363,34 @@ TEST_CASE("the completion callback runs when the blob completes, or at once if i
         CHECK(calls == 1);
     }
 }
+
+// A request names a blob by one image's index, but images that share the blob share its cache file,
+// so the engines cannot tell which mount read it: the read counts in the trace of each of them.
+TEST_CASE("a read of a shared blob is in the trace of every image that uses it", "[chunkfetcher]") {
+    constexpr uint32_t kChunks = 4;
+    rafs::test::TempDir dir;
+    const ZeroBlob zero(kBlobId, kChunks, kChunk);
+    auto shared = std::make_shared<CachedBlob>(
+        zero.descriptor,
+        std::make_unique<BlobCache>(std::make_unique<NullCacheFile>(zero.descriptor.uncompressed_size),
+                                    ReadinessBitmap::open(dir.path() / "map", kBlobId, kChunks,
+                                                          zero.descriptor.uncompressed_size),
+                                    zero.extents),
+        std::make_shared<MemoryBackend>(std::vector<uint8_t>(kChunks * kChunk, 0)));
+    const ZeroBlob other_zero(std::string(64, 'e'), kChunks, kChunk);
+    auto other = std::make_shared<CachedBlob>(
+        other_zero.descriptor,
+        std::make_unique<BlobCache>(std::make_unique<NullCacheFile>(other_zero.descriptor.uncompressed_size),
+                                    ReadinessBitmap::open(dir.path() / "other", std::string(64, 'e'), kChunks,
+                                                          other_zero.descriptor.uncompressed_size),
+                                    other_zero.extents),
+        std::make_shared<MemoryBackend>(std::vector<uint8_t>(kChunks * kChunk, 0)));
+    ChunkFetcher fetcher(FetchOptions{.amplify = 0, .threads = 1, .retries = 0});
+    const uint32_t first = fetcher.addImage({shared});
+    const uint32_t second = fetcher.addImage({other, shared});  // the shared blob is its blob 1
+
+    CHECK(waitFor(fetcher, first, 2 * kChunk, kChunk) == 0);
+    using Trace = std::vector<std::pair<uint32_t, uint32_t>>;
+    CHECK(fetcher.trace(first) == Trace{{0, 2}});
+    CHECK(fetcher.trace(second) == Trace{{1, 2}});
+}
