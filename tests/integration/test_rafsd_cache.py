@@ -23,6 +23,7 @@
    chunks, never the complete image's, which reads back exactly afterwards.
 """
 
+import contextlib
 import os
 import re
 import shutil
@@ -245,15 +246,27 @@ def unused(ck, rafsd, ctl, mk, tmp, boot, blobs, sources, blob_id):
              'low_watermark above high_watermark: one error', err)
 
 
-def full_disk(ck, rafsd, ctl, tmp, boot, blobs, sources):
-    ck.section('a full disk')
-    image, disk = os.path.join(tmp, 'disk.ext4'), os.path.join(tmp, 'disk')
+@contextlib.contextmanager
+def small_disk(ck, tmp, name):
+    """A 20 MiB ext4 file system made and loop-mounted at tmp/name for the test, unmounted after;
+    yields its mount point, or None if it could not be made (reported)."""
+    image, disk = os.path.join(tmp, name + '.ext4'), os.path.join(tmp, name)
     os.makedirs(disk)
-    if not ck.cmd_ok(harness.run(['mkfs.ext4', '-q', '-F', '-b', '4096', '-m', '0', image, '20M']), 'mkfs.ext4 20 MiB'):
-        return
-    if not ck.cmd_ok(harness.run(['mount', '-o', 'loop', image, disk]), 'mount it'):
+    if not (ck.cmd_ok(harness.run(['mkfs.ext4', '-q', '-F', '-b', '4096', '-m', '0', image, '20M']), 'mkfs.ext4 20 MiB')
+            and ck.cmd_ok(harness.run(['mount', '-o', 'loop', image, disk]), 'mount it')):
+        yield None
         return
     try:
+        yield disk
+    finally:
+        harness.run(['umount', disk])
+
+
+def full_disk(ck, rafsd, ctl, tmp, boot, blobs, sources):
+    ck.section('a full disk')
+    with small_disk(ck, tmp, 'disk') as disk:
+        if disk is None:
+            return
         free = os.statvfs(disk).f_bavail * 4096
         log('%d bytes free on the small file system' % free)
         rels = sorted(sources)
@@ -294,20 +307,14 @@ def full_disk(ck, rafsd, ctl, tmp, boot, blobs, sources):
                 lines = [l for l in text.splitlines() if 'No space left on device' in l]
                 ck.check(lines and all('cache write failed' in l for l in lines),
                          'each failed write is one log line naming the full disk', str(lines[:3]))
-    finally:
-        harness.run(['umount', disk])
 
 
 def full_disk_complete(ck, rafsd, ctl, tmp, big, small):
     """`big` and `small`: (bootstrap, blob dir, sources) of the 32 MiB and the 4 MiB image."""
     ck.section('a full disk and a complete image')
-    image, disk = os.path.join(tmp, 'disk2.ext4'), os.path.join(tmp, 'disk2')
-    os.makedirs(disk)
-    if not ck.cmd_ok(harness.run(['mkfs.ext4', '-q', '-F', '-b', '4096', '-m', '0', image, '20M']), 'mkfs.ext4 20 MiB'):
-        return
-    if not ck.cmd_ok(harness.run(['mount', '-o', 'loop', image, disk]), 'mount it'):
-        return
-    try:
+    with small_disk(ck, tmp, 'disk2') as disk:
+        if disk is None:
+            return
         srv, sock, mnt = serve(ck, rafsd, tmp, 'full-complete', os.path.join(disk, 'cache'), {'keep_recent': 1})
         if srv is None:
             return
@@ -344,8 +351,6 @@ def full_disk_complete(ck, rafsd, ctl, tmp, big, small):
             for m in (mnt, mnt_small):
                 rafsctl(ctl, sock, 'umount', m)
             ck.check(srv.stop() == 0, 'rafsd exits 0')
-    finally:
-        harness.run(['umount', disk])
 
 
 def main():

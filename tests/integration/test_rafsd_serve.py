@@ -21,7 +21,7 @@ import time
 
 from rafstest import harness
 from rafstest.harness import log, text
-from rafstest.rafsd import (RafsdServe, drop_file_cache, make_small_tree, rafsctl, rafsctl_status,
+from rafstest.rafsd import (RafsdServe, drop_file_cache, image_of, make_small_tree, rafsctl, rafsctl_status,
                             start_test, write_config)
 
 MiB = 1 << 20
@@ -31,13 +31,6 @@ FILES_A = [('a/one', 2 * MiB + 100), ('a/two', MiB), ('three', 300000), ('z/four
 FILES_B = [('b1', 3 * MiB), ('b2', 2 * MiB + 7)]
 FIELDS = ('id', 'size', 'chunks', 'chunks_present', 'misses', 'bytes_fetched', 'bytes_from_cache',
           'prefetch_done', 'errors')
-
-
-def image_of(status, mnt):
-    for image in (status or {}).get('images', []):
-        if image.get('mountpoint') == mnt:
-            return image
-    return None
 
 
 def blob_sums(image):

@@ -20,20 +20,13 @@ import time
 
 from rafstest import harness
 from rafstest.harness import text
-from rafstest.rafsd import (RafsdServe, drop_file_cache, make_small_tree, rafsctl, rafsctl_status, start_test,
-                            write_config)
+from rafstest.rafsd import (RafsdServe, drop_file_cache, image_of, make_small_tree, rafsctl, rafsctl_status,
+                            start_test, write_config)
 
 KiB, MiB = 1 << 10, 1 << 20
 CHUNK = 256 * KiB
 FILES_S = [('s/one', 3 * MiB + 5), ('s/two', 2 * MiB), ('s/three', 700 * KiB)]
 FILES_C = [('c/one', 4 * MiB + 17), ('c/two', 2 * MiB)]
-
-
-def image_of(status, mnt):
-    for image in (status or {}).get('images', []):
-        if image.get('mountpoint') == mnt:
-            return image
-    return None
 
 
 def present(ctl, sock, mnt):

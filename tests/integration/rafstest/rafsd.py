@@ -383,6 +383,14 @@ def rafsctl_status(rafsctl_bin, socket_path, mountpoint=None):
     return json.loads(r.stdout)
 
 
+def image_of(status, mountpoint):
+    """The entry of `mountpoint` in a parsed `rafsctl status --json`, or None."""
+    for image in (status or {}).get('images', []):
+        if image.get('mountpoint') == mountpoint:
+            return image
+    return None
+
+
 def children(pid):
     """The pids of the children of `pid`."""
     try:
