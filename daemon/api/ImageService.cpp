@@ -450,10 +450,11 @@ nlohmann::json ImageService::mountOrReattach(const MountRequest& request, bool r
             dropUnusedKeptFds();
             throw;
         }
-        for (uint32_t i = 0; i < image.blobs.size(); ++i) {
-            if (spec.keep_marks) continue;
+        if (!spec.keep_marks) {
             // The fd stays open as long as the blob, which owns the callback (CachedBlob).
-            image.blobs[i]->onComplete([engine_ptr, fd = spec.blobs[i].fd] { engine_ptr->unmarkComplete(fd); });
+            for (uint32_t i = 0; i < image.blobs.size(); ++i) {
+                image.blobs[i]->onComplete([engine_ptr, fd = spec.blobs[i].fd] { engine_ptr->unmarkComplete(fd); });
+            }
         }
     }
     if (prefetcher_) {

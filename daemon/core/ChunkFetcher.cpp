@@ -90,6 +90,12 @@ void ChunkFetcher::removeImage(uint32_t image) {
     if (image < images_.size()) images_[image] = {};
 }
 
+std::shared_ptr<CachedBlob> ChunkFetcher::blobAt(uint32_t image, uint32_t blob) {
+    std::lock_guard lock(images_mutex_);
+    if (image >= images_.size() || blob >= images_[image].blobs.size()) return {};
+    return images_[image].blobs[blob];
+}
+
 ChunkFetcher::BlobAndTrace ChunkFetcher::blobOf(uint32_t image, uint32_t blob) {
     std::lock_guard lock(images_mutex_);
     if (image >= images_.size() || blob >= images_[image].blobs.size()) return {};
@@ -112,7 +118,7 @@ std::vector<std::pair<uint32_t, uint32_t>> ChunkFetcher::trace(uint32_t image) {
 }
 
 uint32_t ChunkFetcher::forgetLost(uint32_t image, uint32_t blob_index, uint64_t offset, uint64_t length) {
-    std::shared_ptr<CachedBlob> blob = blobOf(image, blob_index).blob;
+    std::shared_ptr<CachedBlob> blob = blobAt(image, blob_index);
     if (!blob) return 0;
     BlobCache& cache = blob->cache();
     const ChunkRange range = cache.chunksCovering(offset, length);

@@ -79,6 +79,8 @@ private:
     };
     // Both under one lock: makePresent needs both on every request.
     BlobAndTrace blobOf(uint32_t image, uint32_t blob);
+    // The blob alone, without the walk over every image for the traces.
+    std::shared_ptr<CachedBlob> blobAt(uint32_t image, uint32_t blob);
     void fetchRun(const std::shared_ptr<CachedBlob>& blob, FetchRun run, bool prefetch);
     bool decode(CachedBlob& blob, uint32_t ci, std::span<const uint8_t> stored, std::span<uint8_t> extent);
     void writeChunks(CachedBlob& blob, uint32_t first, uint32_t count, std::span<const uint8_t> extents);
