@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <array>
 #include <cstring>
+#include <deque>
 #include <limits>
 #include <memory>
 #include <string_view>
@@ -22,6 +23,12 @@ namespace rafs::build {
 namespace {
 
 constexpr size_t kMaxNameLength = 255;  // EROFS dirent names
+// A member's path, as Linux's PATH_MAX (include/uapi/linux/limits.h) bounds what a runtime
+// applying the layer could create; and the depth of the tree it may build, with symlinks
+// followed: both keep a hostile layer from costing time and memory without end.
+constexpr size_t kMaxPathLength = 4095;
+constexpr unsigned kMaxDepth = 2048;
+constexpr unsigned kMaxSymlinks = 40;  // Linux's MAXSYMLINKS (include/linux/namei.h)
 constexpr std::string_view kWhiteoutPrefix = ".wh.";
 constexpr std::string_view kOpaqueWhiteout = ".wh..wh..opq";
 
@@ -57,12 +64,6 @@ std::string encodeAcl(const std::vector<AclEntry>& acl) {
     return out;
 }
 
-std::string join(std::span<const std::string_view> parts) {
-    std::string path;
-    for (std::string_view part : parts) path.append("/").append(part);
-    return path.empty() ? "/" : path;
-}
-
 struct ArchiveFree {
     void operator()(archive* a) const { archive_read_free(a); }
 };
@@ -94,9 +95,11 @@ public:
                 stream_->finish();
                 break;
             }
-            // Warnings are about converting names to the locale's charset; the names' bytes
-            // are used as stored.
-            if (r < ARCHIVE_WARN) {
+            // A warning about converting a name to the locale's charset is harmless (the
+            // name's bytes are used as stored); any other (a malformed pax record, which
+            // libarchive skips, leaving the member its truncated ustar name) or a damaged
+            // header (ARCHIVE_RETRY) is an error.
+            if (r != ARCHIVE_OK && !(r == ARCHIVE_WARN && archiveError().find("can't be converted") != std::string::npos)) {
                 if (stream_error_) std::rethrow_exception(stream_error_);
                 if (seen_member_) fail("{}: after member {}: {}", name_, member_, archiveError());
                 fail("{}: {}", name_, archiveError());
@@ -193,9 +196,11 @@ private:
         return message != nullptr ? message : "unknown libarchive error";
     }
 
-    // The components of a member path or hardlink target, without "." and empty ones.
+    // The components of a member path or hardlink target, without "." and empty ones. A last
+    // component may be a whiteout of a name of the longest length.
     std::vector<std::string_view> components(std::string_view path) const {
         if (path.starts_with('/')) failMember("absolute path {}", path);
+        if (path.size() > kMaxPathLength) failMember("path longer than {} bytes", kMaxPathLength);
         std::vector<std::string_view> parts;
         for (std::string_view rest = path; !rest.empty();) {
             const size_t slash = rest.find('/');
@@ -203,10 +208,80 @@ private:
             rest = slash == std::string_view::npos ? std::string_view{} : rest.substr(slash + 1);
             if (part.empty() || part == ".") continue;
             if (part == "..") failMember("'..' in path {}", path);
-            if (part.size() > kMaxNameLength) failMember("path component longer than 255 bytes");
+            const bool whiteout = rest.find_first_not_of('/') == std::string_view::npos && part.starts_with(kWhiteoutPrefix);
+            if (part.size() > kMaxNameLength + (whiteout ? kWhiteoutPrefix.size() : 0)) {
+                failMember("path component longer than 255 bytes");
+            }
             parts.push_back(part);
         }
         return parts;
+    }
+
+    static Node* childOf(Node& dir, std::string_view name) {
+        auto it = dir.children.find(std::string(name));
+        return it == dir.children.end() ? nullptr : it->second.get();
+    }
+
+    static std::string pathOf(const Node& node) {
+        std::vector<const Node*> chain;
+        for (const Node* n = &node; n->parent != nullptr; n = n->parent) chain.push_back(n);
+        std::string path;
+        for (auto it = chain.rbegin(); it != chain.rend(); ++it) path.append("/").append((*it)->name);
+        return path.empty() ? "/" : path;
+    }
+
+    // The directory that holds the entry `parts` names (a non-empty path: all its components but
+    // the last), found as a runtime applying the layer finds it, in the tree built so far with
+    // its symlinks followed inside the image's root (an absolute target starts at the root, ".."
+    // stops there): containerd's archive.Apply resolves it with fs.RootPath, umoci with
+    // securejoin, so "lib/x" over a "lib -> usr/lib" symlink is /usr/lib/x. Missing directories
+    // are made when `create`; otherwise a missing or non-directory parent gives nullptr.
+    Node* parentOf(std::span<const std::string_view> parts, bool create) {
+        std::deque<std::string> pending(parts.begin(), parts.end() - 1);
+        Node* dir = &tree_.root();
+        unsigned depth = 0;
+        unsigned links = 0;
+        while (!pending.empty()) {
+            const std::string name = std::move(pending.front());
+            pending.pop_front();
+            if (name.empty() || name == ".") continue;
+            if (name == "..") {
+                if (dir->parent != nullptr) {
+                    dir = dir->parent;
+                    --depth;
+                }
+                continue;
+            }
+            Node* next = childOf(*dir, name);
+            if (next != nullptr && next->inode->isLink()) {
+                if (++links > kMaxSymlinks) failMember("more than {} symlinks in its path", kMaxSymlinks);
+                const std::string& target = next->inode->symlink_target;
+                std::vector<std::string> target_parts;
+                for (size_t start = 0; start <= target.size();) {
+                    const size_t slash = std::min(target.find('/', start), target.size());
+                    target_parts.push_back(target.substr(start, slash - start));
+                    start = slash + 1;
+                }
+                pending.insert(pending.begin(), target_parts.begin(), target_parts.end());
+                if (target.starts_with('/')) {
+                    dir = &tree_.root();
+                    depth = 0;
+                }
+                continue;
+            }
+            if (next == nullptr) {
+                if (!create) return nullptr;
+                auto inode = std::make_shared<Inode>();
+                inode->mode = S_IFDIR | 0755;
+                next = &tree_.put(*dir, name, std::move(inode), layer_);
+            } else if (!next->inode->isDir()) {
+                if (!create) return nullptr;
+                failMember("parent {} is not a directory", pathOf(*next));
+            }
+            if (++depth >= kMaxDepth) failMember("deeper than {} directories", kMaxDepth);
+            dir = next;
+        }
+        return dir;
     }
 
     void addEntry(archive_entry* entry) {
@@ -223,12 +298,12 @@ private:
         }
         auto inode = makeInode(entry);
         if (parts.empty() && !inode->isDir()) failMember("the root entry is not a directory");
-        makeParents(parts);
         if (inode->isReg()) {
             // A later member of this layer may replace it before the sink is finished.
             tree_.retain(inode);
         }
-        Inode& added = *tree_.put(join(parts), std::move(inode), layer_).inode;
+        Inode& added = parts.empty() ? *tree_.put("/", std::move(inode), layer_).inode
+                                     : *tree_.put(*parentOf(parts, true), parts.back(), std::move(inode), layer_).inode;
         if (added.isReg()) {
             MemberData data(*this, entry);
             sink_.addFile(added, data);
@@ -237,7 +312,7 @@ private:
 
     // OCI whiteouts only hide what lower layers put there.
     void applyWhiteout(const std::vector<std::string_view>& parts) {
-        Node* dir = tree_.find(join(std::span(parts).first(parts.size() - 1)));
+        Node* dir = parentOf(parts, false);
         if (parts.back() == kOpaqueWhiteout) {
             if (dir != nullptr) removeLowerLayers(*dir);
             return;
@@ -263,29 +338,20 @@ private:
         }
     }
 
+    // The target is looked up as the member path is (its parents' symlinks followed), itself
+    // taken as it is: a link to a symlink links the symlink.
     void addHardlink(const std::vector<std::string_view>& parts, const char* target) {
-        Node* existing = tree_.find(join(components(target)));
+        const auto target_parts = components(target);
+        Node* existing = &tree_.root();
+        if (!target_parts.empty()) {
+            Node* dir = parentOf(target_parts, false);
+            existing = dir != nullptr ? childOf(*dir, target_parts.back()) : nullptr;
+        }
         if (existing == nullptr) failMember("hardlink target {} does not exist", target);
         if (existing->inode->isDir()) failMember("hardlink target {} is a directory", target);
         if (parts.empty()) failMember("the root entry is not a directory");
-        makeParents(parts);
-        tree_.put(join(parts), existing->inode, layer_);
-    }
-
-    void makeParents(const std::vector<std::string_view>& parts) {
-        Node* dir = &tree_.root();
-        for (size_t i = 0; i + 1 < parts.size(); ++i) {
-            auto it = dir->children.find(std::string(parts[i]));
-            if (it == dir->children.end()) {
-                auto inode = std::make_shared<Inode>();
-                inode->mode = S_IFDIR | 0755;
-                dir = &tree_.put(join(std::span(parts).first(i + 1)), std::move(inode), layer_);
-            } else if (it->second->inode->isDir()) {
-                dir = it->second.get();
-            } else {
-                failMember("parent {} is not a directory", join(std::span(parts).first(i + 1)));
-            }
-        }
+        std::shared_ptr<Inode> inode = existing->inode;
+        tree_.put(*parentOf(parts, true), parts.back(), std::move(inode), layer_);
     }
 
     template <typename T>

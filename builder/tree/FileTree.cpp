@@ -76,23 +76,26 @@ Node& FileTree::put(std::string_view path, std::shared_ptr<Inode> inode, unsigne
             fail("path {}: parent {} is not a directory", path, parent_path);
         }
     }
-    std::string name(parts.back());
-    auto it = parent->children.find(name);
-    if (it != parent->children.end()) {
+    return put(*parent, parts.back(), std::move(inode), layer);
+}
+
+Node& FileTree::put(Node& dir, std::string_view name, std::shared_ptr<Inode> inode, unsigned layer) {
+    auto it = dir.children.find(std::string(name));
+    if (it != dir.children.end()) {
         Node& old = *it->second;
         if (old.inode->isDir() && inode->isDir()) {
             old.inode = std::move(inode);
             old.layer = layer;
             return old;
         }
-        parent->children.erase(it);
+        dir.children.erase(it);
     }
     auto node = std::make_unique<Node>();
     node->name = name;
-    node->parent = parent;
+    node->parent = &dir;
     node->inode = std::move(inode);
     node->layer = layer;
-    return *parent->children.emplace(std::move(name), std::move(node)).first->second;
+    return *dir.children.emplace(std::string(name), std::move(node)).first->second;
 }
 
 bool FileTree::remove(std::string_view path) {

@@ -36,6 +36,8 @@ public:
     // its subtree unless the new entry is a directory too, in which case children are kept and
     // only the inode is replaced). Parent directories must exist. Returns the entry.
     Node& put(std::string_view path, std::shared_ptr<Inode> inode, unsigned layer);
+    // The same for the entry `name` (one component) of the directory `dir`.
+    Node& put(Node& dir, std::string_view name, std::shared_ptr<Inode> inode, unsigned layer);
 
     // Removes the entry at `path` with its subtree; false if there was none.
     bool remove(std::string_view path);

@@ -409,6 +409,69 @@ TEST_CASE("tar: whiteouts, opaque directories and hardlinks across layers", "[ta
                                            "r2", "n2", "s1"});
 }
 
+TEST_CASE("tar: symlinks among a member's parents are followed inside the image's root", "[tar]") {
+    TempDir tmp;
+    {
+        TarWriter w(tmp / "0.tar");
+        w.dir("usr");
+        w.dir("usr/lib");
+        w.file("usr/lib/old", "old");
+        w.symlink("lib", "usr/lib");
+        w.dir("a");
+        w.file("a/x", "x");
+        w.symlink("lnk", "a");
+        w.symlink("abs", "/usr/lib");
+        w.symlink("up", "../../usr");  // ".." stops at the root
+        w.dir("d");
+        w.symlink("d/back", "../a");
+        w.symlink("chain", "lnk");
+        w.close();
+    }
+    {
+        TarWriter w(tmp / "1.tar");
+        w.file("lib/.wh.old", "");
+        w.file("lib/new", "new");
+        w.file("lnk/.wh..wh..opq", "");
+        w.file("abs/n2", "n2");
+        w.file("up/lib/n3", "n3");
+        w.file("d/back/y", "y");
+        w.file("chain/z", "z");
+        w.file("lib/sub/deep", "deep");  // a missing parent is made where the symlink leads
+        w.hardlink("h", "lib/new");
+        w.close();
+    }
+    FileTree tree;
+    RecordingSink sink;
+    addTar(tmp / "0.tar", tree, sink, 0);
+    addTar(tmp / "1.tar", tree, sink, 1);
+    CHECK(paths(tree) == std::vector<std::string>{"/", "/a", "/a/y", "/a/z", "/abs", "/chain", "/d", "/d/back", "/h",
+                                                  "/lib", "/lnk", "/up", "/usr", "/usr/lib", "/usr/lib/n2",
+                                                  "/usr/lib/n3", "/usr/lib/new", "/usr/lib/sub", "/usr/lib/sub/deep"});
+    CHECK(&inodeAt(tree, "h") == &inodeAt(tree, "usr/lib/new"));
+    CHECK(inodeAt(tree, "lib").isLink());
+}
+
+TEST_CASE("tar: a whiteout of a name of 255 bytes", "[tar]") {
+    TempDir tmp;
+    const std::string name(255, 'n');
+    {
+        TarWriter w(tmp / "0.tar");
+        w.file(name, "x");
+        w.file("keep", "k");
+        w.close();
+    }
+    {
+        TarWriter w(tmp / "1.tar");
+        w.file(".wh." + name, "");
+        w.close();
+    }
+    FileTree tree;
+    RecordingSink sink;
+    addTar(tmp / "0.tar", tree, sink, 0);
+    addTar(tmp / "1.tar", tree, sink, 1);
+    CHECK(paths(tree) == std::vector<std::string>{"/", "/keep"});
+}
+
 TEST_CASE("tar: a member replaced in its own layer stays alive for the sink", "[tar]") {
     TempDir tmp;
     {
@@ -626,6 +689,29 @@ TEST_CASE("tar: rejected members", "[tar]") {
             w.file("f/g", "x");
         },
         "member f/g: parent /f is not a directory");
+    expectError(
+        [](TarWriter& w) {
+            w.symlink("loop1", "loop2");
+            w.symlink("loop2", "loop1");
+            w.file("loop1/x", "x");
+        },
+        "member loop1/x: more than 40 symlinks in its path");
+    std::string too_long;
+    while (too_long.size() <= 4095) too_long += "a/";
+    too_long += "f";
+    expectError([&](TarWriter& w) { w.file(too_long, "x"); }, "member " + too_long + ": path longer than 4095 bytes");
+    // Under 4095 bytes each, but 2040 + 20 directories deep through the symlink.
+    std::string deep = "a";
+    for (int i = 1; i < 2040; ++i) deep += "/a";
+    std::string deeper = "s";
+    for (int i = 0; i < 20; ++i) deeper += "/b";
+    expectError(
+        [&](TarWriter& w) {
+            w.file(deep + "/f", "x");
+            w.symlink("s", deep);
+            w.file(deeper + "/f", "x");
+        },
+        "member " + deeper + "/f: deeper than 2048 directories");
     expectError([](TarWriter& w) { w.file(".", ""); }, "member .: the root entry is not a directory");
     expectError([](TarWriter& w) { w.file("d/.wh.", ""); }, "member d/.wh.: invalid whiteout name");
     expectError(
@@ -689,6 +775,36 @@ TEST_CASE("tar: truncated, corrupt and missing archives", "[tar]") {
         writeFile(tmp / "cut.tar", readFile(tmp / "full.tar").substr(0, 2 * 512 + 100));
         CHECK_THROWS_WITH(addTar(tmp / "cut.tar", tree, sink, 0),
                           StartsWith(tmp / "cut.tar" + ": after member a: ") && Contains("runcated"));
+    }
+    SECTION("a malformed pax record") {
+        // libarchive skips it with a warning, and the member would keep its truncated ustar name.
+        const std::string name = "dir/" + std::string(120, 'n');
+        {
+            TarWriter w(tmp / "pax.tar");
+            w.file(name, "x");
+            w.close();
+        }
+        std::string bytes = readFile(tmp / "pax.tar");
+        const size_t record = bytes.find(" path=");
+        REQUIRE(record != std::string::npos);
+        REQUIRE(bytes[record - 3] == '1');  // a three-digit length
+        bytes[record - 3] = '9';
+        writeFile(tmp / "bad.tar", bytes);
+        CHECK_THROWS_WITH(addTar(tmp / "bad.tar", tree, sink, 0),
+                          StartsWith(tmp / "bad.tar" + ": ") && Contains("malformed pax"));
+    }
+    SECTION("a damaged header") {
+        {
+            TarWriter w(tmp / "full.tar", ARCHIVE_FORMAT_TAR_USTAR);
+            w.file("a", "a");
+            w.file("b", "b");
+            w.close();
+        }
+        std::string bytes = readFile(tmp / "full.tar");
+        bytes[2 * 512 + 148] = '7';  // b's header checksum
+        writeFile(tmp / "bad.tar", bytes);
+        CHECK_THROWS_WITH(addTar(tmp / "bad.tar", tree, sink, 0),
+                          tmp / "bad.tar" + ": after member a: Damaged tar archive");
     }
     SECTION("truncated gzip") {
         {
