@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <functional>
 
 namespace rafs::build {
 
@@ -19,6 +20,13 @@ constexpr size_t kOutputBlock = 1 << 20;
 constexpr size_t kBlocksAhead = 8;
 constexpr uint8_t kGzipMagic[] = {0x1f, 0x8b};
 constexpr uint8_t kZstdMagic[] = {0x28, 0xb5, 0x2f, 0xfd};
+
+// A zstd skippable frame (RFC 8878 section 3.1.2: magic 0x184D2A50 to 0x184D2A5F, little-endian)
+// holds metadata, such as the table of contents that zstd:chunked layers (containers/storage)
+// put before their footer; ZSTD_decompressStream skips it.
+bool startsSkippableFrame(std::span<const uint8_t> in) {
+    return in.size() >= 4 && (in[0] & 0xf0) == 0x50 && in[1] == 0x2a && in[2] == 0x4d && in[3] == 0x18;
+}
 
 uint32_t clamp32(size_t n) { return static_cast<uint32_t>(std::min<size_t>(n, UINT32_MAX)); }
 
@@ -131,14 +139,17 @@ void LayerStream::decompress() {
     auto starts = [&](std::span<const uint8_t> magic) {
         return in_.size() - in_pos_ >= magic.size() && std::equal(magic.begin(), magic.end(), in_.data() + in_pos_);
     };
+    const auto starts_zstd_frame = [&] {
+        return starts(kZstdMagic) || startsSkippableFrame(std::span(in_).subspan(in_pos_));
+    };
     std::unique_ptr<Decoder> decoder;  // none: a plain tar
-    std::span<const uint8_t> magic;
+    std::function<bool()> starts_member;
     if (starts(kGzipMagic)) {
         decoder = std::make_unique<GzipDecoder>(name_);
-        magic = kGzipMagic;
-    } else if (starts(kZstdMagic)) {
+        starts_member = [&] { return starts(kGzipMagic); };
+    } else if (starts_zstd_frame()) {
         decoder = std::make_unique<ZstdDecoder>(name_);
-        magic = kZstdMagic;
+        starts_member = starts_zstd_frame;
     }
     Block out{std::make_unique_for_overwrite<uint8_t[]>(kOutputBlock), 0};
     bool between = true;  // at the start, or a member or frame ended exactly here
@@ -155,8 +166,8 @@ void LayerStream::decompress() {
             if (between) {
                 // Another member or frame may follow, or zeros (padding); anything else is
                 // trailing garbage.
-                if (!starts(magic)) {
-                    if (src.size() < magic.size() && fill()) continue;
+                if (!starts_member()) {
+                    if (src.size() < sizeof(kZstdMagic) && fill()) continue;
                     if (!std::all_of(src.begin(), src.end(), [](uint8_t b) { return b == 0; })) {
                         fail("{}: unexpected data after the compressed stream", name_);
                     }

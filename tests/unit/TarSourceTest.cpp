@@ -611,6 +611,49 @@ std::string gzipMember(std::string_view data) {
     return {out.begin(), out.end()};
 }
 
+TEST_CASE("tar: zstd frames with skippable frames among them, as zstd:chunked layers have", "[tar]") {
+    TempDir tmp;
+    std::string text;
+    for (int i = 0; text.size() < 300 * 1024; ++i) text += "line " + std::to_string(i) + "\n";
+    {
+        TarWriter w(tmp / "a.tar");
+        w.file("text", text);
+        w.file("small", "small");
+        w.close();
+    }
+    const std::string tar = readFile(tmp / "a.tar");
+    auto frame = [](std::string_view data) {
+        std::vector<uint8_t> out;
+        REQUIRE(rafs::compress(rafs::Compressor::Zstd, {reinterpret_cast<const uint8_t*>(data.data()), data.size()}, out));
+        return std::string(out.begin(), out.end());
+    };
+    // Magic 0x184D2A5n, then the payload's size, little-endian.
+    auto skippable = [](uint8_t n, const std::string& payload) {
+        std::string out{static_cast<char>(0x50 | n), 0x2a, 0x4d, 0x18};
+        for (int i = 0; i < 4; ++i) out.push_back(static_cast<char>(payload.size() >> (8 * i)));
+        return out + payload;
+    };
+    const std::string frames = skippable(0, "lead") + frame(tar.substr(0, 100000)) + skippable(5, "between") +
+                               frame(tar.substr(100000)) + skippable(0xf, std::string(3000, 'T')) +
+                               skippable(0, std::string(64, 'F'));
+
+    SECTION("read whole") {
+        FileTree tree;
+        RecordingSink sink;
+        writeFile(tmp / "chunked.tar.zst", frames);
+        addTar(tmp / "chunked.tar.zst", tree, sink, 0);
+        REQUIRE(sink.files.size() == 2);
+        CHECK(sink.files[0].content == text);
+        CHECK(sink.files[1].content == "small");
+    }
+    SECTION("a skippable frame cut short") {
+        FileTree tree;
+        RecordingSink sink;
+        writeFile(tmp / "cut.tar.zst", frames.substr(0, frames.size() - 10));
+        CHECK_THROWS_WITH(addTar(tmp / "cut.tar.zst", tree, sink, 0), tmp / "cut.tar.zst" + ": truncated compressed stream");
+    }
+}
+
 TEST_CASE("tar: gzip in several members, padded, and each member's trailer checked", "[tar]") {
     TempDir tmp;
     std::string text;
