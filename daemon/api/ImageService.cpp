@@ -157,7 +157,8 @@ void ImageService::useFscacheDevice(FscacheDevice device, bool restore) {
 
 void ImageService::collectFscacheVolumes() {
     const fs::path& dir = config_.daemon.cache_dir;
-    collector_->addLayout(std::make_shared<FscacheVolumes>(dir / "fscache", dir / "fscache-state", *fscache_));
+    fscache_volumes_ = std::make_shared<FscacheVolumes>(dir / "fscache", dir / "fscache-state", *fscache_);
+    collector_->addLayout(fscache_volumes_);
 }
 
 void ImageService::startFscache() {
@@ -496,6 +497,13 @@ void ImageService::mountFscache(Image& image, const rafs::Bootstrap& bootstrap, 
             engine.reattach(spec);
         } else {
             engine.start(fscache_restore_);
+            for (const Image& other : images_) {
+                if (other.engine == EngineKind::Fscache && other.fsid == image.fsid && other.domain_id == image.domain_id) {
+                    rafs::fail("fsid {} is the fsid of the image on {} already", image.fsid, other.mountpoint.string());
+                }
+            }
+            // The default fsid names the bootstrap's content, so a cache file kept under it holds this one.
+            if (image.fsid != defaultFsid(bootstrap)) fscache_volumes_->cullBootstrap(volume, image.fsid);
             // Listed before mount(2): a daemon dying during the mount leaves an entry the next one
             // finds unmounted and forgets, never a mount it does not know about. A registered
             // image is listed too, so that a restarted daemon takes over the user's mount of it.

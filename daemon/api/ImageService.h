@@ -28,6 +28,8 @@
 
 namespace rafsd {
 
+class FscacheVolumes;
+
 class ImageService : public ControlHandler {
 public:
     explicit ImageService(Config config);
@@ -149,6 +151,7 @@ private:
     std::unique_ptr<ChunkFetcher> fetcher_;
     std::unique_ptr<FanotifyEngine> fanotify_;
     std::unique_ptr<FscacheEngine> fscache_;
+    std::shared_ptr<FscacheVolumes> fscache_volumes_;  // with fscache_; the collector holds it too
     std::unique_ptr<Prefetcher> prefetcher_;
     std::map<std::string, std::weak_ptr<CachedBlob>> blobs_;  // by blob id: shared across images
     std::map<std::string, std::weak_ptr<ObjectFd>> fscache_fds_;  // same keys: each fscache blob's object fd

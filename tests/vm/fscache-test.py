@@ -165,6 +165,13 @@ def prepare(args):
     meta['img3'] = {'manifest': manifest_of_dir(f'{work}/src3'), 'blobs': [blob3],
                     'bad_block_sha256': hashlib.sha256(bytes(bad_block)).hexdigest()}
 
+    # One tree under two build times: bootstraps of one size that differ (each entry's mtime),
+    # with the same blob.
+    for name, mtime in (('mtime1', 1), ('mtime2', 2)):
+        run([mk, 'build', '--mtime', str(mtime), '--output', f'{work}/{name}', f'{work}/src3'])
+    if os.path.getsize(f'{work}/mtime1/image.boot') != os.path.getsize(f'{work}/mtime2/image.boot'):
+        sys.exit('fscache-test: the bootstraps built with --mtime 1 and 2 differ in size')
+
     # Nydus images: the reference is the tree mkrafs unpacks (every chunk verified against the
     # digests nydus-image wrote).
     nydus = args.fixtures
@@ -406,6 +413,34 @@ class Guest:
             check(c['read_errors'] == 0, f'{name}: counters {c}')
             out.append(f'{name}: {len(self.meta[name]["manifest"])} entries')
         return ', '.join(out)
+
+    def case_reused_fsid(self):
+        """Two bootstraps of one size mounted one after the other under one --fsid on one cache: each
+        mount reads its own bootstrap, not the cache file the kernel kept of the one before."""
+        mnt, cache = self.mnt('reused'), f'{self.cache_root}/reused'
+        seen = []
+        for name, mtime in (('mtime1', 1), ('mtime2', 2), ('mtime1', 1)):
+            d = self.mount(name, cache, mnt, extra=['--fsid', 'reused'])
+            seen.append(os.stat(f'{mnt}/small').st_mtime)
+            check(seen[-1] == mtime, f'{name}: mtime {seen[-1]} where its bootstrap says {mtime} '
+                                     '(the bootstrap mounted before under this fsid?)')
+            self.expect_clean_stop(d, mnt)
+        # The same fsid twice at once: the second mount is refused, the first serves on.
+        d, ctl = self.serve('twice', f'{self.cache_root}/twice')
+        b1, blobs1 = self.image('mtime1')
+        b2, blobs2 = self.image('mtime2')
+        first, second = self.mnt('twice1'), self.mnt('twice2')
+        r = subprocess.run(ctl + ['mount', '--engine', 'fscache', '--fsid', 'twice', '--blob-dir', blobs1, b1, first],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=300)
+        check(r.returncode == 0, f'first mount: {r.stdout!r}\n{d.text()}')
+        r = subprocess.run(ctl + ['mount', '--engine', 'fscache', '--fsid', 'twice', '--blob-dir', blobs2, b2, second],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=300)
+        check(r.returncode != 0 and r.stdout.count(b'\n') == 1 and
+              f'fsid twice is the fsid of the image on {first} already'.encode() in r.stdout and not is_mount(second),
+              f'second mount with the same fsid: {r.stdout!r}')
+        check(os.stat(f'{first}/small').st_mtime == 1, 'the first mount broke')
+        check(d.stop() == 0, f'rafsd serve did not stop cleanly:\n{d.text()}')
+        return f'mtimes {seen}; the same fsid twice refused'
 
     def case_unknown_cookie(self):
         """A mount naming a cookie rafsd does not know: copen -ENOENT, that mount fails, rafsd serves on."""
@@ -902,7 +937,7 @@ class Guest:
         return f'waiting reader: {errno.errorcode[err.errno]}, new reader: {errno.errorcode[new_errno]}'
 
 
-CASES = ['tree', 'remount_cached', 'stale_state', 'nydus', 'unknown_cookie', 'missing_blob', 'device_errors',
+CASES = ['tree', 'remount_cached', 'stale_state', 'nydus', 'reused_fsid', 'unknown_cookie', 'missing_blob', 'device_errors',
          'corrupt_blob', 'shared_domain', 'register_by_hand', 'failover', 'fd_store', 'serve_failover', 'kill_no_failover', 'registry',
          'registry_image', 'cache_gc']
 

@@ -56,18 +56,47 @@ void FscacheVolumes::remove(const std::string& volume) {
             }
         }
     }
-    // Culled files wait in the graveyard for the daemon to delete them (cachefilesd does the same).
+    emptyGraveyard();
+    if (busy != 0) rafs::fail("{} cache files of fscache volume {} are open in the kernel", busy, volume);
+    // Only now: a chunk map left behind a cache file would be checked again at the next open,
+    // but one without its cache file is just lost state.
+    std::error_code ec;
+    fs::remove_all(state_ / volume, ec);
+    if (ec) rafs::fail("cannot remove {}: {}", (state_ / volume).string(), ec.message());
+}
+
+void FscacheVolumes::cullBootstrap(const std::string& volume, const std::string& fsid) {
+    // cachefiles names the file of a printable key "D" + the key (fs/cachefiles/key.c), in the
+    // fan-out dir of the key's hash: looked for in all of them rather than hashed here.
+    const std::string name = "D" + fsid;
+    const fs::path dir = bound_ / "cache" / (std::string(kVolumePrefix) + volume);
+    bool culled = false;
+    std::error_code ec;
+    for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
+        std::error_code missing;
+        if (!fs::exists(it->path() / name, missing)) continue;
+        try {
+            engine_.cull(it->path(), name);
+            culled = true;
+        } catch (const rafs::SystemError& e) {
+            if (e.code() == EBUSY) {
+                rafs::fail("fsid {}: the kernel has the cache file of its bootstrap open (is an image with this fsid "
+                           "mounted?)", fsid);
+            }
+            if (e.code() != ENOENT) throw;
+        }
+    }
+    if (culled) emptyGraveyard();
+}
+
+// Culled files wait in the graveyard for the daemon to delete them (cachefilesd does the same).
+void FscacheVolumes::emptyGraveyard() {
     std::error_code ec;
     for (fs::directory_iterator it(bound_ / "graveyard", ec), end; !ec && it != end; it.increment(ec)) {
         std::error_code ignored;
         fs::remove_all(it->path(), ignored);
         if (ignored) log::warn("cannot remove {}: {}", it->path().string(), ignored.message());
     }
-    if (busy != 0) rafs::fail("{} cache files of fscache volume {} are open in the kernel", busy, volume);
-    // Only now: a chunk map left behind a cache file would be checked again at the next open,
-    // but one without its cache file is just lost state.
-    fs::remove_all(state_ / volume, ec);
-    if (ec) rafs::fail("cannot remove {}: {}", (state_ / volume).string(), ec.message());
 }
 
 }  // namespace rafsd

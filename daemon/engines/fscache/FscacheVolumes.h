@@ -22,8 +22,19 @@ public:
     // In use: a volume named by a key "fscache:<volume>/<blob id>".
     std::vector<UnusedCache> list(const std::set<std::string>& in_use) override;
 
+    // Culls the cache file the kernel kept of the bootstrap of `fsid` in `volume`, if there is
+    // one, before an image with that fsid is mounted or registered. Its cookie is named by the
+    // fsid, which (unless rafsd derived it from the bootstrap) does not name the bootstrap's
+    // content, and cachefiles reuses a file whose size matches
+    // (fs/cachefiles/xattr.c, cachefiles_check_auxdata): another bootstrap of the same size,
+    // mounted before under the same fsid, would be read from it without a READ reaching rafsd.
+    // The bootstrap is then served afresh from rafsd's copy. Throws rafs::Error if the kernel has
+    // the file open (a mount with that fsid).
+    void cullBootstrap(const std::string& volume, const std::string& fsid);
+
 private:
     void remove(const std::string& volume);
+    void emptyGraveyard();
 
     std::filesystem::path bound_;
     std::filesystem::path state_;
