@@ -87,16 +87,20 @@ std::optional<Credentials> runCredentialHelper(const std::string& helper, const 
     if (::pipe2(out, O_CLOEXEC) != 0) rafs::failErrno("pipe");
     rafs::UniqueFd out_read(out[0]), out_write(out[1]);
     posix_spawn_file_actions_t actions;
-    posix_spawn_file_actions_init(&actions);
-    posix_spawn_file_actions_adddup2(&actions, in[0], 0);
-    posix_spawn_file_actions_adddup2(&actions, out[1], 1);
-    // Its stderr is not ours to pass on: it may name secrets.
-    posix_spawn_file_actions_addopen(&actions, 2, "/dev/null", O_WRONLY, 0);
+    if (const int rc = posix_spawn_file_actions_init(&actions); rc != 0) rafs::failErrno(program, rc);
+    // Its stderr is not ours to pass on: it may name secrets. Nor any other fd of ours: the
+    // kernel's fds without O_CLOEXEC (cachefiles' anonymous fds, fanotify's event fds) would keep
+    // their objects open in a helper that outlives a crashed daemon, and its successor could not
+    // answer what the kernel asks about them.
+    int rc = posix_spawn_file_actions_adddup2(&actions, in[0], 0);
+    if (rc == 0) rc = posix_spawn_file_actions_adddup2(&actions, out[1], 1);
+    if (rc == 0) rc = posix_spawn_file_actions_addopen(&actions, 2, "/dev/null", O_WRONLY, 0);
+    if (rc == 0) rc = posix_spawn_file_actions_addclosefrom_np(&actions, 3);
     char verb[] = "get";
     std::string argv0 = program;
     char* argv[] = {argv0.data(), verb, nullptr};
     pid_t pid = 0;
-    const int spawned = posix_spawnp(&pid, program.c_str(), &actions, nullptr, argv, environ);
+    const int spawned = rc != 0 ? rc : posix_spawnp(&pid, program.c_str(), &actions, nullptr, argv, environ);
     posix_spawn_file_actions_destroy(&actions);
     if (spawned != 0) rafs::failErrno(program, spawned);
     in_read = rafs::UniqueFd();

@@ -4,7 +4,9 @@
 #include "format/Error.h"
 
 #include <catch2/catch.hpp>
+#include <fcntl.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <cstdlib>
 #include <fstream>
@@ -72,4 +74,24 @@ TEST_CASE("credential helpers: credHelpers first, then credsStore, then auths", 
     CHECK_THROWS_WITH(store.lookup("b:1"), "docker-credential-broken get failed (helper exploded)");
     CHECK_THROWS_WITH(store.lookup("m:1"), Catch::Contains("docker-credential-missing"));
     ::setenv("PATH", old_path.c_str(), 1);
+}
+
+TEST_CASE("a credential helper inherits no fd of the daemon but its pipes", "[credentials]") {
+    rafs::test::TempDir dir;
+    // An fd without O_CLOEXEC, as cachefiles' anonymous fds and fanotify's event fds are.
+    const int kept = ::open("/dev/null", O_RDONLY);
+    REQUIRE(kept > 2);
+    const std::string helper = dir / "docker-credential-fds";
+    std::ofstream(helper) << "#!/bin/sh\nread host\n"
+                          << "if [ -e /proc/$$/fd/" << kept << " ]; then u=inherited; else u=none; fi\n"
+                          << "echo \"{\\\"Username\\\":\\\"$u\\\",\\\"Secret\\\":\\\"s\\\"}\"\n";
+    ::chmod(helper.c_str(), 0755);
+    const std::string path = dir / "config.json";
+    write(path, R"({"credsStore": "fds"})");
+    const std::string old_path = std::getenv("PATH") ? std::getenv("PATH") : "";
+    ::setenv("PATH", (dir.path().string() + ":" + old_path).c_str(), 1);
+    const auto found = CredentialStore(path).lookup("reg:5000");
+    ::setenv("PATH", old_path.c_str(), 1);
+    ::close(kept);
+    CHECK(found == Credentials{"none", "s"});
 }

@@ -491,3 +491,45 @@ TEST_CASE("fscache engine: on an adopted device, start(true) writes restore befo
     f.send(openMessage(1, 1, kVolume, kFsid, boot.give()));
     CHECK(f.reply() == fmt::format("copen 1,{}", f.bootstrap().bytes().size()));
 }
+
+namespace {
+
+// A core whose check of a READ's range for lost data fails (a chunk map it cannot write).
+class FailingCore final : public DataPlane {
+public:
+    void makePresent(uint32_t, uint32_t, uint64_t, uint64_t, Completion done) override { done(0); }
+    uint32_t forgetLost(uint32_t, uint32_t, uint64_t, uint64_t) override {
+        throw rafs::Error("chunk map: write: Input/output error");
+    }
+};
+
+}  // namespace
+
+TEST_CASE("fscache engine: a READ whose check for lost data fails is completed (EIO), not left waiting",
+          "[fscache]") {
+    FailingCore core;
+    Completions completions;
+    FscacheEngine engine(core, completions.completer());
+    const std::vector<uint8_t> bootstrap(kBlock);
+    FscacheMount mount;
+    mount.image = 0;
+    mount.fsid = kFsid;
+    mount.bootstrap = bootstrap;
+    mount.mountpoint = "/nonexistent/not-mounted";
+    mount.blobs.push_back({0, "blob", 16 * kBlock, std::make_shared<ObjectFd>()});
+    int fds[2];
+    REQUIRE(::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, fds) == 0);
+    const rafs::UniqueFd kernel(fds[0]);
+    REQUIRE(::fcntl(fds[1], F_SETFL, O_NONBLOCK) == 0);
+    engine.adopt(FscacheDevice::adopt(fds[1]));
+    engine.reattach(mount);
+    engine.start(false);
+    Pipe anon;
+    for (const auto& message : {openMessage(1, 5, kVolume, "blob", anon.give()), readMessage(2, 5, 0, kBlock)}) {
+        REQUIRE(::send(kernel.get(), message.data(), message.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(message.size()));
+    }
+    const auto done = completions.waitFor(2);
+    CHECK(done);
+    CHECK(engine.counters().read_errors == 1);
+    engine.stop();
+}
