@@ -372,6 +372,7 @@ nlohmann::json ImageService::mountOrReattach(const MountRequest& request, bool r
     }
     std::string fscache_volume;
     if (engine == EngineKind::Fscache) {
+        image.register_only = request.register_only;
         image.fsid = request.fsid.value_or(defaultFsid(bootstrap));
         image.domain_id = request.domain_id.value_or("");
         checkFscacheName("fsid", image.fsid);
@@ -527,7 +528,7 @@ void ImageService::saveMountTable(const Image* adding) {
     std::vector<MountRecord> records;
     auto add = [&records](const Image& i) {
         records.push_back({std::string(engineName(i.engine)), i.bootstrap, i.mountpoint, i.fsid, i.domain_id, i.blob_dir,
-                           i.image, i.manifest_digest});
+                           i.image, i.manifest_digest, i.register_only});
     };
     for (const Image& i : images_) add(i);
     if (adding != nullptr) add(*adding);
@@ -561,37 +562,59 @@ void ImageService::recoverMounts() {
         // Refusing to start would not save those mounts either; new ones can still be served.
         log::error("{}; the mounts it lists cannot be taken over", e.what());
     }
+    auto requestOf = [](const MountRecord& r) {
+        MountRequest request;
+        request.bootstrap = r.bootstrap;
+        request.mountpoint = r.mountpoint;
+        request.blob_dir = r.blob_dir;
+        if (!r.image.empty()) {
+            // The manifest it was mounted with, wherever the tag points now: its bootstrap is
+            // the one the kernel has mounted, and the state dir keeps it.
+            registry::ImageReference pinned = registry::ImageReference::parse(r.image);
+            pinned.digest = r.manifest_digest;
+            request.image = pinned.str();
+        }
+        const bool fanotify = r.engine == engineName(EngineKind::Fanotify);
+        request.engine = fanotify ? EngineKind::Fanotify : EngineKind::Fscache;
+        if (!fanotify) request.fsid = r.fsid;
+        if (!r.domain_id.empty()) request.domain_id = r.domain_id;
+        request.register_only = r.register_only;
+        return request;
+    };
+    std::vector<MountRecord> registered;
     for (const MountRecord& r : records) {
         try {
-            if (!hasErofsMount(r.mountpoint)) {
+            const bool fanotify = r.engine == engineName(EngineKind::Fanotify);
+            const bool mounted = hasErofsMount(r.mountpoint);
+            // Registered for a mount by hand that is not there (yet): registered again, after
+            // every mount is taken over (registering starts the engine, whose restore makes the
+            // kernel resend the requests of those mounts). Only on a device taken over: a fresh
+            // one starts clean, as after a reboot.
+            if (!mounted && !fanotify && r.register_only && fscache_ && fscache_restore_) {
+                registered.push_back(r);
+                continue;
+            }
+            if (!mounted) {
                 log::info("{}: listed in {} but no longer mounted; forgotten", r.mountpoint.string(),
                           mount_table_.string());
                 continue;
             }
-            const bool fanotify = r.engine == engineName(EngineKind::Fanotify);
             const bool restored = fanotify ? fanotify_ && fanotify_restore_ : fscache_ && fscache_restore_;
             if (!restored) {
                 log::warn("{}: left mounted by a rafsd whose {} is gone, so its reads fail or see holes; unmount it",
                           r.mountpoint.string(), fanotify ? "fanotify group" : FscacheDevice::kPath);
                 continue;
             }
-            MountRequest request;
-            request.bootstrap = r.bootstrap;
-            request.mountpoint = r.mountpoint;
-            request.blob_dir = r.blob_dir;
-            if (!r.image.empty()) {
-                // The manifest it was mounted with, wherever the tag points now: its bootstrap is
-                // the one the kernel has mounted, and the state dir keeps it.
-                registry::ImageReference pinned = registry::ImageReference::parse(r.image);
-                pinned.digest = r.manifest_digest;
-                request.image = pinned.str();
-            }
-            request.engine = fanotify ? EngineKind::Fanotify : EngineKind::Fscache;
-            if (!fanotify) request.fsid = r.fsid;
-            if (!r.domain_id.empty()) request.domain_id = r.domain_id;
-            reattach(request);
+            reattach(requestOf(r));
         } catch (const std::exception& e) {
             log::error("{}: cannot take it over: {}", r.mountpoint.string(), e.what());
+        }
+    }
+    for (const MountRecord& r : registered) {
+        try {
+            mount(requestOf(r));
+        } catch (const std::exception& e) {
+            log::error("{}: cannot register it again: {}", r.mountpoint.string(), e.what());
         }
     }
     std::lock_guard lock(mutex_);

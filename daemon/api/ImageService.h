@@ -97,6 +97,7 @@ private:
         std::optional<std::filesystem::path> blob_dir;  // as requested; for the fscache table
         std::string image;            // mounted by reference: the reference as requested
         std::string manifest_digest;  // and the manifest it resolved to
+        bool register_only = false;   // fscache: for the user's mount by hand
     };
 
     // Creates the network backend on first use: its connections, tokens and counters are shared

@@ -34,6 +34,7 @@ void saveMounts(const fs::path& path, const std::vector<MountRecord>& mounts) {
             j["image"] = m.image;
             j["manifest_digest"] = m.manifest_digest;
         }
+        if (m.register_only) j["register_only"] = true;
         list.push_back(std::move(j));
     }
     const std::string text = nlohmann::json{{"version", kVersion}, {"mounts", list}}.dump(2) + "\n";
@@ -68,6 +69,7 @@ std::vector<MountRecord> loadMounts(const fs::path& path) {
                 r.image = m.at("image").get<std::string>();
                 r.manifest_digest = m.at("manifest_digest").get<std::string>();
             }
+            r.register_only = m.value("register_only", false);
             mounts.push_back(std::move(r));
         }
     } catch (const nlohmann::json::exception& e) {

@@ -24,6 +24,8 @@ struct MountRecord {
     // even if the tag has moved since. Empty for a bootstrap mounted by path.
     std::string image = {};
     std::string manifest_digest = {};
+    // fscache: registered for the user's mount by hand (--register-only), not mounted by rafsd.
+    bool register_only = false;
     bool operator==(const MountRecord&) const = default;
 };
 

@@ -19,7 +19,7 @@ TEST_CASE("mount table: saved and loaded back, atomically replaced", "[mounts]")
     CHECK(rafsd::loadMounts(table).empty());  // none yet
     const std::vector<MountRecord> mounts = {
         {"fscache", "/images/a/image.boot", "/mnt/a", "rafs-a", "", std::nullopt, "", ""},
-        {"fscache", "/images/b.blob", "/mnt/b", "fsid-b", "shared", "/images/blobs", "", ""},
+        {"fscache", "/images/b.blob", "/mnt/b", "fsid-b", "shared", "/images/blobs", "", "", true},
         {"fanotify", "/images/c/image.boot", "/mnt/c", "", "", "/images/c/blobs", "", ""},
         {"fanotify", "/state/images/sha256-ab/image.boot", "/mnt/d", "", "", std::nullopt, "127.0.0.1:5000/app:v1",
          "sha256:ab"},

@@ -621,7 +621,8 @@ class Guest:
 
     def case_register_by_hand(self):
         """rafsctl mount --register-only: rafsd serves the image, the user mounts it by hand with the
-        command rafsctl prints; rafsctl umount after a manual umount only unregisters."""
+        command rafsctl prints, after a failover of rafsd's worker; rafsctl umount after a manual
+        umount only unregisters."""
         cache = f'{self.cache_root}/byhand'
         d, ctl = self.serve('byhand', cache)
         b, blobs = self.image('img1')
@@ -639,6 +640,13 @@ class Guest:
         check(not is_mount(mnt), f'{mnt} is mounted although only registered')
         command = r.stdout.decode().splitlines()[-1].strip()
         check(command == f'mount -t erofs -o fsid=handmade none {mnt}', f'printed command: {r.stdout!r}')
+        # The worker dies before the user mounts: the next one keeps the image registered.
+        worker = self.worker_of(d)
+        os.kill(worker, signal.SIGKILL)
+        d.wait_for(lambda: self.worker_of_or_none(d) not in (None, worker) and run(ctl + ['list']).returncode == 0,
+                   'the next worker')
+        r = run(ctl + ['list'])
+        check(mnt.encode() in r.stdout, f'the registration is gone after the failover: {r.stdout!r}\n{d.text()}')
         r = run(command.split())
         check(r.returncode == 0, f'{command}: {r.stdout!r}\n{d.text()}')
         problems = compare_tree(mnt, self.meta['img1']['manifest'])
@@ -665,6 +673,12 @@ class Guest:
             if int(fields[1]) == d.proc.pid:
                 return int(pid)
         raise Failure(f'rafsd {d.proc.pid} has no worker process')
+
+    def worker_of_or_none(self, d):
+        try:
+            return self.worker_of(d)
+        except Failure:
+            return None
 
     def start_reader(self, path):
         result = {}
