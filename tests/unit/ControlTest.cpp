@@ -261,9 +261,14 @@ TEST_CASE("control request errors", "[api]") {
     CHECK_THROWS_WITH(parseRequest(R"({"op":"mount","bootstrap":"/a","mountpoint":"/m","engine":"fuse"})"),
                       "engine: \"fuse\" is not one of auto, fanotify, fscache");
     CHECK_THROWS_WITH(parseRequest(R"({"op":"mount","bootstrap":"/a","mountpoint":"/m","fsid":"a,b"})"),
-                      "fsid: \"a,b\" is not a name of 1 to 128 letters, digits, '.', '_', ':' or '-'");
+                      "fsid: \"a,b\" is not a name of 1 to 128 letters, digits, '.', '_', ':' or '-', not . or ..");
     CHECK_THROWS_WITH(parseRequest(R"({"op":"mount","bootstrap":"/a","mountpoint":"/m","domain_id":""})"),
-                      "domain_id: \"\" is not a name of 1 to 128 letters, digits, '.', '_', ':' or '-'");
+                      "domain_id: \"\" is not a name of 1 to 128 letters, digits, '.', '_', ':' or '-', not . or ..");
+    for (const char* dots : {".", ".."}) {
+        CHECK_THROWS_WITH(parseRequest(fmt::format(R"({{"op":"mount","bootstrap":"/a","mountpoint":"/m","fsid":"{}"}})", dots)),
+                          fmt::format("fsid: \"{}\" is not a name of 1 to 128 letters, digits, '.', '_', ':' or '-', not . or ..",
+                                      dots));
+    }
     CHECK_THROWS_WITH(parseRequest(R"({"op":"mount","bootstrap":"/a\u0000b","mountpoint":"/m"})"),
                       "bootstrap: \"/a\\u0000b\" is not an absolute path");
     CHECK_THROWS_WITH(parseRequest(R"({"op":"mount","bootstrap":"/a","mountpoint":"/m","register_only":"yes"})"),

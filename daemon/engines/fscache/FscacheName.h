@@ -7,6 +7,6 @@
 namespace rafsd {
 
 bool validFscacheName(std::string_view name);
-inline constexpr const char* kFscacheNameRule = "1 to 128 letters, digits, '.', '_', ':' or '-'";
+inline constexpr const char* kFscacheNameRule = "1 to 128 letters, digits, '.', '_', ':' or '-', not . or ..";
 
 }  // namespace rafsd
