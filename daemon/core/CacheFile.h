@@ -47,6 +47,10 @@ public:
     // readiness bits whose data did not survive a crash.
     virtual bool hasData(uint64_t offset, uint64_t length) const = 0;
 
+    // Whether write() can work now: false for a cachefiles object the kernel has not opened (an
+    // image registered for a mount by hand, or after a failover until the blob is read again).
+    virtual bool writable() const { return true; }
+
     // Whether discard() works here: on a file rafsd owns (SparseCacheFile). The kernel's cachefiles
     // objects cannot have ranges freed by rafsd; they are removed whole once no image uses them.
     virtual bool canDiscard() const { return false; }

@@ -234,6 +234,10 @@ uint32_t ChunkFetcher::prefetch(const std::shared_ptr<CachedBlob>& blob, uint32_
 }
 
 void ChunkFetcher::fetchRun(const std::shared_ptr<CachedBlob>& blob, FetchRun run, bool prefetch) {
+    // The link and the CPU are not spent on data that could only be thrown away (and a reader
+    // joining the run as it failed would get EIO). A reader's request comes after the kernel
+    // opened the object, so none is lost: its chunks are fetched for it then.
+    if (prefetch && dropUnwritable(*blob, run)) return;
     const BlobDescriptor& d = blob->descriptor();
     const auto buffers = buffers_.take();
     const std::span<uint8_t> fetched =
@@ -372,6 +376,17 @@ uint64_t ChunkFetcher::discardIdle(CachedBlob& blob, uint32_t first, uint32_t co
         ci = run_end;
     }
     return freed;
+}
+
+bool ChunkFetcher::dropUnwritable(CachedBlob& blob, const FetchRun& run) {
+    if (blob.cache().file().writable()) return false;
+    std::lock_guard lock(blob.mutex_);
+    for (uint32_t ci = run.first; ci < run.first + run.count; ++ci) {
+        const auto it = blob.in_flight_.find(ci);
+        if (it != blob.in_flight_.end() && !it->second.empty()) return false;
+    }
+    for (uint32_t ci = run.first; ci < run.first + run.count; ++ci) blob.in_flight_.erase(ci);
+    return true;
 }
 
 bool ChunkFetcher::hasWaiters(CachedBlob& blob, uint32_t first, uint32_t end) {

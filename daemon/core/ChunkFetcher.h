@@ -86,6 +86,9 @@ private:
     void writeChunks(CachedBlob& blob, uint32_t first, uint32_t count, std::span<const uint8_t> extents);
     // Whether a request waits for one of chunks [first, end).
     bool hasWaiters(CachedBlob& blob, uint32_t first, uint32_t end);
+    // A prefetch run whose cache file cannot be written now, and for which no reader waits, is
+    // dropped before it is fetched: its chunks are no longer in flight. Else false.
+    bool dropUnwritable(CachedBlob& blob, const FetchRun& run);
     void finishChunks(CachedBlob& blob, uint32_t first, uint32_t count, int error);
 
     FetchOptions options_;

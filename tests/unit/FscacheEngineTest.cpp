@@ -34,6 +34,7 @@
 #include <random>
 #include <string>
 #include <system_error>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -241,6 +242,8 @@ public:
     const rafs::Bootstrap& bootstrap() const { return *bootstrap_; }
     const std::string& blobId() const { return blob_id_; }
     uint64_t blobSize() const { return blob_->descriptor().uncompressed_size; }
+    const std::shared_ptr<CachedBlob>& blob() const { return blob_; }
+    ChunkFetcher& fetcher() { return fetcher_; }
     std::string path(const std::string& name) const { return dir_ / name; }
 
     void send(const std::vector<std::byte>& message) {
@@ -410,6 +413,33 @@ TEST_CASE("fscache engine: a blob READ is fetched, verified and written at its c
     const FscacheCounters c = f.engine().counters();
     CHECK(c.blob_reads == 2);
     CHECK(c.read_errors == 0);
+}
+
+TEST_CASE("fscache engine: prefetch of a blob the kernel has not opened fetches nothing, then all once it has",
+          "[fscache]") {
+    EngineFixture f;
+    f.engine().start(false);
+    const auto& blob = f.blob();
+    const auto chunks = static_cast<uint32_t>(blob->descriptor().chunks.size());
+    // Registered, not opened (a mount by hand to come, or a failover): every run is dropped, so
+    // the same chunks can be queued again once the first runs have ended.
+    REQUIRE(f.fetcher().prefetch(blob, 0, chunks) == chunks);
+    const auto deadline = std::chrono::steady_clock::now() + 10s;
+    while (f.fetcher().prefetch(blob, 0, chunks) != chunks && std::chrono::steady_clock::now() < deadline) {
+        std::this_thread::sleep_for(5ms);
+    }
+    CHECK(blob->counters().bytes_fetched == 0);
+    CHECK(blob->counters().errors == 0);
+    // Opened: the same prefetch fills the cache file.
+    const rafs::UniqueFd file = f.standIn("blob", f.blobSize());
+    f.send(openMessage(1, 3, kVolume, f.blobId(), dupOf(file.get())));
+    REQUIRE(f.reply() == fmt::format("copen 1,{}", f.blobSize()));
+    while (!blob->cache().complete() && std::chrono::steady_clock::now() < deadline + 10s) {
+        f.fetcher().prefetch(blob, 0, chunks);
+        std::this_thread::sleep_for(5ms);
+    }
+    CHECK(blob->cache().complete());
+    CHECK(blob->counters().errors == 0);
 }
 
 TEST_CASE("fscache engine: CLOSE releases the anonymous fd, after a pending READ's completion", "[fscache]") {

@@ -23,6 +23,7 @@ public:
     bool hasData(uint64_t offset, uint64_t length) const override;
     // The kernel owns the file; its data is as durable as cachefiles makes it.
     void sync() override {}
+    bool writable() const override { return fd_->current() != nullptr; }
 
 private:
     void writeBlocks(uint64_t offset, std::span<const uint8_t> data) override;
