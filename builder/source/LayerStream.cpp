@@ -106,8 +106,9 @@ private:
 
 }  // namespace
 
-LayerStream::LayerStream(std::unique_ptr<ByteSource> source)
-    : source_(std::move(source)), name_(source_->name()), thread_([this] { run(); }) {}
+LayerStream::LayerStream(std::unique_ptr<ByteSource> source, bool digest)
+    : source_(std::move(source)), name_(source_->name()),
+      hasher_(digest ? std::optional<rafs::Hasher>(rafs::Digester::Sha256) : std::nullopt), thread_([this] { run(); }) {}
 
 LayerStream::~LayerStream() {
     {
@@ -209,6 +210,7 @@ bool LayerStream::fill() {
 }
 
 void LayerStream::emit(Block& block) {
+    if (hasher_) hasher_->update({block.bytes.get(), block.size});
     std::unique_lock lock(mutex_);
     changed_.wait(lock, [&] { return stopping_ || ready_.size() < kBlocksAhead; });
     if (stopping_) throw Stopped{};
@@ -241,6 +243,11 @@ std::span<const uint8_t> LayerStream::next() {
 void LayerStream::finish() {
     while (!next().empty()) {
     }
+}
+
+std::string LayerStream::digest() const {
+    // The thread is done with the hasher once the stream ended (finish()).
+    return hasher_ ? "sha256:" + rafs::toHex(hasher_->current()) : std::string();
 }
 
 }  // namespace rafs::build

@@ -10,6 +10,7 @@
 #pragma once
 
 #include "builder/source/ByteSource.h"
+#include "format/Digest.h"
 
 #include <condition_variable>
 #include <cstdint>
@@ -17,6 +18,7 @@
 #include <exception>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <span>
 #include <string>
 #include <thread>
@@ -26,7 +28,8 @@ namespace rafs::build {
 
 class LayerStream {
 public:
-    explicit LayerStream(std::unique_ptr<ByteSource> source);
+    // `digest`: also hash the decompressed bytes (digest()).
+    explicit LayerStream(std::unique_ptr<ByteSource> source, bool digest = false);
     // Stops the thread, which ends after the read of the source it may be waiting for.
     ~LayerStream();
     LayerStream(const LayerStream&) = delete;
@@ -37,6 +40,8 @@ public:
     std::span<const uint8_t> next();
     // Consumes the rest of the input, checking its integrity.
     void finish();
+    // "sha256:<hex>" of the decompressed bytes, after finish(), if asked for at construction.
+    std::string digest() const;
 
 private:
     struct Block {
@@ -52,6 +57,7 @@ private:
 
     std::unique_ptr<ByteSource> source_;
     const std::string& name_;
+    std::optional<rafs::Hasher> hasher_;  // the thread's
 
     // The thread's raw input.
     std::vector<uint8_t> in_;

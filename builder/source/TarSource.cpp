@@ -70,8 +70,9 @@ struct ArchiveFree {
 
 class TarReader {
 public:
-    TarReader(std::unique_ptr<ByteSource> input, FileTree& tree, ChunkSink& sink, unsigned layer)
-        : name_(input->name()), tree_(tree), sink_(sink), layer_(layer), input_(std::move(input)) {}
+    TarReader(std::unique_ptr<ByteSource> input, FileTree& tree, ChunkSink& sink, unsigned layer, std::string diff_id)
+        : name_(input->name()), tree_(tree), sink_(sink), layer_(layer), diff_id_(std::move(diff_id)),
+          input_(std::move(input)) {}
 
     void run() {
         archive_.reset(archive_read_new());
@@ -83,7 +84,7 @@ public:
             archive_read_support_format_empty(a) != ARCHIVE_OK) {
             fail("{}: cannot set up libarchive: {}", name_, archiveError());
         }
-        stream_ = std::make_unique<LayerStream>(std::move(input_));
+        stream_ = std::make_unique<LayerStream>(std::move(input_), !diff_id_.empty());
         if (archive_read_open(a, this, nullptr, &TarReader::readBlock, nullptr) != ARCHIVE_OK) {
             if (stream_error_) std::rethrow_exception(stream_error_);
             fail("{}: {}", name_, archiveError());
@@ -93,6 +94,10 @@ public:
             const int r = archive_read_next_header(a, &entry);
             if (r == ARCHIVE_EOF) {
                 stream_->finish();
+                if (!diff_id_.empty() && stream_->digest() != diff_id_) {
+                    fail("{}: the uncompressed layer is {}, not {} as the image's config says (rootfs.diff_ids)", name_,
+                         stream_->digest(), diff_id_);
+                }
                 break;
             }
             // A warning about converting a name to the locale's charset is harmless (the
@@ -484,6 +489,7 @@ private:
     FileTree& tree_;
     ChunkSink& sink_;
     const unsigned layer_;
+    const std::string diff_id_;
     std::unique_ptr<ByteSource> input_;  // until the stream takes it
     std::unique_ptr<archive, ArchiveFree> archive_;
     std::unique_ptr<LayerStream> stream_;
@@ -494,8 +500,9 @@ private:
 
 }  // namespace
 
-void addTar(std::unique_ptr<ByteSource> input, FileTree& tree, ChunkSink& sink, unsigned layer) {
-    TarReader(std::move(input), tree, sink, layer).run();
+void addTar(std::unique_ptr<ByteSource> input, FileTree& tree, ChunkSink& sink, unsigned layer,
+            const std::string& diff_id) {
+    TarReader(std::move(input), tree, sink, layer, diff_id).run();
 }
 
 void addTar(const std::string& input, FileTree& tree, ChunkSink& sink, unsigned layer) {

@@ -27,8 +27,8 @@ base's big file) and pushed by skopeo:
 7. `rafsd mount IMAGE`: the converted image mounted by reference (fanotify engine) reads back equal
    to the source;
 8. bad input, each one error line, non-zero exit, and the target tag never appears: an unknown
-   tag, an image that is already RAFS, a layer media type it does not handle (encrypted), a layer
-   whose bytes do not match its digest (a damaged OCI layout; into a new layout, none is left;
+   tag, an image that is already RAFS, a layer media type it does not handle (encrypted), a config
+   whose rootfs.diff_ids are wrong or too few, a layer whose bytes do not match its digest (a damaged OCI layout; into a new layout, none is left;
    into an existing one, its index and its blobs are as they were), wrong credentials, a registry
    whose CA is unknown.
 """
@@ -468,6 +468,22 @@ def main():
             replace_manifest(enc_layout, m)
             expect_fail(ck, 'encrypted layer', convert(mk, reg, 'oci:%s:v1' % enc_layout, '%s/bad/app:t' % host),
                         'tar+gzip+encrypted')
+            # A config whose diff_ids do not describe the layers: one wrong, one missing.
+            for label, edit, message in (
+                    ('a wrong diff_id', lambda ids: ids[:1] + ['sha256:' + '0' * 64] + ids[2:],
+                     "not sha256:%s as the image's config says (rootfs.diff_ids)" % ('0' * 64)),
+                    ('a diff_id missing', lambda ids: ids[:-1], 'rootfs.diff_ids lists')):
+                diff_layout = os.path.join(tmp, 'diff-layout-%d' % len(message))
+                m = copy_layout(src_layout, diff_layout)
+                with open(blob_path(diff_layout, m['config']['digest']), 'rb') as f:
+                    config = json.load(f)
+                config['rootfs']['diff_ids'] = edit(config['rootfs']['diff_ids'])
+                data = json.dumps(config).encode()
+                m['config'].update(digest='sha256:' + hashlib.sha256(data).hexdigest(), size=len(data))
+                with open(blob_path(diff_layout, m['config']['digest']), 'wb') as f:
+                    f.write(data)
+                replace_manifest(diff_layout, m)
+                expect_fail(ck, label, convert(mk, reg, 'oci:%s:v1' % diff_layout, '%s/bad/app:t' % host), message)
             # A damaged layout: the last layer's bytes changed, its digest kept.
             bad_layout = os.path.join(tmp, 'bad-layout')
             m = copy_layout(src_layout, bad_layout)
