@@ -402,6 +402,11 @@ private:
         } else if (type == AE_IFCHR || type == AE_IFBLK) {
             inode->rdev_major = toU32(archive_entry_rdevmajor(entry), "device major");
             inode->rdev_minor = toU32(archive_entry_rdevminor(entry), "device minor");
+            // What Linux's dev_t holds (12-bit major, 20-bit minor), as EROFS stores it
+            // (erofs::encodeDev): a larger number would become another device.
+            if (inode->rdev_major >= (1u << 12) || inode->rdev_minor >= (1u << 20)) {
+                failMember("device {}:{} is not a Linux device number", inode->rdev_major, inode->rdev_minor);
+            }
         }
         archive_entry_xattr_reset(entry);
         const char* name = nullptr;

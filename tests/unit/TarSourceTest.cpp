@@ -756,6 +756,14 @@ TEST_CASE("tar: rejected members", "[tar]") {
         },
         "member " + deeper + "/f: deeper than 2048 directories");
     expectError([](TarWriter& w) { w.file(".", ""); }, "member .: the root entry is not a directory");
+    expectError(
+        [](TarWriter& w) {
+            w.add("dev", S_IFCHR | 0600, {}, [](archive_entry* e) {
+                archive_entry_set_rdevmajor(e, 4096);
+                archive_entry_set_rdevminor(e, 1);
+            });
+        },
+        "member dev: device 4096:1 is not a Linux device number");
     expectError([](TarWriter& w) { w.file("d/.wh.", ""); }, "member d/.wh.: invalid whiteout name");
     expectError(
         [](TarWriter& w) {
