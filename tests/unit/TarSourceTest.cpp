@@ -604,29 +604,32 @@ TEST_CASE("tar: empty input, stdin and trailing garbage", "[tar]") {
     CHECK(tree.find("b") != nullptr);
 }
 
-// One gzip member of `data` (compressible data: rafs::compress stores nothing it cannot shrink).
-std::string gzipMember(std::string_view data) {
+// One gzip member or zstd frame of `data` (compressible data: rafs::compress stores nothing it
+// cannot shrink).
+std::string compressed(rafs::Compressor compressor, std::string_view data) {
     std::vector<uint8_t> out;
-    REQUIRE(rafs::compress(rafs::Compressor::Gzip, {reinterpret_cast<const uint8_t*>(data.data()), data.size()}, out));
+    REQUIRE(rafs::compress(compressor, {reinterpret_cast<const uint8_t*>(data.data()), data.size()}, out));
     return {out.begin(), out.end()};
 }
+std::string gzipMember(std::string_view data) { return compressed(rafs::Compressor::Gzip, data); }
 
-TEST_CASE("tar: zstd frames with skippable frames among them, as zstd:chunked layers have", "[tar]") {
-    TempDir tmp;
+// A tar of "text" (lines, `size` bytes or a little more) and "small"; returns the tar and the text.
+std::pair<std::string, std::string> textTar(TempDir& tmp, size_t size) {
     std::string text;
-    for (int i = 0; text.size() < 300 * 1024; ++i) text += "line " + std::to_string(i) + "\n";
+    for (int i = 0; text.size() < size; ++i) text += "line " + std::to_string(i) + "\n";
     {
         TarWriter w(tmp / "a.tar");
         w.file("text", text);
         w.file("small", "small");
         w.close();
     }
-    const std::string tar = readFile(tmp / "a.tar");
-    auto frame = [](std::string_view data) {
-        std::vector<uint8_t> out;
-        REQUIRE(rafs::compress(rafs::Compressor::Zstd, {reinterpret_cast<const uint8_t*>(data.data()), data.size()}, out));
-        return std::string(out.begin(), out.end());
-    };
+    return {readFile(tmp / "a.tar"), text};
+}
+
+TEST_CASE("tar: zstd frames with skippable frames among them, as zstd:chunked layers have", "[tar]") {
+    TempDir tmp;
+    const auto [tar, text] = textTar(tmp, 300 * 1024);
+    auto frame = [](std::string_view data) { return compressed(rafs::Compressor::Zstd, data); };
     // Magic 0x184D2A5n, then the payload's size, little-endian.
     auto skippable = [](uint8_t n, const std::string& payload) {
         std::string out{static_cast<char>(0x50 | n), 0x2a, 0x4d, 0x18};
@@ -656,15 +659,7 @@ TEST_CASE("tar: zstd frames with skippable frames among them, as zstd:chunked la
 
 TEST_CASE("tar: gzip in several members, padded, and each member's trailer checked", "[tar]") {
     TempDir tmp;
-    std::string text;
-    for (int i = 0; text.size() < 700 * 1024; ++i) text += "line " + std::to_string(i) + "\n";
-    {
-        TarWriter w(tmp / "a.tar");
-        w.file("text", text);
-        w.file("small", "small");
-        w.close();
-    }
-    const std::string tar = readFile(tmp / "a.tar");
+    const auto [tar, text] = textTar(tmp, 700 * 1024);
     const std::string whole = gzipMember(tar);
 
     SECTION("members split inside a file, then zero padding") {
