@@ -16,6 +16,14 @@ namespace rafsd {
 
 namespace {
 
+// Tries of a request whose present chunks were freed while it waited (makePresent): each follows a
+// wait longer than keep_recent with a collection in it, so a few are plenty.
+constexpr unsigned kPresentAttempts = 4;
+
+}  // namespace
+
+namespace {
+
 // One backend range at most. Each request costs a registry more than its bytes: at 4 MiB the
 // loopback registry read took 41 requests and 1.5x the localfs read, at 8 MiB 28 and 1.4x; 16 MiB
 // saved a little more but raised the daemon's peak RSS by 10 MiB (docs/benchmarks.md).
@@ -130,6 +138,20 @@ uint32_t ChunkFetcher::forgetLost(uint32_t image, uint32_t blob_index, uint64_t 
 
 void ChunkFetcher::makePresent(uint32_t image, uint32_t blob_index, uint64_t offset,
                                uint64_t length, Completion done) {
+    makePresent(image, blob_index, offset, length, std::move(done), 0);
+}
+
+bool ChunkFetcher::presentAndUsed(CachedBlob& blob, ChunkRange range) {
+    std::lock_guard lock(blob.mutex_);
+    blob.use_.touch(range.begin, range.end);
+    for (uint32_t ci = range.begin; ci < range.end; ++ci) {
+        if (!blob.cache().isPresent(ci)) return false;
+    }
+    return true;
+}
+
+void ChunkFetcher::makePresent(uint32_t image, uint32_t blob_index, uint64_t offset, uint64_t length,
+                               Completion done, unsigned attempt) {
     auto [blob, traces] = blobOf(image, blob_index);
     if (!blob) {
         log::error("request for unknown blob {} of image {}", blob_index, image);
@@ -145,17 +167,29 @@ void ChunkFetcher::makePresent(uint32_t image, uint32_t blob_index, uint64_t off
     const auto asked_at = std::chrono::steady_clock::now();
     readers_.asked(asked_at);
 
+    // The chunks the read touches (4 KiB-rounded extents): stamped as used, and the trace's record.
+    const ChunkRange used = blob->cache().chunksCovering(offset, length);
     auto request = std::make_shared<PendingRequest>();
-    // A miss is answered through this wrapper, which times it; a hit directly.
+    // A miss is answered through this wrapper, which times it; a hit directly. The chunks found
+    // present are protected from the cache collector only by their use stamp, for keep_recent
+    // seconds: a miss that waited longer may find one freed (a full disk's collection), and an
+    // answer now would let the kernel read its hole, so the request is made again.
     auto answer = std::make_shared<Completion>(std::move(done));
-    request->done = [this, blob, answer, since = asked_at](int error) {
+    request->done = [this, blob, answer, since = asked_at, image, blob_index, offset, length, used, attempt](int error) {
         blob->counters().miss_latency.add(
             std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - since));
         readers_.waitEnded();
+        if (error == 0 && !presentAndUsed(*blob, used)) {
+            if (attempt + 1 < kPresentAttempts) {
+                makePresent(image, blob_index, offset, length, std::move(*answer), attempt + 1);
+                return;
+            }
+            log::error("blob {}: chunks of a request were freed {} times while it waited; the reader gets EIO",
+                       blob->descriptor().id, kPresentAttempts);
+            error = EIO;
+        }
         (*answer)(error);
     };
-    // The chunks the read touches (4 KiB-rounded extents): stamped as used, and the trace's record.
-    const ChunkRange used = blob->cache().chunksCovering(offset, length);
     FetchPlan plan;
     bool awaits_others = false;  // waits for a chunk another request or a prefetch fetches
     {

@@ -81,6 +81,13 @@ private:
     BlobAndTrace blobOf(uint32_t image, uint32_t blob);
     // The blob alone, without the walk over every image for the traces.
     std::shared_ptr<CachedBlob> blobAt(uint32_t image, uint32_t blob);
+    // makePresent's `attempt`th try: a request is tried again when a chunk it found present was
+    // freed while it waited for the others.
+    void makePresent(uint32_t image, uint32_t blob, uint64_t offset, uint64_t length, Completion done,
+                     unsigned attempt);
+    // Whether chunks [range) are all present, stamping them as used (under the blob's lock): from
+    // then on the collector leaves them for keep_recent seconds.
+    bool presentAndUsed(CachedBlob& blob, ChunkRange range);
     void fetchRun(const std::shared_ptr<CachedBlob>& blob, FetchRun run, bool prefetch);
     bool decode(CachedBlob& blob, uint32_t ci, std::span<const uint8_t> stored, std::span<uint8_t> extent);
     void writeChunks(CachedBlob& blob, uint32_t first, uint32_t count, std::span<const uint8_t> extents);

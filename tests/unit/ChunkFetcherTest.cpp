@@ -13,6 +13,7 @@
 #include <atomic>
 #include <cerrno>
 #include <chrono>
+#include <condition_variable>
 #include <cstring>
 #include <filesystem>
 #include <future>
@@ -393,4 +394,78 @@ TEST_CASE("a read of a shared blob is in the trace of every image that uses it",
     using Trace = std::vector<std::pair<uint32_t, uint32_t>>;
     CHECK(fetcher.trace(first) == Trace{{0, 2}});
     CHECK(fetcher.trace(second) == Trace{{1, 2}});
+}
+
+namespace {
+
+// Frees ranges, as a sparse file does; what it holds does not matter here.
+class FreeingCacheFile final : public NullCacheFile {
+public:
+    using NullCacheFile::NullCacheFile;
+    bool canDiscard() const override { return true; }
+    void discard(uint64_t, uint64_t) override {}
+};
+
+// Zeros; while closed, a read waits for open().
+class GateBackend final : public Backend {
+public:
+    void read(const std::string&, uint64_t, std::span<uint8_t> out) override {
+        std::unique_lock lock(mutex_);
+        ++readers_;
+        changed_.notify_all();
+        changed_.wait(lock, [this] { return open_; });
+        std::memset(out.data(), 0, out.size());
+    }
+    uint64_t size(const std::string&) override { return 0; }
+    std::string describe() const override { return "gate test backend"; }
+    void setOpen(bool open) {
+        std::lock_guard lock(mutex_);
+        open_ = open;
+        changed_.notify_all();
+    }
+    bool waitForReaders(int count) {
+        std::unique_lock lock(mutex_);
+        return changed_.wait_for(lock, std::chrono::seconds(10), [&] { return readers_ >= count; });
+    }
+
+private:
+    std::mutex mutex_;
+    std::condition_variable changed_;
+    bool open_ = true;
+    int readers_ = 0;
+};
+
+}  // namespace
+
+// A request's present chunks are kept from the collector only by their use stamps, for keep_recent
+// seconds: one freed while the request waits longer for another chunk is fetched again before the
+// answer, which would otherwise let the kernel read its hole.
+TEST_CASE("a chunk freed while its request waits for another is fetched again before the answer", "[chunkfetcher]") {
+    constexpr uint32_t kChunks = 2;
+    rafs::test::TempDir dir;
+    const ZeroBlob zero(kBlobId, kChunks, kChunk);
+    auto backend = std::make_shared<GateBackend>();
+    auto blob = std::make_shared<CachedBlob>(
+        zero.descriptor,
+        std::make_unique<BlobCache>(std::make_unique<FreeingCacheFile>(zero.descriptor.uncompressed_size),
+                                    ReadinessBitmap::open(dir.path() / "map", kBlobId, kChunks,
+                                                          zero.descriptor.uncompressed_size),
+                                    zero.extents),
+        backend);
+    ChunkFetcher fetcher(FetchOptions{.amplify = 0, .threads = 1, .retries = 0});
+    const uint32_t image = fetcher.addImage({blob});
+    REQUIRE(waitFor(fetcher, image, 0, kChunk) == 0);  // chunk 0 present
+    backend->setOpen(false);
+    auto done = std::make_shared<std::promise<int>>();
+    fetcher.makePresent(image, 0, 0, kChunks * kChunk, [done](int error) { done->set_value(error); });
+    REQUIRE(backend->waitForReaders(2));  // chunk 1's fetch waits
+    // A full disk's collection, everything older than a second from now: chunk 0.
+    CHECK(fetcher.discardIdle(*blob, 0, kChunks, ChunkUse::now() + 1) == kChunk);
+    REQUIRE_FALSE(blob->cache().isPresent(0));
+    backend->setOpen(true);
+    std::future<int> result = done->get_future();
+    REQUIRE(result.wait_for(std::chrono::seconds(10)) == std::future_status::ready);
+    CHECK(result.get() == 0);
+    CHECK(blob->cache().isPresent(0));
+    CHECK(blob->cache().isPresent(1));
 }
