@@ -403,7 +403,10 @@ void FanotifyEngine::unmarkComplete(int cache_fd) { files_->unmarkComplete(cache
 void FanotifyEngine::umount(const std::filesystem::path& mountpoint) {
     const std::filesystem::path normal = mountpoint.lexically_normal();
     if (!files_ || !files_->has(normal)) fail("{} is not mounted by rafsd", normal.native());
-    if (::umount2(normal.c_str(), UMOUNT_NOFOLLOW) != 0) failErrno(fmt::format("cannot unmount {}", normal.native()));
+    // EINVAL: no longer a mount point, unmounted by hand (umount(8)): only forgotten, as fscache does.
+    if (::umount2(normal.c_str(), UMOUNT_NOFOLLOW) != 0 && errno != EINVAL) {
+        failErrno(fmt::format("cannot unmount {}", normal.native()));
+    }
     files_->remove(normal);
 }
 
