@@ -59,17 +59,23 @@ RegistryClient::Endpoint RegistryClient::endpoint(size_t index) const {
     return {endpoints_.at(index), Url::parse(endpoints_.at(index)).authority};
 }
 
-std::string RegistryClient::bearer(const HostAuth& auth, const std::string& host, const std::string& refused) {
-    const std::string key = auth.realm + " " + auth.service + " " + scope_;
-    return tokens_.get(key, [&] { return fetchToken(auth, host); }, refused);
+std::string RegistryClient::bearer(const HostAuth& auth, const std::string& host, const std::string& refused,
+                                   const std::vector<std::string>& extra) {
+    std::vector<std::string> scopes{scope_};
+    scopes.insert(scopes.end(), extra.begin(), extra.end());
+    std::string key = auth.realm + " " + auth.service;
+    for (const std::string& scope : scopes) key += " " + scope;
+    return tokens_.get(key, [&] { return fetchToken(auth, host, scopes); }, refused);
 }
 
-BearerToken RegistryClient::fetchToken(const HostAuth& auth, const std::string& host) {
+BearerToken RegistryClient::fetchToken(const HostAuth& auth, const std::string& host,
+                                       const std::vector<std::string>& scopes) {
     const Url realm = Url::parse(auth.realm);
     HttpRequest request;
     request.url = realm.str() + (realm.path.find('?') == std::string::npos ? "?" : "&");
     if (!auth.service.empty()) request.url += "service=" + queryEscape(auth.service) + "&";
-    request.url += "scope=" + queryEscape(scope_);
+    // One parameter per scope, as distribution's token protocol repeats it.
+    for (size_t i = 0; i < scopes.size(); ++i) request.url += (i == 0 ? "scope=" : "&scope=") + queryEscape(scopes[i]);
     const std::optional<Credentials> creds = credentials_->lookup(host);
     if (creds) request.headers.push_back(basicHeader(*creds));
     HttpResponse r = transport_->perform(request);
@@ -92,9 +98,11 @@ BearerToken RegistryClient::fetchToken(const HostAuth& auth, const std::string& 
         }
     }
     if (token.value.empty()) rafs::fail("token service {}: no token in its answer", withoutQuery(auth.realm));
-    // Without expires_in a token lives 60 s (distribution's token spec).
+    // Without expires_in a token lives 60 s (distribution's token spec). Taken as a day at most:
+    // a time point that far off would overflow the cache's clock and never be reused.
+    constexpr int64_t kMaxLifetime = 24 * 3600;
     if (json.contains("expires_in") && json["expires_in"].is_number_integer() && json["expires_in"].get<int64_t>() > 0) {
-        token.lifetime = std::chrono::seconds(json["expires_in"].get<int64_t>());
+        token.lifetime = std::chrono::seconds(std::min(json["expires_in"].get<int64_t>(), kMaxLifetime));
     }
     return token;
 }
@@ -151,7 +159,20 @@ RegistryClient::Authorization RegistryClient::answerChallenge(const Endpoint& ep
             std::lock_guard lock(mutex_);
             auth_[ep.authority] = auth;
         }
-        a.token = bearer(auth, ep.authority, used.token);
+        // The scopes the challenge names on other repositories: a cross-repository mount needs
+        // pull on the repository it mounts from (distribution names it in its challenge).
+        std::vector<std::string> extra;
+        const std::string wanted = bearer_challenge->param("scope");
+        const std::string ours = "repository:" + options_.repository + ":";
+        for (size_t at = 0; at < wanted.size();) {
+            const size_t space = std::min(wanted.find(' ', at), wanted.size());
+            std::string scope = wanted.substr(at, space - at);
+            if (!scope.empty() && !scope.starts_with(ours) && std::find(extra.begin(), extra.end(), scope) == extra.end()) {
+                extra.push_back(std::move(scope));
+            }
+            at = space + 1;
+        }
+        a.token = bearer(auth, ep.authority, used.token, extra);
         a.header = "Authorization: Bearer " + a.token;
         return a;
     }
@@ -305,6 +326,10 @@ void RegistryClient::readBlob(const std::string& digest, uint64_t offset, std::s
 }
 
 HttpResponse RegistryClient::perform(const Endpoint& ep, HttpRequest request) {
+    // The registry's Authorization stays with the registry: an upload session's Location may name
+    // another host (storage behind the registry), which gets the request without it.
+    const Url url = Url::parse(request.url);
+    if (url.authority != ep.authority || url.scheme != Url::parse(ep.base).scheme) return transport_->perform(request);
     return authorized(ep, std::move(request), [&](const HttpRequest& r) { return transport_->perform(r); });
 }
 
@@ -342,7 +367,8 @@ bool RegistryClient::hasBlob(const std::string& digest) {
     request.method = "HEAD";
     request.url = ep.base + "/v2/" + options_.repository + "/blobs/" + digest;
     const HttpResponse r = perform(ep, request);
-    if (r.curl_code == 0 && r.status == 200) return true;
+    // A registry whose storage redirects (signed URLs) answers for a blob it has with a redirect.
+    if (r.curl_code == 0 && (r.status == 200 || isRedirect(r.status))) return true;
     if (r.curl_code == 0 && r.status == 404) return false;
     rafs::fail("HEAD {}: {}", request.url, r.summary());
 }

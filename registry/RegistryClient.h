@@ -98,8 +98,11 @@ private:
     HttpResponse authorized(const Endpoint& ep, HttpRequest request, const Exchange& exchange);
     Authorization authorizationFor(const Endpoint& ep);
     Authorization answerChallenge(const Endpoint& ep, const HttpResponse& response, const Authorization& used);
-    std::string bearer(const HostAuth& auth, const std::string& host, const std::string& refused);
-    BearerToken fetchToken(const HostAuth& auth, const std::string& host);
+    // A token for scope_ and `extra` scopes (what a challenge asked for beyond it: the source
+    // repository of a cross-repository mount).
+    std::string bearer(const HostAuth& auth, const std::string& host, const std::string& refused,
+                       const std::vector<std::string>& extra = {});
+    BearerToken fetchToken(const HostAuth& auth, const std::string& host, const std::vector<std::string>& scopes);
     // The range from one endpoint, through its redirect when it has one; `total` gets the blob
     // size when the reply tells it.
     void readFrom(const Endpoint& ep, const std::string& digest, uint64_t offset, std::span<uint8_t> out,

@@ -129,9 +129,15 @@ void pushBlob(ImageStore& target, const std::string& digest, registry::RequestBo
         return;
     }
     for (const std::string& from : mount_from) {
-        if (target.mountBlob(digest, from)) {
-            ++counts.mounted;
-            return;
+        // A mount the registry refuses (no pull on `from` for these credentials) only saves less:
+        // the upload below goes on, and fails with its own error if the registry is at fault.
+        try {
+            if (target.mountBlob(digest, from)) {
+                ++counts.mounted;
+                return;
+            }
+        } catch (const rafs::Error&) {
+            continue;
         }
     }
     target.pushBlob(digest, body);

@@ -9,7 +9,9 @@ stream of range requests from several threads at once. The client under test is 
 2. tokens valid 3 s at the registry but expires_in left out (the client assumes 60 s): each expiry
    shows as a 401, answered by one token fetch however many reads got it;
 3. the credentials in config.json change while mounted (the token service then knows only the new
-   ones): the next token requests use them, no read fails.
+   ones): the next token requests use them, no read fails;
+4. `mkrafs convert` into one repository, then into another with --mount-from the first: every
+   blob is mounted across repositories with a token that names both (the challenge's scope).
 While the four threads read, rafsd holds one connection to the registry (HTTP/2: their requests
 are streams on it), sampled with `ss`.
 `rafsctl status` counts the token refreshes: as many as the token service issued.
@@ -84,7 +86,7 @@ def slow_read(paths, sources):
 
 
 def main():
-    args, mk, rafsd, ctl, ck = start_test('rafsd_token', __doc__, tools=('docker-registry', 'openssl'))
+    args, mk, rafsd, ctl, ck = start_test('rafsd_token', __doc__, tools=('docker-registry', 'openssl', 'umoci'))
     with harness.temp_dir('rafsd-token-', keep=args.keep) as tmp:
         files = [('%s/f%d' % (phase, i), FILE_SIZE) for phase in PHASES for i in range(FILES_PER_PHASE)]
         image = small_image(ck, mk, tmp, files, 21, chunk_size='64K')
@@ -195,7 +197,33 @@ def main():
                 ck.check(srv.stop() == 0, 'rafsd serve exits 0')
                 text = srv.log_text()
                 ck.check(PASSWORD not in text and PASSWORD2 not in text, 'no secret in the log')
+            convert_across_repositories(ck, mk, tmp, host, ca, cfg_json)
     return ck.finish()
+
+
+def convert_across_repositories(ck, mk, tmp, host, ca, cfg_json):
+    """4. `mkrafs convert` of a small OCI image into one repository, then into another with
+    --mount-from the first: the second mounts every blob across repositories, which takes a token
+    with pull on the first repository too (the registry names it in its challenge)."""
+    layout, bundle = os.path.join(tmp, 'layout'), os.path.join(tmp, 'bundle')
+    harness.run(['umoci', 'init', '--layout', layout], quiet=True)
+    harness.run(['umoci', 'new', '--image', layout + ':v1'], quiet=True)
+    harness.run(['umoci', 'unpack', '--image', layout + ':v1', bundle], quiet=True)
+    with open(os.path.join(bundle, 'rootfs', 'data'), 'wb') as f:
+        f.write(os.urandom(MiB))
+    harness.run(['umoci', 'repack', '--image', layout + ':v1', bundle], quiet=True)
+    certs = os.path.join(tmp, 'certs.d', host)
+    os.makedirs(certs)
+    with open(ca.cert, 'rb') as src, open(os.path.join(certs, 'ca.crt'), 'wb') as dst:
+        dst.write(src.read())
+    write_docker_config(cfg_json, USER2, PASSWORD2)
+    common = [mk.path, 'convert', '--authfile', cfg_json, '--cert-dir', os.path.dirname(certs)]
+    r = harness.run(common + ['oci:%s:v1' % layout, '%s/conv/a:v1' % host])
+    ck.check(r.returncode == 0, 'mkrafs convert into conv/a', (r.stderr or b'').decode()[-800:])
+    r = harness.run(common + ['--mount-from', 'conv/a', 'oci:%s:v1' % layout, '%s/conv/b:v1' % host])
+    err = (r.stderr or b'').decode()
+    ck.check(r.returncode == 0 and ' 0 blobs uploaded' in err and ' 0 mounted' not in err,
+             'mkrafs convert into conv/b --mount-from conv/a: every blob mounted, none uploaded', err[-800:])
 
 
 if __name__ == '__main__':
