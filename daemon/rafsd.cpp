@@ -89,7 +89,7 @@ KernelObjects acquire(EngineKind configured, EngineKind engine, const Config& co
 }
 
 SupervisorOptions supervisorOptions(EngineKind engine) {
-    return {std::string(engineName(engine)), engine == EngineKind::Fscache};
+    return {std::string(engineName(engine)), engine == EngineKind::Fscache, engine == EngineKind::Fanotify};
 }
 
 // In a worker: serve with the kernel objects the supervisor keeps.

@@ -291,7 +291,25 @@ nlohmann::json ImageService::reattach(const MountRequest& request) {
         rafs::fail("reattach {}: no adopted {}", request.mountpoint.string(), FscacheDevice::kPath);
     }
     if (!hasErofsMount(request.mountpoint)) rafs::fail("reattach: {} is not an EROFS mount", request.mountpoint.string());
-    return mountOrReattach(request, true);
+    try {
+        return mountOrReattach(request, true);
+    } catch (...) {
+        // Still mounted, and served by no one: it stays listed, and its files kept (as opened
+        // before they were marked), for the next worker, which may succeed. A failing worker that
+        // dropped them would leave its successor writing through fds opened after the marks,
+        // whose writes wait for events only it can answer.
+        MountRecord r{std::string(engineName(request.engine.value_or(EngineKind::Fanotify))), request.bootstrap, request.mountpoint,
+                      request.fsid.value_or(""), request.domain_id.value_or(""), request.blob_dir};
+        if (request.image) {
+            const registry::ImageReference pinned = registry::ImageReference::parse(*request.image);
+            r.image = *request.image;
+            r.manifest_digest = pinned.digest;
+        }
+        r.register_only = request.register_only;
+        std::lock_guard lock(mutex_);
+        unserved_.push_back(std::move(r));
+        throw;
+    }
 }
 
 nlohmann::json ImageService::mountOrReattach(const MountRequest& request, bool reattach) {
@@ -403,7 +421,9 @@ nlohmann::json ImageService::mountOrReattach(const MountRequest& request, bool r
         }
     } catch (...) {
         image.blobs.clear();
-        dropUnusedKeptFds();
+        // A takeover keeps them: the kernel still has the mount, and its next try needs the files
+        // as opened before they were marked (KeptFds.h).
+        if (!reattach) dropUnusedKeptFds();
         throw;
     }
     std::vector<std::span<const rafs::BlobChunk>> ci_by_blob;
@@ -449,7 +469,7 @@ nlohmann::json ImageService::mountOrReattach(const MountRequest& request, bool r
         } catch (...) {
             forgetFetches(image);
             image.blobs.clear();
-            dropUnusedKeptFds();
+            if (!reattach) dropUnusedKeptFds();
             throw;
         }
         if (!spec.keep_marks) {
@@ -532,6 +552,7 @@ void ImageService::saveMountTable(const Image* adding) {
     };
     for (const Image& i : images_) add(i);
     if (adding != nullptr) add(*adding);
+    records.insert(records.end(), unserved_.begin(), unserved_.end());
     saveMounts(mount_table_, records);
 }
 
@@ -544,7 +565,8 @@ void ImageService::saveMountTableOrLog() {
 }
 
 void ImageService::dropUnusedKeptFds() {
-    if (kept_ == nullptr) return;
+    // The blobs of a mount this worker could not take over are not known here: nothing is dropped.
+    if (kept_ == nullptr || !unserved_.empty()) return;
     const std::string prefix = keptCacheFileName("");
     for (const std::string& name : kept_->names()) {
         if (!name.starts_with(prefix)) continue;

@@ -157,6 +157,9 @@ private:
     std::map<std::string, std::weak_ptr<CachedBlob>> blobs_;  // by blob id: shared across images
     std::map<std::string, std::weak_ptr<ObjectFd>> fscache_fds_;  // same keys: each fscache blob's object fd
     std::vector<Image> images_;
+    // Mounts of a predecessor this worker could not take over (recoverMounts), still mounted: kept
+    // in the mount table, with every kept file, for the next worker.
+    std::vector<MountRecord> unserved_;
     bool shut_down_ = false;
     bool fscache_restore_ = false;  // the adopted device had a daemon die on it
     KeptFds* kept_ = nullptr;        // fanotify failover: the fds the supervisor keeps

@@ -30,6 +30,30 @@ using rafs::failErrno;
 // A worker that keeps dying right after it starts serving would otherwise be restarted forever.
 constexpr size_t kMaxRestarts = 10;
 constexpr auto kRestartWindow = std::chrono::seconds(60);
+constexpr auto kMaxHoldDelay = std::chrono::seconds(60);
+
+// Waits `delay` for SIGINT or SIGTERM on `signal_fd` (SIGCHLD ignored: no worker runs); true if one
+// came. Tells systemd it is stopping.
+bool waitForStop(int signal_fd, std::chrono::seconds delay) {
+    const auto until = std::chrono::steady_clock::now() + delay;
+    for (;;) {
+        const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(until - std::chrono::steady_clock::now());
+        if (left.count() <= 0) return false;
+        pollfd p{signal_fd, POLLIN, 0};
+        const int n = ::poll(&p, 1, static_cast<int>(left.count()));
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            failErrno("poll");
+        }
+        if (n == 0) return false;
+        signalfd_siginfo info{};
+        if (::read(signal_fd, &info, sizeof info) != static_cast<ssize_t>(sizeof info)) failErrno("read signalfd");
+        if (info.ssi_signo == SIGINT || info.ssi_signo == SIGTERM) {
+            sd_notify(0, "STOPPING=1");
+            return true;
+        }
+    }
+}
 
 // Forks a worker; returns its pid and, in `ready_fd`, the read end of the pipe it signals
 // readiness on. Never returns in the child, which gets `kept` linked to the supervisor by `link`.
@@ -93,6 +117,7 @@ int supervise(KeptFds kept, bool restored, const SupervisorOptions& options, con
 
     bool told_ready = false;
     bool stopping = false;
+    std::chrono::seconds hold_delay{1};
     std::deque<std::chrono::steady_clock::time_point> restarts;
     for (;;) {
         int ready_fd = -1;
@@ -138,6 +163,29 @@ int supervise(KeptFds kept, bool restored, const SupervisorOptions& options, con
         if (ready_fd >= 0) closeOrWarn(ready_fd, "worker ready pipe");
         // What the worker kept just before it died is still queued, with its fds.
         if (link.supervisor.get() >= 0) kept.serveLink(link.supervisor.get());
+        const bool hold = options.fail_closed && (ready || restored) && !stopping &&
+                          !(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+        if (hold) {
+            const auto now = std::chrono::steady_clock::now();
+            while (!restarts.empty() && now - restarts.front() > kRestartWindow) restarts.pop_front();
+            if (restarts.size() >= kMaxRestarts) {
+                log::error("{} worker {} ended ({}), {} restarts within {} s; the {} stays held, so its readers wait "
+                           "rather than read holes: another worker in {} s", engine, pid, describe(status), restarts.size(),
+                           kRestartWindow.count(), engine, hold_delay.count());
+                if (waitForStop(signal_fd, hold_delay)) {
+                    closeOrWarn(signal_fd, "signalfd");
+                    log::error("stopped with no worker serving: the {} is released with its mounts up", engine);
+                    return 1;
+                }
+                hold_delay = std::min(hold_delay * 2, kMaxHoldDelay);
+            } else {
+                log::warn("{} worker {} ended ({}); starting another one on the same kernel objects (failover)", engine,
+                          pid, describe(status));
+            }
+            restarts.push_back(std::chrono::steady_clock::now());
+            restored = true;
+            continue;
+        }
         if (WIFEXITED(status) || stopping || !ready) {
             closeOrWarn(signal_fd, "signalfd");
             if (WIFEXITED(status)) return WEXITSTATUS(status);

@@ -30,10 +30,16 @@ struct SupervisorOptions {
     // from the fd store, and two daemons must never serve it). Off for fanotify, whose worker goes
     // on serving readers alone; a new rafsd ends it before it takes the group over.
     bool worker_dies_with_supervisor = true;
+    // Never release the kept fds while mounts may live on them (a worker served, or they were taken
+    // over), unless told to stop: a worker that exits or keeps dying is followed by another, at
+    // first at once, then after a delay growing to a minute. For fanotify, whose group's release
+    // would let readers see the holes of its marked files as zeros; their reads wait instead.
+    // (fscache's mounts fail with EIO when the device closes: there the supervisor gives up.)
+    bool fail_closed = false;
 };
 
 // Runs and restarts workers on `kept` until one exits (its status is returned) or one dies before it
-// became ready (1). Call from a single-threaded process with SIGINT and SIGTERM blocked. Sends
+// became ready (1); with fail_closed, once mounts may live on `kept`, until it is told to stop. Call from a single-threaded process with SIGINT and SIGTERM blocked. Sends
 // READY=1 and STOPPING=1 to systemd itself.
 int supervise(KeptFds kept, bool restored, const SupervisorOptions& options, const Worker& worker);
 

@@ -7,6 +7,10 @@ readers are waiting on cold data when the kill comes):
    the dead one read (the kernel keeps them pending), and every read completes with the right bytes.
    Then the case a user met: an 8 MiB file never read, kill -9 of the worker, `cat` of it: the
    file's bytes, never zeros.
+   Then a takeover that fails (the bootstrap moved away, the worker killed): the supervisor keeps
+   the group and starts worker after worker (a release would allow the reads of holes); a reader
+   of an unread file waits meanwhile, and once the bootstrap is back a worker takes over and the
+   reader gets the file's bytes.
 2. supervisor: kill -9 of the supervisor alone changes nothing for readers; the worker serves on.
 3. service: `rafsd serve` under a test playing systemd's fd store; rafsctl mounts an image; readers
    wait; the whole rafsd (supervisor and worker) is killed; the restarted rafsd gets the group,
@@ -29,7 +33,7 @@ from rafstest.harness import log
 from rafstest.rafsd import RafsdMount, RafsdProcess, make_small_tree, start_test, worker_of, write_config
 
 MiB = 1 << 20
-FILES = [('r%d' % i, 2 * MiB + 4096 * i) for i in range(8)] + [('held', 2 * MiB), ('big', 8 * MiB)]
+FILES = [('r%d' % i, 2 * MiB + 4096 * i) for i in range(8)] + [('held', 2 * MiB), ('big', 8 * MiB), ('late', 3 * MiB)]
 PIECE = 256 * 1024
 FETCH_DELAY_MS = 1500
 READ_TIMEOUT = 120
@@ -113,6 +117,23 @@ def case_worker(ck, rafsd, image, content, tmp):
         ck.check(r.returncode == 0 and r.stdout == content['big'],
                  'worker: cat of an unread 8 MiB file after kill -9 gives its bytes',
                  'exit %d, %s' % (r.returncode, 'zeros' if r.stdout == bytes(len(r.stdout)) else 'differs'))
+        # A takeover that cannot work until the bootstrap is back.
+        third = worker_of(m.proc.pid)
+        moved = image['boot'] + '.away'
+        os.rename(image['boot'], moved)
+        try:
+            os.kill(third, signal.SIGKILL)
+            late = Reader(os.path.join(mnt, 'late'), content['late'])
+            late.start()
+            time.sleep(4)
+            ck.check(late.is_alive() and late.result is None and m.proc.poll() is None,
+                     'worker: while no worker can take over, the supervisor holds the group and the reader waits',
+                     'reader %s, supervisor %s' % (late.result, m.proc.poll()))
+        finally:
+            os.rename(moved, image['boot'])
+        late.join(READ_TIMEOUT)
+        ck.check(late.result == 'ok', 'worker: once the bootstrap is back, a worker takes over and the reader '
+                 'gets the bytes', '%s\n%s' % (late.result, m.log_text()[-2000:]))
         ck.check(m.stop() == 0, 'worker: SIGINT then stops rafsd with exit 0')
         ck.check(not os.path.ismount(mnt), 'worker: the mount is gone')
 
