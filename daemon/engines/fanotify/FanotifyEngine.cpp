@@ -74,6 +74,10 @@ rafs::UniqueFd FanotifyEngine::createGroup() { return createPreContentGroup(); }
 void FanotifyEngine::adopt(rafs::UniqueFd group, PendingJournal journal) {
     if (responder_) fail("fanotify engine already has a group");
     auto responder = std::make_shared<EventResponder>(std::move(group), std::move(journal));
+    // From now on, not only once it serves: a restarted rafsd taking the group from systemd's fd
+    // store ends the process the journal names, and this one may read the group before then
+    // (answering orphans), or soon.
+    responder->journal().setOwner(ProcessIdentity::self());
     files_ = std::make_unique<MarkedFiles>(responder->group());
     responder_ = std::move(responder);
 }
@@ -88,7 +92,6 @@ void FanotifyEngine::start() {
     responder_->setWake(wake_);
     try {
         answerOrphans();
-        responder_->journal().setOwner(ProcessIdentity::self());
     } catch (...) {
         teardown();
         throw;
