@@ -161,7 +161,12 @@ std::vector<uint8_t> readVerifiedBlob(ImageStore& store, const Descriptor& blob,
         rafs::fail("{} {} has size {} (expected 1 to {} bytes)", what, blob.digest, blob.size, max_size);
     }
     std::vector<uint8_t> bytes(blob.size);
-    store.readBlob(blob.digest, 0, bytes);
+    // In pieces: each request is bounded by the transport's timeout, so a large blob (a bootstrap
+    // layer of tens of MB) on a slow link is fetched piece by piece rather than never.
+    constexpr uint64_t kPiece = 4 << 20;
+    for (uint64_t at = 0; at < blob.size; at += kPiece) {
+        store.readBlob(blob.digest, at, std::span(bytes).subspan(at, std::min(kPiece, blob.size - at)));
+    }
     const std::string actual = sha256Digest({reinterpret_cast<const char*>(bytes.data()), bytes.size()});
     if (actual != blob.digest) rafs::fail("{} {}: digest mismatch: its bytes hash to {}", what, blob.digest, actual);
     return bytes;

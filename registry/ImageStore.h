@@ -88,8 +88,9 @@ private:
     LayoutFileCreated on_create_;
 };
 
-// The whole blob `blob` describes, checked against its digest; at most `max_size` bytes. Throws
-// rafs::Error "<what> <digest>: ..." for a size out of range or a digest mismatch.
+// The whole blob `blob` describes, read in pieces of 4 MiB, checked against its digest; at most
+// `max_size` bytes. Throws rafs::Error "<what> <digest>: ..." for a size out of range or a digest
+// mismatch.
 std::vector<uint8_t> readVerifiedBlob(ImageStore& store, const Descriptor& blob, uint64_t max_size,
                                       std::string_view what);
 

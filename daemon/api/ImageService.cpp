@@ -298,8 +298,8 @@ nlohmann::json ImageService::reattach(const MountRequest& request) {
         // before they were marked), for the next worker, which may succeed. A failing worker that
         // dropped them would leave its successor writing through fds opened after the marks,
         // whose writes wait for events only it can answer.
-        MountRecord r{std::string(engineName(request.engine.value_or(EngineKind::Fanotify))), request.bootstrap, request.mountpoint,
-                      request.fsid.value_or(""), request.domain_id.value_or(""), request.blob_dir};
+        MountRecord r{std::string(engineName(request.engine.value_or(EngineKind::Fanotify))), request.bootstrap,
+                      request.mountpoint, request.fsid.value_or(""), request.domain_id.value_or(""), request.blob_dir};
         if (request.image) {
             const registry::ImageReference pinned = registry::ImageReference::parse(*request.image);
             r.image = *request.image;

@@ -136,6 +136,7 @@ int supervise(KeptFds kept, bool restored, const SupervisorOptions& options, con
                 char byte = 0;
                 if (::read(ready_fd, &byte, 1) == 1) {
                     ready = true;
+                    hold_delay = std::chrono::seconds(1);
                     log::info("{} worker {} serves", engine, pid);
                     if (!told_ready) sd_notify(0, "READY=1");
                     told_ready = true;
@@ -169,12 +170,12 @@ int supervise(KeptFds kept, bool restored, const SupervisorOptions& options, con
             const auto now = std::chrono::steady_clock::now();
             while (!restarts.empty() && now - restarts.front() > kRestartWindow) restarts.pop_front();
             if (restarts.size() >= kMaxRestarts) {
-                log::error("{} worker {} ended ({}), {} restarts within {} s; the {} stays held, so its readers wait "
-                           "rather than read holes: another worker in {} s", engine, pid, describe(status), restarts.size(),
-                           kRestartWindow.count(), engine, hold_delay.count());
+                log::error("{} worker {} ended ({}), {} restarts within {} s; its kernel objects stay held, so readers "
+                           "wait rather than read holes: another worker in {} s", engine, pid, describe(status),
+                           restarts.size(), kRestartWindow.count(), hold_delay.count());
                 if (waitForStop(signal_fd, hold_delay)) {
                     closeOrWarn(signal_fd, "signalfd");
-                    log::error("stopped with no worker serving: the {} is released with its mounts up", engine);
+                    log::error("stopped with no {} worker serving: its kernel objects are released with mounts up", engine);
                     return 1;
                 }
                 hold_delay = std::min(hold_delay * 2, kMaxHoldDelay);

@@ -97,3 +97,16 @@ TEST_CASE("resolver: an index entry must be a manifest, and be the document it n
     CHECK_THROWS_WITH(resolveManifest(store, "odd", kAmd64, ImageKind::Rafs, "o"),
                       "o: media type 'text/plain' is neither an image index nor a manifest");
 }
+
+// Each piece is one request, bounded by the transport's timeout: a bootstrap layer of tens of MB on
+// a slow link arrives piece by piece instead of timing out whole, attempt after attempt.
+TEST_CASE("a verified blob is read in pieces of 4 MiB, and checked whole", "[registry]") {
+    rafs::test::MemoryImageStore store;
+    std::vector<uint8_t> bytes(9 << 20);
+    for (size_t i = 0; i < bytes.size(); ++i) bytes[i] = static_cast<uint8_t>(i * 7 + (i >> 12));
+    const registry::Descriptor blob = store.putBlob("application/octet-stream", bytes);
+    CHECK(registry::readVerifiedBlob(store, blob, 16 << 20, "layer") == bytes);
+    CHECK(store.blob_reads == 3);
+    CHECK_THROWS_WITH(registry::readVerifiedBlob(store, blob, 8 << 20, "layer"),
+                      "layer " + blob.digest + " has size 9437184 (expected 1 to 8388608 bytes)");
+}
