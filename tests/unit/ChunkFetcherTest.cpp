@@ -334,14 +334,8 @@ TEST_CASE("the completion callback runs when the blob completes, or at once if i
     constexpr uint32_t kChunks = 4;
     rafs::test::TempDir dir;
     auto make = [&](const std::string& name) {
-        const ZeroBlob zero(kBlobId, kChunks, kChunk);
-        return std::make_shared<CachedBlob>(
-            zero.descriptor,
-            std::make_unique<BlobCache>(std::make_unique<NullCacheFile>(zero.descriptor.uncompressed_size),
-                                        ReadinessBitmap::open(dir.path() / name, kBlobId, kChunks,
-                                                              zero.descriptor.uncompressed_size),
-                                        zero.extents),
-            std::make_shared<MemoryBackend>(std::vector<uint8_t>(kChunks * kChunk, 0)));
+        return ZeroBlob(kBlobId, kChunks, kChunk)
+            .cached(dir.path() / name, std::make_shared<MemoryBackend>(std::vector<uint8_t>(kChunks * kChunk, 0)));
     };
     ChunkFetcher fetcher(FetchOptions{.amplify = 0, .threads = 1, .retries = 0});
 
@@ -370,22 +364,9 @@ TEST_CASE("the completion callback runs when the blob completes, or at once if i
 TEST_CASE("a read of a shared blob is in the trace of every image that uses it", "[chunkfetcher]") {
     constexpr uint32_t kChunks = 4;
     rafs::test::TempDir dir;
-    const ZeroBlob zero(kBlobId, kChunks, kChunk);
-    auto shared = std::make_shared<CachedBlob>(
-        zero.descriptor,
-        std::make_unique<BlobCache>(std::make_unique<NullCacheFile>(zero.descriptor.uncompressed_size),
-                                    ReadinessBitmap::open(dir.path() / "map", kBlobId, kChunks,
-                                                          zero.descriptor.uncompressed_size),
-                                    zero.extents),
-        std::make_shared<MemoryBackend>(std::vector<uint8_t>(kChunks * kChunk, 0)));
-    const ZeroBlob other_zero(std::string(64, 'e'), kChunks, kChunk);
-    auto other = std::make_shared<CachedBlob>(
-        other_zero.descriptor,
-        std::make_unique<BlobCache>(std::make_unique<NullCacheFile>(other_zero.descriptor.uncompressed_size),
-                                    ReadinessBitmap::open(dir.path() / "other", std::string(64, 'e'), kChunks,
-                                                          other_zero.descriptor.uncompressed_size),
-                                    other_zero.extents),
-        std::make_shared<MemoryBackend>(std::vector<uint8_t>(kChunks * kChunk, 0)));
+    auto zeros = std::make_shared<MemoryBackend>(std::vector<uint8_t>(kChunks * kChunk, 0));
+    auto shared = ZeroBlob(kBlobId, kChunks, kChunk).cached(dir.path() / "map", zeros);
+    auto other = ZeroBlob(std::string(64, 'e'), kChunks, kChunk).cached(dir.path() / "other", zeros);
     ChunkFetcher fetcher(FetchOptions{.amplify = 0, .threads = 1, .retries = 0});
     const uint32_t first = fetcher.addImage({shared});
     const uint32_t second = fetcher.addImage({other, shared});  // the shared blob is its blob 1
@@ -445,13 +426,8 @@ TEST_CASE("a chunk freed while its request waits for another is fetched again be
     rafs::test::TempDir dir;
     const ZeroBlob zero(kBlobId, kChunks, kChunk);
     auto backend = std::make_shared<GateBackend>();
-    auto blob = std::make_shared<CachedBlob>(
-        zero.descriptor,
-        std::make_unique<BlobCache>(std::make_unique<FreeingCacheFile>(zero.descriptor.uncompressed_size),
-                                    ReadinessBitmap::open(dir.path() / "map", kBlobId, kChunks,
-                                                          zero.descriptor.uncompressed_size),
-                                    zero.extents),
-        backend);
+    auto blob = zero.cached(dir.path() / "map", backend,
+                            std::make_unique<FreeingCacheFile>(zero.descriptor.uncompressed_size));
     ChunkFetcher fetcher(FetchOptions{.amplify = 0, .threads = 1, .retries = 0});
     const uint32_t image = fetcher.addImage({blob});
     REQUIRE(waitFor(fetcher, image, 0, kChunk) == 0);  // chunk 0 present

@@ -42,15 +42,8 @@ struct TestImage {
     explicit TestImage(uint32_t count = 1) {
         for (uint32_t i = 0; i < count; ++i) {
             const std::string id(64, static_cast<char>('a' + i));
-            const ZeroBlob zero(id, kChunks, kChunk);
-            const BlobDescriptor& d = zero.descriptor;
-            blobs.push_back(std::make_shared<CachedBlob>(
-                d,
-                std::make_unique<BlobCache>(
-                    std::make_unique<NullCacheFile>(d.uncompressed_size),
-                    ReadinessBitmap::open(dir.path() / (id + ".chunkmap"), id, kChunks, d.uncompressed_size),
-                    zero.extents),
-                std::make_shared<ZeroBackend>()));
+            blobs.push_back(ZeroBlob(id, kChunks, kChunk).cached(dir.path() / (id + ".chunkmap"),
+                                                                 std::make_shared<ZeroBackend>()));
         }
         image = fetcher.addImage(blobs);
     }

@@ -5,8 +5,12 @@
 #include "daemon/core/BlobCache.h"
 #include "daemon/core/BlobDescriptor.h"
 #include "daemon/core/CacheFile.h"
+#include "daemon/core/CachedBlob.h"
+#include "daemon/core/ReadinessBitmap.h"
 
 #include <cstdint>
+#include <filesystem>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -44,6 +48,20 @@ struct ZeroBlob {
         }
         const std::vector<uint8_t> zeros(chunk_size, 0);
         d.digests.assign(count, rafs::digestOf(rafs::Digester::Blake3, zeros));
+    }
+
+    // The blob as the fetcher serves it: read from `backend`, cached in `file` (by default one
+    // that holds no data), its readiness bitmap at `bitmap`.
+    std::shared_ptr<CachedBlob> cached(const std::filesystem::path& bitmap, std::shared_ptr<Backend> backend,
+                                       std::unique_ptr<CacheFile> file = nullptr) const {
+        if (!file) file = std::make_unique<NullCacheFile>(descriptor.uncompressed_size);
+        const auto chunks = static_cast<uint32_t>(descriptor.chunks.size());
+        return std::make_shared<CachedBlob>(
+            descriptor,
+            std::make_unique<BlobCache>(std::move(file),
+                                        ReadinessBitmap::open(bitmap, descriptor.id, chunks, descriptor.uncompressed_size),
+                                        extents),
+            std::move(backend));
     }
 };
 
