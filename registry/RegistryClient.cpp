@@ -24,6 +24,12 @@ bool isRedirect(long status) { return status == 301 || status == 302 || status =
 
 std::string basicHeader(const Credentials& c) { return "Authorization: Basic " + base64Encode(c.username + ":" + c.secret); }
 
+// Whether `url` is on the endpoint itself (scheme and authority): only there does the registry's
+// Authorization go, not to storage it redirects or hands an upload to.
+bool onEndpoint(const Url& url, const std::string& base, const std::string& authority) {
+    return url.authority == authority && url.scheme == Url::parse(base).scheme;
+}
+
 // A Location relative to the server ("/path") made absolute.
 std::string absoluteLocation(const std::string& base, std::string_view location) {
     if (location.starts_with("/")) return base + std::string(location);
@@ -258,10 +264,8 @@ void RegistryClient::readFrom(const Endpoint& ep, const std::string& digest, uin
     if (ok) return;
     if (last.curl_code == 0 && isRedirect(last.status) && last.header("location")) {
         const std::string target = absoluteLocation(ep.base, *last.header("location"));
-        const Url parsed = Url::parse(target);
         std::vector<std::string> headers;
-        // The registry's Authorization stays with the registry.
-        if (parsed.authority == ep.authority && parsed.scheme == Url::parse(ep.base).scheme) {
+        if (onEndpoint(Url::parse(target), ep.base, ep.authority)) {
             if (std::string header = authorizationFor(ep).header; !header.empty()) headers.push_back(header);
         }
         HttpResponse redirected;
@@ -328,8 +332,7 @@ void RegistryClient::readBlob(const std::string& digest, uint64_t offset, std::s
 HttpResponse RegistryClient::perform(const Endpoint& ep, HttpRequest request) {
     // The registry's Authorization stays with the registry: an upload session's Location may name
     // another host (storage behind the registry), which gets the request without it.
-    const Url url = Url::parse(request.url);
-    if (url.authority != ep.authority || url.scheme != Url::parse(ep.base).scheme) return transport_->perform(request);
+    if (!onEndpoint(Url::parse(request.url), ep.base, ep.authority)) return transport_->perform(request);
     return authorized(ep, std::move(request), [&](const HttpRequest& r) { return transport_->perform(r); });
 }
 

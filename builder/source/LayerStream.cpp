@@ -7,7 +7,6 @@
 
 #include <algorithm>
 #include <cstring>
-#include <functional>
 
 namespace rafs::build {
 
@@ -21,11 +20,8 @@ constexpr size_t kBlocksAhead = 8;
 constexpr uint8_t kGzipMagic[] = {0x1f, 0x8b};
 constexpr uint8_t kZstdMagic[] = {0x28, 0xb5, 0x2f, 0xfd};
 
-// A zstd skippable frame (RFC 8878 section 3.1.2: magic 0x184D2A50 to 0x184D2A5F, little-endian)
-// holds metadata, such as the table of contents that zstd:chunked layers (containers/storage)
-// put before their footer; ZSTD_decompressStream skips it.
-bool startsSkippableFrame(std::span<const uint8_t> in) {
-    return in.size() >= 4 && (in[0] & 0xf0) == 0x50 && in[1] == 0x2a && in[2] == 0x4d && in[3] == 0x18;
+bool startsWith(std::span<const uint8_t> in, std::span<const uint8_t> magic) {
+    return in.size() >= magic.size() && std::equal(magic.begin(), magic.end(), in.begin());
 }
 
 uint32_t clamp32(size_t n) { return static_cast<uint32_t>(std::min<size_t>(n, UINT32_MAX)); }
@@ -39,6 +35,8 @@ public:
         bool done = false;  // the member or frame ended
     };
     virtual ~Decoder() = default;
+    // Whether `in` begins another member or frame.
+    virtual bool startsMember(std::span<const uint8_t> in) const = 0;
     virtual void start() = 0;  // a member or frame begins
     virtual Step step(std::span<const uint8_t> in, std::span<uint8_t> out) = 0;
 };
@@ -46,6 +44,9 @@ public:
 class GzipDecoder final : public Decoder {
 public:
     explicit GzipDecoder(const std::string& name) : name_(name), state_(std::make_unique<inflate_state>()) {}
+
+    static bool begins(std::span<const uint8_t> in) { return startsWith(in, kGzipMagic); }
+    bool startsMember(std::span<const uint8_t> in) const override { return begins(in); }
 
     void start() override {
         isal_inflate_init(state_.get());
@@ -85,6 +86,15 @@ public:
     explicit ZstdDecoder(const std::string& name) : name_(name), ctx_(ZSTD_createDCtx()) {
         if (ctx_ == nullptr) fail("{}: cannot initialise zstd", name_);
     }
+
+    // A frame, or a skippable frame (RFC 8878 section 3.1.2: magic 0x184D2A50 to 0x184D2A5F,
+    // little-endian), which holds metadata such as the table of contents that zstd:chunked layers
+    // (containers/storage) put before their footer; ZSTD_decompressStream skips it.
+    static bool begins(std::span<const uint8_t> in) {
+        return startsWith(in, kZstdMagic) ||
+               (in.size() >= 4 && (in[0] & 0xf0) == 0x50 && in[1] == 0x2a && in[2] == 0x4d && in[3] == 0x18);
+    }
+    bool startsMember(std::span<const uint8_t> in) const override { return begins(in); }
 
     void start() override {}  // ZSTD_decompressStream begins the next frame by itself
 
@@ -137,20 +147,12 @@ void LayerStream::decompress() {
     // Enough bytes to recognise a magic number, unless the input is shorter.
     while (in_.size() < sizeof(kZstdMagic) && fill()) {
     }
-    auto starts = [&](std::span<const uint8_t> magic) {
-        return in_.size() - in_pos_ >= magic.size() && std::equal(magic.begin(), magic.end(), in_.data() + in_pos_);
-    };
-    const auto starts_zstd_frame = [&] {
-        return starts(kZstdMagic) || startsSkippableFrame(std::span(in_).subspan(in_pos_));
-    };
+    const auto unread = [&] { return std::span<const uint8_t>(in_).subspan(in_pos_); };
     std::unique_ptr<Decoder> decoder;  // none: a plain tar
-    std::function<bool()> starts_member;
-    if (starts(kGzipMagic)) {
+    if (GzipDecoder::begins(unread())) {
         decoder = std::make_unique<GzipDecoder>(name_);
-        starts_member = [&] { return starts(kGzipMagic); };
-    } else if (starts_zstd_frame()) {
+    } else if (ZstdDecoder::begins(unread())) {
         decoder = std::make_unique<ZstdDecoder>(name_);
-        starts_member = starts_zstd_frame;
     }
     Block out{std::make_unique_for_overwrite<uint8_t[]>(kOutputBlock), 0};
     bool between = true;  // at the start, or a member or frame ended exactly here
@@ -167,7 +169,7 @@ void LayerStream::decompress() {
             if (between) {
                 // Another member or frame may follow, or zeros (padding); anything else is
                 // trailing garbage.
-                if (!starts_member()) {
+                if (!decoder->startsMember(src)) {
                     if (src.size() < sizeof(kZstdMagic) && fill()) continue;
                     if (!std::all_of(src.begin(), src.end(), [](uint8_t b) { return b == 0; })) {
                         fail("{}: unexpected data after the compressed stream", name_);

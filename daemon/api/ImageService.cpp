@@ -389,9 +389,12 @@ nlohmann::json ImageService::mountOrReattach(const MountRequest& request, bool r
         image.manifest_digest = stored.manifest_digest;
     }
     std::string fscache_volume;
+    bool fsid_derived = false;
     if (engine == EngineKind::Fscache) {
         image.register_only = request.register_only;
-        image.fsid = request.fsid.value_or(defaultFsid(bootstrap));
+        const std::string derived = defaultFsid(bootstrap);
+        image.fsid = request.fsid.value_or(derived);
+        fsid_derived = image.fsid == derived;
         image.domain_id = request.domain_id.value_or("");
         checkFscacheName("fsid", image.fsid);
         if (!image.domain_id.empty()) checkFscacheName("domain_id", image.domain_id);
@@ -435,7 +438,7 @@ nlohmann::json ImageService::mountOrReattach(const MountRequest& request, bool r
                                                       : FscacheAttach::Mount;
     std::string mount_options;
     if (engine == EngineKind::Fscache) {
-        mountFscache(image, bootstrap, how);
+        mountFscache(image, bootstrap, how, fsid_derived);
         mount_options = FscacheEngine::mountOptions(image.fsid, image.domain_id);
     } else {
         FanotifyMount spec;
@@ -500,7 +503,7 @@ nlohmann::json ImageService::mountOrReattach(const MountRequest& request, bool r
     return response;
 }
 
-void ImageService::mountFscache(Image& image, const rafs::Bootstrap& bootstrap, FscacheAttach how) {
+void ImageService::mountFscache(Image& image, const rafs::Bootstrap& bootstrap, FscacheAttach how, bool fsid_derived) {
     try {
         FscacheMount spec;
         spec.image = image.index;
@@ -523,8 +526,8 @@ void ImageService::mountFscache(Image& image, const rafs::Bootstrap& bootstrap, 
                     rafs::fail("fsid {} is the fsid of the image on {} already", image.fsid, other.mountpoint.string());
                 }
             }
-            // The default fsid names the bootstrap's content, so a cache file kept under it holds this one.
-            if (image.fsid != defaultFsid(bootstrap)) fscache_volumes_->cullBootstrap(volume, image.fsid);
+            // A derived fsid names the bootstrap's content, so a cache file kept under it holds this one.
+            if (!fsid_derived) fscache_volumes_->cullBootstrap(volume, image.fsid);
             // Listed before mount(2): a daemon dying during the mount leaves an entry the next one
             // finds unmounted and forgets, never a mount it does not know about. A registered
             // image is listed too, so that a restarted daemon takes over the user's mount of it.

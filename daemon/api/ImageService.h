@@ -136,7 +136,8 @@ private:
     // How an fscache image reaches the kernel: rafsd mounts it, a previous daemon's mount is taken
     // over, or the image is only registered and the user mounts it by hand.
     enum class FscacheAttach { Mount, Reattach, Register };
-    void mountFscache(Image& image, const rafs::Bootstrap& bootstrap, FscacheAttach how);
+    // `fsid_derived`: the image's fsid is defaultFsid(bootstrap), which names the bootstrap's content.
+    void mountFscache(Image& image, const rafs::Bootstrap& bootstrap, FscacheAttach how, bool fsid_derived);
     nlohmann::json blobStatus(const CachedBlob& blob) const;
     // Rewrites the mount table (if kept) from images_, plus `adding` (about to be mounted).
     void saveMountTable(const Image* adding);

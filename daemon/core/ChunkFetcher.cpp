@@ -19,11 +19,6 @@ namespace {
 // Tries of a request whose present chunks were freed while it waited (makePresent): each follows a
 // wait longer than keep_recent with a collection in it, so a few are plenty.
 constexpr unsigned kPresentAttempts = 4;
-
-}  // namespace
-
-namespace {
-
 // One backend range at most. Each request costs a registry more than its bytes: at 4 MiB the
 // loopback registry read took 41 requests and 1.5x the localfs read, at 8 MiB 28 and 1.4x; 16 MiB
 // saved a little more but raised the daemon's peak RSS by 10 MiB (docs/benchmarks.md).
@@ -98,16 +93,20 @@ void ChunkFetcher::removeImage(uint32_t image) {
     if (image < images_.size()) images_[image] = {};
 }
 
-std::shared_ptr<CachedBlob> ChunkFetcher::blobAt(uint32_t image, uint32_t blob) {
-    std::lock_guard lock(images_mutex_);
+std::shared_ptr<CachedBlob> ChunkFetcher::blobLocked(uint32_t image, uint32_t blob) const {
     if (image >= images_.size() || blob >= images_[image].blobs.size()) return {};
     return images_[image].blobs[blob];
 }
 
+std::shared_ptr<CachedBlob> ChunkFetcher::blobAt(uint32_t image, uint32_t blob) {
+    std::lock_guard lock(images_mutex_);
+    return blobLocked(image, blob);
+}
+
 ChunkFetcher::BlobAndTrace ChunkFetcher::blobOf(uint32_t image, uint32_t blob) {
     std::lock_guard lock(images_mutex_);
-    if (image >= images_.size() || blob >= images_[image].blobs.size()) return {};
-    BlobAndTrace found{images_[image].blobs[blob], {}};
+    BlobAndTrace found{blobLocked(image, blob), {}};
+    if (!found.blob) return found;
     for (const RegisteredImage& entry : images_) {
         if (!entry.used) continue;
         const auto it = std::find(entry.blobs.begin(), entry.blobs.end(), found.blob);
@@ -415,16 +414,17 @@ uint64_t ChunkFetcher::discardIdle(CachedBlob& blob, uint32_t first, uint32_t co
 bool ChunkFetcher::dropUnwritable(CachedBlob& blob, const FetchRun& run) {
     if (blob.cache().file().writable()) return false;
     std::lock_guard lock(blob.mutex_);
-    for (uint32_t ci = run.first; ci < run.first + run.count; ++ci) {
-        const auto it = blob.in_flight_.find(ci);
-        if (it != blob.in_flight_.end() && !it->second.empty()) return false;
-    }
+    if (hasWaitersLocked(blob, run.first, run.first + run.count)) return false;
     for (uint32_t ci = run.first; ci < run.first + run.count; ++ci) blob.in_flight_.erase(ci);
     return true;
 }
 
 bool ChunkFetcher::hasWaiters(CachedBlob& blob, uint32_t first, uint32_t end) {
     std::lock_guard lock(blob.mutex_);
+    return hasWaitersLocked(blob, first, end);
+}
+
+bool ChunkFetcher::hasWaitersLocked(const CachedBlob& blob, uint32_t first, uint32_t end) {
     for (uint32_t ci = first; ci < end; ++ci) {
         const auto it = blob.in_flight_.find(ci);
         if (it != blob.in_flight_.end() && !it->second.empty()) return true;

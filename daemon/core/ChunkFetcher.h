@@ -81,6 +81,7 @@ private:
     BlobAndTrace blobOf(uint32_t image, uint32_t blob);
     // The blob alone, without the walk over every image for the traces.
     std::shared_ptr<CachedBlob> blobAt(uint32_t image, uint32_t blob);
+    std::shared_ptr<CachedBlob> blobLocked(uint32_t image, uint32_t blob) const;  // images_mutex_ held
     // makePresent's `attempt`th try: a request is tried again when a chunk it found present was
     // freed while it waited for the others.
     void makePresent(uint32_t image, uint32_t blob, uint64_t offset, uint64_t length, Completion done,
@@ -93,6 +94,7 @@ private:
     void writeChunks(CachedBlob& blob, uint32_t first, uint32_t count, std::span<const uint8_t> extents);
     // Whether a request waits for one of chunks [first, end).
     bool hasWaiters(CachedBlob& blob, uint32_t first, uint32_t end);
+    static bool hasWaitersLocked(const CachedBlob& blob, uint32_t first, uint32_t end);  // the blob's mutex_ held
     // A prefetch run whose cache file cannot be written now, and for which no reader waits, is
     // dropped before it is fetched: its chunks are no longer in flight. Else false.
     bool dropUnwritable(CachedBlob& blob, const FetchRun& run);

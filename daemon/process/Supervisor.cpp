@@ -164,47 +164,41 @@ int supervise(KeptFds kept, bool restored, const SupervisorOptions& options, con
         if (ready_fd >= 0) closeOrWarn(ready_fd, "worker ready pipe");
         // What the worker kept just before it died is still queued, with its fds.
         if (link.supervisor.get() >= 0) kept.serveLink(link.supervisor.get());
+        // With fail_closed, once mounts may live on the kept fds, no worker's end is a reason to
+        // give them up: only a stop is.
         const bool hold = options.fail_closed && (ready || restored) && !stopping &&
                           !(WIFEXITED(status) && WEXITSTATUS(status) == 0);
-        if (hold) {
-            const auto now = std::chrono::steady_clock::now();
-            while (!restarts.empty() && now - restarts.front() > kRestartWindow) restarts.pop_front();
-            if (restarts.size() >= kMaxRestarts) {
-                log::error("{} worker {} ended ({}), {} restarts within {} s; its kernel objects stay held, so readers "
-                           "wait rather than read holes: another worker in {} s", engine, pid, describe(status),
-                           restarts.size(), kRestartWindow.count(), hold_delay.count());
-                if (waitForStop(signal_fd, hold_delay)) {
-                    closeOrWarn(signal_fd, "signalfd");
-                    log::error("stopped with no {} worker serving: its kernel objects are released with mounts up", engine);
-                    return 1;
-                }
-                hold_delay = std::min(hold_delay * 2, kMaxHoldDelay);
-            } else {
-                log::warn("{} worker {} ended ({}); starting another one on the same kernel objects (failover)", engine,
-                          pid, describe(status));
-            }
-            restarts.push_back(std::chrono::steady_clock::now());
-            restored = true;
-            continue;
-        }
-        if (WIFEXITED(status) || stopping || !ready) {
+        if (!hold && (WIFEXITED(status) || stopping || !ready)) {
             closeOrWarn(signal_fd, "signalfd");
             if (WIFEXITED(status)) return WEXITSTATUS(status);
             log::error("{} worker {} died ({}){}", engine, pid, describe(status),
                        ready ? " while stopping" : " before it served; giving up");
             return 1;
         }
+        const char* ended = WIFEXITED(status) ? "ended" : "died";
         const auto now = std::chrono::steady_clock::now();
         while (!restarts.empty() && now - restarts.front() > kRestartWindow) restarts.pop_front();
         if (restarts.size() >= kMaxRestarts) {
-            closeOrWarn(signal_fd, "signalfd");
-            log::error("{} worker {} died ({}); {} restarts within {} s, giving up", engine, pid, describe(status),
-                       restarts.size(), kRestartWindow.count());
-            return 1;
+            if (!hold) {
+                closeOrWarn(signal_fd, "signalfd");
+                log::error("{} worker {} died ({}); {} restarts within {} s, giving up", engine, pid, describe(status),
+                           restarts.size(), kRestartWindow.count());
+                return 1;
+            }
+            log::error("{} worker {} {} ({}), {} restarts within {} s; its kernel objects stay held, so readers wait "
+                       "rather than read holes: another worker in {} s", engine, pid, ended, describe(status),
+                       restarts.size(), kRestartWindow.count(), hold_delay.count());
+            if (waitForStop(signal_fd, hold_delay)) {
+                closeOrWarn(signal_fd, "signalfd");
+                log::error("stopped with no {} worker serving: its kernel objects are released with mounts up", engine);
+                return 1;
+            }
+            hold_delay = std::min(hold_delay * 2, kMaxHoldDelay);
+        } else {
+            log::warn("{} worker {} {} ({}); starting another one on the same kernel objects (failover)", engine, pid,
+                      ended, describe(status));
         }
-        restarts.push_back(now);
-        log::warn("{} worker {} died ({}); starting another one on the same kernel objects (failover)", engine, pid,
-                  describe(status));
+        restarts.push_back(std::chrono::steady_clock::now());
         restored = true;
     }
 }
