@@ -298,7 +298,7 @@ nlohmann::json ImageService::reattach(const MountRequest& request) {
         // before they were marked), for the next worker, which may succeed. A failing worker that
         // dropped them would leave its successor writing through fds opened after the marks,
         // whose writes wait for events only it can answer.
-        MountRecord r{std::string(engineName(request.engine.value_or(EngineKind::Fanotify))), request.bootstrap,
+        MountRecord r{std::string(engineName(request.engine.value_or(EngineKind::Fscache))), request.bootstrap,
                       request.mountpoint, request.fsid.value_or(""), request.domain_id.value_or(""), request.blob_dir};
         if (request.image) {
             const registry::ImageReference pinned = registry::ImageReference::parse(*request.image);
@@ -307,6 +307,7 @@ nlohmann::json ImageService::reattach(const MountRequest& request) {
         }
         r.register_only = request.register_only;
         std::lock_guard lock(mutex_);
+        if (request.engine == EngineKind::Fanotify) fanotify_->leaveUnserved(request.mountpoint);
         unserved_.push_back(std::move(r));
         throw;
     }

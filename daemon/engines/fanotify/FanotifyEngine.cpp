@@ -117,7 +117,7 @@ void FanotifyEngine::start() {
 // answer is matched by fd number only, and new events reuse the dead worker's numbers. An orphan
 // is allowed only once its range is present; one whose file is not known (it was read but not yet
 // recorded) is allowed once the range is present in every file served, and denied with EIO if that
-// fails or no file is served.
+// fails, no file is served, or a mount the dead worker served is not (its files are not known).
 void FanotifyEngine::answerOrphans() {
     EventResponder& responder = *responder_;
     const std::vector<PendingJournal::Entry> orphans = responder.journal().orphans();
@@ -144,6 +144,12 @@ void FanotifyEngine::answerOrphans() {
             }
             log::info("fanotify: orphaned event fd {} for [{}, +{}), {} files to fill", orphan.fd, orphan.offset,
                       orphan.count, targets.size());
+            if (!known && !unserved_.empty()) {
+                log::error("fanotify: orphaned event fd {}: its file is not known and {} is not served, denying",
+                           orphan.fd, unserved_.front().native());
+                responder.answerOrphan(orphan.fd, false);
+                continue;
+            }
             if (targets.empty()) {
                 log::error("fanotify: orphaned event fd {}: its file is not served, denying", orphan.fd);
                 responder.answerOrphan(orphan.fd, false);
@@ -399,6 +405,11 @@ void FanotifyEngine::reattach(const FanotifyMount& m) {
     if (thread_.joinable()) fail("cannot take {} over: the event loop already runs", m.mountpoint.native());
     if (!responder_) fail("cannot take {} over: no fanotify group adopted", m.mountpoint.native());
     files_->add(m, true);
+}
+
+void FanotifyEngine::leaveUnserved(const std::filesystem::path& mountpoint) {
+    if (thread_.joinable()) fail("{} left unserved after the event loop started", mountpoint.native());
+    unserved_.push_back(mountpoint);
 }
 
 void FanotifyEngine::unmarkComplete(int cache_fd) { files_->unmarkComplete(cache_fd); }

@@ -80,6 +80,12 @@ public:
     // file opened after its mark raises events for our own writes.
     void reattach(const FanotifyMount& m);
 
+    // Before start(): a mount the dead worker served that this worker could not take over. Its
+    // files are not known, so an orphaned event whose file is not known may be one of theirs: it
+    // is denied, where it would otherwise be allowed once the known files' ranges are present, over
+    // what may be a hole of the unknown file.
+    void leaveUnserved(const std::filesystem::path& mountpoint);
+
     // The cache file `cache_fd` is open on is complete: drop its mark so its reads cost no event.
     // Shared cache files are complete for every image, so this unmarks the file for all of them.
     // Named by the file, not by an image's blob: an image's index is reused once it is unmounted,
@@ -119,6 +125,7 @@ private:
     std::chrono::microseconds busy_poll_;
     std::shared_ptr<EventResponder> responder_;  // shared with completions, which may outlive us
     std::unique_ptr<MarkedFiles> files_;
+    std::vector<std::filesystem::path> unserved_;  // leaveUnserved(), before start()
     int wake_ = -1;  // eventfd that tells the loop to exit, or to read again after a stall
     std::atomic<bool> quit_{false};
     std::thread thread_;
