@@ -314,12 +314,13 @@ nlohmann::json ImageService::reattach(const MountRequest& request) {
 }
 
 nlohmann::json ImageService::mountOrReattach(const MountRequest& request, bool reattach) {
-    std::lock_guard lock(mutex_);
+    std::unique_lock lock(mutex_);
     if (shut_down_) rafs::fail("rafsd is shutting down");
     const fs::path mountpoint = fs::weakly_canonical(request.mountpoint);
     for (const Image& image : images_) {
         if (image.mountpoint == mountpoint) rafs::fail("{} is already mounted by rafsd", mountpoint.string());
     }
+    if (mounting_.contains(mountpoint)) rafs::fail("{} is being mounted by rafsd", mountpoint.string());
     struct stat st {};
     if (::stat(mountpoint.c_str(), &st) != 0) rafs::failErrno("mountpoint " + mountpoint.string());
     if (!S_ISDIR(st.st_mode)) rafs::fail("mountpoint {} is not a directory", mountpoint.string());
@@ -353,10 +354,27 @@ nlohmann::json ImageService::mountOrReattach(const MountRequest& request, bool r
     // Not when taking over a mount the kernel still has: its cached data serves even while the
     // registry is unreachable, and refusing would leave the mount without a daemon.
     const bool probe = !reattach && !request.blob_dir && (reference || config_.backend.type != Config::BackendType::Localfs);
+    const std::shared_ptr<RegistryBackend> registry = reference ? registryBackend(*reference) : nullptr;
+
+    // The registry's round trips (manifest, bootstrap layer, blob probes) are made without the
+    // lock, so that a slow or unreachable registry holds up no list, status, metrics scrape, umount
+    // or other mount meanwhile; the mount point is reserved instead. What writes into the cache dir
+    // (chunk tables, cache files) stays under the lock: CacheDirRollback counts on one at a time.
+    mounting_.insert(mountpoint);
+    lock.unlock();
+    struct Reserved {
+        ImageService& service;
+        std::unique_lock<std::mutex>& lock;
+        const fs::path& mountpoint;
+        ~Reserved() {
+            if (!lock.owns_lock()) lock.lock();
+            service.mounting_.erase(mountpoint);
+        }
+    } reserved{*this, lock, mountpoint};
     std::optional<ProbedSizes> probed;
     RegistryImage stored;
     if (reference) {
-        registry::RegistryStore store(registryBackend(*reference)->client());
+        registry::RegistryStore store(registry->client());
         // The manifest names the blobs: they are probed while the bootstrap layer comes.
         stored = registry_images_.obtain(store, *reference, [&](const registry::RafsLayers& layers) {
             if (probe) probed = probeBlobs(*backend, layers.blobIds());
@@ -373,10 +391,12 @@ nlohmann::json ImageService::mountOrReattach(const MountRequest& request, bool r
     // Before anything is created or mounted: the kernel and the engines trust this metadata. A
     // bootstrap fetched just now was checked before it was kept.
     if (!checked) rafs::checkBootstrap(bootstrap);
-    CacheDirRollback cache_dir(config_.daemon.cache_dir);
-
     if (probe && !probed) probed = probeBlobs(*backend, opened);
     const ProbedSizes sizes = probed.value_or(ProbedSizes{});
+    lock.lock();
+    if (shut_down_) rafs::fail("rafsd is shutting down");
+    CacheDirRollback cache_dir(config_.daemon.cache_dir);
+
     if (opened.inline_meta) {
         backend = std::make_shared<BlobFileBackend>(std::move(backend), bootstrap.blobs().back().id, bootstrap_path);
     }
@@ -745,10 +765,15 @@ nlohmann::json ImageService::blobStatus(const CachedBlob& blob) const {
 }
 
 nlohmann::json ImageService::resolve(const ResolveRequest& request) {
-    std::lock_guard lock(mutex_);
-    if (shut_down_) rafs::fail("rafsd is shutting down");
     const registry::ImageReference reference = registryReference(request.image);
-    registry::RegistryStore store(registryBackend(reference)->client());
+    std::shared_ptr<RegistryBackend> backend;
+    {
+        std::lock_guard lock(mutex_);
+        if (shut_down_) rafs::fail("rafsd is shutting down");
+        backend = registryBackend(reference);
+    }
+    // Without the lock, as a mount's round trips (mountOrReattach).
+    registry::RegistryStore store(backend->client());
     const RegistryImage image = registry_images_.obtain(store, reference);
     auto layer = [](const registry::Descriptor& d, const char* role, const std::optional<std::string>& diff_id) {
         nlohmann::json out = {{"digest", d.digest}, {"size", d.size}, {"media_type", d.media_type}, {"role", role}};

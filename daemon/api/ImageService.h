@@ -23,6 +23,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -147,7 +148,10 @@ private:
     void dropUnusedKeptFds();
 
     Config config_;
-    std::mutex mutex_;  // one mount or umount at a time; guards the tables below
+    // One mount or umount at a time (a mount lets go while it talks to its registry); guards the
+    // tables below.
+    std::mutex mutex_;
+    std::set<std::filesystem::path> mounting_;  // mount points of mounts talking to their registry
     // Before the fetcher: its threads call the collector when the disk is full.
     std::unique_ptr<CacheCollector> collector_;
     std::unique_ptr<ChunkFetcher> fetcher_;

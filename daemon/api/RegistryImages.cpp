@@ -18,6 +18,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
 #include <charconv>
 
@@ -29,7 +30,7 @@ namespace {
 
 constexpr const char* kMetaFile = "image.json";
 constexpr const char* kBootstrapFile = "image.boot";
-// Copies being made: ".tmp-<pid>-<digest prefix>"; being removed: ".tmp-<pid>-gc-<digest prefix>".
+// Copies being made: ".tmp-<pid>-<n>-<digest prefix>"; being removed: ".tmp-<pid>-gc-<digest prefix>".
 constexpr std::string_view kTempPrefix = ".tmp-";
 constexpr const char* kDirPrefix = "sha256-";
 
@@ -130,7 +131,10 @@ RegistryImage RegistryImages::keep(const registry::FetchedManifest& manifest, co
     fs::create_directories(dir_, ec);
     if (ec) rafs::fail("cannot create {}: {}", dir_.string(), ec.message());
     removeAbandoned(dir_);
-    const fs::path temp = dir_ / fmt::format("{}{}-{}", kTempPrefix, ::getpid(), manifest.digest.substr(7, 16));
+    // Numbered: two mounts of one image in this process may keep it at the same time.
+    static std::atomic<uint64_t> copies{0};
+    const fs::path temp = dir_ / fmt::format("{}{}-{}-{}", kTempPrefix, ::getpid(), copies.fetch_add(1),
+                                             manifest.digest.substr(7, 16));
     const fs::path final_dir = imageDir(manifest.digest);
     // Not fsynced (a few ms on the mount path, more on a busy journal): kept() checks the manifest
     // digest and the bootstrap's sha256 at every reuse and fetches a torn copy again, and a mount

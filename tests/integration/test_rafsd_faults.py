@@ -12,12 +12,16 @@ stalled response, a reply that never starts, 429 with Retry-After, flipped bits 
 4. one GET left without any reply (the proxy, like a plain HTTP/1.x server, closes each
    connection after one reply): a piece of another file reads right within 1 s while it hangs (its
    GET does not wait on that connection to learn whether it could share it), and the first piece
-   reads right after the retry.
+   reads right after the retry;
+5. `rafsctl mount HOST/REPO:TAG` while its registry leaves three GETs without a reply: `rafsctl
+   list` and `status` answer meanwhile, a second mount on the same mount point is refused, and the
+   mount completes once the registry answers.
 """
 
 import errno
 import os
 import random
+import subprocess
 import sys
 import threading
 import time
@@ -25,6 +29,7 @@ import time
 from rafstest import harness
 from rafstest.harness import log
 from rafstest.rafsd import RafsdServe, network_config, rafsctl, rafsctl_status, small_image, start_test
+from rafstest.rafsimage import Pusher
 from rafstest.servers import FaultProxy, free_port, push_blob, registry
 
 KiB, MiB = 1 << 10, 1 << 20
@@ -71,6 +76,11 @@ def main():
         def choose(n):
             if plan['mode'] == 'all':
                 return '503'
+            if plan['mode'] == 'hang':
+                plan['hangs'] -= 1
+                if plan['hangs'] == 0:
+                    plan['mode'] = 'none'
+                return 'hang'
             if plan['mode'] == 'hang-one':
                 plan['mode'] = 'none'
                 return 'hang'
@@ -172,6 +182,43 @@ def main():
                 ck.check(hung and hung[0][2] == 'ok', 'the piece whose GET hung reads right after a retry (%.1f s)'
                          % (hung[0][3] if hung else -1))
                 proxy.active = False
+
+                ck.section('a mount by reference waiting on its registry holds up no other request')
+                Pusher('http://127.0.0.1:%d' % reg_port, REPO).rafs_image('rafs', boot, [os.path.join(out, 'blobs', blob)])
+                mnt2 = os.path.join(tmp, 'mnt2')
+                os.makedirs(mnt2)
+                ref = '%s/%s:rafs' % (host, REPO)
+                plan['mode'], plan['hangs'] = 'hang', 3
+                hangs_before = proxy.made['hang']
+                proxy.active = True
+                mounting = subprocess.Popen([ctl, '--socket', sock, 'mount', ref, mnt2],
+                                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                try:
+                    harness.wait_for(lambda: proxy.made['hang'] > hangs_before, timeout=20)
+                    listed = rafsctl(ctl, sock, 'list')
+                    status = rafsctl(ctl, sock, 'status', '--json')
+                    again = rafsctl(ctl, sock, 'mount', ref, mnt2)
+                    waiting = mounting.poll() is None
+                    _, err = mounting.communicate(timeout=4 * READ_BOUND)
+                finally:
+                    if mounting.poll() is None:
+                        mounting.kill()
+                        mounting.wait()
+                proxy.active = False
+                ck.check(listed.returncode == 0 and status.returncode == 0 and waiting,
+                         'list and status answer while the mount waits on its registry',
+                         'list %r, status %r, mount still waiting: %r' % (listed.returncode, status.returncode, waiting))
+                ck.check(again.returncode not in (0, None) and b'is being mounted' in again.stderr,
+                         'a second mount on that mount point meanwhile is refused', again.stderr.decode())
+                ck.check(mounting.returncode == 0 and proxy.made['hang'] - hangs_before == 3,
+                         'the mount completes once its registry answers (%d GETs hung)'
+                         % (proxy.made['hang'] - hangs_before), err.decode())
+                if mounting.returncode == 0:
+                    name = FILES[6][0]
+                    with open(os.path.join(mnt2, name), 'rb') as f:
+                        ck.check(f.read() == sources[name], 'a file of the mount by reference reads right')
+                    r = rafsctl(ctl, sock, 'umount', mnt2)
+                    ck.check(r.returncode == 0, 'rafsctl umount of it', (r.stderr or b'').decode())
 
                 r = rafsctl(ctl, sock, 'umount', mnt)
                 ck.check(r.returncode == 0, 'rafsctl umount', (r.stderr or b'').decode())
