@@ -373,12 +373,14 @@ nlohmann::json ImageService::mountOrReattach(const MountRequest& request, bool r
     } reserved{*this, lock, mountpoint};
     std::optional<ProbedSizes> probed;
     RegistryImage stored;
+    std::optional<CacheCollector::Opening> copy_in_use;  // until the mount table lists the image
     if (reference) {
         registry::RegistryStore store(registry->client());
         // The manifest names the blobs: they are probed while the bootstrap layer comes.
         stored = registry_images_.obtain(store, *reference, [&](const registry::RafsLayers& layers) {
             if (probe) probed = probeBlobs(*backend, layers.blobIds());
         });
+        copy_in_use.emplace(*collector_, KeptImageCopies::inUseKey(stored.manifest_digest));
     }
     const fs::path bootstrap_path = reference ? stored.bootstrap : fs::absolute(request.bootstrap);
     // Either a bootstrap file or a Nydus blob with an inline bootstrap, whose own blob (the last

@@ -1,8 +1,9 @@
 // The bootstraps of registry images kept in the state dir (RegistryImages) as caches the collector
 // may remove: a copy goes once no mount table in the state dir lists its manifest (a restarted
-// rafsd takes those mounts over from their copies, even with the registry away) and it was not
-// kept or reused within keep_recent seconds (a mount on its way, whose table entry is not written
-// yet). A copy removed is fetched again by the next mount of its image.
+// rafsd takes those mounts over from their copies, even with the registry away), no mount of this
+// process is on its way with it (an Opening of inUseKey(), held until the mount is listed), and it
+// was not kept or reused within keep_recent seconds (a mount on its way in another process). A
+// copy removed is fetched again by the next mount of its image.
 #pragma once
 
 #include "daemon/api/RegistryImages.h"
@@ -10,6 +11,7 @@
 
 #include <chrono>
 #include <filesystem>
+#include <string>
 
 namespace rafsd {
 
@@ -18,7 +20,9 @@ public:
     KeptImageCopies(RegistryImages images, std::filesystem::path state_dir, std::chrono::seconds keep_recent)
         : images_(std::move(images)), state_dir_(std::move(state_dir)), keep_recent_(keep_recent) {}
 
-    // `in_use` is not consulted: mounts are known by their tables, also those of other processes.
+    // The collector key (CacheCollector::Opening) of the copy of `manifest_digest` a mount uses.
+    static std::string inUseKey(const std::string& manifest_digest) { return "image:" + manifest_digest; }
+
     std::vector<UnusedCache> list(const std::set<std::string>& in_use) override;
 
 private:

@@ -154,6 +154,7 @@ TEST_CASE("registry images: kept copies listed, renewed on reuse, forgotten; the
                       {{"fscache", kept.bootstrap, "/mnt/b", "fsid", "", std::nullopt, "h/app:v1", image.digest}});
     CHECK(layout.list({}).empty());  // mounted by a rafsd mount
     std::filesystem::remove(rafsd::imageMountTable(state.path(), 4242));
+    CHECK(layout.list({rafsd::KeptImageCopies::inUseKey(image.digest)}).empty());  // a mount on its way
     std::vector<rafsd::UnusedCache> unused = layout.list({});
     REQUIRE(unused.size() == 1);
     CHECK(unused[0].name == "bootstrap of image " + image.digest);
