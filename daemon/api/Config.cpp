@@ -329,6 +329,9 @@ Config fromTable(const toml::table& root, const std::string& source) {
         if (config.cache.low_watermark > config.cache.high_watermark) {
             v->reject(fmt::format("at most high_watermark ({})", config.cache.high_watermark));
         }
+    } else {
+        // The default low mark above a lower high mark would free nothing until the cache is past it.
+        config.cache.low_watermark = std::min(config.cache.low_watermark, config.cache.high_watermark);
     }
     if (auto v = cache.get("keep_recent")) config.cache.keep_recent = integer(*v, 0, kMaxCacheSeconds);
     if (auto v = cache.get("gc_interval")) config.cache.gc_interval = integer(*v, 1, kMaxCacheSeconds);

@@ -152,8 +152,12 @@ GcReport CacheCollector::collectLocked(GcTrigger trigger, bool dry_run) {
 
 void CacheCollector::freeChunks(uint64_t need, bool dry_run, GcReport& report) {
     // Early in the process's life only chunks not used since it started (stamp 0) are old enough.
+    // At least one second, also with keep_recent 0 (which is for whole unused caches): stamps are
+    // whole seconds, and a chunk stamped in the second before may have been read a moment ago by a
+    // read the kernel was allowed to make and has not made yet.
     const uint32_t now = ChunkUse::now();
-    const uint32_t used_before = now > policy_.keep_recent ? now - policy_.keep_recent : 1;
+    const uint32_t keep = std::max<uint32_t>(policy_.keep_recent, 1);
+    const uint32_t used_before = now > keep ? now - keep : 1;
     struct Candidate {
         uint32_t last_use;
         CachedBlob* blob;

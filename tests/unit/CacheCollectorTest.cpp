@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <fstream>
 #include <future>
+#include <thread>
 
 using namespace rafsd;
 
@@ -141,5 +142,23 @@ TEST_CASE("the collector frees the least recently used chunks of mounted blobs, 
     std::promise<int> again;
     fetcher.makePresent(image, 0, 4 * uint64_t{kChunk}, kChunk, [&](int error) { again.set_value(error); });
     CHECK(again.get_future().get() == 0);
+    CHECK(blob->cache().isPresent(4));
+
+    // keep_recent 0 still keeps a chunk used a moment ago, across the tick of the seconds clock: a
+    // read the kernel was allowed to make may not have reached the cache file yet.
+    CacheCollector eager(dir.path(), CachePolicy{kChunk, kChunk, 0, 0}, fetcher);
+    CacheCollector::Opening eager_opening(eager, d.id);
+    eager_opening.done(blob);
+    uint32_t used = 0;
+    do {  // read again within one second of the clock, whatever the clock does meanwhile
+        used = ChunkUse::now();
+        std::promise<int> read_again;
+        fetcher.makePresent(image, 0, 4 * uint64_t{kChunk}, kChunk, [&](int error) { read_again.set_value(error); });
+        REQUIRE(read_again.get_future().get() == 0);
+    } while (ChunkUse::now() != used);
+    REQUIRE(blob->use().last(4) == used);
+    for (int i = 0; i < 300 && ChunkUse::now() == used; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    REQUIRE(ChunkUse::now() == used + 1);
+    eager.collect(GcTrigger::Auto, false);
     CHECK(blob->cache().isPresent(4));
 }

@@ -126,6 +126,11 @@ timeout = 3600
     CHECK(cache.cache.low_watermark == 90);
     CHECK(cache.cache.keep_recent == 0);
     CHECK(cache.cache.gc_interval == 60);
+    // A high mark below the default low mark, the low mark not given: collection frees down to the
+    // high mark, not to a low mark above it.
+    const Config high_only = parsed("[cache]\nmax_size = \"1GiB\"\nhigh_watermark = 50\n");
+    CHECK(high_only.cache.low_watermark == 50);
+    CHECK(parsed("[cache]\nhigh_watermark = 90\n").cache.low_watermark == 80);
 }
 
 TEST_CASE("config sizes", "[config]") {
