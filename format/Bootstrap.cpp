@@ -175,11 +175,15 @@ void Bootstrap::loadBlobTable() {
             fail("{} ({}): unsupported features {:#x} (zran, separate, tarfs, batch, encrypted)", where, b.id, e.features);
         }
         if ((e.features & kBlobAligned) == 0) fail("{} ({}): features {:#x} lack ALIGNED", where, b.id, e.features);
-        if (!inBounds(e.ci_offset, e.ci_compressed_size, UINT64_MAX) || e.ci_compressed_size > e.ci_uncompressed_size) {
+        // Bounded also where the size check below does not apply: rafsd allocates and reads these
+        // (the ci array, then its header after it) before anything else vouches for them.
+        const uint64_t entry_size = (e.features & kBlobChunkInfoV2) ? sizeof(BlobChunkInfoV2) : sizeof(BlobChunkInfoV1);
+        if (e.ci_uncompressed_size > uint64_t{kMaxChunksPerBlob} * sizeof(BlobChunkInfoV2) ||
+            e.ci_compressed_size > e.ci_uncompressed_size ||
+            !inBounds(e.ci_offset, e.ci_compressed_size + sizeof(BlobMetaHeader), kMaxCompressedBlob)) {
             fail("{} ({}): invalid ci range {:#x}+{:#x} ({} uncompressed)", where, b.id, e.ci_offset,
                  e.ci_compressed_size, e.ci_uncompressed_size);
         }
-        const uint64_t entry_size = (e.features & kBlobChunkInfoV2) ? sizeof(BlobChunkInfoV2) : sizeof(BlobChunkInfoV1);
         if ((e.features & kBlobIsChunkdictGenerated) == 0 && e.ci_uncompressed_size != e.chunk_count * entry_size) {
             fail("{} ({}): ci size {} does not match {} chunks", where, b.id, e.ci_uncompressed_size, e.chunk_count);
         }

@@ -142,8 +142,7 @@ void Checker::inode(const std::string& path, const Inode& ino) {
         failAt(ino, path, "i_size {} of a device, fifo or socket must be 0", ino.size);
     }
     if (ino.layout != erofs::kChunkBased) {
-        const uint64_t tail = ino.layout == erofs::kFlatInline ? ino.size % kBlock : 0;
-        placement(ino, path, uint64_t{ino.raw_blkaddr} * kBlock, ino.size - tail, "data");
+        placement(ino, path, uint64_t{ino.raw_blkaddr} * kBlock, ino.size - ino.inlineTail(), "data");
     }
 }
 

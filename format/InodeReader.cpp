@@ -36,6 +36,11 @@ const char* xattrPrefix(uint8_t index) {
 
 }  // namespace
 
+uint64_t Inode::inlineTail() const {
+    if (layout != erofs::kFlatInline || size == 0) return 0;
+    return (size - 1) % kBlock + 1;
+}
+
 bool Inode::isDir() const { return S_ISDIR(mode); }
 bool Inode::isReg() const { return S_ISREG(mode); }
 bool Inode::isLink() const { return S_ISLNK(mode); }
@@ -207,7 +212,7 @@ std::vector<uint8_t> InodeReader::readData(const Inode& ino) const {
              static_cast<unsigned>(ino.layout));
     }
     const uint64_t size = image_.size();
-    const uint64_t tail = ino.layout == erofs::kFlatInline ? ino.size % kBlock : 0;
+    const uint64_t tail = ino.inlineTail();
     const uint64_t blocks_bytes = ino.size - tail;
     const uint64_t start = uint64_t{ino.raw_blkaddr} * kBlock;
     if (blocks_bytes > 0 && !inBounds(start, blocks_bytes, size)) {

@@ -46,6 +46,10 @@ struct Inode {
     uint32_t raw_blkaddr = 0;        // flat layouts: first block of the data in the bootstrap
     uint64_t inline_offset = 0;      // byte offset right after inode and xattrs (inline tail)
 
+    // The bytes of the data kept at inline_offset rather than in blocks: FLAT_INLINE keeps its
+    // last block's worth there, also a whole block when the size is a multiple of one, as the
+    // kernel maps it (fs/erofs/data.c, erofs_map_blocks_flatmode()); 0 for other layouts.
+    uint64_t inlineTail() const;
     bool isDir() const;
     bool isReg() const;
     bool isLink() const;

@@ -5,6 +5,7 @@
 
 #include <catch2/catch.hpp>
 
+#include <cstring>
 #include <random>
 
 using namespace rafs;
@@ -192,6 +193,23 @@ TEST_CASE("malformed bootstraps give errors", "[format]") {
         checkMalformed(mutated([](auto& img) { put<uint32_t>(img, 4096 + 84, 0x70000020); }), "lack ALIGNED");
         checkMalformed(mutated([](auto& img) { put<uint32_t>(img, 4096 + 84, 0x70000029); }), "unsupported features");
         checkMalformed(mutated([](auto& img) { put<uint32_t>(img, 4096 + 72, 3); }), "ci size 32 does not match 3");
+        // A chunk-dict-generated blob is exempt from that size check, not from the bounds: rafsd
+        // would read the ci header from far past its buffer.
+        const auto chunkdict = [&](uint64_t offset, uint64_t compressed, uint64_t uncompressed) {
+            return mutated([&](auto& img) {
+                uint32_t features = 0;
+                std::memcpy(&features, img.data() + 4096 + 84, sizeof features);
+                put<uint32_t>(img, 4096 + 84, features | 0x200);
+                put<uint64_t>(img, 4096 + 112, offset);
+                put<uint64_t>(img, 4096 + 120, compressed);
+                put<uint64_t>(img, 4096 + 128, uncompressed);
+            });
+        };
+        REQUIRE_NOTHROW(Bootstrap(chunkdict(8314, 32, 32), "chunkdict"));
+        checkMalformed(chunkdict(0, 0xFFFFFFFFFFFFF000, UINT64_MAX), "invalid ci range");
+        checkMalformed(chunkdict(0, 16, UINT64_MAX), "invalid ci range");
+        checkMalformed(chunkdict(0, 1ULL << 36, 1ULL << 36), "invalid ci range");
+        checkMalformed(chunkdict((1ULL << 40) - 100, 32, 32), "invalid ci range");
         // Chunk table entries pointing past the blobs or ci arrays.
         checkMalformed(mutated([](auto& img) { put<uint32_t>(img, 16384 + 32, 1); }), "names blob 1");
         checkMalformed(mutated([](auto& img) { put<uint32_t>(img, 16384 + 72, 2); }), "ci index 2");
@@ -232,6 +250,9 @@ TEST_CASE("malformed bootstraps give errors", "[format]") {
         checkMalformed(mutated([](auto& img) { put<uint16_t>(img, kRootOff + 4, S_IFREG | 0644); }), "root nid 128 is not a directory");
         // Inline tail growing across the block boundary.
         checkMalformed(mutated([](auto& img) { put<uint64_t>(img, kRootOff + 8, 4095); }), "crosses a block boundary");
+        // A size of whole blocks: the kernel still reads the last block inline, after the inode,
+        // not from i_u's blocks.
+        checkMalformed(mutated([](auto& img) { put<uint64_t>(img, kRootOff + 8, 4096); }), "crosses a block boundary");
         checkMalformed(mutated([](auto& img) { put<uint16_t>(img, kRootOff + 2, 200); }), "xattr");
         checkMalformed(mutated([](auto& img) { put<uint32_t>(img, kRootOff + 40, 1000000000); }), "nanoseconds");
     }
