@@ -28,12 +28,16 @@ using namespace rafsd;
 
 namespace {
 
-int serve(const fs::path& root, const fs::path& address, const Config& config) {
+int serve(const fs::path& given_root, const fs::path& address, const Config& config) {
     const sigset_t stop = blockStopSignals();
 
     std::error_code ec;
-    fs::create_directories(root, ec);
-    if (ec) rafs::fail("cannot create {}: {}", root.string(), ec.message());
+    fs::create_directories(given_root, ec);
+    if (ec) rafs::fail("cannot create {}: {}", given_root.string(), ec.message());
+    // Resolved: the kernel lists mounts by their resolved paths (/proc/self/mountinfo), and the
+    // snapshotter finds its image mounts there by path.
+    const fs::path root = fs::canonical(given_root, ec);
+    if (ec) rafs::fail("cannot resolve {}: {}", given_root.string(), ec.message());
     fs::create_directories(address.parent_path(), ec);
     if (ec) rafs::fail("cannot create {}: {}", address.parent_path().string(), ec.message());
     // A socket file a dead snapshotter left would make the bind fail.

@@ -4,8 +4,8 @@ is started by the test under its own temporary directory: Debian's docker-regist
 (TLS with the test's CA, htpasswd auth) holding an ordinary OCI image (a static busybox, a small
 and a big data file) and its `mkrafs convert`ed RAFS image behind an OCI index; `rafsd serve`
 (fanotify engine, no prefetch) with the registry's CA and credentials; rafs-snapshotter serving
-containerd's snapshots API; containerd with its own root, state, socket and config naming the
-snapshotter as proxy plugin `rafs` (CRI disabled).
+containerd's snapshots API (its root given through a symlink); containerd with its own root,
+state, socket and config naming the snapshotter as proxy plugin `rafs` (CRI disabled).
 
 1. RAFS image through ctr: `ctr content fetch --metadata-only` of the index, then
    `rafs-snapshotter register` (the remote Prepare of every layer through containerd), then
@@ -194,7 +194,12 @@ def main():
                                                       'certs_dir': os.path.join(tmp, 'no-certs.d')},
                                 'backend.hosts."%s"' % host: {'ca_file': ca.cert}})
         rafsd_sock = os.path.join(tmp, 'rafsd.sock')
+        # The snapshotter is given its root through a symlink (as /var/lib on another disk would
+        # be): the kernel lists its mounts by the resolved path, which the snapshotter must match.
         sn_root = os.path.join(tmp, 'snapshotter')
+        sn_root_link = os.path.join(tmp, 'snapshotter-link')
+        os.makedirs(sn_root)
+        os.symlink(sn_root, sn_root_link)
         sn_sock = os.path.join(tmp, 'snapshotter.sock')
         # ctr speaks plain HTTP to a 127.0.0.1 registry unless a hosts.toml says https.
         hosts_dir = os.path.join(tmp, 'ctr-hosts')
@@ -208,7 +213,7 @@ def main():
 
         with reg, \
                 RafsdServe(rafsd, cfg, rafsd_sock, os.path.join(tmp, 'rafsd.log')) as srv, \
-                RafsSnapshotter(snapshotter_bin, cfg, sn_root, sn_sock, os.path.join(tmp, 'snapshotter.log'),
+                RafsSnapshotter(snapshotter_bin, cfg, sn_root_link, sn_sock, os.path.join(tmp, 'snapshotter.log'),
                                 verbose=True) as sn, \
                 Containerd(tmp, sn_sock) as ctd:
             push = Pusher('https://' + host, 'src/app', ca.context(), basic_auth(USER, PASSWORD))
