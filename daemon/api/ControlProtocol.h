@@ -43,7 +43,8 @@
 //   Numeric fields beyond these may appear; rafsctl shows every numeric field it gets.
 //   trace:  {"text":"# ...\n/usr/bin/bash\n...","files":N,"chunks":N,"saved":"/state/traces/x.list"}
 //           the files of the image in the order their chunks were first read since its mount,
-//           as a prefetch list (StartTrace.h); also written to "saved"
+//           as a prefetch list (StartTrace.h); also written to "saved" ("" when no file was
+//           read and an earlier trace is kept instead)
 //   gc:     {"dry_run":false,"size_before":N,"size_after":N,   bytes of the cache dir
 //            "removed":[{"name":"blob <id>","bytes":N}],      unused caches removed
 //            "chunk_bytes":N,"chunk_blobs":N}                 chunks of mounted blobs freed

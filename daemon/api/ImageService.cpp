@@ -695,10 +695,15 @@ nlohmann::json ImageService::saveTrace(const Image& image) {
     const StartTrace trace = StartTrace::of(bootstrap, fetcher_->trace(image.index));
     const std::string text = trace.text(image.image.empty() ? image.bootstrap.string() : image.image);
     const fs::path path = tracePath(config_.daemon.state_dir, bootstrap, image.manifest_digest);
+    // A mount that read nothing (a warm cache the kernel reads without asking, a mount taken over
+    // after its start) says nothing about the image's start: an earlier trace is kept.
+    if (trace.paths.empty() && fs::exists(path)) {
+        return {{"text", text}, {"files", 0}, {"chunks", trace.chunks}, {"saved", ""}};
+    }
     std::error_code ec;
     fs::create_directories(path.parent_path(), ec);
     if (ec) rafs::fail("cannot create {}: {}", path.parent_path().string(), ec.message());
-    writeFileSynced(path, text);
+    replaceFileSynced(path, text);  // whole or not at all: mkrafs reads it as a prefetch list
     return {{"text", text}, {"files", trace.paths.size()}, {"chunks", trace.chunks}, {"saved", path.string()}};
 }
 
