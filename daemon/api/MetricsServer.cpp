@@ -104,10 +104,13 @@ MetricsServer::MetricsServer(const std::string& address, std::function<std::stri
     } else {
         listener = listenTcp(address);
     }
-    // One thread polls; scrapes are rare and small.
-    daemon_ = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ERROR_LOG, 0, nullptr, nullptr, &answer,
-                               this, MHD_OPTION_LISTEN_SOCKET, listener.get(), MHD_OPTION_CONNECTION_TIMEOUT,
-                               10u, MHD_OPTION_END);
+    // One thread polls; scrapes are rare and small. Not with select() (MHD's default), which drops
+    // every connection numbered past FD_SETSIZE, and rafsd holds fds by the thousand (cache
+    // files, pending fanotify events). A few connections at once are plenty for scrapers, and
+    // bound what idle ones can hold.
+    daemon_ = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_AUTO | MHD_USE_ERROR_LOG, 0, nullptr,
+                               nullptr, &answer, this, MHD_OPTION_LISTEN_SOCKET, listener.get(),
+                               MHD_OPTION_CONNECTION_TIMEOUT, 10u, MHD_OPTION_CONNECTION_LIMIT, 32u, MHD_OPTION_END);
     if (daemon_ == nullptr) rafs::fail("cannot start the metrics endpoint on {}", address);
     listener.release();  // the daemon closes it
     log::info("metrics on {}", address);
