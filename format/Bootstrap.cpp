@@ -242,6 +242,13 @@ void Bootstrap::loadChunkTable() {
             fail("{}: chunk table entry {}: raw chunk stores {} bytes for {}", name_, index, c.compressed_size,
                  c.uncompressed_size);
         }
+        // The ci formats' own bounds (24-bit sizes, 40-bit offsets): rafsd sizes its fetch buffers
+        // by these.
+        if (c.compressed_size == 0 || c.compressed_size > kMaxChunkSize ||
+            !inBounds(c.compressed_offset, c.compressed_size, kMaxCompressedBlob)) {
+            fail("{}: chunk table entry {}: compressed range {:#x}+{} is invalid", name_, index, c.compressed_offset,
+                 c.compressed_size);
+        }
         chunk_infos_.push_back(c);
     }
 }

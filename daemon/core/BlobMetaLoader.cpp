@@ -149,11 +149,17 @@ std::vector<rafs::Digest> fetchInlinedDigests(const rafs::BootstrapBlob& blob, B
 // replaces the blob's ci array and digest section: nothing to fetch and nothing to keep at mount.
 std::optional<std::pair<std::vector<rafs::BlobChunk>, std::vector<rafs::Digest>>> fromChunkTable(
     const rafs::Bootstrap& bootstrap, const rafs::BootstrapBlob& blob) {
+    // Counted before anything is allocated: chunk_count alone may ask for gigabytes.
+    const auto& infos = bootstrap.chunkInfos();
+    const auto listed = std::count_if(infos.begin(), infos.end(), [&](const rafs::ChunkInfo& ci) {
+        return ci.blob_index == blob.index && ci.index < blob.chunk_count;
+    });
+    if (static_cast<uint64_t>(listed) < blob.chunk_count) return std::nullopt;
     std::vector<rafs::BlobChunk> chunks(blob.chunk_count);
     std::vector<rafs::Digest> digests(blob.chunk_count);
     std::vector<bool> known(blob.chunk_count, false);
     uint32_t count = 0;
-    for (const rafs::ChunkInfo& ci : bootstrap.chunkInfos()) {
+    for (const rafs::ChunkInfo& ci : infos) {
         if (ci.blob_index != blob.index || ci.index >= blob.chunk_count || known[ci.index]) continue;
         chunks[ci.index] = {.compressed_offset = ci.compressed_offset,
                             .compressed_size = ci.compressed_size,

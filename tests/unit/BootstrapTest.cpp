@@ -214,6 +214,15 @@ TEST_CASE("malformed bootstraps give errors", "[format]") {
         checkMalformed(mutated([](auto& img) { put<uint32_t>(img, 16384 + 32, 1); }), "names blob 1");
         checkMalformed(mutated([](auto& img) { put<uint32_t>(img, 16384 + 72, 2); }), "ci index 2");
         checkMalformed(mutated([](auto& img) { put<uint64_t>(img, 16384 + 56, 36864); }), "uncompressed range");
+        // A compressed chunk of 4 GiB, or at 1 TiB: rafsd would size a fetch buffer by it.
+        checkMalformed(mutated([](auto& img) {
+            put<uint32_t>(img, 16384 + 36, 1);
+            put<uint32_t>(img, 16384 + 40, 0xffffffff);
+        }), "compressed range");
+        checkMalformed(mutated([](auto& img) {
+            put<uint32_t>(img, 16384 + 36, 1);
+            put<uint64_t>(img, 16384 + 48, (1ULL << 40) - 8);
+        }), "compressed range");
     }
     SECTION("chunk indexes") {
         checkMalformed(mutated([](auto& img) { put<uint16_t>(img, kLibRsChunk, 2); }), "ci index 2, but blob 0 has 2 chunks");
