@@ -105,9 +105,8 @@ fs::path SnapshotStore::fsDir(const Snapshot& s) const {
 
 uint64_t SnapshotStore::allocateId() {
     std::lock_guard lock(mutex_);
-    const uint64_t id = next_id_++;
-    save();
-    return id;
+    save(snapshots_, next_id_ + 1);
+    return next_id_++;
 }
 
 std::optional<Snapshot> SnapshotStore::find(const std::string& key) const {
@@ -144,28 +143,36 @@ std::map<std::string, Snapshot> SnapshotStore::all() const {
     return snapshots_;
 }
 
+// Each change is made to a copy, saved, and only then kept: a failed save (a full disk) leaves
+// the table as the file has it, so what callers see never differs from what a restart reads.
 void SnapshotStore::put(const std::string& key, const Snapshot& snapshot) {
     std::lock_guard lock(mutex_);
-    snapshots_[key] = snapshot;
-    save();
+    std::map<std::string, Snapshot> changed = snapshots_;
+    changed[key] = snapshot;
+    save(changed, next_id_);
+    snapshots_ = std::move(changed);
 }
 
 void SnapshotStore::rename(const std::string& from, const std::string& to, const Snapshot& snapshot) {
     std::lock_guard lock(mutex_);
-    snapshots_.erase(from);
-    snapshots_[to] = snapshot;
-    save();
+    std::map<std::string, Snapshot> changed = snapshots_;
+    changed.erase(from);
+    changed[to] = snapshot;
+    save(changed, next_id_);
+    snapshots_ = std::move(changed);
 }
 
 void SnapshotStore::erase(const std::string& key) {
     std::lock_guard lock(mutex_);
-    snapshots_.erase(key);
-    save();
+    std::map<std::string, Snapshot> changed = snapshots_;
+    changed.erase(key);
+    save(changed, next_id_);
+    snapshots_ = std::move(changed);
 }
 
-void SnapshotStore::save() const {
+void SnapshotStore::save(const std::map<std::string, Snapshot>& snapshots, uint64_t next_id) const {
     json list = json::object();
-    for (const auto& [key, s] : snapshots_) {
+    for (const auto& [key, s] : snapshots) {
         json v = {{"id", s.id},           {"kind", kindName(s.kind)}, {"parent", s.parent},
                   {"labels", s.labels},   {"created", s.created_ns},  {"updated", s.updated_ns},
                   {"backing", backingName(s.backing)}};
@@ -173,7 +180,7 @@ void SnapshotStore::save() const {
         list[key] = std::move(v);
     }
     replaceFileSynced(root_ / "snapshots.json",
-                      json{{"version", kVersion}, {"next_id", next_id_}, {"snapshots", list}}.dump(2) + "\n");
+                      json{{"version", kVersion}, {"next_id", next_id}, {"snapshots", list}}.dump(2) + "\n");
 }
 
 }  // namespace rafsd

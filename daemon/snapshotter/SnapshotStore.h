@@ -64,7 +64,8 @@ public:
     void erase(const std::string& key);
 
 private:
-    void save() const;  // with mutex_ held
+    // Writes `snapshots` and `next_id` as the table; with mutex_ held.
+    void save(const std::map<std::string, Snapshot>& snapshots, uint64_t next_id) const;
 
     std::filesystem::path root_;
     mutable std::mutex mutex_;

@@ -69,6 +69,24 @@ TEST_CASE("snapshot store: what one instance wrote, the next reads back", "[snap
     CHECK_FALSE(std::filesystem::exists(dir.path() / "snapshots.json.tmp"));
 }
 
+TEST_CASE("snapshot store: a change whose save fails is not made", "[snapshotter]") {
+    rafs::test::TempDir dir;
+    rafsd::SnapshotStore store(dir.path());
+    store.put("a", snapshot(store.allocateId(), SnapshotKind::Active, ""));
+    // The table's temporary file cannot be written (as on a full disk).
+    std::filesystem::create_directories(dir.path() / "snapshots.json.tmp" / "blocker");
+    CHECK_THROWS(store.put("b", snapshot(2, SnapshotKind::Active, "")));
+    CHECK_THROWS(store.rename("a", "c", snapshot(1, SnapshotKind::Committed, "")));
+    CHECK_THROWS(store.erase("a"));
+    CHECK_THROWS(store.allocateId());
+    const auto all = store.all();
+    REQUIRE(all.size() == 1);
+    CHECK(all.at("a").kind == SnapshotKind::Active);
+    std::filesystem::remove_all(dir.path() / "snapshots.json.tmp");
+    CHECK(store.allocateId() == 2);
+    CHECK(rafsd::SnapshotStore(dir.path()).all().size() == 1);
+}
+
 TEST_CASE("snapshot store: a damaged table is refused naming the file", "[snapshotter]") {
     rafs::test::TempDir dir;
     const auto table = dir.path() / "snapshots.json";
