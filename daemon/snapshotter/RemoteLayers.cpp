@@ -24,13 +24,26 @@ std::shared_ptr<registry::RegistryClient> RemoteLayers::client(const std::string
 }
 
 registry::Manifest RemoteLayers::manifest(const std::string& image_ref, const std::string& digest) {
+    const auto now = std::chrono::steady_clock::now();
     {
         std::lock_guard lock(mutex_);
         if (auto it = manifests_.find(digest); it != manifests_.end()) return it->second;
+        // Every layer of an image asks for the same manifest: a registry that did not answer for
+        // one is not asked again for each of the others.
+        if (auto it = unreachable_.find(digest); it != unreachable_.end() && now - it->second.first < kRetryUnreachable) {
+            rafs::fail("{} (the last try, under a minute ago)", it->second.second);
+        }
     }
     const auto ref = registry::ImageReference::parse(image_ref);
     if (ref.kind != registry::ImageReference::Kind::Registry) rafs::fail("{} is not an image in a registry", image_ref);
-    const registry::FetchedManifest fetched = client(ref.host, ref.repository)->fetchManifest(digest);
+    registry::FetchedManifest fetched;
+    try {
+        fetched = client(ref.host, ref.repository)->fetchManifest(digest);
+    } catch (const rafs::Error& e) {
+        std::lock_guard lock(mutex_);
+        unreachable_[digest] = {now, e.what()};
+        throw;
+    }
     if (!registry::media::isManifest(fetched.media_type)) {
         rafs::fail("{}@{} is a {}, not an image manifest", image_ref, digest, fetched.media_type);
     }

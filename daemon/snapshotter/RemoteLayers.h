@@ -9,14 +9,15 @@
 // layers with nydus-blob and nydus-bootstrap, see registry/RafsLayers.h). When those marks are
 // missing, the manifest is fetched from the registry (rafsd's registry configuration: the same
 // credentials and CAs) and the layer looked up in it; manifests are cached by digest. A manifest
-// that cannot be fetched makes the layer an ordinary one (logged): pulls of images from
-// registries rafsd is not configured for keep working.
+// that cannot be fetched makes the layer an ordinary one (logged), and is not asked for again for
+// a minute: pulls of images from registries rafsd is not configured for keep working.
 #pragma once
 
 #include "daemon/api/Config.h"
 #include "registry/OciImage.h"
 #include "registry/RegistryClient.h"
 
+#include <chrono>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -53,6 +54,9 @@ private:
     Config::Backend backend_;
     std::mutex mutex_;
     std::map<std::string, registry::Manifest> manifests_;  // by digest
+    // Manifests that could not be fetched, by digest: when, and why.
+    static constexpr std::chrono::minutes kRetryUnreachable{1};
+    std::map<std::string, std::pair<std::chrono::steady_clock::time_point, std::string>> unreachable_;
     std::map<std::string, std::shared_ptr<registry::RegistryClient>> clients_;  // by HOST/REPO
 };
 

@@ -103,8 +103,17 @@ std::pair<int64_t, int64_t> diskUsage(const fs::path& dir) {
 
 void SnapshotService::create(const std::string& key, const std::string& parent, const Labels& labels,
                              SnapshotKind kind, MountList* mounts) {
-    std::lock_guard lock(mutex_);
     if (key.empty()) failWith(grpc::StatusCode::INVALID_ARGUMENT, "no snapshot key given");
+    // Before the lock: it may ask the registry for the image's manifest, and no other call need
+    // wait for that.
+    const RemoteLayer layer = kind == SnapshotKind::Active ? remote_.classify(labels) : RemoteLayer{};
+    std::unique_lock lock(mutex_);
+    if (layer.role != RemoteLayer::Role::None) {
+        // Another Prepare of the same layer (two pulls of one image) is mounting it: its outcome
+        // is this one's.
+        const std::string& target = labels.at(label::kSnapshotRef);
+        settled_.wait(lock, [&] { return !committing_.contains(target); });
+    }
     if (store_.find(key)) failWith(grpc::StatusCode::ALREADY_EXISTS, "snapshot {} already exists", key);
     if (!parent.empty()) {
         auto p = store_.find(parent);
@@ -113,10 +122,7 @@ void SnapshotService::create(const std::string& key, const std::string& parent, 
             failWith(grpc::StatusCode::INVALID_ARGUMENT, "parent snapshot {} is not committed", parent);
         }
     }
-    if (kind == SnapshotKind::Active) {
-        const RemoteLayer layer = remote_.classify(labels);
-        if (layer.role != RemoteLayer::Role::None) createRemote(parent, labels, layer);
-    }
+    if (layer.role != RemoteLayer::Role::None) createRemote(lock, parent, labels, layer);
     Snapshot s;
     s.id = store_.allocateId();
     s.kind = kind;
@@ -137,7 +143,8 @@ void SnapshotService::create(const std::string& key, const std::string& parent, 
     }
 }
 
-void SnapshotService::createRemote(const std::string& parent, const Labels& labels, const RemoteLayer& layer) {
+void SnapshotService::createRemote(std::unique_lock<std::mutex>& lock, const std::string& parent, const Labels& labels,
+                                   const RemoteLayer& layer) {
     const std::string target = labels.at(label::kSnapshotRef);
     if (store_.find(target)) failWith(grpc::StatusCode::ALREADY_EXISTS, "snapshot {} already exists", target);
     Snapshot s;
@@ -150,17 +157,37 @@ void SnapshotService::createRemote(const std::string& parent, const Labels& labe
         s.backing = Backing::RafsImage;
         s.image = layer.image;
         const fs::path dir = store_.mountDir(s.id);
+        // rafsd fetches the bootstrap from the registry meanwhile: without the lock, the target
+        // reserved.
+        committing_.insert(target);
+        lock.unlock();
+        const auto settle = [&] {
+            lock.lock();
+            committing_.erase(target);
+            settled_.notify_all();
+        };
         try {
             mounts_.ensure(s.image, dir);
         } catch (...) {
             std::error_code ec;
             fs::remove(dir, ec);
+            settle();
+            throw;
+        }
+        settle();
+        try {
+            if (!parent.empty() && !store_.find(parent)) {
+                failWith(grpc::StatusCode::NOT_FOUND, "parent snapshot {} was removed meanwhile", parent);
+            }
+            store_.put(target, s);
+        } catch (...) {
+            releaseFiles(s);
             throw;
         }
     } else {
         s.backing = Backing::RafsBlob;
+        store_.put(target, s);
     }
-    store_.put(target, s);
     log::info("committed {} ({}) as a remote snapshot{}", target,
               layer.role == RemoteLayer::Role::Bootstrap ? "bootstrap layer" : "data-blob layer",
               s.image.empty() ? "" : " of " + s.image);
@@ -225,17 +252,25 @@ void SnapshotService::removeOrphans() {
     }
 }
 
-void SnapshotService::restore() {
+void SnapshotService::removeLeftovers() {
     std::lock_guard lock(mutex_);
+    removeOrphans();
+}
+
+void SnapshotService::remountImages(const std::atomic<bool>& stop) {
     for (const auto& [key, s] : store_.all()) {
+        if (stop.load()) return;
         if (s.backing != Backing::RafsImage) continue;
+        // Under the lock, as Mounts would do it: a Remove of the snapshot meanwhile must not
+        // leave a mount behind.
+        std::lock_guard lock(mutex_);
+        if (!store_.find(key)) continue;
         try {
             mounts_.ensure(s.image, store_.mountDir(s.id));
         } catch (const std::exception& e) {
             log::warn("snapshot {}: cannot mount {} now ({}); Mounts tries again", key, s.image, e.what());
         }
     }
-    removeOrphans();
 }
 
 grpc::Status SnapshotService::Prepare(grpc::ServerContext*, const snapshots_api::PrepareSnapshotRequest* request,

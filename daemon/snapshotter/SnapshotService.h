@@ -16,7 +16,11 @@
 
 #include "snapshots.grpc.pb.h"
 
+#include <atomic>
+#include <condition_variable>
 #include <mutex>
+#include <set>
+#include <string>
 
 namespace rafsd {
 
@@ -27,9 +31,11 @@ public:
     SnapshotService(SnapshotStore& store, RemoteLayers& remote, RafsdMounts& mounts)
         : store_(store), remote_(remote), mounts_(mounts) {}
 
-    // At start: mounts again the RAFS images whose mounts are gone (after a reboot), and removes
-    // what a crash left behind (Cleanup). Failures are logged; Mounts tries again.
-    void restore();
+    // At start, before serving: removes what a crash left behind (Cleanup).
+    void removeLeftovers();
+    // At start, while serving (rafsd may need the registry for each): mounts again the RAFS images
+    // whose mounts are gone (after a reboot), until `stop`. Failures are logged; Mounts tries again.
+    void remountImages(const std::atomic<bool>& stop);
 
     grpc::Status Prepare(grpc::ServerContext*, const snapshots_api::PrepareSnapshotRequest* request,
                          snapshots_api::PrepareSnapshotResponse* response) override;
@@ -57,8 +63,10 @@ private:
 
     void create(const std::string& key, const std::string& parent, const Labels& labels, SnapshotKind kind,
                 MountList* mounts);
-    // Commits the layer under its snapshot.ref name, then throws ALREADY_EXISTS.
-    [[noreturn]] void createRemote(const std::string& parent, const Labels& labels, const RemoteLayer& layer);
+    // Commits the layer under its snapshot.ref name, then throws ALREADY_EXISTS. `lock` holds
+    // mutex_; it is let go while rafsd mounts a bootstrap layer's image.
+    [[noreturn]] void createRemote(std::unique_lock<std::mutex>& lock, const std::string& parent, const Labels& labels,
+                                   const RemoteLayer& layer);
     void mountsOf(const std::string& key, MountList* mounts);
     void releaseFiles(const Snapshot& snapshot);
     void removeOrphans();
@@ -67,6 +75,8 @@ private:
     RemoteLayers& remote_;
     RafsdMounts& mounts_;
     std::mutex mutex_;  // one change at a time: a Prepare sees the table the last one left
+    std::set<std::string> committing_;  // remote snapshots whose image rafsd is mounting
+    std::condition_variable settled_;   // one of those committed or failed
 };
 
 }  // namespace rafsd

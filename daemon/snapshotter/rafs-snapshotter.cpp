@@ -19,6 +19,7 @@
 #include <grpcpp/grpcpp.h>
 #include <systemd/sd-daemon.h>
 
+#include <atomic>
 #include <filesystem>
 #include <iostream>
 #include <thread>
@@ -47,7 +48,7 @@ int serve(const fs::path& given_root, const fs::path& address, const Config& con
     RemoteLayers remote(config.backend);
     RafsdMounts mounts(config.daemon.socket);
     SnapshotService service(store, remote, mounts);
-    service.restore();
+    service.removeLeftovers();
 
     grpc::ServerBuilder builder;
     int bound = 0;
@@ -60,11 +61,17 @@ int serve(const fs::path& given_root, const fs::path& address, const Config& con
     sd_notify(0, "READY=1");
 
     std::thread waiter([&] { server->Wait(); });
+    // After READY: with the registry away, remounting every image could outlast systemd's start
+    // timeout, and ordinary images need no rafsd.
+    std::atomic<bool> stopping{false};
+    std::thread remounter([&] { service.remountImages(stopping); });
     const int sig = waitForStopSignal(stop);
     sd_notify(0, "STOPPING=1");
     log::info("signal {}: stopping (rafsd keeps serving the mounts)", sig);
+    stopping.store(true);
     server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
     waiter.join();
+    remounter.join();
     fs::remove(address, ec);
     return 0;
 }

@@ -21,8 +21,8 @@ state, socket and config naming the snapshotter as proxy plugin `rafs` (CRI disa
    started again: the container still reads the
    big file (never read before) correctly, and a new container starts. Then, with no container
    left on it, the image's EROFS mount is taken away behind the snapshotter's back (as a reboot
-   would) and the snapshotter killed and started again: it mounts the image again through rafsd,
-   removes directories no snapshot owns, and a new container runs. With rafsd stopped (it unmounts
+   would) and the snapshotter killed and started again: it mounts the image again through rafsd
+   (once it serves), removes directories no snapshot owns, and a new container runs. With rafsd stopped (it unmounts
    its images), `ctr run` fails naming rafsd's socket and leaves no snapshot; once rafsd is back,
    the next container's Prepare mounts the image again.
 4. Bad input, one error line each and a non-zero exit: register of an ordinary image, of an
@@ -335,6 +335,8 @@ def main():
                 for d in leftovers:
                     os.makedirs(d)
                 restarted(sn, os.path.join(tmp, 'snapshotter-3.log'))
+                # In the background once it serves (a registry away must not hold up its start).
+                wait_for(lambda: mounts_under(os.path.join(sn_root, 'mnt')) == image_mounts, timeout=30)
                 ck.check(mounts_under(os.path.join(sn_root, 'mnt')) == image_mounts,
                          'the restarted snapshotter mounted the image again', sn.log_text()[-1500:])
                 ck.check(not any(os.path.exists(os.path.dirname(d) if d.endswith('fs') else d) for d in leftovers),

@@ -235,18 +235,18 @@ class RafsSnapshotter(RafsdProcess):
         return self.start()
 
 
-def compile_proto(out_dir):
-    """Python modules for rafstest/cri_v1.proto in out_dir (protoc with Debian's grpc_python_plugin:
-    python3-grpc-tools in Debian 12 is too old for its protobuf)."""
+def compile_proto(out_dir, proto=PROTO):
+    """Python modules (messages, gRPC stubs) for rafstest/`proto` in out_dir (protoc with Debian's
+    grpc_python_plugin: python3-grpc-tools in Debian 12 is too old for its protobuf)."""
+    import importlib
     os.makedirs(out_dir, exist_ok=True)
     subprocess.run(['protoc', '-I', HERE, '--python_out=' + out_dir, '--grpc_out=' + out_dir,
-                    '--plugin=protoc-gen-grpc=/usr/bin/grpc_python_plugin', os.path.join(HERE, PROTO)],
+                    '--plugin=protoc-gen-grpc=/usr/bin/grpc_python_plugin', os.path.join(HERE, proto)],
                    check=True, capture_output=True)
     if out_dir not in sys.path:
         sys.path.insert(0, out_dir)
-    import cri_v1_pb2
-    import cri_v1_pb2_grpc
-    return cri_v1_pb2, cri_v1_pb2_grpc
+    base = os.path.splitext(proto)[0]
+    return importlib.import_module(base + '_pb2'), importlib.import_module(base + '_pb2_grpc')
 
 
 class Cri:

@@ -1,0 +1,132 @@
+#!/usr/bin/env python3
+"""rafs-snapshotter's snapshots API called directly over gRPC (rafstest/snapshots_v1.proto), no
+containerd: Prepares labelled as CRI labels a layer (snapshot.ref, cri.image-ref,
+cri.manifest-digest, cri.layer-digest) without Nydus's marks, so that the snapshotter asks the
+image's registry for its manifest. The registry is a listener of the test's own on 127.0.0.1 that
+accepts connections and never answers.
+
+1. while such a Prepare waits on the registry, an ordinary Prepare and a Mounts answer; once the
+   lookup fails (the configured transport timeouts), the layer is prepared as an ordinary one;
+2. the next layer of the same image does not ask the registry again (no new connection).
+"""
+
+import os
+import socket
+import sys
+import threading
+import time
+
+from rafstest import harness
+from rafstest.harness import log, wait_for
+from rafstest.containerd import RafsSnapshotter, compile_proto
+from rafstest.rafsd import network_config, start_test
+
+TRANSPORT = {'retries': 0, 'timeout': 6, 'connect_timeout': 2, 'low_speed_limit': 1, 'low_speed_time': 3}
+
+
+class SilentRegistry:
+    """Accepts connections on 127.0.0.1 and never answers; counts them. Closed by stop()."""
+
+    def __init__(self):
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.bind(('127.0.0.1', 0))
+        self.sock.listen(16)
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+        self.accepted, self.conns = 0, []
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self.stopping.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except socket.timeout:
+                continue
+            self.conns.append(conn)
+            self.accepted += 1
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stopping.set()
+        self.thread.join(timeout=5)
+        for conn in self.conns:
+            conn.close()
+        self.sock.close()
+        return False
+
+
+def labels(port, chain, layer):
+    return {'containerd.io/snapshot.ref': 'sha256:' + chain * 64,
+            'containerd.io/snapshot/cri.image-ref': '127.0.0.1:%d/test/app:v1' % port,
+            'containerd.io/snapshot/cri.manifest-digest': 'sha256:' + 'b' * 64,
+            'containerd.io/snapshot/cri.layer-digest': 'sha256:' + layer * 64}
+
+
+def main():
+    args, _, _, _, ck = start_test('snapshotter_grpc', __doc__, tools=('protoc', 'grpc_python_plugin'))
+    snapshotter_bin = os.environ.get('RAFS_SNAPSHOTTER')
+    if not snapshotter_bin:
+        raise SystemExit('FAIL: set RAFS_SNAPSHOTTER to the built rafs-snapshotter')
+    import grpc
+    with harness.temp_dir('snapshotter-grpc-', keep=args.keep) as tmp, SilentRegistry() as registry:
+        pb, stubs = compile_proto(os.path.join(tmp, 'stubs'), 'snapshots_v1.proto')
+        cfg = network_config(tmp, 'rafsd', {'type': 'localfs'}, **{'backend.localfs': {'dir': tmp},
+                                                                    'backend.transport': TRANSPORT})
+        sock = os.path.join(tmp, 'snapshotter.sock')
+        with RafsSnapshotter(snapshotter_bin, cfg, os.path.join(tmp, 'root'), sock,
+                             os.path.join(tmp, 'snapshotter.log')) as sn:
+            if not ck.check(sn.start(), 'rafs-snapshotter answers', sn.log_text()[-2000:]):
+                return ck.finish()
+            channel = grpc.insecure_channel('unix://' + sock)
+            stub = stubs.SnapshotsStub(channel)
+
+            ck.section('1. a layer whose registry never answers holds up no other call')
+            outcome = {}
+
+            def prepare_labelled():
+                t0 = time.monotonic()
+                try:
+                    r = stub.Prepare(pb.PrepareSnapshotRequest(key='layer-1', labels=labels(registry.port, 'a', 'c')),
+                                     timeout=60)
+                    outcome['mounts'] = len(r.mounts)
+                except grpc.RpcError as e:
+                    outcome['error'] = '%s: %s' % (e.code(), e.details())
+                outcome['seconds'] = time.monotonic() - t0
+
+            labelled = threading.Thread(target=prepare_labelled)
+            labelled.start()
+            try:
+                wait_for(lambda: registry.accepted > 0, timeout=20)
+                plain = stub.Prepare(pb.PrepareSnapshotRequest(key='plain'), timeout=60)
+                mounts = stub.Mounts(pb.MountsRequest(key='plain'), timeout=60)
+                waiting = labelled.is_alive()
+            finally:
+                labelled.join(timeout=60)
+            ck.check(registry.accepted > 0 and len(plain.mounts) == 1 and len(mounts.mounts) == 1 and waiting,
+                     'an ordinary Prepare and a Mounts answer while the labelled Prepare waits on the registry',
+                     'registry connections %d, labelled Prepare still waiting: %r' % (registry.accepted, waiting))
+            ck.check(outcome.get('mounts') == 1,
+                     'the labelled layer is prepared as an ordinary one once the lookup fails (%.1f s)'
+                     % outcome.get('seconds', -1), repr(outcome))
+
+            ck.section('2. the next layer of the same image does not ask the registry again')
+            before = registry.accepted
+            t0 = time.monotonic()
+            r = stub.Prepare(pb.PrepareSnapshotRequest(key='layer-2', labels=labels(registry.port, 'd', 'e')),
+                             timeout=60)
+            log('  prepared in %.2f s' % (time.monotonic() - t0))
+            ck.check(len(r.mounts) == 1 and registry.accepted == before,
+                     'prepared as an ordinary layer without a new connection to the registry',
+                     'connections %d -> %d' % (before, registry.accepted))
+            ck.check('taking it as an ordinary layer' in sn.log_text(), 'the snapshotter logged why')
+            channel.close()
+            ck.check(sn.stop() == 0, 'rafs-snapshotter exits 0 on SIGTERM', sn.log_text()[-1500:])
+    return ck.finish()
+
+
+if __name__ == '__main__':
+    sys.exit(main())
