@@ -5,6 +5,7 @@
 #include "daemon/core/Log.h"
 #include "format/Error.h"
 
+#include <nlohmann/json.hpp>
 #include <sys/mount.h>
 
 namespace rafsd {
@@ -14,11 +15,28 @@ namespace {
 // Fetching a bootstrap from the registry may take a while; this bounds a hung rafsd.
 constexpr std::chrono::seconds kMountTimeout{300};
 constexpr std::chrono::seconds kUmountTimeout{60};
+constexpr std::chrono::seconds kListTimeout{60};
 
 }  // namespace
 
+bool RafsdMounts::serves(const std::filesystem::path& dir) const {
+    const nlohmann::json listed = ControlClient(socket_, kListTimeout).call(ListRequest{});
+    const std::filesystem::path want = std::filesystem::weakly_canonical(dir);
+    for (const nlohmann::json& image : listed.at("images")) {
+        if (std::filesystem::path(image.at("mountpoint").get<std::string>()) == want) return true;
+    }
+    return false;
+}
+
 void RafsdMounts::ensure(const std::string& image, const std::filesystem::path& dir) const {
-    if (erofsMountOn(dir)) return;
+    if (erofsMountOn(dir)) {
+        if (serves(dir)) return;
+        // Left by a rafsd whose kernel objects are gone (every holder of its fanotify group died,
+        // so what was never fetched reads as holes; or fscache's device closed: EIO), or one whose
+        // takeover failed: no container may start on it. Containers still using it keep it.
+        log::warn("{}: an EROFS mount rafsd does not serve; detaching it and mounting {} again", dir.string(), image);
+        if (::umount2(dir.c_str(), MNT_DETACH) != 0) rafs::failErrno("umount " + dir.string());
+    }
     std::error_code ec;
     std::filesystem::create_directories(dir, ec);
     if (ec) rafs::fail("cannot create {}: {}", dir.string(), ec.message());

@@ -13,15 +13,19 @@ class RafsdMounts {
 public:
     explicit RafsdMounts(std::filesystem::path socket) : socket_(std::move(socket)) {}
 
-    // Mounts `image` (HOST/REPO@sha256:...) on `dir` unless an EROFS file system is mounted there
-    // already (rafsd restarted, or this snapshotter did, and the mount lived on). A stale mount
-    // rafsd still records for `dir` (after a reboot) is released first. Throws rafs::Error.
+    // Mounts `image` (HOST/REPO@sha256:...) on `dir` unless rafsd serves an EROFS mount there
+    // already (rafsd restarted, or this snapshotter did, and the mount lived on). An EROFS mount
+    // there that rafsd does not serve (its kernel objects died with it) is detached first; a stale
+    // mount rafsd still records for `dir` (after a reboot) is released first. Throws rafs::Error.
     void ensure(const std::string& image, const std::filesystem::path& dir) const;
     // Asks rafsd to unmount `dir`; when rafsd does not know it, a leftover EROFS mount there is
     // detached. Throws rafs::Error when neither works.
     void release(const std::filesystem::path& dir) const;
 
 private:
+    // Whether rafsd lists a mount on `dir`.
+    bool serves(const std::filesystem::path& dir) const;
+
     std::filesystem::path socket_;
 };
 

@@ -24,7 +24,9 @@ state, socket and config naming the snapshotter as proxy plugin `rafs` (CRI disa
    would) and the snapshotter killed and started again: it mounts the image again through rafsd
    (once it serves), removes directories no snapshot owns, and a new container runs. With rafsd stopped (it unmounts
    its images), `ctr run` fails naming rafsd's socket and leaves no snapshot; once rafsd is back,
-   the next container's Prepare mounts the image again.
+   the next container's Prepare mounts the image again. With rafsd serve killed whole (-9), its
+   mount left behind unserved, and rafsd started again, the next container's Prepare detaches that
+   mount and has the image mounted again, served.
 4. Bad input, one error line each and a non-zero exit: register of an ordinary image, of an
    unknown tag, with no containerd at the socket; serve with a missing config file.
 5. Removal: containers, the registration and both images gone, containerd's GC done: no snapshot
@@ -358,6 +360,24 @@ def main():
             r = ctd.ctr('run', '--rm', '--snapshotter', 'rafs', rafs_ref, 'rafs-6', '/bin/busybox', 'cat', '/etc/hello')
             ck.check(r.returncode == 0 and r.stdout == HELLO, 'with rafsd back, a container starts (image mounted again)',
                      text(r.stdout) + text(r.stderr)[-600:])
+
+            # rafsd serve killed whole (supervisor, then worker; no systemd fd store here): the
+            # image's mount stays, served by no one, its holes readable as zeros. Started again,
+            # rafsd does not serve it; the next container's Prepare finds that out, detaches it and
+            # has the image mounted again.
+            worker = children(srv.proc.pid)
+            srv.stop(sig=signal.SIGKILL)
+            for pid in worker:
+                os.kill(pid, signal.SIGKILL)
+            wait_for(lambda: not any(os.path.exists('/proc/%d' % pid) for pid in worker), timeout=30)
+            stale = mounts_under(os.path.join(sn_root, 'mnt'))
+            ck.check(len(stale) == 1, 'rafsd killed whole: the image\'s mount is left behind', repr(stale))
+            ck.check(srv.start(), 'rafsd serve started again, fresh', srv.log_text()[-1500:])
+            r = ctd.ctr('run', '--rm', '--snapshotter', 'rafs', rafs_ref, 'rafs-7', '/bin/busybox', 'cat', '/etc/hello')
+            served = [i.get('mountpoint') for i in (rafsctl_status(ctl, rafsd_sock) or {}).get('images', [])]
+            ck.check(r.returncode == 0 and r.stdout == HELLO and served == stale,
+                     'a new container starts on the image mounted again, which rafsd serves',
+                     'rafsd serves %r; %s' % (served, text(r.stderr)[-600:]))
 
             ck.section('4. bad input: one error line each')
             r = run([snapshotter_bin, '--config', cfg, 'register', '--containerd', ctd.address, '--namespace', NAMESPACE,
