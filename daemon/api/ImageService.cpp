@@ -211,10 +211,20 @@ std::shared_ptr<CachedBlob> ImageService::openBlob(const rafs::Bootstrap& bootst
                                                    const std::string& fscache_volume, bool taking_over,
                                                    const ProbedSizes& probed) {
     const std::string key = blobKey(fscache_volume, blob.id);
-    if (auto existing = blobs_[key].lock()) return existing;
+    const fs::path& dir = config_.daemon.cache_dir;
+    if (auto existing = blobs_[key].lock()) {
+        // Shared only with an image that describes the blob's chunks the same way: what one
+        // image's digests vouched for is right for another only then.
+        const BlobDescriptor descriptor = loaded ? std::move(*loaded) : loadBlobDescriptor(bootstrap, blob, *backend, dir);
+        if (descriptor.fingerprint() != existing->descriptor().fingerprint()) {
+            rafs::fail("blob {}: a mounted image describes its chunks otherwise (other chunk digests or places); "
+                       "an image naming a blob it does not hold cannot share its cache",
+                       blob.id);
+        }
+        return existing;
+    }
     // From here its files are in use: the collector leaves them alone.
     CacheCollector::Opening opening(*collector_, key);
-    const fs::path& dir = config_.daemon.cache_dir;
     BlobDescriptor descriptor = loaded ? std::move(*loaded) : loadBlobDescriptor(bootstrap, blob, *backend, dir);
     std::unique_ptr<CacheFile> file;
     fs::path state_dir = dir;
@@ -241,7 +251,7 @@ std::shared_ptr<CachedBlob> ImageService::openBlob(const rafs::Bootstrap& bootst
         file = std::make_unique<FscacheCacheFile>(blob.id, blob.uncompressed_size, std::move(object_fd));
     }
     auto bitmap = ReadinessBitmap::open(state_dir / (blob.id + ".chunkmap"), blob.id, blob.chunk_count,
-                                        blob.uncompressed_size);
+                                        blob.uncompressed_size, descriptor.fingerprint());
     if (bitmap.discarded()) log::warn("blob {}: cache state discarded: {}", blob.id, bitmap.discardReason());
     std::vector<ChunkExtent> extents;
     extents.reserve(descriptor.chunks.size());
@@ -431,15 +441,11 @@ nlohmann::json ImageService::mountOrReattach(const MountRequest& request, bool r
         for (const rafs::BootstrapBlob& blob : blobs) {
             openings.push_back(std::make_unique<CacheCollector::Opening>(*collector_, blobKey(fscache_volume, blob.id)));
         }
-        // A blob another mounted image has open is shared as it is (openBlob): nothing to load.
-        std::vector<bool> open_already(blobs.size());
-        for (size_t i = 0; i < blobs.size(); ++i) {
-            const auto it = blobs_.find(blobKey(fscache_volume, blobs[i].id));
-            open_already[i] = it != blobs_.end() && !it->second.expired();
-        }
+        // Also of blobs another mounted image has open: openBlob shares one only if it is described
+        // the same way.
         std::vector<std::optional<BlobDescriptor>> descriptors(blobs.size());
         runConcurrently(blobs.size(), kMountRequestsInFlight, [&](size_t i) {
-            if (!open_already[i]) descriptors[i] = loadBlobDescriptor(bootstrap, blobs[i], *backend, config_.daemon.cache_dir);
+            descriptors[i] = loadBlobDescriptor(bootstrap, blobs[i], *backend, config_.daemon.cache_dir);
         });
         for (size_t i = 0; i < blobs.size(); ++i) {
             image.blobs.push_back(

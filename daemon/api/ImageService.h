@@ -113,8 +113,9 @@ private:
     // kernel's cachefiles object in that volume ("<domain_id or fsid>"), which is per volume: a
     // blob is shared only within one. `taking_over`: a mount the kernel still has (no backend check).
     // `descriptor`: the blob's, loaded (loadBlobDescriptor) while an Opening of blobKey() was held;
-    // nullopt: loaded here if the blob is not open already. `probed`: sizes the mount's probe
-    // already asked the backend for.
+    // nullopt: loaded here. A blob open already is shared if this image describes it the same way
+    // (BlobDescriptor::fingerprint), else refused. `probed`: sizes the mount's probe already asked
+    // the backend for.
     std::shared_ptr<CachedBlob> openBlob(const rafs::Bootstrap& bootstrap, const rafs::BootstrapBlob& blob,
                                          std::optional<BlobDescriptor> descriptor,
                                          const std::shared_ptr<Backend>& backend, const std::string& fscache_volume,

@@ -18,6 +18,12 @@ struct BlobDescriptor {
     uint64_t uncompressed_size = 0;
     std::vector<rafs::BlobChunk> chunks;  // by ci index, ordered by uncompressed offset
     std::vector<rafs::Digest> digests;    // by ci index
+
+    // Names what cached data of this blob means: the digester, and each chunk's uncompressed
+    // place and digest (sha256 over them). Data cached and verified under one description is
+    // right for another only if both have the same fingerprint; the blob id alone is a name any
+    // image may give any bytes.
+    rafs::Digest fingerprint() const;
 };
 
 }  // namespace rafsd

@@ -22,18 +22,30 @@ namespace fs = std::filesystem;
 namespace {
 
 // The local copy: a header, the uncompressed ci array, one digest per chunk, then the sha256 of
-// all that. Anything that does not match exactly is ignored and fetched again.
-constexpr char kMagic[8] = {'R', 'A', 'F', 'S', 'D', 'M', 'E', '1'};
+// all that. Anything that does not match exactly is ignored and fetched again. The header names
+// the blob table entry the copy was fetched under: a blob id is only a name, and another image
+// naming the same blob (its ci range, its ToC digest) otherwise must not take this image's word
+// for its chunks and digests.
+constexpr char kMagic[8] = {'R', 'A', 'F', 'S', 'D', 'M', 'E', '2'};
 struct MetaCacheHeader {
     char magic[8];
     char blob_id[64];
     uint32_t chunk_count;
     uint32_t v2;
     uint64_t ci_size;
+    uint8_t entry_digest[rafs::kDigestSize];
 };
-static_assert(sizeof(MetaCacheHeader) == 88);
+static_assert(sizeof(MetaCacheHeader) == 120);
 
 bool isV2(const rafs::BootstrapBlob& blob) { return (blob.features & rafs::kBlobChunkInfoV2) != 0; }
+
+// The sha256 of the blob's table entry but its place in this image's table.
+rafs::Digest entryDigest(const rafs::BootstrapBlob& blob) {
+    rafs::BlobTableEntry entry = blob.entry;
+    entry.blob_index = 0;
+    return rafs::digestOf(rafs::Digester::Sha256,
+                          std::span(reinterpret_cast<const uint8_t*>(&entry), sizeof entry));
+}
 
 std::optional<std::vector<uint8_t>> readLocal(const fs::path& path) {
     std::ifstream in(path, std::ios::binary);
@@ -52,7 +64,8 @@ std::optional<std::pair<std::vector<uint8_t>, std::vector<rafs::Digest>>> loadLo
     MetaCacheHeader h;
     std::memcpy(&h, bytes->data(), sizeof(h));
     if (std::memcmp(h.magic, kMagic, sizeof(kMagic)) != 0 || std::memcmp(h.blob_id, blob.id.data(), 64) != 0 ||
-        h.chunk_count != blob.chunk_count || h.v2 != (isV2(blob) ? 1u : 0u) || h.ci_size != ci_size) {
+        h.chunk_count != blob.chunk_count || h.v2 != (isV2(blob) ? 1u : 0u) || h.ci_size != ci_size ||
+        std::memcmp(h.entry_digest, entryDigest(blob).data(), rafs::kDigestSize) != 0) {
         return std::nullopt;
     }
     rafs::Digest sum = rafs::digestOf(rafs::Digester::Sha256, std::span(*bytes).first(body));
@@ -72,6 +85,8 @@ void saveLocal(const fs::path& path, const rafs::BootstrapBlob& blob, std::span<
     h.chunk_count = blob.chunk_count;
     h.v2 = isV2(blob) ? 1 : 0;
     h.ci_size = ci.size();
+    const rafs::Digest entry = entryDigest(blob);
+    std::memcpy(h.entry_digest, entry.data(), entry.size());
     std::vector<uint8_t> bytes(sizeof(h));
     std::memcpy(bytes.data(), &h, sizeof(h));
     bytes.insert(bytes.end(), ci.begin(), ci.end());

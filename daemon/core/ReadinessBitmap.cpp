@@ -35,14 +35,16 @@ struct ChunkMapHeader {
     uint32_t chunk_count;
     uint64_t blob_size;
     char blob_id[kBlobIdLength];
+    uint8_t fingerprint[rafs::kDigestSize];  // of the chunks the bits vouch for
     uint32_t reserved;
     uint32_t checksum;  // CRC32 of the bytes before it
 };
-static_assert(sizeof(ChunkMapHeader) == 96);
+static_assert(sizeof(ChunkMapHeader) == 128);
 static_assert(offsetof(ChunkMapHeader, version) == 8);
 static_assert(offsetof(ChunkMapHeader, blob_size) == 16);
 static_assert(offsetof(ChunkMapHeader, blob_id) == 24);
-static_assert(offsetof(ChunkMapHeader, checksum) == 92);
+static_assert(offsetof(ChunkMapHeader, fingerprint) == 88);
+static_assert(offsetof(ChunkMapHeader, checksum) == 124);
 
 constexpr uint64_t kHeaderSize = sizeof(ChunkMapHeader);
 
@@ -69,13 +71,15 @@ void readAll(int fd, std::span<uint8_t> out, uint64_t offset, const std::filesys
     rafs::preadExactly(fd, out, offset, path.string());
 }
 
-ChunkMapHeader makeHeader(std::string_view blob_id, uint32_t chunk_count, uint64_t blob_size) {
+ChunkMapHeader makeHeader(std::string_view blob_id, uint32_t chunk_count, uint64_t blob_size,
+                          const rafs::Digest& fingerprint) {
     ChunkMapHeader header{};
     std::memcpy(header.magic, kMagic, sizeof kMagic);
     header.version = ReadinessBitmap::kFormatVersion;
     header.chunk_count = chunk_count;
     header.blob_size = blob_size;
     std::memcpy(header.blob_id, blob_id.data(), kBlobIdLength);
+    std::memcpy(header.fingerprint, fingerprint.data(), fingerprint.size());
     header.checksum = headerChecksum(header);
     return header;
 }
@@ -121,6 +125,8 @@ std::string ReadinessBitmap::State::load(const std::filesystem::path& path,
         return fmt::format("chunk count {}, expected {}", header.chunk_count, expected.chunk_count);
     if (header.blob_size != expected.blob_size)
         return fmt::format("blob size {}, expected {}", header.blob_size, expected.blob_size);
+    if (std::memcmp(header.fingerprint, expected.fingerprint, sizeof header.fingerprint) != 0)
+        return "its chunks were filled under another chunk table (other chunk digests or places)";
     const uint64_t expected_length = kHeaderSize + bits.size();
     if (length != expected_length)
         return fmt::format("length {}, expected {}", length, expected_length);
@@ -150,9 +156,9 @@ void ReadinessBitmap::State::reset(const std::filesystem::path& path, const Chun
 }
 
 ReadinessBitmap ReadinessBitmap::open(const std::filesystem::path& path, std::string_view blob_id,
-                                      uint32_t chunk_count, uint64_t blob_size) {
+                                      uint32_t chunk_count, uint64_t blob_size, const rafs::Digest& fingerprint) {
     checkBlobId(blob_id);
-    const ChunkMapHeader expected = makeHeader(blob_id, chunk_count, blob_size);
+    const ChunkMapHeader expected = makeHeader(blob_id, chunk_count, blob_size, fingerprint);
     const int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
     if (fd < 0) rafs::failErrno(fmt::format("{}: open", path.string()));
     auto state = std::make_unique<State>(fd, bitmapBytes(chunk_count));

@@ -3,8 +3,9 @@
 //
 // File layout (native byte order; the file never leaves the host, and a file from a host of the
 // other byte order fails the magic check):
-//   ChunkMapHeader (96 bytes): magic "RAFSCMAP", format version, chunk count, blob uncompressed
-//   size, blob id (64 hex chars), CRC32 of the header bytes before it;
+//   ChunkMapHeader (128 bytes): magic "RAFSCMAP", format version, chunk count, blob uncompressed
+//   size, blob id (64 hex chars), the fingerprint of the chunk table the bits were set under
+//   (BlobDescriptor::fingerprint), CRC32 of the header bytes before it;
 //   then ceil(chunk count / 8) bytes: bit (i % 8) of byte (i / 8) is chunk i, padding bits zero.
 //
 // Persistence: set() updates the in-memory bit atomically, then pwrite()s the byte that holds it
@@ -14,6 +15,8 @@
 // cost — one small syscall per chunk — is noise next to writing the chunk itself. The page cache
 // keeps the byte across a rafsd crash; flush() makes it durable across a power loss.
 #pragma once
+
+#include "format/Digest.h"
 
 #include <chrono>
 #include <cstdint>
@@ -27,19 +30,21 @@ namespace rafsd {
 
 class ReadinessBitmap {
 public:
-    static constexpr uint32_t kFormatVersion = 1;
+    static constexpr uint32_t kFormatVersion = 2;
     // How long open() waits for another holder of the file's lock to let go.
     static constexpr std::chrono::milliseconds kLockWait{1000};
 
     // Opens the bitmap of blob `blob_id` (64 hex chars) with `chunk_count` chunks and
-    // `blob_size` uncompressed bytes. A file of another format version, of another blob or
-    // geometry, of the wrong length or with a bad checksum is replaced by an empty one, and
+    // `blob_size` uncompressed bytes, whose chunks the table of `fingerprint` describes (a blob id
+    // is only a name: another image may describe the same blob with other chunks, or digests that
+    // vouched for other bytes). A file of another format version, of another blob, geometry or
+    // fingerprint, of the wrong length or with a bad checksum is replaced by an empty one, and
     // discarded() tells why (for the caller to log); it is never read. The file stays locked
     // (flock) while the bitmap is open: opening it again, from this process or another, throws
     // Error after waiting kLockWait for the holder to let go; so do a bad blob id and a failed
     // system call.
     static ReadinessBitmap open(const std::filesystem::path& path, std::string_view blob_id,
-                                uint32_t chunk_count, uint64_t blob_size);
+                                uint32_t chunk_count, uint64_t blob_size, const rafs::Digest& fingerprint = {});
 
     ~ReadinessBitmap();
     ReadinessBitmap(ReadinessBitmap&&) noexcept;

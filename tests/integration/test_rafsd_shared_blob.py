@@ -11,16 +11,20 @@ prefetched, and a third image mounted after it (fanotify engine, rafsd serve, pr
 3. every file of S1 read: X completes, and its completion unmarks X's cache file, not the file
    of whichever image now has the slot of the mount that registered the callback (S2's, now C's):
    C's files read back exactly (an unmarked incomplete file would read its holes as zeros);
-4. X's file is unmarked: S1's files, read again, raise no event (its hits stay).
+4. X's file is unmarked: S1's files, read again, raise no event (its hits stay);
+5. an image naming blob X with other chunk digests (S's bootstrap, one digest changed): its mount
+   is refused while S1 has X open, and once S is unmounted it mounts without trusting the cache S
+   filled (X's cache state discarded); S mounted again reads back exactly.
 """
 
 import os
+import struct
 import sys
 import time
 
 from rafstest import harness
 from rafstest.harness import text
-from rafstest.rafsd import (RafsdServe, drop_file_cache, image_of, make_small_tree, rafsctl, rafsctl_status,
+from rafstest.rafsd import (EXT_SB_OFFSET, RafsdServe, drop_file_cache, image_of, make_small_tree, rafsctl, rafsctl_status,
                             start_test, write_config)
 
 KiB, MiB = 1 << 10, 1 << 20
@@ -42,6 +46,10 @@ def read_all(root, content):
             if f.read() != data:
                 bad.append(rel)
     return bad
+
+
+def ok_or_none(r):
+    return r if r.returncode == 0 else None
 
 
 def main():
@@ -121,6 +129,36 @@ def main():
             ck.check(not read_all(mnt['s1'], content_s), "S1's files read back exactly again")
             again = image_of(rafsctl_status(ctl, sock), mnt['s1'])['blobs'][0]['hits']
             ck.check(again == hits, 'without an event: its hits stay at %d (%d)' % (hits, again))
+
+            ck.section('an image naming blob X with other chunk digests')
+            # S's bootstrap with the first chunk's digest changed: the same blob id, but digests that
+            # vouch for other bytes. It must neither share S1's open blob nor trust the cache S filled.
+            with open(os.path.join(out_s, 'image.boot'), 'rb') as f:
+                forged = bytearray(f.read())
+            table_offset = struct.unpack_from('<Q', forged, EXT_SB_OFFSET + 24)[0]
+            forged[table_offset] ^= 0x01
+            forged_boot = os.path.join(tmp, 'forged.boot')
+            with open(forged_boot, 'wb') as f:
+                f.write(forged)
+            mnt['f'] = os.path.join(tmp, 'mnt-f')
+            os.makedirs(mnt['f'])
+            r = rafsctl(ctl, sock, 'mount', '--blob-dir', os.path.join(out_s, 'blobs'), forged_boot, mnt['f'])
+            ck.check(r.returncode not in (0, None) and 'describes its chunks otherwise' in text(r.stderr) and
+                     not os.path.ismount(mnt['f']),
+                     'while S1 is mounted, its mount is refused: ' + text(r.stderr).strip())
+            ck.check(rafsctl(ctl, sock, 'umount', mnt['s1']).returncode == 0, 'umount S1')
+            # The prefetcher may hold X a moment longer (it paces at 256 KiB/s).
+            r = harness.wait_for(lambda: ok_or_none(rafsctl(ctl, sock, 'mount', '--blob-dir', os.path.join(out_s, 'blobs'),
+                                                            forged_boot, mnt['f'])), timeout=10, interval=0.2)
+            ck.check(r is not None, 'with S unmounted, it mounts')
+            ck.check('filled under another chunk table' in srv.log_text(),
+                     "the cache S filled is not trusted for it (X's cache state discarded)")
+            ck.check(rafsctl(ctl, sock, 'umount', mnt['f']).returncode == 0, 'umount it')
+            r = harness.wait_for(lambda: ok_or_none(rafsctl(ctl, sock, 'mount', '--blob-dir', os.path.join(out_s, 'blobs'),
+                                                            os.path.join(out_s, 'image.boot'), mnt['s1'])),
+                                 timeout=10, interval=0.2)
+            if ck.check(r is not None, 'S mounted again'):
+                ck.check(not read_all(mnt['s1'], content_s), "S's files read back exactly")
     return ck.finish()
 
 

@@ -147,4 +147,14 @@ TEST_CASE("BlobMetaLoader: a table short of a chunk loads the blob's ci array an
     const BlobDescriptor again = loadBlobDescriptor(bootstrap, blob, none, cache.path());
     CHECK(again.chunks == fetched.chunks);
     CHECK(again.digests == fetched.digests);
+    CHECK(again.fingerprint() == fetched.fingerprint());
+
+    // Another image naming the same blob id with another blob table entry (here another ToC
+    // digest) does not take the copy this one's entry vouched for: it must ask the blob itself.
+    std::vector<uint8_t> other_bytes = bytes;
+    const uint64_t toc_digest_at = bootstrap.extSuperBlock().s_blob_table_offset +
+                                   offsetof(rafs::BlobTableEntry, blob_toc_digest);
+    other_bytes[toc_digest_at] ^= 0x01;
+    rafs::Bootstrap other(other_bytes, "other.boot");
+    CHECK_THROWS_WITH(loadBlobDescriptor(other, other.blobs()[0], none, cache.path()), Catch::Contains("no read expected"));
 }

@@ -23,7 +23,7 @@ namespace {
 
 const std::string kBlob(64, 'a');
 const std::string kOtherBlob(64, 'b');
-constexpr uint64_t kHeaderSize = 96;
+constexpr uint64_t kHeaderSize = 128;
 
 using rafs::test::TempDir;
 
@@ -40,8 +40,8 @@ void writeFile(const std::filesystem::path& path, const std::vector<uint8_t>& by
 // Recomputes the header checksum after a test changed header fields, so that only the change
 // under test can make the file unusable.
 void resealHeader(std::vector<uint8_t>& bytes) {
-    const auto crc = static_cast<uint32_t>(crc32(0, bytes.data(), 92));
-    std::memcpy(bytes.data() + 92, &crc, sizeof crc);
+    const auto crc = static_cast<uint32_t>(crc32(0, bytes.data(), 124));
+    std::memcpy(bytes.data() + 124, &crc, sizeof crc);
 }
 
 // Creates a bitmap with a few bits set, lets `damage` edit its bytes, and reopens it.
@@ -117,6 +117,17 @@ TEST_CASE("a bitmap that does not match is discarded, never read", "[cache]") {
         CHECK_THAT(bitmap.discardReason(), Contains("blob size"));
         CHECK(bitmap.count() == 0);
     }
+    SECTION("another chunk table under the same blob id") {
+        // Another image naming this blob with other chunk digests: what they vouched for is not
+        // this image's data.
+        rafs::Digest other{};
+        other[0] = 1;
+        { ReadinessBitmap::open(path, kBlob, 20, 1 << 20, other).set(3); }
+        ReadinessBitmap bitmap = ReadinessBitmap::open(path, kBlob, 20, 1 << 20);
+        CHECK(bitmap.discarded());
+        CHECK_THAT(bitmap.discardReason(), Contains("another chunk table"));
+        CHECK(bitmap.count() == 0);
+    }
     SECTION("another format version") {
         ReadinessBitmap bitmap = reopenDamaged(path, [](std::vector<uint8_t>& bytes) {
             const uint32_t version = ReadinessBitmap::kFormatVersion + 1;
@@ -124,7 +135,7 @@ TEST_CASE("a bitmap that does not match is discarded, never read", "[cache]") {
             resealHeader(bytes);
         });
         CHECK(bitmap.discarded());
-        CHECK_THAT(bitmap.discardReason(), Contains("format version 2"));
+        CHECK_THAT(bitmap.discardReason(), Contains("format version 3"));
         CHECK(bitmap.count() == 0);
     }
     SECTION("a corrupted header") {
