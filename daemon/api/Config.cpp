@@ -3,6 +3,7 @@
 #include "format/Error.h"
 #include "format/FileIo.h"
 
+#include <arpa/inet.h>
 #include <fcntl.h>
 #include <toml++/toml.h>
 #include <unistd.h>
@@ -284,7 +285,10 @@ std::string metricsAddress(const Value& value, bool allow_remote) {
         value.reject(accepted);
     }
     if (host.starts_with('[') && host.ends_with(']')) host = host.substr(1, host.size() - 2);
-    const bool loopback = host == "localhost" || host == "::1" || host.starts_with("127.");
+    // An address, not a name that merely starts like one ("127.example.org" resolves anywhere).
+    in_addr v4{};
+    const bool loopback = host == "localhost" || host == "::1" ||
+                          (::inet_pton(AF_INET, std::string(host).c_str(), &v4) == 1 && (ntohl(v4.s_addr) >> 24) == 127);
     if (!loopback && !allow_remote) {
         value.reject("a loopback address (127.x.x.x, [::1], localhost), or set allow_remote = true");
     }

@@ -206,6 +206,9 @@ TEST_CASE("config wrong types and values", "[config]") {
                       "config.toml:3: cache.low_watermark: 60 is not at most high_watermark (50)");
     CHECK_THROWS_WITH(parsed("cache.gc_interval = 0"),
                       "config.toml:1: cache.gc_interval: 0 is not an integer from 1 to 86400");
+    CHECK_THROWS_WITH(parsed("metrics.address = \"127.example.invalid:9911\""),
+                      Catch::Matchers::Contains("is not a loopback address"));
+    CHECK(parsed("metrics.address = \"127.0.0.2:9911\"").metrics.address == "127.0.0.2:9911");
     CHECK_THROWS_WITH(parsed("prefetch.enable = \"yes\""), "config.toml:1: prefetch.enable: 'yes' is not true or false");
     CHECK_THROWS_WITH(parsed("prefetch.enable = 1"), "config.toml:1: prefetch.enable: 1 is not true or false");
     for (const char* url : {"ftp://host/x", "http://", "http:///x", "localhost:8080", "http://a b"}) {
