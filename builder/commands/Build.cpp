@@ -162,6 +162,7 @@ BuiltImage buildLayers(const BuildOptions& options, const std::vector<LayerInput
         }
     }
     std::vector<std::optional<BlobInfo>> layers;
+    size_t stored_chunks = 0;  // chunks the layers' blobs store (not those a chunk dict had)
     for (size_t i = 0; i < inputs.size(); ++i) {
         const auto layer = static_cast<uint32_t>(i);
         BlobWriter blob(dir / "blobs", layer, options.chunk_size, options.compressor, options.digester);
@@ -171,6 +172,7 @@ BuiltImage buildLayers(const BuildOptions& options, const std::vector<LayerInput
             pipeline.finish();
         }
         if (options.prefetch_first) placePrefetchFirst(boot.prefetch_paths, tree, dictionary, blob);
+        stored_chunks += blob.chunkCount();
         if (blob.chunkCount() == 0) {
             layers.emplace_back();
             report(fmt::format("layer {}: {}: no new chunks, no blob", i, inputs[i].name));
@@ -209,7 +211,9 @@ BuiltImage buildLayers(const BuildOptions& options, const std::vector<LayerInput
     }
     image.bootstrap = dir / "image.boot";
     writeBootstrap(tree, image.blobs, boot, image.bootstrap);
-    image.unique_chunks = dictionary.size() - (dict ? dict->chunks.size() : 0);
+    // Not the dictionary's size less the dict's chunks: a Nydus dict lists a digest once per blob
+    // holding it, and the dictionary keeps it once.
+    image.unique_chunks = stored_chunks;
     return image;
 }
 
