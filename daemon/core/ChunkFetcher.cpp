@@ -71,7 +71,9 @@ ChunkFetcher::ChunkFetcher(const FetchOptions& options)
       decoders_(decoderCount(options.decoders)),
       queue_(std::make_unique<FetchQueue>(options.threads, [this] { buffers_.trim(kKeepBuffer); })) {}
 
-ChunkFetcher::~ChunkFetcher() { queue_.reset(); }
+// Finished through queue_ while it still points at the queue: a task finishing then may make a
+// request again (makePresent), which pushes to it.
+ChunkFetcher::~ChunkFetcher() { queue_->finish(); }
 
 uint32_t ChunkFetcher::addImage(std::vector<std::shared_ptr<CachedBlob>> blobs) {
     std::vector<uint32_t> chunk_counts;

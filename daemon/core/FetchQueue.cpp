@@ -9,7 +9,9 @@ FetchQueue::FetchQueue(unsigned threads, std::function<void()> idle)
     for (unsigned i = 0; i < std::max(1u, threads); ++i) threads_.emplace_back([this] { run(); });
 }
 
-FetchQueue::~FetchQueue() {
+FetchQueue::~FetchQueue() { finish(); }
+
+void FetchQueue::finish() {
     {
         std::lock_guard lock(mutex_);
         stopping_ = true;
@@ -17,7 +19,9 @@ FetchQueue::~FetchQueue() {
         prefetch_.clear();
     }
     ready_.notify_all();
-    for (auto& t : threads_) t.join();
+    for (auto& t : threads_) {
+        if (t.joinable()) t.join();
+    }
 }
 
 void FetchQueue::push(Priority priority, std::function<void()> task, std::function<bool()> awaited) {

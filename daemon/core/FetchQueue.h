@@ -26,7 +26,10 @@ public:
     // `idle` (optional) runs when the queue has no work queued or running, on the thread whose
     // task ended last: what is worth keeping only while work goes on (buffers) can go there.
     explicit FetchQueue(unsigned threads, std::function<void()> idle = {});
-    ~FetchQueue();  // finishes queued on-demand work, drops queued prefetch work, joins
+    ~FetchQueue();  // finish()
+    // Finishes queued on-demand work (also what that work pushes meanwhile), drops queued prefetch
+    // work, and joins the threads. Again, it does nothing.
+    void finish();
     FetchQueue(const FetchQueue&) = delete;
     FetchQueue& operator=(const FetchQueue&) = delete;
 
