@@ -292,6 +292,7 @@ int main(int argc, char** argv) {
         }
         ImageService service(config);
         service.setFetchDelay(fetch_delay);
+        service.startCollecting();
         ControlServer server = ControlServer::fromSystemdOrPath(config.daemon.socket, service);
         log::info("serving on {}", config.daemon.socket.string());
         const auto metrics = serveMetrics(config, service);

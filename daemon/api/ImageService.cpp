@@ -85,7 +85,6 @@ ImageService::ImageService(Config config)
     collector_->addLayout(std::make_shared<ExtractedBootstraps>(config_.daemon.cache_dir, keep_recent));
     collector_->addLayout(std::make_shared<KeptImageCopies>(registry_images_, config_.daemon.state_dir, keep_recent));
     fetcher_->onNoSpace([collector = collector_.get()] { return collector->freeForWrite(); });
-    collector_->start(std::chrono::seconds(config_.cache.gc_interval));
     if (config_.prefetch.enable) {
         prefetcher_ = std::make_unique<Prefetcher>(*fetcher_, config_.prefetch.bandwidth, config_.fetch.amplify,
                                                    std::max<size_t>(1, config_.fetch.max_inflight / 2));
@@ -132,7 +131,12 @@ void ImageService::useFanotifyGroup(KeptFds& kept, bool restore) {
 void ImageService::startFanotify() {
     std::lock_guard lock(mutex_);
     fanotify();
+    startCollecting();
 }
+
+// Not before the mounts a previous worker left are taken over: until then their blobs are open
+// nowhere, and their files look unused to the collector.
+void ImageService::startCollecting() { collector_->start(std::chrono::seconds(config_.cache.gc_interval)); }
 
 FscacheEngine& ImageService::fscache() {
     if (!fscache_) {
@@ -164,6 +168,7 @@ void ImageService::collectFscacheVolumes() {
 void ImageService::startFscache() {
     std::lock_guard lock(mutex_);
     fscache().start(fscache_restore_);
+    startCollecting();
 }
 
 registry::ImageReference ImageService::registryReference(const std::string& image) {
@@ -674,6 +679,16 @@ void ImageService::recoverMounts() {
     std::lock_guard lock(mutex_);
     saveMountTable(nullptr);
     dropUnusedKeptFds();
+    // A mount left unserved keeps its blobs' files for the next worker. Which blobs those are is
+    // known here only by the cache files the supervisor keeps: its bootstrap may be the very
+    // thing that is missing.
+    if (!unserved_.empty() && kept_ != nullptr) {
+        const std::string prefix = keptCacheFileName("");
+        for (const std::string& name : kept_->names()) {
+            if (!name.starts_with(prefix)) continue;
+            unserved_blobs_.push_back(std::make_unique<CacheCollector::Opening>(*collector_, name.substr(prefix.size())));
+        }
+    }
 }
 
 nlohmann::json ImageService::umount(const UmountRequest& request) {

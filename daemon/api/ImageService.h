@@ -72,6 +72,7 @@ public:
     // over. `restore`: a previous worker died on them; call reattach() (or recoverMounts()) for the
     // mounts it left, then startFanotify(), which answers the events it left unanswered.
     void useFanotifyGroup(KeptFds& kept, bool restore);
+    // Each also starts the cache collector (startCollecting()).
     void startFanotify();
 
     // Failover: keeps the table of the mounts at `table` (MountTable.h), rewritten before each
@@ -82,6 +83,10 @@ public:
     // reattached; otherwise they are dead (their cache or group died with the daemon that made
     // them), so they are reported and forgotten.
     void recoverMounts();
+
+    // Starts collecting the cache automatically (cache.max_size): after the mounts a previous
+    // worker left are taken over. startFscache() and startFanotify() call it.
+    void startCollecting();
 
     // Test aid: every backend read waits `delay` first, so a test can keep a miss pending.
     void setFetchDelay(std::chrono::milliseconds delay) { fetch_delay_ = delay; }
@@ -166,6 +171,8 @@ private:
     // Mounts of a predecessor this worker could not take over (recoverMounts), still mounted: kept
     // in the mount table, with every kept file, for the next worker.
     std::vector<MountRecord> unserved_;
+    // While there are such mounts: the blobs of the cache files kept for them, in use.
+    std::vector<std::unique_ptr<CacheCollector::Opening>> unserved_blobs_;
     bool shut_down_ = false;
     bool fscache_restore_ = false;  // the adopted device had a daemon die on it
     KeptFds* kept_ = nullptr;        // fanotify failover: the fds the supervisor keeps
