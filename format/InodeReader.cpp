@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <bit>
 #include <limits>
+#include <unordered_map>
 #include <unordered_set>
 
 namespace rafs {
@@ -309,12 +310,25 @@ void InodeReader::walk(uint64_t root_nid, const std::function<void(const std::st
         bool is_root;
     };
     std::unordered_set<uint64_t> dirs_seen;
+    // A file linked many times is parsed at most twice (its chunk array may be large), not once
+    // per link: met a second time, it is kept.
+    std::unordered_set<uint64_t> files_seen;
+    std::unordered_map<uint64_t, Inode> linked;
     // An explicit stack: nesting depth comes from the image and must not exhaust ours.
     std::vector<Pending> stack{{root_nid, root_parent.value_or(kAnyParent), "/", erofs::kFtDirectory, true}};
     while (!stack.empty()) {
         Pending p = std::move(stack.back());
         stack.pop_back();
-        const Inode ino = inode(p.nid);
+        Inode parsed;
+        const Inode* found = nullptr;
+        if (const auto it = linked.find(p.nid); it != linked.end()) {
+            found = &it->second;
+        } else {
+            parsed = inode(p.nid);
+            const bool again = !parsed.isDir() && !files_seen.insert(p.nid).second;
+            found = again ? &linked.emplace(p.nid, std::move(parsed)).first->second : &parsed;
+        }
+        const Inode& ino = *found;
         if (p.file_type != direntFileType(ino.mode)) {
             if (p.is_root) fail("{}: root nid {} is not a directory", name_, p.nid);
             fail("{}: {:?}: dirent file type {} disagrees with nid {} mode {:#o}", name_, p.path,

@@ -28,6 +28,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <unordered_set>
 
 namespace rafsd {
 
@@ -279,12 +280,18 @@ std::shared_ptr<CachedBlob> ImageService::openBlob(const rafs::Bootstrap& bootst
 std::vector<PrefetchChunk> ImageService::prefetchTableChunks(
     const rafs::Bootstrap& bootstrap, const std::vector<std::shared_ptr<CachedBlob>>& blobs) const {
     std::vector<PrefetchChunk> chunks;
+    // Each inode once: a table may name one twice, or a directory and files in it, and a file may
+    // be linked many times; walking each again would cost the whole subtree every time.
+    std::unordered_set<uint64_t> added;
     auto add = [&](const rafs::Inode& inode) {
+        if (!added.insert(inode.nid).second) return;
         for (const rafs::InodeChunk& c : inode.chunks) {
             if (c.blob_index < blobs.size()) chunks.push_back({blobs[c.blob_index], c.ci_index});
         }
     };
+    std::unordered_set<uint32_t> tabled;
     for (uint32_t nid : bootstrap.prefetchNids()) {
+        if (!tabled.insert(nid).second) continue;
         rafs::Inode inode = bootstrap.inode(nid);
         if (inode.isDir()) {
             bootstrap.inodes().walk(nid, [&](const std::string&, const rafs::Inode& child) {
