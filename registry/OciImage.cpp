@@ -117,6 +117,22 @@ bool Platform::matches(const Platform& wanted) const {
     return os == wanted.os && architecture == wanted.architecture && (wanted.variant.empty() || variant == wanted.variant);
 }
 
+std::vector<std::string> configDiffIds(const nlohmann::json& config, size_t layers, const std::string& what) {
+    const auto rootfs = config.find("rootfs");
+    const nlohmann::json* list = rootfs != config.end() && rootfs->is_object() && rootfs->contains("diff_ids")
+                                     ? &rootfs->at("diff_ids")
+                                     : nullptr;
+    if (list == nullptr || !list->is_array()) rafs::fail("{}: no rootfs.diff_ids list", what);
+    if (list->size() != layers) rafs::fail("{}: rootfs.diff_ids lists {} layers, the manifest {}", what, list->size(), layers);
+    std::vector<std::string> out;
+    for (const nlohmann::json& id : *list) {
+        if (!id.is_string()) rafs::fail("{}: rootfs.diff_ids holds {}, not a digest", what, id.dump());
+        checkDigest(id.get<std::string>(), what + ": rootfs.diff_ids");
+        out.push_back(id.get<std::string>());
+    }
+    return out;
+}
+
 void checkDigest(std::string_view digest, std::string_view where) {
     bool ok = digest.size() == 71 && digest.starts_with("sha256:");
     for (size_t i = 7; ok && i < digest.size(); ++i) {

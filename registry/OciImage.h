@@ -102,6 +102,12 @@ struct Index {
     std::string serialize() const;
 };
 
+// An image config's rootfs.diff_ids, one per layer of a manifest of `layers` layers; throws
+// rafs::Error naming `what` unless that is what the config holds.
+std::vector<std::string> configDiffIds(const nlohmann::json& config, size_t layers, const std::string& what);
+// The largest image config read (its history can be long; its layers are not in it).
+inline constexpr uint64_t kMaxConfigBytes = 8 << 20;
+
 // "sha256:<hex>" of `bytes`.
 std::string sha256Digest(std::string_view bytes);
 // Throws rafs::Error naming `where` unless `digest` is "sha256:" and 64 lowercase hex digits.

@@ -224,21 +224,6 @@ registry::Platform platformOf(const ResolvedManifest& m, const json& config) {
 
 // The config's rootfs.diff_ids: one "sha256:<hex>" per layer (OCI image spec, config.md), each
 // checked against its layer's uncompressed tar as it is read (addTar). `what` names the config.
-std::vector<std::string> diffIdsOf(const json& config, size_t layers, const std::string& what) {
-    const auto rootfs = config.find("rootfs");
-    const json* list = rootfs != config.end() && rootfs->is_object() && rootfs->contains("diff_ids")
-                           ? &rootfs->at("diff_ids") : nullptr;
-    if (list == nullptr || !list->is_array()) fail("{}: no rootfs.diff_ids list", what);
-    if (list->size() != layers) fail("{}: rootfs.diff_ids lists {} layers, the manifest {}", what, list->size(), layers);
-    std::vector<std::string> out;
-    for (const json& id : *list) {
-        if (!id.is_string()) fail("{}: rootfs.diff_ids holds {}, not a digest", what, id.dump());
-        registry::checkDigest(id.get<std::string>(), what + ": rootfs.diff_ids");
-        out.push_back(id.get<std::string>());
-    }
-    return out;
-}
-
 struct Converted {
     Descriptor manifest;  // of the RAFS manifest, with its platform
     Descriptor original;  // of the source manifest, with its platform
@@ -267,12 +252,12 @@ public:
             }
             total += l.size;
         }
-        constexpr uint64_t kMaxConfig = 8 << 20;
-        const std::vector<uint8_t> config_bytes = registry::readVerifiedBlob(source_, m.config, kMaxConfig, name + ": config");
+        const std::vector<uint8_t> config_bytes =
+            registry::readVerifiedBlob(source_, m.config, registry::kMaxConfigBytes, name + ": config");
         json config = json::parse(config_bytes, nullptr, false);
         if (!config.is_object()) fail("{}: config {} is not a JSON object", name, m.config.digest);
         const registry::Platform platform = platformOf(image, config);
-        const std::vector<std::string> source_diff_ids = diffIdsOf(config, m.layers.size(), name + ": config " + m.config.digest);
+        const std::vector<std::string> source_diff_ids = registry::configDiffIds(config, m.layers.size(), name + ": config " + m.config.digest);
 
         const bool terminal = ::isatty(STDERR_FILENO) == 1 && &log_ == &std::cerr;
         TransferProgress progress(log_, terminal, m.layers.size(), total);

@@ -31,8 +31,7 @@ struct Image {
     std::vector<RegisteredLayer> layers;
 };
 
-// The RAFS manifest `image` names for this host, and its layers' chain IDs from the config's
-// diff_ids (image-spec config.md: ChainID(L0) = DiffID(L0), ChainID(Ln) = sha256(ChainID(Ln-1) + " " + DiffID(Ln))).
+// The RAFS manifest `image` names for this host, and its layers' chain IDs.
 Image resolve(RemoteLayers& registries, const std::string& image) {
     Image out;
     out.ref = registry::ImageReference::parse(image);
@@ -43,24 +42,8 @@ Image resolve(RemoteLayers& registries, const std::string& image) {
                                              registry::ImageKind::Rafs, image);
     const registry::Manifest& m = out.resolved.manifest;
     if (!m.isRafs()) rafs::fail("{} is not a RAFS image (its last layer is no Nydus bootstrap)", image);
-    std::string config(m.config.size, '\0');
-    client->readBlob(m.config.digest, 0, {reinterpret_cast<uint8_t*>(config.data()), config.size()});
-    if (registry::sha256Digest(config) != m.config.digest) rafs::fail("{}: config {} does not match its digest", image, m.config.digest);
-    std::vector<std::string> diff_ids;
-    try {
-        diff_ids = nlohmann::json::parse(config).at("rootfs").at("diff_ids").get<std::vector<std::string>>();
-    } catch (const nlohmann::json::exception& e) {
-        rafs::fail("{}: config {}: {}", image, m.config.digest, e.what());
-    }
-    if (diff_ids.size() != m.layers.size()) {
-        rafs::fail("{}: config has {} diff_ids for {} layers", image, diff_ids.size(), m.layers.size());
-    }
-    std::string chain;
-    for (size_t i = 0; i < diff_ids.size(); ++i) {
-        registry::checkDigest(diff_ids[i], "rootfs.diff_ids");
-        chain = i == 0 ? diff_ids[i] : registry::sha256Digest(chain + " " + diff_ids[i]);
-        out.layers.push_back({m.layers[i].digest, chain});
-    }
+    const std::vector<std::string> chains = registries.chainIds(out.ref, m, image);
+    for (size_t i = 0; i < chains.size(); ++i) out.layers.push_back({m.layers[i].digest, chains[i]});
     return out;
 }
 

@@ -4,6 +4,9 @@
 #include "daemon/core/Log.h"
 #include "format/Error.h"
 #include "registry/ImageReference.h"
+#include "registry/ImageStore.h"
+
+#include <nlohmann/json.hpp>
 
 namespace rafsd {
 
@@ -91,7 +94,38 @@ RemoteLayer RemoteLayers::classify(const std::map<std::string, std::string>& lab
     registry::checkDigest(manifest_digest, label::kManifestDigest);
     const auto ref = registry::ImageReference::parse(image_ref);
     if (ref.kind != registry::ImageReference::Kind::Registry) rafs::fail("{} is not an image in a registry", image_ref);
-    return {role, ref.host + "/" + ref.repository + "@" + manifest_digest};
+    const std::string image = ref.host + "/" + ref.repository + "@" + manifest_digest;
+    const registry::Manifest m = manifest(image_ref, manifest_digest);
+    const std::vector<std::string> chains = chainIds(ref, m, image);
+    const std::string& snapshot_ref = labels.at(label::kSnapshotRef);
+    if (!m.isRafs() || chains.empty() || chains.back() != snapshot_ref) {
+        rafs::fail("the layer to be snapshot {} is labelled as the bootstrap of {}, whose chain ID is {}: its labels "
+                   "name an image it is not part of",
+                   snapshot_ref, image, chains.empty() ? std::string("none") : chains.back());
+    }
+    return {role, image};
+}
+
+std::vector<std::string> RemoteLayers::chainIds(const registry::ImageReference& image, const registry::Manifest& m,
+                                                const std::string& name) {
+    {
+        std::lock_guard lock(mutex_);
+        if (auto it = chains_.find(m.config.digest); it != chains_.end()) return it->second;
+    }
+    registry::RegistryStore store(client(image.host, image.repository));
+    const std::vector<uint8_t> config =
+        registry::readVerifiedBlob(store, m.config, registry::kMaxConfigBytes, name + ": config");
+    const nlohmann::json parsed = nlohmann::json::parse(config, nullptr, false);
+    if (!parsed.is_object()) rafs::fail("{}: config {} is not a JSON object", name, m.config.digest);
+    const std::vector<std::string> diff_ids =
+        registry::configDiffIds(parsed, m.layers.size(), name + ": config " + m.config.digest);
+    std::vector<std::string> chains;
+    for (size_t i = 0; i < diff_ids.size(); ++i) {
+        chains.push_back(i == 0 ? diff_ids[i] : registry::sha256Digest(chains.back() + " " + diff_ids[i]));
+    }
+    std::lock_guard lock(mutex_);
+    chains_.emplace(m.config.digest, chains);
+    return chains;
 }
 
 }  // namespace rafsd

@@ -11,9 +11,17 @@
 // credentials and CAs) and the layer looked up in it; manifests are cached by digest. A manifest
 // that cannot be fetched makes the layer an ordinary one (logged), and is not asked for again for
 // a minute: pulls of images from registries rafsd is not configured for keep working.
+//
+// Those labels may come from the image itself: containerd passes a layer descriptor's own
+// containerd.io/snapshot/ annotations as labels, and without the CRI plugin's annotations (its
+// default) nothing overrides them. An image could so name another, private image for rafsd to
+// mount under its container with the host's credentials. The one label containerd computes itself
+// is snapshot.ref, the layer's chain ID: a bootstrap layer is taken only if it is the chain ID of
+// the image its labels name.
 #pragma once
 
 #include "daemon/api/Config.h"
+#include "registry/ImageReference.h"
 #include "registry/OciImage.h"
 #include "registry/RegistryClient.h"
 
@@ -22,6 +30,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <vector>
 
 namespace rafsd {
 
@@ -48,6 +57,13 @@ public:
     // The registry client of `host`/`repository` with rafsd's registry configuration.
     std::shared_ptr<registry::RegistryClient> client(const std::string& host, const std::string& repository);
 
+    // The chain IDs of `m`'s layers, bottom first, from its config's rootfs.diff_ids (image-spec
+    // config.md: ChainID(L0) = DiffID(L0), ChainID(Ln) = sha256(ChainID(Ln-1) + " " + DiffID(Ln))),
+    // the config fetched from `image`'s repository; cached by config digest. Throws rafs::Error
+    // naming `name`.
+    std::vector<std::string> chainIds(const registry::ImageReference& image, const registry::Manifest& m,
+                                      const std::string& name);
+
 private:
     registry::Manifest manifest(const std::string& image_ref, const std::string& digest);
 
@@ -58,6 +74,7 @@ private:
     static constexpr std::chrono::minutes kRetryUnreachable{1};
     std::map<std::string, std::pair<std::chrono::steady_clock::time_point, std::string>> unreachable_;
     std::map<std::string, std::shared_ptr<registry::RegistryClient>> clients_;  // by HOST/REPO
+    std::map<std::string, std::vector<std::string>> chains_;  // by config digest
 };
 
 }  // namespace rafsd

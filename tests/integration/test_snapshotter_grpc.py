@@ -7,7 +7,9 @@ accepts connections and never answers.
 
 1. while such a Prepare waits on the registry, an ordinary Prepare and a Mounts answer; once the
    lookup fails (the configured transport timeouts), the layer is prepared as an ordinary one;
-2. the next layer of the same image does not ask the registry again (no new connection).
+2. the next layer of the same image does not ask the registry again (no new connection);
+3. a layer labelled as the bootstrap of a RAFS image in Debian's docker-registry (as an image's
+   own annotations can label it) is refused unless its snapshot.ref is that image's chain ID.
 """
 
 import os
@@ -19,7 +21,9 @@ import time
 from rafstest import harness
 from rafstest.harness import log, wait_for
 from rafstest.containerd import RafsSnapshotter, compile_proto
-from rafstest.rafsd import network_config, start_test
+from rafstest.rafsd import network_config, small_image, start_test
+from rafstest.rafsimage import OCI_MANIFEST, Pusher
+from rafstest.servers import free_port, registry as registry_server
 
 TRANSPORT = {'retries': 0, 'timeout': 6, 'connect_timeout': 2, 'low_speed_limit': 1, 'low_speed_time': 3}
 
@@ -66,19 +70,48 @@ def labels(port, chain, layer):
             'containerd.io/snapshot/cri.layer-digest': 'sha256:' + layer * 64}
 
 
+def push_rafs_image(host, boot, blob):
+    """Pushes a RAFS image as tag `rafs` of test/rafs; returns (HOST/REPO@manifest digest, the
+    bootstrap layer's digest, the image's last chain ID), read back from the registry."""
+    import hashlib
+    import json
+    import urllib.request
+    digest, _ = Pusher('http://' + host, 'test/rafs').rafs_image('rafs', boot, [blob])
+
+    def get(path, accept):
+        request = urllib.request.Request('http://%s/v2/test/rafs/%s' % (host, path), headers={'Accept': accept})
+        with urllib.request.urlopen(request, timeout=30) as r:
+            return json.loads(r.read())
+    manifest = get('manifests/' + digest, OCI_MANIFEST)
+    config = get('blobs/' + manifest['config']['digest'], '*/*')
+    chain = None
+    for diff_id in config['rootfs']['diff_ids']:
+        chain = diff_id if chain is None else 'sha256:' + hashlib.sha256((chain + ' ' + diff_id).encode()).hexdigest()
+    return '%s/test/rafs@%s' % (host, digest), manifest['layers'][-1]['digest'], chain
+
+
 def main():
-    args, _, _, _, ck = start_test('snapshotter_grpc', __doc__, tools=('protoc', 'grpc_python_plugin'))
+    args, mk, _, _, ck = start_test('snapshotter_grpc', __doc__, tools=('protoc', 'grpc_python_plugin', 'docker-registry'))
     snapshotter_bin = os.environ.get('RAFS_SNAPSHOTTER')
     if not snapshotter_bin:
         raise SystemExit('FAIL: set RAFS_SNAPSHOTTER to the built rafs-snapshotter')
     import grpc
     with harness.temp_dir('snapshotter-grpc-', keep=args.keep) as tmp, SilentRegistry() as registry:
         pb, stubs = compile_proto(os.path.join(tmp, 'stubs'), 'snapshots_v1.proto')
+        image = small_image(ck, mk, tmp, [('bin/tool', 300 * 1024)], 3)
+        if image is None:
+            return ck.finish()
+        reg_port = free_port()
+        host = '127.0.0.1:%d' % reg_port
+        reg = registry_server(tmp, 'registry', reg_port)
+        rafs_image = push_rafs_image(host, image[1], os.path.join(tmp, 'out', 'blobs', image[2]))
+        rafsd_sock = os.path.join(tmp, 'rafsd.sock')
         cfg = network_config(tmp, 'rafsd', {'type': 'localfs'}, **{'backend.localfs': {'dir': tmp},
-                                                                    'backend.transport': TRANSPORT})
+                                                                    'backend.transport': TRANSPORT,
+                                                                    'backend.hosts."%s"' % host: {'plain_http': True}})
         sock = os.path.join(tmp, 'snapshotter.sock')
-        with RafsSnapshotter(snapshotter_bin, cfg, os.path.join(tmp, 'root'), sock,
-                             os.path.join(tmp, 'snapshotter.log')) as sn:
+        with reg, RafsSnapshotter(snapshotter_bin, cfg, os.path.join(tmp, 'root'), sock,
+                                  os.path.join(tmp, 'snapshotter.log')) as sn:
             if not ck.check(sn.start(), 'rafs-snapshotter answers', sn.log_text()[-2000:]):
                 return ck.finish()
             channel = grpc.insecure_channel('unix://' + sock)
@@ -123,6 +156,26 @@ def main():
                      'prepared as an ordinary layer without a new connection to the registry',
                      'connections %d -> %d' % (before, registry.accepted))
             ck.check('taking it as an ordinary layer' in sn.log_text(), 'the snapshotter logged why')
+
+            ck.section('3. a bootstrap layer is taken only as part of the image its labels name')
+            # Labels may come from the image's own annotations: one naming another image's bootstrap
+            # (a private one rafsd can read) under a chain ID that is not that image's is refused.
+            ref, bootstrap_digest, chain = rafs_image
+            marks = {'containerd.io/snapshot/nydus-bootstrap': 'true',
+                     'containerd.io/snapshot/cri.image-ref': ref.split('@')[0] + ':rafs',
+                     'containerd.io/snapshot/cri.manifest-digest': ref.split('@')[1],
+                     'containerd.io/snapshot/cri.layer-digest': bootstrap_digest}
+            for name, snapshot_ref, want in [('another chain ID', 'sha256:' + 'f' * 64, 'is not part of'),
+                                             ('its own chain ID', chain, rafsd_sock)]:
+                error = ''
+                try:
+                    stub.Prepare(pb.PrepareSnapshotRequest(key='boot-' + name.replace(' ', '-'),
+                                                           labels=dict(marks, **{'containerd.io/snapshot.ref': snapshot_ref})),
+                                 timeout=60)
+                except grpc.RpcError as e:
+                    error = e.details()
+                ck.check(want in error, 'labelled with %s: %s' % (name, 'refused' if want != rafsd_sock else
+                         'taken as the bootstrap (rafsd, not running here, is asked to mount it)'), error)
             channel.close()
             ck.check(sn.stop() == 0, 'rafs-snapshotter exits 0 on SIGTERM', sn.log_text()[-1500:])
     return ck.finish()
