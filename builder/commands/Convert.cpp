@@ -5,6 +5,7 @@
 #include "builder/commands/TransferProgress.h"
 #include "builder/source/RemoteLayerSource.h"
 #include "builder/source/TarSource.h"
+#include "format/Digest.h"
 #include "format/Error.h"
 #include "registry/BootstrapLayer.h"
 #include "registry/ImageResolver.h"
@@ -75,25 +76,6 @@ private:
     std::shared_ptr<registry::CredentialStore> credentials_;
 };
 
-// A blob of one store as the body of an upload to another, read by ranges.
-class StoreBlobBody : public registry::RequestBody {
-public:
-    StoreBlobBody(ImageStore& store, const Descriptor& blob) : store_(store), blob_(blob) {}
-    uint64_t size() const override { return blob_.size; }
-    size_t read(std::span<uint8_t> out) override {
-        const size_t n = static_cast<size_t>(std::min<uint64_t>(out.size(), blob_.size - pos_));
-        if (n > 0) store_.readBlob(blob_.digest, pos_, out.first(n));
-        pos_ += n;
-        return n;
-    }
-    void rewind() override { pos_ = 0; }
-
-private:
-    ImageStore& store_;
-    const Descriptor& blob_;
-    uint64_t pos_ = 0;
-};
-
 class WorkDir {
 public:
     explicit WorkDir(const std::string& parent) {
@@ -122,11 +104,12 @@ struct PushCounts {
 
 // HEAD first: a blob the target has is not sent again; then a cross-repository mount from each of
 // `mount_from` (repositories of the same registry that may hold it); then the upload.
-void pushBlob(ImageStore& target, const std::string& digest, registry::RequestBody& body,
-              const std::vector<std::string>& mount_from, PushCounts& counts) {
+// True if the target has the blob or got it by a mount: nothing to upload.
+bool reuseBlob(ImageStore& target, const std::string& digest, const std::vector<std::string>& mount_from,
+               PushCounts& counts) {
     if (target.hasBlob(digest)) {
         ++counts.present;
-        return;
+        return true;
     }
     for (const std::string& from : mount_from) {
         // A mount the registry refuses (no pull on `from` for these credentials) only saves less:
@@ -134,15 +117,44 @@ void pushBlob(ImageStore& target, const std::string& digest, registry::RequestBo
         try {
             if (target.mountBlob(digest, from)) {
                 ++counts.mounted;
-                return;
+                return true;
             }
         } catch (const rafs::Error&) {
             continue;
         }
     }
+    return false;
+}
+
+void upload(ImageStore& target, const std::string& digest, registry::RequestBody& body, PushCounts& counts) {
     target.pushBlob(digest, body);
     ++counts.uploaded;
     counts.uploaded_bytes += body.size();
+}
+
+void pushBlob(ImageStore& target, const std::string& digest, registry::RequestBody& body,
+              const std::vector<std::string>& mount_from, PushCounts& counts) {
+    if (!reuseBlob(target, digest, mount_from, counts)) upload(target, digest, body, counts);
+}
+
+// Copies `blob` of `source` into the file `path`, checking its digest. Not streamed from the source
+// into the upload: the upload's body is read on the transport's one thread, which a registry
+// source's reads need too.
+void copyBlobToFile(ImageStore& source, const Descriptor& blob, const fs::path& path) {
+    constexpr uint64_t kPiece = 4 << 20;
+    std::ofstream out(path, std::ios::binary | std::ios::trunc);
+    if (!out) fail("cannot create {}", path.string());
+    std::vector<uint8_t> piece(static_cast<size_t>(std::min<uint64_t>(kPiece, blob.size)));
+    rafs::Hasher hash(rafs::Digester::Sha256);
+    for (uint64_t at = 0; at < blob.size; at += piece.size()) {
+        const auto n = static_cast<size_t>(std::min<uint64_t>(piece.size(), blob.size - at));
+        source.readBlob(blob.digest, at, std::span(piece).first(n));
+        hash.update(std::span(piece).first(n));
+        out.write(reinterpret_cast<const char*>(piece.data()), static_cast<std::streamsize>(n));
+    }
+    out.close();
+    if (!out) fail("cannot write {}", path.string());
+    if ("sha256:" + rafs::toHex(hash.finish()) != blob.digest) fail("blob {} does not match its digest", blob.digest);
 }
 
 // Uploads blobs one after another on a thread of its own, so that a layer's blob goes to the
@@ -355,12 +367,17 @@ public:
     }
 
     // The original image into the target repository (for --merge-index): mounted or copied.
-    void copyOriginal(const ResolvedManifest& image) {
+    // `dir`: a work directory, where a blob the target lacks is copied on its way.
+    void copyOriginal(const ResolvedManifest& image, const fs::path& dir) {
         std::vector<Descriptor> blobs = image.manifest.layers;
         blobs.push_back(image.manifest.config);
         for (const Descriptor& d : blobs) {
-            StoreBlobBody body(source_, d);
-            pushBlob(target_, d.digest, body, mountCandidates(), counts_);
+            if (reuseBlob(target_, d.digest, mountCandidates(), counts_)) continue;
+            const fs::path copy = dir / "original-blob";
+            copyBlobToFile(source_, d, copy);
+            registry::FileBody body(copy);
+            upload(target_, d.digest, body, counts_);
+            fs::remove(copy);
         }
         target_.putManifest({}, image.fetched.media_type, image.fetched.bytes);
     }
@@ -530,7 +547,7 @@ void convert(const ConvertOptions& o, std::ostream& log) {
         index.media_type = registry::media::kOciIndex;
         for (size_t i = 0; i < images.size(); ++i) {
             if (o.merge_index) {
-                converter.copyOriginal(images[i]);
+                converter.copyOriginal(images[i], work.path());
                 index.manifests.push_back(converted[i].original);
             }
             Descriptor rafs = converted[i].manifest;

@@ -332,6 +332,23 @@ def main():
                          'the second is the RAFS manifest, marked as Nydus marks it')
                 ck.check(reg.exists('merged/app@' + original['digest']), 'the original manifest is in the repository')
 
+            ck.section('4b. --merge-index into another registry')
+            # Nothing can be mounted there: the original's blobs are read from the source registry
+            # and sent to the other (through the work dir, not from the upload's own thread).
+            reg2 = ImageRegistry(os.path.join(tmp, 'registry'), name='registry2')
+            try:
+                r = convert(mk, reg, '%s/src/app:v1' % host, '%s/merged/app:v1' % reg2.host, '--merge-index')
+                ck.cmd_ok(r, 'mkrafs convert --merge-index into a second registry')
+                ck.check('8 blobs uploaded' in text(r.stderr), "the original's 4 blobs and the RAFS image's 4 sent",
+                         text(r.stderr)[-300:])
+                r = reg.skopeo('inspect', '--raw', '--cert-dir', os.path.join(certs_dir, reg2.host), '--authfile',
+                               auth_file, 'docker://%s/merged/app:v1' % reg2.host)
+                ck.check(r.returncode == 0 and len(json.loads(r.stdout or b'{}').get('manifests', [])) == 2,
+                         'the second registry has the index of two manifests', text(r.stderr))
+                ck.check(os.listdir(work_dir) == [], 'nothing left in the work dir', repr(os.listdir(work_dir)))
+            finally:
+                reg2.stop()
+
             ck.section('5. oci: layout -> oci: layout')
             dst_layout = os.path.join(tmp, 'dst-layout')
             r = run([mk.path, 'convert', '--work-dir', work_dir, 'oci:%s:v1' % src_layout, 'oci:%s:rafs' % dst_layout],
