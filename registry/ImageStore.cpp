@@ -70,14 +70,28 @@ FetchedManifest OciLayoutStore::manifest(const std::string& reference) {
             found = &d;
         }
     }
-    if (found == nullptr) rafs::fail("{}:{}: no such manifest in index.json", describe(), reference);
-    FetchedManifest out;
-    out.bytes = rafs::readFile(blobPath(found->digest));
-    out.digest = sha256Digest(out.bytes);
-    if (out.digest != found->digest) {
-        rafs::fail("{}: blob {} does not match its digest (it is {})", describe(), found->digest, out.digest);
+    // A manifest by digest may be a blob only: an index in the layout names the manifests of each
+    // platform, and only the index is in index.json (skopeo copy --all, and mkrafs convert
+    // --all-platforms or --merge-index write such layouts). Its own mediaType then says what it is.
+    const bool by_digest = reference.starts_with("sha256:");
+    std::error_code ec;
+    if (found == nullptr && (!by_digest || !fs::exists(blobPath(reference), ec))) {
+        rafs::fail("{}:{}: no such manifest in index.json", describe(), reference);
     }
-    out.media_type = found->media_type;
+    const std::string digest = found != nullptr ? found->digest : reference;
+    FetchedManifest out;
+    out.bytes = rafs::readFile(blobPath(digest));
+    out.digest = sha256Digest(out.bytes);
+    if (out.digest != digest) {
+        rafs::fail("{}: blob {} does not match its digest (it is {})", describe(), digest, out.digest);
+    }
+    if (found != nullptr) {
+        out.media_type = found->media_type;
+    } else {
+        const nlohmann::json doc = nlohmann::json::parse(out.bytes, nullptr, false);
+        const auto type = doc.is_object() ? doc.find("mediaType") : doc.end();
+        if (doc.is_object() && type != doc.end() && type->is_string()) out.media_type = type->get<std::string>();
+    }
     return out;
 }
 
