@@ -34,10 +34,17 @@ ResolvedManifest asManifest(FetchedManifest fetched, const std::string& type, co
     return out;
 }
 
+// BuildKit's attestations (SBOM, provenance) are manifests of an index too, of no platform
+// ("unknown/unknown") and in-toto layers: not images of any platform.
+bool isAttestation(const Descriptor& d) {
+    return d.hasAnnotation("vnd.docker.reference.type", "attestation-manifest") ||
+           (d.platform && d.platform->os == "unknown");
+}
+
 std::vector<const Descriptor*> entriesOfKind(const Index& index, ImageKind kind) {
     std::vector<const Descriptor*> out;
     for (const Descriptor& d : index.manifests) {
-        if (!media::isManifest(d.media_type)) continue;
+        if (!media::isManifest(d.media_type) || isAttestation(d)) continue;
         if ((kind == ImageKind::Rafs) == isRafsEntry(d)) out.push_back(&d);
     }
     return out;
@@ -82,7 +89,7 @@ ResolvedManifest resolveManifest(ImageStore& store, const std::string& reference
     const Descriptor* chosen = nullptr;
     const Descriptor* unmarked = nullptr;  // a RAFS image in an index without Nydus's marks
     for (const Descriptor& d : index.manifests) {
-        if (!media::isManifest(d.media_type)) continue;
+        if (!media::isManifest(d.media_type) || isAttestation(d)) continue;
         const std::string p = d.platform ? d.platform->str() : "no platform";
         if (std::ranges::find(seen, p) == seen.end()) seen.push_back(p);
         if (!d.platform || !d.platform->matches(platform)) continue;

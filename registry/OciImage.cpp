@@ -113,8 +113,24 @@ Platform Platform::host() {
 
 std::string Platform::str() const { return os + "/" + architecture + (variant.empty() ? "" : "/" + variant); }
 
+namespace {
+
+// A variant as containerd normalises it (platforms.Normalize): arm64's v8 and amd64's v1 are the
+// default, named by no variant; arm without one is v7.
+std::string normalVariant(const std::string& architecture, const std::string& variant) {
+    if (architecture == "arm64" && (variant == "v8" || variant == "8")) return "";
+    if (architecture == "amd64" && variant == "v1") return "";
+    if (architecture == "arm" && (variant.empty() || variant == "7")) return "v7";
+    if (architecture == "arm" && (variant == "5" || variant == "6" || variant == "8")) return "v" + variant;
+    return variant;
+}
+
+}  // namespace
+
 bool Platform::matches(const Platform& wanted) const {
-    return os == wanted.os && architecture == wanted.architecture && (wanted.variant.empty() || variant == wanted.variant);
+    if (os != wanted.os || architecture != wanted.architecture) return false;
+    const std::string want = normalVariant(wanted.architecture, wanted.variant);
+    return want.empty() || normalVariant(architecture, variant) == want;
 }
 
 std::vector<std::string> configDiffIds(const nlohmann::json& config, size_t layers, const std::string& what) {

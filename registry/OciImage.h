@@ -61,7 +61,8 @@ struct Platform {
     // This machine's (linux and the GOARCH name of its CPU).
     static Platform host();
     std::string str() const;
-    // Same os and architecture, and the variant when `wanted` names one.
+    // Same os and architecture, and the variant when `wanted` names one other than its
+    // architecture's default (arm64/v8 matches arm64; arm matches arm/v7), as containerd matches.
     bool matches(const Platform& wanted) const;
 };
 

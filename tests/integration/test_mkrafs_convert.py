@@ -18,7 +18,8 @@ base's big file) and pushed by skopeo:
    with --prefetch-trace the prefetch table lists the traced files in order and their chunks lead
    their blobs, the tree still equal (a trace naming a missing path is an error); a
    Docker schema 2 copy of the source (skopeo --format v2s2) converts to the same RAFS image; an
-   index of two platforms: --platform picks one, --all-platforms converts both into an index of
+   index of two platforms (and an attestation; only the index named in index.json): --platform
+   picks one, --all-platforms converts both into an index of
    RAFS manifests, a platform the index lacks is an error listing the ones it has;
 6. --chunk-dict: a second image whose one layer repeats the first image's big file, converted with
    the first RAFS image as chunk dict: its blob holds only the new chunks, the dict's blob joins its
@@ -424,12 +425,17 @@ def main():
                                         for arch in ('amd64', 'arm64')]}
             for m in plat_index['manifests']:
                 del m['annotations']
+            # And an attestation, as BuildKit adds them: no platform's image.
+            plat_index['manifests'].append(dict(v1, platform={'os': 'unknown', 'architecture': 'unknown'},
+                                                annotations={'vnd.docker.reference.type': 'attestation-manifest'}))
             data = json.dumps(plat_index).encode()
             pd = 'sha256:' + hashlib.sha256(data).hexdigest()
             with open(blob_path(multi, pd), 'wb') as f:
                 f.write(data)
-            idx['manifests'].append({'mediaType': 'application/vnd.oci.image.index.v1+json', 'digest': pd,
-                                     'size': len(data), 'annotations': {'org.opencontainers.image.ref.name': 'multi'}})
+            # Only the index is named in index.json (as skopeo copy --all writes a layout): the
+            # platforms' manifests are found by digest among the blobs.
+            idx['manifests'] = [{'mediaType': 'application/vnd.oci.image.index.v1+json', 'digest': pd,
+                                 'size': len(data), 'annotations': {'org.opencontainers.image.ref.name': 'multi'}}]
             with open(os.path.join(multi, 'index.json'), 'w') as f:
                 json.dump(idx, f)
             r = convert(mk, reg, 'oci:%s:multi' % multi, '%s/multi/app:arm' % host, '--platform', 'linux/arm64')

@@ -1,7 +1,9 @@
 #include "registry/ImageResolver.h"
 
 #include "format/Error.h"
+#include "registry/ImageStore.h"
 #include "tests/unit/MemoryImageStore.h"
+#include "tests/unit/TempDir.h"
 
 #include <catch2/catch.hpp>
 #include <nlohmann/json.hpp>
@@ -13,6 +15,14 @@ using nlohmann::json;
 namespace {
 
 const Platform kAmd64 = Platform::parse("linux/amd64");
+
+Descriptor descriptorOf(std::string_view media_type, const std::string& bytes) {
+    Descriptor d;
+    d.media_type = media_type;
+    d.digest = sha256Digest(bytes);
+    d.size = bytes.size();
+    return d;
+}
 
 // A manifest of one layer: a Nydus bootstrap layer (RAFS) or a tar+gzip one (ordinary OCI).
 Descriptor putImage(rafs::test::MemoryImageStore& store, const std::string& tag, bool rafs, char seed) {
@@ -87,6 +97,24 @@ TEST_CASE("resolver: an index narrowed to the platform and the kind", "[registry
     putIndex(store, "empty", {});
     CHECK_THROWS_WITH(resolveManifest(store, "empty", kAmd64, ImageKind::Rafs, "e"),
                       "e: no manifest for linux/amd64 in the index (it has: none)");
+
+    // Variants as containerd normalises them: arm64/v8 is arm64, arm is arm/v7.
+    const Descriptor plain_v7 = putImage(store, "", false, 4);
+    const Descriptor plain_v6 = putImage(store, "", false, 5);
+    putIndex(store, "variants", {entry(plain_amd, "linux/arm64", false), entry(plain_v6, "linux/arm/v6", false),
+                                 entry(plain_v7, "linux/arm/v7", false)});
+    CHECK(resolveManifest(store, "variants", Platform::parse("linux/arm64/v8"), ImageKind::Original, "v").fetched.digest ==
+          plain_amd.digest);
+    CHECK(resolveManifest(store, "variants", Platform::parse("linux/arm"), ImageKind::Original, "v").fetched.digest ==
+          plain_v7.digest);
+
+    // BuildKit's attestation manifests are no platform's image, and --all-platforms skips them.
+    Descriptor attestation = entry(plain_v6, "unknown/unknown", false);
+    attestation.annotations["vnd.docker.reference.type"] = "attestation-manifest";
+    putIndex(store, "attested", {entry(plain_amd, "linux/amd64", false), attestation});
+    const std::vector<ResolvedManifest> all = resolveAllPlatforms(store, "attested", ImageKind::Original, "t");
+    REQUIRE(all.size() == 1);
+    CHECK(all[0].fetched.digest == plain_amd.digest);
 }
 
 TEST_CASE("resolver: an index entry must be a manifest, and be the document it names", "[registry]") {
@@ -109,4 +137,29 @@ TEST_CASE("a verified blob is read in pieces of 4 MiB, and checked whole", "[reg
     CHECK(store.blob_reads == 3);
     CHECK_THROWS_WITH(registry::readVerifiedBlob(store, blob, 8 << 20, "layer"),
                       "layer " + blob.digest + " has size 9437184 (expected 1 to 8388608 bytes)");
+}
+
+// A layout holding an index under a tag names its platforms' manifests only as blobs (skopeo copy
+// --all, mkrafs convert --all-platforms): they are found by digest.
+TEST_CASE("an OCI layout's manifests behind a tagged index resolve by digest", "[registry]") {
+    const rafs::test::TempDir dir;
+    OciLayoutStore layout(dir.path() / "layout", true);
+    Manifest m;
+    m.media_type = media::kOciManifest;
+    const std::string config = "{}";
+    m.config = descriptorOf(media::kOciConfig, config);
+    const std::string layer = "not really a tar";
+    m.layers = {descriptorOf(media::kOciLayerGzip, layer)};
+    const std::string manifest = m.serialize();
+    layout.putManifest({}, media::kOciManifest, manifest);  // a blob only, in no index.json entry
+    Index index;
+    index.media_type = media::kOciIndex;
+    index.manifests = {entry(descriptorOf(media::kOciManifest, manifest), "linux/amd64", false)};
+    layout.putManifest("multi", media::kOciIndex, index.serialize());
+
+    const ResolvedManifest resolved = resolveManifest(layout, "multi", kAmd64, ImageKind::Original, "layout:multi");
+    CHECK(resolved.fetched.digest == sha256Digest(manifest));
+    CHECK(resolved.manifest.layers.size() == 1);
+    CHECK_THROWS_WITH(layout.manifest("sha256:" + std::string(64, '0')), Contains("no such manifest"));
+    CHECK_THROWS_WITH(layout.manifest("other"), Contains("no such manifest"));
 }

@@ -71,7 +71,8 @@ TEST_CASE("platforms and indexes", "[registry]") {
     const Platform p = Platform::parse("linux/arm64/v8");
     CHECK(p.str() == "linux/arm64/v8");
     CHECK(p.matches(Platform::parse("linux/arm64")));
-    CHECK_FALSE(Platform::parse("linux/arm64").matches(p));
+    CHECK(Platform::parse("linux/arm64").matches(p));  // v8 is arm64's default, as containerd has it
+    CHECK_FALSE(Platform::parse("linux/arm/v6").matches(Platform::parse("linux/arm")));  // arm is arm/v7
     CHECK_THROWS_WITH(Platform::parse("linux"), Contains("expected OS/ARCH"));
     CHECK_THROWS_WITH(Platform::parse("linux//v7"), Contains("expected OS/ARCH"));
     CHECK(Platform::host().os == "linux");
