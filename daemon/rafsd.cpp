@@ -38,54 +38,62 @@ struct KernelObjects {
     bool restored = false;  // taken from systemd's fd store: a previous rafsd died on them
 };
 
-// The bound /dev/cachefiles: systemd's stored one, else a new one (throws Error saying what is
-// missing), kept so that workers and a restarted service can fail over.
-KernelObjects acquireFscache(const Config& config) {
-    KernelObjects objects{EngineKind::Fscache, KeptFds::fromSystemd()};
-    if (objects.kept.find(kKeptDevice) >= 0) {
-        log::info("{}: taken from systemd's fd store; failing over", FscacheDevice::kPath);
-        objects.restored = true;
-        return objects;
-    }
-    FscacheDevice device = FscacheDevice::open(config.daemon.cache_dir / "fscache", "rafsd");
-    objects.kept.keep(kKeptDevice, device.fd());
-    return objects;
+// Whether `kept` (systemd's fd store) holds the objects of `engine` a previous rafsd died on.
+bool storesObjectsOf(const KeptFds& kept, EngineKind engine) {
+    if (engine == EngineKind::Fscache) return kept.find(kKeptDevice) >= 0;
+    return kept.find(ImageService::kKeptGroup) >= 0 && kept.find(ImageService::kKeptJournal) >= 0;
 }
 
-// The fanotify group and its journal of pending events: systemd's stored ones (ending the worker of
-// the previous rafsd, if it still reads the group: two readers would answer each other's events),
-// else new ones.
-KernelObjects acquireFanotify() {
-    KernelObjects objects{EngineKind::Fanotify, KeptFds::fromSystemd()};
-    const int group = objects.kept.find(ImageService::kKeptGroup);
-    const int journal = objects.kept.find(ImageService::kKeptJournal);
-    if (group >= 0 && journal >= 0) {
+// Fails over to the stored objects of `engine`; for fanotify, ending the worker of the previous
+// rafsd if it still reads the group (two readers would answer each other's events).
+KernelObjects takeStored(EngineKind engine, KeptFds kept) {
+    if (engine == EngineKind::Fscache) {
+        log::info("{}: taken from systemd's fd store; failing over", FscacheDevice::kPath);
+    } else {
         log::info("fanotify group taken from systemd's fd store; failing over");
+        const int journal = kept.find(ImageService::kKeptJournal);
         const auto owner = PendingJournal::adopt(rafs::UniqueFd::duplicate(journal, "the kept fanotify journal")).owner();
         if (owner) endProcess(*owner, std::chrono::seconds(10));
-        objects.restored = true;
-        return objects;
     }
-    const rafs::UniqueFd new_group = FanotifyEngine::createGroup();
-    const PendingJournal new_journal = PendingJournal::create();
-    objects.kept.keep(ImageService::kKeptGroup, new_group.get());
-    objects.kept.keep(ImageService::kKeptJournal, new_journal.fd());
-    return objects;
+    return {engine, std::move(kept), true};
 }
 
-// Acquires the kernel objects of `engine`; with `auto`, falls back from an unusable fscache to
-// fanotify as ImageService does.
+// New objects of `engine`, kept in `kept` so that workers and a restarted service can fail over.
+// Throws Error saying what is missing, leaving `kept` as it was.
+KernelObjects createObjects(EngineKind engine, const Config& config, KeptFds& kept) {
+    if (engine == EngineKind::Fscache) {
+        FscacheDevice device = FscacheDevice::open(config.daemon.cache_dir / "fscache", "rafsd");
+        kept.keep(kKeptDevice, device.fd());
+    } else {
+        const rafs::UniqueFd group = FanotifyEngine::createGroup();
+        const PendingJournal journal = PendingJournal::create();
+        kept.keep(ImageService::kKeptGroup, group.get());
+        kept.keep(ImageService::kKeptJournal, journal.fd());
+    }
+    return {engine, std::move(kept), false};
+}
+
+// The kernel objects to serve with: those a previous rafsd stored (its mounts live on them, so
+// they decide the engine unless the configuration names the other), else new ones of `engine`;
+// with `auto`, falling back from an unusable fscache to fanotify as ImageService does. systemd's
+// store is read once: its fds are this process's, and a failed attempt must not close them.
 KernelObjects acquire(EngineKind configured, EngineKind engine, const Config& config) {
+    KeptFds kept = KeptFds::fromSystemd();
+    for (const EngineKind stored : {EngineKind::Fscache, EngineKind::Fanotify}) {
+        if (storesObjectsOf(kept, stored) && (configured == EngineKind::Auto || configured == stored)) {
+            return takeStored(stored, std::move(kept));
+        }
+    }
     if (engine == EngineKind::Fscache) {
         try {
-            return acquireFscache(config);
+            return createObjects(EngineKind::Fscache, config, kept);
         } catch (const std::exception& e) {
             if (configured != EngineKind::Auto) throw;
             log::info("fscache engine unusable ({}); trying fanotify", e.what());
             FanotifyEngine::checkKernel();
         }
     }
-    return acquireFanotify();
+    return createObjects(EngineKind::Fanotify, config, kept);
 }
 
 SupervisorOptions supervisorOptions(EngineKind engine) {
