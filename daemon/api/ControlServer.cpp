@@ -11,6 +11,7 @@
 
 #include <atomic>
 #include <cerrno>
+#include <cstring>
 #include <list>
 #include <thread>
 
@@ -123,6 +124,18 @@ struct ControlServer::State {
             // Out of fds or memory leaves the socket readable: wait rather than spin. A client
             // that gave up (ECONNABORTED) or a spurious wakeup needs nothing.
             return errno == EAGAIN || errno == EINTR || errno == ECONNABORTED || pause(100);
+        }
+        // Whoever may mount may put any file system anywhere: root only (or this process's user),
+        // also when an activated socket's mode lets others connect (a .socket unit's default 0666).
+        ucred peer{};
+        socklen_t length = sizeof peer;
+        if (::getsockopt(fd.get(), SOL_SOCKET, SO_PEERCRED, &peer, &length) != 0) {
+            refuse(fd, fmt::format("rafsd cannot tell who connected: {}", std::strerror(errno)));
+            return true;
+        }
+        if (peer.uid != 0 && peer.uid != ::geteuid()) {
+            refuse(fd, fmt::format("rafsd takes requests from root only, not from uid {}", peer.uid));
+            return true;
         }
         reap();
         if (connections.size() >= kMaxConnections) {

@@ -8,6 +8,7 @@
 #include <poll.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -15,6 +16,7 @@
 #include <condition_variable>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <mutex>
@@ -518,6 +520,42 @@ TEST_CASE("control server adopts a listening socket", "[api]") {
     }
     // The socket file is the owner's (systemd's) to remove.
     CHECK(std::filesystem::exists(socket));
+    std::filesystem::remove(socket);
+
+    // An activated socket may let anyone connect (a .socket unit's default mode is 0666): only
+    // root is served.
+    if (::geteuid() == 0) {
+        ControlServer server = ControlServer::adopt(boundSocket(socket, true).release(), handler);
+        REQUIRE(::chmod(socket.c_str(), 0666) == 0);
+        REQUIRE(::chmod(dir.path.c_str(), 0755) == 0);
+        const pid_t child = ::fork();
+        REQUIRE(child >= 0);
+        if (child == 0) {
+            // Plain system calls only: this is a copy of a threaded process.
+            if (::setgid(65534) != 0 || ::setuid(65534) != 0) ::_exit(2);
+            const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+            sockaddr_un addr{};
+            addr.sun_family = AF_UNIX;
+            std::strncpy(addr.sun_path, socket.c_str(), sizeof addr.sun_path - 1);
+            if (fd < 0 || ::connect(fd, reinterpret_cast<const sockaddr*>(&addr), sizeof addr) != 0) ::_exit(3);
+            const timeval timeout{5, 0};  // a served client's connection stays open
+            ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof timeout);
+            const char request[] = "{\"op\":\"list\"}\n";
+            if (::write(fd, request, sizeof request - 1) < 0) ::_exit(4);
+            char reply[512] = {};
+            ssize_t got = 0;
+            for (ssize_t n; got < static_cast<ssize_t>(sizeof reply - 1) &&
+                            (n = ::read(fd, reply + got, sizeof reply - 1 - static_cast<size_t>(got))) > 0;) {
+                got += n;
+            }
+            ::_exit(std::strstr(reply, "root only") != nullptr && std::strstr(reply, "\"ok\":false") != nullptr ? 0 : 5);
+        }
+        int status = 0;
+        REQUIRE(::waitpid(child, &status, 0) == child);
+        CHECK(WIFEXITED(status));
+        CHECK(WEXITSTATUS(status) == 0);  // 5: it was answered
+        CHECK(RawClient(socket).ask(R"({"op":"list"})")["ok"] == true);  // root still is
+    }
     std::filesystem::remove(socket);
 
     int notListening = boundSocket(socket, false).release();
