@@ -3,6 +3,7 @@
 #include "format/Error.h"
 #include "daemon/core/DurableFile.h"
 #include "registry/Base64.h"
+#include "registry/ImageReference.h"
 
 #include <sys/stat.h>
 
@@ -73,7 +74,11 @@ std::vector<StoreLayer> StoreLayer::fromResolve(const json& response, const std:
 
 LayerStore::LayerStore(fs::path dir) : dir_(std::move(dir)) {}
 
-fs::path LayerStore::imageDir(const std::string& image) const { return dir_ / registry::base64Encode(image); }
+// containers-storage looks an image up by its reference as containers/image prints it: a name
+// without tag or digest gets ":latest" (docker reference.TagNameOnly).
+fs::path LayerStore::imageDir(const std::string& image) const {
+    return dir_ / registry::base64Encode(registry::ImageReference::parse(image).str());
+}
 
 std::string LayerStore::infoJson(const StoreLayer& layer) {
     json info = {{"compressed-diff-digest", layer.digest},
@@ -99,6 +104,9 @@ void LayerStore::add(const std::string& image, const std::vector<StoreLayer>& la
             if (!fs::create_directory(dir)) continue;
             fs::create_directory(dir / "diff");
             writeFileSynced(dir / "info", infoJson(layer));
+            // Readable by whoever reads the store (rootless podman with the system's storage.conf).
+            fs::permissions(dir / "info", fs::perms::owner_read | fs::perms::owner_write | fs::perms::group_read |
+                                              fs::perms::others_read);
             if (layer.bootstrap) {
                 mount(dir / "diff");
                 mounted = dir / "diff";

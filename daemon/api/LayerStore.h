@@ -47,7 +47,8 @@ class LayerStore {
 public:
     explicit LayerStore(std::filesystem::path dir);
 
-    // DIR/<base64(image)>.
+    // DIR/<base64(image)>, the reference normalised as containers/image prints it (":latest" added
+    // when it names no tag or digest). Throws rafs::Error if `image` is not a reference.
     std::filesystem::path imageDir(const std::string& image) const;
 
     // Writes the entries of `image`'s layers; `mount(diff)` mounts the image on the bootstrap

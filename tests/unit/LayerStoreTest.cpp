@@ -67,6 +67,8 @@ TEST_CASE("layer store: add writes every entry, a failed mount leaves nothing, r
     const auto layers = StoreLayer::fromResolve(resolved(), kImage);
     const fs::path top = store.imageDir(kImage);
     CHECK(top.filename() == "MTI3LjAuMC4xOjUwMDAvdGVhbS9hcHA6djE=");  // base64 of the reference
+    // Named as podman names it: without a tag, ":latest".
+    CHECK(store.imageDir("127.0.0.1:5000/team/app") == store.imageDir("127.0.0.1:5000/team/app:latest"));
 
     std::vector<fs::path> mounted, unmounted;
     auto mount = [&](const fs::path& diff) {
@@ -83,6 +85,7 @@ TEST_CASE("layer store: add writes every entry, a failed mount leaves nothing, r
         CHECK(fs::is_directory(top / digest / "blob"));
     }
     CHECK(json::parse(slurp(top / kBlob / "info"))["diff-digest"] == kBlob);
+    CHECK((fs::status(top / kBlob / "info").permissions() & fs::perms::others_read) == fs::perms::others_read);
     CHECK_THROWS_WITH(store.add(kImage, layers, mount, umount), Contains("already"));
 
     // Not mount points here (the fake mounted nothing): remove takes the entries, unmounting nothing.
