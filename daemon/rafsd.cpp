@@ -8,6 +8,7 @@
 #include "daemon/api/MountInfo.h"
 #include "daemon/api/MountTable.h"
 #include "daemon/core/Log.h"
+#include "daemon/engines/fanotify/FanotifyGroup.h"
 #include "daemon/process/ProcessIdentity.h"
 #include "daemon/process/StopSignals.h"
 #include "daemon/process/Supervisor.h"
@@ -78,6 +79,9 @@ KernelObjects createObjects(EngineKind engine, const Config& config, KeptFds& ke
 // with `auto`, falling back from an unusable fscache to fanotify as ImageService does. systemd's
 // store is read once: its fds are this process's, and a failed attempt must not close them.
 KernelObjects acquire(EngineKind configured, EngineKind engine, const Config& config) {
+    // The supervisor holds an fd for every cache file its workers open: at a soft limit of 1024
+    // one it cannot take is dropped, and the next worker would open that file after its mark.
+    raiseFdLimit();
     KeptFds kept = KeptFds::fromSystemd();
     for (const EngineKind stored : {EngineKind::Fscache, EngineKind::Fanotify}) {
         if (storesObjectsOf(kept, stored) && (configured == EngineKind::Auto || configured == stored)) {
