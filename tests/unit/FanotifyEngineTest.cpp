@@ -606,8 +606,7 @@ TEST_CASE("fanotify: mount failures are clear and leave no marks", "[fanotify]")
 
     // The engine is still usable.
     const CacheFile cache(img.dir() / "good-cache", img.blobSize());
-    REQUIRE(::pwrite(cache.fd(), img.blobData().data(), img.blobData().size(), 0) ==
-            static_cast<ssize_t>(img.blobSize()));
+    REQUIRE(copyRange(img.blobData(), cache.fd(), 0, img.blobSize()) == 0);  // complete
     engine.mount(mountOf(1, img, mnt.path(), {cache.blobFile(true)}));
     CHECK(countFanotifyMarks() == 0);  // complete blobs are not marked
     checkAllFiles(img, mnt.path());
@@ -758,8 +757,7 @@ TEST_CASE("fanotify: an orphan of an unknown file is denied while a mount is lef
     const Image img;
     const MountGuard served_mnt(img.dir() / "served");
     const CacheFile served(img.dir() / "served-cache", img.blobSize());
-    REQUIRE(::pwrite(served.fd(), img.blobData().data(), img.blobData().size(), 0) ==
-            static_cast<ssize_t>(img.blobSize()));
+    REQUIRE(copyRange(img.blobData(), served.fd(), 0, img.blobSize()) == 0);  // complete
     const CacheFile unserved(img.dir() / "unserved-cache", img.blobSize());  // holes only
     CopyingCore core(img, served.fd(), true);
 
