@@ -30,7 +30,15 @@ bool RafsdMounts::serves(const std::filesystem::path& dir) const {
 
 void RafsdMounts::ensure(const std::string& image, const std::filesystem::path& dir) const {
     if (erofsMountOn(dir)) {
-        if (serves(dir)) return;
+        bool served = true;
+        try {
+            served = serves(dir);
+        } catch (const rafs::Error& e) {
+            // rafsd between two workers (its supervisor keeps the kernel objects, and readers wait
+            // for the next): the mount stays in use, as before rafsd could be asked.
+            log::warn("{}: cannot ask rafsd whether it serves it ({}); using it as it is", dir.string(), e.what());
+        }
+        if (served) return;
         // Left by a rafsd whose kernel objects are gone (every holder of its fanotify group died,
         // so what was never fetched reads as holes; or fscache's device closed: EIO), or one whose
         // takeover failed: no container may start on it. Containers still using it keep it.

@@ -15,7 +15,8 @@ public:
 
     // Mounts `image` (HOST/REPO@sha256:...) on `dir` unless rafsd serves an EROFS mount there
     // already (rafsd restarted, or this snapshotter did, and the mount lived on). An EROFS mount
-    // there that rafsd does not serve (its kernel objects died with it) is detached first; a stale
+    // there that rafsd, asked, does not serve (its kernel objects died with it) is detached first;
+    // one rafsd cannot be asked about (between two workers) is used as it is; a stale
     // mount rafsd still records for `dir` (after a reboot) is released first. Throws rafs::Error.
     void ensure(const std::string& image, const std::filesystem::path& dir) const;
     // Asks rafsd to unmount `dir`; when rafsd does not know it, a leftover EROFS mount there is
