@@ -13,6 +13,9 @@ StartTrace StartTrace::of(const rafs::Bootstrap& bootstrap, const std::vector<st
     std::vector<std::string> files;
     bootstrap.walk([&](const std::string& path, const rafs::Inode& inode) {
         if (!inode.isReg() || inode.chunks.empty()) return;
+        // A prefetch list is one path per line, trailing blanks dropped (mkrafs --prefetch-list):
+        // a name it cannot carry is left out of the trace, not written for the build to refuse.
+        if (path.find_first_of("\n\r") != std::string::npos || path.ends_with(' ')) return;
         const size_t index = files.size();
         files.push_back(path.starts_with('/') ? path : "/" + path);
         for (const rafs::InodeChunk& c : inode.chunks) file_of.try_emplace({c.blob_index, c.ci_index}, index);
