@@ -876,7 +876,13 @@ std::string ImageService::metrics() {
             const std::string& id = blob->descriptor().id;
             m.sample("rafsd_image_blob", {{"mountpoint", image.mountpoint.string()}, {"blob", id}}, 1);
             if (std::none_of(blobs.begin(), blobs.end(), [&](const auto& b) { return b.first == blob.get(); })) {
-                blobs.push_back({blob.get(), {{"blob", id}}});
+                // An fscache blob is one per volume (blobKey): images of other volumes have their
+                // own, which must not be two series of the same labels.
+                Labels labels{{"blob", id}};
+                if (image.engine == EngineKind::Fscache) {
+                    labels.push_back({"fscache_volume", image.domain_id.empty() ? image.fsid : image.domain_id});
+                }
+                blobs.push_back({blob.get(), std::move(labels)});
             }
         }
     }
