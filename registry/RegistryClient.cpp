@@ -396,7 +396,30 @@ bool RegistryClient::mountBlob(const std::string& digest, const std::string& fro
     return false;
 }
 
+// A PUT that failed may have left part of its body in the session (its retries then fail for good:
+// the session holds more than the blob) or committed it with the reply lost: the blob may be there
+// already, else the upload starts over in a new session, a few times.
 void RegistryClient::pushBlob(const std::string& digest, RequestBody& body) {
+    constexpr int kSessions = 3;
+    for (int session = 1;; ++session) {
+        try {
+            uploadInSession(digest, body);
+            return;
+        } catch (const rafs::Error&) {
+            bool there = false;
+            try {
+                there = hasBlob(digest);
+            } catch (const rafs::Error&) {
+                // The upload's own error says more.
+            }
+            if (there) return;
+            if (session == kSessions) throw;
+            body.rewind();
+        }
+    }
+}
+
+void RegistryClient::uploadInSession(const std::string& digest, RequestBody& body) {
     const Endpoint ep = origin();
     HttpRequest start;
     start.method = "POST";

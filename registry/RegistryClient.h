@@ -57,7 +57,8 @@ public:
     // The rest write, and go to the host itself, never to a mirror.
     // Whether the repository has the blob (HEAD: 200 yes, 404 no, anything else an error).
     bool hasBlob(const std::string& digest);
-    // Uploads `body` as blob `digest` (POST then a monolithic PUT).
+    // Uploads `body` as blob `digest` (POST then a monolithic PUT; a failed PUT's session is not
+    // used again: the blob is looked for, then sent again in a new session, at most 3 in all).
     void pushBlob(const std::string& digest, RequestBody& body);
     // Asks the registry to mount blob `digest` from repository `from` of the same registry
     // (a cross-repository mount); true if it did. A registry that cannot (202: an upload session
@@ -73,6 +74,8 @@ public:
     TransferStats& stats() { return transport_->stats(); }
 
 private:
+    // One upload session: POST, then the PUT of the whole body.
+    void uploadInSession(const std::string& digest, RequestBody& body);
     struct Endpoint {
         std::string base;       // "https://host:port"
         std::string authority;  // "host:port": the key of its credentials and auth state

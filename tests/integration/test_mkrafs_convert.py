@@ -13,7 +13,9 @@ base's big file) and pushed by skopeo:
 3. into another repository of the same registry with --mount-from: every blob mounted across
    repositories, none sent;
 4. --merge-index: an index holding the original manifest and the RAFS one, marked as Nydus marks it,
-   the original's blobs mounted from the source repository;
+   the original's blobs mounted from the source repository; into a second registry, where nothing
+   can be mounted, every blob sent; through a proxy that drops the reply to the first blob PUT
+   (the upload committed), the conversion goes on;
 5. oci: layout to oci: layout, and the layout result equals the registry result (same digest);
    with --prefetch-trace the prefetch table lists the traced files in order and their chunks lead
    their blobs, the tree still equal (a trace naming a missing path is an error); a
@@ -46,7 +48,7 @@ from rafstest import compare, harness
 from rafstest.harness import log, run, text
 from rafstest.rafsd import blob_section, chunk_table, inspect_chunks, start_test
 from rafstest.oci import ImageRegistry
-from rafstest.servers import docker_config
+from rafstest.servers import ThreadedServer, docker_config, free_port, registry
 
 MiB = 1 << 20
 
@@ -163,6 +165,53 @@ class Registry:
 
     def exists(self, ref):
         return self.raw(ref) is not None
+
+
+class ReplyDroppingProxy(ThreadedServer):
+    """A plain-HTTP proxy of the test's own in front of a registry on 127.0.0.1 that forwards each
+    request whole (the client's Host kept, so that upload Locations name the proxy) and, for the
+    first blob upload PUT, closes the connection instead of relaying the registry's reply."""
+
+    def __init__(self, port, upstream_port):
+        self.port, self.upstream_port, self.dropped = port, upstream_port, 0
+
+    def __enter__(self):
+        import http.client
+        import http.server
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = 'HTTP/1.1'
+
+            def forward(self):
+                body = self.rfile.read(int(self.headers.get('Content-Length') or 0))
+                up = http.client.HTTPConnection('127.0.0.1', proxy.upstream_port, timeout=60)
+                up.putrequest(self.command, self.path, skip_host=True, skip_accept_encoding=True)
+                for name, value in self.headers.items():
+                    if name.lower() not in ('connection', 'keep-alive'):
+                        up.putheader(name, value)
+                up.endheaders(body)
+                reply = up.getresponse()
+                data = reply.read()
+                up.close()
+                if self.command == 'PUT' and '/blobs/uploads/' in self.path and proxy.dropped == 0:
+                    proxy.dropped += 1
+                    self.close_connection = True
+                    return
+                self.send_response(reply.status, reply.reason)
+                for name, value in reply.getheaders():
+                    if name.lower() not in ('connection', 'keep-alive', 'transfer-encoding', 'content-length'):
+                        self.send_header(name, value)
+                self.send_header('Content-Length', str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = forward
+
+            def log_message(self, *args):
+                pass
+
+        return self.serve(http.server.ThreadingHTTPServer(('127.0.0.1', self.port), Handler))
 
 
 def convert(mk, reg, src, dst, *extra):
@@ -349,6 +398,16 @@ def main():
                 ck.check(os.listdir(work_dir) == [], 'nothing left in the work dir', repr(os.listdir(work_dir)))
             finally:
                 reg2.stop()
+
+            ck.section('4c. a blob PUT whose reply is lost')
+            # The registry commits the upload and the reply never comes: the retried PUT finds its
+            # session gone; mkrafs looks the blob up, finds it there and goes on.
+            plain_port, proxy_port = free_port(), free_port()
+            with registry(tmp, 'plain-registry', plain_port), ReplyDroppingProxy(proxy_port, plain_port) as proxy:
+                r = run([mk.path, 'convert', '--plain-http', '--work-dir', work_dir, 'oci:%s:v1' % src_layout,
+                         '127.0.0.1:%d/lost/app:v1' % proxy_port], timeout=600)
+                ck.cmd_ok(r, 'mkrafs convert through a proxy that drops the first blob PUT\'s reply')
+                ck.check(proxy.dropped == 1, 'one reply was dropped (%d)' % proxy.dropped)
 
             ck.section('5. oci: layout -> oci: layout')
             dst_layout = os.path.join(tmp, 'dst-layout')
