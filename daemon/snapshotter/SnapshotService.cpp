@@ -159,7 +159,7 @@ void SnapshotService::createRemote(std::unique_lock<std::mutex>& lock, const std
         const fs::path dir = store_.mountDir(s.id);
         // rafsd fetches the bootstrap from the registry meanwhile: without the lock, the target
         // reserved.
-        committing_.insert(target);
+        committing_.emplace(target, s.id);
         lock.unlock();
         const auto settle = [&] {
             lock.lock();
@@ -179,6 +179,8 @@ void SnapshotService::createRemote(std::unique_lock<std::mutex>& lock, const std
             if (!parent.empty() && !store_.find(parent)) {
                 failWith(grpc::StatusCode::NOT_FOUND, "parent snapshot {} was removed meanwhile", parent);
             }
+            // An ordinary Prepare and Commit of the same chain ID may have made it meanwhile.
+            if (store_.find(target)) failWith(grpc::StatusCode::ALREADY_EXISTS, "snapshot {} already exists", target);
             store_.put(target, s);
         } catch (...) {
             releaseFiles(s);
@@ -231,6 +233,8 @@ void SnapshotService::releaseFiles(const Snapshot& s) {
 void SnapshotService::removeOrphans() {
     std::set<std::string> owned;
     for (const auto& [key, s] : store_.all()) owned.insert(std::to_string(s.id));
+    // Remote commits under way: their mount directory is in use before their record exists.
+    for (const auto& [target, id] : committing_) owned.insert(std::to_string(id));
     std::error_code ec;
     for (const char* area : {"snapshots", "mnt"}) {
         const fs::path dir = store_.root() / area;
@@ -264,9 +268,10 @@ void SnapshotService::remountImages(const std::atomic<bool>& stop) {
         // Under the lock, as Mounts would do it: a Remove of the snapshot meanwhile must not
         // leave a mount behind.
         std::lock_guard lock(mutex_);
-        if (!store_.find(key)) continue;
+        const std::optional<Snapshot> now = store_.find(key);  // removed, or made again, meanwhile
+        if (!now || now->backing != Backing::RafsImage) continue;
         try {
-            mounts_.ensure(s.image, store_.mountDir(s.id));
+            mounts_.ensure(now->image, store_.mountDir(now->id));
         } catch (const std::exception& e) {
             log::warn("snapshot {}: cannot mount {} now ({}); Mounts tries again", key, s.image, e.what());
         }

@@ -18,6 +18,7 @@
 
 #include <atomic>
 #include <condition_variable>
+#include <map>
 #include <mutex>
 #include <set>
 #include <string>
@@ -75,7 +76,7 @@ private:
     RemoteLayers& remote_;
     RafsdMounts& mounts_;
     std::mutex mutex_;  // one change at a time: a Prepare sees the table the last one left
-    std::set<std::string> committing_;  // remote snapshots whose image rafsd is mounting
+    std::map<std::string, uint64_t> committing_;  // remote snapshots whose image rafsd is mounting: their ids
     std::condition_variable settled_;   // one of those committed or failed
 };
 
