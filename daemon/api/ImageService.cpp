@@ -537,6 +537,15 @@ nlohmann::json ImageService::mountOrReattach(const MountRequest& request, bool r
     log::info("{} {} on {} ({} blobs, engine {})", done, reference ? *request.image : bootstrap_path.string(), mountpoint.string(),
               image.blobs.size(), engineName(engine));
     images_.push_back(std::move(image));
+    // A mount a previous worker left unserved on this mount point was detached since (the
+    // snapshotter does so) and the image is mounted anew: nothing is left unserved there.
+    const auto stale = std::erase_if(unserved_, [&](const MountRecord& r) {
+        return !reattach && fs::weakly_canonical(r.mountpoint) == mountpoint;
+    });
+    if (stale != 0) {
+        if (unserved_.empty()) unserved_blobs_.clear();
+        saveMountTableOrLog();
+    }
     nlohmann::json response = {{"mountpoint", mountpoint.string()}, {"engine", std::string(engineName(engine))}};
     if (how == FscacheAttach::Register) {
         response["mount_command"] = "mount -t erofs -o " + mount_options + " none " + mountpoint.string();
