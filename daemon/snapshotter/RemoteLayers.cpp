@@ -26,25 +26,27 @@ std::shared_ptr<registry::RegistryClient> RemoteLayers::client(const std::string
     return c;
 }
 
-registry::Manifest RemoteLayers::manifest(const std::string& image_ref, const std::string& digest) {
+registry::Manifest RemoteLayers::manifest(const std::string& image_ref, const std::string& digest, bool needed) {
     const auto now = std::chrono::steady_clock::now();
+    const auto ref = registry::ImageReference::parse(image_ref);
+    if (ref.kind != registry::ImageReference::Kind::Registry) rafs::fail("{} is not an image in a registry", image_ref);
+    const std::string where = ref.host + "/" + ref.repository + "@" + digest;
     {
         std::lock_guard lock(mutex_);
         if (auto it = manifests_.find(digest); it != manifests_.end()) return it->second;
         // Every layer of an image asks for the same manifest: a registry that did not answer for
-        // one is not asked again for each of the others.
-        if (auto it = unreachable_.find(digest); it != unreachable_.end() && now - it->second.first < kRetryUnreachable) {
+        // one is not asked again for each of the others, unless the answer is needed.
+        if (auto it = unreachable_.find(where);
+            !needed && it != unreachable_.end() && now - it->second.first < kRetryUnreachable) {
             rafs::fail("{} (the last try, under a minute ago)", it->second.second);
         }
     }
-    const auto ref = registry::ImageReference::parse(image_ref);
-    if (ref.kind != registry::ImageReference::Kind::Registry) rafs::fail("{} is not an image in a registry", image_ref);
     registry::FetchedManifest fetched;
     try {
         fetched = client(ref.host, ref.repository)->fetchManifest(digest);
     } catch (const rafs::Error& e) {
         std::lock_guard lock(mutex_);
-        unreachable_[digest] = {now, e.what()};
+        unreachable_[where] = {now, e.what()};
         throw;
     }
     if (!registry::media::isManifest(fetched.media_type)) {
@@ -70,7 +72,7 @@ RemoteLayer RemoteLayers::classify(const std::map<std::string, std::string>& lab
     } else if (!image_ref.empty() && !manifest_digest.empty() && !layer_digest.empty()) {
         registry::Manifest m;
         try {
-            m = manifest(image_ref, manifest_digest);
+            m = manifest(image_ref, manifest_digest, false);
         } catch (const rafs::Error& e) {
             // Only a fallback (a RAFS image's layers carry the Nydus marks): an image this
             // registry configuration cannot reach is pulled as an ordinary one, not refused.
@@ -95,7 +97,7 @@ RemoteLayer RemoteLayers::classify(const std::map<std::string, std::string>& lab
     const auto ref = registry::ImageReference::parse(image_ref);
     if (ref.kind != registry::ImageReference::Kind::Registry) rafs::fail("{} is not an image in a registry", image_ref);
     const std::string image = ref.host + "/" + ref.repository + "@" + manifest_digest;
-    const registry::Manifest m = manifest(image_ref, manifest_digest);
+    const registry::Manifest m = manifest(image_ref, manifest_digest, true);
     const std::vector<std::string> chains = chainIds(ref, m, image);
     const std::string& snapshot_ref = labels.at(label::kSnapshotRef);
     if (!m.isRafs() || chains.empty() || chains.back() != snapshot_ref) {

@@ -65,12 +65,14 @@ public:
                                       const std::string& name);
 
 private:
-    registry::Manifest manifest(const std::string& image_ref, const std::string& digest);
+    // `needed`: asked of the registry even if it did not answer a minute ago (a bootstrap layer
+    // cannot be taken as an ordinary one instead).
+    registry::Manifest manifest(const std::string& image_ref, const std::string& digest, bool needed);
 
     Config::Backend backend_;
     std::mutex mutex_;
     std::map<std::string, registry::Manifest> manifests_;  // by digest
-    // Manifests that could not be fetched, by digest: when, and why.
+    // Manifests that could not be fetched, by HOST/REPO@DIGEST: when, and why.
     static constexpr std::chrono::minutes kRetryUnreachable{1};
     std::map<std::string, std::pair<std::chrono::steady_clock::time_point, std::string>> unreachable_;
     std::map<std::string, std::shared_ptr<registry::RegistryClient>> clients_;  // by HOST/REPO
