@@ -94,7 +94,11 @@ void LayerStore::add(const std::string& image, const std::vector<StoreLayer>& la
                      const std::function<void(const fs::path&)>& umount) const {
     const fs::path top = imageDir(image);
     std::error_code ec;
-    if (fs::exists(top, ec)) rafs::fail("{} is in the layer store {} already ({}); remove it first", image, dir_.string(), top.string());
+    for (const fs::path& existing : {top, dir_ / registry::base64Encode(image)}) {  // also as an earlier rafsctl named it
+        if (fs::exists(existing, ec)) {
+            rafs::fail("{} is in the layer store {} already ({}); remove it first", image, dir_.string(), existing.string());
+        }
+    }
     std::optional<fs::path> mounted;
     try {
         fs::create_directories(top);
@@ -131,8 +135,10 @@ void LayerStore::add(const std::string& image, const std::vector<StoreLayer>& la
 }
 
 void LayerStore::remove(const std::string& image, const std::function<void(const fs::path&)>& umount) const {
-    const fs::path top = imageDir(image);
+    fs::path top = imageDir(image);
     std::error_code ec;
+    // Entries an earlier rafsctl named by the reference as typed.
+    if (!fs::is_directory(top, ec)) top = dir_ / registry::base64Encode(image);
     if (!fs::is_directory(top, ec)) rafs::fail("{} is not in the layer store {}", image, dir_.string());
     std::vector<fs::path> diffs;
     for (const auto& entry : fs::directory_iterator(top)) diffs.push_back(entry.path() / "diff");
