@@ -72,7 +72,7 @@ FetchedManifest OciLayoutStore::manifest(const std::string& reference) {
     }
     // A manifest by digest may be a blob only: an index in the layout names the manifests of each
     // platform, and only the index is in index.json (skopeo copy --all, and mkrafs convert
-    // --all-platforms or --merge-index write such layouts). Its own mediaType then says what it is.
+    // --all-platforms or --merge-index write such layouts).
     const bool by_digest = reference.starts_with("sha256:");
     std::error_code ec;
     if (found == nullptr && (!by_digest || !fs::exists(blobPath(reference), ec))) {
@@ -85,13 +85,8 @@ FetchedManifest OciLayoutStore::manifest(const std::string& reference) {
     if (out.digest != digest) {
         rafs::fail("{}: blob {} does not match its digest (it is {})", describe(), digest, out.digest);
     }
-    if (found != nullptr) {
-        out.media_type = found->media_type;
-    } else {
-        const nlohmann::json doc = nlohmann::json::parse(out.bytes, nullptr, false);
-        const auto type = doc.is_object() ? doc.find("mediaType") : doc.end();
-        if (doc.is_object() && type != doc.end() && type->is_string()) out.media_type = type->get<std::string>();
-    }
+    // Not named in index.json: the document says what it is (ImageResolver's documentType).
+    if (found != nullptr) out.media_type = found->media_type;
     return out;
 }
 
@@ -169,20 +164,31 @@ void OciLayoutStore::putManifest(const std::string& tag, std::string_view media_
     replaceFile(dir_ / "index.json", index.serialize());
 }
 
+void readBlobInPieces(ImageStore& store, const Descriptor& blob, std::string_view what,
+                      const std::function<void(std::span<const uint8_t>)>& take) {
+    // In pieces: each request is bounded by the transport's timeout, so a large blob (a bootstrap
+    // layer of tens of MB) on a slow link is fetched piece by piece rather than never.
+    constexpr uint64_t kPiece = 4 << 20;
+    std::vector<uint8_t> piece(static_cast<size_t>(std::min(kPiece, blob.size)));
+    rafs::Hasher hash(rafs::Digester::Sha256);
+    for (uint64_t at = 0; at < blob.size; at += kPiece) {
+        const std::span<uint8_t> part = std::span(piece).first(static_cast<size_t>(std::min(kPiece, blob.size - at)));
+        store.readBlob(blob.digest, at, part);
+        hash.update(part);
+        take(part);
+    }
+    const std::string actual = "sha256:" + rafs::toHex(hash.finish());
+    if (actual != blob.digest) rafs::fail("{} {}: digest mismatch: its bytes hash to {}", what, blob.digest, actual);
+}
+
 std::vector<uint8_t> readVerifiedBlob(ImageStore& store, const Descriptor& blob, uint64_t max_size,
                                       std::string_view what) {
     if (blob.size == 0 || blob.size > max_size) {
         rafs::fail("{} {} has size {} (expected 1 to {} bytes)", what, blob.digest, blob.size, max_size);
     }
-    std::vector<uint8_t> bytes(blob.size);
-    // In pieces: each request is bounded by the transport's timeout, so a large blob (a bootstrap
-    // layer of tens of MB) on a slow link is fetched piece by piece rather than never.
-    constexpr uint64_t kPiece = 4 << 20;
-    for (uint64_t at = 0; at < blob.size; at += kPiece) {
-        store.readBlob(blob.digest, at, std::span(bytes).subspan(at, std::min(kPiece, blob.size - at)));
-    }
-    const std::string actual = sha256Digest({reinterpret_cast<const char*>(bytes.data()), bytes.size()});
-    if (actual != blob.digest) rafs::fail("{} {}: digest mismatch: its bytes hash to {}", what, blob.digest, actual);
+    std::vector<uint8_t> bytes;
+    bytes.reserve(blob.size);
+    readBlobInPieces(store, blob, what, [&](std::span<const uint8_t> part) { bytes.insert(bytes.end(), part.begin(), part.end()); });
     return bytes;
 }
 

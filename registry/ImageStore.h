@@ -88,6 +88,12 @@ private:
     LayoutFileCreated on_create_;
 };
 
+// The blob `blob` describes, handed to `take` in pieces of 4 MiB in order, then its digest checked
+// (a caller keeping the pieces must not trust them before this returns). Throws rafs::Error
+// "<what> <digest>: digest mismatch ..." or what reading throws.
+void readBlobInPieces(ImageStore& store, const Descriptor& blob, std::string_view what,
+                      const std::function<void(std::span<const uint8_t>)>& take);
+
 // The whole blob `blob` describes, read in pieces of 4 MiB, checked against its digest; at most
 // `max_size` bytes. Throws rafs::Error "<what> <digest>: ..." for a size out of range or a digest
 // mismatch.

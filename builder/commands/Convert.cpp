@@ -5,7 +5,6 @@
 #include "builder/commands/TransferProgress.h"
 #include "builder/source/RemoteLayerSource.h"
 #include "builder/source/TarSource.h"
-#include "format/Digest.h"
 #include "format/Error.h"
 #include "registry/BootstrapLayer.h"
 #include "registry/ImageResolver.h"
@@ -141,20 +140,13 @@ void pushBlob(ImageStore& target, const std::string& digest, registry::RequestBo
 // into the upload: the upload's body is read on the transport's one thread, which a registry
 // source's reads need too.
 void copyBlobToFile(ImageStore& source, const Descriptor& blob, const fs::path& path) {
-    constexpr uint64_t kPiece = 4 << 20;
     std::ofstream out(path, std::ios::binary | std::ios::trunc);
     if (!out) fail("cannot create {}", path.string());
-    std::vector<uint8_t> piece(static_cast<size_t>(std::min<uint64_t>(kPiece, blob.size)));
-    rafs::Hasher hash(rafs::Digester::Sha256);
-    for (uint64_t at = 0; at < blob.size; at += piece.size()) {
-        const auto n = static_cast<size_t>(std::min<uint64_t>(piece.size(), blob.size - at));
-        source.readBlob(blob.digest, at, std::span(piece).first(n));
-        hash.update(std::span(piece).first(n));
-        out.write(reinterpret_cast<const char*>(piece.data()), static_cast<std::streamsize>(n));
-    }
+    registry::readBlobInPieces(source, blob, "blob", [&](std::span<const uint8_t> part) {
+        out.write(reinterpret_cast<const char*>(part.data()), static_cast<std::streamsize>(part.size()));
+    });
     out.close();
     if (!out) fail("cannot write {}", path.string());
-    if ("sha256:" + rafs::toHex(hash.finish()) != blob.digest) fail("blob {} does not match its digest", blob.digest);
 }
 
 // Uploads blobs one after another on a thread of its own, so that a layer's blob goes to the

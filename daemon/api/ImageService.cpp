@@ -443,7 +443,7 @@ nlohmann::json ImageService::mountOrReattach(const MountRequest& request, bool r
         image.domain_id = request.domain_id.value_or("");
         checkFscacheName("fsid", image.fsid);
         if (!image.domain_id.empty()) checkFscacheName("domain_id", image.domain_id);
-        fscache_volume = image.domain_id.empty() ? image.fsid : image.domain_id;
+        fscache_volume = image.fscacheVolume();
     }
     try {
         const std::vector<rafs::BootstrapBlob>& blobs = bootstrap.blobs();
@@ -561,10 +561,10 @@ void ImageService::mountFscache(Image& image, const rafs::Bootstrap& bootstrap, 
         spec.domain_id = image.domain_id;
         spec.bootstrap = bootstrap.bytes();
         spec.mountpoint = image.mountpoint;
-        const std::string volume = image.domain_id.empty() ? image.fsid : image.domain_id;
         for (uint32_t i = 0; i < image.blobs.size(); ++i) {
             const BlobDescriptor& d = image.blobs[i]->descriptor();
-            spec.blobs.push_back({i, d.id, d.uncompressed_size, fscache_fds_.at(fscacheBlobKey(volume, d.id)).lock()});
+            spec.blobs.push_back(
+                {i, d.id, d.uncompressed_size, fscache_fds_.at(fscacheBlobKey(image.fscacheVolume(), d.id)).lock()});
         }
         FscacheEngine& engine = fscache();
         if (how == FscacheAttach::Reattach) {
@@ -577,7 +577,7 @@ void ImageService::mountFscache(Image& image, const rafs::Bootstrap& bootstrap, 
                 }
             }
             // A derived fsid names the bootstrap's content, so a cache file kept under it holds this one.
-            if (!fsid_derived) fscache_volumes_->cullBootstrap(volume, image.fsid);
+            if (!fsid_derived) fscache_volumes_->cullBootstrap(image.fscacheVolume(), image.fsid);
             // Listed before mount(2): a daemon dying during the mount leaves an entry the next one
             // finds unmounted and forgets, never a mount it does not know about. A registered
             // image is listed too, so that a restarted daemon takes over the user's mount of it.
@@ -620,12 +620,19 @@ void ImageService::saveMountTableOrLog() {
 void ImageService::dropUnusedKeptFds() {
     // The blobs of a mount this worker could not take over are not known here: nothing is dropped.
     if (kept_ == nullptr || !unserved_.empty()) return;
-    const std::string prefix = keptCacheFileName("");
-    for (const std::string& name : kept_->names()) {
-        if (!name.starts_with(prefix)) continue;
-        const auto it = blobs_.find(name.substr(prefix.size()));
+    for (const auto& [blob_id, name] : keptBlobFiles()) {
+        const auto it = blobs_.find(blob_id);
         if (it == blobs_.end() || it->second.expired()) kept_->drop(name);
     }
+}
+
+std::vector<std::pair<std::string, std::string>> ImageService::keptBlobFiles() const {
+    std::vector<std::pair<std::string, std::string>> out;
+    const std::string prefix = keptCacheFileName("");
+    for (const std::string& name : kept_->names()) {
+        if (name.starts_with(prefix)) out.emplace_back(name.substr(prefix.size()), name);
+    }
+    return out;
 }
 
 void ImageService::recoverMounts() {
@@ -699,10 +706,8 @@ void ImageService::recoverMounts() {
     // known here only by the cache files the supervisor keeps: its bootstrap may be the very
     // thing that is missing.
     if (!unserved_.empty() && kept_ != nullptr) {
-        const std::string prefix = keptCacheFileName("");
-        for (const std::string& name : kept_->names()) {
-            if (!name.starts_with(prefix)) continue;
-            unserved_blobs_.push_back(std::make_unique<CacheCollector::Opening>(*collector_, name.substr(prefix.size())));
+        for (const auto& [blob_id, name] : keptBlobFiles()) {
+            unserved_blobs_.push_back(std::make_unique<CacheCollector::Opening>(*collector_, blob_id));
         }
     }
 }
@@ -889,7 +894,7 @@ std::string ImageService::metrics() {
                 // own, which must not be two series of the same labels.
                 Labels labels{{"blob", id}};
                 if (image.engine == EngineKind::Fscache) {
-                    labels.push_back({"fscache_volume", image.domain_id.empty() ? image.fsid : image.domain_id});
+                    labels.push_back({"fscache_volume", image.fscacheVolume()});
                 }
                 blobs.push_back({blob.get(), std::move(labels)});
             }

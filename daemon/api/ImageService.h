@@ -100,6 +100,8 @@ private:
         std::vector<std::shared_ptr<CachedBlob>> blobs;
         std::string fsid;       // fscache only
         std::string domain_id;  // fscache only; may be empty
+        // fscache only: the volume its blobs' cache files are in (blobKey).
+        const std::string& fscacheVolume() const { return domain_id.empty() ? fsid : domain_id; }
         std::optional<std::filesystem::path> blob_dir;  // as requested; for the fscache table
         std::string image;            // mounted by reference: the reference as requested
         std::string manifest_digest;  // and the manifest it resolved to
@@ -152,6 +154,8 @@ private:
     void saveMountTableOrLog();
     // Drops the kept cache-file fds of blobs no image uses any more.
     void dropUnusedKeptFds();
+    // The blob ids of the cache files kept (kept_ set), with their names there.
+    std::vector<std::pair<std::string, std::string>> keptBlobFiles() const;
 
     Config config_;
     // One mount or umount at a time (a mount lets go while it talks to its registry); guards the

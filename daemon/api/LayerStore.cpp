@@ -76,6 +76,9 @@ LayerStore::LayerStore(fs::path dir) : dir_(std::move(dir)) {}
 
 // containers-storage looks an image up by its reference as containers/image prints it: a name
 // without tag or digest gets ":latest" (docker reference.TagNameOnly).
+// Where an earlier rafsctl put the entries: named by the reference as typed.
+fs::path LayerStore::legacyImageDir(const std::string& image) const { return dir_ / registry::base64Encode(image); }
+
 fs::path LayerStore::imageDir(const std::string& image) const {
     return dir_ / registry::base64Encode(registry::ImageReference::parse(image).str());
 }
@@ -94,7 +97,7 @@ void LayerStore::add(const std::string& image, const std::vector<StoreLayer>& la
                      const std::function<void(const fs::path&)>& umount) const {
     const fs::path top = imageDir(image);
     std::error_code ec;
-    for (const fs::path& existing : {top, dir_ / registry::base64Encode(image)}) {  // also as an earlier rafsctl named it
+    for (const fs::path& existing : {top, legacyImageDir(image)}) {
         if (fs::exists(existing, ec)) {
             rafs::fail("{} is in the layer store {} already ({}); remove it first", image, dir_.string(), existing.string());
         }
@@ -137,8 +140,7 @@ void LayerStore::add(const std::string& image, const std::vector<StoreLayer>& la
 void LayerStore::remove(const std::string& image, const std::function<void(const fs::path&)>& umount) const {
     fs::path top = imageDir(image);
     std::error_code ec;
-    // Entries an earlier rafsctl named by the reference as typed.
-    if (!fs::is_directory(top, ec)) top = dir_ / registry::base64Encode(image);
+    if (!fs::is_directory(top, ec)) top = legacyImageDir(image);
     if (!fs::is_directory(top, ec)) rafs::fail("{} is not in the layer store {}", image, dir_.string());
     std::vector<fs::path> diffs;
     for (const auto& entry : fs::directory_iterator(top)) diffs.push_back(entry.path() / "diff");

@@ -68,6 +68,7 @@ public:
     static std::string infoJson(const StoreLayer& layer);
 
 private:
+    std::filesystem::path legacyImageDir(const std::string& image) const;
     std::filesystem::path dir_;
 };
 

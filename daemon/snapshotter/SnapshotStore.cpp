@@ -143,29 +143,27 @@ std::map<std::string, Snapshot> SnapshotStore::all() const {
     return snapshots_;
 }
 
-// Each change is made to a copy, saved, and only then kept: a failed save (a full disk) leaves
-// the table as the file has it, so what callers see never differs from what a restart reads.
 void SnapshotStore::put(const std::string& key, const Snapshot& snapshot) {
-    std::lock_guard lock(mutex_);
-    std::map<std::string, Snapshot> changed = snapshots_;
-    changed[key] = snapshot;
-    save(changed, next_id_);
-    snapshots_ = std::move(changed);
+    change([&](std::map<std::string, Snapshot>& t) { t[key] = snapshot; });
 }
 
 void SnapshotStore::rename(const std::string& from, const std::string& to, const Snapshot& snapshot) {
-    std::lock_guard lock(mutex_);
-    std::map<std::string, Snapshot> changed = snapshots_;
-    changed.erase(from);
-    changed[to] = snapshot;
-    save(changed, next_id_);
-    snapshots_ = std::move(changed);
+    change([&](std::map<std::string, Snapshot>& t) {
+        t.erase(from);
+        t[to] = snapshot;
+    });
 }
 
 void SnapshotStore::erase(const std::string& key) {
+    change([&](std::map<std::string, Snapshot>& t) { t.erase(key); });
+}
+
+// Made to a copy, saved, and only then kept: a failed save (a full disk) leaves the table as the
+// file has it, so what callers see never differs from what a restart reads.
+void SnapshotStore::change(const std::function<void(std::map<std::string, Snapshot>&)>& edit) {
     std::lock_guard lock(mutex_);
     std::map<std::string, Snapshot> changed = snapshots_;
-    changed.erase(key);
+    edit(changed);
     save(changed, next_id_);
     snapshots_ = std::move(changed);
 }

@@ -11,6 +11,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <mutex>
 #include <optional>
@@ -64,6 +65,8 @@ public:
     void erase(const std::string& key);
 
 private:
+    // Applies `edit` to a copy of the table, saves it, then keeps it.
+    void change(const std::function<void(std::map<std::string, Snapshot>&)>& edit);
     // Writes `snapshots` and `next_id` as the table; with mutex_ held.
     void save(const std::map<std::string, Snapshot>& snapshots, uint64_t next_id) const;
 
