@@ -1,15 +1,11 @@
 #include "registry/CredentialStore.h"
 
+#include "format/ChildProcess.h"
 #include "format/Error.h"
-#include "format/UniqueFd.h"
 #include "registry/Base64.h"
 
 #include <fcntl.h>
-#include <poll.h>
-#include <signal.h>
-#include <spawn.h>
 #include <sys/stat.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -17,8 +13,6 @@
 #include <cstdlib>
 #include <fstream>
 #include <sstream>
-
-extern char** environ;
 
 namespace registry {
 
@@ -29,26 +23,6 @@ namespace {
 constexpr size_t kMaxConfigBytes = 1 << 20;
 constexpr size_t kMaxHelperOutput = 64 * 1024;
 constexpr int kHelperTimeoutMs = 10'000;
-
-// write(2) to a helper's stdin that never raises SIGPIPE: a helper that exits without reading it
-// must not end the process (rafsd, mkrafs). SIGPIPE is blocked on this thread for the write, and
-// one the write raised is taken off the thread's pending signals before it is unblocked.
-ssize_t writeWithoutSigpipe(int fd, std::string_view data) {
-    sigset_t pipe_only, old;
-    sigemptyset(&pipe_only);
-    sigaddset(&pipe_only, SIGPIPE);
-    if (const int rc = ::pthread_sigmask(SIG_BLOCK, &pipe_only, &old); rc != 0) rafs::failErrno("pthread_sigmask", rc);
-    const ssize_t wrote = ::write(fd, data.data(), data.size());
-    const int write_errno = errno;
-    if (wrote < 0 && write_errno == EPIPE) {
-        const timespec now{0, 0};
-        while (::sigtimedwait(&pipe_only, nullptr, &now) < 0 && errno == EINTR) {
-        }
-    }
-    ::pthread_sigmask(SIG_SETMASK, &old, nullptr);
-    errno = write_errno;
-    return wrote;
-}
 
 // "https://host:5000/v1/" -> "host:5000".
 std::string hostOfKey(std::string key) {
@@ -81,66 +55,23 @@ std::optional<Credentials> runCredentialHelper(const std::string& helper, const 
     });
     const std::string program = "docker-credential-" + helper;
     if (!valid_name) rafs::fail("credential helper '{}' is not a helper name", helper);
-    int in[2], out[2];
-    if (::pipe2(in, O_CLOEXEC) != 0) rafs::failErrno("pipe");
-    rafs::UniqueFd in_read(in[0]), in_write(in[1]);
-    if (::pipe2(out, O_CLOEXEC) != 0) rafs::failErrno("pipe");
-    rafs::UniqueFd out_read(out[0]), out_write(out[1]);
-    posix_spawn_file_actions_t actions;
-    if (const int rc = posix_spawn_file_actions_init(&actions); rc != 0) rafs::failErrno(program, rc);
-    // Its stderr is not ours to pass on: it may name secrets. Nor any other fd of ours: the
-    // kernel's fds without O_CLOEXEC (cachefiles' anonymous fds, fanotify's event fds) would keep
-    // their objects open in a helper that outlives a crashed daemon, and its successor could not
-    // answer what the kernel asks about them.
-    int rc = posix_spawn_file_actions_adddup2(&actions, in[0], 0);
-    if (rc == 0) rc = posix_spawn_file_actions_adddup2(&actions, out[1], 1);
-    if (rc == 0) rc = posix_spawn_file_actions_addopen(&actions, 2, "/dev/null", O_WRONLY, 0);
-    if (rc == 0) rc = posix_spawn_file_actions_addclosefrom_np(&actions, 3);
-    char verb[] = "get";
-    std::string argv0 = program;
-    char* argv[] = {argv0.data(), verb, nullptr};
-    pid_t pid = 0;
-    const int spawned = rc != 0 ? rc : posix_spawnp(&pid, program.c_str(), &actions, nullptr, argv, environ);
-    posix_spawn_file_actions_destroy(&actions);
-    if (spawned != 0) rafs::failErrno(program, spawned);
-    in_read = rafs::UniqueFd();
-    out_write = rafs::UniqueFd();
-    // The host is a few bytes: it fits the pipe, so this does not block.
-    const ssize_t wrote = writeWithoutSigpipe(in_write.get(), host);
-    in_write = rafs::UniqueFd();
-    std::string output;
-    bool timed_out = false;
-    const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(kHelperTimeoutMs);
-    for (;;) {
-        const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
-        if (left.count() <= 0) {
-            timed_out = true;
-            break;
-        }
-        pollfd p{out_read.get(), POLLIN, 0};
-        const int ready = ::poll(&p, 1, static_cast<int>(left.count()));
-        if (ready < 0 && errno == EINTR) continue;
-        if (ready <= 0) continue;
-        char buffer[4096];
-        const ssize_t n = ::read(out_read.get(), buffer, sizeof buffer);
-        if (n < 0 && errno == EINTR) continue;
-        if (n <= 0) break;
-        if (output.size() < kMaxHelperOutput) output.append(buffer, static_cast<size_t>(n));
-    }
-    if (timed_out) ::kill(pid, SIGKILL);
-    int status = 0;
-    while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
-    }
-    if (timed_out) rafs::fail("{} get: no answer within {} s", program, kHelperTimeoutMs / 1000);
-    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+    rafs::ChildRun run;
+    run.argv = {program, "get"};
+    run.input = host;
+    run.timeout = std::chrono::milliseconds(kHelperTimeoutMs);
+    run.max_output = kMaxHelperOutput;
+    const rafs::ChildResult result = rafs::runChild(run);
+    if (result.timed_out) rafs::fail("{} get: no answer within {} s", program, kHelperTimeoutMs / 1000);
+    const std::string& output = result.output;
+    if (!result.exitedWith(0)) {
         // The helpers' own message for "nothing stored" (docker-credential-helpers).
         if (output.find("credentials not found") != std::string::npos) return std::nullopt;
-        if (WIFEXITED(status) && WEXITSTATUS(status) == 127) rafs::fail("{}: not found in PATH", program);
-        std::string first_line = output.substr(0, std::min(output.find('\n'), size_t{200}));
+        if (result.exitedWith(127)) rafs::fail("{}: not found in PATH", program);
+        const std::string first_line = result.firstLine();
         rafs::fail("{} get failed ({})", program, first_line.empty() ? "no message" : first_line);
     }
     // After the exit status: a helper that failed without reading says more than the broken pipe.
-    if (wrote != static_cast<ssize_t>(host.size())) rafs::fail("{} get: could not write the host to it", program);
+    if (!result.input_written) rafs::fail("{} get: could not write the host to it", program);
     const auto json = nlohmann::json::parse(output, nullptr, false);
     if (!json.is_object() || !json.contains("Username") || !json.contains("Secret") || !json["Username"].is_string() ||
         !json["Secret"].is_string()) {
