@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cstdlib>
 #include <csignal>
 #include <filesystem>
 #include <functional>
@@ -45,13 +46,16 @@ bool storesObjectsOf(const KeptFds& kept, EngineKind engine) {
     return kept.find(ImageService::kKeptGroup) >= 0 && kept.find(ImageService::kKeptJournal) >= 0;
 }
 
-// Fails over to the stored objects of `engine`; for fanotify, ending the worker of the previous
-// rafsd if it still reads the group (two readers would answer each other's events).
-KernelObjects takeStored(EngineKind engine, KeptFds kept) {
+// Fails over to the stored objects of `engine` (systemd's fd store, or passed on by a reload); for
+// fanotify, ending the worker of the previous rafsd if it still reads the group (two readers would
+// answer each other's events).
+KernelObjects takeStored(EngineKind engine, KeptFds kept, bool reloaded) {
+    const char* from = reloaded ? "passed on by the previous rafsd (reload); taking its mounts over"
+                                : "taken from systemd's fd store; failing over";
     if (engine == EngineKind::Fscache) {
-        log::info("{}: taken from systemd's fd store; failing over", FscacheDevice::kPath);
+        log::info("{}: {}", FscacheDevice::kPath, from);
     } else {
-        log::info("fanotify group taken from systemd's fd store; failing over");
+        log::info("fanotify group {}", from);
         const int journal = kept.find(ImageService::kKeptJournal);
         const auto owner = PendingJournal::adopt(rafs::UniqueFd::duplicate(journal, "the kept fanotify journal")).owner();
         if (owner) endProcess(*owner, std::chrono::seconds(10));
@@ -82,12 +86,15 @@ KernelObjects acquire(EngineKind configured, EngineKind engine, const Config& co
     // The supervisor holds an fd for every cache file its workers open: at a soft limit of 1024
     // one it cannot take is dropped, and the next worker would open that file after its mark.
     raiseFdLimit();
-    KeptFds kept = KeptFds::fromSystemd();
+    KeptFds kept = KeptFds::fromReload();
+    const bool reloaded = !kept.empty();
+    if (!reloaded) kept = KeptFds::fromSystemd();
     for (const EngineKind stored : {EngineKind::Fscache, EngineKind::Fanotify}) {
-        if (storesObjectsOf(kept, stored) && (configured == EngineKind::Auto || configured == stored)) {
-            return takeStored(stored, std::move(kept));
+        if (storesObjectsOf(kept, stored) && (configured == EngineKind::Auto || configured == stored || reloaded)) {
+            return takeStored(stored, std::move(kept), reloaded);
         }
     }
+    if (reloaded) rafs::fail("the previous rafsd passed on no kernel objects of an engine; nothing to take over");
     if (engine == EngineKind::Fscache) {
         try {
             return createObjects(EngineKind::Fscache, config, kept);
@@ -101,7 +108,11 @@ KernelObjects acquire(EngineKind configured, EngineKind engine, const Config& co
 }
 
 SupervisorOptions supervisorOptions(EngineKind engine) {
-    return {std::string(engineName(engine)), engine == EngineKind::Fscache, engine == EngineKind::Fanotify};
+    SupervisorOptions options;
+    options.engine = engineName(engine);
+    options.worker_dies_with_supervisor = engine == EngineKind::Fscache;
+    options.fail_closed = engine == EngineKind::Fanotify;
+    return options;
 }
 
 // In a worker: serve with the kernel objects the supervisor keeps.
@@ -162,7 +173,7 @@ int mountWorker(const Config& config, EngineKind engine, MountRequest request, s
     }
     ready();
     const int sig = waitForStopSignal(stop_signals);
-    log::info("{}: unmounting", sig == SIGINT ? "SIGINT" : "SIGTERM");
+    log::info("{}: unmounting", stopSignalName(sig));
     service.shutdown();
     if (!table.empty()) {
         std::error_code ignored;  // a table left behind lists no mount: the shutdown emptied it
@@ -197,14 +208,35 @@ int serveWorker(const Config& config, EngineKind engine, std::chrono::millisecon
     const auto metrics = serveMetrics(config, service);
     service.recoverMounts();
     startEngine(service, engine);
-    // Each worker has its own copy of an activated socket (fork): adopting it leaves the
-    // supervisor's for the next worker.
-    ControlServer server = control_socket >= 0 ? ControlServer::adopt(control_socket, service)
-                                               : ControlServer::bind(config.daemon.socket, service);
+    // Each worker has its own copy of an activated socket (fork), and serves a duplicate of it:
+    // the supervisor's copy is left for the next worker, this one's for a server started again.
+    auto controlServer = [&] {
+        return control_socket >= 0
+                   ? ControlServer::adopt(rafs::UniqueFd::duplicate(control_socket, "the control socket").release(), service)
+                   : ControlServer::bind(config.daemon.socket, service);
+    };
+    ControlServer server = controlServer();
     log::info("serving on {}", config.daemon.socket.string());
     ready();
-    const int sig = waitForStopSignal(stop_signals);
-    log::info("{}: stopping", sig == SIGINT ? "SIGINT" : "SIGTERM");
+    for (;;) {
+        const int sig = waitForStopSignal(stop_signals);
+        if (sig != SIGHUP) {
+            log::info("{}: stopping", stopSignalName(sig));
+            break;
+        }
+        // Checked with no control request running or to come: a mount made after the check
+        // could be one the next rafsd cannot take over.
+        server.stop();
+        if (!service.mountsOutliveWorker()) {
+            kept.declineHandOver();
+            server = controlServer();
+            continue;
+        }
+        log::info("SIGHUP: handing over to the next rafsd (reload)");
+        service.handOver();
+        // Without the destructors: they would unmount (InPlaceRestart.h).
+        ::_exit(kWorkerHandedOver);
+    }
     server.stop();
     service.shutdown();
     return 0;
@@ -238,6 +270,9 @@ int main(int argc, char** argv) {
     auto* s_config = s->add_option("--config", config_path, "config file (default /etc/rafsd/config.toml if present)");
     s->add_option("--test-fetch-delay", fetch_delay_ms,
                   "for tests: delay every backend read by this many milliseconds");
+    bool check_config = false;
+    s->add_flag("--check-config", check_config,
+                "read the configuration, say whether it is valid and exit (a reload runs this first)");
 
     try {
         app.parse(argc, argv);
@@ -259,6 +294,11 @@ int main(int argc, char** argv) {
             config.daemon.engine = *kind;
         }
         log::setLevel(logLevel(config.daemon.log_level));
+        if (check_config) {
+            std::cout << "rafsd: configuration ok ("
+                      << (fs::exists(config_path) ? config_path : std::string("none found: the defaults")) << ")\n";
+            return 0;
+        }
 
         if (m->parsed()) {
             MountRequest request;
@@ -284,19 +324,27 @@ int main(int argc, char** argv) {
         // then survive the death of a worker or, through systemd's fd store, of the whole service.
         // Mounts requested explicitly with the other engine get its objects on first use, without
         // failover; so does everything when no engine works on this kernel (each mount says why).
+        // After a reload the objects passed on decide, whatever the configuration names now: their
+        // mounts are up.
+        const bool reloaded = std::getenv(KeptFds::kReloadEnv) != nullptr;
         std::optional<EngineKind> engine_kind;
         try {
             engine_kind = ImageService::resolveEngine(config.daemon.engine);
         } catch (const std::exception& e) {
-            if (config.daemon.engine != EngineKind::Auto) throw;
+            if (config.daemon.engine != EngineKind::Auto && !reloaded) throw;
             log::warn("no engine usable on this kernel ({}); serving without one", e.what());
         }
-        if (engine_kind) {
+        if (engine_kind || reloaded) {
             // Still single-threaded: the supervisor forks the worker, which starts the threads.
             const int control_socket = activatedControlSocket();
-            KernelObjects objects = acquire(config.daemon.engine, *engine_kind, config);
+            KernelObjects objects =
+                acquire(config.daemon.engine, engine_kind.value_or(EngineKind::Fanotify), config);
             const EngineKind kind = objects.engine;
-            return supervise(std::move(objects.kept), objects.restored, supervisorOptions(kind),
+            SupervisorOptions options = supervisorOptions(kind);
+            options.reload = InPlaceRestart::ofThisProcess(argc, argv);
+            options.reload->control_socket = control_socket;
+            options.reload->needs_cachefiles_restore = kind == EngineKind::Fscache;
+            return supervise(std::move(objects.kept), objects.restored, options,
                              [&](KeptFds& kept, bool restored, const auto& ready) {
                                  return serveWorker(config, kind, fetch_delay, stop_signals, control_socket, kept,
                                                     restored, ready);
@@ -309,8 +357,11 @@ int main(int argc, char** argv) {
         log::info("serving on {}", config.daemon.socket.string());
         const auto metrics = serveMetrics(config, service);
         sd_notify(0, "READY=1");
-        int sig = waitForStopSignal(stop_signals);
-        log::info("{}: stopping", sig == SIGINT ? "SIGINT" : "SIGTERM");
+        int sig = 0;
+        while ((sig = waitForStopSignal(stop_signals)) == SIGHUP) {
+            log::warn("SIGHUP: no engine's kernel objects are supervised here, so there is nothing to reload with");
+        }
+        log::info("{}: stopping", stopSignalName(sig));
         sd_notify(0, "STOPPING=1");
         server.stop();
         service.shutdown();

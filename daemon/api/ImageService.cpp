@@ -157,6 +157,7 @@ void ImageService::useFscacheDevice(FscacheDevice device, bool restore) {
     engine->adopt(std::move(device));
     fscache_ = std::move(engine);
     fscache_restore_ = restore;
+    fscache_kept_ = true;
     collectFscacheVolumes();
 }
 
@@ -970,6 +971,26 @@ std::string ImageService::metrics() {
         m.sample("rafsd_fscache_stale_chunks_total", {}, c.stale_chunks);
     }
     return m.text();
+}
+
+bool ImageService::mountsOutliveWorker() {
+    std::lock_guard lock(mutex_);
+    std::vector<std::string> lost;
+    for (const Image& image : images_) {
+        const bool kept = image.engine == EngineKind::Fanotify ? kept_ != nullptr : fscache_kept_;
+        if (!kept) lost.push_back(image.mountpoint.string());
+    }
+    if (lost.empty()) return true;
+    log::error("reload refused: {} {} on kernel objects only this worker holds (an engine other than the "
+               "configured one); unmount {} first", fmt::join(lost, ", "), lost.size() == 1 ? "is mounted" : "are mounted",
+               lost.size() == 1 ? "it" : "them");
+    return false;
+}
+
+void ImageService::handOver() {
+    std::lock_guard lock(mutex_);
+    for (const Image& image : images_) saveTraceOrLog(image);
+    log::info("handing over {} mount{}", images_.size(), images_.size() == 1 ? "" : "s");
 }
 
 void ImageService::shutdown() {

@@ -48,6 +48,13 @@ public:
 
     // Stops prefetch, lets pending reads finish or fail, unmounts everything. Idempotent.
     void shutdown();
+    // Reload (daemon/process/InPlaceRestart.h). Whether every mount lives on kernel objects the
+    // supervisor keeps, so that the next rafsd can take it over; if not, logs the mounts that
+    // would break.
+    bool mountsOutliveWorker();
+    // Saves the start traces; the caller then exits without unmounting, leaving the mounts and
+    // what the kernel asked and was not answered to the next rafsd.
+    void handOver();
 
     // The engine `auto` resolves to on this kernel, or an Error saying what the kernel lacks.
     static EngineKind resolveEngine(EngineKind requested);
@@ -179,6 +186,7 @@ private:
     std::vector<std::unique_ptr<CacheCollector::Opening>> unserved_blobs_;
     bool shut_down_ = false;
     bool fscache_restore_ = false;  // the adopted device had a daemon die on it
+    bool fscache_kept_ = false;     // the device is the supervisor's (useFscacheDevice)
     KeptFds* kept_ = nullptr;        // fanotify failover: the fds the supervisor keeps
     bool fanotify_restore_ = false;  // the adopted group had a worker die on it
     std::filesystem::path mount_table_;  // empty: not kept

@@ -1,16 +1,21 @@
 #include "daemon/process/KeptFds.h"
 
 #include "format/Error.h"
+#include "format/FileIo.h"
 #include "daemon/core/Log.h"
 
 #include <fcntl.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <systemd/sd-daemon.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <charconv>
 #include <cstdlib>
 #include <cstring>
+#include <sstream>
+#include <utility>
 
 namespace rafsd {
 
@@ -51,6 +56,54 @@ KeptFds KeptFds::fromSystemd() {
         for (int i = 0; i < n; ++i) std::free(names[i]);
         std::free(names);
     }
+    return kept;
+}
+
+rafs::UniqueFd KeptFds::prepareExec() {
+    rafs::UniqueFd list(::memfd_create("rafsd-reload-fds", 0));
+    if (list.get() < 0) failErrno("memfd_create");
+    std::string text;
+    for (const auto& [name, fd] : fds_) text += fmt::format("{} {}\n", name, fd.get());
+    rafs::writeAll(list.get(), {reinterpret_cast<const uint8_t*>(text.data()), text.size()}, "the reload's fd list");
+    for (const auto& [name, fd] : fds_) {
+        if (::fcntl(fd.get(), F_SETFD, 0) != 0) {
+            const int err = errno;
+            abortExec();
+            failErrno(fmt::format("passing {} on", name), err);
+        }
+    }
+    return list;
+}
+
+void KeptFds::abortExec() {
+    for (const auto& [name, fd] : fds_) {
+        if (::fcntl(fd.get(), F_SETFD, FD_CLOEXEC) != 0) log::error("{}: cannot make it close-on-exec again: {}", name, std::strerror(errno));
+    }
+}
+
+KeptFds KeptFds::fromReload() {
+    KeptFds kept;
+    const char* env = std::getenv(kReloadEnv);
+    if (env == nullptr) return kept;
+    const std::string value = env;
+    ::unsetenv(kReloadEnv);
+    int list_fd = -1;
+    if (std::from_chars(value.data(), value.data() + value.size(), list_fd).ptr != value.data() + value.size() ||
+        list_fd < 3) {
+        fail("{}={}: not the fd of a list of kept fds", kReloadEnv, value);
+    }
+    const rafs::UniqueFd list(list_fd);
+    std::istringstream lines(rafs::readFile(fmt::format("/proc/self/fd/{}", list_fd), 16 << 20));
+    std::string name;
+    int fd = -1;
+    while (lines >> name >> fd) {
+        checkName(name);
+        if (fd < 3 || fd == list_fd || ::fcntl(fd, F_SETFD, FD_CLOEXEC) != 0) {
+            fail("{}: fd {} for {} is not open", kReloadEnv, fd, name);
+        }
+        kept.fds_[name] = rafs::UniqueFd(fd);
+    }
+    if (!lines.eof()) fail("{}: a line of the kept fd list is not \"NAME FD\"", kReloadEnv);
     return kept;
 }
 
@@ -106,6 +159,13 @@ void KeptFds::drop(const std::string& name) {
     }
 }
 
+void KeptFds::declineHandOver() {
+    if (link_ < 0) return;
+    if (::send(link_, "!", 1, MSG_NOSIGNAL) != 1) log::warn("cannot tell the supervisor: {}", std::strerror(errno));
+}
+
+bool KeptFds::takeDeclinedHandOver() { return std::exchange(hand_over_declined_, false); }
+
 KeptFds::Link KeptFds::makeLink() {
     int fds[2];
     if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, fds) != 0) failErrno("socketpair");
@@ -136,6 +196,10 @@ bool KeptFds::serveLink(int link) {
                 std::memcpy(&fd, CMSG_DATA(c), sizeof fd);
                 received = rafs::UniqueFd(fd);
             }
+        }
+        if (n == 1 && buffer[0] == '!') {
+            hand_over_declined_ = true;
+            continue;
         }
         const std::string name(buffer + 1, n > 1 ? static_cast<size_t>(n) - 1 : 0);
         if (n < 2 || (msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) != 0 || (buffer[0] != '+' && buffer[0] != '-')) {

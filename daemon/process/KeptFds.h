@@ -30,6 +30,16 @@ public:
     // environment stays set, so the control socket can still be found.
     static KeptFds fromSystemd();
 
+    // A reload (InPlaceRestart.h) passes the set to the next program of the same process:
+    // prepareExec() makes every fd inheritable and returns an inheritable memfd listing them
+    // ("NAME FD" lines), whose number goes into the environment as kReloadEnv; abortExec() makes
+    // them close-on-exec again after a failed exec. fromReload() is the set so passed to this
+    // program (close-on-exec again, kReloadEnv removed), empty if none was.
+    static constexpr const char* kReloadEnv = "RAFSD_RELOAD_FDS";
+    rafs::UniqueFd prepareExec();
+    void abortExec();
+    static KeptFds fromReload();
+
     // The fd kept under `name`, or -1. Still owned by this set.
     int find(const std::string& name) const;
     bool empty() const { return fds_.empty(); }
@@ -54,6 +64,11 @@ public:
 
     // Worker side: send every later keep() and drop() over `link` as well.
     void attachLink(int link) { link_ = link; }
+    // Worker side: tells the supervisor this worker will not hand over for a reload (it serves
+    // mounts whose kernel objects are not kept). Supervisor side: whether a worker said so since
+    // the last call.
+    void declineHandOver();
+    bool takeDeclinedHandOver();
 
 private:
     void keepLocal(const std::string& name, rafs::UniqueFd fd);
@@ -62,6 +77,7 @@ private:
 
     std::map<std::string, rafs::UniqueFd> fds_;
     int link_ = -1;  // worker side: not owned
+    bool hand_over_declined_ = false;  // supervisor side
 };
 
 }  // namespace rafsd

@@ -11,6 +11,7 @@ sigset_t blockStopSignals() {
     sigemptyset(&set);
     sigaddset(&set, SIGINT);
     sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGHUP);
     if (pthread_sigmask(SIG_BLOCK, &set, nullptr) != 0) rafs::fail("cannot block signals");
     return set;
 }
@@ -20,6 +21,15 @@ int waitForStopSignal(const sigset_t& set) {
     while (sigwait(&set, &sig) != 0) {
     }
     return sig;
+}
+
+const char* stopSignalName(int sig) {
+    switch (sig) {
+        case SIGINT: return "SIGINT";
+        case SIGTERM: return "SIGTERM";
+        case SIGHUP: return "SIGHUP";
+        default: return "a signal";
+    }
 }
 
 }  // namespace rafsd

@@ -32,27 +32,51 @@ constexpr size_t kMaxRestarts = 10;
 constexpr auto kRestartWindow = std::chrono::seconds(60);
 constexpr auto kMaxHoldDelay = std::chrono::seconds(60);
 
-// Waits `delay` for SIGINT or SIGTERM on `signal_fd` (SIGCHLD ignored: no worker runs); true if one
-// came. Tells systemd it is stopping.
-bool waitForStop(int signal_fd, std::chrono::seconds delay) {
+constexpr auto kHandOverTimeout = std::chrono::seconds(30);
+
+// Waits `delay` for a stop signal on `signal_fd` (SIGCHLD ignored: no worker runs); returns it, or
+// 0 if none came.
+int waitForSignal(int signal_fd, std::chrono::seconds delay) {
     const auto until = std::chrono::steady_clock::now() + delay;
     for (;;) {
         const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(until - std::chrono::steady_clock::now());
-        if (left.count() <= 0) return false;
+        if (left.count() <= 0) return 0;
         pollfd p{signal_fd, POLLIN, 0};
         const int n = ::poll(&p, 1, static_cast<int>(left.count()));
         if (n < 0) {
             if (errno == EINTR) continue;
             failErrno("poll");
         }
-        if (n == 0) return false;
+        if (n == 0) return 0;
         signalfd_siginfo info{};
         if (::read(signal_fd, &info, sizeof info) != static_cast<ssize_t>(sizeof info)) failErrno("read signalfd");
-        if (info.ssi_signo == SIGINT || info.ssi_signo == SIGTERM) {
-            sd_notify(0, "STOPPING=1");
-            return true;
-        }
+        const auto sig = static_cast<int>(info.ssi_signo);
+        if (sig == SIGINT || sig == SIGTERM || sig == SIGHUP) return sig;
     }
+}
+
+// A reload's first step: whether the new program would serve (else the worker is not disturbed).
+bool reloadable(const InPlaceRestart& reload) {
+    try {
+        reload.check();
+        return true;
+    } catch (const std::exception& e) {
+        log::error("reload refused: {}; serving on", e.what());
+        return false;
+    }
+}
+
+// A reload's last step: this process becomes the new program, `kept` passed on. Returns only if
+// that failed (logged); then a worker of this program must take the mounts over.
+void becomeNewProgram(const InPlaceRestart& reload, KeptFds& kept) {
+    log::info("reloading: {} takes the mounts over", reload.executable);
+    try {
+        reload.check();  // again: it may have changed since the worker was asked to hand over
+        reload.exec(kept);
+    } catch (const std::exception& e) {
+        log::error("reload failed: {}; a worker of this rafsd takes the mounts over", e.what());
+    }
+    sd_notify(0, "READY=1");
 }
 
 // Forks a worker; returns its pid and, in `ready_fd`, the read end of the pipe it signals
@@ -110,6 +134,7 @@ int supervise(KeptFds kept, bool restored, const SupervisorOptions& options, con
     sigemptyset(&set);
     sigaddset(&set, SIGINT);
     sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGHUP);
     sigaddset(&set, SIGCHLD);
     if (::sigprocmask(SIG_BLOCK, &set, nullptr) != 0) failErrno("sigprocmask");
     const int signal_fd = ::signalfd(-1, &set, SFD_CLOEXEC);
@@ -125,13 +150,33 @@ int supervise(KeptFds kept, bool restored, const SupervisorOptions& options, con
         const pid_t pid = forkWorker(kept, link, signal_fd, restored, options, worker, ready_fd);
         log::info("{} worker started (pid {}{})", engine, pid, restored ? ", failover" : "");
         bool ready = false;
+        bool reloading = false;  // the worker was asked to hand over
+        bool hand_over_killed = false;
+        std::chrono::steady_clock::time_point hand_over_deadline;
         int status = 0;
         for (;;) {
             pollfd fds[3] = {{signal_fd, POLLIN, 0}, {ready_fd, POLLIN, 0}, {link.supervisor.get(), POLLIN, 0}};
-            if (::poll(fds, 3, -1) < 0) {
+            // A worker asked to hand over is killed if it has not within kHandOverTimeout: the
+            // kernel keeps what it left pending, as after a crash.
+            int timeout_ms = -1;
+            if (reloading && !hand_over_killed) {
+                const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+                    hand_over_deadline - std::chrono::steady_clock::now());
+                if (left.count() > 0) {
+                    timeout_ms = static_cast<int>(left.count());
+                } else {
+                    log::warn("{} worker {} did not hand over within {} s; killing it", engine, pid,
+                              kHandOverTimeout.count());
+                    if (::kill(pid, SIGKILL) != 0) log::warn("killing worker {}: {}", pid, std::strerror(errno));
+                    hand_over_killed = true;
+                }
+            }
+            const int polled = ::poll(fds, 3, timeout_ms);
+            if (polled < 0) {
                 if (errno == EINTR) continue;
                 failErrno("poll");
             }
+            if (polled == 0) continue;
             if (ready_fd >= 0 && fds[1].revents != 0) {
                 char byte = 0;
                 if (::read(ready_fd, &byte, 1) == 1) {
@@ -140,6 +185,11 @@ int supervise(KeptFds kept, bool restored, const SupervisorOptions& options, con
                     log::info("{} worker {} serves", engine, pid);
                     if (!told_ready) sd_notify(0, "READY=1");
                     told_ready = true;
+                    // A stop that came while no worker served (a reload that failed): now this one
+                    // unmounts.
+                    if (stopping && ::kill(pid, SIGTERM) != 0) {
+                        log::warn("stopping worker {}: {}", pid, std::strerror(errno));
+                    }
                 }
                 closeOrWarn(ready_fd, "worker ready pipe");
                 ready_fd = -1;
@@ -147,11 +197,26 @@ int supervise(KeptFds kept, bool restored, const SupervisorOptions& options, con
             if (link.supervisor.get() >= 0 && fds[2].revents != 0 && !kept.serveLink(link.supervisor.get())) {
                 link.supervisor = rafs::UniqueFd();  // the worker's end is closed: it is exiting
             }
+            if (reloading && kept.takeDeclinedHandOver()) {
+                log::error("reload refused by {} worker {} (its log says why); serving on", engine, pid);
+                sd_notify(0, "READY=1");
+                reloading = false;
+            }
             if ((fds[0].revents & POLLIN) == 0) continue;
             signalfd_siginfo info{};
             if (::read(signal_fd, &info, sizeof info) != static_cast<ssize_t>(sizeof info)) failErrno("read signalfd");
             const auto sig = static_cast<int>(info.ssi_signo);
-            if (sig == SIGINT || sig == SIGTERM) {
+            if (sig == SIGHUP && options.reload) {
+                if (!stopping && !reloading && reloadable(*options.reload)) {
+                    sd_notify(0, "RELOADING=1");
+                    log::info("SIGHUP: reloading; {} worker {} hands its mounts over", engine, pid);
+                    if (::kill(pid, SIGHUP) != 0) log::warn("asking worker {} to hand over: {}", pid, std::strerror(errno));
+                    reloading = true;
+                    hand_over_deadline = std::chrono::steady_clock::now() + kHandOverTimeout;
+                }
+                continue;
+            }
+            if (sig == SIGINT || sig == SIGTERM || sig == SIGHUP) {
                 if (!stopping) sd_notify(0, "STOPPING=1");
                 stopping = true;
                 if (::kill(pid, sig) != 0) log::warn("forwarding signal {} to worker {}: {}", sig, pid, std::strerror(errno));
@@ -164,6 +229,18 @@ int supervise(KeptFds kept, bool restored, const SupervisorOptions& options, con
         if (ready_fd >= 0) closeOrWarn(ready_fd, "worker ready pipe");
         // What the worker kept just before it died is still queued, with its fds.
         if (link.supervisor.get() >= 0) kept.serveLink(link.supervisor.get());
+        // A worker that handed over (or was killed doing so) left its mounts up: the new program
+        // takes them over, or, if it cannot or a stop came meanwhile, another worker of this one.
+        const bool handed_over = WIFEXITED(status) && WEXITSTATUS(status) == kWorkerHandedOver;
+        if (reloading || handed_over) {
+            if (!stopping && options.reload && (reloading || reloadable(*options.reload))) {
+                if (!reloading) sd_notify(0, "RELOADING=1");
+                becomeNewProgram(*options.reload, kept);
+            }
+            log::info("{} worker {} handed over; starting another one on the same kernel objects", engine, pid);
+            restored = true;
+            continue;
+        }
         // With fail_closed, once mounts may live on the kept fds, no worker's end is a reason to
         // give them up: only a stop is.
         const bool hold = options.fail_closed && (ready || restored) && !stopping &&
@@ -188,7 +265,14 @@ int supervise(KeptFds kept, bool restored, const SupervisorOptions& options, con
             log::error("{} worker {} {} ({}), {} restarts within {} s; its kernel objects stay held, so readers wait "
                        "rather than read holes: another worker in {} s", engine, pid, ended, describe(status),
                        restarts.size(), kRestartWindow.count(), hold_delay.count());
-            if (waitForStop(signal_fd, hold_delay)) {
+            const int sig = waitForSignal(signal_fd, hold_delay);
+            if (sig == SIGHUP && options.reload) {
+                if (reloadable(*options.reload)) {
+                    sd_notify(0, "RELOADING=1");
+                    becomeNewProgram(*options.reload, kept);
+                }
+            } else if (sig != 0) {
+                sd_notify(0, "STOPPING=1");
                 closeOrWarn(signal_fd, "signalfd");
                 log::error("stopped with no {} worker serving: its kernel objects are released with mounts up", engine);
                 return 1;

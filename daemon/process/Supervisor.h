@@ -10,9 +10,11 @@
 // restart of the whole service finds them in LISTEN_FDS and fails over the same way.
 #pragma once
 
+#include "daemon/process/InPlaceRestart.h"
 #include "daemon/process/KeptFds.h"
 
 #include <functional>
+#include <optional>
 #include <string>
 
 namespace rafsd {
@@ -20,9 +22,12 @@ namespace rafsd {
 // The worker's body, run in the forked child. `kept`: the supervisor's fds (copies made by fork)
 // linked to the supervisor, so the worker can keep more. `restored`: a predecessor (a worker, or a
 // whole rafsd) died on these fds, so the kernel may still have its mounts. It calls ready() once it
-// serves, then waits for SIGINT/SIGTERM (blocked in every thread; the supervisor forwards them),
-// shuts down and returns the exit status.
+// serves, then waits for a stop signal (StopSignals.h: blocked in every thread; the supervisor
+// forwards them), shuts down and returns the exit status; or, asked to hand over for a reload,
+// exits with kWorkerHandedOver without unmounting.
 using Worker = std::function<int(KeptFds& kept, bool restored, const std::function<void()>& ready)>;
+
+constexpr int kWorkerHandedOver = 75;
 
 struct SupervisorOptions {
     std::string engine;  // for log lines: "fscache", "fanotify"
@@ -36,11 +41,16 @@ struct SupervisorOptions {
     // would let readers see the holes of its marked files as zeros; their reads wait instead.
     // (fscache's mounts fail with EIO when the device closes: there the supervisor gives up.)
     bool fail_closed = false;
+    // SIGHUP reloads: the worker hands over and this process becomes the program at the same path
+    // (InPlaceRestart.h). Without it, SIGHUP stops as SIGTERM does.
+    std::optional<InPlaceRestart> reload;
 };
 
 // Runs and restarts workers on `kept` until one exits (its status is returned) or one dies before it
-// became ready (1); with fail_closed, once mounts may live on `kept`, until it is told to stop. Call from a single-threaded process with SIGINT and SIGTERM blocked. Sends
-// READY=1 and STOPPING=1 to systemd itself.
+// became ready (1); with fail_closed, once mounts may live on `kept`, until it is told to stop. A
+// worker that handed over for a reload is never a reason to let `kept` go: the supervisor execs the
+// new program or, if it cannot, starts another worker. Call from a single-threaded process with the
+// stop signals blocked. Sends READY=1, RELOADING=1 and STOPPING=1 to systemd itself.
 int supervise(KeptFds kept, bool restored, const SupervisorOptions& options, const Worker& worker);
 
 }  // namespace rafsd

@@ -67,7 +67,7 @@ int serve(const fs::path& given_root, const fs::path& address, const Config& con
     std::thread remounter([&] { service.remountImages(stopping); });
     const int sig = waitForStopSignal(stop);
     sd_notify(0, "STOPPING=1");
-    log::info("signal {}: stopping (rafsd keeps serving the mounts)", sig);
+    log::info("{}: stopping (rafsd keeps serving the mounts)", stopSignalName(sig));
     stopping.store(true);
     server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(5));
     waiter.join();

@@ -6,7 +6,7 @@ configured prefix (/usr/local by default):
 - bin/mkrafs, bin/rafsd, bin/rafsctl, bin/rafs-snapshotter: executables that run (`--help` exits 0);
 - lib/systemd/system/rafsd.service and rafs-snapshotter.service: each ExecStart is the installed
   program (`serve`, no --config that would have to exist), KillMode=process, Documentation the
-  installed README, no @word@ left unreplaced;
+  installed README, no @word@ left unreplaced; rafsd's ExecReload sends SIGHUP;
 - share/doc/rafsd/README.md and config.example.toml: the source tree's files;
 and that nothing else is installed.
 
@@ -68,6 +68,9 @@ def main():
                      '%s.service starts %s/bin/%s serve' % (prog, prefix, prog),
                      'ExecStart lines: %s' % re.findall(r'^ExecStart=.*$', unit, re.M))
             ck.check(re.search(r'^KillMode=process$', unit, re.M), '%s.service: KillMode=process' % prog)
+            if prog == 'rafsd':
+                ck.check(re.search(r'^ExecReload=/bin/kill -HUP \$MAINPID$', unit, re.M),
+                         'rafsd.service: systemctl reload sends SIGHUP (the reload that keeps the mounts)')
             ck.check('Documentation=file://%s/share/doc/rafsd/README.md' % prefix in unit,
                      '%s.service documents the installed README' % prog)
             ck.check(not re.search(r'@\w+@', unit), '%s.service: no @word@ left' % prog, str(re.findall(r'@\w+@', unit)))

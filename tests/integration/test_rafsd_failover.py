@@ -24,69 +24,17 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 
 from rafstest import harness
 from rafstest.fdstore import FdStore
 from rafstest.harness import log
 from rafstest.rafsd import RafsdMount, RafsdProcess, make_small_tree, start_test, worker_of, write_config
+from rafstest.readers import READ_TIMEOUT, Reader, read_all
 
 MiB = 1 << 20
 FILES = [('r%d' % i, 2 * MiB + 4096 * i) for i in range(8)] + [('held', 2 * MiB), ('big', 8 * MiB), ('late', 3 * MiB)]
-PIECE = 256 * 1024
 FETCH_DELAY_MS = 1500
-READ_TIMEOUT = 120
-
-
-class Reader(threading.Thread):
-    """Reads a file from `fd` (opened now) or its path, piece by piece, after `start_at` is set."""
-
-    def __init__(self, path, data, hold=False):
-        super().__init__(daemon=True)
-        self.path, self.data = path, data
-        self.fd = os.open(path, os.O_RDONLY) if hold else None
-        self.result = None
-
-    def run(self):
-        fd = self.fd if self.fd is not None else os.open(self.path, os.O_RDONLY)
-        try:
-            off = 0
-            while off < len(self.data):
-                got = os.pread(fd, PIECE, off)
-                if not got:
-                    self.result = 'end of file at %d' % off
-                    return
-                want = self.data[off:off + len(got)]
-                if got != want:
-                    self.result = '%s at %d+%d' % ('zeros' if got == bytes(len(got)) else 'wrong bytes', off, len(got))
-                    return
-                off += len(got)
-            self.result = 'ok'
-        except OSError as e:
-            self.result = 'error %s' % e
-        finally:
-            os.close(fd)
-
-
-def read_all(ck, mnt, content, names, kill, what, held=None):
-    """Starts a reader per name (and one on the already-open `held` reader), waits until they wait
-    on cold data, calls kill(), and checks every reader got exactly the file's bytes."""
-    readers = [Reader(os.path.join(mnt, n), content[n]) for n in names]
-    if held is not None:
-        readers.append(held)
-    for r in readers:
-        r.start()
-    time.sleep(FETCH_DELAY_MS / 1000 * 0.6)
-    waiting = sum(r.is_alive() for r in readers)
-    ck.check(waiting == len(readers), '%s: all %d readers wait on cold data at the kill' % (what, len(readers)),
-             '%d still reading' % waiting)
-    kill()
-    for r in readers:
-        r.join(READ_TIMEOUT)
-    ck.check(not any(r.is_alive() for r in readers), '%s: every reader finished within %d s' % (what, READ_TIMEOUT))
-    bad = ['%s: %s' % (r.path, r.result) for r in readers if r.result != 'ok']
-    ck.diffs('%s: reads that did not return the right bytes' % what, bad)
 
 
 def case_worker(ck, rafsd, image, content, tmp):
@@ -101,7 +49,7 @@ def case_worker(ck, rafsd, image, content, tmp):
         first = worker_of(m.proc.pid)
         held = Reader(os.path.join(mnt, 'held'), content['held'], hold=True)
         read_all(ck, mnt, content, ['r%d' % i for i in range(8)], lambda: os.kill(first, signal.SIGKILL),
-                 'worker killed', held)
+                 'worker killed', held, FETCH_DELAY_MS)
         second = worker_of(m.proc.pid)
         ck.check(second != first and m.proc.poll() is None, 'worker: the supervisor started another worker')
         text = m.log_text()
@@ -148,7 +96,8 @@ def case_supervisor(ck, rafsd, image, content, tmp):
         if not ck.check(m.start(), 'supervisor: rafsd mounted the image', m.log_text()[-2000:]):
             return
         worker = worker_of(m.proc.pid)
-        read_all(ck, mnt, content, ['r%d' % i for i in range(4)], m.proc.kill, 'supervisor killed')
+        read_all(ck, mnt, content, ['r%d' % i for i in range(4)], m.proc.kill, 'supervisor killed',
+                 wait_ms=FETCH_DELAY_MS)
         m.proc.wait()
         ck.check(os.path.exists('/proc/%d' % worker), 'supervisor: the worker serves on alone')
         # The worker is no child of ours: stop it by its pid and wait for the mount to go.
@@ -209,7 +158,8 @@ def case_service(ck, rafsd, rafsctl, image, content, tmp):
             restart, fds = store.restart_argv(argv)
             second = Serve(restart, log_path, store.env(), pass_fds=fds)
             second.start()
-        read_all(ck, mnt, content, ['r%d' % i for i in range(8)], kill_all, 'service killed whole')
+        read_all(ck, mnt, content, ['r%d' % i for i in range(8)], kill_all, 'service killed whole',
+                 wait_ms=FETCH_DELAY_MS)
         text = second.log_text()
         ck.check('taken from systemd' in text and 'reattached' in text and 'every orphaned event answered' in text,
                  'service: the restarted rafsd took the fds over, reattached the mount, answered the orphans',

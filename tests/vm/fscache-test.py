@@ -852,6 +852,45 @@ class Guest:
             notify.close()
             os.unlink('/tmp/notify.sock')
 
+    def case_reload(self):
+        """rafsd serve reloads on SIGHUP while a reader waits on a slow miss of its fscache mount: the
+        same pid runs the program at its path again with the bound device passed on, writes `restore`
+        (Linux 6.8+), reattaches the mount and serves the reader."""
+        name = 'reload'
+        mnt, cache = self.mnt(name), f'{self.cache_root}/{name}'
+        sock = f'/tmp/{name}.sock'
+        d = Rafsd(self, ['serve', '--config', self.config(name, cache), '--test-fetch-delay', '4000'])
+        self.daemons.append(d)
+        manifest = self.meta['img1']['manifest']
+
+        def ctl(*args):
+            return subprocess.run([self.rafsctl, '--socket', sock, *args], stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, timeout=300)
+        d.wait_for(lambda: ctl('list').returncode == 0, 'the control socket')
+        b, blobs = self.image('img1')
+        r = ctl('mount', '--engine', 'fscache', '--blob-dir', blobs, b, mnt)
+        check(r.returncode == 0, f'rafsctl mount: {r.stdout!r}\n{d.text()}')
+        worker = self.worker_of(d)
+        rel = 'files/random-3145851'
+        t, result = self.start_reader(f'{mnt}/{rel}')
+        time.sleep(1.5)
+        check(t.is_alive(), f'the reader did not wait for the slow miss: {result}')
+        os.kill(d.proc.pid, signal.SIGHUP)
+        t.join(180)
+        check(not t.is_alive(), f'the reader still waits 180 s after the reload:\n{d.text()}')
+        check(result.get('sha256') == manifest[rel]['sha256'], f'reader got {result}\n{d.text()}')
+        text = d.text()
+        check(d.proc.poll() is None and 'passed on by the previous rafsd (reload)' in text and 'reattached' in text
+              and 'restore sent' in text, f'no reload in the log:\n{text}')
+        check(self.worker_of(d) != worker, f'the old worker still serves:\n{text}')
+        d.wait_for(lambda: ctl('list').returncode == 0, 'the control socket after the reload')
+        listing = ctl('list').stdout.decode(errors='replace')
+        check(mnt in listing, f'rafsctl list after the reload:\n{listing}')
+        other = 'files/random-2101248'
+        check(sha256_file(f'{mnt}/{other}') == manifest[other]['sha256'], f'{other} differs after the reload')
+        self.expect_clean_stop(d, mnt)
+        return 'the reloaded rafsd reattached the mount and completed the waiting read'
+
     def registry_config(self, name, user, password, backend_repo=None):
         """docker-registry on the guest's loopback with TLS from a test CA and htpasswd auth for
         `user` (running), and the config `name` of an fscache daemon with that CA and the
@@ -952,7 +991,7 @@ class Guest:
 
 
 CASES = ['tree', 'remount_cached', 'stale_state', 'nydus', 'reused_fsid', 'unknown_cookie', 'missing_blob', 'device_errors',
-         'corrupt_blob', 'shared_domain', 'register_by_hand', 'failover', 'fd_store', 'serve_failover', 'kill_no_failover', 'registry',
+         'corrupt_blob', 'shared_domain', 'register_by_hand', 'failover', 'fd_store', 'serve_failover', 'reload', 'kill_no_failover', 'registry',
          'registry_image', 'cache_gc']
 
 

@@ -1,0 +1,229 @@
+#!/usr/bin/env python3
+"""Reload: `rafsd serve` replaced by a new build of itself on SIGHUP (systemd's ExecReload), its
+mounts kept up and their readers served throughout (fanotify engine, prefetch off, every backend
+read delayed, so that readers wait on cold data when the signal comes):
+
+1. upgrade: rafsd runs from a copy of the binary under a test playing systemd (notify socket and fd
+   store); rafsctl mounts an image; 8 readers wait on cold files and one more file is held open;
+   the binary is replaced (a new file at the same path, as a package upgrade does) and the
+   supervisor gets SIGHUP. Every reader completes with the file's bytes; the process keeps its
+   pid and now runs the new file; it said RELOADING=1 and READY=1 again; the mount is still
+   listed and served; the new rafsd answered the events the old worker left.
+2. refused: a configuration that no longer parses, and a binary that does not run: SIGHUP is
+   refused with one line naming what is wrong, and the worker serves on undisturbed.
+3. hangup: `rafsd mount` in a session of its own gets SIGHUP in supervisor and worker at once, as
+   from a closed terminal: it unmounts and exits 0 (before, both died and the mount was left to
+   read its holes as zeros); a reader holding a file open never gets wrong bytes.
+"""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+from rafstest import harness
+from rafstest.fdstore import FdStore
+from rafstest.harness import log
+from rafstest.rafsd import RafsdMount, RafsdProcess, make_small_tree, start_test, worker_of, write_config
+from rafstest.readers import READ_TIMEOUT, Reader, read_all
+
+MiB = 1 << 20
+FILES = [('r%d' % i, 2 * MiB + 4096 * i) for i in range(8)] + [('held', 2 * MiB), ('after', 3 * MiB),
+                                                              ('hup', 4 * MiB)]
+FETCH_DELAY_MS = 1500
+
+
+class Serve(RafsdProcess):
+    def __init__(self, cmd, log_path, env):
+        super().__init__(cmd, log_path)
+        self.env = env
+
+    def start(self, timeout=30):
+        log('$ ' + ' '.join(self.cmd) + ' &')
+        self.log_file = open(self.log_path, 'ab')
+        self.proc = subprocess.Popen(self.cmd, stdout=self.log_file, stderr=subprocess.STDOUT, env=self.env)
+        return True
+
+
+def install(src, dest):
+    """Puts a copy of `src` at `dest` as a package manager does: a new file renamed over the old."""
+    tmp = dest + '.new'
+    shutil.copy2(src, tmp)
+    os.rename(tmp, dest)
+    return os.stat(dest).st_ino
+
+
+def wait_for_log(proc, text, timeout=30):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if text in proc.log_text():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def rafsctl_list(rafsctl, sock):
+    r = subprocess.run([rafsctl, '--socket', sock, 'list'], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                       timeout=60)
+    return r.returncode, r.stdout.decode()
+
+
+def case_upgrade_and_refusals(ck, rafsd, rafsctl, image, content, tmp):
+    mnt = os.path.join(tmp, 'mnt-serve')
+    os.makedirs(mnt)
+    bindir = os.path.join(tmp, 'bin')
+    os.makedirs(bindir)
+    binary = os.path.join(bindir, 'rafsd')
+    install(rafsd, binary)
+    sock = os.path.join(tmp, 'api.sock')
+    config_values = dict(daemon={'socket': sock, 'cache_dir': os.path.join(tmp, 'cache'),
+                                 'state_dir': os.path.join(tmp, 'state'), 'engine': 'fanotify'},
+                         prefetch={'enable': False}, fetch={'amplify': 0})
+    config = write_config(os.path.join(tmp, 'serve.toml'), **config_values)
+    argv = [binary, 'serve', '--config', config, '--test-fetch-delay', str(FETCH_DELAY_MS)]
+    store = FdStore()
+    serve = Serve(argv, os.path.join(tmp, 'serve.log'), store.env())
+    try:
+        serve.start()
+        if not ck.check(store.wait_for('READY=1'), 'upgrade: rafsd serve said READY=1', serve.log_text()[-2000:]):
+            return
+        r = subprocess.run([rafsctl, '--socket', sock, 'mount', '--blob-dir', image['blobs'], image['boot'], mnt],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=60)
+        if not ck.check(r.returncode == 0, 'upgrade: rafsctl mount', r.stdout.decode() + serve.log_text()[-2000:]):
+            return
+        pid = serve.proc.pid
+        old_worker = worker_of(pid)
+        held = Reader(os.path.join(mnt, 'held'), content['held'], hold=True)
+        new_inode = None
+
+        def upgrade():
+            nonlocal new_inode
+            new_inode = install(rafsd, binary)
+            os.kill(pid, signal.SIGHUP)
+        read_all(ck, mnt, content, ['r%d' % i for i in range(8)], upgrade, 'upgrade', held, FETCH_DELAY_MS)
+        ck.check(wait_for_log(serve, 'passed on by the previous rafsd (reload)'),
+                 'upgrade: the new program took the group over from the old one', serve.log_text()[-3000:])
+        ck.check(serve.proc.poll() is None and os.stat('/proc/%d/exe' % pid).st_ino == new_inode,
+                 'upgrade: the same pid now runs the new binary',
+                 'running %s' % (os.readlink('/proc/%d/exe' % pid) if serve.proc.poll() is None else 'nothing'))
+        new_worker = worker_of(pid)
+        ck.check(new_worker != old_worker and not os.path.exists('/proc/%d' % old_worker),
+                 'upgrade: the old worker is gone, a new one serves')
+        text = serve.log_text()
+        ck.check('reattached' in text and 'every orphaned event answered' in text,
+                 'upgrade: the new rafsd reattached the mount and answered the events the old worker left',
+                 text[-3000:])
+        with store.lock:
+            messages = list(store.messages)
+        ck.check('RELOADING=1' in messages and messages.count('READY=1') >= 2
+                 and messages.index('RELOADING=1') < len(messages) - 1 - messages[::-1].index('READY=1'),
+                 'upgrade: systemd was told RELOADING=1, then READY=1 again', str(messages))
+        code, listing = rafsctl_list(rafsctl, sock)
+        ck.check(code == 0 and mnt in listing, 'upgrade: rafsctl list shows the mount', listing)
+        after = Reader(os.path.join(mnt, 'after'), content['after'])
+        after.run()
+        ck.check(after.result == 'ok', 'upgrade: a cold file read after the reload has its bytes', after.result)
+
+        log('== refused: a configuration that does not parse')
+        with open(config, 'a') as f:
+            f.write('[daemon\n')
+        os.kill(pid, signal.SIGHUP)
+        ck.check(wait_for_log(serve, 'reload refused'), 'refused: a broken configuration is named, one line',
+                 serve.log_text()[-2000:])
+        refusal = [line for line in serve.log_text().splitlines() if 'reload refused' in line]
+        ck.check(len(refusal) == 1 and 'serve.toml' in refusal[0], 'refused: the line names the configuration file',
+                 str(refusal))
+        time.sleep(0.5)
+        ck.check(worker_of(pid) == new_worker, 'refused: the worker serves on')
+        write_config(config, **config_values)
+
+        log('== refused: a binary that does not run')
+        with open(binary + '.new', 'w') as f:
+            f.write('#!/bin/sh\necho "rafsd: this build is broken" >&2\nexit 1\n')
+        os.chmod(binary + '.new', 0o755)
+        os.rename(binary + '.new', binary)
+        os.kill(pid, signal.SIGHUP)
+        ck.check(wait_for_log(serve, 'this build is broken'), 'refused: a binary that does not run is refused, saying why',
+                 serve.log_text()[-2000:])
+        time.sleep(0.5)
+        ck.check(worker_of(pid) == new_worker, 'refused: the worker serves on')
+        code, listing = rafsctl_list(rafsctl, sock)
+        ck.check(code == 0 and mnt in listing, 'refused: rafsctl list still shows the mount', listing)
+        install(rafsd, binary)
+
+        ck.check(serve.stop(signal.SIGTERM, timeout=60) == 0, 'SIGTERM then stops rafsd, exit 0')
+        ck.check(not os.path.ismount(mnt), 'the mount is gone')
+        held.join(1)
+    finally:
+        if serve.proc is not None and serve.proc.poll() is None:
+            serve.proc.kill()
+            serve.proc.wait()
+        store.close()
+        if os.path.ismount(mnt):
+            subprocess.run(['umount', '-l', mnt])
+
+
+class SessionMount(RafsdMount):
+    """`rafsd mount` as a terminal runs it: in a session (and process group) of its own."""
+
+    def start(self, timeout=30, poll=0.05):
+        log('$ ' + ' '.join(self.cmd) + ' &')
+        self.log_file = open(self.log_path, 'wb')
+        self.proc = subprocess.Popen(self.cmd, stdout=self.log_file, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.ready():
+                return True
+            if self.proc.poll() is not None:
+                return False
+            time.sleep(poll)
+        return False
+
+
+def case_hangup(ck, rafsd, image, content, tmp):
+    mnt = os.path.join(tmp, 'mnt-hangup')
+    os.makedirs(mnt)
+    m = SessionMount(rafsd, image['boot'], mnt, blob_dir=image['blobs'], cache_dir=os.path.join(tmp, 'cache-hup'),
+                     config=image['config'], engine='fanotify')
+    m.cmd[2:2] = ['--test-fetch-delay', str(FETCH_DELAY_MS)]
+    with m:
+        if not ck.check(m.start(), 'hangup: rafsd mounted the image', m.log_text()[-2000:]):
+            return
+        # Open before the hangup, read after it: rafsd keeps the detached mount answering until the
+        # file is closed (test_rafsd_sigterm), then exits.
+        held = Reader(os.path.join(mnt, 'hup'), content['hup'], hold=True)
+        os.killpg(m.proc.pid, signal.SIGHUP)
+        held.start()
+        held.join(READ_TIMEOUT)
+        ck.check(held.result == 'ok' or (held.result or '').startswith('error'),
+                 'hangup: the file held open gives its bytes or an error, never zeros', str(held.result))
+        try:
+            code = m.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            code = None
+        ck.check(code == 0, 'hangup: rafsd mount exits 0 on SIGHUP to its process group', m.log_text()[-2000:])
+        ck.check(not os.path.ismount(mnt), 'hangup: the mount is gone, not left to read holes')
+
+
+def main():
+    args, mk, rafsd, rafsctl, ck = start_test('rafsd_reload', __doc__)
+    with harness.temp_dir('rafsd-reload-', keep=args.keep) as tmp:
+        src, out = os.path.join(tmp, 'src'), os.path.join(tmp, 'out')
+        content = make_small_tree(src, FILES, seed=13)
+        if not ck.cmd_ok(mk.build(out, [src]), 'mkrafs build'):
+            return ck.finish()
+        image = {'boot': os.path.join(out, 'image.boot'), 'blobs': os.path.join(out, 'blobs'),
+                 'config': write_config(os.path.join(tmp, 'config.toml'), prefetch={'enable': False},
+                                        fetch={'amplify': 0})}
+        log('== upgrade: the binary replaced, SIGHUP')
+        case_upgrade_and_refusals(ck, rafsd, rafsctl, image, content, tmp)
+        log('== hangup of rafsd mount')
+        case_hangup(ck, rafsd, image, content, tmp)
+    return ck.finish()
+
+
+if __name__ == '__main__':
+    sys.exit(main())
