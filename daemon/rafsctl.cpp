@@ -301,6 +301,7 @@ void addToLayerStore(const rafsd::ControlClient& client, const std::string& stor
             rafsd::MountRequest request;
             request.image = pinned(image, manifest->get<std::string>());
             request.mountpoint = diff;
+            request.layer_store = true;
             if (!engine.empty()) {
                 request.engine = rafsd::parseEngineKind(engine);
                 if (!request.engine) rafs::fail("--engine '{}' is not one of {}", engine, rafsd::kEngineNames);

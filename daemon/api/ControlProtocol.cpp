@@ -133,6 +133,10 @@ MountRequest mountRequest(Fields& fields) {
         if (!v->is_boolean()) rafs::fail("register_only: {} is not true or false", shown(*v));
         request.register_only = v->get<bool>();
     }
+    if (const json* v = fields.optional("layer_store")) {
+        if (!v->is_boolean()) rafs::fail("layer_store: {} is not true or false", shown(*v));
+        request.layer_store = v->get<bool>();
+    }
     return request;
 }
 
@@ -145,6 +149,7 @@ json toJson(const MountRequest& request) {
     if (request.domain_id) out["domain_id"] = *request.domain_id;
     if (request.fsid) out["fsid"] = *request.fsid;
     if (request.register_only) out["register_only"] = true;
+    if (request.layer_store) out["layer_store"] = true;
     return out;
 }
 

@@ -90,6 +90,10 @@ struct MountRequest {
     bool register_only = false;
     // An image reference (HOST[:PORT]/REPO[:TAG|@DIGEST]), checked by rafsd.
     std::optional<std::string> image = std::nullopt;
+    // The mount point is the bootstrap layer's `diff` of an additional layer store entry
+    // (LayerStore.h): rafsd keeps the entry's markers in step with the mount, and mounts it again
+    // when it starts and finds it gone (a stop, a reboot).
+    bool layer_store = false;
     bool operator==(const MountRequest&) const = default;
 };
 

@@ -6,6 +6,7 @@
 #include "format/Error.h"
 #include "daemon/api/BackendProbe.h"
 #include "daemon/api/KeptImageCopies.h"
+#include "daemon/api/LayerStore.h"
 #include "daemon/api/LocalBootstrap.h"
 #include "daemon/api/MetricsText.h"
 #include "daemon/api/StartTrace.h"
@@ -329,6 +330,7 @@ nlohmann::json ImageService::reattach(const MountRequest& request) {
             r.manifest_digest = pinned.digest;
         }
         r.register_only = request.register_only;
+        r.layer_store = request.layer_store;
         std::lock_guard lock(mutex_);
         if (request.engine == EngineKind::Fanotify) fanotify_->leaveUnserved(request.mountpoint);
         unserved_.push_back(std::move(r));
@@ -429,6 +431,7 @@ nlohmann::json ImageService::mountOrReattach(const MountRequest& request, bool r
     image.bootstrap = bootstrap_path;
     image.mountpoint = mountpoint;
     image.engine = engine;
+    image.layer_store = request.layer_store;
     if (request.blob_dir) image.blob_dir = fs::absolute(*request.blob_dir);
     if (reference) {
         image.image = *request.image;
@@ -602,12 +605,21 @@ void ImageService::saveMountTable(const Image* adding) {
     std::vector<MountRecord> records;
     auto add = [&records](const Image& i) {
         records.push_back({std::string(engineName(i.engine)), i.bootstrap, i.mountpoint, i.fsid, i.domain_id, i.blob_dir,
-                           i.image, i.manifest_digest, i.register_only});
+                           i.image, i.manifest_digest, i.register_only, i.layer_store});
     };
     for (const Image& i : images_) add(i);
     if (adding != nullptr) add(*adding);
     records.insert(records.end(), unserved_.begin(), unserved_.end());
+    records.insert(records.end(), remount_at_start_.begin(), remount_at_start_.end());
     saveMounts(mount_table_, records);
+}
+
+void ImageService::withdrawMarkersOrLog(const fs::path& mountpoint) {
+    try {
+        LayerStore::withdrawMarkers(mountpoint);
+    } catch (const std::exception& e) {
+        log::error("{}: podman may take its layers while they are not mounted: {}", mountpoint.string(), e.what());
+    }
 }
 
 void ImageService::saveMountTableOrLog() {
@@ -662,13 +674,19 @@ void ImageService::recoverMounts() {
         if (!fanotify) request.fsid = r.fsid;
         if (!r.domain_id.empty()) request.domain_id = r.domain_id;
         request.register_only = r.register_only;
+        request.layer_store = r.layer_store;
         return request;
     };
     std::vector<MountRecord> registered;
+    std::vector<MountRecord> remounts;
     for (const MountRecord& r : records) {
         try {
             const bool fanotify = r.engine == engineName(EngineKind::Fanotify);
             const bool mounted = hasErofsMount(r.mountpoint);
+            if (!mounted && r.layer_store) {
+                remounts.push_back(r);
+                continue;
+            }
             // Registered for a mount by hand that is not there (yet): registered again, after
             // every mount is taken over (registering starts the engine, whose restore makes the
             // kernel resend the requests of those mounts). Only on a device taken over: a fresh
@@ -700,6 +718,17 @@ void ImageService::recoverMounts() {
             log::error("{}: cannot register it again: {}", r.mountpoint.string(), e.what());
         }
     }
+    for (const MountRecord& r : remounts) {
+        try {
+            mount(requestOf(r));
+            LayerStore::reinstateMarkers(r.mountpoint);
+            log::info("{}: layer store image mounted again", r.mountpoint.string());
+        } catch (const std::exception& e) {
+            withdrawMarkersOrLog(r.mountpoint);
+            log::error("{}: cannot mount the layer store image again ({}); its entries are withdrawn, so podman reports "
+                       "its layers missing: rafsctl layer-store remove, then add it again", r.mountpoint.string(), e.what());
+        }
+    }
     std::lock_guard lock(mutex_);
     saveMountTable(nullptr);
     dropUnusedKeptFds();
@@ -727,6 +756,7 @@ nlohmann::json ImageService::umount(const UmountRequest& request) {
     forgetFetches(*it);
     for (auto& blob : it->blobs) blob->cache().flush();
     log::info("unmounted {}", mountpoint.string());
+    if (it->layer_store) withdrawMarkersOrLog(mountpoint);
     images_.erase(it);
     saveMountTableOrLog();
     dropUnusedKeptFds();
@@ -1025,8 +1055,17 @@ void ImageService::shutdown() {
             }
         }
     }
+    // The engines' stop() unmounted every image: a layer store's entries go with their mount, and
+    // come back when the next rafsd mounts it again.
+    for (const Image& image : images_) {
+        if (!image.layer_store) continue;
+        withdrawMarkersOrLog(image.mountpoint);
+        remount_at_start_.push_back({std::string(engineName(image.engine)), image.bootstrap, image.mountpoint, image.fsid,
+                                     image.domain_id, image.blob_dir, image.image, image.manifest_digest,
+                                     image.register_only, true});
+    }
     images_.clear();
-    saveMountTableOrLog();  // the engines' stop() unmounted every image
+    saveMountTableOrLog();
     dropUnusedKeptFds();
 }
 

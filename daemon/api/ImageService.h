@@ -113,6 +113,7 @@ private:
         std::string image;            // mounted by reference: the reference as requested
         std::string manifest_digest;  // and the manifest it resolved to
         bool register_only = false;   // fscache: for the user's mount by hand
+        bool layer_store = false;     // MountRequest::layer_store
     };
 
     // Creates the network backend on first use: its connections, tokens and counters are shared
@@ -159,6 +160,8 @@ private:
     void saveMountTable(const Image* adding);
     // After a mount or unmount already happened: a failure only costs the failover, so it is logged.
     void saveMountTableOrLog();
+    // LayerStore::withdrawMarkers, a failure logged.
+    void withdrawMarkersOrLog(const std::filesystem::path& mountpoint);
     // Drops the kept cache-file fds of blobs no image uses any more.
     void dropUnusedKeptFds();
     // The blob ids of the cache files kept (kept_ set), with their names there.
@@ -184,6 +187,9 @@ private:
     std::vector<MountRecord> unserved_;
     // While there are such mounts: the blobs of the cache files kept for them, in use.
     std::vector<std::unique_ptr<CacheCollector::Opening>> unserved_blobs_;
+    // Layer store mounts a stop unmounted: listed in the mount table, so that the next rafsd
+    // mounts them again (recoverMounts).
+    std::vector<MountRecord> remount_at_start_;
     bool shut_down_ = false;
     bool fscache_restore_ = false;  // the adopted device had a daemon die on it
     bool fscache_kept_ = false;     // the device is the supervisor's (useFscacheDevice)

@@ -137,6 +137,46 @@ void LayerStore::add(const std::string& image, const std::vector<StoreLayer>& la
     }
 }
 
+namespace {
+
+// The layer directories of the store entry whose bootstrap layer's diff is `diff`, or none if
+// `diff` is not DIR/<image>/sha256:<hex>/diff.
+std::vector<fs::path> entryLayers(const fs::path& diff) {
+    const fs::path layer = diff.parent_path();
+    if (diff.filename() != "diff" || !isSha256Digest(layer.filename().string())) return {};
+    std::vector<fs::path> layers;
+    std::error_code ec;
+    for (const auto& entry : fs::directory_iterator(layer.parent_path(), ec)) {
+        if (isSha256Digest(entry.path().filename().string()) && fs::exists(entry.path() / "info", ec)) {
+            layers.push_back(entry.path());
+        }
+    }
+    if (ec) rafs::fail("cannot list {}: {}", layer.parent_path().string(), ec.message());
+    return layers;
+}
+
+}  // namespace
+
+void LayerStore::withdrawMarkers(const fs::path& bootstrap_diff) {
+    const std::vector<fs::path> layers = entryLayers(bootstrap_diff);
+    for (const fs::path& layer : layers) {
+        std::error_code ec;
+        fs::remove(layer / "blob", ec);  // an empty directory, as add() made it
+        if (ec) rafs::fail("cannot remove {}: {}", (layer / "blob").string(), ec.message());
+        syncDirectory(layer);
+    }
+}
+
+void LayerStore::reinstateMarkers(const fs::path& bootstrap_diff) {
+    const std::vector<fs::path> layers = entryLayers(bootstrap_diff);
+    for (const fs::path& layer : layers) {
+        std::error_code ec;
+        fs::create_directory(layer / "blob", ec);
+        if (ec) rafs::fail("cannot create {}: {}", (layer / "blob").string(), ec.message());
+        syncDirectory(layer);
+    }
+}
+
 void LayerStore::remove(const std::string& image, const std::function<void(const fs::path&)>& umount) const {
     fs::path top = imageDir(image);
     std::error_code ec;

@@ -67,6 +67,15 @@ public:
     // The info file of a layer.
     static std::string infoJson(const StoreLayer& layer);
 
+    // `blob` is the marker containers-storage takes a layer by: rafsd (which knows a layer store
+    // mount by MountRequest::layer_store) withdraws every layer's marker of the image whose
+    // bootstrap layer's `diff` is `bootstrap_diff` when that mount goes (a stop, an unmount), so
+    // that podman reports the layers missing instead of running on an empty directory, and
+    // reinstates them when it has mounted the image there again. A path not shaped like a store
+    // entry's diff is left alone. Throws rafs::Error naming what could not be changed.
+    static void withdrawMarkers(const std::filesystem::path& bootstrap_diff);
+    static void reinstateMarkers(const std::filesystem::path& bootstrap_diff);
+
 private:
     std::filesystem::path legacyImageDir(const std::string& image) const;
     std::filesystem::path dir_;

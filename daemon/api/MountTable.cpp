@@ -35,6 +35,7 @@ void saveMounts(const fs::path& path, const std::vector<MountRecord>& mounts) {
             j["manifest_digest"] = m.manifest_digest;
         }
         if (m.register_only) j["register_only"] = true;
+        if (m.layer_store) j["layer_store"] = true;
         list.push_back(std::move(j));
     }
     const std::string text = nlohmann::json{{"version", kVersion}, {"mounts", list}}.dump(2) + "\n";
@@ -70,6 +71,7 @@ std::vector<MountRecord> loadMounts(const fs::path& path) {
                 r.manifest_digest = m.at("manifest_digest").get<std::string>();
             }
             r.register_only = m.value("register_only", false);
+            r.layer_store = m.value("layer_store", false);
             mounts.push_back(std::move(r));
         }
     } catch (const nlohmann::json::exception& e) {

@@ -26,6 +26,9 @@ struct MountRecord {
     std::string manifest_digest = {};
     // fscache: registered for the user's mount by hand (--register-only), not mounted by rafsd.
     bool register_only = false;
+    // The bootstrap layer's diff of a layer store entry (MountRequest::layer_store): mounted again
+    // by a rafsd that starts and finds it unmounted.
+    bool layer_store = false;
     bool operator==(const MountRecord&) const = default;
 };
 

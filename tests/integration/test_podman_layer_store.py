@@ -13,6 +13,10 @@ under the test's directory, additionallayerstores = ["STORE:ref"]).
    image, and reads the image's large file whole (sha256 equal); the data blob bytes came through
    rafsd (its status counts them) and only rafsd's requests fetched them; `podman push` of the
    image to an OCI layout fails (the store's `blob` is no layer tar);
+3b. rafsd stopped (SIGTERM unmounts): every layer's `blob` marker is withdrawn with the mount, so
+   containers-storage no longer takes the layers (an empty diff would be a container without its
+   files); rafsd started again: it mounts the image again from its mount table, the markers come
+   back, and `podman run` reads the image again;
 4. after `podman rmi`, `rafsctl layer-store remove`: the mount is gone, rafsd lists no image, the
    store holds nothing of the image;
 5. bad input, one error line, non-zero exit, nothing left in the store: an ordinary OCI image, a tag
@@ -116,7 +120,7 @@ def main():
                 if not ck.check(srv.start(), 'rafsd serve starts', srv.log_text()[-2000:]):
                     return ck.finish()
                 try:
-                    sections(ck, reg, podman, rafsctl_bin, sock, store, image, oci, layers, data_blobs, big_sha)
+                    sections(ck, reg, podman, rafsctl_bin, sock, store, image, oci, layers, data_blobs, big_sha, srv)
                 finally:
                     podman.clean()
                     ctl(rafsctl_bin, sock, 'layer-store', 'remove', '--store', store, image)
@@ -126,7 +130,7 @@ def main():
     return ck.finish()
 
 
-def sections(ck, reg, podman, rafsctl_bin, sock, store, image, oci, layers, data_blobs, big_sha):
+def sections(ck, reg, podman, rafsctl_bin, sock, store, image, oci, layers, data_blobs, big_sha, srv):
     ck.section('1. rafsctl layer-store add')
     r = ctl(rafsctl_bin, sock, 'layer-store', 'add', '--store', store, image)
     if not ck.cmd_ok(r, 'rafsctl layer-store add --store STORE ' + image):
@@ -196,6 +200,22 @@ def sections(ck, reg, podman, rafsctl_bin, sock, store, image, oci, layers, data
     r = podman('push', image, 'oci:%s:v1' % out_layout)
     ck.check(r.returncode not in (0, None), 'podman push of the image out of the store fails (exit %s): %s'
              % (r.returncode, text(r.stderr).strip().splitlines()[-1:]))
+
+    ck.section('3b. rafsd stopped, then started again')
+    markers = [os.path.join(top, l['digest'], 'blob') for l in layers]
+    ck.check(srv.stop() == 0, 'rafsd stops (exit 0)')
+    ck.check(not os.path.ismount(boot_diff) and not any(os.path.exists(m) for m in markers),
+             'with the mount gone, no layer of the image has its blob marker (containers-storage takes none)',
+             repr([m for m in markers if os.path.exists(m)]))
+    if not ck.check(srv.start(), 'rafsd serve starts again', srv.log_text()[-2000:]):
+        return
+    ck.check('layer store image mounted again' in srv.log_text() and os.path.ismount(boot_diff)
+             and all(os.path.exists(m) for m in markers),
+             'rafsd mounted the image again from its mount table, and the markers are back', srv.log_text()[-2000:])
+    r = podman.run_in(image, '/bin/cat', '/etc/rafs-test/greeting')
+    ck.check(r.returncode == 0 and text(r.stdout).startswith(GREETING),
+             'podman run after the restart: cat prints the greeting (%.1fs)' % r.elapsed,
+             'exit %s: %s %s' % (r.returncode, text(r.stdout)[-300:], text(r.stderr)[-800:]))
 
     ck.section('4. podman rmi, then rafsctl layer-store remove')
     ck.cmd_ok(podman('rmi', image), 'podman rmi')

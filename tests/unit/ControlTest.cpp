@@ -229,7 +229,15 @@ TEST_CASE("control requests parse into typed structs", "[api]") {
     CHECK(std::get<MountRequest>(parseRequest(
               R"({"op":"mount","bootstrap":"/a.boot","mountpoint":"/mnt","register_only":true})")) == registered);
 
-    for (const Request& r : {Request(expected), Request(minimal), Request(registered), Request(rafsd::UmountRequest{"/m"}),
+    MountRequest store_diff = minimal;
+    store_diff.layer_store = true;
+    CHECK(std::get<MountRequest>(parseRequest(
+              R"({"op":"mount","bootstrap":"/a.boot","mountpoint":"/mnt","layer_store":true})")) == store_diff);
+    CHECK_THROWS_WITH(parseRequest(R"({"op":"mount","bootstrap":"/a","mountpoint":"/m","layer_store":1})"),
+                      "layer_store: 1 is not true or false");
+
+    for (const Request& r : {Request(expected), Request(minimal), Request(registered), Request(store_diff),
+                             Request(rafsd::UmountRequest{"/m"}),
                              Request(rafsd::ListRequest{}), Request(rafsd::StatusRequest{}),
                              Request(rafsd::StatusRequest{"/m"}), Request(rafsd::TraceRequest{"/m"}),
                              Request(rafsd::GcRequest{}), Request(rafsd::GcRequest{true}),

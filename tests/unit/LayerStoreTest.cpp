@@ -88,6 +88,18 @@ TEST_CASE("layer store: add writes every entry, a failed mount leaves nothing, r
     CHECK((fs::status(top / kBlob / "info").permissions() & fs::perms::others_read) == fs::perms::others_read);
     CHECK_THROWS_WITH(store.add(kImage, layers, mount, umount), Contains("already"));
 
+    // The mount gone (a stop), every layer's marker goes; mounted again, they come back. A path
+    // that is no store entry's diff is left alone.
+    LayerStore::withdrawMarkers(top / kBoot / "diff");
+    for (const auto& digest : {kBlob, kBoot}) CHECK_FALSE(fs::exists(top / digest / "blob"));
+    CHECK(fs::exists(top / kBlob / "info"));
+    LayerStore::withdrawMarkers(top / kBoot / "diff");  // again: nothing to do
+    LayerStore::reinstateMarkers(top / kBoot / "diff");
+    for (const auto& digest : {kBlob, kBoot}) CHECK(fs::is_directory(top / digest / "blob"));
+    LayerStore::withdrawMarkers(top / kBoot);
+    LayerStore::withdrawMarkers(dir.path() / "elsewhere" / "diff");
+    CHECK(fs::is_directory(top / kBlob / "blob"));
+
     // Not mount points here (the fake mounted nothing): remove takes the entries, unmounting nothing.
     store.remove(kImage, umount);
     CHECK(unmounted.empty());

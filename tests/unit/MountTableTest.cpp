@@ -23,6 +23,8 @@ TEST_CASE("mount table: saved and loaded back, atomically replaced", "[mounts]")
         {"fanotify", "/images/c/image.boot", "/mnt/c", "", "", "/images/c/blobs", "", ""},
         {"fanotify", "/state/images/sha256-ab/image.boot", "/mnt/d", "", "", std::nullopt, "127.0.0.1:5000/app:v1",
          "sha256:ab"},
+        {"fanotify", "/state/images/sha256-cd/image.boot", "/store/aW1n/sha256:cd/diff", "", "", std::nullopt,
+         "127.0.0.1:5000/app@sha256:cd", "sha256:cd", false, true},
     };
     rafsd::saveMounts(table, mounts);  // creates state/
     CHECK(rafsd::loadMounts(table) == mounts);
