@@ -90,13 +90,17 @@ struct ControlServer::State {
         acceptThread = std::thread([this] { acceptLoop(); });
     }
 
-    // Waits until `fd` is ready for `events`; false once stop() was called.
-    bool waitFor(int fd, short events) const {
+    enum class Wait { Ready, Stopped, TimedOut };
+
+    // Waits until `fd` is ready for `events`, at most `timeout` (negative: no limit).
+    Wait waitFor(int fd, short events, std::chrono::milliseconds timeout = std::chrono::milliseconds(-1)) const {
         pollfd fds[2] = {{fd, events, 0}, {wake.get(), POLLIN, 0}};
-        while (::poll(fds, 2, -1) < 0) {
+        int n = 0;
+        while ((n = ::poll(fds, 2, static_cast<int>(timeout.count()))) < 0) {
             if (errno != EINTR) rafs::failErrno("poll");
         }
-        return fds[1].revents == 0;
+        if (fds[1].revents != 0) return Wait::Stopped;
+        return n == 0 ? Wait::TimedOut : Wait::Ready;
     }
 
     // Sleeps for `ms` or until stop(); false once stop() was called.
@@ -118,7 +122,7 @@ struct ControlServer::State {
 
     // Waits for one connection and starts its thread; false once stop() was called.
     bool acceptOne() {
-        if (!waitFor(listen.get(), POLLIN)) return false;
+        if (waitFor(listen.get(), POLLIN) == Wait::Stopped) return false;
         rafs::UniqueFd fd(::accept4(listen.get(), nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK));
         if (fd.get() < 0) {
             // Out of fds or memory leaves the socket readable: wait rather than spin. A client
@@ -181,7 +185,15 @@ struct ControlServer::State {
         std::string buffer;
         size_t scanned = 0;  // bytes of buffer known to hold no newline
         char chunk[65536];
-        while (waitFor(fd, POLLIN)) {
+        const std::chrono::milliseconds timeout = idleTimeout.load();
+        for (;;) {
+            const Wait wait = waitFor(fd, POLLIN, timeout);
+            if (wait == Wait::Stopped) return;
+            if (wait == Wait::TimedOut) {
+                send(fd, errorResponse(fmt::format("no request for {:g} s; rafsd closes this connection",
+                                                   std::chrono::duration<double>(timeout).count())));
+                return;
+            }
             // Never read past the longest line allowed plus its newline: the buffer stays bounded.
             size_t room = std::min(sizeof chunk, kMaxRequestBytes + 1 - buffer.size());
             ssize_t n = ::recv(fd, chunk, room, 0);
@@ -223,7 +235,7 @@ struct ControlServer::State {
         while (!rest.empty()) {
             ssize_t n = ::send(fd, rest.data(), rest.size(), MSG_NOSIGNAL);
             if (n < 0 && errno == EAGAIN) {
-                if (!waitFor(fd, POLLOUT)) return false;
+                if (waitFor(fd, POLLOUT, idleTimeout.load()) != Wait::Ready) return false;
                 continue;
             }
             if (n < 0 && errno == EINTR) continue;
@@ -242,6 +254,7 @@ struct ControlServer::State {
     dev_t boundDev;
     ino_t boundIno;
     bool stopped = false;
+    std::atomic<std::chrono::milliseconds> idleTimeout{ControlServer::kIdleTimeout};
     // Only the accept thread touches this, and stop() once that thread has ended.
     std::list<Connection> connections;
     std::thread acceptThread;
@@ -332,5 +345,7 @@ void ControlServer::stop() {
 }
 
 bool ControlServer::adopted() const { return state_->boundPath.empty(); }
+
+void ControlServer::setIdleTimeout(std::chrono::milliseconds timeout) { state_->idleTimeout.store(timeout); }
 
 }  // namespace rafsd

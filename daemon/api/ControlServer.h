@@ -5,6 +5,7 @@
 
 #include "daemon/api/ControlProtocol.h"
 
+#include <chrono>
 #include <filesystem>
 #include <memory>
 #include <nlohmann/json.hpp>
@@ -30,6 +31,10 @@ class ControlServer {
 public:
     // At most this many connections are served at once; more are answered with an error.
     static constexpr size_t kMaxConnections = 32;
+    // A connection on which nothing moves for this long (no request line, or a response the
+    // client does not read) is closed: a client stuck that way would hold one of the
+    // kMaxConnections for good, and its thread.
+    static constexpr std::chrono::milliseconds kIdleTimeout{60'000};
 
     // Listens on `socket`: creates its parent directory (0755) if missing, replaces a stale
     // socket file that nobody listens on, and makes the socket 0600. Throws rafs::Error, e.g.
@@ -53,6 +58,9 @@ public:
 
     // True when the socket came from adopt() or systemd rather than bind().
     bool adopted() const;
+
+    // For tests: kIdleTimeout for connections accepted from now on.
+    void setIdleTimeout(std::chrono::milliseconds timeout);
 
 private:
     struct State;

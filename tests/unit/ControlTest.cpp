@@ -460,6 +460,31 @@ TEST_CASE("control server refuses connections beyond its limit", "[api]") {
     }
 }
 
+TEST_CASE("control server closes connections that stay idle, freeing their places", "[api]") {
+    TempDir dir;
+    std::filesystem::path socket = dir.path / "api.sock";
+    FakeHandler handler;
+    ControlServer server = ControlServer::bind(socket, handler);
+    server.setIdleTimeout(std::chrono::milliseconds(300));
+    std::vector<RawClient> stuck;
+    for (size_t i = 0; i < ControlServer::kMaxConnections; ++i) stuck.emplace_back(socket);
+    REQUIRE(stuck.back().send(R"({"op":"li)"));  // half a request, then nothing
+    // Every place is taken now; once the idle ones are closed a new client is served.
+    const auto start = std::chrono::steady_clock::now();
+    for (int attempt = 0;; ++attempt) {
+        RawClient next(socket);
+        next.send("{\"op\":\"list\"}\n");
+        auto reply = next.readLine();
+        if (reply && json::parse(*reply)["ok"] == true) break;
+        REQUIRE(attempt < 300);
+        ::usleep(10000);
+    }
+    CHECK(std::chrono::steady_clock::now() - start >= std::chrono::milliseconds(250));
+    CHECK(json::parse(*stuck.front().readLine()) == errorJson("no request for 0.3 s; rafsd closes this connection"));
+    CHECK(stuck.front().readLine() == std::nullopt);
+    CHECK(json::parse(*stuck.back().readLine()) == errorJson("no request for 0.3 s; rafsd closes this connection"));
+}
+
 TEST_CASE("control server stop() is prompt with clients connected", "[api]") {
     TempDir dir;
     std::filesystem::path socket = dir.path / "api.sock";
