@@ -88,11 +88,14 @@ KernelObjects acquire(EngineKind configured, EngineKind engine, const Config& co
     raiseFdLimit();
     KeptFds kept = KeptFds::fromReload();
     const bool reloaded = !kept.empty();
+    // A reload names the engine it passed on: the set may also hold another engine's objects,
+    // stored by a rafsd before it for mounts this configuration does not serve.
+    const std::optional<EngineKind> passed = reloaded ? parseEngineKind(InPlaceRestart::reloadedEngine().value_or(""))
+                                                      : std::nullopt;
     if (!reloaded) kept = KeptFds::fromSystemd();
     for (const EngineKind stored : {EngineKind::Fscache, EngineKind::Fanotify}) {
-        if (storesObjectsOf(kept, stored) && (configured == EngineKind::Auto || configured == stored || reloaded)) {
-            return takeStored(stored, std::move(kept), reloaded);
-        }
+        const bool wanted = reloaded ? !passed || passed == stored : configured == EngineKind::Auto || configured == stored;
+        if (storesObjectsOf(kept, stored) && wanted) return takeStored(stored, std::move(kept), reloaded);
     }
     if (reloaded) rafs::fail("the previous rafsd passed on no kernel objects of an engine; nothing to take over");
     if (engine == EngineKind::Fscache) {
@@ -225,17 +228,23 @@ int serveWorker(const Config& config, EngineKind engine, std::chrono::millisecon
             break;
         }
         // Checked with no control request running or to come: a mount made after the check
-        // could be one the next rafsd cannot take over.
-        server.stop();
-        if (!service.mountsOutliveWorker()) {
-            kept.declineHandOver();
+        // could be one the next rafsd cannot take over. Nothing here may unwind out of this
+        // function: ImageService's destructor would unmount everything.
+        try {
+            server.stop();
+            if (service.mountsOutliveWorker()) {
+                kept.answerHandOver(true);
+                log::info("SIGHUP: handing over to the next rafsd (reload)");
+                service.handOver();
+                // Without the destructors: they would unmount (InPlaceRestart.h).
+                ::_exit(kWorkerHandedOver);
+            }
+            kept.answerHandOver(false);
             server = controlServer();
-            continue;
+        } catch (const std::exception& e) {
+            log::error("SIGHUP: {}; serving on{}", e.what(), server.stopped() ? " without a control socket" : "");
+            kept.answerHandOver(false);
         }
-        log::info("SIGHUP: handing over to the next rafsd (reload)");
-        service.handOver();
-        // Without the destructors: they would unmount (InPlaceRestart.h).
-        ::_exit(kWorkerHandedOver);
     }
     server.stop();
     service.shutdown();
@@ -295,8 +304,10 @@ int main(int argc, char** argv) {
         }
         log::setLevel(logLevel(config.daemon.log_level));
         if (check_config) {
+            // The last words are what a reload compares (InPlaceRestart::check).
             std::cout << "rafsd: configuration ok ("
-                      << (fs::exists(config_path) ? config_path : std::string("none found: the defaults")) << ")\n";
+                      << (fs::exists(config_path) ? config_path : std::string("none found: the defaults"))
+                      << "); state_dir " << config.daemon.state_dir.string() << "\n";
             return 0;
         }
 
@@ -325,8 +336,9 @@ int main(int argc, char** argv) {
         // Mounts requested explicitly with the other engine get its objects on first use, without
         // failover; so does everything when no engine works on this kernel (each mount says why).
         // After a reload the objects passed on decide, whatever the configuration names now: their
-        // mounts are up.
+        // mounts are up. The holder's pipe is taken first, so that nothing but supervise() holds it.
         const bool reloaded = std::getenv(KeptFds::kReloadEnv) != nullptr;
+        rafs::UniqueFd release = InPlaceRestart::takeRelease();
         std::optional<EngineKind> engine_kind;
         try {
             engine_kind = ImageService::resolveEngine(config.daemon.engine);
@@ -343,12 +355,15 @@ int main(int argc, char** argv) {
             SupervisorOptions options = supervisorOptions(kind);
             options.reload = InPlaceRestart::ofThisProcess(argc, argv);
             options.reload->control_socket = control_socket;
+            options.reload->engine = engineName(kind);
+            options.reload->state_dir = config.daemon.state_dir.string();
             options.reload->needs_cachefiles_restore = kind == EngineKind::Fscache;
             return supervise(std::move(objects.kept), objects.restored, options,
                              [&](KeptFds& kept, bool restored, const auto& ready) {
                                  return serveWorker(config, kind, fetch_delay, stop_signals, control_socket, kept,
                                                     restored, ready);
-                             });
+                             },
+                             std::move(release));
         }
         ImageService service(config);
         service.setFetchDelay(fetch_delay);

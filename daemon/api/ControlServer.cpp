@@ -346,6 +346,8 @@ void ControlServer::stop() {
 
 bool ControlServer::adopted() const { return state_->boundPath.empty(); }
 
+bool ControlServer::stopped() const { return !state_ || state_->stopped; }
+
 void ControlServer::setIdleTimeout(std::chrono::milliseconds timeout) { state_->idleTimeout.store(timeout); }
 
 }  // namespace rafsd

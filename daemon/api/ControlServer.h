@@ -55,6 +55,7 @@ public:
     // Stops accepting, closes every connection and waits for their threads; a handler call in
     // progress is waited for. Removes the socket file if bind() created it. Idempotent.
     void stop();
+    bool stopped() const;
 
     // True when the socket came from adopt() or systemd rather than bind().
     bool adopted() const;

@@ -2,12 +2,14 @@
 
 #include "format/ChildProcess.h"
 #include "format/Error.h"
+#include "daemon/core/Log.h"
 
 #include <fcntl.h>
 #include <sys/utsname.h>
 #include <unistd.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 
@@ -30,8 +32,12 @@ bool kernelHasCachefilesRestore() {
     return major > 6 || (major == 6 && minor >= 8);
 }
 
+constexpr const char* kEngineEnv = "RAFSD_RELOAD_ENGINE";
+constexpr const char* kReleaseEnv = "RAFSD_RELOAD_RELEASE";
+
 bool isListenVariable(const char* entry) {
-    for (const char* name : {"LISTEN_PID=", "LISTEN_FDS=", "LISTEN_FDNAMES=", "RAFSD_RELOAD_FDS="}) {
+    for (const char* name : {"LISTEN_PID=", "LISTEN_FDS=", "LISTEN_FDNAMES=", "RAFSD_RELOAD_FDS=", "RAFSD_RELOAD_ENGINE=",
+                             "RAFSD_RELOAD_RELEASE="}) {
         if (std::strncmp(entry, name, std::strlen(name)) == 0) return true;
     }
     return false;
@@ -41,10 +47,15 @@ bool isListenVariable(const char* entry) {
 
 InPlaceRestart InPlaceRestart::ofThisProcess(int argc, char** argv) {
     InPlaceRestart restart;
-    std::error_code error;
-    restart.executable = std::filesystem::read_symlink("/proc/self/exe", error).string();
-    if (error) rafs::fail("/proc/self/exe: {}", error.message());
     restart.argv.assign(argv, argv + argc);
+    // The path it was started by, not what that resolves to: an upgrade may move a symlink.
+    if (argc > 0 && std::strchr(argv[0], '/') != nullptr) {
+        restart.executable = std::filesystem::absolute(argv[0]).string();
+    } else {
+        std::error_code error;
+        restart.executable = std::filesystem::read_symlink("/proc/self/exe", error).string();
+        if (error) rafs::fail("/proc/self/exe: {}", error.message());
+    }
     return restart;
 }
 
@@ -64,13 +75,16 @@ void InPlaceRestart::check() const {
     run.timeout = kCheckTimeout;
     const rafs::ChildResult result = rafs::runChild(run);
     if (result.timed_out) rafs::fail("{} --check-config: no answer within {} s", executable, kCheckTimeout.count());
-    if (!result.exitedWith(0)) {
-        const std::string last = result.lastLine();
-        rafs::fail("{} --check-config failed: {}", executable, last.empty() ? "no message" : last);
+    const std::string last = result.lastLine();
+    if (!result.exitedWith(0)) rafs::fail("{} --check-config failed: {}", executable, last.empty() ? "no message" : last);
+    const std::string said = "state_dir " + state_dir;
+    if (!state_dir.empty() && !last.ends_with(said)) {
+        rafs::fail("the new configuration keeps its state elsewhere ({}), where the mount table of this rafsd ({}) is "
+                   "not; restart rafsd instead", last, state_dir);
     }
 }
 
-void InPlaceRestart::exec(KeptFds& kept) const {
+void InPlaceRestart::exec(KeptFds& kept, int release) const {
     std::vector<std::string> env;
     for (char** e = environ; *e != nullptr; ++e) {
         if (!isListenVariable(*e)) env.emplace_back(*e);
@@ -81,6 +95,9 @@ void InPlaceRestart::exec(KeptFds& kept) const {
         env.push_back("LISTEN_FDS=1");
         env.push_back("LISTEN_FDNAMES=rafsd-control");
     }
+    if (::fcntl(release, F_SETFD, 0) != 0) rafs::failErrno("passing the holder's pipe on");
+    env.push_back(fmt::format("{}={}", kReleaseEnv, release));
+    env.push_back(fmt::format("{}={}", kEngineEnv, engine));
     const rafs::UniqueFd list = kept.prepareExec();
     env.push_back(fmt::format("{}={}", KeptFds::kReloadEnv, list.get()));
     std::vector<std::string> args = argv;
@@ -92,7 +109,44 @@ void InPlaceRestart::exec(KeptFds& kept) const {
     ::execve(executable.c_str(), argv_pointers.data(), env_pointers.data());
     const int err = errno;
     kept.abortExec();
+    ::fcntl(release, F_SETFD, FD_CLOEXEC);
     rafs::failErrno(fmt::format("exec {}", executable), err);
+}
+
+std::optional<std::string> InPlaceRestart::reloadedEngine() {
+    const char* value = std::getenv(kEngineEnv);
+    if (value == nullptr) return std::nullopt;
+    std::string engine = value;
+    ::unsetenv(kEngineEnv);
+    return engine;
+}
+
+rafs::UniqueFd InPlaceRestart::takeRelease() {
+    const char* value = std::getenv(kReleaseEnv);
+    if (value == nullptr) return {};
+    const int fd = std::atoi(value);
+    ::unsetenv(kReleaseEnv);
+    if (fd < 0 || ::fcntl(fd, F_SETFD, FD_CLOEXEC) != 0) {
+        log::warn("{}={}: not an open fd; no holder to release", kReleaseEnv, value);
+        return {};
+    }
+    return rafs::UniqueFd(fd);
+}
+
+void InPlaceRestart::release(rafs::UniqueFd& release) {
+    if (release.get() < 0) return;
+    const char byte = 1;
+    if (::write(release.get(), &byte, 1) != 1) log::warn("releasing the previous rafsd's holder: {}", std::strerror(errno));
+    release = rafs::UniqueFd();
+}
+
+bool InPlaceRestart::waitForRelease(int release) {
+    for (;;) {
+        char byte = 0;
+        const ssize_t n = ::read(release, &byte, 1);
+        if (n < 0 && errno == EINTR) continue;
+        return n == 1;
+    }
 }
 
 }  // namespace rafsd

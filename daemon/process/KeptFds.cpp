@@ -89,7 +89,7 @@ KeptFds KeptFds::fromReload() {
     ::unsetenv(kReloadEnv);
     int list_fd = -1;
     if (std::from_chars(value.data(), value.data() + value.size(), list_fd).ptr != value.data() + value.size() ||
-        list_fd < 3) {
+        list_fd < 0) {
         fail("{}={}: not the fd of a list of kept fds", kReloadEnv, value);
     }
     const rafs::UniqueFd list(list_fd);
@@ -98,7 +98,7 @@ KeptFds KeptFds::fromReload() {
     int fd = -1;
     while (lines >> name >> fd) {
         checkName(name);
-        if (fd < 3 || fd == list_fd || ::fcntl(fd, F_SETFD, FD_CLOEXEC) != 0) {
+        if (fd < 0 || fd == list_fd || ::fcntl(fd, F_SETFD, FD_CLOEXEC) != 0) {
             fail("{}: fd {} for {} is not open", kReloadEnv, fd, name);
         }
         kept.fds_[name] = rafs::UniqueFd(fd);
@@ -159,12 +159,14 @@ void KeptFds::drop(const std::string& name) {
     }
 }
 
-void KeptFds::declineHandOver() {
+void KeptFds::answerHandOver(bool accepted) {
     if (link_ < 0) return;
-    if (::send(link_, "!", 1, MSG_NOSIGNAL) != 1) log::warn("cannot tell the supervisor: {}", std::strerror(errno));
+    if (::send(link_, accepted ? ">" : "!", 1, MSG_NOSIGNAL) != 1) {
+        log::warn("cannot answer the supervisor: {}", std::strerror(errno));
+    }
 }
 
-bool KeptFds::takeDeclinedHandOver() { return std::exchange(hand_over_declined_, false); }
+std::optional<bool> KeptFds::takeHandOverAnswer() { return std::exchange(hand_over_answer_, std::nullopt); }
 
 KeptFds::Link KeptFds::makeLink() {
     int fds[2];
@@ -197,8 +199,8 @@ bool KeptFds::serveLink(int link) {
                 received = rafs::UniqueFd(fd);
             }
         }
-        if (n == 1 && buffer[0] == '!') {
-            hand_over_declined_ = true;
+        if (n == 1 && (buffer[0] == '!' || buffer[0] == '>')) {
+            hand_over_answer_ = buffer[0] == '>';
             continue;
         }
         const std::string name(buffer + 1, n > 1 ? static_cast<size_t>(n) - 1 : 0);

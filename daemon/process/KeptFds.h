@@ -14,6 +14,7 @@
 #include "format/UniqueFd.h"
 
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -64,11 +65,11 @@ public:
 
     // Worker side: send every later keep() and drop() over `link` as well.
     void attachLink(int link) { link_ = link; }
-    // Worker side: tells the supervisor this worker will not hand over for a reload (it serves
-    // mounts whose kernel objects are not kept). Supervisor side: whether a worker said so since
-    // the last call.
-    void declineHandOver();
-    bool takeDeclinedHandOver();
+    // Worker side: answers the supervisor's request to hand over for a reload: accepted (it
+    // exits without unmounting), or declined (it serves mounts whose kernel objects are not kept).
+    // Supervisor side: the answer received since the last call, if any.
+    void answerHandOver(bool accepted);
+    std::optional<bool> takeHandOverAnswer();
 
 private:
     void keepLocal(const std::string& name, rafs::UniqueFd fd);
@@ -77,7 +78,7 @@ private:
 
     std::map<std::string, rafs::UniqueFd> fds_;
     int link_ = -1;  // worker side: not owned
-    bool hand_over_declined_ = false;  // supervisor side
+    std::optional<bool> hand_over_answer_;  // supervisor side
 };
 
 }  // namespace rafsd

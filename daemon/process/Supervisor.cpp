@@ -32,7 +32,12 @@ constexpr size_t kMaxRestarts = 10;
 constexpr auto kRestartWindow = std::chrono::seconds(60);
 constexpr auto kMaxHoldDelay = std::chrono::seconds(60);
 
+// From the worker's "accepted" to its exit: saving traces. Longer, it is killed (the kernel keeps
+// what it left pending, as after a crash).
 constexpr auto kHandOverTimeout = std::chrono::seconds(30);
+// From SIGHUP to the worker's answer: its control requests in progress end first (a mount may be
+// talking to a registry). Longer, the reload is called off; the worker is not disturbed.
+constexpr auto kAnswerTimeout = std::chrono::minutes(5);
 
 // Waits `delay` for a stop signal on `signal_fd` (SIGCHLD ignored: no worker runs); returns it, or
 // 0 if none came.
@@ -66,13 +71,35 @@ bool reloadable(const InPlaceRestart& reload) {
     }
 }
 
-// A reload's last step: this process becomes the new program, `kept` passed on. Returns only if
-// that failed (logged); then a worker of this program must take the mounts over.
+// A reload's last step: this process becomes the new program, `kept` passed on, behind a holder
+// (InPlaceRestart.h). Returns only in a process that must go on supervising with this program:
+// this one if the exec failed, or the holder once the new program ended before it served.
 void becomeNewProgram(const InPlaceRestart& reload, KeptFds& kept) {
     log::info("reloading: {} takes the mounts over", reload.executable);
     try {
         reload.check();  // again: it may have changed since the worker was asked to hand over
-        reload.exec(kept);
+        int ends[2];
+        if (::pipe2(ends, O_CLOEXEC) != 0) failErrno("pipe2");
+        rafs::UniqueFd release_read(ends[0]), release_write(ends[1]);
+        const pid_t holder = ::fork();
+        if (holder < 0) failErrno("fork");
+        if (holder == 0) {
+            release_write = rafs::UniqueFd();
+            if (InPlaceRestart::waitForRelease(release_read.get())) ::_exit(0);
+            log::error("the new rafsd ended before it served; this process (pid {}) serves on with the previous "
+                       "program and configuration", ::getpid());
+            return;
+        }
+        release_read = rafs::UniqueFd();
+        try {
+            reload.exec(kept, release_write.get());
+        } catch (...) {
+            // The holder must not take over from this process, which carries on.
+            ::kill(holder, SIGKILL);
+            while (::waitpid(holder, nullptr, 0) < 0 && errno == EINTR) {
+            }
+            throw;
+        }
     } catch (const std::exception& e) {
         log::error("reload failed: {}; a worker of this rafsd takes the mounts over", e.what());
     }
@@ -127,7 +154,8 @@ std::string describe(int status) {
 
 }  // namespace
 
-int supervise(KeptFds kept, bool restored, const SupervisorOptions& options, const Worker& worker) {
+int supervise(KeptFds kept, bool restored, const SupervisorOptions& options, const Worker& worker,
+              rafs::UniqueFd release) {
     const std::string& engine = options.engine;
 
     sigset_t set;
@@ -151,24 +179,28 @@ int supervise(KeptFds kept, bool restored, const SupervisorOptions& options, con
         log::info("{} worker started (pid {}{})", engine, pid, restored ? ", failover" : "");
         bool ready = false;
         bool reloading = false;  // the worker was asked to hand over
+        bool accepted = false;   // and said it does
         bool hand_over_killed = false;
-        std::chrono::steady_clock::time_point hand_over_deadline;
+        std::chrono::steady_clock::time_point answer_deadline, hand_over_deadline;
         int status = 0;
         for (;;) {
             pollfd fds[3] = {{signal_fd, POLLIN, 0}, {ready_fd, POLLIN, 0}, {link.supervisor.get(), POLLIN, 0}};
-            // A worker asked to hand over is killed if it has not within kHandOverTimeout: the
-            // kernel keeps what it left pending, as after a crash.
             int timeout_ms = -1;
             if (reloading && !hand_over_killed) {
                 const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
-                    hand_over_deadline - std::chrono::steady_clock::now());
+                    (accepted ? hand_over_deadline : answer_deadline) - std::chrono::steady_clock::now());
                 if (left.count() > 0) {
                     timeout_ms = static_cast<int>(left.count());
-                } else {
+                } else if (accepted) {
                     log::warn("{} worker {} did not hand over within {} s; killing it", engine, pid,
                               kHandOverTimeout.count());
                     if (::kill(pid, SIGKILL) != 0) log::warn("killing worker {}: {}", pid, std::strerror(errno));
                     hand_over_killed = true;
+                } else {
+                    log::error("{} worker {} did not answer the reload within {} s; reload called off", engine, pid,
+                               std::chrono::duration_cast<std::chrono::seconds>(kAnswerTimeout).count());
+                    sd_notify(0, "READY=1");
+                    reloading = false;
                 }
             }
             const int polled = ::poll(fds, 3, timeout_ms);
@@ -185,6 +217,7 @@ int supervise(KeptFds kept, bool restored, const SupervisorOptions& options, con
                     log::info("{} worker {} serves", engine, pid);
                     if (!told_ready) sd_notify(0, "READY=1");
                     told_ready = true;
+                    InPlaceRestart::release(release);
                     // A stop that came while no worker served (a reload that failed): now this one
                     // unmounts.
                     if (stopping && ::kill(pid, SIGTERM) != 0) {
@@ -197,10 +230,15 @@ int supervise(KeptFds kept, bool restored, const SupervisorOptions& options, con
             if (link.supervisor.get() >= 0 && fds[2].revents != 0 && !kept.serveLink(link.supervisor.get())) {
                 link.supervisor = rafs::UniqueFd();  // the worker's end is closed: it is exiting
             }
-            if (reloading && kept.takeDeclinedHandOver()) {
-                log::error("reload refused by {} worker {} (its log says why); serving on", engine, pid);
-                sd_notify(0, "READY=1");
-                reloading = false;
+            if (const std::optional<bool> answer = kept.takeHandOverAnswer(); answer && reloading && !accepted) {
+                if (*answer) {
+                    accepted = true;
+                    hand_over_deadline = std::chrono::steady_clock::now() + kHandOverTimeout;
+                } else {
+                    log::error("reload refused by {} worker {} (its log says why); serving on", engine, pid);
+                    sd_notify(0, "READY=1");
+                    reloading = false;
+                }
             }
             if ((fds[0].revents & POLLIN) == 0) continue;
             signalfd_siginfo info{};
@@ -210,9 +248,11 @@ int supervise(KeptFds kept, bool restored, const SupervisorOptions& options, con
                 if (!stopping && !reloading && reloadable(*options.reload)) {
                     sd_notify(0, "RELOADING=1");
                     log::info("SIGHUP: reloading; {} worker {} hands its mounts over", engine, pid);
+                    (void)kept.takeHandOverAnswer();  // one left from a SIGHUP the worker got directly
                     if (::kill(pid, SIGHUP) != 0) log::warn("asking worker {} to hand over: {}", pid, std::strerror(errno));
                     reloading = true;
-                    hand_over_deadline = std::chrono::steady_clock::now() + kHandOverTimeout;
+                    accepted = false;
+                    answer_deadline = std::chrono::steady_clock::now() + kAnswerTimeout;
                 }
                 continue;
             }

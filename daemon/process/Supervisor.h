@@ -51,6 +51,9 @@ struct SupervisorOptions {
 // worker that handed over for a reload is never a reason to let `kept` go: the supervisor execs the
 // new program or, if it cannot, starts another worker. Call from a single-threaded process with the
 // stop signals blocked. Sends READY=1, RELOADING=1 and STOPPING=1 to systemd itself.
-int supervise(KeptFds kept, bool restored, const SupervisorOptions& options, const Worker& worker);
+// `release`: after a reload, the holder's pipe (InPlaceRestart::takeRelease), released once a
+// worker serves.
+int supervise(KeptFds kept, bool restored, const SupervisorOptions& options, const Worker& worker,
+              rafs::UniqueFd release = {});
 
 }  // namespace rafsd

@@ -9,14 +9,19 @@ read delayed, so that readers wait on cold data when the signal comes):
    supervisor gets SIGHUP. Every reader completes with the file's bytes; the process keeps its
    pid and now runs the new file; it said RELOADING=1 and READY=1 again; the mount is still
    listed and served; the new rafsd answered the events the old worker left.
-2. refused: a configuration that no longer parses, and a binary that does not run: SIGHUP is
-   refused with one line naming what is wrong, and the worker serves on undisturbed.
+2. refused: a configuration that no longer parses, one that keeps its state elsewhere (the new
+   rafsd would not find the mount table), and a binary that does not run: SIGHUP is refused with
+   one line naming what is wrong, and the worker serves on undisturbed.
+2b. rollback, without systemd: a new binary that passes the check and then fails at start. The
+   holder forked before the exec keeps the kernel objects, carries on as the supervisor with the
+   previous program, and the readers waiting through all of it get the files' bytes.
 3. hangup: `rafsd mount` in a session of its own gets SIGHUP in supervisor and worker at once, as
    from a closed terminal: it unmounts and exits 0 (before, both died and the mount was left to
    read its holes as zeros); a reader holding a file open never gets wrong bytes.
 """
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -139,6 +144,16 @@ def case_upgrade_and_refusals(ck, rafsd, rafsctl, image, content, tmp):
         ck.check(worker_of(pid) == new_worker, 'refused: the worker serves on')
         write_config(config, **config_values)
 
+        log('== refused: a configuration whose state_dir moved')
+        moved = dict(config_values, daemon=dict(config_values['daemon'], state_dir=os.path.join(tmp, 'state2')))
+        write_config(config, **moved)
+        os.kill(pid, signal.SIGHUP)
+        ck.check(wait_for_log(serve, 'keeps its state elsewhere'), 'refused: a moved state_dir, saying so',
+                 serve.log_text()[-2000:])
+        time.sleep(0.5)
+        ck.check(worker_of(pid) == new_worker, 'refused: the worker serves on')
+        write_config(config, **config_values)
+
         log('== refused: a binary that does not run')
         with open(binary + '.new', 'w') as f:
             f.write('#!/bin/sh\necho "rafsd: this build is broken" >&2\nexit 1\n')
@@ -161,6 +176,71 @@ def case_upgrade_and_refusals(ck, rafsd, rafsctl, image, content, tmp):
             serve.proc.kill()
             serve.proc.wait()
         store.close()
+        if os.path.ismount(mnt):
+            subprocess.run(['umount', '-l', mnt])
+
+
+def case_rollback(ck, rafsd, rafsctl, image, content, tmp):
+    mnt = os.path.join(tmp, 'mnt-rollback')
+    os.makedirs(mnt)
+    bindir = os.path.join(tmp, 'bin-rollback')
+    os.makedirs(bindir)
+    binary = os.path.join(bindir, 'rafsd')
+    install(rafsd, binary)
+    sock = os.path.join(tmp, 'rollback.sock')
+    config = write_config(os.path.join(tmp, 'rollback.toml'),
+                          daemon={'socket': sock, 'cache_dir': os.path.join(tmp, 'cache-rollback'),
+                                  'state_dir': os.path.join(tmp, 'state-rollback'), 'engine': 'fanotify'},
+                          prefetch={'enable': False}, fetch={'amplify': 0})
+    env = {k: v for k, v in os.environ.items() if k != 'NOTIFY_SOCKET'}
+    serve = Serve([binary, 'serve', '--config', config, '--test-fetch-delay', str(FETCH_DELAY_MS)],
+                  os.path.join(tmp, 'rollback.log'), env)
+    holder = None
+    try:
+        serve.start()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and rafsctl_list(rafsctl, sock)[0] != 0:
+            time.sleep(0.1)
+        r = subprocess.run([rafsctl, '--socket', sock, 'mount', '--blob-dir', image['blobs'], image['boot'], mnt],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=60)
+        if not ck.check(r.returncode == 0, 'rollback: rafsctl mount', r.stdout.decode() + serve.log_text()[-2000:]):
+            return
+        pid = serve.proc.pid
+
+        def broken_upgrade():
+            # Passes the check, fails when it runs for real: as a build whose start breaks would.
+            with open(binary + '.new', 'w') as f:
+                f.write('#!/bin/sh\ncase " $* " in *" --check-config "*) exec %s "$@";; esac\n'
+                        'echo "rafsd: this build breaks at start" >&2\nexit 1\n' % rafsd)
+            os.chmod(binary + '.new', 0o755)
+            os.rename(binary + '.new', binary)
+            os.kill(pid, signal.SIGHUP)
+        read_all(ck, mnt, content, ['r%d' % i for i in range(8)], broken_upgrade, 'rollback', wait_ms=FETCH_DELAY_MS)
+        ck.check(wait_for_log(serve, 'serves on with the previous program'), 'rollback: the holder took over, saying so',
+                 serve.log_text()[-3000:])
+        found = re.search(r'this process \(pid (\d+)\) serves on', serve.log_text())
+        holder = int(found.group(1)) if found else None
+        ck.check(serve.proc.wait(30) == 1 and holder is not None and os.path.exists('/proc/%d' % holder),
+                 'rollback: the broken program exited, the holder lives on')
+        code, listing = rafsctl_list(rafsctl, sock)
+        ck.check(code == 0 and mnt in listing, 'rollback: rafsctl list shows the mount', listing)
+        after = Reader(os.path.join(mnt, 'after'), content['after'])
+        after.run()
+        ck.check(after.result == 'ok', 'rollback: a cold file read afterwards has its bytes', after.result)
+        if holder is not None:
+            os.kill(holder, signal.SIGTERM)
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and os.path.exists('/proc/%d' % holder):
+                time.sleep(0.05)
+            ck.check(not os.path.exists('/proc/%d' % holder) and not os.path.ismount(mnt),
+                     'rollback: SIGTERM to the holder stops it and unmounts')
+            holder = None
+    finally:
+        if serve.proc is not None and serve.proc.poll() is None:
+            serve.proc.kill()
+            serve.proc.wait()
+        if holder is not None and os.path.exists('/proc/%d' % holder):
+            os.kill(holder, signal.SIGKILL)
         if os.path.ismount(mnt):
             subprocess.run(['umount', '-l', mnt])
 
@@ -220,6 +300,8 @@ def main():
                                         fetch={'amplify': 0})}
         log('== upgrade: the binary replaced, SIGHUP')
         case_upgrade_and_refusals(ck, rafsd, rafsctl, image, content, tmp)
+        log('== rollback: the new program fails after the check')
+        case_rollback(ck, rafsd, rafsctl, image, content, tmp)
         log('== hangup of rafsd mount')
         case_hangup(ck, rafsd, image, content, tmp)
     return ck.finish()

@@ -57,17 +57,20 @@ TEST_CASE("kept fds: names the fd store would refuse are refused", "[process]") 
     CHECK(kept.empty());
 }
 
-TEST_CASE("kept fds: a worker's refusal to hand over reaches the supervisor once", "[process]") {
+TEST_CASE("kept fds: a worker's answer to a hand-over request reaches the supervisor once", "[process]") {
     KeptFds supervisor;
     KeptFds::Link link = KeptFds::makeLink();
     KeptFds worker;
     worker.attachLink(link.worker.get());
     CHECK(supervisor.serveLink(link.supervisor.get()));
-    CHECK_FALSE(supervisor.takeDeclinedHandOver());
-    worker.declineHandOver();
+    CHECK_FALSE(supervisor.takeHandOverAnswer());
+    worker.answerHandOver(false);
     CHECK(supervisor.serveLink(link.supervisor.get()));
-    CHECK(supervisor.takeDeclinedHandOver());
-    CHECK_FALSE(supervisor.takeDeclinedHandOver());
+    CHECK(supervisor.takeHandOverAnswer() == false);
+    CHECK_FALSE(supervisor.takeHandOverAnswer());
+    worker.answerHandOver(true);
+    CHECK(supervisor.serveLink(link.supervisor.get()));
+    CHECK(supervisor.takeHandOverAnswer() == true);
 }
 
 TEST_CASE("kept fds: a reload passes the set on through an inheritable list, and a failed exec takes it back",
