@@ -77,7 +77,8 @@ bool reloadable(const InPlaceRestart& reload) {
 void becomeNewProgram(const InPlaceRestart& reload, KeptFds& kept) {
     log::info("reloading: {} takes the mounts over", reload.executable);
     try {
-        reload.check();  // again: it may have changed since the worker was asked to hand over
+        // Not checked again here (it was before the worker was asked): the readers wait now, and
+        // a program that changed since and fails is what the holder is for.
         int ends[2];
         if (::pipe2(ends, O_CLOEXEC) != 0) failErrno("pipe2");
         rafs::UniqueFd release_read(ends[0]), release_write(ends[1]);
