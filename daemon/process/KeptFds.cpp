@@ -26,6 +26,10 @@ using rafs::failErrno;
 
 // The fd store's names: up to 255 printable ASCII characters without ':' (sd_pid_notify(3)).
 constexpr size_t kMaxName = 255;
+// systemd passes the stored fds' names to a restarted service in one environment variable,
+// LISTEN_FDNAMES, which execve(2) refuses above MAX_ARG_STRLEN (32 pages: 128 KiB). Beyond it
+// the restart after a crash fails, and the stored kernel objects go with the failed unit.
+constexpr size_t kListenFdNamesLimit = 128 * 1024;
 
 void checkName(const std::string& name) {
     if (name.empty() || name.size() > kMaxName) fail("kept fd name '{}': 1 to {} characters", name, kMaxName);
@@ -223,6 +227,14 @@ bool KeptFds::serveLink(int link) {
 
 void KeptFds::offerToSystemd(const std::string& name, int fd) {
     if (std::getenv("NOTIFY_SOCKET") == nullptr) return;
+    size_t names = 0;
+    for (const auto& [kept, ignored] : fds_) names += kept.size() + 1;
+    if (names + name.size() > kListenFdNamesLimit * 3 / 4 && !warned_names_) {
+        log::warn("systemd's fd store: {} kept fds, whose names take {} of the {} bytes systemd can pass to a restarted "
+                  "rafsd (LISTEN_FDNAMES): beyond that a restart after a crash fails and the mounts' kernel objects are "
+                  "released; unmount images no longer used", fds_.size() + 1, names + name.size(), kListenFdNamesLimit);
+        warned_names_ = true;
+    }
     const std::string state = "FDSTORE=1\nFDNAME=" + name;
     int copy = fd;
     const int r = sd_pid_notify_with_fds(0, 0, state.c_str(), &copy, 1);

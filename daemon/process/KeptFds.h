@@ -73,12 +73,13 @@ public:
 
 private:
     void keepLocal(const std::string& name, rafs::UniqueFd fd);
-    static void offerToSystemd(const std::string& name, int fd);
+    void offerToSystemd(const std::string& name, int fd);
     static void removeFromSystemd(const std::string& name);
 
     std::map<std::string, rafs::UniqueFd> fds_;
     int link_ = -1;  // worker side: not owned
     std::optional<bool> hand_over_answer_;  // supervisor side
+    bool warned_names_ = false;
 };
 
 }  // namespace rafsd
