@@ -69,7 +69,9 @@ std::string RegistryClient::bearer(const HostAuth& auth, const std::string& host
                                    const std::vector<std::string>& extra) {
     std::vector<std::string> scopes{scope_};
     scopes.insert(scopes.end(), extra.begin(), extra.end());
-    std::string key = auth.realm + " " + auth.service;
+    // Per registry host too: a mirror whose challenge names the registry's token service must not
+    // get the token issued for the registry's credentials, nor the registry the mirror's.
+    std::string key = host + " " + auth.realm + " " + auth.service;
     for (const std::string& scope : scopes) key += " " + scope;
     return tokens_.get(key, [&] { return fetchToken(auth, host, scopes); }, refused);
 }
@@ -77,6 +79,14 @@ std::string RegistryClient::bearer(const HostAuth& auth, const std::string& host
 BearerToken RegistryClient::fetchToken(const HostAuth& auth, const std::string& host,
                                        const std::vector<std::string>& scopes) {
     const Url realm = Url::parse(auth.realm);
+    // Credentials go to the token service in the clear over http: only where the registry itself
+    // is plain http by configuration, or to this host's loopback (nothing crosses a network).
+    const bool loopback = realm.authority.starts_with("127.") || realm.authority.starts_with("[::1]") ||
+                          realm.authority == "localhost" || realm.authority.starts_with("localhost:");
+    if (realm.scheme == "http" && !options_.plain_http && !loopback) {
+        rafs::fail("{} names a token service over plain http ({}); refusing to send credentials there", host,
+                   withoutQuery(auth.realm));
+    }
     HttpRequest request;
     request.url = realm.str() + (realm.path.find('?') == std::string::npos ? "?" : "&");
     if (!auth.service.empty()) request.url += "service=" + queryEscape(auth.service) + "&";
@@ -338,7 +348,7 @@ HttpResponse RegistryClient::perform(const Endpoint& ep, HttpRequest request) {
 
 FetchedManifest RegistryClient::fetchManifest(const std::string& reference) {
     FetchedManifest out;
-    onSomeEndpoint([&](const Endpoint& ep) {
+    auto fetch = [&](const Endpoint& ep) {
         HttpRequest request;
         request.url = ep.base + "/v2/" + options_.repository + "/manifests/" + reference;
         request.headers.push_back("Accept: " + std::string(media::kAcceptManifests));
@@ -360,7 +370,20 @@ FetchedManifest RegistryClient::fetchManifest(const std::string& reference) {
         if (auto header = r.header("docker-content-digest"); header && *header != out.digest) {
             rafs::fail("GET {}: the manifest's digest is {}, but the registry says {}", request.url, out.digest, *header);
         }
-    });
+    };
+    // A mirror serves what a digest names (the digest is checked); which manifest a tag names is
+    // the registry's to say, else a stale or hostile mirror would choose the image (containerd
+    // gives mirrors `pull`, not `resolve`; registries.conf has mirror-by-digest-only).
+    if (reference.starts_with("sha256:")) {
+        onSomeEndpoint(fetch);
+    } else {
+        try {
+            fetch(origin());
+        } catch (const rafs::Error&) {
+            stats().failures++;
+            throw;
+        }
+    }
     return out;
 }
 

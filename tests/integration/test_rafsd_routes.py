@@ -3,7 +3,9 @@
 127.0.0.1 (fanotify engine):
 
 1. mirrors: the first mirror is down, the second has the blob (the registry itself does not):
-   the image reads back equal to its source;
+   the image reads back equal to its source; a tag is resolved at the registry, never at a
+   mirror: with a mirror answering the same tag with another image, `rafsd mount REF` mounts the
+   registry's image;
 2. proxy: through a working HTTP proxy (the test's own), requests go through it; with the
    proxy stopped while mounted, the rest of the image still reads right, direct;
 3. mutual TLS: a registry that wants a client certificate serves rafsd with the one configured
@@ -18,6 +20,7 @@
 
 import os
 import socket
+import subprocess
 import sys
 import threading
 
@@ -30,6 +33,16 @@ from rafstest.servers import FaultProxy, TestCa, free_port, nginx, push_blob, re
 MiB = 1 << 20
 FILES = [('a/one', 3 * MiB), ('a/two', 1 * MiB + 3), ('b/three', 2 * MiB)]
 REPO = 'test/img'
+
+
+def one_file_layout(layout, bundle, name, text):
+    """An OCI layout with tag v1: one layer holding the file `name` with `text`."""
+    for cmd in (['umoci', 'init', '--layout', layout], ['umoci', 'new', '--image', layout + ':v1'],
+                ['umoci', 'unpack', '--image', layout + ':v1', bundle]):
+        subprocess.run(cmd, check=True, capture_output=True)
+    with open(os.path.join(bundle, 'rootfs', name), 'w') as f:
+        f.write(text)
+    subprocess.run(['umoci', 'repack', '--image', layout + ':v1', bundle], check=True, capture_output=True)
 
 
 class GarbageServer:
@@ -69,7 +82,7 @@ class GarbageServer:
 
 
 def main():
-    args, mk, rafsd, ctl, ck = start_test('rafsd_routes', __doc__, tools=('docker-registry', 'openssl'))
+    args, mk, rafsd, ctl, ck = start_test('rafsd_routes', __doc__, tools=('docker-registry', 'openssl', 'umoci'))
     with harness.temp_dir('rafsd-routes-', keep=args.keep) as tmp:
         image = small_image(ck, mk, tmp, FILES, 44)
         if image is None:
@@ -101,6 +114,24 @@ def main():
             mirrors = ['http://127.0.0.1:%d' % down_port, 'http://127.0.0.1:%d' % mirror_port]
             cfg = config('mirrors', origin, {origin: {'plain_http': True, 'mirrors': mirrors}})
             mounted_reads_right('through the second mirror', cfg, 'mirrors')
+
+            ck.section('mirrors: a tag is the registry\'s to resolve')
+            for port, which in ((origin_port, 'origin'), (mirror_port, 'mirror')):
+                layout = os.path.join(tmp, 'layout-' + which)
+                one_file_layout(layout, os.path.join(tmp, 'bundle-' + which), 'which', which)
+                r = harness.run([mk.path, 'convert', '--plain-http', 'oci:%s:v1' % layout,
+                                 '127.0.0.1:%d/test/tagged:v1' % port], timeout=300)
+                ck.cmd_ok(r, 'mkrafs convert into the %s' % which)
+            cfg = config('tagged', origin, {origin: {'plain_http': True, 'mirrors': ['http://127.0.0.1:%d' % mirror_port]}})
+            tagged = os.path.join(tmp, 'mnt-tagged')
+            os.makedirs(tagged)
+            with RafsdMount(rafsd, origin + '/test/tagged:v1', tagged, config=cfg,
+                            log_path=os.path.join(tmp, 'tagged.log')) as m:
+                if ck.check(m.start(), 'rafsd mount by reference, with a mirror', m.log_text()[-2000:]):
+                    with open(os.path.join(tagged, 'which')) as f:
+                        got = f.read()
+                    ck.check(got == 'origin', 'the image mounted is the registry\'s, not the mirror\'s', got)
+                ck.check(m.stop() == 0, 'rafsd mount exits 0')
 
             ck.section('proxy: through it, then direct when it is gone')
             push_blob('http://' + origin, REPO, blob_file)
