@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <cctype>
+#include <cstdio>
 #include <mutex>
 #include <semaphore>
 
@@ -77,8 +78,35 @@ size_t onBody(char* data, size_t size, size_t count, void* user) {
         }
         return bytes;
     }
-    if (r.text.size() < HttpResponse::kMaxText) r.text.append(data, std::min(bytes, HttpResponse::kMaxText - r.text.size()));
+    if (r.body_bytes > HttpResponse::kMaxText) {
+        r.too_large = true;
+        return 0;
+    }
+    r.text.append(data, bytes);
     return bytes;
+}
+
+// libcurl rewinds an upload it must send again on its own (a reused connection the server had
+// closed, an HTTP/2 stream refused); without this it fails with CURLE_SEND_FAIL_REWIND.
+int onUploadSeek(void* user, curl_off_t offset, int origin) {
+    auto* x = static_cast<Transfer*>(user);
+    if (x->request->body == nullptr || offset != 0 || origin != SEEK_SET) return CURL_SEEKFUNC_CANTSEEK;
+    try {
+        x->request->body->rewind();
+        return CURL_SEEKFUNC_OK;
+    } catch (const rafs::Error&) {
+        return CURL_SEEKFUNC_FAIL;
+    }
+}
+
+// Text a server sent, for one line of a message: at most 200 characters, control characters
+// shown as '?'.
+std::string shown(std::string text) {
+    if (text.size() > 200) text = text.substr(0, 200) + "...";
+    for (char& c : text) {
+        if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) c = '?';
+    }
+    return text;
 }
 
 size_t onUpload(char* data, size_t size, size_t count, void* user) {
@@ -140,7 +168,13 @@ std::vector<std::string_view> HttpResponse::headerValues(std::string_view name) 
 }
 
 std::string HttpResponse::summary() const {
-    if (curl_code != 0 && !stopped_by_sink) return curl_error;
+    if (too_large) return fmt::format("HTTP {}: a reply of more than {} bytes, which no registry document needs", status,
+                                      kMaxText);
+    // An error status says more than how the transfer ended (a 416 whose body is shorter than
+    // its Content-Length ends in CURLE_PARTIAL_FILE: registry.md).
+    if (curl_code != 0 && !stopped_by_sink) {
+        return status >= 400 ? fmt::format("HTTP {} ({})", status, curl_error) : curl_error;
+    }
     std::string out = fmt::format("HTTP {}", status);
     // Registry errors: {"errors":[{"code":"BLOB_UNKNOWN","message":"..."}]}; other bodies are not
     // shown, since they may be anything.
@@ -148,8 +182,8 @@ std::string HttpResponse::summary() const {
     if (json.is_object() && json.contains("errors") && json["errors"].is_array() && !json["errors"].empty()) {
         const auto& e = json["errors"][0];
         if (e.is_object() && e.contains("code") && e["code"].is_string()) {
-            out += " (" + e["code"].get<std::string>();
-            if (e.contains("message") && e["message"].is_string()) out += ": " + e["message"].get<std::string>();
+            out += " (" + shown(e["code"].get<std::string>());
+            if (e.contains("message") && e["message"].is_string()) out += ": " + shown(e["message"].get<std::string>());
             out += ")";
         }
     }
@@ -281,6 +315,9 @@ HttpResponse HttpTransport::perform(const HttpRequest& request) {
     // file whole at the first handshake, about 20 ms for Debian's 140 roots on the path of every
     // cold mount, where a hashed directory is searched for the one issuer a chain needs.
     if (has_ca_path_) setOption(h, CURLOPT_CAINFO, static_cast<const char*>(nullptr));
+    // The host's CAs go into the connection's store (onSslContext): a store libcurl cached and
+    // shared across connections (7.87+, CA bundle files) would carry them to other hosts.
+    setOption(h, CURLOPT_CA_CACHE_TIMEOUT, 0L);
     setOption(h, CURLOPT_SSL_CTX_FUNCTION, onSslContext);
     setOption(h, CURLOPT_SSL_CTX_DATA, x.tls.get());
     if (!x.tls->client_cert.empty()) {
@@ -297,6 +334,8 @@ HttpResponse HttpTransport::perform(const HttpRequest& request) {
         setOption(h, CURLOPT_INFILESIZE_LARGE, static_cast<curl_off_t>(request.body ? request.body->size() : 0));
         setOption(h, CURLOPT_READFUNCTION, onUpload);
         setOption(h, CURLOPT_READDATA, &x);
+        setOption(h, CURLOPT_SEEKFUNCTION, onUploadSeek);
+        setOption(h, CURLOPT_SEEKDATA, &x);
     }
     if (request.range) setOption(h, CURLOPT_RANGE, range.c_str());
 

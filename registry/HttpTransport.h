@@ -60,8 +60,12 @@ struct HttpResponse {
     std::string text;        // the body without a sink: its first kMaxText bytes
     uint64_t body_bytes = 0;
     bool stopped_by_sink = false;
+    bool too_large = false;  // no sink, and the body went past kMaxText: the transfer was stopped
     std::chrono::microseconds elapsed{0};
 
+    // Every text a registry or token service sends (manifests: at most 4 MiB by the image spec,
+    // about 10 KiB in practice; tokens; error documents) fits; a longer reply is cut off there
+    // rather than read to the end of a timeout.
     static constexpr size_t kMaxText = 1 << 20;
 
     std::optional<std::string_view> header(std::string_view name) const;

@@ -10,6 +10,11 @@
 namespace registry {
 
 bool RetryPolicy::transient(const HttpResponse& response) {
+    if (response.too_large) return false;
+    // A final answer, however its transfer ended.
+    if (response.status >= 400 && response.status < 500 && response.status != 408 && response.status != 429) {
+        return false;
+    }
     switch (static_cast<CURLcode>(response.curl_code)) {
     case CURLE_OK:
         return response.status >= 500 || response.status == 408 || response.status == 429;

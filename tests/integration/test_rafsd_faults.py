@@ -15,7 +15,9 @@ stalled response, a reply that never starts, 429 with Retry-After, flipped bits 
    reads right after the retry;
 5. `rafsctl mount HOST/REPO:TAG` while its registry leaves three GETs without a reply: `rafsctl
    list` and `status` answer meanwhile, a second mount on the same mount point is refused, and the
-   mount completes once the registry answers.
+   mount completes once the registry answers;
+6. a manifest reply whose body never ends: the mount fails within a second or so, with one line
+   naming the oversized reply, instead of reading until the transfer timeout (and again per retry).
 """
 
 import errno
@@ -219,6 +221,21 @@ def main():
                         ck.check(f.read() == sources[name], 'a file of the mount by reference reads right')
                     r = rafsctl(ctl, sock, 'umount', mnt2)
                     ck.check(r.returncode == 0, 'rafsctl umount of it', (r.stderr or b'').decode())
+
+                ck.section('a manifest reply that never ends: refused at once, one line')
+                proxy.manifest_fault = 'endless'
+                mnt3 = os.path.join(tmp, 'mnt3')
+                os.makedirs(mnt3)
+                start = time.monotonic()
+                r = rafsctl(ctl, sock, 'mount', ref, mnt3)
+                took = time.monotonic() - start
+                proxy.manifest_fault = None
+                err = (r.stderr or b'').decode().strip()
+                ck.check(r.returncode not in (0, None) and 'more than 1048576 bytes' in err and len(err.splitlines()) == 1,
+                         'the mount fails naming the oversized reply', err)
+                ck.check(took < TRANSPORT['timeout'], 'within %.1f s, not at the transfer timeout (%d s)'
+                         % (took, TRANSPORT['timeout']))
+                ck.check(not os.path.ismount(mnt3), 'nothing mounted')
 
                 r = rafsctl(ctl, sock, 'umount', mnt)
                 ck.check(r.returncode == 0, 'rafsctl umount', (r.stderr or b'').decode())

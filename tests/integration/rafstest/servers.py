@@ -438,13 +438,17 @@ class FaultProxy(ThreadedServer):
       'stall'     headers and a few bytes, then silence for `stall_seconds`, then closed
       'hang'      no reply at all for `stall_seconds`, then closed
       'flip'      the whole reply with one bit of the body flipped
-    With `by_path`, choose() is given the request's path too. Counts the faults it made (`made`)."""
+    With `by_path`, choose() is given the request's path too. Counts the faults it made (`made`).
+    `manifest_fault`, if set, applies to every manifest GET instead (choose() is not asked); one
+    more kind there: 'endless', a 200 whose body never ends (up to 1 GiB, or until the client
+    goes)."""
 
     def __init__(self, port, upstream_port, choose, stall_seconds=8, by_path=False):
         import collections
         self.port, self.upstream_port, self.choose, self.by_path = port, upstream_port, choose, by_path
         self.stall_seconds = stall_seconds
         self.active = False
+        self.manifest_fault = None
         self.made = collections.Counter()
         self.requests = 0
         self.lock = threading.Lock()
@@ -468,10 +472,21 @@ class FaultProxy(ThreadedServer):
                 headers[name.strip()] = value.strip()
         fault = 'ok'
         with self.lock:
-            if self.active and method == 'GET' and '/blobs/' in path:
+            if self.manifest_fault and method == 'GET' and '/manifests/' in path:
+                fault = self.manifest_fault
+            elif self.active and method == 'GET' and '/blobs/' in path:
                 fault = self.choose(self.requests, path) if self.by_path else self.choose(self.requests)
                 self.requests += 1
             self.made[fault] += 1
+        if fault == 'endless':
+            conn.sendall(b'HTTP/1.1 200 OK\r\nContent-Type: application/vnd.oci.image.manifest.v1+json\r\n'
+                         b'Connection: close\r\n\r\n')
+            piece = b'{' * 65536
+            for _ in range((1 << 30) // len(piece)):
+                if self.stopping.is_set():
+                    break
+                conn.sendall(piece)
+            return
         if fault == 'hang':
             self.stopping.wait(self.stall_seconds)
             return
