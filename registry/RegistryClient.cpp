@@ -30,9 +30,12 @@ bool onEndpoint(const Url& url, const std::string& base, const std::string& auth
     return url.authority == authority && url.scheme == Url::parse(base).scheme;
 }
 
-// A Location relative to the server ("/path") made absolute.
+// A Location relative to the server made absolute (RFC 3986 §5.2): "//host/path" keeps the
+// scheme, "/path" the scheme and authority (not a mirror's path prefix in `base`).
 std::string absoluteLocation(const std::string& base, std::string_view location) {
-    if (location.starts_with("/")) return base + std::string(location);
+    const Url server = Url::parse(base);
+    if (location.starts_with("//")) return server.scheme + ":" + std::string(location);
+    if (location.starts_with("/")) return server.scheme + "://" + server.authority + std::string(location);
     return std::string(location);
 }
 

@@ -211,6 +211,11 @@ std::string httpUrl(const Value& value) {
     // The host must be there and the whole URL printable: it is pasted into request lines.
     bool printable = std::ranges::all_of(text, [](char c) { return c > ' ' && c != '\x7f'; });
     if (rest.empty() || rest.starts_with('/') || !printable) value.reject(accepted);
+    // No user:password@ in it: it would show in every message naming the URL (and not here).
+    if (rest.substr(0, rest.find('/')).find('@') != std::string_view::npos) {
+        rafs::fail("{}:{}: {}: a URL with user:password@ in it; credentials go in the docker config", *value.source,
+                   value.node->source().begin.line, value.key);
+    }
     // Blob URLs are <url>/<blob-id>; a trailing '/' would double it.
     while (text.ends_with('/')) text.remove_suffix(1);
     return std::string(text);

@@ -216,6 +216,11 @@ TEST_CASE("config wrong types and values", "[config]") {
         CHECK_THROWS_WITH(parsed(fmt::format("backend.http.url = \"{}\"", url)),
                           fmt::format("config.toml:1: backend.http.url: '{}' is not an http:// or https:// URL", url));
     }
+    // A password in a URL is refused without being repeated; an '@' further on is a path's.
+    CHECK_THROWS_WITH(parsed("backend.http.url = \"https://me:secret@host/blobs\""),
+                      "config.toml:1: backend.http.url: a URL with user:password@ in it; credentials go in the docker "
+                      "config");
+    CHECK(parsed("backend.http.url = \"https://host/blobs/@x\"").backend.http.url == "https://host/blobs/@x");
     // Control characters are escaped: the message stays one line.
     CHECK_THROWS_WITH(parsed("daemon.engine = \"a\\nb\\u0001\""),
                       "config.toml:1: daemon.engine: 'a\\nb\\x01' is not one of auto, fanotify, fscache");
