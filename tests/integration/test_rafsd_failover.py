@@ -29,8 +29,8 @@ import time
 from rafstest import harness
 from rafstest.fdstore import FdStore
 from rafstest.harness import log
-from rafstest.rafsd import RafsdMount, RafsdProcess, make_small_tree, start_test, worker_of, write_config
-from rafstest.readers import READ_TIMEOUT, Reader, read_all
+from rafstest.rafsd import RafsdProcess, start_test, worker_of, write_config
+from rafstest.readers import READ_TIMEOUT, Reader, read_all, slow_image, slow_mount
 
 MiB = 1 << 20
 FILES = [('r%d' % i, 2 * MiB + 4096 * i) for i in range(8)] + [('held', 2 * MiB), ('big', 8 * MiB), ('late', 3 * MiB)]
@@ -38,11 +38,7 @@ FETCH_DELAY_MS = 1500
 
 
 def case_worker(ck, rafsd, image, content, tmp):
-    mnt = os.path.join(tmp, 'mnt-worker')
-    os.makedirs(mnt)
-    m = RafsdMount(rafsd, image['boot'], mnt, blob_dir=image['blobs'], cache_dir=os.path.join(tmp, 'cache-worker'),
-                   config=image['config'], engine='fanotify')
-    m.cmd[2:2] = ['--test-fetch-delay', str(FETCH_DELAY_MS)]
+    mnt, m = slow_mount(rafsd, image, tmp, 'worker', FETCH_DELAY_MS)
     with m:
         if not ck.check(m.start(), 'worker: rafsd mounted the image', m.log_text()[-2000:]):
             return
@@ -87,11 +83,7 @@ def case_worker(ck, rafsd, image, content, tmp):
 
 
 def case_supervisor(ck, rafsd, image, content, tmp):
-    mnt = os.path.join(tmp, 'mnt-supervisor')
-    os.makedirs(mnt)
-    m = RafsdMount(rafsd, image['boot'], mnt, blob_dir=image['blobs'],
-                   cache_dir=os.path.join(tmp, 'cache-supervisor'), config=image['config'], engine='fanotify')
-    m.cmd[2:2] = ['--test-fetch-delay', str(FETCH_DELAY_MS)]
+    mnt, m = slow_mount(rafsd, image, tmp, 'supervisor', FETCH_DELAY_MS)
     with m:
         if not ck.check(m.start(), 'supervisor: rafsd mounted the image', m.log_text()[-2000:]):
             return
@@ -179,13 +171,10 @@ def case_service(ck, rafsd, rafsctl, image, content, tmp):
 def main():
     args, mk, rafsd, rafsctl, ck = start_test('rafsd_failover', __doc__)
     with harness.temp_dir('rafsd-failover-', keep=args.keep) as tmp:
-        src, out = os.path.join(tmp, 'src'), os.path.join(tmp, 'out')
-        content = make_small_tree(src, FILES, seed=11)
-        if not ck.cmd_ok(mk.build(out, [src]), 'mkrafs build'):
+        built = slow_image(ck, mk, tmp, FILES, 11)
+        if built is None:
             return ck.finish()
-        image = {'boot': os.path.join(out, 'image.boot'), 'blobs': os.path.join(out, 'blobs'),
-                 'config': write_config(os.path.join(tmp, 'config.toml'), prefetch={'enable': False},
-                                        fetch={'amplify': 0})}
+        content, image = built
         log('== kill -9 of the worker')
         case_worker(ck, rafsd, image, content, tmp)
         log('== kill -9 of the supervisor alone')

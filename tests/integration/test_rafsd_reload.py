@@ -31,8 +31,8 @@ import time
 from rafstest import harness
 from rafstest.fdstore import FdStore
 from rafstest.harness import log
-from rafstest.rafsd import RafsdMount, RafsdProcess, make_small_tree, start_test, worker_of, write_config
-from rafstest.readers import READ_TIMEOUT, Reader, read_all
+from rafstest.rafsd import RafsdMount, RafsdProcess, start_test, worker_of, write_config
+from rafstest.readers import READ_TIMEOUT, Reader, read_all, slow_image, slow_mount
 
 MiB = 1 << 20
 FILES = [('r%d' % i, 2 * MiB + 4096 * i) for i in range(8)] + [('held', 2 * MiB), ('after', 3 * MiB),
@@ -75,18 +75,24 @@ def rafsctl_list(rafsctl, sock):
     return r.returncode, r.stdout.decode()
 
 
-def case_upgrade_and_refusals(ck, rafsd, rafsctl, image, content, tmp):
-    mnt = os.path.join(tmp, 'mnt-serve')
+def scratch_service(rafsd, tmp, name):
+    """What a `rafsd serve` of this test needs, all named after `name` under tmp: a mountpoint, a
+    copy of the rafsd binary that the test may replace, the control socket, and the config (its
+    path and its values). Returns (mnt, binary, sock, config, values)."""
+    mnt = os.path.join(tmp, 'mnt-' + name)
     os.makedirs(mnt)
-    bindir = os.path.join(tmp, 'bin')
-    os.makedirs(bindir)
-    binary = os.path.join(bindir, 'rafsd')
+    os.makedirs(os.path.join(tmp, 'bin-' + name))
+    binary = os.path.join(tmp, 'bin-' + name, 'rafsd')
     install(rafsd, binary)
-    sock = os.path.join(tmp, 'api.sock')
-    config_values = dict(daemon={'socket': sock, 'cache_dir': os.path.join(tmp, 'cache'),
-                                 'state_dir': os.path.join(tmp, 'state'), 'engine': 'fanotify'},
-                         prefetch={'enable': False}, fetch={'amplify': 0})
-    config = write_config(os.path.join(tmp, 'serve.toml'), **config_values)
+    sock = os.path.join(tmp, name + '.sock')
+    values = dict(daemon={'socket': sock, 'cache_dir': os.path.join(tmp, 'cache-' + name),
+                          'state_dir': os.path.join(tmp, 'state-' + name), 'engine': 'fanotify'},
+                  prefetch={'enable': False}, fetch={'amplify': 0})
+    return mnt, binary, sock, write_config(os.path.join(tmp, name + '.toml'), **values), values
+
+
+def case_upgrade_and_refusals(ck, rafsd, rafsctl, image, content, tmp):
+    mnt, binary, sock, config, config_values = scratch_service(rafsd, tmp, 'serve')
     argv = [binary, 'serve', '--config', config, '--test-fetch-delay', str(FETCH_DELAY_MS)]
     store = FdStore()
     serve = Serve(argv, os.path.join(tmp, 'serve.log'), store.env())
@@ -181,17 +187,7 @@ def case_upgrade_and_refusals(ck, rafsd, rafsctl, image, content, tmp):
 
 
 def case_rollback(ck, rafsd, rafsctl, image, content, tmp):
-    mnt = os.path.join(tmp, 'mnt-rollback')
-    os.makedirs(mnt)
-    bindir = os.path.join(tmp, 'bin-rollback')
-    os.makedirs(bindir)
-    binary = os.path.join(bindir, 'rafsd')
-    install(rafsd, binary)
-    sock = os.path.join(tmp, 'rollback.sock')
-    config = write_config(os.path.join(tmp, 'rollback.toml'),
-                          daemon={'socket': sock, 'cache_dir': os.path.join(tmp, 'cache-rollback'),
-                                  'state_dir': os.path.join(tmp, 'state-rollback'), 'engine': 'fanotify'},
-                          prefetch={'enable': False}, fetch={'amplify': 0})
+    mnt, binary, sock, config, _ = scratch_service(rafsd, tmp, 'rollback')
     env = {k: v for k, v in os.environ.items() if k != 'NOTIFY_SOCKET'}
     serve = Serve([binary, 'serve', '--config', config, '--test-fetch-delay', str(FETCH_DELAY_MS)],
                   os.path.join(tmp, 'rollback.log'), env)
@@ -248,27 +244,11 @@ def case_rollback(ck, rafsd, rafsctl, image, content, tmp):
 class SessionMount(RafsdMount):
     """`rafsd mount` as a terminal runs it: in a session (and process group) of its own."""
 
-    def start(self, timeout=30, poll=0.05):
-        log('$ ' + ' '.join(self.cmd) + ' &')
-        self.log_file = open(self.log_path, 'wb')
-        self.proc = subprocess.Popen(self.cmd, stdout=self.log_file, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.ready():
-                return True
-            if self.proc.poll() is not None:
-                return False
-            time.sleep(poll)
-        return False
+    popen_options = {'start_new_session': True}
 
 
 def case_hangup(ck, rafsd, image, content, tmp):
-    mnt = os.path.join(tmp, 'mnt-hangup')
-    os.makedirs(mnt)
-    m = SessionMount(rafsd, image['boot'], mnt, blob_dir=image['blobs'], cache_dir=os.path.join(tmp, 'cache-hup'),
-                     config=image['config'], engine='fanotify')
-    m.cmd[2:2] = ['--test-fetch-delay', str(FETCH_DELAY_MS)]
+    mnt, m = slow_mount(rafsd, image, tmp, 'hangup', FETCH_DELAY_MS, SessionMount)
     with m:
         if not ck.check(m.start(), 'hangup: rafsd mounted the image', m.log_text()[-2000:]):
             return
@@ -291,13 +271,10 @@ def case_hangup(ck, rafsd, image, content, tmp):
 def main():
     args, mk, rafsd, rafsctl, ck = start_test('rafsd_reload', __doc__)
     with harness.temp_dir('rafsd-reload-', keep=args.keep) as tmp:
-        src, out = os.path.join(tmp, 'src'), os.path.join(tmp, 'out')
-        content = make_small_tree(src, FILES, seed=13)
-        if not ck.cmd_ok(mk.build(out, [src]), 'mkrafs build'):
+        built = slow_image(ck, mk, tmp, FILES, 13)
+        if built is None:
             return ck.finish()
-        image = {'boot': os.path.join(out, 'image.boot'), 'blobs': os.path.join(out, 'blobs'),
-                 'config': write_config(os.path.join(tmp, 'config.toml'), prefetch={'enable': False},
-                                        fetch={'amplify': 0})}
+        content, image = built
         log('== upgrade: the binary replaced, SIGHUP')
         case_upgrade_and_refusals(ck, rafsd, rafsctl, image, content, tmp)
         log('== rollback: the new program fails after the check')

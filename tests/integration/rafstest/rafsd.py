@@ -98,6 +98,7 @@ class RafsdProcess:
     `stop_signal` on exit."""
 
     stop_signal = signal.SIGTERM
+    popen_options = {}  # more keyword arguments for Popen
 
     def __init__(self, cmd, log_path):
         self.cmd = cmd
@@ -113,7 +114,7 @@ class RafsdProcess:
         timeout passes first."""
         log('$ ' + ' '.join(self.cmd) + ' &')
         self.log_file = open(self.log_path, 'wb')
-        self.proc = subprocess.Popen(self.cmd, stdout=self.log_file, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(self.cmd, stdout=self.log_file, stderr=subprocess.STDOUT, **self.popen_options)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.ready():

@@ -9,6 +9,33 @@ PIECE = 256 * 1024
 READ_TIMEOUT = 120
 
 
+def slow_mount(rafsd, image, tmp, name, delay_ms, cls=None):
+    """`rafsd mount --engine fanotify` of slow_image()'s image on tmp/mnt-NAME, its cache
+    tmp/cache-NAME, every backend read delayed by `delay_ms`; not started. `cls`: a RafsdMount
+    subclass. Returns (mountpoint, the RafsdMount)."""
+    from .rafsd import RafsdMount
+    mnt = os.path.join(tmp, 'mnt-' + name)
+    os.makedirs(mnt)
+    m = (cls or RafsdMount)(rafsd, image['boot'], mnt, blob_dir=image['blobs'],
+                            cache_dir=os.path.join(tmp, 'cache-' + name), config=image['config'], engine='fanotify')
+    m.cmd[2:2] = ['--test-fetch-delay', str(delay_ms)]
+    return mnt, m
+
+
+def slow_image(ck, mk, tmp, files, seed):
+    """The image such a test reads: `files` under tmp/src built into tmp/out, and a config with
+    prefetch off and no amplification (so that every read of a cold range waits on its own fetch).
+    Returns ({relpath: bytes}, {'boot', 'blobs', 'config'}), or None if the build failed (reported)."""
+    from .rafsd import make_small_tree, write_config
+    src, out = os.path.join(tmp, 'src'), os.path.join(tmp, 'out')
+    content = make_small_tree(src, files, seed=seed)
+    if not ck.cmd_ok(mk.build(out, [src]), 'mkrafs build'):
+        return None
+    return content, {'boot': os.path.join(out, 'image.boot'), 'blobs': os.path.join(out, 'blobs'),
+                     'config': write_config(os.path.join(tmp, 'config.toml'), prefetch={'enable': False},
+                                            fetch={'amplify': 0})}
+
+
 class Reader(threading.Thread):
     """Reads a file piece by piece, each piece checked against `data`: from an fd opened now
     (`hold`), or from its path once started. `result`: 'ok', or what went wrong."""
