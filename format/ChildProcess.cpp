@@ -121,7 +121,18 @@ ChildResult runChild(const ChildRun& run) {
             result.output.append(buffer, std::min(static_cast<size_t>(n), run.max_output - result.output.size()));
         }
     }
-    if (result.timed_out) ::kill(pid, SIGKILL);
+    // Its output closed is not its end: a child that closes stdout and lingers is still bound by
+    // the deadline.
+    while (!result.timed_out) {
+        const pid_t ended = ::waitpid(pid, &result.status, WNOHANG);
+        if (ended == pid || (ended < 0 && errno != EINTR)) return result;
+        if (std::chrono::steady_clock::now() >= deadline) {
+            result.timed_out = true;
+            break;
+        }
+        ::usleep(2000);
+    }
+    ::kill(pid, SIGKILL);
     while (::waitpid(pid, &result.status, 0) < 0 && errno == EINTR) {
     }
     return result;

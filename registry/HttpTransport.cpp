@@ -316,8 +316,9 @@ HttpResponse HttpTransport::perform(const HttpRequest& request) {
     // cold mount, where a hashed directory is searched for the one issuer a chain needs.
     if (has_ca_path_) setOption(h, CURLOPT_CAINFO, static_cast<const char*>(nullptr));
     // The host's CAs go into the connection's store (onSslContext): a store libcurl cached and
-    // shared across connections (7.87+, CA bundle files) would carry them to other hosts.
-    setOption(h, CURLOPT_CA_CACHE_TIMEOUT, 0L);
+    // shared across connections (7.87+, CA bundle files) would carry them to other hosts. Only
+    // such a host's connections go without the cache (a bundle parsed again each).
+    if (!x.tls->extra_cas.empty()) setOption(h, CURLOPT_CA_CACHE_TIMEOUT, 0L);
     setOption(h, CURLOPT_SSL_CTX_FUNCTION, onSslContext);
     setOption(h, CURLOPT_SSL_CTX_DATA, x.tls.get());
     if (!x.tls->client_cert.empty()) {

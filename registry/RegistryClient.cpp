@@ -68,25 +68,24 @@ RegistryClient::Endpoint RegistryClient::endpoint(size_t index) const {
     return {endpoints_.at(index), Url::parse(endpoints_.at(index)).authority};
 }
 
-std::string RegistryClient::bearer(const HostAuth& auth, const std::string& host, const std::string& refused,
+std::string RegistryClient::bearer(const HostAuth& auth, const Endpoint& ep, const std::string& refused,
                                    const std::vector<std::string>& extra) {
+    const std::string& host = ep.authority;
     std::vector<std::string> scopes{scope_};
     scopes.insert(scopes.end(), extra.begin(), extra.end());
     // Per registry host too: a mirror whose challenge names the registry's token service must not
     // get the token issued for the registry's credentials, nor the registry the mirror's.
     std::string key = host + " " + auth.realm + " " + auth.service;
     for (const std::string& scope : scopes) key += " " + scope;
-    return tokens_.get(key, [&] { return fetchToken(auth, host, scopes); }, refused);
+    return tokens_.get(key, [&] { return fetchToken(auth, ep, scopes); }, refused);
 }
 
-BearerToken RegistryClient::fetchToken(const HostAuth& auth, const std::string& host,
-                                       const std::vector<std::string>& scopes) {
+BearerToken RegistryClient::fetchToken(const HostAuth& auth, const Endpoint& ep, const std::vector<std::string>& scopes) {
+    const std::string& host = ep.authority;
     const Url realm = Url::parse(auth.realm);
-    // Credentials go to the token service in the clear over http: only where the registry itself
-    // is plain http by configuration, or to this host's loopback (nothing crosses a network).
-    const bool loopback = realm.authority.starts_with("127.") || realm.authority.starts_with("[::1]") ||
-                          realm.authority == "localhost" || realm.authority.starts_with("localhost:");
-    if (realm.scheme == "http" && !options_.plain_http && !loopback) {
+    // Credentials go to the token service in the clear over http only where they went so to the
+    // endpoint that asked (plain http by configuration), or to this machine's loopback.
+    if (realm.scheme == "http" && !ep.base.starts_with("http://") && !isLoopbackAuthority(realm.authority)) {
         rafs::fail("{} names a token service over plain http ({}); refusing to send credentials there", host,
                    withoutQuery(auth.realm));
     }
@@ -139,7 +138,7 @@ RegistryClient::Authorization RegistryClient::authorizationFor(const Endpoint& e
         a.basic = credentials_->lookup(ep.authority);
         if (a.basic) a.header = basicHeader(*a.basic);
     } else if (auth.scheme == HostAuth::Scheme::Bearer) {
-        a.token = bearer(auth, ep.authority, {});
+        a.token = bearer(auth, ep, {});
         a.header = "Authorization: Bearer " + a.token;
     } else if (!unasked_failed) {
         // No challenge seen from the host yet: its credentials go along at once, saving the round
@@ -191,7 +190,7 @@ RegistryClient::Authorization RegistryClient::answerChallenge(const Endpoint& ep
             }
             at = space + 1;
         }
-        a.token = bearer(auth, ep.authority, used.token, extra);
+        a.token = bearer(auth, ep, used.token, extra);
         a.header = "Authorization: Bearer " + a.token;
         return a;
     }
@@ -373,9 +372,10 @@ FetchedManifest RegistryClient::fetchManifest(const std::string& reference) {
         }
     };
     // A mirror serves what a digest names (the digest is checked); which manifest a tag names is
-    // the registry's to say, else a stale or hostile mirror would choose the image (containerd
-    // gives mirrors `pull`, not `resolve`; registries.conf has mirror-by-digest-only).
-    if (reference.starts_with("sha256:")) {
+    // the registry's to say unless configured otherwise, else a stale or hostile mirror would
+    // choose the image (containerd's hosts.toml `resolve` capability, registries.conf's
+    // mirror-by-digest-only).
+    if (reference.starts_with("sha256:") || options_.mirrors_resolve_tags) {
         onSomeEndpoint(fetch);
     } else {
         try {

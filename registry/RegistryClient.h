@@ -28,6 +28,7 @@ struct RegistryOptions {
     std::string repository;  // "library/debian"
     bool plain_http = false;
     std::vector<std::string> mirrors;  // base URLs, tried before the host in this order
+    bool mirrors_resolve_tags = false;  // tags too are asked of the mirrors first (else the host only)
     std::chrono::milliseconds mirror_skip{30'000};
     bool push = false;  // asks tokens for push too (mkrafs convert's target)
 };
@@ -103,9 +104,9 @@ private:
     Authorization answerChallenge(const Endpoint& ep, const HttpResponse& response, const Authorization& used);
     // A token for scope_ and `extra` scopes (what a challenge asked for beyond it: the source
     // repository of a cross-repository mount).
-    std::string bearer(const HostAuth& auth, const std::string& host, const std::string& refused,
+    std::string bearer(const HostAuth& auth, const Endpoint& ep, const std::string& refused,
                        const std::vector<std::string>& extra = {});
-    BearerToken fetchToken(const HostAuth& auth, const std::string& host, const std::vector<std::string>& scopes);
+    BearerToken fetchToken(const HostAuth& auth, const Endpoint& ep, const std::vector<std::string>& scopes);
     // The range from one endpoint, through its redirect when it has one; `total` gets the blob
     // size when the reply tells it.
     void readFrom(const Endpoint& ep, const std::string& digest, uint64_t offset, std::span<uint8_t> out,

@@ -1,5 +1,8 @@
 #include "registry/Url.h"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+
 #include "format/Error.h"
 
 #include <curl/curl.h>
@@ -61,6 +64,22 @@ std::string queryEscape(std::string_view value) {
         }
     }
     return out;
+}
+
+bool isLoopbackHost(std::string_view host) {
+    in_addr v4{};
+    in6_addr v6{};
+    const std::string text(host);
+    return host == "localhost" || (::inet_pton(AF_INET, text.c_str(), &v4) == 1 && (ntohl(v4.s_addr) >> 24) == 127) ||
+           (::inet_pton(AF_INET6, text.c_str(), &v6) == 1 && IN6_IS_ADDR_LOOPBACK(&v6));
+}
+
+bool isLoopbackAuthority(std::string_view authority) {
+    if (authority.starts_with('[')) {
+        const size_t close = authority.find(']');
+        return close != std::string_view::npos && isLoopbackHost(authority.substr(1, close - 1));
+    }
+    return isLoopbackHost(authority.substr(0, authority.find(':')));
 }
 
 }  // namespace registry

@@ -20,6 +20,13 @@ struct Url {
 // For messages: the URL without its query, which may carry a storage signature.
 std::string withoutQuery(std::string_view url);
 
+// Whether `host` (a name or address, IPv6 without brackets) is this machine's loopback: an
+// address in 127.0.0.0/8, ::1, or "localhost"; not a name that merely starts like one
+// ("127.example.org" resolves anywhere).
+bool isLoopbackHost(std::string_view host);
+// The same for an authority, "host", "host:port" or "[v6]:port".
+bool isLoopbackAuthority(std::string_view authority);
+
 // A URL-encoded query value.
 std::string queryEscape(std::string_view value);
 

@@ -1,9 +1,9 @@
 #include "daemon/api/Config.h"
 
+#include "registry/Url.h"
 #include "format/Error.h"
 #include "format/FileIo.h"
 
-#include <arpa/inet.h>
 #include <fcntl.h>
 #include <toml++/toml.h>
 #include <unistd.h>
@@ -266,6 +266,7 @@ Config::Host hostSettings(Section& section) {
     if (auto v = section.get("client_key")) host.client_key = absolutePath(*v);
     if (auto v = section.get("plain_http")) host.plain_http = boolean(*v);
     if (auto v = section.get("mirrors")) host.mirrors = urlList(*v);
+    if (auto v = section.get("mirrors_resolve_tags")) host.mirrors_resolve_tags = boolean(*v);
     section.finish();
     return host;
 }
@@ -290,11 +291,7 @@ std::string metricsAddress(const Value& value, bool allow_remote) {
         value.reject(accepted);
     }
     if (host.starts_with('[') && host.ends_with(']')) host = host.substr(1, host.size() - 2);
-    // An address, not a name that merely starts like one ("127.example.org" resolves anywhere).
-    in_addr v4{};
-    const bool loopback = host == "localhost" || host == "::1" ||
-                          (::inet_pton(AF_INET, std::string(host).c_str(), &v4) == 1 && (ntohl(v4.s_addr) >> 24) == 127);
-    if (!loopback && !allow_remote) {
+    if (!registry::isLoopbackHost(host) && !allow_remote) {
         value.reject("a loopback address (127.x.x.x, [::1], localhost), or set allow_remote = true");
     }
     return std::string(text);

@@ -87,6 +87,7 @@ struct Config {
         std::filesystem::path client_key;
         bool plain_http = false;           // registry: http:// instead of https://
         std::vector<std::string> mirrors;  // registry: base URLs tried before the host, in order
+        bool mirrors_resolve_tags = false;  // registry: a mirror may say which manifest a tag names
         bool operator==(const Host&) const = default;
     };
     struct Backend {

@@ -545,6 +545,8 @@ nlohmann::json ImageService::mountOrReattach(const MountRequest& request, bool r
     // snapshotter does so) and the image is mounted anew: nothing is left unserved there.
     const auto stale = std::erase_if(unserved_, [&](const MountRecord& r) {
         return !reattach && fs::weakly_canonical(r.mountpoint) == mountpoint;
+    }) + std::erase_if(remount_at_start_, [&](const MountRecord& r) {
+        return fs::weakly_canonical(r.mountpoint) == mountpoint;
     });
     if (stale != 0) {
         if (unserved_.empty()) unserved_blobs_.clear();
@@ -602,6 +604,8 @@ void ImageService::mountFscache(Image& image, const rafs::Bootstrap& bootstrap, 
 
 void ImageService::saveMountTable(const Image* adding) {
     if (mount_table_.empty()) return;
+    if (adding != nullptr) table_adopted_ = true;
+    if (!table_adopted_) return;
     std::vector<MountRecord> records;
     auto add = [&records](const Image& i) {
         records.push_back({std::string(engineName(i.engine)), i.bootstrap, i.mountpoint, i.fsid, i.domain_id, i.blob_dir,
@@ -650,6 +654,7 @@ std::vector<std::pair<std::string, std::string>> ImageService::keptBlobFiles() c
 
 void ImageService::recoverMounts() {
     if (mount_table_.empty()) return;
+    table_adopted_ = true;
     std::vector<MountRecord> records;
     try {
         records = loadMounts(mount_table_);
@@ -704,11 +709,16 @@ void ImageService::recoverMounts() {
             if (!restored) {
                 log::warn("{}: left mounted by a rafsd whose {} is gone, so its reads fail or see holes; unmount it",
                           r.mountpoint.string(), fanotify ? "fanotify group" : FscacheDevice::kPath);
+                if (r.layer_store) withdrawMarkersOrLog(r.mountpoint);
                 continue;
             }
             reattach(requestOf(r));
+            // Back after an earlier worker could not take it over (below).
+            if (r.layer_store) LayerStore::reinstateMarkers(r.mountpoint);
         } catch (const std::exception& e) {
             log::error("{}: cannot take it over: {}", r.mountpoint.string(), e.what());
+            // Served by no one until a worker can: podman must not take its layers meanwhile.
+            if (r.layer_store) withdrawMarkersOrLog(r.mountpoint);
         }
     }
     for (const MountRecord& r : registered) {
@@ -718,15 +728,34 @@ void ImageService::recoverMounts() {
             log::error("{}: cannot register it again: {}", r.mountpoint.string(), e.what());
         }
     }
+    // Listed in the table until each is mounted (a crash meanwhile loses none); one that fails
+    // stays listed for the next start, unless its store entry is gone (removed while rafsd was not
+    // running).
+    {
+        std::lock_guard lock(mutex_);
+        remount_at_start_ = remounts;
+    }
     for (const MountRecord& r : remounts) {
+        bool keep = false;
         try {
             mount(requestOf(r));
             LayerStore::reinstateMarkers(r.mountpoint);
             log::info("{}: layer store image mounted again", r.mountpoint.string());
         } catch (const std::exception& e) {
-            withdrawMarkersOrLog(r.mountpoint);
-            log::error("{}: cannot mount the layer store image again ({}); its entries are withdrawn, so podman reports "
-                       "its layers missing: rafsctl layer-store remove, then add it again", r.mountpoint.string(), e.what());
+            std::error_code ec;
+            keep = fs::is_directory(r.mountpoint, ec);
+            if (keep) {
+                withdrawMarkersOrLog(r.mountpoint);
+                log::error("{}: cannot mount the layer store image again ({}); its entries are withdrawn, so podman "
+                           "reports its layers missing, until a later start of rafsd mounts it", r.mountpoint.string(),
+                           e.what());
+            } else {
+                log::info("{}: the layer store entry is gone; not mounted again", r.mountpoint.string());
+            }
+        }
+        if (!keep) {
+            std::lock_guard lock(mutex_);
+            std::erase(remount_at_start_, r);
         }
     }
     std::lock_guard lock(mutex_);

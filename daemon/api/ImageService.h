@@ -196,6 +196,11 @@ private:
     KeptFds* kept_ = nullptr;        // fanotify failover: the fds the supervisor keeps
     bool fanotify_restore_ = false;  // the adopted group had a worker die on it
     std::filesystem::path mount_table_;  // empty: not kept
+    // Whether this service has read the table (recoverMounts) or mounted something since it was
+    // given it: only then is its own list the table's content. A worker that fails while starting
+    // (a metrics address taken) must not replace a predecessor's table with its empty list, or
+    // the next worker finds no mount to take over.
+    bool table_adopted_ = false;
     std::chrono::milliseconds fetch_delay_{0};
     std::shared_ptr<NetworkBackend> network_;  // backend.type http or registry, once used
     std::map<std::string, std::shared_ptr<RegistryBackend>> registries_;  // by "host/repository"

@@ -41,6 +41,7 @@ std::shared_ptr<RegistryBackend> makeRegistryBackend(const Config::Backend& conf
     if (auto it = config.hosts.find(options.host); it != config.hosts.end()) {
         options.plain_http = it->second.plain_http;
         options.mirrors = it->second.mirrors;
+        options.mirrors_resolve_tags = it->second.mirrors_resolve_tags;
     }
     options.mirror_skip = std::chrono::seconds(config.transport.mirror_skip);
     auto credentials = std::make_shared<registry::CredentialStore>(config.registry.docker_config);

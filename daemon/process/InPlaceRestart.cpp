@@ -5,6 +5,7 @@
 #include "daemon/core/Log.h"
 
 #include <fcntl.h>
+#include <sys/socket.h>
 #include <sys/utsname.h>
 #include <unistd.h>
 
@@ -48,14 +49,26 @@ bool isListenVariable(const char* entry) {
 InPlaceRestart InPlaceRestart::ofThisProcess(int argc, char** argv) {
     InPlaceRestart restart;
     restart.argv.assign(argv, argv + argc);
-    // The path it was started by, not what that resolves to: an upgrade may move a symlink.
+    // The path it was started by (found in PATH as the shell found it), not what that resolves
+    // to: an upgrade may move a symlink.
     if (argc > 0 && std::strchr(argv[0], '/') != nullptr) {
         restart.executable = std::filesystem::absolute(argv[0]).string();
-    } else {
-        std::error_code error;
-        restart.executable = std::filesystem::read_symlink("/proc/self/exe", error).string();
-        if (error) rafs::fail("/proc/self/exe: {}", error.message());
+        return restart;
     }
+    const char* path = argc > 0 ? std::getenv("PATH") : nullptr;
+    for (std::string_view rest = path != nullptr ? path : ""; !rest.empty();) {
+        const size_t colon = rest.find(':');
+        const std::string dir(rest.substr(0, colon));
+        rest = colon == std::string_view::npos ? std::string_view() : rest.substr(colon + 1);
+        const std::filesystem::path candidate = std::filesystem::path(dir.empty() ? "." : dir) / argv[0];
+        if (::access(candidate.c_str(), X_OK) == 0) {
+            restart.executable = std::filesystem::absolute(candidate).string();
+            return restart;
+        }
+    }
+    std::error_code error;
+    restart.executable = std::filesystem::read_symlink("/proc/self/exe", error).string();
+    if (error) rafs::fail("/proc/self/exe: {}", error.message());
     return restart;
 }
 
@@ -95,8 +108,10 @@ void InPlaceRestart::exec(KeptFds& kept, int release) const {
         env.push_back("LISTEN_FDS=1");
         env.push_back("LISTEN_FDNAMES=rafsd-control");
     }
-    if (::fcntl(release, F_SETFD, 0) != 0) rafs::failErrno("passing the holder's pipe on");
-    env.push_back(fmt::format("{}={}", kReleaseEnv, release));
+    if (release >= 0) {
+        if (::fcntl(release, F_SETFD, 0) != 0) rafs::failErrno("passing the holder's pipe on");
+        env.push_back(fmt::format("{}={}", kReleaseEnv, release));
+    }
     env.push_back(fmt::format("{}={}", kEngineEnv, engine));
     const rafs::UniqueFd list = kept.prepareExec();
     env.push_back(fmt::format("{}={}", KeptFds::kReloadEnv, list.get()));
@@ -109,7 +124,7 @@ void InPlaceRestart::exec(KeptFds& kept, int release) const {
     ::execve(executable.c_str(), argv_pointers.data(), env_pointers.data());
     const int err = errno;
     kept.abortExec();
-    ::fcntl(release, F_SETFD, FD_CLOEXEC);
+    if (release >= 0) ::fcntl(release, F_SETFD, FD_CLOEXEC);
     rafs::failErrno(fmt::format("exec {}", executable), err);
 }
 
@@ -136,7 +151,9 @@ rafs::UniqueFd InPlaceRestart::takeRelease() {
 void InPlaceRestart::release(rafs::UniqueFd& release) {
     if (release.get() < 0) return;
     const char byte = 1;
-    if (::write(release.get(), &byte, 1) != 1) log::warn("releasing the previous rafsd's holder: {}", std::strerror(errno));
+    if (::send(release.get(), &byte, 1, MSG_NOSIGNAL) != 1) {
+        log::warn("releasing the previous rafsd's holder: {}", std::strerror(errno));
+    }
     release = rafs::UniqueFd();
 }
 

@@ -38,6 +38,9 @@ constexpr auto kHandOverTimeout = std::chrono::seconds(30);
 // From SIGHUP to the worker's answer: its control requests in progress end first (a mount may be
 // talking to a registry). Longer, the reload is called off; the worker is not disturbed.
 constexpr auto kAnswerTimeout = std::chrono::minutes(5);
+// Workers of a program a reload started that died before they served, before it gives up and the
+// holder of the previous program takes over.
+constexpr int kMaxUnreadyAfterReload = 3;
 
 // Waits `delay` for a stop signal on `signal_fd` (SIGCHLD ignored: no worker runs); returns it, or
 // 0 if none came.
@@ -74,30 +77,46 @@ bool reloadable(const InPlaceRestart& reload) {
 // A reload's last step: this process becomes the new program, `kept` passed on, behind a holder
 // (InPlaceRestart.h). Returns only in a process that must go on supervising with this program:
 // this one if the exec failed, or the holder once the new program ended before it served.
-void becomeNewProgram(const InPlaceRestart& reload, KeptFds& kept) {
+// No holder under systemd: its fd store keeps the objects and it restarts a program that fails, and
+// a holder would serve beside that restart. None either while the holder of an earlier reload
+// still waits (`release` open: this program never served): the new program gets its pipe, and the
+// program that last served stays the one to fall back to.
+void becomeNewProgram(const InPlaceRestart& reload, KeptFds& kept, rafs::UniqueFd& release) {
     log::info("reloading: {} takes the mounts over", reload.executable);
     try {
         // Not checked again here (it was before the worker was asked): the readers wait now, and
         // a program that changed since and fails is what the holder is for.
-        int ends[2];
-        if (::pipe2(ends, O_CLOEXEC) != 0) failErrno("pipe2");
-        rafs::UniqueFd release_read(ends[0]), release_write(ends[1]);
-        const pid_t holder = ::fork();
-        if (holder < 0) failErrno("fork");
-        if (holder == 0) {
-            release_write = rafs::UniqueFd();
-            if (InPlaceRestart::waitForRelease(release_read.get())) ::_exit(0);
-            log::error("the new rafsd ended before it served; this process (pid {}) serves on with the previous "
-                       "program and configuration", ::getpid());
-            return;
+        pid_t holder = -1;
+        rafs::UniqueFd release_write;
+        if (release.get() >= 0) {
+            release_write = std::move(release);
+        } else if (std::getenv("NOTIFY_SOCKET") == nullptr) {
+            // A socket, not a pipe: the new program's write to a holder that was killed must not
+            // raise SIGPIPE in the process holding every kernel object.
+            int ends[2];
+            if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, ends) != 0) failErrno("socketpair");
+            rafs::UniqueFd release_read(ends[0]);
+            release_write = rafs::UniqueFd(ends[1]);
+            holder = ::fork();
+            if (holder < 0) failErrno("fork");
+            if (holder == 0) {
+                release_write = rafs::UniqueFd();
+                if (InPlaceRestart::waitForRelease(release_read.get())) ::_exit(0);
+                log::error("the new rafsd ended before it served; this process (pid {}) serves on with the previous "
+                           "program and configuration", ::getpid());
+                return;
+            }
         }
-        release_read = rafs::UniqueFd();
         try {
             reload.exec(kept, release_write.get());
         } catch (...) {
-            // The holder must not take over from this process, which carries on.
-            ::kill(holder, SIGKILL);
-            while (::waitpid(holder, nullptr, 0) < 0 && errno == EINTR) {
+            // This process carries on: its own holder must not take over, an earlier one waits on.
+            if (holder > 0) {
+                ::kill(holder, SIGKILL);
+                while (::waitpid(holder, nullptr, 0) < 0 && errno == EINTR) {
+                }
+            } else {
+                release = std::move(release_write);
             }
             throw;
         }
@@ -173,6 +192,7 @@ int supervise(KeptFds kept, bool restored, const SupervisorOptions& options, con
     bool stopping = false;
     std::chrono::seconds hold_delay{1};
     std::deque<std::chrono::steady_clock::time_point> restarts;
+    int unready_after_reload = 0;
     for (;;) {
         int ready_fd = -1;
         KeptFds::Link link = KeptFds::makeLink();
@@ -263,9 +283,16 @@ int supervise(KeptFds kept, bool restored, const SupervisorOptions& options, con
                 if (::kill(pid, sig) != 0) log::warn("forwarding signal {} to worker {}: {}", sig, pid, std::strerror(errno));
                 continue;
             }
-            const pid_t reaped = ::waitpid(pid, &status, WNOHANG);
-            if (reaped < 0) failErrno("waitpid");
-            if (reaped == pid) break;
+            // Every child that ended: the worker, or a reload's holder that was released.
+            bool worker_ended = false;
+            int child_status = 0;
+            for (pid_t ended = 0; (ended = ::waitpid(-1, &child_status, WNOHANG)) > 0;) {
+                if (ended == pid) {
+                    status = child_status;
+                    worker_ended = true;
+                }
+            }
+            if (worker_ended) break;
         }
         if (ready_fd >= 0) closeOrWarn(ready_fd, "worker ready pipe");
         // What the worker kept just before it died is still queued, with its fds.
@@ -276,11 +303,20 @@ int supervise(KeptFds kept, bool restored, const SupervisorOptions& options, con
         if (reloading || handed_over) {
             if (!stopping && options.reload && (reloading || reloadable(*options.reload))) {
                 if (!reloading) sd_notify(0, "RELOADING=1");
-                becomeNewProgram(*options.reload, kept);
+                becomeNewProgram(*options.reload, kept, release);
             }
             log::info("{} worker {} handed over; starting another one on the same kernel objects", engine, pid);
             restored = true;
             continue;
+        }
+        // A program that a reload started and whose workers keep failing before they serve gives
+        // the mounts back to the holder of the previous one (which carries on when this ends).
+        if (release.get() >= 0 && !ready && !stopping && ++unready_after_reload >= kMaxUnreadyAfterReload) {
+            closeOrWarn(signal_fd, "signalfd");
+            log::error("{} worker {} {} before it served ({}), {} times since the reload; the previous rafsd takes "
+                       "the mounts back", engine, pid, WIFEXITED(status) ? "ended" : "died", describe(status),
+                       unready_after_reload);
+            return 1;
         }
         // With fail_closed, once mounts may live on the kept fds, no worker's end is a reason to
         // give them up: only a stop is.
@@ -310,7 +346,7 @@ int supervise(KeptFds kept, bool restored, const SupervisorOptions& options, con
             if (sig == SIGHUP && options.reload) {
                 if (reloadable(*options.reload)) {
                     sd_notify(0, "RELOADING=1");
-                    becomeNewProgram(*options.reload, kept);
+                    becomeNewProgram(*options.reload, kept, release);
                 }
             } else if (sig != 0) {
                 sd_notify(0, "STOPPING=1");

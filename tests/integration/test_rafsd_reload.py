@@ -12,9 +12,11 @@ read delayed, so that readers wait on cold data when the signal comes):
 2. refused: a configuration that no longer parses, one that keeps its state elsewhere (the new
    rafsd would not find the mount table), and a binary that does not run: SIGHUP is refused with
    one line naming what is wrong, and the worker serves on undisturbed.
-2b. rollback, without systemd: a new binary that passes the check and then fails at start. The
+2b. rollback, without systemd: a new binary that passes the check and then fails at start, and a
+   configuration that parses but whose workers cannot start (the metrics address taken). The
    holder forked before the exec keeps the kernel objects, carries on as the supervisor with the
-   previous program, and the readers waiting through all of it get the files' bytes.
+   previous program once the new one gives up, and the readers waiting through all of it get the
+   files' bytes.
 3. hangup: `rafsd mount` in a session of its own gets SIGHUP in supervisor and worker at once, as
    from a closed terminal: it unmounts and exits 0 (before, both died and the mount was left to
    read its holes as zeros); a reader holding a file open never gets wrong bytes.
@@ -24,6 +26,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -186,12 +189,31 @@ def case_upgrade_and_refusals(ck, rafsd, rafsctl, image, content, tmp):
             subprocess.run(['umount', '-l', mnt])
 
 
-def case_rollback(ck, rafsd, rafsctl, image, content, tmp):
-    mnt, binary, sock, config, _ = scratch_service(rafsd, tmp, 'rollback')
+def break_binary(rafsd, binary, config, values):
+    """A new build that passes the check and fails when it runs for real, before it serves."""
+    with open(binary + '.new', 'w') as f:
+        f.write('#!/bin/sh\ncase " $* " in *" --check-config "*) exec %s "$@";; esac\n'
+                'echo "rafsd: this build breaks at start" >&2\nexit 1\n' % rafsd)
+    os.chmod(binary + '.new', 0o755)
+    os.rename(binary + '.new', binary)
+
+
+def break_workers(rafsd, binary, config, values):
+    """A configuration that parses, whose workers cannot start: their metrics address is taken."""
+    taken = socket.socket()
+    taken.bind(('127.0.0.1', 0))
+    taken.listen(1)
+    write_config(config, metrics={'address': '127.0.0.1:%d' % taken.getsockname()[1]}, **values)
+    return taken
+
+
+def case_rollback(ck, rafsd, rafsctl, image, content, tmp, name, breakage, said):
+    mnt, binary, sock, config, values = scratch_service(rafsd, tmp, name)
     env = {k: v for k, v in os.environ.items() if k != 'NOTIFY_SOCKET'}
     serve = Serve([binary, 'serve', '--config', config, '--test-fetch-delay', str(FETCH_DELAY_MS)],
-                  os.path.join(tmp, 'rollback.log'), env)
+                  os.path.join(tmp, name + '.log'), env)
     holder = None
+    kept = []
     try:
         serve.start()
         deadline = time.monotonic() + 30
@@ -204,32 +226,28 @@ def case_rollback(ck, rafsd, rafsctl, image, content, tmp):
         pid = serve.proc.pid
 
         def broken_upgrade():
-            # Passes the check, fails when it runs for real: as a build whose start breaks would.
-            with open(binary + '.new', 'w') as f:
-                f.write('#!/bin/sh\ncase " $* " in *" --check-config "*) exec %s "$@";; esac\n'
-                        'echo "rafsd: this build breaks at start" >&2\nexit 1\n' % rafsd)
-            os.chmod(binary + '.new', 0o755)
-            os.rename(binary + '.new', binary)
+            kept.append(breakage(rafsd, binary, config, values))
             os.kill(pid, signal.SIGHUP)
-        read_all(ck, mnt, content, ['r%d' % i for i in range(8)], broken_upgrade, 'rollback', wait_ms=FETCH_DELAY_MS)
-        ck.check(wait_for_log(serve, 'serves on with the previous program'), 'rollback: the holder took over, saying so',
+        read_all(ck, mnt, content, ['r%d' % i for i in range(8)], broken_upgrade, name, wait_ms=FETCH_DELAY_MS)
+        ck.check(wait_for_log(serve, said) and wait_for_log(serve, 'serves on with the previous program'),
+                 '%s: the new program gave up (%s), the holder took over, saying so' % (name, said),
                  serve.log_text()[-3000:])
         found = re.search(r'this process \(pid (\d+)\) serves on', serve.log_text())
         holder = int(found.group(1)) if found else None
         ck.check(serve.proc.wait(30) == 1 and holder is not None and os.path.exists('/proc/%d' % holder),
-                 'rollback: the broken program exited, the holder lives on')
+                 '%s: the broken program exited, the holder lives on' % name)
         code, listing = rafsctl_list(rafsctl, sock)
-        ck.check(code == 0 and mnt in listing, 'rollback: rafsctl list shows the mount', listing)
+        ck.check(code == 0 and mnt in listing, '%s: rafsctl list shows the mount' % name, listing)
         after = Reader(os.path.join(mnt, 'after'), content['after'])
         after.run()
-        ck.check(after.result == 'ok', 'rollback: a cold file read afterwards has its bytes', after.result)
+        ck.check(after.result == 'ok', '%s: a cold file read afterwards has its bytes' % name, after.result)
         if holder is not None:
             os.kill(holder, signal.SIGTERM)
             deadline = time.monotonic() + 60
             while time.monotonic() < deadline and os.path.exists('/proc/%d' % holder):
                 time.sleep(0.05)
             ck.check(not os.path.exists('/proc/%d' % holder) and not os.path.ismount(mnt),
-                     'rollback: SIGTERM to the holder stops it and unmounts')
+                     '%s: SIGTERM to the holder stops it and unmounts' % name)
             holder = None
     finally:
         if serve.proc is not None and serve.proc.poll() is None:
@@ -237,6 +255,9 @@ def case_rollback(ck, rafsd, rafsctl, image, content, tmp):
             serve.proc.wait()
         if holder is not None and os.path.exists('/proc/%d' % holder):
             os.kill(holder, signal.SIGKILL)
+        for k in kept:
+            if k is not None:
+                k.close()
         if os.path.ismount(mnt):
             subprocess.run(['umount', '-l', mnt])
 
@@ -278,7 +299,10 @@ def main():
         log('== upgrade: the binary replaced, SIGHUP')
         case_upgrade_and_refusals(ck, rafsd, rafsctl, image, content, tmp)
         log('== rollback: the new program fails after the check')
-        case_rollback(ck, rafsd, rafsctl, image, content, tmp)
+        case_rollback(ck, rafsd, rafsctl, image, content, tmp, 'rollback', break_binary, 'this build breaks at start')
+        log('== rollback: the new program\'s workers fail before they serve')
+        case_rollback(ck, rafsd, rafsctl, image, content, tmp, 'rollback-workers', break_workers,
+                      'times since the reload')
         log('== hangup of rafsd mount')
         case_hangup(ck, rafsd, image, content, tmp)
     return ck.finish()

@@ -5,7 +5,7 @@
 1. mirrors: the first mirror is down, the second has the blob (the registry itself does not):
    the image reads back equal to its source; a tag is resolved at the registry, never at a
    mirror: with a mirror answering the same tag with another image, `rafsd mount REF` mounts the
-   registry's image;
+   registry's image (unless mirrors_resolve_tags = true, which the test sets next);
 2. proxy: through a working HTTP proxy (the test's own), requests go through it; with the
    proxy stopped while mounted, the rest of the image still reads right, direct;
 3. mutual TLS: a registry that wants a client certificate serves rafsd with the one configured
@@ -131,6 +131,16 @@ def main():
                     with open(os.path.join(tagged, 'which')) as f:
                         got = f.read()
                     ck.check(got == 'origin', 'the image mounted is the registry\'s, not the mirror\'s', got)
+                ck.check(m.stop() == 0, 'rafsd mount exits 0')
+            # Trusted by configuration (a pull-through cache): the mirror says what the tag is.
+            cfg = config('tagged-trusted', origin, {origin: {'plain_http': True, 'mirrors_resolve_tags': True,
+                                                             'mirrors': ['http://127.0.0.1:%d' % mirror_port]}})
+            with RafsdMount(rafsd, origin + '/test/tagged:v1', tagged, config=cfg,
+                            log_path=os.path.join(tmp, 'tagged-trusted.log')) as m:
+                if ck.check(m.start(), 'rafsd mount with mirrors_resolve_tags', m.log_text()[-2000:]):
+                    with open(os.path.join(tagged, 'which')) as f:
+                        got = f.read()
+                    ck.check(got == 'mirror', 'with mirrors_resolve_tags = true the mirror\'s image is mounted', got)
                 ck.check(m.stop() == 0, 'rafsd mount exits 0')
 
             ck.section('proxy: through it, then direct when it is gone')

@@ -34,6 +34,13 @@ TEST_CASE("child process: killed at its deadline, output bounded", "[child]") {
     CHECK(result.timed_out);
     CHECK_FALSE(result.exitedWith(0));
     CHECK(result.output.size() == 1000);
+    // Its output closed, the child lingering: still bound by the deadline.
+    run.argv = {"/bin/sh", "-c", "echo bye; exec >&- 2>&-; exec sleep 30"};
+    const auto again = std::chrono::steady_clock::now();
+    const rafs::ChildResult lingering = runChild(run);
+    CHECK(std::chrono::steady_clock::now() - again < std::chrono::seconds(10));
+    CHECK(lingering.timed_out);
+    CHECK(lingering.output == "bye\n");
 }
 
 TEST_CASE("child process: no signal of ours blocked in it; a program that does not exist is an error", "[child]") {
