@@ -25,6 +25,7 @@
 #include <functional>
 #include <iostream>
 #include <optional>
+#include <thread>
 
 namespace fs = std::filesystem;
 using namespace rafsd;
@@ -221,6 +222,8 @@ int serveWorker(const Config& config, EngineKind engine, std::chrono::millisecon
     ControlServer server = controlServer();
     log::info("serving on {}", config.daemon.socket.string());
     ready();
+    std::atomic<bool> stopping{false};
+    std::thread remounter([&] { service.remountLayerStores(stopping); });
     for (;;) {
         const int sig = waitForStopSignal(stop_signals);
         if (sig != SIGHUP) {
@@ -246,6 +249,8 @@ int serveWorker(const Config& config, EngineKind engine, std::chrono::millisecon
             kept.answerHandOver(false);
         }
     }
+    stopping.store(true);
+    remounter.join();  // after the mount in progress, if any
     server.stop();
     service.shutdown();
     return 0;

@@ -652,6 +652,32 @@ std::vector<std::pair<std::string, std::string>> ImageService::keptBlobFiles() c
     return out;
 }
 
+namespace {
+
+// The request that mounts (or takes over) what `r` records.
+MountRequest requestOf(const MountRecord& r) {
+    MountRequest request;
+    request.bootstrap = r.bootstrap;
+    request.mountpoint = r.mountpoint;
+    request.blob_dir = r.blob_dir;
+    if (!r.image.empty()) {
+        // The manifest it was mounted with, wherever the tag points now: its bootstrap is
+        // the one the kernel has mounted, and the state dir keeps it.
+        registry::ImageReference pinned = registry::ImageReference::parse(r.image);
+        pinned.digest = r.manifest_digest;
+        request.image = pinned.str();
+    }
+    const bool fanotify = r.engine == engineName(EngineKind::Fanotify);
+    request.engine = fanotify ? EngineKind::Fanotify : EngineKind::Fscache;
+    if (!fanotify) request.fsid = r.fsid;
+    if (!r.domain_id.empty()) request.domain_id = r.domain_id;
+    request.register_only = r.register_only;
+    request.layer_store = r.layer_store;
+    return request;
+}
+
+}  // namespace
+
 void ImageService::recoverMounts() {
     if (mount_table_.empty()) return;
     table_adopted_ = true;
@@ -662,26 +688,6 @@ void ImageService::recoverMounts() {
         // Refusing to start would not save those mounts either; new ones can still be served.
         log::error("{}; the mounts it lists cannot be taken over", e.what());
     }
-    auto requestOf = [](const MountRecord& r) {
-        MountRequest request;
-        request.bootstrap = r.bootstrap;
-        request.mountpoint = r.mountpoint;
-        request.blob_dir = r.blob_dir;
-        if (!r.image.empty()) {
-            // The manifest it was mounted with, wherever the tag points now: its bootstrap is
-            // the one the kernel has mounted, and the state dir keeps it.
-            registry::ImageReference pinned = registry::ImageReference::parse(r.image);
-            pinned.digest = r.manifest_digest;
-            request.image = pinned.str();
-        }
-        const bool fanotify = r.engine == engineName(EngineKind::Fanotify);
-        request.engine = fanotify ? EngineKind::Fanotify : EngineKind::Fscache;
-        if (!fanotify) request.fsid = r.fsid;
-        if (!r.domain_id.empty()) request.domain_id = r.domain_id;
-        request.register_only = r.register_only;
-        request.layer_store = r.layer_store;
-        return request;
-    };
     std::vector<MountRecord> registered;
     std::vector<MountRecord> remounts;
     for (const MountRecord& r : records) {
@@ -728,20 +734,40 @@ void ImageService::recoverMounts() {
             log::error("{}: cannot register it again: {}", r.mountpoint.string(), e.what());
         }
     }
-    // Listed in the table until each is mounted (a crash meanwhile loses none); one that fails
-    // stays listed for the next start, unless its store entry is gone (removed while rafsd was not
-    // running).
+    // Listed in the table until remountLayerStores() mounts them (a crash meanwhile loses none).
     {
         std::lock_guard lock(mutex_);
         remount_at_start_ = remounts;
     }
-    for (const MountRecord& r : remounts) {
+    std::lock_guard lock(mutex_);
+    saveMountTable(nullptr);
+    dropUnusedKeptFds();
+    // A mount left unserved keeps its blobs' files for the next worker. Which blobs those are is
+    // known here only by the cache files the supervisor keeps: its bootstrap may be the very
+    // thing that is missing.
+    if (!unserved_.empty() && kept_ != nullptr) {
+        for (const auto& [blob_id, name] : keptBlobFiles()) {
+            unserved_blobs_.push_back(std::make_unique<CacheCollector::Opening>(*collector_, blob_id));
+        }
+    }
+}
+
+void ImageService::remountLayerStores(const std::atomic<bool>& stopping) {
+    std::vector<MountRecord> pending;
+    {
+        std::lock_guard lock(mutex_);
+        pending = remount_at_start_;
+    }
+    for (const MountRecord& r : pending) {
+        if (stopping.load()) return;
         bool keep = false;
         try {
             mount(requestOf(r));
             LayerStore::reinstateMarkers(r.mountpoint);
             log::info("{}: layer store image mounted again", r.mountpoint.string());
         } catch (const std::exception& e) {
+            // One that fails stays listed for the next start, unless its store entry is gone
+            // (removed while rafsd was not running).
             std::error_code ec;
             keep = fs::is_directory(r.mountpoint, ec);
             if (keep) {
@@ -756,17 +782,7 @@ void ImageService::recoverMounts() {
         if (!keep) {
             std::lock_guard lock(mutex_);
             std::erase(remount_at_start_, r);
-        }
-    }
-    std::lock_guard lock(mutex_);
-    saveMountTable(nullptr);
-    dropUnusedKeptFds();
-    // A mount left unserved keeps its blobs' files for the next worker. Which blobs those are is
-    // known here only by the cache files the supervisor keeps: its bootstrap may be the very
-    // thing that is missing.
-    if (!unserved_.empty() && kept_ != nullptr) {
-        for (const auto& [blob_id, name] : keptBlobFiles()) {
-            unserved_blobs_.push_back(std::make_unique<CacheCollector::Opening>(*collector_, blob_id));
+            saveMountTableOrLog();
         }
     }
 }

@@ -22,6 +22,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <atomic>
 #include <optional>
 #include <set>
 #include <string>
@@ -48,6 +49,10 @@ public:
 
     // Stops prefetch, lets pending reads finish or fail, unmounts everything. Idempotent.
     void shutdown();
+    // Mounts again the layer store images a stop unmounted (recoverMounts lists them), one after
+    // another until `stopping`. Apart from recoverMounts: each may wait on its registry, and a
+    // service must answer (and say READY) meanwhile.
+    void remountLayerStores(const std::atomic<bool>& stopping);
     // Reload (daemon/process/InPlaceRestart.h). Whether every mount lives on kernel objects the
     // supervisor keeps, so that the next rafsd can take it over; if not, logs the mounts that
     // would break.

@@ -209,6 +209,8 @@ def sections(ck, reg, podman, rafsctl_bin, sock, store, image, oci, layers, data
              repr([m for m in markers if os.path.exists(m)]))
     if not ck.check(srv.start(), 'rafsd serve starts again', srv.log_text()[-2000:]):
         return
+    # After READY, in the background: a registry that is slow to answer must not hold up the start.
+    harness.wait_for(lambda: 'layer store image mounted again' in srv.log_text(), timeout=60)
     ck.check('layer store image mounted again' in srv.log_text() and os.path.ismount(boot_diff)
              and all(os.path.exists(m) for m in markers),
              'rafsd mounted the image again from its mount table, and the markers are back', srv.log_text()[-2000:])
