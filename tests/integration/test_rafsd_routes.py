@@ -122,26 +122,21 @@ def main():
                 r = harness.run([mk.path, 'convert', '--plain-http', 'oci:%s:v1' % layout,
                                  '127.0.0.1:%d/test/tagged:v1' % port], timeout=300)
                 ck.cmd_ok(r, 'mkrafs convert into the %s' % which)
-            cfg = config('tagged', origin, {origin: {'plain_http': True, 'mirrors': ['http://127.0.0.1:%d' % mirror_port]}})
             tagged = os.path.join(tmp, 'mnt-tagged')
             os.makedirs(tagged)
-            with RafsdMount(rafsd, origin + '/test/tagged:v1', tagged, config=cfg,
-                            log_path=os.path.join(tmp, 'tagged.log')) as m:
-                if ck.check(m.start(), 'rafsd mount by reference, with a mirror', m.log_text()[-2000:]):
-                    with open(os.path.join(tagged, 'which')) as f:
-                        got = f.read()
-                    ck.check(got == 'origin', 'the image mounted is the registry\'s, not the mirror\'s', got)
-                ck.check(m.stop() == 0, 'rafsd mount exits 0')
-            # Trusted by configuration (a pull-through cache): the mirror says what the tag is.
-            cfg = config('tagged-trusted', origin, {origin: {'plain_http': True, 'mirrors_resolve_tags': True,
-                                                             'mirrors': ['http://127.0.0.1:%d' % mirror_port]}})
-            with RafsdMount(rafsd, origin + '/test/tagged:v1', tagged, config=cfg,
-                            log_path=os.path.join(tmp, 'tagged-trusted.log')) as m:
-                if ck.check(m.start(), 'rafsd mount with mirrors_resolve_tags', m.log_text()[-2000:]):
-                    with open(os.path.join(tagged, 'which')) as f:
-                        got = f.read()
-                    ck.check(got == 'mirror', 'with mirrors_resolve_tags = true the mirror\'s image is mounted', got)
-                ck.check(m.stop() == 0, 'rafsd mount exits 0')
+            # By default the registry says what the tag is; trusted by configuration (a pull-through
+            # cache), the mirror does.
+            for name, trusted, expected in (('tagged', False, 'origin'), ('tagged-trusted', True, 'mirror')):
+                cfg = config(name, origin, {origin: {'plain_http': True, 'mirrors_resolve_tags': trusted,
+                                                     'mirrors': ['http://127.0.0.1:%d' % mirror_port]}})
+                what = 'mirrors_resolve_tags = %s' % ('true' if trusted else 'false')
+                with RafsdMount(rafsd, origin + '/test/tagged:v1', tagged, config=cfg,
+                                log_path=os.path.join(tmp, name + '.log')) as m:
+                    if ck.check(m.start(), '%s: rafsd mount by reference, with a mirror' % what, m.log_text()[-2000:]):
+                        with open(os.path.join(tagged, 'which')) as f:
+                            got = f.read()
+                        ck.check(got == expected, '%s: the image mounted is the %s\'s' % (what, expected), got)
+                    ck.check(m.stop() == 0, '%s: rafsd mount exits 0' % what)
 
             ck.section('proxy: through it, then direct when it is gone')
             push_blob('http://' + origin, REPO, blob_file)
