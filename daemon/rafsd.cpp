@@ -362,7 +362,6 @@ int main(int argc, char** argv) {
             options.reload->control_socket = control_socket;
             options.reload->engine = engineName(kind);
             options.reload->state_dir = config.daemon.state_dir.string();
-            options.reload->needs_cachefiles_restore = kind == EngineKind::Fscache;
             return supervise(std::move(objects.kept), objects.restored, options,
                              [&](KeptFds& kept, bool restored, const auto& ready) {
                                  return serveWorker(config, kind, fetch_delay, stop_signals, control_socket, kept,

@@ -4,9 +4,7 @@
 #include "format/Error.h"
 #include "registry/Base64.h"
 
-#include <fcntl.h>
 #include <sys/stat.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>

@@ -57,7 +57,7 @@ struct HttpResponse {
     std::string curl_error;  // libcurl's message when curl_code != 0
     long status = 0;         // of the last response; 0 if none arrived
     std::vector<std::pair<std::string, std::string>> headers;  // names in lower case
-    std::string text;        // the body without a sink: its first kMaxText bytes
+    std::string text;        // the body without a sink (a longer one stops the transfer: too_large)
     uint64_t body_bytes = 0;
     bool stopped_by_sink = false;
     bool too_large = false;  // no sink, and the body went past kMaxText: the transfer was stopped

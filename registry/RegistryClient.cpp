@@ -437,8 +437,7 @@ void RegistryClient::pushBlob(const std::string& digest, RequestBody& body) {
                 // The upload's own error says more.
             }
             if (there) return;
-            if (session == kSessions) throw;
-            body.rewind();
+            if (session == kSessions) throw;  // (the transport rewinds the body before each attempt)
         }
     }
 }

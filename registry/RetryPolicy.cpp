@@ -10,7 +10,7 @@
 namespace registry {
 
 bool RetryPolicy::transient(const HttpResponse& response) {
-    if (response.too_large) return false;
+    // (A reply cut off as too large ends in CURLE_WRITE_ERROR: not transient, below.)
     // A final answer, however its transfer ended.
     if (response.status >= 400 && response.status < 500 && response.status != 408 && response.status != 429) {
         return false;

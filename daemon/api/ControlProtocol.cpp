@@ -58,6 +58,13 @@ public:
         return it == object_.end() ? nullptr : &*it;
     }
 
+    // An optional true or false; false when absent.
+    bool flag(std::string_view name) {
+        const json* value = optional(name);
+        if (value != nullptr && !value->is_boolean()) rafs::fail("{}: {} is not true or false", name, shown(*value));
+        return value != nullptr && value->get<bool>();
+    }
+
     const json& required(std::string_view name) {
         const json* value = optional(name);
         if (value == nullptr) rafs::fail("{} request has no '{}'", op_, name);
@@ -129,14 +136,8 @@ MountRequest mountRequest(Fields& fields) {
     if (const json* v = fields.optional("engine")) request.engine = engine(*v);
     if (const json* v = fields.optional("domain_id")) request.domain_id = identifier(*v, "domain_id");
     if (const json* v = fields.optional("fsid")) request.fsid = identifier(*v, "fsid");
-    if (const json* v = fields.optional("register_only")) {
-        if (!v->is_boolean()) rafs::fail("register_only: {} is not true or false", shown(*v));
-        request.register_only = v->get<bool>();
-    }
-    if (const json* v = fields.optional("layer_store")) {
-        if (!v->is_boolean()) rafs::fail("layer_store: {} is not true or false", shown(*v));
-        request.layer_store = v->get<bool>();
-    }
+    request.register_only = fields.flag("register_only");
+    request.layer_store = fields.flag("layer_store");
     return request;
 }
 
@@ -208,10 +209,7 @@ Request parseRequest(std::string_view line) {
         request = TraceRequest{absolutePath(opFields.required("mountpoint"), "mountpoint")};
     } else if (name == "gc") {
         GcRequest gc;
-        if (const json* v = opFields.optional("dry_run")) {
-            if (!v->is_boolean()) rafs::fail("dry_run: {} is not true or false", shown(*v));
-            gc.dry_run = v->get<bool>();
-        }
+        gc.dry_run = opFields.flag("dry_run");
         request = gc;
     } else if (name == "resolve") {
         request = ResolveRequest{imageReference(opFields.required("image"))};

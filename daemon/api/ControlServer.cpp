@@ -191,7 +191,8 @@ struct ControlServer::State {
             if (wait == Wait::Stopped) return;
             if (wait == Wait::TimedOut) {
                 send(fd, errorResponse(fmt::format("no request for {:g} s; rafsd closes this connection",
-                                                   std::chrono::duration<double>(timeout).count())));
+                                                   std::chrono::duration<double>(timeout).count())),
+                     timeout);
                 return;
             }
             // Never read past the longest line allowed plus its newline: the buffer stays bounded.
@@ -201,18 +202,18 @@ struct ControlServer::State {
             if (n < 0) return;  // reset by the client: nobody to answer
             if (n == 0) {
                 // A last request without its newline is still answered.
-                if (!buffer.empty()) send(fd, respond(buffer));
+                if (!buffer.empty()) send(fd, respond(buffer), timeout);
                 return;
             }
             buffer.append(chunk, static_cast<size_t>(n));
             size_t start = 0;
             for (size_t end; (end = buffer.find('\n', scanned)) != std::string::npos; start = scanned = end + 1) {
-                if (!send(fd, respond(std::string_view(buffer).substr(start, end - start)))) return;
+                if (!send(fd, respond(std::string_view(buffer).substr(start, end - start)), timeout)) return;
             }
             buffer.erase(0, start);
             scanned = buffer.size();
             if (buffer.size() > kMaxRequestBytes) {
-                send(fd, errorResponse(fmt::format("request line longer than {} bytes", kMaxRequestBytes)));
+                send(fd, errorResponse(fmt::format("request line longer than {} bytes", kMaxRequestBytes)), timeout);
                 return;
             }
         }
@@ -228,14 +229,15 @@ struct ControlServer::State {
         }
     }
 
-    // Sends one response line; false when the client is gone or stop() was called.
-    bool send(int fd, std::string response) const {
+    // Sends one response line, waiting at most `timeout` for the client to take each piece;
+    // false when the client is gone or stop() was called.
+    bool send(int fd, std::string response, std::chrono::milliseconds timeout) const {
         response += '\n';
         std::string_view rest = response;
         while (!rest.empty()) {
             ssize_t n = ::send(fd, rest.data(), rest.size(), MSG_NOSIGNAL);
             if (n < 0 && errno == EAGAIN) {
-                if (waitFor(fd, POLLOUT, idleTimeout.load()) != Wait::Ready) return false;
+                if (waitFor(fd, POLLOUT, timeout) != Wait::Ready) return false;
                 continue;
             }
             if (n < 0 && errno == EINTR) continue;

@@ -543,14 +543,14 @@ nlohmann::json ImageService::mountOrReattach(const MountRequest& request, bool r
     images_.push_back(std::move(image));
     // A mount a previous worker left unserved on this mount point was detached since (the
     // snapshotter does so) and the image is mounted anew: nothing is left unserved there.
-    const auto stale = std::erase_if(unserved_, [&](const MountRecord& r) {
-        return !reattach && fs::weakly_canonical(r.mountpoint) == mountpoint;
-    }) + std::erase_if(remount_at_start_, [&](const MountRecord& r) {
-        return fs::weakly_canonical(r.mountpoint) == mountpoint;
-    });
-    if (stale != 0) {
-        if (unserved_.empty()) unserved_blobs_.clear();
-        saveMountTableOrLog();
+    // So is a layer store image still to be mounted again there. (A reattach finds neither.)
+    if (!reattach) {
+        auto here = [&](const MountRecord& r) { return fs::weakly_canonical(r.mountpoint) == mountpoint; };
+        const auto stale = std::erase_if(unserved_, here) + std::erase_if(remount_at_start_, here);
+        if (stale != 0) {
+            if (unserved_.empty()) unserved_blobs_.clear();
+            saveMountTableOrLog();
+        }
     }
     nlohmann::json response = {{"mountpoint", mountpoint.string()}, {"engine", std::string(engineName(engine))}};
     if (how == FscacheAttach::Register) {
@@ -602,17 +602,18 @@ void ImageService::mountFscache(Image& image, const rafs::Bootstrap& bootstrap, 
     }
 }
 
+MountRecord ImageService::recordOf(const Image& i) {
+    return {std::string(engineName(i.engine)), i.bootstrap, i.mountpoint, i.fsid, i.domain_id, i.blob_dir,
+            i.image, i.manifest_digest, i.register_only, i.layer_store};
+}
+
 void ImageService::saveMountTable(const Image* adding) {
     if (mount_table_.empty()) return;
     if (adding != nullptr) table_adopted_ = true;
     if (!table_adopted_) return;
     std::vector<MountRecord> records;
-    auto add = [&records](const Image& i) {
-        records.push_back({std::string(engineName(i.engine)), i.bootstrap, i.mountpoint, i.fsid, i.domain_id, i.blob_dir,
-                           i.image, i.manifest_digest, i.register_only, i.layer_store});
-    };
-    for (const Image& i : images_) add(i);
-    if (adding != nullptr) add(*adding);
+    for (const Image& i : images_) records.push_back(recordOf(i));
+    if (adding != nullptr) records.push_back(recordOf(*adding));
     records.insert(records.end(), unserved_.begin(), unserved_.end());
     records.insert(records.end(), remount_at_start_.begin(), remount_at_start_.end());
     saveMounts(mount_table_, records);
@@ -727,17 +728,18 @@ void ImageService::recoverMounts() {
             if (r.layer_store) withdrawMarkersOrLog(r.mountpoint);
         }
     }
+    // Listed in the table until remountLayerStores() mounts them: the registrations below rewrite
+    // it, and a crash meanwhile must lose none.
+    {
+        std::lock_guard lock(mutex_);
+        remount_at_start_ = std::move(remounts);
+    }
     for (const MountRecord& r : registered) {
         try {
             mount(requestOf(r));
         } catch (const std::exception& e) {
             log::error("{}: cannot register it again: {}", r.mountpoint.string(), e.what());
         }
-    }
-    // Listed in the table until remountLayerStores() mounts them (a crash meanwhile loses none).
-    {
-        std::lock_guard lock(mutex_);
-        remount_at_start_ = remounts;
     }
     std::lock_guard lock(mutex_);
     saveMountTable(nullptr);
@@ -779,11 +781,9 @@ void ImageService::remountLayerStores(const std::atomic<bool>& stopping) {
                 log::info("{}: the layer store entry is gone; not mounted again", r.mountpoint.string());
             }
         }
-        if (!keep) {
-            std::lock_guard lock(mutex_);
-            std::erase(remount_at_start_, r);
-            saveMountTableOrLog();
-        }
+        // A mount that worked took its record off already (mountOrReattach).
+        std::lock_guard lock(mutex_);
+        if (!keep && std::erase(remount_at_start_, r) != 0) saveMountTableOrLog();
     }
 }
 
@@ -1105,9 +1105,7 @@ void ImageService::shutdown() {
     for (const Image& image : images_) {
         if (!image.layer_store) continue;
         withdrawMarkersOrLog(image.mountpoint);
-        remount_at_start_.push_back({std::string(engineName(image.engine)), image.bootstrap, image.mountpoint, image.fsid,
-                                     image.domain_id, image.blob_dir, image.image, image.manifest_digest,
-                                     image.register_only, true});
+        remount_at_start_.push_back(recordOf(image));
     }
     images_.clear();
     saveMountTableOrLog();

@@ -161,6 +161,8 @@ private:
     // `fsid_derived`: the image's fsid is defaultFsid(bootstrap), which names the bootstrap's content.
     void mountFscache(Image& image, const rafs::Bootstrap& bootstrap, FscacheAttach how, bool fsid_derived);
     nlohmann::json blobStatus(const CachedBlob& blob) const;
+    // What the mount table records of `image`.
+    static MountRecord recordOf(const Image& image);
     // Rewrites the mount table (if kept) from images_, plus `adding` (about to be mounted).
     void saveMountTable(const Image* adding);
     // After a mount or unmount already happened: a failure only costs the failover, so it is logged.

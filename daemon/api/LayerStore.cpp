@@ -157,22 +157,16 @@ std::vector<fs::path> entryLayers(const fs::path& diff) {
 
 }  // namespace
 
-void LayerStore::withdrawMarkers(const fs::path& bootstrap_diff) {
-    const std::vector<fs::path> layers = entryLayers(bootstrap_diff);
-    for (const fs::path& layer : layers) {
+void LayerStore::setMarkers(const fs::path& bootstrap_diff, bool present) {
+    for (const fs::path& layer : entryLayers(bootstrap_diff)) {
+        const fs::path marker = layer / "blob";
         std::error_code ec;
-        fs::remove(layer / "blob", ec);  // an empty directory, as add() made it
-        if (ec) rafs::fail("cannot remove {}: {}", (layer / "blob").string(), ec.message());
-        syncDirectory(layer);
-    }
-}
-
-void LayerStore::reinstateMarkers(const fs::path& bootstrap_diff) {
-    const std::vector<fs::path> layers = entryLayers(bootstrap_diff);
-    for (const fs::path& layer : layers) {
-        std::error_code ec;
-        fs::create_directory(layer / "blob", ec);
-        if (ec) rafs::fail("cannot create {}: {}", (layer / "blob").string(), ec.message());
+        if (present) {
+            fs::create_directory(marker, ec);
+        } else {
+            fs::remove(marker, ec);  // an empty directory, as add() made it
+        }
+        if (ec) rafs::fail("cannot {} {}: {}", present ? "create" : "remove", marker.string(), ec.message());
         syncDirectory(layer);
     }
 }

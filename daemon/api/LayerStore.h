@@ -73,10 +73,11 @@ public:
     // that podman reports the layers missing instead of running on an empty directory, and
     // reinstates them when it has mounted the image there again. A path not shaped like a store
     // entry's diff is left alone. Throws rafs::Error naming what could not be changed.
-    static void withdrawMarkers(const std::filesystem::path& bootstrap_diff);
-    static void reinstateMarkers(const std::filesystem::path& bootstrap_diff);
+    static void withdrawMarkers(const std::filesystem::path& bootstrap_diff) { setMarkers(bootstrap_diff, false); }
+    static void reinstateMarkers(const std::filesystem::path& bootstrap_diff) { setMarkers(bootstrap_diff, true); }
 
 private:
+    static void setMarkers(const std::filesystem::path& bootstrap_diff, bool present);
     std::filesystem::path legacyImageDir(const std::string& image) const;
     std::filesystem::path dir_;
 };

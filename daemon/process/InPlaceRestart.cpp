@@ -6,6 +6,7 @@
 
 #include <fcntl.h>
 #include <sys/socket.h>
+#include <systemd/sd-daemon.h>
 #include <sys/utsname.h>
 #include <unistd.h>
 
@@ -36,10 +37,11 @@ bool kernelHasCachefilesRestore() {
 constexpr const char* kEngineEnv = "RAFSD_RELOAD_ENGINE";
 constexpr const char* kReleaseEnv = "RAFSD_RELOAD_RELEASE";
 
-bool isListenVariable(const char* entry) {
-    for (const char* name : {"LISTEN_PID=", "LISTEN_FDS=", "LISTEN_FDNAMES=", "RAFSD_RELOAD_FDS=", "RAFSD_RELOAD_ENGINE=",
-                             "RAFSD_RELOAD_RELEASE="}) {
-        if (std::strncmp(entry, name, std::strlen(name)) == 0) return true;
+// The variables exec() sets afresh.
+bool isListenVariable(std::string_view entry) {
+    for (const std::string_view name :
+         {"LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES", KeptFds::kReloadEnv, kEngineEnv, kReleaseEnv}) {
+        if (entry.size() > name.size() && entry.starts_with(name) && entry[name.size()] == '=') return true;
     }
     return false;
 }
@@ -73,12 +75,13 @@ InPlaceRestart InPlaceRestart::ofThisProcess(int argc, char** argv) {
 }
 
 void InPlaceRestart::check() const {
-    if (needs_cachefiles_restore && !kernelHasCachefilesRestore()) {
+    if (engine == "fscache" && !kernelHasCachefilesRestore()) {
         rafs::fail("a reload with the fscache engine needs Linux 6.8 or later (cachefiles 'restore'); restart "
                    "rafsd instead, which unmounts its images");
     }
-    if (control_socket >= 0 && control_socket != 3) {
-        rafs::fail("the activated control socket is fd {}, not 3, so it cannot be passed on", control_socket);
+    if (control_socket >= 0 && control_socket != SD_LISTEN_FDS_START) {
+        rafs::fail("the activated control socket is fd {}, not {}, so it cannot be passed on", control_socket,
+                   SD_LISTEN_FDS_START);
     }
     rafs::ChildRun run;
     run.argv = argv;

@@ -29,9 +29,8 @@ struct InPlaceRestart {
     std::string executable;         // this program's path as it started: argv[0] made absolute, else /proc/self/exe
     std::vector<std::string> argv;  // as it started
     int control_socket = -1;        // an activated control socket, passed on at fd 3, or -1
-    std::string engine;             // whose kernel objects are passed on
+    std::string engine;             // whose kernel objects are passed on (fscache needs `restore`)
     std::string state_dir;          // where the mount table is: the new configuration must agree
-    bool needs_cachefiles_restore = false;
 
     static InPlaceRestart ofThisProcess(int argc, char** argv);
 

@@ -227,12 +227,14 @@ bool KeptFds::serveLink(int link) {
 
 void KeptFds::offerToSystemd(const std::string& name, int fd) {
     if (std::getenv("NOTIFY_SOCKET") == nullptr) return;
-    size_t names = 0;
-    for (const auto& [kept, ignored] : fds_) names += kept.size() + 1;
-    if (names + name.size() > kListenFdNamesLimit * 3 / 4 && !warned_names_) {
+    size_t names = name.size();
+    if (!warned_names_) {
+        for (const auto& [kept, ignored] : fds_) names += kept.size() + 1;
+    }
+    if (!warned_names_ && names > kListenFdNamesLimit * 3 / 4) {
         log::warn("systemd's fd store: {} kept fds, whose names take {} of the {} bytes systemd can pass to a restarted "
                   "rafsd (LISTEN_FDNAMES): beyond that a restart after a crash fails and the mounts' kernel objects are "
-                  "released; unmount images no longer used", fds_.size() + 1, names + name.size(), kListenFdNamesLimit);
+                  "released; unmount images no longer used", fds_.size() + 1, names, kListenFdNamesLimit);
         warned_names_ = true;
     }
     const std::string state = "FDSTORE=1\nFDNAME=" + name;

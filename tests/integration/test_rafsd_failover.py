@@ -26,11 +26,9 @@ import subprocess
 import sys
 import time
 
-from rafstest import harness
 from rafstest.fdstore import FdStore
-from rafstest.harness import log
-from rafstest.rafsd import RafsdProcess, start_test, worker_of, write_config
-from rafstest.readers import READ_TIMEOUT, Reader, read_all, slow_image, slow_mount
+from rafstest.rafsd import BackgroundServe, worker_of, write_config
+from rafstest.readers import READ_TIMEOUT, Reader, read_all, run_slow_cases, slow_mount
 
 MiB = 1 << 20
 FILES = [('r%d' % i, 2 * MiB + 4096 * i) for i in range(8)] + [('held', 2 * MiB), ('big', 8 * MiB), ('late', 3 * MiB)]
@@ -101,19 +99,6 @@ def case_supervisor(ck, rafsd, image, content, tmp):
         ck.check(not os.path.ismount(mnt), 'supervisor: the worker unmounted on SIGTERM')
 
 
-class Serve(RafsdProcess):
-    def __init__(self, cmd, log_path, env, pass_fds=()):
-        super().__init__(cmd, log_path)
-        self.env, self.pass_fds = env, pass_fds
-
-    def start(self, timeout=30):
-        log('$ ' + ' '.join(self.cmd) + ' &')
-        self.log_file = open(self.log_path, 'ab')
-        self.proc = subprocess.Popen(self.cmd, stdout=self.log_file, stderr=subprocess.STDOUT, env=self.env,
-                                     pass_fds=self.pass_fds)
-        return True
-
-
 def case_service(ck, rafsd, rafsctl, image, content, tmp):
     mnt = os.path.join(tmp, 'mnt-service')
     os.makedirs(mnt)
@@ -127,7 +112,7 @@ def case_service(ck, rafsd, rafsctl, image, content, tmp):
     store = FdStore()
     first = second = None
     try:
-        first = Serve(argv, log_path, store.env())
+        first = BackgroundServe(argv, log_path, store.env())
         first.start()
         if not ck.check(store.wait_for('READY=1'), 'service: rafsd serve said READY=1', first.log_text()[-2000:]):
             return
@@ -148,7 +133,7 @@ def case_service(ck, rafsd, rafsctl, image, content, tmp):
             first.proc.wait()
             time.sleep(0.5)
             restart, fds = store.restart_argv(argv)
-            second = Serve(restart, log_path, store.env(), pass_fds=fds)
+            second = BackgroundServe(restart, log_path, store.env(), pass_fds=fds)
             second.start()
         read_all(ck, mnt, content, ['r%d' % i for i in range(8)], kill_all, 'service killed whole',
                  wait_ms=FETCH_DELAY_MS)
@@ -169,19 +154,11 @@ def case_service(ck, rafsd, rafsctl, image, content, tmp):
 
 
 def main():
-    args, mk, rafsd, rafsctl, ck = start_test('rafsd_failover', __doc__)
-    with harness.temp_dir('rafsd-failover-', keep=args.keep) as tmp:
-        built = slow_image(ck, mk, tmp, FILES, 11)
-        if built is None:
-            return ck.finish()
-        content, image = built
-        log('== kill -9 of the worker')
-        case_worker(ck, rafsd, image, content, tmp)
-        log('== kill -9 of the supervisor alone')
-        case_supervisor(ck, rafsd, image, content, tmp)
-        log('== rafsd serve killed whole, restarted with the fds from the fd store')
-        case_service(ck, rafsd, rafsctl, image, content, tmp)
-    return ck.finish()
+    return run_slow_cases('rafsd_failover', __doc__, FILES, 11, [
+        ('kill -9 of the worker', lambda ck, rafsd, ctl, *rest: case_worker(ck, rafsd, *rest)),
+        ('kill -9 of the supervisor alone', lambda ck, rafsd, ctl, *rest: case_supervisor(ck, rafsd, *rest)),
+        ('rafsd serve killed whole, restarted with the fds from the fd store', case_service),
+    ])
 
 
 if __name__ == '__main__':

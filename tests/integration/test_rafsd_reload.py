@@ -34,25 +34,13 @@ import time
 from rafstest import harness
 from rafstest.fdstore import FdStore
 from rafstest.harness import log
-from rafstest.rafsd import RafsdMount, RafsdProcess, start_test, worker_of, write_config
-from rafstest.readers import READ_TIMEOUT, Reader, read_all, slow_image, slow_mount
+from rafstest.rafsd import BackgroundServe, RafsdMount, worker_of, write_config
+from rafstest.readers import READ_TIMEOUT, Reader, read_all, run_slow_cases, slow_mount
 
 MiB = 1 << 20
 FILES = [('r%d' % i, 2 * MiB + 4096 * i) for i in range(8)] + [('held', 2 * MiB), ('after', 3 * MiB),
                                                               ('hup', 4 * MiB)]
 FETCH_DELAY_MS = 1500
-
-
-class Serve(RafsdProcess):
-    def __init__(self, cmd, log_path, env):
-        super().__init__(cmd, log_path)
-        self.env = env
-
-    def start(self, timeout=30):
-        log('$ ' + ' '.join(self.cmd) + ' &')
-        self.log_file = open(self.log_path, 'ab')
-        self.proc = subprocess.Popen(self.cmd, stdout=self.log_file, stderr=subprocess.STDOUT, env=self.env)
-        return True
 
 
 def install(src, dest):
@@ -64,12 +52,7 @@ def install(src, dest):
 
 
 def wait_for_log(proc, text, timeout=30):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if text in proc.log_text():
-            return True
-        time.sleep(0.05)
-    return False
+    return bool(harness.wait_for(lambda: text in proc.log_text(), timeout))
 
 
 def rafsctl_list(rafsctl, sock):
@@ -98,7 +81,7 @@ def case_upgrade_and_refusals(ck, rafsd, rafsctl, image, content, tmp):
     mnt, binary, sock, config, config_values = scratch_service(rafsd, tmp, 'serve')
     argv = [binary, 'serve', '--config', config, '--test-fetch-delay', str(FETCH_DELAY_MS)]
     store = FdStore()
-    serve = Serve(argv, os.path.join(tmp, 'serve.log'), store.env())
+    serve = BackgroundServe(argv, os.path.join(tmp, 'serve.log'), store.env())
     try:
         serve.start()
         if not ck.check(store.wait_for('READY=1'), 'upgrade: rafsd serve said READY=1', serve.log_text()[-2000:]):
@@ -210,7 +193,7 @@ def break_workers(rafsd, binary, config, values):
 def case_rollback(ck, rafsd, rafsctl, image, content, tmp, name, breakage, said):
     mnt, binary, sock, config, values = scratch_service(rafsd, tmp, name)
     env = {k: v for k, v in os.environ.items() if k != 'NOTIFY_SOCKET'}
-    serve = Serve([binary, 'serve', '--config', config, '--test-fetch-delay', str(FETCH_DELAY_MS)],
+    serve = BackgroundServe([binary, 'serve', '--config', config, '--test-fetch-delay', str(FETCH_DELAY_MS)],
                   os.path.join(tmp, name + '.log'), env)
     holder = None
     kept = []
@@ -290,22 +273,14 @@ def case_hangup(ck, rafsd, image, content, tmp):
 
 
 def main():
-    args, mk, rafsd, rafsctl, ck = start_test('rafsd_reload', __doc__)
-    with harness.temp_dir('rafsd-reload-', keep=args.keep) as tmp:
-        built = slow_image(ck, mk, tmp, FILES, 13)
-        if built is None:
-            return ck.finish()
-        content, image = built
-        log('== upgrade: the binary replaced, SIGHUP')
-        case_upgrade_and_refusals(ck, rafsd, rafsctl, image, content, tmp)
-        log('== rollback: the new program fails after the check')
-        case_rollback(ck, rafsd, rafsctl, image, content, tmp, 'rollback', break_binary, 'this build breaks at start')
-        log('== rollback: the new program\'s workers fail before they serve')
-        case_rollback(ck, rafsd, rafsctl, image, content, tmp, 'rollback-workers', break_workers,
-                      'times since the reload')
-        log('== hangup of rafsd mount')
-        case_hangup(ck, rafsd, image, content, tmp)
-    return ck.finish()
+    return run_slow_cases('rafsd_reload', __doc__, FILES, 13, [
+        ('upgrade: the binary replaced, SIGHUP', case_upgrade_and_refusals),
+        ('rollback: the new program fails after the check',
+         lambda *a: case_rollback(*a, 'rollback', break_binary, 'this build breaks at start')),
+        ('rollback: the new program\'s workers fail before they serve',
+         lambda *a: case_rollback(*a, 'rollback-workers', break_workers, 'times since the reload')),
+        ('hangup of rafsd mount', lambda ck, rafsd, ctl, *rest: case_hangup(ck, rafsd, *rest)),
+    ])
 
 
 if __name__ == '__main__':

@@ -412,6 +412,22 @@ def worker_of(pid, timeout=30):
     raise RuntimeError('rafsd %d has no worker' % pid)
 
 
+class BackgroundServe(RafsdProcess):
+    """`rafsd serve` as a restart test starts it: with `env` (a notify socket, or none) and
+    `pass_fds` (a restart's stored fds), its output appended to `log_path`; start() does not wait."""
+
+    def __init__(self, cmd, log_path, env, pass_fds=()):
+        super().__init__(cmd, log_path)
+        self.env, self.pass_fds = env, pass_fds
+
+    def start(self, timeout=30):
+        log('$ ' + ' '.join(self.cmd) + ' &')
+        self.log_file = open(self.log_path, 'ab')
+        self.proc = subprocess.Popen(self.cmd, stdout=self.log_file, stderr=subprocess.STDOUT, env=self.env,
+                                     pass_fds=self.pass_fds)
+        return True
+
+
 class RafsdServe(RafsdProcess):
     """`rafsd serve --config F` in the background; started when the control socket answers."""
 

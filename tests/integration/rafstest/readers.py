@@ -9,6 +9,22 @@ PIECE = 256 * 1024
 READ_TIMEOUT = 120
 
 
+def run_slow_cases(name, doc, files, seed, cases):
+    """The main of such a test: its image (slow_image), then each case of `cases`, a list of
+    (title, case(ck, rafsd, rafsctl, image, content, tmp)). Returns the exit status."""
+    from . import harness
+    from .rafsd import start_test
+    args, mk, rafsd, rafsctl, ck = start_test(name, doc)
+    with harness.temp_dir(name.replace('_', '-') + '-', keep=args.keep) as tmp:
+        built = slow_image(ck, mk, tmp, files, seed)
+        if built is not None:
+            content, image = built
+            for title, case in cases:
+                harness.log('== ' + title)
+                case(ck, rafsd, rafsctl, image, content, tmp)
+    return ck.finish()
+
+
 def slow_mount(rafsd, image, tmp, name, delay_ms, cls=None):
     """`rafsd mount --engine fanotify` of slow_image()'s image on tmp/mnt-NAME, its cache
     tmp/cache-NAME, every backend read delayed by `delay_ms`; not started. `cls`: a RafsdMount
