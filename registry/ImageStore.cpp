@@ -164,15 +164,19 @@ void OciLayoutStore::putManifest(const std::string& tag, std::string_view media_
     replaceFile(dir_ / "index.json", index.serialize());
 }
 
-void readBlobInPieces(ImageStore& store, const Descriptor& blob, std::string_view what,
-                      const std::function<void(std::span<const uint8_t>)>& take) {
-    // In pieces: each request is bounded by the transport's timeout, so a large blob (a bootstrap
-    // layer of tens of MB) on a slow link is fetched piece by piece rather than never.
-    constexpr uint64_t kPiece = 4 << 20;
-    std::vector<uint8_t> piece(static_cast<size_t>(std::min(kPiece, blob.size)));
+namespace {
+
+// In pieces: each request is bounded by the transport's timeout, so a large blob (a bootstrap
+// layer of tens of MB) on a slow link is fetched piece by piece rather than never. Each piece is
+// read into buffer(at, size), handed to take(), and the whole checked against the blob's digest.
+constexpr uint64_t kPiece = 4 << 20;
+
+void readCheckedPieces(ImageStore& store, const Descriptor& blob, std::string_view what,
+                       const std::function<std::span<uint8_t>(uint64_t at, size_t size)>& buffer,
+                       const std::function<void(std::span<const uint8_t>)>& take) {
     rafs::Hasher hash(rafs::Digester::Sha256);
     for (uint64_t at = 0; at < blob.size; at += kPiece) {
-        const std::span<uint8_t> part = std::span(piece).first(static_cast<size_t>(std::min(kPiece, blob.size - at)));
+        const std::span<uint8_t> part = buffer(at, static_cast<size_t>(std::min(kPiece, blob.size - at)));
         store.readBlob(blob.digest, at, part);
         hash.update(part);
         take(part);
@@ -181,14 +185,25 @@ void readBlobInPieces(ImageStore& store, const Descriptor& blob, std::string_vie
     if (actual != blob.digest) rafs::fail("{} {}: digest mismatch: its bytes hash to {}", what, blob.digest, actual);
 }
 
+}  // namespace
+
+void readBlobInPieces(ImageStore& store, const Descriptor& blob, std::string_view what,
+                      const std::function<void(std::span<const uint8_t>)>& take) {
+    std::vector<uint8_t> piece(static_cast<size_t>(std::min(kPiece, blob.size)));
+    readCheckedPieces(
+        store, blob, what, [&](uint64_t, size_t size) { return std::span(piece).first(size); }, take);
+}
+
 std::vector<uint8_t> readVerifiedBlob(ImageStore& store, const Descriptor& blob, uint64_t max_size,
                                       std::string_view what) {
     if (blob.size == 0 || blob.size > max_size) {
         rafs::fail("{} {} has size {} (expected 1 to {} bytes)", what, blob.digest, blob.size, max_size);
     }
-    std::vector<uint8_t> bytes;
-    bytes.reserve(blob.size);
-    readBlobInPieces(store, blob, what, [&](std::span<const uint8_t> part) { bytes.insert(bytes.end(), part.begin(), part.end()); });
+    // Read in place: no piece buffer to copy out of.
+    std::vector<uint8_t> bytes(static_cast<size_t>(blob.size));
+    readCheckedPieces(
+        store, blob, what, [&](uint64_t at, size_t size) { return std::span(bytes).subspan(at, size); },
+        [](std::span<const uint8_t>) {});
     return bytes;
 }
 
