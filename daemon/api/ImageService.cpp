@@ -1073,6 +1073,9 @@ void ImageService::shutdown() {
     if (shut_down_) return;
     shut_down_ = true;
     prefetcher_.reset();
+    // Before the engines: a fanotify stop may fill the cache files of a mount still in use, which
+    // must then keep every chunk.
+    collector_->stop();
     if (fanotify_) fanotify_->stop();
     if (fscache_) {
         fscache_->stop();
@@ -1083,7 +1086,6 @@ void ImageService::shutdown() {
                   c.read_latency_p50_us, c.read_latency_p99_us);
     }
     for (const Image& image : images_) saveTraceOrLog(image);
-    collector_->stop();
     // The fetch threads end here, while the engines they complete requests into (and whose
     // on-complete callbacks unmark files) still exist: members are destroyed engines first.
     fetcher_.reset();

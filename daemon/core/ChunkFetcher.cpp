@@ -139,7 +139,11 @@ uint32_t ChunkFetcher::forgetLost(uint32_t image, uint32_t blob_index, uint64_t 
 
 void ChunkFetcher::makePresent(uint32_t image, uint32_t blob_index, uint64_t offset,
                                uint64_t length, Completion done) {
-    makePresent(image, blob_index, offset, length, std::move(done), 0);
+    makePresent(image, blob_index, offset, length, std::move(done), 0, Access::Read);
+}
+
+void ChunkFetcher::fill(uint32_t image, uint32_t blob_index, Completion done) {
+    makePresent(image, blob_index, 0, UINT64_MAX, std::move(done), 0, Access::Fill);
 }
 
 bool ChunkFetcher::presentAndUsed(CachedBlob& blob, ChunkRange range) {
@@ -152,7 +156,7 @@ bool ChunkFetcher::presentAndUsed(CachedBlob& blob, ChunkRange range) {
 }
 
 void ChunkFetcher::makePresent(uint32_t image, uint32_t blob_index, uint64_t offset, uint64_t length,
-                               Completion done, unsigned attempt) {
+                               Completion done, unsigned attempt, Access access) {
     auto [blob, traces] = blobOf(image, blob_index);
     if (!blob) {
         log::error("request for unknown blob {} of image {}", blob_index, image);
@@ -165,8 +169,9 @@ void ChunkFetcher::makePresent(uint32_t image, uint32_t blob_index, uint64_t off
         return;
     }
     length = std::min(length, d.uncompressed_size - offset);
+    const bool read = access == Access::Read;
     const auto asked_at = std::chrono::steady_clock::now();
-    readers_.asked(asked_at);
+    if (read) readers_.asked(asked_at);
 
     // The chunks the read touches (4 KiB-rounded extents): stamped as used, and the trace's record.
     const ChunkRange used = blob->cache().chunksCovering(offset, length);
@@ -176,13 +181,16 @@ void ChunkFetcher::makePresent(uint32_t image, uint32_t blob_index, uint64_t off
     // seconds: a miss that waited longer may find one freed (a full disk's collection), and an
     // answer now would let the kernel read its hole, so the request is made again.
     auto answer = std::make_shared<Completion>(std::move(done));
-    request->done = [this, blob, answer, since = asked_at, image, blob_index, offset, length, used, attempt](int error) {
-        blob->counters().miss_latency.add(
-            std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - since));
-        readers_.waitEnded();
+    request->done = [this, blob, answer, since = asked_at, image, blob_index, offset, length, used, attempt,
+                     access, read](int error) {
+        if (read) {
+            blob->counters().miss_latency.add(
+                std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - since));
+            readers_.waitEnded();
+        }
         if (error == 0 && !presentAndUsed(*blob, used)) {
             if (attempt + 1 < kPresentAttempts) {
-                makePresent(image, blob_index, offset, length, std::move(*answer), attempt + 1);
+                makePresent(image, blob_index, offset, length, std::move(*answer), attempt + 1, access);
                 return;
             }
             log::error("blob {}: chunks of a request were freed {} times while it waited; the reader gets EIO",
@@ -206,11 +214,11 @@ void ChunkFetcher::makePresent(uint32_t image, uint32_t blob_index, uint64_t off
             ++request->remaining;
         }
         // Under the lock, so before any chunk it waits for can complete it (request->done).
-        if (!plan.required.empty()) readers_.waitBegan();
+        if (read && !plan.required.empty()) readers_.waitBegan();
         // Read-ahead for a sequential reader that has to wait. Not on hits: that saves a few
         // misses of a full read but fetched half as much again at a container's start (the
         // demo: 12 MB instead of 8 MB of 60 MB), and fetching little is the point.
-        if (!plan.required.empty()) {
+        if (read && !plan.required.empty()) {
             std::vector<FetchRun> ahead = planner_.ahead(d.chunks, offset, [&](uint32_t ci) {
                 if (blob->cache().isPresent(ci)) return ChunkState::Present;
                 const bool planned = std::any_of(plan.runs.begin(), plan.runs.end(), [&](const FetchRun& r) {
@@ -231,10 +239,12 @@ void ChunkFetcher::makePresent(uint32_t image, uint32_t blob_index, uint64_t off
     // finishing a chunk this request waits for may already have completed it, and then a hit
     // would complete it twice.
     if (plan.required.empty()) {
-        blob->counters().hits++;
-        blob->counters().bytes_from_cache += length;
+        if (read) {
+            blob->counters().hits++;
+            blob->counters().bytes_from_cache += length;
+        }
         (*answer)(0);
-    } else {
+    } else if (read) {
         blob->counters().misses++;
     }
     // Always: the runs' chunks are in in_flight_ now, so no other request will fetch them.
@@ -243,6 +253,7 @@ void ChunkFetcher::makePresent(uint32_t image, uint32_t blob_index, uint64_t off
     }
     if (awaits_others) queue_->recheck();  // a queued prefetch request may be this miss's now
     // Last, off the path of the answer and the fetches.
+    if (!read) return;
     for (const auto& [trace, index] : traces) trace->record(index, used.begin, used.end);
 }
 

@@ -38,6 +38,7 @@ public:
     void makePresent(uint32_t image, uint32_t blob, uint64_t offset, uint64_t length,
                      Completion done) override;
     uint32_t forgetLost(uint32_t image, uint32_t blob, uint64_t offset, uint64_t length) override;
+    void fill(uint32_t image, uint32_t blob, Completion done) override;
 
     // Starts fetching the missing chunks among [first, first + count) of `blob` in the
     // background, behind every miss (`priority`: Prefetch or PrefetchTable, see FetchQueue).
@@ -82,10 +83,12 @@ private:
     // The blob alone, without the walk over every image for the traces.
     std::shared_ptr<CachedBlob> blobAt(uint32_t image, uint32_t blob);
     std::shared_ptr<CachedBlob> blobLocked(uint32_t image, uint32_t blob) const;  // images_mutex_ held
+    // A reader's request (traced, counted, read ahead of) or a fill (none of that).
+    enum class Access { Read, Fill };
     // makePresent's `attempt`th try: a request is tried again when a chunk it found present was
     // freed while it waited for the others.
     void makePresent(uint32_t image, uint32_t blob, uint64_t offset, uint64_t length, Completion done,
-                     unsigned attempt);
+                     unsigned attempt, Access access);
     // Whether chunks [range) are all present, stamping them as used (under the blob's lock): from
     // then on the collector leaves them for keep_recent seconds.
     bool presentAndUsed(CachedBlob& blob, ChunkRange range);

@@ -27,6 +27,11 @@ public:
     // marked missing, so makePresent fetches them again. Returns how many. Thread-safe, also
     // while fetches write the same blob.
     virtual uint32_t forgetLost(uint32_t image, uint32_t blob, uint64_t offset, uint64_t length) = 0;
+
+    // Makes the whole of blob `blob` of image `image` present, as makePresent does, then calls done
+    // exactly once. Not a read: no reader waits on it, so it is neither traced nor counted as a
+    // miss. For a stop that must leave no hole in a cache file the kernel still reads without us.
+    virtual void fill(uint32_t image, uint32_t blob, Completion done) = 0;
 };
 
 }  // namespace rafsd

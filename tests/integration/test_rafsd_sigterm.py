@@ -13,10 +13,16 @@ Each reader keeps going after an error, file after file, until opening fails bec
 is gone: the harshest reader for a daemon that must not leave holes readable. One more reader
 opens a file before the signal and reads it only a second after: rafsd must keep the (by then
 detached) mount served, answering EIO, until that file is closed, and only then exit.
+
+5. A file held open for longer than rafsd waits (a container that goes on running): rafsd fills
+   the mount's cache files before it closes the fanotify group, and that file, read only after
+   rafsd has exited, returns its bytes, not the zeros of a cache-file hole.
+6. The same when the blobs cannot be fetched any more: rafsd says so in one line and exits.
 """
 
 import errno
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -114,6 +120,48 @@ class Reader(threading.Thread):
         self.done_reason = 'timeout'
 
 
+def held_past_stop(ck, rafsd, tmp, out, content, name, blobs_gone):
+    """Parts 5 and 6: SIGTERM while a file stays open past rafsd's stop; its reads after the exit."""
+    mnt = os.path.join(tmp, name)
+    os.makedirs(mnt)
+    config = write_config(os.path.join(tmp, name + '.toml'), prefetch={'enable': False}, fetch={'amplify': 0})
+    blob_dir = os.path.join(tmp, name + '-blobs')
+    shutil.copytree(os.path.join(out, 'blobs'), blob_dir)
+    m = RafsdMount(rafsd, os.path.join(out, 'image.boot'), mnt, blob_dir=blob_dir,
+                   cache_dir=os.path.join(tmp, name + '-cache'), config=config)
+    with m:
+        if not ck.check(m.start(), '%s: rafsd mounted the image' % name, m.log_text()[-2000:]):
+            return
+        data = content[HOLD]
+        fd = os.open(os.path.join(mnt, HOLD), os.O_RDONLY)
+        try:
+            ck.check(os.pread(fd, 4096, 0) == data[:4096], '%s: the held file reads before the stop' % name)
+            if blobs_gone:
+                shutil.rmtree(blob_dir)
+            code = m.stop(sig=signal.SIGTERM, timeout=STOP_TIMEOUT + 60)
+            ck.check(code is not None, '%s: rafsd exits with a file still open (exit %s)' % (name, code))
+            text = m.log_text()
+            if blobs_gone:
+                ck.check('could not all be filled' in text, '%s: rafsd says it could not fill the busy mount' % name,
+                         text[-2000:])
+                return
+            ck.check(code == 0, '%s: rafsd exits 0' % name, text[-2000:])
+            ck.check('every cache file is complete' in text, '%s: rafsd filled the busy mount\'s cache files' % name,
+                     text[-2000:])
+            got = b''
+            while len(got) < len(data):
+                piece = os.pread(fd, PIECE, len(got))
+                if not piece:
+                    break
+                got += piece
+            wrong = [i for i in range(0, len(data), 4096) if got[i:i + 4096] != data[i:i + 4096]]
+            zeros = [i for i in wrong if got[i:i + 4096] == bytes(len(got[i:i + 4096]))]
+            ck.check(not wrong, '%s: the held file, read after rafsd exited, has its bytes' % name,
+                     '%d of %d blocks wrong, %d of them zeros' % (len(wrong), len(data) // 4096, len(zeros)))
+        finally:
+            os.close(fd)
+
+
 def main():
     args, mk, rafsd, _, ck = start_test('rafsd_sigterm', __doc__)
     with harness.temp_dir('rafsd-sigterm-', keep=args.keep) as tmp:
@@ -169,6 +217,8 @@ def main():
             ck.check('still in use' not in text, 'rafsd did not give up on the busy mount')
             if code != 0 or wrong:
                 log(text[-3000:])
+        held_past_stop(ck, rafsd, tmp, out, content, 'held', blobs_gone=False)
+        held_past_stop(ck, rafsd, tmp, out, content, 'held-gone', blobs_gone=True)
     return ck.finish()
 
 

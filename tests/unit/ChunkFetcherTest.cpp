@@ -377,6 +377,36 @@ TEST_CASE("a read of a shared blob is in the trace of every image that uses it",
     CHECK(fetcher.trace(second) == Trace{{1, 2}});
 }
 
+// A stop fills the cache files of a mount still in use (FanotifyEngine::stop): every chunk, present
+// ones left as they are, and not a read: nothing in the trace, no miss counted.
+TEST_CASE("a fill makes the whole blob present without counting as a read", "[chunkfetcher]") {
+    constexpr uint32_t kChunks = 6;
+    rafs::test::TempDir dir;
+    auto blob = ZeroBlob(kBlobId, kChunks, kChunk)
+                    .cached(dir.path() / "map", std::make_shared<MemoryBackend>(std::vector<uint8_t>(kChunks * kChunk, 0)));
+    ChunkFetcher fetcher(FetchOptions{.amplify = 0, .threads = 2, .retries = 0});
+    const uint32_t image = fetcher.addImage({blob});
+    CHECK(waitFor(fetcher, image, 2 * kChunk, kChunk) == 0);
+    REQUIRE(blob->counters().misses.load() == 1);
+
+    std::promise<int> filled;
+    fetcher.fill(image, 0, [&](int error) { filled.set_value(error); });
+    auto result = filled.get_future();
+    REQUIRE(result.wait_for(std::chrono::seconds(10)) == std::future_status::ready);
+    CHECK(result.get() == 0);
+    CHECK(blob->cache().bitmap().count() == kChunks);
+    CHECK(blob->counters().misses.load() == 1);
+    CHECK(blob->counters().hits.load() == 0);
+    using Trace = std::vector<std::pair<uint32_t, uint32_t>>;
+    CHECK(fetcher.trace(image) == Trace{{0, 2}});
+
+    SECTION("an unknown blob fails") {
+        std::promise<int> unknown;
+        fetcher.fill(image, 1, [&](int error) { unknown.set_value(error); });
+        CHECK(unknown.get_future().get() == EIO);
+    }
+}
+
 namespace {
 
 // Frees ranges, as a sparse file does; what it holds does not matter here.

@@ -252,6 +252,9 @@ public:
     }
 
     uint32_t forgetLost(uint32_t, uint32_t, uint64_t, uint64_t) override { return 0; }
+    void fill(uint32_t image, uint32_t blob, rafsd::Completion done) override {
+        makePresent(image, blob, 0, blob_.size(), std::move(done));
+    }
     void makePresent(uint32_t, uint32_t, uint64_t offset, uint64_t length, rafsd::Completion done) override {
         std::unique_lock lock(mutex_);
         calls_.emplace_back(offset, length);
@@ -317,6 +320,9 @@ public:
     }
 
     uint32_t forgetLost(uint32_t, uint32_t, uint64_t, uint64_t) override { return 0; }
+    void fill(uint32_t image, uint32_t blob, rafsd::Completion done) override {
+        makePresent(image, blob, 0, blob_.size(), std::move(done));
+    }
     void makePresent(uint32_t, uint32_t, uint64_t offset, uint64_t length, rafsd::Completion done) override {
         std::lock_guard lock(mutex_);
         ++calls_;

@@ -528,6 +528,7 @@ namespace {
 class FailingCore final : public DataPlane {
 public:
     void makePresent(uint32_t, uint32_t, uint64_t, uint64_t, Completion done) override { done(0); }
+    void fill(uint32_t, uint32_t, Completion done) override { done(0); }
     uint32_t forgetLost(uint32_t, uint32_t, uint64_t, uint64_t) override {
         throw rafs::Error("chunk map: write: Input/output error");
     }

@@ -3,6 +3,7 @@
 
 #include "format/Error.h"
 #include "daemon/core/CloseOrWarn.h"
+#include "daemon/core/CompletionCount.h"
 #include "daemon/core/Log.h"
 #include "daemon/engines/fanotify/ErofsFileMount.h"
 #include "daemon/engines/fanotify/EventResponder.h"
@@ -20,7 +21,6 @@
 
 #include <algorithm>
 #include <cerrno>
-#include <condition_variable>
 #include <cstring>
 #include <mutex>
 #include <optional>
@@ -127,12 +127,7 @@ void FanotifyEngine::answerOrphans() {
             uint32_t image, blob;
             uint64_t begin, end;
         };
-        struct Waiting {
-            std::mutex mutex;
-            std::condition_variable done;
-            size_t left = 0;
-        };
-        auto waiting = std::make_shared<Waiting>();
+        const auto answered = CompletionCount::make();
         for (const PendingJournal::Entry& orphan : orphans) {
             std::vector<Target> targets;
             const bool known = orphan.dev != 0 || orphan.ino != 0;
@@ -162,12 +157,9 @@ void FanotifyEngine::answerOrphans() {
                 std::mutex mutex;
             };
             auto answer = std::make_shared<Answer>(orphan.fd, targets.size());
-            {
-                std::lock_guard lock(waiting->mutex);
-                ++waiting->left;
-            }
+            const Completion counted = answered->add();
             for (const Target& t : targets) {
-                auto finish = [answer, waiting, shared = responder_](int error) {
+                auto finish = [answer, counted, shared = responder_](int error) {
                     bool last = false;
                     bool ok = false;
                     {
@@ -178,8 +170,7 @@ void FanotifyEngine::answerOrphans() {
                     }
                     if (!last) return;
                     shared->answerOrphan(answer->fd, ok);
-                    std::lock_guard lock(waiting->mutex);
-                    if (--waiting->left == 0) waiting->done.notify_all();
+                    counted(0);
                 };
                 try {
                     core_.makePresent(t.image, t.blob, t.begin, t.end - t.begin, finish);
@@ -190,8 +181,7 @@ void FanotifyEngine::answerOrphans() {
                 }
             }
         }
-        std::unique_lock lock(waiting->mutex);
-        waiting->done.wait(lock, [&] { return waiting->left == 0; });
+        answered->wait();
         log::info("fanotify: every orphaned event answered");
     }
     responder.resetJournal();
@@ -424,15 +414,46 @@ void FanotifyEngine::umount(const std::filesystem::path& mountpoint) {
     files_->remove(normal);
 }
 
+bool FanotifyEngine::fillFilesOf(const std::filesystem::path& mountpoint,
+                                 std::chrono::steady_clock::time_point deadline) {
+    const std::vector<MarkedFiles::Served> files = files_->servedBy(mountpoint);
+    log::warn("{} is still in use: filling its {} cache file{} before the fanotify group closes", mountpoint.native(),
+              files.size(), files.size() == 1 ? "" : "s");
+    const auto filled = CompletionCount::make();
+    for (const MarkedFiles::Served& file : files) {
+        const Completion done = filled->add();
+        try {
+            core_.fill(file.image, file.blob, done);
+        } catch (const std::exception& e) {
+            log::error("cannot fill blob {} of image {}: {}", file.blob, file.image, e.what());
+            done(EIO);
+        }
+    }
+    return filled->waitUntil(deadline);
+}
+
 void FanotifyEngine::stop(std::chrono::milliseconds grace) {
     if (!thread_.joinable()) return;
+    const auto fill_deadline = std::chrono::steady_clock::now() + kFillTime;
     // The loop keeps reading, denying every new event, until the mounts are gone: an event left
     // unread would be allowed, unfilled, when the group closes.
     responder_->beginStop();
     responder_->waitIdle(grace);
     responder_->denyAll();
     for (const std::filesystem::path& mountpoint : files_->mountpoints()) {
-        unmountWhenClosed(mountpoint, files_->filesOf(mountpoint), grace);
+        // Files a mount still reads once the group is closed read their holes as zeros
+        // (fanotify_release() in fs/notify/fanotify/fanotify_user.c allows every access then): a
+        // mount left in use gets its files filled, so none is left.
+        if (!unmountWhenClosed(mountpoint, files_->filesOf(mountpoint), grace)) {
+            if (fillFilesOf(mountpoint, fill_deadline)) {
+                log::info("{}: every cache file is complete; files still open there read without rafsd",
+                          mountpoint.native());
+            } else {
+                log::error("{}: its cache files could not all be filled within {} s of the stop: files still open "
+                           "there read unfetched data as zeros once the fanotify group is closed",
+                           mountpoint.native(), kFillTime.count());
+            }
+        }
         files_->remove(mountpoint);
     }
     quit_.store(true);

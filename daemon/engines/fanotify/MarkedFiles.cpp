@@ -133,6 +133,17 @@ std::vector<std::pair<MarkedFiles::FileKey, MarkedFiles::Served>> MarkedFiles::a
     return out;
 }
 
+std::vector<MarkedFiles::Served> MarkedFiles::servedBy(const std::filesystem::path& mountpoint) const {
+    const std::filesystem::path normal = mountpoint.lexically_normal();
+    std::lock_guard lock(mutex_);
+    std::vector<Served> out;
+    for (const Mount& m : mounts_) {
+        if (m.mountpoint != normal) continue;
+        for (const auto& [blob, key] : m.files) out.push_back({m.image, blob, files_.at(key).size});
+    }
+    return out;
+}
+
 std::vector<std::pair<std::filesystem::path, int>> MarkedFiles::filesOf(const std::filesystem::path& mountpoint) const {
     const std::filesystem::path normal = mountpoint.lexically_normal();
     std::lock_guard lock(mutex_);

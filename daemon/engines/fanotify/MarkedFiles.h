@@ -49,6 +49,8 @@ public:
     std::optional<Served> find(FileKey key) const;
     // Every file served, for an event whose file is not known.
     std::vector<std::pair<FileKey, Served>> all() const;
+    // Who serves each file of a mount: that mount's image and blob.
+    std::vector<Served> servedBy(const std::filesystem::path& mountpoint) const;
     // The files of a mount, with our fd on each, to watch them being closed.
     std::vector<std::pair<std::filesystem::path, int>> filesOf(const std::filesystem::path& mountpoint) const;
 
