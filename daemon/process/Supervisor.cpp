@@ -190,6 +190,7 @@ int supervise(KeptFds kept, bool restored, const SupervisorOptions& options, con
 
     bool told_ready = false;
     bool stopping = false;
+    bool stopped_while_holding = false;  // a stop came while no worker ran: the next one is to unmount
     std::chrono::seconds hold_delay{1};
     std::deque<std::chrono::steady_clock::time_point> restarts;
     int unready_after_reload = 0;
@@ -324,6 +325,11 @@ int supervise(KeptFds kept, bool restored, const SupervisorOptions& options, con
                           !(WIFEXITED(status) && WEXITSTATUS(status) == 0);
         if (!hold && (WIFEXITED(status) || stopping || !ready)) {
             closeOrWarn(signal_fd, "signalfd");
+            if (stopped_while_holding && !ready) {
+                log::error("{} worker {} {} ({}) before it could unmount: the kernel objects are released with mounts up",
+                           engine, pid, WIFEXITED(status) ? "ended" : "died", describe(status));
+                return 1;
+            }
             if (WIFEXITED(status)) return WEXITSTATUS(status);
             log::error("{} worker {} died ({}){}", engine, pid, describe(status),
                        ready ? " while stopping" : " before it served; giving up");
@@ -349,10 +355,13 @@ int supervise(KeptFds kept, bool restored, const SupervisorOptions& options, con
                     becomeNewProgram(*options.reload, kept, release);
                 }
             } else if (sig != 0) {
+                // Released now, the objects would leave the mounts up unserved (a fanotify group's
+                // holes read as zeros): one more worker, started at once, unmounts if it can serve.
                 sd_notify(0, "STOPPING=1");
-                closeOrWarn(signal_fd, "signalfd");
-                log::error("stopped with no {} worker serving: its kernel objects are released with mounts up", engine);
-                return 1;
+                stopping = true;
+                stopped_while_holding = true;
+                log::warn("stopping with no {} worker serving: one more worker takes the mounts over to unmount them",
+                          engine);
             }
             hold_delay = std::min(hold_delay * 2, kMaxHoldDelay);
         } else {

@@ -11,6 +11,11 @@ readers are waiting on cold data when the kill comes):
    the group and starts worker after worker (a release would allow the reads of holes); a reader
    of an unread file waits meanwhile, and once the bootstrap is back a worker takes over and the
    reader gets the file's bytes.
+   Then a stop while no worker can take over (the bootstrap gone again, the supervisor waiting
+   between attempts): a reader waits on an unread file; the bootstrap comes back and SIGINT comes
+   at once. The supervisor starts one more worker to unmount, rather than release the group with
+   the mount up (which would hand the waiting reader zeros): the reader gets its bytes or an
+   error, rafsd exits 0 and the mount is gone.
 2. supervisor: kill -9 of the supervisor alone changes nothing for readers; the worker serves on.
 3. service: `rafsd serve` under a test playing systemd's fd store; rafsctl mounts an image; readers
    wait; the whole rafsd (supervisor and worker) is killed; the restarted rafsd gets the group,
@@ -31,7 +36,9 @@ from rafstest.rafsd import BackgroundServe, worker_of, write_config
 from rafstest.readers import READ_TIMEOUT, Reader, read_all, run_slow_cases, slow_mount
 
 MiB = 1 << 20
-FILES = [('r%d' % i, 2 * MiB + 4096 * i) for i in range(8)] + [('held', 2 * MiB), ('big', 8 * MiB), ('late', 3 * MiB)]
+FILES = [('r%d' % i, 2 * MiB + 4096 * i) for i in range(8)] + [('held', 2 * MiB), ('big', 8 * MiB), ('late', 3 * MiB),
+                                                              ('stop', 3 * MiB)]
+HOLDING = 'readers wait rather than read holes'  # the supervisor's log line between attempts
 FETCH_DELAY_MS = 1500
 
 
@@ -76,8 +83,35 @@ def case_worker(ck, rafsd, image, content, tmp):
         late.join(READ_TIMEOUT)
         ck.check(late.result == 'ok', 'worker: once the bootstrap is back, a worker takes over and the reader '
                  'gets the bytes', '%s\n%s' % (late.result, m.log_text()[-2000:]))
-        ck.check(m.stop() == 0, 'worker: SIGINT then stops rafsd with exit 0')
-        ck.check(not os.path.ismount(mnt), 'worker: the mount is gone')
+        stop_while_holding(ck, m, mnt, image, content)
+
+
+def stop_while_holding(ck, m, mnt, image, content):
+    moved = image['boot'] + '.away'
+    holding = m.log_text().count(HOLDING)
+    os.rename(image['boot'], moved)
+    try:
+        os.kill(worker_of(m.proc.pid), signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and m.log_text().count(HOLDING) == holding:
+            time.sleep(0.02)
+        waiting = Reader(os.path.join(mnt, 'stop'), content['stop'])
+        waiting.start()
+        held = ck.check(m.log_text().count(HOLDING) > holding, 'worker: no worker can take over, the supervisor '
+                        'holds the group between attempts', m.log_text()[-2000:])
+    finally:
+        os.rename(moved, image['boot'])
+    if not held:
+        return
+    code = m.stop()
+    waiting.join(READ_TIMEOUT)
+    text = m.log_text()
+    ck.check('one more worker takes the mounts over' in text, 'worker: the stop came while the supervisor held the '
+             'group', text[-2000:])
+    ck.check(waiting.result is not None and not waiting.result.startswith(('zeros', 'wrong')),
+             'worker: the reader waiting at the stop got its bytes or an error, never zeros (%s)' % waiting.result)
+    ck.check(code == 0, 'worker: SIGINT then stops rafsd with exit 0', 'exit %s\n%s' % (code, text[-2000:]))
+    ck.check(not os.path.ismount(mnt), 'worker: the mount is gone')
 
 
 def case_supervisor(ck, rafsd, image, content, tmp):
