@@ -127,6 +127,7 @@ void ImageService::useFanotifyGroup(KeptFds& kept, bool restore) {
                   PendingJournal::adopt(rafs::UniqueFd::duplicate(journal, "the kept fanotify journal")));
     fanotify_ = std::move(engine);
     kept_ = &kept;
+    kept_files_.emplace(kept);
     fanotify_restore_ = restore;
 }
 
@@ -238,15 +239,14 @@ std::shared_ptr<CachedBlob> ImageService::openBlob(const rafs::Bootstrap& bootst
     fs::path state_dir = dir;
     if (fscache_volume.empty()) {
         const fs::path path = dir / (blob.id + ".blob.data");
-        const std::string kept_name = keptCacheFileName(blob.id);
-        const int kept_fd = kept_ != nullptr ? kept_->find(kept_name) : -1;
+        const int kept_fd = kept_files_ ? kept_files_->find(blob.id) : -1;
         if (kept_fd >= 0) {
             // The fd a dead worker wrote through: a file opened now, after its mark, would raise
             // events for our own writes.
             file = SparseCacheFile::adopt(path, rafs::UniqueFd::duplicate(kept_fd, path.string()), blob.uncompressed_size);
         } else {
             auto sparse = SparseCacheFile::open(path, blob.uncompressed_size);
-            if (kept_ != nullptr) kept_->keep(kept_name, sparse->fd());
+            if (kept_files_) kept_files_->keep(blob.id, sparse->fd());
             file = std::move(sparse);
         }
     } else {
@@ -637,20 +637,11 @@ void ImageService::saveMountTableOrLog() {
 
 void ImageService::dropUnusedKeptFds() {
     // The blobs of a mount this worker could not take over are not known here: nothing is dropped.
-    if (kept_ == nullptr || !unserved_.empty()) return;
-    for (const auto& [blob_id, name] : keptBlobFiles()) {
+    if (!kept_files_ || !unserved_.empty()) return;
+    for (const std::string& blob_id : kept_files_->blobIds()) {
         const auto it = blobs_.find(blob_id);
-        if (it == blobs_.end() || it->second.expired()) kept_->drop(name);
+        if (it == blobs_.end() || it->second.expired()) kept_files_->drop(blob_id);
     }
-}
-
-std::vector<std::pair<std::string, std::string>> ImageService::keptBlobFiles() const {
-    std::vector<std::pair<std::string, std::string>> out;
-    const std::string prefix = keptCacheFileName("");
-    for (const std::string& name : kept_->names()) {
-        if (name.starts_with(prefix)) out.emplace_back(name.substr(prefix.size()), name);
-    }
-    return out;
 }
 
 namespace {
@@ -747,8 +738,8 @@ void ImageService::recoverMounts() {
     // A mount left unserved keeps its blobs' files for the next worker. Which blobs those are is
     // known here only by the cache files the supervisor keeps: its bootstrap may be the very
     // thing that is missing.
-    if (!unserved_.empty() && kept_ != nullptr) {
-        for (const auto& [blob_id, name] : keptBlobFiles()) {
+    if (!unserved_.empty() && kept_files_) {
+        for (const std::string& blob_id : kept_files_->blobIds()) {
             unserved_blobs_.push_back(std::make_unique<CacheCollector::Opening>(*collector_, blob_id));
         }
     }

@@ -16,6 +16,7 @@
 #include "daemon/core/Prefetcher.h"
 #include "daemon/engines/fanotify/FanotifyEngine.h"
 #include "daemon/engines/fscache/FscacheEngine.h"
+#include "daemon/api/KeptCacheFiles.h"
 #include "daemon/process/KeptFds.h"
 
 #include <chrono>
@@ -73,11 +74,11 @@ public:
     // and the engine of the request set.
     nlohmann::json reattach(const MountRequest& request);
     void startFscache();
-    // Names of the fds a supervisor keeps for fanotify workers (KeptFds.h): the group, its journal of
-    // pending events, and each blob's cache file, opened before it was marked.
+    // Names of the fds a supervisor keeps for fanotify workers (KeptFds.h): the group and its journal
+    // of pending events; each blob's cache file, opened before it was marked, is kept too
+    // (KeptCacheFiles.h).
     static constexpr const char* kKeptGroup = "fanotify";
     static constexpr const char* kKeptJournal = "fanotify-journal";
-    static std::string keptCacheFileName(const std::string& blob_id) { return "blob-" + blob_id; }
 
     // Failover: serve fanotify mounts on the group and journal in `kept`, which a supervisor keeps;
     // cache files are kept there too as they are opened, and taken from there when a mount is taken
@@ -171,8 +172,6 @@ private:
     void withdrawMarkersOrLog(const std::filesystem::path& mountpoint);
     // Drops the kept cache-file fds of blobs no image uses any more.
     void dropUnusedKeptFds();
-    // The blob ids of the cache files kept (kept_ set), with their names there.
-    std::vector<std::pair<std::string, std::string>> keptBlobFiles() const;
 
     Config config_;
     // One mount or umount at a time (a mount lets go while it talks to its registry); guards the
@@ -201,6 +200,7 @@ private:
     bool fscache_restore_ = false;  // the adopted device had a daemon die on it
     bool fscache_kept_ = false;     // the device is the supervisor's (useFscacheDevice)
     KeptFds* kept_ = nullptr;        // fanotify failover: the fds the supervisor keeps
+    std::optional<KeptCacheFiles> kept_files_;  // the cache files among them; with kept_
     bool fanotify_restore_ = false;  // the adopted group had a worker die on it
     std::filesystem::path mount_table_;  // empty: not kept
     // Whether this service has read the table (recoverMounts) or mounted something since it was

@@ -26,6 +26,7 @@ No reader ever sees zeros or wrong bytes, and none gets an error.
 """
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -156,8 +157,15 @@ def case_service(ck, rafsd, rafsctl, image, content, tmp):
             return
         time.sleep(0.3)
         names = store.names()
-        ck.check('fanotify' in names and 'fanotify-journal' in names and any(n.startswith('blob-') for n in names),
-                 'service: the group, the journal and the cache file are in the fd store', str(names))
+        # The cache file under its identity (KeptCacheFiles.h: short names, for systemd's 128 KiB
+        # LISTEN_FDNAMES), which must be the file the image's blob is cached in.
+        with store.lock:
+            cache_files = [os.readlink('/proc/self/fd/%d' % fd) for n, fd in store.fds.items()
+                           if re.fullmatch(r'c[0-9a-f]+-[0-9a-f]+', n)]
+        ck.check('fanotify' in names and 'fanotify-journal' in names and len(cache_files) == 1 and
+                 cache_files[0].endswith('.blob.data') and len(max(names, key=len)) <= 24,
+                 'service: the group, the journal and the cache file are in the fd store, under short names',
+                 '%s: %s' % (names, cache_files))
         worker = worker_of(first.proc.pid)
 
         def kill_all():
