@@ -6,7 +6,7 @@
 // Kept under short names made of the file's identity, "c<inode>-<device>" in hex: systemd passes
 // every stored name to a restarted service in one variable, LISTEN_FDNAMES, which execve(2)
 // refuses above 128 KiB, and past that a restart after a crash fails and releases the mounts'
-// kernel objects. About 11,000 names of this form fit, against 1,870 of "blob-<64 hex digits>",
+// kernel objects. 9,000 to 11,000 names of this form fit, against 1,870 of "blob-<64 hex digits>",
 // the form rafsd used before, which is still read. Which blob a kept file holds is read back from
 // the path its fd was opened with ("<blob id>.blob.data", BlobCacheFiles.h).
 #pragma once
