@@ -186,11 +186,14 @@ struct ControlServer::State {
         size_t scanned = 0;  // bytes of buffer known to hold no newline
         char chunk[65536];
         const std::chrono::milliseconds timeout = idleTimeout.load();
+        // For each request line as a whole, not each read: a client trickling a byte at a time
+        // would otherwise hold its place for good.
+        auto deadline = std::chrono::steady_clock::now() + timeout;
         for (;;) {
-            const Wait wait = waitFor(fd, POLLIN, timeout);
+            const Wait wait = waitFor(fd, POLLIN, left(deadline));
             if (wait == Wait::Stopped) return;
             if (wait == Wait::TimedOut) {
-                send(fd, errorResponse(fmt::format("no request for {:g} s; rafsd closes this connection",
+                send(fd, errorResponse(fmt::format("no complete request for {:g} s; rafsd closes this connection",
                                                    std::chrono::duration<double>(timeout).count())),
                      timeout);
                 return;
@@ -209,6 +212,7 @@ struct ControlServer::State {
             size_t start = 0;
             for (size_t end; (end = buffer.find('\n', scanned)) != std::string::npos; start = scanned = end + 1) {
                 if (!send(fd, respond(std::string_view(buffer).substr(start, end - start)), timeout)) return;
+                deadline = std::chrono::steady_clock::now() + timeout;
             }
             buffer.erase(0, start);
             scanned = buffer.size();
@@ -229,15 +233,22 @@ struct ControlServer::State {
         }
     }
 
-    // Sends one response line, waiting at most `timeout` for the client to take each piece;
-    // false when the client is gone or stop() was called.
+    // Time left until `deadline`, none if it has passed.
+    static std::chrono::milliseconds left(std::chrono::steady_clock::time_point deadline) {
+        const auto ms = std::chrono::ceil<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+        return std::max(ms, std::chrono::milliseconds(0));
+    }
+
+    // Sends one response line, waiting at most `timeout` for the client to take all of it; false
+    // when the client is gone, too slow, or stop() was called.
     bool send(int fd, std::string response, std::chrono::milliseconds timeout) const {
+        const auto deadline = std::chrono::steady_clock::now() + timeout;
         response += '\n';
         std::string_view rest = response;
         while (!rest.empty()) {
             ssize_t n = ::send(fd, rest.data(), rest.size(), MSG_NOSIGNAL);
             if (n < 0 && errno == EAGAIN) {
-                if (waitFor(fd, POLLOUT, timeout) != Wait::Ready) return false;
+                if (waitFor(fd, POLLOUT, left(deadline)) != Wait::Ready) return false;
                 continue;
             }
             if (n < 0 && errno == EINTR) continue;

@@ -31,8 +31,8 @@ class ControlServer {
 public:
     // At most this many connections are served at once; more are answered with an error.
     static constexpr size_t kMaxConnections = 32;
-    // A connection on which nothing moves for this long (no request line, or a response the
-    // client does not read) is closed: a client stuck that way would hold one of the
+    // A connection that takes longer than this to send a whole request line, or to take a whole
+    // response, is closed: a client stuck (or trickling) that way would hold one of the
     // kMaxConnections for good, and its thread.
     static constexpr std::chrono::milliseconds kIdleTimeout{60'000};
 

@@ -480,9 +480,31 @@ TEST_CASE("control server closes connections that stay idle, freeing their place
         ::usleep(10000);
     }
     CHECK(std::chrono::steady_clock::now() - start >= std::chrono::milliseconds(250));
-    CHECK(json::parse(*stuck.front().readLine()) == errorJson("no request for 0.3 s; rafsd closes this connection"));
+    CHECK(json::parse(*stuck.front().readLine()) == errorJson("no complete request for 0.3 s; rafsd closes this connection"));
     CHECK(stuck.front().readLine() == std::nullopt);
-    CHECK(json::parse(*stuck.back().readLine()) == errorJson("no request for 0.3 s; rafsd closes this connection"));
+    CHECK(json::parse(*stuck.back().readLine()) == errorJson("no complete request for 0.3 s; rafsd closes this connection"));
+}
+
+TEST_CASE("control server closes a connection whose request trickles in, a byte at a time", "[api]") {
+    TempDir dir;
+    std::filesystem::path socket = dir.path / "api.sock";
+    FakeHandler handler;
+    ControlServer server = ControlServer::bind(socket, handler);
+    server.setIdleTimeout(std::chrono::milliseconds(300));
+    RawClient trickle(socket);
+    const std::string request = R"({"op":"list"}                                                      )";
+    const auto start = std::chrono::steady_clock::now();
+    bool closed = false;
+    for (char c : request) {
+        if (!trickle.send(std::string(1, c))) {
+            closed = true;
+            break;
+        }
+        ::usleep(50'000);  // each byte well within the timeout, the line far beyond it
+    }
+    CHECK(closed);
+    CHECK(std::chrono::steady_clock::now() - start < std::chrono::seconds(2));
+    CHECK(json::parse(*trickle.readLine()) == errorJson("no complete request for 0.3 s; rafsd closes this connection"));
 }
 
 TEST_CASE("control server stop() is prompt with clients connected", "[api]") {
