@@ -261,6 +261,11 @@ public:
         json config = json::parse(config_bytes, nullptr, false);
         if (!config.is_object()) fail("{}: config {} is not a JSON object", name, m.config.digest);
         const registry::Platform platform = platformOf(image, config);
+        // An index was resolved by the platform asked for; a single manifest is only what it is.
+        if (o_.platform && !image.platform && !platform.matches(registry::Platform::parse(*o_.platform))) {
+            fail("{}: the image is for {}, not {} (--platform); it has no index to choose from", name, platform.str(),
+                 *o_.platform);
+        }
         const std::vector<std::string> source_diff_ids = registry::configDiffIds(config, m.layers.size(), name + ": config " + m.config.digest);
 
         const bool terminal = ::isatty(STDERR_FILENO) == 1 && &log_ == &std::cerr;

@@ -22,7 +22,8 @@ base's big file) and pushed by skopeo:
    Docker schema 2 copy of the source (skopeo --format v2s2) converts to the same RAFS image; an
    index of two platforms (and an attestation; only the index named in index.json): --platform
    picks one, --all-platforms converts both into an index of
-   RAFS manifests, a platform the index lacks is an error listing the ones it has;
+   RAFS manifests, a platform the index lacks is an error listing the ones it has, and so is
+   --platform naming another platform than a single manifest's;
 6. --chunk-dict: a second image whose one layer repeats the first image's big file, converted with
    the first RAFS image as chunk dict: its blob holds only the new chunks, the dict's blob joins its
    manifest (mounted, not sent), and the tree reads back equal through rafsd; without the dict the
@@ -511,6 +512,11 @@ def main():
             expect_fail(ck, 'platform not in the index',
                         convert(mk, reg, 'oci:%s:multi' % multi, '%s/bad/app:t' % host, '--platform', 'linux/s390x'),
                         'linux/amd64, linux/arm64')
+            # A single manifest has no other platform to give: one that is not the one asked for is refused.
+            expect_fail(ck, 'a single manifest for another platform',
+                        convert(mk, reg, 'oci:%s:v1' % src_layout, '%s/bad/app:single' % host, '--platform', 'linux/s390x'),
+                        'not linux/s390x (--platform)')
+            ck.check(reg.raw('bad/app:single') is None, 'nothing under the refused target')
 
             ck.section('6. --chunk-dict')
             expected2 = make_second_image(tmp, src_layout, 'v2', os.path.join(expected, 'usr/bin/big'))
