@@ -73,7 +73,14 @@ void RafsdMounts::release(const std::filesystem::path& dir) const {
         return;
     } catch (const rafs::Error& e) {
         if (!erofsMountOn(dir)) return;
-        log::warn("rafsd did not unmount {} ({}); detaching it", dir.string(), e.what());
+        bool served = true;
+        try {
+            served = serves(dir);
+        } catch (const rafs::Error&) {
+            // Between two workers: the next one serves it (and can be asked again).
+        }
+        if (served) rafs::fail("rafsd did not unmount {} ({}); it stays mounted until it can", dir.string(), e.what());
+        log::warn("rafsd does not serve {} ({}); detaching it", dir.string(), e.what());
     }
     if (::umount2(dir.c_str(), MNT_DETACH) != 0) rafs::failErrno("umount " + dir.string());
 }

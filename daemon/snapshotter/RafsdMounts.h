@@ -19,8 +19,11 @@ public:
     // one rafsd cannot be asked about (between two workers) is used as it is; a stale
     // mount rafsd still records for `dir` (after a reboot) is released first. Throws rafs::Error.
     void ensure(const std::string& image, const std::filesystem::path& dir) const;
-    // Asks rafsd to unmount `dir`; when rafsd does not know it, a leftover EROFS mount there is
-    // detached. Throws rafs::Error when neither works.
+    // Asks rafsd to unmount `dir`; when rafsd does not serve it, a leftover EROFS mount there is
+    // detached. One rafsd serves but could not unmount (busy) or cannot be asked about stays, and
+    // rafs::Error is thrown (the caller tries again later): detached behind rafsd's back, it would
+    // stay in rafsd's table, and the forgetting of that record would unmark files the detached
+    // mount still reads (holes read as zeros). Throws rafs::Error when the detach fails too.
     void release(const std::filesystem::path& dir) const;
 
 private:

@@ -31,7 +31,8 @@ state, socket and config naming the snapshotter as proxy plugin `rafs` (CRI disa
    unknown tag, with no containerd at the socket; serve with a missing config file.
 5. Removal: containers, the registration and both images gone, containerd's GC done: no snapshot
    in the snapshotter's table, no mount under its root, nothing left in its directories, rafsd
-   serves no image.
+   serves no image. A file of the image held open through the removal keeps its mount up and
+   served by rafsd (not detached behind rafsd's back) until the next GC after it is closed.
 """
 
 import gzip
@@ -394,12 +395,36 @@ def main():
             one_error(ck, r, 'serve with a config file that does not exist', 'no.toml')
 
             ck.section('5. containers, registration and images removed: nothing left')
+            # A file of the image held open through the removal (a process with its cwd there): the
+            # mount is busy, so it stays, served by rafsd, until the next Cleanup after the close.
+            image_mounts = mounts_under(sn_root)
+            held = os.open(os.path.join(image_mounts[0], 'etc/hello'), os.O_RDONLY) if image_mounts else None
+            ck.check(len(image_mounts) == 1, 'one mount under the snapshotter\'s root: the RAFS image\'s',
+                     repr(image_mounts))
             r = run([snapshotter_bin, '--config', cfg, 'unregister', '--containerd', ctd.address, '--namespace',
                      NAMESPACE, rafs_ref], timeout=300)
             ck.cmd_ok(r, 'rafs-snapshotter unregister')
             ck.cmd_ok(ctd.ctr('images', 'rm', '--sync', rafs_ref, plain_ref), 'ctr images rm --sync')
             ck.check(wait_for(lambda: snapshot_table(sn_root) == {}, timeout=60) is not None,
                      'the snapshotter\'s table is empty', repr(snapshot_table(sn_root)))
+            if held is not None:
+                status = rafsctl_status(ctl, rafsd_sock)
+                listed = [i.get('mountpoint') for i in (status or {}).get('images', [])]
+                ck.check(mounts_under(sn_root) == image_mounts and listed == image_mounts,
+                         'the busy mount stays, mounted and served by rafsd (not detached behind its back)',
+                         '%r, rafsd lists %r' % (mounts_under(sn_root), listed))
+                ck.check(os.pread(held, 4096, 0) == HELLO, 'the file held open reads right')
+                os.close(held)
+                # containerd calls a snapshotter's Cleanup in a GC after one of its snapshots went:
+                # an empty one made and removed, then a lease deleted with --sync for the GC.
+                lease = text(ctd.ctr('leases', 'create').stdout).split()
+                ck.check(len(lease) == 1 and
+                         ctd.ctr('snapshots', '--snapshotter', 'rafs', 'prepare', 'gc-trigger').returncode == 0 and
+                         ctd.ctr('snapshots', '--snapshotter', 'rafs', 'rm', 'gc-trigger').returncode == 0 and
+                         ctd.ctr('leases', 'delete', '--sync', lease[0]).returncode == 0,
+                         'a GC after the close (a snapshot made and removed, a lease deleted with --sync)')
+                ck.check(wait_for(lambda: mounts_under(sn_root) == [] or None, timeout=60) is not None,
+                         'Cleanup then has rafsd unmount it', sn.log_text()[-1500:])
             ck.check(mounts_under(sn_root) == [], 'no mount under the snapshotter\'s root', repr(mounts_under(sn_root)))
             for area in ('snapshots', 'mnt'):
                 d = os.path.join(sn_root, area)
