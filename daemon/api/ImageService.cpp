@@ -238,7 +238,7 @@ std::shared_ptr<CachedBlob> ImageService::openBlob(const rafs::Bootstrap& bootst
     std::unique_ptr<CacheFile> file;
     fs::path state_dir = dir;
     if (fscache_volume.empty()) {
-        const fs::path path = dir / (blob.id + ".blob.data");
+        const fs::path path = BlobCacheFiles::dataFile(dir, blob.id);
         const int kept_fd = kept_files_ ? kept_files_->find(blob.id) : -1;
         if (kept_fd >= 0) {
             // The fd a dead worker wrote through: a file opened now, after its mark, would raise
@@ -1064,8 +1064,8 @@ void ImageService::shutdown() {
     if (shut_down_) return;
     shut_down_ = true;
     prefetcher_.reset();
-    // Before the engines: a fanotify stop may fill the cache files of a mount still in use, which
-    // must then keep every chunk.
+    // Before the engines, collection for a full disk too: a fanotify stop may fill the cache files
+    // of a mount still in use, which must then keep every chunk.
     collector_->stop();
     if (fanotify_) fanotify_->stop();
     if (fscache_) {
@@ -1077,8 +1077,11 @@ void ImageService::shutdown() {
                   c.read_latency_p50_us, c.read_latency_p99_us);
     }
     for (const Image& image : images_) saveTraceOrLog(image);
-    // The fetch threads end here, while the engines they complete requests into (and whose
-    // on-complete callbacks unmark files) still exist: members are destroyed engines first.
+    // The engines wait for nothing any more: what is still queued (the rest of a fill the fanotify
+    // stop gave up on) is dropped, so the stop ends once the fetches running end. Those end here,
+    // while the engines they complete requests into (and whose on-complete callbacks unmark files)
+    // still exist: members are destroyed engines first.
+    fetcher_->abandonQueued();
     fetcher_.reset();
     for (Image& image : images_) {
         for (auto& blob : image.blobs) {

@@ -18,7 +18,7 @@ namespace fs = std::filesystem;
 namespace {
 
 // The chunk map first: without it nothing claims the data, whatever a crash leaves of the rest.
-constexpr std::array<std::string_view, 3> kSuffixes = {".chunkmap", ".blob.data", ".blob.meta"};
+constexpr std::array<std::string_view, 3> kSuffixes = {".chunkmap", BlobCacheFiles::kDataSuffix, ".blob.meta"};
 
 std::string idOf(const std::string& key) {
     const size_t slash = key.rfind('/');

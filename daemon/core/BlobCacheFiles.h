@@ -7,11 +7,19 @@
 #include "daemon/core/CacheCollector.h"
 
 #include <filesystem>
+#include <string>
+#include <string_view>
 
 namespace rafsd {
 
 class BlobCacheFiles final : public UnusedCaches {
 public:
+    static constexpr std::string_view kDataSuffix = ".blob.data";
+    // The sparse cache file of blob `id` in cache dir `dir`.
+    static std::filesystem::path dataFile(const std::filesystem::path& dir, const std::string& id) {
+        return dir / (id + std::string(kDataSuffix));
+    }
+
     explicit BlobCacheFiles(std::filesystem::path dir) : dir_(std::move(dir)) {}
 
     // A blob is in use when a key is its id or ends with "/<id>" (fscache keys).

@@ -69,6 +69,7 @@ GcReport CacheCollector::collect(GcTrigger trigger, bool dry_run) {
 }
 
 bool CacheCollector::freeForWrite() {
+    if (stopped_.load()) return false;
     const uint64_t seen = no_space_runs_.load();
     std::lock_guard lock(mutex_);
     // Another fetch thread found the disk full at the same time and has freed space since.
@@ -233,6 +234,7 @@ void CacheCollector::start(std::chrono::seconds interval) {
 }
 
 void CacheCollector::stop() {
+    stopped_.store(true);
     {
         std::lock_guard lock(wake_mutex_);
         stopping_ = true;

@@ -105,6 +105,7 @@ public:
 
     GcReport collect(GcTrigger trigger, bool dry_run);
     // ChunkFetcher::onNoSpace: collects (unless another thread just did) and says whether to retry.
+    // Never after stop(): a stop may fill cache files that must then keep every chunk.
     bool freeForWrite();
 
     // The size on disk of every file under the cache dir and the also-counted dirs.
@@ -114,6 +115,7 @@ public:
 
     // Checks the size every `interval` and collects past the high watermark (max_size != 0 only).
     void start(std::chrono::seconds interval);
+    // Ends that, and collection for a full disk.
     void stop();
 
 private:
@@ -132,6 +134,7 @@ private:
     std::map<std::string, std::weak_ptr<CachedBlob>> blobs_;
     std::multiset<std::string> opening_;
     std::atomic<uint64_t> no_space_runs_{0};
+    std::atomic<bool> stopped_{false};
     // Over the bound with nothing left to free (everything in use, or fscache blobs of mounted
     // images, whose ranges rafsd cannot free): said every few minutes, not every interval.
     RepeatedFailureLog over_bound_{std::chrono::minutes(5)};

@@ -193,7 +193,7 @@ void ChunkFetcher::makePresent(uint32_t image, uint32_t blob_index, uint64_t off
                 makePresent(image, blob_index, offset, length, std::move(*answer), attempt + 1, access);
                 return;
             }
-            log::error("blob {}: chunks of a request were freed {} times while it waited; the reader gets EIO",
+            log::error("blob {}: chunks of a request were freed {} times while it waited; it fails (EIO)",
                        blob->descriptor().id, kPresentAttempts);
             error = EIO;
         }

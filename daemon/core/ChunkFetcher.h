@@ -31,6 +31,10 @@ public:
     explicit ChunkFetcher(const FetchOptions& options);
     ~ChunkFetcher() override;
 
+    // For a stop, once the engines wait for nothing: drops every queued fetch (FetchQueue::abandon);
+    // the fetcher serves no request after it.
+    void abandonQueued() { queue_->abandon(); }
+
     // Registers an image's blobs (in blob-table order); returns the image number engines use.
     uint32_t addImage(std::vector<std::shared_ptr<CachedBlob>> blobs);
     void removeImage(uint32_t image);

@@ -5,6 +5,7 @@
 
 #include "daemon/core/DataPlane.h"
 
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstddef>
@@ -17,13 +18,16 @@ class CompletionCount : public std::enable_shared_from_this<CompletionCount> {
 public:
     static std::shared_ptr<CompletionCount> make() { return std::shared_ptr<CompletionCount>(new CompletionCount()); }
 
-    // A completion to pass on; to be called once.
+    // A completion to pass on. Counted once, however often it is called (a caller that completes
+    // it on an exception may not know whether the callee had already).
     Completion add() {
         {
             std::lock_guard lock(mutex_);
             ++left_;
         }
-        return [self = shared_from_this()](int error) { self->complete(error); };
+        return [self = shared_from_this(), called = std::make_shared<std::atomic_flag>()](int error) {
+            if (!called->test_and_set()) self->complete(error);
+        };
     }
 
     // Until every completion added has been called.

@@ -24,9 +24,19 @@ void FetchQueue::finish() {
     }
 }
 
+void FetchQueue::abandon() {
+    {
+        std::lock_guard lock(mutex_);
+        abandoned_ = true;
+        on_demand_.clear();
+    }
+    finish();
+}
+
 void FetchQueue::push(Priority priority, std::function<void()> task, std::function<bool()> awaited) {
     {
         std::lock_guard lock(mutex_);
+        if (abandoned_) return;
         if (priority == Priority::OnDemand) {
             on_demand_.push_back(std::move(task));
         } else {

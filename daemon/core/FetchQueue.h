@@ -30,6 +30,9 @@ public:
     // Finishes queued on-demand work (also what that work pushes meanwhile), drops queued prefetch
     // work, and joins the threads. Again, it does nothing.
     void finish();
+    // For a stop once nobody waits for queued work: finish() that drops every queued task, on-demand
+    // ones too (the requests waiting on them are never completed); only those running end.
+    void abandon();
     FetchQueue(const FetchQueue&) = delete;
     FetchQueue& operator=(const FetchQueue&) = delete;
 
@@ -62,6 +65,7 @@ private:
     unsigned running_table_ = 0;
     unsigned running_prefetch_ = 0;
     bool stopping_ = false;
+    bool abandoned_ = false;  // abandon(): tasks pushed from now on are dropped too
     std::function<void()> idle_;
     std::vector<std::thread> threads_;
 };

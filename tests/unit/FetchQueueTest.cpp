@@ -95,6 +95,27 @@ TEST_CASE("queued on-demand work goes before queued prefetch work", "[fetchqueue
     CHECK(names.front() == "miss");
 }
 
+// A stop that gave up on what it queued (a fill) must not wait for it: only running work ends.
+TEST_CASE("abandon drops queued on-demand work too, and what running work pushes", "[fetchqueue]") {
+    Order order;
+    Gate busy;
+    FetchQueue queue(1);
+    queue.push(FetchQueue::Priority::OnDemand, [&, task = busy.task()] {
+        task();
+        queue.push(FetchQueue::Priority::OnDemand, order.task("pushed while abandoning"));
+        order.task("running")();
+    });
+    busy.waitStarted();
+    queue.push(FetchQueue::Priority::OnDemand, order.task("queued"));
+    std::thread releaser([&] {
+        std::this_thread::sleep_for(std::chrono::milliseconds(200));  // abandon() has been called by then
+        busy.release();
+    });
+    queue.abandon();
+    releaser.join();
+    CHECK(order.names() == std::vector<std::string>{"running"});
+}
+
 // Six threads idle: a second whole-blob prefetch that started beside the miss and the first
 // would say so.
 TEST_CASE("whole-blob prefetch holds one thread while a miss is fetched", "[fetchqueue]") {

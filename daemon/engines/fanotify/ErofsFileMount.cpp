@@ -10,6 +10,7 @@
 #include <sys/mount.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <set>
@@ -69,64 +70,64 @@ void mountErofsFiles(const std::filesystem::path& bootstrap, const std::vector<s
     }
 }
 
-bool unmountWhenClosed(const std::filesystem::path& mountpoint,
-                       const std::vector<std::pair<std::filesystem::path, int>>& files,
-                       std::chrono::milliseconds grace) {
-    if (::umount2(mountpoint.c_str(), UMOUNT_NOFOLLOW) == 0) return true;
+std::optional<BusyMount> unmountOrDetach(const std::filesystem::path& mountpoint,
+                                         const std::vector<std::pair<std::filesystem::path, int>>& files, int watch) {
+    if (::umount2(mountpoint.c_str(), UMOUNT_NOFOLLOW) == 0) return std::nullopt;
+    BusyMount busy{mountpoint, {}, false};
     if (errno != EBUSY) {
         log::error("cannot unmount {}: {}", mountpoint.native(), std::strerror(errno));
-        return false;
+        return busy;
     }
-    rafs::UniqueFd watch(::inotify_init1(IN_CLOEXEC | IN_NONBLOCK));
-    if (watch.get() < 0) log::warn("inotify_init1: {}", std::strerror(errno));
-    std::set<int> open_files;  // watch descriptors of blob files the kernel still has open
-    if (watch.get() >= 0) {
-        for (const auto& [path, fd] : files) {
-            // Through our fd: the path may have been replaced meanwhile.
-            const std::string proc_path = fmt::format("/proc/self/fd/{}", fd);
-            const int wd = ::inotify_add_watch(watch.get(), proc_path.c_str(), IN_CLOSE_NOWRITE);
-            if (wd < 0) {
-                log::warn("cannot watch cache file {}: {}", path.native(), std::strerror(errno));
-            } else {
-                open_files.insert(wd);
-            }
+    busy.watched = watch >= 0;
+    for (const auto& [path, fd] : files) {
+        if (watch < 0) break;
+        // Through our fd: the path may have been replaced meanwhile.
+        const std::string proc_path = fmt::format("/proc/self/fd/{}", fd);
+        const int wd = ::inotify_add_watch(watch, proc_path.c_str(), IN_CLOSE_NOWRITE);
+        if (wd < 0) {
+            log::warn("cannot watch cache file {}: {}", path.native(), std::strerror(errno));
+            busy.watched = false;
+        } else {
+            busy.open.insert(wd);
         }
     }
     if (::umount2(mountpoint.c_str(), UMOUNT_NOFOLLOW | MNT_DETACH) != 0) {
         log::error("cannot detach {}: {}", mountpoint.native(), std::strerror(errno));
-        return false;
+        busy.watched = false;
+        return busy;
     }
     log::info("{} busy: detached; denying reads of files still open there until they are closed",
               mountpoint.native());
-    const auto deadline = std::chrono::steady_clock::now() + grace;
+    return busy;
+}
+
+void waitForCloses(int watch, std::vector<BusyMount>& busy, std::chrono::steady_clock::time_point deadline) {
+    const auto waiting = [&] {
+        return std::any_of(busy.begin(), busy.end(), [](const BusyMount& m) { return m.watched && !m.gone(); });
+    };
     alignas(inotify_event) char buffer[4096];
-    while (!open_files.empty() && watch.get() >= 0) {
+    while (watch >= 0 && waiting()) {
         const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
-        if (left.count() <= 0) break;
-        pollfd p{watch.get(), POLLIN, 0};
+        if (left.count() <= 0) return;
+        pollfd p{watch, POLLIN, 0};
         const int ready = ::poll(&p, 1, static_cast<int>(left.count()));
         if (ready < 0 && errno != EINTR) {
             log::warn("poll on inotify: {}", std::strerror(errno));
-            break;
+            return;
         }
         for (;;) {
-            const ssize_t n = ::read(watch.get(), buffer, sizeof buffer);
+            const ssize_t n = ::read(watch, buffer, sizeof buffer);
             if (n <= 0) break;
             for (ssize_t pos = 0; pos + static_cast<ssize_t>(sizeof(inotify_event)) <= n;) {
                 inotify_event event{};
                 std::memcpy(&event, buffer + pos, sizeof event);
-                if ((event.mask & (IN_CLOSE_NOWRITE | IN_IGNORED)) != 0) open_files.erase(event.wd);
+                if ((event.mask & (IN_CLOSE_NOWRITE | IN_IGNORED)) != 0) {
+                    for (BusyMount& m : busy) m.open.erase(event.wd);
+                }
                 pos += static_cast<ssize_t>(sizeof(inotify_event) + event.len);
             }
         }
     }
-    if (!open_files.empty()) {
-        log::error("{} still in use {} ms after it was detached: files still open there read unfetched data "
-                   "as zeros once the fanotify group is closed",
-                   mountpoint.native(), grace.count());
-        return false;
-    }
-    return true;
 }
 
 }  // namespace rafsd

@@ -4,6 +4,8 @@
 
 #include <chrono>
 #include <filesystem>
+#include <optional>
+#include <set>
 #include <utility>
 #include <vector>
 
@@ -15,14 +17,26 @@ namespace rafsd {
 void mountErofsFiles(const std::filesystem::path& bootstrap, const std::vector<std::filesystem::path>& devices,
                      const std::filesystem::path& mountpoint);
 
-// Unmounts `mountpoint`; if it is busy, detaches it at once (nothing new can be opened there) and
-// waits up to `grace` until the kernel has closed each of `files` (the mount's incomplete cache
-// files: path for messages, and an fd of ours on each; inotify IN_CLOSE_NOWRITE), which happens
-// when the last file open on the mount is closed. Meanwhile the caller keeps answering, and
-// denying, events: the fanotify group must not close while such a file is open. Logs, never
-// throws; false if files are still open when `grace` runs out.
-bool unmountWhenClosed(const std::filesystem::path& mountpoint,
-                       const std::vector<std::pair<std::filesystem::path, int>>& files,
-                       std::chrono::milliseconds grace);
+// A mount still in use when it was to be unmounted (a file open there): detached (nothing new can
+// be opened there), or, if even that failed, still attached. Its superblock lives on until the last
+// file open there is closed, and reads the mount's cache files without rafsd once the fanotify
+// group is closed: until then the caller keeps answering, or denying, their events.
+struct BusyMount {
+    std::filesystem::path mountpoint;
+    // Watch descriptors (IN_CLOSE_NOWRITE) of its cache files the kernel has not closed yet: the
+    // superblock closes them all when it goes.
+    std::set<int> open;
+    bool watched = false;  // false: a close cannot be seen (a watch failed, or it is attached)
+    bool gone() const { return watched && open.empty(); }
+};
+
+// Unmounts `mountpoint`. If it is busy, detaches it, its files (our fds on them: `files`, with
+// paths for messages) watched on `watch` (an inotify fd, -1 if there is none) before the detach,
+// so that no close is missed, and returns it. Logs, never throws.
+std::optional<BusyMount> unmountOrDetach(const std::filesystem::path& mountpoint,
+                                         const std::vector<std::pair<std::filesystem::path, int>>& files, int watch);
+
+// Waits until every one of `busy` is gone (its cache files closed by the kernel) or `deadline`.
+void waitForCloses(int watch, std::vector<BusyMount>& busy, std::chrono::steady_clock::time_point deadline);
 
 }  // namespace rafsd

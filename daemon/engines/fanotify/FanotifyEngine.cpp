@@ -15,6 +15,7 @@
 #include <poll.h>
 #include <sched.h>
 #include <sys/eventfd.h>
+#include <sys/inotify.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -414,18 +415,14 @@ void FanotifyEngine::umount(const std::filesystem::path& mountpoint) {
     files_->remove(normal);
 }
 
-bool FanotifyEngine::fillFilesOf(const std::filesystem::path& mountpoint,
-                                 std::chrono::steady_clock::time_point deadline) {
-    const std::vector<MarkedFiles::Served> files = files_->servedBy(mountpoint);
-    log::warn("{} is still in use: filling its {} cache file{} before the fanotify group closes", mountpoint.native(),
-              files.size(), files.size() == 1 ? "" : "s");
+bool FanotifyEngine::fill(const std::vector<MarkedFiles::MountFile>& files, std::chrono::steady_clock::time_point deadline) {
     const auto filled = CompletionCount::make();
-    for (const MarkedFiles::Served& file : files) {
+    for (const MarkedFiles::MountFile& file : files) {
         const Completion done = filled->add();
         try {
-            core_.fill(file.image, file.blob, done);
+            core_.fill(file.served.image, file.served.blob, done);
         } catch (const std::exception& e) {
-            log::error("cannot fill blob {} of image {}: {}", file.blob, file.image, e.what());
+            log::error("cannot fill cache file {}: {}", file.path.native(), e.what());
             done(EIO);
         }
     }
@@ -434,28 +431,47 @@ bool FanotifyEngine::fillFilesOf(const std::filesystem::path& mountpoint,
 
 void FanotifyEngine::stop(std::chrono::milliseconds grace) {
     if (!thread_.joinable()) return;
-    const auto fill_deadline = std::chrono::steady_clock::now() + kFillTime;
     // The loop keeps reading, denying every new event, until the mounts are gone: an event left
     // unread would be allowed, unfilled, when the group closes.
     responder_->beginStop();
     responder_->waitIdle(grace);
     responder_->denyAll();
+    // Every mount unmounted, or detached if busy, at once; then one wait for the busy ones to go.
+    rafs::UniqueFd watch(::inotify_init1(IN_CLOEXEC | IN_NONBLOCK));
+    if (watch.get() < 0) log::warn("inotify_init1: {}", std::strerror(errno));
+    std::vector<BusyMount> busy;
     for (const std::filesystem::path& mountpoint : files_->mountpoints()) {
-        // Files a mount still reads once the group is closed read their holes as zeros
-        // (fanotify_release() in fs/notify/fanotify/fanotify_user.c allows every access then): a
-        // mount left in use gets its files filled, so none is left.
-        if (!unmountWhenClosed(mountpoint, files_->filesOf(mountpoint), grace)) {
-            if (fillFilesOf(mountpoint, fill_deadline)) {
-                log::info("{}: every cache file is complete; files still open there read without rafsd",
-                          mountpoint.native());
-            } else {
-                log::error("{}: its cache files could not all be filled within {} s of the stop: files still open "
-                           "there read unfetched data as zeros once the fanotify group is closed",
-                           mountpoint.native(), kFillTime.count());
-            }
+        std::vector<std::pair<std::filesystem::path, int>> fds;
+        for (const MarkedFiles::MountFile& file : files_->filesOf(mountpoint)) fds.emplace_back(file.path, file.fd);
+        if (std::optional<BusyMount> m = unmountOrDetach(mountpoint, fds, watch.get())) {
+            busy.push_back(std::move(*m));
+        } else {
+            files_->remove(mountpoint);
         }
-        files_->remove(mountpoint);
     }
+    waitForCloses(watch.get(), busy, std::chrono::steady_clock::now() + grace);
+    // Files a mount still reads once the group is closed read their holes as zeros
+    // (fanotify_release() in fs/notify/fanotify/fanotify_user.c allows every access then): the
+    // cache files of mounts still in use are filled, so that none is left.
+    std::vector<MarkedFiles::MountFile> to_fill;
+    std::vector<std::string> in_use;
+    for (const BusyMount& m : busy) {
+        if (m.gone()) continue;
+        in_use.push_back(m.mountpoint.native());
+        for (MarkedFiles::MountFile& file : files_->filesOf(m.mountpoint)) to_fill.push_back(std::move(file));
+    }
+    if (!in_use.empty()) {
+        log::warn("{} still in use: filling {} cache file{} before the fanotify group closes",
+                  fmt::join(in_use, ", "), to_fill.size(), to_fill.size() == 1 ? "" : "s");
+        if (fill(to_fill, std::chrono::steady_clock::now() + kFillTime)) {
+            log::info("every cache file of a mount in use is complete: files open there read without rafsd");
+        } else {
+            log::error("the cache files of {} could not all be filled within {} s: files still open there read "
+                       "unfetched data as zeros once the fanotify group is closed",
+                       fmt::join(in_use, ", "), kFillTime.count());
+        }
+    }
+    for (const BusyMount& m : busy) files_->remove(m.mountpoint);
     quit_.store(true);
     const uint64_t one = 1;
     if (::write(wake_, &one, sizeof one) != static_cast<ssize_t>(sizeof one)) {

@@ -21,6 +21,7 @@
 #include "format/UniqueFd.h"
 #include "daemon/engines/fanotify/EventBatch.h"
 #include "daemon/engines/fanotify/FanotifyMount.h"
+#include "daemon/engines/fanotify/MarkedFiles.h"
 #include "daemon/engines/fanotify/PendingJournal.h"
 
 #include <atomic>
@@ -35,7 +36,6 @@
 namespace rafsd {
 
 class EventResponder;
-class MarkedFiles;
 
 struct FanotifyCounters {
     uint64_t events = 0;     // FAN_PRE_ACCESS events read
@@ -48,8 +48,9 @@ class FanotifyEngine {
 public:
     // How long stop() lets in-flight ranges finish, and then waits for a busy mount to go idle.
     static constexpr std::chrono::milliseconds kDefaultGrace{5000};
-    // How long stop() may take to fill the cache files of mounts still in use after that: within
-    // the unit's TimeoutStopSec (daemon/systemd/rafsd.service.in), after which systemd kills us.
+    // How long stop() may then take to fill the cache files of mounts still in use: with two
+    // graces, within the unit's TimeoutStopSec (daemon/systemd/rafsd.service.in), after which
+    // systemd kills us.
     static constexpr std::chrono::seconds kFillTime{60};
 
     // busy_poll: after handling events, how long the loop keeps reading the queue before it
@@ -101,8 +102,8 @@ public:
 
     // Denies new events, lets pending ranges finish for up to `grace`, denies the rest with EIO,
     // unmounts every mount (a busy one is detached, and its reads denied until its files are
-    // closed, for up to `grace`; if they are not, its cache files are filled, for up to kFillTime),
-    // and only then closes the group. Never throws; problems are logged.
+    // closed, for up to `grace`; the cache files of those still in use are then filled, for up to
+    // kFillTime), and only then closes the group. Never throws; problems are logged.
     void stop(std::chrono::milliseconds grace = kDefaultGrace);
 
     FanotifyCounters counters() const;
@@ -118,8 +119,8 @@ private:
     };
 
     void answerOrphans();
-    // Makes every cache file of `mountpoint` complete; whether that was done by `deadline`.
-    bool fillFilesOf(const std::filesystem::path& mountpoint, std::chrono::steady_clock::time_point deadline);
+    // Makes every one of `files` complete; whether that was done by `deadline`.
+    bool fill(const std::vector<MarkedFiles::MountFile>& files, std::chrono::steady_clock::time_point deadline);
     void loop(std::promise<void> started);
     // Reads and handles the queued events; false if there were none.
     bool drainEvents();

@@ -133,26 +133,15 @@ std::vector<std::pair<MarkedFiles::FileKey, MarkedFiles::Served>> MarkedFiles::a
     return out;
 }
 
-std::vector<MarkedFiles::Served> MarkedFiles::servedBy(const std::filesystem::path& mountpoint) const {
+std::vector<MarkedFiles::MountFile> MarkedFiles::filesOf(const std::filesystem::path& mountpoint) const {
     const std::filesystem::path normal = mountpoint.lexically_normal();
     std::lock_guard lock(mutex_);
-    std::vector<Served> out;
-    for (const Mount& m : mounts_) {
-        if (m.mountpoint != normal) continue;
-        for (const auto& [blob, key] : m.files) out.push_back({m.image, blob, files_.at(key).size});
-    }
-    return out;
-}
-
-std::vector<std::pair<std::filesystem::path, int>> MarkedFiles::filesOf(const std::filesystem::path& mountpoint) const {
-    const std::filesystem::path normal = mountpoint.lexically_normal();
-    std::lock_guard lock(mutex_);
-    std::vector<std::pair<std::filesystem::path, int>> out;
+    std::vector<MountFile> out;
     for (const Mount& m : mounts_) {
         if (m.mountpoint != normal) continue;
         for (const auto& [blob, key] : m.files) {
             const File& file = files_.at(key);
-            out.emplace_back(file.path, file.fd);
+            out.push_back({file.path, file.fd, {m.image, blob, file.size}});
         }
     }
     return out;

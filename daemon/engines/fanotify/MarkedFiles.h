@@ -49,10 +49,14 @@ public:
     std::optional<Served> find(FileKey key) const;
     // Every file served, for an event whose file is not known.
     std::vector<std::pair<FileKey, Served>> all() const;
-    // Who serves each file of a mount: that mount's image and blob.
-    std::vector<Served> servedBy(const std::filesystem::path& mountpoint) const;
-    // The files of a mount, with our fd on each, to watch them being closed.
-    std::vector<std::pair<std::filesystem::path, int>> filesOf(const std::filesystem::path& mountpoint) const;
+    // A file of a mount: its path (for messages), our fd on it (to watch it being closed), and who
+    // serves it for that mount.
+    struct MountFile {
+        std::filesystem::path path;
+        int fd;
+        Served served;
+    };
+    std::vector<MountFile> filesOf(const std::filesystem::path& mountpoint) const;
 
     // The cache file `fd` is open on is complete: drop its mark, for every image using it; nothing
     // if no mount uses it. Throws rafs::Error if it cannot be stat'ed or unmarked.
