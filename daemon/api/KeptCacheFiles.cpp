@@ -1,6 +1,7 @@
 #include "daemon/api/KeptCacheFiles.h"
 
 #include "daemon/backends/BlobId.h"
+#include "daemon/core/BlobCacheFiles.h"
 #include "daemon/core/Log.h"
 #include "format/Error.h"
 
@@ -16,7 +17,6 @@ namespace {
 
 constexpr std::string_view kPrefix = "c";
 constexpr std::string_view kOldPrefix = "blob-";  // "blob-<blob id>", before identity names
-constexpr std::string_view kDataSuffix = ".blob.data";
 constexpr std::string_view kDeleted = " (deleted)";  // proc(5): an fd's link once its file is removed
 
 // Whether `name` is one a cache file is kept under, in either form.
@@ -37,14 +37,21 @@ std::optional<std::string> blobOfFd(int fd) {
     if (ec) return std::nullopt;
     if (path.ends_with(kDeleted)) path.resize(path.size() - kDeleted.size());
     std::string name = std::filesystem::path(path).filename().string();
-    if (!name.ends_with(kDataSuffix)) return std::nullopt;
-    name.resize(name.size() - kDataSuffix.size());
+    if (!name.ends_with(BlobCacheFiles::kDataSuffix)) return std::nullopt;
+    name.resize(name.size() - BlobCacheFiles::kDataSuffix.size());
     try {
         checkBlobId(name);
     } catch (const rafs::Error&) {
         return std::nullopt;
     }
     return name;
+}
+
+// Whether two fds are open on the same file (false if either cannot be stat'ed).
+bool sameFile(int a, int b) {
+    struct stat sa{}, sb{};
+    return a >= 0 && b >= 0 && ::fstat(a, &sa) == 0 && ::fstat(b, &sb) == 0 && sa.st_dev == sb.st_dev &&
+           sa.st_ino == sb.st_ino;
 }
 
 }  // namespace
@@ -66,7 +73,11 @@ KeptCacheFiles::KeptCacheFiles(KeptFds& kept) : kept_(kept) {
             continue;
         }
         if (const auto [it, added] = names_.emplace(*blob, name); !added) {
-            log::warn("kept fds {} and {} both hold blob {}; {} is used", it->second, name, *blob, it->second);
+            if (sameFile(kept_.find(it->second), kept_.find(name))) {
+                kept_.drop(name);  // a second name of one file only takes room in LISTEN_FDNAMES
+            } else {
+                log::warn("kept fds {} and {} both hold blob {}; {} is used", it->second, name, *blob, it->second);
+            }
         }
     }
 }
@@ -77,10 +88,16 @@ int KeptCacheFiles::find(const std::string& blob_id) const {
 }
 
 void KeptCacheFiles::keep(const std::string& blob_id, int fd) {
+    const auto it = names_.find(blob_id);
+    if (it != names_.end()) {
+        // Kept already, maybe under its old name: systemd's fd store would ignore the same file
+        // under a second name, and then the removal of the first would lose it.
+        if (sameFile(kept_.find(it->second), fd)) return;
+        kept_.drop(it->second);
+        names_.erase(it);
+    }
     const std::string name = nameOf(fd);
     kept_.keep(name, fd);
-    const auto it = names_.find(blob_id);
-    if (it != names_.end() && it->second != name) kept_.drop(it->second);
     names_[blob_id] = name;
 }
 

@@ -27,8 +27,9 @@ public:
 
     // The fd kept for blob `blob_id`'s cache file, or -1. Owned by the KeptFds.
     int find(const std::string& blob_id) const;
-    // Keeps `fd`, open on blob `blob_id`'s cache file (replacing one kept for that blob). Throws
-    // rafs::Error when it cannot be kept.
+    // Keeps `fd`, open on blob `blob_id`'s cache file (replacing another file kept for that blob;
+    // nothing if that file is kept already, under whichever name). Throws rafs::Error when it
+    // cannot be kept.
     void keep(const std::string& blob_id, int fd);
     // Drops the fd kept for `blob_id`, if any.
     void drop(const std::string& blob_id);

@@ -237,7 +237,7 @@ int supervise(KeptFds kept, bool restored, const SupervisorOptions& options, con
                     ready = true;
                     hold_delay = std::chrono::seconds(1);
                     log::info("{} worker {} serves", engine, pid);
-                    if (!told_ready) sd_notify(0, "READY=1");
+                    if (!told_ready && !stopping) sd_notify(0, "READY=1");
                     told_ready = true;
                     InPlaceRestart::release(release);
                     // A stop that came while no worker served (a reload that failed): now this one

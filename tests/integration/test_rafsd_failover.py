@@ -87,18 +87,26 @@ def case_worker(ck, rafsd, image, content, tmp):
         stop_while_holding(ck, m, mnt, image, content)
 
 
+def long_pause(log_text, seen):
+    """Whether a pause between attempts of 4 s or more was logged after the first `seen`."""
+    lines = [line for line in log_text.splitlines() if HOLDING in line][seen:]
+    return any(int(m.group(1)) >= 4 for m in (re.search(r'another worker in (\d+) s', line) for line in lines) if m)
+
+
 def stop_while_holding(ck, m, mnt, image, content):
     moved = image['boot'] + '.away'
     holding = m.log_text().count(HOLDING)
     os.rename(image['boot'], moved)
     try:
         os.kill(worker_of(m.proc.pid), signal.SIGKILL)
+        # The pause between attempts doubles from 1 s: the stop must come within one, so wait for
+        # one of 4 s or more.
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and m.log_text().count(HOLDING) == holding:
+        while time.monotonic() < deadline and not long_pause(m.log_text(), holding):
             time.sleep(0.02)
         waiting = Reader(os.path.join(mnt, 'stop'), content['stop'])
         waiting.start()
-        held = ck.check(m.log_text().count(HOLDING) > holding, 'worker: no worker can take over, the supervisor '
+        held = ck.check(long_pause(m.log_text(), holding), 'worker: no worker can take over, the supervisor '
                         'holds the group between attempts', m.log_text()[-2000:])
     finally:
         os.rename(moved, image['boot'])
@@ -162,8 +170,10 @@ def case_service(ck, rafsd, rafsctl, image, content, tmp):
         with store.lock:
             cache_files = [os.readlink('/proc/self/fd/%d' % fd) for n, fd in store.fds.items()
                            if re.fullmatch(r'c[0-9a-f]+-[0-9a-f]+', n)]
+        blob_ids = [f.split('.')[0] for f in os.listdir(image['blobs'])]
         ck.check('fanotify' in names and 'fanotify-journal' in names and len(cache_files) == 1 and
-                 cache_files[0].endswith('.blob.data') and len(max(names, key=len)) <= 24,
+                 os.path.basename(cache_files[0]) in [i + '.blob.data' for i in blob_ids] and
+                 len(max(names, key=len)) <= 24,
                  'service: the group, the journal and the cache file are in the fd store, under short names',
                  '%s: %s' % (names, cache_files))
         worker = worker_of(first.proc.pid)

@@ -70,10 +70,19 @@ TEST_CASE("kept cache files: the names an earlier rafsd kept them under are stil
     CHECK(files.find(kBlobA) == kept.find("blob-" + kBlobA));
     CHECK(files.find(kBlobB) == kept.find("blob-" + kBlobB));
 
-    // Kept again under its identity name, the old name goes.
+    // The same file is not kept again under a second name (systemd's fd store would ignore it);
+    // another file for the blob replaces the old one.
     files.keep(kBlobA, a.get());
-    CHECK(kept.find("blob-" + kBlobA) == -1);
-    CHECK(files.find(kBlobA) == kept.find(KeptCacheFiles::nameOf(a.get())));
+    CHECK(kept.find("blob-" + kBlobA) >= 0);
+    CHECK(kept.find(KeptCacheFiles::nameOf(a.get())) == -1);
+    const rafs::UniqueFd newer = openCacheFile(dir.path() / (kBlobB + ".blob.data"));
+    files.keep(kBlobB, newer.get());
+    CHECK(kept.find("blob-" + kBlobB) == -1);
+    CHECK(files.find(kBlobB) == kept.find(KeptCacheFiles::nameOf(newer.get())));
+    // Two names of one file (from an older and a newer rafsd): the second is dropped.
+    kept.keep(KeptCacheFiles::nameOf(a.get()), a.get());
+    KeptCacheFiles again(kept);
+    CHECK(kept.names().size() == 4);  // fanotify, c12-34, one name for each blob
     // Left alone: not a cache file, or one whose blob cannot be told.
     CHECK(kept.find("fanotify") >= 0);
     CHECK(kept.find("c12-34") >= 0);
