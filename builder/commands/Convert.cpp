@@ -262,9 +262,15 @@ public:
         if (!config.is_object()) fail("{}: config {} is not a JSON object", name, m.config.digest);
         const registry::Platform platform = platformOf(image, config);
         // An index was resolved by the platform asked for; a single manifest is only what it is.
-        if (o_.platform && !image.platform && !platform.matches(registry::Platform::parse(*o_.platform))) {
-            fail("{}: the image is for {}, not {} (--platform); it has no index to choose from", name, platform.str(),
-                 *o_.platform);
+        if (o_.platform && !image.platform) {
+            if (platform.architecture.empty()) {
+                fail("{}: its config names no architecture, so it cannot be told to be for {} (--platform)", name,
+                     *o_.platform);
+            }
+            if (!platform.matches(registry::Platform::parse(*o_.platform))) {
+                fail("{}: the image is for {}, not {} (--platform); it has no index to choose from", name,
+                     platform.str(), *o_.platform);
+            }
         }
         const std::vector<std::string> source_diff_ids = registry::configDiffIds(config, m.layers.size(), name + ": config " + m.config.digest);
 

@@ -138,7 +138,7 @@ void SnapshotService::create(const std::string& key, const std::string& parent, 
         // containerd records no snapshot whose Prepare failed: neither may we (a parent's image
         // that cannot be mounted now, with rafsd down).
         store_.erase(key);
-        releaseFiles(s);
+        releaseFilesOrLog(s, key);
         throw;
     }
 }
@@ -183,7 +183,7 @@ void SnapshotService::createRemote(std::unique_lock<std::mutex>& lock, const std
             if (store_.find(target)) failWith(grpc::StatusCode::ALREADY_EXISTS, "snapshot {} already exists", target);
             store_.put(target, s);
         } catch (...) {
-            releaseFiles(s);
+            releaseFilesOrLog(s, target);
             throw;
         }
     } else {
@@ -228,6 +228,14 @@ void SnapshotService::releaseFiles(const Snapshot& s) {
         fs::remove_all(store_.directory(s.id), ec);
     }
     if (ec) rafs::fail("cannot remove the files of snapshot {}: {}", s.id, ec.message());
+}
+
+void SnapshotService::releaseFilesOrLog(const Snapshot& s, const std::string& key) {
+    try {
+        releaseFiles(s);
+    } catch (const std::exception& e) {
+        log::warn("{}: {} (Cleanup tries again)", key, e.what());
+    }
 }
 
 void SnapshotService::removeOrphans() {
@@ -336,11 +344,7 @@ grpc::Status SnapshotService::Remove(grpc::ServerContext*, const snapshots_api::
         // The record goes first: a crash before the files are gone leaves files nobody owns, which
         // Cleanup removes, never a record without its files.
         store_.erase(request->key());
-        try {
-            releaseFiles(s);
-        } catch (const std::exception& e) {
-            log::warn("remove {}: {} (Cleanup tries again)", request->key(), e.what());
-        }
+        releaseFilesOrLog(s, request->key());
     });
 }
 

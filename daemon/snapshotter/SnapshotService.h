@@ -70,6 +70,9 @@ private:
                                    const RemoteLayer& layer);
     void mountsOf(const std::string& key, MountList* mounts);
     void releaseFiles(const Snapshot& snapshot);
+    // The same where the snapshot's record is gone already: a failure is logged (Cleanup removes
+    // what no record owns), and an error being thrown stays the one the caller sees.
+    void releaseFilesOrLog(const Snapshot& snapshot, const std::string& key);
     void removeOrphans();
 
     SnapshotStore& store_;

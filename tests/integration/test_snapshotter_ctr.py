@@ -395,7 +395,7 @@ def main():
             one_error(ck, r, 'serve with a config file that does not exist', 'no.toml')
 
             ck.section('5. containers, registration and images removed: nothing left')
-            # A file of the image held open through the removal (a process with its cwd there): the
+            # A file of the image held open through the removal (as a process still using it would): the
             # mount is busy, so it stays, served by rafsd, until the next Cleanup after the close.
             image_mounts = mounts_under(sn_root)
             held = os.open(os.path.join(image_mounts[0], 'etc/hello'), os.O_RDONLY) if image_mounts else None

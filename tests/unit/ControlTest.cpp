@@ -504,7 +504,9 @@ TEST_CASE("control server closes a connection whose request trickles in, a byte 
     }
     CHECK(closed);
     CHECK(std::chrono::steady_clock::now() - start < std::chrono::seconds(2));
-    CHECK(json::parse(*trickle.readLine()) == errorJson("no complete request for 0.3 s; rafsd closes this connection"));
+    const auto reply = trickle.readLine();
+    REQUIRE(reply);
+    CHECK(json::parse(*reply) == errorJson("no complete request for 0.3 s; rafsd closes this connection"));
 }
 
 TEST_CASE("control server stop() is prompt with clients connected", "[api]") {
