@@ -36,10 +36,16 @@ public:
         all_.wait(lock, [this] { return left_ == 0; });
     }
 
-    // Whether every completion added was called by `deadline`, each with 0.
+    // Whether every completion added was called by `deadline`.
     bool waitUntil(std::chrono::steady_clock::time_point deadline) {
         std::unique_lock lock(mutex_);
-        return all_.wait_until(lock, deadline, [this] { return left_ == 0; }) && !failed_;
+        return all_.wait_until(lock, deadline, [this] { return left_ == 0; });
+    }
+
+    // Whether one was called with an error.
+    bool failed() {
+        std::lock_guard lock(mutex_);
+        return failed_;
     }
 
 private:

@@ -15,6 +15,7 @@
 #include <cstring>
 #include <set>
 #include <string>
+#include <thread>
 
 namespace rafsd {
 
@@ -73,6 +74,11 @@ void mountErofsFiles(const std::filesystem::path& bootstrap, const std::vector<s
 std::optional<BusyMount> unmountOrDetach(const std::filesystem::path& mountpoint,
                                          const std::vector<std::pair<std::filesystem::path, int>>& files, int watch) {
     if (::umount2(mountpoint.c_str(), UMOUNT_NOFOLLOW) == 0) return std::nullopt;
+    if (errno == EINVAL) {
+        // No longer a mount point: unmounted by hand, as FanotifyEngine::umount takes it too.
+        log::warn("{} was unmounted meanwhile", mountpoint.native());
+        return std::nullopt;
+    }
     BusyMount busy{mountpoint, {}, false};
     if (errno != EBUSY) {
         log::error("cannot unmount {}: {}", mountpoint.native(), std::strerror(errno));
@@ -105,8 +111,13 @@ void waitForCloses(int watch, std::vector<BusyMount>& busy, std::chrono::steady_
     const auto waiting = [&] {
         return std::any_of(busy.begin(), busy.end(), [](const BusyMount& m) { return m.watched && !m.gone(); });
     };
+    if (watch < 0 || !waiting()) {
+        // Nothing whose close could be seen: the caller's deadline is all there is to wait for.
+        std::this_thread::sleep_until(deadline);
+        return;
+    }
     alignas(inotify_event) char buffer[4096];
-    while (watch >= 0 && waiting()) {
+    while (waiting()) {
         const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
         if (left.count() <= 0) return;
         pollfd p{watch, POLLIN, 0};

@@ -30,13 +30,15 @@ struct BusyMount {
     bool gone() const { return watched && open.empty(); }
 };
 
-// Unmounts `mountpoint`. If it is busy, detaches it, its files (our fds on them: `files`, with
-// paths for messages) watched on `watch` (an inotify fd, -1 if there is none) before the detach,
-// so that no close is missed, and returns it. Logs, never throws.
+// Unmounts `mountpoint` (nothing if it was unmounted by hand). If it is busy, detaches it, its files
+// (our fds on them: `files`, with paths for messages) watched on `watch` (an inotify fd, -1 if
+// there is none) before the detach, so that no close is missed, and returns it; also returns it,
+// unwatched, if it cannot be unmounted at all. Logs, never throws.
 std::optional<BusyMount> unmountOrDetach(const std::filesystem::path& mountpoint,
                                          const std::vector<std::pair<std::filesystem::path, int>>& files, int watch);
 
-// Waits until every one of `busy` is gone (its cache files closed by the kernel) or `deadline`.
+// Waits until every one of `busy` that is watched is gone (its cache files closed by the kernel),
+// or `deadline`; until `deadline` if none is watched.
 void waitForCloses(int watch, std::vector<BusyMount>& busy, std::chrono::steady_clock::time_point deadline);
 
 }  // namespace rafsd

@@ -415,7 +415,7 @@ void FanotifyEngine::umount(const std::filesystem::path& mountpoint) {
     files_->remove(normal);
 }
 
-bool FanotifyEngine::fill(const std::vector<MarkedFiles::MountFile>& files, std::chrono::steady_clock::time_point deadline) {
+std::shared_ptr<CompletionCount> FanotifyEngine::fill(const std::vector<MarkedFiles::MountFile>& files) {
     const auto filled = CompletionCount::make();
     for (const MarkedFiles::MountFile& file : files) {
         const Completion done = filled->add();
@@ -426,17 +426,13 @@ bool FanotifyEngine::fill(const std::vector<MarkedFiles::MountFile>& files, std:
             done(EIO);
         }
     }
-    return filled->waitUntil(deadline);
+    return filled;
 }
 
 void FanotifyEngine::stop(std::chrono::milliseconds grace) {
     if (!thread_.joinable()) return;
-    // The loop keeps reading, denying every new event, until the mounts are gone: an event left
-    // unread would be allowed, unfilled, when the group closes.
-    responder_->beginStop();
-    responder_->waitIdle(grace);
-    responder_->denyAll();
-    // Every mount unmounted, or detached if busy, at once; then one wait for the busy ones to go.
+    // Every mount unmounted, or detached if busy (nothing new can be opened there), while events
+    // are still served: a container still running keeps reading.
     rafs::UniqueFd watch(::inotify_init1(IN_CLOEXEC | IN_NONBLOCK));
     if (watch.get() < 0) log::warn("inotify_init1: {}", std::strerror(errno));
     std::vector<BusyMount> busy;
@@ -449,28 +445,50 @@ void FanotifyEngine::stop(std::chrono::milliseconds grace) {
             files_->remove(mountpoint);
         }
     }
-    waitForCloses(watch.get(), busy, std::chrono::steady_clock::now() + grace);
-    // Files a mount still reads once the group is closed read their holes as zeros
-    // (fanotify_release() in fs/notify/fanotify/fanotify_user.c allows every access then): the
-    // cache files of mounts still in use are filled, so that none is left.
-    std::vector<MarkedFiles::MountFile> to_fill;
-    std::vector<std::string> in_use;
-    for (const BusyMount& m : busy) {
-        if (m.gone()) continue;
-        in_use.push_back(m.mountpoint.native());
-        for (MarkedFiles::MountFile& file : files_->filesOf(m.mountpoint)) to_fill.push_back(std::move(file));
-    }
-    if (!in_use.empty()) {
-        log::warn("{} still in use: filling {} cache file{} before the fanotify group closes",
-                  fmt::join(in_use, ", "), to_fill.size(), to_fill.size() == 1 ? "" : "s");
-        if (fill(to_fill, std::chrono::steady_clock::now() + kFillTime)) {
-            log::info("every cache file of a mount in use is complete: files open there read without rafsd");
+    // A busy mount reads its cache files without rafsd once the group is closed, its holes as zeros
+    // (fanotify_release() in fs/notify/fanotify/fanotify_user.c allows every access then): its files
+    // are filled meanwhile, until it is gone (its files closed) or they are complete.
+    if (!busy.empty()) {
+        std::vector<MarkedFiles::MountFile> to_fill;
+        std::vector<std::string> names;
+        for (const BusyMount& m : busy) {
+            names.push_back(m.mountpoint.native());
+            for (MarkedFiles::MountFile& file : files_->filesOf(m.mountpoint)) to_fill.push_back(std::move(file));
+        }
+        log::warn("{} in use: filling {} cache file{} until {} or the files are closed", fmt::join(names, ", "),
+                  to_fill.size(), to_fill.size() == 1 ? "" : "s", names.size() == 1 ? "it is complete" : "they are");
+        const auto since = std::chrono::steady_clock::now();
+        const std::shared_ptr<CompletionCount> filled = fill(to_fill);
+        bool complete = false;
+        for (;;) {
+            const auto now = std::chrono::steady_clock::now();
+            if (std::all_of(busy.begin(), busy.end(), [](const BusyMount& m) { return m.gone(); })) break;
+            if (filled->waitUntil(now)) {
+                complete = !filled->failed();
+                // Failed: what is open may still be closed within the grace, its reads denied.
+                if (complete || now - since >= grace) break;
+            }
+            if (now - since >= kFillTime) break;
+            waitForCloses(watch.get(), busy, std::min(now + std::chrono::milliseconds(50), since + kFillTime));
+        }
+        std::vector<std::string> open;
+        for (const BusyMount& m : busy) {
+            if (!m.gone()) open.push_back(m.mountpoint.native());
+        }
+        if (open.empty()) {
+            log::info("every file open there was closed");
+        } else if (complete) {
+            log::info("{}: every cache file is complete; the files open there read without rafsd", fmt::join(open, ", "));
         } else {
-            log::error("the cache files of {} could not all be filled within {} s: files still open there read "
-                       "unfetched data as zeros once the fanotify group is closed",
-                       fmt::join(in_use, ", "), kFillTime.count());
+            log::error("{}: cache files not complete {} s after the stop: files still open there read unfetched data "
+                       "as zeros once the fanotify group is closed", fmt::join(open, ", "),
+                       std::chrono::duration_cast<std::chrono::seconds>(std::chrono::steady_clock::now() - since).count());
         }
     }
+    // Then no event may be left unanswered, or it is allowed, unfilled, when the group closes.
+    responder_->beginStop();
+    responder_->waitIdle(grace);
+    responder_->denyAll();
     for (const BusyMount& m : busy) files_->remove(m.mountpoint);
     quit_.store(true);
     const uint64_t one = 1;

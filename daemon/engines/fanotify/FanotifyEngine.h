@@ -3,10 +3,11 @@
 // makes the range present and we answer FAN_ALLOW, or FAN_DENY_ERRNO(EIO) when it cannot.
 //
 // The group fails open (fs/notify/fanotify/fanotify_user.c, fanotify_release()): if its last fd
-// is closed while a mount is up, holes read as zeros. Hence stop() denies what is pending and
-// unmounts before it closes the group, and under rafsd's supervisor (daemon/process/Supervisor.h)
-// the group, the journal of pending events and the cache files' fds are kept by the supervisor
-// too: a new worker adopts them, takes the mounts over and answers what its predecessor left.
+// is closed while a mount is up, holes read as zeros. Hence stop() unmounts, fills the cache files
+// a busy (detached) mount still reads, and answers every event before it closes the group; and
+// under rafsd's supervisor (daemon/process/Supervisor.h) the group, the journal of pending events
+// and the cache files' fds are kept by the supervisor too: a new worker adopts them, takes the
+// mounts over and answers what its predecessor left.
 //
 // The parts: FanotifyGroup (the group and its marks), MarkedFiles (which mount uses which marked
 // file), EventResponder (answers, and the journal), ErofsFileMount (mounting and unmounting), and
@@ -35,6 +36,7 @@
 
 namespace rafsd {
 
+class CompletionCount;
 class EventResponder;
 
 struct FanotifyCounters {
@@ -46,11 +48,12 @@ struct FanotifyCounters {
 
 class FanotifyEngine {
 public:
-    // How long stop() lets in-flight ranges finish, and then waits for a busy mount to go idle.
+    // How long stop() lets in-flight ranges finish, and waits for a busy mount whose cache files
+    // cannot be filled to be closed.
     static constexpr std::chrono::milliseconds kDefaultGrace{5000};
-    // How long stop() may then take to fill the cache files of mounts still in use: with two
-    // graces, within the unit's TimeoutStopSec (daemon/systemd/rafsd.service.in), after which
-    // systemd kills us.
+    // How long stop() may take to fill the cache files of mounts still in use: with a grace,
+    // within the unit's TimeoutStopSec (daemon/systemd/rafsd.service.in), after which systemd
+    // kills us.
     static constexpr std::chrono::seconds kFillTime{60};
 
     // busy_poll: after handling events, how long the loop keeps reading the queue before it
@@ -100,10 +103,11 @@ public:
     // Unmounts (throws if busy) and removes the marks of that mount's blobs.
     void umount(const std::filesystem::path& mountpoint);
 
-    // Denies new events, lets pending ranges finish for up to `grace`, denies the rest with EIO,
-    // unmounts every mount (a busy one is detached, and its reads denied until its files are
-    // closed, for up to `grace`; the cache files of those still in use are then filled, for up to
-    // kFillTime), and only then closes the group. Never throws; problems are logged.
+    // Unmounts every mount; a busy one is detached, and served on while its cache files are
+    // filled, until its files are closed or the fill is complete (at most kFillTime; `grace` for
+    // closes if the fill fails). Then denies new events, lets pending ranges finish for up to
+    // `grace`, denies the rest with EIO, and only then closes the group. Never throws; problems
+    // are logged.
     void stop(std::chrono::milliseconds grace = kDefaultGrace);
 
     FanotifyCounters counters() const;
@@ -119,8 +123,8 @@ private:
     };
 
     void answerOrphans();
-    // Makes every one of `files` complete; whether that was done by `deadline`.
-    bool fill(const std::vector<MarkedFiles::MountFile>& files, std::chrono::steady_clock::time_point deadline);
+    // Starts making every one of `files` complete; counts the files done.
+    std::shared_ptr<CompletionCount> fill(const std::vector<MarkedFiles::MountFile>& files);
     void loop(std::promise<void> started);
     // Reads and handles the queued events; false if there were none.
     bool drainEvents();
