@@ -12,6 +12,8 @@ of the caller's (servers.Netns) if one is given, and stops only what it started:
   .pull_unpack(...)               the baseline: skopeo copy to an OCI layout, then umoci unpack, timed
   ImageMount(...)                 `rafsd mount IMAGE MOUNTPOINT` in the background, timed to mounted;
                                   unmount() says how many bytes it fetched
+  ServedImageMount(...)           the same through a `rafsd serve` already running, asked on its
+                                  control socket as rafs-snapshotter asks it
   drop_caches()                   the page cache, dentries and inodes dropped: a cold start
   time_to_first_line(cmd, ...)    seconds from starting cmd to its first output line (or its exit)
   chroot_cmd(root, argv)          argv in a chroot of root with a minimal environment
@@ -22,11 +24,12 @@ import json
 import os
 import select
 import shutil
+import signal
 import subprocess
 import time
 
 from .mount import umount
-from .rafsd import RafsdMount, fetched_bytes, write_config
+from .rafsd import RafsdMount, RafsdServe, fetched_bytes, write_config
 from .servers import TestCa, free_port, htpasswd, registry
 
 
@@ -200,6 +203,20 @@ def bootstrap_layer(manifest):
     return None
 
 
+def cold_rafsd_config(reg, work, prefetch, **daemon):
+    """A rafsd config for `reg` whose cache and state dirs (work/rafsd-cache, work/rafsd-state) are
+    emptied first: a cold start. Returns (config path, cache dir)."""
+    cache_dir = os.path.join(work, 'rafsd-cache')
+    state_dir = os.path.join(work, 'rafsd-state')
+    for d in (cache_dir, state_dir):
+        shutil.rmtree(d, ignore_errors=True)
+        os.makedirs(d)
+    config = write_config(os.path.join(work, 'rafsd.toml'), daemon=dict(daemon, state_dir=state_dir),
+                          prefetch={'enable': prefetch}, **{'backend.registry': {'docker_config': reg.auth_file},
+                                                             'backend.transport': {'certs_dir': reg.certs_dir}})
+    return config, cache_dir
+
+
 class ImageMount(RafsdMount):
     """`rafsd mount --config CFG --cache-dir DIR IMAGE MOUNTPOINT` in the registry's network
     namespace, with a config naming the registry's docker config and certs dir, and cache and
@@ -208,15 +225,8 @@ class ImageMount(RafsdMount):
     fetched."""
 
     def __init__(self, rafsd, reg, image, mountpoint, work, prefetch=False):
-        cache_dir = os.path.join(work, 'rafsd-cache')
-        state_dir = os.path.join(work, 'rafsd-state')
-        for d in (cache_dir, state_dir):
-            shutil.rmtree(d, ignore_errors=True)
-            os.makedirs(d)
+        config, cache_dir = cold_rafsd_config(reg, work, prefetch)
         os.makedirs(mountpoint, exist_ok=True)
-        config = write_config(os.path.join(work, 'rafsd.toml'), daemon={'state_dir': state_dir},
-                              prefetch={'enable': prefetch}, **{'backend.registry': {'docker_config': reg.auth_file},
-                                                                 'backend.transport': {'certs_dir': reg.certs_dir}})
         super().__init__(rafsd, image, mountpoint, cache_dir=cache_dir, config=config,
                          log_path=os.path.join(work, 'rafsd.log'))
         self.cmd = reg.cmd(self.cmd)
@@ -240,4 +250,47 @@ class ImageMount(RafsdMount):
         if code != 0:
             raise RuntimeError('rafsd mount %s: exit status %s on SIGINT:\n%s' % (self.image, code,
                                                                                    self.log_text()[-2000:]))
+        return fetched_bytes(self.log_text())
+
+
+class ServedImageMount(RafsdServe):
+    """`rafsd serve` in the registry's network namespace with a cold cache, started (start()) before
+    the clock does, as on a container host; mount() asks it on its control socket to mount IMAGE on
+    MOUNTPOINT, as rafs-snapshotter does, and returns the seconds until it answered (mounted);
+    unmount() ends rafsd with SIGTERM (it unmounts) and returns the bytes its blobs fetched."""
+
+    def __init__(self, rafsd, reg, image, mountpoint, work, prefetch=False):
+        sock = os.path.join(work, 'rafsd.sock')
+        config, cache_dir = cold_rafsd_config(reg, work, prefetch, socket=sock, cache_dir=os.path.join(work, 'rafsd-cache'))
+        os.makedirs(mountpoint, exist_ok=True)
+        super().__init__(rafsd, config, sock, os.path.join(work, 'rafsd.log'))
+        self.cmd = reg.cmd(self.cmd)
+        self.image, self.mountpoint = image, mountpoint
+
+    def mount(self, timeout=120):
+        import socket as sk
+        request = json.dumps({'op': 'mount', 'image': self.image, 'mountpoint': self.mountpoint}) + '\n'
+        t = time.monotonic()
+        with sk.socket(sk.AF_UNIX, sk.SOCK_STREAM) as s:
+            s.settimeout(timeout)
+            s.connect(self.socket)
+            s.sendall(request.encode())
+            reply = b''
+            while not reply.endswith(b'\n'):
+                piece = s.recv(65536)
+                if not piece:
+                    break
+                reply += piece
+        seconds = time.monotonic() - t
+        answer = json.loads(reply or b'{}')
+        if answer.get('ok') is not True:
+            raise RuntimeError('rafsd serve: mount %s: %s\n%s' % (self.image, answer, self.log_text()[-2000:]))
+        return seconds
+
+    def unmount(self):
+        code = self.stop(sig=signal.SIGTERM)
+        if os.path.ismount(self.mountpoint):
+            umount(self.mountpoint)
+        if code != 0:
+            raise RuntimeError('rafsd serve: exit status %s on SIGTERM:\n%s' % (code, self.log_text()[-2000:]))
         return fetched_bytes(self.log_text())
