@@ -455,8 +455,8 @@ void FanotifyEngine::stop(std::chrono::milliseconds grace) {
             names.push_back(m.mountpoint.native());
             for (MarkedFiles::MountFile& file : files_->filesOf(m.mountpoint)) to_fill.push_back(std::move(file));
         }
-        log::warn("{} in use: filling {} cache file{} until {} or the files are closed", fmt::join(names, ", "),
-                  to_fill.size(), to_fill.size() == 1 ? "" : "s", names.size() == 1 ? "it is complete" : "they are");
+        log::warn("{} in use: filling {} cache file{} until complete or closed", fmt::join(names, ", "), to_fill.size(),
+                  to_fill.size() == 1 ? "" : "s");
         const auto since = std::chrono::steady_clock::now();
         const std::shared_ptr<CompletionCount> filled = fill(to_fill);
         bool complete = false;
@@ -476,7 +476,7 @@ void FanotifyEngine::stop(std::chrono::milliseconds grace) {
             if (!m.gone()) open.push_back(m.mountpoint.native());
         }
         if (open.empty()) {
-            log::info("every file open there was closed");
+            log::info("{}: every file open there was closed", fmt::join(names, ", "));
         } else if (complete) {
             log::info("{}: every cache file is complete; the files open there read without rafsd", fmt::join(open, ", "));
         } else {
