@@ -35,6 +35,7 @@ struct PendingRequest {
     Completion done;
     uint32_t remaining = 0;  // guarded by the blob's mutex_: workers count it down
     int error = 0;
+    bool reader = true;  // false: a fill (DataPlane::fill), which no reader waits on
 };
 
 class CachedBlob {

@@ -176,6 +176,7 @@ void ChunkFetcher::makePresent(uint32_t image, uint32_t blob_index, uint64_t off
     // The chunks the read touches (4 KiB-rounded extents): stamped as used, and the trace's record.
     const ChunkRange used = blob->cache().chunksCovering(offset, length);
     auto request = std::make_shared<PendingRequest>();
+    request->reader = read;
     // A miss is answered through this wrapper, which times it; a hit directly. The chunks found
     // present are protected from the cache collector only by their use stamp, for keep_recent
     // seconds: a miss that waited longer may find one freed (a full disk's collection), and an
@@ -247,9 +248,15 @@ void ChunkFetcher::makePresent(uint32_t image, uint32_t blob_index, uint64_t off
     } else if (read) {
         blob->counters().misses++;
     }
-    // Always: the runs' chunks are in in_flight_ now, so no other request will fetch them.
+    // Always: the runs' chunks are in in_flight_ now, so no other request will fetch them. A
+    // fill's runs wait behind readers' own, and one becomes theirs once a reader waits for it.
     for (const FetchRun& run : plan.runs) {
-        queue_->push(FetchQueue::Priority::OnDemand, [this, blob, run] { fetchRun(blob, run, false); });
+        if (read) {
+            queue_->push(FetchQueue::Priority::OnDemand, [this, blob, run] { fetchRun(blob, run, false); });
+        } else {
+            queue_->push(FetchQueue::Priority::PrefetchTable, [this, blob, run] { fetchRun(blob, run, false); },
+                         [this, blob, run] { return hasWaiters(*blob, run.first, run.first + run.count, true); });
+        }
     }
     if (awaits_others) queue_->recheck();  // a queued prefetch request may be this miss's now
     // Last, off the path of the answer and the fetches.
@@ -432,15 +439,19 @@ bool ChunkFetcher::dropUnwritable(CachedBlob& blob, const FetchRun& run) {
     return true;
 }
 
-bool ChunkFetcher::hasWaiters(CachedBlob& blob, uint32_t first, uint32_t end) {
+bool ChunkFetcher::hasWaiters(CachedBlob& blob, uint32_t first, uint32_t end, bool readers_only) {
     std::lock_guard lock(blob.mutex_);
-    return hasWaitersLocked(blob, first, end);
+    return hasWaitersLocked(blob, first, end, readers_only);
 }
 
-bool ChunkFetcher::hasWaitersLocked(const CachedBlob& blob, uint32_t first, uint32_t end) {
+bool ChunkFetcher::hasWaitersLocked(const CachedBlob& blob, uint32_t first, uint32_t end, bool readers_only) {
     for (uint32_t ci = first; ci < end; ++ci) {
         const auto it = blob.in_flight_.find(ci);
-        if (it != blob.in_flight_.end() && !it->second.empty()) return true;
+        if (it == blob.in_flight_.end()) continue;
+        if (std::any_of(it->second.begin(), it->second.end(),
+                        [&](const std::shared_ptr<PendingRequest>& r) { return r->reader || !readers_only; })) {
+            return true;
+        }
     }
     return false;
 }

@@ -99,9 +99,10 @@ private:
     void fetchRun(const std::shared_ptr<CachedBlob>& blob, FetchRun run, bool prefetch);
     bool decode(CachedBlob& blob, uint32_t ci, std::span<const uint8_t> stored, std::span<uint8_t> extent);
     void writeChunks(CachedBlob& blob, uint32_t first, uint32_t count, std::span<const uint8_t> extents);
-    // Whether a request waits for one of chunks [first, end).
-    bool hasWaiters(CachedBlob& blob, uint32_t first, uint32_t end);
-    static bool hasWaitersLocked(const CachedBlob& blob, uint32_t first, uint32_t end);  // the blob's mutex_ held
+    // Whether a request (`readers_only`: a reader's, not a fill) waits for one of chunks [first, end).
+    bool hasWaiters(CachedBlob& blob, uint32_t first, uint32_t end, bool readers_only = false);
+    static bool hasWaitersLocked(const CachedBlob& blob, uint32_t first, uint32_t end,
+                                 bool readers_only = false);  // the blob's mutex_ held
     // A prefetch run whose cache file cannot be written now, and for which no reader waits, is
     // dropped before it is fetched: its chunks are no longer in flight. Else false.
     bool dropUnwritable(CachedBlob& blob, const FetchRun& run);

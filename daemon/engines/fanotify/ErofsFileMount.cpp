@@ -74,12 +74,12 @@ void mountErofsFiles(const std::filesystem::path& bootstrap, const std::vector<s
 std::optional<BusyMount> unmountOrDetach(const std::filesystem::path& mountpoint,
                                          const std::vector<std::pair<std::filesystem::path, int>>& files, int watch) {
     if (::umount2(mountpoint.c_str(), UMOUNT_NOFOLLOW) == 0) return std::nullopt;
-    if (errno == EINVAL) {
-        // No longer a mount point: unmounted by hand, as FanotifyEngine::umount takes it too.
-        log::warn("{} was unmounted meanwhile", mountpoint.native());
-        return std::nullopt;
-    }
     BusyMount busy{mountpoint, {}, false};
+    if (errno == EINVAL) {
+        // No longer a mount point: unmounted by hand, maybe lazily (umount -l) and still in use.
+        log::warn("{} was unmounted by someone else; its files may still be open there", mountpoint.native());
+        return busy;
+    }
     if (errno != EBUSY) {
         log::error("cannot unmount {}: {}", mountpoint.native(), std::strerror(errno));
         return busy;
@@ -102,8 +102,7 @@ std::optional<BusyMount> unmountOrDetach(const std::filesystem::path& mountpoint
         busy.watched = false;
         return busy;
     }
-    log::info("{} busy: detached; denying reads of files still open there until they are closed",
-              mountpoint.native());
+    log::info("{} busy: detached; serving the files still open there", mountpoint.native());
     return busy;
 }
 

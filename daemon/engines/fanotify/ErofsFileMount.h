@@ -30,10 +30,11 @@ struct BusyMount {
     bool gone() const { return watched && open.empty(); }
 };
 
-// Unmounts `mountpoint` (nothing if it was unmounted by hand). If it is busy, detaches it, its files
-// (our fds on them: `files`, with paths for messages) watched on `watch` (an inotify fd, -1 if
-// there is none) before the detach, so that no close is missed, and returns it; also returns it,
-// unwatched, if it cannot be unmounted at all. Logs, never throws.
+// Unmounts `mountpoint`. If it is busy, detaches it, its files (our fds on them: `files`, with paths
+// for messages) watched on `watch` (an inotify fd, -1 if there is none) before the detach, so that
+// no close is missed, and returns it; also returns it, unwatched, if it cannot be unmounted at all,
+// or is no mount point any more (unmounted by someone else, maybe lazily: it may still be in use).
+// Logs, never throws.
 std::optional<BusyMount> unmountOrDetach(const std::filesystem::path& mountpoint,
                                          const std::vector<std::pair<std::filesystem::path, int>>& files, int watch);
 

@@ -429,7 +429,7 @@ std::shared_ptr<CompletionCount> FanotifyEngine::fill(const std::vector<MarkedFi
     return filled;
 }
 
-void FanotifyEngine::stop(std::chrono::milliseconds grace) {
+void FanotifyEngine::stop(std::chrono::milliseconds grace, std::chrono::milliseconds fill_time) {
     if (!thread_.joinable()) return;
     // Every mount unmounted, or detached if busy (nothing new can be opened there), while events
     // are still served: a container still running keeps reading.
@@ -438,8 +438,14 @@ void FanotifyEngine::stop(std::chrono::milliseconds grace) {
     std::vector<BusyMount> busy;
     for (const std::filesystem::path& mountpoint : files_->mountpoints()) {
         std::vector<std::pair<std::filesystem::path, int>> fds;
-        for (const MarkedFiles::MountFile& file : files_->filesOf(mountpoint)) fds.emplace_back(file.path, file.fd);
-        if (std::optional<BusyMount> m = unmountOrDetach(mountpoint, fds, watch.get())) {
+        bool shared = false;
+        for (const MarkedFiles::MountFile& file : files_->filesOf(mountpoint)) {
+            fds.emplace_back(file.path, file.fd);
+            shared = shared || file.shared;
+        }
+        // A file another mount uses too is closed by that mount's superblock as well: its close
+        // says nothing about this one, which is then not watched (filled to the end instead).
+        if (std::optional<BusyMount> m = unmountOrDetach(mountpoint, fds, shared ? -1 : watch.get())) {
             busy.push_back(std::move(*m));
         } else {
             files_->remove(mountpoint);
@@ -459,30 +465,37 @@ void FanotifyEngine::stop(std::chrono::milliseconds grace) {
                   to_fill.size() == 1 ? "" : "s");
         const auto since = std::chrono::steady_clock::now();
         const std::shared_ptr<CompletionCount> filled = fill(to_fill);
+        const auto all_gone = [&] {
+            return std::all_of(busy.begin(), busy.end(), [](const BusyMount& m) { return m.gone(); });
+        };
         bool complete = false;
         for (;;) {
             const auto now = std::chrono::steady_clock::now();
-            if (std::all_of(busy.begin(), busy.end(), [](const BusyMount& m) { return m.gone(); })) break;
+            if (all_gone()) break;
             if (filled->waitUntil(now)) {
                 complete = !filled->failed();
-                // Failed: what is open may still be closed within the grace, its reads denied.
-                if (complete || now - since >= grace) break;
+                break;
             }
-            if (now - since >= kFillTime) break;
-            waitForCloses(watch.get(), busy, std::min(now + std::chrono::milliseconds(50), since + kFillTime));
+            if (now - since >= fill_time) break;
+            waitForCloses(watch.get(), busy, std::min(now + std::chrono::milliseconds(50), since + fill_time));
         }
-        std::vector<std::string> open;
-        for (const BusyMount& m : busy) {
-            if (!m.gone()) open.push_back(m.mountpoint.native());
-        }
-        if (open.empty()) {
-            log::info("{}: every file open there was closed", fmt::join(names, ", "));
-        } else if (complete) {
-            log::info("{}: every cache file is complete; the files open there read without rafsd", fmt::join(open, ", "));
-        } else {
-            log::error("{}: cache files not complete {} s after the stop: files still open there read unfetched data "
-                       "as zeros once the fanotify group is closed", fmt::join(open, ", "),
-                       std::chrono::duration_cast<std::chrono::seconds>(std::chrono::steady_clock::now() - since).count());
+        if (complete) {
+            // Reads there need no event any more (also of files that stay marked, in a bounded
+            // cache), so none is denied from here on.
+            log::info("{}: every cache file is complete; files open there read without rafsd", fmt::join(names, ", "));
+            for (const BusyMount& m : busy) files_->remove(m.mountpoint);
+            busy.clear();
+        } else if (!all_gone()) {
+            // Not filled: what is read there now is denied (a retried read too, as the kernel does
+            // after a failed read-ahead), while the files open there have a grace to be closed.
+            responder_->beginStop();
+            responder_->denyAll();
+            waitForCloses(watch.get(), busy, std::chrono::steady_clock::now() + grace);
+            if (!all_gone()) {
+                log::error("{}: cache files not complete {} s after the stop: files still open there read unfetched "
+                           "data as zeros once the fanotify group is closed", fmt::join(names, ", "),
+                           std::chrono::duration_cast<std::chrono::seconds>(std::chrono::steady_clock::now() - since).count());
+            }
         }
     }
     // Then no event may be left unanswered, or it is allowed, unfilled, when the group closes.

@@ -104,11 +104,11 @@ public:
     void umount(const std::filesystem::path& mountpoint);
 
     // Unmounts every mount; a busy one is detached, and served on while its cache files are
-    // filled, until its files are closed or the fill is complete (at most kFillTime; `grace` for
+    // filled, until its files are closed or the fill is complete (at most `fill_time`; `grace` for
     // closes if the fill fails). Then denies new events, lets pending ranges finish for up to
     // `grace`, denies the rest with EIO, and only then closes the group. Never throws; problems
     // are logged.
-    void stop(std::chrono::milliseconds grace = kDefaultGrace);
+    void stop(std::chrono::milliseconds grace = kDefaultGrace, std::chrono::milliseconds fill_time = kFillTime);
 
     FanotifyCounters counters() const;
 

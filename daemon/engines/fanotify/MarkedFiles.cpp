@@ -141,7 +141,7 @@ std::vector<MarkedFiles::MountFile> MarkedFiles::filesOf(const std::filesystem::
         if (m.mountpoint != normal) continue;
         for (const auto& [blob, key] : m.files) {
             const File& file = files_.at(key);
-            out.push_back({file.path, file.fd, {m.image, blob, file.size}});
+            out.push_back({file.path, file.fd, {m.image, blob, file.size}, file.users.size() > 1});
         }
     }
     return out;

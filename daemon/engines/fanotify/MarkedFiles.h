@@ -55,6 +55,7 @@ public:
         std::filesystem::path path;
         int fd;
         Served served;
+        bool shared;  // another mount uses it too
     };
     std::vector<MountFile> filesOf(const std::filesystem::path& mountpoint) const;
 
