@@ -125,6 +125,21 @@ class Reader(threading.Thread):
         self.done_reason = 'timeout'
 
 
+def check_after_exit(ck, name, fd, data, log_text):
+    """The held file `fd`, read whole once rafsd has exited, must have its bytes (`data`)."""
+    got = b''
+    while len(got) < len(data):
+        piece = os.pread(fd, PIECE, len(got))
+        if not piece:
+            break
+        got += piece
+    wrong = [i for i in range(0, len(data), 4096) if got[i:i + 4096] != data[i:i + 4096]]
+    zeros = [i for i in wrong if got[i:i + 4096] == bytes(len(got[i:i + 4096]))]
+    ck.check(not wrong, '%s: the held file, read after rafsd exited, has its bytes' % name,
+             '%d of %d blocks wrong, %d of them zeros\n%s' % (len(wrong), len(data) // 4096, len(zeros),
+                                                             log_text[-2000:]))
+
+
 def held_past_stop(ck, rafsd, tmp, out, content, name, blobs_gone):
     """Parts 5 and 6: SIGTERM while a file stays open past rafsd's stop; its reads after the exit."""
     mnt = os.path.join(tmp, name)
@@ -153,16 +168,7 @@ def held_past_stop(ck, rafsd, tmp, out, content, name, blobs_gone):
             ck.check(code == 0, '%s: rafsd exits 0' % name, text[-2000:])
             ck.check('every cache file is complete' in text, '%s: rafsd filled the busy mount\'s cache files' % name,
                      text[-2000:])
-            got = b''
-            while len(got) < len(data):
-                piece = os.pread(fd, PIECE, len(got))
-                if not piece:
-                    break
-                got += piece
-            wrong = [i for i in range(0, len(data), 4096) if got[i:i + 4096] != data[i:i + 4096]]
-            zeros = [i for i in wrong if got[i:i + 4096] == bytes(len(got[i:i + 4096]))]
-            ck.check(not wrong, '%s: the held file, read after rafsd exited, has its bytes' % name,
-                     '%d of %d blocks wrong, %d of them zeros' % (len(wrong), len(data) // 4096, len(zeros)))
+            check_after_exit(ck, name, fd, data, text)
         finally:
             os.close(fd)
 
@@ -195,17 +201,7 @@ def shared_blob_held(ck, rafsd, ctl, tmp, out, content):
             code = srv.stop(sig=signal.SIGTERM, timeout=STOP_TIMEOUT + 60)
             text = srv.log_text()
             ck.check(code == 0, 'shared: rafsd serve exits 0 with a file still open', 'exit %s\n%s' % (code, text[-2000:]))
-            got = b''
-            while len(got) < len(data):
-                piece = os.pread(fd, PIECE, len(got))
-                if not piece:
-                    break
-                got += piece
-            wrong = [i for i in range(0, len(data), 4096) if got[i:i + 4096] != data[i:i + 4096]]
-            zeros = [i for i in wrong if got[i:i + 4096] == bytes(len(got[i:i + 4096]))]
-            ck.check(not wrong, 'shared: the held file, read after rafsd exited, has its bytes',
-                     '%d of %d blocks wrong, %d of them zeros\n%s' % (len(wrong), len(data) // 4096, len(zeros),
-                                                                     text[-2000:]))
+            check_after_exit(ck, 'shared', fd, data, text)
         finally:
             os.close(fd)
     finally:
