@@ -126,7 +126,6 @@ void ImageService::useFanotifyGroup(KeptFds& kept, bool restore) {
     engine->adopt(rafs::UniqueFd::duplicate(group, "the kept fanotify group"),
                   PendingJournal::adopt(rafs::UniqueFd::duplicate(journal, "the kept fanotify journal")));
     fanotify_ = std::move(engine);
-    kept_ = &kept;
     kept_files_.emplace(kept);
     fanotify_restore_ = restore;
 }
@@ -1043,7 +1042,7 @@ bool ImageService::mountsOutliveWorker() {
     std::lock_guard lock(mutex_);
     std::vector<std::string> lost;
     for (const Image& image : images_) {
-        const bool kept = image.engine == EngineKind::Fanotify ? kept_ != nullptr : fscache_kept_;
+        const bool kept = image.engine == EngineKind::Fanotify ? kept_files_.has_value() : fscache_kept_;
         if (!kept) lost.push_back(image.mountpoint.string());
     }
     if (lost.empty()) return true;

@@ -199,8 +199,8 @@ private:
     bool shut_down_ = false;
     bool fscache_restore_ = false;  // the adopted device had a daemon die on it
     bool fscache_kept_ = false;     // the device is the supervisor's (useFscacheDevice)
-    KeptFds* kept_ = nullptr;        // fanotify failover: the fds the supervisor keeps
-    std::optional<KeptCacheFiles> kept_files_;  // the cache files among them; with kept_
+    // fanotify failover: the cache files among the fds the supervisor keeps (useFanotifyGroup)
+    std::optional<KeptCacheFiles> kept_files_;
     bool fanotify_restore_ = false;  // the adopted group had a worker die on it
     std::filesystem::path mount_table_;  // empty: not kept
     // Whether this service has read the table (recoverMounts) or mounted something since it was

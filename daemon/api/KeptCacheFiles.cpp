@@ -88,15 +88,15 @@ int KeptCacheFiles::find(const std::string& blob_id) const {
 }
 
 void KeptCacheFiles::keep(const std::string& blob_id, int fd) {
+    const std::string name = nameOf(fd);
     const auto it = names_.find(blob_id);
     if (it != names_.end()) {
         // Kept already, maybe under its old name: systemd's fd store would ignore the same file
         // under a second name, and then the removal of the first would lose it.
-        if (sameFile(kept_.find(it->second), fd)) return;
+        if (it->second == name || sameFile(kept_.find(it->second), fd)) return;
         kept_.drop(it->second);
         names_.erase(it);
     }
-    const std::string name = nameOf(fd);
     kept_.keep(name, fd);
     names_[blob_id] = name;
 }

@@ -69,7 +69,7 @@ GcReport CacheCollector::collect(GcTrigger trigger, bool dry_run) {
 }
 
 bool CacheCollector::freeForWrite() {
-    if (stopped_.load()) return false;
+    if (stopping_.load()) return false;
     const uint64_t seen = no_space_runs_.load();
     std::lock_guard lock(mutex_);
     // Another fetch thread found the disk full at the same time and has freed space since.
@@ -221,7 +221,7 @@ void CacheCollector::start(std::chrono::seconds interval) {
     if (policy_.max_size == 0 || thread_.joinable()) return;
     thread_ = std::thread([this, interval] {
         std::unique_lock lock(wake_mutex_);
-        while (!wake_.wait_for(lock, interval, [this] { return stopping_; })) {
+        while (!wake_.wait_for(lock, interval, [this] { return stopping_.load(); })) {
             lock.unlock();
             try {
                 collect(GcTrigger::Auto, false);
@@ -234,7 +234,6 @@ void CacheCollector::start(std::chrono::seconds interval) {
 }
 
 void CacheCollector::stop() {
-    stopped_.store(true);
     {
         std::lock_guard lock(wake_mutex_);
         stopping_ = true;

@@ -134,13 +134,12 @@ private:
     std::map<std::string, std::weak_ptr<CachedBlob>> blobs_;
     std::multiset<std::string> opening_;
     std::atomic<uint64_t> no_space_runs_{0};
-    std::atomic<bool> stopped_{false};
     // Over the bound with nothing left to free (everything in use, or fscache blobs of mounted
     // images, whose ranges rafsd cannot free): said every few minutes, not every interval.
     RepeatedFailureLog over_bound_{std::chrono::minutes(5)};
     std::mutex wake_mutex_;
     std::condition_variable wake_;
-    bool stopping_ = false;
+    std::atomic<bool> stopping_{false};  // set under wake_mutex_; freeForWrite reads it without
     std::thread thread_;
 };
 

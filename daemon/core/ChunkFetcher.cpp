@@ -183,8 +183,8 @@ void ChunkFetcher::makePresent(uint32_t image, uint32_t blob_index, uint64_t off
     // answer now would let the kernel read its hole, so the request is made again.
     auto answer = std::make_shared<Completion>(std::move(done));
     request->done = [this, blob, answer, since = asked_at, image, blob_index, offset, length, used, attempt,
-                     access, read](int error) {
-        if (read) {
+                     access](int error) {
+        if (access == Access::Read) {
             blob->counters().miss_latency.add(
                 std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - since));
             readers_.waitEnded();
@@ -434,7 +434,7 @@ uint64_t ChunkFetcher::discardIdle(CachedBlob& blob, uint32_t first, uint32_t co
 bool ChunkFetcher::dropUnwritable(CachedBlob& blob, const FetchRun& run) {
     if (blob.cache().file().writable()) return false;
     std::lock_guard lock(blob.mutex_);
-    if (hasWaitersLocked(blob, run.first, run.first + run.count)) return false;
+    if (hasWaitersLocked(blob, run.first, run.first + run.count, false)) return false;
     for (uint32_t ci = run.first; ci < run.first + run.count; ++ci) blob.in_flight_.erase(ci);
     return true;
 }
@@ -447,9 +447,9 @@ bool ChunkFetcher::hasWaiters(CachedBlob& blob, uint32_t first, uint32_t end, bo
 bool ChunkFetcher::hasWaitersLocked(const CachedBlob& blob, uint32_t first, uint32_t end, bool readers_only) {
     for (uint32_t ci = first; ci < end; ++ci) {
         const auto it = blob.in_flight_.find(ci);
-        if (it == blob.in_flight_.end()) continue;
-        if (std::any_of(it->second.begin(), it->second.end(),
-                        [&](const std::shared_ptr<PendingRequest>& r) { return r->reader || !readers_only; })) {
+        if (it == blob.in_flight_.end() || it->second.empty()) continue;
+        if (!readers_only || std::any_of(it->second.begin(), it->second.end(),
+                                         [](const std::shared_ptr<PendingRequest>& r) { return r->reader; })) {
             return true;
         }
     }

@@ -102,7 +102,7 @@ private:
     // Whether a request (`readers_only`: a reader's, not a fill) waits for one of chunks [first, end).
     bool hasWaiters(CachedBlob& blob, uint32_t first, uint32_t end, bool readers_only = false);
     static bool hasWaitersLocked(const CachedBlob& blob, uint32_t first, uint32_t end,
-                                 bool readers_only = false);  // the blob's mutex_ held
+                                 bool readers_only);  // the blob's mutex_ held
     // A prefetch run whose cache file cannot be written now, and for which no reader waits, is
     // dropped before it is fetched: its chunks are no longer in flight. Else false.
     bool dropUnwritable(CachedBlob& blob, const FetchRun& run);

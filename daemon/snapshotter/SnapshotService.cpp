@@ -344,7 +344,7 @@ grpc::Status SnapshotService::Remove(grpc::ServerContext*, const snapshots_api::
         // The record goes first: a crash before the files are gone leaves files nobody owns, which
         // Cleanup removes, never a record without its files.
         store_.erase(request->key());
-        releaseFilesOrLog(s, request->key());
+        releaseFilesOrLog(s, "remove " + request->key());
     });
 }
 

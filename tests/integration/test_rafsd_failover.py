@@ -32,6 +32,7 @@ import subprocess
 import sys
 import time
 
+from rafstest import harness
 from rafstest.fdstore import FdStore
 from rafstest.rafsd import BackgroundServe, worker_of, write_config
 from rafstest.readers import READ_TIMEOUT, Reader, read_all, run_slow_cases, slow_mount
@@ -101,9 +102,7 @@ def stop_while_holding(ck, m, mnt, image, content):
         os.kill(worker_of(m.proc.pid), signal.SIGKILL)
         # The pause between attempts doubles from 1 s: the stop must come within one, so wait for
         # one of 4 s or more.
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and not long_pause(m.log_text(), holding):
-            time.sleep(0.02)
+        harness.wait_for(lambda: long_pause(m.log_text(), holding), timeout=60, interval=0.02)
         waiting = Reader(os.path.join(mnt, 'stop'), content['stop'])
         waiting.start()
         held = ck.check(long_pause(m.log_text(), holding), 'worker: no worker can take over, the supervisor '

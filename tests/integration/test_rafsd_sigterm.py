@@ -182,30 +182,29 @@ def shared_blob_held(ck, rafsd, ctl, tmp, out, content):
     mnts = [os.path.join(tmp, 'shared-%d' % i) for i in (1, 2)]
     for mnt in mnts:
         os.makedirs(mnt)
-    srv = RafsdServe(rafsd, config, sock, os.path.join(tmp, 'shared.log'))
     try:
-        if not ck.check(srv.start(), 'shared: rafsd serve answers', srv.log_text()[-2000:]):
-            return
-        # The second from a copy of the bootstrap: a superblock of its own (the same file mounted
-        # twice shares one), on the same blob's cache file.
-        boots = [os.path.join(out, 'image.boot'), os.path.join(tmp, 'shared-copy.boot')]
-        shutil.copyfile(boots[0], boots[1])
-        for mnt, boot in zip(mnts, boots):
-            r = rafsctl(ctl, sock, 'mount', '--blob-dir', os.path.join(out, 'blobs'), boot, mnt)
-            if not ck.check(r.returncode == 0, 'shared: rafsctl mount on %s' % mnt, r.stderr.decode()):
+        with RafsdServe(rafsd, config, sock, os.path.join(tmp, 'shared.log')) as srv:
+            if not ck.check(srv.start(), 'shared: rafsd serve answers', srv.log_text()[-2000:]):
                 return
-        data = content[HOLD]
-        fd = os.open(os.path.join(mnts[0], HOLD), os.O_RDONLY)
-        try:
-            ck.check(os.pread(fd, 4096, 0) == data[:4096], 'shared: the held file reads before the stop')
-            code = srv.stop(sig=signal.SIGTERM, timeout=STOP_TIMEOUT + 60)
-            text = srv.log_text()
-            ck.check(code == 0, 'shared: rafsd serve exits 0 with a file still open', 'exit %s\n%s' % (code, text[-2000:]))
-            check_after_exit(ck, 'shared', fd, data, text)
-        finally:
-            os.close(fd)
+            # The second from a copy of the bootstrap: a superblock of its own (the same file mounted
+            # twice shares one), on the same blob's cache file.
+            boots = [os.path.join(out, 'image.boot'), os.path.join(tmp, 'shared-copy.boot')]
+            shutil.copyfile(boots[0], boots[1])
+            for mnt, boot in zip(mnts, boots):
+                r = rafsctl(ctl, sock, 'mount', '--blob-dir', os.path.join(out, 'blobs'), boot, mnt)
+                if not ck.check(r.returncode == 0, 'shared: rafsctl mount on %s' % mnt, r.stderr.decode()):
+                    return
+            data = content[HOLD]
+            fd = os.open(os.path.join(mnts[0], HOLD), os.O_RDONLY)
+            try:
+                ck.check(os.pread(fd, 4096, 0) == data[:4096], 'shared: the held file reads before the stop')
+                code = srv.stop(sig=signal.SIGTERM, timeout=STOP_TIMEOUT + 60)
+                text = srv.log_text()
+                ck.check(code == 0, 'shared: rafsd serve exits 0 with a file still open', 'exit %s\n%s' % (code, text[-2000:]))
+                check_after_exit(ck, 'shared', fd, data, text)
+            finally:
+                os.close(fd)
     finally:
-        srv.stop()
         for mnt in mnts:
             if os.path.ismount(mnt):
                 umount(mnt)

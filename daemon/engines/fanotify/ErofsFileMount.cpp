@@ -13,7 +13,6 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
-#include <set>
 #include <string>
 #include <thread>
 
@@ -72,9 +71,9 @@ void mountErofsFiles(const std::filesystem::path& bootstrap, const std::vector<s
 }
 
 std::optional<BusyMount> unmountOrDetach(const std::filesystem::path& mountpoint,
-                                         const std::vector<std::pair<std::filesystem::path, int>>& files, int watch) {
+                                         std::vector<MarkedFiles::MountFile> files, int watch) {
     if (::umount2(mountpoint.c_str(), UMOUNT_NOFOLLOW) == 0) return std::nullopt;
-    BusyMount busy{mountpoint, {}, false};
+    BusyMount busy{mountpoint, std::move(files), {}, false};
     if (errno == EINVAL) {
         // No longer a mount point: unmounted by hand, maybe lazily (umount -l) and still in use.
         log::warn("{} was unmounted by someone else; its files may still be open there", mountpoint.native());
@@ -85,13 +84,13 @@ std::optional<BusyMount> unmountOrDetach(const std::filesystem::path& mountpoint
         return busy;
     }
     busy.watched = watch >= 0;
-    for (const auto& [path, fd] : files) {
+    for (const MarkedFiles::MountFile& file : busy.files) {
         if (watch < 0) break;
         // Through our fd: the path may have been replaced meanwhile.
-        const std::string proc_path = fmt::format("/proc/self/fd/{}", fd);
+        const std::string proc_path = fmt::format("/proc/self/fd/{}", file.fd);
         const int wd = ::inotify_add_watch(watch, proc_path.c_str(), IN_CLOSE_NOWRITE);
         if (wd < 0) {
-            log::warn("cannot watch cache file {}: {}", path.native(), std::strerror(errno));
+            log::warn("cannot watch cache file {}: {}", file.path.native(), std::strerror(errno));
             busy.watched = false;
         } else {
             busy.open.insert(wd);

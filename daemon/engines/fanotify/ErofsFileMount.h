@@ -2,6 +2,8 @@
 // are cache files given as devices, and their unmounting when they may still be busy.
 #pragma once
 
+#include "daemon/engines/fanotify/MarkedFiles.h"
+
 #include <chrono>
 #include <filesystem>
 #include <optional>
@@ -23,6 +25,7 @@ void mountErofsFiles(const std::filesystem::path& bootstrap, const std::vector<s
 // group is closed: until then the caller keeps answering, or denying, their events.
 struct BusyMount {
     std::filesystem::path mountpoint;
+    std::vector<MarkedFiles::MountFile> files;
     // Watch descriptors (IN_CLOSE_NOWRITE) of its cache files the kernel has not closed yet: the
     // superblock closes them all when it goes.
     std::set<int> open;
@@ -30,13 +33,13 @@ struct BusyMount {
     bool gone() const { return watched && open.empty(); }
 };
 
-// Unmounts `mountpoint`. If it is busy, detaches it, its files (our fds on them: `files`, with paths
-// for messages) watched on `watch` (an inotify fd, -1 if there is none) before the detach, so that
+// Unmounts `mountpoint`. If it is busy, detaches it, its files (`files`: our fds on them, with
+// paths for messages) watched on `watch` (an inotify fd, -1 if there is none) before the detach, so that
 // no close is missed, and returns it; also returns it, unwatched, if it cannot be unmounted at all,
 // or is no mount point any more (unmounted by someone else, maybe lazily: it may still be in use).
 // Logs, never throws.
 std::optional<BusyMount> unmountOrDetach(const std::filesystem::path& mountpoint,
-                                         const std::vector<std::pair<std::filesystem::path, int>>& files, int watch);
+                                         std::vector<MarkedFiles::MountFile> files, int watch);
 
 // Waits until every one of `busy` that is watched is gone (its cache files closed by the kernel),
 // or `deadline`; until `deadline` if none is watched.

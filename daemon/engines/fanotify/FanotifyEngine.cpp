@@ -437,15 +437,11 @@ void FanotifyEngine::stop(std::chrono::milliseconds grace, std::chrono::millisec
     if (watch.get() < 0) log::warn("inotify_init1: {}", std::strerror(errno));
     std::vector<BusyMount> busy;
     for (const std::filesystem::path& mountpoint : files_->mountpoints()) {
-        std::vector<std::pair<std::filesystem::path, int>> fds;
-        bool shared = false;
-        for (const MarkedFiles::MountFile& file : files_->filesOf(mountpoint)) {
-            fds.emplace_back(file.path, file.fd);
-            shared = shared || file.shared;
-        }
+        std::vector<MarkedFiles::MountFile> files = files_->filesOf(mountpoint);
         // A file another mount uses too is closed by that mount's superblock as well: its close
         // says nothing about this one, which is then not watched (filled to the end instead).
-        if (std::optional<BusyMount> m = unmountOrDetach(mountpoint, fds, shared ? -1 : watch.get())) {
+        const bool shared = std::any_of(files.begin(), files.end(), [](const auto& f) { return f.shared; });
+        if (std::optional<BusyMount> m = unmountOrDetach(mountpoint, std::move(files), shared ? -1 : watch.get())) {
             busy.push_back(std::move(*m));
         } else {
             files_->remove(mountpoint);
@@ -459,7 +455,7 @@ void FanotifyEngine::stop(std::chrono::milliseconds grace, std::chrono::millisec
         std::vector<std::string> names;
         for (const BusyMount& m : busy) {
             names.push_back(m.mountpoint.native());
-            for (MarkedFiles::MountFile& file : files_->filesOf(m.mountpoint)) to_fill.push_back(std::move(file));
+            to_fill.insert(to_fill.end(), m.files.begin(), m.files.end());
         }
         log::warn("{} in use: filling {} cache file{} until complete or closed", fmt::join(names, ", "), to_fill.size(),
                   to_fill.size() == 1 ? "" : "s");

@@ -211,7 +211,7 @@ def cold_rafsd_config(reg, work, prefetch, **daemon):
     for d in (cache_dir, state_dir):
         shutil.rmtree(d, ignore_errors=True)
         os.makedirs(d)
-    config = write_config(os.path.join(work, 'rafsd.toml'), daemon=dict(daemon, state_dir=state_dir),
+    config = write_config(os.path.join(work, 'rafsd.toml'), daemon=dict(daemon, state_dir=state_dir, cache_dir=cache_dir),
                           prefetch={'enable': prefetch}, **{'backend.registry': {'docker_config': reg.auth_file},
                                                              'backend.transport': {'certs_dir': reg.certs_dir}})
     return config, cache_dir
@@ -244,13 +244,17 @@ class ImageMount(RafsdMount):
         return time.monotonic() - t
 
     def unmount(self):
-        code = self.stop()
-        if os.path.ismount(self.mountpoint):  # rafsd was killed before it could unmount
-            umount(self.mountpoint)
-        if code != 0:
-            raise RuntimeError('rafsd mount %s: exit status %s on SIGINT:\n%s' % (self.image, code,
-                                                                                   self.log_text()[-2000:]))
-        return fetched_bytes(self.log_text())
+        return stop_and_count(self, signal.SIGINT, 'rafsd mount %s' % self.image)
+
+
+def stop_and_count(process, sig, what):
+    """Ends rafsd with `sig` (it unmounts); the bytes its blobs fetched."""
+    code = process.stop(sig=sig)
+    if os.path.ismount(process.mountpoint):  # rafsd was killed before it could unmount
+        umount(process.mountpoint)
+    if code != 0:
+        raise RuntimeError('%s: exit status %s on %s:\n%s' % (what, code, sig.name, process.log_text()[-2000:]))
+    return fetched_bytes(process.log_text())
 
 
 class ServedImageMount(RafsdServe):
@@ -261,7 +265,7 @@ class ServedImageMount(RafsdServe):
 
     def __init__(self, rafsd, reg, image, mountpoint, work, prefetch=False):
         sock = os.path.join(work, 'rafsd.sock')
-        config, cache_dir = cold_rafsd_config(reg, work, prefetch, socket=sock, cache_dir=os.path.join(work, 'rafsd-cache'))
+        config, _ = cold_rafsd_config(reg, work, prefetch, socket=sock)
         os.makedirs(mountpoint, exist_ok=True)
         super().__init__(rafsd, config, sock, os.path.join(work, 'rafsd.log'))
         self.cmd = reg.cmd(self.cmd)
@@ -288,9 +292,4 @@ class ServedImageMount(RafsdServe):
         return seconds
 
     def unmount(self):
-        code = self.stop(sig=signal.SIGTERM)
-        if os.path.ismount(self.mountpoint):
-            umount(self.mountpoint)
-        if code != 0:
-            raise RuntimeError('rafsd serve: exit status %s on SIGTERM:\n%s' % (code, self.log_text()[-2000:]))
-        return fetched_bytes(self.log_text())
+        return stop_and_count(self, signal.SIGTERM, 'rafsd serve')
