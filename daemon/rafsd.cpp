@@ -143,6 +143,21 @@ std::unique_ptr<MetricsServer> serveMetrics(const Config& config, ImageService& 
     return std::make_unique<MetricsServer>(config.metrics.address, [&service] { return service.metrics(); });
 }
 
+// The takeover of a worker on kernel objects a predecessor died on, up to serving. If it fails, the
+// worker ends as a crash would, without unwinding: ImageService's destructor would unmount the
+// mounts it took over and empty the state dir's table of them, so that neither the next worker nor
+// a restarted rafsd could take them over. What it read from the kernel and left unanswered, the
+// next worker answers, as after a kill (Supervisor.h).
+template <typename TakeOver>
+auto takeOverOrExit(TakeOver&& take_over) -> decltype(take_over()) {
+    try {
+        return take_over();
+    } catch (const std::exception& e) {
+        std::cerr << "rafsd: " << e.what() << "; the mounts taken over are left to the next worker\n";
+        ::_exit(1);
+    }
+}
+
 // `rafsd mount`: the worker body that supervise() forks.
 int mountWorker(const Config& config, EngineKind engine, MountRequest request, std::chrono::milliseconds fetch_delay,
                 const sigset_t& stop_signals, KeptFds& kept, bool restored, const std::function<void()>& ready) {
@@ -164,13 +179,15 @@ int mountWorker(const Config& config, EngineKind engine, MountRequest request, s
     // fscache: its cookies must be known before `restore` makes the kernel resend the OPENs;
     // fanotify: its files before the events the dead worker left are answered.
     if (restored && hasErofsMount(request.mountpoint)) {
-        if (!table.empty() && fs::exists(table)) {
-            service.recoverMounts();
-            if (service.list()["images"].empty()) rafs::fail("{}: cannot take it over", request.mountpoint.string());
-        } else {
-            service.reattach(request);
-        }
-        startEngine(service, engine);
+        takeOverOrExit([&] {
+            if (!table.empty() && fs::exists(table)) {
+                service.recoverMounts();
+                if (service.list()["images"].empty()) rafs::fail("{}: cannot take it over", request.mountpoint.string());
+            } else {
+                service.reattach(request);
+            }
+            startEngine(service, engine);
+        });
     } else {
         startEngine(service, engine);
         service.mount(request);
@@ -210,8 +227,6 @@ int serveWorker(const Config& config, EngineKind engine, std::chrono::millisecon
     service.keepMountTable(servedMountTable(config.daemon.state_dir));
     useKernelObjects(service, engine, kept, restored);
     const auto metrics = serveMetrics(config, service);
-    service.recoverMounts();
-    startEngine(service, engine);
     // Each worker has its own copy of an activated socket (fork), and serves a duplicate of it:
     // the supervisor's copy is left for the next worker, this one's for a server started again.
     auto controlServer = [&] {
@@ -219,7 +234,12 @@ int serveWorker(const Config& config, EngineKind engine, std::chrono::millisecon
                    ? ControlServer::adopt(rafs::UniqueFd::duplicate(control_socket, "the control socket").release(), service)
                    : ControlServer::bind(config.daemon.socket, service);
     };
-    ControlServer server = controlServer();
+    auto serveTakenOver = [&] {
+        service.recoverMounts();
+        startEngine(service, engine);
+        return controlServer();
+    };
+    ControlServer server = restored ? takeOverOrExit(serveTakenOver) : serveTakenOver();
     log::info("serving on {}", config.daemon.socket.string());
     ready();
     std::atomic<bool> stopping{false};

@@ -323,7 +323,10 @@ int supervise(KeptFds kept, bool restored, const SupervisorOptions& options, con
         // give them up: only a stop is.
         const bool hold = options.fail_closed && (ready || restored) && !stopping &&
                           !(WIFEXITED(status) && WEXITSTATUS(status) == 0);
-        if (!hold && (WIFEXITED(status) || stopping || !ready)) {
+        // A worker that failed to take mounts over left them up (rafsd.cpp, takeOverOrExit): the
+        // next one may serve them, within the restart limit. Released, fscache's would fail.
+        const bool retry = restored && !ready && !stopping && !(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+        if (!hold && !retry && (WIFEXITED(status) || stopping || !ready)) {
             closeOrWarn(signal_fd, "signalfd");
             if (stopped_while_holding && !ready) {
                 log::error("{} worker {} {} ({}) before it could unmount: the kernel objects are released with mounts up",

@@ -21,6 +21,10 @@ readers are waiting on cold data when the kill comes):
    wait; the whole rafsd (supervisor and worker) is killed; the restarted rafsd gets the group,
    the journal and the cache files from LISTEN_FDS, reattaches the mount from its state dir, and
    every read completes with the right bytes.
+   Then a takeover that fails after the mounts were taken over (the control socket's path taken by
+   a file, the worker killed): the failing workers leave the mount and the state dir's table of it
+   as they are (unwinding would unmount it and empty the table, so no later worker or rafsd could
+   take it over); a reader of an unread file waits, and once the path is free a worker serves it.
 
 No reader ever sees zeros or wrong bytes, and none gets an error.
 """
@@ -39,7 +43,7 @@ from rafstest.readers import READ_TIMEOUT, Reader, read_all, run_slow_cases, slo
 
 MiB = 1 << 20
 FILES = [('r%d' % i, 2 * MiB + 4096 * i) for i in range(8)] + [('held', 2 * MiB), ('big', 8 * MiB), ('late', 3 * MiB),
-                                                              ('stop', 3 * MiB)]
+                                                              ('stop', 3 * MiB), ('bind', 3 * MiB)]
 HOLDING = 'readers wait rather than read holes'  # the supervisor's log line between attempts
 FETCH_DELAY_MS = 1500
 
@@ -192,6 +196,7 @@ def case_service(ck, rafsd, rafsctl, image, content, tmp):
         ck.check('taken from systemd' in text and 'reattached' in text and 'every orphaned event answered' in text,
                  'service: the restarted rafsd took the fds over, reattached the mount, answered the orphans',
                  text[-3000:])
+        socket_taken(ck, second, mnt, sock, os.path.join(tmp, 'state'), content)
         ck.check(second.stop(signal.SIGTERM, timeout=60) == 0, 'service: SIGTERM stops the restarted rafsd, exit 0')
         ck.check(not os.path.ismount(mnt), 'service: the mount is gone')
     finally:
@@ -202,6 +207,38 @@ def case_service(ck, rafsd, rafsctl, image, content, tmp):
         store.close()
         if os.path.ismount(mnt):
             subprocess.run(['umount', '-l', mnt])
+
+
+def socket_taken(ck, serve, mnt, sock, state_dir, content):
+    """Workers of `serve` that take the mount over and then fail (the control socket's path is a
+    file) leave it up, and the table, for the worker that can serve."""
+    table = os.path.join(state_dir, 'mounts.json')
+    listed = lambda: os.path.exists(table) and mnt in open(table).read()
+    if not ck.check(listed(), 'service: the state dir lists the mount', table):
+        return
+    # Stopped, the supervisor starts the next worker only once the file is in place.
+    os.kill(serve.proc.pid, signal.SIGSTOP)
+    try:
+        os.kill(worker_of(serve.proc.pid), signal.SIGKILL)
+        os.unlink(sock)
+        open(sock, 'w').close()
+    finally:
+        os.kill(serve.proc.pid, signal.SIGCONT)
+    waiting = Reader(os.path.join(mnt, 'bind'), content['bind'])
+    try:
+        failed = harness.wait_for(lambda: serve.log_text().count('is not a socket') >= 2, timeout=60, interval=0.05)
+        ck.check(failed and os.path.ismount(mnt) and listed() and serve.proc.poll() is None,
+                 'service: workers that fail after the takeover leave the mount and its table as they are',
+                 'mounted %s, listed %s\n%s' % (os.path.ismount(mnt), listed(), serve.log_text()[-2000:]))
+        waiting.start()
+        time.sleep(1)
+        ck.check(waiting.is_alive() and waiting.result is None, 'service: meanwhile a reader of an unread file waits',
+                 str(waiting.result))
+    finally:
+        os.unlink(sock)
+    waiting.join(READ_TIMEOUT)
+    ck.check(waiting.result == 'ok', 'service: once the path is free, a worker takes over and the reader gets the '
+             'bytes', '%s\n%s' % (waiting.result, serve.log_text()[-2000:]))
 
 
 def main():

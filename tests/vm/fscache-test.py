@@ -790,7 +790,8 @@ class Guest:
         """rafsd serve as a systemd service: rafsctl mounts an image, a reader waits on a slow miss, the
         whole rafsd is killed; the restarted one gets the device from the fd store, reattaches the mount
         listed in its state dir and serves the reader. Then its worker is killed: its supervisor's next
-        worker does the same."""
+        worker does the same. Then workers that fail after taking the mount over (the socket's path
+        taken): the mount and its table stay, and a worker that can serve serves it."""
         name = 'serve-failover'
         mnt, cache = self.mnt(name), f'{self.cache_root}/{name}'
         cfg, sock, table = self.config(name, cache), f'/tmp/{name}.sock', f'/tmp/{name}-state/mounts.json'
@@ -839,6 +840,28 @@ class Guest:
             worker = self.worker_of(new)
             slow_read('files/random-2101248', lambda: os.kill(worker, signal.SIGKILL))
             check('failover' in new.text() and self.worker_of(new) != worker, f'no new worker:\n{new.text()}')
+            listed(new)
+            # Workers that fail after the takeover (the socket's path is a file) leave the mount up
+            # and listed; the supervisor, stopped meanwhile, starts the next one on SIGCONT.
+            os.kill(new.proc.pid, signal.SIGSTOP)
+            try:
+                os.kill(self.worker_of(new), signal.SIGKILL)
+                os.unlink(sock)
+                open(sock, 'w').close()
+            finally:
+                os.kill(new.proc.pid, signal.SIGCONT)
+            rel = 'files/text'
+            t, result = self.start_reader(f'{mnt}/{rel}')
+            try:
+                new.wait_for(lambda: new.text().count('is not a socket') >= 2, 'workers failing on the socket path')
+                with open(table) as f:
+                    check([m['mountpoint'] for m in json.load(f)['mounts']] == [mnt] and os.path.ismount(mnt),
+                          f'the failed takeovers unmounted {mnt} or emptied {table}:\n{new.text()}')
+            finally:
+                os.unlink(sock)
+            t.join(180)
+            check(not t.is_alive() and result.get('sha256') == manifest[rel]['sha256'],
+                  f'{rel}: reader got {result} after the socket path was freed:\n{new.text()}')
             listed(new)
             os.close(stored)
             stored = None
