@@ -524,21 +524,30 @@ TEST_CASE("fscache engine: on an adopted device, start(true) writes restore befo
 
 namespace {
 
-// A core whose check of a READ's range for lost data fails (a chunk map it cannot write).
+// A core that fails a READ's check for lost data (a chunk map it cannot write) or, past it, the
+// request to make the range present (say, out of memory planning it).
 class FailingCore final : public DataPlane {
 public:
-    void makePresent(uint32_t, uint32_t, uint64_t, uint64_t, Completion done) override { done(0); }
+    explicit FailingCore(bool at_check) : at_check_(at_check) {}
+    void makePresent(uint32_t, uint32_t, uint64_t, uint64_t, Completion) override {
+        throw rafs::Error("cannot plan the fetch");
+    }
     void fill(uint32_t, uint32_t, Completion done) override { done(0); }
     uint32_t forgetLost(uint32_t, uint32_t, uint64_t, uint64_t) override {
-        throw rafs::Error("chunk map: write: Input/output error");
+        if (at_check_) throw rafs::Error("chunk map: write: Input/output error");
+        return 0;
     }
+
+private:
+    bool at_check_;
 };
 
 }  // namespace
 
-TEST_CASE("fscache engine: a READ whose check for lost data fails is completed (EIO), not left waiting",
+TEST_CASE("fscache engine: a READ whose check for lost data or whose fetch fails at once is completed (EIO), "
+          "not left waiting",
           "[fscache]") {
-    FailingCore core;
+    FailingCore core(GENERATE(true, false));
     Completions completions;
     FscacheEngine engine(core, completions.completer());
     const std::vector<uint8_t> bootstrap(kBlock);

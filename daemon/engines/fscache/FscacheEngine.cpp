@@ -226,16 +226,23 @@ void FscacheEngine::handleRead(const CachefilesMessage& msg) {
         return;
     }
     const auto received = std::chrono::steady_clock::now();
-    core_.makePresent(image, blob, msg.offset, msg.length,
-                      [stats = read_stats_, complete = complete_, fd, id = msg.msg_id, received](int error) {
-                          if (error != 0) {
-                              log::warn("cachefiles READ {}: {}; the reader gets EIO", id, std::strerror(error));
-                              ++stats->errors;
-                          }
-                          complete(fd->get(), id);
-                          stats->latency.add(std::chrono::duration_cast<std::chrono::microseconds>(
-                              std::chrono::steady_clock::now() - received));
-                      });
+    try {
+        core_.makePresent(image, blob, msg.offset, msg.length,
+                          [stats = read_stats_, complete = complete_, fd, id = msg.msg_id, received](int error) {
+                              if (error != 0) {
+                                  log::warn("cachefiles READ {}: {}; the reader gets EIO", id, std::strerror(error));
+                                  ++stats->errors;
+                              }
+                              complete(fd->get(), id);
+                              stats->latency.add(std::chrono::duration_cast<std::chrono::microseconds>(
+                                  std::chrono::steady_clock::now() - received));
+                          });
+    } catch (const std::exception& e) {
+        // Else the reader would wait until the device closes.
+        log::error("cachefiles READ {}: blob {}: {}; the reader gets EIO", msg.msg_id, blob_id, e.what());
+        ++read_stats_->errors;
+        complete_(fd->get(), msg.msg_id);
+    }
 }
 
 void FscacheEngine::handleClose(const CachefilesMessage& msg) {
