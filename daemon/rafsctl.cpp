@@ -409,7 +409,12 @@ int main(int argc, char** argv) {
                       << (chosen != response.end() && chosen->is_string() ? " (" + chosen->get<std::string>() + ")" : "")
                       << "\n";
         } else if (umount->parsed()) {
-            client.call(rafsd::UmountRequest{absolutePath(mountpoint)});
+            const json response = client.call(rafsd::UmountRequest{absolutePath(mountpoint)});
+            if (response.value("still_in_use", false)) {
+                std::cout << "unmounted " << absolutePath(mountpoint).string()
+                          << "; still in use (lazily detached with a file open, or a copy in another mount namespace): "
+                             "rafsd serves it until it is gone\n";
+            }
         } else if (store_add->parsed()) {
             addToLayerStore(client, store_dir, image, engine);
         } else if (store_remove->parsed()) {

@@ -24,11 +24,13 @@
 // Responses: {"ok":true, ...fields} or {"ok":false,"error":"one line"}. The fields are:
 //   mount:  {"mountpoint":"/abs/mnt","engine":"fanotify"}            engine = the one chosen
 //           register_only adds "mount_command":"mount -t erofs -o fsid=f none /abs/mnt"
-//   umount: {}
+//   umount: {}, or {"still_in_use":true}: unmounted, but a lazily detached copy with a file open,
+//           or a copy in another mount namespace, still reads it (fanotify): served until it is gone
 //   list:   {"images":[{"mountpoint":"/abs/mnt","bootstrap":"/abs/image.boot",
 //                       "engine":"fanotify","blobs":3}]}                blobs = how many
 //           an image mounted by reference adds "image":"host:port/repo:tag" and
-//           "manifest":"sha256:..."; its bootstrap is the copy in rafsd's state dir
+//           "manifest":"sha256:..."; its bootstrap is the copy in rafsd's state dir; an image
+//           unmounted but still in use adds "detached":true, its mountpoint "/abs/mnt (detached N)"
 //   status: {"images":[{"mountpoint","bootstrap","engine","blobs":[
 //              {"id":"<sha256 hex>",         the blob id
 //               "size":N,                    bytes of its uncompressed address space

@@ -340,6 +340,7 @@ nlohmann::json ImageService::reattach(const MountRequest& request) {
 nlohmann::json ImageService::mountOrReattach(const MountRequest& request, bool reattach) {
     std::unique_lock lock(mutex_);
     if (shut_down_) rafs::fail("rafsd is shutting down");
+    releaseDetached();
     const fs::path mountpoint = fs::weakly_canonical(request.mountpoint);
     for (const Image& image : images_) {
         if (image.mountpoint == mountpoint) rafs::fail("{} is already mounted by rafsd", mountpoint.string());
@@ -779,23 +780,58 @@ void ImageService::remountLayerStores(const std::atomic<bool>& stopping) {
 
 nlohmann::json ImageService::umount(const UmountRequest& request) {
     std::lock_guard lock(mutex_);
+    releaseDetached();
     const fs::path mountpoint = fs::weakly_canonical(request.mountpoint);
     auto it = std::find_if(images_.begin(), images_.end(), [&](const Image& i) { return i.mountpoint == mountpoint; });
     if (it == images_.end()) rafs::fail("{} is not mounted by rafsd", mountpoint.string());
+    std::optional<fs::path> detached_as;
     if (it->engine == EngineKind::Fscache) {
-        fscache().umount(mountpoint);
+        fscache().umount(mountpoint);  // a copy still in use reads EIO from here on, never a hole
     } else {
-        fanotify().umount(mountpoint);
+        detached_as = fanotify().umount(mountpoint);
     }
     saveTraceOrLog(*it);
-    forgetFetches(*it);
-    for (auto& blob : it->blobs) blob->cache().flush();
-    log::info("unmounted {}", mountpoint.string());
     if (it->layer_store) withdrawMarkersOrLog(mountpoint);
+    nlohmann::json response = nlohmann::json::object();
+    if (detached_as) {
+        log::warn("unmounted {}, but it is still in use (lazily detached with a file open, or a copy in another "
+                  "mount namespace): its files are served until it is gone",
+                  mountpoint.string());
+        it->detached_as = *detached_as;
+        detached_.push_back(std::move(*it));
+        response["still_in_use"] = true;
+    } else {
+        forgetFetches(*it);
+        flushOrLog(*it);
+        log::info("unmounted {}", mountpoint.string());
+    }
     images_.erase(it);
     saveMountTableOrLog();
     dropUnusedKeptFds();
-    return nlohmann::json::object();
+    return response;
+}
+
+void ImageService::releaseDetached() {
+    if (!fanotify_ || detached_.empty()) return;
+    for (const fs::path& name : fanotify_->releaseDetached()) {
+        const auto it = std::find_if(detached_.begin(), detached_.end(), [&](const Image& i) { return i.detached_as == name; });
+        if (it == detached_.end()) continue;
+        forgetFetches(*it);
+        flushOrLog(*it);
+        log::info("{}: no longer in use", it->mountpoint.string());
+        detached_.erase(it);
+    }
+    dropUnusedKeptFds();
+}
+
+void ImageService::flushOrLog(const Image& image) {
+    for (const auto& blob : image.blobs) {
+        try {
+            blob->cache().flush();
+        } catch (const std::exception& e) {
+            log::error("blob {}: flushing cache state: {}", blob->descriptor().id, e.what());
+        }
+    }
 }
 
 nlohmann::json ImageService::saveTrace(const Image& image) {
@@ -820,9 +856,11 @@ void ImageService::forgetFetches(const Image& image) {
         // A blob another mounted image shares stays queued: it is that image's prefetch too.
         std::vector<std::shared_ptr<CachedBlob>> unshared;
         for (const auto& blob : image.blobs) {
-            const bool shared = std::any_of(images_.begin(), images_.end(), [&](const Image& other) {
+            const auto uses = [&](const Image& other) {
                 return &other != &image && std::find(other.blobs.begin(), other.blobs.end(), blob) != other.blobs.end();
-            });
+            };
+            const bool shared = std::any_of(images_.begin(), images_.end(), uses) ||
+                                std::any_of(detached_.begin(), detached_.end(), uses);
             if (!shared) unshared.push_back(blob);
         }
         prefetcher_->forget(unshared);
@@ -848,14 +886,19 @@ nlohmann::json ImageService::trace(const TraceRequest& request) {
 
 nlohmann::json ImageService::list() {
     std::lock_guard lock(mutex_);
+    releaseDetached();
     nlohmann::json images = nlohmann::json::array();
-    for (const Image& i : images_) {
-        nlohmann::json entry = {{"mountpoint", i.mountpoint.string()},
-                                {"bootstrap", i.bootstrap.string()},
-                                {"engine", std::string(engineName(i.engine))},
-                                {"blobs", i.blobs.size()}};
-        addImageFields(entry, i.image, i.manifest_digest);
-        images.push_back(std::move(entry));
+    for (const auto* list : {&images_, &detached_}) {
+        for (const Image& i : *list) {
+            const bool detached = !i.detached_as.empty();
+            nlohmann::json entry = {{"mountpoint", (detached ? i.detached_as : i.mountpoint).string()},
+                                    {"bootstrap", i.bootstrap.string()},
+                                    {"engine", std::string(engineName(i.engine))},
+                                    {"blobs", i.blobs.size()}};
+            if (detached) entry["detached"] = true;
+            addImageFields(entry, i.image, i.manifest_digest);
+            images.push_back(std::move(entry));
+        }
     }
     return {{"images", images}};
 }
@@ -905,6 +948,7 @@ nlohmann::json ImageService::gc(const GcRequest& request) {
     // Held throughout: the collection frees chunks through the fetcher, which shutdown() ends.
     std::lock_guard lock(mutex_);
     if (shut_down_) rafs::fail("rafsd is shutting down");
+    releaseDetached();  // their caches may go
     const GcReport report = collector_->collect(GcTrigger::Manual, request.dry_run);
     nlohmann::json removed = nlohmann::json::array();
     for (const auto& [name, bytes] : report.removed) removed.push_back({{"name", name}, {"bytes", bytes}});
@@ -1045,6 +1089,15 @@ bool ImageService::mountsOutliveWorker() {
         const bool kept = image.engine == EngineKind::Fanotify ? kept_files_.has_value() : fscache_kept_;
         if (!kept) lost.push_back(image.mountpoint.string());
     }
+    if (!detached_.empty()) {
+        // The next rafsd would not know them: their reads would fail, and read holes after its stop.
+        std::vector<std::string> names;
+        for (const Image& image : detached_) names.push_back(image.mountpoint.string());
+        log::error("reload refused: {} unmounted but still in use (lazily detached, or in another mount namespace); "
+                   "reload once {} closed, or restart (a stop fills their cache files)",
+                   fmt::join(names, ", "), names.size() == 1 ? "it is" : "they are");
+        return false;
+    }
     if (lost.empty()) return true;
     log::error("reload refused: {} {} on kernel objects only this worker holds (an engine other than the "
                "configured one); unmount {} first", fmt::join(lost, ", "), lost.size() == 1 ? "is mounted" : "are mounted",
@@ -1082,17 +1135,15 @@ void ImageService::shutdown() {
     // still exist: members are destroyed engines first.
     fetcher_->abandonQueued();
     fetcher_.reset();
-    for (Image& image : images_) {
-        for (auto& blob : image.blobs) {
-            const BlobCounters& c = blob->counters();
-            log::info("blob {}: fetched {} bytes, {} of {} chunks present, {} misses, {} errors",
-                      blob->descriptor().id, c.bytes_fetched.load(), blob->cache().bitmap().count(),
-                      blob->cache().chunkCount(), c.misses.load(), c.errors.load());
-            try {
-                blob->cache().flush();
-            } catch (const std::exception& e) {
-                log::error("blob {}: flushing cache state: {}", blob->descriptor().id, e.what());
+    for (const auto* list : {&images_, &detached_}) {
+        for (const Image& image : *list) {
+            for (const auto& blob : image.blobs) {
+                const BlobCounters& c = blob->counters();
+                log::info("blob {}: fetched {} bytes, {} of {} chunks present, {} misses, {} errors",
+                          blob->descriptor().id, c.bytes_fetched.load(), blob->cache().bitmap().count(),
+                          blob->cache().chunkCount(), c.misses.load(), c.errors.load());
             }
+            flushOrLog(image);
         }
     }
     // The engines' stop() unmounted every image: a layer store's entries go with their mount, and
@@ -1103,6 +1154,7 @@ void ImageService::shutdown() {
         remount_at_start_.push_back(recordOf(image));
     }
     images_.clear();
+    detached_.clear();
     saveMountTableOrLog();
     dropUnusedKeptFds();
 }

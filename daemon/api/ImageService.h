@@ -120,6 +120,9 @@ private:
         std::string manifest_digest;  // and the manifest it resolved to
         bool register_only = false;   // fscache: for the user's mount by hand
         bool layer_store = false;     // MountRequest::layer_store
+        // fanotify: unmounted, but its superblock still reads its files (FanotifyEngine::umount),
+        // which the engine serves under this name until it is gone.
+        std::filesystem::path detached_as;
     };
 
     // Creates the network backend on first use: its connections, tokens and counters are shared
@@ -172,6 +175,10 @@ private:
     void withdrawMarkersOrLog(const std::filesystem::path& mountpoint);
     // Drops the kept cache-file fds of blobs no image uses any more.
     void dropUnusedKeptFds();
+    // Forgets the images of detached_ whose superblock is gone.
+    void releaseDetached();
+    // Flushes the cache state of `image`'s blobs, failures logged.
+    static void flushOrLog(const Image& image);
 
     Config config_;
     // One mount or umount at a time (a mount lets go while it talks to its registry); guards the
@@ -188,6 +195,8 @@ private:
     std::map<std::string, std::weak_ptr<CachedBlob>> blobs_;  // by blob id: shared across images
     std::map<std::string, std::weak_ptr<ObjectFd>> fscache_fds_;  // same keys: each fscache blob's object fd
     std::vector<Image> images_;
+    // Unmounted, still read (Image::detached_as): served, in no mount table, until they are gone.
+    std::vector<Image> detached_;
     // Mounts of a predecessor this worker could not take over (recoverMounts), still mounted: kept
     // in the mount table, with every kept file, for the next worker.
     std::vector<MountRecord> unserved_;

@@ -15,7 +15,6 @@
 #include <poll.h>
 #include <sched.h>
 #include <sys/eventfd.h>
-#include <sys/inotify.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -372,14 +371,17 @@ void FanotifyEngine::mount(const FanotifyMount& m) {
     // Marks before the mount opens the files: the open decides whether a file is watched.
     files_->add(m, false);
     // Unlocked: mounting may read blob ranges, whose events the loop needs the table for.
+    rafs::UniqueFd root;
     try {
         std::vector<std::filesystem::path> devices;
         for (const FanotifyBlobFile& blob : m.blobs) devices.push_back(blob.path);
-        mountErofsFiles(m.bootstrap, devices, m.mountpoint);
+        root = mountErofsFiles(m.bootstrap, devices, m.mountpoint);
     } catch (...) {
         files_->remove(m.mountpoint);
         throw;
     }
+    // Through the mount's own root: something mounted over it meanwhile is not it.
+    watchSuperblock(m.mountpoint.lexically_normal(), fmt::format("/proc/self/fd/{}", root.get()));
     if (m.keep_marks) return;
     // Complete files need no events while their chunks stay.
     for (const FanotifyBlobFile& blob : m.blobs) {
@@ -396,6 +398,37 @@ void FanotifyEngine::reattach(const FanotifyMount& m) {
     if (thread_.joinable()) fail("cannot take {} over: the event loop already runs", m.mountpoint.native());
     if (!responder_) fail("cannot take {} over: no fanotify group adopted", m.mountpoint.native());
     files_->add(m, true);
+    watchSuperblock(m.mountpoint.lexically_normal(), m.mountpoint.native());
+}
+
+void FanotifyEngine::watchSuperblock(const std::filesystem::path& name, const std::string& root) {
+    const int id = superblocks_.add(root, name.native());
+    std::lock_guard lock(mounts_mutex_);
+    watches_[name] = id;
+}
+
+int FanotifyEngine::superblockOf(const std::filesystem::path& name) {
+    std::lock_guard lock(mounts_mutex_);
+    const auto it = watches_.find(name);
+    return it == watches_.end() ? -1 : it->second;
+}
+
+bool FanotifyEngine::goneAfterUnmount(int superblock, bool unmounted) {
+    // Without a watch, as rafsd did before it had one: a copy of the mount in another mount
+    // namespace then reads holes as zeros once its files are unmarked (said when the watch failed).
+    return superblock < 0 ? unmounted : superblocks_.gone(superblock);
+}
+
+void FanotifyEngine::forget(const std::filesystem::path& name) {
+    {
+        std::lock_guard lock(mounts_mutex_);
+        if (const auto it = watches_.find(name); it != watches_.end()) {
+            superblocks_.forget(it->second);
+            watches_.erase(it);
+        }
+        detached_.erase(name);
+    }
+    files_->remove(name);
 }
 
 void FanotifyEngine::leaveUnserved(const std::filesystem::path& mountpoint) {
@@ -405,14 +438,36 @@ void FanotifyEngine::leaveUnserved(const std::filesystem::path& mountpoint) {
 
 void FanotifyEngine::unmarkComplete(int cache_fd) { files_->unmarkComplete(cache_fd); }
 
-void FanotifyEngine::umount(const std::filesystem::path& mountpoint) {
+std::optional<std::filesystem::path> FanotifyEngine::umount(const std::filesystem::path& mountpoint) {
     const std::filesystem::path normal = mountpoint.lexically_normal();
     if (!files_ || !files_->has(normal)) fail("{} is not mounted by rafsd", normal.native());
-    // EINVAL: no longer a mount point, unmounted by hand (umount(8)): only forgotten, as fscache does.
-    if (::umount2(normal.c_str(), UMOUNT_NOFOLLOW) != 0 && errno != EINVAL) {
-        failErrno(fmt::format("cannot unmount {}", normal.native()));
+    // EINVAL: no longer a mount point, unmounted by hand (umount(8)): its superblock tells the rest.
+    const bool unmounted = ::umount2(normal.c_str(), UMOUNT_NOFOLLOW) == 0;
+    if (!unmounted && errno != EINVAL) failErrno(fmt::format("cannot unmount {}", normal.native()));
+    if (goneAfterUnmount(superblockOf(normal), unmounted)) {
+        forget(normal);
+        return std::nullopt;
     }
-    files_->remove(normal);
+    // Off its path, which a new mount may take; its files served under another name.
+    std::lock_guard lock(mounts_mutex_);
+    const std::filesystem::path name = fmt::format("{} (detached {})", normal.native(), ++detached_count_);
+    files_->rename(normal, name);
+    watches_[name] = watches_[normal];
+    watches_.erase(normal);
+    detached_.insert(name);
+    return name;
+}
+
+std::vector<std::filesystem::path> FanotifyEngine::releaseDetached() {
+    std::vector<std::filesystem::path> gone;
+    {
+        std::lock_guard lock(mounts_mutex_);
+        for (const std::filesystem::path& name : detached_) {
+            if (superblocks_.gone(watches_[name])) gone.push_back(name);
+        }
+    }
+    for (const std::filesystem::path& name : gone) forget(name);
+    return gone;
 }
 
 std::shared_ptr<CompletionCount> FanotifyEngine::fill(const std::vector<MarkedFiles::MountFile>& files) {
@@ -433,36 +488,39 @@ void FanotifyEngine::stop(std::chrono::milliseconds grace, std::chrono::millisec
     if (!thread_.joinable()) return;
     // Every mount unmounted, or detached if busy (nothing new can be opened there), while events
     // are still served: a container still running keeps reading.
-    rafs::UniqueFd watch(::inotify_init1(IN_CLOEXEC | IN_NONBLOCK));
-    if (watch.get() < 0) log::warn("inotify_init1: {}", std::strerror(errno));
     std::vector<BusyMount> busy;
-    for (const std::filesystem::path& mountpoint : files_->mountpoints()) {
-        std::vector<MarkedFiles::MountFile> files = files_->filesOf(mountpoint);
-        // A file another mount uses too is closed by that mount's superblock as well: its close
-        // says nothing about this one, which is then not watched (filled to the end instead).
-        const bool shared = std::any_of(files.begin(), files.end(), [](const auto& f) { return f.shared; });
-        if (std::optional<BusyMount> m = unmountOrDetach(mountpoint, std::move(files), shared ? -1 : watch.get())) {
-            busy.push_back(std::move(*m));
+    for (const std::filesystem::path& name : files_->mountpoints()) {
+        bool detached = false;
+        {
+            std::lock_guard lock(mounts_mutex_);
+            detached = detached_.count(name) != 0;
+        }
+        const bool unmounted = !detached && unmountOrDetach(name);
+        const int superblock = superblockOf(name);
+        if (goneAfterUnmount(superblock, unmounted)) {
+            forget(name);
         } else {
-            files_->remove(mountpoint);
+            busy.push_back({name, files_->filesOf(name), superblock});
         }
     }
     // A busy mount reads its cache files without rafsd once the group is closed, its holes as zeros
     // (fanotify_release() in fs/notify/fanotify/fanotify_user.c allows every access then): its files
-    // are filled meanwhile, until it is gone (its files closed) or they are complete.
+    // are filled meanwhile, until it is gone (its superblock shut down) or they are complete.
     if (!busy.empty()) {
         std::vector<MarkedFiles::MountFile> to_fill;
         std::vector<std::string> names;
+        std::vector<int> superblocks;
         for (const BusyMount& m : busy) {
-            names.push_back(m.mountpoint.native());
+            names.push_back(m.name.native());
             to_fill.insert(to_fill.end(), m.files.begin(), m.files.end());
+            superblocks.push_back(m.superblock);
         }
         log::warn("{} in use: filling {} cache file{} until complete or closed", fmt::join(names, ", "), to_fill.size(),
                   to_fill.size() == 1 ? "" : "s");
         const auto since = std::chrono::steady_clock::now();
         const std::shared_ptr<CompletionCount> filled = fill(to_fill);
         const auto all_gone = [&] {
-            return std::all_of(busy.begin(), busy.end(), [](const BusyMount& m) { return m.gone(); });
+            return std::all_of(superblocks.begin(), superblocks.end(), [&](int id) { return superblocks_.gone(id); });
         };
         bool complete = false;
         for (;;) {
@@ -473,20 +531,20 @@ void FanotifyEngine::stop(std::chrono::milliseconds grace, std::chrono::millisec
                 break;
             }
             if (now - since >= fill_time) break;
-            waitForCloses(watch.get(), busy, std::min(now + std::chrono::milliseconds(50), since + fill_time));
+            superblocks_.waitGone(superblocks, std::min(now + std::chrono::milliseconds(50), since + fill_time));
         }
         if (complete) {
             // Reads there need no event any more (also of files that stay marked, in a bounded
             // cache), so none is denied from here on.
             log::info("{}: every cache file is complete; files open there read without rafsd", fmt::join(names, ", "));
-            for (const BusyMount& m : busy) files_->remove(m.mountpoint);
+            for (const BusyMount& m : busy) forget(m.name);
             busy.clear();
         } else if (!all_gone()) {
             // Not filled: what is read there now is denied (a retried read too, as the kernel does
             // after a failed read-ahead), while the files open there have a grace to be closed.
             responder_->beginStop();
             responder_->denyAll();
-            waitForCloses(watch.get(), busy, std::chrono::steady_clock::now() + grace);
+            superblocks_.waitGone(superblocks, std::chrono::steady_clock::now() + grace);
             if (!all_gone()) {
                 log::error("{}: cache files not complete {} s after the stop: files still open there read unfetched "
                            "data as zeros once the fanotify group is closed", fmt::join(names, ", "),
@@ -498,7 +556,7 @@ void FanotifyEngine::stop(std::chrono::milliseconds grace, std::chrono::millisec
     responder_->beginStop();
     responder_->waitIdle(grace);
     responder_->denyAll();
-    for (const BusyMount& m : busy) files_->remove(m.mountpoint);
+    for (const BusyMount& m : busy) forget(m.name);
     quit_.store(true);
     const uint64_t one = 1;
     if (::write(wake_, &one, sizeof one) != static_cast<ssize_t>(sizeof one)) {

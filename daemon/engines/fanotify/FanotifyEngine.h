@@ -3,17 +3,19 @@
 // makes the range present and we answer FAN_ALLOW, or FAN_DENY_ERRNO(EIO) when it cannot.
 //
 // The group fails open (fs/notify/fanotify/fanotify_user.c, fanotify_release()): if its last fd
-// is closed while a mount is up, holes read as zeros. Hence stop() unmounts, fills the cache files
-// a busy (detached) mount still reads, and answers every event before it closes the group; and
+// is closed while a mount is up, holes read as zeros. Hence a mount is forgotten only once its
+// superblock is gone (SuperblockWatch), and stop() unmounts, fills the cache files a busy
+// (detached) mount still reads, and answers every event before it closes the group; and
 // under rafsd's supervisor (daemon/process/Supervisor.h) the group, the journal of pending events
 // and the cache files' fds are kept by the supervisor too: a new worker adopts them, takes the
 // mounts over and answers what its predecessor left.
 //
 // The parts: FanotifyGroup (the group and its marks), MarkedFiles (which mount uses which marked
-// file), EventResponder (answers, and the journal), ErofsFileMount (mounting and unmounting), and
-// here the event loop and the orphans of a dead worker.
+// file), EventResponder (answers, and the journal), ErofsFileMount (mounting and unmounting),
+// SuperblockWatch (whether an unmounted mount is gone), and here the event loop and the orphans
+// of a dead worker.
 //
-// Thread-safety: mount, umount, unmarkComplete and counters may be called from any thread, also
+// Thread-safety: mount, umount, releaseDetached, unmarkComplete and counters may be called from any thread, also
 // from inside makePresent or its completion (no engine lock is held then); start and stop must
 // not run concurrently with anything else of the engine.
 #pragma once
@@ -24,13 +26,19 @@
 #include "daemon/engines/fanotify/FanotifyMount.h"
 #include "daemon/engines/fanotify/MarkedFiles.h"
 #include "daemon/engines/fanotify/PendingJournal.h"
+#include "daemon/engines/fanotify/SuperblockWatch.h"
 
 #include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <filesystem>
 #include <future>
+#include <map>
 #include <memory>
+#include <mutex>
+#include <optional>
+#include <set>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -100,14 +108,21 @@ public:
     // as zeros. Nothing if no mount uses the file (any more).
     void unmarkComplete(int cache_fd);
 
-    // Unmounts (throws if busy) and removes the marks of that mount's blobs.
-    void umount(const std::filesystem::path& mountpoint);
+    // Unmounts (throws if busy; nothing if it was unmounted by someone else) and, once its
+    // superblock is gone, removes the marks of that mount's blobs: returns nothing. A superblock
+    // that lives on (SuperblockWatch.h: a lazily detached mount still in use, a copy in another
+    // mount namespace) still reads the cache files: its files stay marked and served, under the
+    // name returned, until releaseDetached() finds it gone.
+    std::optional<std::filesystem::path> umount(const std::filesystem::path& mountpoint);
+
+    // The names umount() returned of mounts whose superblock has gone since: their marks removed.
+    std::vector<std::filesystem::path> releaseDetached();
 
     // Unmounts every mount; a busy one is detached, and served on while its cache files are
-    // filled, until its files are closed or the fill is complete (at most `fill_time`; `grace` for
-    // closes if the fill fails). Then denies new events, lets pending ranges finish for up to
-    // `grace`, denies the rest with EIO, and only then closes the group. Never throws; problems
-    // are logged.
+    // filled, until its superblock is gone or the fill is complete (at most `fill_time`; `grace`
+    // for it to go if the fill fails); so is one umount() left served. Then denies new events, lets
+    // pending ranges finish for up to `grace`, denies the rest with EIO, and only then closes the
+    // group. Never throws; problems are logged.
     void stop(std::chrono::milliseconds grace = kDefaultGrace, std::chrono::milliseconds fill_time = kFillTime);
 
     FanotifyCounters counters() const;
@@ -122,6 +137,19 @@ private:
         uint32_t slot;
     };
 
+    // A mount whose superblock may still read its cache files, at a stop.
+    struct BusyMount {
+        std::filesystem::path name;
+        std::vector<MarkedFiles::MountFile> files;
+        int superblock;  // its SuperblockWatch id
+    };
+
+    void watchSuperblock(const std::filesystem::path& name, const std::string& root);
+    int superblockOf(const std::filesystem::path& name);
+    // Whether a mount's superblock is gone after `unmounted` (umount2 took it off its path).
+    bool goneAfterUnmount(int superblock, bool unmounted);
+    // Drops a mount from the tables: its marks, its watch.
+    void forget(const std::filesystem::path& name);
     void answerOrphans();
     // Starts making every one of `files` complete; counts the files done.
     std::shared_ptr<CompletionCount> fill(const std::vector<MarkedFiles::MountFile>& files);
@@ -136,6 +164,11 @@ private:
     std::chrono::microseconds busy_poll_;
     std::shared_ptr<EventResponder> responder_;  // shared with completions, which may outlive us
     std::unique_ptr<MarkedFiles> files_;
+    SuperblockWatch superblocks_;
+    std::mutex mounts_mutex_;
+    std::map<std::filesystem::path, int> watches_;  // mount name (files_) -> its superblock's watch
+    std::set<std::filesystem::path> detached_;      // names umount() returned
+    uint64_t detached_count_ = 0;
     std::vector<std::filesystem::path> unserved_;  // leaveUnserved(), before start()
     int wake_ = -1;  // eventfd that tells the loop to exit, or to read again after a stall
     std::atomic<bool> quit_{false};

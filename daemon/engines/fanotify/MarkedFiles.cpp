@@ -104,6 +104,18 @@ void MarkedFiles::remove(const std::filesystem::path& mountpoint) {
     mounts_.erase(it);
 }
 
+void MarkedFiles::rename(const std::filesystem::path& from, const std::filesystem::path& to) {
+    const std::filesystem::path normal = from.lexically_normal();
+    std::lock_guard lock(mutex_);
+    const auto named = [&](const std::filesystem::path& p) {
+        return std::find_if(mounts_.begin(), mounts_.end(), [&](const Mount& e) { return e.mountpoint == p; });
+    };
+    const auto it = named(normal);
+    if (it == mounts_.end()) fail("{} is not mounted by rafsd", normal.native());
+    if (named(to) != mounts_.end()) fail("{} is in rafsd's table already", to.native());
+    it->mountpoint = to;
+}
+
 bool MarkedFiles::has(const std::filesystem::path& mountpoint) const {
     const std::filesystem::path normal = mountpoint.lexically_normal();
     std::lock_guard lock(mutex_);
@@ -141,7 +153,7 @@ std::vector<MarkedFiles::MountFile> MarkedFiles::filesOf(const std::filesystem::
         if (m.mountpoint != normal) continue;
         for (const auto& [blob, key] : m.files) {
             const File& file = files_.at(key);
-            out.push_back({file.path, file.fd, {m.image, blob, file.size}, file.users.size() > 1});
+            out.push_back({file.path, file.fd, {m.image, blob, file.size}});
         }
     }
     return out;

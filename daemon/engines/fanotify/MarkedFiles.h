@@ -43,19 +43,20 @@ public:
     // Forgets a mount; a file no mount uses any more loses its mark and our fd. Throws rafs::Error
     // if `mountpoint` is not in the table.
     void remove(const std::filesystem::path& mountpoint);
+    // The mount at `from` is known as `to` from now on. Throws rafs::Error if `from` is not in the
+    // table or `to` is.
+    void rename(const std::filesystem::path& from, const std::filesystem::path& to);
     bool has(const std::filesystem::path& mountpoint) const;
     std::vector<std::filesystem::path> mountpoints() const;
 
     std::optional<Served> find(FileKey key) const;
     // Every file served, for an event whose file is not known.
     std::vector<std::pair<FileKey, Served>> all() const;
-    // A file of a mount: its path (for messages), our fd on it (to watch it being closed), and who
-    // serves it for that mount.
+    // A file of a mount: its path (for messages), our fd on it, and who serves it for that mount.
     struct MountFile {
         std::filesystem::path path;
         int fd;
         Served served;
-        bool shared;  // another mount uses it too
     };
     std::vector<MountFile> filesOf(const std::filesystem::path& mountpoint) const;
 

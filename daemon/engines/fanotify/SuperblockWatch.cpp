@@ -1,0 +1,93 @@
+#include "daemon/engines/fanotify/SuperblockWatch.h"
+
+#include "daemon/core/Log.h"
+
+#include <poll.h>
+#include <sys/inotify.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <thread>
+
+namespace rafsd {
+
+SuperblockWatch::SuperblockWatch() : fd_(::inotify_init1(IN_CLOEXEC | IN_NONBLOCK)) {
+    if (fd_.get() < 0) {
+        log::error("inotify_init1: {}: unmounted mounts are taken for gone, although a copy in another mount "
+                   "namespace would still read their files", std::strerror(errno));
+    }
+}
+
+int SuperblockWatch::add(const std::string& root, const std::string& what) {
+    if (fd_.get() < 0) return -1;
+    std::lock_guard lock(mutex_);
+    // IN_IGNORED comes with IN_UNMOUNT (the watch goes with the superblock) without being asked for.
+    const int id = ::inotify_add_watch(fd_.get(), root.c_str(), IN_UNMOUNT);
+    if (id < 0) {
+        log::warn("{}: cannot watch its superblock ({}): once unmounted, it is taken for gone, although a copy "
+                  "in another mount namespace would still read its files", what, std::strerror(errno));
+        return -1;
+    }
+    gone_.erase(id);  // ids are reused only after the watch they named went
+    return id;
+}
+
+void SuperblockWatch::readEvents() {
+    alignas(inotify_event) char buffer[4096];
+    for (;;) {
+        const ssize_t n = ::read(fd_.get(), buffer, sizeof buffer);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) return;
+        for (ssize_t pos = 0; pos + static_cast<ssize_t>(sizeof(inotify_event)) <= n;) {
+            inotify_event event{};
+            std::memcpy(&event, buffer + pos, sizeof event);
+            if ((event.mask & IN_Q_OVERFLOW) != 0) {
+                // Not expected (one event per superblock); what was lost stays "alive": served on.
+                log::warn("inotify: events lost; mounts whose superblock went meanwhile are served until rafsd stops");
+            } else if ((event.mask & (IN_UNMOUNT | IN_IGNORED)) != 0) {
+                gone_.insert(event.wd);
+            }
+            pos += static_cast<ssize_t>(sizeof(inotify_event) + event.len);
+        }
+    }
+}
+
+bool SuperblockWatch::gone(int id) {
+    if (id < 0) return false;
+    std::lock_guard lock(mutex_);
+    readEvents();
+    return gone_.count(id) != 0;
+}
+
+void SuperblockWatch::waitGone(const std::vector<int>& ids, std::chrono::steady_clock::time_point deadline) {
+    const auto all = [&] { return std::all_of(ids.begin(), ids.end(), [&](int id) { return gone(id); }); };
+    if (std::find(ids.begin(), ids.end(), -1) != ids.end()) {
+        std::this_thread::sleep_until(deadline);  // one is never known to be gone
+        return;
+    }
+    while (!all()) {
+        const auto left =
+            std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+        if (left.count() <= 0) return;
+        pollfd p{fd_.get(), POLLIN, 0};
+        if (::poll(&p, 1, static_cast<int>(left.count())) < 0 && errno != EINTR) {
+            log::warn("poll on inotify: {}", std::strerror(errno));
+            std::this_thread::sleep_until(deadline);
+            return;
+        }
+    }
+}
+
+void SuperblockWatch::forget(int id) {
+    if (id < 0) return;
+    std::lock_guard lock(mutex_);
+    readEvents();
+    // EINVAL: the watch went with its superblock.
+    if (gone_.erase(id) == 0 && ::inotify_rm_watch(fd_.get(), id) != 0 && errno != EINVAL) {
+        log::warn("inotify_rm_watch: {}", std::strerror(errno));
+    }
+}
+
+}  // namespace rafsd

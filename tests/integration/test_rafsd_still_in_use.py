@@ -1,0 +1,150 @@
+#!/usr/bin/env python3
+"""A fanotify mount taken off its path while still in use is served until it is gone (rafsd serve,
+prefetch off, so that what was not read is a hole of the cache file):
+
+1. lazily detached: a file is held open, `umount -l`, then `rafsctl umount`: it says the mount is
+   still in use and lists it as detached; a new mount on the same path works meanwhile; the held
+   file then reads its bytes (before, rafsd unmarked the cache file at once and the file read
+   zeros); once it is closed, rafsd forgets the detached mount.
+2. a copy in another mount namespace (unshare -m after the mount): `rafsctl umount` unmounts the
+   path, but the copy still reads the image: its files read their bytes, and once the namespace's
+   last process is gone, rafsd forgets the mount.
+3. a stop with such a mount: rafsd fills its cache files before it exits; the held file then reads
+   its bytes without rafsd.
+"""
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from rafstest import harness
+from rafstest.rafsd import RafsdServe, rafsctl, write_config
+from rafstest.readers import READ_TIMEOUT, Reader, run_slow_cases
+
+MiB = 1 << 20
+FILES = [('held', 3 * MiB), ('ns', 3 * MiB + 4096), ('stop', 3 * MiB + 8192), ('other', 2 * MiB)]
+STILL_IN_USE = 'still in use'
+
+
+@contextlib.contextmanager
+def served_mount(ck, rafsd, ctl, image, tmp, name):
+    """`rafsd serve` (fanotify, prefetch off) with the image mounted by rafsctl on tmp/mnt-NAME:
+    yields (the RafsdServe, its socket, the mountpoint), or None if either failed (reported); then
+    checks that SIGTERM stops rafsd with exit 0, unless the case stopped it."""
+    sock = os.path.join(tmp, name + '.sock')
+    config = write_config(os.path.join(tmp, name + '.toml'),
+                          daemon={'socket': sock, 'cache_dir': os.path.join(tmp, 'cache-' + name),
+                                  'state_dir': os.path.join(tmp, 'state-' + name), 'engine': 'fanotify'},
+                          prefetch={'enable': False}, fetch={'amplify': 0})
+    mnt = os.path.join(tmp, 'mnt-' + name)
+    os.makedirs(mnt)
+    with RafsdServe(rafsd, config, sock, os.path.join(tmp, name + '.log')) as srv:
+        ok = ck.check(srv.start(), '%s: rafsd serve answers' % name, srv.log_text()[-2000:]) and \
+            mount(ck, ctl, sock, image, mnt, name)
+        yield (srv, sock, mnt) if ok else None
+        if ok and srv.proc is not None:
+            ck.check(srv.stop(signal.SIGTERM) == 0, '%s: rafsd stops with exit 0' % name)
+
+
+def listed(ctl, sock):
+    r = rafsctl(ctl, sock, 'list')
+    return r.stdout.decode(errors='replace')
+
+
+def mount(ck, ctl, sock, image, mnt, what):
+    r = rafsctl(ctl, sock, 'mount', '--blob-dir', image['blobs'], image['boot'], mnt)
+    return ck.check(r.returncode == 0, '%s: rafsctl mount' % what, r.stdout.decode() + r.stderr.decode())
+
+
+def umount_still_in_use(ck, ctl, sock, mnt, what):
+    r = rafsctl(ctl, sock, 'umount', mnt)
+    out = r.stdout.decode() + r.stderr.decode()
+    ck.check(r.returncode == 0 and STILL_IN_USE in out, '%s: rafsctl umount says it is still in use' % what, out)
+    text = listed(ctl, sock)
+    ck.check(mnt + ' (detached' in text, '%s: rafsctl list shows it detached' % what, text)
+
+
+def forgotten(ck, ctl, sock, srv, mnt, what):
+    gone = harness.wait_for(lambda: mnt + ' (detached' not in listed(ctl, sock), timeout=30)
+    ck.check(gone and 'no longer in use' in srv.log_text(), '%s: once it is gone, rafsd forgets it' % what,
+             listed(ctl, sock) + srv.log_text()[-1500:])
+
+
+def read_checked(ck, reader, what):
+    reader.start()
+    reader.join(READ_TIMEOUT)
+    ck.check(reader.result == 'ok', '%s (%s)' % (what, reader.result))
+
+
+def detach_holding(ck, ctl, sock, mnt, content, name, what):
+    """A Reader (not started) holding mnt/NAME open; then the mount lazily detached and rafsctl's
+    umount of it, which must say it is still in use."""
+    held = Reader(os.path.join(mnt, name), content[name], hold=True)
+    subprocess.run(['umount', '-l', mnt], check=True)
+    umount_still_in_use(ck, ctl, sock, mnt, what)
+    return held
+
+
+def case_detached(ck, ctl, image, content, srv, sock, mnt):
+    held = detach_holding(ck, ctl, sock, mnt, content, 'held', 'detached')
+    if mount(ck, ctl, sock, image, mnt, 'detached: the same path again, meanwhile'):
+        r = subprocess.run(['cat', os.path.join(mnt, 'other')], stdout=subprocess.PIPE, timeout=READ_TIMEOUT)
+        ck.check(r.stdout == content['other'], 'detached: the new mount reads its bytes')
+    read_checked(ck, held, 'detached: the file held open on the detached mount reads its bytes, not zeros')
+    forgotten(ck, ctl, sock, srv, mnt, 'detached')
+    r = rafsctl(ctl, sock, 'umount', mnt)
+    ck.check(r.returncode == 0 and STILL_IN_USE not in r.stdout.decode() and not os.path.ismount(mnt),
+             'detached: a mount not in use unmounts as before', r.stdout.decode() + r.stderr.decode())
+
+
+def case_namespace(ck, ctl, image, content, srv, sock, mnt):
+    # A mount namespace copied after the mount (a service's private one, say): its copy of the
+    # mount shares the superblock.
+    holder = subprocess.Popen(['unshare', '--mount', '--propagation', 'private', 'sleep', '600'])
+    try:
+        copied = harness.wait_for(
+            lambda: mnt in open('/proc/%d/mountinfo' % holder.pid).read() and
+            os.readlink('/proc/%d/ns/mnt' % holder.pid) != os.readlink('/proc/self/ns/mnt'), timeout=10)
+        if not ck.check(copied, 'namespace: the copy holds the mount'):
+            return
+        umount_still_in_use(ck, ctl, sock, mnt, 'namespace')
+        ck.check(not os.path.ismount(mnt), 'namespace: the path is unmounted here')
+        read_checked(ck, Reader('/proc/%d/root%s/ns' % (holder.pid, mnt), content['ns']),
+                     'namespace: the copy reads its bytes, not zeros')
+    finally:
+        holder.kill()
+        holder.wait()
+    forgotten(ck, ctl, sock, srv, mnt, 'namespace')
+
+
+def case_stop(ck, ctl, image, content, srv, sock, mnt):
+    held = detach_holding(ck, ctl, sock, mnt, content, 'stop', 'stop')
+    code = srv.stop(signal.SIGTERM)
+    text = srv.log_text()
+    ck.check(code == 0 and 'every cache file is complete' in text,
+             'stop: rafsd filled the still used mount\'s cache file, then exited 0', 'exit %s\n%s' % (code, text[-2000:]))
+    read_checked(ck, held, 'stop: the held file reads its bytes without rafsd')
+
+
+def on_served_mount(name, case):
+    """The case run on served_mount(NAME)."""
+    def run(ck, rafsd, ctl, image, content, tmp):
+        with served_mount(ck, rafsd, ctl, image, tmp, name) as served:
+            if served is not None:
+                case(ck, ctl, image, content, *served)
+    return run
+
+
+def main():
+    return run_slow_cases('rafsd_still_in_use', __doc__, FILES, 12, [
+        ('lazily detached, then rafsctl umount', on_served_mount('detached', case_detached)),
+        ('a copy in another mount namespace', on_served_mount('namespace', case_namespace)),
+        ('a stop with a mount still in use', on_served_mount('stop', case_stop)),
+    ])
+
+
+if __name__ == '__main__':
+    sys.exit(main())
