@@ -305,7 +305,7 @@ std::vector<PrefetchChunk> ImageService::prefetchTableChunks(
     return chunks;
 }
 
-nlohmann::json ImageService::mount(const MountRequest& request) { return mountOrReattach(request, false); }
+nlohmann::json ImageService::mount(const MountRequest& request) { return mountOrReattach(request, false, false); }
 
 nlohmann::json ImageService::reattach(const MountRequest& request) {
     if (request.engine == EngineKind::Fanotify) {
@@ -315,7 +315,7 @@ nlohmann::json ImageService::reattach(const MountRequest& request) {
     }
     if (!hasErofsMount(request.mountpoint)) rafs::fail("reattach: {} is not an EROFS mount", request.mountpoint.string());
     try {
-        return mountOrReattach(request, true);
+        return mountOrReattach(request, true, false);
     } catch (...) {
         // Still mounted, and served by no one: it stays listed, and its files kept (as opened
         // before they were marked), for the next worker, which may succeed. A failing worker that
@@ -337,18 +337,21 @@ nlohmann::json ImageService::reattach(const MountRequest& request) {
     }
 }
 
-nlohmann::json ImageService::mountOrReattach(const MountRequest& request, bool reattach) {
+nlohmann::json ImageService::mountOrReattach(const MountRequest& request, bool reattach, bool detached) {
     std::unique_lock lock(mutex_);
     if (shut_down_) rafs::fail("rafsd is shutting down");
     releaseDetached();
     const fs::path mountpoint = fs::weakly_canonical(request.mountpoint);
-    for (const Image& image : images_) {
-        if (image.mountpoint == mountpoint) rafs::fail("{} is already mounted by rafsd", mountpoint.string());
+    // A detached mount has left its path, which may be another mount's now.
+    if (!detached) {
+        for (const Image& image : images_) {
+            if (image.mountpoint == mountpoint) rafs::fail("{} is already mounted by rafsd", mountpoint.string());
+        }
+        if (mounting_.contains(mountpoint)) rafs::fail("{} is being mounted by rafsd", mountpoint.string());
+        struct stat st {};
+        if (::stat(mountpoint.c_str(), &st) != 0) rafs::failErrno("mountpoint " + mountpoint.string());
+        if (!S_ISDIR(st.st_mode)) rafs::fail("mountpoint {} is not a directory", mountpoint.string());
     }
-    if (mounting_.contains(mountpoint)) rafs::fail("{} is being mounted by rafsd", mountpoint.string());
-    struct stat st {};
-    if (::stat(mountpoint.c_str(), &st) != 0) rafs::failErrno("mountpoint " + mountpoint.string());
-    if (!S_ISDIR(st.st_mode)) rafs::fail("mountpoint {} is not a directory", mountpoint.string());
     if (!reattach) {
         if (auto source = erofsMountOn(mountpoint)) {
             rafs::fail("mountpoint {} already has an EROFS mount of {}; unmount it first", mountpoint.string(), *source);
@@ -385,17 +388,18 @@ nlohmann::json ImageService::mountOrReattach(const MountRequest& request, bool r
     // lock, so that a slow or unreachable registry holds up no list, status, metrics scrape, umount
     // or other mount meanwhile; the mount point is reserved instead. What writes into the cache dir
     // (chunk tables, cache files) stays under the lock: CacheDirRollback counts on one at a time.
-    mounting_.insert(mountpoint);
+    if (!detached) mounting_.insert(mountpoint);
     lock.unlock();
     struct Reserved {
         ImageService& service;
         std::unique_lock<std::mutex>& lock;
         const fs::path& mountpoint;
+        bool reserved;
         ~Reserved() {
             if (!lock.owns_lock()) lock.lock();
-            service.mounting_.erase(mountpoint);
+            if (reserved) service.mounting_.erase(mountpoint);
         }
-    } reserved{*this, lock, mountpoint};
+    } reserved{*this, lock, mountpoint, !detached};
     std::optional<ProbedSizes> probed;
     RegistryImage stored;
     std::optional<CacheCollector::Opening> copy_in_use;  // until the mount table lists the image
@@ -501,7 +505,9 @@ nlohmann::json ImageService::mountOrReattach(const MountRequest& request, bool r
                 auto& file = dynamic_cast<SparseCacheFile&>(image.blobs[i]->cache().file());
                 spec.blobs.push_back({i, file.path(), file.fd(), file.size(), image.blobs[i]->cache().complete()});
             }
-            if (reattach) {
+            if (detached) {
+                image.detached_as = fanotify_->reattachDetached(spec);
+            } else if (reattach) {
                 fanotify_->reattach(spec);
             } else {
                 engine_ptr = &fanotify();
@@ -538,9 +544,9 @@ nlohmann::json ImageService::mountOrReattach(const MountRequest& request, bool r
     }
     const char* done = how == FscacheAttach::Reattach ? "reattached" : how == FscacheAttach::Register ? "registered" : "mounted";
     cache_dir.commit();
-    log::info("{} {} on {} ({} blobs, engine {})", done, reference ? *request.image : bootstrap_path.string(), mountpoint.string(),
-              image.blobs.size(), engineName(engine));
-    images_.push_back(std::move(image));
+    log::info("{} {} on {}{} ({} blobs, engine {})", done, reference ? *request.image : bootstrap_path.string(),
+              mountpoint.string(), detached ? " (unmounted, still in use)" : "", image.blobs.size(), engineName(engine));
+    (detached ? detached_ : images_).push_back(std::move(image));
     // A mount a previous worker left unserved on this mount point was detached since (the
     // snapshotter does so) and the image is mounted anew: nothing is left unserved there.
     // So is a layer store image still to be mounted again there. (A reattach finds neither.)
@@ -604,7 +610,7 @@ void ImageService::mountFscache(Image& image, const rafs::Bootstrap& bootstrap, 
 
 MountRecord ImageService::recordOf(const Image& i) {
     return {std::string(engineName(i.engine)), i.bootstrap, i.mountpoint, i.fsid, i.domain_id, i.blob_dir,
-            i.image, i.manifest_digest, i.register_only, i.layer_store};
+            i.image, i.manifest_digest, i.register_only, i.layer_store, !i.detached_as.empty()};
 }
 
 void ImageService::saveMountTable(const Image* adding) {
@@ -613,6 +619,7 @@ void ImageService::saveMountTable(const Image* adding) {
     if (!table_adopted_) return;
     std::vector<MountRecord> records;
     for (const Image& i : images_) records.push_back(recordOf(i));
+    for (const Image& i : detached_) records.push_back(recordOf(i));
     if (adding != nullptr) records.push_back(recordOf(*adding));
     records.insert(records.end(), unserved_.begin(), unserved_.end());
     records.insert(records.end(), remount_at_start_.begin(), remount_at_start_.end());
@@ -685,6 +692,13 @@ void ImageService::recoverMounts() {
     for (const MountRecord& r : records) {
         try {
             const bool fanotify = r.engine == engineName(EngineKind::Fanotify);
+            if (r.detached) {
+                // Whether it is still in use cannot be seen from here (its root is on no path to
+                // watch): served until the stop fills its files. On a new group it already reads
+                // without rafsd.
+                if (fanotify_ && fanotify_restore_) mountOrReattach(requestOf(r), true, true);
+                continue;
+            }
             const bool mounted = hasErofsMount(r.mountpoint);
             if (!mounted && r.layer_store) {
                 remounts.push_back(r);
@@ -1088,15 +1102,6 @@ bool ImageService::mountsOutliveWorker() {
     for (const Image& image : images_) {
         const bool kept = image.engine == EngineKind::Fanotify ? kept_files_.has_value() : fscache_kept_;
         if (!kept) lost.push_back(image.mountpoint.string());
-    }
-    if (!detached_.empty()) {
-        // The next rafsd would not know them: their reads would fail, and read holes after its stop.
-        std::vector<std::string> names;
-        for (const Image& image : detached_) names.push_back(image.mountpoint.string());
-        log::error("reload refused: {} unmounted but still in use (lazily detached, or in another mount namespace); "
-                   "reload once {} closed, or restart (a stop fills their cache files)",
-                   fmt::join(names, ", "), names.size() == 1 ? "it is" : "they are");
-        return false;
     }
     if (lost.empty()) return true;
     log::error("reload refused: {} {} on kernel objects only this worker holds (an engine other than the "

@@ -158,7 +158,9 @@ private:
     FscacheEngine& fscache();
     // Once the fscache engine exists: the collector may remove its volumes no image uses.
     void collectFscacheVolumes();
-    nlohmann::json mountOrReattach(const MountRequest& request, bool reattach);
+    // `reattach`: a mount the kernel still has, taken over; `detached` (with it): one unmounted but
+    // still in use (MountRecord::detached), taken over without its path, into detached_.
+    nlohmann::json mountOrReattach(const MountRequest& request, bool reattach, bool detached);
     // How an fscache image reaches the kernel: rafsd mounts it, a previous daemon's mount is taken
     // over, or the image is only registered and the user mounts it by hand.
     enum class FscacheAttach { Mount, Reattach, Register };

@@ -36,6 +36,7 @@ void saveMounts(const fs::path& path, const std::vector<MountRecord>& mounts) {
         }
         if (m.register_only) j["register_only"] = true;
         if (m.layer_store) j["layer_store"] = true;
+        if (m.detached) j["detached"] = true;
         list.push_back(std::move(j));
     }
     const std::string text = nlohmann::json{{"version", kVersion}, {"mounts", list}}.dump(2) + "\n";
@@ -72,6 +73,7 @@ std::vector<MountRecord> loadMounts(const fs::path& path) {
             }
             r.register_only = m.value("register_only", false);
             r.layer_store = m.value("layer_store", false);
+            r.detached = m.value("detached", false);
             mounts.push_back(std::move(r));
         }
     } catch (const nlohmann::json::exception& e) {

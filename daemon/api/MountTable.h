@@ -29,6 +29,10 @@ struct MountRecord {
     // The bootstrap layer's diff of a layer store entry (MountRequest::layer_store): mounted again
     // by a rafsd that starts and finds it unmounted.
     bool layer_store = false;
+    // fanotify: unmounted, but its superblock still read its files (a lazily detached mount with a
+    // file open, a copy in another mount namespace): taken over without its path, served until
+    // the stop fills its files.
+    bool detached = false;
     bool operator==(const MountRecord&) const = default;
 };
 

@@ -11,6 +11,10 @@ prefetch off, so that what was not read is a hole of the cache file):
    last process is gone, rafsd forgets the mount.
 3. a stop with such a mount: rafsd fills its cache files before it exits; the held file then reads
    its bytes without rafsd.
+4. a reload, then a failover, with such a mount: the new program, then after a kill -9 of its worker
+   the next one, takes the detached mount over from the state dir's table (before, the reload was
+   refused, and a new worker denied its reads: EIO); the held file reads its bytes, and the stop
+   fills its cache file.
 """
 
 import contextlib
@@ -21,11 +25,12 @@ import sys
 import time
 
 from rafstest import harness
-from rafstest.rafsd import RafsdServe, rafsctl, write_config
+from rafstest.rafsd import RafsdServe, rafsctl, worker_of, write_config
 from rafstest.readers import READ_TIMEOUT, Reader, run_slow_cases
 
 MiB = 1 << 20
-FILES = [('held', 3 * MiB), ('ns', 3 * MiB + 4096), ('stop', 3 * MiB + 8192), ('other', 2 * MiB)]
+FILES = [('held', 3 * MiB), ('ns', 3 * MiB + 4096), ('stop', 3 * MiB + 8192), ('other', 2 * MiB),
+         ('failover', 3 * MiB + 12288)]
 STILL_IN_USE = 'still in use'
 
 
@@ -129,6 +134,22 @@ def case_stop(ck, ctl, image, content, srv, sock, mnt):
     read_checked(ck, held, 'stop: the held file reads its bytes without rafsd')
 
 
+def case_failover(ck, ctl, image, content, srv, sock, mnt):
+    held = detach_holding(ck, ctl, sock, mnt, content, 'failover', 'failover')
+    for what, sig in (('reload', signal.SIGHUP), ('kill -9', signal.SIGKILL)):
+        worker = worker_of(srv.proc.pid)
+        os.kill(srv.proc.pid if sig == signal.SIGHUP else worker, sig)
+        # Only the next worker answers the list once the old one is gone.
+        again = harness.wait_for(lambda: not os.path.exists('/proc/%d' % worker) and
+                                 mnt + ' (detached' in listed(ctl, sock), timeout=60)
+        ck.check(again, 'failover: after a %s the next worker took the detached mount over' % what,
+                 srv.log_text()[-2000:])
+    read_checked(ck, held, 'failover: the held file reads its bytes')
+    code = srv.stop(signal.SIGTERM)
+    ck.check(code == 0 and 'every cache file is complete' in srv.log_text(),
+             'failover: the stop filled its cache file, exit 0', 'exit %s\n%s' % (code, srv.log_text()[-2000:]))
+
+
 def on_served_mount(name, case):
     """The case run on served_mount(NAME)."""
     def run(ck, rafsd, ctl, image, content, tmp):
@@ -143,6 +164,7 @@ def main():
         ('lazily detached, then rafsctl umount', on_served_mount('detached', case_detached)),
         ('a copy in another mount namespace', on_served_mount('namespace', case_namespace)),
         ('a stop with a mount still in use', on_served_mount('stop', case_stop)),
+        ('a failover with a mount still in use', on_served_mount('failover', case_failover)),
     ])
 
 

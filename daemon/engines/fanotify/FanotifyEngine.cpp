@@ -401,6 +401,21 @@ void FanotifyEngine::reattach(const FanotifyMount& m) {
     watchSuperblock(m.mountpoint.lexically_normal(), m.mountpoint.native());
 }
 
+std::filesystem::path FanotifyEngine::reattachDetached(FanotifyMount m) {
+    if (thread_.joinable()) fail("cannot take {} over: the event loop already runs", m.mountpoint.native());
+    if (!responder_) fail("cannot take {} over: no fanotify group adopted", m.mountpoint.native());
+    std::lock_guard lock(mounts_mutex_);
+    m.mountpoint = detachedName(m.mountpoint.lexically_normal());
+    files_->add(m, true);
+    watches_[m.mountpoint] = -1;
+    detached_.insert(m.mountpoint);
+    return m.mountpoint;
+}
+
+std::filesystem::path FanotifyEngine::detachedName(const std::filesystem::path& mountpoint) {
+    return fmt::format("{} (detached {})", mountpoint.native(), ++detached_count_);
+}
+
 void FanotifyEngine::watchSuperblock(const std::filesystem::path& name, const std::string& root) {
     const int id = superblocks_.add(root, name.native());
     std::lock_guard lock(mounts_mutex_);
@@ -450,7 +465,7 @@ std::optional<std::filesystem::path> FanotifyEngine::umount(const std::filesyste
     }
     // Off its path, which a new mount may take; its files served under another name.
     std::lock_guard lock(mounts_mutex_);
-    const std::filesystem::path name = fmt::format("{} (detached {})", normal.native(), ++detached_count_);
+    const std::filesystem::path name = detachedName(normal);
     files_->rename(normal, name);
     watches_[name] = watches_[normal];
     watches_.erase(normal);

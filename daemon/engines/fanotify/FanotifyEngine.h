@@ -95,6 +95,11 @@ public:
     // file opened after its mark raises events for our own writes.
     void reattach(const FanotifyMount& m);
 
+    // As reattach(), a mount the dead worker served after umount() left it detached, still in use.
+    // Its root is on no path to watch: it stays served until the stop fills its files. Returns the
+    // name its files are served under.
+    std::filesystem::path reattachDetached(FanotifyMount m);
+
     // Before start(): a mount the dead worker served that this worker could not take over. Its
     // files are not known, so an orphaned event whose file is not known may be one of theirs: it
     // is denied, where it would otherwise be allowed once the known files' ranges are present, over
@@ -145,6 +150,8 @@ private:
     };
 
     void watchSuperblock(const std::filesystem::path& name, const std::string& root);
+    // A name for the files of a mount off its path; mounts_mutex_ held.
+    std::filesystem::path detachedName(const std::filesystem::path& mountpoint);
     int superblockOf(const std::filesystem::path& name);
     // Whether a mount's superblock is gone after `unmounted` (umount2 took it off its path).
     bool goneAfterUnmount(int superblock, bool unmounted);
