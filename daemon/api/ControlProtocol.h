@@ -31,6 +31,7 @@
 //           an image mounted by reference adds "image":"host:port/repo:tag" and
 //           "manifest":"sha256:..."; its bootstrap is the copy in rafsd's state dir; an image
 //           unmounted but still in use adds "detached":true, its mountpoint "/abs/mnt (detached N)"
+//           (status too)
 //   status: {"images":[{"mountpoint","bootstrap","engine","blobs":[
 //              {"id":"<sha256 hex>",         the blob id
 //               "size":N,                    bytes of its uncompressed address space

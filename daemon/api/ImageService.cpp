@@ -314,8 +314,12 @@ nlohmann::json ImageService::reattach(const MountRequest& request) {
         rafs::fail("reattach {}: no adopted {}", request.mountpoint.string(), FscacheDevice::kPath);
     }
     if (!hasErofsMount(request.mountpoint)) rafs::fail("reattach: {} is not an EROFS mount", request.mountpoint.string());
+    return takeOver(request, false);
+}
+
+nlohmann::json ImageService::takeOver(const MountRequest& request, bool detached) {
     try {
-        return mountOrReattach(request, true, false);
+        return mountOrReattach(request, true, detached);
     } catch (...) {
         // Still mounted, and served by no one: it stays listed, and its files kept (as opened
         // before they were marked), for the next worker, which may succeed. A failing worker that
@@ -330,6 +334,7 @@ nlohmann::json ImageService::reattach(const MountRequest& request) {
         }
         r.register_only = request.register_only;
         r.layer_store = request.layer_store;
+        r.detached = detached;
         std::lock_guard lock(mutex_);
         if (request.engine == EngineKind::Fanotify) fanotify_->leaveUnserved(request.mountpoint);
         unserved_.push_back(std::move(r));
@@ -696,7 +701,7 @@ void ImageService::recoverMounts() {
                 // Whether it is still in use cannot be seen from here (its root is on no path to
                 // watch): served until the stop fills its files. On a new group it already reads
                 // without rafsd.
-                if (fanotify_ && fanotify_restore_) mountOrReattach(requestOf(r), true, true);
+                if (fanotify_ && fanotify_restore_) takeOver(requestOf(r), true);
                 continue;
             }
             const bool mounted = hasErofsMount(r.mountpoint);
@@ -904,12 +909,11 @@ nlohmann::json ImageService::list() {
     nlohmann::json images = nlohmann::json::array();
     for (const auto* list : {&images_, &detached_}) {
         for (const Image& i : *list) {
-            const bool detached = !i.detached_as.empty();
-            nlohmann::json entry = {{"mountpoint", (detached ? i.detached_as : i.mountpoint).string()},
+            nlohmann::json entry = {{"mountpoint", i.shownAt().string()},
                                     {"bootstrap", i.bootstrap.string()},
                                     {"engine", std::string(engineName(i.engine))},
                                     {"blobs", i.blobs.size()}};
-            if (detached) entry["detached"] = true;
+            if (!i.detached_as.empty()) entry["detached"] = true;
             addImageFields(entry, i.image, i.manifest_digest);
             images.push_back(std::move(entry));
         }
@@ -972,17 +976,21 @@ nlohmann::json ImageService::gc(const GcRequest& request) {
 
 nlohmann::json ImageService::status(const StatusRequest& request) {
     std::lock_guard lock(mutex_);
+    releaseDetached();
     nlohmann::json images = nlohmann::json::array();
-    for (const Image& i : images_) {
-        if (request.mountpoint && fs::weakly_canonical(*request.mountpoint) != i.mountpoint) continue;
-        nlohmann::json blobs = nlohmann::json::array();
-        for (const auto& b : i.blobs) blobs.push_back(blobStatus(*b));
-        nlohmann::json entry = {{"mountpoint", i.mountpoint.string()},
-                                {"bootstrap", i.bootstrap.string()},
-                                {"engine", std::string(engineName(i.engine))},
-                                {"blobs", blobs}};
-        addImageFields(entry, i.image, i.manifest_digest);
-        images.push_back(std::move(entry));
+    for (const auto* list : {&images_, &detached_}) {
+        for (const Image& i : *list) {
+            if (request.mountpoint && fs::weakly_canonical(*request.mountpoint) != i.mountpoint) continue;
+            nlohmann::json blobs = nlohmann::json::array();
+            for (const auto& b : i.blobs) blobs.push_back(blobStatus(*b));
+            nlohmann::json entry = {{"mountpoint", i.shownAt().string()},
+                                    {"bootstrap", i.bootstrap.string()},
+                                    {"engine", std::string(engineName(i.engine))},
+                                    {"blobs", blobs}};
+            if (!i.detached_as.empty()) entry["detached"] = true;
+            addImageFields(entry, i.image, i.manifest_digest);
+            images.push_back(std::move(entry));
+        }
     }
     if (request.mountpoint && images.empty()) rafs::fail("{} is not mounted by rafsd", request.mountpoint->string());
     nlohmann::json response = {{"images", images}};
@@ -1009,18 +1017,20 @@ std::string ImageService::metrics() {
     }
     m.family("rafsd_image_blob", "gauge", "1 for each blob of each image: which mountpoint reads which blob.");
     std::vector<std::pair<CachedBlob*, Labels>> blobs;  // each blob once, also when images share it
-    for (const Image& image : images_) {
-        for (const auto& blob : image.blobs) {
-            const std::string& id = blob->descriptor().id;
-            m.sample("rafsd_image_blob", {{"mountpoint", image.mountpoint.string()}, {"blob", id}}, 1);
-            if (std::none_of(blobs.begin(), blobs.end(), [&](const auto& b) { return b.first == blob.get(); })) {
-                // An fscache blob is one per volume (blobKey): images of other volumes have their
-                // own, which must not be two series of the same labels.
-                Labels labels{{"blob", id}};
-                if (image.engine == EngineKind::Fscache) {
-                    labels.push_back({"fscache_volume", image.fscacheVolume()});
+    for (const auto* list : {&images_, &detached_}) {
+        for (const Image& image : *list) {
+            for (const auto& blob : image.blobs) {
+                const std::string& id = blob->descriptor().id;
+                m.sample("rafsd_image_blob", {{"mountpoint", image.shownAt().string()}, {"blob", id}}, 1);
+                if (std::none_of(blobs.begin(), blobs.end(), [&](const auto& b) { return b.first == blob.get(); })) {
+                    // An fscache blob is one per volume (blobKey): images of other volumes have
+                    // their own, which must not be two series of the same labels.
+                    Labels labels{{"blob", id}};
+                    if (image.engine == EngineKind::Fscache) {
+                        labels.push_back({"fscache_volume", image.fscacheVolume()});
+                    }
+                    blobs.push_back({blob.get(), std::move(labels)});
                 }
-                blobs.push_back({blob.get(), std::move(labels)});
             }
         }
     }
@@ -1099,9 +1109,11 @@ std::string ImageService::metrics() {
 bool ImageService::mountsOutliveWorker() {
     std::lock_guard lock(mutex_);
     std::vector<std::string> lost;
-    for (const Image& image : images_) {
-        const bool kept = image.engine == EngineKind::Fanotify ? kept_files_.has_value() : fscache_kept_;
-        if (!kept) lost.push_back(image.mountpoint.string());
+    for (const auto* list : {&images_, &detached_}) {
+        for (const Image& image : *list) {
+            const bool kept = image.engine == EngineKind::Fanotify ? kept_files_.has_value() : fscache_kept_;
+            if (!kept) lost.push_back(image.mountpoint.string());
+        }
     }
     if (lost.empty()) return true;
     log::error("reload refused: {} {} on kernel objects only this worker holds (an engine other than the "

@@ -123,6 +123,8 @@ private:
         // fanotify: unmounted, but its superblock still reads its files (FanotifyEngine::umount),
         // which the engine serves under this name until it is gone.
         std::filesystem::path detached_as;
+        // Where list, status and metrics say it is.
+        const std::filesystem::path& shownAt() const { return detached_as.empty() ? mountpoint : detached_as; }
     };
 
     // Creates the network backend on first use: its connections, tokens and counters are shared
@@ -158,6 +160,9 @@ private:
     FscacheEngine& fscache();
     // Once the fscache engine exists: the collector may remove its volumes no image uses.
     void collectFscacheVolumes();
+    // mountOrReattach(request, true, detached); if that fails, the mount is left to the next
+    // worker: listed in unserved_, its kept files kept.
+    nlohmann::json takeOver(const MountRequest& request, bool detached);
     // `reattach`: a mount the kernel still has, taken over; `detached` (with it): one unmounted but
     // still in use (MountRecord::detached), taken over without its path, into detached_.
     nlohmann::json mountOrReattach(const MountRequest& request, bool reattach, bool detached);

@@ -320,13 +320,12 @@ int supervise(KeptFds kept, bool restored, const SupervisorOptions& options, con
             return 1;
         }
         // With fail_closed, once mounts may live on the kept fds, no worker's end is a reason to
-        // give them up: only a stop is.
-        const bool hold = options.fail_closed && (ready || restored) && !stopping &&
+        // give them up: only a stop is. Nor, whatever the engine, is the end of a worker that failed
+        // to take mounts over: it left them up (rafsd.cpp, takeOverOrExit), and released,
+        // fscache's would fail; their readers wait for a worker that can.
+        const bool hold = (options.fail_closed ? ready || restored : restored && !ready) && !stopping &&
                           !(WIFEXITED(status) && WEXITSTATUS(status) == 0);
-        // A worker that failed to take mounts over left them up (rafsd.cpp, takeOverOrExit): the
-        // next one may serve them, within the restart limit. Released, fscache's would fail.
-        const bool retry = restored && !ready && !stopping && !(WIFEXITED(status) && WEXITSTATUS(status) == 0);
-        if (!hold && !retry && (WIFEXITED(status) || stopping || !ready)) {
+        if (!hold && (WIFEXITED(status) || stopping || !ready)) {
             closeOrWarn(signal_fd, "signalfd");
             if (stopped_while_holding && !ready) {
                 log::error("{} worker {} {} ({}) before it could unmount: the kernel objects are released with mounts up",
@@ -349,8 +348,9 @@ int supervise(KeptFds kept, bool restored, const SupervisorOptions& options, con
                 return 1;
             }
             log::error("{} worker {} {} ({}), {} restarts within {} s; its kernel objects stay held, so readers wait "
-                       "rather than read holes: another worker in {} s", engine, pid, ended, describe(status),
-                       restarts.size(), kRestartWindow.count(), hold_delay.count());
+                       "rather than {}: another worker in {} s", engine, pid, ended, describe(status),
+                       restarts.size(), kRestartWindow.count(), options.fail_closed ? "read holes" : "fail",
+                       hold_delay.count());
             const int sig = waitForSignal(signal_fd, hold_delay);
             if (sig == SIGHUP && options.reload) {
                 if (reloadable(*options.reload)) {

@@ -47,8 +47,8 @@ struct SupervisorOptions {
 };
 
 // Runs and restarts workers on `kept` until one exits (its status is returned) or one dies before it
-// became ready (1), except one that was taking mounts over (`restored`): another follows it, within
-// the restart limit; with fail_closed, once mounts may live on `kept`, until it is told to stop. A
+// became ready (1), except one that was taking mounts over (`restored`): another follows it, as
+// with fail_closed; with fail_closed, once mounts may live on `kept`, until it is told to stop. A
 // worker that handed over for a reload is never a reason to let `kept` go: the supervisor execs the
 // new program or, if it cannot, starts another worker. Call from a single-threaded process with the
 // stop signals blocked. Sends READY=1, RELOADING=1 and STOPPING=1 to systemd itself.

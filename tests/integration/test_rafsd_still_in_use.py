@@ -2,10 +2,11 @@
 """A fanotify mount taken off its path while still in use is served until it is gone (rafsd serve,
 prefetch off, so that what was not read is a hole of the cache file):
 
-1. lazily detached: a file is held open, `umount -l`, then `rafsctl umount`: it says the mount is
-   still in use and lists it as detached; a new mount on the same path works meanwhile; the held
-   file then reads its bytes (before, rafsd unmarked the cache file at once and the file read
-   zeros); once it is closed, rafsd forgets the detached mount.
+1. lazily detached: two files are held open, `umount -l`, then `rafsctl umount`: it says the mount
+   is still in use and lists it as detached; the first held file then reads its bytes (before,
+   rafsd unmarked the cache file at once and the file read zeros); a new mount on the same path
+   works meanwhile, and the second held file reads its bytes too; once it is closed, rafsd forgets
+   the detached mount.
 2. a copy in another mount namespace (unshare -m after the mount): `rafsctl umount` unmounts the
    path, but the copy still reads the image: its files read their bytes, and once the namespace's
    last process is gone, rafsd forgets the mount.
@@ -29,7 +30,7 @@ from rafstest.rafsd import RafsdServe, rafsctl, worker_of, write_config
 from rafstest.readers import READ_TIMEOUT, Reader, run_slow_cases
 
 MiB = 1 << 20
-FILES = [('held', 3 * MiB), ('ns', 3 * MiB + 4096), ('stop', 3 * MiB + 8192), ('other', 2 * MiB),
+FILES = [('held', 3 * MiB), ('held2', 2 * MiB + 4096), ('ns', 3 * MiB + 4096), ('stop', 3 * MiB + 8192), ('other', 2 * MiB),
          ('failover', 3 * MiB + 12288)]
 STILL_IN_USE = 'still in use'
 
@@ -94,11 +95,14 @@ def detach_holding(ck, ctl, sock, mnt, content, name, what):
 
 
 def case_detached(ck, ctl, image, content, srv, sock, mnt):
+    held2 = Reader(os.path.join(mnt, 'held2'), content['held2'], hold=True)
     held = detach_holding(ck, ctl, sock, mnt, content, 'held', 'detached')
+    read_checked(ck, held, 'detached: a file held open on the detached mount reads its bytes, not zeros')
+    # The new mount marks the same cache file again: the second held file is read after it.
     if mount(ck, ctl, sock, image, mnt, 'detached: the same path again, meanwhile'):
         r = subprocess.run(['cat', os.path.join(mnt, 'other')], stdout=subprocess.PIPE, timeout=READ_TIMEOUT)
         ck.check(r.stdout == content['other'], 'detached: the new mount reads its bytes')
-    read_checked(ck, held, 'detached: the file held open on the detached mount reads its bytes, not zeros')
+    read_checked(ck, held2, 'detached: the other file held open there reads its bytes')
     forgotten(ck, ctl, sock, srv, mnt, 'detached')
     r = rafsctl(ctl, sock, 'umount', mnt)
     ck.check(r.returncode == 0 and STILL_IN_USE not in r.stdout.decode() and not os.path.ismount(mnt),
