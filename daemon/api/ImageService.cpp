@@ -125,6 +125,12 @@ void ImageService::useFanotifyGroup(KeptFds& kept, bool restore) {
     auto engine = std::make_unique<FanotifyEngine>(*fetcher_, std::chrono::microseconds(config_.daemon.busy_poll_us));
     engine->adopt(rafs::UniqueFd::duplicate(group, "the kept fanotify group"),
                   PendingJournal::adopt(rafs::UniqueFd::duplicate(journal, "the kept fanotify journal")));
+    // The watches on the mounts' superblocks outlive a worker with it (rafsd before this one kept none).
+    if (const int watches = kept.find(kKeptSuperblocks); watches >= 0) {
+        engine->adoptSuperblockWatch(rafs::UniqueFd::duplicate(watches, "the kept inotify instance"));
+    } else if (engine->superblockWatchFd() >= 0) {
+        kept.keep(kKeptSuperblocks, engine->superblockWatchFd());
+    }
     fanotify_ = std::move(engine);
     kept_files_.emplace(kept);
     fanotify_restore_ = restore;
@@ -305,7 +311,7 @@ std::vector<PrefetchChunk> ImageService::prefetchTableChunks(
     return chunks;
 }
 
-nlohmann::json ImageService::mount(const MountRequest& request) { return mountOrReattach(request, false, false); }
+nlohmann::json ImageService::mount(const MountRequest& request) { return mountOrReattach(request, false, {}); }
 
 nlohmann::json ImageService::reattach(const MountRequest& request) {
     if (request.engine == EngineKind::Fanotify) {
@@ -314,12 +320,12 @@ nlohmann::json ImageService::reattach(const MountRequest& request) {
         rafs::fail("reattach {}: no adopted {}", request.mountpoint.string(), FscacheDevice::kPath);
     }
     if (!hasErofsMount(request.mountpoint)) rafs::fail("reattach: {} is not an EROFS mount", request.mountpoint.string());
-    return takeOver(request, false);
+    return takeOver(request, {});
 }
 
-nlohmann::json ImageService::takeOver(const MountRequest& request, bool detached) {
+nlohmann::json ImageService::takeOver(const MountRequest& request, FanotifyTakeover takeover) {
     try {
-        return mountOrReattach(request, true, detached);
+        return mountOrReattach(request, true, takeover);
     } catch (...) {
         // Still mounted, and served by no one: it stays listed, and its files kept (as opened
         // before they were marked), for the next worker, which may succeed. A failing worker that
@@ -334,7 +340,8 @@ nlohmann::json ImageService::takeOver(const MountRequest& request, bool detached
         }
         r.register_only = request.register_only;
         r.layer_store = request.layer_store;
-        r.detached = detached;
+        r.detached = takeover.detached;
+        r.superblock_watch = takeover.superblock_watch;
         std::lock_guard lock(mutex_);
         if (request.engine == EngineKind::Fanotify) fanotify_->leaveUnserved(request.mountpoint);
         unserved_.push_back(std::move(r));
@@ -342,7 +349,8 @@ nlohmann::json ImageService::takeOver(const MountRequest& request, bool detached
     }
 }
 
-nlohmann::json ImageService::mountOrReattach(const MountRequest& request, bool reattach, bool detached) {
+nlohmann::json ImageService::mountOrReattach(const MountRequest& request, bool reattach, FanotifyTakeover takeover) {
+    const bool detached = takeover.detached;
     std::unique_lock lock(mutex_);
     if (shut_down_) rafs::fail("rafsd is shutting down");
     releaseDetached();
@@ -510,16 +518,21 @@ nlohmann::json ImageService::mountOrReattach(const MountRequest& request, bool r
                 auto& file = dynamic_cast<SparseCacheFile&>(image.blobs[i]->cache().file());
                 spec.blobs.push_back({i, file.path(), file.fd(), file.size(), image.blobs[i]->cache().complete()});
             }
+            spec.superblock_watch = takeover.superblock_watch;
             if (detached) {
                 image.detached_as = fanotify_->reattachDetached(spec);
+                image.superblock_watch = takeover.superblock_watch;
             } else if (reattach) {
-                fanotify_->reattach(spec);
+                image.superblock_watch = fanotify_->reattach(spec);
             } else {
                 engine_ptr = &fanotify();
-                // Listed before mount(2), as for fscache (mountFscache).
-                saveMountTable(&image);
                 try {
-                    engine_ptr->mount(spec);
+                    // Listed before it appears at its path, as for fscache (mountFscache), with
+                    // the watch that tells a successor whether it is gone once off its path.
+                    engine_ptr->mount(spec, [&](int superblock_watch) {
+                        image.superblock_watch = superblock_watch;
+                        saveMountTable(&image);
+                    });
                 } catch (...) {
                     saveMountTableOrLog();
                     throw;
@@ -615,7 +628,7 @@ void ImageService::mountFscache(Image& image, const rafs::Bootstrap& bootstrap, 
 
 MountRecord ImageService::recordOf(const Image& i) {
     return {std::string(engineName(i.engine)), i.bootstrap, i.mountpoint, i.fsid, i.domain_id, i.blob_dir,
-            i.image, i.manifest_digest, i.register_only, i.layer_store, !i.detached_as.empty()};
+            i.image, i.manifest_digest, i.register_only, i.layer_store, !i.detached_as.empty(), i.superblock_watch};
 }
 
 void ImageService::saveMountTable(const Image* adding) {
@@ -697,14 +710,20 @@ void ImageService::recoverMounts() {
     for (const MountRecord& r : records) {
         try {
             const bool fanotify = r.engine == engineName(EngineKind::Fanotify);
-            if (r.detached) {
-                // Whether it is still in use cannot be seen from here (its root is on no path to
-                // watch): served until the stop fills its files. On a new group it already reads
-                // without rafsd.
-                if (fanotify_ && fanotify_restore_) takeOver(requestOf(r), true);
-                continue;
-            }
             const bool mounted = hasErofsMount(r.mountpoint);
+            if (fanotify && (r.detached || (!mounted && !r.layer_store))) {
+                // Off its path (unmounted through rafsd, or by hand), maybe still read: taken over
+                // while the previous worker's watch says its superblock lives; without a watch, if
+                // rafsd knew it was in use, until the stop fills its files. (On a new group it
+                // reads without rafsd already.)
+                const bool watched = r.superblock_watch >= 0;
+                if (fanotify_ && fanotify_restore_ &&
+                    (watched ? !fanotify_->superblockGone(r.superblock_watch) : r.detached)) {
+                    takeOver(requestOf(r), {r.superblock_watch, true});
+                    continue;
+                }
+                if (r.detached) continue;
+            }
             if (!mounted && r.layer_store) {
                 remounts.push_back(r);
                 continue;

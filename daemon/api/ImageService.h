@@ -79,6 +79,7 @@ public:
     // (KeptCacheFiles.h).
     static constexpr const char* kKeptGroup = "fanotify";
     static constexpr const char* kKeptJournal = "fanotify-journal";
+    static constexpr const char* kKeptSuperblocks = "fanotify-superblocks";
 
     // Failover: serve fanotify mounts on the group and journal in `kept`, which a supervisor keeps;
     // cache files are kept there too as they are opened, and taken from there when a mount is taken
@@ -123,6 +124,7 @@ private:
         // fanotify: unmounted, but its superblock still reads its files (FanotifyEngine::umount),
         // which the engine serves under this name until it is gone.
         std::filesystem::path detached_as;
+        int superblock_watch = -1;  // fanotify: MountRecord::superblock_watch
         // Where list, status and metrics say it is.
         const std::filesystem::path& shownAt() const { return detached_as.empty() ? mountpoint : detached_as; }
     };
@@ -160,12 +162,16 @@ private:
     FscacheEngine& fscache();
     // Once the fscache engine exists: the collector may remove its volumes no image uses.
     void collectFscacheVolumes();
-    // mountOrReattach(request, true, detached); if that fails, the mount is left to the next
+    // What a worker taking a fanotify mount over knows of it from the mount table.
+    struct FanotifyTakeover {
+        int superblock_watch = -1;  // MountRecord::superblock_watch
+        bool detached = false;      // off its path, maybe still in use: into detached_
+    };
+    // mountOrReattach(request, true, takeover); if that fails, the mount is left to the next
     // worker: listed in unserved_, its kept files kept.
-    nlohmann::json takeOver(const MountRequest& request, bool detached);
-    // `reattach`: a mount the kernel still has, taken over; `detached` (with it): one unmounted but
-    // still in use (MountRecord::detached), taken over without its path, into detached_.
-    nlohmann::json mountOrReattach(const MountRequest& request, bool reattach, bool detached);
+    nlohmann::json takeOver(const MountRequest& request, FanotifyTakeover takeover);
+    // `reattach`: a mount the kernel still has, taken over.
+    nlohmann::json mountOrReattach(const MountRequest& request, bool reattach, FanotifyTakeover takeover);
     // How an fscache image reaches the kernel: rafsd mounts it, a previous daemon's mount is taken
     // over, or the image is only registered and the user mounts it by hand.
     enum class FscacheAttach { Mount, Reattach, Register };

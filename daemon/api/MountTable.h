@@ -33,6 +33,9 @@ struct MountRecord {
     // file open, a copy in another mount namespace): taken over without its path, served until
     // the stop fills its files.
     bool detached = false;
+    // fanotify: the watch on its superblock in the inotify instance the supervisor keeps
+    // (SuperblockWatch.h), which tells a worker taking over whether a mount off its path is gone.
+    int superblock_watch = -1;
     bool operator==(const MountRecord&) const = default;
 };
 

@@ -12,10 +12,12 @@ prefetch off, so that what was not read is a hole of the cache file):
    last process is gone, rafsd forgets the mount.
 3. a stop with such a mount: rafsd fills its cache files before it exits; the held file then reads
    its bytes without rafsd.
-4. a reload, then a failover, with such a mount: the new program, then after a kill -9 of its worker
-   the next one, takes the detached mount over from the state dir's table (before, the reload was
-   refused, and a new worker denied its reads: EIO); the held file reads its bytes, and the stop
-   fills its cache file.
+4. a reload, then a failover, with such mounts: one unmounted through rafsctl, then, after the
+   reload, one unmounted by hand (umount -l) behind rafsd's back, each with a file held open. The
+   new program, then after a kill -9 of its worker the next one, takes both over from the state
+   dir's table and the kept superblock watches (before, a new worker denied their reads: EIO, and
+   its stop let them read holes); the held files read their bytes; once they are closed, rafsd
+   forgets both (the watches outlived the workers that made them).
 """
 
 import contextlib
@@ -31,7 +33,7 @@ from rafstest.readers import READ_TIMEOUT, Reader, run_slow_cases
 
 MiB = 1 << 20
 FILES = [('held', 3 * MiB), ('held2', 2 * MiB + 4096), ('ns', 3 * MiB + 4096), ('stop', 3 * MiB + 8192), ('other', 2 * MiB),
-         ('failover', 3 * MiB + 12288)]
+         ('failover', 3 * MiB + 12288), ('failover2', 2 * MiB + 8192)]
 STILL_IN_USE = 'still in use'
 
 
@@ -140,6 +142,9 @@ def case_stop(ck, ctl, image, content, srv, sock, mnt):
 
 def case_failover(ck, ctl, image, content, srv, sock, mnt):
     held = detach_holding(ck, ctl, sock, mnt, content, 'failover', 'failover')
+    mnt2 = mnt + '-2'
+    os.makedirs(mnt2)
+    held2 = None
     for what, sig in (('reload', signal.SIGHUP), ('kill -9', signal.SIGKILL)):
         worker = worker_of(srv.proc.pid)
         os.kill(srv.proc.pid if sig == signal.SIGHUP else worker, sig)
@@ -148,10 +153,16 @@ def case_failover(ck, ctl, image, content, srv, sock, mnt):
                                  mnt + ' (detached' in listed(ctl, sock), timeout=60)
         ck.check(again, 'failover: after a %s the next worker took the detached mount over' % what,
                  srv.log_text()[-2000:])
-    read_checked(ck, held, 'failover: the held file reads its bytes')
-    code = srv.stop(signal.SIGTERM)
-    ck.check(code == 0 and 'every cache file is complete' in srv.log_text(),
-             'failover: the stop filled its cache file, exit 0', 'exit %s\n%s' % (code, srv.log_text()[-2000:]))
+        if held2 is None and mount(ck, ctl, sock, image, mnt2, 'failover: a second mount'):
+            held2 = Reader(os.path.join(mnt2, 'failover2'), content['failover2'], hold=True)
+            subprocess.run(['umount', '-l', mnt2], check=True)
+    text = listed(ctl, sock)
+    ck.check(mnt2 + ' (detached' in text, 'failover: the mount unmounted by hand was taken over too', text)
+    read_checked(ck, held, 'failover: the file held on the mount unmounted through rafsctl reads its bytes')
+    if held2 is not None:
+        read_checked(ck, held2, 'failover: the file held on the mount unmounted by hand reads its bytes')
+    forgotten(ck, ctl, sock, srv, mnt, 'failover')
+    forgotten(ck, ctl, sock, srv, mnt2, 'failover: the second')
 
 
 def on_served_mount(name, case):

@@ -47,7 +47,7 @@ TEST_CASE("extracted bootstraps: renewed on reuse, collected unless recent or mo
         const std::filesystem::path mnt = dir.path() / "mnt";
         std::filesystem::create_directories(mnt);
         const std::string blob_id = bootstrap.blobs().at(0).id;
-        rafsd::mountErofsFiles(path, {dir.path() / "img/blobs" / blob_id}, mnt);
+        rafsd::mountErofsFiles(path, {dir.path() / "img/blobs" / blob_id}, mnt, [](int) {});
         const std::vector<rafsd::UnusedCache> while_mounted = layout.list({});
         REQUIRE(::umount2(mnt.c_str(), 0) == 0);
         CHECK(while_mounted.empty());

@@ -37,8 +37,8 @@ using rafs::failErrno;
 
 }  // namespace
 
-rafs::UniqueFd mountErofsFiles(const std::filesystem::path& bootstrap, const std::vector<std::filesystem::path>& devices,
-                               const std::filesystem::path& mountpoint) {
+void mountErofsFiles(const std::filesystem::path& bootstrap, const std::vector<std::filesystem::path>& devices,
+                     const std::filesystem::path& mountpoint, const std::function<void(int root)>& attaching) {
     const std::string what = fmt::format("cannot mount {} on {}", bootstrap.native(), mountpoint.native());
     rafs::UniqueFd fs(::fsopen("erofs", FSOPEN_CLOEXEC));
     if (fs.get() < 0) {
@@ -61,10 +61,10 @@ rafs::UniqueFd mountErofsFiles(const std::filesystem::path& bootstrap, const std
     }
     rafs::UniqueFd mnt(::fsmount(fs.get(), FSMOUNT_CLOEXEC, MOUNT_ATTR_RDONLY));
     if (mnt.get() < 0) failMount(fs.get(), what);
+    attaching(mnt.get());
     if (::move_mount(mnt.get(), "", AT_FDCWD, mountpoint.c_str(), MOVE_MOUNT_F_EMPTY_PATH) != 0) {
         failErrno(what);
     }
-    return mnt;
 }
 
 bool unmountOrDetach(const std::filesystem::path& mountpoint) {

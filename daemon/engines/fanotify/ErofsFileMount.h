@@ -2,19 +2,19 @@
 // are cache files given as devices, and their unmounting at a stop, when they may still be busy.
 #pragma once
 
-#include "format/UniqueFd.h"
-
 #include <filesystem>
+#include <functional>
 #include <vector>
 
 namespace rafsd {
 
 // Mounts `bootstrap` read-only on `mountpoint` with `devices` as EROFS devices 1..n, through the
 // fs-context API (fsopen/fsconfig/fsmount): mount(2)'s option string is cut at one page, which
-// would limit the number of device= paths. Returns an fd on the new mount's root, whatever is
-// mounted over it later. Throws rafs::Error with the kernel's own messages.
-rafs::UniqueFd mountErofsFiles(const std::filesystem::path& bootstrap, const std::vector<std::filesystem::path>& devices,
-                               const std::filesystem::path& mountpoint);
+// would limit the number of device= paths. `attaching` gets an fd on the new mount's root once it
+// exists, before it is attached at `mountpoint` (if it throws, nothing is). Throws rafs::Error with
+// the kernel's own messages.
+void mountErofsFiles(const std::filesystem::path& bootstrap, const std::vector<std::filesystem::path>& devices,
+                     const std::filesystem::path& mountpoint, const std::function<void(int root)>& attaching);
 
 // Takes the mount off `mountpoint` for a stop: unmounts it (true) or, if it is busy, detaches it
 // (nothing new can be opened there); nothing if it is no mount point any more (unmounted by

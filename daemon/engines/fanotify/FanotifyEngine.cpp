@@ -366,22 +366,24 @@ void FanotifyEngine::handleEvent(const ReadEvent& read) {
     }
 }
 
-void FanotifyEngine::mount(const FanotifyMount& m) {
+void FanotifyEngine::mount(const FanotifyMount& m, const std::function<void(int superblock_watch)>& attaching) {
     if (!thread_.joinable()) fail("cannot mount {}: fanotify engine not running", m.mountpoint.native());
+    const std::filesystem::path name = m.mountpoint.lexically_normal();
     // Marks before the mount opens the files: the open decides whether a file is watched.
     files_->add(m, false);
     // Unlocked: mounting may read blob ranges, whose events the loop needs the table for.
-    rafs::UniqueFd root;
     try {
         std::vector<std::filesystem::path> devices;
         for (const FanotifyBlobFile& blob : m.blobs) devices.push_back(blob.path);
-        root = mountErofsFiles(m.bootstrap, devices, m.mountpoint);
+        mountErofsFiles(m.bootstrap, devices, m.mountpoint, [&](int root) {
+            // Through the mount's own root: whatever is on its path is not it.
+            const int superblock_watch = watchSuperblock(name, fmt::format("/proc/self/fd/{}", root));
+            if (attaching) attaching(superblock_watch);
+        });
     } catch (...) {
-        files_->remove(m.mountpoint);
+        forget(name);  // a mount never attached is gone with its fd
         throw;
     }
-    // Through the mount's own root: something mounted over it meanwhile is not it.
-    watchSuperblock(m.mountpoint.lexically_normal(), fmt::format("/proc/self/fd/{}", root.get()));
     if (m.keep_marks) return;
     // Complete files need no events while their chunks stay.
     for (const FanotifyBlobFile& blob : m.blobs) {
@@ -394,11 +396,17 @@ void FanotifyEngine::mount(const FanotifyMount& m) {
     }
 }
 
-void FanotifyEngine::reattach(const FanotifyMount& m) {
+int FanotifyEngine::reattach(const FanotifyMount& m) {
     if (thread_.joinable()) fail("cannot take {} over: the event loop already runs", m.mountpoint.native());
     if (!responder_) fail("cannot take {} over: no fanotify group adopted", m.mountpoint.native());
     files_->add(m, true);
-    watchSuperblock(m.mountpoint.lexically_normal(), m.mountpoint.native());
+    const std::filesystem::path name = m.mountpoint.lexically_normal();
+    if (m.superblock_watch >= 0 && !superblocks_.gone(m.superblock_watch)) {
+        std::lock_guard lock(mounts_mutex_);
+        watches_[name] = m.superblock_watch;
+        return m.superblock_watch;
+    }
+    return watchSuperblock(name, m.mountpoint.native());
 }
 
 std::filesystem::path FanotifyEngine::reattachDetached(FanotifyMount m) {
@@ -407,7 +415,7 @@ std::filesystem::path FanotifyEngine::reattachDetached(FanotifyMount m) {
     std::lock_guard lock(mounts_mutex_);
     m.mountpoint = detachedName(m.mountpoint.lexically_normal());
     files_->add(m, true);
-    watches_[m.mountpoint] = -1;
+    watches_[m.mountpoint] = m.superblock_watch;
     detached_.insert(m.mountpoint);
     return m.mountpoint;
 }
@@ -416,10 +424,11 @@ std::filesystem::path FanotifyEngine::detachedName(const std::filesystem::path& 
     return fmt::format("{} (detached {})", mountpoint.native(), ++detached_count_);
 }
 
-void FanotifyEngine::watchSuperblock(const std::filesystem::path& name, const std::string& root) {
+int FanotifyEngine::watchSuperblock(const std::filesystem::path& name, const std::string& root) {
     const int id = superblocks_.add(root, name.native());
     std::lock_guard lock(mounts_mutex_);
     watches_[name] = id;
+    return id;
 }
 
 int FanotifyEngine::superblockOf(const std::filesystem::path& name) {

@@ -32,6 +32,7 @@
 #include <chrono>
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <future>
 #include <map>
 #include <memory>
@@ -87,18 +88,28 @@ public:
     bool running() const { return thread_.joinable(); }
 
     // Marks every incomplete blob file, then mounts the bootstrap read-only with the blob files
-    // as devices. On failure removes the marks it added and throws.
-    void mount(const FanotifyMount& mount);
+    // as devices. `attaching`, if given, gets the id of the watch on its superblock (SuperblockWatch; -1 if
+    // none could be made) before the mount appears at its path; if it throws, nothing is mounted.
+    // On failure removes the marks it added and throws.
+    void mount(const FanotifyMount& mount, const std::function<void(int superblock_watch)>& attaching = {});
 
     // Takes over a mount a dead worker made on the adopted group: its files and marks, no mount(2).
     // Before start(). `m.blobs[i].fd` must be the fd the dead worker wrote through (kept), since a
-    // file opened after its mark raises events for our own writes.
-    void reattach(const FanotifyMount& m);
+    // file opened after its mark raises events for our own writes. Returns the id of the watch on
+    // its superblock: the dead worker's (`m.superblock_watch`), or a new one through its path.
+    int reattach(const FanotifyMount& m);
 
-    // As reattach(), a mount the dead worker served after umount() left it detached, still in use.
-    // Its root is on no path to watch: it stays served until the stop fills its files. Returns the
+    // As reattach(), a mount the dead worker served off its path (detached, still in use), watched
+    // through `m.superblock_watch` (with -1, served until the stop fills its files). Returns the
     // name its files are served under.
     std::filesystem::path reattachDetached(FanotifyMount m);
+
+    // The inotify instance of the superblock watches, to be kept (KeptFds) so that a worker taking
+    // over sees the superblocks its predecessor watched; or a kept one adopted. Before mounting.
+    int superblockWatchFd() const { return superblocks_.fd(); }
+    void adoptSuperblockWatch(rafs::UniqueFd fd) { superblocks_.adopt(std::move(fd)); }
+    // SuperblockWatch::gone.
+    bool superblockGone(int superblock_watch) { return superblocks_.gone(superblock_watch); }
 
     // Before start(): a mount the dead worker served that this worker could not take over. Its
     // files are not known, so an orphaned event whose file is not known may be one of theirs: it
@@ -149,7 +160,7 @@ private:
         int superblock;  // its SuperblockWatch id
     };
 
-    void watchSuperblock(const std::filesystem::path& name, const std::string& root);
+    int watchSuperblock(const std::filesystem::path& name, const std::string& root);
     // A name for the files of a mount off its path; mounts_mutex_ held.
     std::filesystem::path detachedName(const std::filesystem::path& mountpoint);
     int superblockOf(const std::filesystem::path& name);

@@ -26,6 +26,9 @@ struct FanotifyMount {
     // their chunks (a bounded cache). Otherwise they are unmarked after the mount, and as they
     // complete, and reads of them cost no event.
     bool keep_marks = false;
+    // A takeover: the watch on its superblock the previous worker made in the kept inotify
+    // instance (SuperblockWatch), or -1.
+    int superblock_watch = -1;
 };
 
 }  // namespace rafsd

@@ -9,6 +9,8 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <fstream>
+#include <string>
 #include <thread>
 
 namespace rafsd {
@@ -18,6 +20,12 @@ SuperblockWatch::SuperblockWatch() : fd_(::inotify_init1(IN_CLOEXEC | IN_NONBLOC
         log::error("inotify_init1: {}: unmounted mounts are taken for gone, although a copy in another mount "
                    "namespace would still read their files", std::strerror(errno));
     }
+}
+
+void SuperblockWatch::adopt(rafs::UniqueFd fd) {
+    std::lock_guard lock(mutex_);
+    fd_ = std::move(fd);
+    gone_.clear();
 }
 
 int SuperblockWatch::add(const std::string& root, const std::string& what) {
@@ -31,6 +39,11 @@ int SuperblockWatch::add(const std::string& root, const std::string& what) {
         return -1;
     }
     gone_.erase(id);  // ids are reused only after the watch they named went
+    if (fdinfo_lists_ && !listed(id)) {
+        // A kernel whose fdinfo says otherwise: only the events tell, then.
+        log::warn("inotify: /proc/self/fdinfo does not list watch {}; a superblock is known gone by its event only", id);
+        fdinfo_lists_ = false;
+    }
     return id;
 }
 
@@ -54,11 +67,22 @@ void SuperblockWatch::readEvents() {
     }
 }
 
+bool SuperblockWatch::listed(int id) const {
+    // Lines "inotify wd:<hex> ino:<hex> sdev:<hex> ..." (fs/notify/fdinfo.c, inotify_fdinfo()).
+    std::ifstream info(fmt::format("/proc/self/fdinfo/{}", fd_.get()));
+    if (!info) return true;  // cannot tell: alive
+    const std::string wanted = fmt::format("inotify wd:{:x} ", id);
+    for (std::string line; std::getline(info, line);) {
+        if (line.starts_with(wanted)) return true;
+    }
+    return false;
+}
+
 bool SuperblockWatch::gone(int id) {
-    if (id < 0) return false;
+    if (id < 0 || fd_.get() < 0) return false;
     std::lock_guard lock(mutex_);
     readEvents();
-    return gone_.count(id) != 0;
+    return gone_.count(id) != 0 || (fdinfo_lists_ && !listed(id));
 }
 
 void SuperblockWatch::waitGone(const std::vector<int>& ids, std::chrono::steady_clock::time_point deadline) {

@@ -5,7 +5,8 @@
 // events. The superblock is gone only when the kernel shuts it down; an inotify watch on the
 // mount's root directory then gets IN_UNMOUNT (fs/notify/fsnotify.c, fsnotify_sb_delete()), and
 // does not hold the superblock itself. The unmount that drops the last reference shuts the
-// superblock down before umount2() returns, so its IN_UNMOUNT is queued by then.
+// superblock down before umount2() returns (fs/namespace.c: the last mntput's cleanup runs as task
+// work before the return to user space), so its IN_UNMOUNT is queued by then.
 //
 // Thread-safe.
 #pragma once
@@ -25,11 +26,18 @@ public:
     // Without an inotify instance (said in one log line), nothing can be watched.
     SuperblockWatch();
 
+    // Watch with `fd` from now on: an instance a previous worker watched with, which the
+    // supervisor keeps, so that its watches outlive that worker. Before any add().
+    void adopt(rafs::UniqueFd fd);
+    int fd() const { return fd_.get(); }
+
     // Watches the superblock of the mount whose root directory `root` names (a path, or
     // /proc/self/fd/N of an fd on it). Returns the watch's id, or -1 (said in one log line) if it
     // cannot be watched: such a superblock is never known to be gone.
     int add(const std::string& root, const std::string& what);
-    // Whether the superblock watched as `id` is gone; false for -1.
+    // Whether the superblock watched as `id` is gone: its IN_UNMOUNT read, or its watch no longer
+    // in the instance (/proc/self/fdinfo lists them; a previous worker may have read the event).
+    // False for -1.
     bool gone(int id);
     // Waits until every one of `ids` is gone, or `deadline`.
     void waitGone(const std::vector<int>& ids, std::chrono::steady_clock::time_point deadline);
@@ -37,11 +45,13 @@ public:
     void forget(int id);
 
 private:
-    void readEvents();  // mutex_ held
+    void readEvents();            // mutex_ held
+    bool listed(int id) const;    // mutex_ held
 
     rafs::UniqueFd fd_;
     std::mutex mutex_;
     std::set<int> gone_;
+    bool fdinfo_lists_ = true;  // /proc/self/fdinfo lists our watches (checked at each add)
 };
 
 }  // namespace rafsd
