@@ -128,6 +128,7 @@ void ImageService::useFanotifyGroup(KeptFds& kept, bool restore) {
     // The watches on the mounts' superblocks outlive a worker with it (rafsd before this one kept none).
     if (const int watches = kept.find(kKeptSuperblocks); watches >= 0) {
         engine->adoptSuperblockWatch(rafs::UniqueFd::duplicate(watches, "the kept inotify instance"));
+        superblocks_adopted_ = true;
     } else if (engine->superblockWatchFd() >= 0) {
         kept.keep(kKeptSuperblocks, engine->superblockWatchFd());
     }
@@ -569,7 +570,8 @@ nlohmann::json ImageService::mountOrReattach(const MountRequest& request, bool r
     // snapshotter does so) and the image is mounted anew: nothing is left unserved there.
     // So is a layer store image still to be mounted again there. (A reattach finds neither.)
     if (!reattach) {
-        auto here = [&](const MountRecord& r) { return fs::weakly_canonical(r.mountpoint) == mountpoint; };
+        // Not a detached one's: off its path, it is no mount of this path.
+        auto here = [&](const MountRecord& r) { return !r.detached && fs::weakly_canonical(r.mountpoint) == mountpoint; };
         const auto stale = std::erase_if(unserved_, here) + std::erase_if(remount_at_start_, here);
         if (stale != 0) {
             if (unserved_.empty()) unserved_blobs_.clear();
@@ -710,16 +712,20 @@ void ImageService::recoverMounts() {
     for (const MountRecord& r : records) {
         try {
             const bool fanotify = r.engine == engineName(EngineKind::Fanotify);
-            const bool mounted = hasErofsMount(r.mountpoint);
-            if (fanotify && (r.detached || (!mounted && !r.layer_store))) {
+            const bool mounted = !r.detached && hasErofsMount(r.mountpoint);
+            // A watch the previous worker made is known only in the instance it made it in.
+            const int watch = superblocks_adopted_ ? r.superblock_watch : -1;
+            if (fanotify && !mounted) {
                 // Off its path (unmounted through rafsd, or by hand), maybe still read: taken over
                 // while the previous worker's watch says its superblock lives; without a watch, if
                 // rafsd knew it was in use, until the stop fills its files. (On a new group it
-                // reads without rafsd already.)
-                const bool watched = r.superblock_watch >= 0;
-                if (fanotify_ && fanotify_restore_ &&
-                    (watched ? !fanotify_->superblockGone(r.superblock_watch) : r.detached)) {
-                    takeOver(requestOf(r), {r.superblock_watch, true});
+                // reads without rafsd already.) Not as a layer store's mount: its path gets one
+                // again, as for any layer store image found unmounted.
+                if (fanotify_ && fanotify_restore_ && (watch >= 0 ? !fanotify_->superblockGone(watch) : r.detached)) {
+                    if (r.layer_store && !r.detached) remounts.push_back(r);
+                    MountRequest off_path = requestOf(r);
+                    off_path.layer_store = false;
+                    takeOver(off_path, {watch, true});
                     continue;
                 }
                 if (r.detached) continue;
@@ -748,7 +754,7 @@ void ImageService::recoverMounts() {
                 if (r.layer_store) withdrawMarkersOrLog(r.mountpoint);
                 continue;
             }
-            reattach(requestOf(r));
+            takeOver(requestOf(r), {watch, false});
             // Back after an earlier worker could not take it over (below).
             if (r.layer_store) LayerStore::reinstateMarkers(r.mountpoint);
         } catch (const std::exception& e) {

@@ -224,6 +224,7 @@ private:
     // fanotify failover: the cache files among the fds the supervisor keeps (useFanotifyGroup)
     std::optional<KeptCacheFiles> kept_files_;
     bool fanotify_restore_ = false;  // the adopted group had a worker die on it
+    bool superblocks_adopted_ = false;  // the engine watches with the kept inotify instance
     std::filesystem::path mount_table_;  // empty: not kept
     // Whether this service has read the table (recoverMounts) or mounted something since it was
     // given it: only then is its own list the table's content. A worker that fails while starting

@@ -5,6 +5,8 @@
 #include <linux/magic.h>
 #include <sys/statfs.h>
 
+#include <cerrno>
+
 #include <fstream>
 #include <sstream>
 
@@ -67,7 +69,10 @@ std::set<std::string> erofsMountSources() {
 
 bool hasErofsMount(const fs::path& dir) {
     struct statfs st {};
-    if (::statfs(dir.c_str(), &st) != 0) rafs::failErrno("statfs " + dir.string());
+    if (::statfs(dir.c_str(), &st) != 0) {
+        if (errno == ENOENT) return false;  // removed since it was mounted on: nothing there
+        rafs::failErrno("statfs " + dir.string());
+    }
     return static_cast<unsigned long>(st.f_type) == EROFS_SUPER_MAGIC_V1;
 }
 

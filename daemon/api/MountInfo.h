@@ -16,7 +16,8 @@ std::optional<std::string> erofsMountOn(const std::filesystem::path& dir);
 // the bootstrap file it was mounted from.
 std::set<std::string> erofsMountSources();
 
-// True if `dir` is on an EROFS file system (e.g. one a dead daemon left mounted there).
+// True if `dir` is on an EROFS file system (e.g. one a dead daemon left mounted there); false if
+// it does not exist.
 bool hasErofsMount(const std::filesystem::path& dir);
 
 }  // namespace rafsd

@@ -39,7 +39,8 @@ struct SupervisorOptions {
     // over), unless told to stop: a worker that exits or keeps dying is followed by another, at
     // first at once, then after a delay growing to a minute. For fanotify, whose group's release
     // would let readers see the holes of its marked files as zeros; their reads wait instead.
-    // (fscache's mounts fail with EIO when the device closes: there the supervisor gives up.)
+    // (fscache's mounts fail with EIO when the device closes: there the supervisor gives up once
+    // workers that served keep dying, but not while they fail to take mounts over.)
     bool fail_closed = false;
     // SIGHUP reloads: the worker hands over and this process becomes the program at the same path
     // (InPlaceRestart.h). Without it, SIGHUP stops as SIGTERM does.

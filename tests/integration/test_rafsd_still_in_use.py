@@ -13,7 +13,8 @@ prefetch off, so that what was not read is a hole of the cache file):
 3. a stop with such a mount: rafsd fills its cache files before it exits; the held file then reads
    its bytes without rafsd.
 4. a reload, then a failover, with such mounts: one unmounted through rafsctl, then, after the
-   reload, one unmounted by hand (umount -l) behind rafsd's back, each with a file held open. The
+   reload, one unmounted by hand (umount -l) behind rafsd's back, each with a file held open and
+   its directory removed. The
    new program, then after a kill -9 of its worker the next one, takes both over from the state
    dir's table and the kept superblock watches (before, a new worker denied their reads: EIO, and
    its stop let them read holes); the held files read their bytes; once they are closed, rafsd
@@ -142,6 +143,7 @@ def case_stop(ck, ctl, image, content, srv, sock, mnt):
 
 def case_failover(ck, ctl, image, content, srv, sock, mnt):
     held = detach_holding(ck, ctl, sock, mnt, content, 'failover', 'failover')
+    os.rmdir(mnt)  # as the snapshotter removes a released snapshot's directory
     mnt2 = mnt + '-2'
     os.makedirs(mnt2)
     held2 = None
@@ -156,6 +158,7 @@ def case_failover(ck, ctl, image, content, srv, sock, mnt):
         if held2 is None and mount(ck, ctl, sock, image, mnt2, 'failover: a second mount'):
             held2 = Reader(os.path.join(mnt2, 'failover2'), content['failover2'], hold=True)
             subprocess.run(['umount', '-l', mnt2], check=True)
+            os.rmdir(mnt2)
     text = listed(ctl, sock)
     ck.check(mnt2 + ' (detached' in text, 'failover: the mount unmounted by hand was taken over too', text)
     read_checked(ck, held, 'failover: the file held on the mount unmounted through rafsctl reads its bytes')

@@ -26,6 +26,19 @@ void SuperblockWatch::adopt(rafs::UniqueFd fd) {
     std::lock_guard lock(mutex_);
     fd_ = std::move(fd);
     gone_.clear();
+    // Its watches are asked about before this process adds one: fdinfo is checked now, on a
+    // watch of our own.
+    const int probe = ::inotify_add_watch(fd_.get(), "/", IN_UNMOUNT);
+    if (probe < 0) return;
+    checkListed(probe);
+    if (::inotify_rm_watch(fd_.get(), probe) != 0) log::warn("inotify_rm_watch: {}", std::strerror(errno));
+}
+
+void SuperblockWatch::checkListed(int id) {
+    if (!fdinfo_lists_ || listed(id)) return;
+    // A kernel whose fdinfo says otherwise: only the events tell, then.
+    log::warn("inotify: /proc/self/fdinfo does not list watch {}; a superblock is known gone by its event only", id);
+    fdinfo_lists_ = false;
 }
 
 int SuperblockWatch::add(const std::string& root, const std::string& what) {
@@ -39,11 +52,7 @@ int SuperblockWatch::add(const std::string& root, const std::string& what) {
         return -1;
     }
     gone_.erase(id);  // ids are reused only after the watch they named went
-    if (fdinfo_lists_ && !listed(id)) {
-        // A kernel whose fdinfo says otherwise: only the events tell, then.
-        log::warn("inotify: /proc/self/fdinfo does not list watch {}; a superblock is known gone by its event only", id);
-        fdinfo_lists_ = false;
-    }
+    checkListed(id);
     return id;
 }
 

@@ -47,6 +47,7 @@ public:
 private:
     void readEvents();            // mutex_ held
     bool listed(int id) const;    // mutex_ held
+    void checkListed(int id);     // mutex_ held: `id` just added; else fdinfo is not used
 
     rafs::UniqueFd fd_;
     std::mutex mutex_;
