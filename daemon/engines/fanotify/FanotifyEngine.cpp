@@ -433,6 +433,10 @@ int FanotifyEngine::watchSuperblock(const std::filesystem::path& name, const std
 
 int FanotifyEngine::superblockOf(const std::filesystem::path& name) {
     std::lock_guard lock(mounts_mutex_);
+    return watchOfLocked(name);
+}
+
+int FanotifyEngine::watchOfLocked(const std::filesystem::path& name) const {
     const auto it = watches_.find(name);
     return it == watches_.end() ? -1 : it->second;
 }
@@ -476,7 +480,7 @@ std::optional<std::filesystem::path> FanotifyEngine::umount(const std::filesyste
     std::lock_guard lock(mounts_mutex_);
     const std::filesystem::path name = detachedName(normal);
     files_->rename(normal, name);
-    watches_[name] = watches_[normal];
+    watches_[name] = watchOfLocked(normal);
     watches_.erase(normal);
     detached_.insert(name);
     return name;
@@ -487,7 +491,7 @@ std::vector<std::filesystem::path> FanotifyEngine::releaseDetached() {
     {
         std::lock_guard lock(mounts_mutex_);
         for (const std::filesystem::path& name : detached_) {
-            if (superblocks_.gone(watches_[name])) gone.push_back(name);
+            if (superblocks_.gone(watchOfLocked(name))) gone.push_back(name);
         }
     }
     for (const std::filesystem::path& name : gone) forget(name);

@@ -164,6 +164,7 @@ private:
     // A name for the files of a mount off its path; mounts_mutex_ held.
     std::filesystem::path detachedName(const std::filesystem::path& mountpoint);
     int superblockOf(const std::filesystem::path& name);
+    int watchOfLocked(const std::filesystem::path& name) const;  // mounts_mutex_ held; -1 if none
     // Whether a mount's superblock is gone after `unmounted` (umount2 took it off its path).
     bool goneAfterUnmount(int superblock, bool unmounted);
     // Drops a mount from the tables: its marks, its watch.
