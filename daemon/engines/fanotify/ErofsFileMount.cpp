@@ -70,7 +70,7 @@ void mountErofsFiles(const std::filesystem::path& bootstrap, const std::vector<s
 bool unmountOrDetach(const std::filesystem::path& mountpoint) {
     if (::umount2(mountpoint.c_str(), UMOUNT_NOFOLLOW) == 0) return true;
     if (errno == EINVAL) {
-        log::warn("{} was unmounted by someone else; its files may still be open there", mountpoint.native());
+        log::info("{} was unmounted by someone else", mountpoint.native());  // in use or not: its superblock says
         return false;
     }
     if (errno != EBUSY) {
