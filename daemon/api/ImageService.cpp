@@ -52,13 +52,6 @@ std::string defaultFsid(const rafs::Bootstrap& bootstrap) {
     return "rafs-" + rafs::toHex(rafs::digestOf(rafs::Digester::Sha256, bootstrap.bytes())).substr(0, 32);
 }
 
-// list and status: what an image mounted by reference was mounted from.
-void addImageFields(nlohmann::json& entry, const std::string& image, const std::string& manifest_digest) {
-    if (image.empty()) return;
-    entry["image"] = image;
-    entry["manifest"] = manifest_digest;
-}
-
 CachePolicy cachePolicy(const Config::Cache& cache) {
     const auto percent = [&](uint32_t p) {
         return cache.max_size / 100 * p + cache.max_size % 100 * p / 100;
@@ -638,8 +631,7 @@ void ImageService::saveMountTable(const Image* adding) {
     if (adding != nullptr) table_adopted_ = true;
     if (!table_adopted_) return;
     std::vector<MountRecord> records;
-    for (const Image& i : images_) records.push_back(recordOf(i));
-    for (const Image& i : detached_) records.push_back(recordOf(i));
+    forEachImage([&](const Image& i) { records.push_back(recordOf(i)); });
     if (adding != nullptr) records.push_back(recordOf(*adding));
     records.insert(records.end(), unserved_.begin(), unserved_.end());
     records.insert(records.end(), remount_at_start_.begin(), remount_at_start_.end());
@@ -857,7 +849,9 @@ nlohmann::json ImageService::umount(const UmountRequest& request) {
 
 void ImageService::releaseDetached() {
     if (!fanotify_ || detached_.empty()) return;
-    for (const fs::path& name : fanotify_->releaseDetached()) {
+    const std::vector<fs::path> released = fanotify_->releaseDetached();
+    if (released.empty()) return;
+    for (const fs::path& name : released) {
         const auto it = std::find_if(detached_.begin(), detached_.end(), [&](const Image& i) { return i.detached_as == name; });
         if (it == detached_.end()) continue;
         forgetFetches(*it);
@@ -900,11 +894,11 @@ void ImageService::forgetFetches(const Image& image) {
         // A blob another mounted image shares stays queued: it is that image's prefetch too.
         std::vector<std::shared_ptr<CachedBlob>> unshared;
         for (const auto& blob : image.blobs) {
-            const auto uses = [&](const Image& other) {
-                return &other != &image && std::find(other.blobs.begin(), other.blobs.end(), blob) != other.blobs.end();
-            };
-            const bool shared = std::any_of(images_.begin(), images_.end(), uses) ||
-                                std::any_of(detached_.begin(), detached_.end(), uses);
+            bool shared = false;
+            forEachImage([&](const Image& other) {
+                shared = shared || (&other != &image &&
+                                    std::find(other.blobs.begin(), other.blobs.end(), blob) != other.blobs.end());
+            });
             if (!shared) unshared.push_back(blob);
         }
         prefetcher_->forget(unshared);
@@ -928,21 +922,24 @@ nlohmann::json ImageService::trace(const TraceRequest& request) {
     return saveTrace(*it);
 }
 
+nlohmann::json ImageService::imageEntry(const Image& i, nlohmann::json blobs) {
+    nlohmann::json entry = {{"mountpoint", i.shownAt().string()},
+                            {"bootstrap", i.bootstrap.string()},
+                            {"engine", std::string(engineName(i.engine))},
+                            {"blobs", std::move(blobs)}};
+    if (!i.detached_as.empty()) entry["detached"] = true;
+    if (!i.image.empty()) {  // mounted by reference: from what
+        entry["image"] = i.image;
+        entry["manifest"] = i.manifest_digest;
+    }
+    return entry;
+}
+
 nlohmann::json ImageService::list() {
     std::lock_guard lock(mutex_);
     releaseDetached();
     nlohmann::json images = nlohmann::json::array();
-    for (const auto* list : {&images_, &detached_}) {
-        for (const Image& i : *list) {
-            nlohmann::json entry = {{"mountpoint", i.shownAt().string()},
-                                    {"bootstrap", i.bootstrap.string()},
-                                    {"engine", std::string(engineName(i.engine))},
-                                    {"blobs", i.blobs.size()}};
-            if (!i.detached_as.empty()) entry["detached"] = true;
-            addImageFields(entry, i.image, i.manifest_digest);
-            images.push_back(std::move(entry));
-        }
-    }
+    forEachImage([&](const Image& i) { images.push_back(imageEntry(i, i.blobs.size())); });
     return {{"images", images}};
 }
 
@@ -1003,20 +1000,14 @@ nlohmann::json ImageService::status(const StatusRequest& request) {
     std::lock_guard lock(mutex_);
     releaseDetached();
     nlohmann::json images = nlohmann::json::array();
-    for (const auto* list : {&images_, &detached_}) {
-        for (const Image& i : *list) {
-            if (request.mountpoint && fs::weakly_canonical(*request.mountpoint) != i.mountpoint) continue;
-            nlohmann::json blobs = nlohmann::json::array();
-            for (const auto& b : i.blobs) blobs.push_back(blobStatus(*b));
-            nlohmann::json entry = {{"mountpoint", i.shownAt().string()},
-                                    {"bootstrap", i.bootstrap.string()},
-                                    {"engine", std::string(engineName(i.engine))},
-                                    {"blobs", blobs}};
-            if (!i.detached_as.empty()) entry["detached"] = true;
-            addImageFields(entry, i.image, i.manifest_digest);
-            images.push_back(std::move(entry));
-        }
-    }
+    const std::optional<fs::path> wanted =
+        request.mountpoint ? std::optional(fs::weakly_canonical(*request.mountpoint)) : std::nullopt;
+    forEachImage([&](const Image& i) {
+        if (wanted && *wanted != i.mountpoint) return;
+        nlohmann::json blobs = nlohmann::json::array();
+        for (const auto& b : i.blobs) blobs.push_back(blobStatus(*b));
+        images.push_back(imageEntry(i, std::move(blobs)));
+    });
     if (request.mountpoint && images.empty()) rafs::fail("{} is not mounted by rafsd", request.mountpoint->string());
     nlohmann::json response = {{"images", images}};
     const CacheCounters& cache = collector_->counters();
@@ -1042,23 +1033,21 @@ std::string ImageService::metrics() {
     }
     m.family("rafsd_image_blob", "gauge", "1 for each blob of each image: which mountpoint reads which blob.");
     std::vector<std::pair<CachedBlob*, Labels>> blobs;  // each blob once, also when images share it
-    for (const auto* list : {&images_, &detached_}) {
-        for (const Image& image : *list) {
-            for (const auto& blob : image.blobs) {
-                const std::string& id = blob->descriptor().id;
-                m.sample("rafsd_image_blob", {{"mountpoint", image.shownAt().string()}, {"blob", id}}, 1);
-                if (std::none_of(blobs.begin(), blobs.end(), [&](const auto& b) { return b.first == blob.get(); })) {
-                    // An fscache blob is one per volume (blobKey): images of other volumes have
-                    // their own, which must not be two series of the same labels.
-                    Labels labels{{"blob", id}};
-                    if (image.engine == EngineKind::Fscache) {
-                        labels.push_back({"fscache_volume", image.fscacheVolume()});
-                    }
-                    blobs.push_back({blob.get(), std::move(labels)});
+    forEachImage([&](const Image& image) {
+        for (const auto& blob : image.blobs) {
+            const std::string& id = blob->descriptor().id;
+            m.sample("rafsd_image_blob", {{"mountpoint", image.shownAt().string()}, {"blob", id}}, 1);
+            if (std::none_of(blobs.begin(), blobs.end(), [&](const auto& b) { return b.first == blob.get(); })) {
+                // An fscache blob is one per volume (blobKey): images of other volumes have their
+                // own, which must not be two series of the same labels.
+                Labels labels{{"blob", id}};
+                if (image.engine == EngineKind::Fscache) {
+                    labels.push_back({"fscache_volume", image.fscacheVolume()});
                 }
+                blobs.push_back({blob.get(), std::move(labels)});
             }
         }
-    }
+    });
     const auto each = [&](std::string_view name, std::string_view type, std::string_view help, auto value) {
         m.family(name, type, help);
         for (auto& [blob, labels] : blobs) m.sample(name, labels, value(*blob));
@@ -1134,12 +1123,10 @@ std::string ImageService::metrics() {
 bool ImageService::mountsOutliveWorker() {
     std::lock_guard lock(mutex_);
     std::vector<std::string> lost;
-    for (const auto* list : {&images_, &detached_}) {
-        for (const Image& image : *list) {
-            const bool kept = image.engine == EngineKind::Fanotify ? kept_files_.has_value() : fscache_kept_;
-            if (!kept) lost.push_back(image.mountpoint.string());
-        }
-    }
+    forEachImage([&](const Image& image) {
+        const bool kept = image.engine == EngineKind::Fanotify ? kept_files_.has_value() : fscache_kept_;
+        if (!kept) lost.push_back(image.mountpoint.string());
+    });
     if (lost.empty()) return true;
     log::error("reload refused: {} {} on kernel objects only this worker holds (an engine other than the "
                "configured one); unmount {} first", fmt::join(lost, ", "), lost.size() == 1 ? "is mounted" : "are mounted",
@@ -1177,17 +1164,15 @@ void ImageService::shutdown() {
     // still exist: members are destroyed engines first.
     fetcher_->abandonQueued();
     fetcher_.reset();
-    for (const auto* list : {&images_, &detached_}) {
-        for (const Image& image : *list) {
-            for (const auto& blob : image.blobs) {
-                const BlobCounters& c = blob->counters();
-                log::info("blob {}: fetched {} bytes, {} of {} chunks present, {} misses, {} errors",
-                          blob->descriptor().id, c.bytes_fetched.load(), blob->cache().bitmap().count(),
-                          blob->cache().chunkCount(), c.misses.load(), c.errors.load());
-            }
-            flushOrLog(image);
+    forEachImage([&](const Image& image) {
+        for (const auto& blob : image.blobs) {
+            const BlobCounters& c = blob->counters();
+            log::info("blob {}: fetched {} bytes, {} of {} chunks present, {} misses, {} errors",
+                      blob->descriptor().id, c.bytes_fetched.load(), blob->cache().bitmap().count(),
+                      blob->cache().chunkCount(), c.misses.load(), c.errors.load());
         }
-    }
+        flushOrLog(image);
+    });
     // The engines' stop() unmounted every image: a layer store's entries go with their mount, and
     // come back when the next rafsd mounts it again.
     for (const Image& image : images_) {

@@ -190,6 +190,14 @@ private:
     void dropUnusedKeptFds();
     // Forgets the images of detached_ whose superblock is gone.
     void releaseDetached();
+    // Each image rafsd serves: images_, then detached_.
+    template <typename Visit>
+    void forEachImage(Visit&& visit) const {
+        for (const Image& image : images_) visit(image);
+        for (const Image& image : detached_) visit(image);
+    }
+    // Its entry in list and status.
+    static nlohmann::json imageEntry(const Image& image, nlohmann::json blobs);
     // Flushes the cache state of `image`'s blobs, failures logged.
     static void flushOrLog(const Image& image);
 

@@ -35,8 +35,8 @@ import time
 
 from rafstest import harness
 from rafstest.harness import log
-from rafstest.rafsd import (RafsdServe, drop_file_cache, make_small_tree, rafsctl, rafsctl_status, start_test,
-                            worker_of, write_config)
+from rafstest.rafsd import (RafsdServe, drop_file_cache, make_small_tree, rafsctl, rafsctl_mount, rafsctl_status,
+                            start_test, worker_of, write_config)
 
 MiB = 1 << 20
 FILES = [('d%d/f%02d' % (i // 4, i), 2 * MiB) for i in range(16)]  # 32 MiB in 256 KiB chunks
@@ -57,11 +57,6 @@ def serve(ck, rafsd, tmp, name, cache_dir, cache, prefetch=False):
         srv.stop()
         return None, sock, mnt
     return srv, sock, mnt
-
-
-def mount(ck, ctl, sock, blobs, boot, mnt, what='rafsctl mount'):
-    r = rafsctl(ctl, sock, 'mount', '--blob-dir', blobs, boot, mnt)
-    return ck.check(r.returncode == 0, what, r.stderr.decode())
 
 
 def dir_size(path):
@@ -118,7 +113,7 @@ def capped(ck, rafsd, ctl, tmp, boot, blobs, sources):
     if srv is None:
         return
     with srv:
-        if not mount(ck, ctl, sock, blobs, boot, mnt):
+        if not rafsctl_mount(ck, ctl, sock, blobs, boot, mnt):
             return
         time.sleep(2)
         b = blob(ctl, sock)
@@ -157,7 +152,7 @@ def concurrent(ck, rafsd, ctl, tmp, boot, blobs, sources):
     if srv is None:
         return
     with srv:
-        if not mount(ck, ctl, sock, blobs, boot, mnt):
+        if not rafsctl_mount(ck, ctl, sock, blobs, boot, mnt):
             return
         bad, rounds = [], [0] * 4
         stop = time.monotonic() + 10
@@ -214,10 +209,10 @@ def unused(ck, rafsd, ctl, mk, tmp, boot, blobs, sources, blob_id):
         return
     data = os.path.join(cache_dir, blob_id + '.blob.data')
     with srv:
-        mount(ck, ctl, sock, blobs, boot, mnt, 'mount the first image')
+        rafsctl_mount(ck, ctl, sock, blobs, boot, mnt, 'mount the first image')
         ck.check(not read_tree(mnt, sources, sorted(sources)[:4]), 'read some of it')
         rafsctl(ctl, sock, 'umount', mnt)
-        mount(ck, ctl, sock, os.path.join(other_out, 'blobs'), os.path.join(other_out, 'image.boot'), mnt,
+        rafsctl_mount(ck, ctl, sock, os.path.join(other_out, 'blobs'), os.path.join(other_out, 'image.boot'), mnt,
               'mount the other image')
         ck.check(not read_tree(mnt, other_sources), 'read it whole')
         files_before = sorted(os.listdir(cache_dir))
@@ -276,7 +271,7 @@ def full_disk(ck, rafsd, ctl, tmp, boot, blobs, sources):
             if srv is None:
                 return
             with srv:
-                if not mount(ck, ctl, sock, blobs, boot, mnt):
+                if not rafsctl_mount(ck, ctl, sock, blobs, boot, mnt):
                     return
                 # In three parts, each less than the free space, with pauses longer than keep_recent
                 # (1 s) between them: each part's writes may free the parts before.
@@ -322,14 +317,14 @@ def full_disk_complete(ck, rafsd, ctl, tmp, big, small):
             mnt_small = mnt + '-small'
             os.makedirs(mnt_small)
             boot, blobs, sources = small
-            if not mount(ck, ctl, sock, blobs, boot, mnt_small, 'mount the 4 MiB image'):
+            if not rafsctl_mount(ck, ctl, sock, blobs, boot, mnt_small, 'mount the 4 MiB image'):
                 return
             ck.check(not read_tree(mnt_small, sources), 'it reads back exactly (and is complete)')
             rafsctl(ctl, sock, 'umount', mnt_small)
-            if not mount(ck, ctl, sock, blobs, boot, mnt_small, 'mount it again, complete'):
+            if not rafsctl_mount(ck, ctl, sock, blobs, boot, mnt_small, 'mount it again, complete'):
                 return
             big_boot, big_blobs, big_sources = big
-            if not mount(ck, ctl, sock, big_blobs, big_boot, mnt, 'mount the 32 MiB image'):
+            if not rafsctl_mount(ck, ctl, sock, big_blobs, big_boot, mnt, 'mount the 32 MiB image'):
                 return
             rels = sorted(big_sources)
             # In parts of 8 MiB, less than the space left, with pauses longer than keep_recent, as in

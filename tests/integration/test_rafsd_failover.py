@@ -213,7 +213,7 @@ def socket_taken(ck, serve, mnt, sock, state_dir, content):
     """Workers of `serve` that take the mount over and then fail (the control socket's path is a
     file) leave it up, and the table, for the worker that can serve."""
     table = os.path.join(state_dir, 'mounts.json')
-    listed = lambda: os.path.exists(table) and mnt in open(table).read()
+    listed = lambda: os.path.exists(table) and mnt in harness.read_text(table)
     if not ck.check(listed(), 'service: the state dir lists the mount', table):
         return
     # Stopped, the supervisor starts the next worker only once the file is in place.
@@ -226,7 +226,7 @@ def socket_taken(ck, serve, mnt, sock, state_dir, content):
         os.kill(serve.proc.pid, signal.SIGCONT)
     waiting = Reader(os.path.join(mnt, 'bind'), content['bind'])
     try:
-        failed = harness.wait_for(lambda: serve.log_text().count('is not a socket') >= 2, timeout=60, interval=0.05)
+        failed = harness.wait_for(lambda: serve.log_text().count('is not a socket') >= 2, timeout=60)
         ck.check(failed and os.path.ismount(mnt) and listed() and serve.proc.poll() is None,
                  'service: workers that fail after the takeover leave the mount and its table as they are',
                  'mounted %s, listed %s\n%s' % (os.path.ismount(mnt), listed(), serve.log_text()[-2000:]))

@@ -35,7 +35,8 @@ import time
 from rafstest import harness
 from rafstest.harness import log
 from rafstest.mount import umount
-from rafstest.rafsd import RafsdMount, RafsdServe, make_small_tree, rafsctl, start_test, write_config
+from rafstest.rafsd import (RafsdMount, RafsdServe, make_small_tree, network_config, rafsctl_mount, start_test,
+                            write_config)
 
 MiB = 1 << 20
 FILES = [('f%02d' % i, 4 * MiB + 1000 * i) for i in range(16)] + [('zz-hold', 4 * MiB)]
@@ -176,9 +177,7 @@ def held_past_stop(ck, rafsd, tmp, out, content, name, blobs_gone):
 def shared_blob_held(ck, rafsd, ctl, tmp, out, content):
     """Part 7: two mounts of one image in one rafsd serve, a file held open on the first."""
     sock = os.path.join(tmp, 'shared.sock')
-    config = write_config(os.path.join(tmp, 'shared.toml'), prefetch={'enable': False}, fetch={'amplify': 0},
-                          daemon={'engine': 'fanotify', 'socket': sock, 'cache_dir': os.path.join(tmp, 'shared-cache'),
-                                  'state_dir': os.path.join(tmp, 'shared-state')})
+    config = network_config(tmp, 'shared', fetch={'amplify': 0})
     mnts = [os.path.join(tmp, 'shared-%d' % i) for i in (1, 2)]
     for mnt in mnts:
         os.makedirs(mnt)
@@ -191,8 +190,8 @@ def shared_blob_held(ck, rafsd, ctl, tmp, out, content):
             boots = [os.path.join(out, 'image.boot'), os.path.join(tmp, 'shared-copy.boot')]
             shutil.copyfile(boots[0], boots[1])
             for mnt, boot in zip(mnts, boots):
-                r = rafsctl(ctl, sock, 'mount', '--blob-dir', os.path.join(out, 'blobs'), boot, mnt)
-                if not ck.check(r.returncode == 0, 'shared: rafsctl mount on %s' % mnt, r.stderr.decode()):
+                if not rafsctl_mount(ck, ctl, sock, os.path.join(out, 'blobs'), boot, mnt,
+                                     'shared: rafsctl mount on %s' % mnt):
                     return
             data = content[HOLD]
             fd = os.open(os.path.join(mnts[0], HOLD), os.O_RDONLY)

@@ -26,10 +26,9 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 from rafstest import harness
-from rafstest.rafsd import RafsdServe, rafsctl, worker_of, write_config
+from rafstest.rafsd import RafsdServe, network_config, rafsctl, rafsctl_mount, worker_of
 from rafstest.readers import READ_TIMEOUT, Reader, run_slow_cases
 
 MiB = 1 << 20
@@ -44,10 +43,7 @@ def served_mount(ck, rafsd, ctl, image, tmp, name):
     yields (the RafsdServe, its socket, the mountpoint), or None if either failed (reported); then
     checks that SIGTERM stops rafsd with exit 0, unless the case stopped it."""
     sock = os.path.join(tmp, name + '.sock')
-    config = write_config(os.path.join(tmp, name + '.toml'),
-                          daemon={'socket': sock, 'cache_dir': os.path.join(tmp, 'cache-' + name),
-                                  'state_dir': os.path.join(tmp, 'state-' + name), 'engine': 'fanotify'},
-                          prefetch={'enable': False}, fetch={'amplify': 0})
+    config = network_config(tmp, name, fetch={'amplify': 0})
     mnt = os.path.join(tmp, 'mnt-' + name)
     os.makedirs(mnt)
     with RafsdServe(rafsd, config, sock, os.path.join(tmp, name + '.log')) as srv:
@@ -64,8 +60,7 @@ def listed(ctl, sock):
 
 
 def mount(ck, ctl, sock, image, mnt, what):
-    r = rafsctl(ctl, sock, 'mount', '--blob-dir', image['blobs'], image['boot'], mnt)
-    return ck.check(r.returncode == 0, '%s: rafsctl mount' % what, r.stdout.decode() + r.stderr.decode())
+    return rafsctl_mount(ck, ctl, sock, image['blobs'], image['boot'], mnt, '%s: rafsctl mount' % what)
 
 
 def umount_still_in_use(ck, ctl, sock, mnt, what):
@@ -77,9 +72,13 @@ def umount_still_in_use(ck, ctl, sock, mnt, what):
 
 
 def forgotten(ck, ctl, sock, srv, mnt, what):
-    gone = harness.wait_for(lambda: mnt + ' (detached' not in listed(ctl, sock), timeout=30)
-    ck.check(gone and 'no longer in use' in srv.log_text(), '%s: once it is gone, rafsd forgets it' % what,
-             listed(ctl, sock) + srv.log_text()[-1500:])
+    seen = {}
+
+    def gone():
+        seen['list'] = listed(ctl, sock)
+        return mnt + ' (detached' not in seen['list']
+    ck.check(harness.wait_for(gone, timeout=30) and 'no longer in use' in srv.log_text(),
+             '%s: once it is gone, rafsd forgets it' % what, seen['list'] + srv.log_text()[-1500:])
 
 
 def read_checked(ck, reader, what):
@@ -118,7 +117,7 @@ def case_namespace(ck, ctl, image, content, srv, sock, mnt):
     holder = subprocess.Popen(['unshare', '--mount', '--propagation', 'private', 'sleep', '600'])
     try:
         copied = harness.wait_for(
-            lambda: mnt in open('/proc/%d/mountinfo' % holder.pid).read() and
+            lambda: mnt in harness.read_text('/proc/%d/mountinfo' % holder.pid) and
             os.readlink('/proc/%d/ns/mnt' % holder.pid) != os.readlink('/proc/self/ns/mnt'), timeout=10)
         if not ck.check(copied, 'namespace: the copy holds the mount'):
             return

@@ -808,6 +808,10 @@ class Guest:
             out = ctl('list').stdout.decode(errors='replace')
             check(mnt in out and 'fscache' in out, f'rafsctl list:\n{out}')
 
+        def table_mounts():
+            with open(table) as f:
+                return json.load(f)['mounts']
+
         def slow_read(rel, kill):
             t, result = self.start_reader(f'{mnt}/{rel}')
             time.sleep(1.5)
@@ -824,8 +828,7 @@ class Guest:
             b, blobs = self.image('img1')
             r = ctl('mount', '--engine', 'fscache', '--blob-dir', blobs, b, mnt)
             check(r.returncode == 0, f'rafsctl mount: {r.stdout!r}\n{d.text()}')
-            with open(table) as f:
-                check([m['mountpoint'] for m in json.load(f)['mounts']] == [mnt], f'{table} lacks {mnt}')
+            check([m['mountpoint'] for m in table_mounts()] == [mnt], f'{table} lacks {mnt}')
 
             instances = []
 
@@ -854,9 +857,8 @@ class Guest:
             t, result = self.start_reader(f'{mnt}/{rel}')
             try:
                 new.wait_for(lambda: new.text().count('is not a socket') >= 2, 'workers failing on the socket path')
-                with open(table) as f:
-                    check([m['mountpoint'] for m in json.load(f)['mounts']] == [mnt] and os.path.ismount(mnt),
-                          f'the failed takeovers unmounted {mnt} or emptied {table}:\n{new.text()}')
+                check([m['mountpoint'] for m in table_mounts()] == [mnt] and os.path.ismount(mnt),
+                      f'the failed takeovers unmounted {mnt} or emptied {table}:\n{new.text()}')
             finally:
                 os.unlink(sock)
             t.join(180)
@@ -866,8 +868,7 @@ class Guest:
             os.close(stored)
             stored = None
             self.expect_clean_stop(new, mnt)
-            with open(table) as f:
-                check(json.load(f)['mounts'] == [], f'{table} still lists mounts after a clean stop')
+            check(table_mounts() == [], f'{table} still lists mounts after a clean stop')
             return 'the restarted rafsd serve, then its next worker, reattached the mount and served the readers'
         finally:
             if stored is not None:

@@ -396,9 +396,13 @@ void FanotifyEngine::mount(const FanotifyMount& m, const std::function<void(int 
     }
 }
 
-int FanotifyEngine::reattach(const FanotifyMount& m) {
+void FanotifyEngine::checkTakeover(const FanotifyMount& m) const {
     if (thread_.joinable()) fail("cannot take {} over: the event loop already runs", m.mountpoint.native());
     if (!responder_) fail("cannot take {} over: no fanotify group adopted", m.mountpoint.native());
+}
+
+int FanotifyEngine::reattach(const FanotifyMount& m) {
+    checkTakeover(m);
     files_->add(m, true);
     const std::filesystem::path name = m.mountpoint.lexically_normal();
     if (m.superblock_watch >= 0 && !superblocks_.gone(m.superblock_watch)) {
@@ -410,8 +414,7 @@ int FanotifyEngine::reattach(const FanotifyMount& m) {
 }
 
 std::filesystem::path FanotifyEngine::reattachDetached(FanotifyMount m) {
-    if (thread_.joinable()) fail("cannot take {} over: the event loop already runs", m.mountpoint.native());
-    if (!responder_) fail("cannot take {} over: no fanotify group adopted", m.mountpoint.native());
+    checkTakeover(m);
     std::lock_guard lock(mounts_mutex_);
     m.mountpoint = detachedName(m.mountpoint.lexically_normal());
     files_->add(m, true);
@@ -442,8 +445,10 @@ int FanotifyEngine::watchOfLocked(const std::filesystem::path& name) const {
 }
 
 bool FanotifyEngine::goneAfterUnmount(int superblock, bool unmounted) {
-    // Without a watch, as rafsd did before it had one: a copy of the mount in another mount
-    // namespace then reads holes as zeros once its files are unmarked (said when the watch failed).
+    // Without a watch, an unmount that worked is taken for the end, as rafsd did before it had
+    // one (a copy of the mount in another mount namespace then reads holes as zeros once its files
+    // are unmarked: said when the watch failed); one unmounted by someone else may be detached
+    // and in use, and is served until the stop.
     return superblock < 0 ? unmounted : superblocks_.gone(superblock);
 }
 
@@ -517,18 +522,21 @@ void FanotifyEngine::stop(std::chrono::milliseconds grace, std::chrono::millisec
     // Every mount unmounted, or detached if busy (nothing new can be opened there), while events
     // are still served: a container still running keeps reading.
     std::vector<BusyMount> busy;
+    std::vector<int> superblocks;  // of the busy mounts
     for (const std::filesystem::path& name : files_->mountpoints()) {
         bool detached = false;
+        int superblock = -1;
         {
             std::lock_guard lock(mounts_mutex_);
             detached = detached_.count(name) != 0;
+            superblock = watchOfLocked(name);
         }
         const bool unmounted = !detached && unmountOrDetach(name);
-        const int superblock = superblockOf(name);
         if (goneAfterUnmount(superblock, unmounted)) {
             forget(name);
         } else {
-            busy.push_back({name, files_->filesOf(name), superblock});
+            busy.push_back({name, files_->filesOf(name)});
+            superblocks.push_back(superblock);
         }
     }
     // A busy mount reads its cache files without rafsd once the group is closed, its holes as zeros
@@ -537,29 +545,24 @@ void FanotifyEngine::stop(std::chrono::milliseconds grace, std::chrono::millisec
     if (!busy.empty()) {
         std::vector<MarkedFiles::MountFile> to_fill;
         std::vector<std::string> names;
-        std::vector<int> superblocks;
         for (const BusyMount& m : busy) {
             names.push_back(m.name.native());
             to_fill.insert(to_fill.end(), m.files.begin(), m.files.end());
-            superblocks.push_back(m.superblock);
         }
         log::warn("{} in use: filling {} cache file{} until complete or closed", fmt::join(names, ", "), to_fill.size(),
                   to_fill.size() == 1 ? "" : "s");
         const auto since = std::chrono::steady_clock::now();
         const std::shared_ptr<CompletionCount> filled = fill(to_fill);
-        const auto all_gone = [&] {
-            return std::all_of(superblocks.begin(), superblocks.end(), [&](int id) { return superblocks_.gone(id); });
-        };
         bool complete = false;
-        for (;;) {
+        bool gone = superblocks_.allGone(superblocks);
+        while (!gone) {
             const auto now = std::chrono::steady_clock::now();
-            if (all_gone()) break;
             if (filled->waitUntil(now)) {
                 complete = !filled->failed();
                 break;
             }
             if (now - since >= fill_time) break;
-            superblocks_.waitGone(superblocks, std::min(now + std::chrono::milliseconds(50), since + fill_time));
+            gone = superblocks_.waitGone(superblocks, std::min(now + std::chrono::milliseconds(50), since + fill_time));
         }
         if (complete) {
             // Reads there need no event any more (also of files that stay marked, in a bounded
@@ -567,13 +570,12 @@ void FanotifyEngine::stop(std::chrono::milliseconds grace, std::chrono::millisec
             log::info("{}: every cache file is complete; files open there read without rafsd", fmt::join(names, ", "));
             for (const BusyMount& m : busy) forget(m.name);
             busy.clear();
-        } else if (!all_gone()) {
+        } else if (!gone) {
             // Not filled: what is read there now is denied (a retried read too, as the kernel does
             // after a failed read-ahead), while the files open there have a grace to be closed.
             responder_->beginStop();
             responder_->denyAll();
-            superblocks_.waitGone(superblocks, std::chrono::steady_clock::now() + grace);
-            if (!all_gone()) {
+            if (!superblocks_.waitGone(superblocks, std::chrono::steady_clock::now() + grace)) {
                 log::error("{}: cache files not complete {} s after the stop: files still open there read unfetched "
                            "data as zeros once the fanotify group is closed", fmt::join(names, ", "),
                            std::chrono::duration_cast<std::chrono::seconds>(std::chrono::steady_clock::now() - since).count());

@@ -157,8 +157,10 @@ private:
     struct BusyMount {
         std::filesystem::path name;
         std::vector<MarkedFiles::MountFile> files;
-        int superblock;  // its SuperblockWatch id
     };
+
+    // Throws unless a mount can be taken over: a group adopted, the event loop not started.
+    void checkTakeover(const FanotifyMount& m) const;
 
     int watchSuperblock(const std::filesystem::path& name, const std::string& root);
     // A name for the files of a mount off its path; mounts_mutex_ held.

@@ -153,7 +153,7 @@ std::vector<MarkedFiles::MountFile> MarkedFiles::filesOf(const std::filesystem::
         if (m.mountpoint != normal) continue;
         for (const auto& [blob, key] : m.files) {
             const File& file = files_.at(key);
-            out.push_back({file.path, file.fd, {m.image, blob, file.size}});
+            out.push_back({file.path, {m.image, blob, file.size}});
         }
     }
     return out;

@@ -52,10 +52,9 @@ public:
     std::optional<Served> find(FileKey key) const;
     // Every file served, for an event whose file is not known.
     std::vector<std::pair<FileKey, Served>> all() const;
-    // A file of a mount: its path (for messages), our fd on it, and who serves it for that mount.
+    // A file of a mount: its path (for messages), and who serves it for that mount.
     struct MountFile {
         std::filesystem::path path;
-        int fd;
         Served served;
     };
     std::vector<MountFile> filesOf(const std::filesystem::path& mountpoint) const;

@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <fstream>
 #include <string>
@@ -35,7 +36,10 @@ void SuperblockWatch::adopt(rafs::UniqueFd fd) {
 }
 
 void SuperblockWatch::checkListed(int id) {
-    if (!fdinfo_lists_ || listed(id)) return;
+    if (fdinfo_checked_) return;  // the kernel's format does not change while we run
+    fdinfo_checked_ = true;
+    const std::optional<std::set<int>> listed = listedWatches();
+    if (!listed || listed->count(id) != 0) return;
     // A kernel whose fdinfo says otherwise: only the events tell, then.
     log::warn("inotify: /proc/self/fdinfo does not list watch {}; a superblock is known gone by its event only", id);
     fdinfo_lists_ = false;
@@ -76,39 +80,46 @@ void SuperblockWatch::readEvents() {
     }
 }
 
-bool SuperblockWatch::listed(int id) const {
+std::optional<std::set<int>> SuperblockWatch::listedWatches() const {
     // Lines "inotify wd:<hex> ino:<hex> sdev:<hex> ..." (fs/notify/fdinfo.c, inotify_fdinfo()).
     std::ifstream info(fmt::format("/proc/self/fdinfo/{}", fd_.get()));
-    if (!info) return true;  // cannot tell: alive
-    const std::string wanted = fmt::format("inotify wd:{:x} ", id);
+    if (!info) return std::nullopt;
+    std::set<int> ids;
     for (std::string line; std::getline(info, line);) {
-        if (line.starts_with(wanted)) return true;
+        unsigned id = 0;
+        if (std::sscanf(line.c_str(), "inotify wd:%x ", &id) == 1) ids.insert(static_cast<int>(id));
     }
-    return false;
+    return ids;
 }
 
-bool SuperblockWatch::gone(int id) {
-    if (id < 0 || fd_.get() < 0) return false;
+bool SuperblockWatch::allGone(const std::vector<int>& ids) {
+    if (fd_.get() < 0 || std::find(ids.begin(), ids.end(), -1) != ids.end()) return false;
     std::lock_guard lock(mutex_);
     readEvents();
-    return gone_.count(id) != 0 || (fdinfo_lists_ && !listed(id));
+    // Cannot tell from fdinfo: alive, unless its event says otherwise.
+    const std::optional<std::set<int>> listed = fdinfo_lists_ ? listedWatches() : std::nullopt;
+    return std::all_of(ids.begin(), ids.end(), [&](int id) {
+        return gone_.count(id) != 0 || (listed && listed->count(id) == 0);
+    });
 }
 
-void SuperblockWatch::waitGone(const std::vector<int>& ids, std::chrono::steady_clock::time_point deadline) {
-    const auto all = [&] { return std::all_of(ids.begin(), ids.end(), [&](int id) { return gone(id); }); };
-    if (std::find(ids.begin(), ids.end(), -1) != ids.end()) {
-        std::this_thread::sleep_until(deadline);  // one is never known to be gone
-        return;
-    }
-    while (!all()) {
+bool SuperblockWatch::gone(int id) { return allGone({id}); }
+
+bool SuperblockWatch::waitGone(const std::vector<int>& ids, std::chrono::steady_clock::time_point deadline) {
+    for (;;) {
+        if (allGone(ids)) return true;
         const auto left =
             std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
-        if (left.count() <= 0) return;
+        if (left.count() <= 0) return false;
+        if (std::find(ids.begin(), ids.end(), -1) != ids.end()) {
+            std::this_thread::sleep_until(deadline);  // one is never known to be gone
+            return false;
+        }
         pollfd p{fd_.get(), POLLIN, 0};
         if (::poll(&p, 1, static_cast<int>(left.count())) < 0 && errno != EINTR) {
             log::warn("poll on inotify: {}", std::strerror(errno));
             std::this_thread::sleep_until(deadline);
-            return;
+            return false;
         }
     }
 }

@@ -15,6 +15,7 @@
 
 #include <chrono>
 #include <mutex>
+#include <optional>
 #include <set>
 #include <string>
 #include <vector>
@@ -39,20 +40,25 @@ public:
     // in the instance (/proc/self/fdinfo lists them; a previous worker may have read the event).
     // False for -1.
     bool gone(int id);
-    // Waits until every one of `ids` is gone, or `deadline`.
-    void waitGone(const std::vector<int>& ids, std::chrono::steady_clock::time_point deadline);
+    // Whether every one of `ids` is gone (one read of fdinfo for all).
+    bool allGone(const std::vector<int>& ids);
+    // Waits until every one of `ids` is gone (true), or `deadline` (false).
+    bool waitGone(const std::vector<int>& ids, std::chrono::steady_clock::time_point deadline);
     // Stops watching `id` (gone or not); nothing for -1.
     void forget(int id);
 
 private:
-    void readEvents();            // mutex_ held
-    bool listed(int id) const;    // mutex_ held
-    void checkListed(int id);     // mutex_ held: `id` just added; else fdinfo is not used
+    void readEvents();  // mutex_ held
+    // The ids fdinfo lists; nullopt if it cannot be read. mutex_ held.
+    std::optional<std::set<int>> listedWatches() const;
+    // `id` just added: whether fdinfo lists it, once per process (else it is not used). mutex_ held.
+    void checkListed(int id);
 
     rafs::UniqueFd fd_;
     std::mutex mutex_;
     std::set<int> gone_;
-    bool fdinfo_lists_ = true;  // /proc/self/fdinfo lists our watches (checked at each add)
+    bool fdinfo_lists_ = true;  // /proc/self/fdinfo lists our watches
+    bool fdinfo_checked_ = false;
 };
 
 }  // namespace rafsd

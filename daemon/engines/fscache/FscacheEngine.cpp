@@ -210,8 +210,9 @@ void FscacheEngine::handleRead(const CachefilesMessage& msg) {
     // The kernel asks only for holes of its cache file. A chunk there that our bitmap calls present
     // lost its data (the kernel recreated the file, or a crash dropped a tmpfile never linked in):
     // forget it, else the READ would complete over the hole and the reader would get EIO for data
-    // we can fetch. Should that fail (the chunk map cannot be written), the READ is completed
-    // without its data, so that the reader gets EIO instead of waiting for ever.
+    // we can fetch. Should that fail (the chunk map cannot be written), or the fetch not even
+    // start, the READ is completed without its data, so that the reader gets EIO instead of
+    // waiting until the device closes.
     try {
         if (const uint32_t dropped = core_.forgetLost(image, blob, msg.offset, msg.length); dropped != 0) {
             log::warn("blob {}: {} chunks marked present are not in the kernel's cache file; fetching them again",
@@ -219,14 +220,7 @@ void FscacheEngine::handleRead(const CachefilesMessage& msg) {
             std::lock_guard relock(mutex_);
             counters_.stale_chunks += dropped;
         }
-    } catch (const std::exception& e) {
-        log::error("cachefiles READ {}: blob {}: {}; the reader gets EIO", msg.msg_id, blob_id, e.what());
-        ++read_stats_->errors;
-        complete_(fd->get(), msg.msg_id);
-        return;
-    }
-    const auto received = std::chrono::steady_clock::now();
-    try {
+        const auto received = std::chrono::steady_clock::now();
         core_.makePresent(image, blob, msg.offset, msg.length,
                           [stats = read_stats_, complete = complete_, fd, id = msg.msg_id, received](int error) {
                               if (error != 0) {
@@ -238,7 +232,6 @@ void FscacheEngine::handleRead(const CachefilesMessage& msg) {
                                   std::chrono::steady_clock::now() - received));
                           });
     } catch (const std::exception& e) {
-        // Else the reader would wait until the device closes.
         log::error("cachefiles READ {}: blob {}: {}; the reader gets EIO", msg.msg_id, blob_id, e.what());
         ++read_stats_->errors;
         complete_(fd->get(), msg.msg_id);

@@ -128,6 +128,11 @@ def temp_dir(prefix, keep=False):
             cleanup_dir(d)
 
 
+def read_text(path):
+    with open(path, encoding='utf-8', errors='replace') as f:
+        return f.read()
+
+
 def wait_for(predicate, timeout=30, interval=0.05):
     """predicate()'s first true value, polled every `interval` seconds; None once `timeout`
     seconds have passed without one."""

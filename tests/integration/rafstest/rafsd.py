@@ -80,14 +80,16 @@ def write_config(path, **sections):
     return path
 
 
-def network_config(tmp, name, backend, **sections):
-    """The config of a network backend test's daemon `name`: fanotify engine, socket
+def network_config(tmp, name, backend=None, **sections):
+    """The config of a test's `rafsd serve` named `name`: fanotify engine, socket
     <tmp>/<name>.sock, its own cache and state dirs under tmp, no prefetch; `backend` is the
-    [backend] table, `sections` more tables by name (e.g. 'backend.hosts."127.0.0.1:5000"')."""
+    [backend] table (none: the default), `sections` more tables by name (e.g.
+    'backend.hosts."127.0.0.1:5000"')."""
     base = {'daemon': {'engine': 'fanotify', 'socket': os.path.join(tmp, name + '.sock'),
                        'cache_dir': os.path.join(tmp, name + '-cache'), 'state_dir': os.path.join(tmp, name + '-state')},
-            'prefetch': {'enable': False},
-            'backend': backend}
+            'prefetch': {'enable': False}}
+    if backend is not None:
+        base['backend'] = backend
     for section, values in sections.items():
         base[section] = dict(base.get(section, {}), **values)
     return write_config(os.path.join(tmp, name + '.toml'), **base)
@@ -371,6 +373,12 @@ def rafsctl(rafsctl_bin, socket_path, *args, timeout=60):
         return subprocess.run(cmd, capture_output=True, timeout=timeout)
     except subprocess.TimeoutExpired as e:
         return subprocess.CompletedProcess(cmd, None, e.stdout or b'', e.stderr or b'')
+
+
+def rafsctl_mount(ck, rafsctl_bin, socket_path, blobs, boot, mnt, what='rafsctl mount'):
+    """`rafsctl mount --blob-dir BLOBS BOOT MNT`, checked as `what`; whether it worked."""
+    r = rafsctl(rafsctl_bin, socket_path, 'mount', '--blob-dir', blobs, boot, mnt)
+    return ck.check(r.returncode == 0, what, (r.stdout + r.stderr).decode(errors='replace'))
 
 
 def rafsctl_status(rafsctl_bin, socket_path, mountpoint=None):
