@@ -859,6 +859,7 @@ void ImageService::releaseDetached() {
         log::info("{}: no longer in use", it->mountpoint.string());
         detached_.erase(it);
     }
+    saveMountTableOrLog();  // a successor need not look at them again
     dropUnusedKeptFds();
 }
 
