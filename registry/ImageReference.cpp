@@ -42,7 +42,8 @@ ImageReference ImageReference::parse(std::string_view text) {
         // oci:DIR:TAG; a ':' inside DIR is not supported (neither is it by skopeo's oci: transport).
         const size_t colon = rest.find(':');
         r.layout_dir = std::string(rest.substr(0, colon));
-        r.tag = colon == std::string_view::npos ? "latest" : std::string(rest.substr(colon + 1));
+        r.tag_defaulted = colon == std::string_view::npos;
+        r.tag = r.tag_defaulted ? "latest" : std::string(rest.substr(colon + 1));
         if (r.layout_dir.empty()) rafs::fail("image '{}': oci: needs a directory, as in oci:DIR[:TAG]", text);
         if (r.tag.empty() || r.tag.find('/') != std::string::npos) rafs::fail("image '{}': bad tag '{}'", text, r.tag);
         return r;
@@ -64,7 +65,10 @@ ImageReference ImageReference::parse(std::string_view text) {
         rest.resize(colon);
         if (!std::regex_match(r.tag, tagPattern())) rafs::fail("image '{}': '{}' is not a valid tag", text, r.tag);
     }
-    if (r.tag.empty() && r.digest.empty()) r.tag = "latest";
+    if (r.tag.empty() && r.digest.empty()) {
+        r.tag = "latest";
+        r.tag_defaulted = true;
+    }
     if (!std::regex_match(rest, repositoryPattern())) {
         rafs::fail("image '{}': '{}' is not a repository name (lowercase letters, digits, separators)", text, rest);
     }

@@ -14,6 +14,7 @@ struct ImageReference {
     std::string repository;  // Registry: "team/app"
     std::string layout_dir;  // Layout: the directory
     std::string tag;         // "latest" when neither tag nor digest is given
+    bool tag_defaulted = false;  // that "latest" is assumed, not named
     std::string digest;      // "sha256:<hex>" if given (a reference by digest)
 
     // Throws rafs::Error saying what is wrong with `text`.

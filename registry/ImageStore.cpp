@@ -44,8 +44,8 @@ void replaceFile(const fs::path& path, std::string_view bytes) {
 
 }  // namespace
 
-OciLayoutStore::OciLayoutStore(fs::path dir, bool create, LayoutFileCreated on_create)
-    : dir_(std::move(dir)), on_create_(std::move(on_create)) {
+OciLayoutStore::OciLayoutStore(fs::path dir, bool create, LayoutFileCreated on_create, bool sole_as_latest)
+    : dir_(std::move(dir)), on_create_(std::move(on_create)), sole_as_latest_(sole_as_latest) {
     std::error_code ec;
     if (!fs::exists(dir_ / "oci-layout", ec)) {
         if (!create) rafs::fail("oci:{}: not an OCI image layout (no oci-layout file)", dir_.string());
@@ -69,6 +69,10 @@ FetchedManifest OciLayoutStore::manifest(const std::string& reference) {
         if (reference.starts_with("sha256:") ? d.digest == reference : d.hasAnnotation(annotation::kRefName, reference)) {
             found = &d;
         }
+    }
+    if (found == nullptr && sole_as_latest_ && reference == "latest" && index.manifests.size() == 1 &&
+        !index.manifests[0].annotations.contains(annotation::kRefName)) {
+        found = &index.manifests[0];
     }
     // A manifest by digest may be a blob only: an index in the layout names the manifests of each
     // platform, and only the index is in index.json (skopeo copy --all, and mkrafs convert
@@ -212,7 +216,7 @@ std::unique_ptr<ImageStore> openStore(
     const std::function<std::shared_ptr<RegistryClient>(const ImageReference&)>& client_for,
     LayoutFileCreated on_create) {
     if (ref.kind == ImageReference::Kind::Layout) {
-        return std::make_unique<OciLayoutStore>(ref.layout_dir, create, std::move(on_create));
+        return std::make_unique<OciLayoutStore>(ref.layout_dir, create, std::move(on_create), ref.tag_defaulted);
     }
     return std::make_unique<RegistryStore>(client_for(ref));
 }

@@ -70,7 +70,10 @@ using LayoutFileCreated = std::function<void(const std::filesystem::path&)>;
 class OciLayoutStore : public ImageStore {
 public:
     // `create`: make DIR a layout if it does not exist (a target); else it must be one.
-    OciLayoutStore(std::filesystem::path dir, bool create, LayoutFileCreated on_create = {});
+    // `sole_as_latest`: the reference named no tag (oci:DIR), so "latest" also finds the layout's
+    // one manifest when index.json holds only that one, untagged, as skopeo and the image-spec's
+    // tools read it (`skopeo copy ... oci:DIR` writes it so).
+    OciLayoutStore(std::filesystem::path dir, bool create, LayoutFileCreated on_create = {}, bool sole_as_latest = false);
     FetchedManifest manifest(const std::string& reference) override;
     uint64_t blobSize(const std::string& digest) override;
     void readBlob(const std::string& digest, uint64_t offset, std::span<uint8_t> out) override;
@@ -86,6 +89,7 @@ private:
 
     std::filesystem::path dir_;
     LayoutFileCreated on_create_;
+    bool sole_as_latest_;
 };
 
 // The blob `blob` describes, handed to `take` in pieces of 4 MiB in order, then its digest checked

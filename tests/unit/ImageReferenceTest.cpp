@@ -45,7 +45,12 @@ TEST_CASE("image references: host, repository, tag and digest", "[registry]") {
     CHECK(r.kind == ImageReference::Kind::Layout);
     CHECK(r.layout_dir == "/images/layout");
     CHECK(r.tag == "v2");
+    CHECK(!r.tag_defaulted);
     CHECK(ImageReference::parse("oci:dir").tag == "latest");
+    CHECK(ImageReference::parse("oci:dir").tag_defaulted);
+    CHECK(ImageReference::parse("h/app").tag_defaulted);
+    CHECK(!ImageReference::parse("h/app:latest").tag_defaulted);
+    CHECK(!ImageReference::parse("h/app@" + kDigest).tag_defaulted);
 }
 
 TEST_CASE("image references: what is wrong is named", "[registry]") {

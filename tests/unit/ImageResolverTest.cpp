@@ -8,6 +8,8 @@
 #include <catch2/catch.hpp>
 #include <nlohmann/json.hpp>
 
+#include <fstream>
+
 using namespace registry;
 using Catch::Matchers::Contains;
 using nlohmann::json;
@@ -162,4 +164,30 @@ TEST_CASE("an OCI layout's manifests behind a tagged index resolve by digest", "
     CHECK(resolved.manifest.layers.size() == 1);
     CHECK_THROWS_WITH(layout.manifest("sha256:" + std::string(64, '0')), Contains("no such manifest"));
     CHECK_THROWS_WITH(layout.manifest("other"), Contains("no such manifest"));
+}
+
+TEST_CASE("an OCI layout's one untagged manifest is what oci:DIR names", "[registry]") {
+    const rafs::test::TempDir dir;
+    const std::filesystem::path path = dir.path() / "layout";
+    OciLayoutStore writer(path, true);
+    const std::string manifest = R"({"schemaVersion":2})";
+    writer.putManifest({}, media::kOciManifest, manifest);
+    // As `skopeo copy ... oci:DIR` writes it: one entry, no ref.name.
+    auto index_of = [&](std::vector<Descriptor> entries) {
+        Index index;
+        index.media_type = media::kOciIndex;
+        index.manifests = std::move(entries);
+        std::ofstream(path / "index.json") << index.serialize();
+    };
+    index_of({descriptorOf(media::kOciManifest, manifest)});
+    CHECK(OciLayoutStore(path, false, {}, true).manifest("latest").digest == sha256Digest(manifest));
+    // Named: oci:DIR:latest is a tag like any other.
+    CHECK_THROWS_WITH(OciLayoutStore(path, false).manifest("latest"), Contains("no such manifest"));
+    // Two untagged, or the one tagged otherwise: none is the image.
+    index_of({descriptorOf(media::kOciManifest, manifest), descriptorOf(media::kOciManifest, manifest)});
+    CHECK_THROWS_WITH(OciLayoutStore(path, false, {}, true).manifest("latest"), Contains("no such manifest"));
+    Descriptor tagged = descriptorOf(media::kOciManifest, manifest);
+    tagged.annotations[annotation::kRefName] = "v1";
+    index_of({tagged});
+    CHECK_THROWS_WITH(OciLayoutStore(path, false, {}, true).manifest("latest"), Contains("no such manifest"));
 }
