@@ -260,6 +260,7 @@ std::shared_ptr<CachedBlob> ImageService::openBlob(const rafs::Bootstrap& bootst
     auto bitmap = ReadinessBitmap::open(state_dir / (blob.id + ".chunkmap"), blob.id, blob.chunk_count,
                                         blob.uncompressed_size, descriptor.fingerprint());
     if (bitmap.discarded()) log::warn("blob {}: cache state discarded: {}", blob.id, bitmap.discardReason());
+    if (!fscache_volume.empty() && !taking_over && bitmap.count() == 0) fscache_volumes_->cullBlob(fscache_volume, blob.id);
     std::vector<ChunkExtent> extents;
     extents.reserve(descriptor.chunks.size());
     for (const auto& c : descriptor.chunks) extents.push_back({c.uncompressed_offset, c.uncompressed_size});

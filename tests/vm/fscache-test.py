@@ -165,6 +165,16 @@ def prepare(args):
     meta['img3'] = {'manifest': manifest_of_dir(f'{work}/src3'), 'blobs': [blob3],
                     'bad_block_sha256': hashlib.sha256(bytes(bad_block)).hexdigest()}
 
+    # img1's bootstrap with its first chunk's digest changed: the same blob, described otherwise
+    # (nydus rafs/src/metadata/layout/v6.rs: the chunk table's offset at 24 in the extended
+    # superblock at 1152; each entry 80 bytes, its digest first).
+    boot = bytearray(open(f'{work}/img1/image.boot', 'rb').read())
+    (table,) = struct.unpack_from('<Q', boot, 1152 + 24)
+    boot[table] ^= 0xff
+    os.makedirs(f'{work}/img1-redigest')
+    write(f'{work}/img1-redigest/image.boot', bytes(boot))
+    os.symlink('../img1/blobs', f'{work}/img1-redigest/blobs')
+
     # One tree under two build times: bootstraps of one size that differ (each entry's mtime),
     # with the same blob.
     for name, mtime in (('mtime1', 1), ('mtime2', 2)):
@@ -548,6 +558,31 @@ class Guest:
         vols = os.listdir(f'{cache}/fscache/cache')
         check(vols == ['Ierofs,shared'], f'volumes: {vols}')
         return f'{c}; cache files {len(names)}'
+
+    def case_discarded_chunk_map(self):
+        """A blob cached in a shared domain, then named by an image that describes it otherwise (one
+        chunk digest changed): with its chunk map the kernel's cache file of it goes too, so reads
+        reach rafsd and the changed chunk fails its digest, never read unchecked from the file."""
+        cache = f'{self.cache_root}/redigest'
+        d, ctl = self.serve('redigest', cache)
+        mnt = self.mnt('redigest')
+        problems = {}
+        for name in ('img1', 'img1-redigest'):
+            b, blobs = self.image(name)
+            r = subprocess.run(ctl + ['mount', '--engine', 'fscache', '--domain-id', 'redigest', '--blob-dir', blobs, b,
+                                      mnt], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=300)
+            check(r.returncode == 0, f'rafsctl mount {name}: {r.stdout!r}\n{d.text()}')
+            problems[name] = compare_tree(mnt, self.meta['img1']['manifest'])
+            r = subprocess.run(ctl + ['umount', mnt], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=120)
+            check(r.returncode == 0, f'rafsctl umount {name}: {r.stdout!r}')
+        check(d.stop() == 0, f'rafsd serve did not stop cleanly:\n{d.text()}')
+        check(not problems['img1'], 'img1: ' + '; '.join(problems['img1'][:10]))
+        bad = problems['img1-redigest']
+        check(bad, 'every file of the image with a changed digest read back: read from the kernel\'s cache file, '
+                   'unchecked')
+        check(all('Input/output error' in p for p in bad), 'not EIO: ' + '; '.join(bad[:10]))
+        check('cache state discarded' in d.text(), f'the chunk map was not discarded:\n{d.text()}')
+        return f'{len(bad)} file(s) EIO: {bad[0]}'
 
     def case_cache_gc(self):
         """A cache capped below the image: the automatic collection removes the volume of an
@@ -1016,7 +1051,7 @@ class Guest:
 
 CASES = ['tree', 'remount_cached', 'stale_state', 'nydus', 'reused_fsid', 'unknown_cookie', 'missing_blob', 'device_errors',
          'corrupt_blob', 'shared_domain', 'register_by_hand', 'failover', 'fd_store', 'serve_failover', 'reload', 'kill_no_failover', 'registry',
-         'registry_image', 'cache_gc']
+         'registry_image', 'cache_gc', 'discarded_chunk_map']
 
 
 def guest_main(args):

@@ -66,9 +66,23 @@ void FscacheVolumes::remove(const std::string& volume) {
 }
 
 void FscacheVolumes::cullBootstrap(const std::string& volume, const std::string& fsid) {
+    cullCookie(volume, fsid,
+               fmt::format("fsid {}: the kernel has the cache file of its bootstrap open (is an image with this fsid "
+                           "mounted?)",
+                           fsid));
+}
+
+void FscacheVolumes::cullBlob(const std::string& volume, const std::string& blob_id) {
+    cullCookie(volume, blob_id,
+               fmt::format("blob {}: the kernel has its cache file in fscache volume {} open, cached for another "
+                           "image's description of the blob (a mount still using it?)",
+                           blob_id, volume));
+}
+
+void FscacheVolumes::cullCookie(const std::string& volume, const std::string& key, const std::string& busy) {
     // cachefiles names the file of a printable key "D" + the key (fs/cachefiles/key.c), in the
     // fan-out dir of the key's hash: looked for in all of them rather than hashed here.
-    const std::string name = "D" + fsid;
+    const std::string name = "D" + key;
     const fs::path dir = bound_ / "cache" / (std::string(kVolumePrefix) + volume);
     bool culled = false;
     std::error_code ec;
@@ -79,10 +93,7 @@ void FscacheVolumes::cullBootstrap(const std::string& volume, const std::string&
             engine_.cull(it->path(), name);
             culled = true;
         } catch (const rafs::SystemError& e) {
-            if (e.code() == EBUSY) {
-                rafs::fail("fsid {}: the kernel has the cache file of its bootstrap open (is an image with this fsid "
-                           "mounted?)", fsid);
-            }
+            if (e.code() == EBUSY) rafs::fail("{}", busy);
             if (e.code() != ENOENT) throw;
         }
     }

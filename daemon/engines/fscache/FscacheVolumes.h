@@ -32,7 +32,17 @@ public:
     // the file open (a mount with that fsid).
     void cullBootstrap(const std::string& volume, const std::string& fsid);
 
+    // Culls the cache file the kernel kept of blob `blob_id` in `volume`, if there is one, before
+    // a blob whose chunk map vouches for nothing (new, or discarded as another image's) is opened:
+    // the kernel reads every byte its file holds without a READ reaching rafsd, so bytes cached
+    // for another image's description of the blob (other places or digests: a shared domain_id)
+    // would be served unchecked. Throws rafs::Error if the kernel has the file open.
+    void cullBlob(const std::string& volume, const std::string& blob_id);
+
 private:
+    // Culls cookie `key`'s file in `volume` if there is one; `busy` is the error if the kernel
+    // has it open.
+    void cullCookie(const std::string& volume, const std::string& key, const std::string& busy);
     void remove(const std::string& volume);
     void emptyGraveyard();
 
