@@ -66,7 +66,7 @@ struct HttpResponse {
     // Every text a registry or token service sends (manifests: at most 4 MiB by the image spec,
     // about 10 KiB in practice; tokens; error documents) fits; a longer reply is cut off there
     // rather than read to the end of a timeout.
-    static constexpr size_t kMaxText = 1 << 20;
+    static constexpr size_t kMaxText = 4 << 20;
 
     std::optional<std::string_view> header(std::string_view name) const;
     std::vector<std::string_view> headerValues(std::string_view name) const;

@@ -231,7 +231,7 @@ def main():
                 took = time.monotonic() - start
                 proxy.manifest_fault = None
                 err = (r.stderr or b'').decode().strip()
-                ck.check(r.returncode not in (0, None) and 'more than 1048576 bytes' in err and len(err.splitlines()) == 1,
+                ck.check(r.returncode not in (0, None) and 'more than 4194304 bytes' in err and len(err.splitlines()) == 1,
                          'the mount fails naming the oversized reply', err)
                 ck.check(took < TRANSPORT['timeout'], 'within %.1f s, not at the transfer timeout (%d s)'
                          % (took, TRANSPORT['timeout']))
