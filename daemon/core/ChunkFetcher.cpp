@@ -139,11 +139,11 @@ uint32_t ChunkFetcher::forgetLost(uint32_t image, uint32_t blob_index, uint64_t 
 
 void ChunkFetcher::makePresent(uint32_t image, uint32_t blob_index, uint64_t offset,
                                uint64_t length, Completion done) {
-    makePresent(image, blob_index, offset, length, std::move(done), 0, Access::Read);
+    makePresent(image, blob_index, offset, length, std::move(done), Access::Read);
 }
 
 void ChunkFetcher::fill(uint32_t image, uint32_t blob_index, Completion done) {
-    makePresent(image, blob_index, 0, UINT64_MAX, std::move(done), 0, Access::Fill);
+    makePresent(image, blob_index, 0, UINT64_MAX, std::move(done), Access::Fill);
 }
 
 bool ChunkFetcher::presentAndUsed(CachedBlob& blob, ChunkRange range) {
@@ -156,13 +156,19 @@ bool ChunkFetcher::presentAndUsed(CachedBlob& blob, ChunkRange range) {
 }
 
 void ChunkFetcher::makePresent(uint32_t image, uint32_t blob_index, uint64_t offset, uint64_t length,
-                               Completion done, unsigned attempt, Access access) {
-    auto [blob, traces] = blobOf(image, blob_index);
-    if (!blob) {
+                               Completion done, Access access) {
+    auto found = std::make_shared<const BlobAndTrace>(blobOf(image, blob_index));
+    if (!found->blob) {
         log::error("request for unknown blob {} of image {}", blob_index, image);
         done(EIO);
         return;
     }
+    attemptRequest(std::move(found), offset, length, std::move(done), 0, access);
+}
+
+void ChunkFetcher::attemptRequest(std::shared_ptr<const BlobAndTrace> found, uint64_t offset, uint64_t length,
+                                  Completion done, unsigned attempt, Access access) {
+    const std::shared_ptr<CachedBlob>& blob = found->blob;
     const BlobDescriptor& d = blob->descriptor();
     if (offset >= d.uncompressed_size) {
         done(0);  // past the data: the cache file's tail is zeros already
@@ -182,20 +188,19 @@ void ChunkFetcher::makePresent(uint32_t image, uint32_t blob_index, uint64_t off
     // seconds: a miss that waited longer may find one freed (a full disk's collection), and an
     // answer now would let the kernel read its hole, so the request is made again.
     auto answer = std::make_shared<Completion>(std::move(done));
-    request->done = [this, blob, answer, since = asked_at, image, blob_index, offset, length, used, attempt,
-                     access](int error) {
+    request->done = [this, found, answer, since = asked_at, offset, length, used, attempt, access](int error) {
         if (access == Access::Read) {
-            blob->counters().miss_latency.add(
+            found->blob->counters().miss_latency.add(
                 std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - since));
             readers_.waitEnded();
         }
-        if (error == 0 && !presentAndUsed(*blob, used)) {
+        if (error == 0 && !presentAndUsed(*found->blob, used)) {
             if (attempt + 1 < kPresentAttempts) {
-                makePresent(image, blob_index, offset, length, std::move(*answer), attempt + 1, access);
+                attemptRequest(found, offset, length, std::move(*answer), attempt + 1, access);
                 return;
             }
             log::error("blob {}: chunks of a request were freed {} times while it waited; it fails (EIO)",
-                       blob->descriptor().id, kPresentAttempts);
+                       found->blob->descriptor().id, kPresentAttempts);
             error = EIO;
         }
         (*answer)(error);
@@ -261,7 +266,7 @@ void ChunkFetcher::makePresent(uint32_t image, uint32_t blob_index, uint64_t off
     if (awaits_others) queue_->recheck();  // a queued prefetch request may be this miss's now
     // Last, off the path of the answer and the fetches.
     if (!read) return;
-    for (const auto& [trace, index] : traces) trace->record(index, used.begin, used.end);
+    for (const auto& [trace, index] : found->traces) trace->record(index, used.begin, used.end);
 }
 
 uint32_t ChunkFetcher::prefetch(const std::shared_ptr<CachedBlob>& blob, uint32_t first, uint32_t count,

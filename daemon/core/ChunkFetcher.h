@@ -89,10 +89,13 @@ private:
     std::shared_ptr<CachedBlob> blobLocked(uint32_t image, uint32_t blob) const;  // images_mutex_ held
     // A reader's request (traced, counted, read ahead of) or a fill (none of that).
     enum class Access { Read, Fill };
-    // makePresent's `attempt`th try: a request is tried again when a chunk it found present was
-    // freed while it waited for the others.
-    void makePresent(uint32_t image, uint32_t blob, uint64_t offset, uint64_t length, Completion done,
-                     unsigned attempt, Access access);
+    // Looks the blob up and makes the request, or completes `done` with EIO for an unknown blob.
+    void makePresent(uint32_t image, uint32_t blob, uint64_t offset, uint64_t length, Completion done, Access access);
+    // The request's `attempt`th try: it is tried again when a chunk it found present was freed
+    // while it waited for the others, with the blob it was made for (an image number may name
+    // another image's blobs by then: numbers are reused).
+    void attemptRequest(std::shared_ptr<const BlobAndTrace> found, uint64_t offset, uint64_t length, Completion done,
+                        unsigned attempt, Access access);
     // Whether chunks [range) are all present, stamping them as used (under the blob's lock): from
     // then on the collector leaves them for keep_recent seconds.
     bool presentAndUsed(CachedBlob& blob, ChunkRange range);

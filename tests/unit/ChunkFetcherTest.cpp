@@ -475,3 +475,35 @@ TEST_CASE("a chunk freed while its request waits for another is fetched again be
     CHECK(blob->cache().isPresent(0));
     CHECK(blob->cache().isPresent(1));
 }
+
+// Image numbers are reused once an image is removed: a request tried again is made for the blob it
+// was made for, not for whatever blob its image number names by then.
+TEST_CASE("a request tried again after its image number was reused refetches its own blob", "[chunkfetcher]") {
+    constexpr uint32_t kChunks = 2;
+    rafs::test::TempDir dir;
+    const ZeroBlob zero(kBlobId, kChunks, kChunk);
+    const ZeroBlob other_zero(std::string(64, 'b'), kChunks, kChunk);
+    auto backend = std::make_shared<GateBackend>();
+    auto blob = zero.cached(dir.path() / "map", backend,
+                            std::make_unique<FreeingCacheFile>(zero.descriptor.uncompressed_size));
+    auto other = other_zero.cached(dir.path() / "other-map", backend,
+                                   std::make_unique<FreeingCacheFile>(other_zero.descriptor.uncompressed_size));
+    ChunkFetcher fetcher(FetchOptions{.amplify = 0, .threads = 1, .retries = 0});
+    const uint32_t image = fetcher.addImage({blob});
+    REQUIRE(waitFor(fetcher, image, 0, kChunk) == 0);  // chunk 0 present
+    backend->setOpen(false);
+    auto done = std::make_shared<std::promise<int>>();
+    fetcher.makePresent(image, 0, 0, kChunks * kChunk, [done](int error) { done->set_value(error); });
+    REQUIRE(backend->waitForReaders(2));  // chunk 1's fetch waits
+    CHECK(fetcher.discardIdle(*blob, 0, kChunks, ChunkUse::now() + 1) == kChunk);
+    // Its image goes, and another takes its number.
+    fetcher.removeImage(image);
+    REQUIRE(fetcher.addImage({other}) == image);
+    backend->setOpen(true);
+    std::future<int> result = done->get_future();
+    REQUIRE(result.wait_for(std::chrono::seconds(10)) == std::future_status::ready);
+    CHECK(result.get() == 0);
+    CHECK(blob->cache().isPresent(0));
+    CHECK(blob->cache().isPresent(1));
+    CHECK_FALSE(other->cache().isPresent(0));
+}
