@@ -157,15 +157,23 @@ void OciLayoutStore::putManifest(const std::string& tag, std::string_view media_
     BytesBody body(bytes);
     pushBlob(digest, body);
     if (tag.empty()) return;
-    Index index = Index::parse(rafs::readFile(dir_ / "index.json"), "", describe() + "/index.json");
-    std::erase_if(index.manifests, [&](const Descriptor& d) { return d.hasAnnotation(annotation::kRefName, tag); });
+    // Edited, not rewritten from what Index keeps: the other images' entries and the index's own
+    // fields stay as they were, also those Descriptor does not know (urls, platform.os.version).
+    const std::string text = rafs::readFile(dir_ / "index.json");
+    const Index index = Index::parse(text, "", describe() + "/index.json");
+    nlohmann::json document = nlohmann::json::parse(text);
+    nlohmann::json entries = nlohmann::json::array();
+    for (size_t i = 0; i < index.manifests.size(); ++i) {
+        if (!index.manifests[i].hasAnnotation(annotation::kRefName, tag)) entries.push_back(document["manifests"][i]);
+    }
     Descriptor d;
     d.media_type = std::string(media_type);
     d.digest = digest;
     d.size = bytes.size();
     d.annotations[annotation::kRefName] = tag;
-    index.manifests.push_back(d);
-    replaceFile(dir_ / "index.json", index.serialize());
+    entries.push_back(d.toJson());
+    document["manifests"] = std::move(entries);
+    replaceFile(dir_ / "index.json", document.dump());
 }
 
 namespace {

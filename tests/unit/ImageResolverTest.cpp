@@ -191,3 +191,32 @@ TEST_CASE("an OCI layout's one untagged manifest is what oci:DIR names", "[regis
     index_of({tagged});
     CHECK_THROWS_WITH(OciLayoutStore(path, false, {}, true).manifest("latest"), Contains("no such manifest"));
 }
+
+TEST_CASE("a manifest tagged in an OCI layout leaves the other entries as they were", "[registry]") {
+    const rafs::test::TempDir dir;
+    const std::filesystem::path path = dir.path() / "layout";
+    OciLayoutStore layout(path, true);
+    const std::string digest = "sha256:" + std::string(64, 'a');
+    // Fields Descriptor does not keep: another image's urls and os.version, the index's own.
+    const json other = {{"mediaType", media::kOciManifest},
+                        {"digest", digest},
+                        {"size", 10},
+                        {"urls", {"https://example.invalid/blob"}},
+                        {"platform", {{"os", "windows"}, {"architecture", "amd64"}, {"os.version", "10.0.17763.1"}}},
+                        {"annotations", {{annotation::kRefName, "win"}}}};
+    json replaced = other;
+    replaced["annotations"][annotation::kRefName] = "new";
+    const json index = {{"schemaVersion", 2}, {"manifests", {other, replaced}}, {"artifactType", "x/kept"}};
+    std::ofstream(path / "index.json") << index.dump();
+
+    const std::string manifest = R"({"schemaVersion":2})";
+    layout.putManifest("new", media::kOciManifest, manifest);
+    std::ifstream in(path / "index.json");
+    const json written = json::parse(in);
+    CHECK(written.value("artifactType", "") == "x/kept");
+    REQUIRE(written["manifests"].size() == 2);
+    CHECK(written["manifests"][0] == other);
+    CHECK(written["manifests"][1]["digest"] == sha256Digest(manifest));
+    CHECK(written["manifests"][1]["annotations"][annotation::kRefName] == "new");
+    CHECK(layout.manifest("new").digest == sha256Digest(manifest));
+}
