@@ -395,16 +395,7 @@ public:
 
 private:
     void requireBlob(const std::string& digest) {
-        if (target_.hasBlob(digest)) {
-            ++counts_.present;
-            return;
-        }
-        for (const std::string& from : mountCandidates()) {
-            if (target_.mountBlob(digest, from)) {
-                ++counts_.mounted;
-                return;
-            }
-        }
+        if (reuseBlob(target_, digest, mountCandidates(), counts_)) return;
         fail("chunk dict blob {} is not in {} and cannot be mounted from another repository there (--mount-from)",
              digest, target_.describe());
     }

@@ -224,6 +224,14 @@ def convert_across_repositories(ck, mk, tmp, host, ca, cfg_json):
     err = (r.stderr or b'').decode()
     ck.check(r.returncode == 0 and ' 0 blobs uploaded' in err and ' 0 mounted' not in err,
              'mkrafs convert into conv/b --mount-from conv/a: every blob mounted, none uploaded', err[-800:])
+    # The chunk dict's blob, tried first from a repository without it: the registry opens an upload
+    # session instead (202), whose cancel a pull+push token may not make; the next candidate, the
+    # dict's own repository, has it.
+    r = harness.run(common + ['--chunk-dict', '%s/conv/a:v1' % host, '--mount-from', 'conv/none',
+                              'oci:%s:v1' % layout, '%s/conv/c:v1' % host])
+    err = (r.stderr or b'').decode()
+    ck.check(r.returncode == 0 and ' 0 mounted' not in err,
+             'mkrafs convert --chunk-dict conv/a --mount-from conv/none: the dict blob mounted from conv/a', err[-800:])
 
 
 if __name__ == '__main__':
