@@ -27,7 +27,7 @@ namespace registry {
 
 struct TransportOptions {
     std::chrono::seconds connect_timeout{10};
-    std::chrono::seconds timeout{30};  // a whole request
+    std::chrono::seconds timeout{30};  // a whole request; 0: no limit (the low-speed limit still holds)
     uint32_t low_speed_limit = 1024;   // bytes per second; slower for low_speed_time aborts
     std::chrono::seconds low_speed_time{10};
 };

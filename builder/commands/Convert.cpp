@@ -45,9 +45,10 @@ public:
     explicit Clients(const ConvertOptions& o) : options_(o) {
         auto tls = std::make_shared<registry::TlsConfig>(std::map<std::string, registry::HostTlsFiles>{}, o.cert_dir);
         registry::TransportOptions transport;
-        // Uploads of large blobs take minutes on slow links; stalls are caught by the low-speed
-        // limit instead.
-        transport.timeout = std::chrono::seconds(3600);
+        // No limit on a whole request: the upload of a large blob takes as long as the link needs
+        // (6 GB at 10 Mbit/s: 80 minutes), and a request that timed out would only be tried again
+        // from its start. Stalls are caught by the low-speed limit instead.
+        transport.timeout = std::chrono::seconds(0);
         transport_ = std::make_shared<registry::RetryingTransport>(
             std::make_shared<registry::HttpTransport>(transport, tls), registry::RetryPolicy(registry::RetryOptions{}),
             std::string(), std::chrono::seconds(30), std::make_shared<registry::TransferStats>());
