@@ -13,12 +13,14 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <condition_variable>
 #include <cstdlib>
 #include <deque>
 #include <exception>
 #include <fstream>
 #include <iostream>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -242,8 +244,9 @@ public:
         : o_(o), log_(log), source_(source), target_(target), source_ref_(source_ref), target_ref_(target_ref),
           build_(std::move(build)), mount_from_(std::move(mount_from)) {}
 
-    // Builds into `work` (which must exist), then pushes everything but the manifest.
-    Converted convert(const ResolvedManifest& image, const fs::path& work) {
+    // Builds into `work` (which must exist) with `chunk_dict` (a bootstrap), then pushes
+    // everything but the manifest.
+    Converted convert(const ResolvedManifest& image, const fs::path& work, const std::optional<std::string>& chunk_dict) {
         const std::string name = source_ref_.str() + "@" + image.fetched.digest;
         const Manifest& m = image.manifest;
         if (m.isRafs()) fail("{}: already a RAFS image (its last layer is a Nydus bootstrap)", source_ref_.str());
@@ -301,8 +304,10 @@ public:
             registry::FileBody body(path);
             pushBlob(target_, digest, body, mountCandidates(), counts_);
         });
+        BuildOptions build = build_;
+        build.chunk_dict = chunk_dict;
         const BuiltImage built = buildLayers(
-            build_, inputs, work, [&](const std::string& line) { progress.line(line); },
+            build, inputs, work, [&](const std::string& line) { progress.line(line); },
             [&](const BlobInfo& b) { uploader.add("sha256:" + b.id, b.path); });
         progress.finish();
         const double convert_seconds = progress.seconds();
@@ -425,26 +430,27 @@ private:
     std::vector<std::pair<std::string, std::string>> manifests_;  // digest, bytes
 };
 
-// --chunk-dict: a bootstrap path as it is; an image reference is resolved to its RAFS manifest,
-// whose bootstrap is fetched into `work`, and its repository joins `mount_from` when it is on
-// the target's registry, so its blobs can be mounted rather than required.
+// --chunk-dict: a bootstrap path as it is; an image reference is resolved to its RAFS manifest for
+// `platform`, whose bootstrap is fetched into `path`, and its repository joins `mount_from` when it
+// is on the target's registry, so its blobs can be mounted rather than required.
 std::string chunkDictBootstrap(const std::string& dict, Clients& clients, const ImageReference& target,
-                               const fs::path& work, std::vector<std::string>& mount_from) {
+                               const registry::Platform& platform, const fs::path& path,
+                               std::vector<std::string>& mount_from) {
     std::error_code ec;
     if (fs::exists(dict, ec)) return dict;
     if (!ImageReference::looksLikeReference(dict)) fail("--chunk-dict {}: neither a file nor an image reference", dict);
     const ImageReference ref = ImageReference::parse(dict);
     auto store = clients.open(ref, false);
-    const ResolvedManifest m = registry::resolveManifest(*store, ref.reference(), registry::Platform::host(),
-                                                         registry::ImageKind::Rafs, dict);
+    const ResolvedManifest m =
+        registry::resolveManifest(*store, ref.reference(), platform, registry::ImageKind::Rafs, dict);
     const std::vector<uint8_t> boot = registry::fetchBootstrapLayer(*store, m.manifest.layers.back(), dict);
-    const fs::path path = work / "chunk-dict.boot";
     std::ofstream out(path, std::ios::binary);
     out.write(reinterpret_cast<const char*>(boot.data()), static_cast<std::streamsize>(boot.size()));
     out.close();
     if (!out) failErrno("writing " + path.string());
     if (ref.kind == ImageReference::Kind::Registry && target.kind == ImageReference::Kind::Registry &&
-        ref.host == target.host && ref.repository != target.repository) {
+        ref.host == target.host && ref.repository != target.repository &&
+        std::find(mount_from.begin(), mount_from.end(), ref.repository) == mount_from.end()) {
         mount_from.push_back(ref.repository);
     }
     return path.string();
@@ -506,22 +512,36 @@ void convert(const ConvertOptions& o, std::ostream& log) {
     auto target = clients.open(target_ref, true, created.tracker());
 
     std::vector<ResolvedManifest> images;
+    const registry::Platform requested = o.platform ? registry::Platform::parse(*o.platform) : registry::Platform::host();
     if (o.all_platforms) {
         images = registry::resolveAllPlatforms(*source, source_ref.reference(), registry::ImageKind::Original, o.source);
     } else {
-        const registry::Platform platform = o.platform ? registry::Platform::parse(*o.platform) : registry::Platform::host();
-        images.push_back(registry::resolveManifest(*source, source_ref.reference(), platform,
+        images.push_back(registry::resolveManifest(*source, source_ref.reference(), requested,
                                                    registry::ImageKind::Original, o.source));
     }
     WorkDir work(o.work_dir);
-    BuildOptions build = o.build;
     std::vector<std::string> mount_from = o.mount_from;
-    if (build.chunk_dict) build.chunk_dict = chunkDictBootstrap(*build.chunk_dict, clients, target_ref, work.path(), mount_from);
-    Converter converter(o, log, *source, *target, source_ref, target_ref, build, mount_from);
+    // The chunk dict of each image's own platform (a multi-platform dict holds one per platform),
+    // each fetched once.
+    std::vector<std::optional<std::string>> dicts(images.size());
+    if (o.build.chunk_dict) {
+        std::map<std::string, std::string> by_platform;
+        for (size_t i = 0; i < images.size(); ++i) {
+            const registry::Platform platform = images[i].platform.value_or(requested);
+            auto [it, added] = by_platform.try_emplace(platform.str());
+            if (added) {
+                it->second = chunkDictBootstrap(*o.build.chunk_dict, clients, target_ref, platform,
+                                                work.path() / fmt::format("chunk-dict-{}.boot", by_platform.size()),
+                                                mount_from);
+            }
+            dicts[i] = it->second;
+        }
+    }
+    Converter converter(o, log, *source, *target, source_ref, target_ref, o.build, mount_from);
     std::vector<Converted> converted;
     for (size_t i = 0; i < images.size(); ++i) {
         const fs::path dir = work.path() / std::to_string(i);
-        converted.push_back(converter.convert(images[i], dir));
+        converted.push_back(converter.convert(images[i], dir, dicts[i]));
     }
 
     std::string final_digest;

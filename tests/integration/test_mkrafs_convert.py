@@ -40,6 +40,7 @@ base's big file) and pushed by skopeo:
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -509,6 +510,17 @@ def main():
             ck.check(plats == [('amd64', 'application/vnd.nydus.image.manifest.v1+json'),
                                ('arm64', 'application/vnd.nydus.image.manifest.v1+json')],
                      'an index of the two RAFS manifests', repr(plats))
+            # A chunk dict is taken for the platform converted, not this machine's: an index of the
+            # arm64 image alone (--merge-index: the original and the RAFS manifest) serves as the dict
+            # of an arm64 conversion.
+            r = convert(mk, reg, 'oci:%s:multi' % multi, '%s/multi/app:arm-index' % host, '--platform', 'linux/arm64',
+                        '--merge-index')
+            ck.cmd_ok(r, 'mkrafs convert --platform linux/arm64 --merge-index')
+            r = convert(mk, reg, 'oci:%s:multi' % multi, '%s/multi/app:arm-dict' % host, '--platform', 'linux/arm64',
+                        '--chunk-dict', '%s/multi/app:arm-index' % host)
+            ck.cmd_ok(r, 'mkrafs convert --platform linux/arm64 --chunk-dict (an arm64-only index)')
+            ck.check(re.search(r'chunk dict .*: [1-9]\d* chunks referenced', text(r.stderr)) is not None,
+                     'the arm64 dict\'s chunks referenced', text(r.stderr)[-600:])
             expect_fail(ck, 'platform not in the index',
                         convert(mk, reg, 'oci:%s:multi' % multi, '%s/bad/app:t' % host, '--platform', 'linux/s390x'),
                         'linux/amd64, linux/arm64')
