@@ -794,3 +794,31 @@ TEST_CASE("fanotify: an orphan of an unknown file is denied while a mount is lef
     CHECK(core.calls().empty());
     engine.stop();
 }
+
+TEST_CASE("fanotify: an event without a range record may read the whole file", "[fanotify]") {
+    std::vector<std::byte> batch;
+    auto append = [&](const auto& record) {
+        const auto* p = reinterpret_cast<const std::byte*>(&record);
+        batch.insert(batch.end(), p, p + sizeof record);
+    };
+    fanotify::EventMetadata ranged{};
+    ranged.event_len = sizeof(fanotify::EventMetadata) + sizeof(fanotify::EventInfoRange);
+    ranged.vers = fanotify::kMetadataVersion;
+    ranged.metadata_len = sizeof(fanotify::EventMetadata);
+    ranged.fd = 7;
+    append(ranged);
+    fanotify::EventInfoRange range{};
+    range.hdr = {fanotify::kInfoTypeRange, 0, sizeof range};
+    range.offset = 8192;
+    range.count = 100;
+    append(range);
+    fanotify::EventMetadata bare = ranged;
+    bare.event_len = sizeof(fanotify::EventMetadata);
+    bare.fd = 8;
+    append(bare);
+    std::vector<rafsd::FanotifyEvent> events;
+    rafsd::forEachEvent(batch, [&](const rafsd::FanotifyEvent& e) { events.push_back(e); }, false);
+    REQUIRE(events.size() == 2);
+    CHECK((events[0].fd == 7 && events[0].offset == 8192 && events[0].count == 100));
+    CHECK((events[1].fd == 8 && events[1].offset == 0 && events[1].count == rafsd::FanotifyEvent::kWholeFile));
+}

@@ -13,9 +13,12 @@ struct FanotifyEvent {
     uint64_t mask = 0;
     int32_t fd = -1;
     int32_t pid = 0;
-    // The range record of a pre-content event; a zero count if it had none.
+    // A pre-content event without a range record (fsnotify_file_perm(), include/linux/fsnotify.h:
+    // no position) may read any part of the file: offset 0, count kWholeFile.
+    static constexpr uint64_t kWholeFile = UINT64_MAX;
+    // The range record of a pre-content event.
     uint64_t offset = 0;
-    uint64_t count = 0;
+    uint64_t count = kWholeFile;
 };
 
 // Calls `each` for every event in `batch`, in order. Throws rafs::Error for a malformed event or an

@@ -37,7 +37,7 @@ constexpr unsigned kRingEntries = 4;
 constexpr uint64_t kGroupTag = 1;
 constexpr uint64_t kWakeTag = 2;
 constexpr uint64_t kBlock = 4096;
-// What to fetch when the kernel reports no length: erofs-utils fetches 4 MiB too.
+// What to fetch for a read of no length: erofs-utils fetches 4 MiB too.
 constexpr uint64_t kUnknownCountWindow = 4 << 20;
 
 void armPoll(io_uring& ring, int fd, uint64_t tag) {
@@ -52,8 +52,10 @@ void submit(io_uring& ring) {
 }
 
 // The block-aligned range to make present for a read of [offset, offset + count) of a file of
-// `size` bytes (offset < size); the kernel's count is the read's, not rounded.
+// `size` bytes (offset < size); the kernel's count is the read's, not rounded. An event without a
+// range may read anything: the whole file, never a guess that could leave a hole allowed.
 std::pair<uint64_t, uint64_t> fetchRange(uint64_t offset, uint64_t count, uint64_t size) {
+    if (count == FanotifyEvent::kWholeFile) return {0, size};
     const uint64_t begin = offset & ~(kBlock - 1);
     const uint64_t want = count == 0 ? kUnknownCountWindow : count;
     const uint64_t end = want >= size - offset ? size : std::min(size, rafs::alignUp(offset + want, kBlock));
