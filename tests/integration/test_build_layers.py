@@ -13,6 +13,8 @@ Part 1: three layers -- L1 gzip (file), L2 zstd (on stdin as `-`), L3 plain tar 
   The same layers are also built with zstd compression and compared again.
 Part 2: ../shared/fixtures/nydus/all-entry-type.tar (nydus's tar with every entry type)
   built, mounted and compared with its extraction by GNU tar (-xpf --xattrs --acls).
+Part 3: a layer without chunks (so without a blob) under a layer with a hardlinked file: the
+  blobs are renumbered, each inode's chunks once however many names it has.
 
 Exit: 0 pass, 77 skip (not root / no EROFS), 1 fail.
 """
@@ -213,12 +215,39 @@ def fixture_part(ck, mk, tmp):
                      tar_export=True)
 
 
+def dropped_blob_part(ck, mk, tmp):
+    ck.section('a layer without a blob under hardlinks')
+    d = os.path.join(tmp, 'dropped')
+    os.mkdir(d)
+    rng = random.Random(77)
+    paths = [os.path.join(d, 'l%d.tar' % i) for i in (1, 2, 3)]
+    with LayerWriter(paths[0], 'none') as w:
+        w.dir('base')
+        w.file('base/data', rng.randbytes(CHUNK + 5))
+    with LayerWriter(paths[1], 'none') as w:
+        w.dir('empty')                                  # no chunks: no blob
+    with LayerWriter(paths[2], 'none') as w:
+        w.dir('hl')
+        w.file('hl/orig', rng.randbytes(2 * CHUNK + 9))
+        w.hardlink('hl/link1', 'hl/orig')
+        w.hardlink('hl/link2', 'hl/orig')
+    exp = os.path.join(tmp, 'dropped-expected')
+    rtar.apply_layers(paths, exp)
+    out = os.path.join(tmp, 'out-dropped')
+    r = mk.build(out, paths, chunk_size=CHUNK, compressor='none')
+    if ck.cmd_ok(r, 'mkrafs build L1 L2 L3 (L2 without chunks)'):
+        ck.check(len(os.listdir(os.path.join(out, 'blobs'))) == 2, 'two blobs: the empty layer has none',
+                 str(os.listdir(os.path.join(out, 'blobs'))))
+        verify_build(ck, mk, out, exp, 'dropped-blob', tmp, ignore={'root_mtime'})
+
+
 def main():
     args, mkrafs, ck = harness.start_mkrafs_test('test_build_layers', __doc__, ('tar', 'zstd', 'setfacl'))
     mk = Mkrafs(mkrafs)
     with harness.temp_dir('rafs-build-layers-', keep=args.keep) as tmp:
         layers_part(ck, mk, tmp)
         fixture_part(ck, mk, tmp)
+        dropped_blob_part(ck, mk, tmp)
     return ck.finish()
 
 
