@@ -121,7 +121,9 @@ void Layout::countLinks() {
 
 // Compact inodes have no mtime of their own: every kernel takes the superblock's build time for
 // them. Making the most common mtime the build time lets those inodes be compact (32 bytes
-// instead of 64) without losing anything; inodes that need the wider fields stay extended.
+// instead of 64) without losing anything; inodes that need the wider fields stay extended, and
+// so do device nodes: Nydus reads no rdev from a compact inode (rafs/src/metadata/layout/v6.rs),
+// and a 0:0 character device is overlayfs's whiteout.
 void Layout::chooseInodeFormats() {
     std::map<std::pair<int64_t, uint32_t>, size_t> mtimes;
     for (const Record& r : records_) ++mtimes[{r.inode->mtime_sec, r.inode->mtime_nsec}];
@@ -139,7 +141,7 @@ void Layout::chooseInodeFormats() {
         const Inode& in = *r.inode;
         const uint64_t size = in.isReg() ? in.size : r.data_size;
         r.compact = in.mtime_sec == build_time_ && in.mtime_nsec == build_time_nsec_ && in.uid <= k16 &&
-                    in.gid <= k16 && in.nlink <= k16 && size <= UINT32_MAX;
+                    in.gid <= k16 && in.nlink <= k16 && size <= UINT32_MAX && !S_ISCHR(in.mode) && !S_ISBLK(in.mode);
     }
 }
 
