@@ -396,6 +396,11 @@ private:
             const char* target = archive_entry_symlink(entry);
             if (target == nullptr) failMember("symlink without a target");
             inode->symlink_target = target;
+            // As symlink(2) bounds it, and the bootstrap check after it (a longer one the kernel
+            // would cut short).
+            if (inode->symlink_target.empty() || inode->symlink_target.size() > kMaxPathLength) {
+                failMember("symlink target of {} bytes (1 to {})", inode->symlink_target.size(), kMaxPathLength);
+            }
             inode->size = inode->symlink_target.size();
             // Linux ignores and reports 0777 for symlinks, whatever the header says.
             inode->mode = S_IFLNK | 0777;

@@ -751,6 +751,8 @@ TEST_CASE("tar: rejected members", "[tar]") {
         },
         "member " + deeper + "/f: deeper than 2048 directories");
     expectError([](TarWriter& w) { w.file(".", ""); }, "member .: the root entry is not a directory");
+    expectError([](TarWriter& w) { w.symlink("s", std::string(4096, 't')); },
+                "member s: symlink target of 4096 bytes (1 to 4095)");
     expectError(
         [](TarWriter& w) {
             w.add("dev", S_IFCHR | 0600, {}, [](archive_entry* e) {
