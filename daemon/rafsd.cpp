@@ -235,6 +235,10 @@ int serveWorker(const Config& config, EngineKind engine, std::chrono::millisecon
                    : ControlServer::bind(config.daemon.socket, service);
     };
     auto serveTakenOver = [&] {
+        // A second rafsd serve started by hand beside the service would otherwise rewrite the
+        // mount table of the one serving (without the mounts it cannot take over) before its
+        // bind failed. A worker taking over follows one that is gone.
+        if (control_socket < 0 && !restored) ControlServer::checkFree(config.daemon.socket);
         service.recoverMounts();
         startEngine(service, engine);
         return controlServer();

@@ -56,12 +56,12 @@ void createDirectories(const std::filesystem::path& dir) {
     if (::chmod(dir.c_str(), 0755) != 0) rafs::failErrno(fmt::format("cannot chmod {}", dir.string()));
 }
 
-// Called when bind() found `socket` in use: removes it if it is a socket nobody listens on (left
-// by a rafsd that died), else explains why not.
-void removeStale(const std::filesystem::path& socket, const sockaddr_un& address) {
+// Throws if a process listens on `socket`; false if nothing is there, true for a socket file
+// nobody listens on (left by a rafsd that died).
+bool staleSocket(const std::filesystem::path& socket, const sockaddr_un& address) {
     struct stat st {};
     if (::lstat(socket.c_str(), &st) != 0) {
-        if (errno == ENOENT) return;  // removed meanwhile
+        if (errno == ENOENT) return false;
         rafs::failErrno(fmt::format("cannot bind {}", socket.string()));
     }
     if (!S_ISSOCK(st.st_mode)) rafs::fail("cannot bind {}: it exists and is not a socket", socket.string());
@@ -72,6 +72,13 @@ void removeStale(const std::filesystem::path& socket, const sockaddr_un& address
         rafs::fail("another rafsd is already listening on {}", socket.string());
     }
     if (errno != ECONNREFUSED) rafs::failErrno(fmt::format("cannot bind {}", socket.string()));
+    return true;
+}
+
+// Called when bind() found `socket` in use: removes it if it is a socket nobody listens on, else
+// explains why not.
+void removeStale(const std::filesystem::path& socket, const sockaddr_un& address) {
+    if (!staleSocket(socket, address)) return;  // removed meanwhile
     if (::unlink(socket.c_str()) != 0 && errno != ENOENT) {
         rafs::failErrno(fmt::format("cannot remove the stale socket {}", socket.string()));
     }
@@ -286,6 +293,8 @@ ControlServer& ControlServer::operator=(ControlServer&& other) noexcept {
 }
 
 ControlServer::~ControlServer() { stop(); }
+
+void ControlServer::checkFree(const std::filesystem::path& socket) { staleSocket(socket, unixAddress(socket)); }
 
 ControlServer ControlServer::bind(const std::filesystem::path& socket, ControlHandler& handler) {
     sockaddr_un address = unixAddress(socket);

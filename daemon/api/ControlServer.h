@@ -40,6 +40,9 @@ public:
     // socket file that nobody listens on, and makes the socket 0600. Throws rafs::Error, e.g.
     // "another rafsd is already listening on /run/rafsd/api.sock".
     static ControlServer bind(const std::filesystem::path& socket, ControlHandler& handler);
+    // Throws rafs::Error as bind() does if another process listens on `socket`: checked by a
+    // rafsd serve before it touches the state dir another one may be serving from.
+    static void checkFree(const std::filesystem::path& socket);
     // Serves an already listening unix stream socket, taking ownership of `listen_fd`.
     static ControlServer adopt(int listen_fd, ControlHandler& handler);
     // Adopts the listening unix stream socket systemd passed (socket activation) if there is

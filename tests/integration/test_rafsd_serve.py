@@ -13,6 +13,8 @@
    with one line; an image unmounted by hand (umount(8)) is forgotten by `rafsctl umount`, and
    mounted again on the same directory;
 5. SIGTERM: serve exits 0 promptly, the other image is unmounted, the socket is gone.
+Between 2 and 3: a second `rafsd serve` with the same config is refused (the socket is taken)
+before it touches the first one's mount table.
 """
 
 import os
@@ -90,6 +92,20 @@ def main():
             ck.check(r.returncode == 0 and mnt_a in out and mnt_b in out and 'fanotify' in out,
                      'rafsctl list shows both images', out + text(r.stderr))
             log(out.rstrip())
+
+            ck.section('a second rafsd serve beside the first')
+            table = os.path.join(tmp, 'state', 'mounts.json')
+            with open(table) as f:
+                before = f.read()
+            r = harness.run([rafsd, 'serve', '--config', config], timeout=60)
+            err = text(r.stderr)
+            ck.check(r.returncode not in (0, None) and 'another rafsd is already listening on %s' % sock in err,
+                     'refused: another rafsd listens on the socket', err[-1500:])
+            with open(table) as f:
+                ck.check(f.read() == before, 'the first one\'s mount table is left as it was')
+            r = rafsctl(ctl, sock, 'list')
+            ck.check(r.returncode == 0 and mnt_a in text(r.stdout) and mnt_b in text(r.stdout),
+                     'the first one still serves both images', text(r.stdout) + text(r.stderr))
 
             ck.section('rafsctl status')
             s0 = rafsctl_status(ctl, sock)
