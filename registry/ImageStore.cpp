@@ -7,9 +7,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include <fcntl.h>
 #include <fstream>
-#include <sys/file.h>
 #include <unistd.h>
 
 namespace fs = std::filesystem;
@@ -55,13 +53,6 @@ OciLayoutStore::OciLayoutStore(fs::path dir, bool create, LayoutFileCreated on_c
         if (ec) rafs::fail("oci:{}: cannot create: {}", dir_.string(), ec.message());
         replaceFile(dir_ / "oci-layout", R"({"imageLayoutVersion":"1.0.0"})");
         if (!fs::exists(dir_ / "index.json", ec)) replaceFile(dir_ / "index.json", Index{std::string(media::kOciIndex), {}, {}}.serialize());
-    }
-    if (!create) return;
-    writer_lock_ = rafs::UniqueFd(::open(dir_.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
-    if (writer_lock_.get() < 0) rafs::failErrno(fmt::format("oci:{}: cannot open", dir_.string()));
-    if (::flock(writer_lock_.get(), LOCK_EX | LOCK_NB) != 0) {
-        if (errno == EWOULDBLOCK) rafs::fail("oci:{}: another process is writing into this layout", dir_.string());
-        rafs::failErrno(fmt::format("oci:{}: flock", dir_.string()));
     }
 }
 

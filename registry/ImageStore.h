@@ -3,7 +3,6 @@
 // writes the other through this; rafsd resolves images through it.
 #pragma once
 
-#include "format/UniqueFd.h"
 #include "registry/ImageReference.h"
 #include "registry/OciImage.h"
 #include "registry/RegistryClient.h"
@@ -67,9 +66,7 @@ using LayoutFileCreated = std::function<void(const std::filesystem::path&)>;
 // An OCI image layout (image-spec image-layout.md): DIR/oci-layout, DIR/index.json naming
 // manifests by the org.opencontainers.image.ref.name annotation, DIR/blobs/sha256/<hex>. Blobs
 // are written to a temporary file and renamed; index.json is replaced whole, so readers never see
-// half a file. One writer at a time: a target holds an exclusive flock(2) on DIR while it is open,
-// and a second one is refused (a blob one writer skips as present, the other may remove as its own
-// on failure, and each rewrites index.json from what it read).
+// half a file. One writer at a time.
 class OciLayoutStore : public ImageStore {
 public:
     // `create`: make DIR a layout if it does not exist (a target); else it must be one.
@@ -93,7 +90,6 @@ private:
     std::filesystem::path dir_;
     LayoutFileCreated on_create_;
     bool sole_as_latest_;
-    rafs::UniqueFd writer_lock_;  // a target's (`create`)
 };
 
 // The blob `blob` describes, handed to `take` in pieces of 4 MiB in order, then its digest checked

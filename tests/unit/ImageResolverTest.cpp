@@ -220,14 +220,3 @@ TEST_CASE("a manifest tagged in an OCI layout leaves the other entries as they w
     CHECK(written["manifests"][1]["annotations"][annotation::kRefName] == "new");
     CHECK(layout.manifest("new").digest == sha256Digest(manifest));
 }
-
-TEST_CASE("an OCI layout has one writer at a time", "[registry]") {
-    const rafs::test::TempDir dir;
-    const std::filesystem::path path = dir.path() / "layout";
-    {
-        OciLayoutStore writer(path, true);
-        CHECK_THROWS_WITH(OciLayoutStore(path, true), Contains("another process is writing into this layout"));
-        OciLayoutStore reader(path, false);  // readers are not held up
-    }
-    OciLayoutStore next(path, true);  // once the first is gone
-}
