@@ -139,8 +139,18 @@ void FanotifyEngine::answerOrphans() {
                 const auto [begin, end] = fetchRange(orphan.offset, orphan.count, served.size);
                 targets.push_back({served.image, served.blob, begin, end});
             }
-            log::info("fanotify: orphaned event fd {} for [{}, +{}), {} files to fill", orphan.fd, orphan.offset,
-                      orphan.count, targets.size());
+            const bool whole = orphan.count == FanotifyEvent::kWholeFile;
+            log::info("fanotify: orphaned event fd {} for {}, {} files to fill", orphan.fd,
+                      whole ? std::string("the whole file") : fmt::format("[{}, +{})", orphan.offset, orphan.count),
+                      targets.size());
+            // Of no known file and no range, it could be any byte of any served file: filling
+            // them all could take the whole cache.
+            if (!known && whole) {
+                log::error("fanotify: orphaned event fd {}: neither its file nor its range is known, denying",
+                           orphan.fd);
+                responder.answerOrphan(orphan.fd, false);
+                continue;
+            }
             if (!known && !unserved_.empty()) {
                 log::error("fanotify: orphaned event fd {}: its file is not known and {} is not served, denying",
                            orphan.fd, unserved_.front().native());
