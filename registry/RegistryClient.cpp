@@ -409,16 +409,18 @@ bool RegistryClient::mountBlob(const std::string& digest, const std::string& fro
     const HttpResponse r = perform(ep, start);
     if (r.curl_code == 0 && r.status == 201) return true;
     if (r.curl_code != 0 || r.status != 202) rafs::fail("POST {}: {}", withoutQuery(start.url), r.summary());
-    if (auto location = r.header("location")) {
+    if (auto location = r.header("location"); location && !cancel_refused_.load()) {
         HttpRequest cancel;
         cancel.method = "DELETE";
         cancel.url = absoluteLocation(ep.base, *location);
         // An abandoned session expires on its own (distribution purges them), so a failed
         // cancel costs nothing: nor does a refused one (distribution 2.8 wants the delete scope,
-        // which a token for pull and push lacks: registry/handlers/app.go), whose error is not the mount's.
+        // which a token for pull and push lacks: distribution's registry/handlers/app.go), whose
+        // error is not the mount's.
         try {
             perform(ep, cancel);
         } catch (const rafs::Error&) {
+            cancel_refused_.store(true);
         }
     }
     return false;

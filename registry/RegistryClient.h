@@ -12,6 +12,7 @@
 #include "registry/RetryingTransport.h"
 #include "registry/TokenCache.h"
 
+#include <atomic>
 #include <chrono>
 #include <map>
 #include <memory>
@@ -136,6 +137,8 @@ private:
     };
     std::map<std::string, Redirect> redirects_;  // by endpoint base + digest
     std::map<std::string, uint64_t> sizes_;      // by digest
+    // A cancel of an upload session the registry refused: not asked again (each costs a token).
+    std::atomic<bool> cancel_refused_{false};
 };
 
 }  // namespace registry

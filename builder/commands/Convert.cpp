@@ -107,8 +107,9 @@ struct PushCounts {
 // HEAD first: a blob the target has is not sent again; then a cross-repository mount from each of
 // `mount_from` (repositories of the same registry that may hold it); then the upload.
 // True if the target has the blob or got it by a mount: nothing to upload.
+// `refused`, if given, gets the last refusal of a mount.
 bool reuseBlob(ImageStore& target, const std::string& digest, const std::vector<std::string>& mount_from,
-               PushCounts& counts) {
+               PushCounts& counts, std::string* refused = nullptr) {
     if (target.hasBlob(digest)) {
         ++counts.present;
         return true;
@@ -121,8 +122,8 @@ bool reuseBlob(ImageStore& target, const std::string& digest, const std::vector<
                 ++counts.mounted;
                 return true;
             }
-        } catch (const rafs::Error&) {
-            continue;
+        } catch (const rafs::Error& e) {
+            if (refused != nullptr) *refused = e.what();
         }
     }
     return false;
@@ -401,9 +402,10 @@ public:
 
 private:
     void requireBlob(const std::string& digest) {
-        if (reuseBlob(target_, digest, mountCandidates(), counts_)) return;
-        fail("chunk dict blob {} is not in {} and cannot be mounted from another repository there (--mount-from)",
-             digest, target_.describe());
+        std::string refused;
+        if (reuseBlob(target_, digest, mountCandidates(), counts_, &refused)) return;
+        fail("chunk dict blob {} is not in {} and cannot be mounted from another repository there (--mount-from){}",
+             digest, target_.describe(), refused.empty() ? std::string() : ": " + refused);
     }
 
     // --mount-from (and the chunk dict's repository), then the source's repository when it is
@@ -522,17 +524,23 @@ void convert(const ConvertOptions& o, std::ostream& log) {
     WorkDir work(o.work_dir);
     std::vector<std::string> mount_from = o.mount_from;
     // The chunk dict of each image's own platform (a multi-platform dict holds one per platform),
-    // each fetched once.
+    // each fetched once. With --all-platforms, a platform the dict has no image for is converted
+    // without one, as before this dict was chosen by platform.
     std::vector<std::optional<std::string>> dicts(images.size());
     if (o.build.chunk_dict) {
-        std::map<std::string, std::string> by_platform;
+        std::map<std::string, std::optional<std::string>> by_platform;
         for (size_t i = 0; i < images.size(); ++i) {
             const registry::Platform platform = images[i].platform.value_or(requested);
             auto [it, added] = by_platform.try_emplace(platform.str());
             if (added) {
-                it->second = chunkDictBootstrap(*o.build.chunk_dict, clients, target_ref, platform,
-                                                work.path() / fmt::format("chunk-dict-{}.boot", by_platform.size()),
-                                                mount_from);
+                try {
+                    it->second = chunkDictBootstrap(*o.build.chunk_dict, clients, target_ref, platform,
+                                                    work.path() / fmt::format("chunk-dict-{}.boot", by_platform.size()),
+                                                    mount_from);
+                } catch (const rafs::Error& e) {
+                    if (!o.all_platforms) throw;
+                    log << fmt::format("chunk dict for {}: {}; converting it without one\n", platform.str(), e.what());
+                }
             }
             dicts[i] = it->second;
         }

@@ -521,6 +521,11 @@ def main():
             ck.cmd_ok(r, 'mkrafs convert --platform linux/arm64 --chunk-dict (an arm64-only index)')
             ck.check(re.search(r'chunk dict .*: [1-9]\d* chunks referenced', text(r.stderr)) is not None,
                      'the arm64 dict\'s chunks referenced', text(r.stderr)[-600:])
+            r = convert(mk, reg, 'oci:%s:multi' % multi, '%s/multi/app:all-dict' % host, '--all-platforms',
+                        '--chunk-dict', '%s/multi/app:arm-index' % host)
+            ck.cmd_ok(r, 'mkrafs convert --all-platforms --chunk-dict (an arm64-only index)')
+            ck.check('chunk dict for linux/amd64: ' in text(r.stderr) and 'converting it without one' in text(r.stderr),
+                     'amd64, which the dict has no image for, is converted without it', text(r.stderr)[-600:])
             expect_fail(ck, 'platform not in the index',
                         convert(mk, reg, 'oci:%s:multi' % multi, '%s/bad/app:t' % host, '--platform', 'linux/s390x'),
                         'linux/amd64, linux/arm64')
