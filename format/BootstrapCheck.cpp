@@ -23,9 +23,7 @@ constexpr uint64_t kBlock = erofs::kBlockSize;
 // would let h_name_filter hide xattrs (fs/erofs/xattr.c).
 constexpr uint32_t kFeatureCompatMtime = 0x2;
 constexpr uint32_t kKnownCompat = kFeatureCompatRafsV6 | kFeatureCompatMtime;
-// A symlink target the kernel returns whole: below PATH_MAX with its NUL, within one block for
-// fast symlinks (fs/erofs/inode.c, erofs_fill_symlink).
-constexpr uint64_t kMaxSymlinkSize = kBlock - 1;
+static_assert(kMaxSymlinkSize == kBlock - 1);
 constexpr std::string_view kAclAccess = "system.posix_acl_access";
 constexpr std::string_view kAclDefault = "system.posix_acl_default";
 

@@ -1,7 +1,8 @@
 #include "builder/source/TarSource.h"
 
-#include "format/Error.h"
 #include "builder/source/LayerStream.h"
+#include "format/BootstrapCheck.h"
+#include "format/Error.h"
 
 #include <archive.h>
 #include <archive_entry.h>
@@ -396,10 +397,10 @@ private:
             const char* target = archive_entry_symlink(entry);
             if (target == nullptr) failMember("symlink without a target");
             inode->symlink_target = target;
-            // As symlink(2) bounds it, and the bootstrap check after it (a longer one the kernel
-            // would cut short).
-            if (inode->symlink_target.empty() || inode->symlink_target.size() > kMaxPathLength) {
-                failMember("symlink target of {} bytes (1 to {})", inode->symlink_target.size(), kMaxPathLength);
+            // As symlink(2) bounds it, and format/BootstrapCheck.h after it: the kernel would cut a
+            // longer one short.
+            if (inode->symlink_target.empty() || inode->symlink_target.size() > rafs::kMaxSymlinkSize) {
+                failMember("symlink target of {} bytes (1 to {})", inode->symlink_target.size(), rafs::kMaxSymlinkSize);
             }
             inode->size = inode->symlink_target.size();
             // Linux ignores and reports 0777 for symlinks, whatever the header says.

@@ -122,8 +122,8 @@ void Layout::countLinks() {
 // Compact inodes have no mtime of their own: every kernel takes the superblock's build time for
 // them. Making the most common mtime the build time lets those inodes be compact (32 bytes
 // instead of 64) without losing anything; inodes that need the wider fields stay extended, and
-// so do device nodes: Nydus reads no rdev from a compact inode (rafs/src/metadata/layout/v6.rs),
-// and a 0:0 character device is overlayfs's whiteout.
+// so do device nodes: Nydus reads no rdev from a compact inode (its RafsV6InodeCompact), and a
+// 0:0 character device is overlayfs's whiteout.
 void Layout::chooseInodeFormats() {
     std::map<std::pair<int64_t, uint32_t>, size_t> mtimes;
     for (const Record& r : records_) ++mtimes[{r.inode->mtime_sec, r.inode->mtime_nsec}];

@@ -1,21 +1,12 @@
 #include "ImageTestUtil.h"
 
-#include "builder/commands/Build.h"
-#include "builder/writer/BuildOptions.h"
 #include "format/BlobFile.h"
 #include "format/Bootstrap.h"
-#include "tests/unit/TempDir.h"
 
 #include <catch2/catch.hpp>
 
 #include <cstring>
-#include <fcntl.h>
-#include <filesystem>
 #include <random>
-#include <sstream>
-#include <sys/stat.h>
-#include <sys/sysmacros.h>
-#include <unistd.h>
 
 using namespace rafs;
 using namespace rafs::test;
@@ -405,28 +396,4 @@ TEST_CASE("directories spanning several blocks", "[format]") {
     put<uint16_t>(bad, SyntheticImage::offsetOf(SyntheticImage::kSubNid),
                   erofs::inodeFormat(erofs::kInodeVersionExtended, erofs::kFlatInline));
     checkMalformed(bad, "first nameoff 0");  // the tail is read after the inode, where there is no dirent
-}
-
-TEST_CASE("device nodes are written as extended inodes, with their rdev", "[format]") {
-    const rafs::test::TempDir dir;
-    std::filesystem::create_directories(dir.path() / "src");
-    if (::geteuid() != 0) {
-        WARN("skipped: mknod of a character device needs root");
-        return;
-    }
-    REQUIRE(::mknod((dir.path() / "src" / "null").c_str(), S_IFCHR | 0666, ::makedev(1, 3)) == 0);
-    const std::vector<uint8_t> x{'x'};
-    rafs::test::writeFile((dir.path() / "src" / "file").string(), x);
-    rafs::build::BuildOptions options;
-    options.output = dir.path() / "img";
-    options.sources = {dir.path() / "src"};
-    options.mtime = 1000;  // one mtime for all: every inode that can be compact is
-    options.threads = 1;
-    std::ostringstream log;
-    rafs::build::build(options, log);
-    const Bootstrap b((dir.path() / "img" / "image.boot").string());
-    const Inode null = b.inode(b.lookup("/null").value());
-    CHECK(null.extended);
-    CHECK((erofs::devMajor(null.rdev) == 1 && erofs::devMinor(null.rdev) == 3));
-    CHECK_FALSE(b.inode(b.lookup("/file").value()).extended);
 }

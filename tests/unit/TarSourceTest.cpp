@@ -1,6 +1,8 @@
+#include "builder/commands/Build.h"
+#include "builder/source/TarSource.h"
+#include "format/Bootstrap.h"
 #include "format/Codec.h"
 #include "format/Error.h"
-#include "builder/source/TarSource.h"
 #include "tests/unit/SourceTestUtil.h"
 
 #include <archive.h>
@@ -14,6 +16,7 @@
 #include <cstdlib>
 #include <fstream>
 #include <random>
+#include <sstream>
 #include <tuple>
 
 using namespace rafs::build;
@@ -912,4 +915,37 @@ TEST_CASE("tar: nydus all-entry-type fixture", "[tar]") {
     CHECK(inodeAt(tree, "tar/dir2/symlink1.txt").symlink_target == "../dir1/dir3/file1.txt");
     REQUIRE(sink.files.size() == 1);
     CHECK(sink.files[0].content == "This is a test\n");
+}
+
+// Nydus reads no rdev from a compact inode, so device nodes are extended ones, whatever their mtime.
+TEST_CASE("tar: device nodes become extended inodes with their rdev", "[tar]") {
+    TempDir tmp;
+    const std::string tar = tmp / "dev.tar";
+    {
+        TarWriter w(tar);
+        w.dir("dev");
+        for (const auto& [name, type, major, minor] :
+             {std::tuple{"dev/null", mode_t{S_IFCHR}, 1, 3}, std::tuple{"dev/sda", mode_t{S_IFBLK}, 8, 0}}) {
+            w.add(name, type | 0666u, {}, [major = major, minor = minor](archive_entry* e) {
+                archive_entry_set_rdevmajor(e, static_cast<dev_t>(major));
+                archive_entry_set_rdevminor(e, static_cast<dev_t>(minor));
+            });
+        }
+        w.file("file", "x");
+        w.close();
+    }
+    BuildOptions options;
+    options.output = tmp / "img";
+    options.sources = {tar};
+    options.mtime = 1000;  // one mtime for all: every inode that can be compact is
+    options.threads = 1;
+    std::ostringstream log;
+    build(options, log);
+    const rafs::Bootstrap b(tmp / "img/image.boot");
+    for (const auto& [name, major, minor] : {std::tuple{"/dev/null", 1u, 3u}, std::tuple{"/dev/sda", 8u, 0u}}) {
+        const rafs::Inode dev = b.inode(b.lookup(name).value());
+        CHECK(dev.extended);
+        CHECK((erofs::devMajor(dev.rdev) == major && erofs::devMinor(dev.rdev) == minor));
+    }
+    CHECK_FALSE(b.inode(b.lookup("/file").value()).extended);
 }

@@ -166,8 +166,8 @@ def prepare(args):
                     'bad_block_sha256': hashlib.sha256(bytes(bad_block)).hexdigest()}
 
     # img1's bootstrap with its first chunk's digest changed: the same blob, described otherwise
-    # (nydus rafs/src/metadata/layout/v6.rs: the chunk table's offset at 24 in the extended
-    # superblock at 1152; each entry 80 bytes, its digest first).
+    # (kernel-abi/rafs.h: the chunk table's offset at 24 in the extended superblock at 1152; each
+    # entry 80 bytes, its digest first).
     boot = bytearray(open(f'{work}/img1/image.boot', 'rb').read())
     (table,) = struct.unpack_from('<Q', boot, 1152 + 24)
     boot[table] ^= 0xff
