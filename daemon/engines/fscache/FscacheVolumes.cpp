@@ -74,8 +74,8 @@ void FscacheVolumes::cullBootstrap(const std::string& volume, const std::string&
 
 void FscacheVolumes::cullBlob(const std::string& volume, const std::string& blob_id) {
     cullCookie(volume, blob_id,
-               fmt::format("blob {}: the kernel has its cache file in fscache volume {} open, cached for another "
-                           "image's description of the blob (a mount still using it?)",
+               fmt::format("blob {}: the kernel has its cache file in fscache volume {} open, and rafsd has no chunk "
+                           "map that vouches for what it holds (a mount rafsd no longer serves, still in use?)",
                            blob_id, volume));
 }
 
