@@ -23,7 +23,6 @@ constexpr uint64_t kBlock = erofs::kBlockSize;
 // would let h_name_filter hide xattrs (fs/erofs/xattr.c).
 constexpr uint32_t kFeatureCompatMtime = 0x2;
 constexpr uint32_t kKnownCompat = kFeatureCompatRafsV6 | kFeatureCompatMtime;
-static_assert(kMaxSymlinkSize == kBlock - 1);
 constexpr std::string_view kAclAccess = "system.posix_acl_access";
 constexpr std::string_view kAclDefault = "system.posix_acl_default";
 

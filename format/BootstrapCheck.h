@@ -31,7 +31,7 @@ namespace rafs {
 
 // A symlink target the kernel returns whole: below PATH_MAX with its NUL, within one block for
 // fast symlinks (fs/erofs/inode.c, erofs_fill_symlink). The builder refuses longer ones too.
-inline constexpr uint64_t kMaxSymlinkSize = 4095;
+inline constexpr uint64_t kMaxSymlinkSize = erofs::kBlockSize - 1;
 
 struct BootstrapSummary {
     uint64_t inodes = 0;  // distinct nids reachable from the root

@@ -16,7 +16,6 @@
 #include <optional>
 #include <ostream>
 #include <set>
-#include <unordered_set>
 #include <unistd.h>
 
 namespace fs = std::filesystem;
@@ -135,12 +134,9 @@ void dropEmptyBlobs(FileTree& tree, std::vector<std::optional<BlobInfo>>& layers
         blobs.push_back(std::move(*layers[i]));
         blobs.back().index = new_index[i];
     }
-    // Each inode once: a hardlinked file is one inode under several names, and renumbering its
-    // chunks twice maps them on to another blob.
-    std::unordered_set<const Inode*> renumbered;
-    tree.walk([&](Node& n, const std::string&) {
-        if (!renumbered.insert(n.inode.get()).second) return;
-        for (ChunkRef& c : n.inode->chunks) c.blob_index = new_index[c.blob_index];
+    // Each inode once: renumbering a hardlinked file's chunks twice maps them on to another blob.
+    tree.forEachInode([&](Inode& inode) {
+        for (ChunkRef& c : inode.chunks) c.blob_index = new_index[c.blob_index];
     });
 }
 

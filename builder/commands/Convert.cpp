@@ -240,10 +240,9 @@ struct Converted {
 class Converter {
 public:
     Converter(const ConvertOptions& o, std::ostream& log, ImageStore& source, ImageStore& target,
-              const ImageReference& source_ref, const ImageReference& target_ref, BuildOptions build,
-              std::vector<std::string> mount_from)
+              const ImageReference& source_ref, const ImageReference& target_ref, std::vector<std::string> mount_from)
         : o_(o), log_(log), source_(source), target_(target), source_ref_(source_ref), target_ref_(target_ref),
-          build_(std::move(build)), mount_from_(std::move(mount_from)) {}
+          mount_from_(std::move(mount_from)) {}
 
     // Builds into `work` (which must exist) with `chunk_dict` (a bootstrap), then pushes
     // everything but the manifest.
@@ -305,7 +304,7 @@ public:
             registry::FileBody body(path);
             pushBlob(target_, digest, body, mountCandidates(), counts_);
         });
-        BuildOptions build = build_;
+        BuildOptions build = o_.build;
         build.chunk_dict = chunk_dict;
         const BuiltImage built = buildLayers(
             build, inputs, work, [&](const std::string& line) { progress.line(line); },
@@ -426,37 +425,55 @@ private:
     ImageStore& target_;
     const ImageReference& source_ref_;
     const ImageReference& target_ref_;
-    BuildOptions build_;
     std::vector<std::string> mount_from_;
     PushCounts counts_;
     std::vector<std::pair<std::string, std::string>> manifests_;  // digest, bytes
 };
 
 // --chunk-dict: a bootstrap path as it is; an image reference is resolved to its RAFS manifest for
-// `platform`, whose bootstrap is fetched into `path`, and its repository joins `mount_from` when it
-// is on the target's registry, so its blobs can be mounted rather than required.
-std::string chunkDictBootstrap(const std::string& dict, Clients& clients, const ImageReference& target,
-                               const registry::Platform& platform, const fs::path& path,
-                               std::vector<std::string>& mount_from) {
-    std::error_code ec;
-    if (fs::exists(dict, ec)) return dict;
-    if (!ImageReference::looksLikeReference(dict)) fail("--chunk-dict {}: neither a file nor an image reference", dict);
-    const ImageReference ref = ImageReference::parse(dict);
-    auto store = clients.open(ref, false);
-    const ResolvedManifest m =
-        registry::resolveManifest(*store, ref.reference(), platform, registry::ImageKind::Rafs, dict);
-    const std::vector<uint8_t> boot = registry::fetchBootstrapLayer(*store, m.manifest.layers.back(), dict);
-    std::ofstream out(path, std::ios::binary);
-    out.write(reinterpret_cast<const char*>(boot.data()), static_cast<std::streamsize>(boot.size()));
-    out.close();
-    if (!out) failErrno("writing " + path.string());
-    if (ref.kind == ImageReference::Kind::Registry && target.kind == ImageReference::Kind::Registry &&
-        ref.host == target.host && ref.repository != target.repository &&
-        std::find(mount_from.begin(), mount_from.end(), ref.repository) == mount_from.end()) {
-        mount_from.push_back(ref.repository);
+// each platform asked, whose bootstrap is fetched into the work dir (once per manifest), and its
+// repository joins `mount_from` when it is on the target's registry, so its blobs can be mounted
+// rather than required.
+class ChunkDictImage {
+public:
+    ChunkDictImage(const std::string& dict, Clients& clients, const ImageReference& target, fs::path work,
+                   std::vector<std::string>& mount_from)
+        : dict_(dict), work_(std::move(work)) {
+        std::error_code ec;
+        if (fs::exists(dict, ec)) return;
+        if (!ImageReference::looksLikeReference(dict)) fail("--chunk-dict {}: neither a file nor an image reference", dict);
+        ref_ = ImageReference::parse(dict);
+        store_ = clients.open(*ref_, false);
+        if (ref_->kind == ImageReference::Kind::Registry && target.kind == ImageReference::Kind::Registry &&
+            ref_->host == target.host && ref_->repository != target.repository) {
+            mount_from.push_back(ref_->repository);
+        }
     }
-    return path.string();
-}
+
+    // The bootstrap of the dict for `platform`.
+    std::string bootstrapFor(const registry::Platform& platform) {
+        if (!store_) return dict_;
+        const ResolvedManifest m =
+            registry::resolveManifest(*store_, ref_->reference(), platform, registry::ImageKind::Rafs, dict_);
+        auto [it, added] = by_manifest_.try_emplace(m.fetched.digest);
+        if (!added) return it->second;
+        const std::vector<uint8_t> boot = registry::fetchBootstrapLayer(*store_, m.manifest.layers.back(), dict_);
+        const fs::path path = work_ / fmt::format("chunk-dict-{}.boot", by_manifest_.size());
+        std::ofstream out(path, std::ios::binary);
+        out.write(reinterpret_cast<const char*>(boot.data()), static_cast<std::streamsize>(boot.size()));
+        out.close();
+        if (!out) failErrno("writing " + path.string());
+        it->second = path.string();
+        return it->second;
+    }
+
+private:
+    std::string dict_;
+    fs::path work_;
+    std::optional<ImageReference> ref_;
+    std::unique_ptr<ImageStore> store_;  // of a reference
+    std::map<std::string, std::string> by_manifest_;  // manifest digest -> bootstrap file
+};
 
 // The parts of an OCI layout target that a conversion creates, removed again unless it succeeds
 // (also on a signal): a new layout whole; in an existing one, its missing parts and the files its
@@ -528,24 +545,18 @@ void convert(const ConvertOptions& o, std::ostream& log) {
     // without one, as before this dict was chosen by platform.
     std::vector<std::optional<std::string>> dicts(images.size());
     if (o.build.chunk_dict) {
-        std::map<std::string, std::optional<std::string>> by_platform;
+        ChunkDictImage dict(*o.build.chunk_dict, clients, target_ref, work.path(), mount_from);
         for (size_t i = 0; i < images.size(); ++i) {
             const registry::Platform platform = images[i].platform.value_or(requested);
-            auto [it, added] = by_platform.try_emplace(platform.str());
-            if (added) {
-                try {
-                    it->second = chunkDictBootstrap(*o.build.chunk_dict, clients, target_ref, platform,
-                                                    work.path() / fmt::format("chunk-dict-{}.boot", by_platform.size()),
-                                                    mount_from);
-                } catch (const rafs::Error& e) {
-                    if (!o.all_platforms) throw;
-                    log << fmt::format("chunk dict for {}: {}; converting it without one\n", platform.str(), e.what());
-                }
+            try {
+                dicts[i] = dict.bootstrapFor(platform);
+            } catch (const rafs::Error& e) {
+                if (!o.all_platforms) throw;
+                log << fmt::format("chunk dict for {}: {}; converting it without one\n", platform.str(), e.what());
             }
-            dicts[i] = it->second;
         }
     }
-    Converter converter(o, log, *source, *target, source_ref, target_ref, o.build, mount_from);
+    Converter converter(o, log, *source, *target, source_ref, target_ref, mount_from);
     std::vector<Converted> converted;
     for (size_t i = 0; i < images.size(); ++i) {
         const fs::path dir = work.path() / std::to_string(i);

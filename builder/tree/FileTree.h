@@ -8,6 +8,7 @@
 #include <memory>
 #include <string>
 #include <string_view>
+#include <unordered_set>
 #include <utility>
 #include <vector>
 
@@ -49,6 +50,16 @@ public:
     // Calls fn(node, path) for every entry, parents before children, children in name order.
     template <typename Fn>
     void walk(Fn&& fn) { walkFrom(root_, "/", fn); }
+
+    // Calls fn(inode) once for every inode in the tree, in walk() order: a hardlinked file is one
+    // inode under several names, and what changes an inode must change it once.
+    template <typename Fn>
+    void forEachInode(Fn&& fn) {
+        std::unordered_set<const Inode*> seen;
+        walk([&](Node& n, const std::string&) {
+            if (n.inode && seen.insert(n.inode.get()).second) fn(*n.inode);
+        });
+    }
 
 private:
     template <typename Fn>

@@ -1,7 +1,5 @@
 #include "builder/writer/PrefetchLayout.h"
 
-#include <unordered_set>
-
 namespace rafs::build {
 
 namespace {
@@ -27,11 +25,8 @@ void placePrefetchFirst(const std::vector<std::string>& paths, FileTree& tree, C
     }
     if (first.empty()) return;
     const std::vector<ChunkRef> moved = blob.placeFirst(first);
-    // An inode is in the tree once per hard link: relocate each once.
-    std::unordered_set<const Inode*> relocated;
-    tree.walk([&](Node& n, const std::string&) {
-        if (!n.inode || !relocated.insert(n.inode.get()).second) return;
-        for (ChunkRef& c : n.inode->chunks) {
+    tree.forEachInode([&](Inode& inode) {
+        for (ChunkRef& c : inode.chunks) {
             if (c.blob_index == blob.index()) c = moved.at(c.ci_index);
         }
     });

@@ -44,7 +44,7 @@ void forEachEvent(std::span<const std::byte> batch, const std::function<void(con
         if (malformed) {
             rafs::fail("malformed fanotify event: length {}, metadata length {}", meta.event_len, meta.metadata_len);
         }
-        FanotifyEvent event{meta.mask, meta.fd, meta.pid, 0, FanotifyEvent::kWholeFile};
+        FanotifyEvent event{meta.mask, meta.fd, meta.pid};
         findRange(batch.subspan(pos + meta.metadata_len, meta.event_len - meta.metadata_len), event);
         each(event);
         pos += meta.event_len;

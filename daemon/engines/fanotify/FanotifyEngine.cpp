@@ -131,18 +131,8 @@ void FanotifyEngine::answerOrphans() {
         };
         const auto answered = CompletionCount::make();
         for (const PendingJournal::Entry& orphan : orphans) {
-            std::vector<Target> targets;
             const bool known = orphan.dev != 0 || orphan.ino != 0;
-            for (const auto& [key, served] : files_->all()) {
-                if (known && key != MarkedFiles::FileKey{orphan.dev, orphan.ino}) continue;
-                if (orphan.offset >= served.size) continue;
-                const auto [begin, end] = fetchRange(orphan.offset, orphan.count, served.size);
-                targets.push_back({served.image, served.blob, begin, end});
-            }
             const bool whole = orphan.count == FanotifyEvent::kWholeFile;
-            log::info("fanotify: orphaned event fd {} for {}, {} files to fill", orphan.fd,
-                      whole ? std::string("the whole file") : fmt::format("[{}, +{})", orphan.offset, orphan.count),
-                      targets.size());
             // Of no known file and no range, it could be any byte of any served file: filling
             // them all could take the whole cache.
             if (!known && whole) {
@@ -157,6 +147,16 @@ void FanotifyEngine::answerOrphans() {
                 responder.answerOrphan(orphan.fd, false);
                 continue;
             }
+            std::vector<Target> targets;
+            for (const auto& [key, served] : files_->all()) {
+                if (known && key != MarkedFiles::FileKey{orphan.dev, orphan.ino}) continue;
+                if (orphan.offset >= served.size) continue;
+                const auto [begin, end] = fetchRange(orphan.offset, orphan.count, served.size);
+                targets.push_back({served.image, served.blob, begin, end});
+            }
+            log::info("fanotify: orphaned event fd {} for {}, {} files to fill", orphan.fd,
+                      whole ? std::string("the whole file") : fmt::format("[{}, +{})", orphan.offset, orphan.count),
+                      targets.size());
             if (targets.empty()) {
                 log::error("fanotify: orphaned event fd {}: its file is not served, denying", orphan.fd);
                 responder.answerOrphan(orphan.fd, false);

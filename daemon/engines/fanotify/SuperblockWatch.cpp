@@ -106,15 +106,15 @@ bool SuperblockWatch::allGone(const std::vector<int>& ids) {
 bool SuperblockWatch::gone(int id) { return allGone({id}); }
 
 bool SuperblockWatch::waitGone(const std::vector<int>& ids, std::chrono::steady_clock::time_point deadline) {
+    if (std::find(ids.begin(), ids.end(), -1) != ids.end()) {
+        std::this_thread::sleep_until(deadline);  // one is never known to be gone
+        return false;
+    }
     for (;;) {
         if (allGone(ids)) return true;
         const auto left =
             std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
         if (left.count() <= 0) return false;
-        if (std::find(ids.begin(), ids.end(), -1) != ids.end()) {
-            std::this_thread::sleep_until(deadline);  // one is never known to be gone
-            return false;
-        }
         pollfd p{fd_.get(), POLLIN, 0};
         if (::poll(&p, 1, static_cast<int>(left.count())) < 0 && errno != EINTR) {
             log::warn("poll on inotify: {}", std::strerror(errno));
