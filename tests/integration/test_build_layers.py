@@ -236,8 +236,8 @@ def dropped_blob_part(ck, mk, tmp):
     out = os.path.join(tmp, 'out-dropped')
     r = mk.build(out, paths, chunk_size=CHUNK, compressor='none')
     if ck.cmd_ok(r, 'mkrafs build L1 L2 L3 (L2 without chunks)'):
-        ck.check(len(os.listdir(os.path.join(out, 'blobs'))) == 2, 'two blobs: the empty layer has none',
-                 str(os.listdir(os.path.join(out, 'blobs'))))
+        blobs = os.listdir(os.path.join(out, 'blobs'))
+        ck.check(len(blobs) == 2, 'two blobs: the empty layer has none', str(blobs))
         verify_build(ck, mk, out, exp, 'dropped-blob', tmp, ignore={'root_mtime'})
 
 

@@ -213,7 +213,7 @@ def unused(ck, rafsd, ctl, mk, tmp, boot, blobs, sources, blob_id):
         ck.check(not read_tree(mnt, sources, sorted(sources)[:4]), 'read some of it')
         rafsctl(ctl, sock, 'umount', mnt)
         rafsctl_mount(ck, ctl, sock, os.path.join(other_out, 'blobs'), os.path.join(other_out, 'image.boot'), mnt,
-              'mount the other image')
+                      'mount the other image')
         ck.check(not read_tree(mnt, other_sources), 'read it whole')
         files_before = sorted(os.listdir(cache_dir))
         r = rafsctl(ctl, sock, 'gc', '--dry-run')

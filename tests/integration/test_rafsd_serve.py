@@ -95,14 +95,12 @@ def main():
 
             ck.section('a second rafsd serve beside the first')
             table = os.path.join(tmp, 'state', 'mounts.json')
-            with open(table) as f:
-                before = f.read()
+            before = harness.read_text(table)
             r = harness.run([rafsd, 'serve', '--config', config], timeout=60)
             err = text(r.stderr)
             ck.check(r.returncode not in (0, None) and 'another rafsd is already listening on %s' % sock in err,
                      'refused: another rafsd listens on the socket', err[-1500:])
-            with open(table) as f:
-                ck.check(f.read() == before, 'the first one\'s mount table is left as it was')
+            ck.check(harness.read_text(table) == before, 'the first one\'s mount table is left as it was')
             r = rafsctl(ctl, sock, 'list')
             ck.check(r.returncode == 0 and mnt_a in text(r.stdout) and mnt_b in text(r.stdout),
                      'the first one still serves both images', text(r.stdout) + text(r.stderr))

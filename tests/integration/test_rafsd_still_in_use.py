@@ -14,9 +14,8 @@ prefetch off, so that what was not read is a hole of the cache file):
    its bytes without rafsd.
 4. a reload, then a failover, with such mounts: one unmounted through rafsctl, then, after the
    reload, one unmounted by hand (umount -l) behind rafsd's back, each with a file held open and
-   its directory removed. The
-   new program, then after a kill -9 of its worker the next one, takes both over from the state
-   dir's table and the kept superblock watches (before, a new worker denied their reads: EIO, and
+   its directory removed. The new program, then after a kill -9 of its worker the next one, takes
+   both over from the state dir's table and the kept superblock watches (before, a new worker denied their reads: EIO, and
    its stop let them read holes); the held files read their bytes; once they are closed, rafsd
    forgets both (the watches outlived the workers that made them).
 """

@@ -11,7 +11,9 @@ stream of range requests from several threads at once. The client under test is 
 3. the credentials in config.json change while mounted (the token service then knows only the new
    ones): the next token requests use them, no read fails;
 4. `mkrafs convert` into one repository, then into another with --mount-from the first: every
-   blob is mounted across repositories with a token that names both (the challenge's scope).
+   blob is mounted across repositories with a token that names both (the challenge's scope); and
+   with --chunk-dict, a dict blob tried first from a repository without it is then mounted from
+   the dict's own (the declined mount's upload session cancelled at best).
 While the four threads read, rafsd holds one connection to the registry (HTTP/2: their requests
 are streams on it), sampled with `ss`.
 `rafsctl status` counts the token refreshes: as many as the token service issued.
@@ -204,7 +206,8 @@ def main():
 def convert_across_repositories(ck, mk, tmp, host, ca, cfg_json):
     """4. `mkrafs convert` of a small OCI image into one repository, then into another with
     --mount-from the first: the second mounts every blob across repositories, which takes a token
-    with pull on the first repository too (the registry names it in its challenge)."""
+    with pull on the first repository too (the registry names it in its challenge). Then a chunk
+    dict blob tried first from a repository without it is mounted from the dict's own."""
     layout, bundle = os.path.join(tmp, 'layout'), os.path.join(tmp, 'bundle')
     harness.run(['umoci', 'init', '--layout', layout], quiet=True)
     harness.run(['umoci', 'new', '--image', layout + ':v1'], quiet=True)
@@ -229,7 +232,7 @@ def convert_across_repositories(ck, mk, tmp, host, ca, cfg_json):
     # dict's own repository, has it.
     r = harness.run(common + ['--chunk-dict', '%s/conv/a:v1' % host, '--mount-from', 'conv/none',
                               'oci:%s:v1' % layout, '%s/conv/c:v1' % host])
-    err = (r.stderr or b'').decode()
+    err = harness.text(r.stderr)
     ck.check(r.returncode == 0 and ' 0 mounted' not in err,
              'mkrafs convert --chunk-dict conv/a --mount-from conv/none: the dict blob mounted from conv/a', err[-800:])
 

@@ -919,13 +919,18 @@ TEST_CASE("tar: nydus all-entry-type fixture", "[tar]") {
 
 // Nydus reads no rdev from a compact inode, so device nodes are extended ones, whatever their mtime.
 TEST_CASE("tar: device nodes become extended inodes with their rdev", "[tar]") {
+    struct Device {
+        const char* name;
+        mode_t type;
+        unsigned major, minor;
+    };
+    const Device devices[] = {{"dev/null", S_IFCHR, 1, 3}, {"dev/sda", S_IFBLK, 8, 0}};
     TempDir tmp;
     const std::string tar = tmp / "dev.tar";
     {
         TarWriter w(tar);
         w.dir("dev");
-        for (const auto& [name, type, major, minor] :
-             {std::tuple{"dev/null", mode_t{S_IFCHR}, 1, 3}, std::tuple{"dev/sda", mode_t{S_IFBLK}, 8, 0}}) {
+        for (const auto& [name, type, major, minor] : devices) {
             w.add(name, type | 0666u, {}, [major = major, minor = minor](archive_entry* e) {
                 archive_entry_set_rdevmajor(e, static_cast<dev_t>(major));
                 archive_entry_set_rdevminor(e, static_cast<dev_t>(minor));
@@ -942,8 +947,8 @@ TEST_CASE("tar: device nodes become extended inodes with their rdev", "[tar]") {
     std::ostringstream log;
     build(options, log);
     const rafs::Bootstrap b(tmp / "img/image.boot");
-    for (const auto& [name, major, minor] : {std::tuple{"/dev/null", 1u, 3u}, std::tuple{"/dev/sda", 8u, 0u}}) {
-        const rafs::Inode dev = b.inode(b.lookup(name).value());
+    for (const auto& [name, type, major, minor] : devices) {
+        const rafs::Inode dev = b.inode(b.lookup(std::string("/") + name).value());
         CHECK(dev.extended);
         CHECK((erofs::devMajor(dev.rdev) == major && erofs::devMinor(dev.rdev) == minor));
     }
