@@ -1,11 +1,12 @@
 #include "daemon/api/ControlServer.h"
 
+#include "daemon/api/UnixListener.h"
+
 #include "format/Error.h"
 
 #include <fcntl.h>
 #include <poll.h>
 #include <sys/socket.h>
-#include <sys/stat.h>
 #include <systemd/sd-daemon.h>
 #include <unistd.h>
 
@@ -37,59 +38,10 @@ struct Dispatch {
     json operator()(const ResolveRequest& request) const { return handler.resolve(request); }
 };
 
-int bindTo(const rafs::UniqueFd& fd, const sockaddr_un& address) {
-    return ::bind(fd.get(), reinterpret_cast<const sockaddr*>(&address), sizeof address);
-}
-
-void createDirectories(const std::filesystem::path& dir) {
-    if (dir.empty() || dir == dir.root_path()) return;
-    struct stat st {};
-    // Whether an existing path is a directory, bind() will tell.
-    if (::stat(dir.c_str(), &st) == 0) return;
-    if (errno != ENOENT) rafs::failErrno(fmt::format("cannot create {}", dir.string()));
-    createDirectories(dir.parent_path());
-    if (::mkdir(dir.c_str(), 0755) != 0) {
-        if (errno == EEXIST) return;
-        rafs::failErrno(fmt::format("cannot create {}", dir.string()));
-    }
-    // mkdir() applied the daemon's umask, which may be stricter.
-    if (::chmod(dir.c_str(), 0755) != 0) rafs::failErrno(fmt::format("cannot chmod {}", dir.string()));
-}
-
-// Throws if a process listens on `socket`; false if nothing is there, true for a socket file
-// nobody listens on (left by a rafsd that died).
-bool staleSocket(const std::filesystem::path& socket, const sockaddr_un& address) {
-    struct stat st {};
-    if (::lstat(socket.c_str(), &st) != 0) {
-        if (errno == ENOENT) return false;
-        rafs::failErrno(fmt::format("cannot bind {}", socket.string()));
-    }
-    if (!S_ISSOCK(st.st_mode)) rafs::fail("cannot bind {}: it exists and is not a socket", socket.string());
-    rafs::UniqueFd probe(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
-    if (probe.get() < 0) rafs::failErrno("cannot create a unix socket");
-    if (::connect(probe.get(), reinterpret_cast<const sockaddr*>(&address), sizeof address) == 0 || errno == EAGAIN) {
-        // EAGAIN: a listener whose backlog is full, busy but alive.
-        rafs::fail("another rafsd is already listening on {}", socket.string());
-    }
-    if (errno != ECONNREFUSED) rafs::failErrno(fmt::format("cannot bind {}", socket.string()));
-    return true;
-}
-
-// Called when bind() found `socket` in use: removes it if it is a socket nobody listens on, else
-// explains why not.
-void removeStale(const std::filesystem::path& socket, const sockaddr_un& address) {
-    if (!staleSocket(socket, address)) return;  // removed meanwhile
-    if (::unlink(socket.c_str()) != 0 && errno != ENOENT) {
-        rafs::failErrno(fmt::format("cannot remove the stale socket {}", socket.string()));
-    }
-}
-
 }  // namespace
 
 struct ControlServer::State {
-    // `bound` is the socket file bind() created, empty for an adopted socket.
-    State(rafs::UniqueFd listen_fd, ControlHandler& h, std::filesystem::path bound, const struct stat& st)
-        : handler(h), listen(std::move(listen_fd)), boundPath(std::move(bound)), boundDev(st.st_dev), boundIno(st.st_ino) {
+    State(UnixListener listener, ControlHandler& h) : handler(h), listen(std::move(listener)) {
         int fds[2];
         if (::pipe2(fds, O_CLOEXEC) != 0) rafs::failErrno("cannot create a pipe");
         wake = rafs::UniqueFd(fds[0]);
@@ -129,8 +81,8 @@ struct ControlServer::State {
 
     // Waits for one connection and starts its thread; false once stop() was called.
     bool acceptOne() {
-        if (waitFor(listen.get(), POLLIN) == Wait::Stopped) return false;
-        rafs::UniqueFd fd(::accept4(listen.get(), nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK));
+        if (waitFor(listen.fd(), POLLIN) == Wait::Stopped) return false;
+        rafs::UniqueFd fd(::accept4(listen.fd(), nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK));
         if (fd.get() < 0) {
             // Out of fds or memory leaves the socket readable: wait rather than spin. A client
             // that gave up (ECONNABORTED) or a spurious wakeup needs nothing.
@@ -266,13 +218,10 @@ struct ControlServer::State {
     }
 
     ControlHandler& handler;
-    rafs::UniqueFd listen;
+    UnixListener listen;
     // stop() closes wakeWriter; every poll of the server also watches `wake`, which then hangs up.
     rafs::UniqueFd wake;
     rafs::UniqueFd wakeWriter;
-    std::filesystem::path boundPath;
-    dev_t boundDev;
-    ino_t boundIno;
     bool stopped = false;
     std::atomic<std::chrono::milliseconds> idleTimeout{ControlServer::kIdleTimeout};
     // Only the accept thread touches this, and stop() once that thread has ended.
@@ -294,24 +243,10 @@ ControlServer& ControlServer::operator=(ControlServer&& other) noexcept {
 
 ControlServer::~ControlServer() { stop(); }
 
-void ControlServer::checkFree(const std::filesystem::path& socket) { staleSocket(socket, unixAddress(socket)); }
+void ControlServer::checkFree(const std::filesystem::path& socket) { UnixListener::checkFree(socket); }
 
 ControlServer ControlServer::bind(const std::filesystem::path& socket, ControlHandler& handler) {
-    sockaddr_un address = unixAddress(socket);
-    createDirectories(socket.parent_path());
-    rafs::UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
-    if (fd.get() < 0) rafs::failErrno("cannot create a unix socket");
-    if (bindTo(fd, address) != 0) {
-        if (errno != EADDRINUSE) rafs::failErrno(fmt::format("cannot bind {}", socket.string()));
-        removeStale(socket, address);
-        if (bindTo(fd, address) != 0) rafs::failErrno(fmt::format("cannot bind {}", socket.string()));
-    }
-    // Before listen(): until then connecting fails anyway, so the umask's mode is never usable.
-    if (::chmod(socket.c_str(), 0600) != 0) rafs::failErrno(fmt::format("cannot chmod {}", socket.string()));
-    struct stat st {};
-    if (::stat(socket.c_str(), &st) != 0) rafs::failErrno(fmt::format("cannot stat {}", socket.string()));
-    if (::listen(fd.get(), SOMAXCONN) != 0) rafs::failErrno(fmt::format("cannot listen on {}", socket.string()));
-    return ControlServer(std::make_unique<State>(std::move(fd), handler, socket, st));
+    return ControlServer(std::make_unique<State>(UnixListener::bind(socket, 0600, SOCK_NONBLOCK), handler));
 }
 
 ControlServer ControlServer::adopt(int listen_fd, ControlHandler& handler) {
@@ -331,8 +266,7 @@ ControlServer ControlServer::adopt(int listen_fd, ControlHandler& handler) {
     if (fdFlags < 0 || ::fcntl(listen_fd, F_SETFD, fdFlags | FD_CLOEXEC) != 0) rafs::failErrno("fcntl(F_SETFD)");
     int flags = ::fcntl(listen_fd, F_GETFL);
     if (flags < 0 || ::fcntl(listen_fd, F_SETFL, flags | O_NONBLOCK) != 0) rafs::failErrno("fcntl(F_SETFL)");
-    struct stat unbound {};
-    return ControlServer(std::make_unique<State>(std::move(fd), handler, std::filesystem::path(), unbound));
+    return ControlServer(std::make_unique<State>(UnixListener::adopt(std::move(fd)), handler));
 }
 
 ControlServer ControlServer::fromSystemdOrPath(const std::filesystem::path& socket, ControlHandler& handler) {
@@ -353,20 +287,12 @@ void ControlServer::stop() {
     state.stopped = true;
     state.wakeWriter = rafs::UniqueFd();
     state.acceptThread.join();
-    state.listen = rafs::UniqueFd();
-    if (!state.boundPath.empty()) {
-        struct stat st {};
-        // Only our own socket: another rafsd may have replaced it. A socket file left behind is
-        // harmless, the next bind() removes it as stale.
-        if (::lstat(state.boundPath.c_str(), &st) == 0 && st.st_dev == state.boundDev && st.st_ino == state.boundIno) {
-            ::unlink(state.boundPath.c_str());
-        }
-    }
+    state.listen.close();
     for (Connection& connection : state.connections) connection.thread.join();
     state.connections.clear();
 }
 
-bool ControlServer::adopted() const { return state_->boundPath.empty(); }
+bool ControlServer::adopted() const { return !state_->listen.bound(); }
 
 bool ControlServer::stopped() const { return !state_ || state_->stopped; }
 

@@ -6,36 +6,15 @@
 #include <microhttpd.h>
 #include <netdb.h>
 #include <sys/socket.h>
-#include <sys/un.h>
-#include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
-#include <filesystem>
 
 namespace rafsd {
 
 namespace {
 
 constexpr int kBacklog = 16;
-
-rafs::UniqueFd listenUnix(const std::string& path) {
-    sockaddr_un addr{};
-    if (path.size() >= sizeof addr.sun_path) rafs::fail("metrics socket path {} is too long", path);
-    rafs::UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
-    if (fd.get() < 0) rafs::failErrno("socket for the metrics endpoint");
-    std::error_code ec;
-    std::filesystem::create_directories(std::filesystem::path(path).parent_path(), ec);
-    // A socket file left by an earlier rafsd; anything else there is not ours to remove.
-    if (std::filesystem::is_socket(path, ec)) std::filesystem::remove(path, ec);
-    addr.sun_family = AF_UNIX;
-    std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
-    if (::bind(fd.get(), reinterpret_cast<const sockaddr*>(&addr), sizeof addr) != 0) {
-        rafs::failErrno("cannot bind the metrics endpoint unix:" + path);
-    }
-    if (::listen(fd.get(), kBacklog) != 0) rafs::failErrno("listen on unix:" + path);
-    return fd;
-}
 
 rafs::UniqueFd listenTcp(const std::string& address) {
     const size_t colon = address.rfind(':');
@@ -99,8 +78,9 @@ MetricsServer::MetricsServer(const std::string& address, std::function<std::stri
     : render_(std::move(render)) {
     rafs::UniqueFd listener;
     if (address.starts_with("unix:")) {
-        unix_path_ = address.substr(5);
-        listener = listenUnix(unix_path_);
+        // Root's, as the control socket is: the metrics name every image mounted.
+        unix_socket_ = UnixListener::bind(address.substr(5), 0600, 0);
+        listener = unix_socket_.releaseFd();
     } else {
         listener = listenTcp(address);
     }
@@ -117,8 +97,7 @@ MetricsServer::MetricsServer(const std::string& address, std::function<std::stri
 }
 
 MetricsServer::~MetricsServer() {
-    MHD_stop_daemon(daemon_);
-    if (!unix_path_.empty()) ::unlink(unix_path_.c_str());
+    MHD_stop_daemon(daemon_);  // closes the listening fd; then unix_socket_ removes its file
 }
 
 }  // namespace rafsd

@@ -2,7 +2,7 @@
 // with the text a callback renders at each scrape. Any other path is 404, any other method 405.
 #pragma once
 
-#include "format/UniqueFd.h"
+#include "daemon/api/UnixListener.h"
 
 #include <functional>
 #include <memory>
@@ -25,7 +25,7 @@ public:
 
 private:
     std::function<std::string()> render_;
-    std::string unix_path_;  // removed at stop
+    UnixListener unix_socket_;  // its file, for a unix endpoint
     MHD_Daemon* daemon_ = nullptr;
 };
 

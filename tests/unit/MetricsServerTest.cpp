@@ -12,6 +12,8 @@
 #include <unistd.h>
 
 #include <cstring>
+#include <filesystem>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -65,4 +67,34 @@ TEST_CASE("metrics endpoint: GET /metrics, 404 and 405, also with over a thousan
     CHECK_THAT(scrape(path, "GET /metrics HTTP/1.0\r\n\r\n"), Catch::Matchers::StartsWith("HTTP/1.1 200"));
     held.clear();
     REQUIRE(::setrlimit(RLIMIT_NOFILE, &limit) == 0);
+}
+
+// The service and a `rafsd mount` reading the same config name the same endpoint.
+TEST_CASE("metrics endpoint: a live one's socket is left alone, a stale one's replaced", "[metrics]") {
+    const rafs::test::TempDir dir;
+    const std::string path = dir / "metrics.sock";
+    const auto render = [] { return std::string("rafsd_up 1\n"); };
+    {
+        rafsd::MetricsServer first("unix:" + path, render);
+        CHECK_THROWS_WITH(rafsd::MetricsServer("unix:" + path, render),
+                          "another rafsd is already listening on " + path);
+        CHECK_THAT(scrape(path, "GET /metrics HTTP/1.0\r\n\r\n"), Catch::Matchers::StartsWith("HTTP/1.1 200"));
+    }
+    CHECK(!std::filesystem::exists(path));
+
+    // A file left by a rafsd that died is replaced; a server whose file was replaced meanwhile
+    // leaves the new one in place when it stops.
+    {
+        rafs::UniqueFd stale(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+        sockaddr_un addr{};
+        addr.sun_family = AF_UNIX;
+        std::strncpy(addr.sun_path, path.c_str(), sizeof addr.sun_path - 1);
+        REQUIRE(::bind(stale.get(), reinterpret_cast<const sockaddr*>(&addr), sizeof addr) == 0);
+    }
+    auto replaced = std::make_unique<rafsd::MetricsServer>("unix:" + path, render);
+    CHECK_THAT(scrape(path, "GET /metrics HTTP/1.0\r\n\r\n"), Catch::Matchers::StartsWith("HTTP/1.1 200"));
+    std::filesystem::remove(path);
+    rafsd::MetricsServer successor("unix:" + path, render);
+    replaced.reset();
+    CHECK_THAT(scrape(path, "GET /metrics HTTP/1.0\r\n\r\n"), Catch::Matchers::StartsWith("HTTP/1.1 200"));
 }
