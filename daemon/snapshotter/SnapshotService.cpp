@@ -133,12 +133,15 @@ void SnapshotService::create(const std::string& key, const std::string& parent, 
     if (kind == SnapshotKind::Active) makeDirectory(store_.workDir(s.id));
     store_.put(key, s);
     try {
+        ensureImages(lock, key);
         mountsOf(key, mounts);
     } catch (...) {
         // containerd records no snapshot whose Prepare failed: neither may we (a parent's image
-        // that cannot be mounted now, with rafsd down).
-        store_.erase(key);
-        releaseFilesOrLog(s, key);
+        // that cannot be mounted now, with rafsd down). Unless a Remove took it meanwhile.
+        if (const auto now = store_.find(key); now && now->id == s.id) {
+            store_.erase(key);
+            releaseFilesOrLog(s, key);
+        }
         throw;
     }
 }
@@ -206,8 +209,6 @@ void SnapshotService::mountsOf(const std::string& key, MountList* mounts) {
     for (size_t i = 1; i < chain.size(); ++i) {
         const Snapshot& p = chain[i].second;
         if (p.backing == Backing::RafsBlob) continue;
-        // After a reboot, or when rafsd lost it, the image is mounted again before anyone uses it.
-        if (p.backing == Backing::RafsImage) mounts_.ensure(p.image, store_.mountDir(p.id));
         lowers.push_back(store_.fsDir(p));
     }
     for (const MountSpec& m : snapshotMounts(s.kind, store_.fsDir(s), store_.workDir(s.id), lowers)) {
@@ -216,6 +217,34 @@ void SnapshotService::mountsOf(const std::string& key, MountList* mounts) {
         out->set_source(m.source);
         for (const std::string& o : m.options) out->add_options(o);
     }
+}
+
+void SnapshotService::ensureImages(std::unique_lock<std::mutex>& lock, const std::string& key) {
+    std::vector<std::pair<uint64_t, std::string>> images;
+    for (const auto& [name, p] : store_.chain(key)) {
+        if (p.backing == Backing::RafsImage) images.emplace_back(p.id, p.image);
+    }
+    for (const auto& [id, image] : images) ensureImage(lock, id, image);
+    // A Remove of `key` may have come meanwhile.
+    existing(store_, key);
+}
+
+void SnapshotService::ensureImage(std::unique_lock<std::mutex>& lock, uint64_t id, const std::string& image) {
+    settled_.wait(lock, [&] { return !ensuring_.contains(id); });
+    ensuring_.insert(id);
+    lock.unlock();
+    const auto settle = [&] {
+        lock.lock();
+        ensuring_.erase(id);
+        settled_.notify_all();
+    };
+    try {
+        mounts_.ensure(image, store_.mountDir(id));
+    } catch (...) {
+        settle();
+        throw;
+    }
+    settle();
 }
 
 void SnapshotService::releaseFiles(const Snapshot& s) {
@@ -273,13 +302,11 @@ void SnapshotService::remountImages(const std::atomic<bool>& stop) {
     for (const auto& [key, s] : store_.all()) {
         if (stop.load()) return;
         if (s.backing != Backing::RafsImage) continue;
-        // Under the lock, as Mounts would do it: a Remove of the snapshot meanwhile must not
-        // leave a mount behind.
-        std::lock_guard lock(mutex_);
+        std::unique_lock lock(mutex_);
         const std::optional<Snapshot> now = store_.find(key);  // removed, or made again, meanwhile
         if (!now || now->backing != Backing::RafsImage) continue;
         try {
-            mounts_.ensure(now->image, store_.mountDir(now->id));
+            ensureImage(lock, now->id, now->image);
         } catch (const std::exception& e) {
             log::warn("snapshot {}: cannot mount {} now ({}); Mounts tries again", key, s.image, e.what());
         }
@@ -305,8 +332,9 @@ grpc::Status SnapshotService::View(grpc::ServerContext*, const snapshots_api::Vi
 grpc::Status SnapshotService::Mounts(grpc::ServerContext*, const snapshots_api::MountsRequest* request,
                                      snapshots_api::MountsResponse* response) {
     return answer("mounts", request->key(), [&] {
-        std::lock_guard lock(mutex_);
+        std::unique_lock lock(mutex_);
         existing(store_, request->key());
+        ensureImages(lock, request->key());
         mountsOf(request->key(), response->mutable_mounts());
     });
 }
@@ -336,7 +364,12 @@ grpc::Status SnapshotService::Commit(grpc::ServerContext*, const snapshots_api::
 grpc::Status SnapshotService::Remove(grpc::ServerContext*, const snapshots_api::RemoveSnapshotRequest* request,
                                      google::protobuf::Empty*) {
     return answer("remove", request->key(), [&] {
-        std::lock_guard lock(mutex_);
+        std::unique_lock lock(mutex_);
+        // Not while its image is being mounted: the mount would outlive the snapshot.
+        settled_.wait(lock, [&] {
+            const auto s = store_.find(request->key());
+            return !s || !ensuring_.contains(s->id);
+        });
         const Snapshot s = existing(store_, request->key());
         if (store_.hasChildren(request->key())) {
             failWith(grpc::StatusCode::FAILED_PRECONDITION, "snapshot {} has children", request->key());

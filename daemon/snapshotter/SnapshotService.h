@@ -68,6 +68,15 @@ private:
     // mutex_; it is let go while rafsd mounts a bootstrap layer's image.
     [[noreturn]] void createRemote(std::unique_lock<std::mutex>& lock, const std::string& parent, const Labels& labels,
                                    const RemoteLayer& layer);
+    // Mounts, where they need it (after a reboot, or when rafsd lost them), the RAFS images that
+    // `key`'s chain stands on, before anyone uses them. `lock` holds mutex_ and is let go while
+    // rafsd mounts one (it may fetch the bootstrap from the registry), so that no other call
+    // waits for that; then throws NOT_FOUND if `key` was removed meanwhile.
+    void ensureImages(std::unique_lock<std::mutex>& lock, const std::string& key);
+    // One of those, of snapshot `id`, pinned meanwhile: a Remove of it, or a second ensure of
+    // it, waits for this one.
+    void ensureImage(std::unique_lock<std::mutex>& lock, uint64_t id, const std::string& image);
+    // The overlay mounts of `key`; with mutex_ held.
     void mountsOf(const std::string& key, MountList* mounts);
     void releaseFiles(const Snapshot& snapshot);
     // The same where the snapshot's record is gone already: a failure is logged (Cleanup removes
@@ -80,7 +89,8 @@ private:
     RafsdMounts& mounts_;
     std::mutex mutex_;  // one change at a time: a Prepare sees the table the last one left
     std::map<std::string, uint64_t> committing_;  // remote snapshots whose image rafsd is mounting: their ids
-    std::condition_variable settled_;   // one of those committed or failed
+    std::set<uint64_t> ensuring_;  // snapshots whose image ensureImage is mounting
+    std::condition_variable settled_;   // one of those committed or failed, or one ensured
 };
 
 }  // namespace rafsd

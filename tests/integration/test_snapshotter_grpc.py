@@ -9,7 +9,10 @@ accepts connections and never answers.
    lookup fails (the configured transport timeouts), the layer is prepared as an ordinary one;
 2. the next layer of the same image does not ask the registry again (no new connection);
 3. a layer labelled as the bootstrap of a RAFS image in Debian's docker-registry (as an image's
-   own annotations can label it) is refused unless its snapshot.ref is that image's chain ID.
+   own annotations can label it) is refused unless its snapshot.ref is that image's chain ID;
+4. while rafsd (a stand-in of the test's on the control socket, which holds one mount request)
+   mounts the image a Prepare stands on, other Prepares and Mounts answer, and a Remove of that
+   image's snapshot waits for the mount.
 """
 
 import os
@@ -61,6 +64,74 @@ class SilentRegistry:
             conn.close()
         self.sock.close()
         return False
+
+
+class HoldingRafsd:
+    """Answers rafsd's control protocol on `path` as a rafsd with nothing mounted would, without
+    mounting anything; while `hold` is set it keeps each mount request waiting until release()
+    (at most 60 s). Records the ops it was sent. Closed by __exit__."""
+
+    def __init__(self, path):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.bind(path)
+        self.sock.listen(16)
+        self.sock.settimeout(0.2)
+        self.ops, self.hold, self.released = [], False, threading.Event()
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self.stopping.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except socket.timeout:
+                continue
+            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    def _answer(self, conn):
+        import json
+        with conn:
+            conn.settimeout(10)
+            line = b''
+            while not line.endswith(b'\n') and len(line) < 65536:
+                chunk = conn.recv(4096)
+                if not chunk:
+                    return
+                line += chunk
+            op = json.loads(line)['op']
+            self.ops.append(op)
+            if op == 'mount' and self.hold:
+                self.released.wait(timeout=60)
+            conn.sendall(json.dumps({'ok': True, 'images': []}).encode() + b'\n')
+
+    def release(self):
+        self.released.set()
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.released.set()
+        self.stopping.set()
+        self.thread.join(timeout=5)
+        self.sock.close()
+        return False
+
+
+def in_thread(call):
+    """Runs `call` on a thread; returns (thread, outcome dict with 'value' or 'error')."""
+    import grpc
+    outcome = {}
+
+    def run():
+        try:
+            outcome['value'] = call()
+        except grpc.RpcError as e:
+            outcome['error'] = '%s: %s' % (e.code(), e.details())
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, outcome
 
 
 def labels(port, chain, layer):
@@ -176,6 +247,49 @@ def main():
                     error = e.details()
                 ck.check(want in error, 'labelled with %s: %s' % (name, 'refused' if want != rafsd_sock else
                          'taken as the bootstrap (rafsd, not running here, is asked to mount it)'), error)
+
+            ck.section('4. a mount rafsd takes long over holds up no other call')
+            with HoldingRafsd(rafsd_sock) as rafsd:
+                error = ''
+                try:
+                    stub.Prepare(pb.PrepareSnapshotRequest(key='boot', labels=dict(marks, **{'containerd.io/snapshot.ref': chain})),
+                                 timeout=60)
+                except grpc.RpcError as e:
+                    error = e.details()
+                ck.check('already exists (a remote snapshot)' in error and rafsd.ops == ['mount'],
+                         'the bootstrap layer is committed as a remote snapshot, rafsd asked to mount it',
+                         '%s; ops %r' % (error, rafsd.ops))
+                # The stand-in mounted nothing, so a container's Prepare on it mounts it again.
+                rafsd.hold = True
+                child, child_outcome = in_thread(lambda: stub.Prepare(pb.PrepareSnapshotRequest(key='ctr', parent=chain),
+                                                                      timeout=90))
+                held = wait_for(lambda: rafsd.ops.count('mount') == 2, timeout=20)
+                other = other_mounts = None
+                try:
+                    t0 = time.monotonic()
+                    try:
+                        other = stub.Prepare(pb.PrepareSnapshotRequest(key='plain-2'), timeout=10)
+                        other_mounts = stub.Mounts(pb.MountsRequest(key='plain-2'), timeout=10)
+                    except grpc.RpcError as e:
+                        log('  ordinary call: %s' % e.code())
+                    others = time.monotonic() - t0
+                    remover, removed = in_thread(lambda: stub.Remove(pb.RemoveSnapshotRequest(key=chain), timeout=90))
+                    remover.join(timeout=1)
+                    remove_waited = remover.is_alive()
+                    still_held = child.is_alive()
+                finally:
+                    rafsd.release()
+                    child.join(timeout=60)
+                ck.check(held and other and len(other.mounts) == 1 and other_mounts and len(other_mounts.mounts) == 1
+                         and still_held,
+                         'an ordinary Prepare and a Mounts answer (%.2f s) while rafsd holds the image\'s mount'
+                         % others, 'held %r, child still waiting %r' % (held, still_held))
+                remover.join(timeout=60)
+                ck.check(remove_waited and 'has children' in removed.get('error', ''),
+                         'a Remove of the image\'s snapshot waits for the mount, then sees the new child',
+                         'waited %r, %r' % (remove_waited, removed))
+                ck.check(len(getattr(child_outcome.get('value'), 'mounts', [])) == 1,
+                         'the Prepare on the image answers once rafsd has mounted it', repr(child_outcome))
             channel.close()
             ck.check(sn.stop() == 0, 'rafs-snapshotter exits 0 on SIGTERM', sn.log_text()[-1500:])
     return ck.finish()
