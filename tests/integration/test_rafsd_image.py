@@ -166,8 +166,9 @@ def main():
                         rec = (table.get('mounts') or [{}])[0]
                         ck.check(rec.get('image') == ref and rec.get('manifest_digest') == rafs_digest,
                                  'the mount table records the reference and the manifest digest', repr(rec))
-                        worker = worker_of(srv.proc.pid)
-                        if ck.check(worker is not None, 'rafsd serve has a worker'):
+                        workers = wait_for(lambda: children(srv.proc.pid), timeout=30)
+                        if ck.check(workers is not None, 'rafsd serve has a worker'):
+                            worker = workers[0]  # the supervisor's first child, as worker_of() takes it
                             os.kill(worker, signal.SIGKILL)
                             second = wait_for(lambda: [p for p in children(srv.proc.pid) if p != worker])
                             ck.check(second is not None, 'the supervisor started another worker')

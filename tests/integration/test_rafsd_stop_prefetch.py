@@ -23,6 +23,26 @@ ROUNDS = 5
 STOP_TIMEOUT = 20
 
 
+def proc_stat(pid):
+    """(state, parent pid, start time) from /proc/PID/stat, or None if there is no such process."""
+    try:
+        with open('/proc/%d/stat' % pid) as f:
+            stat = f.read()
+    except OSError:
+        return None
+    rest = stat[stat.rindex(')') + 2:].split()  # from field 3 (state) on
+    return rest[0], int(rest[1]), rest[19]  # fields 3, 4 and 22 (starttime)
+
+
+def same_process_running(pid, start):
+    """Whether `pid` is still the process that started at `start` and has not exited (a zombie
+    whose parent is not this test has exited: it only waits for its new parent to reap it)."""
+    st = proc_stat(pid)
+    if st is None or st[2] != start:
+        return False
+    return st[0] != 'Z' or st[1] == os.getpid()
+
+
 def main():
     args, mk, rafsd, _, ck = start_test('rafsd_stop_prefetch', __doc__)
     with harness.temp_dir('rafsd-stop-prefetch-', keep=args.keep) as tmp:
@@ -43,22 +63,33 @@ def main():
                 if not ck.check(m.start(), 'round %d: rafsd mount' % round_, m.log_text()[-1500:]):
                     break
                 worker = worker_of(m.proc.pid)
+                worker_stat = proc_stat(worker)
+                if not ck.check(worker_stat is not None, 'round %d: worker %d found' % (round_, worker)):
+                    break
+                worker_start = worker_stat[2]
                 time.sleep(0.05)  # prefetch requests are out, none has come back
                 m.proc.send_signal(signal.SIGINT)
                 try:
                     rc = m.proc.wait(timeout=STOP_TIMEOUT)
                 except subprocess.TimeoutExpired:
                     rc = None
-                if rc is None or os.path.exists('/proc/%d' % worker):
-                    # Hung: the processes this test started go, so the next round and the
-                    # cleanup are not held up.
-                    for pid in (worker, m.proc.pid):
-                        try:
-                            os.kill(pid, signal.SIGKILL)
-                        except ProcessLookupError:
-                            pass
+                worker_left = same_process_running(worker, worker_start)
                 ck.check(rc == 0, 'round %d: rafsd exits 0 within %d s (exit %s)' % (round_, STOP_TIMEOUT, rc),
                          m.log_text()[-1500:])
+                if rc is not None:
+                    # the supervisor waits for its worker before it exits
+                    ck.check(not worker_left, 'round %d: worker %d is gone once the supervisor exited' % (round_, worker),
+                             'still running, /proc/%d/stat: %s' % (worker, proc_stat(worker)))
+                # Cleanup only: the processes this test started go, so the next round and the
+                # cleanup are not held up (the worker only if its pid is still that process).
+                if rc is None:
+                    m.proc.kill()
+                    m.proc.wait()
+                if worker_left and same_process_running(worker, worker_start):
+                    try:
+                        os.kill(worker, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
                 ck.check(not os.path.ismount(mnt), 'round %d: nothing mounted' % round_)
     return ck.finish()
 
