@@ -116,6 +116,7 @@ SupervisorOptions supervisorOptions(EngineKind engine) {
     options.engine = engineName(engine);
     options.worker_dies_with_supervisor = engine == EngineKind::Fscache;
     options.fail_closed = engine == EngineKind::Fanotify;
+    if (engine == EngineKind::Fscache) options.no_handover = FscacheDevice::lacksRestore();
     return options;
 }
 

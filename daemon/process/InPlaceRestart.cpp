@@ -7,10 +7,8 @@
 #include <fcntl.h>
 #include <sys/socket.h>
 #include <systemd/sd-daemon.h>
-#include <sys/utsname.h>
 #include <unistd.h>
 
-#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
@@ -22,17 +20,6 @@ namespace rafsd {
 namespace {
 
 constexpr auto kCheckTimeout = std::chrono::seconds(30);
-
-// cachefiles' `restore` command (fs/cachefiles/daemon.c, cachefiles_daemon_restore) came with
-// Linux 6.8; writing it is the only other probe, and it would make the kernel resend requests the
-// serving worker is answering.
-bool kernelHasCachefilesRestore() {
-    utsname name{};
-    if (::uname(&name) != 0) return false;
-    int major = 0, minor = 0;
-    if (std::sscanf(name.release, "%d.%d", &major, &minor) != 2) return false;
-    return major > 6 || (major == 6 && minor >= 8);
-}
 
 constexpr const char* kEngineEnv = "RAFSD_RELOAD_ENGINE";
 constexpr const char* kReleaseEnv = "RAFSD_RELOAD_RELEASE";
@@ -75,10 +62,6 @@ InPlaceRestart InPlaceRestart::ofThisProcess(int argc, char** argv) {
 }
 
 void InPlaceRestart::check() const {
-    if (engine == "fscache" && !kernelHasCachefilesRestore()) {
-        rafs::fail("a reload with the fscache engine needs Linux 6.8 or later (cachefiles 'restore'); restart "
-                   "rafsd instead, which unmounts its images");
-    }
     if (control_socket >= 0 && control_socket != SD_LISTEN_FDS_START) {
         rafs::fail("the activated control socket is fd {}, not {}, so it cannot be passed on", control_socket,
                    SD_LISTEN_FDS_START);

@@ -6,8 +6,8 @@
 // stay pending in the kernel and in the journal, as after a crash), and execs the new program in
 // the same pid with the kept fds passed on (KeptFds::prepareExec). The new rafsd finds them as it
 // finds systemd's fd store after a crash and takes every mount over the same way: fanotify answers
-// the orphaned events, fscache writes `restore`, which needs Linux 6.8 or later (a reload of an
-// fscache rafsd on an older kernel is refused, since its waiting readers would hang).
+// the orphaned events, fscache writes `restore`, which a kernel without it cannot do (the reload is
+// then refused, since its waiting readers would hang: SupervisorOptions::no_handover).
 //
 // Until the new program serves, nothing but it would hold the kernel objects (outside systemd's fd
 // store), and it may still fail (a configuration changed again, a build that passes the check and
@@ -29,14 +29,14 @@ struct InPlaceRestart {
     std::string executable;         // this program's path as it started: argv[0] made absolute, else /proc/self/exe
     std::vector<std::string> argv;  // as it started
     int control_socket = -1;        // an activated control socket, passed on at fd 3, or -1
-    std::string engine;             // whose kernel objects are passed on (fscache needs `restore`)
+    std::string engine;             // whose kernel objects are passed on
     std::string state_dir;          // where the mount table is: the new configuration must agree
 
     static InPlaceRestart ofThisProcess(int argc, char** argv);
 
     // Whether the program now at `executable` would serve: it runs, reads the configuration, and
     // finds the mount table where this one keeps it. Throws Error saying why not (its own last
-    // line of output, or the kernel this needs).
+    // line of output).
     void check() const;
     // Replaces this process with it, `kept` and `release` (the write end of the holder's pipe)
     // passed on. Returns only by throwing Error, with `kept` as it was.

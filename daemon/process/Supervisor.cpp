@@ -64,9 +64,12 @@ int waitForSignal(int signal_fd, std::chrono::seconds delay) {
 }
 
 // A reload's first step: whether the new program would serve (else the worker is not disturbed).
-bool reloadable(const InPlaceRestart& reload) {
+bool reloadable(const SupervisorOptions& options) {
     try {
-        reload.check();
+        if (!options.no_handover.empty()) {
+            rafs::fail("{}; restart rafsd instead, which unmounts its images", options.no_handover);
+        }
+        options.reload->check();
         return true;
     } catch (const std::exception& e) {
         log::error("reload refused: {}; serving on", e.what());
@@ -267,7 +270,7 @@ int supervise(KeptFds kept, bool restored, const SupervisorOptions& options, con
             if (::read(signal_fd, &info, sizeof info) != static_cast<ssize_t>(sizeof info)) failErrno("read signalfd");
             const auto sig = static_cast<int>(info.ssi_signo);
             if (sig == SIGHUP && options.reload) {
-                if (!stopping && !reloading && reloadable(*options.reload)) {
+                if (!stopping && !reloading && reloadable(options)) {
                     sd_notify(0, "RELOADING=1");
                     log::info("SIGHUP: reloading; {} worker {} hands its mounts over", engine, pid);
                     (void)kept.takeHandOverAnswer();  // one left from a SIGHUP the worker got directly
@@ -302,7 +305,7 @@ int supervise(KeptFds kept, bool restored, const SupervisorOptions& options, con
         // takes them over, or, if it cannot or a stop came meanwhile, another worker of this one.
         const bool handed_over = WIFEXITED(status) && WEXITSTATUS(status) == kWorkerHandedOver;
         if (reloading || handed_over) {
-            if (!stopping && options.reload && (reloading || reloadable(*options.reload))) {
+            if (!stopping && options.reload && (reloading || reloadable(options))) {
                 if (!reloading) sd_notify(0, "RELOADING=1");
                 becomeNewProgram(*options.reload, kept, release);
             }
@@ -338,6 +341,12 @@ int supervise(KeptFds kept, bool restored, const SupervisorOptions& options, con
             return 1;
         }
         const char* ended = WIFEXITED(status) ? "ended" : "died";
+        if (!options.no_handover.empty()) {
+            closeOrWarn(signal_fd, "signalfd");
+            log::error("{} worker {} {} ({}) and no other can take its mounts over: {}; giving up", engine, pid, ended,
+                       describe(status), options.no_handover);
+            return 1;
+        }
         const auto now = std::chrono::steady_clock::now();
         while (!restarts.empty() && now - restarts.front() > kRestartWindow) restarts.pop_front();
         if (restarts.size() >= kMaxRestarts) {
@@ -353,7 +362,7 @@ int supervise(KeptFds kept, bool restored, const SupervisorOptions& options, con
                        hold_delay.count());
             const int sig = waitForSignal(signal_fd, hold_delay);
             if (sig == SIGHUP && options.reload) {
-                if (reloadable(*options.reload)) {
+                if (reloadable(options)) {
                     sd_notify(0, "RELOADING=1");
                     becomeNewProgram(*options.reload, kept, release);
                 }

@@ -42,6 +42,11 @@ struct SupervisorOptions {
     // (fscache's mounts fail with EIO when the device closes: there the supervisor gives up once
     // workers that served keep dying, but not while they fail to take mounts over.)
     bool fail_closed = false;
+    // Why this kernel cannot let another worker or program take the mounts over (fscache without
+    // cachefiles' `restore`), empty if it can. Then the death of a worker that served ends the
+    // supervisor (releasing the objects fails the mounts' reads with EIO, where another worker
+    // would only loop on a takeover it cannot do), and a reload is refused.
+    std::string no_handover;
     // SIGHUP reloads: the worker hands over and this process becomes the program at the same path
     // (InPlaceRestart.h). Without it, SIGHUP stops as SIGTERM does.
     std::optional<InPlaceRestart> reload;

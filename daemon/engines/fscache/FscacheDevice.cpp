@@ -1,5 +1,7 @@
 #include "daemon/engines/fscache/FscacheDevice.h"
 
+#include "daemon/engines/KernelRelease.h"
+
 #include "format/Error.h"
 #include "daemon/core/Log.h"
 #include "format/UniqueFd.h"
@@ -11,6 +13,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <fstream>
 #include <cstring>
 #include <utility>
 
@@ -83,9 +86,26 @@ void FscacheDevice::restore() {
     constexpr std::string_view text = "restore";
     if (::write(fd_, text.data(), text.size()) != static_cast<ssize_t>(text.size())) {
         const int err = errno;
-        if (err == EOPNOTSUPP) fail("{}: 'restore' refused: failover needs Linux 6.8 or later", kPath);
+        if (err == EOPNOTSUPP) fail("{}: 'restore' refused: {}", kPath, lacksRestore());
         rafs::failErrno(std::string(kPath) + ": restore", err);
     }
+}
+
+std::string FscacheDevice::lacksRestore() {
+    bool listed = false;  // any cachefiles function
+    std::ifstream symbols("/proc/kallsyms");
+    for (std::string line; std::getline(symbols, line);) {
+        // "ffffffffc0a1b2c0 t cachefiles_ondemand_restore\t[cachefiles]"
+        const size_t name = line.find(' ', line.find(' ') + 1) + 1;
+        if (name == 0 || line.compare(name, 11, "cachefiles_") != 0) continue;
+        listed = true;
+        const std::string_view rest = std::string_view(line).substr(name);
+        if (rest == "cachefiles_ondemand_restore" || rest.starts_with("cachefiles_ondemand_restore\t")) return {};
+    }
+    const KernelRelease kernel = KernelRelease::running();
+    if (!listed && kernel.atLeast(6, 8)) return {};
+    return fmt::format("this kernel ({}) has no cachefiles 'restore' (Linux 6.8, or backported to an earlier one)",
+                       kernel.text);
 }
 
 void FscacheDevice::copen(uint32_t msg_id, int64_t size_or_error) {

@@ -30,9 +30,17 @@ public:
     // Answers OPEN request `msg_id`: the object's size, or a negative errno to fail it.
     void copen(uint32_t msg_id, int64_t size_or_error);
 
-    // Failover (6.8+): makes the kernel resend every pending request. Throws Error, saying so when
-    // the kernel is too old.
+    // Failover: makes the kernel resend every pending request. Throws Error, saying so when the
+    // kernel lacks the command.
     void restore();
+
+    // Whether this kernel's cachefiles has `restore`, which failover and a reload need: empty if
+    // it has, else why not. Linux 6.8 brought it, and stable kernels before it have it backported
+    // (Debian 12's 6.1 does). Writing it is no probe: the kernel would resend every request the
+    // serving daemon is answering. So the kernel's symbol table is asked
+    // (fs/cachefiles/ondemand.c, cachefiles_ondemand_restore), and only when it lists no
+    // cachefiles function at all (no CONFIG_KALLSYMS, or the module not loaded yet) the version.
+    static std::string lacksRestore();
 
     // Throws Error("<command>: <errno text>") when the kernel refuses it.
     void command(std::string_view text);
