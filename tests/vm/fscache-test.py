@@ -2,14 +2,15 @@
 """The fscache engine against a real on-demand cachefiles kernel, in the scripts/vm-test VM.
 
 Run:  tests/vm/fscache-test.py --rafsd R --rafsctl C --mkrafs M --work DIR [--fixtures DIR] [--timeout S]
-                               [CASE...]
+                               [--kernel-series 6.1] [CASE...]
 On the host it generates source trees, builds images with mkrafs into DIR (which the guest must
 see: not under /run, /dev, /proc or /sys; the guest sees the host's /tmp and /mnt), writes
 manifests of what each image must contain, then runs itself inside the VM (scripts/vm-test) for
 the cases. The Nydus fixtures are in --fixtures, else $RAFSTEST_FIXTURES, else ../shared/fixtures/nydus
 next to the repository. Prints "PASS <case>" or "FAIL <case>: why"
 per case and a summary line; exits 1 if any case failed (77: skipped, no qemu).
-Debian's python3, standard library only. RAFSD_TEST_KERNEL picks the guest kernel (vm-test).
+Debian's python3, standard library only. RAFSD_TEST_KERNEL picks the guest kernel (vm-test), or
+--kernel-series the one scripts/build-test-kernel builds of that series.
 """
 
 import argparse
@@ -1083,6 +1084,8 @@ def main():
     p.add_argument('--mkrafs', required=True)
     p.add_argument('--work', required=True, help='scratch dir the guest can see (not under /run)')
     p.add_argument('--timeout', type=int, default=900, help='VM wall time limit, seconds')
+    p.add_argument('--kernel-series', help='boot the kernel scripts/build-test-kernel builds of this series '
+                   '(e.g. 6.1, Debian 12\'s own), built first if needed; default: RAFSD_TEST_KERNEL or vm-test\'s')
     p.add_argument('--fixtures', default=NYDUS, help=f'the Nydus fixtures (default {NYDUS})')
     p.add_argument('--in-vm', action='store_true', help=argparse.SUPPRESS)
     p.add_argument('cases', nargs='*', metavar='CASE', help='run only these: ' + ', '.join(CASES))
@@ -1103,8 +1106,15 @@ def main():
                      '(it mounts its own /run, /dev, /proc, /sys)')
     if not os.path.isfile(f'{args.fixtures}/{NYDUS_BOOT}'):
         sys.exit(f'fscache-test: no Nydus fixtures in {args.fixtures} (set RAFSTEST_FIXTURES or --fixtures)')
+    kernel = []
+    if args.kernel_series:
+        built = subprocess.run([f'{REPO}/scripts/build-test-kernel', '--series', args.kernel_series],
+                               stdout=subprocess.PIPE, text=True)
+        if built.returncode != 0:
+            sys.exit(f'fscache-test: no {args.kernel_series} kernel (scripts/build-test-kernel failed)')
+        kernel = ['--kernel', built.stdout.strip()]
     prepare(args)
-    cmd = [f'{REPO}/scripts/vm-test', '--timeout', str(args.timeout), '--', '/usr/bin/python3',
+    cmd = [f'{REPO}/scripts/vm-test', '--timeout', str(args.timeout)] + kernel + ['--', '/usr/bin/python3',
            os.path.abspath(__file__), '--in-vm', '--rafsd', args.rafsd, '--rafsctl', args.rafsctl,
            '--mkrafs', args.mkrafs, '--work', args.work, '--fixtures', args.fixtures] + args.cases
     sys.exit(subprocess.run(cmd, cwd=REPO).returncode)
