@@ -73,11 +73,15 @@ void FscacheEngine::loop() {
         log::error("fscache engine: io_uring_queue_init: {}; no requests will be served", std::strerror(-r));
         return;
     }
-    // One-shot polls, re-armed after each completion: level semantics without relying on
-    // multishot poll (5.13+ only for io_uring; fine, but one-shot keeps the loop obvious).
+    // Multishot polls (io_uring 5.13+): one completion per wakeup of the device, that is per new
+    // request, and drain() reads every request there is. A one-shot poll re-armed after each
+    // drain would complete at once, again and again, on kernels whose device stays readable while
+    // any request is outstanding, READs still being fetched included (cachefiles_daemon_poll in
+    // fs/cachefiles/daemon.c before the change that looks only at new requests: 6.8, and
+    // backported to some stable kernels), spinning a CPU for as long as a fetch takes.
     auto arm = [&ring](int fd, uint64_t tag) {
         io_uring_sqe* sqe = io_uring_get_sqe(&ring);
-        io_uring_prep_poll_add(sqe, fd, POLLIN);
+        io_uring_prep_poll_multishot(sqe, fd, POLLIN);
         io_uring_sqe_set_data64(sqe, tag);
     };
     arm(device_->fd(), kDeviceTag);
@@ -92,11 +96,12 @@ void FscacheEngine::loop() {
         while (io_uring_peek_cqe(&ring, &cqe) == 0) {
             const uint64_t tag = io_uring_cqe_get_data64(cqe);
             const int res = cqe->res;
+            const bool armed = (cqe->flags & IORING_CQE_F_MORE) != 0;
             io_uring_cqe_seen(&ring, cqe);
             if (tag == kWakeTag) continue;  // quit_ is set
             if (res < 0) log::warn("fscache engine: poll on {}: {}", FscacheDevice::kPath, std::strerror(-res));
             drain();
-            arm(device_->fd(), kDeviceTag);
+            if (!armed) arm(device_->fd(), kDeviceTag);  // the kernel ended the multishot poll
         }
     }
     io_uring_queue_exit(&ring);
