@@ -493,17 +493,21 @@ class Guest:
         return errors[0]
 
     def case_device_errors(self):
-        """Clear one-line errors: cache dir on tmpfs; /dev/cachefiles held by another daemon."""
+        """Clear one-line errors: cache dir on tmpfs; /dev/cachefiles held by another daemon; the
+        fanotify engine on these kernels, older than its pre-content events (6.14)."""
         b, blobs = self.image('img1')
         mnt = self.mnt('errors')
         tmpfs = self.one_error(['mount', '--engine', 'fscache', '--cache-dir', '/tmp/on-tmpfs', '--blob-dir', blobs,
                                 b, mnt], 'cachefiles cannot use')
+        old_kernel = self.one_error(['mount', '--engine', 'fanotify', '--cache-dir', f'{self.cache_root}/errors-fan',
+                                     '--blob-dir', blobs, b, mnt],
+                                    f'kernel {os.uname().release} lacks fanotify pre-content events (Linux 6.14+)')
         d = self.mount('img1', f'{self.cache_root}/errors', mnt)
         other = self.mnt('errors2')
         busy = self.one_error(['mount', '--engine', 'fscache', '--cache-dir', f'{self.cache_root}/errors2',
                                '--blob-dir', blobs, b, other], 'busy')
         self.expect_clean_stop(d, mnt)
-        return f'{tmpfs} | {busy}'
+        return f'{tmpfs} | {busy} | {old_kernel}'
 
     def case_corrupt_blob(self):
         """A damaged chunk: EIO for its file, the others read fine, the bad bytes never reach the cache."""

@@ -1,10 +1,12 @@
 #include "daemon/engines/fanotify/FanotifyGroup.h"
 
+#include "daemon/engines/KernelRelease.h"
 #include "format/Error.h"
 #include "kernel-abi/fanotify.h"
 
 #include <fcntl.h>
 #include <sys/fanotify.h>
+#include <sys/mman.h>
 #include <sys/resource.h>
 
 #include <cerrno>
@@ -31,17 +33,37 @@ int initGroup(unsigned flags) {
     failErrno("fanotify_init");
 }
 
+// fanotify_init takes FAN_CLASS_PRE_CONTENT since 2.6.37, but the pre-content events themselves
+// came with Linux 6.14. A mark for one on a memfd tells: shmem has none, and a kernel that knows
+// the event refuses that mark with EOPNOTSUPP (6.18), one that does not with EINVAL. 6.14's first
+// patches also said EINVAL for a file system without them: there the release decides.
+void checkPreAccessEvent(int group) {
+    const rafs::UniqueFd probe(::memfd_create("rafsd-pre-access-probe", MFD_CLOEXEC));
+    if (probe.get() < 0) failErrno("memfd_create");
+    if (::fanotify_mark(group, fanotify::kMarkAdd, fanotify::kPreAccess, probe.get(), nullptr) == 0) {
+        (void)::fanotify_mark(group, fanotify::kMarkRemove, fanotify::kPreAccess, probe.get(), nullptr);  // or at close
+        return;
+    }
+    if (errno == EOPNOTSUPP) return;
+    if (errno != EINVAL) failErrno("fanotify_mark, looking for pre-content events");
+    const KernelRelease kernel = KernelRelease::running();
+    if (kernel.atLeast(6, 14)) return;
+    fail("kernel {} lacks fanotify pre-content events (Linux 6.14+)", kernel.text);
+}
+
 }  // namespace
 
 rafs::UniqueFd createPreContentGroup() {
     // An unlimited queue: a permission event that does not fit is dropped and its read goes on
     // unfilled. Unlimited marks: one mark per incomplete blob of every mounted image.
-    return rafs::UniqueFd(initGroup(fanotify::kClassPreContent | fanotify::kCloexec | fanotify::kNonblock |
-                              fanotify::kUnlimitedQueue | fanotify::kUnlimitedMarks));
+    rafs::UniqueFd group(initGroup(fanotify::kClassPreContent | fanotify::kCloexec | fanotify::kNonblock |
+                                   fanotify::kUnlimitedQueue | fanotify::kUnlimitedMarks));
+    checkPreAccessEvent(group.get());
+    return group;
 }
 
 void checkPreContentKernel() {
-    rafs::UniqueFd(initGroup(fanotify::kClassPreContent | fanotify::kCloexec));
+    checkPreAccessEvent(rafs::UniqueFd(initGroup(fanotify::kClassPreContent | fanotify::kCloexec)).get());
     std::ifstream in("/proc/filesystems");
     if (!in) fail("cannot read /proc/filesystems");
     std::string line;
