@@ -21,6 +21,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <mutex>
 #include <optional>
@@ -258,7 +259,10 @@ void FanotifyEngine::loop(std::promise<void> started) {
         // Events queued since the last wakeup; the engine is stopping, so they are denied.
         drainEvents();
     } catch (const std::exception& e) {
-        log::error("fanotify event loop failed, events are no longer answered: {}", e.what());
+        // Its readers would wait for good. Ended at once (no unwinding, which would unmount), the
+        // worker is followed by another that takes the group over and answers what this one left.
+        log::error("fanotify event loop failed: {}; ending the worker so that another takes over", e.what());
+        std::abort();
     }
     io_uring_queue_exit(&ring);
 }
@@ -299,12 +303,15 @@ bool FanotifyEngine::drainEvents() {
             if (n == 0) return any;
             if (errno == EAGAIN) return any;
             if (errno == EINTR) continue;
-            if (errno == EMFILE || errno == ENFILE) {
-                // The kernel could not open the event's fd and denied that event itself.
-                log::error("fanotify event denied: out of file descriptors");
-                continue;
-            }
-            failErrno("cannot read fanotify events");
+            // EINVAL (no room for an event) and EFAULT are this loop's own fault, and reading again
+            // would fail again. Any other error is the kernel failing to hand one event over (to
+            // open its fd: out of fds or memory, or refused by a security module), which it then
+            // denied itself (fanotify_read in fs/notify/fanotify/fanotify_user.c): its reader got
+            // an error, and the next read goes on with the next event.
+            if (errno == EINVAL || errno == EFAULT) failErrno("cannot read fanotify events");
+            log::error("fanotify event denied by the kernel, which could not hand it to rafsd: {}",
+                       std::strerror(errno));
+            continue;
         }
         any = true;
         // Every event is recorded with its file before any is handled (PendingJournal.h).

@@ -69,10 +69,13 @@ void FscacheEngine::start(bool restore) {
 
 void FscacheEngine::loop() {
     io_uring ring{};
-    if (int r = io_uring_queue_init(4, &ring, 0); r < 0) {
-        log::error("fscache engine: io_uring_queue_init: {}; no requests will be served", std::strerror(-r));
-        return;
-    }
+    // Without this loop the kernel's requests would wait for good. Ended at once (no unwinding,
+    // which would unmount), the worker is followed by another that takes the device over.
+    const auto giveUp = [](std::string_view what, int err) {
+        log::error("fscache engine: {}: {}; ending the worker so that another takes over", what, std::strerror(err));
+        std::abort();
+    };
+    if (int r = io_uring_queue_init(4, &ring, 0); r < 0) giveUp("io_uring_queue_init", -r);
     // Multishot polls (io_uring 5.13+): one completion per wakeup of the device, that is per new
     // request, and drain() reads every request there is. A one-shot poll re-armed after each
     // drain would complete at once, again and again, on kernels whose device stays readable while
@@ -89,8 +92,7 @@ void FscacheEngine::loop() {
     while (!quit_.load()) {
         if (int r = io_uring_submit_and_wait(&ring, 1); r < 0) {
             if (r == -EINTR) continue;
-            log::error("fscache engine: io_uring_submit_and_wait: {}", std::strerror(-r));
-            break;
+            giveUp("io_uring_submit_and_wait", -r);
         }
         io_uring_cqe* cqe = nullptr;
         while (io_uring_peek_cqe(&ring, &cqe) == 0) {
