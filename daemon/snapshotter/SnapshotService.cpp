@@ -76,6 +76,22 @@ Snapshot existing(const SnapshotStore& store, const std::string& key) {
     return *s;
 }
 
+// Runs `work` with `lock` let go, then takes it again and runs `settle` under it, whether `work`
+// returned or threw.
+template <typename Work, typename Settle>
+void unlockedWhile(std::unique_lock<std::mutex>& lock, Work&& work, Settle&& settle) {
+    lock.unlock();
+    try {
+        work();
+    } catch (...) {
+        lock.lock();
+        settle();
+        throw;
+    }
+    lock.lock();
+    settle();
+}
+
 void makeDirectory(const fs::path& dir) {
     std::error_code ec;
     fs::create_directories(dir, ec);
@@ -163,21 +179,16 @@ void SnapshotService::createRemote(std::unique_lock<std::mutex>& lock, const std
         // rafsd fetches the bootstrap from the registry meanwhile: without the lock, the target
         // reserved.
         committing_.emplace(target, s.id);
-        lock.unlock();
-        const auto settle = [&] {
-            lock.lock();
-            committing_.erase(target);
-            settled_.notify_all();
-        };
         try {
-            mounts_.ensure(s.image, dir);
+            unlockedWhile(lock, [&] { mounts_.ensure(s.image, dir); }, [&] {
+                committing_.erase(target);
+                settled_.notify_all();
+            });
         } catch (...) {
             std::error_code ec;
             fs::remove(dir, ec);
-            settle();
             throw;
         }
-        settle();
         try {
             if (!parent.empty() && !store_.find(parent)) {
                 failWith(grpc::StatusCode::NOT_FOUND, "parent snapshot {} was removed meanwhile", parent);
@@ -232,19 +243,10 @@ void SnapshotService::ensureImages(std::unique_lock<std::mutex>& lock, const std
 void SnapshotService::ensureImage(std::unique_lock<std::mutex>& lock, uint64_t id, const std::string& image) {
     settled_.wait(lock, [&] { return !ensuring_.contains(id); });
     ensuring_.insert(id);
-    lock.unlock();
-    const auto settle = [&] {
-        lock.lock();
+    unlockedWhile(lock, [&] { mounts_.ensure(image, store_.mountDir(id)); }, [&] {
         ensuring_.erase(id);
         settled_.notify_all();
-    };
-    try {
-        mounts_.ensure(image, store_.mountDir(id));
-    } catch (...) {
-        settle();
-        throw;
-    }
-    settle();
+    });
 }
 
 void SnapshotService::releaseFiles(const Snapshot& s) {

@@ -31,16 +31,15 @@ from rafstest.servers import free_port, registry as registry_server
 TRANSPORT = {'retries': 0, 'timeout': 6, 'connect_timeout': 2, 'low_speed_limit': 1, 'low_speed_time': 3}
 
 
-class SilentRegistry:
-    """Accepts connections on 127.0.0.1 and never answers; counts them. Closed by stop()."""
+class Listener:
+    """Accepts connections on the bound socket `sock` on a thread of its own and hands each to
+    on_accept(); closes them and the socket on exit."""
 
-    def __init__(self):
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.bind(('127.0.0.1', 0))
+    def __init__(self, sock):
+        self.sock = sock
         self.sock.listen(16)
         self.sock.settimeout(0.2)
-        self.port = self.sock.getsockname()[1]
-        self.accepted, self.conns = 0, []
+        self.conns = []
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
 
@@ -51,7 +50,10 @@ class SilentRegistry:
             except socket.timeout:
                 continue
             self.conns.append(conn)
-            self.accepted += 1
+            self.on_accept(conn)
+
+    def on_accept(self, conn):
+        pass
 
     def __enter__(self):
         self.thread.start()
@@ -66,57 +68,55 @@ class SilentRegistry:
         return False
 
 
-class HoldingRafsd:
+class SilentRegistry(Listener):
+    """Accepts connections on 127.0.0.1 and never answers; counts them."""
+
+    def __init__(self):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.bind(('127.0.0.1', 0))
+        super().__init__(sock)
+        self.port = sock.getsockname()[1]
+
+    @property
+    def accepted(self):
+        return len(self.conns)
+
+
+class HoldingRafsd(Listener):
     """Answers rafsd's control protocol on `path` as a rafsd with nothing mounted would, without
     mounting anything; while `hold` is set it keeps each mount request waiting until release()
-    (at most 60 s). Records the ops it was sent. Closed by __exit__."""
+    (at most 60 s). Records the ops it was sent."""
 
     def __init__(self, path):
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.bind(path)
-        self.sock.listen(16)
-        self.sock.settimeout(0.2)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.bind(path)
+        super().__init__(sock)
         self.ops, self.hold, self.released = [], False, threading.Event()
-        self.stopping = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
 
-    def _run(self):
-        while not self.stopping.is_set():
-            try:
-                conn, _ = self.sock.accept()
-            except socket.timeout:
-                continue
-            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+    def on_accept(self, conn):
+        threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
 
     def _answer(self, conn):
         import json
-        with conn:
-            conn.settimeout(10)
-            line = b''
-            while not line.endswith(b'\n') and len(line) < 65536:
-                chunk = conn.recv(4096)
-                if not chunk:
-                    return
-                line += chunk
-            op = json.loads(line)['op']
-            self.ops.append(op)
-            if op == 'mount' and self.hold:
-                self.released.wait(timeout=60)
-            conn.sendall(json.dumps({'ok': True, 'images': []}).encode() + b'\n')
+        conn.settimeout(10)
+        line = b''
+        while not line.endswith(b'\n') and len(line) < 65536:
+            chunk = conn.recv(4096)
+            if not chunk:
+                return
+            line += chunk
+        op = json.loads(line)['op']
+        self.ops.append(op)
+        if op == 'mount' and self.hold:
+            self.released.wait(timeout=60)
+        conn.sendall(json.dumps({'ok': True, 'images': []}).encode() + b'\n')
 
     def release(self):
         self.released.set()
 
-    def __enter__(self):
-        self.thread.start()
-        return self
-
     def __exit__(self, *exc):
         self.released.set()
-        self.stopping.set()
-        self.thread.join(timeout=5)
-        self.sock.close()
-        return False
+        return super().__exit__(*exc)
 
 
 def in_thread(call):
