@@ -288,12 +288,14 @@ int main(int argc, char** argv) {
     app.require_subcommand(1);
 
     std::string config_path = kDefaultConfigPath;
-    std::string engine, blob_dir, cache_dir, bootstrap, mountpoint, fsid, domain_id;
+    std::string engine, blob_dir, cache_dir, state_dir, bootstrap, mountpoint, fsid, domain_id;
     auto* m = app.add_subcommand("mount", "mount one image and serve it in the foreground until SIGINT/SIGTERM");
     auto* m_config = m->add_option("--config", config_path, "config file (default /etc/rafsd/config.toml if present)");
     m->add_option("--engine", engine, "auto (default), fanotify or fscache");
     m->add_option("--blob-dir", blob_dir, "directory of blobs named by blob id (localfs backend)");
     m->add_option("--cache-dir", cache_dir, "where cache files and their state live");
+    m->add_option("--state-dir", state_dir,
+                  "where images mounted by reference, mount tables and start traces are kept (default /var/lib/rafsd)");
     m->add_option("--fsid", fsid, "fscache: the image's id (default: derived from the bootstrap)");
     m->add_option("--domain-id", domain_id, "fscache: share cache files of equal blobs within this domain");
     unsigned fetch_delay_ms = 0;
@@ -327,6 +329,7 @@ int main(int argc, char** argv) {
         const bool explicit_config = m_config->count() + s_config->count() > 0;
         Config config = loadIfPresent(config_path, explicit_config);
         if (!cache_dir.empty()) config.daemon.cache_dir = fs::absolute(cache_dir);
+        if (!state_dir.empty()) config.daemon.state_dir = fs::absolute(state_dir);
         if (!engine.empty()) {
             auto kind = parseEngineKind(engine);
             if (!kind) rafs::fail("--engine '{}' is not one of {}", engine, kEngineNames);

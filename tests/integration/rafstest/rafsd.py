@@ -5,7 +5,9 @@
   rafsctl [--socket S] mount|umount|list|status ...
 
 RafsdMount starts `rafsd mount` in the background, waits for the mount to appear, and stops it
-with a signal on exit (checking that it exits 0 and leaves nothing mounted).
+with a signal on exit. A rafsd that the exit stops must exit 0 and leave nothing mounted, else the
+exit raises CleanupFailure (unless the block is leaving on an exception already): a test that
+leaves the stop to it still fails on a crash at shutdown.
 """
 
 import os
@@ -62,7 +64,12 @@ def binaries():
 
 
 def write_config(path, **sections):
-    """write_config(p, prefetch={'enable': False}, daemon={'socket': '/x'})"""
+    """write_config(p, prefetch={'enable': False}, daemon={'socket': '/x'}). Without a
+    daemon.state_dir, one beside the file (PATH.state): a test's rafsd keeps nothing in the host's
+    /var/lib/rafsd."""
+    sections = dict(sections)
+    sections['daemon'] = dict(sections.get('daemon', {}))
+    sections['daemon'].setdefault('state_dir', path + '.state')
     lines = []
     for section, values in sections.items():
         lines.append('[%s]' % section)
@@ -93,6 +100,10 @@ def network_config(tmp, name, backend=None, **sections):
     for section, values in sections.items():
         base[section] = dict(base.get(section, {}), **values)
     return write_config(os.path.join(tmp, name + '.toml'), **base)
+
+
+class CleanupFailure(Exception):
+    """A rafsd stopped at the end of its `with` block exited non-zero or left a mount."""
 
 
 class RafsdProcess:
@@ -153,9 +164,15 @@ class RafsdProcess:
     def __enter__(self):
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, exc_type, *exc):
+        # Only a rafsd still running here is this exit's to judge: one the test killed or stopped
+        # was judged by the test.
+        running = self.proc is not None and self.proc.poll() is None
         if self.proc is not None:
-            self.stop()
+            code = self.stop()
+            if running and code != 0 and exc_type is None:
+                raise CleanupFailure('%s exited %s when stopped at the end of the test; its log ends:\n%s'
+                                     % (' '.join(self.cmd[:2]), code, self.log_text()[-1500:]))
         return False
 
 
@@ -175,6 +192,9 @@ class RafsdMount(RafsdProcess):
             cmd += ['--blob-dir', blob_dir]
         if cache_dir:
             cmd += ['--cache-dir', cache_dir]
+            if not config:
+                # Not the host's /var/lib/rafsd (start traces are kept there).
+                cmd += ['--state-dir', cache_dir.rstrip('/') + '-state']
         cmd += [bootstrap, mountpoint]
         super().__init__(cmd, log_path or (mountpoint.rstrip('/') + '.rafsd.log'))
         self.mountpoint = mountpoint
@@ -182,10 +202,15 @@ class RafsdMount(RafsdProcess):
     def ready(self):
         return os.path.ismount(self.mountpoint)
 
-    def __exit__(self, *exc):
-        super().__exit__(*exc)
-        if os.path.ismount(self.mountpoint):
-            mount.umount(self.mountpoint)
+    def __exit__(self, exc_type, *exc):
+        try:
+            super().__exit__(exc_type, *exc)
+        finally:
+            left = os.path.ismount(self.mountpoint)
+            if left:
+                mount.umount(self.mountpoint)
+        if left and exc_type is None:
+            raise CleanupFailure('rafsd mount left %s mounted' % self.mountpoint)
         return False
 
 
