@@ -367,10 +367,11 @@ nlohmann::json ImageService::mountOrReattach(const MountRequest& request, bool r
     }
     const EngineKind requested = reattach ? request.engine.value_or(EngineKind::Fscache)
                                           : request.engine.value_or(config_.daemon.engine);
-    EngineKind engine = reattach ? requested : resolveEngine(requested);
+    // Before the engine is looked at: whatever the kernel has, this request cannot be made.
     if (request.register_only && requested == EngineKind::Fanotify) {
         rafs::fail("register only: needs the fscache engine; a fanotify mount is made by rafsd itself");
     }
+    EngineKind engine = reattach ? requested : resolveEngine(requested);
     if (engine == EngineKind::Fscache) {
         try {
             fscache();
