@@ -345,6 +345,8 @@ int supervise(KeptFds kept, bool restored, const SupervisorOptions& options, con
             closeOrWarn(signal_fd, "signalfd");
             log::error("{} worker {} {} ({}) and no other can take its mounts over: {}; giving up", engine, pid, ended,
                        describe(status), options.no_handover);
+            // Out of systemd's fd store too, or the rafsd it restarts would take them and fail the same way.
+            for (const std::string& name : kept.names()) kept.drop(name);
             return 1;
         }
         const auto now = std::chrono::steady_clock::now();

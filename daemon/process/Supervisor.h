@@ -44,8 +44,9 @@ struct SupervisorOptions {
     bool fail_closed = false;
     // Why this kernel cannot let another worker or program take the mounts over (fscache without
     // cachefiles' `restore`), empty if it can. Then the death of a worker that served ends the
-    // supervisor (releasing the objects fails the mounts' reads with EIO, where another worker
-    // would only loop on a takeover it cannot do), and a reload is refused.
+    // supervisor, its kept fds dropped, systemd's fd store included (releasing the objects fails
+    // the mounts' reads with EIO, where another worker would only loop on a takeover it cannot
+    // do), and a reload is refused.
     std::string no_handover;
     // SIGHUP reloads: the worker hands over and this process becomes the program at the same path
     // (InPlaceRestart.h). Without it, SIGHUP stops as SIGTERM does.

@@ -231,19 +231,26 @@ void SnapshotService::mountsOf(const std::string& key, MountList* mounts) {
 }
 
 void SnapshotService::ensureImages(std::unique_lock<std::mutex>& lock, const std::string& key) {
-    std::vector<std::pair<uint64_t, std::string>> images;
+    std::vector<std::string> images;
     for (const auto& [name, p] : store_.chain(key)) {
-        if (p.backing == Backing::RafsImage) images.emplace_back(p.id, p.image);
+        if (p.backing == Backing::RafsImage) images.push_back(name);
     }
-    for (const auto& [id, image] : images) ensureImage(lock, id, image);
+    for (const std::string& name : images) ensureImage(lock, name);
     // A Remove of `key` may have come meanwhile.
     existing(store_, key);
 }
 
-void SnapshotService::ensureImage(std::unique_lock<std::mutex>& lock, uint64_t id, const std::string& image) {
-    settled_.wait(lock, [&] { return !ensuring_.contains(id); });
+void SnapshotService::ensureImage(std::unique_lock<std::mutex>& lock, const std::string& key) {
+    std::optional<Snapshot> s;
+    settled_.wait(lock, [&] {
+        s = store_.find(key);
+        return !s || !ensuring_.contains(s->id);
+    });
+    // Removed (or made again as another kind) while another call mounted it.
+    if (!s || s->backing != Backing::RafsImage) failWith(grpc::StatusCode::NOT_FOUND, "snapshot {} was removed meanwhile", key);
+    const uint64_t id = s->id;
     ensuring_.insert(id);
-    unlockedWhile(lock, [&] { mounts_.ensure(image, store_.mountDir(id)); }, [&] {
+    unlockedWhile(lock, [&] { mounts_.ensure(s->image, store_.mountDir(id)); }, [&] {
         ensuring_.erase(id);
         settled_.notify_all();
     });
@@ -308,7 +315,7 @@ void SnapshotService::remountImages(const std::atomic<bool>& stop) {
         const std::optional<Snapshot> now = store_.find(key);  // removed, or made again, meanwhile
         if (!now || now->backing != Backing::RafsImage) continue;
         try {
-            ensureImage(lock, now->id, now->image);
+            ensureImage(lock, key);
         } catch (const std::exception& e) {
             log::warn("snapshot {}: cannot mount {} now ({}); Mounts tries again", key, s.image, e.what());
         }

@@ -73,9 +73,9 @@ private:
     // rafsd mounts one (it may fetch the bootstrap from the registry), so that no other call
     // waits for that; then throws NOT_FOUND if `key` was removed meanwhile.
     void ensureImages(std::unique_lock<std::mutex>& lock, const std::string& key);
-    // One of those, of snapshot `id`, pinned meanwhile: a Remove of it, or a second ensure of
-    // it, waits for this one.
-    void ensureImage(std::unique_lock<std::mutex>& lock, uint64_t id, const std::string& image);
+    // One of those, of snapshot `key`, pinned meanwhile: a Remove of it, or a second ensure of
+    // it, waits for this one. Throws NOT_FOUND if it was removed while this one waited.
+    void ensureImage(std::unique_lock<std::mutex>& lock, const std::string& key);
     // The overlay mounts of `key`; with mutex_ held.
     void mountsOf(const std::string& key, MountList* mounts);
     void releaseFiles(const Snapshot& snapshot);

@@ -175,8 +175,9 @@ def concurrent(ck, rafsd, ctl, tmp, boot, blobs, sources):
             t.start()
         gcs, killed = [0, 0], None  # successful gc runs before and after the kill
         # Failed gc runs. The control socket is the worker's: from the kill until the next worker
-        # listens again, a connect is refused; that is all that may fail, and only in that window
-        # (before the first gc after the kill that succeeds).
+        # listens again, a connect is refused (or, while the killed one's last threads end, the
+        # connection is dropped); that is all that may fail, and only in that window (before the
+        # first gc after the kill that succeeds).
         gc_failed, takeover_refused = [], []
         while time.monotonic() < stop:
             if killed is None and time.monotonic() > stop - 5:
@@ -189,7 +190,7 @@ def concurrent(ck, rafsd, ctl, tmp, boot, blobs, sources):
             err = r.stderr.decode().strip()
             if r.returncode == 0:
                 gcs[0 if killed is None else 1] += 1
-            elif killed is not None and gcs[1] == 0 and r.returncode == 1 and err.startswith('rafsctl: cannot connect to '):
+            elif killed is not None and gcs[1] == 0 and r.returncode == 1 and err.startswith('rafsctl: '):
                 takeover_refused.append(err)
             else:
                 gc_failed.append('exit %s: %s' % (r.returncode, err))

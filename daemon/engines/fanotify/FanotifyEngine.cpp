@@ -88,7 +88,10 @@ void FanotifyEngine::adopt(rafs::UniqueFd group, PendingJournal journal) {
 void FanotifyEngine::start() {
     if (thread_.joinable()) fail("fanotify engine already started");
     raiseFdLimit();
-    if (!responder_) adopt(createGroup(), PendingJournal::create());
+    if (!responder_) {
+        adopt(createGroup(), PendingJournal::create());
+        group_held_elsewhere_ = false;
+    }
     rafs::UniqueFd wake(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
     if (wake.get() < 0) failErrno("eventfd");
     wake_ = wake.release();
@@ -261,8 +264,13 @@ void FanotifyEngine::loop(std::promise<void> started) {
     } catch (const std::exception& e) {
         // Its readers would wait for good. Ended at once (no unwinding, which would unmount), the
         // worker is followed by another that takes the group over and answers what this one left.
-        log::error("fanotify event loop failed: {}; ending the worker so that another takes over", e.what());
-        std::abort();
+        // Not a group only this process holds: its release would let every waiting reader see
+        // the holes as zeros; those readers wait instead.
+        if (group_held_elsewhere_) {
+            log::error("fanotify event loop failed: {}; ending the worker so that another takes over", e.what());
+            std::abort();
+        }
+        log::error("fanotify event loop failed, events are no longer answered: {}", e.what());
     }
     io_uring_queue_exit(&ring);
 }

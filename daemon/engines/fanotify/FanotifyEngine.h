@@ -184,6 +184,9 @@ private:
     DataPlane& core_;
     std::chrono::microseconds busy_poll_;
     std::shared_ptr<EventResponder> responder_;  // shared with completions, which may outlive us
+    // The group came from adopt() (a supervisor keeps it), not from start(): another worker can
+    // take it over.
+    bool group_held_elsewhere_ = true;
     std::unique_ptr<MarkedFiles> files_;
     SuperblockWatch superblocks_;
     std::mutex mounts_mutex_;

@@ -86,12 +86,17 @@ void FscacheDevice::restore() {
     constexpr std::string_view text = "restore";
     if (::write(fd_, text.data(), text.size()) != static_cast<ssize_t>(text.size())) {
         const int err = errno;
-        if (err == EOPNOTSUPP) fail("{}: 'restore' refused: {}", kPath, lacksRestore());
+        if (err == EOPNOTSUPP) {
+            const std::string why = lacksRestore();
+            fail("{}: 'restore' refused{}", kPath, why.empty() ? " (not in on-demand mode?)" : ": " + why);
+        }
         rafs::failErrno(std::string(kPath) + ": restore", err);
     }
 }
 
 std::string FscacheDevice::lacksRestore() {
+    const KernelRelease kernel = KernelRelease::running();
+    if (kernel.atLeast(6, 8)) return {};
     bool listed = false;  // any cachefiles function
     std::ifstream symbols("/proc/kallsyms");
     for (std::string line; std::getline(symbols, line);) {
@@ -102,8 +107,11 @@ std::string FscacheDevice::lacksRestore() {
         const std::string_view rest = std::string_view(line).substr(name);
         if (rest == "cachefiles_ondemand_restore" || rest.starts_with("cachefiles_ondemand_restore\t")) return {};
     }
-    const KernelRelease kernel = KernelRelease::running();
-    if (!listed && kernel.atLeast(6, 8)) return {};
+    if (!listed) {
+        return fmt::format("this kernel ({}) is older than Linux 6.8, which brought cachefiles' 'restore', and its "
+                           "symbol table does not say whether it has it backported",
+                           kernel.text);
+    }
     return fmt::format("this kernel ({}) has no cachefiles 'restore' (Linux 6.8, or backported to an earlier one)",
                        kernel.text);
 }

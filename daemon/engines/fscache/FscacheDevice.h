@@ -37,9 +37,9 @@ public:
     // Whether this kernel's cachefiles has `restore`, which failover and a reload need: empty if
     // it has, else why not. Linux 6.8 brought it, and stable kernels before it have it backported
     // (Debian 12's 6.1 does). Writing it is no probe: the kernel would resend every request the
-    // serving daemon is answering. So the kernel's symbol table is asked
-    // (fs/cachefiles/ondemand.c, cachefiles_ondemand_restore), and only when it lists no
-    // cachefiles function at all (no CONFIG_KALLSYMS, or the module not loaded yet) the version.
+    // serving daemon is answering. So before 6.8 the kernel's symbol table is asked
+    // (fs/cachefiles/ondemand.c, cachefiles_ondemand_restore); when it lists no cachefiles
+    // function at all (no CONFIG_KALLSYMS, or the module not loaded yet), the answer is no.
     static std::string lacksRestore();
 
     // Throws Error("<command>: <errno text>") when the kernel refuses it.

@@ -31,6 +31,18 @@ using rafs::failErrno;
 constexpr uint64_t kDeviceTag = 1;
 constexpr uint64_t kWakeTag = 2;
 
+// Completions the ring holds: multishot polls post one per wakeup of the device, and the loop
+// reaps them between drains.
+constexpr unsigned kCompletions = 64;
+
+struct RingExit {
+    void operator()(io_uring* ring) const {
+        io_uring_queue_exit(ring);
+        delete ring;
+    }
+};
+using Ring = std::unique_ptr<io_uring, RingExit>;
+
 std::string volumeKey(const FscacheMount& m) { return "erofs," + (m.domain_id.empty() ? m.fsid : m.domain_id); }
 
 }  // namespace
@@ -60,22 +72,30 @@ void FscacheEngine::start(bool restore) {
     if (!device_) fail("fscache engine: no {} to serve", FscacheDevice::kPath);
     wake_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     if (wake_ < 0) failErrno("eventfd");
+    // Made here, not on the loop's thread: a kernel that refuses io_uring (io_uring_disabled)
+    // fails the start with an error instead of every worker after it.
+    Ring ring(new io_uring{});
+    io_uring_params params{};
+    params.flags = IORING_SETUP_CQSIZE;
+    params.cq_entries = kCompletions;
+    if (int r = io_uring_queue_init_params(4, ring.get(), &params); r < 0) {
+        delete ring.release();
+        failErrno("io_uring for the fscache engine", -r);
+    }
     if (restore) {
         device_->restore();
         log::info("cachefiles: restore sent; serving the requests a previous daemon left pending");
     }
-    thread_ = std::thread([this] { loop(); });
+    thread_ = std::thread([this, ring = std::move(ring)] { loop(*ring); });
 }
 
-void FscacheEngine::loop() {
-    io_uring ring{};
+void FscacheEngine::loop(io_uring& ring) {
     // Without this loop the kernel's requests would wait for good. Ended at once (no unwinding,
     // which would unmount), the worker is followed by another that takes the device over.
     const auto giveUp = [](std::string_view what, int err) {
         log::error("fscache engine: {}: {}; ending the worker so that another takes over", what, std::strerror(err));
         std::abort();
     };
-    if (int r = io_uring_queue_init(4, &ring, 0); r < 0) giveUp("io_uring_queue_init", -r);
     // Multishot polls (io_uring 5.13+): one completion per wakeup of the device, that is per new
     // request, and drain() reads every request there is. A one-shot poll re-armed after each
     // drain would complete at once, again and again, on kernels whose device stays readable while
@@ -91,8 +111,8 @@ void FscacheEngine::loop() {
     arm(wake_, kWakeTag);
     while (!quit_.load()) {
         if (int r = io_uring_submit_and_wait(&ring, 1); r < 0) {
-            if (r == -EINTR) continue;
-            giveUp("io_uring_submit_and_wait", -r);
+            // EBUSY: completions overflowed the queue; reaping them below makes room.
+            if (r != -EINTR && r != -EBUSY) giveUp("io_uring_submit_and_wait", -r);
         }
         io_uring_cqe* cqe = nullptr;
         while (io_uring_peek_cqe(&ring, &cqe) == 0) {
@@ -106,7 +126,6 @@ void FscacheEngine::loop() {
             if (!armed) arm(device_->fd(), kDeviceTag);  // the kernel ended the multishot poll
         }
     }
-    io_uring_queue_exit(&ring);
 }
 
 void FscacheEngine::drain() {

@@ -32,6 +32,8 @@
 #include <utility>
 #include <vector>
 
+struct io_uring;
+
 namespace rafsd {
 
 struct FscacheBlob {
@@ -123,7 +125,7 @@ private:
         bool bootstrap_written = false;
     };
 
-    void loop();
+    void loop(io_uring& ring);
     void drain();
     void handle(std::span<const std::byte> bytes);
     void handleOpen(const CachefilesMessage& msg);
