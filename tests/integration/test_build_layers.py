@@ -198,7 +198,7 @@ def fixture_part(ck, mk, tmp):
     path = os.path.join(fx, 'all-entry-type.tar')
     ck.section('nydus fixture all-entry-type.tar')
     if not os.path.isfile(path):
-        ck.warn('fixture %s not found: part 2 not run (set RAFSTEST_FIXTURES)' % path)
+        ck.fail('fixture %s not found: part 2 cannot run (set RAFSTEST_FIXTURES)' % path)
         return
     exp = os.path.join(tmp, 'fixture-expected')
     os.mkdir(exp, 0o755)

@@ -217,10 +217,18 @@ class RafsdMount(RafsdProcess):
 EXPECT_ERROR_TIMEOUT = 60
 
 
+# rafsd's defaults (daemon/api/Config.h): a command that fails must not have made them.
+DEFAULT_DIRS = ('/var/lib/rafsd', '/var/cache/rafsd', '/run/rafsd')
+
+
 def expect_error(ck, what, cmd, mnt, must_contain=()):
-    """Runs a rafsd command that must fail; checks exit code, the one error line, no mount."""
+    """Runs a rafsd command that must fail; checks exit code, the one error line, no mount, and
+    none of rafsd's default directories made by it."""
     from .harness import run, text
+    absent = [d for d in DEFAULT_DIRS if not os.path.exists(d)]
     r = run(cmd, timeout=EXPECT_ERROR_TIMEOUT)
+    made = [d for d in absent if os.path.exists(d)]
+    ck.check(not made, '%s: none of rafsd\'s default directories made' % what, 'made: %s' % made)
     err = text(r.stderr).strip()
     lines = [line for line in err.splitlines() if line.strip()]
     # rafsd's own log lines ("rafsd info: ...") may come before; the error itself is one line.
