@@ -1089,7 +1089,7 @@ def main():
     p.add_argument('--work', required=True, help='scratch dir the guest can see (not under /run)')
     p.add_argument('--timeout', type=int, default=900, help='VM wall time limit, seconds')
     p.add_argument('--kernel-series', help='boot the kernel scripts/build-test-kernel builds of this series '
-                   '(e.g. 6.1, Debian 12\'s own), built first if needed; default: RAFSD_TEST_KERNEL or vm-test\'s')
+                   '(e.g. 6.1, Debian 12\'s own; vm-test --kernel-series); default: RAFSD_TEST_KERNEL or vm-test\'s')
     p.add_argument('--fixtures', default=NYDUS, help=f'the Nydus fixtures (default {NYDUS})')
     p.add_argument('--in-vm', action='store_true', help=argparse.SUPPRESS)
     p.add_argument('cases', nargs='*', metavar='CASE', help='run only these: ' + ', '.join(CASES))
@@ -1110,14 +1110,8 @@ def main():
                      '(it mounts its own /run, /dev, /proc, /sys)')
     if not os.path.isfile(f'{args.fixtures}/{NYDUS_BOOT}'):
         sys.exit(f'fscache-test: no Nydus fixtures in {args.fixtures} (set RAFSTEST_FIXTURES or --fixtures)')
-    kernel = []
-    if args.kernel_series:
-        built = subprocess.run([f'{REPO}/scripts/build-test-kernel', '--series', args.kernel_series],
-                               stdout=subprocess.PIPE, text=True)
-        if built.returncode != 0:
-            sys.exit(f'fscache-test: no {args.kernel_series} kernel (scripts/build-test-kernel failed)')
-        kernel = ['--kernel', built.stdout.strip()]
     prepare(args)
+    kernel = ['--kernel-series', args.kernel_series] if args.kernel_series else []
     cmd = [f'{REPO}/scripts/vm-test', '--timeout', str(args.timeout)] + kernel + ['--', '/usr/bin/python3',
            os.path.abspath(__file__), '--in-vm', '--rafsd', args.rafsd, '--rafsctl', args.rafsctl,
            '--mkrafs', args.mkrafs, '--work', args.work, '--fixtures', args.fixtures] + args.cases

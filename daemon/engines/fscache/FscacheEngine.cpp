@@ -74,14 +74,12 @@ void FscacheEngine::start(bool restore) {
     if (wake_ < 0) failErrno("eventfd");
     // Made here, not on the loop's thread: a kernel that refuses io_uring (io_uring_disabled)
     // fails the start with an error instead of every worker after it.
-    Ring ring(new io_uring{});
+    auto made = std::make_unique<io_uring>();
     io_uring_params params{};
     params.flags = IORING_SETUP_CQSIZE;
     params.cq_entries = kCompletions;
-    if (int r = io_uring_queue_init_params(4, ring.get(), &params); r < 0) {
-        delete ring.release();
-        failErrno("io_uring for the fscache engine", -r);
-    }
+    if (int r = io_uring_queue_init_params(4, made.get(), &params); r < 0) failErrno("io_uring for the fscache engine", -r);
+    Ring ring(made.release());  // from now on with io_uring_queue_exit
     if (restore) {
         device_->restore();
         log::info("cachefiles: restore sent; serving the requests a previous daemon left pending");
