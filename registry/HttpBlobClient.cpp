@@ -47,11 +47,12 @@ uint64_t HttpBlobClient::blobSize(const std::string& name) {
     return size;
 }
 
-void HttpBlobClient::readBlob(const std::string& name, uint64_t offset, std::span<uint8_t> out) {
+void HttpBlobClient::readBlob(const std::string& name, uint64_t offset, std::span<uint8_t> out,
+                              const RangeSink::Arrived& arrived) {
     if (out.empty()) return;
     HttpRequest request;
     request.url = base_ + "/" + name;
-    RangeSink sink(offset, out);
+    RangeSink sink(offset, out, arrived);
     HttpResponse last;
     std::string why;
     if (!getRange(*transport_, request, offset, sink, out.size(), last, why)) {

@@ -2,6 +2,7 @@
 // (Content-Length) or from the Content-Range of a one-byte GET, its bytes from range GETs.
 #pragma once
 
+#include "registry/RangeSink.h"
 #include "registry/RetryingTransport.h"
 
 #include <cstdint>
@@ -21,7 +22,9 @@ public:
     // Throws rafs::Error naming the URL and what went wrong. Remembered once known.
     uint64_t blobSize(const std::string& name);
     // Exactly out.size() bytes at `offset`; throws rafs::Error naming the URL and the range.
-    void readBlob(const std::string& name, uint64_t offset, std::span<uint8_t> out);
+    // `arrived`, if set, follows the range as it comes in (RangeSink::Arrived).
+    void readBlob(const std::string& name, uint64_t offset, std::span<uint8_t> out,
+                  const RangeSink::Arrived& arrived = {});
 
     const std::string& base() const { return base_; }
     TransferStats& stats() { return transport_->stats(); }

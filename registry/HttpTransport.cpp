@@ -13,7 +13,7 @@
 #include <cctype>
 #include <cstdio>
 #include <mutex>
-#include <semaphore>
+#include <condition_variable>
 
 namespace registry {
 
@@ -41,8 +41,17 @@ struct HttpTransport::Transfer {
     CURL* handle;
     std::shared_ptr<const HostTls> tls;
     CURLcode result = CURLE_OK;
-    // Released by the transport's thread when the transfer is over: only its caller wakes.
-    std::binary_semaphore finished{0};
+    // Set by the transport's thread; only the transfer's caller waits for them.
+    std::mutex mutex{};
+    std::condition_variable changed{};
+    bool finished = false;
+    bool body_arrived = false;  // for a sink that follows arrival (BodySink::arrived)
+
+    void finish() {
+        std::lock_guard lock(mutex);
+        finished = true;
+        changed.notify_one();
+    }
 };
 
 namespace {
@@ -75,6 +84,11 @@ size_t onBody(char* data, size_t size, size_t count, void* user) {
         if (!x->request->sink->write(r, {reinterpret_cast<const uint8_t*>(data), bytes})) {
             r.stopped_by_sink = true;
             return 0;
+        }
+        if (x->request->sink->followsArrival()) {
+            std::lock_guard lock(x->mutex);
+            x->body_arrived = true;
+            x->changed.notify_one();
         }
         return bytes;
     }
@@ -228,7 +242,7 @@ void HttpTransport::run() {
             for (Transfer* t : submitted_) {
                 if (curl_multi_add_handle(multi_, t->handle) != CURLM_OK) {
                     t->result = CURLE_OUT_OF_MEMORY;
-                    t->finished.release();
+                    t->finish();
                     continue;
                 }
                 active.push_back(t);
@@ -246,7 +260,7 @@ void HttpTransport::run() {
             t->result = msg->data.result;
             curl_multi_remove_handle(multi_, t->handle);
             active.erase(it);
-            t->finished.release();
+            t->finish();
         }
         if (state == CURLM_OK) state = curl_multi_poll(multi_, nullptr, 0, 1000, nullptr);
         if (state != CURLM_OK) {
@@ -255,7 +269,7 @@ void HttpTransport::run() {
             for (Transfer* t : active) {
                 curl_multi_remove_handle(multi_, t->handle);
                 t->result = CURLE_RECV_ERROR;
-                t->finished.release();
+                t->finish();
             }
             active.clear();
             std::this_thread::sleep_for(std::chrono::milliseconds(10));
@@ -346,7 +360,17 @@ HttpResponse HttpTransport::perform(const HttpRequest& request) {
         submitted_.push_back(&x);
     }
     curl_multi_wakeup(multi_);
-    x.finished.acquire();
+    {
+        std::unique_lock lock(x.mutex);
+        for (;;) {
+            x.changed.wait(lock, [&] { return x.finished || x.body_arrived; });
+            if (x.finished) break;
+            x.body_arrived = false;
+            lock.unlock();
+            request.sink->arrived();
+            lock.lock();
+        }
+    }
     const CURLcode code = x.result;
     response.curl_code = static_cast<int>(code);
     if (code != CURLE_OK && response.curl_error.empty()) {

@@ -41,7 +41,7 @@ std::optional<ContentRange> parseContentRange(std::string_view value) {
 void RangeSink::reset() {
     started_ = false;
     skip_ = 0;
-    filled_ = 0;
+    filled_.store(0, std::memory_order_relaxed);
     problem_.reset();
     blob_too_short_ = false;
     error_text_.clear();
@@ -79,16 +79,17 @@ bool RangeSink::write(const HttpResponse& head, std::span<const uint8_t> piece) 
     const uint64_t skip = std::min<uint64_t>(skip_, piece.size());
     skip_ -= skip;
     piece = piece.subspan(skip);
-    const uint64_t room = out_.size() - filled_;
+    const uint64_t filled = filled_.load(std::memory_order_relaxed);
+    const uint64_t room = out_.size() - filled;
     if (head.status == 206 && piece.size() > room) {
         problem_ = fmt::format("more than the {} bytes asked", out_.size());
         return false;
     }
     const size_t take = static_cast<size_t>(std::min<uint64_t>(room, piece.size()));
-    std::memcpy(out_.data() + filled_, piece.data(), take);
-    filled_ += take;
+    std::memcpy(out_.data() + filled, piece.data(), take);
+    filled_.store(filled + take, std::memory_order_release);
     // A whole blob (200) is cut off once the range is in.
-    return !(head.status == 200 && filled_ == out_.size());
+    return !(head.status == 200 && filled + take == out_.size());
 }
 
 bool RangeSink::transient(const HttpResponse& response) const {

@@ -6,6 +6,8 @@
 
 #include "registry/HttpTransport.h"
 
+#include <atomic>
+#include <functional>
 #include <optional>
 #include <span>
 #include <string>
@@ -14,9 +16,17 @@ namespace registry {
 
 class RangeSink : public BodySink {
 public:
-    RangeSink(uint64_t offset, std::span<uint8_t> out) : offset_(offset), out_(out) {}
+    // Told how many bytes at the start of `out` are in, on the thread that asked for the range,
+    // while the transfer goes on (BodySink::arrived); the count starts again from 0 when a retried
+    // transfer writes them again. Must not throw.
+    using Arrived = std::function<void(size_t filled)>;
+
+    RangeSink(uint64_t offset, std::span<uint8_t> out, Arrived arrived = {})
+        : offset_(offset), out_(out), arrived_(std::move(arrived)) {}
 
     bool write(const HttpResponse& head, std::span<const uint8_t> piece) override;
+    bool followsArrival() const override { return static_cast<bool>(arrived_); }
+    void arrived() noexcept override { arrived_(static_cast<size_t>(filled_.load(std::memory_order_acquire))); }
     void reset();
 
     // All bytes of the range arrived (2xx).
@@ -26,7 +36,7 @@ public:
     const std::optional<std::string>& problem() const { return problem_; }
     // Of a non-2xx reply, for HttpResponse::summary().
     const std::string& errorText() const { return error_text_; }
-    uint64_t filled() const { return filled_; }
+    uint64_t filled() const { return filled_.load(std::memory_order_relaxed); }
 
     // Whether a ranged GET ended in a way worth another attempt: transient by RetryPolicy, or a
     // 2xx reply that stopped short or was refused.
@@ -37,9 +47,12 @@ private:
 
     uint64_t offset_;
     std::span<uint8_t> out_;
+    Arrived arrived_;
     bool started_ = false;
     uint64_t skip_ = 0;    // body bytes before the range (200)
-    uint64_t filled_ = 0;
+    // Written by the transport's thread, read by arrived() on the caller's meanwhile: the bytes
+    // below it are in.
+    std::atomic<uint64_t> filled_{0};
     std::optional<std::string> problem_;
     bool blob_too_short_ = false;  // a problem no retry mends
     std::string error_text_;

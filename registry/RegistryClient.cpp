@@ -231,9 +231,9 @@ HttpResponse RegistryClient::authorized(const Endpoint& ep, HttpRequest request,
 }
 
 void RegistryClient::readFrom(const Endpoint& ep, const std::string& digest, uint64_t offset, std::span<uint8_t> out,
-                              uint64_t* total) {
+                              uint64_t* total, const RangeSink::Arrived& arrived) {
     const std::string last_byte = std::to_string(offset + out.size() - 1);
-    RangeSink sink(offset, out);
+    RangeSink sink(offset, out, arrived);
     std::string why;
     auto fetch = [&](const std::string& url, const std::vector<std::string>& headers, HttpResponse& last) {
         HttpRequest request;
@@ -336,9 +336,10 @@ uint64_t RegistryClient::blobSize(const std::string& digest) {
     return size;
 }
 
-void RegistryClient::readBlob(const std::string& digest, uint64_t offset, std::span<uint8_t> out) {
+void RegistryClient::readBlob(const std::string& digest, uint64_t offset, std::span<uint8_t> out,
+                              const RangeSink::Arrived& arrived) {
     if (out.empty()) return;
-    onSomeEndpoint([&](const Endpoint& ep) { readFrom(ep, digest, offset, out); });
+    onSomeEndpoint([&](const Endpoint& ep) { readFrom(ep, digest, offset, out, nullptr, arrived); });
 }
 
 HttpResponse RegistryClient::perform(const Endpoint& ep, HttpRequest request) {

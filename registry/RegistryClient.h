@@ -9,6 +9,7 @@
 
 #include "registry/CredentialStore.h"
 #include "registry/EndpointList.h"
+#include "registry/RangeSink.h"
 #include "registry/RetryingTransport.h"
 #include "registry/TokenCache.h"
 
@@ -47,9 +48,11 @@ public:
                    std::shared_ptr<CredentialStore> credentials);
 
     // `digest`: "sha256:<hex>". Both throw rafs::Error naming the URL, the range and what went
-    // wrong (on every endpoint tried).
+    // wrong (on every endpoint tried). `arrived`, if set, follows the range as it comes in
+    // (RangeSink::Arrived); another endpoint tried after a failure starts it again from 0.
     uint64_t blobSize(const std::string& digest);
-    void readBlob(const std::string& digest, uint64_t offset, std::span<uint8_t> out);
+    void readBlob(const std::string& digest, uint64_t offset, std::span<uint8_t> out,
+                  const RangeSink::Arrived& arrived = {});
 
     // GET /v2/<repo>/manifests/<reference> (a tag or a digest) from the first endpoint that has it.
     // Throws rafs::Error: "manifest unknown" for an unknown tag, a digest mismatch, a reply
@@ -111,7 +114,7 @@ private:
     // The range from one endpoint, through its redirect when it has one; `total` gets the blob
     // size when the reply tells it.
     void readFrom(const Endpoint& ep, const std::string& digest, uint64_t offset, std::span<uint8_t> out,
-                  uint64_t* total = nullptr);
+                  uint64_t* total = nullptr, const RangeSink::Arrived& arrived = {});
     uint64_t sizeFrom(const Endpoint& ep, const std::string& digest);
     // Tries the endpoints in order with `work`; throws naming every failure if none succeeds.
     void onSomeEndpoint(const std::function<void(const Endpoint&)>& work);

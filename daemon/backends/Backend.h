@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <span>
 #include <string>
@@ -10,11 +11,25 @@ namespace rafsd {
 
 class Backend {
 public:
+    // Told how many bytes at the start of a read's buffer are in (see readArriving).
+    using Arrived = std::function<void(size_t filled)>;
+
     virtual ~Backend() = default;
     // Reads exactly out.size() bytes of blob `blob_id` at `offset`. Throws rafs::Error naming
     // the blob and the range when the blob is missing, short, or the transfer fails.
     // Called concurrently from several fetch threads.
     virtual void read(const std::string& blob_id, uint64_t offset, std::span<uint8_t> out) = 0;
+    // As read(), calling `arrived` on the calling thread while the bytes come in, so that the
+    // caller can use the start of a large range before its end is there (ChunkFetcher decodes a
+    // run's chunks as they land). The count grows, or starts again from 0 when a transfer is
+    // retried (the same bytes come again); the last bytes may come with no call after them.
+    // `arrived` must not throw. This default, for backends whose reads are not worth watching
+    // (local files), reports the whole range once it is read.
+    virtual void readArriving(const std::string& blob_id, uint64_t offset, std::span<uint8_t> out,
+                              const Arrived& arrived) {
+        read(blob_id, offset, out);
+        arrived(out.size());
+    }
     // The blob's size in bytes; throws rafs::Error if it is missing.
     virtual uint64_t size(const std::string& blob_id) = 0;
     // For logs and status: "localfs:/var/lib/rafsd/blobs".

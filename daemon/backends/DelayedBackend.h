@@ -18,6 +18,11 @@ public:
         std::this_thread::sleep_for(delay_);
         inner_->read(blob_id, offset, out);
     }
+    void readArriving(const std::string& blob_id, uint64_t offset, std::span<uint8_t> out,
+                      const Arrived& arrived) override {
+        std::this_thread::sleep_for(delay_);
+        inner_->readArriving(blob_id, offset, out, arrived);
+    }
     uint64_t size(const std::string& blob_id) override { return inner_->size(blob_id); }
     std::string describe() const override { return inner_->describe() + " (delayed)"; }
 

@@ -12,6 +12,8 @@ class HttpBackend final : public NetworkBackend {
 public:
     explicit HttpBackend(std::unique_ptr<registry::HttpBlobClient> client) : client_(std::move(client)) {}
     void read(const std::string& blob_id, uint64_t offset, std::span<uint8_t> out) override;
+    void readArriving(const std::string& blob_id, uint64_t offset, std::span<uint8_t> out,
+                      const Arrived& arrived) override;
     uint64_t size(const std::string& blob_id) override;
     std::string describe() const override { return "http:" + client_->base(); }
     registry::TransferStats& stats() override { return client_->stats(); }

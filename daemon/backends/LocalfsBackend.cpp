@@ -51,6 +51,12 @@ void BlobFileBackend::read(const std::string& blob_id, uint64_t offset, std::spa
     readRange(file_, blob_id, offset, out);
 }
 
+void BlobFileBackend::readArriving(const std::string& blob_id, uint64_t offset, std::span<uint8_t> out,
+                                   const Arrived& arrived) {
+    if (blob_id != blob_id_) return inner_->readArriving(blob_id, offset, out, arrived);
+    Backend::readArriving(blob_id, offset, out, arrived);
+}
+
 uint64_t BlobFileBackend::size(const std::string& blob_id) {
     return blob_id == blob_id_ ? fileSize(file_) : inner_->size(blob_id);
 }

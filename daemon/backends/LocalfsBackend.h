@@ -27,6 +27,8 @@ class BlobFileBackend : public Backend {
 public:
     BlobFileBackend(std::shared_ptr<Backend> inner, std::string blob_id, std::filesystem::path file);
     void read(const std::string& blob_id, uint64_t offset, std::span<uint8_t> out) override;
+    void readArriving(const std::string& blob_id, uint64_t offset, std::span<uint8_t> out,
+                      const Arrived& arrived) override;
     uint64_t size(const std::string& blob_id) override;
     std::string describe() const override;
 

@@ -14,6 +14,8 @@ public:
     // both share one connection pool, token and counters.
     explicit RegistryBackend(std::shared_ptr<registry::RegistryClient> client) : client_(std::move(client)) {}
     void read(const std::string& blob_id, uint64_t offset, std::span<uint8_t> out) override;
+    void readArriving(const std::string& blob_id, uint64_t offset, std::span<uint8_t> out,
+                      const Arrived& arrived) override;
     uint64_t size(const std::string& blob_id) override;
     std::string describe() const override { return client_->describe(); }
     registry::TransferStats& stats() override { return client_->stats(); }

@@ -49,11 +49,24 @@ struct ChunkFetcher::FetchBuffers {
 
 namespace {
 
-// A backend read, timed for the backend latency histogram; returns how long it took.
-std::chrono::microseconds timedRead(CachedBlob& blob, uint64_t offset, std::span<uint8_t> out) {
-    const auto since = std::chrono::steady_clock::now();
-    blob.backend().read(blob.descriptor().id, offset, out);
-    const auto took = std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - since);
+// A backend read, timed for the backend latency histogram; returns how long it took. `arrived`, if
+// set, follows the bytes as they come (Backend::readArriving); the time spent in it is the
+// caller's, not the backend's.
+std::chrono::microseconds timedRead(CachedBlob& blob, uint64_t offset, std::span<uint8_t> out,
+                                    const Backend::Arrived& arrived = {}) {
+    using Clock = std::chrono::steady_clock;
+    const auto since = Clock::now();
+    Clock::duration in_arrived{};
+    if (arrived) {
+        blob.backend().readArriving(blob.descriptor().id, offset, out, [&](size_t filled) {
+            const auto called = Clock::now();
+            arrived(filled);
+            in_arrived += Clock::now() - called;
+        });
+    } else {
+        blob.backend().read(blob.descriptor().id, offset, out);
+    }
+    const auto took = std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - since - in_arrived);
     blob.counters().backend_latency.add(took);
     return took;
 }
@@ -291,6 +304,18 @@ uint32_t ChunkFetcher::prefetch(const std::shared_ptr<CachedBlob>& blob, uint32_
     return queued;
 }
 
+struct ChunkFetcher::RunProgress {
+    FetchBuffers& buffers;
+    std::span<const uint8_t> fetched;  // the run's stored bytes, as they arrive
+    bool prefetch = false;
+    uint32_t next = 0;       // the next chunk to decode
+    uint32_t unwritten = 0;  // decoded chunks from here to `next` are not written yet
+    uint32_t batch_end = 0;  // the chunks of the batch being decoded end here
+    uint64_t base = 0;       // the batch's offset in the cache file
+    std::span<uint8_t> batch{};
+    bool stalled = false;  // the rest waits until the transfer is over
+};
+
 void ChunkFetcher::fetchRun(const std::shared_ptr<CachedBlob>& blob, FetchRun run, bool prefetch) {
     // The link and the CPU are not spent on data that could only be thrown away (and a reader
     // joining the run as it failed would get EIO). A reader's request comes after the kernel
@@ -301,62 +326,103 @@ void ChunkFetcher::fetchRun(const std::shared_ptr<CachedBlob>& blob, FetchRun ru
     const std::span<uint8_t> fetched =
         buffers->fetched.get(run.length <= kKeepBuffer ? run.length : std::max<size_t>(run.length, kMaxRun))
             .first(run.length);
+    RunProgress progress{
+        .buffers = *buffers, .fetched = fetched, .prefetch = prefetch, .next = run.first, .unwritten = run.first,
+        .batch_end = run.first};
+    // Chunks are decoded as their bytes arrive: a reader waiting for one near the start of a large
+    // range gets it once its bytes are in, not once the whole range is. This runs on this thread
+    // while the backend's transfer goes on, so nothing may be thrown out of it; a chunk that has to
+    // be fetched again is left for after the transfer.
+    const auto arrived = [&](size_t filled) {
+        if (progress.stalled) return;
+        try {
+            decodeArrived(*blob, run, progress, filled, false);
+        } catch (...) {
+            progress.stalled = true;
+        }
+    };
     try {
-        const auto took = timedRead(*blob, run.offset, fetched);
+        const auto took = timedRead(*blob, run.offset, fetched, arrived);
         blob->counters().bytes_fetched += run.length;
         if (prefetch) prefetch_range_.record(run.length, took);
     } catch (const std::exception& e) {
+        const uint32_t end = run.first + run.count;
         if (const auto held_back = blob->backend_failures_.admit()) {
             log::error("blob {}: fetching {} bytes at {} (chunks {}..{}): {}{}", d.id, run.length, run.offset,
-                       run.first, run.first + run.count - 1, e.what(),
+                       run.first, end - 1, e.what(),
                        *held_back == 0 ? std::string()
                                        : fmt::format(" (and {} more backend failures of this blob since the last of "
                                                      "these lines)", *held_back));
         }
-        finishChunks(*blob, run.first, run.count, EIO);
+        // What arrived before the failure was verified: it stays.
+        writeDecoded(*blob, progress, progress.next);
+        finishChunks(*blob, progress.next, end - progress.next, EIO);
         return;
     }
-    const uint32_t end = run.first + run.count;
-    for (uint32_t first = run.first; first < end;) {
-        // A batch: chunks whose extents lie back to back, decoded into one buffer as they lie in
-        // the cache file, written at once.
-        const uint64_t base = d.chunks[first].uncompressed_offset;
-        uint32_t last = first + 1;
-        while (last < end && d.chunks[last].uncompressed_offset == FetchPlanner::extentEnd(d.chunks[last - 1]) &&
-               FetchPlanner::extentEnd(d.chunks[last]) - base <= kMaxBatch) {
-            ++last;
-        }
-        const std::span<uint8_t> batch = buffers->decoded.get(FetchPlanner::extentEnd(d.chunks[last - 1]) - base);
-        uint32_t unwritten = first;  // decoded chunks from here on are not written yet
-        for (uint32_t ci = first; ci < last; ++ci) {
-            const rafs::BlobChunk& c = d.chunks[ci];
-            const std::span<uint8_t> extent =
-                batch.subspan(c.uncompressed_offset - base, FetchPlanner::extentEnd(c) - c.uncompressed_offset);
-            const bool good = decode(*blob, ci, fetched.subspan(c.compressed_offset - run.offset, c.compressed_size), extent);
-            if (prefetch) blob->counters().prefetched_chunks++;
-            if (!good) {
-                writeChunks(*blob, unwritten, ci - unwritten, batch.subspan(d.chunks[unwritten].uncompressed_offset - base));
-                finishChunks(*blob, ci, 1, EIO);
-                unwritten = ci + 1;
-            } else if (ci + 1 == last || hasWaiters(*blob, unwritten, ci + 1)) {
-                // A reader waiting for a decoded chunk gets it now, not after the rest of the
-                // batch: also one that came for a chunk decoded earlier in the batch.
-                writeChunks(*blob, unwritten, ci + 1 - unwritten,
-                            batch.subspan(d.chunks[unwritten].uncompressed_offset - base));
-                unwritten = ci + 1;
-            }
-        }
-        first = last;
-    }
+    decodeArrived(*blob, run, progress, run.length, true);
 }
 
-// Decodes and verifies one chunk into its zero-padded extent, fetching it alone again while
-// retries remain. False (logged) if it stays bad.
-bool ChunkFetcher::decode(CachedBlob& blob, uint32_t ci, std::span<const uint8_t> stored, std::span<uint8_t> extent) {
+void ChunkFetcher::decodeArrived(CachedBlob& blob, const FetchRun& run, RunProgress& progress, size_t filled,
+                                 bool whole) {
+    const BlobDescriptor& d = blob.descriptor();
+    RunProgress& p = progress;
+    const uint32_t end = run.first + run.count;
+    while (p.next < end) {
+        const uint32_t ci = p.next;
+        const rafs::BlobChunk& c = d.chunks[ci];
+        if (c.compressed_offset + c.compressed_size - run.offset > filled) break;
+        if (ci == p.batch_end) {
+            // A batch: chunks whose extents lie back to back, decoded into one buffer as they lie
+            // in the cache file, written at once.
+            p.base = c.uncompressed_offset;
+            uint32_t last = ci + 1;
+            while (last < end && d.chunks[last].uncompressed_offset == FetchPlanner::extentEnd(d.chunks[last - 1]) &&
+                   FetchPlanner::extentEnd(d.chunks[last]) - p.base <= kMaxBatch) {
+                ++last;
+            }
+            p.batch_end = last;
+            p.batch = p.buffers.decoded.get(FetchPlanner::extentEnd(d.chunks[last - 1]) - p.base);
+        }
+        const std::span<uint8_t> extent =
+            p.batch.subspan(c.uncompressed_offset - p.base, FetchPlanner::extentEnd(c) - c.uncompressed_offset);
+        const std::span<const uint8_t> stored = p.fetched.subspan(c.compressed_offset - run.offset, c.compressed_size);
+        bool good = true;
+        if (whole) {
+            good = decode(blob, ci, stored, extent);
+        } else if (verifyInto(blob, ci, stored, extent)) {
+            p.stalled = true;
+            return;
+        }
+        if (!good) {
+            writeDecoded(blob, p, ci);
+            finishChunks(blob, ci, 1, EIO);
+            p.unwritten = ci + 1;
+        } else if (ci + 1 == p.batch_end || hasWaiters(blob, p.unwritten, ci + 1)) {
+            // A reader waiting for a decoded chunk gets it now, not after the rest of the batch:
+            // also one that came for a chunk decoded earlier in the batch.
+            writeDecoded(blob, p, ci + 1);
+        }
+        p.next = ci + 1;
+        if (p.prefetch) blob.counters().prefetched_chunks++;
+    }
+    // The rest of the run is still to come: a reader that came meanwhile for a decoded chunk.
+    if (!whole && p.unwritten < p.next && hasWaiters(blob, p.unwritten, p.next)) writeDecoded(blob, p, p.next);
+}
+
+void ChunkFetcher::writeDecoded(CachedBlob& blob, RunProgress& progress, uint32_t upto) {
+    if (upto <= progress.unwritten) return;
+    const BlobDescriptor& d = blob.descriptor();
+    writeChunks(blob, progress.unwritten, upto - progress.unwritten,
+                progress.batch.subspan(d.chunks[progress.unwritten].uncompressed_offset - progress.base));
+    progress.unwritten = upto;
+}
+
+std::optional<std::string> ChunkFetcher::verifyInto(CachedBlob& blob, uint32_t ci, std::span<const uint8_t> stored,
+                                                    std::span<uint8_t> extent) {
     const BlobDescriptor& d = blob.descriptor();
     const rafs::BlobChunk& c = d.chunks[ci];
-    const std::span<uint8_t> data = extent.first(c.uncompressed_size);
-    const auto verify = [&](std::span<const uint8_t> bytes) {
+    std::optional<std::string> problem;
+    {
         struct Slot {
             std::counting_semaphore<>& decoders;
             explicit Slot(std::counting_semaphore<>& s) : decoders(s) { decoders.acquire(); }
@@ -364,9 +430,18 @@ bool ChunkFetcher::decode(CachedBlob& blob, uint32_t ci, std::span<const uint8_t
             Slot(const Slot&) = delete;
             Slot& operator=(const Slot&) = delete;
         } slot(decoders_);
-        return verifyChunk(d.compressor, d.digester, c, d.digests[ci], bytes, data);
-    };
-    std::optional<std::string> problem = verify(stored);
+        problem = verifyChunk(d.compressor, d.digester, c, d.digests[ci], stored, extent.first(c.uncompressed_size));
+    }
+    if (!problem) std::memset(extent.data() + c.uncompressed_size, 0, extent.size() - c.uncompressed_size);
+    return problem;
+}
+
+// Decodes and verifies one chunk into its zero-padded extent, fetching it alone again while
+// retries remain. False (logged) if it stays bad.
+bool ChunkFetcher::decode(CachedBlob& blob, uint32_t ci, std::span<const uint8_t> stored, std::span<uint8_t> extent) {
+    const BlobDescriptor& d = blob.descriptor();
+    const rafs::BlobChunk& c = d.chunks[ci];
+    std::optional<std::string> problem = verifyInto(blob, ci, stored, extent);
     std::vector<uint8_t> again;
     for (unsigned attempt = 0; problem && attempt < options_.retries; ++attempt) {
         log::warn("blob {} chunk {} (uncompressed offset {}): {}; fetching it again", d.id, ci,
@@ -375,7 +450,7 @@ bool ChunkFetcher::decode(CachedBlob& blob, uint32_t ci, std::span<const uint8_t
             again.resize(c.compressed_size);
             timedRead(blob, c.compressed_offset, again);
             blob.counters().bytes_fetched += again.size();
-            problem = verify(again);
+            problem = verifyInto(blob, ci, again, extent);
         } catch (const std::exception& e) {
             problem = e.what();
         }
@@ -385,7 +460,6 @@ bool ChunkFetcher::decode(CachedBlob& blob, uint32_t ci, std::span<const uint8_t
                    d.id, ci, c.uncompressed_offset, c.compressed_offset, c.compressed_size, *problem);
         return false;
     }
-    std::memset(extent.data() + data.size(), 0, extent.size() - data.size());
     return true;
 }
 

@@ -14,6 +14,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <semaphore>
 #include <vector>
 
@@ -100,6 +101,17 @@ private:
     // then on the collector leaves them for keep_recent seconds.
     bool presentAndUsed(CachedBlob& blob, ChunkRange range);
     void fetchRun(const std::shared_ptr<CachedBlob>& blob, FetchRun run, bool prefetch);
+    // How far a run's chunks are decoded and written (fetchRun).
+    struct RunProgress;
+    // Decodes the run's next chunks whose stored bytes lie within the first `filled` bytes fetched,
+    // and writes them. While the transfer goes on (`whole` false) a bad chunk stops it: it is
+    // fetched again alone once the transfer is over, with the rest (`whole` true).
+    void decodeArrived(CachedBlob& blob, const FetchRun& run, RunProgress& progress, size_t filled, bool whole);
+    // Writes the run's decoded chunks up to `upto`, not written yet.
+    void writeDecoded(CachedBlob& blob, RunProgress& progress, uint32_t upto);
+    // Decodes and verifies one chunk into its zero-padded extent: what is wrong with it, if anything.
+    std::optional<std::string> verifyInto(CachedBlob& blob, uint32_t ci, std::span<const uint8_t> stored,
+                                          std::span<uint8_t> extent);
     bool decode(CachedBlob& blob, uint32_t ci, std::span<const uint8_t> stored, std::span<uint8_t> extent);
     void writeChunks(CachedBlob& blob, uint32_t first, uint32_t count, std::span<const uint8_t> extents);
     // Whether a request (`readers_only`: a reader's, not a fill) waits for one of chunks [first, end).

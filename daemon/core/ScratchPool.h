@@ -25,6 +25,7 @@ public:
         Lease(const Lease&) = delete;
         Lease& operator=(const Lease&) = delete;
         Buffers* operator->() const { return buffers_.get(); }
+        Buffers& operator*() const { return *buffers_; }
 
     private:
         ScratchPool& pool_;

@@ -19,6 +19,7 @@
 #include <future>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -247,6 +248,39 @@ private:
     std::vector<std::pair<uint64_t, uint64_t>> writes_;
 };
 
+// `count` uncompressed chunks of 4 KiB back to back, chunk i made of bytes i + 1: its
+// descriptor, extents and stored bytes.
+struct PatternBlob {
+    BlobDescriptor d;
+    std::vector<ChunkExtent> extents;
+    std::vector<uint8_t> stored;
+
+    explicit PatternBlob(uint32_t count) {
+        d.id = kBlobId;
+        d.compressor = rafs::Compressor::None;
+        d.digester = rafs::Digester::Blake3;
+        d.chunk_size = kChunk;
+        d.uncompressed_size = count * kChunk;
+        for (uint32_t i = 0; i < count; ++i) {
+            const uint64_t at = uint64_t{i} * kChunk;
+            const std::vector<uint8_t> content(kChunk, static_cast<uint8_t>(i + 1));
+            d.chunks.push_back({at, static_cast<uint32_t>(kChunk), at, static_cast<uint32_t>(kChunk), false, false, 0});
+            d.digests.push_back(rafs::digestOf(rafs::Digester::Blake3, content));
+            extents.push_back({at, static_cast<uint32_t>(kChunk)});
+            stored.insert(stored.end(), content.begin(), content.end());
+        }
+    }
+
+    std::shared_ptr<CachedBlob> cached(const std::filesystem::path& bitmap, std::unique_ptr<CacheFile> file,
+                                       std::shared_ptr<Backend> backend) const {
+        const auto count = static_cast<uint32_t>(d.chunks.size());
+        return std::make_shared<CachedBlob>(
+            d, std::make_unique<BlobCache>(std::move(file), ReadinessBitmap::open(bitmap, kBlobId, count, d.uncompressed_size),
+                                           extents),
+            std::move(backend));
+    }
+};
+
 class MemoryBackend : public Backend {
 public:
     explicit MemoryBackend(std::vector<uint8_t> blob) : blob_(std::move(blob)) {}
@@ -275,33 +309,14 @@ int waitFor(ChunkFetcher& fetcher, uint32_t image, uint64_t offset, uint64_t len
 TEST_CASE("a run is written in batches around waited-for and bad chunks", "[chunkfetcher]") {
     constexpr uint32_t kChunks = 12;
     constexpr uint32_t kBad = 5;
-    BlobDescriptor d;
-    d.id = kBlobId;
-    d.compressor = rafs::Compressor::None;
-    d.digester = rafs::Digester::Blake3;
-    d.chunk_size = kChunk;
-    d.uncompressed_size = kChunks * kChunk;
-    std::vector<uint8_t> stored;
-    std::vector<ChunkExtent> extents;
-    for (uint32_t i = 0; i < kChunks; ++i) {
-        const uint64_t at = uint64_t{i} * kChunk;
-        const std::vector<uint8_t> content(kChunk, static_cast<uint8_t>(i + 1));
-        d.chunks.push_back({at, static_cast<uint32_t>(kChunk), at, static_cast<uint32_t>(kChunk), false, false, 0});
-        d.digests.push_back(rafs::digestOf(rafs::Digester::Blake3, content));
-        extents.push_back({at, static_cast<uint32_t>(kChunk)});
-        stored.insert(stored.end(), content.begin(), content.end());
-    }
+    PatternBlob pattern(kChunks);
+    std::vector<uint8_t> stored = pattern.stored;
     stored[kBad * kChunk + 100] ^= 0xff;  // bad on every fetch
 
     rafs::test::TempDir dir;
-    auto file = std::make_unique<RecordingCacheFile>(d.uncompressed_size);
+    auto file = std::make_unique<RecordingCacheFile>(kChunks * kChunk);
     RecordingCacheFile& recorded = *file;
-    auto blob = std::make_shared<CachedBlob>(
-        d,
-        std::make_unique<BlobCache>(std::move(file),
-                                    ReadinessBitmap::open(dir.path() / "map", kBlobId, kChunks, d.uncompressed_size),
-                                    extents),
-        std::make_shared<MemoryBackend>(stored));
+    auto blob = pattern.cached(dir.path() / "map", std::move(file), std::make_shared<MemoryBackend>(stored));
     ChunkFetcher fetcher(FetchOptions{.amplify = kChunks * kChunk, .threads = 1, .retries = 1});
     const uint32_t image = fetcher.addImage({blob});
 
@@ -324,6 +339,161 @@ TEST_CASE("a run is written in batches around waited-for and bad chunks", "[chun
     CHECK(blob->counters().errors == 1);
     // The bad chunk is fetched again for the next reader, and fails again.
     CHECK(waitFor(fetcher, image, kBad * kChunk, kChunk) == EIO);
+}
+
+namespace {
+
+// Serves a blob; its first read comes in two parts: the first `split` bytes (optionally with one
+// byte of them damaged), then, once the test opens it, the rest, or a failed transfer.
+class SplitBackend final : public Backend {
+public:
+    enum class Rest { Arrives, Fails };
+    SplitBackend(std::vector<uint8_t> blob, size_t split, Rest rest, std::optional<size_t> damaged = std::nullopt)
+        : blob_(std::move(blob)), split_(split), rest_(rest), damaged_(damaged) {}
+
+    void read(const std::string& id, uint64_t offset, std::span<uint8_t> out) override {
+        readArriving(id, offset, out, [](size_t) {});
+    }
+    void readArriving(const std::string&, uint64_t offset, std::span<uint8_t> out, const Arrived& arrived) override {
+        std::memcpy(out.data(), blob_.data() + offset, out.size());
+        if (split_done_.exchange(true)) {
+            arrived(out.size());
+            return;
+        }
+        if (damaged_) out[*damaged_] ^= 0xff;
+        arrived(split_);
+        std::unique_lock lock(mutex_);
+        opened_.wait(lock, [this] { return open_; });
+        if (rest_ == Rest::Fails) rafs::fail("the transfer was cut");
+        if (damaged_) out[*damaged_] ^= 0xff;  // a retried transfer brings the same bytes again
+        arrived(0);
+        arrived(out.size());
+    }
+    uint64_t size(const std::string&) override { return blob_.size(); }
+    std::string describe() const override { return "split test backend"; }
+    void open() {
+        std::lock_guard lock(mutex_);
+        open_ = true;
+        opened_.notify_all();
+    }
+
+private:
+    std::vector<uint8_t> blob_;
+    size_t split_;
+    Rest rest_;
+    std::optional<size_t> damaged_;
+    std::atomic<bool> split_done_{false};
+    std::mutex mutex_;
+    std::condition_variable opened_;
+    bool open_ = false;
+};
+
+// Opens the backend when the test ends, failed or not, before the fetcher joins its threads.
+struct OpenAtEnd {
+    SplitBackend& backend;
+    ~OpenAtEnd() { backend.open(); }
+};
+
+std::future<int> request(ChunkFetcher& fetcher, uint32_t image, uint32_t ci) {
+    auto done = std::make_shared<std::promise<int>>();
+    fetcher.makePresent(image, 0, ci * kChunk, kChunk, [done](int error) { done->set_value(error); });
+    return done->get_future();
+}
+
+bool answered(std::future<int>& result, std::chrono::milliseconds within) {
+    return result.wait_for(within) == std::future_status::ready;
+}
+
+}  // namespace
+
+// A network range is decoded as it arrives: a reader waiting for a chunk near its start is
+// answered once that chunk's bytes are in, not when the whole range is.
+TEST_CASE("a chunk of a run is written once its bytes arrive, before the rest of the run", "[chunkfetcher]") {
+    constexpr uint32_t kChunks = 8;
+    PatternBlob pattern(kChunks);
+    rafs::test::TempDir dir;
+    auto file = std::make_unique<RecordingCacheFile>(kChunks * kChunk);
+    RecordingCacheFile& recorded = *file;
+    auto backend = std::make_shared<SplitBackend>(pattern.stored, 2 * kChunk + 100, SplitBackend::Rest::Arrives);
+    auto blob = pattern.cached(dir.path() / "map", std::move(file), backend);
+    ChunkFetcher fetcher(FetchOptions{.amplify = kChunks * kChunk, .threads = 1, .retries = 0});
+    const uint32_t image = fetcher.addImage({blob});
+    const OpenAtEnd opener{*backend};
+
+    std::future<int> first = request(fetcher, image, 0);  // one run of every chunk
+    REQUIRE(answered(first, std::chrono::seconds(10)));
+    CHECK(first.get() == 0);
+    // Decoded, not written: its batch goes on. Its reader is answered when the next bytes come.
+    std::future<int> second = request(fetcher, image, 1);
+    CHECK_FALSE(blob->cache().isPresent(2));  // 100 bytes of it arrived
+    std::future<int> last = request(fetcher, image, kChunks - 1);
+    CHECK_FALSE(answered(last, std::chrono::milliseconds(50)));
+
+    backend->open();
+    REQUIRE(answered(second, std::chrono::seconds(10)));
+    CHECK(second.get() == 0);
+    REQUIRE(answered(last, std::chrono::seconds(10)));
+    CHECK(last.get() == 0);
+    // Chunk 1 is written once its reader has asked and more bytes come (here a transfer that
+    // starts again: its count of 0).
+    const std::vector<std::pair<uint64_t, uint64_t>> expected{{0, kChunk}, {kChunk, kChunk}, {2 * kChunk, 6 * kChunk}};
+    CHECK(recorded.writes() == expected);
+    CHECK((recorded.data() == pattern.stored));
+    CHECK(blob->counters().errors == 0);
+}
+
+// What arrived of a range that then fails was verified: it stays, and only the rest is an error.
+TEST_CASE("a transfer cut short keeps the chunks that arrived whole", "[chunkfetcher]") {
+    constexpr uint32_t kChunks = 8;
+    PatternBlob pattern(kChunks);
+    rafs::test::TempDir dir;
+    auto backend = std::make_shared<SplitBackend>(pattern.stored, 3 * kChunk + 100, SplitBackend::Rest::Fails);
+    auto blob = pattern.cached(dir.path() / "map", std::make_unique<RecordingCacheFile>(kChunks * kChunk), backend);
+    ChunkFetcher fetcher(FetchOptions{.amplify = kChunks * kChunk, .threads = 1, .retries = 0});
+    const uint32_t image = fetcher.addImage({blob});
+    const OpenAtEnd opener{*backend};
+
+    std::future<int> first = request(fetcher, image, 0);
+    REQUIRE(answered(first, std::chrono::seconds(10)));
+    CHECK(first.get() == 0);
+    std::future<int> cut = request(fetcher, image, 3);
+    backend->open();
+    REQUIRE(answered(cut, std::chrono::seconds(10)));
+    CHECK(cut.get() == EIO);
+    for (uint32_t ci = 0; ci < kChunks; ++ci) {
+        INFO("chunk " << ci);
+        CHECK(blob->cache().isPresent(ci) == (ci < 3));
+    }
+    CHECK(blob->counters().errors == kChunks - 3);
+}
+
+// A chunk that arrives damaged is not fetched again alone inside the transfer it came in: the
+// chunks behind it wait for the transfer to end, then the damaged one is fetched again.
+TEST_CASE("a chunk that arrives damaged is fetched again alone after its transfer", "[chunkfetcher]") {
+    constexpr uint32_t kChunks = 8;
+    PatternBlob pattern(kChunks);
+    rafs::test::TempDir dir;
+    auto file = std::make_unique<RecordingCacheFile>(kChunks * kChunk);
+    RecordingCacheFile& recorded = *file;
+    auto backend =
+        std::make_shared<SplitBackend>(pattern.stored, 4 * kChunk, SplitBackend::Rest::Arrives, kChunk + 10);
+    auto blob = pattern.cached(dir.path() / "map", std::move(file), backend);
+    ChunkFetcher fetcher(FetchOptions{.amplify = kChunks * kChunk, .threads = 1, .retries = 1});
+    const uint32_t image = fetcher.addImage({blob});
+    const OpenAtEnd opener{*backend};
+
+    std::future<int> first = request(fetcher, image, 0);
+    REQUIRE(answered(first, std::chrono::seconds(10)));
+    CHECK(first.get() == 0);
+    std::future<int> behind = request(fetcher, image, 2);  // its bytes are in, behind the damaged chunk
+    CHECK_FALSE(answered(behind, std::chrono::milliseconds(50)));
+    backend->open();
+    REQUIRE(answered(behind, std::chrono::seconds(10)));
+    CHECK(behind.get() == 0);
+    CHECK(waitFor(fetcher, image, kChunk, kChunk) == 0);
+    CHECK(waitFor(fetcher, image, (kChunks - 1) * kChunk, kChunk) == 0);  // the run's end
+    CHECK((recorded.data() == pattern.stored));
+    CHECK(blob->counters().errors == 0);
 }
 
 // The engine's completion callback (the fanotify engine unmarks the file) is set after the mount,
