@@ -13,6 +13,9 @@ constexpr auto kBacklogPoll = std::chrono::milliseconds(5);
 // this many batches at a time; within a window its chunks are fetched in blob order, with gaps of
 // up to kTableGap compressed bytes fetched too, so that a trace of many small files becomes a few
 // large requests instead of one round trip per file (docs/benchmarks.md, readiness with a trace).
+// A span of the table is one request however large (up to the fetcher's largest range): its
+// chunks are decoded as they arrive, so a reader waiting for one of them does not wait for the
+// rest, and every request costs a registry several milliseconds of CPU whatever its size.
 constexpr uint64_t kTableWindowBatches = 4;
 constexpr uint64_t kTableGap = 64 << 10;
 // The whole blobs of an image with a trace wait until its readers have asked for nothing for
@@ -100,9 +103,6 @@ void Prefetcher::prefetchWindow(std::vector<PrefetchChunk> window) {
     std::sort(window.begin(), window.end(), [](const PrefetchChunk& a, const PrefetchChunk& b) {
         return std::pair(a.blob.get(), a.ci) < std::pair(b.blob.get(), b.ci);
     });
-    // A span is one prefetch request's worth at most: a reader that waits for one of its chunks
-    // waits for the whole request.
-    const uint64_t range = fetcher_.prefetchRangeBytes();
     // Paced a window at a time, not a span at a time: a window goes out whole, so under a
     // bandwidth cap its last spans are not held back until the next window's first ones are out.
     uint64_t queued = 0;
@@ -118,9 +118,7 @@ void Prefetcher::prefetchWindow(std::vector<PrefetchChunk> window) {
             const uint64_t gap = chunks[ci].compressed_offset -
                                  std::min(chunks[ci].compressed_offset,
                                           chunks[last].compressed_offset + chunks[last].compressed_size);
-            const uint64_t span = chunks[ci].compressed_offset + chunks[ci].compressed_size -
-                                  chunks[first].compressed_offset;
-            if (gap > kTableGap || span > range) break;
+            if (gap > kTableGap) break;
             last = ci;
         }
         if (blob->cache().complete()) continue;
