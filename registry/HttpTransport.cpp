@@ -87,8 +87,10 @@ size_t onBody(char* data, size_t size, size_t count, void* user) {
         }
         if (x->request->sink->followsArrival()) {
             std::lock_guard lock(x->mutex);
-            x->body_arrived = true;
-            x->changed.notify_one();
+            if (!x->body_arrived) {
+                x->body_arrived = true;
+                x->changed.notify_one();
+            }
         }
         return bytes;
     }

@@ -50,23 +50,23 @@ struct ChunkFetcher::FetchBuffers {
 namespace {
 
 // A backend read, timed for the backend latency histogram; returns how long it took. `arrived`, if
-// set, follows the bytes as they come (Backend::readArriving); the time spent in it is the
-// caller's, not the backend's.
+// set, follows the bytes as they come (Backend::readArriving). The transfer goes on while it runs,
+// but the last call may outlast the transfer, so its time is the caller's, not the backend's.
 std::chrono::microseconds timedRead(CachedBlob& blob, uint64_t offset, std::span<uint8_t> out,
                                     const Backend::Arrived& arrived = {}) {
     using Clock = std::chrono::steady_clock;
     const auto since = Clock::now();
-    Clock::duration in_arrived{};
+    Clock::duration last_arrived{};
     if (arrived) {
         blob.backend().readArriving(blob.descriptor().id, offset, out, [&](size_t filled) {
             const auto called = Clock::now();
             arrived(filled);
-            in_arrived += Clock::now() - called;
+            last_arrived = Clock::now() - called;
         });
     } else {
         blob.backend().read(blob.descriptor().id, offset, out);
     }
-    const auto took = std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - since - in_arrived);
+    const auto took = std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - since - last_arrived);
     blob.counters().backend_latency.add(took);
     return took;
 }
@@ -314,6 +314,7 @@ struct ChunkFetcher::RunProgress {
     uint64_t base = 0;       // the batch's offset in the cache file
     std::span<uint8_t> batch{};
     bool stalled = false;  // the rest waits until the transfer is over
+    size_t filled = 0;     // bytes of the run that arrived, as last reported
 };
 
 void ChunkFetcher::fetchRun(const std::shared_ptr<CachedBlob>& blob, FetchRun run, bool prefetch) {
@@ -334,6 +335,7 @@ void ChunkFetcher::fetchRun(const std::shared_ptr<CachedBlob>& blob, FetchRun ru
     // while the backend's transfer goes on, so nothing may be thrown out of it; a chunk that has to
     // be fetched again is left for after the transfer.
     const auto arrived = [&](size_t filled) {
+        progress.filled = filled;
         if (progress.stalled) return;
         try {
             decodeArrived(*blob, run, progress, filled, false);
@@ -355,6 +357,7 @@ void ChunkFetcher::fetchRun(const std::shared_ptr<CachedBlob>& blob, FetchRun ru
                                                      "these lines)", *held_back));
         }
         // What arrived before the failure was verified: it stays.
+        blob->counters().bytes_fetched += progress.filled;
         writeDecoded(*blob, progress, progress.next);
         finishChunks(*blob, progress.next, end - progress.next, EIO);
         return;
@@ -374,14 +377,16 @@ void ChunkFetcher::decodeArrived(CachedBlob& blob, const FetchRun& run, RunProgr
         if (ci == p.batch_end) {
             // A batch: chunks whose extents lie back to back, decoded into one buffer as they lie
             // in the cache file, written at once.
-            p.base = c.uncompressed_offset;
+            // Taken whole or not at all: the buffer may be gone if getting a larger one failed.
+            const uint64_t base = c.uncompressed_offset;
             uint32_t last = ci + 1;
             while (last < end && d.chunks[last].uncompressed_offset == FetchPlanner::extentEnd(d.chunks[last - 1]) &&
-                   FetchPlanner::extentEnd(d.chunks[last]) - p.base <= kMaxBatch) {
+                   FetchPlanner::extentEnd(d.chunks[last]) - base <= kMaxBatch) {
                 ++last;
             }
+            p.batch = p.buffers.decoded.get(FetchPlanner::extentEnd(d.chunks[last - 1]) - base);
+            p.base = base;
             p.batch_end = last;
-            p.batch = p.buffers.decoded.get(FetchPlanner::extentEnd(d.chunks[last - 1]) - p.base);
         }
         const std::span<uint8_t> extent =
             p.batch.subspan(c.uncompressed_offset - p.base, FetchPlanner::extentEnd(c) - c.uncompressed_offset);

@@ -344,7 +344,8 @@ TEST_CASE("a run is written in batches around waited-for and bad chunks", "[chun
 namespace {
 
 // Serves a blob; its first read comes in two parts: the first `split` bytes (optionally with one
-// byte of them damaged), then, once the test opens it, the rest, or a failed transfer.
+// byte of them damaged), then, once the test opens it, the rest, or a failed transfer. Later
+// reads are served whole, undamaged.
 class SplitBackend final : public Backend {
 public:
     enum class Rest { Arrives, Fails };
@@ -356,6 +357,10 @@ public:
     }
     void readArriving(const std::string&, uint64_t offset, std::span<uint8_t> out, const Arrived& arrived) override {
         std::memcpy(out.data(), blob_.data() + offset, out.size());
+        {
+            std::lock_guard lock(mutex_);
+            reads_.emplace_back(offset, out.size());
+        }
         if (split_done_.exchange(true)) {
             arrived(out.size());
             return;
@@ -365,9 +370,12 @@ public:
         std::unique_lock lock(mutex_);
         opened_.wait(lock, [this] { return open_; });
         if (rest_ == Rest::Fails) rafs::fail("the transfer was cut");
-        if (damaged_) out[*damaged_] ^= 0xff;  // a retried transfer brings the same bytes again
-        arrived(0);
+        arrived(0);  // as a retried transfer: the same bytes again
         arrived(out.size());
+    }
+    std::vector<std::pair<uint64_t, uint64_t>> reads() {
+        std::lock_guard lock(mutex_);
+        return reads_;
     }
     uint64_t size(const std::string&) override { return blob_.size(); }
     std::string describe() const override { return "split test backend"; }
@@ -386,6 +394,7 @@ private:
     std::mutex mutex_;
     std::condition_variable opened_;
     bool open_ = false;
+    std::vector<std::pair<uint64_t, uint64_t>> reads_;
 };
 
 // Opens the backend when the test ends, failed or not, before the fetcher joins its threads.
@@ -468,7 +477,7 @@ TEST_CASE("a transfer cut short keeps the chunks that arrived whole", "[chunkfet
 }
 
 // A chunk that arrives damaged is not fetched again alone inside the transfer it came in: the
-// chunks behind it wait for the transfer to end, then the damaged one is fetched again.
+// chunks behind it wait for the transfer to end, then the damaged one is fetched again, alone.
 TEST_CASE("a chunk that arrives damaged is fetched again alone after its transfer", "[chunkfetcher]") {
     constexpr uint32_t kChunks = 8;
     PatternBlob pattern(kChunks);
@@ -493,6 +502,8 @@ TEST_CASE("a chunk that arrives damaged is fetched again alone after its transfe
     CHECK(waitFor(fetcher, image, kChunk, kChunk) == 0);
     CHECK(waitFor(fetcher, image, (kChunks - 1) * kChunk, kChunk) == 0);  // the run's end
     CHECK((recorded.data() == pattern.stored));
+    const std::vector<std::pair<uint64_t, uint64_t>> reads{{0, kChunks * kChunk}, {kChunk, kChunk}};
+    CHECK(backend->reads() == reads);
     CHECK(blob->counters().errors == 0);
 }
 
