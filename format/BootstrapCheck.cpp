@@ -44,7 +44,7 @@ public:
     void indexChunkTable();
     void inode(const std::string& path, const Inode& ino);
     void prefetchTable() const;
-    BootstrapSummary summary() const { return {seen_.size(), chunks_}; }
+    BootstrapSummary summary() { return {seen_.size(), chunks_, std::move(chunk_indexes_)}; }
     bool firstVisit(uint64_t nid) { return seen_.insert(nid).second; }
 
 private:
@@ -65,6 +65,7 @@ private:
     std::unordered_map<uint64_t, const ChunkInfo*> chunk_table_;  // by blob index << 32 | ci index
     std::unordered_set<uint64_t> seen_;
     uint64_t chunks_ = 0;
+    std::vector<ChunkIndexRef> chunk_indexes_;
 };
 
 void Checker::imageFields() {
@@ -168,6 +169,9 @@ void Checker::regularFile(const Inode& ino, const std::string& path) {
         }
     }
     chunks_ += ino.chunks.size();
+    for (size_t k = 0; k < ino.chunks.size(); ++k) {
+        chunk_indexes_.push_back({ino.nid, static_cast<uint32_t>(k), ino.chunks[k]});
+    }
     const uint64_t array = alignUp(ino.inline_offset, sizeof(ChunkAddr));
     placement(ino, path, array, ino.chunks.size() * sizeof(ChunkAddr), "chunk index array");
     if (chunk_table_.empty()) return;
@@ -237,25 +241,27 @@ BootstrapSummary checkBootstrap(const Bootstrap& bootstrap,
     return checker.summary();
 }
 
-void checkChunkIndexes(const Bootstrap& bootstrap, const std::vector<std::span<const BlobChunk>>& ci_by_blob) {
-    if (std::all_of(ci_by_blob.begin(), ci_by_blob.end(), [](const auto& ci) { return ci.empty(); })) return;
-    std::unordered_set<uint64_t> seen;
-    bootstrap.walk([&](const std::string& path, const Inode& ino) {
-        if (ino.chunks.empty() || !seen.insert(ino.nid).second) return;
-        for (size_t k = 0; k < ino.chunks.size(); ++k) {
-            const InodeChunk& c = ino.chunks[k];
-            if (c.blob_index >= ci_by_blob.size() || ci_by_blob[c.blob_index].empty()) continue;
-            const std::span<const BlobChunk> ci = ci_by_blob[c.blob_index];
-            if (c.ci_index >= ci.size() || ci[c.ci_index].uncompressed_offset != c.uncompressed_offset ||
-                ci[c.ci_index].uncompressed_size != c.length) {
-                fail("{}: nid {} ({:?}): chunk {}: blob {} ci {} at {:#x}+{} disagrees with the blob's ci entry{}",
-                     bootstrap.name(), ino.nid, path, k, c.blob_index, c.ci_index, c.uncompressed_offset, c.length,
-                     c.ci_index >= ci.size() ? std::string(" (none)")
-                                             : fmt::format(" ({:#x}+{})", ci[c.ci_index].uncompressed_offset,
-                                                           ci[c.ci_index].uncompressed_size));
-            }
+void checkChunkIndexes(const Bootstrap& bootstrap, const BootstrapSummary& checked,
+                       const std::vector<std::span<const BlobChunk>>& ci_by_blob) {
+    for (const ChunkIndexRef& ref : checked.chunk_indexes) {
+        const InodeChunk& c = ref.chunk;
+        if (c.blob_index >= ci_by_blob.size() || ci_by_blob[c.blob_index].empty()) continue;
+        const std::span<const BlobChunk> ci = ci_by_blob[c.blob_index];
+        if (c.ci_index < ci.size() && ci[c.ci_index].uncompressed_offset == c.uncompressed_offset &&
+            ci[c.ci_index].uncompressed_size == c.length) {
+            continue;
         }
-    });
+        // The path for the message: a walk, on this error path only.
+        std::string path;
+        bootstrap.walk([&](const std::string& p, const Inode& ino) {
+            if (path.empty() && ino.nid == ref.nid) path = p;
+        });
+        fail("{}: nid {} ({:?}): chunk {}: blob {} ci {} at {:#x}+{} disagrees with the blob's ci entry{}",
+             bootstrap.name(), ref.nid, path, ref.k, c.blob_index, c.ci_index, c.uncompressed_offset, c.length,
+             c.ci_index >= ci.size() ? std::string(" (none)")
+                                     : fmt::format(" ({:#x}+{})", ci[c.ci_index].uncompressed_offset,
+                                                   ci[c.ci_index].uncompressed_size));
+    }
 }
 
 }  // namespace rafs

@@ -33,9 +33,18 @@ namespace rafs {
 // fast symlinks (fs/erofs/inode.c, erofs_fill_symlink). The builder refuses longer ones too.
 inline constexpr uint64_t kMaxSymlinkSize = erofs::kBlockSize - 1;
 
+// A regular file's chunk index `k`, as the check read it: what checkChunkIndexes checks without
+// walking the tree again.
+struct ChunkIndexRef {
+    uint64_t nid = 0;
+    uint32_t k = 0;
+    InodeChunk chunk;
+};
+
 struct BootstrapSummary {
     uint64_t inodes = 0;  // distinct nids reachable from the root
     uint64_t chunks = 0;  // chunk indexes of regular files, each inode counted once
+    std::vector<ChunkIndexRef> chunk_indexes;  // those chunk indexes
 };
 
 // Throws Error "<bootstrap>: nid N (<path>): <field> ...: <what is wrong>" (fields of the image as
@@ -50,7 +59,9 @@ BootstrapSummary checkBootstrap(const Bootstrap& bootstrap,
 // uncompressed offset and length, so that what the kernel reads at the index is the chunk rafsd
 // verifies with that ci entry's digest. The chunk info table covers this for the bootstrap alone;
 // images built without one rely on this stage. `ci_by_blob[i]` is blob i's ci array, empty for a
-// blob that is not at hand. Throws Error "<bootstrap>: nid N (<path>): chunk K: ...".
-void checkChunkIndexes(const Bootstrap& bootstrap, const std::vector<std::span<const BlobChunk>>& ci_by_blob);
+// blob that is not at hand. `checked` is what checkBootstrap returned for the same bootstrap.
+// Throws Error "<bootstrap>: nid N (<path>): chunk K: ...".
+void checkChunkIndexes(const Bootstrap& bootstrap, const BootstrapSummary& checked,
+                       const std::vector<std::span<const BlobChunk>>& ci_by_blob);
 
 }  // namespace rafs

@@ -226,7 +226,7 @@ void inspect(const InspectOptions& options, std::ostream& out) {
     }
     std::vector<std::span<const BlobChunk>> ci_by_blob;
     for (const auto& blob : blobs) ci_by_blob.push_back(blob ? std::span(blob->chunks()) : std::span<const BlobChunk>());
-    checkChunkIndexes(b, ci_by_blob);
+    checkChunkIndexes(b, summary, ci_by_blob);
 
     uint64_t verified = 0;
     for (const auto& blob : blobs) {

@@ -430,7 +430,7 @@ nlohmann::json ImageService::mountOrReattach(const MountRequest& request, bool r
     const rafs::Bootstrap& bootstrap = opened.bootstrap;
     // Before anything is created or mounted: the kernel and the engines trust this metadata. A
     // bootstrap fetched just now was checked before it was kept.
-    if (!checked) rafs::checkBootstrap(bootstrap);
+    const rafs::BootstrapSummary summary = checked ? std::move(stored.checked) : rafs::checkBootstrap(bootstrap);
     if (probe && !probed) probed = probeBlobs(*backend, opened);
     const ProbedSizes sizes = probed.value_or(ProbedSizes{});
     lock.lock();
@@ -489,7 +489,7 @@ nlohmann::json ImageService::mountOrReattach(const MountRequest& request, bool r
     }
     std::vector<std::span<const rafs::BlobChunk>> ci_by_blob;
     for (const auto& blob : image.blobs) ci_by_blob.push_back(blob->descriptor().chunks);
-    rafs::checkChunkIndexes(bootstrap, ci_by_blob);
+    rafs::checkChunkIndexes(bootstrap, summary, ci_by_blob);
     image.index = fetcher_->addImage(image.blobs);
     const FscacheAttach how = reattach ? FscacheAttach::Reattach
                               : request.register_only ? FscacheAttach::Register

@@ -184,11 +184,12 @@ RegistryImage RegistryImages::obtain(registry::ImageStore& store, const registry
         else alongside(layers);
     });
     rafs::Bootstrap bootstrap(std::move(bytes), fmt::format("{} ({})", name, registry::kBootstrapLayerPath));
-    rafs::checkBootstrap(bootstrap);
+    rafs::BootstrapSummary checked = rafs::checkBootstrap(bootstrap);
     checkBlobsAreLayers(bootstrap, layers, name);
     log::info("{}: manifest {}, bootstrap of {} bytes fetched", name, resolved.fetched.digest, bootstrap.bytes().size());
     RegistryImage image = keep(resolved.fetched, layers, name, bootstrap.bytes());
     image.fetched = std::move(bootstrap);
+    image.checked = std::move(checked);
     return image;
 }
 

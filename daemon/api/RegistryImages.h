@@ -10,6 +10,7 @@
 #pragma once
 
 #include "format/Bootstrap.h"
+#include "format/BootstrapCheck.h"
 #include "registry/ImageReference.h"
 #include "registry/ImageStore.h"
 #include "registry/RafsLayers.h"
@@ -27,9 +28,10 @@ struct RegistryImage {
     std::string manifest_digest;           // "sha256:<hex>"
     std::filesystem::path bootstrap;       // the kept copy
     registry::RafsLayers layers;           // the manifest's layers
-    // The bootstrap as fetched and checked, when obtain fetched it: the mount uses these bytes
-    // rather than read back and check again the copy it has just written.
+    // The bootstrap as fetched and checked, when obtain fetched it, and what the check found: the
+    // mount uses these rather than read back and check again the copy it has just written.
     std::optional<rafs::Bootstrap> fetched;
+    rafs::BootstrapSummary checked{};
 };
 
 class RegistryImages {
