@@ -45,7 +45,7 @@ struct HttpTransport::Transfer {
     std::mutex mutex{};
     std::condition_variable changed{};
     bool finished = false;
-    bool body_arrived = false;  // for a sink that follows arrival (BodySink::arrived)
+    bool body_arrived = false;  // the sink wants the caller to use what arrived (BodySink::arrived)
 
     void finish() {
         std::lock_guard lock(mutex);
@@ -85,7 +85,7 @@ size_t onBody(char* data, size_t size, size_t count, void* user) {
             r.stopped_by_sink = true;
             return 0;
         }
-        if (x->request->sink->followsArrival()) {
+        if (x->request->sink->arrivalWanted()) {
             std::lock_guard lock(x->mutex);
             if (!x->body_arrived) {
                 x->body_arrived = true;

@@ -40,11 +40,12 @@ public:
     virtual ~BodySink() = default;
     // False stops the transfer (HttpResponse::stopped_by_sink). On the transport's thread.
     virtual bool write(const HttpResponse& head, std::span<const uint8_t> piece) = 0;
-    // Whether the sink uses the body as it comes (arrived()), before the transfer ends.
-    virtual bool followsArrival() const { return false; }
-    // On the thread waiting in perform(), while the transfer goes on, after write() took more of
-    // the body (several writes may come before one call): the caller's own work on what arrived,
-    // off the thread that drives every transfer.
+    // After write(), on the transport's thread: whether the caller should now use what arrived
+    // (arrived()), before the transfer ends.
+    virtual bool arrivalWanted() const { return false; }
+    // On the thread waiting in perform(), while the transfer goes on, once arrivalWanted() said so
+    // (several writes may come before one call): the caller's own work on what arrived, off the
+    // thread that drives every transfer.
     virtual void arrived() noexcept {}
 };
 

@@ -18,15 +18,21 @@ class RangeSink : public BodySink {
 public:
     // Told how many bytes at the start of `out` are in, on the thread that asked for the range,
     // while the transfer goes on (BodySink::arrived); the count starts again from 0 when a retried
-    // transfer writes them again. Must not throw.
-    using Arrived = std::function<void(size_t filled)>;
+    // transfer writes them again. Returns the count at which to be told next (SIZE_MAX: never):
+    // each call wakes that thread, which is not worth it for every piece of a fast transfer.
+    // Must not throw.
+    using Arrived = std::function<size_t(size_t filled)>;
 
     RangeSink(uint64_t offset, std::span<uint8_t> out, Arrived arrived = {})
         : offset_(offset), out_(out), arrived_(std::move(arrived)) {}
 
     bool write(const HttpResponse& head, std::span<const uint8_t> piece) override;
-    bool followsArrival() const override { return static_cast<bool>(arrived_); }
-    void arrived() noexcept override { arrived_(static_cast<size_t>(filled_.load(std::memory_order_acquire))); }
+    bool arrivalWanted() const override {
+        return arrived_ && filled_.load(std::memory_order_relaxed) >= wanted_.load(std::memory_order_relaxed);
+    }
+    void arrived() noexcept override {
+        wanted_.store(arrived_(static_cast<size_t>(filled_.load(std::memory_order_acquire))), std::memory_order_relaxed);
+    }
     void reset();
 
     // All bytes of the range arrived (2xx).
@@ -53,6 +59,8 @@ private:
     // Written by the transport's thread, read by arrived() on the caller's meanwhile: the bytes
     // below it are in.
     std::atomic<uint64_t> filled_{0};
+    // What arrived_ asked for last; a retried transfer keeps it, as what lies below came before.
+    std::atomic<uint64_t> wanted_{1};
     std::optional<std::string> problem_;
     bool blob_too_short_ = false;  // a problem no retry mends
     std::string error_text_;

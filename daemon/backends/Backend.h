@@ -11,8 +11,9 @@ namespace rafsd {
 
 class Backend {
 public:
-    // Told how many bytes at the start of a read's buffer are in (see readArriving).
-    using Arrived = std::function<void(size_t filled)>;
+    // Told how many bytes at the start of a read's buffer are in (see readArriving); returns the
+    // count worth the next call (SIZE_MAX: none).
+    using Arrived = std::function<size_t(size_t filled)>;
 
     virtual ~Backend() = default;
     // Reads exactly out.size() bytes of blob `blob_id` at `offset`. Throws rafs::Error naming
@@ -22,7 +23,8 @@ public:
     // As read(), calling `arrived` on the calling thread while the bytes come in, so that the
     // caller can use the start of a large range before its end is there (ChunkFetcher decodes a
     // run's chunks as they land). The count grows, or starts again from 0 when a transfer is
-    // retried (the same bytes come again); the last bytes may come with no call after them.
+    // retried (the same bytes come again); the last bytes may come with no call after them. A
+    // backend calls again once the count reaches what the last call returned (it may call sooner).
     // `arrived` must not throw. This default, for backends whose reads are not worth watching
     // (local files), reports the whole range once it is read.
     virtual void readArriving(const std::string& blob_id, uint64_t offset, std::span<uint8_t> out,

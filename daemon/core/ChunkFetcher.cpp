@@ -60,8 +60,9 @@ std::chrono::microseconds timedRead(CachedBlob& blob, uint64_t offset, std::span
     if (arrived) {
         blob.backend().readArriving(blob.descriptor().id, offset, out, [&](size_t filled) {
             const auto called = Clock::now();
-            arrived(filled);
+            const size_t next = arrived(filled);
             last_arrived = Clock::now() - called;
+            return next;
         });
     } else {
         blob.backend().read(blob.descriptor().id, offset, out);
@@ -270,9 +271,9 @@ void ChunkFetcher::attemptRequest(std::shared_ptr<const BlobAndTrace> found, uin
     // fill's runs wait behind readers' own, and one becomes theirs once a reader waits for it.
     for (const FetchRun& run : plan.runs) {
         if (read) {
-            queue_->push(FetchQueue::Priority::OnDemand, [this, blob, run] { fetchRun(blob, run, false); });
+            queue_->push(FetchQueue::Priority::OnDemand, [this, blob, run] { fetchRun(blob, run, false, true); });
         } else {
-            queue_->push(FetchQueue::Priority::PrefetchTable, [this, blob, run] { fetchRun(blob, run, false); },
+            queue_->push(FetchQueue::Priority::PrefetchTable, [this, blob, run] { fetchRun(blob, run, false, true); },
                          [this, blob, run] { return hasWaiters(*blob, run.first, run.first + run.count, true); });
         }
     }
@@ -298,7 +299,8 @@ uint32_t ChunkFetcher::prefetch(const std::shared_ptr<CachedBlob>& blob, uint32_
         }
     }
     for (const FetchRun& run : runs) {
-        queue_->push(priority, [this, blob, run] { fetchRun(blob, run, true); },
+        const bool stream = priority != FetchQueue::Priority::Prefetch;
+        queue_->push(priority, [this, blob, run, stream] { fetchRun(blob, run, true, stream); },
                      [this, blob, run] { return hasWaiters(*blob, run.first, run.first + run.count); });
     }
     return queued;
@@ -317,7 +319,7 @@ struct ChunkFetcher::RunProgress {
     size_t filled = 0;     // bytes of the run that arrived, as last reported
 };
 
-void ChunkFetcher::fetchRun(const std::shared_ptr<CachedBlob>& blob, FetchRun run, bool prefetch) {
+void ChunkFetcher::fetchRun(const std::shared_ptr<CachedBlob>& blob, FetchRun run, bool prefetch, bool stream) {
     // The link and the CPU are not spent on data that could only be thrown away (and a reader
     // joining the run as it failed would get EIO). A reader's request comes after the kernel
     // opened the object, so none is lost: its chunks are fetched for it then.
@@ -334,21 +336,26 @@ void ChunkFetcher::fetchRun(const std::shared_ptr<CachedBlob>& blob, FetchRun ru
     // range gets it once its bytes are in, not once the whole range is. This runs on this thread
     // while the backend's transfer goes on, so nothing may be thrown out of it; a chunk that has to
     // be fetched again is left for after the transfer.
-    const auto arrived = [&](size_t filled) {
+    const uint32_t end = run.first + run.count;
+    const auto arrived = [&](size_t filled) -> size_t {
         progress.filled = filled;
-        if (progress.stalled) return;
-        try {
-            decodeArrived(*blob, run, progress, filled, false);
-        } catch (...) {
-            progress.stalled = true;
+        if (!progress.stalled) {
+            try {
+                decodeArrived(*blob, run, progress, filled, false);
+            } catch (...) {
+                progress.stalled = true;
+            }
         }
+        // Woken again once the next chunk is in, not for every piece of it.
+        if (progress.stalled || progress.next == end) return SIZE_MAX;
+        const rafs::BlobChunk& next = d.chunks[progress.next];
+        return static_cast<size_t>(next.compressed_offset + next.compressed_size - run.offset);
     };
     try {
-        const auto took = timedRead(*blob, run.offset, fetched, arrived);
+        const auto took = stream ? timedRead(*blob, run.offset, fetched, arrived) : timedRead(*blob, run.offset, fetched);
         blob->counters().bytes_fetched += run.length;
         if (prefetch) prefetch_range_.record(run.length, took);
     } catch (const std::exception& e) {
-        const uint32_t end = run.first + run.count;
         if (const auto held_back = blob->backend_failures_.admit()) {
             log::error("blob {}: fetching {} bytes at {} (chunks {}..{}): {}{}", d.id, run.length, run.offset,
                        run.first, end - 1, e.what(),

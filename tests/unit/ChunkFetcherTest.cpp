@@ -353,7 +353,7 @@ public:
         : blob_(std::move(blob)), split_(split), rest_(rest), damaged_(damaged) {}
 
     void read(const std::string& id, uint64_t offset, std::span<uint8_t> out) override {
-        readArriving(id, offset, out, [](size_t) {});
+        readArriving(id, offset, out, [](size_t) { return SIZE_MAX; });
     }
     void readArriving(const std::string&, uint64_t offset, std::span<uint8_t> out, const Arrived& arrived) override {
         std::memcpy(out.data(), blob_.data() + offset, out.size());
