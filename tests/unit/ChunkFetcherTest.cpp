@@ -413,25 +413,41 @@ bool answered(std::future<int>& result, std::chrono::milliseconds within) {
     return result.wait_for(within) == std::future_status::ready;
 }
 
+// kChunks pattern chunks behind a SplitBackend, read by a fetcher whose miss of chunk 0 fetches
+// them all in one run; constructed once that miss is answered, from the first part of the run.
+struct SplitRun {
+    static constexpr uint32_t kChunks = 8;
+    PatternBlob pattern{kChunks};
+    rafs::test::TempDir dir;
+    RecordingCacheFile* recorded = nullptr;
+    std::shared_ptr<SplitBackend> backend;
+    std::shared_ptr<CachedBlob> blob;
+    ChunkFetcher fetcher;
+    uint32_t image = 0;
+    OpenAtEnd opener;  // last: the backend opens before the fetcher joins its threads
+
+    SplitRun(size_t split, SplitBackend::Rest rest, unsigned retries, std::optional<size_t> damaged = std::nullopt)
+        : backend(std::make_shared<SplitBackend>(pattern.stored, split, rest, damaged)),
+          fetcher(FetchOptions{.amplify = kChunks * kChunk, .threads = 1, .retries = retries}),
+          opener{*backend} {
+        auto file = std::make_unique<RecordingCacheFile>(kChunks * kChunk);
+        recorded = file.get();
+        blob = pattern.cached(dir.path() / "map", std::move(file), backend);
+        image = fetcher.addImage({blob});
+        std::future<int> first = request(fetcher, image, 0);
+        REQUIRE(answered(first, std::chrono::seconds(10)));
+        CHECK(first.get() == 0);
+    }
+};
+
 }  // namespace
 
 // A network range is decoded as it arrives: a reader waiting for a chunk near its start is
 // answered once that chunk's bytes are in, not when the whole range is.
 TEST_CASE("a chunk of a run is written once its bytes arrive, before the rest of the run", "[chunkfetcher]") {
-    constexpr uint32_t kChunks = 8;
-    PatternBlob pattern(kChunks);
-    rafs::test::TempDir dir;
-    auto file = std::make_unique<RecordingCacheFile>(kChunks * kChunk);
-    RecordingCacheFile& recorded = *file;
-    auto backend = std::make_shared<SplitBackend>(pattern.stored, 2 * kChunk + 100, SplitBackend::Rest::Arrives);
-    auto blob = pattern.cached(dir.path() / "map", std::move(file), backend);
-    ChunkFetcher fetcher(FetchOptions{.amplify = kChunks * kChunk, .threads = 1, .retries = 0});
-    const uint32_t image = fetcher.addImage({blob});
-    const OpenAtEnd opener{*backend};
-
-    std::future<int> first = request(fetcher, image, 0);  // one run of every chunk
-    REQUIRE(answered(first, std::chrono::seconds(10)));
-    CHECK(first.get() == 0);
+    SplitRun r(2 * kChunk + 100, SplitBackend::Rest::Arrives, 0);
+    auto&& [fetcher, image, backend, blob] = std::tie(r.fetcher, r.image, r.backend, r.blob);
+    constexpr uint32_t kChunks = SplitRun::kChunks;
     // Decoded, not written: its batch goes on. Its reader is answered when the next bytes come.
     std::future<int> second = request(fetcher, image, 1);
     CHECK_FALSE(blob->cache().isPresent(2));  // 100 bytes of it arrived
@@ -446,25 +462,16 @@ TEST_CASE("a chunk of a run is written once its bytes arrive, before the rest of
     // Chunk 1 is written once its reader has asked and more bytes come (here a transfer that
     // starts again: its count of 0).
     const std::vector<std::pair<uint64_t, uint64_t>> expected{{0, kChunk}, {kChunk, kChunk}, {2 * kChunk, 6 * kChunk}};
-    CHECK(recorded.writes() == expected);
-    CHECK((recorded.data() == pattern.stored));
+    CHECK(r.recorded->writes() == expected);
+    CHECK((r.recorded->data() == r.pattern.stored));
     CHECK(blob->counters().errors == 0);
 }
 
 // What arrived of a range that then fails was verified: it stays, and only the rest is an error.
 TEST_CASE("a transfer cut short keeps the chunks that arrived whole", "[chunkfetcher]") {
-    constexpr uint32_t kChunks = 8;
-    PatternBlob pattern(kChunks);
-    rafs::test::TempDir dir;
-    auto backend = std::make_shared<SplitBackend>(pattern.stored, 3 * kChunk + 100, SplitBackend::Rest::Fails);
-    auto blob = pattern.cached(dir.path() / "map", std::make_unique<RecordingCacheFile>(kChunks * kChunk), backend);
-    ChunkFetcher fetcher(FetchOptions{.amplify = kChunks * kChunk, .threads = 1, .retries = 0});
-    const uint32_t image = fetcher.addImage({blob});
-    const OpenAtEnd opener{*backend};
-
-    std::future<int> first = request(fetcher, image, 0);
-    REQUIRE(answered(first, std::chrono::seconds(10)));
-    CHECK(first.get() == 0);
+    SplitRun r(3 * kChunk + 100, SplitBackend::Rest::Fails, 0);
+    auto&& [fetcher, image, backend, blob] = std::tie(r.fetcher, r.image, r.backend, r.blob);
+    constexpr uint32_t kChunks = SplitRun::kChunks;
     std::future<int> cut = request(fetcher, image, 3);
     backend->open();
     REQUIRE(answered(cut, std::chrono::seconds(10)));
@@ -479,21 +486,9 @@ TEST_CASE("a transfer cut short keeps the chunks that arrived whole", "[chunkfet
 // A chunk that arrives damaged is not fetched again alone inside the transfer it came in: the
 // chunks behind it wait for the transfer to end, then the damaged one is fetched again, alone.
 TEST_CASE("a chunk that arrives damaged is fetched again alone after its transfer", "[chunkfetcher]") {
-    constexpr uint32_t kChunks = 8;
-    PatternBlob pattern(kChunks);
-    rafs::test::TempDir dir;
-    auto file = std::make_unique<RecordingCacheFile>(kChunks * kChunk);
-    RecordingCacheFile& recorded = *file;
-    auto backend =
-        std::make_shared<SplitBackend>(pattern.stored, 4 * kChunk, SplitBackend::Rest::Arrives, kChunk + 10);
-    auto blob = pattern.cached(dir.path() / "map", std::move(file), backend);
-    ChunkFetcher fetcher(FetchOptions{.amplify = kChunks * kChunk, .threads = 1, .retries = 1});
-    const uint32_t image = fetcher.addImage({blob});
-    const OpenAtEnd opener{*backend};
-
-    std::future<int> first = request(fetcher, image, 0);
-    REQUIRE(answered(first, std::chrono::seconds(10)));
-    CHECK(first.get() == 0);
+    SplitRun r(4 * kChunk, SplitBackend::Rest::Arrives, 1, kChunk + 10);
+    auto&& [fetcher, image, backend, blob] = std::tie(r.fetcher, r.image, r.backend, r.blob);
+    constexpr uint32_t kChunks = SplitRun::kChunks;
     std::future<int> behind = request(fetcher, image, 2);  // its bytes are in, behind the damaged chunk
     CHECK_FALSE(answered(behind, std::chrono::milliseconds(50)));
     backend->open();
@@ -501,7 +496,7 @@ TEST_CASE("a chunk that arrives damaged is fetched again alone after its transfe
     CHECK(behind.get() == 0);
     CHECK(waitFor(fetcher, image, kChunk, kChunk) == 0);
     CHECK(waitFor(fetcher, image, (kChunks - 1) * kChunk, kChunk) == 0);  // the run's end
-    CHECK((recorded.data() == pattern.stored));
+    CHECK((r.recorded->data() == r.pattern.stored));
     const std::vector<std::pair<uint64_t, uint64_t>> reads{{0, kChunks * kChunk}, {kChunk, kChunk}};
     CHECK(backend->reads() == reads);
     CHECK(blob->counters().errors == 0);
