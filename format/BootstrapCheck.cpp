@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cstddef>
 #include <cstring>
+#include <stdexcept>
 #include <string_view>
 #include <unordered_map>
 #include <unordered_set>
@@ -44,7 +45,7 @@ public:
     void indexChunkTable();
     void inode(const std::string& path, const Inode& ino);
     void prefetchTable() const;
-    BootstrapSummary summary() { return {seen_.size(), chunks_, std::move(chunk_indexes_)}; }
+    BootstrapSummary summary() { return {seen_.size(), std::move(chunk_indexes_)}; }
     bool firstVisit(uint64_t nid) { return seen_.insert(nid).second; }
 
 private:
@@ -64,7 +65,6 @@ private:
     std::vector<Region> regions_;
     std::unordered_map<uint64_t, const ChunkInfo*> chunk_table_;  // by blob index << 32 | ci index
     std::unordered_set<uint64_t> seen_;
-    uint64_t chunks_ = 0;
     std::vector<ChunkIndexRef> chunk_indexes_;
 };
 
@@ -168,9 +168,10 @@ void Checker::regularFile(const Inode& ino, const std::string& path) {
                    ino.chunk_format, kernel_chunk, chunk_size);
         }
     }
-    chunks_ += ino.chunks.size();
     for (size_t k = 0; k < ino.chunks.size(); ++k) {
-        chunk_indexes_.push_back({ino.nid, static_cast<uint32_t>(k), ino.chunks[k]});
+        const InodeChunk& c = ino.chunks[k];
+        chunk_indexes_.push_back(
+            {ino.nid, c.uncompressed_offset, static_cast<uint32_t>(k), c.blob_index, c.ci_index, c.length});
     }
     const uint64_t array = alignUp(ino.inline_offset, sizeof(ChunkAddr));
     placement(ino, path, array, ino.chunks.size() * sizeof(ChunkAddr), "chunk index array");
@@ -243,8 +244,8 @@ BootstrapSummary checkBootstrap(const Bootstrap& bootstrap,
 
 void checkChunkIndexes(const Bootstrap& bootstrap, const BootstrapSummary& checked,
                        const std::vector<std::span<const BlobChunk>>& ci_by_blob) {
-    for (const ChunkIndexRef& ref : checked.chunk_indexes) {
-        const InodeChunk& c = ref.chunk;
+    if (checked.inodes == 0) throw std::logic_error("checkChunkIndexes: the bootstrap's summary is not its check's");
+    for (const ChunkIndexRef& c : checked.chunk_indexes) {
         if (c.blob_index >= ci_by_blob.size() || ci_by_blob[c.blob_index].empty()) continue;
         const std::span<const BlobChunk> ci = ci_by_blob[c.blob_index];
         if (c.ci_index < ci.size() && ci[c.ci_index].uncompressed_offset == c.uncompressed_offset &&
@@ -254,10 +255,10 @@ void checkChunkIndexes(const Bootstrap& bootstrap, const BootstrapSummary& check
         // The path for the message: a walk, on this error path only.
         std::string path;
         bootstrap.walk([&](const std::string& p, const Inode& ino) {
-            if (path.empty() && ino.nid == ref.nid) path = p;
+            if (path.empty() && ino.nid == c.nid) path = p;
         });
         fail("{}: nid {} ({:?}): chunk {}: blob {} ci {} at {:#x}+{} disagrees with the blob's ci entry{}",
-             bootstrap.name(), ref.nid, path, ref.k, c.blob_index, c.ci_index, c.uncompressed_offset, c.length,
+             bootstrap.name(), c.nid, path, c.k, c.blob_index, c.ci_index, c.uncompressed_offset, c.length,
              c.ci_index >= ci.size() ? std::string(" (none)")
                                      : fmt::format(" ({:#x}+{})", ci[c.ci_index].uncompressed_offset,
                                                    ci[c.ci_index].uncompressed_size));

@@ -33,18 +33,21 @@ namespace rafs {
 // fast symlinks (fs/erofs/inode.c, erofs_fill_symlink). The builder refuses longer ones too.
 inline constexpr uint64_t kMaxSymlinkSize = erofs::kBlockSize - 1;
 
-// A regular file's chunk index `k`, as the check read it: what checkChunkIndexes checks without
-// walking the tree again.
+// A regular file's chunk index `k`, as the check read it (InodeChunk's fields checkChunkIndexes
+// compares): what that check goes over instead of walking the tree again.
 struct ChunkIndexRef {
     uint64_t nid = 0;
+    uint64_t uncompressed_offset = 0;
     uint32_t k = 0;
-    InodeChunk chunk;
+    uint32_t blob_index = 0;
+    uint32_t ci_index = 0;
+    uint32_t length = 0;
 };
 
 struct BootstrapSummary {
     uint64_t inodes = 0;  // distinct nids reachable from the root
-    uint64_t chunks = 0;  // chunk indexes of regular files, each inode counted once
-    std::vector<ChunkIndexRef> chunk_indexes;  // those chunk indexes
+    // The chunk indexes of regular files, each inode once.
+    std::vector<ChunkIndexRef> chunk_indexes;
 };
 
 // Throws Error "<bootstrap>: nid N (<path>): <field> ...: <what is wrong>" (fields of the image as
@@ -59,7 +62,8 @@ BootstrapSummary checkBootstrap(const Bootstrap& bootstrap,
 // uncompressed offset and length, so that what the kernel reads at the index is the chunk rafsd
 // verifies with that ci entry's digest. The chunk info table covers this for the bootstrap alone;
 // images built without one rely on this stage. `ci_by_blob[i]` is blob i's ci array, empty for a
-// blob that is not at hand. `checked` is what checkBootstrap returned for the same bootstrap.
+// blob that is not at hand. `checked` is what checkBootstrap returned for the same bootstrap (a
+// summary of no inodes is a logic error: every checked bootstrap has its root).
 // Throws Error "<bootstrap>: nid N (<path>): chunk K: ...".
 void checkChunkIndexes(const Bootstrap& bootstrap, const BootstrapSummary& checked,
                        const std::vector<std::span<const BlobChunk>>& ci_by_blob);

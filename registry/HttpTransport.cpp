@@ -11,9 +11,9 @@
 
 #include <algorithm>
 #include <cctype>
+#include <condition_variable>
 #include <cstdio>
 #include <mutex>
-#include <condition_variable>
 
 namespace registry {
 

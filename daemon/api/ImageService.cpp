@@ -425,12 +425,13 @@ nlohmann::json ImageService::mountOrReattach(const MountRequest& request, bool r
     // blob table entry) is that file whatever its name. A fanotify (file-backed) mount needs the
     // bootstrap as a file of its own: it is extracted into the cache dir.
     const bool checked = stored.fetched.has_value();
-    rafs::Image opened = checked ? rafs::Image{std::move(*stored.fetched), bootstrap_path.string(), false}
+    rafs::Image opened = checked ? rafs::Image{std::move(stored.fetched->bootstrap), bootstrap_path.string(), false}
                                  : rafs::openImage(bootstrap_path.string());
     const rafs::Bootstrap& bootstrap = opened.bootstrap;
     // Before anything is created or mounted: the kernel and the engines trust this metadata. A
-    // bootstrap fetched just now was checked before it was kept.
-    const rafs::BootstrapSummary summary = checked ? std::move(stored.checked) : rafs::checkBootstrap(bootstrap);
+    // bootstrap fetched just now was checked before it was kept. Its chunk indexes are kept for the
+    // check against the blobs' chunk tables, then dropped.
+    rafs::BootstrapSummary summary = checked ? std::move(stored.fetched->summary) : rafs::checkBootstrap(bootstrap);
     if (probe && !probed) probed = probeBlobs(*backend, opened);
     const ProbedSizes sizes = probed.value_or(ProbedSizes{});
     lock.lock();
@@ -490,6 +491,7 @@ nlohmann::json ImageService::mountOrReattach(const MountRequest& request, bool r
     std::vector<std::span<const rafs::BlobChunk>> ci_by_blob;
     for (const auto& blob : image.blobs) ci_by_blob.push_back(blob->descriptor().chunks);
     rafs::checkChunkIndexes(bootstrap, summary, ci_by_blob);
+    summary = {};
     image.index = fetcher_->addImage(image.blobs);
     const FscacheAttach how = reattach ? FscacheAttach::Reattach
                               : request.register_only ? FscacheAttach::Register

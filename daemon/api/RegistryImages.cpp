@@ -184,12 +184,11 @@ RegistryImage RegistryImages::obtain(registry::ImageStore& store, const registry
         else alongside(layers);
     });
     rafs::Bootstrap bootstrap(std::move(bytes), fmt::format("{} ({})", name, registry::kBootstrapLayerPath));
-    rafs::BootstrapSummary checked = rafs::checkBootstrap(bootstrap);
+    rafs::BootstrapSummary summary = rafs::checkBootstrap(bootstrap);
     checkBlobsAreLayers(bootstrap, layers, name);
     log::info("{}: manifest {}, bootstrap of {} bytes fetched", name, resolved.fetched.digest, bootstrap.bytes().size());
     RegistryImage image = keep(resolved.fetched, layers, name, bootstrap.bytes());
-    image.fetched = std::move(bootstrap);
-    image.checked = std::move(checked);
+    image.fetched = CheckedBootstrap{std::move(bootstrap), std::move(summary)};
     return image;
 }
 

@@ -24,14 +24,19 @@
 
 namespace rafsd {
 
+// A bootstrap as fetched, and what its check found.
+struct CheckedBootstrap {
+    rafs::Bootstrap bootstrap;
+    rafs::BootstrapSummary summary;
+};
+
 struct RegistryImage {
     std::string manifest_digest;           // "sha256:<hex>"
     std::filesystem::path bootstrap;       // the kept copy
     registry::RafsLayers layers;           // the manifest's layers
-    // The bootstrap as fetched and checked, when obtain fetched it, and what the check found: the
-    // mount uses these rather than read back and check again the copy it has just written.
-    std::optional<rafs::Bootstrap> fetched;
-    rafs::BootstrapSummary checked{};
+    // The bootstrap as fetched and checked, when obtain fetched it: the mount uses it rather than
+    // read back and check again the copy it has just written.
+    std::optional<CheckedBootstrap> fetched;
 };
 
 class RegistryImages {

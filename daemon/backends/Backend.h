@@ -12,7 +12,8 @@ namespace rafsd {
 class Backend {
 public:
     // Told how many bytes at the start of a read's buffer are in (see readArriving); returns the
-    // count worth the next call (SIZE_MAX: none).
+    // count worth the next call (SIZE_MAX: none). The network backends hand it to their range
+    // reads as registry::RangeSink::Arrived, the same type.
     using Arrived = std::function<size_t(size_t filled)>;
 
     virtual ~Backend() = default;

@@ -51,7 +51,8 @@ namespace {
 
 // A backend read, timed for the backend latency histogram; returns how long it took. `arrived`, if
 // set, follows the bytes as they come (Backend::readArriving). The transfer goes on while it runs,
-// but the last call may outlast the transfer, so its time is the caller's, not the backend's.
+// but the last call may outlast the transfer: its time is left out, an approximation (that call
+// may also have ended well before the transfer did).
 std::chrono::microseconds timedRead(CachedBlob& blob, uint64_t offset, std::span<uint8_t> out,
                                     const Backend::Arrived& arrived = {}) {
     using Clock = std::chrono::steady_clock;
@@ -373,7 +374,7 @@ void ChunkFetcher::fetchRun(const std::shared_ptr<CachedBlob>& blob, FetchRun ru
 }
 
 void ChunkFetcher::decodeArrived(CachedBlob& blob, const FetchRun& run, RunProgress& progress, size_t filled,
-                                 bool whole) {
+                                 bool transfer_over) {
     const BlobDescriptor& d = blob.descriptor();
     RunProgress& p = progress;
     const uint32_t end = run.first + run.count;
@@ -399,9 +400,11 @@ void ChunkFetcher::decodeArrived(CachedBlob& blob, const FetchRun& run, RunProgr
             p.batch.subspan(c.uncompressed_offset - p.base, FetchPlanner::extentEnd(c) - c.uncompressed_offset);
         const std::span<const uint8_t> stored = p.fetched.subspan(c.compressed_offset - run.offset, c.compressed_size);
         bool good = true;
-        if (whole) {
+        if (transfer_over) {
             good = decode(blob, ci, stored, extent);
-        } else if (verifyInto(blob, ci, stored, extent)) {
+        } else if (decodeInto(blob, ci, stored, extent)) {
+            // A reader of a chunk decoded before it does not wait for the transfer's end.
+            if (p.unwritten < ci && hasWaiters(blob, p.unwritten, ci)) writeDecoded(blob, p, ci);
             p.stalled = true;
             return;
         }
@@ -418,7 +421,9 @@ void ChunkFetcher::decodeArrived(CachedBlob& blob, const FetchRun& run, RunProgr
         if (p.prefetch) blob.counters().prefetched_chunks++;
     }
     // The rest of the run is still to come: a reader that came meanwhile for a decoded chunk.
-    if (!whole && p.unwritten < p.next && hasWaiters(blob, p.unwritten, p.next)) writeDecoded(blob, p, p.next);
+    if (!transfer_over && p.unwritten < p.next && hasWaiters(blob, p.unwritten, p.next)) {
+        writeDecoded(blob, p, p.next);
+    }
 }
 
 void ChunkFetcher::writeDecoded(CachedBlob& blob, RunProgress& progress, uint32_t upto) {
@@ -429,7 +434,7 @@ void ChunkFetcher::writeDecoded(CachedBlob& blob, RunProgress& progress, uint32_
     progress.unwritten = upto;
 }
 
-std::optional<std::string> ChunkFetcher::verifyInto(CachedBlob& blob, uint32_t ci, std::span<const uint8_t> stored,
+std::optional<std::string> ChunkFetcher::decodeInto(CachedBlob& blob, uint32_t ci, std::span<const uint8_t> stored,
                                                     std::span<uint8_t> extent) {
     const BlobDescriptor& d = blob.descriptor();
     const rafs::BlobChunk& c = d.chunks[ci];
@@ -453,7 +458,7 @@ std::optional<std::string> ChunkFetcher::verifyInto(CachedBlob& blob, uint32_t c
 bool ChunkFetcher::decode(CachedBlob& blob, uint32_t ci, std::span<const uint8_t> stored, std::span<uint8_t> extent) {
     const BlobDescriptor& d = blob.descriptor();
     const rafs::BlobChunk& c = d.chunks[ci];
-    std::optional<std::string> problem = verifyInto(blob, ci, stored, extent);
+    std::optional<std::string> problem = decodeInto(blob, ci, stored, extent);
     std::vector<uint8_t> again;
     for (unsigned attempt = 0; problem && attempt < options_.retries; ++attempt) {
         log::warn("blob {} chunk {} (uncompressed offset {}): {}; fetching it again", d.id, ci,
@@ -462,7 +467,7 @@ bool ChunkFetcher::decode(CachedBlob& blob, uint32_t ci, std::span<const uint8_t
             again.resize(c.compressed_size);
             timedRead(blob, c.compressed_offset, again);
             blob.counters().bytes_fetched += again.size();
-            problem = verifyInto(blob, ci, again, extent);
+            problem = decodeInto(blob, ci, again, extent);
         } catch (const std::exception& e) {
             problem = e.what();
         }

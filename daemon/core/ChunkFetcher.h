@@ -102,19 +102,20 @@ private:
     bool presentAndUsed(CachedBlob& blob, ChunkRange range);
     // `stream`: decode the run's chunks as they arrive (decodeArrived), for runs readers wait for
     // or soon will: misses and the prefetch table. Whole-blob prefetch decodes once its transfer
-    // is over: on a fast backend decoding alongside slowed the transfers more than it saved (a
-    // loopback full-tree read 1.56x to 1.66x of localfs instead of 1.47x to 1.50x).
+    // is over: on a fast backend, decoding alongside took more CPU for nothing (a loopback full-tree
+    // read, rafsd 0.44 to 0.52 CPU-seconds against 0.36 to 0.43: docs/benchmarks.md).
     void fetchRun(const std::shared_ptr<CachedBlob>& blob, FetchRun run, bool prefetch, bool stream);
     // How far a run's chunks are decoded and written (fetchRun).
     struct RunProgress;
     // Decodes the run's next chunks whose stored bytes lie within the first `filled` bytes fetched,
-    // and writes them. While the transfer goes on (`whole` false) a bad chunk stops it: it is
-    // fetched again alone once the transfer is over, with the rest (`whole` true).
-    void decodeArrived(CachedBlob& blob, const FetchRun& run, RunProgress& progress, size_t filled, bool whole);
+    // and writes them. While the transfer goes on a bad chunk stops it: it is fetched again alone
+    // once the transfer is over, with the rest (`transfer_over`).
+    void decodeArrived(CachedBlob& blob, const FetchRun& run, RunProgress& progress, size_t filled,
+                       bool transfer_over);
     // Writes the run's decoded chunks up to `upto`, not written yet.
     void writeDecoded(CachedBlob& blob, RunProgress& progress, uint32_t upto);
     // Decodes and verifies one chunk into its zero-padded extent: what is wrong with it, if anything.
-    std::optional<std::string> verifyInto(CachedBlob& blob, uint32_t ci, std::span<const uint8_t> stored,
+    std::optional<std::string> decodeInto(CachedBlob& blob, uint32_t ci, std::span<const uint8_t> stored,
                                           std::span<uint8_t> extent);
     bool decode(CachedBlob& blob, uint32_t ci, std::span<const uint8_t> stored, std::span<uint8_t> extent);
     void writeChunks(CachedBlob& blob, uint32_t first, uint32_t count, std::span<const uint8_t> extents);

@@ -29,8 +29,8 @@ public:
 
     // bandwidth: compressed bytes per second queued at most (0 = unlimited); batch: bytes of
     // uncompressed data per window of the prefetch table (see Prefetcher.cpp); backlog: runs
-    // waiting in the fetch queue at most. Requests are of about the fetcher's
-    // prefetchRangeBytes() (see PrefetchRangeSize).
+    // waiting in the fetch queue at most. Whole-blob requests are of about the fetcher's
+    // prefetchRangeBytes() (see PrefetchRangeSize); the table's spans are one request each.
     Prefetcher(ChunkFetcher& fetcher, uint64_t bandwidth, uint64_t batch, size_t backlog,
                std::chrono::milliseconds start_wait_max = kStartWaitMax);
     ~Prefetcher();

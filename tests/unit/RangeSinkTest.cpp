@@ -88,3 +88,40 @@ TEST_CASE("other statuses keep their body for the message", "[range]") {
     CHECK_FALSE(sink.transient(h));
     CHECK(sink.transient(head(503)));
 }
+
+// The caller is woken (arrivalWanted) once the count it asked for last is in, not for every piece;
+// a retried transfer starts the count again but keeps what was asked, as what lies below came
+// before.
+TEST_CASE("a sink followed as it fills asks for the caller only at the count it was given", "[range]") {
+    auto b = blob(100);
+    std::vector<uint8_t> out(100);
+    std::vector<size_t> told;
+    RangeSink sink(0, out, [&](size_t filled) {
+        told.push_back(filled);
+        return filled < 60 ? size_t{60} : SIZE_MAX;
+    });
+    const HttpResponse r = head(206, "bytes 0-99/100");
+    CHECK_FALSE(sink.arrivalWanted());
+    REQUIRE(sink.write(r, std::span(b).first(10)));
+    CHECK(sink.arrivalWanted());  // the first bytes: the caller says what it needs
+    sink.arrived();
+    CHECK_FALSE(sink.arrivalWanted());
+    REQUIRE(sink.write(r, std::span(b).subspan(10, 40)));
+    CHECK_FALSE(sink.arrivalWanted());  // 50 of the 60 asked for
+    REQUIRE(sink.write(r, std::span(b).subspan(50, 20)));
+    CHECK(sink.arrivalWanted());
+    sink.arrived();
+    CHECK(told == std::vector<size_t>{10, 70});
+    CHECK_FALSE(sink.arrivalWanted());  // nothing more asked for
+
+    sink.reset();
+    REQUIRE(sink.write(r, std::span(b).first(100)));
+    CHECK_FALSE(sink.arrivalWanted());
+    CHECK(sink.complete());
+    CHECK(out == b);
+    // Unfollowed sinks never wake their caller.
+    std::vector<uint8_t> other(100);
+    RangeSink plain(0, other);
+    REQUIRE(plain.write(r, std::span(b).first(100)));
+    CHECK_FALSE(plain.arrivalWanted());
+}
