@@ -353,7 +353,7 @@ void ChunkFetcher::fetchRun(const std::shared_ptr<CachedBlob>& blob, FetchRun ru
         return static_cast<size_t>(next.compressed_offset + next.compressed_size - run.offset);
     };
     try {
-        const auto took = stream ? timedRead(*blob, run.offset, fetched, arrived) : timedRead(*blob, run.offset, fetched);
+        const auto took = timedRead(*blob, run.offset, fetched, stream ? Backend::Arrived(arrived) : Backend::Arrived());
         blob->counters().bytes_fetched += run.length;
         if (prefetch) prefetch_range_.record(run.length, took);
     } catch (const std::exception& e) {
