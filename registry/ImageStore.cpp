@@ -7,6 +7,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <atomic>
 #include <fstream>
 #include <unistd.h>
 
@@ -20,9 +21,15 @@ void RegistryStore::putManifest(const std::string& tag, std::string_view media_t
 
 namespace {
 
+// A name beside `path` that no other writer, thread or process, uses at the same time.
+fs::path tempBeside(const fs::path& path) {
+    static std::atomic<uint64_t> next{0};
+    return fmt::format("{}.tmp-{}-{}", path.string(), ::getpid(), next.fetch_add(1));
+}
+
 // Writes `bytes` to a temporary file beside `path`, then renames it over `path`.
 void replaceFile(const fs::path& path, std::string_view bytes) {
-    const fs::path tmp = path.string() + ".tmp-" + std::to_string(::getpid());
+    const fs::path tmp = tempBeside(path);
     {
         std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
         out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
@@ -118,7 +125,7 @@ bool OciLayoutStore::hasBlob(const std::string& digest) {
 
 void OciLayoutStore::writeBlob(const std::string& digest, RequestBody& body) {
     const fs::path path = blobPath(digest);
-    const fs::path tmp = path.string() + ".tmp-" + std::to_string(::getpid());
+    const fs::path tmp = tempBeside(path);
     if (on_create_) {
         on_create_(tmp);
         on_create_(path);

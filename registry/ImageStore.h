@@ -66,7 +66,7 @@ using LayoutFileCreated = std::function<void(const std::filesystem::path&)>;
 // An OCI image layout (image-spec image-layout.md): DIR/oci-layout, DIR/index.json naming
 // manifests by the org.opencontainers.image.ref.name annotation, DIR/blobs/sha256/<hex>. Blobs
 // are written to a temporary file and renamed; index.json is replaced whole, so readers never see
-// half a file. One writer at a time.
+// half a file. One writer at a time: a writer holds the layout's LayoutLock (LayoutLock.h).
 class OciLayoutStore : public ImageStore {
 public:
     // `create`: make DIR a layout if it does not exist (a target); else it must be one.

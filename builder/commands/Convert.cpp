@@ -8,6 +8,7 @@
 #include "format/Error.h"
 #include "registry/BootstrapLayer.h"
 #include "registry/ImageResolver.h"
+#include "registry/LayoutLock.h"
 #include "registry/TlsConfig.h"
 
 #include <fmt/format.h>
@@ -478,13 +479,15 @@ private:
 // The parts of an OCI layout target that a conversion creates, removed again unless it succeeds
 // (also on a signal): a new layout whole; in an existing one, its missing parts and the files its
 // blob writes create (the store reports them), so that a failed conversion leaves it as it was.
+// Decided under the layout's lock, which is held until this is gone: what another writer made
+// meanwhile is not this conversion's to remove.
 class CreatedLayout {
 public:
-    explicit CreatedLayout(const ImageReference& target) {
-        if (target.kind != ImageReference::Kind::Layout) return;
+    CreatedLayout(const ImageReference& target, const std::optional<registry::LayoutLock>& lock) {
+        if (!lock) return;
         const fs::path dir = target.layout_dir;
         std::error_code ec;
-        if (!fs::exists(dir, ec)) {
+        if (lock->created()) {
             created_.push_back(std::make_unique<RemovedUnlessKept>(dir));
             return;
         }
@@ -527,7 +530,13 @@ void convert(const ConvertOptions& o, std::ostream& log) {
     if (o.all_platforms && o.platform) fail("--platform and --all-platforms exclude each other");
     Clients clients(o);
     auto source = clients.open(source_ref, false);
-    CreatedLayout created(target_ref);
+    std::optional<registry::LayoutLock> layout_lock;
+    if (target_ref.kind == ImageReference::Kind::Layout) {
+        layout_lock.emplace(target_ref.layout_dir, [&] {
+            log << fmt::format("waiting for another mkrafs to finish writing oci:{}\n", target_ref.layout_dir);
+        });
+    }
+    CreatedLayout created(target_ref, layout_lock);
     auto target = clients.open(target_ref, true, created.tracker());
 
     std::vector<ResolvedManifest> images;

@@ -435,6 +435,21 @@ def main():
             ck.check(layout_digest == digest1, 'the same manifest digest as through the registry')
             check_rafs_image(ck, mk, tmp, dst_layout, layout_digest, expected, 'layout')
 
+            ck.section('5a. two converts into one layout at once: both tags kept (the layout lock)')
+            shared_layout = os.path.join(tmp, 'shared-layout')
+            procs = [subprocess.Popen([mk.path, 'convert', '--work-dir', work_dir,
+                                       'oci:%s:v1' % src_layout, 'oci:%s:%s' % (shared_layout, tag)],
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for tag in ('one', 'two')]
+            outputs = [p.communicate(timeout=600)[0] for p in procs]
+            ck.check(all(p.returncode == 0 for p in procs), 'both converts succeed', text(b''.join(outputs))[-600:])
+            with open(os.path.join(shared_layout, 'index.json')) as f:
+                shared = {m.get('annotations', {}).get('org.opencontainers.image.ref.name'): m['digest']
+                          for m in json.load(f)['manifests']}
+            ck.check(shared == {'one': layout_digest, 'two': layout_digest},
+                     'index.json tags the one manifest twice', repr(shared))
+            leftovers = [n for _, _, names in os.walk(shared_layout) for n in names if '.tmp-' in n]
+            ck.check(not leftovers, 'no temporary file is left in the layout', repr(leftovers))
+
             ck.section('5b. --prefetch-trace: the table, and the traced files first in their blobs')
             traced = ['/usr/bin/big', '/app/data', '/etc/conf.d/new.conf']
             trace = os.path.join(tmp, 'start.trace')

@@ -2,13 +2,19 @@
 
 #include "format/Error.h"
 #include "registry/ImageStore.h"
+#include "registry/LayoutLock.h"
 #include "tests/unit/MemoryImageStore.h"
 #include "tests/unit/TempDir.h"
 
 #include <catch2/catch.hpp>
 #include <nlohmann/json.hpp>
 
+#include <atomic>
+#include <chrono>
 #include <fstream>
+#include <optional>
+#include <set>
+#include <thread>
 
 using namespace registry;
 using Catch::Matchers::Contains;
@@ -190,6 +196,71 @@ TEST_CASE("an OCI layout's one untagged manifest is what oci:DIR names", "[regis
     tagged.annotations[annotation::kRefName] = "v1";
     index_of({tagged});
     CHECK_THROWS_WITH(OciLayoutStore(path, false, {}, true).manifest("latest"), Contains("no such manifest"));
+}
+
+// Two mkrafs writing into one layout at once: each index.json edit is a read, change and rename,
+// so without the lock one loses the other's tag. An flock holds between threads as between
+// processes: each LayoutLock opens the directory afresh.
+TEST_CASE("OCI layout writers in parallel keep every tag", "[registry]") {
+    const rafs::test::TempDir dir;
+    const std::filesystem::path path = dir.path() / "layout";
+    constexpr int kWriters = 6;
+    constexpr int kTags = 15;
+    std::atomic<int> created{0};
+    std::vector<std::thread> writers;
+    for (int w = 0; w < kWriters; ++w) {
+        writers.emplace_back([&path, &created, w] {
+            const LayoutLock lock(path, {});
+            created += lock.created() ? 1 : 0;
+            OciLayoutStore layout(path, true);  // the first creates the layout
+            for (int t = 0; t < kTags; ++t) {
+                // The same manifest under every tag: the writers also write the same blob at once.
+                layout.putManifest(fmt::format("w{}-t{}", w, t), media::kOciManifest, R"({"schemaVersion":2})");
+            }
+        });
+    }
+    for (std::thread& t : writers) t.join();
+    std::ifstream in(path / "index.json");
+    const Index index = Index::parse(std::string(std::istreambuf_iterator<char>(in), {}), "", "index.json");
+    std::set<std::string> tags;
+    for (const Descriptor& d : index.manifests) tags.insert(d.annotations.at(annotation::kRefName));
+    CHECK(created == 1);
+    CHECK(tags.size() == kWriters * kTags);
+    CHECK(index.manifests.size() == kWriters * kTags);
+    for (const auto& entry : std::filesystem::recursive_directory_iterator(path)) {
+        CHECK(entry.path().filename().string().find(".tmp-") == std::string::npos);
+    }
+}
+
+TEST_CASE("an OCI layout's lock says who made the directory, and makes a second writer wait", "[registry]") {
+    const rafs::test::TempDir dir;
+    const std::filesystem::path path = dir.path() / "made" / "layout";
+    std::optional<LayoutLock> first;
+    first.emplace(path, [] { FAIL("nobody holds it yet"); });
+    CHECK(first->created());
+    std::atomic<bool> waited{false}, locked{false};
+    std::thread second([&] {
+        const LayoutLock lock(path, [&] { waited = true; });
+        locked = true;
+        CHECK_FALSE(lock.created());  // it exists already
+    });
+    for (int i = 0; i < 500 && !waited; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    CHECK(waited);
+    CHECK_FALSE(locked);
+    first.reset();
+    second.join();
+    CHECK(locked);
+    // Made again by a writer that failed and removed it while another waited: the waiter locks the
+    // new directory, not the removed one.
+    first.emplace(path, [] {});
+    std::thread third([&] {
+        const LayoutLock lock(path, {});
+        CHECK(lock.created());
+    });
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    std::filesystem::remove_all(path);
+    first.reset();
+    third.join();
 }
 
 TEST_CASE("a manifest tagged in an OCI layout leaves the other entries as they were", "[registry]") {
