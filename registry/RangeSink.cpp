@@ -109,6 +109,11 @@ bool getRange(RetryingTransport& transport, HttpRequest request, uint64_t offset
     request.range = std::pair{offset, offset + length - 1};
     request.sink = &sink;
     last = transport.perform(request, [&] { sink.reset(); }, [&](const HttpResponse& r) { return sink.transient(r); });
+    if (last.status == 200) {
+        const auto whole = last.header("content-length");
+        const auto size = whole ? number(*whole) : std::nullopt;
+        if (offset != 0 || !size || *size > length) transport.stats().whole_blob_answers++;
+    }
     if (sink.complete()) return true;
     if (sink.problem()) {
         why = *sink.problem();

@@ -17,6 +17,9 @@ public:
     std::atomic<uint64_t> retries{0};          // attempts after a failed one
     std::atomic<uint64_t> failures{0};         // reads and probes that failed after every retry
     std::atomic<uint64_t> token_refreshes{0};  // bearer tokens fetched
+    // Range requests answered 200 with the whole blob: each such read downloads the blob from its
+    // start up to the range (RangeSink skips the rest), a server rafsd reads slowly.
+    std::atomic<uint64_t> whole_blob_answers{0};
 
     void recordLatency(std::chrono::microseconds latency);
 

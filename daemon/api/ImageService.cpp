@@ -962,6 +962,7 @@ nlohmann::json ImageService::blobStatus(const CachedBlob& blob) const {
                         {"bytes_fetched", c.bytes_fetched.load()},
                         {"bytes_from_cache", c.bytes_from_cache.load()},
                         {"prefetched_chunks", c.prefetched_chunks.load()},
+                        {"prefetched_bytes", c.prefetched_bytes.load()},
                         {"errors", c.errors.load()}};
     if (config_.prefetch.enable) j["prefetch_done"] = chunks == 0 ? 100 : uint64_t{present} * 100 / chunks;
     return j;
@@ -1067,6 +1068,8 @@ std::string ImageService::metrics() {
          [](CachedBlob& b) { return b.counters().bytes_from_cache.load(); });
     each("rafsd_blob_prefetched_chunks_total", "counter", "Chunks fetched by prefetch.",
          [](CachedBlob& b) { return b.counters().prefetched_chunks.load(); });
+    each("rafsd_blob_prefetched_bytes_total", "counter", "Stored bytes of the chunks fetched by prefetch.",
+         [](CachedBlob& b) { return b.counters().prefetched_bytes.load(); });
     each("rafsd_blob_errors_total", "counter", "Chunks that could not be fetched intact (readers got EIO).",
          [](CachedBlob& b) { return b.counters().errors.load(); });
     each("rafsd_blob_chunks", "gauge", "Chunks of the blob.", [](CachedBlob& b) { return uint64_t{b.cache().chunkCount()}; });
@@ -1101,6 +1104,23 @@ std::string ImageService::metrics() {
     m.sample("rafsd_cache_evicted_bytes_total", {{"kind", "chunks"}}, cache.freed_chunk_bytes.load());
     m.family("rafsd_prefetch_backlog_chunks", "gauge", "Chunks queued for prefetch.");
     m.sample("rafsd_prefetch_backlog_chunks", {}, fetcher_ ? fetcher_->prefetchBacklog() : 0);
+    std::vector<NetworkBackend*> network;
+    if (network_) network.push_back(network_.get());
+    for (const auto& [name, backend] : registries_) network.push_back(backend.get());
+    const auto transfers = [&](std::string_view name, std::string_view help, auto value) {
+        m.family(name, "counter", help);
+        for (NetworkBackend* b : network) m.sample(name, {{"backend", b->describe()}}, value(b->stats()).load());
+    };
+    using Stats = registry::TransferStats;
+    transfers("rafsd_backend_requests_total", "HTTP requests sent, every attempt.", [](Stats& s) -> auto& { return s.requests; });
+    transfers("rafsd_backend_received_bytes_total", "Response body bytes received.", [](Stats& s) -> auto& { return s.bytes; });
+    transfers("rafsd_backend_retries_total", "Attempts after a failed one.", [](Stats& s) -> auto& { return s.retries; });
+    transfers("rafsd_backend_failures_total", "Reads and probes that failed after every retry.",
+              [](Stats& s) -> auto& { return s.failures; });
+    transfers("rafsd_backend_token_refreshes_total", "Bearer tokens fetched.", [](Stats& s) -> auto& { return s.token_refreshes; });
+    transfers("rafsd_backend_whole_blob_answers_total",
+              "Range requests the server answered with the whole blob (it ignores Range).",
+              [](Stats& s) -> auto& { return s.whole_blob_answers; });
     if (fanotify_) {
         const FanotifyCounters c = fanotify_->counters();
         m.family("rafsd_fanotify_events_total", "counter", "FAN_PRE_ACCESS events read.");

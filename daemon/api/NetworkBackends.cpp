@@ -70,6 +70,7 @@ nlohmann::json networkStatus(NetworkBackend& backend) {
             {"retries", s.retries.load()},
             {"failures", s.failures.load()},
             {"token_refreshes", s.token_refreshes.load()},
+            {"whole_blob_answers", s.whole_blob_answers.load()},
             {"latency_p50_us", latency.p50_us},
             {"latency_p99_us", latency.p99_us}};
 }

@@ -12,6 +12,7 @@ void HttpBackend::readArriving(const std::string& blob_id, uint64_t offset, std:
                                const Arrived& arrived) {
     checkBlobId(blob_id);
     client_->readBlob(blob_id, offset, out, arrived);
+    warnIfRangesIgnored();
 }
 
 uint64_t HttpBackend::size(const std::string& blob_id) {

@@ -13,6 +13,7 @@ void RegistryBackend::readArriving(const std::string& blob_id, uint64_t offset, 
                                    const Arrived& arrived) {
     checkBlobId(blob_id);
     client_->readBlob("sha256:" + blob_id, offset, out, arrived);
+    warnIfRangesIgnored();
 }
 
 uint64_t RegistryBackend::size(const std::string& blob_id) {

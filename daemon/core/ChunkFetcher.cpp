@@ -418,7 +418,10 @@ void ChunkFetcher::decodeArrived(CachedBlob& blob, const FetchRun& run, RunProgr
             writeDecoded(blob, p, ci + 1);
         }
         p.next = ci + 1;
-        if (p.prefetch) blob.counters().prefetched_chunks++;
+        if (p.prefetch) {
+            blob.counters().prefetched_chunks++;
+            blob.counters().prefetched_bytes += c.compressed_size;
+        }
     }
     // The rest of the run is still to come: a reader that came meanwhile for a decoded chunk.
     if (!transfer_over && p.unwritten < p.next && hasWaiters(blob, p.unwritten, p.next)) {

@@ -6,24 +6,31 @@ server, fanotify engine:
    status` shows the backend's requests, bytes and latency (and no retries or failures);
 2. the mount-time probe: a blob missing on the server, and a server that is not there, each fail
    the mount with one error line naming the blob and the URL, and nothing is mounted;
-3. bad configuration of the network keys: one error line naming the file, line and key.
+3. a server that ignores Range (python's http.server answers 200 with the whole file): the image
+   still reads back equal, rafsd warns once that every read downloads its blob from the start,
+   and status and /metrics (checked by `promtool check metrics`) count the whole-blob answers;
+4. bad configuration of the network keys: one error line naming the file, line and key.
 """
 
+import functools
+import http.server
 import os
+import re
+import subprocess
 import sys
 
 from rafstest import compare, harness
 from rafstest.harness import log
 from rafstest.rafsd import (RafsdServe, expect_error, network_config, rafsctl, rafsctl_status,
                             small_image, start_test)
-from rafstest.servers import free_port, nginx
+from rafstest.servers import ThreadedServer, free_port, nginx
 
 MiB = 1 << 20
 FILES = [('a/one', 3 * MiB + 17), ('a/two', 700000), ('b/three', 5 * MiB), ('c/small', 999), ('c/empty', 0)]
 
 
 def main():
-    args, mk, rafsd, ctl, ck = start_test('rafsd_http', __doc__, tools=('nginx',))
+    args, mk, rafsd, ctl, ck = start_test('rafsd_http', __doc__, tools=('nginx', 'promtool', 'curl'))
     with harness.temp_dir('rafsd-http-', keep=args.keep) as tmp:
         image = small_image(ck, mk, tmp, FILES, 8)
         if image is None:
@@ -59,6 +66,7 @@ def main():
                         ck.check(b['requests'] >= 2, 'requests counted (%d)' % b['requests'])
                         ck.check(b['bytes'] >= total, 'bytes counted (%d >= %d)' % (b['bytes'], total))
                         ck.check(b['retries'] == 0 and b['failures'] == 0, 'no retries, no failures')
+                        ck.check(b['whole_blob_answers'] == 0, 'nginx answers every range with the range')
                         ck.check(0 < b['latency_p50_us'] <= b['latency_p99_us'], 'latency p50 <= p99, both set')
                     r = rafsctl(ctl, sock, 'status')
                     text = (r.stdout or b'').decode()
@@ -80,6 +88,47 @@ def main():
             down_url = 'http://127.0.0.1:%d/blobs' % down
             expect_error(ck, 'a server that is not there', mount_cmd(config('down', down_url)), mnt,
                          [blob, '127.0.0.1:%d' % down])
+
+        ck.section('a server that ignores Range')
+
+        class Quiet(http.server.SimpleHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+        whole_port = free_port()
+        handler = functools.partial(Quiet, directory=out)
+        with ThreadedServer().serve(http.server.ThreadingHTTPServer(('127.0.0.1', whole_port), handler)):
+            metrics_sock = os.path.join(tmp, 'metrics.sock')
+            cfg = network_config(tmp, 'whole', {'type': 'http'}, **{
+                'backend.http': {'url': 'http://127.0.0.1:%d/blobs' % whole_port},
+                'metrics': {'address': 'unix:' + metrics_sock}})
+            sock = os.path.join(tmp, 'whole.sock')
+            with RafsdServe(rafsd, cfg, sock, os.path.join(tmp, 'whole.log')) as srv:
+                if ck.check(srv.start(), 'rafsd serve answers', srv.log_text()[-2000:]):
+                    r = rafsctl(ctl, sock, 'mount', boot, mnt)
+                    if ck.check(r.returncode == 0, 'rafsctl mount (a server without Range)', (r.stderr or b'').decode()):
+                        ck.diffs('tree from a server that ignores Range', compare.compare_trees(src, mnt))
+                        warnings = [line for line in srv.log_text().splitlines() if 'ignores Range' in line]
+                        ck.check(len(warnings) == 1, 'one warning that the server ignores Range', repr(warnings))
+                        b = ((rafsctl_status(ctl, sock) or {}).get('backends') or [{}])[0]
+                        ck.check(b.get('whole_blob_answers', 0) >= 1,
+                                 'status counts the whole-blob answers (%r)' % b.get('whole_blob_answers'))
+                        r = subprocess.run(['curl', '-s', '--unix-socket', metrics_sock, 'http://rafsd/metrics'],
+                                           capture_output=True, timeout=60)
+                        text = r.stdout.decode()
+                        check = subprocess.run(['promtool', 'check', 'metrics'], input=r.stdout, capture_output=True,
+                                               timeout=60)
+                        ck.check(check.returncode == 0, 'promtool check metrics accepts /metrics',
+                                 (check.stdout + check.stderr).decode())
+                        found = re.search(r'^rafsd_backend_whole_blob_answers_total\{backend="([^"]*)"\} (\d+)$', text, re.M)
+                        ck.check(found is not None and found.group(1) == b.get('backend') and int(found.group(2)) >= 1,
+                                 '/metrics counts them for that backend', text[-3000:])
+                        for name in ('requests', 'retries', 'failures', 'token_refreshes'):
+                            ck.check(re.search(r'^rafsd_backend_%s_total\{backend=' % name, text, re.M) is not None,
+                                     '/metrics has rafsd_backend_%s_total' % name)
+                        r = rafsctl(ctl, sock, 'umount', mnt)
+                        ck.check(r.returncode == 0, 'rafsctl umount', (r.stderr or b'').decode())
+                ck.check(srv.stop() == 0, 'rafsd serve exits 0')
 
         ck.section('bad network configuration')
         bad = os.path.join(tmp, 'bad.toml')

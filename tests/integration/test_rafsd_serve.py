@@ -150,6 +150,9 @@ def main():
             ck.check(sb1['chunks_present'] > 0 and sb1['bytes_fetched'] > 0 and sb1['misses'] == 0,
                      'B, never read, has prefetched chunks (%d present, %d bytes, %d misses)' %
                      (sb1['chunks_present'], sb1['bytes_fetched'], sb1['misses']))
+            prefetched = [(blob.get('prefetched_chunks', 0), blob.get('prefetched_bytes', 0)) for blob in b1['blobs']]
+            ck.check(sum(c for c, _ in prefetched) > 0 and sum(b for _, b in prefetched) > 0,
+                     'B counts its prefetched chunks and their bytes (%r)' % prefetched)
             for blob in b1['blobs']:
                 want = blob['chunks_present'] * 100 // max(1, blob['chunks'])
                 ck.check(0 < blob['prefetch_done'] <= 100 and abs(blob['prefetch_done'] - want) <= 1,

@@ -16,7 +16,7 @@ stream of range requests from several threads at once. The client under test is 
    the dict's own (the declined mount's upload session cancelled at best).
 While the four threads read, rafsd holds one connection to the registry (HTTP/2: their requests
 are streams on it), sampled with `ss`.
-`rafsctl status` counts the token refreshes: as many as the token service issued.
+`rafsctl status` and /metrics count the token refreshes: as many as the token service issued.
 """
 
 import base64
@@ -89,7 +89,7 @@ def slow_read(paths, sources):
 
 
 def main():
-    args, mk, rafsd, ctl, ck = start_test('rafsd_token', __doc__, tools=('docker-registry', 'openssl', 'umoci'))
+    args, mk, rafsd, ctl, ck = start_test('rafsd_token', __doc__, tools=('docker-registry', 'openssl', 'umoci', 'curl'))
     with harness.temp_dir('rafsd-token-', keep=args.keep) as tmp:
         files = [('%s/f%d' % (phase, i), FILE_SIZE) for phase in PHASES for i in range(FILES_PER_PHASE)]
         image = small_image(ck, mk, tmp, files, 21, chunk_size='64K')
@@ -118,7 +118,8 @@ def main():
             cfg = network_config(tmp, 'serve', {'type': 'registry'}, fetch={'amplify': 0, 'max_inflight': 8}, **{
                 'backend.registry': {'host': host, 'repo': REPO, 'docker_config': cfg_json},
                 'backend.transport': {'certs_dir': os.path.join(tmp, 'no-certs.d')},
-                'backend.hosts."%s"' % host: {'ca_file': ca.cert}})
+                'backend.hosts."%s"' % host: {'ca_file': ca.cert},
+                'metrics': {'address': 'unix:' + os.path.join(tmp, 'metrics.sock')}})
             sock = os.path.join(tmp, 'serve.sock')
             with RafsdServe(rafsd, cfg, sock, os.path.join(tmp, 'serve.log')) as srv:
                 if not ck.check(srv.start(), 'rafsd serve answers', srv.log_text()[-2000:]):
@@ -195,6 +196,13 @@ def main():
                                                                                 issuer.issued - issued_by_test))
                 raw = json.dumps(status)
                 ck.check(PASSWORD not in raw and PASSWORD2 not in raw, 'no secret in the status')
+                r = subprocess.run(['curl', '-s', '--unix-socket', os.path.join(tmp, 'metrics.sock'),
+                                    'http://rafsd/metrics'], capture_output=True, timeout=60)
+                metrics = r.stdout.decode()
+                found = re.search(r'^rafsd_backend_token_refreshes_total\{backend="[^"]*"\} (\d+)$', metrics, re.M)
+                ck.check(found is not None and int(found.group(1)) == issuer.issued - issued_by_test,
+                         '/metrics counts the same token refreshes', metrics[-3000:])
+                ck.check(PASSWORD not in metrics and PASSWORD2 not in metrics, 'no secret in /metrics')
                 r = rafsctl(ctl, sock, 'umount', mnt)
                 ck.check(r.returncode == 0, 'rafsctl umount', (r.stderr or b'').decode())
                 ck.check(srv.stop() == 0, 'rafsd serve exits 0')
