@@ -3,6 +3,8 @@
 #include "daemon/api/ControlProtocol.h"
 #include "format/Error.h"
 
+#include <fcntl.h>
+#include <sys/file.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -59,11 +61,30 @@ void removeStale(const std::filesystem::path& socket, const sockaddr_un& address
     }
 }
 
+// Held from bind() to listen(): until a socket listens, another rafsd binding the same path would
+// find nobody there, take the file as stale and replace it, and two would run, one unreachable.
+// An flock on the socket's directory, which is there already and stays; held for microseconds.
+class BindLock {
+public:
+    explicit BindLock(const std::filesystem::path& socket) {
+        const std::filesystem::path dir = socket.parent_path();
+        fd_ = rafs::UniqueFd(::open(dir.empty() ? "." : dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+        if (fd_.get() < 0) rafs::failErrno(fmt::format("cannot bind {}", socket.string()));
+        while (::flock(fd_.get(), LOCK_EX) != 0) {
+            if (errno != EINTR) rafs::failErrno(fmt::format("cannot bind {}: locking its directory", socket.string()));
+        }
+    }
+
+private:
+    rafs::UniqueFd fd_;  // closing it releases the lock
+};
+
 }  // namespace
 
 UnixListener UnixListener::bind(const std::filesystem::path& path, mode_t mode, int type_flags) {
     const sockaddr_un address = unixAddress(path);
     createDirectories(path.parent_path());
+    const BindLock lock(path);
     UnixListener listener;
     listener.fd_ = rafs::UniqueFd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | type_flags, 0));
     if (listener.fd_.get() < 0) rafs::failErrno("cannot create a unix socket");
