@@ -202,10 +202,12 @@ private:
         return message != nullptr ? message : "unknown libarchive error";
     }
 
-    // The components of a member path or hardlink target, without "." and empty ones. A last
+    // The components of a member path or hardlink target, cleaned as containerd's archive.Apply
+    // cleans them (filepath.Clean, then fs.RootPath: archive/tar.go): "." and empty ones dropped,
+    // ".." taking the one before it away and stopping at the root, and an absolute path starting
+    // at the root, so that the image holds what a runtime applying the layer makes. A last
     // component may be a whiteout of a name of the longest length.
     std::vector<std::string_view> components(std::string_view path) const {
-        if (path.starts_with('/')) failMember("absolute path {}", path);
         if (path.size() > kMaxPathLength) failMember("path longer than {} bytes", kMaxPathLength);
         std::vector<std::string_view> parts;
         for (std::string_view rest = path; !rest.empty();) {
@@ -213,7 +215,10 @@ private:
             const std::string_view part = rest.substr(0, slash);
             rest = slash == std::string_view::npos ? std::string_view{} : rest.substr(slash + 1);
             if (part.empty() || part == ".") continue;
-            if (part == "..") failMember("'..' in path {}", path);
+            if (part == "..") {
+                if (!parts.empty()) parts.pop_back();
+                continue;
+            }
             const bool whiteout = rest.find_first_not_of('/') == std::string_view::npos && part.starts_with(kWhiteoutPrefix);
             if (part.size() > kMaxNameLength + (whiteout ? kWhiteoutPrefix.size() : 0)) {
                 failMember("path component longer than 255 bytes");

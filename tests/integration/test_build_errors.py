@@ -9,8 +9,8 @@ nothing else appeared next to it (each case runs in its own empty parent directo
 is also the working directory).
 
 Cases: truncated tar (file and stdin), corrupt gzip (garbage that still inflates, caught
-only by the CRC32/ISIZE trailer; and a broken deflate stream), not a tar at all, `../` member,
-absolute member, hardlink to a missing target, a 256-byte name component, an unreadable
+only by the CRC32/ISIZE trailer; and a broken deflate stream), not a tar at all, hardlink to a
+missing target, a 256-byte name component, an unreadable
 source file (permission denied: mkrafs runs without CAP_DAC_OVERRIDE/CAP_DAC_READ_SEARCH),
 a source file whose read fails with an I/O-level error (a file on an EROFS image with
 corrupted lz4 data: open and stat work, read gives EUCLEAN), a full output file system
@@ -18,6 +18,8 @@ corrupted lz4 data: open and stat work, read gives EUCLEAN), a full output file 
 existing dir is fine), and invalid options (--chunk-size 3000 / 2048 / 0 / 32M / 33554432 / abc,
 --compressor foo, --digester md5, missing --output, non-existent source, no source,
 unknown option, unknown subcommand).
+Not errors: `../`, `a/../../` and absolute member paths are cleaned as containerd applies them
+(inside the root); the image built from them holds /evil, /evil2 and /etc/evil.
 
 Exit: 0 pass, 77 skip (not root / no EROFS), 1 fail.
 """
@@ -252,9 +254,6 @@ def main():
                  'corrupt gzip data: CRC or length mismatch', [p['corrupt_gz']]),
             Case('corrupt gzip tar (broken deflate stream)', 'corrupt gzip data', [p['corrupt_gz2']]),
             Case('not a tar at all', 'unrecognized archive format', [p['not_tar']]),
-            Case('../ member', "'..' in path ../evil", [p['dotdot']]),
-            Case('a/../../ member', "'..' in path a/../../evil2", [p['dotdot_mid']]),
-            Case('absolute member path', 'absolute path /etc/evil', [p['absolute']]),
             Case('hardlink to a missing target', 'hardlink target no/such/target does not exist',
                  [p['hardlink']]),
             Case('name component of 256 bytes', 'path component longer than 255 bytes', [p['name256']]),
@@ -298,6 +297,7 @@ def main():
 
         n += 1
         check_case_existing_output(ck, mkrafs, good, tmp, n)
+        check_cleaned_paths(ck, mkrafs, p, tmp)
 
         # full output file system: 1 MiB tmpfs as the output dir's parent
         fs = os.path.join(tmp, 'fullfs')
@@ -312,6 +312,25 @@ def main():
             finally:
                 mount.umount(fs)
     return ck.finish()
+
+
+def check_cleaned_paths(ck, mkrafs, p, tmp):
+    """Members named ../evil, a/../../evil2 and /etc/evil land inside the root, as containerd's
+    archive.Apply puts them (filepath.Clean, then fs.RootPath)."""
+    out = os.path.join(tmp, 'cleaned')
+    r = run([mkrafs, 'build', '--output', out, p['dotdot'], p['dotdot_mid'], p['absolute']])
+    if not ck.check(r.returncode == 0, "layers with ../, a/../../ and absolute members build", text(r.stderr)):
+        return
+    unpacked = os.path.join(tmp, 'cleaned.tar')
+    r = run([mkrafs, 'unpack', os.path.join(out, 'image.boot'), '--blob-dir', os.path.join(out, 'blobs'),
+             '--tar', unpacked])
+    if not ck.check(r.returncode == 0, 'mkrafs unpack --tar of it', text(r.stderr)):
+        return
+    with tarfile.open(unpacked) as t:
+        members = {m.name.removeprefix('./').rstrip('/'): m for m in t.getmembers()}
+        found = {name: t.extractfile(m).read() for name, m in members.items() if m.isfile()}
+    ck.check(found == {'ok': b'ok', 'evil': b'evil', 'evil2': b'evil', 'etc/evil': b'evil'},
+             'they are /evil, /evil2 and /etc/evil, beside /ok', repr(sorted(members)))
 
 
 def snapshot(root):
