@@ -224,7 +224,8 @@ TEST_CASE("OCI layout writers in parallel keep every tag", "[registry]") {
     const Index index = Index::parse(std::string(std::istreambuf_iterator<char>(in), {}), "", "index.json");
     std::set<std::string> tags;
     for (const Descriptor& d : index.manifests) tags.insert(d.annotations.at(annotation::kRefName));
-    CHECK(created == 1);
+    // None if the one that made the directory locked it only after another had filled it.
+    CHECK(created <= 1);
     CHECK(tags.size() == kWriters * kTags);
     CHECK(index.manifests.size() == kWriters * kTags);
     for (const auto& entry : std::filesystem::recursive_directory_iterator(path)) {
