@@ -232,11 +232,12 @@ void printBackendStatus(const json& backends) {
     };
     auto millis = [](const json& us) { return us.is_number() ? fmt::format("{:.1f}ms", us.get<double>() / 1000) : "-"; };
     Table table({{"BACKEND", false}, {"REQUESTS", true}, {"BYTES", true}, {"RETRIES", true}, {"FAILURES", true},
-                 {"TOKEN REFRESHES", true}, {"P50", true}, {"P99", true}});
+                 {"TOKEN REFRESHES", true}, {"WHOLE BLOBS", true}, {"P50", true}, {"P99", true}});
     for (const json& b : backends) {
         if (!b.is_object()) continue;
         table.add({text(b, "backend"), cell(b, "requests", number), cell(b, "bytes", byteCount),
                    cell(b, "retries", number), cell(b, "failures", number), cell(b, "token_refreshes", number),
+                   cell(b, "whole_blob_answers", number),
                    cell(b, "latency_p50_us", +millis), cell(b, "latency_p99_us", +millis)});
     }
     table.print(std::cout, "");

@@ -1,10 +1,11 @@
 #include "registry/LayoutLock.h"
 
 #include "format/Error.h"
+#include "format/FileLock.h"
 
 #include <fcntl.h>
-#include <sys/file.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 namespace fs = std::filesystem;
 
@@ -25,32 +26,43 @@ bool sameFile(int fd, const fs::path& path) {
 }  // namespace
 
 LayoutLock::LayoutLock(const fs::path& dir, const std::function<void()>& waiting) {
+    const std::string name = "oci:" + dir.string();
     bool told = false;
     for (int attempt = 0; attempt < kAttempts; ++attempt) {
         std::error_code ec;
-        if (dir.has_parent_path()) fs::create_directories(dir.parent_path(), ec);
-        bool made = ::mkdir(dir.c_str(), 0755) == 0;
-        if (!made && errno != EEXIST) rafs::failErrno(fmt::format("oci:{}: cannot create", dir.string()));
+        if (dir.has_parent_path()) {
+            fs::create_directories(dir.parent_path(), ec);
+            if (ec) rafs::fail("{}: cannot create {}: {}", name, dir.parent_path().string(), ec.message());
+        }
+        const bool made = ::mkdir(dir.c_str(), 0755) == 0;
+        if (!made && errno != EEXIST) rafs::failErrno(fmt::format("{}: cannot create", name));
         rafs::UniqueFd fd(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
         if (fd.get() < 0) {
-            if (errno == ENOENT) continue;
-            rafs::failErrno(fmt::format("oci:{}: cannot open", dir.string()));
+            const int err = errno;
+            if (err == ENOENT && fs::is_symlink(dir, ec)) rafs::fail("{}: a symbolic link to nothing", name);
+            if (err == ENOENT) continue;  // removed since
+            rafs::failErrno(fmt::format("{}: cannot open", name), err);
         }
-        if (::flock(fd.get(), LOCK_EX | LOCK_NB) != 0) {
-            if (errno != EWOULDBLOCK) rafs::failErrno(fmt::format("oci:{}: flock", dir.string()));
-            if (!told && waiting) waiting();
-            told = true;
-            while (::flock(fd.get(), LOCK_EX) != 0) {
-                if (errno != EINTR) rafs::failErrno(fmt::format("oci:{}: flock", dir.string()));
+        rafs::LockOutcome outcome{};
+        try {
+            outcome = rafs::lockExclusive(fd.get(), std::chrono::steady_clock::now(), name);
+            if (outcome == rafs::LockOutcome::TimedOut) {
+                if (!told && waiting) waiting();
+                told = true;
+                outcome = rafs::lockExclusive(fd.get(), std::nullopt, name);
             }
+        } catch (...) {
+            if (made) ::rmdir(dir.c_str());  // only if still empty: never another writer's layout
+            throw;
         }
         if (!sameFile(fd.get(), dir)) continue;
+        locked_ = outcome == rafs::LockOutcome::Locked;
         // Made here but filled by a writer that locked it first: that writer's now.
         created_ = made && fs::is_empty(dir, ec) && !ec;
         fd_ = std::move(fd);
         return;
     }
-    rafs::fail("oci:{}: it was removed and made again {} times while waiting for its lock", dir.string(), kAttempts);
+    rafs::fail("{}: it was removed and made again {} times while waiting for its lock", name, kAttempts);
 }
 
 }  // namespace registry

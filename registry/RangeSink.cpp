@@ -44,6 +44,7 @@ void RangeSink::reset() {
     filled_.store(0, std::memory_order_relaxed);
     problem_.reset();
     blob_too_short_ = false;
+    cut_ = false;
     error_text_.clear();
 }
 
@@ -86,6 +87,7 @@ bool RangeSink::write(const HttpResponse& head, std::span<const uint8_t> piece) 
         return false;
     }
     const size_t take = static_cast<size_t>(std::min<uint64_t>(room, piece.size()));
+    if (head.status == 200 && (skip != 0 || take < piece.size())) cut_ = true;
     std::memcpy(out_.data() + filled, piece.data(), take);
     filled_.store(filled + take, std::memory_order_release);
     // A whole blob (200) is cut off once the range is in.
@@ -110,9 +112,10 @@ bool getRange(RetryingTransport& transport, HttpRequest request, uint64_t offset
     request.sink = &sink;
     last = transport.perform(request, [&] { sink.reset(); }, [&](const HttpResponse& r) { return sink.transient(r); });
     if (last.status == 200) {
+        // Also a body that ended exactly with the range, as its Content-Length tells.
         const auto whole = last.header("content-length");
         const auto size = whole ? number(*whole) : std::nullopt;
-        if (offset != 0 || !size || *size > length) transport.stats().whole_blob_answers++;
+        if (sink.cutFromWholeBlob() || (size && *size > length)) transport.stats().whole_blob_answers++;
     }
     if (sink.complete()) return true;
     if (sink.problem()) {

@@ -43,6 +43,8 @@ public:
     // Of a non-2xx reply, for HttpResponse::summary().
     const std::string& errorText() const { return error_text_; }
     uint64_t filled() const { return filled_.load(std::memory_order_relaxed); }
+    // A 200 whose body held bytes outside the range (the server ignored Range): it was cut.
+    bool cutFromWholeBlob() const { return cut_; }
 
     // Whether a ranged GET ended in a way worth another attempt: transient by RetryPolicy, or a
     // 2xx reply that stopped short or was refused.
@@ -63,6 +65,7 @@ private:
     std::atomic<uint64_t> wanted_{1};
     std::optional<std::string> problem_;
     bool blob_too_short_ = false;  // a problem no retry mends
+    bool cut_ = false;
     std::string error_text_;
 };
 

@@ -1,5 +1,6 @@
-// Counters of one network backend, for `rafsctl status`: requests, bytes, retries, failures,
-// token refreshes, and latency percentiles over the most recent requests.
+// Counters of one network backend, for `rafsctl status` and /metrics: requests, bytes, retries,
+// failures, token refreshes, whole-blob answers, and latency percentiles over the most recent
+// requests.
 #pragma once
 
 #include <atomic>
@@ -18,7 +19,8 @@ public:
     std::atomic<uint64_t> failures{0};         // reads and probes that failed after every retry
     std::atomic<uint64_t> token_refreshes{0};  // bearer tokens fetched
     // Range requests answered 200 with the whole blob: each such read downloads the blob from its
-    // start up to the range (RangeSink skips the rest), a server rafsd reads slowly.
+    // start up to the range's end (RangeSink skips what comes before it and cuts the transfer
+    // off after it), a server rafsd reads slowly.
     std::atomic<uint64_t> whole_blob_answers{0};
 
     void recordLatency(std::chrono::microseconds latency);

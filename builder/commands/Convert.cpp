@@ -535,6 +535,10 @@ void convert(const ConvertOptions& o, std::ostream& log) {
         layout_lock.emplace(target_ref.layout_dir, [&] {
             log << fmt::format("waiting for another mkrafs to finish writing oci:{}\n", target_ref.layout_dir);
         });
+        if (!layout_lock->locked()) {
+            log << fmt::format("oci:{}: its file system cannot lock it (flock); another mkrafs writing it at the same "
+                               "time would not be kept out\n", target_ref.layout_dir);
+        }
     }
     CreatedLayout created(target_ref, layout_lock);
     auto target = clients.open(target_ref, true, created.tracker());

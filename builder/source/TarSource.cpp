@@ -205,8 +205,8 @@ private:
     // The components of a member path or hardlink target, cleaned as containerd's archive.Apply
     // cleans them (filepath.Clean, then fs.RootPath: archive/tar.go): "." and empty ones dropped,
     // ".." taking the one before it away and stopping at the root, and an absolute path starting
-    // at the root, so that the image holds what a runtime applying the layer makes. A last
-    // component may be a whiteout of a name of the longest length.
+    // at the root, so that the image holds what a runtime applying the layer makes. (A member that
+    // cleans to the root is the root entry here, which must be a directory; containerd skips it.)
     std::vector<std::string_view> components(std::string_view path) const {
         if (path.size() > kMaxPathLength) failMember("path longer than {} bytes", kMaxPathLength);
         std::vector<std::string_view> parts;
@@ -219,11 +219,14 @@ private:
                 if (!parts.empty()) parts.pop_back();
                 continue;
             }
-            const bool whiteout = rest.find_first_not_of('/') == std::string_view::npos && part.starts_with(kWhiteoutPrefix);
-            if (part.size() > kMaxNameLength + (whiteout ? kWhiteoutPrefix.size() : 0)) {
+            parts.push_back(part);
+        }
+        // Of the cleaned name: a last component may be a whiteout of a name of the longest length.
+        for (size_t i = 0; i < parts.size(); ++i) {
+            const bool whiteout = i + 1 == parts.size() && parts[i].starts_with(kWhiteoutPrefix);
+            if (parts[i].size() > kMaxNameLength + (whiteout ? kWhiteoutPrefix.size() : 0)) {
                 failMember("path component longer than 255 bytes");
             }
-            parts.push_back(part);
         }
         return parts;
     }

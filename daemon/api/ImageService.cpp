@@ -1104,12 +1104,18 @@ std::string ImageService::metrics() {
     m.sample("rafsd_cache_evicted_bytes_total", {{"kind", "chunks"}}, cache.freed_chunk_bytes.load());
     m.family("rafsd_prefetch_backlog_chunks", "gauge", "Chunks queued for prefetch.");
     m.sample("rafsd_prefetch_backlog_chunks", {}, fetcher_ ? fetcher_->prefetchBacklog() : 0);
-    std::vector<NetworkBackend*> network;
-    if (network_) network.push_back(network_.get());
-    for (const auto& [name, backend] : registries_) network.push_back(backend.get());
+    // By what they read from: the configured backend and one for an image reference of the same
+    // registry and repository are two objects with one name, which must be one series.
+    std::map<std::string, std::vector<NetworkBackend*>> network;
+    if (network_) network[network_->describe()].push_back(network_.get());
+    for (const auto& [name, backend] : registries_) network[backend->describe()].push_back(backend.get());
     const auto transfers = [&](std::string_view name, std::string_view help, auto value) {
         m.family(name, "counter", help);
-        for (NetworkBackend* b : network) m.sample(name, {{"backend", b->describe()}}, value(b->stats()).load());
+        for (const auto& [described, backends] : network) {
+            uint64_t sum = 0;
+            for (NetworkBackend* b : backends) sum += value(b->stats()).load();
+            m.sample(name, {{"backend", described}}, sum);
+        }
     };
     using Stats = registry::TransferStats;
     transfers("rafsd_backend_requests_total", "HTTP requests sent, every attempt.", [](Stats& s) -> auto& { return s.requests; });

@@ -2,9 +2,9 @@
 
 #include "daemon/api/ControlProtocol.h"
 #include "format/Error.h"
+#include "format/FileLock.h"
 
 #include <fcntl.h>
-#include <sys/file.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -61,30 +61,33 @@ void removeStale(const std::filesystem::path& socket, const sockaddr_un& address
     }
 }
 
-// Held from bind() to listen(): until a socket listens, another rafsd binding the same path would
-// find nobody there, take the file as stale and replace it, and two would run, one unreachable.
-// An flock on the socket's directory, which is there already and stays; held for microseconds.
-class BindLock {
-public:
-    explicit BindLock(const std::filesystem::path& socket) {
-        const std::filesystem::path dir = socket.parent_path();
-        fd_ = rafs::UniqueFd(::open(dir.empty() ? "." : dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
-        if (fd_.get() < 0) rafs::failErrno(fmt::format("cannot bind {}", socket.string()));
-        while (::flock(fd_.get(), LOCK_EX) != 0) {
-            if (errno != EINTR) rafs::failErrno(fmt::format("cannot bind {}: locking its directory", socket.string()));
-        }
-    }
+// Held from bind() to listen(), and in close() from the check that the file is ours to its
+// removal: without it, between one rafsd's bind() and listen() another binding the same path finds
+// nobody listening, takes the file as stale and replaces it, and two run, one unreachable (or one
+// closing removes the file another just made). An flock on the socket's directory, which is there
+// already and stays; held for a few system calls, so a wait past kLockWait is another process's
+// lock on that directory.
+constexpr auto kLockWait = std::chrono::seconds(10);
 
-private:
-    rafs::UniqueFd fd_;  // closing it releases the lock
-};
+rafs::UniqueFd lockDirectoryOf(const std::filesystem::path& socket) {
+    const std::filesystem::path dir = socket.parent_path().empty() ? "." : socket.parent_path();
+    rafs::UniqueFd fd(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+    if (fd.get() < 0) rafs::failErrno(fmt::format("cannot bind {}: opening its directory to lock it", socket.string()));
+    const auto outcome =
+        rafs::lockExclusive(fd.get(), std::chrono::steady_clock::now() + kLockWait, "cannot bind " + socket.string());
+    if (outcome == rafs::LockOutcome::TimedOut) {
+        rafs::fail("cannot bind {}: another process has held a lock on its directory for {} s", socket.string(),
+                   kLockWait.count());
+    }
+    return fd;  // Unsupported: a socket on such a file system goes unguarded
+}
 
 }  // namespace
 
 UnixListener UnixListener::bind(const std::filesystem::path& path, mode_t mode, int type_flags) {
     const sockaddr_un address = unixAddress(path);
     createDirectories(path.parent_path());
-    const BindLock lock(path);
+    const rafs::UniqueFd lock = lockDirectoryOf(path);
     UnixListener listener;
     listener.fd_ = rafs::UniqueFd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | type_flags, 0));
     if (listener.fd_.get() < 0) rafs::failErrno("cannot create a unix socket");
@@ -132,6 +135,15 @@ UnixListener& UnixListener::operator=(UnixListener&& other) noexcept {
 void UnixListener::close() {
     fd_ = rafs::UniqueFd();
     if (path_.empty()) return;
+    rafs::UniqueFd lock;
+    try {
+        lock = lockDirectoryOf(path_);
+    } catch (const rafs::Error&) {
+        // Not this file's to remove if it cannot be checked under the lock: left, it is stale
+        // for the next bind().
+        path_.clear();
+        return;
+    }
     struct stat st {};
     // Only our own socket: another rafsd may have replaced it. A socket file left behind is
     // harmless, the next bind() removes it as stale.

@@ -1,14 +1,15 @@
 #include "daemon/core/BlobCacheFiles.h"
 
 #include "format/Error.h"
+#include "format/FileLock.h"
 #include "format/UniqueFd.h"
 
 #include <fcntl.h>
-#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <array>
+#include <chrono>
 #include <map>
 
 namespace rafsd {
@@ -30,7 +31,8 @@ std::string idOf(const std::string& key) {
 void removeBlob(const fs::path& dir, const std::string& id) {
     const fs::path chunkmap = dir / (id + ".chunkmap");
     rafs::UniqueFd fd(::open(chunkmap.c_str(), O_RDONLY | O_CLOEXEC));
-    if (fd.get() >= 0 && ::flock(fd.get(), LOCK_EX | LOCK_NB) != 0) {
+    if (fd.get() >= 0 && rafs::lockExclusive(fd.get(), std::chrono::steady_clock::now(), chunkmap.string()) ==
+                             rafs::LockOutcome::TimedOut) {
         rafs::fail("{} is locked by another process serving the blob", chunkmap.string());
     }
     for (std::string_view suffix : kSuffixes) {

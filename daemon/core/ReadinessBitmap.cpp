@@ -2,10 +2,10 @@
 #include "format/FileIo.h"
 
 #include "format/Error.h"
+#include "format/FileLock.h"
 #include "format/UniqueFd.h"
 
 #include <fcntl.h>
-#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <zlib.h>
@@ -19,7 +19,6 @@
 #include <cstring>
 #include <mutex>
 #include <span>
-#include <thread>
 #include <vector>
 
 namespace rafsd {
@@ -166,13 +165,9 @@ ReadinessBitmap ReadinessBitmap::open(const std::filesystem::path& path, std::st
     // lock is on the open file, so it goes with the process however it ends. A holder that is
     // letting go (the last user of a blob closing it on another thread as the blob is opened
     // again, a daemon in its last moments) gets a moment to finish.
-    const auto deadline = std::chrono::steady_clock::now() + kLockWait;
-    while (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
-        if (errno == EINTR) continue;
-        if (errno != EWOULDBLOCK) rafs::failErrno(fmt::format("{}: flock", path.string()));
-        if (std::chrono::steady_clock::now() >= deadline)
-            rafs::fail("{}: in use by another process: two rafsd daemons must not share a cache dir", path.string());
-        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    if (rafs::lockExclusive(fd, std::chrono::steady_clock::now() + kLockWait, path.string()) ==
+        rafs::LockOutcome::TimedOut) {
+        rafs::fail("{}: in use by another process: two rafsd daemons must not share a cache dir", path.string());
     }
     struct stat info {};
     if (::fstat(fd, &info) != 0) rafs::failErrno(fmt::format("{}: fstat", path.string()));

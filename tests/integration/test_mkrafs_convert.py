@@ -442,6 +442,9 @@ def main():
                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for tag in ('one', 'two')]
             outputs = [p.communicate(timeout=600)[0] for p in procs]
             ck.check(all(p.returncode == 0 for p in procs), 'both converts succeed', text(b''.join(outputs))[-600:])
+            waited = [b'waiting for another mkrafs' in out for out in outputs]
+            ck.check(waited.count(True) == 1, 'one waited for the other (the lock is held for the whole conversion)',
+                     repr(waited))
             with open(os.path.join(shared_layout, 'index.json')) as f:
                 shared = {m.get('annotations', {}).get('org.opencontainers.image.ref.name'): m['digest']
                           for m in json.load(f)['manifests']}

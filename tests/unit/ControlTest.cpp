@@ -563,7 +563,7 @@ TEST_CASE("control server replaces a stale socket, not a live one", "[api]") {
 
     std::ofstream(dir.path / "file") << "x";
     CHECK_THROWS_WITH(ControlServer::bind(dir.path / "file/api.sock", handler),
-                      fmt::format("cannot bind {}: Not a directory", (dir.path / "file/api.sock").string()));
+                      fmt::format("cannot bind {}: opening its directory to lock it: Not a directory", (dir.path / "file/api.sock").string()));
 }
 
 TEST_CASE("control server adopts a listening socket", "[api]") {

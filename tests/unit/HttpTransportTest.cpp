@@ -8,6 +8,7 @@
 #include <catch2/catch.hpp>
 #include <fmt/format.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -73,6 +74,9 @@ private:
     }
 
     void serve() {
+        // Bounded: a client that never connects (it failed first) leaves no thread to join forever.
+        pollfd ready{listener_.get(), POLLIN, 0};
+        if (::poll(&ready, 1, static_cast<int>(std::chrono::milliseconds(kPatience).count())) != 1) return;
         const rafs::UniqueFd fd(::accept4(listener_.get(), nullptr, nullptr, SOCK_CLOEXEC));
         if (fd.get() < 0) return;
         std::string request;
@@ -122,11 +126,9 @@ TEST_CASE("a followed range read hands its caller the first half before the seco
     const size_t half = body.size() / 2;
     const auto caller = std::this_thread::get_id();
     std::vector<uint8_t> out(body.size());
-    size_t calls = 0;
     bool on_caller_thread = true;
     bool half_matched = false;
     client.readBlob("blob", 0, out, [&](size_t filled) -> size_t {
-        ++calls;
         on_caller_thread = on_caller_thread && std::this_thread::get_id() == caller;
         if (filled < half) return half;
         if (filled < body.size()) {
@@ -138,6 +140,5 @@ TEST_CASE("a followed range read hands its caller the first half before the seco
     CHECK(server.releasedInTime());
     CHECK(half_matched);
     CHECK(on_caller_thread);
-    CHECK(calls >= 1);
     CHECK(out == body);
 }

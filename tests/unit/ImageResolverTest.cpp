@@ -245,7 +245,7 @@ TEST_CASE("an OCI layout's lock says who made the directory, and makes a second 
         locked = true;
         CHECK_FALSE(lock.created());  // it exists already
     });
-    for (int i = 0; i < 500 && !waited; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    for (int i = 0; i < 5000 && !waited; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(2));
     CHECK(waited);
     CHECK_FALSE(locked);
     first.reset();
@@ -254,11 +254,13 @@ TEST_CASE("an OCI layout's lock says who made the directory, and makes a second 
     // Made again by a writer that failed and removed it while another waited: the waiter locks the
     // new directory, not the removed one.
     first.emplace(path, [] {});
+    std::atomic<bool> third_waits{false};
     std::thread third([&] {
-        const LayoutLock lock(path, {});
+        const LayoutLock lock(path, [&] { third_waits = true; });
         CHECK(lock.created());
     });
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    for (int i = 0; i < 5000 && !third_waits; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    CHECK(third_waits);
     std::filesystem::remove_all(path);
     first.reset();
     third.join();

@@ -75,6 +75,13 @@ TEST_CASE("a 200 (Range ignored) is cut to the range, then stopped", "[range]") 
     CHECK_FALSE(sink.write(h, std::span(b).subspan(40, 30)));  // the range is in: stop
     CHECK(sink.complete());
     CHECK(std::equal(out.begin(), out.end(), b.begin() + 45));
+    CHECK(sink.cutFromWholeBlob());
+    // The whole blob asked for and given: a 200 as good as a 206.
+    std::vector<uint8_t> all(100);
+    RangeSink whole(0, all);
+    CHECK_FALSE(whole.write(h, std::span(b)));
+    CHECK(whole.complete());
+    CHECK_FALSE(whole.cutFromWholeBlob());
 }
 
 TEST_CASE("other statuses keep their body for the message", "[range]") {

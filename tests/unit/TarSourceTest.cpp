@@ -466,12 +466,14 @@ TEST_CASE("tar: absolute member paths and '..' land inside the root as a runtime
         w.file("/../../etc/../up", "up");
         w.hardlink("/h1", "../etc/passwd");
         w.hardlink("h2", "/etc/passwd");
+        w.file(std::string(300, 'n') + "/../long", "l");  // too long a name only before cleaning
         w.close();
     }
     FileTree tree;
     RecordingSink sink;
     addTar(tmp / "0.tar", tree, sink, 0);
-    CHECK(paths(tree) == std::vector<std::string>{"/", "/b", "/escape", "/etc", "/etc/passwd", "/h1", "/h2", "/up"});
+    CHECK(paths(tree) ==
+          std::vector<std::string>{"/", "/b", "/escape", "/etc", "/etc/passwd", "/h1", "/h2", "/long", "/up"});
     CHECK(&inodeAt(tree, "h1") == &inodeAt(tree, "etc/passwd"));
     CHECK(&inodeAt(tree, "h2") == &inodeAt(tree, "etc/passwd"));
 }

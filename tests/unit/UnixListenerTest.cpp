@@ -5,7 +5,7 @@
 
 #include <catch2/catch.hpp>
 
-#include <atomic>
+#include <latch>
 #include <optional>
 #include <thread>
 
@@ -18,13 +18,11 @@ TEST_CASE("of two listeners binding one path at once one listens and the other i
     const rafs::test::TempDir dir;
     const std::filesystem::path path = dir.path() / "api.sock";
     for (int round = 0; round < 300; ++round) {
-        std::atomic<int> ready{0};
+        std::latch start(2);  // both bind at once
         std::optional<UnixListener> listeners[2];
         std::string errors[2];
         auto bind = [&](int i) {
-            ++ready;
-            while (ready < 2) {
-            }
+            start.arrive_and_wait();
             try {
                 listeners[i].emplace(UnixListener::bind(path, 0600, 0));
             } catch (const rafs::Error& e) {
