@@ -5,7 +5,6 @@
 
 #include <fcntl.h>
 #include <sys/stat.h>
-#include <unistd.h>
 
 namespace fs = std::filesystem;
 
@@ -43,17 +42,13 @@ LayoutLock::LayoutLock(const fs::path& dir, const std::function<void()>& waiting
             if (err == ENOENT) continue;  // removed since
             rafs::failErrno(fmt::format("{}: cannot open", name), err);
         }
-        rafs::LockOutcome outcome{};
-        try {
-            outcome = rafs::lockExclusive(fd.get(), std::chrono::steady_clock::now(), name);
-            if (outcome == rafs::LockOutcome::TimedOut) {
-                if (!told && waiting) waiting();
-                told = true;
-                outcome = rafs::lockExclusive(fd.get(), std::nullopt, name);
-            }
-        } catch (...) {
-            if (made) ::rmdir(dir.c_str());  // only if still empty: never another writer's layout
-            throw;
+        // A directory made here and left empty by a failure below stays: removing it without
+        // the lock could pull it from under a writer that just locked it.
+        rafs::LockOutcome outcome = rafs::lockExclusive(fd.get(), std::chrono::steady_clock::now(), name);
+        if (outcome == rafs::LockOutcome::TimedOut) {
+            if (!told && waiting) waiting();
+            told = true;
+            outcome = rafs::lockExclusive(fd.get(), std::nullopt, name);
         }
         if (!sameFile(fd.get(), dir)) continue;
         locked_ = outcome == rafs::LockOutcome::Locked;

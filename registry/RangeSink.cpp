@@ -112,7 +112,8 @@ bool getRange(RetryingTransport& transport, HttpRequest request, uint64_t offset
     request.sink = &sink;
     last = transport.perform(request, [&] { sink.reset(); }, [&](const HttpResponse& r) { return sink.transient(r); });
     if (last.status == 200) {
-        // Also a body that ended exactly with the range, as its Content-Length tells.
+        // Also when the pieces received ended exactly at the range's end and the body went on, as
+        // its Content-Length tells (without one, such a whole-blob answer goes uncounted).
         const auto whole = last.header("content-length");
         const auto size = whole ? number(*whole) : std::nullopt;
         if (sink.cutFromWholeBlob() || (size && *size > length)) transport.stats().whole_blob_answers++;

@@ -205,8 +205,11 @@ private:
     // The components of a member path or hardlink target, cleaned as containerd's archive.Apply
     // cleans them (filepath.Clean, then fs.RootPath: archive/tar.go): "." and empty ones dropped,
     // ".." taking the one before it away and stopping at the root, and an absolute path starting
-    // at the root, so that the image holds what a runtime applying the layer makes. (A member that
-    // cleans to the root is the root entry here, which must be a directory; containerd skips it.)
+    // at the root, so that the image holds what a runtime applying the layer makes. A member that
+    // cleans to the root is the root entry, whose attributes the image takes (umoci and GNU tar
+    // apply them too); containerd skips it. One that is not a directory is refused rather than
+    // dropped unseen. The length bound is on the name as written, which bounds the cleaned one:
+    // a name past PATH_MAX that ".." would shorten is no layer a tool writes.
     std::vector<std::string_view> components(std::string_view path) const {
         if (path.size() > kMaxPathLength) failMember("path longer than {} bytes", kMaxPathLength);
         std::vector<std::string_view> parts;

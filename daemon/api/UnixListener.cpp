@@ -97,13 +97,22 @@ UnixListener UnixListener::bind(const std::filesystem::path& path, mode_t mode, 
         if (bindTo(listener.fd_, address) != 0) rafs::failErrno(fmt::format("cannot bind {}", path.string()));
     }
     struct stat st {};
-    if (::stat(path.c_str(), &st) != 0) rafs::failErrno(fmt::format("cannot stat {}", path.string()));
+    // Made by this bind, under the lock this thread holds: a failure removes it here (close()
+    // would wait for that lock).
+    try {
+        if (::stat(path.c_str(), &st) != 0) rafs::failErrno(fmt::format("cannot stat {}", path.string()));
+        // Before listen(): until then connecting fails anyway, so the umask's mode is never usable.
+        if (::chmod(path.c_str(), mode) != 0) rafs::failErrno(fmt::format("cannot chmod {}", path.string()));
+        if (::listen(listener.fd_.get(), SOMAXCONN) != 0) {
+            rafs::failErrno(fmt::format("cannot listen on {}", path.string()));
+        }
+    } catch (...) {
+        ::unlink(path.c_str());
+        throw;
+    }
     listener.path_ = path;
     listener.dev_ = st.st_dev;
     listener.ino_ = st.st_ino;
-    // Before listen(): until then connecting fails anyway, so the umask's mode is never usable.
-    if (::chmod(path.c_str(), mode) != 0) rafs::failErrno(fmt::format("cannot chmod {}", path.string()));
-    if (::listen(listener.fd_.get(), SOMAXCONN) != 0) rafs::failErrno(fmt::format("cannot listen on {}", path.string()));
     return listener;
 }
 
@@ -138,7 +147,7 @@ void UnixListener::close() {
     rafs::UniqueFd lock;
     try {
         lock = lockDirectoryOf(path_);
-    } catch (const rafs::Error&) {
+    } catch (...) {  // from a destructor or a noexcept move: nothing may escape
         // Not this file's to remove if it cannot be checked under the lock: left, it is stale
         // for the next bind().
         path_.clear();

@@ -30,10 +30,15 @@ std::string idOf(const std::string& key) {
 // lock on it while the blob is served: another rafsd on the same cache dir).
 void removeBlob(const fs::path& dir, const std::string& id) {
     const fs::path chunkmap = dir / (id + ".chunkmap");
-    rafs::UniqueFd fd(::open(chunkmap.c_str(), O_RDONLY | O_CLOEXEC));
-    if (fd.get() >= 0 && rafs::lockExclusive(fd.get(), std::chrono::steady_clock::now(), chunkmap.string()) ==
-                             rafs::LockOutcome::TimedOut) {
-        rafs::fail("{} is locked by another process serving the blob", chunkmap.string());
+    // Read-write, as ReadinessBitmap opens it: on NFS only such a file takes an exclusive lock.
+    rafs::UniqueFd fd(::open(chunkmap.c_str(), O_RDWR | O_CLOEXEC));
+    if (fd.get() >= 0) {
+        const auto outcome = rafs::lockExclusive(fd.get(), std::chrono::steady_clock::now(), chunkmap.string());
+        if (outcome == rafs::LockOutcome::TimedOut) rafs::fail("{} is locked by another process serving the blob", chunkmap.string());
+        if (outcome == rafs::LockOutcome::Unsupported) {
+            rafs::fail("{}: its file system cannot lock it, so whether another process serves the blob is unknown",
+                       chunkmap.string());
+        }
     }
     for (std::string_view suffix : kSuffixes) {
         const fs::path path = dir / (id + std::string(suffix));

@@ -165,9 +165,12 @@ ReadinessBitmap ReadinessBitmap::open(const std::filesystem::path& path, std::st
     // lock is on the open file, so it goes with the process however it ends. A holder that is
     // letting go (the last user of a blob closing it on another thread as the blob is opened
     // again, a daemon in its last moments) gets a moment to finish.
-    if (rafs::lockExclusive(fd, std::chrono::steady_clock::now() + kLockWait, path.string()) ==
-        rafs::LockOutcome::TimedOut) {
+    const auto outcome = rafs::lockExclusive(fd, std::chrono::steady_clock::now() + kLockWait, path.string());
+    if (outcome == rafs::LockOutcome::TimedOut) {
         rafs::fail("{}: in use by another process: two rafsd daemons must not share a cache dir", path.string());
+    }
+    if (outcome == rafs::LockOutcome::Unsupported) {
+        rafs::fail("{}: its file system cannot lock it (flock); the cache dir must be on one that can", path.string());
     }
     struct stat info {};
     if (::fstat(fd, &info) != 0) rafs::failErrno(fmt::format("{}: fstat", path.string()));

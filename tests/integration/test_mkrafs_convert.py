@@ -37,6 +37,7 @@ base's big file) and pushed by skopeo:
    whose CA is unknown.
 """
 
+import fcntl
 import hashlib
 import json
 import os
@@ -45,6 +46,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import time
 
 from rafstest import compare, harness
 from rafstest.harness import log, run, text
@@ -436,15 +438,33 @@ def main():
             check_rafs_image(ck, mk, tmp, dst_layout, layout_digest, expected, 'layout')
 
             ck.section('5a. two converts into one layout at once: both tags kept (the layout lock)')
+            # The test holds the layout's lock first, as a third writer would, so that both
+            # converts are started and waiting before either runs: whatever the timing, each must
+            # say it waits, and neither may lose the other's tag.
             shared_layout = os.path.join(tmp, 'shared-layout')
-            procs = [subprocess.Popen([mk.path, 'convert', '--work-dir', work_dir,
-                                       'oci:%s:v1' % src_layout, 'oci:%s:%s' % (shared_layout, tag)],
-                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for tag in ('one', 'two')]
-            outputs = [p.communicate(timeout=600)[0] for p in procs]
-            ck.check(all(p.returncode == 0 for p in procs), 'both converts succeed', text(b''.join(outputs))[-600:])
-            waited = [b'waiting for another mkrafs' in out for out in outputs]
-            ck.check(waited.count(True) == 1, 'one waited for the other (the lock is held for the whole conversion)',
-                     repr(waited))
+            os.makedirs(shared_layout)
+            holder = os.open(shared_layout, os.O_RDONLY | os.O_DIRECTORY)
+            fcntl.flock(holder, fcntl.LOCK_EX)
+            outs = [open(os.path.join(tmp, 'convert-%s.out' % tag), 'w+b') for tag in ('one', 'two')]
+            procs = [subprocess.Popen([mk.path, 'convert', '--work-dir', work_dir, 'oci:%s:v1' % src_layout,
+                                       'oci:%s:%s' % (shared_layout, tag)], stdout=out, stderr=subprocess.STDOUT)
+                     for tag, out in zip(('one', 'two'), outs)]
+
+            def output(i):
+                outs[i].seek(0)
+                return outs[i].read()
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and not all(b'waiting for another mkrafs' in output(i) for i in (0, 1)):
+                time.sleep(0.05)
+            ck.check(all(b'waiting for another mkrafs' in output(i) for i in (0, 1)),
+                     'both converts wait for the lock the test holds', text(output(0) + output(1))[-600:])
+            os.close(holder)
+            for p in procs:
+                p.wait(timeout=600)
+            ck.check(all(p.returncode == 0 for p in procs), 'both converts succeed once it is let go',
+                     text(output(0) + output(1))[-600:])
+            for out in outs:
+                out.close()
             with open(os.path.join(shared_layout, 'index.json')) as f:
                 shared = {m.get('annotations', {}).get('org.opencontainers.image.ref.name'): m['digest']
                           for m in json.load(f)['manifests']}

@@ -266,6 +266,19 @@ TEST_CASE("an OCI layout's lock says who made the directory, and makes a second 
     third.join();
 }
 
+TEST_CASE("an OCI layout's lock names what keeps it from a directory", "[registry]") {
+    const rafs::test::TempDir dir;
+    std::filesystem::create_symlink(dir.path() / "nowhere", dir.path() / "dangling");
+    CHECK_THROWS_WITH(LayoutLock(dir.path() / "dangling", {}),
+                      "oci:" + (dir.path() / "dangling").string() + ": a symbolic link to nothing");
+    std::ofstream(dir.path() / "file") << "x";
+    CHECK_THROWS_WITH(LayoutLock(dir.path() / "file" / "layout", {}),
+                      Contains("oci:" + (dir.path() / "file" / "layout").string() + ": cannot create " +
+                               (dir.path() / "file").string()));
+    CHECK_THROWS_WITH(LayoutLock(dir.path() / "file", {}),
+                      "oci:" + (dir.path() / "file").string() + ": cannot open: Not a directory");
+}
+
 TEST_CASE("a manifest tagged in an OCI layout leaves the other entries as they were", "[registry]") {
     const rafs::test::TempDir dir;
     const std::filesystem::path path = dir.path() / "layout";
