@@ -34,7 +34,9 @@ void removeBlob(const fs::path& dir, const std::string& id) {
     rafs::UniqueFd fd(::open(chunkmap.c_str(), O_RDWR | O_CLOEXEC));
     if (fd.get() >= 0) {
         const auto outcome = rafs::lockExclusive(fd.get(), std::chrono::steady_clock::now(), chunkmap.string());
-        if (outcome == rafs::LockOutcome::TimedOut) rafs::fail("{} is locked by another process serving the blob", chunkmap.string());
+        if (outcome == rafs::LockOutcome::TimedOut) {
+            rafs::fail("{} is locked by another process serving the blob", chunkmap.string());
+        }
         if (outcome == rafs::LockOutcome::Unsupported) {
             rafs::fail("{}: its file system cannot lock it, so whether another process serves the blob is unknown",
                        chunkmap.string());

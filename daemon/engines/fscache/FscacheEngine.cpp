@@ -16,6 +16,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <atomic>
 #include <chrono>
 #include <limits>
 #include <cstdlib>
@@ -237,6 +238,10 @@ void FscacheEngine::handleRead(const CachefilesMessage& msg) {
     // we can fetch. Should that fail (the chunk map cannot be written), or the fetch not even
     // start, the READ is completed without its data, so that the reader gets EIO instead of
     // waiting until the device closes.
+    // Once, whoever comes first: the core's completion, or this function when the core throws,
+    // also after it completed (a failed allocation past the answer). A second completion could
+    // end a newer READ of the object that reuses the id, before its data is there.
+    const auto completed = std::make_shared<std::atomic_flag>();
     try {
         if (const uint32_t dropped = core_.forgetLost(image, blob, msg.offset, msg.length); dropped != 0) {
             log::warn("blob {}: {} chunks marked present are not in the kernel's cache file; fetching them again",
@@ -246,7 +251,8 @@ void FscacheEngine::handleRead(const CachefilesMessage& msg) {
         }
         const auto received = std::chrono::steady_clock::now();
         core_.makePresent(image, blob, msg.offset, msg.length,
-                          [stats = read_stats_, complete = complete_, fd, id = msg.msg_id, received](int error) {
+                          [stats = read_stats_, complete = complete_, fd, id = msg.msg_id, received, completed](int error) {
+                              if (completed->test_and_set()) return;
                               if (error != 0) {
                                   log::warn("cachefiles READ {}: {}; the reader gets EIO", id, std::strerror(error));
                                   ++stats->errors;
@@ -256,6 +262,10 @@ void FscacheEngine::handleRead(const CachefilesMessage& msg) {
                                   std::chrono::steady_clock::now() - received));
                           });
     } catch (const std::exception& e) {
+        if (completed->test_and_set()) {
+            log::error("cachefiles READ {}: blob {}: {} after it was answered", msg.msg_id, blob_id, e.what());
+            return;
+        }
         log::error("cachefiles READ {}: blob {}: {}; the reader gets EIO", msg.msg_id, blob_id, e.what());
         ++read_stats_->errors;
         complete_(fd->get(), msg.msg_id);
