@@ -1109,24 +1109,22 @@ std::string ImageService::metrics() {
     std::map<std::string, std::vector<NetworkBackend*>> network;
     if (network_) network[network_->describe()].push_back(network_.get());
     for (const auto& [name, backend] : registries_) network[backend->describe()].push_back(backend.get());
-    const auto transfers = [&](std::string_view name, std::string_view help, auto value) {
+    using Stats = registry::TransferStats;
+    const auto transfers = [&](std::string_view name, std::string_view help, std::atomic<uint64_t> Stats::*counter) {
         m.family(name, "counter", help);
         for (const auto& [described, backends] : network) {
             uint64_t sum = 0;
-            for (NetworkBackend* b : backends) sum += value(b->stats()).load();
+            for (NetworkBackend* b : backends) sum += (b->stats().*counter).load();
             m.sample(name, {{"backend", described}}, sum);
         }
     };
-    using Stats = registry::TransferStats;
-    transfers("rafsd_backend_requests_total", "HTTP requests sent, every attempt.", [](Stats& s) -> auto& { return s.requests; });
-    transfers("rafsd_backend_received_bytes_total", "Response body bytes received.", [](Stats& s) -> auto& { return s.bytes; });
-    transfers("rafsd_backend_retries_total", "Attempts after a failed one.", [](Stats& s) -> auto& { return s.retries; });
-    transfers("rafsd_backend_failures_total", "Reads and probes that failed after every retry.",
-              [](Stats& s) -> auto& { return s.failures; });
-    transfers("rafsd_backend_token_refreshes_total", "Bearer tokens fetched.", [](Stats& s) -> auto& { return s.token_refreshes; });
+    transfers("rafsd_backend_requests_total", "HTTP requests sent, every attempt.", &Stats::requests);
+    transfers("rafsd_backend_received_bytes_total", "Response body bytes received.", &Stats::bytes);
+    transfers("rafsd_backend_retries_total", "Attempts after a failed one.", &Stats::retries);
+    transfers("rafsd_backend_failures_total", "Reads and probes that failed after every retry.", &Stats::failures);
+    transfers("rafsd_backend_token_refreshes_total", "Bearer tokens fetched.", &Stats::token_refreshes);
     transfers("rafsd_backend_whole_blob_answers_total",
-              "Range requests the server answered with the whole blob (it ignores Range).",
-              [](Stats& s) -> auto& { return s.whole_blob_answers; });
+              "Range requests the server answered with the whole blob (it ignores Range).", &Stats::whole_blob_answers);
     if (fanotify_) {
         const FanotifyCounters c = fanotify_->counters();
         m.family("rafsd_fanotify_events_total", "counter", "FAN_PRE_ACCESS events read.");

@@ -21,7 +21,8 @@ std::shared_ptr<RegistryBackend> makeRegistryBackend(const Config::Backend& conf
                                                      const std::string& repository);
 
 // For `rafsctl status`: {"backend", "requests", "bytes", "retries", "failures", "token_refreshes",
-// "whole_blob_answers", "latency_p50_us", "latency_p99_us"}. Never a secret: the description holds no credentials.
+// "whole_blob_answers", "latency_p50_us", "latency_p99_us"}. Never a secret: the description holds
+// no credentials.
 nlohmann::json networkStatus(NetworkBackend& backend);
 
 }  // namespace rafsd

@@ -25,9 +25,7 @@ public:
             std::lock_guard lock(mutex_);
             ++left_;
         }
-        return [self = shared_from_this(), called = std::make_shared<std::atomic_flag>()](int error) {
-            if (!called->test_and_set()) self->complete(error);
-        };
+        return once([self = shared_from_this()](int error) { self->complete(error); });
     }
 
     // Until every completion added has been called.

@@ -3,14 +3,24 @@
 // else (planning, fetching, verifying, caching, prefetching) stays behind this interface.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
+#include <memory>
 
 namespace rafsd {
 
 // 0 when the range is present in the cache file, else a positive errno (EIO when the data could
 // not be fetched or failed verification).
 using Completion = std::function<void(int error)>;
+
+// `done`, run the first time the result is called and never again: for a caller that completes a
+// request itself when the callee throws, not knowing whether the callee had completed it already.
+inline Completion once(Completion done) {
+    return [done = std::move(done), called = std::make_shared<std::atomic_flag>()](int error) {
+        if (!called->test_and_set()) done(error);
+    };
+}
 
 class DataPlane {
 public:

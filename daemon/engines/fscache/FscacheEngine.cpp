@@ -16,7 +16,6 @@
 
 #include <algorithm>
 #include <cerrno>
-#include <atomic>
 #include <chrono>
 #include <limits>
 #include <cstdlib>
@@ -241,7 +240,16 @@ void FscacheEngine::handleRead(const CachefilesMessage& msg) {
     // Once, whoever comes first: the core's completion, or this function when the core throws,
     // also after it completed (a failed allocation past the answer). A second completion could
     // end a newer READ of the object that reuses the id, before its data is there.
-    const auto completed = std::make_shared<std::atomic_flag>();
+    const auto received = std::chrono::steady_clock::now();
+    const Completion answer = once([stats = read_stats_, complete = complete_, fd, id = msg.msg_id, received](int error) {
+        if (error != 0) {
+            log::warn("cachefiles READ {}: {}; the reader gets EIO", id, std::strerror(error));
+            ++stats->errors;
+        }
+        complete(fd->get(), id);
+        stats->latency.add(
+            std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - received));
+    });
     try {
         if (const uint32_t dropped = core_.forgetLost(image, blob, msg.offset, msg.length); dropped != 0) {
             log::warn("blob {}: {} chunks marked present are not in the kernel's cache file; fetching them again",
@@ -249,26 +257,10 @@ void FscacheEngine::handleRead(const CachefilesMessage& msg) {
             std::lock_guard relock(mutex_);
             counters_.stale_chunks += dropped;
         }
-        const auto received = std::chrono::steady_clock::now();
-        core_.makePresent(image, blob, msg.offset, msg.length,
-                          [stats = read_stats_, complete = complete_, fd, id = msg.msg_id, received, completed](int error) {
-                              if (completed->test_and_set()) return;
-                              if (error != 0) {
-                                  log::warn("cachefiles READ {}: {}; the reader gets EIO", id, std::strerror(error));
-                                  ++stats->errors;
-                              }
-                              complete(fd->get(), id);
-                              stats->latency.add(std::chrono::duration_cast<std::chrono::microseconds>(
-                                  std::chrono::steady_clock::now() - received));
-                          });
+        core_.makePresent(image, blob, msg.offset, msg.length, answer);
     } catch (const std::exception& e) {
-        if (completed->test_and_set()) {
-            log::error("cachefiles READ {}: blob {}: {} after it was answered", msg.msg_id, blob_id, e.what());
-            return;
-        }
-        log::error("cachefiles READ {}: blob {}: {}; the reader gets EIO", msg.msg_id, blob_id, e.what());
-        ++read_stats_->errors;
-        complete_(fd->get(), msg.msg_id);
+        log::error("cachefiles READ {}: blob {}: {}", msg.msg_id, blob_id, e.what());
+        answer(EIO);  // nothing if the core completed it before it threw
     }
 }
 
