@@ -272,10 +272,10 @@ void ChunkFetcher::attemptRequest(std::shared_ptr<const BlobAndTrace> found, uin
     // fill's runs wait behind readers' own, and one becomes theirs once a reader waits for it.
     for (const FetchRun& run : plan.runs) {
         if (read) {
-            queue_->push(FetchQueue::Priority::OnDemand, [this, blob, run] { fetchRun(blob, run, false, true); });
+            queueRun(blob, run, FetchQueue::Priority::OnDemand, false, true);
         } else {
-            queue_->push(FetchQueue::Priority::PrefetchTable, [this, blob, run] { fetchRun(blob, run, false, true); },
-                         [this, blob, run] { return hasWaiters(*blob, run.first, run.first + run.count, true); });
+            queueRun(blob, run, FetchQueue::Priority::PrefetchTable, false, true,
+                     [this, blob, run] { return hasWaiters(*blob, run.first, run.first + run.count, true); });
         }
     }
     if (awaits_others) queue_->recheck();  // a queued prefetch request may be this miss's now
@@ -300,11 +300,23 @@ uint32_t ChunkFetcher::prefetch(const std::shared_ptr<CachedBlob>& blob, uint32_
         }
     }
     for (const FetchRun& run : runs) {
-        const bool stream = priority != FetchQueue::Priority::Prefetch;
-        queue_->push(priority, [this, blob, run, stream] { fetchRun(blob, run, true, stream); },
-                     [this, blob, run] { return hasWaiters(*blob, run.first, run.first + run.count); });
+        queueRun(blob, run, priority, true, priority != FetchQueue::Priority::Prefetch,
+                 [this, blob, run] { return hasWaiters(*blob, run.first, run.first + run.count); });
     }
     return queued;
+}
+
+void ChunkFetcher::queueRun(const std::shared_ptr<CachedBlob>& blob, const FetchRun& run,
+                            FetchQueue::Priority priority, bool prefetch, bool stream, std::function<bool()> awaited) {
+    bool queued = false;
+    try {
+        queued = queue_->push(
+            priority, [this, blob, run, prefetch, stream] { fetchRun(blob, run, prefetch, stream); }, std::move(awaited));
+    } catch (const std::exception& e) {
+        log::error("blob {} chunks {}..{}: cannot queue their fetch: {}", blob->descriptor().id, run.first,
+                   run.first + run.count - 1, e.what());
+    }
+    if (!queued) finishChunks(*blob, run.first, run.count, EIO);
 }
 
 struct ChunkFetcher::RunProgress {

@@ -105,6 +105,10 @@ private:
     // is over: on a fast backend, decoding alongside took more CPU for nothing (a loopback full-tree
     // read, rafsd 0.44 to 0.52 CPU-seconds against 0.36 to 0.43: docs/benchmarks.md).
     void fetchRun(const std::shared_ptr<CachedBlob>& blob, FetchRun run, bool prefetch, bool stream);
+    // Queues fetchRun for a run whose chunks are marked in flight. A run the queue drops (a stop
+    // abandoned it) or fails to take fails its chunks (EIO): nothing else would ever complete them.
+    void queueRun(const std::shared_ptr<CachedBlob>& blob, const FetchRun& run, FetchQueue::Priority priority,
+                  bool prefetch, bool stream, std::function<bool()> awaited = {});
     // How far a run's chunks are decoded and written (fetchRun).
     struct RunProgress;
     // Decodes the run's next chunks whose stored bytes lie within the first `filled` bytes fetched,

@@ -33,10 +33,10 @@ void FetchQueue::abandon() {
     finish();
 }
 
-void FetchQueue::push(Priority priority, std::function<void()> task, std::function<bool()> awaited) {
+bool FetchQueue::push(Priority priority, std::function<void()> task, std::function<bool()> awaited) {
     {
         std::lock_guard lock(mutex_);
-        if (abandoned_) return;
+        if (abandoned_) return false;
         if (priority == Priority::OnDemand) {
             on_demand_.push_back(std::move(task));
         } else {
@@ -44,6 +44,7 @@ void FetchQueue::push(Priority priority, std::function<void()> task, std::functi
         }
     }
     ready_.notify_one();
+    return true;
 }
 
 void FetchQueue::recheck() {

@@ -37,8 +37,9 @@ public:
     FetchQueue& operator=(const FetchQueue&) = delete;
 
     // `awaited` (prefetch and prefetch-table tasks only; optional): whether a reader waits for the task's work. It
-    // is asked under the queue's lock, so it must not call back into the queue.
-    void push(Priority priority, std::function<void()> task, std::function<bool()> awaited = {});
+    // is asked under the queue's lock, so it must not call back into the queue. False if the task was
+    // dropped (the queue is abandoned): it will never run.
+    [[nodiscard]] bool push(Priority priority, std::function<void()> task, std::function<bool()> awaited = {});
     // A reader has come to wait for work that may be a queued prefetch task's: look again.
     void recheck();
     // Prefetch tasks waiting; the prefetcher keeps this small so misses never queue behind it.

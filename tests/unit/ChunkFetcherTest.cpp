@@ -661,3 +661,20 @@ TEST_CASE("a chunk freed while its request waits for another is fetched again be
     CHECK(blob->cache().isPresent(1));
     CHECK_FALSE(other->cache().isPresent(0));
 }
+
+// Once a stop has abandoned the fetch queue, it drops what is pushed to it (a request a finishing
+// fetch makes again, a prefetch). The chunks of a dropped run were marked in flight: a request
+// waiting for them, then or later, fails at once instead of waiting for a fetch that never comes.
+TEST_CASE("a run the abandoned queue drops fails its chunks instead of leaving them in flight", "[chunkfetcher]") {
+    constexpr uint32_t kChunks = 2;
+    rafs::test::TempDir dir;
+    auto blob = ZeroBlob(kBlobId, kChunks, kChunk)
+                    .cached(dir.path() / "map", std::make_shared<MemoryBackend>(std::vector<uint8_t>(kChunks * kChunk, 0)));
+    ChunkFetcher fetcher(FetchOptions{.amplify = 0, .threads = 1, .retries = 0});
+    const uint32_t image = fetcher.addImage({blob});
+    fetcher.abandonQueued();
+    CHECK(fetcher.prefetch(blob, 0, 1) == 1);
+    CHECK(waitFor(fetcher, image, 0, kChunk) == EIO);  // the dropped prefetch's chunk
+    CHECK(waitFor(fetcher, image, kChunk, kChunk) == EIO);  // the dropped request's own run
+    CHECK_FALSE(blob->cache().isPresent(0));
+}

@@ -66,9 +66,9 @@ struct BusyQueue {
     Gate miss;
     Gate blob;
     BusyQueue() {
-        queue.push(FetchQueue::Priority::OnDemand, miss.task());
+        CHECK(queue.push(FetchQueue::Priority::OnDemand, miss.task()));
         miss.waitStarted();
-        queue.push(FetchQueue::Priority::Prefetch, blob.task());
+        CHECK(queue.push(FetchQueue::Priority::Prefetch, blob.task()));
         blob.waitStarted();
     }
 };
@@ -84,10 +84,10 @@ TEST_CASE("queued on-demand work goes before queued prefetch work", "[fetchqueue
     {
         FetchQueue queue(1);
         Gate busy;
-        queue.push(FetchQueue::Priority::OnDemand, busy.task());
+        CHECK(queue.push(FetchQueue::Priority::OnDemand, busy.task()));
         busy.waitStarted();
-        queue.push(FetchQueue::Priority::Prefetch, order.task("prefetch"));
-        queue.push(FetchQueue::Priority::OnDemand, order.task("miss"));
+        CHECK(queue.push(FetchQueue::Priority::Prefetch, order.task("prefetch")));
+        CHECK(queue.push(FetchQueue::Priority::OnDemand, order.task("miss")));
         busy.release();
     }  // the destructor finishes on-demand work and drops prefetch work
     const auto names = order.names();
@@ -99,14 +99,15 @@ TEST_CASE("queued on-demand work goes before queued prefetch work", "[fetchqueue
 TEST_CASE("abandon drops queued on-demand work too, and what running work pushes", "[fetchqueue]") {
     Order order;
     Gate busy;
+    std::atomic<bool> dropped = false;
     FetchQueue queue(1);
-    queue.push(FetchQueue::Priority::OnDemand, [&, task = busy.task()] {
+    CHECK(queue.push(FetchQueue::Priority::OnDemand, [&, task = busy.task()] {
         task();
-        queue.push(FetchQueue::Priority::OnDemand, order.task("pushed while abandoning"));
+        dropped = !queue.push(FetchQueue::Priority::OnDemand, order.task("pushed while abandoning"));
         order.task("running")();
-    });
+    }));
     busy.waitStarted();
-    queue.push(FetchQueue::Priority::OnDemand, order.task("queued"));
+    CHECK(queue.push(FetchQueue::Priority::OnDemand, order.task("queued")));
     std::thread releaser([&] {
         std::this_thread::sleep_for(std::chrono::milliseconds(200));  // abandon() has been called by then
         busy.release();
@@ -114,6 +115,7 @@ TEST_CASE("abandon drops queued on-demand work too, and what running work pushes
     queue.abandon();
     releaser.join();
     CHECK(order.names() == std::vector<std::string>{"running"});
+    CHECK(dropped);
 }
 
 // Six threads idle: a second whole-blob prefetch that started beside the miss and the first
@@ -122,10 +124,10 @@ TEST_CASE("whole-blob prefetch holds one thread while a miss is fetched", "[fetc
     std::atomic<bool> second_started{false};
     std::promise<void> second_ran;
     BusyQueue busy;
-    busy.queue.push(FetchQueue::Priority::Prefetch, [&] {
+    CHECK(busy.queue.push(FetchQueue::Priority::Prefetch, [&] {
         second_started = true;
         second_ran.set_value();
-    });
+    }));
     std::this_thread::sleep_for(std::chrono::milliseconds(50));  // time for a wrong start
     CHECK(!second_started.load());
     busy.blob.release();
@@ -138,14 +140,14 @@ TEST_CASE("a queued prefetch task a reader waits for runs at once, ahead of the 
     std::atomic<bool> second_awaited{false};
     std::promise<void> second_ran;
     BusyQueue busy;
-    busy.queue.push(FetchQueue::Priority::Prefetch, order.task("first"), [] { return false; });
-    busy.queue.push(
+    CHECK(busy.queue.push(FetchQueue::Priority::Prefetch, order.task("first"), [] { return false; }));
+    CHECK(busy.queue.push(
         FetchQueue::Priority::Prefetch,
         [&] {
             order.task("second")();
             second_ran.set_value();
         },
-        [&] { return second_awaited.load(); });
+        [&] { return second_awaited.load(); }));
     second_awaited = true;  // a reader came to wait for the second one's chunks
     busy.queue.recheck();
     // It runs as on-demand work: beside the miss and the busy prefetch, before the first.
@@ -158,7 +160,7 @@ TEST_CASE("a queued prefetch task a reader waits for runs at once, ahead of the 
 TEST_CASE("prefetch-table work starts while a miss and whole-blob prefetch are fetched", "[fetchqueue]") {
     std::promise<void> table_ran;
     BusyQueue busy;
-    busy.queue.push(FetchQueue::Priority::PrefetchTable, [&] { table_ran.set_value(); });
+    CHECK(busy.queue.push(FetchQueue::Priority::PrefetchTable, [&] { table_ran.set_value(); }));
     CHECK(ranSoon(table_ran));
 }
 
@@ -167,12 +169,12 @@ TEST_CASE("whole-blob prefetch waits until the prefetch table's work is done", "
     std::promise<void> blob_ran;
     FetchQueue queue(8);
     Gate table;
-    queue.push(FetchQueue::Priority::PrefetchTable, table.task());
+    CHECK(queue.push(FetchQueue::Priority::PrefetchTable, table.task()));
     table.waitStarted();
-    queue.push(FetchQueue::Priority::Prefetch, [&] {
+    CHECK(queue.push(FetchQueue::Priority::Prefetch, [&] {
         blob_started = true;
         blob_ran.set_value();
-    });
+    }));
     std::this_thread::sleep_for(std::chrono::milliseconds(50));  // time for a wrong start
     CHECK(!blob_started.load());
     table.release();
@@ -184,8 +186,8 @@ TEST_CASE("the idle hook runs once no task is queued or running, not while one r
     FetchQueue queue(2, [&] { ++idled; });
     Gate first;
     Gate second;
-    queue.push(FetchQueue::Priority::OnDemand, first.task());
-    queue.push(FetchQueue::Priority::OnDemand, second.task());
+    CHECK(queue.push(FetchQueue::Priority::OnDemand, first.task()));
+    CHECK(queue.push(FetchQueue::Priority::OnDemand, second.task()));
     first.waitStarted();
     second.waitStarted();
     first.release();
