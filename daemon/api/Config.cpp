@@ -31,12 +31,6 @@ constexpr Named<Config::BackendType> kBackendTypes[] = {{"localfs", Config::Back
                                                         {"http", Config::BackendType::Http},
                                                         {"registry", Config::BackendType::Registry}};
 
-// Every enumerator is in its table, so the search always finds it.
-template <typename E, size_t N>
-std::string_view nameOf(const Named<E> (&table)[N], E value) {
-    return std::ranges::find(table, value, &Named<E>::value)->name;
-}
-
 template <typename E, size_t N>
 std::string joinNames(const Named<E> (&table)[N]) {
     std::string out;
@@ -417,8 +411,6 @@ Config fromTable(const toml::table& root, const std::string& source) {
 constexpr size_t kMaxConfigBytes = 1 << 20;
 
 }  // namespace
-
-std::string_view backendTypeName(Config::BackendType type) { return nameOf(kBackendTypes, type); }
 
 Config defaults() { return Config{}; }
 

@@ -145,7 +145,4 @@ Config parse(std::string_view text, const std::string& source);
 // daemon.log_level as the log's level.
 log::Level logLevel(Config::LogLevel level);
 
-// For "backend.type 'http' is not implemented yet".
-std::string_view backendTypeName(Config::BackendType type);
-
 }  // namespace rafsd

@@ -187,10 +187,17 @@ registry::ImageReference ImageService::registryReference(const std::string& imag
     return reference;
 }
 
-std::shared_ptr<RegistryBackend> ImageService::registryBackend(const registry::ImageReference& image) {
-    auto& backend = registries_[image.host + "/" + image.repository];
-    if (!backend) backend = makeRegistryBackend(config_.backend, image.host, image.repository);
+std::shared_ptr<RegistryBackend> ImageService::registryBackend(const std::string& host, const std::string& repository) {
+    auto& backend = registries_[host + "/" + repository];
+    if (!backend) backend = makeRegistryBackend(config_.backend, host, repository);
     return backend;
+}
+
+std::vector<NetworkBackend*> ImageService::networkBackends() const {
+    std::vector<NetworkBackend*> backends;
+    if (http_) backends.push_back(http_.get());
+    for (const auto& [name, backend] : registries_) backends.push_back(backend.get());
+    return backends;
 }
 
 std::shared_ptr<Backend> ImageService::backendFor(const MountRequest& request, const registry::ImageReference* image) {
@@ -201,9 +208,11 @@ std::shared_ptr<Backend> ImageService::backendFor(const MountRequest& request, c
         backend = registryBackend(*image);
     } else if (config_.backend.type == Config::BackendType::Localfs) {
         backend = std::make_shared<LocalfsBackend>(config_.backend.localfs.dir);
+    } else if (config_.backend.type == Config::BackendType::Registry) {
+        backend = registryBackend(config_.backend.registry.host, config_.backend.registry.repo);
     } else {
-        if (!network_) network_ = makeNetworkBackend(config_.backend);
-        backend = network_;
+        if (!http_) http_ = makeHttpBackend(config_.backend);
+        backend = http_;
     }
     if (fetch_delay_.count() > 0) backend = std::make_shared<DelayedBackend>(std::move(backend), fetch_delay_);
     return backend;
@@ -1022,8 +1031,7 @@ nlohmann::json ImageService::status(const StatusRequest& request) {
                          {"removed_caches", cache.removed_caches.load()},
                          {"freed_chunk_bytes", cache.freed_chunk_bytes.load()}};
     nlohmann::json backends = nlohmann::json::array();
-    if (network_) backends.push_back(networkStatus(*network_));
-    for (const auto& [name, backend] : registries_) backends.push_back(networkStatus(*backend));
+    for (NetworkBackend* backend : networkBackends()) backends.push_back(networkStatus(*backend));
     if (!backends.empty()) response["backends"] = backends;
     return response;
 }
@@ -1104,19 +1112,11 @@ std::string ImageService::metrics() {
     m.sample("rafsd_cache_evicted_bytes_total", {{"kind", "chunks"}}, cache.freed_chunk_bytes.load());
     m.family("rafsd_prefetch_backlog_chunks", "gauge", "Chunks queued for prefetch.");
     m.sample("rafsd_prefetch_backlog_chunks", {}, fetcher_ ? fetcher_->prefetchBacklog() : 0);
-    // By what they read from: the configured backend and one for an image reference of the same
-    // registry and repository are two objects with one name, which must be one series.
-    std::map<std::string, std::vector<NetworkBackend*>> network;
-    if (network_) network[network_->describe()].push_back(network_.get());
-    for (const auto& [name, backend] : registries_) network[backend->describe()].push_back(backend.get());
     using Stats = registry::TransferStats;
+    const std::vector<NetworkBackend*> network = networkBackends();
     const auto transfers = [&](std::string_view name, std::string_view help, std::atomic<uint64_t> Stats::*counter) {
         m.family(name, "counter", help);
-        for (const auto& [described, backends] : network) {
-            uint64_t sum = 0;
-            for (NetworkBackend* b : backends) sum += (b->stats().*counter).load();
-            m.sample(name, {{"backend", described}}, sum);
-        }
+        for (NetworkBackend* b : network) m.sample(name, {{"backend", b->describe()}}, (b->stats().*counter).load());
     };
     transfers("rafsd_backend_requests_total", "HTTP requests sent, every attempt.", &Stats::requests);
     transfers("rafsd_backend_received_bytes_total", "Response body bytes received.", &Stats::bytes);

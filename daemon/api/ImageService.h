@@ -133,10 +133,16 @@ private:
     // by every image that uses it.
     // `image`: the image's registry and repository, whatever backend.type says.
     std::shared_ptr<Backend> backendFor(const MountRequest& request, const registry::ImageReference* image);
+    // The network backends made so far, each once (the names rafsctl status and /metrics show).
+    std::vector<NetworkBackend*> networkBackends() const;
     // The reference `image` parsed; an error unless it names an image in a registry.
     static registry::ImageReference registryReference(const std::string& image);
-    // One registry backend per registry and repository that images are mounted from.
-    std::shared_ptr<RegistryBackend> registryBackend(const registry::ImageReference& image);
+    // One registry backend per registry and repository that images are mounted from, the configured
+    // one (backend.type registry) among them.
+    std::shared_ptr<RegistryBackend> registryBackend(const std::string& host, const std::string& repository);
+    std::shared_ptr<RegistryBackend> registryBackend(const registry::ImageReference& image) {
+        return registryBackend(image.host, image.repository);
+    }
     // `fscache_volume` empty: a sparse cache file (fanotify). Otherwise the blob's cache file is the
     // kernel's cachefiles object in that volume ("<domain_id or fsid>"), which is per volume: a
     // blob is shared only within one. `taking_over`: a mount the kernel still has (no backend check).
@@ -240,7 +246,7 @@ private:
     // the next worker finds no mount to take over.
     bool table_adopted_ = false;
     std::chrono::milliseconds fetch_delay_{0};
-    std::shared_ptr<NetworkBackend> network_;  // backend.type http or registry, once used
+    std::shared_ptr<NetworkBackend> http_;  // backend.type http, once used
     std::map<std::string, std::shared_ptr<RegistryBackend>> registries_;  // by "host/repository"
     RegistryImages registry_images_;
 };

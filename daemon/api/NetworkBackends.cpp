@@ -1,7 +1,5 @@
 #include "daemon/api/NetworkBackends.h"
 
-#include "format/Error.h"
-#include "daemon/backends/HttpBackend.h"
 #include "registry/TlsConfig.h"
 
 namespace rafsd {
@@ -49,16 +47,8 @@ std::shared_ptr<RegistryBackend> makeRegistryBackend(const Config::Backend& conf
         std::make_shared<registry::RegistryClient>(options, transportFor(config), std::move(credentials)));
 }
 
-std::shared_ptr<NetworkBackend> makeNetworkBackend(const Config::Backend& config) {
-    switch (config.type) {
-    case Config::BackendType::Http:
-        return std::make_shared<HttpBackend>(std::make_unique<registry::HttpBlobClient>(config.http.url, transportFor(config)));
-    case Config::BackendType::Registry:
-        return makeRegistryBackend(config, config.registry.host, config.registry.repo);
-    case Config::BackendType::Localfs:
-        break;
-    }
-    rafs::fail("backend.type '{}' is not a network backend", backendTypeName(config.type));
+std::shared_ptr<HttpBackend> makeHttpBackend(const Config::Backend& config) {
+    return std::make_shared<HttpBackend>(std::make_unique<registry::HttpBlobClient>(config.http.url, transportFor(config)));
 }
 
 nlohmann::json networkStatus(NetworkBackend& backend) {

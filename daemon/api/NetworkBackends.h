@@ -3,6 +3,7 @@
 #pragma once
 
 #include "daemon/api/Config.h"
+#include "daemon/backends/HttpBackend.h"
 #include "daemon/backends/NetworkBackend.h"
 #include "daemon/backends/RegistryBackend.h"
 
@@ -12,8 +13,8 @@
 
 namespace rafsd {
 
-// For backend.type http or registry; throws rafs::Error naming a file (CA, key) it cannot use.
-std::shared_ptr<NetworkBackend> makeNetworkBackend(const Config::Backend& config);
+// For backend.type http; throws rafs::Error naming a file (CA, key) it cannot use.
+std::shared_ptr<HttpBackend> makeHttpBackend(const Config::Backend& config);
 
 // The registry backend of repository `repository` at `host` (a mount by image reference), with the
 // transport, [backend.hosts] settings and credentials of `config`, whatever its backend.type.

@@ -28,6 +28,7 @@ from rafstest import compare, harness
 from rafstest.harness import log
 from rafstest.rafsd import (RafsdMount, RafsdServe, expect_error, network_config, rafsctl,
                             small_image, start_test)
+from rafstest.rafsimage import Pusher
 from rafstest.servers import basic_auth, docker_config, free_port, htpasswd_registry, push_blob, registry
 
 MiB = 1 << 20
@@ -138,6 +139,22 @@ def main():
                         ck.check(b.get('requests', 0) >= 2 and b.get('bytes', 0) >= sum(s for _, s in FILES),
                                  'requests and bytes counted')
                         ck.check(PASSWORD not in raw and auth_string not in raw, 'no secret in the status')
+                        # The same repository by image reference: one backend, not a second of one name.
+                        Pusher('https://' + host, REPO, ca.context(), basic_auth(USER, PASSWORD)).rafs_image(
+                            'v1', boot, [os.path.join(out, 'blobs', blob)])
+                        by_ref = mnt + '-by-reference'
+                        os.makedirs(by_ref, exist_ok=True)
+                        r = rafsctl(ctl, sock, 'mount', '%s/%s:v1' % (host, REPO), by_ref)
+                        if ck.check(r.returncode == 0, 'rafsctl mount of the repository by reference',
+                                    (r.stderr or b'').decode()):
+                            ck.diffs('tree by reference (serve)', compare.compare_trees(src, by_ref))
+                            r = rafsctl(ctl, sock, 'status', '--json')
+                            status = json.loads((r.stdout or b'{}').decode()) if r.returncode == 0 else {}
+                            backends = status.get('backends') or []
+                            ck.check(len(backends) == 1 and backends[0].get('requests', 0) > b.get('requests', 0),
+                                     'status lists one registry backend, which served both mounts', repr(backends))
+                            r = rafsctl(ctl, sock, 'umount', by_ref)
+                            ck.check(r.returncode == 0, 'rafsctl umount (by reference)', (r.stderr or b'').decode())
                         r = rafsctl(ctl, sock, 'umount', mnt)
                         ck.check(r.returncode == 0, 'rafsctl umount', (r.stderr or b'').decode())
                 ck.check(srv.stop() == 0, 'rafsd serve exits 0')

@@ -117,7 +117,6 @@ timeout = 3600
     CHECK(parsed("fetch.retries = 3\ndaemon.engine = \"fscache\"\n").fetch.retries == 3);
     CHECK(parsed("backend.type = \"registry\"\nbackend.registry.host = \"r:5000\"\nbackend.registry.repo = \"a/b\"")
               .backend.type == Config::BackendType::Registry);
-    CHECK(rafsd::backendTypeName(Config::BackendType::Registry) == "registry");
 
     const Config cache = parsed("[cache]\nmax_size = \"20GiB\"\nhigh_watermark = 90\nlow_watermark = 90\n"
                                 "keep_recent = 0\ngc_interval = 60\n");
