@@ -227,6 +227,11 @@ private:
         for (const std::string& name : listDirectory(dir_path)) {
             const std::string path =
                 dir_path.ends_with('/') ? dir_path + name : dir_path + "/" + name;
+            if (FileTree::isWhiteout(name)) {
+                // Whatever its type: a runtime applying the layer goes by the name alone.
+                if (!tree_.applyWhiteout(tree_.find(tree_dir), name, layer_)) fail("{}: invalid whiteout name", path);
+                continue;
+            }
             const std::string tree_path = tree_dir + "/" + name;
             struct stat st {};
             if (::lstat(path.c_str(), &st) != 0) failErrno(fmt::format("cannot stat {}", path));

@@ -10,9 +10,10 @@ namespace rafs::build {
 
 // Adds everything under `root` to `tree` as layer `layer`: root's own metadata replaces the tree
 // root's, entries are visited parents first and in bytewise name order, and each regular file's
-// content goes to `sink` in that order (hardlinks share one Inode and are sent once). Symlinks
-// are not followed, not even `root` itself. Throws Error naming the path on any failure,
-// including xattrs RAFS v6 cannot store.
+// content goes to `sink` in that order (hardlinks share one Inode and are sent once). OCI
+// whiteouts apply as in a tar layer (FileTree::applyWhiteout) and are not added. Symlinks are
+// not followed, not even `root` itself. Throws Error naming the path on any failure, including
+// xattrs RAFS v6 cannot store.
 void addDirectory(const std::filesystem::path& root, FileTree& tree, ChunkSink& sink,
                   unsigned layer);
 

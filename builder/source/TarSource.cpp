@@ -30,8 +30,6 @@ constexpr size_t kMaxNameLength = 255;  // EROFS dirent names
 constexpr size_t kMaxPathLength = 4095;
 constexpr unsigned kMaxDepth = 2048;
 constexpr unsigned kMaxSymlinks = 40;  // Linux's MAXSYMLINKS (include/linux/namei.h)
-constexpr std::string_view kWhiteoutPrefix = ".wh.";
-constexpr std::string_view kOpaqueWhiteout = ".wh..wh..opq";
 
 // Linux's binary POSIX ACL xattr (uapi linux/posix_acl_xattr.h and linux/posix_acl.h).
 constexpr uint32_t kAclXattrVersion = 2;
@@ -226,8 +224,8 @@ private:
         }
         // Of the cleaned name: a last component may be a whiteout of a name of the longest length.
         for (size_t i = 0; i < parts.size(); ++i) {
-            const bool whiteout = i + 1 == parts.size() && parts[i].starts_with(kWhiteoutPrefix);
-            if (parts[i].size() > kMaxNameLength + (whiteout ? kWhiteoutPrefix.size() : 0)) {
+            const bool whiteout = i + 1 == parts.size() && FileTree::isWhiteout(parts[i]);
+            if (parts[i].size() > kMaxNameLength + (whiteout ? FileTree::kWhiteoutPrefix.size() : 0)) {
                 failMember("path component longer than 255 bytes");
             }
         }
@@ -305,8 +303,8 @@ private:
         const char* pathname = archive_entry_pathname(entry);
         member_ = pathname != nullptr ? pathname : "";
         const auto parts = components(member_);
-        if (!parts.empty() && parts.back().starts_with(kWhiteoutPrefix)) {
-            applyWhiteout(parts);
+        if (!parts.empty() && FileTree::isWhiteout(parts.back())) {
+            if (!tree_.applyWhiteout(parentOf(parts, false), parts.back(), layer_)) failMember("invalid whiteout name");
             return;
         }
         if (const char* target = archive_entry_hardlink(entry)) {
@@ -324,34 +322,6 @@ private:
         if (added.isReg()) {
             MemberData data(*this, entry);
             sink_.addFile(added, data);
-        }
-    }
-
-    // OCI whiteouts only hide what lower layers put there.
-    void applyWhiteout(const std::vector<std::string_view>& parts) {
-        Node* dir = parentOf(parts, false);
-        if (parts.back() == kOpaqueWhiteout) {
-            if (dir != nullptr) removeLowerLayers(*dir);
-            return;
-        }
-        const std::string hidden(parts.back().substr(kWhiteoutPrefix.size()));
-        if (hidden.empty() || hidden == "." || hidden == "..") failMember("invalid whiteout name");
-        if (dir == nullptr) return;
-        auto it = dir->children.find(hidden);
-        if (it != dir->children.end() && it->second->layer < layer_) dir->children.erase(it);
-    }
-
-    // Empties `dir` of lower layers' entries, at any depth. A lower-layer directory holding
-    // entries of this layer stays: it is their parent.
-    void removeLowerLayers(Node& dir) {
-        for (auto it = dir.children.begin(); it != dir.children.end();) {
-            Node& child = *it->second;
-            removeLowerLayers(child);
-            if (child.layer < layer_ && child.children.empty()) {
-                it = dir.children.erase(it);
-            } else {
-                ++it;
-            }
         }
     }
 

@@ -42,6 +42,22 @@ Node* child(Node& dir, std::string_view name) {
     return it == dir.children.end() ? nullptr : it->second.get();
 }
 
+constexpr std::string_view kOpaqueWhiteout = ".wh..wh..opq";
+
+// Empties `dir` of entries of layers below `layer`, at any depth, but for directories that hold
+// entries of `layer`.
+void removeLowerLayers(Node& dir, unsigned layer) {
+    for (auto it = dir.children.begin(); it != dir.children.end();) {
+        Node& entry = *it->second;
+        removeLowerLayers(entry, layer);
+        if (entry.layer < layer && entry.children.empty()) {
+            it = dir.children.erase(it);
+        } else {
+            ++it;
+        }
+    }
+}
+
 }  // namespace
 
 FileTree::FileTree() {
@@ -105,6 +121,19 @@ bool FileTree::remove(std::string_view path) {
     if (node == nullptr) return false;
     auto& siblings = node->parent->children;
     siblings.erase(siblings.find(node->name));
+    return true;
+}
+
+bool FileTree::applyWhiteout(Node* dir, std::string_view name, unsigned layer) {
+    if (name == kOpaqueWhiteout) {
+        if (dir != nullptr) removeLowerLayers(*dir, layer);
+        return true;
+    }
+    const std::string_view hidden = name.substr(kWhiteoutPrefix.size());
+    if (hidden.empty() || hidden == "." || hidden == "..") return false;
+    if (dir == nullptr) return true;
+    auto it = dir->children.find(std::string(hidden));
+    if (it != dir->children.end() && it->second->layer < layer) dir->children.erase(it);
     return true;
 }
 

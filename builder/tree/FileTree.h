@@ -43,6 +43,16 @@ public:
     // Removes the entry at `path` with its subtree; false if there was none.
     bool remove(std::string_view path);
 
+    // Whether an entry `name` of a layer is an OCI whiteout (image-spec layer.md): ".wh.NAME"
+    // hides NAME, the opaque ".wh..wh..opq" all else in its directory. Neither is an entry itself.
+    static constexpr std::string_view kWhiteoutPrefix = ".wh.";
+    static bool isWhiteout(std::string_view name) { return name.starts_with(kWhiteoutPrefix); }
+    // Applies whiteout `name` of layer `layer` to directory `dir`: it hides only what lower layers
+    // put there, at any depth (a lower-layer directory holding entries of this layer stays, as
+    // their parent). `dir` null: a directory no layer has made, where it hides nothing. False,
+    // hiding nothing, if `name` names no entry (".wh.", ".wh..", ".wh...").
+    [[nodiscard]] bool applyWhiteout(Node* dir, std::string_view name, unsigned layer);
+
     // Keeps `inode` alive as long as the tree even after its entries are replaced or removed,
     // as a ChunkSink may fill inode.chunks after the source has moved on.
     void retain(std::shared_ptr<Inode> inode) { retained_.push_back(std::move(inode)); }

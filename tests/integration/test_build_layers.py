@@ -15,6 +15,8 @@ Part 2: ../shared/fixtures/nydus/all-entry-type.tar (nydus's tar with every entr
   built, mounted and compared with its extraction by GNU tar (-xpf --xattrs --acls).
 Part 3: a layer without chunks (so without a blob) under a layer with a hardlinked file: the
   blobs are renumbered, each inode's chunks once however many names it has.
+Part 4: directory layers (two tar layers extracted by GNU tar, whiteout files and all): built from
+  the directories, the tree is the one the tars give (whiteouts and opaque directories applied).
 
 Exit: 0 pass, 77 skip (not root / no EROFS), 1 fail.
 """
@@ -241,6 +243,50 @@ def dropped_blob_part(ck, mk, tmp):
         verify_build(ck, mk, out, exp, 'dropped-blob', tmp, ignore={'root_mtime'})
 
 
+def directory_layers_part(ck, mk, tmp):
+    ck.section('directory layers: their OCI whiteouts apply as a tar layer\'s do')
+    d = os.path.join(tmp, 'dir-layers')
+    os.mkdir(d)
+    tars = [os.path.join(d, 'l%d.tar' % i) for i in (1, 2)]
+    # Each directory's members right after it: GNU tar sets a directory's mtime once it has left
+    # it, and a member that comes back into it later would change it again.
+    with LayerWriter(tars[0], 'none') as w:
+        w.dir('a', mtime_ns=t(1))
+        w.file('a/x', b'x1')
+        w.file('a/y', b'y1')
+        w.dir('a/sub', mtime_ns=t(2))
+        w.file('a/sub/z', b'z1')
+        w.dir('o', mtime_ns=t(3))
+        w.file('o/p', b'p1')
+        w.dir('o/q', mtime_ns=t(4))
+        w.file('o/q/r', b'r1')
+        w.file('f', b'f1')
+    with LayerWriter(tars[1], 'none') as w:
+        w.dir('a', mtime_ns=t(11))
+        w.whiteout('a/x')
+        w.whiteout('a/sub')
+        w.dir('o', mtime_ns=t(12))
+        w.opaque('o')
+        w.file('o/new', b'n2')
+        w.dir('o/q', mtime_ns=t(13))
+        w.file('o/q/r2', b'r2')
+        w.whiteout('f')
+    dirs = []
+    for layer in tars:
+        dirs.append(layer[:-len('.tar')])
+        os.mkdir(dirs[-1])
+        if not ck.cmd_ok(run(['tar', '-xpf', layer, '--numeric-owner', '-C', dirs[-1]]),
+                         'GNU tar extracts %s' % os.path.basename(layer)):
+            return
+    ck.check(os.path.isfile(os.path.join(dirs[1], 'o', '.wh..wh..opq')), 'the whiteouts are files of the layer dir')
+    exp = os.path.join(tmp, 'dir-layers-expected')
+    rtar.apply_layers(tars, exp)
+    out = os.path.join(tmp, 'out-dir-layers')
+    r = mk.build(out, dirs)
+    if ck.cmd_ok(r, 'mkrafs build DIR1 DIR2'):
+        verify_build(ck, mk, out, exp, 'directory-layers', tmp, ignore={'root_mtime'})
+
+
 def main():
     args, mkrafs, ck = harness.start_mkrafs_test('test_build_layers', __doc__, ('tar', 'zstd', 'setfacl'))
     mk = Mkrafs(mkrafs)
@@ -248,6 +294,7 @@ def main():
         layers_part(ck, mk, tmp)
         fixture_part(ck, mk, tmp)
         dropped_blob_part(ck, mk, tmp)
+        directory_layers_part(ck, mk, tmp)
     return ck.finish()
 
 

@@ -228,6 +228,48 @@ TEST_CASE("directory: a later layer merges into the tree", "[dirsource]") {
     CHECK(tree.find("d/b")->layer == 1);
 }
 
+// A directory layer is an unpacked layer: its OCI whiteouts apply as a tar layer's do (TarSource),
+// and are not entries of the image.
+TEST_CASE("directory: whiteouts and opaque directories of a later layer", "[dirsource]") {
+    TempDir tmp;
+    for (const char* dir : {"one", "one/d", "one/d/sub", "one/o", "one/o/q", "two", "two/d", "two/d/sub-new",
+                            "two/o", "two/o/q", "two/.wh.gone-dir"}) {
+        REQUIRE(::mkdir((tmp / dir).c_str(), 0755) == 0);
+    }
+    writeFile(tmp / "one/d/x", "x0");
+    writeFile(tmp / "one/d/y", "y0");
+    writeFile(tmp / "one/d/sub/z", "z0");
+    writeFile(tmp / "one/f", "f0");
+    writeFile(tmp / "one/o/p", "p0");
+    writeFile(tmp / "one/o/q/r", "r0");
+    writeFile(tmp / "two/.wh.f", "");
+    writeFile(tmp / "two/d/.wh.x", "");
+    writeFile(tmp / "two/d/.wh.sub", "");
+    writeFile(tmp / "two/o/-first", "n0");  // sorts before the opaque marker: stays
+    writeFile(tmp / "two/o/.wh..wh..opq", "");
+    writeFile(tmp / "two/o/new", "n1");
+    writeFile(tmp / "two/o/q/r2", "r2");
+    writeFile(tmp / "two/s", "s1");
+    writeFile(tmp / "two/.wh.s", "");  // same layer: s stays
+    writeFile(tmp / "two/.wh.gone-dir/inside", "hidden");
+
+    FileTree tree;
+    RecordingSink sink;
+    addDirectory(tmp / "one", tree, sink, 0);
+    addDirectory(tmp / "two", tree, sink, 1);
+    CHECK(paths(tree) == std::vector<std::string>{"/", "/d", "/d/sub-new", "/d/y", "/o", "/o/-first", "/o/new",
+                                                  "/o/q", "/o/q/r2", "/s"});
+    CHECK(tree.find("o/q")->layer == 1);
+    std::vector<std::string> sent;
+    for (const auto& file : sink.files) sent.push_back(file.content);
+    CHECK(sent == std::vector<std::string>{"z0", "x0", "y0", "f0", "p0", "r0", "n0", "n1", "r2", "s1"});
+
+    REQUIRE(::mkdir((tmp / "bad").c_str(), 0755) == 0);
+    writeFile(tmp / "bad/.wh.", "");
+    CHECK_THROWS_WITH(addDirectory(tmp / "bad", tree, sink, 2),
+                      Catch::Matchers::Contains("bad/.wh.: invalid whiteout name"));
+}
+
 TEST_CASE("directory: files that change under the reader", "[dirsource]") {
     TempDir tmp;
     const std::string root = tmp / "root";
