@@ -33,6 +33,9 @@ using namespace rafsd;
 namespace {
 
 constexpr const char* kKeptDevice = "cachefiles";
+// How long a serve worker waits for the mount table's lock (lockServedMountTable): a predecessor
+// that ended has let it go; one that holds it this long is another rafsd serve's.
+constexpr std::chrono::seconds kTableLockWait{5};
 
 // The kernel objects a supervisor keeps for its workers (Supervisor.h).
 struct KernelObjects {
@@ -235,11 +238,13 @@ int serveWorker(const Config& config, EngineKind engine, std::chrono::millisecon
                    ? ControlServer::adopt(rafs::UniqueFd::duplicate(control_socket, "the control socket").release(), service)
                    : ControlServer::bind(config.daemon.socket, service);
     };
+    rafs::UniqueFd table_lock;
     auto serveTakenOver = [&] {
         // A second rafsd serve started by hand beside the service would otherwise rewrite the
         // mount table of the one serving (without the mounts it cannot take over) before its
         // bind failed. A worker taking over follows one that is gone.
         if (control_socket < 0 && !restored) ControlServer::checkFree(config.daemon.socket);
+        table_lock = lockServedMountTable(config.daemon.state_dir, kTableLockWait);
         service.recoverMounts();
         startEngine(service, engine);
         return controlServer();

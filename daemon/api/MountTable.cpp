@@ -2,7 +2,11 @@
 
 #include "format/Error.h"
 #include "daemon/core/DurableFile.h"
+#include "daemon/core/Log.h"
 #include "format/FileIo.h"
+#include "format/FileLock.h"
+
+#include <fcntl.h>
 
 #include <cerrno>
 #include <nlohmann/json.hpp>
@@ -15,6 +19,7 @@ namespace {
 
 constexpr int kVersion = 1;
 constexpr std::string_view kServedTable = "mounts.json";
+constexpr std::string_view kServedTableLock = "mounts.json.lock";
 // "mount-<supervisor pid>.json"
 constexpr std::string_view kImageTablePrefix = "mount-";
 constexpr std::string_view kImageTableSuffix = ".json";
@@ -85,6 +90,27 @@ std::vector<MountRecord> loadMounts(const fs::path& path) {
 }
 
 fs::path servedMountTable(const fs::path& state_dir) { return state_dir / kServedTable; }
+
+rafs::UniqueFd lockServedMountTable(const fs::path& state_dir, std::chrono::milliseconds wait) {
+    std::error_code ec;
+    fs::create_directories(state_dir, ec);
+    if (ec) rafs::fail("cannot create the state dir {}: {}", state_dir.string(), ec.message());
+    const fs::path path = state_dir / kServedTableLock;
+    rafs::UniqueFd fd(::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600));
+    if (fd.get() < 0) rafs::failErrno(fmt::format("cannot open {}", path.string()));
+    switch (rafs::lockExclusive(fd.get(), std::chrono::steady_clock::now() + wait, path.string())) {
+    case rafs::LockOutcome::Locked:
+        break;
+    case rafs::LockOutcome::TimedOut:
+        rafs::fail("state dir {} is used by another rafsd serve (it holds {}): give each its own state_dir",
+                   state_dir.string(), path.string());
+    case rafs::LockOutcome::Unsupported:
+        log::warn("{}: no lock on this file system; another rafsd serve on this state dir would not be refused",
+                  path.string());
+        break;
+    }
+    return fd;
+}
 
 fs::path imageMountTable(const fs::path& state_dir, int supervisor_pid) {
     return state_dir / (std::string(kImageTablePrefix) + std::to_string(supervisor_pid) + std::string(kImageTableSuffix));

@@ -4,6 +4,9 @@
 // instead of mounting again.
 #pragma once
 
+#include "format/UniqueFd.h"
+
+#include <chrono>
 #include <filesystem>
 #include <optional>
 #include <set>
@@ -51,6 +54,14 @@ std::vector<MountRecord> loadMounts(const std::filesystem::path& path);
 // image reference "mount-<its supervisor's pid>.json".
 std::filesystem::path servedMountTable(const std::filesystem::path& state_dir);
 std::filesystem::path imageMountTable(const std::filesystem::path& state_dir, int supervisor_pid);
+
+// The right to write the served table of `state_dir`: an flock on "mounts.json.lock" beside it,
+// held by the rafsd serve worker that writes the table for as long as it lives (the lock goes
+// with its death). A second rafsd serve on the same state dir would take the first one's mounts
+// for its own predecessor's and rewrite the table without them. Waits up to `wait` (a worker
+// taking over, for its predecessor's end), then throws rafs::Error naming the state dir. Creates
+// the state dir if missing.
+rafs::UniqueFd lockServedMountTable(const std::filesystem::path& state_dir, std::chrono::milliseconds wait);
 
 // The manifest digests of the images every table in `state_dir` lists: mounted by any rafsd on
 // this state dir, or by one that died and whose successor will take them over from the bootstrap

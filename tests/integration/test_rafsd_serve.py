@@ -14,11 +14,13 @@
    mounted again on the same directory;
 5. SIGTERM: serve exits 0 promptly, the other image is unmounted, the socket is gone.
 Between 2 and 3: a second `rafsd serve` with the same config is refused (the socket is taken)
-before it touches the first one's mount table.
+before it touches the first one's mount table; so is one with another socket and the same
+state dir (its mount table is the first one's).
 """
 
 import os
 import signal
+import subprocess
 import sys
 import time
 
@@ -101,6 +103,23 @@ def main():
             ck.check(r.returncode not in (0, None) and 'another rafsd is already listening on %s' % sock in err,
                      'refused: another rafsd listens on the socket', err[-1500:])
             ck.check(harness.read_text(table) == before, 'the first one\'s mount table is left as it was')
+            # Another socket, the same state dir: its worker would take the table for its own.
+            other = write_config(os.path.join(tmp, 'other.toml'),
+                                 daemon={'engine': 'fanotify', 'socket': os.path.join(tmp, 'run', 'other.sock'),
+                                         'cache_dir': os.path.join(tmp, 'other-cache'),
+                                         'state_dir': os.path.join(tmp, 'state')})
+            # In a session of its own: if it serves after all, its worker goes with it at the timeout.
+            proc = subprocess.Popen([rafsd, 'serve', '--config', other], stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.PIPE, start_new_session=True)
+            try:
+                _, err = proc.communicate(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                _, err = proc.communicate()
+            err = text(err)
+            ck.check(proc.returncode not in (0, -signal.SIGKILL) and 'another rafsd serve' in err and
+                     os.path.join(tmp, 'state') in err, 'refused: another rafsd serve uses the state dir', err[-1500:])
+            ck.check(harness.read_text(table) == before, 'the first one\'s mount table is left as it was (state dir)')
             r = rafsctl(ctl, sock, 'list')
             ck.check(r.returncode == 0 and mnt_a in text(r.stdout) and mnt_b in text(r.stdout),
                      'the first one still serves both images', text(r.stdout) + text(r.stderr))
