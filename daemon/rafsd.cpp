@@ -199,12 +199,28 @@ int mountWorker(const Config& config, EngineKind engine, MountRequest request, s
     ready();
     const int sig = waitForStopSignal(stop_signals);
     log::info("{}: unmounting", stopSignalName(sig));
-    service.shutdown();
+    const size_t left_up = service.shutdown();
     if (!table.empty()) {
         std::error_code ignored;  // a table left behind lists no mount: the shutdown emptied it
         fs::remove(table, ignored);
     }
-    return 0;
+    return left_up == 0 ? 0 : 1;
+}
+
+// The mounts this worker could not take over (ImageService::retryUnserved), tried again with a delay
+// growing from a second to a minute, until none is left or the stop: the supervisor does the same
+// for a worker that could take over none (Supervisor.h).
+void retryUnserved(ImageService& service, const std::atomic<bool>& stopping) {
+    using Clock = std::chrono::steady_clock;
+    constexpr auto kStep = std::chrono::milliseconds(100);  // how soon a stop is seen
+    constexpr std::chrono::milliseconds kMaxDelay = std::chrono::minutes(1);
+    for (std::chrono::milliseconds delay = std::chrono::seconds(1);; delay = std::min(delay * 2, kMaxDelay)) {
+        for (const auto until = Clock::now() + delay; Clock::now() < until;) {
+            if (stopping.load()) return;
+            std::this_thread::sleep_for(kStep);
+        }
+        if (service.retryUnserved() == 0) return;
+    }
 }
 
 // The listening control socket systemd passed (socket activation), or -1. Looked up before the
@@ -253,7 +269,10 @@ int serveWorker(const Config& config, EngineKind engine, std::chrono::millisecon
     log::info("serving on {}", config.daemon.socket.string());
     ready();
     std::atomic<bool> stopping{false};
-    std::thread remounter([&] { service.remountLayerStores(stopping); });
+    std::thread remounter([&] {
+        service.remountLayerStores(stopping);
+        retryUnserved(service, stopping);
+    });
     for (;;) {
         const int sig = waitForStopSignal(stop_signals);
         if (sig != SIGHUP) {
@@ -282,8 +301,7 @@ int serveWorker(const Config& config, EngineKind engine, std::chrono::millisecon
     stopping.store(true);
     remounter.join();  // after the mount in progress, if any
     server.stop();
-    service.shutdown();
-    return 0;
+    return service.shutdown() == 0 ? 0 : 1;
 }
 
 }  // namespace

@@ -794,6 +794,40 @@ void ImageService::recoverMounts() {
     }
 }
 
+size_t ImageService::retryUnserved() {
+    const auto fanotifyMounted = [](const MountRecord& r) {
+        return r.engine == engineName(EngineKind::Fanotify) && !r.detached;
+    };
+    std::vector<MountRecord> pending;
+    {
+        std::lock_guard lock(mutex_);
+        if (shut_down_) return 0;
+        std::copy_if(unserved_.begin(), unserved_.end(), std::back_inserter(pending), fanotifyMounted);
+    }
+    for (const MountRecord& r : pending) {
+        const bool mounted = hasErofsMount(r.mountpoint);
+        if (mounted) {
+            try {
+                mountOrReattach(requestOf(r), true, {superblocks_adopted_ ? r.superblock_watch : -1, false});
+            } catch (const std::exception& e) {
+                log::warn("{}: still cannot take it over: {}", r.mountpoint.string(), e.what());
+                continue;
+            }
+            if (r.layer_store) LayerStore::reinstateMarkers(r.mountpoint);
+            log::info("{}: taken over, after no worker could", r.mountpoint.string());
+        } else {
+            log::info("{}: no longer mounted; forgotten", r.mountpoint.string());
+        }
+        std::lock_guard lock(mutex_);
+        std::erase(unserved_, r);
+        if (unserved_.empty()) unserved_blobs_.clear();
+        saveMountTableOrLog();
+        dropUnusedKeptFds();
+    }
+    std::lock_guard lock(mutex_);
+    return static_cast<size_t>(std::count_if(unserved_.begin(), unserved_.end(), fanotifyMounted));
+}
+
 void ImageService::remountLayerStores(const std::atomic<bool>& stopping) {
     std::vector<MountRecord> pending;
     {
@@ -1169,15 +1203,25 @@ void ImageService::handOver() {
     log::info("handing over {} mount{}", images_.size(), images_.size() == 1 ? "" : "s");
 }
 
-void ImageService::shutdown() {
+size_t ImageService::shutdown() {
     std::lock_guard lock(mutex_);
-    if (shut_down_) return;
+    if (shut_down_) return 0;
     shut_down_ = true;
     prefetcher_.reset();
     // Before the engines, collection for a full disk too: a fanotify stop may fill the cache files
     // of a mount still in use, which must then keep every chunk.
     collector_->stop();
-    if (fanotify_) fanotify_->stop();
+    size_t left_up = 0;
+    if (fanotify_) {
+        std::erase_if(unserved_, [&](const MountRecord& r) {
+            if (r.engine != engineName(EngineKind::Fanotify) || r.detached) return false;
+            if (fanotify_->unmountUnserved(r.mountpoint)) return true;
+            ++left_up;
+            return false;
+        });
+        if (unserved_.empty()) unserved_blobs_.clear();
+        fanotify_->stop();
+    }
     if (fscache_) {
         fscache_->stop();
         const FscacheCounters c = fscache_->counters();
@@ -1213,6 +1257,7 @@ void ImageService::shutdown() {
     detached_.clear();
     saveMountTableOrLog();
     dropUnusedKeptFds();
+    return left_up;
 }
 
 }  // namespace rafsd

@@ -48,8 +48,11 @@ public:
     // The counters of status, and latency histograms, in the Prometheus text format.
     std::string metrics();
 
-    // Stops prefetch, lets pending reads finish or fail, unmounts everything. Idempotent.
-    void shutdown();
+    // Stops prefetch, lets pending reads finish or fail, unmounts everything. A fanotify mount
+    // no worker could take over (recoverMounts) cannot have its files filled before the group goes:
+    // it is unmounted, and one in use is left up (logged). Returns how many were left so, whose
+    // holes read as zeros once rafsd is gone. Idempotent.
+    size_t shutdown();
     // Mounts again the layer store images a stop unmounted (recoverMounts lists them), one after
     // another until `stopping`. Apart from recoverMounts: each may wait on its registry, and a
     // service must answer (and say READY) meanwhile.
@@ -97,6 +100,10 @@ public:
     // reattached; otherwise they are dead (their cache or group died with the daemon that made
     // them), so they are reported and forgotten.
     void recoverMounts();
+    // The fanotify mounts recoverMounts could not take over (a bootstrap or its backend gone), taken
+    // over again: their reads fail meanwhile (an event for a file not served is denied). A mount no
+    // longer there is forgotten. Returns how many are still unserved.
+    size_t retryUnserved();
 
     // Starts collecting the cache automatically (cache.max_size): after the mounts a previous
     // worker left are taken over. startFscache() and startFanotify() call it.

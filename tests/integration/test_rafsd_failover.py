@@ -25,8 +25,14 @@ readers are waiting on cold data when the kill comes):
    a file, the worker killed): the failing workers leave the mount and the state dir's table of it
    as they are (unwinding would unmount it and empty the table, so no later worker or rafsd could
    take it over); a reader of an unread file waits, and once the path is free a worker serves it.
+   Then a mount one worker cannot take over while it serves (its bootstrap moved away, the worker
+   killed): the next worker serves on, and the mount's reads fail (EIO) rather than read holes;
+   once the bootstrap is back, that worker takes it over (it tries again with a growing delay) and
+   an unread file reads right. Moved away again and the worker killed, a stop unmounts the mount
+   no worker serves, rather than leave it up to read zeros once rafsd is gone.
 
-No reader ever sees zeros or wrong bytes, and none gets an error.
+No reader ever sees zeros or wrong bytes, and none gets an error but the reader of the mount no
+worker serves.
 """
 
 import os
@@ -197,9 +203,14 @@ def case_service(ck, rafsd, rafsctl, image, content, tmp):
                  'service: the restarted rafsd took the fds over, reattached the mount, answered the orphans',
                  text[-3000:])
         socket_taken(ck, second, mnt, sock, os.path.join(tmp, 'state'), content)
+        moved = image['boot'] + '.away'
+        bootstrap_gone(ck, second, mnt, image['boot'], moved, content)
         ck.check(second.stop(signal.SIGTERM, timeout=60) == 0, 'service: SIGTERM stops the restarted rafsd, exit 0')
-        ck.check(not os.path.ismount(mnt), 'service: the mount is gone')
+        ck.check(not os.path.ismount(mnt), 'service: the mount is gone (also one no worker served)',
+                 second.log_text()[-2000:])
     finally:
+        if os.path.exists(image['boot'] + '.away'):
+            os.rename(image['boot'] + '.away', image['boot'])
         for d in (first, second):
             if d is not None and d.proc is not None and d.proc.poll() is None:
                 d.proc.kill()
@@ -239,6 +250,34 @@ def socket_taken(ck, serve, mnt, sock, state_dir, content):
     waiting.join(READ_TIMEOUT)
     ck.check(waiting.result == 'ok', 'service: once the path is free, a worker takes over and the reader gets the '
              'bytes', '%s\n%s' % (waiting.result, serve.log_text()[-2000:]))
+
+
+def bootstrap_gone(ck, serve, mnt, boot, moved, content):
+    """A worker of `serve` that cannot take the mount over (its bootstrap gone) serves on; the
+    mount's reads fail meanwhile, and the worker takes it over once the bootstrap is back. Ends with
+    the bootstrap moved away again and the mount unserved, for the stop."""
+    def unserved(count):
+        os.rename(boot, moved)
+        os.kill(worker_of(serve.proc.pid), signal.SIGKILL)
+        return harness.wait_for(lambda: serve.log_text().count('cannot take it over') >= count, timeout=60)
+
+    if not ck.check(unserved(1), 'service: the next worker cannot take the mount over (bootstrap gone)',
+                    serve.log_text()[-2000:]):
+        return
+    failing = Reader(os.path.join(mnt, 'late'), content['late'])
+    failing.start()
+    failing.join(READ_TIMEOUT)
+    ck.check(failing.result is not None and failing.result.startswith('error') and 'Input/output' in failing.result,
+             'service: meanwhile a read of the unserved mount fails (EIO), never zeros', str(failing.result))
+    os.rename(moved, boot)
+    ck.check(harness.wait_for(lambda: 'taken over, after no worker could' in serve.log_text(), timeout=60),
+             'service: once the bootstrap is back, the worker takes the mount over', serve.log_text()[-2000:])
+    reader = Reader(os.path.join(mnt, 'stop'), content['stop'])
+    reader.start()
+    reader.join(READ_TIMEOUT)
+    ck.check(reader.result == 'ok', 'service: then an unread file reads right', str(reader.result))
+    ck.check(unserved(2), 'service: the bootstrap moved away again, the next worker cannot take the mount over',
+             serve.log_text()[-2000:])
 
 
 def main():

@@ -424,7 +424,6 @@ void FanotifyEngine::mount(const FanotifyMount& m, const std::function<void(int 
 }
 
 void FanotifyEngine::checkTakeover(const FanotifyMount& m) const {
-    if (thread_.joinable()) fail("cannot take {} over: the event loop already runs", m.mountpoint.native());
     if (!responder_) fail("cannot take {} over: no fanotify group adopted", m.mountpoint.native());
 }
 
@@ -494,6 +493,17 @@ void FanotifyEngine::forget(const std::filesystem::path& name) {
 void FanotifyEngine::leaveUnserved(const std::filesystem::path& mountpoint) {
     if (thread_.joinable()) fail("{} left unserved after the event loop started", mountpoint.native());
     unserved_.push_back(mountpoint);
+}
+
+bool FanotifyEngine::unmountUnserved(const std::filesystem::path& mountpoint) {
+    if (::umount2(mountpoint.c_str(), UMOUNT_NOFOLLOW) == 0) {
+        log::warn("{}: unmounted; no rafsd could serve it", mountpoint.native());
+        return true;
+    }
+    if (errno == EINVAL || errno == ENOENT) return true;  // no mount there any more
+    log::error("{}: served by no rafsd and cannot be unmounted ({}): once rafsd is gone, its unread bytes read "
+               "as zeros; stop what uses it and unmount it", mountpoint.native(), std::strerror(errno));
+    return false;
 }
 
 void FanotifyEngine::unmarkComplete(int cache_fd) { files_->unmarkComplete(cache_fd); }

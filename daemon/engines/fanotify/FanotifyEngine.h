@@ -94,9 +94,11 @@ public:
     void mount(const FanotifyMount& mount, const std::function<void(int superblock_watch)>& attaching = {});
 
     // Takes over a mount a dead worker made on the adopted group: its files and marks, no mount(2).
-    // Before start(). `m.blobs[i].fd` must be the fd the dead worker wrote through (kept), since a
-    // file opened after its mark raises events for our own writes. Returns the id of the watch on
-    // its superblock: the dead worker's (`m.superblock_watch`), or a new one through its path.
+    // Before start() for those whose events the dead worker may have left (start() answers them);
+    // after it, one left unserved at first (leaveUnserved: its events were denied meanwhile).
+    // `m.blobs[i].fd` must be the fd the dead worker wrote through (kept), since a file opened after
+    // its mark raises events for our own writes. Returns the id of the watch on its superblock: the
+    // dead worker's (`m.superblock_watch`), or a new one through its path.
     int reattach(const FanotifyMount& m);
 
     // As reattach(), a mount the dead worker served off its path (detached, still in use), watched
@@ -116,6 +118,10 @@ public:
     // is denied, where it would otherwise be allowed once the known files' ranges are present, over
     // what may be a hole of the unknown file.
     void leaveUnserved(const std::filesystem::path& mountpoint);
+    // At a stop, such a mount still unserved: its files cannot be filled, and once the group is
+    // gone their holes read as zeros. Unmounts it (true; also if it is no mount any more); one in
+    // use is left up and logged (false): detached, its open files would read the holes all the same.
+    bool unmountUnserved(const std::filesystem::path& mountpoint);
 
     // The cache file `cache_fd` is open on is complete: drop its mark so its reads cost no event.
     // Shared cache files are complete for every image, so this unmarks the file for all of them.
