@@ -165,6 +165,7 @@ void readXattrs(const std::string& path, Inode& inode) {
         }
         inode.setXattr(std::move(name), std::move(value));
     }
+    if (std::string_view problem = xattrSetProblem(inode.xattrs); !problem.empty()) fail("{}: {}", path, problem);
 }
 
 std::shared_ptr<Inode> makeInode(const std::string& path, const struct stat& st) {

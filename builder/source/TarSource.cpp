@@ -237,14 +237,6 @@ private:
         return it == dir.children.end() ? nullptr : it->second.get();
     }
 
-    static std::string pathOf(const Node& node) {
-        std::vector<const Node*> chain;
-        for (const Node* n = &node; n->parent != nullptr; n = n->parent) chain.push_back(n);
-        std::string path;
-        for (auto it = chain.rbegin(); it != chain.rend(); ++it) path.append("/").append((*it)->name);
-        return path.empty() ? "/" : path;
-    }
-
     // The directory that holds the entry `parts` names (a non-empty path: all its components but
     // the last), found as a runtime applying the layer finds it, in the tree built so far with
     // its symlinks followed inside the image's root (an absolute target starts at the root, ".."
@@ -291,7 +283,7 @@ private:
                 next = &tree_.put(*dir, name, std::move(inode), layer_);
             } else if (!next->inode->isDir()) {
                 if (!create) return nullptr;
-                failMember("parent {} is not a directory", pathOf(*next));
+                failMember("parent {} is not a directory", FileTree::pathOf(*next));
             }
             if (++depth >= kMaxDepth) failMember("deeper than {} directories", kMaxDepth);
             dir = next;
@@ -408,6 +400,7 @@ private:
                                             : std::string(static_cast<const char*>(value), size));
         }
         addAcls(entry, *inode);
+        if (std::string_view problem = xattrSetProblem(inode->xattrs); !problem.empty()) failMember("{}", problem);
         return inode;
     }
 

@@ -124,6 +124,14 @@ bool FileTree::remove(std::string_view path) {
     return true;
 }
 
+std::string FileTree::pathOf(const Node& node) {
+    std::vector<const Node*> chain;
+    for (const Node* n = &node; n->parent != nullptr; n = n->parent) chain.push_back(n);
+    std::string path;
+    for (auto it = chain.rbegin(); it != chain.rend(); ++it) path.append("/").append((*it)->name);
+    return path.empty() ? "/" : path;
+}
+
 bool FileTree::applyWhiteout(Node* dir, std::string_view name, unsigned layer) {
     if (name == kOpaqueWhiteout) {
         if (dir != nullptr) removeLowerLayers(*dir, layer);

@@ -40,6 +40,9 @@ public:
     // The same for the entry `name` (one component) of the directory `dir`.
     Node& put(Node& dir, std::string_view name, std::shared_ptr<Inode> inode, unsigned layer);
 
+    // The path of `node` from the root ("/" for the root), as walk() gives it.
+    static std::string pathOf(const Node& node);
+
     // Removes the entry at `path` with its subtree; false if there was none.
     bool remove(std::string_view path);
 

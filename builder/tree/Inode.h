@@ -55,8 +55,12 @@ struct Inode {
 };
 
 // Why RAFS v6 cannot store this xattr ("" if it can): a namespace other than user., trusted.,
-// security. and the two POSIX ACL names, an empty or over-255-byte suffix, or a value over 65535
+// security. and the two POSIX ACL names, an empty suffix, a name over 255 bytes, or a value over 65535
 // bytes. Sources call it to reject such xattrs with the file's name.
 std::string_view xattrProblem(std::string_view name, size_t value_size);
+// Why RAFS v6 cannot store these xattrs of one inode together ("" if it can): inline, as it keeps
+// them, they take at most 65535 4-byte slots (i_xattr_icount is 16 bits). Each xattr must pass
+// xattrProblem first.
+std::string_view xattrSetProblem(const std::vector<Xattr>& xattrs);
 
 }  // namespace rafs::build

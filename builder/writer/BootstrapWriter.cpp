@@ -91,7 +91,11 @@ void Layout::add(Node& node) {
     Record r;
     r.inode = inode;
     if (inode->isDir()) r.dir = &node;
-    r.xattrs = encodeXattrs(inode->xattrs, r.xattr_icount);
+    try {
+        r.xattrs = encodeXattrs(inode->xattrs, r.xattr_icount);
+    } catch (const Error& e) {
+        fail("{}: {}", FileTree::pathOf(node), e.what());
+    }
     records_.push_back(std::move(r));
 }
 

@@ -124,6 +124,11 @@ def make_inputs(tmp):
         (dict(name='link', type=tarfile.LNKTYPE, linkname='no/such/target', mode=0o644), None)]))
     paths['name256'] = write(os.path.join(inp, 'in09.tar'),
                              tar_bytes([dirent('d'), reg('d/' + 'n' * 256, b'x')]))
+    # Linux's XATTR_NAME_MAX (255) bounds the whole name, namespace included.
+    paths['xattr_name'] = write(os.path.join(inp, 'in10.tar'), tar_bytes(
+        [reg('f', b'x', pax_headers={'SCHILY.xattr.user.' + 'n' * 251: 'v'})]))
+    paths['xattr_total'] = write(os.path.join(inp, 'in11.tar'), tar_bytes(
+        [dirent('d'), reg('d/f', b'x', pax_headers={'SCHILY.xattr.user.%d' % i: 'v' * 60000 for i in range(5)})]))
 
     # (the input files have neutral names: a message that names only its input names no problem)
 
@@ -257,6 +262,9 @@ def main():
             Case('hardlink to a missing target', 'hardlink target no/such/target does not exist',
                  [p['hardlink']]),
             Case('name component of 256 bytes', 'path component longer than 255 bytes', [p['name256']]),
+            Case('xattr name of 256 bytes', 'name longer than 255 bytes', [p['xattr_name']]),
+            Case('xattrs of one file beyond the inline limit', 'member d/f: xattrs of one inode exceed the inline limit',
+                 [p['xattr_total']]),
             Case('unreadable source file (permission denied)', 'permission denied',
                  [p['perm_dir']], wrapper=no_dac,
                  note='mkrafs without CAP_DAC_OVERRIDE/CAP_DAC_READ_SEARCH; file mode 0000'),

@@ -157,14 +157,25 @@ TEST_CASE("xattrProblem accepts what RAFS v6 stores", "[tree]") {
     CHECK(xattrProblem("security.capability", 20).empty());
     CHECK(xattrProblem("system.posix_acl_access", 28).empty());
     CHECK(xattrProblem("system.posix_acl_default", 28).empty());
-    CHECK(xattrProblem("user." + std::string(255, 'n'), 65535).empty());
+    CHECK(xattrProblem("user." + std::string(250, 'n'), 65535).empty());
 
     CHECK(xattrProblem("system.nfs4_acl", 1) == "namespace not supported by RAFS v6");
     CHECK(xattrProblem("system.posix_acl_access2", 1) == "namespace not supported by RAFS v6");
     CHECK(xattrProblem("lustre.x", 1) == "namespace not supported by RAFS v6");
     CHECK(xattrProblem("user", 1) == "namespace not supported by RAFS v6");
     CHECK(xattrProblem("user.", 1) == "empty name after the namespace");
-    CHECK(xattrProblem("user." + std::string(256, 'n'), 1) ==
-          "name longer than 255 bytes after the namespace");
+    // Linux's limit is on the whole name (XATTR_NAME_MAX): getxattr(2) of a longer one is ERANGE.
+    CHECK(xattrProblem("user." + std::string(251, 'n'), 1) == "name longer than 255 bytes");
     CHECK(xattrProblem("user.big", 65536) == "value longer than 65535 bytes");
+}
+
+// Inline, as RAFS v6 keeps them: 4-byte slots counted in 16 bits (i_xattr_icount). Four values of
+// 60,000 bytes take 60,004 slots with the header's, five 75,006.
+TEST_CASE("xattrSetProblem bounds the xattrs of one inode", "[tree]") {
+    std::vector<Xattr> xattrs;
+    for (int i = 0; i < 4; ++i) xattrs.emplace_back("user." + std::to_string(i), std::string(60000, 'v'));
+    CHECK(xattrSetProblem(xattrs).empty());
+    xattrs.emplace_back("user.4", std::string(60000, 'v'));
+    CHECK(xattrSetProblem(xattrs) == "xattrs of one inode exceed the inline limit");
+    CHECK(xattrSetProblem({}).empty());
 }
