@@ -142,11 +142,15 @@ GcReport CacheCollector::collectLocked(GcTrigger trigger, bool dry_run) {
                   "be freed now: what is left is in use, recently used, or fscache data of mounted images",
                   dirs, report.size_after, policy_.high);
     }
-    if (!dry_run && (!report.removed.empty() || report.chunk_bytes != 0 || trigger != GcTrigger::Auto)) {
+    const bool freed = !report.removed.empty() || report.chunk_bytes != 0;
+    std::optional<uint64_t> held_back = 0;
+    if (!freed && trigger == GcTrigger::NoSpace) held_back = nothing_freed_.admit();
+    if (!dry_run && (freed || trigger != GcTrigger::Auto) && held_back) {
         log::info("cache gc ({}): {} -> {} bytes; removed {} unused caches ({} bytes), freed {} bytes of chunks in {} "
-                  "mounted blobs",
+                  "mounted blobs{}",
                   gcTriggerName(trigger), report.size_before, report.size_after, report.removed.size(), removed_bytes,
-                  report.chunk_bytes, report.chunk_blobs);
+                  report.chunk_bytes, report.chunk_blobs,
+                  RepeatedFailureLog::heldBack(*held_back, "collections for a full disk that freed nothing"));
     }
     return report;
 }

@@ -137,6 +137,8 @@ private:
     // Over the bound with nothing left to free (everything in use, or fscache blobs of mounted
     // images, whose ranges rafsd cannot free): said every few minutes, not every interval.
     RepeatedFailureLog over_bound_{std::chrono::minutes(5)};
+    // A full disk with nothing to free: every write tries a collection, each logged would flood.
+    RepeatedFailureLog nothing_freed_;
     std::mutex wake_mutex_;
     std::condition_variable wake_;
     std::atomic<bool> stopping_{false};  // set under wake_mutex_; freeForWrite reads it without

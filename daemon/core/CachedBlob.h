@@ -87,6 +87,7 @@ private:
     bool completed_ = false;
     bool unmark_when_complete_ = false;
     RepeatedFailureLog backend_failures_;
+    RepeatedFailureLog write_failures_;  // the cache file's: a full disk fails every write
 };
 
 }  // namespace rafsd

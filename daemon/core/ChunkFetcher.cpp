@@ -371,10 +371,7 @@ void ChunkFetcher::fetchRun(const std::shared_ptr<CachedBlob>& blob, FetchRun ru
     } catch (const std::exception& e) {
         if (const auto held_back = blob->backend_failures_.admit()) {
             log::error("blob {}: fetching {} bytes at {} (chunks {}..{}): {}{}", d.id, run.length, run.offset,
-                       run.first, end - 1, e.what(),
-                       *held_back == 0 ? std::string()
-                                       : fmt::format(" (and {} more backend failures of this blob since the last of "
-                                                     "these lines)", *held_back));
+                       run.first, end - 1, e.what(), RepeatedFailureLog::heldBack(*held_back, "backend failures of this blob"));
         }
         // What arrived before the failure was verified: it stays.
         blob->counters().bytes_fetched += progress.filled;
@@ -511,7 +508,10 @@ void ChunkFetcher::writeChunks(CachedBlob& blob, uint32_t first, uint32_t count,
             write();  // once: the collector freed space
         }
     } catch (const std::exception& e) {
-        log::error("blob {} chunks {}..{}: cache write failed: {}", d.id, first, first + count - 1, e.what());
+        if (const auto held_back = blob.write_failures_.admit()) {
+            log::error("blob {} chunks {}..{}: cache write failed: {}; readers get EIO{}", d.id, first, first + count - 1,
+                       e.what(), RepeatedFailureLog::heldBack(*held_back, "cache write failures of this blob"));
+        }
         finishChunks(blob, first, count, EIO);
         return;
     }

@@ -8,6 +8,8 @@
 #include <cstdint>
 #include <mutex>
 #include <optional>
+#include <string>
+#include <string_view>
 
 namespace rafsd {
 
@@ -21,6 +23,9 @@ public:
     // Counts a failure at `now`. Returns how many failures were held back since the last line if
     // this one is to be logged, nothing if it is only counted. Thread-safe.
     std::optional<uint64_t> admit(Clock::time_point now = Clock::now());
+    // The end of the line logged: " (and N more WHAT since the last of these lines)", or nothing
+    // if none was held back.
+    static std::string heldBack(uint64_t held_back, std::string_view what);
 
 private:
     std::mutex mutex_;

@@ -18,3 +18,9 @@ TEST_CASE("a repeated failure is logged once per interval, with the count held b
     CHECK_FALSE(failures.admit(t0 + 11s));
     CHECK(failures.admit(t0 + 60s) == std::optional<uint64_t>(1));
 }
+
+TEST_CASE("the count held back ends the next line, if there is one", "[log]") {
+    CHECK(RepeatedFailureLog::heldBack(0, "backend failures").empty());
+    CHECK(RepeatedFailureLog::heldBack(88, "backend failures") ==
+          " (and 88 more backend failures since the last of these lines)");
+}
