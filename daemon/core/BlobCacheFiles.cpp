@@ -26,22 +26,27 @@ std::string idOf(const std::string& key) {
     return slash == std::string::npos ? key : key.substr(slash + 1);
 }
 
-// Removes a blob's files unless another process has its chunk map open (ReadinessBitmap holds a
-// lock on it while the blob is served: another rafsd on the same cache dir).
-void removeBlob(const fs::path& dir, const std::string& id) {
+// The lock on a blob's chunk map, which ReadinessBitmap holds while the blob is served (another
+// rafsd on the same cache dir); throws Error if another process holds it. No fd if there is no map.
+rafs::UniqueFd lockChunkMap(const fs::path& dir, const std::string& id) {
     const fs::path chunkmap = dir / (id + ".chunkmap");
     // Read-write, as ReadinessBitmap opens it: on NFS only such a file takes an exclusive lock.
     rafs::UniqueFd fd(::open(chunkmap.c_str(), O_RDWR | O_CLOEXEC));
-    if (fd.get() >= 0) {
-        const auto outcome = rafs::lockExclusive(fd.get(), std::chrono::steady_clock::now(), chunkmap.string());
-        if (outcome == rafs::LockOutcome::TimedOut) {
-            rafs::fail("{} is locked by another process serving the blob", chunkmap.string());
-        }
-        if (outcome == rafs::LockOutcome::Unsupported) {
-            rafs::fail("{}: its file system cannot lock it, so whether another process serves the blob is unknown",
-                       chunkmap.string());
-        }
+    if (fd.get() < 0) return fd;
+    const auto outcome = rafs::lockExclusive(fd.get(), std::chrono::steady_clock::now(), chunkmap.string());
+    if (outcome == rafs::LockOutcome::TimedOut) {
+        rafs::fail("{} is locked by another process serving the blob", chunkmap.string());
     }
+    if (outcome == rafs::LockOutcome::Unsupported) {
+        rafs::fail("{}: its file system cannot lock it, so whether another process serves the blob is unknown",
+                   chunkmap.string());
+    }
+    return fd;
+}
+
+// Removes a blob's files unless another process serves it (lockChunkMap).
+void removeBlob(const fs::path& dir, const std::string& id) {
+    const rafs::UniqueFd locked = lockChunkMap(dir, id);
     for (std::string_view suffix : kSuffixes) {
         const fs::path path = dir / (id + std::string(suffix));
         if (::unlink(path.c_str()) != 0 && errno != ENOENT) rafs::failErrno(fmt::format("cannot remove {}", path.string()));
@@ -68,6 +73,7 @@ std::vector<UnusedCache> BlobCacheFiles::list(const std::set<std::string>& in_us
             blob.bytes += uint64_t(st.st_blocks) * 512;
             blob.last_use = std::max<int64_t>(blob.last_use, st.st_mtim.tv_sec);
             blob.remove = [dir = dir_, id] { removeBlob(dir, id); };
+            blob.check = [dir = dir_, id] { lockChunkMap(dir, id); };
             break;
         }
     }

@@ -119,7 +119,11 @@ GcReport CacheCollector::collectLocked(GcTrigger trigger, bool dry_run) {
     for (UnusedCache& cache : unused) {
         if (trigger != GcTrigger::Manual && left <= target) break;
         try {
-            if (!dry_run) cache.remove();
+            if (!dry_run) {
+                cache.remove();
+            } else if (cache.check) {
+                cache.check();
+            }
         } catch (const std::exception& e) {
             log::warn("cache gc: {} kept: {}", cache.name, e.what());
             continue;

@@ -44,6 +44,8 @@ struct UnusedCache {
     uint64_t bytes = 0;     // space it takes
     int64_t last_use = 0;   // when it was last written (seconds since the epoch)
     std::function<void()> remove;  // throws Error, e.g. when another process holds it
+    // For a dry run: throws the Error remove() would throw now, removing nothing (none: it would not).
+    std::function<void()> check = {};
 };
 
 // One on-disk layout of cache data: lists what is not in use.

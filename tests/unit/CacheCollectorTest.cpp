@@ -1,10 +1,14 @@
 #include "daemon/core/CacheCollector.h"
 
 #include "daemon/backends/Backend.h"
+#include "daemon/core/BlobCacheFiles.h"
+#include "format/FileLock.h"
+#include "format/UniqueFd.h"
 #include "daemon/core/SparseCacheFile.h"
 #include "tests/unit/CacheDir.h"
 
 #include <catch2/catch.hpp>
+#include <fcntl.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -161,4 +165,29 @@ TEST_CASE("the collector frees the least recently used chunks of mounted blobs, 
     REQUIRE(ChunkUse::now() == used + 1);
     eager.collect(GcTrigger::Auto, false);
     CHECK(blob->cache().isPresent(4));
+}
+
+// Another rafsd serving a blob from the same cache dir holds its chunk map's lock (ReadinessBitmap):
+// gc keeps the blob, and a dry run must say so too, not that it would remove it.
+TEST_CASE("a blob another process serves is kept, and a dry run does not list it", "[cache]") {
+    rafs::test::CacheDir dir;
+    const std::string id(64, 'a');
+    writeFile(dir.path() / (id + ".chunkmap"), 4096);
+    writeFile(BlobCacheFiles::dataFile(dir.path(), id), kMiB);
+    ChunkFetcher fetcher(FetchOptions{.threads = 1});
+    CacheCollector collector(dir.path(), CachePolicy{}, fetcher);
+    collector.addLayout(std::make_shared<BlobCacheFiles>(dir.path()));
+    {
+        // Another open file description: its lock excludes this process's as another process's would.
+        rafs::UniqueFd held(::open((dir.path() / (id + ".chunkmap")).c_str(), O_RDWR | O_CLOEXEC));
+        REQUIRE(held.get() >= 0);
+        REQUIRE(rafs::lockExclusive(held.get(), std::nullopt, "test") == rafs::LockOutcome::Locked);
+        CHECK(collector.collect(GcTrigger::Manual, true).removed.empty());
+        CHECK(collector.collect(GcTrigger::Manual, false).removed.empty());
+        CHECK(std::filesystem::exists(BlobCacheFiles::dataFile(dir.path(), id)));
+    }
+    CHECK(names(collector.collect(GcTrigger::Manual, true)) == std::vector<std::string>{"blob " + id});
+    CHECK(std::filesystem::exists(BlobCacheFiles::dataFile(dir.path(), id)));
+    CHECK(names(collector.collect(GcTrigger::Manual, false)) == std::vector<std::string>{"blob " + id});
+    CHECK_FALSE(std::filesystem::exists(BlobCacheFiles::dataFile(dir.path(), id)));
 }
