@@ -59,7 +59,14 @@ void EventResponder::respond(int fd, uint32_t slot, bool allow) {
 
 void EventResponder::answerOrphan(int fd, bool allow) {
     std::lock_guard lock(mutex_);
-    answer(fd, allow);
+    const int error = writeAnswer(fd, allow);
+    // The dead worker answered it and died before it cleared its journal slot (respondLocked): no
+    // event has that number, as no new event is read before every orphan is answered.
+    if (error == ENOENT) {
+        log::info("fanotify: orphaned event fd {} was answered already by the worker that read it", fd);
+    } else if (error != 0) {
+        log::error("cannot answer orphaned fanotify event fd {}: {}", fd, std::strerror(error));
+    }
 }
 
 void EventResponder::beginStop() {
@@ -87,14 +94,17 @@ void EventResponder::closeGroup() {
 
 // One 8-byte write is atomic, and the lock orders it against closeGroup(). Counted first, so a
 // reader woken by the answer sees it counted.
-void EventResponder::answer(int fd, bool allow) {
+int EventResponder::writeAnswer(int fd, bool allow) {
     (allow ? allowed : denied).fetch_add(1, std::memory_order_relaxed);
     const fanotify::Response response{fd, allow ? fanotify::kAllow : fanotify::denyWithErrno(EIO)};
     const ssize_t n = ::write(group_, &response, sizeof response);
-    if (n < 0) {
-        log::error("cannot answer fanotify event: {}", std::strerror(errno));
-    } else if (static_cast<size_t>(n) != sizeof response) {
-        log::error("cannot answer fanotify event: short write of {} bytes", n);
+    if (n < 0) return errno;
+    return static_cast<size_t>(n) == sizeof response ? 0 : EIO;
+}
+
+void EventResponder::answer(int fd, bool allow) {
+    if (const int error = writeAnswer(fd, allow); error != 0) {
+        log::error("cannot answer fanotify event fd {}: {}", fd, std::strerror(error));
     }
 }
 

@@ -60,6 +60,8 @@ private:
         uint32_t slot;
     };
 
+    // Writes the answer: 0, or the errno of a write that failed (EIO for a short one).
+    int writeAnswer(int fd, bool allow);
     void answer(int fd, bool allow);
     void respondLocked(int fd, uint32_t slot, bool allow);
 
