@@ -294,6 +294,12 @@ private:
     std::vector<uint8_t> blob_;
 };
 
+// A blob of `chunks` zero chunks of kChunk, stored uncompressed in memory, cached at `map`.
+std::shared_ptr<CachedBlob> zeroBlob(const std::filesystem::path& map, uint32_t chunks) {
+    return ZeroBlob(kBlobId, chunks, kChunk)
+        .cached(map, std::make_shared<MemoryBackend>(std::vector<uint8_t>(chunks * kChunk, 0)));
+}
+
 int waitFor(ChunkFetcher& fetcher, uint32_t image, uint64_t offset, uint64_t length) {
     auto done = std::make_shared<std::promise<int>>();
     fetcher.makePresent(image, 0, offset, length, [done](int error) { done->set_value(error); });
@@ -509,10 +515,7 @@ TEST_CASE("the completion callback runs when the blob completes, or at once if i
           "[chunkfetcher]") {
     constexpr uint32_t kChunks = 4;
     rafs::test::TempDir dir;
-    auto make = [&](const std::string& name) {
-        return ZeroBlob(kBlobId, kChunks, kChunk)
-            .cached(dir.path() / name, std::make_shared<MemoryBackend>(std::vector<uint8_t>(kChunks * kChunk, 0)));
-    };
+    auto make = [&](const std::string& name) { return zeroBlob(dir.path() / name, kChunks); };
     ChunkFetcher fetcher(FetchOptions{.amplify = 0, .threads = 1, .retries = 0});
 
     SECTION("set before") {
@@ -558,8 +561,7 @@ TEST_CASE("a read of a shared blob is in the trace of every image that uses it",
 TEST_CASE("a fill makes the whole blob present without counting as a read", "[chunkfetcher]") {
     constexpr uint32_t kChunks = 6;
     rafs::test::TempDir dir;
-    auto blob = ZeroBlob(kBlobId, kChunks, kChunk)
-                    .cached(dir.path() / "map", std::make_shared<MemoryBackend>(std::vector<uint8_t>(kChunks * kChunk, 0)));
+    auto blob = zeroBlob(dir.path() / "map", kChunks);
     ChunkFetcher fetcher(FetchOptions{.amplify = 0, .threads = 2, .retries = 0});
     const uint32_t image = fetcher.addImage({blob});
     CHECK(waitFor(fetcher, image, 2 * kChunk, kChunk) == 0);
@@ -668,8 +670,7 @@ TEST_CASE("a chunk freed while its request waits for another is fetched again be
 TEST_CASE("a run the abandoned queue drops fails its chunks instead of leaving them in flight", "[chunkfetcher]") {
     constexpr uint32_t kChunks = 2;
     rafs::test::TempDir dir;
-    auto blob = ZeroBlob(kBlobId, kChunks, kChunk)
-                    .cached(dir.path() / "map", std::make_shared<MemoryBackend>(std::vector<uint8_t>(kChunks * kChunk, 0)));
+    auto blob = zeroBlob(dir.path() / "map", kChunks);
     ChunkFetcher fetcher(FetchOptions{.amplify = 0, .threads = 1, .retries = 0});
     const uint32_t image = fetcher.addImage({blob});
     fetcher.abandonQueued();
