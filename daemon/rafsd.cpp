@@ -270,8 +270,12 @@ int serveWorker(const Config& config, EngineKind engine, std::chrono::millisecon
     ready();
     std::atomic<bool> stopping{false};
     std::thread remounter([&] {
-        service.remountLayerStores(stopping);
-        retryUnserved(service, stopping);
+        try {
+            service.remountLayerStores(stopping);
+            retryUnserved(service, stopping);
+        } catch (const std::exception& e) {
+            log::error("mounting again what a predecessor left: {}", e.what());
+        }
     });
     for (;;) {
         const int sig = waitForStopSignal(stop_signals);

@@ -805,18 +805,23 @@ size_t ImageService::retryUnserved() {
         std::copy_if(unserved_.begin(), unserved_.end(), std::back_inserter(pending), fanotifyMounted);
     }
     for (const MountRecord& r : pending) {
-        const bool mounted = hasErofsMount(r.mountpoint);
-        if (mounted) {
-            try {
+        try {
+            if (hasErofsMount(r.mountpoint)) {
                 mountOrReattach(requestOf(r), true, {superblocks_adopted_ ? r.superblock_watch : -1, false});
-            } catch (const std::exception& e) {
-                log::warn("{}: still cannot take it over: {}", r.mountpoint.string(), e.what());
-                continue;
+                log::info("{}: taken over, after no worker could", r.mountpoint.string());
+            } else {
+                log::info("{}: no longer mounted; forgotten", r.mountpoint.string());
             }
-            if (r.layer_store) LayerStore::reinstateMarkers(r.mountpoint);
-            log::info("{}: taken over, after no worker could", r.mountpoint.string());
-        } else {
-            log::info("{}: no longer mounted; forgotten", r.mountpoint.string());
+        } catch (const std::exception& e) {
+            log::warn("{}: still cannot take it over: {}", r.mountpoint.string(), e.what());
+            continue;
+        }
+        if (r.layer_store) {
+            try {
+                LayerStore::reinstateMarkers(r.mountpoint);
+            } catch (const std::exception& e) {
+                log::error("{}: served again, but podman will not see its layers: {}", r.mountpoint.string(), e.what());
+            }
         }
         std::lock_guard lock(mutex_);
         std::erase(unserved_, r);
