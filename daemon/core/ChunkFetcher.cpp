@@ -35,6 +35,12 @@ constexpr size_t kMaxBatch = 1u << 20;
 // than that gets a buffer for the largest one at once, so the growing prefetch runs (see
 // PrefetchRangeSize) fault one buffer in, not one per size.
 constexpr size_t kKeepBuffer = 2u << 20;
+// After a cache write failed for a full disk that the collector could not free: runs due meanwhile
+// fail without being fetched. A second at most of reads failing that space freed by someone else
+// would have let through.
+constexpr auto kFullDiskPause = std::chrono::seconds(1);
+
+bool isNoSpace(int code) { return code == ENOSPC || code == EDQUOT || code == ENOBUFS; }
 
 }  // namespace
 
@@ -337,6 +343,15 @@ void ChunkFetcher::fetchRun(const std::shared_ptr<CachedBlob>& blob, FetchRun ru
     // joining the run as it failed would get EIO). A reader's request comes after the kernel
     // opened the object, so none is lost: its chunks are fetched for it then.
     if (prefetch && dropUnwritable(*blob, run)) return;
+    if (diskJustFull()) {
+        if (const auto held_back = blob->write_failures_.admit()) {
+            log::error("blob {} chunks {}..{}: not fetched, the cache's disk is full; readers get EIO{}",
+                       blob->descriptor().id, run.first, run.first + run.count - 1,
+                       RepeatedFailureLog::heldBack(*held_back, "cache write failures of this blob"));
+        }
+        finishChunks(*blob, run.first, run.count, EIO);
+        return;
+    }
     const BlobDescriptor& d = blob->descriptor();
     const auto buffers = buffers_.take();
     const std::span<uint8_t> fetched =
@@ -504,10 +519,15 @@ void ChunkFetcher::writeChunks(CachedBlob& blob, uint32_t first, uint32_t count,
             write();
         } catch (const rafs::SystemError& e) {
             // ENOBUFS: cachefiles' anonymous fds once the cache's file system is past bstop.
-            if ((e.code() != ENOSPC && e.code() != EDQUOT && e.code() != ENOBUFS) || !no_space_ || !no_space_()) throw;
+            if (!isNoSpace(e.code()) || !no_space_ || !no_space_()) throw;
             write();  // once: the collector freed space
         }
+        if (disk_full_at_.load(std::memory_order_relaxed) != 0) disk_full_at_.store(0, std::memory_order_relaxed);
     } catch (const std::exception& e) {
+        const auto* system = dynamic_cast<const rafs::SystemError*>(&e);
+        if (system != nullptr && isNoSpace(system->code())) {
+            disk_full_at_.store(std::chrono::steady_clock::now().time_since_epoch().count(), std::memory_order_relaxed);
+        }
         if (const auto held_back = blob.write_failures_.admit()) {
             log::error("blob {} chunks {}..{}: cache write failed: {}; readers get EIO{}", d.id, first, first + count - 1,
                        e.what(), RepeatedFailureLog::heldBack(*held_back, "cache write failures of this blob"));
@@ -565,6 +585,13 @@ bool ChunkFetcher::hasWaitersLocked(const CachedBlob& blob, uint32_t first, uint
         }
     }
     return false;
+}
+
+bool ChunkFetcher::diskJustFull() const {
+    const int64_t at = disk_full_at_.load(std::memory_order_relaxed);
+    if (at == 0) return false;
+    const auto since = std::chrono::steady_clock::now() - std::chrono::steady_clock::time_point(std::chrono::steady_clock::duration(at));
+    return since < kFullDiskPause;
 }
 
 void ChunkFetcher::finishChunks(CachedBlob& blob, uint32_t first, uint32_t count, int error) {

@@ -11,6 +11,7 @@
 #include "daemon/core/ReaderActivity.h"
 #include "daemon/core/ScratchPool.h"
 
+#include <atomic>
 #include <functional>
 #include <memory>
 #include <mutex>
@@ -131,6 +132,9 @@ private:
     // dropped before it is fetched: its chunks are no longer in flight. Else false.
     bool dropUnwritable(CachedBlob& blob, const FetchRun& run);
     void finishChunks(CachedBlob& blob, uint32_t first, uint32_t count, int error);
+    // Whether the cache's disk was found full, with nothing to free, a moment ago: a run fetched now
+    // would be thrown away (a full-tree read on a full disk fetched 35 times the blob).
+    bool diskJustFull() const;
 
     FetchOptions options_;
     FetchPlanner planner_;
@@ -139,6 +143,9 @@ private:
     std::mutex images_mutex_;
     std::vector<RegisteredImage> images_;
     std::function<bool()> no_space_;
+    // When a cache write last failed for a full disk with nothing left to free (steady_clock ticks;
+    // 0 once a write has worked since). Runs due within kFullDiskPause of it fail unfetched.
+    std::atomic<int64_t> disk_full_at_{0};
     ReaderActivity readers_;
     struct FetchBuffers;
     ScratchPool<FetchBuffers> buffers_;
