@@ -88,11 +88,21 @@ ResolvedManifest resolveManifest(ImageStore& store, const std::string& reference
     std::vector<std::string> seen;
     const Descriptor* chosen = nullptr;
     const Descriptor* unmarked = nullptr;  // a RAFS image in an index without Nydus's marks
+    std::vector<const Descriptor*> unplaced;  // entries that name no platform: their configs do
     for (const Descriptor& d : index.manifests) {
+        if (media::isIndex(d.media_type)) {
+            const std::string p = (d.platform ? d.platform->str() : "no platform") + " (an index: not followed)";
+            if (std::ranges::find(seen, p) == seen.end()) seen.push_back(p);
+            continue;
+        }
         if (!media::isManifest(d.media_type) || isAttestation(d)) continue;
-        const std::string p = d.platform ? d.platform->str() : "no platform";
+        if (!d.platform) {
+            unplaced.push_back(&d);
+            continue;
+        }
+        const std::string p = d.platform->str();
         if (std::ranges::find(seen, p) == seen.end()) seen.push_back(p);
-        if (!d.platform || !d.platform->matches(platform)) continue;
+        if (!d.platform->matches(platform)) continue;
         if ((kind == ImageKind::Rafs) == isRafsEntry(d)) {
             if (chosen == nullptr) chosen = &d;
         } else if (unmarked == nullptr) {
@@ -101,6 +111,17 @@ ResolvedManifest resolveManifest(ImageStore& store, const std::string& reference
     }
     if (chosen != nullptr) return ofKind(fetchEntry(store, *chosen, name), kind, platform, name);
     if (unmarked != nullptr) return ofKind(fetchEntry(store, *unmarked, name), kind, platform, name);
+    for (const Descriptor* d : unplaced) {
+        ResolvedManifest m = fetchEntry(store, *d, name);
+        const std::vector<uint8_t> config =
+            readVerifiedBlob(store, m.manifest.config, kMaxConfigBytes, name + "@" + d->digest + ": config");
+        const Platform of_config = Platform::ofConfig(nlohmann::json::parse(config, nullptr, false));
+        const std::string p = of_config.architecture.empty() ? "no platform" : of_config.str() + " (by its config)";
+        if (std::ranges::find(seen, p) == seen.end()) seen.push_back(p);
+        if (!of_config.matches(platform) || m.manifest.isRafs() != (kind == ImageKind::Rafs)) continue;
+        m.platform = of_config;
+        return m;
+    }
     std::string list;
     for (const std::string& p : seen) list += (list.empty() ? "" : ", ") + p;
     rafs::fail("{}: no manifest for {} in the index (it has: {})", name, platform.str(), list.empty() ? "none" : list);

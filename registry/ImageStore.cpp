@@ -74,6 +74,11 @@ FetchedManifest OciLayoutStore::manifest(const std::string& reference) {
     const Descriptor* found = nullptr;
     for (const Descriptor& d : index.manifests) {
         if (reference.starts_with("sha256:") ? d.digest == reference : d.hasAnnotation(annotation::kRefName, reference)) {
+            // Tools disagree on which of two to take (skopeo the first, umoci neither): none is.
+            if (found != nullptr && found->digest != d.digest) {
+                rafs::fail("{}:{}: ambiguous: index.json gives this tag to {} and {}", describe(), reference,
+                           found->digest, d.digest);
+            }
             found = &d;
         }
     }
@@ -95,6 +100,10 @@ FetchedManifest OciLayoutStore::manifest(const std::string& reference) {
     out.digest = sha256Digest(out.bytes);
     if (out.digest != digest) {
         rafs::fail("{}: blob {} does not match its digest (it is {})", describe(), digest, out.digest);
+    }
+    if (found != nullptr && found->size != out.bytes.size()) {
+        rafs::fail("{}: index.json gives manifest {} a size of {} bytes; it has {}", describe(), digest, found->size,
+                   out.bytes.size());
     }
     // Not named in index.json: the document says what it is (ImageResolver's documentType).
     if (found != nullptr) out.media_type = found->media_type;

@@ -5,6 +5,9 @@
 
 #include <sys/utsname.h>
 
+#include <algorithm>
+#include <array>
+
 namespace registry {
 
 using nlohmann::json;
@@ -13,8 +16,20 @@ namespace media {
 bool isIndex(std::string_view type) { return type == kOciIndex || type == kDockerList; }
 bool isManifest(std::string_view type) { return type == kOciManifest || type == kDockerManifest; }
 bool isTarLayer(std::string_view type) {
-    return type == kOciLayer || type == kOciLayerGzip || type == kOciLayerZstd || type == kDockerLayerGzip ||
-           type == kDockerForeignLayerGzip || type == "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip";
+    static constexpr std::array<std::string_view, 11> kTarLayers = {
+        kOciLayer,
+        kOciLayerGzip,
+        kOciLayerZstd,
+        "application/vnd.oci.image.layer.nondistributable.v1.tar",
+        "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+        "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd",
+        kDockerLayer,
+        kDockerLayerGzip,
+        kDockerLayerZstd,
+        kDockerForeignLayer,
+        kDockerForeignLayerGzip,
+    };
+    return std::find(kTarLayers.begin(), kTarLayers.end(), type) != kTarLayers.end();
 }
 }  // namespace media
 
@@ -109,6 +124,19 @@ Platform Platform::host() {
         {"armv7l", "arm"},   {"ppc64le", "ppc64le"}, {"s390x", "s390x"}, {"riscv64", "riscv64"}};
     const auto it = arch.find(machine);
     return {"linux", it != arch.end() ? it->second : machine, {}, {}};
+}
+
+Platform Platform::ofConfig(const nlohmann::json& config) {
+    Platform p;
+    if (!config.is_object()) return p;
+    const auto text = [&](const char* key, const char* otherwise) {
+        const auto it = config.find(key);
+        return it != config.end() && it->is_string() ? it->get<std::string>() : std::string(otherwise);
+    };
+    p.os = text("os", "linux");
+    p.architecture = text("architecture", "");
+    p.variant = text("variant", "");
+    return p;
 }
 
 std::string Platform::str() const { return os + "/" + architecture + (variant.empty() ? "" : "/" + variant); }

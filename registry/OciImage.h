@@ -24,7 +24,10 @@ inline constexpr std::string_view kOciLayerZstd = "application/vnd.oci.image.lay
 inline constexpr std::string_view kDockerList = "application/vnd.docker.distribution.manifest.list.v2+json";
 inline constexpr std::string_view kDockerManifest = "application/vnd.docker.distribution.manifest.v2+json";
 inline constexpr std::string_view kDockerConfig = "application/vnd.docker.container.image.v1+json";
+inline constexpr std::string_view kDockerLayer = "application/vnd.docker.image.rootfs.diff.tar";
 inline constexpr std::string_view kDockerLayerGzip = "application/vnd.docker.image.rootfs.diff.tar.gzip";
+inline constexpr std::string_view kDockerLayerZstd = "application/vnd.docker.image.rootfs.diff.tar.zstd";
+inline constexpr std::string_view kDockerForeignLayer = "application/vnd.docker.image.rootfs.foreign.diff.tar";
 inline constexpr std::string_view kDockerForeignLayerGzip = "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip";
 // Nydus (containerd/nydus-snapshotter pkg/converter/constant.go).
 inline constexpr std::string_view kNydusBlob = "application/vnd.oci.image.layer.nydus.blob.v1";
@@ -37,7 +40,8 @@ inline constexpr std::string_view kAcceptManifests =
 
 bool isIndex(std::string_view type);
 bool isManifest(std::string_view type);
-// A tar layer (plain, gzip or zstd; OCI or Docker); false for Nydus blobs and encrypted layers.
+// A tar layer (plain, gzip or zstd; OCI or Docker, non-distributable and foreign ones too: the
+// media types containerd's images package knows); false for Nydus blobs and encrypted layers.
 bool isTarLayer(std::string_view type);
 }  // namespace media
 
@@ -60,6 +64,9 @@ struct Platform {
     static Platform parse(std::string_view text);
     // This machine's (linux and the GOARCH name of its CPU).
     static Platform host();
+    // What an image config names (os, default linux; architecture; variant): the platform of an
+    // index entry that names none, as containerd reads it too.
+    static Platform ofConfig(const nlohmann::json& config);
     std::string str() const;
     // Same os and architecture, and the variant when `wanted` names one other than its
     // architecture's default (arm64/v8 matches arm64; arm matches arm/v7), as containerd matches.

@@ -223,12 +223,7 @@ private:
 };
 
 registry::Platform platformOf(const ResolvedManifest& m, const json& config) {
-    if (m.platform) return *m.platform;
-    registry::Platform p;
-    p.os = config.value("os", "linux");
-    p.architecture = config.value("architecture", "");
-    p.variant = config.value("variant", "");
-    return p;
+    return m.platform ? *m.platform : registry::Platform::ofConfig(config);
 }
 
 // The config's rootfs.diff_ids: one "sha256:<hex>" per layer (OCI image spec, config.md), each

@@ -38,6 +38,7 @@ base's big file) and pushed by skopeo:
 """
 
 import fcntl
+import gzip
 import hashlib
 import json
 import os
@@ -525,6 +526,24 @@ def main():
             docker_raw = reg.raw('rafs/docker:v1') or b'{"layers":[]}'
             ck.check(json.loads(docker_raw)['layers'][:-1] == manifest['layers'][:-1],
                      'the same data blobs as from the OCI manifest')
+
+            # Uncompressed layers under Docker's media type for them (containerd's images package
+            # knows it; skopeo writes it for uncompressed v2s2 copies).
+            docker_tar = os.path.join(tmp, 'docker-tar-layout')
+            plain = copy_layout(src_layout, docker_tar)
+            for layer in plain['layers']:
+                with open(blob_path(docker_tar, layer['digest']), 'rb') as f:
+                    data = gzip.decompress(f.read())
+                layer.update(mediaType='application/vnd.docker.image.rootfs.diff.tar', size=len(data),
+                             digest='sha256:' + hashlib.sha256(data).hexdigest())
+                with open(blob_path(docker_tar, layer['digest']), 'wb') as f:
+                    f.write(data)
+            replace_manifest(docker_tar, plain)
+            r = convert(mk, reg, 'oci:%s:v1' % docker_tar, '%s/rafs/docker-tar:v1' % host)
+            ck.cmd_ok(r, 'mkrafs convert of uncompressed layers of Docker\'s media type')
+            docker_tar_raw = reg.raw('rafs/docker-tar:v1') or b'{"layers":[]}'
+            ck.check(json.loads(docker_tar_raw)['layers'][:-1] == manifest['layers'][:-1],
+                     'the same data blobs as from the gzip layers')
 
             # An index of two platforms (the same image twice, as amd64 and arm64).
             multi = os.path.join(tmp, 'multi-layout')

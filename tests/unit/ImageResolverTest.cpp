@@ -125,6 +125,37 @@ TEST_CASE("resolver: an index narrowed to the platform and the kind", "[registry
     CHECK(all[0].fetched.digest == plain_amd.digest);
 }
 
+// The platform of an index entry is optional (image-spec image-index.md): containerd then reads the
+// image's config, and so does the resolver, once no entry names the platform asked for.
+TEST_CASE("resolver: an index entry of no platform is for the one its config names", "[registry]") {
+    rafs::test::MemoryImageStore store;
+    auto image = [&](const std::string& config_json) {
+        Manifest m;
+        m.media_type = media::kOciManifest;
+        m.config = store.putBlob(media::kOciConfig, std::vector<uint8_t>(config_json.begin(), config_json.end()));
+        m.layers = {store.putBlob(media::kOciLayerGzip, std::vector<uint8_t>(16, 7))};
+        return store.putDocument("", media::kOciManifest, m.serialize());
+    };
+    const Descriptor arm = image(R"({"os":"linux","architecture":"arm","variant":"v7"})");
+    const Descriptor amd = image(R"({"os":"linux","architecture":"amd64"})");
+    putIndex(store, "bare", {arm, amd});
+    const ResolvedManifest r = resolveManifest(store, "bare", kAmd64, ImageKind::Original, "b");
+    CHECK(r.fetched.digest == amd.digest);
+    REQUIRE(r.platform);
+    CHECK(r.platform->str() == "linux/amd64");
+    CHECK(resolveManifest(store, "bare", Platform::parse("linux/arm"), ImageKind::Original, "b").fetched.digest ==
+          arm.digest);
+    CHECK_THROWS_WITH(resolveManifest(store, "bare", Platform::parse("linux/s390x"), ImageKind::Original, "b"),
+                      "b: no manifest for linux/s390x in the index (it has: linux/arm/v7 (by its config), "
+                      "linux/amd64 (by its config))");
+    // An index inside the index is not followed, and the error says so.
+    Descriptor inner = store.putDocument("", media::kOciIndex, R"({"schemaVersion":2,"manifests":[]})");
+    inner.platform = kAmd64;
+    putIndex(store, "nested", {inner});
+    CHECK_THROWS_WITH(resolveManifest(store, "nested", kAmd64, ImageKind::Original, "n"),
+                      "n: no manifest for linux/amd64 in the index (it has: linux/amd64 (an index: not followed))");
+}
+
 TEST_CASE("resolver: an index entry must be a manifest, and be the document it names", "[registry]") {
     rafs::test::MemoryImageStore store;
     const Descriptor inner = store.putDocument("", media::kOciIndex, R"({"schemaVersion":2,"manifests":[]})");
@@ -196,6 +227,40 @@ TEST_CASE("an OCI layout's one untagged manifest is what oci:DIR names", "[regis
     tagged.annotations[annotation::kRefName] = "v1";
     index_of({tagged});
     CHECK_THROWS_WITH(OciLayoutStore(path, false, {}, true).manifest("latest"), Contains("no such manifest"));
+}
+
+// index.json is edited by hand and by many tools: a tag given to two manifests names neither (skopeo
+// takes the first, umoci refuses), and a size that is not the manifest's is refused as a digest is.
+TEST_CASE("an OCI layout's tag given twice, or a manifest of another size, is refused", "[registry]") {
+    const rafs::test::TempDir dir;
+    const std::filesystem::path path = dir.path() / "layout";
+    OciLayoutStore writer(path, true);
+    const std::string first = R"({"schemaVersion":2})";
+    const std::string second = R"({"schemaVersion":2,"layers":[]})";
+    writer.putManifest({}, media::kOciManifest, first);
+    writer.putManifest({}, media::kOciManifest, second);
+    auto tagged = [](const std::string& manifest) {
+        Descriptor d = descriptorOf(media::kOciManifest, manifest);
+        d.annotations[annotation::kRefName] = "dup";
+        return d;
+    };
+    auto index_of = [&](std::vector<Descriptor> entries) {
+        Index index;
+        index.media_type = media::kOciIndex;
+        index.manifests = std::move(entries);
+        std::ofstream(path / "index.json") << index.serialize();
+    };
+    index_of({tagged(first), tagged(second)});
+    CHECK_THROWS_WITH(OciLayoutStore(path, false).manifest("dup"),
+                      Contains(":dup: ambiguous: index.json gives this tag to " + sha256Digest(first) + " and " +
+                               sha256Digest(second)));
+    index_of({tagged(first), tagged(first)});  // the same manifest twice: it is the one
+    CHECK(OciLayoutStore(path, false).manifest("dup").digest == sha256Digest(first));
+    Descriptor wrong = tagged(first);
+    wrong.size += 3;
+    index_of({wrong});
+    CHECK_THROWS_WITH(OciLayoutStore(path, false).manifest("dup"),
+                      Contains("index.json gives manifest " + sha256Digest(first) + " a size of 22 bytes; it has 19"));
 }
 
 // Two mkrafs writing into one layout at once: each index.json edit is a read, change and rename,

@@ -89,3 +89,23 @@ TEST_CASE("platforms and indexes", "[registry]") {
                                    "", "ix"),
                       "ix: manifests[0]: platform: no \"architecture\"");
 }
+
+// What containerd's images package calls layers (images/mediatypes.go): each converts.
+TEST_CASE("tar layers: OCI and Docker, plain, gzip and zstd, non-distributable and foreign", "[registry]") {
+    for (std::string_view type : {"application/vnd.oci.image.layer.v1.tar", "application/vnd.oci.image.layer.v1.tar+gzip",
+                                  "application/vnd.oci.image.layer.v1.tar+zstd",
+                                  "application/vnd.oci.image.layer.nondistributable.v1.tar",
+                                  "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip",
+                                  "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd",
+                                  "application/vnd.docker.image.rootfs.diff.tar",
+                                  "application/vnd.docker.image.rootfs.diff.tar.gzip",
+                                  "application/vnd.docker.image.rootfs.diff.tar.zstd",
+                                  "application/vnd.docker.image.rootfs.foreign.diff.tar",
+                                  "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip"}) {
+        INFO(type);
+        CHECK(media::isTarLayer(type));
+    }
+    CHECK_FALSE(media::isTarLayer(media::kNydusBlob));
+    CHECK_FALSE(media::isTarLayer("application/vnd.oci.image.layer.v1.tar+gzip+encrypted"));
+    CHECK_FALSE(media::isTarLayer("application/vnd.oci.image.config.v1+json"));
+}
