@@ -91,10 +91,11 @@ nlohmann::json ControlClient::call(const Request& request) const {
         rafs::failErrno("setsockopt(SO_SNDTIMEO)");
     }
     if (::connect(fd.get(), reinterpret_cast<const sockaddr*>(&address), sizeof address) != 0) {
-        int err = errno;
-        bool absent = err == ENOENT || err == ECONNREFUSED;
-        rafs::fail("cannot connect to {}: {}{}", socket_.string(), std::strerror(err),
-                   absent ? " (is rafsd serve running?)" : "");
+        const int err = errno;
+        const bool absent = err == ENOENT || err == ECONNREFUSED;
+        throw rafs::SystemError(fmt::format("cannot connect to {}: {}{}", socket_.string(), std::strerror(err),
+                                            absent ? " (is rafsd serve running?)" : ""),
+                                err);
     }
     int flags = ::fcntl(fd.get(), F_GETFL);
     if (flags < 0 || ::fcntl(fd.get(), F_SETFL, flags | O_NONBLOCK) != 0) rafs::failErrno("fcntl(F_SETFL)");

@@ -16,7 +16,8 @@ public:
     // Sends `request` and returns rafsd's response object when it says ok. Throws rafs::Error
     // when rafsd cannot be reached ("cannot connect to /run/rafsd/api.sock: No such file or
     // directory (is rafsd serve running?)"), does not answer within the timeout, or answers
-    // with an error (then the message is rafsd's).
+    // with an error (then the message is rafsd's). Not reached, it is a rafs::SystemError with
+    // connect(2)'s errno: ENOENT or ECONNREFUSED when nothing listens.
     nlohmann::json call(const Request& request) const;
 
 private:

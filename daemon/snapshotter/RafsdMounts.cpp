@@ -8,6 +8,10 @@
 #include <nlohmann/json.hpp>
 #include <sys/mount.h>
 
+#include <cerrno>
+#include <chrono>
+#include <thread>
+
 namespace rafsd {
 
 namespace {
@@ -16,11 +20,31 @@ namespace {
 constexpr std::chrono::seconds kMountTimeout{300};
 constexpr std::chrono::seconds kUmountTimeout{60};
 constexpr std::chrono::seconds kListTimeout{60};
+// How long rafsd may take to start its next worker (the supervisor starts one at once after a
+// worker's death, and it binds the control socket once it has taken the mounts over), and how
+// often to look.
+constexpr std::chrono::seconds kNextWorkerWait{10};
+constexpr std::chrono::milliseconds kNextWorkerPoll{200};
 
 }  // namespace
 
 bool RafsdMounts::serves(const std::filesystem::path& dir) const {
-    const nlohmann::json listed = ControlClient(socket_, kListTimeout).call(ListRequest{});
+    nlohmann::json listed;
+    // Nobody listens between two of rafsd's workers (each binds the control socket anew), and when
+    // rafsd is gone: a while for the next worker, then it is gone, and nobody serves the mount.
+    for (const auto until = std::chrono::steady_clock::now() + kNextWorkerWait;;) {
+        try {
+            listed = ControlClient(socket_, kListTimeout).call(ListRequest{});
+            break;
+        } catch (const rafs::SystemError& e) {
+            if (e.code() != ECONNREFUSED && e.code() != ENOENT) throw;
+            if (std::chrono::steady_clock::now() >= until) {
+                log::warn("{}: no rafsd listens on {} ({}): nobody serves it", dir.string(), socket_.string(), e.what());
+                return false;
+            }
+            std::this_thread::sleep_for(kNextWorkerPoll);
+        }
+    }
     const std::filesystem::path want = std::filesystem::weakly_canonical(dir);
     for (const nlohmann::json& image : listed.at("images")) {
         if (std::filesystem::path(image.at("mountpoint").get<std::string>()) == want) return true;
@@ -34,8 +58,8 @@ void RafsdMounts::ensure(const std::string& image, const std::filesystem::path& 
         try {
             served = serves(dir);
         } catch (const rafs::Error& e) {
-            // rafsd between two workers (its supervisor keeps the kernel objects, and readers wait
-            // for the next): the mount stays in use, as before rafsd could be asked.
+            // rafsd listens but does not answer (a worker stopped, or busy past the timeout): it
+            // lives, and the mount stays in use, as before rafsd could be asked.
             log::warn("{}: cannot ask rafsd whether it serves it ({}); using it as it is", dir.string(), e.what());
         }
         if (served) return;

@@ -25,8 +25,9 @@ state, socket and config naming the snapshotter as proxy plugin `rafs` (CRI disa
    (once it serves), removes directories no snapshot owns, and a new container runs. With rafsd stopped (it unmounts
    its images), `ctr run` fails naming rafsd's socket and leaves no snapshot; once rafsd is back,
    the next container's Prepare mounts the image again. With rafsd serve killed whole (-9), its
-   mount left behind unserved, and rafsd started again, the next container's Prepare detaches that
-   mount and has the image mounted again, served.
+   mount left behind unserved: `ctr run` fails naming rafsd's socket (nobody listens: no container
+   may start on a mount whose holes read as zeros); with rafsd started again, the next container's
+   Prepare has the image mounted again, served.
 4. Bad input, one error line each and a non-zero exit: register of an ordinary image, of an
    unknown tag, with no containerd at the socket; serve with a missing config file.
 5. Removal: containers, the registration and both images gone, containerd's GC done: no snapshot
@@ -373,6 +374,10 @@ def main():
             wait_for(lambda: not any(os.path.exists('/proc/%d' % pid) for pid in worker), timeout=30)
             stale = mounts_under(os.path.join(sn_root, 'mnt'))
             ck.check(len(stale) == 1, 'rafsd killed whole: the image\'s mount is left behind', repr(stale))
+            # Nobody listens on rafsd's socket now: no new container may start on that mount.
+            r = ctd.ctr('run', '--rm', '--snapshotter', 'rafs', rafs_ref, 'rafs-dead', '/bin/busybox', 'true')
+            ck.check(r.returncode not in (0, None) and rafsd_sock in text(r.stderr),
+                     'rafsd gone: ctr run fails naming rafsd\'s socket, on no unserved mount', text(r.stderr)[-600:])
             ck.check(srv.start(), 'rafsd serve started again, fresh', srv.log_text()[-1500:])
             r = ctd.ctr('run', '--rm', '--snapshotter', 'rafs', rafs_ref, 'rafs-7', '/bin/busybox', 'cat', '/etc/hello')
             served = [i.get('mountpoint') for i in (rafsctl_status(ctl, rafsd_sock) or {}).get('images', [])]
