@@ -43,7 +43,10 @@ public:
                 continue;
             }
             if (n < 0) rafs::failErrno(fmt::format("cannot read from {}", socket_.string()));
-            if (n == 0) rafs::fail("rafsd closed the connection on {} without a response", socket_.string());
+            if (n == 0) {
+                throw rafs::SystemError(
+                    fmt::format("rafsd closed the connection on {} without a response", socket_.string()), ECONNRESET);
+            }
             std::string_view got(chunk, static_cast<size_t>(n));
             // One request gets one line back: anything after its newline is not ours to read.
             if (auto end = got.find('\n'); end != std::string_view::npos) return line.append(got.substr(0, end));

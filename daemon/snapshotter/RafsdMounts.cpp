@@ -28,25 +28,26 @@ constexpr std::chrono::milliseconds kNextWorkerPoll{200};
 
 }  // namespace
 
-bool RafsdMounts::serves(const std::filesystem::path& dir) const {
-    nlohmann::json listed;
-    // Nobody listens between two of rafsd's workers (each binds the control socket anew), and when
-    // rafsd is gone: a while for the next worker, then it is gone, and nobody serves the mount.
+std::optional<nlohmann::json> RafsdMounts::listWhenListening() const {
     for (const auto until = std::chrono::steady_clock::now() + kNextWorkerWait;;) {
         try {
-            listed = ControlClient(socket_, kListTimeout).call(ListRequest{});
-            break;
+            return ControlClient(socket_, kListTimeout).call(ListRequest{});
         } catch (const rafs::SystemError& e) {
             if (e.code() != ECONNREFUSED && e.code() != ENOENT) throw;
             if (std::chrono::steady_clock::now() >= until) {
-                log::warn("{}: no rafsd listens on {} ({}): nobody serves it", dir.string(), socket_.string(), e.what());
-                return false;
+                log::warn("no rafsd listens on {}: {}", socket_.string(), e.what());
+                return std::nullopt;
             }
             std::this_thread::sleep_for(kNextWorkerPoll);
         }
     }
+}
+
+bool RafsdMounts::serves(const std::filesystem::path& dir) const {
+    const std::optional<nlohmann::json> listed = listWhenListening();
+    if (!listed) return false;
     const std::filesystem::path want = std::filesystem::weakly_canonical(dir);
-    for (const nlohmann::json& image : listed.at("images")) {
+    for (const nlohmann::json& image : listed->at("images")) {
         if (std::filesystem::path(image.at("mountpoint").get<std::string>()) == want) return true;
     }
     return false;
@@ -79,11 +80,17 @@ void RafsdMounts::ensure(const std::string& image, const std::filesystem::path& 
     try {
         client.call(request);
     } catch (const rafs::Error& first) {
-        // rafsd may still list `dir` from before a reboot: release that record and try once more.
+        // The worker died under the request: its successor takes over whatever it mounted, and
+        // is asked again once it listens.
+        const auto* system = dynamic_cast<const rafs::SystemError*>(&first);
+        const bool lost = system != nullptr && (system->code() == ECONNRESET || system->code() == EPIPE);
+        if (lost) listWhenListening();
+        // rafsd may still list `dir` from before a reboot, or the dead worker's successor from the
+        // request: release that record and try once more.
         try {
             ControlClient(socket_, kUmountTimeout).call(UmountRequest{dir});
         } catch (const rafs::Error&) {
-            throw first;
+            if (!lost) throw first;
         }
         client.call(request);
     }

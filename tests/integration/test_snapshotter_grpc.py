@@ -12,7 +12,8 @@ accepts connections and never answers.
    own annotations can label it) is refused unless its snapshot.ref is that image's chain ID;
 4. while rafsd (a stand-in of the test's on the control socket, which holds one mount request)
    mounts the image a Prepare stands on, other Prepares and Mounts answer, and a Remove of that
-   image's snapshot waits for the mount.
+   image's snapshot waits for the mount;
+5. a mount request the stand-in drops unanswered (a worker that died under it) is made again.
 """
 
 import os
@@ -92,6 +93,9 @@ class HoldingRafsd(Listener):
         sock.bind(path)
         super().__init__(sock)
         self.ops, self.hold, self.released = [], False, threading.Event()
+        # As a worker that dies during that many mount requests (the connection closes unanswered),
+        # and, with nothing mounted, refuses an umount as rafsd does.
+        self.lose_mounts = 0
 
     def on_accept(self, conn):
         threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
@@ -107,6 +111,13 @@ class HoldingRafsd(Listener):
             line += chunk
         op = json.loads(line)['op']
         self.ops.append(op)
+        if op == 'mount' and self.lose_mounts > 0:
+            self.lose_mounts -= 1
+            conn.close()
+            return
+        if op == 'umount':
+            conn.sendall(json.dumps({'ok': False, 'error': 'not mounted by rafsd'}).encode() + b'\n')
+            return
         if op == 'mount' and self.hold:
             self.released.wait(timeout=60)
         conn.sendall(json.dumps({'ok': True, 'images': []}).encode() + b'\n')
@@ -290,6 +301,17 @@ def main():
                          'waited %r, %r' % (remove_waited, removed))
                 ck.check(len(getattr(child_outcome.get('value'), 'mounts', [])) == 1,
                          'the Prepare on the image answers once rafsd has mounted it', repr(child_outcome))
+
+                ck.section('5. a mount request whose rafsd worker dies under it is made again to the next')
+                rafsd.hold, rafsd.lose_mounts = False, 1
+                del rafsd.ops[:]
+                outcome = ''
+                try:
+                    outcome = len(stub.Prepare(pb.PrepareSnapshotRequest(key='ctr-2', parent=chain), timeout=60).mounts)
+                except grpc.RpcError as e:
+                    outcome = e.details()
+                ck.check(outcome == 1 and rafsd.ops.count('mount') == 2,
+                         'the Prepare answers after its mount request is made again', '%r; ops %r' % (outcome, rafsd.ops))
             channel.close()
             ck.check(sn.stop() == 0, 'rafs-snapshotter exits 0 on SIGTERM', sn.log_text()[-1500:])
     return ck.finish()
