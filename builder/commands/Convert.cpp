@@ -313,6 +313,9 @@ public:
         // Blobs first (above), then the bootstrap layer, the config, and the manifest last.
         Manifest out;
         out.media_type = registry::media::kOciManifest;
+        // What builders say of the image (its source, revision, base), as containerd's converter,
+        // which nydus-snapshotter's builds on, keeps them.
+        out.annotations = m.annotations;
         json diff_ids = json::array();
         uint64_t blob_bytes = 0;
         for (const BlobInfo& b : built.blobs) {

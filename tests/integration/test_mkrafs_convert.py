@@ -138,6 +138,9 @@ def make_oci_image(tmp, layout, tag):
     layer(base)
     layer(upper)
     layer(repeat)
+    # As image builders annotate the manifest (its source, its revision): kept by the conversion.
+    sh(['umoci', 'config', '--image', '%s:%s' % (layout, tag),
+        '--manifest.annotation', 'org.opencontainers.image.source=https://example.org/app'])
     expected = os.path.join(tmp, 'expected')
     sh(['umoci', 'unpack', '--image', '%s:%s' % (layout, tag), expected])
     return os.path.join(expected, 'rootfs')
@@ -364,6 +367,10 @@ def main():
             manifest = check_rafs_image(ck, mk, tmp, out_layout, digest1, expected, 'registry')
             ck.check(len(manifest['layers']) == 3,
                      'the layer that only repeats the base adds no blob (%d layers)' % len(manifest['layers']))
+            source_manifest = json.loads(reg.raw('src/app:v1') or b'{}')
+            ck.check(source_manifest.get('annotations') and
+                     manifest.get('annotations') == source_manifest.get('annotations'),
+                     'the source manifest\'s annotations are kept', repr(manifest.get('annotations')))
 
             ck.section('2. the same conversion again')
             r = convert(mk, reg, '%s/src/app:v1' % host, '%s/rafs/app:v1' % host)
