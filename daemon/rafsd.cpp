@@ -219,7 +219,11 @@ void retryUnserved(ImageService& service, const std::atomic<bool>& stopping) {
             if (stopping.load()) return;
             std::this_thread::sleep_for(kStep);
         }
-        if (service.retryUnserved() == 0) return;
+        try {
+            if (service.retryUnserved() == 0) return;
+        } catch (const std::exception& e) {
+            log::error("taking over the mounts left unserved: {}; trying again", e.what());
+        }
     }
 }
 
@@ -242,6 +246,8 @@ int activatedControlSocket() {
 int serveWorker(const Config& config, EngineKind engine, std::chrono::milliseconds fetch_delay,
                 const sigset_t& stop_signals, int control_socket, KeptFds& kept, bool restored,
                 const std::function<void()>& ready) {
+    // Declared first, so held until the service's destructor has written the table for the last time.
+    rafs::UniqueFd table_lock;
     ImageService service(config);
     service.setFetchDelay(fetch_delay);
     service.keepMountTable(servedMountTable(config.daemon.state_dir));
@@ -254,7 +260,6 @@ int serveWorker(const Config& config, EngineKind engine, std::chrono::millisecon
                    ? ControlServer::adopt(rafs::UniqueFd::duplicate(control_socket, "the control socket").release(), service)
                    : ControlServer::bind(config.daemon.socket, service);
     };
-    rafs::UniqueFd table_lock;
     auto serveTakenOver = [&] {
         // A second rafsd serve started by hand beside the service would otherwise rewrite the
         // mount table of the one serving (without the mounts it cannot take over) before its
@@ -272,10 +277,10 @@ int serveWorker(const Config& config, EngineKind engine, std::chrono::millisecon
     std::thread remounter([&] {
         try {
             service.remountLayerStores(stopping);
-            retryUnserved(service, stopping);
         } catch (const std::exception& e) {
-            log::error("mounting again what a predecessor left: {}", e.what());
+            log::error("mounting the layer store images again: {}", e.what());
         }
+        retryUnserved(service, stopping);
     });
     for (;;) {
         const int sig = waitForStopSignal(stop_signals);

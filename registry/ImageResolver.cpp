@@ -2,7 +2,10 @@
 
 #include "format/Error.h"
 
+#include <fmt/format.h>
+
 #include <algorithm>
+#include <optional>
 
 namespace registry {
 
@@ -97,7 +100,8 @@ ResolvedManifest resolveManifest(ImageStore& store, const std::string& reference
         }
         if (!media::isManifest(d.media_type) || isAttestation(d)) continue;
         if (!d.platform) {
-            unplaced.push_back(&d);
+            // An artifact (a signature, an SBOM) is no image, and may have no image config.
+            if (d.artifact_type.empty() || isRafsEntry(d)) unplaced.push_back(&d);
             continue;
         }
         const std::string p = d.platform->str();
@@ -112,15 +116,23 @@ ResolvedManifest resolveManifest(ImageStore& store, const std::string& reference
     if (chosen != nullptr) return ofKind(fetchEntry(store, *chosen, name), kind, platform, name);
     if (unmarked != nullptr) return ofKind(fetchEntry(store, *unmarked, name), kind, platform, name);
     for (const Descriptor* d : unplaced) {
-        ResolvedManifest m = fetchEntry(store, *d, name);
-        const std::vector<uint8_t> config =
-            readVerifiedBlob(store, m.manifest.config, kMaxConfigBytes, name + "@" + d->digest + ": config");
-        const Platform of_config = Platform::ofConfig(nlohmann::json::parse(config, nullptr, false));
+        // One that cannot be read is named in the error below, should no other entry do.
+        std::optional<ResolvedManifest> m;
+        Platform of_config;
+        try {
+            m = fetchEntry(store, *d, name);
+            const std::vector<uint8_t> config =
+                readVerifiedBlob(store, m->manifest.config, kMaxConfigBytes, name + "@" + d->digest + ": config");
+            of_config = Platform::ofConfig(nlohmann::json::parse(config, nullptr, false));
+        } catch (const rafs::Error& e) {
+            seen.push_back(fmt::format("{} of no platform, whose config cannot be read ({})", d->digest, e.what()));
+            continue;
+        }
         const std::string p = of_config.architecture.empty() ? "no platform" : of_config.str() + " (by its config)";
         if (std::ranges::find(seen, p) == seen.end()) seen.push_back(p);
-        if (!of_config.matches(platform) || m.manifest.isRafs() != (kind == ImageKind::Rafs)) continue;
-        m.platform = of_config;
-        return m;
+        if (!of_config.matches(platform) || m->manifest.isRafs() != (kind == ImageKind::Rafs)) continue;
+        m->platform = of_config;
+        return std::move(*m);
     }
     std::string list;
     for (const std::string& p : seen) list += (list.empty() ? "" : ", ") + p;

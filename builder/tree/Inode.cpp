@@ -1,7 +1,8 @@
 #include "builder/tree/Inode.h"
 
+#include "kernel-abi/erofs.h"
+
 #include <algorithm>
-#include <array>
 
 namespace rafs::build {
 
@@ -17,30 +18,25 @@ void Inode::setXattr(std::string name, std::string value) {
 
 namespace {
 
-// Namespaces of RAFS v6 (EROFS prefix indexes 1, 2, 3, 4, 6); the ACL names are whole names.
-struct Prefix {
-    std::string_view text;
-    bool whole_name;
+constexpr XattrPrefix kPrefixes[] = {
+    {"user.", erofs::kXattrUser, false},
+    {"system.posix_acl_access", erofs::kXattrPosixAclAccess, true},
+    {"system.posix_acl_default", erofs::kXattrPosixAclDefault, true},
+    {"trusted.", erofs::kXattrTrusted, false},
+    {"security.", erofs::kXattrSecurity, false},
 };
-constexpr std::array<Prefix, 5> kPrefixes{{
-    {"user.", false},
-    {"trusted.", false},
-    {"security.", false},
-    {"system.posix_acl_access", true},
-    {"system.posix_acl_default", true},
-}};
-
-const Prefix* prefixOf(std::string_view name) {
-    auto match = std::find_if(kPrefixes.begin(), kPrefixes.end(), [&](const Prefix& p) {
-        return p.whole_name ? name == p.text : name.starts_with(p.text);
-    });
-    return match == kPrefixes.end() ? nullptr : &*match;
-}
 
 }  // namespace
 
+const XattrPrefix* xattrPrefixOf(std::string_view name) {
+    for (const XattrPrefix& p : kPrefixes) {
+        if (p.whole_name ? name == p.text : name.starts_with(p.text)) return &p;
+    }
+    return nullptr;
+}
+
 std::string_view xattrProblem(std::string_view name, size_t value_size) {
-    const Prefix* match = prefixOf(name);
+    const XattrPrefix* match = xattrPrefixOf(name);
     if (match == nullptr) return "namespace not supported by RAFS v6";
     const size_t suffix = name.size() - match->text.size();
     if (!match->whole_name && suffix == 0) return "empty name after the namespace";
@@ -56,9 +52,9 @@ std::string_view xattrSetProblem(const std::vector<Xattr>& xattrs) {
     // value, padded to 4; the slots count the entries after the 12-byte header, plus one.
     size_t slots = 1;
     for (const auto& [name, value] : xattrs) {
-        const Prefix* match = prefixOf(name);
+        const XattrPrefix* match = xattrPrefixOf(name);
         const size_t suffix = name.size() - (match != nullptr ? match->text.size() : 0);
-        slots += (4 + suffix + value.size() + 3) / 4;
+        slots += (sizeof(erofs::XattrEntry) + suffix + value.size() + 3) / 4;
     }
     return slots > 65535 ? "xattrs of one inode exceed the inline limit" : std::string_view{};
 }

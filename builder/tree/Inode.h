@@ -63,4 +63,14 @@ std::string_view xattrProblem(std::string_view name, size_t value_size);
 // xattrProblem first.
 std::string_view xattrSetProblem(const std::vector<Xattr>& xattrs);
 
+// A namespace RAFS v6 stores, as EROFS names it by a prefix index (kernel-abi/erofs.h): user.,
+// trusted., security., and the two POSIX ACL names, which are whole names (an empty suffix).
+struct XattrPrefix {
+    std::string_view text;
+    uint8_t index;
+    bool whole_name;
+};
+// The namespace of `name`; null if RAFS v6 has none for it.
+const XattrPrefix* xattrPrefixOf(std::string_view name);
+
 }  // namespace rafs::build

@@ -10,8 +10,7 @@
 namespace rafs::build {
 
 // Returns the inline xattr area (empty if there are no xattrs) and its i_xattr_icount.
-// Throws Error for a name outside user., trusted., security. and the two POSIX ACL names, an
-// empty suffix where one is needed, a suffix over 255 bytes or a value over 64 KiB.
+// Throws Error for what xattrProblem or xattrSetProblem (builder/tree/Inode.h) refuses.
 std::vector<uint8_t> encodeXattrs(const std::vector<Xattr>& xattrs, uint16_t& icount);
 
 }  // namespace rafs::build

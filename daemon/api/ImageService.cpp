@@ -805,10 +805,20 @@ size_t ImageService::retryUnserved() {
         std::copy_if(unserved_.begin(), unserved_.end(), std::back_inserter(pending), fanotifyMounted);
     }
     for (const MountRecord& r : pending) {
+        const int watch = superblocks_adopted_ ? r.superblock_watch : -1;
+        bool on_path = false;
         try {
-            if (hasErofsMount(r.mountpoint)) {
-                mountOrReattach(requestOf(r), true, {superblocks_adopted_ ? r.superblock_watch : -1, false});
+            on_path = hasErofsMount(r.mountpoint);
+            if (on_path) {
+                mountOrReattach(requestOf(r), true, {watch, false});
                 log::info("{}: taken over, after no worker could", r.mountpoint.string());
+            } else if (watch >= 0 && !fanotify_->superblockGone(watch)) {
+                // Unmounted since, still read (a container's overlay): served off its path until it
+                // is gone, as recoverMounts takes such a mount over.
+                MountRequest off_path = requestOf(r);
+                off_path.layer_store = false;
+                mountOrReattach(off_path, true, {watch, true});
+                log::info("{}: taken over off its path, after no worker could", r.mountpoint.string());
             } else {
                 log::info("{}: no longer mounted; forgotten", r.mountpoint.string());
             }
@@ -816,7 +826,7 @@ size_t ImageService::retryUnserved() {
             log::warn("{}: still cannot take it over: {}", r.mountpoint.string(), e.what());
             continue;
         }
-        if (r.layer_store) {
+        if (r.layer_store && on_path) {
             try {
                 LayerStore::reinstateMarkers(r.mountpoint);
             } catch (const std::exception& e) {
@@ -824,6 +834,8 @@ size_t ImageService::retryUnserved() {
             }
         }
         std::lock_guard lock(mutex_);
+        // A layer store image off its path gets it again at the next start (remountLayerStores).
+        if (r.layer_store && !on_path) remount_at_start_.push_back(r);
         std::erase(unserved_, r);
         if (unserved_.empty()) unserved_blobs_.clear();
         saveMountTableOrLog();
@@ -1219,8 +1231,18 @@ size_t ImageService::shutdown() {
     size_t left_up = 0;
     if (fanotify_) {
         std::erase_if(unserved_, [&](const MountRecord& r) {
-            if (r.engine != engineName(EngineKind::Fanotify) || r.detached) return false;
-            if (fanotify_->unmountUnserved(r.mountpoint)) return true;
+            if (r.engine != engineName(EngineKind::Fanotify)) return false;
+            // A detached one's path is no longer its own.
+            if (!r.detached && !fanotify_->unmountUnserved(r.mountpoint)) {
+                ++left_up;
+                return false;
+            }
+            const int watch = superblocks_adopted_ ? r.superblock_watch : -1;
+            if (fanotify_->superblockGone(watch)) return true;
+            log::error("{}: served by no rafsd, and {}: once rafsd is gone, its unread bytes read as zeros; stop what "
+                       "uses it", r.mountpoint.string(),
+                       watch < 0 ? "whether it is still read off its path is unknown"
+                                 : "still read off its path (an overlay's lower layer, another mount namespace)");
             ++left_up;
             return false;
         });

@@ -96,6 +96,24 @@ ChunkFetcher::ChunkFetcher(const FetchOptions& options)
 // request again (makePresent), which pushes to it.
 ChunkFetcher::~ChunkFetcher() { queue_->finish(); }
 
+void ChunkFetcher::abandonQueued() {
+    queue_->abandon();
+    // No fetch runs now, and none will: what is still in flight was queued and dropped.
+    std::vector<std::shared_ptr<CachedBlob>> blobs;
+    {
+        std::lock_guard lock(images_mutex_);
+        for (const RegisteredImage& image : images_) blobs.insert(blobs.end(), image.blobs.begin(), image.blobs.end());
+    }
+    for (const std::shared_ptr<CachedBlob>& blob : blobs) {
+        std::vector<uint32_t> dropped;
+        {
+            std::lock_guard lock(blob->mutex_);
+            for (const auto& [ci, waiting] : blob->in_flight_) dropped.push_back(ci);
+        }
+        for (uint32_t ci : dropped) finishChunks(*blob, ci, 1, EIO);
+    }
+}
+
 uint32_t ChunkFetcher::addImage(std::vector<std::shared_ptr<CachedBlob>> blobs) {
     std::vector<uint32_t> chunk_counts;
     for (const auto& b : blobs) chunk_counts.push_back(static_cast<uint32_t>(b->descriptor().chunks.size()));

@@ -33,9 +33,9 @@ public:
     explicit ChunkFetcher(const FetchOptions& options);
     ~ChunkFetcher() override;
 
-    // For a stop, once the engines wait for nothing: drops every queued fetch (FetchQueue::abandon);
-    // the fetcher serves no request after it.
-    void abandonQueued() { queue_->abandon(); }
+    // For a stop, once the engines wait for nothing: drops every queued fetch (FetchQueue::abandon),
+    // and fails (EIO) the requests that waited for them; the fetcher serves no request after it.
+    void abandonQueued();
 
     // Registers an image's blobs (in blob-table order); returns the image number engines use.
     uint32_t addImage(std::vector<std::shared_ptr<CachedBlob>> blobs);

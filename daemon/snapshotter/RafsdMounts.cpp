@@ -43,9 +43,9 @@ std::optional<nlohmann::json> RafsdMounts::listWhenListening() const {
     }
 }
 
-bool RafsdMounts::serves(const std::filesystem::path& dir) const {
+std::optional<bool> RafsdMounts::serves(const std::filesystem::path& dir) const {
     const std::optional<nlohmann::json> listed = listWhenListening();
-    if (!listed) return false;
+    if (!listed) return std::nullopt;
     const std::filesystem::path want = std::filesystem::weakly_canonical(dir);
     for (const nlohmann::json& image : listed->at("images")) {
         if (std::filesystem::path(image.at("mountpoint").get<std::string>()) == want) return true;
@@ -55,7 +55,7 @@ bool RafsdMounts::serves(const std::filesystem::path& dir) const {
 
 void RafsdMounts::ensure(const std::string& image, const std::filesystem::path& dir) const {
     if (erofsMountOn(dir)) {
-        bool served = true;
+        std::optional<bool> served = true;
         try {
             served = serves(dir);
         } catch (const rafs::Error& e) {
@@ -63,7 +63,14 @@ void RafsdMounts::ensure(const std::string& image, const std::filesystem::path& 
             // lives, and the mount stays in use, as before rafsd could be asked.
             log::warn("{}: cannot ask rafsd whether it serves it ({}); using it as it is", dir.string(), e.what());
         }
-        if (served) return;
+        // Nobody listens: rafsd is gone, or its supervisor holds the kernel objects between
+        // workers for a while. No container may start on the mount (if gone, its holes read as
+        // zeros), and it stays for the next worker to take over.
+        if (!served) {
+            rafs::fail("{}: no rafsd listens on {} to serve it (is rafsd serve running?)", dir.string(),
+                       socket_.string());
+        }
+        if (*served) return;
         // Left by a rafsd whose kernel objects are gone (every holder of its fanotify group died,
         // so what was never fetched reads as holes; or fscache's device closed: EIO), or one whose
         // takeover failed: no container may start on it. Containers still using it keep it.
@@ -104,13 +111,16 @@ void RafsdMounts::release(const std::filesystem::path& dir) const {
         return;
     } catch (const rafs::Error& e) {
         if (!erofsMountOn(dir)) return;
-        bool served = true;
+        std::optional<bool> served = true;
         try {
             served = serves(dir);
         } catch (const rafs::Error&) {
             // Between two workers: the next one serves it (and can be asked again).
         }
-        if (served) rafs::fail("rafsd did not unmount {} ({}); it stays mounted until it can", dir.string(), e.what());
+        // Nobody listening (rafsd gone, or between workers) is no answer either.
+        if (!served || *served) {
+            rafs::fail("rafsd did not unmount {} ({}); it stays mounted until it can", dir.string(), e.what());
+        }
         log::warn("rafsd does not serve {} ({}); detaching it", dir.string(), e.what());
     }
     if (::umount2(dir.c_str(), MNT_DETACH) != 0) rafs::failErrno("umount " + dir.string());

@@ -18,11 +18,12 @@ public:
 
     // Mounts `image` (HOST/REPO@sha256:...) on `dir` unless rafsd serves an EROFS mount there
     // already (rafsd restarted, or this snapshotter did, and the mount lived on). An EROFS mount
-    // there that rafsd, asked, does not serve (its kernel objects died with it), or that no rafsd
-    // is there to serve (nothing listens for a while), is detached first; one rafsd cannot be asked
-    // about (it listens, but does not answer) is used as it is; a stale mount rafsd still records
-    // for `dir` (after a reboot) is released first. A mount request whose worker died under it is
-    // made again to the next one. Throws rafs::Error.
+    // there that rafsd, asked, does not serve (its kernel objects died with it) is detached first;
+    // while nothing listens on rafsd's socket (for a while) it is left as it is and rafs::Error is
+    // thrown: no container may start on it; one rafsd cannot be asked about (it listens, but does
+    // not answer) is used as it is; a stale mount rafsd still records for `dir` (after a reboot) is
+    // released first. A mount request whose worker died under it is made again to the next one.
+    // Throws rafs::Error.
     void ensure(const std::string& image, const std::filesystem::path& dir) const;
     // Asks rafsd to unmount `dir`; when rafsd does not serve it, a leftover EROFS mount there is
     // detached. One rafsd serves but could not unmount (busy) or cannot be asked about stays, and
@@ -32,8 +33,8 @@ public:
     void release(const std::filesystem::path& dir) const;
 
 private:
-    // Whether rafsd lists a mount on `dir`; false if nothing listened on its socket for a while.
-    bool serves(const std::filesystem::path& dir) const;
+    // Whether rafsd lists a mount on `dir`; nullopt if nothing listened on its socket for a while.
+    std::optional<bool> serves(const std::filesystem::path& dir) const;
     // rafsd's list of images, asked again while nothing listens on its socket (between two of its
     // workers, each of which binds it anew) for a while; nullopt if nothing listened all that time.
     std::optional<nlohmann::json> listWhenListening() const;

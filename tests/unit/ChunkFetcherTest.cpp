@@ -679,3 +679,32 @@ TEST_CASE("a run the abandoned queue drops fails its chunks instead of leaving t
     CHECK(waitFor(fetcher, image, kChunk, kChunk) == EIO);  // the dropped request's own run
     CHECK_FALSE(blob->cache().isPresent(0));
 }
+
+// A request whose run was queued, not running, when a stop abandoned the queue: it fails at the
+// abandon, rather than waiting for a fetch that will never run.
+TEST_CASE("a request whose run the abandon drops from the queue fails", "[chunkfetcher]") {
+    constexpr uint32_t kChunks = 2;
+    rafs::test::TempDir dir;
+    const ZeroBlob zero(kBlobId, kChunks, kChunk);
+    auto backend = std::make_shared<GateBackend>();
+    auto blob = zero.cached(dir.path() / "map", backend,
+                            std::make_unique<FreeingCacheFile>(zero.descriptor.uncompressed_size));
+    ChunkFetcher fetcher(FetchOptions{.amplify = 0, .threads = 1, .retries = 0});
+    const uint32_t image = fetcher.addImage({blob});
+    backend->setOpen(false);
+    auto first = std::make_shared<std::promise<int>>();
+    fetcher.makePresent(image, 0, 0, kChunk, [first](int error) { first->set_value(error); });
+    REQUIRE(backend->waitForReaders(1));  // the one thread holds chunk 0's run
+    auto queued = std::make_shared<std::promise<int>>();
+    fetcher.makePresent(image, 0, kChunk, kChunk, [queued](int error) { queued->set_value(error); });
+    std::thread opener([&] {
+        std::this_thread::sleep_for(std::chrono::milliseconds(200));  // the abandon has dropped the queue
+        backend->setOpen(true);
+    });
+    fetcher.abandonQueued();
+    opener.join();
+    std::future<int> dropped = queued->get_future();
+    REQUIRE(dropped.wait_for(std::chrono::seconds(10)) == std::future_status::ready);
+    CHECK(dropped.get() == EIO);
+    CHECK(first->get_future().get() == 0);  // the running one ended as it would
+}

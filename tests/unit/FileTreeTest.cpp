@@ -170,7 +170,7 @@ TEST_CASE("xattrProblem accepts what RAFS v6 stores", "[tree]") {
 }
 
 // Inline, as RAFS v6 keeps them: 4-byte slots counted in 16 bits (i_xattr_icount). Four values of
-// 60,000 bytes take 60,004 slots with the header's, five 75,006.
+// 60,000 bytes take 60,009 slots with the header's, five 75,011.
 TEST_CASE("xattrSetProblem bounds the xattrs of one inode", "[tree]") {
     std::vector<Xattr> xattrs;
     for (int i = 0; i < 4; ++i) xattrs.emplace_back("user." + std::to_string(i), std::string(60000, 'v'));

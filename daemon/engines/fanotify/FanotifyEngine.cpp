@@ -497,7 +497,7 @@ void FanotifyEngine::leaveUnserved(const std::filesystem::path& mountpoint) {
 
 bool FanotifyEngine::unmountUnserved(const std::filesystem::path& mountpoint) {
     if (::umount2(mountpoint.c_str(), UMOUNT_NOFOLLOW) == 0) {
-        log::warn("{}: unmounted; no rafsd could serve it", mountpoint.native());
+        log::info("{}: unmounted; no rafsd could serve it", mountpoint.native());
         return true;
     }
     if (errno == EINVAL || errno == ENOENT) return true;  // no mount there any more

@@ -119,8 +119,10 @@ public:
     // what may be a hole of the unknown file.
     void leaveUnserved(const std::filesystem::path& mountpoint);
     // At a stop, such a mount still unserved: its files cannot be filled, and once the group is
-    // gone their holes read as zeros. Unmounts it (true; also if it is no mount any more); one in
-    // use is left up and logged (false): detached, its open files would read the holes all the same.
+    // gone their holes read as zeros. Takes it off its path (true; also if it is no mount there any
+    // more); one busy there is left up and logged (false): detached, its open files would read the
+    // holes all the same. Off its path, its superblock may live on (an overlay's lower layer, a
+    // copy in another mount namespace): superblockGone() says.
     bool unmountUnserved(const std::filesystem::path& mountpoint);
 
     // The cache file `cache_fd` is open on is complete: drop its mark so its reads cost no event.
