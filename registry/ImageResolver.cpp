@@ -88,14 +88,16 @@ ResolvedManifest resolveManifest(ImageStore& store, const std::string& reference
     if (media::isManifest(type)) return ofKind(asManifest(std::move(fetched), type, name), kind, platform, name);
     if (!media::isIndex(type)) rafs::fail("{}: media type '{}' is neither an image index nor a manifest", name, type);
     const Index index = Index::parse(fetched.bytes, type, name);
-    std::vector<std::string> seen;
+    std::vector<std::string> seen;  // for the error, should no entry be the one
+    const auto saw = [&](std::string what) {
+        if (std::ranges::find(seen, what) == seen.end()) seen.push_back(std::move(what));
+    };
     const Descriptor* chosen = nullptr;
     const Descriptor* unmarked = nullptr;  // a RAFS image in an index without Nydus's marks
     std::vector<const Descriptor*> unplaced;  // entries that name no platform: their configs do
     for (const Descriptor& d : index.manifests) {
         if (media::isIndex(d.media_type)) {
-            const std::string p = (d.platform ? d.platform->str() : "no platform") + " (an index: not followed)";
-            if (std::ranges::find(seen, p) == seen.end()) seen.push_back(p);
+            saw((d.platform ? d.platform->str() : "no platform") + " (an index: not followed)");
             continue;
         }
         if (!media::isManifest(d.media_type) || isAttestation(d)) continue;
@@ -104,8 +106,7 @@ ResolvedManifest resolveManifest(ImageStore& store, const std::string& reference
             if (d.artifact_type.empty() || isRafsEntry(d)) unplaced.push_back(&d);
             continue;
         }
-        const std::string p = d.platform->str();
-        if (std::ranges::find(seen, p) == seen.end()) seen.push_back(p);
+        saw(d.platform->str());
         if (!d.platform->matches(platform)) continue;
         if ((kind == ImageKind::Rafs) == isRafsEntry(d)) {
             if (chosen == nullptr) chosen = &d;
@@ -125,11 +126,10 @@ ResolvedManifest resolveManifest(ImageStore& store, const std::string& reference
                 readVerifiedBlob(store, m->manifest.config, kMaxConfigBytes, name + "@" + d->digest + ": config");
             of_config = Platform::ofConfig(nlohmann::json::parse(config, nullptr, false));
         } catch (const rafs::Error& e) {
-            seen.push_back(fmt::format("{} of no platform, whose config cannot be read ({})", d->digest, e.what()));
+            saw(fmt::format("{} of no platform, whose config cannot be read ({})", d->digest, e.what()));
             continue;
         }
-        const std::string p = of_config.architecture.empty() ? "no platform" : of_config.str() + " (by its config)";
-        if (std::ranges::find(seen, p) == seen.end()) seen.push_back(p);
+        saw(of_config.architecture.empty() ? "no platform" : of_config.str() + " (by its config)");
         if (!of_config.matches(platform) || m->manifest.isRafs() != (kind == ImageKind::Rafs)) continue;
         m->platform = of_config;
         return std::move(*m);

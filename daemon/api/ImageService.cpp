@@ -578,11 +578,8 @@ nlohmann::json ImageService::mountOrReattach(const MountRequest& request, bool r
     if (!reattach) {
         // Not a detached one's: off its path, it is no mount of this path.
         auto here = [&](const MountRecord& r) { return !r.detached && fs::weakly_canonical(r.mountpoint) == mountpoint; };
-        const auto stale = std::erase_if(unserved_, here) + std::erase_if(remount_at_start_, here);
-        if (stale != 0) {
-            if (unserved_.empty()) unserved_blobs_.clear();
-            saveMountTableOrLog();
-        }
+        const auto stale = eraseUnserved(here) + std::erase_if(remount_at_start_, here);
+        if (stale != 0) saveMountTableOrLog();
     }
     nlohmann::json response = {{"mountpoint", mountpoint.string()}, {"engine", std::string(engineName(engine))}};
     if (how == FscacheAttach::Register) {
@@ -659,6 +656,12 @@ void ImageService::withdrawMarkersOrLog(const fs::path& mountpoint) {
     }
 }
 
+size_t ImageService::eraseUnserved(const std::function<bool(const MountRecord&)>& which) {
+    const size_t erased = std::erase_if(unserved_, which);
+    if (unserved_.empty()) unserved_blobs_.clear();
+    return erased;
+}
+
 void ImageService::saveMountTableOrLog() {
     try {
         saveMountTable(nullptr);
@@ -719,7 +722,7 @@ void ImageService::recoverMounts() {
             const bool fanotify = r.engine == engineName(EngineKind::Fanotify);
             const bool mounted = !r.detached && hasErofsMount(r.mountpoint);
             // A watch the previous worker made is known only in the instance it made it in.
-            const int watch = superblocks_adopted_ ? r.superblock_watch : -1;
+            const int watch = adoptedWatch(r);
             if (fanotify && !mounted) {
                 // Off its path (unmounted through rafsd, or by hand), maybe still read: taken over
                 // while the previous worker's watch says its superblock lives; without a watch, if
@@ -805,7 +808,7 @@ size_t ImageService::retryUnserved() {
         std::copy_if(unserved_.begin(), unserved_.end(), std::back_inserter(pending), fanotifyMounted);
     }
     for (const MountRecord& r : pending) {
-        const int watch = superblocks_adopted_ ? r.superblock_watch : -1;
+        const int watch = adoptedWatch(r);
         bool on_path = false;
         try {
             on_path = hasErofsMount(r.mountpoint);
@@ -836,8 +839,7 @@ size_t ImageService::retryUnserved() {
         std::lock_guard lock(mutex_);
         // A layer store image off its path gets it again at the next start (remountLayerStores).
         if (r.layer_store && !on_path) remount_at_start_.push_back(r);
-        std::erase(unserved_, r);
-        if (unserved_.empty()) unserved_blobs_.clear();
+        eraseUnserved([&](const MountRecord& u) { return u == r; });
         saveMountTableOrLog();
         dropUnusedKeptFds();
     }
@@ -1230,14 +1232,14 @@ size_t ImageService::shutdown() {
     collector_->stop();
     size_t left_up = 0;
     if (fanotify_) {
-        std::erase_if(unserved_, [&](const MountRecord& r) {
+        eraseUnserved([&](const MountRecord& r) {
             if (r.engine != engineName(EngineKind::Fanotify)) return false;
             // A detached one's path is no longer its own.
             if (!r.detached && !fanotify_->unmountUnserved(r.mountpoint)) {
                 ++left_up;
                 return false;
             }
-            const int watch = superblocks_adopted_ ? r.superblock_watch : -1;
+            const int watch = adoptedWatch(r);
             if (fanotify_->superblockGone(watch)) return true;
             log::error("{}: served by no rafsd, and {}: once rafsd is gone, its unread bytes read as zeros; stop what "
                        "uses it", r.mountpoint.string(),
@@ -1246,7 +1248,6 @@ size_t ImageService::shutdown() {
             ++left_up;
             return false;
         });
-        if (unserved_.empty()) unserved_blobs_.clear();
         fanotify_->stop();
     }
     if (fscache_) {

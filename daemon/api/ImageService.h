@@ -20,6 +20,7 @@
 #include "daemon/process/KeptFds.h"
 
 #include <chrono>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -197,6 +198,11 @@ private:
     void saveMountTable(const Image* adding);
     // After a mount or unmount already happened: a failure only costs the failover, so it is logged.
     void saveMountTableOrLog();
+    // Takes the records `which` picks off unserved_, and with the last one the blobs kept for them
+    // (unserved_blobs_). Returns how many went. mutex_ held.
+    size_t eraseUnserved(const std::function<bool(const MountRecord&)>& which);
+    // A record's superblock watch, if it is one of the inotify instance this worker adopted; else -1.
+    int adoptedWatch(const MountRecord& r) const { return superblocks_adopted_ ? r.superblock_watch : -1; }
     // LayerStore::withdrawMarkers, a failure logged.
     void withdrawMarkersOrLog(const std::filesystem::path& mountpoint);
     // Drops the kept cache-file fds of blobs no image uses any more.
