@@ -353,6 +353,27 @@ nlohmann::json ImageService::takeOver(const MountRequest& request, FanotifyTakeo
     }
 }
 
+EngineKind ImageService::engineFor(const MountRequest& request, bool reattach) {
+    const EngineKind requested = reattach ? request.engine.value_or(EngineKind::Fscache)
+                                          : request.engine.value_or(config_.daemon.engine);
+    // Before the engine is looked at: whatever the kernel has, this request cannot be made.
+    if (request.register_only && requested == EngineKind::Fanotify) {
+        rafs::fail("register only: needs the fscache engine; a fanotify mount is made by rafsd itself");
+    }
+    if (reattach) return requested;
+    const EngineKind engine = resolveEngine(requested);
+    if (engine != EngineKind::Fscache) return engine;
+    try {
+        fscache();
+        return engine;
+    } catch (const std::exception& e) {
+        if (requested != EngineKind::Auto || request.register_only) throw;
+        log::info("fscache engine unusable ({}); trying fanotify", e.what());
+        FanotifyEngine::checkKernel();
+        return EngineKind::Fanotify;
+    }
+}
+
 nlohmann::json ImageService::mountOrReattach(const MountRequest& request, bool reattach, FanotifyTakeover takeover) {
     const bool detached = takeover.detached;
     std::unique_lock lock(mutex_);
@@ -374,23 +395,7 @@ nlohmann::json ImageService::mountOrReattach(const MountRequest& request, bool r
             rafs::fail("mountpoint {} already has an EROFS mount of {}; unmount it first", mountpoint.string(), *source);
         }
     }
-    const EngineKind requested = reattach ? request.engine.value_or(EngineKind::Fscache)
-                                          : request.engine.value_or(config_.daemon.engine);
-    // Before the engine is looked at: whatever the kernel has, this request cannot be made.
-    if (request.register_only && requested == EngineKind::Fanotify) {
-        rafs::fail("register only: needs the fscache engine; a fanotify mount is made by rafsd itself");
-    }
-    EngineKind engine = reattach ? requested : resolveEngine(requested);
-    if (engine == EngineKind::Fscache) {
-        try {
-            fscache();
-        } catch (const std::exception& e) {
-            if (requested != EngineKind::Auto || request.register_only) throw;
-            log::info("fscache engine unusable ({}); trying fanotify", e.what());
-            FanotifyEngine::checkKernel();
-            engine = EngineKind::Fanotify;
-        }
-    }
+    const EngineKind engine = engineFor(request, reattach);
     std::optional<registry::ImageReference> reference;
     if (request.image) {
         if (request.blob_dir) rafs::fail("image {}: its blobs are in its registry; a blob dir cannot be given", *request.image);
@@ -510,63 +515,9 @@ nlohmann::json ImageService::mountOrReattach(const MountRequest& request, bool r
         mountFscache(image, bootstrap, how, fsid_derived);
         mount_options = FscacheEngine::mountOptions(image.fsid, image.domain_id);
     } else {
-        FanotifyMount spec;
-        FanotifyEngine* engine_ptr = fanotify_.get();
-        try {
-            spec.image = image.index;
-            spec.bootstrap = opened.inline_meta ? extractBootstrap(bootstrap, config_.daemon.cache_dir) : bootstrap_path;
-            spec.mountpoint = mountpoint;
-            spec.keep_marks = config_.cache.max_size != 0;
-            // Before the engine sees a blob complete and unmarks its file.
-            if (!spec.keep_marks) {
-                for (const auto& blob : image.blobs) blob->unmarkWhenComplete();
-            }
-            for (uint32_t i = 0; i < image.blobs.size(); ++i) {
-                auto& file = dynamic_cast<SparseCacheFile&>(image.blobs[i]->cache().file());
-                spec.blobs.push_back({i, file.path(), file.fd(), file.size(), image.blobs[i]->cache().complete()});
-            }
-            spec.superblock_watch = takeover.superblock_watch;
-            if (detached) {
-                image.detached_as = fanotify_->reattachDetached(spec);
-                image.superblock_watch = takeover.superblock_watch;
-            } else if (reattach) {
-                image.superblock_watch = fanotify_->reattach(spec);
-            } else {
-                engine_ptr = &fanotify();
-                try {
-                    // Listed before it appears at its path, as for fscache (mountFscache), with
-                    // the watch that tells a successor whether it is gone once off its path.
-                    engine_ptr->mount(spec, [&](int superblock_watch) {
-                        image.superblock_watch = superblock_watch;
-                        saveMountTable(&image);
-                    });
-                } catch (...) {
-                    saveMountTableOrLog();
-                    throw;
-                }
-            }
-        } catch (...) {
-            forgetFetches(image);
-            image.blobs.clear();
-            if (!reattach) dropUnusedKeptFds();
-            throw;
-        }
-        if (!spec.keep_marks) {
-            // The fd stays open as long as the blob, which owns the callback (CachedBlob).
-            for (uint32_t i = 0; i < image.blobs.size(); ++i) {
-                image.blobs[i]->onComplete([engine_ptr, fd = spec.blobs[i].fd] { engine_ptr->unmarkComplete(fd); });
-            }
-        }
+        mountFanotify(image, opened, takeover, reattach);
     }
-    if (prefetcher_) {
-        // Whole blobs only if they fit a bounded cache: beyond it the collector would free what
-        // prefetch fetched, and the link would carry the image for nothing.
-        uint64_t size = 0;
-        for (const auto& blob : image.blobs) size += blob->descriptor().uncompressed_size;
-        const bool whole = config_.cache.max_size == 0 || size <= collector_->policy().low;
-        prefetcher_->add(prefetchTableChunks(bootstrap, image.blobs),
-                         whole ? image.blobs : std::vector<std::shared_ptr<CachedBlob>>{});
-    }
+    startPrefetch(image, bootstrap);
     const char* done = how == FscacheAttach::Reattach ? "reattached" : how == FscacheAttach::Register ? "registered" : "mounted";
     cache_dir.commit();
     log::info("{} {} on {}{} ({} blobs, engine {})", done, reference ? *request.image : bootstrap_path.string(),
@@ -586,6 +537,68 @@ nlohmann::json ImageService::mountOrReattach(const MountRequest& request, bool r
         response["mount_command"] = "mount -t erofs -o " + mount_options + " none " + mountpoint.string();
     }
     return response;
+}
+
+void ImageService::mountFanotify(Image& image, const rafs::Image& opened, FanotifyTakeover takeover, bool reattach) {
+    const bool detached = takeover.detached;
+    FanotifyMount spec;
+    FanotifyEngine* engine_ptr = fanotify_.get();
+    try {
+        spec.image = image.index;
+        spec.bootstrap = opened.inline_meta ? extractBootstrap(opened.bootstrap, config_.daemon.cache_dir) : image.bootstrap;
+        spec.mountpoint = image.mountpoint;
+        spec.keep_marks = config_.cache.max_size != 0;
+        // Before the engine sees a blob complete and unmarks its file.
+        if (!spec.keep_marks) {
+            for (const auto& blob : image.blobs) blob->unmarkWhenComplete();
+        }
+        for (uint32_t i = 0; i < image.blobs.size(); ++i) {
+            auto& file = dynamic_cast<SparseCacheFile&>(image.blobs[i]->cache().file());
+            spec.blobs.push_back({i, file.path(), file.fd(), file.size(), image.blobs[i]->cache().complete()});
+        }
+        spec.superblock_watch = takeover.superblock_watch;
+        if (detached) {
+            image.detached_as = fanotify_->reattachDetached(spec);
+            image.superblock_watch = takeover.superblock_watch;
+        } else if (reattach) {
+            image.superblock_watch = fanotify_->reattach(spec);
+        } else {
+            engine_ptr = &fanotify();
+            try {
+                // Listed before it appears at its path, as for fscache (mountFscache), with
+                // the watch that tells a successor whether it is gone once off its path.
+                engine_ptr->mount(spec, [&](int superblock_watch) {
+                    image.superblock_watch = superblock_watch;
+                    saveMountTable(&image);
+                });
+            } catch (...) {
+                saveMountTableOrLog();
+                throw;
+            }
+        }
+    } catch (...) {
+        forgetFetches(image);
+        image.blobs.clear();
+        if (!reattach) dropUnusedKeptFds();
+        throw;
+    }
+    if (!spec.keep_marks) {
+        // The fd stays open as long as the blob, which owns the callback (CachedBlob).
+        for (uint32_t i = 0; i < image.blobs.size(); ++i) {
+            image.blobs[i]->onComplete([engine_ptr, fd = spec.blobs[i].fd] { engine_ptr->unmarkComplete(fd); });
+        }
+    }
+}
+
+void ImageService::startPrefetch(const Image& image, const rafs::Bootstrap& bootstrap) {
+    if (!prefetcher_) return;
+    // Whole blobs only if they fit a bounded cache: beyond it the collector would free what
+    // prefetch fetched, and the link would carry the image for nothing.
+    uint64_t size = 0;
+    for (const auto& blob : image.blobs) size += blob->descriptor().uncompressed_size;
+    const bool whole = config_.cache.max_size == 0 || size <= collector_->policy().low;
+    prefetcher_->add(prefetchTableChunks(bootstrap, image.blobs),
+                     whole ? image.blobs : std::vector<std::shared_ptr<CachedBlob>>{});
 }
 
 void ImageService::mountFscache(Image& image, const rafs::Bootstrap& bootstrap, FscacheAttach how, bool fsid_derived) {

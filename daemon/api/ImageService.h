@@ -186,6 +186,14 @@ private:
     nlohmann::json takeOver(const MountRequest& request, FanotifyTakeover takeover);
     // `reattach`: a mount the kernel still has, taken over.
     nlohmann::json mountOrReattach(const MountRequest& request, bool reattach, FanotifyTakeover takeover);
+    // The engine a mount request gets: as asked, else the configured one; `auto` falls back to
+    // fanotify when the fscache engine cannot start.
+    EngineKind engineFor(const MountRequest& request, bool reattach);
+    // The fanotify half of mountOrReattach: a new file-backed mount, or one taken over (at its
+    // path, or detached).
+    void mountFanotify(Image& image, const rafs::Image& opened, FanotifyTakeover takeover, bool reattach);
+    // Queues the image's prefetch table, and its whole blobs where the cache holds them.
+    void startPrefetch(const Image& image, const rafs::Bootstrap& bootstrap);
     // How an fscache image reaches the kernel: rafsd mounts it, a previous daemon's mount is taken
     // over, or the image is only registered and the user mounts it by hand.
     enum class FscacheAttach { Mount, Reattach, Register };
