@@ -21,6 +21,7 @@
 #include "daemon/core/CacheDirRollback.h"
 #include "daemon/core/Log.h"
 #include "daemon/core/SparseCacheFile.h"
+#include "daemon/engines/fanotify/ErofsFileMount.h"
 #include "daemon/engines/fscache/FscacheCacheFile.h"
 #include "daemon/engines/fscache/FscacheName.h"
 #include "daemon/engines/fscache/FscacheVolumes.h"
@@ -769,6 +770,21 @@ void ImageService::recoverMounts() {
                 continue;
             }
             const bool restored = fanotify ? fanotify_ && fanotify_restore_ : fscache_ && fscache_restore_;
+            if (!restored && fanotify && fanotify_) {
+                // Every holder of its group died at once (no fd store): the kernel let each read of
+                // a hole through since. The mount's backing files were opened while marked, so they
+                // raise events for this worker's new group once it marks them, like a new mount's.
+                log::warn("{}: its fanotify group died with every rafsd process that held it, and reads of what was "
+                          "not cached read zeros since; taken over by this rafsd's group",
+                          r.mountpoint.string());
+                takeOver(requestOf(r), {watch, false});
+                if (const size_t failed = dropPageCache(r.mountpoint); failed != 0) {
+                    log::warn("{}: the page cache of {} files could not be dropped; zeros read meanwhile may stay",
+                              r.mountpoint.string(), failed);
+                }
+                if (r.layer_store) LayerStore::reinstateMarkers(r.mountpoint);
+                continue;
+            }
             if (!restored) {
                 log::warn("{}: left mounted by a rafsd whose {} is gone, so its reads fail or see holes; unmount it",
                           r.mountpoint.string(), fanotify ? "fanotify group" : FscacheDevice::kPath);

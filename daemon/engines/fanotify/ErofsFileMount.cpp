@@ -6,10 +6,12 @@
 
 #include <fcntl.h>
 #include <sys/mount.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
+#include <filesystem>
 #include <string>
 
 namespace rafsd {
@@ -83,6 +85,30 @@ bool unmountOrDetach(const std::filesystem::path& mountpoint) {
     }
     log::info("{} busy: detached; serving the files still open there", mountpoint.native());
     return false;
+}
+
+size_t dropPageCache(const std::filesystem::path& root) {
+    struct stat top {};
+    if (::stat(root.c_str(), &top) != 0) return 1;
+    size_t failed = 0;
+    std::error_code ec;
+    for (auto it = std::filesystem::recursive_directory_iterator(root, ec); !ec && it != std::filesystem::end(it);
+         it.increment(ec)) {
+        struct stat st {};
+        if (::lstat(it->path().c_str(), &st) != 0) {
+            ++failed;
+            continue;
+        }
+        // Only this file system's pages: not into a mount below it.
+        if (st.st_dev != top.st_dev) {
+            it.disable_recursion_pending();
+            continue;
+        }
+        if (!S_ISREG(st.st_mode)) continue;
+        rafs::UniqueFd fd(::open(it->path().c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC));
+        if (fd.get() < 0 || ::posix_fadvise(fd.get(), 0, 0, POSIX_FADV_DONTNEED) != 0) ++failed;
+    }
+    return failed + (ec ? 1 : 0);
 }
 
 }  // namespace rafsd

@@ -2,6 +2,7 @@
 // are cache files given as devices, and their unmounting at a stop, when they may still be busy.
 #pragma once
 
+#include <cstddef>
 #include <filesystem>
 #include <functional>
 #include <vector>
@@ -20,5 +21,11 @@ void mountErofsFiles(const std::filesystem::path& bootstrap, const std::vector<s
 // (nothing new can be opened there); nothing if it is no mount point any more (unmounted by
 // someone else). Whether its superblock lives on is SuperblockWatch's to say. Logs, never throws.
 bool unmountOrDetach(const std::filesystem::path& mountpoint);
+
+// Drops the page cache of every regular file of the mount at `root` (posix_fadvise DONTNEED), so
+// that their next reads reach the backing files again: for a mount whose fanotify group died, when
+// the kernel let every read of a hole through and EROFS kept the zeros (mm/fadvise.c: clean pages
+// not mapped by a process go). Returns how many files it could not open; logs nothing.
+size_t dropPageCache(const std::filesystem::path& root);
 
 }  // namespace rafsd
