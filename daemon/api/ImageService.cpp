@@ -26,10 +26,12 @@
 #include "daemon/engines/fscache/FscacheName.h"
 #include "daemon/engines/fscache/FscacheVolumes.h"
 
+#include <sys/mount.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstring>
 #include <unordered_set>
 
 namespace rafsd {
@@ -729,7 +731,7 @@ void ImageService::recoverMounts() {
         // Refusing to start would not save those mounts either; new ones can still be served.
         log::error("{}; the mounts it lists cannot be taken over", e.what());
     }
-    std::vector<MountRecord> registered;
+    std::vector<MountRecord> anew;  // registered or mounted again, once every mount is taken over
     std::vector<MountRecord> remounts;
     for (const MountRecord& r : records) {
         try {
@@ -761,7 +763,7 @@ void ImageService::recoverMounts() {
             // kernel resend the requests of those mounts). Only on a device taken over: a fresh
             // one starts clean, as after a reboot.
             if (!mounted && !fanotify && r.register_only && fscache_ && fscache_restore_) {
-                registered.push_back(r);
+                anew.push_back(r);
                 continue;
             }
             if (!mounted) {
@@ -785,9 +787,35 @@ void ImageService::recoverMounts() {
                 if (r.layer_store) LayerStore::reinstateMarkers(r.mountpoint);
                 continue;
             }
+            if (!restored && !fanotify) {
+                // Its cookies were the dead daemon's cache, gone with its fd: the kernel fails its
+                // reads (EIO, or ENOBUFS) for good, and only a new mount can be served. One mounted
+                // by hand (registered only) is the user's to mount again; it is registered anew.
+                if (r.register_only) {
+                    log::warn("{}: mounted by hand for a rafsd whose {} is gone, so its reads fail; registered "
+                              "again: unmount it and mount it again",
+                              r.mountpoint.string(), FscacheDevice::kPath);
+                    anew.push_back(r);
+                    continue;
+                }
+                // Only once its superblock is gone: the kernel refuses a second one of the same
+                // fsid, and a file still open there keeps its errors anyway.
+                if (::umount2(r.mountpoint.c_str(), 0) != 0) {
+                    log::warn("{}: left mounted by a rafsd whose {} is gone, so its reads fail, and in use ({}); "
+                              "once nothing uses it, unmount it and mount it again",
+                              r.mountpoint.string(), FscacheDevice::kPath, std::strerror(errno));
+                    if (r.layer_store) withdrawMarkersOrLog(r.mountpoint);
+                    continue;
+                }
+                log::warn("{}: left mounted by a rafsd whose {} is gone, so its reads failed; unmounted and mounted "
+                          "again",
+                          r.mountpoint.string(), FscacheDevice::kPath);
+                (r.layer_store ? remounts : anew).push_back(r);
+                continue;
+            }
             if (!restored) {
-                log::warn("{}: left mounted by a rafsd whose {} is gone, so its reads fail or see holes; unmount it",
-                          r.mountpoint.string(), fanotify ? "fanotify group" : FscacheDevice::kPath);
+                log::warn("{}: left mounted by a rafsd whose fanotify group is gone, so its reads see holes; unmount it",
+                          r.mountpoint.string());
                 if (r.layer_store) withdrawMarkersOrLog(r.mountpoint);
                 continue;
             }
@@ -806,11 +834,12 @@ void ImageService::recoverMounts() {
         std::lock_guard lock(mutex_);
         remount_at_start_ = std::move(remounts);
     }
-    for (const MountRecord& r : registered) {
+    for (const MountRecord& r : anew) {
         try {
             mount(requestOf(r));
         } catch (const std::exception& e) {
-            log::error("{}: cannot register it again: {}", r.mountpoint.string(), e.what());
+            log::error("{}: cannot {} it again: {}", r.mountpoint.string(), r.register_only ? "register" : "mount",
+                       e.what());
         }
     }
     std::lock_guard lock(mutex_);

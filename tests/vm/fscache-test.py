@@ -1054,8 +1054,59 @@ class Guest:
         return f'waiting reader: {errno.errorcode[err.errno]}, new reader: {errno.errorcode[new_errno]}'
 
 
+    def case_serve_killed_whole(self):
+        """rafsd serve without an fd store, killed whole: the kernel fails its fscache mount's reads
+        for good (its cache went with the dead daemon's fd). A new rafsd serve unmounts it and mounts
+        the image again: the path reads right and rafsctl lists it. Killed whole again while a file
+        there is open: the mount is in use, so the next rafsd leaves it up and says so; the open file
+        keeps failing (EIO or ENOBUFS, never zeros)."""
+        name = 'killed-whole'
+        mnt, cache = self.mnt(name), f'{self.cache_root}/{name}'
+        manifest = self.meta['img1']['manifest']
+        rel = 'files/random-3145851'
+        d, ctl = self.serve(name, cache)
+        b, blobs = self.image('img1')
+        r = subprocess.run(ctl + ['mount', '--engine', 'fscache', '--blob-dir', blobs, b, mnt],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=300)
+        check(r.returncode == 0, f'rafsctl mount: {r.stdout!r}\n{d.text()}')
+
+        def restart(old):
+            old.kill()
+            os.unlink(f'/tmp/{name}.sock')
+            new, _ = self.serve(name, cache)
+            new.wait_for(lambda: subprocess.run(ctl + ['list'], capture_output=True).returncode == 0, 'the control socket')
+            return new, subprocess.run(ctl + ['list'], stdout=subprocess.PIPE, timeout=60).stdout.decode(errors='replace')
+
+        with open(f'{mnt}/files/text', 'rb') as f:
+            check(hashlib.sha256(f.read()).hexdigest() == manifest['files/text']['sha256'], 'files/text before the kill')
+        d, listed = restart(d)
+        check(mnt in listed and 'unmounted and mounted again' in d.text(), f'rafsctl list:\n{listed}\n{d.text()}')
+        problems = compare_tree(mnt, manifest)
+        check(not problems, 'the image mounted again reads wrong:\n' + '\n'.join(problems[:20]))
+        held = open(f'{mnt}/{rel}', 'rb')
+        try:
+            d, listed = restart(d)
+            check(mnt not in listed and 'in use (Device or resource busy)' in d.text(), f'rafsctl list:\n{listed}\n{d.text()}')
+            # Its pages were cached by the tree's read above: dropped, so that the read reaches cachefiles.
+            with open('/proc/sys/vm/drop_caches', 'w') as f:
+                f.write('3\n')
+            try:
+                got = held.read()
+                raise Failure(f'the file held open on the dead mount read {len(got)} bytes'
+                              + (' of zeros' if got == bytes(len(got)) else ''))
+            except OSError as e:
+                check(e.errno in (errno.EIO, errno.ENOBUFS), f'the file held open: {e}')
+                held_errno = e.errno
+        finally:
+            held.close()
+        check(d.stop() == 0, f'rafsd exit status after SIGTERM:\n{d.text()}')
+        r = subprocess.run(['umount', mnt], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=60)
+        check(r.returncode == 0, f'umount of the mount left in use, once closed: {r.stdout!r}')
+        return (f'mounted again after a kill: {len(manifest)} entries read right; in use at the next kill: left up, '
+                f'the open file got {errno.errorcode[held_errno]}')
+
 CASES = ['tree', 'remount_cached', 'stale_state', 'nydus', 'reused_fsid', 'unknown_cookie', 'missing_blob', 'device_errors',
-         'corrupt_blob', 'shared_domain', 'register_by_hand', 'failover', 'fd_store', 'serve_failover', 'reload', 'kill_no_failover', 'registry',
+         'corrupt_blob', 'shared_domain', 'register_by_hand', 'failover', 'fd_store', 'serve_failover', 'reload', 'kill_no_failover', 'serve_killed_whole', 'registry',
          'registry_image', 'cache_gc', 'discarded_chunk_map']
 
 
