@@ -80,6 +80,8 @@ HostTls::~HostTls() {
 TlsConfig::TlsConfig(const std::map<std::string, HostTlsFiles>& hosts, fs::path certs_dir)
     : certs_dir_(std::move(certs_dir)) {
     for (const auto& [authority, files] : hosts) {
+        // A host configured for something else (mirrors, plain_http) takes its files from certs_dir.
+        if (files.ca_file.empty() && files.client_cert.empty() && files.client_key.empty()) continue;
         try {
             hosts_[authority] = fromFiles(files);
         } catch (const rafs::Error& e) {

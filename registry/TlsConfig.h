@@ -35,8 +35,9 @@ public:
 
 class TlsConfig {
 public:
-    // `certs_dir`: the Docker layout's root (empty: not used). Configured files are read here, so a
-    // missing or unreadable one is an error at startup naming it.
+    // `certs_dir`: the Docker layout's root (empty: not used), for every host without files in
+    // `hosts`. Configured files are read here, so a missing or unreadable one is an error at
+    // startup naming it.
     TlsConfig(const std::map<std::string, HostTlsFiles>& hosts, std::filesystem::path certs_dir);
 
     // The settings for `authority` (host[:port]): the configured ones, else the certs_dir ones.
