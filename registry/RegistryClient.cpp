@@ -342,6 +342,10 @@ void RegistryClient::readBlob(const std::string& digest, uint64_t offset, std::s
     onSomeEndpoint([&](const Endpoint& ep) { readFrom(ep, digest, offset, out, nullptr, arrived); });
 }
 
+void RegistryClient::distrustPreferredEndpoint() {
+    if (endpoints_.size() > 1) endpoints_.failed(endpoints_.order().front());
+}
+
 HttpResponse RegistryClient::perform(const Endpoint& ep, HttpRequest request) {
     // The registry's Authorization stays with the registry: an upload session's Location may name
     // another host (storage behind the registry), which gets the request without it.

@@ -53,6 +53,10 @@ public:
     uint64_t blobSize(const std::string& digest);
     void readBlob(const std::string& digest, uint64_t offset, std::span<uint8_t> out,
                   const RangeSink::Arrived& arrived = {});
+    // The endpoint reads would go to first served bytes that failed their digest: it is skipped
+    // for a while, as after a failed transfer (a mirror with a damaged copy). Nothing with one
+    // endpoint.
+    void distrustPreferredEndpoint();
 
     // GET /v2/<repo>/manifests/<reference> (a tag or a digest) from the first endpoint that has it.
     // Throws rafs::Error: "manifest unknown" for an unknown tag, a digest mismatch, a reply

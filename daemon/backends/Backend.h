@@ -33,6 +33,12 @@ public:
         read(blob_id, offset, out);
         arrived(out.size());
     }
+    // As read(), for bytes of the blob read before that failed their digest: a backend with
+    // several sources (a registry's mirrors, then the registry) skips for a while the one it
+    // would ask first, so that the bytes come from another. This default reads as read() does.
+    virtual void readElsewhere(const std::string& blob_id, uint64_t offset, std::span<uint8_t> out) {
+        read(blob_id, offset, out);
+    }
     // The blob's size in bytes; throws rafs::Error if it is missing.
     virtual uint64_t size(const std::string& blob_id) = 0;
     // For logs and status: "localfs:/var/lib/rafsd/blobs".

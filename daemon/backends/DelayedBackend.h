@@ -23,6 +23,10 @@ public:
         std::this_thread::sleep_for(delay_);
         inner_->readArriving(blob_id, offset, out, arrived);
     }
+    void readElsewhere(const std::string& blob_id, uint64_t offset, std::span<uint8_t> out) override {
+        std::this_thread::sleep_for(delay_);
+        inner_->readElsewhere(blob_id, offset, out);
+    }
     uint64_t size(const std::string& blob_id) override { return inner_->size(blob_id); }
     std::string describe() const override { return inner_->describe() + " (delayed)"; }
 

@@ -57,6 +57,11 @@ void BlobFileBackend::readArriving(const std::string& blob_id, uint64_t offset, 
     Backend::readArriving(blob_id, offset, out, arrived);
 }
 
+void BlobFileBackend::readElsewhere(const std::string& blob_id, uint64_t offset, std::span<uint8_t> out) {
+    if (blob_id != blob_id_) return inner_->readElsewhere(blob_id, offset, out);
+    read(blob_id, offset, out);
+}
+
 uint64_t BlobFileBackend::size(const std::string& blob_id) {
     return blob_id == blob_id_ ? fileSize(file_) : inner_->size(blob_id);
 }

@@ -16,6 +16,11 @@ void RegistryBackend::readArriving(const std::string& blob_id, uint64_t offset, 
     warnIfRangesIgnored();
 }
 
+void RegistryBackend::readElsewhere(const std::string& blob_id, uint64_t offset, std::span<uint8_t> out) {
+    client_->distrustPreferredEndpoint();
+    read(blob_id, offset, out);
+}
+
 uint64_t RegistryBackend::size(const std::string& blob_id) {
     checkBlobId(blob_id);
     return client_->blobSize("sha256:" + blob_id);

@@ -16,6 +16,7 @@ public:
     void read(const std::string& blob_id, uint64_t offset, std::span<uint8_t> out) override;
     void readArriving(const std::string& blob_id, uint64_t offset, std::span<uint8_t> out,
                       const Arrived& arrived) override;
+    void readElsewhere(const std::string& blob_id, uint64_t offset, std::span<uint8_t> out) override;
     uint64_t size(const std::string& blob_id) override;
     std::string describe() const override { return client_->describe(); }
     registry::TransferStats& stats() override { return client_->stats(); }

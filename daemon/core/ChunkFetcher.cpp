@@ -59,8 +59,9 @@ namespace {
 // set, follows the bytes as they come (Backend::readArriving). The transfer goes on while it runs,
 // but the last call may outlast the transfer: its time is left out, an approximation (that call
 // may also have ended well before the transfer did).
+// `elsewhere`: a read again of bytes that failed their digest (Backend::readElsewhere).
 std::chrono::microseconds timedRead(CachedBlob& blob, uint64_t offset, std::span<uint8_t> out,
-                                    const Backend::Arrived& arrived = {}) {
+                                    const Backend::Arrived& arrived = {}, bool elsewhere = false) {
     using Clock = std::chrono::steady_clock;
     const auto since = Clock::now();
     Clock::duration last_arrived{};
@@ -71,6 +72,8 @@ std::chrono::microseconds timedRead(CachedBlob& blob, uint64_t offset, std::span
             last_arrived = Clock::now() - called;
             return next;
         });
+    } else if (elsewhere) {
+        blob.backend().readElsewhere(blob.descriptor().id, offset, out);
     } else {
         blob.backend().read(blob.descriptor().id, offset, out);
     }
@@ -510,7 +513,7 @@ bool ChunkFetcher::decode(CachedBlob& blob, uint32_t ci, std::span<const uint8_t
                   c.uncompressed_offset, *problem);
         try {
             again.resize(c.compressed_size);
-            timedRead(blob, c.compressed_offset, again);
+            timedRead(blob, c.compressed_offset, again, {}, true);
             blob.counters().bytes_fetched += again.size();
             problem = decodeInto(blob, ci, again, extent);
         } catch (const std::exception& e) {

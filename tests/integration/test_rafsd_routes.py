@@ -3,7 +3,8 @@
 127.0.0.1 (fanotify engine):
 
 1. mirrors: the first mirror is down, the second has the blob (the registry itself does not):
-   the image reads back equal to its source; a tag is resolved at the registry, never at a
+   the image reads back equal to its source; a mirror with a damaged copy of the blob: the chunk
+   that fails its digest is read again from the registry, and the image reads back equal; a tag is resolved at the registry, never at a
    mirror: with a mirror answering the same tag with another image, `rafsd mount REF` mounts the
    registry's image (unless mirrors_resolve_tags = true, which the test sets next);
 2. proxy: through a working HTTP proxy (the test's own), requests go through it; with the
@@ -114,6 +115,29 @@ def main():
             mirrors = ['http://127.0.0.1:%d' % down_port, 'http://127.0.0.1:%d' % mirror_port]
             cfg = config('mirrors', origin, {origin: {'plain_http': True, 'mirrors': mirrors}})
             mounted_reads_right('through the second mirror', cfg, 'mirrors')
+
+            ck.section('mirrors: one with a damaged copy of the blob')
+            # The registry serves what it stores: a byte flipped in its file is served as is.
+            push_blob('http://' + origin, REPO, blob_file)
+            damaged_port = free_port()
+            with registry(tmp, 'damaged', damaged_port):
+                push_blob('http://127.0.0.1:%d' % damaged_port, REPO, blob_file)
+                stored = os.path.join(tmp, 'damaged', 'data', 'docker', 'registry', 'v2', 'blobs', 'sha256',
+                                      blob[:2], blob, 'data')
+                with open(stored, 'r+b') as f:
+                    f.seek(os.path.getsize(stored) // 2)
+                    byte = f.read(1)
+                    f.seek(-1, os.SEEK_CUR)
+                    f.write(bytes([byte[0] ^ 0xff]))
+                cfg = config('damaged', origin, {origin: {'plain_http': True,
+                                                          'mirrors': ['http://127.0.0.1:%d' % damaged_port]}})
+                with RafsdMount(rafsd, boot, mnt, config=cfg, log_path=os.path.join(tmp, 'damaged.log')) as m:
+                    if ck.check(m.start(), 'damaged mirror: rafsd mount', m.log_text()[-2000:]):
+                        ck.diffs('damaged mirror: the chunk that fails its digest is read again from the registry',
+                                 compare.compare_trees(src, mnt))
+                    ck.check(m.stop() == 0, 'damaged mirror: rafsd mount exits 0')
+                    ck.check('fetching it again' in m.log_text(), 'damaged mirror: the damaged chunk was seen',
+                             m.log_text()[-2000:])
 
             ck.section('mirrors: a tag is the registry\'s to resolve')
             for port, which in ((origin_port, 'origin'), (mirror_port, 'mirror')):

@@ -349,6 +349,47 @@ TEST_CASE("a run is written in batches around waited-for and bad chunks", "[chun
 
 namespace {
 
+// A backend whose usual source has a damaged copy of the blob (a mirror) and whose other source
+// (the registry) the good one: readElsewhere() reads the latter.
+class DamagedSourceBackend final : public Backend {
+public:
+    DamagedSourceBackend(std::vector<uint8_t> good, std::vector<uint8_t> damaged)
+        : good_(std::move(good)), damaged_(std::move(damaged)) {}
+    void read(const std::string&, uint64_t offset, std::span<uint8_t> out) override {
+        std::memcpy(out.data(), damaged_.data() + offset, out.size());
+    }
+    void readElsewhere(const std::string&, uint64_t offset, std::span<uint8_t> out) override {
+        ++elsewhere;
+        std::memcpy(out.data(), good_.data() + offset, out.size());
+    }
+    uint64_t size(const std::string&) override { return good_.size(); }
+    std::string describe() const override { return "damaged source test backend"; }
+    std::atomic<int> elsewhere{0};
+
+private:
+    std::vector<uint8_t> good_, damaged_;
+};
+
+}  // namespace
+
+// A chunk that fails its digest is fetched again from another source than the one that damaged it.
+TEST_CASE("a chunk that fails its digest is read again elsewhere", "[chunkfetcher]") {
+    PatternBlob pattern(4);
+    std::vector<uint8_t> damaged = pattern.stored;
+    damaged[2 * kChunk + 7] ^= 0x01;
+    rafs::test::TempDir dir;
+    auto backend = std::make_shared<DamagedSourceBackend>(pattern.stored, damaged);
+    auto blob = pattern.cached(dir.path() / "map", std::make_unique<RecordingCacheFile>(4 * kChunk), backend);
+    ChunkFetcher fetcher(FetchOptions{.amplify = 4 * kChunk, .threads = 1, .retries = 1});
+    const uint32_t image = fetcher.addImage({blob});
+    CHECK(waitFor(fetcher, image, 0, 4 * kChunk) == 0);
+    CHECK(backend->elsewhere == 1);
+    for (uint32_t i = 0; i < 4; ++i) CHECK(blob->cache().isPresent(i));
+    CHECK(blob->counters().errors == 0);
+}
+
+namespace {
+
 // Serves a blob; its first read comes in two parts: the first `split` bytes (optionally with one
 // byte of them damaged), then, once the test opens it, the rest, or a failed transfer. Later
 // reads are served whole, undamaged.
