@@ -372,7 +372,8 @@ int main(int argc, char** argv) {
             // The last words are what a reload compares (InPlaceRestart::check).
             std::cout << "rafsd: configuration ok ("
                       << (fs::exists(config_path) ? config_path : std::string("none found: the defaults"))
-                      << "); state_dir " << config.daemon.state_dir.string() << "\n";
+                      << "); cache_dir " << config.daemon.cache_dir.string() << "; state_dir "
+                      << config.daemon.state_dir.string() << "\n";
             return 0;
         }
 
@@ -422,6 +423,7 @@ int main(int argc, char** argv) {
             options.reload->control_socket = control_socket;
             options.reload->engine = engineName(kind);
             options.reload->state_dir = config.daemon.state_dir.string();
+            options.reload->cache_dir = config.daemon.cache_dir.string();
             return supervise(std::move(objects.kept), objects.restored, options,
                              [&](KeptFds& kept, bool restored, const auto& ready) {
                                  return serveWorker(config, kind, fetch_delay, stop_signals, control_socket, kept,

@@ -81,6 +81,12 @@ void InPlaceRestart::check() const {
         rafs::fail("the new configuration keeps its state elsewhere ({}), where the mount table of this rafsd ({}) is "
                    "not; restart rafsd instead", last, state_dir);
     }
+    // A worker taking the mounts over would write their chunk maps there while their cache files
+    // (kept fds) stay here, unlocked, where another rafsd could take them.
+    if (!cache_dir.empty() && last.find("; cache_dir " + cache_dir + "; ") == std::string::npos) {
+        rafs::fail("the new configuration caches elsewhere ({}), not where this rafsd's mounts have their cache "
+                   "files ({}); restart rafsd instead", last, cache_dir);
+    }
 }
 
 void InPlaceRestart::exec(KeptFds& kept, int release) const {

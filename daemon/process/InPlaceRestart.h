@@ -31,11 +31,12 @@ struct InPlaceRestart {
     int control_socket = -1;        // an activated control socket, passed on at fd 3, or -1
     std::string engine;             // whose kernel objects are passed on
     std::string state_dir;          // where the mount table is: the new configuration must agree
+    std::string cache_dir;          // where the mounts' cache files and chunk maps are: the same
 
     static InPlaceRestart ofThisProcess(int argc, char** argv);
 
     // Whether the program now at `executable` would serve: it runs, reads the configuration, and
-    // finds the mount table where this one keeps it. Throws Error saying why not (its own last
+    // finds the mount table and the cache where this one keeps them. Throws Error saying why not (its own last
     // line of output).
     void check() const;
     // Replaces this process with it, `kept` and `release` (the write end of the holder's pipe)

@@ -10,7 +10,8 @@ read delayed, so that readers wait on cold data when the signal comes):
    pid and now runs the new file; it said RELOADING=1 and READY=1 again; the mount is still
    listed and served; the new rafsd answered the events the old worker left.
 2. refused: a configuration that no longer parses, one that keeps its state elsewhere (the new
-   rafsd would not find the mount table), and a binary that does not run: SIGHUP is refused with
+   rafsd would not find the mount table), one that caches elsewhere (the mounts' chunk maps would
+   part from their cache files), and a binary that does not run: SIGHUP is refused with
    one line naming what is wrong, and the worker serves on undisturbed.
 2b. rollback, without systemd: a new binary that passes the check and then fails at start, and a
    configuration that parses but whose workers cannot start (the metrics address taken). The
@@ -141,6 +142,16 @@ def case_upgrade_and_refusals(ck, rafsd, rafsctl, image, content, tmp):
         write_config(config, **moved)
         os.kill(pid, signal.SIGHUP)
         ck.check(wait_for_log(serve, 'keeps its state elsewhere'), 'refused: a moved state_dir, saying so',
+                 serve.log_text()[-2000:])
+        time.sleep(0.5)
+        ck.check(worker_of(pid) == new_worker, 'refused: the worker serves on')
+        write_config(config, **config_values)
+
+        log('== refused: a configuration whose cache_dir moved')
+        moved = dict(config_values, daemon=dict(config_values['daemon'], cache_dir=os.path.join(tmp, 'cache2')))
+        write_config(config, **moved)
+        os.kill(pid, signal.SIGHUP)
+        ck.check(wait_for_log(serve, 'caches elsewhere'), 'refused: a moved cache_dir, saying so',
                  serve.log_text()[-2000:])
         time.sleep(0.5)
         ck.check(worker_of(pid) == new_worker, 'refused: the worker serves on')
