@@ -535,6 +535,33 @@ class Guest:
         check(meta['bad_block_sha256'] not in blocks, 'the damaged block is in the kernel cache file')
         return f'EIO for victim; counters {c}'
 
+    def case_blob_gone(self):
+        """The blob goes from the backend after the mount: every read of the tree fails with EIO, and
+        the log says so in a few lines, not one per failed READ."""
+        mnt, cache = self.mnt('gone'), f'{self.cache_root}/gone'
+        _, blobs = self.image('img1')
+        copy = '/tmp/gone-blobs'
+        shutil.copytree(blobs, copy, dirs_exist_ok=True)
+        d = self.mount('img1', cache, mnt, blobs=copy)
+        for name in os.listdir(copy):
+            os.unlink(os.path.join(copy, name))
+        failed = ok = 0
+        for rel, entry in self.meta['img1']['manifest'].items():
+            if 'sha256' not in entry or not entry.get('size'):
+                continue
+            try:
+                with open(f'{mnt}/{rel}', 'rb') as f:
+                    f.read()
+                ok += 1
+            except OSError as err:
+                check(err.errno == errno.EIO, f'{rel}: {err}, expected EIO')
+                failed += 1
+        self.expect_clean_stop(d, mnt)
+        lines = [line for line in d.text().splitlines() if 'the reader gets EIO' in line]
+        check(failed > 20 and ok == 0, f'{failed} files failed, {ok} read')
+        check(len(lines) <= 3, f'{len(lines)} lines of failed READs for {failed} files:\n' + '\n'.join(lines[:10]))
+        return f'{failed} files failed with EIO, {len(lines)} log lines of failed READs'
+
     def case_shared_domain(self):
         """Two images sharing a blob in one --domain-id: the blob is opened and cached once."""
         cache = f'{self.cache_root}/domain'
@@ -1106,7 +1133,7 @@ class Guest:
                 f'the open file got {errno.errorcode[held_errno]}')
 
 CASES = ['tree', 'remount_cached', 'stale_state', 'nydus', 'reused_fsid', 'unknown_cookie', 'missing_blob', 'device_errors',
-         'corrupt_blob', 'shared_domain', 'register_by_hand', 'failover', 'fd_store', 'serve_failover', 'reload', 'kill_no_failover', 'serve_killed_whole', 'registry',
+         'corrupt_blob', 'blob_gone', 'shared_domain', 'register_by_hand', 'failover', 'fd_store', 'serve_failover', 'reload', 'kill_no_failover', 'serve_killed_whole', 'registry',
          'registry_image', 'cache_gc', 'discarded_chunk_map']
 
 

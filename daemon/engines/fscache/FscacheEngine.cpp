@@ -48,7 +48,12 @@ std::string volumeKey(const FscacheMount& m) { return "erofs," + (m.domain_id.em
 }  // namespace
 
 void cachefilesReadComplete(int anon_fd, uint32_t msg_id) {
-    if (::ioctl(anon_fd, cachefiles::kIocReadComplete, static_cast<unsigned long>(msg_id)) != 0) {
+    if (::ioctl(anon_fd, cachefiles::kIocReadComplete, static_cast<unsigned long>(msg_id)) == 0) return;
+    // EINVAL: the kernel holds no such request any more (fs/cachefiles/ondemand.c,
+    // cachefiles_ondemand_fd_ioctl): its reader was killed while it waited, which is no fault.
+    if (errno == EINVAL) {
+        log::info("cachefiles READ {}: its reader no longer waits (killed?); nothing to complete", msg_id);
+    } else {
         log::warn("cachefiles READ {}: READ_COMPLETE: {}", msg_id, std::strerror(errno));
     }
 }
@@ -243,7 +248,10 @@ void FscacheEngine::handleRead(const CachefilesMessage& msg) {
     const auto received = std::chrono::steady_clock::now();
     const Completion answer = once([stats = read_stats_, complete = complete_, fd, id = msg.msg_id, received](int error) {
         if (error != 0) {
-            log::warn("cachefiles READ {}: {}; the reader gets EIO", id, std::strerror(error));
+            if (const auto held_back = stats->failures.admit()) {
+                log::warn("cachefiles READ {}: {}; the reader gets EIO{}", id, std::strerror(error),
+                          RepeatedFailureLog::heldBack(*held_back, "failed READs"));
+            }
             ++stats->errors;
         }
         complete(fd->get(), id);

@@ -12,6 +12,7 @@
 
 #include "daemon/core/DataPlane.h"
 #include "daemon/core/LatencySamples.h"
+#include "daemon/core/RepeatedFailureLog.h"
 #include "daemon/engines/fscache/CookieTable.h"
 #include "daemon/engines/fscache/FscacheDevice.h"
 #include "daemon/engines/fscache/MessageParser.h"
@@ -148,6 +149,7 @@ private:
     struct ReadStats {
         std::atomic<uint64_t> errors{0};
         LatencySamples latency;  // blob READ → READ_COMPLETE
+        RepeatedFailureLog failures;  // a gone blob fails every READ: not a line each
     };
     std::shared_ptr<ReadStats> read_stats_ = std::make_shared<ReadStats>();
     FscacheCounters counters_;  // but read_errors
