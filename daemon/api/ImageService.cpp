@@ -998,7 +998,8 @@ void ImageService::flushOrLog(const Image& image) {
 }
 
 nlohmann::json ImageService::saveTrace(const Image& image) {
-    const rafs::Bootstrap bootstrap(image.bootstrap.string());
+    // The bootstrap file, or a Nydus blob whose bootstrap is inline.
+    const rafs::Bootstrap bootstrap = rafs::openImage(image.bootstrap.string()).bootstrap;
     const StartTrace trace = StartTrace::of(bootstrap, fetcher_->trace(image.index));
     const std::string text = trace.text(image.image.empty() ? image.bootstrap.string() : image.image);
     const fs::path path = tracePath(config_.daemon.state_dir, bootstrap, image.manifest_digest);

@@ -206,11 +206,19 @@ BlobDescriptor loadBlobDescriptor(const rafs::Bootstrap& bootstrap, const rafs::
     d.uncompressed_size = blob.uncompressed_size;
 
     const fs::path local = cache_dir / (blob.id + ".blob.meta");
+    // An error names the blob and where its ci array came from: the bootstrap is not at fault.
+    const auto decode = [&](std::span<const uint8_t> ci, const std::string& from) {
+        try {
+            return rafs::decodeChunkInfoArray(ci, blob.chunk_count, isV2(blob));
+        } catch (const rafs::Error& e) {
+            rafs::fail("blob {}: the ci array {}: {}", blob.id, from, e.what());
+        }
+    };
     if (auto table = fromChunkTable(bootstrap, blob)) {
         d.chunks = std::move(table->first);
         d.digests = std::move(table->second);
     } else if (auto cached = loadLocal(local, blob)) {
-        d.chunks = rafs::decodeChunkInfoArray(cached->first, blob.chunk_count, isV2(blob));
+        d.chunks = decode(cached->first, "kept in " + local.string());
         d.digests = std::move(cached->second);
     } else {
         std::vector<uint8_t> ci;
@@ -223,7 +231,7 @@ BlobDescriptor loadBlobDescriptor(const rafs::Bootstrap& bootstrap, const rafs::
         } catch (const rafs::Error& e) {
             rafs::fail("blob {}: cannot load its chunk table: {}", blob.id, e.what());
         }
-        d.chunks = rafs::decodeChunkInfoArray(ci, blob.chunk_count, isV2(blob));
+        d.chunks = decode(ci, "in the blob (" + backend.describe() + ")");
         saveLocal(local, blob, ci, d.digests);
     }
     for (size_t i = 0; i < d.chunks.size(); ++i) {

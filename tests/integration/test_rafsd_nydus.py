@@ -96,7 +96,8 @@ def serve_case(ck, rafsd, mkrafs, tmp, label, image, blob_dir, boot_bytes):
     mnt = os.path.join(tmp, label + '-mnt')
     cache = os.path.join(tmp, label + '-cache')
     os.makedirs(mnt)
-    config = write_config(os.path.join(tmp, label + '.toml'), prefetch={'enable': False})
+    state = os.path.join(tmp, label + '-state')
+    config = write_config(os.path.join(tmp, label + '.toml'), prefetch={'enable': False}, daemon={'state_dir': state})
     for round_ in ('cold cache', 'warm cache'):
         with RafsdMount(rafsd, image, mnt, blob_dir=blob_dir, cache_dir=cache, config=config) as m:
             if not ck.check(m.start(), '%s, %s: rafsd mounted it' % (label, round_), m.log_text()[-2000:]):
@@ -109,6 +110,9 @@ def serve_case(ck, rafsd, mkrafs, tmp, label, image, blob_dir, boot_bytes):
             if round_ == 'cold cache':
                 ck.check(fetched > 0, '%s: cold reads fetched %d bytes' % (label, fetched), m.log_text()[-1000:])
                 tear_extracted_bootstrap(ck, label, cache, boot_bytes)
+                traces = os.listdir(os.path.join(state, 'traces')) if os.path.isdir(os.path.join(state, 'traces')) else []
+                ck.check(len(traces) == 1 and 'trace not saved' not in m.log_text(),
+                         '%s: the start trace is saved at the stop' % label, m.log_text()[-1000:])
             else:
                 ck.check(fetched == 0, '%s: warm reads fetched nothing' % label, m.log_text()[-1000:])
     copies = [n for n in os.listdir(cache) if n.endswith('.boot')]
