@@ -420,7 +420,9 @@ int main(int argc, char** argv) {
             addToLayerStore(client, store_dir, image, engine);
         } else if (store_remove->parsed()) {
             const rafsd::LayerStore store(absolutePath(store_dir));
-            store.remove(image, [&](const std::filesystem::path& diff) { client.call(rafsd::UmountRequest{diff}); });
+            store.remove(image, [&](const std::filesystem::path& diff) {
+                return client.call(rafsd::UmountRequest{diff}).value("still_in_use", false);
+            });
             std::cout << "removed " << image << " from " << store_dir << "\n";
         } else if (list->parsed()) {
             printList(client.call(rafsd::ListRequest{}));

@@ -915,6 +915,8 @@ void ImageService::remountLayerStores(const std::atomic<bool>& stopping) {
         if (stopping.load()) return;
         bool keep = false;
         try {
+            // Gone with the markers when the mount went; its store entry may be gone too.
+            if (!LayerStore::restoreMountpoint(r.mountpoint)) rafs::fail("its layer store entry is gone");
             mount(requestOf(r));
             LayerStore::reinstateMarkers(r.mountpoint);
             log::info("{}: layer store image mounted again", r.mountpoint.string());
@@ -922,7 +924,7 @@ void ImageService::remountLayerStores(const std::atomic<bool>& stopping) {
             // One that fails stays listed for the next start, unless its store entry is gone
             // (removed while rafsd was not running).
             std::error_code ec;
-            keep = fs::is_directory(r.mountpoint, ec);
+            keep = fs::is_directory(r.mountpoint.parent_path(), ec);
             if (keep) {
                 withdrawMarkersOrLog(r.mountpoint);
                 log::error("{}: cannot mount the layer store image again ({}); its entries are withdrawn, so podman "

@@ -158,7 +158,8 @@ std::vector<fs::path> entryLayers(const fs::path& diff) {
 }  // namespace
 
 void LayerStore::setMarkers(const fs::path& bootstrap_diff, bool present) {
-    for (const fs::path& layer : entryLayers(bootstrap_diff)) {
+    const std::vector<fs::path> layers = entryLayers(bootstrap_diff);
+    for (const fs::path& layer : layers) {
         const fs::path marker = layer / "blob";
         std::error_code ec;
         if (present) {
@@ -169,18 +170,42 @@ void LayerStore::setMarkers(const fs::path& bootstrap_diff, bool present) {
         if (ec) rafs::fail("cannot {} {}: {}", present ? "create" : "remove", marker.string(), ec.message());
         syncDirectory(layer);
     }
+    // containers-storage never looks at the markers of layers it took already: an image pulled
+    // before would run on the empty directory left. Without it, podman fails to mount the
+    // container's overlay instead (its lower directory is missing).
+    if (!present && !layers.empty() && !isMountPoint(bootstrap_diff)) {
+        std::error_code ec;
+        if (fs::is_directory(bootstrap_diff, ec) && fs::is_empty(bootstrap_diff, ec) && !fs::remove(bootstrap_diff, ec)) {
+            rafs::fail("cannot remove {}: {}", bootstrap_diff.string(), ec.message());
+        }
+    }
 }
 
-void LayerStore::remove(const std::string& image, const std::function<void(const fs::path&)>& umount) const {
+bool LayerStore::restoreMountpoint(const fs::path& bootstrap_diff) {
+    std::error_code ec;
+    if (!fs::is_directory(bootstrap_diff.parent_path(), ec)) return false;
+    fs::create_directory(bootstrap_diff, ec);
+    if (ec) rafs::fail("cannot create {}: {}", bootstrap_diff.string(), ec.message());
+    return true;
+}
+
+void LayerStore::remove(const std::string& image, const std::function<bool(const fs::path&)>& umount) const {
     fs::path top = imageDir(image);
     std::error_code ec;
     if (!fs::is_directory(top, ec)) top = legacyImageDir(image);
     if (!fs::is_directory(top, ec)) rafs::fail("{} is not in the layer store {}", image, dir_.string());
     std::vector<fs::path> diffs;
     for (const auto& entry : fs::directory_iterator(top)) diffs.push_back(entry.path() / "diff");
+    bool in_use = false;
     for (const fs::path& diff : diffs) {
-        if (isMountPoint(diff)) umount(diff);
+        if (isMountPoint(diff)) in_use = umount(diff) || in_use;
         if (isMountPoint(diff)) rafs::fail("{} is still mounted; its entries stay", diff.string());
+    }
+    // Its layers' directories are a running container's overlay: removed, its root would list empty.
+    if (in_use) {
+        rafs::fail("{}: still in use (a container runs on it): unmounted, and served until it is gone; its entries "
+                   "stay for it: remove it again once the container is gone",
+                   image);
     }
     fs::remove_all(top, ec);
     if (ec) rafs::fail("cannot remove {}: {}", top.string(), ec.message());

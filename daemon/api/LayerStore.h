@@ -60,9 +60,10 @@ public:
              const std::function<void(const std::filesystem::path&)>& umount) const;
 
     // Removes `image`'s entries; `umount(diff)` is called for each diff directory that is a mount
-    // point. Throws rafs::Error when the image is not in the store, or a diff stays mounted (then
-    // the entries stay).
-    void remove(const std::string& image, const std::function<void(const std::filesystem::path&)>& umount) const;
+    // point, and says whether the mount is still in use (only detached). Throws rafs::Error when
+    // the image is not in the store, a diff stays mounted, or a mount was still in use (then the
+    // entries stay).
+    void remove(const std::string& image, const std::function<bool(const std::filesystem::path&)>& umount) const;
 
     // The info file of a layer.
     static std::string infoJson(const StoreLayer& layer);
@@ -71,10 +72,16 @@ public:
     // mount by MountRequest::layer_store) withdraws every layer's marker of the image whose
     // bootstrap layer's `diff` is `bootstrap_diff` when that mount goes (a stop, an unmount), so
     // that podman reports the layers missing instead of running on an empty directory, and
-    // reinstates them when it has mounted the image there again. A path not shaped like a store
-    // entry's diff is left alone. Throws rafs::Error naming what could not be changed.
+    // reinstates them when it has mounted the image there again. Withdrawn, the bootstrap layer's
+    // `diff` goes too when it is an empty directory, no mount (restoreMountpoint makes it again
+    // before a mount). A path not shaped like a store entry's diff is left alone. Throws
+    // rafs::Error naming what could not be changed.
     static void withdrawMarkers(const std::filesystem::path& bootstrap_diff) { setMarkers(bootstrap_diff, false); }
     static void reinstateMarkers(const std::filesystem::path& bootstrap_diff) { setMarkers(bootstrap_diff, true); }
+
+    // Makes `bootstrap_diff` again for a mount, if its layer's entry is still there; false if not
+    // (the image was removed from the store). Throws rafs::Error if it cannot.
+    static bool restoreMountpoint(const std::filesystem::path& bootstrap_diff);
 
 private:
     static void setMarkers(const std::filesystem::path& bootstrap_diff, bool present);

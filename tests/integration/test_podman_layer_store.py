@@ -15,10 +15,12 @@ under the test's directory, additionallayerstores = ["STORE:ref"]).
    image to an OCI layout fails (the store's `blob` is no layer tar);
 3b. rafsd stopped (SIGTERM unmounts): every layer's `blob` marker is withdrawn with the mount, so
    containers-storage no longer takes the layers (an empty diff would be a container without its
-   files); rafsd started again: it mounts the image again from its mount table, the markers come
+   files), and the empty mount point goes, so that `podman run` of the image pulled before fails at
+   its overlay mount instead of running on an empty root; rafsd started again: it mounts the image again from its mount table, the markers come
    back, and `podman run` reads the image again;
-4. after `podman rmi`, `rafsctl layer-store remove`: the mount is gone, rafsd lists no image, the
-   store holds nothing of the image;
+4. `rafsctl layer-store remove` while a file of the image is open (a running container) is refused
+   and leaves the entries (a container's overlay lower directories); after `podman rmi`, `rafsctl
+   layer-store remove`: the mount is gone, rafsd lists no image, the store holds nothing of the image;
 5. bad input, one error line, non-zero exit, nothing left in the store: an ordinary OCI image, a tag
    the registry lacks, the same image added twice, removing an image that is not in the store.
 """
@@ -207,6 +209,13 @@ def sections(ck, reg, podman, rafsctl_bin, sock, store, image, oci, layers, data
     ck.check(not os.path.ismount(boot_diff) and not any(os.path.exists(m) for m in markers),
              'with the mount gone, no layer of the image has its blob marker (containers-storage takes none)',
              repr([m for m in markers if os.path.exists(m)]))
+    # podman took the layers before: it looks at no marker, but the missing directory fails the
+    # container's overlay rather than run it on an empty root.
+    ck.check(not os.path.exists(boot_diff), 'the empty mount point is gone too')
+    r = podman('run', '--rm', image, '/bin/true', timeout=120)
+    ck.check(r.returncode not in (0, None) and 'overlay' in text(r.stderr),
+             'podman run of the image pulled before fails at its overlay mount, not on an empty root',
+             'exit %s: %s' % (r.returncode, text(r.stderr)[-500:]))
     if not ck.check(srv.start(), 'rafsd serve starts again', srv.log_text()[-2000:]):
         return
     # After READY, in the background: a registry that is slow to answer must not hold up the start.
@@ -220,6 +229,25 @@ def sections(ck, reg, podman, rafsctl_bin, sock, store, image, oci, layers, data
              'exit %s: %s %s' % (r.returncode, text(r.stdout)[-300:], text(r.stderr)[-800:]))
 
     ck.section('4. podman rmi, then rafsctl layer-store remove')
+    # An overlay on the layers' directories, as a running container has: they must stay, or its
+    # root lists empty.
+    container = os.path.join(podman.work, 'container')
+    for d in ('upper', 'work', 'merged'):
+        os.makedirs(os.path.join(container, d), exist_ok=True)
+    # The digests' colons escaped: lowerdir separates its directories with colons.
+    lower = ':'.join(os.path.join(top, l['digest'], 'diff').replace(':', '\\:') for l in reversed(layers))
+    r = run(['mount', '-t', 'overlay', 'overlay', '-o', 'lowerdir=%s,upperdir=%s/upper,workdir=%s/work'
+             % (lower, container, container), os.path.join(container, 'merged')])
+    if not ck.cmd_ok(r, 'an overlay on the image\'s layers, as a container has'):
+        return
+    try:
+        r = ctl(rafsctl_bin, sock, 'layer-store', 'remove', '--store', store, image)
+        expect_error(ck, 'remove while a container runs on the image', r, 'still in use')
+        ck.check(all(os.path.isdir(os.path.join(top, l['digest'], 'diff')) for l in layers[:-1]) and
+                 'rafs-test' in os.listdir(os.path.join(container, 'merged', 'etc')),
+                 'in use: the entries stay, and the container still lists its files')
+    finally:
+        run(['umount', os.path.join(container, 'merged')])
     ck.cmd_ok(podman('rmi', image), 'podman rmi')
     r = ctl(rafsctl_bin, sock, 'layer-store', 'remove', '--store', store, image)
     ck.cmd_ok(r, 'rafsctl layer-store remove')
