@@ -380,10 +380,9 @@ int main(int argc, char** argv) {
         rafsd::ControlClient client(socket, std::chrono::milliseconds(static_cast<int64_t>(timeout * 1000.0)));
         if (mount->parsed()) {
             rafsd::MountRequest request;
-            // A missing file that reads as a reference is an image; any other missing path stays a
-            // path, so rafsd's error names the file.
-            if (!std::filesystem::exists(bootstrap) && registry::ImageReference::looksLikeReference(bootstrap) &&
-                !bootstrap.starts_with("oci:")) {
+            // A missing file is an image reference, as for rafsd mount: one that does not parse is
+            // refused by rafsd as neither a file nor a reference, naming what does not parse.
+            if (!std::filesystem::exists(bootstrap) && !bootstrap.starts_with("oci:")) {
                 request.image = bootstrap;
             } else {
                 request.bootstrap = absolutePath(bootstrap);

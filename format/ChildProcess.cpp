@@ -59,7 +59,10 @@ pid_t spawn(const ChildRun& run, int in, int out) {
     sigset_t none;
     sigemptyset(&none);
     if (rc == 0) rc = posix_spawnattr_setsigmask(&attr, &none);
-    if (rc == 0) rc = posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK);
+    // A process group of its own, so that a deadline's kill takes what it started too (a
+    // credential helper is often a script whose `sleep` or curl would outlive it).
+    if (rc == 0) rc = posix_spawnattr_setpgroup(&attr, 0);
+    if (rc == 0) rc = posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETPGROUP);
     std::vector<std::string> args = run.argv;
     std::vector<char*> argv;
     for (std::string& a : args) argv.push_back(a.data());
@@ -132,7 +135,7 @@ ChildResult runChild(const ChildRun& run) {
         }
         ::usleep(2000);
     }
-    ::kill(pid, SIGKILL);
+    ::kill(-pid, SIGKILL);
     while (::waitpid(pid, &result.status, 0) < 0 && errno == EINTR) {
     }
     return result;

@@ -87,6 +87,11 @@ fs::path CredentialStore::defaultPath() {
     return "/root/.docker/config.json";
 }
 
+std::string CredentialStore::describe() const {
+    std::error_code ec;
+    return std::filesystem::exists(path_, ec) || ec ? path_.string() : path_.string() + " (no such file)";
+}
+
 void CredentialStore::reloadIfChanged() {
     FileVersion now;
     struct stat st {};

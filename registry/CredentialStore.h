@@ -36,6 +36,9 @@ public:
     void forget(const std::string& host);
 
     const std::filesystem::path& path() const { return path_; }
+    // For a message saying there are no credentials: the path, and "(no such file)" when it is
+    // not there (a mistyped docker_config or --authfile).
+    std::string describe() const;
 
 private:
     void reloadIfChanged();

@@ -105,7 +105,7 @@ BearerToken RegistryClient::fetchToken(const HostAuth& auth, const Endpoint& ep,
                        credentials_->path().string());
         }
         rafs::fail("token service {} wants credentials for {}, and {} has none", withoutQuery(auth.realm), host,
-                   credentials_->path().string());
+                   credentials_->describe());
     }
     if (r.curl_code != 0 || r.status != 200) rafs::fail("token service {}: {}", withoutQuery(auth.realm), r.summary());
     const auto json = nlohmann::json::parse(r.text, nullptr, false);
@@ -206,7 +206,9 @@ RegistryClient::Authorization RegistryClient::answerChallenge(const Endpoint& ep
         a.basic = credentials_->lookup(ep.authority);
         if (a.basic && *a.basic == *used.basic) rafs::fail("{} refused the credentials for it in {}", ep.authority, config);
     }
-    if (!a.basic) rafs::fail("{} wants credentials (Basic), and {} has none for it", ep.authority, config);
+    if (!a.basic) {
+        rafs::fail("{} wants credentials (Basic), and {} has none for it", ep.authority, credentials_->describe());
+    }
     a.header = basicHeader(*a.basic);
     return a;
 }
@@ -361,7 +363,9 @@ FetchedManifest RegistryClient::fetchManifest(const std::string& reference) {
         request.headers.push_back("Accept: " + std::string(media::kAcceptManifests));
         const HttpResponse r = perform(ep, request);
         if (r.curl_code == 0 && r.status == 404) {
-            rafs::fail("{}/{}:{}: no such manifest (unknown tag or digest)", ep.authority, options_.repository, reference);
+            rafs::fail("{}/{}{}{}: no such manifest (unknown {})", ep.authority, options_.repository,
+                       reference.starts_with("sha256:") ? "@" : ":", reference,
+                       reference.starts_with("sha256:") ? "digest" : "tag");
         }
         // A body past HttpResponse::kMaxText (more than any real manifest or index) fails here.
         if (r.curl_code != 0 || r.status != 200) rafs::fail("GET {}: {}", request.url, r.summary());

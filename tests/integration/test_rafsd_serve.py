@@ -89,6 +89,14 @@ def main():
             r = rafsctl(ctl, sock, 'mount', os.path.join(out_b, 'image.boot'), mnt_b)
             ck.check(r.returncode != 0 and len(text(r.stderr).strip().splitlines()) == 1,
                      'mounting on the same mountpoint again fails: %s' % text(r.stderr).strip())
+            # Neither a file nor a reference: the error says both, and what does not parse.
+            os.makedirs(os.path.join(tmp, 'mnt-none'))
+            for arg, said in (('127.0.0.1:5000/rafs/app@sha256:abc', 'digest'),
+                              (os.path.join(tmp, 'missing.boot'), 'not a host')):
+                r = rafsctl(ctl, sock, 'mount', arg, os.path.join(tmp, 'mnt-none'))
+                err = text(r.stderr).strip()
+                ck.check(r.returncode != 0 and len(err.splitlines()) == 1 and 'no such file, and not an image reference'
+                         in err and said in err, 'rafsctl mount of %s fails naming both: %s' % (arg, err))
             r = rafsctl(ctl, sock, 'list')
             out = text(r.stdout)
             ck.check(r.returncode == 0 and mnt_a in out and mnt_b in out and 'fanotify' in out,

@@ -4,8 +4,11 @@
 
 #include <pthread.h>
 #include <signal.h>
+#include <unistd.h>
 
 #include <chrono>
+#include <fstream>
+#include <string>
 
 using rafs::ChildRun;
 using rafs::runChild;
@@ -41,6 +44,23 @@ TEST_CASE("child process: killed at its deadline, output bounded", "[child]") {
     CHECK(std::chrono::steady_clock::now() - again < std::chrono::seconds(10));
     CHECK(lingering.timed_out);
     CHECK(lingering.output == "bye\n");
+    // What it started goes with it: a script's own children (a helper waiting on something).
+    run.argv = {"/bin/sh", "-c", "sleep 30 & echo $!; exec >&- 2>&-; wait"};
+    const rafs::ChildResult script = runChild(run);
+    CHECK(script.timed_out);
+    const pid_t grandchild = std::stoi(script.output);
+    // Gone, or a zombie its new parent has not reaped yet.
+    const auto ended = [&] {
+        std::ifstream stat("/proc/" + std::to_string(grandchild) + "/stat");
+        std::string pid, comm, state;
+        return !(stat >> pid >> comm >> state) || state == "Z";
+    };
+    bool gone = false;
+    for (int i = 0; i < 500 && !gone; ++i) {
+        gone = ended();
+        if (!gone) ::usleep(2000);
+    }
+    CHECK(gone);
 }
 
 TEST_CASE("child process: no signal of ours blocked in it; a program that does not exist is an error", "[child]") {

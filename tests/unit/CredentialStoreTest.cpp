@@ -45,6 +45,11 @@ TEST_CASE("a bad config.json is named, its content is not", "[credentials]") {
     CHECK_THROWS_WITH(store.lookup("reg"), path + ": auths.\"reg\".auth is not base64 of user:password");
     write(path, "secret-not-json");
     CHECK_THROWS_WITH(store.lookup("reg"), path + ": not a JSON object");
+    // A file that is not there has no credentials, and a message about them says it is missing.
+    CHECK(store.describe() == path);
+    CredentialStore missing(dir / "typo.json");
+    CHECK_FALSE(missing.lookup("reg").has_value());
+    CHECK(missing.describe() == dir / "typo.json" + " (no such file)");
 }
 
 TEST_CASE("credential helpers: credHelpers first, then credsStore, then auths", "[credentials]") {
