@@ -419,9 +419,20 @@ int main(int argc, char** argv) {
             addToLayerStore(client, store_dir, image, engine);
         } else if (store_remove->parsed()) {
             const rafsd::LayerStore store(absolutePath(store_dir));
-            store.remove(image, [&](const std::filesystem::path& diff) {
-                return client.call(rafsd::UmountRequest{diff}).value("still_in_use", false);
-            });
+            const auto detached_under = [&](const std::filesystem::path& top) {
+                const json listed = client.call(rafsd::ListRequest{});
+                const std::string prefix = top.string() + "/";
+                for (const json& i : listed.value("images", json::array())) {
+                    if (i.value("detached", false) && i.value("mountpoint", std::string()).starts_with(prefix)) return true;
+                }
+                return false;
+            };
+            store.remove(
+                image,
+                [&](const std::filesystem::path& diff) {
+                    return client.call(rafsd::UmountRequest{diff}).value("still_in_use", false);
+                },
+                detached_under);
             std::cout << "removed " << image << " from " << store_dir << "\n";
         } else if (list->parsed()) {
             printList(client.call(rafsd::ListRequest{}));

@@ -276,7 +276,7 @@ int serveWorker(const Config& config, EngineKind engine, std::chrono::millisecon
     std::atomic<bool> stopping{false};
     std::thread remounter([&] {
         try {
-            service.remountLayerStores(stopping);
+            service.remountAtStart(stopping);
         } catch (const std::exception& e) {
             log::error("mounting the layer store images again: {}", e.what());
         }

@@ -393,7 +393,8 @@ nlohmann::json ImageService::mountOrReattach(const MountRequest& request, bool r
         if (::stat(mountpoint.c_str(), &st) != 0) rafs::failErrno("mountpoint " + mountpoint.string());
         if (!S_ISDIR(st.st_mode)) rafs::fail("mountpoint {} is not a directory", mountpoint.string());
     }
-    if (!reattach) {
+    // Registering mounts nothing: the path may still hold the user's mount of a dead rafsd.
+    if (!reattach && !request.register_only) {
         if (auto source = erofsMountOn(mountpoint)) {
             rafs::fail("mountpoint {} already has an EROFS mount of {}; unmount it first", mountpoint.string(), *source);
         }
@@ -649,7 +650,7 @@ void ImageService::mountFscache(Image& image, const rafs::Bootstrap& bootstrap, 
 
 MountRecord ImageService::recordOf(const Image& i) {
     return {std::string(engineName(i.engine)), i.bootstrap, i.mountpoint, i.fsid, i.domain_id, i.blob_dir,
-            i.image, i.manifest_digest, i.register_only, i.layer_store, !i.detached_as.empty(), i.superblock_watch};
+            i.image, i.manifest_digest, i.register_only, i.layer_store, false, !i.detached_as.empty(), i.superblock_watch};
 }
 
 void ImageService::saveMountTable(const Image* adding) {
@@ -669,6 +670,14 @@ void ImageService::withdrawMarkersOrLog(const fs::path& mountpoint) {
         LayerStore::withdrawMarkers(mountpoint);
     } catch (const std::exception& e) {
         log::error("{}: podman may take its layers while they are not mounted: {}", mountpoint.string(), e.what());
+    }
+}
+
+void ImageService::reinstateMarkersOrLog(const fs::path& mountpoint) {
+    try {
+        LayerStore::reinstateMarkers(mountpoint);
+    } catch (const std::exception& e) {
+        log::error("{}: served again, but podman will not see its layers: {}", mountpoint.string(), e.what());
     }
 }
 
@@ -731,7 +740,7 @@ void ImageService::recoverMounts() {
         // Refusing to start would not save those mounts either; new ones can still be served.
         log::error("{}; the mounts it lists cannot be taken over", e.what());
     }
-    std::vector<MountRecord> anew;  // registered or mounted again, once every mount is taken over
+    std::vector<MountRecord> registered;
     std::vector<MountRecord> remounts;
     for (const MountRecord& r : records) {
         try {
@@ -754,7 +763,9 @@ void ImageService::recoverMounts() {
                 }
                 if (r.detached) continue;
             }
-            if (!mounted && r.layer_store) {
+            if (!mounted && (r.layer_store || r.mount_again)) {
+                // After a crash (a stop withdraws them): no container may start on the empty diff.
+                if (r.layer_store) withdrawMarkersOrLog(r.mountpoint);
                 remounts.push_back(r);
                 continue;
             }
@@ -763,7 +774,7 @@ void ImageService::recoverMounts() {
             // kernel resend the requests of those mounts). Only on a device taken over: a fresh
             // one starts clean, as after a reboot.
             if (!mounted && !fanotify && r.register_only && fscache_ && fscache_restore_) {
-                anew.push_back(r);
+                registered.push_back(r);
                 continue;
             }
             if (!mounted) {
@@ -781,10 +792,11 @@ void ImageService::recoverMounts() {
                           r.mountpoint.string());
                 takeOver(requestOf(r), {watch, false});
                 if (const size_t failed = dropPageCache(r.mountpoint); failed != 0) {
-                    log::warn("{}: the page cache of {} files could not be dropped; zeros read meanwhile may stay",
+                    log::warn("{}: the page cache of {} files (or a part of its tree) could not be dropped; zeros read "
+                              "meanwhile may stay",
                               r.mountpoint.string(), failed);
                 }
-                if (r.layer_store) LayerStore::reinstateMarkers(r.mountpoint);
+                if (r.layer_store) reinstateMarkersOrLog(r.mountpoint);
                 continue;
             }
             if (!restored && !fanotify) {
@@ -795,22 +807,29 @@ void ImageService::recoverMounts() {
                     log::warn("{}: mounted by hand for a rafsd whose {} is gone, so its reads fail; registered "
                               "again: unmount it and mount it again",
                               r.mountpoint.string(), FscacheDevice::kPath);
-                    anew.push_back(r);
+                    registered.push_back(r);
                     continue;
                 }
-                // Only once its superblock is gone: the kernel refuses a second one of the same
-                // fsid, and a file still open there keeps its errors anyway.
-                if (::umount2(r.mountpoint.c_str(), 0) != 0) {
-                    log::warn("{}: left mounted by a rafsd whose {} is gone, so its reads fail, and in use ({}); "
-                              "once nothing uses it, unmount it and mount it again",
-                              r.mountpoint.string(), FscacheDevice::kPath, std::strerror(errno));
-                    if (r.layer_store) withdrawMarkersOrLog(r.mountpoint);
+                // Somebody else's mount since: not ours to touch.
+                if (!erofsMountWithOption(r.mountpoint, "fsid=" + r.fsid)) {
+                    log::info("{}: the EROFS mount there is not the one listed (fsid {}); forgotten",
+                              r.mountpoint.string(), r.fsid);
                     continue;
                 }
-                log::warn("{}: left mounted by a rafsd whose {} is gone, so its reads failed; unmounted and mounted "
-                          "again",
-                          r.mountpoint.string(), FscacheDevice::kPath);
-                (r.layer_store ? remounts : anew).push_back(r);
+                // Mounted again at start (remountAtStart), listed until then: the kernel refuses a
+                // second superblock of its fsid while this one lives, which a file open there or a
+                // container's overlay keeps alive even once it is off its path.
+                const bool unmounted = ::umount2(r.mountpoint.c_str(), UMOUNT_NOFOLLOW) == 0;
+                log::warn("{}: left mounted by a rafsd whose {} is gone, so its reads fail{}",
+                          r.mountpoint.string(), FscacheDevice::kPath,
+                          unmounted ? "; unmounted, to be mounted again"
+                                    : fmt::format(", and in use ({}); once nothing uses it, unmount it: rafsd mounts "
+                                                  "it again at its next start",
+                                                  std::strerror(errno)));
+                if (r.layer_store) withdrawMarkersOrLog(r.mountpoint);
+                MountRecord again = r;
+                again.mount_again = true;
+                remounts.push_back(std::move(again));
                 continue;
             }
             if (!restored) {
@@ -821,25 +840,24 @@ void ImageService::recoverMounts() {
             }
             takeOver(requestOf(r), {watch, false});
             // Back after an earlier worker could not take it over (below).
-            if (r.layer_store) LayerStore::reinstateMarkers(r.mountpoint);
+            if (r.layer_store) reinstateMarkersOrLog(r.mountpoint);
         } catch (const std::exception& e) {
             log::error("{}: cannot take it over: {}", r.mountpoint.string(), e.what());
             // Served by no one until a worker can: podman must not take its layers meanwhile.
             if (r.layer_store) withdrawMarkersOrLog(r.mountpoint);
         }
     }
-    // Listed in the table until remountLayerStores() mounts them: the registrations below rewrite
+    // Listed in the table until remountAtStart() mounts them: the registrations below rewrite
     // it, and a crash meanwhile must lose none.
     {
         std::lock_guard lock(mutex_);
         remount_at_start_ = std::move(remounts);
     }
-    for (const MountRecord& r : anew) {
+    for (const MountRecord& r : registered) {
         try {
             mount(requestOf(r));
         } catch (const std::exception& e) {
-            log::error("{}: cannot {} it again: {}", r.mountpoint.string(), r.register_only ? "register" : "mount",
-                       e.what());
+            log::error("{}: cannot register it again: {}", r.mountpoint.string(), e.what());
         }
     }
     std::lock_guard lock(mutex_);
@@ -873,6 +891,9 @@ size_t ImageService::retryUnserved() {
             if (on_path) {
                 mountOrReattach(requestOf(r), true, {watch, false});
                 log::info("{}: taken over, after no worker could", r.mountpoint.string());
+                // If its group had died (recoverMounts), reads meanwhile saw zeros, which EROFS
+                // may keep; otherwise they were denied, and this costs a few cold reads.
+                dropPageCache(r.mountpoint);
             } else if (watch >= 0 && !fanotify_->superblockGone(watch)) {
                 // Unmounted since, still read (a container's overlay): served off its path until it
                 // is gone, as recoverMounts takes such a mount over.
@@ -882,20 +903,15 @@ size_t ImageService::retryUnserved() {
                 log::info("{}: taken over off its path, after no worker could", r.mountpoint.string());
             } else {
                 log::info("{}: no longer mounted; forgotten", r.mountpoint.string());
+                if (r.layer_store) withdrawMarkersOrLog(r.mountpoint);
             }
         } catch (const std::exception& e) {
             log::warn("{}: still cannot take it over: {}", r.mountpoint.string(), e.what());
             continue;
         }
-        if (r.layer_store && on_path) {
-            try {
-                LayerStore::reinstateMarkers(r.mountpoint);
-            } catch (const std::exception& e) {
-                log::error("{}: served again, but podman will not see its layers: {}", r.mountpoint.string(), e.what());
-            }
-        }
+        if (r.layer_store && on_path) reinstateMarkersOrLog(r.mountpoint);
         std::lock_guard lock(mutex_);
-        // A layer store image off its path gets it again at the next start (remountLayerStores).
+        // A layer store image off its path gets it again at the next start (remountAtStart).
         if (r.layer_store && !on_path) remount_at_start_.push_back(r);
         eraseUnserved([&](const MountRecord& u) { return u == r; });
         saveMountTableOrLog();
@@ -905,7 +921,7 @@ size_t ImageService::retryUnserved() {
     return static_cast<size_t>(std::count_if(unserved_.begin(), unserved_.end(), fanotifyMounted));
 }
 
-void ImageService::remountLayerStores(const std::atomic<bool>& stopping) {
+void ImageService::remountAtStart(const std::atomic<bool>& stopping) {
     std::vector<MountRecord> pending;
     {
         std::lock_guard lock(mutex_);
@@ -913,25 +929,39 @@ void ImageService::remountLayerStores(const std::atomic<bool>& stopping) {
     }
     for (const MountRecord& r : pending) {
         if (stopping.load()) return;
+        const char* what = r.layer_store ? "layer store image" : "image";
         bool keep = false;
         try {
-            // Gone with the markers when the mount went; its store entry may be gone too.
-            if (!LayerStore::restoreMountpoint(r.mountpoint)) rafs::fail("its layer store entry is gone");
-            mount(requestOf(r));
-            LayerStore::reinstateMarkers(r.mountpoint);
-            log::info("{}: layer store image mounted again", r.mountpoint.string());
+            if (hasErofsMount(r.mountpoint)) {
+                // A dead rafsd's fscache mount, still in use: for a later start, once it is gone.
+                keep = true;
+                log::warn("{}: still mounted; the {} is mounted again at a start of rafsd once it is unmounted",
+                          r.mountpoint.string(), what);
+            } else {
+                // Gone with the markers when the mount went; its store entry may be gone too.
+                if (r.layer_store && !LayerStore::restoreMountpoint(r.mountpoint)) {
+                    rafs::fail("its layer store entry is gone");
+                }
+                mount(requestOf(r));
+                if (r.layer_store) reinstateMarkersOrLog(r.mountpoint);
+                log::info("{}: {} mounted again", r.mountpoint.string(), what);
+            }
         } catch (const std::exception& e) {
-            // One that fails stays listed for the next start, unless its store entry is gone
-            // (removed while rafsd was not running).
+            // One that fails stays listed for the next start, unless its place is gone (a store
+            // entry removed while rafsd was not running, a mount point deleted).
             std::error_code ec;
-            keep = fs::is_directory(r.mountpoint.parent_path(), ec);
-            if (keep) {
+            keep = fs::is_directory(r.layer_store ? r.mountpoint.parent_path() : r.mountpoint, ec);
+            if (!keep) {
+                log::info("{}: {}; not mounted again", r.mountpoint.string(),
+                          r.layer_store ? "the layer store entry is gone" : "the mount point is gone");
+            } else if (r.layer_store) {
                 withdrawMarkersOrLog(r.mountpoint);
                 log::error("{}: cannot mount the layer store image again ({}); its entries are withdrawn, so podman "
                            "reports its layers missing, until a later start of rafsd mounts it", r.mountpoint.string(),
                            e.what());
             } else {
-                log::info("{}: the layer store entry is gone; not mounted again", r.mountpoint.string());
+                log::error("{}: cannot mount the image again ({}); a later start of rafsd tries again",
+                           r.mountpoint.string(), e.what());
             }
         }
         // A mount that worked took its record off already (mountOrReattach).
@@ -1300,8 +1330,14 @@ size_t ImageService::shutdown() {
                 ++left_up;
                 return false;
             }
+            // Unmounted: a layer store's entries go with the mount.
+            if (r.layer_store && !r.detached) withdrawMarkersOrLog(r.mountpoint);
             const int watch = adoptedWatch(r);
-            if (fanotify_->superblockGone(watch)) return true;
+            if (fanotify_->superblockGone(watch)) {
+                // Mounted again at the next start, as a served one is (below).
+                if (r.layer_store && !r.detached) remount_at_start_.push_back(r);
+                return true;
+            }
             log::error("{}: served by no rafsd, and {}: once rafsd is gone, its unread bytes read as zeros; stop what "
                        "uses it", r.mountpoint.string(),
                        watch < 0 ? "whether it is still read off its path is unknown"

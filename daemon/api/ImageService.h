@@ -54,10 +54,11 @@ public:
     // it is unmounted, and one in use is left up (logged). Returns how many were left so, whose
     // holes read as zeros once rafsd is gone. Idempotent.
     size_t shutdown();
-    // Mounts again the layer store images a stop unmounted (recoverMounts lists them), one after
-    // another until `stopping`. Apart from recoverMounts: each may wait on its registry, and a
-    // service must answer (and say READY) meanwhile.
-    void remountLayerStores(const std::atomic<bool>& stopping);
+    // Mounts again what recoverMounts lists for it: the layer store images a stop unmounted, and
+    // the fscache mounts a rafsd killed whole left failing (one still mounted, in use, waits for a
+    // later start). One after another until `stopping`. Apart from recoverMounts: each may wait on
+    // its registry, and a service must answer (and say READY) meanwhile.
+    void remountAtStart(const std::atomic<bool>& stopping);
     // Reload (daemon/process/InPlaceRestart.h). Whether every mount lives on kernel objects the
     // supervisor keeps, so that the next rafsd can take it over; if not, logs the mounts that
     // would break.
@@ -213,6 +214,8 @@ private:
     int adoptedWatch(const MountRecord& r) const { return superblocks_adopted_ ? r.superblock_watch : -1; }
     // LayerStore::withdrawMarkers, a failure logged.
     void withdrawMarkersOrLog(const std::filesystem::path& mountpoint);
+    // LayerStore::reinstateMarkers, a failure logged: the mount is served whatever podman sees.
+    void reinstateMarkersOrLog(const std::filesystem::path& mountpoint);
     // Drops the kept cache-file fds of blobs no image uses any more.
     void dropUnusedKeptFds();
     // Forgets the images of detached_ whose superblock is gone.
@@ -250,8 +253,8 @@ private:
     std::vector<MountRecord> unserved_;
     // While there are such mounts: the blobs of the cache files kept for them, in use.
     std::vector<std::unique_ptr<CacheCollector::Opening>> unserved_blobs_;
-    // Layer store mounts a stop unmounted: listed in the mount table, so that the next rafsd
-    // mounts them again (recoverMounts).
+    // Layer store mounts a stop unmounted, and fscache mounts a dead rafsd left: listed in the
+    // mount table until mounted again (remountAtStart), so that no crash meanwhile loses them.
     std::vector<MountRecord> remount_at_start_;
     bool shut_down_ = false;
     bool fscache_restore_ = false;  // the adopted device had a daemon die on it

@@ -175,7 +175,10 @@ void LayerStore::setMarkers(const fs::path& bootstrap_diff, bool present) {
     // container's overlay instead (its lower directory is missing).
     if (!present && !layers.empty() && !isMountPoint(bootstrap_diff)) {
         std::error_code ec;
-        if (fs::is_directory(bootstrap_diff, ec) && fs::is_empty(bootstrap_diff, ec) && !fs::remove(bootstrap_diff, ec)) {
+        const bool empty_dir = fs::is_directory(bootstrap_diff, ec) && fs::is_empty(bootstrap_diff, ec);
+        if (!ec && empty_dir && fs::remove(bootstrap_diff, ec)) syncDirectory(bootstrap_diff.parent_path());
+        // Not there (withdrawn before) is no failure.
+        if (ec && ec != std::errc::no_such_file_or_directory) {
             rafs::fail("cannot remove {}: {}", bootstrap_diff.string(), ec.message());
         }
     }
@@ -189,24 +192,27 @@ bool LayerStore::restoreMountpoint(const fs::path& bootstrap_diff) {
     return true;
 }
 
-void LayerStore::remove(const std::string& image, const std::function<bool(const fs::path&)>& umount) const {
+void LayerStore::remove(const std::string& image, const std::function<bool(const fs::path&)>& umount,
+                        const std::function<bool(const fs::path&)>& served_under) const {
     fs::path top = imageDir(image);
     std::error_code ec;
     if (!fs::is_directory(top, ec)) top = legacyImageDir(image);
     if (!fs::is_directory(top, ec)) rafs::fail("{} is not in the layer store {}", image, dir_.string());
+    const std::string in_use = fmt::format("{}: still in use (a container runs on it): unmounted, and served until "
+                                           "it is gone; its entries stay for it: remove it again once the container "
+                                           "is gone",
+                                           image);
+    // Removed before, while in use, and still so: its mount detached, served off its path.
+    if (served_under(top)) rafs::fail("{}", in_use);
     std::vector<fs::path> diffs;
     for (const auto& entry : fs::directory_iterator(top)) diffs.push_back(entry.path() / "diff");
-    bool in_use = false;
+    bool still_used = false;
     for (const fs::path& diff : diffs) {
-        if (isMountPoint(diff)) in_use = umount(diff) || in_use;
+        if (isMountPoint(diff)) still_used = umount(diff) || still_used;
         if (isMountPoint(diff)) rafs::fail("{} is still mounted; its entries stay", diff.string());
     }
     // Its layers' directories are a running container's overlay: removed, its root would list empty.
-    if (in_use) {
-        rafs::fail("{}: still in use (a container runs on it): unmounted, and served until it is gone; its entries "
-                   "stay for it: remove it again once the container is gone",
-                   image);
-    }
+    if (still_used) rafs::fail("{}", in_use);
     fs::remove_all(top, ec);
     if (ec) rafs::fail("cannot remove {}: {}", top.string(), ec.message());
 }

@@ -60,10 +60,12 @@ public:
              const std::function<void(const std::filesystem::path&)>& umount) const;
 
     // Removes `image`'s entries; `umount(diff)` is called for each diff directory that is a mount
-    // point, and says whether the mount is still in use (only detached). Throws rafs::Error when
-    // the image is not in the store, a diff stays mounted, or a mount was still in use (then the
-    // entries stay).
-    void remove(const std::string& image, const std::function<bool(const std::filesystem::path&)>& umount) const;
+    // point, and says whether the mount is still in use (only detached); `served_under(dir)` says
+    // whether rafsd still serves a mount detached from under the image's directory. Throws
+    // rafs::Error when the image is not in the store, a diff stays mounted, or a mount is still in
+    // use (then the entries stay: they are a running container's overlay lower directories).
+    void remove(const std::string& image, const std::function<bool(const std::filesystem::path&)>& umount,
+                const std::function<bool(const std::filesystem::path&)>& served_under) const;
 
     // The info file of a layer.
     static std::string infoJson(const StoreLayer& layer);

@@ -38,12 +38,12 @@ void forEachMount(Fn fn) {
     std::string line;
     while (std::getline(in, line)) {
         std::istringstream fields(line);
-        std::string id, parent, device, root, mountpoint, field, type, what;
+        std::string id, parent, device, root, mountpoint, field, type, what, options;
         fields >> id >> parent >> device >> root >> mountpoint;
         while (fields >> field && field != "-") {
         }
-        fields >> type >> what;
-        fn(unescape(mountpoint), type, unescape(what));
+        fields >> type >> what >> options;
+        fn(unescape(mountpoint), type, unescape(what), options);
     }
 }
 
@@ -51,7 +51,8 @@ void forEachMount(Fn fn) {
 
 std::optional<std::string> erofsMountOn(const fs::path& dir) {
     std::optional<std::string> source;
-    forEachMount([&](const std::string& mountpoint, const std::string& type, const std::string& what) {
+    forEachMount([&](const std::string& mountpoint, const std::string& type, const std::string& what,
+                     const std::string&) {
         if (mountpoint != dir.string()) return;
         if (type == "erofs") source = what;
         else source.reset();
@@ -59,9 +60,19 @@ std::optional<std::string> erofsMountOn(const fs::path& dir) {
     return source;
 }
 
+bool erofsMountWithOption(const fs::path& dir, const std::string& option) {
+    bool found = false;
+    forEachMount([&](const std::string& mountpoint, const std::string& type, const std::string&,
+                     const std::string& options) {
+        if (mountpoint != dir.string()) return;
+        found = type == "erofs" && ("," + options + ",").find("," + option + ",") != std::string::npos;
+    });
+    return found;
+}
+
 std::set<std::string> erofsMountSources() {
     std::set<std::string> sources;
-    forEachMount([&](const std::string&, const std::string& type, const std::string& what) {
+    forEachMount([&](const std::string&, const std::string& type, const std::string& what, const std::string&) {
         if (type == "erofs") sources.insert(what);
     });
     return sources;

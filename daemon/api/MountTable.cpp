@@ -41,6 +41,7 @@ void saveMounts(const fs::path& path, const std::vector<MountRecord>& mounts) {
         }
         if (m.register_only) j["register_only"] = true;
         if (m.layer_store) j["layer_store"] = true;
+        if (m.mount_again) j["mount_again"] = true;
         if (m.detached) j["detached"] = true;
         if (m.superblock_watch >= 0) j["superblock_watch"] = m.superblock_watch;
         list.push_back(std::move(j));
@@ -79,6 +80,7 @@ std::vector<MountRecord> loadMounts(const fs::path& path) {
             }
             r.register_only = m.value("register_only", false);
             r.layer_store = m.value("layer_store", false);
+            r.mount_again = m.value("mount_again", false);
             r.detached = m.value("detached", false);
             r.superblock_watch = m.value("superblock_watch", -1);
             mounts.push_back(std::move(r));

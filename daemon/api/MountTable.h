@@ -32,6 +32,9 @@ struct MountRecord {
     // The bootstrap layer's diff of a layer store entry (MountRequest::layer_store): mounted again
     // by a rafsd that starts and finds it unmounted.
     bool layer_store = false;
+    // fscache: left failing by a rafsd killed whole, and to be mounted again by the next rafsd
+    // that finds it unmounted (ImageService::remountAtStart), as a layer store entry is.
+    bool mount_again = false;
     // fanotify: unmounted, but its superblock still read its files (a lazily detached mount with a
     // file open, a copy in another mount namespace): taken over without its path, served until
     // the stop fills its files.

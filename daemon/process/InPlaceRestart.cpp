@@ -83,6 +83,10 @@ void InPlaceRestart::check() const {
     }
     // A worker taking the mounts over would write their chunk maps there while their cache files
     // (kept fds) stay here, unlocked, where another rafsd could take them.
+    if (!cache_dir.empty() && last.find("; cache_dir ") == std::string::npos) {
+        rafs::fail("the new program does not say where it caches ({}): older than this one? restart rafsd instead",
+                   last);
+    }
     if (!cache_dir.empty() && last.find("; cache_dir " + cache_dir + "; ") == std::string::npos) {
         rafs::fail("the new configuration caches elsewhere ({}), not where this rafsd's mounts have their cache "
                    "files ({}); restart rafsd instead", last, cache_dir);

@@ -246,6 +246,11 @@ def sections(ck, reg, podman, rafsctl_bin, sock, store, image, oci, layers, data
         ck.check(all(os.path.isdir(os.path.join(top, l['digest'], 'diff')) for l in layers[:-1]) and
                  'rafs-test' in os.listdir(os.path.join(container, 'merged', 'etc')),
                  'in use: the entries stay, and the container still lists its files')
+        # Its mount detached now, rafsd still serves it: a second try is refused as well.
+        r = ctl(rafsctl_bin, sock, 'layer-store', 'remove', '--store', store, image)
+        expect_error(ck, 'remove again while the container runs', r, 'still in use')
+        ck.check('rafs-test' in os.listdir(os.path.join(container, 'merged', 'etc')),
+                 'the container still lists its files')
     finally:
         run(['umount', os.path.join(container, 'merged')])
     ck.cmd_ok(podman('rmi', image), 'podman rmi')

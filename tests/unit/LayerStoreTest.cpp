@@ -107,15 +107,26 @@ TEST_CASE("layer store: add writes every entry, a failed mount leaves nothing, r
     LayerStore::withdrawMarkers(dir.path() / "elsewhere" / "diff");
     CHECK(fs::is_directory(top / kBlob / "blob"));
 
-    // Not mount points here (the fake mounted nothing): remove takes the entries, unmounting nothing.
-    auto umount_in_use = [&](const fs::path& diff) {
+    // A mount of the image rafsd still serves off its path (removed before while a container ran
+    // on it): the entries stay, as the container's overlay lower directories.
+    auto umount_free = [&](const fs::path& diff) {
         unmounted.push_back(diff);
+        return false;
+    };
+    std::vector<fs::path> asked;
+    auto served_under = [&](const fs::path& entry) {
+        asked.push_back(entry);
         return true;
     };
-    store.remove(kImage, umount_in_use);
+    CHECK_THROWS_WITH(store.remove(kImage, umount_free, served_under), Contains("still in use"));
+    CHECK(asked == std::vector<fs::path>{top});
+    CHECK(fs::is_directory(top / kBlob / "diff"));
+    // Not mount points here (the fake mounted nothing): remove takes the entries, unmounting nothing.
+    auto none = [](const fs::path&) { return false; };
+    store.remove(kImage, umount_free, none);
     CHECK(unmounted.empty());
     CHECK_FALSE(fs::exists(top));
-    CHECK_THROWS_WITH(store.remove(kImage, umount_in_use), Contains("is not in the layer store"));
+    CHECK_THROWS_WITH(store.remove(kImage, umount_free, none), Contains("is not in the layer store"));
 
     auto failing = [](const fs::path&) { rafs::fail("mount failed: no such manifest"); };
     CHECK_THROWS_WITH(store.add(kImage, layers, failing, umount), "mount failed: no such manifest");

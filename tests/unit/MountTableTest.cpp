@@ -25,7 +25,8 @@ TEST_CASE("mount table: saved and loaded back, atomically replaced", "[mounts]")
          "sha256:ab"},
         {"fanotify", "/state/images/sha256-cd/image.boot", "/store/aW1n/sha256:cd/diff", "", "", std::nullopt,
          "127.0.0.1:5000/app@sha256:cd", "sha256:cd", false, true},
-        {"fanotify", "/images/e/image.boot", "/mnt/e", "", "", "/images/e/blobs", "", "", false, false, true},
+        {"fanotify", "/images/e/image.boot", "/mnt/e", "", "", "/images/e/blobs", "", "", false, false, false, true},
+        {"fscache", "/images/f/image.boot", "/mnt/f", "fsid-f", "", std::nullopt, "", "", false, false, true},
     };
     rafsd::saveMounts(table, mounts);  // creates state/
     CHECK(rafsd::loadMounts(table) == mounts);

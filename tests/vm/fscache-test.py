@@ -1082,38 +1082,60 @@ class Guest:
 
 
     def case_serve_killed_whole(self):
-        """rafsd serve without an fd store, killed whole: the kernel fails its fscache mount's reads
-        for good (its cache went with the dead daemon's fd). A new rafsd serve unmounts it and mounts
-        the image again: the path reads right and rafsctl lists it. Killed whole again while a file
-        there is open: the mount is in use, so the next rafsd leaves it up and says so; the open file
-        keeps failing (EIO or ENOBUFS, never zeros)."""
+        """rafsd serve without an fd store, killed whole: the kernel fails its fscache mounts' reads
+        for good (their cache went with the dead daemon's fd). A new rafsd serve unmounts such a
+        mount and mounts the image again: the path reads right and rafsctl lists it. Killed whole
+        again while a file there is open: the mount is in use, so it is left up and listed for later
+        (the open file keeps failing: EIO or ENOBUFS, never zeros); unmounted by hand, the next start
+        mounts it again. A mount by hand (--register-only) is registered again: unmounted and
+        mounted by hand, it reads right."""
         name = 'killed-whole'
-        mnt, cache = self.mnt(name), f'{self.cache_root}/{name}'
+        mnt, byhand, cache = self.mnt(name), self.mnt(name + '-byhand'), f'{self.cache_root}/{name}'
         manifest = self.meta['img1']['manifest']
         rel = 'files/random-3145851'
         d, ctl = self.serve(name, cache)
         b, blobs = self.image('img1')
-        r = subprocess.run(ctl + ['mount', '--engine', 'fscache', '--blob-dir', blobs, b, mnt],
-                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=300)
+
+        def run(argv):
+            return subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=300)
+
+        r = run(ctl + ['mount', '--engine', 'fscache', '--blob-dir', blobs, b, mnt])
         check(r.returncode == 0, f'rafsctl mount: {r.stdout!r}\n{d.text()}')
+        r = run(ctl + ['mount', '--engine', 'fscache', '--register-only', '--fsid', 'byhand-fsid', '--blob-dir', blobs,
+                       b, byhand])
+        check(r.returncode == 0, f'rafsctl mount --register-only: {r.stdout!r}\n{d.text()}')
+        by_hand = ['mount', '-t', 'erofs', '-o', 'fsid=byhand-fsid', 'none', byhand]
+        r = run(by_hand)
+        check(r.returncode == 0, f'mount by hand: {r.stdout!r}')
 
         def restart(old):
             old.kill()
-            os.unlink(f'/tmp/{name}.sock')
+            if os.path.exists(f'/tmp/{name}.sock'):  # left by a kill, not by a stop
+                os.unlink(f'/tmp/{name}.sock')
             new, _ = self.serve(name, cache)
-            new.wait_for(lambda: subprocess.run(ctl + ['list'], capture_output=True).returncode == 0, 'the control socket')
-            return new, subprocess.run(ctl + ['list'], stdout=subprocess.PIPE, timeout=60).stdout.decode(errors='replace')
+            new.wait_for(lambda: run(ctl + ['list']).returncode == 0, 'the control socket')
+            new.wait_for(lambda: 'mounted again' in new.text() or 'still mounted' in new.text(), 'the mount again')
+            return new, run(ctl + ['list']).stdout.decode(errors='replace')
 
         with open(f'{mnt}/files/text', 'rb') as f:
             check(hashlib.sha256(f.read()).hexdigest() == manifest['files/text']['sha256'], 'files/text before the kill')
         d, listed = restart(d)
-        check(mnt in listed and 'unmounted and mounted again' in d.text(), f'rafsctl list:\n{listed}\n{d.text()}')
+        check(mnt in listed and 'image mounted again' in d.text(), f'rafsctl list:\n{listed}\n{d.text()}')
         problems = compare_tree(mnt, manifest)
         check(not problems, 'the image mounted again reads wrong:\n' + '\n'.join(problems[:20]))
+        check('registered again' in d.text(), f'the mount by hand:\n{d.text()}')
+        r = run(['umount', byhand])
+        check(r.returncode == 0, f'umount by hand: {r.stdout!r}')
+        r = run(by_hand)
+        check(r.returncode == 0, f'mount by hand again: {r.stdout!r}\n{d.text()}')
+        problems = compare_tree(byhand, manifest)
+        check(not problems, 'the mount by hand, made again, reads wrong:\n' + '\n'.join(problems[:20]))
+        run(['umount', byhand])
         held = open(f'{mnt}/{rel}', 'rb')
         try:
             d, listed = restart(d)
-            check(mnt not in listed and 'in use (Device or resource busy)' in d.text(), f'rafsctl list:\n{listed}\n{d.text()}')
+            check(mnt not in listed and 'in use (Device or resource busy)' in d.text() and 'still mounted' in d.text(),
+                  f'rafsctl list:\n{listed}\n{d.text()}')
             # Its pages were cached by the tree's read above: dropped, so that the read reaches cachefiles.
             with open('/proc/sys/vm/drop_caches', 'w') as f:
                 f.write('3\n')
@@ -1127,10 +1149,15 @@ class Guest:
         finally:
             held.close()
         check(d.stop() == 0, f'rafsd exit status after SIGTERM:\n{d.text()}')
-        r = subprocess.run(['umount', mnt], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=60)
+        r = run(['umount', mnt])
         check(r.returncode == 0, f'umount of the mount left in use, once closed: {r.stdout!r}')
-        return (f'mounted again after a kill: {len(manifest)} entries read right; in use at the next kill: left up, '
-                f'the open file got {errno.errorcode[held_errno]}')
+        d, listed = restart(d)
+        check(mnt in listed and 'image mounted again' in d.text(), f'the next start:\n{listed}\n{d.text()}')
+        problems = compare_tree(mnt, manifest)
+        check(not problems, 'mounted again at the next start, it reads wrong:\n' + '\n'.join(problems[:20]))
+        self.expect_clean_stop(d, mnt)
+        return (f'mounted again after a kill; the mount by hand registered again; in use at the next kill: left up '
+                f'(the open file got {errno.errorcode[held_errno]}), and mounted again at the start after its unmount')
 
 CASES = ['tree', 'remount_cached', 'stale_state', 'nydus', 'reused_fsid', 'unknown_cookie', 'missing_blob', 'device_errors',
          'corrupt_blob', 'blob_gone', 'shared_domain', 'register_by_hand', 'failover', 'fd_store', 'serve_failover', 'reload', 'kill_no_failover', 'serve_killed_whole', 'registry',

@@ -25,7 +25,8 @@ bool unmountOrDetach(const std::filesystem::path& mountpoint);
 // Drops the page cache of every regular file of the mount at `root` (posix_fadvise DONTNEED), so
 // that their next reads reach the backing files again: for a mount whose fanotify group died, when
 // the kernel let every read of a hole through and EROFS kept the zeros (mm/fadvise.c: clean pages
-// not mapped by a process go). Returns how many files it could not open; logs nothing.
+// not mapped by a process go). Returns how many files it could not drop (a walk cut short by an
+// error counts one); logs nothing.
 size_t dropPageCache(const std::filesystem::path& root);
 
 }  // namespace rafsd
