@@ -34,8 +34,8 @@ HttpBlobClient::HttpBlobClient(std::string base, std::shared_ptr<RetryingTranspo
     Url::parse(base_);
 }
 
-uint64_t HttpBlobClient::blobSize(const std::string& name) {
-    {
+uint64_t HttpBlobClient::blobSize(const std::string& name, bool ask) {
+    if (!ask) {
         std::lock_guard lock(mutex_);
         if (auto it = sizes_.find(name); it != sizes_.end()) return it->second;
     }

@@ -20,7 +20,8 @@ public:
     HttpBlobClient(std::string base, std::shared_ptr<RetryingTransport> transport);
 
     // Throws rafs::Error naming the URL and what went wrong. Remembered once known.
-    uint64_t blobSize(const std::string& name);
+    // `ask`: a HEAD now, whatever was known (the answer is kept for later calls).
+    uint64_t blobSize(const std::string& name, bool ask = false);
     // Exactly out.size() bytes at `offset`; throws rafs::Error naming the URL and the range.
     // `arrived`, if set, follows the range as it comes in (RangeSink::Arrived).
     void readBlob(const std::string& name, uint64_t offset, std::span<uint8_t> out,

@@ -326,8 +326,8 @@ void RegistryClient::onSomeEndpoint(const std::function<void(const Endpoint&)>& 
     throw rafs::Error(failures);
 }
 
-uint64_t RegistryClient::blobSize(const std::string& digest) {
-    {
+uint64_t RegistryClient::blobSize(const std::string& digest, bool ask) {
+    if (!ask) {
         std::lock_guard lock(mutex_);
         if (auto it = sizes_.find(digest); it != sizes_.end()) return it->second;
     }

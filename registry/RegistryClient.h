@@ -50,7 +50,8 @@ public:
     // `digest`: "sha256:<hex>". Both throw rafs::Error naming the URL, the range and what went
     // wrong (on every endpoint tried). `arrived`, if set, follows the range as it comes in
     // (RangeSink::Arrived); another endpoint tried after a failure starts it again from 0.
-    uint64_t blobSize(const std::string& digest);
+    // `ask`: asked of the registry now, whatever was known (the answer is kept for later calls).
+    uint64_t blobSize(const std::string& digest, bool ask = false);
     void readBlob(const std::string& digest, uint64_t offset, std::span<uint8_t> out,
                   const RangeSink::Arrived& arrived = {});
     // The endpoint reads would go to first served bytes that failed their digest: it is skipped

@@ -13,7 +13,7 @@ void checkBackendHas(Backend& backend, const BlobDescriptor& blob, const ProbedS
     uint64_t size = 0;
     try {
         const auto known = probed.find(blob.id);
-        size = known != probed.end() ? known->second : backend.size(blob.id);
+        size = known != probed.end() ? known->second : backend.probeSize(blob.id);
     } catch (const std::exception& e) {
         rafs::fail("blob {}: not available from {}: {}", blob.id, backend.describe(), e.what());
     }
@@ -26,7 +26,7 @@ ProbedSizes probeBlobs(Backend& backend, const std::vector<std::string>& blob_id
     std::vector<uint64_t> found(blob_ids.size(), 0);
     runConcurrently(blob_ids.size(), kMountRequestsInFlight, [&](size_t i) {
         try {
-            found[i] = backend.size(blob_ids[i]);
+            found[i] = backend.probeSize(blob_ids[i]);
         } catch (const std::exception& e) {
             rafs::fail("blob {}: {}", blob_ids[i], e.what());
         }

@@ -39,8 +39,11 @@ public:
     virtual void readElsewhere(const std::string& blob_id, uint64_t offset, std::span<uint8_t> out) {
         read(blob_id, offset, out);
     }
-    // The blob's size in bytes; throws rafs::Error if it is missing.
+    // The blob's size in bytes; throws rafs::Error if it is missing. A network backend answers
+    // from what the server said before.
     virtual uint64_t size(const std::string& blob_id) = 0;
+    // As size(), asked of the server now: the check each mount makes that the blob is there.
+    virtual uint64_t probeSize(const std::string& blob_id) { return size(blob_id); }
     // For logs and status: "localfs:/var/lib/rafsd/blobs".
     virtual std::string describe() const = 0;
 };

@@ -28,6 +28,7 @@ public:
         inner_->readElsewhere(blob_id, offset, out);
     }
     uint64_t size(const std::string& blob_id) override { return inner_->size(blob_id); }
+    uint64_t probeSize(const std::string& blob_id) override { return inner_->probeSize(blob_id); }
     std::string describe() const override { return inner_->describe() + " (delayed)"; }
 
 private:

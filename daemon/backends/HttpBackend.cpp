@@ -20,4 +20,9 @@ uint64_t HttpBackend::size(const std::string& blob_id) {
     return client_->blobSize(blob_id);
 }
 
+uint64_t HttpBackend::probeSize(const std::string& blob_id) {
+    checkBlobId(blob_id);
+    return client_->blobSize(blob_id, true);
+}
+
 }  // namespace rafsd

@@ -15,6 +15,7 @@ public:
     void readArriving(const std::string& blob_id, uint64_t offset, std::span<uint8_t> out,
                       const Arrived& arrived) override;
     uint64_t size(const std::string& blob_id) override;
+    uint64_t probeSize(const std::string& blob_id) override;
     std::string describe() const override { return "http:" + client_->base(); }
     registry::TransferStats& stats() override { return client_->stats(); }
 

@@ -66,6 +66,10 @@ uint64_t BlobFileBackend::size(const std::string& blob_id) {
     return blob_id == blob_id_ ? fileSize(file_) : inner_->size(blob_id);
 }
 
+uint64_t BlobFileBackend::probeSize(const std::string& blob_id) {
+    return blob_id == blob_id_ ? fileSize(file_) : inner_->probeSize(blob_id);
+}
+
 std::string BlobFileBackend::describe() const { return inner_->describe() + " + " + file_.string(); }
 
 }  // namespace rafsd

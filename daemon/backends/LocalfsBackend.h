@@ -31,6 +31,7 @@ public:
                       const Arrived& arrived) override;
     void readElsewhere(const std::string& blob_id, uint64_t offset, std::span<uint8_t> out) override;
     uint64_t size(const std::string& blob_id) override;
+    uint64_t probeSize(const std::string& blob_id) override;
     std::string describe() const override;
 
 private:

@@ -26,4 +26,9 @@ uint64_t RegistryBackend::size(const std::string& blob_id) {
     return client_->blobSize("sha256:" + blob_id);
 }
 
+uint64_t RegistryBackend::probeSize(const std::string& blob_id) {
+    checkBlobId(blob_id);
+    return client_->blobSize("sha256:" + blob_id, true);
+}
+
 }  // namespace rafsd

@@ -18,6 +18,7 @@ public:
                       const Arrived& arrived) override;
     void readElsewhere(const std::string& blob_id, uint64_t offset, std::span<uint8_t> out) override;
     uint64_t size(const std::string& blob_id) override;
+    uint64_t probeSize(const std::string& blob_id) override;
     std::string describe() const override { return client_->describe(); }
     registry::TransferStats& stats() override { return client_->stats(); }
     const std::shared_ptr<registry::RegistryClient>& client() const { return client_; }
