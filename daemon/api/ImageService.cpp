@@ -385,6 +385,10 @@ nlohmann::json ImageService::mountOrReattach(const MountRequest& request, bool r
     const fs::path mountpoint = fs::weakly_canonical(request.mountpoint);
     // A detached mount has left its path, which may be another mount's now.
     if (!detached) {
+        // Unmounted by hand (umount(8)) since: forgotten, or kept as detached if still read, as
+        // rafsctl umount would, so that the path takes a new mount.
+        const auto here = std::find_if(images_.begin(), images_.end(), [&](const Image& i) { return i.mountpoint == mountpoint; });
+        if (here != images_.end() && !reattach && !hasErofsMount(mountpoint)) umountLocked(mountpoint);
         for (const Image& image : images_) {
             if (image.mountpoint == mountpoint) rafs::fail("{} is already mounted by rafsd", mountpoint.string());
         }
@@ -973,7 +977,10 @@ void ImageService::remountAtStart(const std::atomic<bool>& stopping) {
 nlohmann::json ImageService::umount(const UmountRequest& request) {
     std::lock_guard lock(mutex_);
     releaseDetached();
-    const fs::path mountpoint = fs::weakly_canonical(request.mountpoint);
+    return umountLocked(fs::weakly_canonical(request.mountpoint));
+}
+
+nlohmann::json ImageService::umountLocked(const fs::path& mountpoint) {
     auto it = std::find_if(images_.begin(), images_.end(), [&](const Image& i) { return i.mountpoint == mountpoint; });
     if (it == images_.end()) rafs::fail("{} is not mounted by rafsd", mountpoint.string());
     std::optional<fs::path> detached_as;

@@ -218,6 +218,8 @@ private:
     void reinstateMarkersOrLog(const std::filesystem::path& mountpoint);
     // Drops the kept cache-file fds of blobs no image uses any more.
     void dropUnusedKeptFds();
+    // umount() of the image at `mountpoint` (canonical), mutex_ held.
+    nlohmann::json umountLocked(const std::filesystem::path& mountpoint);
     // Forgets the images of detached_ whose superblock is gone.
     void releaseDetached();
     // Each image rafsd serves: images_, then detached_.

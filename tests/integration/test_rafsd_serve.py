@@ -10,8 +10,8 @@
    and no misses; the image nobody reads makes prefetch progress (capped bandwidth); no errors;
    the text table has every column; status of one mountpoint shows only that image;
 4. `rafsctl umount` unmounts one; list no longer shows it; a second umount and status of it fail
-   with one line; an image unmounted by hand (umount(8)) is forgotten by `rafsctl umount`, and
-   mounted again on the same directory;
+   with one line; an image unmounted by hand (umount(8)) takes a new mount on its path at once, and
+   is forgotten by `rafsctl umount` and mounted again on the same directory;
 5. SIGTERM: serve exits 0 promptly, the other image is unmounted, the socket is gone.
 Between 2 and 3: a second `rafsd serve` with the same config is refused (the socket is taken)
 before it touches the first one's mount table; so is one with another socket and the same
@@ -212,6 +212,11 @@ def main():
                          '%s fails with one line: %s' % (what, err))
             r = harness.run(['umount', mnt_b])
             ck.check(r.returncode == 0 and not os.path.ismount(mnt_b), 'B unmounted by hand', text(r.stderr))
+            r = rafsctl(ctl, sock, 'mount', os.path.join(out_b, 'image.boot'), mnt_b)
+            ck.check(r.returncode == 0 and os.path.ismount(mnt_b), 'B, unmounted by hand, mounted again at once',
+                     text(r.stderr))
+            r = harness.run(['umount', mnt_b])
+            ck.check(r.returncode == 0 and not os.path.ismount(mnt_b), 'B unmounted by hand again', text(r.stderr))
             r = rafsctl(ctl, sock, 'umount', mnt_b)
             ck.check(r.returncode == 0, 'rafsctl umount of B, unmounted by hand, forgets it', text(r.stderr))
             r = rafsctl(ctl, sock, 'mount', os.path.join(out_b, 'image.boot'), mnt_b)
