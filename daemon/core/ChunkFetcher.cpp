@@ -113,7 +113,7 @@ void ChunkFetcher::abandonQueued() {
             std::lock_guard lock(blob->mutex_);
             for (const auto& [ci, waiting] : blob->in_flight_) dropped.push_back(ci);
         }
-        for (uint32_t ci : dropped) finishChunks(*blob, ci, 1, EIO);
+        for (uint32_t ci : dropped) finishChunks(*blob, ci, 1, EIO, false);
     }
 }
 
@@ -336,14 +336,16 @@ uint32_t ChunkFetcher::prefetch(const std::shared_ptr<CachedBlob>& blob, uint32_
 void ChunkFetcher::queueRun(const std::shared_ptr<CachedBlob>& blob, const FetchRun& run,
                             FetchQueue::Priority priority, bool prefetch, bool stream, std::function<bool()> awaited) {
     bool queued = false;
+    bool failed = false;  // else dropped by a stopped queue
     try {
         queued = queue_->push(
             priority, [this, blob, run, prefetch, stream] { fetchRun(blob, run, prefetch, stream); }, std::move(awaited));
     } catch (const std::exception& e) {
         log::error("blob {} chunks {}..{}: cannot queue their fetch: {}", blob->descriptor().id, run.first,
                    run.first + run.count - 1, e.what());
+        failed = true;
     }
-    if (!queued) finishChunks(*blob, run.first, run.count, EIO);
+    if (!queued) finishChunks(*blob, run.first, run.count, EIO, failed);
 }
 
 struct ChunkFetcher::RunProgress {
@@ -615,7 +617,7 @@ bool ChunkFetcher::diskJustFull() const {
     return since < kFullDiskPause;
 }
 
-void ChunkFetcher::finishChunks(CachedBlob& blob, uint32_t first, uint32_t count, int error) {
+void ChunkFetcher::finishChunks(CachedBlob& blob, uint32_t first, uint32_t count, int error, bool counted) {
     std::vector<std::shared_ptr<PendingRequest>> ready;
     {
         std::lock_guard lock(blob.mutex_);
@@ -628,7 +630,7 @@ void ChunkFetcher::finishChunks(CachedBlob& blob, uint32_t first, uint32_t count
             }
             blob.in_flight_.erase(it);
         }
-        if (error != 0) blob.counters().errors += count;
+        if (error != 0 && counted) blob.counters().errors += count;
         if (error == 0 && !blob.completed_ && blob.cache().complete()) {
             blob.completed_ = true;
             // Under the lock: discardIdle, which takes it too, sees the blob as unmarked only

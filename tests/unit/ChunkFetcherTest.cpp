@@ -719,6 +719,7 @@ TEST_CASE("a run the abandoned queue drops fails its chunks instead of leaving t
     CHECK(waitFor(fetcher, image, 0, kChunk) == EIO);  // the dropped prefetch's chunk
     CHECK(waitFor(fetcher, image, kChunk, kChunk) == EIO);  // the dropped request's own run
     CHECK_FALSE(blob->cache().isPresent(0));
+    CHECK(blob->counters().errors == 0);  // a stop, not a failed fetch
 }
 
 // A request whose run was queued, not running, when a stop abandoned the queue: it fails at the
@@ -748,4 +749,5 @@ TEST_CASE("a request whose run the abandon drops from the queue fails", "[chunkf
     REQUIRE(dropped.wait_for(std::chrono::seconds(10)) == std::future_status::ready);
     CHECK(dropped.get() == EIO);
     CHECK(first->get_future().get() == 0);  // the running one ended as it would
+    CHECK(blob->counters().errors == 0);
 }
