@@ -54,6 +54,12 @@ ImageReference ImageReference::parse(std::string_view text) {
     }
     r.host = std::string(text.substr(0, slash));
     if (!std::regex_match(r.host, hostPattern())) rafs::fail("image '{}': '{}' is not a host[:port]", text, r.host);
+    // Docker's rule for where a name's host ends (distribution/reference, splitDockerDomain): a
+    // first component without '.' or ':' that is not localhost is a path (a mistyped file here)
+    // or a Docker Hub name, which needs its host written out.
+    if (r.host.find_first_of(".:") == std::string::npos && r.host != "localhost") {
+        rafs::fail("image '{}': '{}' is not a registry host (no '.' or ':', not localhost)", text, r.host);
+    }
     std::string rest(text.substr(slash + 1));
     if (const size_t at = rest.find('@'); at != std::string::npos) {
         r.digest = rest.substr(at + 1);

@@ -48,20 +48,25 @@ TEST_CASE("image references: host, repository, tag and digest", "[registry]") {
     CHECK(!r.tag_defaulted);
     CHECK(ImageReference::parse("oci:dir").tag == "latest");
     CHECK(ImageReference::parse("oci:dir").tag_defaulted);
-    CHECK(ImageReference::parse("h/app").tag_defaulted);
-    CHECK(!ImageReference::parse("h/app:latest").tag_defaulted);
-    CHECK(!ImageReference::parse("h/app@" + kDigest).tag_defaulted);
+    CHECK(ImageReference::parse("h.test/app").tag_defaulted);
+    CHECK(!ImageReference::parse("h.test/app:latest").tag_defaulted);
+    CHECK(!ImageReference::parse("h.test/app@" + kDigest).tag_defaulted);
 }
 
 TEST_CASE("image references: what is wrong is named", "[registry]") {
     CHECK_THROWS_WITH(ImageReference::parse("app"), Contains("expected HOST[:PORT]/REPOSITORY"));
     CHECK_THROWS_WITH(ImageReference::parse("/tmp/missing.boot"), Contains("'' is not a host[:port]"));
     CHECK_THROWS_WITH(ImageReference::parse("bad_host/app"), Contains("'bad_host' is not a host[:port]"));
-    CHECK_THROWS_WITH(ImageReference::parse("h/App"), Contains("'App' is not a repository name"));
-    CHECK_THROWS_WITH(ImageReference::parse("h/app:"), Contains("'' is not a valid tag"));
-    CHECK_THROWS_WITH(ImageReference::parse("h/app:-x"), Contains("'-x' is not a valid tag"));
-    CHECK_THROWS_WITH(ImageReference::parse("h/app@sha256:abc"), Contains("is not sha256:<64 lowercase hex digits>"));
-    CHECK_THROWS_WITH(ImageReference::parse("h/app@" + std::string("sha256:") + std::string(64, 'A')),
+    CHECK_THROWS_WITH(ImageReference::parse("h.test/App"), Contains("'App' is not a repository name"));
+    // Docker's rule for a host: a '.' or ':', or localhost; else a mistyped path, or a Hub name.
+    CHECK_THROWS_WITH(ImageReference::parse("img/nothere.boot"), Contains("'img' is not a registry host"));
+    CHECK_THROWS_WITH(ImageReference::parse("library/ubuntu:22.04"), Contains("'library' is not a registry host"));
+    CHECK(ImageReference::parse("localhost/app").host == "localhost");
+    CHECK(ImageReference::parse("localhost:5000/app").host == "localhost:5000");
+    CHECK_THROWS_WITH(ImageReference::parse("h.test/app:"), Contains("'' is not a valid tag"));
+    CHECK_THROWS_WITH(ImageReference::parse("h.test/app:-x"), Contains("'-x' is not a valid tag"));
+    CHECK_THROWS_WITH(ImageReference::parse("h.test/app@sha256:abc"), Contains("is not sha256:<64 lowercase hex digits>"));
+    CHECK_THROWS_WITH(ImageReference::parse("h.test/app@" + std::string("sha256:") + std::string(64, 'A')),
                       Contains("lowercase"));
     CHECK_THROWS_WITH(ImageReference::parse("oci:"), Contains("oci: needs a directory"));
     CHECK_THROWS_WITH(ImageReference::parse("oci:d:a/b"), Contains("bad tag"));

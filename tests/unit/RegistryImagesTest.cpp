@@ -63,7 +63,7 @@ TEST_CASE("registry images: the bootstrap kept by manifest digest, reused, refet
     // A copy a dead rafsd was making: removed when the next one is kept.
     std::filesystem::create_directories(state.path() / "images/.tmp-999999999-abc");
 
-    const rafsd::RegistryImage first = images.obtain(image.store, ImageReference::parse("h/app:v1"));
+    const rafsd::RegistryImage first = images.obtain(image.store, ImageReference::parse("h.test/app:v1"));
     CHECK(first.manifest_digest == image.digest);
     CHECK(first.bootstrap == state.path() / "images" / kept_name / "image.boot");
     CHECK(rafs::test::readFile(first.bootstrap) == image.boot);
@@ -72,18 +72,18 @@ TEST_CASE("registry images: the bootstrap kept by manifest digest, reused, refet
     CHECK(image.store.blob_reads == 1);
 
     // By tag again: the manifest is asked for (the tag may have moved), the bootstrap is not.
-    CHECK(images.obtain(image.store, ImageReference::parse("h/app:v1")).bootstrap == first.bootstrap);
+    CHECK(images.obtain(image.store, ImageReference::parse("h.test/app:v1")).bootstrap == first.bootstrap);
     CHECK(image.store.blob_reads == 1);
     CHECK(image.store.manifest_gets == 2);
     // By digest: nothing asked at all (a restarted rafsd while the registry is away).
-    CHECK(images.obtain(image.store, ImageReference::parse("h/app@" + image.digest)).bootstrap == first.bootstrap);
+    CHECK(images.obtain(image.store, ImageReference::parse("h.test/app@" + image.digest)).bootstrap == first.bootstrap);
     CHECK(image.store.manifest_gets == 2);
 
     // A damaged copy is fetched again.
     std::vector<uint8_t> damaged = image.boot;
     damaged[damaged.size() - 1] ^= 1;
     rafs::test::writeFile(first.bootstrap.string(), damaged);
-    CHECK(rafs::test::readFile(images.obtain(image.store, ImageReference::parse("h/app@" + image.digest)).bootstrap) ==
+    CHECK(rafs::test::readFile(images.obtain(image.store, ImageReference::parse("h.test/app@" + image.digest)).bootstrap) ==
           image.boot);
     CHECK(image.store.blob_reads == 2);
 }
@@ -92,13 +92,13 @@ TEST_CASE("registry images: a bad image leaves nothing in the state dir", "[regi
     TempDir state;
     rafsd::RegistryImages images(state.path() / "images");
     PushedImage missing_blob(false);
-    CHECK_THROWS_WITH(images.obtain(missing_blob.store, ImageReference::parse("h/app:v1")),
-                      Contains("h/app:v1: the bootstrap reads blob " + missing_blob.blob_id) &&
+    CHECK_THROWS_WITH(images.obtain(missing_blob.store, ImageReference::parse("h.test/app:v1")),
+                      Contains("h.test/app:v1: the bootstrap reads blob " + missing_blob.blob_id) &&
                           Contains("not a layer of the image's manifest"));
     PushedImage garbage(true, std::vector<uint8_t>(8192, 0));
-    CHECK_THROWS_WITH(images.obtain(garbage.store, ImageReference::parse("h/app:v1")),
-                      Contains("h/app:v1 (image/image.boot)") && Contains("not a RAFS v6 bootstrap"));
-    CHECK_THROWS_WITH(images.obtain(garbage.store, ImageReference::parse("h/app:v2")), Contains("no such manifest"));
+    CHECK_THROWS_WITH(images.obtain(garbage.store, ImageReference::parse("h.test/app:v1")),
+                      Contains("h.test/app:v1 (image/image.boot)") && Contains("not a RAFS v6 bootstrap"));
+    CHECK_THROWS_WITH(images.obtain(garbage.store, ImageReference::parse("h.test/app:v2")), Contains("no such manifest"));
     CHECK(entries(state.path() / "images").empty());
 }
 
@@ -109,15 +109,15 @@ TEST_CASE("registry images: alongside runs with the layers while the bootstrap i
     rafsd::RegistryImages images(state.path() / "images");
     std::vector<std::vector<std::string>> calls;
     auto alongside = [&](const RafsLayers& layers) { calls.push_back(layers.blobIds()); };
-    images.obtain(image.store, ImageReference::parse("h/app:v1"), alongside);
+    images.obtain(image.store, ImageReference::parse("h.test/app:v1"), alongside);
     CHECK(calls == std::vector<std::vector<std::string>>{{image.blob_id}});
-    images.obtain(image.store, ImageReference::parse("h/app:v1"), alongside);
+    images.obtain(image.store, ImageReference::parse("h.test/app:v1"), alongside);
     CHECK(calls.size() == 1);
 
     // What it throws fails the obtain, and nothing is kept.
     TempDir other;
     rafsd::RegistryImages failing(other.path() / "images");
-    CHECK_THROWS_WITH(failing.obtain(image.store, ImageReference::parse("h/app:v1"),
+    CHECK_THROWS_WITH(failing.obtain(image.store, ImageReference::parse("h.test/app:v1"),
                                      [](const RafsLayers&) { rafs::fail("blob gone"); }),
                       Contains("blob gone"));
     CHECK(entries(other.path() / "images").empty());
@@ -128,7 +128,7 @@ TEST_CASE("registry images: kept copies listed, renewed on reuse, forgotten; the
     TempDir state;
     rafsd::RegistryImages images(state.path() / "images");
     CHECK(images.list().empty());
-    const rafsd::RegistryImage kept = images.obtain(image.store, ImageReference::parse("h/app:v1"));
+    const rafsd::RegistryImage kept = images.obtain(image.store, ImageReference::parse("h.test/app:v1"));
     const std::filesystem::path dir = kept.bootstrap.parent_path();
     std::vector<rafsd::RegistryImages::KeptCopy> copies = images.list();
     REQUIRE(copies.size() == 1);
@@ -139,7 +139,7 @@ TEST_CASE("registry images: kept copies listed, renewed on reuse, forgotten; the
     const auto old = std::filesystem::file_time_type::clock::now() - std::chrono::hours(2);
     std::filesystem::last_write_time(dir, old);
     const int64_t before = images.list().at(0).last_use;
-    images.obtain(image.store, ImageReference::parse("h/app@" + image.digest));
+    images.obtain(image.store, ImageReference::parse("h.test/app@" + image.digest));
     CHECK(images.list().at(0).last_use >= before + 7000);
 
     // The collector's layout: not while a mount table lists the manifest, nor within keep_recent.
@@ -147,11 +147,11 @@ TEST_CASE("registry images: kept copies listed, renewed on reuse, forgotten; the
     CHECK(layout.list({}).empty());  // just reused
     std::filesystem::last_write_time(dir, old);
     rafsd::saveMounts(rafsd::servedMountTable(state.path()),
-                      {{"fanotify", kept.bootstrap, "/mnt/a", "", "", std::nullopt, "h/app:v1", image.digest}});
+                      {{"fanotify", kept.bootstrap, "/mnt/a", "", "", std::nullopt, "h.test/app:v1", image.digest}});
     CHECK(layout.list({}).empty());  // mounted by rafsd serve
     rafsd::saveMounts(rafsd::servedMountTable(state.path()), {});
     rafsd::saveMounts(rafsd::imageMountTable(state.path(), 4242),
-                      {{"fscache", kept.bootstrap, "/mnt/b", "fsid", "", std::nullopt, "h/app:v1", image.digest}});
+                      {{"fscache", kept.bootstrap, "/mnt/b", "fsid", "", std::nullopt, "h.test/app:v1", image.digest}});
     CHECK(layout.list({}).empty());  // mounted by a rafsd mount
     std::filesystem::remove(rafsd::imageMountTable(state.path(), 4242));
     CHECK(layout.list({rafsd::KeptImageCopies::inUseKey(image.digest)}).empty());  // a mount on its way
@@ -164,7 +164,7 @@ TEST_CASE("registry images: kept copies listed, renewed on reuse, forgotten; the
     CHECK(images.list().empty());
     // Gone: the next mount fetches it again.
     CHECK(image.store.blob_reads == 1);
-    CHECK(rafs::test::readFile(images.obtain(image.store, ImageReference::parse("h/app@" + image.digest)).bootstrap) ==
+    CHECK(rafs::test::readFile(images.obtain(image.store, ImageReference::parse("h.test/app@" + image.digest)).bootstrap) ==
           image.boot);
     CHECK(image.store.blob_reads == 2);
     images.forget("sha256:" + std::string(64, '0'));  // nothing kept: nothing to do
