@@ -196,15 +196,23 @@ void inspect(const InspectOptions& options, std::ostream& out) {
         if (options.verbose) printInode(b, path, ino, out);
     });
 
+    std::error_code ec;
+    if (!options.blob_dir.empty() && !std::filesystem::is_directory(options.blob_dir, ec)) {
+        fail("--blob-dir {}: no such directory", options.blob_dir);
+    }
+    // No blob there at all: the bootstrap alone is checked (an empty --blob-dir asks for that).
+    // Some but not all: the image cannot be checked whole, which is an error.
     std::vector<std::unique_ptr<BlobFile>> blobs(b.blobs().size());
+    std::vector<std::string> missing;
     for (uint32_t i = 0; i < blobs.size(); ++i) {
         const std::string path = image.blobPath(i, options.blob_dir);
-        std::error_code ec;
-        if (!std::filesystem::exists(path, ec)) {
-            out << fmt::format("blob {}: {} not found, skipped\n", i, path);
-            continue;
-        }
-        blobs[i] = std::make_unique<BlobFile>(path, b.blobs()[i].entry);
+        if (std::filesystem::exists(path, ec)) blobs[i] = std::make_unique<BlobFile>(path, b.blobs()[i].entry);
+        else missing.push_back(path);
+    }
+    if (missing.size() == blobs.size()) {
+        out << fmt::format("no blob found ({} and the rest): the bootstrap alone was checked\n", missing.front());
+    } else if (!missing.empty()) {
+        fail("blob {}: not found, though other blobs of the image are there", missing.front());
     }
 
     // The chunk info table and the chunk indexes (checked against each other above) against the
