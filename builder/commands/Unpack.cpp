@@ -81,9 +81,12 @@ struct OpenBlob {
     }
 };
 
-void writeRawBlob(const Image& image, uint32_t index, const std::string& blob_dir, const std::filesystem::path& raw_dir) {
+// Returns the file written: raw_dir/<blob id>.
+std::filesystem::path writeRawBlob(const Image& image, uint32_t index, const std::string& blob_dir,
+                                   const std::filesystem::path& raw_dir) {
     const OpenBlob blob(image, index, blob_dir);
-    TempOutput out(raw_dir / blob.file->id());
+    const std::filesystem::path path = raw_dir / blob.file->id();
+    TempOutput out(path);
     // Sparse: only chunk ranges are written; the gaps up to the next 4 KiB boundary stay zero.
     if (::ftruncate(out.fd(), static_cast<off_t>(blob.file->entry().uncompressed_size)) != 0) {
         failErrno(out.tempPath());
@@ -94,6 +97,7 @@ void writeRawBlob(const Image& image, uint32_t index, const std::string& blob_di
         pwriteAll(out.fd(), data, blob.file->chunks()[i].uncompressed_offset, out.tempPath());
     }
     out.commit();
+    return path;
 }
 
 struct ArchiveDeleter {
@@ -214,10 +218,18 @@ void unpack(const UnpackOptions& options) {
     const Image image = openImage(options.bootstrap);
     if (!options.raw_dir.empty()) {
         std::error_code ec;
-        std::filesystem::create_directories(options.raw_dir, ec);
+        const bool made = std::filesystem::create_directories(options.raw_dir, ec);
         if (ec) fail("cannot create {}: {}", options.raw_dir, ec.message());
-        for (uint32_t i = 0; i < image.bootstrap.blobs().size(); ++i) {
-            writeRawBlob(image, i, options.blob_dir, options.raw_dir);
+        // All or nothing: a blob that cannot be read takes what was written before it away.
+        std::vector<std::filesystem::path> written;
+        try {
+            for (uint32_t i = 0; i < image.bootstrap.blobs().size(); ++i) {
+                written.push_back(writeRawBlob(image, i, options.blob_dir, options.raw_dir));
+            }
+        } catch (...) {
+            for (const auto& path : written) std::filesystem::remove(path, ec);
+            if (made) std::filesystem::remove(options.raw_dir, ec);
+            throw;
         }
     }
     if (!options.tar.empty()) {

@@ -339,6 +339,13 @@ def check_cleaned_paths(ck, mkrafs, p, tmp):
         found = {name: t.extractfile(m).read() for name, m in members.items() if m.isfile()}
     ck.check(found == {'ok': b'ok', 'evil': b'evil', 'evil2': b'evil', 'etc/evil': b'evil'},
              'they are /evil, /evil2 and /etc/evil, beside /ok', repr(sorted(members)))
+    # Its blob missing: unpack fails naming it and leaves no output directory behind.
+    raw, empty = os.path.join(tmp, 'cleaned-raw'), os.path.join(tmp, 'no-blobs')
+    os.makedirs(empty)
+    r = run([mkrafs, 'unpack', os.path.join(out, 'image.boot'), '--blob-dir', empty, '--raw-dir', raw])
+    ck.check(r.returncode != 0 and len(text(r.stderr).strip().splitlines()) == 1 and not os.path.exists(raw),
+             'mkrafs unpack --raw-dir without the blob: one error line, no output directory left',
+             '%s; %s exists: %s' % (text(r.stderr).strip(), raw, os.path.exists(raw)))
 
 
 def snapshot(root):
