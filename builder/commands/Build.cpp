@@ -210,6 +210,16 @@ BuiltImage buildLayers(const BuildOptions& options, const std::vector<LayerInput
             n.inode->mtime_nsec = 0;
         });
     }
+    // A trace recorded on an earlier version of the image may name what this one lacks: left out
+    // and said, as the prefetch table is a hint (Nydus ignores such paths too).
+    std::vector<std::string> present;
+    std::vector<std::string> absent;
+    for (const std::string& p : boot.prefetch_paths) (tree.find(p) != nullptr ? present : absent).push_back(p);
+    if (!absent.empty()) {
+        report(fmt::format("prefetch list: {} of its paths are not in the image, left out (the first: {})",
+                           absent.size(), absent.front()));
+    }
+    boot.prefetch_paths = std::move(present);
     image.bootstrap = dir / "image.boot";
     writeBootstrap(tree, image.blobs, boot, image.bootstrap);
     // Not the dictionary's size less the dict's chunks: a Nydus dict lists a digest once per blob
