@@ -245,7 +245,8 @@ std::string repositoryName(const Value& value) {
 }
 
 std::vector<std::string> urlList(const Value& value) {
-    constexpr std::string_view accepted = "an array of http:// or https:// URLs";
+    constexpr std::string_view accepted = "an array of at most 16 http:// or https:// URLs";
+    static_assert(kMaxMirrors == 16, "the message names the limit");
     const toml::array* array = value.node->as_array();
     if (array == nullptr || array->size() > kMaxMirrors) value.reject(accepted);
     std::vector<std::string> urls;
