@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <cctype>
+#include <cerrno>
 #include <fstream>
 #include <functional>
 #include <iostream>
@@ -290,6 +291,7 @@ std::string pinned(const std::string& image, const std::string& manifest) {
 // layer-store add: resolve, then the entries with the bootstrap layer's diff as the mount.
 void addToLayerStore(const rafsd::ControlClient& client, const std::string& store_dir, const std::string& image,
                      const std::string& engine) {
+    registry::ImageReference::parseTyped(image);
     const json resolved = client.call(rafsd::ResolveRequest{image});
     const auto manifest = resolved.find("manifest");
     if (manifest == resolved.end() || !manifest->is_string()) rafs::fail("{}: rafsd named no manifest", image);
@@ -383,6 +385,7 @@ int main(int argc, char** argv) {
             // A missing file is an image reference, as for rafsd mount: one that does not parse is
             // refused by rafsd as neither a file nor a reference, naming what does not parse.
             if (!std::filesystem::exists(bootstrap) && !bootstrap.starts_with("oci:")) {
+                registry::ImageReference::ofArgument(bootstrap);  // a mistyped path is named as such
                 request.image = bootstrap;
             } else {
                 request.bootstrap = absolutePath(bootstrap);
@@ -420,7 +423,14 @@ int main(int argc, char** argv) {
         } else if (store_remove->parsed()) {
             const rafsd::LayerStore store(absolutePath(store_dir));
             const auto detached_under = [&](const std::filesystem::path& top) {
-                const json listed = client.call(rafsd::ListRequest{});
+                json listed;
+                try {
+                    listed = client.call(rafsd::ListRequest{});
+                } catch (const rafs::SystemError& e) {
+                    // Nobody listening: no rafsd serves anything (entries may go while it is down).
+                    if (e.code() == ENOENT || e.code() == ECONNREFUSED) return false;
+                    throw;
+                }
                 const std::string prefix = top.string() + "/";
                 for (const json& i : listed.value("images", json::array())) {
                     if (i.value("detached", false) && i.value("mountpoint", std::string()).starts_with(prefix)) return true;

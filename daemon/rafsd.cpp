@@ -12,6 +12,7 @@
 #include "daemon/process/ProcessIdentity.h"
 #include "daemon/process/StopSignals.h"
 #include "daemon/process/Supervisor.h"
+#include "registry/ImageReference.h"
 
 #include <CLI/CLI.hpp>
 #include <sys/socket.h>
@@ -379,8 +380,12 @@ int main(int argc, char** argv) {
 
         if (m->parsed()) {
             MountRequest request;
-            if (fs::exists(bootstrap)) request.bootstrap = fs::absolute(bootstrap);
-            else request.image = bootstrap;
+            if (fs::exists(bootstrap)) {
+                request.bootstrap = fs::absolute(bootstrap);
+            } else {
+                registry::ImageReference::ofArgument(bootstrap);  // a mistyped path is named as such
+                request.image = bootstrap;
+            }
             request.mountpoint = fs::absolute(mountpoint);
             if (!blob_dir.empty()) request.blob_dir = fs::absolute(blob_dir);
             if (!fsid.empty()) request.fsid = fsid;

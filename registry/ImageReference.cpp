@@ -34,6 +34,25 @@ bool ImageReference::looksLikeReference(std::string_view text) {
     }
 }
 
+ImageReference ImageReference::parseTyped(std::string_view text) {
+    ImageReference r = parse(text);
+    // Docker's rule for where a name's host ends (distribution/reference, splitDockerDomain): a
+    // first component without '.' or ':' that is not localhost is a path (a mistyped file here)
+    // or a Docker Hub name, which needs its host written out.
+    if (r.kind == Kind::Registry && r.host.find_first_of(".:") == std::string::npos && r.host != "localhost") {
+        rafs::fail("image '{}': '{}' is not a registry host (no '.' or ':', not localhost)", text, r.host);
+    }
+    return r;
+}
+
+ImageReference ImageReference::ofArgument(std::string_view text) {
+    try {
+        return parseTyped(text);
+    } catch (const rafs::Error& e) {
+        rafs::fail("{}: no such file, and not an image reference ({})", text, e.what());
+    }
+}
+
 ImageReference ImageReference::parse(std::string_view text) {
     ImageReference r;
     if (text.starts_with("oci:")) {
@@ -54,12 +73,6 @@ ImageReference ImageReference::parse(std::string_view text) {
     }
     r.host = std::string(text.substr(0, slash));
     if (!std::regex_match(r.host, hostPattern())) rafs::fail("image '{}': '{}' is not a host[:port]", text, r.host);
-    // Docker's rule for where a name's host ends (distribution/reference, splitDockerDomain): a
-    // first component without '.' or ':' that is not localhost is a path (a mistyped file here)
-    // or a Docker Hub name, which needs its host written out.
-    if (r.host.find_first_of(".:") == std::string::npos && r.host != "localhost") {
-        rafs::fail("image '{}': '{}' is not a registry host (no '.' or ':', not localhost)", text, r.host);
-    }
     std::string rest(text.substr(slash + 1));
     if (const size_t at = rest.find('@'); at != std::string::npos) {
         r.digest = rest.substr(at + 1);

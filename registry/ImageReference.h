@@ -19,6 +19,14 @@ struct ImageReference {
 
     // Throws rafs::Error saying what is wrong with `text`.
     static ImageReference parse(std::string_view text);
+    // As parse(), for a reference a user typed: the host must be one by Docker's rule (a '.' or
+    // ':', or localhost), since a dotless first component is a mistyped path or a Docker Hub name.
+    // References rafsd stored (mount tables, layer stores) go through parse(): an earlier rafsd
+    // wrote them without this rule.
+    static ImageReference parseTyped(std::string_view text);
+    // A command-line argument that is no existing file, read as an image reference
+    // (parseTyped); else an error saying it is neither.
+    static ImageReference ofArgument(std::string_view text);
     // Whether `text` reads as a registry reference or a layout (a cheap test, no exception).
     static bool looksLikeReference(std::string_view text);
 

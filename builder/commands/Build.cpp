@@ -16,6 +16,7 @@
 #include <optional>
 #include <ostream>
 #include <set>
+#include <unordered_set>
 #include <unistd.h>
 
 namespace fs = std::filesystem;
@@ -211,10 +212,16 @@ BuiltImage buildLayers(const BuildOptions& options, const std::vector<LayerInput
         });
     }
     // A trace recorded on an earlier version of the image may name what this one lacks: left out
-    // and said, as the prefetch table is a hint (Nydus ignores such paths too).
+    // and said, as the prefetch table is a hint (Nydus ignores such paths too). Each inode once: a
+    // list may name a path twice, or two names of one file.
     std::vector<std::string> present;
     std::vector<std::string> absent;
-    for (const std::string& p : boot.prefetch_paths) (tree.find(p) != nullptr ? present : absent).push_back(p);
+    std::unordered_set<const Inode*> listed;
+    for (const std::string& p : boot.prefetch_paths) {
+        const Node* n = tree.find(p);
+        if (n == nullptr) absent.push_back(p);
+        else if (listed.insert(n->inode.get()).second) present.push_back(p);
+    }
     if (!absent.empty()) {
         report(fmt::format("prefetch list: {} of its paths are not in the image, left out (the first: {})",
                            absent.size(), absent.front()));

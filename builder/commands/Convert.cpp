@@ -522,8 +522,8 @@ void convert(const ConvertOptions& o, std::ostream& log) {
         b.sources = {"-"};
         return b;
     }());
-    const ImageReference source_ref = ImageReference::parse(o.source);
-    const ImageReference target_ref = ImageReference::parse(o.target);
+    const ImageReference source_ref = ImageReference::parseTyped(o.source);
+    const ImageReference target_ref = ImageReference::parseTyped(o.target);
     if (!target_ref.digest.empty()) fail("target {}: name a tag, not a digest (the digest is the result)", o.target);
     if (o.all_platforms && o.platform) fail("--platform and --all-platforms exclude each other");
     Clients clients(o);

@@ -209,7 +209,7 @@ void inspect(const InspectOptions& options, std::ostream& out) {
         if (std::filesystem::exists(path, ec)) blobs[i] = std::make_unique<BlobFile>(path, b.blobs()[i].entry);
         else missing.push_back(path);
     }
-    if (missing.size() == blobs.size()) {
+    if (!blobs.empty() && missing.size() == blobs.size()) {
         out << fmt::format("no blob found ({} and the rest): the bootstrap alone was checked\n", missing.front());
     } else if (!missing.empty()) {
         fail("blob {}: not found, though other blobs of the image are there", missing.front());

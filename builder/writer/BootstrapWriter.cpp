@@ -13,7 +13,6 @@
 #include <map>
 #include <optional>
 #include <unordered_map>
-#include <unordered_set>
 
 namespace rafs::build {
 
@@ -399,13 +398,11 @@ void Layout::write(const std::filesystem::path& path) {
             else e.nid = r.dir->children.at(e.name)->inode->nid;
         }
     }
-    // Each inode once: a list may name a path twice, or two names of one file.
-    std::unordered_set<uint64_t> listed;
     for (const std::string& p : options_.prefetch_paths) {
         Node* n = tree_.find(p);
         if (n == nullptr) fail("prefetch list: '{}' is not in the image", p);
         if (n->inode->nid > UINT32_MAX) fail("prefetch list: '{}' has a nid beyond 32 bits", p);
-        if (listed.insert(n->inode->nid).second) prefetch_nids_.push_back(static_cast<uint32_t>(n->inode->nid));
+        prefetch_nids_.push_back(static_cast<uint32_t>(n->inode->nid));
     }
 
     std::vector<uint8_t> image(total_size_, 0);

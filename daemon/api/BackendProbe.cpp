@@ -11,9 +11,10 @@ void checkBackendHas(Backend& backend, const BlobDescriptor& blob, const ProbedS
     uint64_t needed = 0;
     for (const rafs::BlobChunk& c : blob.chunks) needed = std::max(needed, c.compressed_offset + c.compressed_size);
     uint64_t size = 0;
+    const auto known = probed.find(blob.id);
+    if (known != probed.end() && !known->second.size) rafs::fail("blob {}: {}", blob.id, known->second.error);
     try {
-        const auto known = probed.find(blob.id);
-        size = known != probed.end() ? known->second : backend.probeSize(blob.id);
+        size = known != probed.end() ? *known->second.size : backend.probeSize(blob.id);
     } catch (const std::exception& e) {
         rafs::fail("blob {}: not available from {}: {}", blob.id, backend.describe(), e.what());
     }
@@ -23,12 +24,12 @@ void checkBackendHas(Backend& backend, const BlobDescriptor& blob, const ProbedS
 }
 
 ProbedSizes probeBlobs(Backend& backend, const std::vector<std::string>& blob_ids) {
-    std::vector<uint64_t> found(blob_ids.size(), 0);
+    std::vector<BlobProbe> found(blob_ids.size());
     runConcurrently(blob_ids.size(), kMountRequestsInFlight, [&](size_t i) {
         try {
-            found[i] = backend.probeSize(blob_ids[i]);
+            found[i].size = backend.probeSize(blob_ids[i]);
         } catch (const std::exception& e) {
-            rafs::fail("blob {}: {}", blob_ids[i], e.what());
+            found[i].error = e.what();
         }
     });
     ProbedSizes sizes;

@@ -388,7 +388,11 @@ nlohmann::json ImageService::mountOrReattach(const MountRequest& request, bool r
         // Unmounted by hand (umount(8)) since: forgotten, or kept as detached if still read, as
         // rafsctl umount would, so that the path takes a new mount.
         const auto here = std::find_if(images_.begin(), images_.end(), [&](const Image& i) { return i.mountpoint == mountpoint; });
-        if (here != images_.end() && !reattach && !hasErofsMount(mountpoint)) umountLocked(mountpoint);
+        std::error_code ec;
+        if (here != images_.end() && !reattach && !here->register_only && fs::exists(mountpoint, ec) &&
+            !hasErofsMount(mountpoint)) {
+            umountLocked(mountpoint);
+        }
         for (const Image& image : images_) {
             if (image.mountpoint == mountpoint) rafs::fail("{} is already mounted by rafsd", mountpoint.string());
         }
@@ -677,6 +681,14 @@ void ImageService::withdrawMarkersOrLog(const fs::path& mountpoint) {
     }
 }
 
+void ImageService::dropPageCacheOrLog(const fs::path& mountpoint) {
+    if (const size_t failed = dropPageCache(mountpoint); failed != 0) {
+        log::warn("{}: the page cache of {} files (or a part of its tree) could not be dropped; zeros read meanwhile "
+                  "may stay",
+                  mountpoint.string(), failed);
+    }
+}
+
 void ImageService::reinstateMarkersOrLog(const fs::path& mountpoint) {
     try {
         LayerStore::reinstateMarkers(mountpoint);
@@ -752,6 +764,16 @@ void ImageService::recoverMounts() {
             const bool mounted = !r.detached && hasErofsMount(r.mountpoint);
             // A watch the previous worker made is known only in the instance it made it in.
             const int watch = adoptedWatch(r);
+            if (r.mount_again) {
+                // Left failing by a rafsd killed whole (below), whatever device this worker has:
+                // the mount's cache went with the dead one's. Mounted again once it is unmounted.
+                if (mounted && erofsMountWithOption(r.mountpoint, "fsid=" + r.fsid) &&
+                    ::umount2(r.mountpoint.c_str(), UMOUNT_NOFOLLOW) == 0) {
+                    log::info("{}: unmounted, to be mounted again", r.mountpoint.string());
+                }
+                remounts.push_back(r);
+                continue;
+            }
             if (fanotify && !mounted) {
                 // Off its path (unmounted through rafsd, or by hand), maybe still read: taken over
                 // while the previous worker's watch says its superblock lives; without a watch, if
@@ -795,11 +817,7 @@ void ImageService::recoverMounts() {
                           "not cached read zeros since; taken over by this rafsd's group",
                           r.mountpoint.string());
                 takeOver(requestOf(r), {watch, false});
-                if (const size_t failed = dropPageCache(r.mountpoint); failed != 0) {
-                    log::warn("{}: the page cache of {} files (or a part of its tree) could not be dropped; zeros read "
-                              "meanwhile may stay",
-                              r.mountpoint.string(), failed);
-                }
+                dropPageCacheOrLog(r.mountpoint);
                 if (r.layer_store) reinstateMarkersOrLog(r.mountpoint);
                 continue;
             }
@@ -897,7 +915,7 @@ size_t ImageService::retryUnserved() {
                 log::info("{}: taken over, after no worker could", r.mountpoint.string());
                 // If its group had died (recoverMounts), reads meanwhile saw zeros, which EROFS
                 // may keep; otherwise they were denied, and this costs a few cold reads.
-                dropPageCache(r.mountpoint);
+                dropPageCacheOrLog(r.mountpoint);
             } else if (watch >= 0 && !fanotify_->superblockGone(watch)) {
                 // Unmounted since, still read (a container's overlay): served off its path until it
                 // is gone, as recoverMounts takes such a mount over.
@@ -982,7 +1000,14 @@ nlohmann::json ImageService::umount(const UmountRequest& request) {
 
 nlohmann::json ImageService::umountLocked(const fs::path& mountpoint) {
     auto it = std::find_if(images_.begin(), images_.end(), [&](const Image& i) { return i.mountpoint == mountpoint; });
-    if (it == images_.end()) rafs::fail("{} is not mounted by rafsd", mountpoint.string());
+    if (it == images_.end()) {
+        // One to be mounted again at a start (remountAtStart) is not, then.
+        auto here = [&](const MountRecord& r) { return fs::weakly_canonical(r.mountpoint) == mountpoint; };
+        if (std::erase_if(remount_at_start_, here) == 0) rafs::fail("{} is not mounted by rafsd", mountpoint.string());
+        saveMountTableOrLog();
+        log::info("{}: no longer mounted again at a start", mountpoint.string());
+        return nlohmann::json::object();
+    }
     std::optional<fs::path> detached_as;
     if (it->engine == EngineKind::Fscache) {
         fscache().umount(mountpoint);  // a copy still in use reads EIO from here on, never a hole

@@ -214,6 +214,8 @@ private:
     int adoptedWatch(const MountRecord& r) const { return superblocks_adopted_ ? r.superblock_watch : -1; }
     // LayerStore::withdrawMarkers, a failure logged.
     void withdrawMarkersOrLog(const std::filesystem::path& mountpoint);
+    // dropPageCache (ErofsFileMount.h), a failure logged.
+    void dropPageCacheOrLog(const std::filesystem::path& mountpoint);
     // LayerStore::reinstateMarkers, a failure logged: the mount is served whatever podman sees.
     void reinstateMarkersOrLog(const std::filesystem::path& mountpoint);
     // Drops the kept cache-file fds of blobs no image uses any more.

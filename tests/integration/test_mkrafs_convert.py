@@ -515,13 +515,12 @@ def main():
             missing = os.path.join(tmp, 'missing.trace')
             with open(missing, 'w') as f:
                 f.write('/usr/bin/big\n/no/such/file\n')
+            # A trace recorded on an earlier version of the image: what this one lacks is left out.
             r = run([mk.path, 'convert', '--work-dir', work_dir, '--prefetch-trace', missing, 'oci:%s:v1' % src_layout,
-                     'oci:%s:rafs' % os.path.join(tmp, 'never-layout')], timeout=600)
-            expect_fail(ck, 'a trace naming a path the image lacks', r, '/no/such/file')
-            never_index = os.path.join(tmp, 'never-layout', 'index.json')
-            never = json.load(open(never_index)) if os.path.exists(never_index) else {'manifests': []}
-            ck.check(not never['manifests'], 'and the target layout has no manifest (like a registry: blobs, no tag)',
-                     repr(never))
+                     'oci:%s:rafs' % os.path.join(tmp, 'stale-layout')], timeout=600)
+            ck.check(r.returncode == 0 and 'not in the image, left out (the first: /no/such/file)' in text(r.stderr),
+                     'a trace naming a path the image lacks: converted, the path left out and said',
+                     text(r.stderr)[-1000:])
 
             r = reg.skopeo('copy', '--format', 'v2s2', '--dest-cert-dir', os.path.join(certs_dir, host),
                            '--authfile', auth_file, 'oci:%s:v1' % src_layout, 'docker://%s/src/docker:v1' % host)

@@ -156,14 +156,21 @@ def case_supervisor(ck, rafsd, image, content, tmp):
         ck.check(not os.path.ismount(mnt), 'supervisor: the worker unmounted on SIGTERM')
 
 
-def case_service(ck, rafsd, rafsctl, image, content, tmp):
-    mnt = os.path.join(tmp, 'mnt-service')
+def serve_setup(tmp, name, state):
+    """A `rafsd serve` case's mount point, control socket and config (fanotify, prefetch off, no
+    amplification), all named after `name`, its state dir tmp/STATE."""
+    mnt = os.path.join(tmp, 'mnt-' + name)
     os.makedirs(mnt)
-    sock = os.path.join(tmp, 'api.sock')
-    config = write_config(os.path.join(tmp, 'serve.toml'),
-                          daemon={'socket': sock, 'cache_dir': os.path.join(tmp, 'cache-service'),
-                                  'state_dir': os.path.join(tmp, 'state'), 'engine': 'fanotify'},
+    sock = os.path.join(tmp, name + '.sock')
+    config = write_config(os.path.join(tmp, name + '.toml'),
+                          daemon={'socket': sock, 'cache_dir': os.path.join(tmp, 'cache-' + name),
+                                  'state_dir': os.path.join(tmp, state), 'engine': 'fanotify'},
                           prefetch={'enable': False}, fetch={'amplify': 0})
+    return mnt, sock, config
+
+
+def case_service(ck, rafsd, rafsctl, image, content, tmp):
+    mnt, sock, config = serve_setup(tmp, 'service', 'state')
     argv = [rafsd, 'serve', '--config', config, '--test-fetch-delay', str(FETCH_DELAY_MS)]
     log_path = os.path.join(tmp, 'serve.log')
     store = FdStore()
@@ -226,13 +233,7 @@ def case_service(ck, rafsd, rafsctl, image, content, tmp):
 
 
 def case_no_store(ck, rafsd, rafsctl, image, content, tmp):
-    mnt = os.path.join(tmp, 'mnt-nostore')
-    os.makedirs(mnt)
-    sock = os.path.join(tmp, 'nostore.sock')
-    config = write_config(os.path.join(tmp, 'nostore.toml'),
-                          daemon={'socket': sock, 'cache_dir': os.path.join(tmp, 'cache-nostore'),
-                                  'state_dir': os.path.join(tmp, 'state-nostore'), 'engine': 'fanotify'},
-                          prefetch={'enable': False}, fetch={'amplify': 0})
+    mnt, sock, config = serve_setup(tmp, 'nostore', 'state-nostore')
     argv = [rafsd, 'serve', '--config', config]
     log_path = os.path.join(tmp, 'nostore.log')
     env = {k: v for k, v in os.environ.items() if k not in ('NOTIFY_SOCKET', 'LISTEN_FDS', 'LISTEN_PID')}

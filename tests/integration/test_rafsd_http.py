@@ -5,8 +5,9 @@ server, fanotify engine:
 1. an image served by `rafsd serve` + `rafsctl mount` reads back equal to its source; `rafsctl
    status` shows the backend's requests, bytes and latency (and no retries or failures);
 2. the mount-time probe: a blob missing on the server, also at a second mount of an image whose
-   first found it, and a server that is not there, each fail the mount with one error line naming
-   the blob and the URL, and nothing is mounted;
+   first found it (its cache collected: a complete cache mounts and reads without the server),
+   and a server that is not there, each fail the mount with one error line naming the blob and the
+   URL, and nothing is mounted;
 3. a server that ignores Range (python's http.server, answering 200 with the whole file): the image
    still reads back equal, rafsd warns once that every read downloads its blob from the start,
    and status and /metrics (checked by `promtool check metrics`) count the whole-blob answers;
@@ -75,14 +76,23 @@ def main():
                              'rafsctl status prints the backend table', text[-1500:])
                     r = rafsctl(ctl, sock, 'umount', mnt)
                     ck.check(r.returncode == 0, 'rafsctl umount', (r.stderr or b'').decode())
-                    # Each mount asks the server, not what it said at an earlier one.
+                    # The blob gone from the server: a complete cache needs none, and mounts; an
+                    # incomplete one does, and each mount asks the server (not what it said before).
                     blob_file = os.path.join(out, 'blobs', blob)
                     os.rename(blob_file, blob_file + '.away')
                     try:
                         r = rafsctl(ctl, sock, 'mount', boot, mnt)
+                        if ck.check(r.returncode == 0, 'the blob gone from the server: its complete cache mounts',
+                                    (r.stderr or b'').decode()):
+                            ck.diffs('read from the complete cache alone', compare.compare_trees(src, mnt))
+                            rafsctl(ctl, sock, 'umount', mnt)
+                        r = rafsctl(ctl, sock, 'gc')
+                        ck.check(r.returncode == 0 and 'removed' in (r.stdout or b'').decode(),
+                                 'rafsctl gc removes the unmounted image\'s cache', (r.stdout or b'').decode())
+                        r = rafsctl(ctl, sock, 'mount', boot, mnt)
                         err = (r.stderr or b'').decode().strip()
                         ck.check(r.returncode != 0 and blob in err and '404' in err and not os.path.ismount(mnt),
-                                 'mounted again with the blob gone from the server: refused, naming it', err)
+                                 'its cache collected: the mount is refused, naming the blob', err)
                     finally:
                         os.rename(blob_file + '.away', blob_file)
                 ck.check(srv.stop() == 0, 'rafsd serve exits 0')

@@ -137,25 +137,15 @@ def case_upgrade_and_refusals(ck, rafsd, rafsctl, image, content, tmp):
         ck.check(worker_of(pid) == new_worker, 'refused: the worker serves on')
         write_config(config, **config_values)
 
-        log('== refused: a configuration whose state_dir moved')
-        moved = dict(config_values, daemon=dict(config_values['daemon'], state_dir=os.path.join(tmp, 'state2')))
-        write_config(config, **moved)
-        os.kill(pid, signal.SIGHUP)
-        ck.check(wait_for_log(serve, 'keeps its state elsewhere'), 'refused: a moved state_dir, saying so',
-                 serve.log_text()[-2000:])
-        time.sleep(0.5)
-        ck.check(worker_of(pid) == new_worker, 'refused: the worker serves on')
-        write_config(config, **config_values)
-
-        log('== refused: a configuration whose cache_dir moved')
-        moved = dict(config_values, daemon=dict(config_values['daemon'], cache_dir=os.path.join(tmp, 'cache2')))
-        write_config(config, **moved)
-        os.kill(pid, signal.SIGHUP)
-        ck.check(wait_for_log(serve, 'caches elsewhere'), 'refused: a moved cache_dir, saying so',
-                 serve.log_text()[-2000:])
-        time.sleep(0.5)
-        ck.check(worker_of(pid) == new_worker, 'refused: the worker serves on')
-        write_config(config, **config_values)
+        for key, said in (('state_dir', 'keeps its state elsewhere'), ('cache_dir', 'caches elsewhere')):
+            log('== refused: a configuration whose %s moved' % key)
+            moved = dict(config_values, daemon=dict(config_values['daemon'], **{key: os.path.join(tmp, key + '2')}))
+            write_config(config, **moved)
+            os.kill(pid, signal.SIGHUP)
+            ck.check(wait_for_log(serve, said), 'refused: a moved %s, saying so' % key, serve.log_text()[-2000:])
+            time.sleep(0.5)
+            ck.check(worker_of(pid) == new_worker, 'refused: the worker serves on')
+            write_config(config, **config_values)
 
         log('== refused: a binary that does not run')
         with open(binary + '.new', 'w') as f:

@@ -59,10 +59,16 @@ TEST_CASE("image references: what is wrong is named", "[registry]") {
     CHECK_THROWS_WITH(ImageReference::parse("bad_host/app"), Contains("'bad_host' is not a host[:port]"));
     CHECK_THROWS_WITH(ImageReference::parse("h.test/App"), Contains("'App' is not a repository name"));
     // Docker's rule for a host: a '.' or ':', or localhost; else a mistyped path, or a Hub name.
-    CHECK_THROWS_WITH(ImageReference::parse("img/nothere.boot"), Contains("'img' is not a registry host"));
-    CHECK_THROWS_WITH(ImageReference::parse("library/ubuntu:22.04"), Contains("'library' is not a registry host"));
-    CHECK(ImageReference::parse("localhost/app").host == "localhost");
-    CHECK(ImageReference::parse("localhost:5000/app").host == "localhost:5000");
+    // Only for what a user typed: a reference an earlier rafsd stored still reads.
+    CHECK_THROWS_WITH(ImageReference::parseTyped("img/nothere.boot"), Contains("'img' is not a registry host"));
+    CHECK_THROWS_WITH(ImageReference::parseTyped("library/ubuntu:22.04"), Contains("'library' is not a registry host"));
+    CHECK(ImageReference::parse("registry/app").host == "registry");
+    CHECK(ImageReference::parseTyped("localhost/app").host == "localhost");
+    CHECK(ImageReference::parseTyped("localhost:5000/app").host == "localhost:5000");
+    CHECK(ImageReference::parseTyped("oci:layout").kind == ImageReference::Kind::Layout);
+    CHECK_THROWS_WITH(ImageReference::ofArgument("img/nothere.boot"),
+                      "img/nothere.boot: no such file, and not an image reference (image 'img/nothere.boot': 'img' is "
+                      "not a registry host (no '.' or ':', not localhost))");
     CHECK_THROWS_WITH(ImageReference::parse("h.test/app:"), Contains("'' is not a valid tag"));
     CHECK_THROWS_WITH(ImageReference::parse("h.test/app:-x"), Contains("'-x' is not a valid tag"));
     CHECK_THROWS_WITH(ImageReference::parse("h.test/app@sha256:abc"), Contains("is not sha256:<64 lowercase hex digits>"));

@@ -1114,7 +1114,7 @@ class Guest:
                 os.unlink(f'/tmp/{name}.sock')
             new, _ = self.serve(name, cache)
             new.wait_for(lambda: run(ctl + ['list']).returncode == 0, 'the control socket')
-            new.wait_for(lambda: 'mounted again' in new.text() or 'still mounted' in new.text(), 'the mount again')
+            new.wait_for(lambda: 'image mounted again' in new.text() or 'still mounted;' in new.text(), 'the mount again')
             return new, run(ctl + ['list']).stdout.decode(errors='replace')
 
         with open(f'{mnt}/files/text', 'rb') as f:
