@@ -60,7 +60,7 @@ struct Inode {
 std::string_view xattrProblem(std::string_view name, size_t value_size);
 // Why RAFS v6 cannot store these xattrs of one inode together ("" if it can): inline, as it keeps
 // them, they take at most 65535 4-byte slots (i_xattr_icount is 16 bits). Each xattr must pass
-// xattrProblem first.
+// xattrProblem first. Also refuses an ACL value the kernel would not take (fs/posix_acl.c).
 std::string_view xattrSetProblem(const std::vector<Xattr>& xattrs);
 
 // A namespace RAFS v6 stores, as EROFS names it by a prefix index (kernel-abi/erofs.h): user.,

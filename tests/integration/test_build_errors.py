@@ -127,6 +127,8 @@ def make_inputs(tmp):
     # Linux's XATTR_NAME_MAX (255) bounds the whole name, namespace included.
     paths['xattr_name'] = write(os.path.join(inp, 'in10.tar'), tar_bytes(
         [reg('f', b'x', pax_headers={'SCHILY.xattr.user.' + 'n' * 251: 'v'})]))
+    paths['xattr_acl'] = write(os.path.join(inp, 'in11a.tar'), tar_bytes(
+        [reg('f', b'x', pax_headers={'SCHILY.xattr.system.posix_acl_access': 'garbage'})]))
     paths['xattr_total'] = write(os.path.join(inp, 'in11.tar'), tar_bytes(
         [dirent('d'), reg('d/f', b'x', pax_headers={'SCHILY.xattr.user.%d' % i: 'v' * 60000 for i in range(5)})]))
 
@@ -263,6 +265,8 @@ def main():
                  [p['hardlink']]),
             Case('name component of 256 bytes', 'path component longer than 255 bytes', [p['name256']]),
             Case('xattr name of 256 bytes', 'name longer than 255 bytes', [p['xattr_name']]),
+            Case('an ACL xattr that is no ACL', 'member f: an ACL xattr (system.posix_acl_*) that is no valid POSIX ACL',
+                 [p['xattr_acl']]),
             Case('xattrs of one file beyond the inline limit', 'member d/f: xattrs of one inode exceed the inline limit',
                  [p['xattr_total']]),
             Case('unreadable source file (permission denied)', 'permission denied',

@@ -179,3 +179,29 @@ TEST_CASE("xattrSetProblem bounds the xattrs of one inode", "[tree]") {
     CHECK(xattrSetProblem(xattrs) == "xattrs of one inode exceed the inline limit");
     CHECK(xattrSetProblem({}).empty());
 }
+
+// ACL values as the kernel checks them (fs/posix_acl.c): a valid one is kept, others refused.
+TEST_CASE("xattrSetProblem refuses ACL values the kernel would not take", "[tree]") {
+    const auto entry = [](uint16_t tag, uint16_t perm, uint32_t id = 0xffffffff) {
+        std::string e(8, '\0');
+        e[0] = static_cast<char>(tag), e[1] = static_cast<char>(tag >> 8), e[2] = static_cast<char>(perm);
+        for (size_t i = 0; i < 4; ++i) e[4 + i] = static_cast<char>(id >> (8 * i));
+        return e;
+    };
+    const std::string v2("\x02\x00\x00\x00", 4);
+    const std::string minimal = v2 + entry(0x01, 6) + entry(0x04, 4) + entry(0x20, 4);
+    const std::string named = v2 + entry(0x01, 7) + entry(0x02, 6, 1000) + entry(0x04, 5) + entry(0x10, 7) + entry(0x20, 5);
+    for (const std::string name : {"system.posix_acl_access", "system.posix_acl_default"}) {
+        CHECK(xattrSetProblem({{name, minimal}}).empty());
+        CHECK(xattrSetProblem({{name, named}}).empty());
+        CHECK(xattrSetProblem({{name, v2}}).empty());  // no entries: no ACL
+        for (const std::string& bad : {std::string("garbage"), std::string(v2 + "x"),
+                                       std::string("\x01\x00\x00\x00", 4) + entry(0x01, 6),  // version 1
+                                       v2 + entry(0x01, 6),                                        // no group::, other::
+                                       v2 + entry(0x01, 6) + entry(0x02, 6, 1) + entry(0x04, 4) + entry(0x20, 4),  // no mask
+                                       v2 + entry(0x04, 4) + entry(0x01, 6) + entry(0x20, 4),      // out of order
+                                       v2 + entry(0x01, 8) + entry(0x04, 4) + entry(0x20, 4)}) {   // permission 8
+            CHECK_THAT(std::string(xattrSetProblem({{name, bad}})), Catch::Contains("no valid POSIX ACL"));
+        }
+    }
+}
