@@ -789,9 +789,9 @@ void ImageService::recoverMounts() {
                 }
                 if (r.detached) continue;
             }
-            if (!mounted && (r.layer_store || r.mount_again)) {
+            if (!mounted && r.layer_store) {
                 // After a crash (a stop withdraws them): no container may start on the empty diff.
-                if (r.layer_store) withdrawMarkersOrLog(r.mountpoint);
+                withdrawMarkersOrLog(r.mountpoint);
                 remounts.push_back(r);
                 continue;
             }
@@ -842,12 +842,13 @@ void ImageService::recoverMounts() {
                 // second superblock of its fsid while this one lives, which a file open there or a
                 // container's overlay keeps alive even once it is off its path.
                 const bool unmounted = ::umount2(r.mountpoint.c_str(), UMOUNT_NOFOLLOW) == 0;
+                const int error = errno;
                 log::warn("{}: left mounted by a rafsd whose {} is gone, so its reads fail{}",
                           r.mountpoint.string(), FscacheDevice::kPath,
                           unmounted ? "; unmounted, to be mounted again"
                                     : fmt::format(", and in use ({}); once nothing uses it, unmount it: rafsd mounts "
                                                   "it again at its next start",
-                                                  std::strerror(errno)));
+                                                  std::strerror(error)));
                 if (r.layer_store) withdrawMarkersOrLog(r.mountpoint);
                 MountRecord again = r;
                 again.mount_again = true;
