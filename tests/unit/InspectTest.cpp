@@ -295,10 +295,9 @@ TEST_CASE("unpack leaves nothing behind on a bad chunk", "[inspect]") {
     TempDir out;
     CHECK_THROWS_WITH(build::unpack(build::UnpackOptions{copy.boot, "", out / "raw", ""}),
                       Contains(kBlob22Id) && Contains("chunk"));
-    CHECK(std::filesystem::is_empty(out / "raw"));
+    CHECK_FALSE(std::filesystem::exists(out / "raw"));  // made by unpack, so taken away with the rest
     CHECK_THROWS_WITH(build::unpack(build::UnpackOptions{copy.boot, "", "", out / "image.tar"}), Contains(kBlob22Id));
-    CHECK(std::filesystem::directory_iterator(out.path())->path().filename() == "raw");
-    CHECK(std::distance(std::filesystem::directory_iterator(out.path()), std::filesystem::directory_iterator()) == 1);
+    CHECK(std::filesystem::is_empty(out.path()));
     CHECK_THROWS_WITH(build::unpack(build::UnpackOptions{copy.boot, "", "", ""}), Contains("raw directory or a tar"));
 }
 
