@@ -746,6 +746,14 @@ MountRequest requestOf(const MountRecord& r) {
 
 }  // namespace
 
+ImageService::LeftMount ImageService::unmountLeftFscache(const MountRecord& r, int& error) {
+    // Somebody else's mount since: not ours to touch.
+    if (!erofsMountWithOption(r.mountpoint, "fsid=" + r.fsid)) return LeftMount::NotListed;
+    if (::umount2(r.mountpoint.c_str(), UMOUNT_NOFOLLOW) == 0) return LeftMount::Unmounted;
+    error = errno;
+    return LeftMount::InUse;
+}
+
 void ImageService::recoverMounts() {
     if (mount_table_.empty()) return;
     table_adopted_ = true;
@@ -767,8 +775,8 @@ void ImageService::recoverMounts() {
             if (r.mount_again) {
                 // Left failing by a rafsd killed whole (below), whatever device this worker has:
                 // the mount's cache went with the dead one's. Mounted again once it is unmounted.
-                if (mounted && erofsMountWithOption(r.mountpoint, "fsid=" + r.fsid) &&
-                    ::umount2(r.mountpoint.c_str(), UMOUNT_NOFOLLOW) == 0) {
+                int error = 0;
+                if (mounted && unmountLeftFscache(r, error) == LeftMount::Unmounted) {
                     log::info("{}: unmounted, to be mounted again", r.mountpoint.string());
                 }
                 remounts.push_back(r);
@@ -832,17 +840,17 @@ void ImageService::recoverMounts() {
                     registered.push_back(r);
                     continue;
                 }
-                // Somebody else's mount since: not ours to touch.
-                if (!erofsMountWithOption(r.mountpoint, "fsid=" + r.fsid)) {
+                // Mounted again at start (remountAtStart), listed until then: the kernel refuses a
+                // second superblock of its fsid while this one lives, which a file open there or a
+                // container's overlay keeps alive even once it is off its path.
+                int error = 0;
+                const LeftMount left = unmountLeftFscache(r, error);
+                if (left == LeftMount::NotListed) {
                     log::info("{}: the EROFS mount there is not the one listed (fsid {}); forgotten",
                               r.mountpoint.string(), r.fsid);
                     continue;
                 }
-                // Mounted again at start (remountAtStart), listed until then: the kernel refuses a
-                // second superblock of its fsid while this one lives, which a file open there or a
-                // container's overlay keeps alive even once it is off its path.
-                const bool unmounted = ::umount2(r.mountpoint.c_str(), UMOUNT_NOFOLLOW) == 0;
-                const int error = errno;
+                const bool unmounted = left == LeftMount::Unmounted;
                 log::warn("{}: left mounted by a rafsd whose {} is gone, so its reads fail{}",
                           r.mountpoint.string(), FscacheDevice::kPath,
                           unmounted ? "; unmounted, to be mounted again"

@@ -214,6 +214,10 @@ private:
     int adoptedWatch(const MountRecord& r) const { return superblocks_adopted_ ? r.superblock_watch : -1; }
     // LayerStore::withdrawMarkers, a failure logged.
     void withdrawMarkersOrLog(const std::filesystem::path& mountpoint);
+    // The fscache mount `r` lists, left by a rafsd killed whole: unmounted if it is still the one
+    // listed (its fsid among the mount's options) and nothing holds it; else `error` says why.
+    enum class LeftMount { Unmounted, InUse, NotListed };
+    static LeftMount unmountLeftFscache(const MountRecord& r, int& error);
     // dropPageCache (ErofsFileMount.h), a failure logged.
     void dropPageCacheOrLog(const std::filesystem::path& mountpoint);
     // LayerStore::reinstateMarkers, a failure logged: the mount is served whatever podman sees.
