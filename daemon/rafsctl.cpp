@@ -383,7 +383,7 @@ int main(int argc, char** argv) {
         if (mount->parsed()) {
             rafsd::MountRequest request;
             // A missing file is an image reference, as for rafsd mount: one that does not parse is
-            // refused by rafsd as neither a file nor a reference, naming what does not parse.
+            // refused here as neither a file nor a reference, naming what does not parse.
             if (!std::filesystem::exists(bootstrap) && !bootstrap.starts_with("oci:")) {
                 registry::ImageReference::ofArgument(bootstrap);  // a mistyped path is named as such
                 request.image = bootstrap;
