@@ -40,13 +40,19 @@ CacheCollector::CacheCollector(fs::path dir, CachePolicy policy, ChunkFetcher& f
 CacheCollector::~CacheCollector() { stop(); }
 
 void CacheCollector::addLayout(std::shared_ptr<UnusedCaches> layout) {
-    std::lock_guard lock(mutex_);
+    std::lock_guard lock(layouts_mutex_);
     layouts_.push_back(std::move(layout));
+}
+
+std::vector<std::shared_ptr<UnusedCaches>> CacheCollector::layouts() const {
+    std::lock_guard lock(layouts_mutex_);
+    return layouts_;
 }
 
 uint64_t CacheCollector::size() const {
     uint64_t bytes = DiskUsage::of(dir_).bytes;
     for (const fs::path& dir : also_counted_) bytes += DiskUsage::of(dir).bytes;
+    for (const auto& layout : layouts()) bytes += layout->unlistedBytes();
     return bytes;
 }
 
@@ -105,7 +111,7 @@ GcReport CacheCollector::collectLocked(GcTrigger trigger, bool dry_run) {
     }
     const std::set<std::string> in_use = inUse();
     std::vector<UnusedCache> unused;
-    for (const auto& layout : layouts_) {
+    for (const auto& layout : layouts()) {
         try {
             std::vector<UnusedCache> more = layout->list(in_use);
             std::move(more.begin(), more.end(), std::back_inserter(unused));

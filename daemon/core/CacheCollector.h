@@ -55,6 +55,9 @@ public:
     // The caches none of whose blobs is among `in_use` (CacheCollector keys: a blob id, or
     // "fscache:<volume>/<blob id>"). Runs under the collector's lock, while no blob is opened.
     virtual std::vector<UnusedCache> list(const std::set<std::string>& in_use) = 0;
+    // Bytes of cache data of this layout that no file under the cache dir shows (the kernel's
+    // unlinked cache files of fscache objects in use): counted toward max_size all the same.
+    virtual uint64_t unlistedBytes() { return 0; }
 };
 
 enum class GcTrigger { Auto, Manual, NoSpace };
@@ -110,7 +113,8 @@ public:
     // Never after stop(): a stop may fill cache files that must then keep every chunk.
     bool freeForWrite();
 
-    // The size on disk of every file under the cache dir and the also-counted dirs.
+    // The size on disk of every file under the cache dir and the also-counted dirs, and of the
+    // layouts' unlisted data.
     uint64_t size() const;
     const CachePolicy& policy() const { return policy_; }
     const CacheCounters& counters() const { return counters_; }
@@ -131,8 +135,10 @@ private:
     const CachePolicy policy_;
     ChunkFetcher& fetcher_;
     CacheCounters counters_;
-    std::mutex mutex_;  // one collection at a time; guards the tables below
+    mutable std::mutex layouts_mutex_;  // layouts_: size() runs outside collections too
     std::vector<std::shared_ptr<UnusedCaches>> layouts_;
+    std::vector<std::shared_ptr<UnusedCaches>> layouts() const;
+    std::mutex mutex_;  // one collection at a time; guards the tables below
     std::map<std::string, std::weak_ptr<CachedBlob>> blobs_;
     std::multiset<std::string> opening_;
     std::atomic<uint64_t> no_space_runs_{0};

@@ -642,6 +642,7 @@ class Guest:
         subprocess.run(ctl + ['umount', mnt], timeout=120, check=True)
         check(d.stop() == 0, f'rafsd serve did not stop cleanly:\n{d.text()}')
         check('cache gc (auto)' in d.text(), f'no automatic collection in the log:\n{d.text()}')
+        check('over cache.max_size' in d.text(), f'the mounted image over the bound was not said:\n{d.text()}')
 
         cache = f'{self.cache_root}/gc-manual'
         d, ctl = self.serve('gc', cache)
@@ -665,6 +666,12 @@ class Guest:
         # unmounted one's are linked in.
         gone = volume_files('gone')
         check(gone and os.path.isdir(f'{cache}/fscache-state/gone'), f'cache files: {gone}')
+        # Yet their data counts toward the cache's size: the same image read whole in each volume.
+        linked = sum(os.lstat(os.path.join(p, n)).st_blocks * 512
+                     for p, _, ns in os.walk(f'{cache}/fscache/cache/Ierofs,gone') for n in ns)
+        size = json.loads(ctl_ok('status', '--json'))['cache']['size']
+        check(size >= 1.9 * linked, f'cache size {size} bytes with two volumes of the image read whole, one of them '
+                                    f'{linked} bytes: the mounted one is not counted')
         out = ctl_ok('gc', '--dry-run')
         check('would remove fscache volume gone' in out and 'kept' not in out, f'gc --dry-run: {out}')
         check(volume_files('gone') == gone, 'gc --dry-run removed files')

@@ -377,6 +377,17 @@ void FscacheEngine::cull(const std::filesystem::path& dir, const std::string& na
     device_->command("cull " + name);
 }
 
+std::vector<std::pair<CookieTable::Key, uint64_t>> FscacheEngine::openObjectData() const {
+    std::vector<std::pair<CookieTable::Key, std::shared_ptr<AnonFd>>> open;
+    {
+        std::lock_guard lock(mutex_);
+        for (const auto& [id, object] : objects_) open.emplace_back(object.key, object.fd);
+    }
+    std::vector<std::pair<CookieTable::Key, uint64_t>> out;
+    for (const auto& [key, fd] : open) out.emplace_back(key, objectDataBytes(fd->get()));
+    return out;
+}
+
 FscacheCounters FscacheEngine::counters() const {
     std::lock_guard lock(mutex_);
     FscacheCounters c = counters_;

@@ -113,6 +113,14 @@ public:
 
     FscacheCounters counters() const;
 
+    // The bytes of data in the cache file of each object the kernel has open, by (volume key,
+    // cookie key), found with SEEK_DATA/SEEK_HOLE through its anonymous fd (which forwards llseek
+    // to the file). A file that cannot be asked counts 0. The cache collector needs this because
+    // cachefiles keeps a file it creates as an unlinked tmpfile until it lets go of the object
+    // (fs/cachefiles/namei.c: cachefiles_create_tmpfile, cachefiles_commit_tmpfile): a mounted
+    // image's new data is in no file under the cache dir.
+    std::vector<std::pair<CookieTable::Key, uint64_t>> openObjectData() const;
+
     // Removes cache file `name` of fan-out dir `dir` through cachefiles' `cull` command, which
     // names a file in the caller's working directory (fs/cachefiles/daemon.c): the calling thread
     // gets a working directory of its own for it. Throws rafs::SystemError, EBUSY when the kernel

@@ -6,6 +6,8 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <map>
+#include <set>
 
 namespace rafsd {
 
@@ -40,6 +42,23 @@ std::vector<UnusedCache> FscacheVolumes::list(const std::set<std::string>& in_us
                        [this, volume] { remove(volume); }});
     }
     return out;
+}
+
+uint64_t FscacheVolumes::unlistedBytes() {
+    uint64_t bytes = 0;
+    std::map<std::string, std::set<std::string>> linked;  // by volume key: the cache files' names
+    for (const auto& [key, data] : engine_.openObjectData()) {
+        const auto [volume, first] = linked.try_emplace(key.first);
+        if (first) {
+            std::error_code ec;
+            for (fs::recursive_directory_iterator it(bound_ / "cache" / ("I" + key.first), ec), end; !ec && it != end;
+                 it.increment(ec))
+                volume->second.insert(it->path().filename().string());
+        }
+        // cachefiles names the file of a printable key "D" + the key (fs/cachefiles/key.c).
+        if (volume->second.count("D" + key.second) == 0) bytes += data;
+    }
+    return bytes;
 }
 
 void FscacheVolumes::remove(const std::string& volume) {

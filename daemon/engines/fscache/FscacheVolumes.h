@@ -22,6 +22,9 @@ public:
     // In use: a volume named by a key "fscache:<volume>/<blob id>".
     std::vector<UnusedCache> list(const std::set<std::string>& in_use) override;
 
+    // The data of the objects the kernel has open whose cache file is not linked in yet.
+    uint64_t unlistedBytes() override;
+
     // Culls the cache file the kernel kept of the bootstrap of `fsid` in `volume`, if there is
     // one, before an image with that fsid is mounted or registered. Its cookie is named by the
     // fsid, which (unless rafsd derived it from the bootstrap) does not name the bootstrap's

@@ -34,4 +34,8 @@ private:
 // length, so more than asked for is success too. Throws rafs::Error naming `what`.
 void writeToObject(int anon_fd, const uint8_t* data, uint64_t length, uint64_t offset, std::string_view what);
 
+// The bytes of data (not holes) in the cache file behind an anonymous fd, by SEEK_DATA/SEEK_HOLE:
+// 0 when the file cannot be asked (the kernel has not opened it yet: ENOBUFS).
+uint64_t objectDataBytes(int anon_fd);
+
 }  // namespace rafsd
