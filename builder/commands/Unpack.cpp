@@ -9,6 +9,7 @@
 #include <archive.h>
 #include <archive_entry.h>
 #include <fcntl.h>
+#include <locale.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -107,6 +108,26 @@ struct EntryDeleter {
     void operator()(archive_entry* e) const { archive_entry_free(e); }
 };
 
+// The calling thread's LC_CTYPE, `name` if that locale exists, for the object's lifetime.
+class ThreadLocale {
+public:
+    explicit ThreadLocale(const char* name) : locale_(::newlocale(LC_CTYPE_MASK, name, locale_t{})) {
+        if (locale_ != locale_t{}) previous_ = ::uselocale(locale_);
+    }
+    ~ThreadLocale() {
+        if (locale_ == locale_t{}) return;
+        ::uselocale(previous_);
+        ::freelocale(locale_);
+    }
+    ThreadLocale(const ThreadLocale&) = delete;
+    ThreadLocale& operator=(const ThreadLocale&) = delete;
+    bool set() const { return locale_ != locale_t{}; }
+
+private:
+    locale_t locale_;
+    locale_t previous_ = LC_GLOBAL_LOCALE;
+};
+
 class TarExport {
 public:
     TarExport(const Image& image, std::string blob_dir) : image_(image), blob_dir_(std::move(blob_dir)) {}
@@ -116,9 +137,12 @@ public:
         archive_.reset(archive_write_new());
         if (!archive_) fail("{}: cannot create a tar writer", name_);
         check(archive_write_set_format_pax(archive_.get()), "pax format");
-        // Names, link targets and xattr names are bytes in EROFS: store them as they are rather
-        // than converting from the locale's charset, which fails on anything but ASCII in "C".
-        check(archive_write_set_options(archive_.get(), "hdrcharset=BINARY"), "options");
+        // pax stores names as UTF-8, converted from the locale's charset, which fails on anything
+        // but ASCII in "C". In C.UTF-8 a UTF-8 name goes as it is, and a name that is not (EROFS
+        // names are bytes) is stored as it is with hdrcharset=BINARY, for that entry alone: set for
+        // all, that keyword makes GNU tar warn about every extended header.
+        const ThreadLocale utf8("C.UTF-8");
+        if (!utf8.set()) check(archive_write_set_options(archive_.get(), "hdrcharset=BINARY"), "options");
         check(archive_write_open_fd(archive_.get(), fd), "open");
         try {
             image_.bootstrap.walk([&](const std::string& path, const Inode& ino) {
@@ -135,6 +159,11 @@ public:
 private:
     void check(int rc, std::string_view what) const {
         if (rc != ARCHIVE_OK) fail("{}: tar {}: {}", name_, what, archive_error_string(archive_.get()));
+    }
+
+    // A header may warn that a name is not UTF-8: it is then stored in binary (see write()).
+    void checkHeader(int rc, const std::string& path) const {
+        if (rc != ARCHIVE_WARN) check(rc, "header of " + path);
     }
 
     void writeData(std::span<const uint8_t> data, const std::string& path) const {
@@ -170,7 +199,7 @@ private:
             if (!first) {
                 archive_entry_set_hardlink(e.get(), it->second.c_str());
                 archive_entry_set_size(e.get(), 0);
-                check(archive_write_header(archive_.get(), e.get()), "header of " + path);
+                checkHeader(archive_write_header(archive_.get(), e.get()), path);
                 return;
             }
         }
@@ -183,7 +212,7 @@ private:
         } else if (ino.isReg()) {
             archive_entry_set_size(e.get(), static_cast<la_int64_t>(ino.size));
         }
-        check(archive_write_header(archive_.get(), e.get()), "header of " + path);
+        checkHeader(archive_write_header(archive_.get(), e.get()), path);
         if (!ino.isReg()) return;
         if (ino.layout != erofs::kChunkBased) {
             writeData(image_.bootstrap.readData(ino.nid), path);
