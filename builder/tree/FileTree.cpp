@@ -141,7 +141,11 @@ bool FileTree::applyWhiteout(Node* dir, std::string_view name, unsigned layer) {
     if (hidden.empty() || hidden == "." || hidden == "..") return false;
     if (dir == nullptr) return true;
     auto it = dir->children.find(std::string(hidden));
-    if (it != dir->children.end() && it->second->layer < layer) dir->children.erase(it);
+    if (it == dir->children.end()) return true;
+    // What this layer put there stays, wherever the whiteout comes in the layer.
+    Node& entry = *it->second;
+    removeLowerLayers(entry, layer);
+    if (entry.layer < layer && entry.children.empty()) dir->children.erase(it);
     return true;
 }
 

@@ -117,6 +117,41 @@ TEST_CASE("remove drops the subtree", "[tree]") {
     CHECK_THROWS_WITH(tree.remove("/"), "path /: the root cannot be removed");
 }
 
+// OCI image-spec layer.md: whiteouts apply to lower layers only, so where in its layer a
+// whiteout comes (a sorted directory layer puts ".cache" before ".wh..cache") changes nothing.
+TEST_CASE("a whiteout after its layer's own entries hides only the lower layers' ones", "[tree]") {
+    FileTree tree;
+    for (const char* dir : {"a", "b", "c"}) {
+        tree.put(dir, makeInode(S_IFDIR | 0755), 0);
+        tree.put(std::string(dir) + "/old", makeInode(S_IFREG | 0644), 0);
+    }
+    tree.put("c/sub", makeInode(S_IFDIR | 0755), 0);
+    tree.put("c/sub/deep-old", makeInode(S_IFREG | 0644), 0);
+    tree.put("f", makeInode(S_IFREG | 0644), 0);
+    // a: made again in layer 1, with a new file, then whited out.
+    tree.put("a", makeInode(S_IFDIR | 0700), 1);
+    tree.put("a/new", makeInode(S_IFREG | 0644), 1);
+    CHECK(tree.applyWhiteout(&tree.root(), ".wh.a", 1));
+    // b: only a new file in it, then whited out: b stays as its parent.
+    tree.put("b/new", makeInode(S_IFREG | 0644), 1);
+    CHECK(tree.applyWhiteout(&tree.root(), ".wh.b", 1));
+    // c: a new file two levels down.
+    tree.put("c/sub/deep-new", makeInode(S_IFREG | 0644), 1);
+    CHECK(tree.applyWhiteout(&tree.root(), ".wh.c", 1));
+    // f: replaced in layer 1, then whited out: layer 1's f stays.
+    tree.put("f", makeInode(S_IFREG | 0600), 1);
+    CHECK(tree.applyWhiteout(&tree.root(), ".wh.f", 1));
+    CHECK(paths(tree) == std::vector<std::string>{"/", "/a", "/a/new", "/b", "/b/new", "/c", "/c/sub",
+                                                  "/c/sub/deep-new", "/f"});
+    CHECK(tree.find("a")->inode->mode == (S_IFDIR | 0700));
+    CHECK(tree.find("f")->layer == 1);
+    // The lower layer's entries alone are hidden whole.
+    tree.put("g", makeInode(S_IFDIR | 0755), 1);
+    tree.put("g/x", makeInode(S_IFREG | 0644), 1);
+    CHECK(tree.applyWhiteout(&tree.root(), ".wh.g", 2));
+    CHECK(tree.find("g") == nullptr);
+}
+
 TEST_CASE("walk visits parents first and names in bytewise order", "[tree]") {
     FileTree tree;
     for (const char* name : {"b", "a.b", "\xc3\xa9", "B", "a-b", "a"}) {
