@@ -163,7 +163,11 @@ int main(int argc, char** argv) {
     } catch (const CLI::CallForAllHelp& e) {
         return app.exit(e);
     } catch (const CLI::ParseError& e) {
-        std::cerr << "mkrafs: " << e.what() << "\n";
+        // CLI11 says only that a subcommand is required when the first word is none.
+        if (app.get_subcommands().empty() && !app.remaining().empty() && !app.remaining().front().starts_with('-'))
+            std::cerr << "mkrafs: unknown command '" << app.remaining().front() << "' (see mkrafs --help)\n";
+        else
+            std::cerr << "mkrafs: " << e.what() << "\n";
         return 2;
     } catch (const std::exception& e) {
         std::cerr << "mkrafs: " << e.what() << "\n";

@@ -473,8 +473,12 @@ int main(int argc, char** argv) {
     } catch (const CLI::CallForAllHelp& e) {
         return app.exit(e);
     } catch (const CLI::ParseError& e) {
-        std::cerr << "rafsctl: " << e.what() << " (see rafsctl --help)\n";
-        return 1;
+        // CLI11 says only that a subcommand is required when the first word is none.
+        if (app.get_subcommands().empty() && !app.remaining().empty() && !app.remaining().front().starts_with('-'))
+            std::cerr << "rafsctl: unknown command '" << app.remaining().front() << "' (see rafsctl --help)\n";
+        else
+            std::cerr << "rafsctl: " << e.what() << " (see rafsctl --help)\n";
+        return 2;
     } catch (const std::exception& e) {
         std::cerr << "rafsctl: " << e.what() << "\n";
         return 1;

@@ -353,7 +353,11 @@ int main(int argc, char** argv) {
     } catch (const CLI::CallForHelp& e) {
         return app.exit(e);
     } catch (const CLI::ParseError& e) {
-        std::cerr << "rafsd: " << e.what() << "\n";
+        // CLI11 says only that a subcommand is required when the first word is none.
+        if (app.get_subcommands().empty() && !app.remaining().empty() && !app.remaining().front().starts_with('-'))
+            std::cerr << "rafsd: unknown command '" << app.remaining().front() << "' (see rafsd --help)\n";
+        else
+            std::cerr << "rafsd: " << e.what() << "\n";
         return 2;
     }
 
