@@ -706,6 +706,9 @@ TEST_CASE("rafsctl against a fake rafsd", "[api]") {
     run = rafsctl(s + "mount image.boot", cwd);
     CHECK(run.status == 2);  // a usage error, as for rafsd and mkrafs
     CHECK(run.output == "rafsctl: MOUNTPOINT is required (see rafsctl --help)\n");
+    run = rafsctl(s + "mout image.boot mnt", cwd);
+    CHECK(run.status == 2);
+    CHECK(run.output == "rafsctl: unknown command 'mout' (see rafsctl --help)\n");
 
     run = rafsctl(s + "umount mnt", cwd);
     CHECK(run.status == 0);
