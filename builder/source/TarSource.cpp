@@ -392,9 +392,9 @@ private:
         const void* value = nullptr;
         size_t size = 0;
         while (archive_entry_xattr_next(entry, &name, &value, &size) == ARCHIVE_OK) {
-            if (std::string_view problem = xattrProblem(name, size); !problem.empty()) {
-                failMember("xattr {}: {}", name, problem);
-            }
+            std::string_view problem = xattrProblem(name, size);
+            if (problem.empty()) problem = xattrTypeProblem(name, inode->mode);
+            if (!problem.empty()) failMember("xattr {}: {}", name, problem);
             // libarchive may give no buffer for an empty value.
             inode->setXattr(name, size == 0 ? std::string()
                                             : std::string(static_cast<const char*>(value), size));

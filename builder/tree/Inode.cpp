@@ -2,6 +2,8 @@
 
 #include "kernel-abi/erofs.h"
 
+#include <sys/stat.h>
+
 #include <algorithm>
 
 namespace rafs::build {
@@ -79,6 +81,14 @@ std::string_view xattrProblem(std::string_view name, size_t value_size) {
     // kernel would list a longer one but fail getxattr(2) of it with ERANGE.
     if (name.size() > 255) return "name longer than 255 bytes";
     if (value_size > 65535) return "value longer than 65535 bytes";
+    return {};
+}
+
+std::string_view xattrTypeProblem(std::string_view name, uint32_t mode) {
+    if (name.starts_with("user.") && !S_ISREG(mode) && !S_ISDIR(mode)) {
+        return "user.* xattrs are allowed on regular files and directories only: Linux would list it but refuse to "
+               "read it";
+    }
     return {};
 }
 

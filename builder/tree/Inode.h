@@ -58,6 +58,10 @@ struct Inode {
 // security. and the two POSIX ACL names, an empty suffix, a name over 255 bytes, or a value over 65535
 // bytes. Sources call it to reject such xattrs with the file's name.
 std::string_view xattrProblem(std::string_view name, size_t value_size);
+// Why an inode of type `mode` cannot carry xattr `name` ("" if it can): Linux allows user.* xattrs
+// on regular files and directories only (fs/xattr.c, xattr_permission), and would list one on a
+// symlink or special file but fail to read it.
+std::string_view xattrTypeProblem(std::string_view name, uint32_t mode);
 // Why RAFS v6 cannot store these xattrs of one inode together ("" if it can): inline, as it keeps
 // them, they take at most 65535 4-byte slots (i_xattr_icount is 16 bits). Each xattr must pass
 // xattrProblem first. Also refuses an ACL value the kernel would not take (fs/posix_acl.c).

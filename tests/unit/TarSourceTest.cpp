@@ -794,6 +794,15 @@ TEST_CASE("tar: rejected members", "[tar]") {
         "member x: xattr system.nfs4_acl: namespace not supported by RAFS v6");
     expectError(
         [](TarWriter& w) {
+            w.add("fifo", S_IFIFO | 0644, {}, [](archive_entry* e) {
+                archive_entry_xattr_add_entry(e, "trusted.ok", "v", 1);
+                archive_entry_xattr_add_entry(e, "user.x", "v", 1);
+            });
+        },
+        "member fifo: xattr user.x: user.* xattrs are allowed on regular files and directories only: Linux would "
+        "list it but refuse to read it");
+    expectError(
+        [](TarWriter& w) {
             w.add("x", S_IFREG | 0644, {}, [](archive_entry* e) {
                 archive_entry_acl_add_entry(e, ARCHIVE_ENTRY_ACL_TYPE_ALLOW, ARCHIVE_ENTRY_ACL_READ_DATA,
                                             ARCHIVE_ENTRY_ACL_EVERYONE, -1, nullptr);
