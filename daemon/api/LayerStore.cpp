@@ -1,6 +1,7 @@
 #include "daemon/api/LayerStore.h"
 
 #include "format/Error.h"
+#include "format/FileIo.h"
 #include "daemon/core/DurableFile.h"
 #include "registry/Base64.h"
 #include "registry/ImageReference.h"
@@ -8,6 +9,7 @@
 #include <sys/stat.h>
 
 #include <algorithm>
+#include <set>
 
 namespace rafsd {
 
@@ -33,6 +35,46 @@ bool isMountPoint(const fs::path& path) {
     struct stat self {}, parent {};
     if (::lstat(path.c_str(), &self) != 0 || ::lstat(path.parent_path().c_str(), &parent) != 0) return false;
     return self.st_dev != parent.st_dev;
+}
+
+// A file in an image's directory (named by no digest, so containers-storage passes it by): the
+// image was removed from the store, and its directory keeps only the data layers' entries that
+// images still in the store list too. podman keeps one copy of a layer, under the entry of the
+// image it pulled first, so another image's containers may run on those.
+constexpr std::string_view kRemovedMarker = "removed";
+
+bool isRemoved(const fs::path& top) {
+    std::error_code ec;
+    return fs::exists(top / kRemovedMarker, ec);
+}
+
+// The layer digests of the store's images but `except`'s, those removed left out.
+std::set<std::string> listedLayers(const fs::path& store, const fs::path& except) {
+    std::set<std::string> digests;
+    std::error_code ec;
+    for (const auto& image : fs::directory_iterator(store, ec)) {
+        if (image.path() == except || !image.is_directory(ec) || isRemoved(image.path())) continue;
+        for (const auto& layer : fs::directory_iterator(image.path(), ec)) {
+            if (isSha256Digest(layer.path().filename().string())) digests.insert(layer.path().filename().string());
+        }
+    }
+    if (ec) rafs::fail("cannot list the layer store {}: {}", store.string(), ec.message());
+    return digests;
+}
+
+// Whether a layer entry is a data blob's, which another image can share: stored uncompressed, its
+// diff an empty directory. Never the bootstrap layer's: its diff is the image's own mount, gone
+// with the image.
+bool isDataLayer(const fs::path& layer) {
+    std::error_code ec;
+    if (!fs::is_directory(layer / "diff", ec) || !fs::is_empty(layer / "diff", ec) || isMountPoint(layer / "diff")) {
+        return false;
+    }
+    try {
+        return json::parse(rafs::readFile((layer / "info").string(), 1 << 16)).value("compression", -1) == 0;
+    } catch (const std::exception&) {
+        return false;
+    }
 }
 
 }  // namespace
@@ -98,10 +140,13 @@ void LayerStore::add(const std::string& image, const std::vector<StoreLayer>& la
     const fs::path top = imageDir(image);
     std::error_code ec;
     for (const fs::path& existing : {top, legacyImageDir(image)}) {
-        if (fs::exists(existing, ec)) {
+        if (fs::exists(existing, ec) && !isRemoved(existing)) {
             rafs::fail("{} is in the layer store {} already ({}); remove it first", image, dir_.string(), existing.string());
         }
     }
+    // Of an image removed before, the entries kept for other images' containers stay as they are.
+    const bool kept = fs::exists(top, ec);
+    std::vector<fs::path> made;
     std::optional<fs::path> mounted;
     try {
         fs::create_directories(top);
@@ -109,6 +154,7 @@ void LayerStore::add(const std::string& image, const std::vector<StoreLayer>& la
             const fs::path dir = top / layer.digest;
             // Two layers of one digest are one entry (an image may repeat a layer).
             if (!fs::create_directory(dir)) continue;
+            made.push_back(dir);
             fs::create_directory(dir / "diff");
             writeFileSynced(dir / "info", infoJson(layer));
             // Readable by whoever reads the store (rootless podman with the system's storage.conf).
@@ -120,6 +166,7 @@ void LayerStore::add(const std::string& image, const std::vector<StoreLayer>& la
             }
         }
         for (const StoreLayer& layer : layers) fs::create_directory(top / layer.digest / "blob");
+        fs::remove(top / kRemovedMarker);
         syncDirectory(top);
     } catch (const std::exception& e) {
         if (mounted) {
@@ -131,7 +178,11 @@ void LayerStore::add(const std::string& image, const std::vector<StoreLayer>& la
                                               e.what(), mounted->string()));
             }
         }
-        fs::remove_all(top, ec);
+        if (kept) {
+            for (const fs::path& dir : made) fs::remove_all(dir, ec);
+        } else {
+            fs::remove_all(top, ec);
+        }
         if (dynamic_cast<const rafs::Error*>(&e) != nullptr) throw;
         rafs::fail("{}: cannot write the layer store entries in {}: {}", image, top.string(), e.what());
     }
@@ -197,7 +248,7 @@ void LayerStore::remove(const std::string& image, const std::function<bool(const
     fs::path top = imageDir(image);
     std::error_code ec;
     if (!fs::is_directory(top, ec)) top = legacyImageDir(image);
-    if (!fs::is_directory(top, ec)) rafs::fail("{} is not in the layer store {}", image, dir_.string());
+    if (!fs::is_directory(top, ec) || isRemoved(top)) rafs::fail("{} is not in the layer store {}", image, dir_.string());
     const std::string in_use = fmt::format("{}: still in use (a container runs on it): unmounted, and served until "
                                            "it is gone; its entries stay for it: remove it again once the container "
                                            "is gone",
@@ -213,8 +264,50 @@ void LayerStore::remove(const std::string& image, const std::function<bool(const
     }
     // Its layers' directories are a running container's overlay: removed, its root would list empty.
     if (still_used) rafs::fail("{}", in_use);
-    fs::remove_all(top, ec);
-    if (ec) rafs::fail("cannot remove {}: {}", top.string(), ec.message());
+    const std::set<std::string> listed = listedLayers(dir_, top);
+    std::vector<fs::path> gone;
+    for (const auto& entry : fs::directory_iterator(top)) {
+        if (listed.count(entry.path().filename().string()) == 0 || !isDataLayer(entry.path())) gone.push_back(entry.path());
+    }
+    if (gone.size() == diffs.size()) {
+        gone = {top};
+    } else {
+        // Marked first: a crash part of the way leaves a removed image, not a broken one.
+        writeFileSynced(top / kRemovedMarker, image + "\n");
+    }
+    for (const fs::path& path : gone) {
+        fs::remove_all(path, ec);
+        if (ec) rafs::fail("cannot remove {}: {}", path.string(), ec.message());
+    }
+    dropUnlistedKeptLayers();
+}
+
+void LayerStore::dropUnlistedKeptLayers() const {
+    std::vector<fs::path> removed;
+    std::error_code ec;
+    for (const auto& image : fs::directory_iterator(dir_, ec)) {
+        if (isRemoved(image.path())) removed.push_back(image.path());
+    }
+    if (ec) rafs::fail("cannot list the layer store {}: {}", dir_.string(), ec.message());
+    for (const fs::path& image : removed) {
+        const std::set<std::string> listed = listedLayers(dir_, image);
+        std::vector<fs::path> unlisted;
+        bool left = false;
+        for (const auto& layer : fs::directory_iterator(image)) {
+            const std::string name = layer.path().filename().string();
+            if (!isSha256Digest(name)) continue;
+            if (listed.count(name) != 0) {
+                left = true;
+            } else {
+                unlisted.push_back(layer.path());
+            }
+        }
+        if (!left) unlisted = {image};
+        for (const fs::path& path : unlisted) {
+            fs::remove_all(path, ec);
+            if (ec) rafs::fail("cannot remove {}: {}", path.string(), ec.message());
+        }
+    }
 }
 
 }  // namespace rafsd

@@ -64,6 +64,9 @@ public:
     // whether rafsd still serves a mount detached from under the image's directory. Throws
     // rafs::Error when the image is not in the store, a diff stays mounted, or a mount is still in
     // use (then the entries stay: they are a running container's overlay lower directories).
+    // A data layer another image of the store lists too keeps its entry (podman may run that
+    // image's containers on it) until no image lists it; so does the image's directory, marked
+    // removed. An image added again takes those entries back.
     void remove(const std::string& image, const std::function<bool(const std::filesystem::path&)>& umount,
                 const std::function<bool(const std::filesystem::path&)>& served_under) const;
 
@@ -87,6 +90,8 @@ public:
 
 private:
     static void setMarkers(const std::filesystem::path& bootstrap_diff, bool present);
+    // Removes the entries kept of removed images that no image of the store lists any more.
+    void dropUnlistedKeptLayers() const;
     std::filesystem::path legacyImageDir(const std::string& image) const;
     std::filesystem::path dir_;
 };

@@ -22,7 +22,10 @@ under the test's directory, additionallayerstores = ["STORE:ref"]).
    and leaves the entries (a container's overlay lower directories); after `podman rmi`, `rafsctl
    layer-store remove`: the mount is gone, rafsd lists no image, the store holds nothing of the image;
 5. bad input, one error line, non-zero exit, nothing left in the store: an ordinary OCI image, a tag
-   the registry lacks, the same image added twice, removing an image that is not in the store.
+   the registry lacks, the same image added twice, removing an image that is not in the store;
+6. two images sharing a data layer, both pulled: podman keeps the layer under the first one's entry,
+   so removing that image from the store keeps that entry, the other image's containers still run,
+   and once the other image is removed too nothing is left.
 """
 
 import base64
@@ -108,6 +111,10 @@ def main():
             reg.push('oci:%s:app' % layout, 'test/app', 'app')
             oci, image = reg.ref('test/app', 'app'), reg.ref('rafs/app', 'v1')
             reg.convert(mk.path, oci, image)
+            # The app's base layer alone: a second image sharing a data blob with the first.
+            reg.push('oci:%s:pause' % layout, 'test/pause', 'pause')
+            base = reg.ref('rafs/pause', 'v1')
+            reg.convert(mk.path, reg.ref('test/pause', 'pause'), base)
             manifest = reg.manifest('rafs/app', 'v1')
             layers = manifest['layers']
             data_blobs = [l['digest'] for l in layers[:-1]]
@@ -123,9 +130,11 @@ def main():
                     return ck.finish()
                 try:
                     sections(ck, reg, podman, rafsctl_bin, sock, store, image, oci, layers, data_blobs, big_sha, srv)
+                    shared_layer(ck, reg, podman, rafsctl_bin, sock, store, image, base)
                 finally:
                     podman.clean()
-                    ctl(rafsctl_bin, sock, 'layer-store', 'remove', '--store', store, image)
+                    for i in (image, base):
+                        ctl(rafsctl_bin, sock, 'layer-store', 'remove', '--store', store, i)
                 ck.check(srv.stop() == 0, 'rafsd exits 0')
         finally:
             reg.stop()
@@ -275,6 +284,36 @@ def sections(ck, reg, podman, rafsctl_bin, sock, store, image, oci, layers, data
     r = ctl(rafsctl_bin, sock, 'layer-store', 'remove', '--store', store, image)
     expect_error(ck, 'removing an image not in the store', r, 'is not in the layer store')
     ck.check(os.listdir(store) == [] and not os.path.ismount(boot_diff), 'nothing left in the store')
+
+
+
+def shared_layer(ck, reg, podman, rafsctl_bin, sock, store, image, base):
+    ck.section('6. two images sharing a data layer')
+    shared = [l['digest'] for l in reg.manifest('rafs/pause', 'v1')['layers'][:-1]]
+    app_blobs = [l['digest'] for l in reg.manifest('rafs/app', 'v1')['layers'][:-1]]
+    if not ck.check(shared and set(shared) <= set(app_blobs), 'the base image\'s data blob is the app\'s first',
+                    repr((shared, app_blobs))):
+        return
+    for i in (base, image):
+        if not ck.cmd_ok(ctl(rafsctl_bin, sock, 'layer-store', 'add', '--store', store, i), 'add ' + i):
+            return
+        # podman keeps one copy of the shared layer: the base's, pulled first.
+        if not ck.cmd_ok(podman.pull(i), 'podman pull ' + i):
+            return
+    ck.cmd_ok(podman('rmi', base), 'podman rmi ' + base)
+    ck.cmd_ok(ctl(rafsctl_bin, sock, 'layer-store', 'remove', '--store', store, base), 'layer-store remove ' + base)
+    base_top = os.path.join(store, base64.b64encode(base.encode()).decode())
+    ck.check(all(os.path.isdir(os.path.join(base_top, d, 'diff')) for d in shared) and
+             sorted(n for n in os.listdir(base_top) if n.startswith('sha256:')) == sorted(shared),
+             'the base\'s entry of the shared layer stays (the app lists it), its other entries go',
+             repr(os.listdir(base_top) if os.path.isdir(base_top) else None))
+    r = podman.run_in(image, '/bin/cat', '/etc/rafs-test/greeting')
+    ck.check(r.returncode == 0 and text(r.stdout).startswith(GREETING),
+             'podman run of the app after the base left the store: cat prints the greeting (%.1fs)' % r.elapsed,
+             'exit %s: %s %s' % (r.returncode, text(r.stdout)[-300:], text(r.stderr)[-800:]))
+    ck.cmd_ok(podman('rmi', image), 'podman rmi ' + image)
+    ck.cmd_ok(ctl(rafsctl_bin, sock, 'layer-store', 'remove', '--store', store, image), 'layer-store remove ' + image)
+    ck.check(os.listdir(store) == [], 'the app removed too: nothing is left in the store', repr(os.listdir(store)))
 
 
 if __name__ == '__main__':

@@ -132,3 +132,44 @@ TEST_CASE("layer store: add writes every entry, a failed mount leaves nothing, r
     CHECK_THROWS_WITH(store.add(kImage, layers, failing, umount), "mount failed: no such manifest");
     CHECK(fs::is_empty(dir.path()));
 }
+
+// podman keeps one copy of a layer two images share, under the entry of the image it pulled first:
+// removing that image from the store must leave the layer to the other image's containers.
+TEST_CASE("layer store: a data layer another image lists stays until no image does", "[layerstore]") {
+    rafs::test::TempDir dir;
+    const LayerStore store(dir.path());
+    const std::string other = "127.0.0.1:5000/team/other:v1";
+    const std::string other_boot = "sha256:" + std::string(64, 'e');
+    json second = resolved();
+    second["image"] = other;
+    second["layers"][1]["digest"] = other_boot;
+    auto nothing = [](const fs::path&) {};
+    auto free = [](const fs::path&) { return false; };
+    store.add(kImage, StoreLayer::fromResolve(resolved(), kImage), nothing, nothing);
+    store.add(other, StoreLayer::fromResolve(second, other), nothing, nothing);
+    const fs::path top = store.imageDir(kImage), other_top = store.imageDir(other);
+
+    store.remove(kImage, free, free);
+    CHECK(fs::is_directory(top / kBlob / "diff"));
+    CHECK(fs::is_directory(top / kBlob / "blob"));
+    CHECK_FALSE(fs::exists(top / kBoot));
+    CHECK(fs::is_directory(other_top / kBlob / "diff"));
+    CHECK(fs::is_directory(other_top / other_boot / "diff"));
+    // Removed all the same: not in the store for a second remove, and it can be added again.
+    CHECK_THROWS_WITH(store.remove(kImage, free, free), Contains("is not in the layer store"));
+    auto failing = [](const fs::path&) { rafs::fail("mount failed"); };
+    CHECK_THROWS_WITH(store.add(kImage, StoreLayer::fromResolve(resolved(), kImage), failing, nothing), "mount failed");
+    CHECK(fs::is_directory(top / kBlob / "diff"));
+    CHECK_FALSE(fs::exists(top / kBoot));
+    store.add(kImage, StoreLayer::fromResolve(resolved(), kImage), nothing, nothing);
+    CHECK(fs::is_directory(top / kBoot / "blob"));
+    CHECK_FALSE(fs::exists(top / "removed"));
+    CHECK_THROWS_WITH(store.add(kImage, StoreLayer::fromResolve(resolved(), kImage), nothing, nothing),
+                      Contains("already"));
+
+    // The other image removed: its layer is kept for this one; this one removed then, nothing is left.
+    store.remove(other, free, free);
+    CHECK(fs::is_directory(other_top / kBlob / "diff"));
+    store.remove(kImage, free, free);
+    CHECK(fs::is_empty(dir.path()));
+}
