@@ -276,6 +276,7 @@ std::string metricsAddress(const Value& value, bool allow_remote) {
         if (text.size() < 6 || text[5] != '/' || text.find('\0') != std::string_view::npos) value.reject(accepted);
         return std::string(text);
     }
+    if (text.find("://") != std::string_view::npos) value.reject(fmt::format("{} (HOST:PORT has no scheme)", accepted));
     const size_t colon = text.rfind(':');
     if (colon == std::string_view::npos || colon == 0) value.reject(accepted);
     std::string_view host = text.substr(0, colon);
@@ -283,9 +284,13 @@ std::string metricsAddress(const Value& value, bool allow_remote) {
     unsigned number = 0;
     auto [end, ec] = std::from_chars(port.data(), port.data() + port.size(), number);
     if (port.empty() || ec != std::errc() || end != port.data() + port.size() || number == 0 || number > 65535) {
-        value.reject(accepted);
+        value.reject(fmt::format("{} (a PORT from 1 to 65535)", accepted));
     }
-    if (host.starts_with('[') && host.ends_with(']')) host = host.substr(1, host.size() - 2);
+    if (host.starts_with('[') && host.ends_with(']')) {
+        host = host.substr(1, host.size() - 2);
+    } else if (host.find(':') != std::string_view::npos) {
+        value.reject(fmt::format("{} (an IPv6 HOST in brackets: [::1]:9100)", accepted));
+    }
     if (!registry::isLoopbackHost(host) && !allow_remote) {
         value.reject("a loopback address (127.x.x.x, [::1], localhost), or set allow_remote = true");
     }

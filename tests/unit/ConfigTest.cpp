@@ -208,6 +208,13 @@ TEST_CASE("config wrong types and values", "[config]") {
     CHECK_THROWS_WITH(parsed("metrics.address = \"127.example.invalid:9911\""),
                       Catch::Matchers::Contains("is not a loopback address"));
     CHECK(parsed("metrics.address = \"127.0.0.2:9911\"").metrics.address == "127.0.0.2:9911");
+    CHECK(parsed("metrics.address = \"[::1]:9911\"").metrics.address == "[::1]:9911");
+    CHECK_THROWS_WITH(parsed("metrics.address = \"http://127.0.0.1:9911\""),
+                      Catch::Matchers::EndsWith("(HOST:PORT has no scheme)"));
+    CHECK_THROWS_WITH(parsed("metrics.address = \"127.0.0.1:99999\""),
+                      Catch::Matchers::EndsWith("(a PORT from 1 to 65535)"));
+    CHECK_THROWS_WITH(parsed("metrics.address = \"::1:9911\""),
+                      Catch::Matchers::EndsWith("(an IPv6 HOST in brackets: [::1]:9100)"));
     CHECK_THROWS_WITH(parsed("prefetch.enable = \"yes\""), "config.toml:1: prefetch.enable: 'yes' is not true or false");
     CHECK_THROWS_WITH(parsed("prefetch.enable = 1"), "config.toml:1: prefetch.enable: 1 is not true or false");
     for (const char* url : {"ftp://host/x", "http://", "http:///x", "localhost:8080", "http://a b"}) {
