@@ -892,7 +892,9 @@ void ImageService::recoverMounts() {
         }
     }
     std::lock_guard lock(mutex_);
-    saveMountTable(nullptr);
+    // Not fatal (a full state dir): the table on disk still lists every mount taken over, and a
+    // worker ending here would leave them to workers that end the same way, readers waiting.
+    saveMountTableOrLog();
     dropUnusedKeptFds();
     // A mount left unserved keeps its blobs' files for the next worker. Which blobs those are is
     // known here only by the cache files the supervisor keeps: its bootstrap may be the very

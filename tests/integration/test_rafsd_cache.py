@@ -24,7 +24,6 @@
    chunks, never the complete image's, which reads back exactly afterwards.
 """
 
-import contextlib
 import os
 import re
 import shutil
@@ -267,25 +266,9 @@ def unused(ck, rafsd, ctl, mk, tmp, boot, blobs, sources, blob_id):
              'low_watermark above high_watermark: one error', err)
 
 
-@contextlib.contextmanager
-def small_disk(ck, tmp, name):
-    """A 20 MiB ext4 file system made and loop-mounted at tmp/name for the test, unmounted after;
-    yields its mount point, or None if it could not be made (reported)."""
-    image, disk = os.path.join(tmp, name + '.ext4'), os.path.join(tmp, name)
-    os.makedirs(disk)
-    if not (ck.cmd_ok(harness.run(['mkfs.ext4', '-q', '-F', '-b', '4096', '-m', '0', image, '20M']), 'mkfs.ext4 20 MiB')
-            and ck.cmd_ok(harness.run(['mount', '-o', 'loop', image, disk]), 'mount it')):
-        yield None
-        return
-    try:
-        yield disk
-    finally:
-        harness.run(['umount', disk])
-
-
 def full_disk(ck, rafsd, ctl, tmp, boot, blobs, sources):
     ck.section('a full disk')
-    with small_disk(ck, tmp, 'disk') as disk:
+    with harness.small_disk(ck, tmp, 'disk') as disk:
         if disk is None:
             return
         free = os.statvfs(disk).f_bavail * 4096
@@ -346,7 +329,7 @@ def full_disk(ck, rafsd, ctl, tmp, boot, blobs, sources):
 def full_disk_complete(ck, rafsd, ctl, tmp, big, small):
     """`big` and `small`: (bootstrap, blob dir, sources) of the 32 MiB and the 4 MiB image."""
     ck.section('a full disk and a complete image')
-    with small_disk(ck, tmp, 'disk2') as disk:
+    with harness.small_disk(ck, tmp, 'disk2') as disk:
         if disk is None:
             return
         srv, sock, mnt = serve(ck, rafsd, tmp, 'full-complete', os.path.join(disk, 'cache'), {'keep_recent': 1})

@@ -36,6 +36,10 @@ readers are waiting on cold data when the kill comes):
    then reads zeros. The restarted rafsd takes the mount over with its new group and drops the
    mount's page cache: that file, one never read and one read before the kill all read right.
 
+5. full state dir: the worker killed while the state dir's file system has no block left. The next
+   worker takes the mount over and serves it although it cannot rewrite the mount table (it logs
+   that), and a stop unmounts; before, every worker died on the table and the reads hung.
+
 No reader ever sees zeros or wrong bytes but in case 4 between the kill and the restart, and none
 gets an error but the reader of the mount no worker serves.
 """
@@ -49,7 +53,7 @@ import time
 
 from rafstest import harness
 from rafstest.fdstore import FdStore
-from rafstest.rafsd import BackgroundServe, worker_of, write_config
+from rafstest.rafsd import BackgroundServe, RafsdServe, worker_of, write_config
 from rafstest.readers import READ_TIMEOUT, Reader, read_all, run_slow_cases, slow_mount
 
 MiB = 1 << 20
@@ -355,12 +359,54 @@ def bootstrap_gone(ck, serve, mnt, boot, moved, content):
              serve.log_text()[-2000:])
 
 
+def fill(directory):
+    """Writes into `directory` until its file system has no block left."""
+    fd = os.open(os.path.join(directory, 'filler'), os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        for size in (1 << 20, 4096):
+            for _ in range(1 << 12):
+                try:
+                    if os.write(fd, bytes(size)) < size:
+                        break
+                except OSError:
+                    break
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def case_full_state(ck, rafsd, rafsctl, image, content, tmp):
+    with harness.small_disk(ck, tmp, 'state-disk') as disk:
+        if disk is None:
+            return
+        mnt, sock, config = serve_setup(tmp, 'full-state', os.path.join('state-disk', 'state'))
+        with RafsdServe(rafsd, config, sock, os.path.join(tmp, 'full-state.log'),
+                        ['--test-fetch-delay', str(FETCH_DELAY_MS)]) as srv:
+            if not ck.check(srv.start(), 'full state dir: rafsd serve starts', srv.log_text()[-2000:]):
+                return
+            r = subprocess.run([rafsctl, '--socket', sock, 'mount', '--blob-dir', image['blobs'], image['boot'], mnt],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=60)
+            if not ck.check(r.returncode == 0, 'full state dir: rafsctl mount', r.stdout.decode()):
+                return
+            fill(disk)
+            ck.check(os.statvfs(disk).f_bavail == 0, 'full state dir: no block left on its file system')
+            read_all(ck, mnt, content, ['r0', 'r1'], lambda: os.kill(worker_of(srv.proc.pid), signal.SIGKILL),
+                     'worker killed, the state dir full', wait_ms=FETCH_DELAY_MS)
+            text = srv.log_text()
+            ck.check('a restarted rafsd will not know the current mounts' in text,
+                     'full state dir: the table it could not write is logged, and the worker serves on', text[-2000:])
+            code = srv.stop()
+            ck.check(code == 0 and not os.path.ismount(mnt), 'full state dir: a stop unmounts and exits 0',
+                     'exit %s\n%s' % (code, srv.log_text()[-2000:]))
+
+
 def main():
     return run_slow_cases('rafsd_failover', __doc__, FILES, 11, [
         ('kill -9 of the worker', lambda ck, rafsd, ctl, *rest: case_worker(ck, rafsd, *rest)),
         ('kill -9 of the supervisor alone', lambda ck, rafsd, ctl, *rest: case_supervisor(ck, rafsd, *rest)),
         ('rafsd serve killed whole, restarted with the fds from the fd store', case_service),
         ('rafsd serve killed whole without an fd store, restarted', case_no_store),
+        ('kill -9 of the worker with the state dir full', case_full_state),
     ])
 
 

@@ -239,6 +239,22 @@ class Checker:
         return PASS
 
 
+@contextlib.contextmanager
+def small_disk(ck, tmp, name):
+    """A 20 MiB ext4 file system made and loop-mounted at tmp/name for the test, unmounted after;
+    yields its mount point, or None if it could not be made (reported)."""
+    image, disk = os.path.join(tmp, name + '.ext4'), os.path.join(tmp, name)
+    os.makedirs(disk)
+    if not (ck.cmd_ok(run(['mkfs.ext4', '-q', '-F', '-b', '4096', '-m', '0', image, '20M']), 'mkfs.ext4 20 MiB')
+            and ck.cmd_ok(run(['mount', '-o', 'loop', image, disk]), 'mount it')):
+        yield None
+        return
+    try:
+        yield disk
+    finally:
+        run(['umount', disk])
+
+
 def dir_listing(path):
     """Relative paths of everything under path (for 'no partial output' checks)."""
     out = []
