@@ -28,6 +28,9 @@ public:
                 wait(POLLOUT);
                 continue;
             }
+            // rafsd turned the connection away (and closed it) before the request was sent: why
+            // is on the socket, for receiveLine().
+            if (n < 0 && (errno == EPIPE || errno == ECONNRESET)) return;
             if (n < 0) rafs::failErrno(fmt::format("cannot send to {}", socket_.string()));
             data.remove_prefix(static_cast<size_t>(n));
         }

@@ -50,6 +50,8 @@ struct ControlServer::State {
     }
 
     enum class Wait { Ready, Stopped, TimedOut };
+    // How often a server with every place taken looks for one that ended.
+    static constexpr int kFullPollMs = 20;
 
     // Waits until `fd` is ready for `events`, at most `timeout` (negative: no limit).
     Wait waitFor(int fd, short events, std::chrono::milliseconds timeout = std::chrono::milliseconds(-1)) const {
@@ -81,6 +83,11 @@ struct ControlServer::State {
 
     // Waits for one connection and starts its thread; false once stop() was called.
     bool acceptOne() {
+        // Every place taken: further clients wait in the listen backlog (connect() blocks once it
+        // is full, up to the client's timeout) until one ends, rather than be turned away.
+        for (reap(); connections.size() >= kMaxConnections; reap()) {
+            if (!pause(kFullPollMs)) return false;
+        }
         if (waitFor(listen.fd(), POLLIN) == Wait::Stopped) return false;
         rafs::UniqueFd fd(::accept4(listen.fd(), nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK));
         if (fd.get() < 0) {
@@ -98,11 +105,6 @@ struct ControlServer::State {
         }
         if (peer.uid != 0 && peer.uid != ::geteuid()) {
             refuse(fd, fmt::format("rafsd takes requests from root only, not from uid {}", peer.uid));
-            return true;
-        }
-        reap();
-        if (connections.size() >= kMaxConnections) {
-            refuse(fd, fmt::format("too many connections to rafsd (at most {})", kMaxConnections));
             return true;
         }
         Connection& connection = connections.emplace_back();

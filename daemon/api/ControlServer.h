@@ -29,7 +29,7 @@ public:
 
 class ControlServer {
 public:
-    // At most this many connections are served at once; more are answered with an error.
+    // At most this many connections are served at once; more wait until one ends.
     static constexpr size_t kMaxConnections = 32;
     // A connection that takes longer than this to send a whole request line, or to take a whole
     // response, is closed: a client stuck (or trickling) that way would hold one of the
