@@ -289,7 +289,7 @@ def main():
             Case('non-existent source', 'does not exist', ['/nonexistent/source/path']),
             Case('no source', 'SOURCE is required', []),
             Case('unknown option', 'not expected: --bogus-option', good, opts=['--bogus-option']),
-            Case('unknown subcommand', 'a subcommand is required', good,
+            Case('unknown subcommand', "unknown command 'frobnicate'", good,
                  subcommand='frobnicate', output=False),
         ]
         for i, c in enumerate(cases, 1):
