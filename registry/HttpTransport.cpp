@@ -9,10 +9,14 @@
 
 #include <nlohmann/json.hpp>
 
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <cctype>
 #include <condition_variable>
 #include <cstdio>
+#include <cstring>
 #include <mutex>
 
 namespace registry {
@@ -164,6 +168,18 @@ void setOption(CURL* handle, CURLoption option, T value) {
     if (curl_easy_setopt(handle, option, value) != CURLE_OK) {
         rafs::fail("libcurl refused option {}", static_cast<int>(option));
     }
+}
+
+// libcurl says "Couldn't connect to server" also when it could not create a socket, with no
+// errno (CURLINFO_OS_ERRNO is 0): the server then takes the blame for this process's fd limit.
+// A socket made here tells: ", and this process cannot open a socket: Too many open files".
+std::string socketShortage() {
+    const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd >= 0) {
+        ::close(fd);
+        return {};
+    }
+    return fmt::format(", and this process cannot open a socket: {}", std::strerror(errno));
 }
 
 }  // namespace
@@ -377,6 +393,7 @@ HttpResponse HttpTransport::perform(const HttpRequest& request) {
     response.curl_code = static_cast<int>(code);
     if (code != CURLE_OK && response.curl_error.empty()) {
         response.curl_error = error[0] != '\0' ? std::string(error) : curl_easy_strerror(code);
+        if (code == CURLE_COULDNT_CONNECT) response.curl_error += socketShortage();
     }
     curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, &response.status);
     curl_off_t total_us = 0;

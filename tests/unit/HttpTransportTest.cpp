@@ -9,6 +9,7 @@
 #include <fmt/format.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -141,4 +142,23 @@ TEST_CASE("a followed range read hands its caller the first half before the seco
     CHECK(half_matched);
     CHECK(on_caller_thread);
     CHECK(out == body);
+}
+
+// libcurl blames the server for a socket this process could not open: the message must not.
+TEST_CASE("a connection without a free fd says so, not that the server is down", "[http]") {
+    HttpTransport transport(TransportOptions{}, std::make_shared<TlsConfig>(std::map<std::string, HostTlsFiles>{}, ""));
+    // The lowest free fd number as the limit: no fd can be opened until it is raised again.
+    const int lowest = ::dup(0);
+    REQUIRE(lowest >= 0);
+    ::close(lowest);
+    rlimit old{};
+    REQUIRE(::getrlimit(RLIMIT_NOFILE, &old) == 0);
+    const rlimit low{static_cast<rlim_t>(lowest), old.rlim_max};
+    REQUIRE(::setrlimit(RLIMIT_NOFILE, &low) == 0);
+    HttpRequest request;
+    request.url = "http://127.0.0.1:9/x";
+    const HttpResponse response = transport.perform(request);
+    REQUIRE(::setrlimit(RLIMIT_NOFILE, &old) == 0);
+    CHECK(response.curl_code != 0);
+    CHECK_THAT(response.curl_error, Catch::Contains("this process cannot open a socket: Too many open files"));
 }
