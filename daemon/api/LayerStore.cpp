@@ -2,10 +2,13 @@
 
 #include "format/Error.h"
 #include "format/FileIo.h"
+#include "format/FileLock.h"
+#include "format/UniqueFd.h"
 #include "daemon/core/DurableFile.h"
 #include "registry/Base64.h"
 #include "registry/ImageReference.h"
 
+#include <fcntl.h>
 #include <sys/stat.h>
 
 #include <algorithm>
@@ -39,8 +42,9 @@ bool isMountPoint(const fs::path& path) {
 
 // A file in an image's directory (named by no digest, so containers-storage passes it by): the
 // image was removed from the store, and its directory keeps only the data layers' entries that
-// images still in the store list too. podman keeps one copy of a layer, under the entry of the
-// image it pulled first, so another image's containers may run on those.
+// images still in the store list too, without their blob markers (a pull of the removed image
+// must not take them). podman keeps one copy of a layer, under the entry of the image it pulled
+// first, so another image's containers may run on those.
 constexpr std::string_view kRemovedMarker = "removed";
 
 bool isRemoved(const fs::path& top) {
@@ -48,34 +52,81 @@ bool isRemoved(const fs::path& top) {
     return fs::exists(top / kRemovedMarker, ec);
 }
 
+void failOn(const std::error_code& ec, std::string_view what, const fs::path& path) {
+    if (ec) rafs::fail("cannot {} {}: {}", what, path.string(), ec.message());
+}
+
 // The layer digests of the store's images but `except`'s, those removed left out.
 std::set<std::string> listedLayers(const fs::path& store, const fs::path& except) {
     std::set<std::string> digests;
     std::error_code ec;
-    for (const auto& image : fs::directory_iterator(store, ec)) {
-        if (image.path() == except || !image.is_directory(ec) || isRemoved(image.path())) continue;
-        for (const auto& layer : fs::directory_iterator(image.path(), ec)) {
+    for (fs::directory_iterator it(store, ec), end; it != end; it.increment(ec)) {
+        failOn(ec, "list", store);
+        const fs::path image = it->path();
+        if (image == except || !fs::is_directory(image) || isRemoved(image)) continue;
+        for (const auto& layer : fs::directory_iterator(image)) {
             if (isSha256Digest(layer.path().filename().string())) digests.insert(layer.path().filename().string());
         }
     }
-    if (ec) rafs::fail("cannot list the layer store {}: {}", store.string(), ec.message());
+    failOn(ec, "list", store);
     return digests;
 }
 
-// Whether a layer entry is a data blob's, which another image can share: stored uncompressed, its
-// diff an empty directory. Never the bootstrap layer's: its diff is the image's own mount, gone
-// with the image.
+// Whether a layer entry is a data blob's, which another image can share: its info gives a
+// diff-size, which only a data blob's has (infoJson), and its diff is an empty directory. Never
+// the bootstrap layer's: its diff is the image's own mount, gone with the image.
 bool isDataLayer(const fs::path& layer) {
     std::error_code ec;
     if (!fs::is_directory(layer / "diff", ec) || !fs::is_empty(layer / "diff", ec) || isMountPoint(layer / "diff")) {
         return false;
     }
     try {
-        return json::parse(rafs::readFile((layer / "info").string(), 1 << 16)).value("compression", -1) == 0;
+        return json::parse(rafs::readFile((layer / "info").string(), 1 << 16)).contains("diff-size");
     } catch (const std::exception&) {
         return false;
     }
 }
+
+// Of the removed image at `top`, keeps the entries of data layers `listed` names, without their
+// blob markers, and removes the rest; the directory too once nothing is kept.
+void keepListedDataLayers(const fs::path& top, const std::set<std::string>& listed) {
+    std::vector<fs::path> gone;
+    bool kept = false;
+    for (const auto& entry : fs::directory_iterator(top)) {
+        const std::string name = entry.path().filename().string();
+        if (!isSha256Digest(name)) continue;
+        if (listed.count(name) != 0 && isDataLayer(entry.path())) {
+            std::error_code ec;
+            fs::remove(entry.path() / "blob", ec);
+            failOn(ec, "remove", entry.path() / "blob");
+            kept = true;
+        } else {
+            gone.push_back(entry.path());
+        }
+    }
+    if (!kept) gone = {top};
+    for (const fs::path& path : gone) {
+        std::error_code ec;
+        fs::remove_all(path, ec);
+        failOn(ec, "remove", path);
+    }
+    if (kept) syncDirectory(top);
+}
+
+// add() and remove() of one store, one at a time: each reads the other images' entries.
+class StoreLock {
+public:
+    explicit StoreLock(const fs::path& store) : fd_(::open(store.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC)) {
+        if (fd_.get() < 0) rafs::failErrno(fmt::format("cannot open the layer store {}", store.string()));
+        const auto deadline = std::chrono::steady_clock::now() + std::chrono::minutes(5);
+        if (rafs::lockExclusive(fd_.get(), deadline, store.string()) == rafs::LockOutcome::TimedOut) {
+            rafs::fail("another layer-store command has held {} for 5 minutes", store.string());
+        }
+    }
+
+private:
+    rafs::UniqueFd fd_;
+};
 
 }  // namespace
 
@@ -139,12 +190,17 @@ void LayerStore::add(const std::string& image, const std::vector<StoreLayer>& la
                      const std::function<void(const fs::path&)>& umount) const {
     const fs::path top = imageDir(image);
     std::error_code ec;
+    fs::create_directories(dir_, ec);
+    failOn(ec, "create", dir_);
+    const StoreLock lock(dir_);
     for (const fs::path& existing : {top, legacyImageDir(image)}) {
         if (fs::exists(existing, ec) && !isRemoved(existing)) {
             rafs::fail("{} is in the layer store {} already ({}); remove it first", image, dir_.string(), existing.string());
         }
     }
-    // Of an image removed before, the entries kept for other images' containers stay as they are.
+    // Of an image removed before, the entries kept for other images' containers stay as they are
+    // (anything else a crash left goes).
+    if (fs::exists(top, ec)) keepListedDataLayers(top, listedLayers(dir_, top));
     const bool kept = fs::exists(top, ec);
     std::vector<fs::path> made;
     std::optional<fs::path> mounted;
@@ -180,6 +236,14 @@ void LayerStore::add(const std::string& image, const std::vector<StoreLayer>& la
         }
         if (kept) {
             for (const fs::path& dir : made) fs::remove_all(dir, ec);
+            // Removed still: the kept entries go without their markers again.
+            try {
+                writeFileSynced(top / kRemovedMarker, image + "\n");
+                keepListedDataLayers(top, listedLayers(dir_, top));
+            } catch (const std::exception& again) {
+                throw rafs::Error(fmt::format("{}: {}; and its kept entries in {}: {}", image, e.what(), top.string(),
+                                              again.what()));
+            }
         } else {
             fs::remove_all(top, ec);
         }
@@ -245,10 +309,15 @@ bool LayerStore::restoreMountpoint(const fs::path& bootstrap_diff) {
 
 void LayerStore::remove(const std::string& image, const std::function<bool(const fs::path&)>& umount,
                         const std::function<bool(const fs::path&)>& served_under) const {
+    const StoreLock lock(dir_);
     fs::path top = imageDir(image);
     std::error_code ec;
     if (!fs::is_directory(top, ec)) top = legacyImageDir(image);
-    if (!fs::is_directory(top, ec) || isRemoved(top)) rafs::fail("{} is not in the layer store {}", image, dir_.string());
+    if (!fs::is_directory(top, ec) || isRemoved(top)) {
+        // What a remove cut short left of it, gone now.
+        dropUnlistedKeptLayers();
+        rafs::fail("{} is not in the layer store {}", image, dir_.string());
+    }
     const std::string in_use = fmt::format("{}: still in use (a container runs on it): unmounted, and served until "
                                            "it is gone; its entries stay for it: remove it again once the container "
                                            "is gone",
@@ -264,50 +333,22 @@ void LayerStore::remove(const std::string& image, const std::function<bool(const
     }
     // Its layers' directories are a running container's overlay: removed, its root would list empty.
     if (still_used) rafs::fail("{}", in_use);
-    const std::set<std::string> listed = listedLayers(dir_, top);
-    std::vector<fs::path> gone;
-    for (const auto& entry : fs::directory_iterator(top)) {
-        if (listed.count(entry.path().filename().string()) == 0 || !isDataLayer(entry.path())) gone.push_back(entry.path());
-    }
-    if (gone.size() == diffs.size()) {
-        gone = {top};
-    } else {
-        // Marked first: a crash part of the way leaves a removed image, not a broken one.
-        writeFileSynced(top / kRemovedMarker, image + "\n");
-    }
-    for (const fs::path& path : gone) {
-        fs::remove_all(path, ec);
-        if (ec) rafs::fail("cannot remove {}: {}", path.string(), ec.message());
-    }
+    // Marked first: a crash part of the way leaves a removed image (cleaned up by the next add or
+    // remove), not a broken one.
+    writeFileSynced(top / kRemovedMarker, image + "\n");
+    keepListedDataLayers(top, listedLayers(dir_, top));
     dropUnlistedKeptLayers();
 }
 
 void LayerStore::dropUnlistedKeptLayers() const {
     std::vector<fs::path> removed;
     std::error_code ec;
-    for (const auto& image : fs::directory_iterator(dir_, ec)) {
-        if (isRemoved(image.path())) removed.push_back(image.path());
+    for (fs::directory_iterator it(dir_, ec), end; it != end; it.increment(ec)) {
+        failOn(ec, "list", dir_);
+        if (isRemoved(it->path())) removed.push_back(it->path());
     }
-    if (ec) rafs::fail("cannot list the layer store {}: {}", dir_.string(), ec.message());
-    for (const fs::path& image : removed) {
-        const std::set<std::string> listed = listedLayers(dir_, image);
-        std::vector<fs::path> unlisted;
-        bool left = false;
-        for (const auto& layer : fs::directory_iterator(image)) {
-            const std::string name = layer.path().filename().string();
-            if (!isSha256Digest(name)) continue;
-            if (listed.count(name) != 0) {
-                left = true;
-            } else {
-                unlisted.push_back(layer.path());
-            }
-        }
-        if (!left) unlisted = {image};
-        for (const fs::path& path : unlisted) {
-            fs::remove_all(path, ec);
-            if (ec) rafs::fail("cannot remove {}: {}", path.string(), ec.message());
-        }
-    }
+    failOn(ec, "list", dir_);
+    for (const fs::path& image : removed) keepListedDataLayers(image, listedLayers(dir_, image));
 }
 
 }  // namespace rafsd

@@ -15,8 +15,12 @@
 //                                                            directory here, so such a read fails
 //                                                            (EISDIR) instead of sending bytes
 //                                                            that are not the layer
+//   DIR/<base64(reference)>/removed                          the image was removed; its directory
+//                                                            keeps only the entries of data layers
+//                                                            other images list (see remove())
 // `blob` is made last: containers-storage takes a layer only when diff, info and blob exist, so it
-// never sees one half written.
+// never sees one half written. add() and remove() hold a lock on DIR: each reads other images'
+// entries.
 #pragma once
 
 #include <cstdint>
@@ -54,7 +58,7 @@ public:
     // Writes the entries of `image`'s layers; `mount(diff)` mounts the image on the bootstrap
     // layer's diff directory before that layer's blob appears, `umount(diff)` undoes it if a later
     // step fails. Throws rafs::Error when the image is in the store already or a step fails; then
-    // nothing of it is left.
+    // nothing of it is left (but for the entries kept of it, removed before).
     void add(const std::string& image, const std::vector<StoreLayer>& layers,
              const std::function<void(const std::filesystem::path&)>& mount,
              const std::function<void(const std::filesystem::path&)>& umount) const;
@@ -65,8 +69,9 @@ public:
     // rafs::Error when the image is not in the store, a diff stays mounted, or a mount is still in
     // use (then the entries stay: they are a running container's overlay lower directories).
     // A data layer another image of the store lists too keeps its entry (podman may run that
-    // image's containers on it) until no image lists it; so does the image's directory, marked
-    // removed. An image added again takes those entries back.
+    // image's containers on it), without its blob marker, until no image lists it; so does the
+    // image's directory, marked removed. An image added again takes those entries back. What a
+    // remove cut short left behind goes at the next add or remove.
     void remove(const std::string& image, const std::function<bool(const std::filesystem::path&)>& umount,
                 const std::function<bool(const std::filesystem::path&)>& served_under) const;
 
