@@ -18,7 +18,7 @@ public:
     // directory (is rafsd serve running?)"), does not answer within the timeout, or answers
     // with an error (then the message is rafsd's). Not reached, it is a rafs::SystemError with
     // connect(2)'s errno: ENOENT or ECONNREFUSED when nothing listens; one that ends before the
-    // answer (rafsd gone meanwhile) is one of ECONNRESET or EPIPE.
+    // answer (rafsd gone meanwhile) is ECONNRESET.
     nlohmann::json call(const Request& request) const;
 
 private:

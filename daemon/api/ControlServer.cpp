@@ -172,6 +172,7 @@ struct ControlServer::State {
             buffer.append(chunk, static_cast<size_t>(n));
             size_t start = 0;
             for (size_t end; (end = buffer.find('\n', scanned)) != std::string::npos; start = scanned = end + 1) {
+                if (peerClosed(fd)) return;
                 if (!send(fd, respond(std::string_view(buffer).substr(start, end - start)), timeout)) return;
                 deadline = std::chrono::steady_clock::now() + timeout;
             }
@@ -182,6 +183,15 @@ struct ControlServer::State {
                 return;
             }
         }
+    }
+
+    // Whether the client closed its end (not only its writing half, as a client whose last request
+    // has no newline may: unix_poll reports POLLHUP only when both are shut). A client that gave up
+    // while it waited for a place must not have its request carried out unseen: a mount it was
+    // told timed out would appear later.
+    static bool peerClosed(int fd) {
+        pollfd probe = {fd, 0, 0};
+        return ::poll(&probe, 1, 0) == 1 && (probe.revents & POLLHUP) != 0;
     }
 
     std::string respond(std::string_view line) {

@@ -452,8 +452,16 @@ TEST_CASE("control server: connections beyond its limit wait for a place", "[api
     REQUIRE(extra.send("{\"op\":\"list\"}\n"));
     pollfd waiting = {extra.fd(), POLLIN, 0};
     CHECK(::poll(&waiting, 1, 200) == 0);  // no answer while every place is taken
+    // One that gives up while it waits (its timeout passed): its request is not carried out.
+    {
+        RawClient gave_up(socket);
+        REQUIRE(gave_up.send(R"({"op":"mount","bootstrap":"/gave-up.boot","mountpoint":"/m"})" "\n"));
+    }
     clients.pop_back();
     CHECK(json::parse(*extra.readLine())["ok"] == true);
+    clients.pop_back();
+    CHECK(RawClient(socket).ask(R"({"op":"list"})")["ok"] == true);
+    CHECK(handler.mounts().empty());
 }
 
 TEST_CASE("control server closes connections that stay idle, freeing their places", "[api]") {
@@ -671,15 +679,17 @@ TEST_CASE("control client", "[api]") {
     // user that is not root): the client says why, not "Broken pipe". The request is larger than
     // the socket's buffer, so its send fails whatever the order.
     rafs::UniqueFd refusing = boundSocket(dir.path / "refusing.sock", true);
+    ssize_t refusal_sent = 0;  // checked after the join: Catch2's assertions are not thread-safe
+    const std::string refusal = R"({"ok":false,"error":"rafsd takes requests from root only, not from uid 1000"})" "\n";
     std::thread turn_away([&] {
         rafs::UniqueFd peer(::accept(refusing.get(), nullptr, nullptr));
-        const std::string line = R"({"ok":false,"error":"rafsd takes requests from root only, not from uid 1000"})" "\n";
-        CHECK(::send(peer.get(), line.data(), line.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(line.size()));
+        refusal_sent = ::send(peer.get(), refusal.data(), refusal.size(), MSG_NOSIGNAL);
     });
     CHECK_THROWS_WITH(rafsd::ControlClient(dir.path / "refusing.sock", std::chrono::seconds(5))
                           .call(rafsd::StatusRequest{std::filesystem::path("/" + std::string(4 << 20, 'm'))}),
                       "rafsd takes requests from root only, not from uid 1000");
     turn_away.join();
+    CHECK(refusal_sent == static_cast<ssize_t>(refusal.size()));
 }
 
 TEST_CASE("rafsctl against a fake rafsd", "[api]") {
