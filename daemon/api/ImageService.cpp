@@ -894,7 +894,11 @@ void ImageService::recoverMounts() {
     std::lock_guard lock(mutex_);
     // Not fatal (a full state dir): the table on disk still lists every mount taken over, and a
     // worker ending here would leave them to workers that end the same way, readers waiting.
-    saveMountTableOrLog();
+    try {
+        saveMountTable(nullptr);
+    } catch (const std::exception& e) {
+        log::error("{}; serving the mounts taken over all the same (the table on disk still lists them)", e.what());
+    }
     dropUnusedKeptFds();
     // A mount left unserved keeps its blobs' files for the next worker. Which blobs those are is
     // known here only by the cache files the supervisor keeps: its bootstrap may be the very
@@ -1284,7 +1288,7 @@ std::string ImageService::metrics() {
         m.histogram("rafsd_backend_request_latency_seconds", labels, blob->counters().backend_latency.snapshot());
     }
     const CacheCounters& cache = collector_->counters();
-    m.family("rafsd_cache_size_bytes", "gauge", "Space the cache takes on disk: the cache dir and the bootstraps kept in the state dir.");
+    m.family("rafsd_cache_size_bytes", "gauge", "Space the cache takes on disk: the cache dir, the bootstraps kept in the state dir, and the data of mounted fscache images.");
     m.sample("rafsd_cache_size_bytes", {}, collector_->size());
     m.family("rafsd_cache_max_size_bytes", "gauge", "cache.max_size (0: unbounded).");
     m.sample("rafsd_cache_max_size_bytes", {}, collector_->policy().max_size);

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <map>
+#include <optional>
 #include <set>
 
 namespace rafsd {
@@ -15,9 +16,17 @@ namespace fs = std::filesystem;
 
 namespace {
 
-// cachefiles names a volume's dir "I" + its key, and EROFS's volume key is "erofs,<name>".
+// cachefiles names a volume's dir "I" + its key (fs/cachefiles/volume.c), and EROFS's volume key
+// is "erofs,<name>" (fs/erofs/fscache.c).
 constexpr std::string_view kVolumePrefix = "Ierofs,";
 constexpr std::string_view kKeyPrefix = "fscache:";
+
+fs::path volumeDir(const fs::path& bound, std::string_view volume_key) {
+    return bound / "cache" / fmt::format("I{}", volume_key);
+}
+
+// cachefiles names the file of a printable cookie key "D" + the key (fs/cachefiles/key.c).
+std::string cacheFileName(std::string_view cookie_key) { return fmt::format("D{}", cookie_key); }
 
 }  // namespace
 
@@ -46,23 +55,32 @@ std::vector<UnusedCache> FscacheVolumes::list(const std::set<std::string>& in_us
 
 uint64_t FscacheVolumes::unlistedBytes() {
     uint64_t bytes = 0;
-    std::map<std::string, std::set<std::string>> linked;  // by volume key: the cache files' names
+    // By volume key: the names of the cache files linked in; none if the dir could not be read,
+    // whose objects then count as linked (counted twice, they would make collections free space
+    // for nothing).
+    std::map<std::string, std::optional<std::set<std::string>>> linked;
     for (const auto& [key, data] : engine_.openObjectData()) {
         const auto [volume, first] = linked.try_emplace(key.first);
         if (first) {
+            const fs::path dir = volumeDir(bound_, key.first);
+            std::set<std::string> names;
             std::error_code ec;
-            for (fs::recursive_directory_iterator it(bound_ / "cache" / ("I" + key.first), ec), end; !ec && it != end;
-                 it.increment(ec))
-                volume->second.insert(it->path().filename().string());
+            for (fs::recursive_directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec))
+                names.insert(it->path().filename().string());
+            if (!ec || ec == std::errc::no_such_file_or_directory) {
+                volume->second = std::move(names);
+            } else {
+                log::warn("cache size: cannot list {}: {}; its open cache files are not counted", dir.string(),
+                          ec.message());
+            }
         }
-        // cachefiles names the file of a printable key "D" + the key (fs/cachefiles/key.c).
-        if (volume->second.count("D" + key.second) == 0) bytes += data;
+        if (volume->second && volume->second->count(cacheFileName(key.second)) == 0) bytes += data;
     }
     return bytes;
 }
 
 void FscacheVolumes::remove(const std::string& volume) {
-    const fs::path dir = bound_ / "cache" / (std::string(kVolumePrefix) + volume);
+    const fs::path dir = volumeDir(bound_, "erofs," + volume);
     uint32_t busy = 0;
     for (const fs::directory_entry& fanout : fs::directory_iterator(dir)) {
         if (!fanout.is_directory()) continue;
@@ -99,10 +117,9 @@ void FscacheVolumes::cullBlob(const std::string& volume, const std::string& blob
 }
 
 void FscacheVolumes::cullCookie(const std::string& volume, const std::string& key, const std::string& busy) {
-    // cachefiles names the file of a printable key "D" + the key (fs/cachefiles/key.c), in the
-    // fan-out dir of the key's hash: looked for in all of them rather than hashed here.
-    const std::string name = "D" + key;
-    const fs::path dir = bound_ / "cache" / (std::string(kVolumePrefix) + volume);
+    // In the fan-out dir of the key's hash: looked for in all of them rather than hashed here.
+    const std::string name = cacheFileName(key);
+    const fs::path dir = volumeDir(bound_, "erofs," + volume);
     bool culled = false;
     std::error_code ec;
     for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {

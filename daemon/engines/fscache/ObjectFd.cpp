@@ -1,9 +1,12 @@
 #include "daemon/engines/fscache/ObjectFd.h"
 
 #include "format/FileIo.h"
+#include "daemon/core/Log.h"
 
 #include <unistd.h>
 
+#include <cerrno>
+#include <cstring>
 #include <mutex>
 
 namespace rafsd {
@@ -34,7 +37,11 @@ uint64_t objectDataBytes(int anon_fd) {
     // Each turn moves past one extent of data; a file has far fewer than this.
     for (int extents = 0; extents < (1 << 20); ++extents) {
         const off_t data = ::lseek(anon_fd, pos, SEEK_DATA);
-        if (data < 0) break;  // ENXIO: no data from pos on; else the file cannot be asked
+        if (data < 0) {
+            // ENXIO: no data from pos on; ENOBUFS: the kernel has not opened the file yet.
+            if (errno != ENXIO && errno != ENOBUFS) log::warn("cache size: lseek(SEEK_DATA) of a cache file: {}", std::strerror(errno));
+            break;
+        }
         const off_t hole = ::lseek(anon_fd, data, SEEK_HOLE);
         if (hole <= data) break;
         bytes += static_cast<uint64_t>(hole - data);
