@@ -1,4 +1,5 @@
 // mkrafs: builds, checks and unpacks RAFS v6 images. A thin command line over libbuilder.
+#include "format/UsageError.h"
 #include "builder/commands/Build.h"
 #include "builder/commands/Convert.h"
 #include "builder/commands/InterruptCleanup.h"
@@ -163,11 +164,7 @@ int main(int argc, char** argv) {
     } catch (const CLI::CallForAllHelp& e) {
         return app.exit(e);
     } catch (const CLI::ParseError& e) {
-        // CLI11 says only that a subcommand is required when the first word is none.
-        if (app.get_subcommands().empty() && !app.remaining().empty() && !app.remaining().front().starts_with('-'))
-            std::cerr << "mkrafs: unknown command '" << app.remaining().front() << "' (see mkrafs --help)\n";
-        else
-            std::cerr << "mkrafs: " << e.what() << "\n";
+        std::cerr << "mkrafs: " << rafs::usageError(app, e) << " (see mkrafs --help)\n";
         return 2;
     } catch (const std::exception& e) {
         std::cerr << "mkrafs: " << e.what() << "\n";

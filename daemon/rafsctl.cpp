@@ -1,4 +1,5 @@
 // rafsctl: controls a running rafsd over its control socket (see daemon/api/ControlProtocol.h).
+#include "format/UsageError.h"
 #include "format/Error.h"
 #include "daemon/api/ControlClient.h"
 #include "daemon/api/LayerStore.h"
@@ -473,11 +474,7 @@ int main(int argc, char** argv) {
     } catch (const CLI::CallForAllHelp& e) {
         return app.exit(e);
     } catch (const CLI::ParseError& e) {
-        // CLI11 says only that a subcommand is required when the first word is none.
-        if (app.get_subcommands().empty() && !app.remaining().empty() && !app.remaining().front().starts_with('-'))
-            std::cerr << "rafsctl: unknown command '" << app.remaining().front() << "' (see rafsctl --help)\n";
-        else
-            std::cerr << "rafsctl: " << e.what() << " (see rafsctl --help)\n";
+        std::cerr << "rafsctl: " << rafs::usageError(app, e) << " (see rafsctl --help)\n";
         return 2;
     } catch (const std::exception& e) {
         std::cerr << "rafsctl: " << e.what() << "\n";

@@ -1,5 +1,6 @@
 // rafsd: serves RAFS v6 images to the kernel on demand. `mount` serves one image in the
 // foreground; `serve` is the long-running service driven through the control socket (rafsctl).
+#include "format/UsageError.h"
 #include "format/Error.h"
 #include "daemon/api/Config.h"
 #include "daemon/api/ControlServer.h"
@@ -353,11 +354,7 @@ int main(int argc, char** argv) {
     } catch (const CLI::CallForHelp& e) {
         return app.exit(e);
     } catch (const CLI::ParseError& e) {
-        // CLI11 says only that a subcommand is required when the first word is none.
-        if (app.get_subcommands().empty() && !app.remaining().empty() && !app.remaining().front().starts_with('-'))
-            std::cerr << "rafsd: unknown command '" << app.remaining().front() << "' (see rafsd --help)\n";
-        else
-            std::cerr << "rafsd: " << e.what() << "\n";
+        std::cerr << "rafsd: " << rafs::usageError(app, e) << " (see rafsd --help)\n";
         return 2;
     }
 

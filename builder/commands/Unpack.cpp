@@ -161,7 +161,9 @@ private:
         if (rc != ARCHIVE_OK) fail("{}: tar {}: {}", name_, what, archive_error_string(archive_.get()));
     }
 
-    // A header may warn that a name is not UTF-8: it is then stored in binary (see write()).
+    // libarchive's pax writer warns only when a name, link target or owner name is not in the
+    // locale's charset (archive_write_set_format_pax.c): the entry is then stored in binary, with
+    // hdrcharset=BINARY (see write()). Every other outcome but ARCHIVE_OK fails.
     void checkHeader(int rc, const std::string& path) const {
         if (rc != ARCHIVE_WARN) check(rc, "header of " + path);
     }

@@ -142,7 +142,9 @@ bool FileTree::applyWhiteout(Node* dir, std::string_view name, unsigned layer) {
     if (dir == nullptr) return true;
     auto it = dir->children.find(std::string(hidden));
     if (it == dir->children.end()) return true;
-    // What this layer put there stays, wherever the whiteout comes in the layer.
+    // What this layer put there stays, wherever the whiteout comes in the layer. A lower directory
+    // that holds entries of this layer stays as their parent, with its own metadata: the layer
+    // gives none for it (OCI layer.md leaves such a case open).
     Node& entry = *it->second;
     removeLowerLayers(entry, layer);
     if (entry.layer < layer && entry.children.empty()) dir->children.erase(it);

@@ -5,6 +5,7 @@
 //   serve       the service (see daemon/systemd/rafs-snapshotter.service.in)
 //   register    the remote Prepare of a RAFS image's layers through containerd, for ctr
 //   unregister  removes what register made
+#include "format/UsageError.h"
 #include "daemon/api/Config.h"
 #include "daemon/core/Log.h"
 #include "daemon/process/StopSignals.h"
@@ -106,7 +107,16 @@ int main(int argc, char** argv) {
     addTarget(r);
     auto* u = app.add_subcommand("unregister", "remove the snapshots register made for an image");
     addTarget(u);
-    CLI11_PARSE(app, argc, argv);
+    try {
+        app.parse(argc, argv);
+    } catch (const CLI::CallForHelp& e) {
+        return app.exit(e);
+    } catch (const CLI::CallForAllHelp& e) {
+        return app.exit(e);
+    } catch (const CLI::ParseError& e) {
+        std::cerr << "rafs-snapshotter: " << rafs::usageError(app, e) << " (see rafs-snapshotter --help)\n";
+        return 2;
+    }
 
     try {
         const Config config = loadIfPresent(config_path, app.get_option("--config")->count() > 0);

@@ -149,19 +149,29 @@ def verify_build(ck, mk, out, expected, label, tmp, ignore=(), exclude=(), tar_e
 
 
 def not_utf8_entries(root):
-    """How many entries under `root` have a name or symlink target that is not UTF-8."""
+    """How many entries of a tar of `root` carry a path that is not UTF-8: their own, their symlink
+    target, or for a hardlink the first name of its file in bytewise order, which it links to."""
     def utf8(b):
         try:
             b.decode('utf-8')
             return True
         except UnicodeDecodeError:
             return False
+    top = os.fsencode(root)
+    paths = sorted(os.path.join(d, n)[len(top):] for d, dns, fns in os.walk(top) for n in dns + fns)
+    first = {}  # (dev, ino) of a file with several names: its first name
     count = 0
-    for dirpath, dirnames, filenames in os.walk(os.fsencode(root)):
-        for name in dirnames + filenames:
-            path = os.path.join(dirpath, name)
-            if not utf8(path[len(os.fsencode(root)):]) or (os.path.islink(path) and not utf8(os.readlink(path))):
-                count += 1
+    for rel in paths:
+        st = os.lstat(top + rel)
+        target = os.readlink(top + rel) if os.path.islink(top + rel) else b''
+        key = (st.st_dev, st.st_ino)
+        if not os.path.isdir(top + rel) and st.st_nlink > 1:
+            if key in first:
+                target = first[key]
+            else:
+                first[key] = rel
+        if not utf8(rel) or not utf8(target):
+            count += 1
     return count
 
 
