@@ -8,6 +8,7 @@
 #include "registry/RangeSink.h"
 #include "registry/Url.h"
 
+#include <algorithm>
 #include <nlohmann/json.hpp>
 
 #include <fmt/format.h>
@@ -116,6 +117,13 @@ BearerToken RegistryClient::fetchToken(const HostAuth& auth, const Endpoint& ep,
         }
     }
     if (token.value.empty()) rafs::fail("token service {}: no token in its answer", withoutQuery(auth.realm));
+    // It goes into an Authorization header verbatim: a CR or LF would start headers of the token
+    // service's choosing on the registry's connection. Printable ASCII only (RFC 6750's b64token is
+    // narrower still).
+    if (!std::all_of(token.value.begin(), token.value.end(), [](char c) { return c > ' ' && c < 0x7f; })) {
+        rafs::fail("token service {}: its token holds a space, a control or a non-ASCII character",
+                   withoutQuery(auth.realm));
+    }
     // Without expires_in a token lives 60 s (distribution's token spec). Taken as a day at most:
     // a time point that far off would overflow the cache's clock and never be reused.
     constexpr int64_t kMaxLifetime = 24 * 3600;

@@ -16,6 +16,8 @@ stream of range requests from several threads at once. The client under test is 
    the dict's own (the declined mount's upload session cancelled at best).
 While the four threads read, rafsd holds one connection to the registry (HTTP/2: their requests
 are streams on it), sampled with `ss`.
+5. a token service whose token holds a CR LF and a header after it: refused (it would go into the
+   registry's Authorization header as it is), and nothing is mounted.
 `rafsctl status` and /metrics count the token refreshes: as many as the token service issued.
 """
 
@@ -209,7 +211,30 @@ def main():
                 text = srv.log_text()
                 ck.check(PASSWORD not in text and PASSWORD2 not in text, 'no secret in the log')
             convert_across_repositories(ck, mk, tmp, host, ca, cfg_json)
+            injected_token(ck, rafsd, ctl, tmp, host, ca, cfg_json, boot, mnt, issuer)
     return ck.finish()
+
+
+def injected_token(ck, rafsd, ctl, tmp, host, ca, cfg_json, boot, mnt, issuer):
+    ck.section('5. a token with a CR LF and a header after it')
+    # A cache of its own: the blob must be fetched, so a token is.
+    cfg = network_config(tmp, 'injected', {'type': 'registry'}, **{
+        'backend.registry': {'host': host, 'repo': REPO, 'docker_config': cfg_json},
+        'backend.transport': {'certs_dir': os.path.join(tmp, 'no-certs.d')},
+        'backend.hosts."%s"' % host: {'ca_file': ca.cert}})
+    sock = os.path.join(tmp, 'injected.sock')
+    issuer.token_suffix = '\r\nX-Injected: by the token service'
+    try:
+        with RafsdServe(rafsd, cfg, sock, os.path.join(tmp, 'injected.log')) as srv:
+            if not ck.check(srv.start(), 'rafsd serve answers', srv.log_text()[-2000:]):
+                return
+            r = rafsctl(ctl, sock, 'mount', boot, mnt)
+            err = (r.stderr or b'').decode()
+            ck.check(r.returncode != 0 and 'its token holds a space, a control or a non-ASCII character' in err
+                     and not os.path.ismount(mnt), 'the token is refused, nothing is mounted', err)
+            ck.check(srv.stop() == 0, 'rafsd serve exits 0')
+    finally:
+        issuer.token_suffix = ''
 
 
 def push_counts(err):

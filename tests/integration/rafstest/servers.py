@@ -368,6 +368,7 @@ class TokenIssuer(ThreadedServer):
         self.users = dict(users)
         self.lifetime, self.told = lifetime, told
         self.issued, self.refused, self.seen_users = 0, 0, []
+        self.token_suffix = ''  # appended to every token issued: a hostile token service's
         self.lock = threading.Lock()
 
     def realm(self):
@@ -410,7 +411,7 @@ class TokenIssuer(ThreadedServer):
                     ok = url.path == '/token' and user is not None and issuer.users.get(user) == password
                     if ok:
                         issuer.issued += 1
-                        body = {'token': issuer._token(user, query.get('scope', []))}
+                        body = {'token': issuer._token(user, query.get('scope', [])) + issuer.token_suffix}
                         if issuer.told is not None:
                             body['expires_in'] = issuer.told
                     else:
