@@ -127,9 +127,19 @@ void OciLayoutStore::readBlob(const std::string& digest, uint64_t offset, std::s
     }
 }
 
+// A registry checks what it stores; a layout's files can be damaged or cut short since (an earlier
+// run killed, a disk that filled up, a hand that truncated one): a blob is there only if its
+// bytes have its digest, else it is written again. Hashing costs a read of each blob kept.
 bool OciLayoutStore::hasBlob(const std::string& digest) {
-    std::error_code ec;
-    return fs::exists(blobPath(digest), ec);
+    std::ifstream in(blobPath(digest), std::ios::binary);
+    if (!in) return false;
+    rafs::Hasher hasher(rafs::Digester::Sha256);
+    std::vector<char> buffer(1 << 20);
+    while (in.read(buffer.data(), static_cast<std::streamsize>(buffer.size())) || in.gcount() > 0) {
+        hasher.update({reinterpret_cast<const uint8_t*>(buffer.data()), static_cast<size_t>(in.gcount())});
+    }
+    if (in.bad()) rafs::failErrno(fmt::format("{}: cannot read blob {}", describe(), digest));
+    return "sha256:" + rafs::toHex(hasher.finish()) == digest;
 }
 
 void OciLayoutStore::writeBlob(const std::string& digest, RequestBody& body) {

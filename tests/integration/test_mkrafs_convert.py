@@ -444,6 +444,17 @@ def main():
             layout_digest = dst_index['manifests'][0]['digest']
             ck.check(layout_digest == digest1, 'the same manifest digest as through the registry')
             check_rafs_image(ck, mk, tmp, dst_layout, layout_digest, expected, 'layout')
+            # A blob of the layout damaged since (cut short): the same conversion again writes it anew
+            # rather than take it as there.
+            with open(blob_path(dst_layout, layout_digest)) as f:
+                damaged = blob_path(dst_layout, json.load(f)['layers'][0]['digest'])
+            size = os.path.getsize(damaged)
+            os.truncate(damaged, 1000)
+            r = run([mk.path, 'convert', '--work-dir', work_dir, 'oci:%s:v1' % src_layout, 'oci:%s:rafs' % dst_layout],
+                    timeout=600)
+            ck.check(r.returncode == 0 and os.path.getsize(damaged) == size and
+                     ': 1 blobs uploaded' in text(r.stderr),
+                     'a blob cut short in the target layout is written again', text(r.stderr)[-500:])
 
             ck.section('5a. two converts into one layout at once: both tags kept (the layout lock)')
             # The test holds the layout's lock first, as a third writer would, so that both
