@@ -187,6 +187,7 @@ BuiltImage buildLayers(const BuildOptions& options, const std::vector<LayerInput
         if (blob_done) blob_done(*layers.back());
     }
     BuiltImage image;
+    for (const auto& layer : layers) image.layer_has_blob.push_back(layer.has_value());
     if (dict) {
         std::vector<bool> used(dict->blobs.size(), false);
         std::set<Digest> used_chunks;

@@ -29,6 +29,8 @@ struct BuiltImage {
     // The layers' blobs in DIR/blobs/<id> (layers with no new chunk have none), then the chunk
     // dict's blobs that are referenced (path empty: they are the dict image's).
     std::vector<BlobInfo> blobs;
+    // For each layer, lowest first: whether it has a blob (the first blobs, in order).
+    std::vector<bool> layer_has_blob;
     std::filesystem::path bootstrap;   // DIR/image.boot
     size_t unique_chunks = 0;
     size_t dict_chunks_used = 0;       // distinct chunk dict chunks the image references

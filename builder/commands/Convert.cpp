@@ -222,6 +222,25 @@ private:
     std::thread thread_;  // last: starts when the rest is ready
 };
 
+// OCI config.md pairs the history entries that are no empty_layer with the layers, in order. A
+// source layer that gave no blob (nothing new in it) is no layer of the RAFS image: its entry
+// becomes an empty_layer one; each chunk dict blob gets an entry (the bootstrap's comes last). A
+// history that pairs with no source layers as it should is left as it is.
+void pairHistoryWithLayers(json& history, const BuiltImage& built) {
+    std::vector<json*> layer_entries;
+    for (json& entry : history) {
+        if (!entry.is_object() || !entry.value("empty_layer", false)) layer_entries.push_back(&entry);
+    }
+    if (layer_entries.size() != built.layer_has_blob.size()) return;
+    for (size_t i = 0; i < layer_entries.size(); ++i) {
+        if (!built.layer_has_blob[i] && layer_entries[i]->is_object()) (*layer_entries[i])["empty_layer"] = true;
+    }
+    const auto layer_blobs = static_cast<size_t>(std::count(built.layer_has_blob.begin(), built.layer_has_blob.end(), true));
+    for (size_t k = layer_blobs; k < built.blobs.size(); ++k) {
+        history.push_back({{"created_by", "mkrafs convert"}, {"comment", "Nydus chunk dict blob"}});
+    }
+}
+
 registry::Platform platformOf(const ResolvedManifest& m, const json& config) {
     return m.platform ? *m.platform : registry::Platform::ofConfig(config);
 }
@@ -348,6 +367,7 @@ public:
 
         config["rootfs"] = {{"type", "layers"}, {"diff_ids", diff_ids}};
         if (!config.contains("history") || !config["history"].is_array()) config["history"] = json::array();
+        pairHistoryWithLayers(config["history"], built);
         config["history"].push_back({{"created_by", "mkrafs convert"}, {"comment", "Nydus Bootstrap Layer"}});
         const std::string config_out = config.dump();
         out.config.media_type = registry::media::kOciConfig;

@@ -300,6 +300,9 @@ def check_rafs_image(ck, mk, tmp, layout, manifest_digest, expected, label):
     ck.check(config['rootfs']['diff_ids'] == diff_ids, '%s: config diff_ids = blob digests + bootstrap tar' % label,
              '%r' % config['rootfs'])
     ck.check(config['history'][-1].get('comment') == 'Nydus Bootstrap Layer', '%s: history entry' % label)
+    paired = [h for h in config['history'] if not h.get('empty_layer')]
+    ck.check(len(paired) == len(layers), '%s: one history entry per layer (a source layer that gave no blob: '
+             'empty_layer)' % label, '%d entries for %d layers: %r' % (len(paired), len(layers), config['history']))
     ck.check(a.get('containerd.io/uncompressed') == diff_ids[-1], '%s: uncompressed annotation' % label)
     with tarfile.open(tar_path) as t:
         names = t.getnames()
