@@ -1,5 +1,5 @@
 // mkrafs: builds, checks and unpacks RAFS v6 images. A thin command line over libbuilder.
-#include "format/UsageError.h"
+#include "format/CommandLine.h"
 #include "builder/commands/Build.h"
 #include "builder/commands/Convert.h"
 #include "builder/commands/InterruptCleanup.h"
@@ -143,8 +143,8 @@ int main(int argc, char** argv) {
     u->add_option("--raw-dir", unpack.raw_dir, "write <raw-dir>/<blob-id> for a daemon-less kernel mount");
     u->add_option("--tar", unpack.tar, "write the tree as a tar file (- for stdout)");
 
+    if (const auto exit_status = rafs::parseCommandLine(app, argc, argv, "mkrafs")) return *exit_status;
     try {
-        app.parse(argc, argv);
         if (b->parsed()) {
             build_flags.apply(build);
             rafs::build::build(build, std::cerr);
@@ -159,13 +159,6 @@ int main(int argc, char** argv) {
             if (unpack.raw_dir.empty() && unpack.tar.empty()) rafs::fail("unpack needs --raw-dir or --tar");
             rafs::build::unpack(unpack);
         }
-    } catch (const CLI::CallForHelp& e) {
-        return app.exit(e);
-    } catch (const CLI::CallForAllHelp& e) {
-        return app.exit(e);
-    } catch (const CLI::ParseError& e) {
-        std::cerr << "mkrafs: " << rafs::usageError(app, e) << " (see mkrafs --help)\n";
-        return 2;
     } catch (const std::exception& e) {
         std::cerr << "mkrafs: " << e.what() << "\n";
         return 1;

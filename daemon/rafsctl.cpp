@@ -1,5 +1,5 @@
 // rafsctl: controls a running rafsd over its control socket (see daemon/api/ControlProtocol.h).
-#include "format/UsageError.h"
+#include "format/CommandLine.h"
 #include "format/Error.h"
 #include "daemon/api/ControlClient.h"
 #include "daemon/api/LayerStore.h"
@@ -378,8 +378,8 @@ int main(int argc, char** argv) {
     trace->add_option("MOUNTPOINT", mountpoint, "where the image is mounted")->required();
     trace->add_option("--output,-o", trace_out, "write the list to FILE instead of stdout");
 
+    if (const auto exit_status = rafs::parseCommandLine(app, argc, argv, "rafsctl")) return *exit_status;
     try {
-        app.parse(argc, argv);
         rafsd::ControlClient client(socket, std::chrono::milliseconds(static_cast<int64_t>(timeout * 1000.0)));
         if (mount->parsed()) {
             rafsd::MountRequest request;
@@ -469,13 +469,6 @@ int main(int argc, char** argv) {
                 std::cerr << "rafsctl: " << response.value("files", 0) << " files written to " << trace_out << "\n";
             }
         }
-    } catch (const CLI::CallForHelp& e) {
-        return app.exit(e);
-    } catch (const CLI::CallForAllHelp& e) {
-        return app.exit(e);
-    } catch (const CLI::ParseError& e) {
-        std::cerr << "rafsctl: " << rafs::usageError(app, e) << " (see rafsctl --help)\n";
-        return 2;
     } catch (const std::exception& e) {
         std::cerr << "rafsctl: " << e.what() << "\n";
         return 1;

@@ -1,6 +1,6 @@
 // rafsd: serves RAFS v6 images to the kernel on demand. `mount` serves one image in the
 // foreground; `serve` is the long-running service driven through the control socket (rafsctl).
-#include "format/UsageError.h"
+#include "format/CommandLine.h"
 #include "format/Error.h"
 #include "daemon/api/Config.h"
 #include "daemon/api/ControlServer.h"
@@ -349,14 +349,7 @@ int main(int argc, char** argv) {
     s->add_flag("--check-config", check_config,
                 "read the configuration, say whether it is valid and exit (a reload runs this first)");
 
-    try {
-        app.parse(argc, argv);
-    } catch (const CLI::CallForHelp& e) {
-        return app.exit(e);
-    } catch (const CLI::ParseError& e) {
-        std::cerr << "rafsd: " << rafs::usageError(app, e) << " (see rafsd --help)\n";
-        return 2;
-    }
+    if (const auto exit_status = rafs::parseCommandLine(app, argc, argv, "rafsd")) return *exit_status;
 
     try {
         const sigset_t stop_signals = blockStopSignals();

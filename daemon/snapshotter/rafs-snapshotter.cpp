@@ -5,7 +5,7 @@
 //   serve       the service (see daemon/systemd/rafs-snapshotter.service.in)
 //   register    the remote Prepare of a RAFS image's layers through containerd, for ctr
 //   unregister  removes what register made
-#include "format/UsageError.h"
+#include "format/CommandLine.h"
 #include "daemon/api/Config.h"
 #include "daemon/core/Log.h"
 #include "daemon/process/StopSignals.h"
@@ -107,16 +107,7 @@ int main(int argc, char** argv) {
     addTarget(r);
     auto* u = app.add_subcommand("unregister", "remove the snapshots register made for an image");
     addTarget(u);
-    try {
-        app.parse(argc, argv);
-    } catch (const CLI::CallForHelp& e) {
-        return app.exit(e);
-    } catch (const CLI::CallForAllHelp& e) {
-        return app.exit(e);
-    } catch (const CLI::ParseError& e) {
-        std::cerr << "rafs-snapshotter: " << rafs::usageError(app, e) << " (see rafs-snapshotter --help)\n";
-        return 2;
-    }
+    if (const auto exit_status = rafs::parseCommandLine(app, argc, argv, "rafs-snapshotter")) return *exit_status;
 
     try {
         const Config config = loadIfPresent(config_path, app.get_option("--config")->count() > 0);
