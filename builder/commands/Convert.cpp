@@ -222,16 +222,18 @@ private:
     std::thread thread_;  // last: starts when the rest is ready
 };
 
-// OCI config.md pairs the history entries that are no empty_layer with the layers, in order. A
-// source layer that gave no blob (nothing new in it) is no layer of the RAFS image: its entry
-// becomes an empty_layer one; each chunk dict blob gets an entry (the bootstrap's comes last). A
-// history that pairs with no source layers as it should is left as it is.
+// OCI config.md pairs the history entries that are no empty_layer with the layers, in order. When
+// the blobs are as many as the source layers, the entries stay as they are (also when a chunk dict
+// blob stands for a layer that gave none: the image is then the dict's again). Else a source
+// layer that gave no blob (nothing new in it) is no layer of the RAFS image: its entry becomes an
+// empty_layer one, and each chunk dict blob gets an entry (the bootstrap's comes last). A history
+// that does not pair with the source layers to begin with is left as it is.
 void pairHistoryWithLayers(json& history, const BuiltImage& built) {
     std::vector<json*> layer_entries;
     for (json& entry : history) {
         if (!entry.is_object() || !entry.value("empty_layer", false)) layer_entries.push_back(&entry);
     }
-    if (layer_entries.size() != built.layer_has_blob.size()) return;
+    if (layer_entries.size() != built.layer_has_blob.size() || layer_entries.size() == built.blobs.size()) return;
     for (size_t i = 0; i < layer_entries.size(); ++i) {
         if (!built.layer_has_blob[i] && layer_entries[i]->is_object()) (*layer_entries[i])["empty_layer"] = true;
     }
