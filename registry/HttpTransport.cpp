@@ -1,6 +1,7 @@
 #include "registry/HttpTransport.h"
 
 #include "format/Error.h"
+#include "format/UniqueFd.h"
 #include "registry/Url.h"
 
 #include <openssl/err.h>
@@ -10,7 +11,6 @@
 #include <nlohmann/json.hpp>
 
 #include <sys/socket.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <cctype>
@@ -174,11 +174,8 @@ void setOption(CURL* handle, CURLoption option, T value) {
 // errno (CURLINFO_OS_ERRNO is 0): the server then takes the blame for this process's fd limit.
 // A socket made here tells: ", and this process cannot open a socket: Too many open files".
 std::string socketShortage() {
-    const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd >= 0) {
-        ::close(fd);
-        return {};
-    }
+    const rafs::UniqueFd probe(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    if (probe.get() >= 0) return {};
     return fmt::format(", and this process cannot open a socket: {}", std::strerror(errno));
 }
 

@@ -703,11 +703,11 @@ size_t ImageService::eraseUnserved(const std::function<bool(const MountRecord&)>
     return erased;
 }
 
-void ImageService::saveMountTableOrLog() {
+void ImageService::saveMountTableOrLog(std::string_view consequence) {
     try {
         saveMountTable(nullptr);
     } catch (const std::exception& e) {
-        log::error("{}; a restarted rafsd will not know the current mounts", e.what());
+        log::error("{}; {}", e.what(), consequence);
     }
 }
 
@@ -894,11 +894,7 @@ void ImageService::recoverMounts() {
     std::lock_guard lock(mutex_);
     // Not fatal (a full state dir): the table on disk still lists every mount taken over, and a
     // worker ending here would leave them to workers that end the same way, readers waiting.
-    try {
-        saveMountTable(nullptr);
-    } catch (const std::exception& e) {
-        log::error("{}; serving the mounts taken over all the same (the table on disk still lists them)", e.what());
-    }
+    saveMountTableOrLog("serving the mounts taken over all the same (the table on disk still lists them)");
     dropUnusedKeptFds();
     // A mount left unserved keeps its blobs' files for the next worker. Which blobs those are is
     // known here only by the cache files the supervisor keeps: its bootstrap may be the very

@@ -205,8 +205,9 @@ private:
     static MountRecord recordOf(const Image& image);
     // Rewrites the mount table (if kept) from images_, plus `adding` (about to be mounted).
     void saveMountTable(const Image* adding);
-    // After a mount or unmount already happened: a failure only costs the failover, so it is logged.
-    void saveMountTableOrLog();
+    // After a mount or unmount already happened: a failure only costs the failover, so it is logged
+    // with what it costs.
+    void saveMountTableOrLog(std::string_view consequence = "a restarted rafsd will not know the current mounts");
     // Takes the records `which` picks off unserved_, and with the last one the blobs kept for them
     // (unserved_blobs_). Returns how many went. mutex_ held.
     size_t eraseUnserved(const std::function<bool(const MountRecord&)>& which);

@@ -56,14 +56,14 @@ void failOn(const std::error_code& ec, std::string_view what, const fs::path& pa
     if (ec) rafs::fail("cannot {} {}: {}", what, path.string(), ec.message());
 }
 
-// The layer digests of the store's images but `except`'s, those removed left out.
-std::set<std::string> listedLayers(const fs::path& store, const fs::path& except) {
+// The layer digests of the store's images, those removed left out.
+std::set<std::string> listedLayers(const fs::path& store) {
     std::set<std::string> digests;
     std::error_code ec;
     for (fs::directory_iterator it(store, ec), end; it != end; it.increment(ec)) {
         failOn(ec, "list", store);
         const fs::path image = it->path();
-        if (image == except || !fs::is_directory(image) || isRemoved(image)) continue;
+        if (!fs::is_directory(image) || isRemoved(image)) continue;
         for (const auto& layer : fs::directory_iterator(image)) {
             if (isSha256Digest(layer.path().filename().string())) digests.insert(layer.path().filename().string());
         }
@@ -200,7 +200,7 @@ void LayerStore::add(const std::string& image, const std::vector<StoreLayer>& la
     }
     // Of an image removed before, the entries kept for other images' containers stay as they are
     // (anything else a crash left goes).
-    if (fs::exists(top, ec)) keepListedDataLayers(top, listedLayers(dir_, top));
+    if (fs::exists(top, ec)) keepListedDataLayers(top, listedLayers(dir_));
     const bool kept = fs::exists(top, ec);
     std::vector<fs::path> made;
     std::optional<fs::path> mounted;
@@ -239,7 +239,7 @@ void LayerStore::add(const std::string& image, const std::vector<StoreLayer>& la
             // Removed still: the kept entries go without their markers again.
             try {
                 writeFileSynced(top / kRemovedMarker, image + "\n");
-                keepListedDataLayers(top, listedLayers(dir_, top));
+                keepListedDataLayers(top, listedLayers(dir_));
             } catch (const std::exception& again) {
                 throw rafs::Error(fmt::format("{}: {}; and its kept entries in {}: {}", image, e.what(), top.string(),
                                               again.what()));
@@ -336,7 +336,6 @@ void LayerStore::remove(const std::string& image, const std::function<bool(const
     // Marked first: a crash part of the way leaves a removed image (cleaned up by the next add or
     // remove), not a broken one.
     writeFileSynced(top / kRemovedMarker, image + "\n");
-    keepListedDataLayers(top, listedLayers(dir_, top));
     dropUnlistedKeptLayers();
 }
 
@@ -348,7 +347,10 @@ void LayerStore::dropUnlistedKeptLayers() const {
         if (isRemoved(it->path())) removed.push_back(it->path());
     }
     failOn(ec, "list", dir_);
-    for (const fs::path& image : removed) keepListedDataLayers(image, listedLayers(dir_, image));
+    if (removed.empty()) return;
+    // The same for each: removed images list none.
+    const std::set<std::string> listed = listedLayers(dir_);
+    for (const fs::path& image : removed) keepListedDataLayers(image, listed);
 }
 
 }  // namespace rafsd
