@@ -214,14 +214,16 @@ BuiltImage buildLayers(const BuildOptions& options, const std::vector<LayerInput
     }
     // A trace recorded on an earlier version of the image may name what this one lacks: left out
     // and said, as the prefetch table is a hint (Nydus ignores such paths too). Each inode once: a
-    // list may name a path twice, or two names of one file.
+    // list may name a path twice, or two names of one file. A path through symlinks (/lib/x
+    // where /lib -> usr/lib, as in every merged-/usr image) stands for what a reader opening it
+    // reads, and is kept under that entry's own path.
     std::vector<std::string> present;
     std::vector<std::string> absent;
     std::unordered_set<const Inode*> listed;
     for (const std::string& p : boot.prefetch_paths) {
-        const Node* n = tree.find(p);
+        const Node* n = tree.resolve(p);
         if (n == nullptr) absent.push_back(p);
-        else if (listed.insert(n->inode.get()).second) present.push_back(p);
+        else if (listed.insert(n->inode.get()).second) present.push_back(FileTree::pathOf(*n));
     }
     if (!absent.empty()) {
         report(fmt::format("prefetch list: {} of its paths are not in the image, left out (the first: {})",

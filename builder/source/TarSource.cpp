@@ -25,11 +25,9 @@ namespace {
 
 constexpr size_t kMaxNameLength = 255;  // EROFS dirent names
 // A member's path, as Linux's PATH_MAX (include/uapi/linux/limits.h) bounds what a runtime
-// applying the layer could create; and the depth of the tree it may build, with symlinks
-// followed: both keep a hostile layer from costing time and memory without end.
+// applying the layer could create; FileTree::followDirs bounds the depth of the tree it may build
+// and the symlinks followed: both keep a hostile layer from costing time and memory without end.
 constexpr size_t kMaxPathLength = 4095;
-constexpr unsigned kMaxDepth = 2048;
-constexpr unsigned kMaxSymlinks = 40;  // Linux's MAXSYMLINKS (include/linux/namei.h)
 
 // Linux's binary POSIX ACL xattr (uapi linux/posix_acl_xattr.h and linux/posix_acl.h).
 constexpr uint32_t kAclXattrVersion = 2;
@@ -238,57 +236,17 @@ private:
     }
 
     // The directory that holds the entry `parts` names (a non-empty path: all its components but
-    // the last), found as a runtime applying the layer finds it, in the tree built so far with
-    // its symlinks followed inside the image's root (an absolute target starts at the root, ".."
-    // stops there): containerd's archive.Apply resolves it with fs.RootPath, umoci with
-    // securejoin, so "lib/x" over a "lib -> usr/lib" symlink is /usr/lib/x. Missing directories
-    // are made when `create`; otherwise a missing or non-directory parent gives nullptr.
+    // the last), found as a runtime applying the layer finds it in the tree built so far
+    // (FileTree::followDirs), missing directories made when `create`; otherwise a missing or
+    // non-directory parent gives nullptr.
     Node* parentOf(std::span<const std::string_view> parts, bool create) {
-        std::deque<std::string> pending(parts.begin(), parts.end() - 1);
-        Node* dir = &tree_.root();
-        unsigned depth = 0;
         unsigned links = 0;
-        while (!pending.empty()) {
-            const std::string name = std::move(pending.front());
-            pending.pop_front();
-            if (name.empty() || name == ".") continue;
-            if (name == "..") {
-                if (dir->parent != nullptr) {
-                    dir = dir->parent;
-                    --depth;
-                }
-                continue;
-            }
-            Node* next = childOf(*dir, name);
-            if (next != nullptr && next->inode->isLink()) {
-                if (++links > kMaxSymlinks) failMember("more than {} symlinks in its path", kMaxSymlinks);
-                const std::string& target = next->inode->symlink_target;
-                std::vector<std::string> target_parts;
-                for (size_t start = 0; start <= target.size();) {
-                    const size_t slash = std::min(target.find('/', start), target.size());
-                    target_parts.push_back(target.substr(start, slash - start));
-                    start = slash + 1;
-                }
-                pending.insert(pending.begin(), target_parts.begin(), target_parts.end());
-                if (target.starts_with('/')) {
-                    dir = &tree_.root();
-                    depth = 0;
-                }
-                continue;
-            }
-            if (next == nullptr) {
-                if (!create) return nullptr;
-                auto inode = std::make_shared<Inode>();
-                inode->mode = S_IFDIR | 0755;
-                next = &tree_.put(*dir, name, std::move(inode), layer_);
-            } else if (!next->inode->isDir()) {
-                if (!create) return nullptr;
-                failMember("parent {} is not a directory", FileTree::pathOf(*next));
-            }
-            if (++depth >= kMaxDepth) failMember("deeper than {} directories", kMaxDepth);
-            dir = next;
+        try {
+            return tree_.followDirs(tree_.root(), std::deque<std::string>(parts.begin(), parts.end() - 1), links,
+                                    create ? std::optional<unsigned>(layer_) : std::nullopt);
+        } catch (const Error& e) {
+            failMember("{}", e.what());
         }
-        return dir;
     }
 
     void addEntry(archive_entry* entry) {

@@ -4,6 +4,7 @@
 
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <vector>
 
 namespace rafs::build {
@@ -72,6 +73,93 @@ Node* FileTree::find(std::string_view path) {
         if (node == nullptr) return nullptr;
     }
     return node;
+}
+
+namespace {
+
+// A symlink's target as names for followDirs, "" and "." included (it skips them).
+std::deque<std::string> targetNames(const std::string& target) {
+    std::deque<std::string> names;
+    for (size_t start = 0; start <= target.size();) {
+        const size_t slash = std::min(target.find('/', start), target.size());
+        names.push_back(target.substr(start, slash - start));
+        start = slash + 1;
+    }
+    return names;
+}
+
+unsigned depthOf(const Node& node) {
+    unsigned depth = 0;
+    for (const Node* n = node.parent; n != nullptr; n = n->parent) ++depth;
+    return depth;
+}
+
+}  // namespace
+
+Node* FileTree::followDirs(Node& from, std::deque<std::string> names, unsigned& links, std::optional<unsigned> create) {
+    Node* dir = &from;
+    unsigned depth = depthOf(from);
+    while (!names.empty()) {
+        const std::string name = std::move(names.front());
+        names.pop_front();
+        if (name.empty() || name == ".") continue;
+        if (name == "..") {
+            if (dir->parent != nullptr) {
+                dir = dir->parent;
+                --depth;
+            }
+            continue;
+        }
+        Node* next = child(*dir, name);
+        if (next != nullptr && next->inode->isLink()) {
+            if (++links > kMaxSymlinks) fail("more than {} symlinks in its path", kMaxSymlinks);
+            const std::string& target = next->inode->symlink_target;
+            std::deque<std::string> target_names = targetNames(target);
+            names.insert(names.begin(), target_names.begin(), target_names.end());
+            if (target.starts_with('/')) {
+                dir = &root_;
+                depth = 0;
+            }
+            continue;
+        }
+        if (next == nullptr) {
+            if (!create) return nullptr;
+            auto inode = std::make_shared<Inode>();
+            inode->mode = S_IFDIR | 0755;
+            next = &put(*dir, name, std::move(inode), *create);
+        } else if (!next->inode->isDir()) {
+            if (!create) return nullptr;
+            fail("parent {} is not a directory", pathOf(*next));
+        }
+        if (++depth >= kMaxDepth) fail("deeper than {} directories", kMaxDepth);
+        dir = next;
+    }
+    return dir;
+}
+
+Node* FileTree::resolve(std::string_view path) {
+    unsigned links = 0;
+    Node* start = &root_;
+    std::deque<std::string> names = targetNames(std::string(path));
+    for (;;) {
+        while (!names.empty() && (names.back().empty() || names.back() == ".")) names.pop_back();
+        if (names.empty()) return start;
+        const std::string last = std::move(names.back());
+        names.pop_back();
+        Node* dir = nullptr;
+        try {
+            dir = followDirs(*start, std::move(names), links, std::nullopt);
+        } catch (const Error&) {  // too many symlinks: ELOOP for a reader
+            return nullptr;
+        }
+        if (dir == nullptr) return nullptr;
+        if (last == "..") return dir->parent != nullptr ? dir->parent : dir;
+        Node* node = child(*dir, last);
+        if (node == nullptr || !node->inode->isLink()) return node;
+        if (++links > kMaxSymlinks) return nullptr;
+        names = targetNames(node->inode->symlink_target);
+        start = node->inode->symlink_target.starts_with('/') ? &root_ : dir;
+    }
 }
 
 Node& FileTree::put(std::string_view path, std::shared_ptr<Inode> inode, unsigned layer) {

@@ -4,8 +4,10 @@
 
 #include "builder/tree/Inode.h"
 
+#include <deque>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <unordered_set>
@@ -32,6 +34,24 @@ public:
     // Path components are separated by '/'; leading "/" and "./" and empty components are
     // ignored; "." and ".." components are rejected with Error. Returns nullptr if absent.
     Node* find(std::string_view path);
+
+    // Symlinks followed in one lookup at most: Linux's MAXSYMLINKS (include/linux/namei.h).
+    static constexpr unsigned kMaxSymlinks = 40;
+    // Directories made below the root at most (`create` in followDirs).
+    static constexpr unsigned kMaxDepth = 2048;
+
+    // The directory that `names` lead to from `from`, found as a lookup inside the image's root
+    // finds it: "" and "." are skipped, ".." goes up but not past the root, and a symlink is
+    // followed (an absolute target from the root), at most kMaxSymlinks of them counting `links`,
+    // which the caller starts at 0. Missing: nullptr, or with `create` a directory of that layer
+    // is made. Not a directory: nullptr, or Error with `create`. Error for too many symlinks or
+    // too deep a tree. containerd's archive.Apply applies a layer's members so (fs.RootPath), and
+    // umoci (securejoin): "lib/x" over "lib -> usr/lib" is /usr/lib/x.
+    Node* followDirs(Node& from, std::deque<std::string> names, unsigned& links, std::optional<unsigned> create);
+
+    // The entry `path` names as a reader opening it gets it: followDirs for its directories, then
+    // a symlink in its last component followed too. nullptr if absent, or for a symlink loop.
+    Node* resolve(std::string_view path);
 
     // Puts `inode` at `path`, replacing whatever entry was there (a replaced directory loses
     // its subtree unless the new entry is a directory too, in which case children are kept and

@@ -21,7 +21,7 @@ void placePrefetchFirst(const std::vector<std::string>& paths, FileTree& tree, C
                         BlobWriter& blob) {
     std::vector<uint32_t> first;
     for (const std::string& path : paths) {
-        if (const Node* node = tree.find(path)) addChunks(*node, blob.index(), first);
+        if (const Node* node = tree.resolve(path)) addChunks(*node, blob.index(), first);
     }
     if (first.empty()) return;
     const std::vector<ChunkRef> moved = blob.placeFirst(first);

@@ -16,7 +16,8 @@ namespace rafs::build {
 
 // Call once the layer's chunks are all in `blob` (the pipeline finished) and before
 // blob.finish(). `paths` are the prefetch list's absolute paths: a directory stands for every
-// regular file below it, in name order; paths not in the tree yet are skipped. Every reference
+// regular file below it, in name order; symlinks on the way are followed (FileTree::resolve);
+// paths not in the tree yet are skipped. Every reference
 // to the blob's chunks (the tree's inodes, the dictionary) is pointed at the new places.
 void placePrefetchFirst(const std::vector<std::string>& paths, FileTree& tree, ChunkDictionary& dictionary,
                         BlobWriter& blob);

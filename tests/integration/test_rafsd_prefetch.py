@@ -4,7 +4,8 @@
 
 0. the layout: by default the listed file's chunks lead the blob, in file order, the others
    follow in source order, and the same build twice gives the same blob; with --keep-blob-order
-   the blob is byte for byte the one of a build without the list, the file last in it;
+   the blob is byte for byte the one of a build without the list, the file last in it; a list
+   naming the file through a symlinked directory gives the same image as one naming it directly;
 1. (the --keep-blob-order image) bandwidth capped at 1 MiB/s: one second after the mount far less than the image has been
    fetched (the cap holds, roughly); the prefetch-table file becomes complete in the cache file
    while most of the blob is still missing (the table goes first, not blob order); nothing is
@@ -57,22 +58,29 @@ def main():
         src, out, mnt = (os.path.join(tmp, n) for n in ('src', 'out', 'mnt'))
         os.makedirs(mnt)
         make_small_tree(src, FILES, seed=5)
-        plist = os.path.join(tmp, 'prefetch.list')
+        os.symlink('z', os.path.join(src, 'lnk'))
+        plist, linked_list = os.path.join(tmp, 'prefetch.list'), os.path.join(tmp, 'linked.list')
         with open(plist, 'w') as f:
             f.write(HOT + '\n')
+        with open(linked_list, 'w') as f:
+            f.write('/lnk/hot\n')
         ck.section('blob layout')
-        plain, first, again = (os.path.join(tmp, n) for n in ('plain', 'first', 'again'))
+        plain, first, again, linked = (os.path.join(tmp, n) for n in ('plain', 'first', 'again', 'linked'))
         if not (ck.cmd_ok(mk.build(plain, [src]), 'mkrafs build (no list)') and
                 ck.cmd_ok(mk.build(out, [src], prefetch_list=plist, extra=['--keep-blob-order']),
                           'mkrafs build --prefetch-list --keep-blob-order') and
                 ck.cmd_ok(mk.build(first, [src], prefetch_list=plist), 'mkrafs build --prefetch-list') and
-                ck.cmd_ok(mk.build(again, [src], prefetch_list=plist), 'the same build again')):
+                ck.cmd_ok(mk.build(again, [src], prefetch_list=plist), 'the same build again') and
+                ck.cmd_ok(mk.build(linked, [src], prefetch_list=linked_list), 'mkrafs build, the list through a symlink')):
             return ck.finish()
         ids = {n: blob_ids(os.path.join(d, 'image.boot'))[0] for n, d in
                (('plain', plain), ('kept', out), ('first', first), ('again', again))}
         ck.check(ids['kept'] == ids['plain'], '--keep-blob-order: the blob of the build without the list', str(ids))
         ck.check(ids['first'] != ids['plain'] and ids['first'] == ids['again'],
                  'default: another blob, the same one from the same build twice', str(ids))
+        # /lnk -> z: the list naming /lnk/hot is the list naming /z/hot, blob and prefetch table alike.
+        with open(os.path.join(first, 'image.boot'), 'rb') as f, open(os.path.join(linked, 'image.boot'), 'rb') as g:
+            ck.check(f.read() == g.read(), 'a list naming %s through a symlinked directory: the same image' % HOT)
         chunks = inspect_chunks(mk.path, os.path.join(first, 'image.boot'), os.path.join(first, 'blobs'))
         hot = chunks[HOT][1]
         ck.check([c[2] for c in hot] == list(range(len(hot))) and hot[0][3] == 0 and

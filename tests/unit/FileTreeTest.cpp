@@ -240,3 +240,35 @@ TEST_CASE("xattrSetProblem refuses ACL values the kernel would not take", "[tree
         }
     }
 }
+
+TEST_CASE("resolve follows symlinks as a reader opening the path does", "[tree]") {
+    FileTree tree;
+    tree.put("usr", makeInode(S_IFDIR | 0755), 0);
+    tree.put("usr/lib", makeInode(S_IFDIR | 0755), 0);
+    tree.put("usr/bin", makeInode(S_IFDIR | 0755), 0);
+    Node& libc = tree.put("usr/lib/libc.so.6", makeInode(S_IFREG | 0755), 0);
+    Node& python = tree.put("usr/bin/python3.11", makeInode(S_IFREG | 0755), 0);
+    auto link = [&](const char* path, const char* target) {
+        auto inode = makeInode(S_IFLNK | 0777);
+        inode->symlink_target = target;
+        tree.put(path, inode, 0);
+    };
+    link("lib", "usr/lib");                // merged /usr
+    link("bin", "/usr/bin");               // absolute
+    link("usr/bin/python3", "python3.11");  // the last component, relative to its directory
+    link("usr/lib/up", "../../../usr/lib/libc.so.6");  // ".." stops at the root
+    link("loop1", "loop2");
+    link("loop2", "loop1");
+    link("dangling", "nowhere");
+    CHECK(tree.resolve("/lib/libc.so.6") == &libc);
+    CHECK(tree.resolve("/bin/python3") == &python);
+    CHECK(tree.resolve("lib/up") == &libc);
+    CHECK(tree.resolve("/usr/lib/../bin/python3.11") == &python);
+    CHECK(tree.resolve("/lib") == tree.find("/usr/lib"));
+    CHECK(tree.resolve("/") == &tree.root());
+    CHECK(tree.resolve("/loop1") == nullptr);
+    CHECK(tree.resolve("/loop1/x") == nullptr);
+    CHECK(tree.resolve("/dangling") == nullptr);
+    CHECK(tree.resolve("/lib/libc.so.6/x") == nullptr);  // below a file
+    CHECK(tree.resolve("/lib/missing") == nullptr);
+}
