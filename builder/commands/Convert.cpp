@@ -155,9 +155,10 @@ void copyBlobToFile(ImageStore& source, const Descriptor& blob, const fs::path& 
 }
 
 // Uploads blobs one after another on a thread of its own, so that a layer's blob goes to the
-// target while later layers build. finish() waits for every upload and rethrows the first error
-// (the rest are skipped then); destroyed early, it drops what waits and ends after the upload
-// under way.
+// target while later layers build. The first error skips the rest, and is rethrown by the next
+// add() or throwIfFailed(), so that the conversion stops then rather than build every layer for
+// a target that refuses them, and by finish(), which waits for every upload. Destroyed early, it
+// drops what waits and ends after the upload under way.
 class BlobUploader {
 public:
     using Upload = std::function<void(const std::string& digest, const fs::path& path)>;
@@ -174,8 +175,14 @@ public:
 
     void add(std::string digest, fs::path path) {
         std::lock_guard lock(mutex_);
+        if (error_) std::rethrow_exception(error_);
         waiting_.emplace_back(std::move(digest), std::move(path));
         changed_.notify_all();
+    }
+
+    void throwIfFailed() {
+        std::lock_guard lock(mutex_);
+        if (error_) std::rethrow_exception(error_);
     }
 
     void finish() {
@@ -299,13 +306,21 @@ public:
         TransferProgress progress(log_, terminal, m.layers.size(), total);
         progress.line(fmt::format("converting {} ({}, {} layers, {:.1f} MiB)", source_ref_.str(), platform.str(),
                                   m.layers.size(), static_cast<double>(total) / (1 << 20)));
+        // Before the sources: their download threads ask it whether an upload failed, and end
+        // before it does.
+        BlobUploader uploader([&](const std::string& digest, const fs::path& path) {
+            registry::FileBody body(path);
+            pushBlob(target_, digest, body, mountCandidates(), counts_);
+        });
         DownloadSlots slots(std::max(1u, o_.parallel_layers));
         std::vector<std::unique_ptr<RemoteLayerSource>> sources;
         for (size_t i = 0; i < m.layers.size(); ++i) {
             auto remaining = std::make_shared<uint64_t>(m.layers[i].size);
             sources.push_back(std::make_unique<RemoteLayerSource>(
                 source_, m.layers[i], i, slots, fmt::format("{}: layer {} ({})", source_ref_.str(), i, m.layers[i].digest),
-                [&progress, remaining](uint64_t n) {
+                [&progress, &uploader, remaining](uint64_t n) {
+                    // A failed upload ends the layer being read, with that upload's error.
+                    uploader.throwIfFailed();
                     progress.add(n);
                     *remaining -= n;
                     if (*remaining == 0) progress.layerDone();
@@ -317,10 +332,6 @@ public:
                                   addTar(std::move(sources[i]), tree, sink, layer, source_diff_ids[i]);
                               }});
         }
-        BlobUploader uploader([&](const std::string& digest, const fs::path& path) {
-            registry::FileBody body(path);
-            pushBlob(target_, digest, body, mountCandidates(), counts_);
-        });
         BuildOptions build = o_.build;
         build.chunk_dict = chunk_dict;
         const BuiltImage built = buildLayers(

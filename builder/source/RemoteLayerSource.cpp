@@ -83,7 +83,7 @@ void RemoteLayerSource::download() {
         }
         std::lock_guard lock(mutex_);
         finished_ = complete;
-    } catch (const Error&) {
+    } catch (...) {  // for read() to rethrow: also what on_bytes_ throws
         std::lock_guard lock(mutex_);
         error_ = std::current_exception();
     }

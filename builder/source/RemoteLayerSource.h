@@ -41,7 +41,8 @@ private:
 
 class RemoteLayerSource : public ByteSource {
 public:
-    // `on_bytes` is called on the download thread with each piece's size (progress).
+    // `on_bytes` is called on the download thread with each piece's size (progress); what it
+    // throws ends the download, and read() rethrows it.
     RemoteLayerSource(registry::ImageStore& store, registry::Descriptor layer, size_t index, DownloadSlots& slots,
                       std::string name, std::function<void(uint64_t)> on_bytes);
     ~RemoteLayerSource() override;

@@ -15,7 +15,8 @@ base's big file) and pushed by skopeo:
 4. --merge-index: an index holding the original manifest and the RAFS one, marked as Nydus marks it,
    the original's blobs mounted from the source repository; into a second registry, where nothing
    can be mounted, every blob sent; through a proxy that drops the reply to the first blob PUT
-   (the upload committed), the conversion goes on;
+   (the upload committed), the conversion goes on; a target that refuses uploads stops the
+   conversion at the first refusal, not after every layer is built;
 5. oci: layout to oci: layout, and the layout result equals the registry result (same digest);
    with --prefetch-trace the prefetch table lists the traced files in order and their chunks lead
    their blobs, the tree still equal (a trace naming a missing path is an error); a
@@ -188,13 +189,23 @@ class Registry:
         return False, 'skopeo inspect %s failed (exit %s): %s' % (ref, r.returncode, err)
 
 
-class ReplyDroppingProxy(ThreadedServer):
+class RegistryProxy(ThreadedServer):
     """A plain-HTTP proxy of the test's own in front of a registry on 127.0.0.1 that forwards each
-    request whole (the client's Host kept, so that upload Locations name the proxy) and, for the
-    first blob upload PUT, closes the connection instead of relaying the registry's reply."""
+    request whole (the client's Host kept, so that upload Locations name the proxy). Subclasses
+    change what a request gets: refuse() answers it instead of the registry, hold() delays it,
+    drop_reply() closes the connection instead of relaying the registry's reply."""
 
     def __init__(self, port, upstream_port):
-        self.port, self.upstream_port, self.dropped = port, upstream_port, 0
+        self.port, self.upstream_port = port, upstream_port
+
+    def refuse(self, command, path):
+        return None
+
+    def hold(self, command, path):
+        pass
+
+    def drop_reply(self, command, path):
+        return False
 
     def __enter__(self):
         import http.client
@@ -204,8 +215,26 @@ class ReplyDroppingProxy(ThreadedServer):
         class Handler(http.server.BaseHTTPRequestHandler):
             protocol_version = 'HTTP/1.1'
 
+            def reply(self, status, reason, headers, data):
+                self.send_response(status, reason)
+                for name, value in headers:
+                    if name.lower() not in ('connection', 'keep-alive', 'transfer-encoding', 'content-length'):
+                        self.send_header(name, value)
+                self.send_header('Content-Length', str(len(data)))
+                self.end_headers()
+                try:
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):  # the client gave up (4d)
+                    self.close_connection = True
+
             def forward(self):
                 body = self.rfile.read(int(self.headers.get('Content-Length') or 0))
+                refused = proxy.refuse(self.command, self.path)
+                if refused:
+                    status, data = refused
+                    self.reply(status, None, [('Content-Type', 'application/json')], data)
+                    return
+                proxy.hold(self.command, self.path)
                 up = http.client.HTTPConnection('127.0.0.1', proxy.upstream_port, timeout=60)
                 up.putrequest(self.command, self.path, skip_host=True, skip_accept_encoding=True)
                 for name, value in self.headers.items():
@@ -215,17 +244,10 @@ class ReplyDroppingProxy(ThreadedServer):
                 reply = up.getresponse()
                 data = reply.read()
                 up.close()
-                if self.command == 'PUT' and '/blobs/uploads/' in self.path and proxy.dropped == 0:
-                    proxy.dropped += 1
+                if proxy.drop_reply(self.command, self.path):
                     self.close_connection = True
                     return
-                self.send_response(reply.status, reply.reason)
-                for name, value in reply.getheaders():
-                    if name.lower() not in ('connection', 'keep-alive', 'transfer-encoding', 'content-length'):
-                        self.send_header(name, value)
-                self.send_header('Content-Length', str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                self.reply(reply.status, reply.reason, reply.getheaders(), data)
 
             do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = forward
 
@@ -233,6 +255,37 @@ class ReplyDroppingProxy(ThreadedServer):
                 pass
 
         return self.serve(http.server.ThreadingHTTPServer(('127.0.0.1', self.port), Handler))
+
+
+class ReplyDroppingProxy(RegistryProxy):
+    """Closes the connection instead of relaying the registry's reply to the first blob upload PUT."""
+
+    dropped = 0
+
+    def drop_reply(self, command, path):
+        if command == 'PUT' and '/blobs/uploads/' in path and self.dropped == 0:
+            self.dropped += 1
+            return True
+        return False
+
+
+class UploadRefusingProxy(RegistryProxy):
+    """Refuses every blob upload (and cross-repository mount) with 403 DENIED, as a registry does a
+    client without push access, and holds each GET of the blob `held` for `seconds`."""
+
+    def __init__(self, port, upstream_port, held, seconds):
+        super().__init__(port, upstream_port)
+        self.held, self.seconds, self.refused = held, seconds, 0
+
+    def refuse(self, command, path):
+        if command == 'POST' and '/blobs/uploads/' in path:
+            self.refused += 1
+            return 403, b'{"errors":[{"code":"DENIED","message":"requested access to the resource is denied"}]}'
+        return None
+
+    def hold(self, command, path):
+        if command == 'GET' and path.endswith(self.held):
+            time.sleep(self.seconds)
 
 
 def convert(mk, reg, src, dst, *extra):
@@ -436,6 +489,29 @@ def main():
                          '127.0.0.1:%d/lost/app:v1' % proxy_port], timeout=600)
                 ck.cmd_ok(r, 'mkrafs convert through a proxy that drops the first blob PUT\'s reply')
                 ck.check(proxy.dropped == 1, 'one reply was dropped (%d)' % proxy.dropped)
+
+            ck.section('4d. a target that refuses uploads: the conversion stops at the first refusal')
+            # Layer 2's download is held, so that it is still on its way when the first blob (layer
+            # 0's) is refused: mkrafs must stop then, not build layer 2 and fail at the end.
+            plain_port, proxy_port = free_port(), free_port()
+            with open(os.path.join(src_layout, 'index.json')) as f:
+                src_manifest = blob_path(src_layout, json.load(f)['manifests'][0]['digest'])
+            with open(src_manifest) as f:
+                last_layer = json.load(f)['layers'][2]['digest']
+            with registry(tmp, 'refusing-registry', plain_port):
+                r = run(['skopeo', 'copy', '--dest-tls-verify=false', 'oci:%s:v1' % src_layout,
+                         'docker://127.0.0.1:%d/src/app:v1' % plain_port], timeout=300)
+                ck.cmd_ok(r, 'skopeo copy of the source into a plain registry')
+                # Held for less than mkrafs's 10 s without progress (the transport's low-speed limit).
+                with UploadRefusingProxy(proxy_port, plain_port, last_layer, 4) as proxy:
+                    r = run([mk.path, 'convert', '--plain-http', '--work-dir', work_dir,
+                             '127.0.0.1:%d/src/app:v1' % proxy_port, '127.0.0.1:%d/dst/app:v1' % proxy_port],
+                            timeout=120)
+                    expect_fail(ck, 'a target that refuses uploads', r, 'DENIED')
+                    ck.check(proxy.refused >= 1 and not re.search(r'^layer 2:', text(r.stderr), re.MULTILINE),
+                             'stopped before layer 2 was built (%d uploads refused)' % proxy.refused,
+                             text(r.stderr)[-1500:])
+                    ck.check(os.listdir(work_dir) == [], 'nothing left in the work dir', repr(os.listdir(work_dir)))
 
             ck.section('5. oci: layout -> oci: layout')
             dst_layout = os.path.join(tmp, 'dst-layout')
