@@ -1,5 +1,6 @@
 #include "builder/commands/Build.h"
 #include "builder/commands/InterruptCleanup.h"
+#include "builder/commands/RunDirectory.h"
 #include "format/Codec.h"
 #include "format/Error.h"
 #include "builder/source/DirectorySource.h"
@@ -62,12 +63,14 @@ std::vector<std::string> readPrefetchList(const std::string& path) {
 
 // The staging directory and anything the build created, removed unless the build commits. The
 // output dir must be new or empty: an image built over an old one would leave the old blobs in
-// blobs/ beside the new, and replacing a whole dir the user named could delete anything.
+// blobs/ beside the new, and replacing a whole dir the user named could delete anything. The
+// staging directory of a build that was killed (RunDirectory) is not in the way.
 class Staging {
 public:
-    explicit Staging(const fs::path& output) : output_(output) {
+    Staging(const fs::path& output, std::ostream& log) : output_(output) {
         std::error_code ec;
         if (fs::is_directory(output_, ec)) {
+            removeAbandonedRunDirectories(output_, kPrefix, log);
             std::vector<std::string> names;
             for (fs::directory_iterator it(output_, ec), end; !ec && it != end; it.increment(ec)) {
                 names.push_back(it->path().filename().string());
@@ -85,9 +88,7 @@ public:
         const bool created = fs::create_directories(output_, ec);
         if (ec) fail("cannot create output directory {}: {}", output_.string(), ec.message());
         if (created) created_output_.emplace(output_);
-        std::string templ = (output_ / ".mkrafs-XXXXXX").string();
-        if (::mkdtemp(templ.data()) == nullptr) failErrno("cannot create a staging directory in " + output_.string());
-        staging_.emplace(templ);
+        staging_.emplace(output_, kPrefix, "staging directory");
     }
     Staging(const Staging&) = delete;
     Staging& operator=(const Staging&) = delete;
@@ -114,9 +115,10 @@ private:
         if (ec) fail("cannot move {} to {}: {}", from.string(), to.string(), ec.message());
     }
 
+    static constexpr std::string_view kPrefix = ".mkrafs-";
     fs::path output_;
     std::optional<RemovedUnlessKept> created_output_;  // the output dir, if this build made it
-    std::optional<RemovedUnlessKept> staging_;         // inside it, removed first
+    std::optional<RunDirectory> staging_;              // inside it, removed first
 };
 
 bool isDirectory(const std::string& source) {
@@ -240,7 +242,7 @@ BuiltImage buildLayers(const BuildOptions& options, const std::vector<LayerInput
 
 void build(const BuildOptions& options, std::ostream& log) {
     validate(options);
-    Staging staging(options.output);
+    Staging staging(options.output, log);
     std::vector<LayerInput> inputs;
     for (const std::string& source : options.sources) {
         inputs.push_back({source, [source](FileTree& tree, ChunkSink& sink, unsigned layer) {

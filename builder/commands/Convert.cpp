@@ -1,5 +1,6 @@
 #include "builder/commands/Convert.h"
 #include "builder/commands/InterruptCleanup.h"
+#include "builder/commands/RunDirectory.h"
 
 #include "builder/commands/Build.h"
 #include "builder/commands/TransferProgress.h"
@@ -79,23 +80,24 @@ private:
     std::shared_ptr<registry::CredentialStore> credentials_;
 };
 
+// Where the blobs are built before they are pushed: in --work-dir, else $TMPDIR or /var/tmp,
+// which may hold those of earlier runs that were killed (RunDirectory).
 class WorkDir {
 public:
-    explicit WorkDir(const std::string& parent) {
-        std::string base = parent;
+    WorkDir(const std::string& parent, std::ostream& log) {
+        fs::path base = parent;
         if (base.empty()) {
             const char* tmp = std::getenv("TMPDIR");
             base = tmp != nullptr && *tmp != '\0' ? tmp : "/var/tmp";
         }
-        std::string templ = (fs::path(base) / "mkrafs-convert-XXXXXX").string();
-        const auto hold = holdInterrupts();
-        if (::mkdtemp(templ.data()) == nullptr) failErrno("cannot create a work directory in " + base);
-        dir_.emplace(templ);
+        removeAbandonedRunDirectories(base, kPrefix, log);
+        dir_.emplace(base, kPrefix, "work directory");
     }
     const fs::path& path() const { return dir_->path(); }
 
 private:
-    std::optional<RemovedUnlessKept> dir_;  // nothing in it is needed after the run
+    static constexpr std::string_view kPrefix = "mkrafs-convert-";
+    std::optional<RunDirectory> dir_;  // nothing in it is needed after the run
 };
 
 struct PushCounts {
@@ -582,7 +584,7 @@ void convert(const ConvertOptions& o, std::ostream& log) {
         images.push_back(registry::resolveManifest(*source, source_ref.reference(), requested,
                                                    registry::ImageKind::Original, o.source));
     }
-    WorkDir work(o.work_dir);
+    WorkDir work(o.work_dir, log);
     std::vector<std::string> mount_from = o.mount_from;
     // The chunk dict of each image's own platform (a multi-platform dict holds one per platform),
     // each fetched once. With --all-platforms, a platform the dict has no image for is converted

@@ -11,7 +11,11 @@
    stalled: once the first layer's RAFS blob is in the layout, SIGINT, status 130, and the layout
    holds exactly the files it held before (no blob, no temporary file);
 5. a second run of case 1 left to finish: the signal handling changes nothing for a run that ends
-   by itself (the image builds, exit 0).
+   by itself (the image builds, exit 0);
+6. SIGKILL, which nothing can clean up after: a build killed so leaves its staging dir in the
+   output dir, and a convert its work dir; the next run into the same output dir, or with the
+   same --work-dir, removes it (once it is over a minute old: the test ages it) and says so,
+   while the staging dir of a build still running is left alone.
 Each signal is sent once mkrafs has made its staging or work directory, and each exit is waited
 for at most 10 s.
 
@@ -182,6 +186,86 @@ def stalled_convert_into_layout(ck, mkrafs, tmp):
             ck.check(after == before, 'convert into an existing layout: it holds what it held before', repr(after))
 
 
+def age(path):
+    """Makes `path` look two minutes old: a run's directory younger than a minute is never removed."""
+    then = time.time() - 120
+    os.utime(path, (then, then))
+
+
+def run_dirs(parent, prefix):
+    return [n for n in os.listdir(parent) if n.startswith(prefix)]
+
+
+def killed_build(ck, mkrafs, tmp, small_tar):
+    killed, busy = os.path.join(tmp, 'killed'), os.path.join(tmp, 'busy')
+    for d in (killed, busy):
+        os.makedirs(d)
+    procs, pipes = [], []
+    try:
+        for d in (killed, busy):
+            read_end, write_end = os.pipe()
+            procs.append(subprocess.Popen([mkrafs, 'build', '-o', d, '-'], stdin=read_end, stderr=subprocess.PIPE))
+            os.close(read_end)
+            pipes.append(write_end)
+            os.write(write_end, tar_header('big', 64 * MiB) + os.urandom(2 * MiB))
+            ck.check(harness.wait_for(lambda: run_dirs(d, '.mkrafs-'), timeout=EXIT_BOUND),
+                     'build into %s: staged' % os.path.basename(d))
+        procs[0].kill()
+        procs[0].wait()
+        left = run_dirs(killed, '.mkrafs-')
+        ck.check(len(left) == 1, 'a build killed by SIGKILL leaves its staging dir', repr(os.listdir(killed)))
+        for d in (killed, busy):
+            for n in run_dirs(d, '.mkrafs-'):
+                age(os.path.join(d, n))
+        r = harness.run([mkrafs, 'build', '-o', killed, small_tar], timeout=120)
+        ck.check(r.returncode == 0 and sorted(os.listdir(killed)) == ['blobs', 'image.boot']
+                 and 'left by a run that did not end' in text(r.stderr),
+                 'the next build into that dir removes it, says so, and builds',
+                 'exit %s, %r, %s' % (r.returncode, os.listdir(killed), text(r.stderr)))
+        r = harness.run([mkrafs, 'build', '-o', busy, small_tar], timeout=120)
+        ck.check(r.returncode != 0 and 'is not empty' in text(r.stderr) and len(run_dirs(busy, '.mkrafs-')) == 1
+                 and procs[1].poll() is None,
+                 'the staging dir of a build still running is left alone (the new build is refused)',
+                 'exit %s, %r, %s' % (r.returncode, os.listdir(busy), text(r.stderr)))
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+        for fd in pipes:
+            os.close(fd)
+
+
+def killed_convert(ck, mkrafs, tmp):
+    reg_port, proxy_port = free_port(), free_port()
+    base = 'http://127.0.0.1:%d' % reg_port
+    config, layers = oci_image()
+    work = os.path.join(tmp, 'work-killed')
+    os.makedirs(work)
+    with registry(tmp, 'registry3', reg_port), FaultProxy(proxy_port, reg_port, lambda n: 'ok' if n == 0 else 'stall',
+                                                          stall_seconds=60).start() as proxy:
+        push_image(base, config, layers)
+        proxy.active = True
+        cmd = [mkrafs, 'convert', '--plain-http', '--authfile', os.path.join(tmp, 'none.json'), '--work-dir', work]
+        proc = subprocess.Popen(cmd + ['127.0.0.1:%d/%s:v1' % (proxy_port, REPO), 'oci:' + os.path.join(tmp, 'conv-killed')],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            ck.check(harness.wait_for(lambda: os.listdir(work) and proxy.made['stall'] > 0, timeout=EXIT_BOUND),
+                     'convert: made its work dir and waits on the stalled layer')
+        finally:
+            proc.kill()
+            proc.wait()
+        left = run_dirs(work, 'mkrafs-convert-')
+        ck.check(len(left) == 1, 'a convert killed by SIGKILL leaves its work dir', repr(os.listdir(work)))
+        for n in left:
+            age(os.path.join(work, n))
+        target = os.path.join(tmp, 'conv-after')
+        r = harness.run(cmd + ['127.0.0.1:%d/%s:v1' % (reg_port, REPO), 'oci:' + target], timeout=120)
+        ck.check(r.returncode == 0 and os.listdir(work) == [] and 'left by a run that did not end' in text(r.stderr),
+                 'the next convert with that --work-dir removes it, says so, and converts',
+                 'exit %s, %r, %s' % (r.returncode, os.listdir(work), text(r.stderr)))
+
+
 def main():
     args, mkrafs, ck = harness.start_mkrafs_test('test_mkrafs_interrupt', __doc__, ('docker-registry',))
     with harness.temp_dir('rafs-interrupt-', keep=args.keep) as tmp:
@@ -211,6 +295,10 @@ def main():
         r = harness.run([mkrafs, 'build', '-o', out, tar], timeout=120)
         ck.check(r.returncode == 0 and os.path.isfile(os.path.join(out, 'image.boot')),
                  'the image builds, exit 0', text(r.stderr))
+
+        ck.section('6. SIGKILL: the next run removes what the killed one left')
+        killed_build(ck, mkrafs, tmp, tar)
+        killed_convert(ck, mkrafs, tmp)
     return ck.finish()
 
 
