@@ -39,19 +39,25 @@ uint64_t HttpBlobClient::blobSize(const std::string& name, bool ask) {
         std::lock_guard lock(mutex_);
         if (auto it = sizes_.find(name); it != sizes_.end()) return it->second;
     }
-    HttpRequest request;
-    request.url = base_ + "/" + name;
-    const uint64_t size = probeBlobSize(*transport_, request);
+    const uint64_t size = probeBlobSize(*transport_, requestFor(name));
     std::lock_guard lock(mutex_);
     sizes_[name] = size;
     return size;
 }
 
+HttpRequest HttpBlobClient::requestFor(const std::string& name) const {
+    HttpRequest request;
+    request.url = base_ + "/" + name;
+    // A web server may send a blob elsewhere (a mirror, signed object storage). These requests
+    // carry no credentials, so following leaks none.
+    request.follow_redirects = true;
+    return request;
+}
+
 void HttpBlobClient::readBlob(const std::string& name, uint64_t offset, std::span<uint8_t> out,
                               const RangeSink::Arrived& arrived) {
     if (out.empty()) return;
-    HttpRequest request;
-    request.url = base_ + "/" + name;
+    const HttpRequest request = requestFor(name);
     RangeSink sink(offset, out, arrived);
     HttpResponse last;
     std::string why;

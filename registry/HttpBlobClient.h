@@ -1,5 +1,6 @@
 // Blobs on a plain HTTP(S) server: blob <name> is <base>/<name>, its size from HEAD
-// (Content-Length) or from the Content-Range of a one-byte GET, its bytes from range GETs.
+// (Content-Length) or from the Content-Range of a one-byte GET, its bytes from range GETs; the
+// server's redirects are followed (HttpRequest::follow_redirects).
 #pragma once
 
 #include "registry/RangeSink.h"
@@ -31,6 +32,8 @@ public:
     TransferStats& stats() { return transport_->stats(); }
 
 private:
+    HttpRequest requestFor(const std::string& name) const;
+
     std::string base_;
     std::shared_ptr<RetryingTransport> transport_;
     std::mutex mutex_;

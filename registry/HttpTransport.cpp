@@ -327,7 +327,11 @@ HttpResponse HttpTransport::perform(const HttpRequest& request) {
     setOption(h, CURLOPT_HTTPHEADER, headers.list);
     setOption(h, CURLOPT_USERAGENT, "rafsd/0.1");
     setOption(h, CURLOPT_HTTP_VERSION, static_cast<long>(CURL_HTTP_VERSION_2TLS));
-    setOption(h, CURLOPT_FOLLOWLOCATION, 0L);  // redirects are the caller's (Authorization)
+    setOption(h, CURLOPT_FOLLOWLOCATION, request.follow_redirects ? 1L : 0L);
+    if (request.follow_redirects) {
+        setOption(h, CURLOPT_MAXREDIRS, HttpRequest::kMaxRedirects);
+        setOption(h, CURLOPT_REDIR_PROTOCOLS_STR, request.url.starts_with("https://") ? "https" : "http,https");
+    }
     setOption(h, CURLOPT_TCP_KEEPALIVE, 1L);
     setOption(h, CURLOPT_BUFFERSIZE, 512L * 1024);
     setOption(h, CURLOPT_CONNECTTIMEOUT_MS, static_cast<long>(options_.connect_timeout.count() * 1000));

@@ -55,6 +55,10 @@ struct HttpRequest {
     std::vector<std::string> headers;  // "Name: value"
     std::optional<std::pair<uint64_t, uint64_t>> range;  // first, last (inclusive)
     std::string proxy;            // empty: direct
+    // Redirects followed by the transport, at most kMaxRedirects, and from https to https only.
+    // Off for registries, whose redirects RegistryClient follows itself (Authorization).
+    bool follow_redirects = false;
+    static constexpr long kMaxRedirects = 5;
     BodySink* sink = nullptr;     // nullptr: the body goes to HttpResponse::text (capped)
     RequestBody* body = nullptr;  // what PUT, POST and PATCH send; nullptr: nothing
 };

@@ -11,7 +11,9 @@ server, fanotify engine:
 3. a server that ignores Range (python's http.server, answering 200 with the whole file): the image
    still reads back equal, rafsd warns once that every read downloads its blob from the start,
    and status and /metrics (checked by `promtool check metrics`) count the whole-blob answers;
-4. bad configuration of the network keys: one error line naming the file, line and key.
+4. a server that redirects every blob to another (nginx, 302): the image reads back equal; one
+   that redirects in a loop fails the mount with one line naming the blob and the redirects;
+5. bad configuration of the network keys: one error line naming the file, line and key.
 """
 
 import functools
@@ -156,6 +158,32 @@ def main():
                         r = rafsctl(ctl, sock, 'umount', mnt)
                         ck.check(r.returncode == 0, 'rafsctl umount', (r.stderr or b'').decode())
                 ck.check(srv.stop() == 0, 'rafsd serve exits 0')
+
+        ck.section('a server that redirects')
+        front, store = free_port(), free_port()
+        servers = '''server {
+        listen 127.0.0.1:%(front)d;
+        location /blobs/ { rewrite ^/blobs/(.*)$ http://127.0.0.1:%(store)d/store/$1 redirect; }
+        location /loop/ { rewrite ^/loop/(.*)$ http://127.0.0.1:%(front)d/loop/$1 redirect; }
+    }
+    server {
+        listen 127.0.0.1:%(store)d;
+        location /store/ { alias %(root)s/; }
+    }''' % {'front': front, 'store': store, 'root': os.path.abspath(os.path.join(out, 'blobs'))}
+        with nginx(None, front, tmp, servers):
+            cfg = config('redirected', 'http://127.0.0.1:%d/blobs' % front)
+            sock = os.path.join(tmp, 'redirected.sock')
+            with RafsdServe(rafsd, cfg, sock, os.path.join(tmp, 'redirected.log')) as srv:
+                if ck.check(srv.start(), 'rafsd serve answers', srv.log_text()[-2000:]):
+                    r = rafsctl(ctl, sock, 'mount', boot, mnt)
+                    if ck.check(r.returncode == 0, 'rafsctl mount (every blob redirected)', (r.stderr or b'').decode()):
+                        ck.diffs('tree through redirects', compare.compare_trees(src, mnt))
+                        r = rafsctl(ctl, sock, 'umount', mnt)
+                        ck.check(r.returncode == 0, 'rafsctl umount', (r.stderr or b'').decode())
+                ck.check(srv.stop() == 0, 'rafsd serve exits 0')
+            expect_error(ck, 'a server that redirects in a loop',
+                         [rafsd, 'mount', '--config', config('loop', 'http://127.0.0.1:%d/loop' % front), boot, mnt],
+                         mnt, [blob, 'redirects'])
 
         ck.section('bad network configuration')
         bad = os.path.join(tmp, 'bad.toml')
