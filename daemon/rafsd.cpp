@@ -312,7 +312,8 @@ int serveWorker(const Config& config, EngineKind engine, std::chrono::millisecon
     stopping.store(true);
     remounter.join();  // after the mount in progress, if any
     server.stop();
-    return service.shutdown() == 0 ? 0 : 1;
+    // A mount in use whose cache files cannot be completed stays for the next rafsd serve.
+    return service.shutdown(true) == 0 ? 0 : 1;
 }
 
 }  // namespace

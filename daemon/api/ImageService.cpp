@@ -1356,7 +1356,7 @@ void ImageService::handOver() {
     log::info("handing over {} mount{}", images_.size(), images_.size() == 1 ? "" : "s");
 }
 
-size_t ImageService::shutdown() {
+size_t ImageService::shutdown(bool keep_unfilled) {
     std::lock_guard lock(mutex_);
     if (shut_down_) return 0;
     shut_down_ = true;
@@ -1365,6 +1365,7 @@ size_t ImageService::shutdown() {
     // of a mount still in use, which must then keep every chunk.
     collector_->stop();
     size_t left_up = 0;
+    std::set<fs::path> kept_mounted;  // served ones left up for the next rafsd serve
     if (fanotify_) {
         eraseUnserved([&](const MountRecord& r) {
             if (r.engine != engineName(EngineKind::Fanotify)) return false;
@@ -1388,7 +1389,18 @@ size_t ImageService::shutdown() {
             ++left_up;
             return false;
         });
-        fanotify_->stop();
+        using BusyAtStop = FanotifyEngine::BusyAtStop;
+        for (const fs::path& mountpoint : fanotify_->stop(keep_unfilled ? BusyAtStop::LeaveForTakeover : BusyAtStop::Detach)) {
+            const auto it = std::find_if(images_.begin(), images_.end(),
+                                         [&](const Image& i) { return i.mountpoint == mountpoint && i.detached_as.empty(); });
+            if (it == images_.end()) continue;
+            log::error("{}: in use, and its cache files could not be completed: left mounted and in the mount table; "
+                       "its unread bytes read as zeros until rafsd serve runs again and takes it over",
+                       mountpoint.string());
+            unserved_.push_back(recordOf(*it));
+            kept_mounted.insert(mountpoint);
+            ++left_up;
+        }
     }
     if (fscache_) {
         fscache_->stop();
@@ -1417,7 +1429,7 @@ size_t ImageService::shutdown() {
     // The engines' stop() unmounted every image: a layer store's entries go with their mount, and
     // come back when the next rafsd mounts it again.
     for (const Image& image : images_) {
-        if (!image.layer_store) continue;
+        if (!image.layer_store || kept_mounted.count(image.mountpoint) != 0) continue;
         withdrawMarkersOrLog(image.mountpoint);
         remount_at_start_.push_back(recordOf(image));
     }

@@ -51,9 +51,11 @@ public:
 
     // Stops prefetch, lets pending reads finish or fail, unmounts everything. A fanotify mount
     // no worker could take over (recoverMounts) cannot have its files filled before the group goes:
-    // it is unmounted, and one in use is left up (logged). Returns how many were left so, whose
-    // holes read as zeros once rafsd is gone. Idempotent.
-    size_t shutdown();
+    // it is unmounted, and one in use is left up (logged). So is, with `keep_unfilled`, a served
+    // fanotify mount in use whose cache files could not be completed (FanotifyEngine::BusyAtStop):
+    // both stay in the mount table, for the next rafsd serve to take over. Returns how many were
+    // left so, whose holes read as zeros until then. Idempotent.
+    size_t shutdown(bool keep_unfilled = false);
     // Mounts again what recoverMounts lists for it: the layer store images a stop unmounted, and
     // the fscache mounts a rafsd killed whole left failing (one still mounted, in use, waits for a
     // later start). One after another until `stopping`. Apart from recoverMounts: each may wait on

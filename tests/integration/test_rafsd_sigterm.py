@@ -22,6 +22,11 @@ then exit; the late read gets its bytes or an error, never zeros.
 7. One `rafsd serve` with the image mounted twice (two bootstraps, one blob: one cache file
    shared by two superblocks): a file held open on the first, the second idle. Unmounting the second closes the shared file too, which must not pass
    for the first mount's last close: the held file, read after rafsd has exited, has its bytes.
+8. `rafsd serve` stopped while a file is held open and the blobs cannot be fetched (a registry
+   down, a full cache disk at `systemctl stop`): rafsd exits 1 naming the mount, which stays on its
+   path and in the mount table; the next `rafsd serve`, the blobs back, takes it over, and the held
+   file, read only then, has its bytes (before, the mount was detached and forgotten, and the
+   container read zeros for good).
 """
 
 import errno
@@ -35,8 +40,8 @@ import time
 from rafstest import harness
 from rafstest.harness import log
 from rafstest.mount import umount
-from rafstest.rafsd import (RafsdMount, RafsdServe, make_small_tree, network_config, rafsctl_mount, start_test,
-                            write_config)
+from rafstest.rafsd import (RafsdMount, RafsdServe, make_small_tree, network_config, rafsctl, rafsctl_mount,
+                            start_test, write_config)
 
 MiB = 1 << 20
 FILES = [('f%02d' % i, 4 * MiB + 1000 * i) for i in range(16)] + [('zz-hold', 4 * MiB)]
@@ -209,6 +214,49 @@ def shared_blob_held(ck, rafsd, ctl, tmp, out, content):
                 umount(mnt)
 
 
+def unfilled_serve_stop(ck, rafsd, ctl, tmp, out, content):
+    """Part 8."""
+    name = 'unfilled'
+    mnt = os.path.join(tmp, name + '-mnt')
+    os.makedirs(mnt)
+    blob_dir = os.path.join(tmp, name + '-blobs')
+    shutil.copytree(os.path.join(out, 'blobs'), blob_dir)
+    config = network_config(tmp, name, fetch={'amplify': 0})
+    sock = os.path.join(tmp, name + '.sock')
+    fd = None
+    try:
+        with RafsdServe(rafsd, config, sock, os.path.join(tmp, name + '.log')) as srv:
+            if not (ck.check(srv.start(), 'unfilled: rafsd serve answers', srv.log_text()[-2000:]) and
+                    rafsctl_mount(ck, ctl, sock, blob_dir, os.path.join(out, 'image.boot'), mnt, 'unfilled: rafsctl mount')):
+                return
+            data = content[HOLD]
+            fd = os.open(os.path.join(mnt, HOLD), os.O_RDONLY)
+            ck.check(os.pread(fd, 4096, 0) == data[:4096], 'unfilled: the held file reads before the stop')
+            shutil.rmtree(blob_dir)
+            code = srv.stop(sig=signal.SIGTERM, timeout=STOP_TIMEOUT + 60)
+            text = srv.log_text()
+            ck.check(code == 1 and 'left mounted and in the mount table' in text,
+                     'unfilled: rafsd serve exits 1, naming the mount it leaves', 'exit %s\n%s' % (code, text[-2000:]))
+        ck.check(os.path.ismount(mnt), 'unfilled: the mount stays on its path')
+        with open(os.path.join(tmp, name + '-state', 'mounts.json')) as f:
+            ck.check(mnt in f.read(), 'unfilled: the mount table lists it')
+        shutil.copytree(os.path.join(out, 'blobs'), blob_dir)
+        with RafsdServe(rafsd, config, sock, os.path.join(tmp, name + '-again.log')) as srv:
+            if not ck.check(srv.start(), 'unfilled: the next rafsd serve answers', srv.log_text()[-2000:]):
+                return
+            check_after_exit(ck, 'unfilled, taken over', fd, content[HOLD], srv.log_text())
+            os.close(fd)
+            fd = None
+            r = rafsctl(ctl, sock, 'umount', mnt)
+            ck.check(r.returncode == 0, 'unfilled: rafsctl umount once the file is closed', (r.stderr or b'').decode())
+            ck.check(srv.stop() == 0, 'unfilled: that rafsd serve exits 0', srv.log_text()[-2000:])
+    finally:
+        if fd is not None:
+            os.close(fd)
+        if os.path.ismount(mnt):
+            umount(mnt)
+
+
 def main():
     args, mk, rafsd, ctl, ck = start_test('rafsd_sigterm', __doc__)
     with harness.temp_dir('rafsd-sigterm-', keep=args.keep) as tmp:
@@ -268,6 +316,7 @@ def main():
         held_past_stop(ck, rafsd, tmp, out, content, 'held', blobs_gone=False)
         held_past_stop(ck, rafsd, tmp, out, content, 'held-gone', blobs_gone=True)
         shared_blob_held(ck, rafsd, ctl, tmp, out, content)
+        unfilled_serve_stop(ck, rafsd, ctl, tmp, out, content)
     return ck.finish()
 
 

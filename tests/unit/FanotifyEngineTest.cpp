@@ -561,7 +561,7 @@ TEST_CASE("fanotify: stop() while a reader waits on a hanging fetch", "[fanotify
         // The mount is busy (the reader's file is open): stop() fills it, which hangs too, for at
         // most the fill time.
         const auto before = std::chrono::steady_clock::now();
-        engine.stop(500ms, 1s);
+        engine.stop(rafsd::FanotifyEngine::BusyAtStop::Detach, 500ms, 1s);
         const auto took = std::chrono::steady_clock::now() - before;
         reader.join();
 
@@ -719,7 +719,7 @@ TEST_CASE_METHOD(ServedImage, "fanotify: a busy mount refuses umount() and is de
     CHECK(countFanotifyMarks() == 1);
 
     const auto before = std::chrono::steady_clock::now();
-    engine.stop(200ms);
+    engine.stop(rafsd::FanotifyEngine::BusyAtStop::Detach, 200ms);
     CHECK(std::chrono::steady_clock::now() - before < 2s);
     CHECK_FALSE(isMounted(mnt.path()));
     CHECK(countFanotifyMarks() == 0);
@@ -736,7 +736,7 @@ TEST_CASE_METHOD(ServedImage, "fanotify: stop() serves a detached busy mount, it
     REQUIRE(held >= 0);
 
     const auto before = std::chrono::steady_clock::now();
-    std::thread stopper([&] { engine.stop(10s); });
+    std::thread stopper([&] { engine.stop(rafsd::FanotifyEngine::BusyAtStop::Detach, 10s); });
     for (int i = 0; i < 500 && isMounted(mnt.path()); ++i) std::this_thread::sleep_for(10ms);
     CHECK_FALSE(isMounted(mnt.path()));  // detached at once: nothing new is opened there
     std::this_thread::sleep_for(300ms);

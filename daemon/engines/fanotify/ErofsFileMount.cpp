@@ -69,22 +69,23 @@ void mountErofsFiles(const std::filesystem::path& bootstrap, const std::vector<s
     }
 }
 
-bool unmountOrDetach(const std::filesystem::path& mountpoint) {
-    if (::umount2(mountpoint.c_str(), UMOUNT_NOFOLLOW) == 0) return true;
+Unmount unmountIfIdle(const std::filesystem::path& mountpoint) {
+    if (::umount2(mountpoint.c_str(), UMOUNT_NOFOLLOW) == 0) return Unmount::Done;
+    if (errno == EBUSY) return Unmount::Busy;
     if (errno == EINVAL) {
         log::info("{} was unmounted by someone else", mountpoint.native());  // in use or not: its superblock says
-        return false;
+        return Unmount::NotMounted;
     }
-    if (errno != EBUSY) {
-        log::error("cannot unmount {}: {}", mountpoint.native(), std::strerror(errno));
-        return false;
-    }
+    log::error("cannot unmount {}: {}", mountpoint.native(), std::strerror(errno));
+    return Unmount::Failed;
+}
+
+void detach(const std::filesystem::path& mountpoint) {
     if (::umount2(mountpoint.c_str(), UMOUNT_NOFOLLOW | MNT_DETACH) != 0) {
         log::error("cannot detach {}: {}", mountpoint.native(), std::strerror(errno));
-        return false;
+        return;
     }
     log::info("{} busy: detached; serving the files still open there", mountpoint.native());
-    return false;
 }
 
 size_t dropPageCache(const std::filesystem::path& root) {

@@ -17,10 +17,20 @@ namespace rafsd {
 void mountErofsFiles(const std::filesystem::path& bootstrap, const std::vector<std::filesystem::path>& devices,
                      const std::filesystem::path& mountpoint, const std::function<void(int root)>& attaching);
 
-// Takes the mount off `mountpoint` for a stop: unmounts it (true) or, if it is busy, detaches it
-// (nothing new can be opened there); nothing if it is no mount point any more (unmounted by
-// someone else). Whether its superblock lives on is SuperblockWatch's to say. Logs, never throws.
-bool unmountOrDetach(const std::filesystem::path& mountpoint);
+// Takes the mount off `mountpoint` for a stop if nothing uses it (umount2 without MNT_DETACH).
+// Whether its superblock lives on is SuperblockWatch's to say. Logs what is neither Done nor Busy,
+// never throws.
+enum class Unmount {
+    Done,
+    Busy,        // still mounted there: EBUSY
+    NotMounted,  // no mount point any more (unmounted by someone else)
+    Failed,
+};
+Unmount unmountIfIdle(const std::filesystem::path& mountpoint);
+
+// Detaches a busy mount from `mountpoint` (MNT_DETACH): nothing new can be opened there, and what
+// is open reads on. Logs, never throws.
+void detach(const std::filesystem::path& mountpoint);
 
 // Drops the page cache of every regular file of the mount at `root` (posix_fadvise DONTNEED), so
 // that their next reads reach the backing files again: for a mount whose fanotify group died, when

@@ -554,10 +554,20 @@ std::shared_ptr<CompletionCount> FanotifyEngine::fill(const std::vector<MarkedFi
     return filled;
 }
 
-void FanotifyEngine::stop(std::chrono::milliseconds grace, std::chrono::milliseconds fill_time) {
-    if (!thread_.joinable()) return;
-    // Every mount unmounted, or detached if busy (nothing new can be opened there), while events
-    // are still served: a container still running keeps reading.
+bool FanotifyEngine::busyGone(std::vector<BusyMount>& busy, const std::vector<int>& superblocks) {
+    bool attached = false;
+    for (BusyMount& m : busy) {
+        if (m.attached && unmountIfIdle(m.name) != Unmount::Busy) m.attached = false;
+        attached = attached || m.attached;
+    }
+    return !attached && superblocks_.allGone(superblocks);
+}
+
+std::vector<std::filesystem::path> FanotifyEngine::stop(BusyAtStop busy_at_stop, std::chrono::milliseconds grace,
+                                                        std::chrono::milliseconds fill_time) {
+    if (!thread_.joinable()) return {};
+    // Every mount unmounted, or, if busy, detached or left on its path, while events are still
+    // served: a container still running keeps reading.
     std::vector<BusyMount> busy;
     std::vector<int> superblocks;  // of the busy mounts
     for (const std::filesystem::path& name : files_->mountpoints()) {
@@ -568,17 +578,20 @@ void FanotifyEngine::stop(std::chrono::milliseconds grace, std::chrono::millisec
             detached = detached_.count(name) != 0;
             superblock = watchOfLocked(name);
         }
-        const bool unmounted = !detached && unmountOrDetach(name);
-        if (goneAfterUnmount(superblock, unmounted)) {
+        const Unmount unmount = detached ? Unmount::NotMounted : unmountIfIdle(name);
+        const bool attached = unmount == Unmount::Busy && busy_at_stop == BusyAtStop::LeaveForTakeover;
+        if (unmount == Unmount::Busy && !attached) detach(name);
+        if (!attached && goneAfterUnmount(superblock, unmount == Unmount::Done)) {
             forget(name);
         } else {
-            busy.push_back({name, files_->filesOf(name)});
+            busy.push_back({name, files_->filesOf(name), attached});
             superblocks.push_back(superblock);
         }
     }
     // A busy mount reads its cache files without rafsd once the group is closed, its holes as zeros
     // (fanotify_release() in fs/notify/fanotify/fanotify_user.c allows every access then): its files
     // are filled meanwhile, until it is gone (its superblock shut down) or they are complete.
+    std::vector<std::filesystem::path> left;
     if (!busy.empty()) {
         std::vector<MarkedFiles::MountFile> to_fill;
         std::vector<std::string> names;
@@ -591,7 +604,7 @@ void FanotifyEngine::stop(std::chrono::milliseconds grace, std::chrono::millisec
         const auto since = std::chrono::steady_clock::now();
         const std::shared_ptr<CompletionCount> filled = fill(to_fill);
         bool complete = false;
-        bool gone = superblocks_.allGone(superblocks);
+        bool gone = busyGone(busy, superblocks);
         while (!gone) {
             const auto now = std::chrono::steady_clock::now();
             if (filled->waitUntil(now)) {
@@ -599,22 +612,35 @@ void FanotifyEngine::stop(std::chrono::milliseconds grace, std::chrono::millisec
                 break;
             }
             if (now - since >= fill_time) break;
-            gone = superblocks_.waitGone(superblocks, std::min(now + std::chrono::milliseconds(50), since + fill_time));
+            superblocks_.waitGone(superblocks, std::min(now + std::chrono::milliseconds(50), since + fill_time));
+            gone = busyGone(busy, superblocks);
         }
         if (complete) {
             // Reads there need no event any more (also of files that stay marked, in a bounded
             // cache), so none is denied from here on.
             log::info("{}: every cache file is complete; files open there read without rafsd", fmt::join(names, ", "));
-            for (const BusyMount& m : busy) forget(m.name);
+            for (const BusyMount& m : busy) {
+                if (m.attached) detach(m.name);
+                forget(m.name);
+            }
             busy.clear();
         } else if (!gone) {
             // Not filled: what is read there now is denied (a retried read too, as the kernel does
             // after a failed read-ahead), while the files open there have a grace to be closed.
             responder_->beginStop();
             responder_->denyAll();
-            if (!superblocks_.waitGone(superblocks, std::chrono::steady_clock::now() + grace)) {
+            const auto deadline = std::chrono::steady_clock::now() + grace;
+            while (!busyGone(busy, superblocks) && std::chrono::steady_clock::now() < deadline) {
+                superblocks_.waitGone(superblocks, std::min(std::chrono::steady_clock::now() + std::chrono::milliseconds(50), deadline));
+            }
+            std::vector<std::string> detached_names;
+            for (size_t i = 0; i < busy.size(); ++i) {
+                if (busy[i].attached) left.push_back(busy[i].name);
+                else if (!superblocks_.gone(superblocks[i])) detached_names.push_back(busy[i].name.native());
+            }
+            if (!detached_names.empty()) {
                 log::error("{}: cache files not complete {} s after the stop: files still open there read unfetched "
-                           "data as zeros once the fanotify group is closed", fmt::join(names, ", "),
+                           "data as zeros once the fanotify group is closed", fmt::join(detached_names, ", "),
                            std::chrono::duration_cast<std::chrono::seconds>(std::chrono::steady_clock::now() - since).count());
             }
         }
@@ -631,6 +657,7 @@ void FanotifyEngine::stop(std::chrono::milliseconds grace, std::chrono::millisec
     }
     thread_.join();
     teardown();
+    return left;
 }
 
 FanotifyCounters FanotifyEngine::counters() const {

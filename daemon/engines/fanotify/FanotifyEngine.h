@@ -142,12 +142,26 @@ public:
     // The names umount() returned of mounts whose superblock has gone since: their marks removed.
     std::vector<std::filesystem::path> releaseDetached();
 
-    // Unmounts every mount; a busy one is detached, and served on while its cache files are
-    // filled, until its superblock is gone or the fill is complete (at most `fill_time`; `grace`
-    // for it to go if the fill fails); so is one umount() left served. Then denies new events, lets
+    // What stop() does with a mount still in use (a container running on it).
+    enum class BusyAtStop {
+        // Detached at once: nothing new opens there, and what is open is served while its cache
+        // files are filled. For `rafsd mount`, after which no rafsd takes the mount over.
+        Detach,
+        // Left on its path while its cache files are filled, detached once they are complete; if
+        // they cannot be completed, left mounted and returned, for the mount table: the next rafsd
+        // serve takes it over, as after a crash, and what was read as zeros meanwhile reads right
+        // again (README, failover). Detached, it would read its holes as zeros for good.
+        LeaveForTakeover,
+    };
+
+    // Unmounts every mount; a busy one is handled as `busy` says and served on while its cache
+    // files are filled, until it is gone or the fill is complete (at most `fill_time`; `grace` for
+    // it to go if the fill fails); so is one umount() left served. Then denies new events, lets
     // pending ranges finish for up to `grace`, denies the rest with EIO, and only then closes the
-    // group. Never throws; problems are logged.
-    void stop(std::chrono::milliseconds grace = kDefaultGrace, std::chrono::milliseconds fill_time = kFillTime);
+    // group. Returns the mounts left on their paths, in use, with cache files incomplete
+    // (LeaveForTakeover). Never throws; problems are logged.
+    std::vector<std::filesystem::path> stop(BusyAtStop busy = BusyAtStop::Detach, std::chrono::milliseconds grace = kDefaultGrace,
+                                            std::chrono::milliseconds fill_time = kFillTime);
 
     FanotifyCounters counters() const;
 
@@ -165,7 +179,11 @@ private:
     struct BusyMount {
         std::filesystem::path name;
         std::vector<MarkedFiles::MountFile> files;
+        bool attached = false;  // still on its path (BusyAtStop::LeaveForTakeover)
     };
+    // Unmounts the attached ones of `busy` that nothing uses any more; true once every one is
+    // unmounted and every superblock (`superblocks`) gone.
+    bool busyGone(std::vector<BusyMount>& busy, const std::vector<int>& superblocks);
 
     // Throws unless a mount can be taken over: a group adopted, the event loop not started.
     void checkTakeover(const FanotifyMount& m) const;
