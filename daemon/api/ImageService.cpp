@@ -349,6 +349,7 @@ nlohmann::json ImageService::takeOver(const MountRequest& request, FanotifyTakeo
         r.layer_store = request.layer_store;
         r.detached = takeover.detached;
         r.superblock_watch = takeover.superblock_watch;
+        r.cache_files = takeover.cache_files;
         std::lock_guard lock(mutex_);
         if (request.engine == EngineKind::Fanotify) fanotify_->leaveUnserved(request.mountpoint);
         unserved_.push_back(std::move(r));
@@ -567,6 +568,19 @@ void ImageService::mountFanotify(Image& image, const rafs::Image& opened, Fanoti
         for (uint32_t i = 0; i < image.blobs.size(); ++i) {
             auto& file = dynamic_cast<SparseCacheFile&>(image.blobs[i]->cache().file());
             spec.blobs.push_back({i, file.path(), file.fd(), file.size(), image.blobs[i]->cache().complete()});
+            struct stat st {};
+            if (::fstat(file.fd(), &st) != 0) rafs::failErrno("fstat " + file.path().string());
+            image.cache_files.push_back({static_cast<uint64_t>(st.st_dev), static_cast<uint64_t>(st.st_ino)});
+        }
+        // Marks on other files than the mount's (MountRecord::cache_files) would serve nothing.
+        if (reattach && !takeover.cache_files.empty() && takeover.cache_files != image.cache_files) {
+            for (size_t i = 0; i < image.blobs.size(); ++i) {
+                if (i < takeover.cache_files.size() && takeover.cache_files[i] == image.cache_files[i]) continue;
+                rafs::fail("blob {}: {} is not the cache file the mount reads (the cache dir changed, or the file "
+                           "was removed or replaced since); what the mount has not cached reads as zeros: stop what "
+                           "uses it and unmount it",
+                           image.blobs[i]->descriptor().id, spec.blobs[i].path.string());
+            }
         }
         spec.superblock_watch = takeover.superblock_watch;
         if (detached) {
@@ -658,7 +672,8 @@ void ImageService::mountFscache(Image& image, const rafs::Bootstrap& bootstrap, 
 
 MountRecord ImageService::recordOf(const Image& i) {
     return {std::string(engineName(i.engine)), i.bootstrap, i.mountpoint, i.fsid, i.domain_id, i.blob_dir,
-            i.image, i.manifest_digest, i.register_only, i.layer_store, false, !i.detached_as.empty(), i.superblock_watch};
+            i.image, i.manifest_digest, i.register_only, i.layer_store, false, !i.detached_as.empty(), i.superblock_watch,
+            i.cache_files};
 }
 
 void ImageService::saveMountTable(const Image* adding) {
@@ -792,7 +807,7 @@ void ImageService::recoverMounts() {
                     if (r.layer_store && !r.detached) remounts.push_back(r);
                     MountRequest off_path = requestOf(r);
                     off_path.layer_store = false;
-                    takeOver(off_path, {watch, true});
+                    takeOver(off_path, {watch, true, r.cache_files});
                     continue;
                 }
                 if (r.detached) continue;
@@ -821,10 +836,10 @@ void ImageService::recoverMounts() {
                 // Every holder of its group died at once (no fd store): the kernel let each read of
                 // a hole through since. The mount's backing files were opened while marked, so they
                 // raise events for this worker's new group once it marks them, like a new mount's.
+                takeOver(requestOf(r), {watch, false, r.cache_files});
                 log::warn("{}: its fanotify group died with every rafsd process that held it, and reads of what was "
                           "not cached read zeros since; taken over by this rafsd's group",
                           r.mountpoint.string());
-                takeOver(requestOf(r), {watch, false});
                 dropPageCacheOrLog(r.mountpoint);
                 if (r.layer_store) reinstateMarkersOrLog(r.mountpoint);
                 continue;
@@ -869,7 +884,7 @@ void ImageService::recoverMounts() {
                 if (r.layer_store) withdrawMarkersOrLog(r.mountpoint);
                 continue;
             }
-            takeOver(requestOf(r), {watch, false});
+            takeOver(requestOf(r), {watch, false, r.cache_files});
             // Back after an earlier worker could not take it over (below).
             if (r.layer_store) reinstateMarkersOrLog(r.mountpoint);
         } catch (const std::exception& e) {

@@ -136,6 +136,7 @@ private:
         // which the engine serves under this name until it is gone.
         std::filesystem::path detached_as;
         int superblock_watch = -1;  // fanotify: MountRecord::superblock_watch
+        std::vector<FileIdentity> cache_files;  // fanotify: MountRecord::cache_files
         // Where list, status and metrics say it is.
         const std::filesystem::path& shownAt() const { return detached_as.empty() ? mountpoint : detached_as; }
     };
@@ -183,6 +184,7 @@ private:
     struct FanotifyTakeover {
         int superblock_watch = -1;  // MountRecord::superblock_watch
         bool detached = false;      // off its path, maybe still in use: into detached_
+        std::vector<FileIdentity> cache_files = {};  // MountRecord::cache_files: checked
     };
     // mountOrReattach(request, true, takeover); if that fails, the mount is left to the next
     // worker: listed in unserved_, its kept files kept.

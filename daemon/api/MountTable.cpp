@@ -44,6 +44,11 @@ void saveMounts(const fs::path& path, const std::vector<MountRecord>& mounts) {
         if (m.mount_again) j["mount_again"] = true;
         if (m.detached) j["detached"] = true;
         if (m.superblock_watch >= 0) j["superblock_watch"] = m.superblock_watch;
+        if (!m.cache_files.empty()) {
+            nlohmann::json files = nlohmann::json::array();
+            for (const FileIdentity& f : m.cache_files) files.push_back({f.dev, f.ino});
+            j["cache_files"] = std::move(files);
+        }
         list.push_back(std::move(j));
     }
     const std::string text = nlohmann::json{{"version", kVersion}, {"mounts", list}}.dump(2) + "\n";
@@ -83,6 +88,11 @@ std::vector<MountRecord> loadMounts(const fs::path& path) {
             r.mount_again = m.value("mount_again", false);
             r.detached = m.value("detached", false);
             r.superblock_watch = m.value("superblock_watch", -1);
+            if (m.contains("cache_files")) {
+                for (const nlohmann::json& f : m.at("cache_files")) {
+                    r.cache_files.push_back({f.at(0).get<uint64_t>(), f.at(1).get<uint64_t>()});
+                }
+            }
             mounts.push_back(std::move(r));
         }
     } catch (const nlohmann::json::exception& e) {

@@ -7,6 +7,7 @@
 #include "format/UniqueFd.h"
 
 #include <chrono>
+#include <cstdint>
 #include <filesystem>
 #include <optional>
 #include <set>
@@ -14,6 +15,13 @@
 #include <vector>
 
 namespace rafsd {
+
+// A file as the kernel knows it, whatever its path: (st_dev, st_ino).
+struct FileIdentity {
+    uint64_t dev = 0;
+    uint64_t ino = 0;
+    bool operator==(const FileIdentity&) const = default;
+};
 
 struct MountRecord {
     std::string engine;  // "fscache" or "fanotify"
@@ -42,6 +50,11 @@ struct MountRecord {
     // fanotify: the watch on its superblock in the inotify instance the supervisor keeps
     // (SuperblockWatch.h), which tells a worker taking over whether a mount off its path is gone.
     int superblock_watch = -1;
+    // fanotify: each blob's cache file as mounted, in blob-table order. A worker taking the mount
+    // over checks that the files it marks are these: after a cache_dir change, or a file removed
+    // or replaced, new marks on other files would leave the mount reading holes as zeros unseen.
+    // Empty in tables of earlier versions: not checked.
+    std::vector<FileIdentity> cache_files = {};
     bool operator==(const MountRecord&) const = default;
 };
 

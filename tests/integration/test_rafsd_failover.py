@@ -33,7 +33,10 @@ readers are waiting on cold data when the kill comes):
 
 4. no fd store: `rafsd serve` killed whole where nothing holds the group, the one case the design
    leaves (every holder gone at once). The kernel lets reads of holes through meanwhile: a file read
-   then reads zeros. The restarted rafsd takes the mount over with its new group and drops the
+   then reads zeros. A rafsd restarted with another cache_dir (a changed config) refuses to take
+   the mount over, naming the cache file that is not the mount's, rather than mark new files the
+   mount never reads and call it served; killed whole in turn, it leaves the mount listed. The
+   rafsd restarted with the old config takes the mount over with its new group and drops the
    mount's page cache: that file, one never read and one read before the kill all read right.
 
 5. full state dir: the worker killed while the state dir's file system has no block left. The next
@@ -273,6 +276,29 @@ def case_no_store(ck, rafsd, rafsctl, image, content, tmp):
         harness.wait_for(lambda: not os.path.exists('/proc/%d' % worker), timeout=30)
         ck.check(read('r1') == 'zeros', 'no store: with every holder of the group gone, the kernel lets a read of '
                  'holes through (the case the design leaves): zeros')
+        moved = write_config(os.path.join(tmp, 'nostore-moved.toml'),
+                             daemon={'socket': sock, 'cache_dir': os.path.join(tmp, 'cache-nostore-moved'),
+                                     'state_dir': os.path.join(tmp, 'state-nostore'), 'engine': 'fanotify'},
+                             prefetch={'enable': False}, fetch={'amplify': 0})
+        wrong = BackgroundServe([rafsd, 'serve', '--config', moved], os.path.join(tmp, 'nostore-moved.log'), env)
+        wrong.start()
+        try:
+            if ck.check(started(wrong), 'no store: rafsd serve with another cache_dir answers', wrong.log_text()[-2000:]):
+                text = wrong.log_text()
+                listed = subprocess.run([rafsctl, '--socket', sock, 'list'], capture_output=True, text=True).stdout
+                ck.check('cannot take it over' in text and 'is not the cache file the mount reads' in text
+                         and "taken over by this rafsd's group" not in text and 'reattached' not in text,
+                         'no store: with another cache_dir the mount is not taken over, and rafsd says why', text[-2000:])
+                ck.check(read('r2') == 'zeros', 'no store: (nothing serves it: an unread file reads zeros)')
+                harness.log('  rafsctl list: %r' % listed)
+        finally:
+            worker = worker_of(wrong.proc.pid) if wrong.proc.poll() is None else None
+            wrong.proc.kill()
+            if worker:
+                os.kill(worker, signal.SIGKILL)
+            wrong.proc.wait()
+            if worker:
+                harness.wait_for(lambda: not os.path.exists('/proc/%d' % worker), timeout=30)
         second = BackgroundServe(argv, log_path, env)
         second.start()
         if not ck.check(started(second), 'no store: a new rafsd serve answers', second.log_text()[-2000:]):
