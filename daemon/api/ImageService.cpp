@@ -776,8 +776,16 @@ void ImageService::recoverMounts() {
     try {
         records = loadMounts(mount_table_);
     } catch (const std::exception& e) {
-        // Refusing to start would not save those mounts either; new ones can still be served.
-        log::error("{}; the mounts it lists cannot be taken over", e.what());
+        // Refusing to start would not save those mounts either; new ones can still be served. The
+        // table is kept aside, not overwritten by the next save: the operator's one record of
+        // which mounts (still up, reading holes as zeros) need unmounting by hand.
+        fs::path aside = mount_table_;
+        aside += ".unreadable";
+        std::error_code ec;
+        fs::rename(mount_table_, aside, ec);
+        log::error("{}; the mounts it lists cannot be taken over, and what they have not cached reads as zeros: "
+                   "{}; unmount them by hand",
+                   e.what(), ec ? fmt::format("it could not be kept aside ({})", ec.message()) : "kept as " + aside.string());
     }
     std::vector<MountRecord> registered;
     std::vector<MountRecord> remounts;

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """rafsd serve --config FILE with a control socket, driven by rafsctl (fanotify engine):
 
-1. serve starts and answers; `rafsctl list` shows no image;
+1. serve starts and answers; `rafsctl list` shows no image; a mount table it cannot read (damaged)
+   is said so in one line and kept aside as mounts.json.unreadable, not overwritten;
 2. `rafsctl mount` of two images: one from the config's backend dir, one with --blob-dir;
    `rafsctl list` shows both;
 3. `rafsctl status` (per image and blob: misses, bytes fetched, bytes from cache, prefetch
@@ -69,9 +70,17 @@ def main():
                               **{'backend.localfs': {'dir': os.path.join(out_b, 'blobs')}})
 
         ck.section('serve')
+        os.makedirs(os.path.join(tmp, 'state'))
+        damaged = b'{"version": 1, "mounts": [{"engine": "fanotify", "bootst'
+        with open(os.path.join(tmp, 'state', 'mounts.json'), 'wb') as f:
+            f.write(damaged)
         with RafsdServe(rafsd, config, sock, os.path.join(tmp, 'serve.log')) as srv:
             if not ck.check(srv.start(), 'rafsd serve answers on %s' % sock, srv.log_text()[-2000:]):
                 return ck.finish()
+            aside = os.path.join(tmp, 'state', 'mounts.json.unreadable')
+            kept = open(aside, 'rb').read() if os.path.exists(aside) else None
+            ck.check(kept == damaged and 'not a table of mounts' in srv.log_text() and 'kept as ' + aside in srv.log_text(),
+                     'a damaged mount table is named and kept aside, not overwritten', srv.log_text()[-2000:])
             r = rafsctl(ctl, sock, 'list')
             ck.check(r.returncode == 0 and mnt_a not in text(r.stdout), 'rafsctl list: no image yet',
                      text(r.stdout) + text(r.stderr))
