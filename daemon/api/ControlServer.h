@@ -38,7 +38,7 @@ public:
 
     // Listens on `socket`: creates its parent directory (0755) if missing, replaces a stale
     // socket file that nobody listens on, and makes the socket 0600. Throws rafs::Error, e.g.
-    // "another rafsd is already listening on /run/rafsd/api.sock".
+    // "another process is already listening on /run/rafsd/api.sock".
     static ControlServer bind(const std::filesystem::path& socket, ControlHandler& handler);
     // Throws rafs::Error as bind() does if another process listens on `socket`: checked by a
     // rafsd serve before it touches the state dir another one may be serving from.

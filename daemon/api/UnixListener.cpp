@@ -46,7 +46,7 @@ bool staleSocket(const std::filesystem::path& socket, const sockaddr_un& address
     if (probe.get() < 0) rafs::failErrno("cannot create a unix socket");
     if (::connect(probe.get(), reinterpret_cast<const sockaddr*>(&address), sizeof address) == 0 || errno == EAGAIN) {
         // EAGAIN: a listener whose backlog is full, busy but alive.
-        rafs::fail("another rafsd is already listening on {}", socket.string());
+        rafs::fail("another process is already listening on {}", socket.string());
     }
     if (errno != ECONNREFUSED) rafs::failErrno(fmt::format("cannot bind {}", socket.string()));
     return true;

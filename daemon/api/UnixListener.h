@@ -2,7 +2,7 @@
 // endpoint are. Such a path outlives a rafsd that dies, and two rafsds (the service and a
 // `rafsd mount` reading the same config) may name the same one: bind() replaces a socket file
 // nobody listens on and refuses one a live process listens on, and the file is removed at the end
-// only if it is still the one bind() made.
+// only if it is still the one bind() made. (rafs-snapshotter checks its gRPC socket so too.)
 #pragma once
 
 #include "format/UniqueFd.h"
@@ -17,7 +17,7 @@ class UnixListener {
 public:
     // Listens on `path` (a SOCK_STREAM socket with `type_flags` added, e.g. SOCK_NONBLOCK):
     // creates its parent directory (0755) if missing, replaces a stale socket file, and gives the
-    // socket `mode` before anyone can connect. Throws rafs::Error, e.g. "another rafsd is already
+    // socket `mode` before anyone can connect. Throws rafs::Error, e.g. "another process is already
     // listening on /run/rafsd/api.sock".
     static UnixListener bind(const std::filesystem::path& path, mode_t mode, int type_flags);
     // Throws rafs::Error as bind() does if a process listens on `path`.

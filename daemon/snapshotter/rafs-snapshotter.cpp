@@ -7,6 +7,7 @@
 //   unregister  removes what register made
 #include "format/CommandLine.h"
 #include "daemon/api/Config.h"
+#include "daemon/api/UnixListener.h"
 #include "daemon/core/Log.h"
 #include "daemon/process/StopSignals.h"
 #include "daemon/snapshotter/ContainerdRegistration.h"
@@ -15,8 +16,11 @@
 #include "daemon/snapshotter/SnapshotService.h"
 #include "daemon/snapshotter/SnapshotStore.h"
 #include "format/Error.h"
+#include "format/FileLock.h"
+#include "format/UniqueFd.h"
 
 #include <CLI/CLI.hpp>
+#include <fcntl.h>
 #include <grpcpp/grpcpp.h>
 #include <systemd/sd-daemon.h>
 
@@ -40,9 +44,18 @@ int serve(const fs::path& given_root, const fs::path& address, const Config& con
     // snapshotter finds its image mounts there by path.
     const fs::path root = fs::canonical(given_root, ec);
     if (ec) rafs::fail("cannot resolve {}: {}", given_root.string(), ec.message());
+    // One snapshotter per root: two would each rewrite the snapshot table without the other's.
+    const rafs::UniqueFd root_lock(::open(root.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+    if (root_lock.get() < 0) rafs::failErrno("cannot open " + root.string());
+    if (rafs::lockExclusive(root_lock.get(), std::chrono::steady_clock::time_point{}, root.string()) ==
+        rafs::LockOutcome::TimedOut) {
+        rafs::fail("{} is the root of another rafs-snapshotter, which is running", root.string());
+    }
     fs::create_directories(address.parent_path(), ec);
     if (ec) rafs::fail("cannot create {}: {}", address.parent_path().string(), ec.message());
-    // A socket file a dead snapshotter left would make the bind fail.
+    // A socket file a dead snapshotter left would make the bind fail; one a live one listens on
+    // is its connection to containerd, which gRPC's bind would take away (it unlinks the path).
+    UnixListener::checkFree(address);
     fs::remove(address, ec);
 
     SnapshotStore store(root);

@@ -117,7 +117,7 @@ def main():
             before = harness.read_text(table)
             r = harness.run([rafsd, 'serve', '--config', config], timeout=60)
             err = text(r.stderr)
-            ck.check(r.returncode not in (0, None) and 'another rafsd is already listening on %s' % sock in err,
+            ck.check(r.returncode not in (0, None) and 'another process is already listening on %s' % sock in err,
                      'refused: another rafsd listens on the socket', err[-1500:])
             ck.check(harness.read_text(table) == before, 'the first one\'s mount table is left as it was')
             # Another socket, the same state dir: its worker would take the table for its own.

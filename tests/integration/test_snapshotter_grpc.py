@@ -13,7 +13,10 @@ accepts connections and never answers.
 4. while rafsd (a stand-in of the test's on the control socket, which holds one mount request)
    mounts the image a Prepare stands on, other Prepares and Mounts answer, and a Remove of that
    image's snapshot waits for the mount;
-5. a mount request the stand-in drops unanswered (a worker that died under it) is made again.
+5. a mount request the stand-in drops unanswered (a worker that died under it) is made again;
+6. a second `rafs-snapshotter serve` on the same socket, or on the same root, is refused with one
+   line, and the first one still answers (before, gRPC's bind took the socket's path over, and its
+   exit removed it, cutting the first one off from containerd).
 """
 
 import os
@@ -312,6 +315,20 @@ def main():
                     outcome = e.details()
                 ck.check(outcome == 1 and rafsd.ops.count('mount') == 2,
                          'the Prepare answers after its mount request is made again', '%r; ops %r' % (outcome, rafsd.ops))
+            ck.section('6. a second snapshotter on the same socket or root is refused')
+            for what, root, address, must in (
+                    ('the same socket', os.path.join(tmp, 'root2'), sock, 'another process is already listening on ' + sock),
+                    ('the same root', os.path.join(tmp, 'root'), os.path.join(tmp, 'sn2.sock'),
+                     'the root of another rafs-snapshotter')):
+                r = harness.run([snapshotter_bin, '--config', cfg, 'serve', '--root', root, '--address', address],
+                                timeout=30)
+                err = [line for line in harness.text(r.stderr).splitlines() if line.startswith('rafs-snapshotter:')]
+                ck.check(r.returncode not in (0, None) and len(err) == 1 and must in err[0],
+                         'a second snapshotter on %s: refused with one line' % what,
+                         'exit %s: %s' % (r.returncode, harness.text(r.stderr)[-1000:]))
+            ck.check(os.path.exists(sock) and sn.ready() and
+                     len(stub.Prepare(pb.PrepareSnapshotRequest(key='after-second'), timeout=30).mounts) >= 1,
+                     'the first snapshotter still answers on its socket')
             channel.close()
             ck.check(sn.stop() == 0, 'rafs-snapshotter exits 0 on SIGTERM', sn.log_text()[-1500:])
     return ck.finish()

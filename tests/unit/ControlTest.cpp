@@ -548,14 +548,14 @@ TEST_CASE("control server replaces a stale socket, not a live one", "[api]") {
 
         // A second server must not take over the first one's socket.
         CHECK_THROWS_WITH(ControlServer::bind(socket, handler),
-                          fmt::format("another rafsd is already listening on {}", socket.string()));
+                          fmt::format("another process is already listening on {}", socket.string()));
         CHECK(RawClient(socket).ask(R"({"op":"list"})")["ok"] == true);
     }
     {
         // Nor another program's.
         rafs::UniqueFd other = boundSocket(socket, true);
         CHECK_THROWS_WITH(ControlServer::bind(socket, handler),
-                          fmt::format("another rafsd is already listening on {}", socket.string()));
+                          fmt::format("another process is already listening on {}", socket.string()));
         CHECK(std::filesystem::exists(socket));
     }
     std::filesystem::remove(socket);

@@ -77,7 +77,7 @@ TEST_CASE("metrics endpoint: a live one's socket is left alone, a stale one's re
     {
         rafsd::MetricsServer first("unix:" + path, render);
         CHECK_THROWS_WITH(rafsd::MetricsServer("unix:" + path, render),
-                          "another rafsd is already listening on " + path);
+                          "another process is already listening on " + path);
         CHECK_THAT(scrape(path, "GET /metrics HTTP/1.0\r\n\r\n"), Catch::Matchers::StartsWith("HTTP/1.1 200"));
     }
     CHECK(!std::filesystem::exists(path));

@@ -35,7 +35,7 @@ TEST_CASE("of two listeners binding one path at once one listens and the other i
         INFO("round " << round << ": " << errors[0] << " / " << errors[1]);
         REQUIRE(listeners[0].has_value() != listeners[1].has_value());
         const int refused = listeners[0] ? 1 : 0;
-        CHECK(errors[refused] == "another rafsd is already listening on " + path.string());
+        CHECK(errors[refused] == "another process is already listening on " + path.string());
         listeners[1 - refused].reset();  // removes its socket file
     }
 }
