@@ -727,8 +727,10 @@ void ImageService::saveMountTableOrLog(std::string_view consequence) {
 }
 
 void ImageService::dropUnusedKeptFds() {
-    // The blobs of a mount this worker could not take over are not known here: nothing is dropped.
-    if (!kept_files_ || !unserved_.empty()) return;
+    // The blobs of a mount this worker could not take over are not known here, nor those of the
+    // mounts an unreadable table listed: nothing is dropped. A later worker taking such a mount
+    // over needs the files as opened before they were marked (KeptFds.h).
+    if (!kept_files_ || !unserved_.empty() || table_unreadable_) return;
     for (const std::string& blob_id : kept_files_->blobIds()) {
         const auto it = blobs_.find(blob_id);
         if (it == blobs_.end() || it->second.expired()) kept_files_->drop(blob_id);
@@ -779,6 +781,7 @@ void ImageService::recoverMounts() {
         // Refusing to start would not save those mounts either; new ones can still be served. The
         // table is kept aside, not overwritten by the next save: the operator's one record of
         // which mounts (still up, reading holes as zeros) need unmounting by hand.
+        table_unreadable_ = true;
         fs::path aside = mount_table_;
         aside += ".unreadable";
         std::error_code ec;

@@ -264,6 +264,9 @@ private:
     // Mounts of a predecessor this worker could not take over (recoverMounts), still mounted: kept
     // in the mount table, with every kept file, for the next worker.
     std::vector<MountRecord> unserved_;
+    // The mount table could not be read at the start (recoverMounts): the mounts it listed are
+    // unknown, so are the kept files they need.
+    bool table_unreadable_ = false;
     // While there are such mounts: the blobs of the cache files kept for them, in use.
     std::vector<std::unique_ptr<CacheCollector::Opening>> unserved_blobs_;
     // Layer store mounts a stop unmounted, and fscache mounts a dead rafsd left: listed in the

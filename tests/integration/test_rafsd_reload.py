@@ -21,6 +21,8 @@ read delayed, so that readers wait on cold data when the signal comes):
 3. hangup: `rafsd mount` in a session of its own gets SIGHUP in supervisor and worker at once, as
    from a closed terminal: it unmounts and exits 0 (before, both died and the mount was left to
    read its holes as zeros); a reader holding a file open never gets wrong bytes.
+4. a reload while the mount table is damaged, then the table put back and a second reload: the
+   mount is taken over and a cold read gets its bytes (before, every miss hung).
 """
 
 import os
@@ -252,6 +254,48 @@ class SessionMount(RafsdMount):
     popen_options = {'start_new_session': True}
 
 
+def case_table_restored(ck, rafsd, rafsctl, image, content, tmp):
+    """A reload while the mount table is damaged (the new worker cannot take the mount over, and
+    its reads fail), then the table put back and a second reload: the mount is taken over through
+    the files opened before they were marked, and a cold read gets its bytes (before, the first
+    worker dropped those files, the second opened new ones, and its own cache writes waited on its
+    own events: every miss hung)."""
+    mnt, binary, sock, config, _ = scratch_service(rafsd, tmp, 'table')
+    store = FdStore()
+    serve = BackgroundServe([binary, 'serve', '--config', config], os.path.join(tmp, 'table.log'), store.env())
+    table = os.path.join(tmp, 'state-table', 'mounts.json')
+    try:
+        serve.start()
+        if not ck.check(store.wait_for('READY=1'), 'table: rafsd serve said READY=1', serve.log_text()[-2000:]):
+            return
+        r = subprocess.run([rafsctl, '--socket', sock, 'mount', '--blob-dir', image['blobs'], image['boot'], mnt],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=60)
+        if not ck.check(r.returncode == 0, 'table: rafsctl mount', r.stdout.decode() + serve.log_text()[-2000:]):
+            return
+        with open(table, 'rb') as f:
+            saved = f.read()
+        with open(table, 'wb') as f:
+            f.write(b'garbage')
+        os.kill(serve.proc.pid, signal.SIGHUP)
+        ck.check(wait_for_log(serve, 'not a table of mounts'), 'table: the reloaded rafsd says the table is damaged',
+                 serve.log_text()[-2000:])
+        ck.check(harness.wait_for(lambda: len(re.findall(r'fanotify worker \d+ serves', serve.log_text())) >= 2,
+                                  timeout=30), 'table: it serves on', serve.log_text()[-2000:])
+        with open(table, 'wb') as f:
+            f.write(saved)
+        os.kill(serve.proc.pid, signal.SIGHUP)
+        ck.check(wait_for_log(serve, 'reattached'), 'table: put back, the next reload takes the mount over',
+                 serve.log_text()[-3000:])
+        after = Reader(os.path.join(mnt, 'after'), content['after'])
+        after.run()
+        ck.check(after.result == 'ok', 'table: a cold file read after it has its bytes', '%s\n%s' % (after.result, serve.log_text()[-3000:]))
+    finally:
+        code = serve.stop(signal.SIGTERM, timeout=60) if serve.proc and serve.proc.poll() is None else None
+        log('table: rafsd serve exit %s' % code)
+        if os.path.ismount(mnt):
+            subprocess.run(['umount', '-l', mnt])
+
+
 def case_hangup(ck, rafsd, image, content, tmp):
     mnt, m = slow_mount(rafsd, image, tmp, 'hangup', FETCH_DELAY_MS, SessionMount)
     with m:
@@ -281,6 +325,7 @@ def main():
         ('rollback: the new program\'s workers fail before they serve',
          lambda *a: case_rollback(*a, 'rollback-workers', break_workers, 'times since the reload')),
         ('hangup of rafsd mount', lambda ck, rafsd, ctl, *rest: case_hangup(ck, rafsd, *rest)),
+        ('a reload with the mount table damaged, then put back', case_table_restored),
     ])
 
 
