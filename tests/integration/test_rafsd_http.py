@@ -25,7 +25,7 @@ import sys
 
 from rafstest import compare, harness
 from rafstest.harness import log
-from rafstest.rafsd import (RafsdServe, expect_error, network_config, rafsctl, rafsctl_status,
+from rafstest.rafsd import (RafsdServe, expect_error, network_config, rafsctl, rafsctl_mount, rafsctl_status,
                             small_image, start_test)
 from rafstest.servers import ThreadedServer, free_port, nginx
 
@@ -174,12 +174,10 @@ def main():
             cfg = config('redirected', 'http://127.0.0.1:%d/blobs' % front)
             sock = os.path.join(tmp, 'redirected.sock')
             with RafsdServe(rafsd, cfg, sock, os.path.join(tmp, 'redirected.log')) as srv:
-                if ck.check(srv.start(), 'rafsd serve answers', srv.log_text()[-2000:]):
-                    r = rafsctl(ctl, sock, 'mount', boot, mnt)
-                    if ck.check(r.returncode == 0, 'rafsctl mount (every blob redirected)', (r.stderr or b'').decode()):
-                        ck.diffs('tree through redirects', compare.compare_trees(src, mnt))
-                        r = rafsctl(ctl, sock, 'umount', mnt)
-                        ck.check(r.returncode == 0, 'rafsctl umount', (r.stderr or b'').decode())
+                if (ck.check(srv.start(), 'rafsd serve answers', srv.log_text()[-2000:]) and
+                        rafsctl_mount(ck, ctl, sock, None, boot, mnt, 'rafsctl mount (every blob redirected)')):
+                    ck.diffs('tree through redirects', compare.compare_trees(src, mnt))
+                    ck.check(rafsctl(ctl, sock, 'umount', mnt).returncode == 0, 'rafsctl umount')
                 ck.check(srv.stop() == 0, 'rafsd serve exits 0')
             expect_error(ck, 'a server that redirects in a loop',
                          [rafsd, 'mount', '--config', config('loop', 'http://127.0.0.1:%d/loop' % front), boot, mnt],

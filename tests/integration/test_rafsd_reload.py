@@ -37,7 +37,7 @@ import time
 from rafstest import harness
 from rafstest.fdstore import FdStore
 from rafstest.harness import log
-from rafstest.rafsd import BackgroundServe, RafsdMount, worker_of, write_config
+from rafstest.rafsd import BackgroundServe, RafsdMount, rafsctl_mount, worker_of, write_config
 from rafstest.readers import READ_TIMEOUT, Reader, read_all, run_slow_cases, slow_mount
 
 MiB = 1 << 20
@@ -268,9 +268,7 @@ def case_table_restored(ck, rafsd, rafsctl, image, content, tmp):
         serve.start()
         if not ck.check(store.wait_for('READY=1'), 'table: rafsd serve said READY=1', serve.log_text()[-2000:]):
             return
-        r = subprocess.run([rafsctl, '--socket', sock, 'mount', '--blob-dir', image['blobs'], image['boot'], mnt],
-                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=60)
-        if not ck.check(r.returncode == 0, 'table: rafsctl mount', r.stdout.decode() + serve.log_text()[-2000:]):
+        if not rafsctl_mount(ck, rafsctl, sock, image['blobs'], image['boot'], mnt, 'table: rafsctl mount'):
             return
         with open(table, 'rb') as f:
             saved = f.read()

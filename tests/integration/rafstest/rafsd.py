@@ -409,8 +409,9 @@ def rafsctl(rafsctl_bin, socket_path, *args, timeout=60):
 
 
 def rafsctl_mount(ck, rafsctl_bin, socket_path, blobs, boot, mnt, what='rafsctl mount'):
-    """`rafsctl mount --blob-dir BLOBS BOOT MNT`, checked as `what`; whether it worked."""
-    r = rafsctl(rafsctl_bin, socket_path, 'mount', '--blob-dir', blobs, boot, mnt)
+    """`rafsctl mount --blob-dir BLOBS BOOT MNT` (without --blob-dir if BLOBS is None: the config's
+    backend), checked as `what`; whether it worked."""
+    r = rafsctl(rafsctl_bin, socket_path, 'mount', *(['--blob-dir', blobs] if blobs else []), boot, mnt)
     return ck.check(r.returncode == 0, what, (r.stdout + r.stderr).decode(errors='replace'))
 
 
