@@ -10,11 +10,13 @@ uint64_t probeBlobSize(RetryingTransport& transport, HttpRequest request) {
     request.method = "HEAD";
     HttpResponse head = transport.perform(request);
     if (auto size = sizeFromHead(head)) return *size;
-    if (head.curl_code != 0 || (head.status != 200 && head.status != 405)) {
+    // 403: also what object storage answers a HEAD of a URL signed for GET, where a redirect led.
+    if (head.curl_code != 0 || (head.status != 200 && head.status != 403 && head.status != 405)) {
         transport.stats().failures++;
         rafs::fail("HEAD {}: {}", withoutQuery(request.url), head.summary());
     }
-    // No length, or HEAD not allowed: a one-byte GET tells the total in its Content-Range.
+    // No length, or HEAD not allowed: a one-byte GET tells the total in its Content-Range (or
+    // fails with the refusal of its own).
     uint8_t byte = 0;
     RangeSink sink(0, {&byte, 1});
     HttpResponse last;

@@ -327,8 +327,12 @@ HttpResponse HttpTransport::perform(const HttpRequest& request) {
     setOption(h, CURLOPT_HTTPHEADER, headers.list);
     setOption(h, CURLOPT_USERAGENT, "rafsd/0.1");
     setOption(h, CURLOPT_HTTP_VERSION, static_cast<long>(CURL_HTTP_VERSION_2TLS));
-    setOption(h, CURLOPT_FOLLOWLOCATION, request.follow_redirects ? 1L : 0L);
-    if (request.follow_redirects) {
+    // The TLS settings are the first host's and would go with every redirect: a client
+    // certificate offered to, or a private CA trusted for, another host. Such a host's redirects
+    // are not followed.
+    const bool follow = request.follow_redirects && x.tls->client_cert.empty() && x.tls->extra_cas.empty();
+    setOption(h, CURLOPT_FOLLOWLOCATION, follow ? 1L : 0L);
+    if (follow) {
         setOption(h, CURLOPT_MAXREDIRS, HttpRequest::kMaxRedirects);
         setOption(h, CURLOPT_REDIR_PROTOCOLS_STR, request.url.starts_with("https://") ? "https" : "http,https");
     }

@@ -55,8 +55,9 @@ struct HttpRequest {
     std::vector<std::string> headers;  // "Name: value"
     std::optional<std::pair<uint64_t, uint64_t>> range;  // first, last (inclusive)
     std::string proxy;            // empty: direct
-    // Redirects followed by the transport, at most kMaxRedirects, and from https to https only.
-    // Off for registries, whose redirects RegistryClient follows itself (Authorization).
+    // Redirects followed by the transport, at most kMaxRedirects, and from https to https only;
+    // not for a host with a client certificate or CAs of its own (TlsConfig), which would go with
+    // them. Off for registries, whose redirects RegistryClient follows itself (Authorization).
     bool follow_redirects = false;
     static constexpr long kMaxRedirects = 5;
     BodySink* sink = nullptr;     // nullptr: the body goes to HttpResponse::text (capped)

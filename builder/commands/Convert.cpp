@@ -158,8 +158,9 @@ void copyBlobToFile(ImageStore& source, const Descriptor& blob, const fs::path& 
 
 // Uploads blobs one after another on a thread of its own, so that a layer's blob goes to the
 // target while later layers build. The first error skips the rest, and is rethrown by the next
-// add() or throwIfFailed(), so that the conversion stops then rather than build every layer for
-// a target that refuses them, and by finish(), which waits for every upload. Destroyed early, it
+// add() or throwIfFailed() (called as each piece of a layer arrives), so that the conversion stops
+// then rather than build every layer for a target that refuses them, and by finish(), which waits
+// for every upload. Destroyed early, it
 // drops what waits and ends after the upload under way.
 class BlobUploader {
 public:
@@ -321,7 +322,8 @@ public:
             sources.push_back(std::make_unique<RemoteLayerSource>(
                 source_, m.layers[i], i, slots, fmt::format("{}: layer {} ({})", source_ref_.str(), i, m.layers[i].digest),
                 [&progress, &uploader, remaining](uint64_t n) {
-                    // A failed upload ends the layer being read, with that upload's error.
+                    // A failed upload ends the layers being downloaded, each at its next piece
+                    // (up to 4 MiB on), with that upload's error.
                     uploader.throwIfFailed();
                     progress.add(n);
                     *remaining -= n;

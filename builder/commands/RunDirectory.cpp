@@ -6,6 +6,8 @@
 #include <fcntl.h>
 #include <fmt/format.h>
 #include <stdlib.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <chrono>
 #include <string>
@@ -51,10 +53,18 @@ void removeAbandonedRunDirectories(const fs::path& parent, std::string_view pref
         if (entry_ec || now - changed < kMinimumAge) continue;
         const UniqueFd fd(::open(it->path().c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC));
         if (fd.get() < 0) continue;
+        // Only this user's, and still the directory locked below when it is removed by path (in
+        // a shared, world-writable parent such as /var/tmp).
+        struct stat opened {};
+        struct stat named {};
+        if (::fstat(fd.get(), &opened) != 0 || opened.st_uid != ::geteuid()) continue;
         try {
             if (tryLock(fd.get(), it->path().string()) != LockOutcome::Locked) continue;  // in use, or unknowable
         } catch (const Error&) {
             continue;  // flock failed otherwise: not ours to judge
+        }
+        if (::lstat(it->path().c_str(), &named) != 0 || named.st_dev != opened.st_dev || named.st_ino != opened.st_ino) {
+            continue;
         }
         const auto removed = fs::remove_all(it->path(), entry_ec);
         if (entry_ec) {

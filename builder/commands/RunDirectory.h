@@ -27,9 +27,10 @@ private:
     std::optional<RemovedUnlessKept> dir_;
 };
 
-// Removes the directories `prefix`XXXXXX in `parent` that no run holds (their lock is free) and
-// that were last changed over a minute ago (a run locks its directory right after making it),
-// saying so on `log`. One it cannot remove is named there and left.
+// Removes the directories `prefix`XXXXXX in `parent` that this user owns, that no run holds (their
+// lock is free) and that were last changed over a minute ago (a run locks its directory right
+// after making it), saying so on `log`. One it cannot remove is named there and left. Where flock
+// cannot be taken so (NFS), none is removed.
 void removeAbandonedRunDirectories(const std::filesystem::path& parent, std::string_view prefix, std::ostream& log);
 
 }  // namespace rafs::build

@@ -230,11 +230,6 @@ private:
         return parts;
     }
 
-    static Node* childOf(Node& dir, std::string_view name) {
-        auto it = dir.children.find(std::string(name));
-        return it == dir.children.end() ? nullptr : it->second.get();
-    }
-
     // The directory that holds the entry `parts` names (a non-empty path: all its components but
     // the last), found as a runtime applying the layer finds it in the tree built so far
     // (FileTree::followDirs), missing directories made when `create`; otherwise a missing or
@@ -282,7 +277,7 @@ private:
         Node* existing = &tree_.root();
         if (!target_parts.empty()) {
             Node* dir = parentOf(target_parts, false);
-            existing = dir != nullptr ? childOf(*dir, target_parts.back()) : nullptr;
+            existing = dir != nullptr ? FileTree::child(*dir, target_parts.back()) : nullptr;
         }
         if (existing == nullptr) failMember("hardlink target {} does not exist", target);
         if (existing->inode->isDir()) failMember("hardlink target {} is a directory", target);

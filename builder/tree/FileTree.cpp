@@ -38,10 +38,6 @@ std::vector<std::string_view> components(std::string_view path) {
     return parts;
 }
 
-Node* child(Node& dir, std::string_view name) {
-    auto it = dir.children.find(std::string(name));
-    return it == dir.children.end() ? nullptr : it->second.get();
-}
 
 constexpr std::string_view kOpaqueWhiteout = ".wh..wh..opq";
 
@@ -60,6 +56,11 @@ void removeLowerLayers(Node& dir, unsigned layer) {
 }
 
 }  // namespace
+
+Node* FileTree::child(Node& dir, std::string_view name) {
+    auto it = dir.children.find(std::string(name));
+    return it == dir.children.end() ? nullptr : it->second.get();
+}
 
 FileTree::FileTree() {
     root_.inode = std::make_shared<Inode>();

@@ -34,6 +34,8 @@ public:
     // Path components are separated by '/'; leading "/" and "./" and empty components are
     // ignored; "." and ".." components are rejected with Error. Returns nullptr if absent.
     Node* find(std::string_view path);
+    // The entry `name` (one component) of `dir`; nullptr if none.
+    static Node* child(Node& dir, std::string_view name);
 
     // Symlinks followed in one lookup at most: Linux's MAXSYMLINKS (include/linux/namei.h).
     static constexpr unsigned kMaxSymlinks = 40;

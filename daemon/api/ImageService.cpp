@@ -574,8 +574,12 @@ void ImageService::mountFanotify(Image& image, const rafs::Image& opened, Fanoti
         }
         // Marks on other files than the mount's (MountRecord::cache_files) would serve nothing.
         if (reattach && !takeover.cache_files.empty() && takeover.cache_files != image.cache_files) {
+            if (takeover.cache_files.size() != image.cache_files.size()) {
+                rafs::fail("the mount table lists {} cache files for it, its bootstrap {} blobs",
+                           takeover.cache_files.size(), image.blobs.size());
+            }
             for (size_t i = 0; i < image.blobs.size(); ++i) {
-                if (i < takeover.cache_files.size() && takeover.cache_files[i] == image.cache_files[i]) continue;
+                if (takeover.cache_files[i] == image.cache_files[i]) continue;
                 rafs::fail("blob {}: {} is not the cache file the mount reads (the cache dir changed, or the file "
                            "was removed or replaced since); what the mount has not cached reads as zeros: stop what "
                            "uses it and unmount it",
@@ -775,19 +779,26 @@ void ImageService::recoverMounts() {
     if (mount_table_.empty()) return;
     table_adopted_ = true;
     std::vector<MountRecord> records;
+    fs::path aside = mount_table_;
+    aside += ".unreadable";
+    std::error_code exists_ec;
+    table_unreadable_ = fs::exists(aside, exists_ec);
     try {
         records = loadMounts(mount_table_);
+    } catch (const rafs::SystemError& e) {
+        // Not read (EIO, EACCES), which says nothing of its content: left where it is.
+        table_unreadable_ = true;
+        log::error("{}; the mounts it lists cannot be taken over: unmount them by hand", e.what());
     } catch (const std::exception& e) {
         // Refusing to start would not save those mounts either; new ones can still be served. The
         // table is kept aside, not overwritten by the next save: the operator's one record of
-        // which mounts (still up, reading holes as zeros) need unmounting by hand.
+        // which mounts (still up, their unread bytes failing or reading as zeros) need unmounting
+        // by hand; its kept files stay until it is removed.
         table_unreadable_ = true;
-        fs::path aside = mount_table_;
-        aside += ".unreadable";
         std::error_code ec;
         fs::rename(mount_table_, aside, ec);
-        log::error("{}; the mounts it lists cannot be taken over, and what they have not cached reads as zeros: "
-                   "{}; unmount them by hand",
+        log::error("{}; the mounts it lists cannot be taken over, and what they have not cached fails or reads as "
+                   "zeros: {}; unmount them by hand, then remove it",
                    e.what(), ec ? fmt::format("it could not be kept aside ({})", ec.message()) : "kept as " + aside.string());
     }
     std::vector<MountRecord> registered;
@@ -948,7 +959,7 @@ size_t ImageService::retryUnserved() {
         try {
             on_path = hasErofsMount(r.mountpoint);
             if (on_path) {
-                mountOrReattach(requestOf(r), true, {watch, false});
+                mountOrReattach(requestOf(r), true, {watch, false, r.cache_files});
                 log::info("{}: taken over, after no worker could", r.mountpoint.string());
                 // If its group had died (recoverMounts), reads meanwhile saw zeros, which EROFS
                 // may keep; otherwise they were denied, and this costs a few cold reads.
@@ -958,7 +969,7 @@ size_t ImageService::retryUnserved() {
                 // is gone, as recoverMounts takes such a mount over.
                 MountRequest off_path = requestOf(r);
                 off_path.layer_store = false;
-                mountOrReattach(off_path, true, {watch, true});
+                mountOrReattach(off_path, true, {watch, true, r.cache_files});
                 log::info("{}: taken over off its path, after no worker could", r.mountpoint.string());
             } else {
                 log::info("{}: no longer mounted; forgotten", r.mountpoint.string());
@@ -1416,16 +1427,24 @@ size_t ImageService::shutdown(bool keep_unfilled) {
             return false;
         });
         using BusyAtStop = FanotifyEngine::BusyAtStop;
-        for (const fs::path& mountpoint : fanotify_->stop(keep_unfilled ? BusyAtStop::LeaveForTakeover : BusyAtStop::Detach)) {
+        const FanotifyEngine::LeftInUse left =
+            fanotify_->stop(keep_unfilled ? BusyAtStop::LeaveForTakeover : BusyAtStop::Detach);
+        left_up += left.detached;  // logged by the engine
+        for (const fs::path& mountpoint : left.attached) {
+            ++left_up;
             const auto it = std::find_if(images_.begin(), images_.end(),
                                          [&](const Image& i) { return i.mountpoint == mountpoint && i.detached_as.empty(); });
-            if (it == images_.end()) continue;
+            if (it == images_.end()) {
+                log::error("{}: in use, and its cache files could not be completed: left mounted, but this rafsd knows "
+                           "no image of it to list; its unread bytes read as zeros: stop what uses it and unmount it",
+                           mountpoint.string());
+                continue;
+            }
             log::error("{}: in use, and its cache files could not be completed: left mounted and in the mount table; "
                        "its unread bytes read as zeros until rafsd serve runs again and takes it over",
                        mountpoint.string());
             unserved_.push_back(recordOf(*it));
             kept_mounted.insert(mountpoint);
-            ++left_up;
         }
     }
     if (fscache_) {

@@ -54,7 +54,8 @@ public:
     // it is unmounted, and one in use is left up (logged). So is, with `keep_unfilled`, a served
     // fanotify mount in use whose cache files could not be completed (FanotifyEngine::BusyAtStop):
     // both stay in the mount table, for the next rafsd serve to take over. Returns how many were
-    // left so, whose holes read as zeros until then. Idempotent.
+    // left so, whose holes read as zeros until then, plus the mounts in use off their paths whose
+    // files could not be completed (zeros for good). Idempotent.
     size_t shutdown(bool keep_unfilled = false);
     // Mounts again what recoverMounts lists for it: the layer store images a stop unmounted, and
     // the fscache mounts a rafsd killed whole left failing (one still mounted, in use, waits for a
@@ -264,8 +265,9 @@ private:
     // Mounts of a predecessor this worker could not take over (recoverMounts), still mounted: kept
     // in the mount table, with every kept file, for the next worker.
     std::vector<MountRecord> unserved_;
-    // The mount table could not be read at the start (recoverMounts): the mounts it listed are
-    // unknown, so are the kept files they need.
+    // The mount table could not be read at the start (recoverMounts), now or by an earlier worker
+    // (its copy kept aside is still there): the mounts it listed are unknown, so are the kept
+    // files they need.
     bool table_unreadable_ = false;
     // While there are such mounts: the blobs of the cache files kept for them, in use.
     std::vector<std::unique_ptr<CacheCollector::Opening>> unserved_blobs_;

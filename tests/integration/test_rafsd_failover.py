@@ -284,10 +284,13 @@ def case_no_store(ck, rafsd, rafsctl, image, content, tmp):
         wrong.start()
         try:
             if ck.check(started(wrong), 'no store: rafsd serve with another cache_dir answers', wrong.log_text()[-2000:]):
+                # Past its first retry of the mounts it could not take over (a second after the start).
+                harness.wait_for(lambda: 'still cannot take it over' in wrong.log_text(), timeout=30)
                 text = wrong.log_text()
                 listed = subprocess.run([rafsctl, '--socket', sock, 'list'], capture_output=True, text=True).stdout
-                ck.check('cannot take it over' in text and 'is not the cache file the mount reads' in text
-                         and "taken over by this rafsd's group" not in text and 'reattached' not in text,
+                ck.check('still cannot take it over' in text and 'is not the cache file the mount reads' in text
+                         and "taken over by this rafsd's group" not in text and 'reattached' not in text
+                         and 'taken over, after no worker could' not in text,
                          'no store: with another cache_dir the mount is not taken over, and rafsd says why', text[-2000:])
                 ck.check(read('r2') == 'zeros', 'no store: (nothing serves it: an unread file reads zeros)')
                 harness.log('  rafsctl list: %r' % listed)

@@ -555,16 +555,22 @@ std::shared_ptr<CompletionCount> FanotifyEngine::fill(const std::vector<MarkedFi
 }
 
 bool FanotifyEngine::busyGone(std::vector<BusyMount>& busy, const std::vector<int>& superblocks) {
-    bool attached = false;
-    for (BusyMount& m : busy) {
-        if (m.attached && unmountIfIdle(m.name) != Unmount::Busy) m.attached = false;
-        attached = attached || m.attached;
+    bool gone = true;
+    for (size_t i = 0; i < busy.size(); ++i) {
+        BusyMount& m = busy[i];
+        if (m.attached) {
+            // Failed: maybe still mounted there, so still kept for a takeover.
+            const Unmount u = unmountIfIdle(m.name);
+            if (u == Unmount::Done || u == Unmount::NotMounted) m.attached = false;
+            m.unmounted = u == Unmount::Done;
+        }
+        gone = gone && !m.attached && goneAfterUnmount(superblocks[i], m.unmounted);
     }
-    return !attached && superblocks_.allGone(superblocks);
+    return gone;
 }
 
-std::vector<std::filesystem::path> FanotifyEngine::stop(BusyAtStop busy_at_stop, std::chrono::milliseconds grace,
-                                                        std::chrono::milliseconds fill_time) {
+FanotifyEngine::LeftInUse FanotifyEngine::stop(BusyAtStop busy_at_stop, std::chrono::milliseconds grace,
+                                               std::chrono::milliseconds fill_time) {
     if (!thread_.joinable()) return {};
     // Every mount unmounted, or, if busy, detached or left on its path, while events are still
     // served: a container still running keeps reading.
@@ -584,14 +590,14 @@ std::vector<std::filesystem::path> FanotifyEngine::stop(BusyAtStop busy_at_stop,
         if (!attached && goneAfterUnmount(superblock, unmount == Unmount::Done)) {
             forget(name);
         } else {
-            busy.push_back({name, files_->filesOf(name), attached});
+            busy.push_back({name, files_->filesOf(name), attached, unmount == Unmount::Done});
             superblocks.push_back(superblock);
         }
     }
     // A busy mount reads its cache files without rafsd once the group is closed, its holes as zeros
     // (fanotify_release() in fs/notify/fanotify/fanotify_user.c allows every access then): its files
     // are filled meanwhile, until it is gone (its superblock shut down) or they are complete.
-    std::vector<std::filesystem::path> left;
+    LeftInUse left;
     if (!busy.empty()) {
         std::vector<MarkedFiles::MountFile> to_fill;
         std::vector<std::string> names;
@@ -635,9 +641,10 @@ std::vector<std::filesystem::path> FanotifyEngine::stop(BusyAtStop busy_at_stop,
             }
             std::vector<std::string> detached_names;
             for (size_t i = 0; i < busy.size(); ++i) {
-                if (busy[i].attached) left.push_back(busy[i].name);
-                else if (!superblocks_.gone(superblocks[i])) detached_names.push_back(busy[i].name.native());
+                if (busy[i].attached) left.attached.push_back(busy[i].name);
+                else if (!goneAfterUnmount(superblocks[i], busy[i].unmounted)) detached_names.push_back(busy[i].name.native());
             }
+            left.detached = detached_names.size();
             if (!detached_names.empty()) {
                 log::error("{}: cache files not complete {} s after the stop: files still open there read unfetched "
                            "data as zeros once the fanotify group is closed", fmt::join(detached_names, ", "),

@@ -158,10 +158,14 @@ public:
     // files are filled, until it is gone or the fill is complete (at most `fill_time`; `grace` for
     // it to go if the fill fails); so is one umount() left served. Then denies new events, lets
     // pending ranges finish for up to `grace`, denies the rest with EIO, and only then closes the
-    // group. Returns the mounts left on their paths, in use, with cache files incomplete
-    // (LeaveForTakeover). Never throws; problems are logged.
-    std::vector<std::filesystem::path> stop(BusyAtStop busy = BusyAtStop::Detach, std::chrono::milliseconds grace = kDefaultGrace,
-                                            std::chrono::milliseconds fill_time = kFillTime);
+    // group. Never throws; problems are logged.
+    struct LeftInUse {
+        std::vector<std::filesystem::path> attached;  // on their paths, for a takeover (LeaveForTakeover)
+        size_t detached = 0;                          // off their paths: their holes read as zeros for good
+    };
+    // Returns the mounts still in use whose cache files could not be completed.
+    LeftInUse stop(BusyAtStop busy = BusyAtStop::Detach, std::chrono::milliseconds grace = kDefaultGrace,
+                   std::chrono::milliseconds fill_time = kFillTime);
 
     FanotifyCounters counters() const;
 
@@ -179,10 +183,11 @@ private:
     struct BusyMount {
         std::filesystem::path name;
         std::vector<MarkedFiles::MountFile> files;
-        bool attached = false;  // still on its path (BusyAtStop::LeaveForTakeover)
+        bool attached = false;   // still on its path (BusyAtStop::LeaveForTakeover)
+        bool unmounted = false;  // taken off its path by the stop (umount2 worked)
     };
     // Unmounts the attached ones of `busy` that nothing uses any more; true once every one is
-    // unmounted and every superblock (`superblocks`) gone.
+    // gone (goneAfterUnmount with its superblock in `superblocks`).
     bool busyGone(std::vector<BusyMount>& busy, const std::vector<int>& superblocks);
 
     // Throws unless a mount can be taken over: a group adopted, the event loop not started.
