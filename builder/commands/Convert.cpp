@@ -160,8 +160,7 @@ void copyBlobToFile(ImageStore& source, const Descriptor& blob, const fs::path& 
 // target while later layers build. The first error skips the rest, and is rethrown by the next
 // add() or throwIfFailed() (called as each piece of a layer arrives), so that the conversion stops
 // then rather than build every layer for a target that refuses them, and by finish(), which waits
-// for every upload. Destroyed early, it
-// drops what waits and ends after the upload under way.
+// for every upload. Destroyed early, it drops what waits and ends after the upload under way.
 class BlobUploader {
 public:
     using Upload = std::function<void(const std::string& digest, const fs::path& path)>;

@@ -38,6 +38,22 @@ std::vector<std::string_view> components(std::string_view path) {
     return parts;
 }
 
+// A symlink's target as names for FileTree::followDirs, "" and "." included (it skips them).
+std::deque<std::string> targetNames(const std::string& target) {
+    std::deque<std::string> names;
+    for (size_t start = 0; start <= target.size();) {
+        const size_t slash = std::min(target.find('/', start), target.size());
+        names.push_back(target.substr(start, slash - start));
+        start = slash + 1;
+    }
+    return names;
+}
+
+unsigned depthOf(const Node& node) {
+    unsigned depth = 0;
+    for (const Node* n = node.parent; n != nullptr; n = n->parent) ++depth;
+    return depth;
+}
 
 constexpr std::string_view kOpaqueWhiteout = ".wh..wh..opq";
 
@@ -75,27 +91,6 @@ Node* FileTree::find(std::string_view path) {
     }
     return node;
 }
-
-namespace {
-
-// A symlink's target as names for followDirs, "" and "." included (it skips them).
-std::deque<std::string> targetNames(const std::string& target) {
-    std::deque<std::string> names;
-    for (size_t start = 0; start <= target.size();) {
-        const size_t slash = std::min(target.find('/', start), target.size());
-        names.push_back(target.substr(start, slash - start));
-        start = slash + 1;
-    }
-    return names;
-}
-
-unsigned depthOf(const Node& node) {
-    unsigned depth = 0;
-    for (const Node* n = node.parent; n != nullptr; n = n->parent) ++depth;
-    return depth;
-}
-
-}  // namespace
 
 Node* FileTree::followDirs(Node& from, std::deque<std::string> names, unsigned& links, std::optional<unsigned> create) {
     Node* dir = &from;

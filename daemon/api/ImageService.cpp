@@ -568,12 +568,11 @@ void ImageService::mountFanotify(Image& image, const rafs::Image& opened, Fanoti
         for (uint32_t i = 0; i < image.blobs.size(); ++i) {
             auto& file = dynamic_cast<SparseCacheFile&>(image.blobs[i]->cache().file());
             spec.blobs.push_back({i, file.path(), file.fd(), file.size(), image.blobs[i]->cache().complete()});
-            struct stat st {};
-            if (::fstat(file.fd(), &st) != 0) rafs::failErrno("fstat " + file.path().string());
-            image.cache_files.push_back({static_cast<uint64_t>(st.st_dev), static_cast<uint64_t>(st.st_ino)});
+            const auto [dev, ino] = MarkedFiles::keyOf(file.fd(), file.path().native());
+            image.cache_files.push_back({dev, ino});
         }
         // Marks on other files than the mount's (MountRecord::cache_files) would serve nothing.
-        if (reattach && !takeover.cache_files.empty() && takeover.cache_files != image.cache_files) {
+        if (reattach && !takeover.cache_files.empty()) {
             if (takeover.cache_files.size() != image.cache_files.size()) {
                 rafs::fail("the mount table lists {} cache files for it, its bootstrap {} blobs",
                            takeover.cache_files.size(), image.blobs.size());

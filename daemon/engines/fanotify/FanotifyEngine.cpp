@@ -554,19 +554,25 @@ std::shared_ptr<CompletionCount> FanotifyEngine::fill(const std::vector<MarkedFi
     return filled;
 }
 
-bool FanotifyEngine::busyGone(std::vector<BusyMount>& busy, const std::vector<int>& superblocks) {
-    bool gone = true;
-    for (size_t i = 0; i < busy.size(); ++i) {
-        BusyMount& m = busy[i];
-        if (m.attached) {
-            // Failed: maybe still mounted there, so still kept for a takeover.
-            const Unmount u = unmountIfIdle(m.name);
-            if (u == Unmount::Done || u == Unmount::NotMounted) m.attached = false;
-            m.unmounted = u == Unmount::Done;
+bool FanotifyEngine::waitBusyGone(std::vector<BusyMount>& busy, std::chrono::steady_clock::time_point deadline,
+                                  const std::function<bool()>& done) {
+    std::vector<int> superblocks;
+    for (const BusyMount& m : busy) superblocks.push_back(m.superblock);
+    for (;;) {
+        bool gone = true;
+        for (BusyMount& m : busy) {
+            if (m.attached) {
+                // Failed: maybe still mounted there, so still kept for a takeover.
+                const Unmount u = unmountIfIdle(m.name);
+                if (u == Unmount::Done || u == Unmount::NotMounted) m.attached = false;
+                m.unmounted = u == Unmount::Done;
+            }
+            gone = gone && !m.attached && goneAfterUnmount(m.superblock, m.unmounted);
         }
-        gone = gone && !m.attached && goneAfterUnmount(superblocks[i], m.unmounted);
+        const auto now = std::chrono::steady_clock::now();
+        if (gone || done() || now >= deadline) return gone;
+        superblocks_.waitGone(superblocks, std::min(now + std::chrono::milliseconds(50), deadline));
     }
-    return gone;
 }
 
 FanotifyEngine::LeftInUse FanotifyEngine::stop(BusyAtStop busy_at_stop, std::chrono::milliseconds grace,
@@ -575,7 +581,6 @@ FanotifyEngine::LeftInUse FanotifyEngine::stop(BusyAtStop busy_at_stop, std::chr
     // Every mount unmounted, or, if busy, detached or left on its path, while events are still
     // served: a container still running keeps reading.
     std::vector<BusyMount> busy;
-    std::vector<int> superblocks;  // of the busy mounts
     for (const std::filesystem::path& name : files_->mountpoints()) {
         bool detached = false;
         int superblock = -1;
@@ -590,8 +595,7 @@ FanotifyEngine::LeftInUse FanotifyEngine::stop(BusyAtStop busy_at_stop, std::chr
         if (!attached && goneAfterUnmount(superblock, unmount == Unmount::Done)) {
             forget(name);
         } else {
-            busy.push_back({name, files_->filesOf(name), attached, unmount == Unmount::Done});
-            superblocks.push_back(superblock);
+            busy.push_back({name, files_->filesOf(name), superblock, attached, unmount == Unmount::Done});
         }
     }
     // A busy mount reads its cache files without rafsd once the group is closed, its holes as zeros
@@ -609,18 +613,8 @@ FanotifyEngine::LeftInUse FanotifyEngine::stop(BusyAtStop busy_at_stop, std::chr
                   to_fill.size() == 1 ? "" : "s");
         const auto since = std::chrono::steady_clock::now();
         const std::shared_ptr<CompletionCount> filled = fill(to_fill);
-        bool complete = false;
-        bool gone = busyGone(busy, superblocks);
-        while (!gone) {
-            const auto now = std::chrono::steady_clock::now();
-            if (filled->waitUntil(now)) {
-                complete = !filled->failed();
-                break;
-            }
-            if (now - since >= fill_time) break;
-            superblocks_.waitGone(superblocks, std::min(now + std::chrono::milliseconds(50), since + fill_time));
-            gone = busyGone(busy, superblocks);
-        }
+        const bool gone = waitBusyGone(busy, since + fill_time, [&] { return filled->waitUntil(std::chrono::steady_clock::now()); });
+        const bool complete = !gone && filled->waitUntil(std::chrono::steady_clock::now()) && !filled->failed();
         if (complete) {
             // Reads there need no event any more (also of files that stay marked, in a bounded
             // cache), so none is denied from here on.
@@ -635,14 +629,11 @@ FanotifyEngine::LeftInUse FanotifyEngine::stop(BusyAtStop busy_at_stop, std::chr
             // after a failed read-ahead), while the files open there have a grace to be closed.
             responder_->beginStop();
             responder_->denyAll();
-            const auto deadline = std::chrono::steady_clock::now() + grace;
-            while (!busyGone(busy, superblocks) && std::chrono::steady_clock::now() < deadline) {
-                superblocks_.waitGone(superblocks, std::min(std::chrono::steady_clock::now() + std::chrono::milliseconds(50), deadline));
-            }
+            waitBusyGone(busy, std::chrono::steady_clock::now() + grace, [] { return false; });
             std::vector<std::string> detached_names;
-            for (size_t i = 0; i < busy.size(); ++i) {
-                if (busy[i].attached) left.attached.push_back(busy[i].name);
-                else if (!goneAfterUnmount(superblocks[i], busy[i].unmounted)) detached_names.push_back(busy[i].name.native());
+            for (const BusyMount& m : busy) {
+                if (m.attached) left.attached.push_back(m.name);
+                else if (!goneAfterUnmount(m.superblock, m.unmounted)) detached_names.push_back(m.name.native());
             }
             left.detached = detached_names.size();
             if (!detached_names.empty()) {

@@ -183,12 +183,14 @@ private:
     struct BusyMount {
         std::filesystem::path name;
         std::vector<MarkedFiles::MountFile> files;
+        int superblock = -1;     // its watch (SuperblockWatch); -1 if none
         bool attached = false;   // still on its path (BusyAtStop::LeaveForTakeover)
         bool unmounted = false;  // taken off its path by the stop (umount2 worked)
     };
-    // Unmounts the attached ones of `busy` that nothing uses any more; true once every one is
-    // gone (goneAfterUnmount with its superblock in `superblocks`).
-    bool busyGone(std::vector<BusyMount>& busy, const std::vector<int>& superblocks);
+    // Unmounts the attached ones of `busy` that nothing uses any more, every 50 ms, until every one
+    // is gone (goneAfterUnmount), `done()` holds, or `deadline`. Returns whether they are gone.
+    bool waitBusyGone(std::vector<BusyMount>& busy, std::chrono::steady_clock::time_point deadline,
+                      const std::function<bool()>& done);
 
     // Throws unless a mount can be taken over: a group adopted, the event loop not started.
     void checkTakeover(const FanotifyMount& m) const;

@@ -18,17 +18,12 @@ namespace rafsd {
 using rafs::fail;
 using rafs::failErrno;
 
-namespace {
-
-// The identity of the regular file `fd` is open on; `name` says which, in errors.
-MarkedFiles::FileKey keyOf(int fd, const std::string& name) {
+MarkedFiles::FileKey MarkedFiles::keyOf(int fd, const std::string& name) {
     struct stat st {};
     if (::fstat(fd, &st) != 0) failErrno(fmt::format("cannot stat cache file {}", name));
     if (!S_ISREG(st.st_mode)) fail("cache file {} is not a regular file", name);
     return {st.st_dev, st.st_ino};
 }
-
-}  // namespace
 
 MarkedFiles::~MarkedFiles() {
     for (const auto& [key, file] : files_) closeOrWarn(file.fd, file.path.native());

@@ -22,6 +22,9 @@ class MarkedFiles {
 public:
     using FileKey = std::pair<uint64_t, uint64_t>;  // st_dev, st_ino of a cache file
 
+    // The identity of the regular file `fd` is open on; `name` says which, in errors (Error).
+    static FileKey keyOf(int fd, const std::string& name);
+
     // Who serves a file: any of its users will do, since they share the cache file.
     struct Served {
         uint32_t image;
