@@ -137,8 +137,12 @@ Node* FileTree::resolve(std::string_view path) {
     unsigned links = 0;
     Node* start = &root_;
     std::deque<std::string> names = targetNames(std::string(path));
+    bool must_be_dir = false;  // a trailing "/" (or "/."), here or in a symlink's target: ENOTDIR otherwise
     for (;;) {
-        while (!names.empty() && (names.back().empty() || names.back() == ".")) names.pop_back();
+        while (!names.empty() && (names.back().empty() || names.back() == ".")) {
+            names.pop_back();
+            must_be_dir = true;
+        }
         if (names.empty()) return start;
         const std::string last = std::move(names.back());
         names.pop_back();
@@ -151,6 +155,7 @@ Node* FileTree::resolve(std::string_view path) {
         if (dir == nullptr) return nullptr;
         if (last == "..") return dir->parent != nullptr ? dir->parent : dir;
         Node* node = child(*dir, last);
+        if (node != nullptr && must_be_dir && !node->inode->isDir() && !node->inode->isLink()) return nullptr;
         if (node == nullptr || !node->inode->isLink()) return node;
         if (++links > kMaxSymlinks) return nullptr;
         names = targetNames(node->inode->symlink_target);

@@ -260,6 +260,7 @@ TEST_CASE("resolve follows symlinks as a reader opening the path does", "[tree]"
     link("loop1", "loop2");
     link("loop2", "loop1");
     link("dangling", "nowhere");
+    link("slashed", "usr/bin/python3.11/");
     CHECK(tree.resolve("/lib/libc.so.6") == &libc);
     CHECK(tree.resolve("/bin/python3") == &python);
     CHECK(tree.resolve("lib/up") == &libc);
@@ -271,4 +272,10 @@ TEST_CASE("resolve follows symlinks as a reader opening the path does", "[tree]"
     CHECK(tree.resolve("/dangling") == nullptr);
     CHECK(tree.resolve("/lib/libc.so.6/x") == nullptr);  // below a file
     CHECK(tree.resolve("/lib/missing") == nullptr);
+    // A trailing slash names a directory, as for open(2): ENOTDIR after a file.
+    CHECK(tree.resolve("/lib/") == tree.find("/usr/lib"));
+    CHECK(tree.resolve("/usr/lib/./") == tree.find("/usr/lib"));
+    CHECK(tree.resolve("/lib/libc.so.6/") == nullptr);
+    CHECK(tree.resolve("/bin/python3/") == nullptr);
+    CHECK(tree.resolve("/slashed") == nullptr);
 }
