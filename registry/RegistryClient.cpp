@@ -21,6 +21,15 @@ namespace {
 // of the end.
 constexpr std::chrono::minutes kRedirectReuse{5};
 
+// Why a push request failed. A registry that takes no pushes at all (distribution in read-only
+// maintenance mode, or as a pull-through cache) has no route for them and answers 405: say so,
+// since "HTTP 405" alone reads like a client bug (distribution's registry/handlers/app.go, readOnly).
+std::string pushRefusal(const HttpResponse& r) {
+    std::string why = r.summary();
+    if (r.curl_code == 0 && r.status == 405) why += ": this registry takes no pushes (read-only, or a pull-through cache)";
+    return why;
+}
+
 bool isRedirect(long status) { return status == 301 || status == 302 || status == 303 || status == 307 || status == 308; }
 
 std::string basicHeader(const Credentials& c) { return "Authorization: Basic " + base64Encode(c.username + ":" + c.secret); }
@@ -425,7 +434,7 @@ bool RegistryClient::mountBlob(const std::string& digest, const std::string& fro
                 "&from=" + queryEscape(from);
     const HttpResponse r = perform(ep, start);
     if (r.curl_code == 0 && r.status == 201) return true;
-    if (r.curl_code != 0 || r.status != 202) rafs::fail("POST {}: {}", withoutQuery(start.url), r.summary());
+    if (r.curl_code != 0 || r.status != 202) rafs::fail("POST {}: {}", withoutQuery(start.url), pushRefusal(r));
     if (auto location = r.header("location"); location && !cancel_refused_.load()) {
         HttpRequest cancel;
         cancel.method = "DELETE";
@@ -472,7 +481,7 @@ void RegistryClient::uploadInSession(const std::string& digest, RequestBody& bod
     start.url = ep.base + "/v2/" + options_.repository + "/blobs/uploads/";
     const HttpResponse started = perform(ep, start);
     if (started.curl_code != 0 || started.status != 202 || !started.header("location")) {
-        rafs::fail("POST {}: {}", start.url, started.summary());
+        rafs::fail("POST {}: {}", start.url, pushRefusal(started));
     }
     HttpRequest put;
     put.method = "PUT";
@@ -482,7 +491,7 @@ void RegistryClient::uploadInSession(const std::string& digest, RequestBody& bod
     put.body = &body;
     const HttpResponse done = perform(ep, put);
     if (done.curl_code != 0 || done.status != 201) {
-        rafs::fail("PUT {} ({} bytes of {}): {}", withoutQuery(put.url), body.size(), digest, done.summary());
+        rafs::fail("PUT {} ({} bytes of {}): {}", withoutQuery(put.url), body.size(), digest, pushRefusal(done));
     }
 }
 
@@ -496,7 +505,7 @@ std::string RegistryClient::putManifest(const std::string& reference, std::strin
     BytesBody body(bytes);
     request.body = &body;
     const HttpResponse r = perform(ep, request);
-    if (r.curl_code != 0 || r.status != 201) rafs::fail("PUT {}: {}", request.url, r.summary());
+    if (r.curl_code != 0 || r.status != 201) rafs::fail("PUT {}: {}", request.url, pushRefusal(r));
     return sha256Digest(bytes);
 }
 

@@ -35,7 +35,7 @@ base's big file) and pushed by skopeo:
    tag, an image that is already RAFS, a layer media type it does not handle (encrypted), a config
    whose rootfs.diff_ids are wrong or too few, a layer whose bytes do not match its digest (a damaged OCI layout; into a new layout, none is left;
    into an existing one, its index and its blobs are as they were), wrong credentials, a registry
-   whose CA is unknown.
+   whose CA is unknown, a target registry in read-only mode (its 405 named as such).
 """
 
 import fcntl
@@ -800,6 +800,11 @@ def main():
                                                os.path.join(tmp, 'no-certs'), '--work-dir', work_dir,
                                                '%s/src/app:v1' % host,
                                                '%s/bad/app:t' % host]), host)
+            ro_port = free_port()
+            with registry(tmp, 'read-only', ro_port, read_only=True):
+                expect_fail(ck, 'a read-only target', run([mk.path, 'convert', '--plain-http', '--work-dir', work_dir,
+                                                           'oci:%s:v1' % src_layout, '127.0.0.1:%d/ro/app:t' % ro_port]),
+                            'this registry takes no pushes')
             absent, lookup_error = reg.absent('bad/app:t')
             ck.check(absent, 'no failed conversion made the target tag appear', lookup_error)
             leftovers = os.listdir(work_dir)

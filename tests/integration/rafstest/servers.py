@@ -219,16 +219,20 @@ def htpasswd(path, users):
         subprocess.run(['htpasswd', '-bB', path, user, password], check=True, capture_output=True)
 
 
-def registry(tmp, name, port, cert=None, key=None, auth=None, client_ca=None, netns=None, access_log=False):
+def registry(tmp, name, port, cert=None, key=None, auth=None, client_ca=None, netns=None, access_log=False,
+             read_only=False):
     """Debian's docker-registry on 127.0.0.1:port with filesystem storage under tmp.
     auth: None, {'htpasswd': {'realm': ..., 'path': ...}} or {'token': {...}} (registry.md §2).
-    access_log: one line per request in its log (combined log format: method, path, user agent)."""
+    access_log: one line per request in its log (combined log format: method, path, user agent).
+    read_only: distribution's read-only maintenance mode (pulls only; pushes get 405)."""
     root = os.path.join(tmp, name)
     os.makedirs(root, exist_ok=True)
     config = {'version': 0.1, 'log': {'level': 'warn', 'accesslog': {'disabled': not access_log}},
               'storage': {'filesystem': {'rootdirectory': os.path.join(root, 'data')}, 'delete': {'enabled': True}},
               'http': {'addr': '127.0.0.1:%d' % port, 'secret': 'rafsd-test',
                        'debug': {'addr': ''}, 'headers': {'X-Content-Type-Options': ['nosniff']}}}
+    if read_only:
+        config['storage']['maintenance'] = {'readonly': {'enabled': True}}
     if cert:
         config['http']['tls'] = {'certificate': cert, 'key': key}
         if client_ca:
