@@ -365,8 +365,17 @@ EngineKind ImageService::engineFor(const MountRequest& request, bool reattach) {
         rafs::fail("register only: needs the fscache engine; a fanotify mount is made by rafsd itself");
     }
     if (reattach) return requested;
+    // An fsid names an fscache cookie, for `mount -o fsid=`: a fanotify mount has none, and a
+    // user who chose one would look for it in vain.
+    const auto fanotifyMount = [&] {
+        if (request.fsid || request.domain_id) {
+            rafs::fail("--fsid and --domain-id name fscache cookies; this mount uses the fanotify engine "
+                       "(--engine fscache for them)");
+        }
+        return EngineKind::Fanotify;
+    };
     const EngineKind engine = resolveEngine(requested);
-    if (engine != EngineKind::Fscache) return engine;
+    if (engine == EngineKind::Fanotify) return fanotifyMount();
     try {
         fscache();
         return engine;
@@ -374,7 +383,7 @@ EngineKind ImageService::engineFor(const MountRequest& request, bool reattach) {
         if (requested != EngineKind::Auto || request.register_only) throw;
         log::info("fscache engine unusable ({}); trying fanotify", e.what());
         FanotifyEngine::checkKernel();
-        return EngineKind::Fanotify;
+        return fanotifyMount();
     }
 }
 

@@ -7,6 +7,7 @@ nothing mounted:
 - a blob missing from the blob dir;
 - a "bootstrap" that is not RAFS v6: a plain mkfs.erofs image, random bytes, an empty file, a
   directory;
+- `--fsid` or `--domain-id` (fscache cookies) for a fanotify mount;
 - a cache dir on tmpfs (no fanotify pre-content events there);
 - a mountpoint that does not exist, and one that is a regular file;
 - a blob dir without the blob when the cache dir already holds some of the blob's data (the blob
@@ -157,6 +158,11 @@ def main():
         expect_error(ck, 'a directory as bootstrap', mount_cmd(bootstrap=src), mnt, [src])
         nothing = os.path.join(tmp, 'no-such.boot')
         expect_error(ck, 'a bootstrap that does not exist', mount_cmd(bootstrap=nothing), mnt, [nothing])
+
+        for option in ('--fsid', '--domain-id'):
+            cmd = mount_cmd()
+            expect_error(ck, option + ' with the fanotify engine', cmd[:2] + ['--engine', 'fanotify', option, 'x'] +
+                         cmd[2:], mnt, ['--fsid and --domain-id', 'fanotify'])
 
         ck.section('cache dir and mountpoint')
         tmpfs = os.path.join(tmp, 'tmpfs')
