@@ -404,6 +404,10 @@ Config fromTable(const toml::table& root, const std::string& source) {
                    type_line);
     }
 
+    Section trace = top.section("trace");
+    if (auto v = trace.get("cached_blobs_for")) config.trace.cached_blobs_for = integer(*v, 0, kMaxCacheSeconds);
+    trace.finish();
+
     Section metrics = top.section("metrics");
     if (auto v = metrics.get("allow_remote")) config.metrics.allow_remote = boolean(*v);
     if (auto v = metrics.get("address")) config.metrics.address = metricsAddress(*v, config.metrics.allow_remote);

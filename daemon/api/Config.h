@@ -100,6 +100,14 @@ struct Config {
         bool operator==(const Backend&) const = default;
     };
 
+    struct Trace {
+        // Seconds after a fanotify mount during which blobs complete in the cache stay marked, so
+        // that the image's start trace includes their reads (each then costs a round trip to
+        // rafsd); 0 = off: their reads never reach rafsd, and the trace says it left them out.
+        uint32_t cached_blobs_for = 0;
+        bool operator==(const Trace&) const = default;
+    };
+
     struct Metrics {
         // Where GET /metrics answers: "" (off), "unix:/abs/path" or "HOST:PORT" (TCP; HOST an IP
         // literal, [IPv6] or localhost). TCP must be loopback unless allow_remote.
@@ -112,6 +120,7 @@ struct Config {
     Fetch fetch;
     Prefetch prefetch;
     Cache cache;
+    Trace trace;
     Backend backend;
     Metrics metrics;
     bool operator==(const Config&) const = default;

@@ -3,6 +3,7 @@
 #include "format/BlobFile.h"
 #include "format/BootstrapCheck.h"
 #include "format/Digest.h"
+#include "format/FileIo.h"
 #include "format/Error.h"
 #include "daemon/api/BackendProbe.h"
 #include "daemon/api/KeptImageCopies.h"
@@ -573,6 +574,14 @@ void ImageService::mountFanotify(Image& image, const rafs::Image& opened, Fanoti
         // Before the engine sees a blob complete and unmarks its file.
         if (!spec.keep_marks) {
             for (const auto& blob : image.blobs) blob->unmarkWhenComplete();
+            if (!reattach && !detached) {
+                spec.traced_complete_for = std::chrono::seconds(config_.trace.cached_blobs_for);
+                for (const auto& blob : image.blobs) {
+                    if (spec.traced_complete_for.count() == 0 && blob->cache().complete()) {
+                        image.untraced_blobs.push_back(blob->descriptor().id);
+                    }
+                }
+            }
         }
         for (uint32_t i = 0; i < image.blobs.size(); ++i) {
             auto& file = dynamic_cast<SparseCacheFile&>(image.blobs[i]->cache().file());
@@ -651,6 +660,10 @@ void ImageService::mountFscache(Image& image, const rafs::Bootstrap& bootstrap, 
             const BlobDescriptor& d = image.blobs[i]->descriptor();
             spec.blobs.push_back(
                 {i, d.id, d.uncompressed_size, fscache_fds_.at(fscacheBlobKey(image.fscacheVolume(), d.id)).lock()});
+            // The kernel reads what its cache file holds without asking.
+            if (how != FscacheAttach::Reattach && image.blobs[i]->cache().bitmap().count() > 0) {
+                image.untraced_blobs.push_back(d.id);
+            }
         }
         FscacheEngine& engine = fscache();
         if (how == FscacheAttach::Reattach) {
@@ -1120,13 +1133,26 @@ void ImageService::flushOrLog(const Image& image) {
 nlohmann::json ImageService::saveTrace(const Image& image) {
     // The bootstrap file, or a Nydus blob whose bootstrap is inline.
     const rafs::Bootstrap bootstrap = rafs::openImage(image.bootstrap.string()).bootstrap;
-    const StartTrace trace = StartTrace::of(bootstrap, fetcher_->trace(image.index));
+    StartTrace trace = StartTrace::of(bootstrap, fetcher_->trace(image.index));
+    trace.untraced_blobs = image.untraced_blobs;
     const std::string text = trace.text(image.image.empty() ? image.bootstrap.string() : image.image);
     const fs::path path = tracePath(config_.daemon.state_dir, bootstrap, image.manifest_digest);
     // A mount that read nothing (a warm cache the kernel reads without asking, a mount taken over
-    // after its start) says nothing about the image's start: an earlier trace is kept.
-    if (trace.paths.empty() && fs::exists(path)) {
-        return {{"text", text}, {"files", 0}, {"chunks", trace.chunks}, {"saved", ""}};
+    // after its start) says nothing about the image's start, and one that could not see the reads
+    // of some blobs less than a trace that saw all: an earlier trace is kept then.
+    const auto keepEarlier = [&] {
+        if (trace.paths.empty()) return fs::exists(path);
+        if (trace.untraced_blobs.empty()) return false;
+        std::string earlier;
+        try {
+            earlier = rafs::readFile(path.string(), 64u << 20);
+        } catch (const rafs::Error&) {
+            return false;  // none, or unreadable: replaced
+        }
+        return !StartTrace::leftBlobsOut(earlier);
+    };
+    if (keepEarlier()) {
+        return {{"text", text}, {"files", trace.paths.size()}, {"chunks", trace.chunks}, {"saved", ""}};
     }
     std::error_code ec;
     fs::create_directories(path.parent_path(), ec);

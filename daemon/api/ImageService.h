@@ -138,6 +138,9 @@ private:
         std::filesystem::path detached_as;
         int superblock_watch = -1;  // fanotify: MountRecord::superblock_watch
         std::vector<FileIdentity> cache_files;  // fanotify: MountRecord::cache_files
+        // Blobs whose data in the cache at the mount is read without asking rafsd: its start
+        // trace cannot see those reads (StartTrace::untraced_blobs).
+        std::vector<std::string> untraced_blobs;
         // Where list, status and metrics say it is.
         const std::filesystem::path& shownAt() const { return detached_as.empty() ? mountpoint : detached_as; }
     };

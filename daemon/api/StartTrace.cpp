@@ -3,10 +3,17 @@
 #include "format/Digest.h"
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include <map>
 
 namespace rafsd {
+
+namespace {
+
+constexpr std::string_view kLeftOut = "# not traced: reads of";
+
+}  // namespace
 
 StartTrace StartTrace::of(const rafs::Bootstrap& bootstrap, const std::vector<std::pair<uint32_t, uint32_t>>& order) {
     std::map<std::pair<uint32_t, uint32_t>, size_t> file_of;  // (blob, ci) -> index in `files`
@@ -35,8 +42,16 @@ StartTrace StartTrace::of(const rafs::Bootstrap& bootstrap, const std::vector<st
 std::string StartTrace::text(const std::string& image) const {
     std::string out = fmt::format("# rafsd start trace of {}: {} files, {} chunks, in the order first read\n", image,
                                   paths.size(), chunks);
+    if (!untraced_blobs.empty()) {
+        out += fmt::format("{} {} blobs whose data was in the cache at the mount ([trace] cached_blobs_for): {}\n",
+                           kLeftOut, untraced_blobs.size(), fmt::join(untraced_blobs, " "));
+    }
     for (const std::string& p : paths) out += p + "\n";
     return out;
+}
+
+bool StartTrace::leftBlobsOut(std::string_view text) {
+    return text.starts_with(kLeftOut) || text.find(fmt::format("\n{}", kLeftOut)) != std::string_view::npos;
 }
 
 std::filesystem::path tracePath(const std::filesystem::path& state_dir, const rafs::Bootstrap& bootstrap,

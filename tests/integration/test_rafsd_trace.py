@@ -10,7 +10,12 @@
 2. `mkrafs build --prefetch-list TRACE` writes it into a new image's prefetch table (mkrafs inspect
    lists it), and mounted with prefetch on and bandwidth capped low, those files are in the cache
    before the rest of the blob: the first prefetched chunks are the traced files';
-3. `rafsctl trace` of a directory rafsd has not mounted is an error naming it.
+3. `rafsctl trace` of a directory rafsd has not mounted is an error naming it;
+4. a blob complete in the cache at the mount (a warm host) is read without asking rafsd: a trace
+   of a start there says so in a comment naming the blob, and does not replace the trace kept from
+   a start that saw every blob; with `[trace] cached_blobs_for = 3` the same start is traced in
+   full, and 3 s later the complete cache file is no longer watched (the group's marks in
+   /proc/PID/fdinfo), so warm reads cost no event again.
 """
 
 import os
@@ -40,6 +45,24 @@ def serve_config(tmp, name, prefetch):
                                 'cache_dir': os.path.join(tmp, name + '-cache'),
                                 'state_dir': os.path.join(tmp, name + '-state')},
                         prefetch=prefetch)
+
+
+def group_watches(pid, inode):
+    """Whether a fanotify group `pid` holds marks the inode (fs/notify/fdinfo.c: 'ino:%lx')."""
+    for fd in os.listdir('/proc/%d/fd' % pid):
+        try:
+            if os.readlink('/proc/%d/fd/%s' % (pid, fd)) != 'anon_inode:[fanotify]':
+                continue
+            with open('/proc/%d/fdinfo/%s' % (pid, fd)) as f:
+                if re.search(r'\bino:%x\b' % inode, f.read()):
+                    return True
+        except OSError:
+            continue
+    return False
+
+
+def read_all(mnt, data):
+    return all(open(os.path.join(mnt, rel), 'rb').read() == want for rel, want in data.items())
 
 
 def main():
@@ -163,6 +186,63 @@ def main():
             ck.check(after.get('misses', 0) == before, 'the first traced files were in the cache already (%d '
                      'misses)' % (after.get('misses', 0) - before))
             ctl_ok(ck, rafsctl(ctl, sock2, 'umount', mnt2), 'rafsctl umount')
+
+        ck.section('4. a start on a warm cache')
+        # Two layers: the first one's blob complete in the cache (a base shared with an image
+        # started before), the second one's not.
+        extra = os.path.join(tmp, 'extra')
+        extra_data = make_small_tree(extra, [('opt/app', 200 * 1024)], seed=6)
+        out4 = os.path.join(tmp, 'out4')
+        if not ck.cmd_ok(mk.build(out4, [src, extra]), 'mkrafs build, two layers'):
+            return ck.finish()
+        boot4 = os.path.join(out4, 'image.boot')
+        for name, traced_for in (('warm', None), ('warm-traced', 3)):
+            cfg = serve_config(tmp, name, {'enable': False})
+            if traced_for:
+                with open(cfg, 'a') as f:
+                    f.write('[trace]\ncached_blobs_for = %d\n' % traced_for)
+            sock = os.path.join(tmp, name + '.sock')
+            traces = os.path.join(tmp, name + '-state', 'traces')
+            with RafsdServe(rafsd, cfg, sock, os.path.join(tmp, name + '.log')) as d:
+                if not ck.check(d.start(), 'rafsd serve (%s)' % name, d.log_text()[-1500:]):
+                    return ck.finish()
+                mount_cmd = ['mount', '--blob-dir', os.path.join(out4, 'blobs'), boot4, mnt]
+                ctl_ok(ck, rafsctl(ctl, sock, *mount_cmd), 'rafsctl mount, cold')
+                ck.check(read_all(mnt, data), 'every file of the first layer read: its blob is complete in the cache')
+                ctl_ok(ck, rafsctl(ctl, sock, 'umount', mnt), 'rafsctl umount')
+                saved = os.listdir(traces) if os.path.isdir(traces) else []
+                full = open(os.path.join(traces, saved[0])).read() if saved else ''
+                listed = [line for line in full.splitlines() if line and not line.startswith('#')]
+                # Every file but the one with a trailing blank, and the copy read as its original.
+                ck.check('# not traced' not in full and len(listed) == len(FILES) - 1,
+                         'the cold start\'s trace saw every file', full[:300])
+                ctl_ok(ck, rafsctl(ctl, sock, *mount_cmd), 'rafsctl mount, warm')
+                for rel in ORDER[:2]:
+                    with open(os.path.join(mnt, rel), 'rb') as f:
+                        ck.check(f.read() == data[rel], 'warm read %s' % rel)
+                ck.check(read_all(mnt, extra_data), 'read opt/app, of the second layer')
+                r = rafsctl(ctl, sock, 'trace', mnt)
+                lines = text(r.stdout).splitlines()
+                paths = [line for line in lines if line and not line.startswith('#')]
+                blob = os.listdir(os.path.join(out, 'blobs'))[0]  # the first layer's, as built alone
+                if not traced_for:
+                    ck.check(paths == ['/opt/app'] and
+                             any(line.startswith('# not traced') and blob in line for line in lines),
+                             'the warm start\'s trace names the blob it could not see', text(r.stdout)[:400])
+                    ctl_ok(ck, rafsctl(ctl, sock, 'umount', mnt), 'rafsctl umount')
+                    ck.check(saved and open(os.path.join(traces, saved[0])).read() == full,
+                             'the trace that saw every blob is kept')
+                    continue
+                ck.check(paths == ['/' + p for p in ORDER[:2]] + ['/opt/app'] and
+                         not any('not traced' in line for line in lines),
+                         'with cached_blobs_for, the warm start is traced in full', text(r.stdout)[:400])
+                cache_file = os.path.join(tmp, name + '-cache', blob + '.blob.data')
+                inode = os.stat(cache_file).st_ino
+                ck.check(group_watches(d.proc.pid, inode), 'the complete cache file is watched meanwhile')
+                unwatched = harness.wait_for(lambda: not group_watches(d.proc.pid, inode), timeout=15)
+                ck.check(unwatched, 'and no longer once cached_blobs_for is over')
+                ck.check(read_all(mnt, data) and read_all(mnt, extra_data), 'every file reads right after')
+                ctl_ok(ck, rafsctl(ctl, sock, 'umount', mnt), 'rafsctl umount')
     return ck.finish()
 
 

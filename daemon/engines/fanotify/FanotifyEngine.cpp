@@ -240,7 +240,18 @@ void FanotifyEngine::loop(std::promise<void> started) {
     try {
         while (!quit_.load()) {
             io_uring_cqe* cqe = nullptr;
-            const int rc = io_uring_wait_cqe(&ring, &cqe);
+            // Marks kept for start traces are dropped when due: the wait ends then at the latest.
+            int rc = 0;
+            if (const auto due = files_->unmarkDeferred()) {
+                const auto left = std::chrono::duration_cast<std::chrono::nanoseconds>(*due - std::chrono::steady_clock::now());
+                __kernel_timespec timeout{};
+                timeout.tv_sec = std::max<int64_t>(left.count(), 1'000'000) / 1'000'000'000;
+                timeout.tv_nsec = std::max<int64_t>(left.count(), 1'000'000) % 1'000'000'000;
+                rc = io_uring_wait_cqe_timeout(&ring, &cqe, &timeout);
+                if (rc == -ETIME) continue;
+            } else {
+                rc = io_uring_wait_cqe(&ring, &cqe);
+            }
             if (rc == -EINTR) continue;
             if (rc < 0) failErrno("io_uring_wait_cqe", -rc);
             const uint64_t tag = io_uring_cqe_get_data64(cqe);
@@ -421,6 +432,7 @@ void FanotifyEngine::mount(const FanotifyMount& m, const std::function<void(int 
             log::warn("{}; its reads keep raising events", e.what());
         }
     }
+    if (m.traced_complete_for.count() > 0) wakeLoop();  // to wait for the marks it keeps
 }
 
 void FanotifyEngine::checkTakeover(const FanotifyMount& m) const {
@@ -649,13 +661,18 @@ FanotifyEngine::LeftInUse FanotifyEngine::stop(BusyAtStop busy_at_stop, std::chr
     responder_->denyAll();
     for (const BusyMount& m : busy) forget(m.name);
     quit_.store(true);
+    wakeLoop();
+    thread_.join();
+    teardown();
+    return left;
+}
+
+void FanotifyEngine::wakeLoop() {
+    if (wake_ < 0) return;  // not started: the loop computes its first wait when it starts
     const uint64_t one = 1;
     if (::write(wake_, &one, sizeof one) != static_cast<ssize_t>(sizeof one)) {
         log::error("cannot wake the fanotify event loop: {}", std::strerror(errno));
     }
-    thread_.join();
-    teardown();
-    return left;
 }
 
 FanotifyCounters FanotifyEngine::counters() const {

@@ -227,7 +227,8 @@ private:
     std::set<std::filesystem::path> detached_;      // names umount() returned
     uint64_t detached_count_ = 0;
     std::vector<std::filesystem::path> unserved_;  // leaveUnserved(), before start()
-    int wake_ = -1;  // eventfd that tells the loop to exit, or to read again after a stall
+    void wakeLoop();  // through wake_, once started
+    int wake_ = -1;  // eventfd that tells the loop to exit, to read again after a stall, or to wait anew
     std::atomic<bool> quit_{false};
     std::thread thread_;
     std::vector<ReadEvent> batch_;  // loop thread only

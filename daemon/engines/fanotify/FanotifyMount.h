@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <chrono>
 #include <filesystem>
 #include <vector>
 
@@ -26,6 +27,10 @@ struct FanotifyMount {
     // their chunks (a bounded cache). Otherwise they are unmarked after the mount, and as they
     // complete, and reads of them cost no event.
     bool keep_marks = false;
+    // Otherwise complete files stay marked this long after the mount all the same, so that the
+    // image's start trace sees reads of blobs already complete in the cache (AccessTrace; each such
+    // read costs an event meanwhile). Zero: unmarked at once.
+    std::chrono::seconds traced_complete_for{0};
     // A takeover: the watch on its superblock the previous worker made in the kept inotify
     // instance (SuperblockWatch), or -1.
     int superblock_watch = -1;

@@ -40,13 +40,18 @@ void MarkedFiles::add(const FanotifyMount& m, bool reattach) {
         // decides), so its chunks could never be freed; the engine unmarks them after the mount
         // unless the cache collector may free them (FanotifyMount::keep_marks).
         for (const FanotifyBlobFile& blob : m.blobs) acquire(blob, m.image, entry.files);
+        const auto traced_until = std::chrono::steady_clock::now() + m.traced_complete_for;
+        for (const auto& [blob, key] : entry.files) {
+            File& file = files_.at(key);
+            file.marked_until = std::max(file.marked_until, traced_until);
+        }
         if (reattach && !m.keep_marks) {
             for (const auto& [blob, key] : entry.files) {
                 File& file = files_.at(key);
                 const bool complete = std::any_of(m.blobs.begin(), m.blobs.end(), [&](const FanotifyBlobFile& b) {
                     return b.blob == blob && b.complete;
                 });
-                if (complete && file.marked) unmark(file);
+                if (complete && file.marked) unmarkOrDefer(file);
             }
         }
     } catch (...) {
@@ -68,6 +73,7 @@ void MarkedFiles::acquire(const FanotifyBlobFile& blob, uint32_t image, std::vec
             markPreAccess(group_, it->second.fd, it->second.path);
             it->second.marked = true;
         }
+        it->second.unmark_deferred = false;  // this mount decides anew whether it is complete
         it->second.users.emplace_back(image, blob.blob);
     }
     files.emplace_back(blob.blob, key);
@@ -162,11 +168,39 @@ void MarkedFiles::unmark(File& file) {
     file.marked = false;
 }
 
+void MarkedFiles::unmarkOrDefer(File& file) {
+    if (std::chrono::steady_clock::now() < file.marked_until) {
+        file.unmark_deferred = true;
+    } else {
+        unmark(file);
+    }
+}
+
 void MarkedFiles::unmarkComplete(int fd) {
     const FileKey key = keyOf(fd, fmt::format("(fd {})", fd));
     std::lock_guard lock(mutex_);
     const auto it = files_.find(key);
-    if (it != files_.end() && it->second.marked) unmark(it->second);
+    if (it != files_.end() && it->second.marked) unmarkOrDefer(it->second);
+}
+
+std::optional<std::chrono::steady_clock::time_point> MarkedFiles::unmarkDeferred() {
+    const auto now = std::chrono::steady_clock::now();
+    std::optional<std::chrono::steady_clock::time_point> next;
+    std::lock_guard lock(mutex_);
+    for (auto& [key, file] : files_) {
+        if (!file.unmark_deferred || !file.marked) continue;
+        if (now < file.marked_until) {
+            next = next ? std::min(*next, file.marked_until) : file.marked_until;
+            continue;
+        }
+        file.unmark_deferred = false;
+        try {
+            unmark(file);
+        } catch (const std::exception& e) {
+            log::warn("{}; its reads keep raising events", e.what());
+        }
+    }
+    return next;
 }
 
 }  // namespace rafsd

@@ -8,6 +8,7 @@
 
 #include "daemon/engines/fanotify/FanotifyMount.h"
 
+#include <chrono>
 #include <cstdint>
 #include <filesystem>
 #include <map>
@@ -63,8 +64,13 @@ public:
     std::vector<MountFile> filesOf(const std::filesystem::path& mountpoint) const;
 
     // The cache file `fd` is open on is complete: drop its mark, for every image using it; nothing
-    // if no mount uses it. Throws rafs::Error if it cannot be stat'ed or unmarked.
+    // if no mount uses it. While a mount keeps complete files marked for its start trace
+    // (FanotifyMount::traced_complete_for), the mark is dropped by unmarkDeferred once that is
+    // over. Throws rafs::Error if it cannot be stat'ed or unmarked.
     void unmarkComplete(int fd);
+    // Drops the marks unmarkComplete deferred whose time has come (a failure is logged: the file
+    // keeps raising events, answered from the cache); returns when the next one is due.
+    std::optional<std::chrono::steady_clock::time_point> unmarkDeferred();
 
 private:
     struct File {
@@ -73,6 +79,8 @@ private:
         uint64_t size;
         bool marked;
         std::vector<std::pair<uint32_t, uint32_t>> users;  // (image, blob) per mount using it
+        std::chrono::steady_clock::time_point marked_until{};  // for start traces; see unmarkComplete
+        bool unmark_deferred = false;                          // complete: unmarked at marked_until
     };
 
     struct Mount {
@@ -84,6 +92,7 @@ private:
     void acquire(const FanotifyBlobFile& blob, uint32_t image, std::vector<std::pair<uint32_t, FileKey>>& files);
     void release(uint32_t image, const std::vector<std::pair<uint32_t, FileKey>>& files);
     void unmark(File& file);                      // mutex_ held; throws
+    void unmarkOrDefer(File& file);               // mutex_ held; throws
 
     const int group_;
     mutable std::mutex mutex_;
