@@ -190,8 +190,12 @@ void LayerStore::add(const std::string& image, const std::vector<StoreLayer>& la
                      const std::function<void(const fs::path&)>& umount) const {
     const fs::path top = imageDir(image);
     std::error_code ec;
-    fs::create_directories(dir_, ec);
-    failOn(ec, "create", dir_);
+    // Made by the user, who names it in storage.conf: a mistyped path would be made here and read
+    // by nobody, and podman would then pull the RAFS blobs as layers and fail far from the cause.
+    if (!fs::is_directory(dir_, ec)) {
+        rafs::fail("layer store {} is not a directory: make it, and name it in storage.conf ([storage.options] "
+                   "additionallayerstores = [\"{}:ref\"])", dir_.string(), dir_.string());
+    }
     const StoreLock lock(dir_);
     for (const fs::path& existing : {top, legacyImageDir(image)}) {
         if (fs::exists(existing, ec) && !isRemoved(existing)) {
@@ -318,9 +322,9 @@ void LayerStore::remove(const std::string& image, const std::function<bool(const
         dropUnlistedKeptLayers();
         rafs::fail("{} is not in the layer store {}", image, dir_.string());
     }
-    const std::string in_use = fmt::format("{}: still in use (a container runs on it): unmounted, and served until "
-                                           "it is gone; its entries stay for it: remove it again once the container "
-                                           "is gone",
+    const std::string in_use = fmt::format("{}: still in use by a container (podman keeps the overlay of an exited "
+                                           "one mounted until `podman rm`): unmounted, and served until it is gone; "
+                                           "its entries stay for it: remove it again once the container is gone",
                                            image);
     // Removed before, while in use, and still so: its mount detached, served off its path.
     if (served_under(top)) rafs::fail("{}", in_use);

@@ -81,7 +81,7 @@ public:
     // `blob` is the marker containers-storage takes a layer by: rafsd (which knows a layer store
     // mount by MountRequest::layer_store) withdraws every layer's marker of the image whose
     // bootstrap layer's `diff` is `bootstrap_diff` when that mount goes (a stop, an unmount), so
-    // that podman reports the layers missing instead of running on an empty directory, and
+    // that podman finds no layer there instead of running on an empty directory, and
     // reinstates them when it has mounted the image there again. Withdrawn, the bootstrap layer's
     // `diff` goes too when it is an empty directory, no mount (restoreMountpoint makes it again
     // before a mount). A path not shaped like a store entry's diff is left alone. Throws

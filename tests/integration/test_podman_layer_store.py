@@ -22,7 +22,8 @@ under the test's directory, additionallayerstores = ["STORE:ref"]).
    and leaves the entries (a container's overlay lower directories); after `podman rmi`, `rafsctl
    layer-store remove`: the mount is gone, rafsd lists no image, the store holds nothing of the image;
 5. bad input, one error line, non-zero exit, nothing left in the store: an ordinary OCI image, a tag
-   the registry lacks, the same image added twice, removing an image that is not in the store;
+   the registry lacks, a store directory that does not exist (not made), the same image added
+   twice, removing an image that is not in the store;
 6. two images sharing a data layer, both pulled: podman keeps the layer under the first one's entry,
    so removing that image from the store keeps that entry, the other image's containers still run,
    and once the other image is removed too nothing is left.
@@ -275,6 +276,10 @@ def sections(ck, reg, podman, rafsctl_bin, sock, store, image, oci, layers, data
     r = ctl(rafsctl_bin, sock, 'layer-store', 'add', '--store', store, '%s/rafs/app:missing' % reg.host)
     expect_error(ck, 'a tag the registry lacks', r, 'missing')
     ck.check(os.listdir(store) == [], 'nothing left in the store', repr(os.listdir(store)))
+    typo = store + '-typo'
+    r = ctl(rafsctl_bin, sock, 'layer-store', 'add', '--store', typo, image)
+    expect_error(ck, 'a store that does not exist (a mistyped path)', r, 'is not a directory: make it')
+    ck.check(not os.path.exists(typo), 'it is not made')
     r = ctl(rafsctl_bin, sock, 'layer-store', 'add', '--store', store, image)
     ck.cmd_ok(r, 'add again')
     r = ctl(rafsctl_bin, sock, 'layer-store', 'add', '--store', store, image)
