@@ -789,6 +789,24 @@ class Guest:
         self.expect_clean_stop(d, mnt)
         return f'worker {worker} killed, {new_worker} completed the read'
 
+    def case_sigterm_in_flight(self):
+        """SIGTERM while readers wait on slow misses: their READs complete with the right data before
+        the device closes (not ENOBUFS), and rafsd exits 0. Files of one READ each: a read after
+        the stop gets an error (README)."""
+        mnt, cache = self.mnt('sigterm'), f'{self.cache_root}/sigterm'
+        d = self.mount('img1', cache, mnt, extra=('--test-fetch-delay', '2500'))
+        manifest = self.meta['img1']['manifest']
+        rels = ['files/random-65537', 'files/random-4097', 'many/f007']
+        readers = [(rel, *self.start_reader(f'{mnt}/{rel}')) for rel in rels]
+        time.sleep(1)
+        check(all(t.is_alive() for _, t, _ in readers), 'the readers did not wait for the slow misses')
+        rc = d.stop()
+        for rel, t, result in readers:
+            t.join(60)
+            check(result.get('sha256') == manifest[rel]['sha256'], f'{rel}: reader got {result}\n{d.text()}')
+        check(rc == 0, f'rafsd exit status {rc} after SIGTERM:\n{d.text()}')
+        return f'{len(rels)} reads in flight at the stop completed'
+
     def notified(self, argv, notify):
         """rafsd started as systemd starts a Type=notify service (NOTIFY_SOCKET = `notify`); returns it and
         the fd it put in the fd store (FDSTORE=1, FDNAME=cachefiles) once it said READY=1."""
@@ -1166,7 +1184,7 @@ class Guest:
         return (f'mounted again after a kill; the mount by hand registered again; in use at the next kill: left up '
                 f'(the open file got {errno.errorcode[held_errno]}), and mounted again at the start after its unmount')
 
-CASES = ['tree', 'remount_cached', 'stale_state', 'nydus', 'reused_fsid', 'unknown_cookie', 'missing_blob', 'device_errors',
+CASES = ['tree', 'sigterm_in_flight', 'remount_cached', 'stale_state', 'nydus', 'reused_fsid', 'unknown_cookie', 'missing_blob', 'device_errors',
          'corrupt_blob', 'blob_gone', 'shared_domain', 'register_by_hand', 'failover', 'fd_store', 'serve_failover', 'reload', 'kill_no_failover', 'serve_killed_whole', 'registry',
          'registry_image', 'cache_gc', 'discarded_chunk_map']
 
