@@ -621,16 +621,19 @@ void ChunkFetcher::finishChunks(CachedBlob& blob, uint32_t first, uint32_t count
     std::vector<std::shared_ptr<PendingRequest>> ready;
     {
         std::lock_guard lock(blob.mutex_);
+        uint32_t asked = 0;  // chunks someone waits for; the rest came along (amplification, read-ahead)
         for (uint32_t ci = first; ci < first + count; ++ci) {
             auto it = blob.in_flight_.find(ci);
             if (it == blob.in_flight_.end()) continue;
+            if (!it->second.empty()) ++asked;
             for (auto& request : it->second) {
                 if (error != 0) request->error = error;
                 if (--request->remaining == 0) ready.push_back(request);
             }
             blob.in_flight_.erase(it);
         }
-        if (error != 0 && counted) blob.counters().errors += count;
+        // A read refused on a full disk would otherwise count its whole read-ahead window each time.
+        if (error != 0 && counted) blob.counters().errors += asked != 0 ? asked : count;
         if (error == 0 && !blob.completed_ && blob.cache().complete()) {
             blob.completed_ = true;
             // Under the lock: discardIdle, which takes it too, sees the blob as unmarked only

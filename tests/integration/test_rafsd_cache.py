@@ -309,6 +309,11 @@ def full_disk(ck, rafsd, ctl, tmp, boot, blobs, sources):
                     # full-tree read by hand).
                     ck.check(0 < fetched < stored, 'the reads that fail fetch less than the blob (%d of %d bytes)'
                              % (fetched, stored))
+                    # Chunks readers asked for, not the read-ahead window each failed read came with.
+                    errors = sum(b['errors'] for b in image['blobs'])
+                    chunks = sum(b['chunks'] for b in image['blobs'])
+                    ck.check(0 < errors <= chunks, 'the error count is of chunks asked for (%d errors, %d chunks in '
+                             'the image)' % (errors, chunks))
                 rafsctl(ctl, sock, 'umount', mnt)
                 ck.check(srv.stop() == 0, '%s: rafsd exits 0' % name)
             shutil.rmtree(cache_dir)
