@@ -9,11 +9,17 @@
 
 #include <cerrno>
 #include <cstring>
+#include <thread>
 
 namespace rafsd {
 namespace {
 
 using Clock = std::chrono::steady_clock;
+
+// How long the supervisor may take to have the next worker listen after a worker's death (it takes
+// the mounts over first), and how often to look.
+constexpr std::chrono::seconds kNextWorkerWait{10};
+constexpr std::chrono::milliseconds kNextWorkerPoll{200};
 
 // One exchange on a connected socket, all of it before one deadline.
 class Exchange {
@@ -88,16 +94,24 @@ ControlClient::ControlClient(std::filesystem::path socket, std::chrono::millisec
 
 nlohmann::json ControlClient::call(const Request& request) const {
     sockaddr_un address = unixAddress(socket_);
-    rafs::UniqueFd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
-    if (fd.get() < 0) rafs::failErrno("cannot create a unix socket");
-    // connect() waits while rafsd's backlog is full; SO_SNDTIMEO bounds that wait.
-    auto seconds = std::chrono::floor<std::chrono::seconds>(timeout_);
-    timeval limit{seconds.count(), std::chrono::microseconds(timeout_ - seconds).count()};
-    if (::setsockopt(fd.get(), SOL_SOCKET, SO_SNDTIMEO, &limit, sizeof limit) != 0) {
-        rafs::failErrno("setsockopt(SO_SNDTIMEO)");
-    }
-    if (::connect(fd.get(), reinterpret_cast<const sockaddr*>(&address), sizeof address) != 0) {
+    rafs::UniqueFd fd;
+    // A worker that died leaves its socket refusing connections until the next one, which the
+    // supervisor starts at once, has taken the mounts over and listens again: wait for that.
+    for (const auto until = Clock::now() + kNextWorkerWait;;) {
+        fd = rafs::UniqueFd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+        if (fd.get() < 0) rafs::failErrno("cannot create a unix socket");
+        // connect() waits while rafsd's backlog is full; SO_SNDTIMEO bounds that wait.
+        auto seconds = std::chrono::floor<std::chrono::seconds>(timeout_);
+        timeval limit{seconds.count(), std::chrono::microseconds(timeout_ - seconds).count()};
+        if (::setsockopt(fd.get(), SOL_SOCKET, SO_SNDTIMEO, &limit, sizeof limit) != 0) {
+            rafs::failErrno("setsockopt(SO_SNDTIMEO)");
+        }
+        if (::connect(fd.get(), reinterpret_cast<const sockaddr*>(&address), sizeof address) == 0) break;
         const int err = errno;
+        if (err == ECONNREFUSED && Clock::now() < until) {
+            std::this_thread::sleep_for(kNextWorkerPoll);
+            continue;
+        }
         const bool absent = err == ENOENT || err == ECONNREFUSED;
         throw rafs::SystemError(fmt::format("cannot connect to {}: {}{}", socket_.string(), std::strerror(err),
                                             absent ? " (is rafsd serve running?)" : ""),

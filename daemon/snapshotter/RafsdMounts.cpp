@@ -10,7 +10,6 @@
 
 #include <cerrno>
 #include <chrono>
-#include <thread>
 
 namespace rafsd {
 
@@ -20,26 +19,16 @@ namespace {
 constexpr std::chrono::seconds kMountTimeout{300};
 constexpr std::chrono::seconds kUmountTimeout{60};
 constexpr std::chrono::seconds kListTimeout{60};
-// How long rafsd may take to start its next worker (the supervisor starts one at once after a
-// worker's death, and it binds the control socket once it has taken the mounts over), and how
-// often to look.
-constexpr std::chrono::seconds kNextWorkerWait{10};
-constexpr std::chrono::milliseconds kNextWorkerPoll{200};
 
 }  // namespace
 
 std::optional<nlohmann::json> RafsdMounts::listWhenListening() const {
-    for (const auto until = std::chrono::steady_clock::now() + kNextWorkerWait;;) {
-        try {
-            return ControlClient(socket_, kListTimeout).call(ListRequest{});
-        } catch (const rafs::SystemError& e) {
-            if (e.code() != ECONNREFUSED && e.code() != ENOENT) throw;
-            if (std::chrono::steady_clock::now() >= until) {
-                log::warn("no rafsd listens on {}: {}", socket_.string(), e.what());
-                return std::nullopt;
-            }
-            std::this_thread::sleep_for(kNextWorkerPoll);
-        }
+    try {
+        return ControlClient(socket_, kListTimeout).call(ListRequest{});  // waits for a next worker
+    } catch (const rafs::SystemError& e) {
+        if (e.code() != ECONNREFUSED && e.code() != ENOENT) throw;
+        log::warn("no rafsd listens on {}: {}", socket_.string(), e.what());
+        return std::nullopt;
     }
 }
 

@@ -35,8 +35,8 @@ public:
 private:
     // Whether rafsd lists a mount on `dir`; nullopt if nothing listened on its socket for a while.
     std::optional<bool> serves(const std::filesystem::path& dir) const;
-    // rafsd's list of images, asked again while nothing listens on its socket (between two of its
-    // workers, each of which binds it anew) for a while; nullopt if nothing listened all that time.
+    // rafsd's list of images (ControlClient waits while its socket refuses connections, between
+    // two of its workers); nullopt if nothing listened all that time.
     std::optional<nlohmann::json> listWhenListening() const;
 
     std::filesystem::path socket_;

@@ -25,6 +25,8 @@ readers are waiting on cold data when the kill comes):
    a file, the worker killed): the failing workers leave the mount and the state dir's table of it
    as they are (unwinding would unmount it and empty the table, so no later worker or rafsd could
    take it over); a reader of an unread file waits, and once the path is free a worker serves it.
+   Then `rafsctl list` right after a worker died (the next one not yet listening) waits for the
+   next worker instead of failing with "connection refused".
    Then a mount one worker cannot take over while it serves (its bootstrap moved away, the worker
    killed): the next worker serves on, and the mount's reads fail (EIO) rather than read holes;
    once the bootstrap is back, that worker takes it over (it tries again with a growing delay) and
@@ -222,6 +224,7 @@ def case_service(ck, rafsd, rafsctl, image, content, tmp):
                  'service: the restarted rafsd took the fds over, reattached the mount, answered the orphans',
                  text[-3000:])
         socket_taken(ck, second, mnt, sock, os.path.join(tmp, 'state'), content)
+        rafsctl_between_workers(ck, second, rafsctl, sock)
         moved = image['boot'] + '.away'
         bootstrap_gone(ck, second, mnt, image['boot'], moved, content)
         ck.check(second.stop(signal.SIGTERM, timeout=60) == 0, 'service: SIGTERM stops the restarted rafsd, exit 0')
@@ -355,6 +358,27 @@ def socket_taken(ck, serve, mnt, sock, state_dir, content):
     waiting.join(READ_TIMEOUT)
     ck.check(waiting.result == 'ok', 'service: once the path is free, a worker takes over and the reader gets the '
              'bytes', '%s\n%s' % (waiting.result, serve.log_text()[-2000:]))
+
+
+def rafsctl_between_workers(ck, serve, rafsctl, sock):
+    """rafsctl right after a worker died, before the next one listens (the supervisor held
+    stopped meanwhile): the socket refuses connections, and rafsctl waits for the next worker
+    rather than say that rafsd is not running."""
+    os.kill(serve.proc.pid, signal.SIGSTOP)
+    try:
+        worker = worker_of(serve.proc.pid)
+        os.kill(worker, signal.SIGKILL)
+        harness.wait_for(lambda: harness.read_text('/proc/%d/stat' % worker).split(') ')[-1].startswith('Z'),
+                         timeout=10)
+        listing = subprocess.Popen([rafsctl, '--socket', sock, 'list'], stdout=subprocess.PIPE,
+                                   stderr=subprocess.STDOUT)
+        time.sleep(1)
+        waited = listing.poll() is None
+    finally:
+        os.kill(serve.proc.pid, signal.SIGCONT)
+    out, _ = listing.communicate(timeout=60)
+    ck.check(waited and listing.returncode == 0, 'service: rafsctl list between two workers waits for the next one',
+             '%s, exit %s: %s' % ('waited' if waited else 'did not wait', listing.returncode, out.decode()))
 
 
 def bootstrap_gone(ck, serve, mnt, boot, moved, content):
