@@ -473,7 +473,6 @@ nlohmann::json ImageService::mountOrReattach(const MountRequest& request, bool r
     const ProbedSizes sizes = probed.value_or(ProbedSizes{});
     lock.lock();
     if (shut_down_) rafs::fail("rafsd is shutting down");
-    CacheDirRollback cache_dir(config_.daemon.cache_dir);
 
     if (opened.inline_meta) {
         backend = std::make_shared<BlobFileBackend>(std::move(backend), bootstrap.blobs().back().id, bootstrap_path);
@@ -500,6 +499,10 @@ nlohmann::json ImageService::mountOrReattach(const MountRequest& request, bool r
         if (!image.domain_id.empty()) checkFscacheName("domain_id", image.domain_id);
         fscache_volume = image.fscacheVolume();
     }
+    // fscache: the volume's chunk maps are a level down (openBlob).
+    CacheDirRollback cache_dir(config_.daemon.cache_dir,
+                               fscache_volume.empty() ? std::vector<fs::path>{}
+                                                      : std::vector<fs::path>{"fscache-state", fs::path("fscache-state") / fscache_volume});
     try {
         const std::vector<rafs::BootstrapBlob>& blobs = bootstrap.blobs();
         // Each blob's chunk table may come over the network: all of them at once, one round trip

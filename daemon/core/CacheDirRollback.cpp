@@ -9,7 +9,19 @@ namespace rafsd {
 
 namespace fs = std::filesystem;
 
-CacheDirRollback::CacheDirRollback(fs::path dir) : dir_(std::move(dir)) {
+namespace {
+
+std::set<std::string> entriesOf(const fs::path& dir, std::error_code& ec) {
+    std::set<std::string> names;
+    for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
+        names.insert(it->path().filename().string());
+    }
+    return names;
+}
+
+}  // namespace
+
+CacheDirRollback::CacheDirRollback(fs::path dir, std::vector<fs::path> nested) : dir_(std::move(dir)) {
     std::error_code ec;
     fs::path missing;  // the topmost ancestor of dir_ (or dir_ itself) that does not exist yet
     for (fs::path p = dir_; !p.empty() && !fs::exists(p, ec); p = p.parent_path()) {
@@ -20,10 +32,13 @@ CacheDirRollback::CacheDirRollback(fs::path dir) : dir_(std::move(dir)) {
     if (ec) rafs::fail("cannot create cache dir {}: {}", dir_.string(), ec.message());
     created_ = missing;
     if (!created_.empty()) return;
-    for (fs::directory_iterator it(dir_, ec), end; !ec && it != end; it.increment(ec)) {
-        before_.insert(it->path().filename().string());
-    }
+    before_[""] = entriesOf(dir_, ec);
     if (ec) rafs::fail("cannot list cache dir {}: {}", dir_.string(), ec.message());
+    for (const fs::path& sub : nested) {
+        if (!fs::is_directory(dir_ / sub, ec)) continue;  // new, if it comes: removed from the dir above
+        before_[sub] = entriesOf(dir_ / sub, ec);
+        if (ec) rafs::fail("cannot list {}: {}", (dir_ / sub).string(), ec.message());
+    }
 }
 
 CacheDirRollback::~CacheDirRollback() {
@@ -33,11 +48,14 @@ CacheDirRollback::~CacheDirRollback() {
         fs::remove_all(created_, ignored);
         return;
     }
-    std::vector<fs::path> added;
-    for (fs::directory_iterator it(dir_, ignored), end; !ignored && it != end; it.increment(ignored)) {
-        if (before_.count(it->path().filename().string()) == 0) added.push_back(it->path());
+    for (const auto& [sub, before] : before_) {
+        std::vector<fs::path> added;
+        for (fs::directory_iterator it(dir_ / sub, ignored), end; !ignored && it != end; it.increment(ignored)) {
+            if (before.count(it->path().filename().string()) == 0) added.push_back(it->path());
+        }
+        ignored.clear();
+        for (const fs::path& p : added) fs::remove_all(p, ignored);
     }
-    for (const fs::path& p : added) fs::remove_all(p, ignored);
 }
 
 }  // namespace rafsd

@@ -41,6 +41,22 @@ TEST_CASE("a failed mount removes only what it added to an existing cache dir", 
     CHECK_FALSE(fs::exists(tmp.path() / "fscache-state"));
 }
 
+TEST_CASE("a failed fscache mount removes what it added to an existing volume's state", "[cache]") {
+    rafs::test::TempDir tmp;
+    const fs::path state = tmp.path() / "fscache-state";
+    fs::create_directories(state / "vol1");
+    touch(state / "vol1" / "kept.chunkmap");
+    {
+        CacheDirRollback rollback(tmp.path(), {"fscache-state", "fscache-state/vol1"});
+        touch(state / "vol1" / "new.chunkmap");
+        fs::create_directory(state / "vol2");
+        touch(state / "vol2" / "other.chunkmap");
+    }
+    CHECK(fs::exists(state / "vol1" / "kept.chunkmap"));
+    CHECK_FALSE(fs::exists(state / "vol1" / "new.chunkmap"));
+    CHECK_FALSE(fs::exists(state / "vol2"));
+}
+
 TEST_CASE("a committed mount keeps what it created", "[cache]") {
     rafs::test::TempDir tmp;
     const fs::path dir = tmp.path() / "cache";

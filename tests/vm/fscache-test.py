@@ -470,7 +470,8 @@ class Guest:
         return f'mount(8) said: {r.stdout.decode(errors="replace").strip()}'
 
     def case_missing_blob(self):
-        """A blob missing from the backend: rafsd mount fails at once with one clear line."""
+        """A blob missing from the backend: rafsd mount fails at once with one clear line, and leaves
+        the cache dir's fscache state as it found it (no new volume, no new chunk map)."""
         mnt, cache = self.mnt('missing'), f'{self.cache_root}/missing'
         os.makedirs('/tmp/empty-blobs', exist_ok=True)
         b, _ = self.image('img1')
@@ -482,6 +483,22 @@ class Guest:
         blob = self.meta['img1']['blobs'][0]
         check(r.returncode != 0 and not is_mount(mnt), f'exit status {r.returncode}:\n{text}')
         check(len(errors) == 1 and blob in errors[0], f'expected one error line naming blob {blob}:\n{text}')
+        # The cache dir as failed mounts found it (README), also a level down, in the fscache
+        # state another image's mount left: no new volume (--fsid), no new chunk map in a volume
+        # shared by --domain-id.
+        d = self.mount('img1', cache, mnt, extra=('--domain-id', 'dmiss'))
+        self.expect_clean_stop(d, mnt)
+        state = f'{cache}/fscache-state'
+
+        def listing():
+            return sorted(os.path.relpath(os.path.join(p, n), state) for p, ds, fs in os.walk(state) for n in ds + fs)
+        before = listing()
+        b3, _ = self.image('img3')
+        for extra in (['--fsid', 'missing-x'], ['--domain-id', 'dmiss']):
+            self.one_error(['mount', '--config', self.config('missing', cache), '--engine', 'fscache',
+                            '--blob-dir', '/tmp/empty-blobs', *extra, b3, mnt], self.meta['img3']['blobs'][0])
+            check(listing() == before, f'a failed mount ({" ".join(extra)}) left {set(listing()) - set(before)} in '
+                                       f'{state}')
         return errors[0]
 
     def one_error(self, argv, *expect):
