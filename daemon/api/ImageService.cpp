@@ -678,6 +678,18 @@ void ImageService::mountFscache(Image& image, const rafs::Bootstrap& bootstrap, 
                     rafs::fail("fsid {} is the fsid of the image on {} already", image.fsid, other.mountpoint.string());
                 }
             }
+            // A dead rafsd's mount, still in use: its superblock holds the fsid's cookies until it
+            // is unmounted, and mount(2) would say only EBUSY.
+            for (const auto* records : {&unserved_, &remount_at_start_}) {
+                for (const MountRecord& left : *records) {
+                    if (left.engine == engineName(EngineKind::Fscache) && left.fsid == image.fsid &&
+                        left.domain_id == image.domain_id && hasErofsMount(left.mountpoint)) {
+                        rafs::fail("fsid {} is the fsid of the image a rafsd that died left mounted on {}, still in "
+                                   "use: unmount it first, or mount under another --fsid", image.fsid,
+                                   left.mountpoint.string());
+                    }
+                }
+            }
             // A derived fsid names the bootstrap's content, so a cache file kept under it holds this one.
             if (!fsid_derived) fscache_volumes_->cullBootstrap(image.fscacheVolume(), image.fsid);
             // Listed before mount(2): a daemon dying during the mount leaves an entry the next one

@@ -1128,7 +1128,8 @@ class Guest:
         for good (their cache went with the dead daemon's fd). A new rafsd serve unmounts such a
         mount and mounts the image again: the path reads right and rafsctl lists it. Killed whole
         again while a file there is open: the mount is in use, so it is left up and listed for later
-        (the open file keeps failing: EIO or ENOBUFS, never zeros); unmounted by hand, the next start
+        (the open file keeps failing: EIO or ENOBUFS, never zeros; a mount of the image elsewhere,
+        under the fsid it holds, is refused naming it); unmounted by hand, the next start
         mounts it again. A mount by hand (--register-only) is registered again: unmounted and
         mounted by hand, it reads right."""
         name = 'killed-whole'
@@ -1178,6 +1179,11 @@ class Guest:
             d, listed = restart(d)
             check(mnt not in listed and 'in use (Device or resource busy)' in d.text() and 'still mounted' in d.text(),
                   f'rafsctl list:\n{listed}\n{d.text()}')
+            # The same image elsewhere, under the same (derived) fsid, which the left mount holds.
+            r = run(ctl + ['mount', '--engine', 'fscache', '--blob-dir', blobs, b, self.mnt(name + '-again')])
+            out = r.stdout.decode(errors='replace')
+            check(r.returncode != 0 and f'left mounted on {mnt}' in out and '--fsid' in out,
+                  f'a mount under the fsid the left mount holds: {out}')
             # Its pages were cached by the tree's read above: dropped, so that the read reaches cachefiles.
             with open('/proc/sys/vm/drop_caches', 'w') as f:
                 f.write('3\n')

@@ -318,6 +318,11 @@ void FscacheEngine::mount(const FscacheMount& m) {
             fail("mount -t erofs -o {} on {}: {} (the kernel asked for unknown cookies: {})", options,
                  m.mountpoint.string(), std::strerror(err), refused);
         }
+        // fscache's volumes and cookies are one per fsid (fs/fscache/volume.c: a collision is EBUSY).
+        if (err == EBUSY) {
+            fail("mount -t erofs -o {} on {}: {} (another EROFS mount holds this fsid: unmount it, or mount under "
+                 "another --fsid)", options, m.mountpoint.string(), std::strerror(err));
+        }
         failErrno(fmt::format("mount -t erofs -o {} on {}", options, m.mountpoint.string()), err);
     }
 }
