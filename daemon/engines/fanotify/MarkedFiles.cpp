@@ -73,6 +73,7 @@ void MarkedFiles::acquire(const FanotifyBlobFile& blob, uint32_t image, std::vec
             markPreAccess(group_, it->second.fd, it->second.path);
             it->second.marked = true;
         }
+        if (it->second.unmark_deferred) --deferred_;
         it->second.unmark_deferred = false;  // this mount decides anew whether it is complete
         it->second.users.emplace_back(image, blob.blob);
     }
@@ -92,6 +93,7 @@ void MarkedFiles::release(uint32_t image, const std::vector<std::pair<uint32_t, 
             }
         }
         closeOrWarn(file.fd, file.path.native());
+        if (file.unmark_deferred) --deferred_;
         files_.erase(it);
     }
 }
@@ -170,6 +172,7 @@ void MarkedFiles::unmark(File& file) {
 
 void MarkedFiles::unmarkOrDefer(File& file) {
     if (std::chrono::steady_clock::now() < file.marked_until) {
+        if (!file.unmark_deferred) ++deferred_;
         file.unmark_deferred = true;
     } else {
         unmark(file);
@@ -184,16 +187,19 @@ void MarkedFiles::unmarkComplete(int fd) {
 }
 
 std::optional<std::chrono::steady_clock::time_point> MarkedFiles::unmarkDeferred() {
+    if (deferred_.load() == 0) return std::nullopt;
     const auto now = std::chrono::steady_clock::now();
     std::optional<std::chrono::steady_clock::time_point> next;
     std::lock_guard lock(mutex_);
     for (auto& [key, file] : files_) {
-        if (!file.unmark_deferred || !file.marked) continue;
-        if (now < file.marked_until) {
+        if (!file.unmark_deferred) continue;
+        if (file.marked && now < file.marked_until) {
             next = next ? std::min(*next, file.marked_until) : file.marked_until;
             continue;
         }
         file.unmark_deferred = false;
+        --deferred_;
+        if (!file.marked) continue;
         try {
             unmark(file);
         } catch (const std::exception& e) {

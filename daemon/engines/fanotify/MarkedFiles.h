@@ -8,6 +8,7 @@
 
 #include "daemon/engines/fanotify/FanotifyMount.h"
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <filesystem>
@@ -95,6 +96,9 @@ private:
     void unmarkOrDefer(File& file);               // mutex_ held; throws
 
     const int group_;
+    // Files whose unmark waits (File::unmark_deferred): unmarkDeferred, which the event loop calls
+    // before every wait, looks no further while there are none.
+    std::atomic<size_t> deferred_{0};
     mutable std::mutex mutex_;
     std::map<FileKey, File> files_;
     std::vector<Mount> mounts_;
