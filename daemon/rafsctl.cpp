@@ -293,11 +293,12 @@ std::string pinned(const std::string& image, const std::string& manifest) {
 void addToLayerStore(const rafsd::ControlClient& client, const std::string& store_dir, const std::string& image,
                      const std::string& engine) {
     registry::ImageReference::parseTyped(image);
+    const rafsd::LayerStore store(absolutePath(store_dir));
+    store.checkExists();  // before the registry's round trips
     const json resolved = client.call(rafsd::ResolveRequest{image});
     const auto manifest = resolved.find("manifest");
     if (manifest == resolved.end() || !manifest->is_string()) rafs::fail("{}: rafsd named no manifest", image);
     const std::vector<rafsd::StoreLayer> layers = rafsd::StoreLayer::fromResolve(resolved, image);
-    const rafsd::LayerStore store(absolutePath(store_dir));
     std::filesystem::path mountpoint;
     store.add(
         image, layers,
@@ -380,7 +381,9 @@ int main(int argc, char** argv) {
 
     if (const auto exit_status = rafs::parseCommandLine(app, argc, argv, "rafsctl")) return *exit_status;
     try {
-        rafsd::ControlClient client(socket, std::chrono::milliseconds(static_cast<int64_t>(timeout * 1000.0)));
+        // Not while the socket is absent: that is also what a rafsd that is not running looks like.
+        rafsd::ControlClient client(socket, std::chrono::milliseconds(static_cast<int64_t>(timeout * 1000.0)),
+                                    rafsd::ControlClient::WaitForWorker::WhileRefused);
         if (mount->parsed()) {
             rafsd::MountRequest request;
             // A missing file is an image reference, as for rafsd mount: one that does not parse is

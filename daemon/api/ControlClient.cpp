@@ -7,6 +7,7 @@
 #include <sys/socket.h>
 #include <sys/time.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <thread>
@@ -16,8 +17,8 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-// How long the supervisor may take to have the next worker listen after a worker's death (it takes
-// the mounts over first), and how often to look.
+// How long the supervisor may take to have the next worker listen after a worker's death or a
+// reload (it takes the mounts over first), and how often to look.
 constexpr std::chrono::seconds kNextWorkerWait{10};
 constexpr std::chrono::milliseconds kNextWorkerPoll{200};
 
@@ -89,15 +90,14 @@ private:
 
 }  // namespace
 
-ControlClient::ControlClient(std::filesystem::path socket, std::chrono::milliseconds timeout)
-    : socket_(std::move(socket)), timeout_(timeout) {}
+ControlClient::ControlClient(std::filesystem::path socket, std::chrono::milliseconds timeout, WaitForWorker wait)
+    : socket_(std::move(socket)), timeout_(timeout), wait_(wait) {}
 
 nlohmann::json ControlClient::call(const Request& request) const {
     sockaddr_un address = unixAddress(socket_);
     rafs::UniqueFd fd;
-    // A worker that died leaves its socket refusing connections until the next one, which the
-    // supervisor starts at once, has taken the mounts over and listens again: wait for that.
-    for (const auto until = Clock::now() + kNextWorkerWait;;) {
+    const auto until = Clock::now() + std::min<std::chrono::milliseconds>(kNextWorkerWait, timeout_);
+    for (;;) {
         fd = rafs::UniqueFd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
         if (fd.get() < 0) rafs::failErrno("cannot create a unix socket");
         // connect() waits while rafsd's backlog is full; SO_SNDTIMEO bounds that wait.
@@ -108,7 +108,9 @@ nlohmann::json ControlClient::call(const Request& request) const {
         }
         if (::connect(fd.get(), reinterpret_cast<const sockaddr*>(&address), sizeof address) == 0) break;
         const int err = errno;
-        if (err == ECONNREFUSED && Clock::now() < until) {
+        const bool between_workers = (err == ECONNREFUSED && wait_ != WaitForWorker::No) ||
+                                     (err == ENOENT && wait_ == WaitForWorker::WhileRefusedOrAbsent);
+        if (between_workers && Clock::now() < until) {
             std::this_thread::sleep_for(kNextWorkerPoll);
             continue;
         }

@@ -683,7 +683,7 @@ void ImageService::mountFscache(Image& image, const rafs::Bootstrap& bootstrap, 
             for (const auto* records : {&unserved_, &remount_at_start_}) {
                 for (const MountRecord& left : *records) {
                     if (left.engine == engineName(EngineKind::Fscache) && left.fsid == image.fsid &&
-                        left.domain_id == image.domain_id && hasErofsMount(left.mountpoint)) {
+                        left.domain_id == image.domain_id && erofsMountWithOption(left.mountpoint, "fsid=" + left.fsid)) {
                         rafs::fail("fsid {} is the fsid of the image a rafsd that died left mounted on {}, still in "
                                    "use: unmount it first, or mount under another --fsid", image.fsid,
                                    left.mountpoint.string());
@@ -1351,7 +1351,7 @@ std::string ImageService::metrics() {
          [](CachedBlob& b) { return b.counters().prefetched_chunks.load(); });
     each("rafsd_blob_prefetched_bytes_total", "counter", "Stored bytes of the chunks fetched by prefetch.",
          [](CachedBlob& b) { return b.counters().prefetched_bytes.load(); });
-    each("rafsd_blob_errors_total", "counter", "Chunks asked for that could not be fetched intact (readers got EIO), each time; not the ones fetched along with them.",
+    each("rafsd_blob_errors_total", "counter", "Chunks a read waited for that could not be fetched intact (the reader got EIO), each time; not the ones fetched along with them or by prefetch.",
          [](CachedBlob& b) { return b.counters().errors.load(); });
     each("rafsd_blob_chunks", "gauge", "Chunks of the blob.", [](CachedBlob& b) { return uint64_t{b.cache().chunkCount()}; });
     each("rafsd_blob_chunks_present", "gauge", "Chunks of the blob in the cache, verified.",

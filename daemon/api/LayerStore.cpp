@@ -185,17 +185,23 @@ std::string LayerStore::infoJson(const StoreLayer& layer) {
     return info.dump() + "\n";
 }
 
+void LayerStore::checkExists() const {
+    std::error_code ec;
+    const fs::file_status status = fs::status(dir_, ec);
+    if (status.type() == fs::file_type::not_found) {
+        rafs::fail("layer store {} does not exist: make it, and name it in storage.conf ([storage.options] "
+                   "additionallayerstores = [\"{}:ref\"])", dir_.string(), dir_.string());
+    }
+    failOn(ec, "look at", dir_);
+    if (status.type() != fs::file_type::directory) rafs::fail("layer store {} is not a directory", dir_.string());
+}
+
 void LayerStore::add(const std::string& image, const std::vector<StoreLayer>& layers,
                      const std::function<void(const fs::path&)>& mount,
                      const std::function<void(const fs::path&)>& umount) const {
     const fs::path top = imageDir(image);
     std::error_code ec;
-    // Made by the user, who names it in storage.conf: a mistyped path would be made here and read
-    // by nobody, and podman would then pull the RAFS blobs as layers and fail far from the cause.
-    if (!fs::is_directory(dir_, ec)) {
-        rafs::fail("layer store {} is not a directory: make it, and name it in storage.conf ([storage.options] "
-                   "additionallayerstores = [\"{}:ref\"])", dir_.string(), dir_.string());
-    }
+    checkExists();
     const StoreLock lock(dir_);
     for (const fs::path& existing : {top, legacyImageDir(image)}) {
         if (fs::exists(existing, ec) && !isRemoved(existing)) {

@@ -55,6 +55,11 @@ public:
     // when it names no tag or digest). Throws rafs::Error if `image` is not a reference.
     std::filesystem::path imageDir(const std::string& image) const;
 
+    // Throws rafs::Error unless the store is a directory: made by the user, who names it in
+    // storage.conf, since a mistyped path made here would be read by nobody (podman would pull the
+    // RAFS blobs as layers and fail far from the cause). add() checks it first.
+    void checkExists() const;
+
     // Writes the entries of `image`'s layers; `mount(diff)` mounts the image on the bootstrap
     // layer's diff directory before that layer's blob appears, `umount(diff)` undoes it if a later
     // step fails. Throws rafs::Error when the image is in the store already or a step fails; then

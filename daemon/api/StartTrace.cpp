@@ -43,7 +43,7 @@ std::string StartTrace::text(const std::string& image) const {
     std::string out = fmt::format("# rafsd start trace of {}: {} files, {} chunks, in the order first read\n", image,
                                   paths.size(), chunks);
     if (!untraced_blobs.empty()) {
-        out += fmt::format("{} {} blobs whose data was in the cache at the mount ([trace] cached_blobs_for): {}\n",
+        out += fmt::format("{} {} blobs whose data was in the cache at the mount (fanotify: [trace] cached_blobs_for): {}\n",
                            kLeftOut, untraced_blobs.size(), fmt::join(untraced_blobs, " "));
     }
     for (const std::string& p : paths) out += p + "\n";

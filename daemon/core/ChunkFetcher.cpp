@@ -632,8 +632,10 @@ void ChunkFetcher::finishChunks(CachedBlob& blob, uint32_t first, uint32_t count
             }
             blob.in_flight_.erase(it);
         }
-        // A read refused on a full disk would otherwise count its whole read-ahead window each time.
-        if (error != 0 && counted) blob.counters().errors += asked != 0 ? asked : count;
+        // Not the chunks nobody waits for (a miss's amplification, read-ahead and prefetch runs):
+        // reads refused on a full disk would count their whole window each time. A backend that
+        // fails them is counted by the backend's own failures.
+        if (error != 0 && counted) blob.counters().errors += asked;
         if (error == 0 && !blob.completed_ && blob.cache().complete()) {
             blob.completed_ = true;
             // Under the lock: discardIdle, which takes it too, sees the blob as unmarked only

@@ -24,7 +24,8 @@ constexpr std::chrono::seconds kListTimeout{60};
 
 std::optional<nlohmann::json> RafsdMounts::listWhenListening() const {
     try {
-        return ControlClient(socket_, kListTimeout).call(ListRequest{});  // waits for a next worker
+        return ControlClient(socket_, kListTimeout, ControlClient::WaitForWorker::WhileRefusedOrAbsent)
+            .call(ListRequest{});
     } catch (const rafs::SystemError& e) {
         if (e.code() != ECONNREFUSED && e.code() != ENOENT) throw;
         log::warn("no rafsd listens on {}: {}", socket_.string(), e.what());

@@ -278,7 +278,7 @@ def sections(ck, reg, podman, rafsctl_bin, sock, store, image, oci, layers, data
     ck.check(os.listdir(store) == [], 'nothing left in the store', repr(os.listdir(store)))
     typo = store + '-typo'
     r = ctl(rafsctl_bin, sock, 'layer-store', 'add', '--store', typo, image)
-    expect_error(ck, 'a store that does not exist (a mistyped path)', r, 'is not a directory: make it')
+    expect_error(ck, 'a store that does not exist (a mistyped path)', r, 'does not exist: make it')
     ck.check(not os.path.exists(typo), 'it is not made')
     r = ctl(rafsctl_bin, sock, 'layer-store', 'add', '--store', store, image)
     ck.cmd_ok(r, 'add again')

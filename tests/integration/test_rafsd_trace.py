@@ -13,8 +13,8 @@
 3. `rafsctl trace` of a directory rafsd has not mounted is an error naming it;
 4. a blob complete in the cache at the mount (a warm host) is read without asking rafsd: a trace
    of a start there says so in a comment naming the blob, and does not replace the trace kept from
-   a start that saw every blob; with `[trace] cached_blobs_for = 3` the same start is traced in
-   full, and 3 s later the complete cache file is no longer watched (the group's marks in
+   a start that saw every blob; with `[trace] cached_blobs_for = 15` the same start is traced in
+   full, and 15 s later the complete cache file is no longer watched (the group's marks in
    /proc/PID/fdinfo), so warm reads cost no event again.
 """
 
@@ -196,7 +196,7 @@ def main():
         if not ck.cmd_ok(mk.build(out4, [src, extra]), 'mkrafs build, two layers'):
             return ck.finish()
         boot4 = os.path.join(out4, 'image.boot')
-        for name, traced_for in (('warm', None), ('warm-traced', 3)):
+        for name, traced_for in (('warm', None), ('warm-traced', 15)):
             cfg = serve_config(tmp, name, {'enable': False})
             if traced_for:
                 with open(cfg, 'a') as f:
@@ -239,7 +239,7 @@ def main():
                 cache_file = os.path.join(tmp, name + '-cache', blob + '.blob.data')
                 inode = os.stat(cache_file).st_ino
                 ck.check(group_watches(d.proc.pid, inode), 'the complete cache file is watched meanwhile')
-                unwatched = harness.wait_for(lambda: not group_watches(d.proc.pid, inode), timeout=15)
+                unwatched = harness.wait_for(lambda: not group_watches(d.proc.pid, inode), timeout=traced_for + 15)
                 ck.check(unwatched, 'and no longer once cached_blobs_for is over')
                 ck.check(read_all(mnt, data) and read_all(mnt, extra_data), 'every file reads right after')
                 ctl_ok(ck, rafsctl(ctl, sock, 'umount', mnt), 'rafsctl umount')

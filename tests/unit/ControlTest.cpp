@@ -668,6 +668,48 @@ TEST_CASE("control client", "[api]") {
                       fmt::format("cannot connect to {}: Connection refused (is rafsd serve running?)",
                                   (dir.path / "stale.sock").string()));
 
+    // Between two workers: the socket refuses connections (or is absent), then listens again.
+    {
+        const std::filesystem::path next = dir.path / "next.sock";
+        rafs::UniqueFd listener = boundSocket(next, false);
+        bool served = false;  // checked once the thread is joined (Catch's macros are not thread-safe)
+        std::thread worker([&] {
+            std::this_thread::sleep_for(std::chrono::milliseconds(300));
+            if (::listen(listener.get(), 4) != 0) return;
+            rafs::UniqueFd peer(::accept4(listener.get(), nullptr, nullptr, SOCK_CLOEXEC));
+            char request[4096];
+            const std::string answer = "{\"ok\": true}\n";
+            served = peer.get() >= 0 && ::recv(peer.get(), request, sizeof request, 0) > 0 &&
+                     ::send(peer.get(), answer.data(), answer.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(answer.size());
+        });
+        using Wait = rafsd::ControlClient::WaitForWorker;
+        CHECK(rafsd::ControlClient(next, std::chrono::seconds(5), Wait::WhileRefused).call(rafsd::ListRequest{}) ==
+              json{{"ok", true}});
+        worker.join();
+        CHECK(served);
+        // Within the caller's timeout, and not while absent unless asked to.
+        {
+            const auto begin = std::chrono::steady_clock::now();
+            CHECK_THROWS_WITH(
+                rafsd::ControlClient(dir.path / "stale.sock", std::chrono::milliseconds(500), Wait::WhileRefused)
+                    .call(rafsd::ListRequest{}),
+                Catch::Contains("Connection refused"));
+            const auto waited = std::chrono::steady_clock::now() - begin;
+            CHECK(waited >= std::chrono::milliseconds(400));
+            CHECK(waited < std::chrono::seconds(3));
+        }
+        const auto begin = std::chrono::steady_clock::now();
+        CHECK_THROWS_WITH(rafsd::ControlClient(dir.path / "none.sock", std::chrono::seconds(5), Wait::WhileRefused)
+                              .call(rafsd::ListRequest{}),
+                          Catch::Contains("No such file or directory"));
+        CHECK(std::chrono::steady_clock::now() - begin < std::chrono::seconds(1));
+        CHECK_THROWS_WITH(rafsd::ControlClient(dir.path / "none.sock", std::chrono::milliseconds(400),
+                                               Wait::WhileRefusedOrAbsent)
+                              .call(rafsd::ListRequest{}),
+                          Catch::Contains("No such file or directory"));
+        CHECK(std::chrono::steady_clock::now() - begin >= std::chrono::milliseconds(300));
+    }
+
     // A peer that accepts nothing and answers nothing.
     rafs::UniqueFd mute = boundSocket(dir.path / "mute.sock", true);
     auto start = std::chrono::steady_clock::now();

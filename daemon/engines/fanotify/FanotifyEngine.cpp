@@ -425,14 +425,8 @@ void FanotifyEngine::mount(const FanotifyMount& m, const std::function<void(int 
     if (m.keep_marks) return;
     // Complete files need no events while their chunks stay.
     for (const FanotifyBlobFile& blob : m.blobs) {
-        if (!blob.complete) continue;
-        try {
-            files_->unmarkComplete(blob.fd);
-        } catch (const std::exception& e) {
-            log::warn("{}; its reads keep raising events", e.what());
-        }
+        if (blob.complete) unmarkComplete(blob.fd);
     }
-    if (m.traced_complete_for.count() > 0) wakeLoop();  // to wait for the marks it keeps
 }
 
 void FanotifyEngine::checkTakeover(const FanotifyMount& m) const {
@@ -441,7 +435,7 @@ void FanotifyEngine::checkTakeover(const FanotifyMount& m) const {
 
 int FanotifyEngine::reattach(const FanotifyMount& m) {
     checkTakeover(m);
-    files_->add(m, true);
+    if (files_->add(m, true)) wakeLoop();
     const std::filesystem::path name = m.mountpoint.lexically_normal();
     if (m.superblock_watch >= 0 && !superblocks_.gone(m.superblock_watch)) {
         std::lock_guard lock(mounts_mutex_);
@@ -455,7 +449,7 @@ std::filesystem::path FanotifyEngine::reattachDetached(FanotifyMount m) {
     checkTakeover(m);
     std::lock_guard lock(mounts_mutex_);
     m.mountpoint = detachedName(m.mountpoint.lexically_normal());
-    files_->add(m, true);
+    if (files_->add(m, true)) wakeLoop();
     watches_[m.mountpoint] = m.superblock_watch;
     detached_.insert(m.mountpoint);
     return m.mountpoint;
@@ -518,7 +512,13 @@ bool FanotifyEngine::unmountUnserved(const std::filesystem::path& mountpoint) {
     return false;
 }
 
-void FanotifyEngine::unmarkComplete(int cache_fd) { files_->unmarkComplete(cache_fd); }
+void FanotifyEngine::unmarkComplete(int cache_fd) {
+    try {
+        if (files_->unmarkComplete(cache_fd)) wakeLoop();  // to wait for the mark it keeps for now
+    } catch (const std::exception& e) {
+        log::warn("{}; its reads keep raising events", e.what());
+    }
+}
 
 std::optional<std::filesystem::path> FanotifyEngine::umount(const std::filesystem::path& mountpoint) {
     const std::filesystem::path normal = mountpoint.lexically_normal();

@@ -129,7 +129,9 @@ public:
     // Shared cache files are complete for every image, so this unmarks the file for all of them.
     // Named by the file, not by an image's blob: an image's index is reused once it is unmounted,
     // and a late call for it would unmark another image's incomplete file, whose holes then read
-    // as zeros. Nothing if no mount uses the file (any more).
+    // as zeros. Nothing if no mount uses the file (any more); later, if a mount keeps it marked
+    // for a while (FanotifyMount::traced_complete_for). A failure is logged: its reads keep
+    // raising events, answered from the cache.
     void unmarkComplete(int cache_fd);
 
     // Unmounts (throws if busy; nothing if it was unmounted by someone else) and, once its

@@ -1,8 +1,8 @@
 // What the fanotify engine mounts: a local bootstrap, and one sparse cache file per data blob.
 #pragma once
 
-#include <cstdint>
 #include <chrono>
+#include <cstdint>
 #include <filesystem>
 #include <vector>
 

@@ -29,8 +29,9 @@ MarkedFiles::~MarkedFiles() {
     for (const auto& [key, file] : files_) closeOrWarn(file.fd, file.path.native());
 }
 
-void MarkedFiles::add(const FanotifyMount& m, bool reattach) {
+bool MarkedFiles::add(const FanotifyMount& m, bool reattach) {
     Mount entry{m.image, m.mountpoint.lexically_normal(), {}};
+    bool deferred = false;
     std::lock_guard lock(mutex_);
     for (const Mount& other : mounts_) {
         if (other.mountpoint == entry.mountpoint) fail("{} is already mounted", entry.mountpoint.native());
@@ -51,7 +52,7 @@ void MarkedFiles::add(const FanotifyMount& m, bool reattach) {
                 const bool complete = std::any_of(m.blobs.begin(), m.blobs.end(), [&](const FanotifyBlobFile& b) {
                     return b.blob == blob && b.complete;
                 });
-                if (complete && file.marked) unmarkOrDefer(file);
+                if (complete && file.marked) deferred = unmarkOrDefer(file) || deferred;
             }
         }
     } catch (...) {
@@ -59,6 +60,7 @@ void MarkedFiles::add(const FanotifyMount& m, bool reattach) {
         throw;
     }
     mounts_.push_back(std::move(entry));
+    return deferred;
 }
 
 void MarkedFiles::acquire(const FanotifyBlobFile& blob, uint32_t image, std::vector<std::pair<uint32_t, FileKey>>& files) {
@@ -73,8 +75,6 @@ void MarkedFiles::acquire(const FanotifyBlobFile& blob, uint32_t image, std::vec
             markPreAccess(group_, it->second.fd, it->second.path);
             it->second.marked = true;
         }
-        if (it->second.unmark_deferred) --deferred_;
-        it->second.unmark_deferred = false;  // this mount decides anew whether it is complete
         it->second.users.emplace_back(image, blob.blob);
     }
     files.emplace_back(blob.blob, key);
@@ -170,20 +170,22 @@ void MarkedFiles::unmark(File& file) {
     file.marked = false;
 }
 
-void MarkedFiles::unmarkOrDefer(File& file) {
-    if (std::chrono::steady_clock::now() < file.marked_until) {
-        if (!file.unmark_deferred) ++deferred_;
-        file.unmark_deferred = true;
-    } else {
+bool MarkedFiles::unmarkOrDefer(File& file) {
+    if (std::chrono::steady_clock::now() >= file.marked_until) {
         unmark(file);
+        return false;
     }
+    if (file.unmark_deferred) return false;
+    file.unmark_deferred = true;
+    ++deferred_;
+    return true;
 }
 
-void MarkedFiles::unmarkComplete(int fd) {
+bool MarkedFiles::unmarkComplete(int fd) {
     const FileKey key = keyOf(fd, fmt::format("(fd {})", fd));
     std::lock_guard lock(mutex_);
     const auto it = files_.find(key);
-    if (it != files_.end() && it->second.marked) unmarkOrDefer(it->second);
+    return it != files_.end() && it->second.marked && unmarkOrDefer(it->second);
 }
 
 std::optional<std::chrono::steady_clock::time_point> MarkedFiles::unmarkDeferred() {

@@ -43,8 +43,9 @@ public:
     // mount has opened them); call before the mount opens them, since the
     // open decides whether a file is watched. `reattach`: a mount a dead worker made on this group,
     // whose marks stay (adding one again changes nothing) and whose complete files are unmarked
-    // (unless the mount keeps its marks). Throws rafs::Error (nothing registered) if the mountpoint is taken or a mark fails.
-    void add(const FanotifyMount& mount, bool reattach);
+    // (unless the mount keeps its marks). Returns whether it deferred an unmark (unmarkComplete).
+    // Throws rafs::Error (nothing registered) if the mountpoint is taken or a mark fails.
+    bool add(const FanotifyMount& mount, bool reattach);
     // Forgets a mount; a file no mount uses any more loses its mark and our fd. Throws rafs::Error
     // if `mountpoint` is not in the table.
     void remove(const std::filesystem::path& mountpoint);
@@ -67,8 +68,9 @@ public:
     // The cache file `fd` is open on is complete: drop its mark, for every image using it; nothing
     // if no mount uses it. While a mount keeps complete files marked for its start trace
     // (FanotifyMount::traced_complete_for), the mark is dropped by unmarkDeferred once that is
-    // over. Throws rafs::Error if it cannot be stat'ed or unmarked.
-    void unmarkComplete(int fd);
+    // over; returns whether it deferred the unmark now, so that the caller has the event loop
+    // wait for it. Throws rafs::Error if it cannot be stat'ed or unmarked.
+    bool unmarkComplete(int fd);
     // Drops the marks unmarkComplete deferred whose time has come (a failure is logged: the file
     // keeps raising events, answered from the cache); returns when the next one is due.
     std::optional<std::chrono::steady_clock::time_point> unmarkDeferred();
@@ -93,7 +95,7 @@ private:
     void acquire(const FanotifyBlobFile& blob, uint32_t image, std::vector<std::pair<uint32_t, FileKey>>& files);
     void release(uint32_t image, const std::vector<std::pair<uint32_t, FileKey>>& files);
     void unmark(File& file);                      // mutex_ held; throws
-    void unmarkOrDefer(File& file);               // mutex_ held; throws
+    bool unmarkOrDefer(File& file);               // mutex_ held; throws; true: newly deferred
 
     const int group_;
     // Files whose unmark waits (File::unmark_deferred): unmarkDeferred, which the event loop calls

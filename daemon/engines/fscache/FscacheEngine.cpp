@@ -318,8 +318,9 @@ void FscacheEngine::mount(const FscacheMount& m) {
             fail("mount -t erofs -o {} on {}: {} (the kernel asked for unknown cookies: {})", options,
                  m.mountpoint.string(), std::strerror(err), refused);
         }
-        // fscache's volumes and cookies are one per fsid (fs/fscache/volume.c: a collision is EBUSY).
-        if (err == EBUSY) {
+        // One superblock per fsid: a second is EBUSY (fs/fscache/volume.c, a volume's collision),
+        // or EEXIST within a domain (fs/erofs/fscache.c, erofs_domain_register_cookie).
+        if (err == EBUSY || err == EEXIST) {
             fail("mount -t erofs -o {} on {}: {} (another EROFS mount holds this fsid: unmount it, or mount under "
                  "another --fsid)", options, m.mountpoint.string(), std::strerror(err));
         }
