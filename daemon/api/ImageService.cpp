@@ -1351,7 +1351,7 @@ std::string ImageService::metrics() {
          [](CachedBlob& b) { return b.counters().prefetched_chunks.load(); });
     each("rafsd_blob_prefetched_bytes_total", "counter", "Stored bytes of the chunks fetched by prefetch.",
          [](CachedBlob& b) { return b.counters().prefetched_bytes.load(); });
-    each("rafsd_blob_errors_total", "counter", "Chunks a read waited for that could not be fetched intact (the reader got EIO), each time; not the ones fetched along with them or by prefetch.",
+    each("rafsd_blob_errors_total", "counter", "Chunks that could not be fetched intact: each bad one every time it is fetched, and of a failed transfer or cache write those a read waited for (readers got EIO).",
          [](CachedBlob& b) { return b.counters().errors.load(); });
     each("rafsd_blob_chunks", "gauge", "Chunks of the blob.", [](CachedBlob& b) { return uint64_t{b.cache().chunkCount()}; });
     each("rafsd_blob_chunks_present", "gauge", "Chunks of the blob in the cache, verified.",

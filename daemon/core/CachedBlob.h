@@ -26,7 +26,7 @@ struct BlobCounters {
     std::atomic<uint64_t> bytes_from_cache{0};  // requested bytes already present
     std::atomic<uint64_t> prefetched_chunks{0};
     std::atomic<uint64_t> prefetched_bytes{0};  // stored bytes of those chunks
-    std::atomic<uint64_t> errors{0};            // chunks a read waited for that failed (fetch, verification, write)
+    std::atomic<uint64_t> errors{0};            // chunks that failed (ChunkFetcher::ErrorCount says which)
     LatencyHistogram miss_latency;     // a request that had to wait: until it was answered
     LatencyHistogram backend_latency;  // one backend read (a run of chunks)
 };

@@ -113,7 +113,7 @@ void ChunkFetcher::abandonQueued() {
             std::lock_guard lock(blob->mutex_);
             for (const auto& [ci, waiting] : blob->in_flight_) dropped.push_back(ci);
         }
-        for (uint32_t ci : dropped) finishChunks(*blob, ci, 1, EIO, false);
+        for (uint32_t ci : dropped) finishChunks(*blob, ci, 1, EIO, ErrorCount::None);
     }
 }
 
@@ -345,7 +345,7 @@ void ChunkFetcher::queueRun(const std::shared_ptr<CachedBlob>& blob, const Fetch
                    run.first + run.count - 1, e.what());
         failed = true;
     }
-    if (!queued) finishChunks(*blob, run.first, run.count, EIO, failed);
+    if (!queued) finishChunks(*blob, run.first, run.count, EIO, failed ? ErrorCount::Awaited : ErrorCount::None);
 }
 
 struct ChunkFetcher::RunProgress {
@@ -457,7 +457,7 @@ void ChunkFetcher::decodeArrived(CachedBlob& blob, const FetchRun& run, RunProgr
         }
         if (!good) {
             writeDecoded(blob, p, ci);
-            finishChunks(blob, ci, 1, EIO);
+            finishChunks(blob, ci, 1, EIO, ErrorCount::All);
             p.unwritten = ci + 1;
         } else if (ci + 1 == p.batch_end || hasWaiters(blob, p.unwritten, ci + 1)) {
             // A reader waiting for a decoded chunk gets it now, not after the rest of the batch:
@@ -617,7 +617,7 @@ bool ChunkFetcher::diskJustFull() const {
     return since < kFullDiskPause;
 }
 
-void ChunkFetcher::finishChunks(CachedBlob& blob, uint32_t first, uint32_t count, int error, bool counted) {
+void ChunkFetcher::finishChunks(CachedBlob& blob, uint32_t first, uint32_t count, int error, ErrorCount counted) {
     std::vector<std::shared_ptr<PendingRequest>> ready;
     {
         std::lock_guard lock(blob.mutex_);
@@ -632,10 +632,7 @@ void ChunkFetcher::finishChunks(CachedBlob& blob, uint32_t first, uint32_t count
             }
             blob.in_flight_.erase(it);
         }
-        // Not the chunks nobody waits for (a miss's amplification, read-ahead and prefetch runs):
-        // reads refused on a full disk would count their whole window each time. A backend that
-        // fails them is counted by the backend's own failures.
-        if (error != 0 && counted) blob.counters().errors += asked;
+        if (error != 0 && counted != ErrorCount::None) blob.counters().errors += counted == ErrorCount::All ? count : asked;
         if (error == 0 && !blob.completed_ && blob.cache().complete()) {
             blob.completed_ = true;
             // Under the lock: discardIdle, which takes it too, sees the blob as unmarked only

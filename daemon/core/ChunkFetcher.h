@@ -131,10 +131,14 @@ private:
     // A prefetch run whose cache file cannot be written now, and for which no reader waits, is
     // dropped before it is fetched: its chunks are no longer in flight. Else false.
     bool dropUnwritable(CachedBlob& blob, const FetchRun& run);
-    // Completes chunks [first, first + count) in flight, with `error` (0: fetched). An error is
-    // counted in the blob's errors unless `counted` is false: a run dropped at a stop failed no
-    // fetch.
-    void finishChunks(CachedBlob& blob, uint32_t first, uint32_t count, int error, bool counted = true);
+    // Which failed chunks count in the blob's errors: none (a run dropped at a stop failed no
+    // fetch), those a read waited for (a failure of the whole run: the backend, the cache disk,
+    // which would otherwise count a miss's amplification and read-ahead each time, hundreds of
+    // times the reads on a full disk), or all (a chunk bad in itself: its digest).
+    enum class ErrorCount { None, Awaited, All };
+    // Completes chunks [first, first + count) in flight, with `error` (0: fetched).
+    void finishChunks(CachedBlob& blob, uint32_t first, uint32_t count, int error,
+                      ErrorCount counted = ErrorCount::Awaited);
     // Whether the cache's disk was found full, with nothing to free, a moment ago: a run fetched now
     // would be thrown away (a full-tree read on a full disk fetched 35 times the blob).
     bool diskJustFull() const;

@@ -527,7 +527,8 @@ TEST_CASE("a transfer cut short keeps the chunks that arrived whole", "[chunkfet
         INFO("chunk " << ci);
         CHECK(blob->cache().isPresent(ci) == (ci < 3));
     }
-    CHECK(blob->counters().errors == kChunks - 3);
+    // The chunk the reader waited for; the rest of the run came along with it.
+    CHECK(blob->counters().errors == 1);
 }
 
 // A chunk that arrives damaged is not fetched again alone inside the transfer it came in: the
