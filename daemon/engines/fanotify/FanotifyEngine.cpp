@@ -204,8 +204,11 @@ void FanotifyEngine::answerOrphans() {
 }
 
 void FanotifyEngine::teardown() {
-    closeOrWarn(wake_, "eventfd");
-    wake_ = -1;
+    {
+        std::lock_guard lock(wake_mutex_);
+        closeOrWarn(wake_, "eventfd");
+        wake_ = -1;
+    }
     responder_->closeGroup();
 }
 
@@ -668,7 +671,9 @@ FanotifyEngine::LeftInUse FanotifyEngine::stop(BusyAtStop busy_at_stop, std::chr
 }
 
 void FanotifyEngine::wakeLoop() {
-    if (wake_ < 0) return;  // not started: the loop computes its first wait when it starts
+    // A blob's completion may come from a fetch thread while the engine stops.
+    std::lock_guard lock(wake_mutex_);
+    if (wake_ < 0) return;  // not started (the loop computes its first wait when it starts), or stopped
     const uint64_t one = 1;
     if (::write(wake_, &one, sizeof one) != static_cast<ssize_t>(sizeof one)) {
         log::error("cannot wake the fanotify event loop: {}", std::strerror(errno));

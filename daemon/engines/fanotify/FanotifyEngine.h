@@ -230,6 +230,7 @@ private:
     uint64_t detached_count_ = 0;
     std::vector<std::filesystem::path> unserved_;  // leaveUnserved(), before start()
     void wakeLoop();  // through wake_, once started
+    std::mutex wake_mutex_;  // wake_'s closing against wakeLoop from other threads
     int wake_ = -1;  // eventfd that tells the loop to exit, to read again after a stall, or to wait anew
     std::atomic<bool> quit_{false};
     std::thread thread_;
