@@ -43,8 +43,9 @@ std::string StartTrace::text(const std::string& image) const {
     std::string out = fmt::format("# rafsd start trace of {}: {} files, {} chunks, in the order first read\n", image,
                                   paths.size(), chunks);
     if (!untraced_blobs.empty()) {
-        out += fmt::format("{} {} blobs whose data was in the cache at the mount (fanotify: [trace] cached_blobs_for): {}\n",
-                           kLeftOut, untraced_blobs.size(), fmt::join(untraced_blobs, " "));
+        out += fmt::format("{} {} blob{} whose data was in the cache at the mount (fanotify: [trace] cached_blobs_for): "
+                           "{}\n", kLeftOut, untraced_blobs.size(), untraced_blobs.size() == 1 ? "" : "s",
+                           fmt::join(untraced_blobs, " "));
     }
     for (const std::string& p : paths) out += p + "\n";
     return out;
