@@ -637,7 +637,9 @@ class Guest:
         """A cache capped below the image: the automatic collection removes the volume of an
         unmounted image (its cache files culled through cachefiles, its chunk maps deleted) while a
         mounted one reads correctly and keeps its volume. Then rafsctl gc --dry-run and gc do the
-        same on request, and the removed image mounts again and reads correctly, fetched anew."""
+        same on request, the removed volumes' directories go too (also the one a refused mount by
+        hand of an unknown fsid left), and the removed image mounts again and reads correctly,
+        fetched anew."""
         cache = f'{self.cache_root}/gc'
         b, blobs = self.image('img1')
         mnt = self.mnt('gc')
@@ -692,9 +694,20 @@ class Guest:
         out = ctl_ok('gc', '--dry-run')
         check('would remove fscache volume gone' in out and 'kept' not in out, f'gc --dry-run: {out}')
         check(volume_files('gone') == gone, 'gc --dry-run removed files')
+        # A mount by hand of an fsid nobody registered is refused, but leaves its volume's 256
+        # fan-out directories behind.
+        r = subprocess.run(['mount', '-t', 'erofs', '-o', 'fsid=mistyped', 'none', self.mnt('gc-mistyped')],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=60)
+        check(r.returncode != 0, f'a mount by hand of an unknown fsid: {r.stdout!r}')
+        mistyped = f'{cache}/fscache/cache/Ierofs,mistyped'
+        check(os.path.isdir(mistyped), 'the refused mount made no volume directory (the case no longer tests anything)')
         out = ctl_ok('gc')
-        check('removed fscache volume gone' in out and 'kept' not in out, f'gc: {out}')
+        check('removed fscache volume gone' in out and 'removed fscache volume mistyped' in out and 'kept' not in out,
+              f'gc: {out}')
         check(not volume_files('gone'), f'left of the removed volume: {volume_files("gone")}')
+        check(not os.path.exists(f'{cache}/fscache/cache/Ierofs,gone') and not os.path.exists(mistyped),
+              'the removed volumes\' directories are left')
+        check(os.path.isdir(f'{cache}/fscache/cache/Ierofs,kept'), 'the mounted volume lost its directory')
         check(not os.path.exists(f'{cache}/fscache-state/gone'), 'its chunk maps are left')
         check(os.path.isdir(f'{cache}/fscache-state/kept'), 'the mounted volume lost its chunk maps')
         check(not os.listdir(f'{cache}/fscache/graveyard'), 'the graveyard is not empty')

@@ -4,6 +4,9 @@
 #include "daemon/core/DiskUsage.h"
 #include "daemon/core/Log.h"
 
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <cerrno>
 #include <map>
@@ -28,6 +31,18 @@ fs::path volumeDir(const fs::path& bound, std::string_view volume_key) {
 // cachefiles names the file of a printable cookie key "D" + the key (fs/cachefiles/key.c).
 std::string cacheFileName(std::string_view cookie_key) { return fmt::format("D{}", cookie_key); }
 
+// What a volume's directories take: its 256 fan-out dirs stay when its files are culled (about
+// 1 MiB), and a mount by hand of an fsid nobody registered leaves them too.
+uint64_t directoryBytes(const fs::path& dir) {
+    uint64_t bytes = 0;
+    std::error_code ec;
+    for (fs::recursive_directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
+        struct stat st {};
+        if (it->is_directory(ec) && ::lstat(it->path().c_str(), &st) == 0) bytes += static_cast<uint64_t>(st.st_blocks) * 512;
+    }
+    return bytes;
+}
+
 }  // namespace
 
 std::vector<UnusedCache> FscacheVolumes::list(const std::set<std::string>& in_use) {
@@ -46,9 +61,8 @@ std::vector<UnusedCache> FscacheVolumes::list(const std::set<std::string>& in_us
         if (used.count(volume) != 0) continue;
         const DiskUsage files = DiskUsage::of(it->path());
         const DiskUsage state = DiskUsage::of(state_ / volume);
-        if (files.bytes + state.bytes == 0) continue;  // culled already: the empty fan-out dirs stay
-        out.push_back({"fscache volume " + volume, files.bytes + state.bytes, std::max(files.last_write, state.last_write),
-                       [this, volume] { remove(volume); }});
+        out.push_back({"fscache volume " + volume, files.bytes + state.bytes + directoryBytes(it->path()),
+                       std::max(files.last_write, state.last_write), [this, volume] { remove(volume); }});
     }
     return out;
 }
@@ -100,6 +114,17 @@ void FscacheVolumes::remove(const std::string& volume) {
     std::error_code ec;
     fs::remove_all(state_ / volume, ec);
     if (ec) rafs::fail("cannot remove {}: {}", (state_ / volume).string(), ec.message());
+    // Then its directories, one rmdir each, never a file: the VFS refuses the rmdir of a
+    // directory cachefiles holds (S_KERNEL_FILE: fs/namei.c, vfs_rmdir), so a volume the kernel
+    // has acquired since the listing stays.
+    std::vector<fs::path> dirs;
+    for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) dirs.push_back(it->path());
+    dirs.push_back(dir);
+    for (const fs::path& d : dirs) {
+        if (::rmdir(d.c_str()) != 0 && errno != ENOENT) {
+            rafs::failErrno(fmt::format("fscache volume {}: cannot remove {}", volume, d.string()));
+        }
+    }
 }
 
 void FscacheVolumes::cullBootstrap(const std::string& volume, const std::string& fsid) {

@@ -2,7 +2,8 @@
 // under <bound dir>/cache/I<volume key>/@<xx>/ (fs/cachefiles/volume.c, namei.c) and rafsd's chunk
 // maps under <cache_dir>/fscache-state/<volume>/. A volume no mounted or registered image uses is
 // removed whole: each cache file culled through cachefiles' `cull` command (which refuses files
-// the kernel has open), the graveyard emptied, then the chunk maps.
+// the kernel has open), the graveyard emptied, then the chunk maps, then its directories (which
+// the kernel keeps while it has the volume).
 #pragma once
 
 #include "daemon/core/CacheCollector.h"
