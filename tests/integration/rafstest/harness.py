@@ -155,11 +155,17 @@ def run(cmd, timeout=1800, stdin=None, input=None, quiet=False, env=None, cwd=No
     if not quiet:
         log('$ ' + fmt_cmd(cmd) + (' < ' + stdin.name if hasattr(stdin, 'name') else ''))
     t0 = time.monotonic()
-    try:
-        r = subprocess.run(cmd, stdin=stdin, input=input, capture_output=True, timeout=timeout,
-                           env=env, cwd=cwd)
-    except subprocess.TimeoutExpired as e:
-        r = subprocess.CompletedProcess(cmd, None, e.stdout or b'', e.stderr or b'')
+    # In a session of its own, so that a timeout ends what it started too (rafsd's worker outlives
+    # its supervisor, by design).
+    with subprocess.Popen(cmd, stdin=subprocess.PIPE if input is not None else stdin, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, env=env, cwd=cwd, start_new_session=True) as p:
+        try:
+            out, err = p.communicate(input=input, timeout=timeout)
+            r = subprocess.CompletedProcess(cmd, p.returncode, out, err)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            out, err = p.communicate()
+            r = subprocess.CompletedProcess(cmd, None, out or b'', err or b'')
     r.elapsed = time.monotonic() - t0
     return r
 

@@ -236,12 +236,9 @@ def expect_error(ck, what, cmd, mnt, must_contain=()):
     detail = 'exit %s, stderr: %r' % (r.returncode, err[-1500:])
     if r.returncode is None:
         ck.fail('%s: rafsd did not exit within %d s' % (what, EXPECT_ERROR_TIMEOUT))
-        return
-    if r.returncode < 0 or r.returncode >= 128:
+    elif r.returncode < 0 or r.returncode >= 128:
         ck.fail('%s: rafsd crashed (%s)' % (what, detail))
-        return
-    ok = ck.check(r.returncode != 0, '%s: non-zero exit (%d)' % (what, r.returncode), detail)
-    if ok:
+    elif ck.check(r.returncode != 0, '%s: non-zero exit (%d)' % (what, r.returncode), detail):
         one = len(problems) == 1 and problems[0].startswith('rafsd: ')
         ck.check(one, '%s: one error line: %s' % (what, problems[0] if problems else '(none)'), detail)
         if one:
