@@ -96,13 +96,13 @@ ControlClient::ControlClient(std::filesystem::path socket, std::chrono::millisec
 nlohmann::json ControlClient::call(const Request& request) const {
     sockaddr_un address = unixAddress(socket_);
     rafs::UniqueFd fd;
+    // connect() waits while rafsd's backlog is full; SO_SNDTIMEO bounds that wait.
+    const auto seconds = std::chrono::floor<std::chrono::seconds>(timeout_);
+    const timeval limit{seconds.count(), std::chrono::microseconds(timeout_ - seconds).count()};
     const auto until = Clock::now() + std::min<std::chrono::milliseconds>(kNextWorkerWait, timeout_);
     for (;;) {
         fd = rafs::UniqueFd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
         if (fd.get() < 0) rafs::failErrno("cannot create a unix socket");
-        // connect() waits while rafsd's backlog is full; SO_SNDTIMEO bounds that wait.
-        auto seconds = std::chrono::floor<std::chrono::seconds>(timeout_);
-        timeval limit{seconds.count(), std::chrono::microseconds(timeout_ - seconds).count()};
         if (::setsockopt(fd.get(), SOL_SOCKET, SO_SNDTIMEO, &limit, sizeof limit) != 0) {
             rafs::failErrno("setsockopt(SO_SNDTIMEO)");
         }

@@ -41,6 +41,9 @@ namespace fs = std::filesystem;
 
 namespace {
 
+// The fscache engine's chunk maps, one dir per volume, in the cache dir (FscacheVolumes).
+const fs::path kFscacheState = "fscache-state";
+
 // On-demand cachefiles is usable when the device exists and its module supports the mode; the
 // probe cannot bind without a daemon's cache dir, so existence of the device is the test here
 // and `bind ondemand` (FscacheEngine::start) gives the precise error later.
@@ -168,7 +171,7 @@ void ImageService::useFscacheDevice(FscacheDevice device, bool restore) {
 
 void ImageService::collectFscacheVolumes() {
     const fs::path& dir = config_.daemon.cache_dir;
-    fscache_volumes_ = std::make_shared<FscacheVolumes>(dir / "fscache", dir / "fscache-state", *fscache_);
+    fscache_volumes_ = std::make_shared<FscacheVolumes>(dir / "fscache", dir / kFscacheState, *fscache_);
     collector_->addLayout(fscache_volumes_);
 }
 
@@ -262,7 +265,7 @@ std::shared_ptr<CachedBlob> ImageService::openBlob(const rafs::Bootstrap& bootst
             file = std::move(sparse);
         }
     } else {
-        state_dir = dir / "fscache-state" / fscache_volume;
+        state_dir = dir / kFscacheState / fscache_volume;
         std::error_code ec;
         fs::create_directories(state_dir, ec);
         if (ec) rafs::fail("cannot create {}: {}", state_dir.string(), ec.message());
@@ -502,7 +505,7 @@ nlohmann::json ImageService::mountOrReattach(const MountRequest& request, bool r
     // fscache: the volume's chunk maps are a level down (openBlob).
     CacheDirRollback cache_dir(config_.daemon.cache_dir,
                                fscache_volume.empty() ? std::vector<fs::path>{}
-                                                      : std::vector<fs::path>{"fscache-state", fs::path("fscache-state") / fscache_volume});
+                                                      : std::vector<fs::path>{kFscacheState, kFscacheState / fscache_volume});
     try {
         const std::vector<rafs::BootstrapBlob>& blobs = bootstrap.blobs();
         // Each blob's chunk table may come over the network: all of them at once, one round trip
@@ -579,9 +582,9 @@ void ImageService::mountFanotify(Image& image, const rafs::Image& opened, Fanoti
             for (const auto& blob : image.blobs) blob->unmarkWhenComplete();
             if (!reattach && !detached) {
                 spec.traced_complete_for = std::chrono::seconds(config_.trace.cached_blobs_for);
-                for (const auto& blob : image.blobs) {
-                    if (spec.traced_complete_for.count() == 0 && blob->cache().complete()) {
-                        image.untraced_blobs.push_back(blob->descriptor().id);
+                if (spec.traced_complete_for.count() == 0) {
+                    for (const auto& blob : image.blobs) {
+                        if (blob->cache().complete()) image.untraced_blobs.push_back(blob->descriptor().id);
                     }
                 }
             }

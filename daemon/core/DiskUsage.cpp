@@ -16,7 +16,11 @@ DiskUsage DiskUsage::of(const fs::path& dir) {
     for (fs::recursive_directory_iterator it(dir, fs::directory_options::skip_permission_denied, ec), end;
          !ec && it != end; it.increment(ec)) {
         struct stat st {};
-        if (::lstat(it->path().c_str(), &st) != 0 || S_ISDIR(st.st_mode)) continue;
+        if (::lstat(it->path().c_str(), &st) != 0) continue;
+        if (S_ISDIR(st.st_mode)) {
+            usage.directory_bytes += uint64_t(st.st_blocks) * 512;
+            continue;
+        }
         usage.bytes += uint64_t(st.st_blocks) * 512;
         usage.last_write = std::max<int64_t>(usage.last_write, st.st_mtim.tv_sec);
     }

@@ -1,5 +1,5 @@
-// What the files under a directory take on disk (st_blocks, links not followed), and when the last
-// of them was written: the cache collector's measure of the cache dir and of what it may remove.
+// What the files under a directory take on disk (st_blocks, links not followed), what the
+// directories below it take, and when the last file was written: the cache collector's measure of the cache dir and of what it may remove.
 // Files that come and go meanwhile (fetches, mounts, cachefiles) are skipped when they cannot be
 // read; a missing directory takes nothing.
 #pragma once
@@ -11,6 +11,7 @@ namespace rafsd {
 
 struct DiskUsage {
     uint64_t bytes = 0;
+    uint64_t directory_bytes = 0;  // the directories below it (not counted in `bytes`)
     int64_t last_write = 0;  // seconds since the epoch; 0 if there is no file
 
     static DiskUsage of(const std::filesystem::path& dir);

@@ -39,12 +39,12 @@ def ctl_ok(ck, r, what):
     return ck.check(r.returncode == 0, what, 'exit %s: %s' % (r.returncode, text(r.stderr).strip()))
 
 
-def serve_config(tmp, name, prefetch):
+def serve_config(tmp, name, prefetch, **sections):
     return write_config(os.path.join(tmp, name + '.toml'),
                         daemon={'engine': 'fanotify', 'socket': os.path.join(tmp, name + '.sock'),
                                 'cache_dir': os.path.join(tmp, name + '-cache'),
                                 'state_dir': os.path.join(tmp, name + '-state')},
-                        prefetch=prefetch)
+                        prefetch=prefetch, **sections)
 
 
 def group_watches(pid, inode):
@@ -197,10 +197,8 @@ def main():
             return ck.finish()
         boot4 = os.path.join(out4, 'image.boot')
         for name, traced_for in (('warm', None), ('warm-traced', 15)):
-            cfg = serve_config(tmp, name, {'enable': False})
-            if traced_for:
-                with open(cfg, 'a') as f:
-                    f.write('[trace]\ncached_blobs_for = %d\n' % traced_for)
+            cfg = serve_config(tmp, name, {'enable': False},
+                               **({'trace': {'cached_blobs_for': traced_for}} if traced_for else {}))
             sock = os.path.join(tmp, name + '.sock')
             traces = os.path.join(tmp, name + '-state', 'traces')
             with RafsdServe(rafsd, cfg, sock, os.path.join(tmp, name + '.log')) as d:

@@ -246,10 +246,10 @@ void FanotifyEngine::loop(std::promise<void> started) {
             // Marks kept for start traces are dropped when due: the wait ends then at the latest.
             int rc = 0;
             if (const auto due = files_->unmarkDeferred()) {
-                const auto left = std::chrono::duration_cast<std::chrono::nanoseconds>(*due - std::chrono::steady_clock::now());
-                __kernel_timespec timeout{};
-                timeout.tv_sec = std::max<int64_t>(left.count(), 1'000'000) / 1'000'000'000;
-                timeout.tv_nsec = std::max<int64_t>(left.count(), 1'000'000) % 1'000'000'000;
+                const int64_t left = std::max<int64_t>(
+                    std::chrono::duration_cast<std::chrono::nanoseconds>(*due - std::chrono::steady_clock::now()).count(),
+                    1'000'000);  // at least 1 ms: no busy loop
+                __kernel_timespec timeout{left / 1'000'000'000, left % 1'000'000'000};
                 rc = io_uring_wait_cqe_timeout(&ring, &cqe, &timeout);
                 if (rc == -ETIME) continue;
             } else {

@@ -4,7 +4,6 @@
 #include "daemon/core/DiskUsage.h"
 #include "daemon/core/Log.h"
 
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -31,18 +30,6 @@ fs::path volumeDir(const fs::path& bound, std::string_view volume_key) {
 // cachefiles names the file of a printable cookie key "D" + the key (fs/cachefiles/key.c).
 std::string cacheFileName(std::string_view cookie_key) { return fmt::format("D{}", cookie_key); }
 
-// What a volume's directories take: its 256 fan-out dirs stay when its files are culled (about
-// 1 MiB), and a mount by hand of an fsid nobody registered leaves them too.
-uint64_t directoryBytes(const fs::path& dir) {
-    uint64_t bytes = 0;
-    std::error_code ec;
-    for (fs::recursive_directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
-        struct stat st {};
-        if (it->is_directory(ec) && ::lstat(it->path().c_str(), &st) == 0) bytes += static_cast<uint64_t>(st.st_blocks) * 512;
-    }
-    return bytes;
-}
-
 }  // namespace
 
 std::vector<UnusedCache> FscacheVolumes::list(const std::set<std::string>& in_use) {
@@ -61,7 +48,9 @@ std::vector<UnusedCache> FscacheVolumes::list(const std::set<std::string>& in_us
         if (used.count(volume) != 0) continue;
         const DiskUsage files = DiskUsage::of(it->path());
         const DiskUsage state = DiskUsage::of(state_ / volume);
-        out.push_back({"fscache volume " + volume, files.bytes + state.bytes + directoryBytes(it->path()),
+        // Its 256 fan-out dirs (about 1 MiB) too: they stay when its files are culled, and a mount by
+        // hand of an fsid nobody registered leaves them.
+        out.push_back({"fscache volume " + volume, files.bytes + files.directory_bytes + state.bytes,
                        std::max(files.last_write, state.last_write), [this, volume] { remove(volume); }});
     }
     return out;
