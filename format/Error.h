@@ -31,6 +31,10 @@ template <typename... Args>
     throw Error(fmt::format(format, std::forward<Args>(args)...));
 }
 
+// A string as messages show it: in quotes, with control characters escaped, so that a name from
+// an input (a path, a config value) cannot break the message's one line.
+std::string quote(std::string_view text);
+
 // Throws SystemError("<what>: <strerror(errno)>", errno), for failed system calls.
 [[noreturn]] void failErrno(std::string_view what);
 [[noreturn]] void failErrno(std::string_view what, int err);

@@ -54,7 +54,7 @@ std::vector<std::string> readPrefetchList(const std::string& path) {
     while (std::getline(in, line)) {
         while (!line.empty() && (line.back() == '\r' || line.back() == ' ')) line.pop_back();
         if (line.empty() || line.front() == '#') continue;
-        if (line.front() != '/') fail("prefetch list {}: '{}' is not an absolute path", path, line);
+        if (line.front() != '/') fail("prefetch list {}: {} is not an absolute path", path, rafs::quote(line));
         paths.push_back(line);
     }
     if (in.bad()) failErrno("reading prefetch list " + path);
@@ -229,7 +229,7 @@ BuiltImage buildLayers(const BuildOptions& options, const std::vector<LayerInput
     }
     if (!absent.empty()) {
         report(fmt::format("prefetch list: {} of its paths are not in the image, left out (the first: {})",
-                           absent.size(), absent.front()));
+                           absent.size(), quote(absent.front())));
     }
     boot.prefetch_paths = std::move(present);
     image.bootstrap = dir / "image.boot";

@@ -400,8 +400,8 @@ void Layout::write(const std::filesystem::path& path) {
     }
     for (const std::string& p : options_.prefetch_paths) {
         Node* n = tree_.find(p);
-        if (n == nullptr) fail("prefetch list: '{}' is not in the image", p);
-        if (n->inode->nid > UINT32_MAX) fail("prefetch list: '{}' has a nid beyond 32 bits", p);
+        if (n == nullptr) fail("prefetch list: {} is not in the image", rafs::quote(p));
+        if (n->inode->nid > UINT32_MAX) fail("prefetch list: {} has a nid beyond 32 bits", rafs::quote(p));
         prefetch_nids_.push_back(static_cast<uint32_t>(n->inode->nid));
     }
 

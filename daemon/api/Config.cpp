@@ -38,22 +38,8 @@ std::string joinNames(const Named<E> (&table)[N]) {
     return out;
 }
 
-// A string as messages show it: in quotes, with control characters escaped so the message stays
-// on one line.
-std::string quote(std::string_view text) {
-    std::string out = "'";
-    for (char c : text) {
-        auto byte = static_cast<unsigned char>(c);
-        if (c == '\n') out += "\\n";
-        else if (c == '\t') out += "\\t";
-        else if (byte < 0x20 || byte == 0x7f) out += fmt::format("\\x{:02x}", byte);
-        else out += c;
-    }
-    return out + "'";
-}
-
 std::string describe(const toml::node& node) {
-    if (auto s = node.value_exact<std::string_view>()) return quote(*s);
+    if (auto s = node.value_exact<std::string_view>()) return rafs::quote(*s);
     if (auto i = node.value_exact<int64_t>()) return std::to_string(*i);
     if (auto d = node.value_exact<double>()) {
         // "2.0", not "2": the value must not look like the integer it is not.
@@ -385,7 +371,7 @@ Config fromTable(const toml::table& root, const std::string& source) {
             const std::string name(key.str());
             if (!validHost(name)) {
                 rafs::fail("{}:{}: {}: {} is not a host or host:port", source, key.source().begin.line, hosts->key,
-                           quote(name));
+                           rafs::quote(name));
             }
             Value host{&node, fmt::format("{}.\"{}\"", hosts->key, name), hosts->source};
             if (!node.is_table()) host.reject("a table");

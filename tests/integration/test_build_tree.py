@@ -12,8 +12,9 @@ One combination also exports with `unpack --tar` and compares the tar with the t
 Reproducibility: the same tree built twice with --mtime 0 gives byte-identical
 image.boot and blobs; so does a second copy of the tree created in a different order on
 a tmpfs (different readdir order, xattr listing order and inode numbers).
-A prefetch list naming a file twice, two names of one file, and a path the image lacks (a trace
-of an earlier version): built, each file in the table once, the missing path left out and said.
+A prefetch list naming a file twice, two names of one file, and paths the image lacks (a trace
+of an earlier version), one with a NUL byte: built, each file in the table once, the missing
+paths left out and said, the NUL escaped.
 
 Exit: 0 pass, 77 skip (not root / no EROFS), 1 fail.
 """
@@ -109,7 +110,7 @@ def main():
                 verify_build(ck, mk, out, src, label, tmp, tar_export=extra.get('tar', False))
             shutil.rmtree(out, ignore_errors=True)
 
-        ck.section('a prefetch list with a path twice, two names of one file, and a path not in the image')
+        ck.section('a prefetch list with a path twice, two names of one file, and paths not in the image')
         small = os.path.join(tmp, 'prefetch-src')
         os.makedirs(small)
         for name in ('a', 'b'):
@@ -118,13 +119,13 @@ def main():
         os.link(os.path.join(small, 'a'), os.path.join(small, 'a-link'))
         stale = os.path.join(tmp, 'stale.list')
         with open(stale, 'w') as f:
-            f.write('/a\n/a\n/a-link\n/gone-since\n/b\n')
+            f.write('/a\n/a\n/a-link\n/gone\0since\n/gone-too\n/b\n')
         out = os.path.join(tmp, 'out-stale')
         r = mk.build(out, [small], prefetch_list=stale)
         if ck.cmd_ok(r, 'mkrafs build with a stale prefetch list'):
             said = harness.text(r.stdout) + harness.text(r.stderr)
-            ck.check('1 of its paths are not in the image, left out (the first: /gone-since)' in said,
-                     'the path not in the image is left out, and said', said[-500:])
+            ck.check("2 of its paths are not in the image, left out (the first: '/gone\\x00since')" in said,
+                     'the paths not in the image are left out, and said (a NUL in one escaped)', said[-500:])
             r = harness.run([mk.path, 'inspect', os.path.join(out, 'image.boot')])
             nids = re.findall(r'prefetch: nids ([0-9 ]+)', harness.text(r.stdout))
             ck.check(len(nids) == 1 and len(nids[0].split()) == 2, 'the prefetch table names each file once (a, b)',

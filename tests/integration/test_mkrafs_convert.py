@@ -608,7 +608,7 @@ def main():
             # A trace recorded on an earlier version of the image: what this one lacks is left out.
             r = run([mk.path, 'convert', '--work-dir', work_dir, '--prefetch-trace', missing, 'oci:%s:v1' % src_layout,
                      'oci:%s:rafs' % os.path.join(tmp, 'stale-layout')], timeout=600)
-            ck.check(r.returncode == 0 and 'not in the image, left out (the first: /no/such/file)' in text(r.stderr),
+            ck.check(r.returncode == 0 and "not in the image, left out (the first: '/no/such/file')" in text(r.stderr),
                      'a trace naming a path the image lacks: converted, the path left out and said',
                      text(r.stderr)[-1000:])
 

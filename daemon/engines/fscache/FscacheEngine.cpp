@@ -295,7 +295,8 @@ void FscacheEngine::registerMount(const FscacheMount& m) {
 
 void FscacheEngine::reattach(const FscacheMount& m) {
     registerMount(m);
-    log::info("{}: reattached (fsid {}); its objects are reopened on demand", m.mountpoint.string(), m.fsid);
+    // Both a register-only mount and a reattach come here: the log says what both are.
+    log::info("{}: fsid {} registered; the kernel opens its objects on demand", m.mountpoint.string(), m.fsid);
 }
 
 std::string FscacheEngine::mountOptions(const std::string& fsid, const std::string& domain_id) {
