@@ -245,8 +245,8 @@ void build(const BuildOptions& options, std::ostream& log) {
     Staging staging(options.output, log);
     std::vector<LayerInput> inputs;
     for (const std::string& source : options.sources) {
-        inputs.push_back({source, [source](FileTree& tree, ChunkSink& sink, unsigned layer) {
-                              if (isDirectory(source)) addDirectory(source, tree, sink, layer);
+        inputs.push_back({source, [&options, source](FileTree& tree, ChunkSink& sink, unsigned layer) {
+                              if (isDirectory(source)) addDirectory(source, tree, sink, layer, options.output);
                               else addTar(source, tree, sink, layer);
                           }});
     }

@@ -15,6 +15,7 @@
 #include <cerrno>
 #include <cstring>
 #include <map>
+#include <optional>
 #include <utility>
 #include <vector>
 
@@ -212,8 +213,11 @@ std::vector<std::string> listDirectory(const std::string& path) {
 
 class Walker {
 public:
-    Walker(FileTree& tree, ChunkSink& sink, unsigned layer)
-        : tree_(tree), sink_(sink), layer_(layer) {}
+    Walker(FileTree& tree, ChunkSink& sink, unsigned layer, const std::filesystem::path& leave_out)
+        : tree_(tree), sink_(sink), layer_(layer) {
+        struct stat st {};
+        if (!leave_out.empty() && ::stat(leave_out.c_str(), &st) == 0) leave_out_.emplace(st.st_dev, st.st_ino);
+    }
 
     void addRoot(const std::string& path) {
         struct stat st {};
@@ -236,6 +240,7 @@ private:
             const std::string tree_path = tree_dir + "/" + name;
             struct stat st {};
             if (::lstat(path.c_str(), &st) != 0) failErrno(fmt::format("cannot stat {}", path));
+            if (S_ISDIR(st.st_mode) && leave_out_ == std::pair{st.st_dev, st.st_ino}) continue;
             if (!S_ISDIR(st.st_mode) && st.st_nlink > 1) {
                 auto [it, fresh] = links_.try_emplace({st.st_dev, st.st_ino});
                 if (!fresh) {
@@ -264,14 +269,15 @@ private:
     FileTree& tree_;
     ChunkSink& sink_;
     unsigned layer_;
+    std::optional<std::pair<dev_t, ino_t>> leave_out_;
     std::map<std::pair<dev_t, ino_t>, std::shared_ptr<Inode>> links_;
 };
 
 }  // namespace
 
 void addDirectory(const std::filesystem::path& root, FileTree& tree, ChunkSink& sink,
-                  unsigned layer) {
-    Walker(tree, sink, layer).addRoot(root.string());
+                  unsigned layer, const std::filesystem::path& leave_out) {
+    Walker(tree, sink, layer, leave_out).addRoot(root.string());
 }
 
 }  // namespace rafs::build

@@ -14,7 +14,8 @@ image.boot and blobs; so does a second copy of the tree created in a different o
 a tmpfs (different readdir order, xattr listing order and inode numbers).
 A prefetch list naming a file twice, two names of one file, and paths the image lacks (a trace
 of an earlier version), one with a NUL byte: built, each file in the table once, the missing
-paths left out and said, the NUL escaped.
+paths left out and said, the NUL escaped. An --output dir inside the source directory is not
+packed into the image.
 
 Exit: 0 pass, 77 skip (not root / no EROFS), 1 fail.
 """
@@ -23,6 +24,7 @@ import os
 import re
 import shutil
 import sys
+import tarfile
 
 sys.dont_write_bytecode = True  # keep __pycache__ out of the source tree
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -130,6 +132,20 @@ def main():
             nids = re.findall(r'prefetch: nids ([0-9 ]+)', harness.text(r.stdout))
             ck.check(len(nids) == 1 and len(nids[0].split()) == 2, 'the prefetch table names each file once (a, b)',
                      repr(nids))
+        shutil.rmtree(out, ignore_errors=True)
+
+        ck.section('--output inside the source directory')
+        out = os.path.join(small, 'out')
+        r = mk.build(out, [small])
+        if ck.cmd_ok(r, 'mkrafs build --output SRC/out SRC'):
+            tar_path = os.path.join(tmp, 'inside.tar')
+            r = harness.run([mk.path, 'unpack', '--blob-dir', os.path.join(out, 'blobs'), '--tar', tar_path,
+                             os.path.join(out, 'image.boot')])
+            if ck.cmd_ok(r, 'mkrafs unpack --tar'):
+                with tarfile.open(tar_path) as t:
+                    names = sorted(n.strip('./') for n in t.getnames() if n.strip('./'))
+                ck.check(names == ['a', 'a-link', 'b'], 'the output dir and its staging files are not in the '
+                         'image', repr(names))
         shutil.rmtree(out, ignore_errors=True)
 
         ck.section('reproducibility: same tree twice with --mtime 0')

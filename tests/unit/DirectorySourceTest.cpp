@@ -228,6 +228,24 @@ TEST_CASE("directory: a later layer merges into the tree", "[dirsource]") {
     CHECK(tree.find("d/b")->layer == 1);
 }
 
+// `mkrafs build --output out .`: the output dir holds the build's staging files while the walk
+// runs, and would otherwise be packed into the image.
+TEST_CASE("directory: the build's output dir under the source is left out", "[dirsource]") {
+    TempDir tmp;
+    for (const char* dir : {"src", "src/d", "src/d/out", "src/d/out/.mkrafs-staging", "src/out"}) {
+        REQUIRE(::mkdir((tmp / dir).c_str(), 0755) == 0);
+    }
+    writeFile(tmp / "src/d/out/.mkrafs-staging/blob.tmp", "staged");
+    writeFile(tmp / "src/out/kept", "k");
+
+    FileTree tree;
+    RecordingSink sink;
+    addDirectory(tmp / "src", tree, sink, 0, tmp / "src/d/out/");
+    CHECK(paths(tree) == std::vector<std::string>{"/", "/d", "/out", "/out/kept"});
+    REQUIRE(sink.files.size() == 1);
+    CHECK(sink.files[0].content == "k");
+}
+
 // A directory layer is an unpacked layer: its OCI whiteouts apply as a tar layer's do (TarSource),
 // and are not entries of the image.
 TEST_CASE("directory: whiteouts and opaque directories of a later layer", "[dirsource]") {
