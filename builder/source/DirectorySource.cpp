@@ -47,6 +47,18 @@ public:
         if (pos_ == size_) checkSize();
     }
 
+    std::string name() const override { return path_; }
+
+    bool skipHole(uint64_t length) override {
+        if (length == 0 || length > size_ - pos_) return false;
+        if (fd_.get() < 0) open();
+        if (pos_ == extent_end_) findExtent();
+        if (extent_is_data_ || extent_end_ - pos_ < length) return false;
+        pos_ += length;
+        if (pos_ == size_) checkSize();
+        return true;
+    }
+
 private:
     void open() {
         fd_ = UniqueFd(::open(path_.c_str(), O_RDONLY | O_NOFOLLOW | O_NOCTTY | O_CLOEXEC));

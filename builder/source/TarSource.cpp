@@ -152,6 +152,16 @@ private:
             }
         }
 
+        std::string name() const override { return fmt::format("{}: member {}", reader_.name_, reader_.member_); }
+
+        bool skipHole(uint64_t length) override {
+            if (length == 0 || length > size_ - pos_) return false;
+            if (pos_ >= block_offset_ + block_size_) nextBlock();
+            if (pos_ >= block_offset_ || block_offset_ - pos_ < length) return false;
+            pos_ += length;
+            return true;
+        }
+
     private:
         void nextBlock() {
             const void* buf = nullptr;

@@ -78,12 +78,31 @@ const ChunkPipeline::Encoded& ChunkPipeline::zeroChunk(uint32_t size) {
 
 void ChunkPipeline::addFile(Inode& inode, FileData& data) {
     const uint64_t size = inode.size;
-    const size_t count = static_cast<size_t>((size + options_.chunk_size - 1) / options_.chunk_size);
-    inode.chunks.assign(count, ChunkRef{});
+    const uint64_t count = (size + options_.chunk_size - 1) / options_.chunk_size;
+    // Every chunk, a hole's too, costs a chunk record here and an index entry in the bootstrap:
+    // a sparse file of a few bytes in a tar may claim petabytes.
+    if (count > kMaxFileChunks) {
+        fail("{}: {} bytes make {} chunks of {} bytes; mkrafs takes up to {} chunks per file (a larger "
+             "--chunk-size takes larger files)", data.name(), size, count, options_.chunk_size, kMaxFileChunks);
+    }
+    inode.chunks.assign(static_cast<size_t>(count), ChunkRef{});
     for (size_t i = 0; i < count; ++i) {
         auto job = std::make_unique<Job>();
         job->inode = &inode;
         job->chunk = i;
+        const uint64_t offset = static_cast<uint64_t>(i) * options_.chunk_size;
+        job->size = static_cast<uint32_t>(std::min<uint64_t>(options_.chunk_size, size - offset));
+        if (data.skipHole(job->size)) {
+            const Encoded& z = zeroChunk(job->size);
+            job->digest = z.digest;
+            job->packed = z.packed;
+            job->compressed = z.compressed;
+            // Stored uncompressed (no compressor, or zeros that do not shrink): the bytes are needed.
+            if (!z.compressed) job->data.assign(job->size, 0);
+            job->done = true;
+            submit(std::move(job));
+            continue;
+        }
         {
             std::lock_guard lock(mutex_);
             if (!spare_buffers_.empty()) {
@@ -91,11 +110,10 @@ void ChunkPipeline::addFile(Inode& inode, FileData& data) {
                 spare_buffers_.pop_back();
             }
         }
-        uint64_t offset = static_cast<uint64_t>(i) * options_.chunk_size;
-        job->data.resize(static_cast<size_t>(std::min<uint64_t>(options_.chunk_size, size - offset)));
+        job->data.resize(job->size);
         data.read(job->data);
         if (isAllZero(job->data)) {
-            const Encoded& z = zeroChunk(static_cast<uint32_t>(job->data.size()));
+            const Encoded& z = zeroChunk(job->size);
             job->digest = z.digest;
             job->packed = z.packed;
             job->compressed = z.compressed;
@@ -129,7 +147,7 @@ void ChunkPipeline::commitFront() {
     }
     if (job->error) std::rethrow_exception(job->error);
 
-    const auto usize = static_cast<uint32_t>(job->data.size());
+    const uint32_t usize = job->size;
     std::optional<ChunkRef> ref = dictionary_.find(job->digest, usize);
     if (!ref) {
         std::span<const uint8_t> stored = job->compressed ? std::span<const uint8_t>(job->packed)

@@ -25,6 +25,9 @@ public:
     ChunkPipeline(const ChunkPipeline&) = delete;
     ChunkPipeline& operator=(const ChunkPipeline&) = delete;
 
+    // 4 TiB in 1 MiB chunks: a sparse lastlog of 2^32 uids is about 1.2 TiB.
+    static constexpr uint64_t kMaxFileChunks = uint64_t{1} << 22;
+
     void addFile(Inode& inode, FileData& data) override;
     // Waits for every chunk handed in so far and commits it.
     void finish();
@@ -33,6 +36,7 @@ private:
     struct Job {
         Inode* inode = nullptr;
         size_t chunk = 0;
+        uint32_t size = 0;  // uncompressed
         std::vector<uint8_t> data;
         Digest digest{};
         std::vector<uint8_t> packed;

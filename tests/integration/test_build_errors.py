@@ -10,7 +10,8 @@ is also the working directory).
 
 Cases: truncated tar (file and stdin), corrupt gzip (garbage that still inflates, caught
 only by the CRC32/ISIZE trailer; and a broken deflate stream), not a tar at all, hardlink to a
-missing target, a 256-byte name component, an unreadable
+missing target, a 256-byte name component, a sparse member of 1 PiB (more chunks than mkrafs
+takes for one file), an unreadable
 source file (permission denied: mkrafs runs without CAP_DAC_OVERRIDE/CAP_DAC_READ_SEARCH),
 a source file whose read fails with an I/O-level error (a file on an EROFS image with
 corrupted lz4 data: open and stat work, read gives EUCLEAN), a full output file system
@@ -131,6 +132,16 @@ def make_inputs(tmp):
         [reg('f', b'x', pax_headers={'SCHILY.xattr.system.posix_acl_access': 'garbage'})]))
     paths['xattr_total'] = write(os.path.join(inp, 'in11.tar'), tar_bytes(
         [dirent('d'), reg('d/f', b'x', pax_headers={'SCHILY.xattr.user.%d' % i: 'v' * 60000 for i in range(5)})]))
+
+    # A GNU sparse (pax 1.0) member of 1 PiB in a tar of a few KiB: its chunk records alone would
+    # take gigabytes (before the limit, std::bad_alloc naming nothing).
+    realsize = 1 << 50
+    sparse_map = b'1\n%d\n4\n' % (realsize - 4)
+    sparse_map += b'\0' * (-len(sparse_map) % 512)
+    paths['sparse_huge'] = write(os.path.join(inp, 'in12.tar'), tar_bytes([(dict(
+        name='GNUSparseFile.0/huge', mode=0o644,
+        pax_headers={'GNU.sparse.major': '1', 'GNU.sparse.minor': '0', 'GNU.sparse.name': 'huge',
+                     'GNU.sparse.realsize': str(realsize)}), sparse_map + b'TAIL')]))
 
     # (the input files have neutral names: a message that names only its input names no problem)
 
@@ -269,6 +280,8 @@ def main():
                  [p['xattr_acl']]),
             Case('xattrs of one file beyond the inline limit', 'member d/f: xattrs of one inode exceed the inline limit',
                  [p['xattr_total']]),
+            Case('a sparse member of 1 PiB', 'member huge: 1125899906842624 bytes make 1073741824 chunks of '
+                 '1048576 bytes; mkrafs takes up to 4194304 chunks per file', [p['sparse_huge']]),
             Case('unreadable source file (permission denied)', 'permission denied',
                  [p['perm_dir']], wrapper=no_dac,
                  note='mkrafs without CAP_DAC_OVERRIDE/CAP_DAC_READ_SEARCH; file mode 0000'),

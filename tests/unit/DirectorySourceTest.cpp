@@ -202,6 +202,7 @@ TEST_CASE("directory: every file type with its metadata", "[dirsource]") {
     const auto& sparse = sink.files[4];
     CHECK(sparse.inode == &inodeAt(tree, "sparse"));
     CHECK(sparse.bytes_read == 5ull << 30);
+    CHECK(sparse.holes_skipped == (5ull << 30) - 2 * RecordingSink::kPiece);  // all but the two data pieces
     CHECK(sparse.non_zero == std::map<uint64_t, std::string>{{(1ull << 30) + 3, "middle"},
                                                               {(5ull << 30) - 3, "end"}});
 }

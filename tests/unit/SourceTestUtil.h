@@ -23,7 +23,8 @@ using rafs::test::TempDir;
 
 struct RecordedFile {
     const Inode* inode = nullptr;
-    uint64_t bytes_read = 0;
+    uint64_t bytes_read = 0;                     // holes skipped included
+    uint64_t holes_skipped = 0;                  // bytes skipped as holes (FileData::skipHole)
     std::string content;                         // the whole content, for files up to 4 MiB
     std::map<uint64_t, std::string> non_zero;    // offset -> bytes, trimmed runs of each piece
 };
@@ -45,7 +46,12 @@ public:
         for (uint64_t at = 0; at < inode.size; at += kPiece) {
             const auto n = static_cast<size_t>(std::min<uint64_t>(kPiece, inode.size - at));
             const std::span<uint8_t> out(piece.data(), n);
-            data.read(out);
+            if (data.skipHole(n)) {
+                std::fill(out.begin(), out.end(), uint8_t{0});
+                file.holes_skipped += n;
+            } else {
+                data.read(out);
+            }
             file.bytes_read += n;
             if (inode.size <= kKeptContent) file.content.append(out.begin(), out.end());
             recordNonZero(file, at, out);

@@ -559,10 +559,13 @@ TEST_CASE("tar: sparse members over 4 GiB", "[tar]") {
     REQUIRE(sink.files.size() == 2);
     CHECK(inodeAt(tree, "big").size == big);
     CHECK(sink.files[0].bytes_read == big);
+    // Every piece but the two holding data: the one at 1 MiB and the 123-byte tail.
+    CHECK(sink.files[0].holes_skipped == (5ull << 30) - RecordingSink::kPiece);
     CHECK(sink.files[0].non_zero == std::map<uint64_t, std::string>{{1 << 20, middle},
                                                                      {5ull << 30, std::string(123, 'z')}});
     CHECK(sink.files[1].bytes_read == 3 << 20);
     CHECK(sink.files[1].non_zero == std::map<uint64_t, std::string>{{0, "head"}});
+    CHECK(sink.files[1].holes_skipped == 2 * RecordingSink::kPiece);
 }
 
 TEST_CASE("tar: GNU tar's old-style sparse members", "[tar]") {
