@@ -209,6 +209,12 @@ namespace {
 // read into buffer(at, size), handed to take(), and the whole checked against the blob's digest.
 constexpr uint64_t kPiece = 4 << 20;
 
+// Read bytes that are not the blob: another server may have it right.
+class DigestMismatch : public rafs::Error {
+public:
+    using rafs::Error::Error;
+};
+
 void readCheckedPieces(ImageStore& store, const Descriptor& blob, std::string_view what,
                        const std::function<std::span<uint8_t>(uint64_t at, size_t size)>& buffer,
                        const std::function<void(std::span<const uint8_t>)>& take) {
@@ -220,7 +226,9 @@ void readCheckedPieces(ImageStore& store, const Descriptor& blob, std::string_vi
         take(part);
     }
     const std::string actual = "sha256:" + rafs::toHex(hash.finish());
-    if (actual != blob.digest) rafs::fail("{} {}: digest mismatch: its bytes hash to {}", what, blob.digest, actual);
+    if (actual != blob.digest) {
+        throw DigestMismatch(fmt::format("{} {}: digest mismatch: its bytes hash to {}", what, blob.digest, actual));
+    }
 }
 
 }  // namespace
@@ -239,10 +247,21 @@ std::vector<uint8_t> readVerifiedBlob(ImageStore& store, const Descriptor& blob,
     }
     // Read in place: no piece buffer to copy out of.
     std::vector<uint8_t> bytes(static_cast<size_t>(blob.size));
-    readCheckedPieces(
-        store, blob, what, [&](uint64_t at, size_t size) { return std::span(bytes).subspan(at, size); },
-        [](std::span<const uint8_t>) {});
-    return bytes;
+    std::vector<std::string> distrusted;
+    for (;;) {
+        try {
+            readCheckedPieces(
+                store, blob, what, [&](uint64_t at, size_t size) { return std::span(bytes).subspan(at, size); },
+                [](std::span<const uint8_t>) {});
+            return bytes;
+        } catch (const DigestMismatch& e) {
+            if (distrusted.size() + 1 >= store.servers()) {
+                if (distrusted.empty()) throw;
+                rafs::fail("{} (as did the copy from {})", e.what(), fmt::join(distrusted, ", "));
+            }
+            distrusted.push_back(store.distrustServer());
+        }
+    }
 }
 
 std::unique_ptr<ImageStore> openStore(

@@ -35,6 +35,11 @@ public:
     virtual void putManifest(const std::string& tag, std::string_view media_type, const std::string& bytes) = 0;
     // For messages: "host:port/repo" or "oci:DIR".
     virtual std::string describe() const = 0;
+    // How many servers a blob read may go to: a registry's mirrors and the registry itself.
+    virtual size_t servers() const { return 1; }
+    // The server blob reads go to first served bytes that failed their digest: it is skipped for a
+    // while, so that the next read goes to the next one. Returns its URL, for messages.
+    virtual std::string distrustServer() { return {}; }
 };
 
 class RegistryStore : public ImageStore {
@@ -52,6 +57,8 @@ public:
     }
     void putManifest(const std::string& tag, std::string_view media_type, const std::string& bytes) override;
     std::string describe() const override { return client_->options().host + "/" + client_->options().repository; }
+    size_t servers() const override { return client_->endpointCount(); }
+    std::string distrustServer() override { return client_->distrustPreferredEndpoint(); }
     RegistryClient& client() { return *client_; }
 
 private:
@@ -99,8 +106,9 @@ void readBlobInPieces(ImageStore& store, const Descriptor& blob, std::string_vie
                       const std::function<void(std::span<const uint8_t>)>& take);
 
 // The whole blob `blob` describes, read in pieces of 4 MiB, checked against its digest; at most
-// `max_size` bytes. Throws rafs::Error "<what> <digest>: ..." for a size out of range or a digest
-// mismatch.
+// `max_size` bytes. Bytes that fail the digest are read again from the store's next server (a
+// mirror's damaged copy is not the blob), once per server. Throws rafs::Error "<what> <digest>:
+// ..." for a size out of range or a digest mismatch on every server.
 std::vector<uint8_t> readVerifiedBlob(ImageStore& store, const Descriptor& blob, uint64_t max_size,
                                       std::string_view what);
 

@@ -361,8 +361,11 @@ void RegistryClient::readBlob(const std::string& digest, uint64_t offset, std::s
     onSomeEndpoint([&](const Endpoint& ep) { readFrom(ep, digest, offset, out, nullptr, arrived); });
 }
 
-void RegistryClient::distrustPreferredEndpoint() {
-    if (endpoints_.size() > 1) endpoints_.failed(endpoints_.order().front());
+std::string RegistryClient::distrustPreferredEndpoint() {
+    if (endpoints_.size() == 1) return {};
+    const size_t preferred = endpoints_.order().front();
+    endpoints_.failed(preferred);
+    return endpoint(preferred).base;
 }
 
 HttpResponse RegistryClient::perform(const Endpoint& ep, HttpRequest request) {

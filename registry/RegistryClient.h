@@ -55,9 +55,11 @@ public:
     void readBlob(const std::string& digest, uint64_t offset, std::span<uint8_t> out,
                   const RangeSink::Arrived& arrived = {});
     // The endpoint reads would go to first served bytes that failed their digest: it is skipped
-    // for a while, as after a failed transfer (a mirror with a damaged copy). Nothing with one
-    // endpoint.
-    void distrustPreferredEndpoint();
+    // for a while, as after a failed transfer (a mirror with a damaged copy). Returns its base URL,
+    // for messages; nothing is skipped, and "" returned, with one endpoint.
+    std::string distrustPreferredEndpoint();
+    // Mirrors and the host: how many places a read may go to.
+    size_t endpointCount() const { return endpoints_.size(); }
 
     // GET /v2/<repo>/manifests/<reference> (a tag or a digest) from the first endpoint that has it.
     // Throws rafs::Error: "manifest unknown" for an unknown tag, a digest mismatch, a reply

@@ -4,7 +4,9 @@
 
 1. mirrors: the first mirror is down, the second has the blob (the registry itself does not):
    the image reads back equal to its source; a mirror with a damaged copy of the blob: the chunk
-   that fails its digest is read again from the registry, and the image reads back equal; a tag is resolved at the registry, never at a
+   that fails its digest is read again from the registry, and the image reads back equal; a
+   mirror with a damaged copy of the bootstrap layer: it is read again from the registry, and the
+   image mounted by reference reads right; a tag is resolved at the registry, never at a
    mirror: with a mirror answering the same tag with another image, `rafsd mount REF` mounts the
    registry's image (unless mirrors_resolve_tags = true, which the test sets next);
 2. proxy: through a working HTTP proxy (the test's own), requests go through it; with the
@@ -19,17 +21,19 @@
    rather than asked for again, and the signature appears in no log line.
 """
 
+import json
 import os
 import socket
 import subprocess
 import sys
 import threading
+import urllib.request
 
 from rafstest import compare, harness
 from rafstest.harness import log
 from rafstest.rafsd import (RafsdMount, RafsdServe, expect_error, network_config, rafsctl,
                             rafsctl_status, small_image, start_test)
-from rafstest.servers import FaultProxy, TestCa, free_port, nginx, push_blob, registry
+from rafstest.servers import FaultProxy, TestCa, free_port, nginx, push_blob, push_data, registry
 
 MiB = 1 << 20
 FILES = [('a/one', 3 * MiB), ('a/two', 1 * MiB + 3), ('b/three', 2 * MiB)]
@@ -161,6 +165,37 @@ def main():
                             got = f.read()
                         ck.check(got == expected, '%s: the image mounted is the %s\'s' % (what, expected), got)
                     ck.check(m.stop() == 0, '%s: rafsd mount exits 0' % what)
+
+            ck.section('mirrors: one with a damaged copy of the bootstrap layer')
+            # The image's bootstrap layer is fetched whole and checked against its digest: a
+            # mismatch is that mirror's copy, and the registry's is read instead.
+            manifest = json.loads(urllib.request.urlopen(urllib.request.Request(
+                'http://%s/v2/test/tagged/manifests/v1' % origin,
+                headers={'Accept': 'application/vnd.oci.image.manifest.v1+json'}), timeout=60).read())
+            layer = manifest['layers'][-1]['digest']
+            data = urllib.request.urlopen('http://%s/v2/test/tagged/blobs/%s' % (origin, layer), timeout=60).read()
+            damaged_port = free_port()
+            with registry(tmp, 'damaged-boot', damaged_port, access_log=True) as damaged:
+                push_data('http://127.0.0.1:%d' % damaged_port, 'test/tagged', data)
+                stored = os.path.join(tmp, 'damaged-boot', 'data', 'docker', 'registry', 'v2', 'blobs', 'sha256',
+                                      layer[7:9], layer[7:], 'data')
+                with open(stored, 'r+b') as f:
+                    f.seek(len(data) // 2)
+                    byte = f.read(1)
+                    f.seek(-1, os.SEEK_CUR)
+                    f.write(bytes([byte[0] ^ 0xff]))
+                cfg = config('damaged-boot', origin, {origin: {'plain_http': True,
+                                                               'mirrors': ['http://127.0.0.1:%d' % damaged_port]}})
+                with RafsdMount(rafsd, origin + '/test/tagged:v1', tagged, config=cfg,
+                                log_path=os.path.join(tmp, 'damaged-boot.log')) as m:
+                    if ck.check(m.start(), 'damaged bootstrap layer at the mirror: rafsd mount by reference',
+                                m.log_text()[-2000:]):
+                        with open(os.path.join(tagged, 'which')) as f:
+                            got = f.read()
+                        ck.check(got == 'origin', 'damaged bootstrap layer at the mirror: the image reads right', got)
+                    ck.check(m.stop() == 0, 'damaged bootstrap layer at the mirror: rafsd mount exits 0')
+                ck.check('GET /v2/test/tagged/blobs/%s' % layer in damaged.log_text(),
+                         'damaged bootstrap layer at the mirror: the mirror was asked first', damaged.log_text()[-1000:])
 
             ck.section('proxy: through it, then direct when it is gone')
             push_blob('http://' + origin, REPO, blob_file)

@@ -18,6 +18,7 @@
 
 using namespace registry;
 using Catch::Matchers::Contains;
+using Catch::Matchers::EndsWith;
 using nlohmann::json;
 
 namespace {
@@ -182,6 +183,34 @@ TEST_CASE("a verified blob is read in pieces of 4 MiB, and checked whole", "[reg
     CHECK(store.blob_reads == 3);
     CHECK_THROWS_WITH(registry::readVerifiedBlob(store, blob, 8 << 20, "layer"),
                       "layer " + blob.digest + " has size 9437184 (expected 1 to 8388608 bytes)");
+}
+
+// A mirror's damaged copy of a bootstrap layer or config is not the blob: the registry behind it,
+// or the next mirror, may have it right.
+TEST_CASE("a verified blob that fails its digest is read again from the next server", "[registry]") {
+    rafs::test::MemoryImageStore store;
+    const std::vector<uint8_t> bytes(5 << 20, 7);
+    const registry::Descriptor blob = store.putBlob("application/octet-stream", bytes);
+    store.server_count = 3;
+    store.damaged = 2;
+    CHECK(registry::readVerifiedBlob(store, blob, 16 << 20, "layer") == bytes);
+    CHECK(store.serving == 2);
+    CHECK(store.blob_reads == 6);
+
+    store.serving = 0;
+    store.damaged = 3;
+    CHECK_THROWS_WITH(registry::readVerifiedBlob(store, blob, 16 << 20, "layer"),
+                      Contains("layer " + blob.digest + ": digest mismatch: its bytes hash to sha256:") &&
+                          EndsWith(" (as did the copy from mem://server-0, mem://server-1)"));
+    CHECK(store.serving == 2);
+
+    // One server: nothing else to try, and nothing distrusted.
+    store.serving = 0;
+    store.server_count = 1;
+    store.damaged = 1;
+    CHECK_THROWS_WITH(registry::readVerifiedBlob(store, blob, 16 << 20, "layer"),
+                      Contains("digest mismatch") && !Contains("as did the copy"));
+    CHECK(store.serving == 0);
 }
 
 // A layout holding an index under a tag names its platforms' manifests only as blobs (skopeo copy

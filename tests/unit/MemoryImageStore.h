@@ -45,7 +45,15 @@ public:
         const std::vector<uint8_t>& b = blob(digest);
         if (offset + out.size() > b.size()) rafs::fail("mem: {} is shorter than {}", digest, offset + out.size());
         std::memcpy(out.data(), b.data() + offset, out.size());
+        if (serving < damaged && !out.empty()) out[0] ^= 0xff;
     }
+    // Servers, for reads again elsewhere: reads go to server `serving`, and the first `damaged`
+    // of them serve each piece with its first byte flipped.
+    size_t server_count = 1;
+    size_t damaged = 0;
+    size_t serving = 0;
+    size_t servers() const override { return server_count; }
+    std::string distrustServer() override { return "mem://server-" + std::to_string(serving++); }
     bool hasBlob(const std::string& digest) override { return blobs_.contains(digest); }
     // Read-only: the tests that use it resolve and fetch images, they never push.
     void pushBlob(const std::string& digest, registry::RequestBody&) override { rafs::fail("mem: read-only ({})", digest); }
