@@ -173,6 +173,9 @@ void setOption(CURL* handle, CURLoption option, T value) {
 // libcurl says "Couldn't connect to server" also when it could not create a socket, with no
 // errno (CURLINFO_OS_ERRNO is 0): the server then takes the blame for this process's fd limit.
 // A socket made here tells: ", and this process cannot open a socket: Too many open files".
+constexpr std::string_view kPlainHttpSetting =
+    "plain HTTP is plain_http in rafsd's [backend.hosts] and --plain-http for mkrafs";
+
 std::string socketShortage() {
     const rafs::UniqueFd probe(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
     if (probe.get() >= 0) return {};
@@ -202,9 +205,25 @@ std::string HttpResponse::summary() const {
     // An error status says more than how the transfer ended (a 416 whose body is shorter than
     // its Content-Length ends in CURLE_PARTIAL_FILE: registry.md).
     if (curl_code != 0 && !stopped_by_sink) {
-        return status >= 400 ? fmt::format("HTTP {} ({})", status, curl_error) : curl_error;
+        if (status >= 400) return fmt::format("HTTP {} ({})", status, curl_error);
+        // OpenSSL's words for a TLS handshake answered by an HTTP reply.
+        if (curl_code == CURLE_SSL_CONNECT_ERROR && curl_error.find("wrong version number") != std::string::npos) {
+            return fmt::format("{} (the server answered in plain HTTP: {})", curl_error, kPlainHttpSetting);
+        }
+        return curl_error;
     }
     std::string out = fmt::format("HTTP {}", status);
+    // What Go's net/http (docker-registry) and nginx answer a plain HTTP request on a TLS port.
+    // Go's has no header at all, which no registry's reply lacks: a HEAD, whose body is not read,
+    // is known by that.
+    if (status == 400 && (text.find("HTTP request to an HTTPS server") != std::string::npos ||
+                          text.find("plain HTTP request was sent to HTTPS port") != std::string::npos)) {
+        return fmt::format("{} (the server wants HTTPS, and the request was plain HTTP: {})", out, kPlainHttpSetting);
+    }
+    if (status == 400 && headers.empty()) {
+        return fmt::format("{} with no headers, as a TLS server answers a plain HTTP request ({})", out,
+                           kPlainHttpSetting);
+    }
     // Registry errors: {"errors":[{"code":"BLOB_UNKNOWN","message":"..."}]}; other bodies are not
     // shown, since they may be anything.
     const auto json = nlohmann::json::parse(text, nullptr, false);

@@ -13,14 +13,16 @@
    proxy stopped while mounted, the rest of the image still reads right, direct;
 3. mutual TLS: a registry that wants a client certificate serves rafsd with the one configured
    in backend.hosts; without it the mount fails with one error line naming the host;
+   A TLS registry set as plain HTTP fails the mount with one line saying so.
 4. bad servers: a server that speaks no HTTP, and a plain-HTTP server addressed with https://,
-   each fail the mount with one error line naming the URL;
+   each fail the mount with one error line naming the URL (the second: and plain_http);
 5. redirects: a registry (nginx-light standing in) that wants Basic auth and answers 307 to a
    signed URL on another host (blob storage, which refuses any request with an Authorization
    header or without the signature): the image reads back equal, the storage URL is reused
    rather than asked for again, and the signature appears in no log line.
 """
 
+import base64
 import json
 import os
 import socket
@@ -238,6 +240,9 @@ def main():
             cfg = config('nocert', mtls, {mtls: {'ca_file': ca.cert}})
             expect_error(ck, 'without the client certificate', [rafsd, 'mount', '--config', cfg, boot, mnt], mnt,
                          [blob, mtls])
+            cfg = config('tls-as-plain', mtls, {mtls: {'plain_http': True}})
+            expect_error(ck, 'http:// to a TLS server', [rafsd, 'mount', '--config', cfg, boot, mnt], mnt,
+                         [blob, 'http://%s/v2/' % mtls, 'as a TLS server answers a plain HTTP request', 'plain_http'])
 
         ck.section('bad servers')
         garbage_port = free_port()
@@ -251,19 +256,16 @@ def main():
             host = '127.0.0.1:%d' % plain_port
             cfg = config('tlsplain', host)
             expect_error(ck, 'https:// to a plain HTTP server', [rafsd, 'mount', '--config', cfg, boot, mnt], mnt,
-                         [blob, 'https://%s/v2/' % host])
+                         [blob, 'https://%s/v2/' % host, 'the server answered in plain HTTP', 'plain_http'])
 
         ck.section('redirects to blob storage on another host')
         reg_port, store_port = free_port(), free_port()
         host = '127.0.0.1:%d' % reg_port
         pw_file = os.path.join(tmp, 'nginx.htpasswd')
-        import subprocess
         subprocess.run(['htpasswd', '-cbm', pw_file, 'rafs', 'redirect-pw'], check=True, capture_output=True)
-        import json as _json
-        import base64
         auth_json = os.path.join(tmp, 'redirect-config.json')
         with open(auth_json, 'w') as f:
-            _json.dump({'auths': {host: {'auth': base64.b64encode(b'rafs:redirect-pw').decode()}}}, f)
+            json.dump({'auths': {host: {'auth': base64.b64encode(b'rafs:redirect-pw').decode()}}}, f)
         servers = '''
     server {
         listen 127.0.0.1:%(reg)d;

@@ -162,3 +162,28 @@ TEST_CASE("a connection without a free fd says so, not that the server is down",
     CHECK(response.curl_code != 0);
     CHECK_THAT(response.curl_error, Catch::Contains("this process cannot open a socket: Too many open files"));
 }
+
+// A registry's plain_http set the wrong way round gets OpenSSL's or the server's words alone,
+// which do not point at the setting.
+TEST_CASE("http: a plain HTTP server addressed with https, and the other way round, are named", "[http]") {
+    HttpResponse tls_to_plain;
+    tls_to_plain.curl_code = CURLE_SSL_CONNECT_ERROR;
+    tls_to_plain.curl_error = "OpenSSL/3.0.19: error:0A00010B:SSL routines::wrong version number";
+    CHECK(tls_to_plain.summary() == "OpenSSL/3.0.19: error:0A00010B:SSL routines::wrong version number (the server "
+                                    "answered in plain HTTP: plain HTTP is plain_http in rafsd's [backend.hosts] and "
+                                    "--plain-http for mkrafs)");
+    HttpResponse plain_to_tls;
+    plain_to_tls.status = 400;
+    plain_to_tls.text = "Client sent an HTTP request to an HTTPS server.\n";
+    CHECK(plain_to_tls.summary() == "HTTP 400 (the server wants HTTPS, and the request was plain HTTP: plain HTTP is "
+                                    "plain_http in rafsd's [backend.hosts] and --plain-http for mkrafs)");
+    HttpResponse head_to_tls;  // no body read, and Go's reply has no headers
+    head_to_tls.status = 400;
+    CHECK(head_to_tls.summary() == "HTTP 400 with no headers, as a TLS server answers a plain HTTP request (plain "
+                                   "HTTP is plain_http in rafsd's [backend.hosts] and --plain-http for mkrafs)");
+    HttpResponse other;
+    other.status = 400;
+    other.headers = {{"content-type", "text/plain"}};
+    other.text = "Bad Request";
+    CHECK(other.summary() == "HTTP 400");
+}
