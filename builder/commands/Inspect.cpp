@@ -200,8 +200,9 @@ void inspect(const InspectOptions& options, std::ostream& out) {
     if (!options.blob_dir.empty() && !std::filesystem::is_directory(options.blob_dir, ec)) {
         fail("--blob-dir {}: no such directory", options.blob_dir);
     }
-    // No blob there at all: the bootstrap alone is checked (an empty --blob-dir asks for that).
-    // Some but not all: the image cannot be checked whole, which is an error.
+    // No blob there at all: the bootstrap alone is checked (an empty --blob-dir asks for that; one
+    // holding other files is a mistyped one, or another image's). Some but not all: the image
+    // cannot be checked whole, which is an error.
     std::vector<std::unique_ptr<BlobFile>> blobs(b.blobs().size());
     std::vector<std::string> missing;
     for (uint32_t i = 0; i < blobs.size(); ++i) {
@@ -210,6 +211,12 @@ void inspect(const InspectOptions& options, std::ostream& out) {
         else missing.push_back(path);
     }
     if (!blobs.empty() && missing.size() == blobs.size()) {
+        const bool empty_dir = options.blob_dir.empty() || std::filesystem::is_empty(options.blob_dir, ec);
+        if (!empty_dir && !ec) {
+            fail("--blob-dir {} holds none of the image's {} blobs (the first: {}), but other files: another "
+                 "image's blobs? An empty --blob-dir checks the bootstrap alone",
+                 options.blob_dir, blobs.size(), b.blobs()[0].id);
+        }
         out << fmt::format("no blob found ({} and the rest): the bootstrap alone was checked\n", missing.front());
     } else if (!missing.empty()) {
         fail("blob {}: not found, though other blobs of the image are there", missing.front());

@@ -127,13 +127,19 @@ TEST_CASE("inspect passes both Nydus fixtures", "[inspect]") {
     CHECK_THAT(inline_meta, Contains("ok: 4 inodes, 3 chunks verified\n"));
 }
 
-TEST_CASE("inspect of an empty blob dir checks the bootstrap alone; a blob dir that is not there is an error", "[inspect]") {
+TEST_CASE("inspect of an empty blob dir checks the bootstrap alone; a blob dir that is not there, or another image's, is an error", "[inspect]") {
     RAFS_REQUIRE_FIXTURES();
     TempDir empty;
     const std::string text = inspectText(kBoot22, empty.path().string());
     CHECK_THAT(text, Contains("the bootstrap alone was checked"));
     CHECK_THAT(text, Contains("ok: 3 inodes, 0 chunks verified"));
     CHECK_THROWS_WITH(inspectText(kBoot22, empty / "typo"), Contains("typo: no such directory"));
+    // Another image's blob dir: no blob of this one, but files. Not a clean check of the bootstrap.
+    TempDir other;
+    writeFile(other / std::string(64, '0'), std::vector<uint8_t>(16, 1));
+    CHECK_THROWS_WITH(inspectText(kBoot22, other.path().string()),
+                      Contains("holds none of the image's 1 blobs (the first: ") &&
+                          Contains("but other files: another image's blobs?"));
     // An image without blobs: 10 paths, /hard being /acl again. Its /acl keeps its data in the
     // bootstrap, where no chunk digest vouches for it: refused. As an empty chunk-based file
     // it passes.
