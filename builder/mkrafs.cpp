@@ -18,7 +18,7 @@
 
 namespace {
 
-// Accepts a byte count with an optional K/M suffix (KiB/MiB also), or 0x hex.
+// Accepts a byte count with an optional K/M/G suffix (KiB/MiB/GiB also), or 0x hex.
 uint32_t parseSize(const std::string& text) {
     std::string_view s(text);
     uint64_t multiplier = 1;
@@ -31,6 +31,7 @@ uint32_t parseSize(const std::string& text) {
     };
     if (ends("KiB") || ends("K") || ends("k")) multiplier = 1024;
     else if (ends("MiB") || ends("M") || ends("m")) multiplier = 1024 * 1024;
+    else if (ends("GiB") || ends("G") || ends("g")) multiplier = 1024 * 1024 * 1024;
     int base = 10;
     if (s.size() > 2 && s[0] == '0' && (s[1] == 'x' || s[1] == 'X')) {
         s.remove_prefix(2);
@@ -38,11 +39,12 @@ uint32_t parseSize(const std::string& text) {
     }
     uint64_t value = 0;
     auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), value, base);
-    if (ec != std::errc() || end != s.data() + s.size() || value > (1ull << 32) / multiplier) {
+    if (ec == std::errc::result_out_of_range) rafs::fail("--chunk-size '{}': too large", text);
+    if (ec != std::errc() || end != s.data() + s.size()) {
         rafs::fail("--chunk-size '{}': not a size (examples: 4096, 64K, 1M, 0x100000)", text);
     }
-    uint64_t bytes = value * multiplier;
-    if (bytes > UINT32_MAX) rafs::fail("--chunk-size '{}': too large", text);
+    if (value > UINT32_MAX / multiplier) rafs::fail("--chunk-size '{}': too large", text);
+    const uint64_t bytes = value * multiplier;
     return static_cast<uint32_t>(bytes);
 }
 

@@ -16,7 +16,7 @@ source file (permission denied: mkrafs runs without CAP_DAC_OVERRIDE/CAP_DAC_REA
 a source file whose read fails with an I/O-level error (a file on an EROFS image with
 corrupted lz4 data: open and stat work, read gives EUCLEAN), a full output file system
 (1 MiB tmpfs), an output dir that holds an earlier image (refused, left as it was; an empty
-existing dir is fine), and invalid options (--chunk-size 3000 / 2048 / 0 / 32M / 33554432 / abc,
+existing dir is fine), and invalid options (--chunk-size 3000 / 2048 / 0 / 32M / 33554432 / 1G / 8G / abc,
 --compressor foo, --digester md5, missing --output, non-existent source, no source,
 unknown option, unknown subcommand).
 Not errors: `../`, `a/../../` and absolute member paths are cleaned as containerd applies them
@@ -294,6 +294,8 @@ def main():
                  opts=['--chunk-size', '32M']),
             Case('--chunk-size 33554432', '--chunk-size 33554432: ' + power_of_two, good,
                  opts=['--chunk-size', '33554432']),
+            Case('--chunk-size 1G', '--chunk-size 1073741824: ' + power_of_two, good, opts=['--chunk-size', '1G']),
+            Case('--chunk-size 8G', "--chunk-size '8G': too large", good, opts=['--chunk-size', '8G']),
             Case('--chunk-size abc', "--chunk-size 'abc': not a size", good, opts=['--chunk-size', 'abc']),
             Case('--compressor foo', "unknown compressor 'foo'", good, opts=['--compressor', 'foo']),
             Case('--digester md5', "unknown digest algorithm 'md5'", good, opts=['--digester', 'md5']),
