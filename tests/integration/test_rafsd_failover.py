@@ -413,23 +413,31 @@ def bootstrap_gone(ck, serve, mnt, boot, moved, content):
 
 
 def fill(directory):
-    """Writes into `directory` until its file system has no block left. ext4 reserves blocks for
-    delayed allocation by a worst case and gives back what the fsync did not use, so the file is
-    topped up until statvfs says none is free (bounded in rounds)."""
-    fd = os.open(os.path.join(directory, 'filler'), os.O_WRONLY | os.O_CREAT, 0o600)
-    try:
-        for size in (1 << 20,) + (4096,) * 16:
-            if size == 4096 and os.statvfs(directory).f_bavail == 0:
-                break
+    """Writes into `directory` until its file system has no block left (bounded in rounds). ext4
+    reserves delayed-allocation blocks by a worst case and gives back what the fsync did not use,
+    and near the end it may refuse a write that needs an extent block beside its data block: the
+    file is topped up, then small new files (extents in their inodes) take what is left."""
+    def write_until_full(path, size):
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
             for _ in range(1 << 12):
                 try:
                     if os.write(fd, bytes(size)) < size:
                         break
                 except OSError:
                     break
-            os.fsync(fd)
-    finally:
-        os.close(fd)
+            try:
+                os.fsync(fd)
+            except OSError:
+                pass  # what could not be allocated is dropped: statvfs says what is left
+        finally:
+            os.close(fd)
+
+    write_until_full(os.path.join(directory, 'filler'), 1 << 20)
+    for i in range(16):
+        if os.statvfs(directory).f_bavail == 0:
+            return
+        write_until_full(os.path.join(directory, 'filler' if i < 2 else 'filler-%d' % i), 4096)
 
 
 def case_full_state(ck, rafsd, rafsctl, image, content, tmp):
