@@ -13,8 +13,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <filesystem>
+#include <map>
 #include <memory>
 #include <optional>
 #include <unordered_map>
@@ -214,13 +216,34 @@ private:
         } else if (ino.isReg()) {
             archive_entry_set_size(e.get(), static_cast<la_int64_t>(ino.size));
         }
+        const bool chunked = ino.isReg() && ino.layout == erofs::kChunkBased;
+        const std::vector<bool> holes = chunked ? zeroChunks(ino, path) : std::vector<bool>{};
+        if (std::find(holes.begin(), holes.end(), true) != holes.end()) addSparseMap(e.get(), ino, holes);
         checkHeader(archive_write_header(archive_.get(), e.get()), path);
         if (!ino.isReg()) return;
-        if (ino.layout != erofs::kChunkBased) {
+        if (!chunked) {
             writeData(image_.bootstrap.readData(ino.nid), path);
             return;
         }
-        for (const InodeChunk& c : ino.chunks) {
+        for (size_t i = 0; i < ino.chunks.size(); ++i) {
+            const InodeChunk& c = ino.chunks[i];
+            if (holes[i]) {
+                // libarchive drops the bytes of a sparse entry's holes (archive_write_set_format_pax.c).
+                if (zeros_.size() < c.length) zeros_.resize(c.length);
+                writeData(std::span(zeros_).first(c.length), path);
+                continue;
+            }
+            blob(c.blob_index).read(c.ci_index, chunk_);
+            writeData(chunk_, path);
+        }
+    }
+
+    // Which of a file's chunks are zeros by their digest, so that its holes (a sparse lastlog of a
+    // terabyte) are a sparse map in the tar rather than bytes. Checks each chunk against its ci.
+    std::vector<bool> zeroChunks(const Inode& ino, const std::string& path) {
+        std::vector<bool> zero(ino.chunks.size());
+        for (size_t i = 0; i < ino.chunks.size(); ++i) {
+            const InodeChunk& c = ino.chunks[i];
             const OpenBlob& b = blob(c.blob_index);
             const BlobChunk& ci = b.file->chunks()[c.ci_index];
             if (ci.uncompressed_offset != c.uncompressed_offset || ci.uncompressed_size != c.length) {
@@ -228,9 +251,38 @@ private:
                      path, c.file_offset, c.uncompressed_offset, c.length, b.file->id(), c.ci_index,
                      ci.uncompressed_offset, ci.uncompressed_size);
             }
-            b.read(c.ci_index, chunk_);
-            writeData(chunk_, path);
+            const std::optional<Digest>& expected = b.expected[c.ci_index];
+            zero[i] = expected && *expected == zeroDigest(b.digester, c.length);
         }
+        return zero;
+    }
+
+    // The data runs between the holes; a file of holes only has one empty run at its end.
+    static void addSparseMap(archive_entry* e, const Inode& ino, const std::vector<bool>& holes) {
+        uint64_t start = 0;
+        uint64_t length = 0;
+        bool any = false;
+        for (size_t i = 0; i <= ino.chunks.size(); ++i) {
+            if (i < ino.chunks.size() && !holes[i]) {
+                if (length == 0) start = ino.chunks[i].file_offset;
+                length += ino.chunks[i].length;
+                continue;
+            }
+            if (length == 0) continue;
+            archive_entry_sparse_add_entry(e, static_cast<la_int64_t>(start), static_cast<la_int64_t>(length));
+            length = 0;
+            any = true;
+        }
+        if (!any) archive_entry_sparse_add_entry(e, static_cast<la_int64_t>(ino.size), 0);
+    }
+
+    const Digest& zeroDigest(Digester digester, uint32_t length) {
+        auto [it, fresh] = zero_digests_.try_emplace({digester, length});
+        if (fresh) {
+            if (zeros_.size() < length) zeros_.resize(length);
+            it->second = digestOf(digester, std::span(zeros_).first(length));
+        }
+        return it->second;
     }
 
     const Image& image_;
@@ -240,6 +292,8 @@ private:
     std::unordered_map<uint32_t, OpenBlob> blobs_;
     std::unordered_map<uint64_t, std::string> first_path_;
     std::vector<uint8_t> chunk_;
+    std::vector<uint8_t> zeros_;
+    std::map<std::pair<Digester, uint32_t>, Digest> zero_digests_;
 };
 
 }  // namespace
