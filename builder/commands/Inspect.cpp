@@ -134,6 +134,14 @@ void checkBlobSize(const BlobFile& blob) {
     }
 }
 
+// An on-disk time (seconds, which the kernel reads as signed, and nanoseconds after them) in
+// decimal seconds: -2 s + 500000000 ns is -1.500000000.
+std::string decimalTime(uint64_t sec, uint32_t nsec) {
+    const auto s = static_cast<int64_t>(sec);
+    if (s >= 0 || nsec == 0) return fmt::format("{}.{:09}", s, nsec);
+    return fmt::format("-{}.{:09}", -(s + 1), 1'000'000'000 - nsec);
+}
+
 void printHeader(const Image& image, std::ostream& out) {
     const Bootstrap& b = image.bootstrap;
     const erofs::SuperBlock& sb = b.superBlock();
@@ -141,9 +149,9 @@ void printHeader(const Image& image, std::ostream& out) {
     out << fmt::format("bootstrap: {} ({} bytes{})\n", image.path, b.bytes().size(),
                        image.inline_meta ? ", inline in the blob" : "");
     out << fmt::format("superblock: root nid {}, inodes {}, blocks {}, meta_blkaddr {}, extra devices {}, "
-                       "build time {}.{:09}\n",
-                       sb.root_nid, sb.inos, sb.blocks, sb.meta_blkaddr, sb.extra_devices, sb.build_time,
-                       sb.build_time_nsec);
+                       "build time {}\n",
+                       sb.root_nid, sb.inos, sb.blocks, sb.meta_blkaddr, sb.extra_devices,
+                       decimalTime(sb.build_time, sb.build_time_nsec));
     out << fmt::format("ext superblock: flags {:#x} ({}), chunk size {:#x}, blob table {}+{}, chunk table {}+{}, "
                        "prefetch table {}+{}\n",
                        ext.s_flags, flagNames(ext.s_flags), ext.s_chunk_size, ext.s_blob_table_offset,
@@ -171,8 +179,8 @@ void printInode(const Bootstrap& b, const std::string& path, const Inode& ino, s
     } else if (ino.isDevice()) {
         extra = fmt::format(" (device {}:{})", erofs::devMajor(ino.rdev), erofs::devMinor(ino.rdev));
     }
-    out << fmt::format("{}{:04o} {}:{} {:>10} {}.{:09} nid {} nlink {} {}{}\n", typeLetter(ino.mode),
-                       ino.mode & 07777, ino.uid, ino.gid, ino.size, ino.mtime, ino.mtime_nsec, ino.nid,
+    out << fmt::format("{}{:04o} {}:{} {:>10} {} nid {} nlink {} {}{}\n", typeLetter(ino.mode),
+                       ino.mode & 07777, ino.uid, ino.gid, ino.size, decimalTime(ino.mtime, ino.mtime_nsec), ino.nid,
                        ino.nlink, path, extra);
     for (const auto& [name, value] : ino.xattrs) {
         out << fmt::format("    xattr {} ({} bytes)\n", name, value.size());

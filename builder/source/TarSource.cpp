@@ -1,6 +1,7 @@
 #include "builder/source/TarSource.h"
 
 #include "builder/source/LayerStream.h"
+#include "builder/source/MemberTime.h"
 #include "format/BootstrapCheck.h"
 #include "format/Error.h"
 
@@ -322,8 +323,13 @@ private:
         inode->uid = toU32(archive_entry_uid(entry), "uid");
         inode->gid = toU32(archive_entry_gid(entry), "gid");
         if (archive_entry_mtime_is_set(entry) != 0) {
-            inode->mtime_sec = archive_entry_mtime(entry);
-            inode->mtime_nsec = toU32(archive_entry_mtime_nsec(entry), "mtime nanoseconds");
+            try {
+                const MemberTime mtime = memberMtime(entry);
+                inode->mtime_sec = mtime.sec;
+                inode->mtime_nsec = mtime.nsec;
+            } catch (const Error& e) {
+                failMember("{}", e.what());
+            }
         }
         if (type == AE_IFREG) {
             const la_int64_t size = archive_entry_size(entry);

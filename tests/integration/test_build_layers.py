@@ -10,7 +10,8 @@ Part 1: three layers -- L1 gzip (file), L2 zstd (on stdin as `-`), L3 plain tar 
   L3 as a whole file). The blobs' uncompressed address space (sum of the raw blob sizes
   from `unpack --raw-dir`) must stay below (all unique chunk bytes of every layer, 4 KiB
   aligned) + 1 MiB: storing R twice would exceed it.
-  The same layers are also built with zstd compression and compared again.
+  The same layers are also built with zstd compression and compared again. A member dated
+  before 1970 with a fraction of a second ("mtime=-86400.5") keeps its time.
 Part 2: ../shared/fixtures/nydus/all-entry-type.tar (nydus's tar with every entry type)
   built, mounted and compared with its extraction by GNU tar (-xpf --xattrs --acls).
 Part 3: a layer without chunks (so without a blob) under a layer with a hardlinked file: the
@@ -63,6 +64,8 @@ def make_layers(d):
         w.dir('secure', mode=0o750, uid=1000, gid=1000, mtime_ns=t(20, 7),
               xattrs={'trusted.dir': b'dir attr', 'user.dir': b'u'})
         w.file('etc/hosts', b'127.0.0.1 localhost\n', mtime_ns=t(30, 123456789))
+        # Before 1970 with a fraction: "mtime=-86400.5", one day and half a second before.
+        w.file('etc/old', b'from 1969\n', mtime_ns=-(86400 * 10**9 + 5 * 10**8))
         w.file('etc/passwd', b'root:x:0:0:root:/root:/bin/sh\n', mode=0o644)
         w.file('etc/shadow', b'root:*:19000:0:99999:7:::\n', mode=0o640, gid=42)
         w.file('usr/bin/ping', b'\x7fELF ping', mode=0o4755,

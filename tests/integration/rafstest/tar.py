@@ -75,6 +75,9 @@ def acl_xattr(text):
 
 # ----------------------------------------------------------------------------- writing
 def _pax_mtime(ns):
+    """A pax time is a signed decimal: -1.5 s is '-1.500000000'."""
+    if ns < 0:
+        return '-' + _pax_mtime(-ns)
     sec, frac = divmod(ns, 10**9)
     return '%d.%09d' % (sec, frac) if frac else '%d' % sec
 
