@@ -76,6 +76,17 @@ const ChunkPipeline::Encoded& ChunkPipeline::zeroChunk(uint32_t size) {
     return zero_chunks_.emplace(size, std::move(e)).first->second;
 }
 
+void ChunkPipeline::useZeroChunk(Job& job) {
+    const Encoded& z = zeroChunk(job.size);
+    job.digest = z.digest;
+    job.packed = z.packed;
+    job.compressed = z.compressed;
+    // Stored uncompressed (no compressor, or zeros that do not shrink), a skipped hole's bytes are
+    // needed after all.
+    if (!z.compressed && job.data.size() != job.size) job.data.assign(job.size, 0);
+    job.done = true;
+}
+
 void ChunkPipeline::addFile(Inode& inode, FileData& data) {
     const uint64_t size = inode.size;
     const uint64_t count = (size + options_.chunk_size - 1) / options_.chunk_size;
@@ -93,13 +104,7 @@ void ChunkPipeline::addFile(Inode& inode, FileData& data) {
         const uint64_t offset = static_cast<uint64_t>(i) * options_.chunk_size;
         job->size = static_cast<uint32_t>(std::min<uint64_t>(options_.chunk_size, size - offset));
         if (data.skipHole(job->size)) {
-            const Encoded& z = zeroChunk(job->size);
-            job->digest = z.digest;
-            job->packed = z.packed;
-            job->compressed = z.compressed;
-            // Stored uncompressed (no compressor, or zeros that do not shrink): the bytes are needed.
-            if (!z.compressed) job->data.assign(job->size, 0);
-            job->done = true;
+            useZeroChunk(*job);
             submit(std::move(job));
             continue;
         }
@@ -112,13 +117,7 @@ void ChunkPipeline::addFile(Inode& inode, FileData& data) {
         }
         job->data.resize(job->size);
         data.read(job->data);
-        if (isAllZero(job->data)) {
-            const Encoded& z = zeroChunk(job->size);
-            job->digest = z.digest;
-            job->packed = z.packed;
-            job->compressed = z.compressed;
-            job->done = true;
-        }
+        if (isAllZero(job->data)) useZeroChunk(*job);
         submit(std::move(job));
     }
 }

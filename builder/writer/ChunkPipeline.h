@@ -55,6 +55,8 @@ private:
     void commitFront();
     void workerLoop();
     const Encoded& zeroChunk(uint32_t size);
+    // The job is the zero chunk of its size: encoded once, done at once.
+    void useZeroChunk(Job& job);
 
     BlobWriter& blob_;
     ChunkDictionary& dictionary_;
