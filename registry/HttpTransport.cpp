@@ -170,12 +170,13 @@ void setOption(CURL* handle, CURLoption option, T value) {
     }
 }
 
-// libcurl says "Couldn't connect to server" also when it could not create a socket, with no
-// errno (CURLINFO_OS_ERRNO is 0): the server then takes the blame for this process's fd limit.
-// A socket made here tells: ", and this process cannot open a socket: Too many open files".
+// Where a message about HTTP against HTTPS points.
 constexpr std::string_view kPlainHttpSetting =
     "plain HTTP is plain_http in rafsd's [backend.hosts] and --plain-http for mkrafs";
 
+// libcurl says "Couldn't connect to server" also when it could not create a socket, with no
+// errno (CURLINFO_OS_ERRNO is 0): the server then takes the blame for this process's fd limit.
+// A socket made here tells: ", and this process cannot open a socket: Too many open files".
 std::string socketShortage() {
     const rafs::UniqueFd probe(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0));
     if (probe.get() >= 0) return {};
