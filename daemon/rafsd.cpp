@@ -294,7 +294,7 @@ int serveWorker(const Config& config, EngineKind engine, std::chrono::millisecon
         // could be one the next rafsd cannot take over. Nothing here may unwind out of this
         // function: ImageService's destructor would unmount everything.
         try {
-            server.stop();
+            server.stop(ControlServer::SocketFile::Leave);
             if (service.mountsOutliveWorker()) {
                 kept.answerHandOver(true);
                 log::info("SIGHUP: handing over to the next rafsd (reload)");

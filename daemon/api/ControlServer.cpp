@@ -293,13 +293,14 @@ ControlServer ControlServer::fromSystemdOrPath(const std::filesystem::path& sock
     return bind(socket, handler);
 }
 
-void ControlServer::stop() {
+void ControlServer::stop(SocketFile file) {
     if (!state_ || state_->stopped) return;
     State& state = *state_;
     state.stopped = true;
     state.wakeWriter = rafs::UniqueFd();
     state.acceptThread.join();
-    state.listen.close();
+    if (file == SocketFile::Leave) state.listen.closeLeavingFile();
+    else state.listen.close();
     for (Connection& connection : state.connections) connection.thread.join();
     state.connections.clear();
 }

@@ -56,8 +56,11 @@ public:
     ~ControlServer();
 
     // Stops accepting, closes every connection and waits for their threads; a handler call in
-    // progress is waited for. Removes the socket file if bind() created it. Idempotent.
-    void stop();
+    // progress is waited for. Removes the socket file if bind() created it, unless told to leave it
+    // for the next worker (a reload): a client then finds it refusing connections and waits
+    // (ControlClient::WaitForWorker) rather than find it absent and give up. Idempotent.
+    enum class SocketFile { Remove, Leave };
+    void stop(SocketFile file = SocketFile::Remove);
     bool stopped() const;
 
     // True when the socket came from adopt() or systemd rather than bind().

@@ -39,6 +39,12 @@ public:
     bool bound() const { return !path_.empty(); }
     // Closes the fd if still held and removes the socket file if it is still ours. Idempotent.
     void close();
+    // Closes the fd and leaves the file: clients find it refusing connections (not absent) until
+    // the next bind() replaces it as stale, as after a worker that died.
+    void closeLeavingFile() {
+        path_.clear();
+        close();
+    }
 
 private:
     rafs::UniqueFd fd_;

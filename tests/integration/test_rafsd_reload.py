@@ -8,7 +8,8 @@ read delayed, so that readers wait on cold data when the signal comes):
    the binary is replaced (a new file at the same path, as a package upgrade does) and the
    supervisor gets SIGHUP. Every reader completes with the file's bytes; the process keeps its
    pid and now runs the new file; it said RELOADING=1 and READY=1 again; the mount is still
-   listed and served; the new rafsd answered the events the old worker left.
+   listed and served; the new rafsd answered the events the old worker left; a loop of
+   `rafsctl list` running through the reload never failed (the socket file is left in place).
 2. refused: a configuration that no longer parses, one that keeps its state elsewhere (the new
    rafsd would not find the mount table), one that caches elsewhere (the mounts' chunk maps would
    part from their cache files), and a binary that does not run: SIGHUP is refused with
@@ -32,6 +33,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 from rafstest import harness
@@ -62,6 +64,32 @@ def rafsctl_list(rafsctl, sock):
     r = subprocess.run([rafsctl, '--socket', sock, 'list'], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                        timeout=60)
     return r.returncode, r.stdout.decode()
+
+
+class ListLoop:
+    """`rafsctl list` over and over in a thread (every 20 ms, for `seconds` at most), as a script
+    polling the service does; keeps what each call that failed said."""
+
+    def __init__(self, rafsctl, sock, seconds):
+        self.rafsctl, self.sock, self.seconds = rafsctl, sock, seconds
+        self.calls, self.failures = 0, []
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        end = time.monotonic() + self.seconds
+        while time.monotonic() < end:
+            code, out = rafsctl_list(self.rafsctl, self.sock)
+            self.calls += 1
+            if code != 0:
+                self.failures.append(out.strip())
+            time.sleep(0.02)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.thread.join(self.seconds + 70)
 
 
 def scratch_service(rafsd, tmp, name):
@@ -102,7 +130,13 @@ def case_upgrade_and_refusals(ck, rafsd, rafsctl, image, content, tmp):
             nonlocal new_inode
             new_inode = install(rafsd, binary)
             os.kill(pid, signal.SIGHUP)
-        read_all(ck, mnt, content, ['r%d' % i for i in range(8)], upgrade, 'upgrade', held, FETCH_DELAY_MS)
+        # A script polling the service meanwhile: the old worker leaves the socket file for the
+        # next one, so a call finds it refusing and waits, as after a worker's death.
+        with ListLoop(rafsctl, sock, 6) as polling:
+            read_all(ck, mnt, content, ['r%d' % i for i in range(8)], upgrade, 'upgrade', held, FETCH_DELAY_MS)
+        ck.check(polling.calls >= 5 and not polling.failures,
+                 'upgrade: every rafsctl list of a loop running through the reload succeeded (%d calls)'
+                 % polling.calls, '\n'.join(polling.failures[:3]))
         ck.check(wait_for_log(serve, 'passed on by the previous rafsd (reload)'),
                  'upgrade: the new program took the group over from the old one', serve.log_text()[-3000:])
         ck.check(serve.proc.poll() is None and os.stat('/proc/%d/exe' % pid).st_ino == new_inode,
