@@ -401,6 +401,9 @@ def bootstrap_gone(ck, serve, mnt, boot, moved, content):
     failing.join(READ_TIMEOUT)
     ck.check(failing.result is not None and failing.result.startswith('error') and 'Input/output' in failing.result,
              'service: meanwhile a read of the unserved mount fails (EIO), never zeros', str(failing.result))
+    denied = re.search(r'fanotify event for a file not served \((\S+), dev', serve.log_text())
+    ck.check(denied is not None and os.path.basename(os.path.dirname(denied.group(1))).startswith('cache-'),
+             'service: the denial names the cache file', serve.log_text()[-2000:])
     os.rename(moved, boot)
     ck.check(harness.wait_for(lambda: 'taken over, after no worker could' in serve.log_text(), timeout=60),
              'service: once the bootstrap is back, the worker takes the mount over', serve.log_text()[-2000:])

@@ -22,6 +22,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstdlib>
+#include <filesystem>
 #include <cstring>
 #include <mutex>
 #include <optional>
@@ -378,7 +379,12 @@ void FanotifyEngine::handleEvent(const ReadEvent& read) {
     if (!served) {
         // Files stay in the table until unmounted, complete ones too, so a file not there is one
         // this worker does not serve (a mount it could not take over): never allow over holes.
-        log::error("fanotify event for a file not served (dev {} inode {}), denying", read.dev, read.ino);
+        // Named by its path where the kernel still has one: a blob's cache file tells the operator
+        // which image (a mount being unmounted as the event came, or one not taken over).
+        std::error_code ec;
+        const std::filesystem::path path = std::filesystem::read_symlink(fmt::format("/proc/self/fd/{}", fd), ec);
+        log::error("fanotify event for a file not served ({}dev {} inode {}), denying",
+                   ec ? "" : path.string() + ", ", read.dev, read.ino);
         responder.respond(fd, read.slot, false);
         return;
     }
