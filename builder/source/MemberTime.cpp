@@ -56,7 +56,7 @@ bool fractionSignLost() {
 
 MemberTime memberMtime(archive_entry* entry) {
     static const bool sign_lost = fractionSignLost();
-    int64_t sec = archive_entry_mtime(entry);
+    const int64_t sec = archive_entry_mtime(entry);
     const long nsec = archive_entry_mtime_nsec(entry);
     if (nsec < 0 || nsec >= kNanosPerSecond) fail("mtime nanoseconds {} out of range", nsec);
     if (sign_lost && sec < 0 && nsec > 0) return {sec - 1, static_cast<uint32_t>(kNanosPerSecond - nsec)};
