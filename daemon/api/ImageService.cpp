@@ -134,6 +134,7 @@ void ImageService::useFanotifyGroup(KeptFds& kept, bool restore) {
     }
     fanotify_ = std::move(engine);
     kept_files_.emplace(kept);
+    kept_files_known_ = !restore;
     fanotify_restore_ = restore;
 }
 
@@ -322,7 +323,17 @@ std::vector<PrefetchChunk> ImageService::prefetchTableChunks(
     return chunks;
 }
 
-nlohmann::json ImageService::mount(const MountRequest& request) { return mountOrReattach(request, false, {}); }
+nlohmann::json ImageService::mount(const MountRequest& request) {
+    nlohmann::json mounted = mountOrReattach(request, false, {});
+    // A mount anew where a predecessor's is gone (rafsd mount after its mount went): the kept
+    // files are that one's, unused now.
+    std::lock_guard lock(mutex_);
+    if (!kept_files_known_) {
+        kept_files_known_ = true;
+        dropUnusedKeptFds();
+    }
+    return mounted;
+}
 
 nlohmann::json ImageService::reattach(const MountRequest& request) {
     if (request.engine == EngineKind::Fanotify) {
@@ -331,7 +342,10 @@ nlohmann::json ImageService::reattach(const MountRequest& request) {
         rafs::fail("reattach {}: no adopted {}", request.mountpoint.string(), FscacheDevice::kPath);
     }
     if (!hasErofsMount(request.mountpoint)) rafs::fail("reattach: {} is not an EROFS mount", request.mountpoint.string());
-    return takeOver(request, {});
+    nlohmann::json reattached = takeOver(request, {});
+    std::lock_guard lock(mutex_);
+    kept_files_known_ = true;
+    return reattached;
 }
 
 nlohmann::json ImageService::takeOver(const MountRequest& request, FanotifyTakeover takeover) {
@@ -773,7 +787,7 @@ void ImageService::dropUnusedKeptFds() {
     // The blobs of a mount this worker could not take over are not known here, nor those of the
     // mounts an unreadable table listed: nothing is dropped. A later worker taking such a mount
     // over needs the files as opened before they were marked (KeptFds.h).
-    if (!kept_files_ || !unserved_.empty() || table_unreadable_) return;
+    if (!kept_files_ || !kept_files_known_ || !unserved_.empty() || table_unreadable_) return;
     for (const std::string& blob_id : kept_files_->blobIds()) {
         const auto it = blobs_.find(blob_id);
         if (it == blobs_.end() || it->second.expired()) kept_files_->drop(blob_id);
@@ -971,6 +985,7 @@ void ImageService::recoverMounts() {
     // Not fatal (a full state dir): the table on disk still lists every mount taken over, and a
     // worker ending here would leave them to workers that end the same way, readers waiting.
     saveMountTableOrLog("serving the mounts taken over all the same (the table on disk still lists them)");
+    kept_files_known_ = true;
     dropUnusedKeptFds();
     // A mount left unserved keeps its blobs' files for the next worker. Which blobs those are is
     // known here only by the cache files the supervisor keeps: its bootstrap may be the very

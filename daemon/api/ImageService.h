@@ -282,6 +282,12 @@ private:
     bool fscache_kept_ = false;     // the device is the supervisor's (useFscacheDevice)
     // fanotify failover: the cache files among the fds the supervisor keeps (useFanotifyGroup)
     std::optional<KeptCacheFiles> kept_files_;
+    // Whether this service knows which mounts the kept cache files serve: at once for a group of
+    // its own, after the takeover (recoverMounts, reattach) for an adopted one. Until then none is
+    // unused: a worker that fails while starting (a metrics address taken) and drops them leaves
+    // the next worker opening the cache files anew, marked, and its writes to them wait on its
+    // own events for good.
+    bool kept_files_known_ = true;
     bool fanotify_restore_ = false;  // the adopted group had a worker die on it
     bool superblocks_adopted_ = false;  // the engine watches with the kept inotify instance
     std::filesystem::path mount_table_;  // empty: not kept

@@ -19,6 +19,9 @@ read delayed, so that readers wait on cold data when the signal comes):
    holder forked before the exec keeps the kernel objects, carries on as the supervisor with the
    previous program once the new one gives up, and the readers waiting through all of it get the
    files' bytes.
+2c. under systemd (no holder): the new program's workers fail on a metrics address taken; the
+   kept cache files stay in the fd store, and once the address is free a worker takes the mount
+   over and a cold read gets its bytes (before, it waited for good on the worker's own event).
 3. hangup: `rafsd mount` in a session of its own gets SIGHUP in supervisor and worker at once, as
    from a closed terminal: it unmounts and exits 0 (before, both died and the mount was left to
    read its holes as zeros); a reader holding a file open never gets wrong bytes.
@@ -39,7 +42,7 @@ import time
 from rafstest import harness
 from rafstest.fdstore import FdStore
 from rafstest.harness import log
-from rafstest.rafsd import BackgroundServe, RafsdMount, rafsctl_mount, worker_of, write_config
+from rafstest.rafsd import BackgroundServe, RafsdMount, children, rafsctl_mount, worker_of, write_config
 from rafstest.readers import READ_TIMEOUT, Reader, read_all, run_slow_cases, slow_mount
 
 MiB = 1 << 20
@@ -282,6 +285,62 @@ def case_rollback(ck, rafsd, rafsctl, image, content, tmp, name, breakage, said)
             subprocess.run(['umount', '-l', mnt])
 
 
+def case_workers_fail_under_systemd(ck, rafsd, rafsctl, image, content, tmp):
+    """Under systemd (no holder), a reload to a configuration whose workers cannot start (the
+    metrics address taken): each failing worker must leave the kept cache files alone. Before, the
+    first dropped them (FDSTOREREMOVE), and once the address was free the next worker opened them
+    anew, marked, and its first write into one waited on its own event for good."""
+    mnt, binary, sock, config, values = scratch_service(rafsd, tmp, 'systemd-taken')
+    store = FdStore()
+    serve = BackgroundServe([binary, 'serve', '--config', config, '--test-fetch-delay', str(FETCH_DELAY_MS)],
+                            os.path.join(tmp, 'systemd-taken.log'), store.env())
+    taken = None
+    try:
+        serve.start()
+        if not ck.check(store.wait_for('READY=1'), 'systemd, workers fail: rafsd serve said READY=1',
+                        serve.log_text()[-2000:]):
+            return
+        r = subprocess.run([rafsctl, '--socket', sock, 'mount', '--blob-dir', image['blobs'], image['boot'], mnt],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=60)
+        if not ck.check(r.returncode == 0, 'systemd, workers fail: rafsctl mount', r.stdout.decode()):
+            return
+        # Kept cache files are named c<inode>-<device> in hex (KeptCacheFiles).
+        kept = [n for n in store.names() if re.match(r'c[0-9a-f]+-[0-9a-f]+$', n)]
+        taken = break_workers(rafsd, binary, config, values)
+        os.kill(serve.proc.pid, signal.SIGHUP)
+        failed = harness.wait_for(lambda: serve.log_text().count('cannot bind the metrics endpoint') >= 2, timeout=60)
+        ck.check(failed, 'systemd, workers fail: two workers of the new program failed on the metrics address',
+                 serve.log_text()[-2000:])
+        with store.lock:
+            removed = [m for m in store.messages if re.match(r'FDNAME=c[0-9a-f]+-', m)]
+        ck.check(kept and all(n in store.names() for n in kept),
+                 'systemd, workers fail: the cache files stay in the fd store (%d)' % len(kept),
+                 'kept before %s, now %s, removals %s' % (kept, store.names(), removed))
+        taken.close()
+        taken = None
+        ck.check(wait_for_log(serve, 'reattached', timeout=60), 'systemd, workers fail: once the address is free, '
+                 'a worker takes the mount over', serve.log_text()[-2000:])
+        after = Reader(os.path.join(mnt, 'after'), content['after'])
+        after.start()
+        after.join(READ_TIMEOUT)
+        ck.check(after.result == 'ok', 'systemd, workers fail: a cold file read then has its bytes',
+                 '%s\n%s' % (after.result, serve.log_text()[-2000:]))
+        if after.result is None:
+            os.kill(worker_of(serve.proc.pid), signal.SIGKILL)  # stuck on its own event: killable
+        ck.check(serve.stop(signal.SIGTERM, timeout=60) == 0 and not os.path.ismount(mnt),
+                 'systemd, workers fail: SIGTERM stops rafsd and unmounts')
+    finally:
+        if taken is not None:
+            taken.close()
+        if serve.proc is not None and serve.proc.poll() is None:
+            for pid in children(serve.proc.pid) + [serve.proc.pid]:
+                os.kill(pid, signal.SIGKILL)
+            serve.proc.wait()
+        store.close()
+        if os.path.ismount(mnt):
+            subprocess.run(['umount', '-l', mnt])
+
+
 class SessionMount(RafsdMount):
     """`rafsd mount` as a terminal runs it: in a session (and process group) of its own."""
 
@@ -356,6 +415,7 @@ def main():
          lambda *a: case_rollback(*a, 'rollback', break_binary, 'this build breaks at start')),
         ('rollback: the new program\'s workers fail before they serve',
          lambda *a: case_rollback(*a, 'rollback-workers', break_workers, 'times since the reload')),
+        ('under systemd, the new program\'s workers fail, then start', case_workers_fail_under_systemd),
         ('hangup of rafsd mount', lambda ck, rafsd, ctl, *rest: case_hangup(ck, rafsd, *rest)),
         ('a reload with the mount table damaged, then put back', case_table_restored),
     ])
