@@ -81,9 +81,6 @@ void ChunkPipeline::useZeroChunk(Job& job) {
     job.digest = z.digest;
     job.packed = z.packed;
     job.compressed = z.compressed;
-    // Stored uncompressed (no compressor, or zeros that do not shrink), a skipped hole's bytes are
-    // needed after all.
-    if (!z.compressed && job.data.size() != job.size) job.data.assign(job.size, 0);
     job.done = true;
 }
 
@@ -151,13 +148,19 @@ void ChunkPipeline::commitFront() {
     if (!ref) {
         std::span<const uint8_t> stored = job->compressed ? std::span<const uint8_t>(job->packed)
                                                           : std::span<const uint8_t>(job->data);
+        // A skipped hole stored uncompressed (no compressor): its zeros, the first time only.
+        if (!job->compressed && job->data.size() != usize) {
+            if (zero_bytes_.size() < usize) zero_bytes_.resize(usize);
+            stored = std::span<const uint8_t>(zero_bytes_).first(usize);
+        }
         ref = blob_.append(stored, job->compressed, usize, job->digest);
         dictionary_.insert(*ref);
     }
     job->inode->chunks[job->chunk] = *ref;
 
+    // A skipped hole's job never had a buffer: only real ones are kept, no more than can be in use.
     std::lock_guard lock(mutex_);
-    spare_buffers_.push_back(std::move(job->data));
+    if (job->data.capacity() != 0 && spare_buffers_.size() < window_) spare_buffers_.push_back(std::move(job->data));
 }
 
 void ChunkPipeline::finish() {

@@ -72,6 +72,7 @@ private:
     bool stopping_ = false;
     std::vector<std::thread> workers_;
     std::map<uint32_t, Encoded> zero_chunks_;  // all-zero chunks are common (sparse files)
+    std::vector<uint8_t> zero_bytes_;  // a hole's bytes, to store one uncompressed (commitFront)
 };
 
 }  // namespace rafs::build

@@ -15,7 +15,7 @@ a tmpfs (different readdir order, xattr listing order and inode numbers).
 A prefetch list naming a file twice, two names of one file, and paths the image lacks (a trace
 of an earlier version), one with a NUL byte: built, each file in the table once, the missing
 paths left out and said, the NUL escaped. An --output dir inside the source directory is not
-packed into the image.
+packed into the image. A 64 GiB sparse file builds uncompressed in 2 GiB of address space.
 
 Exit: 0 pass, 77 skip (not root / no EROFS), 1 fail.
 """
@@ -133,6 +133,23 @@ def main():
             ck.check(len(nids) == 1 and len(nids[0].split()) == 2, 'the prefetch table names each file once (a, b)',
                      repr(nids))
         shutil.rmtree(out, ignore_errors=True)
+
+        ck.section('a 64 GiB sparse file without compression, in 2 GiB of address space')
+        # Its holes are skipped, not read: nothing in proportion to its size, memory neither.
+        sparse_src = os.path.join(tmp, 'sparse-src')
+        os.makedirs(sparse_src)
+        with open(os.path.join(sparse_src, 'huge'), 'wb') as f:
+            f.truncate(64 << 30)
+            f.seek((64 << 30) - 4)
+            f.write(b'tail')
+        out = os.path.join(tmp, 'out-sparse')
+        r = harness.run(['prlimit', '--as=%d' % (2 << 30), mk.path, 'build', '--compressor', 'none',
+                         '--output', out, sparse_src], timeout=300)
+        if ck.cmd_ok(r, 'mkrafs build --compressor none of a 64 GiB sparse file, under prlimit --as=2GiB'):
+            blob_bytes = sum(os.path.getsize(os.path.join(out, 'blobs', b)) for b in os.listdir(os.path.join(out, 'blobs')))
+            ck.check(blob_bytes < 4 << 20, 'its blob holds the zero chunk once and the tail (%d bytes)' % blob_bytes)
+        shutil.rmtree(out, ignore_errors=True)
+        shutil.rmtree(sparse_src, ignore_errors=True)
 
         ck.section('--output inside the source directory')
         out = os.path.join(small, 'out')
