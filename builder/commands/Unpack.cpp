@@ -20,6 +20,7 @@
 #include <memory>
 #include <optional>
 #include <unordered_map>
+#include <utility>
 
 namespace rafs::build {
 
@@ -101,6 +102,16 @@ std::filesystem::path writeRawBlob(const Image& image, uint32_t index, const std
     }
     out.commit();
     return path;
+}
+
+// libarchive's pax writer puts (sec, nsec) as "sec.nsec", the sign of sec for the whole
+// (archive_write_set_format_pax.c): -86401 s + 0.5 s, that is -86400.5 s, goes as (-86400, 5e8),
+// as builder/source/MemberTime.h reads it back. A time between -1 and 0 s cannot be put so: it
+// goes as positive.
+std::pair<time_t, long> paxTime(uint64_t on_disk_sec, uint32_t nsec) {
+    const auto sec = static_cast<int64_t>(on_disk_sec);
+    if (sec >= 0 || nsec == 0) return {sec, nsec};
+    return {sec + 1, 1'000'000'000 - static_cast<long>(nsec)};
 }
 
 struct ArchiveDeleter {
@@ -193,7 +204,8 @@ private:
         archive_entry_set_mode(e.get(), ino.mode);
         archive_entry_set_uid(e.get(), ino.uid);
         archive_entry_set_gid(e.get(), ino.gid);
-        archive_entry_set_mtime(e.get(), static_cast<time_t>(ino.mtime), ino.mtime_nsec);
+        const auto [sec, nsec] = paxTime(ino.mtime, ino.mtime_nsec);
+        archive_entry_set_mtime(e.get(), sec, nsec);
         for (const auto& [name, value] : ino.xattrs) {
             archive_entry_xattr_add_entry(e.get(), name.c_str(), value.data(), value.size());
         }
