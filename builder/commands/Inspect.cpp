@@ -220,7 +220,8 @@ void inspect(const InspectOptions& options, std::ostream& out) {
     }
     if (!blobs.empty() && missing.size() == blobs.size()) {
         const bool empty_dir = options.blob_dir.empty() || std::filesystem::is_empty(options.blob_dir, ec);
-        if (!empty_dir && !ec) {
+        if (ec) fail("--blob-dir {}: cannot list it: {}", options.blob_dir, ec.message());
+        if (!empty_dir) {
             fail("--blob-dir {} holds none of the image's {} blobs (the first: {}), but other files: another "
                  "image's blobs? An empty --blob-dir checks the bootstrap alone",
                  options.blob_dir, blobs.size(), b.blobs()[0].id);
