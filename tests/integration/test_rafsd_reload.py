@@ -70,17 +70,21 @@ def rafsctl_list(rafsctl, sock):
 
 
 class ListLoop:
-    """`rafsctl list` over and over in a thread (every 20 ms, for `seconds` at most), as a script
-    polling the service does; keeps what each call that failed said."""
+    """`rafsctl list` over and over in a thread (every 20 ms), as a script polling the service
+    does, until a second after `done()` holds (for `seconds` at most); keeps what each call that
+    failed said."""
 
-    def __init__(self, rafsctl, sock, seconds):
-        self.rafsctl, self.sock, self.seconds = rafsctl, sock, seconds
+    def __init__(self, rafsctl, sock, seconds, done):
+        self.rafsctl, self.sock, self.seconds, self.done = rafsctl, sock, seconds, done
         self.calls, self.failures = 0, []
         self.thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self):
         end = time.monotonic() + self.seconds
         while time.monotonic() < end:
+            if self.done():
+                end = min(end, time.monotonic() + 1)
+                self.done = lambda: False
             code, out = rafsctl_list(self.rafsctl, self.sock)
             self.calls += 1
             if code != 0:
@@ -135,9 +139,10 @@ def case_upgrade_and_refusals(ck, rafsd, rafsctl, image, content, tmp):
             os.kill(pid, signal.SIGHUP)
         # A script polling the service meanwhile: the old worker leaves the socket file for the
         # next one, so a call finds it refusing and waits, as after a worker's death.
-        with ListLoop(rafsctl, sock, 6) as polling:
+        with ListLoop(rafsctl, sock, 60, lambda: 'passed on by the previous rafsd (reload)' in serve.log_text()) \
+                as polling:
             read_all(ck, mnt, content, ['r%d' % i for i in range(8)], upgrade, 'upgrade', held, FETCH_DELAY_MS)
-        ck.check(polling.calls >= 5 and not polling.failures,
+        ck.check(polling.calls >= 5 and not polling.failures and 'passed on by the previous rafsd' in serve.log_text(),
                  'upgrade: every rafsctl list of a loop running through the reload succeeded (%d calls)'
                  % polling.calls, '\n'.join(polling.failures[:3]))
         ck.check(wait_for_log(serve, 'passed on by the previous rafsd (reload)'),
