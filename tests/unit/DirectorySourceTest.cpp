@@ -202,7 +202,13 @@ TEST_CASE("directory: every file type with its metadata", "[dirsource]") {
     const auto& sparse = sink.files[4];
     CHECK(sparse.inode == &inodeAt(tree, "sparse"));
     CHECK(sparse.bytes_read == 5ull << 30);
-    CHECK(sparse.holes_skipped == (5ull << 30) - 2 * RecordingSink::kPiece);  // all but the two data pieces
+    // All but the two data pieces, where the file system tells holes (SEEK_DATA); one that does not
+    // (9p, ZFS before a sync) says the whole file is data, and nothing is skipped.
+    const int fd = ::open(at("sparse").c_str(), O_RDONLY | O_CLOEXEC);
+    REQUIRE(fd >= 0);
+    const bool holes_told = ::lseek(fd, 0, SEEK_DATA) > 0;
+    ::close(fd);
+    CHECK(sparse.holes_skipped == (holes_told ? (5ull << 30) - 2 * RecordingSink::kPiece : 0));
     CHECK(sparse.non_zero == std::map<uint64_t, std::string>{{(1ull << 30) + 3, "middle"},
                                                               {(5ull << 30) - 3, "end"}});
 }
