@@ -229,7 +229,7 @@ BuiltImage buildLayers(const BuildOptions& options, const std::vector<LayerInput
     }
     if (!absent.empty()) {
         report(fmt::format("prefetch list: {} of its paths are not in the image, left out (the first: {})",
-                           absent.size(), quote(absent.front())));
+                           absent.size(), rafs::quote(absent.front())));
     }
     boot.prefetch_paths = std::move(present);
     image.bootstrap = dir / "image.boot";
