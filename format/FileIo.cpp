@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <filesystem>
 
 namespace rafs {
 
@@ -59,6 +60,13 @@ std::string readFile(const std::string& path, uint64_t max_bytes) {
         bytes.append(buffer, static_cast<size_t>(n));
         if (bytes.size() > max_bytes) fail("{}: larger than {} bytes", path, max_bytes);
     }
+}
+
+std::optional<std::string> pathOfFd(int fd) {
+    std::error_code ec;
+    std::string path = std::filesystem::read_symlink(fmt::format("/proc/self/fd/{}", fd), ec).string();
+    if (ec) return std::nullopt;
+    return path;
 }
 
 }  // namespace rafs

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -20,5 +21,9 @@ void writeAll(int fd, std::span<const uint8_t> data, std::string_view what);
 // The whole file at `path`; throws Error naming it if it cannot be opened or read, or holds more
 // than `max_bytes` (read no further: a wrong path to a device or a huge log costs no memory).
 std::string readFile(const std::string& path, uint64_t max_bytes = UINT64_MAX);
+
+// The path the kernel has for an open fd (/proc/self/fd, proc(5): " (deleted)" appended once the
+// file is removed), or nothing if it cannot be read.
+std::optional<std::string> pathOfFd(int fd);
 
 }  // namespace rafs

@@ -241,8 +241,7 @@ private:
             const InodeChunk& c = ino.chunks[i];
             if (holes[i]) {
                 // libarchive drops the bytes of a sparse entry's holes (archive_write_set_format_pax.c).
-                if (zeros_.size() < c.length) zeros_.resize(c.length);
-                writeData(std::span(zeros_).first(c.length), path);
+                writeData(zeros(c.length), path);
                 continue;
             }
             blob(c.blob_index).read(c.ci_index, chunk_);
@@ -290,11 +289,13 @@ private:
 
     const Digest& zeroDigest(Digester digester, uint32_t length) {
         auto [it, fresh] = zero_digests_.try_emplace({digester, length});
-        if (fresh) {
-            if (zeros_.size() < length) zeros_.resize(length);
-            it->second = digestOf(digester, std::span(zeros_).first(length));
-        }
+        if (fresh) it->second = digestOf(digester, zeros(length));
         return it->second;
+    }
+
+    std::span<const uint8_t> zeros(uint32_t length) {
+        if (zeros_.size() < length) zeros_.resize(length);
+        return std::span<const uint8_t>(zeros_).first(length);
     }
 
     const Image& image_;

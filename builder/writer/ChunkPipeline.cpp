@@ -72,15 +72,15 @@ const ChunkPipeline::Encoded& ChunkPipeline::zeroChunk(uint32_t size) {
     Job job;
     job.data.assign(size, 0);
     encode(job);
-    Encoded e{job.digest, std::move(job.packed), job.compressed};
+    Encoded e{job.digest, job.compressed ? std::move(job.packed) : std::move(job.data), job.compressed};
     return zero_chunks_.emplace(size, std::move(e)).first->second;
 }
 
 void ChunkPipeline::useZeroChunk(Job& job) {
     const Encoded& z = zeroChunk(job.size);
     job.digest = z.digest;
-    job.packed = z.packed;
     job.compressed = z.compressed;
+    job.zero = &z;
     job.done = true;
 }
 
@@ -146,13 +146,9 @@ void ChunkPipeline::commitFront() {
     const uint32_t usize = job->size;
     std::optional<ChunkRef> ref = dictionary_.find(job->digest, usize);
     if (!ref) {
-        std::span<const uint8_t> stored = job->compressed ? std::span<const uint8_t>(job->packed)
-                                                          : std::span<const uint8_t>(job->data);
-        // A skipped hole stored uncompressed (no compressor): its zeros, the first time only.
-        if (!job->compressed && job->data.size() != usize) {
-            if (zero_bytes_.size() < usize) zero_bytes_.resize(usize);
-            stored = std::span<const uint8_t>(zero_bytes_).first(usize);
-        }
+        const std::span<const uint8_t> stored = job->zero       ? std::span<const uint8_t>(job->zero->stored)
+                                                : job->compressed ? std::span<const uint8_t>(job->packed)
+                                                                  : std::span<const uint8_t>(job->data);
         ref = blob_.append(stored, job->compressed, usize, job->digest);
         dictionary_.insert(*ref);
     }

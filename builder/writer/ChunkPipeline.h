@@ -33,6 +33,11 @@ public:
     void finish();
 
 private:
+    struct Encoded {
+        Digest digest{};
+        std::vector<uint8_t> stored;  // as the blob stores it: compressed, or the zeros themselves
+        bool compressed = false;
+    };
     struct Job {
         Inode* inode = nullptr;
         size_t chunk = 0;
@@ -41,13 +46,9 @@ private:
         Digest digest{};
         std::vector<uint8_t> packed;
         bool compressed = false;
+        const Encoded* zero = nullptr;  // the zero chunk of its size (zeroChunk), shared, not copied
         bool done = false;
         std::exception_ptr error;
-    };
-    struct Encoded {
-        Digest digest{};
-        std::vector<uint8_t> packed;
-        bool compressed = false;
     };
 
     void submit(std::unique_ptr<Job> job);
@@ -72,7 +73,6 @@ private:
     bool stopping_ = false;
     std::vector<std::thread> workers_;
     std::map<uint32_t, Encoded> zero_chunks_;  // all-zero chunks are common (sparse files)
-    std::vector<uint8_t> zero_bytes_;  // a hole's bytes, to store one uncompressed (commitFront)
 };
 
 }  // namespace rafs::build

@@ -4,6 +4,7 @@
 #include "daemon/core/BlobCacheFiles.h"
 #include "daemon/core/Log.h"
 #include "format/Error.h"
+#include "format/FileIo.h"
 
 #include <sys/stat.h>
 
@@ -32,9 +33,9 @@ bool isCacheFileName(const std::string& name) {
 
 // The blob whose cache file `fd` was opened as, from its path: "<blob id>.blob.data".
 std::optional<std::string> blobOfFd(int fd) {
-    std::error_code ec;
-    std::string path = std::filesystem::read_symlink(fmt::format("/proc/self/fd/{}", fd), ec).string();
-    if (ec) return std::nullopt;
+    std::optional<std::string> named = rafs::pathOfFd(fd);
+    if (!named) return std::nullopt;
+    std::string path = std::move(*named);
     if (path.ends_with(kDeleted)) path.resize(path.size() - kDeleted.size());
     std::string name = std::filesystem::path(path).filename().string();
     if (!name.ends_with(BlobCacheFiles::kDataSuffix)) return std::nullopt;

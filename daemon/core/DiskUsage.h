@@ -1,5 +1,6 @@
 // What the files under a directory take on disk (st_blocks, links not followed), what the
-// directories below it take, and when the last file was written: the cache collector's measure of the cache dir and of what it may remove.
+// directories below it take, and when the last file was written: the cache collector's measure of
+// the cache dir and of what it may remove.
 // Files that come and go meanwhile (fetches, mounts, cachefiles) are skipped when they cannot be
 // read; a missing directory takes nothing.
 #pragma once

@@ -2,6 +2,7 @@
 #include "format/ByteView.h"
 
 #include "format/Error.h"
+#include "format/FileIo.h"
 #include "daemon/core/CloseOrWarn.h"
 #include "daemon/core/CompletionCount.h"
 #include "daemon/core/Log.h"
@@ -23,7 +24,6 @@
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
-#include <filesystem>
 #include <mutex>
 #include <optional>
 #include <string>
@@ -381,10 +381,9 @@ void FanotifyEngine::handleEvent(const ReadEvent& read) {
         // this worker does not serve (a mount it could not take over): never allow over holes.
         // Named by its path where the kernel still has one: a blob's cache file tells the operator
         // which image (a mount being unmounted as the event came, or one not taken over).
-        std::error_code ec;
-        const std::filesystem::path path = std::filesystem::read_symlink(fmt::format("/proc/self/fd/{}", fd), ec);
-        log::error("fanotify event for a file not served ({}dev {} inode {}), denying",
-                   ec ? "" : path.string() + ", ", read.dev, read.ino);
+        const std::optional<std::string> path = rafs::pathOfFd(fd);
+        log::error("fanotify event for a file not served ({}dev {} inode {}), denying", path ? *path + ", " : "",
+                   read.dev, read.ino);
         responder.respond(fd, read.slot, false);
         return;
     }
